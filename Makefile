@@ -1,0 +1,38 @@
+# event_store — PGXS build
+EXTENSION   = event_store
+EXTVERSION  = 0.1.0
+
+MODULE_big  = event_store
+OBJS        = src/event_store.o src/catalog.o src/position.o src/append.o src/read.o
+
+DATA_built  = event_store--$(EXTVERSION).sql
+
+PG_CONFIG  ?= pg_config
+PG_CPPFLAGS = -I$(srcdir)/src
+PG_CFLAGS   = -Wall -Wextra -Wno-unused-parameter -Wno-sign-compare -Wno-missing-field-initializers
+
+# pg_regress suite (sql/ + expected/), run against its own throwaway
+# instance with the library preloaded: `make installcheck`.
+REGRESS      = setup append append_errors read_stream immutability preload read_all
+REGRESS_OPTS = --temp-config=$(srcdir)/test/event_store.conf --temp-instance=./tmp_check
+
+# isolation specs: `make isolationcheck`
+ISOLATION      = $(basename $(notdir $(wildcard $(srcdir)/test/isolation/specs/*.spec)))
+ISOLATION_OPTS = --temp-config=$(srcdir)/test/event_store.conf --temp-instance=./tmp_check_iso \
+                 --inputdir=$(srcdir)/test/isolation --outputdir=./test/isolation/output_iso
+
+EXTRA_CLEAN = tmp_check tmp_check_iso test/isolation/output_iso results regression.diffs regression.out
+
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)
+
+event_store--$(EXTVERSION).sql: sql/event_store.sql
+	cp $< $@
+
+pg_isolation_regress = $(dir $(PGXS))../../src/test/isolation/pg_isolation_regress
+
+isolationcheck:
+	@mkdir -p test/isolation/output_iso
+	$(pg_isolation_regress) --bindir='$(bindir)' $(ISOLATION_OPTS) $(ISOLATION)
+
+.PHONY: isolationcheck

@@ -1,0 +1,133 @@
+\echo Use "CREATE EXTENSION event_store" to load this file. \quit
+
+-- The library keeps the position horizon in shared memory: refuse to install
+-- unless it was preloaded (the error carries the exact setting to add).
+CREATE FUNCTION event_store._assert_preloaded() RETURNS void
+    LANGUAGE c AS 'MODULE_PATHNAME', 'es_assert_preloaded';
+SELECT event_store._assert_preloaded();
+REVOKE ALL ON FUNCTION event_store._assert_preloaded() FROM PUBLIC;
+
+------------------------------------------------------------------------------
+-- Events
+------------------------------------------------------------------------------
+
+-- The row every read returns.
+CREATE TYPE event_store.event AS (
+    global_position bigint,
+    stream_id       text COLLATE "C",
+    stream_version  bigint,
+    event_id        uuid,
+    event_type      text COLLATE "C",
+    data            jsonb,
+    metadata        jsonb,
+    schema_version  int,
+    recorded_at     timestamptz
+);
+COMMENT ON TYPE event_store.event IS 'An event as returned by every read of event_store';
+
+-- The store.  Same columns, same order as event_store.event; rows are immutable.
+CREATE TABLE event_store.events (
+    global_position bigint      NOT NULL,
+    stream_id       text COLLATE "C" NOT NULL CHECK (stream_id <> ''),
+    stream_version  bigint      NOT NULL CHECK (stream_version > 0),
+    event_id        uuid        NOT NULL,
+    event_type      text COLLATE "C" NOT NULL CHECK (event_type <> ''),
+    data            jsonb       NOT NULL,
+    metadata        jsonb       NOT NULL CHECK (jsonb_typeof(metadata) = 'object'),
+    schema_version  int         NOT NULL CHECK (schema_version > 0),
+    recorded_at     timestamptz NOT NULL,
+    CONSTRAINT events_pkey PRIMARY KEY (global_position),
+    CONSTRAINT events_stream_id_stream_version_key UNIQUE (stream_id, stream_version),
+    CONSTRAINT events_event_id_key UNIQUE (event_id)
+);
+-- read_category: category = the part of the stream id before the first '-'
+CREATE INDEX events_category_position_idx
+    ON event_store.events ((pg_catalog.split_part(stream_id, '-', 1)), global_position);
+COMMENT ON TABLE event_store.events IS 'All events, immutable; written only by event_store.append()';
+
+SELECT pg_catalog.pg_extension_config_dump('event_store.events', '');
+
+-- Immutability: no UPDATE, DELETE or TRUNCATE, for anybody (owner included).
+CREATE FUNCTION event_store._refuse_modification() RETURNS trigger
+    LANGUAGE c AS 'MODULE_PATHNAME', 'es_refuse_modification';
+REVOKE ALL ON FUNCTION event_store._refuse_modification() FROM PUBLIC;
+
+CREATE TRIGGER events_immutable
+    BEFORE UPDATE OR DELETE ON event_store.events
+    FOR EACH STATEMENT EXECUTE FUNCTION event_store._refuse_modification();
+CREATE TRIGGER events_no_truncate
+    BEFORE TRUNCATE ON event_store.events
+    FOR EACH STATEMENT EXECUTE FUNCTION event_store._refuse_modification();
+-- fire even under session_replication_role = replica
+ALTER TABLE event_store.events ENABLE ALWAYS TRIGGER events_immutable;
+ALTER TABLE event_store.events ENABLE ALWAYS TRIGGER events_no_truncate;
+
+REVOKE ALL ON TABLE event_store.events FROM PUBLIC;
+
+------------------------------------------------------------------------------
+-- Appending
+------------------------------------------------------------------------------
+
+CREATE FUNCTION event_store.append(stream_id text, events jsonb,
+                                   expected_version bigint DEFAULT NULL)
+    RETURNS bigint
+    LANGUAGE c VOLATILE PARALLEL UNSAFE
+    AS 'MODULE_PATHNAME', 'es_append';
+COMMENT ON FUNCTION event_store.append(text, jsonb, bigint) IS
+    'Append one event or an array of events to a stream; expected_version NULL = any, 0 = new stream, n = exact version; returns the stream version after the append';
+
+------------------------------------------------------------------------------
+-- Reading
+------------------------------------------------------------------------------
+
+CREATE FUNCTION event_store.stream_version(stream_id text)
+    RETURNS bigint
+    LANGUAGE c STABLE PARALLEL SAFE
+    AS 'MODULE_PATHNAME', 'es_stream_version';
+COMMENT ON FUNCTION event_store.stream_version(text) IS
+    'Current version of a stream (0 when it has no events)';
+
+CREATE FUNCTION event_store.read_stream(stream_id text, from_version bigint DEFAULT NULL,
+                                        max_count bigint DEFAULT NULL,
+                                        backward boolean DEFAULT false,
+                                        raw boolean DEFAULT false)
+    RETURNS SETOF event_store.event
+    LANGUAGE c STABLE PARALLEL SAFE ROWS 100
+    AS 'MODULE_PATHNAME', 'es_read_stream';
+COMMENT ON FUNCTION event_store.read_stream(text, bigint, bigint, boolean, boolean) IS
+    'Events of one stream, forward from from_version (default 1) or backward from it (default: the last), at most max_count';
+
+CREATE FUNCTION event_store.read_all(after_position bigint DEFAULT 0,
+                                     max_count int DEFAULT 1000,
+                                     event_types text[] DEFAULT NULL,
+                                     raw boolean DEFAULT false)
+    RETURNS SETOF event_store.event
+    LANGUAGE c VOLATILE PARALLEL UNSAFE ROWS 1000
+    AS 'MODULE_PATHNAME', 'es_read_all';
+COMMENT ON FUNCTION event_store.read_all(bigint, int, text[], boolean) IS
+    'Events after a global position in position order, gap-safe: a follower keeping the largest position seen never skips an event';
+
+CREATE FUNCTION event_store.read_category(category text, after_position bigint DEFAULT 0,
+                                          max_count int DEFAULT 1000,
+                                          event_types text[] DEFAULT NULL,
+                                          raw boolean DEFAULT false)
+    RETURNS SETOF event_store.event
+    LANGUAGE c VOLATILE PARALLEL UNSAFE ROWS 1000
+    AS 'MODULE_PATHNAME', 'es_read_category';
+COMMENT ON FUNCTION event_store.read_category(text, bigint, int, text[], boolean) IS
+    'Events of one category (stream id prefix before the first "-") after a global position, gap-safe';
+
+CREATE FUNCTION event_store.head_position()
+    RETURNS bigint
+    LANGUAGE c VOLATILE PARALLEL UNSAFE
+    AS 'MODULE_PATHNAME', 'es_head_position';
+COMMENT ON FUNCTION event_store.head_position() IS
+    'The highest global position a follower may safely read to';
+
+CREATE FUNCTION event_store.wait_for_events(after_position bigint,
+                                            timeout interval DEFAULT '10 seconds')
+    RETURNS bigint
+    LANGUAGE c VOLATILE PARALLEL UNSAFE
+    AS 'MODULE_PATHNAME', 'es_wait_for_events';
+COMMENT ON FUNCTION event_store.wait_for_events(bigint, interval) IS
+    'Block until head_position() exceeds after_position (woken at commit) or the timeout passes; returns head_position()';

@@ -1,0 +1,740 @@
+/*
+ * append.c
+ *	  event_store.append(): validation, optimistic concurrency, idempotent
+ *	  retries and the insert of a batch of events.
+ *
+ * Locking contract: an appender takes a transaction-scoped exclusive lock on
+ * its stream (an advisory lock tag of our own, so it never meets a user's
+ * advisory lock), then reads the stream's version with a snapshot taken
+ * after the lock was granted.  Whoever held the lock before has ended, so
+ * that version is the real one; racing appenders with the same expected
+ * version therefore see each other's result and get SE001, never a unique
+ * violation or a deadlock.  Appends to different streams share no lock
+ * except the few-instruction critical section of EsAllocatePositions().
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "catalog/pg_type.h"
+#include "commands/trigger.h"
+#include "common/hashfn.h"
+#include "executor/spi.h"
+#include "executor/tuptable.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "storage/lmgr.h"
+#include "storage/lock.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/jsonb.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+#include "utils/uuid.h"
+
+#include "errors.h"
+#include "event_store.h"
+
+PG_FUNCTION_INFO_V1(es_append);
+
+/* locktag_field4 of our stream locks ("ES"); users' advisory locks use 1 and 2 */
+#define ES_STREAM_LOCK_FIELD4	0x4553
+
+/* One event of a batch, validated */
+typedef struct EsNewEvent
+{
+	text	   *type;
+	Jsonb	   *data;
+	Jsonb	   *metadata;
+	pg_uuid_t	id;
+	bool		has_id;
+	int32		schema_version;
+} EsNewEvent;
+
+/* Where the parser is, for error messages */
+typedef struct EsParseCtx
+{
+	bool		batch;			/* events was an array */
+	int			index;			/* 0-based index in the array */
+} EsParseCtx;
+
+static SPIPlanPtr insert_one_plan = NULL;
+static SPIPlanPtr insert_many_plan = NULL;
+static Jsonb *empty_object = NULL;
+
+/* "invalid event at index N: ..." (or "invalid event: ..." for one object) */
+static void
+es_bad_event(const EsParseCtx *ctx, int sqlerrcode, const char *problem,
+			 const char *hint)
+{
+	if (ctx->batch)
+		ereport(ERROR,
+				(errcode(sqlerrcode),
+				 errmsg("invalid event at index %d: %s", ctx->index, problem),
+				 hint ? errhint("%s", hint) : 0));
+	else
+		ereport(ERROR,
+				(errcode(sqlerrcode),
+				 errmsg("invalid event: %s", problem),
+				 hint ? errhint("%s", hint) : 0));
+}
+
+/* Name of a JSON value's type, for messages */
+static const char *
+es_json_type_name(const JsonbValue *v)
+{
+	switch (v->type)
+	{
+		case jbvNull:
+			return "null";
+		case jbvString:
+			return "a string";
+		case jbvNumeric:
+			return "a number";
+		case jbvBool:
+			return "a boolean";
+		case jbvBinary:
+			return JsonContainerIsArray(v->val.binary.data) ? "an array" : "an object";
+		case jbvArray:
+			return "an array";
+		case jbvObject:
+			return "an object";
+		default:
+			return "a scalar";
+	}
+}
+
+/* Parse a uuid in the forms uuid_in accepts (hyphens between digit groups, braces) */
+static bool
+es_parse_uuid(const char *s, int len, pg_uuid_t *out)
+{
+	int			i = 0;
+	int			nibbles = 0;
+	bool		braces = false;
+
+	if (len > 0 && s[0] == '{')
+	{
+		braces = true;
+		i = 1;
+	}
+	while (i < len && nibbles < UUID_LEN * 2)
+	{
+		char		c = s[i];
+		int			v;
+
+		if (c >= '0' && c <= '9')
+			v = c - '0';
+		else if (c >= 'a' && c <= 'f')
+			v = c - 'a' + 10;
+		else if (c >= 'A' && c <= 'F')
+			v = c - 'A' + 10;
+		else if (c == '-' && nibbles > 0 && nibbles % 4 == 0 && i + 1 < len && s[i + 1] != '-')
+		{
+			i++;
+			continue;
+		}
+		else
+			return false;
+		if (nibbles % 2 == 0)
+			out->data[nibbles / 2] = (unsigned char) (v << 4);
+		else
+			out->data[nibbles / 2] |= (unsigned char) v;
+		nibbles++;
+		i++;
+	}
+	if (nibbles != UUID_LEN * 2)
+		return false;
+	if (braces)
+	{
+		if (i >= len || s[i] != '}')
+			return false;
+		i++;
+	}
+	return i == len;
+}
+
+/* A positive int32 from a JSON number, or false */
+static bool
+es_parse_positive_int(const JsonbValue *v, int32 *out)
+{
+	char	   *s;
+	char	   *end;
+	long		l;
+
+	if (v->type != jbvNumeric)
+		return false;
+	s = DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(v->val.numeric)));
+	errno = 0;
+	l = strtol(s, &end, 10);
+	if (errno != 0 || *end != '\0' || l < 1 || l > PG_INT32_MAX)
+		return false;
+	*out = (int32) l;
+	return true;
+}
+
+/* Jsonb of a value found inside a container (object, array or scalar) */
+static Jsonb *
+es_value_to_jsonb(JsonbValue *v)
+{
+	return JsonbValueToJsonb(v);
+}
+
+/* Validate one event object */
+static void
+es_parse_event(const EsParseCtx *ctx, JsonbContainer *obj, EsNewEvent *ev)
+{
+	JsonbIterator *it;
+	JsonbIteratorToken tok;
+	JsonbValue	k;
+	JsonbValue	v;
+	bool		seen_type = false;
+
+	memset(ev, 0, sizeof(*ev));
+	ev->schema_version = 1;
+
+	it = JsonbIteratorInit(obj);
+	while ((tok = JsonbIteratorNext(&it, &k, true)) != WJB_DONE)
+	{
+		char	   *key;
+		int			klen;
+
+		if (tok != WJB_KEY)
+			continue;
+		key = k.val.string.val;
+		klen = k.val.string.len;
+		tok = JsonbIteratorNext(&it, &v, true);
+		Assert(tok == WJB_VALUE);
+
+#define KEY_IS(name) (klen == (int) strlen(name) && memcmp(key, name, klen) == 0)
+		if (KEY_IS("type"))
+		{
+			if (v.type != jbvString)
+				es_bad_event(ctx, ERRCODE_INVALID_PARAMETER_VALUE,
+							 psprintf("\"type\" must be a string, not %s", es_json_type_name(&v)),
+							 NULL);
+			if (v.val.string.len == 0)
+				es_bad_event(ctx, ERRCODE_INVALID_PARAMETER_VALUE,
+							 "\"type\" must not be empty", NULL);
+			ev->type = cstring_to_text_with_len(v.val.string.val, v.val.string.len);
+			seen_type = true;
+		}
+		else if (KEY_IS("data"))
+			ev->data = es_value_to_jsonb(&v);
+		else if (KEY_IS("metadata"))
+		{
+			if (v.type == jbvNull)
+				ev->metadata = NULL;
+			else if (v.type == jbvBinary && JsonContainerIsObject(v.val.binary.data))
+				ev->metadata = es_value_to_jsonb(&v);
+			else
+				es_bad_event(ctx, ERRCODE_INVALID_PARAMETER_VALUE,
+							 psprintf("\"metadata\" must be an object or null, not %s",
+									  es_json_type_name(&v)), NULL);
+		}
+		else if (KEY_IS("id"))
+		{
+			if (v.type != jbvString)
+				es_bad_event(ctx, ERRCODE_INVALID_PARAMETER_VALUE,
+							 psprintf("\"id\" must be a uuid string, not %s", es_json_type_name(&v)),
+							 "Omit \"id\" to have one generated.");
+			if (!es_parse_uuid(v.val.string.val, v.val.string.len, &ev->id))
+				es_bad_event(ctx, ERRCODE_INVALID_TEXT_REPRESENTATION,
+							 psprintf("\"id\" is not a valid uuid: \"%s\"",
+									  pnstrdup(v.val.string.val, v.val.string.len)),
+							 "Omit \"id\" to have one generated.");
+			ev->has_id = true;
+		}
+		else if (KEY_IS("schema_version"))
+		{
+			if (!es_parse_positive_int(&v, &ev->schema_version))
+				es_bad_event(ctx, ERRCODE_INVALID_PARAMETER_VALUE,
+							 "\"schema_version\" must be a positive integer",
+							 "Omit \"schema_version\" for version 1.");
+		}
+		else
+			es_bad_event(ctx, ERRCODE_INVALID_PARAMETER_VALUE,
+						 psprintf("unknown key \"%s\"", pnstrdup(key, klen)),
+						 "An event has the keys \"type\", \"data\", \"metadata\", \"id\" and \"schema_version\".");
+#undef KEY_IS
+	}
+
+	if (!seen_type)
+		es_bad_event(ctx, ERRCODE_INVALID_PARAMETER_VALUE,
+					 "\"type\" is missing",
+					 "Every event needs a non-empty string \"type\".");
+	if (ev->data == NULL)
+		ev->data = empty_object;
+	if (ev->metadata == NULL)
+		ev->metadata = empty_object;
+}
+
+/* Validate the events argument: one object or a non-empty array of objects */
+static EsNewEvent *
+es_parse_events(Jsonb *events, int *nevents)
+{
+	EsParseCtx	ctx;
+	EsNewEvent *evs;
+	int			n;
+
+	if (empty_object == NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+		JsonbValue	o;
+
+		o.type = jbvObject;
+		o.val.object.nPairs = 0;
+		o.val.object.pairs = NULL;
+		empty_object = JsonbValueToJsonb(&o);
+		MemoryContextSwitchTo(old);
+	}
+
+	if (JB_ROOT_IS_OBJECT(events))
+	{
+		ctx.batch = false;
+		ctx.index = 0;
+		evs = palloc(sizeof(EsNewEvent));
+		es_parse_event(&ctx, &events->root, evs);
+		*nevents = 1;
+		return evs;
+	}
+	if (JB_ROOT_IS_SCALAR(events) || !JB_ROOT_IS_ARRAY(events))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("events must be a JSON object or a non-empty array of objects"),
+				 errdetail("Got a JSON scalar.")));
+
+	n = JB_ROOT_COUNT(events);
+	if (n == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("events must not be an empty array"),
+				 errhint("Pass at least one event object.")));
+
+	ctx.batch = true;
+	evs = palloc(sizeof(EsNewEvent) * n);
+	for (int i = 0; i < n; i++)
+	{
+		JsonbValue *elem = getIthJsonbValueFromContainer(&events->root, i);
+
+		ctx.index = i;
+		if (elem->type != jbvBinary || !JsonContainerIsObject(elem->val.binary.data))
+			es_bad_event(&ctx, ERRCODE_INVALID_PARAMETER_VALUE,
+						 psprintf("an event must be a JSON object, not %s",
+								  es_json_type_name(elem)), NULL);
+		es_parse_event(&ctx, elem->val.binary.data, &evs[i]);
+	}
+	*nevents = n;
+	return evs;
+}
+
+/* Take the transaction-scoped exclusive lock of a stream */
+static void
+es_lock_stream(text *stream_id)
+{
+	LOCKTAG		tag;
+	uint64		h;
+
+	h = hash_bytes_extended((const unsigned char *) VARDATA_ANY(stream_id),
+							VARSIZE_ANY_EXHDR(stream_id), 0);
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) (h >> 32), (uint32) h,
+						 ES_STREAM_LOCK_FIELD4);
+	(void) LockAcquire(&tag, ExclusiveLock, false, false);
+}
+
+/* Where an event id is stored, if anywhere (per the given snapshot) */
+static bool
+es_find_event_id(Relation heap, Relation index, TupleTableSlot *slot,
+				 Snapshot snapshot, pg_uuid_t *id, text **stream_id,
+				 int64 *version)
+{
+	IndexScanDesc scan;
+	ScanKeyData key;
+	bool		found = false;
+
+	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_UUID_EQ, UUIDPGetDatum(id));
+	scan = index_beginscan(heap, index, snapshot, 1, 0);
+	index_rescan(scan, &key, 1, NULL, 0);
+	if (index_getnext_slot(scan, ForwardScanDirection, slot))
+	{
+		bool		isnull;
+
+		*stream_id = DatumGetTextPCopy(slot_getattr(slot, Anum_es_stream_id, &isnull));
+		*version = DatumGetInt64(slot_getattr(slot, Anum_es_stream_version, &isnull));
+		found = true;
+	}
+	index_endscan(scan);
+	return found;
+}
+
+/* Are two texts byte-for-byte equal? */
+static bool
+equalstr_text(text *a, text *b)
+{
+	return VARSIZE_ANY_EXHDR(a) == VARSIZE_ANY_EXHDR(b) &&
+		memcmp(VARDATA_ANY(a), VARDATA_ANY(b), VARSIZE_ANY_EXHDR(a)) == 0;
+}
+
+/* uuid as text, for messages */
+static char *
+es_uuid_str(pg_uuid_t *id)
+{
+	return DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(id)));
+}
+
+/* qsort comparator for duplicate detection inside a batch */
+static int
+es_cmp_uuid_ptr(const void *a, const void *b)
+{
+	return memcmp((*(EsNewEvent *const *) a)->id.data,
+				  (*(EsNewEvent *const *) b)->id.data, UUID_LEN);
+}
+
+/* Two events of one batch may not carry the same id */
+static void
+es_check_batch_ids(EsNewEvent *evs, int n)
+{
+	EsNewEvent **sorted = palloc(sizeof(EsNewEvent *) * n);
+	int			m = 0;
+
+	for (int i = 0; i < n; i++)
+		if (evs[i].has_id)
+			sorted[m++] = &evs[i];
+	if (m > 1)
+	{
+		qsort(sorted, m, sizeof(EsNewEvent *), es_cmp_uuid_ptr);
+		for (int i = 1; i < m; i++)
+			if (memcmp(sorted[i - 1]->id.data, sorted[i]->id.data, UUID_LEN) == 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_ES_DUPLICATE_EVENT_ID),
+						 errmsg("duplicate event id \"%s\"", es_uuid_str(&sorted[i]->id)),
+						 errdetail("The batch contains the id at index %d and at index %d.",
+								   (int) (sorted[i - 1] - evs), (int) (sorted[i] - evs))));
+	}
+	pfree(sorted);
+}
+
+/*
+ * Check the caller's event ids against the store (with the post-lock
+ * snapshot).  Returns true, with *version set, when the batch is exactly a
+ * run of the stream's events already (an idempotent retry); raises SE002
+ * when an id is stored anywhere else; returns false when no id is stored.
+ */
+static bool
+es_check_stored_ids(const EsCatalog *cat, text *stream_id, EsNewEvent *evs,
+					int n, bool has_expected, int64 expected,
+					Snapshot snapshot, int64 *version)
+{
+	Relation	heap;
+	Relation	index;
+	TupleTableSlot *slot;
+	text	  **where_stream = palloc0(sizeof(text *) * n);
+	int64	   *where_version = palloc0(sizeof(int64) * n);
+	int			first_found = -1;
+	bool		retry = true;
+
+	heap = table_open(cat->events_relid, AccessShareLock);
+	index = index_open(cat->event_id_idx, AccessShareLock);
+	slot = table_slot_create(heap, NULL);
+	for (int i = 0; i < n; i++)
+	{
+		if (!evs[i].has_id ||
+			!es_find_event_id(heap, index, slot, snapshot, &evs[i].id,
+							  &where_stream[i], &where_version[i]))
+		{
+			retry = false;
+			continue;
+		}
+		if (first_found < 0)
+			first_found = i;
+		if (!equalstr_text(where_stream[i], stream_id) ||
+			where_version[i] != where_version[0] + i)
+			retry = false;
+	}
+	ExecDropSingleTupleTableSlot(slot);
+	index_close(index, AccessShareLock);
+	table_close(heap, AccessShareLock);
+
+	if (first_found < 0)
+		return false;
+	if (retry && (!has_expected || where_version[0] == expected + 1))
+	{
+		*version = where_version[0] + n - 1;
+		return true;
+	}
+	/* an id stored somewhere that is not an exact replay of this batch */
+	ereport(ERROR,
+			(errcode(ERRCODE_ES_DUPLICATE_EVENT_ID),
+			 errmsg("duplicate event id \"%s\"", es_uuid_str(&evs[first_found].id)),
+			 errdetail("Event %d of the batch has the id of the event at version " INT64_FORMAT " of stream \"%s\".",
+					   first_found, where_version[first_found],
+					   text_to_cstring(where_stream[first_found])),
+			 errhint("Event ids are unique across the store; a retry is recognised only when it repeats the same events at the same place.")));
+	return false;				/* keep compiler quiet */
+}
+
+/* Prepare (once per backend) the insert plans */
+static void
+es_prepare_plans(void)
+{
+	if (insert_one_plan == NULL)
+	{
+		Oid			argtypes[9] = {INT8OID, TEXTOID, INT8OID, UUIDOID, TEXTOID,
+		JSONBOID, JSONBOID, INT4OID, TIMESTAMPTZOID};
+		SPIPlanPtr	plan;
+
+		plan = SPI_prepare("INSERT INTO event_store.events "
+						   "(global_position, stream_id, stream_version, event_id, event_type, "
+						   " data, metadata, schema_version, recorded_at) "
+						   "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)", 9, argtypes);
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+		SPI_keepplan(plan);
+		insert_one_plan = plan;
+	}
+	if (insert_many_plan == NULL)
+	{
+		Oid			argtypes[9] = {INT8OID, TEXTOID, INT8OID, UUIDARRAYOID, TEXTARRAYOID,
+		JSONBARRAYOID, JSONBARRAYOID, INT4ARRAYOID, TIMESTAMPTZOID};
+		SPIPlanPtr	plan;
+
+		plan = SPI_prepare("INSERT INTO event_store.events "
+						   "(global_position, stream_id, stream_version, event_id, event_type, "
+						   " data, metadata, schema_version, recorded_at) "
+						   "SELECT $1 + u.o - 1, $2, $3 + u.o - 1, u.i, u.t, u.d, u.m, u.s, $9 "
+						   "FROM ROWS FROM (pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6), "
+						   "pg_catalog.unnest($7), pg_catalog.unnest($8)) WITH ORDINALITY AS u(i, t, d, m, s, o)",
+						   9, argtypes);
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+		SPI_keepplan(plan);
+		insert_many_plan = plan;
+	}
+}
+
+/* Insert the batch; unique violations become our own SQLSTATEs */
+static void
+es_insert_events(text *stream_id, EsNewEvent *evs, int n, int64 first_position,
+				 int64 first_version)
+{
+	Datum		values[9];
+	char		nulls[9] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	MemoryContext oldcxt = CurrentMemoryContext;
+	SPIPlanPtr	plan;
+	int			rc;
+
+	for (int i = 0; i < n; i++)
+		if (!evs[i].has_id)
+		{
+			Datum		u = DirectFunctionCall1(gen_random_uuid, (Datum) 0);
+
+			memcpy(evs[i].id.data, DatumGetUUIDP(u)->data, UUID_LEN);
+		}
+
+	values[0] = Int64GetDatum(first_position);
+	values[1] = PointerGetDatum(stream_id);
+	values[2] = Int64GetDatum(first_version);
+	values[8] = TimestampTzGetDatum(GetCurrentTimestamp());
+	if (n == 1)
+	{
+		plan = insert_one_plan;
+		values[3] = UUIDPGetDatum(&evs[0].id);
+		values[4] = PointerGetDatum(evs[0].type);
+		values[5] = JsonbPGetDatum(evs[0].data);
+		values[6] = JsonbPGetDatum(evs[0].metadata);
+		values[7] = Int32GetDatum(evs[0].schema_version);
+	}
+	else
+	{
+		Datum	   *ids = palloc(sizeof(Datum) * n);
+		Datum	   *types = palloc(sizeof(Datum) * n);
+		Datum	   *datas = palloc(sizeof(Datum) * n);
+		Datum	   *metas = palloc(sizeof(Datum) * n);
+		Datum	   *svs = palloc(sizeof(Datum) * n);
+
+		plan = insert_many_plan;
+		for (int i = 0; i < n; i++)
+		{
+			ids[i] = UUIDPGetDatum(&evs[i].id);
+			types[i] = PointerGetDatum(evs[i].type);
+			datas[i] = JsonbPGetDatum(evs[i].data);
+			metas[i] = JsonbPGetDatum(evs[i].metadata);
+			svs[i] = Int32GetDatum(evs[i].schema_version);
+		}
+		values[3] = PointerGetDatum(construct_array(ids, n, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR));
+		values[4] = PointerGetDatum(construct_array(types, n, TEXTOID, -1, false, TYPALIGN_INT));
+		values[5] = PointerGetDatum(construct_array(datas, n, JSONBOID, -1, false, TYPALIGN_INT));
+		values[6] = PointerGetDatum(construct_array(metas, n, JSONBOID, -1, false, TYPALIGN_INT));
+		values[7] = PointerGetDatum(construct_array(svs, n, INT4OID, 4, true, TYPALIGN_INT));
+	}
+
+	PG_TRY();
+	{
+		rc = SPI_execute_plan(plan, values, nulls, false, 0);
+		if (rc != SPI_OK_INSERT)
+			elog(ERROR, "inserting events failed: %s", SPI_result_code_string(rc));
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(oldcxt);
+		edata = CopyErrorData();
+		if (edata->sqlerrcode == ERRCODE_UNIQUE_VIOLATION && edata->constraint_name &&
+			strcmp(edata->constraint_name, ES_EVENTS_EVENT_ID_IDX) == 0)
+		{
+			/* a concurrent transaction stored one of our ids in another stream */
+			FlushErrorState();
+			ereport(ERROR,
+					(errcode(ERRCODE_ES_DUPLICATE_EVENT_ID),
+					 errmsg("duplicate event id in the batch for stream \"%s\"",
+							text_to_cstring(stream_id)),
+					 errdetail("%s", edata->detail ? edata->detail : "An event with one of the ids was stored concurrently.")));
+		}
+		if (edata->sqlerrcode == ERRCODE_UNIQUE_VIOLATION && edata->constraint_name &&
+			strcmp(edata->constraint_name, ES_EVENTS_STREAM_IDX) == 0)
+		{
+			/* only reachable if someone wrote to the table around append() */
+			FlushErrorState();
+			ereport(ERROR,
+					(errcode(ERRCODE_ES_WRONG_EXPECTED_VERSION),
+					 errmsg("wrong expected version for stream \"%s\": the stream changed concurrently",
+							text_to_cstring(stream_id))));
+		}
+		FreeErrorData(edata);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+}
+
+/*
+ * Append a validated batch to a stream; returns the stream's version after
+ * it.  has_expected/expected carry the optimistic-concurrency check.
+ */
+static int64
+EsAppendEvents(text *stream_id, EsNewEvent *evs, int n, bool has_expected,
+			   int64 expected)
+{
+	const EsCatalog *cat = EsGetCatalog();
+	Snapshot	snapshot;
+	int64		current;
+	int64		first_position;
+	bool		any_id = false;
+
+	for (int i = 0; i < n; i++)
+		any_id |= evs[i].has_id;
+	if (any_id)
+		es_check_batch_ids(evs, n);
+
+	es_lock_stream(stream_id);
+
+	/* Everybody who held the lock before us has ended: read the latest state */
+	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	current = EsLatestStreamVersion(cat, stream_id, snapshot);
+	if (any_id)
+	{
+		int64		replayed;
+
+		if (es_check_stored_ids(cat, stream_id, evs, n, has_expected, expected,
+								snapshot, &replayed))
+		{
+			UnregisterSnapshot(snapshot);
+			return replayed;
+		}
+	}
+	UnregisterSnapshot(snapshot);
+
+	if (has_expected && expected != current)
+		ereport(ERROR,
+				(errcode(ERRCODE_ES_WRONG_EXPECTED_VERSION),
+				 errmsg("wrong expected version for stream \"%s\": expected " INT64_FORMAT ", actual " INT64_FORMAT,
+						text_to_cstring(stream_id), expected, current),
+				 expected == 0 ? errdetail("Expected version 0 means the stream must not exist yet.") : 0,
+				 errhint("Read the stream again and retry with its current version.")));
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	es_prepare_plans();
+	first_position = EsAllocatePositions(n);
+	es_insert_events(stream_id, evs, n, first_position, current + 1);
+	SPI_finish();
+
+	return current + n;
+}
+
+/*
+ * SQL: event_store.append(stream_id text, events jsonb,
+ *		expected_version bigint DEFAULT NULL) RETURNS bigint
+ */
+Datum
+es_append(PG_FUNCTION_ARGS)
+{
+	text	   *stream_id;
+	Jsonb	   *events;
+	bool		has_expected = !PG_ARGISNULL(2);
+	int64		expected = has_expected ? PG_GETARG_INT64(2) : 0;
+	EsNewEvent *evs;
+	int			n;
+
+	EsCheckPreloaded();
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("stream_id must not be null")));
+	stream_id = PG_GETARG_TEXT_PP(0);
+	if (VARSIZE_ANY_EXHDR(stream_id) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("stream_id must not be empty")));
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("events must not be null"),
+				 errhint("Pass one event object or a non-empty array of them.")));
+	if (has_expected && expected < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("expected_version must not be negative"),
+				 errdetail("Got " INT64_FORMAT ".", expected),
+				 errhint("Pass NULL to append whatever the stream's version, 0 to require that the stream does not exist yet, or the stream's current version.")));
+	events = PG_GETARG_JSONB_P(1);
+
+	evs = es_parse_events(events, &n);
+	PG_RETURN_INT64(EsAppendEvents(stream_id, evs, n, has_expected, expected));
+}
+
+PG_FUNCTION_INFO_V1(es_refuse_modification);
+
+/*
+ * Trigger on event_store.events: events are immutable, so UPDATE, DELETE and
+ * TRUNCATE are refused for everybody, the table owner included.
+ */
+Datum
+es_refuse_modification(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	const char *what;
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		elog(ERROR, "es_refuse_modification: not called by trigger manager");
+
+	if (TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event))
+		what = "UPDATE";
+	else if (TRIGGER_FIRED_BY_DELETE(trigdata->tg_event))
+		what = "DELETE";
+	else if (TRIGGER_FIRED_BY_TRUNCATE(trigdata->tg_event))
+		what = "TRUNCATE";
+	else
+		what = "this operation";
+
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("events are immutable: %s of table \"%s\" is not allowed",
+					what, RelationGetRelationName(trigdata->tg_relation)),
+			 errdetail("Stored events are never changed or removed by plain DML."),
+			 errhint("Append a new event that corrects the earlier one.")));
+	PG_RETURN_NULL();
+}

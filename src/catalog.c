@@ -1,0 +1,88 @@
+/*
+ * catalog.c
+ *	  OIDs of the extension's own schema, tables, indexes and types, looked
+ *	  up once per backend and forgotten whenever the relcache is invalidated
+ *	  for one of them (DROP EXTENSION followed by CREATE EXTENSION gives new
+ *	  OIDs).
+ */
+#include "postgres.h"
+
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/syscache.h"
+
+#include "event_store.h"
+
+static EsCatalog es_catalog;
+static bool es_catalog_valid = false;
+static bool es_callback_registered = false;
+
+/* Relcache invalidation: forget everything if one of ours (or all) changed */
+static void
+es_catalog_relcache_callback(Datum arg, Oid relid)
+{
+	if (!es_catalog_valid)
+		return;
+	if (relid == InvalidOid ||
+		relid == es_catalog.events_relid ||
+		relid == es_catalog.position_idx ||
+		relid == es_catalog.stream_idx ||
+		relid == es_catalog.event_id_idx ||
+		relid == es_catalog.category_idx)
+		es_catalog_valid = false;
+}
+
+/* Look up one relation of our schema; a missing one means a broken install */
+static Oid
+es_lookup_rel(Oid nsp, const char *name)
+{
+	Oid			relid = get_relname_relid(name, nsp);
+
+	if (!OidIsValid(relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("relation \"%s.%s\" does not exist", ES_SCHEMA_NAME, name),
+				 errhint("Is the extension event_store installed in this database? Run CREATE EXTENSION event_store.")));
+	return relid;
+}
+
+/* The cached OIDs, looked up on first use after an invalidation */
+const EsCatalog *
+EsGetCatalog(void)
+{
+	Oid			nsp;
+
+	if (es_catalog_valid)
+		return &es_catalog;
+
+	if (!es_callback_registered)
+	{
+		CacheRegisterRelcacheCallback(es_catalog_relcache_callback, (Datum) 0);
+		es_callback_registered = true;
+	}
+
+	nsp = get_namespace_oid(ES_SCHEMA_NAME, true);
+	if (!OidIsValid(nsp))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_SCHEMA),
+				 errmsg("schema \"%s\" does not exist", ES_SCHEMA_NAME),
+				 errhint("Run CREATE EXTENSION event_store in this database.")));
+
+	es_catalog.namespace_oid = nsp;
+	es_catalog.events_relid = es_lookup_rel(nsp, ES_EVENTS_TABLE);
+	es_catalog.position_idx = es_lookup_rel(nsp, ES_EVENTS_POSITION_IDX);
+	es_catalog.stream_idx = es_lookup_rel(nsp, ES_EVENTS_STREAM_IDX);
+	es_catalog.event_id_idx = es_lookup_rel(nsp, ES_EVENTS_EVENT_ID_IDX);
+	es_catalog.category_idx = es_lookup_rel(nsp, ES_EVENTS_CATEGORY_IDX);
+	es_catalog.event_type_oid = GetSysCacheOid2(TYPENAMENSP, Anum_pg_type_oid,
+												CStringGetDatum("event"),
+												ObjectIdGetDatum(nsp));
+	if (!OidIsValid(es_catalog.event_type_oid))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("type \"%s.event\" does not exist", ES_SCHEMA_NAME)));
+	es_catalog_valid = true;
+	return &es_catalog;
+}

@@ -1,0 +1,19 @@
+/*
+ * errors.h
+ *	  The SQLSTATEs of event_store's own error class "SE".
+ *
+ * The SQL standard reserves classes starting with 0-4 and A-H; a class that
+ * starts with a letter from I to Z is free for applications and extensions.
+ */
+#ifndef EVENT_STORE_ERRORS_H
+#define EVENT_STORE_ERRORS_H
+
+#include "utils/elog.h"
+
+/* SE001: the stream is not at the version the caller expected */
+#define ERRCODE_ES_WRONG_EXPECTED_VERSION	MAKE_SQLSTATE('S','E','0','0','1')
+
+/* SE002: an event id the caller supplied already exists elsewhere */
+#define ERRCODE_ES_DUPLICATE_EVENT_ID		MAKE_SQLSTATE('S','E','0','0','2')
+
+#endif							/* EVENT_STORE_ERRORS_H */

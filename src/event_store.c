@@ -1,0 +1,102 @@
+/*
+ * event_store.c
+ *	  Module entry point: _PG_init, shared memory hooks and the check that
+ *	  the library was loaded through shared_preload_libraries.
+ */
+#include "postgres.h"
+
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "storage/ipc.h"
+#include "storage/shmem.h"
+#include "utils/guc.h"
+
+#include "event_store.h"
+
+PG_MODULE_MAGIC;
+
+/* true when _PG_init ran from shared_preload_libraries */
+bool		es_loaded_via_preload = false;
+
+#if PG_VERSION_NUM >= 150000
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+#endif
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+void		_PG_init(void);
+
+PG_FUNCTION_INFO_V1(es_assert_preloaded);
+
+/* Ask for our shared memory (PG15+: from shmem_request_hook) */
+static void
+es_shmem_request(void)
+{
+#if PG_VERSION_NUM >= 150000
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+#endif
+	RequestAddinShmemSpace(EsPositionShmemSize());
+	EsPositionRequestLocks();
+}
+
+/* Create or attach our shared memory */
+static void
+es_shmem_startup(void)
+{
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+	EsPositionShmemInit();
+}
+
+/* Module load */
+void
+_PG_init(void)
+{
+	/* Everything else needs shared memory, hence the preload. */
+	if (!process_shared_preload_libraries_in_progress)
+		return;
+
+	es_loaded_via_preload = true;
+
+	DefineCustomIntVariable("event_store.max_databases",
+							"Maximum number of databases that can use event_store at the same time.",
+							"Each database gets a slot in shared memory for its position counter.",
+							&es_max_databases,
+							16, 1, 1024,
+							PGC_POSTMASTER, 0,
+							NULL, NULL, NULL);
+
+	MarkGUCPrefixReserved("event_store");
+
+#if PG_VERSION_NUM >= 150000
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = es_shmem_request;
+#else
+	es_shmem_request();
+#endif
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = es_shmem_startup;
+}
+
+/*
+ * Raise the "not preloaded" error unless our shared memory is there.  Every
+ * entry point that needs shared memory calls this first.
+ */
+void
+EsCheckPreloaded(void)
+{
+	if (!EsPositionShmemReady())
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("event_store must be loaded via shared_preload_libraries"),
+				 errdetail("The extension keeps the global position horizon in shared memory, which is only available to a preloaded library."),
+				 errhint("Add event_store to shared_preload_libraries in postgresql.conf and restart the server.")));
+}
+
+/* SQL: event_store._assert_preloaded(), called by the install script */
+Datum
+es_assert_preloaded(PG_FUNCTION_ARGS)
+{
+	EsCheckPreloaded();
+	PG_RETURN_VOID();
+}

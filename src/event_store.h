@@ -1,0 +1,66 @@
+/*
+ * event_store.h
+ *	  Declarations shared by the subsystems of the event_store extension.
+ */
+#ifndef EVENT_STORE_H
+#define EVENT_STORE_H
+
+#include "postgres.h"
+
+#include "access/attnum.h"
+#include "utils/relcache.h"
+#include "utils/snapshot.h"
+
+#define ES_SCHEMA_NAME			"event_store"
+#define ES_EVENTS_TABLE			"events"
+#define ES_EVENTS_POSITION_IDX	"events_pkey"
+#define ES_EVENTS_STREAM_IDX	"events_stream_id_stream_version_key"
+#define ES_EVENTS_EVENT_ID_IDX	"events_event_id_key"
+#define ES_EVENTS_CATEGORY_IDX	"events_category_position_idx"
+
+/* Attribute numbers of event_store.events (same order as event_store.event) */
+#define Anum_es_global_position	1
+#define Anum_es_stream_id		2
+#define Anum_es_stream_version	3
+#define Anum_es_event_id		4
+#define Anum_es_event_type		5
+#define Anum_es_data			6
+#define Anum_es_metadata		7
+#define Anum_es_schema_version	8
+#define Anum_es_recorded_at		9
+#define Natts_es_event			9
+
+/* event_store.c */
+extern bool es_loaded_via_preload;
+extern void EsCheckPreloaded(void);
+
+/* catalog.c: OIDs of the extension's own relations, cached per backend */
+typedef struct EsCatalog
+{
+	Oid			namespace_oid;
+	Oid			events_relid;
+	Oid			position_idx;
+	Oid			stream_idx;
+	Oid			event_id_idx;
+	Oid			category_idx;
+	Oid			event_type_oid;	/* composite type event_store.event */
+} EsCatalog;
+
+extern const EsCatalog *EsGetCatalog(void);
+
+/* position.c: the global position counter and the follower horizon */
+extern int	es_max_databases;
+extern Size EsPositionShmemSize(void);
+extern void EsPositionRequestLocks(void);
+extern void EsPositionShmemInit(void);
+extern bool EsPositionShmemReady(void);
+extern int64 EsAllocatePositions(int64 count);
+extern int64 EsSafeHead(void);
+extern int64 EsWaitForHead(int64 after_position, long timeout_ms);
+extern void EsPositionRegisterCallbacks(void);
+
+/* read.c */
+extern int64 EsLatestStreamVersion(const EsCatalog *cat, text *stream_id,
+								   Snapshot snapshot);
+
+#endif							/* EVENT_STORE_H */

@@ -1,0 +1,454 @@
+/*
+ * position.c
+ *	  The global position counter and the gap-safe follower horizon.
+ *
+ * Every database that uses event_store has an entry in shared memory with
+ * the next global position to hand out.  An appender takes its positions
+ * under the entry's LWLock (held for a few instructions) and, in the same
+ * critical section, publishes the lowest position its open transaction holds
+ * in its own per-process slot.  The slot is cleared at transaction end, after
+ * the commit (or abort) has become visible in the proc array.
+ *
+ * A reader's safe head is therefore
+ *		min(lowest position of every other in-flight appender) - 1
+ * or, with nobody in flight, the last position handed out.  Every position at
+ * or below the head belongs to a transaction that has ended: a snapshot taken
+ * after computing the head sees all of them that committed.  Appenders never
+ * wait for each other here and nothing waits on a timer.
+ *
+ * The counter is rebuilt from the table (highest stored position + 1) on the
+ * first use after server start or crash recovery, and again whenever
+ * event_store.events is a new table (DROP/CREATE EXTENSION).
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/relscan.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/twophase.h"
+#include "access/xact.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "port/atomics.h"
+#include "storage/condition_variable.h"
+#include "storage/ipc.h"
+#include "storage/lwlock.h"
+#include "storage/proc.h"
+#include "storage/shmem.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+#include "utils/syscache.h"
+#include "utils/timestamp.h"
+
+#include "event_store.h"
+
+#if PG_VERSION_NUM >= 170000
+#define ES_MY_PROCNO	MyProcNumber
+#else
+#define ES_MY_PROCNO	(MyProc->pgprocno)
+#endif
+
+/* Per-database state; protected by the entry's own LWLock */
+typedef struct EsDbState
+{
+	Oid			dboid;			/* InvalidOid: the entry is free */
+	Oid			events_relid;	/* the table the counter was built from */
+	bool		initialized;	/* next_position is valid */
+	int64		next_position;	/* next position to hand out */
+	ConditionVariable head_cv;	/* broadcast when an appender's xact ends */
+} EsDbState;
+
+/* Per-process slot; written by its owner only */
+typedef struct EsProcSlot
+{
+	Oid			dboid;			/* database of the owner */
+	pg_atomic_uint64 lowest;	/* lowest position held by the open xact, or 0 */
+} EsProcSlot;
+
+typedef struct EsShared
+{
+	int			max_databases;
+	int			nprocs;
+	EsDbState	dbs[FLEXIBLE_ARRAY_MEMBER];
+	/* followed by EsProcSlot procs[nprocs] */
+} EsShared;
+
+int			es_max_databases = 16;
+
+static EsShared *es_shared = NULL;
+static EsProcSlot *es_procs = NULL;
+static LWLockPadded *es_locks = NULL;	/* [0]: directory, [1 + i]: dbs[i] */
+
+/* backend-local state */
+static EsDbState *my_db = NULL;
+static LWLock *my_db_lock = NULL;
+static bool xact_holds_positions = false;
+static bool callbacks_registered = false;
+
+/* Number of PGPROC slots, which bounds pgprocno */
+static int
+es_proc_count(void)
+{
+#if PG_VERSION_NUM >= 150000
+	return MaxBackends + NUM_AUXILIARY_PROCS + max_prepared_xacts;
+#else
+	return MaxConnections + autovacuum_max_workers + 1 + max_worker_processes +
+		max_wal_senders + NUM_AUXILIARY_PROCS + max_prepared_xacts;
+#endif
+}
+
+/* Shared memory we need */
+Size
+EsPositionShmemSize(void)
+{
+	Size		size;
+
+	size = offsetof(EsShared, dbs);
+	size = add_size(size, mul_size(es_max_databases, sizeof(EsDbState)));
+	size = MAXALIGN(size);
+	size = add_size(size, mul_size(es_proc_count(), sizeof(EsProcSlot)));
+	return size;
+}
+
+/* Ask for our LWLocks: a directory lock plus one per database entry */
+void
+EsPositionRequestLocks(void)
+{
+	RequestNamedLWLockTranche("event_store", 1 + es_max_databases);
+}
+
+/* Create or attach the shared state; runs from shmem_startup_hook */
+void
+EsPositionShmemInit(void)
+{
+	bool		found;
+	Size		dbs_size;
+
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	es_shared = ShmemInitStruct("event_store", EsPositionShmemSize(), &found);
+	dbs_size = MAXALIGN(offsetof(EsShared, dbs) + es_max_databases * sizeof(EsDbState));
+	es_procs = (EsProcSlot *) ((char *) es_shared + dbs_size);
+	if (!found)
+	{
+		es_shared->max_databases = es_max_databases;
+		es_shared->nprocs = es_proc_count();
+		for (int i = 0; i < es_max_databases; i++)
+		{
+			EsDbState  *db = &es_shared->dbs[i];
+
+			db->dboid = InvalidOid;
+			db->events_relid = InvalidOid;
+			db->initialized = false;
+			db->next_position = 1;
+			ConditionVariableInit(&db->head_cv);
+		}
+		for (int i = 0; i < es_shared->nprocs; i++)
+		{
+			es_procs[i].dboid = InvalidOid;
+			pg_atomic_init_u64(&es_procs[i].lowest, 0);
+		}
+	}
+	es_locks = GetNamedLWLockTranche("event_store");
+	LWLockRelease(AddinShmemInitLock);
+}
+
+/* Is the shared state there (i.e. was the library preloaded)? */
+bool
+EsPositionShmemReady(void)
+{
+	return es_shared != NULL;
+}
+
+/* Our own slot */
+static inline EsProcSlot *
+es_my_slot(void)
+{
+	return &es_procs[ES_MY_PROCNO];
+}
+
+/* Release our positions: the transaction that held them has ended */
+static void
+es_release_positions(void)
+{
+	if (!xact_holds_positions)
+		return;
+	xact_holds_positions = false;
+	/* the commit is already visible; make sure that is ordered first */
+	pg_memory_barrier();
+	pg_atomic_write_u64(&es_my_slot()->lowest, 0);
+	ConditionVariableBroadcast(&my_db->head_cv);
+}
+
+/* Transaction end: publish that our positions are settled */
+static void
+es_xact_callback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_PRE_PREPARE:
+			if (xact_holds_positions)
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("cannot PREPARE a transaction that appended events"),
+						 errdetail("Followers could not read past the positions it holds until COMMIT PREPARED.")));
+			break;
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+		case XACT_EVENT_PREPARE:
+			es_release_positions();
+			break;
+		default:
+			break;
+	}
+}
+
+/* Process exit: never leave a stale slot behind */
+static void
+es_shmem_exit(int code, Datum arg)
+{
+	if (es_shared != NULL && MyProc != NULL)
+	{
+		pg_atomic_write_u64(&es_my_slot()->lowest, 0);
+		xact_holds_positions = false;
+	}
+}
+
+/* Register the per-backend callbacks once */
+void
+EsPositionRegisterCallbacks(void)
+{
+	if (callbacks_registered)
+		return;
+	RegisterXactCallback(es_xact_callback, NULL);
+	before_shmem_exit(es_shmem_exit, (Datum) 0);
+	callbacks_registered = true;
+}
+
+/*
+ * Find (or create) the entry of this database.  The directory lock guards
+ * the dboid fields; an entry of a database that no longer exists is reused.
+ */
+static void
+es_attach_db(void)
+{
+	int			slot = -1;
+
+	if (my_db != NULL)
+		return;
+	EsCheckPreloaded();
+	EsPositionRegisterCallbacks();
+
+	for (int attempt = 0; attempt < 2 && slot < 0; attempt++)
+	{
+		LWLockAcquire(&es_locks[0].lock, LW_EXCLUSIVE);
+		for (int i = 0; i < es_shared->max_databases; i++)
+		{
+			if (es_shared->dbs[i].dboid == MyDatabaseId)
+			{
+				slot = i;
+				break;
+			}
+		}
+		if (slot < 0)
+		{
+			for (int i = 0; i < es_shared->max_databases; i++)
+			{
+				if (es_shared->dbs[i].dboid == InvalidOid)
+				{
+					EsDbState  *db = &es_shared->dbs[i];
+
+					db->dboid = MyDatabaseId;
+					db->events_relid = InvalidOid;
+					db->initialized = false;
+					db->next_position = 1;
+					slot = i;
+					break;
+				}
+			}
+		}
+		LWLockRelease(&es_locks[0].lock);
+
+		if (slot < 0 && attempt == 0)
+		{
+			/* full: free the entries of dropped databases, then retry */
+			for (int i = 0; i < es_shared->max_databases; i++)
+			{
+				Oid			dboid = es_shared->dbs[i].dboid;
+
+				if (OidIsValid(dboid) &&
+					!SearchSysCacheExists1(DATABASEOID, ObjectIdGetDatum(dboid)))
+				{
+					LWLockAcquire(&es_locks[0].lock, LW_EXCLUSIVE);
+					if (es_shared->dbs[i].dboid == dboid)
+						es_shared->dbs[i].dboid = InvalidOid;
+					LWLockRelease(&es_locks[0].lock);
+				}
+			}
+		}
+	}
+
+	if (slot < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("too many databases use event_store"),
+				 errdetail("All %d shared memory entries are taken.", es_shared->max_databases),
+				 errhint("Increase event_store.max_databases and restart the server.")));
+
+	my_db = &es_shared->dbs[slot];
+	my_db_lock = &es_locks[1 + slot].lock;
+	es_my_slot()->dboid = MyDatabaseId;
+}
+
+/*
+ * Highest global position physically present in the table, committed or
+ * not (SnapshotAny): the counter must never hand out a stored position.
+ */
+static int64
+es_scan_max_position(const EsCatalog *cat)
+{
+	Relation	heap;
+	Relation	index;
+	IndexScanDesc scan;
+	TupleTableSlot *slot;
+	int64		maxpos = 0;
+
+	heap = table_open(cat->events_relid, AccessShareLock);
+	index = index_open(cat->position_idx, AccessShareLock);
+	slot = table_slot_create(heap, NULL);
+	scan = index_beginscan(heap, index, SnapshotAny, 0, 0);
+	index_rescan(scan, NULL, 0, NULL, 0);
+	if (index_getnext_slot(scan, BackwardScanDirection, slot))
+	{
+		bool		isnull;
+
+		maxpos = DatumGetInt64(slot_getattr(slot, Anum_es_global_position, &isnull));
+	}
+	index_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
+	index_close(index, AccessShareLock);
+	table_close(heap, AccessShareLock);
+	return maxpos;
+}
+
+/* Make sure this database's counter is built for the current table */
+static void
+es_ensure_counter(void)
+{
+	const EsCatalog *cat = EsGetCatalog();
+	bool		ready;
+	int64		maxpos;
+
+	es_attach_db();
+
+	LWLockAcquire(my_db_lock, LW_SHARED);
+	ready = my_db->initialized && my_db->events_relid == cat->events_relid;
+	LWLockRelease(my_db_lock);
+	if (ready)
+		return;
+
+	maxpos = es_scan_max_position(cat);
+
+	LWLockAcquire(my_db_lock, LW_EXCLUSIVE);
+	if (!my_db->initialized || my_db->events_relid != cat->events_relid)
+	{
+		my_db->next_position = maxpos + 1;
+		my_db->events_relid = cat->events_relid;
+		my_db->initialized = true;
+	}
+	LWLockRelease(my_db_lock);
+}
+
+/*
+ * Hand out count consecutive positions to the current transaction and
+ * return the first.  The positions stay "in flight" until the transaction
+ * ends.
+ */
+int64
+EsAllocatePositions(int64 count)
+{
+	EsProcSlot *me;
+	int64		first;
+
+	Assert(count > 0);
+	es_ensure_counter();
+	me = es_my_slot();
+
+	LWLockAcquire(my_db_lock, LW_EXCLUSIVE);
+	first = my_db->next_position;
+	my_db->next_position += count;
+	if (pg_atomic_read_u64(&me->lowest) == 0)
+		pg_atomic_write_u64(&me->lowest, (uint64) first);
+	LWLockRelease(my_db_lock);
+
+	xact_holds_positions = true;
+	return first;
+}
+
+/*
+ * The highest position a follower may read to: every position at or below
+ * it belongs to a transaction that has ended.  Our own transaction's
+ * positions do not hold us back (a transaction sees its own writes).
+ */
+int64
+EsSafeHead(void)
+{
+	int			me = ES_MY_PROCNO;
+	int64		head;
+
+	es_ensure_counter();
+
+	LWLockAcquire(my_db_lock, LW_SHARED);
+	head = my_db->next_position - 1;
+	for (int i = 0; i < es_shared->nprocs; i++)
+	{
+		uint64		low;
+
+		if (i == me)
+			continue;
+		low = pg_atomic_read_u64(&es_procs[i].lowest);
+		if (low == 0)
+			continue;
+		pg_read_barrier();
+		if (es_procs[i].dboid != MyDatabaseId)
+			continue;
+		if ((int64) low - 1 < head)
+			head = (int64) low - 1;
+	}
+	LWLockRelease(my_db_lock);
+	return head;
+}
+
+/*
+ * Wait until the safe head passes after_position or timeout_ms elapse;
+ * return the head.  Appenders broadcast the condition variable when their
+ * transaction ends, so this never polls.
+ */
+int64
+EsWaitForHead(int64 after_position, long timeout_ms)
+{
+	TimestampTz deadline;
+	int64		head;
+
+	es_ensure_counter();
+	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
+
+	ConditionVariablePrepareToSleep(&my_db->head_cv);
+	for (;;)
+	{
+		long		remaining;
+
+		head = EsSafeHead();
+		if (head > after_position)
+			break;
+		remaining = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
+		if (remaining <= 0)
+			break;
+		(void) ConditionVariableTimedSleep(&my_db->head_cv, remaining,
+										   PG_WAIT_EXTENSION);
+	}
+	ConditionVariableCancelSleep();
+	return head;
+}

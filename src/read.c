@@ -1,0 +1,466 @@
+/*
+ * read.c
+ *	  Reads: stream_version, read_stream, read_all, read_category,
+ *	  head_position and wait_for_events.
+ *
+ * All reads are direct index scans on event_store.events whose rows are
+ * copied into the caller's tuplestore.  read_all and read_category are
+ * gap-safe: they stop at the safe head of position.c and scan with a
+ * snapshot taken after computing it (see position.c for why that is enough).
+ * A REPEATABLE READ or SERIALIZABLE reader additionally stops at the first
+ * event its transaction snapshot cannot see, so its cursor never passes an
+ * event that committed after the transaction began.
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/relscan.h"
+#include "access/skey.h"
+#include "access/stratnum.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "executor/tuptable.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "event_store.h"
+
+PG_FUNCTION_INFO_V1(es_stream_version);
+PG_FUNCTION_INFO_V1(es_read_stream);
+PG_FUNCTION_INFO_V1(es_read_all);
+PG_FUNCTION_INFO_V1(es_read_category);
+PG_FUNCTION_INFO_V1(es_head_position);
+PG_FUNCTION_INFO_V1(es_wait_for_events);
+
+/* Optional event-type filter of read_all / read_category */
+typedef struct EsTypeFilter
+{
+	int			ntypes;			/* -1: no filter */
+	text	  **types;
+} EsTypeFilter;
+
+/* What one scan emits */
+typedef struct EsScanSpec
+{
+	Oid			index_oid;
+	ScanKeyData keys[3];
+	int			nkeys;
+	ScanDirection direction;
+	Snapshot	snapshot;		/* scan snapshot */
+	Snapshot	xact_snapshot;	/* stop at the first row this cannot see, or NULL */
+	EsTypeFilter filter;
+	int64		max_count;		/* -1: unlimited */
+	bool		raw;			/* do not upcast */
+} EsScanSpec;
+
+/* Raise the class-22 error for a NULL required argument */
+static void
+es_require_arg(FunctionCallInfo fcinfo, int argno, const char *name)
+{
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not be null", name)));
+}
+
+/* Set up a scan key on an index column, with the index's collation */
+static void
+es_key(ScanKey key, Relation index, AttrNumber attno, StrategyNumber strategy,
+	   RegProcedure proc, Datum arg)
+{
+	ScanKeyEntryInitialize(key, 0, attno, strategy, InvalidOid,
+						   index->rd_indcollation[attno - 1], proc, arg);
+}
+
+/* Does the event type pass the filter? */
+static bool
+es_type_matches(const EsTypeFilter *filter, Datum event_type)
+{
+	text	   *t;
+	Size		len;
+
+	if (filter->ntypes < 0)
+		return true;
+	t = DatumGetTextPP(event_type);
+	len = VARSIZE_ANY_EXHDR(t);
+	for (int i = 0; i < filter->ntypes; i++)
+	{
+		text	   *f = filter->types[i];
+
+		if (VARSIZE_ANY_EXHDR(f) == len &&
+			memcmp(VARDATA_ANY(f), VARDATA_ANY(t), len) == 0)
+			return true;
+	}
+	return false;
+}
+
+/* Decode the event_types argument; NULL means no filter */
+static void
+es_parse_type_filter(FunctionCallInfo fcinfo, int argno, EsTypeFilter *filter)
+{
+	ArrayType  *arr;
+	Datum	   *elems;
+	bool	   *nulls;
+	int			n;
+
+	filter->ntypes = -1;
+	filter->types = NULL;
+	if (PG_ARGISNULL(argno))
+		return;
+	arr = PG_GETARG_ARRAYTYPE_P(argno);
+	if (ARR_NDIM(arr) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("event_types must be a one-dimensional array")));
+	deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &n);
+	filter->types = palloc(sizeof(text *) * Max(n, 1));
+	for (int i = 0; i < n; i++)
+	{
+		if (nulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("event_types must not contain nulls"),
+					 errdetail("Element %d is null.", i + 1)));
+		filter->types[i] = DatumGetTextPP(elems[i]);
+	}
+	filter->ntypes = n;
+}
+
+/* Decode a max_count argument: NULL means unlimited, negative is an error */
+static int64
+es_parse_max_count(FunctionCallInfo fcinfo, int argno, bool is_int8)
+{
+	int64		v;
+
+	if (PG_ARGISNULL(argno))
+		return -1;
+	v = is_int8 ? PG_GETARG_INT64(argno) : (int64) PG_GETARG_INT32(argno);
+	if (v < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("max_count must not be negative"),
+				 errdetail("Got " INT64_FORMAT ".", v),
+				 errhint("Pass NULL to read without a limit.")));
+	return v;
+}
+
+/* The optional trailing "raw" argument */
+static bool
+es_parse_raw(FunctionCallInfo fcinfo, int argno)
+{
+	es_require_arg(fcinfo, argno, "raw");
+	return PG_GETARG_BOOL(argno);
+}
+
+/* Run one index scan over event_store.events into the SRF's tuplestore */
+static int64
+es_emit_scan(FunctionCallInfo fcinfo, const EsCatalog *cat, EsScanSpec *spec)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	Relation	heap;
+	Relation	index;
+	IndexScanDesc scan;
+	TupleTableSlot *slot;
+	int64		emitted = 0;
+
+	heap = table_open(cat->events_relid, AccessShareLock);
+	index = index_open(spec->index_oid, AccessShareLock);
+	slot = table_slot_create(heap, NULL);
+	scan = index_beginscan(heap, index, spec->snapshot, spec->nkeys, 0);
+	index_rescan(scan, spec->keys, spec->nkeys, NULL, 0);
+
+	while ((spec->max_count < 0 || emitted < spec->max_count) &&
+		   index_getnext_slot(scan, spec->direction, slot))
+	{
+		CHECK_FOR_INTERRUPTS();
+		if (spec->xact_snapshot != NULL &&
+			!table_tuple_satisfies_snapshot(heap, slot, spec->xact_snapshot))
+			break;
+		slot_getallattrs(slot);
+		if (!es_type_matches(&spec->filter, slot->tts_values[Anum_es_event_type - 1]))
+			continue;
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc,
+							 slot->tts_values, slot->tts_isnull);
+		emitted++;
+	}
+
+	index_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
+	index_close(index, AccessShareLock);
+	table_close(heap, AccessShareLock);
+	return emitted;
+}
+
+/*
+ * Current version of a stream (0 when it has no events) as seen by the
+ * given snapshot: one backward probe of the (stream_id, stream_version) index.
+ */
+int64
+EsLatestStreamVersion(const EsCatalog *cat, text *stream_id, Snapshot snapshot)
+{
+	Relation	heap;
+	Relation	index;
+	IndexScanDesc scan;
+	TupleTableSlot *slot;
+	ScanKeyData key;
+	int64		version = 0;
+
+	heap = table_open(cat->events_relid, AccessShareLock);
+	index = index_open(cat->stream_idx, AccessShareLock);
+	es_key(&key, index, 1, BTEqualStrategyNumber, F_TEXTEQ, PointerGetDatum(stream_id));
+	slot = table_slot_create(heap, NULL);
+	scan = index_beginscan(heap, index, snapshot, 1, 0);
+	index_rescan(scan, &key, 1, NULL, 0);
+	if (index_getnext_slot(scan, BackwardScanDirection, slot))
+	{
+		bool		isnull;
+
+		version = DatumGetInt64(slot_getattr(slot, Anum_es_stream_version, &isnull));
+	}
+	index_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
+	index_close(index, AccessShareLock);
+	table_close(heap, AccessShareLock);
+	return version;
+}
+
+/* Validate a stream_id argument */
+static text *
+es_get_stream_id(FunctionCallInfo fcinfo, int argno)
+{
+	text	   *stream_id;
+
+	es_require_arg(fcinfo, argno, "stream_id");
+	stream_id = PG_GETARG_TEXT_PP(argno);
+	if (VARSIZE_ANY_EXHDR(stream_id) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("stream_id must not be empty")));
+	return stream_id;
+}
+
+/* SQL: event_store.stream_version(stream_id text) RETURNS bigint */
+Datum
+es_stream_version(PG_FUNCTION_ARGS)
+{
+	text	   *stream_id = es_get_stream_id(fcinfo, 0);
+
+	PG_RETURN_INT64(EsLatestStreamVersion(EsGetCatalog(), stream_id,
+										  GetActiveSnapshot()));
+}
+
+/*
+ * SQL: event_store.read_stream(stream_id text, from_version bigint,
+ *		max_count bigint, backward boolean, raw boolean) RETURNS SETOF event
+ */
+Datum
+es_read_stream(PG_FUNCTION_ARGS)
+{
+	text	   *stream_id = es_get_stream_id(fcinfo, 0);
+	const EsCatalog *cat;
+	EsScanSpec	spec;
+	Relation	index;
+	bool		backward;
+	bool		has_from = !PG_ARGISNULL(1);
+	int64		from_version = has_from ? PG_GETARG_INT64(1) : 0;
+
+	if (has_from && from_version < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("from_version must not be negative"),
+				 errdetail("Got " INT64_FORMAT ".", from_version),
+				 errhint("Stream versions start at 1; pass NULL to start at the first (or, backward, the last) event.")));
+	es_require_arg(fcinfo, 3, "backward");
+	backward = PG_GETARG_BOOL(3);
+
+	memset(&spec, 0, sizeof(spec));
+	spec.max_count = es_parse_max_count(fcinfo, 2, true);
+	spec.raw = es_parse_raw(fcinfo, 4);
+	spec.filter.ntypes = -1;
+
+	cat = EsGetCatalog();
+	InitMaterializedSRF(fcinfo, 0);
+
+	spec.index_oid = cat->stream_idx;
+	spec.direction = backward ? BackwardScanDirection : ForwardScanDirection;
+	spec.snapshot = GetActiveSnapshot();
+	index = index_open(cat->stream_idx, AccessShareLock);
+	es_key(&spec.keys[0], index, 1, BTEqualStrategyNumber, F_TEXTEQ,
+		   PointerGetDatum(stream_id));
+	spec.nkeys = 1;
+	if (has_from)
+	{
+		es_key(&spec.keys[1], index, 2,
+			   backward ? BTLessEqualStrategyNumber : BTGreaterEqualStrategyNumber,
+			   backward ? F_INT8LE : F_INT8GE, Int64GetDatum(from_version));
+		spec.nkeys = 2;
+	}
+	index_close(index, AccessShareLock);
+
+	es_emit_scan(fcinfo, cat, &spec);
+	return (Datum) 0;
+}
+
+/*
+ * Common part of read_all and read_category: the position range
+ * (after_position, safe head], scanned with a snapshot taken after the head
+ * was computed.
+ */
+static void
+es_read_positions(FunctionCallInfo fcinfo, EsScanSpec *spec,
+				  const EsCatalog *cat, Relation index, AttrNumber pos_attno,
+				  int64 after_position)
+{
+	int64		head;
+	Snapshot	latest;
+
+	head = EsSafeHead();
+	if (head <= after_position)
+		return;
+
+	es_key(&spec->keys[spec->nkeys++], index, pos_attno,
+		   BTGreaterStrategyNumber, F_INT8GT, Int64GetDatum(after_position));
+	es_key(&spec->keys[spec->nkeys++], index, pos_attno,
+		   BTLessEqualStrategyNumber, F_INT8LE, Int64GetDatum(head));
+
+	/* the snapshot must be taken after the head: it then sees every commit below it */
+	latest = RegisterSnapshot(GetLatestSnapshot());
+	spec->snapshot = latest;
+	spec->xact_snapshot = IsolationUsesXactSnapshot() ? GetTransactionSnapshot() : NULL;
+	spec->direction = ForwardScanDirection;
+	es_emit_scan(fcinfo, cat, spec);
+	UnregisterSnapshot(latest);
+}
+
+/* Decode after_position */
+static int64
+es_get_after_position(FunctionCallInfo fcinfo, int argno)
+{
+	int64		after;
+
+	es_require_arg(fcinfo, argno, "after_position");
+	after = PG_GETARG_INT64(argno);
+	if (after < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("after_position must not be negative"),
+				 errdetail("Got " INT64_FORMAT ".", after),
+				 errhint("Pass 0 to read from the beginning.")));
+	return after;
+}
+
+/*
+ * SQL: event_store.read_all(after_position bigint, max_count int,
+ *		event_types text[], raw boolean) RETURNS SETOF event
+ */
+Datum
+es_read_all(PG_FUNCTION_ARGS)
+{
+	int64		after = es_get_after_position(fcinfo, 0);
+	const EsCatalog *cat;
+	EsScanSpec	spec;
+	Relation	index;
+
+	memset(&spec, 0, sizeof(spec));
+	spec.max_count = es_parse_max_count(fcinfo, 1, false);
+	es_parse_type_filter(fcinfo, 2, &spec.filter);
+	spec.raw = es_parse_raw(fcinfo, 3);
+
+	cat = EsGetCatalog();
+	InitMaterializedSRF(fcinfo, 0);
+	if (spec.max_count == 0 || spec.filter.ntypes == 0)
+		return (Datum) 0;
+
+	spec.index_oid = cat->position_idx;
+	index = index_open(cat->position_idx, AccessShareLock);
+	es_read_positions(fcinfo, &spec, cat, index, 1, after);
+	index_close(index, AccessShareLock);
+	return (Datum) 0;
+}
+
+/*
+ * SQL: event_store.read_category(category text, after_position bigint,
+ *		max_count int, event_types text[], raw boolean) RETURNS SETOF event
+ */
+Datum
+es_read_category(PG_FUNCTION_ARGS)
+{
+	text	   *category;
+	int64		after;
+	const EsCatalog *cat;
+	EsScanSpec	spec;
+	Relation	index;
+
+	es_require_arg(fcinfo, 0, "category");
+	category = PG_GETARG_TEXT_PP(0);
+	if (VARSIZE_ANY_EXHDR(category) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("category must not be empty")));
+	if (memchr(VARDATA_ANY(category), '-', VARSIZE_ANY_EXHDR(category)) != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("category \"%s\" contains \"-\"", text_to_cstring(category)),
+				 errdetail("A stream's category is the part of its id before the first \"-\"."),
+				 errhint("Use read_stream() to read one stream.")));
+	after = es_get_after_position(fcinfo, 1);
+
+	memset(&spec, 0, sizeof(spec));
+	spec.max_count = es_parse_max_count(fcinfo, 2, false);
+	es_parse_type_filter(fcinfo, 3, &spec.filter);
+	spec.raw = es_parse_raw(fcinfo, 4);
+
+	cat = EsGetCatalog();
+	InitMaterializedSRF(fcinfo, 0);
+	if (spec.max_count == 0 || spec.filter.ntypes == 0)
+		return (Datum) 0;
+
+	spec.index_oid = cat->category_idx;
+	index = index_open(cat->category_idx, AccessShareLock);
+	es_key(&spec.keys[0], index, 1, BTEqualStrategyNumber, F_TEXTEQ,
+		   PointerGetDatum(category));
+	spec.nkeys = 1;
+	es_read_positions(fcinfo, &spec, cat, index, 2, after);
+	index_close(index, AccessShareLock);
+	return (Datum) 0;
+}
+
+/* SQL: event_store.head_position() RETURNS bigint */
+Datum
+es_head_position(PG_FUNCTION_ARGS)
+{
+	(void) EsGetCatalog();
+	PG_RETURN_INT64(EsSafeHead());
+}
+
+/*
+ * SQL: event_store.wait_for_events(after_position bigint, timeout interval)
+ *		RETURNS bigint
+ */
+Datum
+es_wait_for_events(PG_FUNCTION_ARGS)
+{
+	int64		after = es_get_after_position(fcinfo, 0);
+	Interval   *timeout;
+	int64		usecs;
+
+	es_require_arg(fcinfo, 1, "timeout");
+	timeout = PG_GETARG_INTERVAL_P(1);
+	usecs = timeout->time + (int64) timeout->day * USECS_PER_DAY +
+		(int64) timeout->month * DAYS_PER_MONTH * USECS_PER_DAY;
+	if (usecs < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("timeout must not be negative")));
+	(void) EsGetCatalog();
+	PG_RETURN_INT64(EsWaitForHead(after, (long) Min(usecs / 1000, (int64) LONG_MAX)));
+}
