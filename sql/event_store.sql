@@ -131,3 +131,112 @@ CREATE FUNCTION event_store.wait_for_events(after_position bigint,
     AS 'MODULE_PATHNAME', 'es_wait_for_events';
 COMMENT ON FUNCTION event_store.wait_for_events(bigint, interval) IS
     'Block until head_position() exceeds after_position (woken at commit) or the timeout passes; returns head_position()';
+
+------------------------------------------------------------------------------
+-- Upcasting
+------------------------------------------------------------------------------
+
+CREATE TABLE event_store.upcasters (
+    event_type          text COLLATE "C" NOT NULL CHECK (event_type <> ''),
+    from_schema_version int          NOT NULL CHECK (from_schema_version > 0),
+    upcaster            regprocedure NOT NULL,
+    to_event_type       text COLLATE "C" CHECK (to_event_type <> ''),
+    registered_at       timestamptz  NOT NULL DEFAULT now(),
+    PRIMARY KEY (event_type, from_schema_version)
+);
+COMMENT ON TABLE event_store.upcasters IS 'Registered upcasters; maintained with register_upcaster() / drop_upcaster()';
+SELECT pg_catalog.pg_extension_config_dump('event_store.upcasters', '');
+REVOKE ALL ON TABLE event_store.upcasters FROM PUBLIC;
+
+CREATE FUNCTION event_store.register_upcaster(event_type text, from_schema_version int,
+                                              upcaster regprocedure,
+                                              to_event_type text DEFAULT NULL)
+    RETURNS void
+    LANGUAGE c VOLATILE PARALLEL UNSAFE
+    AS 'MODULE_PATHNAME', 'es_register_upcaster';
+COMMENT ON FUNCTION event_store.register_upcaster(text, int, regprocedure, text) IS
+    'Register (or replace) the upcaster (data jsonb, metadata jsonb) RETURNS jsonb that turns event_type at from_schema_version into the next version';
+
+CREATE FUNCTION event_store.drop_upcaster(event_type text, from_schema_version int)
+    RETURNS void
+    LANGUAGE c VOLATILE PARALLEL UNSAFE
+    AS 'MODULE_PATHNAME', 'es_drop_upcaster';
+COMMENT ON FUNCTION event_store.drop_upcaster(text, int) IS
+    'Remove the upcaster of event_type at from_schema_version';
+
+------------------------------------------------------------------------------
+-- Aggregates and snapshots
+------------------------------------------------------------------------------
+
+CREATE TABLE event_store.aggregates (
+    category       text COLLATE "C" PRIMARY KEY
+                   CHECK (category <> '' AND strpos(category, '-') = 0),
+    reducer        regprocedure NOT NULL,
+    initial_state  jsonb        NOT NULL,
+    snapshot_every int          CHECK (snapshot_every > 0),
+    state_version  int          NOT NULL CHECK (state_version > 0),
+    defined_at     timestamptz  NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE event_store.aggregates IS 'Aggregate definitions per category; maintained with define_aggregate()';
+SELECT pg_catalog.pg_extension_config_dump('event_store.aggregates', '');
+REVOKE ALL ON TABLE event_store.aggregates FROM PUBLIC;
+
+CREATE TABLE event_store.snapshots (
+    stream_id      text COLLATE "C" NOT NULL,
+    stream_version bigint      NOT NULL CHECK (stream_version > 0),
+    state          jsonb       NOT NULL,
+    state_version  int         NOT NULL CHECK (state_version > 0),
+    created_at     timestamptz NOT NULL DEFAULT clock_timestamp(),
+    PRIMARY KEY (stream_id, stream_version, state_version)
+);
+COMMENT ON TABLE event_store.snapshots IS 'Aggregate state snapshots; written by save_snapshot() and the snapshot hook of append()';
+SELECT pg_catalog.pg_extension_config_dump('event_store.snapshots', '');
+REVOKE ALL ON TABLE event_store.snapshots FROM PUBLIC;
+
+CREATE FUNCTION event_store.define_aggregate(category text, reducer regprocedure,
+                                             initial_state jsonb DEFAULT '{}',
+                                             snapshot_every int DEFAULT NULL,
+                                             state_version int DEFAULT 1)
+    RETURNS void
+    LANGUAGE c VOLATILE PARALLEL UNSAFE
+    AS 'MODULE_PATHNAME', 'es_define_aggregate';
+COMMENT ON FUNCTION event_store.define_aggregate(text, regprocedure, jsonb, int, int) IS
+    'Define (or replace) the aggregate of a category: reducer (state jsonb, event event_store.event) RETURNS jsonb, optional automatic snapshots every N versions';
+
+CREATE FUNCTION event_store.load_aggregate(stream_id text, at_version bigint DEFAULT NULL)
+    RETURNS TABLE(stream_version bigint, state jsonb)
+    LANGUAGE c STABLE PARALLEL UNSAFE ROWS 1
+    AS 'MODULE_PATHNAME', 'es_load_aggregate';
+COMMENT ON FUNCTION event_store.load_aggregate(text, bigint) IS
+    'State of a stream''s aggregate (at at_version for time travel): newest usable snapshot plus the later events through the reducer';
+
+CREATE FUNCTION event_store.save_snapshot(stream_id text, stream_version bigint, state jsonb,
+                                          state_version int DEFAULT 1)
+    RETURNS void
+    LANGUAGE c VOLATILE PARALLEL UNSAFE
+    AS 'MODULE_PATHNAME', 'es_save_snapshot';
+COMMENT ON FUNCTION event_store.save_snapshot(text, bigint, jsonb, int) IS
+    'Store a snapshot of a stream''s state at a version';
+
+CREATE FUNCTION event_store.load_snapshot(stream_id text, max_version bigint DEFAULT NULL)
+    RETURNS TABLE(stream_version bigint, state jsonb, state_version int, created_at timestamptz)
+    LANGUAGE c STABLE PARALLEL UNSAFE ROWS 1
+    AS 'MODULE_PATHNAME', 'es_load_snapshot';
+COMMENT ON FUNCTION event_store.load_snapshot(text, bigint) IS
+    'The newest snapshot of a stream at or below max_version, whatever its state_version (at most one row)';
+
+CREATE FUNCTION event_store.purge_snapshots(category text DEFAULT NULL)
+    RETURNS bigint
+    LANGUAGE sql VOLATILE
+    AS $$
+    WITH purged AS (
+        DELETE FROM event_store.snapshots s
+         USING event_store.aggregates a
+         WHERE pg_catalog.split_part(s.stream_id, '-', 1) OPERATOR(pg_catalog.=) a.category
+           AND s.state_version OPERATOR(pg_catalog.<>) a.state_version
+           AND ($1 IS NULL OR a.category OPERATOR(pg_catalog.=) $1)
+        RETURNING 1)
+    SELECT pg_catalog.count(*) FROM purged
+$$;
+COMMENT ON FUNCTION event_store.purge_snapshots(text) IS
+    'Delete snapshots whose state_version differs from their aggregate''s current one (of one category, or all); returns how many';

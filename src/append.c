@@ -662,6 +662,8 @@ EsAppendEvents(text *stream_id, EsNewEvent *evs, int n, bool has_expected,
 	es_insert_events(stream_id, evs, n, first_position, current + 1);
 	SPI_finish();
 
+	EsSnapshotHook(stream_id, current, current + n);
+
 	return current + n;
 }
 

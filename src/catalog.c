@@ -86,3 +86,59 @@ EsGetCatalog(void)
 	es_catalog_valid = true;
 	return &es_catalog;
 }
+
+/*
+ * Registries: small user-maintained tables (upcasters, aggregates) cached per
+ * backend.  A change sends a relcache invalidation for the table, which every
+ * backend turns into "reload before the next use".
+ */
+#define ES_MAX_REGISTRIES 8
+static EsRegistry *es_registries[ES_MAX_REGISTRIES];
+static int	es_nregistries = 0;
+static bool es_registry_callback_registered = false;
+
+/* Relcache invalidation: mark the registries whose table changed */
+static void
+es_registry_relcache_callback(Datum arg, Oid relid)
+{
+	for (int i = 0; i < es_nregistries; i++)
+		if (relid == InvalidOid || relid == es_registries[i]->relid)
+			es_registries[i]->valid = false;
+}
+
+/*
+ * Does the registry need a reload?  If so, the caller reloads it right away;
+ * it is marked valid first, so an invalidation arriving during the reload
+ * leaves it invalid again.
+ */
+bool
+EsRegistryNeedsReload(EsRegistry *reg)
+{
+	if (!reg->registered)
+	{
+		if (!es_registry_callback_registered)
+		{
+			CacheRegisterRelcacheCallback(es_registry_relcache_callback, (Datum) 0);
+			es_registry_callback_registered = true;
+		}
+		if (es_nregistries >= ES_MAX_REGISTRIES)
+			elog(ERROR, "too many event_store registries");
+		es_registries[es_nregistries++] = reg;
+		reg->registered = true;
+	}
+	if (reg->valid)
+		return false;
+	reg->relid = get_relname_relid(reg->relname, EsGetCatalog()->namespace_oid);
+	reg->valid = true;
+	return true;
+}
+
+/* After changing a registry table: every backend reloads at its next use */
+void
+EsRegistryChanged(EsRegistry *reg)
+{
+	Oid			relid = get_relname_relid(reg->relname, EsGetCatalog()->namespace_oid);
+
+	if (OidIsValid(relid))
+		CacheInvalidateRelcacheByRelid(relid);
+}

@@ -8,6 +8,9 @@
 #include "postgres.h"
 
 #include "access/attnum.h"
+#include "access/sdir.h"
+#include "access/skey.h"
+#include "fmgr.h"
 #include "utils/relcache.h"
 #include "utils/snapshot.h"
 
@@ -48,6 +51,18 @@ typedef struct EsCatalog
 
 extern const EsCatalog *EsGetCatalog(void);
 
+/* catalog.c: per-backend caches of small registry tables */
+typedef struct EsRegistry
+{
+	const char *relname;		/* table in schema event_store */
+	Oid			relid;
+	bool		valid;
+	bool		registered;
+} EsRegistry;
+
+extern bool EsRegistryNeedsReload(EsRegistry *reg);
+extern void EsRegistryChanged(EsRegistry *reg);
+
 /* position.c: the global position counter and the follower horizon */
 extern int	es_max_databases;
 extern Size EsPositionShmemSize(void);
@@ -59,8 +74,45 @@ extern int64 EsSafeHead(void);
 extern int64 EsWaitForHead(int64 after_position, long timeout_ms);
 extern void EsPositionRegisterCallbacks(void);
 
-/* read.c */
+/* read.c: index scans over event_store.events */
+typedef struct EsTypeFilter
+{
+	int			ntypes;			/* -1: no filter */
+	text	  **types;
+} EsTypeFilter;
+
+typedef struct EsScanSpec
+{
+	Oid			index_oid;
+	ScanKeyData keys[3];
+	int			nkeys;
+	ScanDirection direction;
+	Snapshot	snapshot;		/* scan snapshot */
+	Snapshot	xact_snapshot;	/* stop at the first row this cannot see, or NULL */
+	EsTypeFilter filter;		/* applied to the upcast event */
+	int64		max_count;		/* -1: unlimited */
+	bool		raw;			/* do not upcast */
+} EsScanSpec;
+
+/* Called for every event of a scan (values in event_store.event order) */
+typedef bool (*EsRowCallback) (Datum *values, bool *isnull, void *arg);
+
+extern int64 EsScanEvents(const EsCatalog *cat, EsScanSpec *spec,
+						  EsRowCallback callback, void *arg);
+extern bool EsTypeMatches(const EsTypeFilter *filter, Datum event_type);
 extern int64 EsLatestStreamVersion(const EsCatalog *cat, text *stream_id,
 								   Snapshot snapshot);
+
+/* snapshot.c */
+extern void EsSnapshotHook(text *stream_id, int64 old_version, int64 new_version);
+
+/* upcast.c */
+extern bool EsUpcastersExist(void);
+extern bool EsUpcastRow(Datum *values, bool *isnull);
+extern void EsCheckCallbackSignature(Oid fn, const char *role, int nargs,
+									 const Oid *argtypes, Oid rettype,
+									 const char *expected);
+extern text *EsGetRequiredText(FunctionCallInfo fcinfo, int argno,
+							   const char *name);
 
 #endif							/* EVENT_STORE_H */

@@ -28,6 +28,7 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
+#include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
@@ -40,27 +41,6 @@ PG_FUNCTION_INFO_V1(es_read_all);
 PG_FUNCTION_INFO_V1(es_read_category);
 PG_FUNCTION_INFO_V1(es_head_position);
 PG_FUNCTION_INFO_V1(es_wait_for_events);
-
-/* Optional event-type filter of read_all / read_category */
-typedef struct EsTypeFilter
-{
-	int			ntypes;			/* -1: no filter */
-	text	  **types;
-} EsTypeFilter;
-
-/* What one scan emits */
-typedef struct EsScanSpec
-{
-	Oid			index_oid;
-	ScanKeyData keys[3];
-	int			nkeys;
-	ScanDirection direction;
-	Snapshot	snapshot;		/* scan snapshot */
-	Snapshot	xact_snapshot;	/* stop at the first row this cannot see, or NULL */
-	EsTypeFilter filter;
-	int64		max_count;		/* -1: unlimited */
-	bool		raw;			/* do not upcast */
-} EsScanSpec;
 
 /* Raise the class-22 error for a NULL required argument */
 static void
@@ -82,8 +62,8 @@ es_key(ScanKey key, Relation index, AttrNumber attno, StrategyNumber strategy,
 }
 
 /* Does the event type pass the filter? */
-static bool
-es_type_matches(const EsTypeFilter *filter, Datum event_type)
+bool
+EsTypeMatches(const EsTypeFilter *filter, Datum event_type)
 {
 	text	   *t;
 	Size		len;
@@ -161,17 +141,28 @@ es_parse_raw(FunctionCallInfo fcinfo, int argno)
 	return PG_GETARG_BOOL(argno);
 }
 
-/* Run one index scan over event_store.events into the SRF's tuplestore */
-static int64
-es_emit_scan(FunctionCallInfo fcinfo, const EsCatalog *cat, EsScanSpec *spec)
+/*
+ * Run one index scan over event_store.events and hand every (upcast unless
+ * spec->raw) event that passes the type filter to the callback, until it
+ * returns false or max_count events were handed over.  Returns how many were.
+ */
+int64
+EsScanEvents(const EsCatalog *cat, EsScanSpec *spec, EsRowCallback callback,
+			 void *arg)
 {
-	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	Relation	heap;
 	Relation	index;
 	IndexScanDesc scan;
 	TupleTableSlot *slot;
 	int64		emitted = 0;
+	MemoryContext rowcxt;
+	MemoryContext oldcxt;
+	bool		upcast = !spec->raw && EsUpcastersExist();
+	Datum		values[Natts_es_event];
+	bool		isnull[Natts_es_event];
 
+	rowcxt = AllocSetContextCreate(CurrentMemoryContext, "event_store row",
+								   ALLOCSET_DEFAULT_SIZES);
 	heap = table_open(cat->events_relid, AccessShareLock);
 	index = index_open(spec->index_oid, AccessShareLock);
 	slot = table_slot_create(heap, NULL);
@@ -181,23 +172,55 @@ es_emit_scan(FunctionCallInfo fcinfo, const EsCatalog *cat, EsScanSpec *spec)
 	while ((spec->max_count < 0 || emitted < spec->max_count) &&
 		   index_getnext_slot(scan, spec->direction, slot))
 	{
+		bool		keep_going;
+
 		CHECK_FOR_INTERRUPTS();
 		if (spec->xact_snapshot != NULL &&
 			!table_tuple_satisfies_snapshot(heap, slot, spec->xact_snapshot))
 			break;
 		slot_getallattrs(slot);
-		if (!es_type_matches(&spec->filter, slot->tts_values[Anum_es_event_type - 1]))
+		memcpy(values, slot->tts_values, sizeof(values));
+		memcpy(isnull, slot->tts_isnull, sizeof(isnull));
+
+		MemoryContextReset(rowcxt);
+		oldcxt = MemoryContextSwitchTo(rowcxt);
+		if (upcast)
+			EsUpcastRow(values, isnull);
+		if (!EsTypeMatches(&spec->filter, values[Anum_es_event_type - 1]))
+		{
+			MemoryContextSwitchTo(oldcxt);
 			continue;
-		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc,
-							 slot->tts_values, slot->tts_isnull);
+		}
+		keep_going = callback(values, isnull, arg);
+		MemoryContextSwitchTo(oldcxt);
 		emitted++;
+		if (!keep_going)
+			break;
 	}
 
 	index_endscan(scan);
 	ExecDropSingleTupleTableSlot(slot);
 	index_close(index, AccessShareLock);
 	table_close(heap, AccessShareLock);
+	MemoryContextDelete(rowcxt);
 	return emitted;
+}
+
+/* Row callback of the read functions: into the SRF's tuplestore */
+static bool
+es_emit_row(Datum *values, bool *isnull, void *arg)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) arg;
+
+	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, isnull);
+	return true;
+}
+
+/* Scan into the SRF result */
+static void
+es_emit_scan(FunctionCallInfo fcinfo, const EsCatalog *cat, EsScanSpec *spec)
+{
+	(void) EsScanEvents(cat, spec, es_emit_row, fcinfo->resultinfo);
 }
 
 /*

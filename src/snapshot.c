@@ -1,0 +1,628 @@
+/*
+ * snapshot.c
+ *	  Aggregates: reducers, snapshots, the snapshot hook of append() and
+ *	  time travel with load_aggregate(at_version).
+ *
+ * The aggregate definitions (event_store.aggregates) are cached per backend
+ * with each reducer's FmgrInfo, so the snapshot hook costs an append one
+ * hash lookup unless the stream crosses a multiple of snapshot_every.
+ * Folding reads the stream with EsScanEvents (upcasters applied) and calls
+ * the reducer directly through fmgr.
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/stratnum.h"
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/datum.h"
+#include "utils/fmgroids.h"
+#include "utils/hsearch.h"
+#include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/regproc.h"
+#include "utils/snapmgr.h"
+#include "utils/typcache.h"
+
+#include "event_store.h"
+
+PG_FUNCTION_INFO_V1(es_define_aggregate);
+PG_FUNCTION_INFO_V1(es_load_aggregate);
+PG_FUNCTION_INFO_V1(es_save_snapshot);
+PG_FUNCTION_INFO_V1(es_load_snapshot);
+
+#define ES_MAX_CATEGORY_KEY 64
+
+typedef struct EsAggregate
+{
+	char		category[ES_MAX_CATEGORY_KEY];	/* hash key (prefix) */
+	text	   *full_category;
+	FmgrInfo	reducer;
+	Jsonb	   *initial_state;
+	int32		snapshot_every;	/* 0: no snapshot hook */
+	int32		state_version;
+	struct EsAggregate *next;	/* other categories sharing a truncated key */
+} EsAggregate;
+
+static EsRegistry agg_registry = {"aggregates"};
+static HTAB *agg_hash = NULL;
+static MemoryContext agg_cxt = NULL;
+static long agg_count = 0;
+static int	agg_depth = 0;		/* reducer calls in progress */
+static List *agg_retired = NIL;
+static SPIPlanPtr find_snapshot_plan = NULL;
+static SPIPlanPtr save_snapshot_plan = NULL;
+
+/* Hash key of a category */
+static void
+es_agg_key(char *key, const char *category, int len)
+{
+	memset(key, 0, ES_MAX_CATEGORY_KEY);
+	memcpy(key, category, Min(len, ES_MAX_CATEGORY_KEY - 1));
+}
+
+/* (Re)build the aggregate cache */
+static void
+es_agg_load(void)
+{
+	HASHCTL		ctl;
+	MemoryContext old;
+	int			rc;
+
+	if (agg_cxt != NULL)
+	{
+		if (agg_depth > 0)
+		{
+			old = MemoryContextSwitchTo(TopMemoryContext);
+			agg_retired = lappend(agg_retired, agg_cxt);
+			MemoryContextSwitchTo(old);
+		}
+		else
+			MemoryContextDelete(agg_cxt);
+	}
+	if (agg_depth == 0 && agg_retired != NIL)
+	{
+		ListCell   *lc;
+
+		foreach(lc, agg_retired)
+			MemoryContextDelete((MemoryContext) lfirst(lc));
+		list_free(agg_retired);
+		agg_retired = NIL;
+	}
+	agg_cxt = AllocSetContextCreate(CacheMemoryContext, "event_store aggregates",
+									ALLOCSET_SMALL_SIZES);
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = ES_MAX_CATEGORY_KEY;
+	ctl.entrysize = sizeof(EsAggregate);
+	ctl.hcxt = agg_cxt;
+	agg_hash = hash_create("event_store aggregates", 16, &ctl,
+						   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	agg_count = 0;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	rc = SPI_execute("SELECT category, reducer::oid, initial_state, "
+					 "coalesce(snapshot_every, 0), state_version "
+					 "FROM event_store.aggregates", true, 0);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "reading event_store.aggregates failed: %s", SPI_result_code_string(rc));
+
+	old = MemoryContextSwitchTo(agg_cxt);
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		text	   *category = DatumGetTextPCopy(SPI_getbinval(tup, desc, 1, &isnull));
+		char		key[ES_MAX_CATEGORY_KEY];
+		EsAggregate *entry;
+		bool		found;
+
+		es_agg_key(key, VARDATA_ANY(category), VARSIZE_ANY_EXHDR(category));
+		entry = hash_search(agg_hash, key, HASH_ENTER, &found);
+		if (found)
+		{
+			EsAggregate *extra = palloc(sizeof(EsAggregate));
+
+			*extra = *entry;
+			entry->next = extra;
+		}
+		else
+			entry->next = NULL;
+		entry->full_category = category;
+		fmgr_info_cxt(DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull)),
+					  &entry->reducer, agg_cxt);
+		entry->initial_state = DatumGetJsonbPCopy(SPI_getbinval(tup, desc, 3, &isnull));
+		entry->snapshot_every = DatumGetInt32(SPI_getbinval(tup, desc, 4, &isnull));
+		entry->state_version = DatumGetInt32(SPI_getbinval(tup, desc, 5, &isnull));
+		agg_count++;
+	}
+	MemoryContextSwitchTo(old);
+	SPI_finish();
+}
+
+/* The aggregate of a category (given as bytes), or NULL */
+static EsAggregate *
+es_agg_find(const char *category, int len)
+{
+	char		key[ES_MAX_CATEGORY_KEY];
+	EsAggregate *entry;
+
+	if (EsRegistryNeedsReload(&agg_registry))
+		es_agg_load();
+	if (agg_count == 0)
+		return NULL;
+	es_agg_key(key, category, len);
+	for (entry = hash_search(agg_hash, key, HASH_FIND, NULL); entry; entry = entry->next)
+		if (VARSIZE_ANY_EXHDR(entry->full_category) == len &&
+			memcmp(VARDATA_ANY(entry->full_category), category, len) == 0)
+			return entry;
+	return NULL;
+}
+
+/* Length of the category prefix of a stream id */
+static int
+es_category_len(text *stream_id)
+{
+	const char *s = VARDATA_ANY(stream_id);
+	int			len = VARSIZE_ANY_EXHDR(stream_id);
+	const char *dash = memchr(s, '-', len);
+
+	return dash ? (int) (dash - s) : len;
+}
+
+/* Prepare the snapshot plans once per backend */
+static void
+es_snapshot_plans(void)
+{
+	if (find_snapshot_plan == NULL)
+	{
+		Oid			types[3] = {TEXTOID, INT4OID, INT8OID};
+		SPIPlanPtr	plan = SPI_prepare("SELECT stream_version, state FROM event_store.snapshots "
+									   "WHERE stream_id = $1 AND state_version = $2 "
+									   "AND stream_version <= $3 "
+									   "ORDER BY stream_version DESC LIMIT 1", 3, types);
+
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+		SPI_keepplan(plan);
+		find_snapshot_plan = plan;
+	}
+	if (save_snapshot_plan == NULL)
+	{
+		Oid			types[4] = {TEXTOID, INT8OID, JSONBOID, INT4OID};
+		SPIPlanPtr	plan = SPI_prepare("INSERT INTO event_store.snapshots "
+									   "(stream_id, stream_version, state, state_version) "
+									   "VALUES ($1, $2, $3, $4) "
+									   "ON CONFLICT (stream_id, stream_version, state_version) "
+									   "DO UPDATE SET state = EXCLUDED.state, "
+									   "created_at = pg_catalog.clock_timestamp()", 4, types);
+
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+		SPI_keepplan(plan);
+		save_snapshot_plan = plan;
+	}
+}
+
+/* State of a fold in progress */
+typedef struct EsFold
+{
+	EsAggregate *agg;
+	TupleDesc	event_desc;
+	Datum		state;
+	int64		version;
+	MemoryContext state_cxt[2];	/* the state lives in one, the other is spare */
+	int			current;
+} EsFold;
+
+/* Row callback: state := reducer(state, event) */
+static bool
+es_fold_row(Datum *values, bool *isnull, void *arg)
+{
+	EsFold	   *fold = (EsFold *) arg;
+	HeapTuple	tup = heap_form_tuple(fold->event_desc, values, isnull);
+	Datum		result;
+	MemoryContext old;
+	LOCAL_FCINFO(fcinfo, 2);
+
+	InitFunctionCallInfoData(*fcinfo, &fold->agg->reducer, 2, InvalidOid, NULL, NULL);
+	fcinfo->args[0].value = fold->state;
+	fcinfo->args[0].isnull = false;
+	fcinfo->args[1].value = HeapTupleGetDatum(tup);
+	fcinfo->args[1].isnull = false;
+	agg_depth++;
+	PG_TRY();
+	{
+		result = FunctionCallInvoke(fcinfo);
+	}
+	PG_FINALLY();
+	{
+		agg_depth--;
+	}
+	PG_END_TRY();
+	if (fcinfo->isnull)
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("reducer %s returned null at version " INT64_FORMAT " of stream \"%s\"",
+						format_procedure(fold->agg->reducer.fn_oid),
+						DatumGetInt64(values[Anum_es_stream_version - 1]),
+						TextDatumGetCString(values[Anum_es_stream_id - 1])),
+				 errhint("A reducer must return the new state.")));
+
+	/* keep the new state in the spare context and drop the old one */
+	fold->current ^= 1;
+	MemoryContextReset(fold->state_cxt[fold->current]);
+	old = MemoryContextSwitchTo(fold->state_cxt[fold->current]);
+	fold->state = datumCopy(result, false, -1);
+	MemoryContextSwitchTo(old);
+	MemoryContextReset(fold->state_cxt[fold->current ^ 1]);
+	fold->version = DatumGetInt64(values[Anum_es_stream_version - 1]);
+	return true;
+}
+
+/*
+ * State of a stream at at_version (or its last version when at_version < 0):
+ * newest usable snapshot, then the later (upcast) events through the
+ * reducer.  Returns the state (in the caller's context) and sets *version.
+ */
+static Datum
+es_fold_aggregate(EsAggregate *agg, text *stream_id, int64 at_version,
+				  Snapshot snapshot, int64 *version)
+{
+	const EsCatalog *cat = EsGetCatalog();
+	EsFold		fold;
+	EsScanSpec	spec;
+	Relation	index;
+	Datum		values[3];
+	int			rc;
+	Datum		result;
+	MemoryContext caller = CurrentMemoryContext;
+
+	memset(&fold, 0, sizeof(fold));
+	fold.agg = agg;
+	fold.event_desc = lookup_rowtype_tupdesc(cat->event_type_oid, -1);
+	fold.state_cxt[0] = AllocSetContextCreate(caller, "event_store fold", ALLOCSET_DEFAULT_SIZES);
+	fold.state_cxt[1] = AllocSetContextCreate(caller, "event_store fold", ALLOCSET_DEFAULT_SIZES);
+	fold.state = JsonbPGetDatum(agg->initial_state);
+	fold.version = 0;
+
+	/* newest snapshot of this state_version at or below at_version */
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	es_snapshot_plans();
+	values[0] = PointerGetDatum(stream_id);
+	values[1] = Int32GetDatum(agg->state_version);
+	values[2] = Int64GetDatum(at_version < 0 ? PG_INT64_MAX : at_version);
+	rc = SPI_execute_plan(find_snapshot_plan, values, NULL, true, 1);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "reading snapshots failed: %s", SPI_result_code_string(rc));
+	if (SPI_processed == 1)
+	{
+		bool		isnull;
+		MemoryContext old;
+
+		fold.version = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+		old = MemoryContextSwitchTo(fold.state_cxt[0]);
+		fold.state = datumCopy(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull),
+							   false, -1);
+		MemoryContextSwitchTo(old);
+	}
+	SPI_finish();
+
+	/* then the events after it */
+	if (at_version < 0 || fold.version < at_version)
+	{
+		memset(&spec, 0, sizeof(spec));
+		spec.index_oid = cat->stream_idx;
+		spec.direction = ForwardScanDirection;
+		spec.snapshot = snapshot;
+		spec.filter.ntypes = -1;
+		spec.max_count = -1;
+		index = index_open(cat->stream_idx, AccessShareLock);
+		ScanKeyEntryInitialize(&spec.keys[0], 0, 1, BTEqualStrategyNumber, InvalidOid,
+							   index->rd_indcollation[0], F_TEXTEQ, PointerGetDatum(stream_id));
+		ScanKeyEntryInitialize(&spec.keys[1], 0, 2, BTGreaterStrategyNumber, InvalidOid,
+							   InvalidOid, F_INT8GT, Int64GetDatum(fold.version));
+		spec.nkeys = 2;
+		if (at_version >= 0)
+		{
+			ScanKeyEntryInitialize(&spec.keys[2], 0, 2, BTLessEqualStrategyNumber, InvalidOid,
+								   InvalidOid, F_INT8LE, Int64GetDatum(at_version));
+			spec.nkeys = 3;
+		}
+		index_close(index, AccessShareLock);
+		EsScanEvents(cat, &spec, es_fold_row, &fold);
+	}
+
+	ReleaseTupleDesc(fold.event_desc);
+	*version = fold.version;
+	result = datumCopy(fold.state, false, -1);	/* into the caller's context */
+	MemoryContextDelete(fold.state_cxt[0]);
+	MemoryContextDelete(fold.state_cxt[1]);
+	return result;
+}
+
+/* Store a snapshot (caller is not connected to SPI) */
+static void
+es_store_snapshot(text *stream_id, int64 version, Datum state, int32 state_version)
+{
+	Datum		values[4];
+	int			rc;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	es_snapshot_plans();
+	values[0] = PointerGetDatum(stream_id);
+	values[1] = Int64GetDatum(version);
+	values[2] = state;
+	values[3] = Int32GetDatum(state_version);
+	rc = SPI_execute_plan(save_snapshot_plan, values, NULL, false, 0);
+	if (rc != SPI_OK_INSERT)
+		elog(ERROR, "saving the snapshot failed: %s", SPI_result_code_string(rc));
+	SPI_finish();
+}
+
+/*
+ * Snapshot hook of append(): the stream went from old_version to
+ * new_version; store a snapshot at new_version when that crossed a multiple
+ * of the aggregate's snapshot_every.
+ */
+void
+EsSnapshotHook(text *stream_id, int64 old_version, int64 new_version)
+{
+	EsAggregate *agg;
+	Datum		state;
+	int64		version;
+	Snapshot	snapshot;
+
+	agg = es_agg_find(VARDATA_ANY(stream_id), es_category_len(stream_id));
+	if (agg == NULL || agg->snapshot_every <= 0)
+		return;
+	if (old_version / agg->snapshot_every >= new_version / agg->snapshot_every)
+		return;
+
+	/* make our own inserts visible to the fold */
+	CommandCounterIncrement();
+	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	state = es_fold_aggregate(agg, stream_id, new_version, snapshot, &version);
+	UnregisterSnapshot(snapshot);
+	es_store_snapshot(stream_id, new_version, state, agg->state_version);
+}
+
+/* Validate a category argument (non-empty, no '-') */
+static text *
+es_get_category(FunctionCallInfo fcinfo, int argno)
+{
+	text	   *category = EsGetRequiredText(fcinfo, argno, "category");
+
+	if (memchr(VARDATA_ANY(category), '-', VARSIZE_ANY_EXHDR(category)) != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("category \"%s\" contains \"-\"", text_to_cstring(category)),
+				 errdetail("A stream's category is the part of its id before the first \"-\".")));
+	return category;
+}
+
+/*
+ * SQL: event_store.define_aggregate(category text, reducer regprocedure,
+ *		initial_state jsonb, snapshot_every int, state_version int)
+ */
+Datum
+es_define_aggregate(PG_FUNCTION_ARGS)
+{
+	text	   *category = es_get_category(fcinfo, 0);
+	Oid			reducer;
+	Oid			argtypes[2];
+	Datum		values[5];
+	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
+	Oid			types[5] = {TEXTOID, REGPROCEDUREOID, JSONBOID, INT4OID, INT4OID};
+	int			rc;
+
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("reducer must not be null")));
+	reducer = PG_GETARG_OID(1);
+	argtypes[0] = JSONBOID;
+	argtypes[1] = EsGetCatalog()->event_type_oid;
+	EsCheckCallbackSignature(reducer, "a reducer", 2, argtypes, JSONBOID,
+							 "a function (state jsonb, event event_store.event) RETURNS jsonb");
+	if (PG_ARGISNULL(2))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("initial_state must not be null"),
+				 errhint("Pass '{}' for an empty state.")));
+	if (!PG_ARGISNULL(3) && PG_GETARG_INT32(3) < 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("snapshot_every must be a positive integer"),
+				 errdetail("Got %d.", PG_GETARG_INT32(3)),
+				 errhint("Pass NULL for no automatic snapshots.")));
+	if (PG_ARGISNULL(4))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("state_version must not be null")));
+	if (PG_GETARG_INT32(4) < 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("state_version must be a positive integer"),
+				 errdetail("Got %d.", PG_GETARG_INT32(4))));
+
+	values[0] = PointerGetDatum(category);
+	values[1] = ObjectIdGetDatum(reducer);
+	values[2] = PG_GETARG_DATUM(2);
+	values[3] = PG_ARGISNULL(3) ? (Datum) 0 : PG_GETARG_DATUM(3);
+	nulls[3] = PG_ARGISNULL(3) ? 'n' : ' ';
+	values[4] = PG_GETARG_DATUM(4);
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	rc = SPI_execute_with_args("INSERT INTO event_store.aggregates "
+							   "(category, reducer, initial_state, snapshot_every, state_version) "
+							   "VALUES ($1, $2, $3, $4, $5) "
+							   "ON CONFLICT (category) DO UPDATE SET "
+							   "reducer = EXCLUDED.reducer, initial_state = EXCLUDED.initial_state, "
+							   "snapshot_every = EXCLUDED.snapshot_every, "
+							   "state_version = EXCLUDED.state_version, "
+							   "defined_at = pg_catalog.now()",
+							   5, types, values, nulls, false, 0);
+	if (rc != SPI_OK_INSERT)
+		elog(ERROR, "defining the aggregate failed: %s", SPI_result_code_string(rc));
+	SPI_finish();
+	EsRegistryChanged(&agg_registry);
+	PG_RETURN_VOID();
+}
+
+/* A stream_id argument: not null, not empty */
+static text *
+es_get_stream_arg(FunctionCallInfo fcinfo, int argno)
+{
+	return EsGetRequiredText(fcinfo, argno, "stream_id");
+}
+
+/* A version argument that may be NULL (-1) but not negative */
+static int64
+es_get_optional_version(FunctionCallInfo fcinfo, int argno, const char *name)
+{
+	int64		v;
+
+	if (PG_ARGISNULL(argno))
+		return -1;
+	v = PG_GETARG_INT64(argno);
+	if (v < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must not be negative", name),
+				 errdetail("Got " INT64_FORMAT ".", v),
+				 errhint("Pass NULL for the latest version.")));
+	return v;
+}
+
+/*
+ * SQL: event_store.load_aggregate(stream_id text, at_version bigint)
+ *		RETURNS TABLE(stream_version bigint, state jsonb)
+ */
+Datum
+es_load_aggregate(PG_FUNCTION_ARGS)
+{
+	text	   *stream_id = es_get_stream_arg(fcinfo, 0);
+	int64		at_version = es_get_optional_version(fcinfo, 1, "at_version");
+	int			catlen = es_category_len(stream_id);
+	EsAggregate *agg;
+	ReturnSetInfo *rsinfo;
+	Datum		values[2];
+	bool		isnull[2] = {false, false};
+	int64		version;
+
+	EsGetCatalog();
+	agg = es_agg_find(VARDATA_ANY(stream_id), catlen);
+	if (agg == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("no aggregate is defined for category \"%s\"",
+						pnstrdup(VARDATA_ANY(stream_id), catlen)),
+				 errhint("Define one with event_store.define_aggregate().")));
+
+	InitMaterializedSRF(fcinfo, 0);
+	rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	values[1] = es_fold_aggregate(agg, stream_id, at_version, GetActiveSnapshot(), &version);
+	values[0] = Int64GetDatum(version);
+	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, isnull);
+	return (Datum) 0;
+}
+
+/*
+ * SQL: event_store.save_snapshot(stream_id text, stream_version bigint,
+ *		state jsonb, state_version int DEFAULT 1)
+ */
+Datum
+es_save_snapshot(PG_FUNCTION_ARGS)
+{
+	text	   *stream_id = es_get_stream_arg(fcinfo, 0);
+	int64		version;
+	int64		current;
+	int32		state_version;
+
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("stream_version must not be null")));
+	version = PG_GETARG_INT64(1);
+	if (PG_ARGISNULL(2))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("state must not be null")));
+	if (PG_ARGISNULL(3))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("state_version must not be null")));
+	state_version = PG_GETARG_INT32(3);
+	if (state_version < 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("state_version must be a positive integer"),
+				 errdetail("Got %d.", state_version)));
+	current = EsLatestStreamVersion(EsGetCatalog(), stream_id, GetActiveSnapshot());
+	if (version < 1 || version > current)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("stream \"%s\" has no version " INT64_FORMAT,
+						text_to_cstring(stream_id), version),
+				 errdetail("The stream's current version is " INT64_FORMAT ".", current),
+				 errhint("A snapshot must be taken at a version between 1 and the stream's current version.")));
+
+	es_store_snapshot(stream_id, version, PG_GETARG_DATUM(2), state_version);
+	PG_RETURN_VOID();
+}
+
+/*
+ * SQL: event_store.load_snapshot(stream_id text, max_version bigint)
+ *		RETURNS TABLE(stream_version bigint, state jsonb, state_version int,
+ *		created_at timestamptz)
+ */
+Datum
+es_load_snapshot(PG_FUNCTION_ARGS)
+{
+	text	   *stream_id = es_get_stream_arg(fcinfo, 0);
+	int64		max_version = es_get_optional_version(fcinfo, 1, "max_version");
+	ReturnSetInfo *rsinfo;
+	Datum		args[2];
+	Oid			types[2] = {TEXTOID, INT8OID};
+	int			rc;
+
+	InitMaterializedSRF(fcinfo, 0);
+	rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	args[0] = PointerGetDatum(stream_id);
+	args[1] = Int64GetDatum(max_version < 0 ? PG_INT64_MAX : max_version);
+	rc = SPI_execute_with_args("SELECT stream_version, state, state_version, created_at "
+							   "FROM event_store.snapshots "
+							   "WHERE stream_id = $1 AND stream_version <= $2 "
+							   "ORDER BY stream_version DESC, created_at DESC, state_version DESC "
+							   "LIMIT 1", 2, types, args, NULL, true, 1);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "reading snapshots failed: %s", SPI_result_code_string(rc));
+	if (SPI_processed == 1)
+	{
+		Datum		values[4];
+		bool		isnull[4];
+
+		for (int i = 0; i < 4; i++)
+			values[i] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, i + 1, &isnull[i]);
+		/* tuplestore_putvalues copies, so SPI's memory may go after this */
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, isnull);
+	}
+	SPI_finish();
+	return (Datum) 0;
+}

@@ -1,0 +1,373 @@
+/*
+ * upcast.c
+ *	  Upcasters: user functions that turn an event of an old schema version
+ *	  into the next one, applied on every read path.
+ *
+ * The registry (event_store.upcasters) is cached per backend in a hash keyed
+ * by (event_type, from_schema_version) with the function's FmgrInfo ready
+ * to call, so reads do no catalogue query per event.  register_upcaster and
+ * drop_upcaster send a relcache invalidation for the registry table; every
+ * backend (the registering one at its next command) then rebuilds its cache.
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "catalog/pg_proc.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "nodes/pg_list.h"
+#include "utils/builtins.h"
+#include "utils/hsearch.h"
+#include "utils/inval.h"
+#include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/regproc.h"
+#include "utils/syscache.h"
+
+#include "event_store.h"
+
+PG_FUNCTION_INFO_V1(es_register_upcaster);
+PG_FUNCTION_INFO_V1(es_drop_upcaster);
+
+#define ES_MAX_TYPE_KEY	200		/* event types longer than this are hashed by prefix + length */
+
+typedef struct EsUpcastKey
+{
+	int32		schema_version;
+	int32		type_len;
+	char		type[ES_MAX_TYPE_KEY];
+} EsUpcastKey;
+
+typedef struct EsUpcaster
+{
+	EsUpcastKey key;
+	text	   *full_type;		/* the whole event type (keys may be truncated) */
+	FmgrInfo	fn;
+	text	   *to_type;		/* NULL: keep the type */
+	struct EsUpcaster *next;	/* other types sharing a truncated key */
+} EsUpcaster;
+
+static EsRegistry upcast_registry = {"upcasters"};
+static HTAB *upcast_hash = NULL;
+static MemoryContext upcast_cxt = NULL;
+static long upcast_count = 0;
+static int	upcast_depth = 0;	/* upcaster calls in progress */
+static List *upcast_retired = NIL;	/* old caches still in use by those calls */
+
+/* Fill a hash key from a type and version */
+static void
+es_upcast_key(EsUpcastKey *key, const char *type, int len, int32 schema_version)
+{
+	memset(key, 0, sizeof(*key));
+	key->schema_version = schema_version;
+	key->type_len = len;
+	memcpy(key->type, type, Min(len, ES_MAX_TYPE_KEY));
+}
+
+/* (Re)build the cache from event_store.upcasters */
+static void
+es_upcast_load(void)
+{
+	HASHCTL		ctl;
+	MemoryContext old;
+	int			rc;
+
+	if (upcast_cxt != NULL)
+	{
+		/* an upcaster still running may use the old cache: keep it until it returns */
+		if (upcast_depth > 0)
+		{
+			MemoryContext top = MemoryContextSwitchTo(TopMemoryContext);
+
+			upcast_retired = lappend(upcast_retired, upcast_cxt);
+			MemoryContextSwitchTo(top);
+		}
+		else
+			MemoryContextDelete(upcast_cxt);
+	}
+	if (upcast_depth == 0 && upcast_retired != NIL)
+	{
+		ListCell   *lc;
+
+		foreach(lc, upcast_retired)
+			MemoryContextDelete((MemoryContext) lfirst(lc));
+		list_free(upcast_retired);
+		upcast_retired = NIL;
+	}
+	upcast_cxt = AllocSetContextCreate(CacheMemoryContext, "event_store upcasters",
+									   ALLOCSET_SMALL_SIZES);
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = sizeof(EsUpcastKey);
+	ctl.entrysize = sizeof(EsUpcaster);
+	ctl.hcxt = upcast_cxt;
+	upcast_hash = hash_create("event_store upcasters", 16, &ctl,
+							  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	upcast_count = 0;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	rc = SPI_execute("SELECT event_type, from_schema_version, upcaster::oid, to_event_type "
+					 "FROM event_store.upcasters", true, 0);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "reading event_store.upcasters failed: %s", SPI_result_code_string(rc));
+
+	old = MemoryContextSwitchTo(upcast_cxt);
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		text	   *type = DatumGetTextPCopy(SPI_getbinval(tup, desc, 1, &isnull));
+		int32		from = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
+		Oid			fn = DatumGetObjectId(SPI_getbinval(tup, desc, 3, &isnull));
+		Datum		to = SPI_getbinval(tup, desc, 4, &isnull);
+		EsUpcastKey key;
+		EsUpcaster *entry;
+		bool		found;
+
+		es_upcast_key(&key, VARDATA_ANY(type), VARSIZE_ANY_EXHDR(type), from);
+		entry = hash_search(upcast_hash, &key, HASH_ENTER, &found);
+		if (found)
+		{
+			/* truncated-key collision: chain a new node */
+			EsUpcaster *extra = palloc(sizeof(EsUpcaster));
+
+			*extra = *entry;
+			entry->next = extra;
+		}
+		else
+			entry->next = NULL;
+		entry->full_type = type;
+		fmgr_info_cxt(fn, &entry->fn, upcast_cxt);
+		entry->to_type = isnull ? NULL : DatumGetTextPCopy(to);
+		upcast_count++;
+	}
+	MemoryContextSwitchTo(old);
+	SPI_finish();
+}
+
+/* Are there any upcasters at all?  Loads the cache if needed. */
+bool
+EsUpcastersExist(void)
+{
+	if (EsRegistryNeedsReload(&upcast_registry))
+		es_upcast_load();
+	return upcast_count > 0;
+}
+
+/* The upcaster of (type, version), or NULL */
+static EsUpcaster *
+es_upcast_find(text *type, int32 schema_version)
+{
+	EsUpcastKey key;
+	EsUpcaster *entry;
+	int			len = VARSIZE_ANY_EXHDR(type);
+
+	es_upcast_key(&key, VARDATA_ANY(type), len, schema_version);
+	entry = hash_search(upcast_hash, &key, HASH_FIND, NULL);
+	for (; entry != NULL; entry = entry->next)
+		if (VARSIZE_ANY_EXHDR(entry->full_type) == len &&
+			memcmp(VARDATA_ANY(entry->full_type), VARDATA_ANY(type), len) == 0)
+			return entry;
+	return NULL;
+}
+
+/*
+ * Apply the chain of upcasters to one event row in place (values/isnull in
+ * event_store.event order).  New values are allocated in the current memory
+ * context.  Returns true if anything changed.
+ */
+bool
+EsUpcastRow(Datum *values, bool *isnull)
+{
+	bool		changed = false;
+
+	if (!EsUpcastersExist())
+		return false;
+
+	for (;;)
+	{
+		text	   *type = DatumGetTextPP(values[Anum_es_event_type - 1]);
+		int32		sv = DatumGetInt32(values[Anum_es_schema_version - 1]);
+		EsUpcaster *up = es_upcast_find(type, sv);
+		Datum		result;
+		LOCAL_FCINFO(fcinfo, 2);
+
+		if (up == NULL)
+			break;
+		if (sv == PG_INT32_MAX)
+			break;
+
+		InitFunctionCallInfoData(*fcinfo, &up->fn, 2, InvalidOid, NULL, NULL);
+		fcinfo->args[0].value = values[Anum_es_data - 1];
+		fcinfo->args[0].isnull = false;
+		fcinfo->args[1].value = values[Anum_es_metadata - 1];
+		fcinfo->args[1].isnull = false;
+		upcast_depth++;
+		PG_TRY();
+		{
+			result = FunctionCallInvoke(fcinfo);
+		}
+		PG_FINALLY();
+		{
+			upcast_depth--;
+		}
+		PG_END_TRY();
+		if (fcinfo->isnull)
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("upcaster %s returned null for event type \"%s\" version %d",
+							format_procedure(up->fn.fn_oid), text_to_cstring(type), sv),
+					 errhint("An upcaster must return the event's new data.")));
+		values[Anum_es_data - 1] = result;
+		values[Anum_es_schema_version - 1] = Int32GetDatum(sv + 1);
+		if (up->to_type != NULL)
+			values[Anum_es_event_type - 1] = PointerGetDatum(up->to_type);
+		changed = true;
+	}
+	return changed;
+}
+
+/*
+ * Check that a function exists with the argument types and result type a
+ * callback needs; raise a clear error otherwise.
+ */
+void
+EsCheckCallbackSignature(Oid fn, const char *role, int nargs, const Oid *argtypes,
+						 Oid rettype, const char *expected)
+{
+	HeapTuple	tup;
+	Form_pg_proc proc;
+	bool		ok;
+
+	tup = SearchSysCache1(PROCOID, ObjectIdGetDatum(fn));
+	if (!HeapTupleIsValid(tup))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_FUNCTION),
+				 errmsg("function with OID %u does not exist", fn)));
+	proc = (Form_pg_proc) GETSTRUCT(tup);
+	ok = proc->pronargs == nargs && proc->prorettype == rettype && !proc->proretset &&
+		proc->prokind == PROKIND_FUNCTION;
+	for (int i = 0; ok && i < nargs; i++)
+		ok = proc->proargtypes.values[i] == argtypes[i];
+	ReleaseSysCache(tup);
+	if (!ok)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_FUNCTION_DEFINITION),
+				 errmsg("function %s cannot be used as %s", format_procedure(fn), role),
+				 errdetail("It must be %s.", expected)));
+}
+
+/* A required text argument: not NULL, not empty */
+text *
+EsGetRequiredText(FunctionCallInfo fcinfo, int argno, const char *name)
+{
+	text	   *t;
+
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not be null", name)));
+	t = PG_GETARG_TEXT_PP(argno);
+	if (VARSIZE_ANY_EXHDR(t) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must not be empty", name)));
+	return t;
+}
+
+/*
+ * SQL: event_store.register_upcaster(event_type text, from_schema_version int,
+ *		upcaster regprocedure, to_event_type text DEFAULT NULL)
+ */
+Datum
+es_register_upcaster(PG_FUNCTION_ARGS)
+{
+	text	   *event_type = EsGetRequiredText(fcinfo, 0, "event_type");
+	int32		from;
+	Oid			fn;
+	Oid			argtypes[2] = {JSONBOID, JSONBOID};
+	Datum		values[4];
+	char		nulls[4] = {' ', ' ', ' ', ' '};
+	Oid			types[4] = {TEXTOID, INT4OID, REGPROCEDUREOID, TEXTOID};
+	int			rc;
+
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("from_schema_version must not be null")));
+	from = PG_GETARG_INT32(1);
+	if (from < 1 || from == PG_INT32_MAX)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("from_schema_version must be a positive integer below %d", PG_INT32_MAX),
+				 errdetail("Got %d.", from)));
+	if (PG_ARGISNULL(2))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("upcaster must not be null")));
+	fn = PG_GETARG_OID(2);
+	EsCheckCallbackSignature(fn, "an upcaster", 2, argtypes, JSONBOID,
+							 "a function (data jsonb, metadata jsonb) RETURNS jsonb");
+	if (!PG_ARGISNULL(3))
+		(void) EsGetRequiredText(fcinfo, 3, "to_event_type");
+
+	values[0] = PointerGetDatum(event_type);
+	values[1] = Int32GetDatum(from);
+	values[2] = ObjectIdGetDatum(fn);
+	values[3] = PG_ARGISNULL(3) ? (Datum) 0 : PG_GETARG_DATUM(3);
+	nulls[3] = PG_ARGISNULL(3) ? 'n' : ' ';
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	rc = SPI_execute_with_args("INSERT INTO event_store.upcasters "
+							   "(event_type, from_schema_version, upcaster, to_event_type) "
+							   "VALUES ($1, $2, $3, $4) "
+							   "ON CONFLICT (event_type, from_schema_version) DO UPDATE "
+							   "SET upcaster = EXCLUDED.upcaster, to_event_type = EXCLUDED.to_event_type",
+							   4, types, values, nulls, false, 0);
+	if (rc != SPI_OK_INSERT)
+		elog(ERROR, "registering the upcaster failed: %s", SPI_result_code_string(rc));
+	SPI_finish();
+	EsRegistryChanged(&upcast_registry);
+	PG_RETURN_VOID();
+}
+
+/* SQL: event_store.drop_upcaster(event_type text, from_schema_version int) */
+Datum
+es_drop_upcaster(PG_FUNCTION_ARGS)
+{
+	text	   *event_type = EsGetRequiredText(fcinfo, 0, "event_type");
+	int32		from;
+	Datum		values[2];
+	Oid			types[2] = {TEXTOID, INT4OID};
+	int			rc;
+
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("from_schema_version must not be null")));
+	from = PG_GETARG_INT32(1);
+	values[0] = PointerGetDatum(event_type);
+	values[1] = Int32GetDatum(from);
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	rc = SPI_execute_with_args("DELETE FROM event_store.upcasters "
+							   "WHERE event_type = $1 AND from_schema_version = $2",
+							   2, types, values, NULL, false, 0);
+	if (rc != SPI_OK_DELETE)
+		elog(ERROR, "dropping the upcaster failed: %s", SPI_result_code_string(rc));
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("upcaster for event type \"%s\" from schema version %d does not exist",
+						text_to_cstring(event_type), from)));
+	SPI_finish();
+	EsRegistryChanged(&upcast_registry);
+	PG_RETURN_VOID();
+}
