@@ -1,0 +1,81 @@
+--
+-- setup: install the extension and pin the names, signatures and shapes of
+-- its SQL contract.  Any change to a function's arguments, defaults or
+-- result, to the event row type or to the events table shows up here.
+--
+CREATE EXTENSION event_store;
+
+SELECT extname, extversion, extrelocatable, extnamespace::regnamespace AS schema
+  FROM pg_extension WHERE extname = 'event_store';
+
+-- Every API function of the schema (internal helpers start with "_"), with
+-- its argument list (names and defaults) and its result type.
+SELECT p.proname AS name,
+       pg_get_function_arguments(p.oid) AS arguments,
+       pg_get_function_result(p.oid) AS result
+  FROM pg_proc p
+ WHERE p.pronamespace = 'event_store'::regnamespace
+   AND p.proname NOT LIKE '\_%'
+ ORDER BY p.proname, pg_get_function_identity_arguments(p.oid);
+
+-- No function may be STRICT (a NULL argument must raise an error, not
+-- silently return NULL) and every API function is documented.
+SELECT p.proname AS name, p.proisstrict AS strict,
+       obj_description(p.oid, 'pg_proc') IS NOT NULL AS has_comment
+  FROM pg_proc p
+ WHERE p.pronamespace = 'event_store'::regnamespace
+   AND (p.proisstrict
+        OR (p.proname NOT LIKE '\_%' AND obj_description(p.oid, 'pg_proc') IS NULL))
+ ORDER BY p.proname;
+
+-- The row type every read returns, column by column.
+SELECT a.attnum, a.attname, format_type(a.atttypid, a.atttypmod) AS type
+  FROM pg_attribute a
+ WHERE a.attrelid = 'event_store.event'::regclass AND a.attnum > 0
+   AND NOT a.attisdropped
+ ORDER BY a.attnum;
+
+-- The events table has the same columns in the same order.
+SELECT a.attnum, a.attname, format_type(a.atttypid, a.atttypmod) AS type,
+       a.attnotnull AS not_null
+  FROM pg_attribute a
+ WHERE a.attrelid = 'event_store.events'::regclass AND a.attnum > 0
+   AND NOT a.attisdropped
+ ORDER BY a.attnum;
+
+SELECT (SELECT array_agg(attname::text || ' ' || format_type(atttypid, atttypmod) ORDER BY attnum)
+          FROM pg_attribute
+         WHERE attrelid = 'event_store.event'::regclass AND attnum > 0 AND NOT attisdropped)
+     = (SELECT array_agg(attname::text || ' ' || format_type(atttypid, atttypmod) ORDER BY attnum)
+          FROM pg_attribute
+         WHERE attrelid = 'event_store.events'::regclass AND attnum > 0 AND NOT attisdropped)
+       AS table_matches_row_type;
+
+-- Constraints, indexes and triggers of the events table.
+SELECT conname, pg_get_constraintdef(oid) AS definition
+  FROM pg_constraint
+ WHERE conrelid = 'event_store.events'::regclass
+ ORDER BY conname;
+
+SELECT indexrelid::regclass AS index, pg_get_indexdef(indexrelid) AS definition
+  FROM pg_index
+ WHERE indrelid = 'event_store.events'::regclass
+ ORDER BY indexrelid::regclass::text;
+
+-- tgenabled 'A': the immutability triggers fire even for replication roles.
+SELECT tgname, tgenabled, pg_get_triggerdef(oid) AS definition
+  FROM pg_trigger
+ WHERE tgrelid = 'event_store.events'::regclass AND NOT tgisinternal
+ ORDER BY tgname;
+
+-- The events table is marked as holding user data, so pg_dump keeps it.
+SELECT 'event_store.events'::regclass = ANY (extconfig) AS events_are_dumped
+  FROM pg_extension WHERE extname = 'event_store';
+
+-- Only the owner (and superusers) may touch the table directly.
+SELECT has_table_privilege('public', 'event_store.events', 'SELECT') AS public_select,
+       has_table_privilege('public', 'event_store.events', 'INSERT') AS public_insert;
+
+-- An empty store.
+SELECT count(*) AS events FROM event_store.events;
+SELECT event_store.head_position();
