@@ -66,7 +66,41 @@ _PG_init(void)
 							PGC_POSTMASTER, 0,
 							NULL, NULL, NULL);
 
+	DefineCustomBoolVariable("event_store.worker_enabled",
+							 "Runs the background workers (async projections, NOTIFY).",
+							 NULL,
+							 &es_worker_enabled,
+							 true,
+							 PGC_SIGHUP, 0,
+							 NULL, NULL, NULL);
+
+	DefineCustomIntVariable("event_store.naptime",
+							"Longest sleep of a database worker between rounds when nothing wakes it.",
+							"Appends wake the worker at once; this bounds retry and timer latency.",
+							&es_naptime_ms,
+							1000, 10, 3600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("event_store.notify_interval",
+							"Minimum interval between two NOTIFY event_store sent by a database worker.",
+							NULL,
+							&es_notify_interval_ms,
+							100, 1, 3600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("event_store.projection_max_attempts",
+							"Attempts of a failing async projection batch before the projection is marked failed.",
+							NULL,
+							&es_projection_max_attempts,
+							5, 1, 1000,
+							PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
+
 	MarkGUCPrefixReserved("event_store");
+
+	EsRegisterLauncher();
 
 #if PG_VERSION_NUM >= 150000
 	prev_shmem_request_hook = shmem_request_hook;

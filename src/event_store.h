@@ -73,6 +73,25 @@ extern int64 EsAllocatePositions(int64 count);
 extern int64 EsSafeHead(void);
 extern int64 EsWaitForHead(int64 after_position, long timeout_ms);
 extern void EsPositionRegisterCallbacks(void);
+extern void EsWakeWorker(void);
+extern bool EsTakeProjectionsChanged(void);
+extern int64 EsSafeHeadIfReady(void);
+extern void EsSetWorkerProc(bool running);
+extern void EsSetLauncherProc(bool running);
+extern void EsRequestRescan(void);
+extern bool EsTakeRescanRequest(void);
+extern void EsReportAbsentDatabase(Oid dboid);
+extern bool EsTakeAbsentDatabase(Oid dboid);
+
+/* projection.c */
+extern int	es_projection_max_attempts;
+extern int64 EsRunAsyncProjections(int64 max_events, bool only_due);
+
+/* worker.c */
+extern bool es_worker_enabled;
+extern int	es_naptime_ms;
+extern int	es_notify_interval_ms;
+extern void EsRegisterLauncher(void);
 
 /* read.c: index scans over event_store.events */
 typedef struct EsTypeFilter

@@ -57,6 +57,8 @@ typedef struct EsDbState
 	bool		initialized;	/* next_position is valid */
 	int64		next_position;	/* next position to hand out */
 	ConditionVariable head_cv;	/* broadcast when an appender's xact ends */
+	int			worker_procno;	/* pgprocno of the database's worker, or -1 */
+	bool		projections_changed;	/* the worker should re-read projections */
 } EsDbState;
 
 /* Per-process slot; written by its owner only */
@@ -66,10 +68,16 @@ typedef struct EsProcSlot
 	pg_atomic_uint64 lowest;	/* lowest position held by the open xact, or 0 */
 } EsProcSlot;
 
+#define ES_ABSENT_SLOTS 64
+
 typedef struct EsShared
 {
 	int			max_databases;
 	int			nprocs;
+	/* launcher coordination; protected by the directory lock */
+	int			launcher_procno;	/* -1 when not running */
+	bool		rescan_requested;
+	Oid			absent[ES_ABSENT_SLOTS];	/* databases whose worker found no extension */
 	EsDbState	dbs[FLEXIBLE_ARRAY_MEMBER];
 	/* followed by EsProcSlot procs[nprocs] */
 } EsShared;
@@ -84,6 +92,9 @@ static LWLockPadded *es_locks = NULL;	/* [0]: directory, [1 + i]: dbs[i] */
 static EsDbState *my_db = NULL;
 static LWLock *my_db_lock = NULL;
 static bool xact_holds_positions = false;
+static bool wake_worker_at_end = false;
+static bool is_db_worker = false;
+static bool is_launcher = false;
 static bool callbacks_registered = false;
 
 /* Number of PGPROC slots, which bounds pgprocno */
@@ -141,8 +152,12 @@ EsPositionShmemInit(void)
 			db->events_relid = InvalidOid;
 			db->initialized = false;
 			db->next_position = 1;
+			db->worker_procno = -1;
 			ConditionVariableInit(&db->head_cv);
 		}
+		es_shared->launcher_procno = -1;
+		es_shared->rescan_requested = false;
+		memset(es_shared->absent, 0, sizeof(es_shared->absent));
 		for (int i = 0; i < es_shared->nprocs; i++)
 		{
 			es_procs[i].dboid = InvalidOid;
@@ -180,6 +195,19 @@ es_release_positions(void)
 	ConditionVariableBroadcast(&my_db->head_cv);
 }
 
+/* Set the latch of this database's worker, if it runs */
+static void
+es_wake_db_worker(void)
+{
+	int			procno;
+
+	if (my_db == NULL)
+		return;
+	procno = my_db->worker_procno;
+	if (procno >= 0 && procno < es_shared->nprocs && procno != ES_MY_PROCNO)
+		SetLatch(&ProcGlobal->allProcs[procno].procLatch);
+}
+
 /* Transaction end: publish that our positions are settled */
 static void
 es_xact_callback(XactEvent event, void *arg)
@@ -198,7 +226,15 @@ es_xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
 		case XACT_EVENT_PREPARE:
-			es_release_positions();
+			if (wake_worker_at_end && my_db != NULL &&
+				(event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT))
+				my_db->projections_changed = true;
+			if (xact_holds_positions || wake_worker_at_end)
+			{
+				es_release_positions();
+				es_wake_db_worker();
+			}
+			wake_worker_at_end = false;
 			break;
 		default:
 			break;
@@ -213,6 +249,15 @@ es_shmem_exit(int code, Datum arg)
 	{
 		pg_atomic_write_u64(&es_my_slot()->lowest, 0);
 		xact_holds_positions = false;
+		if (is_db_worker && my_db != NULL && my_db->worker_procno == ES_MY_PROCNO)
+			my_db->worker_procno = -1;
+		if (is_launcher)
+		{
+			LWLockAcquire(&es_locks[0].lock, LW_EXCLUSIVE);
+			if (es_shared->launcher_procno == ES_MY_PROCNO)
+				es_shared->launcher_procno = -1;
+			LWLockRelease(&es_locks[0].lock);
+		}
 	}
 }
 
@@ -264,6 +309,7 @@ es_attach_db(void)
 					db->events_relid = InvalidOid;
 					db->initialized = false;
 					db->next_position = 1;
+					db->worker_procno = -1;
 					slot = i;
 					break;
 				}
@@ -387,21 +433,13 @@ EsAllocatePositions(int64 count)
 	return first;
 }
 
-/*
- * The highest position a follower may read to: every position at or below
- * it belongs to a transaction that has ended.  Our own transaction's
- * positions do not hold us back (a transaction sees its own writes).
- */
-int64
-EsSafeHead(void)
+/* The safe head; caller holds my_db_lock (shared is enough) */
+static int64
+es_head_locked(void)
 {
 	int			me = ES_MY_PROCNO;
-	int64		head;
+	int64		head = my_db->next_position - 1;
 
-	es_ensure_counter();
-
-	LWLockAcquire(my_db_lock, LW_SHARED);
-	head = my_db->next_position - 1;
 	for (int i = 0; i < es_shared->nprocs; i++)
 	{
 		uint64		low;
@@ -417,6 +455,22 @@ EsSafeHead(void)
 		if ((int64) low - 1 < head)
 			head = (int64) low - 1;
 	}
+	return head;
+}
+
+/*
+ * The highest position a follower may read to: every position at or below
+ * it belongs to a transaction that has ended.  Our own transaction's
+ * positions do not hold us back (a transaction sees its own writes).
+ */
+int64
+EsSafeHead(void)
+{
+	int64		head;
+
+	es_ensure_counter();
+	LWLockAcquire(my_db_lock, LW_SHARED);
+	head = es_head_locked();
 	LWLockRelease(my_db_lock);
 	return head;
 }
@@ -450,5 +504,124 @@ EsWaitForHead(int64 after_position, long timeout_ms)
 										   PG_WAIT_EXTENSION);
 	}
 	ConditionVariableCancelSleep();
+	return head;
+}
+
+/* Wake this database's worker when the current transaction ends */
+void
+EsWakeWorker(void)
+{
+	es_attach_db();
+	wake_worker_at_end = true;
+}
+
+/* The database worker announces (or withdraws) itself */
+void
+EsSetWorkerProc(bool running)
+{
+	es_attach_db();
+	is_db_worker = running;
+	my_db->worker_procno = running ? ES_MY_PROCNO : -1;
+}
+
+/* The launcher announces itself */
+void
+EsSetLauncherProc(bool running)
+{
+	EsCheckPreloaded();
+	EsPositionRegisterCallbacks();
+	is_launcher = running;
+	LWLockAcquire(&es_locks[0].lock, LW_EXCLUSIVE);
+	es_shared->launcher_procno = running ? ES_MY_PROCNO : -1;
+	LWLockRelease(&es_locks[0].lock);
+}
+
+/* Ask the launcher to start workers for databases that gained the extension */
+void
+EsRequestRescan(void)
+{
+	int			procno;
+
+	if (es_shared == NULL)
+		return;
+	LWLockAcquire(&es_locks[0].lock, LW_EXCLUSIVE);
+	es_shared->rescan_requested = true;
+	procno = es_shared->launcher_procno;
+	LWLockRelease(&es_locks[0].lock);
+	if (procno >= 0)
+		SetLatch(&ProcGlobal->allProcs[procno].procLatch);
+}
+
+/* Launcher: was a rescan requested?  Clears the request. */
+bool
+EsTakeRescanRequest(void)
+{
+	bool		requested;
+
+	LWLockAcquire(&es_locks[0].lock, LW_EXCLUSIVE);
+	requested = es_shared->rescan_requested;
+	es_shared->rescan_requested = false;
+	LWLockRelease(&es_locks[0].lock);
+	return requested;
+}
+
+/* Worker: the extension is not installed in this database */
+void
+EsReportAbsentDatabase(Oid dboid)
+{
+	LWLockAcquire(&es_locks[0].lock, LW_EXCLUSIVE);
+	for (int i = 0; i < ES_ABSENT_SLOTS; i++)
+		if (es_shared->absent[i] == InvalidOid || es_shared->absent[i] == dboid)
+		{
+			es_shared->absent[i] = dboid;
+			break;
+		}
+	LWLockRelease(&es_locks[0].lock);
+}
+
+/* Launcher: did the stopped worker of dboid report no extension?  Clears it. */
+bool
+EsTakeAbsentDatabase(Oid dboid)
+{
+	bool		found = false;
+
+	LWLockAcquire(&es_locks[0].lock, LW_EXCLUSIVE);
+	for (int i = 0; i < ES_ABSENT_SLOTS; i++)
+		if (es_shared->absent[i] == dboid)
+		{
+			es_shared->absent[i] = InvalidOid;
+			found = true;
+		}
+	LWLockRelease(&es_locks[0].lock);
+	return found;
+}
+
+/* Worker: did a projection change since the last call?  Clears the flag. */
+bool
+EsTakeProjectionsChanged(void)
+{
+	bool		changed;
+
+	es_attach_db();
+	changed = my_db->projections_changed;
+	if (changed)
+		my_db->projections_changed = false;
+	return changed;
+}
+
+/*
+ * Worker: the safe head without (re)building the counter, so it needs no
+ * transaction; -1 while the counter is not built yet.
+ */
+int64
+EsSafeHeadIfReady(void)
+{
+	int64		head = -1;
+
+	es_attach_db();
+	LWLockAcquire(my_db_lock, LW_SHARED);
+	if (my_db->initialized)
+		head = es_head_locked();
+	LWLockRelease(my_db_lock);
 	return head;
 }

@@ -1,0 +1,953 @@
+/*
+ * projection.c
+ *	  Projections (CQRS read models): inline ones applied by a statement-level
+ *	  trigger with a transition table inside the appending transaction, async
+ *	  ones applied in gap-safe global order by the background worker or by
+ *	  run_projections(), each batch's handler work committed together with
+ *	  the projection's checkpoint.
+ *
+ * Locking contract: appenders never lock a projection.  Operations that
+ * change what inline projections see (create, pause, resume, rebuild, drop of
+ * an inline projection) take a SHARE lock on event_store.events: it waits for
+ * in-flight appends to finish and holds new ones off until the operation
+ * commits, so an inline projection's position is exact.  Async batches lock
+ * their projection's row FOR UPDATE SKIP LOCKED, so the worker and a manual
+ * run_projections() never apply the same batch twice.
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/stratnum.h"
+#include "access/table.h"
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "commands/trigger.h"
+#include "storage/lmgr.h"
+#include "executor/spi.h"
+#include "executor/tuptable.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/resowner.h"
+#include "utils/snapmgr.h"
+#include "utils/typcache.h"
+
+#include "event_store.h"
+
+PG_FUNCTION_INFO_V1(es_create_projection);
+PG_FUNCTION_INFO_V1(es_rebuild_projection);
+PG_FUNCTION_INFO_V1(es_pause_projection);
+PG_FUNCTION_INFO_V1(es_resume_projection);
+PG_FUNCTION_INFO_V1(es_drop_projection);
+PG_FUNCTION_INFO_V1(es_run_projections);
+PG_FUNCTION_INFO_V1(es_projection_trigger);
+
+int			es_projection_max_attempts = 5;
+
+/* A projection ready to apply */
+typedef struct EsProjection
+{
+	char	   *name;
+	FmgrInfo	handler;
+	EsTypeFilter types;
+	int			ncategories;	/* -1: any */
+	text	  **categories;
+} EsProjection;
+
+/* Cache of the running inline projections, for the trigger */
+static EsRegistry inline_registry = {"projections"};
+static MemoryContext inline_cxt = NULL;
+static EsProjection *inline_projs = NULL;
+static int	inline_count = 0;
+static int	inline_depth = 0;
+static List *inline_retired = NIL;
+
+/* What is being applied, for the error context */
+typedef struct EsApplyCtx
+{
+	const char *name;
+	int64		position;
+} EsApplyCtx;
+
+/* Error context: which projection and event */
+static void
+es_apply_error_callback(void *arg)
+{
+	EsApplyCtx *ctx = (EsApplyCtx *) arg;
+
+	errcontext("projection \"%s\" applying the event at global position " INT64_FORMAT,
+			   ctx->name, ctx->position);
+}
+
+/* Decode a text[] filter column/argument into an EsTypeFilter-like list */
+static int
+es_decode_text_array(Datum arr_datum, bool isnull, text ***out)
+{
+	ArrayType  *arr;
+	Datum	   *elems;
+	bool	   *nulls;
+	int			n;
+
+	if (isnull)
+	{
+		*out = NULL;
+		return -1;
+	}
+	arr = DatumGetArrayTypeP(arr_datum);
+	deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &n);
+	*out = palloc(sizeof(text *) * Max(n, 1));
+	for (int i = 0; i < n; i++)
+		(*out)[i] = DatumGetTextPCopy(elems[i]);
+	return n;
+}
+
+/* Fill a projection from a row (name, handler oid, event_types, categories) */
+static void
+es_projection_from_row(EsProjection *p, HeapTuple tup, TupleDesc desc,
+					   MemoryContext cxt)
+{
+	bool		isnull;
+	Datum		d;
+
+	p->name = TextDatumGetCString(SPI_getbinval(tup, desc, 1, &isnull));
+	fmgr_info_cxt(DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull)), &p->handler, cxt);
+	d = SPI_getbinval(tup, desc, 3, &isnull);
+	p->types.ntypes = es_decode_text_array(d, isnull, &p->types.types);
+	d = SPI_getbinval(tup, desc, 4, &isnull);
+	p->ncategories = es_decode_text_array(d, isnull, &p->categories);
+}
+
+/* Load the running inline projections */
+static void
+es_inline_load(void)
+{
+	MemoryContext old;
+	int			rc;
+
+	if (inline_cxt != NULL)
+	{
+		if (inline_depth > 0)
+		{
+			old = MemoryContextSwitchTo(TopMemoryContext);
+			inline_retired = lappend(inline_retired, inline_cxt);
+			MemoryContextSwitchTo(old);
+		}
+		else
+			MemoryContextDelete(inline_cxt);
+	}
+	if (inline_depth == 0 && inline_retired != NIL)
+	{
+		ListCell   *lc;
+
+		foreach(lc, inline_retired)
+			MemoryContextDelete((MemoryContext) lfirst(lc));
+		list_free(inline_retired);
+		inline_retired = NIL;
+	}
+	inline_cxt = AllocSetContextCreate(CacheMemoryContext, "event_store inline projections",
+									   ALLOCSET_SMALL_SIZES);
+	inline_count = 0;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	rc = SPI_execute("SELECT name, handler::oid, event_types, categories "
+					 "FROM event_store.projections "
+					 "WHERE mode = 'inline' AND state = 'running' ORDER BY name", true, 0);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "reading event_store.projections failed: %s", SPI_result_code_string(rc));
+	old = MemoryContextSwitchTo(inline_cxt);
+	inline_projs = palloc0(sizeof(EsProjection) * Max(SPI_processed, 1));
+	for (uint64 i = 0; i < SPI_processed; i++)
+		es_projection_from_row(&inline_projs[i], SPI_tuptable->vals[i],
+							   SPI_tuptable->tupdesc, inline_cxt);
+	inline_count = (int) SPI_processed;
+	MemoryContextSwitchTo(old);
+	SPI_finish();
+}
+
+/* Does the (upcast) event pass the projection's filters? */
+static bool
+es_projection_matches(const EsProjection *p, Datum *values)
+{
+	if (!EsTypeMatches(&p->types, values[Anum_es_event_type - 1]))
+		return false;
+	if (p->ncategories >= 0)
+	{
+		text	   *sid = DatumGetTextPP(values[Anum_es_stream_id - 1]);
+		const char *s = VARDATA_ANY(sid);
+		int			len = VARSIZE_ANY_EXHDR(sid);
+		const char *dash = memchr(s, '-', len);
+		int			clen = dash ? (int) (dash - s) : len;
+
+		for (int i = 0; i < p->ncategories; i++)
+			if (VARSIZE_ANY_EXHDR(p->categories[i]) == clen &&
+				memcmp(VARDATA_ANY(p->categories[i]), s, clen) == 0)
+				return true;
+		return false;
+	}
+	return true;
+}
+
+/* Call a projection's handler with one event */
+static void
+es_call_handler(EsProjection *p, TupleDesc event_desc, Datum *values, bool *isnull)
+{
+	HeapTuple	tup = heap_form_tuple(event_desc, values, isnull);
+	ErrorContextCallback errcb;
+	EsApplyCtx	ctx;
+	LOCAL_FCINFO(fcinfo, 1);
+
+	ctx.name = p->name;
+	ctx.position = DatumGetInt64(values[Anum_es_global_position - 1]);
+	errcb.callback = es_apply_error_callback;
+	errcb.arg = &ctx;
+	errcb.previous = error_context_stack;
+	error_context_stack = &errcb;
+	/* the handler returns void: its (null) result is ignored */
+	InitFunctionCallInfoData(*fcinfo, &p->handler, 1, InvalidOid, NULL, NULL);
+	fcinfo->args[0].value = HeapTupleGetDatum(tup);
+	fcinfo->args[0].isnull = false;
+	(void) FunctionCallInvoke(fcinfo);
+	error_context_stack = errcb.previous;
+	heap_freetuple(tup);
+}
+
+/*
+ * Trigger: AFTER INSERT ON event_store.events FOR EACH STATEMENT, with the
+ * new rows as a transition table.  Applies every running inline projection
+ * to the appended events, in order, in the appending transaction.
+ */
+Datum
+es_projection_trigger(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	Tuplestorestate *rows;
+	TupleTableSlot *slot;
+	TupleDesc	event_desc;
+	MemoryContext rowcxt;
+	MemoryContext old;
+	Datum		values[Natts_es_event];
+	bool		isnull[Natts_es_event];
+
+	if (!CALLED_AS_TRIGGER(fcinfo) || trigdata->tg_newtable == NULL)
+		elog(ERROR, "es_projection_trigger: not called as an INSERT trigger with a transition table");
+
+	if (EsRegistryNeedsReload(&inline_registry))
+		es_inline_load();
+	if (inline_count == 0)
+		return PointerGetDatum(NULL);
+
+	rows = trigdata->tg_newtable;
+	slot = MakeSingleTupleTableSlot(RelationGetDescr(trigdata->tg_relation),
+									&TTSOpsMinimalTuple);
+	event_desc = lookup_rowtype_tupdesc(EsGetCatalog()->event_type_oid, -1);
+	rowcxt = AllocSetContextCreate(CurrentMemoryContext, "event_store projection row",
+								   ALLOCSET_DEFAULT_SIZES);
+	inline_depth++;
+	PG_TRY();
+	{
+		tuplestore_rescan(rows);
+		while (tuplestore_gettupleslot(rows, true, false, slot))
+		{
+			slot_getallattrs(slot);
+			MemoryContextReset(rowcxt);
+			old = MemoryContextSwitchTo(rowcxt);
+			memcpy(values, slot->tts_values, sizeof(values));
+			memcpy(isnull, slot->tts_isnull, sizeof(isnull));
+			EsUpcastRow(values, isnull);
+			for (int i = 0; i < inline_count; i++)
+				if (es_projection_matches(&inline_projs[i], values))
+					es_call_handler(&inline_projs[i], event_desc, values, isnull);
+			MemoryContextSwitchTo(old);
+		}
+	}
+	PG_FINALLY();
+	{
+		inline_depth--;
+	}
+	PG_END_TRY();
+	ReleaseTupleDesc(event_desc);
+	ExecDropSingleTupleTableSlot(slot);
+	MemoryContextDelete(rowcxt);
+	return PointerGetDatum(NULL);
+}
+
+/* State of applying a range of events to one projection */
+typedef struct EsRangeApply
+{
+	EsProjection *proj;
+	TupleDesc	event_desc;
+	int64		handed;			/* events passed to the handler */
+	int64		budget;			/* stop after this many (-1: no limit) */
+	int64		last_scanned;	/* position of the last event looked at */
+	int64		current;		/* position being applied (for errors) */
+} EsRangeApply;
+
+/* Row callback: apply one event if it passes the filters */
+static bool
+es_apply_row(Datum *values, bool *isnull, void *arg)
+{
+	EsRangeApply *ra = (EsRangeApply *) arg;
+	int64		pos = DatumGetInt64(values[Anum_es_global_position - 1]);
+
+	ra->current = pos;
+	if (es_projection_matches(ra->proj, values))
+	{
+		es_call_handler(ra->proj, ra->event_desc, values, isnull);
+		ra->handed++;
+	}
+	ra->last_scanned = pos;
+	return ra->budget < 0 || ra->handed < ra->budget;
+}
+
+/*
+ * Apply the events in (after, upto] to a projection, in position order,
+ * upcast, until budget events were handed to the handler.  Returns the new
+ * position: upto when the range was exhausted, else the last event applied.
+ */
+static int64
+es_apply_range(EsProjection *proj, int64 after, int64 upto, int64 budget,
+			   int64 *handed, int64 *current)
+{
+	const EsCatalog *cat = EsGetCatalog();
+	EsScanSpec	spec;
+	EsRangeApply ra;
+	Relation	index;
+	Snapshot	snapshot;
+	bool		exhausted;
+
+	memset(&ra, 0, sizeof(ra));
+	ra.proj = proj;
+	ra.budget = budget;
+	ra.last_scanned = after;
+	ra.current = after;
+	*handed = 0;
+	if (upto <= after)
+		return after;
+	ra.event_desc = lookup_rowtype_tupdesc(cat->event_type_oid, -1);
+
+	memset(&spec, 0, sizeof(spec));
+	spec.index_oid = cat->position_idx;
+	spec.direction = ForwardScanDirection;
+	spec.filter.ntypes = -1;	/* filters are checked per projection */
+	spec.max_count = -1;
+	index = index_open(cat->position_idx, AccessShareLock);
+	ScanKeyEntryInitialize(&spec.keys[0], 0, 1, BTGreaterStrategyNumber, InvalidOid,
+						   InvalidOid, F_INT8GT, Int64GetDatum(after));
+	ScanKeyEntryInitialize(&spec.keys[1], 0, 1, BTLessEqualStrategyNumber, InvalidOid,
+						   InvalidOid, F_INT8LE, Int64GetDatum(upto));
+	spec.nkeys = 2;
+	index_close(index, AccessShareLock);
+
+	/* upto is a safe head taken before this snapshot: it sees every commit below */
+	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	spec.snapshot = snapshot;
+	PG_TRY();
+	{
+		EsScanEvents(cat, &spec, es_apply_row, &ra);
+	}
+	PG_FINALLY();
+	{
+		*current = ra.current;
+	}
+	PG_END_TRY();
+	UnregisterSnapshot(snapshot);
+	ReleaseTupleDesc(ra.event_desc);
+
+	*handed = ra.handed;
+	exhausted = (budget < 0 || ra.handed < budget);
+	return exhausted ? upto : ra.last_scanned;
+}
+
+/* Load one projection by name (caller connected to SPI); NULL if none */
+static EsProjection *
+es_projection_load(const char *name, const char *extra_sql, char **mode,
+				   char **state, int64 *position, int32 *attempts,
+				   Oid *reset)
+{
+	Datum		arg = CStringGetTextDatum(name);
+	Oid			argtype = TEXTOID;
+	int			rc;
+	char	   *sql;
+	EsProjection *p;
+	bool		isnull;
+	HeapTuple	tup;
+	TupleDesc	desc;
+
+	sql = psprintf("SELECT name, handler::oid, event_types, categories, mode, state, "
+				   "position, attempts, reset::oid FROM event_store.projections "
+				   "WHERE name = $1 %s", extra_sql);
+	rc = SPI_execute_with_args(sql, 1, &argtype, &arg, NULL, false, 1);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "reading projection \"%s\" failed: %s", name, SPI_result_code_string(rc));
+	if (SPI_processed == 0)
+		return NULL;
+	tup = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	p = palloc0(sizeof(EsProjection));
+	es_projection_from_row(p, tup, desc, CurrentMemoryContext);
+	if (mode)
+		*mode = TextDatumGetCString(SPI_getbinval(tup, desc, 5, &isnull));
+	if (state)
+		*state = TextDatumGetCString(SPI_getbinval(tup, desc, 6, &isnull));
+	if (position)
+		*position = DatumGetInt64(SPI_getbinval(tup, desc, 7, &isnull));
+	if (attempts)
+		*attempts = DatumGetInt32(SPI_getbinval(tup, desc, 8, &isnull));
+	if (reset)
+	{
+		Datum		d = SPI_getbinval(tup, desc, 9, &isnull);
+
+		*reset = isnull ? InvalidOid : DatumGetObjectId(d);
+	}
+	return p;
+}
+
+/* Run an UPDATE/INSERT/DELETE on the projections table with (name, ...) args */
+static void
+es_projection_exec(const char *sql, int nargs, Oid *types, Datum *values,
+				   const char *nulls)
+{
+	int			rc = SPI_execute_with_args(sql, nargs, types, values, nulls, false, 0);
+
+	if (rc < 0)
+		elog(ERROR, "updating event_store.projections failed: %s", SPI_result_code_string(rc));
+}
+
+/* Enable the inline trigger exactly when an inline projection exists */
+static void
+es_sync_inline_trigger(void)
+{
+	int			rc;
+	bool		any;
+	bool		isnull;
+
+	rc = SPI_execute("SELECT EXISTS (SELECT 1 FROM event_store.projections WHERE mode = 'inline')",
+					 false, 1);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "reading event_store.projections failed");
+	any = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	rc = SPI_execute(any ?
+					 "ALTER TABLE event_store.events ENABLE ALWAYS TRIGGER events_inline_projections" :
+					 "ALTER TABLE event_store.events DISABLE TRIGGER events_inline_projections",
+					 false, 0);
+	if (rc != SPI_OK_UTILITY)
+		elog(ERROR, "switching the inline projection trigger failed");
+}
+
+/* Hold appends off until we commit (inline projection bookkeeping) */
+static void
+es_lock_events_share(void)
+{
+	LockRelationOid(EsGetCatalog()->events_relid, ShareLock);
+}
+
+/* Set position/state of a projection */
+static void
+es_projection_set(const char *name, int64 position, const char *state)
+{
+	Oid			types[3] = {TEXTOID, INT8OID, TEXTOID};
+	Datum		values[3];
+
+	values[0] = CStringGetTextDatum(name);
+	values[1] = Int64GetDatum(position);
+	values[2] = CStringGetTextDatum(state);
+	es_projection_exec("UPDATE event_store.projections SET position = $2, state = $3, "
+					   "attempts = 0, last_error = NULL, error_position = NULL, "
+					   "next_attempt_at = NULL, updated_at = pg_catalog.now() WHERE name = $1",
+					   3, types, values, NULL);
+}
+
+/* Replay (position, head] into an inline projection (events are SHARE-locked) */
+static int64
+es_inline_catch_up(EsProjection *p, int64 position)
+{
+	int64		head = EsSafeHead();
+	int64		handed;
+	int64		current;
+
+	return es_apply_range(p, position, head, -1, &handed, &current);
+}
+
+/* Fetch a projection by name or raise "does not exist" */
+static EsProjection *
+es_projection_get(const char *name, char **mode, char **state, int64 *position,
+				  Oid *reset, bool for_update)
+{
+	EsProjection *p = es_projection_load(name, for_update ? "FOR UPDATE" : "", mode, state,
+										 position, NULL, reset);
+
+	if (p == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("projection \"%s\" does not exist", name)));
+	return p;
+}
+
+/* Validate a text[] filter argument */
+static void
+es_check_filter_arg(FunctionCallInfo fcinfo, int argno, const char *name, bool categories)
+{
+	ArrayType  *arr;
+	Datum	   *elems;
+	bool	   *nulls;
+	int			n;
+
+	if (PG_ARGISNULL(argno))
+		return;
+	arr = PG_GETARG_ARRAYTYPE_P(argno);
+	if (ARR_NDIM(arr) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("%s must be a one-dimensional array", name)));
+	deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &n);
+	if (n == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must not be empty", name),
+				 errhint("Pass NULL to accept every value.")));
+	for (int i = 0; i < n; i++)
+	{
+		text	   *t;
+
+		if (nulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("%s must not contain nulls", name)));
+		t = DatumGetTextPP(elems[i]);
+		if (VARSIZE_ANY_EXHDR(t) == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("%s must not contain empty strings", name)));
+		if (categories && memchr(VARDATA_ANY(t), '-', VARSIZE_ANY_EXHDR(t)) != NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("category \"%s\" contains \"-\"", text_to_cstring(t)),
+					 errdetail("A stream's category is the part of its id before the first \"-\".")));
+	}
+}
+
+/* Call a projection's reset function, if it has one */
+static void
+es_call_reset(Oid reset)
+{
+	FmgrInfo	flinfo;
+	LOCAL_FCINFO(fcinfo, 0);
+
+	if (!OidIsValid(reset))
+		return;
+	/* it returns void: its (null) result is ignored */
+	fmgr_info(reset, &flinfo);
+	InitFunctionCallInfoData(*fcinfo, &flinfo, 0, InvalidOid, NULL, NULL);
+	(void) FunctionCallInvoke(fcinfo);
+}
+
+/*
+ * SQL: event_store.create_projection(name text, handler regprocedure,
+ *		event_types text[], categories text[], mode text, reset regprocedure)
+ */
+Datum
+es_create_projection(PG_FUNCTION_ARGS)
+{
+	text	   *name_t = EsGetRequiredText(fcinfo, 0, "name");
+	char	   *name = text_to_cstring(name_t);
+	Oid			handler;
+	Oid			argtype;
+	char	   *mode;
+	Oid			types[6] = {TEXTOID, REGPROCEDUREOID, TEXTARRAYOID, TEXTARRAYOID, TEXTOID, REGPROCEDUREOID};
+	Datum		values[6];
+	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
+	bool		is_inline;
+	EsProjection *p;
+
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("handler must not be null")));
+	handler = PG_GETARG_OID(1);
+	argtype = EsGetCatalog()->event_type_oid;
+	EsCheckCallbackSignature(handler, "a projection handler", 1, &argtype, VOIDOID,
+							 "a function (event event_store.event) RETURNS void");
+	es_check_filter_arg(fcinfo, 2, "event_types", false);
+	es_check_filter_arg(fcinfo, 3, "categories", true);
+	mode = text_to_cstring(EsGetRequiredText(fcinfo, 4, "mode"));
+	if (strcmp(mode, "inline") != 0 && strcmp(mode, "async") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid projection mode \"%s\"", mode),
+				 errhint("The mode is \"inline\" or \"async\".")));
+	is_inline = (strcmp(mode, "inline") == 0);
+	if (!PG_ARGISNULL(5))
+		EsCheckCallbackSignature(PG_GETARG_OID(5), "a projection reset function", 0, NULL,
+								 VOIDOID, "a function () RETURNS void");
+
+	for (int i = 0; i < 6; i++)
+	{
+		nulls[i] = PG_ARGISNULL(i) ? 'n' : ' ';
+		values[i] = PG_ARGISNULL(i) ? (Datum) 0 : PG_GETARG_DATUM(i);
+	}
+	values[0] = PointerGetDatum(name_t);
+
+	if (is_inline)
+		es_lock_events_share();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (es_projection_load(name, "", NULL, NULL, NULL, NULL, NULL) != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_DUPLICATE_OBJECT),
+				 errmsg("projection \"%s\" already exists", name),
+				 errhint("Drop it first with event_store.drop_projection(), or pick another name.")));
+	es_projection_exec("INSERT INTO event_store.projections "
+					   "(name, handler, event_types, categories, mode, reset) "
+					   "VALUES ($1, $2, $3, $4, $5, $6)", 6, types, values, nulls);
+	if (is_inline)
+	{
+		/* replay history, then go live in the same transaction */
+		p = es_projection_load(name, "", NULL, NULL, NULL, NULL, NULL);
+		es_projection_set(name, es_inline_catch_up(p, 0), "running");
+		es_sync_inline_trigger();
+		EsRegistryChanged(&inline_registry);
+	}
+	SPI_finish();
+	EsWakeWorker();
+	PG_RETURN_VOID();
+}
+
+/* SQL: event_store.rebuild_projection(name text) */
+Datum
+es_rebuild_projection(PG_FUNCTION_ARGS)
+{
+	char	   *name = text_to_cstring(EsGetRequiredText(fcinfo, 0, "name"));
+	char	   *mode;
+	char	   *state;
+	Oid			reset;
+	EsProjection *p;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	p = es_projection_get(name, &mode, &state, NULL, &reset, false);
+	if (strcmp(mode, "inline") == 0)
+	{
+		es_lock_events_share();
+		p = es_projection_get(name, &mode, &state, NULL, &reset, true);
+		es_call_reset(reset);
+		if (strcmp(state, "paused") == 0)
+			es_projection_set(name, 0, "paused");
+		else
+			es_projection_set(name, es_inline_catch_up(p, 0), "running");
+		EsRegistryChanged(&inline_registry);
+	}
+	else
+	{
+		p = es_projection_get(name, &mode, &state, NULL, &reset, true);
+		es_call_reset(reset);
+		es_projection_set(name, 0, strcmp(state, "paused") == 0 ? "paused" : "running");
+	}
+	SPI_finish();
+	EsWakeWorker();
+	PG_RETURN_VOID();
+}
+
+/* SQL: event_store.pause_projection(name text) */
+Datum
+es_pause_projection(PG_FUNCTION_ARGS)
+{
+	char	   *name = text_to_cstring(EsGetRequiredText(fcinfo, 0, "name"));
+	char	   *mode;
+	char	   *state;
+	int64		position;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	(void) es_projection_get(name, &mode, &state, &position, NULL, false);
+	if (strcmp(mode, "inline") == 0)
+	{
+		es_lock_events_share();
+		(void) es_projection_get(name, &mode, &state, &position, NULL, true);
+		/* everything up to the head has been applied by the appenders */
+		if (strcmp(state, "running") == 0)
+			es_projection_set(name, EsSafeHead(), "paused");
+		EsRegistryChanged(&inline_registry);
+	}
+	else
+	{
+		(void) es_projection_get(name, &mode, &state, &position, NULL, true);
+		if (strcmp(state, "paused") != 0)
+		{
+			Oid			types[1] = {TEXTOID};
+			Datum		values[1] = {CStringGetTextDatum(name)};
+
+			es_projection_exec("UPDATE event_store.projections SET state = 'paused', "
+							   "updated_at = pg_catalog.now() WHERE name = $1",
+							   1, types, values, NULL);
+		}
+	}
+	SPI_finish();
+	PG_RETURN_VOID();
+}
+
+/* SQL: event_store.resume_projection(name text) */
+Datum
+es_resume_projection(PG_FUNCTION_ARGS)
+{
+	char	   *name = text_to_cstring(EsGetRequiredText(fcinfo, 0, "name"));
+	char	   *mode;
+	char	   *state;
+	int64		position;
+	EsProjection *p;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	(void) es_projection_get(name, &mode, &state, &position, NULL, false);
+	if (strcmp(mode, "inline") == 0)
+	{
+		es_lock_events_share();
+		p = es_projection_get(name, &mode, &state, &position, NULL, true);
+		if (strcmp(state, "running") != 0)
+			es_projection_set(name, es_inline_catch_up(p, position), "running");
+		EsRegistryChanged(&inline_registry);
+	}
+	else
+	{
+		(void) es_projection_get(name, &mode, &state, &position, NULL, true);
+		es_projection_set(name, position, "running");
+	}
+	SPI_finish();
+	EsWakeWorker();
+	PG_RETURN_VOID();
+}
+
+/* SQL: event_store.drop_projection(name text) */
+Datum
+es_drop_projection(PG_FUNCTION_ARGS)
+{
+	char	   *name = text_to_cstring(EsGetRequiredText(fcinfo, 0, "name"));
+	char	   *mode;
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1] = {CStringGetTextDatum(name)};
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	(void) es_projection_get(name, &mode, NULL, NULL, NULL, true);
+	es_projection_exec("DELETE FROM event_store.projections WHERE name = $1",
+					   1, types, values, NULL);
+	if (strcmp(mode, "inline") == 0)
+	{
+		es_sync_inline_trigger();
+		EsRegistryChanged(&inline_registry);
+	}
+	SPI_finish();
+	PG_RETURN_VOID();
+}
+
+/* Backoff before the next attempt: 1 s doubling, at most 5 minutes */
+static int64
+es_backoff_ms(int32 attempts)
+{
+	int64		ms = 1000;
+
+	for (int i = 1; i < attempts && ms < 300000; i++)
+		ms *= 2;
+	return Min(ms, 300000);
+}
+
+/*
+ * One batch of one async projection, in a subtransaction: handler work and
+ * checkpoint commit together.  A handler error rolls the batch back, applies
+ * the events before the failing one, and records the error (failed after
+ * event_store.projection_max_attempts).  Returns events handed to the handler.
+ */
+static int64
+es_run_one(const char *name, int64 budget)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+	ResourceOwner oldowner = CurrentResourceOwner;
+	EsProjection *volatile p = NULL;
+	volatile int64 position = 0;
+	int32		attempts = 0;
+	int64		handed = 0;
+	int64		current = 0;
+	int64		newpos;
+	ErrorData  *volatile edata = NULL;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(oldcxt);
+	PG_TRY();
+	{
+		int64		pos = 0;
+
+		p = es_projection_load(name, "AND mode = 'async' AND state = 'running' FOR UPDATE SKIP LOCKED",
+							   NULL, NULL, &pos, &attempts, NULL);
+		position = pos;
+		if (p != NULL)
+		{
+			newpos = es_apply_range(p, pos, EsSafeHead(), budget, &handed, &current);
+			if (newpos != position || attempts != 0)
+			{
+				Oid			types[2] = {TEXTOID, INT8OID};
+				Datum		values[2] = {CStringGetTextDatum(name), Int64GetDatum(newpos)};
+
+				es_projection_exec("UPDATE event_store.projections SET position = $2, "
+								   "attempts = 0, last_error = NULL, error_position = NULL, "
+								   "next_attempt_at = NULL, updated_at = pg_catalog.now() "
+								   "WHERE name = $1", 2, types, values, NULL);
+			}
+		}
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(oldcxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
+	}
+	PG_END_TRY();
+
+	if (edata == NULL)
+		return handed;
+
+	/* the batch failed at event "current": keep what came before it */
+	{
+		int64		failed_at = current;
+		volatile int64 prefix_handed = 0;
+		int64		applied = position;
+		char	   *state;
+
+		if (p != NULL && failed_at - 1 > position)
+		{
+			BeginInternalSubTransaction(NULL);
+			MemoryContextSwitchTo(oldcxt);
+			PG_TRY();
+			{
+				int64		cur;
+				int64		ph;
+				Oid			types[2] = {TEXTOID, INT8OID};
+				Datum		values[2];
+
+				applied = es_apply_range(p, position, failed_at - 1, -1, &ph, &cur);
+				prefix_handed = ph;
+				values[0] = CStringGetTextDatum(name);
+				values[1] = Int64GetDatum(applied);
+				es_projection_exec("UPDATE event_store.projections SET position = $2 "
+								   "WHERE name = $1", 2, types, values, NULL);
+				ReleaseCurrentSubTransaction();
+				MemoryContextSwitchTo(oldcxt);
+				CurrentResourceOwner = oldowner;
+			}
+			PG_CATCH();
+			{
+				MemoryContextSwitchTo(oldcxt);
+				FlushErrorState();
+				RollbackAndReleaseCurrentSubTransaction();
+				MemoryContextSwitchTo(oldcxt);
+				CurrentResourceOwner = oldowner;
+				prefix_handed = 0;
+			}
+			PG_END_TRY();
+		}
+
+		attempts++;
+		state = (attempts >= es_projection_max_attempts) ? "failed" : "running";
+		{
+			Oid			types[6] = {TEXTOID, INT4OID, TEXTOID, TEXTOID, INT8OID, INT8OID};
+			Datum		values[6];
+
+			values[0] = CStringGetTextDatum(name);
+			values[1] = Int32GetDatum(attempts);
+			values[2] = CStringGetTextDatum(edata->message ? edata->message : "unknown error");
+			values[3] = CStringGetTextDatum(state);
+			values[4] = Int64GetDatum(failed_at);
+			values[5] = Int64GetDatum(es_backoff_ms(attempts));
+			es_projection_exec("UPDATE event_store.projections SET attempts = $2, last_error = $3, "
+							   "state = $4, error_position = $5, "
+							   "next_attempt_at = pg_catalog.now() + pg_catalog.make_interval(secs => $6 / 1000.0), "
+							   "updated_at = pg_catalog.now() WHERE name = $1",
+							   6, types, values, NULL);
+		}
+		FreeErrorData(edata);
+		return handed + prefix_handed;
+	}
+}
+
+/*
+ * Run the async projections: each one in batches until it is caught up or
+ * max_events events were handed to handlers in total.  With only_due, skip
+ * projections whose retry backoff has not expired (the worker); a manual
+ * call retries at once.  Caller is connected to SPI.
+ */
+int64
+EsRunAsyncProjections(int64 max_events, bool only_due)
+{
+	int			rc;
+	int64		total = 0;
+	List	   *names = NIL;
+	ListCell   *lc;
+
+	rc = SPI_execute(only_due ?
+					 "SELECT name FROM event_store.projections WHERE mode = 'async' "
+					 "AND state = 'running' AND (next_attempt_at IS NULL "
+					 "OR next_attempt_at <= pg_catalog.now()) ORDER BY name" :
+					 "SELECT name FROM event_store.projections WHERE mode = 'async' "
+					 "AND state = 'running' ORDER BY name", false, 0);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "reading event_store.projections failed: %s", SPI_result_code_string(rc));
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+
+		names = lappend(names, TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[i],
+																 SPI_tuptable->tupdesc, 1, &isnull)));
+	}
+
+	foreach(lc, names)
+	{
+		const char *name = lfirst(lc);
+
+		while (total < max_events)
+		{
+			int64		n = es_run_one(name, Min(max_events - total, (int64) 1000));
+
+			total += n;
+			if (n < 1000)
+				break;
+		}
+	}
+	return total;
+}
+
+/* SQL: event_store.run_projections(max_events int DEFAULT 10000) RETURNS bigint */
+Datum
+es_run_projections(PG_FUNCTION_ARGS)
+{
+	int32		max_events;
+	int64		n;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("max_events must not be null")));
+	max_events = PG_GETARG_INT32(0);
+	if (max_events < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("max_events must not be negative"),
+				 errdetail("Got %d.", max_events)));
+	(void) EsGetCatalog();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	n = EsRunAsyncProjections(max_events, false);
+	SPI_finish();
+	PG_RETURN_INT64(n);
+}
