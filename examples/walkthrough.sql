@@ -1,0 +1,227 @@
+-- =====================================================================
+-- event_store walkthrough
+--
+-- A tour of the SQL API, meant to be read top to bottom.  scripts/demo.sh
+-- runs it with `psql -X -a` on a throwaway server, so every statement is
+-- printed right before its result.  It works in any fresh database of a
+-- server that has  shared_preload_libraries = 'event_store'.
+-- =====================================================================
+\set ON_ERROR_STOP on
+\pset null '(null)'
+SET client_min_messages = notice;
+
+CREATE EXTENSION IF NOT EXISTS event_store;
+
+-- ---------------------------------------------------------------------
+-- 1. Appending events
+-- ---------------------------------------------------------------------
+-- One event to a new stream.  expected_version => 0 means "this stream
+-- must not exist yet".  append() returns the stream's new version.
+SELECT event_store.append('order-1001',
+    '{"type": "OrderPlaced", "data": {"customer": "ada", "total": 42.5}}',
+    expected_version => 0) AS version;
+
+-- A batch is one JSON array, written atomically.  expected_version => 1
+-- means "only if the stream is still at version 1".
+SELECT event_store.append('order-1001', '[
+    {"type": "ItemAdded", "data": {"sku": "tea", "qty": 2}},
+    {"type": "ItemAdded", "data": {"sku": "mug", "qty": 1},
+     "metadata": {"user": "ada"}}
+  ]', expected_version => 1) AS version;
+
+-- With its own event id an append can be retried safely: repeating the
+-- same call writes nothing and returns the same version.
+SELECT event_store.append('order-1002',
+    '{"type": "OrderPlaced", "id": "7b0b3a5e-3c1f-4d8e-9a40-1f2d3c4b5a60",
+      "data": {"customer": "grace", "total": 10}}', 0) AS version;
+SELECT event_store.append('order-1002',
+    '{"type": "OrderPlaced", "id": "7b0b3a5e-3c1f-4d8e-9a40-1f2d3c4b5a60",
+      "data": {"customer": "grace", "total": 10}}', 0) AS version_after_retry;
+
+-- No expected version (NULL, the default): append whatever the version.
+SELECT event_store.append('customer-ada',
+    '{"type": "CustomerRegistered", "data": {"name": "Ada"}}') AS version;
+
+-- ---------------------------------------------------------------------
+-- 2. Optimistic concurrency and duplicate ids
+-- ---------------------------------------------------------------------
+-- order-1001 is at version 3 now; a writer that still believes it is at 1
+-- gets SQLSTATE SE001 (wrong_expected_version) and nothing is written.
+-- Application code catches it, re-reads the stream and decides again.
+DO $$
+BEGIN
+    PERFORM event_store.append('order-1001', '{"type": "OrderShipped"}', 1);
+    RAISE EXCEPTION 'the stale append was not refused';
+EXCEPTION WHEN SQLSTATE 'SE001' THEN
+    RAISE NOTICE 'caught SQLSTATE %: %', SQLSTATE, SQLERRM;
+END
+$$;
+
+-- An event id that is already stored somewhere else: SQLSTATE SE002
+-- (duplicate_event_id).
+DO $$
+BEGIN
+    PERFORM event_store.append('order-1003',
+        '{"type": "OrderPlaced", "id": "7b0b3a5e-3c1f-4d8e-9a40-1f2d3c4b5a60"}');
+    RAISE EXCEPTION 'the duplicate id was not refused';
+EXCEPTION WHEN SQLSTATE 'SE002' THEN
+    RAISE NOTICE 'caught SQLSTATE %: %', SQLSTATE, SQLERRM;
+END
+$$;
+
+-- Neither refused call left anything behind.
+SELECT event_store.stream_version('order-1001') AS "order-1001",
+       event_store.stream_version('order-1003') AS "order-1003";
+
+-- ---------------------------------------------------------------------
+-- 3. Reading one stream
+-- ---------------------------------------------------------------------
+-- Every read returns rows of type event_store.event.
+SELECT stream_version, event_type, data, metadata, schema_version
+  FROM event_store.read_stream('order-1001');
+
+-- Backward from the end, at most two events.
+SELECT stream_version, event_type, data
+  FROM event_store.read_stream('order-1001', backward => true, max_count => 2);
+
+-- Forward from version 2.
+SELECT stream_version, event_type
+  FROM event_store.read_stream('order-1001', from_version => 2);
+
+-- The current version; 0 for a stream that does not exist.
+SELECT event_store.stream_version('order-1001') AS "order-1001",
+       event_store.stream_version('order-9999') AS "order-9999";
+
+-- ---------------------------------------------------------------------
+-- 4. Following all events: read_all with a cursor
+-- ---------------------------------------------------------------------
+-- Every event has a global position.  head_position() is how far a
+-- follower may safely read right now.
+SELECT event_store.head_position() AS head;
+
+-- A follower keeps the largest position it has seen as its cursor and asks
+-- for the events after it, a page at a time (two per page here).
+\set cursor 0
+SELECT global_position, stream_id, event_type
+  FROM event_store.read_all(after_position => :cursor, max_count => 2);
+SELECT max(global_position) AS cursor
+  FROM event_store.read_all(after_position => :cursor, max_count => 2) \gset
+\echo cursor is now :cursor
+SELECT global_position, stream_id, event_type
+  FROM event_store.read_all(after_position => :cursor, max_count => 2);
+
+-- The same follower as a loop, until a page comes back empty.
+DO $$
+DECLARE
+    cursor_pos bigint := 0;
+    page       int := 0;
+    n          int;
+    last_pos   bigint;
+BEGIN
+    LOOP
+        SELECT count(*), max(global_position) INTO n, last_pos
+          FROM event_store.read_all(cursor_pos, 2);
+        EXIT WHEN n = 0;
+        page := page + 1;
+        RAISE NOTICE 'page %: % events, positions % to %',
+            page, n, cursor_pos + 1, last_pos;
+        cursor_pos := last_pos;
+    END LOOP;
+    RAISE NOTICE 'caught up at position %', cursor_pos;
+END
+$$;
+
+-- Only some event types.
+SELECT global_position, stream_id, event_type
+  FROM event_store.read_all(0, 100, event_types => ARRAY['OrderPlaced']);
+
+-- One category: the part of the stream id before the first '-'.
+SELECT global_position, stream_id, stream_version, event_type
+  FROM event_store.read_category('order');
+SELECT global_position, stream_id, event_type
+  FROM event_store.read_category('customer', after_position => 0);
+
+-- ---------------------------------------------------------------------
+-- 5. Waiting for new events
+-- ---------------------------------------------------------------------
+-- wait_for_events(after_position, timeout) returns head_position() as soon
+-- as it is beyond after_position: at once here, there are newer events.
+SELECT event_store.wait_for_events(0) AS head;
+
+-- Nothing newer than the head arrives, so this one returns the head after
+-- the timeout.  (A follower calls it in a loop; an append committed by
+-- another session wakes it immediately.)
+SELECT event_store.wait_for_events(event_store.head_position(), '200 milliseconds') AS head;
+
+-- ---------------------------------------------------------------------
+-- 6. Upcasting: evolving an event's schema
+-- ---------------------------------------------------------------------
+-- OrderPlaced v1 had a plain "total"; v2 has an amount with a currency.
+-- Stored events never change: an upcaster converts them on every read.
+CREATE FUNCTION order_placed_v1_to_v2(data jsonb, metadata jsonb)
+    RETURNS jsonb LANGUAGE sql IMMUTABLE
+    AS $$ SELECT (data - 'total') ||
+                 jsonb_build_object('amount', jsonb_build_object(
+                     'value', data -> 'total', 'currency', 'EUR')) $$;
+SELECT event_store.register_upcaster('OrderPlaced', 1,
+    'order_placed_v1_to_v2(jsonb, jsonb)');
+
+SELECT stream_id, event_type, schema_version, data
+  FROM event_store.read_category('order', event_types => ARRAY['OrderPlaced']);
+
+-- raw => true shows what is stored.
+SELECT stream_id, event_type, schema_version, data
+  FROM event_store.read_category('order', event_types => ARRAY['OrderPlaced'],
+                                 raw => true);
+
+-- ---------------------------------------------------------------------
+-- 7. Aggregates and snapshots
+-- ---------------------------------------------------------------------
+-- A reducer folds a stream's (upcast) events into a state.
+CREATE FUNCTION order_reducer(state jsonb, event event_store.event)
+    RETURNS jsonb LANGUAGE sql IMMUTABLE
+    AS $$
+    SELECT CASE event.event_type
+        WHEN 'OrderPlaced' THEN state || jsonb_build_object(
+            'customer', event.data -> 'customer', 'amount', event.data -> 'amount')
+        WHEN 'ItemAdded' THEN jsonb_set(state, '{items}',
+            to_jsonb((state ->> 'items')::int + (event.data ->> 'qty')::int))
+        WHEN 'OrderShipped' THEN state || '{"shipped": true}'
+        ELSE state
+    END
+    $$;
+
+-- Every stream of category 'order' is such an aggregate; keep a snapshot
+-- every 2 versions.
+SELECT event_store.define_aggregate('order',
+    'order_reducer(jsonb, event_store.event)',
+    initial_state => '{"items": 0}', snapshot_every => 2);
+
+SELECT * FROM event_store.load_aggregate('order-1001');
+
+-- Time travel: the state as it was at version 1.
+SELECT * FROM event_store.load_aggregate('order-1001', at_version => 1);
+
+-- This append takes order-1001 from version 3 to 4, across a multiple of 2,
+-- so it stores a snapshot at version 4 in the same transaction.
+SELECT event_store.append('order-1001', '{"type": "OrderShipped"}', 3) AS version;
+SELECT stream_version, state, state_version
+  FROM event_store.load_snapshot('order-1001');
+SELECT * FROM event_store.load_aggregate('order-1001');
+
+-- ---------------------------------------------------------------------
+-- 8. Projections (CQRS read models)   -- PLACEHOLDER
+-- ---------------------------------------------------------------------
+-- Not implemented yet.  This part of the walkthrough comes with the
+-- projection feature (create_projection, inline and async projections,
+-- run_projections, projection_status).
+
+-- ---------------------------------------------------------------------
+-- 9. Sagas   -- PLACEHOLDER
+-- ---------------------------------------------------------------------
+-- Not implemented yet.  This part of the walkthrough comes with the saga
+-- feature (define_saga, start_saga, claim_saga_steps, saga_state).
+
+-- Everything at a glance.
+SELECT global_position, stream_id, stream_version, event_type
+  FROM event_store.read_all();

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Install the Debian packages needed to build event_store and run its tests.
+# Idempotent and quiet: does nothing when everything is there, and shows
+# apt's output only when the installation fails.  Runs as root, or through
+# sudo as another user; needs no terminal (CI).
+set -euo pipefail
+
+. "$(dirname "$0")/lib.sh"
+
+# postgresql-15 / -server-dev-15: server and PGXS (headers, pg_regress,
+#   pg_isolation_regress, PostgreSQL::Test::Cluster)
+# postgresql-15-pgtap, libtap-parser-sourcehandler-pgtap-perl: pgTAP + pg_prove
+# libipc-run-perl: needed by PostgreSQL::Test::Cluster (TAP tests)
+# perl: prove; make, gcc: the build; util-linux: runuser; coreutils: timeout
+PACKAGES=(
+	postgresql-15
+	postgresql-server-dev-15
+	postgresql-15-pgtap
+	libtap-parser-sourcehandler-pgtap-perl
+	libipc-run-perl
+	perl
+	make
+	gcc
+	util-linux
+	coreutils
+	tar
+)
+
+command -v dpkg-query >/dev/null 2>&1 || es_die "dpkg-query not found: this script supports Debian and derivatives only"
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+	status="$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null || true)"
+	if [ "$status" != "installed" ]; then
+		missing+=("$pkg")
+	fi
+done
+
+if [ "${#missing[@]}" -eq 0 ]; then
+	exit 0
+fi
+
+es_say "installing: ${missing[*]}"
+log="$(mktemp /tmp/event_store-deps.XXXXXX.log)"
+trap 'rm -f "$log"' EXIT
+export DEBIAN_FRONTEND=noninteractive
+if ! es_as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq >"$log" 2>&1 ||
+	! es_as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+		--no-install-recommends "${missing[@]}" >>"$log" 2>&1 </dev/null; then
+	cat "$log" >&2
+	es_die "package installation failed"
+fi
