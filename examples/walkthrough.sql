@@ -210,17 +210,85 @@ SELECT stream_version, state, state_version
 SELECT * FROM event_store.load_aggregate('order-1001');
 
 -- ---------------------------------------------------------------------
--- 8. Projections (CQRS read models)   -- PLACEHOLDER
+-- 8. Projections (CQRS read models)
 -- ---------------------------------------------------------------------
--- Not implemented yet.  This part of the walkthrough comes with the
--- projection feature (create_projection, inline and async projections,
--- run_projections, projection_status).
+-- A projection hands events to a handler (event event_store.event)
+-- RETURNS void that maintains the application's own read-model tables.
+CREATE TABLE order_items (
+    stream_id text PRIMARY KEY,
+    items     int NOT NULL DEFAULT 0,
+    shipped   boolean NOT NULL DEFAULT false
+);
+CREATE FUNCTION project_order_items(event event_store.event)
+    RETURNS void LANGUAGE plpgsql
+    AS $$
+BEGIN
+    CASE event.event_type
+    WHEN 'OrderPlaced' THEN
+        INSERT INTO order_items (stream_id) VALUES (event.stream_id);
+    WHEN 'ItemAdded' THEN
+        UPDATE order_items SET items = items + (event.data ->> 'qty')::int
+         WHERE stream_id = event.stream_id;
+    WHEN 'OrderShipped' THEN
+        UPDATE order_items SET shipped = true WHERE stream_id = event.stream_id;
+    ELSE
+        NULL;
+    END CASE;
+END
+$$;
+
+-- An inline projection runs inside the appending transaction (a handler
+-- error aborts the append).  Creating it replays the existing history.
+SELECT event_store.create_projection('order_items',
+    'project_order_items(event_store.event)', categories => ARRAY['order']);
+SELECT * FROM order_items ORDER BY stream_id;
+
+-- The read model changes together with the append.
+SELECT event_store.append('order-1002',
+    '{"type": "ItemAdded", "data": {"sku": "pen", "qty": 5}}') AS version;
+SELECT * FROM order_items ORDER BY stream_id;
+
+-- An async projection is applied after commit by the extension's
+-- background worker, in global-position order, gap-safe, each batch
+-- committed together with its checkpoint.  (event_store.run_projections()
+-- does the same on demand.)
+CREATE TABLE event_counts (event_type text PRIMARY KEY, n bigint NOT NULL);
+CREATE FUNCTION count_event(event event_store.event)
+    RETURNS void LANGUAGE sql
+    AS $$ INSERT INTO event_counts VALUES (event.event_type, 1)
+          ON CONFLICT (event_type) DO UPDATE SET n = event_counts.n + 1 $$;
+SELECT event_store.create_projection('event_counts',
+    'count_event(event_store.event)', mode => 'async');
+
+-- Give the worker a moment to catch up.
+DO $$
+BEGIN
+    FOR i IN 1 .. 100 LOOP
+        EXIT WHEN (SELECT lag_events FROM event_store.projection_status
+                    WHERE name = 'event_counts') = 0;
+        PERFORM pg_sleep(0.1);
+    END LOOP;
+END
+$$;
+SELECT name, mode, state, position, head_position, lag_events, last_error
+  FROM event_store.projection_status ORDER BY name;
+SELECT * FROM event_counts ORDER BY event_type;
+
+-- Followers that prefer LISTEN get  NOTIFY event_store, '<head_position>'
+-- from the worker when the head advances (at most once per
+-- event_store.notify_interval).  psql prints it after the next statement.
+LISTEN event_store;
+SELECT event_store.append('customer-ada',
+    '{"type": "CustomerEmailChanged", "data": {"email": "ada@example.org"}}') AS version;
+SELECT pg_sleep(0.5);
+UNLISTEN event_store;
 
 -- ---------------------------------------------------------------------
 -- 9. Sagas   -- PLACEHOLDER
 -- ---------------------------------------------------------------------
 -- Not implemented yet.  This part of the walkthrough comes with the saga
 -- feature (define_saga, start_saga, claim_saga_steps, saga_state).
+
 
 -- Everything at a glance.
 SELECT global_position, stream_id, stream_version, event_type
