@@ -62,11 +62,20 @@ SELECT indexrelid::regclass AS index, pg_get_indexdef(indexrelid) AS definition
  WHERE indrelid = 'event_store.events'::regclass
  ORDER BY indexrelid::regclass::text;
 
--- tgenabled 'A': the immutability triggers fire even for replication roles.
+-- The immutability triggers; tgenabled 'A': they fire even for replication
+-- roles.
 SELECT tgname, tgenabled, pg_get_triggerdef(oid) AS definition
   FROM pg_trigger
  WHERE tgrelid = 'event_store.events'::regclass AND NOT tgisinternal
+   AND tgfoid = 'event_store._refuse_modification()'::regprocedure
  ORDER BY tgname;
+
+-- The views of the schema, column by column.
+SELECT c.relname AS view, a.attnum, a.attname, format_type(a.atttypid, a.atttypmod) AS type
+  FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid
+ WHERE c.relnamespace = 'event_store'::regnamespace AND c.relkind = 'v'
+   AND a.attnum > 0 AND NOT a.attisdropped
+ ORDER BY c.relname, a.attnum;
 
 -- The events table is marked as holding user data, so pg_dump keeps it.
 SELECT 'event_store.events'::regclass = ANY (extconfig) AS events_are_dumped

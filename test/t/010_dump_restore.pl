@@ -1,0 +1,171 @@
+# pg_dump / pg_restore keep every event exactly (positions, versions, ids,
+# payloads, timestamps), and a restored store goes on where the original
+# stopped: new positions come after the highest restored one, stream
+# versions continue, and the restored table is still immutable.
+use strict;
+use warnings;
+
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+my $node = PostgreSQL::Test::Cluster->new('dump_restore');
+
+# Result of a query, or its error text: a failing check shows the error and
+# the later checks still run.
+sub query
+{
+	my ($db, $sql) = @_;
+	my ($ret, $stdout, $stderr) = $node->psql($db, $sql);
+	return $ret == 0 ? $stdout : "ERROR: $stderr";
+}
+
+$node->init;
+$node->append_conf('postgresql.conf', "shared_preload_libraries = 'event_store'");
+$node->start;
+
+$node->safe_psql('postgres', 'CREATE DATABASE source');
+$node->safe_psql('source', 'CREATE EXTENSION event_store');
+
+# Several streams, all kinds of payloads, caller-supplied and generated
+# ids, a 1000-event batch and a hole left by a rolled back append.
+$node->safe_psql('source', q{
+SELECT event_store.append('order-1', '[
+    {"type": "OrderPlaced", "data": {"total": 10.50, "lines": [1, 2]}, "metadata": {"user": "u1"}},
+    {"type": "OrderPaid", "schema_version": 2, "data": "paid in full"}]', 0);
+SELECT event_store.append('customer-1', '{"type": "Registered", "id": "00000000-0000-4000-8000-00000000c001", "data": {"name": "Zoë \"Z\" O''Neil"}}', 0);
+SELECT event_store.append('bulk-1',
+       (SELECT jsonb_agg(jsonb_build_object('type', 'Tick', 'data', jsonb_build_object('n', i))
+                         ORDER BY i)
+          FROM generate_series(1, 1000) AS i), 0);
+SELECT event_store.append('customer', '{"type": "RegistryOpened", "data": null}', 0);
+});
+$node->safe_psql('source', q{
+BEGIN;
+SELECT event_store.append('order-2', '{"type": "Discarded"}', 0);
+ROLLBACK;
+});
+$node->safe_psql('source', q{
+SELECT event_store.append('order-1', '{"type": "OrderShipped", "data": 42}', 2);
+SELECT event_store.append('order-2', '{"type": "OrderPlaced"}', 0);
+});
+
+# Every column of every event, in position order, as one text.
+my $all_events = q{
+SELECT count(*) || E'\n' || string_agg(e::text, E'\n' ORDER BY e.global_position)
+  FROM event_store.events e};
+my $source_events = $node->safe_psql('source', $all_events);
+like($source_events, qr/^1006\n/, 'source holds 1006 events');
+
+my $source_max = $node->safe_psql('source',
+	'SELECT max(global_position) FROM event_store.events');
+
+# custom-format dump, restored into a new database
+my $dump = $node->basedir . '/source.dump';
+$node->command_ok([ 'pg_dump', '-Fc', '-f', $dump, '-d', 'source' ],
+	'pg_dump -Fc of the source database');
+$node->safe_psql('postgres', 'CREATE DATABASE target');
+$node->command_ok([ 'pg_restore', '--exit-on-error', '-d', 'target', $dump ],
+	'pg_restore into a new database');
+
+is($node->safe_psql('target', $all_events),
+	$source_events, 'restored events equal the source row for row, all columns');
+is( $node->safe_psql(
+		'target',
+		q{SELECT extversion FROM pg_extension WHERE extname = 'event_store'}),
+	$node->safe_psql(
+		'source',
+		q{SELECT extversion FROM pg_extension WHERE extname = 'event_store'}),
+	'the extension is restored at the same version');
+
+# the restored store goes on where the source stopped
+is(query('target', 'SELECT event_store.head_position()'),
+	$source_max, 'head_position of the restored store is its highest position');
+is( query(
+		'target', q{SELECT event_store.stream_version('order-1')}),
+	'3',
+	'stream versions are restored');
+is( query(
+		'target',
+		q{SELECT event_store.append('order-1', '{"type": "OrderReturned"}', 3)}),
+	'4',
+	'an append to a restored stream continues its versions');
+is( query(
+		'target',
+		q{SELECT event_store.append('bulk-1', '[{"type": "Tock"}, {"type": "Tock"}]', 1000)}),
+	'1002',
+	'a batch appended to the restored 1000-event stream continues at 1001');
+is( query(
+		'target',
+		q{SELECT event_store.append('order-3', '{"type": "OrderPlaced"}', 0)}),
+	'1',
+	'a new stream starts at version 1');
+is( query(
+		'target', qq{
+SELECT string_agg(stream_id || ':' || stream_version, ' ' ORDER BY global_position)
+  FROM event_store.events WHERE global_position > $source_max}),
+	'order-1:4 bulk-1:1001 bulk-1:1002 order-3:1',
+	'new events get positions after the highest restored one');
+is( query(
+		'target', qq{
+SELECT count(*) || E'\\n' || string_agg(e::text, E'\\n' ORDER BY e.global_position)
+  FROM event_store.events e WHERE e.global_position <= $source_max}),
+	$source_events,
+	'no restored position was reused: up to the restored maximum, the rows are the source\'s');
+is( query(
+		'target', qq{
+SELECT min(global_position) = $source_max + 1 AND max(global_position) = $source_max + 4
+  FROM event_store.events WHERE global_position > $source_max}),
+	't',
+	'the new positions are consecutive after the restored ones');
+is( query(
+		'target', q{SELECT count(*) FROM event_store.read_all(0, NULL)}),
+	'1010',
+	'read_all sees restored and new events');
+
+# the caller-supplied id is restored: a retry is recognised, a reuse refused
+is( query(
+		'target',
+		q{SELECT event_store.append('customer-1', '{"type": "Registered", "id": "00000000-0000-4000-8000-00000000c001"}', 0)}
+	),
+	'1',
+	'an idempotent retry of a restored event is recognised');
+my ($ret, $stdout, $stderr) = $node->psql(
+	'target',
+	q{SELECT event_store.append('customer-2', '{"type": "Registered", "id": "00000000-0000-4000-8000-00000000c001"}')},
+	extra_params => [ '-v', 'VERBOSITY=verbose' ]);
+isnt($ret, 0, 'a restored event id cannot be reused');
+like($stderr, qr/SE002/, 'reusing a restored event id is SE002');
+
+# the restored table is still immutable, also for replication roles
+($ret, $stdout, $stderr) = $node->psql('target',
+	q{SET session_replication_role = replica; DELETE FROM event_store.events});
+isnt($ret, 0, 'DELETE on the restored table is refused');
+like($stderr, qr/events are immutable/, 'with the immutability error');
+($ret, $stdout, $stderr) =
+  $node->psql('target', q{TRUNCATE event_store.events});
+like($stderr, qr/events are immutable/, 'TRUNCATE on the restored table is refused');
+
+# the source is untouched by all this
+is($node->safe_psql('source', $all_events),
+	$source_events, 'the source database is unchanged');
+
+# a plain-format dump of the restored database replays the same way
+my $plain = $node->basedir . '/target.sql';
+$node->command_ok([ 'pg_dump', '-Fp', '-f', $plain, '-d', 'target' ],
+	'pg_dump -Fp of the restored database');
+$node->safe_psql('postgres', 'CREATE DATABASE target2');
+$node->command_ok(
+	[ 'psql', '-X', '-q', '-v', 'ON_ERROR_STOP=1', '-d', 'target2', '-f', $plain ],
+	'plain dump replayed with psql');
+is(query('target2', $all_events),
+	query('target', $all_events),
+	'a dump of the restored database restores the same events');
+is( query(
+		'target2',
+		q{SELECT event_store.append('order-1', '{"type": "OrderReopened"}', 4)}),
+	'5',
+	'and it goes on from there too');
+
+$node->stop;
+done_testing();
