@@ -109,8 +109,8 @@ es_json_type_name(const JsonbValue *v)
 }
 
 /* Parse a uuid in the forms uuid_in accepts (hyphens between digit groups, braces) */
-static bool
-es_parse_uuid(const char *s, int len, pg_uuid_t *out)
+bool
+EsParseUuid(const char *s, int len, pg_uuid_t *out)
 {
 	int			i = 0;
 	int			nibbles = 0;
@@ -241,7 +241,7 @@ es_parse_event(const EsParseCtx *ctx, JsonbContainer *obj, EsNewEvent *ev)
 				es_bad_event(ctx, ERRCODE_INVALID_PARAMETER_VALUE,
 							 psprintf("\"id\" must be a uuid string, not %s", es_json_type_name(&v)),
 							 "Omit \"id\" to have one generated.");
-			if (!es_parse_uuid(v.val.string.val, v.val.string.len, &ev->id))
+			if (!EsParseUuid(v.val.string.val, v.val.string.len, &ev->id))
 				es_bad_event(ctx, ERRCODE_INVALID_TEXT_REPRESENTATION,
 							 psprintf("\"id\" is not a valid uuid: \"%s\"",
 									  pnstrdup(v.val.string.val, v.val.string.len)),
@@ -663,6 +663,9 @@ EsAppendEvents(text *stream_id, EsNewEvent *evs, int n, bool has_expected,
 	SPI_finish();
 
 	EsSnapshotHook(stream_id, current, current + n);
+	if (EsSagaWatching())
+		for (int i = 0; i < n; i++)
+			EsSagaOnEvent(evs[i].type, evs[i].metadata, evs[i].data);
 
 	return current + n;
 }

@@ -11,6 +11,8 @@
 #include "access/sdir.h"
 #include "access/skey.h"
 #include "fmgr.h"
+#include "utils/jsonb.h"
+#include "utils/uuid.h"
 #include "utils/relcache.h"
 #include "utils/snapshot.h"
 
@@ -121,6 +123,13 @@ extern int64 EsScanEvents(const EsCatalog *cat, EsScanSpec *spec,
 extern bool EsTypeMatches(const EsTypeFilter *filter, Datum event_type);
 extern int64 EsLatestStreamVersion(const EsCatalog *cat, text *stream_id,
 								   Snapshot snapshot);
+
+/* saga.c */
+extern bool EsSagaWatching(void);
+extern void EsSagaOnEvent(text *type, Jsonb *metadata, Jsonb *data);
+
+/* append.c */
+extern bool EsParseUuid(const char *s, int len, pg_uuid_t *out);
 
 /* snapshot.c */
 extern void EsSnapshotHook(text *stream_id, int64 old_version, int64 new_version);

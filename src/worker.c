@@ -294,6 +294,26 @@ es_worker_run_projections(bool *has_async)
 	return n;
 }
 
+/* Saga timers (timeouts, lease expiry, retries) in a transaction of their own */
+static void
+es_worker_saga_tick(void)
+{
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	pgstat_report_activity(STATE_RUNNING, "event_store: saga timers");
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute("SELECT event_store.saga_tick() WHERE EXISTS "
+					"(SELECT 1 FROM event_store.sagas WHERE status IN ('running', 'compensating'))",
+					false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "saga_tick failed");
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
 /* NOTIFY event_store, '<head>' from a transaction of our own */
 static int64
 es_worker_notify(int64 last_head)
@@ -380,6 +400,7 @@ es_worker_main(Datum arg)
 				}
 				CHECK_FOR_INTERRUPTS();
 			} while (n > 0);
+			es_worker_saga_tick();
 		}
 
 		/* throttled NOTIFY when the head advanced */
