@@ -1,5 +1,10 @@
 \echo Use "CREATE EXTENSION event_store" to load this file. \quit
 
+-- Everything lives in schema event_store, a member of the extension (so
+-- DROP EXTENSION removes it too).
+CREATE SCHEMA event_store;
+COMMENT ON SCHEMA event_store IS 'event_store: event streams, reads, snapshots, projections and sagas';
+
 -- The library keeps the position horizon in shared memory: refuse to install
 -- unless it was preloaded (the error carries the exact setting to add).
 CREATE FUNCTION event_store._assert_preloaded() RETURNS void

@@ -11,6 +11,7 @@
 #include "catalog/pg_type.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
+#include "utils/snapmgr.h"
 #include "utils/syscache.h"
 
 #include "event_store.h"
@@ -133,6 +134,31 @@ EsRegistryNeedsReload(EsRegistry *reg)
 	return true;
 }
 
+/*
+ * Make sure the registry's cache is loaded: (re)load it with load() when it
+ * was invalidated.  The load reads with a fresh snapshot (so a REPEATABLE READ
+ * transaction sees registrations committed after it began) and leaves the
+ * registry invalid if it fails half-way.
+ */
+void
+EsRegistryEnsure(EsRegistry *reg, void (*load) (void))
+{
+	if (!EsRegistryNeedsReload(reg))
+		return;
+	PG_TRY();
+	{
+		PushActiveSnapshot(GetLatestSnapshot());
+		load();
+		PopActiveSnapshot();
+	}
+	PG_CATCH();
+	{
+		reg->valid = false;
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+}
+
 /* After changing a registry table: every backend reloads at its next use */
 void
 EsRegistryChanged(EsRegistry *reg)
@@ -141,4 +167,11 @@ EsRegistryChanged(EsRegistry *reg)
 
 	if (OidIsValid(relid))
 		CacheInvalidateRelcacheByRelid(relid);
+}
+
+/* Does a function (still) exist? */
+bool
+EsFunctionExists(Oid fn)
+{
+	return SearchSysCacheExists1(PROCOID, ObjectIdGetDatum(fn));
 }

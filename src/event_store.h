@@ -64,6 +64,8 @@ typedef struct EsRegistry
 
 extern bool EsRegistryNeedsReload(EsRegistry *reg);
 extern void EsRegistryChanged(EsRegistry *reg);
+extern void EsRegistryEnsure(EsRegistry *reg, void (*load) (void));
+extern bool EsFunctionExists(Oid fn);
 
 /* position.c: the global position counter and the follower horizon */
 extern int	es_max_databases;

@@ -116,8 +116,17 @@ es_projection_from_row(EsProjection *p, HeapTuple tup, TupleDesc desc,
 	bool		isnull;
 	Datum		d;
 
+	Oid			handler;
+
 	p->name = TextDatumGetCString(SPI_getbinval(tup, desc, 1, &isnull));
-	fmgr_info_cxt(DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull)), &p->handler, cxt);
+	handler = DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull));
+	if (!EsFunctionExists(handler))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_FUNCTION),
+				 errmsg("the handler of projection \"%s\" no longer exists", p->name),
+				 errdetail("Function with OID %u was dropped.", handler),
+				 errhint("Drop the projection with event_store.drop_projection() and create it again.")));
+	fmgr_info_cxt(handler, &p->handler, cxt);
 	d = SPI_getbinval(tup, desc, 3, &isnull);
 	p->types.ntypes = es_decode_text_array(d, isnull, &p->types.types);
 	d = SPI_getbinval(tup, desc, 4, &isnull);
@@ -239,8 +248,7 @@ es_projection_trigger(PG_FUNCTION_ARGS)
 	if (!CALLED_AS_TRIGGER(fcinfo) || trigdata->tg_newtable == NULL)
 		elog(ERROR, "es_projection_trigger: not called as an INSERT trigger with a transition table");
 
-	if (EsRegistryNeedsReload(&inline_registry))
-		es_inline_load();
+	EsRegistryEnsure(&inline_registry, es_inline_load);
 	if (inline_count == 0)
 		return PointerGetDatum(NULL);
 

@@ -86,8 +86,7 @@ es_saga_load(void)
 bool
 EsSagaWatching(void)
 {
-	if (EsRegistryNeedsReload(&saga_registry))
-		es_saga_load();
+	EsRegistryEnsure(&saga_registry, es_saga_load);
 	return watched_count > 0;
 }
 

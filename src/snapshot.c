@@ -49,6 +49,7 @@ typedef struct EsAggregate
 	Jsonb	   *initial_state;
 	int32		snapshot_every;	/* 0: no snapshot hook */
 	int32		state_version;
+	bool		missing;		/* the reducer was dropped */
 	struct EsAggregate *next;	/* other categories sharing a truncated key */
 } EsAggregate;
 
@@ -138,8 +139,10 @@ es_agg_load(void)
 		else
 			entry->next = NULL;
 		entry->full_category = category;
-		fmgr_info_cxt(DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull)),
-					  &entry->reducer, agg_cxt);
+		entry->reducer.fn_oid = DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull));
+		entry->missing = !EsFunctionExists(entry->reducer.fn_oid);
+		if (!entry->missing)
+			fmgr_info_cxt(entry->reducer.fn_oid, &entry->reducer, agg_cxt);
 		entry->initial_state = DatumGetJsonbPCopy(SPI_getbinval(tup, desc, 3, &isnull));
 		entry->snapshot_every = DatumGetInt32(SPI_getbinval(tup, desc, 4, &isnull));
 		entry->state_version = DatumGetInt32(SPI_getbinval(tup, desc, 5, &isnull));
@@ -156,8 +159,7 @@ es_agg_find(const char *category, int len)
 	char		key[ES_MAX_CATEGORY_KEY];
 	EsAggregate *entry;
 
-	if (EsRegistryNeedsReload(&agg_registry))
-		es_agg_load();
+	EsRegistryEnsure(&agg_registry, es_agg_load);
 	if (agg_count == 0)
 		return NULL;
 	es_agg_key(key, category, len);
@@ -287,6 +289,13 @@ es_fold_aggregate(EsAggregate *agg, text *stream_id, int64 at_version,
 	Datum		result;
 	MemoryContext caller = CurrentMemoryContext;
 
+	if (agg->missing)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_FUNCTION),
+				 errmsg("the reducer of category \"%s\" no longer exists",
+						text_to_cstring(agg->full_category)),
+				 errdetail("Function with OID %u was dropped.", agg->reducer.fn_oid),
+				 errhint("Define the aggregate again with event_store.define_aggregate().")));
 	memset(&fold, 0, sizeof(fold));
 	fold.agg = agg;
 	fold.event_desc = lookup_rowtype_tupdesc(cat->event_type_oid, -1);

@@ -48,6 +48,7 @@ typedef struct EsUpcaster
 	text	   *full_type;		/* the whole event type (keys may be truncated) */
 	FmgrInfo	fn;
 	text	   *to_type;		/* NULL: keep the type */
+	bool		missing;		/* the function was dropped */
 	struct EsUpcaster *next;	/* other types sharing a truncated key */
 } EsUpcaster;
 
@@ -142,7 +143,11 @@ es_upcast_load(void)
 		else
 			entry->next = NULL;
 		entry->full_type = type;
-		fmgr_info_cxt(fn, &entry->fn, upcast_cxt);
+		entry->missing = !EsFunctionExists(fn);
+		if (entry->missing)
+			entry->fn.fn_oid = fn;
+		else
+			fmgr_info_cxt(fn, &entry->fn, upcast_cxt);
 		entry->to_type = isnull ? NULL : DatumGetTextPCopy(to);
 		upcast_count++;
 	}
@@ -154,8 +159,7 @@ es_upcast_load(void)
 bool
 EsUpcastersExist(void)
 {
-	if (EsRegistryNeedsReload(&upcast_registry))
-		es_upcast_load();
+	EsRegistryEnsure(&upcast_registry, es_upcast_load);
 	return upcast_count > 0;
 }
 
@@ -201,6 +205,13 @@ EsUpcastRow(Datum *values, bool *isnull)
 			break;
 		if (sv == PG_INT32_MAX)
 			break;
+		if (up->missing)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_FUNCTION),
+					 errmsg("the upcaster of event type \"%s\" from schema version %d no longer exists",
+							text_to_cstring(type), sv),
+					 errdetail("Function with OID %u was dropped.", up->fn.fn_oid),
+					 errhint("Register another upcaster, or remove this one with event_store.drop_upcaster().")));
 
 		InitFunctionCallInfoData(*fcinfo, &up->fn, 2, InvalidOid, NULL, NULL);
 		fcinfo->args[0].value = values[Anum_es_data - 1];
