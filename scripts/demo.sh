@@ -46,8 +46,8 @@ fi
 es_say "starting a throwaway server in $DEMO (port $PORT, socket only)"
 if ! es_cluster_init "$DEMO/data" "$PORT" "$DEMO/event_store.conf" ||
 	! es_cluster_start "$DEMO/data" ||
-	! es_as_test_user "$PG_BINDIR/psql" -X -q -h "$DEMO" -p "$PORT" -U postgres \
-		-d postgres -c 'CREATE DATABASE walkthrough'; then
+	! (cd "$DEMO" && es_as_test_user "$PG_BINDIR/psql" -X -q -h "$DEMO" -p "$PORT" \
+		-U postgres -d postgres -c 'CREATE DATABASE walkthrough'); then
 	es_die "could not start the server"
 fi
 

@@ -1,4 +1,5 @@
 # Shared helpers of the scripts in this directory.  Source it, don't run it.
+# shellcheck shell=bash
 #
 # Conventions:
 #   - PG_CONFIG selects the PostgreSQL installation (default: pg_config on PATH,
@@ -52,7 +53,8 @@ es_test_user() {
 	fi
 }
 
-# Run a command as the test user, keeping the environment.
+# Run a command as the test user, keeping the environment.  As root, the
+# current directory should be one the postgres user may enter.
 es_as_test_user() {
 	if [ "$(id -u)" -eq 0 ]; then
 		runuser -u postgres -- "$@"
@@ -108,8 +110,9 @@ es_build_install() {
 # es_cluster_init DATADIR PORT [EXTRA_CONF_FILE]
 es_cluster_init() {
 	local datadir="$1" port="$2" extra="${3:-}"
-	es_as_test_user "$PG_BINDIR/initdb" -D "$datadir" -U postgres -A trust -E UTF8 \
-		--no-locale --no-sync >"$datadir.initdb.log" 2>&1 || {
+	(cd "$(dirname "$datadir")" &&
+		es_as_test_user "$PG_BINDIR/initdb" -D "$datadir" -U postgres -A trust -E UTF8 \
+			--no-locale --no-sync) >"$datadir.initdb.log" 2>&1 || {
 		cat "$datadir.initdb.log" >&2
 		return 1
 	}
@@ -129,7 +132,8 @@ es_cluster_init() {
 
 # es_cluster_start DATADIR (server log: DATADIR.log)
 es_cluster_start() {
-	es_as_test_user "$PG_BINDIR/pg_ctl" -D "$1" -l "$1.log" -w -t 60 start >/dev/null 2>&1 || {
+	(cd "$(dirname "$1")" &&
+		es_as_test_user "$PG_BINDIR/pg_ctl" -D "$1" -l "$1.log" -w -t 60 start) >/dev/null 2>&1 || {
 		cat "$1.log" >&2
 		return 1
 	}
@@ -138,7 +142,10 @@ es_cluster_start() {
 # es_cluster_stop DATADIR (quiet; does nothing when the server is not running)
 es_cluster_stop() {
 	if [ -f "$1/postmaster.pid" ]; then
-		es_as_test_user "$PG_BINDIR/pg_ctl" -D "$1" -m fast -w -t 60 stop >/dev/null 2>&1 ||
-			es_as_test_user "$PG_BINDIR/pg_ctl" -D "$1" -m immediate -w stop >/dev/null 2>&1 || true
+		(
+			cd "$(dirname "$1")" &&
+				{ es_as_test_user "$PG_BINDIR/pg_ctl" -D "$1" -m fast -w -t 60 stop ||
+					es_as_test_user "$PG_BINDIR/pg_ctl" -D "$1" -m immediate -w stop; }
+		) >/dev/null 2>&1 || true
 	fi
 }

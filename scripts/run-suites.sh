@@ -10,8 +10,8 @@
 #              each script configures its own nodes
 #   pgtap      pgTAP files (test/pgtap/*.sql) run by pg_prove on a cluster this
 #              script starts with test/event_store.conf; every file gets a
-#              fresh database that already has CREATE EXTENSION pgtap and
-#              CREATE EXTENSION event_store done, dropped after the file
+#              fresh database in which CREATE EXTENSION pgtap and CREATE
+#              EXTENSION event_store are done, dropped after the file
 #
 # One test = one test file: a pg_regress test, an isolation spec, a TAP
 # script or a pgTAP file.  A file passes when its runner says so; a file
@@ -93,18 +93,35 @@ record_skip() {
 # timeout(1) puts CMD in a process group of its own and, on expiry or when
 # it gets SIGTERM (see on_signal), signals that whole group, so servers a
 # runner started go down with it.
+# (Both run in the background: the shell's wait is where a trapped signal
+# gets through at once.)
 CHILD=""
+TAILER=""
 run_logged() {
 	local log="$1" secs="$2" rc
 	shift 2
 	: >"$log"
 	timeout -k 30 "$secs" "$@" >"$log" 2>&1 </dev/null &
 	CHILD=$!
-	tail -n +1 -f --pid="$CHILD" "$log"
+	tail -n +1 -f --pid="$CHILD" "$log" &
+	TAILER=$!
 	wait "$CHILD"
 	rc=$?
+	wait "$TAILER"
 	CHILD=""
+	TAILER=""
 	return "$rc"
+}
+
+# stop_leftover_servers DIR...: a runner that was killed (time limit,
+# signal) can leave its temporary servers running (a postmaster detaches
+# from its parent's process group); stop every server under DIR.
+stop_leftover_servers() {
+	local pidfile
+	while IFS= read -r pidfile; do
+		echo "stopping a leftover server in ${pidfile%/postmaster.pid}"
+		"$PG_BINDIR/pg_ctl" -D "${pidfile%/postmaster.pid}" -m immediate -w stop >/dev/null 2>&1 || true
+	done < <(find "$@" -name postmaster.pid -type f 2>/dev/null)
 }
 
 # Value of a Makefile variable (falls back to reading the assignment)
@@ -218,6 +235,7 @@ suite_regress() {
 		PG_CONFIG="$PG_CONFIG" ISOLATION= \
 		EXTRA_REGRESS_OPTS="--port=$REGRESS_PORT ${EXTRA_REGRESS_OPTS:-}"
 	rc=$?
+	stop_leftover_servers tmp_check
 	count_pg_regress_suite regress "$log" "$rc" regression.diffs \
 		tmp_check/log/postmaster.log "${tests[@]}"
 	rm -f "$log"
@@ -247,6 +265,7 @@ suite_isolation() {
 	run_logged "$log" "$SUITE_TIMEOUT" make -s --no-print-directory isolationcheck \
 		PG_CONFIG="$PG_CONFIG"
 	rc=$?
+	stop_leftover_servers tmp_check_iso
 	count_pg_regress_suite isolation "$log" "$rc" test/isolation/output_iso/regression.diffs \
 		tmp_check_iso/log/postmaster.log "${tests[@]}"
 	rm -f "$log"
@@ -293,6 +312,7 @@ suite_tap() {
 			PG_REGRESS="$PG_PKGLIBDIR/pgxs/src/test/regress/pg_regress" \
 			prove --norc --nocolor "$f"
 		rc=$?
+		stop_leftover_servers "$tapdir/tmp_check"
 		n="$(tap_assertions "$log")"
 		asserts=$((asserts + ${n:-0}))
 		if [ "$rc" -eq 0 ]; then
@@ -350,10 +370,7 @@ suite_pgtap() {
 	fi
 	PGTAP_DIR="$(mktemp -d /tmp/event_store-pgtap.XXXXXX)"
 	if ! es_cluster_init "$PGTAP_DIR/data" "$PGTAP_PORT" test/event_store.conf ||
-		! es_cluster_start "$PGTAP_DIR/data" ||
-		! pgtap_psql -d postgres -c 'CREATE DATABASE es_pgtap_template' ||
-		! pgtap_psql -d es_pgtap_template \
-			-c 'CREATE EXTENSION pgtap' -c 'CREATE EXTENSION event_store'; then
+		! es_cluster_start "$PGTAP_DIR/data"; then
 		echo "could not set up the pgTAP cluster"
 		print_file "$PGTAP_DIR/data.log" 60
 		pgtap_cleanup
@@ -365,8 +382,13 @@ suite_pgtap() {
 		i=$((i + 1))
 		name="$(basename "$f" .sql)"
 		db="es_pgtap_$i"
-		if ! pgtap_psql -d postgres -c "CREATE DATABASE $db TEMPLATE es_pgtap_template"; then
-			echo "$f: could not create its database"
+		# (not copied from a template database: a background worker may be
+		# connected to it, and CREATE DATABASE would refuse to copy it)
+		if ! pgtap_psql -d postgres -c "CREATE DATABASE $db" ||
+			! pgtap_psql -d "$db" -c 'CREATE EXTENSION pgtap' \
+				-c 'CREATE EXTENSION event_store'; then
+			echo "$f: could not set up its database"
+			pgtap_psql -d postgres -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" || true
 			failed=$((failed + 1))
 			failed_files+=("$name")
 			continue
@@ -399,6 +421,11 @@ on_signal() {
 		kill -TERM "$CHILD" 2>/dev/null
 		wait "$CHILD" 2>/dev/null
 	fi
+	if [ -n "$TAILER" ]; then
+		kill "$TAILER" 2>/dev/null
+	fi
+	stop_leftover_servers tmp_check tmp_check_iso tmp_tap
+	echo "interrupted"
 	exit 130
 }
 trap pgtap_cleanup EXIT
