@@ -115,6 +115,7 @@ typedef struct EsScanSpec
 	EsTypeFilter filter;		/* applied to the upcast event */
 	int64		max_count;		/* -1: unlimited */
 	bool		raw;			/* do not upcast */
+	struct Tuplestorestate *direct;	/* rows needing no upcast go straight here */
 } EsScanSpec;
 
 /* Called for every event of a scan (values in event_store.event order) */

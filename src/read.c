@@ -178,6 +178,23 @@ EsScanEvents(const EsCatalog *cat, EsScanSpec *spec, EsRowCallback callback,
 		if (spec->xact_snapshot != NULL &&
 			!table_tuple_satisfies_snapshot(heap, slot, spec->xact_snapshot))
 			break;
+
+		if (!upcast && spec->direct != NULL)
+		{
+			/* fast path: the stored row is the result row */
+			if (spec->filter.ntypes >= 0)
+			{
+				bool		null;
+
+				if (!EsTypeMatches(&spec->filter,
+								   slot_getattr(slot, Anum_es_event_type, &null)))
+					continue;
+			}
+			tuplestore_puttupleslot(spec->direct, slot);
+			emitted++;
+			continue;
+		}
+
 		slot_getallattrs(slot);
 		memcpy(values, slot->tts_values, sizeof(values));
 		memcpy(isnull, slot->tts_isnull, sizeof(isnull));
@@ -220,7 +237,10 @@ es_emit_row(Datum *values, bool *isnull, void *arg)
 static void
 es_emit_scan(FunctionCallInfo fcinfo, const EsCatalog *cat, EsScanSpec *spec)
 {
-	(void) EsScanEvents(cat, spec, es_emit_row, fcinfo->resultinfo);
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+
+	spec->direct = rsinfo->setResult;
+	(void) EsScanEvents(cat, spec, es_emit_row, rsinfo);
 }
 
 /*
