@@ -19,7 +19,7 @@ SELECT event_store.append('order-2', '{"type": "OrderPlaced"}', 0);
 SELECT event_store.head_position();
 
 -- remember what belonged to the extension
-SELECT e.oid AS ext_oid, e.extnamespace AS nsp_oid
+SELECT e.oid AS ext_oid, 'event_store'::regnamespace::oid AS nsp_oid
   FROM pg_extension e WHERE e.extname = 'event_store' \gset
 SELECT count(*) > 0 AS has_members
   FROM pg_depend WHERE refclassid = 'pg_extension'::regclass AND refobjid = :ext_oid;

@@ -5,8 +5,29 @@
 --
 CREATE EXTENSION event_store;
 
-SELECT extname, extversion, extrelocatable, extnamespace::regnamespace AS schema
+SELECT extname, extversion, extrelocatable
   FROM pg_extension WHERE extname = 'event_store';
+
+-- Everything lives in schema event_store, which belongs to the extension
+-- (DROP EXTENSION removes it).
+SELECT bool_and(CASE d.classid
+                    WHEN 'pg_proc'::regclass THEN
+                        (SELECT pronamespace FROM pg_proc WHERE oid = d.objid) = 'event_store'::regnamespace
+                    WHEN 'pg_class'::regclass THEN
+                        (SELECT relnamespace FROM pg_class WHERE oid = d.objid) = 'event_store'::regnamespace
+                    WHEN 'pg_type'::regclass THEN
+                        (SELECT typnamespace FROM pg_type WHERE oid = d.objid) = 'event_store'::regnamespace
+                    ELSE true END) AS all_members_in_schema,
+       bool_or(d.classid = 'pg_namespace'::regclass
+               AND d.objid = 'event_store'::regnamespace) AS schema_is_member
+  FROM pg_depend d
+ WHERE d.refclassid = 'pg_extension'::regclass AND d.deptype = 'e'
+   AND d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'event_store');
+
+-- The tables and views the contract names.
+SELECT n AS name, to_regclass(n) IS NOT NULL AS present
+  FROM unnest(ARRAY['event_store.events', 'event_store.projection_status',
+                    'event_store.sagas', 'event_store.saga_steps']) AS n;
 
 -- Every API function of the schema (internal helpers start with "_"), with
 -- its argument list (names and defaults) and its result type.

@@ -13,7 +13,7 @@
 
 BEGIN;
 SET LOCAL IntervalStyle = 'postgres';
-SELECT plan(70);
+SELECT plan(88);
 
 --
 -- Signatures: exact argument types
@@ -32,6 +32,21 @@ SELECT has_function('event_store', 'save_snapshot', ARRAY['text', 'bigint', 'jso
 SELECT has_function('event_store', 'load_snapshot', ARRAY['text', 'bigint']);
 SELECT has_function('event_store', 'register_upcaster', ARRAY['text', 'integer', 'regprocedure', 'text']);
 SELECT has_function('event_store', 'drop_upcaster', ARRAY['text', 'integer']);
+SELECT has_function('event_store', 'create_projection',
+                    ARRAY['text', 'regprocedure', 'text[]', 'text[]', 'text', 'regprocedure']);
+SELECT has_function('event_store', 'run_projections', ARRAY['integer']);
+SELECT has_function('event_store', 'rebuild_projection', ARRAY['text']);
+SELECT has_function('event_store', 'pause_projection', ARRAY['text']);
+SELECT has_function('event_store', 'resume_projection', ARRAY['text']);
+SELECT has_function('event_store', 'drop_projection', ARRAY['text']);
+SELECT has_view('event_store', 'projection_status', 'view event_store.projection_status exists');
+SELECT has_function('event_store', 'define_saga', ARRAY['text', 'jsonb']);
+SELECT has_function('event_store', 'start_saga', ARRAY['text', 'jsonb', 'uuid']);
+SELECT has_function('event_store', 'claim_saga_steps', ARRAY['text', 'integer', 'text[]', 'interval']);
+SELECT has_function('event_store', 'complete_saga_step', ARRAY['uuid', 'text', 'jsonb']);
+SELECT has_function('event_store', 'fail_saga_step', ARRAY['uuid', 'text', 'text', 'boolean']);
+SELECT has_function('event_store', 'saga_tick', ARRAY[]::text[]);
+SELECT has_function('event_store', 'saga_state', ARRAY['uuid']);
 
 --
 -- Result types
@@ -46,6 +61,10 @@ SELECT function_returns('event_store', 'read_category', ARRAY['text', 'bigint', 
                         'setof event_store.event');
 SELECT function_returns('event_store', 'head_position', ARRAY[]::text[], 'bigint');
 SELECT function_returns('event_store', 'wait_for_events', ARRAY['bigint', 'interval'], 'bigint');
+SELECT function_returns('event_store', 'run_projections', ARRAY['integer'], 'bigint');
+SELECT function_returns('event_store', 'start_saga', ARRAY['text', 'jsonb', 'uuid'], 'uuid');
+SELECT function_returns('event_store', 'saga_tick', ARRAY[]::text[], 'integer');
+SELECT function_returns('event_store', 'saga_state', ARRAY['uuid'], 'jsonb');
 
 --
 -- Argument names and defaults, as callers use them with named notation
