@@ -1,0 +1,1 @@
+SELECT event_store.append('hot-1', '{"type":"BenchEvent","data":{"n":1}}');

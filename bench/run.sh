@@ -1,0 +1,347 @@
+#!/usr/bin/env bash
+#
+# bench/run.sh - pgbench benchmarks of event_store against a bare baseline.
+#
+# Builds and installs the extension, starts a throwaway cluster with
+# shared_preload_libraries = 'event_store', loads the same ~200k events into
+# event_store.events and into a plain table of the same shape and indexes,
+# then runs every case on both, back to back, and prints ops/s and the ratio
+# event_store / baseline.  The table is also written to bench/results/latest.txt.
+#
+# Environment:
+#   BENCH_SECONDS   measured seconds per side of a case, run as two halves
+#                   (default 10; 2 for a smoke run)
+#   BENCH_WARMUP    warm-up seconds per side before the measured halves (default: BENCH_SECONDS/5, at least 1)
+#   BENCH_CLIENTS   clients of the multi-client cases (default 8)
+#   BENCH_PORT      port of the throwaway cluster (default 5540)
+#   BENCH_STREAMS   streams in the fixture (default 10000)
+#   BENCH_PER_STREAM events per stream in the fixture (default 20)
+#   BENCH_CASES     space-separated subset of: append_one batch10 batch100 hot
+#                   read_stream read_all (default: all)
+#   BENCH_SKIP_BUILD set to 1 to use the installed extension as it is
+#   PG_CONFIG       pg_config of the target server (default: pg_config on PATH)
+#
+set -euo pipefail
+shopt -s inherit_errexit
+
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO_DIR=$(cd "$BENCH_DIR/.." && pwd)
+
+SECONDS_PER_RUN=${BENCH_SECONDS:-10}
+WARMUP=${BENCH_WARMUP:-$(( SECONDS_PER_RUN / 5 > 1 ? SECONDS_PER_RUN / 5 : 1 ))}
+CLIENTS=${BENCH_CLIENTS:-8}
+PORT=${BENCH_PORT:-5540}
+STREAMS=${BENCH_STREAMS:-10000}
+PER_STREAM=${BENCH_PER_STREAM:-20}
+READER_EVENTS=1000
+CASES=${BENCH_CASES:-"read_stream read_all append_one batch10 batch100 hot"}
+PG_CONFIG=${PG_CONFIG:-pg_config}
+NPROC=$(nproc)
+
+PGBIN=$("$PG_CONFIG" --bindir)
+RESULTS_DIR="$BENCH_DIR/results"
+RESULT_FILE="$RESULTS_DIR/latest.txt"
+LOG_DIR="$RESULTS_DIR/logs"
+
+log() { printf '%s\n' "$*" >&2; }
+die() { log "run.sh: $*"; exit 1; }
+
+# ---------------------------------------------------------------------------
+# build and install
+# ---------------------------------------------------------------------------
+if [[ -x "$REPO_DIR/scripts/deps.sh" ]]; then
+	"$REPO_DIR/scripts/deps.sh"
+elif [[ -f "$REPO_DIR/scripts/deps.sh" ]]; then
+	bash "$REPO_DIR/scripts/deps.sh"
+fi
+
+if [[ "${BENCH_SKIP_BUILD:-0}" != 1 ]]; then
+	log "== building and installing event_store"
+	make -C "$REPO_DIR" -s PG_CONFIG="$PG_CONFIG" >/dev/null
+	make -C "$REPO_DIR" -s PG_CONFIG="$PG_CONFIG" install >/dev/null
+fi
+
+# ---------------------------------------------------------------------------
+# throwaway cluster
+# ---------------------------------------------------------------------------
+if [[ $EUID -eq 0 ]]; then
+	RUNAS=(runuser -u postgres --)
+else
+	RUNAS=()
+fi
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/es-bench.XXXXXX")
+DATA="$WORK/data"
+SOCK="$WORK"
+SERVER_LOG="$WORK/server.log"
+STARTED=0
+
+cleanup() {
+	local rc=$?
+	if [[ $STARTED -eq 1 ]]; then
+		"${RUNAS[@]}" "$PGBIN/pg_ctl" -D "$DATA" -m fast -w stop >/dev/null 2>&1 ||
+			log "run.sh: could not stop the cluster in $DATA"
+	fi
+	if [[ $rc -ne 0 && -f "$SERVER_LOG" ]]; then
+		log "---- server log (tail) ----"
+		tail -n 30 "$SERVER_LOG" >&2 || true
+	fi
+	rm -rf "$WORK"
+	exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+[[ $EUID -eq 0 ]] && chown postgres: "$WORK"
+
+if "$PGBIN/pg_isready" -q -h "$SOCK" -p "$PORT" 2>/dev/null ||
+	(exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
+	die "port $PORT is in use; set BENCH_PORT"
+fi
+
+log "== starting a throwaway cluster on port $PORT"
+"${RUNAS[@]}" "$PGBIN/initdb" -D "$DATA" -U postgres --auth=trust -E UTF8 \
+	--locale=C.UTF-8 >/dev/null
+cat >>"$DATA/postgresql.conf" <<EOF
+
+# event_store benchmark cluster
+port = $PORT
+listen_addresses = ''
+unix_socket_directories = '$SOCK'
+shared_preload_libraries = 'event_store'
+max_connections = 40
+shared_buffers = 512MB
+max_wal_size = 8GB
+min_wal_size = 1GB
+checkpoint_timeout = 30min
+# no background vacuum/analyze landing on one side of a pair: the fixture is
+# vacuumed and analysed explicitly before the runs
+autovacuum = off
+jit = off
+EOF
+"${RUNAS[@]}" "$PGBIN/pg_ctl" -D "$DATA" -l "$SERVER_LOG" -w start >/dev/null
+STARTED=1
+
+export PGHOST="$SOCK" PGPORT="$PORT" PGUSER=postgres
+PSQL=("$PGBIN/psql" -X -q -v ON_ERROR_STOP=1)
+"$PGBIN/createdb" bench
+export PGDATABASE=bench
+
+# ---------------------------------------------------------------------------
+# fixture
+# ---------------------------------------------------------------------------
+log "== loading $((STREAMS * PER_STREAM)) events in $STREAMS streams (+ $READER_EVENTS in reader-1)"
+load_start=$(date +%s)
+"${PSQL[@]}" -v streams="$STREAMS" -v per_stream="$PER_STREAM" \
+	-v reader_events="$READER_EVENTS" -f "$BENCH_DIR/sql/setup.sql" >&2
+log "   loaded in $(( $(date +%s) - load_start )) s"
+
+TOTAL_ROWS=$("${PSQL[@]}" -Atc "SELECT count(*) FROM event_store.events")
+# read_all starts at a random position and always gets a full page
+MAXPOS=$(( TOTAL_ROWS - 1000 ))
+
+# The batch documents: one literal per size, the same text on both sides.
+SCRIPTS="$WORK/scripts"
+mkdir -p "$SCRIPTS"
+cp "$BENCH_DIR"/pgbench/*.sql "$SCRIPTS/"
+for n in 10 100; do
+	doc=$("${PSQL[@]}" -Atc "
+		SELECT jsonb_agg(jsonb_build_object(
+		           'type', 'BenchEvent',
+		           'data', jsonb_build_object('n', i, 'note', 'benchmark payload'),
+		           'metadata', jsonb_build_object('batch', $n)) ORDER BY i)
+		  FROM generate_series(1, $n) AS i")
+	for side in es base; do
+		# the document has no single quotes, so it is a valid SQL literal
+		awk -v doc="$doc" '{
+			while ((i = index($0, "@BATCH@")) > 0)
+				$0 = substr($0, 1, i - 1) doc substr($0, i + 7)
+			print
+		}' \
+			"$BENCH_DIR/pgbench/${side}_append_batch.sql.in" >"$SCRIPTS/${side}_append_batch$n.sql"
+	done
+done
+
+# ---------------------------------------------------------------------------
+# measuring
+# ---------------------------------------------------------------------------
+mkdir -p "$LOG_DIR"
+rm -f "$LOG_DIR"/*.log
+
+# pgbench SCRIPT CLIENTS SYNC SECONDS LOGNAME -> prints tps
+run_pgbench() {
+	local script=$1 clients=$2 sync=$3 secs=$4 logname=$5
+	local jobs=$(( clients < NPROC ? clients : NPROC ))
+	local out="$LOG_DIR/$logname.log"
+
+	if ! PGOPTIONS="-c synchronous_commit=$sync" "$PGBIN/pgbench" -n -M prepared \
+		-T "$secs" -c "$clients" -j "$jobs" -D maxpos="$MAXPOS" \
+		-f "$SCRIPTS/$script" >"$out" 2>&1; then
+		log "pgbench failed for $script (clients $clients, sync $sync):"
+		tail -n 20 "$out" >&2
+		return 1
+	fi
+	if grep -q '^number of failed transactions: [1-9]' "$out"; then
+		log "pgbench reported failed transactions for $script:"
+		tail -n 20 "$out" >&2
+		return 1
+	fi
+	awk '/^tps = / { print $3; exit }' "$out"
+}
+
+# checkpoint, then measure: every measured run starts from a clean state
+measure() {
+	local script=$1 clients=$2 sync=$3 secs=$4 logname=$5
+	"${PSQL[@]}" -c CHECKPOINT >/dev/null
+	run_pgbench "$script" "$clients" "$sync" "$secs" "$logname"
+}
+
+ROWS=()
+TARGETS_MET=0
+TARGETS_TOTAL=0
+HALF=$(( SECONDS_PER_RUN / 2 > 1 ? SECONDS_PER_RUN / 2 : 1 ))
+
+# pair NAME ES_SCRIPT BASE_SCRIPT CLIENTS SYNC ITEMS_PER_OP ITEM_UNIT TARGET
+#
+# Both sides are warmed up, then measured in two halves in the order
+# event_store, baseline, baseline, event_store, so that a drift in the
+# machine's load during the pair hits both sides alike.  tps of a side is the
+# mean of its halves; "noise" is the larger difference between the two halves
+# of one side, relative to their mean.
+pair() {
+	local name=$1 es=$2 base=$3 clients=$4 sync=$5 items=$6 unit=$7 target=$8
+	local tag="${es%.sql}-c$clients-$sync"
+	local e1 e2 b1 b2 es_tps base_tps ratio noise verdict es_items base_items
+
+	log "   $name, $clients client(s), synchronous_commit=$sync"
+	run_pgbench "$es" "$clients" "$sync" "$WARMUP" "warmup-es-$tag" >/dev/null
+	run_pgbench "$base" "$clients" "$sync" "$WARMUP" "warmup-base-$tag" >/dev/null
+	e1=$(measure "$es" "$clients" "$sync" "$HALF" "es-$tag-1")
+	b1=$(measure "$base" "$clients" "$sync" "$HALF" "base-$tag-1")
+	b2=$(measure "$base" "$clients" "$sync" "$HALF" "base-$tag-2")
+	e2=$(measure "$es" "$clients" "$sync" "$HALF" "es-$tag-2")
+	read -r es_tps base_tps ratio noise < <(awk -v e1="$e1" -v e2="$e2" -v b1="$b1" -v b2="$b2" '
+		function abs(x) { return x < 0 ? -x : x }
+		BEGIN {
+			e = (e1 + e2) / 2; b = (b1 + b2) / 2
+			ne = abs(e1 - e2) / e; nb = abs(b1 - b2) / b
+			printf "%.1f %.1f %.3f %.0f%%\n", e, b, e / b, 100 * (ne > nb ? ne : nb)
+		}')
+	if [[ "$target" == - ]]; then
+		verdict="-"
+	else
+		TARGETS_TOTAL=$((TARGETS_TOTAL + 1))
+		if awk -v r="$ratio" -v t="$target" 'BEGIN { exit !(r >= t) }'; then
+			verdict=">= $target ok"
+			TARGETS_MET=$((TARGETS_MET + 1))
+		else
+			verdict=">= $target MISS"
+		fi
+	fi
+	if [[ "$items" -gt 1 ]]; then
+		es_items=$(awk -v a="$es_tps" -v n="$items" 'BEGIN { printf "%.0f", a * n }')
+		base_items=$(awk -v a="$base_tps" -v n="$items" 'BEGIN { printf "%.0f", a * n }')
+	else
+		es_items="-"
+		base_items="-"
+	fi
+	ROWS+=("$(printf '%-22s | %7s | %-11s | %15.1f | %12.1f | %6s | %5s | %-8s | %13s | %13s | %s' \
+		"$name" "$clients" "$sync" "$es_tps" "$base_tps" "$ratio" "$noise" "$unit" \
+		"$es_items" "$base_items" "$verdict")")
+}
+
+log "== measuring: ${SECONDS_PER_RUN}s per side (2 x ${HALF}s, order E B B E) after ${WARMUP}s of warm-up"
+for c in $CASES; do
+	case $c in
+		read_stream)
+			for cl in 1 "$CLIENTS"; do
+				pair "read_stream 1000" es_read_stream.sql base_read_stream.sql "$cl" off \
+					"$READER_EVENTS" "rows/s" 0.9
+			done
+			;;
+		read_all)
+			for cl in 1 "$CLIENTS"; do
+				pair "read_all page 1000" es_read_all.sql base_read_all.sql "$cl" off \
+					1000 "rows/s" 0.9
+			done
+			;;
+		append_one)
+			for sync in off on; do
+				pair "append 1 event" es_append_one.sql base_append_one.sql 1 "$sync" 1 "-" -
+				pair "append 1 event" es_append_one.sql base_append_one.sql "$CLIENTS" "$sync" 1 "-" 0.85
+			done
+			;;
+		batch10)
+			for sync in off on; do
+				pair "append batch of 10" es_append_batch10.sql base_append_batch10.sql \
+					"$CLIENTS" "$sync" 10 "events/s" -
+			done
+			;;
+		batch100)
+			for sync in off on; do
+				pair "append batch of 100" es_append_batch100.sql base_append_batch100.sql \
+					"$CLIENTS" "$sync" 100 "events/s" 0.9
+			done
+			;;
+		hot)
+			for sync in off on; do
+				pair "append 1 to hot-1" es_append_hot.sql base_append_hot.sql \
+					"$CLIENTS" "$sync" 1 "-" -
+			done
+			;;
+		*)
+			die "unknown case \"$c\""
+			;;
+	esac
+done
+
+# The baseline inserts must have done what they claim: one position per row,
+# used as its version too.
+bad=$("${PSQL[@]}" -Atc "SELECT count(*) FROM bench.plain_events
+                         WHERE global_position > $TOTAL_ROWS AND stream_version <> global_position")
+[[ "$bad" == 0 ]] || die "baseline rows with stream_version <> global_position: $bad"
+
+# What event_store wrote under all that concurrency must be whole: versions
+# 1..n without gaps in every stream, positions unique and without gaps (no
+# append of the benchmark aborts).
+INTEGRITY=$("${PSQL[@]}" -Atc "
+	SELECT format('%s events, %s streams, %s streams with version gaps, positions %s',
+	              sum(n), count(*), count(*) FILTER (WHERE maxv <> n),
+	              CASE WHEN (SELECT max(global_position) = count(*) FROM event_store.events)
+	                   THEN 'dense' ELSE 'NOT dense' END)
+	  FROM (SELECT stream_id, count(*) AS n, max(stream_version) AS maxv
+	          FROM event_store.events GROUP BY stream_id) AS s")
+log "   integrity: $INTEGRITY"
+
+# ---------------------------------------------------------------------------
+# report
+# ---------------------------------------------------------------------------
+report() {
+	local settings
+	settings=$("${PSQL[@]}" -Atc "
+		SELECT string_agg(name || '=' || current_setting(name), ', ' ORDER BY name)
+		  FROM pg_settings
+		 WHERE name IN ('shared_buffers', 'max_wal_size', 'fsync', 'wal_level',
+		                'full_page_writes', 'autovacuum', 'jit', 'work_mem')")
+	echo "event_store benchmark, $(date -u '+%Y-%m-%d %H:%M UTC')"
+	echo "server:   $("${PSQL[@]}" -Atc 'SELECT version()')"
+	echo "machine:  $(uname -sm), nproc=$NPROC, $(awk '/MemTotal/ { printf "%.0f GB RAM", $2 / 1048576 }' /proc/meminfo)"
+	echo "settings: $settings"
+	echo "pgbench:  -M prepared, -j min(clients, $NPROC); per side ${WARMUP}s warm-up, then 2 x -T $HALF in the order"
+	echo "          event_store, baseline, baseline, event_store, each after a CHECKPOINT"
+	echo "fixture:  $((STREAMS * PER_STREAM)) events in $STREAMS streams + $READER_EVENTS in reader-1, same rows in the baseline table, VACUUM ANALYZE"
+	echo "ratio = event_store tps / baseline tps (for reads and batches also the rows/s and events/s ratio)"
+	echo "noise = larger difference between the two halves of one side, relative to their mean"
+	echo
+	printf '%-22s | %7s | %-11s | %15s | %12s | %6s | %5s | %-8s | %13s | %13s | %s\n' \
+		"case" "clients" "sync_commit" "event_store tps" "baseline tps" "ratio" "noise" \
+		"unit" "event_store" "baseline" "target"
+	printf '%s\n' "-----------------------+---------+-------------+-----------------+--------------+--------+-------+----------+---------------+---------------+----------------"
+	printf '%s\n' "${ROWS[@]}"
+	echo
+	echo "targets met: $TARGETS_MET of $TARGETS_TOTAL"
+	echo "event_store.events after the run: $INTEGRITY"
+}
+
+mkdir -p "$RESULTS_DIR"
+report | tee "$RESULT_FILE"
