@@ -284,11 +284,72 @@ SELECT pg_sleep(0.5);
 UNLISTEN event_store;
 
 -- ---------------------------------------------------------------------
--- 9. Sagas   -- PLACEHOLDER
+-- 9. Sagas (orchestrated long-running transactions)
 -- ---------------------------------------------------------------------
--- Not implemented yet.  This part of the walkthrough comes with the saga
--- feature (define_saga, start_saga, claim_saga_steps, saga_state).
+-- Fulfilling an order takes three steps: reserve stock (a local step, an
+-- SQL function run inside the database), take the payment (an external
+-- step, claimed and reported by some payment worker outside) and dispatch
+-- (event-driven: completed by an appended event).  A failure compensates
+-- the completed steps in reverse order.
+CREATE FUNCTION reserve_stock(saga_id uuid, data jsonb)
+    RETURNS jsonb LANGUAGE sql
+    AS $$ SELECT jsonb_build_object('reservation', 'R-' || (data ->> 'order')) $$;
+CREATE FUNCTION release_stock(saga_id uuid, data jsonb)
+    RETURNS jsonb LANGUAGE sql
+    AS $$ SELECT jsonb_build_object('released', data -> 'reservation') $$;
 
+SELECT event_store.define_saga('fulfilment', '{
+    "steps": [
+      {"name": "reserve_stock", "action": "reserve_stock",
+       "compensation": "release_stock"},
+      {"name": "take_payment", "max_attempts": 2, "backoff": "1 second"},
+      {"name": "dispatch", "complete_on": "ShipmentDispatched",
+       "fail_on": "ShipmentLost", "timeout": "2 days"}
+    ],
+    "timeout": "7 days"}');
+
+-- start_saga runs the ready local steps at once: reserve_stock is done,
+-- take_payment waits for an external worker.
+SELECT event_store.start_saga('fulfilment', '{"order": "order-1001"}',
+    '5a9a0000-0000-4000-8000-000000000001') AS saga_id;
+
+-- How a saga looks (timestamps left out here).
+SELECT s ->> 'status' AS status, s ->> 'currentStep' AS current_step,
+       jsonb_path_query_array(s, '$.steps[*].status') AS step_statuses
+  FROM event_store.saga_state('5a9a0000-0000-4000-8000-000000000001') AS s;
+
+-- The payment worker claims its steps (under a lease; concurrent workers
+-- never get the same step) and reports the result.
+SELECT saga_id, step, kind, attempt, data
+  FROM event_store.claim_saga_steps('payments-1', step_names => ARRAY['take_payment']);
+SELECT event_store.complete_saga_step('5a9a0000-0000-4000-8000-000000000001',
+    'take_payment', '{"payment": "P-77"}');
+
+-- Dispatch completes when an event carrying the saga's id in its metadata
+-- is appended, here by the shipping side.
+SELECT event_store.append('shipment-9001', '{"type": "ShipmentDispatched",
+    "data": {"order": "order-1001"},
+    "metadata": {"saga_id": "5a9a0000-0000-4000-8000-000000000001"}}') AS version;
+
+SELECT s ->> 'status' AS status,
+       jsonb_path_query_array(s, '$.steps[*].status') AS step_statuses
+  FROM event_store.saga_state('5a9a0000-0000-4000-8000-000000000001') AS s;
+
+-- A second order whose payment is declined for good: the reservation is
+-- released by the compensation and the saga ends "compensated".
+SELECT event_store.start_saga('fulfilment', '{"order": "order-1002"}',
+    '5a9a0000-0000-4000-8000-000000000002') AS saga_id;
+SELECT step, kind FROM event_store.claim_saga_steps('payments-1');
+SELECT event_store.fail_saga_step('5a9a0000-0000-4000-8000-000000000002',
+    'take_payment', 'card declined', retryable => false);
+SELECT s ->> 'status' AS status,
+       jsonb_path_query(s, '$.steps[*] ? (@.stepType == "reserve_stock")')
+           - 'timestamp' AS reserve_stock
+  FROM event_store.saga_state('5a9a0000-0000-4000-8000-000000000002') AS s;
+
+-- Every transition is also an event in the stream saga-<saga_id>.
+SELECT stream_version, event_type
+  FROM event_store.read_stream('saga-5a9a0000-0000-4000-8000-000000000002');
 
 -- Everything at a glance.
 SELECT global_position, stream_id, stream_version, event_type
