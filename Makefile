@@ -17,7 +17,7 @@ REGRESS      = setup append append_errors read_stream read_all immutability prel
 REGRESS_OPTS = --temp-config=$(srcdir)/test/event_store.conf --temp-instance=./tmp_check
 
 # isolation specs: `make isolationcheck`
-ISOLATION      = $(basename $(notdir $(wildcard $(srcdir)/test/isolation/specs/*.spec)))
+ISOLATION_SPECS = $(basename $(notdir $(wildcard $(srcdir)/test/isolation/specs/*.spec)))
 ISOLATION_OPTS = --temp-config=$(srcdir)/test/event_store.conf --temp-instance=./tmp_check_iso \
                  --inputdir=$(srcdir)/test/isolation --outputdir=./test/isolation/output_iso
 
@@ -33,6 +33,6 @@ pg_isolation_regress = $(dir $(PGXS))../../src/test/isolation/pg_isolation_regre
 
 isolationcheck:
 	@mkdir -p test/isolation/output_iso
-	$(pg_isolation_regress) --bindir='$(bindir)' $(ISOLATION_OPTS) $(ISOLATION)
+	$(pg_isolation_regress) --bindir='$(bindir)' $(ISOLATION_OPTS) $(ISOLATION_SPECS)
 
 .PHONY: isolationcheck

@@ -19,10 +19,10 @@ REVOKE ALL ON FUNCTION event_store._assert_preloaded() FROM PUBLIC;
 -- The row every read returns.
 CREATE TYPE event_store.event AS (
     global_position bigint,
-    stream_id       text COLLATE "C",
+    stream_id       text,
     stream_version  bigint,
     event_id        uuid,
-    event_type      text COLLATE "C",
+    event_type      text,
     data            jsonb,
     metadata        jsonb,
     schema_version  int,
@@ -63,6 +63,16 @@ CREATE TRIGGER events_immutable
 CREATE TRIGGER events_no_truncate
     BEFORE TRUNCATE ON event_store.events
     FOR EACH STATEMENT EXECUTE FUNCTION event_store._refuse_modification();
+-- Rows written without append() (pg_restore's COPY) make the position
+-- counter stale; it is then rebuilt from the table before its next use.
+CREATE FUNCTION event_store._events_direct_write() RETURNS trigger
+    LANGUAGE c AS 'MODULE_PATHNAME', 'es_events_direct_write';
+REVOKE ALL ON FUNCTION event_store._events_direct_write() FROM PUBLIC;
+CREATE TRIGGER events_direct_write
+    BEFORE INSERT ON event_store.events
+    FOR EACH STATEMENT EXECUTE FUNCTION event_store._events_direct_write();
+ALTER TABLE event_store.events ENABLE ALWAYS TRIGGER events_direct_write;
+
 -- fire even under session_replication_role = replica
 ALTER TABLE event_store.events ENABLE ALWAYS TRIGGER events_immutable;
 ALTER TABLE event_store.events ENABLE ALWAYS TRIGGER events_no_truncate;

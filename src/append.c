@@ -62,6 +62,12 @@ typedef struct EsParseCtx
 	int			index;			/* 0-based index in the array */
 } EsParseCtx;
 
+/* Longest stream id: it must fit the btree indexes with room to spare */
+#define ES_MAX_STREAM_ID_BYTES	1024
+
+/* true while append() inserts: other inserts are direct writes (restore) */
+static bool es_appending = false;
+
 static SPIPlanPtr insert_one_plan = NULL;
 static SPIPlanPtr insert_many_plan = NULL;
 static Jsonb *empty_object = NULL;
@@ -573,7 +579,9 @@ es_insert_events(text *stream_id, EsNewEvent *evs, int n, int64 first_position,
 
 	PG_TRY();
 	{
+		es_appending = true;
 		rc = SPI_execute_plan(plan, values, nulls, false, 0);
+		es_appending = false;
 		if (rc != SPI_OK_INSERT)
 			elog(ERROR, "inserting events failed: %s", SPI_result_code_string(rc));
 	}
@@ -581,6 +589,7 @@ es_insert_events(text *stream_id, EsNewEvent *evs, int n, int64 first_position,
 	{
 		ErrorData  *edata;
 
+		es_appending = false;
 		MemoryContextSwitchTo(oldcxt);
 		edata = CopyErrorData();
 		if (edata->sqlerrcode == ERRCODE_UNIQUE_VIOLATION && edata->constraint_name &&
@@ -694,6 +703,12 @@ es_append(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("stream_id must not be empty")));
+	if (VARSIZE_ANY_EXHDR(stream_id) > ES_MAX_STREAM_ID_BYTES)
+		ereport(ERROR,
+				(errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),
+				 errmsg("stream_id is too long"),
+				 errdetail("It has %d bytes; the maximum is %d.",
+						   (int) VARSIZE_ANY_EXHDR(stream_id), ES_MAX_STREAM_ID_BYTES)));
 	if (PG_ARGISNULL(1))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
@@ -742,4 +757,21 @@ es_refuse_modification(PG_FUNCTION_ARGS)
 			 errdetail("Stored events are never changed or removed by plain DML."),
 			 errhint("Append a new event that corrects the earlier one.")));
 	PG_RETURN_NULL();
+}
+
+PG_FUNCTION_INFO_V1(es_events_direct_write);
+
+/*
+ * Trigger BEFORE INSERT ON event_store.events FOR EACH STATEMENT: rows that
+ * do not come from append() (COPY by pg_restore) make the position counter
+ * stale, so it is rebuilt from the table before positions are handed out.
+ */
+Datum
+es_events_direct_write(PG_FUNCTION_ARGS)
+{
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		elog(ERROR, "es_events_direct_write: not called by trigger manager");
+	if (!es_appending)
+		EsCounterStale();
+	return PointerGetDatum(NULL);
 }

@@ -74,6 +74,7 @@ extern void EsPositionRequestLocks(void);
 extern void EsPositionShmemInit(void);
 extern bool EsPositionShmemReady(void);
 extern int64 EsAllocatePositions(int64 count);
+extern void EsCounterStale(void);
 extern int64 EsSafeHead(void);
 extern int64 EsWaitForHead(int64 after_position, long timeout_ms);
 extern void EsPositionRegisterCallbacks(void);

@@ -55,7 +55,9 @@ typedef struct EsDbState
 	Oid			dboid;			/* InvalidOid: the entry is free */
 	Oid			events_relid;	/* the table the counter was built from */
 	bool		initialized;	/* next_position is valid */
+	bool		stale;			/* rows arrived without append(): rescan */
 	int64		next_position;	/* next position to hand out */
+	pg_atomic_uint64 max_committed; /* highest position of a committed append */
 	ConditionVariable head_cv;	/* broadcast when an appender's xact ends */
 	int			worker_procno;	/* pgprocno of the database's worker, or -1 */
 	bool		projections_changed;	/* the worker should re-read projections */
@@ -92,6 +94,8 @@ static LWLockPadded *es_locks = NULL;	/* [0]: directory, [1 + i]: dbs[i] */
 static EsDbState *my_db = NULL;
 static LWLock *my_db_lock = NULL;
 static bool xact_holds_positions = false;
+static int64 xact_max_position = 0;	/* highest position this xact holds */
+static bool stale_at_commit = false;	/* this xact wrote events directly */
 static bool wake_worker_at_end = false;
 static bool is_db_worker = false;
 static bool is_launcher = false;
@@ -151,7 +155,9 @@ EsPositionShmemInit(void)
 			db->dboid = InvalidOid;
 			db->events_relid = InvalidOid;
 			db->initialized = false;
+			db->stale = false;
 			db->next_position = 1;
+			pg_atomic_init_u64(&db->max_committed, 0);
 			db->worker_procno = -1;
 			ConditionVariableInit(&db->head_cv);
 		}
@@ -182,13 +188,27 @@ es_my_slot(void)
 	return &es_procs[ES_MY_PROCNO];
 }
 
+/* Raise max_committed to at least pos (lock-free, monotonic) */
+static void
+es_publish_committed(int64 pos)
+{
+	uint64		cur = pg_atomic_read_u64(&my_db->max_committed);
+
+	while ((int64) cur < pos &&
+		   !pg_atomic_compare_exchange_u64(&my_db->max_committed, &cur, (uint64) pos))
+		;
+}
+
 /* Release our positions: the transaction that held them has ended */
 static void
-es_release_positions(void)
+es_release_positions(bool committed)
 {
 	if (!xact_holds_positions)
 		return;
 	xact_holds_positions = false;
+	if (committed)
+		es_publish_committed(xact_max_position);
+	xact_max_position = 0;
 	/* the commit is already visible; make sure that is ordered first */
 	pg_memory_barrier();
 	pg_atomic_write_u64(&es_my_slot()->lowest, 0);
@@ -229,9 +249,14 @@ es_xact_callback(XactEvent event, void *arg)
 			if (wake_worker_at_end && my_db != NULL &&
 				(event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT))
 				my_db->projections_changed = true;
+			if (stale_at_commit && my_db != NULL &&
+				(event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT))
+				my_db->stale = true;	/* the rows it wrote are visible now */
+			stale_at_commit = false;
 			if (xact_holds_positions || wake_worker_at_end)
 			{
-				es_release_positions();
+				es_release_positions(event == XACT_EVENT_COMMIT ||
+									 event == XACT_EVENT_PARALLEL_COMMIT);
 				es_wake_db_worker();
 			}
 			wake_worker_at_end = false;
@@ -308,7 +333,9 @@ es_attach_db(void)
 					db->dboid = MyDatabaseId;
 					db->events_relid = InvalidOid;
 					db->initialized = false;
+					db->stale = false;
 					db->next_position = 1;
+					pg_atomic_write_u64(&db->max_committed, 0);
 					db->worker_procno = -1;
 					slot = i;
 					break;
@@ -349,11 +376,12 @@ es_attach_db(void)
 }
 
 /*
- * Highest global position physically present in the table, committed or
- * not (SnapshotAny): the counter must never hand out a stored position.
+ * Highest global position in the table as the snapshot sees it; with
+ * SnapshotAny, committed or not: the counter must never hand out a stored
+ * position.
  */
 static int64
-es_scan_max_position(const EsCatalog *cat)
+es_scan_max_position(const EsCatalog *cat, Snapshot snapshot)
 {
 	Relation	heap;
 	Relation	index;
@@ -364,7 +392,7 @@ es_scan_max_position(const EsCatalog *cat)
 	heap = table_open(cat->events_relid, AccessShareLock);
 	index = index_open(cat->position_idx, AccessShareLock);
 	slot = table_slot_create(heap, NULL);
-	scan = index_beginscan(heap, index, SnapshotAny, 0, 0);
+	scan = index_beginscan(heap, index, snapshot, 0, 0);
 	index_rescan(scan, NULL, 0, NULL, 0);
 	if (index_getnext_slot(scan, BackwardScanDirection, slot))
 	{
@@ -379,32 +407,68 @@ es_scan_max_position(const EsCatalog *cat)
 	return maxpos;
 }
 
-/* Make sure this database's counter is built for the current table */
+/*
+ * Make sure this database's counter is built for the current table, and
+ * brought up to date after rows arrived without append() (pg_restore).
+ */
 static void
 es_ensure_counter(void)
 {
 	const EsCatalog *cat = EsGetCatalog();
 	bool		ready;
-	int64		maxpos;
+	int64		maxany;
+	int64		maxcommitted;
+	Snapshot	snapshot;
 
 	es_attach_db();
 
 	LWLockAcquire(my_db_lock, LW_SHARED);
-	ready = my_db->initialized && my_db->events_relid == cat->events_relid;
+	ready = my_db->initialized && !my_db->stale && my_db->events_relid == cat->events_relid;
 	LWLockRelease(my_db_lock);
 	if (ready)
 		return;
 
-	maxpos = es_scan_max_position(cat);
+	maxany = es_scan_max_position(cat, SnapshotAny);
+	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	maxcommitted = es_scan_max_position(cat, snapshot);
+	UnregisterSnapshot(snapshot);
 
 	LWLockAcquire(my_db_lock, LW_EXCLUSIVE);
 	if (!my_db->initialized || my_db->events_relid != cat->events_relid)
 	{
-		my_db->next_position = maxpos + 1;
+		/* a new counter (server start, crash recovery, new table) */
+		my_db->next_position = maxany + 1;
+		pg_atomic_write_u64(&my_db->max_committed, (uint64) maxcommitted);
 		my_db->events_relid = cat->events_relid;
 		my_db->initialized = true;
+		my_db->stale = false;
+	}
+	else if (my_db->stale)
+	{
+		/* never backwards: appenders may hold positions of the old counter */
+		my_db->next_position = Max(my_db->next_position, maxany + 1);
+		my_db->stale = false;
+		LWLockRelease(my_db_lock);
+		es_publish_committed(maxcommitted);
+		return;
 	}
 	LWLockRelease(my_db_lock);
+}
+
+/*
+ * Rows are being written to event_store.events without append() (COPY or
+ * INSERT by the owner, as pg_restore does): rebuild the counter before its
+ * next use, and again once this transaction commits.
+ */
+void
+EsCounterStale(void)
+{
+	es_attach_db();
+	LWLockAcquire(my_db_lock, LW_EXCLUSIVE);
+	my_db->stale = true;
+	LWLockRelease(my_db_lock);
+	stale_at_commit = true;
+	EsPositionRegisterCallbacks();
 }
 
 /*
@@ -430,15 +494,26 @@ EsAllocatePositions(int64 count)
 	LWLockRelease(my_db_lock);
 
 	xact_holds_positions = true;
+	xact_max_position = Max(xact_max_position, first + count - 1);
 	return first;
 }
 
-/* The safe head; caller holds my_db_lock (shared is enough) */
+/*
+ * The safe head; caller holds my_db_lock (shared is enough).  Capped by the
+ * highest committed position (or our own highest), so positions of aborted
+ * appends at the top do not count.
+ */
 static int64
 es_head_locked(void)
 {
 	int			me = ES_MY_PROCNO;
-	int64		head = my_db->next_position - 1;
+	int64		top = (int64) pg_atomic_read_u64(&my_db->max_committed);
+	int64		head;
+
+	/* our own transaction sees its own appends */
+	if (xact_holds_positions)
+		top = Max(top, xact_max_position);
+	head = Min(my_db->next_position - 1, top);
 
 	for (int i = 0; i < es_shared->nprocs; i++)
 	{

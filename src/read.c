@@ -494,16 +494,21 @@ es_wait_for_events(PG_FUNCTION_ARGS)
 {
 	int64		after = es_get_after_position(fcinfo, 0);
 	Interval   *timeout;
-	int64		usecs;
+	double		ms;
 
 	es_require_arg(fcinfo, 1, "timeout");
 	timeout = PG_GETARG_INTERVAL_P(1);
-	usecs = timeout->time + (int64) timeout->day * USECS_PER_DAY +
-		(int64) timeout->month * DAYS_PER_MONTH * USECS_PER_DAY;
-	if (usecs < 0)
+	/* in milliseconds, as a double: no overflow for any interval */
+	ms = (double) timeout->time / 1000.0 +
+		((double) timeout->day + (double) timeout->month * DAYS_PER_MONTH) *
+		(double) (SECS_PER_DAY * 1000);
+	if (ms < 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("timeout must not be negative")));
+	/* a wait longer than a day is still a finite wait (and fits a long) */
+	if (ms > (double) INT_MAX)
+		ms = (double) INT_MAX;
 	(void) EsGetCatalog();
-	PG_RETURN_INT64(EsWaitForHead(after, (long) Min(usecs / 1000, (int64) LONG_MAX)));
+	PG_RETURN_INT64(EsWaitForHead(after, (long) ms));
 }

@@ -138,6 +138,17 @@ es_database_list(void)
 	return result;
 }
 
+/* Does the database still exist (and accept connections)? */
+static bool
+es_database_exists(Oid dboid)
+{
+	List	   *dbs = es_database_list();
+	bool		found = list_member_oid(dbs, dboid);
+
+	list_free(dbs);
+	return found;
+}
+
 /* Find (or add) the launcher's entry of a database */
 static EsDbWorker *
 es_db_worker(Oid dboid, bool create)
@@ -204,8 +215,8 @@ es_launcher_check_workers(void)
 		{
 			pfree(w->handle);
 			w->handle = NULL;
-			if (EsTakeAbsentDatabase(w->dboid))
-				w->absent = true;
+			if (EsTakeAbsentDatabase(w->dboid) || !es_database_exists(w->dboid))
+				w->absent = true;	/* no extension, or no database any more */
 			else
 				w->restart_at = TimestampTzPlusMilliseconds(now, 1000);
 		}
