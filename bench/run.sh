@@ -199,6 +199,8 @@ measure() {
 ROWS=()
 TARGETS_MET=0
 TARGETS_TOTAL=0
+SYNC_MET=0
+SYNC_TOTAL=0
 HALF=$(( SECONDS_PER_RUN / 2 > 1 ? SECONDS_PER_RUN / 2 : 1 ))
 
 # pair NAME ES_SCRIPT BASE_SCRIPT CLIENTS SYNC ITEMS_PER_OP ITEM_UNIT TARGET
@@ -229,13 +231,19 @@ pair() {
 		}')
 	if [[ "$target" == - ]]; then
 		verdict="-"
+	elif awk -v r="$ratio" -v t="$target" 'BEGIN { exit !(r >= t) }'; then
+		verdict=">= $target ok"
 	else
-		TARGETS_TOTAL=$((TARGETS_TOTAL + 1))
-		if awk -v r="$ratio" -v t="$target" 'BEGIN { exit !(r >= t) }'; then
-			verdict=">= $target ok"
-			TARGETS_MET=$((TARGETS_MET + 1))
+		verdict=">= $target MISS"
+	fi
+	if [[ "$target" != - ]]; then
+		# the targets are about the primary (synchronous_commit = off) figures
+		if [[ "$sync" == off ]]; then
+			TARGETS_TOTAL=$((TARGETS_TOTAL + 1))
+			[[ "$verdict" == *ok ]] && TARGETS_MET=$((TARGETS_MET + 1))
 		else
-			verdict=">= $target MISS"
+			SYNC_TOTAL=$((SYNC_TOTAL + 1))
+			[[ "$verdict" == *ok ]] && SYNC_MET=$((SYNC_MET + 1))
 		fi
 	fi
 	if [[ "$items" -gt 1 ]]; then
@@ -339,7 +347,10 @@ report() {
 	printf '%s\n' "-----------------------+---------+-------------+-----------------+--------------+--------+-------+----------+---------------+---------------+----------------"
 	printf '%s\n' "${ROWS[@]}"
 	echo
-	echo "targets met: $TARGETS_MET of $TARGETS_TOTAL"
+	echo "targets met (synchronous_commit = off, the primary figures): $TARGETS_MET of $TARGETS_TOTAL"
+	if [[ $SYNC_TOTAL -gt 0 ]]; then
+		echo "same targets with synchronous_commit = on (for information): $SYNC_MET of $SYNC_TOTAL"
+	fi
 	echo "event_store.events after the run: $INTEGRITY"
 }
 
