@@ -9,7 +9,9 @@
 
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
+#include "nodes/pg_list.h"
 #include "utils/inval.h"
+#include "utils/memutils.h"
 #include "utils/lsyscache.h"
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
@@ -157,6 +159,64 @@ EsRegistryEnsure(EsRegistry *reg, void (*load) (void))
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
+}
+
+/*
+ * A fresh memory context for the registry's cache.  The previous one is
+ * deleted, unless a callback loaded from it is running (reg->depth > 0): then
+ * it is kept until the registry is next reloaded with no call in progress.
+ */
+MemoryContext
+EsRegistryNewContext(EsRegistry *reg)
+{
+	MemoryContext old;
+
+	if (reg->cxt != NULL)
+	{
+		if (reg->depth > 0)
+		{
+			old = MemoryContextSwitchTo(TopMemoryContext);
+			reg->retired = lappend(reg->retired, reg->cxt);
+			MemoryContextSwitchTo(old);
+		}
+		else
+			MemoryContextDelete(reg->cxt);
+	}
+	if (reg->depth == 0 && reg->retired != NIL)
+	{
+		ListCell   *lc;
+
+		foreach(lc, reg->retired)
+			MemoryContextDelete((MemoryContext) lfirst(lc));
+		list_free(reg->retired);
+		reg->retired = NIL;
+	}
+	reg->cxt = AllocSetContextCreate(CacheMemoryContext, "event_store registry cache",
+									 ALLOCSET_SMALL_SIZES);
+	MemoryContextSetIdentifier(reg->cxt, reg->relname);
+	return reg->cxt;
+}
+
+/*
+ * Call a function loaded from the registry's cache, keeping the cache alive
+ * for the duration of the call (the callee may cause a reload).
+ */
+Datum
+EsRegistryCall(EsRegistry *reg, FunctionCallInfo fcinfo)
+{
+	Datum		result;
+
+	reg->depth++;
+	PG_TRY();
+	{
+		result = FunctionCallInvoke(fcinfo);
+	}
+	PG_FINALLY();
+	{
+		reg->depth--;
+	}
+	PG_END_TRY();
+	return result;
 }
 
 /* After changing a registry table: every backend reloads at its next use */

@@ -60,11 +60,16 @@ typedef struct EsRegistry
 	Oid			relid;
 	bool		valid;
 	bool		registered;
+	MemoryContext cxt;			/* the cache's memory */
+	int			depth;			/* calls into cached functions in progress */
+	struct List *retired;		/* old contexts still used by those calls */
 } EsRegistry;
 
 extern bool EsRegistryNeedsReload(EsRegistry *reg);
 extern void EsRegistryChanged(EsRegistry *reg);
 extern void EsRegistryEnsure(EsRegistry *reg, void (*load) (void));
+extern MemoryContext EsRegistryNewContext(EsRegistry *reg);
+extern Datum EsRegistryCall(EsRegistry *reg, FunctionCallInfo fcinfo);
 extern bool EsFunctionExists(Oid fn);
 
 /* position.c: the global position counter and the follower horizon */

@@ -66,8 +66,6 @@ static EsRegistry inline_registry = {"projections"};
 static MemoryContext inline_cxt = NULL;
 static EsProjection *inline_projs = NULL;
 static int	inline_count = 0;
-static int	inline_depth = 0;
-static List *inline_retired = NIL;
 
 /* What is being applied, for the error context */
 typedef struct EsApplyCtx
@@ -140,28 +138,7 @@ es_inline_load(void)
 	MemoryContext old;
 	int			rc;
 
-	if (inline_cxt != NULL)
-	{
-		if (inline_depth > 0)
-		{
-			old = MemoryContextSwitchTo(TopMemoryContext);
-			inline_retired = lappend(inline_retired, inline_cxt);
-			MemoryContextSwitchTo(old);
-		}
-		else
-			MemoryContextDelete(inline_cxt);
-	}
-	if (inline_depth == 0 && inline_retired != NIL)
-	{
-		ListCell   *lc;
-
-		foreach(lc, inline_retired)
-			MemoryContextDelete((MemoryContext) lfirst(lc));
-		list_free(inline_retired);
-		inline_retired = NIL;
-	}
-	inline_cxt = AllocSetContextCreate(CacheMemoryContext, "event_store inline projections",
-									   ALLOCSET_SMALL_SIZES);
+	inline_cxt = EsRegistryNewContext(&inline_registry);
 	inline_count = 0;
 
 	if (SPI_connect() != SPI_OK_CONNECT)
@@ -204,9 +181,13 @@ es_projection_matches(const EsProjection *p, Datum *values)
 	return true;
 }
 
-/* Call a projection's handler with one event */
+/*
+ * Call a projection's handler with one event; reg is the registry its
+ * FmgrInfo was cached in, if any.
+ */
 static void
-es_call_handler(EsProjection *p, TupleDesc event_desc, Datum *values, bool *isnull)
+es_call_handler(EsProjection *p, EsRegistry *reg, TupleDesc event_desc,
+				Datum *values, bool *isnull)
 {
 	HeapTuple	tup = heap_form_tuple(event_desc, values, isnull);
 	ErrorContextCallback errcb;
@@ -223,7 +204,10 @@ es_call_handler(EsProjection *p, TupleDesc event_desc, Datum *values, bool *isnu
 	InitFunctionCallInfoData(*fcinfo, &p->handler, 1, InvalidOid, NULL, NULL);
 	fcinfo->args[0].value = HeapTupleGetDatum(tup);
 	fcinfo->args[0].isnull = false;
-	(void) FunctionCallInvoke(fcinfo);
+	if (reg != NULL)
+		(void) EsRegistryCall(reg, fcinfo);
+	else
+		(void) FunctionCallInvoke(fcinfo);
 	error_context_stack = errcb.previous;
 	heap_freetuple(tup);
 }
@@ -258,8 +242,6 @@ es_projection_trigger(PG_FUNCTION_ARGS)
 	event_desc = lookup_rowtype_tupdesc(EsGetCatalog()->event_type_oid, -1);
 	rowcxt = AllocSetContextCreate(CurrentMemoryContext, "event_store projection row",
 								   ALLOCSET_DEFAULT_SIZES);
-	inline_depth++;
-	PG_TRY();
 	{
 		tuplestore_rescan(rows);
 		while (tuplestore_gettupleslot(rows, true, false, slot))
@@ -272,15 +254,11 @@ es_projection_trigger(PG_FUNCTION_ARGS)
 			EsUpcastRow(values, isnull);
 			for (int i = 0; i < inline_count; i++)
 				if (es_projection_matches(&inline_projs[i], values))
-					es_call_handler(&inline_projs[i], event_desc, values, isnull);
+					es_call_handler(&inline_projs[i], &inline_registry, event_desc,
+									values, isnull);
 			MemoryContextSwitchTo(old);
 		}
 	}
-	PG_FINALLY();
-	{
-		inline_depth--;
-	}
-	PG_END_TRY();
 	ReleaseTupleDesc(event_desc);
 	ExecDropSingleTupleTableSlot(slot);
 	MemoryContextDelete(rowcxt);
@@ -308,7 +286,7 @@ es_apply_row(Datum *values, bool *isnull, void *arg)
 	ra->current = pos;
 	if (es_projection_matches(ra->proj, values))
 	{
-		es_call_handler(ra->proj, ra->event_desc, values, isnull);
+		es_call_handler(ra->proj, NULL, ra->event_desc, values, isnull);
 		ra->handed++;
 	}
 	ra->last_scanned = pos;

@@ -49,10 +49,7 @@ es_saga_load(void)
 	HASHCTL		ctl;
 	int			rc;
 
-	if (watched_cxt != NULL)
-		MemoryContextDelete(watched_cxt);
-	watched_cxt = AllocSetContextCreate(CacheMemoryContext, "event_store saga watch",
-										ALLOCSET_SMALL_SIZES);
+	watched_cxt = EsRegistryNewContext(&saga_registry);
 	memset(&ctl, 0, sizeof(ctl));
 	ctl.keysize = ES_MAX_WATCH_KEY;
 	ctl.entrysize = sizeof(EsWatchedType);

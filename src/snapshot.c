@@ -57,8 +57,6 @@ static EsRegistry agg_registry = {"aggregates"};
 static HTAB *agg_hash = NULL;
 static MemoryContext agg_cxt = NULL;
 static long agg_count = 0;
-static int	agg_depth = 0;		/* reducer calls in progress */
-static List *agg_retired = NIL;
 static SPIPlanPtr find_snapshot_plan = NULL;
 static SPIPlanPtr save_snapshot_plan = NULL;
 
@@ -78,28 +76,7 @@ es_agg_load(void)
 	MemoryContext old;
 	int			rc;
 
-	if (agg_cxt != NULL)
-	{
-		if (agg_depth > 0)
-		{
-			old = MemoryContextSwitchTo(TopMemoryContext);
-			agg_retired = lappend(agg_retired, agg_cxt);
-			MemoryContextSwitchTo(old);
-		}
-		else
-			MemoryContextDelete(agg_cxt);
-	}
-	if (agg_depth == 0 && agg_retired != NIL)
-	{
-		ListCell   *lc;
-
-		foreach(lc, agg_retired)
-			MemoryContextDelete((MemoryContext) lfirst(lc));
-		list_free(agg_retired);
-		agg_retired = NIL;
-	}
-	agg_cxt = AllocSetContextCreate(CacheMemoryContext, "event_store aggregates",
-									ALLOCSET_SMALL_SIZES);
+	agg_cxt = EsRegistryNewContext(&agg_registry);
 	memset(&ctl, 0, sizeof(ctl));
 	ctl.keysize = ES_MAX_CATEGORY_KEY;
 	ctl.entrysize = sizeof(EsAggregate);
@@ -241,16 +218,7 @@ es_fold_row(Datum *values, bool *isnull, void *arg)
 	fcinfo->args[0].isnull = false;
 	fcinfo->args[1].value = HeapTupleGetDatum(tup);
 	fcinfo->args[1].isnull = false;
-	agg_depth++;
-	PG_TRY();
-	{
-		result = FunctionCallInvoke(fcinfo);
-	}
-	PG_FINALLY();
-	{
-		agg_depth--;
-	}
-	PG_END_TRY();
+	result = EsRegistryCall(&agg_registry, fcinfo);
 	if (fcinfo->isnull)
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),

@@ -56,8 +56,6 @@ static EsRegistry upcast_registry = {"upcasters"};
 static HTAB *upcast_hash = NULL;
 static MemoryContext upcast_cxt = NULL;
 static long upcast_count = 0;
-static int	upcast_depth = 0;	/* upcaster calls in progress */
-static List *upcast_retired = NIL;	/* old caches still in use by those calls */
 
 /* Fill a hash key from a type and version */
 static void
@@ -77,30 +75,7 @@ es_upcast_load(void)
 	MemoryContext old;
 	int			rc;
 
-	if (upcast_cxt != NULL)
-	{
-		/* an upcaster still running may use the old cache: keep it until it returns */
-		if (upcast_depth > 0)
-		{
-			MemoryContext top = MemoryContextSwitchTo(TopMemoryContext);
-
-			upcast_retired = lappend(upcast_retired, upcast_cxt);
-			MemoryContextSwitchTo(top);
-		}
-		else
-			MemoryContextDelete(upcast_cxt);
-	}
-	if (upcast_depth == 0 && upcast_retired != NIL)
-	{
-		ListCell   *lc;
-
-		foreach(lc, upcast_retired)
-			MemoryContextDelete((MemoryContext) lfirst(lc));
-		list_free(upcast_retired);
-		upcast_retired = NIL;
-	}
-	upcast_cxt = AllocSetContextCreate(CacheMemoryContext, "event_store upcasters",
-									   ALLOCSET_SMALL_SIZES);
+	upcast_cxt = EsRegistryNewContext(&upcast_registry);
 	memset(&ctl, 0, sizeof(ctl));
 	ctl.keysize = sizeof(EsUpcastKey);
 	ctl.entrysize = sizeof(EsUpcaster);
@@ -218,16 +193,7 @@ EsUpcastRow(Datum *values, bool *isnull)
 		fcinfo->args[0].isnull = false;
 		fcinfo->args[1].value = values[Anum_es_metadata - 1];
 		fcinfo->args[1].isnull = false;
-		upcast_depth++;
-		PG_TRY();
-		{
-			result = FunctionCallInvoke(fcinfo);
-		}
-		PG_FINALLY();
-		{
-			upcast_depth--;
-		}
-		PG_END_TRY();
+		result = EsRegistryCall(&upcast_registry, fcinfo);
 		if (fcinfo->isnull)
 			ereport(ERROR,
 					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
