@@ -9,8 +9,8 @@
 # event_store / baseline.  The table is also written to bench/results/latest.txt.
 #
 # Environment:
-#   BENCH_SECONDS   measured seconds per side of a case, run as two halves
-#                   (default 10; 2 for a smoke run)
+#   BENCH_SECONDS   measured seconds per side of a case, run in segments
+#                   interleaved with the other side (default 12; 2 for a smoke run)
 #   BENCH_WARMUP    warm-up seconds per side before the measured halves (default: BENCH_SECONDS/5, at least 1)
 #   BENCH_CLIENTS   clients of the multi-client cases (default 8)
 #   BENCH_PORT      port of the throwaway cluster (default 5540)
@@ -27,7 +27,7 @@ shopt -s inherit_errexit
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_DIR=$(cd "$BENCH_DIR/.." && pwd)
 
-SECONDS_PER_RUN=${BENCH_SECONDS:-10}
+SECONDS_PER_RUN=${BENCH_SECONDS:-12}
 WARMUP=${BENCH_WARMUP:-$(( SECONDS_PER_RUN / 5 > 1 ? SECONDS_PER_RUN / 5 : 1 ))}
 CLIENTS=${BENCH_CLIENTS:-8}
 PORT=${BENCH_PORT:-5540}
@@ -201,33 +201,56 @@ TARGETS_MET=0
 TARGETS_TOTAL=0
 SYNC_MET=0
 SYNC_TOTAL=0
-HALF=$(( SECONDS_PER_RUN / 2 > 1 ? SECONDS_PER_RUN / 2 : 1 ))
+# Each side runs its measured time in segments, interleaved with the other
+# side's: E B B E (2 segments per side) or E B B E B E E B (4 segments, when
+# there are at least 2 seconds per segment), every segment after a CHECKPOINT.
+if (( SECONDS_PER_RUN >= 8 )); then
+	SEGMENTS=4
+	ORDER=(es base base es base es es base)
+else
+	SEGMENTS=2
+	ORDER=(es base base es)
+fi
+SEGMENT=$(( SECONDS_PER_RUN / SEGMENTS > 1 ? SECONDS_PER_RUN / SEGMENTS : 1 ))
 
 # pair NAME ES_SCRIPT BASE_SCRIPT CLIENTS SYNC ITEMS_PER_OP ITEM_UNIT TARGET
 #
-# Both sides are warmed up, then measured in two halves in the order
-# event_store, baseline, baseline, event_store, so that a drift in the
-# machine's load during the pair hits both sides alike.  tps of a side is the
-# mean of its halves; "noise" is the larger difference between the two halves
-# of one side, relative to their mean.
+# Both sides are warmed up, then measured segment by segment in the order
+# above, so that a change in the machine's load during the pair hits both
+# sides alike.  A side's tps is the median of its segments (robust against one
+# disturbed segment); "noise" is the larger spread (max - min) of one side's
+# segments relative to its median.
 pair() {
 	local name=$1 es=$2 base=$3 clients=$4 sync=$5 items=$6 unit=$7 target=$8
-	local tag="${es%.sql}-c$clients-$sync"
-	local e1 e2 b1 b2 es_tps base_tps ratio noise verdict es_items base_items
+	local tag
+	local -a es_runs=() base_runs=()
+	local side script i=0 tps es_tps base_tps ratio noise verdict es_items base_items
 
+	tag=${es#es_}
+	tag="${tag%.sql}-c$clients-$sync"
 	log "   $name, $clients client(s), synchronous_commit=$sync"
 	run_pgbench "$es" "$clients" "$sync" "$WARMUP" "warmup-es-$tag" >/dev/null
 	run_pgbench "$base" "$clients" "$sync" "$WARMUP" "warmup-base-$tag" >/dev/null
-	e1=$(measure "$es" "$clients" "$sync" "$HALF" "es-$tag-1")
-	b1=$(measure "$base" "$clients" "$sync" "$HALF" "base-$tag-1")
-	b2=$(measure "$base" "$clients" "$sync" "$HALF" "base-$tag-2")
-	e2=$(measure "$es" "$clients" "$sync" "$HALF" "es-$tag-2")
-	read -r es_tps base_tps ratio noise < <(awk -v e1="$e1" -v e2="$e2" -v b1="$b1" -v b2="$b2" '
-		function abs(x) { return x < 0 ? -x : x }
+	for side in "${ORDER[@]}"; do
+		i=$((i + 1))
+		if [[ $side == es ]]; then script=$es; else script=$base; fi
+		tps=$(measure "$script" "$clients" "$sync" "$SEGMENT" "$side-$tag-$i")
+		if [[ $side == es ]]; then es_runs+=("$tps"); else base_runs+=("$tps"); fi
+	done
+	printf '%s, %s client(s), synchronous_commit=%s: event_store %s | baseline %s\n' \
+		"$name" "$clients" "$sync" "${es_runs[*]}" "${base_runs[*]}" >>"$LOG_DIR/segments.txt"
+	read -r es_tps base_tps ratio noise < <(awk -v e="${es_runs[*]}" -v b="${base_runs[*]}" '
+		function median(str, v, n, i, j, t) {
+			n = split(str, v, " ")
+			for (i = 2; i <= n; i++)
+				for (j = i; j > 1 && v[j - 1] + 0 > v[j] + 0; j--) { t = v[j]; v[j] = v[j - 1]; v[j - 1] = t }
+			lo = v[1]; hi = v[n]
+			return n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
+		}
 		BEGIN {
-			e = (e1 + e2) / 2; b = (b1 + b2) / 2
-			ne = abs(e1 - e2) / e; nb = abs(b1 - b2) / b
-			printf "%.1f %.1f %.3f %.0f%%\n", e, b, e / b, 100 * (ne > nb ? ne : nb)
+			me = median(e); ne = (hi - lo) / me
+			mb = median(b); nb = (hi - lo) / mb
+			printf "%.1f %.1f %.3f %.0f%%\n", me, mb, me / mb, 100 * (ne > nb ? ne : nb)
 		}')
 	if [[ "$target" == - ]]; then
 		verdict="-"
@@ -258,7 +281,7 @@ pair() {
 		"$es_items" "$base_items" "$verdict")")
 }
 
-log "== measuring: ${SECONDS_PER_RUN}s per side (2 x ${HALF}s, order E B B E) after ${WARMUP}s of warm-up"
+log "== measuring: per side ${WARMUP}s of warm-up, then $SEGMENTS x ${SEGMENT}s in the order ${ORDER[*]}"
 for c in $CASES; do
 	case $c in
 		read_stream)
@@ -335,11 +358,11 @@ report() {
 	echo "server:   $("${PSQL[@]}" -Atc 'SELECT version()')"
 	echo "machine:  $(uname -sm), nproc=$NPROC, $(awk '/MemTotal/ { printf "%.0f GB RAM", $2 / 1048576 }' /proc/meminfo)"
 	echo "settings: $settings"
-	echo "pgbench:  -M prepared, -j min(clients, $NPROC); per side ${WARMUP}s warm-up, then 2 x -T $HALF in the order"
-	echo "          event_store, baseline, baseline, event_store, each after a CHECKPOINT"
+	echo "pgbench:  -M prepared, -j min(clients, $NPROC); per side ${WARMUP}s warm-up, then $SEGMENTS segments of -T $SEGMENT,"
+	echo "          each after a CHECKPOINT, in the order ${ORDER[*]} (es = event_store)"
 	echo "fixture:  $((STREAMS * PER_STREAM)) events in $STREAMS streams + $READER_EVENTS in reader-1, same rows in the baseline table, VACUUM ANALYZE"
 	echo "ratio = event_store tps / baseline tps (for reads and batches also the rows/s and events/s ratio)"
-	echo "noise = larger difference between the two halves of one side, relative to their mean"
+	echo "tps = median of a side's segments; noise = larger spread (max - min) of one side's segments / median"
 	echo
 	printf '%-22s | %7s | %-11s | %15s | %12s | %6s | %5s | %-8s | %13s | %13s | %s\n' \
 		"case" "clients" "sync_commit" "event_store tps" "baseline tps" "ratio" "noise" \
