@@ -813,6 +813,26 @@ BEGIN
     PERFORM event_store._saga_advance(p_child);
 END $$;
 
+-- Lock a saga and its ancestors, root first.  Every entry point that may
+-- touch a parent and a child (nested sagas) locks in this order, so a child's
+-- completion and its parent's timeout never deadlock.
+CREATE FUNCTION event_store._saga_lock_tree(p_saga uuid) RETURNS boolean
+    LANGUAGE plpgsql AS $$
+DECLARE
+    chain uuid[] := '{}';
+    cur uuid := p_saga;
+    id uuid;
+BEGIN
+    WHILE cur IS NOT NULL LOOP
+        chain := cur || chain;
+        SELECT parent_saga_id INTO cur FROM event_store.sagas WHERE saga_id = cur;
+    END LOOP;
+    FOREACH id IN ARRAY chain LOOP
+        PERFORM 1 FROM event_store.sagas WHERE saga_id = id FOR UPDATE;
+    END LOOP;
+    RETURN EXISTS (SELECT 1 FROM event_store.sagas WHERE saga_id = p_saga);
+END $$;
+
 -- Run whatever is ready: the next group's steps, compensations, the end
 CREATE FUNCTION event_store._saga_advance(p_saga uuid) RETURNS int
     LANGUAGE plpgsql AS $$
@@ -1018,8 +1038,7 @@ BEGIN
         PERFORM event_store._saga_bad('step must not be null or empty', NULL,
                                       CASE WHEN p_step IS NULL THEN '22004' ELSE '22023' END);
     END IF;
-    PERFORM 1 FROM event_store.sagas WHERE saga_id = p_saga FOR UPDATE;
-    IF NOT FOUND THEN
+    IF NOT event_store._saga_lock_tree(p_saga) THEN
         PERFORM event_store._saga_bad(format('saga %s does not exist', p_saga));
     END IF;
     SELECT * INTO st FROM event_store.saga_steps WHERE saga_id = p_saga AND name = p_step;
@@ -1142,7 +1161,8 @@ DECLARE
 BEGIN
     FOR r IN SELECT s.saga_id FROM event_store.sagas s
               WHERE s.status = 'running' AND s.deadline <= now() ORDER BY s.deadline LOOP
-        PERFORM 1 FROM event_store.sagas WHERE saga_id = r.saga_id AND status = 'running' AND deadline <= now() FOR UPDATE;
+        PERFORM event_store._saga_lock_tree(r.saga_id);
+        PERFORM 1 FROM event_store.sagas WHERE saga_id = r.saga_id AND status = 'running' AND deadline <= now();
         CONTINUE WHEN NOT FOUND;
         PERFORM event_store._saga_event(r.saga_id, 'SagaTimedOut', '{}');
         PERFORM event_store._saga_fail(r.saga_id, 'saga timed out');
@@ -1153,7 +1173,7 @@ BEGIN
               WHERE st.status IN ('running', 'compensating')
                 AND (st.deadline <= now() OR st.lease_expires_at <= now())
               ORDER BY st.updated_at LOOP
-        PERFORM 1 FROM event_store.sagas WHERE saga_id = r.saga_id FOR UPDATE;
+        PERFORM event_store._saga_lock_tree(r.saga_id);
         -- re-check under the lock: the step may have completed meanwhile
         PERFORM 1 FROM event_store.saga_steps st
           WHERE st.saga_id = r.saga_id AND st.name = r.name AND st.status = r.status
@@ -1169,6 +1189,7 @@ BEGIN
     END LOOP;
     FOR r IN SELECT DISTINCT st.saga_id FROM event_store.saga_steps st
               WHERE st.status IN ('pending', 'compensating') AND st.next_attempt_at <= now() LOOP
+        PERFORM event_store._saga_lock_tree(r.saga_id);
         n := n + event_store._saga_advance(r.saga_id);
     END LOOP;
     RETURN n;
@@ -1183,7 +1204,8 @@ CREATE FUNCTION event_store._saga_on_event(p_saga uuid, p_type text, p_data json
 DECLARE
     st record;
 BEGIN
-    PERFORM 1 FROM event_store.sagas WHERE saga_id = p_saga AND status = 'running' FOR UPDATE;
+    PERFORM event_store._saga_lock_tree(p_saga);
+    PERFORM 1 FROM event_store.sagas WHERE saga_id = p_saga AND status = 'running';
     IF NOT FOUND THEN
         RETURN;
     END IF;
@@ -1249,5 +1271,6 @@ REVOKE ALL ON FUNCTION event_store._saga_bad(text, text, text), event_store._sag
     event_store._saga_step_failed(uuid, text, text, boolean), event_store._saga_comp_failed(uuid, text, text, boolean),
     event_store._saga_child_finished(uuid, text, uuid), event_store._saga_compensate_child(uuid),
     event_store._saga_advance(uuid), event_store._saga_start(text, jsonb, uuid, uuid, text),
-    event_store._saga_lock_step(uuid, text), event_store._saga_on_event(uuid, text, jsonb)
+    event_store._saga_lock_step(uuid, text), event_store._saga_on_event(uuid, text, jsonb),
+    event_store._saga_lock_tree(uuid)
   FROM PUBLIC;

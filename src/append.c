@@ -596,12 +596,19 @@ es_insert_events(text *stream_id, EsNewEvent *evs, int n, int64 first_position,
 			strcmp(edata->constraint_name, ES_EVENTS_EVENT_ID_IDX) == 0)
 		{
 			/* a concurrent transaction stored one of our ids in another stream */
+			const char *id = "";
+			const char *start = edata->detail ? strstr(edata->detail, "=(") : NULL;
+			const char *end = start ? strchr(start + 2, ')') : NULL;
+
+			if (start && end)
+				id = pnstrdup(start + 2, end - start - 2);
 			FlushErrorState();
 			ereport(ERROR,
 					(errcode(ERRCODE_ES_DUPLICATE_EVENT_ID),
-					 errmsg("duplicate event id in the batch for stream \"%s\"",
-							text_to_cstring(stream_id)),
-					 errdetail("%s", edata->detail ? edata->detail : "An event with one of the ids was stored concurrently.")));
+					 errmsg("duplicate event id \"%s\"", id),
+					 errdetail("A concurrent transaction stored an event with this id while stream \"%s\" was being appended to.",
+							   text_to_cstring(stream_id)),
+					 errhint("Event ids are unique across the store; a retry is recognised only when it repeats the same events at the same place.")));
 		}
 		if (edata->sqlerrcode == ERRCODE_UNIQUE_VIOLATION && edata->constraint_name &&
 			strcmp(edata->constraint_name, ES_EVENTS_STREAM_IDX) == 0)
