@@ -26,6 +26,9 @@ EXTRA_CLEAN = tmp_check tmp_check_iso test/isolation/output_iso results regressi
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
+# every object depends on every header (PGXS tracks no header dependencies)
+$(OBJS): $(wildcard $(srcdir)/src/*.h)
+
 event_store--$(EXTVERSION).sql: sql/event_store.sql
 	cp $< $@
 

@@ -281,6 +281,16 @@ COMMENT ON TABLE event_store.projections IS 'Projections and their checkpoints; 
 SELECT pg_catalog.pg_extension_config_dump('event_store.projections', '');
 REVOKE ALL ON TABLE event_store.projections FROM PUBLIC;
 
+-- Keep the inline trigger's enabled state in step with the projections
+-- (also when pg_restore loads this table, which does not restore that state).
+CREATE FUNCTION event_store._sync_inline_trigger() RETURNS trigger
+    LANGUAGE c AS 'MODULE_PATHNAME', 'es_sync_inline_trigger';
+REVOKE ALL ON FUNCTION event_store._sync_inline_trigger() FROM PUBLIC;
+CREATE TRIGGER projections_sync_inline_trigger
+    AFTER INSERT OR DELETE ON event_store.projections
+    FOR EACH STATEMENT EXECUTE FUNCTION event_store._sync_inline_trigger();
+ALTER TABLE event_store.projections ENABLE ALWAYS TRIGGER projections_sync_inline_trigger;
+
 -- Inline projections: one statement-level trigger with the appended rows as a
 -- transition table.  Enabled only while an inline projection exists.
 CREATE FUNCTION event_store._apply_inline_projections() RETURNS trigger
@@ -334,7 +344,7 @@ SELECT p.name,
        h.head AS head_position,
        (SELECT pg_catalog.count(*) FROM event_store.events e
          WHERE e.global_position > x.pos AND e.global_position <= h.head) AS lag_events,
-       COALESCE((SELECT EXTRACT(epoch FROM pg_catalog.now() - e.recorded_at)::double precision
+       COALESCE((SELECT greatest(EXTRACT(epoch FROM pg_catalog.now() - e.recorded_at)::double precision, 0)
                    FROM event_store.events e
                   WHERE e.global_position > x.pos AND e.global_position <= h.head
                   ORDER BY e.global_position LIMIT 1), 0) AS lag_seconds,

@@ -110,6 +110,17 @@ es_registry_relcache_callback(Datum arg, Oid relid)
 }
 
 /*
+ * A function was changed or dropped: the cached FmgrInfos may be stale, so
+ * every registry reloads (and notices a dropped callback by itself).
+ */
+static void
+es_registry_proc_callback(Datum arg, int cacheid, uint32 hashvalue)
+{
+	for (int i = 0; i < es_nregistries; i++)
+		es_registries[i]->valid = false;
+}
+
+/*
  * Does the registry need a reload?  If so, the caller reloads it right away;
  * it is marked valid first, so an invalidation arriving during the reload
  * leaves it invalid again.
@@ -122,6 +133,7 @@ EsRegistryNeedsReload(EsRegistry *reg)
 		if (!es_registry_callback_registered)
 		{
 			CacheRegisterRelcacheCallback(es_registry_relcache_callback, (Datum) 0);
+			CacheRegisterSyscacheCallback(PROCOID, es_registry_proc_callback, (Datum) 0);
 			es_registry_callback_registered = true;
 		}
 		if (es_nregistries >= ES_MAX_REGISTRIES)

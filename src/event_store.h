@@ -122,6 +122,7 @@ typedef struct EsScanSpec
 	int64		max_count;		/* -1: unlimited */
 	bool		raw;			/* do not upcast */
 	struct Tuplestorestate *direct;	/* rows needing no upcast go straight here */
+	int64		current_position;	/* event being handled (for error reports) */
 } EsScanSpec;
 
 /* Called for every event of a scan (values in event_store.event order) */

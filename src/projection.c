@@ -8,9 +8,10 @@
  *
  * Locking contract: appenders never lock a projection.  Operations that
  * change what inline projections see (create, pause, resume, rebuild, drop of
- * an inline projection) take a SHARE lock on event_store.events: it waits for
- * in-flight appends to finish and holds new ones off until the operation
- * commits, so an inline projection's position is exact.  Async batches lock
+ * an inline projection) take a SHARE ROW EXCLUSIVE lock on
+ * event_store.events: it waits for in-flight appends to finish and holds new
+ * ones off until the operation commits, so an inline projection's position
+ * is exact.  Async batches lock
  * their projection's row FOR UPDATE SKIP LOCKED, so the worker and a manual
  * run_projections() never apply the same batch twice.
  */
@@ -48,8 +49,14 @@ PG_FUNCTION_INFO_V1(es_resume_projection);
 PG_FUNCTION_INFO_V1(es_drop_projection);
 PG_FUNCTION_INFO_V1(es_run_projections);
 PG_FUNCTION_INFO_V1(es_projection_trigger);
+PG_FUNCTION_INFO_V1(es_sync_inline_trigger);
+
+static void es_sync_inline_trigger_spi(void);
 
 int			es_projection_max_attempts = 5;
+
+/* events one async projection gets per round before the next one's turn */
+#define ES_PROJECTION_SLICE 1000
 
 /* A projection ready to apply */
 typedef struct EsProjection
@@ -59,6 +66,7 @@ typedef struct EsProjection
 	EsTypeFilter types;
 	int			ncategories;	/* -1: any */
 	text	  **categories;
+	Oid			missing_handler;	/* OID of a dropped handler, else 0 */
 } EsProjection;
 
 /* Cache of the running inline projections, for the trigger */
@@ -118,13 +126,14 @@ es_projection_from_row(EsProjection *p, HeapTuple tup, TupleDesc desc,
 
 	p->name = TextDatumGetCString(SPI_getbinval(tup, desc, 1, &isnull));
 	handler = DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull));
-	if (!EsFunctionExists(handler))
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_FUNCTION),
-				 errmsg("the handler of projection \"%s\" no longer exists", p->name),
-				 errdetail("Function with OID %u was dropped.", handler),
-				 errhint("Drop the projection with event_store.drop_projection() and create it again.")));
-	fmgr_info_cxt(handler, &p->handler, cxt);
+	if (EsFunctionExists(handler))
+		fmgr_info_cxt(handler, &p->handler, cxt);
+	else
+	{
+		/* dropped: reported when the projection is applied */
+		memset(&p->handler, 0, sizeof(p->handler));
+		p->missing_handler = handler;
+	}
 	d = SPI_getbinval(tup, desc, 3, &isnull);
 	p->types.ntypes = es_decode_text_array(d, isnull, &p->types.types);
 	d = SPI_getbinval(tup, desc, 4, &isnull);
@@ -194,6 +203,12 @@ es_call_handler(EsProjection *p, EsRegistry *reg, TupleDesc event_desc,
 	EsApplyCtx	ctx;
 	LOCAL_FCINFO(fcinfo, 1);
 
+	if (OidIsValid(p->missing_handler))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_FUNCTION),
+				 errmsg("the handler of projection \"%s\" no longer exists", p->name),
+				 errdetail("Function with OID %u was dropped.", p->missing_handler),
+				 errhint("Drop the projection with event_store.drop_projection() and create it again.")));
 	ctx.name = p->name;
 	ctx.position = DatumGetInt64(values[Anum_es_global_position - 1]);
 	errcb.callback = es_apply_error_callback;
@@ -341,7 +356,8 @@ es_apply_range(EsProjection *proj, int64 after, int64 upto, int64 budget,
 	}
 	PG_FINALLY();
 	{
-		*current = ra.current;
+		/* the scan knows the event even when its upcasting failed */
+		*current = Max(ra.current, spec.current_position);
 	}
 	PG_END_TRY();
 	UnregisterSnapshot(snapshot);
@@ -407,19 +423,46 @@ es_projection_exec(const char *sql, int nargs, Oid *types, Datum *values,
 		elog(ERROR, "updating event_store.projections failed: %s", SPI_result_code_string(rc));
 }
 
-/* Enable the inline trigger exactly when an inline projection exists */
+/*
+ * Trigger AFTER INSERT OR DELETE ON event_store.projections FOR EACH
+ * STATEMENT: enable the inline trigger on event_store.events exactly while an
+ * inline projection exists.  Being a trigger, it also fires for the COPY of
+ * pg_restore, which does not restore a trigger's enabled state.
+ */
+Datum
+es_sync_inline_trigger(PG_FUNCTION_ARGS)
+{
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		elog(ERROR, "es_sync_inline_trigger: not called by trigger manager");
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	es_sync_inline_trigger_spi();
+	SPI_finish();
+	EsRegistryChanged(&inline_registry);
+	return PointerGetDatum(NULL);
+}
+
+/* Enable the inline trigger exactly when an inline projection exists (in SPI) */
 static void
-es_sync_inline_trigger(void)
+es_sync_inline_trigger_spi(void)
 {
 	int			rc;
 	bool		any;
 	bool		isnull;
 
-	rc = SPI_execute("SELECT EXISTS (SELECT 1 FROM event_store.projections WHERE mode = 'inline')",
+	bool		enabled;
+
+	rc = SPI_execute("SELECT EXISTS (SELECT 1 FROM event_store.projections WHERE mode = 'inline'), "
+					 "(SELECT t.tgenabled <> 'D' FROM pg_catalog.pg_trigger t "
+					 " WHERE t.tgrelid OPERATOR(pg_catalog.=) 'event_store.events'::pg_catalog.regclass "
+					 " AND t.tgname OPERATOR(pg_catalog.=) 'events_inline_projections')",
 					 false, 1);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "reading event_store.projections failed");
 	any = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	enabled = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+	if (any == enabled)
+		return;
 	rc = SPI_execute(any ?
 					 "ALTER TABLE event_store.events ENABLE ALWAYS TRIGGER events_inline_projections" :
 					 "ALTER TABLE event_store.events DISABLE TRIGGER events_inline_projections",
@@ -428,11 +471,16 @@ es_sync_inline_trigger(void)
 		elog(ERROR, "switching the inline projection trigger failed");
 }
 
-/* Hold appends off until we commit (inline projection bookkeeping) */
+/*
+ * Hold appends off until we commit (inline projection bookkeeping).  SHARE
+ * ROW EXCLUSIVE waits for in-flight appends, blocks new ones, and conflicts
+ * with itself, so two such operations (and the ALTER TABLE that switches the
+ * inline trigger) queue instead of deadlocking.
+ */
 static void
-es_lock_events_share(void)
+es_lock_events_for_inline(void)
 {
-	LockRelationOid(EsGetCatalog()->events_relid, ShareLock);
+	LockRelationOid(EsGetCatalog()->events_relid, ShareRowExclusiveLock);
 }
 
 /* Set position/state of a projection */
@@ -529,6 +577,12 @@ es_call_reset(Oid reset)
 
 	if (!OidIsValid(reset))
 		return;
+	if (!EsFunctionExists(reset))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_FUNCTION),
+				 errmsg("the reset function of the projection no longer exists"),
+				 errdetail("Function with OID %u was dropped.", reset),
+				 errhint("Drop the projection with event_store.drop_projection() and create it again.")));
 	/* it returns void: its (null) result is ignored */
 	fmgr_info(reset, &flinfo);
 	InitFunctionCallInfoData(*fcinfo, &flinfo, 0, InvalidOid, NULL, NULL);
@@ -582,7 +636,7 @@ es_create_projection(PG_FUNCTION_ARGS)
 	values[0] = PointerGetDatum(name_t);
 
 	if (is_inline)
-		es_lock_events_share();
+		es_lock_events_for_inline();
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	if (es_projection_load(name, "", NULL, NULL, NULL, NULL, NULL) != NULL)
@@ -598,7 +652,6 @@ es_create_projection(PG_FUNCTION_ARGS)
 		/* replay history, then go live in the same transaction */
 		p = es_projection_load(name, "", NULL, NULL, NULL, NULL, NULL);
 		es_projection_set(name, es_inline_catch_up(p, 0), "running");
-		es_sync_inline_trigger();
 		EsRegistryChanged(&inline_registry);
 	}
 	SPI_finish();
@@ -621,7 +674,7 @@ es_rebuild_projection(PG_FUNCTION_ARGS)
 	p = es_projection_get(name, &mode, &state, NULL, &reset, false);
 	if (strcmp(mode, "inline") == 0)
 	{
-		es_lock_events_share();
+		es_lock_events_for_inline();
 		p = es_projection_get(name, &mode, &state, NULL, &reset, true);
 		es_call_reset(reset);
 		if (strcmp(state, "paused") == 0)
@@ -655,7 +708,7 @@ es_pause_projection(PG_FUNCTION_ARGS)
 	(void) es_projection_get(name, &mode, &state, &position, NULL, false);
 	if (strcmp(mode, "inline") == 0)
 	{
-		es_lock_events_share();
+		es_lock_events_for_inline();
 		(void) es_projection_get(name, &mode, &state, &position, NULL, true);
 		/* everything up to the head has been applied by the appenders */
 		if (strcmp(state, "running") == 0)
@@ -694,7 +747,7 @@ es_resume_projection(PG_FUNCTION_ARGS)
 	(void) es_projection_get(name, &mode, &state, &position, NULL, false);
 	if (strcmp(mode, "inline") == 0)
 	{
-		es_lock_events_share();
+		es_lock_events_for_inline();
 		p = es_projection_get(name, &mode, &state, &position, NULL, true);
 		if (strcmp(state, "running") != 0)
 			es_projection_set(name, es_inline_catch_up(p, position), "running");
@@ -721,14 +774,15 @@ es_drop_projection(PG_FUNCTION_ARGS)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
+	(void) es_projection_get(name, &mode, NULL, NULL, NULL, false);
+	if (strcmp(mode, "inline") == 0)
+		es_lock_events_for_inline();
 	(void) es_projection_get(name, &mode, NULL, NULL, NULL, true);
+	/* the trigger on event_store.projections switches the inline trigger */
 	es_projection_exec("DELETE FROM event_store.projections WHERE name = $1",
 					   1, types, values, NULL);
 	if (strcmp(mode, "inline") == 0)
-	{
-		es_sync_inline_trigger();
 		EsRegistryChanged(&inline_registry);
-	}
 	SPI_finish();
 	PG_RETURN_VOID();
 }
@@ -744,47 +798,30 @@ es_backoff_ms(int32 attempts)
 	return Min(ms, 300000);
 }
 
-/*
- * One batch of one async projection, in a subtransaction: handler work and
- * checkpoint commit together.  A handler error rolls the batch back, applies
- * the events before the failing one, and records the error (failed after
- * event_store.projection_max_attempts).  Returns events handed to the handler.
- */
-static int64
-es_run_one(const char *name, int64 budget)
+/* Apply (after, upto] in a subtransaction; on error return the error data */
+static ErrorData *
+es_apply_in_subxact(EsProjection *p, const char *name, int64 after, int64 upto,
+					int64 budget, int64 *handed, int64 *current, int64 *newpos)
 {
 	MemoryContext oldcxt = CurrentMemoryContext;
 	ResourceOwner oldowner = CurrentResourceOwner;
-	EsProjection *volatile p = NULL;
-	volatile int64 position = 0;
-	int32		attempts = 0;
-	int64		handed = 0;
-	int64		current = 0;
-	int64		newpos;
 	ErrorData  *volatile edata = NULL;
 
+	*handed = 0;
+	*current = after;
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(oldcxt);
 	PG_TRY();
 	{
-		int64		pos = 0;
-
-		p = es_projection_load(name, "AND mode = 'async' AND state = 'running' FOR UPDATE SKIP LOCKED",
-							   NULL, NULL, &pos, &attempts, NULL);
-		position = pos;
-		if (p != NULL)
+		*newpos = es_apply_range(p, after, upto, budget, handed, current);
+		if (*newpos != after)
 		{
-			newpos = es_apply_range(p, pos, EsSafeHead(), budget, &handed, &current);
-			if (newpos != position || attempts != 0)
-			{
-				Oid			types[2] = {TEXTOID, INT8OID};
-				Datum		values[2] = {CStringGetTextDatum(name), Int64GetDatum(newpos)};
+			Oid			types[2] = {TEXTOID, INT8OID};
+			Datum		values[2] = {CStringGetTextDatum(name), Int64GetDatum(*newpos)};
 
-				es_projection_exec("UPDATE event_store.projections SET position = $2, "
-								   "attempts = 0, last_error = NULL, error_position = NULL, "
-								   "next_attempt_at = NULL, updated_at = pg_catalog.now() "
-								   "WHERE name = $1", 2, types, values, NULL);
-			}
+			es_projection_exec("UPDATE event_store.projections SET position = $2, "
+							   "updated_at = pg_catalog.now() WHERE name = $1",
+							   2, types, values, NULL);
 		}
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(oldcxt);
@@ -798,80 +835,101 @@ es_run_one(const char *name, int64 budget)
 		RollbackAndReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(oldcxt);
 		CurrentResourceOwner = oldowner;
+		*newpos = after;
 	}
 	PG_END_TRY();
-
-	if (edata == NULL)
-		return handed;
-
-	/* the batch failed at event "current": keep what came before it */
-	{
-		int64		failed_at = current;
-		volatile int64 prefix_handed = 0;
-		int64		applied = position;
-		char	   *state;
-
-		if (p != NULL && failed_at - 1 > position)
-		{
-			BeginInternalSubTransaction(NULL);
-			MemoryContextSwitchTo(oldcxt);
-			PG_TRY();
-			{
-				int64		cur;
-				int64		ph;
-				Oid			types[2] = {TEXTOID, INT8OID};
-				Datum		values[2];
-
-				applied = es_apply_range(p, position, failed_at - 1, -1, &ph, &cur);
-				prefix_handed = ph;
-				values[0] = CStringGetTextDatum(name);
-				values[1] = Int64GetDatum(applied);
-				es_projection_exec("UPDATE event_store.projections SET position = $2 "
-								   "WHERE name = $1", 2, types, values, NULL);
-				ReleaseCurrentSubTransaction();
-				MemoryContextSwitchTo(oldcxt);
-				CurrentResourceOwner = oldowner;
-			}
-			PG_CATCH();
-			{
-				MemoryContextSwitchTo(oldcxt);
-				FlushErrorState();
-				RollbackAndReleaseCurrentSubTransaction();
-				MemoryContextSwitchTo(oldcxt);
-				CurrentResourceOwner = oldowner;
-				prefix_handed = 0;
-			}
-			PG_END_TRY();
-		}
-
-		attempts++;
-		state = (attempts >= es_projection_max_attempts) ? "failed" : "running";
-		{
-			Oid			types[6] = {TEXTOID, INT4OID, TEXTOID, TEXTOID, INT8OID, INT8OID};
-			Datum		values[6];
-
-			values[0] = CStringGetTextDatum(name);
-			values[1] = Int32GetDatum(attempts);
-			values[2] = CStringGetTextDatum(edata->message ? edata->message : "unknown error");
-			values[3] = CStringGetTextDatum(state);
-			values[4] = Int64GetDatum(failed_at);
-			values[5] = Int64GetDatum(es_backoff_ms(attempts));
-			es_projection_exec("UPDATE event_store.projections SET attempts = $2, last_error = $3, "
-							   "state = $4, error_position = $5, "
-							   "next_attempt_at = pg_catalog.now() + pg_catalog.make_interval(secs => $6 / 1000.0), "
-							   "updated_at = pg_catalog.now() WHERE name = $1",
-							   6, types, values, NULL);
-		}
-		FreeErrorData(edata);
-		return handed + prefix_handed;
-	}
+	return edata;
 }
 
 /*
- * Run the async projections: each one in batches until it is caught up or
- * max_events events were handed to handlers in total.  With only_due, skip
- * projections whose retry backoff has not expired (the worker); a manual
- * call retries at once.  Caller is connected to SPI.
+ * One batch of one async projection.  The projection's row is locked FOR
+ * UPDATE SKIP LOCKED at the caller's level, so it stays locked whatever
+ * happens to the batch, and the worker and run_projections() never apply the
+ * same batch twice.  The batch runs in a subtransaction: handler work and
+ * checkpoint commit together.  A handler error rolls the batch back, applies
+ * the events before the failing one, and records the error (failed after
+ * event_store.projection_max_attempts).  Returns events handed to handlers.
+ */
+static int64
+es_run_one(const char *name, int64 budget)
+{
+	EsProjection *p;
+	int64		position = 0;
+	int32		attempts = 0;
+	int64		handed = 0;
+	int64		current = 0;
+	int64		newpos;
+	int64		prefix_handed = 0;
+	int64		cur;
+	ErrorData  *edata;
+	ErrorData  *prefix_error;
+	char	   *state;
+
+	p = es_projection_load(name, "AND mode = 'async' AND state = 'running' FOR UPDATE SKIP LOCKED",
+						   NULL, NULL, &position, &attempts, NULL);
+	if (p == NULL)
+		return 0;				/* gone, paused, failed, or being run elsewhere */
+
+	edata = es_apply_in_subxact(p, name, position, EsSafeHead(), budget,
+								&handed, &current, &newpos);
+	if (edata == NULL)
+	{
+		if (attempts != 0)
+		{
+			Oid			types[1] = {TEXTOID};
+			Datum		values[1] = {CStringGetTextDatum(name)};
+
+			es_projection_exec("UPDATE event_store.projections SET attempts = 0, "
+							   "last_error = NULL, error_position = NULL, next_attempt_at = NULL, "
+							   "updated_at = pg_catalog.now() WHERE name = $1",
+							   1, types, values, NULL);
+		}
+		return handed;
+	}
+
+	/* the batch failed at the event at "current": keep what came before it */
+	if (current - 1 > position)
+	{
+		prefix_error = es_apply_in_subxact(p, name, position, current - 1, -1,
+										   &prefix_handed, &cur, &newpos);
+		if (prefix_error != NULL)
+		{
+			FreeErrorData(prefix_error);
+			prefix_handed = 0;
+		}
+	}
+
+	attempts++;
+	state = (attempts >= es_projection_max_attempts) ? "failed" : "running";
+	ereport(LOG,
+			(errmsg("event_store projection \"%s\" failed at global position " INT64_FORMAT " (attempt %d): %s",
+					name, current, attempts, edata->message ? edata->message : "unknown error")));
+	{
+		Oid			types[6] = {TEXTOID, INT4OID, TEXTOID, TEXTOID, INT8OID, INT8OID};
+		Datum		values[6];
+
+		values[0] = CStringGetTextDatum(name);
+		values[1] = Int32GetDatum(attempts);
+		values[2] = CStringGetTextDatum(edata->message ? edata->message : "unknown error");
+		values[3] = CStringGetTextDatum(state);
+		values[4] = Int64GetDatum(current);
+		values[5] = Int64GetDatum(es_backoff_ms(attempts));
+		es_projection_exec("UPDATE event_store.projections SET attempts = $2, last_error = $3, "
+						   "state = $4, error_position = $5, "
+						   "next_attempt_at = pg_catalog.now() + pg_catalog.make_interval(secs => $6 / 1000.0), "
+						   "updated_at = pg_catalog.now() WHERE name = $1",
+						   6, types, values, NULL);
+	}
+	FreeErrorData(edata);
+	return prefix_handed;
+}
+
+/*
+ * Run the async projections until each is caught up or max_events events
+ * were handed to handlers in total, round-robin in slices of 1000 so that a
+ * projection with a large backlog does not starve the others.  With
+ * only_due, skip projections whose retry backoff has not expired (the
+ * worker); a manual call retries at once.  Caller is connected to SPI.
  */
 int64
 EsRunAsyncProjections(int64 max_events, bool only_due)
@@ -879,7 +937,7 @@ EsRunAsyncProjections(int64 max_events, bool only_due)
 	int			rc;
 	int64		total = 0;
 	List	   *names = NIL;
-	ListCell   *lc;
+	bool		progressed = true;
 
 	rc = SPI_execute(only_due ?
 					 "SELECT name FROM event_store.projections WHERE mode = 'async' "
@@ -897,18 +955,30 @@ EsRunAsyncProjections(int64 max_events, bool only_due)
 																 SPI_tuptable->tupdesc, 1, &isnull)));
 	}
 
-	foreach(lc, names)
+	while (progressed && total < max_events && names != NIL)
 	{
-		const char *name = lfirst(lc);
+		ListCell   *lc;
+		List	   *busy = NIL;
 
-		while (total < max_events)
+		progressed = false;
+		foreach(lc, names)
 		{
-			int64		n = es_run_one(name, Min(max_events - total, (int64) 1000));
+			char	   *name = lfirst(lc);
+			int64		slice = Min(max_events - total, (int64) ES_PROJECTION_SLICE);
+			int64		n;
 
-			total += n;
-			if (n < 1000)
+			if (slice <= 0)
 				break;
+			n = es_run_one(name, slice);
+			total += n;
+			/* a full slice means there may be more for this projection */
+			if (n >= slice)
+			{
+				busy = lappend(busy, name);
+				progressed = true;
+			}
 		}
+		names = busy;
 	}
 	return total;
 }

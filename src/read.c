@@ -198,6 +198,7 @@ EsScanEvents(const EsCatalog *cat, EsScanSpec *spec, EsRowCallback callback,
 		slot_getallattrs(slot);
 		memcpy(values, slot->tts_values, sizeof(values));
 		memcpy(isnull, slot->tts_isnull, sizeof(isnull));
+		spec->current_position = DatumGetInt64(values[Anum_es_global_position - 1]);
 
 		MemoryContextReset(rowcxt);
 		oldcxt = MemoryContextSwitchTo(rowcxt);

@@ -234,7 +234,7 @@ EsCheckCallbackSignature(Oid fn, const char *role, int nargs, const Oid *argtype
 	ReleaseSysCache(tup);
 	if (!ok)
 		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_FUNCTION_DEFINITION),
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("function %s cannot be used as %s", format_procedure(fn), role),
 				 errdetail("It must be %s.", expected)));
 }
