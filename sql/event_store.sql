@@ -381,6 +381,14 @@ COMMENT ON TABLE event_store.saga_definitions IS 'Saga types; maintained with de
 SELECT pg_catalog.pg_extension_config_dump('event_store.saga_definitions', '');
 REVOKE ALL ON TABLE event_store.saga_definitions FROM PUBLIC;
 
+-- Every event type some saga step ever waited for (complete_on / fail_on):
+-- sagas started under an older definition keep waiting for their types.
+CREATE TABLE event_store.saga_watched_types (
+    event_type text COLLATE "C" PRIMARY KEY
+);
+SELECT pg_catalog.pg_extension_config_dump('event_store.saga_watched_types', '');
+REVOKE ALL ON TABLE event_store.saga_watched_types FROM PUBLIC;
+
 CREATE TABLE event_store.sagas (
     saga_id        uuid PRIMARY KEY,
     saga_type      text COLLATE "C" NOT NULL,
@@ -487,6 +495,9 @@ BEGIN
     IF r < interval '0' THEN
         PERFORM event_store._saga_bad(format('%s must not be negative', what));
     END IF;
+    IF r > interval '100 years' THEN
+        PERFORM event_store._saga_bad(format('%s must not exceed 100 years', what));
+    END IF;
     RETURN r;
 END $$;
 
@@ -496,16 +507,22 @@ CREATE FUNCTION event_store._saga_function(name text, what text) RETURNS regproc
 DECLARE
     f regprocedure;
     rt oid;
+    rs boolean;
 BEGIN
-    f := pg_catalog.to_regprocedure(name || '(uuid, jsonb)');
+    BEGIN
+        f := pg_catalog.to_regprocedure(name || '(uuid, jsonb)');
+    EXCEPTION WHEN syntax_error OR invalid_name OR invalid_parameter_value OR undefined_object THEN
+        PERFORM event_store._saga_bad(format('%s "%s" is not a valid function name', what, name),
+                                      'Name a function such as "inventory.reserve".');
+    END;
     IF f IS NULL THEN
         PERFORM event_store._saga_bad(format('%s function %s(uuid, jsonb) does not exist', what, name),
                                       'A step function takes (saga_id uuid, data jsonb) and returns jsonb.',
                                       '42883');
     END IF;
-    SELECT prorettype INTO rt FROM pg_catalog.pg_proc WHERE oid = f;
-    IF rt <> 'jsonb'::regtype THEN
-        PERFORM event_store._saga_bad(format('%s function %s must return jsonb', what, f::text));
+    SELECT prorettype, proretset INTO rt, rs FROM pg_catalog.pg_proc WHERE oid = f;
+    IF rt <> 'jsonb'::regtype OR rs THEN
+        PERFORM event_store._saga_bad(format('%s function %s must return a single jsonb', what, f::text));
     END IF;
     RETURN f;
 END $$;
@@ -596,7 +613,7 @@ BEGIN
                 PERFORM event_store._saga_bad(format('step "%s" runs a nested saga and cannot also have "action", "complete_on" or "fail_on"', nm));
             END IF;
             IF NOT EXISTS (SELECT 1 FROM event_store.saga_definitions d WHERE d.saga_type = step ->> 'saga')
-               AND step ->> 'saga' <> define_saga.saga_type THEN
+               OR step ->> 'saga' = define_saga.saga_type THEN
                 PERFORM event_store._saga_bad(format('saga type "%s" of step "%s" is not defined', step ->> 'saga', nm),
                                               'Define the nested saga type first.');
             END IF;
@@ -625,6 +642,27 @@ BEGIN
             'max_attempts', maxatt,
             'backoff', COALESCE(event_store._saga_interval(step -> 'backoff', format('"backoff" of step "%s"', nm)), interval '1 second'));
     END LOOP;
+
+    -- nested sagas must not lead back to this type (a saga would start itself forever)
+    IF EXISTS (
+        WITH RECURSIVE reach(t) AS (
+            SELECT x ->> 'child_type' FROM jsonb_array_elements(norm) x WHERE x ->> 'child_type' IS NOT NULL
+            UNION
+            SELECT y ->> 'child_type'
+              FROM reach r
+              JOIN event_store.saga_definitions d ON d.saga_type = r.t
+             CROSS JOIN LATERAL jsonb_array_elements(d.steps) y
+             WHERE y ->> 'child_type' IS NOT NULL)
+        SELECT 1 FROM reach WHERE t = define_saga.saga_type) THEN
+        PERFORM event_store._saga_bad(format('saga type "%s" would nest itself', define_saga.saga_type),
+                                      'Nested sagas must not form a cycle.');
+    END IF;
+
+    INSERT INTO event_store.saga_watched_types (event_type)
+    SELECT DISTINCT t FROM jsonb_array_elements(norm) x,
+           LATERAL (VALUES (x ->> 'complete_on'), (x ->> 'fail_on')) v(t)
+     WHERE t IS NOT NULL
+    ON CONFLICT DO NOTHING;
 
     INSERT INTO event_store.saga_definitions AS d (saga_type, definition, steps, timeout)
     VALUES (define_saga.saga_type, definition, norm, saga_timeout)
@@ -662,10 +700,11 @@ BEGIN
     RETURN r;
 END $$;
 
--- Backoff before attempt n+1: base doubling per attempt, with +-25% jitter
+-- Backoff before attempt n+1: base doubling per attempt (at most a day), with +-25% jitter
 CREATE FUNCTION event_store._saga_backoff(base interval, attempts int) RETURNS interval
     LANGUAGE sql AS $$
-    SELECT base * power(2, greatest(attempts - 1, 0))::double precision * (0.75 + random() * 0.5)
+    SELECT least(base * power(2, least(greatest(attempts - 1, 0), 40))::double precision,
+                 interval '1 day') * (0.75 + random() * 0.5)
 $$;
 
 -- The step completed with a result
@@ -720,23 +759,27 @@ CREATE FUNCTION event_store._saga_step_failed(p_saga uuid, p_step text, p_error 
     RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     st record;
+    retry boolean;
 BEGIN
     SELECT * INTO st FROM event_store.saga_steps WHERE saga_id = p_saga AND name = p_step;
-    IF p_retryable AND st.attempts < st.max_attempts THEN
-        UPDATE event_store.saga_steps
-           SET status = 'pending', last_error = p_error, lease_owner = NULL, lease_expires_at = NULL,
-               deadline = NULL, next_attempt_at = now() + event_store._saga_backoff(st.backoff, st.attempts),
-               updated_at = now()
-         WHERE saga_id = p_saga AND name = p_step;
-        PERFORM event_store._saga_event(p_saga, 'SagaStepFailed',
-            jsonb_build_object('step', p_step, 'error', p_error, 'attempt', st.attempts, 'retrying', true));
-    ELSE
-        UPDATE event_store.saga_steps
-           SET status = 'failed', last_error = p_error, lease_owner = NULL, lease_expires_at = NULL,
-               deadline = NULL, next_attempt_at = NULL, updated_at = now()
-         WHERE saga_id = p_saga AND name = p_step;
-        PERFORM event_store._saga_event(p_saga, 'SagaStepFailed',
-            jsonb_build_object('step', p_step, 'error', p_error, 'attempt', st.attempts, 'retrying', false));
+    retry := p_retryable AND st.attempts < st.max_attempts;
+    -- the step lets go of its nested saga first, so that saga's end is not
+    -- reported back to this attempt
+    UPDATE event_store.saga_steps
+       SET status = CASE WHEN retry THEN 'pending' ELSE 'failed' END,
+           last_error = p_error, lease_owner = NULL, lease_expires_at = NULL, deadline = NULL,
+           child_saga_id = NULL,
+           next_attempt_at = CASE WHEN retry THEN now() + event_store._saga_backoff(st.backoff, st.attempts) END,
+           updated_at = now()
+     WHERE saga_id = p_saga AND name = p_step;
+    PERFORM event_store._saga_event(p_saga, 'SagaStepFailed',
+        jsonb_build_object('step', p_step, 'error', p_error, 'attempt', st.attempts, 'retrying', retry));
+    -- a nested step gives up on its child saga: fail (and so compensate) it
+    IF st.child_saga_id IS NOT NULL THEN
+        PERFORM event_store._saga_fail(st.child_saga_id, format('step "%s" of the parent saga failed', p_step));
+        PERFORM event_store._saga_advance(st.child_saga_id);
+    END IF;
+    IF NOT retry THEN
         PERFORM event_store._saga_fail(p_saga, format('step "%s" failed: %s', p_step, p_error));
     END IF;
 END $$;
@@ -1065,6 +1108,11 @@ DECLARE
     sstatus text;
 BEGIN
     SELECT status INTO sstatus FROM event_store.sagas s WHERE s.saga_id = st.saga_id;
+    IF st.kind = 'nested' THEN
+        RAISE EXCEPTION 'step "%" of saga % is completed by its nested saga', st.name, st.saga_id
+            USING ERRCODE = '55000',
+                  HINT = 'Complete the steps of the nested saga instead.';
+    END IF;
     IF st.status = 'running' AND sstatus = 'running' THEN
         PERFORM event_store._saga_step_done(st.saga_id, st.name, COALESCE(result, '{}'));
     ELSIF st.status = 'compensating' AND st.comp_kind = 'external' AND sstatus = 'compensating' THEN
@@ -1190,6 +1238,9 @@ BEGIN
             AND (st.deadline <= now() OR st.lease_expires_at <= now());
         CONTINUE WHEN NOT FOUND;
         IF r.status = 'running' THEN
+            -- an external step nobody claimed still used up an attempt by timing out
+            UPDATE event_store.saga_steps SET attempts = attempts + 1
+             WHERE saga_id = r.saga_id AND name = r.name AND kind = 'external' AND lease_owner IS NULL;
             PERFORM event_store._saga_step_failed(r.saga_id, r.name,
                 CASE WHEN r.deadline <= now() THEN 'step timed out' ELSE 'lease expired' END, true);
         ELSE

@@ -60,10 +60,7 @@ es_saga_load(void)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	rc = SPI_execute("SELECT DISTINCT t FROM event_store.saga_definitions d, "
-					 "pg_catalog.jsonb_array_elements(d.steps) s, "
-					 "LATERAL (VALUES (s ->> 'complete_on'), (s ->> 'fail_on')) v(t) "
-					 "WHERE t IS NOT NULL", true, 0);
+	rc = SPI_execute("SELECT event_type FROM event_store.saga_watched_types", true, 0);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "reading event_store.saga_definitions failed: %s", SPI_result_code_string(rc));
 	for (uint64 i = 0; i < SPI_processed; i++)
