@@ -33,21 +33,26 @@ COMMENT ON TYPE event_store.event IS 'An event as returned by every read of even
 -- The store.  Same columns, same order as event_store.event; rows are immutable.
 CREATE TABLE event_store.events (
     global_position bigint      NOT NULL,
-    stream_id       text COLLATE "C" NOT NULL CHECK (stream_id <> ''),
+    stream_id       text        NOT NULL CHECK (stream_id <> ''),
     stream_version  bigint      NOT NULL CHECK (stream_version > 0),
     event_id        uuid        NOT NULL,
-    event_type      text COLLATE "C" NOT NULL CHECK (event_type <> ''),
+    event_type      text        NOT NULL CHECK (event_type <> ''),
     data            jsonb       NOT NULL,
     metadata        jsonb       NOT NULL CHECK (jsonb_typeof(metadata) = 'object'),
     schema_version  int         NOT NULL CHECK (schema_version > 0),
     recorded_at     timestamptz NOT NULL,
     CONSTRAINT events_pkey PRIMARY KEY (global_position),
-    CONSTRAINT events_stream_id_stream_version_key UNIQUE (stream_id, stream_version),
     CONSTRAINT events_event_id_key UNIQUE (event_id)
 );
+-- The columns keep the database's collation (rows compare with any text);
+-- the indexes on stream ids compare bytes ("C"): ids are identifiers, and
+-- byte comparison keeps the append and read paths fast.  The extension's own
+-- scans use these indexes with their collation.
+CREATE UNIQUE INDEX events_stream_id_stream_version_key
+    ON event_store.events (stream_id COLLATE "C", stream_version);
 -- read_category: category = the part of the stream id before the first '-'
 CREATE INDEX events_category_position_idx
-    ON event_store.events ((pg_catalog.split_part(stream_id, '-', 1)), global_position);
+    ON event_store.events ((pg_catalog.split_part(stream_id, '-', 1) COLLATE "C"), global_position);
 COMMENT ON TABLE event_store.events IS 'All events, immutable; written only by event_store.append()';
 
 SELECT pg_catalog.pg_extension_config_dump('event_store.events', '');
@@ -152,10 +157,10 @@ COMMENT ON FUNCTION event_store.wait_for_events(bigint, interval) IS
 ------------------------------------------------------------------------------
 
 CREATE TABLE event_store.upcasters (
-    event_type          text COLLATE "C" NOT NULL CHECK (event_type <> ''),
+    event_type          text NOT NULL CHECK (event_type <> ''),
     from_schema_version int          NOT NULL CHECK (from_schema_version > 0),
     upcaster            regprocedure NOT NULL,
-    to_event_type       text COLLATE "C" CHECK (to_event_type <> ''),
+    to_event_type       text CHECK (to_event_type <> ''),
     registered_at       timestamptz  NOT NULL DEFAULT now(),
     PRIMARY KEY (event_type, from_schema_version)
 );
@@ -184,7 +189,7 @@ COMMENT ON FUNCTION event_store.drop_upcaster(text, int) IS
 ------------------------------------------------------------------------------
 
 CREATE TABLE event_store.aggregates (
-    category       text COLLATE "C" PRIMARY KEY
+    category       text PRIMARY KEY
                    CHECK (category <> '' AND strpos(category, '-') = 0),
     reducer        regprocedure NOT NULL,
     initial_state  jsonb        NOT NULL,
@@ -197,7 +202,7 @@ SELECT pg_catalog.pg_extension_config_dump('event_store.aggregates', '');
 REVOKE ALL ON TABLE event_store.aggregates FROM PUBLIC;
 
 CREATE TABLE event_store.snapshots (
-    stream_id      text COLLATE "C" NOT NULL,
+    stream_id      text NOT NULL,
     stream_version bigint      NOT NULL CHECK (stream_version > 0),
     state          jsonb       NOT NULL,
     state_version  int         NOT NULL CHECK (state_version > 0),
@@ -261,7 +266,7 @@ COMMENT ON FUNCTION event_store.purge_snapshots(text) IS
 ------------------------------------------------------------------------------
 
 CREATE TABLE event_store.projections (
-    name            text COLLATE "C" PRIMARY KEY CHECK (name <> ''),
+    name            text PRIMARY KEY CHECK (name <> ''),
     handler         regprocedure NOT NULL,
     event_types     text[],
     categories      text[],
@@ -371,7 +376,7 @@ SELECT event_store._worker_rescan();
 -- an event that carries metadata.saga_id and a watched type.
 
 CREATE TABLE event_store.saga_definitions (
-    saga_type  text COLLATE "C" PRIMARY KEY CHECK (saga_type <> ''),
+    saga_type  text PRIMARY KEY CHECK (saga_type <> ''),
     definition jsonb       NOT NULL,   -- as given
     steps      jsonb       NOT NULL,   -- normalised: defaults filled in, functions resolved
     timeout    interval,
@@ -384,14 +389,14 @@ REVOKE ALL ON TABLE event_store.saga_definitions FROM PUBLIC;
 -- Every event type some saga step ever waited for (complete_on / fail_on):
 -- sagas started under an older definition keep waiting for their types.
 CREATE TABLE event_store.saga_watched_types (
-    event_type text COLLATE "C" PRIMARY KEY
+    event_type text PRIMARY KEY
 );
 SELECT pg_catalog.pg_extension_config_dump('event_store.saga_watched_types', '');
 REVOKE ALL ON TABLE event_store.saga_watched_types FROM PUBLIC;
 
 CREATE TABLE event_store.sagas (
     saga_id        uuid PRIMARY KEY,
-    saga_type      text COLLATE "C" NOT NULL,
+    saga_type      text NOT NULL,
     status         text NOT NULL DEFAULT 'running'
                    CHECK (status IN ('running', 'completed', 'compensating', 'compensated', 'compensation_failed')),
     start_data     jsonb NOT NULL,
@@ -414,7 +419,7 @@ REVOKE ALL ON TABLE event_store.sagas FROM PUBLIC;
 CREATE TABLE event_store.saga_steps (
     saga_id          uuid NOT NULL REFERENCES event_store.sagas (saga_id),
     step_no          int  NOT NULL,          -- 1-based position in the definition
-    name             text COLLATE "C" NOT NULL,
+    name             text NOT NULL,
     grp              int  NOT NULL,
     kind             text NOT NULL CHECK (kind IN ('local', 'external', 'event', 'nested')),
     action           regprocedure,

@@ -86,7 +86,7 @@ SELECT throws_ok($$SELECT * FROM event_store.load_aggregate('tapnothing-1')$$, '
                  'no aggregate is defined for category "tapnothing"',
                  'load_aggregate of a category without an aggregate');
 SELECT throws_ok($$SELECT event_store.define_aggregate('taptally',
-                     'pg_temp.tap_up(jsonb,jsonb)'::regprocedure)$$, '42P13', NULL,
+                     'pg_temp.tap_up(jsonb,jsonb)'::regprocedure)$$, '22023', NULL,
                  'a reducer with the wrong signature is rejected');
 SELECT throws_ok($$SELECT event_store.define_aggregate('taptally',
                      'pg_temp.tap_count(jsonb,event_store.event)'::regprocedure, '{}', 0)$$,
@@ -94,7 +94,7 @@ SELECT throws_ok($$SELECT event_store.define_aggregate('taptally',
 SELECT throws_ok($$SELECT event_store.save_snapshot('taptally-1', 4, '{}')$$, '22023', NULL,
                  'save_snapshot beyond the end of the stream is rejected');
 SELECT throws_ok($$SELECT event_store.register_upcaster('TapOld', 1,
-                     'pg_temp.tap_count(jsonb,event_store.event)'::regprocedure)$$, '42P13', NULL,
+                     'pg_temp.tap_count(jsonb,event_store.event)'::regprocedure)$$, '22023', NULL,
                  'an upcaster with the wrong signature is rejected');
 SELECT throws_ok($$SELECT event_store.drop_upcaster('TapOld', 1)$$, '42704', NULL,
                  'dropping a missing upcaster is an error');
