@@ -87,6 +87,7 @@ extern void EsWakeWorker(void);
 extern bool EsTakeProjectionsChanged(void);
 extern int64 EsSafeHeadIfReady(void);
 extern void EsSetWorkerProc(bool running);
+extern void EsWorkerWantsCommits(bool wants);
 extern void EsSetLauncherProc(bool running);
 extern void EsRequestRescan(void);
 extern bool EsTakeRescanRequest(void);

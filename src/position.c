@@ -61,6 +61,8 @@ typedef struct EsDbState
 	ConditionVariable head_cv;	/* broadcast when an appender's xact ends */
 	int			worker_procno;	/* pgprocno of the database's worker, or -1 */
 	bool		projections_changed;	/* the worker should re-read projections */
+	bool		worker_wants_commits;	/* it runs async projections: wake it per commit */
+	pg_atomic_uint64 last_wake;	/* when an appender last woke the worker */
 } EsDbState;
 
 /* Per-process slot; written by its owner only */
@@ -159,6 +161,8 @@ EsPositionShmemInit(void)
 			db->next_position = 1;
 			pg_atomic_init_u64(&db->max_committed, 0);
 			db->worker_procno = -1;
+			db->worker_wants_commits = false;
+			pg_atomic_init_u64(&db->last_wake, 0);
 			ConditionVariableInit(&db->head_cv);
 		}
 		es_shared->launcher_procno = -1;
@@ -215,17 +219,34 @@ es_release_positions(bool committed)
 	ConditionVariableBroadcast(&my_db->head_cv);
 }
 
-/* Set the latch of this database's worker, if it runs */
+/*
+ * Set the latch of this database's worker, if it runs.  Unless forced (a
+ * projection changed) or the worker runs async projections, an appender
+ * wakes it at most once per event_store.notify_interval: enough for the
+ * throttled NOTIFY, and it keeps a busy store from paying for a wake-up per
+ * commit.
+ */
 static void
-es_wake_db_worker(void)
+es_wake_db_worker(bool force)
 {
 	int			procno;
 
 	if (my_db == NULL)
 		return;
 	procno = my_db->worker_procno;
-	if (procno >= 0 && procno < es_shared->nprocs && procno != ES_MY_PROCNO)
-		SetLatch(&ProcGlobal->allProcs[procno].procLatch);
+	if (procno < 0 || procno >= es_shared->nprocs || procno == ES_MY_PROCNO)
+		return;
+	if (!force && !my_db->worker_wants_commits)
+	{
+		TimestampTz now = GetCurrentTimestamp();
+		uint64		last = pg_atomic_read_u64(&my_db->last_wake);
+
+		if ((int64) (now - (TimestampTz) last) < (int64) es_notify_interval_ms * 1000)
+			return;
+		if (!pg_atomic_compare_exchange_u64(&my_db->last_wake, &last, (uint64) now))
+			return;				/* another appender just woke it */
+	}
+	SetLatch(&ProcGlobal->allProcs[procno].procLatch);
 }
 
 /* Transaction end: publish that our positions are settled */
@@ -255,9 +276,11 @@ es_xact_callback(XactEvent event, void *arg)
 			stale_at_commit = false;
 			if (xact_holds_positions || wake_worker_at_end)
 			{
+				bool		force = wake_worker_at_end;
+
 				es_release_positions(event == XACT_EVENT_COMMIT ||
 									 event == XACT_EVENT_PARALLEL_COMMIT);
-				es_wake_db_worker();
+				es_wake_db_worker(force);
 			}
 			wake_worker_at_end = false;
 			break;
@@ -588,6 +611,14 @@ EsWakeWorker(void)
 {
 	es_attach_db();
 	wake_worker_at_end = true;
+}
+
+/* The worker tells whether it wants a wake-up per commit (async projections) */
+void
+EsWorkerWantsCommits(bool wants)
+{
+	es_attach_db();
+	my_db->worker_wants_commits = wants;
 }
 
 /* The database worker announces (or withdraws) itself */

@@ -354,6 +354,7 @@ es_worker_main(Datum arg)
 	int64		notified_head = -1;
 	int64		round_head = -1;
 	bool		has_async = true;
+	bool		recheck = false;
 	TimestampTz last_notify = 0;
 	TimestampTz last_round = 0;
 
@@ -411,19 +412,29 @@ es_worker_main(Datum arg)
 				}
 				CHECK_FOR_INTERRUPTS();
 			} while (n > 0);
+			EsWorkerWantsCommits(has_async);
 			es_worker_saga_tick();
 		}
 
-		/* throttled NOTIFY when the head advanced */
+		/*
+		 * Throttled NOTIFY when the head advanced.  Appenders wake us at
+		 * most once per interval, so after a notification look once more an
+		 * interval later for commits that did not wake us.
+		 */
+		if (recheck)
+		{
+			recheck = false;
+			timeout = Min(timeout, es_notify_interval_ms);
+		}
 		if (head > notified_head)
 		{
 			if (TimestampDifferenceExceeds(last_notify, now, es_notify_interval_ms))
 			{
 				notified_head = es_worker_notify(notified_head);
 				last_notify = now;
+				recheck = true;
 			}
-			else
-				timeout = Min(timeout, es_notify_interval_ms);
+			timeout = Min(timeout, es_notify_interval_ms);
 		}
 
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
