@@ -166,7 +166,7 @@ done
 # measuring
 # ---------------------------------------------------------------------------
 mkdir -p "$LOG_DIR"
-rm -f "$LOG_DIR"/*.log
+rm -f "$LOG_DIR"/*.log "$LOG_DIR/segments.txt"
 
 # pgbench SCRIPT CLIENTS SYNC SECONDS LOGNAME -> prints tps
 run_pgbench() {
@@ -189,11 +189,33 @@ run_pgbench() {
 	awk '/^tps = / { print $3; exit }' "$out"
 }
 
-# checkpoint, then measure: every measured run starts from a clean state
+# CPU time (clock ticks) used so far by the whole cluster: the postmaster,
+# its live children (backends, WAL writer, checkpointer, event_store
+# workers...) and the children it has reaped (the backends of finished runs).
+CLK_TCK=$(getconf CLK_TCK)
+cluster_cpu_ticks() {
+	local pm
+	pm=$(head -n 1 "$DATA/postmaster.pid")
+	# cat skips the processes that exit meanwhile; awk would stop at them
+	cat /proc/[0-9]*/stat 2>/dev/null | awk -v pm="$pm" '
+		$1 == pm { t += $14 + $15 + $16 + $17 }
+		$4 == pm { t += $14 + $15 }
+		END { print t + 0 }' || true
+}
+
+# checkpoint, then measure: every measured run starts from a clean state.
+# Prints "tps cpu_ticks transactions".
 measure() {
 	local script=$1 clients=$2 sync=$3 secs=$4 logname=$5
+	local tps t0 t1 n
 	"${PSQL[@]}" -c CHECKPOINT >/dev/null
-	run_pgbench "$script" "$clients" "$sync" "$secs" "$logname"
+	sleep 0.1	# let the postmaster reap the backend of that psql
+	t0=$(cluster_cpu_ticks)
+	tps=$(run_pgbench "$script" "$clients" "$sync" "$secs" "$logname")
+	sleep 0.1	# ... and those of the pgbench run
+	t1=$(cluster_cpu_ticks)
+	n=$(awk '/^number of transactions actually processed:/ { print $6; exit }' "$LOG_DIR/$logname.log")
+	echo "$tps $((t1 - t0)) ${n:-0}"
 }
 
 ROWS=()
@@ -224,7 +246,8 @@ pair() {
 	local name=$1 es=$2 base=$3 clients=$4 sync=$5 items=$6 unit=$7 target=$8
 	local tag
 	local -a es_runs=() base_runs=()
-	local side script i=0 tps es_tps base_tps ratio noise verdict es_items base_items
+	local side script i=0 tps ticks xacts es_tps base_tps ratio noise verdict es_items base_items
+	local es_ticks=0 es_xacts=0 base_ticks=0 base_xacts=0 es_cpu base_cpu cpu_ratio
 
 	tag=${es#es_}
 	tag="${tag%.sql}-c$clients-$sync"
@@ -234,11 +257,26 @@ pair() {
 	for side in "${ORDER[@]}"; do
 		i=$((i + 1))
 		if [[ $side == es ]]; then script=$es; else script=$base; fi
-		tps=$(measure "$script" "$clients" "$sync" "$SEGMENT" "$side-$tag-$i")
-		if [[ $side == es ]]; then es_runs+=("$tps"); else base_runs+=("$tps"); fi
+		read -r tps ticks xacts < <(measure "$script" "$clients" "$sync" "$SEGMENT" "$side-$tag-$i")
+		[[ -n "$tps" ]] || die "no result for $script"
+		if [[ $side == es ]]; then
+			es_runs+=("$tps")
+			es_ticks=$((es_ticks + ticks))
+			es_xacts=$((es_xacts + xacts))
+		else
+			base_runs+=("$tps")
+			base_ticks=$((base_ticks + ticks))
+			base_xacts=$((base_xacts + xacts))
+		fi
 	done
-	printf '%s, %s client(s), synchronous_commit=%s: event_store %s | baseline %s\n' \
-		"$name" "$clients" "$sync" "${es_runs[*]}" "${base_runs[*]}" >>"$LOG_DIR/segments.txt"
+	read -r es_cpu base_cpu cpu_ratio < <(awk -v et="$es_ticks" -v ex="$es_xacts" \
+		-v bt="$base_ticks" -v bx="$base_xacts" -v hz="$CLK_TCK" 'BEGIN {
+			e = et * 1e6 / hz / ex; b = bt * 1e6 / hz / bx
+			printf "%.1f %.1f %.3f\n", e, b, b / e
+		}')
+	printf '%s, %s client(s), synchronous_commit=%s: event_store %s | baseline %s | cpu us/op %s | %s\n' \
+		"$name" "$clients" "$sync" "${es_runs[*]}" "${base_runs[*]}" "$es_cpu" "$base_cpu" \
+		>>"$LOG_DIR/segments.txt"
 	read -r es_tps base_tps ratio noise < <(awk -v e="${es_runs[*]}" -v b="${base_runs[*]}" '
 		function median(str, v, n, i, j, t) {
 			n = split(str, v, " ")
@@ -276,9 +314,9 @@ pair() {
 		es_items="-"
 		base_items="-"
 	fi
-	ROWS+=("$(printf '%-22s | %7s | %-11s | %15.1f | %12.1f | %6s | %5s | %-8s | %13s | %13s | %s' \
-		"$name" "$clients" "$sync" "$es_tps" "$base_tps" "$ratio" "$noise" "$unit" \
-		"$es_items" "$base_items" "$verdict")")
+	ROWS+=("$(printf '%-22s | %7s | %-11s | %15.1f | %12.1f | %6s | %5s | %9s | %9s | %6s | %-8s | %11s | %11s | %s' \
+		"$name" "$clients" "$sync" "$es_tps" "$base_tps" "$ratio" "$noise" \
+		"$es_cpu" "$base_cpu" "$cpu_ratio" "$unit" "$es_items" "$base_items" "$verdict")")
 }
 
 log "== measuring: per side ${WARMUP}s of warm-up, then $SEGMENTS x ${SEGMENT}s in the order ${ORDER[*]}"
@@ -363,11 +401,14 @@ report() {
 	echo "fixture:  $((STREAMS * PER_STREAM)) events in $STREAMS streams + $READER_EVENTS in reader-1, same rows in the baseline table, VACUUM ANALYZE"
 	echo "ratio = event_store tps / baseline tps (for reads and batches also the rows/s and events/s ratio)"
 	echo "tps = median of a side's segments; noise = larger spread (max - min) of one side's segments / median"
+	echo "cpu/op = CPU time (us) of the whole server (backends, WAL writer, event_store worker...) per transaction,"
+	echo "         over all segments of a side; cpu r. = baseline cpu/op / event_store cpu/op (like ratio: < 1 = costlier),"
+	echo "         much less sensitive than tps to other load on the machine"
 	echo
-	printf '%-22s | %7s | %-11s | %15s | %12s | %6s | %5s | %-8s | %13s | %13s | %s\n' \
+	printf '%-22s | %7s | %-11s | %15s | %12s | %6s | %5s | %9s | %9s | %6s | %-8s | %11s | %11s | %s\n' \
 		"case" "clients" "sync_commit" "event_store tps" "baseline tps" "ratio" "noise" \
-		"unit" "event_store" "baseline" "target"
-	printf '%s\n' "-----------------------+---------+-------------+-----------------+--------------+--------+-------+----------+---------------+---------------+----------------"
+		"es cpu/op" "base cpu" "cpu r." "unit" "event_store" "baseline" "target"
+	printf '%s\n' "-----------------------+---------+-------------+-----------------+--------------+--------+-------+-----------+-----------+--------+----------+-------------+-------------+----------------"
 	printf '%s\n' "${ROWS[@]}"
 	echo
 	echo "targets met (synchronous_commit = off, the primary figures): $TARGETS_MET of $TARGETS_TOTAL"
