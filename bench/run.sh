@@ -61,6 +61,13 @@ if [[ "${BENCH_SKIP_BUILD:-0}" != 1 ]]; then
 	make -C "$REPO_DIR" -s PG_CONFIG="$PG_CONFIG" install >/dev/null
 fi
 
+# what was measured: the commit, and whether the extension's sources differed
+BUILD_DESC="event_store $(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo '(not a git checkout)')"
+if ! git -C "$REPO_DIR" diff --quiet HEAD -- src sql Makefile event_store.control 2>/dev/null; then
+	BUILD_DESC="$BUILD_DESC with uncommitted changes"
+fi
+[[ "${BENCH_SKIP_BUILD:-0}" == 1 ]] && BUILD_DESC="$BUILD_DESC (not rebuilt: the installed library was used)"
+
 # ---------------------------------------------------------------------------
 # throwaway cluster
 # ---------------------------------------------------------------------------
@@ -394,6 +401,7 @@ report() {
 		                'full_page_writes', 'autovacuum', 'jit', 'work_mem')")
 	echo "event_store benchmark, $(date -u '+%Y-%m-%d %H:%M UTC')"
 	echo "server:   $("${PSQL[@]}" -Atc 'SELECT version()')"
+	echo "build:    $BUILD_DESC"
 	echo "machine:  $(uname -sm), nproc=$NPROC, $(awk '/MemTotal/ { printf "%.0f GB RAM", $2 / 1048576 }' /proc/meminfo)"
 	echo "settings: $settings"
 	echo "pgbench:  -M prepared, -j min(clients, $NPROC); per side ${WARMUP}s warm-up, then $SEGMENTS segments of -T $SEGMENT,"
