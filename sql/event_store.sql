@@ -288,27 +288,6 @@ COMMENT ON TABLE event_store.projections IS 'Projections and their checkpoints; 
 SELECT pg_catalog.pg_extension_config_dump('event_store.projections', '');
 REVOKE ALL ON TABLE event_store.projections FROM PUBLIC;
 
--- Keep the inline trigger's enabled state in step with the projections
--- (also when pg_restore loads this table, which does not restore that state).
-CREATE FUNCTION event_store._sync_inline_trigger() RETURNS trigger
-    LANGUAGE c AS 'MODULE_PATHNAME', 'es_sync_inline_trigger';
-REVOKE ALL ON FUNCTION event_store._sync_inline_trigger() FROM PUBLIC;
-CREATE TRIGGER projections_sync_inline_trigger
-    AFTER INSERT OR DELETE ON event_store.projections
-    FOR EACH STATEMENT EXECUTE FUNCTION event_store._sync_inline_trigger();
-ALTER TABLE event_store.projections ENABLE ALWAYS TRIGGER projections_sync_inline_trigger;
-
--- Inline projections: one statement-level trigger with the appended rows as a
--- transition table.  Enabled only while an inline projection exists.
-CREATE FUNCTION event_store._apply_inline_projections() RETURNS trigger
-    LANGUAGE c AS 'MODULE_PATHNAME', 'es_projection_trigger';
-REVOKE ALL ON FUNCTION event_store._apply_inline_projections() FROM PUBLIC;
-CREATE TRIGGER events_inline_projections
-    AFTER INSERT ON event_store.events
-    REFERENCING NEW TABLE AS appended
-    FOR EACH STATEMENT EXECUTE FUNCTION event_store._apply_inline_projections();
-ALTER TABLE event_store.events DISABLE TRIGGER events_inline_projections;
-
 CREATE FUNCTION event_store.create_projection(name text, handler regprocedure,
                                               event_types text[] DEFAULT NULL,
                                               categories text[] DEFAULT NULL,

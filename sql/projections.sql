@@ -5,8 +5,7 @@
 -- resume and rebuild of inline and async projections, async projections
 -- driven by run_projections() with projection_status, failing async
 -- handlers (retries, failed state, the other projections keep going),
--- drop_projection, argument checks, and the inline trigger being enabled
--- exactly while an inline projection exists.
+-- drop_projection and argument checks.
 --
 -- The background worker is off in this suite (test/event_store.conf), so
 -- async projections move only when run_projections() is called.
@@ -43,14 +42,6 @@ EXCEPTION WHEN OTHERS THEN
                       WHERE l LIKE 'projection %'), '');
 END
 $f$;
-
--- Is the inline trigger enabled ('A', always) or disabled ('D')?
-CREATE FUNCTION pg_temp.inline_trigger() RETURNS "char"
-LANGUAGE sql AS $$
-    SELECT tgenabled FROM pg_trigger
-     WHERE tgrelid = 'event_store.events'::regclass
-       AND tgname = 'events_inline_projections'
-$$;
 
 -- The status of the projections, without the timestamps (lag_seconds is
 -- only told apart as zero, positive or negative).
@@ -163,8 +154,7 @@ SELECT event_store.append('order-1', '[
 SELECT event_store.append('cart-1', '{"type": "CartOpened"}');
 SELECT event_store.append('order-2', '{"type": "OrderPlaced", "data": {"total": 5}}');
 
--- no projection: the trigger is off and the status view is empty
-SELECT pg_temp.inline_trigger();
+-- no projection: the status view is empty
 SELECT * FROM pg_temp.status();
 
 --
@@ -174,7 +164,6 @@ SELECT * FROM pg_temp.status();
 SELECT event_store.create_projection('counts', 'count_event(event_store.event)',
                                      reset => 'count_reset()');
 SELECT * FROM rm_counts ORDER BY stream_id;
-SELECT pg_temp.inline_trigger();
 SELECT event_store.create_projection('all', 'h_all(event_store.event)', mode => 'inline');
 SELECT pos, stream_id, stream_version, event_type FROM rm_log WHERE proj = 'all' ORDER BY seq;
 -- an inline projection that runs is at the head
@@ -272,7 +261,6 @@ SELECT event_store.drop_projection('guard');
 SELECT event_store.append('order-9', '{"type": "ItemAdded", "data": {"sku": "q", "qty": -5}}');
 SELECT pg_temp.try($$SELECT event_store.create_projection('guard', 'h_guard(event_store.event)')$$);
 SELECT count(*) AS guard_rows FROM event_store.projections WHERE name = 'guard';
-SELECT pg_temp.inline_trigger();
 
 --
 -- Filters: event_types, categories, both (AND).  They see the upcast event:
@@ -318,7 +306,6 @@ SELECT event_store.drop_projection('stored_type');
 -- still succeed; resuming replays what it missed, once, before returning.
 --
 SELECT event_store.pause_projection('cats');
-SELECT pg_temp.inline_trigger();
 SELECT * FROM pg_temp.status() WHERE name = 'cats';
 SELECT event_store.append('order-5', '[{"type": "OrderPlaced"}, {"type": "ItemAdded", "data": {"sku": "p"}}]');
 SELECT event_store.append('cart-5', '{"type": "CartOpened"}');
@@ -538,30 +525,24 @@ SELECT * FROM pg_temp.status() WHERE name = 'fragile';
 --
 SELECT event_store.drop_projection('fragile');
 SELECT count(*) > 0 AS fragile_read_model_kept FROM rm_log WHERE proj = 'fragile';
-SELECT pg_temp.inline_trigger();
 SELECT event_store.pause_projection('all');
 SELECT event_store.drop_projection('all');
-SELECT pg_temp.inline_trigger();
--- a rolled back drop keeps the projection and the trigger
+-- a rolled back drop keeps the projection
 BEGIN;
 SELECT event_store.drop_projection('counts');
-SELECT pg_temp.inline_trigger();
 ROLLBACK;
-SELECT pg_temp.inline_trigger();
 SELECT name, mode, state FROM event_store.projection_status ORDER BY name;
 SELECT event_store.append('cart-1', '{"type": "CartOpened"}');
 SELECT n = event_store.stream_version('cart-1') AS counts_applied FROM rm_counts WHERE stream_id = 'cart-1';
 SELECT event_store.drop_projection('counts');
-SELECT pg_temp.inline_trigger();
 -- no inline projection: appends do not touch the read models
 SELECT count(*) AS logged FROM rm_log \gset
 SELECT event_store.append('cart-1', '{"type": "CartOpened"}');
 SELECT n = event_store.stream_version('cart-1') - 1 AS counts_not_applied
   FROM rm_counts WHERE stream_id = 'cart-1';
 SELECT count(*) = :logged AS nothing_logged FROM rm_log;
--- async projections only: the trigger stays off
+-- async projections only
 SELECT event_store.create_projection('tmp', 'h_tmp(event_store.event)', mode => 'async');
-SELECT pg_temp.inline_trigger();
 SELECT event_store.drop_projection('tmp');
 SELECT event_store.drop_projection('async_all');
 SELECT event_store.drop_projection('async_items');
@@ -601,9 +582,8 @@ SELECT pg_temp.try($$SELECT event_store.create_projection('x', 'h_tmp(event_stor
 SELECT pg_temp.try($$SELECT event_store.create_projection('x', 'h_tmp(event_store.event)', categories => ARRAY['order-1'])$$);
 SELECT pg_temp.try($$SELECT event_store.create_projection('x', 'h_tmp(event_store.event)', categories => ARRAY[NULL::text])$$);
 SELECT pg_temp.try($$SELECT event_store.create_projection('x', 'h_tmp(event_store.event)', categories => ARRAY[''])$$);
--- none of these created anything, nor turned the trigger on
+-- none of these created anything
 SELECT name FROM event_store.projections ORDER BY name;
-SELECT pg_temp.inline_trigger();
 
 SELECT pg_temp.try($$SELECT event_store.pause_projection(NULL)$$);
 SELECT pg_temp.try($$SELECT event_store.resume_projection(NULL)$$);

@@ -15,12 +15,16 @@
 #include "postgres.h"
 
 #include "access/genam.h"
+#include "access/xact.h"
 #include "access/table.h"
 #include "access/tableam.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
 #include "common/hashfn.h"
+#include "executor/executor.h"
 #include "executor/spi.h"
+#include "nodes/execnodes.h"
+#include "nodes/makefuncs.h"
 #include "executor/tuptable.h"
 #include "fmgr.h"
 #include "miscadmin.h"
@@ -65,11 +69,6 @@ typedef struct EsParseCtx
 /* Longest stream id: it must fit the btree indexes with room to spare */
 #define ES_MAX_STREAM_ID_BYTES	1024
 
-/* true while append() inserts: other inserts are direct writes (restore) */
-static bool es_appending = false;
-
-static SPIPlanPtr insert_one_plan = NULL;
-static SPIPlanPtr insert_many_plan = NULL;
 static Jsonb *empty_object = NULL;
 
 /* "invalid event at index N: ..." (or "invalid event: ..." for one object) */
@@ -482,114 +481,72 @@ es_check_stored_ids(const EsCatalog *cat, text *stream_id, EsNewEvent *evs,
 	return false;				/* keep compiler quiet */
 }
 
-/* Prepare (once per backend) the insert plans */
+/*
+ * Insert the batch straight into the heap and its indexes (as COPY does):
+ * no executor per call, no triggers (the table's triggers are for writes
+ * that do not come through here).  Fills rows[n * Natts_es_event] with the
+ * stored values for the inline projections.  Unique violations become our
+ * own SQLSTATEs.
+ */
 static void
-es_prepare_plans(void)
+es_insert_events(const EsCatalog *cat, text *stream_id, EsNewEvent *evs, int n,
+				 int64 first_position, int64 first_version, Datum *rows,
+				 bool *nulls)
 {
-	if (insert_one_plan == NULL)
-	{
-		Oid			argtypes[9] = {INT8OID, TEXTOID, INT8OID, UUIDOID, TEXTOID,
-		JSONBOID, JSONBOID, INT4OID, TIMESTAMPTZOID};
-		SPIPlanPtr	plan;
-
-		plan = SPI_prepare("INSERT INTO event_store.events "
-						   "(global_position, stream_id, stream_version, event_id, event_type, "
-						   " data, metadata, schema_version, recorded_at) "
-						   "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)", 9, argtypes);
-		if (plan == NULL)
-			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-		SPI_keepplan(plan);
-		insert_one_plan = plan;
-	}
-	if (insert_many_plan == NULL)
-	{
-		Oid			argtypes[9] = {INT8OID, TEXTOID, INT8OID, UUIDARRAYOID, TEXTARRAYOID,
-		JSONBARRAYOID, JSONBARRAYOID, INT4ARRAYOID, TIMESTAMPTZOID};
-		SPIPlanPtr	plan;
-
-		plan = SPI_prepare("INSERT INTO event_store.events "
-						   "(global_position, stream_id, stream_version, event_id, event_type, "
-						   " data, metadata, schema_version, recorded_at) "
-						   "SELECT $1 + u.o - 1, $2, $3 + u.o - 1, u.i, u.t, u.d, u.m, u.s, $9 "
-						   "FROM ROWS FROM (pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6), "
-						   "pg_catalog.unnest($7), pg_catalog.unnest($8)) WITH ORDINALITY AS u(i, t, d, m, s, o)",
-						   9, argtypes);
-		if (plan == NULL)
-			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-		SPI_keepplan(plan);
-		insert_many_plan = plan;
-	}
-}
-
-/* Insert the batch; unique violations become our own SQLSTATEs */
-static void
-es_insert_events(text *stream_id, EsNewEvent *evs, int n, int64 first_position,
-				 int64 first_version)
-{
-	Datum		values[9];
-	char		nulls[9] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
 	MemoryContext oldcxt = CurrentMemoryContext;
-	SPIPlanPtr	plan;
-	int			rc;
+	Relation	rel;
+	EState	   *estate;
+	ResultRelInfo *rri;
+	TupleTableSlot *slot;
+	CommandId	cid = GetCurrentCommandId(true);
+	TimestampTz now = GetCurrentTimestamp();
 
 	for (int i = 0; i < n; i++)
+	{
+		Datum	   *v = &rows[i * Natts_es_event];
+
 		if (!evs[i].has_id)
 		{
 			Datum		u = DirectFunctionCall1(gen_random_uuid, (Datum) 0);
 
 			memcpy(evs[i].id.data, DatumGetUUIDP(u)->data, UUID_LEN);
 		}
-
-	values[0] = Int64GetDatum(first_position);
-	values[1] = PointerGetDatum(stream_id);
-	values[2] = Int64GetDatum(first_version);
-	values[8] = TimestampTzGetDatum(GetCurrentTimestamp());
-	if (n == 1)
-	{
-		plan = insert_one_plan;
-		values[3] = UUIDPGetDatum(&evs[0].id);
-		values[4] = PointerGetDatum(evs[0].type);
-		values[5] = JsonbPGetDatum(evs[0].data);
-		values[6] = JsonbPGetDatum(evs[0].metadata);
-		values[7] = Int32GetDatum(evs[0].schema_version);
+		v[Anum_es_global_position - 1] = Int64GetDatum(first_position + i);
+		v[Anum_es_stream_id - 1] = PointerGetDatum(stream_id);
+		v[Anum_es_stream_version - 1] = Int64GetDatum(first_version + i);
+		v[Anum_es_event_id - 1] = UUIDPGetDatum(&evs[i].id);
+		v[Anum_es_event_type - 1] = PointerGetDatum(evs[i].type);
+		v[Anum_es_data - 1] = JsonbPGetDatum(evs[i].data);
+		v[Anum_es_metadata - 1] = JsonbPGetDatum(evs[i].metadata);
+		v[Anum_es_schema_version - 1] = Int32GetDatum(evs[i].schema_version);
+		v[Anum_es_recorded_at - 1] = TimestampTzGetDatum(now);
 	}
-	else
-	{
-		Datum	   *ids = palloc(sizeof(Datum) * n);
-		Datum	   *types = palloc(sizeof(Datum) * n);
-		Datum	   *datas = palloc(sizeof(Datum) * n);
-		Datum	   *metas = palloc(sizeof(Datum) * n);
-		Datum	   *svs = palloc(sizeof(Datum) * n);
+	memset(nulls, 0, sizeof(bool) * n * Natts_es_event);
 
-		plan = insert_many_plan;
-		for (int i = 0; i < n; i++)
-		{
-			ids[i] = UUIDPGetDatum(&evs[i].id);
-			types[i] = PointerGetDatum(evs[i].type);
-			datas[i] = JsonbPGetDatum(evs[i].data);
-			metas[i] = JsonbPGetDatum(evs[i].metadata);
-			svs[i] = Int32GetDatum(evs[i].schema_version);
-		}
-		values[3] = PointerGetDatum(construct_array(ids, n, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR));
-		values[4] = PointerGetDatum(construct_array(types, n, TEXTOID, -1, false, TYPALIGN_INT));
-		values[5] = PointerGetDatum(construct_array(datas, n, JSONBOID, -1, false, TYPALIGN_INT));
-		values[6] = PointerGetDatum(construct_array(metas, n, JSONBOID, -1, false, TYPALIGN_INT));
-		values[7] = PointerGetDatum(construct_array(svs, n, INT4OID, 4, true, TYPALIGN_INT));
-	}
+	rel = table_open(cat->events_relid, RowExclusiveLock);
+	estate = CreateExecutorState();
+	rri = makeNode(ResultRelInfo);
+	InitResultRelInfo(rri, rel, 1, NULL, 0);
+	ExecOpenIndices(rri, false);
+	slot = MakeSingleTupleTableSlot(RelationGetDescr(rel), &TTSOpsVirtual);
 
 	PG_TRY();
 	{
-		es_appending = true;
-		rc = SPI_execute_plan(plan, values, nulls, false, 0);
-		es_appending = false;
-		if (rc != SPI_OK_INSERT)
-			elog(ERROR, "inserting events failed: %s", SPI_result_code_string(rc));
+		for (int i = 0; i < n; i++)
+		{
+			ExecClearTuple(slot);
+			memcpy(slot->tts_values, &rows[i * Natts_es_event], sizeof(Datum) * Natts_es_event);
+			memcpy(slot->tts_isnull, &nulls[i * Natts_es_event], sizeof(bool) * Natts_es_event);
+			ExecStoreVirtualTuple(slot);
+			table_tuple_insert(rel, slot, cid, 0, NULL);
+			(void) ExecInsertIndexTuples(rri, slot, estate, false, false, NULL, NIL);
+			ResetPerTupleExprContext(estate);
+		}
 	}
 	PG_CATCH();
 	{
 		ErrorData  *edata;
 
-		es_appending = false;
 		MemoryContextSwitchTo(oldcxt);
 		edata = CopyErrorData();
 		if (edata->sqlerrcode == ERRCODE_UNIQUE_VIOLATION && edata->constraint_name &&
@@ -624,6 +581,13 @@ es_insert_events(text *stream_id, EsNewEvent *evs, int n, int64 first_position,
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
+
+	ExecDropSingleTupleTableSlot(slot);
+	ExecCloseIndices(rri);
+	FreeExecutorState(estate);
+	table_close(rel, NoLock);
+	/* later commands of this transaction see the new events */
+	CommandCounterIncrement();
 }
 
 /*
@@ -639,6 +603,8 @@ EsAppendEvents(text *stream_id, EsNewEvent *evs, int n, bool has_expected,
 	int64		current;
 	int64		first_position;
 	bool		any_id = false;
+	Datum	   *rows;
+	bool	   *nulls;
 
 	for (int i = 0; i < n; i++)
 		any_id |= evs[i].has_id;
@@ -671,13 +637,12 @@ EsAppendEvents(text *stream_id, EsNewEvent *evs, int n, bool has_expected,
 				 expected == 0 ? errdetail("Expected version 0 means the stream must not exist yet.") : 0,
 				 errhint("Read the stream again and retry with its current version.")));
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	es_prepare_plans();
 	first_position = EsAllocatePositions(n);
-	es_insert_events(stream_id, evs, n, first_position, current + 1);
-	SPI_finish();
+	rows = palloc(sizeof(Datum) * n * Natts_es_event);
+	nulls = palloc(sizeof(bool) * n * Natts_es_event);
+	es_insert_events(cat, stream_id, evs, n, first_position, current + 1, rows, nulls);
 
+	EsApplyInlineProjections(n, rows, nulls);
 	EsSnapshotHook(stream_id, current, current + n);
 	if (EsSagaWatching())
 		for (int i = 0; i < n; i++)
@@ -770,15 +735,16 @@ PG_FUNCTION_INFO_V1(es_events_direct_write);
 
 /*
  * Trigger BEFORE INSERT ON event_store.events FOR EACH STATEMENT: rows that
- * do not come from append() (COPY by pg_restore) make the position counter
- * stale, so it is rebuilt from the table before positions are handed out.
+ * do not come from append() (COPY by pg_restore; append() does not fire
+ * triggers) make the position counter stale, so it is rebuilt from the table
+ * before positions are handed out.
  */
 Datum
 es_events_direct_write(PG_FUNCTION_ARGS)
 {
 	if (!CALLED_AS_TRIGGER(fcinfo))
 		elog(ERROR, "es_events_direct_write: not called by trigger manager");
-	if (!es_appending)
-		EsCounterStale();
+	/* append() inserts without the executor, so it never fires this */
+	EsCounterStale();
 	return PointerGetDatum(NULL);
 }

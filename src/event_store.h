@@ -97,6 +97,7 @@ extern bool EsTakeAbsentDatabase(Oid dboid);
 /* projection.c */
 extern int	es_projection_max_attempts;
 extern int64 EsRunAsyncProjections(int64 max_events, bool only_due);
+extern void EsApplyInlineProjections(int n, Datum *rows, bool *nulls);
 
 /* worker.c */
 extern bool es_worker_enabled;

@@ -1,7 +1,7 @@
 /*
  * projection.c
- *	  Projections (CQRS read models): inline ones applied by a statement-level
- *	  trigger with a transition table inside the appending transaction, async
+ *	  Projections (CQRS read models): inline ones applied by append() to the
+ *	  events it just wrote, in one pass, inside the appending transaction; async
  *	  ones applied in gap-safe global order by the background worker or by
  *	  run_projections(), each batch's handler work committed together with
  *	  the projection's checkpoint.
@@ -11,9 +11,9 @@
  * an inline projection) take a SHARE ROW EXCLUSIVE lock on
  * event_store.events: it waits for in-flight appends to finish and holds new
  * ones off until the operation commits, so an inline projection's position
- * is exact.  Async batches lock
- * their projection's row FOR UPDATE SKIP LOCKED, so the worker and a manual
- * run_projections() never apply the same batch twice.
+ * is exact.  Async batches lock their projection's row FOR UPDATE SKIP
+ * LOCKED, so the worker and a manual run_projections() never apply the same
+ * batch twice.
  */
 #include "postgres.h"
 
@@ -48,10 +48,7 @@ PG_FUNCTION_INFO_V1(es_pause_projection);
 PG_FUNCTION_INFO_V1(es_resume_projection);
 PG_FUNCTION_INFO_V1(es_drop_projection);
 PG_FUNCTION_INFO_V1(es_run_projections);
-PG_FUNCTION_INFO_V1(es_projection_trigger);
-PG_FUNCTION_INFO_V1(es_sync_inline_trigger);
 
-static void es_sync_inline_trigger_spi(void);
 
 int			es_projection_max_attempts = 5;
 
@@ -69,7 +66,7 @@ typedef struct EsProjection
 	Oid			missing_handler;	/* OID of a dropped handler, else 0 */
 } EsProjection;
 
-/* Cache of the running inline projections, for the trigger */
+/* Cache of the running inline projections, for append() */
 static EsRegistry inline_registry = {"projections"};
 static MemoryContext inline_cxt = NULL;
 static EsProjection *inline_projs = NULL;
@@ -228,56 +225,41 @@ es_call_handler(EsProjection *p, EsRegistry *reg, TupleDesc event_desc,
 }
 
 /*
- * Trigger: AFTER INSERT ON event_store.events FOR EACH STATEMENT, with the
- * new rows as a transition table.  Applies every running inline projection
- * to the appended events, in order, in the appending transaction.
+ * Apply every running inline projection to the events append() just wrote
+ * (rows: n events, Natts_es_event values each), in order, in the appending
+ * transaction: one pass over the batch, however large.
  */
-Datum
-es_projection_trigger(PG_FUNCTION_ARGS)
+void
+EsApplyInlineProjections(int n, Datum *rows, bool *nulls)
 {
-	TriggerData *trigdata = (TriggerData *) fcinfo->context;
-	Tuplestorestate *rows;
-	TupleTableSlot *slot;
 	TupleDesc	event_desc;
 	MemoryContext rowcxt;
 	MemoryContext old;
 	Datum		values[Natts_es_event];
 	bool		isnull[Natts_es_event];
 
-	if (!CALLED_AS_TRIGGER(fcinfo) || trigdata->tg_newtable == NULL)
-		elog(ERROR, "es_projection_trigger: not called as an INSERT trigger with a transition table");
-
 	EsRegistryEnsure(&inline_registry, es_inline_load);
 	if (inline_count == 0)
-		return PointerGetDatum(NULL);
+		return;
 
-	rows = trigdata->tg_newtable;
-	slot = MakeSingleTupleTableSlot(RelationGetDescr(trigdata->tg_relation),
-									&TTSOpsMinimalTuple);
 	event_desc = lookup_rowtype_tupdesc(EsGetCatalog()->event_type_oid, -1);
 	rowcxt = AllocSetContextCreate(CurrentMemoryContext, "event_store projection row",
 								   ALLOCSET_DEFAULT_SIZES);
+	for (int e = 0; e < n; e++)
 	{
-		tuplestore_rescan(rows);
-		while (tuplestore_gettupleslot(rows, true, false, slot))
-		{
-			slot_getallattrs(slot);
-			MemoryContextReset(rowcxt);
-			old = MemoryContextSwitchTo(rowcxt);
-			memcpy(values, slot->tts_values, sizeof(values));
-			memcpy(isnull, slot->tts_isnull, sizeof(isnull));
-			EsUpcastRow(values, isnull);
-			for (int i = 0; i < inline_count; i++)
-				if (es_projection_matches(&inline_projs[i], values))
-					es_call_handler(&inline_projs[i], &inline_registry, event_desc,
-									values, isnull);
-			MemoryContextSwitchTo(old);
-		}
+		MemoryContextReset(rowcxt);
+		old = MemoryContextSwitchTo(rowcxt);
+		memcpy(values, &rows[e * Natts_es_event], sizeof(values));
+		memcpy(isnull, &nulls[e * Natts_es_event], sizeof(isnull));
+		EsUpcastRow(values, isnull);
+		for (int i = 0; i < inline_count; i++)
+			if (es_projection_matches(&inline_projs[i], values))
+				es_call_handler(&inline_projs[i], &inline_registry, event_desc,
+								values, isnull);
+		MemoryContextSwitchTo(old);
 	}
 	ReleaseTupleDesc(event_desc);
-	ExecDropSingleTupleTableSlot(slot);
 	MemoryContextDelete(rowcxt);
-	return PointerGetDatum(NULL);
 }
 
 /* State of applying a range of events to one projection */
@@ -424,58 +406,9 @@ es_projection_exec(const char *sql, int nargs, Oid *types, Datum *values,
 }
 
 /*
- * Trigger AFTER INSERT OR DELETE ON event_store.projections FOR EACH
- * STATEMENT: enable the inline trigger on event_store.events exactly while an
- * inline projection exists.  Being a trigger, it also fires for the COPY of
- * pg_restore, which does not restore a trigger's enabled state.
- */
-Datum
-es_sync_inline_trigger(PG_FUNCTION_ARGS)
-{
-	if (!CALLED_AS_TRIGGER(fcinfo))
-		elog(ERROR, "es_sync_inline_trigger: not called by trigger manager");
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	es_sync_inline_trigger_spi();
-	SPI_finish();
-	EsRegistryChanged(&inline_registry);
-	return PointerGetDatum(NULL);
-}
-
-/* Enable the inline trigger exactly when an inline projection exists (in SPI) */
-static void
-es_sync_inline_trigger_spi(void)
-{
-	int			rc;
-	bool		any;
-	bool		isnull;
-
-	bool		enabled;
-
-	rc = SPI_execute("SELECT EXISTS (SELECT 1 FROM event_store.projections WHERE mode = 'inline'), "
-					 "(SELECT t.tgenabled <> 'D' FROM pg_catalog.pg_trigger t "
-					 " WHERE t.tgrelid OPERATOR(pg_catalog.=) 'event_store.events'::pg_catalog.regclass "
-					 " AND t.tgname OPERATOR(pg_catalog.=) 'events_inline_projections')",
-					 false, 1);
-	if (rc != SPI_OK_SELECT)
-		elog(ERROR, "reading event_store.projections failed");
-	any = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	enabled = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
-	if (any == enabled)
-		return;
-	rc = SPI_execute(any ?
-					 "ALTER TABLE event_store.events ENABLE ALWAYS TRIGGER events_inline_projections" :
-					 "ALTER TABLE event_store.events DISABLE TRIGGER events_inline_projections",
-					 false, 0);
-	if (rc != SPI_OK_UTILITY)
-		elog(ERROR, "switching the inline projection trigger failed");
-}
-
-/*
  * Hold appends off until we commit (inline projection bookkeeping).  SHARE
  * ROW EXCLUSIVE waits for in-flight appends, blocks new ones, and conflicts
- * with itself, so two such operations (and the ALTER TABLE that switches the
- * inline trigger) queue instead of deadlocking.
+ * with itself, so two such operations queue instead of deadlocking.
  */
 static void
 es_lock_events_for_inline(void)
@@ -778,7 +711,6 @@ es_drop_projection(PG_FUNCTION_ARGS)
 	if (strcmp(mode, "inline") == 0)
 		es_lock_events_for_inline();
 	(void) es_projection_get(name, &mode, NULL, NULL, NULL, true);
-	/* the trigger on event_store.projections switches the inline trigger */
 	es_projection_exec("DELETE FROM event_store.projections WHERE name = $1",
 					   1, types, values, NULL);
 	if (strcmp(mode, "inline") == 0)
