@@ -19,6 +19,8 @@
 #   BENCH_CASES     space-separated subset of: append_one batch10 batch100 hot
 #                   read_stream read_all (default: all)
 #   BENCH_SKIP_BUILD set to 1 to use the installed extension as it is
+#   BENCH_AMCHECK   set to 1 to verify event_store.events and its indexes with
+#                   amcheck after the runs (adds a minute or so)
 #   PG_CONFIG       pg_config of the target server (default: pg_config on PATH)
 #
 set -euo pipefail
@@ -388,6 +390,26 @@ INTEGRITY=$("${PSQL[@]}" -Atc "
 	  FROM (SELECT stream_id, count(*) AS n, max(stream_version) AS maxv
 	          FROM event_store.events GROUP BY stream_id) AS s")
 log "   integrity: $INTEGRITY"
+
+# Optionally let amcheck verify the events table and every index on it
+# (each index entry and each heap tuple matched): append writes them itself.
+if [[ "${BENCH_AMCHECK:-0}" == 1 ]]; then
+	log "   amcheck of event_store.events and its indexes"
+	"${PSQL[@]}" >&2 <<-'EOF'
+		CREATE EXTENSION IF NOT EXISTS amcheck;
+		SELECT count(*) = 0 AS heap_ok FROM verify_heapam('event_store.events') \gset
+		\if :heap_ok
+		\else
+		\echo 'verify_heapam found problems in event_store.events'
+		SELECT 1/0;
+		\endif
+		\o /dev/null
+		SELECT bt_index_check(indexrelid, true) FROM pg_index
+		 WHERE indrelid = 'event_store.events'::regclass;
+		\o
+	EOF
+	INTEGRITY="$INTEGRITY, amcheck: ok"
+fi
 
 # ---------------------------------------------------------------------------
 # report
