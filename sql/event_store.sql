@@ -114,7 +114,7 @@ CREATE FUNCTION event_store.read_stream(stream_id text, from_version bigint DEFA
                                         backward boolean DEFAULT false,
                                         raw boolean DEFAULT false)
     RETURNS SETOF event_store.event
-    LANGUAGE c STABLE PARALLEL SAFE ROWS 100
+    LANGUAGE c STABLE PARALLEL RESTRICTED ROWS 100
     AS 'MODULE_PATHNAME', 'es_read_stream';
 COMMENT ON FUNCTION event_store.read_stream(text, bigint, bigint, boolean, boolean) IS
     'Events of one stream, forward from from_version (default 1) or backward from it (default: the last), at most max_count';

@@ -107,3 +107,14 @@ SELECT pg_temp.try($$SELECT * FROM event_store.read_stream('account-1', NULL, -5
 SELECT pg_temp.try($$SELECT * FROM event_store.read_stream('account-1', 1, 1, NULL)$$);
 SELECT pg_temp.try($$SELECT event_store.stream_version(NULL)$$);
 SELECT pg_temp.try($$SELECT event_store.stream_version('')$$);
+
+-- reads work under parallel query settings too: in a fresh session the
+-- registry caches are loaded inside the (parallel-mode) query
+\c
+SET force_parallel_mode = on;
+SELECT count(*) AS events FROM event_store.read_stream('account-1');
+SET parallel_setup_cost = 0;
+SELECT (SELECT count(*) FROM event_store.events WHERE stream_id = 'account-1') AS stored,
+       (SELECT count(*) FROM event_store.read_stream('account-1')) AS read;
+RESET parallel_setup_cost;
+RESET force_parallel_mode;

@@ -7,6 +7,7 @@
  */
 #include "postgres.h"
 
+#include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "nodes/pg_list.h"
@@ -161,7 +162,8 @@ EsRegistryEnsure(EsRegistry *reg, void (*load) (void))
 		return;
 	PG_TRY();
 	{
-		PushActiveSnapshot(GetLatestSnapshot());
+		/* a parallel worker cannot take a new snapshot: use the query's */
+		PushActiveSnapshot(IsInParallelMode() ? GetActiveSnapshot() : GetLatestSnapshot());
 		load();
 		PopActiveSnapshot();
 	}
