@@ -17,7 +17,11 @@
 #   BENCH_STREAMS   streams in the fixture (default 10000)
 #   BENCH_PER_STREAM events per stream in the fixture (default 20)
 #   BENCH_CASES     space-separated subset of: append_one batch10 batch100 hot
-#                   read_stream read_all (default: all)
+#                   read_stream read_all followers categories aggregate upcast
+#                   snapshot_hook inline_projection async_catchup lag (default: all)
+#   BENCH_FOLLOW_EVENTS events appended by the writers of the followers case (default 40000)
+#   BENCH_AGG_EVENTS length of the aggregate case's streams (default 10000)
+#   BENCH_LAG_RATE  appends/s (pgbench -R) of the lag case (default 2000)
 #   BENCH_SKIP_BUILD set to 1 to use the installed extension as it is
 #   BENCH_AMCHECK   set to 1 to verify event_store.events and its indexes with
 #                   amcheck after the runs (adds a minute or so)
@@ -36,7 +40,8 @@ PORT=${BENCH_PORT:-5540}
 STREAMS=${BENCH_STREAMS:-10000}
 PER_STREAM=${BENCH_PER_STREAM:-20}
 READER_EVENTS=1000
-CASES=${BENCH_CASES:-"read_stream read_all append_one batch10 batch100 hot"}
+# async_catchup runs before the appending cases: it then covers the fixture only
+CASES=${BENCH_CASES:-"read_stream read_all async_catchup append_one batch10 batch100 hot followers categories aggregate upcast snapshot_hook inline_projection lag"}
 PG_CONFIG=${PG_CONFIG:-pg_config}
 NPROC=$(nproc)
 
@@ -328,6 +333,237 @@ pair() {
 		"$es_cpu" "$base_cpu" "$cpu_ratio" "$unit" "$es_items" "$base_items" "$verdict")")
 }
 
+# ---------------------------------------------------------------------------
+# cases beyond one pgbench pair: followers, aggregates, projections
+# ---------------------------------------------------------------------------
+NOTES=()
+FOLLOW_EVENTS=${BENCH_FOLLOW_EVENTS:-40000}
+AGG_EVENTS=${BENCH_AGG_EVENTS:-10000}
+UPCAST_EVENTS=1000
+LAG_RATE=${BENCH_LAG_RATE:-2000}
+LAG_CLIENTS=4
+AGG_LOADED=0
+PROJ_LOADED=0
+
+# pgbench_opts LOGNAME SCRIPT CLIENTS [pgbench options] -> prints tps
+# (synchronous_commit = off, like the primary figures of the pairs)
+pgbench_opts() {
+	local logname=$1 script=$2 clients=$3
+	shift 3
+	local jobs=$(( clients < NPROC ? clients : NPROC ))
+	local out="$LOG_DIR/$logname.log"
+	if ! PGOPTIONS="-c synchronous_commit=off" "$PGBIN/pgbench" -n -M prepared \
+		-c "$clients" -j "$jobs" "$@" -f "$SCRIPTS/$script" >"$out" 2>&1; then
+		log "pgbench failed for $script (clients $clients, $*):"
+		tail -n 20 "$out" >&2
+		return 1
+	fi
+	if grep -q '^number of failed transactions: [1-9]' "$out"; then
+		log "pgbench reported failed transactions for $script:"
+		tail -n 20 "$out" >&2
+		return 1
+	fi
+	awk '/^tps = / { print $3; exit }' "$out"
+}
+
+median() {
+	printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 }
+		END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+# judge RATIO TARGET: sets VERDICT and counts the target (synchronous_commit = off)
+judge() {
+	local ratio=$1 target=$2
+	if [[ "$target" == - ]]; then
+		VERDICT="-"
+		return
+	fi
+	TARGETS_TOTAL=$((TARGETS_TOTAL + 1))
+	if awk -v r="$ratio" -v t="$target" 'BEGIN { exit !(r >= t) }'; then
+		VERDICT=">= $target ok"
+		TARGETS_MET=$((TARGETS_MET + 1))
+	else
+		VERDICT=">= $target MISS"
+	fi
+}
+
+# add_row NAME CLIENTS ES_TPS BASE_TPS RATIO UNIT ES_ITEMS BASE_ITEMS VERDICT
+add_row() {
+	local es=$3 base=$4
+	[[ "$es" == - ]] || es=$(printf '%.1f' "$es")
+	[[ "$base" == - ]] || base=$(printf '%.1f' "$base")
+	set -- "$1" "$2" "$es" "$base" "${@:5}"
+	ROWS+=("$(printf '%-22s | %7s | %-11s | %15s | %12s | %6s | %5s | %9s | %9s | %6s | %-8s | %11s | %11s | %s' \
+		"$1" "$2" off "$3" "$4" "$5" - - - - "$6" "$7" "$8" "$9")")
+}
+
+now_s() { date +%s.%N; }
+
+# wait_caught_up PROJECTION SECONDS: until its lag_events is 0
+wait_caught_up() {
+	local name=$1 limit=$2 i lag
+	for ((i = 0; i < limit * 10; i++)); do
+		lag=$("${PSQL[@]}" -Atc "SELECT lag_events FROM event_store.projection_status WHERE name = '$name'")
+		[[ "$lag" == 0 ]] && return 0
+		sleep 0.1
+	done
+	log "   projection $name still lags by $lag events after ${limit}s"
+	return 1
+}
+
+ensure_aggregates() {
+	if [[ $AGG_LOADED == 0 ]]; then
+		"${PSQL[@]}" -v agg_events="$AGG_EVENTS" -v upcast_events="$UPCAST_EVENTS" \
+			-f "$BENCH_DIR/sql/aggregates.sql" >&2
+		AGG_LOADED=1
+	fi
+}
+
+ensure_projections() {
+	if [[ $PROJ_LOADED == 0 ]]; then
+		"${PSQL[@]}" -f "$BENCH_DIR/sql/projections.sql" >&2
+		PROJ_LOADED=1
+	fi
+}
+
+# followers: CLIENTS writers append FOLLOW_EVENTS single events in total
+# (pgbench -t), alone and then with 2 followers paging read_all; the
+# followers must have seen exactly the positions written meanwhile.
+case_followers() {
+	local per=$(( FOLLOW_EVENTS / CLIENTS )) alone with h0 k pid rc=0 check status ratio
+	local -a pids=()
+	"${PSQL[@]}" -f "$BENCH_DIR/sql/followers.sql" >&2
+	log "   followers: $CLIENTS writers x $per appends, alone, then with 2 followers"
+	"${PSQL[@]}" -c CHECKPOINT >/dev/null
+	alone=$(pgbench_opts follow-alone es_append_follow.sql "$CLIENTS" -t "$per")
+	h0=$("${PSQL[@]}" -Atc "SELECT event_store.head_position()")
+	"${PSQL[@]}" -c "TRUNCATE bench.follow_ctl, bench.follower, bench.seen_1, bench.seen_2" \
+		-c "INSERT INTO bench.follow_ctl VALUES (false)" \
+		-c "INSERT INTO bench.follower VALUES (1, $h0), (2, $h0)"
+	"${PSQL[@]}" -c CHECKPOINT >/dev/null
+	for k in 1 2; do
+		timeout 600 "${PSQL[@]}" -c "CALL bench.follow($k)" >"$LOG_DIR/follower-$k.log" 2>&1 &
+		pids+=($!)
+	done
+	with=$(pgbench_opts follow-with es_append_follow.sql "$CLIENTS" -t "$per") || rc=1
+	"${PSQL[@]}" -c "UPDATE bench.follow_ctl SET done = true"
+	for pid in "${pids[@]}"; do
+		wait "$pid" || { rc=1; log "   a follower failed: $(cat "$LOG_DIR"/follower-*.log)"; }
+	done
+	check=$("${PSQL[@]}" -At -F ' ' -c "
+		WITH ev AS (SELECT global_position AS p FROM event_store.events WHERE global_position > $h0)
+		SELECT (SELECT count(*) FROM ev),
+		       (SELECT count(*) FROM ev WHERE NOT EXISTS (SELECT FROM bench.seen_1 WHERE position = p)),
+		       (SELECT count(*) FROM bench.seen_1 WHERE NOT EXISTS (SELECT FROM ev WHERE p = position)),
+		       (SELECT coalesce(sum(dups), 0) FROM bench.seen_1),
+		       (SELECT count(*) FROM ev WHERE NOT EXISTS (SELECT FROM bench.seen_2 WHERE position = p)),
+		       (SELECT count(*) FROM bench.seen_2 WHERE NOT EXISTS (SELECT FROM ev WHERE p = position)),
+		       (SELECT coalesce(sum(dups), 0) FROM bench.seen_2),
+		       (SELECT string_agg(pages::text, '/' ORDER BY k) FROM bench.follower)")
+	read -r n m1 x1 d1 m2 x2 d2 pages <<<"$check"
+	if [[ $rc == 0 && $n == $((per * CLIENTS)) && "$m1 $x1 $d1 $m2 $x2 $d2" == "0 0 0 0 0 0" ]]; then
+		status=PASS
+	else
+		status=FAIL
+	fi
+	NOTES+=("followers: $status - $n events written with followers (expected $((per * CLIENTS))); follower 1: $m1 missing, $x1 extra, $d1 duplicates; follower 2: $m2 missing, $x2 extra, $d2 duplicates; pages $pages")
+	ratio=$(awk -v a="${with:-0}" -v b="$alone" 'BEGIN { printf "%.3f", a / b }')
+	add_row "append w/ 2 followers" "$CLIENTS" "${with:-0}" "$alone" "$ratio" "-" - - "check $status"
+}
+
+# inline_projection: append + a counter upsert written by hand in the same
+# transaction (no projection defined), then the append alone with an inline
+# projection doing that upsert; sequential, not interleaved.
+case_inline_projection() {
+	local i e_tps b_tps ratio check
+	local -a b=() e=()
+	ensure_projections
+	log "   inline projection: hand-written upsert first, then the inline projection"
+	pgbench_opts warmup-inline-hand base_append_inline_hand.sql "$CLIENTS" -T "$WARMUP" >/dev/null
+	for ((i = 1; i <= SEGMENTS; i++)); do
+		"${PSQL[@]}" -c CHECKPOINT >/dev/null
+		b+=("$(pgbench_opts "base-inline-hand-$i" base_append_inline_hand.sql "$CLIENTS" -T "$SEGMENT")")
+	done
+	"${PSQL[@]}" -c "TRUNCATE bench.rm_inline" -c "SELECT event_store.create_projection('bench_inline',
+		'bench.count_inline(event_store.event)', ARRAY['IpEvent'])" >/dev/null
+	pgbench_opts warmup-inline-es es_append_inline.sql "$CLIENTS" -T "$WARMUP" >/dev/null
+	for ((i = 1; i <= SEGMENTS; i++)); do
+		"${PSQL[@]}" -c CHECKPOINT >/dev/null
+		e+=("$(pgbench_opts "es-inline-$i" es_append_inline.sql "$CLIENTS" -T "$SEGMENT")")
+	done
+	check=$("${PSQL[@]}" -Atc "
+		SELECT format('read model %s', CASE WHEN
+		       (SELECT coalesce(sum(n), 0) FROM bench.rm_inline) =
+		       (SELECT count(*) FROM event_store.events WHERE event_type = 'IpEvent')
+		       THEN 'complete' ELSE 'INCOMPLETE' END)")
+	"${PSQL[@]}" -c "SELECT event_store.drop_projection('bench_inline')" >/dev/null
+	printf 'inline projection: event_store %s | baseline %s\n' "${e[*]}" "${b[*]}" >>"$LOG_DIR/segments.txt"
+	e_tps=$(median "${e[@]}")
+	b_tps=$(median "${b[@]}")
+	ratio=$(awk -v a="$e_tps" -v b="$b_tps" 'BEGIN { printf "%.3f", a / b }')
+	judge "$ratio" 0.9
+	add_row "append + inline proj." "$CLIENTS" "$e_tps" "$b_tps" "$ratio" "-" - - "$VERDICT"
+	NOTES+=("inline_projection: baseline (hand-written upsert) segments ${b[*]}, then projection segments ${e[*]}; $check")
+}
+
+# async_catchup: run_projections over the whole store with the worker off,
+# against one INSERT ... GROUP BY computing the same read model.
+case_async_catchup() {
+	local t0 t1 n=0 got i es_rate base_rate ratio diff events
+	ensure_projections
+	"${PSQL[@]}" -c "ALTER SYSTEM SET event_store.worker_enabled = off" -c "SELECT pg_reload_conf()" >/dev/null
+	sleep 1
+	events=$("${PSQL[@]}" -Atc "SELECT count(*) FROM event_store.events")
+	log "   async catch-up over $events events"
+	"${PSQL[@]}" -c "TRUNCATE bench.rm_bare" -c CHECKPOINT >/dev/null
+	t0=$(now_s)
+	PGOPTIONS="-c max_parallel_workers_per_gather=0" "${PSQL[@]}" -c "INSERT INTO bench.rm_bare
+		SELECT stream_id, count(*) FROM event_store.events GROUP BY stream_id"
+	t1=$(now_s)
+	base_rate=$(awk -v n="$events" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f", n / (b - a) }')
+	"${PSQL[@]}" -c "TRUNCATE bench.rm_async" -c "SELECT event_store.create_projection('bench_async',
+		'bench.count_async(event_store.event)', mode => 'async')" -c CHECKPOINT >/dev/null
+	t0=$(now_s)
+	for ((i = 0; i < 20; i++)); do
+		got=$("${PSQL[@]}" -Atc "SELECT event_store.run_projections(1000000)")
+		n=$((n + got))
+		[[ "$got" == 0 ]] && break
+	done
+	t1=$(now_s)
+	es_rate=$(awk -v n="$n" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f", n / (b - a) }')
+	diff=$("${PSQL[@]}" -Atc "SELECT count(*) FROM bench.rm_async a FULL JOIN bench.rm_bare b USING (key)
+		WHERE a.n IS DISTINCT FROM b.n")
+	"${PSQL[@]}" -c "SELECT event_store.drop_projection('bench_async')" \
+		-c "ALTER SYSTEM RESET event_store.worker_enabled" -c "SELECT pg_reload_conf()" >/dev/null
+	ratio=$(awk -v a="$es_rate" -v b="$base_rate" 'BEGIN { printf "%.3f", a / b }')
+	judge "$ratio" 0.5
+	add_row "async catch-up" 1 - - "$ratio" "events/s" "$es_rate" "$base_rate" "$VERDICT"
+	NOTES+=("async_catchup: run_projections handed $n events to the handler (store: $events) in $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }') s; read model rows differing from the GROUP BY: $diff")
+}
+
+# lag: an async projection applied by the worker under a steady append load;
+# the handler records clock_timestamp() - recorded_at of every event.
+case_lag() {
+	local tps stats
+	ensure_projections
+	"${PSQL[@]}" -c "TRUNCATE bench.lag_samples" -c "SELECT event_store.create_projection('bench_lag',
+		'bench.record_lag(event_store.event)', ARRAY['LagEvent'], mode => 'async')" >/dev/null
+	log "   lag: waiting for the worker to pass the history"
+	wait_caught_up bench_lag 300 || true
+	log "   lag: $LAG_CLIENTS clients at -R $LAG_RATE for ${SECONDS_PER_RUN}s"
+	tps=$(pgbench_opts lag es_append_lag.sql "$LAG_CLIENTS" -R "$LAG_RATE" -T "$SECONDS_PER_RUN")
+	wait_caught_up bench_lag 120 || true
+	stats=$("${PSQL[@]}" -Atc "
+		SELECT format('%s events, delay recorded_at -> handler p50 %s s, p99 %s s, max %s s',
+		       count(*),
+		       round(percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM delay))::numeric, 4),
+		       round(percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM delay))::numeric, 4),
+		       round(max(extract(epoch FROM delay)), 4))
+		  FROM bench.lag_samples")
+	"${PSQL[@]}" -c "SELECT event_store.drop_projection('bench_lag')" >/dev/null
+	NOTES+=("lag: async projection under $LAG_CLIENTS clients at -R $LAG_RATE (achieved $tps tps) for ${SECONDS_PER_RUN}s, worker naptime $("${PSQL[@]}" -Atc "SHOW event_store.naptime"): $stats")
+}
+
 log "== measuring: per side ${WARMUP}s of warm-up, then $SEGMENTS x ${SEGMENT}s in the order ${ORDER[*]}"
 for c in $CASES; do
 	case $c in
@@ -366,6 +602,37 @@ for c in $CASES; do
 				pair "append 1 to hot-1" es_append_hot.sql base_append_hot.sql \
 					"$CLIENTS" "$sync" 1 "-" -
 			done
+			;;
+		followers)
+			case_followers
+			;;
+		categories)
+			pair "append 1, one category" es_append_cat_single.sql es_append_cat_many.sql \
+				"$CLIENTS" off 1 "-" 0.9
+			;;
+		aggregate)
+			ensure_aggregates
+			pair "load_aggregate $AGG_EVENTS" es_load_agg_snap.sql es_load_agg_full.sql 1 off \
+				1 "-" 20
+			;;
+		upcast)
+			ensure_aggregates
+			pair "read_stream upcast" es_read_upcast.sql es_read_upcast_raw.sql 1 off \
+				"$UPCAST_EVENTS" "rows/s" 0.667
+			;;
+		snapshot_hook)
+			ensure_aggregates
+			pair "append 1, snapshots" es_append_snap.sql es_append_nosnap.sql "$CLIENTS" off \
+				1 "-" 0.91
+			;;
+		inline_projection)
+			case_inline_projection
+			;;
+		async_catchup)
+			case_async_catchup
+			;;
+		lag)
+			case_lag
 			;;
 		*)
 			die "unknown case \"$c\""
@@ -440,6 +707,10 @@ report() {
 		"es cpu/op" "base cpu" "cpu r." "unit" "event_store" "baseline" "target"
 	printf '%s\n' "-----------------------+---------+-------------+-----------------+--------------+--------+-------+-----------+-----------+--------+----------+-------------+-------------+----------------"
 	printf '%s\n' "${ROWS[@]}"
+	if [[ ${#NOTES[@]} -gt 0 ]]; then
+		echo
+		printf '%s\n' "${NOTES[@]}"
+	fi
 	echo
 	echo "targets met (synchronous_commit = off, the primary figures): $TARGETS_MET of $TARGETS_TOTAL"
 	if [[ $SYNC_TOTAL -gt 0 ]]; then

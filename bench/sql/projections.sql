@@ -1,0 +1,23 @@
+-- inline_projection, async_catchup and lag cases: read models and handlers.
+-- The read model is a counter per stream (one row per key, upserted).
+CREATE TABLE IF NOT EXISTS bench.rm_inline (key text PRIMARY KEY, n bigint NOT NULL);
+CREATE TABLE IF NOT EXISTS bench.rm_hand   (key text PRIMARY KEY, n bigint NOT NULL);
+CREATE TABLE IF NOT EXISTS bench.rm_async  (key text PRIMARY KEY, n bigint NOT NULL);
+CREATE TABLE IF NOT EXISTS bench.rm_bare   (key text PRIMARY KEY, n bigint NOT NULL);
+CREATE TABLE IF NOT EXISTS bench.lag_samples (delay interval NOT NULL);
+
+CREATE OR REPLACE FUNCTION bench.count_inline(e event_store.event) RETURNS void
+LANGUAGE sql AS $$
+    INSERT INTO bench.rm_inline AS r VALUES (e.stream_id, 1)
+    ON CONFLICT (key) DO UPDATE SET n = r.n + 1
+$$;
+CREATE OR REPLACE FUNCTION bench.count_async(e event_store.event) RETURNS void
+LANGUAGE sql AS $$
+    INSERT INTO bench.rm_async AS r VALUES (e.stream_id, 1)
+    ON CONFLICT (key) DO UPDATE SET n = r.n + 1
+$$;
+-- lag: when (relative to the event's recorded_at) the handler applied it
+CREATE OR REPLACE FUNCTION bench.record_lag(e event_store.event) RETURNS void
+LANGUAGE sql AS $$
+    INSERT INTO bench.lag_samples VALUES (clock_timestamp() - e.recorded_at)
+$$;
