@@ -19,6 +19,7 @@
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "nodes/pg_list.h"
+#include "common/hashfn.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
@@ -33,23 +34,22 @@
 PG_FUNCTION_INFO_V1(es_register_upcaster);
 PG_FUNCTION_INFO_V1(es_drop_upcaster);
 
-#define ES_MAX_TYPE_KEY	200		/* event types longer than this are hashed by prefix + length */
-
+/* Hash key: a hash of the event type and the schema version */
 typedef struct EsUpcastKey
 {
+	uint32		type_hash;
 	int32		schema_version;
-	int32		type_len;
-	char		type[ES_MAX_TYPE_KEY];
 } EsUpcastKey;
 
 typedef struct EsUpcaster
 {
 	EsUpcastKey key;
-	text	   *full_type;		/* the whole event type (keys may be truncated) */
+	text	   *full_type;		/* the event type it applies to */
 	FmgrInfo	fn;
 	text	   *to_type;		/* NULL: keep the type */
 	bool		missing;		/* the function was dropped */
-	struct EsUpcaster *next;	/* other types sharing a truncated key */
+	struct EsUpcaster *collision;	/* another type with the same hash */
+	struct EsUpcaster *then;	/* the upcaster of the result, resolved at load */
 } EsUpcaster;
 
 static EsRegistry upcast_registry = {"upcasters"};
@@ -61,11 +61,11 @@ static long upcast_count = 0;
 static void
 es_upcast_key(EsUpcastKey *key, const char *type, int len, int32 schema_version)
 {
-	memset(key, 0, sizeof(*key));
+	key->type_hash = hash_bytes((const unsigned char *) type, len);
 	key->schema_version = schema_version;
-	key->type_len = len;
-	memcpy(key->type, type, Min(len, ES_MAX_TYPE_KEY));
 }
+
+static EsUpcaster *es_upcast_find(text *type, int32 schema_version);
 
 /* (Re)build the cache from event_store.upcasters */
 static void
@@ -109,14 +109,15 @@ es_upcast_load(void)
 		entry = hash_search(upcast_hash, &key, HASH_ENTER, &found);
 		if (found)
 		{
-			/* truncated-key collision: chain a new node */
+			/* hash collision: keep the first entry's contents in a new node */
 			EsUpcaster *extra = palloc(sizeof(EsUpcaster));
 
 			*extra = *entry;
-			entry->next = extra;
+			entry->collision = extra;
 		}
 		else
-			entry->next = NULL;
+			entry->collision = NULL;
+		entry->then = NULL;
 		entry->full_type = type;
 		entry->missing = !EsFunctionExists(fn);
 		if (entry->missing)
@@ -128,6 +129,18 @@ es_upcast_load(void)
 	}
 	MemoryContextSwitchTo(old);
 	SPI_finish();
+
+	/* resolve the chains once: which upcaster applies to each one's result */
+	{
+		HASH_SEQ_STATUS seq;
+		EsUpcaster *entry;
+
+		hash_seq_init(&seq, upcast_hash);
+		while ((entry = hash_seq_search(&seq)) != NULL)
+			for (EsUpcaster *up = entry; up != NULL; up = up->collision)
+				up->then = es_upcast_find(up->to_type ? up->to_type : up->full_type,
+										  up->key.schema_version + 1);
+	}
 }
 
 /* Are there any upcasters at all?  Loads the cache if needed. */
@@ -148,7 +161,7 @@ es_upcast_find(text *type, int32 schema_version)
 
 	es_upcast_key(&key, VARDATA_ANY(type), len, schema_version);
 	entry = hash_search(upcast_hash, &key, HASH_FIND, NULL);
-	for (; entry != NULL; entry = entry->next)
+	for (; entry != NULL; entry = entry->collision)
 		if (VARSIZE_ANY_EXHDR(entry->full_type) == len &&
 			memcmp(VARDATA_ANY(entry->full_type), VARDATA_ANY(type), len) == 0)
 			return entry;
@@ -168,18 +181,16 @@ EsUpcastRow(Datum *values, bool *isnull)
 	if (!EsUpcastersExist())
 		return false;
 
-	for (;;)
+	/* one lookup; the rest of the chain was resolved when the cache was loaded */
+	for (EsUpcaster *up = es_upcast_find(DatumGetTextPP(values[Anum_es_event_type - 1]),
+										 DatumGetInt32(values[Anum_es_schema_version - 1]));
+		 up != NULL; up = up->then)
 	{
 		text	   *type = DatumGetTextPP(values[Anum_es_event_type - 1]);
 		int32		sv = DatumGetInt32(values[Anum_es_schema_version - 1]);
-		EsUpcaster *up = es_upcast_find(type, sv);
 		Datum		result;
 		LOCAL_FCINFO(fcinfo, 2);
 
-		if (up == NULL)
-			break;
-		if (sv == PG_INT32_MAX)
-			break;
 		if (up->missing)
 			ereport(ERROR,
 					(errcode(ERRCODE_UNDEFINED_FUNCTION),
