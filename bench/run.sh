@@ -619,6 +619,8 @@ for c in $CASES; do
 			ensure_aggregates
 			pair "read_stream upcast" es_read_upcast.sql es_read_upcast_raw.sql 1 off \
 				"$UPCAST_EVENTS" "rows/s" 0.667
+			pair "read_stream upcast sql" es_read_upcast_sql.sql es_read_upcast_raw.sql 1 off \
+				"$UPCAST_EVENTS" "rows/s" -
 			;;
 		snapshot_hook)
 			ensure_aggregates

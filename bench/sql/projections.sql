@@ -16,12 +16,16 @@ BEGIN
 END
 $$;
 CREATE OR REPLACE FUNCTION bench.count_async(e event_store.event) RETURNS void
-LANGUAGE sql AS $$
+LANGUAGE plpgsql AS $$
+BEGIN
     INSERT INTO bench.rm_async AS r VALUES (e.stream_id, 1)
-    ON CONFLICT (key) DO UPDATE SET n = r.n + 1
+    ON CONFLICT (key) DO UPDATE SET n = r.n + 1;
+END
 $$;
 -- lag: when (relative to the event's recorded_at) the handler applied it
 CREATE OR REPLACE FUNCTION bench.record_lag(e event_store.event) RETURNS void
-LANGUAGE sql AS $$
-    INSERT INTO bench.lag_samples VALUES (clock_timestamp() - e.recorded_at)
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO bench.lag_samples VALUES (clock_timestamp() - e.recorded_at);
+END
 $$;
