@@ -666,15 +666,7 @@ es_append(PG_FUNCTION_ARGS)
 	int			n;
 
 	EsCheckPreloaded();
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("stream_id must not be null")));
-	stream_id = PG_GETARG_TEXT_PP(0);
-	if (VARSIZE_ANY_EXHDR(stream_id) == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("stream_id must not be empty")));
+	stream_id = EsGetRequiredText(fcinfo, 0, "stream_id");
 	if (VARSIZE_ANY_EXHDR(stream_id) > ES_MAX_STREAM_ID_BYTES)
 		ereport(ERROR,
 				(errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),

@@ -249,3 +249,15 @@ EsFunctionExists(Oid fn)
 {
 	return SearchSysCacheExists1(PROCOID, ObjectIdGetDatum(fn));
 }
+
+/* An SPI plan prepared once and kept for the backend's life (caller in SPI) */
+SPIPlanPtr
+EsPrepareKeptPlan(const char *sql, int nargs, Oid *argtypes)
+{
+	SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
+
+	if (plan == NULL)
+		elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+	SPI_keepplan(plan);
+	return plan;
+}

@@ -10,6 +10,7 @@
 #include "access/attnum.h"
 #include "access/sdir.h"
 #include "access/skey.h"
+#include "executor/spi.h"
 #include "fmgr.h"
 #include "utils/jsonb.h"
 #include "utils/uuid.h"
@@ -67,6 +68,7 @@ typedef struct EsRegistry
 
 extern bool EsRegistryNeedsReload(EsRegistry *reg);
 extern void EsRegistryChanged(EsRegistry *reg);
+extern SPIPlanPtr EsPrepareKeptPlan(const char *sql, int nargs, Oid *argtypes);
 extern void EsRegistryEnsure(EsRegistry *reg, void (*load) (void));
 extern MemoryContext EsRegistryNewContext(EsRegistry *reg);
 extern Datum EsRegistryCall(EsRegistry *reg, FunctionCallInfo fcinfo);
@@ -133,6 +135,10 @@ typedef bool (*EsRowCallback) (Datum *values, bool *isnull, void *arg);
 extern int64 EsScanEvents(const EsCatalog *cat, EsScanSpec *spec,
 						  EsRowCallback callback, void *arg);
 extern bool EsTypeMatches(const EsTypeFilter *filter, Datum event_type);
+extern bool EsFirstEventValue(const EsCatalog *cat, Oid index_oid,
+							  Snapshot snapshot, ScanKey keys, int nkeys,
+							  ScanDirection direction, AttrNumber attno,
+							  Datum *value);
 extern int64 EsLatestStreamVersion(const EsCatalog *cat, text *stream_id,
 								   Snapshot snapshot);
 
@@ -149,10 +155,16 @@ extern void EsSnapshotHook(text *stream_id, int64 old_version, int64 new_version
 /* upcast.c */
 extern bool EsUpcastersExist(void);
 extern bool EsUpcastRow(Datum *values, bool *isnull);
+
+/* args.c: argument checks of the API functions */
+extern void EsRequireArg(FunctionCallInfo fcinfo, int argno, const char *name);
+extern text *EsGetRequiredText(FunctionCallInfo fcinfo, int argno,
+							   const char *name);
+extern int	EsArgTextArray(FunctionCallInfo fcinfo, int argno, const char *name,
+						   Datum **elems, bool **nulls);
+extern void EsCheckCategory(text *category, const char *hint);
 extern void EsCheckCallbackSignature(Oid fn, const char *role, int nargs,
 									 const Oid *argtypes, Oid rettype,
 									 const char *expected);
-extern text *EsGetRequiredText(FunctionCallInfo fcinfo, int argno,
-							   const char *name);
 
 #endif							/* EVENT_STORE_H */

@@ -406,28 +406,12 @@ es_attach_db(void)
 static int64
 es_scan_max_position(const EsCatalog *cat, Snapshot snapshot)
 {
-	Relation	heap;
-	Relation	index;
-	IndexScanDesc scan;
-	TupleTableSlot *slot;
-	int64		maxpos = 0;
+	Datum		maxpos;
 
-	heap = table_open(cat->events_relid, AccessShareLock);
-	index = index_open(cat->position_idx, AccessShareLock);
-	slot = table_slot_create(heap, NULL);
-	scan = index_beginscan(heap, index, snapshot, 0, 0);
-	index_rescan(scan, NULL, 0, NULL, 0);
-	if (index_getnext_slot(scan, BackwardScanDirection, slot))
-	{
-		bool		isnull;
-
-		maxpos = DatumGetInt64(slot_getattr(slot, Anum_es_global_position, &isnull));
-	}
-	index_endscan(scan);
-	ExecDropSingleTupleTableSlot(slot);
-	index_close(index, AccessShareLock);
-	table_close(heap, AccessShareLock);
-	return maxpos;
+	if (!EsFirstEventValue(cat, cat->position_idx, snapshot, NULL, 0,
+						   BackwardScanDirection, Anum_es_global_position, &maxpos))
+		return 0;
+	return DatumGetInt64(maxpos);
 }
 
 /*

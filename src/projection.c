@@ -462,19 +462,13 @@ es_projection_get(const char *name, char **mode, char **state, int64 *position,
 static void
 es_check_filter_arg(FunctionCallInfo fcinfo, int argno, const char *name, bool categories)
 {
-	ArrayType  *arr;
 	Datum	   *elems;
 	bool	   *nulls;
 	int			n;
 
 	if (PG_ARGISNULL(argno))
 		return;
-	arr = PG_GETARG_ARRAYTYPE_P(argno);
-	if (ARR_NDIM(arr) > 1)
-		ereport(ERROR,
-				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
-				 errmsg("%s must be a one-dimensional array", name)));
-	deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &n);
+	n = EsArgTextArray(fcinfo, argno, name, &elems, &nulls);
 	if (n == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -493,11 +487,8 @@ es_check_filter_arg(FunctionCallInfo fcinfo, int argno, const char *name, bool c
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("%s must not contain empty strings", name)));
-		if (categories && memchr(VARDATA_ANY(t), '-', VARSIZE_ANY_EXHDR(t)) != NULL)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("category \"%s\" contains \"-\"", text_to_cstring(t)),
-					 errdetail("A stream's category is the part of its id before the first \"-\".")));
+		if (categories)
+			EsCheckCategory(t, NULL);
 	}
 }
 

@@ -42,16 +42,6 @@ PG_FUNCTION_INFO_V1(es_read_category);
 PG_FUNCTION_INFO_V1(es_head_position);
 PG_FUNCTION_INFO_V1(es_wait_for_events);
 
-/* Raise the class-22 error for a NULL required argument */
-static void
-es_require_arg(FunctionCallInfo fcinfo, int argno, const char *name)
-{
-	if (PG_ARGISNULL(argno))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("%s must not be null", name)));
-}
-
 /* Set up a scan key on an index column, with the index's collation */
 static void
 es_key(ScanKey key, Relation index, AttrNumber attno, StrategyNumber strategy,
@@ -87,7 +77,6 @@ EsTypeMatches(const EsTypeFilter *filter, Datum event_type)
 static void
 es_parse_type_filter(FunctionCallInfo fcinfo, int argno, EsTypeFilter *filter)
 {
-	ArrayType  *arr;
 	Datum	   *elems;
 	bool	   *nulls;
 	int			n;
@@ -96,12 +85,7 @@ es_parse_type_filter(FunctionCallInfo fcinfo, int argno, EsTypeFilter *filter)
 	filter->types = NULL;
 	if (PG_ARGISNULL(argno))
 		return;
-	arr = PG_GETARG_ARRAYTYPE_P(argno);
-	if (ARR_NDIM(arr) > 1)
-		ereport(ERROR,
-				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
-				 errmsg("event_types must be a one-dimensional array")));
-	deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &n);
+	n = EsArgTextArray(fcinfo, argno, "event_types", &elems, &nulls);
 	filter->types = palloc(sizeof(text *) * Max(n, 1));
 	for (int i = 0; i < n; i++)
 	{
@@ -137,7 +121,7 @@ es_parse_max_count(FunctionCallInfo fcinfo, int argno, bool is_int8)
 static bool
 es_parse_raw(FunctionCallInfo fcinfo, int argno)
 {
-	es_require_arg(fcinfo, argno, "raw");
+	EsRequireArg(fcinfo, argno, "raw");
 	return PG_GETARG_BOOL(argno);
 }
 
@@ -245,58 +229,64 @@ es_emit_scan(FunctionCallInfo fcinfo, const EsCatalog *cat, EsScanSpec *spec)
 }
 
 /*
+ * One attribute of the first row an index scan of event_store.events finds
+ * (in the given direction), or false if there is none.  The keys' collations
+ * are taken from the index.
+ */
+bool
+EsFirstEventValue(const EsCatalog *cat, Oid index_oid, Snapshot snapshot,
+				  ScanKey keys, int nkeys, ScanDirection direction,
+				  AttrNumber attno, Datum *value)
+{
+	Relation	heap;
+	Relation	index;
+	IndexScanDesc scan;
+	TupleTableSlot *slot;
+	bool		found = false;
+
+	heap = table_open(cat->events_relid, AccessShareLock);
+	index = index_open(index_oid, AccessShareLock);
+	for (int i = 0; i < nkeys; i++)
+		keys[i].sk_collation = index->rd_indcollation[keys[i].sk_attno - 1];
+	slot = table_slot_create(heap, NULL);
+	scan = index_beginscan(heap, index, snapshot, nkeys, 0);
+	index_rescan(scan, keys, nkeys, NULL, 0);
+	if (index_getnext_slot(scan, direction, slot))
+	{
+		bool		isnull;
+
+		*value = slot_getattr(slot, attno, &isnull);
+		found = true;
+	}
+	index_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
+	index_close(index, AccessShareLock);
+	table_close(heap, AccessShareLock);
+	return found;
+}
+
+/*
  * Current version of a stream (0 when it has no events) as seen by the
  * given snapshot: one backward probe of the (stream_id, stream_version) index.
  */
 int64
 EsLatestStreamVersion(const EsCatalog *cat, text *stream_id, Snapshot snapshot)
 {
-	Relation	heap;
-	Relation	index;
-	IndexScanDesc scan;
-	TupleTableSlot *slot;
 	ScanKeyData key;
-	int64		version = 0;
+	Datum		version;
 
-	heap = table_open(cat->events_relid, AccessShareLock);
-	index = index_open(cat->stream_idx, AccessShareLock);
-	es_key(&key, index, 1, BTEqualStrategyNumber, F_TEXTEQ, PointerGetDatum(stream_id));
-	slot = table_slot_create(heap, NULL);
-	scan = index_beginscan(heap, index, snapshot, 1, 0);
-	index_rescan(scan, &key, 1, NULL, 0);
-	if (index_getnext_slot(scan, BackwardScanDirection, slot))
-	{
-		bool		isnull;
-
-		version = DatumGetInt64(slot_getattr(slot, Anum_es_stream_version, &isnull));
-	}
-	index_endscan(scan);
-	ExecDropSingleTupleTableSlot(slot);
-	index_close(index, AccessShareLock);
-	table_close(heap, AccessShareLock);
-	return version;
-}
-
-/* Validate a stream_id argument */
-static text *
-es_get_stream_id(FunctionCallInfo fcinfo, int argno)
-{
-	text	   *stream_id;
-
-	es_require_arg(fcinfo, argno, "stream_id");
-	stream_id = PG_GETARG_TEXT_PP(argno);
-	if (VARSIZE_ANY_EXHDR(stream_id) == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("stream_id must not be empty")));
-	return stream_id;
+	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_TEXTEQ, PointerGetDatum(stream_id));
+	if (!EsFirstEventValue(cat, cat->stream_idx, snapshot, &key, 1,
+						   BackwardScanDirection, Anum_es_stream_version, &version))
+		return 0;
+	return DatumGetInt64(version);
 }
 
 /* SQL: event_store.stream_version(stream_id text) RETURNS bigint */
 Datum
 es_stream_version(PG_FUNCTION_ARGS)
 {
-	text	   *stream_id = es_get_stream_id(fcinfo, 0);
+	text	   *stream_id = EsGetRequiredText(fcinfo, 0, "stream_id");
 
 	PG_RETURN_INT64(EsLatestStreamVersion(EsGetCatalog(), stream_id,
 										  GetActiveSnapshot()));
@@ -309,7 +299,7 @@ es_stream_version(PG_FUNCTION_ARGS)
 Datum
 es_read_stream(PG_FUNCTION_ARGS)
 {
-	text	   *stream_id = es_get_stream_id(fcinfo, 0);
+	text	   *stream_id = EsGetRequiredText(fcinfo, 0, "stream_id");
 	const EsCatalog *cat;
 	EsScanSpec	spec;
 	Relation	index;
@@ -323,7 +313,7 @@ es_read_stream(PG_FUNCTION_ARGS)
 				 errmsg("from_version must not be negative"),
 				 errdetail("Got " INT64_FORMAT ".", from_version),
 				 errhint("Stream versions start at 1; pass NULL to start at the first (or, backward, the last) event.")));
-	es_require_arg(fcinfo, 3, "backward");
+	EsRequireArg(fcinfo, 3, "backward");
 	backward = PG_GETARG_BOOL(3);
 
 	memset(&spec, 0, sizeof(spec));
@@ -391,7 +381,7 @@ es_get_after_position(FunctionCallInfo fcinfo, int argno)
 {
 	int64		after;
 
-	es_require_arg(fcinfo, argno, "after_position");
+	EsRequireArg(fcinfo, argno, "after_position");
 	after = PG_GETARG_INT64(argno);
 	if (after < 0)
 		ereport(ERROR,
@@ -444,18 +434,8 @@ es_read_category(PG_FUNCTION_ARGS)
 	EsScanSpec	spec;
 	Relation	index;
 
-	es_require_arg(fcinfo, 0, "category");
-	category = PG_GETARG_TEXT_PP(0);
-	if (VARSIZE_ANY_EXHDR(category) == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("category must not be empty")));
-	if (memchr(VARDATA_ANY(category), '-', VARSIZE_ANY_EXHDR(category)) != NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("category \"%s\" contains \"-\"", text_to_cstring(category)),
-				 errdetail("A stream's category is the part of its id before the first \"-\"."),
-				 errhint("Use read_stream() to read one stream.")));
+	category = EsGetRequiredText(fcinfo, 0, "category");
+	EsCheckCategory(category, "Use read_stream() to read one stream.");
 	after = es_get_after_position(fcinfo, 1);
 
 	memset(&spec, 0, sizeof(spec));
@@ -497,7 +477,7 @@ es_wait_for_events(PG_FUNCTION_ARGS)
 	Interval   *timeout;
 	double		ms;
 
-	es_require_arg(fcinfo, 1, "timeout");
+	EsRequireArg(fcinfo, 1, "timeout");
 	timeout = PG_GETARG_INTERVAL_P(1);
 	/* in milliseconds, as a double: no overflow for any interval */
 	ms = (double) timeout->time / 1000.0 +

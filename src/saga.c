@@ -114,12 +114,8 @@ EsSagaOnEvent(text *type, Jsonb *metadata, Jsonb *data)
 	if (on_event_plan == NULL)
 	{
 		Oid			types[3] = {UUIDOID, TEXTOID, JSONBOID};
-		SPIPlanPtr	plan = SPI_prepare("SELECT event_store._saga_on_event($1, $2, $3)", 3, types);
-
-		if (plan == NULL)
-			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-		SPI_keepplan(plan);
-		on_event_plan = plan;
+		on_event_plan = EsPrepareKeptPlan("SELECT event_store._saga_on_event($1, $2, $3)",
+										  3, types);
 	}
 	values[0] = UUIDPGetDatum(&saga_id);
 	values[1] = PointerGetDatum(type);

@@ -165,30 +165,22 @@ es_snapshot_plans(void)
 	if (find_snapshot_plan == NULL)
 	{
 		Oid			types[3] = {TEXTOID, INT4OID, INT8OID};
-		SPIPlanPtr	plan = SPI_prepare("SELECT stream_version, state FROM event_store.snapshots "
-									   "WHERE stream_id = $1 AND state_version = $2 "
-									   "AND stream_version <= $3 "
-									   "ORDER BY stream_version DESC LIMIT 1", 3, types);
-
-		if (plan == NULL)
-			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-		SPI_keepplan(plan);
-		find_snapshot_plan = plan;
+		find_snapshot_plan =
+			EsPrepareKeptPlan("SELECT stream_version, state FROM event_store.snapshots "
+							  "WHERE stream_id = $1 AND state_version = $2 "
+							  "AND stream_version <= $3 "
+							  "ORDER BY stream_version DESC LIMIT 1", 3, types);
 	}
 	if (save_snapshot_plan == NULL)
 	{
 		Oid			types[4] = {TEXTOID, INT8OID, JSONBOID, INT4OID};
-		SPIPlanPtr	plan = SPI_prepare("INSERT INTO event_store.snapshots "
-									   "(stream_id, stream_version, state, state_version) "
-									   "VALUES ($1, $2, $3, $4) "
-									   "ON CONFLICT (stream_id, stream_version, state_version) "
-									   "DO UPDATE SET state = EXCLUDED.state, "
-									   "created_at = pg_catalog.clock_timestamp()", 4, types);
-
-		if (plan == NULL)
-			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-		SPI_keepplan(plan);
-		save_snapshot_plan = plan;
+		save_snapshot_plan =
+			EsPrepareKeptPlan("INSERT INTO event_store.snapshots "
+							  "(stream_id, stream_version, state, state_version) "
+							  "VALUES ($1, $2, $3, $4) "
+							  "ON CONFLICT (stream_id, stream_version, state_version) "
+							  "DO UPDATE SET state = EXCLUDED.state, "
+							  "created_at = pg_catalog.clock_timestamp()", 4, types);
 	}
 }
 
@@ -381,11 +373,7 @@ es_get_category(FunctionCallInfo fcinfo, int argno)
 {
 	text	   *category = EsGetRequiredText(fcinfo, argno, "category");
 
-	if (memchr(VARDATA_ANY(category), '-', VARSIZE_ANY_EXHDR(category)) != NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("category \"%s\" contains \"-\"", text_to_cstring(category)),
-				 errdetail("A stream's category is the part of its id before the first \"-\".")));
+	EsCheckCategory(category, NULL);
 	return category;
 }
 
@@ -459,13 +447,6 @@ es_define_aggregate(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
-/* A stream_id argument: not null, not empty */
-static text *
-es_get_stream_arg(FunctionCallInfo fcinfo, int argno)
-{
-	return EsGetRequiredText(fcinfo, argno, "stream_id");
-}
-
 /* A version argument that may be NULL (-1) but not negative */
 static int64
 es_get_optional_version(FunctionCallInfo fcinfo, int argno, const char *name)
@@ -491,7 +472,7 @@ es_get_optional_version(FunctionCallInfo fcinfo, int argno, const char *name)
 Datum
 es_load_aggregate(PG_FUNCTION_ARGS)
 {
-	text	   *stream_id = es_get_stream_arg(fcinfo, 0);
+	text	   *stream_id = EsGetRequiredText(fcinfo, 0, "stream_id");
 	int64		at_version = es_get_optional_version(fcinfo, 1, "at_version");
 	int			catlen = es_category_len(stream_id);
 	EsAggregate *agg;
@@ -524,7 +505,7 @@ es_load_aggregate(PG_FUNCTION_ARGS)
 Datum
 es_save_snapshot(PG_FUNCTION_ARGS)
 {
-	text	   *stream_id = es_get_stream_arg(fcinfo, 0);
+	text	   *stream_id = EsGetRequiredText(fcinfo, 0, "stream_id");
 	int64		version;
 	int64		current;
 	int32		state_version;
@@ -569,7 +550,7 @@ es_save_snapshot(PG_FUNCTION_ARGS)
 Datum
 es_load_snapshot(PG_FUNCTION_ARGS)
 {
-	text	   *stream_id = es_get_stream_arg(fcinfo, 0);
+	text	   *stream_id = EsGetRequiredText(fcinfo, 0, "stream_id");
 	int64		max_version = es_get_optional_version(fcinfo, 1, "max_version");
 	ReturnSetInfo *rsinfo;
 	Datum		args[2];

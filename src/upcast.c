@@ -221,54 +221,6 @@ EsUpcastRow(Datum *values, bool *isnull)
 }
 
 /*
- * Check that a function exists with the argument types and result type a
- * callback needs; raise a clear error otherwise.
- */
-void
-EsCheckCallbackSignature(Oid fn, const char *role, int nargs, const Oid *argtypes,
-						 Oid rettype, const char *expected)
-{
-	HeapTuple	tup;
-	Form_pg_proc proc;
-	bool		ok;
-
-	tup = SearchSysCache1(PROCOID, ObjectIdGetDatum(fn));
-	if (!HeapTupleIsValid(tup))
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_FUNCTION),
-				 errmsg("function with OID %u does not exist", fn)));
-	proc = (Form_pg_proc) GETSTRUCT(tup);
-	ok = proc->pronargs == nargs && proc->prorettype == rettype && !proc->proretset &&
-		proc->prokind == PROKIND_FUNCTION;
-	for (int i = 0; ok && i < nargs; i++)
-		ok = proc->proargtypes.values[i] == argtypes[i];
-	ReleaseSysCache(tup);
-	if (!ok)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("function %s cannot be used as %s", format_procedure(fn), role),
-				 errdetail("It must be %s.", expected)));
-}
-
-/* A required text argument: not NULL, not empty */
-text *
-EsGetRequiredText(FunctionCallInfo fcinfo, int argno, const char *name)
-{
-	text	   *t;
-
-	if (PG_ARGISNULL(argno))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("%s must not be null", name)));
-	t = PG_GETARG_TEXT_PP(argno);
-	if (VARSIZE_ANY_EXHDR(t) == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s must not be empty", name)));
-	return t;
-}
-
-/*
  * SQL: event_store.register_upcaster(event_type text, from_schema_version int,
  *		upcaster regprocedure, to_event_type text DEFAULT NULL)
  */

@@ -1,0 +1,104 @@
+/*
+ * args.c
+ *	  Checks of SQL-callable functions' arguments, shared by every API
+ *	  function: required (non-NULL) arguments, non-empty text, text arrays,
+ *	  categories, and the signatures of registered callbacks.
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "catalog/pg_proc.h"
+#include "catalog/pg_type.h"
+#include "fmgr.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/regproc.h"
+#include "utils/syscache.h"
+
+#include "event_store.h"
+
+/* Raise the class-22 error for a NULL required argument */
+void
+EsRequireArg(FunctionCallInfo fcinfo, int argno, const char *name)
+{
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not be null", name)));
+}
+
+/*
+ * Check that a function exists with the argument types and result type a
+ * callback needs; raise a clear error otherwise.
+ */
+void
+EsCheckCallbackSignature(Oid fn, const char *role, int nargs, const Oid *argtypes,
+						 Oid rettype, const char *expected)
+{
+	HeapTuple	tup;
+	Form_pg_proc proc;
+	bool		ok;
+
+	tup = SearchSysCache1(PROCOID, ObjectIdGetDatum(fn));
+	if (!HeapTupleIsValid(tup))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_FUNCTION),
+				 errmsg("function with OID %u does not exist", fn)));
+	proc = (Form_pg_proc) GETSTRUCT(tup);
+	ok = proc->pronargs == nargs && proc->prorettype == rettype && !proc->proretset &&
+		proc->prokind == PROKIND_FUNCTION;
+	for (int i = 0; ok && i < nargs; i++)
+		ok = proc->proargtypes.values[i] == argtypes[i];
+	ReleaseSysCache(tup);
+	if (!ok)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("function %s cannot be used as %s", format_procedure(fn), role),
+				 errdetail("It must be %s.", expected)));
+}
+
+/* A required text argument: not NULL, not empty */
+text *
+EsGetRequiredText(FunctionCallInfo fcinfo, int argno, const char *name)
+{
+	text	   *t;
+
+	EsRequireArg(fcinfo, argno, name);
+	t = PG_GETARG_TEXT_PP(argno);
+	if (VARSIZE_ANY_EXHDR(t) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must not be empty", name)));
+	return t;
+}
+
+/*
+ * The elements of a one-dimensional text[] argument (which must not be
+ * NULL); the caller checks the elements.
+ */
+int
+EsArgTextArray(FunctionCallInfo fcinfo, int argno, const char *name,
+			   Datum **elems, bool **nulls)
+{
+	ArrayType  *arr = PG_GETARG_ARRAYTYPE_P(argno);
+	int			n;
+
+	if (ARR_NDIM(arr) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("%s must be a one-dimensional array", name)));
+	deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT, elems, nulls, &n);
+	return n;
+}
+
+/* A category names the part of stream ids before the first "-": no "-" in it */
+void
+EsCheckCategory(text *category, const char *hint)
+{
+	if (memchr(VARDATA_ANY(category), '-', VARSIZE_ANY_EXHDR(category)) != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("category \"%s\" contains \"-\"", text_to_cstring(category)),
+				 errdetail("A stream's category is the part of its id before the first \"-\"."),
+				 hint ? errhint("%s", hint) : 0));
+}
