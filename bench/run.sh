@@ -45,7 +45,6 @@ CASES=${BENCH_CASES:-"read_stream read_all async_catchup append_one batch10 batc
 PG_CONFIG=${PG_CONFIG:-pg_config}
 NPROC=$(nproc)
 
-PGBIN=$("$PG_CONFIG" --bindir)
 RESULTS_DIR="$BENCH_DIR/results"
 RESULT_FILE="$RESULTS_DIR/latest.txt"
 LOG_DIR="$RESULTS_DIR/logs"
@@ -56,17 +55,9 @@ die() { log "run.sh: $*"; exit 1; }
 # ---------------------------------------------------------------------------
 # build and install
 # ---------------------------------------------------------------------------
-if [[ -x "$REPO_DIR/scripts/deps.sh" ]]; then
-	"$REPO_DIR/scripts/deps.sh"
-elif [[ -f "$REPO_DIR/scripts/deps.sh" ]]; then
-	bash "$REPO_DIR/scripts/deps.sh"
-fi
-
-if [[ "${BENCH_SKIP_BUILD:-0}" != 1 ]]; then
-	log "== building and installing event_store"
-	make -C "$REPO_DIR" -s PG_CONFIG="$PG_CONFIG" >/dev/null
-	make -C "$REPO_DIR" -s PG_CONFIG="$PG_CONFIG" install >/dev/null
-fi
+# shellcheck source=bench/lib.sh
+. "$BENCH_DIR/lib.sh"
+bench_build
 
 # what was measured: the commit, and whether the extension's sources differed
 BUILD_DESC="event_store $(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo '(not a git checkout)')"
@@ -78,68 +69,13 @@ fi
 # ---------------------------------------------------------------------------
 # throwaway cluster
 # ---------------------------------------------------------------------------
-if [[ $EUID -eq 0 ]]; then
-	RUNAS=(runuser -u postgres --)
-else
-	RUNAS=()
-fi
-
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/es-bench.XXXXXX")
-DATA="$WORK/data"
-SOCK="$WORK"
-SERVER_LOG="$WORK/server.log"
-STARTED=0
-
-cleanup() {
-	local rc=$?
-	if [[ $STARTED -eq 1 ]]; then
-		"${RUNAS[@]}" "$PGBIN/pg_ctl" -D "$DATA" -m fast -w stop >/dev/null 2>&1 ||
-			log "run.sh: could not stop the cluster in $DATA"
-	fi
-	if [[ $rc -ne 0 && -f "$SERVER_LOG" ]]; then
-		log "---- server log (tail) ----"
-		tail -n 30 "$SERVER_LOG" >&2 || true
-	fi
-	rm -rf "$WORK"
-	exit $rc
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-[[ $EUID -eq 0 ]] && chown postgres: "$WORK"
-
-if "$PGBIN/pg_isready" -q -h "$SOCK" -p "$PORT" 2>/dev/null ||
-	(exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
-	die "port $PORT is in use; set BENCH_PORT"
-fi
-
-log "== starting a throwaway cluster on port $PORT"
-"${RUNAS[@]}" "$PGBIN/initdb" -D "$DATA" -U postgres --auth=trust -E UTF8 \
-	--locale=C.UTF-8 >/dev/null
-cat >>"$DATA/postgresql.conf" <<EOF
-
-# event_store benchmark cluster
-port = $PORT
-listen_addresses = ''
-unix_socket_directories = '$SOCK'
-shared_preload_libraries = 'event_store'
-max_connections = 40
-shared_buffers = 512MB
+bench_cluster_start es-bench BENCH_PORT "shared_buffers = 512MB
 max_wal_size = 8GB
 min_wal_size = 1GB
 checkpoint_timeout = 30min
 # no background vacuum/analyze landing on one side of a pair: the fixture is
 # vacuumed and analysed explicitly before the runs
-autovacuum = off
-jit = off
-EOF
-"${RUNAS[@]}" "$PGBIN/pg_ctl" -D "$DATA" -l "$SERVER_LOG" -w start >/dev/null
-STARTED=1
-
-export PGHOST="$SOCK" PGPORT="$PORT" PGUSER=postgres
-PSQL=("$PGBIN/psql" -X -q -v ON_ERROR_STOP=1)
-"$PGBIN/createdb" bench
-export PGDATABASE=bench
+autovacuum = off"
 
 # ---------------------------------------------------------------------------
 # fixture

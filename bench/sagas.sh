@@ -54,7 +54,6 @@ TIMEOUT=${SAGA_TIMEOUT:-1800}
 SEED=${SAGA_SEED:-42}
 PORT=${SAGA_PORT:-5579}
 PG_CONFIG=${PG_CONFIG:-pg_config}
-PGBIN=$("$PG_CONFIG" --bindir)
 
 log() { printf '%s\n' "$*" >&2; }
 die() { log "sagas.sh: $*"; exit 1; }
@@ -63,79 +62,23 @@ die() { log "sagas.sh: $*"; exit 1; }
 [[ "$WORKERS" =~ ^[1-9][0-9]*$ ]] || die "SAGA_WORKERS must be a positive integer"
 [[ "$BATCH" =~ ^[1-9][0-9]*$ ]] || die "SAGA_BATCH must be a positive integer"
 
-if [[ "${BENCH_SKIP_BUILD:-0}" != 1 ]]; then
-	log "== building and installing event_store"
-	make -C "$REPO_DIR" -s PG_CONFIG="$PG_CONFIG" >/dev/null
-	make -C "$REPO_DIR" -s PG_CONFIG="$PG_CONFIG" install >/dev/null
-fi
+# shellcheck source=bench/lib.sh
+. "$BENCH_DIR/lib.sh"
+bench_build
 
-# ---------------------------------------------------------------------------
-# throwaway cluster
-# ---------------------------------------------------------------------------
-if [[ $EUID -eq 0 ]]; then
-	RUNAS=(runuser -u postgres --)
-else
-	RUNAS=()
-fi
-
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/es-saga-bench.XXXXXX")
-DATA="$WORK/data"
-SOCK="$WORK"
-SERVER_LOG="$WORK/server.log"
-STARTED=0
 WORKER_PIDS=()
-
-cleanup() {
-	local rc=$?
+# the exit trap stops the worker connections before the cluster
+bench_before_stop() {
 	local pid
 	for pid in "${WORKER_PIDS[@]}"; do
 		kill "$pid" 2>/dev/null || true
 	done
-	if [[ $STARTED -eq 1 ]]; then
-		"${RUNAS[@]}" "$PGBIN/pg_ctl" -D "$DATA" -m fast -w stop >/dev/null 2>&1 ||
-			log "sagas.sh: could not stop the cluster in $DATA"
-	fi
-	if [[ $rc -ne 0 && -f "$SERVER_LOG" ]]; then
-		log "---- server log (tail) ----"
-		tail -n 30 "$SERVER_LOG" >&2 || true
-	fi
-	rm -rf "$WORK"
-	exit $rc
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 
-[[ $EUID -eq 0 ]] && chown postgres: "$WORK"
-
-if "$PGBIN/pg_isready" -q -h "$SOCK" -p "$PORT" 2>/dev/null ||
-	(exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
-	die "port $PORT is in use; set SAGA_PORT"
-fi
-
-log "== starting a throwaway cluster on port $PORT"
-"${RUNAS[@]}" "$PGBIN/initdb" -D "$DATA" -U postgres --auth=trust -E UTF8 \
-	--locale=C.UTF-8 >/dev/null
-cat >>"$DATA/postgresql.conf" <<EOF
-
-# event_store saga load check
-port = $PORT
-listen_addresses = ''
-unix_socket_directories = '$SOCK'
-shared_preload_libraries = 'event_store'
-event_store.naptime = '200ms'
-max_connections = 40
+bench_cluster_start es-saga-bench SAGA_PORT "event_store.naptime = '200ms'
 shared_buffers = 256MB
 max_wal_size = 4GB
-synchronous_commit = off
-jit = off
-EOF
-"${RUNAS[@]}" "$PGBIN/pg_ctl" -D "$DATA" -l "$SERVER_LOG" -w start >/dev/null
-STARTED=1
-
-export PGHOST="$SOCK" PGPORT="$PORT" PGUSER=postgres
-PSQL=("$PGBIN/psql" -X -q -v ON_ERROR_STOP=1)
-"$PGBIN/createdb" bench
-export PGDATABASE=bench
+synchronous_commit = off"
 
 # ---------------------------------------------------------------------------
 # the saga, the executions log and the worker
