@@ -212,27 +212,34 @@ count_pg_regress_suite() {
 	record "$suite" "$passed" "$failed" "$note"
 }
 
+# suite_start SUITE TITLE UNIT EMPTY_MESSAGE SKIP_WHY COUNT: print the
+# suite's header; return 1, with the outcome recorded, when it has no tests
+# or cannot run (the build failed)
+suite_start() {
+	local suite=$1 title=$2 unit=$3 empty=$4 why=$5 n=$6
+	header "$suite: $title ($n $unit)"
+	if [ "$n" -eq 0 ]; then
+		echo "$empty"
+		record_skip "$suite" "$why"
+		return 1
+	fi
+	if [ -n "$NOT_RUN" ]; then
+		echo "not run: $NOT_RUN"
+		record "$suite" 0 "$n" "not run: $NOT_RUN"
+		return 1
+	fi
+}
+
 # ---------------------------------------------------------------- regress
 suite_regress() {
 	local tests log rc
 	read -r -a tests <<<"$(make_var REGRESS)"
-	header "regress: pg_regress (${#tests[@]} tests)"
-	if [ "${#tests[@]}" -eq 0 ]; then
-		echo "no REGRESS tests in the Makefile"
-		record_skip regress "no REGRESS tests"
-		return
-	fi
-	if [ -n "$NOT_RUN" ]; then
-		echo "not run: $NOT_RUN"
-		record regress 0 "${#tests[@]}" "not run: $NOT_RUN"
-		return
-	fi
+	suite_start regress "pg_regress" tests "no REGRESS tests in the Makefile" \
+		"no REGRESS tests" "${#tests[@]}" || return
 	rm -rf tmp_check results regression.diffs regression.out
 	log="$(mktemp)"
-	# ISOLATION is emptied here: PGXS's installcheck would run the specs
-	# too, and they are the next suite.
 	run_logged "$log" "$SUITE_TIMEOUT" make -s --no-print-directory installcheck \
-		PG_CONFIG="$PG_CONFIG" ISOLATION= \
+		PG_CONFIG="$PG_CONFIG" \
 		EXTRA_REGRESS_OPTS="--port=$REGRESS_PORT ${EXTRA_REGRESS_OPTS:-}"
 	rc=$?
 	stop_leftover_servers tmp_check
@@ -249,17 +256,8 @@ suite_isolation() {
 		f="${f##*/}"
 		tests+=("${f%.spec}")
 	done
-	header "isolation: isolation specs (${#tests[@]} specs)"
-	if [ "${#tests[@]}" -eq 0 ]; then
-		echo "no test/isolation/specs/*.spec"
-		record_skip isolation "no specs"
-		return
-	fi
-	if [ -n "$NOT_RUN" ]; then
-		echo "not run: $NOT_RUN"
-		record isolation 0 "${#tests[@]}" "not run: $NOT_RUN"
-		return
-	fi
+	suite_start isolation "isolation specs" specs "no test/isolation/specs/*.spec" \
+		"no specs" "${#tests[@]}" || return
 	rm -rf tmp_check_iso test/isolation/output_iso
 	log="$(mktemp)"
 	run_logged "$log" "$SUITE_TIMEOUT" make -s --no-print-directory isolationcheck \
@@ -283,17 +281,7 @@ suite_tap() {
 	for f in test/t/*.pl; do
 		[ -e "$f" ] && files+=("$f")
 	done
-	header "tap: TAP scripts (${#files[@]} files)"
-	if [ "${#files[@]}" -eq 0 ]; then
-		echo "no test/t/*.pl"
-		record_skip tap "no test/t/*.pl"
-		return
-	fi
-	if [ -n "$NOT_RUN" ]; then
-		echo "not run: $NOT_RUN"
-		record tap 0 "${#files[@]}" "not run: $NOT_RUN"
-		return
-	fi
+	suite_start tap "TAP scripts" files "no test/t/*.pl" "no test/t/*.pl" "${#files[@]}" || return
 	perllib="$PG_PKGLIBDIR/pgxs/src/test/perl"
 	if [ ! -f "$perllib/PostgreSQL/Test/Cluster.pm" ]; then
 		echo "PostgreSQL::Test::Cluster not found under $perllib"
@@ -352,17 +340,7 @@ suite_pgtap() {
 	for f in test/pgtap/*.sql; do
 		[ -e "$f" ] && files+=("$f")
 	done
-	header "pgtap: pgTAP files (${#files[@]} files)"
-	if [ "${#files[@]}" -eq 0 ]; then
-		echo "no test/pgtap/*.sql"
-		record_skip pgtap "no test/pgtap/*.sql"
-		return
-	fi
-	if [ -n "$NOT_RUN" ]; then
-		echo "not run: $NOT_RUN"
-		record pgtap 0 "${#files[@]}" "not run: $NOT_RUN"
-		return
-	fi
+	suite_start pgtap "pgTAP files" files "no test/pgtap/*.sql" "no test/pgtap/*.sql" "${#files[@]}" || return
 	if ! command -v pg_prove >/dev/null 2>&1; then
 		echo "pg_prove not found"
 		record pgtap 0 "${#files[@]}" "pg_prove missing"
