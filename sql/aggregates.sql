@@ -10,27 +10,6 @@ CREATE EXTENSION event_store;
 RESET client_min_messages;
 \set SHOW_CONTEXT never
 
--- try(sql): run a statement and show the SQLSTATE, message, detail and hint
--- of its error (or "no error").
-CREATE FUNCTION pg_temp.try(sql text) RETURNS text
-LANGUAGE plpgsql AS $f$
-DECLARE
-    st  text;
-    msg text;
-    det text;
-    hnt text;
-BEGIN
-    EXECUTE sql;
-    RETURN 'no error';
-EXCEPTION WHEN OTHERS THEN
-    GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT,
-                            det = PG_EXCEPTION_DETAIL, hnt = PG_EXCEPTION_HINT;
-    RETURN st || ': ' || msg
-        || coalesce(E'\nDETAIL: ' || nullif(det, ''), '')
-        || coalesce(E'\nHINT: ' || nullif(hnt, ''), '');
-END
-$f$;
-
 -- A wallet: the balance and the list of versions folded into it, so every
 -- state shows exactly which events (and which snapshot) it was built from.
 CREATE FUNCTION wallet_reduce(state jsonb, event event_store.event) RETURNS jsonb
@@ -92,9 +71,9 @@ SELECT * FROM event_store.load_aggregate('wallet');
 
 -- a category without an aggregate: 22023
 SELECT * FROM event_store.load_aggregate('nowallet-1');
-SELECT pg_temp.try($$SELECT * FROM event_store.load_aggregate('nowallet-1')$$) AS no_aggregate;
-SELECT pg_temp.try($$SELECT * FROM event_store.load_aggregate('wallets-1')$$) AS prefix_only;
-SELECT pg_temp.try($$SELECT * FROM event_store.load_aggregate('walle-1')$$) AS shorter;
+SELECT regress.try($$SELECT * FROM event_store.load_aggregate('nowallet-1')$$) AS no_aggregate;
+SELECT regress.try($$SELECT * FROM event_store.load_aggregate('wallets-1')$$) AS prefix_only;
+SELECT regress.try($$SELECT * FROM event_store.load_aggregate('walle-1')$$) AS shorter;
 
 --
 -- The snapshot hook: with snapshot_every = 3 an append from version a to b
@@ -302,7 +281,7 @@ SELECT * FROM event_store.load_aggregate('plain-1');
 
 -- save_snapshot only at a version the stream has
 SELECT event_store.save_snapshot('plain-1', 8, '{}');
-SELECT stmt, pg_temp.try(stmt) AS error
+SELECT stmt, regress.try(stmt) AS error
   FROM (VALUES
     ($$SELECT event_store.save_snapshot('plain-1', 8, '{}')$$),
     ($$SELECT event_store.save_snapshot('plain-404', 1, '{}')$$),
@@ -339,14 +318,14 @@ LANGUAGE sql AS $$ SELECT state $$;
 CREATE FUNCTION bad_swapped(event event_store.event, state jsonb) RETURNS jsonb
 LANGUAGE sql AS $$ SELECT state $$;
 SELECT event_store.define_aggregate('bad', 'bad_returns_text(jsonb,event_store.event)');
-SELECT sig, pg_temp.try(format('SELECT event_store.define_aggregate(%L, %L)', 'bad', sig))
+SELECT sig, regress.try(format('SELECT event_store.define_aggregate(%L, %L)', 'bad', sig))
   FROM (VALUES ('bad_jsonb_event(jsonb,jsonb)'),
                ('bad_text_state(text,event_store.event)'),
                ('bad_set(jsonb,event_store.event)'),
                ('bad_one_arg(jsonb)'),
                ('bad_swapped(event_store.event,jsonb)'),
                ('jsonb_concat(jsonb,jsonb)')) v(sig);
-SELECT stmt, pg_temp.try(stmt) AS error
+SELECT stmt, regress.try(stmt) AS error
   FROM (VALUES
     ($$SELECT event_store.define_aggregate(NULL, 'wallet_reduce(jsonb,event_store.event)')$$),
     ($$SELECT event_store.define_aggregate('', 'wallet_reduce(jsonb,event_store.event)')$$),
@@ -385,7 +364,7 @@ SELECT count(*) AS snapshots FROM event_store.snapshots WHERE stream_id = 'poiso
 SELECT event_store.define_aggregate('poison', 'null_on_poison(jsonb,event_store.event)', '{"n": 0}');
 SELECT event_store.append('poison-1', '{"type": "Poison"}');
 SELECT * FROM event_store.load_aggregate('poison-1');
-SELECT pg_temp.try($$SELECT * FROM event_store.load_aggregate('poison-1')$$) AS reducer_null;
+SELECT regress.try($$SELECT * FROM event_store.load_aggregate('poison-1')$$) AS reducer_null;
 SELECT * FROM event_store.load_aggregate('poison-1', 1);
 -- a reducer's own error aborts load_aggregate with its message
 CREATE FUNCTION raise_on_poison(state jsonb, event event_store.event) RETURNS jsonb
@@ -399,7 +378,7 @@ BEGIN
 END
 $$;
 SELECT event_store.define_aggregate('poison', 'raise_on_poison(jsonb,event_store.event)', '{"n": 0}');
-SELECT pg_temp.try($$SELECT * FROM event_store.load_aggregate('poison-1')$$) AS reducer_error;
+SELECT regress.try($$SELECT * FROM event_store.load_aggregate('poison-1')$$) AS reducer_error;
 
 --
 -- Definitions made by another session are used by a session that has

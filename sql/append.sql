@@ -10,27 +10,6 @@ DROP EXTENSION IF EXISTS event_store CASCADE;
 CREATE EXTENSION event_store;
 RESET client_min_messages;
 
--- try(sql): run a statement and show the SQLSTATE, message, detail and hint
--- of its error (or "no error").
-CREATE FUNCTION pg_temp.try(sql text) RETURNS text
-LANGUAGE plpgsql AS $f$
-DECLARE
-    st  text;
-    msg text;
-    det text;
-    hnt text;
-BEGIN
-    EXECUTE sql;
-    RETURN 'no error';
-EXCEPTION WHEN OTHERS THEN
-    GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT,
-                            det = PG_EXCEPTION_DETAIL, hnt = PG_EXCEPTION_HINT;
-    RETURN st || ': ' || msg
-        || coalesce(E'\nDETAIL: ' || nullif(det, ''), '')
-        || coalesce(E'\nHINT: ' || nullif(hnt, ''), '');
-END
-$f$;
-
 --
 -- Single events and batches; the stream's version after the append is
 -- returned.  Versions start at 1 and have no gaps; global positions are
@@ -69,11 +48,11 @@ SELECT event_store.append('payment-1', '{"type": "PaymentRefunded"}', expected_v
 
 -- wrong expected versions: SQLSTATE SE001 naming the stream, the expected
 -- and the actual version
-SELECT pg_temp.try($$SELECT event_store.append('payment-1', '{"type": "Again"}', 0)$$);
-SELECT pg_temp.try($$SELECT event_store.append('payment-1', '{"type": "Stale"}', 3)$$);
-SELECT pg_temp.try($$SELECT event_store.append('payment-1', '{"type": "Ahead"}', 9)$$);
-SELECT pg_temp.try($$SELECT event_store.append('payment-2', '{"type": "NotThere"}', 2)$$);
-SELECT pg_temp.try($$SELECT event_store.append('payment-1', '[{"type": "A"}, {"type": "B"}]', 4)$$);
+SELECT regress.try($$SELECT event_store.append('payment-1', '{"type": "Again"}', 0)$$);
+SELECT regress.try($$SELECT event_store.append('payment-1', '{"type": "Stale"}', 3)$$);
+SELECT regress.try($$SELECT event_store.append('payment-1', '{"type": "Ahead"}', 9)$$);
+SELECT regress.try($$SELECT event_store.append('payment-2', '{"type": "NotThere"}', 2)$$);
+SELECT regress.try($$SELECT event_store.append('payment-1', '[{"type": "A"}, {"type": "B"}]', 4)$$);
 -- nothing of a refused append was written
 SELECT event_store.stream_version('payment-1') AS payment_1,
        event_store.stream_version('payment-2') AS payment_2;
@@ -130,30 +109,30 @@ SELECT count(*) - :events_before_retries AS written_since_first_batch FROM event
 
 -- anything else with a stored id is SE002 naming the id:
 -- partial overlap with the stored events
-SELECT pg_temp.try($$SELECT event_store.append('cart-1', '[
+SELECT regress.try($$SELECT event_store.append('cart-1', '[
     {"type": "ItemAdded", "id": "00000000-0000-4000-8000-000000000003"},
     {"type": "ItemAdded", "id": "00000000-0000-4000-8000-000000000004"}]', 2)$$);
-SELECT pg_temp.try($$SELECT event_store.append('cart-1', '[
+SELECT regress.try($$SELECT event_store.append('cart-1', '[
     {"type": "ItemAdded", "id": "00000000-0000-4000-8000-000000000005"},
     {"type": "ItemAdded", "id": "00000000-0000-4000-8000-000000000001"}]')$$);
 -- the stored ids, at another place than expected_version says
-SELECT pg_temp.try($$SELECT event_store.append('cart-1', '[
+SELECT regress.try($$SELECT event_store.append('cart-1', '[
     {"type": "CartOpened",  "id": "00000000-0000-4000-8000-000000000001"},
     {"type": "ItemAdded",   "id": "00000000-0000-4000-8000-000000000002"},
     {"type": "ItemAdded",   "id": "00000000-0000-4000-8000-000000000003"}]', 1)$$);
 -- the stored ids in another order
-SELECT pg_temp.try($$SELECT event_store.append('cart-1', '[
+SELECT regress.try($$SELECT event_store.append('cart-1', '[
     {"type": "ItemAdded",   "id": "00000000-0000-4000-8000-000000000003"},
     {"type": "ItemAdded",   "id": "00000000-0000-4000-8000-000000000002"}]')$$);
 -- a retry needs an id on every event of the batch
-SELECT pg_temp.try($$SELECT event_store.append('cart-1', '[
+SELECT regress.try($$SELECT event_store.append('cart-1', '[
     {"type": "CartOpened",  "id": "00000000-0000-4000-8000-000000000001"},
     {"type": "ItemAdded"}]', 0)$$);
 -- an id reused in another stream
-SELECT pg_temp.try($$SELECT event_store.append('cart-9', '{"type": "CartOpened", "id": "00000000-0000-4000-8000-000000000001"}')$$);
-SELECT pg_temp.try($$SELECT event_store.append('cart-9', '{"type": "CartOpened", "id": "00000000-0000-4000-8000-000000000010"}', 0)$$);
+SELECT regress.try($$SELECT event_store.append('cart-9', '{"type": "CartOpened", "id": "00000000-0000-4000-8000-000000000001"}')$$);
+SELECT regress.try($$SELECT event_store.append('cart-9', '{"type": "CartOpened", "id": "00000000-0000-4000-8000-000000000010"}', 0)$$);
 -- the same id twice in one batch
-SELECT pg_temp.try($$SELECT event_store.append('cart-9', '[
+SELECT regress.try($$SELECT event_store.append('cart-9', '[
     {"type": "A", "id": "00000000-0000-4000-8000-000000000020"},
     {"type": "B", "id": "00000000-0000-4000-8000-000000000021"},
     {"type": "C", "id": "00000000-0000-4000-8000-000000000020"}]')$$);
@@ -240,7 +219,7 @@ ROLLBACK TO SAVEPOINT s1;
 SELECT event_store.stream_version('tx-2');
 SELECT event_store.append('tx-2', '{"type": "Second"}', 1);
 -- a refused append inside the transaction does not spoil it
-SELECT pg_temp.try($$SELECT event_store.append('tx-2', '{"type": "Third"}', 1)$$);
+SELECT regress.try($$SELECT event_store.append('tx-2', '{"type": "Third"}', 1)$$);
 SELECT event_store.append('tx-2', '{"type": "Third"}', 2);
 COMMIT;
 SELECT stream_version, event_type FROM event_store.events

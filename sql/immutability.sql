@@ -9,27 +9,6 @@ DROP EXTENSION IF EXISTS event_store CASCADE;
 CREATE EXTENSION event_store;
 RESET client_min_messages;
 
--- try(sql): run a statement and show the SQLSTATE, message, detail and hint
--- of its error (or "no error").
-CREATE FUNCTION pg_temp.try(sql text) RETURNS text
-LANGUAGE plpgsql AS $f$
-DECLARE
-    st  text;
-    msg text;
-    det text;
-    hnt text;
-BEGIN
-    EXECUTE sql;
-    RETURN 'no error';
-EXCEPTION WHEN OTHERS THEN
-    GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT,
-                            det = PG_EXCEPTION_DETAIL, hnt = PG_EXCEPTION_HINT;
-    RETURN st || ': ' || msg
-        || coalesce(E'\nDETAIL: ' || nullif(det, ''), '')
-        || coalesce(E'\nHINT: ' || nullif(hnt, ''), '');
-END
-$f$;
-
 SELECT event_store.append('ledger-1', '[{"type": "Opened", "data": {"balance": 0}},
                                         {"type": "Credited", "data": {"amount": 10}},
                                         {"type": "Debited", "data": {"amount": 3}}]', 0);
@@ -46,29 +25,29 @@ SELECT rolsuper AS superuser,
 UPDATE event_store.events SET data = '{"balance": 1000000}' WHERE global_position = 1;
 
 -- every way of changing or removing rows
-SELECT pg_temp.try($$UPDATE event_store.events SET data = '{}'$$);
-SELECT pg_temp.try($$UPDATE event_store.events SET metadata = '{"fixed": true}' WHERE stream_id = 'ledger-1'$$);
-SELECT pg_temp.try($$UPDATE event_store.events SET event_type = 'X' WHERE false$$);
-SELECT pg_temp.try($$DELETE FROM event_store.events$$);
-SELECT pg_temp.try($$DELETE FROM event_store.events WHERE stream_id = 'ledger-2'$$);
-SELECT pg_temp.try($$DELETE FROM event_store.events WHERE false$$);
-SELECT pg_temp.try($$WITH gone AS (DELETE FROM event_store.events RETURNING 1) SELECT count(*) FROM gone$$);
-SELECT pg_temp.try($$TRUNCATE event_store.events$$);
-SELECT pg_temp.try($$TRUNCATE ONLY event_store.events RESTART IDENTITY CASCADE$$);
-SELECT pg_temp.try($$INSERT INTO event_store.events SELECT * FROM event_store.events WHERE global_position = 1
+SELECT regress.try($$UPDATE event_store.events SET data = '{}'$$);
+SELECT regress.try($$UPDATE event_store.events SET metadata = '{"fixed": true}' WHERE stream_id = 'ledger-1'$$);
+SELECT regress.try($$UPDATE event_store.events SET event_type = 'X' WHERE false$$);
+SELECT regress.try($$DELETE FROM event_store.events$$);
+SELECT regress.try($$DELETE FROM event_store.events WHERE stream_id = 'ledger-2'$$);
+SELECT regress.try($$DELETE FROM event_store.events WHERE false$$);
+SELECT regress.try($$WITH gone AS (DELETE FROM event_store.events RETURNING 1) SELECT count(*) FROM gone$$);
+SELECT regress.try($$TRUNCATE event_store.events$$);
+SELECT regress.try($$TRUNCATE ONLY event_store.events RESTART IDENTITY CASCADE$$);
+SELECT regress.try($$INSERT INTO event_store.events SELECT * FROM event_store.events WHERE global_position = 1
                      ON CONFLICT (global_position) DO UPDATE SET data = '{}'$$);
-SELECT pg_temp.try($$MERGE INTO event_store.events e USING (VALUES (1::bigint)) AS s(p) ON e.global_position = s.p
+SELECT regress.try($$MERGE INTO event_store.events e USING (VALUES (1::bigint)) AS s(p) ON e.global_position = s.p
                      WHEN MATCHED THEN UPDATE SET data = '{}'$$);
-SELECT pg_temp.try($$MERGE INTO event_store.events e USING (VALUES (1::bigint)) AS s(p) ON e.global_position = s.p
+SELECT regress.try($$MERGE INTO event_store.events e USING (VALUES (1::bigint)) AS s(p) ON e.global_position = s.p
                      WHEN MATCHED THEN DELETE$$);
 
 -- the same with replication triggers switched off for the session
 SET session_replication_role = replica;
 SHOW session_replication_role;
-SELECT pg_temp.try($$UPDATE event_store.events SET data = '{}'$$);
-SELECT pg_temp.try($$DELETE FROM event_store.events$$);
-SELECT pg_temp.try($$TRUNCATE event_store.events$$);
-SELECT pg_temp.try($$MERGE INTO event_store.events e USING (VALUES (1::bigint)) AS s(p) ON e.global_position = s.p
+SELECT regress.try($$UPDATE event_store.events SET data = '{}'$$);
+SELECT regress.try($$DELETE FROM event_store.events$$);
+SELECT regress.try($$TRUNCATE event_store.events$$);
+SELECT regress.try($$MERGE INTO event_store.events e USING (VALUES (1::bigint)) AS s(p) ON e.global_position = s.p
                      WHEN MATCHED THEN DELETE$$);
 RESET session_replication_role;
 

@@ -9,27 +9,6 @@ DROP EXTENSION IF EXISTS event_store CASCADE;
 CREATE EXTENSION event_store;
 RESET client_min_messages;
 
--- try(sql): run a statement and show the SQLSTATE, message, detail and hint
--- of its error (or "no error").
-CREATE FUNCTION pg_temp.try(sql text) RETURNS text
-LANGUAGE plpgsql AS $f$
-DECLARE
-    st  text;
-    msg text;
-    det text;
-    hnt text;
-BEGIN
-    EXECUTE sql;
-    RETURN 'no error';
-EXCEPTION WHEN OTHERS THEN
-    GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT,
-                            det = PG_EXCEPTION_DETAIL, hnt = PG_EXCEPTION_HINT;
-    RETURN st || ': ' || msg
-        || coalesce(E'\nDETAIL: ' || nullif(det, ''), '')
-        || coalesce(E'\nHINT: ' || nullif(hnt, ''), '');
-END
-$f$;
-
 -- an empty store: nothing to read, head 0
 SELECT count(*) FROM event_store.read_all();
 SELECT count(*) FROM event_store.read_category('order');
@@ -208,20 +187,20 @@ RESET statement_timeout;
 --
 -- bad arguments: class 22
 --
-SELECT pg_temp.try($$SELECT * FROM event_store.read_all(NULL)$$);
-SELECT pg_temp.try($$SELECT * FROM event_store.read_all(-1)$$);
-SELECT pg_temp.try($$SELECT * FROM event_store.read_all(0, -1)$$);
-SELECT pg_temp.try($$SELECT * FROM event_store.read_all(0, 10, ARRAY['A', NULL])$$);
-SELECT pg_temp.try($$SELECT * FROM event_store.read_all(0, 10, ARRAY[['A'], ['B']])$$);
-SELECT pg_temp.try($$SELECT * FROM event_store.read_category(NULL)$$);
-SELECT pg_temp.try($$SELECT * FROM event_store.read_category('')$$);
-SELECT pg_temp.try($$SELECT * FROM event_store.read_category('order-1')$$);
-SELECT pg_temp.try($$SELECT * FROM event_store.read_category('-')$$);
-SELECT pg_temp.try($$SELECT * FROM event_store.read_category('order', NULL)$$);
-SELECT pg_temp.try($$SELECT * FROM event_store.read_category('order', -5)$$);
-SELECT pg_temp.try($$SELECT * FROM event_store.read_category('order', 0, -1)$$);
-SELECT pg_temp.try($$SELECT * FROM event_store.read_category('order', 0, 10, ARRAY[NULL]::text[])$$);
-SELECT pg_temp.try($$SELECT event_store.wait_for_events(NULL)$$);
-SELECT pg_temp.try($$SELECT event_store.wait_for_events(-1, '10 ms')$$);
-SELECT pg_temp.try($$SELECT event_store.wait_for_events(0, NULL)$$);
-SELECT pg_temp.try($$SELECT event_store.wait_for_events(0, '-1 s')$$);
+SELECT regress.try($$SELECT * FROM event_store.read_all(NULL)$$);
+SELECT regress.try($$SELECT * FROM event_store.read_all(-1)$$);
+SELECT regress.try($$SELECT * FROM event_store.read_all(0, -1)$$);
+SELECT regress.try($$SELECT * FROM event_store.read_all(0, 10, ARRAY['A', NULL])$$);
+SELECT regress.try($$SELECT * FROM event_store.read_all(0, 10, ARRAY[['A'], ['B']])$$);
+SELECT regress.try($$SELECT * FROM event_store.read_category(NULL)$$);
+SELECT regress.try($$SELECT * FROM event_store.read_category('')$$);
+SELECT regress.try($$SELECT * FROM event_store.read_category('order-1')$$);
+SELECT regress.try($$SELECT * FROM event_store.read_category('-')$$);
+SELECT regress.try($$SELECT * FROM event_store.read_category('order', NULL)$$);
+SELECT regress.try($$SELECT * FROM event_store.read_category('order', -5)$$);
+SELECT regress.try($$SELECT * FROM event_store.read_category('order', 0, -1)$$);
+SELECT regress.try($$SELECT * FROM event_store.read_category('order', 0, 10, ARRAY[NULL]::text[])$$);
+SELECT regress.try($$SELECT event_store.wait_for_events(NULL)$$);
+SELECT regress.try($$SELECT event_store.wait_for_events(-1, '10 ms')$$);
+SELECT regress.try($$SELECT event_store.wait_for_events(0, NULL)$$);
+SELECT regress.try($$SELECT event_store.wait_for_events(0, '-1 s')$$);

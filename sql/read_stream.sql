@@ -8,27 +8,6 @@ DROP EXTENSION IF EXISTS event_store CASCADE;
 CREATE EXTENSION event_store;
 RESET client_min_messages;
 
--- try(sql): run a statement and show the SQLSTATE, message, detail and hint
--- of its error (or "no error").
-CREATE FUNCTION pg_temp.try(sql text) RETURNS text
-LANGUAGE plpgsql AS $f$
-DECLARE
-    st  text;
-    msg text;
-    det text;
-    hnt text;
-BEGIN
-    EXECUTE sql;
-    RETURN 'no error';
-EXCEPTION WHEN OTHERS THEN
-    GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT,
-                            det = PG_EXCEPTION_DETAIL, hnt = PG_EXCEPTION_HINT;
-    RETURN st || ': ' || msg
-        || coalesce(E'\nDETAIL: ' || nullif(det, ''), '')
-        || coalesce(E'\nHINT: ' || nullif(hnt, ''), '');
-END
-$f$;
-
 -- account-1 gets five events, interleaved with other streams whose ids
 -- start the same way or differ only in case
 SELECT event_store.append('account-1', '{"type": "Opened", "id": "00000000-0000-4000-8000-000000000101", "data": {"owner": "ann"}}', 0);
@@ -98,15 +77,15 @@ SELECT stream_version, event_type FROM event_store.read_stream('account-1', 5);
 SELECT event_store.stream_version('account-1');
 
 -- bad arguments: class 22
-SELECT pg_temp.try($$SELECT * FROM event_store.read_stream(NULL)$$);
-SELECT pg_temp.try($$SELECT * FROM event_store.read_stream('')$$);
-SELECT pg_temp.try($$SELECT * FROM event_store.read_stream('account-1', -1)$$);
-SELECT pg_temp.try($$SELECT * FROM event_store.read_stream('account-1', -1, NULL, true)$$);
-SELECT pg_temp.try($$SELECT * FROM event_store.read_stream('account-1', 1, -1)$$);
-SELECT pg_temp.try($$SELECT * FROM event_store.read_stream('account-1', NULL, -5, true)$$);
-SELECT pg_temp.try($$SELECT * FROM event_store.read_stream('account-1', 1, 1, NULL)$$);
-SELECT pg_temp.try($$SELECT event_store.stream_version(NULL)$$);
-SELECT pg_temp.try($$SELECT event_store.stream_version('')$$);
+SELECT regress.try($$SELECT * FROM event_store.read_stream(NULL)$$);
+SELECT regress.try($$SELECT * FROM event_store.read_stream('')$$);
+SELECT regress.try($$SELECT * FROM event_store.read_stream('account-1', -1)$$);
+SELECT regress.try($$SELECT * FROM event_store.read_stream('account-1', -1, NULL, true)$$);
+SELECT regress.try($$SELECT * FROM event_store.read_stream('account-1', 1, -1)$$);
+SELECT regress.try($$SELECT * FROM event_store.read_stream('account-1', NULL, -5, true)$$);
+SELECT regress.try($$SELECT * FROM event_store.read_stream('account-1', 1, 1, NULL)$$);
+SELECT regress.try($$SELECT event_store.stream_version(NULL)$$);
+SELECT regress.try($$SELECT event_store.stream_version('')$$);
 
 -- reads work under parallel query settings too: in a fresh session the
 -- registry caches are loaded inside the (parallel-mode) query

@@ -15,27 +15,6 @@ CREATE EXTENSION event_store;
 RESET client_min_messages;
 \set SHOW_CONTEXT never
 
--- try(sql): run a statement and show the SQLSTATE, message, detail and hint
--- of its error (or "no error").
-CREATE FUNCTION pg_temp.try(sql text) RETURNS text
-LANGUAGE plpgsql AS $f$
-DECLARE
-    st  text;
-    msg text;
-    det text;
-    hnt text;
-BEGIN
-    EXECUTE sql;
-    RETURN 'no error';
-EXCEPTION WHEN OTHERS THEN
-    GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT,
-                            det = PG_EXCEPTION_DETAIL, hnt = PG_EXCEPTION_HINT;
-    RETURN st || ': ' || msg
-        || coalesce(E'\nDETAIL: ' || nullif(det, ''), '')
-        || coalesce(E'\nHINT: ' || nullif(hnt, ''), '');
-END
-$f$;
-
 -- sid(n): a fixed saga id, so ids can be shown
 CREATE FUNCTION pg_temp.sid(n int) RETURNS uuid
 LANGUAGE sql AS $$ SELECT ('5a9a0000-0000-4000-8000-' || lpad(n::text, 12, '0'))::uuid $$;
@@ -156,48 +135,48 @@ LANGUAGE sql AS $$ SELECT data $$;
 -- define_saga: validation
 --
 -- unknown action or compensation function, wrong signature or result
-SELECT pg_temp.try($$SELECT event_store.define_saga('bad', '{"steps": [{"name": "a", "action": "shop.nope"}]}')$$);
-SELECT pg_temp.try($$SELECT event_store.define_saga('bad', '{"steps": [{"name": "a", "action": "shop.note", "compensation": "shop.nope"}]}')$$);
-SELECT pg_temp.try($$SELECT event_store.define_saga('bad', '{"steps": [{"name": "a", "action": "shop.wrong_args"}]}')$$);
-SELECT pg_temp.try($$SELECT event_store.define_saga('bad', '{"steps": [{"name": "a", "action": "shop.returns_text"}]}')$$);
-SELECT pg_temp.try($$SELECT event_store.define_saga('bad', '{"steps": [{"name": "a", "compensation": "shop.returns_text"}]}')$$);
+SELECT regress.try($$SELECT event_store.define_saga('bad', '{"steps": [{"name": "a", "action": "shop.nope"}]}')$$);
+SELECT regress.try($$SELECT event_store.define_saga('bad', '{"steps": [{"name": "a", "action": "shop.note", "compensation": "shop.nope"}]}')$$);
+SELECT regress.try($$SELECT event_store.define_saga('bad', '{"steps": [{"name": "a", "action": "shop.wrong_args"}]}')$$);
+SELECT regress.try($$SELECT event_store.define_saga('bad', '{"steps": [{"name": "a", "action": "shop.returns_text"}]}')$$);
+SELECT regress.try($$SELECT event_store.define_saga('bad', '{"steps": [{"name": "a", "compensation": "shop.returns_text"}]}')$$);
 -- step names: missing, empty, not a string, duplicate
-SELECT pg_temp.try($$SELECT event_store.define_saga('bad', '{"steps": [{"action": "shop.note"}]}')$$);
-SELECT pg_temp.try($$SELECT event_store.define_saga('bad', '{"steps": [{"name": ""}]}')$$);
-SELECT pg_temp.try($$SELECT event_store.define_saga('bad', '{"steps": [{"name": 7}]}')$$);
-SELECT pg_temp.try($$SELECT event_store.define_saga('bad', '{"steps": [{"name": "a"}, {"name": "b"}, {"name": "a"}]}')$$);
+SELECT regress.try($$SELECT event_store.define_saga('bad', '{"steps": [{"action": "shop.note"}]}')$$);
+SELECT regress.try($$SELECT event_store.define_saga('bad', '{"steps": [{"name": ""}]}')$$);
+SELECT regress.try($$SELECT event_store.define_saga('bad', '{"steps": [{"name": 7}]}')$$);
+SELECT regress.try($$SELECT event_store.define_saga('bad', '{"steps": [{"name": "a"}, {"name": "b"}, {"name": "a"}]}')$$);
 -- steps missing, empty, not an array, a step not an object
-SELECT pg_temp.try($$SELECT event_store.define_saga('bad', '{}')$$);
-SELECT pg_temp.try($$SELECT event_store.define_saga('bad', '{"steps": []}')$$);
-SELECT pg_temp.try($$SELECT event_store.define_saga('bad', '{"steps": {"name": "a"}}')$$);
-SELECT pg_temp.try($$SELECT event_store.define_saga('bad', '{"steps": ["a"]}')$$);
+SELECT regress.try($$SELECT event_store.define_saga('bad', '{}')$$);
+SELECT regress.try($$SELECT event_store.define_saga('bad', '{"steps": []}')$$);
+SELECT regress.try($$SELECT event_store.define_saga('bad', '{"steps": {"name": "a"}}')$$);
+SELECT regress.try($$SELECT event_store.define_saga('bad', '{"steps": ["a"]}')$$);
 -- bad intervals: step timeout, backoff, saga timeout
-SELECT pg_temp.try($$SELECT event_store.define_saga('bad', '{"steps": [{"name": "a", "timeout": "soon"}]}')$$);
-SELECT pg_temp.try($$SELECT event_store.define_saga('bad', '{"steps": [{"name": "a", "timeout": 30}]}')$$);
-SELECT pg_temp.try($$SELECT event_store.define_saga('bad', '{"steps": [{"name": "a", "timeout": "-1 second"}]}')$$);
-SELECT pg_temp.try($$SELECT event_store.define_saga('bad', '{"steps": [{"name": "a", "backoff": "often"}]}')$$);
-SELECT pg_temp.try($$SELECT event_store.define_saga('bad', '{"steps": [{"name": "a", "backoff": "-5 seconds"}]}')$$);
-SELECT pg_temp.try($$SELECT event_store.define_saga('bad', '{"steps": [{"name": "a"}], "timeout": "1 fortnight"}')$$);
-SELECT pg_temp.try($$SELECT event_store.define_saga('bad', '{"steps": [{"name": "a"}], "timeout": true}')$$);
+SELECT regress.try($$SELECT event_store.define_saga('bad', '{"steps": [{"name": "a", "timeout": "soon"}]}')$$);
+SELECT regress.try($$SELECT event_store.define_saga('bad', '{"steps": [{"name": "a", "timeout": 30}]}')$$);
+SELECT regress.try($$SELECT event_store.define_saga('bad', '{"steps": [{"name": "a", "timeout": "-1 second"}]}')$$);
+SELECT regress.try($$SELECT event_store.define_saga('bad', '{"steps": [{"name": "a", "backoff": "often"}]}')$$);
+SELECT regress.try($$SELECT event_store.define_saga('bad', '{"steps": [{"name": "a", "backoff": "-5 seconds"}]}')$$);
+SELECT regress.try($$SELECT event_store.define_saga('bad', '{"steps": [{"name": "a"}], "timeout": "1 fortnight"}')$$);
+SELECT regress.try($$SELECT event_store.define_saga('bad', '{"steps": [{"name": "a"}], "timeout": true}')$$);
 -- unknown keys, in the definition and in a step (typos must not pass)
-SELECT pg_temp.try($$SELECT event_store.define_saga('bad', '{"steps": [{"name": "a"}], "timout": "1 hour"}')$$);
-SELECT pg_temp.try($$SELECT event_store.define_saga('bad', '{"steps": [{"name": "a", "max_attempt": 3}]}')$$);
+SELECT regress.try($$SELECT event_store.define_saga('bad', '{"steps": [{"name": "a"}], "timout": "1 hour"}')$$);
+SELECT regress.try($$SELECT event_store.define_saga('bad', '{"steps": [{"name": "a", "max_attempt": 3}]}')$$);
 -- bad group and max_attempts
-SELECT pg_temp.try($$SELECT event_store.define_saga('bad', '{"steps": [{"name": "a", "group": 0}]}')$$);
-SELECT pg_temp.try($$SELECT event_store.define_saga('bad', '{"steps": [{"name": "a", "group": 1.5}]}')$$);
-SELECT pg_temp.try($$SELECT event_store.define_saga('bad', '{"steps": [{"name": "a", "group": "1"}]}')$$);
-SELECT pg_temp.try($$SELECT event_store.define_saga('bad', '{"steps": [{"name": "a", "max_attempts": 0}]}')$$);
-SELECT pg_temp.try($$SELECT event_store.define_saga('bad', '{"steps": [{"name": "a", "max_attempts": -2}]}')$$);
-SELECT pg_temp.try($$SELECT event_store.define_saga('bad', '{"steps": [{"name": "a", "max_attempts": 2.5}]}')$$);
-SELECT pg_temp.try($$SELECT event_store.define_saga('bad', '{"steps": [{"name": "a", "max_attempts": null}]}')$$);
+SELECT regress.try($$SELECT event_store.define_saga('bad', '{"steps": [{"name": "a", "group": 0}]}')$$);
+SELECT regress.try($$SELECT event_store.define_saga('bad', '{"steps": [{"name": "a", "group": 1.5}]}')$$);
+SELECT regress.try($$SELECT event_store.define_saga('bad', '{"steps": [{"name": "a", "group": "1"}]}')$$);
+SELECT regress.try($$SELECT event_store.define_saga('bad', '{"steps": [{"name": "a", "max_attempts": 0}]}')$$);
+SELECT regress.try($$SELECT event_store.define_saga('bad', '{"steps": [{"name": "a", "max_attempts": -2}]}')$$);
+SELECT regress.try($$SELECT event_store.define_saga('bad', '{"steps": [{"name": "a", "max_attempts": 2.5}]}')$$);
+SELECT regress.try($$SELECT event_store.define_saga('bad', '{"steps": [{"name": "a", "max_attempts": null}]}')$$);
 -- function names, event types and nested saga types are non-empty strings
-SELECT pg_temp.try($$SELECT event_store.define_saga('bad', '{"steps": [{"name": "a", "action": ""}]}')$$);
-SELECT pg_temp.try($$SELECT event_store.define_saga('bad', '{"steps": [{"name": "a", "complete_on": 1}]}')$$);
+SELECT regress.try($$SELECT event_store.define_saga('bad', '{"steps": [{"name": "a", "action": ""}]}')$$);
+SELECT regress.try($$SELECT event_store.define_saga('bad', '{"steps": [{"name": "a", "complete_on": 1}]}')$$);
 -- a nested saga of an undefined type; a nested step with an action
-SELECT pg_temp.try($$SELECT event_store.define_saga('bad', '{"steps": [{"name": "a", "saga": "no_such_type"}]}')$$);
-SELECT pg_temp.try($$SELECT event_store.define_saga('bad', '{"steps": [{"name": "a", "saga": "bad", "action": "shop.note"}]}')$$);
+SELECT regress.try($$SELECT event_store.define_saga('bad', '{"steps": [{"name": "a", "saga": "no_such_type"}]}')$$);
+SELECT regress.try($$SELECT event_store.define_saga('bad', '{"steps": [{"name": "a", "saga": "bad", "action": "shop.note"}]}')$$);
 -- fail_on without complete_on or action
-SELECT pg_temp.try($$SELECT event_store.define_saga('bad', '{"steps": [{"name": "a", "fail_on": "Lost"}]}')$$);
+SELECT regress.try($$SELECT event_store.define_saga('bad', '{"steps": [{"name": "a", "fail_on": "Lost"}]}')$$);
 -- nothing was defined
 SELECT count(*) AS definitions FROM event_store.saga_definitions;
 
@@ -252,9 +231,9 @@ SELECT event_store.start_saga('order', '{"order": "o-1", "sku": "apple", "qty": 
 SELECT event_store.stream_version('saga-' || pg_temp.sid(1)) AS saga_stream_version,
        (SELECT count(*) FROM shop.calls WHERE fn = 'reserve') AS reserve_calls;
 -- ... different data or type is an error (22023)
-SELECT pg_temp.try($$SELECT event_store.start_saga('order', '{"order": "o-1", "sku": "apple", "qty": 3, "amount": 30}', pg_temp.sid(1))$$);
+SELECT regress.try($$SELECT event_store.start_saga('order', '{"order": "o-1", "sku": "apple", "qty": 3, "amount": 30}', pg_temp.sid(1))$$);
 SELECT event_store.define_saga('other', '{"steps": [{"name": "only"}]}');
-SELECT pg_temp.try($$SELECT event_store.start_saga('other', '{"order": "o-1", "sku": "apple", "qty": 2, "amount": 30}', pg_temp.sid(1))$$);
+SELECT regress.try($$SELECT event_store.start_saga('other', '{"order": "o-1", "sku": "apple", "qty": 2, "amount": 30}', pg_temp.sid(1))$$);
 -- without an id a fresh one is made every time
 SELECT count(DISTINCT event_store.start_saga('other', '{}')) AS distinct_ids FROM generate_series(1, 3);
 -- (finish them: claim and complete their only step)
@@ -278,8 +257,8 @@ SELECT stream_version, event_type, data
   FROM event_store.read_stream('saga-' || pg_temp.sid(2));
 -- an ended saga has nothing to claim and nothing to complete or fail
 SELECT count(*) AS claimable FROM event_store.claim_saga_steps('shipper-1', step_names => ARRAY['ship']);
-SELECT pg_temp.try($$SELECT event_store.complete_saga_step(pg_temp.sid(2), 'ship')$$);
-SELECT pg_temp.try($$SELECT event_store.fail_saga_step(pg_temp.sid(2), 'charge_payment', 'again')$$);
+SELECT regress.try($$SELECT event_store.complete_saga_step(pg_temp.sid(2), 'ship')$$);
+SELECT regress.try($$SELECT event_store.fail_saga_step(pg_temp.sid(2), 'charge_payment', 'again')$$);
 
 -- a retried local step driven by saga_tick(): flaky fails its first two
 -- calls; with a backoff the retry waits for a tick once the backoff passed
@@ -414,7 +393,7 @@ SELECT fn, data FROM shop.calls WHERE saga_id = pg_temp.sid(7) ORDER BY n;
 SELECT stream_version, event_type, data ->> 'step' AS step
   FROM event_store.read_stream('saga-' || pg_temp.sid(7));
 -- a compensation cannot be completed twice
-SELECT pg_temp.try($$SELECT event_store.complete_saga_step(pg_temp.sid(7), 'car')$$);
+SELECT regress.try($$SELECT event_store.complete_saga_step(pg_temp.sid(7), 'car')$$);
 -- what a compensation is: a local step without compensation needs none;
 -- an external step with a compensation function is compensated locally
 -- (never claimable); an event-driven step without one needs none
@@ -456,7 +435,7 @@ SELECT pg_temp.events(pg_temp.sid(8));
 -- nothing more happens to it
 SELECT event_store.saga_tick();
 SELECT status FROM event_store.sagas WHERE saga_id = pg_temp.sid(8);
-SELECT pg_temp.try($$SELECT event_store.complete_saga_step(pg_temp.sid(8), 'lock')$$);
+SELECT regress.try($$SELECT event_store.complete_saga_step(pg_temp.sid(8), 'lock')$$);
 -- an external compensation failed non-retryably ends the same way
 SELECT event_store.start_saga('trip', '{"trip": "t-2"}', pg_temp.sid(9));
 SELECT event_store.complete_saga_step(pg_temp.sid(9), 'hotel', '{"hotel": "H-2"}');
@@ -637,7 +616,7 @@ SELECT stream_version, event_type, data ->> 'step' AS step, data ->> 'error' AS 
        data ->> 'attempt' AS attempt, data ->> 'retrying' AS retrying
   FROM event_store.read_stream('saga-' || pg_temp.sid(20));
 -- the worker's late report of the timed out step is refused
-SELECT pg_temp.try($$SELECT event_store.complete_saga_step(pg_temp.sid(20), 'wait')$$);
+SELECT regress.try($$SELECT event_store.complete_saga_step(pg_temp.sid(20), 'wait')$$);
 -- an event-driven step times out the same way
 SELECT event_store.define_saga('confirm_slow', $${
     "steps": [{"name": "wait", "complete_on": "Confirmed", "timeout": "0 seconds", "max_attempts": 2, "backoff": "0 seconds"}]}$$);
@@ -671,7 +650,7 @@ SELECT event_store.saga_tick() > 0 AS fired;
 SELECT status, last_error FROM event_store.sagas WHERE saga_id = pg_temp.sid(23);
 SELECT name, status, attempts, last_error FROM event_store.saga_steps WHERE saga_id = pg_temp.sid(23) ORDER BY step_no;
 SELECT pg_temp.events(pg_temp.sid(23));
-SELECT pg_temp.try($$SELECT event_store.complete_saga_step(pg_temp.sid(23), 'wait')$$);
+SELECT regress.try($$SELECT event_store.complete_saga_step(pg_temp.sid(23), 'wait')$$);
 
 -- lease expiry: a claimed step whose worker went silent is handed out again
 -- (the expired lease counts as a failed attempt)
@@ -716,50 +695,50 @@ SELECT count(event_store.fail_saga_step(saga_id, 'job', 'cancelled', false)) AS 
 -- 22 errors (never a silent NULL result); a step that is not running cannot
 -- be completed or failed (55000).
 --
-SELECT pg_temp.try($$SELECT event_store.define_saga(NULL, '{"steps": [{"name": "a"}]}')$$);
-SELECT pg_temp.try($$SELECT event_store.define_saga('', '{"steps": [{"name": "a"}]}')$$);
-SELECT pg_temp.try($$SELECT event_store.define_saga('x', NULL)$$);
-SELECT pg_temp.try($$SELECT event_store.define_saga('x', '[{"name": "a"}]')$$);
-SELECT pg_temp.try($$SELECT event_store.define_saga('x', '"steps"')$$);
-SELECT pg_temp.try($$SELECT event_store.start_saga(NULL, '{}')$$);
-SELECT pg_temp.try($$SELECT event_store.start_saga('', '{}')$$);
-SELECT pg_temp.try($$SELECT event_store.start_saga('order', NULL)$$);
-SELECT pg_temp.try($$SELECT event_store.start_saga('order', '[1, 2]')$$);
-SELECT pg_temp.try($$SELECT event_store.start_saga('order', '"o-1"')$$);
-SELECT pg_temp.try($$SELECT event_store.start_saga('no_such_type', '{}')$$);
-SELECT pg_temp.try($$SELECT event_store.start_saga('order', '{}', 'not-a-uuid')$$);
-SELECT pg_temp.try($$SELECT event_store.claim_saga_steps(NULL)$$);
-SELECT pg_temp.try($$SELECT event_store.claim_saga_steps('')$$);
-SELECT pg_temp.try($$SELECT event_store.claim_saga_steps('w', NULL)$$);
-SELECT pg_temp.try($$SELECT event_store.claim_saga_steps('w', -1)$$);
-SELECT pg_temp.try($$SELECT event_store.claim_saga_steps('w', 1, ARRAY['a', NULL])$$);
-SELECT pg_temp.try($$SELECT event_store.claim_saga_steps('w', lease => NULL)$$);
-SELECT pg_temp.try($$SELECT event_store.claim_saga_steps('w', lease => '0 seconds')$$);
-SELECT pg_temp.try($$SELECT event_store.claim_saga_steps('w', lease => '-1 minute')$$);
-SELECT pg_temp.try($$SELECT event_store.claim_saga_steps('w', lease => 'a while')$$);
-SELECT pg_temp.try($$SELECT event_store.complete_saga_step(NULL, 'ship')$$);
-SELECT pg_temp.try($$SELECT event_store.complete_saga_step(pg_temp.sid(1), NULL)$$);
-SELECT pg_temp.try($$SELECT event_store.complete_saga_step(pg_temp.sid(1), '')$$);
-SELECT pg_temp.try($$SELECT event_store.complete_saga_step('5a9a0000-0000-4000-8000-0000000000ff', 'ship')$$);
-SELECT pg_temp.try($$SELECT event_store.complete_saga_step(pg_temp.sid(1), 'no_such_step')$$);
-SELECT pg_temp.try($$SELECT event_store.complete_saga_step('nope', 'ship')$$);
-SELECT pg_temp.try($$SELECT event_store.fail_saga_step(NULL, 'ship', 'e')$$);
-SELECT pg_temp.try($$SELECT event_store.fail_saga_step(pg_temp.sid(1), NULL, 'e')$$);
-SELECT pg_temp.try($$SELECT event_store.fail_saga_step(pg_temp.sid(1), 'ship', NULL)$$);
-SELECT pg_temp.try($$SELECT event_store.fail_saga_step(pg_temp.sid(1), 'ship', 'e', NULL)$$);
-SELECT pg_temp.try($$SELECT event_store.fail_saga_step('5a9a0000-0000-4000-8000-0000000000ff', 'ship', 'e')$$);
-SELECT pg_temp.try($$SELECT event_store.saga_state(NULL)$$);
-SELECT pg_temp.try($$SELECT event_store.saga_state('5a9a0000-0000-4000-8000-0000000000ff')$$);
+SELECT regress.try($$SELECT event_store.define_saga(NULL, '{"steps": [{"name": "a"}]}')$$);
+SELECT regress.try($$SELECT event_store.define_saga('', '{"steps": [{"name": "a"}]}')$$);
+SELECT regress.try($$SELECT event_store.define_saga('x', NULL)$$);
+SELECT regress.try($$SELECT event_store.define_saga('x', '[{"name": "a"}]')$$);
+SELECT regress.try($$SELECT event_store.define_saga('x', '"steps"')$$);
+SELECT regress.try($$SELECT event_store.start_saga(NULL, '{}')$$);
+SELECT regress.try($$SELECT event_store.start_saga('', '{}')$$);
+SELECT regress.try($$SELECT event_store.start_saga('order', NULL)$$);
+SELECT regress.try($$SELECT event_store.start_saga('order', '[1, 2]')$$);
+SELECT regress.try($$SELECT event_store.start_saga('order', '"o-1"')$$);
+SELECT regress.try($$SELECT event_store.start_saga('no_such_type', '{}')$$);
+SELECT regress.try($$SELECT event_store.start_saga('order', '{}', 'not-a-uuid')$$);
+SELECT regress.try($$SELECT event_store.claim_saga_steps(NULL)$$);
+SELECT regress.try($$SELECT event_store.claim_saga_steps('')$$);
+SELECT regress.try($$SELECT event_store.claim_saga_steps('w', NULL)$$);
+SELECT regress.try($$SELECT event_store.claim_saga_steps('w', -1)$$);
+SELECT regress.try($$SELECT event_store.claim_saga_steps('w', 1, ARRAY['a', NULL])$$);
+SELECT regress.try($$SELECT event_store.claim_saga_steps('w', lease => NULL)$$);
+SELECT regress.try($$SELECT event_store.claim_saga_steps('w', lease => '0 seconds')$$);
+SELECT regress.try($$SELECT event_store.claim_saga_steps('w', lease => '-1 minute')$$);
+SELECT regress.try($$SELECT event_store.claim_saga_steps('w', lease => 'a while')$$);
+SELECT regress.try($$SELECT event_store.complete_saga_step(NULL, 'ship')$$);
+SELECT regress.try($$SELECT event_store.complete_saga_step(pg_temp.sid(1), NULL)$$);
+SELECT regress.try($$SELECT event_store.complete_saga_step(pg_temp.sid(1), '')$$);
+SELECT regress.try($$SELECT event_store.complete_saga_step('5a9a0000-0000-4000-8000-0000000000ff', 'ship')$$);
+SELECT regress.try($$SELECT event_store.complete_saga_step(pg_temp.sid(1), 'no_such_step')$$);
+SELECT regress.try($$SELECT event_store.complete_saga_step('nope', 'ship')$$);
+SELECT regress.try($$SELECT event_store.fail_saga_step(NULL, 'ship', 'e')$$);
+SELECT regress.try($$SELECT event_store.fail_saga_step(pg_temp.sid(1), NULL, 'e')$$);
+SELECT regress.try($$SELECT event_store.fail_saga_step(pg_temp.sid(1), 'ship', NULL)$$);
+SELECT regress.try($$SELECT event_store.fail_saga_step(pg_temp.sid(1), 'ship', 'e', NULL)$$);
+SELECT regress.try($$SELECT event_store.fail_saga_step('5a9a0000-0000-4000-8000-0000000000ff', 'ship', 'e')$$);
+SELECT regress.try($$SELECT event_store.saga_state(NULL)$$);
+SELECT regress.try($$SELECT event_store.saga_state('5a9a0000-0000-4000-8000-0000000000ff')$$);
 -- a pending step (its group has not started) and a completed one: 55000
 SELECT event_store.start_saga('order', '{"order": "o-30", "sku": "apple", "qty": 1, "amount": 10}', pg_temp.sid(30));
 SELECT event_store.define_saga('two', '{"steps": [{"name": "first"}, {"name": "second"}]}');
 SELECT event_store.start_saga('two', '{}', pg_temp.sid(31));
-SELECT pg_temp.try($$SELECT event_store.complete_saga_step(pg_temp.sid(31), 'second')$$);
-SELECT pg_temp.try($$SELECT event_store.fail_saga_step(pg_temp.sid(31), 'second', 'e')$$);
-SELECT pg_temp.try($$SELECT event_store.complete_saga_step(pg_temp.sid(30), 'reserve_inventory')$$);
-SELECT pg_temp.try($$SELECT event_store.fail_saga_step(pg_temp.sid(30), 'charge_payment', 'e')$$);
+SELECT regress.try($$SELECT event_store.complete_saga_step(pg_temp.sid(31), 'second')$$);
+SELECT regress.try($$SELECT event_store.fail_saga_step(pg_temp.sid(31), 'second', 'e')$$);
+SELECT regress.try($$SELECT event_store.complete_saga_step(pg_temp.sid(30), 'reserve_inventory')$$);
+SELECT regress.try($$SELECT event_store.fail_saga_step(pg_temp.sid(30), 'charge_payment', 'e')$$);
 -- a completed saga's step
-SELECT pg_temp.try($$SELECT event_store.complete_saga_step(pg_temp.sid(1), 'ship')$$);
+SELECT regress.try($$SELECT event_store.complete_saga_step(pg_temp.sid(1), 'ship')$$);
 -- none of the refused calls changed anything
 SELECT name, status, attempts FROM pg_temp.steps(pg_temp.sid(31));
 SELECT name, status, attempts FROM pg_temp.steps(pg_temp.sid(30));
@@ -814,9 +793,9 @@ SELECT status = 'completed' AS completed_on_own_event
   FROM event_store.sagas WHERE saga_id = pg_temp.sid(13);
 
 -- A malformed function name is a class 22 error, like any malformed value.
-SELECT left(pg_temp.try($$SELECT event_store.define_saga('bad', '{"steps": [{"name": "a", "action": "no such function"}]}')$$), 2) = '22'
+SELECT left(regress.try($$SELECT event_store.define_saga('bad', '{"steps": [{"name": "a", "action": "no such function"}]}')$$), 2) = '22'
        AS malformed_action_class_22;
-SELECT left(pg_temp.try($$SELECT event_store.define_saga('bad', '{"steps": [{"name": "a", "action": "shop.note(uuid, jsonb)"}]}')$$), 2) = '22'
+SELECT left(regress.try($$SELECT event_store.define_saga('bad', '{"steps": [{"name": "a", "action": "shop.note(uuid, jsonb)"}]}')$$), 2) = '22'
        AS signature_in_name_class_22;
 
 -- A saga timeout too large to add to a timestamp: refused by define_saga
@@ -824,13 +803,13 @@ SELECT left(pg_temp.try($$SELECT event_store.define_saga('bad', '{"steps": [{"na
 CREATE FUNCTION pg_temp.huge_timeout() RETURNS text
 LANGUAGE plpgsql AS $$
 DECLARE
-    r text := pg_temp.try($q$SELECT event_store.define_saga('huge_timeout',
+    r text := regress.try($q$SELECT event_store.define_saga('huge_timeout',
                   '{"steps": [{"name": "far"}], "timeout": "1000000 years"}')$q$);
 BEGIN
     IF r <> 'no error' THEN
         RETURN CASE WHEN left(r, 2) = '22' THEN 'ok' ELSE r END;
     END IF;
-    r := pg_temp.try($q$SELECT event_store.start_saga('huge_timeout', '{}')$q$);
+    r := regress.try($q$SELECT event_store.start_saga('huge_timeout', '{}')$q$);
     RETURN CASE WHEN r = 'no error' THEN 'ok' ELSE r END;
 END $$;
 SELECT pg_temp.huge_timeout();
@@ -841,11 +820,11 @@ SELECT pg_temp.huge_timeout();
 CREATE FUNCTION pg_temp.self_nested() RETURNS text
 LANGUAGE plpgsql AS $$
 DECLARE
-    r text := pg_temp.try($q$SELECT event_store.define_saga('matryoshka',
+    r text := regress.try($q$SELECT event_store.define_saga('matryoshka',
                   '{"steps": [{"name": "inner", "saga": "matryoshka"}]}')$q$);
 BEGIN
     IF r = 'no error' THEN
-        r := pg_temp.try($q$SELECT event_store.start_saga('matryoshka', '{}')$q$);
+        r := regress.try($q$SELECT event_store.start_saga('matryoshka', '{}')$q$);
     END IF;
     RETURN CASE WHEN left(r, 2) = '22' THEN 'ok' ELSE r END;
 END $$;
@@ -857,7 +836,7 @@ SELECT pg_temp.self_nested();
 CREATE TEMP TABLE outcome (result text);
 DO $$
 DECLARE
-    r text := pg_temp.try($q$SELECT event_store.define_saga('huge_backoff',
+    r text := regress.try($q$SELECT event_store.define_saga('huge_backoff',
                   '{"steps": [{"name": "far", "backoff": "1000000 years"}]}')$q$);
 BEGIN
     IF r <> 'no error' THEN
@@ -868,7 +847,7 @@ BEGIN
         COMMIT;
         PERFORM pg_sleep(0.01);
         COMMIT;     -- the tick's now() is after the lease expired
-        r := pg_temp.try('SELECT event_store.saga_tick()');
+        r := regress.try('SELECT event_store.saga_tick()');
         INSERT INTO outcome VALUES (CASE WHEN r = 'no error' THEN 'ok' ELSE 'saga_tick: ' || r END);
     END IF;
 END $$;

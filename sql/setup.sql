@@ -109,3 +109,27 @@ SELECT has_table_privilege('public', 'event_store.events', 'SELECT') AS public_s
 -- An empty store.
 SELECT count(*) AS events FROM event_store.events;
 SELECT event_store.head_position();
+
+-- Helpers the other test files share (schema regress outlives the
+-- DROP/CREATE EXTENSION those files start with).
+CREATE SCHEMA regress;
+-- try(sql): run a statement and show the SQLSTATE, message, detail and hint
+-- of its error (or "no error").
+CREATE FUNCTION regress.try(sql text) RETURNS text
+LANGUAGE plpgsql AS $f$
+DECLARE
+    st  text;
+    msg text;
+    det text;
+    hnt text;
+BEGIN
+    EXECUTE sql;
+    RETURN 'no error';
+EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT,
+                            det = PG_EXCEPTION_DETAIL, hnt = PG_EXCEPTION_HINT;
+    RETURN st || ': ' || msg
+        || coalesce(E'\nDETAIL: ' || nullif(det, ''), '')
+        || coalesce(E'\nHINT: ' || nullif(hnt, ''), '');
+END
+$f$;

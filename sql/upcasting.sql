@@ -13,27 +13,6 @@ CREATE EXTENSION event_store;
 RESET client_min_messages;
 \set SHOW_CONTEXT never
 
--- try(sql): run a statement and show the SQLSTATE, message, detail and hint
--- of its error (or "no error").
-CREATE FUNCTION pg_temp.try(sql text) RETURNS text
-LANGUAGE plpgsql AS $f$
-DECLARE
-    st  text;
-    msg text;
-    det text;
-    hnt text;
-BEGIN
-    EXECUTE sql;
-    RETURN 'no error';
-EXCEPTION WHEN OTHERS THEN
-    GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT,
-                            det = PG_EXCEPTION_DETAIL, hnt = PG_EXCEPTION_HINT;
-    RETURN st || ': ' || msg
-        || coalesce(E'\nDETAIL: ' || nullif(det, ''), '')
-        || coalesce(E'\nHINT: ' || nullif(hnt, ''), '');
-END
-$f$;
-
 --
 -- Events written before any upcaster exists.  UpcRegistered went through
 -- three schemas: v1 {"name"}, v2 {"full_name"}, v3 {"full_name", "source"}
@@ -218,10 +197,10 @@ SELECT event_store.append('upcbroken-1', '[{"type": "UpcBroken", "data": {"ok": 
                                            {"type": "UpcBroken", "data": {"bad": "no way"}}]');
 SELECT event_store.register_upcaster('UpcBroken', 1, 'upc_broken(jsonb,jsonb)');
 SELECT * FROM event_store.read_stream('upcbroken-1');
-SELECT pg_temp.try($$SELECT * FROM event_store.read_stream('upcbroken-1')$$) AS read_stream;
-SELECT pg_temp.try($$SELECT * FROM event_store.read_all()$$) AS read_all;
-SELECT pg_temp.try($$SELECT * FROM event_store.read_category('upcbroken')$$) AS read_category;
-SELECT pg_temp.try($$SELECT * FROM event_store.read_all(event_types => ARRAY['Nothing'])$$)
+SELECT regress.try($$SELECT * FROM event_store.read_stream('upcbroken-1')$$) AS read_stream;
+SELECT regress.try($$SELECT * FROM event_store.read_all()$$) AS read_all;
+SELECT regress.try($$SELECT * FROM event_store.read_category('upcbroken')$$) AS read_category;
+SELECT regress.try($$SELECT * FROM event_store.read_all(event_types => ARRAY['Nothing'])$$)
        AS read_all_filtered;
 -- the event before the bad one is upcast fine; raw reads do not call it
 SELECT stream_version, data, schema_version
@@ -229,7 +208,7 @@ SELECT stream_version, data, schema_version
 SELECT stream_version, data, schema_version
   FROM event_store.read_stream('upcbroken-1', raw => true);
 SELECT event_store.define_aggregate('upcbroken', 'upc_reduce(jsonb,event_store.event)', '{"seen": []}');
-SELECT pg_temp.try($$SELECT * FROM event_store.load_aggregate('upcbroken-1')$$) AS load_aggregate;
+SELECT regress.try($$SELECT * FROM event_store.load_aggregate('upcbroken-1')$$) AS load_aggregate;
 SELECT stream_version, state FROM event_store.load_aggregate('upcbroken-1', at_version => 1);
 -- an upcaster's error inside a transaction aborts it like any error
 BEGIN;
@@ -242,8 +221,8 @@ CREATE FUNCTION upc_null(data jsonb, metadata jsonb) RETURNS jsonb
 LANGUAGE sql AS $$ SELECT NULL::jsonb $$;
 SELECT event_store.register_upcaster('UpcBroken', 1, 'upc_null(jsonb,jsonb)');
 SELECT * FROM event_store.read_stream('upcbroken-1');
-SELECT pg_temp.try($$SELECT * FROM event_store.read_all()$$) AS read_all;
-SELECT pg_temp.try($$SELECT * FROM event_store.load_aggregate('upcbroken-1')$$) AS load_aggregate;
+SELECT regress.try($$SELECT * FROM event_store.read_all()$$) AS read_all;
+SELECT regress.try($$SELECT * FROM event_store.load_aggregate('upcbroken-1')$$) AS load_aggregate;
 SELECT event_store.drop_upcaster('UpcBroken', 1);
 SELECT stream_version, data, schema_version FROM event_store.read_stream('upcbroken-1');
 
@@ -261,7 +240,7 @@ CREATE FUNCTION upc_set(data jsonb, metadata jsonb) RETURNS SETOF jsonb
 LANGUAGE sql AS $$ SELECT data $$;
 CREATE PROCEDURE upc_proc(data jsonb, metadata jsonb) LANGUAGE sql AS $$ SELECT 1 $$;
 SELECT event_store.register_upcaster('UpcSig', 1, 'upc_one_arg(jsonb)');
-SELECT sig, pg_temp.try(format('SELECT event_store.register_upcaster(%L, 1, %L)', 'UpcSig', sig))
+SELECT sig, regress.try(format('SELECT event_store.register_upcaster(%L, 1, %L)', 'UpcSig', sig))
   FROM (VALUES ('upc_returns_text(jsonb,jsonb)'),
                ('upc_text_args(text,jsonb)'),
                ('upc_three_args(jsonb,jsonb,jsonb)'),
@@ -276,7 +255,7 @@ SELECT event_store.drop_upcaster('UpcSig', 1);
 --
 -- Bad arguments: class 22, nothing registered or dropped.
 --
-SELECT stmt, pg_temp.try(stmt) AS error
+SELECT stmt, regress.try(stmt) AS error
   FROM (VALUES
     ($$SELECT event_store.register_upcaster(NULL, 1, 'upc_v1_to_v2(jsonb,jsonb)')$$),
     ($$SELECT event_store.register_upcaster('', 1, 'upc_v1_to_v2(jsonb,jsonb)')$$),
@@ -299,7 +278,7 @@ SELECT event_type, from_schema_version, upcaster, to_event_type
 -- dropping an upcaster that does not exist is an error
 SELECT event_store.drop_upcaster('UpcNothing', 1);
 SELECT event_store.drop_upcaster('UpcRegistered', 3);
-SELECT pg_temp.try($$SELECT event_store.drop_upcaster('UpcNothing', 1)$$) AS drop_missing;
+SELECT regress.try($$SELECT event_store.drop_upcaster('UpcNothing', 1)$$) AS drop_missing;
 
 --
 -- When a change of the registry becomes visible.
