@@ -359,8 +359,7 @@ EsSnapshotHook(text *stream_id, int64 old_version, int64 new_version)
 	if (old_version / agg->snapshot_every >= new_version / agg->snapshot_every)
 		return;
 
-	/* make our own inserts visible to the fold */
-	CommandCounterIncrement();
+	/* append() made its inserts visible (CommandCounterIncrement) already */
 	snapshot = RegisterSnapshot(GetLatestSnapshot());
 	state = es_fold_aggregate(agg, stream_id, new_version, snapshot, &version);
 	UnregisterSnapshot(snapshot);
