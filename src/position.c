@@ -55,7 +55,14 @@ typedef struct EsDbState
 	Oid			dboid;			/* InvalidOid: the entry is free */
 	Oid			events_relid;	/* the table the counter was built from */
 	bool		initialized;	/* next_position is valid */
-	bool		stale;			/* rows arrived without append(): rescan */
+	/*
+	 * Rows arrived without append() (pg_restore): every such event bumps
+	 * stale_gen; the counter reflects the table as of built_gen.  A rescan
+	 * only settles the generation it read before scanning, so a commit that
+	 * lands during the scan leaves the counter stale for the next caller.
+	 */
+	pg_atomic_uint32 stale_gen;
+	uint32		built_gen;
 	int64		next_position;	/* next position to hand out */
 	pg_atomic_uint64 max_committed; /* highest position of a committed append */
 	ConditionVariable head_cv;	/* broadcast when an appender's xact ends */
@@ -157,7 +164,8 @@ EsPositionShmemInit(void)
 			db->dboid = InvalidOid;
 			db->events_relid = InvalidOid;
 			db->initialized = false;
-			db->stale = false;
+			pg_atomic_init_u32(&db->stale_gen, 0);
+			db->built_gen = 0;
 			db->next_position = 1;
 			pg_atomic_init_u64(&db->max_committed, 0);
 			db->worker_procno = -1;
@@ -272,7 +280,7 @@ es_xact_callback(XactEvent event, void *arg)
 				my_db->projections_changed = true;
 			if (stale_at_commit && my_db != NULL &&
 				(event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT))
-				my_db->stale = true;	/* the rows it wrote are visible now */
+				pg_atomic_fetch_add_u32(&my_db->stale_gen, 1);	/* its rows are visible now */
 			stale_at_commit = false;
 			if (xact_holds_positions || wake_worker_at_end)
 			{
@@ -356,7 +364,6 @@ es_attach_db(void)
 					db->dboid = MyDatabaseId;
 					db->events_relid = InvalidOid;
 					db->initialized = false;
-					db->stale = false;
 					db->next_position = 1;
 					pg_atomic_write_u64(&db->max_committed, 0);
 					db->worker_procno = -1;
@@ -423,18 +430,23 @@ es_ensure_counter(void)
 {
 	const EsCatalog *cat = EsGetCatalog();
 	bool		ready;
+	uint32		gen;
 	int64		maxany;
 	int64		maxcommitted;
 	Snapshot	snapshot;
 
 	es_attach_db();
 
+	gen = pg_atomic_read_u32(&my_db->stale_gen);
 	LWLockAcquire(my_db_lock, LW_SHARED);
-	ready = my_db->initialized && !my_db->stale && my_db->events_relid == cat->events_relid;
+	ready = my_db->initialized && my_db->built_gen == gen &&
+		my_db->events_relid == cat->events_relid;
 	LWLockRelease(my_db_lock);
 	if (ready)
 		return;
 
+	/* the scans below must see every row of the generation read above */
+	pg_memory_barrier();
 	maxany = es_scan_max_position(cat, SnapshotAny);
 	snapshot = RegisterSnapshot(GetLatestSnapshot());
 	maxcommitted = es_scan_max_position(cat, snapshot);
@@ -448,13 +460,13 @@ es_ensure_counter(void)
 		pg_atomic_write_u64(&my_db->max_committed, (uint64) maxcommitted);
 		my_db->events_relid = cat->events_relid;
 		my_db->initialized = true;
-		my_db->stale = false;
+		my_db->built_gen = gen;
 	}
-	else if (my_db->stale)
+	else
 	{
 		/* never backwards: appenders may hold positions of the old counter */
 		my_db->next_position = Max(my_db->next_position, maxany + 1);
-		my_db->stale = false;
+		my_db->built_gen = gen;
 		LWLockRelease(my_db_lock);
 		es_publish_committed(maxcommitted);
 		return;
@@ -465,17 +477,27 @@ es_ensure_counter(void)
 /*
  * Rows are being written to event_store.events without append() (COPY or
  * INSERT by the owner, as pg_restore does): rebuild the counter before its
- * next use, and again once this transaction commits.
+ * next use, and again once this transaction commits.  Until then the
+ * transaction holds the head below every position it may write, as an
+ * appender does: followers do not read past rows that are not committed.
  */
 void
 EsCounterStale(void)
 {
+	EsProcSlot *me;
+	uint64		hold;
+
 	es_attach_db();
-	LWLockAcquire(my_db_lock, LW_EXCLUSIVE);
-	my_db->stale = true;
-	LWLockRelease(my_db_lock);
+	pg_atomic_fetch_add_u32(&my_db->stale_gen, 1);
 	stale_at_commit = true;
-	EsPositionRegisterCallbacks();
+
+	me = es_my_slot();
+	hold = pg_atomic_read_u64(&my_db->max_committed) + 1;
+	LWLockAcquire(my_db_lock, LW_EXCLUSIVE);
+	if (pg_atomic_read_u64(&me->lowest) == 0 || pg_atomic_read_u64(&me->lowest) > hold)
+		pg_atomic_write_u64(&me->lowest, hold);
+	LWLockRelease(my_db_lock);
+	xact_holds_positions = true;
 }
 
 /*
