@@ -87,6 +87,56 @@ ALTER TABLE event_store.events ENABLE ALWAYS TRIGGER events_no_truncate;
 REVOKE ALL ON TABLE event_store.events FROM PUBLIC;
 
 ------------------------------------------------------------------------------
+-- Category ownership
+------------------------------------------------------------------------------
+-- Once a category has a grant, only holders of "append" may append to its
+-- streams and only holders of "read" may read them (the extension owner
+-- always may): append() and the read functions check in C, read_all()
+-- leaves such events out, and row-level security does the same for a role
+-- that was granted SELECT on the tables.
+
+CREATE TABLE event_store.category_grants (
+    category   text    NOT NULL CHECK (category <> '' AND strpos(category, '-') = 0),
+    grantee    regrole NOT NULL,
+    privilege  text    NOT NULL CHECK (privilege IN ('append', 'read')),
+    granted_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (category, grantee, privilege)
+);
+COMMENT ON TABLE event_store.category_grants IS 'Who may append to / read which category; maintained with grant_category() / revoke_category()';
+SELECT pg_catalog.pg_extension_config_dump('event_store.category_grants', '');
+REVOKE ALL ON TABLE event_store.category_grants FROM PUBLIC;
+
+CREATE FUNCTION event_store.grant_category(role regrole, category text,
+                                           privileges text[] DEFAULT '{append,read}')
+    RETURNS void
+    LANGUAGE c VOLATILE PARALLEL UNSAFE
+    AS 'MODULE_PATHNAME', 'es_grant_category';
+COMMENT ON FUNCTION event_store.grant_category(regrole, text, text[]) IS
+    'Let a role append to and/or read the streams of a category; once a category has grants, only their holders (and the extension owner) may';
+
+CREATE FUNCTION event_store.revoke_category(role regrole, category text,
+                                            privileges text[] DEFAULT '{append,read}')
+    RETURNS void
+    LANGUAGE c VOLATILE PARALLEL UNSAFE
+    AS 'MODULE_PATHNAME', 'es_revoke_category';
+COMMENT ON FUNCTION event_store.revoke_category(regrole, text, text[]) IS
+    'Take category privileges back from a role; a category without grants is open to every role that may call the functions';
+
+-- The row-level security policy: may the current user read this stream?
+CREATE FUNCTION event_store._may_read(stream_id text) RETURNS boolean
+    LANGUAGE c STABLE PARALLEL SAFE
+    AS 'MODULE_PATHNAME', 'es_may_read';
+
+ALTER TABLE event_store.events ENABLE ROW LEVEL SECURITY;
+CREATE POLICY category_read ON event_store.events FOR SELECT
+    USING (event_store._may_read(stream_id));
+
+-- Checks a callback's registration (EXECUTE; its owner has the registrant's rights)
+CREATE FUNCTION event_store._check_callback(fn regprocedure, registrant regrole, what text)
+    RETURNS void
+    LANGUAGE c STABLE AS 'MODULE_PATHNAME', 'es_check_callback';
+
+------------------------------------------------------------------------------
 -- Appending
 ------------------------------------------------------------------------------
 
@@ -163,6 +213,7 @@ CREATE TABLE event_store.upcasters (
     from_schema_version int          NOT NULL CHECK (from_schema_version > 0),
     upcaster            regprocedure NOT NULL,
     to_event_type       text CHECK (to_event_type <> ''),
+    owner               regrole      NOT NULL,  -- registered it; the upcaster runs as this role
     registered_at       timestamptz  NOT NULL DEFAULT now(),
     PRIMARY KEY (event_type, from_schema_version)
 );
@@ -197,6 +248,7 @@ CREATE TABLE event_store.aggregates (
     initial_state  jsonb        NOT NULL,
     snapshot_every int          CHECK (snapshot_every > 0),
     state_version  int          NOT NULL CHECK (state_version > 0),
+    owner          regrole      NOT NULL,  -- defined it; the reducer runs as this role
     defined_at     timestamptz  NOT NULL DEFAULT now()
 );
 COMMENT ON TABLE event_store.aggregates IS 'Aggregate definitions per category; maintained with define_aggregate()';
@@ -214,6 +266,9 @@ CREATE TABLE event_store.snapshots (
 COMMENT ON TABLE event_store.snapshots IS 'Aggregate state snapshots; written by save_snapshot() and the snapshot hook of append()';
 SELECT pg_catalog.pg_extension_config_dump('event_store.snapshots', '');
 REVOKE ALL ON TABLE event_store.snapshots FROM PUBLIC;
+ALTER TABLE event_store.snapshots ENABLE ROW LEVEL SECURITY;
+CREATE POLICY category_read ON event_store.snapshots FOR SELECT
+    USING (event_store._may_read(stream_id));
 
 CREATE FUNCTION event_store.define_aggregate(category text, reducer regprocedure,
                                              initial_state jsonb DEFAULT '{}',
@@ -250,6 +305,7 @@ COMMENT ON FUNCTION event_store.load_snapshot(text, bigint) IS
 CREATE FUNCTION event_store.purge_snapshots(category text DEFAULT NULL)
     RETURNS bigint
     LANGUAGE sql VOLATILE
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp
     AS $$
     WITH purged AS (
         DELETE FROM event_store.snapshots s
@@ -281,6 +337,7 @@ CREATE TABLE event_store.projections (
     next_attempt_at timestamptz,
     last_error      text,
     error_position  bigint,
+    owner           regrole     NOT NULL,  -- created it; handler and reset run as this role
     created_at      timestamptz NOT NULL DEFAULT now(),
     updated_at      timestamptz NOT NULL DEFAULT now()
 );
@@ -361,6 +418,7 @@ CREATE TABLE event_store.saga_definitions (
     definition jsonb       NOT NULL,   -- as given
     steps      jsonb       NOT NULL,   -- normalised: defaults filled in, functions resolved
     timeout    interval,
+    owner      regrole     NOT NULL,  -- defined it; the step functions run as this role
     defined_at timestamptz NOT NULL DEFAULT now()
 );
 COMMENT ON TABLE event_store.saga_definitions IS 'Saga types; maintained with define_saga()';
@@ -488,7 +546,8 @@ BEGIN
 END $$;
 
 -- Resolve a step function name to (saga_id uuid, data jsonb) RETURNS jsonb
-CREATE FUNCTION event_store._saga_function(name text, what text) RETURNS regprocedure
+CREATE FUNCTION event_store._saga_function(name text, what text, p_owner regrole, p_path text)
+    RETURNS regprocedure
     LANGUAGE plpgsql AS $$
 DECLARE
     f regprocedure;
@@ -496,7 +555,8 @@ DECLARE
     rs boolean;
 BEGIN
     BEGIN
-        f := pg_catalog.to_regprocedure(name || '(uuid, jsonb)');
+        -- resolved in the search_path of the role that defines the saga
+        f := event_store._saga_regprocedure(name || '(uuid, jsonb)', p_path);
     EXCEPTION WHEN syntax_error OR invalid_name OR invalid_parameter_value OR undefined_object THEN
         PERFORM event_store._saga_bad(format('%s "%s" is not a valid function name', what, name),
                                       'Name a function such as "inventory.reserve".');
@@ -510,11 +570,17 @@ BEGIN
     IF rt <> 'jsonb'::regtype OR rs THEN
         PERFORM event_store._saga_bad(format('%s function %s must return a single jsonb', what, f::text));
     END IF;
+    PERFORM event_store._check_callback(f, p_owner, 'a saga step function');
     RETURN f;
 END $$;
 
-CREATE FUNCTION event_store.define_saga(saga_type text, definition jsonb) RETURNS void
-    LANGUAGE plpgsql AS $$
+-- The work of define_saga(), which passes the role that calls it (the step
+-- functions run as that role) and its search_path (to resolve their names)
+CREATE FUNCTION event_store._define_saga(saga_type text, definition jsonb, p_owner regrole, p_path text)
+    RETURNS void
+    LANGUAGE plpgsql
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS $$
 DECLARE
     step jsonb;
     k text;
@@ -592,14 +658,14 @@ BEGIN
         ELSE
             maxatt := 3;
         END IF;
-        act := CASE WHEN step ? 'action' THEN event_store._saga_function(step ->> 'action', format('action of step "%s":', nm)) END;
-        comp := CASE WHEN step ? 'compensation' THEN event_store._saga_function(step ->> 'compensation', format('compensation of step "%s":', nm)) END;
+        act := CASE WHEN step ? 'action' THEN event_store._saga_function(step ->> 'action', format('action of step "%s":', nm), p_owner, p_path) END;
+        comp := CASE WHEN step ? 'compensation' THEN event_store._saga_function(step ->> 'compensation', format('compensation of step "%s":', nm), p_owner, p_path) END;
         IF step ? 'saga' THEN
             IF step ? 'action' OR step ? 'complete_on' OR step ? 'fail_on' THEN
                 PERFORM event_store._saga_bad(format('step "%s" runs a nested saga and cannot also have "action", "complete_on" or "fail_on"', nm));
             END IF;
             IF NOT EXISTS (SELECT 1 FROM event_store.saga_definitions d WHERE d.saga_type = step ->> 'saga')
-               OR step ->> 'saga' = define_saga.saga_type THEN
+               OR step ->> 'saga' = _define_saga.saga_type THEN
                 PERFORM event_store._saga_bad(format('saga type "%s" of step "%s" is not defined', step ->> 'saga', nm),
                                               'Define the nested saga type first.');
             END IF;
@@ -639,8 +705,8 @@ BEGIN
               JOIN event_store.saga_definitions d ON d.saga_type = r.t
              CROSS JOIN LATERAL jsonb_array_elements(d.steps) y
              WHERE y ->> 'child_type' IS NOT NULL)
-        SELECT 1 FROM reach WHERE t = define_saga.saga_type) THEN
-        PERFORM event_store._saga_bad(format('saga type "%s" would nest itself', define_saga.saga_type),
+        SELECT 1 FROM reach WHERE t = _define_saga.saga_type) THEN
+        PERFORM event_store._saga_bad(format('saga type "%s" would nest itself', _define_saga.saga_type),
                                       'Nested sagas must not form a cycle.');
     END IF;
 
@@ -650,15 +716,31 @@ BEGIN
      WHERE t IS NOT NULL
     ON CONFLICT DO NOTHING;
 
-    INSERT INTO event_store.saga_definitions AS d (saga_type, definition, steps, timeout)
-    VALUES (define_saga.saga_type, definition, norm, saga_timeout)
+    INSERT INTO event_store.saga_definitions AS d (saga_type, definition, steps, timeout, owner)
+    VALUES (_define_saga.saga_type, definition, norm, saga_timeout, p_owner)
     ON CONFLICT ON CONSTRAINT saga_definitions_pkey DO UPDATE
        SET definition = EXCLUDED.definition, steps = EXCLUDED.steps,
-           timeout = EXCLUDED.timeout, defined_at = now();
+           timeout = EXCLUDED.timeout, owner = EXCLUDED.owner, defined_at = now();
     PERFORM event_store._saga_definitions_changed();
 END $$;
+CREATE FUNCTION event_store.define_saga(saga_type text, definition jsonb) RETURNS void
+    LANGUAGE c VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'es_define_saga';
 COMMENT ON FUNCTION event_store.define_saga(text, jsonb) IS
     'Define (or replace, for sagas started afterwards) a saga type: {"steps": [...], "timeout": "1 hour"}';
+
+-- The role a saga type's step functions run as
+CREATE FUNCTION event_store._saga_owner(p_type text) RETURNS regrole
+    LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    r regrole;
+BEGIN
+    SELECT d.owner INTO r FROM event_store.saga_definitions d WHERE d.saga_type = p_type;
+    IF r IS NULL THEN
+        RAISE EXCEPTION 'saga type "%" is not defined', p_type
+            USING ERRCODE = '42704', HINT = 'Define it with event_store.define_saga().';
+    END IF;
+    RETURN r;
+END $$;
 
 -- Append a transition to the saga's own stream
 CREATE FUNCTION event_store._saga_event(p_saga uuid, p_type text, p_data jsonb) RETURNS void
@@ -668,23 +750,14 @@ CREATE FUNCTION event_store._saga_event(p_saga uuid, p_type text, p_data jsonb) 
                                                  'data', jsonb_build_object('saga_id', p_saga) || COALESCE(p_data, '{}')));
 $$;
 
--- Call a step function (saga_id uuid, data jsonb) RETURNS jsonb
-CREATE FUNCTION event_store._saga_call(fn regprocedure, p_saga uuid, p_data jsonb) RETURNS jsonb
-    LANGUAGE plpgsql AS $$
-DECLARE
-    r jsonb;
-    fname text;
-BEGIN
-    SELECT format('%I.%I', n.nspname, p.proname) INTO fname
-      FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
-     WHERE p.oid = fn;
-    IF fname IS NULL THEN
-        RAISE EXCEPTION 'saga step function with OID % no longer exists', fn::oid
-            USING ERRCODE = '42883';
-    END IF;
-    EXECUTE format('SELECT %s($1::uuid, $2::jsonb)', fname) INTO r USING p_saga, p_data;
-    RETURN r;
-END $$;
+-- Call a step function (saga_id uuid, data jsonb) RETURNS jsonb as run_as
+CREATE FUNCTION event_store._saga_call(fn regprocedure, run_as regrole, p_saga uuid, p_data jsonb)
+    RETURNS jsonb
+    LANGUAGE c AS 'MODULE_PATHNAME', 'es_saga_call';
+
+-- to_regprocedure() in a given search_path
+CREATE FUNCTION event_store._saga_regprocedure(signature text, search_path text) RETURNS regprocedure
+    LANGUAGE c STABLE AS 'MODULE_PATHNAME', 'es_saga_regprocedure';
 
 -- Backoff before attempt n+1: base doubling per attempt (at most a day), with +-25% jitter
 CREATE FUNCTION event_store._saga_backoff(base interval, attempts int) RETURNS interval
@@ -924,7 +997,7 @@ BEGIN
                 IF st.kind = 'local' THEN
                     ok := true;
                     BEGIN
-                        res := event_store._saga_call(st.action, p_saga, s.data);
+                        res := event_store._saga_call(st.action, event_store._saga_owner(s.saga_type), p_saga, s.data);
                     EXCEPTION WHEN OTHERS THEN
                         ok := false;
                         err := SQLERRM;
@@ -982,7 +1055,7 @@ BEGIN
                      WHERE saga_id = p_saga AND step_no = st.step_no;
                     ok := true;
                     BEGIN
-                        PERFORM event_store._saga_call(st.compensation, p_saga, st.result);
+                        PERFORM event_store._saga_call(st.compensation, event_store._saga_owner(s.saga_type), p_saga, st.result);
                     EXCEPTION WHEN OTHERS THEN
                         ok := false;
                         err := SQLERRM;
@@ -1036,7 +1109,9 @@ BEGIN
 END $$;
 
 CREATE FUNCTION event_store.start_saga(saga_type text, data jsonb, saga_id uuid DEFAULT NULL)
-    RETURNS uuid LANGUAGE plpgsql AS $$
+    RETURNS uuid LANGUAGE plpgsql
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS $$
 DECLARE
     existing record;
     id uuid := COALESCE(start_saga.saga_id, gen_random_uuid());
@@ -1088,7 +1163,9 @@ BEGIN
 END $$;
 
 CREATE FUNCTION event_store.complete_saga_step(saga_id uuid, step text, result jsonb DEFAULT NULL)
-    RETURNS void LANGUAGE plpgsql AS $$
+    RETURNS void LANGUAGE plpgsql
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS $$
 DECLARE
     st event_store.saga_steps := event_store._saga_lock_step(complete_saga_step.saga_id, complete_saga_step.step);
     sstatus text;
@@ -1118,7 +1195,9 @@ COMMENT ON FUNCTION event_store.complete_saga_step(uuid, text, jsonb) IS
     'Report a step (or its external compensation) done; the result becomes its compensation data and is merged into the saga data';
 
 CREATE FUNCTION event_store.fail_saga_step(saga_id uuid, step text, error text, retryable boolean DEFAULT true)
-    RETURNS void LANGUAGE plpgsql AS $$
+    RETURNS void LANGUAGE plpgsql
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS $$
 DECLARE
     st event_store.saga_steps := event_store._saga_lock_step(fail_saga_step.saga_id, fail_saga_step.step);
     sstatus text;
@@ -1148,7 +1227,9 @@ COMMENT ON FUNCTION event_store.fail_saga_step(uuid, text, text, boolean) IS
 CREATE FUNCTION event_store.claim_saga_steps(worker text, max_count int DEFAULT 10, step_names text[] DEFAULT NULL,
                                              lease interval DEFAULT '30 seconds')
     RETURNS TABLE(saga_id uuid, saga_type text, step text, kind text, attempt int, data jsonb)
-    LANGUAGE plpgsql AS $$
+    LANGUAGE plpgsql
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS $$
 BEGIN
     IF worker IS NULL OR worker = '' THEN
         PERFORM event_store._saga_bad('worker must not be null or empty', NULL,
@@ -1198,7 +1279,9 @@ COMMENT ON FUNCTION event_store.claim_saga_steps(text, int, text[], interval) IS
 
 -- Timers: saga and step timeouts, lease expiry, due retries
 CREATE FUNCTION event_store.saga_tick() RETURNS int
-    LANGUAGE plpgsql AS $$
+    LANGUAGE plpgsql
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS $$
 DECLARE
     r record;
     n int := 0;
@@ -1247,7 +1330,9 @@ COMMENT ON FUNCTION event_store.saga_tick() IS
 -- Event-driven steps: called by append() for an event with metadata.saga_id
 -- whose type is some step's complete_on or fail_on
 CREATE FUNCTION event_store._saga_on_event(p_saga uuid, p_type text, p_data jsonb) RETURNS void
-    LANGUAGE plpgsql AS $$
+    LANGUAGE plpgsql
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS $$
 DECLARE
     st record;
 BEGIN
@@ -1275,7 +1360,9 @@ CREATE FUNCTION event_store._iso8601(t timestamptz) RETURNS text
 $$;
 
 CREATE FUNCTION event_store.saga_state(saga_id uuid) RETURNS jsonb
-    LANGUAGE plpgsql STABLE AS $$
+    LANGUAGE plpgsql STABLE
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS $$
 DECLARE
     s record;
     cur text;
@@ -1312,8 +1399,8 @@ COMMENT ON FUNCTION event_store.saga_state(uuid) IS
 
 -- Internal functions are not for PUBLIC
 REVOKE ALL ON FUNCTION event_store._saga_bad(text, text, text), event_store._saga_interval(jsonb, text),
-    event_store._saga_function(text, text), event_store._saga_event(uuid, text, jsonb),
-    event_store._saga_call(regprocedure, uuid, jsonb), event_store._saga_backoff(interval, int),
+    event_store._saga_function(text, text, regrole, text), event_store._saga_event(uuid, text, jsonb),
+    event_store._saga_call(regprocedure, regrole, uuid, jsonb), event_store._saga_backoff(interval, int),
     event_store._saga_step_done(uuid, text, jsonb), event_store._saga_fail(uuid, text),
     event_store._saga_step_failed(uuid, text, text, boolean), event_store._saga_comp_failed(uuid, text, text, boolean),
     event_store._saga_child_finished(uuid, text, uuid), event_store._saga_compensate_child(uuid),
@@ -1321,3 +1408,19 @@ REVOKE ALL ON FUNCTION event_store._saga_bad(text, text, text), event_store._sag
     event_store._saga_lock_step(uuid, text), event_store._saga_on_event(uuid, text, jsonb),
     event_store._saga_lock_tree(uuid)
   FROM PUBLIC;
+
+------------------------------------------------------------------------------
+-- Privileges
+------------------------------------------------------------------------------
+-- PUBLIC may name the schema's objects and nothing else: no function runs
+-- and no table is readable until granted (README: "Privileges").  The
+-- tables are never writable except by the extension's owner: all writes go
+-- through the functions.  Functions written in SQL that touch the tables
+-- are SECURITY DEFINER with search_path pinned to pg_catalog, pg_temp; the
+-- C functions check privileges themselves and run their SQL as the
+-- extension's owner with every name qualified.
+GRANT USAGE ON SCHEMA event_store TO PUBLIC;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA event_store FROM PUBLIC;
+REVOKE ALL ON ALL TABLES IN SCHEMA event_store FROM PUBLIC;
+-- the row-level security policy runs as whoever reads the tables
+GRANT EXECUTE ON FUNCTION event_store._may_read(text) TO PUBLIC;

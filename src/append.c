@@ -673,6 +673,7 @@ es_append(PG_FUNCTION_ARGS)
 				 errmsg("stream_id is too long"),
 				 errdetail("It has %d bytes; the maximum is %d.",
 						   (int) VARSIZE_ANY_EXHDR(stream_id), ES_MAX_STREAM_ID_BYTES)));
+	EsCheckStreamAccess(stream_id, ES_PRIV_APPEND);
 	if (PG_ARGISNULL(1))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),

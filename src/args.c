@@ -10,6 +10,7 @@
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
 #include "fmgr.h"
+#include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/regproc.h"
@@ -55,6 +56,8 @@ EsCheckCallbackSignature(Oid fn, const char *role, int nargs, const Oid *argtype
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("function %s cannot be used as %s", format_procedure(fn), role),
 				 errdetail("It must be %s.", expected)));
+	/* the current user registers it, and it will run as that user */
+	EsCheckCallbackOwner(fn, GetUserId(), role);
 }
 
 /* A required text argument: not NULL, not empty */

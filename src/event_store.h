@@ -127,6 +127,7 @@ typedef struct EsScanSpec
 	bool		raw;			/* do not upcast */
 	struct Tuplestorestate *direct;	/* rows needing no upcast go straight here */
 	int64		current_position;	/* event being handled (for error reports) */
+	const struct EsDeniedSet *denied;	/* skip these categories, or NULL */
 } EsScanSpec;
 
 /* Called for every event of a scan (values in event_store.event order) */
@@ -166,5 +167,39 @@ extern void EsCheckCategory(text *category, const char *hint);
 extern void EsCheckCallbackSignature(Oid fn, const char *role, int nargs,
 									 const Oid *argtypes, Oid rettype,
 									 const char *expected);
+
+/* security.c: users, callbacks' roles, category grants */
+typedef struct EsUserSwitch
+{
+	Oid			save_userid;
+	int			save_sec_context;
+	int			guc_level;		/* -1: no GUC nest level was opened */
+} EsUserSwitch;
+
+#define ES_PRIV_APPEND	1
+#define ES_PRIV_READ	2
+
+struct EsDeniedSet
+{
+	int			n;
+	text	  **categories;
+};
+typedef struct EsDeniedSet EsDeniedSet;
+
+extern Oid	EsExtensionOwner(void);
+extern void EsBecomeOwner(EsUserSwitch *sw);
+extern void EsBecomeRole(EsUserSwitch *sw, Oid role);
+extern void EsRestoreUser(EsUserSwitch *sw);
+extern void EsSpiConnect(EsUserSwitch *sw);
+extern void EsSpiFinish(EsUserSwitch *sw);
+extern const char *EsRoleName(Oid role);
+extern void EsCheckCallbackOwner(Oid fn, Oid role, const char *what);
+extern Datum EsCallAs(EsRegistry *reg, FunctionCallInfo fcinfo, Oid role);
+extern bool EsCategoryGrantsExist(void);
+extern void EsCheckStreamAccess(text *stream_id, int priv);
+extern void EsCheckCategoryAccess(text *category, int priv);
+extern EsDeniedSet *EsDeniedCategories(Oid role);
+extern bool EsStreamDenied(const EsDeniedSet *set, text *stream_id);
+extern bool EsRoleMayReadStream(Oid role, text *stream_id);
 
 #endif							/* EVENT_STORE_H */

@@ -64,6 +64,7 @@ typedef struct EsProjection
 	int			ncategories;	/* -1: any */
 	text	  **categories;
 	Oid			missing_handler;	/* OID of a dropped handler, else 0 */
+	Oid			owner;			/* the role that created it: handlers run as it */
 } EsProjection;
 
 /* Cache of the running inline projections, for append() */
@@ -111,7 +112,15 @@ es_decode_text_array(Datum arr_datum, bool isnull, text ***out)
 	return n;
 }
 
-/* Fill a projection from a row (name, handler oid, event_types, categories) */
+/*
+ * The columns es_projection_from_row reads, first in every query that loads
+ * a projection
+ */
+#define ES_PROJECTION_COLUMNS \
+	"name, handler::pg_catalog.oid, event_types, categories, owner::pg_catalog.oid"
+#define ES_PROJECTION_NCOLUMNS 5
+
+/* Fill a projection from a row of ES_PROJECTION_COLUMNS */
 static void
 es_projection_from_row(EsProjection *p, HeapTuple tup, TupleDesc desc,
 					   MemoryContext cxt)
@@ -123,8 +132,12 @@ es_projection_from_row(EsProjection *p, HeapTuple tup, TupleDesc desc,
 
 	p->name = TextDatumGetCString(SPI_getbinval(tup, desc, 1, &isnull));
 	handler = DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull));
+	p->owner = DatumGetObjectId(SPI_getbinval(tup, desc, 5, &isnull));
 	if (EsFunctionExists(handler))
+	{
+		EsCheckCallbackOwner(handler, p->owner, "a projection handler");
 		fmgr_info_cxt(handler, &p->handler, cxt);
+	}
 	else
 	{
 		/* dropped: reported when the projection is applied */
@@ -142,16 +155,16 @@ static void
 es_inline_load(void)
 {
 	MemoryContext old;
+	EsUserSwitch sw;
 	int			rc;
 
 	inline_cxt = EsRegistryNewContext(&inline_registry);
 	inline_count = 0;
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	rc = SPI_execute("SELECT name, handler::oid, event_types, categories "
-					 "FROM event_store.projections "
-					 "WHERE mode = 'inline' AND state = 'running' ORDER BY name", true, 0);
+	EsSpiConnect(&sw);
+	rc = SPI_execute("SELECT " ES_PROJECTION_COLUMNS " FROM event_store.projections "
+					 "WHERE mode OPERATOR(pg_catalog.=) 'inline' "
+					 "AND state OPERATOR(pg_catalog.=) 'running' ORDER BY name", true, 0);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "reading event_store.projections failed: %s", SPI_result_code_string(rc));
 	old = MemoryContextSwitchTo(inline_cxt);
@@ -161,14 +174,19 @@ es_inline_load(void)
 							   SPI_tuptable->tupdesc, inline_cxt);
 	inline_count = (int) SPI_processed;
 	MemoryContextSwitchTo(old);
-	SPI_finish();
+	EsSpiFinish(&sw);
 }
 
-/* Does the (upcast) event pass the projection's filters? */
+/*
+ * Does the (upcast) event pass the projection's filters, and may the role
+ * it runs as read it?
+ */
 static bool
 es_projection_matches(const EsProjection *p, Datum *values)
 {
 	if (!EsTypeMatches(&p->types, values[Anum_es_event_type - 1]))
+		return false;
+	if (!EsRoleMayReadStream(p->owner, DatumGetTextPP(values[Anum_es_stream_id - 1])))
 		return false;
 	if (p->ncategories >= 0)
 	{
@@ -216,10 +234,7 @@ es_call_handler(EsProjection *p, EsRegistry *reg, TupleDesc event_desc,
 	InitFunctionCallInfoData(*fcinfo, &p->handler, 1, InvalidOid, NULL, NULL);
 	fcinfo->args[0].value = HeapTupleGetDatum(tup);
 	fcinfo->args[0].isnull = false;
-	if (reg != NULL)
-		(void) EsRegistryCall(reg, fcinfo);
-	else
-		(void) FunctionCallInvoke(fcinfo);
+	(void) EsCallAs(reg, fcinfo, p->owner);
 	error_context_stack = errcb.previous;
 	heap_freetuple(tup);
 }
@@ -365,9 +380,9 @@ es_projection_load(const char *name, const char *extra_sql, char **mode,
 	HeapTuple	tup;
 	TupleDesc	desc;
 
-	sql = psprintf("SELECT name, handler::oid, event_types, categories, mode, state, "
-				   "position, attempts, reset::oid FROM event_store.projections "
-				   "WHERE name = $1 %s", extra_sql);
+	sql = psprintf("SELECT " ES_PROJECTION_COLUMNS ", mode, state, position, attempts, "
+				   "reset::pg_catalog.oid FROM event_store.projections "
+				   "WHERE name OPERATOR(pg_catalog.=) $1 %s", extra_sql);
 	rc = SPI_execute_with_args(sql, 1, &argtype, &arg, NULL, false, 1);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "reading projection \"%s\" failed: %s", name, SPI_result_code_string(rc));
@@ -378,16 +393,16 @@ es_projection_load(const char *name, const char *extra_sql, char **mode,
 	p = palloc0(sizeof(EsProjection));
 	es_projection_from_row(p, tup, desc, CurrentMemoryContext);
 	if (mode)
-		*mode = TextDatumGetCString(SPI_getbinval(tup, desc, 5, &isnull));
+		*mode = TextDatumGetCString(SPI_getbinval(tup, desc, ES_PROJECTION_NCOLUMNS + 1, &isnull));
 	if (state)
-		*state = TextDatumGetCString(SPI_getbinval(tup, desc, 6, &isnull));
+		*state = TextDatumGetCString(SPI_getbinval(tup, desc, ES_PROJECTION_NCOLUMNS + 2, &isnull));
 	if (position)
-		*position = DatumGetInt64(SPI_getbinval(tup, desc, 7, &isnull));
+		*position = DatumGetInt64(SPI_getbinval(tup, desc, ES_PROJECTION_NCOLUMNS + 3, &isnull));
 	if (attempts)
-		*attempts = DatumGetInt32(SPI_getbinval(tup, desc, 8, &isnull));
+		*attempts = DatumGetInt32(SPI_getbinval(tup, desc, ES_PROJECTION_NCOLUMNS + 4, &isnull));
 	if (reset)
 	{
-		Datum		d = SPI_getbinval(tup, desc, 9, &isnull);
+		Datum		d = SPI_getbinval(tup, desc, ES_PROJECTION_NCOLUMNS + 5, &isnull);
 
 		*reset = isnull ? InvalidOid : DatumGetObjectId(d);
 	}
@@ -428,7 +443,8 @@ es_projection_set(const char *name, int64 position, const char *state)
 	values[2] = CStringGetTextDatum(state);
 	es_projection_exec("UPDATE event_store.projections SET position = $2, state = $3, "
 					   "attempts = 0, last_error = NULL, error_position = NULL, "
-					   "next_attempt_at = NULL, updated_at = pg_catalog.now() WHERE name = $1",
+					   "next_attempt_at = NULL, updated_at = pg_catalog.now() "
+					   "WHERE name OPERATOR(pg_catalog.=) $1",
 					   3, types, values, NULL);
 }
 
@@ -492,9 +508,9 @@ es_check_filter_arg(FunctionCallInfo fcinfo, int argno, const char *name, bool c
 	}
 }
 
-/* Call a projection's reset function, if it has one */
+/* Call a projection's reset function, if it has one, as the projection's owner */
 static void
-es_call_reset(Oid reset)
+es_call_reset(Oid reset, Oid owner)
 {
 	FmgrInfo	flinfo;
 	LOCAL_FCINFO(fcinfo, 0);
@@ -507,10 +523,11 @@ es_call_reset(Oid reset)
 				 errmsg("the reset function of the projection no longer exists"),
 				 errdetail("Function with OID %u was dropped.", reset),
 				 errhint("Drop the projection with event_store.drop_projection() and create it again.")));
+	EsCheckCallbackOwner(reset, owner, "a projection reset function");
 	/* it returns void: its (null) result is ignored */
 	fmgr_info(reset, &flinfo);
 	InitFunctionCallInfoData(*fcinfo, &flinfo, 0, InvalidOid, NULL, NULL);
-	(void) FunctionCallInvoke(fcinfo);
+	(void) EsCallAs(NULL, fcinfo, owner);
 }
 
 /*
@@ -525,11 +542,13 @@ es_create_projection(PG_FUNCTION_ARGS)
 	Oid			handler;
 	Oid			argtype;
 	char	   *mode;
-	Oid			types[6] = {TEXTOID, REGPROCEDUREOID, TEXTARRAYOID, TEXTARRAYOID, TEXTOID, REGPROCEDUREOID};
-	Datum		values[6];
-	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
+	Oid			types[7] = {TEXTOID, REGPROCEDUREOID, TEXTARRAYOID, TEXTARRAYOID, TEXTOID,
+	REGPROCEDUREOID, OIDOID};
+	Datum		values[7];
+	char		nulls[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
 	bool		is_inline;
 	EsProjection *p;
+	EsUserSwitch sw;
 
 	if (PG_ARGISNULL(1))
 		ereport(ERROR,
@@ -558,19 +577,20 @@ es_create_projection(PG_FUNCTION_ARGS)
 		values[i] = PG_ARGISNULL(i) ? (Datum) 0 : PG_GETARG_DATUM(i);
 	}
 	values[0] = PointerGetDatum(name_t);
+	values[6] = ObjectIdGetDatum(GetUserId());
 
 	if (is_inline)
 		es_lock_events_for_inline();
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+	EsSpiConnect(&sw);
 	if (es_projection_load(name, "", NULL, NULL, NULL, NULL, NULL) != NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_DUPLICATE_OBJECT),
 				 errmsg("projection \"%s\" already exists", name),
 				 errhint("Drop it first with event_store.drop_projection(), or pick another name.")));
 	es_projection_exec("INSERT INTO event_store.projections "
-					   "(name, handler, event_types, categories, mode, reset) "
-					   "VALUES ($1, $2, $3, $4, $5, $6)", 6, types, values, nulls);
+					   "(name, handler, event_types, categories, mode, reset, owner) "
+					   "VALUES ($1, $2, $3, $4, $5, $6, $7::pg_catalog.regrole)",
+					   7, types, values, nulls);
 	if (is_inline)
 	{
 		/* replay history, then go live in the same transaction */
@@ -578,7 +598,7 @@ es_create_projection(PG_FUNCTION_ARGS)
 		es_projection_set(name, es_inline_catch_up(p, 0), "running");
 		EsRegistryChanged(&inline_registry);
 	}
-	SPI_finish();
+	EsSpiFinish(&sw);
 	EsWakeWorker();
 	PG_RETURN_VOID();
 }
@@ -587,20 +607,20 @@ es_create_projection(PG_FUNCTION_ARGS)
 Datum
 es_rebuild_projection(PG_FUNCTION_ARGS)
 {
+	EsUserSwitch sw;
 	char	   *name = text_to_cstring(EsGetRequiredText(fcinfo, 0, "name"));
 	char	   *mode;
 	char	   *state;
 	Oid			reset;
 	EsProjection *p;
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+	EsSpiConnect(&sw);
 	p = es_projection_get(name, &mode, &state, NULL, &reset, false);
 	if (strcmp(mode, "inline") == 0)
 	{
 		es_lock_events_for_inline();
 		p = es_projection_get(name, &mode, &state, NULL, &reset, true);
-		es_call_reset(reset);
+		es_call_reset(reset, p->owner);
 		if (strcmp(state, "paused") == 0)
 			es_projection_set(name, 0, "paused");
 		else
@@ -610,10 +630,10 @@ es_rebuild_projection(PG_FUNCTION_ARGS)
 	else
 	{
 		p = es_projection_get(name, &mode, &state, NULL, &reset, true);
-		es_call_reset(reset);
+		es_call_reset(reset, p->owner);
 		es_projection_set(name, 0, strcmp(state, "paused") == 0 ? "paused" : "running");
 	}
-	SPI_finish();
+	EsSpiFinish(&sw);
 	EsWakeWorker();
 	PG_RETURN_VOID();
 }
@@ -622,13 +642,13 @@ es_rebuild_projection(PG_FUNCTION_ARGS)
 Datum
 es_pause_projection(PG_FUNCTION_ARGS)
 {
+	EsUserSwitch sw;
 	char	   *name = text_to_cstring(EsGetRequiredText(fcinfo, 0, "name"));
 	char	   *mode;
 	char	   *state;
 	int64		position;
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+	EsSpiConnect(&sw);
 	(void) es_projection_get(name, &mode, &state, &position, NULL, false);
 	if (strcmp(mode, "inline") == 0)
 	{
@@ -648,11 +668,11 @@ es_pause_projection(PG_FUNCTION_ARGS)
 			Datum		values[1] = {CStringGetTextDatum(name)};
 
 			es_projection_exec("UPDATE event_store.projections SET state = 'paused', "
-							   "updated_at = pg_catalog.now() WHERE name = $1",
+							   "updated_at = pg_catalog.now() WHERE name OPERATOR(pg_catalog.=) $1",
 							   1, types, values, NULL);
 		}
 	}
-	SPI_finish();
+	EsSpiFinish(&sw);
 	PG_RETURN_VOID();
 }
 
@@ -660,14 +680,14 @@ es_pause_projection(PG_FUNCTION_ARGS)
 Datum
 es_resume_projection(PG_FUNCTION_ARGS)
 {
+	EsUserSwitch sw;
 	char	   *name = text_to_cstring(EsGetRequiredText(fcinfo, 0, "name"));
 	char	   *mode;
 	char	   *state;
 	int64		position;
 	EsProjection *p;
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+	EsSpiConnect(&sw);
 	(void) es_projection_get(name, &mode, &state, &position, NULL, false);
 	if (strcmp(mode, "inline") == 0)
 	{
@@ -682,7 +702,7 @@ es_resume_projection(PG_FUNCTION_ARGS)
 		(void) es_projection_get(name, &mode, &state, &position, NULL, true);
 		es_projection_set(name, position, "running");
 	}
-	SPI_finish();
+	EsSpiFinish(&sw);
 	EsWakeWorker();
 	PG_RETURN_VOID();
 }
@@ -691,22 +711,22 @@ es_resume_projection(PG_FUNCTION_ARGS)
 Datum
 es_drop_projection(PG_FUNCTION_ARGS)
 {
+	EsUserSwitch sw;
 	char	   *name = text_to_cstring(EsGetRequiredText(fcinfo, 0, "name"));
 	char	   *mode;
 	Oid			types[1] = {TEXTOID};
 	Datum		values[1] = {CStringGetTextDatum(name)};
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+	EsSpiConnect(&sw);
 	(void) es_projection_get(name, &mode, NULL, NULL, NULL, false);
 	if (strcmp(mode, "inline") == 0)
 		es_lock_events_for_inline();
 	(void) es_projection_get(name, &mode, NULL, NULL, NULL, true);
-	es_projection_exec("DELETE FROM event_store.projections WHERE name = $1",
+	es_projection_exec("DELETE FROM event_store.projections WHERE name OPERATOR(pg_catalog.=) $1",
 					   1, types, values, NULL);
 	if (strcmp(mode, "inline") == 0)
 		EsRegistryChanged(&inline_registry);
-	SPI_finish();
+	EsSpiFinish(&sw);
 	PG_RETURN_VOID();
 }
 
@@ -743,7 +763,7 @@ es_apply_in_subxact(EsProjection *p, const char *name, int64 after, int64 upto,
 			Datum		values[2] = {CStringGetTextDatum(name), Int64GetDatum(*newpos)};
 
 			es_projection_exec("UPDATE event_store.projections SET position = $2, "
-							   "updated_at = pg_catalog.now() WHERE name = $1",
+							   "updated_at = pg_catalog.now() WHERE name OPERATOR(pg_catalog.=) $1",
 							   2, types, values, NULL);
 		}
 		ReleaseCurrentSubTransaction();
@@ -788,7 +808,8 @@ es_run_one(const char *name, int64 budget)
 	ErrorData  *prefix_error;
 	char	   *state;
 
-	p = es_projection_load(name, "AND mode = 'async' AND state = 'running' FOR UPDATE SKIP LOCKED",
+	p = es_projection_load(name, "AND mode OPERATOR(pg_catalog.=) 'async' "
+						   "AND state OPERATOR(pg_catalog.=) 'running' FOR UPDATE SKIP LOCKED",
 						   NULL, NULL, &position, &attempts, NULL);
 	if (p == NULL)
 		return 0;				/* gone, paused, failed, or being run elsewhere */
@@ -804,7 +825,7 @@ es_run_one(const char *name, int64 budget)
 
 			es_projection_exec("UPDATE event_store.projections SET attempts = 0, "
 							   "last_error = NULL, error_position = NULL, next_attempt_at = NULL, "
-							   "updated_at = pg_catalog.now() WHERE name = $1",
+							   "updated_at = pg_catalog.now() WHERE name OPERATOR(pg_catalog.=) $1",
 							   1, types, values, NULL);
 		}
 		return handed;
@@ -839,8 +860,9 @@ es_run_one(const char *name, int64 budget)
 		values[5] = Int64GetDatum(es_backoff_ms(attempts));
 		es_projection_exec("UPDATE event_store.projections SET attempts = $2, last_error = $3, "
 						   "state = $4, error_position = $5, "
-						   "next_attempt_at = pg_catalog.now() + pg_catalog.make_interval(secs => $6 / 1000.0), "
-						   "updated_at = pg_catalog.now() WHERE name = $1",
+						   "next_attempt_at = pg_catalog.now() OPERATOR(pg_catalog.+) "
+						   "pg_catalog.make_interval(secs => $6 OPERATOR(pg_catalog./) 1000.0), "
+						   "updated_at = pg_catalog.now() WHERE name OPERATOR(pg_catalog.=) $1",
 						   6, types, values, NULL);
 	}
 	FreeErrorData(edata);
@@ -863,11 +885,13 @@ EsRunAsyncProjections(int64 max_events, bool only_due)
 	bool		progressed = true;
 
 	rc = SPI_execute(only_due ?
-					 "SELECT name FROM event_store.projections WHERE mode = 'async' "
-					 "AND state = 'running' AND (next_attempt_at IS NULL "
-					 "OR next_attempt_at <= pg_catalog.now()) ORDER BY name" :
-					 "SELECT name FROM event_store.projections WHERE mode = 'async' "
-					 "AND state = 'running' ORDER BY name", false, 0);
+					 "SELECT name FROM event_store.projections "
+					 "WHERE mode OPERATOR(pg_catalog.=) 'async' "
+					 "AND state OPERATOR(pg_catalog.=) 'running' AND (next_attempt_at IS NULL "
+					 "OR next_attempt_at OPERATOR(pg_catalog.<=) pg_catalog.now()) ORDER BY name" :
+					 "SELECT name FROM event_store.projections "
+					 "WHERE mode OPERATOR(pg_catalog.=) 'async' "
+					 "AND state OPERATOR(pg_catalog.=) 'running' ORDER BY name", false, 0);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "reading event_store.projections failed: %s", SPI_result_code_string(rc));
 	for (uint64 i = 0; i < SPI_processed; i++)
@@ -910,6 +934,7 @@ EsRunAsyncProjections(int64 max_events, bool only_due)
 Datum
 es_run_projections(PG_FUNCTION_ARGS)
 {
+	EsUserSwitch sw;
 	int32		max_events;
 	int64		n;
 
@@ -924,9 +949,8 @@ es_run_projections(PG_FUNCTION_ARGS)
 				 errmsg("max_events must not be negative"),
 				 errdetail("Got %d.", max_events)));
 	(void) EsGetCatalog();
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+	EsSpiConnect(&sw);
 	n = EsRunAsyncProjections(max_events, false);
-	SPI_finish();
+	EsSpiFinish(&sw);
 	PG_RETURN_INT64(n);
 }

@@ -162,6 +162,14 @@ EsScanEvents(const EsCatalog *cat, EsScanSpec *spec, EsRowCallback callback,
 		if (spec->xact_snapshot != NULL &&
 			!table_tuple_satisfies_snapshot(heap, slot, spec->xact_snapshot))
 			break;
+		if (spec->denied != NULL)
+		{
+			bool		null;
+
+			if (EsStreamDenied(spec->denied,
+							   DatumGetTextPP(slot_getattr(slot, Anum_es_stream_id, &null))))
+				continue;
+		}
 
 		if (!upcast && spec->direct != NULL)
 		{
@@ -288,6 +296,7 @@ es_stream_version(PG_FUNCTION_ARGS)
 {
 	text	   *stream_id = EsGetRequiredText(fcinfo, 0, "stream_id");
 
+	EsCheckStreamAccess(stream_id, ES_PRIV_READ);
 	PG_RETURN_INT64(EsLatestStreamVersion(EsGetCatalog(), stream_id,
 										  GetActiveSnapshot()));
 }
@@ -315,6 +324,7 @@ es_read_stream(PG_FUNCTION_ARGS)
 				 errhint("Stream versions start at 1; pass NULL to start at the first (or, backward, the last) event.")));
 	EsRequireArg(fcinfo, 3, "backward");
 	backward = PG_GETARG_BOOL(3);
+	EsCheckStreamAccess(stream_id, ES_PRIV_READ);
 
 	memset(&spec, 0, sizeof(spec));
 	spec.max_count = es_parse_max_count(fcinfo, 2, true);
@@ -413,6 +423,8 @@ es_read_all(PG_FUNCTION_ARGS)
 	InitMaterializedSRF(fcinfo, 0);
 	if (spec.max_count == 0 || spec.filter.ntypes == 0)
 		return (Datum) 0;
+	/* events of categories the caller may not read are left out */
+	spec.denied = EsDeniedCategories(GetUserId());
 
 	spec.index_oid = cat->position_idx;
 	index = index_open(cat->position_idx, AccessShareLock);
@@ -442,6 +454,7 @@ es_read_category(PG_FUNCTION_ARGS)
 	spec.max_count = es_parse_max_count(fcinfo, 2, false);
 	es_parse_type_filter(fcinfo, 3, &spec.filter);
 	spec.raw = es_parse_raw(fcinfo, 4);
+	EsCheckCategoryAccess(category, ES_PRIV_READ);
 
 	cat = EsGetCatalog();
 	InitMaterializedSRF(fcinfo, 0);

@@ -50,6 +50,7 @@ typedef struct EsAggregate
 	int32		snapshot_every;	/* 0: no snapshot hook */
 	int32		state_version;
 	bool		missing;		/* the reducer was dropped */
+	Oid			owner;			/* the role that defined it: the reducer runs as it */
 	struct EsAggregate *next;	/* other categories sharing a truncated key */
 } EsAggregate;
 
@@ -74,6 +75,7 @@ es_agg_load(void)
 {
 	HASHCTL		ctl;
 	MemoryContext old;
+	EsUserSwitch sw;
 	int			rc;
 
 	agg_cxt = EsRegistryNewContext(&agg_registry);
@@ -85,10 +87,9 @@ es_agg_load(void)
 						   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	agg_count = 0;
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	rc = SPI_execute("SELECT category, reducer::oid, initial_state, "
-					 "coalesce(snapshot_every, 0), state_version "
+	EsSpiConnect(&sw);
+	rc = SPI_execute("SELECT category, reducer::pg_catalog.oid, initial_state, "
+					 "coalesce(snapshot_every, 0), state_version, owner::pg_catalog.oid "
 					 "FROM event_store.aggregates", true, 0);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "reading event_store.aggregates failed: %s", SPI_result_code_string(rc));
@@ -118,15 +119,19 @@ es_agg_load(void)
 		entry->full_category = category;
 		entry->reducer.fn_oid = DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull));
 		entry->missing = !EsFunctionExists(entry->reducer.fn_oid);
+		entry->owner = DatumGetObjectId(SPI_getbinval(tup, desc, 6, &isnull));
 		if (!entry->missing)
+		{
+			EsCheckCallbackOwner(entry->reducer.fn_oid, entry->owner, "a reducer");
 			fmgr_info_cxt(entry->reducer.fn_oid, &entry->reducer, agg_cxt);
+		}
 		entry->initial_state = DatumGetJsonbPCopy(SPI_getbinval(tup, desc, 3, &isnull));
 		entry->snapshot_every = DatumGetInt32(SPI_getbinval(tup, desc, 4, &isnull));
 		entry->state_version = DatumGetInt32(SPI_getbinval(tup, desc, 5, &isnull));
 		agg_count++;
 	}
 	MemoryContextSwitchTo(old);
-	SPI_finish();
+	EsSpiFinish(&sw);
 }
 
 /* The aggregate of a category (given as bytes), or NULL */
@@ -167,8 +172,9 @@ es_snapshot_plans(void)
 		Oid			types[3] = {TEXTOID, INT4OID, INT8OID};
 		find_snapshot_plan =
 			EsPrepareKeptPlan("SELECT stream_version, state FROM event_store.snapshots "
-							  "WHERE stream_id = $1 AND state_version = $2 "
-							  "AND stream_version <= $3 "
+							  "WHERE stream_id OPERATOR(pg_catalog.=) $1 "
+							  "AND state_version OPERATOR(pg_catalog.=) $2 "
+							  "AND stream_version OPERATOR(pg_catalog.<=) $3 "
 							  "ORDER BY stream_version DESC LIMIT 1", 3, types);
 	}
 	if (save_snapshot_plan == NULL)
@@ -248,6 +254,7 @@ es_fold_aggregate(EsAggregate *agg, text *stream_id, int64 at_version,
 	int			rc;
 	Datum		result;
 	MemoryContext caller = CurrentMemoryContext;
+	EsUserSwitch sw;
 
 	if (agg->missing)
 		ereport(ERROR,
@@ -256,6 +263,14 @@ es_fold_aggregate(EsAggregate *agg, text *stream_id, int64 at_version,
 						text_to_cstring(agg->full_category)),
 				 errdetail("Function with OID %u was dropped.", agg->reducer.fn_oid),
 				 errhint("Define the aggregate again with event_store.define_aggregate().")));
+	if (!EsRoleMayReadStream(agg->owner, stream_id))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("the reducer of category \"%s\" may not read stream \"%s\"",
+						text_to_cstring(agg->full_category), text_to_cstring(stream_id)),
+				 errdetail("Role \"%s\", which defined the aggregate and as which its reducer runs, holds no read grant on the category.",
+						   EsRoleName(agg->owner)),
+				 errhint("Grant it read with event_store.grant_category(), or define the aggregate as a role that holds one.")));
 	memset(&fold, 0, sizeof(fold));
 	fold.agg = agg;
 	fold.event_desc = lookup_rowtype_tupdesc(cat->event_type_oid, -1);
@@ -265,8 +280,7 @@ es_fold_aggregate(EsAggregate *agg, text *stream_id, int64 at_version,
 	fold.version = 0;
 
 	/* newest snapshot of this state_version at or below at_version */
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+	EsSpiConnect(&sw);
 	es_snapshot_plans();
 	values[0] = PointerGetDatum(stream_id);
 	values[1] = Int32GetDatum(agg->state_version);
@@ -285,9 +299,9 @@ es_fold_aggregate(EsAggregate *agg, text *stream_id, int64 at_version,
 							   false, -1);
 		MemoryContextSwitchTo(old);
 	}
-	SPI_finish();
+	EsSpiFinish(&sw);
 
-	/* then the events after it */
+	/* then the events after it, folded as the aggregate's owner */
 	if (at_version < 0 || fold.version < at_version)
 	{
 		memset(&spec, 0, sizeof(spec));
@@ -309,7 +323,9 @@ es_fold_aggregate(EsAggregate *agg, text *stream_id, int64 at_version,
 			spec.nkeys = 3;
 		}
 		index_close(index, AccessShareLock);
+		EsBecomeRole(&sw, agg->owner);
 		EsScanEvents(cat, &spec, es_fold_row, &fold);
+		EsRestoreUser(&sw);
 	}
 
 	ReleaseTupleDesc(fold.event_desc);
@@ -325,10 +341,10 @@ static void
 es_store_snapshot(text *stream_id, int64 version, Datum state, int32 state_version)
 {
 	Datum		values[4];
+	EsUserSwitch sw;
 	int			rc;
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+	EsSpiConnect(&sw);
 	es_snapshot_plans();
 	values[0] = PointerGetDatum(stream_id);
 	values[1] = Int64GetDatum(version);
@@ -337,7 +353,7 @@ es_store_snapshot(text *stream_id, int64 version, Datum state, int32 state_versi
 	rc = SPI_execute_plan(save_snapshot_plan, values, NULL, false, 0);
 	if (rc != SPI_OK_INSERT)
 		elog(ERROR, "saving the snapshot failed: %s", SPI_result_code_string(rc));
-	SPI_finish();
+	EsSpiFinish(&sw);
 }
 
 /*
@@ -386,9 +402,10 @@ es_define_aggregate(PG_FUNCTION_ARGS)
 	text	   *category = es_get_category(fcinfo, 0);
 	Oid			reducer;
 	Oid			argtypes[2];
-	Datum		values[5];
-	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
-	Oid			types[5] = {TEXTOID, REGPROCEDUREOID, JSONBOID, INT4OID, INT4OID};
+	Datum		values[6];
+	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
+	Oid			types[6] = {TEXTOID, REGPROCEDUREOID, JSONBOID, INT4OID, INT4OID, OIDOID};
+	EsUserSwitch sw;
 	int			rc;
 
 	if (PG_ARGISNULL(1))
@@ -427,21 +444,22 @@ es_define_aggregate(PG_FUNCTION_ARGS)
 	values[3] = PG_ARGISNULL(3) ? (Datum) 0 : PG_GETARG_DATUM(3);
 	nulls[3] = PG_ARGISNULL(3) ? 'n' : ' ';
 	values[4] = PG_GETARG_DATUM(4);
+	values[5] = ObjectIdGetDatum(GetUserId());
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+	EsSpiConnect(&sw);
 	rc = SPI_execute_with_args("INSERT INTO event_store.aggregates "
-							   "(category, reducer, initial_state, snapshot_every, state_version) "
-							   "VALUES ($1, $2, $3, $4, $5) "
+							   "(category, reducer, initial_state, snapshot_every, state_version, owner) "
+							   "VALUES ($1, $2, $3, $4, $5, $6::pg_catalog.regrole) "
 							   "ON CONFLICT (category) DO UPDATE SET "
 							   "reducer = EXCLUDED.reducer, initial_state = EXCLUDED.initial_state, "
 							   "snapshot_every = EXCLUDED.snapshot_every, "
 							   "state_version = EXCLUDED.state_version, "
+							   "owner = EXCLUDED.owner, "
 							   "defined_at = pg_catalog.now()",
-							   5, types, values, nulls, false, 0);
+							   6, types, values, nulls, false, 0);
 	if (rc != SPI_OK_INSERT)
 		elog(ERROR, "defining the aggregate failed: %s", SPI_result_code_string(rc));
-	SPI_finish();
+	EsSpiFinish(&sw);
 	EsRegistryChanged(&agg_registry);
 	PG_RETURN_VOID();
 }
@@ -481,6 +499,7 @@ es_load_aggregate(PG_FUNCTION_ARGS)
 	int64		version;
 
 	EsGetCatalog();
+	EsCheckStreamAccess(stream_id, ES_PRIV_READ);
 	agg = es_agg_find(VARDATA_ANY(stream_id), catlen);
 	if (agg == NULL)
 		ereport(ERROR,
@@ -523,6 +542,7 @@ es_save_snapshot(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("state_version must not be null")));
 	state_version = PG_GETARG_INT32(3);
+	EsCheckStreamAccess(stream_id, ES_PRIV_APPEND);
 	if (state_version < 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -554,18 +574,20 @@ es_load_snapshot(PG_FUNCTION_ARGS)
 	ReturnSetInfo *rsinfo;
 	Datum		args[2];
 	Oid			types[2] = {TEXTOID, INT8OID};
+	EsUserSwitch sw;
 	int			rc;
 
+	EsCheckStreamAccess(stream_id, ES_PRIV_READ);
 	InitMaterializedSRF(fcinfo, 0);
 	rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+	EsSpiConnect(&sw);
 	args[0] = PointerGetDatum(stream_id);
 	args[1] = Int64GetDatum(max_version < 0 ? PG_INT64_MAX : max_version);
 	rc = SPI_execute_with_args("SELECT stream_version, state, state_version, created_at "
 							   "FROM event_store.snapshots "
-							   "WHERE stream_id = $1 AND stream_version <= $2 "
+							   "WHERE stream_id OPERATOR(pg_catalog.=) $1 "
+							   "AND stream_version OPERATOR(pg_catalog.<=) $2 "
 							   "ORDER BY stream_version DESC, created_at DESC, state_version DESC "
 							   "LIMIT 1", 2, types, args, NULL, true, 1);
 	if (rc != SPI_OK_SELECT)
@@ -580,6 +602,6 @@ es_load_snapshot(PG_FUNCTION_ARGS)
 		/* tuplestore_putvalues copies, so SPI's memory may go after this */
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, isnull);
 	}
-	SPI_finish();
+	EsSpiFinish(&sw);
 	return (Datum) 0;
 }

@@ -48,6 +48,7 @@ typedef struct EsUpcaster
 	FmgrInfo	fn;
 	text	   *to_type;		/* NULL: keep the type */
 	bool		missing;		/* the function was dropped */
+	Oid			owner;			/* the role that registered it: runs as it */
 	struct EsUpcaster *collision;	/* another type with the same hash */
 	struct EsUpcaster *then;	/* the upcaster of the result, resolved at load */
 } EsUpcaster;
@@ -73,6 +74,7 @@ es_upcast_load(void)
 {
 	HASHCTL		ctl;
 	MemoryContext old;
+	EsUserSwitch sw;
 	int			rc;
 
 	upcast_cxt = EsRegistryNewContext(&upcast_registry);
@@ -84,9 +86,9 @@ es_upcast_load(void)
 							  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	upcast_count = 0;
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	rc = SPI_execute("SELECT event_type, from_schema_version, upcaster::oid, to_event_type "
+	EsSpiConnect(&sw);
+	rc = SPI_execute("SELECT event_type, from_schema_version, upcaster::pg_catalog.oid, "
+					 "to_event_type, owner::pg_catalog.oid "
 					 "FROM event_store.upcasters", true, 0);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "reading event_store.upcasters failed: %s", SPI_result_code_string(rc));
@@ -101,6 +103,8 @@ es_upcast_load(void)
 		int32		from = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
 		Oid			fn = DatumGetObjectId(SPI_getbinval(tup, desc, 3, &isnull));
 		Datum		to = SPI_getbinval(tup, desc, 4, &isnull);
+		bool		to_null = isnull;
+		Oid			owner = DatumGetObjectId(SPI_getbinval(tup, desc, 5, &isnull));
 		EsUpcastKey key;
 		EsUpcaster *entry;
 		bool		found;
@@ -120,15 +124,19 @@ es_upcast_load(void)
 		entry->then = NULL;
 		entry->full_type = type;
 		entry->missing = !EsFunctionExists(fn);
+		entry->owner = owner;
 		if (entry->missing)
 			entry->fn.fn_oid = fn;
 		else
+		{
+			EsCheckCallbackOwner(fn, owner, "an upcaster");
 			fmgr_info_cxt(fn, &entry->fn, upcast_cxt);
-		entry->to_type = isnull ? NULL : DatumGetTextPCopy(to);
+		}
+		entry->to_type = to_null ? NULL : DatumGetTextPCopy(to);
 		upcast_count++;
 	}
 	MemoryContextSwitchTo(old);
-	SPI_finish();
+	EsSpiFinish(&sw);
 
 	/* resolve the chains once: which upcaster applies to each one's result */
 	{
@@ -204,7 +212,7 @@ EsUpcastRow(Datum *values, bool *isnull)
 		fcinfo->args[0].isnull = false;
 		fcinfo->args[1].value = values[Anum_es_metadata - 1];
 		fcinfo->args[1].isnull = false;
-		result = EsRegistryCall(&upcast_registry, fcinfo);
+		result = EsCallAs(&upcast_registry, fcinfo, up->owner);
 		if (fcinfo->isnull)
 			ereport(ERROR,
 					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
@@ -231,9 +239,10 @@ es_register_upcaster(PG_FUNCTION_ARGS)
 	int32		from;
 	Oid			fn;
 	Oid			argtypes[2] = {JSONBOID, JSONBOID};
-	Datum		values[4];
-	char		nulls[4] = {' ', ' ', ' ', ' '};
-	Oid			types[4] = {TEXTOID, INT4OID, REGPROCEDUREOID, TEXTOID};
+	Datum		values[5];
+	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
+	Oid			types[5] = {TEXTOID, INT4OID, REGPROCEDUREOID, TEXTOID, OIDOID};
+	EsUserSwitch sw;
 	int			rc;
 
 	if (PG_ARGISNULL(1))
@@ -261,18 +270,19 @@ es_register_upcaster(PG_FUNCTION_ARGS)
 	values[2] = ObjectIdGetDatum(fn);
 	values[3] = PG_ARGISNULL(3) ? (Datum) 0 : PG_GETARG_DATUM(3);
 	nulls[3] = PG_ARGISNULL(3) ? 'n' : ' ';
+	values[4] = ObjectIdGetDatum(GetUserId());
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+	EsSpiConnect(&sw);
 	rc = SPI_execute_with_args("INSERT INTO event_store.upcasters "
-							   "(event_type, from_schema_version, upcaster, to_event_type) "
-							   "VALUES ($1, $2, $3, $4) "
+							   "(event_type, from_schema_version, upcaster, to_event_type, owner) "
+							   "VALUES ($1, $2, $3, $4, $5::pg_catalog.regrole) "
 							   "ON CONFLICT (event_type, from_schema_version) DO UPDATE "
-							   "SET upcaster = EXCLUDED.upcaster, to_event_type = EXCLUDED.to_event_type",
-							   4, types, values, nulls, false, 0);
+							   "SET upcaster = EXCLUDED.upcaster, to_event_type = EXCLUDED.to_event_type, "
+							   "owner = EXCLUDED.owner",
+							   5, types, values, nulls, false, 0);
 	if (rc != SPI_OK_INSERT)
 		elog(ERROR, "registering the upcaster failed: %s", SPI_result_code_string(rc));
-	SPI_finish();
+	EsSpiFinish(&sw);
 	EsRegistryChanged(&upcast_registry);
 	PG_RETURN_VOID();
 }
@@ -285,6 +295,7 @@ es_drop_upcaster(PG_FUNCTION_ARGS)
 	int32		from;
 	Datum		values[2];
 	Oid			types[2] = {TEXTOID, INT4OID};
+	EsUserSwitch sw;
 	int			rc;
 
 	if (PG_ARGISNULL(1))
@@ -295,10 +306,10 @@ es_drop_upcaster(PG_FUNCTION_ARGS)
 	values[0] = PointerGetDatum(event_type);
 	values[1] = Int32GetDatum(from);
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+	EsSpiConnect(&sw);
 	rc = SPI_execute_with_args("DELETE FROM event_store.upcasters "
-							   "WHERE event_type = $1 AND from_schema_version = $2",
+							   "WHERE event_type OPERATOR(pg_catalog.=) $1 "
+							   "AND from_schema_version OPERATOR(pg_catalog.=) $2",
 							   2, types, values, NULL, false, 0);
 	if (rc != SPI_OK_DELETE)
 		elog(ERROR, "dropping the upcaster failed: %s", SPI_result_code_string(rc));
@@ -307,7 +318,7 @@ es_drop_upcaster(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("upcaster for event type \"%s\" from schema version %d does not exist",
 						text_to_cstring(event_type), from)));
-	SPI_finish();
+	EsSpiFinish(&sw);
 	EsRegistryChanged(&upcast_registry);
 	PG_RETURN_VOID();
 }

@@ -290,7 +290,8 @@ es_worker_run_projections(bool *has_async)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	if (SPI_execute("SELECT EXISTS (SELECT 1 FROM event_store.projections "
-					"WHERE mode = 'async' AND state = 'running')", true, 1) != SPI_OK_SELECT)
+					"WHERE mode OPERATOR(pg_catalog.=) 'async' "
+					"AND state OPERATOR(pg_catalog.=) 'running')", true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "reading event_store.projections failed");
 	*has_async = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	if (*has_async)
@@ -316,7 +317,8 @@ es_worker_saga_tick(void)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	if (SPI_execute("SELECT event_store.saga_tick() WHERE EXISTS "
-					"(SELECT 1 FROM event_store.sagas WHERE status IN ('running', 'compensating'))",
+					"(SELECT 1 FROM event_store.sagas "
+					"WHERE status OPERATOR(pg_catalog.=) ANY ('{running,compensating}'::pg_catalog.text[]))",
 					false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "saga_tick failed");
 	SPI_finish();

@@ -1,0 +1,579 @@
+/*
+ * security.c
+ *	  Who may do what.
+ *
+ *	  - The extension's own tables are written only through its functions.
+ *	    C code that reads or writes them through SPI does so as the
+ *	    extension's owner (EsBecomeOwner), with every name in its SQL text
+ *	    schema-qualified, so the caller's search_path cannot redirect it.
+ *	  - User callbacks (upcasters, reducers, projection handlers and resets,
+ *	    saga actions) run as the role that registered them (EsBecomeRole).
+ *	    Registering one requires EXECUTE on it, and its owner must have the
+ *	    registering role's privileges: otherwise whoever owns the function
+ *	    could change what it does and have it run with more rights.
+ *	  - Category grants (event_store.category_grants): once a category has
+ *	    one, only holders of "append" may append to its streams and only
+ *	    holders of "read" may read them (the extension owner always may).
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/xact.h"
+#include "catalog/indexing.h"
+#include "catalog/pg_authid.h"
+#include "catalog/pg_extension.h"
+#include "catalog/pg_proc.h"
+#include "catalog/pg_type.h"
+#include "commands/extension.h"
+#include "miscadmin.h"
+#include "utils/acl.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/guc.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/regproc.h"
+#include "utils/syscache.h"
+
+#include "event_store.h"
+
+PG_FUNCTION_INFO_V1(es_grant_category);
+PG_FUNCTION_INFO_V1(es_revoke_category);
+PG_FUNCTION_INFO_V1(es_may_read);
+PG_FUNCTION_INFO_V1(es_check_callback);
+
+/* ------------------------------------------------------------------------
+ * The extension owner and switching users
+ * ------------------------------------------------------------------------ */
+
+static Oid	es_owner = InvalidOid;
+static Oid	es_owner_ext = InvalidOid;	/* the pg_extension row it came from */
+
+/* The role that owns the extension (cached per backend) */
+Oid
+EsExtensionOwner(void)
+{
+	Oid			extoid = get_extension_oid("event_store", false);
+	Relation	rel;
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tup;
+
+	if (extoid == es_owner_ext && OidIsValid(es_owner))
+		return es_owner;
+
+	rel = table_open(ExtensionRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_extension_oid, BTEqualStrategyNumber, F_OIDEQ,
+				ObjectIdGetDatum(extoid));
+	scan = systable_beginscan(rel, ExtensionOidIndexId, true, NULL, 1, &key);
+	tup = systable_getnext(scan);
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "could not find extension event_store (OID %u)", extoid);
+	es_owner = ((Form_pg_extension) GETSTRUCT(tup))->extowner;
+	es_owner_ext = extoid;
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return es_owner;
+}
+
+/*
+ * Act as the extension's owner until EsRestoreUser: for SPI on the
+ * extension's own tables.  The caller's search_path stays in effect, so the
+ * SQL run in between must qualify every name.
+ */
+void
+EsBecomeOwner(EsUserSwitch *sw)
+{
+	GetUserIdAndSecContext(&sw->save_userid, &sw->save_sec_context);
+	sw->guc_level = -1;
+	SetUserIdAndSecContext(EsExtensionOwner(),
+						   sw->save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+}
+
+/*
+ * Act as role (which registered a callback) until EsRestoreUser.  Nothing
+ * changes when the current user is role already.  Otherwise the callback
+ * runs as a restricted operation, and settings it changes are undone when
+ * it returns: code of a less privileged role must not leave anything behind
+ * in a more privileged session.
+ */
+void
+EsBecomeRole(EsUserSwitch *sw, Oid role)
+{
+	GetUserIdAndSecContext(&sw->save_userid, &sw->save_sec_context);
+	sw->guc_level = -1;
+	if (role == sw->save_userid)
+		return;
+	SetUserIdAndSecContext(role, sw->save_sec_context |
+						   SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION);
+	sw->guc_level = NewGUCNestLevel();
+}
+
+/* Back to the user of before EsBecomeOwner / EsBecomeRole (not on error) */
+void
+EsRestoreUser(EsUserSwitch *sw)
+{
+	if (sw->guc_level >= 0)
+		AtEOXact_GUC(true, sw->guc_level);
+	SetUserIdAndSecContext(sw->save_userid, sw->save_sec_context);
+}
+
+/* SPI_connect, acting as the extension owner until EsSpiFinish */
+void
+EsSpiConnect(EsUserSwitch *sw)
+{
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	EsBecomeOwner(sw);
+}
+
+void
+EsSpiFinish(EsUserSwitch *sw)
+{
+	EsRestoreUser(sw);
+	SPI_finish();
+}
+
+/* The name of a role, for messages (never fails) */
+const char *
+EsRoleName(Oid role)
+{
+	char	   *name = GetUserNameFromId(role, true);
+
+	return name ? name : psprintf("with OID %u", role);
+}
+
+/* ------------------------------------------------------------------------
+ * Callbacks
+ * ------------------------------------------------------------------------ */
+
+/*
+ * May fn be registered by role as a callback (what: "an upcaster", ...)?
+ * It needs EXECUTE on it, and the function's owner must have role's
+ * privileges.  Also checked whenever a registry is loaded (role is then
+ * the one that registered it): ownership may have changed since.
+ */
+void
+EsCheckCallbackOwner(Oid fn, Oid role, const char *what)
+{
+	HeapTuple	tup;
+	Oid			proowner;
+
+	tup = SearchSysCache1(PROCOID, ObjectIdGetDatum(fn));
+	if (!HeapTupleIsValid(tup))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_FUNCTION),
+				 errmsg("function with OID %u does not exist", fn)));
+	proowner = ((Form_pg_proc) GETSTRUCT(tup))->proowner;
+	ReleaseSysCache(tup);
+
+	if (GetUserNameFromId(role, true) == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("role with OID %u that registered %s as %s no longer exists",
+						role, format_procedure(fn), what),
+				 errhint("Register the function again.")));
+	if (pg_proc_aclcheck(fn, role, ACL_EXECUTE) != ACLCHECK_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied for function %s", format_procedure(fn)),
+				 errdetail("Role \"%s\" needs EXECUTE on a function to use it as %s.",
+						   EsRoleName(role), what)));
+	if (!has_privs_of_role(proowner, role))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("function %s cannot be used as %s by role \"%s\"",
+						format_procedure(fn), what, EsRoleName(role)),
+				 errdetail("The function is owned by role \"%s\", which lacks the privileges of role \"%s\"; "
+						   "callbacks run as the role that registers them, and the owner could change what it does.",
+						   EsRoleName(proowner), EsRoleName(role)),
+				 errhint("Register it as role \"%s\" (SET ROLE), or have a role with the privileges of \"%s\" own it.",
+						 EsRoleName(proowner), EsRoleName(role))));
+}
+
+/*
+ * Call a registry function as role: EsRegistryCall with the user switched
+ * for the duration of the call.
+ */
+Datum
+EsCallAs(EsRegistry *reg, FunctionCallInfo fcinfo, Oid role)
+{
+	EsUserSwitch sw;
+	Datum		result;
+
+	EsBecomeRole(&sw, role);
+	result = reg ? EsRegistryCall(reg, fcinfo) : FunctionCallInvoke(fcinfo);
+	EsRestoreUser(&sw);
+	return result;
+}
+
+/*
+ * SQL: event_store._check_callback(fn regprocedure, registrant regrole,
+ * what text) -- the same checks for the saga engine's definitions
+ */
+Datum
+es_check_callback(PG_FUNCTION_ARGS)
+{
+	EsRequireArg(fcinfo, 0, "fn");
+	EsRequireArg(fcinfo, 1, "registrant");
+	EsRequireArg(fcinfo, 2, "what");
+	EsCheckCallbackOwner(PG_GETARG_OID(0), PG_GETARG_OID(1),
+						 text_to_cstring(PG_GETARG_TEXT_PP(2)));
+	PG_RETURN_VOID();
+}
+
+/* ------------------------------------------------------------------------
+ * Category grants
+ * ------------------------------------------------------------------------ */
+
+typedef struct EsGrant
+{
+	Oid			grantee;
+	int			privs;			/* ES_PRIV_* bits */
+} EsGrant;
+
+typedef struct EsCategoryGrants
+{
+	text	   *category;
+	int			ngrants;
+	EsGrant    *grants;
+} EsCategoryGrants;
+
+static EsRegistry grant_registry = {"category_grants"};
+static EsCategoryGrants *grant_cats = NULL;
+static int	grant_ncats = 0;
+
+static void
+es_grants_load(void)
+{
+	MemoryContext cxt = EsRegistryNewContext(&grant_registry);
+	MemoryContext old;
+	EsUserSwitch sw;
+	int			rc;
+
+	grant_cats = NULL;
+	grant_ncats = 0;
+	EsSpiConnect(&sw);
+	rc = SPI_execute("SELECT category, grantee::pg_catalog.oid, "
+					 "pg_catalog.bool_or(privilege OPERATOR(pg_catalog.=) 'append'), "
+					 "pg_catalog.bool_or(privilege OPERATOR(pg_catalog.=) 'read') "
+					 "FROM event_store.category_grants "
+					 "GROUP BY category, grantee ORDER BY category", true, 0);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "reading event_store.category_grants failed: %s", SPI_result_code_string(rc));
+
+	old = MemoryContextSwitchTo(cxt);
+	if (SPI_processed > 0)
+		grant_cats = palloc0(sizeof(EsCategoryGrants) * SPI_processed);
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		text	   *cat = DatumGetTextPP(SPI_getbinval(tup, desc, 1, &isnull));
+		EsCategoryGrants *c;
+		EsGrant    *g;
+
+		if (grant_ncats == 0 ||
+			VARSIZE_ANY_EXHDR(cat) != VARSIZE_ANY_EXHDR(grant_cats[grant_ncats - 1].category) ||
+			memcmp(VARDATA_ANY(cat), VARDATA_ANY(grant_cats[grant_ncats - 1].category),
+				   VARSIZE_ANY_EXHDR(cat)) != 0)
+		{
+			c = &grant_cats[grant_ncats++];
+			c->category = DatumGetTextPCopy(PointerGetDatum(cat));
+			c->grants = palloc(sizeof(EsGrant) * SPI_processed);
+			c->ngrants = 0;
+		}
+		c = &grant_cats[grant_ncats - 1];
+		g = &c->grants[c->ngrants++];
+		g->grantee = DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull));
+		g->privs = (DatumGetBool(SPI_getbinval(tup, desc, 3, &isnull)) ? ES_PRIV_APPEND : 0) |
+			(DatumGetBool(SPI_getbinval(tup, desc, 4, &isnull)) ? ES_PRIV_READ : 0);
+	}
+	MemoryContextSwitchTo(old);
+	EsSpiFinish(&sw);
+}
+
+/* Does any category have a grant?  (Cheap: the usual answer is no.) */
+bool
+EsCategoryGrantsExist(void)
+{
+	EsRegistryEnsure(&grant_registry, es_grants_load);
+	return grant_ncats > 0;
+}
+
+/* Length of the category part of a stream id (all of it without "-") */
+static inline int
+es_category_len(const char *stream, int len)
+{
+	const char *dash = memchr(stream, '-', len);
+
+	return dash ? (int) (dash - stream) : len;
+}
+
+/* The grants of a category, or NULL when it has none (it is open) */
+static EsCategoryGrants *
+es_find_category(const char *cat, int len)
+{
+	for (int i = 0; i < grant_ncats; i++)
+	{
+		text	   *c = grant_cats[i].category;
+
+		if (VARSIZE_ANY_EXHDR(c) == len && memcmp(VARDATA_ANY(c), cat, len) == 0)
+			return &grant_cats[i];
+	}
+	return NULL;
+}
+
+/* May role do priv on a category with these grants? */
+static bool
+es_role_may(Oid role, const EsCategoryGrants *c, int priv)
+{
+	if (c == NULL)
+		return true;
+	if (has_privs_of_role(role, EsExtensionOwner()))
+		return true;
+	for (int i = 0; i < c->ngrants; i++)
+		if ((c->grants[i].privs & priv) && has_privs_of_role(role, c->grants[i].grantee))
+			return true;
+	return false;
+}
+
+static const char *
+es_priv_name(int priv)
+{
+	return priv == ES_PRIV_APPEND ? "append" : "read";
+}
+
+static void
+es_deny(Oid role, const char *cat, int len, int priv)
+{
+	char	   *category = pnstrdup(cat, len);
+
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("role \"%s\" may not %s category \"%s\"",
+					EsRoleName(role), priv == ES_PRIV_APPEND ? "append to" : "read",
+					category),
+			 errdetail("Category \"%s\" has grants, and role \"%s\" holds none for \"%s\".",
+					   category, EsRoleName(role), es_priv_name(priv)),
+			 errhint("A holder of the category's grants, or the extension owner, can run event_store.grant_category('%s', '%s', '{%s}').",
+					 EsRoleName(role), category, es_priv_name(priv))));
+}
+
+/* Error out unless the current user may do priv on the stream's category */
+void
+EsCheckStreamAccess(text *stream_id, int priv)
+{
+	const char *s;
+	int			len;
+	Oid			role;
+
+	if (!EsCategoryGrantsExist())
+		return;
+	s = VARDATA_ANY(stream_id);
+	len = es_category_len(s, VARSIZE_ANY_EXHDR(stream_id));
+	role = GetUserId();
+	if (!es_role_may(role, es_find_category(s, len), priv))
+		es_deny(role, s, len, priv);
+}
+
+/* Error out unless the current user may do priv on a category */
+void
+EsCheckCategoryAccess(text *category, int priv)
+{
+	Oid			role;
+
+	if (!EsCategoryGrantsExist())
+		return;
+	role = GetUserId();
+	if (!es_role_may(role, es_find_category(VARDATA_ANY(category), VARSIZE_ANY_EXHDR(category)), priv))
+		es_deny(role, VARDATA_ANY(category), VARSIZE_ANY_EXHDR(category), priv);
+}
+
+/*
+ * The categories role may not read, as a filter for a scan over many
+ * streams; NULL when it may read everything (the usual case).  Allocated in
+ * the current memory context.
+ */
+EsDeniedSet *
+EsDeniedCategories(Oid role)
+{
+	EsDeniedSet *set = NULL;
+
+	if (!EsCategoryGrantsExist())
+		return NULL;
+	for (int i = 0; i < grant_ncats; i++)
+	{
+		if (es_role_may(role, &grant_cats[i], ES_PRIV_READ))
+			continue;
+		if (set == NULL)
+		{
+			set = palloc(sizeof(EsDeniedSet));
+			set->n = 0;
+			set->categories = palloc(sizeof(text *) * grant_ncats);
+		}
+		set->categories[set->n++] = DatumGetTextPCopy(PointerGetDatum(grant_cats[i].category));
+	}
+	return set;
+}
+
+/* Is the stream in one of the set's categories? */
+bool
+EsStreamDenied(const EsDeniedSet *set, text *stream_id)
+{
+	const char *s;
+	int			len;
+
+	if (set == NULL)
+		return false;
+	s = VARDATA_ANY(stream_id);
+	len = es_category_len(s, VARSIZE_ANY_EXHDR(stream_id));
+	for (int i = 0; i < set->n; i++)
+	{
+		text	   *c = set->categories[i];
+
+		if (VARSIZE_ANY_EXHDR(c) == len && memcmp(VARDATA_ANY(c), s, len) == 0)
+			return true;
+	}
+	return false;
+}
+
+/* May role read the stream?  (For callbacks run as another role.) */
+bool
+EsRoleMayReadStream(Oid role, text *stream_id)
+{
+	const char *s;
+	int			len;
+
+	if (!EsCategoryGrantsExist())
+		return true;
+	s = VARDATA_ANY(stream_id);
+	len = es_category_len(s, VARSIZE_ANY_EXHDR(stream_id));
+	return es_role_may(role, es_find_category(s, len), ES_PRIV_READ);
+}
+
+/*
+ * SQL: event_store._may_read(stream_id text) RETURNS boolean -- the
+ * row-level security policy of the events and snapshots tables
+ */
+Datum
+es_may_read(PG_FUNCTION_ARGS)
+{
+	if (PG_ARGISNULL(0))
+		PG_RETURN_BOOL(false);
+	PG_RETURN_BOOL(EsRoleMayReadStream(GetUserId(), PG_GETARG_TEXT_PP(0)));
+}
+
+/* The privilege bits of a privileges text[] argument (error on bad input) */
+static int
+es_privileges_arg(FunctionCallInfo fcinfo, int argno)
+{
+	Datum	   *elems;
+	bool	   *nulls;
+	int			n;
+	int			privs = 0;
+
+	EsRequireArg(fcinfo, argno, "privileges");
+	n = EsArgTextArray(fcinfo, argno, "privileges", &elems, &nulls);
+	if (n == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("privileges must not be empty"),
+				 errhint("The privileges of a category are \"append\" and \"read\".")));
+	for (int i = 0; i < n; i++)
+	{
+		char	   *p;
+
+		if (nulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("privileges must not contain null")));
+		p = TextDatumGetCString(elems[i]);
+		if (strcmp(p, "append") == 0)
+			privs |= ES_PRIV_APPEND;
+		else if (strcmp(p, "read") == 0)
+			privs |= ES_PRIV_READ;
+		else
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("unrecognized category privilege \"%s\"", p),
+					 errhint("The privileges of a category are \"append\" and \"read\".")));
+	}
+	return privs;
+}
+
+/* Common part of grant_category and revoke_category */
+static void
+es_change_grants(FunctionCallInfo fcinfo, bool grant)
+{
+	Oid			grantee;
+	text	   *category;
+	int			privs;
+	EsUserSwitch sw;
+
+	EsRequireArg(fcinfo, 0, "role");
+	grantee = PG_GETARG_OID(0);
+	category = EsGetRequiredText(fcinfo, 1, "category");
+	EsCheckCategory(category, "Grants are per category: pass the part of the stream ids before the first \"-\".");
+	privs = es_privileges_arg(fcinfo, 2);
+	if (!GetUserNameFromId(grantee, true))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("role with OID %u does not exist", grantee)));
+
+	EsSpiConnect(&sw);
+	for (int priv = ES_PRIV_APPEND; priv <= ES_PRIV_READ; priv <<= 1)
+	{
+		Datum		values[3];
+		Oid			types[3] = {OIDOID, TEXTOID, TEXTOID};
+		int			rc;
+
+		if (!(privs & priv))
+			continue;
+		values[0] = ObjectIdGetDatum(grantee);
+		values[1] = PointerGetDatum(category);
+		values[2] = CStringGetTextDatum(es_priv_name(priv));
+		if (grant)
+			rc = SPI_execute_with_args("INSERT INTO event_store.category_grants "
+									   "(grantee, category, privilege) "
+									   "VALUES ($1::pg_catalog.regrole, $2, $3) "
+									   "ON CONFLICT DO NOTHING",
+									   3, types, values, NULL, false, 0);
+		else
+			rc = SPI_execute_with_args("DELETE FROM event_store.category_grants "
+									   "WHERE grantee OPERATOR(pg_catalog.=) $1::pg_catalog.regrole "
+									   "AND category OPERATOR(pg_catalog.=) $2 "
+									   "AND privilege OPERATOR(pg_catalog.=) $3",
+									   3, types, values, NULL, false, 0);
+		if (rc != (grant ? SPI_OK_INSERT : SPI_OK_DELETE))
+			elog(ERROR, "changing event_store.category_grants failed: %s", SPI_result_code_string(rc));
+	}
+	EsSpiFinish(&sw);
+	EsRegistryChanged(&grant_registry);
+}
+
+/*
+ * SQL: event_store.grant_category(role regrole, category text,
+ *		privileges text[]) -- idempotent
+ */
+Datum
+es_grant_category(PG_FUNCTION_ARGS)
+{
+	es_change_grants(fcinfo, true);
+	PG_RETURN_VOID();
+}
+
+/*
+ * SQL: event_store.revoke_category(role regrole, category text,
+ *		privileges text[]) -- revoking what was not granted is no error
+ */
+Datum
+es_revoke_category(PG_FUNCTION_ARGS)
+{
+	es_change_grants(fcinfo, false);
+	PG_RETURN_VOID();
+}
