@@ -203,7 +203,7 @@ es_saga_regprocedure(PG_FUNCTION_ARGS)
 	(void) set_config_option("search_path", TextDatumGetCString(PG_GETARG_DATUM(1)),
 							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
 	result = to_regprocedure(inner);
-	AtEOXact_GUC(true, level);
+	AtEOXact_GUC(false, level);
 	if (inner->isnull)
 		PG_RETURN_NULL();
 	return result;
@@ -252,7 +252,7 @@ es_saga_call(PG_FUNCTION_ARGS)
 	(void) set_config_option("search_path", GetConfigOptionResetString("search_path"),
 							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
 	result = FunctionCallInvoke(inner);
-	AtEOXact_GUC(true, level);
+	AtEOXact_GUC(false, level);
 	EsRestoreUser(&sw);
 	if (inner->isnull)
 		PG_RETURN_NULL();

@@ -112,12 +112,15 @@ EsBecomeRole(EsUserSwitch *sw, Oid role)
 	sw->guc_level = NewGUCNestLevel();
 }
 
-/* Back to the user of before EsBecomeOwner / EsBecomeRole (not on error) */
+/*
+ * Back to the user of before EsBecomeOwner / EsBecomeRole (not on error).
+ * Settings the callback changed are rolled back, SET as well as SET LOCAL.
+ */
 void
 EsRestoreUser(EsUserSwitch *sw)
 {
 	if (sw->guc_level >= 0)
-		AtEOXact_GUC(true, sw->guc_level);
+		AtEOXact_GUC(false, sw->guc_level);
 	SetUserIdAndSecContext(sw->save_userid, sw->save_sec_context);
 }
 
@@ -360,7 +363,7 @@ es_deny(Oid role, const char *cat, int len, int priv)
 					category),
 			 errdetail("Category \"%s\" has grants, and role \"%s\" holds none for \"%s\".",
 					   category, EsRoleName(role), es_priv_name(priv)),
-			 errhint("A holder of the category's grants, or the extension owner, can run event_store.grant_category('%s', '%s', '{%s}').",
+			 errhint("The extension owner can grant it: SELECT event_store.grant_category('%s', '%s', '{%s}').",
 					 EsRoleName(role), category, es_priv_name(priv))));
 }
 

@@ -1,0 +1,78 @@
+-- event_store: the privilege recipe.
+--
+-- PUBLIC may name the objects of schema event_store and nothing more: no
+-- function runs, no table can be read, and the tables are never writable
+-- (all writes go through the functions).  This script creates three group
+-- roles with what each kind of user needs; grant them to login roles:
+--
+--   GRANT event_store_writer TO orders_service;
+--
+-- Run it as the extension's owner (a superuser), in each database with the
+-- extension.  Running it again changes nothing.
+--
+--   event_store_reader    read streams, categories, the global log,
+--                         aggregates, snapshots and saga states; follow
+--                         the log (head_position, wait_for_events)
+--   event_store_writer    the reader's rights, plus append, save_snapshot
+--                         and start_saga
+--   event_store_operator  the reader's rights, plus registering upcasters,
+--                         aggregates, projections and saga types, running
+--                         projections, working saga steps, and the
+--                         monitoring views
+--
+-- Category grants come on top: once a category has a grant
+-- (event_store.grant_category), only roles holding one may append to or
+-- read its streams.  Only the extension owner manages them, unless it
+-- grants EXECUTE on grant_category / revoke_category to someone.
+
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'event_store_reader') THEN
+        CREATE ROLE event_store_reader NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'event_store_writer') THEN
+        CREATE ROLE event_store_writer NOLOGIN IN ROLE event_store_reader;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'event_store_operator') THEN
+        CREATE ROLE event_store_operator NOLOGIN IN ROLE event_store_reader;
+    END IF;
+END $$;
+
+GRANT EXECUTE ON FUNCTION
+    event_store.stream_version(text),
+    event_store.read_stream(text, bigint, bigint, boolean, boolean),
+    event_store.read_category(text, bigint, int, text[], boolean),
+    event_store.read_all(bigint, int, text[], boolean),
+    event_store.head_position(),
+    event_store.wait_for_events(bigint, interval),
+    event_store.load_aggregate(text, bigint),
+    event_store.load_snapshot(text, bigint),
+    event_store.saga_state(uuid)
+  TO event_store_reader;
+
+GRANT EXECUTE ON FUNCTION
+    event_store.append(text, jsonb, bigint),
+    event_store.save_snapshot(text, bigint, jsonb, int),
+    event_store.start_saga(text, jsonb, uuid)
+  TO event_store_writer;
+
+GRANT EXECUTE ON FUNCTION
+    event_store.register_upcaster(text, int, regprocedure, text),
+    event_store.drop_upcaster(text, int),
+    event_store.define_aggregate(text, regprocedure, jsonb, int, int),
+    event_store.purge_snapshots(text),
+    event_store.create_projection(text, regprocedure, text[], text[], text, regprocedure),
+    event_store.rebuild_projection(text),
+    event_store.pause_projection(text),
+    event_store.resume_projection(text),
+    event_store.drop_projection(text),
+    event_store.run_projections(int),
+    event_store.define_saga(text, jsonb),
+    event_store.complete_saga_step(uuid, text, jsonb),
+    event_store.fail_saga_step(uuid, text, text, boolean),
+    event_store.claim_saga_steps(text, int, text[], interval),
+    event_store.saga_tick()
+  TO event_store_operator;
+
+GRANT SELECT ON event_store.projection_status, event_store.saga_problems
+  TO event_store_operator;
