@@ -3,7 +3,7 @@ EXTENSION   = event_store
 EXTVERSION  = 0.1.0
 
 MODULE_big  = event_store
-OBJS        = src/event_store.o src/catalog.o src/position.o src/append.o src/read.o src/upcast.o src/snapshot.o src/projection.o src/worker.o src/saga.o src/args.o src/security.o
+OBJS        = src/event_store.o src/catalog.o src/position.o src/append.o src/read.o src/upcast.o src/snapshot.o src/projection.o src/worker.o src/saga.o src/args.o src/security.o src/lifecycle.o
 
 DATA_built  = event_store--$(EXTVERSION).sql
 
@@ -13,7 +13,7 @@ PG_CFLAGS   = -Wall -Wextra -Wno-unused-parameter -Wno-sign-compare -Wno-missing
 
 # pg_regress suite (sql/ + expected/), run against its own throwaway
 # instance with the library preloaded: `make installcheck`.
-REGRESS      = setup append append_errors read_stream read_all immutability preload aggregates upcasting projections sagas security
+REGRESS      = setup append append_errors read_stream read_all immutability preload aggregates upcasting projections sagas lifecycle security
 REGRESS_OPTS = --temp-config=$(srcdir)/test/event_store.conf --temp-instance=./tmp_check
 
 # isolation specs: `make isolationcheck`

@@ -13,12 +13,15 @@
 --   event_store_reader    read streams, categories, the global log,
 --                         aggregates, snapshots and saga states; follow
 --                         the log (head_position, wait_for_events)
---   event_store_writer    the reader's rights, plus append, save_snapshot
---                         and start_saga
+--   event_store_writer    the reader's rights, plus append, save_snapshot,
+--                         start_saga, delete_stream and reopen_stream
 --   event_store_operator  the reader's rights, plus registering upcasters,
 --                         aggregates, projections and saga types, running
---                         projections, working saga steps, and the
---                         monitoring views
+--                         projections, working saga steps, retention,
+--                         purge_stream (which also needs the superuser-only
+--                         setting event_store.allow_purge), and the
+--                         monitoring views (stats, projection_status,
+--                         saga_problems)
 --
 -- Category grants come on top: once a category has a grant
 -- (event_store.grant_category), only roles holding one may append to or
@@ -53,7 +56,9 @@ GRANT EXECUTE ON FUNCTION
 GRANT EXECUTE ON FUNCTION
     event_store.append(text, jsonb, bigint),
     event_store.save_snapshot(text, bigint, jsonb, int),
-    event_store.start_saga(text, jsonb, uuid)
+    event_store.start_saga(text, jsonb, uuid),
+    event_store.delete_stream(text, bigint),
+    event_store.reopen_stream(text)
   TO event_store_writer;
 
 GRANT EXECUTE ON FUNCTION
@@ -71,8 +76,12 @@ GRANT EXECUTE ON FUNCTION
     event_store.complete_saga_step(uuid, text, jsonb),
     event_store.fail_saga_step(uuid, text, text, boolean),
     event_store.claim_saga_steps(text, int, text[], interval),
-    event_store.saga_tick()
+    event_store.saga_tick(),
+    event_store.set_stream_retention(text, bigint, interval),
+    event_store.enforce_retention(),
+    event_store.purge_stream(text),
+    event_store._counters()
   TO event_store_operator;
 
-GRANT SELECT ON event_store.projection_status, event_store.saga_problems
+GRANT SELECT ON event_store.projection_status, event_store.saga_problems, event_store.stats
   TO event_store_operator;

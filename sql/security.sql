@@ -13,9 +13,13 @@ CREATE ROLE sec_orders;                 -- the orders service
 CREATE ROLE sec_billing;                -- the billing service
 CREATE ROLE sec_ops;                    -- an operator
 CREATE ROLE sec_low;                    -- an operator with a hidden agenda
+\set ECHO none
 \i examples/privileges.sql
+\set ECHO all
 -- the recipe is idempotent
+\set ECHO none
 \i examples/privileges.sql
+\set ECHO all
 GRANT event_store_writer TO sec_orders, sec_billing;
 GRANT event_store_operator TO sec_ops, sec_low;
 -- a place for each role's own objects
@@ -116,6 +120,7 @@ SET ROLE sec_billing;
 SELECT regress.try($$SELECT event_store.append('secorders-1', '{"type": "Refunded"}')$$);
 SELECT regress.try($$SELECT event_store.append('secorders-2', '{"type": "Placed"}', 0)$$);
 SELECT regress.try($$SELECT event_store.save_snapshot('secorders-1', 1, '{}')$$);
+SELECT regress.try($$SELECT event_store.delete_stream('secorders-1')$$);
 SELECT count(*) AS billing_reads_orders FROM event_store.read_stream('secorders-1');
 SELECT event_store.append('secbilling-1', '{"type": "Paid"}', 1);   -- an open category
 RESET ROLE;

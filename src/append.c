@@ -48,17 +48,6 @@ PG_FUNCTION_INFO_V1(es_append);
 /* locktag_field4 of our stream locks ("ES"); users' advisory locks use 1 and 2 */
 #define ES_STREAM_LOCK_FIELD4	0x4553
 
-/* One event of a batch, validated */
-typedef struct EsNewEvent
-{
-	text	   *type;
-	Jsonb	   *data;
-	Jsonb	   *metadata;
-	pg_uuid_t	id;
-	bool		has_id;
-	int32		schema_version;
-} EsNewEvent;
-
 /* Where the parser is, for error messages */
 typedef struct EsParseCtx
 {
@@ -337,8 +326,8 @@ es_parse_events(Jsonb *events, int *nevents)
 }
 
 /* Take the transaction-scoped exclusive lock of a stream */
-static void
-es_lock_stream(text *stream_id)
+void
+EsLockStream(text *stream_id)
 {
 	LOCKTAG		tag;
 	uint64		h;
@@ -592,11 +581,13 @@ es_insert_events(const EsCatalog *cat, text *stream_id, EsNewEvent *evs, int n,
 
 /*
  * Append a validated batch to a stream; returns the stream's version after
- * it.  has_expected/expected carry the optimistic-concurrency check.
+ * it.  has_expected/expected carry the optimistic-concurrency check.  The
+ * stream lifecycle functions append their markers with internal = true,
+ * which a deleted stream accepts.
  */
-static int64
+int64
 EsAppendEvents(text *stream_id, EsNewEvent *evs, int n, bool has_expected,
-			   int64 expected)
+			   int64 expected, bool internal)
 {
 	const EsCatalog *cat = EsGetCatalog();
 	Snapshot	snapshot;
@@ -611,7 +602,10 @@ EsAppendEvents(text *stream_id, EsNewEvent *evs, int n, bool has_expected,
 	if (any_id)
 		es_check_batch_ids(evs, n);
 
-	es_lock_stream(stream_id);
+	EsLockStream(stream_id);
+
+	if (!internal)
+		EsCheckStreamNotDeleted(stream_id);
 
 	/* Everybody who held the lock before us has ended: read the latest state */
 	snapshot = RegisterSnapshot(GetLatestSnapshot());
@@ -630,12 +624,15 @@ EsAppendEvents(text *stream_id, EsNewEvent *evs, int n, bool has_expected,
 	UnregisterSnapshot(snapshot);
 
 	if (has_expected && expected != current)
+	{
+		EsCountConflict();
 		ereport(ERROR,
 				(errcode(ERRCODE_ES_WRONG_EXPECTED_VERSION),
 				 errmsg("wrong expected version for stream \"%s\": expected " INT64_FORMAT ", actual " INT64_FORMAT,
 						text_to_cstring(stream_id), expected, current),
 				 expected == 0 ? errdetail("Expected version 0 means the stream must not exist yet.") : 0,
 				 errhint("Read the stream again and retry with its current version.")));
+	}
 
 	first_position = EsAllocatePositions(n);
 	rows = palloc(sizeof(Datum) * n * Natts_es_event);
@@ -648,6 +645,7 @@ EsAppendEvents(text *stream_id, EsNewEvent *evs, int n, bool has_expected,
 		for (int i = 0; i < n; i++)
 			EsSagaOnEvent(evs[i].type, evs[i].metadata, evs[i].data);
 
+	EsCountAppend(n);
 	return current + n;
 }
 
@@ -688,7 +686,15 @@ es_append(PG_FUNCTION_ARGS)
 	events = PG_GETARG_JSONB_P(1);
 
 	evs = es_parse_events(events, &n);
-	PG_RETURN_INT64(EsAppendEvents(stream_id, evs, n, has_expected, expected));
+	PG_RETURN_INT64(EsAppendEvents(stream_id, evs, n, has_expected, expected, false));
+}
+
+/* Parse a batch given as JSON text (the lifecycle markers) */
+EsNewEvent *
+EsParseEventsJson(const char *json, int *nevents)
+{
+	return es_parse_events(DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(json))),
+						   nevents);
 }
 
 PG_FUNCTION_INFO_V1(es_refuse_modification);
@@ -705,6 +711,10 @@ es_refuse_modification(PG_FUNCTION_ARGS)
 
 	if (!CALLED_AS_TRIGGER(fcinfo))
 		elog(ERROR, "es_refuse_modification: not called by trigger manager");
+
+	/* purge_stream() and retention remove events; nothing else does */
+	if (TRIGGER_FIRED_BY_DELETE(trigdata->tg_event) && EsRemovalInProgress())
+		return PointerGetDatum(NULL);
 
 	if (TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event))
 		what = "UPDATE";

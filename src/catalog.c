@@ -34,7 +34,9 @@ es_catalog_relcache_callback(Datum arg, Oid relid)
 		relid == es_catalog.position_idx ||
 		relid == es_catalog.stream_idx ||
 		relid == es_catalog.event_id_idx ||
-		relid == es_catalog.category_idx)
+		relid == es_catalog.category_idx ||
+		relid == es_catalog.metadata_relid ||
+		relid == es_catalog.metadata_idx)
 		es_catalog_valid = false;
 }
 
@@ -83,6 +85,9 @@ EsGetCatalog(void)
 	es_catalog.event_type_oid = GetSysCacheOid2(TYPENAMENSP, Anum_pg_type_oid,
 												CStringGetDatum("event"),
 												ObjectIdGetDatum(nsp));
+	/* missing in a schema from before stream metadata (until ALTER EXTENSION UPDATE) */
+	es_catalog.metadata_relid = get_relname_relid("stream_metadata", nsp);
+	es_catalog.metadata_idx = get_relname_relid("stream_metadata_pkey", nsp);
 	if (!OidIsValid(es_catalog.event_type_oid))
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),

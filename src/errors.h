@@ -16,4 +16,7 @@
 /* SE002: an event id the caller supplied already exists elsewhere */
 #define ERRCODE_ES_DUPLICATE_EVENT_ID		MAKE_SQLSTATE('S','E','0','0','2')
 
+/* SE003: the stream was deleted (delete_stream / purge_stream) */
+#define ERRCODE_ES_STREAM_DELETED			MAKE_SQLSTATE('S','E','0','0','3')
+
 #endif							/* EVENT_STORE_ERRORS_H */

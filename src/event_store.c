@@ -98,6 +98,22 @@ _PG_init(void)
 							PGC_SIGHUP, 0,
 							NULL, NULL, NULL);
 
+	DefineCustomBoolVariable("event_store.allow_purge",
+							 "Allows event_store.purge_stream() to remove events for good.",
+							 "Only a superuser can turn it on, for erasure requests.",
+							 &es_allow_purge,
+							 false,
+							 PGC_SUSET, 0,
+							 NULL, NULL, NULL);
+
+	DefineCustomIntVariable("event_store.retention_interval",
+							"How often a database worker removes events past their stream's retention settings.",
+							NULL,
+							&es_retention_interval_ms,
+							60 * 1000, 100, INT_MAX,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
 	MarkGUCPrefixReserved("event_store");
 
 	EsRegisterLauncher();

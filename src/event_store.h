@@ -50,6 +50,8 @@ typedef struct EsCatalog
 	Oid			event_id_idx;
 	Oid			category_idx;
 	Oid			event_type_oid;	/* composite type event_store.event */
+	Oid			metadata_relid;	/* stream_metadata, or InvalidOid (older schema) */
+	Oid			metadata_idx;	/* its primary key */
 } EsCatalog;
 
 extern const EsCatalog *EsGetCatalog(void);
@@ -86,6 +88,10 @@ extern int64 EsSafeHead(void);
 extern int64 EsWaitForHead(int64 after_position, long timeout_ms);
 extern void EsPositionRegisterCallbacks(void);
 extern void EsWakeWorker(void);
+extern void EsCountAppend(int nevents);
+extern void EsCountConflict(void);
+extern void EsReadCounters(int64 *appends, int64 *events, int64 *conflicts,
+						   int *in_flight);
 extern bool EsTakeProjectionsChanged(void);
 extern int64 EsSafeHeadIfReady(void);
 extern void EsSetWorkerProc(bool running);
@@ -148,7 +154,29 @@ extern bool EsSagaWatching(void);
 extern void EsSagaOnEvent(text *type, Jsonb *metadata, Jsonb *data);
 
 /* append.c */
+typedef struct EsNewEvent		/* one event of a batch, validated */
+{
+	text	   *type;
+	Jsonb	   *data;
+	Jsonb	   *metadata;
+	pg_uuid_t	id;
+	bool		has_id;
+	int32		schema_version;
+} EsNewEvent;
+
 extern bool EsParseUuid(const char *s, int len, pg_uuid_t *out);
+extern void EsLockStream(text *stream_id);
+extern int64 EsAppendEvents(text *stream_id, EsNewEvent *evs, int n,
+							bool has_expected, int64 expected, bool internal);
+extern EsNewEvent *EsParseEventsJson(const char *json, int *nevents);
+
+/* lifecycle.c */
+extern bool es_allow_purge;
+extern int	es_retention_interval_ms;
+extern bool EsRemovalInProgress(void);
+extern bool EsStreamLifecycle(text *stream_id, bool *deleted, int64 *start_after);
+extern void EsCheckStreamNotDeleted(text *stream_id);
+extern int64 EsEnforceRetention(void);
 
 /* snapshot.c */
 extern void EsSnapshotHook(text *stream_id, int64 old_version, int64 new_version);

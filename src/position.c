@@ -27,7 +27,9 @@
 #include "access/table.h"
 #include "access/tableam.h"
 #include "access/twophase.h"
+#include "access/htup_details.h"
 #include "access/xact.h"
+#include "funcapi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "port/atomics.h"
@@ -70,6 +72,10 @@ typedef struct EsDbState
 	bool		projections_changed;	/* the worker should re-read projections */
 	bool		worker_wants_commits;	/* it runs async projections: wake it per commit */
 	pg_atomic_uint64 last_wake;	/* when an appender last woke the worker */
+	/* since server start, for event_store.stats */
+	pg_atomic_uint64 n_appends;	/* append() calls that wrote events */
+	pg_atomic_uint64 n_events;	/* events they wrote */
+	pg_atomic_uint64 n_conflicts;	/* SE001 wrong expected version */
 } EsDbState;
 
 /* Per-process slot; written by its owner only */
@@ -171,6 +177,9 @@ EsPositionShmemInit(void)
 			db->worker_procno = -1;
 			db->worker_wants_commits = false;
 			pg_atomic_init_u64(&db->last_wake, 0);
+			pg_atomic_init_u64(&db->n_appends, 0);
+			pg_atomic_init_u64(&db->n_events, 0);
+			pg_atomic_init_u64(&db->n_conflicts, 0);
 			ConditionVariableInit(&db->head_cv);
 		}
 		es_shared->launcher_procno = -1;
@@ -366,6 +375,9 @@ es_attach_db(void)
 					db->initialized = false;
 					db->next_position = 1;
 					pg_atomic_write_u64(&db->max_committed, 0);
+					pg_atomic_write_u64(&db->n_appends, 0);
+					pg_atomic_write_u64(&db->n_events, 0);
+					pg_atomic_write_u64(&db->n_conflicts, 0);
 					db->worker_procno = -1;
 					slot = i;
 					break;
@@ -736,4 +748,66 @@ EsSafeHeadIfReady(void)
 		head = es_head_locked();
 	LWLockRelease(my_db_lock);
 	return head;
+}
+
+/* Count an append() that wrote nevents events (statistics) */
+void
+EsCountAppend(int nevents)
+{
+	es_attach_db();
+	pg_atomic_fetch_add_u64(&my_db->n_appends, 1);
+	pg_atomic_fetch_add_u64(&my_db->n_events, (uint64) nevents);
+}
+
+/* Count a wrong-expected-version conflict (statistics) */
+void
+EsCountConflict(void)
+{
+	es_attach_db();
+	pg_atomic_fetch_add_u64(&my_db->n_conflicts, 1);
+}
+
+/*
+ * This database's counters since server start, and how many transactions
+ * hold positions right now
+ */
+void
+EsReadCounters(int64 *appends, int64 *events, int64 *conflicts, int *in_flight)
+{
+	es_attach_db();
+	*appends = (int64) pg_atomic_read_u64(&my_db->n_appends);
+	*events = (int64) pg_atomic_read_u64(&my_db->n_events);
+	*conflicts = (int64) pg_atomic_read_u64(&my_db->n_conflicts);
+	*in_flight = 0;
+	for (int i = 0; i < es_shared->nprocs; i++)
+		if (pg_atomic_read_u64(&es_procs[i].lowest) != 0 && es_procs[i].dboid == MyDatabaseId)
+			(*in_flight)++;
+}
+
+PG_FUNCTION_INFO_V1(es_counters);
+
+/*
+ * SQL: event_store._counters(OUT appends bigint, OUT appended_events bigint,
+ *		OUT conflicts bigint, OUT appends_in_flight int) -- for the stats view
+ */
+Datum
+es_counters(PG_FUNCTION_ARGS)
+{
+	TupleDesc	desc;
+	Datum		values[4];
+	bool		nulls[4] = {false, false, false, false};
+	int64		appends;
+	int64		events;
+	int64		conflicts;
+	int			in_flight;
+
+	EsCheckPreloaded();
+	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	EsReadCounters(&appends, &events, &conflicts, &in_flight);
+	values[0] = Int64GetDatum(appends);
+	values[1] = Int64GetDatum(events);
+	values[2] = Int64GetDatum(conflicts);
+	values[3] = Int32GetDatum(in_flight);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(desc), values, nulls)));
 }

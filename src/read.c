@@ -315,6 +315,8 @@ es_read_stream(PG_FUNCTION_ARGS)
 	bool		backward;
 	bool		has_from = !PG_ARGISNULL(1);
 	int64		from_version = has_from ? PG_GETARG_INT64(1) : 0;
+	bool		deleted;
+	int64		start_after;
 
 	if (has_from && from_version < 0)
 		ereport(ERROR,
@@ -334,6 +336,10 @@ es_read_stream(PG_FUNCTION_ARGS)
 	cat = EsGetCatalog();
 	InitMaterializedSRF(fcinfo, 0);
 
+	/* a deleted stream reads as empty; a reopened one from after its tombstone */
+	if (EsStreamLifecycle(stream_id, &deleted, &start_after) && deleted)
+		return (Datum) 0;
+
 	spec.index_oid = cat->stream_idx;
 	spec.direction = backward ? BackwardScanDirection : ForwardScanDirection;
 	spec.snapshot = GetActiveSnapshot();
@@ -348,6 +354,9 @@ es_read_stream(PG_FUNCTION_ARGS)
 			   backward ? F_INT8LE : F_INT8GE, Int64GetDatum(from_version));
 		spec.nkeys = 2;
 	}
+	if (start_after > 0)
+		es_key(&spec.keys[spec.nkeys++], index, 2, BTGreaterStrategyNumber,
+			   F_INT8GT, Int64GetDatum(start_after));
 	index_close(index, AccessShareLock);
 
 	es_emit_scan(fcinfo, cat, &spec);

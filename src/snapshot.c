@@ -169,13 +169,14 @@ es_snapshot_plans(void)
 {
 	if (find_snapshot_plan == NULL)
 	{
-		Oid			types[3] = {TEXTOID, INT4OID, INT8OID};
+		Oid			types[4] = {TEXTOID, INT4OID, INT8OID, INT8OID};
 		find_snapshot_plan =
 			EsPrepareKeptPlan("SELECT stream_version, state FROM event_store.snapshots "
 							  "WHERE stream_id OPERATOR(pg_catalog.=) $1 "
 							  "AND state_version OPERATOR(pg_catalog.=) $2 "
 							  "AND stream_version OPERATOR(pg_catalog.<=) $3 "
-							  "ORDER BY stream_version DESC LIMIT 1", 3, types);
+							  "AND stream_version OPERATOR(pg_catalog.>) $4 "
+							  "ORDER BY stream_version DESC LIMIT 1", 4, types);
 	}
 	if (save_snapshot_plan == NULL)
 	{
@@ -250,11 +251,13 @@ es_fold_aggregate(EsAggregate *agg, text *stream_id, int64 at_version,
 	EsFold		fold;
 	EsScanSpec	spec;
 	Relation	index;
-	Datum		values[3];
+	Datum		values[4];
 	int			rc;
 	Datum		result;
 	MemoryContext caller = CurrentMemoryContext;
 	EsUserSwitch sw;
+	bool		deleted;
+	int64		start_after;
 
 	if (agg->missing)
 		ereport(ERROR,
@@ -277,7 +280,9 @@ es_fold_aggregate(EsAggregate *agg, text *stream_id, int64 at_version,
 	fold.state_cxt[0] = AllocSetContextCreate(caller, "event_store fold", ALLOCSET_DEFAULT_SIZES);
 	fold.state_cxt[1] = AllocSetContextCreate(caller, "event_store fold", ALLOCSET_DEFAULT_SIZES);
 	fold.state = JsonbPGetDatum(agg->initial_state);
-	fold.version = 0;
+	/* a reopened stream starts over after its tombstone */
+	(void) EsStreamLifecycle(stream_id, &deleted, &start_after);
+	fold.version = start_after;
 
 	/* newest snapshot of this state_version at or below at_version */
 	EsSpiConnect(&sw);
@@ -285,6 +290,7 @@ es_fold_aggregate(EsAggregate *agg, text *stream_id, int64 at_version,
 	values[0] = PointerGetDatum(stream_id);
 	values[1] = Int32GetDatum(agg->state_version);
 	values[2] = Int64GetDatum(at_version < 0 ? PG_INT64_MAX : at_version);
+	values[3] = Int64GetDatum(start_after);
 	rc = SPI_execute_plan(find_snapshot_plan, values, NULL, true, 1);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "reading snapshots failed: %s", SPI_result_code_string(rc));
@@ -497,6 +503,8 @@ es_load_aggregate(PG_FUNCTION_ARGS)
 	Datum		values[2];
 	bool		isnull[2] = {false, false};
 	int64		version;
+	bool		deleted;
+	int64		start_after;
 
 	EsGetCatalog();
 	EsCheckStreamAccess(stream_id, ES_PRIV_READ);
@@ -510,6 +518,9 @@ es_load_aggregate(PG_FUNCTION_ARGS)
 
 	InitMaterializedSRF(fcinfo, 0);
 	rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	/* a deleted stream has no state */
+	if (EsStreamLifecycle(stream_id, &deleted, &start_after) && deleted)
+		return (Datum) 0;
 	values[1] = es_fold_aggregate(agg, stream_id, at_version, GetActiveSnapshot(), &version);
 	values[0] = Int64GetDatum(version);
 	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, isnull);

@@ -45,6 +45,7 @@ PG_FUNCTION_INFO_V1(es_worker_rescan);
 
 bool		es_worker_enabled = true;
 int			es_naptime_ms = 1000;
+int			es_retention_interval_ms = 60 * 1000;
 int			es_notify_interval_ms = 100;
 
 PGDLLEXPORT void es_launcher_main(Datum arg);
@@ -327,6 +328,25 @@ es_worker_saga_tick(void)
 	pgstat_report_activity(STATE_IDLE, NULL);
 }
 
+/* Retention (lifecycle.c) in a transaction of its own */
+static void
+es_worker_retention(void)
+{
+	int64		removed;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	pgstat_report_activity(STATE_RUNNING, "event_store: retention");
+	removed = EsEnforceRetention();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	pgstat_report_activity(STATE_IDLE, NULL);
+	if (removed > 0)
+		ereport(DEBUG1,
+				(errmsg("event_store retention removed " INT64_FORMAT " events", removed)));
+}
+
 /* NOTIFY event_store, '<head>' from a transaction of our own */
 static int64
 es_worker_notify(int64 last_head)
@@ -359,6 +379,7 @@ es_worker_main(Datum arg)
 	bool		recheck = false;
 	TimestampTz last_notify = 0;
 	TimestampTz last_round = 0;
+	TimestampTz last_retention = 0;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
@@ -417,6 +438,13 @@ es_worker_main(Datum arg)
 			EsWorkerWantsCommits(has_async);
 			es_worker_saga_tick();
 		}
+
+		if (TimestampDifferenceExceeds(last_retention, now, es_retention_interval_ms))
+		{
+			last_retention = now;
+			es_worker_retention();
+		}
+		timeout = Min(timeout, es_retention_interval_ms);
 
 		/*
 		 * Throttled NOTIFY when the head advanced.  Appenders wake us at

@@ -1,0 +1,105 @@
+--
+-- Stream lifecycle: soft deletion (tombstone, reads empty, SE003 on append,
+-- reopen), purging for erasure requests (behind a superuser-only setting,
+-- recorded without the personal data), retention (max_count, max_age), and
+-- the stats view.  Purge and retention are the only paths that remove
+-- events: plain DELETE stays refused.
+--
+SELECT event_store.append('life-1', '[{"type": "Opened", "data": {"email": "a@example.com"}},
+                                      {"type": "Renamed", "data": {"name": "Ann"}}]', 0);
+SELECT event_store.head_position() AS head_before \gset
+
+-- bad input writes nothing
+SELECT regress.try($$SELECT event_store.delete_stream(NULL)$$);
+SELECT regress.try($$SELECT event_store.delete_stream('')$$);
+SELECT regress.try($$SELECT event_store.delete_stream('life-none')$$);
+SELECT regress.try($$SELECT event_store.delete_stream('life-1', -1)$$);
+SELECT regress.try($$SELECT event_store.delete_stream('life-1', 1)$$);
+SELECT regress.try($$SELECT event_store.reopen_stream('life-1')$$);
+SELECT regress.try($$SELECT event_store.reopen_stream('life-none')$$);
+SELECT event_store.head_position() = :head_before AS nothing_appended,
+       (SELECT count(*) FROM event_store.stream_metadata) AS metadata_rows;
+
+-- soft delete: a tombstone, then the stream reads as empty
+SELECT event_store.delete_stream('life-1', 2);
+SELECT count(*) AS read_stream_rows FROM event_store.read_stream('life-1');
+SELECT event_store.stream_version('life-1');
+SELECT stream_version, event_type, data FROM event_store.read_all(:head_before - 1)
+ WHERE stream_id = 'life-1';
+SELECT regress.try($$SELECT event_store.append('life-1', '{"type": "Late"}')$$);
+SELECT regress.try($$SELECT event_store.append('life-1', '{"type": "Late"}', 3)$$);
+SELECT regress.try($$SELECT event_store.delete_stream('life-1')$$);
+SELECT regress.try($$DELETE FROM event_store.events WHERE stream_id = 'life-1'$$);
+
+-- reopen: appends go on after the tombstone, reads start after it
+SELECT event_store.reopen_stream('life-1');
+SELECT event_store.append('life-1', '{"type": "Back"}', 4);
+SELECT stream_version, event_type FROM event_store.read_stream('life-1');
+SELECT stream_version, event_type FROM event_store.read_stream('life-1', backward => true, max_count => 1);
+SELECT count(*) AS all_versions_kept FROM event_store.events WHERE stream_id = 'life-1';
+
+-- purge: off by default; removes events and snapshots, keeps a marker
+SELECT event_store.save_snapshot('life-1', 5, '{"email": "a@example.com"}');
+SELECT regress.try($$SELECT event_store.purge_stream('life-1')$$);
+SET event_store.allow_purge = on;
+SELECT regress.try($$SELECT event_store.purge_stream('life-none')$$);
+SELECT event_store.purge_stream('life-1');
+RESET event_store.allow_purge;
+SELECT stream_version, event_type, data, metadata FROM event_store.events WHERE stream_id = 'life-1';
+SELECT count(*) AS personal_data_left FROM event_store.events
+ WHERE stream_id = 'life-1' AND (data::text LIKE '%example.com%' OR data::text LIKE '%Ann%');
+SELECT count(*) AS snapshots_left FROM event_store.snapshots WHERE stream_id = 'life-1';
+SELECT regress.try($$SELECT event_store.append('life-1', '{"type": "Again"}')$$);
+-- positions never go back: the marker is above everything purged
+SELECT max(global_position) > :head_before AS marker_above FROM event_store.events;
+-- a purged stream can be reopened; versions go on
+SELECT event_store.reopen_stream('life-1');
+SELECT stream_version, event_type FROM event_store.read_stream('life-1');
+
+-- allow_purge is for superusers only
+CREATE ROLE life_user;
+GRANT USAGE ON SCHEMA regress TO life_user;
+SET ROLE life_user;
+SELECT regress.try($$SET event_store.allow_purge = on$$);
+RESET ROLE;
+REVOKE USAGE ON SCHEMA regress FROM life_user;
+DROP ROLE life_user;
+
+-- retention: bad settings, then max_count and max_age
+SELECT regress.try($$SELECT event_store.set_stream_retention(NULL, 1)$$);
+SELECT regress.try($$SELECT event_store.set_stream_retention('life-2', 0)$$);
+SELECT regress.try($$SELECT event_store.set_stream_retention('life-2', NULL, '-1 day')$$);
+SELECT regress.try($$SELECT event_store.set_stream_retention('life-2', NULL, '0 seconds')$$);
+SELECT event_store.append('life-2', (SELECT jsonb_agg(jsonb_build_object('type', 'Tick', 'data', i)) FROM generate_series(1, 10) i), 0);
+SELECT event_store.append('life-3', (SELECT jsonb_agg(jsonb_build_object('type', 'Tick', 'data', i)) FROM generate_series(1, 3) i), 0);
+SELECT event_store.set_stream_retention('life-2', max_count => 4);
+SELECT event_store.set_stream_retention('life-3', max_age => '1 hour');
+SELECT event_store.enforce_retention();
+SELECT stream_version FROM event_store.read_stream('life-2');
+SELECT count(*) AS young_events_kept FROM event_store.read_stream('life-3');
+-- an age every event exceeds: the newest event of the stream still stays
+SELECT event_store.set_stream_retention('life-3', max_age => '1 microsecond');
+SELECT pg_sleep(0.01);
+SELECT event_store.enforce_retention();
+SELECT stream_version FROM event_store.read_stream('life-3');
+SELECT event_store.append('life-3', '{"type": "Tock"}', 3);   -- versions go on
+-- settings removed: nothing more goes
+SELECT event_store.set_stream_retention('life-2');
+SELECT event_store.append('life-2', '{"type": "Tock"}', 10);
+SELECT event_store.enforce_retention();
+SELECT count(*) FROM event_store.read_stream('life-2');
+
+-- stats: counters since start move with appends and conflicts
+SELECT appends AS appends_before, appended_events AS events_before, conflicts AS conflicts_before
+  FROM event_store.stats \gset
+SELECT event_store.append('life-4', '[{"type": "A"}, {"type": "B"}]');
+SELECT regress.try($$SELECT event_store.append('life-4', '{"type": "C"}', 0)$$);
+SELECT appends - :appends_before AS appends, appended_events - :events_before AS appended_events,
+       conflicts - :conflicts_before AS conflicts,
+       events = (SELECT count(*) FROM event_store.events) AS events_exact,
+       streams = (SELECT count(DISTINCT stream_id) FROM event_store.events) AS streams_exact,
+       deleted_streams, head_position = event_store.head_position() AS head,
+       appends_in_flight,
+       sagas_by_status = COALESCE((SELECT jsonb_object_agg(status, n) FROM
+                                   (SELECT status, count(*) n FROM event_store.sagas GROUP BY status) x), '{}') AS sagas
+  FROM event_store.stats;

@@ -1,0 +1,420 @@
+/*
+ * lifecycle.c
+ *	  Stream lifecycle: soft deletion and reopening, purging for erasure
+ *	  requests, and retention (max_count / max_age per stream), enforced by
+ *	  the background worker.  Purging and retention are the only paths that
+ *	  remove events; they do it with a flag that the immutability trigger
+ *	  honours for the duration of their own DELETE.
+ *
+ *	  Per-stream state lives in event_store.stream_metadata.  While it is
+ *	  empty (the usual case) the hot paths skip it after one cached check;
+ *	  otherwise append() and the stream reads probe its primary key.
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "event_store.h"
+#include "errors.h"
+
+PG_FUNCTION_INFO_V1(es_delete_stream);
+PG_FUNCTION_INFO_V1(es_reopen_stream);
+PG_FUNCTION_INFO_V1(es_purge_stream);
+PG_FUNCTION_INFO_V1(es_set_stream_retention);
+PG_FUNCTION_INFO_V1(es_enforce_retention);
+
+bool		es_allow_purge = false;
+
+/* Set while purge or retention deletes events (see es_refuse_modification) */
+static bool removal_in_progress = false;
+
+bool
+EsRemovalInProgress(void)
+{
+	return removal_in_progress;
+}
+
+/* Whether stream_metadata has rows: cached, reloaded when it changes */
+static EsRegistry meta_registry = {"stream_metadata"};
+static bool meta_any = false;
+
+static void
+es_meta_load(void)
+{
+	EsUserSwitch sw;
+
+	meta_any = false;
+	if (!OidIsValid(EsGetCatalog()->metadata_relid))
+		return;					/* a schema from before stream metadata */
+	EsSpiConnect(&sw);
+	if (SPI_execute("SELECT 1 FROM event_store.stream_metadata LIMIT 1", true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "reading event_store.stream_metadata failed");
+	meta_any = SPI_processed > 0;
+	EsSpiFinish(&sw);
+}
+
+/*
+ * The lifecycle state of a stream: deleted (appends refused) and the
+ * version its reads start after (0: from the beginning).  Returns false
+ * when the stream has no metadata.
+ */
+bool
+EsStreamLifecycle(text *stream_id, bool *deleted, int64 *start_after)
+{
+	const EsCatalog *cat = EsGetCatalog();
+	Relation	rel;
+	Relation	index;
+	SysScanDesc scan;
+	ScanKeyData key;
+	HeapTuple	tup;
+	bool		found = false;
+
+	*deleted = false;
+	*start_after = 0;
+	EsRegistryEnsure(&meta_registry, es_meta_load);
+	if (!meta_any)
+		return false;
+
+	rel = table_open(cat->metadata_relid, AccessShareLock);
+	index = index_open(cat->metadata_idx, AccessShareLock);
+	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_TEXTEQ, PointerGetDatum(stream_id));
+	key.sk_collation = index->rd_indcollation[0];
+	scan = systable_beginscan_ordered(rel, index, GetLatestSnapshot(), 1, &key);
+	tup = systable_getnext_ordered(scan, ForwardScanDirection);
+	if (HeapTupleIsValid(tup))
+	{
+		TupleDesc	desc = RelationGetDescr(rel);
+		bool		isnull;
+
+		(void) heap_getattr(tup, 2, desc, &isnull);
+		*deleted = !isnull;
+		*start_after = DatumGetInt64(heap_getattr(tup, 3, desc, &isnull));
+		found = true;
+	}
+	systable_endscan_ordered(scan);
+	index_close(index, AccessShareLock);
+	table_close(rel, AccessShareLock);
+	return found;
+}
+
+/* Error out if the stream is deleted (append() calls this under the stream lock) */
+void
+EsCheckStreamNotDeleted(text *stream_id)
+{
+	bool		deleted;
+	int64		start_after;
+
+	if (EsStreamLifecycle(stream_id, &deleted, &start_after) && deleted)
+		ereport(ERROR,
+				(errcode(ERRCODE_ES_STREAM_DELETED),
+				 errmsg("stream \"%s\" is deleted", text_to_cstring(stream_id)),
+				 errhint("Reopen it with event_store.reopen_stream() to append to it again.")));
+}
+
+/* Run one statement on stream_metadata as the owner, then tell every backend */
+static void
+es_meta_exec(const char *sql, int nargs, Oid *types, Datum *values, const char *nulls)
+{
+	EsUserSwitch sw;
+	int			rc;
+
+	EsSpiConnect(&sw);
+	rc = SPI_execute_with_args(sql, nargs, types, values, nulls, false, 0);
+	if (rc < 0)
+		elog(ERROR, "updating event_store.stream_metadata failed: %s", SPI_result_code_string(rc));
+	EsSpiFinish(&sw);
+	EsRegistryChanged(&meta_registry);
+}
+
+/* Append one internal event (type, data as JSON text) to a stream */
+static int64
+es_append_marker(text *stream_id, const char *type, const char *data_json,
+				 bool has_expected, int64 expected)
+{
+	char	   *json = psprintf("{\"type\": \"%s\", \"data\": %s}", type, data_json);
+	int			n;
+	EsNewEvent *evs;
+
+	evs = EsParseEventsJson(json, &n);
+	return EsAppendEvents(stream_id, evs, n, has_expected, expected, true);
+}
+
+/* Stream id argument of the lifecycle functions: must exist */
+static text *
+es_existing_stream(FunctionCallInfo fcinfo, int64 *version)
+{
+	text	   *stream_id = EsGetRequiredText(fcinfo, 0, "stream_id");
+
+	EsCheckStreamAccess(stream_id, ES_PRIV_APPEND);
+	EsLockStream(stream_id);
+	*version = EsLatestStreamVersion(EsGetCatalog(), stream_id, GetLatestSnapshot());
+	if (*version == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("stream \"%s\" does not exist", text_to_cstring(stream_id))));
+	return stream_id;
+}
+
+/*
+ * Mark a stream deleted, reads starting after version start_after; the
+ * tombstone itself is start_after
+ */
+static void
+es_mark_deleted(text *stream_id, int64 start_after)
+{
+	Oid			types[2] = {TEXTOID, INT8OID};
+	Datum		values[2] = {PointerGetDatum(stream_id), Int64GetDatum(start_after)};
+
+	es_meta_exec("INSERT INTO event_store.stream_metadata AS m (stream_id, deleted_at, start_after) "
+				 "VALUES ($1, pg_catalog.now(), $2) "
+				 "ON CONFLICT (stream_id) DO UPDATE SET deleted_at = pg_catalog.now(), "
+				 "start_after = EXCLUDED.start_after, updated_at = pg_catalog.now()",
+				 2, types, values, NULL);
+}
+
+/*
+ * SQL: event_store.delete_stream(stream_id text, expected_version bigint
+ *		DEFAULT NULL) RETURNS bigint
+ *
+ * Soft delete: appends the tombstone $StreamDeleted (followers see it),
+ * after which read_stream returns nothing and append() is refused (SE003)
+ * until reopen_stream().  Returns the tombstone's version.
+ */
+Datum
+es_delete_stream(PG_FUNCTION_ARGS)
+{
+	int64		version;
+	text	   *stream_id;
+	bool		has_expected = !PG_ARGISNULL(1);
+	int64		expected = has_expected ? PG_GETARG_INT64(1) : 0;
+	int64		tombstone;
+
+	EsCheckPreloaded();
+	if (has_expected && expected < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("expected_version must not be negative"),
+				 errdetail("Got " INT64_FORMAT ".", expected),
+				 errhint("Pass NULL to delete whatever the stream's version, or the stream's current version.")));
+	stream_id = es_existing_stream(fcinfo, &version);
+	EsCheckStreamNotDeleted(stream_id);
+	tombstone = es_append_marker(stream_id, "$StreamDeleted",
+								 psprintf("{\"deleted_version\": " INT64_FORMAT "}", version),
+								 has_expected, expected);
+	es_mark_deleted(stream_id, tombstone);
+	PG_RETURN_INT64(tombstone);
+}
+
+/*
+ * SQL: event_store.reopen_stream(stream_id text) RETURNS bigint
+ *
+ * Appending is allowed again; versions go on after the tombstone, and
+ * read_stream shows only what comes after it ($StreamReopened first).
+ */
+Datum
+es_reopen_stream(PG_FUNCTION_ARGS)
+{
+	int64		version;
+	text	   *stream_id;
+	bool		deleted;
+	int64		start_after;
+	int64		result;
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1];
+
+	EsCheckPreloaded();
+	stream_id = es_existing_stream(fcinfo, &version);
+	if (!EsStreamLifecycle(stream_id, &deleted, &start_after) || !deleted)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("stream \"%s\" is not deleted", text_to_cstring(stream_id)),
+				 errhint("Only a stream deleted with event_store.delete_stream() or purged can be reopened.")));
+	values[0] = PointerGetDatum(stream_id);
+	es_meta_exec("UPDATE event_store.stream_metadata SET deleted_at = NULL, updated_at = pg_catalog.now() "
+				 "WHERE stream_id OPERATOR(pg_catalog.=) $1",
+				 1, types, values, NULL);
+	result = es_append_marker(stream_id, "$StreamReopened", "{}", true, version);
+	PG_RETURN_INT64(result);
+}
+
+/* DELETE some events as the owner, with the immutability trigger's consent */
+static int64
+es_remove_events(const char *sql, int nargs, Oid *types, Datum *values)
+{
+	EsUserSwitch sw;
+	int64		removed;
+	int			rc;
+
+	EsSpiConnect(&sw);
+	removal_in_progress = true;
+	PG_TRY();
+	{
+		rc = SPI_execute_with_args(sql, nargs, types, values, NULL, false, 0);
+	}
+	PG_FINALLY();
+	{
+		removal_in_progress = false;
+	}
+	PG_END_TRY();
+	if (rc != SPI_OK_DELETE)
+		elog(ERROR, "removing events failed: %s", SPI_result_code_string(rc));
+	removed = (int64) SPI_processed;
+	EsSpiFinish(&sw);
+	return removed;
+}
+
+/*
+ * SQL: event_store.purge_stream(stream_id text) RETURNS bigint
+ *
+ * Hard delete for erasure requests: every event of the stream and its
+ * snapshots are removed.  Only while the superuser-only setting
+ * event_store.allow_purge is on.  What remains is the event $StreamPurged
+ * (up to which version; none of the data), and the stream is deleted as by
+ * delete_stream().  Returns the number of events removed.
+ */
+Datum
+es_purge_stream(PG_FUNCTION_ARGS)
+{
+	int64		version;
+	text	   *stream_id;
+	int64		removed;
+	int64		marker;
+	Oid			types[2] = {TEXTOID, INT8OID};
+	Datum		values[2];
+	EsUserSwitch sw;
+
+	EsCheckPreloaded();
+	if (!es_allow_purge)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("purging streams is disabled"),
+				 errdetail("purge_stream() removes events for good; it runs only while event_store.allow_purge is on."),
+				 errhint("A superuser can SET event_store.allow_purge = on for the session that purges.")));
+	stream_id = es_existing_stream(fcinfo, &version);
+
+	/*
+	 * The marker first, so that the stream's versions go on after the
+	 * purged ones (never reused); then everything before it goes.
+	 */
+	marker = es_append_marker(stream_id, "$StreamPurged",
+							  psprintf("{\"purged_through_version\": " INT64_FORMAT "}", version),
+							  false, 0);
+	values[0] = PointerGetDatum(stream_id);
+	values[1] = Int64GetDatum(marker);
+	removed = es_remove_events("DELETE FROM event_store.events "
+							   "WHERE stream_id OPERATOR(pg_catalog.=) $1 "
+							   "AND stream_version OPERATOR(pg_catalog.<) $2",
+							   2, types, values);
+	EsSpiConnect(&sw);
+	if (SPI_execute_with_args("DELETE FROM event_store.snapshots "
+							  "WHERE stream_id OPERATOR(pg_catalog.=) $1",
+							  1, types, values, NULL, false, 0) != SPI_OK_DELETE)
+		elog(ERROR, "removing snapshots failed");
+	EsSpiFinish(&sw);
+	es_mark_deleted(stream_id, marker);
+	PG_RETURN_INT64(removed);
+}
+
+/*
+ * SQL: event_store.set_stream_retention(stream_id text, max_count bigint
+ *		DEFAULT NULL, max_age interval DEFAULT NULL) RETURNS void
+ *
+ * The background worker (or enforce_retention()) removes a stream's events
+ * beyond the newest max_count and those older than max_age; the newest
+ * event of a stream always stays.  Both NULL: keep everything again.
+ */
+Datum
+es_set_stream_retention(PG_FUNCTION_ARGS)
+{
+	text	   *stream_id = EsGetRequiredText(fcinfo, 0, "stream_id");
+	Oid			types[3] = {TEXTOID, INT8OID, INTERVALOID};
+	Datum		values[3];
+	char		nulls[3] = {' ', ' ', ' '};
+
+	EsCheckStreamAccess(stream_id, ES_PRIV_APPEND);
+	if (!PG_ARGISNULL(1) && PG_GETARG_INT64(1) < 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("max_count must be a positive integer"),
+				 errdetail("Got " INT64_FORMAT ".", PG_GETARG_INT64(1)),
+				 errhint("Pass NULL to keep any number of events.")));
+	if (!PG_ARGISNULL(2))
+	{
+		Interval   *iv = PG_GETARG_INTERVAL_P(2);
+
+		if (iv->time <= 0 && iv->day <= 0 && iv->month <= 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("max_age must be a positive interval"),
+					 errhint("Pass NULL to keep events of any age.")));
+		if (iv->time < 0 || iv->day < 0 || iv->month < 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("max_age must not have negative parts")));
+	}
+	for (int i = 0; i < 3; i++)
+	{
+		values[i] = PG_ARGISNULL(i) ? (Datum) 0 : PG_GETARG_DATUM(i);
+		nulls[i] = PG_ARGISNULL(i) ? 'n' : ' ';
+	}
+	es_meta_exec("INSERT INTO event_store.stream_metadata AS m (stream_id, max_count, max_age) "
+				 "VALUES ($1, $2, $3) "
+				 "ON CONFLICT (stream_id) DO UPDATE SET max_count = EXCLUDED.max_count, "
+				 "max_age = EXCLUDED.max_age, updated_at = pg_catalog.now()",
+				 3, types, values, nulls);
+	PG_RETURN_VOID();
+}
+
+/*
+ * Remove what the retention settings allow (caller is not connected to
+ * SPI); returns the number of events removed
+ */
+int64
+EsEnforceRetention(void)
+{
+	if (!OidIsValid(EsGetCatalog()->metadata_relid))
+		return 0;
+	EsRegistryEnsure(&meta_registry, es_meta_load);
+	if (!meta_any)
+		return 0;
+	/*
+	 * Per stream with settings: events past the newest max_count, and
+	 * events older than max_age, but never the stream's newest event (its
+	 * version must survive) nor any event of a deleted stream.
+	 */
+	return es_remove_events(
+							"DELETE FROM event_store.events e "
+							"USING event_store.stream_metadata m, LATERAL ("
+							"  SELECT l.stream_version AS last FROM event_store.events l "
+							"   WHERE l.stream_id OPERATOR(pg_catalog.=) m.stream_id "
+							"   ORDER BY l.stream_version DESC LIMIT 1) x "
+							"WHERE e.stream_id OPERATOR(pg_catalog.=) m.stream_id "
+							"  AND m.deleted_at IS NULL "
+							"  AND (m.max_count IS NOT NULL OR m.max_age IS NOT NULL) "
+							"  AND e.stream_version OPERATOR(pg_catalog.<) x.last "
+							"  AND (e.stream_version OPERATOR(pg_catalog.<=) "
+							"         (x.last OPERATOR(pg_catalog.-) m.max_count) "
+							"       OR e.recorded_at OPERATOR(pg_catalog.<) "
+							"         (pg_catalog.now() OPERATOR(pg_catalog.-) m.max_age))",
+							0, NULL, NULL);
+}
+
+/* SQL: event_store.enforce_retention() RETURNS bigint */
+Datum
+es_enforce_retention(PG_FUNCTION_ARGS)
+{
+	EsCheckPreloaded();
+	PG_RETURN_INT64(EsEnforceRetention());
+}
