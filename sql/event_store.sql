@@ -267,8 +267,8 @@ CREATE TABLE event_store.upcasters (
     from_schema_version int          NOT NULL CHECK (from_schema_version > 0),
     upcaster            regprocedure NOT NULL,
     to_event_type       text CHECK (to_event_type <> ''),
-    owner               regrole      NOT NULL,  -- registered it; the upcaster runs as this role
     registered_at       timestamptz  NOT NULL DEFAULT now(),
+    owner               regrole      NOT NULL,  -- registered it; the upcaster runs as this role
     PRIMARY KEY (event_type, from_schema_version)
 );
 COMMENT ON TABLE event_store.upcasters IS 'Registered upcasters; maintained with register_upcaster() / drop_upcaster()';
@@ -302,8 +302,8 @@ CREATE TABLE event_store.aggregates (
     initial_state  jsonb        NOT NULL,
     snapshot_every int          CHECK (snapshot_every > 0),
     state_version  int          NOT NULL CHECK (state_version > 0),
-    owner          regrole      NOT NULL,  -- defined it; the reducer runs as this role
-    defined_at     timestamptz  NOT NULL DEFAULT now()
+    defined_at     timestamptz  NOT NULL DEFAULT now(),
+    owner          regrole      NOT NULL   -- defined it; the reducer runs as this role
 );
 COMMENT ON TABLE event_store.aggregates IS 'Aggregate definitions per category; maintained with define_aggregate()';
 SELECT pg_catalog.pg_extension_config_dump('event_store.aggregates', '');
@@ -391,9 +391,9 @@ CREATE TABLE event_store.projections (
     next_attempt_at timestamptz,
     last_error      text,
     error_position  bigint,
-    owner           regrole     NOT NULL,  -- created it; handler and reset run as this role
     created_at      timestamptz NOT NULL DEFAULT now(),
-    updated_at      timestamptz NOT NULL DEFAULT now()
+    updated_at      timestamptz NOT NULL DEFAULT now(),
+    owner           regrole     NOT NULL   -- created it; handler and reset run as this role
 );
 COMMENT ON TABLE event_store.projections IS 'Projections and their checkpoints; maintained with create_projection() and friends';
 SELECT pg_catalog.pg_extension_config_dump('event_store.projections', '');
@@ -472,8 +472,8 @@ CREATE TABLE event_store.saga_definitions (
     definition jsonb       NOT NULL,   -- as given
     steps      jsonb       NOT NULL,   -- normalised: defaults filled in, functions resolved
     timeout    interval,
-    owner      regrole     NOT NULL,  -- defined it; the step functions run as this role
-    defined_at timestamptz NOT NULL DEFAULT now()
+    defined_at timestamptz NOT NULL DEFAULT now(),
+    owner      regrole     NOT NULL   -- defined it; the step functions run as this role
 );
 COMMENT ON TABLE event_store.saga_definitions IS 'Saga types; maintained with define_saga()';
 SELECT pg_catalog.pg_extension_config_dump('event_store.saga_definitions', '');

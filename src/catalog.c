@@ -88,6 +88,7 @@ EsGetCatalog(void)
 	/* missing in a schema from before stream metadata (until ALTER EXTENSION UPDATE) */
 	es_catalog.metadata_relid = get_relname_relid("stream_metadata", nsp);
 	es_catalog.metadata_idx = get_relname_relid("stream_metadata_pkey", nsp);
+	es_catalog.grants_relid = get_relname_relid("category_grants", nsp);
 	if (!OidIsValid(es_catalog.event_type_oid))
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),

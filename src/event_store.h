@@ -52,6 +52,7 @@ typedef struct EsCatalog
 	Oid			event_type_oid;	/* composite type event_store.event */
 	Oid			metadata_relid;	/* stream_metadata, or InvalidOid (older schema) */
 	Oid			metadata_idx;	/* its primary key */
+	Oid			grants_relid;	/* category_grants, or InvalidOid (older schema) */
 } EsCatalog;
 
 extern const EsCatalog *EsGetCatalog(void);
@@ -229,5 +230,8 @@ extern void EsCheckCategoryAccess(text *category, int priv);
 extern EsDeniedSet *EsDeniedCategories(Oid role);
 extern bool EsStreamDenied(const EsDeniedSet *set, text *stream_id);
 extern bool EsRoleMayReadStream(Oid role, text *stream_id);
+extern bool EsSchemaHasOwners(void);
+extern const char *EsOwnerColumn(void);
+extern Oid	EsRegistrant(Oid owner);
 
 #endif							/* EVENT_STORE_H */

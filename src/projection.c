@@ -117,7 +117,7 @@ es_decode_text_array(Datum arr_datum, bool isnull, text ***out)
  * a projection
  */
 #define ES_PROJECTION_COLUMNS \
-	"name, handler::pg_catalog.oid, event_types, categories, owner::pg_catalog.oid"
+	"name, handler::pg_catalog.oid, event_types, categories, %s"
 #define ES_PROJECTION_NCOLUMNS 5
 
 /* Fill a projection from a row of ES_PROJECTION_COLUMNS */
@@ -132,7 +132,7 @@ es_projection_from_row(EsProjection *p, HeapTuple tup, TupleDesc desc,
 
 	p->name = TextDatumGetCString(SPI_getbinval(tup, desc, 1, &isnull));
 	handler = DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull));
-	p->owner = DatumGetObjectId(SPI_getbinval(tup, desc, 5, &isnull));
+	p->owner = EsRegistrant(DatumGetObjectId(SPI_getbinval(tup, desc, 5, &isnull)));
 	if (EsFunctionExists(handler))
 	{
 		EsCheckCallbackOwner(handler, p->owner, "a projection handler");
@@ -162,9 +162,10 @@ es_inline_load(void)
 	inline_count = 0;
 
 	EsSpiConnect(&sw);
-	rc = SPI_execute("SELECT " ES_PROJECTION_COLUMNS " FROM event_store.projections "
-					 "WHERE mode OPERATOR(pg_catalog.=) 'inline' "
-					 "AND state OPERATOR(pg_catalog.=) 'running' ORDER BY name", true, 0);
+	rc = SPI_execute(psprintf("SELECT " ES_PROJECTION_COLUMNS " FROM event_store.projections "
+							  "WHERE mode OPERATOR(pg_catalog.=) 'inline' "
+							  "AND state OPERATOR(pg_catalog.=) 'running' ORDER BY name",
+							  EsOwnerColumn()), true, 0);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "reading event_store.projections failed: %s", SPI_result_code_string(rc));
 	old = MemoryContextSwitchTo(inline_cxt);
@@ -382,7 +383,7 @@ es_projection_load(const char *name, const char *extra_sql, char **mode,
 
 	sql = psprintf("SELECT " ES_PROJECTION_COLUMNS ", mode, state, position, attempts, "
 				   "reset::pg_catalog.oid FROM event_store.projections "
-				   "WHERE name OPERATOR(pg_catalog.=) $1 %s", extra_sql);
+				   "WHERE name OPERATOR(pg_catalog.=) $1 %s", EsOwnerColumn(), extra_sql);
 	rc = SPI_execute_with_args(sql, 1, &argtype, &arg, NULL, false, 1);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "reading projection \"%s\" failed: %s", name, SPI_result_code_string(rc));
@@ -587,10 +588,12 @@ es_create_projection(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_DUPLICATE_OBJECT),
 				 errmsg("projection \"%s\" already exists", name),
 				 errhint("Drop it first with event_store.drop_projection(), or pick another name.")));
-	es_projection_exec("INSERT INTO event_store.projections "
-					   "(name, handler, event_types, categories, mode, reset, owner) "
-					   "VALUES ($1, $2, $3, $4, $5, $6, $7::pg_catalog.regrole)",
-					   7, types, values, nulls);
+	es_projection_exec(psprintf("INSERT INTO event_store.projections "
+								"(name, handler, event_types, categories, mode, reset%s) "
+								"VALUES ($1, $2, $3, $4, $5, $6%s)",
+								EsSchemaHasOwners() ? ", owner" : "",
+								EsSchemaHasOwners() ? ", $7::pg_catalog.regrole" : ""),
+					   EsSchemaHasOwners() ? 7 : 6, types, values, nulls);
 	if (is_inline)
 	{
 		/* replay history, then go live in the same transaction */

@@ -154,6 +154,32 @@ EsRoleName(Oid role)
  * ------------------------------------------------------------------------ */
 
 /*
+ * Does the installed schema record who registered callbacks?  Version
+ * 0.1.0 did not (nor had category grants); the library serves its schema
+ * until ALTER EXTENSION event_store UPDATE, callbacks then running as the
+ * extension owner.
+ */
+bool
+EsSchemaHasOwners(void)
+{
+	return OidIsValid(EsGetCatalog()->grants_relid);
+}
+
+/* The select-list expression of a registry's owner column */
+const char *
+EsOwnerColumn(void)
+{
+	return EsSchemaHasOwners() ? "owner::pg_catalog.oid" : "0::pg_catalog.oid";
+}
+
+/* The role a callback runs as, from its registry's owner column */
+Oid
+EsRegistrant(Oid owner)
+{
+	return OidIsValid(owner) ? owner : EsExtensionOwner();
+}
+
+/*
  * May fn be registered by role as a callback (what: "an upcaster", ...)?
  * It needs EXECUTE on it, and the function's owner must have role's
  * privileges.  Also checked whenever a registry is loaded (role is then
@@ -259,6 +285,8 @@ es_grants_load(void)
 
 	grant_cats = NULL;
 	grant_ncats = 0;
+	if (!EsSchemaHasOwners())
+		return;					/* a schema from before category grants */
 	EsSpiConnect(&sw);
 	rc = SPI_execute("SELECT category, grantee::pg_catalog.oid, "
 					 "pg_catalog.bool_or(privilege OPERATOR(pg_catalog.=) 'append'), "
@@ -520,6 +548,7 @@ es_change_grants(FunctionCallInfo fcinfo, bool grant)
 
 	EsRequireArg(fcinfo, 0, "role");
 	grantee = PG_GETARG_OID(0);
+	Assert(EsSchemaHasOwners());
 	category = EsGetRequiredText(fcinfo, 1, "category");
 	EsCheckCategory(category, "Grants are per category: pass the part of the stream ids before the first \"-\".");
 	privs = es_privileges_arg(fcinfo, 2);

@@ -88,9 +88,9 @@ es_agg_load(void)
 	agg_count = 0;
 
 	EsSpiConnect(&sw);
-	rc = SPI_execute("SELECT category, reducer::pg_catalog.oid, initial_state, "
-					 "coalesce(snapshot_every, 0), state_version, owner::pg_catalog.oid "
-					 "FROM event_store.aggregates", true, 0);
+	rc = SPI_execute(psprintf("SELECT category, reducer::pg_catalog.oid, initial_state, "
+							  "coalesce(snapshot_every, 0), state_version, %s "
+							  "FROM event_store.aggregates", EsOwnerColumn()), true, 0);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "reading event_store.aggregates failed: %s", SPI_result_code_string(rc));
 
@@ -119,7 +119,7 @@ es_agg_load(void)
 		entry->full_category = category;
 		entry->reducer.fn_oid = DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull));
 		entry->missing = !EsFunctionExists(entry->reducer.fn_oid);
-		entry->owner = DatumGetObjectId(SPI_getbinval(tup, desc, 6, &isnull));
+		entry->owner = EsRegistrant(DatumGetObjectId(SPI_getbinval(tup, desc, 6, &isnull)));
 		if (!entry->missing)
 		{
 			EsCheckCallbackOwner(entry->reducer.fn_oid, entry->owner, "a reducer");
@@ -453,16 +453,18 @@ es_define_aggregate(PG_FUNCTION_ARGS)
 	values[5] = ObjectIdGetDatum(GetUserId());
 
 	EsSpiConnect(&sw);
-	rc = SPI_execute_with_args("INSERT INTO event_store.aggregates "
-							   "(category, reducer, initial_state, snapshot_every, state_version, owner) "
-							   "VALUES ($1, $2, $3, $4, $5, $6::pg_catalog.regrole) "
-							   "ON CONFLICT (category) DO UPDATE SET "
-							   "reducer = EXCLUDED.reducer, initial_state = EXCLUDED.initial_state, "
-							   "snapshot_every = EXCLUDED.snapshot_every, "
-							   "state_version = EXCLUDED.state_version, "
-							   "owner = EXCLUDED.owner, "
-							   "defined_at = pg_catalog.now()",
-							   6, types, values, nulls, false, 0);
+	rc = SPI_execute_with_args(psprintf("INSERT INTO event_store.aggregates "
+										"(category, reducer, initial_state, snapshot_every, state_version%s) "
+										"VALUES ($1, $2, $3, $4, $5%s) "
+										"ON CONFLICT (category) DO UPDATE SET "
+										"reducer = EXCLUDED.reducer, initial_state = EXCLUDED.initial_state, "
+										"snapshot_every = EXCLUDED.snapshot_every, "
+										"state_version = EXCLUDED.state_version, %s"
+										"defined_at = pg_catalog.now()",
+										EsSchemaHasOwners() ? ", owner" : "",
+										EsSchemaHasOwners() ? ", $6::pg_catalog.regrole" : "",
+										EsSchemaHasOwners() ? "owner = EXCLUDED.owner, " : ""),
+							   EsSchemaHasOwners() ? 6 : 5, types, values, nulls, false, 0);
 	if (rc != SPI_OK_INSERT)
 		elog(ERROR, "defining the aggregate failed: %s", SPI_result_code_string(rc));
 	EsSpiFinish(&sw);

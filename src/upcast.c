@@ -87,9 +87,9 @@ es_upcast_load(void)
 	upcast_count = 0;
 
 	EsSpiConnect(&sw);
-	rc = SPI_execute("SELECT event_type, from_schema_version, upcaster::pg_catalog.oid, "
-					 "to_event_type, owner::pg_catalog.oid "
-					 "FROM event_store.upcasters", true, 0);
+	rc = SPI_execute(psprintf("SELECT event_type, from_schema_version, upcaster::pg_catalog.oid, "
+							  "to_event_type, %s FROM event_store.upcasters", EsOwnerColumn()),
+					 true, 0);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "reading event_store.upcasters failed: %s", SPI_result_code_string(rc));
 
@@ -104,7 +104,7 @@ es_upcast_load(void)
 		Oid			fn = DatumGetObjectId(SPI_getbinval(tup, desc, 3, &isnull));
 		Datum		to = SPI_getbinval(tup, desc, 4, &isnull);
 		bool		to_null = isnull;
-		Oid			owner = DatumGetObjectId(SPI_getbinval(tup, desc, 5, &isnull));
+		Oid			owner = EsRegistrant(DatumGetObjectId(SPI_getbinval(tup, desc, 5, &isnull)));
 		EsUpcastKey key;
 		EsUpcaster *entry;
 		bool		found;
@@ -273,13 +273,19 @@ es_register_upcaster(PG_FUNCTION_ARGS)
 	values[4] = ObjectIdGetDatum(GetUserId());
 
 	EsSpiConnect(&sw);
-	rc = SPI_execute_with_args("INSERT INTO event_store.upcasters "
+	rc = SPI_execute_with_args(EsSchemaHasOwners() ?
+							   "INSERT INTO event_store.upcasters "
 							   "(event_type, from_schema_version, upcaster, to_event_type, owner) "
 							   "VALUES ($1, $2, $3, $4, $5::pg_catalog.regrole) "
 							   "ON CONFLICT (event_type, from_schema_version) DO UPDATE "
 							   "SET upcaster = EXCLUDED.upcaster, to_event_type = EXCLUDED.to_event_type, "
-							   "owner = EXCLUDED.owner",
-							   5, types, values, nulls, false, 0);
+							   "owner = EXCLUDED.owner" :
+							   "INSERT INTO event_store.upcasters "
+							   "(event_type, from_schema_version, upcaster, to_event_type) "
+							   "VALUES ($1, $2, $3, $4) "
+							   "ON CONFLICT (event_type, from_schema_version) DO UPDATE "
+							   "SET upcaster = EXCLUDED.upcaster, to_event_type = EXCLUDED.to_event_type",
+							   EsSchemaHasOwners() ? 5 : 4, types, values, nulls, false, 0);
 	if (rc != SPI_OK_INSERT)
 		elog(ERROR, "registering the upcaster failed: %s", SPI_result_code_string(rc));
 	EsSpiFinish(&sw);
