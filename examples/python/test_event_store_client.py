@@ -70,7 +70,7 @@ def last_visible():
                " WHERE global_position <= event_store.head_position()")[0][0]
 
 
-def wait_until(what, fn, timeout=60.0):
+def wait_until(what, fn, timeout=30.0):
     """Poll fn until it returns a true value; fail after timeout seconds."""
     deadline = time.monotonic() + timeout
     while True:

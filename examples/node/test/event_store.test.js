@@ -31,7 +31,7 @@ const run = `${Date.now().toString(36)}${Math.floor(Math.random() * 36 ** 4).toS
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 // Poll fn until it returns a truthy value; fail after timeoutMs.
-async function waitUntil(what, fn, timeoutMs = 60000) {
+async function waitUntil(what, fn, timeoutMs = 30000) {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const value = await fn();
@@ -182,49 +182,56 @@ test('followers see every committed event exactly once, in order', async () => {
   );
   const runs = followers.map((f) => f.start());
   runs.forEach((r) => r.catch(() => {})); // (awaited below)
-
-  await traffic('before', 4, 10);
-
-  // a transaction that takes a position now and commits after later ones
-  const slow = await pool.connect();
   let slowPosition;
+  let end;
   try {
-    await slow.query('BEGIN');
-    await slow.query(`SELECT event_store.append($1, '{"type": "Delayed"}')`, [`cargo-${run}-slow`]);
-    slowPosition = (
-      await slow.query('SELECT global_position FROM event_store.events WHERE stream_id = $1', [`cargo-${run}-slow`])
-    ).rows[0].global_position;
+    await traffic('before', 4, 10);
 
-    await traffic('during', 4, 10);
-    // and an append that is rolled back: a hole in the numbering
-    const aborted = await pool.connect();
+    // a transaction that takes a position now and commits after later ones
+    const slow = await pool.connect();
+    let committedSlow = false;
     try {
-      await aborted.query('BEGIN');
-      await aborted.query(`SELECT event_store.append($1, '{"type": "Aborted"}')`, [`cargo-${run}-aborted`]);
-      await aborted.query('ROLLBACK');
+      await slow.query('BEGIN');
+      await slow.query(`SELECT event_store.append($1, '{"type": "Delayed"}')`, [`cargo-${run}-slow`]);
+      slowPosition = (
+        await slow.query('SELECT global_position FROM event_store.events WHERE stream_id = $1', [`cargo-${run}-slow`])
+      ).rows[0].global_position;
+
+      await traffic('during', 4, 10);
+      // and an append that is rolled back: a hole in the numbering
+      const aborted = await pool.connect();
+      try {
+        await aborted.query('BEGIN');
+        await aborted.query(`SELECT event_store.append($1, '{"type": "Aborted"}')`, [`cargo-${run}-aborted`]);
+        await aborted.query('ROLLBACK');
+      } finally {
+        aborted.release();
+      }
+
+      const [{ later }] = await sql(
+        'SELECT count(*)::int AS later FROM event_store.events WHERE global_position > $1',
+        [slowPosition],
+      );
+      assert.ok(later > 0, 'events with higher positions committed before the delayed one');
+      assert.ok((await head()) < slowPosition, 'the open append holds the head below its position');
+      const reachable = await lastVisible();
+      await waitUntil('the followers to reach the head', async () => followers.every((f) => f.position >= reachable));
+      for (const f of followers) {
+        assert.ok(f.position < slowPosition, `${f.wake}: not past the uncommitted position`);
+      }
+      await slow.query('COMMIT');
+      committedSlow = true;
     } finally {
-      aborted.release();
+      // on failure the connection goes, with its open transaction
+      slow.release(!committedSlow);
     }
 
-    const [{ later }] = await sql('SELECT count(*)::int AS later FROM event_store.events WHERE global_position > $1', [
-      slowPosition,
-    ]);
-    assert.ok(later > 0, 'events with higher positions committed before the delayed one');
-    assert.ok((await head()) < slowPosition, 'the open append holds the head below its position');
-    const reachable = await lastVisible();
-    await waitUntil('the followers to reach the head', async () => followers.every((f) => f.position >= reachable));
-    for (const f of followers) {
-      assert.ok(f.position < slowPosition, `${f.wake}: not past the uncommitted position`);
-    }
-    await slow.query('COMMIT');
+    await traffic('after', 4, 5);
+    end = await lastVisible();
+    await waitUntil('the followers to catch up', async () => followers.every((f) => f.position >= end));
   } finally {
-    slow.release();
+    await Promise.all(followers.map((f) => f.stop()));
   }
-
-  await traffic('after', 4, 5);
-  const end = await lastVisible();
-  await waitUntil('the followers to catch up', async () => followers.every((f) => f.position >= end));
-  await Promise.all(followers.map((f) => f.stop()));
   await Promise.all(runs);
 
   const committed = await sql(
