@@ -12,6 +12,7 @@ set -euo pipefail
 # postgresql-15-pgtap, libtap-parser-sourcehandler-pgtap-perl: pgTAP + pg_prove
 # libipc-run-perl: needed by PostgreSQL::Test::Cluster (TAP tests)
 # perl: prove; make, gcc: the build; util-linux: runuser; coreutils: timeout
+# python3-psycopg: the Python client example and its test (test/t/060_clients.pl)
 PACKAGES=(
 	postgresql-15
 	postgresql-server-dev-15
@@ -24,6 +25,7 @@ PACKAGES=(
 	util-linux
 	coreutils
 	tar
+	python3-psycopg
 )
 
 command -v dpkg-query >/dev/null 2>&1 || es_die "dpkg-query not found: this script supports Debian and derivatives only"
@@ -35,6 +37,15 @@ for pkg in "${PACKAGES[@]}"; do
 		missing+=("$pkg")
 	fi
 done
+
+# nodejs, npm: the Node.js client example and its test.  A node and npm
+# installed another way (another distribution of Node.js, whose package may
+# even conflict with Debian's npm) are used as they are.
+if ! command -v node >/dev/null 2>&1; then
+	missing+=(nodejs npm)
+elif ! command -v npm >/dev/null 2>&1; then
+	missing+=(npm)
+fi
 
 if [ "${#missing[@]}" -eq 0 ]; then
 	exit 0

@@ -74,7 +74,8 @@ es_mktemp() {
 }
 
 # Copy the source tree (tracked or not) without .git and without build or
-# test leftovers: es_copy_tree DEST
+# test leftovers, nor the clients' installed packages (node_modules, which
+# the tests install afresh) and bytecode caches: es_copy_tree DEST
 es_copy_tree() {
 	(cd "$ES_SRC_DIR" && tar -cf - \
 		--exclude=./.git \
@@ -83,6 +84,7 @@ es_copy_tree() {
 		--exclude=./results --exclude=./log \
 		--exclude=./regression.diffs --exclude=./regression.out \
 		--exclude=./test/isolation/output_iso \
+		--exclude=node_modules --exclude=__pycache__ \
 		.) | tar -xf - -C "$1"
 }
 

@@ -1,0 +1,422 @@
+'use strict';
+// A small Node.js client of the event_store extension, on the `pg` driver:
+//
+//   appendWithRetry(db, streamId, events)   optimistic append, retried on SE001
+//   Follower                                 follows read_all with a cursor, woken by
+//                                            wait_for_events() or LISTEN event_store
+//   SagaWorker                               works external saga steps:
+//                                            claim_saga_steps -> complete / fail
+//
+// Connections: pg reads the usual PG* environment variables (PGHOST, PGPORT,
+// PGDATABASE, PGUSER, PGPASSWORD); DATABASE_URL, when set, is used as the
+// connection string instead.
+
+const pg = require('pg');
+
+// SQLSTATE of event_store's wrong_expected_version error
+const WRONG_EXPECTED_VERSION = 'SE001';
+
+// bigint columns (positions, versions) as JavaScript numbers: exact up to
+// 2^53, far beyond what a store reaches.  pg returns them as strings by default.
+function parseInt8(text) {
+  const n = Number(text);
+  if (!Number.isSafeInteger(n)) {
+    throw new RangeError(`bigint ${text} does not fit a JavaScript number`);
+  }
+  return n;
+}
+
+const types = {
+  getTypeParser(oid, format) {
+    if (oid === pg.types.builtins.INT8 && format !== 'binary') {
+      return parseInt8;
+    }
+    return pg.types.getTypeParser(oid, format);
+  },
+};
+
+// Connection settings for pg.Pool / pg.Client: DATABASE_URL or the PG*
+// variables, with the type parsers above.
+function connectionConfig(overrides = {}) {
+  const config = { types };
+  if (process.env.DATABASE_URL) {
+    config.connectionString = process.env.DATABASE_URL;
+  }
+  return { ...config, ...overrides };
+}
+
+function createPool(overrides = {}) {
+  return new pg.Pool(connectionConfig(overrides));
+}
+
+function sleep(ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+// Exponential backoff with full jitter: a random delay in [0, min(cap, base * 2^(attempt-1))].
+function backoffDelay(attempt, baseMs, maxMs) {
+  const ceiling = Math.min(maxMs, baseMs * 2 ** Math.min(attempt - 1, 30));
+  return Math.random() * ceiling;
+}
+
+// Append to a stream with optimistic concurrency, retrying on conflicts.
+//
+//   db        a pg.Pool or pg.Client
+//   streamId  the stream
+//   events    an event object or an array of them, or a function
+//             (version, attempt) => events: called with the stream's current
+//             version before every attempt, so the caller can decide again
+//             after a conflict (return null or undefined to append nothing)
+//   options   maxAttempts (default 10), baseDelayMs (5), maxDelayMs (200),
+//             onConflict(error, attempt): called before each retry
+//
+// Each attempt reads stream_version(), then appends with that version as
+// expected_version; on SQLSTATE SE001 (another writer got there first) it
+// waits a random, growing delay and starts over.  Other errors, and SE001
+// on the last attempt, are thrown.  Resolves to { version, attempts,
+// appended }: the stream's version after the append.
+async function appendWithRetry(db, streamId, events, options = {}) {
+  const { maxAttempts = 10, baseDelayMs = 5, maxDelayMs = 200, onConflict } = options;
+  const decide = typeof events === 'function' ? events : () => events;
+  for (let attempt = 1; ; attempt++) {
+    const read = await db.query('SELECT event_store.stream_version($1) AS version', [streamId]);
+    const expected = read.rows[0].version;
+    const batch = await decide(expected, attempt);
+    if (batch === null || batch === undefined) {
+      return { version: expected, attempts: attempt, appended: false };
+    }
+    try {
+      // (stringified here: pg would turn a JavaScript array into a SQL array)
+      const res = await db.query('SELECT event_store.append($1, $2::jsonb, $3) AS version', [
+        streamId,
+        JSON.stringify(batch),
+        expected,
+      ]);
+      return { version: res.rows[0].version, attempts: attempt, appended: true };
+    } catch (err) {
+      if (err.code !== WRONG_EXPECTED_VERSION || attempt >= maxAttempts) {
+        throw err;
+      }
+      if (onConflict) {
+        onConflict(err, attempt);
+      }
+      await sleep(backoffDelay(attempt, baseDelayMs, maxDelayMs));
+    }
+  }
+}
+
+// A resolvable promise, for waits that stop() must be able to end early.
+function signal() {
+  let resolve;
+  const promise = new Promise((r) => {
+    resolve = r;
+  });
+  return { promise, resolve };
+}
+
+// Follows every event of the store in global position order.
+//
+//   new Follower({ handler, after, batchSize, wake, waitTimeoutMs, connection })
+//
+//   handler(event)   called once per event, in order (may be async); the
+//                    cursor moves past an event only when its handler returned
+//   after            the position to start after (default 0: from the start)
+//   batchSize        events per read_all call (default 500)
+//   wake             'wait_for_events' (default): block in
+//                    event_store.wait_for_events(cursor, timeout);
+//                    'listen': LISTEN event_store, whose notifications the
+//                    background worker sends with the head position as payload
+//   waitTimeoutMs    longest wait before reading again anyway (default 5000)
+//   connection       extra pg.Client settings (see connectionConfig)
+//
+// The follower uses a connection of its own.  It pages with
+// read_all(cursor, batchSize), keeping the largest global_position it has
+// handled as its cursor: read_all is gap-safe, so no event is skipped,
+// even one that commits after events with higher positions.
+// start() resolves when the follower stopped (stop() or a handler error);
+// `position` is the cursor.
+class Follower {
+  constructor({ handler, after = 0, batchSize = 500, wake = 'wait_for_events', waitTimeoutMs = 5000, connection = {} }) {
+    if (typeof handler !== 'function') {
+      throw new TypeError('handler must be a function');
+    }
+    if (wake !== 'wait_for_events' && wake !== 'listen') {
+      throw new TypeError(`wake must be "wait_for_events" or "listen", not ${JSON.stringify(wake)}`);
+    }
+    this.handler = handler;
+    this.position = after;
+    this.batchSize = batchSize;
+    this.wake = wake;
+    this.waitTimeoutMs = waitTimeoutMs;
+    this.connection = connection;
+    this.stopping = false;
+    this.client = null;
+    this.running = null;
+    this.waiting = false; // in wait_for_events()
+    this.heardHead = 0; // highest head announced by NOTIFY (wake = 'listen')
+    this.wakeup = null; // pending wait of the listen mode
+  }
+
+  start() {
+    if (!this.running) {
+      this.running = this.run();
+    }
+    return this.running;
+  }
+
+  async run() {
+    const client = new pg.Client(connectionConfig(this.connection));
+    this.client = client;
+    // errors of an idle connection (server gone) end the loop through the next query
+    client.on('error', () => {});
+    await client.connect();
+    try {
+      if (this.wake === 'listen') {
+        client.on('notification', (msg) => {
+          if (msg.channel !== 'event_store') {
+            return;
+          }
+          const head = Number(msg.payload);
+          if (Number.isSafeInteger(head) && head > this.heardHead) {
+            this.heardHead = head;
+          }
+          if (this.wakeup) {
+            this.wakeup.resolve();
+          }
+        });
+        await client.query('LISTEN event_store');
+      }
+      while (!this.stopping) {
+        const { rows } = await client.query('SELECT * FROM event_store.read_all($1, $2)', [
+          this.position,
+          this.batchSize,
+        ]);
+        for (const event of rows) {
+          await this.handler(event);
+          this.position = event.global_position;
+          if (this.stopping) {
+            break;
+          }
+        }
+        if (rows.length < this.batchSize && !this.stopping) {
+          await this.waitForMore(client);
+        }
+      }
+    } catch (err) {
+      // a wait cancelled by stop() is no error
+      if (!(this.stopping && err.code === '57014')) {
+        throw err;
+      }
+    } finally {
+      this.client = null;
+      await client.end().catch(() => {});
+    }
+  }
+
+  // Wait until the head passes the cursor, stop() or the time limit.
+  async waitForMore(client) {
+    if (this.wake === 'wait_for_events') {
+      this.waiting = true;
+      try {
+        await client.query("SELECT event_store.wait_for_events($1, $2 * interval '1 millisecond')", [
+          this.position,
+          this.waitTimeoutMs,
+        ]);
+      } finally {
+        this.waiting = false;
+      }
+      return;
+    }
+    if (this.heardHead > this.position) {
+      return; // announced while we were reading
+    }
+    this.wakeup = signal();
+    const timer = setTimeout(this.wakeup.resolve, this.waitTimeoutMs);
+    try {
+      await this.wakeup.promise;
+    } finally {
+      clearTimeout(timer);
+      this.wakeup = null;
+    }
+  }
+
+  // Stop after the current event; resolves when the loop has ended.  A
+  // wait_for_events() in progress is cancelled with pg_cancel_backend from
+  // a short-lived second connection (again, should the cancel arrive before
+  // the wait began).
+  async stop() {
+    this.stopping = true;
+    if (this.wakeup) {
+      this.wakeup.resolve();
+    }
+    if (!this.running) {
+      return;
+    }
+    let ended = false;
+    const done = this.running.then(
+      () => (ended = true),
+      () => (ended = true),
+    );
+    for (let i = 0; i < 20 && !ended && this.waiting; i++) {
+      await this.cancelWait();
+      await Promise.race([done, sleep(100)]);
+    }
+    await this.running;
+  }
+
+  async cancelWait() {
+    const pid = this.client && this.client.processID;
+    if (!pid) {
+      return;
+    }
+    const other = new pg.Client(connectionConfig(this.connection));
+    other.on('error', () => {});
+    try {
+      await other.connect();
+      await other.query('SELECT pg_cancel_backend($1)', [pid]);
+    } catch (err) {
+      // the wait then ends at its time limit
+    } finally {
+      await other.end().catch(() => {});
+    }
+  }
+}
+
+// A handler error that must not be retried: the step fails for good and
+// the saga compensates its completed steps.
+class PermanentError extends Error {
+  constructor(message) {
+    super(message);
+    this.name = 'PermanentError';
+    this.retryable = false;
+  }
+}
+
+// Works external saga steps.
+//
+//   new SagaWorker({ pool, name, handlers, maxCount, lease, pollIntervalMs, onError })
+//
+//   pool       a pg.Pool
+//   name       the worker's name, recorded as the lease owner
+//   handlers   { stepName: { action(data, step), compensate(data, step) } }:
+//              action gets the saga's data, compensate the step's
+//              compensation data (its action's result); both may be async
+//              and return the step's result (an object, or nothing).  A step
+//              without compensate needs nothing undone: its compensation is
+//              reported done at once.
+//   maxCount   steps claimed at a time (default 10), worked concurrently
+//   lease      how long a claim is held (default '30 seconds'): a step whose
+//              worker did not report within it is handed out again
+//   pollIntervalMs  pause when nothing was claimable (default 200)
+//   onError(err, step)  reporting a step failed (e.g. its lease expired and
+//              another worker had it); default: console.error
+//
+// Each round calls claim_saga_steps(name, maxCount, <step names>, lease)
+// and reports each claimed step with complete_saga_step(saga_id, step,
+// result), or, when its handler threw, fail_saga_step(saga_id, step,
+// message, retryable), retryable unless the error has `retryable === false`
+// (see PermanentError).
+class SagaWorker {
+  constructor({ pool, name, handlers, maxCount = 10, lease = '30 seconds', pollIntervalMs = 200, onError }) {
+    if (!pool || !name || !handlers) {
+      throw new TypeError('pool, name and handlers are required');
+    }
+    this.pool = pool;
+    this.name = name;
+    this.handlers = handlers;
+    this.stepNames = Object.keys(handlers);
+    this.maxCount = maxCount;
+    this.lease = lease;
+    this.pollIntervalMs = pollIntervalMs;
+    this.onError = onError || ((err, step) => console.error(`${name}: ${step.step} of saga ${step.saga_id}: ${err.message}`));
+    this.stopping = false;
+    this.running = null;
+    this.pause = null;
+  }
+
+  // Claim and work one batch; resolves to the number of steps claimed.
+  async runOnce() {
+    const { rows } = await this.pool.query(
+      'SELECT * FROM event_store.claim_saga_steps($1, $2, $3, $4::interval)',
+      [this.name, this.maxCount, this.stepNames, this.lease],
+    );
+    await Promise.all(rows.map((step) => this.work(step)));
+    return rows.length;
+  }
+
+  async work(step) {
+    const handler = this.handlers[step.step] || {};
+    const fn = step.kind === 'action' ? handler.action : handler.compensate;
+    let result;
+    try {
+      result = fn ? await fn(step.data, step) : undefined;
+    } catch (err) {
+      const message = (err && err.message) || String(err);
+      const retryable = !(err && err.retryable === false);
+      await this.report('SELECT event_store.fail_saga_step($1, $2, $3, $4)', [step.saga_id, step.step, message, retryable], step);
+      return;
+    }
+    await this.report(
+      'SELECT event_store.complete_saga_step($1, $2, $3::jsonb)',
+      [step.saga_id, step.step, result === undefined || result === null ? null : JSON.stringify(result)],
+      step,
+    );
+  }
+
+  async report(sql, params, step) {
+    try {
+      await this.pool.query(sql, params);
+    } catch (err) {
+      this.onError(err, step);
+    }
+  }
+
+  // Work steps until stop(); resolves when stopped.
+  start() {
+    if (!this.running) {
+      this.running = this.run();
+    }
+    return this.running;
+  }
+
+  async run() {
+    while (!this.stopping) {
+      let claimed = 0;
+      try {
+        claimed = await this.runOnce();
+      } catch (err) {
+        if (this.stopping) {
+          break;
+        }
+        this.onError(err, { step: '(claim)', saga_id: null });
+      }
+      if (claimed < this.maxCount && !this.stopping) {
+        this.pause = signal();
+        const timer = setTimeout(this.pause.resolve, this.pollIntervalMs);
+        await this.pause.promise;
+        clearTimeout(timer);
+        this.pause = null;
+      }
+    }
+  }
+
+  async stop() {
+    this.stopping = true;
+    if (this.pause) {
+      this.pause.resolve();
+    }
+    if (this.running) {
+      await this.running;
+    }
+  }
+}
+
+module.exports = {
+  WRONG_EXPECTED_VERSION,
+  appendWithRetry,
+  connectionConfig,
+  createPool,
+  Follower,
+  PermanentError,
+  SagaWorker,
+};
