@@ -598,6 +598,63 @@ SELECT pg_temp.try($$SELECT event_store.run_projections(-1)$$);
 SELECT event_store.run_projections(0);
 SELECT event_store.drop_projection('ok');
 
+-- Batch handlers: (events event_store.event[]) RETURNS void gets the
+-- matching events of an append (inline) or of a run (async, at most 10,000
+-- per call) in one call, in order, so a read model can be maintained with
+-- set-based SQL.
+CREATE TABLE rm_batches (proj text, n int, first_pos bigint, last_pos bigint, types text);
+CREATE FUNCTION h_batch(events event_store.event[]) RETURNS void
+LANGUAGE sql AS $$
+    INSERT INTO rm_batches
+    SELECT 'inline', count(*), min(e.global_position), max(e.global_position),
+           string_agg(e.event_type, ',' ORDER BY e.global_position)
+      FROM unnest(events) e
+$$;
+CREATE FUNCTION h_batch_async(events event_store.event[]) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM unnest(events) e WHERE e.event_type = 'BatchPoison') THEN
+        RAISE EXCEPTION 'batch with poison';
+    END IF;
+    INSERT INTO rm_batches
+    SELECT 'async', count(*), min(e.global_position), max(e.global_position),
+           string_agg(e.event_type, ',' ORDER BY e.global_position)
+      FROM unnest(events) e;
+END $$;
+SELECT event_store.head_position() AS batch_start \gset
+SELECT event_store.create_projection('batch_inline', 'h_batch(event_store.event[])',
+                                     categories => ARRAY['batch']);
+SELECT event_store.append('batch-1', '[{"type": "B1"}, {"type": "Skip"}, {"type": "B2"}]');
+SELECT event_store.append('other-1', '{"type": "B3"}');
+SELECT event_store.append('batch-2', '{"type": "B4"}');
+SELECT proj, n, first_pos - :batch_start AS first, last_pos - :batch_start AS last, types
+  FROM rm_batches ORDER BY first_pos;
+DELETE FROM rm_batches;
+SELECT event_store.drop_projection('batch_inline');
+-- async: one call for the whole backlog (filtered), position past it
+SELECT event_store.create_projection('batch_async', 'h_batch_async(event_store.event[])',
+                                     event_types => ARRAY['B1', 'B2', 'B3', 'B4'], mode => 'async');
+UPDATE event_store.projections SET position = :batch_start WHERE name = 'batch_async';
+SELECT event_store.run_projections();
+SELECT proj, n, first_pos - :batch_start AS first, last_pos - :batch_start AS last, types
+  FROM rm_batches ORDER BY first_pos;
+-- a failing batch call is rolled back whole and recorded at its first event
+SELECT event_store.append('batch-3', '[{"type": "B1"}, {"type": "B2"}]');
+SELECT event_store.append('batch-3', '{"type": "B3"}');
+UPDATE event_store.projections SET event_types = NULL WHERE name = 'batch_async';
+SELECT event_store.append('batch-3', '{"type": "BatchPoison"}');
+SELECT event_store.run_projections();
+SELECT name, state, attempts, last_error, error_position - :batch_start AS error_at,
+       position - :batch_start AS position
+  FROM event_store.projections WHERE name = 'batch_async';
+SELECT count(*) AS rows_after_failure FROM rm_batches;
+-- a wrong batch signature
+CREATE FUNCTION h_batch_text(events text[]) RETURNS void LANGUAGE sql AS $$ SELECT $$;
+SELECT pg_temp.try($$SELECT event_store.create_projection('x', 'h_batch_text(text[])')$$);
+SELECT event_store.drop_projection('batch_async');
+DROP TABLE rm_batches;
+DROP FUNCTION h_batch, h_batch_async, h_batch_text;
+
 -- clean up
 SELECT event_store.drop_upcaster('ItemAddedV1', 1);
 DROP TABLE rm_log, rm_counts, rm_resets, poison;

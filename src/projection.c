@@ -22,6 +22,7 @@
 #include "access/stratnum.h"
 #include "access/table.h"
 #include "access/xact.h"
+#include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
 #include "storage/lmgr.h"
@@ -38,6 +39,7 @@
 #include "utils/rel.h"
 #include "utils/resowner.h"
 #include "utils/snapmgr.h"
+#include "utils/syscache.h"
 #include "utils/typcache.h"
 
 #include "event_store.h"
@@ -53,7 +55,7 @@ PG_FUNCTION_INFO_V1(es_run_projections);
 int			es_projection_max_attempts = 5;
 
 /* events one async projection gets per round before the next one's turn */
-#define ES_PROJECTION_SLICE 1000
+#define ES_PROJECTION_SLICE 10000
 
 /* A projection ready to apply */
 typedef struct EsProjection
@@ -64,6 +66,7 @@ typedef struct EsProjection
 	int			ncategories;	/* -1: any */
 	text	  **categories;
 	Oid			missing_handler;	/* OID of a dropped handler, else 0 */
+	bool		batch;			/* the handler takes event_store.event[] */
 	Oid			owner;			/* the role that created it: handlers run as it */
 } EsProjection;
 
@@ -72,6 +75,8 @@ static EsRegistry inline_registry = {"projections"};
 static MemoryContext inline_cxt = NULL;
 static EsProjection *inline_projs = NULL;
 static int	inline_count = 0;
+
+static Oid	get_func_signature_first_arg(Oid fn);
 
 /* What is being applied, for the error context */
 typedef struct EsApplyCtx
@@ -137,6 +142,8 @@ es_projection_from_row(EsProjection *p, HeapTuple tup, TupleDesc desc,
 	{
 		EsCheckCallbackOwner(handler, p->owner, "a projection handler");
 		fmgr_info_cxt(handler, &p->handler, cxt);
+		p->batch = (get_func_nargs(handler) == 1 &&
+					get_func_signature_first_arg(handler) != EsGetCatalog()->event_type_oid);
 	}
 	else
 	{
@@ -207,14 +214,14 @@ es_projection_matches(const EsProjection *p, Datum *values)
 }
 
 /*
- * Call a projection's handler with one event; reg is the registry its
- * FmgrInfo was cached in, if any.
+ * Call a projection's handler with its argument: one event (a row of
+ * event_store.event) or, for a batch handler, an array of them whose first
+ * event is at global position "position"; reg is the registry its FmgrInfo
+ * was cached in, if any.
  */
 static void
-es_call_handler(EsProjection *p, EsRegistry *reg, TupleDesc event_desc,
-				Datum *values, bool *isnull)
+es_invoke_handler(EsProjection *p, EsRegistry *reg, Datum arg, int64 position)
 {
-	HeapTuple	tup = heap_form_tuple(event_desc, values, isnull);
 	ErrorContextCallback errcb;
 	EsApplyCtx	ctx;
 	LOCAL_FCINFO(fcinfo, 1);
@@ -226,18 +233,87 @@ es_call_handler(EsProjection *p, EsRegistry *reg, TupleDesc event_desc,
 				 errdetail("Function with OID %u was dropped.", p->missing_handler),
 				 errhint("Drop the projection with event_store.drop_projection() and create it again.")));
 	ctx.name = p->name;
-	ctx.position = DatumGetInt64(values[Anum_es_global_position - 1]);
+	ctx.position = position;
 	errcb.callback = es_apply_error_callback;
 	errcb.arg = &ctx;
 	errcb.previous = error_context_stack;
 	error_context_stack = &errcb;
 	/* the handler returns void: its (null) result is ignored */
 	InitFunctionCallInfoData(*fcinfo, &p->handler, 1, InvalidOid, NULL, NULL);
-	fcinfo->args[0].value = HeapTupleGetDatum(tup);
+	fcinfo->args[0].value = arg;
 	fcinfo->args[0].isnull = false;
 	(void) EsCallAs(reg, fcinfo, p->owner);
 	error_context_stack = errcb.previous;
+}
+
+/* Call a per-event handler with one event */
+static void
+es_call_handler(EsProjection *p, EsRegistry *reg, TupleDesc event_desc,
+				Datum *values, bool *isnull)
+{
+	HeapTuple	tup = heap_form_tuple(event_desc, values, isnull);
+
+	es_invoke_handler(p, reg, HeapTupleGetDatum(tup),
+					  DatumGetInt64(values[Anum_es_global_position - 1]));
 	heap_freetuple(tup);
+}
+
+/*
+ * Events collected for a batch handler: rows of event_store.event, in
+ * order, in their own memory context
+ */
+typedef struct EsBatch
+{
+	MemoryContext cxt;
+	Datum	   *rows;
+	int			n;
+	int			cap;
+	int64		first_position;
+} EsBatch;
+
+static void
+es_batch_init(EsBatch *b, MemoryContext parent)
+{
+	b->cxt = AllocSetContextCreate(parent, "event_store projection batch",
+								   ALLOCSET_DEFAULT_SIZES);
+	b->rows = MemoryContextAlloc(b->cxt, sizeof(Datum) * 64);
+	b->n = 0;
+	b->cap = 64;
+	b->first_position = 0;
+}
+
+static void
+es_batch_add(EsBatch *b, TupleDesc event_desc, Datum *values, bool *isnull)
+{
+	MemoryContext old = MemoryContextSwitchTo(b->cxt);
+
+	if (b->n == b->cap)
+	{
+		b->cap *= 2;
+		b->rows = repalloc(b->rows, sizeof(Datum) * b->cap);
+	}
+	if (b->n == 0)
+		b->first_position = DatumGetInt64(values[Anum_es_global_position - 1]);
+	b->rows[b->n++] = HeapTupleGetDatum(heap_form_tuple(event_desc, values, isnull));
+	MemoryContextSwitchTo(old);
+}
+
+/* Hand the collected events to a batch handler as one array, then forget them */
+static void
+es_batch_flush(EsBatch *b, EsProjection *p, EsRegistry *reg)
+{
+	ArrayType  *arr;
+
+	if (b->n == 0)
+		return;
+	arr = construct_array(b->rows, b->n, EsGetCatalog()->event_type_oid, -1, false,
+						  TYPALIGN_DOUBLE);
+	es_invoke_handler(p, reg, PointerGetDatum(arr), b->first_position);
+	pfree(arr);
+	MemoryContextReset(b->cxt);
+	b->rows = MemoryContextAlloc(b->cxt, sizeof(Datum) * 64);
+	b->n = 0;
+	b->cap = 64;
 }
 
 /*
@@ -253,6 +329,7 @@ EsApplyInlineProjections(int n, Datum *rows, bool *nulls)
 	MemoryContext old;
 	Datum		values[Natts_es_event];
 	bool		isnull[Natts_es_event];
+	EsBatch    *batches;
 
 	EsRegistryEnsure(&inline_registry, es_inline_load);
 	if (inline_count == 0)
@@ -261,6 +338,7 @@ EsApplyInlineProjections(int n, Datum *rows, bool *nulls)
 	event_desc = lookup_rowtype_tupdesc(EsGetCatalog()->event_type_oid, -1);
 	rowcxt = AllocSetContextCreate(CurrentMemoryContext, "event_store projection row",
 								   ALLOCSET_DEFAULT_SIZES);
+	batches = palloc0(sizeof(EsBatch) * inline_count);
 	for (int e = 0; e < n; e++)
 	{
 		MemoryContextReset(rowcxt);
@@ -269,11 +347,28 @@ EsApplyInlineProjections(int n, Datum *rows, bool *nulls)
 		memcpy(isnull, &nulls[e * Natts_es_event], sizeof(isnull));
 		EsUpcastRow(values, isnull);
 		for (int i = 0; i < inline_count; i++)
-			if (es_projection_matches(&inline_projs[i], values))
+		{
+			if (!es_projection_matches(&inline_projs[i], values))
+				continue;
+			if (!inline_projs[i].batch)
 				es_call_handler(&inline_projs[i], &inline_registry, event_desc,
 								values, isnull);
+			else
+			{
+				if (batches[i].cxt == NULL)
+					es_batch_init(&batches[i], old);
+				es_batch_add(&batches[i], event_desc, values, isnull);
+			}
+		}
 		MemoryContextSwitchTo(old);
 	}
+	/* the batch handlers: the append's events in one call each */
+	for (int i = 0; i < inline_count; i++)
+		if (batches[i].cxt != NULL)
+		{
+			es_batch_flush(&batches[i], &inline_projs[i], &inline_registry);
+			MemoryContextDelete(batches[i].cxt);
+		}
 	ReleaseTupleDesc(event_desc);
 	MemoryContextDelete(rowcxt);
 }
@@ -287,6 +382,8 @@ typedef struct EsRangeApply
 	int64		budget;			/* stop after this many (-1: no limit) */
 	int64		last_scanned;	/* position of the last event looked at */
 	int64		current;		/* position being applied (for errors) */
+	EsBatch		batch;			/* events collected for a batch handler */
+	bool		flushing;		/* the batch handler is running */
 } EsRangeApply;
 
 /* Row callback: apply one event if it passes the filters */
@@ -299,7 +396,18 @@ es_apply_row(Datum *values, bool *isnull, void *arg)
 	ra->current = pos;
 	if (es_projection_matches(ra->proj, values))
 	{
-		es_call_handler(ra->proj, NULL, ra->event_desc, values, isnull);
+		if (ra->proj->batch)
+		{
+			es_batch_add(&ra->batch, ra->event_desc, values, isnull);
+			if (ra->batch.n >= ES_PROJECTION_SLICE)
+			{
+				ra->flushing = true;
+				es_batch_flush(&ra->batch, ra->proj, NULL);
+				ra->flushing = false;
+			}
+		}
+		else
+			es_call_handler(ra->proj, NULL, ra->event_desc, values, isnull);
 		ra->handed++;
 	}
 	ra->last_scanned = pos;
@@ -348,18 +456,34 @@ es_apply_range(EsProjection *proj, int64 after, int64 upto, int64 budget,
 	/* upto is a safe head taken before this snapshot: it sees every commit below */
 	snapshot = RegisterSnapshot(GetLatestSnapshot());
 	spec.snapshot = snapshot;
+	if (proj->batch)
+		es_batch_init(&ra.batch, CurrentMemoryContext);
 	PG_TRY();
 	{
 		EsScanEvents(cat, &spec, es_apply_row, &ra);
+		/* a batch handler gets the range's events (at most budget) in one call */
+		if (proj->batch)
+		{
+			ra.flushing = true;
+			es_batch_flush(&ra.batch, proj, NULL);
+			ra.flushing = false;
+		}
 	}
 	PG_FINALLY();
 	{
-		/* the scan knows the event even when its upcasting failed */
-		*current = Max(ra.current, spec.current_position);
+		if (ra.flushing)
+			*current = ra.batch.first_position;	/* the batch's call failed */
+		else
+		{
+			/* the scan knows the event even when its upcasting failed */
+			*current = Max(ra.current, spec.current_position);
+		}
 	}
 	PG_END_TRY();
 	UnregisterSnapshot(snapshot);
 	ReleaseTupleDesc(ra.event_desc);
+	if (proj->batch)
+		MemoryContextDelete(ra.batch.cxt);
 
 	*handed = ra.handed;
 	exhausted = (budget < 0 || ra.handed < budget);
@@ -556,9 +680,14 @@ es_create_projection(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("handler must not be null")));
 	handler = PG_GETARG_OID(1);
+	/* one event at a time, or a batch handler taking an array of them */
 	argtype = EsGetCatalog()->event_type_oid;
+	if (get_func_nargs(handler) == 1 &&
+		get_func_signature_first_arg(handler) == get_array_type(argtype))
+		argtype = get_array_type(argtype);
 	EsCheckCallbackSignature(handler, "a projection handler", 1, &argtype, VOIDOID,
-							 "a function (event event_store.event) RETURNS void");
+							 "a function (event event_store.event) RETURNS void, "
+							 "or (events event_store.event[]) RETURNS void");
 	es_check_filter_arg(fcinfo, 2, "event_types", false);
 	es_check_filter_arg(fcinfo, 3, "categories", true);
 	mode = text_to_cstring(EsGetRequiredText(fcinfo, 4, "mode"));
@@ -874,7 +1003,7 @@ es_run_one(const char *name, int64 budget)
 
 /*
  * Run the async projections until each is caught up or max_events events
- * were handed to handlers in total, round-robin in slices of 1000 so that a
+ * were handed to handlers in total, round-robin in slices of 10,000 so that a
  * projection with a large backlog does not starve the others.  With
  * only_due, skip projections whose retry backoff has not expired (the
  * worker); a manual call retries at once.  Caller is connected to SPI.
@@ -956,4 +1085,22 @@ es_run_projections(PG_FUNCTION_ARGS)
 	n = EsRunAsyncProjections(max_events, false);
 	EsSpiFinish(&sw);
 	PG_RETURN_INT64(n);
+}
+
+/* The type of a function's first argument (InvalidOid if it has none) */
+static Oid
+get_func_signature_first_arg(Oid fn)
+{
+	HeapTuple	tup = SearchSysCache1(PROCOID, ObjectIdGetDatum(fn));
+	Oid			result = InvalidOid;
+
+	if (HeapTupleIsValid(tup))
+	{
+		Form_pg_proc proc = (Form_pg_proc) GETSTRUCT(tup);
+
+		if (proc->pronargs > 0)
+			result = proc->proargtypes.values[0];
+		ReleaseSysCache(tup);
+	}
+	return result;
 }

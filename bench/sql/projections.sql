@@ -4,6 +4,7 @@ CREATE TABLE IF NOT EXISTS bench.rm_inline (key text PRIMARY KEY, n bigint NOT N
 CREATE TABLE IF NOT EXISTS bench.rm_hand   (key text PRIMARY KEY, n bigint NOT NULL);
 CREATE TABLE IF NOT EXISTS bench.rm_async  (key text PRIMARY KEY, n bigint NOT NULL);
 CREATE TABLE IF NOT EXISTS bench.rm_bare   (key text PRIMARY KEY, n bigint NOT NULL);
+CREATE TABLE IF NOT EXISTS bench.rm_batch  (key text PRIMARY KEY, n bigint NOT NULL);
 CREATE TABLE IF NOT EXISTS bench.lag_samples (delay interval NOT NULL);
 
 -- PL/pgSQL keeps the statement's plan for the session; a LANGUAGE sql
@@ -20,6 +21,15 @@ LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO bench.rm_async AS r VALUES (e.stream_id, 1)
     ON CONFLICT (key) DO UPDATE SET n = r.n + 1;
+END
+$$;
+-- the same read model from a batch handler: one set-based upsert per call
+CREATE OR REPLACE FUNCTION bench.count_batch(events event_store.event[]) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO bench.rm_batch AS r
+    SELECT e.stream_id, count(*) FROM unnest(events) e GROUP BY e.stream_id
+    ON CONFLICT (key) DO UPDATE SET n = r.n + EXCLUDED.n;
 END
 $$;
 -- lag: when (relative to the event's recorded_at) the handler applied it
