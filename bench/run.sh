@@ -565,9 +565,10 @@ for c in $CASES; do
 			;;
 		upcast)
 			ensure_aggregates
-			pair "read_stream upcast" es_read_upcast.sql es_read_upcast_raw.sql 1 off \
-				"$UPCAST_EVENTS" "rows/s" 0.667
+			# the target line: a LANGUAGE sql upcaster, which is inlined
 			pair "read_stream upcast sql" es_read_upcast_sql.sql es_read_upcast_raw.sql 1 off \
+				"$UPCAST_EVENTS" "rows/s" 0.667
+			pair "read_stream upcast plpgsql" es_read_upcast.sql es_read_upcast_raw.sql 1 off \
 				"$UPCAST_EVENTS" "rows/s" -
 			;;
 		snapshot_hook)

@@ -8,13 +8,24 @@
  * to call, so reads do no catalogue query per event.  register_upcaster and
  * drop_upcaster send a relcache invalidation for the registry table; every
  * backend (the registering one at its next command) then rebuilds its cache.
+ *
+ * An upcaster is compiled, when the cache is loaded, into an expression of
+ * its two arguments that the planner simplifies: a LANGUAGE sql upcaster
+ * whose body is one expression (SELECT data || '{"v": 2}') is inlined, as
+ * PostgreSQL inlines such functions in queries, so applying it costs the
+ * expression alone, not a function call per event.  Any other upcaster is
+ * called through the same expression (one function call).
  */
 #include "postgres.h"
 
 #include "access/htup_details.h"
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
+#include "executor/executor.h"
 #include "executor/spi.h"
+#include "nodes/makefuncs.h"
+#include "nodes/params.h"
+#include "optimizer/optimizer.h"
 #include "fmgr.h"
 #include "funcapi.h"
 #include "miscadmin.h"
@@ -49,11 +60,14 @@ typedef struct EsUpcaster
 	text	   *to_type;		/* NULL: keep the type */
 	bool		missing;		/* the function was dropped */
 	Oid			owner;			/* the role that registered it: runs as it */
+	ExprState  *expr;			/* upcaster($1 data, $2 metadata), simplified */
 	struct EsUpcaster *collision;	/* another type with the same hash */
 	struct EsUpcaster *then;	/* the upcaster of the result, resolved at load */
 } EsUpcaster;
 
 static EsRegistry upcast_registry = {"upcasters"};
+static ParamListInfo upcast_params = NULL;	/* $1 data, $2 metadata */
+static ExprContext *upcast_econtext = NULL;
 static HTAB *upcast_hash = NULL;
 static MemoryContext upcast_cxt = NULL;
 static long upcast_count = 0;
@@ -68,6 +82,35 @@ es_upcast_key(EsUpcastKey *key, const char *type, int len, int32 schema_version)
 
 static EsUpcaster *es_upcast_find(text *type, int32 schema_version);
 
+/*
+ * The expression fn($1, $2) over jsonb parameters, through the planner's
+ * simplification (which inlines a simple LANGUAGE sql function), ready to
+ * evaluate; in the cache's memory context, which is current.
+ */
+static ExprState *
+es_upcast_compile(Oid fn)
+{
+	List	   *args = NIL;
+	Expr	   *expr;
+
+	for (int i = 1; i <= 2; i++)
+	{
+		Param	   *param = makeNode(Param);
+
+		param->paramkind = PARAM_EXTERN;
+		param->paramid = i;
+		param->paramtype = JSONBOID;
+		param->paramtypmod = -1;
+		param->paramcollid = InvalidOid;
+		param->location = -1;
+		args = lappend(args, param);
+	}
+	expr = (Expr *) makeFuncExpr(fn, JSONBOID, args, InvalidOid, InvalidOid,
+								 COERCE_EXPLICIT_CALL);
+	expr = expression_planner(expr);
+	return ExecInitExprWithParams(expr, upcast_params);
+}
+
 /* (Re)build the cache from event_store.upcasters */
 static void
 es_upcast_load(void)
@@ -78,6 +121,22 @@ es_upcast_load(void)
 	int			rc;
 
 	upcast_cxt = EsRegistryNewContext(&upcast_registry);
+	if (upcast_params == NULL)
+	{
+		MemoryContext oldcxt = MemoryContextSwitchTo(TopMemoryContext);
+
+		upcast_params = makeParamList(2);
+		for (int i = 0; i < 2; i++)
+		{
+			upcast_params->params[i].ptype = JSONBOID;
+			upcast_params->params[i].pflags = PARAM_FLAG_CONST;
+			upcast_params->params[i].isnull = false;
+		}
+		upcast_params->numParams = 2;
+		upcast_econtext = CreateStandaloneExprContext();
+		upcast_econtext->ecxt_param_list_info = upcast_params;
+		MemoryContextSwitchTo(oldcxt);
+	}
 	memset(&ctl, 0, sizeof(ctl));
 	ctl.keysize = sizeof(EsUpcastKey);
 	ctl.entrysize = sizeof(EsUpcaster);
@@ -125,12 +184,14 @@ es_upcast_load(void)
 		entry->full_type = type;
 		entry->missing = !EsFunctionExists(fn);
 		entry->owner = owner;
+		entry->expr = NULL;
 		if (entry->missing)
 			entry->fn.fn_oid = fn;
 		else
 		{
 			EsCheckCallbackOwner(fn, owner, "an upcaster");
 			fmgr_info_cxt(fn, &entry->fn, upcast_cxt);
+			entry->expr = es_upcast_compile(fn);
 		}
 		entry->to_type = to_null ? NULL : DatumGetTextPCopy(to);
 		upcast_count++;
@@ -177,6 +238,40 @@ es_upcast_find(text *type, int32 schema_version)
 }
 
 /*
+ * Evaluate an upcaster's expression for (data, metadata) as the role that
+ * registered it; the result is allocated in the current memory context.
+ * The cache stays alive during the evaluation, like EsRegistryCall, and the
+ * parameters of an evaluation in progress (an upcaster that reads events)
+ * are put back afterwards.
+ */
+static Datum
+es_upcast_eval(EsUpcaster *up, Datum data, Datum metadata, bool *isnull)
+{
+	EsUserSwitch sw;
+	Datum		result;
+	Datum		outer_data = upcast_params->params[0].value;
+	Datum		outer_metadata = upcast_params->params[1].value;
+
+	EsBecomeRole(&sw, up->owner);
+	upcast_registry.depth++;
+	upcast_params->params[0].value = data;
+	upcast_params->params[1].value = metadata;
+	PG_TRY();
+	{
+		result = ExecEvalExpr(up->expr, upcast_econtext, isnull);
+	}
+	PG_FINALLY();
+	{
+		upcast_registry.depth--;
+		upcast_params->params[0].value = outer_data;
+		upcast_params->params[1].value = outer_metadata;
+	}
+	PG_END_TRY();
+	EsRestoreUser(&sw);
+	return result;
+}
+
+/*
  * Apply the chain of upcasters to one event row in place (values/isnull in
  * event_store.event order).  New values are allocated in the current memory
  * context.  Returns true if anything changed.
@@ -197,7 +292,7 @@ EsUpcastRow(Datum *values, bool *isnull)
 		text	   *type = DatumGetTextPP(values[Anum_es_event_type - 1]);
 		int32		sv = DatumGetInt32(values[Anum_es_schema_version - 1]);
 		Datum		result;
-		LOCAL_FCINFO(fcinfo, 2);
+		bool		isnull;
 
 		if (up->missing)
 			ereport(ERROR,
@@ -207,13 +302,9 @@ EsUpcastRow(Datum *values, bool *isnull)
 					 errdetail("Function with OID %u was dropped.", up->fn.fn_oid),
 					 errhint("Register another upcaster, or remove this one with event_store.drop_upcaster().")));
 
-		InitFunctionCallInfoData(*fcinfo, &up->fn, 2, InvalidOid, NULL, NULL);
-		fcinfo->args[0].value = values[Anum_es_data - 1];
-		fcinfo->args[0].isnull = false;
-		fcinfo->args[1].value = values[Anum_es_metadata - 1];
-		fcinfo->args[1].isnull = false;
-		result = EsCallAs(&upcast_registry, fcinfo, up->owner);
-		if (fcinfo->isnull)
+		result = es_upcast_eval(up, values[Anum_es_data - 1], values[Anum_es_metadata - 1],
+								&isnull);
+		if (isnull)
 			ereport(ERROR,
 					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 					 errmsg("upcaster %s returned null for event type \"%s\" version %d",
