@@ -642,9 +642,12 @@ SELECT count(*) FROM event_store.read_stream('customer-2');
 SELECT stream_id, deleted_at IS NOT NULL FROM event_store.stream_metadata}),
 	"2\n0\ncustomer-2|t",
 	'delete_stream works');
-like(query('upgraded', q{SELECT event_store.append('customer-2', '{"type": "Again"}')}),
-	qr/stream "customer-2" is deleted|deleted/,
-	'and an append to the deleted stream is refused');
+($ret, $stdout, $stderr) = $node->psql(
+	'upgraded',
+	q{SELECT event_store.append('customer-2', '{"type": "Again"}')},
+	extra_params => [ '-v', 'VERBOSITY=verbose' ]);
+like($stderr, qr/SE003: stream "customer-2" is deleted/,
+	'and an append to the deleted stream is refused (SE003)');
 is( query(
 		'upgraded', q{
 SELECT s.events = (SELECT count(*) FROM event_store.events),
