@@ -7,7 +7,7 @@ OBJS        = src/event_store.o src/catalog.o src/position.o src/append.o src/re
 
 DATA_built  = event_store--$(EXTVERSION).sql
 # earlier versions' install scripts, frozen, and the upgrade scripts
-DATA        = sql/event_store--0.1.0.sql
+DATA        = sql/event_store--0.1.0.sql sql/event_store--0.1.0--0.2.0.sql
 
 PG_CONFIG  ?= pg_config
 PG_CPPFLAGS = -I$(srcdir)/src
