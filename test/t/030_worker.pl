@@ -18,7 +18,8 @@
 #   (g) event_store.worker_enabled = off (reload) stops the workers, async
 #       projections then wait; on again, workers come back and catch up;
 #   (h) appends wake the worker: with event_store.naptime at an hour, an
-#       append is still applied at once.
+#       append is still applied at once;
+#   (i) the worker enforces retention (max_count) on its own.
 #
 # Every wait is a poll with a deadline (poll_query_until), never a sleep.
 #
@@ -312,6 +313,30 @@ wait_for('postgres', caught_up_sql('counter'), 'and it catches up');
 is($node->safe_psql('postgres', 'SHOW event_store.naptime'), '1h', 'naptime is an hour');
 $node->safe_psql('postgres', $append_sql);
 wait_for('postgres', caught_up_sql('counter'), 'an append wakes the worker');
+$node->safe_psql('postgres', 'ALTER SYSTEM RESET ALL; SELECT pg_reload_conf()');
+
+#
+# (i) the worker enforces retention settings every
+# event_store.retention_interval: events past max_count go, the newest
+# stays, and it keeps doing so as more arrive.
+#
+$node->safe_psql(
+	'postgres', q{
+SELECT event_store.append('kept-1', (SELECT jsonb_agg(jsonb_build_object('type', 'Tick')) FROM generate_series(1, 10)));
+SELECT event_store.set_stream_retention('kept-1', max_count => 3);
+ALTER SYSTEM SET event_store.retention_interval = '200ms';
+SELECT pg_reload_conf();
+});
+wait_for('postgres',
+	q{SELECT string_agg(stream_version::text, ',' ORDER BY stream_version) = '8,9,10'
+        FROM event_store.events WHERE stream_id = 'kept-1'},
+	'the worker removes the events past max_count');
+$node->safe_psql('postgres',
+	q{SELECT event_store.append('kept-1', '[{"type": "Tock"}, {"type": "Tock"}]', 10)});
+wait_for('postgres',
+	q{SELECT string_agg(stream_version::text, ',' ORDER BY stream_version) = '10,11,12'
+        FROM event_store.events WHERE stream_id = 'kept-1'},
+	'and keeps enforcing them as events arrive');
 $node->safe_psql('postgres', 'ALTER SYSTEM RESET ALL; SELECT pg_reload_conf()');
 
 $node->stop;
