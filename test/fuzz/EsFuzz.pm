@@ -422,7 +422,7 @@ sub _bigint
 {
 	my ($self, @good) = @_;
 	return typed($self->_pick(@good ? @good : (0, 1, 2)), 'bigint') if $self->{valid};
-	my $v = $self->_wpick([ 1, undef ], [ 3, $self->_pick(@I64) ], [ 3, $self->_int(20) ], [ @good ? 4 : 0, $self->_pick(@good, 0) ]);
+	my $v = $self->_wpick([ 1, undef ], [ 0.1, $self->_pick('9223372036854775808', '1.5', 'x') ], [ 3, $self->_pick(@I64) ], [ 3, $self->_int(20) ], [ @good ? 4 : 0, $self->_pick(@good, 0) ]);
 	return typed($v, 'bigint');
 }
 
@@ -430,7 +430,7 @@ sub _int4
 {
 	my ($self, @good) = @_;
 	return typed($self->_pick(@good ? @good : (1, 2)), 'int') if $self->{valid};
-	my $v = $self->_wpick([ 1, undef ], [ 3, $self->_pick(@I32) ], [ 2, $self->_int(10) ], [ @good ? 4 : 0, $self->_pick(@good, 0) ]);
+	my $v = $self->_wpick([ 1, undef ], [ 0.1, $self->_pick('2147483648', '-2147483649', '') ], [ 3, $self->_pick(@I32) ], [ 2, $self->_int(10) ], [ @good ? 4 : 0, $self->_pick(@good, 0) ]);
 	return typed($v, 'int');
 }
 
@@ -438,7 +438,7 @@ sub _bool
 {
 	my ($self) = @_;
 	return typed($self->_pick('true', 'false'), 'boolean') if $self->{valid};
-	return typed($self->_wpick([ 1, undef ], [ 4, 'true' ], [ 4, 'false' ]), 'boolean');
+	return typed($self->_wpick([ 1, undef ], [ 4, 'true' ], [ 4, 'false' ], [ 0.1, 'maybe' ]), 'boolean');
 }
 
 sub _interval_small
@@ -446,7 +446,8 @@ sub _interval_small
 	my ($self) = @_;
 	return typed($self->_pick('0', '1 ms', '5 ms'), 'interval') if $self->{valid};
 	return typed(
-		$self->_pick(undef, '0', '1 microsecond', '1 ms', '5 ms', '-1 ms', '-178000000 years', '-1 mons', '-1 day +100 ms', '1 mon -30 days'),
+		$self->_pick(undef, '0', '1 microsecond', '1 ms', '5 ms', '-1 ms', '-178000000 years', '-1 mons', '-1 day +100 ms', '1 mon -30 days',
+			'abc', '178000000000 years'),
 		'interval');
 }
 
@@ -468,6 +469,7 @@ sub _text_array
 		[ 4, '{' . join(',', map { $q->($self->_pick(@good)) } 1 .. 1 + $self->_int(3)) . '}' ],
 		[ 1, '{' . $q->($self->_pick(@good)) . ',NULL}' ],
 		[ 1, '{{a,b},{c,d}}' ],
+		[ 0.1, '{a' ],
 		[ 1, '[5:6]={' . $q->($self->_pick(@good)) . ',x}' ],
 		[ 1, '{"a-b","x y"}' ],
 		[ 0.3, '{' . join(',', map { $q->("t$_") } 1 .. 300) . '}' ],
@@ -491,7 +493,8 @@ sub _init_pools
 	$self->{saga_types}  = [qw(fz_leaf fz_a fz_b fz_c fz_d)];
 	$self->{projections} = [qw(fz_inline fz_async fz_mutate fz_p1 fz_p2 fz_p3)];
 	$self->{categories}  = [qw(fzord fzagg fzmisc fzother fzboom saga fzsaga)];
-	$self->{types} = [qw(OrderPlaced OrderPlacedV2 ItemAdded Added FzBoom FzNull FzMutate FzDone FzDone2 FzLost FzOther FzRead Plain)];
+	$self->{types} = [qw(OrderPlaced OrderPlacedV2 ItemAdded Added FzBoom FzNull FzMutate FzDone FzDone2 FzLost FzOther FzRead Plain
+	  SagaStarted SagaStepCompleted SagaStepFailed SagaCompleted)];
 	$self->{step_names} = [qw(a b c d pay ship wait child)];
 	$self->{tmp_functions} = [];
 	$self->{tmp_seq} = 0;
@@ -776,7 +779,7 @@ sub _regproc
 				'event_store.append(text, jsonb, bigint)', 'jsonb_concat(jsonb, jsonb)', 'fz.reset_models()', 'pg_sleep(double precision)')
 		],
 		[ 1, $self->_pick('0', '1', '4294967295', '-', $self->{dropped_oid}) ],
-		[ 0.5, $self->_pick('fz.nope(jsonb, jsonb)', 'nosuch.f()', 'f(nosuchtype)', 'foo(', 'fz.u_ok', '', ' ', 'fz.u_ok(jsonb)') ],
+		[ 0.5, $self->_pick('fz.nope(jsonb, jsonb)', 'nosuch.f()', 'f(nosuchtype)', 'foo(', 'fz.u_ok', '', ' ', 'fz.u_ok(jsonb)', 'a.b.c.d()') ],
 	);
 	return typed($v, 'regprocedure');
 }
@@ -1169,18 +1172,14 @@ sub _next_call
 	my $sql = $spec->{set} ? "SELECT count(*) FROM $call" : "SELECT $call";
 	my $args_sql = @args ? 'SELECT 1 FROM (SELECT ' . join(', ', map { $_->[2] } @args) . ') fz_args' : undef;
 
-	my $c = { function => $fn, family => $spec->{family}, sql => $sql, args_sql => $args_sql, valid => $self->{valid} };
-	if ($fn eq 'append' && $self->{pending_batch})
+	# a batch with ids, for idempotent retries later (whatever this call's
+	# outcome: the calls depend on the seed only)
+	if ($fn eq 'append' && $self->{pending_batch} && $args[0][2] =~ /^'(.*)'::text$/s)
 	{
-		my ($sid) = $args[0][2] =~ /^'(.*)'::text$/s;
-		my $batch = $self->{pending_batch};
-		$c->{on_success} = sub {
-			return unless defined $sid;
-			$sid =~ s/''/'/g;
-			$self->_remember('id_batches', [ $sid, $batch ], 20);
-		};
+		(my $sid = $1) =~ s/''/'/g;
+		$self->_remember('id_batches', [ $sid, $self->{pending_batch} ], 20);
 	}
-	return $c;
+	return { function => $fn, family => $spec->{family}, sql => $sql, args_sql => $args_sql, valid => $self->{valid} };
 }
 
 # ------------------------------------------------------------ the session
@@ -1593,7 +1592,6 @@ sub run
 		if ($r->{outcome} eq 'ok')
 		{
 			$st->{ok}++;
-			$c->{on_success}->() if $c->{on_success};
 			$fp = undef;
 			next;
 		}
