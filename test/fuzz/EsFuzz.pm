@@ -6,8 +6,8 @@
 # exists (streams, aggregates, snapshots, upcasters, projections, saga
 # definitions, running sagas) and the deeper code paths are reached.
 #
-# Every call runs in a transaction of its own, through one long-lived psql
-# session:
+# Every call runs in a transaction of its own (reads sometimes REPEATABLE
+# READ), through one long-lived psql session:
 #
 #   BEGIN; SELECT pg_current_xact_id();
 #   SELECT <the arguments>;          -- PostgreSQL's input functions
@@ -1179,7 +1179,10 @@ sub _next_call
 		(my $sid = $1) =~ s/''/'/g;
 		$self->_remember('id_batches', [ $sid, $self->{pending_batch} ], 20);
 	}
-	return { function => $fn, family => $spec->{family}, sql => $sql, args_sql => $args_sql, valid => $self->{valid} };
+	# reads also in REPEATABLE READ (they stop at the first event the
+	# transaction's snapshot cannot see)
+	my $rr = ($spec->{family} eq 'read' || $fn =~ /^load_/) && $self->_chance(0.3);
+	return { function => $fn, family => $spec->{family}, sql => $sql, args_sql => $args_sql, valid => $self->{valid}, rr => $rr };
 }
 
 # ------------------------------------------------------------ the session
@@ -1275,7 +1278,8 @@ sub _fingerprint
 sub _execute
 {
 	my ($self, $c) = @_;
-	my $script = "BEGIN;\nSELECT pg_current_xact_id();\n\\echo ${MARK}X :SQLSTATE\n";
+	my $begin = $c->{rr} ? 'BEGIN ISOLATION LEVEL REPEATABLE READ' : 'BEGIN';
+	my $script = "$begin;\nSELECT pg_current_xact_id();\n\\echo ${MARK}X :SQLSTATE\n";
 	if ($c->{args_sql})
 	{
 		$script .= "$c->{args_sql};\n\\if :ERROR\n\\echo ${MARK}A :SQLSTATE\n\\echo :LAST_ERROR_MESSAGE\n\\endif\n";
@@ -1410,6 +1414,7 @@ sub _problem
 		return;
 	}
 	push @{ $self->{violations} }, \%v;
+	return if @{ $self->{violations} } > 50;    # (all of them are reported at the end)
 	$self->{note}->(sprintf('fuzz: call %d (%s): %s %s: %s', $v{n} // 0, $v{function} // '-', $v{kind}, $v{state} // '', $v{message} // ''));
 	return;
 }
@@ -1422,39 +1427,57 @@ sub _log_call
 	$sql = substr($sql, 0, 4000) . ' ... [' . length($sql) . ' bytes]' if length($sql) > 4000;
 	my $what = $r->{outcome} eq 'ok' ? 'ok' : "$r->{outcome} " . ($r->{state} // '') . ' ' . ($r->{message} // '');
 	$what =~ s/\n/ /g;
-	printf $fh "-- #%d %s (%.3f s%s): %s\n%s;\n", $n, $c->{function}, $r->{seconds} // 0, $c->{valid} ? ', valid values' : '', $what, $sql;
+	printf $fh "-- #%d %s (%.3f s%s): %s\n%s;\n", $n, $c->{function}, $r->{seconds} // 0,
+	  ($c->{valid} ? ', valid values' : '') . ($c->{rr} ? ', repeatable read' : ''), $what, $sql;
 	return;
 }
 
 # ------------------------------------------------------------- log checks
 
-# New lines of the server log: crashes, XX000, errors of the workers
+# New lines of the server log: crashes, XX000, errors of the workers (with
+# their CONTEXT, which tells what the worker was doing)
 sub check_log
 {
 	my ($self) = @_;
 	return unless $self->{logfile} && -f $self->{logfile};
 	open my $fh, '<', $self->{logfile} or return;
 	seek $fh, $self->{log_offset}, 0;
+	my @lines;
 	while (my $line = <$fh>)
 	{
+		# a complete line only (the server may be writing the rest)
+		last unless $line =~ /\n\z/;
+		$self->{log_offset} = tell $fh;
+		if ($line =~ /^\t/ && @lines) { $lines[-1] .= $line; }
+		else { push @lines, $line; }
+	}
+	close $fh;
+	for my $i (0 .. $#lines)
+	{
+		my $line = $lines[$i];
 		# log_line_prefix = '%m [%p] <%b> %e '
 		if ($line =~ /terminated by signal|\bPANIC:|^TRAP:|was terminated by exception|exited with exit code [2-9]/)
 		{
-			$self->_problem(kind => 'crash in server log', message => $line =~ s/\s+$//r, function => undef, n => $self->{n});
+			$self->_problem(kind => 'crash in server log', message => $line =~ s/\s+$//r, n => $self->{n});
 			next;
 		}
-		my ($btype, $state, $level) = $line =~ /^\S+ \S+ \S+ \[\d+\] <([^>]*)> (\S{5}) .*?\b(ERROR|FATAL|PANIC):/ or next;
+		my ($pid, $btype, $state) = $line =~ /^\S+ \S+ \S+ \[(\d+)\] <([^>]*)> (\S{5}) .*?\b(?:ERROR|FATAL|PANIC):/ or next;
+		my $text = $line;
+		for my $j ($i + 1 .. $#lines)
+		{
+			last unless $lines[$j] =~ /^\S+ \S+ \S+ \[$pid\] .*?\b(?:DETAIL|HINT|CONTEXT|LOCATION|STATEMENT):/;
+			$text .= $lines[$j];
+		}
+		$text =~ s/\s+$//;
 		if ($state =~ /^XX/)
 		{
-			$self->_problem(kind => 'internal error in server log', state => $state, message => $line =~ s/\s+$//r, n => $self->{n});
+			$self->_problem(kind => 'internal error in server log', state => $state, message => $text, n => $self->{n});
 		}
 		elsif ($btype =~ /^event_store/ && !$self->{stopping})
 		{
-			$self->_problem(kind => 'background worker error', state => $state, message => $line =~ s/\s+$//r, n => $self->{n});
+			$self->_problem(kind => 'background worker error', state => $state, message => $text, n => $self->{n});
 		}
 	}
-	$self->{log_offset} = tell $fh;
-	close $fh;
 	return;
 }
 

@@ -95,6 +95,16 @@ my @known_defects = (
 		sqlstate => '54000',
 		message  => qr/exceeds btree version 4 maximum/,
 	},
+	{
+		# a saga transition the worker appends fails (a callback on the
+		# saga-<id> stream raises: inline projection handler, reducer of an
+		# aggregate on category "saga", upcaster): saga_tick() fails as a
+		# whole, the worker exits and is restarted, again at every round,
+		# and no saga timer of the database fires meanwhile
+		name    => 'worker: one failing saga transition stops saga_tick for every saga',
+		kind    => 'background worker error',
+		message => qr/event_store\.saga_tick\(\)/,
+	},
 );
 
 my $seed = $ENV{ES_FUZZ_SEED} // int(rand(2**31));
