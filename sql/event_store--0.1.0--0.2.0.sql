@@ -187,7 +187,8 @@ BEGIN
     BEGIN
         -- resolved in the search_path of the role that defines the saga
         f := event_store._saga_regprocedure(name || '(uuid, jsonb)', p_path);
-    EXCEPTION WHEN syntax_error OR invalid_name OR invalid_parameter_value OR undefined_object THEN
+    EXCEPTION WHEN syntax_error OR invalid_name OR invalid_parameter_value OR undefined_object
+                OR invalid_text_representation OR feature_not_supported THEN
         PERFORM event_store._saga_bad(format('%s "%s" is not a valid function name', what, name),
                                       'Name a function such as "inventory.reserve".');
     END;
@@ -230,6 +231,10 @@ BEGIN
         PERFORM event_store._saga_bad('saga_type must not be null or empty', NULL,
                                       CASE WHEN saga_type IS NULL THEN '22004' ELSE '22023' END);
     END IF;
+    IF octet_length(saga_type) > 1024 THEN
+        PERFORM event_store._saga_bad(format('saga_type is too long (%s bytes; the maximum is 1024)',
+                                             octet_length(saga_type)), NULL, '22001');
+    END IF;
     IF definition IS NULL OR jsonb_typeof(definition) <> 'object' THEN
         PERFORM event_store._saga_bad('definition must be a JSON object with "steps"', NULL,
                                       CASE WHEN definition IS NULL THEN '22004' ELSE '22023' END);
@@ -270,12 +275,18 @@ BEGIN
                 PERFORM event_store._saga_bad(format('"%s" of step "%s" must be a non-empty string', k, nm));
             END IF;
         END LOOP;
+        FOREACH k IN ARRAY ARRAY['name', 'action', 'compensation', 'complete_on', 'fail_on', 'saga'] LOOP
+            IF octet_length(step ->> k) > 1024 THEN
+                PERFORM event_store._saga_bad(format('"%s" of step %s is too long (%s bytes; the maximum is 1024)',
+                                                     k, i, octet_length(step ->> k)), NULL, '22001');
+            END IF;
+        END LOOP;
         IF step ? 'group' THEN
             IF jsonb_typeof(step -> 'group') <> 'number' OR (step ->> 'group')::numeric <> floor((step ->> 'group')::numeric)
                OR (step ->> 'group')::numeric < 1 OR (step ->> 'group')::numeric > 2147483647 THEN
                 PERFORM event_store._saga_bad(format('"group" of step "%s" must be a positive integer', nm));
             END IF;
-            grp := (step ->> 'group')::int;
+            grp := (step ->> 'group')::numeric::int;
         ELSE
             grp := i;
         END IF;
@@ -284,7 +295,7 @@ BEGIN
                OR (step ->> 'max_attempts')::numeric < 1 OR (step ->> 'max_attempts')::numeric > 1000000 THEN
                 PERFORM event_store._saga_bad(format('"max_attempts" of step "%s" must be a positive integer', nm));
             END IF;
-            maxatt := (step ->> 'max_attempts')::int;
+            maxatt := (step ->> 'max_attempts')::numeric::int;
         ELSE
             maxatt := 3;
         END IF;
@@ -629,6 +640,9 @@ BEGIN
         PERFORM event_store._saga_bad('lease must be a positive interval', NULL,
                                       CASE WHEN lease IS NULL THEN '22004' ELSE '22023' END);
     END IF;
+    IF array_ndims(step_names) > 1 THEN
+        PERFORM event_store._saga_bad('step_names must be a one-dimensional array', NULL, '2202E');
+    END IF;
     IF array_position(step_names, NULL) IS NOT NULL THEN
         PERFORM event_store._saga_bad('step_names must not contain nulls', NULL, '22004');
     END IF;
@@ -661,6 +675,19 @@ BEGIN
      ORDER BY u.updated_at, u.saga_id, u.step_no;
 END $$;
 
+-- A saga's timer transition failed (say, a callback raised while its
+-- transition was appended): saga_tick() rolled back that saga's changes and
+-- goes on with the others; the error is kept on the saga and the timer is
+-- tried again at the next tick.
+CREATE FUNCTION event_store._saga_tick_failed(p_saga uuid, p_sqlstate text, p_error text) RETURNS void
+    LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE event_store.sagas
+       SET last_error = format('timer transition failed (%s): %s', p_sqlstate, p_error), updated_at = now()
+     WHERE saga_id = p_saga;
+    RAISE WARNING 'event_store saga %: timer transition failed: %', p_saga, p_error;
+END $$;
+
 CREATE OR REPLACE FUNCTION event_store.saga_tick() RETURNS int
     LANGUAGE plpgsql
     SECURITY DEFINER SET search_path = pg_catalog, pg_temp
@@ -671,39 +698,51 @@ DECLARE
 BEGIN
     FOR r IN SELECT s.saga_id FROM event_store.sagas s
               WHERE s.status = 'running' AND s.deadline <= now() ORDER BY s.deadline LOOP
-        PERFORM event_store._saga_lock_tree(r.saga_id);
-        PERFORM 1 FROM event_store.sagas WHERE saga_id = r.saga_id AND status = 'running' AND deadline <= now();
-        CONTINUE WHEN NOT FOUND;
-        PERFORM event_store._saga_event(r.saga_id, 'SagaTimedOut', '{}');
-        PERFORM event_store._saga_fail(r.saga_id, 'saga timed out');
-        n := n + 1 + event_store._saga_advance(r.saga_id);
+        BEGIN
+            PERFORM event_store._saga_lock_tree(r.saga_id);
+            PERFORM 1 FROM event_store.sagas WHERE saga_id = r.saga_id AND status = 'running' AND deadline <= now();
+            CONTINUE WHEN NOT FOUND;
+            PERFORM event_store._saga_event(r.saga_id, 'SagaTimedOut', '{}');
+            PERFORM event_store._saga_fail(r.saga_id, 'saga timed out');
+            n := n + 1 + event_store._saga_advance(r.saga_id);
+        EXCEPTION WHEN OTHERS THEN
+            PERFORM event_store._saga_tick_failed(r.saga_id, SQLSTATE, SQLERRM);
+        END;
     END LOOP;
     FOR r IN SELECT st.saga_id, st.name, st.status, st.deadline, st.lease_expires_at
                FROM event_store.saga_steps st
               WHERE st.status IN ('running', 'compensating')
                 AND (st.deadline <= now() OR st.lease_expires_at <= now())
               ORDER BY st.updated_at LOOP
-        PERFORM event_store._saga_lock_tree(r.saga_id);
-        -- re-check under the lock: the step may have completed meanwhile
-        PERFORM 1 FROM event_store.saga_steps st
-          WHERE st.saga_id = r.saga_id AND st.name = r.name AND st.status = r.status
-            AND (st.deadline <= now() OR st.lease_expires_at <= now());
-        CONTINUE WHEN NOT FOUND;
-        IF r.status = 'running' THEN
-            -- an external step nobody claimed still used up an attempt by timing out
-            UPDATE event_store.saga_steps SET attempts = attempts + 1
-             WHERE saga_id = r.saga_id AND name = r.name AND kind = 'external' AND lease_owner IS NULL;
-            PERFORM event_store._saga_step_failed(r.saga_id, r.name,
-                CASE WHEN r.deadline <= now() THEN 'step timed out' ELSE 'lease expired' END, true);
-        ELSE
-            PERFORM event_store._saga_comp_failed(r.saga_id, r.name, 'lease expired', true);
-        END IF;
-        n := n + 1 + event_store._saga_advance(r.saga_id);
+        BEGIN
+            PERFORM event_store._saga_lock_tree(r.saga_id);
+            -- re-check under the lock: the step may have completed meanwhile
+            PERFORM 1 FROM event_store.saga_steps st
+              WHERE st.saga_id = r.saga_id AND st.name = r.name AND st.status = r.status
+                AND (st.deadline <= now() OR st.lease_expires_at <= now());
+            CONTINUE WHEN NOT FOUND;
+            IF r.status = 'running' THEN
+                -- an external step nobody claimed still used up an attempt by timing out
+                UPDATE event_store.saga_steps SET attempts = attempts + 1
+                 WHERE saga_id = r.saga_id AND name = r.name AND kind = 'external' AND lease_owner IS NULL;
+                PERFORM event_store._saga_step_failed(r.saga_id, r.name,
+                    CASE WHEN r.deadline <= now() THEN 'step timed out' ELSE 'lease expired' END, true);
+            ELSE
+                PERFORM event_store._saga_comp_failed(r.saga_id, r.name, 'lease expired', true);
+            END IF;
+            n := n + 1 + event_store._saga_advance(r.saga_id);
+        EXCEPTION WHEN OTHERS THEN
+            PERFORM event_store._saga_tick_failed(r.saga_id, SQLSTATE, SQLERRM);
+        END;
     END LOOP;
     FOR r IN SELECT DISTINCT st.saga_id FROM event_store.saga_steps st
               WHERE st.status IN ('pending', 'compensating') AND st.next_attempt_at <= now() LOOP
-        PERFORM event_store._saga_lock_tree(r.saga_id);
-        n := n + event_store._saga_advance(r.saga_id);
+        BEGIN
+            PERFORM event_store._saga_lock_tree(r.saga_id);
+            n := n + event_store._saga_advance(r.saga_id);
+        EXCEPTION WHEN OTHERS THEN
+            PERFORM event_store._saga_tick_failed(r.saga_id, SQLSTATE, SQLERRM);
+        END;
     END LOOP;
     RETURN n;
 END $$;

@@ -56,7 +56,6 @@ typedef struct EsParseCtx
 } EsParseCtx;
 
 /* Longest stream id: it must fit the btree indexes with room to spare */
-#define ES_MAX_STREAM_ID_BYTES	1024
 
 static Jsonb *empty_object = NULL;
 
@@ -665,12 +664,6 @@ es_append(PG_FUNCTION_ARGS)
 
 	EsCheckPreloaded();
 	stream_id = EsGetRequiredText(fcinfo, 0, "stream_id");
-	if (VARSIZE_ANY_EXHDR(stream_id) > ES_MAX_STREAM_ID_BYTES)
-		ereport(ERROR,
-				(errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),
-				 errmsg("stream_id is too long"),
-				 errdetail("It has %d bytes; the maximum is %d.",
-						   (int) VARSIZE_ANY_EXHDR(stream_id), ES_MAX_STREAM_ID_BYTES)));
 	EsCheckStreamAccess(stream_id, ES_PRIV_APPEND);
 	if (PG_ARGISNULL(1))
 		ereport(ERROR,

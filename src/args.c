@@ -72,6 +72,13 @@ EsGetRequiredText(FunctionCallInfo fcinfo, int argno, const char *name)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("%s must not be empty", name)));
+	/* stream ids, names, types and categories are keys of btree indexes */
+	if (VARSIZE_ANY_EXHDR(t) > ES_MAX_NAME_BYTES)
+		ereport(ERROR,
+				(errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),
+				 errmsg("%s is too long", name),
+				 errdetail("It has %d bytes; the maximum is %d.",
+						   (int) VARSIZE_ANY_EXHDR(t), ES_MAX_NAME_BYTES)));
 	return t;
 }
 

@@ -18,6 +18,9 @@
 #include "utils/snapshot.h"
 
 #define ES_SCHEMA_NAME			"event_store"
+
+/* longest stream id, name, event type or category (bytes): index keys */
+#define ES_MAX_NAME_BYTES		1024
 #define ES_EVENTS_TABLE			"events"
 #define ES_EVENTS_POSITION_IDX	"events_pkey"
 #define ES_EVENTS_STREAM_IDX	"events_stream_id_stream_version_key"

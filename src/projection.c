@@ -682,7 +682,7 @@ es_create_projection(PG_FUNCTION_ARGS)
 	handler = PG_GETARG_OID(1);
 	/* one event at a time, or a batch handler taking an array of them */
 	argtype = EsGetCatalog()->event_type_oid;
-	if (get_func_nargs(handler) == 1 &&
+	if (EsFunctionExists(handler) && get_func_nargs(handler) == 1 &&
 		get_func_signature_first_arg(handler) == get_array_type(argtype))
 		argtype = get_array_type(argtype);
 	EsCheckCallbackSignature(handler, "a projection handler", 1, &argtype, VOIDOID,
