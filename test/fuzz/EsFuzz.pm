@@ -4,12 +4,15 @@
 # function of the schema event_store (the ones in sql/event_store.sql whose
 # names do not start with "_"), mixed with enough valid calls that state
 # exists (streams, aggregates, snapshots, upcasters, projections, saga
-# definitions, running sagas) and the deeper code paths are reached.
+# definitions, running sagas, category grants, deleted, purged and reopened
+# streams, retention settings) and the deeper code paths are reached.
 #
 # Every call runs in a transaction of its own (reads sometimes REPEATABLE
-# READ), through one long-lived psql session:
+# READ), through one long-lived psql session of a superuser (the
+# extension's owner):
 #
-#   BEGIN; SELECT pg_current_xact_id();
+#   BEGIN; [SET LOCAL event_store.allow_purge = on;] [SET LOCAL ROLE r;]
+#   SELECT pg_current_xact_id();
 #   SELECT <the arguments>;          -- PostgreSQL's input functions
 #   SELECT event_store.f(<the arguments>);
 #   COMMIT;
@@ -31,15 +34,31 @@
 #   - the backend must survive (psql losing its connection is a crash);
 #   - every check_every calls (and at the end): the server answers a new
 #     connection, its log shows no crash, no SQLSTATE XX000 and no error of
-#     the background workers, and the per-backend caches of the fuzzing
-#     session agree with a fresh session (fz.probe() in both); at the end,
-#     the errors event_store recorded (last_error of projections, sagas and
+#     the background workers, the per-backend caches of the fuzzing
+#     session agree with a fresh session (fz.probe() in both: aggregates,
+#     upcast streams, deleted streams, category grants as fz_alice and
+#     fz_bob see them), and the stream lifecycle keeps its promises
+#     (fz.invariants(): deleted streams read as empty and get no events,
+#     purged ones keep only their marker, reopened ones read from after
+#     their tombstone, retention leaves no more than it keeps, the view
+#     event_store.stats counts what the tables hold); at the end, the
+#     errors event_store recorded (last_error of projections, sagas and
 #     saga steps) must not look like internal errors.
+#
+# Accepted purge_stream and retention calls (and the background worker's
+# retention) remove events; only rejected calls must leave everything as it
+# was.
+#
+# event_store.allow_purge is on in most purge_stream calls.  Some calls run
+# as the roles fz_alice or fz_bob (members of fz_team), which may run every
+# public function: category grants (grant_category, the roles' own calls)
+# then apply to them, and the callbacks they register run as them.
 #
 # The generator is a pure function of the seed: the same seed produces the
 # same calls (arguments that depend on the database's state are subqueries
 # in the SQL text).  Outcomes can still differ a little between runs: the
-# background worker drives saga timers and async projections concurrently,
+# background worker drives saga timers, async projections and retention
+# concurrently,
 # start_saga without a saga_id gets a random one, and one fuzz step function
 # fails at random.
 #
@@ -90,10 +109,13 @@ END $$;
 -- The callbacks that change registries (h_mutate, r_mutate, u_mutate) write
 -- the same rows in the same order (upcaster, then aggregate): the worker
 -- runs them too, concurrently.
--- changes registries while an append applies its inline projections
+-- changes registries while an append applies its inline projections (not
+-- when it runs inside itself: as the handler of fz_inline, resuming
+-- fz_inline replays the event it is handling, which calls it again)
 CREATE FUNCTION fz.h_mutate(e event_store.event) RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
-    IF e.event_type = 'FzMutate' THEN
+    IF e.event_type = 'FzMutate' AND current_setting('fz.mutating', true) IS DISTINCT FROM 'on' THEN
+        PERFORM set_config('fz.mutating', 'on', true);
         PERFORM event_store.register_upcaster('FzOther', 1, 'fz.u_ok(jsonb, jsonb)');
         PERFORM event_store.define_aggregate('fzother', 'fz.r_count(jsonb, event_store.event)');
         BEGIN
@@ -101,6 +123,7 @@ BEGIN
             PERFORM event_store.resume_projection('fz_inline');
         EXCEPTION WHEN undefined_object THEN NULL;
         END;
+        PERFORM set_config('fz.mutating', 'off', true);
     END IF;
 END $$;
 CREATE FUNCTION fz.reset_models() RETURNS void LANGUAGE sql AS
@@ -208,6 +231,37 @@ CREATE FUNCTION fz.dropped(data jsonb, metadata jsonb) RETURNS jsonb LANGUAGE sq
 CREATE TABLE fz.dropped_oid AS SELECT 'fz.dropped(jsonb, jsonb)'::regprocedure::oid AS oid;
 DROP FUNCTION fz.dropped(jsonb, jsonb);
 
+-- Roles for category grants.  Some calls run as fz_alice or fz_bob (SET
+-- LOCAL ROLE), members of fz_team, which may run every public function of
+-- event_store, read its tables (through row-level security) and use the
+-- fuzz callbacks' tables.  fz_gone existed once: its OID names no role.
+-- (Roles belong to the cluster: another run may have left them behind.)
+DO $$
+DECLARE
+    r text;
+BEGIN
+    FOREACH r IN ARRAY ARRAY['fz_team', 'fz_alice', 'fz_bob', 'fz_gone'] LOOP
+        IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = r) THEN
+            EXECUTE format('CREATE ROLE %I NOLOGIN', r);
+        END IF;
+    END LOOP;
+END $$;
+GRANT fz_team TO fz_alice, fz_bob;
+CREATE TABLE fz.gone_role AS SELECT 'fz_gone'::regrole::oid AS oid;
+DROP ROLE fz_gone;
+GRANT USAGE ON SCHEMA fz TO fz_team;
+GRANT ALL ON ALL TABLES IN SCHEMA fz TO fz_team;
+GRANT SELECT ON ALL TABLES IN SCHEMA event_store TO fz_team;
+DO $$
+DECLARE
+    f regprocedure;
+BEGIN
+    FOR f IN SELECT p.oid FROM pg_proc p
+              WHERE p.pronamespace = 'event_store'::regnamespace AND p.proname !~ '^_' LOOP
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO fz_team', f);
+    END LOOP;
+END $$;
+
 -- The state some per-backend caches decide: aggregates (reducers, snapshots)
 -- and upcasters, as seen through the API.  Compared between the fuzzing
 -- session and a fresh one.
@@ -215,6 +269,7 @@ CREATE FUNCTION fz.probe() RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
     r record;
     v text;
+    rl text;
     acc text := '';
 BEGIN
     FOR r IN SELECT DISTINCT ON (split_part(stream_id, '-', 1)) stream_id
@@ -235,8 +290,110 @@ BEGIN
             v := 'error ' || SQLSTATE;
         END;
         acc := acc || r.stream_id || ' read ' || COALESCE(v, '') || E'\n';
+        -- category grants (and their cache) as the other roles see them
+        FOREACH rl IN ARRAY ARRAY['fz_alice', 'fz_bob'] LOOP
+            PERFORM set_config('role', rl, true);
+            BEGIN
+                SELECT event_store.stream_version(r.stream_id)::text || ' '
+                       || (SELECT count(*) FROM event_store.load_snapshot(r.stream_id)) INTO v;
+            EXCEPTION WHEN OTHERS THEN
+                v := 'error ' || SQLSTATE;
+            END;
+            PERFORM set_config('role', 'none', true);
+            acc := acc || r.stream_id || ' as ' || rl || ' ' || COALESCE(v, '') || E'\n';
+        END LOOP;
     END LOOP;
     RETURN acc;
+END $$;
+
+-- What the stream lifecycle promises, as violations.  The caller locks
+-- event_store.events against appends and runs enforce_retention() first,
+-- in a transaction it rolls back.
+CREATE FUNCTION fz.invariants() RETURNS SETOF text LANGUAGE plpgsql AS $$
+DECLARE
+    m record;
+    n bigint;
+    v bigint;
+    t text;
+    s record;
+BEGIN
+    FOR m IN SELECT * FROM event_store.stream_metadata ORDER BY stream_id LOOP
+        SELECT e.stream_version, e.event_type INTO v, t FROM event_store.events e
+         WHERE e.stream_id = m.stream_id ORDER BY e.stream_version DESC LIMIT 1;
+        IF m.deleted_at IS NOT NULL THEN
+            -- nothing is appended to a deleted stream: its newest event is
+            -- the tombstone or the purge marker, where its reads start after
+            IF t IS DISTINCT FROM '$StreamDeleted' AND t IS DISTINCT FROM '$StreamPurged'
+               OR v IS DISTINCT FROM m.start_after THEN
+                RETURN NEXT format('deleted stream %s: its newest event is %s at version %s, its reads start after %s',
+                                   m.stream_id, t, v, m.start_after);
+            END IF;
+            SELECT count(*) INTO n FROM event_store.read_stream(m.stream_id, raw => true);
+            IF n <> 0 THEN
+                RETURN NEXT format('read_stream of deleted stream %s returns %s events', m.stream_id, n);
+            END IF;
+            BEGIN
+                SELECT count(*) INTO n FROM event_store.load_aggregate(m.stream_id);
+                IF n <> 0 THEN
+                    RETURN NEXT format('load_aggregate of deleted stream %s returns a state', m.stream_id);
+                END IF;
+            EXCEPTION WHEN OTHERS THEN
+                NULL;    -- no aggregate, a failing reducer, ...
+            END;
+            FOR s IN SELECT * FROM event_store.load_snapshot(m.stream_id) LOOP
+                RETURN NEXT format('load_snapshot of deleted stream %s returns its snapshot at version %s',
+                                   m.stream_id, s.stream_version);
+            END LOOP;
+            IF t = '$StreamPurged' THEN
+                SELECT count(*) INTO n FROM event_store.events e WHERE e.stream_id = m.stream_id;
+                IF n <> 1 THEN
+                    RETURN NEXT format('purged stream %s keeps %s events', m.stream_id, n);
+                END IF;
+            END IF;
+            CONTINUE;
+        END IF;
+        IF m.start_after > 0 THEN
+            -- reopened: reads start after the tombstone
+            SELECT min(x.stream_version) INTO n FROM event_store.read_stream(m.stream_id, raw => true) x;
+            IF n <= m.start_after THEN
+                RETURN NEXT format('read_stream of reopened stream %s returns version %s, at or before its tombstone %s',
+                                   m.stream_id, n, m.start_after);
+            END IF;
+            FOR s IN SELECT * FROM event_store.load_snapshot(m.stream_id) WHERE stream_version <= m.start_after LOOP
+                RETURN NEXT format('load_snapshot of reopened stream %s returns its snapshot at version %s, at or before its tombstone %s',
+                                   m.stream_id, s.stream_version, m.start_after);
+            END LOOP;
+        END IF;
+        -- retention, just enforced: at most max_count events, none older
+        -- than max_age but the newest
+        IF m.max_count IS NOT NULL THEN
+            SELECT count(*) INTO n FROM event_store.events e WHERE e.stream_id = m.stream_id;
+            IF n > m.max_count THEN
+                RETURN NEXT format('stream %s keeps %s events, its retention max_count is %s', m.stream_id, n, m.max_count);
+            END IF;
+        END IF;
+        IF m.max_age IS NOT NULL THEN
+            SELECT count(*) INTO n FROM event_store.events e
+             WHERE e.stream_id = m.stream_id AND e.stream_version < v AND e.recorded_at < now() - m.max_age;
+            IF n > 0 THEN
+                RETURN NEXT format('stream %s keeps %s events older than its retention max_age %s', m.stream_id, n, m.max_age);
+            END IF;
+        END IF;
+    END LOOP;
+    -- the monitoring view counts what the table holds
+    RETURN QUERY
+    SELECT format('event_store.stats says %s events, %s streams, %s deleted streams; the tables hold %s, %s, %s',
+                  st.events, st.streams, st.deleted_streams, c.events, c.streams, c.deleted)
+      FROM event_store.stats st,
+           (SELECT (SELECT count(*) FROM event_store.events) AS events,
+                   (SELECT count(DISTINCT stream_id) FROM event_store.events) AS streams,
+                   (SELECT count(*) FROM event_store.stream_metadata WHERE deleted_at IS NOT NULL) AS deleted) c
+     WHERE (st.events, st.streams, st.deleted_streams) IS DISTINCT FROM (c.events, c.streams, c.deleted);
+    -- every committed event is below the follower horizon
+    RETURN QUERY
+    SELECT format('head_position() is %s, below the newest event %s', event_store.head_position(), max(global_position))
+      FROM event_store.events
+    HAVING max(global_position) > event_store.head_position();
 END $$;
 
 -- the initial state: streams, an aggregate with snapshots, upcasters,
@@ -263,6 +420,14 @@ SELECT event_store.define_saga('fz_b', '{"steps": [
     {"name": "b", "action": "fz.s_emit", "group": 2},
     {"name": "c", "complete_on": "FzDone2", "group": 2},
     {"name": "d", "action": "fz.s_flaky", "compensation": "fz.s_flaky", "max_attempts": 3, "backoff": "1 ms"}]}');
+-- category grants, a deleted stream, a stream with retention
+SELECT event_store.append('fzgrant-1', '[{"type": "Plain"}]', 0);
+SELECT event_store.grant_category('fz_alice', 'fzgrant');
+SELECT event_store.grant_category('fz_team', 'fzord', '{read}');
+SELECT event_store.append('fzdel-1', '[{"type": "Plain"}, {"type": "Added"}]', 0);
+SELECT event_store.delete_stream('fzdel-1');
+SELECT event_store.append('fzret-1', '[{"type": "Plain"}, {"type": "Plain"}, {"type": "Plain"}]', 0);
+SELECT event_store.set_stream_retention('fzret-1', max_count => 2);
 SQL
 
 # ------------------------------------------------------------- value helpers
@@ -493,15 +658,15 @@ sub _init_pools
 {
 	my ($self) = @_;
 	# (never fzfixed-1: fz.u_read reads it, so an upcast event there would recurse)
-	$self->{streams}     = [qw(fzord-1 fzagg-1 fzord-2 fzagg-2 fzmisc-1 fzmisc fzboom-1)];
+	$self->{streams}     = [qw(fzord-1 fzagg-1 fzord-2 fzagg-2 fzmisc-1 fzmisc fzboom-1 fzgrant-1 fzdel-1 fzret-1)];
 	$self->{event_ids}   = [];
 	$self->{id_batches}  = [];
 	$self->{saga_ids}    = [];
 	$self->{saga_types}  = [qw(fz_leaf fz_a fz_b fz_c fz_d)];
 	$self->{projections} = [qw(fz_inline fz_async fz_mutate fz_p1 fz_p2 fz_p3)];
-	$self->{categories}  = [qw(fzord fzagg fzmisc fzother fzboom saga fzsaga)];
+	$self->{categories}  = [qw(fzord fzagg fzmisc fzother fzboom saga fzsaga fzgrant fzdel fzret)];
 	$self->{types} = [qw(OrderPlaced OrderPlacedV2 ItemAdded Added FzBoom FzNull FzMutate FzDone FzDone2 FzLost FzOther FzRead Plain
-	  SagaStarted SagaStepCompleted SagaStepFailed SagaCompleted)];
+	  SagaStarted SagaStepCompleted SagaStepFailed SagaCompleted $StreamDeleted $StreamReopened $StreamPurged)];
 	$self->{step_names} = [qw(a b c d pay ship wait child)];
 	$self->{tmp_functions} = [];
 	$self->{tmp_seq} = 0;
@@ -806,6 +971,71 @@ sub _saga_id_arg
 	);
 }
 
+# a regrole argument: the fuzz roles, the superuser, OIDs of no role, names
+# of no role, malformed names
+sub _role_arg
+{
+	my ($self) = @_;
+	my @roles = qw(fz_alice fz_bob fz_team);
+	return typed($self->_pick(@roles), 'regrole') if $self->{valid};
+	return typed(
+		$self->_wpick(
+			[ 12,  $self->_pick(@roles) ],
+			[ 1,   undef ],
+			[ 1,   $self->_pick('postgres', 'pg_monitor', 'FZ_ALICE', '"fz_alice"') ],
+			[ 1,   $self->_pick('-', '0', '4294967295', $self->{gone_role}) ],
+			[ 0.5, $self->_pick('fz_nobody', 'public', '', ' ') ],
+			[ 0.3, $self->_pick('a.b', '"', 'fz_alice)', 'x' x 100, "\xc3\xbc") ],
+		),
+		'regrole');
+}
+
+# the privileges of grant_category / revoke_category
+sub _privileges_arg
+{
+	my ($self) = @_;
+	my @good = ('{append,read}', '{append}', '{read}', '{read,append}');
+	return typed($self->_pick(@good), 'text[]') if $self->{valid};
+	return $self->_wpick(
+		[ 6, typed($self->_pick(@good), 'text[]') ],
+		[ 1, typed($self->_pick('{read,read}', '{append,read,append}', '[2:3]={append,read}'), 'text[]') ],
+		[ 4, $self->_text_array('append', 'read', 'write', 'APPEND', ' read', 'select') ],
+	);
+}
+
+# a stream id for the lifecycle functions: mostly one that exists (a saga's
+# stream too), else what _stream_id gives
+sub _lifecycle_stream
+{
+	my ($self) = @_;
+	return $self->_wpick(
+		[ 8, typed($self->_stream_id, 'text') ],
+		[ 1, "(SELECT 'saga-' || saga_id FROM event_store.sagas ORDER BY saga_id LIMIT 1 OFFSET " . $self->_int(20) . ')' ],
+		[ 1, "(SELECT stream_id FROM event_store.stream_metadata WHERE deleted_at IS NOT NULL ORDER BY stream_id LIMIT 1 OFFSET "
+			  . $self->_int(10) . ')' ],
+	);
+}
+
+# max_age of set_stream_retention (intervals beyond the range of timestamps
+# are in @HUGE_MAX_AGE)
+our @HUGE_MAX_AGE = ('7000 years', '10000 years', '178000000 years', '2147483647 days');
+
+sub _max_age
+{
+	my ($self) = @_;
+	my @good = ('1 microsecond', '1 ms', '100 ms', '1 second', '1 hour', '30 days', '1 mon', '100 years');
+	return $self->_chance(0.3) ? 'NULL::interval' : typed($self->_pick(@good), 'interval') if $self->{valid};
+	return typed(
+		$self->_wpick(
+			[ 4, undef ],
+			[ 8, $self->_pick(@good) ],
+			[ 2, $self->_pick('0', '-1 ms', '-1 mons', '1 mon -30 days', '-1 day +100 ms', '1 day -1 second', '-0') ],
+			[ 0.3, $self->_pick('abc', '178000001 years', '') ],
+			[ 0.5, $self->_pick(@HUGE_MAX_AGE) ],
+		),
+		'interval');
+}
+
 sub _specs
 {
 	my ($self) = @_;
@@ -1025,6 +1255,50 @@ sub _specs
 		},
 		saga_tick  => { family => 'saga', args => [] },
 		saga_state => { family => 'saga', args => [ [ saga_id => 0, sub { $self->_saga_id_arg } ] ] },
+		grant_category => {
+			family => 'grants',
+			args   => [
+				[ role       => 0, sub { $self->_role_arg } ],
+				[ category   => 0, $category ],
+				[ privileges => 1, sub { $self->_privileges_arg } ],
+			],
+		},
+		revoke_category => {
+			family => 'grants',
+			args   => [
+				[ role       => 0, sub { $self->_role_arg } ],
+				[ category   => 0, $category ],
+				[ privileges => 1, sub { $self->_privileges_arg } ],
+			],
+		},
+		delete_stream => {
+			family => 'lifecycle',
+			args   => [
+				[ stream_id        => 0, sub { $self->_lifecycle_stream } ],
+				[ expected_version => 1, sub {
+					return 'NULL::bigint' if $self->_chance(0.4);
+					$self->_chance(0.6)
+					  ? '(SELECT COALESCE(max(stream_version), 0) + ' . $self->_pick(0, 0, 0, -1, 1) . " FROM event_store.events WHERE stream_id = \$1)"
+					  : $self->_bigint(0, 1, 2);
+				} ],
+			],
+		},
+		reopen_stream => { family => 'lifecycle', args => [ [ stream_id => 0, sub { $self->_lifecycle_stream } ] ] },
+		purge_stream  => {
+			family  => 'lifecycle',
+			args    => [ [ stream_id => 0, sub { $self->_lifecycle_stream } ] ],
+			# event_store.allow_purge: on in most calls (a superuser-only setting)
+			prepare => sub { $self->{pre_sql} = 'SET LOCAL event_store.allow_purge = on' if $self->_chance(0.7) },
+		},
+		set_stream_retention => {
+			family => 'lifecycle',
+			args   => [
+				[ stream_id => 0, sub { $self->_lifecycle_stream } ],
+				[ max_count => 1, sub { $self->_chance(0.4) ? 'NULL::bigint' : $self->_bigint(1, 2, 3, 5, 100) } ],
+				[ max_age   => 1, sub { $self->_max_age } ],
+			],
+		},
+		enforce_retention => { family => 'lifecycle', args => [] },
 	};
 }
 
@@ -1038,7 +1312,8 @@ sub _other_statement
 	{
 		return ('view', $self->_pick('SELECT count(*) FROM event_store.projection_status',
 				'SELECT count(*) FROM event_store.saga_problems',
-				'SELECT count(*), sum(lag_events) FROM event_store.projection_status'));
+				'SELECT count(*), sum(lag_events) FROM event_store.projection_status',
+				'SELECT * FROM event_store.stats', 'SELECT * FROM event_store.stats'));
 	}
 	if ($k <= 3)
 	{
@@ -1117,8 +1392,18 @@ my @FUNCTION_WEIGHTS = (
 	[ 3,  'claim_saga_steps' ],
 	[ 1,  'saga_tick' ],
 	[ 2,  'saga_state' ],
+	[ 2,  'grant_category' ],
+	[ 2,  'revoke_category' ],
+	[ 3,  'delete_stream' ],
+	[ 2,  'reopen_stream' ],
+	[ 2,  'purge_stream' ],
+	[ 2,  'set_stream_retention' ],
+	[ 1,  'enforce_retention' ],
 	[ 2,  '(other)' ],
 );
+
+# The roles some calls run as (their category grants apply to them)
+my @CALL_ROLES = ([ 4, 'fz_alice' ], [ 4, 'fz_bob' ], [ 1, 'fz_team' ]);
 
 # One generated call: { function, family, args_sql (for the argument check),
 # sql (the call) }
@@ -1130,10 +1415,10 @@ sub _next_call
 	{
 		my ($what, $sql) = $self->_other_statement;
 		my $family = { view => 'view', UPDATE => 'dml', DELETE => 'dml', TRUNCATE => 'dml', ddl => 'ddl' }->{$what};
-		return { function => $what, family => $family, sql => $sql };
+		return { function => $what, family => $family, sql => $sql, display => $sql };
 	}
 	my $spec = $self->{specs}{$fn};
-	delete @{$self}{qw(next_stream next_expected_null pending_batch pair)};
+	delete @{$self}{qw(next_stream next_expected_null pending_batch pair pre_sql)};
 	# some calls use well-formed values only, so that state builds up
 	$self->{valid} = $self->_chance(0.3);
 	$spec->{prepare}->() if $spec->{prepare};
@@ -1189,7 +1474,13 @@ sub _next_call
 	# reads also in REPEATABLE READ (they stop at the first event the
 	# transaction's snapshot cannot see)
 	my $rr = ($spec->{family} eq 'read' || $fn =~ /^load_/) && $self->_chance(0.3);
-	return { function => $fn, family => $spec->{family}, sql => $sql, args_sql => $args_sql, valid => $self->{valid}, rr => $rr };
+	# some calls run as a role other than the extension's owner (SET LOCAL
+	# ROLE after the settings: event_store.allow_purge is the superuser's)
+	my @pre = grep { defined } $self->{pre_sql};
+	my $role = $self->_chance(0.15) ? $self->_wpick(@CALL_ROLES) : undef;
+	push @pre, "SET LOCAL ROLE $role" if $role;
+	return { function => $fn, family => $spec->{family}, sql => $sql, args_sql => $args_sql, valid => $self->{valid}, rr => $rr,
+		pre => \@pre, role => $role, display => join('', map { "$_; " } @pre) . $sql };
 }
 
 # ------------------------------------------------------------ the session
@@ -1255,7 +1546,7 @@ sub _roundtrip
 # the fuzz callbacks' tables, with the snapshot it was taken with
 my $FINGERPRINT_SQL = <<'SQL';
 SELECT concat_ws(' ',
-  (SELECT count(*) || ':' || COALESCE(max(global_position), 0) FROM event_store.events),
+  (SELECT count(*) || ':' || COALESCE(max(global_position), 0) || ':' || COALESCE(sum(global_position), 0) FROM event_store.events),
   (SELECT md5(COALESCE(string_agg(t::text, ',' ORDER BY t.event_type, t.from_schema_version), '')) FROM event_store.upcasters t),
   (SELECT md5(COALESCE(string_agg(t::text, ',' ORDER BY t.category), '')) FROM event_store.aggregates t),
   (SELECT count(*) || ':' || COALESCE(sum(xmin::text::bigint), 0) FROM event_store.snapshots),
@@ -1267,6 +1558,8 @@ SELECT concat_ws(' ',
   (SELECT count(*) || ':' || COALESCE(sum(xmin::text::bigint), 0) FROM fz.read_model),
   (SELECT count(*) || ':' || COALESCE(sum(xmin::text::bigint), 0) FROM fz.async_model),
   (SELECT count(*) FROM fz.resets),
+  (SELECT count(*) || ':' || COALESCE(sum(xmin::text::bigint), 0) FROM event_store.stream_metadata),
+  (SELECT count(*) || ':' || COALESCE(sum(xmin::text::bigint), 0) FROM event_store.category_grants),
   '@' || pg_current_snapshot()::text);
 SQL
 
@@ -1286,7 +1579,7 @@ sub _execute
 {
 	my ($self, $c) = @_;
 	my $begin = $c->{rr} ? 'BEGIN ISOLATION LEVEL REPEATABLE READ' : 'BEGIN';
-	my $script = "$begin;\nSELECT pg_current_xact_id();\n\\echo ${MARK}X :SQLSTATE\n";
+	my $script = "$begin;\n" . join('', map { "$_;\n" } @{ $c->{pre} || [] }) . "SELECT pg_current_xact_id();\n\\echo ${MARK}X :SQLSTATE\n";
 	if ($c->{args_sql})
 	{
 		$script .= "$c->{args_sql};\n\\if :ERROR\n\\echo ${MARK}A :SQLSTATE\n\\echo :LAST_ERROR_MESSAGE\n\\endif\n";
@@ -1430,7 +1723,7 @@ sub _log_call
 {
 	my ($self, $n, $c, $r) = @_;
 	my $fh = $self->{calls_fh} or return;
-	my $sql = $c->{sql};
+	my $sql = $c->{display};
 	$sql = substr($sql, 0, 4000) . ' ... [' . length($sql) . ' bytes]' if length($sql) > 4000;
 	my $what = $r->{outcome} eq 'ok' ? 'ok' : "$r->{outcome} " . ($r->{state} // '') . ' ' . ($r->{message} // '');
 	$what =~ s/\n/ /g;
@@ -1488,35 +1781,77 @@ sub check_log
 	return;
 }
 
-# A fresh session: the server answers, and its caches agree with ours
+# A fresh session: the server answers, and its caches agree with ours.  The
+# background worker may change what the probe sees in between (retention
+# removes events): the probe runs in the fresh session before and after
+# ours, and our result must equal one of them; three tries.
 sub _check_fresh
 {
 	my ($self, $n) = @_;
-	my ($out, $err) = ('', '');
-	my $ok = eval {
-		IPC::Run::run([ $self->{psql}, '-X', '-q', '-A', '-t', '-d', $self->{connstr}, '-c', 'SELECT fz.probe()' ],
-			'<', \'', '>', \$out, '2>', \$err, IPC::Run::timeout(120));
-	};
-	if (!$ok)
-	{
+	my $fresh = sub {
+		my ($out, $err) = ('', '');
+		my $ok = eval {
+			IPC::Run::run([ $self->{psql}, '-X', '-q', '-A', '-t', '-d', $self->{connstr}, '-c', 'SELECT fz.probe()' ],
+				'<', \'', '>', \$out, '2>', \$err, IPC::Run::timeout(120));
+		};
+		return $out if $ok;
 		$self->_problem(kind => 'server not answering', message => "fresh session: $err $@", n => $n);
+		return undef;
+	};
+	my ($mine, $before, $after);
+	for my $try (1 .. 3)
+	{
+		$before = $fresh->() // return;
+		return if !$self->{session};
+		my $r = $self->_roundtrip("SELECT fz.probe();\n", 'P');
+		return if $r->{lost};
+		$mine = $r->{out};
+		$self->{probes}++;
+		return if $mine eq $before;
+		$after = $fresh->() // return;
+		return if $mine eq $after;
+	}
+	my @a = split /\n/, $mine;
+	my @b = split /\n/, $after;
+	my @d;
+	for my $i (0 .. ($#a > $#b ? $#a : $#b))
+	{
+		push @d, 'fuzz session: ' . ($a[$i] // '') . ' | fresh session: ' . ($b[$i] // '')
+		  if ($a[$i] // '') ne ($b[$i] // '');
+	}
+	$self->_problem(kind => 'per-backend cache differs from a fresh session', message => join('; ', @d[ 0 .. ($#d > 4 ? 4 : $#d) ]), n => $n);
+	return;
+}
+
+# The stream lifecycle's promises (fz.invariants()), with retention
+# enforced, in a transaction that is rolled back: appends wait meanwhile.
+sub _check_invariants
+{
+	my ($self, $n) = @_;
+	return if !$self->{session};
+	my $r = $self->_roundtrip(<<'SQL', 'I');
+BEGIN;
+LOCK TABLE event_store.events IN SHARE MODE;
+SELECT event_store.enforce_retention() >= 0;
+SELECT 'violated: ' || x FROM fz.invariants() x;
+\echo @@fzI2 :SQLSTATE
+\if :ERROR
+\echo :LAST_ERROR_MESSAGE
+\endif
+ROLLBACK;
+SQL
+	return if $r->{lost};
+	$self->{invariant_checks}++;
+	my ($state, $msg) = $r->{out} =~ /^\Q${MARK}I2\E (\S+)\n(.*)\z/ms;
+	if (!defined $state || $state ne '00000')
+	{
+		$self->_problem(kind => 'invariant check failed', state => $state, message => $msg // $r->{out}, n => $n);
 		return;
 	}
-	return if !$self->{session};
-	my $r = $self->_roundtrip("SELECT fz.probe();\n", 'P');
-	return if $r->{lost};
-	$self->{probes}++;
-	if ($r->{out} ne $out)
+	for my $line (split /\n/, $r->{out})
 	{
-		my @a = split /\n/, $r->{out};
-		my @b = split /\n/, $out;
-		my @d;
-		for my $i (0 .. ($#a > $#b ? $#a : $#b))
-		{
-			push @d, 'fuzz session: ' . ($a[$i] // '') . ' | fresh session: ' . ($b[$i] // '')
-			  if ($a[$i] // '') ne ($b[$i] // '');
-		}
-		$self->_problem(kind => 'per-backend cache differs from a fresh session', message => join('; ', @d[ 0 .. ($#d > 4 ? 4 : $#d) ]), n => $n);
+		next unless $line =~ /^violated: (.*)/;
+		$self->_problem(kind => 'lifecycle invariant violated', message => $1, n => $n);
 	}
 	return;
 }
@@ -1534,6 +1869,10 @@ sub setup
 		'<', \'', '>', \$out, '2>', \$err)
 	  or die "fuzz setup failed: $err\n";
 	chomp($self->{dropped_oid} = $out);
+	IPC::Run::run([ $self->{psql}, '-X', '-q', '-A', '-t', '-d', $self->{connstr}, '-c', 'SELECT oid FROM fz.gone_role' ],
+		'<', \'', '>', \$out, '2>', \$err)
+	  or die "fuzz setup failed: $err\n";
+	chomp($self->{gone_role} = $out);
 	return;
 }
 
@@ -1560,15 +1899,20 @@ sub run
 		{
 			$self->check_log;
 			$self->_check_fresh($n - 1);
+			$self->_check_invariants($n - 1);
 			$fp = undef;
 		}
 		my $c = $self->_next_call;
 		my $st = $self->{stats}{ $c->{family} }{ $c->{function} } //= { ok => 0, rejected => 0, input => 0, verified => 0, unverified => 0 };
 
-		my $avoid = grep { $_->{avoid} && $_->{avoid}->($c) } @{ $self->{known} };
+		my ($avoid) = grep { $_->{avoid} && $_->{avoid}->($c) } @{ $self->{known} };
 		if ($avoid)
 		{
 			$st->{avoided}++;
+			$self->{known_hits}{ $avoid->{name} }++;
+			$self->{known_examples}{ $avoid->{name} } //=
+			  { kind => 'call avoided', function => $c->{function}, message => 'not run (it would spoil the rest of the run)',
+				sql => $c->{display}, n => $n, seed => $self->{seed} };
 			next;
 		}
 		my $r;
@@ -1611,7 +1955,7 @@ sub run
 
 		if ($r->{outcome} eq 'lost')
 		{
-			$self->_problem(kind => 'backend lost', function => $c->{function}, message => "$r->{message} " . ($r->{stderr} // ''), sql => $c->{sql}, n => $n);
+			$self->_problem(kind => 'backend lost', function => $c->{function}, message => "$r->{message} " . ($r->{stderr} // ''), sql => $c->{display}, n => $n);
 			$self->{lost}++;
 			$fp = undef;
 			$self->check_log;
@@ -1629,7 +1973,7 @@ sub run
 		{
 			$st->{input}++;
 			$self->{input_states}{ $r->{state} }++;
-			$self->_problem(kind => 'undocumented input error', function => $c->{function}, state => $r->{state}, message => $r->{message}, sql => $c->{args_sql}, n => $n)
+			$self->_problem(kind => 'undocumented input error', function => $c->{function}, state => $r->{state}, message => $r->{message}, sql => join('', map { "$_; " } @{ $c->{pre} }) . $c->{args_sql}, n => $n)
 			  unless $self->{input_allowed}{ $r->{state} };
 			next;
 		}
@@ -1642,19 +1986,20 @@ sub run
 		  || ($r->{state} eq $CALLBACK_SQLSTATE && $self->{callback_runners}{ $c->{function} });
 		if ($r->{state} eq '57014')
 		{
-			$self->_problem(kind => 'hang (statement timeout)', function => $c->{function}, state => $r->{state}, message => $r->{message}, sql => $c->{sql}, n => $n);
+			$self->_problem(kind => 'hang (statement timeout)', function => $c->{function}, state => $r->{state}, message => $r->{message}, sql => $c->{display}, n => $n);
 		}
 		elsif (!$documented)
 		{
-			$self->_problem(kind => 'undocumented SQLSTATE', function => $c->{function}, state => $r->{state}, message => $r->{message}, sql => $c->{sql}, n => $n);
+			$self->_problem(kind => 'undocumented SQLSTATE', function => $c->{function}, state => $r->{state}, message => $r->{message}, sql => $c->{display}, n => $n);
 		}
 		if ($r->{wrote})
 		{
-			$self->_problem(kind => 'rejected call wrote something', function => $c->{function}, state => $r->{state}, message => $r->{wrote}, sql => $c->{sql}, n => $n);
+			$self->_problem(kind => 'rejected call wrote something', function => $c->{function}, state => $r->{state}, message => $r->{wrote}, sql => $c->{display}, n => $n);
 		}
 	}
 	$self->{elapsed} = Time::HiRes::time() - $t0;
 	$self->_check_fresh($self->{iterations}) if $self->{session};
+	$self->_check_invariants($self->{iterations}) if $self->{session};
 	$self->check_log;
 	$self->_final_checks if $self->{session};
 	$self->_stop_session;
@@ -1700,7 +2045,10 @@ SELECT (SELECT count(*) FROM event_store.events) || ' events, '
     || (SELECT count(*) FROM event_store.projections) || ' projections, '
     || (SELECT count(*) FROM event_store.aggregates) || ' aggregates, '
     || (SELECT count(*) FROM event_store.upcasters) || ' upcasters, '
-    || (SELECT count(*) FROM event_store.snapshots) || ' snapshots';
+    || (SELECT count(*) FROM event_store.snapshots) || ' snapshots, '
+    || (SELECT count(*) FROM event_store.stream_metadata WHERE deleted_at IS NOT NULL) || ' deleted streams, '
+    || (SELECT count(*) FROM event_store.stream_metadata WHERE max_count IS NOT NULL OR max_age IS NOT NULL) || ' streams with retention, '
+    || (SELECT count(*) FROM event_store.category_grants) || ' category grants';
 SQL
 	($self->{final_state} = $s->{out} // '') =~ s/\s+$//;
 	return;
