@@ -1841,8 +1841,11 @@ SELECT 'violated: ' || x FROM fz.invariants() x;
 ROLLBACK;
 SQL
 	return if $r->{lost};
-	$self->{invariant_checks}++;
 	my ($state, $msg) = $r->{out} =~ /^\Q${MARK}I2\E (\S+)\n(.*)\z/ms;
+	# a deadlock with the background worker (the reducers of the deleted
+	# streams' aggregates run): not checked this time
+	return if defined $state && $state eq '40P01';
+	$self->{invariant_checks}++;
 	if (!defined $state || $state ne '00000')
 	{
 		$self->_problem(kind => 'invariant check failed', state => $state, message => $msg // $r->{out}, n => $n);
