@@ -38,8 +38,19 @@ SELECT stream_version, event_type FROM event_store.read_stream('life-1');
 SELECT stream_version, event_type FROM event_store.read_stream('life-1', backward => true, max_count => 1);
 SELECT count(*) AS all_versions_kept FROM event_store.events WHERE stream_id = 'life-1';
 
+-- snapshots follow the stream: none of a deleted stream, none from before
+-- the tombstone of a reopened one, and none can be saved while deleted
+SELECT event_store.save_snapshot('life-1', 4, '{"at": 4}');
+SELECT event_store.delete_stream('life-1');
+SELECT count(*) AS snapshots_of_deleted FROM event_store.load_snapshot('life-1');
+SELECT regress.try($$SELECT event_store.save_snapshot('life-1', 5, '{}')$$);
+SELECT event_store.reopen_stream('life-1');
+SELECT count(*) AS snapshots_before_tombstone FROM event_store.load_snapshot('life-1');
+SELECT regress.try($$SELECT event_store.save_snapshot('life-1', 5, '{}')$$);
+SELECT stream_version FROM event_store.read_stream('life-1');
+
 -- purge: off by default; removes events and snapshots, keeps a marker
-SELECT event_store.save_snapshot('life-1', 5, '{"email": "a@example.com"}');
+SELECT event_store.save_snapshot('life-1', 7, '{"email": "a@example.com"}');
 SELECT regress.try($$SELECT event_store.purge_stream('life-1')$$);
 SET event_store.allow_purge = on;
 SELECT regress.try($$SELECT event_store.purge_stream('life-none')$$);
@@ -70,6 +81,8 @@ SELECT regress.try($$SELECT event_store.set_stream_retention(NULL, 1)$$);
 SELECT regress.try($$SELECT event_store.set_stream_retention('life-2', 0)$$);
 SELECT regress.try($$SELECT event_store.set_stream_retention('life-2', NULL, '-1 day')$$);
 SELECT regress.try($$SELECT event_store.set_stream_retention('life-2', NULL, '0 seconds')$$);
+SELECT regress.try($$SELECT event_store.set_stream_retention('life-2', NULL, '7000 years')$$);
+SELECT regress.try($$SELECT event_store.set_stream_retention('life-2', NULL, '400000 days')$$);
 SELECT event_store.append('life-2', (SELECT jsonb_agg(jsonb_build_object('type', 'Tick', 'data', i)) FROM generate_series(1, 10) i), 0);
 SELECT event_store.append('life-3', (SELECT jsonb_agg(jsonb_build_object('type', 'Tick', 'data', i)) FROM generate_series(1, 3) i), 0);
 SELECT event_store.set_stream_retention('life-2', max_count => 4);

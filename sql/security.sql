@@ -153,6 +153,14 @@ SELECT count(*) AS orders_rows FROM event_store.events WHERE stream_id LIKE 'sec
 RESET ROLE;
 REVOKE SELECT ON event_store.events, event_store.snapshots FROM sec_billing, sec_orders;
 
+-- the grants of a dropped role can still be revoked
+CREATE ROLE sec_gone;
+SELECT event_store.grant_category('sec_gone', 'secgone', '{append}');
+SELECT 'sec_gone'::regrole::oid AS gone_oid \gset
+DROP ROLE sec_gone;
+SELECT event_store.revoke_category(:gone_oid::oid::regrole, 'secgone');
+SELECT count(*) AS grants_left FROM event_store.category_grants WHERE category = 'secgone';
+
 -- a role holding a grant through membership may too
 CREATE ROLE sec_orders_clerk IN ROLE sec_orders;
 SET ROLE sec_orders_clerk;

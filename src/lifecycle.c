@@ -37,6 +37,9 @@ PG_FUNCTION_INFO_V1(es_enforce_retention);
 
 bool		es_allow_purge = false;
 
+/* the longest retention age: now() - max_age stays a valid timestamp */
+#define ES_MAX_AGE_YEARS 1000
+
 /* Set while purge or retention deletes events (see es_refuse_modification) */
 static bool removal_in_progress = false;
 
@@ -363,6 +366,13 @@ es_set_stream_retention(PG_FUNCTION_ARGS)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("max_age must not have negative parts")));
+		/* now() - max_age must stay a valid timestamp */
+		if (iv->month > 12 * ES_MAX_AGE_YEARS || iv->day > 366 * ES_MAX_AGE_YEARS ||
+			iv->time / USECS_PER_DAY > 366 * ES_MAX_AGE_YEARS ||
+			(int64) iv->month * 31 + iv->day + iv->time / USECS_PER_DAY > 366 * ES_MAX_AGE_YEARS)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("max_age must be at most %d years", ES_MAX_AGE_YEARS)));
 	}
 	for (int i = 0; i < 3; i++)
 	{

@@ -552,7 +552,8 @@ es_change_grants(FunctionCallInfo fcinfo, bool grant)
 	category = EsGetRequiredText(fcinfo, 1, "category");
 	EsCheckCategory(category, "Grants are per category: pass the part of the stream ids before the first \"-\".");
 	privs = es_privileges_arg(fcinfo, 2);
-	if (!GetUserNameFromId(grantee, true))
+	/* a dropped role's grants can still be revoked */
+	if (grant && !GetUserNameFromId(grantee, true))
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("role with OID %u does not exist", grantee)));

@@ -540,6 +540,8 @@ es_save_snapshot(PG_FUNCTION_ARGS)
 	int64		version;
 	int64		current;
 	int32		state_version;
+	bool		deleted;
+	int64		start_after;
 
 	if (PG_ARGISNULL(1))
 		ereport(ERROR,
@@ -556,12 +558,20 @@ es_save_snapshot(PG_FUNCTION_ARGS)
 				 errmsg("state_version must not be null")));
 	state_version = PG_GETARG_INT32(3);
 	EsCheckStreamAccess(stream_id, ES_PRIV_APPEND);
+	EsCheckStreamNotDeleted(stream_id);
 	if (state_version < 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("state_version must be a positive integer"),
 				 errdetail("Got %d.", state_version)));
 	current = EsLatestStreamVersion(EsGetCatalog(), stream_id, GetActiveSnapshot());
+	(void) EsStreamLifecycle(stream_id, &deleted, &start_after);
+	if (version <= start_after && version >= 1 && version <= current)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("stream \"%s\" was reopened after version " INT64_FORMAT,
+						text_to_cstring(stream_id), start_after),
+				 errhint("A snapshot of a reopened stream must be taken after its tombstone.")));
 	if (version < 1 || version > current)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -585,24 +595,31 @@ es_load_snapshot(PG_FUNCTION_ARGS)
 	text	   *stream_id = EsGetRequiredText(fcinfo, 0, "stream_id");
 	int64		max_version = es_get_optional_version(fcinfo, 1, "max_version");
 	ReturnSetInfo *rsinfo;
-	Datum		args[2];
-	Oid			types[2] = {TEXTOID, INT8OID};
+	Datum		args[3];
+	Oid			types[3] = {TEXTOID, INT8OID, INT8OID};
 	EsUserSwitch sw;
+	bool		deleted;
+	int64		start_after;
 	int			rc;
 
 	EsCheckStreamAccess(stream_id, ES_PRIV_READ);
 	InitMaterializedSRF(fcinfo, 0);
 	rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	/* like read_stream: nothing of a deleted stream, nothing before a reopening */
+	if (EsStreamLifecycle(stream_id, &deleted, &start_after) && deleted)
+		return (Datum) 0;
 
 	EsSpiConnect(&sw);
 	args[0] = PointerGetDatum(stream_id);
 	args[1] = Int64GetDatum(max_version < 0 ? PG_INT64_MAX : max_version);
+	args[2] = Int64GetDatum(start_after);
 	rc = SPI_execute_with_args("SELECT stream_version, state, state_version, created_at "
 							   "FROM event_store.snapshots "
 							   "WHERE stream_id OPERATOR(pg_catalog.=) $1 "
 							   "AND stream_version OPERATOR(pg_catalog.<=) $2 "
+							   "AND stream_version OPERATOR(pg_catalog.>) $3 "
 							   "ORDER BY stream_version DESC, created_at DESC, state_version DESC "
-							   "LIMIT 1", 2, types, args, NULL, true, 1);
+							   "LIMIT 1", 3, types, args, NULL, true, 1);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "reading snapshots failed: %s", SPI_result_code_string(rc));
 	if (SPI_processed == 1)

@@ -65,31 +65,7 @@ use EsFuzz;
 # running at all (for a crash, or a call that would spoil the rest of the
 # run), and counts it as a hit.  Remove an entry when its defect is fixed.
 my $huge_max_age = join '|', map { quotemeta } @EsFuzz::HUGE_MAX_AGE;
-my @known_defects = (
-	{
-		# set_stream_retention('fzret-1', NULL, '7000 years') is accepted;
-		# from then on enforce_retention() and every retention round of the
-		# background worker fail with 22008 (now() - max_age is out of
-		# range), for every stream of the database; the worker exits and is
-		# restarted, again at every round.  Avoided: retention would be
-		# broken for the rest of the run.
-		name    => 'set_stream_retention: a max_age beyond the timestamp range breaks retention (22008)',
-		message => qr/timestamp out of range/,
-		avoid   => sub {
-			my ($c) = @_;
-			return $c->{function} eq 'set_stream_retention' && $c->{sql} =~ /'(?:$huge_max_age)'::interval/;
-		},
-	},
-	{
-		# load_snapshot ignores the stream lifecycle: after delete_stream it
-		# still returns the stream's snapshot (read_stream and
-		# load_aggregate return nothing), and after reopen_stream a snapshot
-		# from before the tombstone (load_aggregate ignores those)
-		name    => 'load_snapshot returns snapshots of deleted streams, and from before the tombstone of reopened ones',
-		kind    => 'lifecycle invariant violated',
-		message => qr/^load_snapshot of (deleted|reopened) stream/,
-	},
-);
+my @known_defects = ();
 
 my $seed = $ENV{ES_FUZZ_SEED} // int(rand(2**31));
 die "ES_FUZZ_SEED must be a non-negative integer\n" unless $seed =~ /^\d+$/;
