@@ -118,16 +118,16 @@ done
 mkdir -p "$LOG_DIR"
 rm -f "$LOG_DIR"/*.log "$LOG_DIR/segments.txt"
 
-# pgbench SCRIPT CLIENTS SYNC SECONDS LOGNAME -> prints tps
-run_pgbench() {
-	local script=$1 clients=$2 sync=$3 secs=$4 logname=$5
+# pgbench_run LOGNAME SCRIPT CLIENTS SYNC [pgbench options] -> prints tps
+pgbench_run() {
+	local logname=$1 script=$2 clients=$3 sync=$4
+	shift 4
 	local jobs=$(( clients < NPROC ? clients : NPROC ))
 	local out="$LOG_DIR/$logname.log"
 
 	if ! PGOPTIONS="-c synchronous_commit=$sync" "$PGBIN/pgbench" -n -M prepared \
-		-T "$secs" -c "$clients" -j "$jobs" -D maxpos="$MAXPOS" \
-		-f "$SCRIPTS/$script" >"$out" 2>&1; then
-		log "pgbench failed for $script (clients $clients, sync $sync):"
+		-c "$clients" -j "$jobs" "$@" -f "$SCRIPTS/$script" >"$out" 2>&1; then
+		log "pgbench failed for $script (clients $clients, sync $sync, $*):"
 		tail -n 20 "$out" >&2
 		return 1
 	fi
@@ -137,6 +137,11 @@ run_pgbench() {
 		return 1
 	fi
 	awk '/^tps = / { print $3; exit }' "$out"
+}
+
+# pgbench SCRIPT CLIENTS SYNC SECONDS LOGNAME -> prints tps
+run_pgbench() {
+	pgbench_run "$5" "$1" "$2" "$3" -T "$4" -D maxpos="$MAXPOS"
 }
 
 # CPU time (clock ticks) used so far by the whole cluster: the postmaster,
@@ -286,20 +291,7 @@ PROJ_LOADED=0
 pgbench_opts() {
 	local logname=$1 script=$2 clients=$3
 	shift 3
-	local jobs=$(( clients < NPROC ? clients : NPROC ))
-	local out="$LOG_DIR/$logname.log"
-	if ! PGOPTIONS="-c synchronous_commit=off" "$PGBIN/pgbench" -n -M prepared \
-		-c "$clients" -j "$jobs" "$@" -f "$SCRIPTS/$script" >"$out" 2>&1; then
-		log "pgbench failed for $script (clients $clients, $*):"
-		tail -n 20 "$out" >&2
-		return 1
-	fi
-	if grep -q '^number of failed transactions: [1-9]' "$out"; then
-		log "pgbench reported failed transactions for $script:"
-		tail -n 20 "$out" >&2
-		return 1
-	fi
-	awk '/^tps = / { print $3; exit }' "$out"
+	pgbench_run "$logname" "$script" "$clients" off "$@"
 }
 
 median() {

@@ -363,13 +363,6 @@ es_find_event_id(Relation heap, Relation index, TupleTableSlot *slot,
 	return found;
 }
 
-/* Are two texts byte-for-byte equal? */
-static bool
-equalstr_text(text *a, text *b)
-{
-	return VARSIZE_ANY_EXHDR(a) == VARSIZE_ANY_EXHDR(b) &&
-		memcmp(VARDATA_ANY(a), VARDATA_ANY(b), VARSIZE_ANY_EXHDR(a)) == 0;
-}
 
 /* uuid as text, for messages */
 static char *
@@ -443,7 +436,7 @@ es_check_stored_ids(const EsCatalog *cat, text *stream_id, EsNewEvent *evs,
 		}
 		if (first_found < 0)
 			first_found = i;
-		if (!equalstr_text(where_stream[i], stream_id) ||
+		if (!EsTextIs(where_stream[i], VARDATA_ANY(stream_id), VARSIZE_ANY_EXHDR(stream_id)) ||
 			where_version[i] != where_version[0] + i)
 			retry = false;
 	}
@@ -670,12 +663,8 @@ es_append(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("events must not be null"),
 				 errhint("Pass one event object or a non-empty array of them.")));
-	if (has_expected && expected < 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("expected_version must not be negative"),
-				 errdetail("Got " INT64_FORMAT ".", expected),
-				 errhint("Pass NULL to append whatever the stream's version, 0 to require that the stream does not exist yet, or the stream's current version.")));
+	EsRejectNegative(expected, "expected_version",
+					 "Pass NULL to append whatever the stream's version, 0 to require that the stream does not exist yet, or the stream's current version.");
 	events = PG_GETARG_JSONB_P(1);
 
 	evs = es_parse_events(events, &n);

@@ -36,15 +36,10 @@ void
 EsCheckCallbackSignature(Oid fn, const char *role, int nargs, const Oid *argtypes,
 						 Oid rettype, const char *expected)
 {
-	HeapTuple	tup;
+	HeapTuple	tup = EsSearchProc(fn);
 	Form_pg_proc proc;
 	bool		ok;
 
-	tup = SearchSysCache1(PROCOID, ObjectIdGetDatum(fn));
-	if (!HeapTupleIsValid(tup))
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_FUNCTION),
-				 errmsg("function with OID %u does not exist", fn)));
 	proc = (Form_pg_proc) GETSTRUCT(tup);
 	ok = proc->pronargs == nargs && proc->prorettype == rettype && !proc->proretset &&
 		proc->prokind == PROKIND_FUNCTION;
@@ -58,6 +53,31 @@ EsCheckCallbackSignature(Oid fn, const char *role, int nargs, const Oid *argtype
 				 errdetail("It must be %s.", expected)));
 	/* the current user registers it, and it will run as that user */
 	EsCheckCallbackOwner(fn, GetUserId(), role);
+}
+
+/* The pg_proc row of a function given by OID (release it); error if none */
+HeapTuple
+EsSearchProc(Oid fn)
+{
+	HeapTuple	tup = SearchSysCache1(PROCOID, ObjectIdGetDatum(fn));
+
+	if (!HeapTupleIsValid(tup))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_FUNCTION),
+				 errmsg("function with OID %u does not exist", fn)));
+	return tup;
+}
+
+/* Error out when a numeric argument is negative (hint: what to pass instead) */
+void
+EsRejectNegative(int64 value, const char *name, const char *hint)
+{
+	if (value < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must not be negative", name),
+				 errdetail("Got " INT64_FORMAT ".", value),
+				 hint ? errhint("%s", hint) : 0));
 }
 
 /* A required text argument: not NULL, not empty */
@@ -99,6 +119,17 @@ EsArgTextArray(FunctionCallInfo fcinfo, int argno, const char *name,
 				 errmsg("%s must be a one-dimensional array", name)));
 	deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT, elems, nulls, &n);
 	return n;
+}
+
+/* Length of the category part of a stream id: up to its first "-", or all */
+int
+EsCategoryLen(text *stream_id)
+{
+	const char *s = VARDATA_ANY(stream_id);
+	int			len = VARSIZE_ANY_EXHDR(stream_id);
+	const char *dash = memchr(s, '-', len);
+
+	return dash ? (int) (dash - s) : len;
 }
 
 /* A category names the part of stream ids before the first "-": no "-" in it */

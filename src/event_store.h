@@ -191,11 +191,21 @@ extern bool EsUpcastRow(Datum *values, bool *isnull);
 
 /* args.c: argument checks of the API functions */
 extern void EsRequireArg(FunctionCallInfo fcinfo, int argno, const char *name);
+extern void EsRejectNegative(int64 value, const char *name, const char *hint);
+extern HeapTuple EsSearchProc(Oid fn);
 extern text *EsGetRequiredText(FunctionCallInfo fcinfo, int argno,
 							   const char *name);
 extern int	EsArgTextArray(FunctionCallInfo fcinfo, int argno, const char *name,
 						   Datum **elems, bool **nulls);
 extern void EsCheckCategory(text *category, const char *hint);
+extern int	EsCategoryLen(text *stream_id);
+
+/* Is text t the len bytes at s? */
+static inline bool
+EsTextIs(text *t, const char *s, int len)
+{
+	return VARSIZE_ANY_EXHDR(t) == len && memcmp(VARDATA_ANY(t), s, len) == 0;
+}
 extern void EsCheckCallbackSignature(Oid fn, const char *role, int nargs,
 									 const Oid *argtypes, Oid rettype,
 									 const char *expected);
@@ -229,10 +239,9 @@ extern void EsCheckCallbackOwner(Oid fn, Oid role, const char *what);
 extern Datum EsCallAs(EsRegistry *reg, FunctionCallInfo fcinfo, Oid role);
 extern bool EsCategoryGrantsExist(void);
 extern void EsCheckStreamAccess(text *stream_id, int priv);
-extern void EsCheckCategoryAccess(text *category, int priv);
 extern EsDeniedSet *EsDeniedCategories(Oid role);
 extern bool EsStreamDenied(const EsDeniedSet *set, text *stream_id);
-extern bool EsRoleMayReadStream(Oid role, text *stream_id);
+extern bool EsRoleMayAccessStream(Oid role, text *stream_id, int priv);
 extern bool EsSchemaHasOwners(void);
 extern const char *EsOwnerColumn(void);
 extern Oid	EsRegistrant(Oid owner);

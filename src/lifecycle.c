@@ -205,12 +205,8 @@ es_delete_stream(PG_FUNCTION_ARGS)
 	int64		tombstone;
 
 	EsCheckPreloaded();
-	if (has_expected && expected < 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("expected_version must not be negative"),
-				 errdetail("Got " INT64_FORMAT ".", expected),
-				 errhint("Pass NULL to delete whatever the stream's version, or the stream's current version.")));
+	EsRejectNegative(expected, "expected_version",
+					 "Pass NULL to delete whatever the stream's version, or the stream's current version.");
 	stream_id = es_existing_stream(fcinfo, &version);
 	EsCheckStreamNotDeleted(stream_id);
 	tombstone = es_append_marker(stream_id, "$StreamDeleted",

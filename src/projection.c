@@ -76,7 +76,7 @@ static MemoryContext inline_cxt = NULL;
 static EsProjection *inline_projs = NULL;
 static int	inline_count = 0;
 
-static Oid	get_func_signature_first_arg(Oid fn);
+static bool es_is_batch_handler(Oid fn);
 
 /* What is being applied, for the error context */
 typedef struct EsApplyCtx
@@ -142,8 +142,7 @@ es_projection_from_row(EsProjection *p, HeapTuple tup, TupleDesc desc,
 	{
 		EsCheckCallbackOwner(handler, p->owner, "a projection handler");
 		fmgr_info_cxt(handler, &p->handler, cxt);
-		p->batch = (get_func_nargs(handler) == 1 &&
-					get_func_signature_first_arg(handler) != EsGetCatalog()->event_type_oid);
+		p->batch = es_is_batch_handler(handler);
 	}
 	else
 	{
@@ -194,19 +193,16 @@ es_projection_matches(const EsProjection *p, Datum *values)
 {
 	if (!EsTypeMatches(&p->types, values[Anum_es_event_type - 1]))
 		return false;
-	if (!EsRoleMayReadStream(p->owner, DatumGetTextPP(values[Anum_es_stream_id - 1])))
+	if (!EsRoleMayAccessStream(p->owner, DatumGetTextPP(values[Anum_es_stream_id - 1]),
+							   ES_PRIV_READ))
 		return false;
 	if (p->ncategories >= 0)
 	{
 		text	   *sid = DatumGetTextPP(values[Anum_es_stream_id - 1]);
-		const char *s = VARDATA_ANY(sid);
-		int			len = VARSIZE_ANY_EXHDR(sid);
-		const char *dash = memchr(s, '-', len);
-		int			clen = dash ? (int) (dash - s) : len;
+		int			clen = EsCategoryLen(sid);
 
 		for (int i = 0; i < p->ncategories; i++)
-			if (VARSIZE_ANY_EXHDR(p->categories[i]) == clen &&
-				memcmp(VARDATA_ANY(p->categories[i]), s, clen) == 0)
+			if (EsTextIs(p->categories[i], VARDATA_ANY(sid), clen))
 				return true;
 		return false;
 	}
@@ -682,8 +678,7 @@ es_create_projection(PG_FUNCTION_ARGS)
 	handler = PG_GETARG_OID(1);
 	/* one event at a time, or a batch handler taking an array of them */
 	argtype = EsGetCatalog()->event_type_oid;
-	if (EsFunctionExists(handler) && get_func_nargs(handler) == 1 &&
-		get_func_signature_first_arg(handler) == get_array_type(argtype))
+	if (es_is_batch_handler(handler))
 		argtype = get_array_type(argtype);
 	EsCheckCallbackSignature(handler, "a projection handler", 1, &argtype, VOIDOID,
 							 "a function (event event_store.event) RETURNS void, "
@@ -1075,11 +1070,7 @@ es_run_projections(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("max_events must not be null")));
 	max_events = PG_GETARG_INT32(0);
-	if (max_events < 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("max_events must not be negative"),
-				 errdetail("Got %d.", max_events)));
+	EsRejectNegative(max_events, "max_events", NULL);
 	(void) EsGetCatalog();
 	EsSpiConnect(&sw);
 	n = EsRunAsyncProjections(max_events, false);
@@ -1087,19 +1078,19 @@ es_run_projections(PG_FUNCTION_ARGS)
 	PG_RETURN_INT64(n);
 }
 
-/* The type of a function's first argument (InvalidOid if it has none) */
-static Oid
-get_func_signature_first_arg(Oid fn)
+/* Does fn (if it exists) take one argument of type event_store.event[]? */
+static bool
+es_is_batch_handler(Oid fn)
 {
 	HeapTuple	tup = SearchSysCache1(PROCOID, ObjectIdGetDatum(fn));
-	Oid			result = InvalidOid;
+	bool		result = false;
 
 	if (HeapTupleIsValid(tup))
 	{
 		Form_pg_proc proc = (Form_pg_proc) GETSTRUCT(tup);
 
-		if (proc->pronargs > 0)
-			result = proc->proargtypes.values[0];
+		result = proc->pronargs == 1 &&
+			proc->proargtypes.values[0] == get_array_type(EsGetCatalog()->event_type_oid);
 		ReleaseSysCache(tup);
 	}
 	return result;

@@ -66,8 +66,7 @@ EsTypeMatches(const EsTypeFilter *filter, Datum event_type)
 	{
 		text	   *f = filter->types[i];
 
-		if (VARSIZE_ANY_EXHDR(f) == len &&
-			memcmp(VARDATA_ANY(f), VARDATA_ANY(t), len) == 0)
+		if (EsTextIs(f, VARDATA_ANY(t), len))
 			return true;
 	}
 	return false;
@@ -108,12 +107,7 @@ es_parse_max_count(FunctionCallInfo fcinfo, int argno, bool is_int8)
 	if (PG_ARGISNULL(argno))
 		return -1;
 	v = is_int8 ? PG_GETARG_INT64(argno) : (int64) PG_GETARG_INT32(argno);
-	if (v < 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("max_count must not be negative"),
-				 errdetail("Got " INT64_FORMAT ".", v),
-				 errhint("Pass NULL to read without a limit.")));
+	EsRejectNegative(v, "max_count", "Pass NULL to read without a limit.");
 	return v;
 }
 
@@ -318,12 +312,8 @@ es_read_stream(PG_FUNCTION_ARGS)
 	bool		deleted;
 	int64		start_after;
 
-	if (has_from && from_version < 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("from_version must not be negative"),
-				 errdetail("Got " INT64_FORMAT ".", from_version),
-				 errhint("Stream versions start at 1; pass NULL to start at the first (or, backward, the last) event.")));
+	EsRejectNegative(from_version, "from_version",
+					 "Stream versions start at 1; pass NULL to start at the first (or, backward, the last) event.");
 	EsRequireArg(fcinfo, 3, "backward");
 	backward = PG_GETARG_BOOL(3);
 	EsCheckStreamAccess(stream_id, ES_PRIV_READ);
@@ -402,12 +392,7 @@ es_get_after_position(FunctionCallInfo fcinfo, int argno)
 
 	EsRequireArg(fcinfo, argno, "after_position");
 	after = PG_GETARG_INT64(argno);
-	if (after < 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("after_position must not be negative"),
-				 errdetail("Got " INT64_FORMAT ".", after),
-				 errhint("Pass 0 to read from the beginning.")));
+	EsRejectNegative(after, "after_position", "Pass 0 to read from the beginning.");
 	return after;
 }
 
@@ -463,7 +448,7 @@ es_read_category(PG_FUNCTION_ARGS)
 	spec.max_count = es_parse_max_count(fcinfo, 2, false);
 	es_parse_type_filter(fcinfo, 3, &spec.filter);
 	spec.raw = es_parse_raw(fcinfo, 4);
-	EsCheckCategoryAccess(category, ES_PRIV_READ);
+	EsCheckStreamAccess(category, ES_PRIV_READ);	/* its own category */
 
 	cat = EsGetCatalog();
 	InitMaterializedSRF(fcinfo, 0);

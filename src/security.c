@@ -191,11 +191,7 @@ EsCheckCallbackOwner(Oid fn, Oid role, const char *what)
 	HeapTuple	tup;
 	Oid			proowner;
 
-	tup = SearchSysCache1(PROCOID, ObjectIdGetDatum(fn));
-	if (!HeapTupleIsValid(tup))
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_FUNCTION),
-				 errmsg("function with OID %u does not exist", fn)));
+	tup = EsSearchProc(fn);
 	proowner = ((Form_pg_proc) GETSTRUCT(tup))->proowner;
 	ReleaseSysCache(tup);
 
@@ -281,6 +277,7 @@ es_grants_load(void)
 	MemoryContext cxt = EsRegistryNewContext(&grant_registry);
 	MemoryContext old;
 	EsUserSwitch sw;
+	EsGrant    *all = NULL;
 	int			rc;
 
 	grant_cats = NULL;
@@ -298,7 +295,11 @@ es_grants_load(void)
 
 	old = MemoryContextSwitchTo(cxt);
 	if (SPI_processed > 0)
+	{
+		/* rows come ordered by category: each one's grants are a run of all */
 		grant_cats = palloc0(sizeof(EsCategoryGrants) * SPI_processed);
+		all = palloc(sizeof(EsGrant) * SPI_processed);
+	}
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[i];
@@ -309,13 +310,11 @@ es_grants_load(void)
 		EsGrant    *g;
 
 		if (grant_ncats == 0 ||
-			VARSIZE_ANY_EXHDR(cat) != VARSIZE_ANY_EXHDR(grant_cats[grant_ncats - 1].category) ||
-			memcmp(VARDATA_ANY(cat), VARDATA_ANY(grant_cats[grant_ncats - 1].category),
-				   VARSIZE_ANY_EXHDR(cat)) != 0)
+			!EsTextIs(grant_cats[grant_ncats - 1].category, VARDATA_ANY(cat), VARSIZE_ANY_EXHDR(cat)))
 		{
 			c = &grant_cats[grant_ncats++];
 			c->category = DatumGetTextPCopy(PointerGetDatum(cat));
-			c->grants = palloc(sizeof(EsGrant) * SPI_processed);
+			c->grants = &all[i];
 			c->ngrants = 0;
 		}
 		c = &grant_cats[grant_ncats - 1];
@@ -336,15 +335,6 @@ EsCategoryGrantsExist(void)
 	return grant_ncats > 0;
 }
 
-/* Length of the category part of a stream id (all of it without "-") */
-static inline int
-es_category_len(const char *stream, int len)
-{
-	const char *dash = memchr(stream, '-', len);
-
-	return dash ? (int) (dash - stream) : len;
-}
-
 /* The grants of a category, or NULL when it has none (it is open) */
 static EsCategoryGrants *
 es_find_category(const char *cat, int len)
@@ -353,7 +343,7 @@ es_find_category(const char *cat, int len)
 	{
 		text	   *c = grant_cats[i].category;
 
-		if (VARSIZE_ANY_EXHDR(c) == len && memcmp(VARDATA_ANY(c), cat, len) == 0)
+		if (EsTextIs(c, cat, len))
 			return &grant_cats[i];
 	}
 	return NULL;
@@ -395,34 +385,27 @@ es_deny(Oid role, const char *cat, int len, int priv)
 					 EsRoleName(role), category, es_priv_name(priv))));
 }
 
+/*
+ * May role do priv on the stream's category?  (A category is given as a
+ * stream id too: without "-", it is its own category.)
+ */
+bool
+EsRoleMayAccessStream(Oid role, text *stream_id, int priv)
+{
+	if (!EsCategoryGrantsExist())
+		return true;
+	return es_role_may(role, es_find_category(VARDATA_ANY(stream_id), EsCategoryLen(stream_id)),
+					   priv);
+}
+
 /* Error out unless the current user may do priv on the stream's category */
 void
 EsCheckStreamAccess(text *stream_id, int priv)
 {
-	const char *s;
-	int			len;
-	Oid			role;
+	Oid			role = GetUserId();
 
-	if (!EsCategoryGrantsExist())
-		return;
-	s = VARDATA_ANY(stream_id);
-	len = es_category_len(s, VARSIZE_ANY_EXHDR(stream_id));
-	role = GetUserId();
-	if (!es_role_may(role, es_find_category(s, len), priv))
-		es_deny(role, s, len, priv);
-}
-
-/* Error out unless the current user may do priv on a category */
-void
-EsCheckCategoryAccess(text *category, int priv)
-{
-	Oid			role;
-
-	if (!EsCategoryGrantsExist())
-		return;
-	role = GetUserId();
-	if (!es_role_may(role, es_find_category(VARDATA_ANY(category), VARSIZE_ANY_EXHDR(category)), priv))
-		es_deny(role, VARDATA_ANY(category), VARSIZE_ANY_EXHDR(category), priv);
+	if (!EsRoleMayAccessStream(role, stream_id, priv))
+		es_deny(role, VARDATA_ANY(stream_id), EsCategoryLen(stream_id), priv);
 }
 
 /*
@@ -462,29 +445,15 @@ EsStreamDenied(const EsDeniedSet *set, text *stream_id)
 	if (set == NULL)
 		return false;
 	s = VARDATA_ANY(stream_id);
-	len = es_category_len(s, VARSIZE_ANY_EXHDR(stream_id));
+	len = EsCategoryLen(stream_id);
 	for (int i = 0; i < set->n; i++)
 	{
 		text	   *c = set->categories[i];
 
-		if (VARSIZE_ANY_EXHDR(c) == len && memcmp(VARDATA_ANY(c), s, len) == 0)
+		if (EsTextIs(c, s, len))
 			return true;
 	}
 	return false;
-}
-
-/* May role read the stream?  (For callbacks run as another role.) */
-bool
-EsRoleMayReadStream(Oid role, text *stream_id)
-{
-	const char *s;
-	int			len;
-
-	if (!EsCategoryGrantsExist())
-		return true;
-	s = VARDATA_ANY(stream_id);
-	len = es_category_len(s, VARSIZE_ANY_EXHDR(stream_id));
-	return es_role_may(role, es_find_category(s, len), ES_PRIV_READ);
 }
 
 /*
@@ -496,7 +465,7 @@ es_may_read(PG_FUNCTION_ARGS)
 {
 	if (PG_ARGISNULL(0))
 		PG_RETURN_BOOL(false);
-	PG_RETURN_BOOL(EsRoleMayReadStream(GetUserId(), PG_GETARG_TEXT_PP(0)));
+	PG_RETURN_BOOL(EsRoleMayAccessStream(GetUserId(), PG_GETARG_TEXT_PP(0), ES_PRIV_READ));
 }
 
 /* The privilege bits of a privileges text[] argument (error on bad input) */

@@ -146,21 +146,9 @@ es_agg_find(const char *category, int len)
 		return NULL;
 	es_agg_key(key, category, len);
 	for (entry = hash_search(agg_hash, key, HASH_FIND, NULL); entry; entry = entry->next)
-		if (VARSIZE_ANY_EXHDR(entry->full_category) == len &&
-			memcmp(VARDATA_ANY(entry->full_category), category, len) == 0)
+		if (EsTextIs(entry->full_category, category, len))
 			return entry;
 	return NULL;
-}
-
-/* Length of the category prefix of a stream id */
-static int
-es_category_len(text *stream_id)
-{
-	const char *s = VARDATA_ANY(stream_id);
-	int			len = VARSIZE_ANY_EXHDR(stream_id);
-	const char *dash = memchr(s, '-', len);
-
-	return dash ? (int) (dash - s) : len;
 }
 
 /* Prepare the snapshot plans once per backend */
@@ -241,11 +229,12 @@ es_fold_row(Datum *values, bool *isnull, void *arg)
 /*
  * State of a stream at at_version (or its last version when at_version < 0):
  * newest usable snapshot, then the later (upcast) events through the
- * reducer.  Returns the state (in the caller's context) and sets *version.
+ * reducer; a reopened stream's fold starts after its tombstone, start_after.
+ * Returns the state (in the caller's context) and sets *version.
  */
 static Datum
 es_fold_aggregate(EsAggregate *agg, text *stream_id, int64 at_version,
-				  Snapshot snapshot, int64 *version)
+				  int64 start_after, Snapshot snapshot, int64 *version)
 {
 	const EsCatalog *cat = EsGetCatalog();
 	EsFold		fold;
@@ -256,8 +245,6 @@ es_fold_aggregate(EsAggregate *agg, text *stream_id, int64 at_version,
 	Datum		result;
 	MemoryContext caller = CurrentMemoryContext;
 	EsUserSwitch sw;
-	bool		deleted;
-	int64		start_after;
 
 	if (agg->missing)
 		ereport(ERROR,
@@ -266,7 +253,7 @@ es_fold_aggregate(EsAggregate *agg, text *stream_id, int64 at_version,
 						text_to_cstring(agg->full_category)),
 				 errdetail("Function with OID %u was dropped.", agg->reducer.fn_oid),
 				 errhint("Define the aggregate again with event_store.define_aggregate().")));
-	if (!EsRoleMayReadStream(agg->owner, stream_id))
+	if (!EsRoleMayAccessStream(agg->owner, stream_id, ES_PRIV_READ))
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("the reducer of category \"%s\" may not read stream \"%s\"",
@@ -281,7 +268,6 @@ es_fold_aggregate(EsAggregate *agg, text *stream_id, int64 at_version,
 	fold.state_cxt[1] = AllocSetContextCreate(caller, "event_store fold", ALLOCSET_DEFAULT_SIZES);
 	fold.state = JsonbPGetDatum(agg->initial_state);
 	/* a reopened stream starts over after its tombstone */
-	(void) EsStreamLifecycle(stream_id, &deleted, &start_after);
 	fold.version = start_after;
 
 	/* newest snapshot of this state_version at or below at_version */
@@ -374,16 +360,19 @@ EsSnapshotHook(text *stream_id, int64 old_version, int64 new_version)
 	Datum		state;
 	int64		version;
 	Snapshot	snapshot;
+	bool		deleted;
+	int64		start_after;
 
-	agg = es_agg_find(VARDATA_ANY(stream_id), es_category_len(stream_id));
+	agg = es_agg_find(VARDATA_ANY(stream_id), EsCategoryLen(stream_id));
 	if (agg == NULL || agg->snapshot_every <= 0)
 		return;
 	if (old_version / agg->snapshot_every >= new_version / agg->snapshot_every)
 		return;
 
 	/* append() made its inserts visible (CommandCounterIncrement) already */
+	(void) EsStreamLifecycle(stream_id, &deleted, &start_after);
 	snapshot = RegisterSnapshot(GetLatestSnapshot());
-	state = es_fold_aggregate(agg, stream_id, new_version, snapshot, &version);
+	state = es_fold_aggregate(agg, stream_id, new_version, start_after, snapshot, &version);
 	UnregisterSnapshot(snapshot);
 	es_store_snapshot(stream_id, new_version, state, agg->state_version);
 }
@@ -481,12 +470,7 @@ es_get_optional_version(FunctionCallInfo fcinfo, int argno, const char *name)
 	if (PG_ARGISNULL(argno))
 		return -1;
 	v = PG_GETARG_INT64(argno);
-	if (v < 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s must not be negative", name),
-				 errdetail("Got " INT64_FORMAT ".", v),
-				 errhint("Pass NULL for the latest version.")));
+	EsRejectNegative(v, name, "Pass NULL for the latest version.");
 	return v;
 }
 
@@ -499,7 +483,7 @@ es_load_aggregate(PG_FUNCTION_ARGS)
 {
 	text	   *stream_id = EsGetRequiredText(fcinfo, 0, "stream_id");
 	int64		at_version = es_get_optional_version(fcinfo, 1, "at_version");
-	int			catlen = es_category_len(stream_id);
+	int			catlen = EsCategoryLen(stream_id);
 	EsAggregate *agg;
 	ReturnSetInfo *rsinfo;
 	Datum		values[2];
@@ -523,7 +507,8 @@ es_load_aggregate(PG_FUNCTION_ARGS)
 	/* a deleted stream has no state */
 	if (EsStreamLifecycle(stream_id, &deleted, &start_after) && deleted)
 		return (Datum) 0;
-	values[1] = es_fold_aggregate(agg, stream_id, at_version, GetActiveSnapshot(), &version);
+	values[1] = es_fold_aggregate(agg, stream_id, at_version, start_after,
+								  GetActiveSnapshot(), &version);
 	values[0] = Int64GetDatum(version);
 	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, isnull);
 	return (Datum) 0;

@@ -231,8 +231,7 @@ es_upcast_find(text *type, int32 schema_version)
 	es_upcast_key(&key, VARDATA_ANY(type), len, schema_version);
 	entry = hash_search(upcast_hash, &key, HASH_FIND, NULL);
 	for (; entry != NULL; entry = entry->collision)
-		if (VARSIZE_ANY_EXHDR(entry->full_type) == len &&
-			memcmp(VARDATA_ANY(entry->full_type), VARDATA_ANY(type), len) == 0)
+		if (EsTextIs(entry->full_type, VARDATA_ANY(type), len))
 			return entry;
 	return NULL;
 }

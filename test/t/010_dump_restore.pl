@@ -9,20 +9,14 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
-my $node = PostgreSQL::Test::Cluster->new('dump_restore');
+use FindBin;
+use lib "$FindBin::RealBin/../perl";
+use EsTestNode;
 
-# Result of a query, or its error text: a failing check shows the error and
-# the later checks still run.
-sub query
-{
-	my ($db, $sql) = @_;
-	my ($ret, $stdout, $stderr) = $node->psql($db, $sql);
-	return $ret == 0 ? $stdout : "ERROR: $stderr";
-}
+my $node = es_node('dump_restore');
 
-$node->init;
-$node->append_conf('postgresql.conf', "shared_preload_libraries = 'event_store'");
-$node->start;
+# Result of a query, or its error text
+sub query { return es_query($node, @_); }
 
 $node->safe_psql('postgres', 'CREATE DATABASE source');
 $node->safe_psql('source', 'CREATE EXTENSION event_store');

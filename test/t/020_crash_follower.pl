@@ -30,16 +30,14 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
-my $node = PostgreSQL::Test::Cluster->new('crash',
-	defined $ENV{ES_TEST_PORT} ? (port => $ENV{ES_TEST_PORT}) : ());
-$node->init;
-$node->append_conf(
-	'postgresql.conf', q{
-shared_preload_libraries = 'event_store'
+use FindBin;
+use lib "$FindBin::RealBin/../perl";
+use EsTestNode;
+
+my $node = es_node('crash', q{
 max_connections = 30
 restart_after_crash = on
 });
-$node->start;
 
 $node->safe_psql('postgres', 'CREATE EXTENSION event_store');
 

@@ -11,11 +11,11 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
-my $node = PostgreSQL::Test::Cluster->new('otherdb',
-	defined $ENV{ES_TEST_PORT} ? (port => $ENV{ES_TEST_PORT}) : ());
-$node->init;
-$node->append_conf('postgresql.conf', q{shared_preload_libraries = 'event_store'});
-$node->start;
+use FindBin;
+use lib "$FindBin::RealBin/../perl";
+use EsTestNode;
+
+my $node = es_node('otherdb');
 for my $db ('db1', 'db2')
 {
 	$node->safe_psql('postgres', "CREATE DATABASE $db");

@@ -26,17 +26,15 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
-my $node = PostgreSQL::Test::Cluster->new('restart',
-	defined $ENV{ES_TEST_PORT} ? (port => $ENV{ES_TEST_PORT}) : ());
-$node->init;
-$node->append_conf(
-	'postgresql.conf', q{
-shared_preload_libraries = 'event_store'
+use FindBin;
+use lib "$FindBin::RealBin/../perl";
+use EsTestNode;
+
+my $node = es_node('restart', q{
 event_store.naptime = '200ms'
 event_store.projection_max_attempts = 1
 restart_after_crash = on
 });
-$node->start;
 
 $node->safe_psql(
 	'postgres', q{

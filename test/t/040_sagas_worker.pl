@@ -25,17 +25,15 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
-my $node = PostgreSQL::Test::Cluster->new('sagas',
-	defined $ENV{ES_TEST_PORT} ? (port => $ENV{ES_TEST_PORT}) : ());
-$node->init;
-$node->append_conf(
-	'postgresql.conf', q{
-shared_preload_libraries = 'event_store'
+use FindBin;
+use lib "$FindBin::RealBin/../perl";
+use EsTestNode;
+
+my $node = es_node('sagas', q{
 event_store.worker_enabled = on
 event_store.naptime = '100ms'
 restart_after_crash = on
 });
-$node->start;
 
 sub sql { return $node->safe_psql('postgres', $_[0]); }
 

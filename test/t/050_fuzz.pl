@@ -55,6 +55,10 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
+use FindBin;
+use lib "$FindBin::RealBin/../perl";
+use EsTestNode;
+
 my $top;
 BEGIN { $top = dirname(dirname(dirname(__FILE__))); }
 use lib "$top/test/fuzz";
@@ -73,12 +77,7 @@ my $iterations = $ENV{ES_FUZZ_ITERATIONS} // 3000;
 my $worker = ($ENV{ES_FUZZ_WORKER} // 'on') eq 'off' ? 'off' : 'on';
 diag("fuzz seed $seed, $iterations calls (reproduce: ES_FUZZ_SEED=$seed ES_FUZZ_ITERATIONS=$iterations)");
 
-my $node = PostgreSQL::Test::Cluster->new('fuzz',
-	defined $ENV{ES_TEST_PORT} ? (port => $ENV{ES_TEST_PORT}) : ());
-$node->init;
-$node->append_conf(
-	'postgresql.conf', qq{
-shared_preload_libraries = 'event_store'
+my $node = es_node('fuzz', qq{
 event_store.worker_enabled = $worker
 event_store.naptime = '200ms'
 event_store.projection_max_attempts = 2
@@ -88,7 +87,6 @@ log_error_verbosity = verbose
 log_statement = none
 restart_after_crash = on
 });
-$node->start;
 $node->safe_psql('postgres', 'CREATE DATABASE fuzz');
 
 my $fuzz = EsFuzz->new(

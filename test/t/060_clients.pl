@@ -34,6 +34,10 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
+use FindBin;
+use lib "$FindBin::RealBin/../perl";
+use EsTestNode;
+
 my $top = abs_path(dirname(__FILE__) . '/../..');
 my $node_dir = "$top/examples/node";
 my $python_dir = "$top/examples/python";
@@ -110,16 +114,10 @@ ok($py_rc == 0,
 #
 # The server: worker running (NOTIFY, saga retries), a database per client
 #
-my $node = PostgreSQL::Test::Cluster->new('clients',
-	defined $ENV{ES_TEST_PORT} ? (port => $ENV{ES_TEST_PORT}) : ());
-$node->init;
-$node->append_conf(
-	'postgresql.conf', q{
-shared_preload_libraries = 'event_store'
+my $node = es_node('clients', q{
 event_store.naptime = '200ms'
 max_connections = 60
 });
-$node->start;
 
 my $user = $node->safe_psql('postgres', 'SELECT current_user');
 for my $db (qw(node_clients python_clients))

@@ -45,24 +45,16 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
-my $node = PostgreSQL::Test::Cluster->new('upgrade',
-	defined $ENV{ES_TEST_PORT} ? (port => $ENV{ES_TEST_PORT}) : ());
-$node->init;
-$node->append_conf(
-	'postgresql.conf', q{
-shared_preload_libraries = 'event_store'
+use FindBin;
+use lib "$FindBin::RealBin/../perl";
+use EsTestNode;
+
+my $node = es_node('upgrade', q{
 event_store.naptime = '200ms'
 });
-$node->start;
 
-# Result of a query, or its error text: a failing check shows the error and
-# the later checks still run.
-sub query
-{
-	my ($db, $sql) = @_;
-	my ($ret, $stdout, $stderr) = $node->psql($db, $sql);
-	return $ret == 0 ? $stdout : "ERROR: $stderr";
-}
+# Result of a query, or its error text
+sub query { return es_query($node, @_); }
 
 # The schema of the extension as sorted text, one row per object property,
 # free of OIDs: what must be identical after an update and after a fresh
