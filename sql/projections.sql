@@ -648,10 +648,58 @@ SELECT name, state, attempts, last_error, error_position - :batch_start AS error
        position - :batch_start AS position
   FROM event_store.projections WHERE name = 'batch_async';
 SELECT count(*) AS rows_after_failure FROM rm_batches;
+-- An async batch is handed over at about 256 kB, so large events come in
+-- several calls; every event arrives whole and in order, whether it is
+-- handed on as stored, upcast, or stored out of line (TOAST).
+SELECT event_store.drop_projection('batch_async');
+DELETE FROM rm_batches;
+CREATE TABLE rm_big (call int, global_position bigint, event_type text,
+                     schema_version int, data_len int, data_md5 text, sku text);
+CREATE SEQUENCE rm_big_call;
+CREATE FUNCTION h_big(events event_store.event[]) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    c int := nextval('rm_big_call');
+BEGIN
+    INSERT INTO rm_big
+    SELECT c, e.global_position, e.event_type, e.schema_version,
+           length(e.data ->> 'blob'), md5(e.data ->> 'blob'), e.data ->> 'sku'
+      FROM unnest(events) e;
+END $$;
+SELECT event_store.head_position() AS big_start \gset
+-- 100 kB of hex digits each: compressed, still stored out of line
+SELECT event_store.append('big-1', (
+    SELECT jsonb_agg(jsonb_build_object('type', 'Big', 'data', jsonb_build_object('blob',
+               (SELECT string_agg(md5(i::text || ':' || j::text), '') FROM generate_series(1, 3200) j))))
+      FROM generate_series(1, 6) i));
+SELECT pg_relation_size(reltoastrelid) > 0 AS stored_out_of_line
+  FROM pg_class WHERE oid = 'event_store.events'::regclass;
+SELECT event_store.append('big-2', '[{"type": "Small", "data": {"n": 1}},
+                                     {"type": "ItemAddedV1", "data": {"code": "b"}},
+                                     {"type": "Small", "data": {"n": 2}}]');
+SELECT event_store.create_projection('big', 'h_big(event_store.event[])',
+                                     categories => ARRAY['big'], mode => 'async');
+UPDATE event_store.projections SET position = :big_start WHERE name = 'big';
+SELECT event_store.run_projections();
+SELECT count(DISTINCT call) > 1 AS split, count(*) AS events,
+       bool_and(n_in_call <= 3) AS at_most_3_large_per_call
+  FROM (SELECT call, count(*) OVER (PARTITION BY call) AS n_in_call FROM rm_big) c;
+-- in order across the calls, each event equal to what was stored
+SELECT r.call - min(r.call) OVER () AS call, r.global_position - :big_start AS pos,
+       r.event_type, r.schema_version, r.data_len, r.sku,
+       r.data_md5 IS NOT DISTINCT FROM md5(e.data ->> 'blob') AS same_data
+  FROM rm_big r JOIN event_store.events e USING (global_position)
+ ORDER BY r.global_position;
+SELECT bool_and(prev < global_position) AS ascending
+  FROM (SELECT global_position, lag(global_position, 1, 0::bigint) OVER (ORDER BY call, global_position) AS prev
+          FROM rm_big) o;
+SELECT event_store.drop_projection('big');
+DROP TABLE rm_big;
+DROP SEQUENCE rm_big_call;
+DROP FUNCTION h_big;
 -- a wrong batch signature
 CREATE FUNCTION h_batch_text(events text[]) RETURNS void LANGUAGE sql AS $$ SELECT $$;
 SELECT pg_temp.try($$SELECT event_store.create_projection('x', 'h_batch_text(text[])')$$);
-SELECT event_store.drop_projection('batch_async');
 DROP TABLE rm_batches;
 DROP FUNCTION h_batch, h_batch_async, h_batch_text;
 

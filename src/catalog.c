@@ -8,7 +8,10 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "access/htup_details.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_attribute.h"
+#include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
 #include "nodes/pg_list.h"
 #include "utils/inval.h"
@@ -35,6 +38,7 @@ es_catalog_relcache_callback(Datum arg, Oid relid)
 		relid == es_catalog.stream_idx ||
 		relid == es_catalog.event_id_idx ||
 		relid == es_catalog.category_idx ||
+		relid == es_catalog.event_type_relid ||
 		relid == es_catalog.metadata_relid ||
 		relid == es_catalog.metadata_idx)
 		es_catalog_valid = false;
@@ -52,6 +56,57 @@ es_lookup_rel(Oid nsp, const char *name)
 				 errmsg("relation \"%s.%s\" does not exist", ES_SCHEMA_NAME, name),
 				 errhint("Is the extension event_store installed in this database? Run CREATE EXTENSION event_store.")));
 	return relid;
+}
+
+/*
+ * Do the rows of event_store.events have the physical layout of the row type
+ * event_store.event (same columns, types, lengths and alignments, none
+ * dropped)?  Then a stored row can be handed on as an event without being
+ * taken apart and formed again.
+ */
+static int
+es_relnatts(Oid relid)
+{
+	HeapTuple	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	int			natts = -1;
+
+	if (HeapTupleIsValid(tup))
+	{
+		natts = ((Form_pg_class) GETSTRUCT(tup))->relnatts;
+		ReleaseSysCache(tup);
+	}
+	return natts;
+}
+
+static bool
+es_same_row_layout(Oid relid, Oid type_relid)
+{
+	if (!OidIsValid(type_relid) || es_relnatts(relid) != Natts_es_event ||
+		es_relnatts(type_relid) != Natts_es_event)
+		return false;
+	for (AttrNumber attno = 1; attno <= Natts_es_event; attno++)
+	{
+		HeapTuple	a = SearchSysCache2(ATTNUM, ObjectIdGetDatum(relid), Int16GetDatum(attno));
+		HeapTuple	b = SearchSysCache2(ATTNUM, ObjectIdGetDatum(type_relid), Int16GetDatum(attno));
+		bool		same = false;
+
+		if (HeapTupleIsValid(a) && HeapTupleIsValid(b))
+		{
+			Form_pg_attribute fa = (Form_pg_attribute) GETSTRUCT(a);
+			Form_pg_attribute fb = (Form_pg_attribute) GETSTRUCT(b);
+
+			same = !fa->attisdropped && !fb->attisdropped &&
+				fa->atttypid == fb->atttypid && fa->attlen == fb->attlen &&
+				fa->attbyval == fb->attbyval && fa->attalign == fb->attalign;
+		}
+		if (HeapTupleIsValid(a))
+			ReleaseSysCache(a);
+		if (HeapTupleIsValid(b))
+			ReleaseSysCache(b);
+		if (!same)
+			return false;
+	}
+	return true;
 }
 
 /* The cached OIDs, looked up on first use after an invalidation */
@@ -93,6 +148,9 @@ EsGetCatalog(void)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("type \"%s.event\" does not exist", ES_SCHEMA_NAME)));
+	es_catalog.event_type_relid = get_typ_typrelid(es_catalog.event_type_oid);
+	es_catalog.stored_rows_are_events =
+		es_same_row_layout(es_catalog.events_relid, es_catalog.event_type_relid);
 	es_catalog_valid = true;
 	return &es_catalog;
 }

@@ -8,6 +8,7 @@
 #include "postgres.h"
 
 #include "access/attnum.h"
+#include "access/htup.h"
 #include "access/sdir.h"
 #include "access/skey.h"
 #include "executor/spi.h"
@@ -53,6 +54,8 @@ typedef struct EsCatalog
 	Oid			event_id_idx;
 	Oid			category_idx;
 	Oid			event_type_oid;	/* composite type event_store.event */
+	Oid			event_type_relid;	/* its pg_class entry */
+	bool		stored_rows_are_events; /* events' rows have the type's layout */
 	Oid			metadata_relid;	/* stream_metadata, or InvalidOid (older schema) */
 	Oid			metadata_idx;	/* its primary key */
 	Oid			grants_relid;	/* category_grants, or InvalidOid (older schema) */
@@ -108,7 +111,9 @@ extern bool EsTakeAbsentDatabase(Oid dboid);
 
 /* projection.c */
 extern int	es_projection_max_attempts;
-extern int64 EsRunAsyncProjections(int64 max_events, bool only_due);
+/* events one async projection gets per round before the next one's turn */
+#define ES_PROJECTION_SLICE		10000
+extern int64 EsRunAsyncProjections(int64 max_events, bool only_due, int max_ms);
 extern void EsApplyInlineProjections(int n, Datum *rows, bool *nulls);
 
 /* worker.c */
@@ -138,13 +143,27 @@ typedef struct EsScanSpec
 	struct Tuplestorestate *direct;	/* rows needing no upcast go straight here */
 	int64		current_position;	/* event being handled (for error reports) */
 	const struct EsDeniedSet *denied;	/* skip these categories, or NULL */
+	bool		leading_values; /* with a stored row, values up to event_type do */
 } EsScanSpec;
 
-/* Called for every event of a scan (values in event_store.event order) */
-typedef bool (*EsRowCallback) (Datum *values, bool *isnull, void *arg);
+/* the columns a callback gets with a stored row under leading_values */
+#define ES_LEADING_VALUES		Anum_es_event_type
+
+/*
+ * Called for every event of a scan (values in event_store.event order).
+ * stored is the row as stored when it is exactly the event (not upcast) and
+ * can serve as an event_store.event datum as it is (see EsEventDatum), else
+ * NULL; it lives in a pinned buffer until the callback returns.  When the
+ * scan asked for leading_values and stored is set, only the first
+ * ES_LEADING_VALUES values are filled in.
+ */
+typedef bool (*EsRowCallback) (Datum *values, bool *isnull, HeapTuple stored,
+							   void *arg);
 
 extern int64 EsScanEvents(const EsCatalog *cat, EsScanSpec *spec,
 						  EsRowCallback callback, void *arg);
+extern Datum EsEventDatum(TupleDesc event_desc, Datum *values, bool *isnull,
+						  HeapTuple stored);
 extern bool EsTypeMatches(const EsTypeFilter *filter, Datum event_type);
 extern bool EsFirstEventValue(const EsCatalog *cat, Oid index_oid,
 							  Snapshot snapshot, ScanKey keys, int nkeys,

@@ -54,8 +54,6 @@ PG_FUNCTION_INFO_V1(es_run_projections);
 
 int			es_projection_max_attempts = 5;
 
-/* events one async projection gets per round before the next one's turn */
-#define ES_PROJECTION_SLICE 10000
 
 /* A projection ready to apply */
 typedef struct EsProjection
@@ -245,71 +243,107 @@ es_invoke_handler(EsProjection *p, EsRegistry *reg, Datum arg, int64 position)
 /* Call a per-event handler with one event */
 static void
 es_call_handler(EsProjection *p, EsRegistry *reg, TupleDesc event_desc,
-				Datum *values, bool *isnull)
+				Datum *values, bool *isnull, HeapTuple stored)
 {
-	HeapTuple	tup = heap_form_tuple(event_desc, values, isnull);
+	/* in the caller's per-event memory context */
+	Datum		event = EsEventDatum(event_desc, values, isnull, stored);
 
-	es_invoke_handler(p, reg, HeapTupleGetDatum(tup),
-					  DatumGetInt64(values[Anum_es_global_position - 1]));
-	heap_freetuple(tup);
+	es_invoke_handler(p, reg, event, DatumGetInt64(values[Anum_es_global_position - 1]));
 }
 
 /*
- * Events collected for a batch handler: rows of event_store.event, in
- * order, in their own memory context
+ * Events collected for a batch handler, written straight into the
+ * event_store.event[] they are handed over as (the array's header is filled
+ * in when it is handed over).  An event taken from a stored row is copied,
+ * not taken apart and formed again.
  */
 typedef struct EsBatch
 {
 	MemoryContext cxt;
-	Datum	   *rows;
-	int			n;
-	int			cap;
+	char	   *buf;			/* the array: header, then the events */
+	Size		len;			/* bytes in use */
+	Size		cap;			/* bytes allocated */
+	Size		full;			/* hand the batch over at this many bytes */
+	int			n;				/* events */
 	int64		first_position;
 } EsBatch;
 
+#define ES_BATCH_HEADER		ARR_OVERHEAD_NONULLS(1)
+
+/*
+ * Async batches are handed over at about 256 kB: catch-up measured fastest
+ * with arrays this size (the handler's own copies of the events stay in the
+ * CPU's cache), at most 10,000 events.  An inline batch (one append) is split
+ * only if it grows past 256 MB.
+ */
+#define ES_BATCH_ASYNC_BYTES	((Size) 256 * 1024)
+#define ES_BATCH_INLINE_BYTES	((Size) 256 * 1024 * 1024)
+
 static void
-es_batch_init(EsBatch *b, MemoryContext parent)
+es_batch_init(EsBatch *b, MemoryContext parent, Size full)
 {
 	b->cxt = AllocSetContextCreate(parent, "event_store projection batch",
 								   ALLOCSET_DEFAULT_SIZES);
-	b->rows = MemoryContextAlloc(b->cxt, sizeof(Datum) * 64);
+	b->cap = 64 * 1024;
+	b->buf = MemoryContextAllocZero(b->cxt, b->cap);
+	b->len = ES_BATCH_HEADER;
+	b->full = full;
 	b->n = 0;
-	b->cap = 64;
 	b->first_position = 0;
 }
 
-static void
-es_batch_add(EsBatch *b, TupleDesc event_desc, Datum *values, bool *isnull)
+/*
+ * Append one event (copied from the stored row when the scan handed one
+ * over, else formed from values) in the caller's per-event memory context;
+ * true when the batch is full and should be handed over now.
+ */
+static bool
+es_batch_add(EsBatch *b, TupleDesc event_desc, Datum *values, bool *isnull,
+			 HeapTuple stored)
 {
-	MemoryContext old = MemoryContextSwitchTo(b->cxt);
+	Pointer		event = DatumGetPointer(EsEventDatum(event_desc, values, isnull, stored));
+	Size		len = VARSIZE(event);
+	Size		padded = att_align_nominal(len, TYPALIGN_DOUBLE);
 
-	if (b->n == b->cap)
+	if (b->len + padded > MaxAllocSize)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("event at global position " INT64_FORMAT " does not fit in a batch",
+						DatumGetInt64(values[Anum_es_global_position - 1])),
+				 errdetail("The array handed to a batch handler is limited to %zu bytes.",
+						   (Size) MaxAllocSize)));
+	if (b->len + padded > b->cap)
 	{
-		b->cap *= 2;
-		b->rows = repalloc(b->rows, sizeof(Datum) * b->cap);
+		b->cap = Min(Max(b->cap * 2, b->len + padded), (Size) MaxAllocSize);
+		b->buf = repalloc(b->buf, b->cap);
 	}
+	memcpy(b->buf + b->len, event, len);
+	memset(b->buf + b->len + len, 0, padded - len);
 	if (b->n == 0)
 		b->first_position = DatumGetInt64(values[Anum_es_global_position - 1]);
-	b->rows[b->n++] = HeapTupleGetDatum(heap_form_tuple(event_desc, values, isnull));
-	MemoryContextSwitchTo(old);
+	b->len += padded;
+	b->n++;
+	return b->len >= b->full || b->n >= ES_PROJECTION_SLICE;
 }
 
 /* Hand the collected events to a batch handler as one array, then forget them */
 static void
 es_batch_flush(EsBatch *b, EsProjection *p, EsRegistry *reg)
 {
-	ArrayType  *arr;
+	ArrayType  *arr = (ArrayType *) b->buf;
 
 	if (b->n == 0)
 		return;
-	arr = construct_array(b->rows, b->n, EsGetCatalog()->event_type_oid, -1, false,
-						  TYPALIGN_DOUBLE);
+	SET_VARSIZE(arr, b->len);
+	arr->ndim = 1;
+	arr->dataoffset = 0;		/* no nulls */
+	arr->elemtype = EsGetCatalog()->event_type_oid;
+	ARR_DIMS(arr)[0] = b->n;
+	ARR_LBOUND(arr)[0] = 1;
 	es_invoke_handler(p, reg, PointerGetDatum(arr), b->first_position);
-	pfree(arr);
-	MemoryContextReset(b->cxt);
-	b->rows = MemoryContextAlloc(b->cxt, sizeof(Datum) * 64);
+	/* the next batch reuses the memory: the handler kept no reference to it */
+	b->len = ES_BATCH_HEADER;
 	b->n = 0;
-	b->cap = 64;
 }
 
 /*
@@ -348,17 +382,18 @@ EsApplyInlineProjections(int n, Datum *rows, bool *nulls)
 				continue;
 			if (!inline_projs[i].batch)
 				es_call_handler(&inline_projs[i], &inline_registry, event_desc,
-								values, isnull);
+								values, isnull, NULL);
 			else
 			{
 				if (batches[i].cxt == NULL)
-					es_batch_init(&batches[i], old);
-				es_batch_add(&batches[i], event_desc, values, isnull);
+					es_batch_init(&batches[i], old, ES_BATCH_INLINE_BYTES);
+				if (es_batch_add(&batches[i], event_desc, values, isnull, NULL))
+					es_batch_flush(&batches[i], &inline_projs[i], &inline_registry);
 			}
 		}
 		MemoryContextSwitchTo(old);
 	}
-	/* the batch handlers: the append's events in one call each */
+	/* the batch handlers: the append's events in one call each (unless huge) */
 	for (int i = 0; i < inline_count; i++)
 		if (batches[i].cxt != NULL)
 		{
@@ -378,13 +413,15 @@ typedef struct EsRangeApply
 	int64		budget;			/* stop after this many (-1: no limit) */
 	int64		last_scanned;	/* position of the last event looked at */
 	int64		current;		/* position being applied (for errors) */
+	TimestampTz deadline;		/* stop once past it (0: no limit) */
+	bool		stopped;		/* stopped at the deadline */
 	EsBatch		batch;			/* events collected for a batch handler */
 	bool		flushing;		/* the batch handler is running */
 } EsRangeApply;
 
 /* Row callback: apply one event if it passes the filters */
 static bool
-es_apply_row(Datum *values, bool *isnull, void *arg)
+es_apply_row(Datum *values, bool *isnull, HeapTuple stored, void *arg)
 {
 	EsRangeApply *ra = (EsRangeApply *) arg;
 	int64		pos = DatumGetInt64(values[Anum_es_global_position - 1]);
@@ -394,8 +431,7 @@ es_apply_row(Datum *values, bool *isnull, void *arg)
 	{
 		if (ra->proj->batch)
 		{
-			es_batch_add(&ra->batch, ra->event_desc, values, isnull);
-			if (ra->batch.n >= ES_PROJECTION_SLICE)
+			if (es_batch_add(&ra->batch, ra->event_desc, values, isnull, stored))
 			{
 				ra->flushing = true;
 				es_batch_flush(&ra->batch, ra->proj, NULL);
@@ -403,21 +439,31 @@ es_apply_row(Datum *values, bool *isnull, void *arg)
 			}
 		}
 		else
-			es_call_handler(ra->proj, NULL, ra->event_desc, values, isnull);
+			es_call_handler(ra->proj, NULL, ra->event_desc, values, isnull, stored);
 		ra->handed++;
 	}
 	ra->last_scanned = pos;
-	return ra->budget < 0 || ra->handed < ra->budget;
+	if (ra->budget >= 0 && ra->handed >= ra->budget)
+		return false;
+	/* the clock is read every 64 events handed over */
+	if (ra->deadline != 0 && ra->handed % 64 == 0 && ra->handed > 0 &&
+		GetCurrentTimestamp() >= ra->deadline)
+	{
+		ra->stopped = true;
+		return false;
+	}
+	return true;
 }
 
 /*
  * Apply the events in (after, upto] to a projection, in position order,
- * upcast, until budget events were handed to the handler.  Returns the new
- * position: upto when the range was exhausted, else the last event applied.
+ * upcast, until budget events were handed to the handler (budget < 0: no
+ * limit) or the deadline passed (0: none).  Returns the new position: upto
+ * when the range was exhausted, else the last event applied.
  */
 static int64
 es_apply_range(EsProjection *proj, int64 after, int64 upto, int64 budget,
-			   int64 *handed, int64 *current)
+			   TimestampTz deadline, int64 *handed, int64 *current)
 {
 	const EsCatalog *cat = EsGetCatalog();
 	EsScanSpec	spec;
@@ -429,6 +475,7 @@ es_apply_range(EsProjection *proj, int64 after, int64 upto, int64 budget,
 	memset(&ra, 0, sizeof(ra));
 	ra.proj = proj;
 	ra.budget = budget;
+	ra.deadline = deadline;
 	ra.last_scanned = after;
 	ra.current = after;
 	*handed = 0;
@@ -441,6 +488,7 @@ es_apply_range(EsProjection *proj, int64 after, int64 upto, int64 budget,
 	spec.direction = ForwardScanDirection;
 	spec.filter.ntypes = -1;	/* filters are checked per projection */
 	spec.max_count = -1;
+	spec.leading_values = true; /* the filters read no further */
 	index = index_open(cat->position_idx, AccessShareLock);
 	ScanKeyEntryInitialize(&spec.keys[0], 0, 1, BTGreaterStrategyNumber, InvalidOid,
 						   InvalidOid, F_INT8GT, Int64GetDatum(after));
@@ -453,7 +501,7 @@ es_apply_range(EsProjection *proj, int64 after, int64 upto, int64 budget,
 	snapshot = RegisterSnapshot(GetLatestSnapshot());
 	spec.snapshot = snapshot;
 	if (proj->batch)
-		es_batch_init(&ra.batch, CurrentMemoryContext);
+		es_batch_init(&ra.batch, CurrentMemoryContext, ES_BATCH_ASYNC_BYTES);
 	PG_TRY();
 	{
 		EsScanEvents(cat, &spec, es_apply_row, &ra);
@@ -482,7 +530,7 @@ es_apply_range(EsProjection *proj, int64 after, int64 upto, int64 budget,
 		MemoryContextDelete(ra.batch.cxt);
 
 	*handed = ra.handed;
-	exhausted = (budget < 0 || ra.handed < budget);
+	exhausted = !ra.stopped && (budget < 0 || ra.handed < budget);
 	return exhausted ? upto : ra.last_scanned;
 }
 
@@ -577,7 +625,7 @@ es_inline_catch_up(EsProjection *p, int64 position)
 	int64		handed;
 	int64		current;
 
-	return es_apply_range(p, position, head, -1, &handed, &current);
+	return es_apply_range(p, position, head, -1, 0, &handed, &current);
 }
 
 /* Fetch a projection by name or raise "does not exist" */
@@ -871,7 +919,8 @@ es_backoff_ms(int32 attempts)
 /* Apply (after, upto] in a subtransaction; on error return the error data */
 static ErrorData *
 es_apply_in_subxact(EsProjection *p, const char *name, int64 after, int64 upto,
-					int64 budget, int64 *handed, int64 *current, int64 *newpos)
+					int64 budget, TimestampTz deadline, int64 *handed, int64 *current,
+					int64 *newpos)
 {
 	MemoryContext oldcxt = CurrentMemoryContext;
 	ResourceOwner oldowner = CurrentResourceOwner;
@@ -883,7 +932,7 @@ es_apply_in_subxact(EsProjection *p, const char *name, int64 after, int64 upto,
 	MemoryContextSwitchTo(oldcxt);
 	PG_TRY();
 	{
-		*newpos = es_apply_range(p, after, upto, budget, handed, current);
+		*newpos = es_apply_range(p, after, upto, budget, deadline, handed, current);
 		if (*newpos != after)
 		{
 			Oid			types[2] = {TEXTOID, INT8OID};
@@ -918,10 +967,12 @@ es_apply_in_subxact(EsProjection *p, const char *name, int64 after, int64 upto,
  * same batch twice.  The batch runs in a subtransaction: handler work and
  * checkpoint commit together.  A handler error rolls the batch back, applies
  * the events before the failing one, and records the error (failed after
- * event_store.projection_max_attempts).  Returns events handed to handlers.
+ * event_store.projection_max_attempts).  The batch ends after budget
+ * events, or early once the deadline (if any) passed.  Returns events handed
+ * to handlers.
  */
 static int64
-es_run_one(const char *name, int64 budget)
+es_run_one(const char *name, int64 budget, TimestampTz deadline)
 {
 	EsProjection *p;
 	int64		position = 0;
@@ -941,7 +992,7 @@ es_run_one(const char *name, int64 budget)
 	if (p == NULL)
 		return 0;				/* gone, paused, failed, or being run elsewhere */
 
-	edata = es_apply_in_subxact(p, name, position, EsSafeHead(), budget,
+	edata = es_apply_in_subxact(p, name, position, EsSafeHead(), budget, deadline,
 								&handed, &current, &newpos);
 	if (edata == NULL)
 	{
@@ -961,7 +1012,7 @@ es_run_one(const char *name, int64 budget)
 	/* the batch failed at the event at "current": keep what came before it */
 	if (current - 1 > position)
 	{
-		prefix_error = es_apply_in_subxact(p, name, position, current - 1, -1,
+		prefix_error = es_apply_in_subxact(p, name, position, current - 1, -1, 0,
 										   &prefix_handed, &cur, &newpos);
 		if (prefix_error != NULL)
 		{
@@ -999,12 +1050,15 @@ es_run_one(const char *name, int64 budget)
 /*
  * Run the async projections until each is caught up or max_events events
  * were handed to handlers in total, round-robin in slices of 10,000 so that a
- * projection with a large backlog does not starve the others.  With
- * only_due, skip projections whose retry backoff has not expired (the
+ * projection with a large backlog does not starve the others (a projection
+ * left on its own takes the rest in one batch).  A slice also ends after
+ * max_ms (0: no limit), so that a slow handler does not make for a long
+ * transaction.
+ * With only_due, skip projections whose retry backoff has not expired (the
  * worker); a manual call retries at once.  Caller is connected to SPI.
  */
 int64
-EsRunAsyncProjections(int64 max_events, bool only_due)
+EsRunAsyncProjections(int64 max_events, bool only_due, int max_ms)
 {
 	int			rc;
 	int64		total = 0;
@@ -1038,12 +1092,17 @@ EsRunAsyncProjections(int64 max_events, bool only_due)
 		foreach(lc, names)
 		{
 			char	   *name = lfirst(lc);
-			int64		slice = Min(max_events - total, (int64) ES_PROJECTION_SLICE);
+			int64		slice = max_events - total;
 			int64		n;
+
+			/* round-robin in slices, unless no other projection is waiting */
+			if (list_length(names) > 1)
+				slice = Min(slice, (int64) ES_PROJECTION_SLICE);
 
 			if (slice <= 0)
 				break;
-			n = es_run_one(name, slice);
+			n = es_run_one(name, slice,
+						   max_ms > 0 ? TimestampTzPlusMilliseconds(GetCurrentTimestamp(), max_ms) : 0);
 			total += n;
 			/* a full slice means there may be more for this projection */
 			if (n >= slice)
@@ -1073,7 +1132,7 @@ es_run_projections(PG_FUNCTION_ARGS)
 	EsRejectNegative(max_events, "max_events", NULL);
 	(void) EsGetCatalog();
 	EsSpiConnect(&sw);
-	n = EsRunAsyncProjections(max_events, false);
+	n = EsRunAsyncProjections(max_events, false, 0);
 	EsSpiFinish(&sw);
 	PG_RETURN_INT64(n);
 }

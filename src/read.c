@@ -14,6 +14,7 @@
 #include "postgres.h"
 
 #include "access/genam.h"
+#include "access/htup_details.h"
 #include "access/relscan.h"
 #include "access/skey.h"
 #include "access/stratnum.h"
@@ -119,6 +120,8 @@ es_parse_raw(FunctionCallInfo fcinfo, int argno)
 	return PG_GETARG_BOOL(argno);
 }
 
+static bool EsStoredRowUsable(HeapTuple stored);
+
 /*
  * Run one index scan over event_store.events and hand every (upcast unless
  * spec->raw) event that passes the type filter to the callback, until it
@@ -151,6 +154,8 @@ EsScanEvents(const EsCatalog *cat, EsScanSpec *spec, EsRowCallback callback,
 		   index_getnext_slot(scan, spec->direction, slot))
 	{
 		bool		keep_going;
+		HeapTuple	stored;
+		int			natts;
 
 		CHECK_FOR_INTERRUPTS();
 		if (spec->xact_snapshot != NULL &&
@@ -181,21 +186,31 @@ EsScanEvents(const EsCatalog *cat, EsScanSpec *spec, EsRowCallback callback,
 			continue;
 		}
 
-		slot_getallattrs(slot);
-		memcpy(values, slot->tts_values, sizeof(values));
-		memcpy(isnull, slot->tts_isnull, sizeof(isnull));
+		/* the stored row, if it can be handed on as an event as it is */
+		stored = NULL;
+		if (cat->stored_rows_are_events)
+		{
+			stored = ExecFetchSlotHeapTuple(slot, false, NULL);
+			if (!EsStoredRowUsable(stored))
+				stored = NULL;
+		}
+		natts = (stored != NULL && !upcast && spec->leading_values) ?
+			ES_LEADING_VALUES : Natts_es_event;
+		slot_getsomeattrs(slot, natts);
+		memcpy(values, slot->tts_values, sizeof(Datum) * natts);
+		memcpy(isnull, slot->tts_isnull, sizeof(bool) * natts);
 		spec->current_position = DatumGetInt64(values[Anum_es_global_position - 1]);
 
 		MemoryContextReset(rowcxt);
 		oldcxt = MemoryContextSwitchTo(rowcxt);
-		if (upcast)
-			EsUpcastRow(values, isnull);
+		if (upcast && EsUpcastRow(values, isnull))
+			stored = NULL;
 		if (!EsTypeMatches(&spec->filter, values[Anum_es_event_type - 1]))
 		{
 			MemoryContextSwitchTo(oldcxt);
 			continue;
 		}
-		keep_going = callback(values, isnull, arg);
+		keep_going = callback(values, isnull, stored, arg);
 		MemoryContextSwitchTo(oldcxt);
 		emitted++;
 		if (!keep_going)
@@ -210,9 +225,35 @@ EsScanEvents(const EsCatalog *cat, EsScanSpec *spec, EsRowCallback callback,
 	return emitted;
 }
 
+/*
+ * May a stored row (from an EsRowCallback) be used as an event_store.event
+ * datum byte for byte?  Not when it has out-of-line values (a composite
+ * datum holds its values inline) or fewer columns than the row type (a
+ * column added since it was written reads as its default, not as null).
+ */
+static bool
+EsStoredRowUsable(HeapTuple stored)
+{
+	return !HeapTupleHasExternal(stored) &&
+		HeapTupleHeaderGetNatts(stored->t_data) == Natts_es_event;
+}
+
+/*
+ * An event as an event_store.event datum, in the current memory context: a
+ * copy of the stored row when the scan handed one over, else formed from
+ * values.
+ */
+Datum
+EsEventDatum(TupleDesc event_desc, Datum *values, bool *isnull, HeapTuple stored)
+{
+	if (stored != NULL)
+		return heap_copy_tuple_as_datum(stored, event_desc);
+	return HeapTupleGetDatum(heap_form_tuple(event_desc, values, isnull));
+}
+
 /* Row callback of the read functions: into the SRF's tuplestore */
 static bool
-es_emit_row(Datum *values, bool *isnull, void *arg)
+es_emit_row(Datum *values, bool *isnull, HeapTuple stored, void *arg)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) arg;
 

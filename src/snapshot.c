@@ -192,10 +192,9 @@ typedef struct EsFold
 
 /* Row callback: state := reducer(state, event) */
 static bool
-es_fold_row(Datum *values, bool *isnull, void *arg)
+es_fold_row(Datum *values, bool *isnull, HeapTuple stored, void *arg)
 {
 	EsFold	   *fold = (EsFold *) arg;
-	HeapTuple	tup = heap_form_tuple(fold->event_desc, values, isnull);
 	Datum		result;
 	MemoryContext old;
 	LOCAL_FCINFO(fcinfo, 2);
@@ -203,7 +202,7 @@ es_fold_row(Datum *values, bool *isnull, void *arg)
 	InitFunctionCallInfoData(*fcinfo, &fold->agg->reducer, 2, InvalidOid, NULL, NULL);
 	fcinfo->args[0].value = fold->state;
 	fcinfo->args[0].isnull = false;
-	fcinfo->args[1].value = HeapTupleGetDatum(tup);
+	fcinfo->args[1].value = EsEventDatum(fold->event_desc, values, isnull, stored);
 	fcinfo->args[1].isnull = false;
 	result = EsRegistryCall(&agg_registry, fcinfo);
 	if (fcinfo->isnull)
@@ -302,6 +301,7 @@ es_fold_aggregate(EsAggregate *agg, text *stream_id, int64 at_version,
 		spec.snapshot = snapshot;
 		spec.filter.ntypes = -1;
 		spec.max_count = -1;
+		spec.leading_values = true;	/* es_fold_row reads no further */
 		index = index_open(cat->stream_idx, AccessShareLock);
 		ScanKeyEntryInitialize(&spec.keys[0], 0, 1, BTEqualStrategyNumber, InvalidOid,
 							   index->rd_indcollation[0], F_TEXTEQ, PointerGetDatum(stream_id));

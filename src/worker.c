@@ -52,6 +52,8 @@ PGDLLEXPORT void es_launcher_main(Datum arg);
 PGDLLEXPORT void es_worker_main(Datum arg);
 
 #define ES_MAX_WORKERS 64
+/* a worker transaction applies a projection for at most about this long */
+#define ES_WORKER_BATCH_MS 1000
 
 /* Launcher-local bookkeeping of database workers */
 typedef struct EsDbWorker
@@ -298,7 +300,7 @@ es_worker_run_projections(bool *has_async)
 	if (*has_async)
 	{
 		pgstat_report_activity(STATE_RUNNING, "event_store: applying async projections");
-		n = EsRunAsyncProjections(1000, true);
+		n = EsRunAsyncProjections(ES_PROJECTION_SLICE, true, ES_WORKER_BATCH_MS);
 	}
 	SPI_finish();
 	PopActiveSnapshot();

@@ -227,9 +227,15 @@ is( query(
 		'rich_restored', q{
 SELECT event_store.append('acct-1', '{"type": "Paid"}', 3);
 SELECT event_store.run_projections() >= 0;   -- the worker may have been first
-SELECT (SELECT n FROM public.counts WHERE stream_id = 'acct-1') || ' ' ||
-       (SELECT n FROM public.async_counts WHERE stream_id = 'acct-1')}),
-	"4\nt\n4 4", 'both projections go on from their restored checkpoints, applying each event once');
+SELECT n FROM public.counts WHERE stream_id = 'acct-1'}),
+	"4\nt\n4", 'the inline projection goes on from its restored checkpoint');
+# the worker may hold the async projection's batch: wait for its commit
+ok( $node->poll_query_until(
+		'rich_restored', q{
+SELECT lag_events = 0 FROM event_store.projection_status WHERE mode = 'async'}),
+	'the async projection catches up');
+is( query('rich_restored', q{SELECT n FROM public.async_counts WHERE stream_id = 'acct-1'}),
+	'4', 'the async projection goes on from its restored checkpoint, applying each event once');
 is( query(
 		'rich_restored', q{
 SELECT event_store.complete_saga_step('00000000-0000-4000-8000-0000000000d1', 'ext', '{}');
