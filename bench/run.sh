@@ -469,16 +469,21 @@ case_async_catchup() {
 	done
 	base_s=$(printf '%s\n' "${times[@]}" | median)
 	base_rate=$(awk -v n="$events" -v t="$base_s" 'BEGIN { printf "%.0f", n / t }')
-	# per-event handler (the DESIGN.md signature), then a batch handler
+	# per-event handler (the DESIGN.md signature), an array handler, and a
+	# trigger function reading the transition table new_events
 	local kind handler table label target
-	for kind in event batch; do
-		if [[ $kind == event ]]; then
+	for kind in event array table; do
+		case $kind in
+		event)
 			handler='bench.count_async(event_store.event)' table=bench.rm_async
-			label="async catch-up (per event)" target=-
-		else
+			label="catch-up, per event" target=- ;;
+		array)
 			handler='bench.count_batch(event_store.event[])' table=bench.rm_batch
-			label="async catch-up (batch)" target=0.5
-		fi
+			label="catch-up, array" target=- ;;
+		table)
+			handler='bench.count_table()' table=bench.rm_table
+			label="catch-up, trans. table" target=0.5 ;;
+		esac
 		times=()
 		for ((r = 0; r < CATCHUP_REPEATS; r++)); do
 			"${PSQL[@]}" -c "TRUNCATE $table" -c "SELECT event_store.create_projection('bench_async',

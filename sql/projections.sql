@@ -697,6 +697,52 @@ SELECT event_store.drop_projection('big');
 DROP TABLE rm_big;
 DROP SEQUENCE rm_big_call;
 DROP FUNCTION h_big;
+-- A trigger function is called as an AFTER INSERT ... FOR EACH STATEMENT
+-- trigger on event_store.events whose transition table new_events holds the
+-- batch: an append's matching events (inline), or a run's (async).
+CREATE TABLE rm_table (proj text, tg text, n int, first_pos bigint, types text, skus text);
+CREATE FUNCTION h_table() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM new_events WHERE event_type = 'TablePoison') THEN
+        RAISE EXCEPTION 'table batch with poison';
+    END IF;
+    INSERT INTO rm_table
+    SELECT TG_NAME, concat_ws(' ', TG_WHEN, TG_LEVEL, TG_OP, TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_NARGS),
+           count(*), min(global_position), string_agg(event_type, ',' ORDER BY global_position),
+           string_agg(data ->> 'sku', ',' ORDER BY global_position)
+      FROM new_events;
+    RETURN NULL;
+END $$;
+SELECT event_store.head_position() AS table_start \gset
+SELECT event_store.create_projection('table_inline', 'h_table()', categories => ARRAY['tbl']);
+SELECT event_store.create_projection('table_async', 'h_table()', event_types => ARRAY['T1', 'T2', 'ItemAdded'],
+                                     mode => 'async');
+UPDATE event_store.projections SET position = :table_start WHERE name = 'table_async';
+SELECT event_store.append('tbl-1', '[{"type": "T1"}, {"type": "Skip"}, {"type": "ItemAddedV1", "data": {"code": "t"}}]');
+SELECT event_store.append('other-2', '{"type": "T2"}');
+SELECT event_store.run_projections();
+SELECT proj, tg, n, first_pos - :table_start AS first, types, skus FROM rm_table ORDER BY proj, first_pos;
+-- an error aborts the append (inline) with the projection in the context
+SELECT pg_temp.try($$SELECT event_store.append('tbl-2', '{"type": "TablePoison"}')$$);
+SELECT count(*) AS appended FROM event_store.read_stream('tbl-2');
+-- a trigger function with the wrong return type is refused
+CREATE FUNCTION h_table_void() RETURNS void LANGUAGE sql AS $$ SELECT $$;
+SELECT pg_temp.try($$SELECT event_store.create_projection('x', 'h_table_void()')$$);
+-- catch-up: 600 events of 1 kB each come in more than one call, in order
+DELETE FROM rm_table;
+SELECT event_store.append('tbl-3', (
+    SELECT jsonb_agg(jsonb_build_object('type', 'T1', 'data', jsonb_build_object('pad', repeat(md5(i::text), 32))))
+      FROM generate_series(1, 600) i));
+SELECT event_store.run_projections();
+SELECT count(*) > 1 AS several_calls, sum(n) AS events,
+       bool_and(first_pos > coalesce(prev_last, 0)) AS in_order
+  FROM (SELECT first_pos, n, lag(first_pos + n - 1) OVER (ORDER BY first_pos) AS prev_last
+          FROM rm_table WHERE proj = 'table_async') c;
+SELECT event_store.drop_projection('table_inline');
+SELECT event_store.drop_projection('table_async');
+DROP TABLE rm_table;
+DROP FUNCTION h_table, h_table_void;
 -- a wrong batch signature
 CREATE FUNCTION h_batch_text(events text[]) RETURNS void LANGUAGE sql AS $$ SELECT $$;
 SELECT pg_temp.try($$SELECT event_store.create_projection('x', 'h_batch_text(text[])')$$);

@@ -24,6 +24,7 @@
 #include "access/xact.h"
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
+#include "catalog/pg_trigger.h"
 #include "commands/trigger.h"
 #include "storage/lmgr.h"
 #include "executor/spi.h"
@@ -40,6 +41,7 @@
 #include "utils/resowner.h"
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
+#include "utils/tuplestore.h"
 #include "utils/typcache.h"
 
 #include "event_store.h"
@@ -55,6 +57,21 @@ PG_FUNCTION_INFO_V1(es_run_projections);
 int			es_projection_max_attempts = 5;
 
 
+/*
+ * How a handler takes its events: one at a time (event event_store.event),
+ * as an array (events event_store.event[]), or as a trigger function
+ * (RETURNS trigger) reading them from the transition table new_events.
+ */
+typedef enum EsHandlerKind
+{
+	ES_HANDLER_EVENT,
+	ES_HANDLER_ARRAY,
+	ES_HANDLER_TABLE
+} EsHandlerKind;
+
+/* the transition table of a trigger-function handler */
+#define ES_TRANSITION_TABLE "new_events"
+
 /* A projection ready to apply */
 typedef struct EsProjection
 {
@@ -64,7 +81,7 @@ typedef struct EsProjection
 	int			ncategories;	/* -1: any */
 	text	  **categories;
 	Oid			missing_handler;	/* OID of a dropped handler, else 0 */
-	bool		batch;			/* the handler takes event_store.event[] */
+	EsHandlerKind kind;			/* how the handler takes its events */
 	Oid			owner;			/* the role that created it: handlers run as it */
 } EsProjection;
 
@@ -74,7 +91,7 @@ static MemoryContext inline_cxt = NULL;
 static EsProjection *inline_projs = NULL;
 static int	inline_count = 0;
 
-static bool es_is_batch_handler(Oid fn);
+static EsHandlerKind es_handler_kind(Oid fn);
 
 /* What is being applied, for the error context */
 typedef struct EsApplyCtx
@@ -140,7 +157,7 @@ es_projection_from_row(EsProjection *p, HeapTuple tup, TupleDesc desc,
 	{
 		EsCheckCallbackOwner(handler, p->owner, "a projection handler");
 		fmgr_info_cxt(handler, &p->handler, cxt);
-		p->batch = es_is_batch_handler(handler);
+		p->kind = es_handler_kind(handler);
 	}
 	else
 	{
@@ -208,13 +225,14 @@ es_projection_matches(const EsProjection *p, Datum *values)
 }
 
 /*
- * Call a projection's handler with its argument: one event (a row of
- * event_store.event) or, for a batch handler, an array of them whose first
- * event is at global position "position"; reg is the registry its FmgrInfo
- * was cached in, if any.
+ * Call a projection's handler: with one event (a row of event_store.event),
+ * with an array of them, or with no argument and trigger data (context)
+ * holding them.  "position" is that of the (first) event, for errors; reg is
+ * the registry the handler's FmgrInfo was cached in, if any.
  */
 static void
-es_invoke_handler(EsProjection *p, EsRegistry *reg, Datum arg, int64 position)
+es_invoke_handler(EsProjection *p, EsRegistry *reg, Datum arg, Node *context,
+				  int64 position)
 {
 	ErrorContextCallback errcb;
 	EsApplyCtx	ctx;
@@ -232,8 +250,9 @@ es_invoke_handler(EsProjection *p, EsRegistry *reg, Datum arg, int64 position)
 	errcb.arg = &ctx;
 	errcb.previous = error_context_stack;
 	error_context_stack = &errcb;
-	/* the handler returns void: its (null) result is ignored */
-	InitFunctionCallInfoData(*fcinfo, &p->handler, 1, InvalidOid, NULL, NULL);
+	/* the handler returns void (or, as a statement trigger, nothing used) */
+	InitFunctionCallInfoData(*fcinfo, &p->handler, context ? 0 : 1, InvalidOid,
+							 context, NULL);
 	fcinfo->args[0].value = arg;
 	fcinfo->args[0].isnull = false;
 	(void) EsCallAs(reg, fcinfo, p->owner);
@@ -248,18 +267,21 @@ es_call_handler(EsProjection *p, EsRegistry *reg, TupleDesc event_desc,
 	/* in the caller's per-event memory context */
 	Datum		event = EsEventDatum(event_desc, values, isnull, stored);
 
-	es_invoke_handler(p, reg, event, DatumGetInt64(values[Anum_es_global_position - 1]));
+	es_invoke_handler(p, reg, event, NULL, DatumGetInt64(values[Anum_es_global_position - 1]));
 }
 
 /*
- * Events collected for a batch handler, written straight into the
- * event_store.event[] they are handed over as (the array's header is filled
- * in when it is handed over).  An event taken from a stored row is copied,
- * not taken apart and formed again.
+ * Events collected for a batch handler.  For an array handler they are
+ * written straight into the event_store.event[] they are handed over as (the
+ * array's header is filled in when it is handed over); for a trigger-function
+ * handler they go into the tuplestore it reads as its transition table.  An
+ * event taken from a stored row is copied, not taken apart and formed again.
  */
 typedef struct EsBatch
 {
 	MemoryContext cxt;
+	EsHandlerKind kind;			/* ES_HANDLER_ARRAY or ES_HANDLER_TABLE */
+	Tuplestorestate *rows;		/* the transition table (table kind) */
 	char	   *buf;			/* the array: header, then the events */
 	Size		len;			/* bytes in use */
 	Size		cap;			/* bytes allocated */
@@ -280,12 +302,34 @@ typedef struct EsBatch
 #define ES_BATCH_INLINE_BYTES	((Size) 256 * 1024 * 1024)
 
 static void
-es_batch_init(EsBatch *b, MemoryContext parent, Size full)
+es_batch_init(EsBatch *b, EsHandlerKind kind, MemoryContext parent, Size full)
 {
+	MemoryContext old;
+
 	b->cxt = AllocSetContextCreate(parent, "event_store projection batch",
 								   ALLOCSET_DEFAULT_SIZES);
-	b->cap = 64 * 1024;
-	b->buf = MemoryContextAllocZero(b->cxt, b->cap);
+	b->kind = kind;
+	b->rows = NULL;
+	b->buf = NULL;
+	b->cap = 0;
+	if (kind == ES_HANDLER_TABLE)
+	{
+		/* the transition table has the columns of event_store.events */
+		if (!EsGetCatalog()->stored_rows_are_events)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("event_store.events does not have the columns of type event_store.event"),
+					 errdetail("A projection handler that is a trigger function reads its events as rows of event_store.events."),
+					 errhint("Reinstall the extension.")));
+		old = MemoryContextSwitchTo(b->cxt);
+		b->rows = tuplestore_begin_heap(false, false, work_mem);
+		MemoryContextSwitchTo(old);
+	}
+	else
+	{
+		b->cap = 64 * 1024;
+		b->buf = MemoryContextAllocZero(b->cxt, b->cap);
+	}
 	b->len = ES_BATCH_HEADER;
 	b->full = full;
 	b->n = 0;
@@ -301,9 +345,34 @@ static bool
 es_batch_add(EsBatch *b, TupleDesc event_desc, Datum *values, bool *isnull,
 			 HeapTuple stored)
 {
-	Pointer		event = DatumGetPointer(EsEventDatum(event_desc, values, isnull, stored));
-	Size		len = VARSIZE(event);
-	Size		padded = att_align_nominal(len, TYPALIGN_DOUBLE);
+	Pointer		event;
+	Size		len;
+	Size		padded;
+
+	if (b->n == 0)
+		b->first_position = DatumGetInt64(values[Anum_es_global_position - 1]);
+	if (b->kind == ES_HANDLER_TABLE)
+	{
+		MemoryContext old = MemoryContextSwitchTo(b->cxt);
+
+		if (stored != NULL)
+		{
+			tuplestore_puttuple(b->rows, stored);
+			b->len += stored->t_len;
+		}
+		else
+		{
+			tuplestore_putvalues(b->rows, event_desc, values, isnull);
+			b->len += heap_compute_data_size(event_desc, values, isnull);
+		}
+		MemoryContextSwitchTo(old);
+		b->n++;
+		return b->len >= b->full || b->n >= ES_PROJECTION_SLICE;
+	}
+
+	event = DatumGetPointer(EsEventDatum(event_desc, values, isnull, stored));
+	len = VARSIZE(event);
+	padded = att_align_nominal(len, TYPALIGN_DOUBLE);
 
 	if (b->len + padded > MaxAllocSize)
 		ereport(ERROR,
@@ -319,14 +388,16 @@ es_batch_add(EsBatch *b, TupleDesc event_desc, Datum *values, bool *isnull,
 	}
 	memcpy(b->buf + b->len, event, len);
 	memset(b->buf + b->len + len, 0, padded - len);
-	if (b->n == 0)
-		b->first_position = DatumGetInt64(values[Anum_es_global_position - 1]);
 	b->len += padded;
 	b->n++;
 	return b->len >= b->full || b->n >= ES_PROJECTION_SLICE;
 }
 
-/* Hand the collected events to a batch handler as one array, then forget them */
+/*
+ * Hand the collected events to a batch handler, as one array or as the
+ * transition table of an AFTER INSERT ... FOR EACH STATEMENT trigger on
+ * event_store.events, then forget them
+ */
 static void
 es_batch_flush(EsBatch *b, EsProjection *p, EsRegistry *reg)
 {
@@ -334,13 +405,38 @@ es_batch_flush(EsBatch *b, EsProjection *p, EsRegistry *reg)
 
 	if (b->n == 0)
 		return;
+	if (b->kind == ES_HANDLER_TABLE)
+	{
+		TriggerData td;
+		Trigger		trig;
+		Relation	rel = table_open(EsGetCatalog()->events_relid, AccessShareLock);
+
+		memset(&trig, 0, sizeof(trig));
+		trig.tgname = p->name;
+		trig.tgfoid = p->handler.fn_oid;
+		trig.tgtype = TRIGGER_TYPE_INSERT;	/* AFTER, FOR EACH STATEMENT */
+		trig.tgenabled = TRIGGER_FIRES_ALWAYS;
+		trig.tgnewtable = ES_TRANSITION_TABLE;
+		memset(&td, 0, sizeof(td));
+		td.type = T_TriggerData;
+		td.tg_event = TRIGGER_EVENT_INSERT;
+		td.tg_relation = rel;
+		td.tg_trigger = &trig;
+		td.tg_newtable = b->rows;
+		es_invoke_handler(p, reg, (Datum) 0, (Node *) &td, b->first_position);
+		table_close(rel, AccessShareLock);
+		tuplestore_clear(b->rows);
+		b->len = ES_BATCH_HEADER;
+		b->n = 0;
+		return;
+	}
 	SET_VARSIZE(arr, b->len);
 	arr->ndim = 1;
 	arr->dataoffset = 0;		/* no nulls */
 	arr->elemtype = EsGetCatalog()->event_type_oid;
 	ARR_DIMS(arr)[0] = b->n;
 	ARR_LBOUND(arr)[0] = 1;
-	es_invoke_handler(p, reg, PointerGetDatum(arr), b->first_position);
+	es_invoke_handler(p, reg, PointerGetDatum(arr), NULL, b->first_position);
 	/* the next batch reuses the memory: the handler kept no reference to it */
 	b->len = ES_BATCH_HEADER;
 	b->n = 0;
@@ -380,13 +476,14 @@ EsApplyInlineProjections(int n, Datum *rows, bool *nulls)
 		{
 			if (!es_projection_matches(&inline_projs[i], values))
 				continue;
-			if (!inline_projs[i].batch)
+			if (inline_projs[i].kind == ES_HANDLER_EVENT)
 				es_call_handler(&inline_projs[i], &inline_registry, event_desc,
 								values, isnull, NULL);
 			else
 			{
 				if (batches[i].cxt == NULL)
-					es_batch_init(&batches[i], old, ES_BATCH_INLINE_BYTES);
+					es_batch_init(&batches[i], inline_projs[i].kind, old,
+								  ES_BATCH_INLINE_BYTES);
 				if (es_batch_add(&batches[i], event_desc, values, isnull, NULL))
 					es_batch_flush(&batches[i], &inline_projs[i], &inline_registry);
 			}
@@ -429,7 +526,7 @@ es_apply_row(Datum *values, bool *isnull, HeapTuple stored, void *arg)
 	ra->current = pos;
 	if (es_projection_matches(ra->proj, values))
 	{
-		if (ra->proj->batch)
+		if (ra->proj->kind != ES_HANDLER_EVENT)
 		{
 			if (es_batch_add(&ra->batch, ra->event_desc, values, isnull, stored))
 			{
@@ -500,13 +597,13 @@ es_apply_range(EsProjection *proj, int64 after, int64 upto, int64 budget,
 	/* upto is a safe head taken before this snapshot: it sees every commit below */
 	snapshot = RegisterSnapshot(GetLatestSnapshot());
 	spec.snapshot = snapshot;
-	if (proj->batch)
-		es_batch_init(&ra.batch, CurrentMemoryContext, ES_BATCH_ASYNC_BYTES);
+	if (proj->kind != ES_HANDLER_EVENT)
+		es_batch_init(&ra.batch, proj->kind, CurrentMemoryContext, ES_BATCH_ASYNC_BYTES);
 	PG_TRY();
 	{
 		EsScanEvents(cat, &spec, es_apply_row, &ra);
-		/* a batch handler gets the range's events (at most budget) in one call */
-		if (proj->batch)
+		/* a batch handler gets the rest of the range's events */
+		if (proj->kind != ES_HANDLER_EVENT)
 		{
 			ra.flushing = true;
 			es_batch_flush(&ra.batch, proj, NULL);
@@ -526,7 +623,7 @@ es_apply_range(EsProjection *proj, int64 after, int64 upto, int64 budget,
 	PG_END_TRY();
 	UnregisterSnapshot(snapshot);
 	ReleaseTupleDesc(ra.event_desc);
-	if (proj->batch)
+	if (proj->kind != ES_HANDLER_EVENT)
 		MemoryContextDelete(ra.batch.cxt);
 
 	*handed = ra.handed;
@@ -710,6 +807,7 @@ es_create_projection(PG_FUNCTION_ARGS)
 	char	   *name = text_to_cstring(name_t);
 	Oid			handler;
 	Oid			argtype;
+	EsHandlerKind kind;
 	char	   *mode;
 	Oid			types[7] = {TEXTOID, REGPROCEDUREOID, TEXTARRAYOID, TEXTARRAYOID, TEXTOID,
 	REGPROCEDUREOID, OIDOID};
@@ -724,13 +822,16 @@ es_create_projection(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("handler must not be null")));
 	handler = PG_GETARG_OID(1);
-	/* one event at a time, or a batch handler taking an array of them */
+	/* one event at a time, an array of them, or a trigger function */
 	argtype = EsGetCatalog()->event_type_oid;
-	if (es_is_batch_handler(handler))
+	kind = es_handler_kind(handler);
+	if (kind == ES_HANDLER_ARRAY)
 		argtype = get_array_type(argtype);
-	EsCheckCallbackSignature(handler, "a projection handler", 1, &argtype, VOIDOID,
+	EsCheckCallbackSignature(handler, "a projection handler", kind == ES_HANDLER_TABLE ? 0 : 1,
+							 &argtype, kind == ES_HANDLER_TABLE ? TRIGGEROID : VOIDOID,
 							 "a function (event event_store.event) RETURNS void, "
-							 "or (events event_store.event[]) RETURNS void");
+							 "(events event_store.event[]) RETURNS void, "
+							 "or () RETURNS trigger");
 	es_check_filter_arg(fcinfo, 2, "event_types", false);
 	es_check_filter_arg(fcinfo, 3, "categories", true);
 	mode = text_to_cstring(EsGetRequiredText(fcinfo, 4, "mode"));
@@ -1137,20 +1238,26 @@ es_run_projections(PG_FUNCTION_ARGS)
 	PG_RETURN_INT64(n);
 }
 
-/* Does fn (if it exists) take one argument of type event_store.event[]? */
-static bool
-es_is_batch_handler(Oid fn)
+/*
+ * How does fn (if it exists) take its events: event_store.event[] as its one
+ * argument, no argument and RETURNS trigger, else one at a time
+ */
+static EsHandlerKind
+es_handler_kind(Oid fn)
 {
 	HeapTuple	tup = SearchSysCache1(PROCOID, ObjectIdGetDatum(fn));
-	bool		result = false;
+	EsHandlerKind kind = ES_HANDLER_EVENT;
 
 	if (HeapTupleIsValid(tup))
 	{
 		Form_pg_proc proc = (Form_pg_proc) GETSTRUCT(tup);
 
-		result = proc->pronargs == 1 &&
-			proc->proargtypes.values[0] == get_array_type(EsGetCatalog()->event_type_oid);
+		if (proc->pronargs == 1 &&
+			proc->proargtypes.values[0] == get_array_type(EsGetCatalog()->event_type_oid))
+			kind = ES_HANDLER_ARRAY;
+		else if (proc->pronargs == 0 && proc->prorettype == TRIGGEROID)
+			kind = ES_HANDLER_TABLE;
 		ReleaseSysCache(tup);
 	}
-	return result;
+	return kind;
 }

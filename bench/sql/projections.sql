@@ -5,6 +5,7 @@ CREATE TABLE IF NOT EXISTS bench.rm_hand   (key text PRIMARY KEY, n bigint NOT N
 CREATE TABLE IF NOT EXISTS bench.rm_async  (key text PRIMARY KEY, n bigint NOT NULL);
 CREATE TABLE IF NOT EXISTS bench.rm_bare   (key text PRIMARY KEY, n bigint NOT NULL);
 CREATE TABLE IF NOT EXISTS bench.rm_batch  (key text PRIMARY KEY, n bigint NOT NULL);
+CREATE TABLE IF NOT EXISTS bench.rm_table  (key text PRIMARY KEY, n bigint NOT NULL);
 CREATE TABLE IF NOT EXISTS bench.lag_samples (delay interval NOT NULL);
 
 -- PL/pgSQL keeps the statement's plan for the session; a LANGUAGE sql
@@ -30,6 +31,16 @@ BEGIN
     INSERT INTO bench.rm_batch AS r
     SELECT e.stream_id, count(*) FROM unnest(events) e GROUP BY e.stream_id
     ON CONFLICT (key) DO UPDATE SET n = r.n + EXCLUDED.n;
+END
+$$;
+-- and from a trigger function, reading the batch as the transition table new_events
+CREATE OR REPLACE FUNCTION bench.count_table() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO bench.rm_table AS r
+    SELECT stream_id, count(*) FROM new_events GROUP BY stream_id
+    ON CONFLICT (key) DO UPDATE SET n = r.n + EXCLUDED.n;
+    RETURN NULL;
 END
 $$;
 -- lag: when (relative to the event's recorded_at) the handler applied it
