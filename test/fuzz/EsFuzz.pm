@@ -106,6 +106,15 @@ BEGIN
     END IF;
     INSERT INTO fz.async_model VALUES (e.event_id, e.global_position) ON CONFLICT DO NOTHING;
 END $$;
+-- a trigger-function handler: its batch is the transition table new_events
+CREATE FUNCTION fz.h_table() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF EXISTS (SELECT FROM new_events WHERE event_type = 'FzBoom') THEN
+        RAISE EXCEPTION 'fuzz table handler failure' USING ERRCODE = 'UF001';
+    END IF;
+    INSERT INTO fz.async_model SELECT event_id, global_position FROM new_events ON CONFLICT DO NOTHING;
+    RETURN NULL;
+END $$;
 -- The callbacks that change registries (h_mutate, r_mutate, u_mutate) write
 -- the same rows in the same order (upcaster, then aggregate): the worker
 -- runs them too, concurrently.
@@ -932,7 +941,8 @@ sub _regproc
 	my %good = (
 		reducer  => [ 'fz.r_count(jsonb, event_store.event)', 'fz.r_mutate(jsonb, event_store.event)' ],
 		upcaster => [ 'fz.u_ok(jsonb, jsonb)', 'fz.u_ok(jsonb, jsonb)', 'fz.u_mutate(jsonb, jsonb)' ],
-		handler  => [ 'fz.h_inline(event_store.event)', 'fz.h_async(event_store.event)', 'fz.h_mutate(event_store.event)' ],
+		handler  => [ 'fz.h_inline(event_store.event)', 'fz.h_async(event_store.event)', 'fz.h_mutate(event_store.event)',
+		              'fz.h_table()' ],
 		reset    => [ 'fz.reset_models()', 'fz.reset_boom()' ],
 	);
 	my @tmp = map { $_->[1] } grep { $_->[0] eq $role } @{ $self->{tmp_functions} };

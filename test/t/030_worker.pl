@@ -118,6 +118,32 @@ wait_for('postgres', caught_up_sql('counter'), 'and the next appends too');
 is($node->safe_psql('postgres', 'SELECT count(*) FROM applied'),
 	'20', 'twenty events applied');
 
+# a trigger-function handler: the worker hands it its batches as the
+# transition table new_events
+$node->safe_psql(
+	'postgres', q{
+CREATE TABLE per_stream (stream_id text PRIMARY KEY, n bigint NOT NULL);
+CREATE FUNCTION count_per_stream() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO per_stream AS p SELECT stream_id, count(*) FROM new_events GROUP BY stream_id
+    ON CONFLICT (stream_id) DO UPDATE SET n = p.n + EXCLUDED.n;
+    RETURN NULL;
+END $$;
+SELECT event_store.create_projection('per_stream', 'count_per_stream()', mode => 'async');
+});
+$node->safe_psql('postgres', $append_sql);
+wait_for('postgres', caught_up_sql('counter') . q{ AND (SELECT lag_events = 0
+    FROM event_store.projection_status WHERE name = 'per_stream')},
+	'the worker applies a trigger-function handler too');
+is( $node->safe_psql(
+		'postgres', q{
+SELECT count(*) FROM (SELECT stream_id, count(*) AS n FROM event_store.events GROUP BY 1) e
+  FULL JOIN per_stream p USING (stream_id) WHERE e.n IS DISTINCT FROM p.n}),
+	'0', 'its read model counts every event of every stream once');
+$node->safe_psql('postgres', q{SELECT event_store.drop_projection('per_stream');
+                               DROP TABLE per_stream; DROP FUNCTION count_per_stream});
+
 #
 # (b) two databases, one worker each; none for a database without the extension
 #
