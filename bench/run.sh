@@ -451,9 +451,6 @@ SELECT round(extract(epoch FROM clock_timestamp()) - :t0, 6);
 SQL
 }
 
-# the median of the numbers on standard input
-median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-
 case_async_catchup() {
 	local i r n got events base_s es_s base_rate es_rate ratio diff times
 	ensure_projections
@@ -467,7 +464,7 @@ case_async_catchup() {
 		times+=("$(timed_sql "INSERT INTO bench.rm_bare
 			SELECT stream_id, count(*) FROM event_store.events GROUP BY stream_id;")")
 	done
-	base_s=$(printf '%s\n' "${times[@]}" | median)
+	base_s=$(median "${times[@]}")
 	base_rate=$(awk -v n="$events" -v t="$base_s" 'BEGIN { printf "%.0f", n / t }')
 	# per-event handler (the DESIGN.md signature), an array handler, and a
 	# trigger function reading the transition table new_events
@@ -503,7 +500,7 @@ case_async_catchup() {
 				die "async catch-up ($kind handler) handed over $n of $events events; $diff read model rows differ"
 			times+=("$es_s")
 		done
-		es_s=$(printf '%s\n' "${times[@]}" | median)
+		es_s=$(median "${times[@]}")
 		es_rate=$(awk -v n="$events" -v t="$es_s" 'BEGIN { printf "%.0f", n / t }')
 		ratio=$(awk -v a="$es_rate" -v b="$base_rate" 'BEGIN { printf "%.3f", a / b }')
 		if [[ $target == - ]]; then VERDICT="-"; else judge "$ratio" "$target"; fi

@@ -143,19 +143,18 @@ typedef struct EsScanSpec
 	struct Tuplestorestate *direct;	/* rows needing no upcast go straight here */
 	int64		current_position;	/* event being handled (for error reports) */
 	const struct EsDeniedSet *denied;	/* skip these categories, or NULL */
-	bool		leading_values; /* with a stored row, values up to event_type do */
+	int			leading_values; /* with a stored row, the first so many values
+								 * do (0: all) */
 } EsScanSpec;
-
-/* the columns a callback gets with a stored row under leading_values */
-#define ES_LEADING_VALUES		Anum_es_event_type
 
 /*
  * Called for every event of a scan (values in event_store.event order).
  * stored is the row as stored when it is exactly the event (not upcast) and
  * can serve as an event_store.event datum as it is (see EsEventDatum), else
  * NULL; it lives in a pinned buffer until the callback returns.  When the
- * scan asked for leading_values and stored is set, only the first
- * ES_LEADING_VALUES values are filled in.
+ * scan asked for leading_values and stored is set, only that many values
+ * (at least through stream_id, and through event_type when the scan filters
+ * on it) are filled in.
  */
 typedef bool (*EsRowCallback) (Datum *values, bool *isnull, HeapTuple stored,
 							   void *arg);

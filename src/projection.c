@@ -565,7 +565,6 @@ es_apply_range(EsProjection *proj, int64 after, int64 upto, int64 budget,
 	const EsCatalog *cat = EsGetCatalog();
 	EsScanSpec	spec;
 	EsRangeApply ra;
-	Relation	index;
 	Snapshot	snapshot;
 	bool		exhausted;
 
@@ -585,14 +584,13 @@ es_apply_range(EsProjection *proj, int64 after, int64 upto, int64 budget,
 	spec.direction = ForwardScanDirection;
 	spec.filter.ntypes = -1;	/* filters are checked per projection */
 	spec.max_count = -1;
-	spec.leading_values = true; /* the filters read no further */
-	index = index_open(cat->position_idx, AccessShareLock);
+	/* what es_projection_matches reads of a stored row */
+	spec.leading_values = proj->types.ntypes >= 0 ? Anum_es_event_type : Anum_es_stream_id;
 	ScanKeyEntryInitialize(&spec.keys[0], 0, 1, BTGreaterStrategyNumber, InvalidOid,
 						   InvalidOid, F_INT8GT, Int64GetDatum(after));
 	ScanKeyEntryInitialize(&spec.keys[1], 0, 1, BTLessEqualStrategyNumber, InvalidOid,
 						   InvalidOid, F_INT8LE, Int64GetDatum(upto));
 	spec.nkeys = 2;
-	index_close(index, AccessShareLock);
 
 	/* upto is a safe head taken before this snapshot: it sees every commit below */
 	snapshot = RegisterSnapshot(GetLatestSnapshot());

@@ -194,8 +194,10 @@ EsScanEvents(const EsCatalog *cat, EsScanSpec *spec, EsRowCallback callback,
 			if (!EsStoredRowUsable(stored))
 				stored = NULL;
 		}
-		natts = (stored != NULL && !upcast && spec->leading_values) ?
-			ES_LEADING_VALUES : Natts_es_event;
+		natts = Natts_es_event;
+		if (stored != NULL && !upcast && spec->leading_values > 0)
+			natts = Max(spec->leading_values,
+						spec->filter.ntypes >= 0 ? Anum_es_event_type : Anum_es_stream_id);
 		slot_getsomeattrs(slot, natts);
 		memcpy(values, slot->tts_values, sizeof(Datum) * natts);
 		memcpy(isnull, slot->tts_isnull, sizeof(bool) * natts);

@@ -301,7 +301,7 @@ es_fold_aggregate(EsAggregate *agg, text *stream_id, int64 at_version,
 		spec.snapshot = snapshot;
 		spec.filter.ntypes = -1;
 		spec.max_count = -1;
-		spec.leading_values = true;	/* es_fold_row reads no further */
+		spec.leading_values = Anum_es_stream_version;	/* es_fold_row reads no further */
 		index = index_open(cat->stream_idx, AccessShareLock);
 		ScanKeyEntryInitialize(&spec.keys[0], 0, 1, BTEqualStrategyNumber, InvalidOid,
 							   index->rd_indcollation[0], F_TEXTEQ, PointerGetDatum(stream_id));
