@@ -23,7 +23,7 @@
 #   BENCH_AGG_EVENTS length of the aggregate case's streams (default 10000)
 #   BENCH_LAG_RATE  appends/s (pgbench -R) of the lag case (default 2000)
 #   BENCH_SKIP_BUILD set to 1 to use the installed extension as it is
-#   BENCH_CATCHUP_REPEATS runs of each side of async_catchup (default 3; medians compared)
+#   BENCH_CATCHUP_REPEATS rounds of async_catchup (default 5; median of the rounds' ratios)
 #   BENCH_AMCHECK   set to 1 to verify event_store.events and its indexes with
 #                   amcheck after the runs (adds a minute or so)
 #   PG_CONFIG       pg_config of the target server (default: pg_config on PATH)
@@ -437,75 +437,85 @@ case_inline_projection() {
 
 # async_catchup: run_projections over the whole store with the worker off,
 # against one INSERT ... GROUP BY computing the same read model.  Each side is
-# timed by the server (clock_timestamp() around the statement, in one
-# session: connection start-up is left out of both) and runs
-# CATCHUP_REPEATS times from an empty read model; the medians are compared.
-CATCHUP_REPEATS=${BENCH_CATCHUP_REPEATS:-3}
+# timed by the server (clock_timestamp() around the statement) in a session
+# that has just done the same work once (steady state, as in the long-lived
+# worker; connection start-up and first-use costs are left out of both).
+# CATCHUP_REPEATS rounds, each timing the baseline and then each handler from
+# an empty read model; the ratio is the median of the rounds' ratios.
+CATCHUP_REPEATS=${BENCH_CATCHUP_REPEATS:-5}
 
-# seconds the server took for the SQL in $1 (a fresh session, no parallel workers)
+# timed_sql WARMUP SQL: in one session (no parallel workers), run WARMUP and a
+# checkpoint, then print SQL's output and the seconds the server took for it
 timed_sql() {
 	PGOPTIONS="-c max_parallel_workers_per_gather=0" "${PSQL[@]}" -At <<SQL
-SELECT extract(epoch FROM clock_timestamp()) AS t0 \gset
+\o /dev/null
 $1
+CHECKPOINT;
+\o
+SELECT extract(epoch FROM clock_timestamp()) AS t0 \gset
+$2
 SELECT round(extract(epoch FROM clock_timestamp()) - :t0, 6);
 SQL
 }
 
 case_async_catchup() {
-	local i r n got events base_s es_s base_rate es_rate ratio diff times
+	local i r n got events base_s es_s ratio diff kind kinds=(event array table)
+	local -A handler table label target times ratios
+	handler[event]='bench.count_async(event_store.event)' table[event]=bench.rm_async
+	label[event]="catch-up, per event" target[event]=-
+	handler[array]='bench.count_batch(event_store.event[])' table[array]=bench.rm_batch
+	label[array]="catch-up, array" target[array]=-
+	handler[table]='bench.count_table()' table[table]=bench.rm_table
+	label[table]="catch-up, trans. table" target[table]=0.5
 	ensure_projections
 	"${PSQL[@]}" -c "ALTER SYSTEM SET event_store.worker_enabled = off" -c "SELECT pg_reload_conf()" >/dev/null
 	sleep 1
 	events=$("${PSQL[@]}" -Atc "SELECT count(*) FROM event_store.events")
-	log "   async catch-up over $events events, $CATCHUP_REPEATS runs a side"
-	times=()
+	log "   async catch-up over $events events, $CATCHUP_REPEATS rounds"
+	local group_by="INSERT INTO bench.rm_bare SELECT stream_id, count(*) FROM event_store.events GROUP BY stream_id;"
+	local drop="SELECT event_store.drop_projection('bench_async');"
+	local run="SELECT event_store.run_projections(1000000);"
+	# each round times the baseline, then each handler: a ratio per round
 	for ((r = 0; r < CATCHUP_REPEATS; r++)); do
-		"${PSQL[@]}" -c "TRUNCATE bench.rm_bare" -c CHECKPOINT >/dev/null
-		times+=("$(timed_sql "INSERT INTO bench.rm_bare
-			SELECT stream_id, count(*) FROM event_store.events GROUP BY stream_id;")")
-	done
-	base_s=$(median "${times[@]}")
-	base_rate=$(awk -v n="$events" -v t="$base_s" 'BEGIN { printf "%.0f", n / t }')
-	# per-event handler (the DESIGN.md signature), an array handler, and a
-	# trigger function reading the transition table new_events
-	local kind handler table label target
-	for kind in event array table; do
-		case $kind in
-		event)
-			handler='bench.count_async(event_store.event)' table=bench.rm_async
-			label="catch-up, per event" target=- ;;
-		array)
-			handler='bench.count_batch(event_store.event[])' table=bench.rm_batch
-			label="catch-up, array" target=- ;;
-		table)
-			handler='bench.count_table()' table=bench.rm_table
-			label="catch-up, trans. table" target=0.5 ;;
-		esac
-		times=()
-		for ((r = 0; r < CATCHUP_REPEATS; r++)); do
-			"${PSQL[@]}" -c "TRUNCATE $table" -c "SELECT event_store.create_projection('bench_async',
-				'$handler', mode => 'async')" -c CHECKPOINT >/dev/null
+		base_s=$(timed_sql "TRUNCATE bench.rm_bare; $group_by TRUNCATE bench.rm_bare;" "$group_by")
+		times[base]+="$base_s "
+		for kind in "${kinds[@]}"; do
+			local create="SELECT event_store.create_projection('bench_async', '${handler[$kind]}', mode => 'async');"
+			# (per-event handler (the DESIGN.md signature), array handler, trigger
+			# function reading the transition table new_events)
 			# one call takes the whole backlog; the loop only guards against a short one
 			n=0 es_s=0
 			for ((i = 0; i < 20; i++)); do
-				got=$(timed_sql "SELECT event_store.run_projections(1000000);")
+				if ((i == 0)); then
+					got=$(timed_sql "TRUNCATE ${table[$kind]}; $create $run $drop TRUNCATE ${table[$kind]}; $create" "$run")
+				else
+					got=$(timed_sql "" "$run")
+				fi
 				n=$((n + ${got%%$'\n'*}))
 				es_s=$(awk -v a="$es_s" -v b="${got##*$'\n'}" 'BEGIN { print a + b }')
 				[[ "${got%%$'\n'*}" == 0 ]] && break
 			done
-			diff=$("${PSQL[@]}" -Atc "SELECT count(*) FROM $table a FULL JOIN bench.rm_bare b USING (key)
+			diff=$("${PSQL[@]}" -Atc "SELECT count(*) FROM ${table[$kind]} a FULL JOIN bench.rm_bare b USING (key)
 				WHERE a.n IS DISTINCT FROM b.n")
-			"${PSQL[@]}" -c "SELECT event_store.drop_projection('bench_async')" >/dev/null
+			"${PSQL[@]}" -c "$drop" >/dev/null
 			[[ "$n" == "$events" && "$diff" == 0 ]] ||
 				die "async catch-up ($kind handler) handed over $n of $events events; $diff read model rows differ"
-			times+=("$es_s")
+			times[$kind]+="$es_s "
+			ratios[$kind]+="$(awk -v a="$base_s" -v b="$es_s" 'BEGIN { printf "%.3f", a / b }') "
 		done
-		es_s=$(median "${times[@]}")
-		es_rate=$(awk -v n="$events" -v t="$es_s" 'BEGIN { printf "%.0f", n / t }')
-		ratio=$(awk -v a="$es_rate" -v b="$base_rate" 'BEGIN { printf "%.3f", a / b }')
-		if [[ $target == - ]]; then VERDICT="-"; else judge "$ratio" "$target"; fi
-		add_row "$label" 1 - - "$ratio" "events/s" "$es_rate" "$base_rate" "$VERDICT"
-		NOTES+=("async_catchup ($kind handler): $events events, read model equal to the GROUP BY's every run; server-side seconds, run_projections $(printf '%s ' "${times[@]}")(median $es_s), INSERT ... GROUP BY (median $base_s)")
+	done
+	# shellcheck disable=SC2086 # the lists are words
+	base_s=$(median ${times[base]})
+	for kind in "${kinds[@]}"; do
+		# shellcheck disable=SC2086
+		es_s=$(median ${times[$kind]})
+		# shellcheck disable=SC2086
+		ratio=$(median ${ratios[$kind]})
+		if [[ ${target[$kind]} == - ]]; then VERDICT="-"; else judge "$ratio" "${target[$kind]}"; fi
+		add_row "${label[$kind]}" 1 - - "$ratio" "events/s" \
+			"$(awk -v n="$events" -v t="$es_s" 'BEGIN { printf "%.0f", n / t }')" \
+			"$(awk -v n="$events" -v t="$base_s" 'BEGIN { printf "%.0f", n / t }')" "$VERDICT"
+		NOTES+=("async_catchup ($kind handler): $events events, read model equal to the GROUP BY's in every round; server seconds per round: run_projections ${times[$kind]}, INSERT ... GROUP BY ${times[base]}; ratio per round ${ratios[$kind]}(median $ratio)")
 	done
 	"${PSQL[@]}" -c "ALTER SYSTEM RESET event_store.worker_enabled" -c "SELECT pg_reload_conf()" >/dev/null
 }
