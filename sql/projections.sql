@@ -739,7 +739,16 @@ SELECT count(*) > 1 AS several_calls, sum(n) AS events,
        bool_and(first_pos > coalesce(prev_last, 0)) AS in_order
   FROM (SELECT first_pos, n, lag(first_pos + n - 1) OVER (ORDER BY first_pos) AS prev_last
           FROM rm_table WHERE proj = 'table_async') c;
+-- an async batch that fails is rolled back whole and recorded at its first event
 SELECT event_store.drop_projection('table_inline');
+UPDATE event_store.projections SET event_types = NULL WHERE name = 'table_async';
+SELECT event_store.head_position() AS poison_after \gset
+SELECT event_store.append('tbl-4', '[{"type": "T1"}, {"type": "TablePoison"}]');
+SELECT event_store.run_projections();
+SELECT state, attempts, last_error, error_position - :poison_after AS error_at,
+       position - :poison_after AS position
+  FROM event_store.projections WHERE name = 'table_async';
+SELECT count(*) AS rows_from_the_failed_batch FROM rm_table WHERE first_pos > :poison_after;
 SELECT event_store.drop_projection('table_async');
 DROP TABLE rm_table;
 DROP FUNCTION h_table, h_table_void;
