@@ -12,6 +12,9 @@ PGBIN=$("$PG_CONFIG" --bindir)
 STARTED=0
 WORK=
 
+# rate N SECONDS: N per second, rounded
+rate() { awk -v n="$1" -v t="$2" 'BEGIN { printf "%.0f", (t > 0 ? n / t : 0) }'; }
+
 # deps (if the repository has the script), then make and make install
 bench_build() {
 	if [[ -f "$REPO_DIR/scripts/deps.sh" ]]; then

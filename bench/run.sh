@@ -326,7 +326,6 @@ add_row() {
 		"$1" "$2" off "$3" "$4" "$5" - - - - "$6" "$7" "$8" "$9")")
 }
 
-now_s() { date +%s.%N; }
 
 # wait_caught_up PROJECTION SECONDS: until its lag_events is 0
 wait_caught_up() {
@@ -511,10 +510,9 @@ case_async_catchup() {
 		es_s=$(median ${times[$kind]})
 		# shellcheck disable=SC2086
 		ratio=$(median ${ratios[$kind]})
-		if [[ ${target[$kind]} == - ]]; then VERDICT="-"; else judge "$ratio" "${target[$kind]}"; fi
-		add_row "${label[$kind]}" 1 - - "$ratio" "events/s" \
-			"$(awk -v n="$events" -v t="$es_s" 'BEGIN { printf "%.0f", n / t }')" \
-			"$(awk -v n="$events" -v t="$base_s" 'BEGIN { printf "%.0f", n / t }')" "$VERDICT"
+		judge "$ratio" "${target[$kind]}"
+		add_row "${label[$kind]}" 1 - - "$ratio" "events/s" "$(rate "$events" "$es_s")" \
+			"$(rate "$events" "$base_s")" "$VERDICT"
 		NOTES+=("async_catchup ($kind handler): $events events, read model equal to the GROUP BY's in every round; server seconds per round: run_projections ${times[$kind]}, INSERT ... GROUP BY ${times[base]}; ratio per round ${ratios[$kind]}(median $ratio)")
 	done
 	"${PSQL[@]}" -c "ALTER SYSTEM RESET event_store.worker_enabled" -c "SELECT pg_reload_conf()" >/dev/null

@@ -186,7 +186,6 @@ END $$;
 SQL
 
 now_s() { date +%s.%N; }
-rate() { awk -v n="$1" -v t="$2" 'BEGIN { printf "%.0f", (t > 0 ? n / t : 0) }'; }
 
 log "== starting $COUNT sagas"
 t0=$(now_s)

@@ -10,6 +10,7 @@
 #include "access/xact.h"
 #include "access/htup_details.h"
 #include "catalog/namespace.h"
+#include "commands/extension.h"
 #include "catalog/pg_attribute.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
@@ -58,12 +59,7 @@ es_lookup_rel(Oid nsp, const char *name)
 	return relid;
 }
 
-/*
- * Do the rows of event_store.events have the physical layout of the row type
- * event_store.event (same columns, types, lengths and alignments, none
- * dropped)?  Then a stored row can be handed on as an event without being
- * taken apart and formed again.
- */
+/* pg_class.relnatts of a relation, or -1 */
 static int
 es_relnatts(Oid relid)
 {
@@ -78,6 +74,12 @@ es_relnatts(Oid relid)
 	return natts;
 }
 
+/*
+ * Do the rows of event_store.events have the physical layout of the row type
+ * event_store.event (same columns, types, lengths and alignments, none
+ * dropped)?  Then a stored row can be handed on as an event without being
+ * taken apart and formed again.
+ */
 static bool
 es_same_row_layout(Oid relid, Oid type_relid)
 {
@@ -131,6 +133,7 @@ EsGetCatalog(void)
 				 errmsg("schema \"%s\" does not exist", ES_SCHEMA_NAME),
 				 errhint("Run CREATE EXTENSION event_store in this database.")));
 
+	es_catalog.extension_oid = get_extension_oid("event_store", false);
 	es_catalog.namespace_oid = nsp;
 	es_catalog.events_relid = es_lookup_rel(nsp, ES_EVENTS_TABLE);
 	es_catalog.position_idx = es_lookup_rel(nsp, ES_EVENTS_POSITION_IDX);

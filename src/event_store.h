@@ -47,6 +47,7 @@ extern void EsCheckPreloaded(void);
 /* catalog.c: OIDs of the extension's own relations, cached per backend */
 typedef struct EsCatalog
 {
+	Oid			extension_oid;	/* pg_extension row of event_store */
 	Oid			namespace_oid;
 	Oid			events_relid;
 	Oid			position_idx;

@@ -301,6 +301,16 @@ typedef struct EsBatch
 #define ES_BATCH_ASYNC_BYTES	((Size) 256 * 1024)
 #define ES_BATCH_INLINE_BYTES	((Size) 256 * 1024 * 1024)
 
+/* Forget the batch's events (its memory is kept for the next ones) */
+static void
+es_batch_empty(EsBatch *b)
+{
+	if (b->kind == ES_HANDLER_TABLE)
+		tuplestore_clear(b->rows);
+	b->len = (b->kind == ES_HANDLER_TABLE) ? 0 : ES_BATCH_HEADER;
+	b->n = 0;
+}
+
 static void
 es_batch_init(EsBatch *b, EsHandlerKind kind, MemoryContext parent, Size full)
 {
@@ -327,13 +337,13 @@ es_batch_init(EsBatch *b, EsHandlerKind kind, MemoryContext parent, Size full)
 	}
 	else
 	{
+		/* (the header is written in full when the array is handed over) */
 		b->cap = 64 * 1024;
-		b->buf = MemoryContextAllocZero(b->cxt, b->cap);
+		b->buf = MemoryContextAlloc(b->cxt, b->cap);
 	}
-	b->len = ES_BATCH_HEADER;
 	b->full = full;
-	b->n = 0;
 	b->first_position = 0;
+	es_batch_empty(b);
 }
 
 /*
@@ -425,21 +435,19 @@ es_batch_flush(EsBatch *b, EsProjection *p, EsRegistry *reg)
 		td.tg_newtable = b->rows;
 		es_invoke_handler(p, reg, (Datum) 0, (Node *) &td, b->first_position);
 		table_close(rel, AccessShareLock);
-		tuplestore_clear(b->rows);
-		b->len = ES_BATCH_HEADER;
-		b->n = 0;
-		return;
 	}
-	SET_VARSIZE(arr, b->len);
-	arr->ndim = 1;
-	arr->dataoffset = 0;		/* no nulls */
-	arr->elemtype = EsGetCatalog()->event_type_oid;
-	ARR_DIMS(arr)[0] = b->n;
-	ARR_LBOUND(arr)[0] = 1;
-	es_invoke_handler(p, reg, PointerGetDatum(arr), NULL, b->first_position);
+	else
+	{
+		SET_VARSIZE(arr, b->len);
+		arr->ndim = 1;
+		arr->dataoffset = 0;	/* no nulls */
+		arr->elemtype = EsGetCatalog()->event_type_oid;
+		ARR_DIMS(arr)[0] = b->n;
+		ARR_LBOUND(arr)[0] = 1;
+		es_invoke_handler(p, reg, PointerGetDatum(arr), NULL, b->first_position);
+	}
 	/* the next batch reuses the memory: the handler kept no reference to it */
-	b->len = ES_BATCH_HEADER;
-	b->n = 0;
+	es_batch_empty(b);
 }
 
 /*
@@ -538,18 +546,15 @@ es_apply_row(Datum *values, bool *isnull, HeapTuple stored, void *arg)
 		else
 			es_call_handler(ra->proj, NULL, ra->event_desc, values, isnull, stored);
 		ra->handed++;
+		/* the clock is read every 64 events handed over */
+		if (ra->deadline != 0 && ra->handed % 64 == 0 &&
+			GetCurrentTimestamp() >= ra->deadline)
+			ra->stopped = true;
 	}
 	ra->last_scanned = pos;
 	if (ra->budget >= 0 && ra->handed >= ra->budget)
 		return false;
-	/* the clock is read every 64 events handed over */
-	if (ra->deadline != 0 && ra->handed % 64 == 0 && ra->handed > 0 &&
-		GetCurrentTimestamp() >= ra->deadline)
-	{
-		ra->stopped = true;
-		return false;
-	}
-	return true;
+	return !ra->stopped;
 }
 
 /*

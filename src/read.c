@@ -120,7 +120,18 @@ es_parse_raw(FunctionCallInfo fcinfo, int argno)
 	return PG_GETARG_BOOL(argno);
 }
 
-static bool EsStoredRowUsable(HeapTuple stored);
+/*
+ * May a stored row (from an EsRowCallback) be used as an event_store.event
+ * datum byte for byte?  Not when it has out-of-line values (a composite
+ * datum holds its values inline) or fewer columns than the row type (a
+ * column added since it was written reads as its default, not as null).
+ */
+static bool
+es_stored_row_usable(HeapTuple stored)
+{
+	return !HeapTupleHasExternal(stored) &&
+		HeapTupleHeaderGetNatts(stored->t_data) == Natts_es_event;
+}
 
 /*
  * Run one index scan over event_store.events and hand every (upcast unless
@@ -141,6 +152,10 @@ EsScanEvents(const EsCatalog *cat, EsScanSpec *spec, EsRowCallback callback,
 	bool		upcast = !spec->raw && EsUpcastersExist();
 	Datum		values[Natts_es_event];
 	bool		isnull[Natts_es_event];
+	/* the values a callback needs along with a stored row (at least the filter's) */
+	int			leading = spec->leading_values <= 0 ? Natts_es_event :
+		Max(spec->leading_values,
+			spec->filter.ntypes >= 0 ? Anum_es_event_type : Anum_es_stream_id);
 
 	rowcxt = AllocSetContextCreate(CurrentMemoryContext, "event_store row",
 								   ALLOCSET_DEFAULT_SIZES);
@@ -191,13 +206,10 @@ EsScanEvents(const EsCatalog *cat, EsScanSpec *spec, EsRowCallback callback,
 		if (cat->stored_rows_are_events)
 		{
 			stored = ExecFetchSlotHeapTuple(slot, false, NULL);
-			if (!EsStoredRowUsable(stored))
+			if (!es_stored_row_usable(stored))
 				stored = NULL;
 		}
-		natts = Natts_es_event;
-		if (stored != NULL && !upcast && spec->leading_values > 0)
-			natts = Max(spec->leading_values,
-						spec->filter.ntypes >= 0 ? Anum_es_event_type : Anum_es_stream_id);
+		natts = (stored != NULL && !upcast) ? leading : Natts_es_event;
 		slot_getsomeattrs(slot, natts);
 		memcpy(values, slot->tts_values, sizeof(Datum) * natts);
 		memcpy(isnull, slot->tts_isnull, sizeof(bool) * natts);
@@ -228,19 +240,6 @@ EsScanEvents(const EsCatalog *cat, EsScanSpec *spec, EsRowCallback callback,
 }
 
 /*
- * May a stored row (from an EsRowCallback) be used as an event_store.event
- * datum byte for byte?  Not when it has out-of-line values (a composite
- * datum holds its values inline) or fewer columns than the row type (a
- * column added since it was written reads as its default, not as null).
- */
-static bool
-EsStoredRowUsable(HeapTuple stored)
-{
-	return !HeapTupleHasExternal(stored) &&
-		HeapTupleHeaderGetNatts(stored->t_data) == Natts_es_event;
-}
-
-/*
  * An event as an event_store.event datum, in the current memory context: a
  * copy of the stored row when the scan handed one over, else formed from
  * values.
@@ -259,7 +258,10 @@ es_emit_row(Datum *values, bool *isnull, HeapTuple stored, void *arg)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) arg;
 
-	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, isnull);
+	if (stored != NULL)
+		tuplestore_puttuple(rsinfo->setResult, stored);
+	else
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, isnull);
 	return true;
 }
 

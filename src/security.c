@@ -55,7 +55,7 @@ static Oid	es_owner_ext = InvalidOid;	/* the pg_extension row it came from */
 Oid
 EsExtensionOwner(void)
 {
-	Oid			extoid = get_extension_oid("event_store", false);
+	Oid			extoid = EsGetCatalog()->extension_oid;
 	Relation	rel;
 	ScanKeyData key;
 	SysScanDesc scan;

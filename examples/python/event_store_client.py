@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 
 import psycopg
+from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 # SQLSTATE of event_store's wrong_expected_version error
@@ -86,15 +87,10 @@ def append_with_retry(conn, stream_id, events, max_attempts=10, base_delay=0.005
         time.sleep(backoff_delay(attempt, base_delay, max_delay))
 
 
-# The columns of event_store.event, in order
-EVENT_COLUMNS = ("global_position", "stream_id", "stream_version", "event_id", "event_type",
-                 "data", "metadata", "schema_version", "recorded_at")
-
-
 class Follower:
     """Follows every event of the store in global position order.
 
-    handler(event)  called once per event (a dict of EVENT_COLUMNS), in
+    handler(event)  called once per event (a dict by column of event_store.event), in
                     order; the cursor moves past an event only when its
                     handler returned
     after           the position to start after (default 0: from the start)
@@ -152,10 +148,10 @@ class Follower:
                     conn.add_notify_handler(self._on_notify)
                     conn.execute("LISTEN event_store")
                 while not self._stopping.is_set():
-                    rows = conn.execute("SELECT * FROM event_store.read_all(%s, %s)",
-                                        (self.position, self.batch_size)).fetchall()
-                    for row in rows:
-                        event = dict(zip(EVENT_COLUMNS, row))
+                    rows = conn.cursor(row_factory=dict_row).execute(
+                        "SELECT * FROM event_store.read_all(%s, %s)",
+                        (self.position, self.batch_size)).fetchall()
+                    for event in rows:
                         self.handler(event)
                         self.position = event["global_position"]
                         if self._stopping.is_set():
@@ -271,11 +267,9 @@ class SagaWorker:
 
     def run_once(self, conn):
         """Claim and work one batch; returns the number of steps claimed."""
-        cur = conn.execute(
+        steps = conn.cursor(row_factory=dict_row).execute(
             "SELECT * FROM event_store.claim_saga_steps(%s, %s, %s::text[], %s::interval)",
-            (self.name, self.max_count, self.step_names, self.lease))
-        columns = [c.name for c in cur.description]
-        steps = [dict(zip(columns, row)) for row in cur.fetchall()]
+            (self.name, self.max_count, self.step_names, self.lease)).fetchall()
         for step in steps:
             self._work(conn, step)
         return len(steps)

@@ -451,7 +451,6 @@ sub new
 		seed        => $o{seed},
 		iterations  => $o{iterations},
 		doc         => $o{sqlstates_doc},           # docs/sqlstates.md
-		api_sql     => $o{api_sql},                 # sql/event_store.sql
 		known       => $o{known_defects} // [],
 		calls_log   => $o{calls_log},
 		check_every => $o{check_every} // 250,
@@ -1057,13 +1056,15 @@ sub _specs
 	my $saga_type = sub { typed($self->_text(@{ $self->{saga_types} }), 'text') };
 	my $step      = sub { typed($self->_text(@{ $self->{step_names} }), 'text') };
 	my $jsonv     = sub { !$self->{valid} && $self->_chance(0.1) ? 'NULL::jsonb' : jsonb_lit($self->_json_value(3)) };
-	my $version_of = sub {
-		my ($col) = @_;
-		return sub {
-			$self->_chance(0.5)
-			  ? '(SELECT COALESCE(max(stream_version), 0) + ' . $self->_pick(-1, 0, 0, 1) . " FROM event_store.events WHERE stream_id = \$1)"
-			  : $self->_bigint(1, 2, 3);
-		};
+	# grant_category and revoke_category take the same arguments
+	my $grant_args = [
+		[ role       => 0, sub { $self->_role_arg } ],
+		[ category   => 0, $category ],
+		[ privileges => 1, sub { $self->_privileges_arg } ],
+	];
+	# the stream's current version (of the stream in argument 1) plus one of @_
+	my $cur_version = sub {
+		'(SELECT COALESCE(max(stream_version), 0) + ' . $self->_pick(@_) . " FROM event_store.events WHERE stream_id = \$1)";
 	};
 	# a saga and one of its steps (same row of saga_steps), or each on its own
 	my $pair = sub {
@@ -1090,9 +1091,7 @@ sub _specs
 				[ events           => 0, sub { $self->{append_events} } ],
 				[ expected_version => 1, sub {
 					return 'NULL::bigint' if $self->{next_expected_null};
-					$self->_chance(0.5)
-					  ? '(SELECT COALESCE(max(stream_version), 0) + ' . $self->_pick(0, 0, 0, -1, 1) . " FROM event_store.events WHERE stream_id = \$1)"
-					  : $self->_bigint(0, 1);
+					$self->_chance(0.5) ? $cur_version->(0, 0, 0, -1, 1) : $self->_bigint(0, 1);
 				} ],
 			],
 			# the events first: an idempotent retry picks its stream too
@@ -1184,7 +1183,7 @@ sub _specs
 			family => 'aggregate',
 			args   => [
 				[ stream_id      => 0, $stream ],
-				[ stream_version => 0, $version_of->() ],
+				[ stream_version => 0, sub { $self->_chance(0.5) ? $cur_version->(-1, 0, 0, 1) : $self->_bigint(1, 2, 3) } ],
 				[ state          => 0, $jsonv ],
 				[ state_version  => 1, sub { $self->_int4(1, 1, 2) } ],
 			],
@@ -1265,31 +1264,15 @@ sub _specs
 		},
 		saga_tick  => { family => 'saga', args => [] },
 		saga_state => { family => 'saga', args => [ [ saga_id => 0, sub { $self->_saga_id_arg } ] ] },
-		grant_category => {
-			family => 'grants',
-			args   => [
-				[ role       => 0, sub { $self->_role_arg } ],
-				[ category   => 0, $category ],
-				[ privileges => 1, sub { $self->_privileges_arg } ],
-			],
-		},
-		revoke_category => {
-			family => 'grants',
-			args   => [
-				[ role       => 0, sub { $self->_role_arg } ],
-				[ category   => 0, $category ],
-				[ privileges => 1, sub { $self->_privileges_arg } ],
-			],
-		},
+		grant_category  => { family => 'grants', args => $grant_args },
+		revoke_category => { family => 'grants', args => $grant_args },
 		delete_stream => {
 			family => 'lifecycle',
 			args   => [
 				[ stream_id        => 0, sub { $self->_lifecycle_stream } ],
 				[ expected_version => 1, sub {
 					return 'NULL::bigint' if $self->_chance(0.4);
-					$self->_chance(0.6)
-					  ? '(SELECT COALESCE(max(stream_version), 0) + ' . $self->_pick(0, 0, 0, -1, 1) . " FROM event_store.events WHERE stream_id = \$1)"
-					  : $self->_bigint(0, 1, 2);
+					$self->_chance(0.6) ? $cur_version->(0, 0, 0, -1, 1) : $self->_bigint(0, 1, 2);
 				} ],
 			],
 		},
@@ -1692,7 +1675,8 @@ sub api_functions
 sub fuzzed_functions
 {
 	my ($self) = @_;
-	return { map { $_ => [ map { $_->[0] } @{ $self->{specs}{$_}{args} } ] } keys %{ $self->{specs} } };
+	my $specs = $self->{specs} // $self->_specs;
+	return { map { $_ => [ map { $_->[0] } @{ $specs->{$_}{args} } ] } keys %$specs };
 }
 
 # ------------------------------------------------------------- judging

@@ -68,7 +68,6 @@ use EsFuzz;
 # match a problem; avoid => sub { my ($call) = @_; ... } keeps a call from
 # running at all (for a crash, or a call that would spoil the rest of the
 # run), and counts it as a hit.  Remove an entry when its defect is fixed.
-my $huge_max_age = join '|', map { quotemeta } @EsFuzz::HUGE_MAX_AGE;
 my @known_defects = ();
 
 my $seed = $ENV{ES_FUZZ_SEED} // int(rand(2**31));
@@ -105,8 +104,6 @@ $fuzz->setup;
 # (a) every public function is fuzzed
 #
 my $api = EsFuzz::api_functions("$top/sql/event_store.sql");
-$fuzz->{specs} = $fuzz->_specs;    # (built again by run())
-$fuzz->_init_pools;
 my $fuzzed = $fuzz->fuzzed_functions;
 is_deeply(
 	{ map { $_ => join(', ', @{ $fuzzed->{$_} }) } keys %$fuzzed },
