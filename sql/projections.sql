@@ -755,6 +755,14 @@ DROP FUNCTION h_table, h_table_void;
 -- a wrong batch signature
 CREATE FUNCTION h_batch_text(events text[]) RETURNS void LANGUAGE sql AS $$ SELECT $$;
 SELECT pg_temp.try($$SELECT event_store.create_projection('x', 'h_batch_text(text[])')$$);
+-- an append of more than 10,000 events is still one call of an inline batch handler
+DELETE FROM rm_batches;
+SELECT event_store.create_projection('bulk_inline', 'h_batch(event_store.event[])',
+                                     categories => ARRAY['bulk']);
+SELECT event_store.append('bulk-1', (SELECT jsonb_agg(jsonb_build_object('type', 'Bulk'))
+                                       FROM generate_series(1, 10001)));
+SELECT proj, n FROM rm_batches;
+SELECT event_store.drop_projection('bulk_inline');
 DROP TABLE rm_batches;
 DROP FUNCTION h_batch, h_batch_async, h_batch_text;
 

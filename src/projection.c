@@ -349,7 +349,7 @@ es_batch_init(EsBatch *b, EsHandlerKind kind, MemoryContext parent, Size full)
 /*
  * Append one event (copied from the stored row when the scan handed one
  * over, else formed from values) in the caller's per-event memory context;
- * true when the batch is full and should be handed over now.
+ * true when the batch has reached its size and should be handed over now.
  */
 static bool
 es_batch_add(EsBatch *b, TupleDesc event_desc, Datum *values, bool *isnull,
@@ -377,7 +377,7 @@ es_batch_add(EsBatch *b, TupleDesc event_desc, Datum *values, bool *isnull,
 		}
 		MemoryContextSwitchTo(old);
 		b->n++;
-		return b->len >= b->full || b->n >= ES_PROJECTION_SLICE;
+		return b->len >= b->full;
 	}
 
 	event = DatumGetPointer(EsEventDatum(event_desc, values, isnull, stored));
@@ -400,7 +400,7 @@ es_batch_add(EsBatch *b, TupleDesc event_desc, Datum *values, bool *isnull,
 	memset(b->buf + b->len + len, 0, padded - len);
 	b->len += padded;
 	b->n++;
-	return b->len >= b->full || b->n >= ES_PROJECTION_SLICE;
+	return b->len >= b->full;
 }
 
 /*
@@ -536,7 +536,9 @@ es_apply_row(Datum *values, bool *isnull, HeapTuple stored, void *arg)
 	{
 		if (ra->proj->kind != ES_HANDLER_EVENT)
 		{
-			if (es_batch_add(&ra->batch, ra->event_desc, values, isnull, stored))
+			/* async batches also end at 10,000 events; an append's stays whole */
+			if (es_batch_add(&ra->batch, ra->event_desc, values, isnull, stored) ||
+				ra->batch.n >= ES_PROJECTION_SLICE)
 			{
 				ra->flushing = true;
 				es_batch_flush(&ra->batch, ra->proj, NULL);
