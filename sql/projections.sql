@@ -648,7 +648,7 @@ SELECT name, state, attempts, last_error, error_position - :batch_start AS error
        position - :batch_start AS position
   FROM event_store.projections WHERE name = 'batch_async';
 SELECT count(*) AS rows_after_failure FROM rm_batches;
--- An async batch is handed over at about 256 kB, so large events come in
+-- An async array batch is handed over at about 256 kB, so large events come in
 -- several calls; every event arrives whole and in order, whether it is
 -- handed on as stored, upcast, or stored out of line (TOAST).
 SELECT event_store.drop_projection('batch_async');
@@ -729,11 +729,11 @@ SELECT count(*) AS appended FROM event_store.read_stream('tbl-2');
 -- a trigger function with the wrong return type is refused
 CREATE FUNCTION h_table_void() RETURNS void LANGUAGE sql AS $$ SELECT $$;
 SELECT pg_temp.try($$SELECT event_store.create_projection('x', 'h_table_void()')$$);
--- catch-up: 600 events of 1 kB each come in more than one call, in order
+-- catch-up: 1,500 events of 1 kB each (a batch is handed over at 1 MB) come in more than one call, in order
 DELETE FROM rm_table;
 SELECT event_store.append('tbl-3', (
     SELECT jsonb_agg(jsonb_build_object('type', 'T1', 'data', jsonb_build_object('pad', repeat(md5(i::text), 32))))
-      FROM generate_series(1, 600) i));
+      FROM generate_series(1, 1500) i));
 SELECT event_store.run_projections();
 SELECT count(*) > 1 AS several_calls, sum(n) AS events,
        bool_and(first_pos > coalesce(prev_last, 0)) AS in_order

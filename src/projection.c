@@ -293,12 +293,15 @@ typedef struct EsBatch
 #define ES_BATCH_HEADER		ARR_OVERHEAD_NONULLS(1)
 
 /*
- * Async batches are handed over at about 256 kB: catch-up measured fastest
- * with arrays this size (the handler's own copies of the events stay in the
- * CPU's cache), at most 10,000 events.  An inline batch (one append) is split
- * only if it grows past 256 MB.
+ * Async batches are handed over at a size that catch-up measured fastest
+ * with (the handler reads the events while they are still in the CPU's
+ * cache, and the batch's memory is reused): about 256 kB for an array, which
+ * the handler copies twice more, and 1 MB for a transition table, which it
+ * reads in place; at most 10,000 events either way.  An inline batch (one
+ * append) is split only if it grows past 256 MB.
  */
-#define ES_BATCH_ASYNC_BYTES	((Size) 256 * 1024)
+#define ES_BATCH_ARRAY_BYTES	((Size) 256 * 1024)
+#define ES_BATCH_TABLE_BYTES	((Size) 1024 * 1024)
 #define ES_BATCH_INLINE_BYTES	((Size) 256 * 1024 * 1024)
 
 /* Forget the batch's events (its memory is kept for the next ones) */
@@ -603,7 +606,8 @@ es_apply_range(EsProjection *proj, int64 after, int64 upto, int64 budget,
 	snapshot = RegisterSnapshot(GetLatestSnapshot());
 	spec.snapshot = snapshot;
 	if (proj->kind != ES_HANDLER_EVENT)
-		es_batch_init(&ra.batch, proj->kind, CurrentMemoryContext, ES_BATCH_ASYNC_BYTES);
+		es_batch_init(&ra.batch, proj->kind, CurrentMemoryContext,
+					  proj->kind == ES_HANDLER_TABLE ? ES_BATCH_TABLE_BYTES : ES_BATCH_ARRAY_BYTES);
 	PG_TRY();
 	{
 		EsScanEvents(cat, &spec, es_apply_row, &ra);
