@@ -14,6 +14,7 @@
 #include "postgres.h"
 
 #include "access/genam.h"
+#include "access/heapam.h"
 #include "access/htup_details.h"
 #include "access/relscan.h"
 #include "access/skey.h"
@@ -26,6 +27,8 @@
 #include "fmgr.h"
 #include "funcapi.h"
 #include "miscadmin.h"
+#include "pgstat.h"
+#include "storage/bufmgr.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
@@ -134,6 +137,101 @@ es_stored_row_usable(HeapTuple stored)
 }
 
 /*
+ * The heap side of an index scan, a page at a time: the index's TIDs that
+ * follow each other on one heap page are checked under one share lock of
+ * that page (the executor's index scan takes the lock once per tuple), and
+ * the visible tuples are then handed out with the page pinned, not locked,
+ * as a sequential scan in page-at-a-time mode does.  The index is read with
+ * no heap page locked, so the lock order of index before heap holds.  Order
+ * is the index's: a run ends at the first TID on another page.
+ */
+typedef struct EsPageFetch
+{
+	IndexScanDesc scan;
+	Relation	heap;
+	ScanDirection direction;
+	Buffer		buffer;			/* the page the tuples below are on */
+	ItemPointerData next_tid;	/* read from the index: on another page */
+	bool		have_next;
+	bool		index_done;
+	int			ntuples;
+	int			pos;			/* next tuple to hand out */
+	ItemPointerData tids[MaxHeapTuplesPerPage];
+	HeapTupleData tuples[MaxHeapTuplesPerPage];
+} EsPageFetch;
+
+/* Read the index's next run of TIDs on one page; false at its end */
+static bool
+es_fetch_run(EsPageFetch *f)
+{
+	ItemPointer tid;
+	BlockNumber block;
+	Buffer		prev = f->buffer;
+	int			ntids = 0;
+
+	if (!f->have_next)
+	{
+		if (f->index_done || (tid = index_getnext_tid(f->scan, f->direction)) == NULL)
+			return false;
+		f->next_tid = *tid;
+	}
+	block = ItemPointerGetBlockNumber(&f->next_tid);
+	f->tids[ntids++] = f->next_tid;
+	f->have_next = false;
+	while (ntids < MaxHeapTuplesPerPage)
+	{
+		tid = index_getnext_tid(f->scan, f->direction);
+		if (tid == NULL)
+		{
+			f->index_done = true;
+			break;
+		}
+		if (ItemPointerGetBlockNumber(tid) != block)
+		{
+			f->next_tid = *tid;
+			f->have_next = true;
+			break;
+		}
+		f->tids[ntids++] = *tid;
+	}
+
+	f->buffer = ReleaseAndReadBuffer(f->buffer, f->heap, block);
+	if (f->buffer != prev)
+		heap_page_prune_opt(f->heap, f->buffer);
+	LockBuffer(f->buffer, BUFFER_LOCK_SHARE);
+	f->ntuples = 0;
+	for (int i = 0; i < ntids; i++)
+	{
+		bool		all_dead;
+
+		/* (an MVCC snapshot sees at most one member of a HOT chain) */
+		if (heap_hot_search_buffer(&f->tids[i], f->heap, f->buffer, f->scan->xs_snapshot,
+								   &f->tuples[f->ntuples], &all_dead, true))
+			f->ntuples++;
+	}
+	LockBuffer(f->buffer, BUFFER_LOCK_UNLOCK);
+	f->pos = 0;
+	return true;
+}
+
+/* Store the scan's next visible tuple in slot; false at the scan's end */
+static bool
+es_fetch_next(EsPageFetch *f, TupleTableSlot *slot)
+{
+	while (f->pos >= f->ntuples)
+	{
+		if (!es_fetch_run(f))
+		{
+			ExecClearTuple(slot);
+			return false;
+		}
+	}
+	pgstat_count_heap_fetch(f->scan->indexRelation);
+	ExecStoreBufferHeapTuple(&f->tuples[f->pos++], slot, f->buffer);
+	return true;
+}
+
+/*
  * Run one index scan over event_store.events and hand every (upcast unless
  * spec->raw) event that passes the type filter to the callback, until it
  * returns false or max_count events were handed over.  Returns how many were.
@@ -145,6 +243,7 @@ EsScanEvents(const EsCatalog *cat, EsScanSpec *spec, EsRowCallback callback,
 	Relation	heap;
 	Relation	index;
 	IndexScanDesc scan;
+	EsPageFetch *fetch;
 	TupleTableSlot *slot;
 	int64		emitted = 0;
 	MemoryContext rowcxt;
@@ -164,9 +263,14 @@ EsScanEvents(const EsCatalog *cat, EsScanSpec *spec, EsRowCallback callback,
 	slot = table_slot_create(heap, NULL);
 	scan = index_beginscan(heap, index, spec->snapshot, spec->nkeys, 0);
 	index_rescan(scan, spec->keys, spec->nkeys, NULL, 0);
+	fetch = palloc0(sizeof(EsPageFetch));
+	fetch->scan = scan;
+	fetch->heap = heap;
+	fetch->direction = spec->direction;
+	fetch->buffer = InvalidBuffer;
 
 	while ((spec->max_count < 0 || emitted < spec->max_count) &&
-		   index_getnext_slot(scan, spec->direction, slot))
+		   es_fetch_next(fetch, slot))
 	{
 		bool		keep_going;
 		HeapTuple	stored;
@@ -231,8 +335,11 @@ EsScanEvents(const EsCatalog *cat, EsScanSpec *spec, EsRowCallback callback,
 			break;
 	}
 
-	index_endscan(scan);
 	ExecDropSingleTupleTableSlot(slot);
+	if (BufferIsValid(fetch->buffer))
+		ReleaseBuffer(fetch->buffer);
+	pfree(fetch);
+	index_endscan(scan);
 	index_close(index, AccessShareLock);
 	table_close(heap, AccessShareLock);
 	MemoryContextDelete(rowcxt);
