@@ -159,8 +159,8 @@ EsGetCatalog(void)
 }
 
 /*
- * Registries: small user-maintained tables (upcasters, aggregates) cached per
- * backend.  A change sends a relcache invalidation for the table, which every
+ * Registries: small user-maintained tables (upcasters, aggregates, grants...)
+ * cached per backend.  A change sends a relcache invalidation for the table, which every
  * backend turns into "reload before the next use".
  */
 #define ES_MAX_REGISTRIES 8
@@ -178,14 +178,16 @@ es_registry_relcache_callback(Datum arg, Oid relid)
 }
 
 /*
- * A function was changed or dropped: the cached FmgrInfos may be stale, so
- * every registry reloads (and notices a dropped callback by itself).
+ * A function was changed or dropped: what the registries of callbacks cached
+ * of it may be stale, so each of them reloads (and notices a dropped
+ * callback by itself).  The others hold no functions.
  */
 static void
 es_registry_proc_callback(Datum arg, int cacheid, uint32 hashvalue)
 {
 	for (int i = 0; i < es_nregistries; i++)
-		es_registries[i]->valid = false;
+		if (es_registries[i]->calls_functions)
+			es_registries[i]->valid = false;
 }
 
 /*

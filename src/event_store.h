@@ -68,6 +68,8 @@ extern const EsCatalog *EsGetCatalog(void);
 typedef struct EsRegistry
 {
 	const char *relname;		/* table in schema event_store */
+	bool		calls_functions;	/* caches user functions: reload when any
+									 * function changes */
 	Oid			relid;
 	bool		valid;
 	bool		registered;

@@ -86,7 +86,7 @@ typedef struct EsProjection
 } EsProjection;
 
 /* Cache of the running inline projections, for append() */
-static EsRegistry inline_registry = {"projections"};
+static EsRegistry inline_registry = {"projections", true};
 static MemoryContext inline_cxt = NULL;
 static EsProjection *inline_projs = NULL;
 static int	inline_count = 0;

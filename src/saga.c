@@ -40,7 +40,7 @@ typedef struct EsWatchedType
 	char		key[ES_MAX_WATCH_KEY];
 } EsWatchedType;
 
-static EsRegistry saga_registry = {"saga_definitions"};
+static EsRegistry saga_registry = {"saga_definitions", true};
 static HTAB *watched = NULL;
 static MemoryContext watched_cxt = NULL;
 static long watched_count = 0;

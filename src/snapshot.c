@@ -54,7 +54,7 @@ typedef struct EsAggregate
 	struct EsAggregate *next;	/* other categories sharing a truncated key */
 } EsAggregate;
 
-static EsRegistry agg_registry = {"aggregates"};
+static EsRegistry agg_registry = {"aggregates", true};
 static HTAB *agg_hash = NULL;
 static MemoryContext agg_cxt = NULL;
 static long agg_count = 0;

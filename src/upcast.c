@@ -4,8 +4,8 @@
  *	  into the next one, applied on every read path.
  *
  * The registry (event_store.upcasters) is cached per backend in a hash keyed
- * by (event_type, from_schema_version) with the function's FmgrInfo ready
- * to call, so reads do no catalogue query per event.  register_upcaster and
+ * by (event_type, from_schema_version) with the upcaster compiled (below),
+ * so reads do no catalogue query per event.  register_upcaster and
  * drop_upcaster send a relcache invalidation for the registry table; every
  * backend (the registering one at its next command) then rebuilds its cache.
  *
@@ -56,7 +56,7 @@ typedef struct EsUpcaster
 {
 	EsUpcastKey key;
 	text	   *full_type;		/* the event type it applies to */
-	FmgrInfo	fn;
+	Oid			fn;				/* the upcaster function */
 	text	   *to_type;		/* NULL: keep the type */
 	bool		missing;		/* the function was dropped */
 	Oid			owner;			/* the role that registered it: runs as it */
@@ -65,7 +65,7 @@ typedef struct EsUpcaster
 	struct EsUpcaster *then;	/* the upcaster of the result, resolved at load */
 } EsUpcaster;
 
-static EsRegistry upcast_registry = {"upcasters"};
+static EsRegistry upcast_registry = {"upcasters", true};
 static ParamListInfo upcast_params = NULL;	/* $1 data, $2 metadata */
 static ExprContext *upcast_econtext = NULL;
 static HTAB *upcast_hash = NULL;
@@ -185,12 +185,10 @@ es_upcast_load(void)
 		entry->missing = !EsFunctionExists(fn);
 		entry->owner = owner;
 		entry->expr = NULL;
-		if (entry->missing)
-			entry->fn.fn_oid = fn;
-		else
+		entry->fn = fn;
+		if (!entry->missing)
 		{
 			EsCheckCallbackOwner(fn, owner, "an upcaster");
-			fmgr_info_cxt(fn, &entry->fn, upcast_cxt);
 			entry->expr = es_upcast_compile(fn);
 		}
 		entry->to_type = to_null ? NULL : DatumGetTextPCopy(to);
@@ -298,7 +296,7 @@ EsUpcastRow(Datum *values, bool *isnull)
 					(errcode(ERRCODE_UNDEFINED_FUNCTION),
 					 errmsg("the upcaster of event type \"%s\" from schema version %d no longer exists",
 							text_to_cstring(type), sv),
-					 errdetail("Function with OID %u was dropped.", up->fn.fn_oid),
+					 errdetail("Function with OID %u was dropped.", up->fn),
 					 errhint("Register another upcaster, or remove this one with event_store.drop_upcaster().")));
 
 		result = es_upcast_eval(up, values[Anum_es_data - 1], values[Anum_es_metadata - 1],
@@ -307,7 +305,7 @@ EsUpcastRow(Datum *values, bool *isnull)
 			ereport(ERROR,
 					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 					 errmsg("upcaster %s returned null for event type \"%s\" version %d",
-							format_procedure(up->fn.fn_oid), text_to_cstring(type), sv),
+							format_procedure(up->fn), text_to_cstring(type), sv),
 					 errhint("An upcaster must return the event's new data.")));
 		values[Anum_es_data - 1] = result;
 		values[Anum_es_schema_version - 1] = Int32GetDatum(sv + 1);
