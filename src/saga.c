@@ -184,6 +184,20 @@ es_define_saga(PG_FUNCTION_ARGS)
 }
 
 /*
+ * Run with search_path set to path until AtEOXact_GUC(false, the returned
+ * level) (an error ends the setting with the transaction or subtransaction)
+ */
+static int
+es_push_search_path(const char *path)
+{
+	int			level = NewGUCNestLevel();
+
+	(void) set_config_option("search_path", path, PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	return level;
+}
+
+/*
  * SQL: event_store._saga_regprocedure(signature text, search_path text)
  *		RETURNS regprocedure -- to_regprocedure() in the given search_path
  */
@@ -199,9 +213,7 @@ es_saga_regprocedure(PG_FUNCTION_ARGS)
 	InitFunctionCallInfoData(*inner, NULL, 1, InvalidOid, NULL, NULL);
 	inner->args[0].value = PG_GETARG_DATUM(0);
 	inner->args[0].isnull = false;
-	level = NewGUCNestLevel();
-	(void) set_config_option("search_path", TextDatumGetCString(PG_GETARG_DATUM(1)),
-							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	level = es_push_search_path(TextDatumGetCString(PG_GETARG_DATUM(1)));
 	result = to_regprocedure(inner);
 	AtEOXact_GUC(false, level);
 	if (inner->isnull)
@@ -248,9 +260,7 @@ es_saga_call(PG_FUNCTION_ARGS)
 		PG_RETURN_NULL();
 
 	EsBecomeRole(&sw, role);
-	level = NewGUCNestLevel();
-	(void) set_config_option("search_path", GetConfigOptionResetString("search_path"),
-							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	level = es_push_search_path(GetConfigOptionResetString("search_path"));
 	result = FunctionCallInvoke(inner);
 	AtEOXact_GUC(false, level);
 	EsRestoreUser(&sw);
