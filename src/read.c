@@ -144,21 +144,44 @@ es_stored_row_usable(HeapTuple stored)
  * as a sequential scan in page-at-a-time mode does.  The index is read with
  * no heap page locked, so the lock order of index before heap holds.  Order
  * is the index's: a run ends at the first TID on another page.
+ *
+ * The snapshot must be an MVCC one (it sees at most one member of a HOT
+ * chain).  A run is cut to max_run TIDs, so that a scan for one row does
+ * not check (or, SERIALIZABLE, predicate-lock) the rest of the page.  After
+ * a run that found an entry whose rows are all dead (a purged event) the
+ * scan goes one TID at a time, telling the index about each dead entry as
+ * the executor does, until it finds a live one.
  */
 typedef struct EsPageFetch
 {
 	IndexScanDesc scan;
 	Relation	heap;
 	ScanDirection direction;
+	int			max_run;		/* TIDs to read ahead at most (at least 1) */
 	Buffer		buffer;			/* the page the tuples below are on */
 	ItemPointerData next_tid;	/* read from the index: on another page */
 	bool		have_next;
 	bool		index_done;
+	bool		dead_seen;		/* the last run found a dead entry */
 	int			ntuples;
 	int			pos;			/* next tuple to hand out */
 	ItemPointerData tids[MaxHeapTuplesPerPage];
 	HeapTupleData tuples[MaxHeapTuplesPerPage];
 } EsPageFetch;
+
+/* The index's next TID, or NULL at its end (then never asked again) */
+static ItemPointer
+es_fetch_tid(EsPageFetch *f)
+{
+	ItemPointer tid;
+
+	if (f->index_done)
+		return NULL;
+	tid = index_getnext_tid(f->scan, f->direction);
+	if (tid == NULL)
+		f->index_done = true;
+	return tid;
+}
 
 /* Read the index's next run of TIDs on one page; false at its end */
 static bool
@@ -167,25 +190,20 @@ es_fetch_run(EsPageFetch *f)
 	ItemPointer tid;
 	BlockNumber block;
 	Buffer		prev = f->buffer;
+	int			max_run = f->dead_seen ? 1 : Min(f->max_run, MaxHeapTuplesPerPage);
 	int			ntids = 0;
 
 	if (!f->have_next)
 	{
-		if (f->index_done || (tid = index_getnext_tid(f->scan, f->direction)) == NULL)
+		if ((tid = es_fetch_tid(f)) == NULL)
 			return false;
 		f->next_tid = *tid;
 	}
 	block = ItemPointerGetBlockNumber(&f->next_tid);
 	f->tids[ntids++] = f->next_tid;
 	f->have_next = false;
-	while (ntids < MaxHeapTuplesPerPage)
+	while (ntids < max_run && (tid = es_fetch_tid(f)) != NULL)
 	{
-		tid = index_getnext_tid(f->scan, f->direction);
-		if (tid == NULL)
-		{
-			f->index_done = true;
-			break;
-		}
 		if (ItemPointerGetBlockNumber(tid) != block)
 		{
 			f->next_tid = *tid;
@@ -200,16 +218,23 @@ es_fetch_run(EsPageFetch *f)
 		heap_page_prune_opt(f->heap, f->buffer);
 	LockBuffer(f->buffer, BUFFER_LOCK_SHARE);
 	f->ntuples = 0;
+	f->dead_seen = false;
 	for (int i = 0; i < ntids; i++)
 	{
 		bool		all_dead;
 
-		/* (an MVCC snapshot sees at most one member of a HOT chain) */
-		if (heap_hot_search_buffer(&f->tids[i], f->heap, f->buffer, f->scan->xs_snapshot,
+		if (heap_hot_search_buffer(&f->tids[i], f->heap, f->buffer,
+								   f->scan->xs_snapshot,
 								   &f->tuples[f->ntuples], &all_dead, true))
 			f->ntuples++;
+		else if (all_dead)
+			f->dead_seen = true;
 	}
 	LockBuffer(f->buffer, BUFFER_LOCK_UNLOCK);
+	/* the index's last TID was the only one: the index may mark it dead */
+	if (f->dead_seen && ntids == 1 && !f->have_next &&
+		!f->scan->xactStartedInRecovery)
+		f->scan->kill_prior_tuple = true;
 	f->pos = 0;
 	return true;
 }
@@ -256,6 +281,7 @@ EsScanEvents(const EsCatalog *cat, EsScanSpec *spec, EsRowCallback callback,
 		Max(spec->leading_values,
 			spec->filter.ntypes >= 0 ? Anum_es_event_type : Anum_es_stream_id);
 
+	Assert(IsMVCCSnapshot(spec->snapshot));
 	rowcxt = AllocSetContextCreate(CurrentMemoryContext, "event_store row",
 								   ALLOCSET_DEFAULT_SIZES);
 	heap = table_open(cat->events_relid, AccessShareLock);
@@ -267,15 +293,23 @@ EsScanEvents(const EsCatalog *cat, EsScanSpec *spec, EsRowCallback callback,
 	fetch->scan = scan;
 	fetch->heap = heap;
 	fetch->direction = spec->direction;
+	fetch->max_run = MaxHeapTuplesPerPage;
 	fetch->buffer = InvalidBuffer;
 
-	while ((spec->max_count < 0 || emitted < spec->max_count) &&
-		   es_fetch_next(fetch, slot))
+	for (;;)
 	{
 		bool		keep_going;
 		HeapTuple	stored;
 		int			natts;
 
+		if (spec->max_count >= 0)
+		{
+			if (emitted >= spec->max_count)
+				break;
+			fetch->max_run = (int) Min(spec->max_count - emitted, MaxHeapTuplesPerPage);
+		}
+		if (!es_fetch_next(fetch, slot))
+			break;
 		CHECK_FOR_INTERRUPTS();
 		if (spec->xact_snapshot != NULL &&
 			!table_tuple_satisfies_snapshot(heap, slot, spec->xact_snapshot))
