@@ -23,7 +23,7 @@
 #   BENCH_AGG_EVENTS length of the aggregate case's streams (default 10000)
 #   BENCH_LAG_RATE  appends/s (pgbench -R) of the lag case (default 2000)
 #   BENCH_SKIP_BUILD set to 1 to use the installed extension as it is
-#   BENCH_CATCHUP_REPEATS rounds of async_catchup (default 5; median of the rounds' ratios)
+#   BENCH_CATCHUP_REPEATS rounds of async_catchup (default 7; median of the rounds' ratios)
 #   BENCH_AMCHECK   set to 1 to verify event_store.events and its indexes with
 #                   amcheck after the runs (adds a minute or so)
 #   PG_CONFIG       pg_config of the target server (default: pg_config on PATH)
@@ -441,7 +441,7 @@ case_inline_projection() {
 # worker; connection start-up and first-use costs are left out of both).
 # CATCHUP_REPEATS rounds, each timing the baseline and then each handler from
 # an empty read model; the ratio is the median of the rounds' ratios.
-CATCHUP_REPEATS=${BENCH_CATCHUP_REPEATS:-5}
+CATCHUP_REPEATS=${BENCH_CATCHUP_REPEATS:-7}
 
 # timed_sql WARMUP SQL: in one session (no parallel workers), run WARMUP and a
 # checkpoint, then print SQL's output and the seconds the server took for it
