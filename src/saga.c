@@ -226,8 +226,9 @@ es_saga_regprocedure(PG_FUNCTION_ARGS)
  *		data jsonb) RETURNS jsonb
  *
  * Call a step function (saga_id uuid, data jsonb) RETURNS jsonb as the role
- * that defined the saga, with the search_path that role's sessions start
- * with (not the orchestrator's pinned one).
+ * that defined the saga, with the search_path the session started with (its
+ * reset value: in the worker, the database's default), not the
+ * orchestrator's pinned one.
  */
 Datum
 es_saga_call(PG_FUNCTION_ARGS)
