@@ -267,6 +267,33 @@ SELECT event_store.saga_state('00000000-0000-4000-8000-00000000000a') ->> 'statu
 SELECT * FROM sec.seen ORDER BY 1;
 SELECT count(*) AS hack_events FROM event_store.events WHERE stream_id = 'sechack-1';
 
+-- A projection is handed only what the role that created it may read:
+-- secorders has a grant again, sec_low none, so neither sec_low's inline
+-- nor its async projection gets those events (the async one's scan leaves
+-- them out), and the async one's position still passes them.
+SELECT event_store.grant_category('sec_orders', 'secorders', '{read}');
+CREATE TABLE sec.low_seen (proj text, stream_id text);
+ALTER TABLE sec.low_seen OWNER TO sec_low;
+CREATE FUNCTION sec.low_seen_inline(e event_store.event) RETURNS void
+LANGUAGE plpgsql AS $$ BEGIN INSERT INTO sec.low_seen VALUES ('inline', e.stream_id); END $$;
+CREATE FUNCTION sec.low_seen_async(e event_store.event) RETURNS void
+LANGUAGE plpgsql AS $$ BEGIN INSERT INTO sec.low_seen VALUES ('async', e.stream_id); END $$;
+ALTER FUNCTION sec.low_seen_inline(event_store.event) OWNER TO sec_low;
+ALTER FUNCTION sec.low_seen_async(event_store.event) OWNER TO sec_low;
+SET ROLE sec_low;
+SELECT event_store.create_projection('sec_low_inline', 'sec.low_seen_inline(event_store.event)', '{LowSeen}');
+SELECT event_store.create_projection('sec_low_async', 'sec.low_seen_async(event_store.event)', '{LowSeen}', mode => 'async');
+RESET ROLE;
+SELECT event_store.append('secorders-3', '{"type": "LowSeen"}');
+SELECT event_store.append('secopen-1', '{"type": "LowSeen"}');
+SELECT event_store.run_projections() > 0 AS ran;
+SELECT proj, stream_id FROM sec.low_seen ORDER BY 1, 2;
+SELECT name, state, lag_events FROM event_store.projection_status
+ WHERE name LIKE 'sec_low%' ORDER BY 1;
+SELECT event_store.drop_projection('sec_low_inline');
+SELECT event_store.drop_projection('sec_low_async');
+SELECT event_store.revoke_category('sec_orders', 'secorders');
+
 --
 -- search_path tricks: sec_billing controls schema "evil", shadows the
 -- text "=" operator and some functions there, puts it first in its

@@ -200,15 +200,17 @@ es_inline_load(void)
 }
 
 /*
- * Does the (upcast) event pass the projection's filters, and may the role
- * it runs as read it?
+ * Does the (upcast) event pass the projection's filters, and (check_access;
+ * a scan leaves out what the role may not read itself) may the role it runs
+ * as read it?
  */
 static bool
-es_projection_matches(const EsProjection *p, Datum *values)
+es_projection_matches(const EsProjection *p, Datum *values, bool check_access)
 {
 	if (!EsTypeMatches(&p->types, values[Anum_es_event_type - 1]))
 		return false;
-	if (!EsRoleMayAccessStream(p->owner, DatumGetTextPP(values[Anum_es_stream_id - 1]),
+	if (check_access &&
+		!EsRoleMayAccessStream(p->owner, DatumGetTextPP(values[Anum_es_stream_id - 1]),
 							   ES_PRIV_READ))
 		return false;
 	if (p->ncategories >= 0)
@@ -485,7 +487,7 @@ EsApplyInlineProjections(int n, Datum *rows, bool *nulls)
 		EsUpcastRow(values, isnull);
 		for (int i = 0; i < inline_count; i++)
 		{
-			if (!es_projection_matches(&inline_projs[i], values))
+			if (!es_projection_matches(&inline_projs[i], values, true))
 				continue;
 			if (inline_projs[i].kind == ES_HANDLER_EVENT)
 				es_call_handler(&inline_projs[i], &inline_registry, event_desc,
@@ -535,7 +537,7 @@ es_apply_row(Datum *values, bool *isnull, HeapTuple stored, void *arg)
 	int64		pos = DatumGetInt64(values[Anum_es_global_position - 1]);
 
 	ra->current = pos;
-	if (es_projection_matches(ra->proj, values))
+	if (es_projection_matches(ra->proj, values, false))
 	{
 		if (ra->proj->kind != ES_HANDLER_EVENT)
 		{
@@ -593,6 +595,7 @@ es_apply_range(EsProjection *proj, int64 after, int64 upto, int64 budget,
 	spec.index_oid = cat->position_idx;
 	spec.direction = ForwardScanDirection;
 	spec.filter.ntypes = -1;	/* filters are checked per projection */
+	spec.denied = EsDeniedCategories(proj->owner);
 	spec.max_count = -1;
 	/* what es_projection_matches reads of a stored row */
 	spec.leading_values = proj->types.ntypes >= 0 ? Anum_es_event_type : Anum_es_stream_id;
