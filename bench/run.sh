@@ -326,7 +326,6 @@ add_row() {
 		"$1" "$2" off "$3" "$4" "$5" - - - - "$6" "$7" "$8" "$9")")
 }
 
-
 # wait_caught_up PROJECTION SECONDS: until its lag_events is 0
 wait_caught_up() {
 	local name=$1 limit=$2 i lag

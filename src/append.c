@@ -363,7 +363,6 @@ es_find_event_id(Relation heap, Relation index, TupleTableSlot *slot,
 	return found;
 }
 
-
 /* uuid as text, for messages */
 static char *
 es_uuid_str(pg_uuid_t *id)

@@ -7,13 +7,13 @@
  */
 #include "postgres.h"
 
-#include "access/xact.h"
 #include "access/htup_details.h"
+#include "access/xact.h"
 #include "catalog/namespace.h"
-#include "commands/extension.h"
 #include "catalog/pg_attribute.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
+#include "commands/extension.h"
 #include "nodes/pg_list.h"
 #include "utils/inval.h"
 #include "utils/memutils.h"
@@ -160,8 +160,8 @@ EsGetCatalog(void)
 
 /*
  * Registries: small user-maintained tables (upcasters, aggregates, grants...)
- * cached per backend.  A change sends a relcache invalidation for the table, which every
- * backend turns into "reload before the next use".
+ * cached per backend.  A change sends a relcache invalidation for the table,
+ * which every backend turns into "reload before the next use".
  */
 #define ES_MAX_REGISTRIES 8
 static EsRegistry *es_registries[ES_MAX_REGISTRIES];

@@ -200,7 +200,7 @@ extern bool es_allow_purge;
 extern int	es_retention_interval_ms;
 extern bool EsRemovalInProgress(void);
 extern bool EsStreamLifecycle(text *stream_id, bool *deleted, int64 *start_after);
-extern void EsCheckStreamNotDeleted(text *stream_id);
+extern int64 EsCheckStreamNotDeleted(text *stream_id);
 extern int64 EsEnforceRetention(void);
 
 /* snapshot.c */

@@ -112,8 +112,11 @@ EsStreamLifecycle(text *stream_id, bool *deleted, int64 *start_after)
 	return found;
 }
 
-/* Error out if the stream is deleted (append() calls this under the stream lock) */
-void
+/*
+ * Error out if the stream is deleted (append() calls this under the stream
+ * lock); else return the version of its tombstone if it was reopened (0)
+ */
+int64
 EsCheckStreamNotDeleted(text *stream_id)
 {
 	bool		deleted;
@@ -124,6 +127,7 @@ EsCheckStreamNotDeleted(text *stream_id)
 				(errcode(ERRCODE_ES_STREAM_DELETED),
 				 errmsg("stream \"%s\" is deleted", text_to_cstring(stream_id)),
 				 errhint("Reopen it with event_store.reopen_stream() to append to it again.")));
+	return start_after;
 }
 
 /* Run one statement on stream_metadata as the owner, then tell every backend */
@@ -363,9 +367,7 @@ es_set_stream_retention(PG_FUNCTION_ARGS)
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("max_age must not have negative parts")));
 		/* now() - max_age must stay a valid timestamp */
-		if (iv->month > 12 * ES_MAX_AGE_YEARS || iv->day > 366 * ES_MAX_AGE_YEARS ||
-			iv->time / USECS_PER_DAY > 366 * ES_MAX_AGE_YEARS ||
-			(int64) iv->month * 31 + iv->day + iv->time / USECS_PER_DAY > 366 * ES_MAX_AGE_YEARS)
+		if ((int64) iv->month * 31 + iv->day + iv->time / USECS_PER_DAY > 366 * ES_MAX_AGE_YEARS)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("max_age must be at most %d years", ES_MAX_AGE_YEARS)));

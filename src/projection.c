@@ -200,18 +200,14 @@ es_inline_load(void)
 }
 
 /*
- * Does the (upcast) event pass the projection's filters, and (check_access;
- * a scan leaves out what the role may not read itself) may the role it runs
- * as read it?
+ * Does the (upcast) event pass the projection's filters?  (Whether the role
+ * it runs as may read the event is settled by the callers, per append or
+ * per scan.)
  */
 static bool
-es_projection_matches(const EsProjection *p, Datum *values, bool check_access)
+es_projection_matches(const EsProjection *p, Datum *values)
 {
 	if (!EsTypeMatches(&p->types, values[Anum_es_event_type - 1]))
-		return false;
-	if (check_access &&
-		!EsRoleMayAccessStream(p->owner, DatumGetTextPP(values[Anum_es_stream_id - 1]),
-							   ES_PRIV_READ))
 		return false;
 	if (p->ncategories >= 0)
 	{
@@ -288,6 +284,7 @@ typedef struct EsBatch
 	Size		len;			/* bytes in use */
 	Size		cap;			/* bytes allocated */
 	Size		full;			/* hand the batch over at this many bytes */
+	int			max_events;		/* ... or at this many events */
 	int			n;				/* events */
 	int64		first_position;
 } EsBatch;
@@ -317,7 +314,8 @@ es_batch_empty(EsBatch *b)
 }
 
 static void
-es_batch_init(EsBatch *b, EsHandlerKind kind, MemoryContext parent, Size full)
+es_batch_init(EsBatch *b, EsHandlerKind kind, MemoryContext parent, Size full,
+			  int max_events)
 {
 	MemoryContext old;
 
@@ -347,6 +345,7 @@ es_batch_init(EsBatch *b, EsHandlerKind kind, MemoryContext parent, Size full)
 		b->buf = MemoryContextAlloc(b->cxt, b->cap);
 	}
 	b->full = full;
+	b->max_events = max_events;
 	b->first_position = 0;
 	es_batch_empty(b);
 }
@@ -382,7 +381,7 @@ es_batch_add(EsBatch *b, TupleDesc event_desc, Datum *values, bool *isnull,
 		}
 		MemoryContextSwitchTo(old);
 		b->n++;
-		return b->len >= b->full;
+		return b->len >= b->full || b->n >= b->max_events;
 	}
 
 	event = DatumGetPointer(EsEventDatum(event_desc, values, isnull, stored));
@@ -405,7 +404,7 @@ es_batch_add(EsBatch *b, TupleDesc event_desc, Datum *values, bool *isnull,
 	memset(b->buf + b->len + len, 0, padded - len);
 	b->len += padded;
 	b->n++;
-	return b->len >= b->full;
+	return b->len >= b->full || b->n >= b->max_events;
 }
 
 /*
@@ -469,6 +468,7 @@ EsApplyInlineProjections(int n, Datum *rows, bool *nulls)
 	Datum		values[Natts_es_event];
 	bool		isnull[Natts_es_event];
 	EsBatch    *batches;
+	bool	   *may_read;
 
 	EsRegistryEnsure(&inline_registry, es_inline_load);
 	if (inline_count == 0)
@@ -478,6 +478,12 @@ EsApplyInlineProjections(int n, Datum *rows, bool *nulls)
 	rowcxt = AllocSetContextCreate(CurrentMemoryContext, "event_store projection row",
 								   ALLOCSET_DEFAULT_SIZES);
 	batches = palloc0(sizeof(EsBatch) * inline_count);
+	/* an append's events are all of one stream: may each projection read it? */
+	may_read = palloc(sizeof(bool) * inline_count);
+	for (int i = 0; i < inline_count; i++)
+		may_read[i] = EsRoleMayAccessStream(inline_projs[i].owner,
+											DatumGetTextPP(rows[Anum_es_stream_id - 1]),
+											ES_PRIV_READ);
 	for (int e = 0; e < n; e++)
 	{
 		MemoryContextReset(rowcxt);
@@ -487,7 +493,7 @@ EsApplyInlineProjections(int n, Datum *rows, bool *nulls)
 		EsUpcastRow(values, isnull);
 		for (int i = 0; i < inline_count; i++)
 		{
-			if (!es_projection_matches(&inline_projs[i], values, true))
+			if (!may_read[i] || !es_projection_matches(&inline_projs[i], values))
 				continue;
 			if (inline_projs[i].kind == ES_HANDLER_EVENT)
 				es_call_handler(&inline_projs[i], &inline_registry, event_desc,
@@ -496,7 +502,7 @@ EsApplyInlineProjections(int n, Datum *rows, bool *nulls)
 			{
 				if (batches[i].cxt == NULL)
 					es_batch_init(&batches[i], inline_projs[i].kind, old,
-								  ES_BATCH_INLINE_BYTES);
+								  ES_BATCH_INLINE_BYTES, INT_MAX);
 				if (es_batch_add(&batches[i], event_desc, values, isnull, NULL))
 					es_batch_flush(&batches[i], &inline_projs[i], &inline_registry);
 			}
@@ -510,6 +516,7 @@ EsApplyInlineProjections(int n, Datum *rows, bool *nulls)
 			es_batch_flush(&batches[i], &inline_projs[i], &inline_registry);
 			MemoryContextDelete(batches[i].cxt);
 		}
+	pfree(may_read);
 	ReleaseTupleDesc(event_desc);
 	MemoryContextDelete(rowcxt);
 }
@@ -537,13 +544,11 @@ es_apply_row(Datum *values, bool *isnull, HeapTuple stored, void *arg)
 	int64		pos = DatumGetInt64(values[Anum_es_global_position - 1]);
 
 	ra->current = pos;
-	if (es_projection_matches(ra->proj, values, false))
+	if (es_projection_matches(ra->proj, values))
 	{
 		if (ra->proj->kind != ES_HANDLER_EVENT)
 		{
-			/* async batches also end at 10,000 events; an append's stays whole */
-			if (es_batch_add(&ra->batch, ra->event_desc, values, isnull, stored) ||
-				ra->batch.n >= ES_PROJECTION_SLICE)
+			if (es_batch_add(&ra->batch, ra->event_desc, values, isnull, stored))
 			{
 				ra->flushing = true;
 				es_batch_flush(&ra->batch, ra->proj, NULL);
@@ -595,7 +600,7 @@ es_apply_range(EsProjection *proj, int64 after, int64 upto, int64 budget,
 	spec.index_oid = cat->position_idx;
 	spec.direction = ForwardScanDirection;
 	spec.filter.ntypes = -1;	/* filters are checked per projection */
-	spec.denied = EsDeniedCategories(proj->owner);
+	spec.denied = EsDeniedCategories(proj->owner);	/* what its role may not read */
 	spec.max_count = -1;
 	/* what es_projection_matches reads of a stored row */
 	spec.leading_values = proj->types.ntypes >= 0 ? Anum_es_event_type : Anum_es_stream_id;
@@ -610,7 +615,8 @@ es_apply_range(EsProjection *proj, int64 after, int64 upto, int64 budget,
 	spec.snapshot = snapshot;
 	if (proj->kind != ES_HANDLER_EVENT)
 		es_batch_init(&ra.batch, proj->kind, CurrentMemoryContext,
-					  proj->kind == ES_HANDLER_TABLE ? ES_BATCH_TABLE_BYTES : ES_BATCH_ARRAY_BYTES);
+					  proj->kind == ES_HANDLER_TABLE ? ES_BATCH_TABLE_BYTES : ES_BATCH_ARRAY_BYTES,
+					  ES_PROJECTION_SLICE);
 	PG_TRY();
 	{
 		EsScanEvents(cat, &spec, es_apply_row, &ra);

@@ -190,7 +190,7 @@ es_fetch_run(EsPageFetch *f)
 	ItemPointer tid;
 	BlockNumber block;
 	Buffer		prev = f->buffer;
-	int			max_run = f->dead_seen ? 1 : Min(f->max_run, MaxHeapTuplesPerPage);
+	int			max_run = f->dead_seen ? 1 : f->max_run;
 	int			ntids = 0;
 
 	if (!f->have_next)

@@ -525,7 +525,6 @@ es_save_snapshot(PG_FUNCTION_ARGS)
 	int64		version;
 	int64		current;
 	int32		state_version;
-	bool		deleted;
 	int64		start_after;
 
 	if (PG_ARGISNULL(1))
@@ -543,14 +542,13 @@ es_save_snapshot(PG_FUNCTION_ARGS)
 				 errmsg("state_version must not be null")));
 	state_version = PG_GETARG_INT32(3);
 	EsCheckStreamAccess(stream_id, ES_PRIV_APPEND);
-	EsCheckStreamNotDeleted(stream_id);
+	start_after = EsCheckStreamNotDeleted(stream_id);
 	if (state_version < 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("state_version must be a positive integer"),
 				 errdetail("Got %d.", state_version)));
 	current = EsLatestStreamVersion(EsGetCatalog(), stream_id, GetActiveSnapshot());
-	(void) EsStreamLifecycle(stream_id, &deleted, &start_after);
 	if (version <= start_after && version >= 1 && version <= current)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
