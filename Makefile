@@ -1,13 +1,14 @@
 # event_store — PGXS build
 EXTENSION   = event_store
-EXTVERSION  = 0.2.0
+EXTVERSION  = 0.3.0
 
 MODULE_big  = event_store
 OBJS        = src/event_store.o src/catalog.o src/position.o src/append.o src/read.o src/upcast.o src/snapshot.o src/projection.o src/worker.o src/saga.o src/args.o src/security.o src/lifecycle.o
 
 DATA_built  = event_store--$(EXTVERSION).sql
 # earlier versions' install scripts, frozen, and the upgrade scripts
-DATA        = sql/event_store--0.1.0.sql sql/event_store--0.1.0--0.2.0.sql
+DATA        = sql/event_store--0.1.0.sql sql/event_store--0.1.0--0.2.0.sql \
+              sql/event_store--0.2.0.sql sql/event_store--0.2.0--0.3.0.sql
 
 PG_CONFIG  ?= pg_config
 PG_CPPFLAGS = -I$(srcdir)/src

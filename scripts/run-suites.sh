@@ -33,7 +33,9 @@
 #                      REASON (used by test.sh when the build fails)
 #
 # Environment: PG_CONFIG; ES_SUITE_TIMEOUT (seconds per suite, default 420);
-# ES_FILE_TIMEOUT (seconds per TAP/pgTAP file, default 300).
+# ES_FILE_TIMEOUT (seconds per TAP/pgTAP file, default 300); ES_REGRESS_PORT and
+# ES_PGTAP_PORT (the ports of the regress and pgTAP servers, default 5513 and
+# 5511).
 set -uo pipefail
 
 . "$(dirname "$0")/lib.sh"
@@ -59,8 +61,8 @@ fi
 
 SUITE_TIMEOUT="${ES_SUITE_TIMEOUT:-420}"
 FILE_TIMEOUT="${ES_FILE_TIMEOUT:-300}"
-PGTAP_PORT=5511
-REGRESS_PORT=5513
+PGTAP_PORT="${ES_PGTAP_PORT:-5511}"
+REGRESS_PORT="${ES_REGRESS_PORT:-5513}"
 
 # Deterministic locale and messages for every server the suites start
 if locale -a 2>/dev/null | grep -qix 'c\.utf-\?8'; then

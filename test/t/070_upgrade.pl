@@ -1,4 +1,5 @@
-# The upgrade path 0.1.0 -> 0.2.0 (ALTER EXTENSION event_store UPDATE).
+# The upgrade paths 0.1.0 -> 0.2.0 -> 0.3.0 (ALTER EXTENSION event_store
+# UPDATE).
 #
 #   (a) database "upgraded": CREATE EXTENSION event_store VERSION '0.1.0',
 #       data written with 0.1.0's functions as the superuser (appends to
@@ -7,9 +8,9 @@
 #       projection writing read-model tables; saga types, and sagas that
 #       completed, were compensated, and wait in an external step claimed by
 #       a worker), a session that used the extension left open, then
-#       ALTER EXTENSION event_store UPDATE;
-#   (b) its schema equals that of a fresh CREATE EXTENSION event_store in
-#       database "fresh", compared with catalog queries (see schema_sql
+#       ALTER EXTENSION event_store UPDATE TO '0.2.0';
+#   (b) its schema equals that of a fresh CREATE EXTENSION event_store
+#       VERSION '0.2.0' in database "fresh", compared with catalog queries (see schema_sql
 #       below: tables, columns, types, defaults, constraints, indexes,
 #       policies and row-level security, triggers, views, functions with
 #       their full definitions, ACLs and initial privileges, comments,
@@ -23,12 +24,18 @@
 #       their step functions as 0.2.0 does (with their schema); a name that
 #       is found again neither as the only function of its kind nor on the
 #       search_path gets a warning;
+#   (c3) ALTER EXTENSION event_store UPDATE of "upgraded" from 0.2.0 (with
+#       the data of 0.1.0 and 0.2.0) to 0.3.0: its schema equals a fresh
+#       CREATE EXTENSION event_store (0.3.0) in database "fresh3", the
+#       reads, folds and rows are the same as before (the columns 0.3.0
+#       adds aside), and appends go on above the head of before;
 #   (d) pg_dump -Fc of "upgraded" restored into "restored": the schema again
-#       equals "fresh", the data equals "upgraded", and appends go on after
+#       equals "fresh3", the data equals "upgraded", and appends go on after
 #       the highest restored position;
-#   (e) ALTER EXTENSION event_store UPDATE on 0.2.0 does nothing, and
-#       0.1.0 without any data updates to the same schema; a grant made
-#       under 0.1.0 on a table is kept, and dumped.
+#   (e) ALTER EXTENSION event_store UPDATE on 0.3.0 does nothing, 0.2.0
+#       with saga types updates to the same schema, and 0.1.0 without any
+#       data updates to the same schema; a grant made under 0.1.0 on a
+#       table is kept, and dumped.
 #
 # Every wait is a poll with a deadline (poll_query_until), never a sleep.
 #
@@ -247,17 +254,20 @@ sub schema_is
 }
 
 # The data of the extension's tables and of the test's own tables, as text:
-# every column of every row; with $before_update, without the columns the
-# update adds or rewrites (owner, saga_definitions.steps).
+# every column of every row; with $drop (a list of column names), without
+# those columns (what an update adds or rewrites: owner and
+# saga_definitions.steps from 0.1.0 to 0.2.0, @cols_03 from 0.2.0 to 0.3.0).
 my @ext_tables = qw(events snapshots upcasters aggregates projections
   saga_definitions saga_watched_types sagas saga_steps);
 my @new_tables = qw(category_grants stream_metadata);
 my @own_tables = qw(public.order_totals public.event_log public.step_calls);
+# the columns 0.3.0 adds to the tables of 0.2.0 (filled in by the update)
+my @cols_03 = qw();
 
 sub data_of
 {
-	my ($db, $before_update, @tables) = @_;
-	my $row = $before_update ? q{to_jsonb(t) - 'owner' - 'steps'} : 't';
+	my ($db, $drop, @tables) = @_;
+	my $row = $drop ? 'to_jsonb(t)' . join('', map { " - '$_'" } @$drop) : 't';
 	return join(
 		"\n",
 		map {
@@ -479,7 +489,7 @@ ok($node->poll_query_until('upgraded', caught_up_sql()),
 
 my $reads_before = $node->safe_psql('upgraded', $reads_sql);
 my $aggregates_before = $node->safe_psql('upgraded', $aggregates_sql);
-my $data_before = data_of('upgraded', 1, @ext_tables, @own_tables);
+my $data_before = data_of('upgraded', [qw(owner steps)], @ext_tables, @own_tables);
 like($aggregates_before,
 	qr/^order-1: \(4,"\{""items"": 5, ""customer"": ""ada""\}"\)$/m,
 	'0.1.0: load_aggregate folds upcast events');
@@ -494,8 +504,8 @@ like($node->safe_psql('upgraded', $steps_sql),
 	qr/"action": "reserve\(uuid,jsonb\)".*"action": "pack\(uuid,jsonb\)"/s,
 	'0.1.0 stored the step functions found on the search_path without their schema');
 my ($ret, $stdout, $stderr) =
-  $node->psql('upgraded', 'ALTER EXTENSION event_store UPDATE');
-is($ret, 0, 'ALTER EXTENSION event_store UPDATE succeeds');
+  $node->psql('upgraded', q{ALTER EXTENSION event_store UPDATE TO '0.2.0'});
+is($ret, 0, 'ALTER EXTENSION event_store UPDATE TO 0.2.0 succeeds');
 like(
 	$stderr,
 	qr/WARNING:  saga type "wrapping": the function wrap\(uuid,jsonb\) of step "wrap" was not found/,
@@ -503,12 +513,12 @@ like(
 is( $node->safe_psql(
 		'upgraded', q{SELECT extversion FROM pg_extension WHERE extname = 'event_store'}),
 	'0.2.0',
-	'ALTER EXTENSION event_store UPDATE goes to 0.2.0');
+	'ALTER EXTENSION event_store UPDATE TO 0.2.0 goes to 0.2.0');
 
 #
 # (b) the same schema as a fresh install
 #
-$node->safe_psql('fresh', 'CREATE EXTENSION event_store');
+$node->safe_psql('fresh', q{CREATE EXTENSION event_store VERSION '0.2.0'});
 is( $node->safe_psql(
 		'fresh', q{SELECT extversion FROM pg_extension WHERE extname = 'event_store'}),
 	'0.2.0',
@@ -532,7 +542,7 @@ is($node->safe_psql('upgraded', $reads_sql),
 	$reads_before, 'read_stream, read_all and read_category return the same rows as before');
 is($node->safe_psql('upgraded', $aggregates_sql),
 	$aggregates_before, 'load_aggregate gives the same states as before');
-is(data_of('upgraded', 1, @ext_tables, @own_tables),
+is(data_of('upgraded', [qw(owner steps)], @ext_tables, @own_tables),
 	$data_before, 'the tables hold the same rows as before (owner columns and saga steps aside)');
 is( $node->safe_psql(
 		'upgraded', qq{
@@ -659,6 +669,51 @@ SELECT run_as = current_user FROM order_totals WHERE stream_id = 'order-3';
 }),
 	qq{2\n{"items": 1, "customer": "cy"}\n\n2\nt},
 	'a session opened before the update appends, folds and grants with the 0.2.0 schema');
+
+#
+# (c3) 0.2.0 -> 0.3.0, with the data written under 0.1.0 and 0.2.0
+#
+$node->safe_psql('upgraded', 'SELECT event_store.run_projections()');
+ok($node->poll_query_until('upgraded', caught_up_sql()),
+	'0.2.0: the async projection is caught up');
+my @all_tables = (@ext_tables, @new_tables, @own_tables);
+my $reads_02 = $node->safe_psql('upgraded', $reads_sql);
+my $aggregates_02 = $node->safe_psql('upgraded', $aggregates_sql);
+my $data_02 = data_of('upgraded', \@cols_03, @all_tables);
+my $head_02 = $node->safe_psql('upgraded', 'SELECT event_store.head_position()');
+($ret, $stdout, $stderr) = $node->psql('upgraded', 'ALTER EXTENSION event_store UPDATE');
+is($ret, 0, 'ALTER EXTENSION event_store UPDATE from 0.2.0 succeeds') or diag($stderr);
+is( $node->safe_psql(
+		'upgraded', q{SELECT extversion FROM pg_extension WHERE extname = 'event_store'}),
+	'0.3.0',
+	'ALTER EXTENSION event_store UPDATE goes to 0.3.0');
+$node->safe_psql('postgres', 'CREATE DATABASE fresh3');
+$node->safe_psql('fresh3', 'CREATE EXTENSION event_store');
+is( $node->safe_psql(
+		'fresh3', q{SELECT extversion FROM pg_extension WHERE extname = 'event_store'}),
+	'0.3.0',
+	'a fresh install is 0.3.0');
+my $fresh3_schema = schema_of('fresh3');
+schema_is('upgraded', $fresh3_schema,
+	'the schema updated from 0.2.0 equals a fresh install of 0.3.0');
+is($node->safe_psql('upgraded', $reads_sql),
+	$reads_02, '0.3.0: read_stream, read_all and read_category return the same rows as before');
+is($node->safe_psql('upgraded', $aggregates_sql),
+	$aggregates_02, '0.3.0: load_aggregate gives the same states as before');
+is(data_of('upgraded', \@cols_03, @all_tables),
+	$data_02, '0.3.0: the tables hold the same rows as before (the columns 0.3.0 adds aside)');
+is( query(
+		'upgraded', qq{
+SELECT event_store.append('order-5', '{"type": "OrderPlaced"}', 0);
+SELECT min(global_position) > $head_02 FROM event_store.events WHERE stream_id = 'order-5'}),
+	"1\nt",
+	'0.3.0: appends go on above the head of before the update');
+is( $session->query_safe(q{
+SELECT event_store.append('order-3', '{"type": "ItemAdded", "data": {"sku": "z"}}', 2);
+SELECT state FROM event_store.load_aggregate('order-3');
+}),
+	qq{3\n{"items": 2, "customer": "cy"}},
+	'a session opened before both updates appends and folds with the 0.3.0 schema');
 $session->quit;
 
 #
@@ -667,7 +722,6 @@ $session->quit;
 $node->safe_psql('upgraded', 'SELECT event_store.run_projections()');
 ok($node->poll_query_until('upgraded', caught_up_sql()),
 	'the async projection is caught up before the dump');
-my @all_tables = (@ext_tables, @new_tables, @own_tables);
 my $upgraded_data = data_of('upgraded', 0, @all_tables);
 my $upgraded_max =
   $node->safe_psql('upgraded', 'SELECT max(global_position) FROM event_store.events');
@@ -682,7 +736,7 @@ $node->command_ok(
 is(data_of('upgraded', 0, @all_tables),
 	$upgraded_data, 'the updated database did not change during the dump');
 
-schema_is('restored', $fresh_schema,
+schema_is('restored', $fresh3_schema,
 	'the schema of the restored database equals a fresh install');
 is(data_of('restored', 0, @all_tables),
 	$upgraded_data,
@@ -704,16 +758,19 @@ is( query(
 	'and its inline projection applies them');
 
 #
-# (e) updating 0.2.0 does nothing; 0.1.0 without data updates alike
+# (e) updating 0.3.0 does nothing; 0.2.0 with saga types and 0.1.0
+# without data update alike
 #
 ($ret, $stdout, $stderr) =
-  $node->psql('fresh', 'ALTER EXTENSION event_store UPDATE');
-is($ret, 0, 'ALTER EXTENSION event_store UPDATE on 0.2.0 succeeds');
+  $node->psql('fresh3', 'ALTER EXTENSION event_store UPDATE');
+is($ret, 0, 'ALTER EXTENSION event_store UPDATE on 0.3.0 succeeds');
 like(
 	$stderr,
-	qr/NOTICE:  version "0\.2\.0" of extension "event_store" is already installed/,
-	'with the notice that 0.2.0 is already installed');
-schema_is('fresh', $fresh_schema, 'and changes nothing');
+	qr/NOTICE:  version "0\.3\.0" of extension "event_store" is already installed/,
+	'with the notice that 0.3.0 is already installed');
+schema_is('fresh3', $fresh3_schema, 'and changes nothing');
+$node->safe_psql('fresh', 'ALTER EXTENSION event_store UPDATE');
+schema_is('fresh', $fresh3_schema, '0.2.0 with saga types updates to the schema of a fresh install');
 
 # no data, but a grant made under 0.1.0: it stays, and stays out of the
 # extension's initial privileges (pg_dump dumps it)
@@ -726,13 +783,19 @@ is( $node->safe_psql(
            WHERE source = '0.1.0' AND target = '0.2.0'}),
 	'0.1.0--0.2.0',
 	'the update path 0.1.0 -> 0.2.0 is the single script');
-$node->safe_psql('empty', q{ALTER EXTENSION event_store UPDATE TO '0.2.0'});
+is( $node->safe_psql(
+		'empty',
+		q{SELECT path FROM pg_extension_update_paths('event_store')
+           WHERE source = '0.2.0' AND target = '0.3.0'}),
+	'0.2.0--0.3.0',
+	'the update path 0.2.0 -> 0.3.0 is the single script');
+$node->safe_psql('empty', q{ALTER EXTENSION event_store UPDATE});
 # (pg_dump warns about the foreign key of event_store.sagas on itself)
 my ($dump_out) = run_command([ 'pg_dump', '--schema-only', '-d', $node->connstr('empty') ]);
 like($dump_out, qr/^GRANT SELECT ON TABLE event_store\.events TO es_reporter;$/m,
 	'a grant on a table made before the update is dumped');
 $node->safe_psql('empty', 'REVOKE SELECT ON event_store.events FROM es_reporter');
-schema_is('empty', $fresh_schema,
+schema_is('empty', $fresh3_schema,
 	'0.1.0 without data updates to the schema of a fresh install');
 
 $node->stop;
