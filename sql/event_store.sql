@@ -269,6 +269,7 @@ CREATE TABLE event_store.upcasters (
     to_event_type       text CHECK (to_event_type <> ''),
     registered_at       timestamptz  NOT NULL DEFAULT now(),
     owner               regrole      NOT NULL,  -- registered it; the upcaster runs as this role
+    search_path         text         NOT NULL,  -- and with this search_path (pg_temp last)
     PRIMARY KEY (event_type, from_schema_version)
 );
 COMMENT ON TABLE event_store.upcasters IS 'Registered upcasters; maintained with register_upcaster() / drop_upcaster()';
@@ -303,7 +304,8 @@ CREATE TABLE event_store.aggregates (
     snapshot_every int          CHECK (snapshot_every > 0),
     state_version  int          NOT NULL CHECK (state_version > 0),
     defined_at     timestamptz  NOT NULL DEFAULT now(),
-    owner          regrole      NOT NULL   -- defined it; the reducer runs as this role
+    owner          regrole      NOT NULL,  -- defined it; the reducer runs as this role
+    search_path    text         NOT NULL   -- and with this search_path (pg_temp last)
 );
 COMMENT ON TABLE event_store.aggregates IS 'Aggregate definitions per category; maintained with define_aggregate()';
 SELECT pg_catalog.pg_extension_config_dump('event_store.aggregates', '');
@@ -358,20 +360,10 @@ COMMENT ON FUNCTION event_store.load_snapshot(text, bigint) IS
 
 CREATE FUNCTION event_store.purge_snapshots(category text DEFAULT NULL)
     RETURNS bigint
-    LANGUAGE sql VOLATILE
-    SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-    AS $$
-    WITH purged AS (
-        DELETE FROM event_store.snapshots s
-         USING event_store.aggregates a
-         WHERE pg_catalog.split_part(s.stream_id, '-', 1) OPERATOR(pg_catalog.=) a.category
-           AND s.state_version OPERATOR(pg_catalog.<>) a.state_version
-           AND ($1 IS NULL OR a.category OPERATOR(pg_catalog.=) $1)
-        RETURNING 1)
-    SELECT pg_catalog.count(*) FROM purged
-$$;
+    LANGUAGE c VOLATILE PARALLEL UNSAFE
+    AS 'MODULE_PATHNAME', 'es_purge_snapshots';
 COMMENT ON FUNCTION event_store.purge_snapshots(text) IS
-    'Delete snapshots whose state_version differs from their aggregate''s current one (of one category, or all); returns how many';
+    'Delete snapshots whose state_version differs from their aggregate''s current one (of one category, or of all on which the caller may append and read); returns how many';
 
 ------------------------------------------------------------------------------
 -- Projections
@@ -393,7 +385,8 @@ CREATE TABLE event_store.projections (
     error_position  bigint,
     created_at      timestamptz NOT NULL DEFAULT now(),
     updated_at      timestamptz NOT NULL DEFAULT now(),
-    owner           regrole     NOT NULL   -- created it; handler and reset run as this role
+    owner           regrole     NOT NULL,  -- created it; handler and reset run as this role
+    search_path     text        NOT NULL   -- and with this search_path (pg_temp last)
 );
 COMMENT ON TABLE event_store.projections IS 'Projections and their checkpoints; maintained with create_projection() and friends';
 SELECT pg_catalog.pg_extension_config_dump('event_store.projections', '');
@@ -473,7 +466,8 @@ CREATE TABLE event_store.saga_definitions (
     steps      jsonb       NOT NULL,   -- normalised: defaults filled in, functions resolved
     timeout    interval,
     defined_at timestamptz NOT NULL DEFAULT now(),
-    owner      regrole     NOT NULL   -- defined it; the step functions run as this role
+    owner      regrole     NOT NULL,  -- defined it; the step functions run as this role
+    search_path text       NOT NULL   -- and with this search_path (pg_temp last)
 );
 COMMENT ON TABLE event_store.saga_definitions IS 'Saga types; maintained with define_saga()';
 SELECT pg_catalog.pg_extension_config_dump('event_store.saga_definitions', '');
@@ -781,11 +775,12 @@ BEGIN
      WHERE t IS NOT NULL
     ON CONFLICT DO NOTHING;
 
-    INSERT INTO event_store.saga_definitions AS d (saga_type, definition, steps, timeout, owner)
-    VALUES (_define_saga.saga_type, definition, norm, saga_timeout, p_owner)
+    INSERT INTO event_store.saga_definitions AS d (saga_type, definition, steps, timeout, owner, search_path)
+    VALUES (_define_saga.saga_type, definition, norm, saga_timeout, p_owner, p_path)
     ON CONFLICT ON CONSTRAINT saga_definitions_pkey DO UPDATE
        SET definition = EXCLUDED.definition, steps = EXCLUDED.steps,
-           timeout = EXCLUDED.timeout, owner = EXCLUDED.owner, defined_at = now();
+           timeout = EXCLUDED.timeout, owner = EXCLUDED.owner,
+           search_path = EXCLUDED.search_path, defined_at = now();
     PERFORM event_store._saga_definitions_changed();
 END $$;
 CREATE FUNCTION event_store.define_saga(saga_type text, definition jsonb) RETURNS void

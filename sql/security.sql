@@ -172,8 +172,15 @@ CREATE FUNCTION sec.count_reducer(state jsonb, e event_store.event) RETURNS json
 LANGUAGE sql AS $$ SELECT jsonb_build_object('n', coalesce((state ->> 'n')::int, 0) + 1, 'as', current_user) $$;
 ALTER FUNCTION sec.count_reducer(jsonb, event_store.event) OWNER TO sec_ops;
 SET ROLE sec_ops;
+-- defining an aggregate of a category with grants needs append and read on it
+SELECT regress.try($$SELECT event_store.define_aggregate('secorders', 'sec.count_reducer(jsonb, event_store.event)')$$);
+RESET ROLE;
+SELECT event_store.grant_category('sec_ops', 'secorders', '{append,read}');
+SET ROLE sec_ops;
 SELECT event_store.define_aggregate('secorders', 'sec.count_reducer(jsonb, event_store.event)');
 RESET ROLE;
+-- the grants are checked again when the reducer runs
+SELECT event_store.revoke_category('sec_ops', 'secorders', '{read}');
 SET ROLE sec_billing;
 SELECT regress.try($$SELECT * FROM event_store.load_aggregate('secorders-1')$$);
 RESET ROLE;

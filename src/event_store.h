@@ -60,6 +60,9 @@ typedef struct EsCatalog
 	Oid			metadata_relid;	/* stream_metadata, or InvalidOid (older schema) */
 	Oid			metadata_idx;	/* its primary key */
 	Oid			grants_relid;	/* category_grants, or InvalidOid (older schema) */
+	Oid			upcasters_relid;	/* a registry: watched for the column below */
+	bool		registries_have_paths;	/* registries record their callbacks'
+										 * search_path (0.3.0 on) */
 } EsCatalog;
 
 extern const EsCatalog *EsGetCatalog(void);
@@ -251,20 +254,29 @@ typedef struct EsDeniedSet EsDeniedSet;
 
 extern Oid	EsExtensionOwner(void);
 extern void EsBecomeOwner(EsUserSwitch *sw);
-extern void EsBecomeRole(EsUserSwitch *sw, Oid role);
+extern void EsBecomeRole(EsUserSwitch *sw, Oid role, const char *search_path);
+extern char *EsPinSearchPath(const char *path);
+extern const char *EsOwnerColumns(void);
+extern void EsRegistrantOf(HeapTuple tup, TupleDesc desc, int attno, Oid *role,
+						   const char **search_path);
+extern char *EsRegistrationSearchPath(void);
+extern void EsCheckMayChange(EsUserSwitch *sw, Oid owner, const char *what);
+extern bool EsLockRegistration(EsUserSwitch *sw, const char *sql, int nargs,
+							   Oid *types, Datum *values, const char *what);
 extern void EsRestoreUser(EsUserSwitch *sw);
 extern void EsSpiConnect(EsUserSwitch *sw);
 extern void EsSpiFinish(EsUserSwitch *sw);
 extern const char *EsRoleName(Oid role);
 extern void EsCheckCallbackOwner(Oid fn, Oid role, const char *what);
-extern Datum EsCallAs(EsRegistry *reg, FunctionCallInfo fcinfo, Oid role);
+extern Datum EsCallAs(EsRegistry *reg, FunctionCallInfo fcinfo, Oid role,
+					  const char *search_path);
 extern bool EsCategoryGrantsExist(void);
 extern void EsCheckStreamAccess(text *stream_id, int priv);
 extern EsDeniedSet *EsDeniedCategories(Oid role);
+extern EsDeniedSet *EsDeniedCategoriesFor(Oid role, int privs);
 extern bool EsStreamDenied(const EsDeniedSet *set, text *stream_id);
 extern bool EsRoleMayAccessStream(Oid role, text *stream_id, int priv);
 extern bool EsSchemaHasOwners(void);
-extern const char *EsOwnerColumn(void);
 extern Oid	EsRegistrant(Oid owner);
 
 #endif							/* EVENT_STORE_H */

@@ -83,6 +83,7 @@ typedef struct EsProjection
 	Oid			missing_handler;	/* OID of a dropped handler, else 0 */
 	EsHandlerKind kind;			/* how the handler takes its events */
 	Oid			owner;			/* the role that created it: handlers run as it */
+	const char *search_path;	/* and with this search_path (pinned) */
 } EsProjection;
 
 /* Cache of the running inline projections, for append() */
@@ -138,7 +139,7 @@ es_decode_text_array(Datum arr_datum, bool isnull, text ***out)
  */
 #define ES_PROJECTION_COLUMNS \
 	"name, handler::pg_catalog.oid, event_types, categories, %s"
-#define ES_PROJECTION_NCOLUMNS 5
+#define ES_PROJECTION_NCOLUMNS 6	/* EsOwnerColumns are two */
 
 /* Fill a projection from a row of ES_PROJECTION_COLUMNS */
 static void
@@ -147,12 +148,14 @@ es_projection_from_row(EsProjection *p, HeapTuple tup, TupleDesc desc,
 {
 	bool		isnull;
 	Datum		d;
-
+	MemoryContext old;
 	Oid			handler;
 
 	p->name = TextDatumGetCString(SPI_getbinval(tup, desc, 1, &isnull));
 	handler = DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull));
-	p->owner = EsRegistrant(DatumGetObjectId(SPI_getbinval(tup, desc, 5, &isnull)));
+	old = MemoryContextSwitchTo(cxt);
+	EsRegistrantOf(tup, desc, 5, &p->owner, &p->search_path);
+	MemoryContextSwitchTo(old);
 	if (EsFunctionExists(handler))
 	{
 		EsCheckCallbackOwner(handler, p->owner, "a projection handler");
@@ -186,7 +189,7 @@ es_inline_load(void)
 	rc = SPI_execute(psprintf("SELECT " ES_PROJECTION_COLUMNS " FROM event_store.projections "
 							  "WHERE mode OPERATOR(pg_catalog.=) 'inline' "
 							  "AND state OPERATOR(pg_catalog.=) 'running' ORDER BY name",
-							  EsOwnerColumn()), true, 0);
+							  EsOwnerColumns()), true, 0);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "reading event_store.projections failed: %s", SPI_result_code_string(rc));
 	old = MemoryContextSwitchTo(inline_cxt);
@@ -253,7 +256,7 @@ es_invoke_handler(EsProjection *p, EsRegistry *reg, Datum arg, Node *context,
 							 context, NULL);
 	fcinfo->args[0].value = arg;
 	fcinfo->args[0].isnull = false;
-	(void) EsCallAs(reg, fcinfo, p->owner);
+	(void) EsCallAs(reg, fcinfo, p->owner, p->search_path);
 	error_context_stack = errcb.previous;
 }
 
@@ -583,6 +586,7 @@ es_apply_range(EsProjection *proj, int64 after, int64 upto, int64 budget,
 	EsScanSpec	spec;
 	EsRangeApply ra;
 	Snapshot	snapshot;
+	EsUserSwitch sw;
 	bool		exhausted;
 
 	memset(&ra, 0, sizeof(ra));
@@ -617,6 +621,8 @@ es_apply_range(EsProjection *proj, int64 after, int64 upto, int64 budget,
 		es_batch_init(&ra.batch, proj->kind, CurrentMemoryContext,
 					  proj->kind == ES_HANDLER_TABLE ? ES_BATCH_TABLE_BYTES : ES_BATCH_ARRAY_BYTES,
 					  ES_PROJECTION_SLICE);
+	/* the handler's role and search_path for the whole scan (see EsBecomeRole) */
+	EsBecomeRole(&sw, proj->owner, proj->search_path);
 	PG_TRY();
 	{
 		EsScanEvents(cat, &spec, es_apply_row, &ra);
@@ -639,6 +645,7 @@ es_apply_range(EsProjection *proj, int64 after, int64 upto, int64 budget,
 		}
 	}
 	PG_END_TRY();
+	EsRestoreUser(&sw);
 	UnregisterSnapshot(snapshot);
 	ReleaseTupleDesc(ra.event_desc);
 	if (proj->kind != ES_HANDLER_EVENT)
@@ -666,7 +673,7 @@ es_projection_load(const char *name, const char *extra_sql, char **mode,
 
 	sql = psprintf("SELECT " ES_PROJECTION_COLUMNS ", mode, state, position, attempts, "
 				   "reset::pg_catalog.oid FROM event_store.projections "
-				   "WHERE name OPERATOR(pg_catalog.=) $1 %s", EsOwnerColumn(), extra_sql);
+				   "WHERE name OPERATOR(pg_catalog.=) $1 %s", EsOwnerColumns(), extra_sql);
 	rc = SPI_execute_with_args(sql, 1, &argtype, &arg, NULL, false, 1);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "reading projection \"%s\" failed: %s", name, SPI_result_code_string(rc));
@@ -743,10 +750,13 @@ es_inline_catch_up(EsProjection *p, int64 position)
 	return es_apply_range(p, position, head, -1, 0, &handed, &current);
 }
 
-/* Fetch a projection by name or raise "does not exist" */
+/*
+ * Fetch a projection by name or raise "does not exist"; with sw (the
+ * caller's EsSpiConnect), also check that the caller may change it
+ */
 static EsProjection *
 es_projection_get(const char *name, char **mode, char **state, int64 *position,
-				  Oid *reset, bool for_update)
+				  Oid *reset, bool for_update, EsUserSwitch *sw)
 {
 	EsProjection *p = es_projection_load(name, for_update ? "FOR UPDATE" : "", mode, state,
 										 position, NULL, reset);
@@ -755,6 +765,8 @@ es_projection_get(const char *name, char **mode, char **state, int64 *position,
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("projection \"%s\" does not exist", name)));
+	if (sw)
+		EsCheckMayChange(sw, p->owner, psprintf("projection \"%s\"", name));
 	return p;
 }
 
@@ -794,8 +806,10 @@ es_check_filter_arg(FunctionCallInfo fcinfo, int argno, const char *name, bool c
 
 /* Call a projection's reset function, if it has one, as the projection's owner */
 static void
-es_call_reset(Oid reset, Oid owner)
+es_call_reset(Oid reset, EsProjection *p)
 {
+	Oid			owner = p->owner;
+
 	FmgrInfo	flinfo;
 	LOCAL_FCINFO(fcinfo, 0);
 
@@ -811,7 +825,7 @@ es_call_reset(Oid reset, Oid owner)
 	/* it returns void: its (null) result is ignored */
 	fmgr_info(reset, &flinfo);
 	InitFunctionCallInfoData(*fcinfo, &flinfo, 0, InvalidOid, NULL, NULL);
-	(void) EsCallAs(NULL, fcinfo, owner);
+	(void) EsCallAs(NULL, fcinfo, owner, p->search_path);
 }
 
 /*
@@ -827,10 +841,11 @@ es_create_projection(PG_FUNCTION_ARGS)
 	Oid			argtype;
 	EsHandlerKind kind;
 	char	   *mode;
-	Oid			types[7] = {TEXTOID, REGPROCEDUREOID, TEXTARRAYOID, TEXTARRAYOID, TEXTOID,
-	REGPROCEDUREOID, OIDOID};
-	Datum		values[7];
-	char		nulls[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	Oid			types[8] = {TEXTOID, REGPROCEDUREOID, TEXTARRAYOID, TEXTARRAYOID, TEXTOID,
+	REGPROCEDUREOID, OIDOID, TEXTOID};
+	Datum		values[8];
+	char		nulls[8] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	bool		paths = EsGetCatalog()->registries_have_paths;
 	bool		is_inline;
 	EsProjection *p;
 	EsUserSwitch sw;
@@ -870,6 +885,7 @@ es_create_projection(PG_FUNCTION_ARGS)
 	}
 	values[0] = PointerGetDatum(name_t);
 	values[6] = ObjectIdGetDatum(GetUserId());
+	values[7] = CStringGetTextDatum(EsRegistrationSearchPath());
 
 	if (is_inline)
 		es_lock_events_for_inline();
@@ -882,9 +898,11 @@ es_create_projection(PG_FUNCTION_ARGS)
 	es_projection_exec(psprintf("INSERT INTO event_store.projections "
 								"(name, handler, event_types, categories, mode, reset%s) "
 								"VALUES ($1, $2, $3, $4, $5, $6%s)",
+								paths ? ", owner, search_path" :
 								EsSchemaHasOwners() ? ", owner" : "",
+								paths ? ", $7::pg_catalog.regrole, $8" :
 								EsSchemaHasOwners() ? ", $7::pg_catalog.regrole" : ""),
-					   EsSchemaHasOwners() ? 7 : 6, types, values, nulls);
+					   paths ? 8 : EsSchemaHasOwners() ? 7 : 6, types, values, nulls);
 	if (is_inline)
 	{
 		/* replay history, then go live in the same transaction */
@@ -909,12 +927,12 @@ es_rebuild_projection(PG_FUNCTION_ARGS)
 	EsProjection *p;
 
 	EsSpiConnect(&sw);
-	p = es_projection_get(name, &mode, &state, NULL, &reset, false);
+	p = es_projection_get(name, &mode, &state, NULL, &reset, false, &sw);
 	if (strcmp(mode, "inline") == 0)
 	{
 		es_lock_events_for_inline();
-		p = es_projection_get(name, &mode, &state, NULL, &reset, true);
-		es_call_reset(reset, p->owner);
+		p = es_projection_get(name, &mode, &state, NULL, &reset, true, NULL);
+		es_call_reset(reset, p);
 		if (strcmp(state, "paused") == 0)
 			es_projection_set(name, 0, "paused");
 		else
@@ -923,8 +941,8 @@ es_rebuild_projection(PG_FUNCTION_ARGS)
 	}
 	else
 	{
-		p = es_projection_get(name, &mode, &state, NULL, &reset, true);
-		es_call_reset(reset, p->owner);
+		p = es_projection_get(name, &mode, &state, NULL, &reset, true, NULL);
+		es_call_reset(reset, p);
 		es_projection_set(name, 0, strcmp(state, "paused") == 0 ? "paused" : "running");
 	}
 	EsSpiFinish(&sw);
@@ -943,11 +961,11 @@ es_pause_projection(PG_FUNCTION_ARGS)
 	int64		position;
 
 	EsSpiConnect(&sw);
-	(void) es_projection_get(name, &mode, &state, &position, NULL, false);
+	(void) es_projection_get(name, &mode, &state, &position, NULL, false, &sw);
 	if (strcmp(mode, "inline") == 0)
 	{
 		es_lock_events_for_inline();
-		(void) es_projection_get(name, &mode, &state, &position, NULL, true);
+		(void) es_projection_get(name, &mode, &state, &position, NULL, true, NULL);
 		/* everything up to the head has been applied by the appenders */
 		if (strcmp(state, "running") == 0)
 			es_projection_set(name, EsSafeHead(), "paused");
@@ -955,7 +973,7 @@ es_pause_projection(PG_FUNCTION_ARGS)
 	}
 	else
 	{
-		(void) es_projection_get(name, &mode, &state, &position, NULL, true);
+		(void) es_projection_get(name, &mode, &state, &position, NULL, true, NULL);
 		if (strcmp(state, "paused") != 0)
 		{
 			Oid			types[1] = {TEXTOID};
@@ -982,18 +1000,18 @@ es_resume_projection(PG_FUNCTION_ARGS)
 	EsProjection *p;
 
 	EsSpiConnect(&sw);
-	(void) es_projection_get(name, &mode, &state, &position, NULL, false);
+	(void) es_projection_get(name, &mode, &state, &position, NULL, false, &sw);
 	if (strcmp(mode, "inline") == 0)
 	{
 		es_lock_events_for_inline();
-		p = es_projection_get(name, &mode, &state, &position, NULL, true);
+		p = es_projection_get(name, &mode, &state, &position, NULL, true, NULL);
 		if (strcmp(state, "running") != 0)
 			es_projection_set(name, es_inline_catch_up(p, position), "running");
 		EsRegistryChanged(&inline_registry);
 	}
 	else
 	{
-		(void) es_projection_get(name, &mode, &state, &position, NULL, true);
+		(void) es_projection_get(name, &mode, &state, &position, NULL, true, NULL);
 		es_projection_set(name, position, "running");
 	}
 	EsSpiFinish(&sw);
@@ -1012,10 +1030,10 @@ es_drop_projection(PG_FUNCTION_ARGS)
 	Datum		values[1] = {CStringGetTextDatum(name)};
 
 	EsSpiConnect(&sw);
-	(void) es_projection_get(name, &mode, NULL, NULL, NULL, false);
+	(void) es_projection_get(name, &mode, NULL, NULL, NULL, false, &sw);
 	if (strcmp(mode, "inline") == 0)
 		es_lock_events_for_inline();
-	(void) es_projection_get(name, &mode, NULL, NULL, NULL, true);
+	(void) es_projection_get(name, &mode, NULL, NULL, NULL, true, NULL);
 	es_projection_exec("DELETE FROM event_store.projections WHERE name OPERATOR(pg_catalog.=) $1",
 					   1, types, values, NULL);
 	if (strcmp(mode, "inline") == 0)

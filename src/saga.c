@@ -163,6 +163,20 @@ es_define_saga(PG_FUNCTION_ARGS)
 	EsUserSwitch sw;
 	LOCAL_FCINFO(inner, 4);
 
+	/* redefining a type needs the privileges of the role that defined it */
+	if (!PG_ARGISNULL(0))
+	{
+		Oid			type = TEXTOID;
+		Datum		value = PG_GETARG_DATUM(0);
+
+		EsSpiConnect(&sw);
+		(void) EsLockRegistration(&sw, "SELECT owner::pg_catalog.oid FROM event_store.saga_definitions "
+								  "WHERE saga_type OPERATOR(pg_catalog.=) $1 FOR UPDATE",
+								  1, &type, &value,
+								  psprintf("saga type \"%s\"", TextDatumGetCString(value)));
+		EsSpiFinish(&sw);
+	}
+
 	fn = LookupFuncName(list_make2(makeString(ES_SCHEMA_NAME), makeString("_define_saga")),
 						4, argtypes, false);
 	fmgr_info(fn, &flinfo);
@@ -174,7 +188,7 @@ es_define_saga(PG_FUNCTION_ARGS)
 	}
 	inner->args[2].value = ObjectIdGetDatum(GetUserId());
 	inner->args[2].isnull = false;
-	inner->args[3].value = CStringGetTextDatum(namespace_search_path);
+	inner->args[3].value = CStringGetTextDatum(EsRegistrationSearchPath());
 	inner->args[3].isnull = false;
 
 	EsBecomeOwner(&sw);
@@ -213,7 +227,7 @@ es_saga_regprocedure(PG_FUNCTION_ARGS)
 	InitFunctionCallInfoData(*inner, NULL, 1, InvalidOid, NULL, NULL);
 	inner->args[0].value = PG_GETARG_DATUM(0);
 	inner->args[0].isnull = false;
-	level = es_push_search_path(TextDatumGetCString(PG_GETARG_DATUM(1)));
+	level = es_push_search_path(EsPinSearchPath(TextDatumGetCString(PG_GETARG_DATUM(1))));
 	result = to_regprocedure(inner);
 	AtEOXact_GUC(false, level);
 	if (inner->isnull)
@@ -222,13 +236,57 @@ es_saga_regprocedure(PG_FUNCTION_ARGS)
 }
 
 /*
+ * The pinned search_path the step functions of a saga run with: the one
+ * its type was defined with (see EsPinSearchPath)
+ */
+static const char *
+es_saga_search_path(Datum saga_id)
+{
+	static SPIPlanPtr plan = NULL;
+	MemoryContext caller = CurrentMemoryContext;
+	EsUserSwitch sw;
+	const char *path = NULL;
+	int			rc;
+
+	if (!EsGetCatalog()->registries_have_paths)
+		return EsPinSearchPath("\"$user\", public");
+	EsSpiConnect(&sw);
+	if (plan == NULL)
+	{
+		Oid			type = UUIDOID;
+
+		plan = EsPrepareKeptPlan("SELECT d.search_path FROM event_store.sagas s "
+								 "JOIN event_store.saga_definitions d "
+								 "ON d.saga_type OPERATOR(pg_catalog.=) s.saga_type "
+								 "WHERE s.saga_id OPERATOR(pg_catalog.=) $1", 1, &type);
+	}
+	rc = SPI_execute_plan(plan, &saga_id, NULL, true, 1);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "reading the saga's definition failed: %s", SPI_result_code_string(rc));
+	if (SPI_processed == 1)
+	{
+		bool		isnull;
+		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+
+		if (!isnull)
+			path = MemoryContextStrdup(caller, TextDatumGetCString(d));
+	}
+	EsSpiFinish(&sw);
+	if (path == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("the definition of saga %s was not found",
+						DatumGetCString(DirectFunctionCall1(uuid_out, saga_id)))));
+	return path;
+}
+
+/*
  * SQL: event_store._saga_call(fn regprocedure, run_as regrole, saga_id uuid,
  *		data jsonb) RETURNS jsonb
  *
  * Call a step function (saga_id uuid, data jsonb) RETURNS jsonb as the role
- * that defined the saga, with the search_path the session started with (its
- * reset value: in the worker, the database's default), not the
- * orchestrator's pinned one.
+ * that defined the saga, with the search_path its type was defined with
+ * (pinned), never the session's or the orchestrator's.
  */
 Datum
 es_saga_call(PG_FUNCTION_ARGS)
@@ -237,7 +295,6 @@ es_saga_call(PG_FUNCTION_ARGS)
 	Oid			role;
 	FmgrInfo	flinfo;
 	EsUserSwitch sw;
-	int			level;
 	Datum		result;
 	LOCAL_FCINFO(inner, 2);
 
@@ -260,10 +317,12 @@ es_saga_call(PG_FUNCTION_ARGS)
 	if (flinfo.fn_strict && (inner->args[0].isnull || inner->args[1].isnull))
 		PG_RETURN_NULL();
 
-	EsBecomeRole(&sw, role);
-	level = es_push_search_path(GetConfigOptionResetString("search_path"));
+	if (PG_ARGISNULL(2))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("saga_id must not be null")));
+	EsBecomeRole(&sw, role, es_saga_search_path(PG_GETARG_DATUM(2)));
 	result = FunctionCallInvoke(inner);
-	AtEOXact_GUC(false, level);
 	EsRestoreUser(&sw);
 	if (inner->isnull)
 		PG_RETURN_NULL();

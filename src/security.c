@@ -7,10 +7,18 @@
  *	    extension's owner (EsBecomeOwner), with every name in its SQL text
  *	    schema-qualified, so the caller's search_path cannot redirect it.
  *	  - User callbacks (upcasters, reducers, projection handlers and resets,
- *	    saga actions) run as the role that registered them (EsBecomeRole).
+ *	    saga step functions) run as the role that registered them, with the
+ *	    search_path in force when it registered them, pg_temp placed last
+ *	    (EsBecomeRole): nothing of the calling session -- its search_path,
+ *	    its temporary relations, types, functions or operators, its settings
+ *	    such as event_store.allow_purge -- takes part in a callback, and
+ *	    every setting a callback changes is rolled back when it returns.
  *	    Registering one requires EXECUTE on it, and its owner must have the
  *	    registering role's privileges: otherwise whoever owns the function
  *	    could change what it does and have it run with more rights.
+ *	  - A registration is changed (replaced, dropped, paused...) only by a
+ *	    role with the privileges of the role that made it, or of the
+ *	    extension owner (EsCheckMayChange).
  *	  - Category grants (event_store.category_grants): once a category has
  *	    one, only holders of "append" may append to its streams and only
  *	    holders of "read" may read them (the extension owner always may).
@@ -22,11 +30,13 @@
 #include "access/table.h"
 #include "access/xact.h"
 #include "catalog/indexing.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_authid.h"
 #include "catalog/pg_extension.h"
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
 #include "commands/extension.h"
+#include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
@@ -36,6 +46,7 @@
 #include "utils/memutils.h"
 #include "utils/regproc.h"
 #include "utils/syscache.h"
+#include "utils/varlena.h"
 
 #include "event_store.h"
 
@@ -93,23 +104,127 @@ EsBecomeOwner(EsUserSwitch *sw)
 }
 
 /*
- * Act as role (which registered a callback) until EsRestoreUser.  Nothing
- * changes when the current user is role already.  Otherwise the callback
- * runs as a restricted operation, and settings it changes are undone when
- * it returns: code of a less privileged role must not leave anything behind
- * in a more privileged session.
+ * Run a callback registered by role with search_path (pinned: see
+ * EsPinSearchPath) until EsRestoreUser.  The user changes unless it is role
+ * already, and then the callback runs as a restricted operation; the
+ * search_path is set to the pinned one and event_store.allow_purge is off,
+ * whoever calls; every setting changed in between (by us or by the
+ * callback, SET or SET LOCAL) is undone by EsRestoreUser.  A setting that
+ * already has the wanted value is left alone, so that callbacks called in
+ * a loop inside an outer EsBecomeRole of the same registrant cost no more
+ * than a GUC nest level each.
  */
 void
-EsBecomeRole(EsUserSwitch *sw, Oid role)
+EsBecomeRole(EsUserSwitch *sw, Oid role, const char *search_path)
 {
 	GetUserIdAndSecContext(&sw->save_userid, &sw->save_sec_context);
-	sw->guc_level = -1;
-	if (role == sw->save_userid)
-		return;
-	SetUserIdAndSecContext(role, sw->save_sec_context |
-						   SECURITY_LOCAL_USERID_CHANGE |
-						   SECURITY_RESTRICTED_OPERATION);
 	sw->guc_level = NewGUCNestLevel();
+	if (es_allow_purge)
+		(void) set_config_option("event_store.allow_purge", "off", PGC_SUSET,
+								 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	if (namespace_search_path == NULL || strcmp(namespace_search_path, search_path) != 0)
+		(void) set_config_option("search_path", search_path, PGC_USERSET,
+								 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	if (role != sw->save_userid)
+		SetUserIdAndSecContext(role, sw->save_sec_context |
+							   SECURITY_LOCAL_USERID_CHANGE |
+							   SECURITY_RESTRICTED_OPERATION);
+}
+
+/*
+ * The search_path callbacks registered under path run with: path without
+ * any temporary schema, then pg_temp, explicitly last (so that no temporary
+ * relation or type of whichever session calls is found before another; as
+ * ever, functions and operators are never looked up in pg_temp).  Without
+ * an explicit pg_catalog, PostgreSQL searches it first.  Palloc'd.
+ */
+char *
+EsPinSearchPath(const char *path)
+{
+	char	   *raw = pstrdup(path);
+	List	   *names;
+	ListCell   *lc;
+	StringInfoData buf;
+
+	if (!SplitIdentifierString(raw, ',', &names))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid search_path \"%s\"", path)));
+	initStringInfo(&buf);
+	foreach(lc, names)
+	{
+		const char *name = (const char *) lfirst(lc);
+
+		if (strcmp(name, "pg_temp") == 0 || strncmp(name, "pg_temp_", 8) == 0 ||
+			strncmp(name, "pg_toast_temp_", 14) == 0)
+			continue;
+		appendStringInfo(&buf, "%s, ", quote_identifier(name));
+	}
+	appendStringInfoString(&buf, "pg_temp");
+	return buf.data;
+}
+
+/*
+ * The pinned search_path of callbacks whose registration recorded none (a
+ * schema from before 0.3.0, until ALTER EXTENSION event_store UPDATE):
+ * PostgreSQL's default search_path, which no session can change.  The
+ * update records the same for the registrations it finds.
+ */
+#define ES_DEFAULT_CALLBACK_PATH	"\"$user\", public, pg_temp"
+
+/* The select-list expression of a registry's owner and search_path columns */
+const char *
+EsOwnerColumns(void)
+{
+	if (EsGetCatalog()->registries_have_paths)
+		return "owner::pg_catalog.oid, search_path";
+	return EsSchemaHasOwners() ? "owner::pg_catalog.oid, NULL::pg_catalog.text" :
+		"0::pg_catalog.oid, NULL::pg_catalog.text";
+}
+
+/*
+ * The role a callback runs as and its pinned search_path (palloc'd in the
+ * current memory context), from the two columns of EsOwnerColumns at attno
+ */
+void
+EsRegistrantOf(HeapTuple tup, TupleDesc desc, int attno, Oid *role,
+			   const char **search_path)
+{
+	bool		isnull;
+	Datum		d;
+
+	*role = EsRegistrant(DatumGetObjectId(SPI_getbinval(tup, desc, attno, &isnull)));
+	d = SPI_getbinval(tup, desc, attno + 1, &isnull);
+	*search_path = isnull ? pstrdup(ES_DEFAULT_CALLBACK_PATH) : TextDatumGetCString(d);
+}
+
+/*
+ * What a registration made now records as its callbacks' search_path: the
+ * current one, pinned
+ */
+char *
+EsRegistrationSearchPath(void)
+{
+	return EsPinSearchPath(namespace_search_path);
+}
+
+/*
+ * May the user of before EsSpiConnect (sw) change the registration made by
+ * owner?  It needs the privileges of owner or of the extension owner;
+ * otherwise 42501, naming the owner.  what: "projection \"p\"", ...
+ */
+void
+EsCheckMayChange(EsUserSwitch *sw, Oid owner, const char *what)
+{
+	Oid			user = sw ? sw->save_userid : GetUserId();
+
+	if (has_privs_of_role(user, owner) || has_privs_of_role(user, EsExtensionOwner()))
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("must be a member of role \"%s\" to change %s", EsRoleName(owner), what),
+			 errdetail("Role \"%s\" registered %s; only its members and the extension owner may replace, drop, pause, resume or rebuild it.",
+					   EsRoleName(owner), what)));
 }
 
 /*
@@ -165,13 +280,6 @@ EsSchemaHasOwners(void)
 	return OidIsValid(EsGetCatalog()->grants_relid);
 }
 
-/* The select-list expression of a registry's owner column */
-const char *
-EsOwnerColumn(void)
-{
-	return EsSchemaHasOwners() ? "owner::pg_catalog.oid" : "0::pg_catalog.oid";
-}
-
 /* The role a callback runs as, from its registry's owner column */
 Oid
 EsRegistrant(Oid owner)
@@ -220,16 +328,41 @@ EsCheckCallbackOwner(Oid fn, Oid role, const char *what)
 }
 
 /*
- * Call a registry function as role: EsRegistryCall with the user switched
- * for the duration of the call.
+ * Lock the row of a registry that sql (SELECT owner ... FOR UPDATE, run as
+ * the extension owner inside EsSpiConnect) finds, and check that the user
+ * of before EsSpiConnect may change it (EsCheckMayChange).  Returns whether
+ * there is such a row.  In a schema from before owners, the extension owner
+ * made every registration.
+ */
+bool
+EsLockRegistration(EsUserSwitch *sw, const char *sql, int nargs, Oid *types,
+				   Datum *values, const char *what)
+{
+	int			rc = SPI_execute_with_args(sql, nargs, types, values, NULL, false, 0);
+	bool		isnull;
+	Oid			owner;
+
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "looking up %s failed: %s", what, SPI_result_code_string(rc));
+	if (SPI_processed == 0)
+		return false;
+	owner = EsRegistrant(DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0],
+														 SPI_tuptable->tupdesc, 1, &isnull)));
+	EsCheckMayChange(sw, owner, what);
+	return true;
+}
+
+/*
+ * Call a registry function as role with its pinned search_path:
+ * EsRegistryCall inside EsBecomeRole / EsRestoreUser.
  */
 Datum
-EsCallAs(EsRegistry *reg, FunctionCallInfo fcinfo, Oid role)
+EsCallAs(EsRegistry *reg, FunctionCallInfo fcinfo, Oid role, const char *search_path)
 {
 	EsUserSwitch sw;
 	Datum		result;
 
-	EsBecomeRole(&sw, role);
+	EsBecomeRole(&sw, role, search_path);
 	result = reg ? EsRegistryCall(reg, fcinfo) : FunctionCallInvoke(fcinfo);
 	EsRestoreUser(&sw);
 	return result;
@@ -416,13 +549,24 @@ EsCheckStreamAccess(text *stream_id, int priv)
 EsDeniedSet *
 EsDeniedCategories(Oid role)
 {
+	return EsDeniedCategoriesFor(role, ES_PRIV_READ);
+}
+
+/*
+ * The categories on which role lacks one of privs (ES_PRIV_* bits); NULL
+ * when there is none.  Allocated in the current memory context.
+ */
+EsDeniedSet *
+EsDeniedCategoriesFor(Oid role, int privs)
+{
 	EsDeniedSet *set = NULL;
 
 	if (!EsCategoryGrantsExist())
 		return NULL;
 	for (int i = 0; i < grant_ncats; i++)
 	{
-		if (es_role_may(role, &grant_cats[i], ES_PRIV_READ))
+		if (((privs & ES_PRIV_READ) == 0 || es_role_may(role, &grant_cats[i], ES_PRIV_READ)) &&
+			((privs & ES_PRIV_APPEND) == 0 || es_role_may(role, &grant_cats[i], ES_PRIV_APPEND)))
 			continue;
 		if (set == NULL)
 		{

@@ -38,6 +38,7 @@ PG_FUNCTION_INFO_V1(es_define_aggregate);
 PG_FUNCTION_INFO_V1(es_load_aggregate);
 PG_FUNCTION_INFO_V1(es_save_snapshot);
 PG_FUNCTION_INFO_V1(es_load_snapshot);
+PG_FUNCTION_INFO_V1(es_purge_snapshots);
 
 #define ES_MAX_CATEGORY_KEY 64
 
@@ -51,6 +52,7 @@ typedef struct EsAggregate
 	int32		state_version;
 	bool		missing;		/* the reducer was dropped */
 	Oid			owner;			/* the role that defined it: the reducer runs as it */
+	const char *search_path;	/* and with this search_path (pinned) */
 	struct EsAggregate *next;	/* other categories sharing a truncated key */
 } EsAggregate;
 
@@ -90,7 +92,7 @@ es_agg_load(void)
 	EsSpiConnect(&sw);
 	rc = SPI_execute(psprintf("SELECT category, reducer::pg_catalog.oid, initial_state, "
 							  "coalesce(snapshot_every, 0), state_version, %s "
-							  "FROM event_store.aggregates", EsOwnerColumn()), true, 0);
+							  "FROM event_store.aggregates", EsOwnerColumns()), true, 0);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "reading event_store.aggregates failed: %s", SPI_result_code_string(rc));
 
@@ -119,7 +121,7 @@ es_agg_load(void)
 		entry->full_category = category;
 		entry->reducer.fn_oid = DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull));
 		entry->missing = !EsFunctionExists(entry->reducer.fn_oid);
-		entry->owner = EsRegistrant(DatumGetObjectId(SPI_getbinval(tup, desc, 6, &isnull)));
+		EsRegistrantOf(tup, desc, 6, &entry->owner, &entry->search_path);
 		if (!entry->missing)
 		{
 			EsCheckCallbackOwner(entry->reducer.fn_oid, entry->owner, "a reducer");
@@ -315,7 +317,7 @@ es_fold_aggregate(EsAggregate *agg, text *stream_id, int64 at_version,
 			spec.nkeys = 3;
 		}
 		index_close(index, AccessShareLock);
-		EsBecomeRole(&sw, agg->owner);
+		EsBecomeRole(&sw, agg->owner, agg->search_path);
 		EsScanEvents(cat, &spec, es_fold_row, &fold);
 		EsRestoreUser(&sw);
 	}
@@ -397,10 +399,12 @@ es_define_aggregate(PG_FUNCTION_ARGS)
 	text	   *category = es_get_category(fcinfo, 0);
 	Oid			reducer;
 	Oid			argtypes[2];
-	Datum		values[6];
-	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
-	Oid			types[6] = {TEXTOID, REGPROCEDUREOID, JSONBOID, INT4OID, INT4OID, OIDOID};
+	Datum		values[7];
+	char		nulls[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	Oid			types[7] = {TEXTOID, REGPROCEDUREOID, JSONBOID, INT4OID, INT4OID, OIDOID, TEXTOID};
 	EsUserSwitch sw;
+	bool		paths = EsGetCatalog()->registries_have_paths;
+	char	   *what;
 	int			rc;
 
 	if (PG_ARGISNULL(1))
@@ -440,8 +444,18 @@ es_define_aggregate(PG_FUNCTION_ARGS)
 	nulls[3] = PG_ARGISNULL(3) ? 'n' : ' ';
 	values[4] = PG_GETARG_DATUM(4);
 	values[5] = ObjectIdGetDatum(GetUserId());
+	values[6] = CStringGetTextDatum(EsRegistrationSearchPath());
+
+	/* an aggregate reads and snapshots the category: both are needed */
+	EsCheckStreamAccess(category, ES_PRIV_APPEND);
+	EsCheckStreamAccess(category, ES_PRIV_READ);
+	what = psprintf("the aggregate of category \"%s\"", text_to_cstring(category));
 
 	EsSpiConnect(&sw);
+	(void) EsLockRegistration(&sw, psprintf("SELECT %s FROM event_store.aggregates "
+											"WHERE category OPERATOR(pg_catalog.=) $1 FOR UPDATE",
+											EsOwnerColumns()),
+							  1, types, values, what);
 	rc = SPI_execute_with_args(psprintf("INSERT INTO event_store.aggregates "
 										"(category, reducer, initial_state, snapshot_every, state_version%s) "
 										"VALUES ($1, $2, $3, $4, $5%s) "
@@ -450,10 +464,13 @@ es_define_aggregate(PG_FUNCTION_ARGS)
 										"snapshot_every = EXCLUDED.snapshot_every, "
 										"state_version = EXCLUDED.state_version, %s"
 										"defined_at = pg_catalog.now()",
+										paths ? ", owner, search_path" :
 										EsSchemaHasOwners() ? ", owner" : "",
+										paths ? ", $6::pg_catalog.regrole, $7" :
 										EsSchemaHasOwners() ? ", $6::pg_catalog.regrole" : "",
+										paths ? "owner = EXCLUDED.owner, search_path = EXCLUDED.search_path, " :
 										EsSchemaHasOwners() ? "owner = EXCLUDED.owner, " : ""),
-							   EsSchemaHasOwners() ? 6 : 5, types, values, nulls, false, 0);
+							   paths ? 7 : EsSchemaHasOwners() ? 6 : 5, types, values, nulls, false, 0);
 	if (rc != SPI_OK_INSERT)
 		elog(ERROR, "defining the aggregate failed: %s", SPI_result_code_string(rc));
 	EsSpiFinish(&sw);
@@ -617,4 +634,66 @@ es_load_snapshot(PG_FUNCTION_ARGS)
 	}
 	EsSpiFinish(&sw);
 	return (Datum) 0;
+}
+
+/*
+ * SQL: event_store.purge_snapshots(category text DEFAULT NULL) RETURNS bigint
+ *
+ * Delete the snapshots whose state_version differs from their aggregate's,
+ * of one category (the caller needs append and read on it when it has
+ * grants) or of every category on which the caller holds both.
+ */
+Datum
+es_purge_snapshots(PG_FUNCTION_ARGS)
+{
+	EsDeniedSet *denied = NULL;
+	Datum		values[2];
+	char		nulls[2] = {' ', ' '};
+	Oid			types[2] = {TEXTOID, TEXTARRAYOID};
+	EsUserSwitch sw;
+	int			rc;
+	int64		purged;
+
+	if (PG_ARGISNULL(0))
+	{
+		denied = EsDeniedCategoriesFor(GetUserId(), ES_PRIV_APPEND | ES_PRIV_READ);
+		values[0] = (Datum) 0;
+		nulls[0] = 'n';
+	}
+	else
+	{
+		text	   *category = es_get_category(fcinfo, 0);
+
+		EsCheckStreamAccess(category, ES_PRIV_APPEND);
+		EsCheckStreamAccess(category, ES_PRIV_READ);
+		values[0] = PointerGetDatum(category);
+	}
+	if (denied != NULL)
+	{
+		Datum	   *elems = palloc(sizeof(Datum) * denied->n);
+
+		for (int i = 0; i < denied->n; i++)
+			elems[i] = PointerGetDatum(denied->categories[i]);
+		values[1] = PointerGetDatum(construct_array(elems, denied->n, TEXTOID, -1, false,
+													TYPALIGN_INT));
+	}
+	else
+	{
+		values[1] = (Datum) 0;
+		nulls[1] = 'n';
+	}
+
+	EsSpiConnect(&sw);
+	rc = SPI_execute_with_args("DELETE FROM event_store.snapshots s "
+							   "USING event_store.aggregates a "
+							   "WHERE pg_catalog.split_part(s.stream_id, '-', 1) OPERATOR(pg_catalog.=) a.category "
+							   "AND s.state_version OPERATOR(pg_catalog.<>) a.state_version "
+							   "AND ($1 IS NULL OR a.category OPERATOR(pg_catalog.=) $1) "
+							   "AND ($2 IS NULL OR NOT a.category OPERATOR(pg_catalog.=) ANY ($2))",
+							   2, types, values, nulls, false, 0);
+	if (rc != SPI_OK_DELETE)
+		elog(ERROR, "purging snapshots failed: %s", SPI_result_code_string(rc));
+	purged = (int64) SPI_processed;
+	EsSpiFinish(&sw);
+	PG_RETURN_INT64(purged);
 }

@@ -60,6 +60,7 @@ typedef struct EsUpcaster
 	text	   *to_type;		/* NULL: keep the type */
 	bool		missing;		/* the function was dropped */
 	Oid			owner;			/* the role that registered it: runs as it */
+	const char *search_path;	/* and with this search_path (pinned) */
 	ExprState  *expr;			/* upcaster($1 data, $2 metadata), simplified */
 	struct EsUpcaster *collision;	/* another type with the same hash */
 	struct EsUpcaster *then;	/* the upcaster of the result, resolved at load */
@@ -147,7 +148,7 @@ es_upcast_load(void)
 
 	EsSpiConnect(&sw);
 	rc = SPI_execute(psprintf("SELECT event_type, from_schema_version, upcaster::pg_catalog.oid, "
-							  "to_event_type, %s FROM event_store.upcasters", EsOwnerColumn()),
+							  "to_event_type, %s FROM event_store.upcasters", EsOwnerColumns()),
 					 true, 0);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "reading event_store.upcasters failed: %s", SPI_result_code_string(rc));
@@ -163,11 +164,13 @@ es_upcast_load(void)
 		Oid			fn = DatumGetObjectId(SPI_getbinval(tup, desc, 3, &isnull));
 		Datum		to = SPI_getbinval(tup, desc, 4, &isnull);
 		bool		to_null = isnull;
-		Oid			owner = EsRegistrant(DatumGetObjectId(SPI_getbinval(tup, desc, 5, &isnull)));
+		Oid			owner;
+		const char *search_path;
 		EsUpcastKey key;
 		EsUpcaster *entry;
 		bool		found;
 
+		EsRegistrantOf(tup, desc, 5, &owner, &search_path);
 		es_upcast_key(&key, VARDATA_ANY(type), VARSIZE_ANY_EXHDR(type), from);
 		entry = hash_search(upcast_hash, &key, HASH_ENTER, &found);
 		if (found)
@@ -184,12 +187,18 @@ es_upcast_load(void)
 		entry->full_type = type;
 		entry->missing = !EsFunctionExists(fn);
 		entry->owner = owner;
+		entry->search_path = search_path;
 		entry->expr = NULL;
 		entry->fn = fn;
 		if (!entry->missing)
 		{
+			EsUserSwitch csw;
+
 			EsCheckCallbackOwner(fn, owner, "an upcaster");
+			/* inlining parses the body: as its registrant, in its search_path */
+			EsBecomeRole(&csw, owner, search_path);
 			entry->expr = es_upcast_compile(fn);
+			EsRestoreUser(&csw);
 		}
 		entry->to_type = to_null ? NULL : DatumGetTextPCopy(to);
 		upcast_count++;
@@ -249,7 +258,7 @@ es_upcast_eval(EsUpcaster *up, Datum data, Datum metadata, bool *isnull)
 	Datum		outer_data = upcast_params->params[0].value;
 	Datum		outer_metadata = upcast_params->params[1].value;
 
-	EsBecomeRole(&sw, up->owner);
+	EsBecomeRole(&sw, up->owner, up->search_path);
 	upcast_registry.depth++;
 	upcast_params->params[0].value = data;
 	upcast_params->params[1].value = metadata;
@@ -316,6 +325,30 @@ EsUpcastRow(Datum *values, bool *isnull)
 	return changed;
 }
 
+/* "the upcaster of event type "T" from schema version N", for messages */
+static char *
+es_upcaster_name(text *event_type, int32 from)
+{
+	return psprintf("the upcaster of event type \"%s\" from schema version %d",
+					text_to_cstring(event_type), from);
+}
+
+/*
+ * Lock the registration of the upcaster of (values[0] event type, values[1]
+ * version) and check that the caller may change it; false if there is none
+ */
+static bool
+es_upcaster_lock(EsUserSwitch *sw, Datum *values, const char *what)
+{
+	Oid			types[2] = {TEXTOID, INT4OID};
+
+	return EsLockRegistration(sw, psprintf("SELECT %s FROM event_store.upcasters "
+										   "WHERE event_type OPERATOR(pg_catalog.=) $1 "
+										   "AND from_schema_version OPERATOR(pg_catalog.=) $2 "
+										   "FOR UPDATE", EsOwnerColumns()),
+							  2, types, values, what);
+}
+
 /*
  * SQL: event_store.register_upcaster(event_type text, from_schema_version int,
  *		upcaster regprocedure, to_event_type text DEFAULT NULL)
@@ -327,10 +360,12 @@ es_register_upcaster(PG_FUNCTION_ARGS)
 	int32		from;
 	Oid			fn;
 	Oid			argtypes[2] = {JSONBOID, JSONBOID};
-	Datum		values[5];
-	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
-	Oid			types[5] = {TEXTOID, INT4OID, REGPROCEDUREOID, TEXTOID, OIDOID};
+	Datum		values[6];
+	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
+	Oid			types[6] = {TEXTOID, INT4OID, REGPROCEDUREOID, TEXTOID, OIDOID, TEXTOID};
 	EsUserSwitch sw;
+	const EsCatalog *cat = EsGetCatalog();
+	char	   *what;
 	int			rc;
 
 	if (PG_ARGISNULL(1))
@@ -359,9 +394,19 @@ es_register_upcaster(PG_FUNCTION_ARGS)
 	values[3] = PG_ARGISNULL(3) ? (Datum) 0 : PG_GETARG_DATUM(3);
 	nulls[3] = PG_ARGISNULL(3) ? 'n' : ' ';
 	values[4] = ObjectIdGetDatum(GetUserId());
+	values[5] = CStringGetTextDatum(EsRegistrationSearchPath());
+	what = es_upcaster_name(event_type, from);
 
 	EsSpiConnect(&sw);
-	rc = SPI_execute_with_args(EsSchemaHasOwners() ?
+	(void) es_upcaster_lock(&sw, values, what);
+	rc = SPI_execute_with_args(cat->registries_have_paths ?
+							   "INSERT INTO event_store.upcasters "
+							   "(event_type, from_schema_version, upcaster, to_event_type, owner, search_path) "
+							   "VALUES ($1, $2, $3, $4, $5::pg_catalog.regrole, $6) "
+							   "ON CONFLICT (event_type, from_schema_version) DO UPDATE "
+							   "SET upcaster = EXCLUDED.upcaster, to_event_type = EXCLUDED.to_event_type, "
+							   "owner = EXCLUDED.owner, search_path = EXCLUDED.search_path" :
+							   EsSchemaHasOwners() ?
 							   "INSERT INTO event_store.upcasters "
 							   "(event_type, from_schema_version, upcaster, to_event_type, owner) "
 							   "VALUES ($1, $2, $3, $4, $5::pg_catalog.regrole) "
@@ -373,7 +418,8 @@ es_register_upcaster(PG_FUNCTION_ARGS)
 							   "VALUES ($1, $2, $3, $4) "
 							   "ON CONFLICT (event_type, from_schema_version) DO UPDATE "
 							   "SET upcaster = EXCLUDED.upcaster, to_event_type = EXCLUDED.to_event_type",
-							   EsSchemaHasOwners() ? 5 : 4, types, values, nulls, false, 0);
+							   cat->registries_have_paths ? 6 : EsSchemaHasOwners() ? 5 : 4,
+							   types, values, nulls, false, 0);
 	if (rc != SPI_OK_INSERT)
 		elog(ERROR, "registering the upcaster failed: %s", SPI_result_code_string(rc));
 	EsSpiFinish(&sw);
@@ -401,6 +447,7 @@ es_drop_upcaster(PG_FUNCTION_ARGS)
 	values[1] = Int32GetDatum(from);
 
 	EsSpiConnect(&sw);
+	(void) es_upcaster_lock(&sw, values, es_upcaster_name(event_type, from));
 	rc = SPI_execute_with_args("DELETE FROM event_store.upcasters "
 							   "WHERE event_type OPERATOR(pg_catalog.=) $1 "
 							   "AND from_schema_version OPERATOR(pg_catalog.=) $2",
