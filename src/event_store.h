@@ -254,6 +254,9 @@ typedef struct EsDeniedSet EsDeniedSet;
 
 extern Oid	EsExtensionOwner(void);
 extern void EsBecomeOwner(EsUserSwitch *sw);
+extern int	EsCallbackScopeBegin(void);
+extern void EsCallbackScopeEnd(int level);
+extern void EsCallbackScopeAbandon(void);
 extern void EsBecomeRole(EsUserSwitch *sw, Oid role, const char *search_path);
 extern char *EsPinSearchPath(const char *path);
 extern const char *EsOwnerColumns(void);

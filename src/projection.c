@@ -292,6 +292,9 @@ typedef struct EsBatch
 	int64		first_position;
 } EsBatch;
 
+static void es_apply_inline(int n, Datum *rows, bool *nulls, TupleDesc event_desc,
+							MemoryContext rowcxt, EsBatch *batches);
+
 #define ES_BATCH_HEADER		ARR_OVERHEAD_NONULLS(1)
 
 /*
@@ -467,11 +470,8 @@ EsApplyInlineProjections(int n, Datum *rows, bool *nulls)
 {
 	TupleDesc	event_desc;
 	MemoryContext rowcxt;
-	MemoryContext old;
-	Datum		values[Natts_es_event];
-	bool		isnull[Natts_es_event];
 	EsBatch    *batches;
-	bool	   *may_read;
+	int			scope;
 
 	EsRegistryEnsure(&inline_registry, es_inline_load);
 	if (inline_count == 0)
@@ -481,6 +481,33 @@ EsApplyInlineProjections(int n, Datum *rows, bool *nulls)
 	rowcxt = AllocSetContextCreate(CurrentMemoryContext, "event_store projection row",
 								   ALLOCSET_DEFAULT_SIZES);
 	batches = palloc0(sizeof(EsBatch) * inline_count);
+	/* the handlers' settings last until the append's events were applied */
+	scope = EsCallbackScopeBegin();
+	PG_TRY();
+	{
+		es_apply_inline(n, rows, nulls, event_desc, rowcxt, batches);
+	}
+	PG_CATCH();
+	{
+		EsCallbackScopeAbandon();
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	EsCallbackScopeEnd(scope);
+	ReleaseTupleDesc(event_desc);
+	MemoryContextDelete(rowcxt);
+}
+
+/* The work of EsApplyInlineProjections, in its callback scope */
+static void
+es_apply_inline(int n, Datum *rows, bool *nulls, TupleDesc event_desc,
+				MemoryContext rowcxt, EsBatch *batches)
+{
+	MemoryContext old;
+	Datum		values[Natts_es_event];
+	bool		isnull[Natts_es_event];
+	bool	   *may_read;
+
 	/* an append's events are all of one stream: may each projection read it? */
 	may_read = palloc(sizeof(bool) * inline_count);
 	for (int i = 0; i < inline_count; i++)
@@ -520,8 +547,6 @@ EsApplyInlineProjections(int n, Datum *rows, bool *nulls)
 			MemoryContextDelete(batches[i].cxt);
 		}
 	pfree(may_read);
-	ReleaseTupleDesc(event_desc);
-	MemoryContextDelete(rowcxt);
 }
 
 /* State of applying a range of events to one projection */

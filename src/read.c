@@ -261,9 +261,9 @@ es_fetch_next(EsPageFetch *f, TupleTableSlot *slot)
  * spec->raw) event that passes the type filter to the callback, until it
  * returns false or max_count events were handed over.  Returns how many were.
  */
-int64
-EsScanEvents(const EsCatalog *cat, EsScanSpec *spec, EsRowCallback callback,
-			 void *arg)
+static int64
+es_scan_events(const EsCatalog *cat, EsScanSpec *spec, EsRowCallback callback,
+			   void *arg)
 {
 	Relation	heap;
 	Relation	index;
@@ -377,6 +377,33 @@ EsScanEvents(const EsCatalog *cat, EsScanSpec *spec, EsRowCallback callback,
 	index_close(index, AccessShareLock);
 	table_close(heap, AccessShareLock);
 	MemoryContextDelete(rowcxt);
+	return emitted;
+}
+
+/*
+ * Scan events (see es_scan_events) in a callback scope: the callbacks run
+ * for the scan's events -- upcasters, and the handlers and reducers the
+ * row callback calls -- share one GUC nest level, rolled back when the scan
+ * ends (see EsBecomeRole).
+ */
+int64
+EsScanEvents(const EsCatalog *cat, EsScanSpec *spec, EsRowCallback callback,
+			 void *arg)
+{
+	int			level = EsCallbackScopeBegin();
+	volatile int64 emitted = 0;
+
+	PG_TRY();
+	{
+		emitted = es_scan_events(cat, spec, callback, arg);
+	}
+	PG_CATCH();
+	{
+		EsCallbackScopeAbandon();
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	EsCallbackScopeEnd(level);
 	return emitted;
 }
 

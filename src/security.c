@@ -104,21 +104,58 @@ EsBecomeOwner(EsUserSwitch *sw)
 }
 
 /*
+ * Callback scopes: a loop that runs callbacks per event (a scan, the inline
+ * projections of an append) opens one GUC nest level for all of them, and
+ * rolls it back when it ends, instead of one per call (closing a nest level
+ * in a transaction that changed any setting visits every setting: too slow
+ * per event).  Inside a scope, each callback still runs with its own
+ * search_path and without event_store.allow_purge (EsBecomeRole sets them
+ * again before every call when they differ); what a callback changes
+ * otherwise lasts until the scope ends, never beyond.
+ */
+static int	es_callback_scopes = 0;
+
+/* Open a callback scope; returns its GUC nest level for EsCallbackScopeEnd */
+int
+EsCallbackScopeBegin(void)
+{
+	es_callback_scopes++;
+	return NewGUCNestLevel();
+}
+
+/* Close a callback scope: every setting changed in it is rolled back */
+void
+EsCallbackScopeEnd(int level)
+{
+	AtEOXact_GUC(false, level);
+	es_callback_scopes--;
+}
+
+/*
+ * Forget a callback scope left by an error (which is being rethrown: the
+ * (sub)transaction abort rolls its settings back)
+ */
+void
+EsCallbackScopeAbandon(void)
+{
+	es_callback_scopes--;
+}
+
+/*
  * Run a callback registered by role with search_path (pinned: see
  * EsPinSearchPath) until EsRestoreUser.  The user changes unless it is role
  * already, and then the callback runs as a restricted operation; the
  * search_path is set to the pinned one and event_store.allow_purge is off,
  * whoever calls; every setting changed in between (by us or by the
- * callback, SET or SET LOCAL) is undone by EsRestoreUser.  A setting that
- * already has the wanted value is left alone, so that callbacks called in
- * a loop inside an outer EsBecomeRole of the same registrant cost no more
- * than a GUC nest level each.
+ * callback, SET or SET LOCAL) is undone by EsRestoreUser, or inside a
+ * callback scope when the scope ends.  A setting that already has the
+ * wanted value is left alone.
  */
 void
 EsBecomeRole(EsUserSwitch *sw, Oid role, const char *search_path)
 {
 	GetUserIdAndSecContext(&sw->save_userid, &sw->save_sec_context);
-	sw->guc_level = NewGUCNestLevel();
+	sw->guc_level = es_callback_scopes > 0 ? -1 : NewGUCNestLevel();
 	if (es_allow_purge)
 		(void) set_config_option("event_store.allow_purge", "off", PGC_SUSET,
 								 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
