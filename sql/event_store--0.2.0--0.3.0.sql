@@ -7,3 +7,274 @@
 -- columns in the same order (new columns of 0.3.0 come last in
 -- event_store.sql, so they are added here).  Only the change is carried:
 -- each section below names the part of event_store.sql it brings in.
+
+------------------------------------------------------------------------------
+-- Sagas: bounded work per call (define_saga refuses a backoff below 10 ms
+-- and more than 100 attempts; a retry is never due in the call that failed)
+------------------------------------------------------------------------------
+
+-- The work of define_saga(), which passes the role that calls it (the step
+-- functions run as that role) and its search_path (to resolve their names)
+CREATE OR REPLACE FUNCTION event_store._define_saga(saga_type text, definition jsonb, p_owner regrole, p_path text)
+    RETURNS void
+    LANGUAGE plpgsql
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    step jsonb;
+    k text;
+    i int := 0;
+    norm jsonb := '[]';
+    names text[] := '{}';
+    nm text;
+    grp int;
+    maxatt int;
+    act regprocedure;
+    comp regprocedure;
+    kind text;
+    comp_kind text;
+    saga_timeout interval;
+BEGIN
+    IF saga_type IS NULL OR saga_type = '' THEN
+        PERFORM event_store._saga_bad('saga_type must not be null or empty', NULL,
+                                      CASE WHEN saga_type IS NULL THEN '22004' ELSE '22023' END);
+    END IF;
+    IF octet_length(saga_type) > 1024 THEN
+        PERFORM event_store._saga_bad(format('saga_type is too long (%s bytes; the maximum is 1024)',
+                                             octet_length(saga_type)), NULL, '22001');
+    END IF;
+    IF definition IS NULL OR jsonb_typeof(definition) <> 'object' THEN
+        PERFORM event_store._saga_bad('definition must be a JSON object with "steps"', NULL,
+                                      CASE WHEN definition IS NULL THEN '22004' ELSE '22023' END);
+    END IF;
+    FOR k IN SELECT jsonb_object_keys(definition) LOOP
+        IF k NOT IN ('steps', 'timeout') THEN
+            PERFORM event_store._saga_bad(format('unknown key "%s" in saga definition', k),
+                                          'A saga definition has the keys "steps" and "timeout".');
+        END IF;
+    END LOOP;
+    IF jsonb_typeof(definition -> 'steps') IS DISTINCT FROM 'array' OR jsonb_array_length(definition -> 'steps') = 0 THEN
+        PERFORM event_store._saga_bad('saga definition needs a non-empty "steps" array');
+    END IF;
+    saga_timeout := event_store._saga_interval(definition -> 'timeout', 'saga "timeout"');
+
+    FOR step IN SELECT value FROM jsonb_array_elements(definition -> 'steps') LOOP
+        i := i + 1;
+        IF jsonb_typeof(step) <> 'object' THEN
+            PERFORM event_store._saga_bad(format('step %s must be a JSON object', i));
+        END IF;
+        FOR k IN SELECT jsonb_object_keys(step) LOOP
+            IF k NOT IN ('name', 'action', 'compensation', 'group', 'timeout', 'max_attempts',
+                         'backoff', 'complete_on', 'fail_on', 'saga') THEN
+                PERFORM event_store._saga_bad(format('unknown key "%s" in step %s', k, i),
+                    'A step has the keys name, action, compensation, group, timeout, max_attempts, backoff, complete_on, fail_on and saga.');
+            END IF;
+        END LOOP;
+        nm := step ->> 'name';
+        IF jsonb_typeof(step -> 'name') IS DISTINCT FROM 'string' OR nm = '' THEN
+            PERFORM event_store._saga_bad(format('step %s needs a non-empty string "name"', i));
+        END IF;
+        IF nm = ANY (names) THEN
+            PERFORM event_store._saga_bad(format('duplicate step name "%s"', nm));
+        END IF;
+        names := names || nm;
+        FOREACH k IN ARRAY ARRAY['action', 'compensation', 'complete_on', 'fail_on', 'saga'] LOOP
+            IF step ? k AND (jsonb_typeof(step -> k) <> 'string' OR step ->> k = '') THEN
+                PERFORM event_store._saga_bad(format('"%s" of step "%s" must be a non-empty string', k, nm));
+            END IF;
+        END LOOP;
+        FOREACH k IN ARRAY ARRAY['name', 'action', 'compensation', 'complete_on', 'fail_on', 'saga'] LOOP
+            IF octet_length(step ->> k) > 1024 THEN
+                PERFORM event_store._saga_bad(format('"%s" of step %s is too long (%s bytes; the maximum is 1024)',
+                                                     k, i, octet_length(step ->> k)), NULL, '22001');
+            END IF;
+        END LOOP;
+        IF step ? 'group' THEN
+            IF jsonb_typeof(step -> 'group') <> 'number' OR (step ->> 'group')::numeric <> floor((step ->> 'group')::numeric)
+               OR (step ->> 'group')::numeric < 1 OR (step ->> 'group')::numeric > 2147483647 THEN
+                PERFORM event_store._saga_bad(format('"group" of step "%s" must be a positive integer', nm));
+            END IF;
+            grp := (step ->> 'group')::numeric::int;
+        ELSE
+            grp := i;
+        END IF;
+        IF step ? 'max_attempts' THEN
+            IF jsonb_typeof(step -> 'max_attempts') <> 'number' OR (step ->> 'max_attempts')::numeric <> floor((step ->> 'max_attempts')::numeric)
+               OR (step ->> 'max_attempts')::numeric < 1 THEN
+                PERFORM event_store._saga_bad(format('"max_attempts" of step "%s" must be a positive integer', nm));
+            END IF;
+            IF (step ->> 'max_attempts')::numeric > 100 THEN
+                PERFORM event_store._saga_bad(format('"max_attempts" of step "%s" must be at most 100', nm),
+                    'Every attempt of a step is an event in the saga''s stream; for a longer wait, use a longer "backoff" (it doubles per attempt).');
+            END IF;
+            maxatt := (step ->> 'max_attempts')::numeric::int;
+        ELSE
+            maxatt := 3;
+        END IF;
+        act := CASE WHEN step ? 'action' THEN event_store._saga_function(step ->> 'action', format('action of step "%s":', nm), p_owner, p_path) END;
+        comp := CASE WHEN step ? 'compensation' THEN event_store._saga_function(step ->> 'compensation', format('compensation of step "%s":', nm), p_owner, p_path) END;
+        IF step ? 'saga' THEN
+            IF step ? 'action' OR step ? 'complete_on' OR step ? 'fail_on' THEN
+                PERFORM event_store._saga_bad(format('step "%s" runs a nested saga and cannot also have "action", "complete_on" or "fail_on"', nm));
+            END IF;
+            IF NOT EXISTS (SELECT 1 FROM event_store.saga_definitions d WHERE d.saga_type = step ->> 'saga')
+               OR step ->> 'saga' = _define_saga.saga_type THEN
+                PERFORM event_store._saga_bad(format('saga type "%s" of step "%s" is not defined', step ->> 'saga', nm),
+                                              'Define the nested saga type first.');
+            END IF;
+            kind := 'nested';
+        ELSIF act IS NOT NULL THEN
+            kind := 'local';
+        ELSIF step ? 'complete_on' OR step ? 'fail_on' THEN
+            kind := 'event';
+        ELSE
+            kind := 'external';
+        END IF;
+        IF kind = 'event' AND NOT step ? 'complete_on' THEN
+            PERFORM event_store._saga_bad(format('step "%s" has "fail_on" but no "complete_on" or "action"', nm),
+                                          'An event-driven step completes on its "complete_on" event.');
+        END IF;
+        IF event_store._saga_interval(step -> 'backoff', format('"backoff" of step "%s"', nm)) < interval '10 milliseconds' THEN
+            PERFORM event_store._saga_bad(format('"backoff" of step "%s" must be at least 10 milliseconds', nm),
+                'A failed attempt is retried by a later saga_tick() or worker round, never in the call that ran it.');
+        END IF;
+        comp_kind := CASE WHEN comp IS NOT NULL THEN 'local'
+                          WHEN kind = 'external' THEN 'external'
+                          WHEN kind = 'nested' THEN 'nested'
+                          ELSE 'none' END;
+        norm := norm || jsonb_build_object(
+            'step_no', i, 'name', nm, 'grp', grp, 'kind', kind,
+            'action', act::text, 'compensation', comp::text, 'comp_kind', comp_kind,
+            'complete_on', step ->> 'complete_on', 'fail_on', step ->> 'fail_on',
+            'child_type', step ->> 'saga',
+            'timeout', event_store._saga_interval(step -> 'timeout', format('"timeout" of step "%s"', nm)),
+            'max_attempts', maxatt,
+            'backoff', COALESCE(event_store._saga_interval(step -> 'backoff', format('"backoff" of step "%s"', nm)), interval '1 second'));
+    END LOOP;
+
+    -- nested sagas must not lead back to this type (a saga would start itself forever)
+    IF EXISTS (
+        WITH RECURSIVE reach(t) AS (
+            SELECT x ->> 'child_type' FROM jsonb_array_elements(norm) x WHERE x ->> 'child_type' IS NOT NULL
+            UNION
+            SELECT y ->> 'child_type'
+              FROM reach r
+              JOIN event_store.saga_definitions d ON d.saga_type = r.t
+             CROSS JOIN LATERAL jsonb_array_elements(d.steps) y
+             WHERE y ->> 'child_type' IS NOT NULL)
+        SELECT 1 FROM reach WHERE t = _define_saga.saga_type) THEN
+        PERFORM event_store._saga_bad(format('saga type "%s" would nest itself', _define_saga.saga_type),
+                                      'Nested sagas must not form a cycle.');
+    END IF;
+
+    INSERT INTO event_store.saga_watched_types (event_type)
+    SELECT DISTINCT t FROM jsonb_array_elements(norm) x,
+           LATERAL (VALUES (x ->> 'complete_on'), (x ->> 'fail_on')) v(t)
+     WHERE t IS NOT NULL
+    ON CONFLICT DO NOTHING;
+
+    INSERT INTO event_store.saga_definitions AS d (saga_type, definition, steps, timeout, owner)
+    VALUES (_define_saga.saga_type, definition, norm, saga_timeout, p_owner)
+    ON CONFLICT ON CONSTRAINT saga_definitions_pkey DO UPDATE
+       SET definition = EXCLUDED.definition, steps = EXCLUDED.steps,
+           timeout = EXCLUDED.timeout, owner = EXCLUDED.owner, defined_at = now();
+    PERFORM event_store._saga_definitions_changed();
+END $$;
+
+-- Backoff before attempt n+1: base doubling per attempt (at most a day), with
+-- +-25% jitter.  Never zero (a base below 10 ms, possible in definitions made
+-- before that minimum, counts as 10 ms): a retry is due after now(), the
+-- start of the transaction, so it never runs in the call that failed.
+CREATE OR REPLACE FUNCTION event_store._saga_backoff(base interval, attempts int) RETURNS interval
+    LANGUAGE sql AS $$
+    SELECT least(greatest(base, interval '10 milliseconds')
+                 * power(2, least(greatest(attempts - 1, 0), 40))::double precision,
+                 interval '1 day') * (0.75 + random() * 0.5)
+$$;
+
+------------------------------------------------------------------------------
+-- Sagas: start_saga and saga_state check the caller's grants on category
+-- "saga" (in C), then hand over to _start_saga / _saga_state
+------------------------------------------------------------------------------
+
+-- The work of start_saga(), which checks the caller's grants on category
+-- "saga" and serialises starts with the same id (a lock of the extension's
+-- own, out of reach of the SQL advisory-lock functions); p_may_read: may the
+-- caller read category "saga"?
+CREATE FUNCTION event_store._start_saga(saga_type text, data jsonb, saga_id uuid, p_may_read boolean)
+    RETURNS uuid LANGUAGE plpgsql
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    existing record;
+    id uuid := COALESCE(_start_saga.saga_id, gen_random_uuid());
+BEGIN
+    IF saga_type IS NULL OR saga_type = '' THEN
+        PERFORM event_store._saga_bad('saga_type must not be null or empty', NULL,
+                                      CASE WHEN saga_type IS NULL THEN '22004' ELSE '22023' END);
+    END IF;
+    IF data IS NULL OR jsonb_typeof(data) <> 'object' THEN
+        PERFORM event_store._saga_bad('data must be a JSON object', NULL,
+                                      CASE WHEN data IS NULL THEN '22004' ELSE '22023' END);
+    END IF;
+    -- idempotent on saga_id
+    SELECT * INTO existing FROM event_store.sagas s WHERE s.saga_id = id;
+    IF FOUND THEN
+        IF NOT p_may_read THEN
+            -- whether type and data match would tell what the saga holds
+            RAISE EXCEPTION 'saga % already exists', id
+                USING ERRCODE = '42501',
+                      DETAIL = 'Category "saga" has grants, and the current role may not read it, so whether the saga was started with this type and data is not disclosed.',
+                      HINT = 'Start the saga with a new id, or have the extension owner grant "read" on category "saga".';
+        END IF;
+        IF existing.saga_type = _start_saga.saga_type AND existing.start_data = _start_saga.data THEN
+            RETURN id;
+        END IF;
+        PERFORM event_store._saga_bad(format('saga %s already exists with a different type or data', id),
+                                      'Starting a saga again with its id is idempotent only with the same type and data.');
+    END IF;
+    RETURN event_store._saga_start(_start_saga.saga_type, _start_saga.data, id, NULL, NULL);
+END $$;
+CREATE OR REPLACE FUNCTION event_store.start_saga(saga_type text, data jsonb, saga_id uuid DEFAULT NULL)
+    RETURNS uuid LANGUAGE c VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'es_start_saga';
+
+-- The work of saga_state(), which checks the caller's grants on category "saga"
+CREATE FUNCTION event_store._saga_state(saga_id uuid) RETURNS jsonb
+    LANGUAGE plpgsql STABLE
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    s record;
+    cur text;
+BEGIN
+    IF saga_id IS NULL THEN
+        PERFORM event_store._saga_bad('saga_id must not be null', NULL, '22004');
+    END IF;
+    SELECT * INTO s FROM event_store.sagas x WHERE x.saga_id = _saga_state.saga_id;
+    IF NOT FOUND THEN
+        PERFORM event_store._saga_bad(format('saga %s does not exist', saga_id));
+    END IF;
+    SELECT name INTO cur FROM event_store.saga_steps st
+     WHERE st.saga_id = s.saga_id
+       AND st.status IN (CASE WHEN s.status = 'running' THEN 'running' ELSE 'compensating' END,
+                         CASE WHEN s.status = 'running' THEN 'pending' ELSE 'compensating' END)
+     ORDER BY CASE WHEN s.status = 'running' THEN st.step_no ELSE -st.step_no END
+     LIMIT 1;
+    RETURN jsonb_build_object(
+        'sagaId', s.saga_id,
+        'sagaType', s.saga_type,
+        'status', s.status,
+        'currentStep', cur,
+        'startTime', event_store._iso8601(s.started_at),
+        'steps', COALESCE((SELECT jsonb_agg(jsonb_build_object(
+                     'stepId', st.step_no,
+                     'stepType', st.name,
+                     'status', st.status,
+                     'timestamp', event_store._iso8601(st.updated_at),
+                     'compensationData', st.result) ORDER BY st.step_no)
+                   FROM event_store.saga_steps st WHERE st.saga_id = s.saga_id), '[]'));
+END $$;
+CREATE OR REPLACE FUNCTION event_store.saga_state(saga_id uuid) RETURNS jsonb
+    LANGUAGE c STABLE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'es_saga_state';
+REVOKE ALL ON FUNCTION event_store._start_saga(text, jsonb, uuid, boolean), event_store._saga_state(uuid)
+  FROM PUBLIC;

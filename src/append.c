@@ -45,9 +45,6 @@
 
 PG_FUNCTION_INFO_V1(es_append);
 
-/* locktag_field4 of our stream locks ("ES"); users' advisory locks use 1 and 2 */
-#define ES_STREAM_LOCK_FIELD4	0x4553
-
 /* Where the parser is, for error messages */
 typedef struct EsParseCtx
 {
@@ -634,7 +631,7 @@ EsAppendEvents(text *stream_id, EsNewEvent *evs, int n, bool has_expected,
 	EsSnapshotHook(stream_id, current, current + n);
 	if (EsSagaWatching())
 		for (int i = 0; i < n; i++)
-			EsSagaOnEvent(evs[i].type, evs[i].metadata, evs[i].data);
+			EsSagaOnEvent(stream_id, evs[i].type, evs[i].metadata, evs[i].data);
 
 	EsCountAppend(n);
 	return current + n;

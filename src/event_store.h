@@ -28,6 +28,14 @@
 #define ES_EVENTS_EVENT_ID_IDX	"events_event_id_key"
 #define ES_EVENTS_CATEGORY_IDX	"events_category_position_idx"
 
+/*
+ * locktag_field4 of the extension's own locks, taken with LOCKTAG_ADVISORY
+ * tags from C.  The SQL advisory-lock functions use 1 and 2 only, so no SQL
+ * call (of any role) can take, hold or block one of these.
+ */
+#define ES_STREAM_LOCK_FIELD4	0x4553	/* "ES": a stream's appenders */
+#define ES_SAGA_LOCK_FIELD4		0x5347	/* "SG": starting a saga with a given id */
+
 /* Attribute numbers of event_store.events (same order as event_store.event) */
 #define Anum_es_global_position	1
 #define Anum_es_stream_id		2
@@ -176,7 +184,8 @@ extern int64 EsLatestStreamVersion(const EsCatalog *cat, text *stream_id,
 
 /* saga.c */
 extern bool EsSagaWatching(void);
-extern void EsSagaOnEvent(text *type, Jsonb *metadata, Jsonb *data);
+extern void EsSagaOnEvent(text *stream_id, text *type, Jsonb *metadata,
+						  Jsonb *data);
 
 /* append.c */
 typedef struct EsNewEvent		/* one event of a batch, validated */
