@@ -13,6 +13,7 @@
 #include "access/skey.h"
 #include "executor/spi.h"
 #include "fmgr.h"
+#include "storage/lockdefs.h"
 #include "utils/jsonb.h"
 #include "utils/uuid.h"
 #include "utils/relcache.h"
@@ -35,6 +36,8 @@
  */
 #define ES_STREAM_LOCK_FIELD4	0x4553	/* "ES": a stream's appenders */
 #define ES_SAGA_LOCK_FIELD4		0x5347	/* "SG": starting a saga with a given id */
+#define ES_CATEGORY_LOCK_FIELD4	0x4543	/* "EC": appenders of a category with grants */
+#define ES_OPEN_LOCK_FIELD4		0x454F	/* "EO": appenders of categories without grants */
 
 /* Attribute numbers of event_store.events (same order as event_store.event) */
 #define Anum_es_global_position	1
@@ -103,6 +106,7 @@ extern bool EsPositionShmemReady(void);
 extern int64 EsAllocatePositions(int64 count);
 extern void EsCounterStale(void);
 extern int64 EsSafeHead(void);
+extern int64 EsLastAllocatedPosition(void);
 extern int64 EsWaitForHead(int64 after_position, long timeout_ms);
 extern void EsPositionRegisterCallbacks(void);
 extern void EsWakeWorker(void);
@@ -200,6 +204,7 @@ typedef struct EsNewEvent		/* one event of a batch, validated */
 
 extern bool EsParseUuid(const char *s, int len, pg_uuid_t *out);
 extern void EsLockStream(text *stream_id);
+extern void EsLockCategory(const char *category, int len, LOCKMODE mode);
 extern int64 EsAppendEvents(text *stream_id, EsNewEvent *evs, int n,
 							bool has_expected, int64 expected, bool internal);
 extern EsNewEvent *EsParseEventsJson(const char *json, int *nevents);
@@ -272,6 +277,8 @@ extern void EsCheckStreamAccess(text *stream_id, int priv);
 extern EsDeniedSet *EsDeniedCategories(Oid role);
 extern bool EsStreamDenied(const EsDeniedSet *set, text *stream_id);
 extern bool EsRoleMayAccessStream(Oid role, text *stream_id, int priv);
+extern bool EsCategoryHasGrants(const char *category, int len);
+extern int	EsGrantedCategories(text ***categories);
 extern bool EsSchemaHasOwners(void);
 extern const char *EsOwnerColumn(void);
 extern Oid	EsRegistrant(Oid owner);
