@@ -89,9 +89,9 @@ CREATE SCHEMA bench;
 
 SELECT event_store.define_saga('order', '{
     "steps": [
-      {"name": "reserve", "max_attempts": 3, "backoff": "0 seconds"},
-      {"name": "charge",  "max_attempts": 3, "backoff": "0 seconds"},
-      {"name": "ship",    "max_attempts": 3, "backoff": "0 seconds"}
+      {"name": "reserve", "max_attempts": 3, "backoff": "10 milliseconds"},
+      {"name": "charge",  "max_attempts": 3, "backoff": "10 milliseconds"},
+      {"name": "ship",    "max_attempts": 3, "backoff": "10 milliseconds"}
     ]}');
 
 -- One row per step execution a worker was handed: the primary key refuses

@@ -31,7 +31,27 @@ ALTER TABLE event_store.saga_definitions ADD COLUMN search_path text;
 UPDATE event_store.saga_definitions SET search_path = '"$user", public, pg_temp';
 ALTER TABLE event_store.saga_definitions ALTER COLUMN search_path SET NOT NULL;
 
--- define_saga records it (as in event_store.sql)
+------------------------------------------------------------------------------
+-- Categories bind registrations too
+------------------------------------------------------------------------------
+-- purge_snapshots checks the caller's category grants (append and read), in
+-- C: it is no longer a SECURITY DEFINER function, which could not tell who
+-- called it.
+
+CREATE OR REPLACE FUNCTION event_store.purge_snapshots(category text DEFAULT NULL)
+    RETURNS bigint
+    LANGUAGE c VOLATILE PARALLEL UNSAFE
+    AS 'MODULE_PATHNAME', 'es_purge_snapshots';
+COMMENT ON FUNCTION event_store.purge_snapshots(text) IS
+    'Delete snapshots whose state_version differs from their aggregate''s current one (of one category, or of all on which the caller may append and read); returns how many';
+
+------------------------------------------------------------------------------
+-- Sagas: bounded work per call (define_saga refuses a backoff below 10 ms
+-- and more than 100 attempts; a retry is never due in the call that failed)
+------------------------------------------------------------------------------
+
+-- The work of define_saga(), which passes the role that calls it (the step
+-- functions run as that role) and its search_path (to resolve their names)
 CREATE OR REPLACE FUNCTION event_store._define_saga(saga_type text, definition jsonb, p_owner regrole, p_path text)
     RETURNS void
     LANGUAGE plpgsql
@@ -117,8 +137,12 @@ BEGIN
         END IF;
         IF step ? 'max_attempts' THEN
             IF jsonb_typeof(step -> 'max_attempts') <> 'number' OR (step ->> 'max_attempts')::numeric <> floor((step ->> 'max_attempts')::numeric)
-               OR (step ->> 'max_attempts')::numeric < 1 OR (step ->> 'max_attempts')::numeric > 1000000 THEN
+               OR (step ->> 'max_attempts')::numeric < 1 THEN
                 PERFORM event_store._saga_bad(format('"max_attempts" of step "%s" must be a positive integer', nm));
+            END IF;
+            IF (step ->> 'max_attempts')::numeric > 100 THEN
+                PERFORM event_store._saga_bad(format('"max_attempts" of step "%s" must be at most 100', nm),
+                    'Every attempt of a step is an event in the saga''s stream; for a longer wait, use a longer "backoff" (it doubles per attempt).');
             END IF;
             maxatt := (step ->> 'max_attempts')::numeric::int;
         ELSE
@@ -146,6 +170,10 @@ BEGIN
         IF kind = 'event' AND NOT step ? 'complete_on' THEN
             PERFORM event_store._saga_bad(format('step "%s" has "fail_on" but no "complete_on" or "action"', nm),
                                           'An event-driven step completes on its "complete_on" event.');
+        END IF;
+        IF event_store._saga_interval(step -> 'backoff', format('"backoff" of step "%s"', nm)) < interval '10 milliseconds' THEN
+            PERFORM event_store._saga_bad(format('"backoff" of step "%s" must be at least 10 milliseconds', nm),
+                'A failed attempt is retried by a later saga_tick() or worker round, never in the call that ran it.');
         END IF;
         comp_kind := CASE WHEN comp IS NOT NULL THEN 'local'
                           WHEN kind = 'external' THEN 'external'
@@ -191,16 +219,100 @@ BEGIN
     PERFORM event_store._saga_definitions_changed();
 END $$;
 
-------------------------------------------------------------------------------
--- Categories bind registrations too
-------------------------------------------------------------------------------
--- purge_snapshots checks the caller's category grants (append and read), in
--- C: it is no longer a SECURITY DEFINER function, which could not tell who
--- called it.
+-- Backoff before attempt n+1: base doubling per attempt (at most a day), with
+-- +-25% jitter.  Never zero (a base below 10 ms, possible in definitions made
+-- before that minimum, counts as 10 ms): a retry is due after now(), the
+-- start of the transaction, so it never runs in the call that failed.
+CREATE OR REPLACE FUNCTION event_store._saga_backoff(base interval, attempts int) RETURNS interval
+    LANGUAGE sql AS $$
+    SELECT least(greatest(base, interval '10 milliseconds')
+                 * power(2, least(greatest(attempts - 1, 0), 40))::double precision,
+                 interval '1 day') * (0.75 + random() * 0.5)
+$$;
 
-CREATE OR REPLACE FUNCTION event_store.purge_snapshots(category text DEFAULT NULL)
-    RETURNS bigint
-    LANGUAGE c VOLATILE PARALLEL UNSAFE
-    AS 'MODULE_PATHNAME', 'es_purge_snapshots';
-COMMENT ON FUNCTION event_store.purge_snapshots(text) IS
-    'Delete snapshots whose state_version differs from their aggregate''s current one (of one category, or of all on which the caller may append and read); returns how many';
+------------------------------------------------------------------------------
+-- Sagas: start_saga and saga_state check the caller's grants on category
+-- "saga" (in C), then hand over to _start_saga / _saga_state
+------------------------------------------------------------------------------
+
+-- The work of start_saga(), which checks the caller's grants on category
+-- "saga" and serialises starts with the same id (a lock of the extension's
+-- own, out of reach of the SQL advisory-lock functions); p_may_read: may the
+-- caller read category "saga"?
+CREATE FUNCTION event_store._start_saga(saga_type text, data jsonb, saga_id uuid, p_may_read boolean)
+    RETURNS uuid LANGUAGE plpgsql
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    existing record;
+    id uuid := COALESCE(_start_saga.saga_id, gen_random_uuid());
+BEGIN
+    IF saga_type IS NULL OR saga_type = '' THEN
+        PERFORM event_store._saga_bad('saga_type must not be null or empty', NULL,
+                                      CASE WHEN saga_type IS NULL THEN '22004' ELSE '22023' END);
+    END IF;
+    IF data IS NULL OR jsonb_typeof(data) <> 'object' THEN
+        PERFORM event_store._saga_bad('data must be a JSON object', NULL,
+                                      CASE WHEN data IS NULL THEN '22004' ELSE '22023' END);
+    END IF;
+    -- idempotent on saga_id
+    SELECT * INTO existing FROM event_store.sagas s WHERE s.saga_id = id;
+    IF FOUND THEN
+        IF NOT p_may_read THEN
+            -- whether type and data match would tell what the saga holds
+            RAISE EXCEPTION 'saga % already exists', id
+                USING ERRCODE = '42501',
+                      DETAIL = 'Category "saga" has grants, and the current role may not read it, so whether the saga was started with this type and data is not disclosed.',
+                      HINT = 'Start the saga with a new id, or have the extension owner grant "read" on category "saga".';
+        END IF;
+        IF existing.saga_type = _start_saga.saga_type AND existing.start_data = _start_saga.data THEN
+            RETURN id;
+        END IF;
+        PERFORM event_store._saga_bad(format('saga %s already exists with a different type or data', id),
+                                      'Starting a saga again with its id is idempotent only with the same type and data.');
+    END IF;
+    RETURN event_store._saga_start(_start_saga.saga_type, _start_saga.data, id, NULL, NULL);
+END $$;
+CREATE OR REPLACE FUNCTION event_store.start_saga(saga_type text, data jsonb, saga_id uuid DEFAULT NULL)
+    RETURNS uuid LANGUAGE c VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'es_start_saga';
+
+-- The work of saga_state(), which checks the caller's grants on category "saga"
+CREATE FUNCTION event_store._saga_state(saga_id uuid) RETURNS jsonb
+    LANGUAGE plpgsql STABLE
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    s record;
+    cur text;
+BEGIN
+    IF saga_id IS NULL THEN
+        PERFORM event_store._saga_bad('saga_id must not be null', NULL, '22004');
+    END IF;
+    SELECT * INTO s FROM event_store.sagas x WHERE x.saga_id = _saga_state.saga_id;
+    IF NOT FOUND THEN
+        PERFORM event_store._saga_bad(format('saga %s does not exist', saga_id));
+    END IF;
+    SELECT name INTO cur FROM event_store.saga_steps st
+     WHERE st.saga_id = s.saga_id
+       AND st.status IN (CASE WHEN s.status = 'running' THEN 'running' ELSE 'compensating' END,
+                         CASE WHEN s.status = 'running' THEN 'pending' ELSE 'compensating' END)
+     ORDER BY CASE WHEN s.status = 'running' THEN st.step_no ELSE -st.step_no END
+     LIMIT 1;
+    RETURN jsonb_build_object(
+        'sagaId', s.saga_id,
+        'sagaType', s.saga_type,
+        'status', s.status,
+        'currentStep', cur,
+        'startTime', event_store._iso8601(s.started_at),
+        'steps', COALESCE((SELECT jsonb_agg(jsonb_build_object(
+                     'stepId', st.step_no,
+                     'stepType', st.name,
+                     'status', st.status,
+                     'timestamp', event_store._iso8601(st.updated_at),
+                     'compensationData', st.result) ORDER BY st.step_no)
+                   FROM event_store.saga_steps st WHERE st.saga_id = s.saga_id), '[]'));
+END $$;
+CREATE OR REPLACE FUNCTION event_store.saga_state(saga_id uuid) RETURNS jsonb
+    LANGUAGE c STABLE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'es_saga_state';
+REVOKE ALL ON FUNCTION event_store._start_saga(text, jsonb, uuid, boolean), event_store._saga_state(uuid)
+  FROM PUBLIC;

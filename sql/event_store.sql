@@ -710,8 +710,12 @@ BEGIN
         END IF;
         IF step ? 'max_attempts' THEN
             IF jsonb_typeof(step -> 'max_attempts') <> 'number' OR (step ->> 'max_attempts')::numeric <> floor((step ->> 'max_attempts')::numeric)
-               OR (step ->> 'max_attempts')::numeric < 1 OR (step ->> 'max_attempts')::numeric > 1000000 THEN
+               OR (step ->> 'max_attempts')::numeric < 1 THEN
                 PERFORM event_store._saga_bad(format('"max_attempts" of step "%s" must be a positive integer', nm));
+            END IF;
+            IF (step ->> 'max_attempts')::numeric > 100 THEN
+                PERFORM event_store._saga_bad(format('"max_attempts" of step "%s" must be at most 100', nm),
+                    'Every attempt of a step is an event in the saga''s stream; for a longer wait, use a longer "backoff" (it doubles per attempt).');
             END IF;
             maxatt := (step ->> 'max_attempts')::numeric::int;
         ELSE
@@ -739,6 +743,10 @@ BEGIN
         IF kind = 'event' AND NOT step ? 'complete_on' THEN
             PERFORM event_store._saga_bad(format('step "%s" has "fail_on" but no "complete_on" or "action"', nm),
                                           'An event-driven step completes on its "complete_on" event.');
+        END IF;
+        IF event_store._saga_interval(step -> 'backoff', format('"backoff" of step "%s"', nm)) < interval '10 milliseconds' THEN
+            PERFORM event_store._saga_bad(format('"backoff" of step "%s" must be at least 10 milliseconds', nm),
+                'A failed attempt is retried by a later saga_tick() or worker round, never in the call that ran it.');
         END IF;
         comp_kind := CASE WHEN comp IS NOT NULL THEN 'local'
                           WHEN kind = 'external' THEN 'external'
@@ -819,10 +827,14 @@ CREATE FUNCTION event_store._saga_call(fn regprocedure, run_as regrole, p_saga u
 CREATE FUNCTION event_store._saga_regprocedure(signature text, search_path text) RETURNS regprocedure
     LANGUAGE c STABLE AS 'MODULE_PATHNAME', 'es_saga_regprocedure';
 
--- Backoff before attempt n+1: base doubling per attempt (at most a day), with +-25% jitter
+-- Backoff before attempt n+1: base doubling per attempt (at most a day), with
+-- +-25% jitter.  Never zero (a base below 10 ms, possible in definitions made
+-- before that minimum, counts as 10 ms): a retry is due after now(), the
+-- start of the transaction, so it never runs in the call that failed.
 CREATE FUNCTION event_store._saga_backoff(base interval, attempts int) RETURNS interval
     LANGUAGE sql AS $$
-    SELECT least(base * power(2, least(greatest(attempts - 1, 0), 40))::double precision,
+    SELECT least(greatest(base, interval '10 milliseconds')
+                 * power(2, least(greatest(attempts - 1, 0), 40))::double precision,
                  interval '1 day') * (0.75 + random() * 0.5)
 $$;
 
@@ -1168,13 +1180,17 @@ BEGIN
     RETURN p_id;
 END $$;
 
-CREATE FUNCTION event_store.start_saga(saga_type text, data jsonb, saga_id uuid DEFAULT NULL)
+-- The work of start_saga(), which checks the caller's grants on category
+-- "saga" and serialises starts with the same id (a lock of the extension's
+-- own, out of reach of the SQL advisory-lock functions); p_may_read: may the
+-- caller read category "saga"?
+CREATE FUNCTION event_store._start_saga(saga_type text, data jsonb, saga_id uuid, p_may_read boolean)
     RETURNS uuid LANGUAGE plpgsql
     SECURITY DEFINER SET search_path = pg_catalog, pg_temp
     AS $$
 DECLARE
     existing record;
-    id uuid := COALESCE(start_saga.saga_id, gen_random_uuid());
+    id uuid := COALESCE(_start_saga.saga_id, gen_random_uuid());
 BEGIN
     IF saga_type IS NULL OR saga_type = '' THEN
         PERFORM event_store._saga_bad('saga_type must not be null or empty', NULL,
@@ -1184,18 +1200,26 @@ BEGIN
         PERFORM event_store._saga_bad('data must be a JSON object', NULL,
                                       CASE WHEN data IS NULL THEN '22004' ELSE '22023' END);
     END IF;
-    -- idempotent on saga_id (serialised on the id)
-    PERFORM pg_catalog.pg_advisory_xact_lock(hashtextextended(id::text, 21319));
+    -- idempotent on saga_id
     SELECT * INTO existing FROM event_store.sagas s WHERE s.saga_id = id;
     IF FOUND THEN
-        IF existing.saga_type = start_saga.saga_type AND existing.start_data = start_saga.data THEN
+        IF NOT p_may_read THEN
+            -- whether type and data match would tell what the saga holds
+            RAISE EXCEPTION 'saga % already exists', id
+                USING ERRCODE = '42501',
+                      DETAIL = 'Category "saga" has grants, and the current role may not read it, so whether the saga was started with this type and data is not disclosed.',
+                      HINT = 'Start the saga with a new id, or have the extension owner grant "read" on category "saga".';
+        END IF;
+        IF existing.saga_type = _start_saga.saga_type AND existing.start_data = _start_saga.data THEN
             RETURN id;
         END IF;
         PERFORM event_store._saga_bad(format('saga %s already exists with a different type or data', id),
                                       'Starting a saga again with its id is idempotent only with the same type and data.');
     END IF;
-    RETURN event_store._saga_start(start_saga.saga_type, start_saga.data, id, NULL, NULL);
+    RETURN event_store._saga_start(_start_saga.saga_type, _start_saga.data, id, NULL, NULL);
 END $$;
+CREATE FUNCTION event_store.start_saga(saga_type text, data jsonb, saga_id uuid DEFAULT NULL)
+    RETURNS uuid LANGUAGE c VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'es_start_saga';
 COMMENT ON FUNCTION event_store.start_saga(text, jsonb, uuid) IS
     'Start a saga (idempotent on saga_id) and run its ready local steps; returns the saga id';
 
@@ -1447,7 +1471,8 @@ CREATE FUNCTION event_store._iso8601(t timestamptz) RETURNS text
     SELECT to_char(t AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
 $$;
 
-CREATE FUNCTION event_store.saga_state(saga_id uuid) RETURNS jsonb
+-- The work of saga_state(), which checks the caller's grants on category "saga"
+CREATE FUNCTION event_store._saga_state(saga_id uuid) RETURNS jsonb
     LANGUAGE plpgsql STABLE
     SECURITY DEFINER SET search_path = pg_catalog, pg_temp
     AS $$
@@ -1458,7 +1483,7 @@ BEGIN
     IF saga_id IS NULL THEN
         PERFORM event_store._saga_bad('saga_id must not be null', NULL, '22004');
     END IF;
-    SELECT * INTO s FROM event_store.sagas x WHERE x.saga_id = saga_state.saga_id;
+    SELECT * INTO s FROM event_store.sagas x WHERE x.saga_id = _saga_state.saga_id;
     IF NOT FOUND THEN
         PERFORM event_store._saga_bad(format('saga %s does not exist', saga_id));
     END IF;
@@ -1482,6 +1507,8 @@ BEGIN
                      'compensationData', st.result) ORDER BY st.step_no)
                    FROM event_store.saga_steps st WHERE st.saga_id = s.saga_id), '[]'));
 END $$;
+CREATE FUNCTION event_store.saga_state(saga_id uuid) RETURNS jsonb
+    LANGUAGE c STABLE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'es_saga_state';
 COMMENT ON FUNCTION event_store.saga_state(uuid) IS
     'A saga''s state: {"sagaId","sagaType","status","currentStep","startTime","steps":[...]}';
 
@@ -1494,7 +1521,8 @@ REVOKE ALL ON FUNCTION event_store._saga_bad(text, text, text), event_store._sag
     event_store._saga_child_finished(uuid, text, uuid), event_store._saga_compensate_child(uuid),
     event_store._saga_advance(uuid), event_store._saga_start(text, jsonb, uuid, uuid, text),
     event_store._saga_lock_step(uuid, text), event_store._saga_on_event(uuid, text, jsonb),
-    event_store._saga_lock_tree(uuid)
+    event_store._saga_lock_tree(uuid), event_store._start_saga(text, jsonb, uuid, boolean),
+    event_store._saga_state(uuid)
   FROM PUBLIC;
 
 ------------------------------------------------------------------------------

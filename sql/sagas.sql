@@ -46,6 +46,25 @@ LANGUAGE sql AS $$
       FROM event_store.saga_steps WHERE saga_id = id ORDER BY step_no
 $$;
 
+-- tick_until(cond): saga_tick() until the SQL condition cond holds, each
+-- tick in a transaction of its own (timers compare with now(), the start of
+-- the transaction), 10 ms apart, at most 1,000 times: for retries, which
+-- never run in the call that failed but in a later tick once their backoff
+-- passed.  What is expected is shown afterwards.
+CREATE PROCEDURE pg_temp.tick_until(cond text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    ok boolean;
+BEGIN
+    FOR i IN 1 .. 1000 LOOP
+        PERFORM event_store.saga_tick();
+        COMMIT;
+        EXECUTE 'SELECT ' || cond INTO ok;
+        EXIT WHEN ok;
+        PERFORM pg_sleep(0.01);
+    END LOOP;
+END $$;
+
 -- events(id): the event types of the stream saga-<id>, in order
 CREATE FUNCTION pg_temp.events(id uuid) RETURNS text
 LANGUAGE sql AS $$
@@ -156,6 +175,13 @@ SELECT regress.try($$SELECT event_store.define_saga('bad', '{"steps": [{"name": 
 SELECT regress.try($$SELECT event_store.define_saga('bad', '{"steps": [{"name": "a", "timeout": "-1 second"}]}')$$);
 SELECT regress.try($$SELECT event_store.define_saga('bad', '{"steps": [{"name": "a", "backoff": "often"}]}')$$);
 SELECT regress.try($$SELECT event_store.define_saga('bad', '{"steps": [{"name": "a", "backoff": "-5 seconds"}]}')$$);
+-- bounded work per call: a backoff below 10 ms (0 included) and more than
+-- 100 attempts are refused, naming the step and the key (the limits pass:
+-- see "bounded" below)
+SELECT regress.try($$SELECT event_store.define_saga('bad', '{"steps": [{"name": "a", "backoff": "0 seconds"}]}')$$);
+SELECT regress.try($$SELECT event_store.define_saga('bad', '{"steps": [{"name": "a"}, {"name": "b", "backoff": "9 milliseconds"}]}')$$);
+SELECT regress.try($$SELECT event_store.define_saga('bad', '{"steps": [{"name": "a", "max_attempts": 101}]}')$$);
+SELECT regress.try($$SELECT event_store.define_saga('bad', '{"steps": [{"name": "a", "max_attempts": 2000, "backoff": "0 seconds"}]}')$$);
 SELECT regress.try($$SELECT event_store.define_saga('bad', '{"steps": [{"name": "a"}], "timeout": "1 fortnight"}')$$);
 SELECT regress.try($$SELECT event_store.define_saga('bad', '{"steps": [{"name": "a"}], "timeout": true}')$$);
 -- unknown keys, in the definition and in a step (typos must not pass)
@@ -182,7 +208,7 @@ SELECT count(*) AS definitions FROM event_store.saga_definitions;
 
 --
 -- The order saga: reserve stock (local, with a compensation), charge the
--- payment (local, declines big amounts; retried at once: backoff 0), ship
+-- payment (local, declines big amounts; retried after 10 ms), ship
 -- (external: a shipping worker claims it; no compensation function, so its
 -- compensation would be external too).
 --
@@ -190,7 +216,7 @@ SELECT event_store.define_saga('order', $${
     "steps": [
       {"name": "reserve_inventory", "action": "shop.reserve", "compensation": "shop.release"},
       {"name": "charge_payment", "action": "shop.charge", "compensation": "shop.refund",
-       "max_attempts": 3, "backoff": "0 seconds"},
+       "max_attempts": 3, "backoff": "10 milliseconds"},
       {"name": "ship"}
     ],
     "timeout": "1 hour"}$$);
@@ -241,11 +267,16 @@ SELECT count(event_store.complete_saga_step(c.saga_id, c.step)) AS completed
   FROM event_store.claim_saga_steps('w', step_names => ARRAY['only']) c;
 SELECT status, count(*) FROM event_store.sagas WHERE saga_type = 'other' GROUP BY status;
 
--- payment failure: charge fails three times (max_attempts 3, backoff 0: the
--- retries run at once), the saga compensates the reservation and ends
--- compensated; refund never runs (charge never completed)
+-- payment failure: charge fails three times (max_attempts 3), the saga
+-- compensates the reservation and ends compensated; refund never runs
+-- (charge never completed).  start_saga runs charge once: a failed attempt
+-- is never retried in the call that ran it, but by a later saga_tick()
 SELECT setval('shop.charge_calls', 1, false);
 SELECT event_store.start_saga('order', '{"order": "o-2", "sku": "pear", "qty": 4, "amount": 500}', pg_temp.sid(2));
+SELECT nextval('shop.charge_calls') - 1 AS charge_calls;
+SELECT status, attempts, last_error
+  FROM event_store.saga_steps WHERE saga_id = pg_temp.sid(2) AND name = 'charge_payment';
+CALL pg_temp.tick_until($$(SELECT status FROM event_store.sagas WHERE saga_id = pg_temp.sid(2)) <> 'running'$$);
 SELECT nextval('shop.charge_calls') - 1 AS charge_calls;
 SELECT jsonb_pretty(pg_temp.state(pg_temp.sid(2)));
 SELECT * FROM pg_temp.steps(pg_temp.sid(2));
@@ -267,20 +298,28 @@ SELECT event_store.define_saga('retry', $${
 SELECT event_store.start_saga('retry', '{}', pg_temp.sid(3));
 -- after the first failure the step waits for its retry (pending, attempt 1)
 SELECT * FROM pg_temp.steps(pg_temp.sid(3));
--- tick (bounded: at most 200 ticks, 20 ms apart, each in a transaction of
--- its own: timers compare with now()) until the saga ends
-DO $$
-BEGIN
-    FOR i IN 1 .. 200 LOOP
-        PERFORM event_store.saga_tick();
-        COMMIT;
-        EXIT WHEN (SELECT status FROM event_store.sagas WHERE saga_id = pg_temp.sid(3)) <> 'running';
-        PERFORM pg_sleep(0.02);
-    END LOOP;
-END $$;
+CALL pg_temp.tick_until($$(SELECT status FROM event_store.sagas WHERE saga_id = pg_temp.sid(3)) <> 'running'$$);
 SELECT status FROM event_store.sagas WHERE saga_id = pg_temp.sid(3);
 SELECT * FROM pg_temp.steps(pg_temp.sid(3));
 SELECT pg_temp.events(pg_temp.sid(3));
+-- bounded work per call: a step that always fails, with the most attempts
+-- and the least backoff there are, is run once by start_saga, and once more
+-- by each later saga_tick() (never twice in one call, even where an older
+-- definition left a backoff of 0)
+SELECT setval('shop.charge_calls', 1, false);
+SELECT event_store.define_saga('bounded', $${
+    "steps": [{"name": "charge", "action": "shop.charge", "max_attempts": 100, "backoff": "10 milliseconds"}]}$$);
+SELECT event_store.start_saga('bounded', '{"order": "o-b", "amount": 1000}', pg_temp.sid(42));
+SELECT nextval('shop.charge_calls') - 1 AS charge_calls, pg_temp.events(pg_temp.sid(42));
+UPDATE event_store.saga_steps SET backoff = '0', next_attempt_at = now() WHERE saga_id = pg_temp.sid(42);
+SELECT event_store.saga_tick() AS ticked;
+SELECT nextval('shop.charge_calls') - 2 AS charge_calls, pg_temp.events(pg_temp.sid(42));
+SELECT status, attempts
+  FROM event_store.saga_steps WHERE saga_id = pg_temp.sid(42);
+-- (end it: its next attempt is its last)
+UPDATE event_store.saga_steps SET max_attempts = attempts, next_attempt_at = now() WHERE saga_id = pg_temp.sid(42);
+SELECT event_store.saga_tick() AS ticked;
+SELECT status FROM event_store.sagas WHERE saga_id = pg_temp.sid(42);
 -- a long backoff is honoured: the tick does not retry early
 SELECT setval('shop.flaky_calls', 1, false);
 SELECT event_store.define_saga('retry_later', $${
@@ -360,8 +399,8 @@ SELECT status FROM event_store.sagas WHERE saga_id = pg_temp.sid(6);
 SELECT event_store.define_saga('trip', $${
     "steps": [
       {"name": "flight", "action": "shop.note", "compensation": "shop.undo"},
-      {"name": "hotel", "group": 2, "backoff": "0 seconds"},
-      {"name": "car", "group": 2, "backoff": "0 seconds"},
+      {"name": "hotel", "group": 2, "backoff": "10 milliseconds"},
+      {"name": "car", "group": 2, "backoff": "10 milliseconds"},
       {"name": "pay", "group": 3}
     ]}$$);
 SELECT event_store.start_saga('trip', '{"trip": "t-1"}', pg_temp.sid(7));
@@ -380,10 +419,11 @@ SELECT pg_temp.state(pg_temp.sid(7)) -> 'currentStep' AS current_step;
 SELECT step, kind, attempt, data FROM event_store.claim_saga_steps('w1') ORDER BY step;
 SELECT event_store.complete_saga_step(pg_temp.sid(7), 'hotel', '{"cancelled": true}');
 -- flight still waits for car; a failed compensation attempt is retried
--- (backoff 0: claimable again at once, attempt 2)
+-- (claimable again once its backoff passed, attempt 2)
 SELECT event_store.fail_saga_step(pg_temp.sid(7), 'car', 'rental desk closed');
-SELECT name, status, comp_attempts, last_error, next_attempt_at <= now() AS due
+SELECT name, status, comp_attempts, last_error, next_attempt_at IS NOT NULL AS retry_due_later
   FROM event_store.saga_steps WHERE saga_id = pg_temp.sid(7) ORDER BY step_no;
+CALL pg_temp.tick_until($$(SELECT next_attempt_at <= now() FROM event_store.saga_steps WHERE saga_id = pg_temp.sid(7) AND name = 'car')$$);
 SELECT step, kind, attempt, data FROM event_store.claim_saga_steps('w1');
 SELECT event_store.complete_saga_step(pg_temp.sid(7), 'car');
 -- then flight was compensated locally with its own result as data
@@ -422,11 +462,15 @@ SELECT count(*) AS claimable FROM event_store.claim_saga_steps('w1', step_names 
 --
 SELECT event_store.define_saga('fragile', $${
     "steps": [
-      {"name": "lock", "action": "shop.note", "compensation": "shop.broken", "max_attempts": 2, "backoff": "0 seconds"},
+      {"name": "lock", "action": "shop.note", "compensation": "shop.broken", "max_attempts": 2, "backoff": "10 milliseconds"},
       {"name": "work"}
     ]}$$);
 SELECT event_store.start_saga('fragile', '{}', pg_temp.sid(8));
 SELECT event_store.fail_saga_step(pg_temp.sid(8), 'work', 'gave up', false);
+-- the compensation failed once in that call; its retry waits for a tick
+SELECT name, status, comp_attempts
+  FROM event_store.saga_steps WHERE saga_id = pg_temp.sid(8) AND name = 'lock';
+CALL pg_temp.tick_until($$(SELECT status FROM event_store.sagas WHERE saga_id = pg_temp.sid(8)) <> 'compensating'$$);
 SELECT status, last_error FROM event_store.sagas WHERE saga_id = pg_temp.sid(8);
 SELECT * FROM pg_temp.steps(pg_temp.sid(8));
 SELECT saga_type, status, saga_error, step, step_status, comp_attempts, step_error
@@ -602,11 +646,14 @@ SELECT pg_temp.events(pg_temp.sid(16));
 SELECT event_store.define_saga('slow', $${
     "steps": [
       {"name": "prep", "action": "shop.note", "compensation": "shop.undo"},
-      {"name": "wait", "timeout": "0 seconds", "max_attempts": 2, "backoff": "0 seconds"}
+      {"name": "wait", "timeout": "0 seconds", "max_attempts": 2, "backoff": "10 milliseconds"}
     ]}$$);
 SELECT event_store.start_saga('slow', '{}', pg_temp.sid(20));
 SELECT step, attempt FROM event_store.claim_saga_steps('w1', step_names => ARRAY['wait']);
 SELECT event_store.saga_tick() > 0 AS fired;
+-- the retry waits for its backoff: a later tick runs the step again
+SELECT name, status, attempts, last_error FROM event_store.saga_steps WHERE saga_id = pg_temp.sid(20) ORDER BY step_no;
+CALL pg_temp.tick_until($$(SELECT status FROM event_store.saga_steps WHERE saga_id = pg_temp.sid(20) AND name = 'wait') = 'running'$$);
 SELECT name, status, attempts, last_error FROM event_store.saga_steps WHERE saga_id = pg_temp.sid(20) ORDER BY step_no;
 SELECT step, attempt FROM event_store.claim_saga_steps('w1', step_names => ARRAY['wait']);
 SELECT event_store.saga_tick() > 0 AS fired;
@@ -619,9 +666,11 @@ SELECT stream_version, event_type, data ->> 'step' AS step, data ->> 'error' AS 
 SELECT regress.try($$SELECT event_store.complete_saga_step(pg_temp.sid(20), 'wait')$$);
 -- an event-driven step times out the same way
 SELECT event_store.define_saga('confirm_slow', $${
-    "steps": [{"name": "wait", "complete_on": "Confirmed", "timeout": "0 seconds", "max_attempts": 2, "backoff": "0 seconds"}]}$$);
+    "steps": [{"name": "wait", "complete_on": "Confirmed", "timeout": "0 seconds", "max_attempts": 2, "backoff": "10 milliseconds"}]}$$);
 SELECT event_store.start_saga('confirm_slow', '{}', pg_temp.sid(21));
 SELECT event_store.saga_tick() > 0 AS fired;
+SELECT name, status, attempts, last_error FROM event_store.saga_steps WHERE saga_id = pg_temp.sid(21);
+CALL pg_temp.tick_until($$(SELECT status FROM event_store.saga_steps WHERE saga_id = pg_temp.sid(21)) = 'running'$$);
 SELECT name, status, attempts, last_error FROM event_store.saga_steps WHERE saga_id = pg_temp.sid(21);
 SELECT event_store.saga_tick() > 0 AS fired;
 SELECT status, last_error FROM event_store.sagas WHERE saga_id = pg_temp.sid(21);
@@ -655,7 +704,7 @@ SELECT regress.try($$SELECT event_store.complete_saga_step(pg_temp.sid(23), 'wai
 -- lease expiry: a claimed step whose worker went silent is handed out again
 -- (the expired lease counts as a failed attempt)
 SELECT event_store.define_saga('leased', $${
-    "steps": [{"name": "job", "backoff": "0 seconds"}, {"name": "after", "backoff": "0 seconds"}]}$$);
+    "steps": [{"name": "job", "backoff": "10 milliseconds"}, {"name": "after", "backoff": "10 milliseconds"}]}$$);
 SELECT event_store.start_saga('leased', '{"job": 1}', pg_temp.sid(24));
 SELECT step, kind, attempt FROM event_store.claim_saga_steps('w1', lease => '1 millisecond');
 -- not handed out again before a tick saw the lease expire
@@ -663,6 +712,8 @@ SELECT pg_sleep(0.05);
 SELECT count(*) AS claimable FROM event_store.claim_saga_steps('w2');
 SELECT event_store.saga_tick() > 0 AS fired;
 SELECT name, status, attempts, lease_owner, last_error FROM event_store.saga_steps WHERE saga_id = pg_temp.sid(24) ORDER BY step_no;
+-- handed out again once the retry's backoff passed
+CALL pg_temp.tick_until($$(SELECT status FROM event_store.saga_steps WHERE saga_id = pg_temp.sid(24) AND name = 'job') = 'running'$$);
 SELECT step, kind, attempt, data FROM event_store.claim_saga_steps('w2');
 -- a lease that has not expired is kept
 SELECT event_store.saga_tick();
@@ -674,6 +725,7 @@ SELECT event_store.fail_saga_step(pg_temp.sid(24), 'after', 'no', false);
 SELECT step, kind, attempt, data FROM event_store.claim_saga_steps('w1', lease => '1 millisecond');
 SELECT pg_sleep(0.05);
 SELECT event_store.saga_tick() > 0 AS fired;
+CALL pg_temp.tick_until($$(SELECT next_attempt_at <= now() FROM event_store.saga_steps WHERE saga_id = pg_temp.sid(24) AND name = 'job')$$);
 SELECT step, kind, attempt, data FROM event_store.claim_saga_steps('w2');
 SELECT event_store.complete_saga_step(pg_temp.sid(24), 'job');
 SELECT status FROM event_store.sagas WHERE saga_id = pg_temp.sid(24);
@@ -754,16 +806,11 @@ SELECT saga_id, status FROM event_store.sagas WHERE saga_id IN (pg_temp.sid(30),
 -- claimed the external step: after max_attempts timeouts the saga fails
 -- (instead of retrying, and appending SagaStepFailed, forever).
 SELECT event_store.define_saga('unclaimed', $${
-    "steps": [{"name": "nobody_home", "timeout": "0 seconds", "max_attempts": 2, "backoff": "0 seconds"}]}$$);
+    "steps": [{"name": "nobody_home", "timeout": "0 seconds", "max_attempts": 2, "backoff": "10 milliseconds"}]}$$);
 SELECT event_store.start_saga('unclaimed', '{}', pg_temp.sid(40));
-DO $$
-BEGIN
-    FOR i IN 1 .. 10 LOOP
-        PERFORM event_store.saga_tick();
-        COMMIT;
-        PERFORM pg_sleep(0.001);
-    END LOOP;
-END $$;
+CALL pg_temp.tick_until($$(SELECT status FROM event_store.sagas WHERE saga_id = pg_temp.sid(40)) <> 'running'$$);
+-- (and a further tick changes nothing)
+SELECT event_store.saga_tick();
 SELECT status = 'compensated' AS failed_after_2_timeouts,
        event_store.stream_version('saga-' || saga_id) <= 6 AS stream_bounded
   FROM event_store.sagas WHERE saga_id = pg_temp.sid(40);
@@ -772,16 +819,9 @@ SELECT status = 'compensated' AS failed_after_2_timeouts,
 -- child of a failed attempt is failed in turn (and compensates), like the
 -- child of a step cancelled by a saga failure.
 SELECT event_store.define_saga('nested_slow', $${
-    "steps": [{"name": "kid", "saga": "packing", "timeout": "0 seconds", "max_attempts": 2, "backoff": "0 seconds"}]}$$);
+    "steps": [{"name": "kid", "saga": "packing", "timeout": "0 seconds", "max_attempts": 2, "backoff": "10 milliseconds"}]}$$);
 SELECT event_store.start_saga('nested_slow', '{}', pg_temp.sid(41));
-DO $$
-BEGIN
-    FOR i IN 1 .. 3 LOOP
-        PERFORM event_store.saga_tick();
-        COMMIT;
-        PERFORM pg_sleep(0.001);
-    END LOOP;
-END $$;
+CALL pg_temp.tick_until($$(SELECT status FROM event_store.sagas WHERE saga_id = pg_temp.sid(41)) <> 'running'$$);
 SELECT status = 'compensated' AS parent_compensated
   FROM event_store.sagas WHERE saga_id = pg_temp.sid(41);
 SELECT count(*) FILTER (WHERE status IN ('running', 'completed')) = 0 AS none_left_running

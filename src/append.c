@@ -9,7 +9,11 @@
  * after the lock was granted.  Whoever held the lock before has ended, so
  * that version is the real one; racing appenders with the same expected
  * version therefore see each other's result and get SE001, never a unique
- * violation or a deadlock.  Appends to different streams share no lock
+ * violation or a deadlock.  Before that it takes its category's lock in
+ * ROW EXCLUSIVE mode (EsLockCategory: appenders never wait for each other
+ * on it), which a change to an inline projection takes in SHARE ROW
+ * EXCLUSIVE mode for just the categories that projection may see (see
+ * projection.c).  Appends to different streams share no exclusive lock
  * except the few-instruction critical section of EsAllocatePositions().
  */
 #include "postgres.h"
@@ -33,6 +37,7 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
+#include "utils/inval.h"
 #include "utils/jsonb.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
@@ -44,9 +49,6 @@
 #include "event_store.h"
 
 PG_FUNCTION_INFO_V1(es_append);
-
-/* locktag_field4 of our stream locks ("ES"); users' advisory locks use 1 and 2 */
-#define ES_STREAM_LOCK_FIELD4	0x4553
 
 /* Where the parser is, for error messages */
 typedef struct EsParseCtx
@@ -338,6 +340,29 @@ EsLockStream(text *stream_id)
 	(void) LockAcquire(&tag, ExclusiveLock, false, false);
 }
 
+/*
+ * Take the transaction-scoped lock of a category's appenders in mode: the
+ * category's own lock when it has grants, else the one lock of every
+ * category without grants (category NULL asks for that one).  Lock tags of
+ * the extension's own: no SQL advisory-lock call reaches them.
+ */
+void
+EsLockCategory(const char *category, int len, LOCKMODE mode)
+{
+	LOCKTAG		tag;
+
+	if (category != NULL && EsCategoryHasGrants(category, len))
+	{
+		uint64		h = hash_bytes_extended((const unsigned char *) category, len, 0);
+
+		SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) (h >> 32), (uint32) h,
+							 ES_CATEGORY_LOCK_FIELD4);
+	}
+	else
+		SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, 0, 0, ES_OPEN_LOCK_FIELD4);
+	(void) LockAcquire(&tag, mode, false, false);
+}
+
 /* Where an event id is stored, if anywhere (per the given snapshot) */
 static bool
 es_find_event_id(Relation heap, Relation index, TupleTableSlot *slot,
@@ -593,6 +618,13 @@ EsAppendEvents(text *stream_id, EsNewEvent *evs, int n, bool has_expected,
 	if (any_id)
 		es_check_batch_ids(evs, n);
 
+	/*
+	 * A change of the inline projections of this category committed while
+	 * we waited: see it (the events table's lock may be ours already, and
+	 * then nobody processes invalidations for us).
+	 */
+	EsLockCategory(VARDATA_ANY(stream_id), EsCategoryLen(stream_id), RowExclusiveLock);
+	AcceptInvalidationMessages();
 	EsLockStream(stream_id);
 
 	if (!internal)
@@ -634,7 +666,7 @@ EsAppendEvents(text *stream_id, EsNewEvent *evs, int n, bool has_expected,
 	EsSnapshotHook(stream_id, current, current + n);
 	if (EsSagaWatching())
 		for (int i = 0; i < n; i++)
-			EsSagaOnEvent(evs[i].type, evs[i].metadata, evs[i].data);
+			EsSagaOnEvent(stream_id, evs[i].type, evs[i].metadata, evs[i].data);
 
 	EsCountAppend(n);
 	return current + n;

@@ -13,6 +13,7 @@
 #include "access/skey.h"
 #include "executor/spi.h"
 #include "fmgr.h"
+#include "storage/lockdefs.h"
 #include "utils/jsonb.h"
 #include "utils/uuid.h"
 #include "utils/relcache.h"
@@ -27,6 +28,16 @@
 #define ES_EVENTS_STREAM_IDX	"events_stream_id_stream_version_key"
 #define ES_EVENTS_EVENT_ID_IDX	"events_event_id_key"
 #define ES_EVENTS_CATEGORY_IDX	"events_category_position_idx"
+
+/*
+ * locktag_field4 of the extension's own locks, taken with LOCKTAG_ADVISORY
+ * tags from C.  The SQL advisory-lock functions use 1 and 2 only, so no SQL
+ * call (of any role) can take, hold or block one of these.
+ */
+#define ES_STREAM_LOCK_FIELD4	0x4553	/* "ES": a stream's appenders */
+#define ES_SAGA_LOCK_FIELD4		0x5347	/* "SG": starting a saga with a given id */
+#define ES_CATEGORY_LOCK_FIELD4	0x4543	/* "EC": appenders of a category with grants */
+#define ES_OPEN_LOCK_FIELD4		0x454F	/* "EO": appenders of categories without grants */
 
 /* Attribute numbers of event_store.events (same order as event_store.event) */
 #define Anum_es_global_position	1
@@ -98,6 +109,7 @@ extern bool EsPositionShmemReady(void);
 extern int64 EsAllocatePositions(int64 count);
 extern void EsCounterStale(void);
 extern int64 EsSafeHead(void);
+extern int64 EsLastAllocatedPosition(void);
 extern int64 EsWaitForHead(int64 after_position, long timeout_ms);
 extern void EsPositionRegisterCallbacks(void);
 extern void EsWakeWorker(void);
@@ -179,7 +191,8 @@ extern int64 EsLatestStreamVersion(const EsCatalog *cat, text *stream_id,
 
 /* saga.c */
 extern bool EsSagaWatching(void);
-extern void EsSagaOnEvent(text *type, Jsonb *metadata, Jsonb *data);
+extern void EsSagaOnEvent(text *stream_id, text *type, Jsonb *metadata,
+						  Jsonb *data);
 
 /* append.c */
 typedef struct EsNewEvent		/* one event of a batch, validated */
@@ -194,6 +207,7 @@ typedef struct EsNewEvent		/* one event of a batch, validated */
 
 extern bool EsParseUuid(const char *s, int len, pg_uuid_t *out);
 extern void EsLockStream(text *stream_id);
+extern void EsLockCategory(const char *category, int len, LOCKMODE mode);
 extern int64 EsAppendEvents(text *stream_id, EsNewEvent *evs, int n,
 							bool has_expected, int64 expected, bool internal);
 extern EsNewEvent *EsParseEventsJson(const char *json, int *nevents);
@@ -279,6 +293,8 @@ extern EsDeniedSet *EsDeniedCategories(Oid role);
 extern EsDeniedSet *EsDeniedCategoriesFor(Oid role, int privs);
 extern bool EsStreamDenied(const EsDeniedSet *set, text *stream_id);
 extern bool EsRoleMayAccessStream(Oid role, text *stream_id, int priv);
+extern bool EsCategoryHasGrants(const char *category, int len);
+extern int	EsGrantedCategories(text ***categories);
 extern bool EsSchemaHasOwners(void);
 extern Oid	EsRegistrant(Oid owner);
 

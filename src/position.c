@@ -592,6 +592,23 @@ EsSafeHead(void)
 }
 
 /*
+ * The highest position handed out so far, committed or not.  Caller holds
+ * the category locks of whatever it reads up to there (see projection.c):
+ * the positions above the safe head that it can see are then all settled.
+ */
+int64
+EsLastAllocatedPosition(void)
+{
+	int64		last;
+
+	es_ensure_counter();
+	LWLockAcquire(my_db_lock, LW_SHARED);
+	last = my_db->next_position - 1;
+	LWLockRelease(my_db_lock);
+	return last;
+}
+
+/*
  * Wait until the safe head passes after_position or timeout_ms elapse;
  * return the head.  Appenders broadcast the condition variable when their
  * transaction ends, so this never polls.

@@ -6,12 +6,19 @@
  *	  run_projections(), each batch's handler work committed together with
  *	  the projection's checkpoint.
  *
- * Locking contract: appenders never lock a projection.  Operations that
- * change what inline projections see (create, pause, resume, rebuild, drop of
- * an inline projection) take a SHARE ROW EXCLUSIVE lock on
- * event_store.events: it waits for in-flight appends to finish and holds new
- * ones off until the operation commits, so an inline projection's position
- * is exact.  Async batches lock their projection's row FOR UPDATE SKIP
+ * Locking contract: appenders never lock a projection; each takes its
+ * category's lock in ROW EXCLUSIVE mode (EsLockCategory).  Operations that
+ * change what an inline projection sees (create, pause, resume, rebuild,
+ * drop) take SHARE ROW EXCLUSIVE on the locks of the categories that
+ * projection may see: those its filter names and its owner may read (every
+ * category without grants shares one lock).  That waits for in-flight
+ * appends there and holds new ones off until the operation commits, so the
+ * projection's position is exact, and it never holds off appends to a
+ * category the projection's owner may not read: a role without grants,
+ * idle in a transaction after such an operation, blocks no append there.
+ * With appends to other categories still in flight, the position is the
+ * last position handed out (EsLastAllocatedPosition), not the safe head:
+ * every event of the locked categories up to it is committed.  Async batches lock their projection's row FOR UPDATE SKIP
  * LOCKED, so the worker and a manual run_projections() never apply the same
  * batch twice.
  */
@@ -737,14 +744,41 @@ es_projection_exec(const char *sql, int nargs, Oid *types, Datum *values,
 }
 
 /*
- * Hold appends off until we commit (inline projection bookkeeping).  SHARE
- * ROW EXCLUSIVE waits for in-flight appends, blocks new ones, and conflicts
- * with itself, so two such operations queue instead of deadlocking.
+ * Hold off the appends an inline projection of owner with this categories
+ * filter (ncategories -1: any) would see, until we commit.  SHARE ROW
+ * EXCLUSIVE waits for in-flight appends, blocks new ones, and conflicts with
+ * itself, so two such operations on one category queue.
  */
 static void
-es_lock_events_for_inline(void)
+es_lock_inline_categories(Oid owner, int ncategories, text **categories)
 {
-	LockRelationOid(EsGetCatalog()->events_relid, ShareRowExclusiveLock);
+	text	  **granted;
+	int			ngranted = EsGrantedCategories(&granted);
+	bool		open = ncategories < 0;
+
+	if (ncategories < 0)
+	{
+		categories = granted;
+		ncategories = ngranted;
+	}
+	for (int i = 0; i < ncategories; i++)
+	{
+		text	   *c = categories[i];
+
+		if (!EsCategoryHasGrants(VARDATA_ANY(c), VARSIZE_ANY_EXHDR(c)))
+			open = true;
+		else if (EsRoleMayAccessStream(owner, c, ES_PRIV_READ))
+			EsLockCategory(VARDATA_ANY(c), VARSIZE_ANY_EXHDR(c), ShareRowExclusiveLock);
+	}
+	if (open)
+		EsLockCategory(NULL, 0, ShareRowExclusiveLock);
+}
+
+/* es_lock_inline_categories for a registered projection */
+static void
+es_lock_inline_projection(EsProjection *p)
+{
+	es_lock_inline_categories(p->owner, p->ncategories, p->categories);
 }
 
 /* Set position/state of a projection */
@@ -764,11 +798,11 @@ es_projection_set(const char *name, int64 position, const char *state)
 					   3, types, values, NULL);
 }
 
-/* Replay (position, head] into an inline projection (events are SHARE-locked) */
+/* Replay (position, head] into an inline projection (its categories locked) */
 static int64
 es_inline_catch_up(EsProjection *p, int64 position)
 {
-	int64		head = EsSafeHead();
+	int64		head = EsLastAllocatedPosition();
 	int64		handed;
 	int64		current;
 
@@ -913,7 +947,12 @@ es_create_projection(PG_FUNCTION_ARGS)
 	values[7] = CStringGetTextDatum(EsRegistrationSearchPath());
 
 	if (is_inline)
-		es_lock_events_for_inline();
+	{
+		text	  **categories;
+		int			n = es_decode_text_array(PG_GETARG_DATUM(3), PG_ARGISNULL(3), &categories);
+
+		es_lock_inline_categories(GetUserId(), n, categories);
+	}
 	EsSpiConnect(&sw);
 	if (es_projection_load(name, "", NULL, NULL, NULL, NULL, NULL) != NULL)
 		ereport(ERROR,
@@ -955,7 +994,7 @@ es_rebuild_projection(PG_FUNCTION_ARGS)
 	p = es_projection_get(name, &mode, &state, NULL, &reset, false, &sw);
 	if (strcmp(mode, "inline") == 0)
 	{
-		es_lock_events_for_inline();
+		es_lock_inline_projection(p);
 		p = es_projection_get(name, &mode, &state, NULL, &reset, true, NULL);
 		es_call_reset(reset, p);
 		if (strcmp(state, "paused") == 0)
@@ -984,16 +1023,17 @@ es_pause_projection(PG_FUNCTION_ARGS)
 	char	   *mode;
 	char	   *state;
 	int64		position;
+	EsProjection *p;
 
 	EsSpiConnect(&sw);
-	(void) es_projection_get(name, &mode, &state, &position, NULL, false, &sw);
+	p = es_projection_get(name, &mode, &state, &position, NULL, false, &sw);
 	if (strcmp(mode, "inline") == 0)
 	{
-		es_lock_events_for_inline();
+		es_lock_inline_projection(p);
 		(void) es_projection_get(name, &mode, &state, &position, NULL, true, NULL);
 		/* everything up to the head has been applied by the appenders */
 		if (strcmp(state, "running") == 0)
-			es_projection_set(name, EsSafeHead(), "paused");
+			es_projection_set(name, EsLastAllocatedPosition(), "paused");
 		EsRegistryChanged(&inline_registry);
 	}
 	else
@@ -1025,10 +1065,10 @@ es_resume_projection(PG_FUNCTION_ARGS)
 	EsProjection *p;
 
 	EsSpiConnect(&sw);
-	(void) es_projection_get(name, &mode, &state, &position, NULL, false, &sw);
+	p = es_projection_get(name, &mode, &state, &position, NULL, false, &sw);
 	if (strcmp(mode, "inline") == 0)
 	{
-		es_lock_events_for_inline();
+		es_lock_inline_projection(p);
 		p = es_projection_get(name, &mode, &state, &position, NULL, true, NULL);
 		if (strcmp(state, "running") != 0)
 			es_projection_set(name, es_inline_catch_up(p, position), "running");
@@ -1053,11 +1093,12 @@ es_drop_projection(PG_FUNCTION_ARGS)
 	char	   *mode;
 	Oid			types[1] = {TEXTOID};
 	Datum		values[1] = {CStringGetTextDatum(name)};
+	EsProjection *p;
 
 	EsSpiConnect(&sw);
-	(void) es_projection_get(name, &mode, NULL, NULL, NULL, false, &sw);
+	p = es_projection_get(name, &mode, NULL, NULL, NULL, false, &sw);
 	if (strcmp(mode, "inline") == 0)
-		es_lock_events_for_inline();
+		es_lock_inline_projection(p);
 	(void) es_projection_get(name, &mode, NULL, NULL, NULL, true, NULL);
 	es_projection_exec("DELETE FROM event_store.projections WHERE name OPERATOR(pg_catalog.=) $1",
 					   1, types, values, NULL);

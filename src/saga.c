@@ -8,17 +8,23 @@
  *
  *	  Also the C side of the orchestrator's security: define_saga records
  *	  the role that defines a saga type, and its step functions run as that
- *	  role (_saga_call).
+ *	  role (_saga_call); start_saga and saga_state check the caller's
+ *	  grants on category "saga" (the category of every saga's stream)
+ *	  before the orchestrator, which runs as the extension owner, takes over;
+ *	  an event completes or fails a step only when the saga's owner may read
+ *	  it.
  */
 #include "postgres.h"
 
 #include "catalog/namespace.h"
+#include "common/hashfn.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "nodes/value.h"
 #include "parser/parse_func.h"
+#include "storage/lock.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/hsearch.h"
@@ -32,6 +38,8 @@ PG_FUNCTION_INFO_V1(es_saga_definitions_changed);
 PG_FUNCTION_INFO_V1(es_define_saga);
 PG_FUNCTION_INFO_V1(es_saga_call);
 PG_FUNCTION_INFO_V1(es_saga_regprocedure);
+PG_FUNCTION_INFO_V1(es_start_saga);
+PG_FUNCTION_INFO_V1(es_saga_state);
 
 #define ES_MAX_WATCH_KEY 128
 
@@ -45,6 +53,7 @@ static HTAB *watched = NULL;
 static MemoryContext watched_cxt = NULL;
 static long watched_count = 0;
 static SPIPlanPtr on_event_plan = NULL;
+static SPIPlanPtr owner_plan = NULL;
 
 /* Key of a type: long types share a truncated key (then the SQL side decides) */
 static void
@@ -97,11 +106,45 @@ EsSagaWatching(void)
 }
 
 /*
- * An event was appended: if its type is watched and its metadata names a
- * saga, let the orchestrator complete or fail the waiting step.
+ * The role that owns a saga (defined its type), or InvalidOid when there is
+ * no such saga.  Caller is connected to SPI.
+ */
+static Oid
+es_saga_owner(pg_uuid_t *saga_id)
+{
+	Datum		values[1];
+	bool		isnull;
+	Datum		owner;
+	int			rc;
+
+	if (owner_plan == NULL)
+	{
+		Oid			types[1] = {UUIDOID};
+
+		owner_plan = EsPrepareKeptPlan("SELECT d.owner::pg_catalog.oid "
+									   "FROM event_store.sagas s JOIN event_store.saga_definitions d "
+									   "ON d.saga_type OPERATOR(pg_catalog.=) s.saga_type "
+									   "WHERE s.saga_id OPERATOR(pg_catalog.=) $1",
+									   1, types);
+	}
+	values[0] = UUIDPGetDatum(saga_id);
+	rc = SPI_execute_plan(owner_plan, values, NULL, true, 1);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "reading event_store.sagas failed: %s", SPI_result_code_string(rc));
+	if (SPI_processed == 0)
+		return InvalidOid;
+	owner = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	return isnull ? InvalidOid : DatumGetObjectId(owner);
+}
+
+/*
+ * An event was appended to stream_id: if its type is watched and its
+ * metadata names a saga, let the orchestrator complete or fail the waiting
+ * step.  An event the saga's owner may not read does neither: it would
+ * become the step's result, the saga's data and part of its stream.
  */
 void
-EsSagaOnEvent(text *type, Jsonb *metadata, Jsonb *data)
+EsSagaOnEvent(text *stream_id, text *type, Jsonb *metadata, Jsonb *data)
 {
 	char		key[ES_MAX_WATCH_KEY];
 	JsonbValue	k;
@@ -109,6 +152,7 @@ EsSagaOnEvent(text *type, Jsonb *metadata, Jsonb *data)
 	pg_uuid_t	saga_id;
 	Datum		values[3];
 	EsUserSwitch sw;
+	bool		check_owner;
 	int			rc;
 
 	es_watch_key(key, VARDATA_ANY(type), VARSIZE_ANY_EXHDR(type));
@@ -122,7 +166,19 @@ EsSagaOnEvent(text *type, Jsonb *metadata, Jsonb *data)
 		!EsParseUuid(v->val.string.val, v->val.string.len, &saga_id))
 		return;
 
+	/* (the usual case, no category grants, needs no owner) */
+	check_owner = EsCategoryGrantsExist();
 	EsSpiConnect(&sw);
+	if (check_owner)
+	{
+		Oid			owner = es_saga_owner(&saga_id);
+
+		if (!OidIsValid(owner) || !EsRoleMayAccessStream(owner, stream_id, ES_PRIV_READ))
+		{
+			EsSpiFinish(&sw);
+			return;
+		}
+	}
 	if (on_event_plan == NULL)
 	{
 		Oid			types[3] = {UUIDOID, TEXTOID, JSONBOID};
@@ -325,6 +381,109 @@ es_saga_call(PG_FUNCTION_ARGS)
 	result = FunctionCallInvoke(inner);
 	EsRestoreUser(&sw);
 	if (inner->isnull)
+		PG_RETURN_NULL();
+	PG_RETURN_DATUM(result);
+}
+
+/*
+ * Call the orchestrator's function event_store.<name> (SECURITY DEFINER:
+ * it runs as the extension owner) with nargs arguments (at most 4).
+ */
+static Datum
+es_orchestrator_call(const char *name, int nargs, Oid *argtypes,
+					 NullableDatum *args, bool *isnull)
+{
+	Oid			fn;
+	FmgrInfo	flinfo;
+	Datum		result;
+	LOCAL_FCINFO(inner, 4);
+
+	Assert(nargs <= 4);
+	fn = LookupFuncName(list_make2(makeString(ES_SCHEMA_NAME), makeString(unconstify(char *, name))),
+						nargs, argtypes, false);
+	fmgr_info(fn, &flinfo);
+	InitFunctionCallInfoData(*inner, &flinfo, nargs, InvalidOid, NULL, NULL);
+	for (int i = 0; i < nargs; i++)
+		inner->args[i] = args[i];
+	result = FunctionCallInvoke(inner);
+	*isnull = inner->isnull;
+	return result;
+}
+
+/* The category of every saga's stream (saga-<saga_id>) */
+static text *
+es_saga_category(void)
+{
+	return cstring_to_text("saga");
+}
+
+/*
+ * Serialise start_saga calls with the same saga id until commit.  The lock
+ * tag is the extension's own (ES_SAGA_LOCK_FIELD4), out of reach of the SQL
+ * advisory-lock functions.
+ */
+static void
+es_lock_saga_start(pg_uuid_t *saga_id)
+{
+	LOCKTAG		tag;
+	uint64		h = hash_bytes_extended(saga_id->data, UUID_LEN, 0);
+
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) (h >> 32), (uint32) h,
+						 ES_SAGA_LOCK_FIELD4);
+	(void) LockAcquire(&tag, ExclusiveLock, false, false);
+}
+
+/*
+ * SQL: event_store.start_saga(saga_type text, data jsonb, saga_id uuid)
+ *		RETURNS uuid
+ *
+ * The caller needs "append" on category "saga" when it has grants (the
+ * saga's stream is written on its behalf).  Whether it may read that
+ * category decides what a start with an existing id may tell it; the
+ * orchestrator's _start_saga does the rest.
+ */
+Datum
+es_start_saga(PG_FUNCTION_ARGS)
+{
+	Oid			argtypes[4] = {TEXTOID, JSONBOID, UUIDOID, BOOLOID};
+	NullableDatum args[4];
+	text	   *saga = es_saga_category();
+	Datum		result;
+	bool		isnull;
+
+	EsCheckStreamAccess(saga, ES_PRIV_APPEND);
+	for (int i = 0; i < 3; i++)
+	{
+		args[i].value = PG_ARGISNULL(i) ? (Datum) 0 : PG_GETARG_DATUM(i);
+		args[i].isnull = PG_ARGISNULL(i);
+	}
+	args[3].value = BoolGetDatum(EsRoleMayAccessStream(GetUserId(), saga, ES_PRIV_READ));
+	args[3].isnull = false;
+	if (!PG_ARGISNULL(2))
+		es_lock_saga_start(PG_GETARG_UUID_P(2));
+	result = es_orchestrator_call("_start_saga", 4, argtypes, args, &isnull);
+	if (isnull)
+		PG_RETURN_NULL();
+	PG_RETURN_DATUM(result);
+}
+
+/*
+ * SQL: event_store.saga_state(saga_id uuid) RETURNS jsonb -- needs "read"
+ * on category "saga" when it has grants, like reading the saga's stream
+ */
+Datum
+es_saga_state(PG_FUNCTION_ARGS)
+{
+	Oid			argtypes[1] = {UUIDOID};
+	NullableDatum args[1];
+	Datum		result;
+	bool		isnull;
+
+	EsCheckStreamAccess(es_saga_category(), ES_PRIV_READ);
+	args[0].value = PG_ARGISNULL(0) ? (Datum) 0 : PG_GETARG_DATUM(0);
+	args[0].isnull = PG_ARGISNULL(0);
+	result = es_orchestrator_call("_saga_state", 1, argtypes, args, &isnull);
+	if (isnull)
 		PG_RETURN_NULL();
 	PG_RETURN_DATUM(result);
 }

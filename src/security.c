@@ -555,6 +555,24 @@ es_deny(Oid role, const char *cat, int len, int priv)
 					 EsRoleName(role), category, es_priv_name(priv))));
 }
 
+/* Does the category (len bytes at category) have grants? */
+bool
+EsCategoryHasGrants(const char *category, int len)
+{
+	return EsCategoryGrantsExist() && es_find_category(category, len) != NULL;
+}
+
+/* The categories that have grants (*categories palloc'd); how many */
+int
+EsGrantedCategories(text ***categories)
+{
+	EsCategoryGrantsExist();
+	*categories = palloc(sizeof(text *) * Max(grant_ncats, 1));
+	for (int i = 0; i < grant_ncats; i++)
+		(*categories)[i] = DatumGetTextPCopy(PointerGetDatum(grant_cats[i].category));
+	return grant_ncats;
+}
+
 /*
  * May role do priv on the stream's category?  (A category is given as a
  * stream id too: without "-", it is its own category.)

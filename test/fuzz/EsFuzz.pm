@@ -428,7 +428,7 @@ SELECT event_store.define_saga('fz_b', '{"steps": [
     {"name": "a", "saga": "fz_leaf"},
     {"name": "b", "action": "fz.s_emit", "group": 2},
     {"name": "c", "complete_on": "FzDone2", "group": 2},
-    {"name": "d", "action": "fz.s_flaky", "compensation": "fz.s_flaky", "max_attempts": 3, "backoff": "1 ms"}]}');
+    {"name": "d", "action": "fz.s_flaky", "compensation": "fz.s_flaky", "max_attempts": 3, "backoff": "10 ms"}]}');
 -- category grants, a deleted stream, a stream with retention
 SELECT event_store.append('fzgrant-1', '[{"type": "Plain"}]', 0);
 SELECT event_store.grant_category('fz_alice', 'fzgrant');
