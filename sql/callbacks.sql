@@ -228,6 +228,31 @@ SHOW search_path;
 SELECT event_store.drop_projection('cb_setter');
 SELECT event_store.drop_projection('cb_purger');
 
+-- a callback called by another one (a handler that folds an aggregate
+-- registered under another search_path): the outer one goes on with its own
+CREATE SCHEMA cb_alt;
+CREATE TABLE cb_alt.cb_seen (stream_id text);
+CREATE TABLE public.cb_seen (stream_id text);
+CREATE FUNCTION public.cb_keep(state jsonb, e event_store.event) RETURNS jsonb
+LANGUAGE sql AS $$ SELECT state $$;
+SET search_path = cb_alt, public;
+SELECT event_store.define_aggregate('cbnest', 'public.cb_keep(jsonb, event_store.event)');
+RESET search_path;
+CREATE FUNCTION public.cb_nested(event event_store.event) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM * FROM event_store.load_aggregate(event.stream_id);
+    INSERT INTO cb_seen VALUES (event.stream_id);
+END $$;
+SELECT event_store.create_projection('cb_nested', 'cb_nested(event_store.event)',
+                                     categories => ARRAY['cbnest']);
+SELECT event_store.append('cbnest-1', '[{"type": "X"}, {"type": "Y"}]');
+SELECT (SELECT count(*) FROM public.cb_seen) AS in_public, (SELECT count(*) FROM cb_alt.cb_seen) AS in_alt;
+SELECT event_store.drop_projection('cb_nested');
+DELETE FROM event_store.aggregates WHERE category = 'cbnest';
+DROP SCHEMA cb_alt CASCADE;
+DROP TABLE public.cb_seen;
+
 --
 -- Who may change a registration: the role that made it (members of it)
 -- and the extension owner; anyone else gets 42501, naming the owner.

@@ -254,6 +254,7 @@ typedef struct EsUserSwitch
 	Oid			save_userid;
 	int			save_sec_context;
 	int			guc_level;		/* -1: no GUC nest level was opened */
+	bool		callback;		/* made by EsBecomeRole */
 } EsUserSwitch;
 
 #define ES_PRIV_APPEND	1

@@ -99,6 +99,7 @@ EsBecomeOwner(EsUserSwitch *sw)
 {
 	GetUserIdAndSecContext(&sw->save_userid, &sw->save_sec_context);
 	sw->guc_level = -1;
+	sw->callback = false;
 	SetUserIdAndSecContext(EsExtensionOwner(),
 						   sw->save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
 }
@@ -113,13 +114,33 @@ EsBecomeOwner(EsUserSwitch *sw)
  * again before every call when they differ); what a callback changes
  * otherwise lasts until the scope ends, never beyond.
  */
-static int	es_callback_scopes = 0;
+#define ES_MAX_SCOPES 32
+static int	es_callback_depth = 0;	/* EsBecomeRole calls not yet restored */
+static int	es_nscopes = 0;		/* open scopes */
+static int	es_scope_depth[ES_MAX_SCOPES];	/* es_callback_depth at their start */
+
+/*
+ * Is a callback about to run directly in the innermost scope's loop?  Not
+ * when it is called by another callback that runs there (a handler that
+ * folds an aggregate): it then gets a nest level of its own, so that what
+ * it sets ends with it and the outer callback goes on with its own
+ * settings.  (Depths are compared, never trusted as absolute: an error
+ * caught by a subtransaction may leave es_callback_depth too high.)
+ */
+static bool
+es_in_scope_loop(void)
+{
+	return es_nscopes > 0 && es_nscopes <= ES_MAX_SCOPES &&
+		es_scope_depth[es_nscopes - 1] == es_callback_depth;
+}
 
 /* Open a callback scope; returns its GUC nest level for EsCallbackScopeEnd */
 int
 EsCallbackScopeBegin(void)
 {
-	es_callback_scopes++;
+	if (es_nscopes < ES_MAX_SCOPES)
+		es_scope_depth[es_nscopes] = es_callback_depth;
+	es_nscopes++;
 	return NewGUCNestLevel();
 }
 
@@ -128,17 +149,49 @@ void
 EsCallbackScopeEnd(int level)
 {
 	AtEOXact_GUC(false, level);
-	es_callback_scopes--;
+	es_nscopes--;
 }
 
 /*
  * Forget a callback scope left by an error (which is being rethrown: the
- * (sub)transaction abort rolls its settings back)
+ * (sub)transaction abort rolls its settings back, and the callbacks in it
+ * are gone)
  */
 void
 EsCallbackScopeAbandon(void)
 {
-	es_callback_scopes--;
+	es_nscopes--;
+	if (es_nscopes < ES_MAX_SCOPES)
+		es_callback_depth = es_scope_depth[es_nscopes];
+}
+
+/*
+ * Does the session's search_path resolve every name as the pinned one
+ * does?  It does when it is the same text; and, while this backend has no
+ * temporary schema (so pg_temp can hold nothing), when it is the pinned
+ * path without its final pg_temp (the usual case: a session with
+ * PostgreSQL's default search_path calling callbacks registered under it).
+ * "$user" is the same in both: the callback's role.
+ */
+static bool
+es_search_path_in_effect(const char *pinned)
+{
+	const char *current = namespace_search_path;
+	size_t		len = strlen(pinned);
+	Oid			temp_nsp;
+	Oid			temp_toast_nsp;
+
+	if (current == NULL)
+		return false;
+	if (strcmp(current, pinned) == 0)
+		return true;
+	GetTempNamespaceState(&temp_nsp, &temp_toast_nsp);
+	if (OidIsValid(temp_nsp))
+		return false;
+	/* pinned is "<path>, pg_temp", or "pg_temp" for an empty path */
+	if (len == 7)
+		return current[0] == '\0';
+	return len > 9 && strncmp(current, pinned, len - 9) == 0 && current[len - 9] == '\0';
 }
 
 /*
@@ -155,11 +208,13 @@ void
 EsBecomeRole(EsUserSwitch *sw, Oid role, const char *search_path)
 {
 	GetUserIdAndSecContext(&sw->save_userid, &sw->save_sec_context);
-	sw->guc_level = es_callback_scopes > 0 ? -1 : NewGUCNestLevel();
+	sw->guc_level = es_in_scope_loop() ? -1 : NewGUCNestLevel();
+	sw->callback = true;
+	es_callback_depth++;
 	if (es_allow_purge)
 		(void) set_config_option("event_store.allow_purge", "off", PGC_SUSET,
 								 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
-	if (namespace_search_path == NULL || strcmp(namespace_search_path, search_path) != 0)
+	if (!es_search_path_in_effect(search_path))
 		(void) set_config_option("search_path", search_path, PGC_USERSET,
 								 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
 	if (role != sw->save_userid)
@@ -273,6 +328,8 @@ EsRestoreUser(EsUserSwitch *sw)
 {
 	if (sw->guc_level >= 0)
 		AtEOXact_GUC(false, sw->guc_level);
+	if (sw->callback)
+		es_callback_depth--;
 	SetUserIdAndSecContext(sw->save_userid, sw->save_sec_context);
 }
 
