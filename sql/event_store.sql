@@ -59,6 +59,16 @@ COMMENT ON TABLE event_store.events IS 'All events, immutable; written only by e
 
 SELECT pg_catalog.pg_extension_config_dump('event_store.events', '');
 
+-- The durable high-water mark of global positions: every position ever
+-- handed out is at or below it, so none is handed out again after a
+-- restart, a crash or a dump and restore, even when its event was rolled
+-- back or removed (a follower may have passed it).  append() raises it
+-- ahead of need; nothing else should.
+CREATE SEQUENCE event_store.position_mark AS bigint MINVALUE 0 START 0;
+COMMENT ON SEQUENCE event_store.position_mark IS 'Every global position handed out is at or below its value; raised by event_store.append() only';
+SELECT pg_catalog.pg_extension_config_dump('event_store.position_mark', '');
+REVOKE ALL ON SEQUENCE event_store.position_mark FROM PUBLIC;
+
 -- Immutability: no UPDATE, DELETE or TRUNCATE, for anybody (owner included).
 CREATE FUNCTION event_store._refuse_modification() RETURNS trigger
     LANGUAGE c AS 'MODULE_PATHNAME', 'es_refuse_modification';

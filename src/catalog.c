@@ -41,7 +41,8 @@ es_catalog_relcache_callback(Datum arg, Oid relid)
 		relid == es_catalog.category_idx ||
 		relid == es_catalog.event_type_relid ||
 		relid == es_catalog.metadata_relid ||
-		relid == es_catalog.metadata_idx)
+		relid == es_catalog.metadata_idx ||
+		relid == es_catalog.position_mark_relid)
 		es_catalog_valid = false;
 }
 
@@ -147,6 +148,8 @@ EsGetCatalog(void)
 	es_catalog.metadata_relid = get_relname_relid("stream_metadata", nsp);
 	es_catalog.metadata_idx = get_relname_relid("stream_metadata_pkey", nsp);
 	es_catalog.grants_relid = get_relname_relid("category_grants", nsp);
+	/* missing in a schema from before 0.3.0 (until ALTER EXTENSION UPDATE) */
+	es_catalog.position_mark_relid = get_relname_relid(ES_POSITION_MARK_SEQ, nsp);
 	if (!OidIsValid(es_catalog.event_type_oid))
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),

@@ -27,6 +27,8 @@
 #define ES_EVENTS_STREAM_IDX	"events_stream_id_stream_version_key"
 #define ES_EVENTS_EVENT_ID_IDX	"events_event_id_key"
 #define ES_EVENTS_CATEGORY_IDX	"events_category_position_idx"
+/* the durable high-water mark of global positions (a sequence) */
+#define ES_POSITION_MARK_SEQ	"position_mark"
 
 /* Attribute numbers of event_store.events (same order as event_store.event) */
 #define Anum_es_global_position	1
@@ -60,6 +62,7 @@ typedef struct EsCatalog
 	Oid			metadata_relid;	/* stream_metadata, or InvalidOid (older schema) */
 	Oid			metadata_idx;	/* its primary key */
 	Oid			grants_relid;	/* category_grants, or InvalidOid (older schema) */
+	Oid			position_mark_relid;	/* position_mark, or InvalidOid (older schema) */
 } EsCatalog;
 
 extern const EsCatalog *EsGetCatalog(void);
