@@ -45,6 +45,7 @@
 /* event_store.c */
 extern bool es_loaded_via_preload;
 extern void EsCheckPreloaded(void);
+extern void EsCheckWritable(const char *what);
 
 /* catalog.c: OIDs of the extension's own relations, cached per backend */
 typedef struct EsCatalog
@@ -219,6 +220,7 @@ extern void EsRejectNegative(int64 value, const char *name, const char *hint);
 extern HeapTuple EsSearchProc(Oid fn);
 extern text *EsGetRequiredText(FunctionCallInfo fcinfo, int argno,
 							   const char *name);
+extern text *EsGetStreamId(FunctionCallInfo fcinfo, int argno);
 extern int	EsArgTextArray(FunctionCallInfo fcinfo, int argno, const char *name,
 						   Datum **elems, bool **nulls);
 extern void EsCheckCategory(text *category, const char *hint);

@@ -835,6 +835,7 @@ es_create_projection(PG_FUNCTION_ARGS)
 	EsProjection *p;
 	EsUserSwitch sw;
 
+	EsCheckWritable("create_projection()");
 	if (PG_ARGISNULL(1))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
@@ -908,6 +909,7 @@ es_rebuild_projection(PG_FUNCTION_ARGS)
 	Oid			reset;
 	EsProjection *p;
 
+	EsCheckWritable("rebuild_projection()");
 	EsSpiConnect(&sw);
 	p = es_projection_get(name, &mode, &state, NULL, &reset, false);
 	if (strcmp(mode, "inline") == 0)
@@ -942,6 +944,7 @@ es_pause_projection(PG_FUNCTION_ARGS)
 	char	   *state;
 	int64		position;
 
+	EsCheckWritable("pause_projection()");
 	EsSpiConnect(&sw);
 	(void) es_projection_get(name, &mode, &state, &position, NULL, false);
 	if (strcmp(mode, "inline") == 0)
@@ -981,6 +984,7 @@ es_resume_projection(PG_FUNCTION_ARGS)
 	int64		position;
 	EsProjection *p;
 
+	EsCheckWritable("resume_projection()");
 	EsSpiConnect(&sw);
 	(void) es_projection_get(name, &mode, &state, &position, NULL, false);
 	if (strcmp(mode, "inline") == 0)
@@ -1011,6 +1015,7 @@ es_drop_projection(PG_FUNCTION_ARGS)
 	Oid			types[1] = {TEXTOID};
 	Datum		values[1] = {CStringGetTextDatum(name)};
 
+	EsCheckWritable("drop_projection()");
 	EsSpiConnect(&sw);
 	(void) es_projection_get(name, &mode, NULL, NULL, NULL, false);
 	if (strcmp(mode, "inline") == 0)
@@ -1035,7 +1040,12 @@ es_backoff_ms(int32 attempts)
 	return Min(ms, 300000);
 }
 
-/* Apply (after, upto] in a subtransaction; on error return the error data */
+/*
+ * Apply (after, upto] in a subtransaction; on error return the error data.
+ * A cancel (query cancel, statement timeout) or a failed assertion is no
+ * handler failure: the batch is rolled back and the error goes on, as
+ * PL/pgSQL's WHEN OTHERS lets it through.
+ */
 static ErrorData *
 es_apply_in_subxact(EsProjection *p, const char *name, int64 after, int64 upto,
 					int64 budget, TimestampTz deadline, int64 *handed, int64 *current,
@@ -1073,6 +1083,9 @@ es_apply_in_subxact(EsProjection *p, const char *name, int64 after, int64 upto,
 		RollbackAndReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(oldcxt);
 		CurrentResourceOwner = oldowner;
+		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
+			edata->sqlerrcode == ERRCODE_ASSERT_FAILURE)
+			ReThrowError(edata);
 		*newpos = after;
 	}
 	PG_END_TRY();
@@ -1243,6 +1256,7 @@ es_run_projections(PG_FUNCTION_ARGS)
 	int32		max_events;
 	int64		n;
 
+	EsCheckWritable("run_projections()");
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),

@@ -163,6 +163,7 @@ es_define_saga(PG_FUNCTION_ARGS)
 	EsUserSwitch sw;
 	LOCAL_FCINFO(inner, 4);
 
+	EsCheckWritable("define_saga()");
 	fn = LookupFuncName(list_make2(makeString(ES_SCHEMA_NAME), makeString("_define_saga")),
 						4, argtypes, false);
 	fmgr_info(fn, &flinfo);
