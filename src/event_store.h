@@ -109,6 +109,7 @@ extern void EsReadCounters(int64 *appends, int64 *events, int64 *conflicts,
 extern bool EsTakeProjectionsChanged(void);
 extern int64 EsSafeHeadIfReady(void);
 extern void EsSetWorkerProc(bool running);
+extern bool EsTryAttachDatabase(void);
 extern void EsWorkerWantsCommits(bool wants);
 extern void EsSetLauncherProc(bool running);
 extern void EsRequestRescan(void);

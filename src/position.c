@@ -118,6 +118,7 @@ typedef struct EsShared
 	/* launcher coordination; protected by the directory lock */
 	int			launcher_procno;	/* -1 when not running */
 	bool		rescan_requested;
+	bool		full_logged;	/* max_databases was reached (logged once) */
 	Oid			absent[ES_ABSENT_SLOTS];	/* databases whose worker found no extension */
 	EsDbState	dbs[FLEXIBLE_ARRAY_MEMBER];
 	/* followed by EsProcSlot procs[nprocs] */
@@ -211,6 +212,7 @@ EsPositionShmemInit(void)
 		}
 		es_shared->launcher_procno = -1;
 		es_shared->rescan_requested = false;
+		es_shared->full_logged = false;
 		memset(es_shared->absent, 0, sizeof(es_shared->absent));
 		for (int i = 0; i < es_shared->nprocs; i++)
 		{
@@ -367,14 +369,15 @@ EsPositionRegisterCallbacks(void)
 /*
  * Find (or create) the entry of this database.  The directory lock guards
  * the dboid fields; an entry of a database that no longer exists is reused.
+ * When every entry is taken: an error, or false with missing_ok.
  */
-static void
-es_attach_db(void)
+static bool
+es_attach_db_extended(bool missing_ok)
 {
 	int			slot = -1;
 
 	if (my_db != NULL)
-		return;
+		return true;
 	EsCheckPreloaded();
 	EsPositionRegisterCallbacks();
 
@@ -435,6 +438,8 @@ es_attach_db(void)
 		}
 	}
 
+	if (slot < 0 && missing_ok)
+		return false;
 	if (slot < 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
@@ -445,6 +450,38 @@ es_attach_db(void)
 	my_db = &es_shared->dbs[slot];
 	my_db_lock = &es_locks[1 + slot].lock;
 	es_my_slot()->dboid = MyDatabaseId;
+	return true;
+}
+
+/* This database's entry; an error when every entry is taken */
+static void
+es_attach_db(void)
+{
+	(void) es_attach_db_extended(false);
+}
+
+/*
+ * Worker: take this database's entry; false when event_store.max_databases
+ * is reached, which the first worker to find so logs.
+ */
+bool
+EsTryAttachDatabase(void)
+{
+	bool		first;
+
+	if (es_attach_db_extended(true))
+		return true;
+	LWLockAcquire(&es_locks[0].lock, LW_EXCLUSIVE);
+	first = !es_shared->full_logged;
+	es_shared->full_logged = true;
+	LWLockRelease(&es_locks[0].lock);
+	if (first)
+		ereport(LOG,
+				(errmsg("event_store.max_databases (%d) is reached: database \"%s\" gets no event_store worker",
+						es_shared->max_databases, get_database_name(MyDatabaseId)),
+				 errdetail("Every database that uses event_store takes one of the event_store.max_databases entries in shared memory; appends there fail until one is free."),
+				 errhint("Increase event_store.max_databases and restart the server.")));
+	return false;
 }
 
 /*
