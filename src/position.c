@@ -639,12 +639,19 @@ es_ensure_counter(void)
 	else
 	{
 		/* never backwards: appenders may hold positions of the old counter */
-		my_db->next_position = Max(my_db->next_position, Max(maxany, mark) + 1);
+		my_db->next_position = Max(my_db->next_position, maxany + 1);
 		my_db->built_gen = gen;
-		if (want_mark && !my_db->uses_mark)
-			my_db->mark = mark; /* the schema got the mark (ALTER EXTENSION UPDATE) */
-		else
-			my_db->mark = Max(my_db->mark, mark);
+		if (want_mark && (!my_db->uses_mark || mark > my_db->mark))
+		{
+			/*
+			 * The schema just got the mark (ALTER EXTENSION UPDATE), or it
+			 * was set from outside (pg_restore): positions up to it may have
+			 * been handed out.  A mark this counter raised itself is only a
+			 * reservation.
+			 */
+			my_db->next_position = Max(my_db->next_position, mark + 1);
+			my_db->mark = mark;
+		}
 		my_db->uses_mark = want_mark;
 		my_db->built_in_recovery = in_recovery;
 		LWLockRelease(my_db_lock);
