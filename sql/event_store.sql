@@ -12,6 +12,12 @@ CREATE FUNCTION event_store._assert_preloaded() RETURNS void
 SELECT event_store._assert_preloaded();
 REVOKE ALL ON FUNCTION event_store._assert_preloaded() FROM PUBLIC;
 
+-- Every function that writes refuses first in a read-only transaction and
+-- on a hot standby (25006); the SQL-language ones call this.
+CREATE FUNCTION event_store._check_writable(what text) RETURNS void
+    LANGUAGE c VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'es_check_writable';
+REVOKE ALL ON FUNCTION event_store._check_writable(text) FROM PUBLIC;
+
 ------------------------------------------------------------------------------
 -- Events
 ------------------------------------------------------------------------------
@@ -58,6 +64,16 @@ CREATE INDEX events_category_position_idx
 COMMENT ON TABLE event_store.events IS 'All events, immutable; written only by event_store.append()';
 
 SELECT pg_catalog.pg_extension_config_dump('event_store.events', '');
+
+-- The durable high-water mark of global positions: every position ever
+-- handed out is at or below it, so none is handed out again after a
+-- restart, a crash or a dump and restore, even when its event was rolled
+-- back or removed (a follower may have passed it).  append() raises it
+-- ahead of need; nothing else should.
+CREATE SEQUENCE event_store.position_mark AS bigint MINVALUE 0 START 0;
+COMMENT ON SEQUENCE event_store.position_mark IS 'Every global position handed out is at or below its value; raised by event_store.append() only';
+SELECT pg_catalog.pg_extension_config_dump('event_store.position_mark', '');
+REVOKE ALL ON SEQUENCE event_store.position_mark FROM PUBLIC;
 
 -- Immutability: no UPDATE, DELETE or TRUNCATE, for anybody (owner included).
 CREATE FUNCTION event_store._refuse_modification() RETURNS trigger
@@ -1192,6 +1208,7 @@ DECLARE
     existing record;
     id uuid := COALESCE(_start_saga.saga_id, gen_random_uuid());
 BEGIN
+    PERFORM event_store._check_writable('start_saga()');
     IF saga_type IS NULL OR saga_type = '' THEN
         PERFORM event_store._saga_bad('saga_type must not be null or empty', NULL,
                                       CASE WHEN saga_type IS NULL THEN '22004' ELSE '22023' END);
@@ -1254,6 +1271,7 @@ DECLARE
     st event_store.saga_steps := event_store._saga_lock_step(complete_saga_step.saga_id, complete_saga_step.step);
     sstatus text;
 BEGIN
+    PERFORM event_store._check_writable('complete_saga_step()');
     SELECT status INTO sstatus FROM event_store.sagas s WHERE s.saga_id = st.saga_id;
     IF st.kind = 'nested' THEN
         RAISE EXCEPTION 'step "%" of saga % is completed by its nested saga', st.name, st.saga_id
@@ -1286,6 +1304,7 @@ DECLARE
     st event_store.saga_steps := event_store._saga_lock_step(fail_saga_step.saga_id, fail_saga_step.step);
     sstatus text;
 BEGIN
+    PERFORM event_store._check_writable('fail_saga_step()');
     IF error IS NULL THEN
         PERFORM event_store._saga_bad('error must not be null', NULL, '22004');
     END IF;
@@ -1315,6 +1334,7 @@ CREATE FUNCTION event_store.claim_saga_steps(worker text, max_count int DEFAULT 
     SECURITY DEFINER SET search_path = pg_catalog, pg_temp
     AS $$
 BEGIN
+    PERFORM event_store._check_writable('claim_saga_steps()');
     IF worker IS NULL OR worker = '' THEN
         PERFORM event_store._saga_bad('worker must not be null or empty', NULL,
                                       CASE WHEN worker IS NULL THEN '22004' ELSE '22023' END);
@@ -1386,6 +1406,7 @@ DECLARE
     r record;
     n int := 0;
 BEGIN
+    PERFORM event_store._check_writable('saga_tick()');
     FOR r IN SELECT s.saga_id FROM event_store.sagas s
               WHERE s.status = 'running' AND s.deadline <= now() ORDER BY s.deadline LOOP
         BEGIN

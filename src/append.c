@@ -475,14 +475,24 @@ es_check_stored_ids(const EsCatalog *cat, text *stream_id, EsNewEvent *evs,
 		*version = where_version[0] + n - 1;
 		return true;
 	}
-	/* an id stored somewhere that is not an exact replay of this batch */
+	/*
+	 * An id stored somewhere that is not an exact replay of this batch.
+	 * Where, only to a caller who may read it: no oracle across grants.
+	 */
+	if (EsRoleMayAccessStream(GetUserId(), where_stream[first_found], ES_PRIV_READ))
+		ereport(ERROR,
+				(errcode(ERRCODE_ES_DUPLICATE_EVENT_ID),
+				 errmsg("duplicate event id \"%s\"", es_uuid_str(&evs[first_found].id)),
+				 errdetail("Event %d of the batch has the id of the event at version " INT64_FORMAT " of stream \"%s\".",
+						   first_found, where_version[first_found],
+						   text_to_cstring(where_stream[first_found])),
+				 errhint("Event ids are unique across the store; a retry is recognised only when it repeats the same events at the same place.")));
 	ereport(ERROR,
 			(errcode(ERRCODE_ES_DUPLICATE_EVENT_ID),
 			 errmsg("duplicate event id \"%s\"", es_uuid_str(&evs[first_found].id)),
-			 errdetail("Event %d of the batch has the id of the event at version " INT64_FORMAT " of stream \"%s\".",
-					   first_found, where_version[first_found],
-					   text_to_cstring(where_stream[first_found])),
-			 errhint("Event ids are unique across the store; a retry is recognised only when it repeats the same events at the same place.")));
+			 errdetail("Event %d of the batch has the id of an event in a category that role \"%s\" may not read.",
+					   first_found, EsRoleName(GetUserId())),
+			 errhint("Event ids are unique across the store: give the event a new id.")));
 	return false;				/* keep compiler quiet */
 }
 
@@ -686,8 +696,9 @@ es_append(PG_FUNCTION_ARGS)
 	EsNewEvent *evs;
 	int			n;
 
+	EsCheckWritable("append()");
 	EsCheckPreloaded();
-	stream_id = EsGetRequiredText(fcinfo, 0, "stream_id");
+	stream_id = EsGetStreamId(fcinfo, 0);
 	EsCheckStreamAccess(stream_id, ES_PRIV_APPEND);
 	if (PG_ARGISNULL(1))
 		ereport(ERROR,

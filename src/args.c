@@ -103,6 +103,24 @@ EsGetRequiredText(FunctionCallInfo fcinfo, int argno, const char *name)
 }
 
 /*
+ * A stream id argument: a required text whose category (the part before
+ * the first "-") is not empty, for no grant could ever name that category.
+ */
+text *
+EsGetStreamId(FunctionCallInfo fcinfo, int argno)
+{
+	text	   *stream_id = EsGetRequiredText(fcinfo, argno, "stream_id");
+
+	if (*VARDATA_ANY(stream_id) == '-')
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("stream id \"%s\" has an empty category", text_to_cstring(stream_id)),
+				 errdetail("A stream's category is the part of its id before the first \"-\"."),
+				 errhint("Start the stream id with its category, as in \"order-42\".")));
+	return stream_id;
+}
+
+/*
  * The elements of a one-dimensional text[] argument (which must not be
  * NULL); the caller checks the elements.
  */

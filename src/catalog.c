@@ -42,7 +42,8 @@ es_catalog_relcache_callback(Datum arg, Oid relid)
 		relid == es_catalog.event_type_relid ||
 		relid == es_catalog.metadata_relid ||
 		relid == es_catalog.metadata_idx ||
-		relid == es_catalog.upcasters_relid)
+		relid == es_catalog.upcasters_relid ||
+		relid == es_catalog.position_mark_relid)
 		es_catalog_valid = false;
 }
 
@@ -151,6 +152,8 @@ EsGetCatalog(void)
 	es_catalog.upcasters_relid = get_relname_relid("upcasters", nsp);
 	es_catalog.registries_have_paths = OidIsValid(es_catalog.upcasters_relid) &&
 		get_attnum(es_catalog.upcasters_relid, "search_path") != InvalidAttrNumber;
+	/* missing in a schema from before 0.3.0 (until ALTER EXTENSION UPDATE) */
+	es_catalog.position_mark_relid = get_relname_relid(ES_POSITION_MARK_SEQ, nsp);
 	if (!OidIsValid(es_catalog.event_type_oid))
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),

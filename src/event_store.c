@@ -9,6 +9,8 @@
 #include "miscadmin.h"
 #include "storage/ipc.h"
 #include "storage/shmem.h"
+#include "tcop/utility.h"
+#include "utils/builtins.h"
 #include "utils/guc.h"
 
 #include "event_store.h"
@@ -26,6 +28,7 @@ static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 void		_PG_init(void);
 
 PG_FUNCTION_INFO_V1(es_assert_preloaded);
+PG_FUNCTION_INFO_V1(es_check_writable);
 
 /* Ask for our shared memory (PG15+: from shmem_request_hook) */
 static void
@@ -148,5 +151,25 @@ Datum
 es_assert_preloaded(PG_FUNCTION_ARGS)
 {
 	EsCheckPreloaded();
+	PG_RETURN_VOID();
+}
+
+/*
+ * Refuse, before doing anything, to change state on a hot standby or in a
+ * read-only transaction (25006, as an INSERT would); what names the
+ * function ("append()").  Every entry point that writes calls this first.
+ */
+void
+EsCheckWritable(const char *what)
+{
+	PreventCommandDuringRecovery(what);
+	PreventCommandIfReadOnly(what);
+}
+
+/* SQL: event_store._check_writable(what text), for the SQL-language writers */
+Datum
+es_check_writable(PG_FUNCTION_ARGS)
+{
+	EsCheckWritable(PG_ARGISNULL(0) ? "this function" : text_to_cstring(PG_GETARG_TEXT_PP(0)));
 	PG_RETURN_VOID();
 }

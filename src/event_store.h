@@ -28,6 +28,8 @@
 #define ES_EVENTS_STREAM_IDX	"events_stream_id_stream_version_key"
 #define ES_EVENTS_EVENT_ID_IDX	"events_event_id_key"
 #define ES_EVENTS_CATEGORY_IDX	"events_category_position_idx"
+/* the durable high-water mark of global positions (a sequence) */
+#define ES_POSITION_MARK_SEQ	"position_mark"
 
 /*
  * locktag_field4 of the extension's own locks, taken with LOCKTAG_ADVISORY
@@ -54,6 +56,7 @@
 /* event_store.c */
 extern bool es_loaded_via_preload;
 extern void EsCheckPreloaded(void);
+extern void EsCheckWritable(const char *what);
 
 /* catalog.c: OIDs of the extension's own relations, cached per backend */
 typedef struct EsCatalog
@@ -74,6 +77,7 @@ typedef struct EsCatalog
 	Oid			upcasters_relid;	/* a registry: watched for the column below */
 	bool		registries_have_paths;	/* registries record their callbacks'
 										 * search_path (0.3.0 on) */
+	Oid			position_mark_relid;	/* position_mark, or InvalidOid (older schema) */
 } EsCatalog;
 
 extern const EsCatalog *EsGetCatalog(void);
@@ -120,6 +124,7 @@ extern void EsReadCounters(int64 *appends, int64 *events, int64 *conflicts,
 extern bool EsTakeProjectionsChanged(void);
 extern int64 EsSafeHeadIfReady(void);
 extern void EsSetWorkerProc(bool running);
+extern bool EsTryAttachDatabase(void);
 extern void EsWorkerWantsCommits(bool wants);
 extern void EsSetLauncherProc(bool running);
 extern void EsRequestRescan(void);
@@ -233,6 +238,7 @@ extern void EsRejectNegative(int64 value, const char *name, const char *hint);
 extern HeapTuple EsSearchProc(Oid fn);
 extern text *EsGetRequiredText(FunctionCallInfo fcinfo, int argno,
 							   const char *name);
+extern text *EsGetStreamId(FunctionCallInfo fcinfo, int argno);
 extern int	EsArgTextArray(FunctionCallInfo fcinfo, int argno, const char *name,
 						   Datum **elems, bool **nulls);
 extern void EsCheckCategory(text *category, const char *hint);

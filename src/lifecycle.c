@@ -162,7 +162,7 @@ es_append_marker(text *stream_id, const char *type, const char *data_json,
 static text *
 es_existing_stream(FunctionCallInfo fcinfo, int64 *version)
 {
-	text	   *stream_id = EsGetRequiredText(fcinfo, 0, "stream_id");
+	text	   *stream_id = EsGetStreamId(fcinfo, 0);
 
 	EsCheckStreamAccess(stream_id, ES_PRIV_APPEND);
 	EsLockStream(stream_id);
@@ -208,6 +208,7 @@ es_delete_stream(PG_FUNCTION_ARGS)
 	int64		expected = has_expected ? PG_GETARG_INT64(1) : 0;
 	int64		tombstone;
 
+	EsCheckWritable("delete_stream()");
 	EsCheckPreloaded();
 	EsRejectNegative(expected, "expected_version",
 					 "Pass NULL to delete whatever the stream's version, or the stream's current version.");
@@ -237,6 +238,7 @@ es_reopen_stream(PG_FUNCTION_ARGS)
 	Oid			types[1] = {TEXTOID};
 	Datum		values[1];
 
+	EsCheckWritable("reopen_stream()");
 	EsCheckPreloaded();
 	stream_id = es_existing_stream(fcinfo, &version);
 	if (!EsStreamLifecycle(stream_id, &deleted, &start_after) || !deleted)
@@ -298,6 +300,7 @@ es_purge_stream(PG_FUNCTION_ARGS)
 	Datum		values[2];
 	EsUserSwitch sw;
 
+	EsCheckWritable("purge_stream()");
 	EsCheckPreloaded();
 	if (!es_allow_purge)
 		ereport(ERROR,
@@ -341,11 +344,12 @@ es_purge_stream(PG_FUNCTION_ARGS)
 Datum
 es_set_stream_retention(PG_FUNCTION_ARGS)
 {
-	text	   *stream_id = EsGetRequiredText(fcinfo, 0, "stream_id");
+	text	   *stream_id = EsGetStreamId(fcinfo, 0);
 	Oid			types[3] = {TEXTOID, INT8OID, INTERVALOID};
 	Datum		values[3];
 	char		nulls[3] = {' ', ' ', ' '};
 
+	EsCheckWritable("set_stream_retention()");
 	EsCheckStreamAccess(stream_id, ES_PRIV_APPEND);
 	if (!PG_ARGISNULL(1) && PG_GETARG_INT64(1) < 1)
 		ereport(ERROR,
@@ -423,6 +427,7 @@ EsEnforceRetention(void)
 Datum
 es_enforce_retention(PG_FUNCTION_ARGS)
 {
+	EsCheckWritable("enforce_retention()");
 	EsCheckPreloaded();
 	PG_RETURN_INT64(EsEnforceRetention());
 }

@@ -16,9 +16,19 @@
  * after computing the head sees all of them that committed.  Appenders never
  * wait for each other here and nothing waits on a timer.
  *
- * The counter is rebuilt from the table (highest stored position + 1) on the
- * first use after server start or crash recovery, and again whenever
- * event_store.events is a new table (DROP/CREATE EXTENSION).
+ * Positions are never handed out twice, not even across restarts, crashes
+ * and dump/restore, whatever was rolled back or removed: a follower may have
+ * passed a position whose event is gone.  The sequence
+ * event_store.position_mark holds a durable high-water mark: every position
+ * ever handed out is at or below it.  Appenders take positions below the
+ * mark in shared memory; the mark is raised ES_MARK_CHUNK positions ahead,
+ * and that change is flushed to WAL before a position of the new chunk is
+ * handed out.  The sequence is dumped with the extension's data.
+ *
+ * The counter is rebuilt on the first use after server start or crash
+ * recovery, and again whenever event_store.events is a new table (DROP/CREATE
+ * EXTENSION): it continues above both the highest stored position and the
+ * mark, and the head starts there (everything below has ended).
  */
 #include "postgres.h"
 
@@ -29,15 +39,19 @@
 #include "access/twophase.h"
 #include "access/htup_details.h"
 #include "access/xact.h"
+#include "access/xlog.h"
+#include "commands/dbcommands.h"
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "port/atomics.h"
 #include "storage/condition_variable.h"
 #include "storage/ipc.h"
+#include "storage/lmgr.h"
 #include "storage/lwlock.h"
 #include "storage/proc.h"
 #include "storage/shmem.h"
+#include "utils/builtins.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
@@ -50,6 +64,13 @@
 #else
 #define ES_MY_PROCNO	(MyProc->pgprocno)
 #endif
+
+/*
+ * How far ahead of the positions handed out the durable mark is raised: a
+ * WAL flush per so many positions, and at most so many positions skipped
+ * after a restart.  It is raised again when less than half of it is left.
+ */
+#define ES_MARK_CHUNK	1000
 
 /* Per-database state; protected by the entry's own LWLock */
 typedef struct EsDbState
@@ -66,6 +87,9 @@ typedef struct EsDbState
 	pg_atomic_uint32 stale_gen;
 	uint32		built_gen;
 	int64		next_position;	/* next position to hand out */
+	bool		uses_mark;		/* the schema has position_mark (0.3.0 on) */
+	int64		mark;			/* with uses_mark: durable, next_position - 1 <= mark */
+	bool		built_in_recovery;	/* built on a standby: rebuild once promoted */
 	pg_atomic_uint64 max_committed; /* highest position of a committed append */
 	ConditionVariable head_cv;	/* broadcast when an appender's xact ends */
 	int			worker_procno;	/* pgprocno of the database's worker, or -1 */
@@ -94,6 +118,7 @@ typedef struct EsShared
 	/* launcher coordination; protected by the directory lock */
 	int			launcher_procno;	/* -1 when not running */
 	bool		rescan_requested;
+	bool		full_logged;	/* max_databases was reached (logged once) */
 	Oid			absent[ES_ABSENT_SLOTS];	/* databases whose worker found no extension */
 	EsDbState	dbs[FLEXIBLE_ARRAY_MEMBER];
 	/* followed by EsProcSlot procs[nprocs] */
@@ -173,6 +198,9 @@ EsPositionShmemInit(void)
 			pg_atomic_init_u32(&db->stale_gen, 0);
 			db->built_gen = 0;
 			db->next_position = 1;
+			db->uses_mark = false;
+			db->mark = 0;
+			db->built_in_recovery = false;
 			pg_atomic_init_u64(&db->max_committed, 0);
 			db->worker_procno = -1;
 			db->worker_wants_commits = false;
@@ -184,6 +212,7 @@ EsPositionShmemInit(void)
 		}
 		es_shared->launcher_procno = -1;
 		es_shared->rescan_requested = false;
+		es_shared->full_logged = false;
 		memset(es_shared->absent, 0, sizeof(es_shared->absent));
 		for (int i = 0; i < es_shared->nprocs; i++)
 		{
@@ -340,14 +369,15 @@ EsPositionRegisterCallbacks(void)
 /*
  * Find (or create) the entry of this database.  The directory lock guards
  * the dboid fields; an entry of a database that no longer exists is reused.
+ * When every entry is taken: an error, or false with missing_ok.
  */
-static void
-es_attach_db(void)
+static bool
+es_attach_db_extended(bool missing_ok)
 {
 	int			slot = -1;
 
 	if (my_db != NULL)
-		return;
+		return true;
 	EsCheckPreloaded();
 	EsPositionRegisterCallbacks();
 
@@ -374,6 +404,9 @@ es_attach_db(void)
 					db->events_relid = InvalidOid;
 					db->initialized = false;
 					db->next_position = 1;
+					db->uses_mark = false;
+					db->mark = 0;
+					db->built_in_recovery = false;
 					pg_atomic_write_u64(&db->max_committed, 0);
 					pg_atomic_write_u64(&db->n_appends, 0);
 					pg_atomic_write_u64(&db->n_events, 0);
@@ -405,6 +438,8 @@ es_attach_db(void)
 		}
 	}
 
+	if (slot < 0 && missing_ok)
+		return false;
 	if (slot < 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
@@ -415,6 +450,38 @@ es_attach_db(void)
 	my_db = &es_shared->dbs[slot];
 	my_db_lock = &es_locks[1 + slot].lock;
 	es_my_slot()->dboid = MyDatabaseId;
+	return true;
+}
+
+/* This database's entry; an error when every entry is taken */
+static void
+es_attach_db(void)
+{
+	(void) es_attach_db_extended(false);
+}
+
+/*
+ * Worker: take this database's entry; false when event_store.max_databases
+ * is reached, which the first worker to find so logs.
+ */
+bool
+EsTryAttachDatabase(void)
+{
+	bool		first;
+
+	if (es_attach_db_extended(true))
+		return true;
+	LWLockAcquire(&es_locks[0].lock, LW_EXCLUSIVE);
+	first = !es_shared->full_logged;
+	es_shared->full_logged = true;
+	LWLockRelease(&es_locks[0].lock);
+	if (first)
+		ereport(LOG,
+				(errmsg("event_store.max_databases (%d) is reached: database \"%s\" gets no event_store worker",
+						es_shared->max_databases, get_database_name(MyDatabaseId)),
+				 errdetail("Every database that uses event_store takes one of the event_store.max_databases entries in shared memory; appends there fail until one is free."),
+				 errhint("Increase event_store.max_databases and restart the server.")));
+	return false;
 }
 
 /*
@@ -434,6 +501,87 @@ es_scan_max_position(const EsCatalog *cat, Snapshot snapshot)
 }
 
 /*
+ * The durable mark as stored in the sequence (0 before the first
+ * reservation).  Read as the extension owner: any role's append may need it.
+ */
+static int64
+es_read_mark(Oid seqid)
+{
+	LOCAL_FCINFO(fcinfo, 1);
+	EsUserSwitch sw;
+	Datum		result;
+
+	InitFunctionCallInfoData(*fcinfo, NULL, 1, InvalidOid, NULL, NULL);
+	fcinfo->args[0].value = ObjectIdGetDatum(seqid);
+	fcinfo->args[0].isnull = false;
+	EsBecomeOwner(&sw);
+	result = pg_sequence_last_value(fcinfo);
+	EsRestoreUser(&sw);
+	return fcinfo->isnull ? 0 : DatumGetInt64(result);
+}
+
+/*
+ * Raise the durable mark so that positions up to needed (and whatever the
+ * counter handed out already) are covered, ES_MARK_CHUNK ahead, and flush
+ * that to WAL before the new mark counts.  Raisers queue on a
+ * self-conflicting lock of the sequence, so the stored mark only goes up;
+ * with wait = false (raising ahead of need) nothing happens while another
+ * backend raises it.  Called without my_db_lock held.
+ */
+static void
+es_raise_mark(Oid seqid, int64 needed, bool wait)
+{
+	int64		mark;
+	int64		stored;
+	int64		target;
+
+	if (wait)
+		LockRelationOid(seqid, ShareUpdateExclusiveLock);
+	else if (!ConditionalLockRelationOid(seqid, ShareUpdateExclusiveLock))
+		return;
+
+	LWLockAcquire(my_db_lock, LW_SHARED);
+	needed = Max(needed, my_db->next_position - 1);
+	mark = my_db->mark;
+	LWLockRelease(my_db_lock);
+
+	/* did the backend before us in the queue raise it far enough? */
+	if (mark - needed < (wait ? 0 : ES_MARK_CHUNK / 2))
+	{
+		EsUserSwitch sw;
+		bool		from_outside = false;
+
+		target = needed + ES_MARK_CHUNK;
+		stored = es_read_mark(seqid);
+		if (stored < target)
+		{
+			EsBecomeOwner(&sw);
+			(void) DirectFunctionCall2(setval_oid, ObjectIdGetDatum(seqid),
+									   Int64GetDatum(target));
+			EsRestoreUser(&sw);
+			XLogFlush(XactLastRecEnd);
+			stored = target;
+		}
+		else
+		{
+			/*
+			 * Set higher than this counter knew, from outside (pg_restore):
+			 * positions up to it may have been handed out by the store it
+			 * came from.
+			 */
+			from_outside = stored > mark;
+		}
+
+		LWLockAcquire(my_db_lock, LW_EXCLUSIVE);
+		if (from_outside)
+			my_db->next_position = Max(my_db->next_position, stored + 1);
+		my_db->mark = Max(my_db->mark, stored);
+		LWLockRelease(my_db_lock);
+	}
+	UnlockRelationOid(seqid, ShareUpdateExclusiveLock);
+}
+
+/*
  * Make sure this database's counter is built for the current table, and
  * brought up to date after rows arrived without append() (pg_restore).
  */
@@ -441,18 +589,24 @@ static void
 es_ensure_counter(void)
 {
 	const EsCatalog *cat = EsGetCatalog();
+	bool		in_recovery = RecoveryInProgress();
+	bool		want_mark;
 	bool		ready;
 	uint32		gen;
 	int64		maxany;
 	int64		maxcommitted;
+	int64		mark;
 	Snapshot	snapshot;
 
 	es_attach_db();
 
+	/* a standby's counter follows the primary's rows, not its mark */
+	want_mark = OidIsValid(cat->position_mark_relid) && !in_recovery;
 	gen = pg_atomic_read_u32(&my_db->stale_gen);
 	LWLockAcquire(my_db_lock, LW_SHARED);
 	ready = my_db->initialized && my_db->built_gen == gen &&
-		my_db->events_relid == cat->events_relid;
+		my_db->events_relid == cat->events_relid &&
+		my_db->uses_mark == want_mark && my_db->built_in_recovery == in_recovery;
 	LWLockRelease(my_db_lock);
 	if (ready)
 		return;
@@ -463,22 +617,43 @@ es_ensure_counter(void)
 	snapshot = RegisterSnapshot(GetLatestSnapshot());
 	maxcommitted = es_scan_max_position(cat, snapshot);
 	UnregisterSnapshot(snapshot);
+	mark = want_mark ? es_read_mark(cat->position_mark_relid) : 0;
 
 	LWLockAcquire(my_db_lock, LW_EXCLUSIVE);
-	if (!my_db->initialized || my_db->events_relid != cat->events_relid)
+	if (!my_db->initialized || my_db->events_relid != cat->events_relid ||
+		(my_db->built_in_recovery && !in_recovery))
 	{
-		/* a new counter (server start, crash recovery, new table) */
-		my_db->next_position = maxany + 1;
-		pg_atomic_write_u64(&my_db->max_committed, (uint64) maxcommitted);
+		/*
+		 * A new counter (server start, crash recovery, new table, promotion):
+		 * nothing is in flight, so the head starts at the top.
+		 */
+		my_db->next_position = Max(maxany, mark) + 1;
+		pg_atomic_write_u64(&my_db->max_committed, (uint64) Max(maxcommitted, mark));
 		my_db->events_relid = cat->events_relid;
 		my_db->initialized = true;
 		my_db->built_gen = gen;
+		my_db->uses_mark = want_mark;
+		my_db->mark = mark;
+		my_db->built_in_recovery = in_recovery;
 	}
 	else
 	{
 		/* never backwards: appenders may hold positions of the old counter */
 		my_db->next_position = Max(my_db->next_position, maxany + 1);
 		my_db->built_gen = gen;
+		if (want_mark && (!my_db->uses_mark || mark > my_db->mark))
+		{
+			/*
+			 * The schema just got the mark (ALTER EXTENSION UPDATE), or it
+			 * was set from outside (pg_restore): positions up to it may have
+			 * been handed out.  A mark this counter raised itself is only a
+			 * reservation.
+			 */
+			my_db->next_position = Max(my_db->next_position, mark + 1);
+			my_db->mark = mark;
+		}
+		my_db->uses_mark = want_mark;
+		my_db->built_in_recovery = in_recovery;
 		LWLockRelease(my_db_lock);
 		es_publish_committed(maxcommitted);
 		return;
@@ -521,21 +696,38 @@ int64
 EsAllocatePositions(int64 count)
 {
 	EsProcSlot *me;
+	Oid			seqid;
 	int64		first;
+	bool		raise_ahead;
 
 	Assert(count > 0);
 	es_ensure_counter();
+	seqid = EsGetCatalog()->position_mark_relid;
 	me = es_my_slot();
 
-	LWLockAcquire(my_db_lock, LW_EXCLUSIVE);
-	first = my_db->next_position;
+	for (;;)
+	{
+		LWLockAcquire(my_db_lock, LW_EXCLUSIVE);
+		first = my_db->next_position;
+		if (!my_db->uses_mark || first + count - 1 <= my_db->mark)
+			break;
+		/* beyond the durable mark: raise it first */
+		LWLockRelease(my_db_lock);
+		es_raise_mark(seqid, first + count - 1, true);
+	}
 	my_db->next_position += count;
 	if (pg_atomic_read_u64(&me->lowest) == 0)
 		pg_atomic_write_u64(&me->lowest, (uint64) first);
+	raise_ahead = my_db->uses_mark &&
+		my_db->mark - (first + count - 1) < ES_MARK_CHUNK / 2;
 	LWLockRelease(my_db_lock);
 
 	xact_holds_positions = true;
 	xact_max_position = Max(xact_max_position, first + count - 1);
+
+	/* half of the chunk is used: raise the mark before anybody has to wait */
+	if (raise_ahead)
+		es_raise_mark(seqid, first + count - 1, false);
 	return first;
 }
 

@@ -909,6 +909,7 @@ es_create_projection(PG_FUNCTION_ARGS)
 	EsProjection *p;
 	EsUserSwitch sw;
 
+	EsCheckWritable("create_projection()");
 	if (PG_ARGISNULL(1))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
@@ -990,6 +991,7 @@ es_rebuild_projection(PG_FUNCTION_ARGS)
 	Oid			reset;
 	EsProjection *p;
 
+	EsCheckWritable("rebuild_projection()");
 	EsSpiConnect(&sw);
 	p = es_projection_get(name, &mode, &state, NULL, &reset, false, &sw);
 	if (strcmp(mode, "inline") == 0)
@@ -1025,6 +1027,7 @@ es_pause_projection(PG_FUNCTION_ARGS)
 	int64		position;
 	EsProjection *p;
 
+	EsCheckWritable("pause_projection()");
 	EsSpiConnect(&sw);
 	p = es_projection_get(name, &mode, &state, &position, NULL, false, &sw);
 	if (strcmp(mode, "inline") == 0)
@@ -1064,6 +1067,7 @@ es_resume_projection(PG_FUNCTION_ARGS)
 	int64		position;
 	EsProjection *p;
 
+	EsCheckWritable("resume_projection()");
 	EsSpiConnect(&sw);
 	p = es_projection_get(name, &mode, &state, &position, NULL, false, &sw);
 	if (strcmp(mode, "inline") == 0)
@@ -1095,6 +1099,7 @@ es_drop_projection(PG_FUNCTION_ARGS)
 	Datum		values[1] = {CStringGetTextDatum(name)};
 	EsProjection *p;
 
+	EsCheckWritable("drop_projection()");
 	EsSpiConnect(&sw);
 	p = es_projection_get(name, &mode, NULL, NULL, NULL, false, &sw);
 	if (strcmp(mode, "inline") == 0)
@@ -1119,7 +1124,12 @@ es_backoff_ms(int32 attempts)
 	return Min(ms, 300000);
 }
 
-/* Apply (after, upto] in a subtransaction; on error return the error data */
+/*
+ * Apply (after, upto] in a subtransaction; on error return the error data.
+ * A cancel (query cancel, statement timeout) or a failed assertion is no
+ * handler failure: the batch is rolled back and the error goes on, as
+ * PL/pgSQL's WHEN OTHERS lets it through.
+ */
 static ErrorData *
 es_apply_in_subxact(EsProjection *p, const char *name, int64 after, int64 upto,
 					int64 budget, TimestampTz deadline, int64 *handed, int64 *current,
@@ -1157,6 +1167,9 @@ es_apply_in_subxact(EsProjection *p, const char *name, int64 after, int64 upto,
 		RollbackAndReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(oldcxt);
 		CurrentResourceOwner = oldowner;
+		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
+			edata->sqlerrcode == ERRCODE_ASSERT_FAILURE)
+			ReThrowError(edata);
 		*newpos = after;
 	}
 	PG_END_TRY();
@@ -1327,6 +1340,7 @@ es_run_projections(PG_FUNCTION_ARGS)
 	int32		max_events;
 	int64		n;
 
+	EsCheckWritable("run_projections()");
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),

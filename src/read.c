@@ -501,7 +501,7 @@ EsLatestStreamVersion(const EsCatalog *cat, text *stream_id, Snapshot snapshot)
 Datum
 es_stream_version(PG_FUNCTION_ARGS)
 {
-	text	   *stream_id = EsGetRequiredText(fcinfo, 0, "stream_id");
+	text	   *stream_id = EsGetStreamId(fcinfo, 0);
 
 	EsCheckStreamAccess(stream_id, ES_PRIV_READ);
 	PG_RETURN_INT64(EsLatestStreamVersion(EsGetCatalog(), stream_id,
@@ -515,7 +515,7 @@ es_stream_version(PG_FUNCTION_ARGS)
 Datum
 es_read_stream(PG_FUNCTION_ARGS)
 {
-	text	   *stream_id = EsGetRequiredText(fcinfo, 0, "stream_id");
+	text	   *stream_id = EsGetStreamId(fcinfo, 0);
 	const EsCatalog *cat;
 	EsScanSpec	spec;
 	Relation	index;

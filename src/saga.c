@@ -219,6 +219,8 @@ es_define_saga(PG_FUNCTION_ARGS)
 	EsUserSwitch sw;
 	LOCAL_FCINFO(inner, 4);
 
+	EsCheckWritable("define_saga()");
+
 	/* redefining a type needs the privileges of the role that defined it */
 	if (!PG_ARGISNULL(0))
 	{

@@ -821,6 +821,7 @@ es_change_grants(FunctionCallInfo fcinfo, bool grant)
 Datum
 es_grant_category(PG_FUNCTION_ARGS)
 {
+	EsCheckWritable("grant_category()");
 	es_change_grants(fcinfo, true);
 	PG_RETURN_VOID();
 }
@@ -832,6 +833,7 @@ es_grant_category(PG_FUNCTION_ARGS)
 Datum
 es_revoke_category(PG_FUNCTION_ARGS)
 {
+	EsCheckWritable("revoke_category()");
 	es_change_grants(fcinfo, false);
 	PG_RETURN_VOID();
 }

@@ -407,6 +407,7 @@ es_define_aggregate(PG_FUNCTION_ARGS)
 	char	   *what;
 	int			rc;
 
+	EsCheckWritable("define_aggregate()");
 	if (PG_ARGISNULL(1))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
@@ -498,7 +499,7 @@ es_get_optional_version(FunctionCallInfo fcinfo, int argno, const char *name)
 Datum
 es_load_aggregate(PG_FUNCTION_ARGS)
 {
-	text	   *stream_id = EsGetRequiredText(fcinfo, 0, "stream_id");
+	text	   *stream_id = EsGetStreamId(fcinfo, 0);
 	int64		at_version = es_get_optional_version(fcinfo, 1, "at_version");
 	int			catlen = EsCategoryLen(stream_id);
 	EsAggregate *agg;
@@ -538,12 +539,13 @@ es_load_aggregate(PG_FUNCTION_ARGS)
 Datum
 es_save_snapshot(PG_FUNCTION_ARGS)
 {
-	text	   *stream_id = EsGetRequiredText(fcinfo, 0, "stream_id");
+	text	   *stream_id = EsGetStreamId(fcinfo, 0);
 	int64		version;
 	int64		current;
 	int32		state_version;
 	int64		start_after;
 
+	EsCheckWritable("save_snapshot()");
 	if (PG_ARGISNULL(1))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
@@ -592,7 +594,7 @@ es_save_snapshot(PG_FUNCTION_ARGS)
 Datum
 es_load_snapshot(PG_FUNCTION_ARGS)
 {
-	text	   *stream_id = EsGetRequiredText(fcinfo, 0, "stream_id");
+	text	   *stream_id = EsGetStreamId(fcinfo, 0);
 	int64		max_version = es_get_optional_version(fcinfo, 1, "max_version");
 	ReturnSetInfo *rsinfo;
 	Datum		args[3];
@@ -654,6 +656,7 @@ es_purge_snapshots(PG_FUNCTION_ARGS)
 	int			rc;
 	int64		purged;
 
+	EsCheckWritable("purge_snapshots()");
 	if (PG_ARGISNULL(0))
 	{
 		denied = EsDeniedCategoriesFor(GetUserId(), ES_PRIV_APPEND | ES_PRIV_READ);

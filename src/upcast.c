@@ -368,6 +368,7 @@ es_register_upcaster(PG_FUNCTION_ARGS)
 	char	   *what;
 	int			rc;
 
+	EsCheckWritable("register_upcaster()");
 	if (PG_ARGISNULL(1))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
@@ -438,6 +439,7 @@ es_drop_upcaster(PG_FUNCTION_ARGS)
 	EsUserSwitch sw;
 	int			rc;
 
+	EsCheckWritable("drop_upcaster()");
 	if (PG_ARGISNULL(1))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),

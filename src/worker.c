@@ -51,7 +51,6 @@ int			es_notify_interval_ms = 100;
 PGDLLEXPORT void es_launcher_main(Datum arg);
 PGDLLEXPORT void es_worker_main(Datum arg);
 
-#define ES_MAX_WORKERS 64
 /* a worker transaction applies a projection for at most about this long */
 #define ES_WORKER_BATCH_MS 1000
 
@@ -64,8 +63,15 @@ typedef struct EsDbWorker
 	TimestampTz restart_at;		/* when to start it again after a stop */
 } EsDbWorker;
 
-static EsDbWorker db_workers[ES_MAX_WORKERS];
+/*
+ * One entry per database that accepts connections, with the extension or
+ * not: no limit here.  The limit on databases using event_store is
+ * event_store.max_databases (their shared memory entries).
+ */
+static EsDbWorker *db_workers = NULL;
 static int	n_db_workers = 0;
+static int	max_db_workers = 0;
+static bool no_slot_logged = false;
 static bool rescan_at_commit = false;
 static bool rescan_callback_registered = false;
 
@@ -104,7 +110,16 @@ es_start_db_worker(EsDbWorker *w)
 	worker.bgw_notify_pid = MyProcPid;
 	if (!RegisterDynamicBackgroundWorker(&worker, &w->handle))
 	{
+		/* try again later; say so once */
 		w->handle = NULL;
+		w->restart_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 1000);
+		if (!no_slot_logged)
+			ereport(LOG,
+					(errmsg("event_store could not start the worker of database %u: no free background worker slot", w->dboid),
+					 errdetail("Every one of the max_worker_processes slots (%d) is taken; it is tried again every second.",
+							   max_worker_processes),
+					 errhint("Increase max_worker_processes and restart the server.")));
+		no_slot_logged = true;
 		return false;
 	}
 	return true;
@@ -159,8 +174,15 @@ es_db_worker(Oid dboid, bool create)
 	for (int i = 0; i < n_db_workers; i++)
 		if (db_workers[i].dboid == dboid)
 			return &db_workers[i];
-	if (!create || n_db_workers >= ES_MAX_WORKERS)
+	if (!create)
 		return NULL;
+	if (n_db_workers == max_db_workers)
+	{
+		max_db_workers = Max(16, max_db_workers * 2);
+		db_workers = db_workers == NULL ?
+			MemoryContextAlloc(TopMemoryContext, max_db_workers * sizeof(EsDbWorker)) :
+			repalloc(db_workers, max_db_workers * sizeof(EsDbWorker));
+	}
 	memset(&db_workers[n_db_workers], 0, sizeof(EsDbWorker));
 	db_workers[n_db_workers].dboid = dboid;
 	return &db_workers[n_db_workers++];
@@ -177,8 +199,6 @@ es_launcher_rescan(bool forget_absent)
 	{
 		EsDbWorker *w = es_db_worker(lfirst_oid(lc), true);
 
-		if (w == NULL)
-			break;
 		if (forget_absent)
 			w->absent = false;
 		if (w->handle == NULL && !w->absent)
@@ -398,6 +418,13 @@ es_worker_main(Datum arg)
 		proc_exit(0);
 	}
 	(void) EsGetCatalog();
+	if (!EsTryAttachDatabase())
+	{
+		/* event_store.max_databases is reached (logged once): no restarts */
+		CommitTransactionCommand();
+		EsReportAbsentDatabase(dboid);
+		proc_exit(0);
+	}
 	EsSetWorkerProc(true);
 	notified_head = EsSafeHead();	/* builds the counter; nothing to announce yet */
 	CommitTransactionCommand();

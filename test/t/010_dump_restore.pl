@@ -108,10 +108,10 @@ SELECT count(*) || E'\\n' || string_agg(e::text, E'\\n' ORDER BY e.global_positi
 	'no restored position was reused: up to the restored maximum, the rows are the source\'s');
 is( query(
 		'target', qq{
-SELECT min(global_position) = $source_max + 1 AND max(global_position) = $source_max + 4
+SELECT min(global_position) > $source_max AND max(global_position) - min(global_position) = 3
   FROM event_store.events WHERE global_position > $source_max}),
 	't',
-	'the new positions are consecutive after the restored ones');
+	'the new positions are consecutive, above the restored ones');
 is( query(
 		'target', q{SELECT count(*) FROM event_store.read_all(0, NULL)}),
 	'1010',

@@ -69,16 +69,16 @@ ok($node->log_contains(qr/all server processes terminated; reinitializing/, $log
 	'the postmaster reinitialised shared memory');
 $killed->quit;
 
-is($node->safe_psql('postgres', 'SELECT event_store.head_position()'),
-	'5', 'after the restart the head covers every committed event');
+cmp_ok($node->safe_psql('postgres', 'SELECT event_store.head_position()'),
+	'>=', 5, 'after the restart the head covers every committed event (it never moves back)');
 is(positions(), '2:kept-1 5:kept-2', 'only committed events are readable');
 
 is($node->safe_psql('postgres',
 		q{SELECT event_store.append('after-1', '{"type": "After"}')}),
 	'1', 'appending works after the restart');
-is($node->safe_psql('postgres',
+cmp_ok($node->safe_psql('postgres',
 		q{SELECT global_position FROM event_store.read_stream('after-1')}),
-	'6', 'and lands above every stored position');
+	'>', 5, 'and lands above every stored position');
 
 $node->stop;
 done_testing();
