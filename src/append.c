@@ -513,6 +513,7 @@ es_insert_events(const EsCatalog *cat, text *stream_id, EsNewEvent *evs, int n,
 	EState	   *estate;
 	ResultRelInfo *rri;
 	TupleTableSlot *slot;
+	volatile int inserting = 0;	/* the event being inserted, for errors */
 	CommandId	cid = GetCurrentCommandId(true);
 	TimestampTz now = GetCurrentTimestamp();
 
@@ -549,6 +550,7 @@ es_insert_events(const EsCatalog *cat, text *stream_id, EsNewEvent *evs, int n,
 	{
 		for (int i = 0; i < n; i++)
 		{
+			inserting = i;
 			ExecClearTuple(slot);
 			memcpy(slot->tts_values, &rows[i * Natts_es_event], sizeof(Datum) * Natts_es_event);
 			memcpy(slot->tts_isnull, &nulls[i * Natts_es_event], sizeof(bool) * Natts_es_event);
@@ -567,17 +569,14 @@ es_insert_events(const EsCatalog *cat, text *stream_id, EsNewEvent *evs, int n,
 		if (edata->sqlerrcode == ERRCODE_UNIQUE_VIOLATION && edata->constraint_name &&
 			strcmp(edata->constraint_name, ES_EVENTS_EVENT_ID_IDX) == 0)
 		{
-			/* a concurrent transaction stored one of our ids in another stream */
-			const char *id = "";
-			const char *start = edata->detail ? strstr(edata->detail, "=(") : NULL;
-			const char *end = start ? strchr(start + 2, ')') : NULL;
-
-			if (start && end)
-				id = pnstrdup(start + 2, end - start - 2);
+			/*
+			 * a concurrent transaction stored the id of the event being
+			 * inserted in another stream
+			 */
 			FlushErrorState();
 			ereport(ERROR,
 					(errcode(ERRCODE_ES_DUPLICATE_EVENT_ID),
-					 errmsg("duplicate event id \"%s\"", id),
+					 errmsg("duplicate event id \"%s\"", es_uuid_str(&evs[inserting].id)),
 					 errdetail("A concurrent transaction stored an event with this id while stream \"%s\" was being appended to.",
 							   text_to_cstring(stream_id)),
 					 errhint("Event ids are unique across the store; a retry is recognised only when it repeats the same events at the same place.")));
