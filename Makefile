@@ -13,6 +13,10 @@ DATA        = sql/event_store--0.1.0.sql sql/event_store--0.1.0--0.2.0.sql \
 PG_CONFIG  ?= pg_config
 PG_CPPFLAGS = -I$(srcdir)/src
 PG_CFLAGS   = -Wall -Wextra -Wno-unused-parameter -Wno-sign-compare -Wno-missing-field-initializers
+# `make ES_WERROR=1`: every warning is an error (CI builds this way)
+ifneq ($(filter-out 0,$(ES_WERROR)),)
+PG_CFLAGS  += -Werror
+endif
 
 # pg_regress suite (sql/ + expected/), run against its own throwaway
 # instance with the library preloaded: `make installcheck`.
@@ -24,7 +28,17 @@ ISOLATION_SPECS = $(basename $(notdir $(wildcard $(srcdir)/test/isolation/specs/
 ISOLATION_OPTS = --temp-config=$(srcdir)/test/event_store.conf --temp-instance=./tmp_check_iso \
                  --inputdir=$(srcdir)/test/isolation --outputdir=./test/isolation/output_iso
 
-EXTRA_CLEAN = tmp_check tmp_check_iso test/isolation/output_iso results regression.diffs regression.out
+# TAP scripts (test/t/*.pl, PostgreSQL::Test::Cluster nodes that each script
+# configures itself): `make tapcheck`, or `make tapcheck ES_TAP_FILES=test/t/070_upgrade.pl`
+ES_TAP_FILES ?= $(sort $(wildcard $(srcdir)/test/t/*.pl))
+
+# pgTAP files (test/pgtap/*.sql), run by pg_prove on a throwaway cluster
+# under ./tmp_pgtap with test/event_store.conf, a fresh database per file:
+# `make pgtapcheck`, or `make pgtapcheck ES_PGTAP_FILES=test/pgtap/core.sql`
+ES_PGTAP_FILES ?= $(sort $(wildcard $(srcdir)/test/pgtap/*.sql))
+ES_PGTAP_PORT ?= 5511
+
+EXTRA_CLEAN = tmp_check tmp_check_iso tmp_tap tmp_pgtap test/isolation/output_iso results regression.diffs regression.out
 
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
@@ -41,4 +55,26 @@ isolationcheck:
 	@mkdir -p test/isolation/output_iso
 	$(pg_isolation_regress) --bindir='$(bindir)' $(ISOLATION_OPTS) $(ISOLATION_SPECS)
 
-.PHONY: isolationcheck
+# (logs: tmp_tap/tmp_check/log)
+tapcheck:
+	rm -rf tmp_tap
+	@mkdir -p tmp_tap
+	TESTDIR='$(CURDIR)/tmp_tap' top_builddir='$(CURDIR)/tmp_tap' \
+	PATH='$(bindir)':"$$PATH" \
+	PERL5LIB='$(top_builddir)/src/test/perl:$(abspath $(srcdir))/test/perl'"$${PERL5LIB:+:$$PERL5LIB}" \
+	PG_REGRESS='$(top_builddir)/src/test/regress/pg_regress' \
+	prove --norc --nocolor $(PROVE_FLAGS) $(ES_TAP_FILES)
+
+# (server log: tmp_pgtap/data.log; the cluster is stopped whatever happens)
+pgtapcheck:
+	PG_CONFIG='$(PG_CONFIG)' ES_PGTAP_PORT='$(ES_PGTAP_PORT)' \
+	bash $(srcdir)/scripts/pgtapcheck.sh '$(CURDIR)/tmp_pgtap' $(ES_PGTAP_FILES)
+
+# every suite, one after the other, each on servers of its own; fails when
+# any suite failed
+check-all:
+	@rc=0; for t in installcheck isolationcheck tapcheck pgtapcheck; do \
+		$(MAKE) --no-print-directory $$t || rc=1; \
+	done; exit $$rc
+
+.PHONY: isolationcheck tapcheck pgtapcheck check-all

@@ -80,7 +80,7 @@ es_copy_tree() {
 	(cd "$ES_SRC_DIR" && tar -cf - \
 		--exclude=./.git \
 		--exclude='*.o' --exclude='*.bc' --exclude='*.so' \
-		--exclude=./tmp_check --exclude=./tmp_check_iso --exclude=./tmp_tap \
+		--exclude=./tmp_check --exclude=./tmp_check_iso --exclude=./tmp_tap --exclude=./tmp_pgtap \
 		--exclude=./results --exclude=./log \
 		--exclude=./regression.diffs --exclude=./regression.out \
 		--exclude=./test/isolation/output_iso \
@@ -88,12 +88,13 @@ es_copy_tree() {
 		.) | tar -xf - -C "$1"
 }
 
-# Build in DIR and install into the PostgreSQL installation: es_build_install DIR LOG
+# Build in DIR, warnings being errors (ES_WERROR=1), and install into the
+# PostgreSQL installation: es_build_install DIR LOG
 # Output goes to LOG, which is printed when something fails.
 es_build_install() {
 	local dir="$1" log="$2" jobs
 	jobs="$(nproc 2>/dev/null || echo 2)"
-	if ! make -C "$dir" -j"$jobs" PG_CONFIG="$PG_CONFIG" >"$log" 2>&1; then
+	if ! make -C "$dir" -j"$jobs" PG_CONFIG="$PG_CONFIG" ES_WERROR=1 >"$log" 2>&1; then
 		cat "$log" >&2
 		es_say "build failed"
 		return 1

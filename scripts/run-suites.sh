@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
 # Run every test suite of event_store in the current source tree, against the
-# installed extension, each suite on throwaway servers of its own:
+# installed extension, each suite on throwaway servers of its own.  Each
+# suite is a make target (see the Makefile); this script runs them with time
+# limits and counts what passed:
 #
 #   regress    pg_regress (sql/ + expected/, REGRESS in the Makefile):
 #              `make installcheck`, which starts its own instance with
 #              test/event_store.conf
 #   isolation  isolation specs (test/isolation/specs/*.spec): `make isolationcheck`
 #   tap        TAP scripts (test/t/*.pl) on PostgreSQL::Test::Cluster nodes;
-#              each script configures its own nodes
-#   pgtap      pgTAP files (test/pgtap/*.sql) run by pg_prove on a cluster this
-#              script starts with test/event_store.conf; every file gets a
-#              fresh database in which CREATE EXTENSION pgtap and CREATE
-#              EXTENSION event_store are done, dropped after the file
+#              each script configures its own nodes: `make tapcheck`, once
+#              per script
+#   pgtap      pgTAP files (test/pgtap/*.sql) run by pg_prove on a cluster
+#              started with test/event_store.conf; every file gets a fresh
+#              database in which CREATE EXTENSION pgtap and CREATE EXTENSION
+#              event_store are done: `make pgtapcheck`, once per file
 #
 # One test = one test file: a pg_regress test, an isolation spec, a TAP
 # script or a pgTAP file.  A file passes when its runner says so; a file
@@ -290,17 +293,14 @@ suite_tap() {
 		record tap 0 "${#files[@]}" "PostgreSQL::Test::Cluster missing"
 		return
 	fi
-	# logs land in $TESTDIR/tmp_check/log
+	# `make tapcheck` runs prove with TESTDIR=tmp_tap: the logs land in
+	# tmp_tap/tmp_check/log
 	tapdir="$PWD/tmp_tap"
-	rm -rf "$tapdir"
-	mkdir -p "$tapdir"
 	log="$(mktemp)"
 	for f in "${files[@]}"; do
 		name="$(basename "$f" .pl)"
-		run_logged "$log" "$FILE_TIMEOUT" env TESTDIR="$tapdir" top_builddir="$tapdir" \
-			PERL5LIB="$perllib${PERL5LIB:+:$PERL5LIB}" \
-			PG_REGRESS="$PG_PKGLIBDIR/pgxs/src/test/regress/pg_regress" \
-			prove --norc --nocolor "$f"
+		run_logged "$log" "$FILE_TIMEOUT" make -s --no-print-directory tapcheck \
+			PG_CONFIG="$PG_CONFIG" ES_TAP_FILES="$f"
 		rc=$?
 		stop_leftover_servers "$tapdir/tmp_check"
 		n="$(tap_assertions "$log")"
@@ -323,22 +323,8 @@ suite_tap() {
 }
 
 # ---------------------------------------------------------------- pgTAP
-PGTAP_DIR=""
-pgtap_cleanup() {
-	if [ -n "$PGTAP_DIR" ]; then
-		es_cluster_stop "$PGTAP_DIR/data"
-		rm -rf "$PGTAP_DIR"
-		PGTAP_DIR=""
-	fi
-}
-
-pgtap_psql() {
-	"$PG_BINDIR/psql" -X -q -v ON_ERROR_STOP=1 -h "$PGTAP_DIR" -p "$PGTAP_PORT" \
-		-U postgres "$@"
-}
-
 suite_pgtap() {
-	local files=() f name db log rc passed=0 failed=0 asserts=0 n failed_files=() i=0
+	local files=() f name log rc passed=0 failed=0 asserts=0 n failed_files=()
 	for f in test/pgtap/*.sql; do
 		[ -e "$f" ] && files+=("$f")
 	done
@@ -348,34 +334,15 @@ suite_pgtap() {
 		record pgtap 0 "${#files[@]}" "pg_prove missing"
 		return
 	fi
-	PGTAP_DIR="$(mktemp -d /tmp/event_store-pgtap.XXXXXX)"
-	if ! es_cluster_init "$PGTAP_DIR/data" "$PGTAP_PORT" test/event_store.conf ||
-		! es_cluster_start "$PGTAP_DIR/data"; then
-		echo "could not set up the pgTAP cluster"
-		print_file "$PGTAP_DIR/data.log" 60
-		pgtap_cleanup
-		record pgtap 0 "${#files[@]}" "cluster setup failed"
-		return
-	fi
 	log="$(mktemp)"
+	# one `make pgtapcheck` per file: a cluster of its own under tmp_pgtap
+	# (stopped by scripts/pgtapcheck.sh, or here after a time limit)
 	for f in "${files[@]}"; do
-		i=$((i + 1))
 		name="$(basename "$f" .sql)"
-		db="es_pgtap_$i"
-		# (not copied from a template database: a background worker may be
-		# connected to it, and CREATE DATABASE would refuse to copy it)
-		if ! pgtap_psql -d postgres -c "CREATE DATABASE $db" ||
-			! pgtap_psql -d "$db" -c 'CREATE EXTENSION pgtap' \
-				-c 'CREATE EXTENSION event_store'; then
-			echo "$f: could not set up its database"
-			pgtap_psql -d postgres -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" || true
-			failed=$((failed + 1))
-			failed_files+=("$name")
-			continue
-		fi
-		run_logged "$log" "$FILE_TIMEOUT" pg_prove --norc --nocolor --failures --comments \
-			-h "$PGTAP_DIR" -p "$PGTAP_PORT" -U postgres -d "$db" "$f"
+		run_logged "$log" "$FILE_TIMEOUT" make -s --no-print-directory pgtapcheck \
+			PG_CONFIG="$PG_CONFIG" ES_PGTAP_PORT="$PGTAP_PORT" ES_PGTAP_FILES="$f"
 		rc=$?
+		stop_leftover_servers tmp_pgtap
 		n="$(tap_assertions "$log")"
 		asserts=$((asserts + ${n:-0}))
 		if [ "$rc" -eq 0 ]; then
@@ -384,14 +351,10 @@ suite_pgtap() {
 			failed=$((failed + 1))
 			failed_files+=("$name")
 			[ "$rc" -ne 124 ] || echo "$f: timed out after ${FILE_TIMEOUT}s"
+			print_file tmp_pgtap/data.log 30
 		fi
-		pgtap_psql -d postgres -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" || true
 	done
 	rm -f "$log"
-	if [ "$failed" -gt 0 ]; then
-		print_file "$PGTAP_DIR/data.log" 30
-	fi
-	pgtap_cleanup
 	record pgtap "$passed" "$failed" "$asserts assertions${failed_files:+; failed: ${failed_files[*]}}"
 }
 
@@ -404,11 +367,10 @@ on_signal() {
 	if [ -n "$TAILER" ]; then
 		kill "$TAILER" 2>/dev/null
 	fi
-	stop_leftover_servers tmp_check tmp_check_iso tmp_tap
+	stop_leftover_servers tmp_check tmp_check_iso tmp_tap tmp_pgtap
 	echo "interrupted"
 	exit 130
 }
-trap pgtap_cleanup EXIT
 trap on_signal INT TERM
 
 if [ -z "$NOT_RUN" ]; then

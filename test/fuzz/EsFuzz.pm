@@ -41,7 +41,8 @@
 #     (fz.invariants(): deleted streams read as empty and get no events,
 #     purged ones keep only their marker, reopened ones read from after
 #     their tombstone, retention leaves no more than it keeps, the view
-#     event_store.stats counts what the tables hold); at the end, the
+#     event_store.stats counts the deleted streams the table holds, and its
+#     estimates are not negative); at the end, the
 #     errors event_store recorded (last_error of projections, sagas and
 #     saga steps) must not look like internal errors.
 #
@@ -398,15 +399,17 @@ BEGIN
             END IF;
         END IF;
     END LOOP;
-    -- the monitoring view counts what the table holds
+    -- the monitoring view: deleted_streams counts what the table holds;
+    -- events and streams are estimates (the statistics system's live rows,
+    -- ANALYZE's distinct stream ids), never negative (exact comparisons:
+    -- the lifecycle regress test and the upgrade test, after ANALYZE)
     RETURN QUERY
-    SELECT format('event_store.stats says %s events, %s streams, %s deleted streams; the tables hold %s, %s, %s',
-                  st.events, st.streams, st.deleted_streams, c.events, c.streams, c.deleted)
+    SELECT format('event_store.stats says %s events, %s streams, %s deleted streams; the table holds %s deleted streams',
+                  st.events, st.streams, st.deleted_streams, c.deleted)
       FROM event_store.stats st,
-           (SELECT (SELECT count(*) FROM event_store.events) AS events,
-                   (SELECT count(DISTINCT stream_id) FROM event_store.events) AS streams,
-                   (SELECT count(*) FROM event_store.stream_metadata WHERE deleted_at IS NOT NULL) AS deleted) c
-     WHERE (st.events, st.streams, st.deleted_streams) IS DISTINCT FROM (c.events, c.streams, c.deleted);
+           (SELECT count(*) AS deleted FROM event_store.stream_metadata WHERE deleted_at IS NOT NULL) c
+     WHERE st.deleted_streams IS DISTINCT FROM c.deleted
+        OR st.events IS NULL OR st.events < 0 OR st.streams < 0;
     -- every committed event is below the follower horizon
     RETURN QUERY
     SELECT format('head_position() is %s, below the newest event %s', event_store.head_position(), max(global_position))
