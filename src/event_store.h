@@ -223,6 +223,9 @@ extern int	es_retention_interval_ms;
 extern bool EsRemovalInProgress(void);
 extern bool EsStreamLifecycle(text *stream_id, bool *deleted, int64 *start_after);
 extern int64 EsCheckStreamNotDeleted(text *stream_id);
+/* retention removes at most this many events per statement */
+#define ES_RETENTION_BATCH 10000
+extern int64 EsEnforceRetentionBatch(int64 limit);
 extern int64 EsEnforceRetention(void);
 
 /* snapshot.c */

@@ -390,37 +390,68 @@ es_set_stream_retention(PG_FUNCTION_ARGS)
 }
 
 /*
- * Remove what the retention settings allow (caller is not connected to
- * SPI); returns the number of events removed
+ * Remove at most limit of the events that the retention settings allow, in
+ * one statement (caller is not connected to SPI); returns the number of
+ * events removed, fewer than limit when none is left
  */
 int64
-EsEnforceRetention(void)
+EsEnforceRetentionBatch(int64 limit)
 {
+	Oid			types[1] = {INT8OID};
+	Datum		values[1] = {Int64GetDatum(limit)};
+
 	if (!OidIsValid(EsGetCatalog()->metadata_relid))
 		return 0;
 	EsRegistryEnsure(&meta_registry, es_meta_load);
 	if (!meta_any)
 		return 0;
+
 	/*
 	 * Per stream with settings: events past the newest max_count, and
 	 * events older than max_age, but never the stream's newest event (its
-	 * version must survive) nor any event of a deleted stream.
+	 * version must survive) nor any event of a deleted stream.  The newest
+	 * event stays the newest from one batch to the next, so the batches
+	 * together remove what one statement would.
 	 */
 	return es_remove_events(
-							"DELETE FROM event_store.events e "
-							"USING event_store.stream_metadata m, LATERAL ("
-							"  SELECT l.stream_version AS last FROM event_store.events l "
-							"   WHERE l.stream_id OPERATOR(pg_catalog.=) m.stream_id "
-							"   ORDER BY l.stream_version DESC LIMIT 1) x "
-							"WHERE e.stream_id OPERATOR(pg_catalog.=) m.stream_id "
-							"  AND m.deleted_at IS NULL "
-							"  AND (m.max_count IS NOT NULL OR m.max_age IS NOT NULL) "
-							"  AND e.stream_version OPERATOR(pg_catalog.<) x.last "
-							"  AND (e.stream_version OPERATOR(pg_catalog.<=) "
-							"         (x.last OPERATOR(pg_catalog.-) m.max_count) "
-							"       OR e.recorded_at OPERATOR(pg_catalog.<) "
-							"         (pg_catalog.now() OPERATOR(pg_catalog.-) m.max_age))",
-							0, NULL, NULL);
+							"DELETE FROM event_store.events d "
+							"WHERE d.global_position OPERATOR(pg_catalog.=) ANY (ARRAY("
+							" SELECT e.global_position "
+							"   FROM event_store.stream_metadata m, LATERAL ("
+							"     SELECT l.stream_version AS last FROM event_store.events l "
+							"      WHERE l.stream_id OPERATOR(pg_catalog.=) m.stream_id "
+							"      ORDER BY l.stream_version DESC LIMIT 1) x, "
+							"        event_store.events e "
+							"  WHERE e.stream_id OPERATOR(pg_catalog.=) m.stream_id "
+							"    AND m.deleted_at IS NULL "
+							"    AND (m.max_count IS NOT NULL OR m.max_age IS NOT NULL) "
+							"    AND e.stream_version OPERATOR(pg_catalog.<) x.last "
+							"    AND (e.stream_version OPERATOR(pg_catalog.<=) "
+							"           (x.last OPERATOR(pg_catalog.-) m.max_count) "
+							"         OR e.recorded_at OPERATOR(pg_catalog.<) "
+							"           (pg_catalog.now() OPERATOR(pg_catalog.-) m.max_age)) "
+							"  LIMIT $1))",
+							1, types, values);
+}
+
+/*
+ * Remove everything the retention settings allow, in statements of at most
+ * ES_RETENTION_BATCH events, in the caller's transaction (caller is not
+ * connected to SPI); returns the number of events removed
+ */
+int64
+EsEnforceRetention(void)
+{
+	int64		total = 0;
+	int64		removed;
+
+	do
+	{
+		CHECK_FOR_INTERRUPTS();
+		removed = EsEnforceRetentionBatch(ES_RETENTION_BATCH);
+		total += removed;
+	} while (removed >= ES_RETENTION_BATCH);
+	return total;
 }
 
 /* SQL: event_store.enforce_retention() RETURNS bigint */

@@ -11,12 +11,23 @@
  * database that accepts connections; a worker that finds no extension
  * reports that in shared memory and exits, and is not started again until
  * the next such rescan.  A worker that dies otherwise is restarted.
+ *
+ * A database worker survives the errors of its work.  Each unit of work
+ * (an async projection batch, the saga timers, retention, the NOTIFY) runs
+ * in transactions of its own; an error there is logged with the unit and
+ * the database, the transaction is rolled back, and that unit alone is
+ * tried again after a backoff that doubles from one second up to five
+ * minutes, while the others go on (autovacuum and TimescaleDB's job
+ * runner work the same way).  A query cancel and SIGTERM are not such
+ * errors: they end the worker at once (the launcher starts a new one after
+ * a cancel).
  */
 #include "postgres.h"
 
 #include "access/xact.h"
 #include "catalog/pg_database.h"
 #include "commands/async.h"
+#include "commands/dbcommands.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
 #include "access/htup_details.h"
@@ -53,6 +64,24 @@ PGDLLEXPORT void es_worker_main(Datum arg);
 
 /* a worker transaction applies a projection for at most about this long */
 #define ES_WORKER_BATCH_MS 1000
+
+/* backoff of a failing unit of work: doubles from the first to the last */
+#define ES_UNIT_BACKOFF_FIRST_MS 1000
+#define ES_UNIT_BACKOFF_MAX_MS (5 * 60 * 1000)
+
+/* A unit of the database worker's work, retried with backoff after an error */
+typedef struct EsWorkerUnit
+{
+	const char *name;			/* what the log and pg_stat_activity call it */
+	int			failures;		/* consecutive failures, 0 after a success */
+	TimestampTz retry_at;		/* after a failure: not again before this */
+} EsWorkerUnit;
+
+/* The database worker's name of its database, for the log */
+static char *worker_dbname = NULL;
+
+/* Where the database worker's units start; reset after each one */
+static MemoryContext unit_context = NULL;
 
 /* Launcher-local bookkeeping of database workers */
 typedef struct EsDbWorker
@@ -290,17 +319,139 @@ es_extension_present(void)
 	return OidIsValid(get_extension_oid("event_store", true));
 }
 
+/* Error context of a unit of work: which unit, which database */
+static void
+es_unit_error_context(void *arg)
+{
+	EsWorkerUnit *unit = (EsWorkerUnit *) arg;
+
+	errcontext("event_store worker: %s in database \"%s\"",
+			   unit->name, worker_dbname ? worker_dbname : "?");
+}
+
+/* May the unit run now, or is it waiting out its backoff? */
+static bool
+es_unit_ready(const EsWorkerUnit *unit, TimestampTz now)
+{
+	return unit->failures == 0 || now >= unit->retry_at;
+}
+
+/* Has a failed unit's backoff expired (so that it should be retried)? */
+static bool
+es_unit_retry_due(const EsWorkerUnit *unit, TimestampTz now)
+{
+	return unit->failures > 0 && now >= unit->retry_at;
+}
+
+/*
+ * Milliseconds until a failed unit's retry, capped at timeout; a retry
+ * already due waits for the unit's own schedule (the throttled NOTIFY)
+ */
+static long
+es_unit_timeout(const EsWorkerUnit *unit, TimestampTz now, long timeout)
+{
+	long		ms;
+
+	if (unit->failures == 0 || unit->retry_at <= now)
+		return timeout;
+	ms = (long) ((unit->retry_at - now + 999) / 1000);
+	return Min(timeout, ms);
+}
+
+/*
+ * Run fn(arg), one unit of work that starts and ends its own transactions,
+ * and return whether it succeeded.  An error is logged (WARNING, with the
+ * unit and the database as its context) and rolled back, and the unit is
+ * due again only after its backoff.  A query cancel, or an error while the
+ * worker is told to exit, is thrown on: it ends the worker.
+ */
+static bool
+es_worker_run_unit(EsWorkerUnit *unit, void (*fn) (void *), void *arg)
+{
+	ErrorContextCallback errcallback;
+	volatile bool ok = true;
+
+	MemoryContextSwitchTo(unit_context);
+	errcallback.callback = es_unit_error_context;
+	errcallback.arg = unit;
+	errcallback.previous = error_context_stack;
+	error_context_stack = &errcallback;
+
+	PG_TRY();
+	{
+		fn(arg);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+		int			delay_ms;
+
+		/* no interrupt may come in between: nothing of the unit is left */
+		HOLD_INTERRUPTS();
+		error_context_stack = errcallback.previous;
+		MemoryContextSwitchTo(unit_context);
+		edata = CopyErrorData();
+		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED || ProcDiePending)
+		{
+			RESUME_INTERRUPTS();
+			PG_RE_THROW();
+		}
+		FlushErrorState();
+		AbortCurrentTransaction();
+		MemoryContextSwitchTo(unit_context);
+
+		edata->elevel = WARNING;
+		ThrowErrorData(edata);
+
+		unit->failures++;
+		delay_ms = ES_UNIT_BACKOFF_FIRST_MS;
+		for (int i = 1; i < unit->failures && delay_ms < ES_UNIT_BACKOFF_MAX_MS; i++)
+			delay_ms *= 2;
+		delay_ms = Min(delay_ms, ES_UNIT_BACKOFF_MAX_MS);
+		unit->retry_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), delay_ms);
+		ereport(LOG,
+				(errmsg("event_store worker: %s in database \"%s\" failed (%d in a row), next attempt in %d ms",
+						unit->name, worker_dbname, unit->failures, delay_ms)));
+		pgstat_report_activity(STATE_IDLE, NULL);
+		RESUME_INTERRUPTS();
+		ok = false;
+	}
+	PG_END_TRY();
+
+	error_context_stack = errcallback.previous;
+	if (ok)
+	{
+		if (unit->failures > 0)
+			ereport(LOG,
+					(errmsg("event_store worker: %s in database \"%s\" succeeded again after %d failures",
+							unit->name, worker_dbname, unit->failures)));
+		unit->failures = 0;
+		unit->retry_at = 0;
+	}
+	MemoryContextSwitchTo(TopMemoryContext);
+	MemoryContextReset(unit_context);
+	return ok;
+}
+
+/* What a batch of async projections reports to the main loop */
+typedef struct EsProjectionBatch
+{
+	int64		applied;		/* events handed to handlers, -1: no extension */
+	bool		has_async;		/* is any async projection running? */
+} EsProjectionBatch;
+
 /*
  * One unit of work in its own transaction: a batch of async projections.
- * Returns the events handed to handlers, or -1 when the extension is gone;
- * *has_async tells whether any async projection is running.
+ * Sets the events handed to handlers, or -1 when the extension is gone,
+ * and whether any async projection is running.
  */
-static int64
-es_worker_run_projections(bool *has_async)
+static void
+es_worker_run_projections(void *arg)
 {
-	int64		n = 0;
+	EsProjectionBatch *batch = (EsProjectionBatch *) arg;
 	bool		isnull;
 
+	batch->applied = 0;
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
@@ -308,7 +459,8 @@ es_worker_run_projections(bool *has_async)
 	{
 		PopActiveSnapshot();
 		CommitTransactionCommand();
-		return -1;
+		batch->applied = -1;
+		return;
 	}
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
@@ -316,22 +468,21 @@ es_worker_run_projections(bool *has_async)
 					"WHERE mode OPERATOR(pg_catalog.=) 'async' "
 					"AND state OPERATOR(pg_catalog.=) 'running')", true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "reading event_store.projections failed");
-	*has_async = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	if (*has_async)
+	batch->has_async = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	if (batch->has_async)
 	{
 		pgstat_report_activity(STATE_RUNNING, "event_store: applying async projections");
-		n = EsRunAsyncProjections(ES_PROJECTION_SLICE, true, ES_WORKER_BATCH_MS);
+		batch->applied = EsRunAsyncProjections(ES_PROJECTION_SLICE, true, ES_WORKER_BATCH_MS);
 	}
 	SPI_finish();
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 	pgstat_report_activity(STATE_IDLE, NULL);
-	return n;
 }
 
 /* Saga timers (timeouts, lease expiry, retries) in a transaction of their own */
 static void
-es_worker_saga_tick(void)
+es_worker_saga_tick(void *arg)
 {
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
@@ -350,35 +501,52 @@ es_worker_saga_tick(void)
 	pgstat_report_activity(STATE_IDLE, NULL);
 }
 
-/* Retention (lifecycle.c) in a transaction of its own */
+/*
+ * Retention (lifecycle.c) in batches of ES_RETENTION_BATCH events, each
+ * committed in a transaction of its own: what was removed stays removed if
+ * a later batch fails, and no transaction holds many rows.
+ */
 static void
-es_worker_retention(void)
+es_worker_retention(void *arg)
 {
 	int64		removed;
+	int64		total = 0;
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	PushActiveSnapshot(GetTransactionSnapshot());
 	pgstat_report_activity(STATE_RUNNING, "event_store: retention");
-	removed = EsEnforceRetention();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
+	do
+	{
+		CHECK_FOR_INTERRUPTS();
+		SetCurrentStatementStartTimestamp();
+		StartTransactionCommand();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		removed = EsEnforceRetentionBatch(ES_RETENTION_BATCH);
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+		total += removed;
+	} while (removed >= ES_RETENTION_BATCH);
 	pgstat_report_activity(STATE_IDLE, NULL);
-	if (removed > 0)
+	if (total > 0)
 		ereport(DEBUG1,
-				(errmsg("event_store retention removed " INT64_FORMAT " events", removed)));
+				(errmsg("event_store retention removed " INT64_FORMAT " events", total)));
 }
 
-/* NOTIFY event_store, '<head>' from a transaction of our own */
-static int64
-es_worker_notify(int64 last_head)
+/* What the NOTIFY unit knows: the head last announced */
+typedef struct EsNotifyState
 {
+	int64		notified_head;
+} EsNotifyState;
+
+/* NOTIFY event_store, '<head>' from a transaction of our own */
+static void
+es_worker_notify(void *arg)
+{
+	EsNotifyState *state = (EsNotifyState *) arg;
 	int64		head;
 
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	head = EsSafeHead();
-	if (head > last_head)
+	if (head > state->notified_head)
 	{
 		char		payload[32];
 
@@ -387,7 +555,7 @@ es_worker_notify(int64 last_head)
 	}
 	PopActiveSnapshot();
 	CommitTransactionCommand();
-	return head;
+	state->notified_head = head;
 }
 
 /* Database worker main loop */
@@ -395,22 +563,30 @@ void
 es_worker_main(Datum arg)
 {
 	Oid			dboid = DatumGetObjectId(arg);
-	int64		notified_head = -1;
+	EsNotifyState notify_state = {-1};
+	EsProjectionBatch batch = {0, true};
 	int64		round_head = -1;
-	bool		has_async = true;
 	bool		recheck = false;
 	TimestampTz last_notify = 0;
 	TimestampTz last_round = 0;
 	TimestampTz last_retention = 0;
+	EsWorkerUnit projections_unit = {"async projections"};
+	EsWorkerUnit saga_unit = {"saga timers"};
+	EsWorkerUnit retention_unit = {"retention"};
+	EsWorkerUnit notify_unit = {"notify"};
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
 	pgstat_report_appname("event_store worker");
+	unit_context = AllocSetContextCreate(TopMemoryContext,
+										 "event_store worker unit",
+										 ALLOCSET_DEFAULT_SIZES);
 
 	/* no extension here: say so and leave */
 	StartTransactionCommand();
+	worker_dbname = MemoryContextStrdup(TopMemoryContext, get_database_name(dboid));
 	if (!es_extension_present())
 	{
 		CommitTransactionCommand();
@@ -426,7 +602,7 @@ es_worker_main(Datum arg)
 		proc_exit(0);
 	}
 	EsSetWorkerProc(true);
-	notified_head = EsSafeHead();	/* builds the counter; nothing to announce yet */
+	notify_state.notified_head = EsSafeHead();	/* builds the counter; nothing to announce yet */
 	CommitTransactionCommand();
 
 	for (;;)
@@ -434,7 +610,6 @@ es_worker_main(Datum arg)
 		long		timeout = es_naptime_ms;
 		TimestampTz now = GetCurrentTimestamp();
 		int64		head = EsSafeHeadIfReady();
-		int64		n;
 
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
@@ -446,34 +621,48 @@ es_worker_main(Datum arg)
 		/*
 		 * Async projections, one committed batch at a time: when events
 		 * arrived (and some projection is async), when a projection changed,
-		 * and every naptime for retries.
+		 * every naptime for retries, and when a failed unit's backoff ends.
+		 * Then the saga timers.
 		 */
-		if (EsTakeProjectionsChanged() || (has_async && head != round_head) ||
-			TimestampDifferenceExceeds(last_round, now, es_naptime_ms))
+		if ((es_unit_ready(&projections_unit, now) && EsTakeProjectionsChanged()) ||
+			(batch.has_async && head != round_head) ||
+			TimestampDifferenceExceeds(last_round, now, es_naptime_ms) ||
+			es_unit_retry_due(&projections_unit, now) ||
+			es_unit_retry_due(&saga_unit, now))
 		{
 			last_round = now;
 			round_head = head;
-			do
+			if (es_unit_ready(&projections_unit, now))
 			{
-				n = es_worker_run_projections(&has_async);
-				if (n < 0)
+				while (es_worker_run_unit(&projections_unit, es_worker_run_projections, &batch))
 				{
-					EsSetWorkerProc(false);
-					EsReportAbsentDatabase(dboid);
-					proc_exit(0);
+					if (batch.applied < 0)
+					{
+						EsSetWorkerProc(false);
+						EsReportAbsentDatabase(dboid);
+						proc_exit(0);
+					}
+					CHECK_FOR_INTERRUPTS();
+					if (batch.applied == 0)
+						break;
 				}
-				CHECK_FOR_INTERRUPTS();
-			} while (n > 0);
-			EsWorkerWantsCommits(has_async);
-			es_worker_saga_tick();
+				EsWorkerWantsCommits(batch.has_async);
+			}
+			if (es_unit_ready(&saga_unit, now))
+				(void) es_worker_run_unit(&saga_unit, es_worker_saga_tick, NULL);
 		}
+		timeout = es_unit_timeout(&projections_unit, now, timeout);
+		timeout = es_unit_timeout(&saga_unit, now, timeout);
 
-		if (TimestampDifferenceExceeds(last_retention, now, es_retention_interval_ms))
+		if (es_unit_ready(&retention_unit, now) &&
+			(TimestampDifferenceExceeds(last_retention, now, es_retention_interval_ms) ||
+			 es_unit_retry_due(&retention_unit, now)))
 		{
 			last_retention = now;
-			es_worker_retention();
+			(void) es_worker_run_unit(&retention_unit, es_worker_retention, NULL);
 		}
 		timeout = Min(timeout, es_retention_interval_ms);
+		timeout = es_unit_timeout(&retention_unit, now, timeout);
 
 		/*
 		 * Throttled NOTIFY when the head advanced.  Appenders wake us at
@@ -485,16 +674,17 @@ es_worker_main(Datum arg)
 			recheck = false;
 			timeout = Min(timeout, es_notify_interval_ms);
 		}
-		if (head > notified_head)
+		if (head > notify_state.notified_head && es_unit_ready(&notify_unit, now))
 		{
 			if (TimestampDifferenceExceeds(last_notify, now, es_notify_interval_ms))
 			{
-				notified_head = es_worker_notify(notified_head);
+				(void) es_worker_run_unit(&notify_unit, es_worker_notify, &notify_state);
 				last_notify = now;
 				recheck = true;
 			}
 			timeout = Min(timeout, es_notify_interval_ms);
 		}
+		timeout = es_unit_timeout(&notify_unit, now, timeout);
 
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 timeout, PG_WAIT_EXTENSION);
