@@ -13,6 +13,7 @@
 #include "catalog/pg_attribute.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
+#include "common/hashfn.h"
 #include "commands/extension.h"
 #include "nodes/pg_list.h"
 #include "utils/inval.h"
@@ -336,4 +337,74 @@ EsPrepareKeptPlan(const char *sql, int nargs, Oid *argtypes)
 		elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
 	SPI_keepplan(plan);
 	return plan;
+}
+
+/* ------------------------------------------------------------------------
+ * Text-keyed hash tables of the registries' caches
+ * ------------------------------------------------------------------------ */
+
+/* Hash of an EsTextKey: its whole string and its number */
+static uint32
+es_text_key_hash(const void *key, Size keysize)
+{
+	const EsTextKey *k = (const EsTextKey *) key;
+
+	return hash_combine(hash_bytes((const unsigned char *) k->str, k->len),
+						hash_uint32((uint32) k->num));
+}
+
+/* Do two EsTextKeys differ?  (0: equal, as dynahash wants) */
+static int
+es_text_key_match(const void *key1, const void *key2, Size keysize)
+{
+	const EsTextKey *a = (const EsTextKey *) key1;
+	const EsTextKey *b = (const EsTextKey *) key2;
+
+	if (a->len != b->len || a->num != b->num)
+		return 1;
+	return memcmp(a->str, b->str, a->len);
+}
+
+/* A hash table of entries of entrysize bytes, each beginning with its EsTextKey */
+HTAB *
+EsTextHashCreate(const char *name, Size entrysize, MemoryContext cxt)
+{
+	HASHCTL		ctl;
+
+	Assert(entrysize >= sizeof(EsTextKey));
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = sizeof(EsTextKey);
+	ctl.entrysize = entrysize;
+	ctl.hash = es_text_key_hash;
+	ctl.match = es_text_key_match;
+	ctl.hcxt = cxt;
+	return hash_create(name, 16, &ctl,
+					   HASH_ELEM | HASH_FUNCTION | HASH_COMPARE | HASH_CONTEXT);
+}
+
+/* The entry of (str, len, num), or NULL */
+void *
+EsTextHashFind(HTAB *hash, const char *str, int len, int32 num)
+{
+	EsTextKey	key;
+
+	key.str = str;
+	key.len = len;
+	key.num = num;
+	return hash_search(hash, &key, HASH_FIND, NULL);
+}
+
+/*
+ * The entry of (str, len, num), made if there is none (*found says which);
+ * str must live as long as the table
+ */
+void *
+EsTextHashEnter(HTAB *hash, const char *str, int len, int32 num, bool *found)
+{
+	EsTextKey	key;
+
+	key.str = str;
+	key.len = len;
+	key.num = num;
+	return hash_search(hash, &key, HASH_ENTER, found);
 }

@@ -14,6 +14,7 @@
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "storage/lockdefs.h"
+#include "utils/hsearch.h"
 #include "utils/jsonb.h"
 #include "utils/uuid.h"
 #include "utils/relcache.h"
@@ -103,6 +104,24 @@ extern void EsRegistryEnsure(EsRegistry *reg, void (*load) (void));
 extern MemoryContext EsRegistryNewContext(EsRegistry *reg);
 extern Datum EsRegistryCall(EsRegistry *reg, FunctionCallInfo fcinfo);
 extern bool EsFunctionExists(Oid fn);
+
+/*
+ * catalog.c: the hash tables of the registries' caches, keyed by a string
+ * (an event type, a category) and a number (a schema version, or 0), compared
+ * in full.  Every entry begins with its EsTextKey; the string it points to
+ * must live as long as the table (the registry's memory context).
+ */
+typedef struct EsTextKey
+{
+	const char *str;
+	int			len;
+	int32		num;
+} EsTextKey;
+
+extern HTAB *EsTextHashCreate(const char *name, Size entrysize, MemoryContext cxt);
+extern void *EsTextHashFind(HTAB *hash, const char *str, int len, int32 num);
+extern void *EsTextHashEnter(HTAB *hash, const char *str, int len, int32 num,
+							 bool *found);
 
 /* position.c: the global position counter and the follower horizon */
 extern int	es_max_databases;

@@ -41,11 +41,9 @@ PG_FUNCTION_INFO_V1(es_saga_regprocedure);
 PG_FUNCTION_INFO_V1(es_start_saga);
 PG_FUNCTION_INFO_V1(es_saga_state);
 
-#define ES_MAX_WATCH_KEY 128
-
 typedef struct EsWatchedType
 {
-	char		key[ES_MAX_WATCH_KEY];
+	EsTextKey	key;			/* the event type */
 } EsWatchedType;
 
 static EsRegistry saga_registry = {"saga_definitions", true};
@@ -55,29 +53,15 @@ static long watched_count = 0;
 static SPIPlanPtr on_event_plan = NULL;
 static SPIPlanPtr owner_plan = NULL;
 
-/* Key of a type: long types share a truncated key (then the SQL side decides) */
-static void
-es_watch_key(char *key, const char *type, int len)
-{
-	memset(key, 0, ES_MAX_WATCH_KEY);
-	memcpy(key, type, Min(len, ES_MAX_WATCH_KEY - 1));
-}
-
 /* Load the set of watched event types */
 static void
 es_saga_load(void)
 {
-	HASHCTL		ctl;
 	EsUserSwitch sw;
 	int			rc;
 
 	watched_cxt = EsRegistryNewContext(&saga_registry);
-	memset(&ctl, 0, sizeof(ctl));
-	ctl.keysize = ES_MAX_WATCH_KEY;
-	ctl.entrysize = sizeof(EsWatchedType);
-	ctl.hcxt = watched_cxt;
-	watched = hash_create("event_store saga watch", 16, &ctl,
-						  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	watched = EsTextHashCreate("event_store saga watch", sizeof(EsWatchedType), watched_cxt);
 	watched_count = 0;
 
 	EsSpiConnect(&sw);
@@ -88,10 +72,11 @@ es_saga_load(void)
 	{
 		bool		isnull;
 		text	   *t = DatumGetTextPP(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
-		char		key[ES_MAX_WATCH_KEY];
+		int			len = VARSIZE_ANY_EXHDR(t);
+		bool		found;
 
-		es_watch_key(key, VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t));
-		(void) hash_search(watched, key, HASH_ENTER, NULL);
+		(void) EsTextHashEnter(watched, MemoryContextStrdup(watched_cxt, text_to_cstring(t)),
+							   len, 0, &found);
 		watched_count++;
 	}
 	EsSpiFinish(&sw);
@@ -146,7 +131,6 @@ es_saga_owner(pg_uuid_t *saga_id)
 void
 EsSagaOnEvent(text *stream_id, text *type, Jsonb *metadata, Jsonb *data)
 {
-	char		key[ES_MAX_WATCH_KEY];
 	JsonbValue	k;
 	JsonbValue *v;
 	pg_uuid_t	saga_id;
@@ -155,8 +139,7 @@ EsSagaOnEvent(text *stream_id, text *type, Jsonb *metadata, Jsonb *data)
 	bool		check_owner;
 	int			rc;
 
-	es_watch_key(key, VARDATA_ANY(type), VARSIZE_ANY_EXHDR(type));
-	if (hash_search(watched, key, HASH_FIND, NULL) == NULL)
+	if (EsTextHashFind(watched, VARDATA_ANY(type), VARSIZE_ANY_EXHDR(type), 0) == NULL)
 		return;
 	k.type = jbvString;
 	k.val.string.val = "saga_id";

@@ -40,11 +40,9 @@ PG_FUNCTION_INFO_V1(es_save_snapshot);
 PG_FUNCTION_INFO_V1(es_load_snapshot);
 PG_FUNCTION_INFO_V1(es_purge_snapshots);
 
-#define ES_MAX_CATEGORY_KEY 64
-
 typedef struct EsAggregate
 {
-	char		category[ES_MAX_CATEGORY_KEY];	/* hash key (prefix) */
+	EsTextKey	key;			/* the category (in full_category) */
 	text	   *full_category;
 	FmgrInfo	reducer;
 	Jsonb	   *initial_state;
@@ -53,7 +51,6 @@ typedef struct EsAggregate
 	bool		missing;		/* the reducer was dropped */
 	Oid			owner;			/* the role that defined it: the reducer runs as it */
 	const char *search_path;	/* and with this search_path (pinned) */
-	struct EsAggregate *next;	/* other categories sharing a truncated key */
 } EsAggregate;
 
 static EsRegistry agg_registry = {"aggregates", true};
@@ -63,30 +60,16 @@ static long agg_count = 0;
 static SPIPlanPtr find_snapshot_plan = NULL;
 static SPIPlanPtr save_snapshot_plan = NULL;
 
-/* Hash key of a category */
-static void
-es_agg_key(char *key, const char *category, int len)
-{
-	memset(key, 0, ES_MAX_CATEGORY_KEY);
-	memcpy(key, category, Min(len, ES_MAX_CATEGORY_KEY - 1));
-}
-
 /* (Re)build the aggregate cache */
 static void
 es_agg_load(void)
 {
-	HASHCTL		ctl;
 	MemoryContext old;
 	EsUserSwitch sw;
 	int			rc;
 
 	agg_cxt = EsRegistryNewContext(&agg_registry);
-	memset(&ctl, 0, sizeof(ctl));
-	ctl.keysize = ES_MAX_CATEGORY_KEY;
-	ctl.entrysize = sizeof(EsAggregate);
-	ctl.hcxt = agg_cxt;
-	agg_hash = hash_create("event_store aggregates", 16, &ctl,
-						   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	agg_hash = EsTextHashCreate("event_store aggregates", sizeof(EsAggregate), agg_cxt);
 	agg_count = 0;
 
 	EsSpiConnect(&sw);
@@ -103,21 +86,12 @@ es_agg_load(void)
 		TupleDesc	desc = SPI_tuptable->tupdesc;
 		bool		isnull;
 		text	   *category = DatumGetTextPCopy(SPI_getbinval(tup, desc, 1, &isnull));
-		char		key[ES_MAX_CATEGORY_KEY];
 		EsAggregate *entry;
 		bool		found;
 
-		es_agg_key(key, VARDATA_ANY(category), VARSIZE_ANY_EXHDR(category));
-		entry = hash_search(agg_hash, key, HASH_ENTER, &found);
-		if (found)
-		{
-			EsAggregate *extra = palloc(sizeof(EsAggregate));
-
-			*extra = *entry;
-			entry->next = extra;
-		}
-		else
-			entry->next = NULL;
+		/* categories are unique (the table's primary key) */
+		entry = EsTextHashEnter(agg_hash, VARDATA_ANY(category), VARSIZE_ANY_EXHDR(category),
+								0, &found);
 		entry->full_category = category;
 		entry->reducer.fn_oid = DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull));
 		entry->missing = !EsFunctionExists(entry->reducer.fn_oid);
@@ -140,17 +114,10 @@ es_agg_load(void)
 static EsAggregate *
 es_agg_find(const char *category, int len)
 {
-	char		key[ES_MAX_CATEGORY_KEY];
-	EsAggregate *entry;
-
 	EsRegistryEnsure(&agg_registry, es_agg_load);
 	if (agg_count == 0)
 		return NULL;
-	es_agg_key(key, category, len);
-	for (entry = hash_search(agg_hash, key, HASH_FIND, NULL); entry; entry = entry->next)
-		if (EsTextIs(entry->full_category, category, len))
-			return entry;
-	return NULL;
+	return EsTextHashFind(agg_hash, category, len, 0);
 }
 
 /* Prepare the snapshot plans once per backend */

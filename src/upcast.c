@@ -30,7 +30,6 @@
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "nodes/pg_list.h"
-#include "common/hashfn.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
@@ -45,16 +44,9 @@
 PG_FUNCTION_INFO_V1(es_register_upcaster);
 PG_FUNCTION_INFO_V1(es_drop_upcaster);
 
-/* Hash key: a hash of the event type and the schema version */
-typedef struct EsUpcastKey
-{
-	uint32		type_hash;
-	int32		schema_version;
-} EsUpcastKey;
-
 typedef struct EsUpcaster
 {
-	EsUpcastKey key;
+	EsTextKey	key;			/* the event type (in full_type), the schema version */
 	text	   *full_type;		/* the event type it applies to */
 	Oid			fn;				/* the upcaster function */
 	text	   *to_type;		/* NULL: keep the type */
@@ -62,7 +54,6 @@ typedef struct EsUpcaster
 	Oid			owner;			/* the role that registered it: runs as it */
 	const char *search_path;	/* and with this search_path (pinned) */
 	ExprState  *expr;			/* upcaster($1 data, $2 metadata), simplified */
-	struct EsUpcaster *collision;	/* another type with the same hash */
 	struct EsUpcaster *then;	/* the upcaster of the result, resolved at load */
 } EsUpcaster;
 
@@ -72,14 +63,6 @@ static ExprContext *upcast_econtext = NULL;
 static HTAB *upcast_hash = NULL;
 static MemoryContext upcast_cxt = NULL;
 static long upcast_count = 0;
-
-/* Fill a hash key from a type and version */
-static void
-es_upcast_key(EsUpcastKey *key, const char *type, int len, int32 schema_version)
-{
-	key->type_hash = hash_bytes((const unsigned char *) type, len);
-	key->schema_version = schema_version;
-}
 
 static EsUpcaster *es_upcast_find(text *type, int32 schema_version);
 
@@ -116,7 +99,6 @@ es_upcast_compile(Oid fn)
 static void
 es_upcast_load(void)
 {
-	HASHCTL		ctl;
 	MemoryContext old;
 	EsUserSwitch sw;
 	int			rc;
@@ -138,12 +120,7 @@ es_upcast_load(void)
 		upcast_econtext->ecxt_param_list_info = upcast_params;
 		MemoryContextSwitchTo(oldcxt);
 	}
-	memset(&ctl, 0, sizeof(ctl));
-	ctl.keysize = sizeof(EsUpcastKey);
-	ctl.entrysize = sizeof(EsUpcaster);
-	ctl.hcxt = upcast_cxt;
-	upcast_hash = hash_create("event_store upcasters", 16, &ctl,
-							  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	upcast_hash = EsTextHashCreate("event_store upcasters", sizeof(EsUpcaster), upcast_cxt);
 	upcast_count = 0;
 
 	EsSpiConnect(&sw);
@@ -166,23 +143,13 @@ es_upcast_load(void)
 		bool		to_null = isnull;
 		Oid			owner;
 		const char *search_path;
-		EsUpcastKey key;
 		EsUpcaster *entry;
 		bool		found;
 
 		EsRegistrantOf(tup, desc, 5, &owner, &search_path);
-		es_upcast_key(&key, VARDATA_ANY(type), VARSIZE_ANY_EXHDR(type), from);
-		entry = hash_search(upcast_hash, &key, HASH_ENTER, &found);
-		if (found)
-		{
-			/* hash collision: keep the first entry's contents in a new node */
-			EsUpcaster *extra = palloc(sizeof(EsUpcaster));
-
-			*extra = *entry;
-			entry->collision = extra;
-		}
-		else
-			entry->collision = NULL;
+		/* (type, version) is unique (the table's primary key) */
+		entry = EsTextHashEnter(upcast_hash, VARDATA_ANY(type), VARSIZE_ANY_EXHDR(type), from,
+								&found);
 		entry->then = NULL;
 		entry->full_type = type;
 		entry->missing = !EsFunctionExists(fn);
@@ -213,9 +180,8 @@ es_upcast_load(void)
 
 		hash_seq_init(&seq, upcast_hash);
 		while ((entry = hash_seq_search(&seq)) != NULL)
-			for (EsUpcaster *up = entry; up != NULL; up = up->collision)
-				up->then = es_upcast_find(up->to_type ? up->to_type : up->full_type,
-										  up->key.schema_version + 1);
+			entry->then = es_upcast_find(entry->to_type ? entry->to_type : entry->full_type,
+										 entry->key.num + 1);
 	}
 }
 
@@ -231,16 +197,8 @@ EsUpcastersExist(void)
 static EsUpcaster *
 es_upcast_find(text *type, int32 schema_version)
 {
-	EsUpcastKey key;
-	EsUpcaster *entry;
-	int			len = VARSIZE_ANY_EXHDR(type);
-
-	es_upcast_key(&key, VARDATA_ANY(type), len, schema_version);
-	entry = hash_search(upcast_hash, &key, HASH_FIND, NULL);
-	for (; entry != NULL; entry = entry->collision)
-		if (EsTextIs(entry->full_type, VARDATA_ANY(type), len))
-			return entry;
-	return NULL;
+	return EsTextHashFind(upcast_hash, VARDATA_ANY(type), VARSIZE_ANY_EXHDR(type),
+						  schema_version);
 }
 
 /*
