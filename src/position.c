@@ -72,7 +72,10 @@
  */
 #define ES_MARK_CHUNK	1000
 
-/* Per-database state; protected by the entry's own LWLock */
+/*
+ * Per-database state; protected by the entry's own LWLock, except the
+ * atomics (pg_atomic_*) and the unlocked hints said so below
+ */
 typedef struct EsDbState
 {
 	Oid			dboid;			/* InvalidOid: the entry is free */
@@ -92,9 +95,17 @@ typedef struct EsDbState
 	bool		built_in_recovery;	/* built on a standby: rebuild once promoted */
 	pg_atomic_uint64 max_committed; /* highest position of a committed append */
 	ConditionVariable head_cv;	/* broadcast when an appender's xact ends */
+	/*
+	 * Worker signalling.  worker_procno and worker_wants_commits are written
+	 * by the worker alone and read by appenders without the lock: unlocked
+	 * hints (aligned, so never torn), where a stale value costs one latch set
+	 * too many or one wake-up missed until the worker's naptime.
+	 */
 	int			worker_procno;	/* pgprocno of the database's worker, or -1 */
-	bool		projections_changed;	/* the worker should re-read projections */
 	bool		worker_wants_commits;	/* it runs async projections: wake it per commit */
+	pg_atomic_uint32 projections_changed;	/* 1: the worker should re-read
+											 * projections (set by any
+											 * backend, taken by the worker) */
 	pg_atomic_uint64 last_wake;	/* when an appender last woke the worker */
 	/* since server start, for event_store.stats */
 	pg_atomic_uint64 n_appends;	/* append() calls that wrote events */
@@ -204,6 +215,7 @@ EsPositionShmemInit(void)
 			pg_atomic_init_u64(&db->max_committed, 0);
 			db->worker_procno = -1;
 			db->worker_wants_commits = false;
+			pg_atomic_init_u32(&db->projections_changed, 0);
 			pg_atomic_init_u64(&db->last_wake, 0);
 			pg_atomic_init_u64(&db->n_appends, 0);
 			pg_atomic_init_u64(&db->n_events, 0);
@@ -315,7 +327,7 @@ es_xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_PREPARE:
 			if (wake_worker_at_end && my_db != NULL &&
 				(event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT))
-				my_db->projections_changed = true;
+				pg_atomic_write_u32(&my_db->projections_changed, 1);
 			if (stale_at_commit && my_db != NULL &&
 				(event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT))
 				pg_atomic_fetch_add_u32(&my_db->stale_gen, 1);	/* its rows are visible now */
@@ -933,13 +945,9 @@ EsTakeAbsentDatabase(Oid dboid)
 bool
 EsTakeProjectionsChanged(void)
 {
-	bool		changed;
-
 	es_attach_db();
-	changed = my_db->projections_changed;
-	if (changed)
-		my_db->projections_changed = false;
-	return changed;
+	/* one exchange: a change announced meanwhile is never lost */
+	return pg_atomic_exchange_u32(&my_db->projections_changed, 0) != 0;
 }
 
 /*
