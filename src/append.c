@@ -345,11 +345,17 @@ EsLockStream(text *stream_id)
  * category's own lock when it has grants, else the one lock of every
  * category without grants (category NULL asks for that one).  Lock tags of
  * the extension's own: no SQL advisory-lock call reaches them.
+ *
+ * Mirrors LockRelationOid: the first time the lock is taken in the
+ * transaction, the invalidations that arrived meanwhile are processed, so
+ * that a change of the inline projections committed by whoever held the
+ * lock before is seen.
  */
 void
 EsLockCategory(const char *category, int len, LOCKMODE mode)
 {
 	LOCKTAG		tag;
+	LOCALLOCK  *locallock;
 
 	if (category != NULL && EsCategoryHasGrants(category, len))
 	{
@@ -360,7 +366,12 @@ EsLockCategory(const char *category, int len, LOCKMODE mode)
 	}
 	else
 		SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, 0, 0, ES_OPEN_LOCK_FIELD4);
-	(void) LockAcquire(&tag, mode, false, false);
+	if (LockAcquireExtended(&tag, mode, false, false, true, &locallock) !=
+		LOCKACQUIRE_ALREADY_CLEAR)
+	{
+		AcceptInvalidationMessages();
+		MarkLockClear(locallock);
+	}
 }
 
 /* Where an event id is stored, if anywhere (per the given snapshot) */
@@ -627,13 +638,7 @@ EsAppendEvents(text *stream_id, EsNewEvent *evs, int n, bool has_expected,
 	if (any_id)
 		es_check_batch_ids(evs, n);
 
-	/*
-	 * A change of the inline projections of this category committed while
-	 * we waited: see it (the events table's lock may be ours already, and
-	 * then nobody processes invalidations for us).
-	 */
 	EsLockCategory(VARDATA_ANY(stream_id), EsCategoryLen(stream_id), RowExclusiveLock);
-	AcceptInvalidationMessages();
 	EsLockStream(stream_id);
 
 	if (!internal)

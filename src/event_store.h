@@ -155,6 +155,7 @@ extern bool EsTakeAbsentDatabase(Oid dboid);
 extern int	es_projection_max_attempts;
 /* events one async projection gets per round before the next one's turn */
 #define ES_PROJECTION_SLICE		10000
+extern int64 EsBackoffMs(int32 attempts);
 extern int64 EsRunAsyncProjections(int64 max_events, bool only_due, int max_ms);
 extern void EsApplyInlineProjections(int n, Datum *rows, bool *nulls);
 
@@ -306,6 +307,17 @@ extern const char *EsOwnerColumns(void);
 extern void EsRegistrantOf(HeapTuple tup, TupleDesc desc, int attno, Oid *role,
 						   const char **search_path);
 extern char *EsRegistrationSearchPath(void);
+
+/* SQL fragments of a registration's registrant columns (EsRegistrantSql) */
+typedef struct EsRegistrantInsert
+{
+	const char *columns;		/* ", owner, search_path" */
+	const char *params;			/* ", $n::pg_catalog.regrole, $n+1" */
+	const char *updates;		/* ", owner = EXCLUDED.owner, ..." */
+	int			nparams;
+} EsRegistrantInsert;
+
+extern void EsRegistrantSql(int param, EsRegistrantInsert *sql);
 extern void EsCheckMayChange(EsUserSwitch *sw, Oid owner, const char *what);
 extern bool EsLockRegistration(EsUserSwitch *sw, const char *sql, int nargs,
 							   Oid *types, Datum *values, const char *what);

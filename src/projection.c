@@ -18,9 +18,9 @@
  * idle in a transaction after such an operation, blocks no append there.
  * With appends to other categories still in flight, the position is the
  * last position handed out (EsLastAllocatedPosition), not the safe head:
- * every event of the locked categories up to it is committed.  Async batches lock their projection's row FOR UPDATE SKIP
- * LOCKED, so the worker and a manual run_projections() never apply the same
- * batch twice.
+ * every event of the locked categories up to it is committed.  Async
+ * batches lock their projection's row FOR UPDATE SKIP LOCKED, so the worker
+ * and a manual run_projections() never apply the same batch twice.
  */
 #include "postgres.h"
 
@@ -752,15 +752,11 @@ es_projection_exec(const char *sql, int nargs, Oid *types, Datum *values,
 static void
 es_lock_inline_categories(Oid owner, int ncategories, text **categories)
 {
-	text	  **granted;
-	int			ngranted = EsGrantedCategories(&granted);
 	bool		open = ncategories < 0;
 
+	/* no filter: every category, those with grants one by one */
 	if (ncategories < 0)
-	{
-		categories = granted;
-		ncategories = ngranted;
-	}
+		ncategories = EsGrantedCategories(&categories);
 	for (int i = 0; i < ncategories; i++)
 	{
 		text	   *c = categories[i];
@@ -867,8 +863,6 @@ es_check_filter_arg(FunctionCallInfo fcinfo, int argno, const char *name, bool c
 static void
 es_call_reset(Oid reset, EsProjection *p)
 {
-	Oid			owner = p->owner;
-
 	FmgrInfo	flinfo;
 	LOCAL_FCINFO(fcinfo, 0);
 
@@ -880,11 +874,11 @@ es_call_reset(Oid reset, EsProjection *p)
 				 errmsg("the reset function of the projection no longer exists"),
 				 errdetail("Function with OID %u was dropped.", reset),
 				 errhint("Drop the projection with event_store.drop_projection() and create it again.")));
-	EsCheckCallbackOwner(reset, owner, "a projection reset function");
+	EsCheckCallbackOwner(reset, p->owner, "a projection reset function");
 	/* it returns void: its (null) result is ignored */
 	fmgr_info(reset, &flinfo);
 	InitFunctionCallInfoData(*fcinfo, &flinfo, 0, InvalidOid, NULL, NULL);
-	(void) EsCallAs(NULL, fcinfo, owner, p->search_path);
+	(void) EsCallAs(NULL, fcinfo, p->owner, p->search_path);
 }
 
 /*
@@ -904,7 +898,7 @@ es_create_projection(PG_FUNCTION_ARGS)
 	REGPROCEDUREOID, OIDOID, TEXTOID};
 	Datum		values[8];
 	char		nulls[8] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
-	bool		paths = EsGetCatalog()->registries_have_paths;
+	EsRegistrantInsert reg;
 	bool		is_inline;
 	EsProjection *p;
 	EsUserSwitch sw;
@@ -960,14 +954,12 @@ es_create_projection(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_DUPLICATE_OBJECT),
 				 errmsg("projection \"%s\" already exists", name),
 				 errhint("Drop it first with event_store.drop_projection(), or pick another name.")));
+	EsRegistrantSql(7, &reg);
 	es_projection_exec(psprintf("INSERT INTO event_store.projections "
 								"(name, handler, event_types, categories, mode, reset%s) "
 								"VALUES ($1, $2, $3, $4, $5, $6%s)",
-								paths ? ", owner, search_path" :
-								EsSchemaHasOwners() ? ", owner" : "",
-								paths ? ", $7::pg_catalog.regrole, $8" :
-								EsSchemaHasOwners() ? ", $7::pg_catalog.regrole" : ""),
-					   paths ? 8 : EsSchemaHasOwners() ? 7 : 6, types, values, nulls);
+								reg.columns, reg.params),
+					   6 + reg.nparams, types, values, nulls);
 	if (is_inline)
 	{
 		/* replay history, then go live in the same transaction */
@@ -1113,9 +1105,12 @@ es_drop_projection(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
-/* Backoff before the next attempt: 1 s doubling, at most 5 minutes */
-static int64
-es_backoff_ms(int32 attempts)
+/*
+ * Backoff before the next attempt after attempts failed ones: 1 s doubling,
+ * at most 5 minutes (projections, and the worker's units of work)
+ */
+int64
+EsBackoffMs(int32 attempts)
 {
 	int64		ms = 1000;
 
@@ -1251,7 +1246,7 @@ es_run_one(const char *name, int64 budget, TimestampTz deadline)
 		values[2] = CStringGetTextDatum(edata->message ? edata->message : "unknown error");
 		values[3] = CStringGetTextDatum(state);
 		values[4] = Int64GetDatum(current);
-		values[5] = Int64GetDatum(es_backoff_ms(attempts));
+		values[5] = Int64GetDatum(EsBackoffMs(attempts));
 		es_projection_exec("UPDATE event_store.projections SET attempts = $2, last_error = $3, "
 						   "state = $4, error_position = $5, "
 						   "next_attempt_at = pg_catalog.now() OPERATOR(pg_catalog.+) "

@@ -51,7 +51,6 @@ static HTAB *watched = NULL;
 static MemoryContext watched_cxt = NULL;
 static long watched_count = 0;
 static SPIPlanPtr on_event_plan = NULL;
-static SPIPlanPtr owner_plan = NULL;
 
 /* Load the set of watched event types */
 static void
@@ -91,35 +90,43 @@ EsSagaWatching(void)
 }
 
 /*
- * The role that owns a saga (defined its type), or InvalidOid when there is
- * no such saga.  Caller is connected to SPI.
+ * The role that owns a saga (defined its type) and the pinned search_path
+ * its step functions run with (palloc'd in cxt); false when there is no
+ * such saga.  Caller is connected to SPI.
  */
-static Oid
-es_saga_owner(pg_uuid_t *saga_id)
+static bool
+es_saga_registrant(Datum saga_id, MemoryContext cxt, Oid *owner,
+				   const char **search_path)
 {
-	Datum		values[1];
-	bool		isnull;
-	Datum		owner;
+	static SPIPlanPtr plan = NULL;
+	static const char *plan_columns = NULL;
+	const char *columns = EsOwnerColumns();
+	MemoryContext old;
 	int			rc;
 
-	if (owner_plan == NULL)
+	/* the columns differ with the schema (ALTER EXTENSION UPDATE) */
+	if (plan == NULL || plan_columns != columns)
 	{
-		Oid			types[1] = {UUIDOID};
+		Oid			type = UUIDOID;
 
-		owner_plan = EsPrepareKeptPlan("SELECT d.owner::pg_catalog.oid "
-									   "FROM event_store.sagas s JOIN event_store.saga_definitions d "
-									   "ON d.saga_type OPERATOR(pg_catalog.=) s.saga_type "
-									   "WHERE s.saga_id OPERATOR(pg_catalog.=) $1",
-									   1, types);
+		if (plan != NULL)
+			SPI_freeplan(plan);
+		plan = EsPrepareKeptPlan(psprintf("SELECT %s FROM event_store.sagas s "
+										  "JOIN event_store.saga_definitions d "
+										  "ON d.saga_type OPERATOR(pg_catalog.=) s.saga_type "
+										  "WHERE s.saga_id OPERATOR(pg_catalog.=) $1", columns),
+								 1, &type);
+		plan_columns = columns;
 	}
-	values[0] = UUIDPGetDatum(saga_id);
-	rc = SPI_execute_plan(owner_plan, values, NULL, true, 1);
+	rc = SPI_execute_plan(plan, &saga_id, NULL, true, 1);
 	if (rc != SPI_OK_SELECT)
-		elog(ERROR, "reading event_store.sagas failed: %s", SPI_result_code_string(rc));
+		elog(ERROR, "reading the saga's definition failed: %s", SPI_result_code_string(rc));
 	if (SPI_processed == 0)
-		return InvalidOid;
-	owner = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	return isnull ? InvalidOid : DatumGetObjectId(owner);
+		return false;
+	old = MemoryContextSwitchTo(cxt);
+	EsRegistrantOf(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, owner, search_path);
+	MemoryContextSwitchTo(old);
+	return true;
 }
 
 /*
@@ -154,9 +161,11 @@ EsSagaOnEvent(text *stream_id, text *type, Jsonb *metadata, Jsonb *data)
 	EsSpiConnect(&sw);
 	if (check_owner)
 	{
-		Oid			owner = es_saga_owner(&saga_id);
+		Oid			owner;
+		const char *path;
 
-		if (!OidIsValid(owner) || !EsRoleMayAccessStream(owner, stream_id, ES_PRIV_READ))
+		if (!es_saga_registrant(UUIDPGetDatum(&saga_id), CurrentMemoryContext, &owner, &path) ||
+			!EsRoleMayAccessStream(owner, stream_id, ES_PRIV_READ))
 		{
 			EsSpiFinish(&sw);
 			return;
@@ -186,6 +195,31 @@ es_saga_definitions_changed(PG_FUNCTION_ARGS)
 }
 
 /*
+ * Call the orchestrator's function event_store.<name> (SECURITY DEFINER:
+ * it runs as the extension owner) with nargs arguments (at most 4).
+ */
+static Datum
+es_orchestrator_call(const char *name, int nargs, Oid *argtypes,
+					 NullableDatum *args, bool *isnull)
+{
+	Oid			fn;
+	FmgrInfo	flinfo;
+	Datum		result;
+	LOCAL_FCINFO(inner, 4);
+
+	Assert(nargs <= 4);
+	fn = LookupFuncName(list_make2(makeString(ES_SCHEMA_NAME), makeString(unconstify(char *, name))),
+						nargs, argtypes, false);
+	fmgr_info(fn, &flinfo);
+	InitFunctionCallInfoData(*inner, &flinfo, nargs, InvalidOid, NULL, NULL);
+	for (int i = 0; i < nargs; i++)
+		inner->args[i] = args[i];
+	result = FunctionCallInvoke(inner);
+	*isnull = inner->isnull;
+	return result;
+}
+
+/*
  * SQL: event_store.define_saga(saga_type text, definition jsonb)
  *
  * The orchestrator's _define_saga (SECURITY DEFINER, search_path pinned)
@@ -197,10 +231,8 @@ Datum
 es_define_saga(PG_FUNCTION_ARGS)
 {
 	Oid			argtypes[4] = {TEXTOID, JSONBOID, REGROLEOID, TEXTOID};
-	Oid			fn;
-	FmgrInfo	flinfo;
-	EsUserSwitch sw;
-	LOCAL_FCINFO(inner, 4);
+	NullableDatum args[4];
+	bool		isnull;
 
 	EsCheckWritable("define_saga()");
 
@@ -209,6 +241,7 @@ es_define_saga(PG_FUNCTION_ARGS)
 	{
 		Oid			type = TEXTOID;
 		Datum		value = PG_GETARG_DATUM(0);
+		EsUserSwitch sw;
 
 		EsSpiConnect(&sw);
 		(void) EsLockRegistration(&sw, "SELECT owner::pg_catalog.oid FROM event_store.saga_definitions "
@@ -218,23 +251,16 @@ es_define_saga(PG_FUNCTION_ARGS)
 		EsSpiFinish(&sw);
 	}
 
-	fn = LookupFuncName(list_make2(makeString(ES_SCHEMA_NAME), makeString("_define_saga")),
-						4, argtypes, false);
-	fmgr_info(fn, &flinfo);
-	InitFunctionCallInfoData(*inner, &flinfo, 4, InvalidOid, NULL, NULL);
 	for (int i = 0; i < 2; i++)
 	{
-		inner->args[i].value = PG_ARGISNULL(i) ? (Datum) 0 : PG_GETARG_DATUM(i);
-		inner->args[i].isnull = PG_ARGISNULL(i);
+		args[i].value = PG_ARGISNULL(i) ? (Datum) 0 : PG_GETARG_DATUM(i);
+		args[i].isnull = PG_ARGISNULL(i);
 	}
-	inner->args[2].value = ObjectIdGetDatum(GetUserId());
-	inner->args[2].isnull = false;
-	inner->args[3].value = CStringGetTextDatum(EsRegistrationSearchPath());
-	inner->args[3].isnull = false;
-
-	EsBecomeOwner(&sw);
-	(void) FunctionCallInvoke(inner);
-	EsRestoreUser(&sw);
+	args[2].value = ObjectIdGetDatum(GetUserId());
+	args[2].isnull = false;
+	args[3].value = CStringGetTextDatum(EsRegistrationSearchPath());
+	args[3].isnull = false;
+	(void) es_orchestrator_call("_define_saga", 4, argtypes, args, &isnull);
 	PG_RETURN_VOID();
 }
 
@@ -283,37 +309,16 @@ es_saga_regprocedure(PG_FUNCTION_ARGS)
 static const char *
 es_saga_search_path(Datum saga_id)
 {
-	static SPIPlanPtr plan = NULL;
 	MemoryContext caller = CurrentMemoryContext;
 	EsUserSwitch sw;
-	const char *path = NULL;
-	int			rc;
+	Oid			owner;
+	const char *path;
+	bool		found;
 
-	if (!EsGetCatalog()->registries_have_paths)
-		return EsPinSearchPath("\"$user\", public");
 	EsSpiConnect(&sw);
-	if (plan == NULL)
-	{
-		Oid			type = UUIDOID;
-
-		plan = EsPrepareKeptPlan("SELECT d.search_path FROM event_store.sagas s "
-								 "JOIN event_store.saga_definitions d "
-								 "ON d.saga_type OPERATOR(pg_catalog.=) s.saga_type "
-								 "WHERE s.saga_id OPERATOR(pg_catalog.=) $1", 1, &type);
-	}
-	rc = SPI_execute_plan(plan, &saga_id, NULL, true, 1);
-	if (rc != SPI_OK_SELECT)
-		elog(ERROR, "reading the saga's definition failed: %s", SPI_result_code_string(rc));
-	if (SPI_processed == 1)
-	{
-		bool		isnull;
-		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-
-		if (!isnull)
-			path = MemoryContextStrdup(caller, TextDatumGetCString(d));
-	}
+	found = es_saga_registrant(saga_id, caller, &owner, &path);
 	EsSpiFinish(&sw);
-	if (path == NULL)
+	if (!found)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("the definition of saga %s was not found",
@@ -368,31 +373,6 @@ es_saga_call(PG_FUNCTION_ARGS)
 	if (inner->isnull)
 		PG_RETURN_NULL();
 	PG_RETURN_DATUM(result);
-}
-
-/*
- * Call the orchestrator's function event_store.<name> (SECURITY DEFINER:
- * it runs as the extension owner) with nargs arguments (at most 4).
- */
-static Datum
-es_orchestrator_call(const char *name, int nargs, Oid *argtypes,
-					 NullableDatum *args, bool *isnull)
-{
-	Oid			fn;
-	FmgrInfo	flinfo;
-	Datum		result;
-	LOCAL_FCINFO(inner, 4);
-
-	Assert(nargs <= 4);
-	fn = LookupFuncName(list_make2(makeString(ES_SCHEMA_NAME), makeString(unconstify(char *, name))),
-						nargs, argtypes, false);
-	fmgr_info(fn, &flinfo);
-	InitFunctionCallInfoData(*inner, &flinfo, nargs, InvalidOid, NULL, NULL);
-	for (int i = 0; i < nargs; i++)
-		inner->args[i] = args[i];
-	result = FunctionCallInvoke(inner);
-	*isnull = inner->isnull;
-	return result;
 }
 
 /* The category of every saga's stream (saga-<saga_id>) */

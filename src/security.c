@@ -118,13 +118,6 @@ EsBecomeOwner(EsUserSwitch *sw)
 static int	es_callback_depth = 0;	/* EsBecomeRole calls not yet restored */
 static int	es_nscopes = 0;		/* open scopes */
 static int	es_scope_depth[ES_MAX_SCOPES];	/* es_callback_depth at their start */
-static const char *es_scope_path[ES_MAX_SCOPES];	/* the pinned search_path the
-													 * last callback of the
-													 * scope's loop ran with */
-#define ES_SCOPE_PATH_LEN 256
-static char es_scope_path_text[ES_MAX_SCOPES][ES_SCOPE_PATH_LEN];	/* its text
-																	 * (cut short: then
-																	 * never equal) */
 
 /*
  * Is a callback about to run directly in the innermost scope's loop?  Not
@@ -146,10 +139,7 @@ int
 EsCallbackScopeBegin(void)
 {
 	if (es_nscopes < ES_MAX_SCOPES)
-	{
 		es_scope_depth[es_nscopes] = es_callback_depth;
-		es_scope_path[es_nscopes] = NULL;
-	}
 	es_nscopes++;
 	return NewGUCNestLevel();
 }
@@ -217,34 +207,16 @@ es_search_path_in_effect(const char *pinned)
 void
 EsBecomeRole(EsUserSwitch *sw, Oid role, const char *search_path)
 {
-	bool		in_loop = es_in_scope_loop();
-
 	GetUserIdAndSecContext(&sw->save_userid, &sw->save_sec_context);
-	sw->guc_level = in_loop ? -1 : NewGUCNestLevel();
+	sw->guc_level = es_in_scope_loop() ? -1 : NewGUCNestLevel();
 	sw->callback = true;
 	es_callback_depth++;
 	if (es_allow_purge)
 		(void) set_config_option("event_store.allow_purge", "off", PGC_SUSET,
 								 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
-
-	/*
-	 * In a scope's loop, the same registration called again (the same
-	 * pinned string, compared in full: a registry reloaded meanwhile may
-	 * reuse the memory) finds the search_path as its last call left it:
-	 * only a callback of its own could have changed it since.
-	 */
-	if (!(in_loop && es_scope_path[es_nscopes - 1] == search_path &&
-		  strcmp(es_scope_path_text[es_nscopes - 1], search_path) == 0))
-	{
-		if (!es_search_path_in_effect(search_path))
-			(void) set_config_option("search_path", search_path, PGC_USERSET,
-									 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
-		if (in_loop)
-		{
-			es_scope_path[es_nscopes - 1] = search_path;
-			strlcpy(es_scope_path_text[es_nscopes - 1], search_path, ES_SCOPE_PATH_LEN);
-		}
-	}
+	if (!es_search_path_in_effect(search_path))
+		(void) set_config_option("search_path", search_path, PGC_USERSET,
+								 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
 	if (role != sw->save_userid)
 		SetUserIdAndSecContext(role, sw->save_sec_context |
 							   SECURITY_LOCAL_USERID_CHANGE |
@@ -319,6 +291,36 @@ EsRegistrantOf(HeapTuple tup, TupleDesc desc, int attno, Oid *role,
 }
 
 /*
+ * The SQL of the registrant columns a registration's INSERT writes, as far
+ * as the installed schema has them: the owner from parameter $param (a role
+ * OID), then the search_path from $param + 1.  *nparams: how many of the
+ * two parameters the statement uses.
+ */
+void
+EsRegistrantSql(int param, EsRegistrantInsert *sql)
+{
+	if (EsGetCatalog()->registries_have_paths)
+	{
+		sql->columns = ", owner, search_path";
+		sql->params = psprintf(", $%d::pg_catalog.regrole, $%d", param, param + 1);
+		sql->updates = ", owner = EXCLUDED.owner, search_path = EXCLUDED.search_path";
+		sql->nparams = 2;
+	}
+	else if (EsSchemaHasOwners())
+	{
+		sql->columns = ", owner";
+		sql->params = psprintf(", $%d::pg_catalog.regrole", param);
+		sql->updates = ", owner = EXCLUDED.owner";
+		sql->nparams = 1;
+	}
+	else
+	{
+		sql->columns = sql->params = sql->updates = "";
+		sql->nparams = 0;
+	}
+}
+
+/*
  * What a registration made now records as its callbacks' search_path: the
  * current one, pinned
  */
@@ -336,7 +338,7 @@ EsRegistrationSearchPath(void)
 void
 EsCheckMayChange(EsUserSwitch *sw, Oid owner, const char *what)
 {
-	Oid			user = sw ? sw->save_userid : GetUserId();
+	Oid			user = sw->save_userid;
 
 	if (has_privs_of_role(user, owner) || has_privs_of_role(user, EsExtensionOwner()))
 		return;

@@ -370,7 +370,7 @@ es_define_aggregate(PG_FUNCTION_ARGS)
 	char		nulls[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
 	Oid			types[7] = {TEXTOID, REGPROCEDUREOID, JSONBOID, INT4OID, INT4OID, OIDOID, TEXTOID};
 	EsUserSwitch sw;
-	bool		paths = EsGetCatalog()->registries_have_paths;
+	EsRegistrantInsert reg;
 	char	   *what;
 	int			rc;
 
@@ -424,21 +424,17 @@ es_define_aggregate(PG_FUNCTION_ARGS)
 											"WHERE category OPERATOR(pg_catalog.=) $1 FOR UPDATE",
 											EsOwnerColumns()),
 							  1, types, values, what);
+	EsRegistrantSql(6, &reg);
 	rc = SPI_execute_with_args(psprintf("INSERT INTO event_store.aggregates "
 										"(category, reducer, initial_state, snapshot_every, state_version%s) "
 										"VALUES ($1, $2, $3, $4, $5%s) "
 										"ON CONFLICT (category) DO UPDATE SET "
 										"reducer = EXCLUDED.reducer, initial_state = EXCLUDED.initial_state, "
 										"snapshot_every = EXCLUDED.snapshot_every, "
-										"state_version = EXCLUDED.state_version, %s"
+										"state_version = EXCLUDED.state_version%s, "
 										"defined_at = pg_catalog.now()",
-										paths ? ", owner, search_path" :
-										EsSchemaHasOwners() ? ", owner" : "",
-										paths ? ", $6::pg_catalog.regrole, $7" :
-										EsSchemaHasOwners() ? ", $6::pg_catalog.regrole" : "",
-										paths ? "owner = EXCLUDED.owner, search_path = EXCLUDED.search_path, " :
-										EsSchemaHasOwners() ? "owner = EXCLUDED.owner, " : ""),
-							   paths ? 7 : EsSchemaHasOwners() ? 6 : 5, types, values, nulls, false, 0);
+										reg.columns, reg.params, reg.updates),
+							   5 + reg.nparams, types, values, nulls, false, 0);
 	if (rc != SPI_OK_INSERT)
 		elog(ERROR, "defining the aggregate failed: %s", SPI_result_code_string(rc));
 	EsSpiFinish(&sw);

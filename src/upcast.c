@@ -322,7 +322,7 @@ es_register_upcaster(PG_FUNCTION_ARGS)
 	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
 	Oid			types[6] = {TEXTOID, INT4OID, REGPROCEDUREOID, TEXTOID, OIDOID, TEXTOID};
 	EsUserSwitch sw;
-	const EsCatalog *cat = EsGetCatalog();
+	EsRegistrantInsert reg;
 	char	   *what;
 	int			rc;
 
@@ -358,27 +358,15 @@ es_register_upcaster(PG_FUNCTION_ARGS)
 
 	EsSpiConnect(&sw);
 	(void) es_upcaster_lock(&sw, values, what);
-	rc = SPI_execute_with_args(cat->registries_have_paths ?
-							   "INSERT INTO event_store.upcasters "
-							   "(event_type, from_schema_version, upcaster, to_event_type, owner, search_path) "
-							   "VALUES ($1, $2, $3, $4, $5::pg_catalog.regrole, $6) "
-							   "ON CONFLICT (event_type, from_schema_version) DO UPDATE "
-							   "SET upcaster = EXCLUDED.upcaster, to_event_type = EXCLUDED.to_event_type, "
-							   "owner = EXCLUDED.owner, search_path = EXCLUDED.search_path" :
-							   EsSchemaHasOwners() ?
-							   "INSERT INTO event_store.upcasters "
-							   "(event_type, from_schema_version, upcaster, to_event_type, owner) "
-							   "VALUES ($1, $2, $3, $4, $5::pg_catalog.regrole) "
-							   "ON CONFLICT (event_type, from_schema_version) DO UPDATE "
-							   "SET upcaster = EXCLUDED.upcaster, to_event_type = EXCLUDED.to_event_type, "
-							   "owner = EXCLUDED.owner" :
-							   "INSERT INTO event_store.upcasters "
-							   "(event_type, from_schema_version, upcaster, to_event_type) "
-							   "VALUES ($1, $2, $3, $4) "
-							   "ON CONFLICT (event_type, from_schema_version) DO UPDATE "
-							   "SET upcaster = EXCLUDED.upcaster, to_event_type = EXCLUDED.to_event_type",
-							   cat->registries_have_paths ? 6 : EsSchemaHasOwners() ? 5 : 4,
-							   types, values, nulls, false, 0);
+	EsRegistrantSql(5, &reg);
+	rc = SPI_execute_with_args(psprintf("INSERT INTO event_store.upcasters "
+										"(event_type, from_schema_version, upcaster, to_event_type%s) "
+										"VALUES ($1, $2, $3, $4%s) "
+										"ON CONFLICT (event_type, from_schema_version) DO UPDATE "
+										"SET upcaster = EXCLUDED.upcaster, "
+										"to_event_type = EXCLUDED.to_event_type%s",
+										reg.columns, reg.params, reg.updates),
+							   4 + reg.nparams, types, values, nulls, false, 0);
 	if (rc != SPI_OK_INSERT)
 		elog(ERROR, "registering the upcaster failed: %s", SPI_result_code_string(rc));
 	EsSpiFinish(&sw);

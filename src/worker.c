@@ -17,7 +17,7 @@
  * in transactions of its own; an error there is logged with the unit and
  * the database, the transaction is rolled back, and that unit alone is
  * tried again after a backoff that doubles from one second up to five
- * minutes, while the others go on (autovacuum and TimescaleDB's job
+ * minutes (EsBackoffMs, the rule of the projections' retries), while the others go on (autovacuum and TimescaleDB's job
  * runner work the same way).  A query cancel and SIGTERM are not such
  * errors: they end the worker at once (the launcher starts a new one after
  * a cancel).
@@ -64,10 +64,6 @@ PGDLLEXPORT void es_worker_main(Datum arg);
 
 /* a worker transaction applies a projection for at most about this long */
 #define ES_WORKER_BATCH_MS 1000
-
-/* backoff of a failing unit of work: doubles from the first to the last */
-#define ES_UNIT_BACKOFF_FIRST_MS 1000
-#define ES_UNIT_BACKOFF_MAX_MS (5 * 60 * 1000)
 
 /* A unit of the database worker's work, retried with backoff after an error */
 typedef struct EsWorkerUnit
@@ -384,7 +380,7 @@ es_worker_run_unit(EsWorkerUnit *unit, void (*fn) (void *), void *arg)
 	PG_CATCH();
 	{
 		ErrorData  *edata;
-		int			delay_ms;
+		int64		delay_ms;
 
 		/* no interrupt may come in between: nothing of the unit is left */
 		HOLD_INTERRUPTS();
@@ -404,13 +400,10 @@ es_worker_run_unit(EsWorkerUnit *unit, void (*fn) (void *), void *arg)
 		ThrowErrorData(edata);
 
 		unit->failures++;
-		delay_ms = ES_UNIT_BACKOFF_FIRST_MS;
-		for (int i = 1; i < unit->failures && delay_ms < ES_UNIT_BACKOFF_MAX_MS; i++)
-			delay_ms *= 2;
-		delay_ms = Min(delay_ms, ES_UNIT_BACKOFF_MAX_MS);
+		delay_ms = EsBackoffMs(unit->failures);
 		unit->retry_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), delay_ms);
 		ereport(LOG,
-				(errmsg("event_store worker: %s in database \"%s\" failed (%d in a row), next attempt in %d ms",
+				(errmsg("event_store worker: %s in database \"%s\" failed (%d in a row), next attempt in " INT64_FORMAT " ms",
 						unit->name, worker_dbname, unit->failures, delay_ms)));
 		pgstat_report_activity(STATE_IDLE, NULL);
 		RESUME_INTERRUPTS();
