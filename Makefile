@@ -5,6 +5,9 @@ EXTVERSION  = 0.3.0
 MODULE_big  = event_store
 OBJS        = src/event_store.o src/catalog.o src/position.o src/append.o src/read.o src/upcast.o src/snapshot.o src/projection.o src/worker.o src/saga.o src/args.o src/security.o src/lifecycle.o
 
+# the install script is built from one fragment per subsystem, in the order
+# of their numbers (sql/install/NN_<subsystem>.sql)
+INSTALL_PARTS = $(sort $(wildcard $(srcdir)/sql/install/*.sql))
 DATA_built  = event_store--$(EXTVERSION).sql
 # earlier versions' install scripts, frozen, and the upgrade scripts
 DATA        = sql/event_store--0.1.0.sql sql/event_store--0.1.0--0.2.0.sql \
@@ -46,8 +49,8 @@ include $(PGXS)
 # every object depends on every header (PGXS tracks no header dependencies)
 $(OBJS): $(wildcard $(srcdir)/src/*.h)
 
-event_store--$(EXTVERSION).sql: sql/event_store.sql
-	cp $< $@
+event_store--$(EXTVERSION).sql: $(INSTALL_PARTS)
+	cat $^ > $@
 
 pg_isolation_regress = $(dir $(PGXS))../../src/test/isolation/pg_isolation_regress
 

@@ -5,8 +5,8 @@
 -- Afterwards the schema is the one a fresh CREATE EXTENSION of 0.3.0 makes:
 -- the same objects, definitions, privileges and comments, and the same
 -- columns in the same order (new columns of 0.3.0 come last in
--- event_store.sql, so they are added here).  Only the change is carried:
--- each section below names the part of event_store.sql it brings in.
+-- the install script, so they are added here).  Only the change is carried:
+-- each section below names the part of the install script it brings in.
 
 ------------------------------------------------------------------------------
 -- Events: the durable high-water mark of global positions
@@ -344,7 +344,7 @@ REVOKE ALL ON FUNCTION event_store._start_saga(text, jsonb, uuid, boolean), even
 
 ------------------------------------------------------------------------------
 -- Read-only means read-only (continued): the saga functions written in SQL
--- call event_store._check_writable first (as in event_store.sql)
+-- call event_store._check_writable first (as in the install script)
 ------------------------------------------------------------------------------
 
 CREATE OR REPLACE FUNCTION event_store.complete_saga_step(saga_id uuid, step text, result jsonb DEFAULT NULL)

@@ -1,7 +1,7 @@
 # EsFuzz: a seeded fuzzer for the SQL API of event_store.
 #
 # It throws random, mostly malformed, argument combinations at every public
-# function of the schema event_store (the ones in sql/event_store.sql whose
+# function of the schema event_store (the ones in sql/install/*.sql whose
 # names do not start with "_"), mixed with enough valid calls that state
 # exists (streams, aggregates, snapshots, upcasters, projections, saga
 # definitions, running sagas, category grants, deleted, purged and reopened
@@ -1663,11 +1663,15 @@ sub _parse_doc
 # Public functions of the install script: name => [argument names]
 sub api_functions
 {
-	my ($path) = @_;
-	open my $fh, '<', $path or die "cannot read $path: $!";
-	local $/;
-	my $sql = <$fh>;
-	close $fh;
+	my (@paths) = @_;
+	my $sql = '';
+	for my $path (@paths)
+	{
+		open my $fh, '<', $path or die "cannot read $path: $!";
+		local $/;
+		$sql .= <$fh>;
+		close $fh;
+	}
 	my %f;
 	while ($sql =~ /CREATE FUNCTION event_store\.([a-z][a-z_0-9]*)\s*\((.*?)\)\s*RETURNS/gs)
 	{

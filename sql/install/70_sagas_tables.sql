@@ -1,0 +1,100 @@
+------------------------------------------------------------------------------
+-- Sagas
+------------------------------------------------------------------------------
+-- The orchestrator is SQL/PL/pgSQL glue: it runs once per saga transition,
+-- never per appended event.  The only per-event part, matching complete_on /
+-- fail_on event types, is done in C by append() and calls in here only for
+-- an event that carries metadata.saga_id and a watched type.
+
+CREATE TABLE event_store.saga_definitions (
+    saga_type  text PRIMARY KEY CHECK (saga_type <> ''),
+    definition jsonb       NOT NULL,   -- as given
+    steps      jsonb       NOT NULL,   -- normalised: defaults filled in, functions resolved
+    timeout    interval,
+    defined_at timestamptz NOT NULL DEFAULT now(),
+    owner      regrole     NOT NULL,  -- defined it; the step functions run as this role
+    search_path text       NOT NULL   -- and with this search_path (pg_temp last)
+);
+COMMENT ON TABLE event_store.saga_definitions IS 'Saga types; maintained with define_saga()';
+SELECT pg_catalog.pg_extension_config_dump('event_store.saga_definitions', '');
+REVOKE ALL ON TABLE event_store.saga_definitions FROM PUBLIC;
+
+-- Every event type some saga step ever waited for (complete_on / fail_on):
+-- sagas started under an older definition keep waiting for their types.
+CREATE TABLE event_store.saga_watched_types (
+    event_type text PRIMARY KEY
+);
+SELECT pg_catalog.pg_extension_config_dump('event_store.saga_watched_types', '');
+REVOKE ALL ON TABLE event_store.saga_watched_types FROM PUBLIC;
+
+CREATE TABLE event_store.sagas (
+    saga_id        uuid PRIMARY KEY,
+    saga_type      text NOT NULL,
+    status         text NOT NULL DEFAULT 'running'
+                   CHECK (status IN ('running', 'completed', 'compensating', 'compensated', 'compensation_failed')),
+    start_data     jsonb NOT NULL,
+    data           jsonb NOT NULL,
+    timeout        interval,
+    deadline       timestamptz,
+    parent_saga_id uuid REFERENCES event_store.sagas (saga_id),
+    parent_step    text,
+    last_error     text,
+    started_at     timestamptz NOT NULL DEFAULT now(),
+    updated_at     timestamptz NOT NULL DEFAULT now(),
+    finished_at    timestamptz
+);
+CREATE INDEX sagas_active_idx ON event_store.sagas (deadline)
+    WHERE status IN ('running', 'compensating');
+COMMENT ON TABLE event_store.sagas IS 'Saga instances; their history is also the event stream saga-<saga_id>';
+SELECT pg_catalog.pg_extension_config_dump('event_store.sagas', '');
+REVOKE ALL ON TABLE event_store.sagas FROM PUBLIC;
+
+CREATE TABLE event_store.saga_steps (
+    saga_id          uuid NOT NULL REFERENCES event_store.sagas (saga_id),
+    step_no          int  NOT NULL,          -- 1-based position in the definition
+    name             text NOT NULL,
+    grp              int  NOT NULL,
+    kind             text NOT NULL CHECK (kind IN ('local', 'external', 'event', 'nested')),
+    action           regprocedure,
+    compensation     regprocedure,
+    comp_kind        text NOT NULL CHECK (comp_kind IN ('none', 'local', 'external', 'nested')),
+    complete_on      text,
+    fail_on          text,
+    child_type       text,
+    timeout          interval,
+    max_attempts     int  NOT NULL,
+    backoff          interval NOT NULL,
+    status           text NOT NULL DEFAULT 'pending'
+                     CHECK (status IN ('pending', 'running', 'completed', 'failed', 'compensating', 'compensated')),
+    attempts         int  NOT NULL DEFAULT 0,
+    comp_attempts    int  NOT NULL DEFAULT 0,
+    result           jsonb,                  -- the step's result = its compensation data
+    last_error       text,
+    next_attempt_at  timestamptz,
+    deadline         timestamptz,
+    lease_owner      text,
+    lease_expires_at timestamptz,
+    child_saga_id    uuid,
+    updated_at       timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (saga_id, step_no),
+    UNIQUE (saga_id, name)
+);
+CREATE INDEX saga_steps_claimable_idx ON event_store.saga_steps (updated_at)
+    WHERE status IN ('running', 'compensating') AND lease_owner IS NULL;
+CREATE INDEX saga_steps_timers_idx ON event_store.saga_steps (saga_id)
+    WHERE status IN ('pending', 'running', 'compensating');
+COMMENT ON TABLE event_store.saga_steps IS 'Steps of saga instances';
+SELECT pg_catalog.pg_extension_config_dump('event_store.saga_steps', '');
+REVOKE ALL ON TABLE event_store.saga_steps FROM PUBLIC;
+
+-- Sagas parked for a person: compensation ran out of attempts.
+CREATE VIEW event_store.saga_problems AS
+SELECT s.saga_id, s.saga_type, s.status, s.last_error AS saga_error,
+       st.name AS step, st.status AS step_status, st.comp_attempts, st.last_error AS step_error,
+       s.updated_at
+  FROM event_store.sagas s
+  LEFT JOIN event_store.saga_steps st
+    ON st.saga_id = s.saga_id AND st.status = 'compensating'
+ WHERE s.status = 'compensation_failed';
+COMMENT ON VIEW event_store.saga_problems IS 'Sagas whose compensation failed, with the error, left for a person';
+

@@ -1,0 +1,376 @@
+-- Create a saga instance and run what is ready
+CREATE FUNCTION event_store._saga_start(p_type text, p_data jsonb, p_id uuid, p_parent uuid, p_parent_step text)
+    RETURNS uuid LANGUAGE plpgsql AS $$
+DECLARE
+    d record;
+BEGIN
+    SELECT * INTO d FROM event_store.saga_definitions WHERE saga_type = p_type;
+    IF NOT FOUND THEN
+        PERFORM event_store._saga_bad(format('saga type "%s" is not defined', p_type),
+                                      'Define it with event_store.define_saga().');
+    END IF;
+    INSERT INTO event_store.sagas (saga_id, saga_type, start_data, data, timeout, deadline, parent_saga_id, parent_step)
+    VALUES (p_id, p_type, p_data, p_data, d.timeout, now() + d.timeout, p_parent, p_parent_step);
+    INSERT INTO event_store.saga_steps (saga_id, step_no, name, grp, kind, action, compensation, comp_kind,
+                                        complete_on, fail_on, child_type, timeout, max_attempts, backoff)
+    SELECT p_id, (x ->> 'step_no')::int, x ->> 'name', (x ->> 'grp')::int, x ->> 'kind',
+           (x ->> 'action')::regprocedure, (x ->> 'compensation')::regprocedure, x ->> 'comp_kind',
+           x ->> 'complete_on', x ->> 'fail_on', x ->> 'child_type',
+           (x ->> 'timeout')::interval, (x ->> 'max_attempts')::int, (x ->> 'backoff')::interval
+      FROM jsonb_array_elements(d.steps) x;
+    PERFORM event_store._saga_event(p_id, 'SagaStarted',
+        jsonb_build_object('saga_type', p_type, 'data', p_data, 'parent_saga_id', p_parent));
+    PERFORM event_store._saga_advance(p_id);
+    RETURN p_id;
+END $$;
+
+-- The work of start_saga(), which checks the caller's grants on category
+-- "saga" and serialises starts with the same id (a lock of the extension's
+-- own, out of reach of the SQL advisory-lock functions); p_may_read: may the
+-- caller read category "saga"?
+CREATE FUNCTION event_store._start_saga(saga_type text, data jsonb, saga_id uuid, p_may_read boolean)
+    RETURNS uuid LANGUAGE plpgsql
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    existing record;
+    id uuid := COALESCE(_start_saga.saga_id, gen_random_uuid());
+BEGIN
+    PERFORM event_store._check_writable('start_saga()');
+    IF saga_type IS NULL OR saga_type = '' THEN
+        PERFORM event_store._saga_bad('saga_type must not be null or empty', NULL,
+                                      CASE WHEN saga_type IS NULL THEN '22004' ELSE '22023' END);
+    END IF;
+    IF data IS NULL OR jsonb_typeof(data) <> 'object' THEN
+        PERFORM event_store._saga_bad('data must be a JSON object', NULL,
+                                      CASE WHEN data IS NULL THEN '22004' ELSE '22023' END);
+    END IF;
+    -- idempotent on saga_id
+    SELECT * INTO existing FROM event_store.sagas s WHERE s.saga_id = id;
+    IF FOUND THEN
+        IF NOT p_may_read THEN
+            -- whether type and data match would tell what the saga holds
+            RAISE EXCEPTION 'saga % already exists', id
+                USING ERRCODE = '42501',
+                      DETAIL = 'Category "saga" has grants, and the current role may not read it, so whether the saga was started with this type and data is not disclosed.',
+                      HINT = 'Start the saga with a new id, or have the extension owner grant "read" on category "saga".';
+        END IF;
+        IF existing.saga_type = _start_saga.saga_type AND existing.start_data = _start_saga.data THEN
+            RETURN id;
+        END IF;
+        PERFORM event_store._saga_bad(format('saga %s already exists with a different type or data', id),
+                                      'Starting a saga again with its id is idempotent only with the same type and data.');
+    END IF;
+    RETURN event_store._saga_start(_start_saga.saga_type, _start_saga.data, id, NULL, NULL);
+END $$;
+CREATE FUNCTION event_store.start_saga(saga_type text, data jsonb, saga_id uuid DEFAULT NULL)
+    RETURNS uuid LANGUAGE c VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'es_start_saga';
+COMMENT ON FUNCTION event_store.start_saga(text, jsonb, uuid) IS
+    'Start a saga (idempotent on saga_id) and run its ready local steps; returns the saga id';
+
+-- Lock a saga and find its step, or raise
+CREATE FUNCTION event_store._saga_lock_step(p_saga uuid, p_step text) RETURNS event_store.saga_steps
+    LANGUAGE plpgsql AS $$
+DECLARE
+    st event_store.saga_steps;
+BEGIN
+    IF p_saga IS NULL THEN
+        PERFORM event_store._saga_bad('saga_id must not be null', NULL, '22004');
+    END IF;
+    IF p_step IS NULL OR p_step = '' THEN
+        PERFORM event_store._saga_bad('step must not be null or empty', NULL,
+                                      CASE WHEN p_step IS NULL THEN '22004' ELSE '22023' END);
+    END IF;
+    IF NOT event_store._saga_lock_tree(p_saga) THEN
+        PERFORM event_store._saga_bad(format('saga %s does not exist', p_saga));
+    END IF;
+    SELECT * INTO st FROM event_store.saga_steps WHERE saga_id = p_saga AND name = p_step;
+    IF NOT FOUND THEN
+        PERFORM event_store._saga_bad(format('saga %s has no step "%s"', p_saga, p_step));
+    END IF;
+    RETURN st;
+END $$;
+
+CREATE FUNCTION event_store.complete_saga_step(saga_id uuid, step text, result jsonb DEFAULT NULL)
+    RETURNS void LANGUAGE plpgsql
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    st event_store.saga_steps := event_store._saga_lock_step(complete_saga_step.saga_id, complete_saga_step.step);
+    sstatus text;
+BEGIN
+    PERFORM event_store._check_writable('complete_saga_step()');
+    SELECT status INTO sstatus FROM event_store.sagas s WHERE s.saga_id = st.saga_id;
+    IF st.kind = 'nested' THEN
+        RAISE EXCEPTION 'step "%" of saga % is completed by its nested saga', st.name, st.saga_id
+            USING ERRCODE = '55000',
+                  HINT = 'Complete the steps of the nested saga instead.';
+    END IF;
+    IF st.status = 'running' AND sstatus = 'running' THEN
+        PERFORM event_store._saga_step_done(st.saga_id, st.name, COALESCE(result, '{}'));
+    ELSIF st.status = 'compensating' AND st.comp_kind = 'external' AND sstatus = 'compensating' THEN
+        UPDATE event_store.saga_steps SET status = 'compensated', lease_owner = NULL, lease_expires_at = NULL,
+               updated_at = now()
+         WHERE saga_steps.saga_id = st.saga_id AND name = st.name;
+        PERFORM event_store._saga_event(st.saga_id, 'SagaStepCompensated', jsonb_build_object('step', st.name));
+    ELSE
+        RAISE EXCEPTION 'step "%" of saga % cannot be completed: it is %', st.name, st.saga_id, st.status
+            USING ERRCODE = '55000',
+                  DETAIL = format('The saga is %s.', sstatus),
+                  HINT = 'Only a running step (or a step whose external compensation is running) can be completed.';
+    END IF;
+    PERFORM event_store._saga_advance(st.saga_id);
+END $$;
+COMMENT ON FUNCTION event_store.complete_saga_step(uuid, text, jsonb) IS
+    'Report a step (or its external compensation) done; the result becomes its compensation data and is merged into the saga data';
+
+CREATE FUNCTION event_store.fail_saga_step(saga_id uuid, step text, error text, retryable boolean DEFAULT true)
+    RETURNS void LANGUAGE plpgsql
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    st event_store.saga_steps := event_store._saga_lock_step(fail_saga_step.saga_id, fail_saga_step.step);
+    sstatus text;
+BEGIN
+    PERFORM event_store._check_writable('fail_saga_step()');
+    IF error IS NULL THEN
+        PERFORM event_store._saga_bad('error must not be null', NULL, '22004');
+    END IF;
+    IF retryable IS NULL THEN
+        PERFORM event_store._saga_bad('retryable must not be null', NULL, '22004');
+    END IF;
+    SELECT status INTO sstatus FROM event_store.sagas s WHERE s.saga_id = st.saga_id;
+    IF st.status = 'running' AND sstatus = 'running' THEN
+        PERFORM event_store._saga_step_failed(st.saga_id, st.name, error, retryable);
+    ELSIF st.status = 'compensating' AND st.comp_kind = 'external' AND sstatus = 'compensating' THEN
+        PERFORM event_store._saga_comp_failed(st.saga_id, st.name, error, retryable);
+    ELSE
+        RAISE EXCEPTION 'step "%" of saga % cannot fail: it is %', st.name, st.saga_id, st.status
+            USING ERRCODE = '55000',
+                  DETAIL = format('The saga is %s.', sstatus),
+                  HINT = 'Only a running step (or a step whose external compensation is running) can fail.';
+    END IF;
+    PERFORM event_store._saga_advance(st.saga_id);
+END $$;
+COMMENT ON FUNCTION event_store.fail_saga_step(uuid, text, text, boolean) IS
+    'Report a step (or its external compensation) failed; retried with backoff while attempts remain and retryable';
+
+CREATE FUNCTION event_store.claim_saga_steps(worker text, max_count int DEFAULT 10, step_names text[] DEFAULT NULL,
+                                             lease interval DEFAULT '30 seconds')
+    RETURNS TABLE(saga_id uuid, saga_type text, step text, kind text, attempt int, data jsonb)
+    LANGUAGE plpgsql
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    PERFORM event_store._check_writable('claim_saga_steps()');
+    IF worker IS NULL OR worker = '' THEN
+        PERFORM event_store._saga_bad('worker must not be null or empty', NULL,
+                                      CASE WHEN worker IS NULL THEN '22004' ELSE '22023' END);
+    END IF;
+    IF max_count IS NULL OR max_count < 0 THEN
+        PERFORM event_store._saga_bad('max_count must be a non-negative integer', NULL,
+                                      CASE WHEN max_count IS NULL THEN '22004' ELSE '22023' END);
+    END IF;
+    IF lease IS NULL OR lease <= interval '0' THEN
+        PERFORM event_store._saga_bad('lease must be a positive interval', NULL,
+                                      CASE WHEN lease IS NULL THEN '22004' ELSE '22023' END);
+    END IF;
+    IF array_ndims(step_names) > 1 THEN
+        PERFORM event_store._saga_bad('step_names must be a one-dimensional array', NULL, '2202E');
+    END IF;
+    IF array_position(step_names, NULL) IS NOT NULL THEN
+        PERFORM event_store._saga_bad('step_names must not contain nulls', NULL, '22004');
+    END IF;
+    RETURN QUERY
+    WITH c AS (
+        SELECT st.saga_id AS sid, st.step_no AS sno
+          FROM event_store.saga_steps st
+          JOIN event_store.sagas s ON s.saga_id = st.saga_id
+         WHERE st.lease_owner IS NULL
+           AND ((st.status = 'running' AND st.kind = 'external' AND s.status = 'running')
+             OR (st.status = 'compensating' AND st.comp_kind = 'external' AND s.status = 'compensating'
+                 AND (st.next_attempt_at IS NULL OR st.next_attempt_at <= now())))
+           AND (step_names IS NULL OR st.name = ANY (step_names))
+         ORDER BY st.updated_at, st.saga_id, st.step_no
+         LIMIT max_count
+           FOR UPDATE OF st SKIP LOCKED),
+    u AS (
+        UPDATE event_store.saga_steps st
+           SET lease_owner = worker, lease_expires_at = now() + lease, updated_at = now(),
+               attempts = st.attempts + CASE WHEN st.status = 'running' THEN 1 ELSE 0 END,
+               comp_attempts = st.comp_attempts + CASE WHEN st.status = 'compensating' THEN 1 ELSE 0 END
+          FROM c
+         WHERE st.saga_id = c.sid AND st.step_no = c.sno
+        RETURNING st.*)
+    SELECT u.saga_id, s.saga_type, u.name,
+           CASE WHEN u.status = 'running' THEN 'action' ELSE 'compensation' END,
+           CASE WHEN u.status = 'running' THEN u.attempts ELSE u.comp_attempts END,
+           CASE WHEN u.status = 'running' THEN s.data ELSE u.result END
+      FROM u JOIN event_store.sagas s ON s.saga_id = u.saga_id
+     ORDER BY u.updated_at, u.saga_id, u.step_no;
+END $$;
+COMMENT ON FUNCTION event_store.claim_saga_steps(text, int, text[], interval) IS
+    'Claim external saga steps (actions or compensations) for a worker under a lease; concurrent workers never get the same step';
+
+-- Timers: saga and step timeouts, lease expiry, due retries
+-- A saga's timer transition failed (say, a callback raised while its
+-- transition was appended): saga_tick() rolled back that saga's changes and
+-- goes on with the others; the error is kept on the saga and the timer is
+-- tried again at the next tick.
+CREATE FUNCTION event_store._saga_tick_failed(p_saga uuid, p_sqlstate text, p_error text) RETURNS void
+    LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE event_store.sagas
+       SET last_error = format('timer transition failed (%s): %s', p_sqlstate, p_error), updated_at = now()
+     WHERE saga_id = p_saga;
+    RAISE WARNING 'event_store saga %: timer transition failed: %', p_saga, p_error;
+END $$;
+
+CREATE FUNCTION event_store.saga_tick() RETURNS int
+    LANGUAGE plpgsql
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    r record;
+    n int := 0;
+BEGIN
+    PERFORM event_store._check_writable('saga_tick()');
+    FOR r IN SELECT s.saga_id FROM event_store.sagas s
+              WHERE s.status = 'running' AND s.deadline <= now() ORDER BY s.deadline LOOP
+        BEGIN
+            PERFORM event_store._saga_lock_tree(r.saga_id);
+            PERFORM 1 FROM event_store.sagas WHERE saga_id = r.saga_id AND status = 'running' AND deadline <= now();
+            CONTINUE WHEN NOT FOUND;
+            PERFORM event_store._saga_event(r.saga_id, 'SagaTimedOut', '{}');
+            PERFORM event_store._saga_fail(r.saga_id, 'saga timed out');
+            n := n + 1 + event_store._saga_advance(r.saga_id);
+        EXCEPTION WHEN OTHERS THEN
+            PERFORM event_store._saga_tick_failed(r.saga_id, SQLSTATE, SQLERRM);
+        END;
+    END LOOP;
+    FOR r IN SELECT st.saga_id, st.name, st.status, st.deadline, st.lease_expires_at
+               FROM event_store.saga_steps st
+              WHERE st.status IN ('running', 'compensating')
+                AND (st.deadline <= now() OR st.lease_expires_at <= now())
+              ORDER BY st.updated_at LOOP
+        BEGIN
+            PERFORM event_store._saga_lock_tree(r.saga_id);
+            -- re-check under the lock: the step may have completed meanwhile
+            PERFORM 1 FROM event_store.saga_steps st
+              WHERE st.saga_id = r.saga_id AND st.name = r.name AND st.status = r.status
+                AND (st.deadline <= now() OR st.lease_expires_at <= now());
+            CONTINUE WHEN NOT FOUND;
+            IF r.status = 'running' THEN
+                -- an external step nobody claimed still used up an attempt by timing out
+                UPDATE event_store.saga_steps SET attempts = attempts + 1
+                 WHERE saga_id = r.saga_id AND name = r.name AND kind = 'external' AND lease_owner IS NULL;
+                PERFORM event_store._saga_step_failed(r.saga_id, r.name,
+                    CASE WHEN r.deadline <= now() THEN 'step timed out' ELSE 'lease expired' END, true);
+            ELSE
+                PERFORM event_store._saga_comp_failed(r.saga_id, r.name, 'lease expired', true);
+            END IF;
+            n := n + 1 + event_store._saga_advance(r.saga_id);
+        EXCEPTION WHEN OTHERS THEN
+            PERFORM event_store._saga_tick_failed(r.saga_id, SQLSTATE, SQLERRM);
+        END;
+    END LOOP;
+    FOR r IN SELECT DISTINCT st.saga_id FROM event_store.saga_steps st
+              WHERE st.status IN ('pending', 'compensating') AND st.next_attempt_at <= now() LOOP
+        BEGIN
+            PERFORM event_store._saga_lock_tree(r.saga_id);
+            n := n + event_store._saga_advance(r.saga_id);
+        EXCEPTION WHEN OTHERS THEN
+            PERFORM event_store._saga_tick_failed(r.saga_id, SQLSTATE, SQLERRM);
+        END;
+    END LOOP;
+    RETURN n;
+END $$;
+COMMENT ON FUNCTION event_store.saga_tick() IS
+    'Fire due saga timers (timeouts, lease expiry, retries) and run ready local steps; the background worker calls it';
+
+-- Event-driven steps: called by append() for an event with metadata.saga_id
+-- whose type is some step's complete_on or fail_on
+CREATE FUNCTION event_store._saga_on_event(p_saga uuid, p_type text, p_data jsonb) RETURNS void
+    LANGUAGE plpgsql
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    st record;
+BEGIN
+    PERFORM event_store._saga_lock_tree(p_saga);
+    PERFORM 1 FROM event_store.sagas WHERE saga_id = p_saga AND status = 'running';
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    FOR st IN SELECT * FROM event_store.saga_steps
+               WHERE saga_id = p_saga AND status = 'running' AND (complete_on = p_type OR fail_on = p_type)
+               ORDER BY step_no LOOP
+        IF st.fail_on = p_type THEN
+            PERFORM event_store._saga_step_failed(p_saga, st.name, format('event %s', p_type), false);
+        ELSE
+            PERFORM event_store._saga_step_done(p_saga, st.name, p_data);
+        END IF;
+    END LOOP;
+    PERFORM event_store._saga_advance(p_saga);
+END $$;
+
+-- ISO 8601 in UTC
+CREATE FUNCTION event_store._iso8601(t timestamptz) RETURNS text
+    LANGUAGE sql IMMUTABLE AS $$
+    SELECT to_char(t AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+$$;
+
+-- The work of saga_state(), which checks the caller's grants on category "saga"
+CREATE FUNCTION event_store._saga_state(saga_id uuid) RETURNS jsonb
+    LANGUAGE plpgsql STABLE
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    s record;
+    cur text;
+BEGIN
+    IF saga_id IS NULL THEN
+        PERFORM event_store._saga_bad('saga_id must not be null', NULL, '22004');
+    END IF;
+    SELECT * INTO s FROM event_store.sagas x WHERE x.saga_id = _saga_state.saga_id;
+    IF NOT FOUND THEN
+        PERFORM event_store._saga_bad(format('saga %s does not exist', saga_id));
+    END IF;
+    SELECT name INTO cur FROM event_store.saga_steps st
+     WHERE st.saga_id = s.saga_id
+       AND st.status IN (CASE WHEN s.status = 'running' THEN 'running' ELSE 'compensating' END,
+                         CASE WHEN s.status = 'running' THEN 'pending' ELSE 'compensating' END)
+     ORDER BY CASE WHEN s.status = 'running' THEN st.step_no ELSE -st.step_no END
+     LIMIT 1;
+    RETURN jsonb_build_object(
+        'sagaId', s.saga_id,
+        'sagaType', s.saga_type,
+        'status', s.status,
+        'currentStep', cur,
+        'startTime', event_store._iso8601(s.started_at),
+        'steps', COALESCE((SELECT jsonb_agg(jsonb_build_object(
+                     'stepId', st.step_no,
+                     'stepType', st.name,
+                     'status', st.status,
+                     'timestamp', event_store._iso8601(st.updated_at),
+                     'compensationData', st.result) ORDER BY st.step_no)
+                   FROM event_store.saga_steps st WHERE st.saga_id = s.saga_id), '[]'));
+END $$;
+CREATE FUNCTION event_store.saga_state(saga_id uuid) RETURNS jsonb
+    LANGUAGE c STABLE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'es_saga_state';
+COMMENT ON FUNCTION event_store.saga_state(uuid) IS
+    'A saga''s state: {"sagaId","sagaType","status","currentStep","startTime","steps":[...]}';
+
+-- Internal functions are not for PUBLIC
+REVOKE ALL ON FUNCTION event_store._saga_bad(text, text, text), event_store._saga_interval(jsonb, text),
+    event_store._saga_function(text, text, regrole, text), event_store._saga_event(uuid, text, jsonb),
+    event_store._saga_call(regprocedure, regrole, uuid, jsonb), event_store._saga_backoff(interval, int),
+    event_store._saga_step_done(uuid, text, jsonb), event_store._saga_fail(uuid, text),
+    event_store._saga_step_failed(uuid, text, text, boolean), event_store._saga_comp_failed(uuid, text, text, boolean),
+    event_store._saga_child_finished(uuid, text, uuid), event_store._saga_compensate_child(uuid),
+    event_store._saga_advance(uuid), event_store._saga_start(text, jsonb, uuid, uuid, text),
+    event_store._saga_lock_step(uuid, text), event_store._saga_on_event(uuid, text, jsonb),
+    event_store._saga_lock_tree(uuid), event_store._start_saga(text, jsonb, uuid, boolean),
+    event_store._saga_state(uuid)
+  FROM PUBLIC;
+
