@@ -19,19 +19,19 @@
 #include "postgres.h"
 
 #include "access/genam.h"
-#include "access/xact.h"
 #include "access/table.h"
 #include "access/tableam.h"
+#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
 #include "common/hashfn.h"
 #include "executor/executor.h"
 #include "executor/spi.h"
-#include "nodes/execnodes.h"
-#include "nodes/makefuncs.h"
 #include "executor/tuptable.h"
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "nodes/execnodes.h"
+#include "nodes/makefuncs.h"
 #include "storage/lmgr.h"
 #include "storage/lock.h"
 #include "utils/array.h"
@@ -45,8 +45,19 @@
 #include "utils/timestamp.h"
 #include "utils/uuid.h"
 
+#include "activity.h"
+#include "api.h"
+#include "append.h"
+#include "catalog.h"
 #include "errors.h"
-#include "event_store.h"
+#include "followers.h"
+#include "grants.h"
+#include "locks.h"
+#include "pg_mirror.h"
+#include "position.h"
+#include "roles.h"
+#include "shared.h"
+#include "stream_state.h"
 
 PG_FUNCTION_INFO_V1(es_append);
 
@@ -326,54 +337,6 @@ es_parse_events(Jsonb *events, int *nevents)
 	return evs;
 }
 
-/* Take the transaction-scoped exclusive lock of a stream */
-void
-EsLockStream(text *stream_id)
-{
-	LOCKTAG		tag;
-	uint64		h;
-
-	h = hash_bytes_extended((const unsigned char *) VARDATA_ANY(stream_id),
-							VARSIZE_ANY_EXHDR(stream_id), 0);
-	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) (h >> 32), (uint32) h,
-						 ES_STREAM_LOCK_FIELD4);
-	(void) LockAcquire(&tag, ExclusiveLock, false, false);
-}
-
-/*
- * Take the transaction-scoped lock of a category's appenders in mode: the
- * category's own lock when it has grants, else the one lock of every
- * category without grants (category NULL asks for that one).  Lock tags of
- * the extension's own: no SQL advisory-lock call reaches them.
- *
- * Mirrors LockRelationOid: the first time the lock is taken in the
- * transaction, the invalidations that arrived meanwhile are processed, so
- * that a change of the inline projections committed by whoever held the
- * lock before is seen.
- */
-void
-EsLockCategory(const char *category, int len, LOCKMODE mode)
-{
-	LOCKTAG		tag;
-	LOCALLOCK  *locallock;
-
-	if (category != NULL && EsCategoryHasGrants(category, len))
-	{
-		uint64		h = hash_bytes_extended((const unsigned char *) category, len, 0);
-
-		SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) (h >> 32), (uint32) h,
-							 ES_CATEGORY_LOCK_FIELD4);
-	}
-	else
-		SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, 0, 0, ES_OPEN_LOCK_FIELD4);
-	if (LockAcquireExtended(&tag, mode, false, false, true, &locallock) !=
-		LOCKACQUIRE_ALREADY_CLEAR)
-	{
-		AcceptInvalidationMessages();
-		MarkLockClear(locallock);
-	}
-}
-
 /* Where an event id is stored, if anywhere (per the given snapshot) */
 static bool
 es_find_event_id(Relation heap, Relation index, TupleTableSlot *slot,
@@ -508,7 +471,7 @@ es_check_stored_ids(const EsCatalog *cat, text *stream_id, EsNewEvent *evs,
 }
 
 /*
- * Insert the batch straight into the heap and its indexes (as COPY does):
+ * Insert the batch straight into the heap and its indexes (EsInsertRows):
  * no executor per call, no triggers (the table's triggers are for writes
  * that do not come through here).  Fills rows[n * Natts_es_event] with the
  * stored values for the inline projections.  Unique violations become our
@@ -521,11 +484,7 @@ es_insert_events(const EsCatalog *cat, text *stream_id, EsNewEvent *evs, int n,
 {
 	MemoryContext oldcxt = CurrentMemoryContext;
 	Relation	rel;
-	EState	   *estate;
-	ResultRelInfo *rri;
-	TupleTableSlot *slot;
 	volatile int inserting = 0;	/* the event being inserted, for errors */
-	CommandId	cid = GetCurrentCommandId(true);
 	TimestampTz now = GetCurrentTimestamp();
 
 	for (int i = 0; i < n; i++)
@@ -551,25 +510,9 @@ es_insert_events(const EsCatalog *cat, text *stream_id, EsNewEvent *evs, int n,
 	memset(nulls, 0, sizeof(bool) * n * Natts_es_event);
 
 	rel = table_open(cat->events_relid, RowExclusiveLock);
-	estate = CreateExecutorState();
-	rri = makeNode(ResultRelInfo);
-	InitResultRelInfo(rri, rel, 1, NULL, 0);
-	ExecOpenIndices(rri, false);
-	slot = MakeSingleTupleTableSlot(RelationGetDescr(rel), &TTSOpsVirtual);
-
 	PG_TRY();
 	{
-		for (int i = 0; i < n; i++)
-		{
-			inserting = i;
-			ExecClearTuple(slot);
-			memcpy(slot->tts_values, &rows[i * Natts_es_event], sizeof(Datum) * Natts_es_event);
-			memcpy(slot->tts_isnull, &nulls[i * Natts_es_event], sizeof(bool) * Natts_es_event);
-			ExecStoreVirtualTuple(slot);
-			table_tuple_insert(rel, slot, cid, 0, NULL);
-			(void) ExecInsertIndexTuples(rri, slot, estate, false, false, NULL, NIL);
-			ResetPerTupleExprContext(estate);
-		}
+		EsInsertRows(rel, n, Natts_es_event, rows, nulls, &inserting);
 	}
 	PG_CATCH();
 	{
@@ -607,9 +550,6 @@ es_insert_events(const EsCatalog *cat, text *stream_id, EsNewEvent *evs, int n,
 	}
 	PG_END_TRY();
 
-	ExecDropSingleTupleTableSlot(slot);
-	ExecCloseIndices(rri);
-	FreeExecutorState(estate);
 	table_close(rel, NoLock);
 	/* later commands of this transaction see the new events */
 	CommandCounterIncrement();
@@ -632,6 +572,7 @@ EsAppendEvents(text *stream_id, EsNewEvent *evs, int n, bool has_expected,
 	bool		any_id = false;
 	Datum	   *rows;
 	bool	   *nulls;
+	EsAppendedBatch batch;
 
 	for (int i = 0; i < n; i++)
 		any_id |= evs[i].has_id;
@@ -676,11 +617,12 @@ EsAppendEvents(text *stream_id, EsNewEvent *evs, int n, bool has_expected,
 	nulls = palloc(sizeof(bool) * n * Natts_es_event);
 	es_insert_events(cat, stream_id, evs, n, first_position, current + 1, rows, nulls);
 
-	EsApplyInlineProjections(n, rows, nulls);
-	EsSnapshotHook(stream_id, current, current + n);
-	if (EsSagaWatching())
-		for (int i = 0; i < n; i++)
-			EsSagaOnEvent(stream_id, evs[i].type, evs[i].metadata, evs[i].data);
+	batch.stream_id = stream_id;
+	batch.first_version = current + 1;
+	batch.n = n;
+	batch.rows = rows;
+	batch.nulls = nulls;
+	EsPublishAppended(&batch);
 
 	EsCountAppend(n);
 	return current + n;
@@ -715,14 +657,6 @@ es_append(PG_FUNCTION_ARGS)
 
 	evs = es_parse_events(events, &n);
 	PG_RETURN_INT64(EsAppendEvents(stream_id, evs, n, has_expected, expected, false));
-}
-
-/* Parse a batch given as JSON text (the lifecycle markers) */
-EsNewEvent *
-EsParseEventsJson(const char *json, int *nevents)
-{
-	return es_parse_events(DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(json))),
-						   nevents);
 }
 
 PG_FUNCTION_INFO_V1(es_refuse_modification);

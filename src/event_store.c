@@ -1,24 +1,29 @@
 /*
  * event_store.c
- *	  Module entry point: _PG_init, shared memory hooks and the check that
- *	  the library was loaded through shared_preload_libraries.
+ *	  Module entry point: _PG_init defines the settings, installs append()'s
+ *	  followers and the background launcher, and asks for the shared memory
+ *	  of shared.c, position.c and activity.c.
  */
 #include "postgres.h"
 
-#include "fmgr.h"
 #include "miscadmin.h"
 #include "storage/ipc.h"
+#include "storage/lwlock.h"
 #include "storage/shmem.h"
 #include "tcop/utility.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 
-#include "event_store.h"
+#include "activity.h"
+#include "aggregate.h"
+#include "position.h"
+#include "projection.h"
+#include "roles.h"
+#include "saga.h"
+#include "shared.h"
+#include "worker.h"
 
 PG_MODULE_MAGIC;
-
-/* true when _PG_init ran from shared_preload_libraries */
-bool		es_loaded_via_preload = false;
 
 #if PG_VERSION_NUM >= 150000
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
@@ -26,9 +31,6 @@ static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
 void		_PG_init(void);
-
-PG_FUNCTION_INFO_V1(es_assert_preloaded);
-PG_FUNCTION_INFO_V1(es_check_writable);
 
 /* Ask for our shared memory (PG15+: from shmem_request_hook) */
 static void
@@ -38,8 +40,12 @@ es_shmem_request(void)
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
 #endif
+	RequestAddinShmemSpace(EsDirectoryShmemSize());
 	RequestAddinShmemSpace(EsPositionShmemSize());
+	RequestAddinShmemSpace(EsActivityShmemSize());
+	EsDirectoryRequestLocks();
 	EsPositionRequestLocks();
+	EsActivityRequestLocks();
 }
 
 /* Create or attach our shared memory */
@@ -48,7 +54,11 @@ es_shmem_startup(void)
 {
 	if (prev_shmem_startup_hook)
 		prev_shmem_startup_hook();
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	EsDirectoryShmemInit();
 	EsPositionShmemInit();
+	EsActivityShmemInit();
+	LWLockRelease(AddinShmemInitLock);
 }
 
 /* Module load */
@@ -59,7 +69,15 @@ _PG_init(void)
 	if (!process_shared_preload_libraries_in_progress)
 		return;
 
-	es_loaded_via_preload = true;
+	/*
+	 * append()'s followers, in the order they run for each appended batch
+	 * (followers.h): inline projections, then the aggregates' snapshots,
+	 * then the sagas waiting for events.  The horizon wakes the worker.
+	 */
+	EsProjectionInit();
+	EsAggregateInit();
+	EsSagaInit();
+	EsActivityInit();
 
 	DefineCustomIntVariable("event_store.max_databases",
 							"Maximum number of databases that can use event_store at the same time.",
@@ -129,47 +147,4 @@ _PG_init(void)
 #endif
 	prev_shmem_startup_hook = shmem_startup_hook;
 	shmem_startup_hook = es_shmem_startup;
-}
-
-/*
- * Raise the "not preloaded" error unless our shared memory is there.  Every
- * entry point that needs shared memory calls this first.
- */
-void
-EsCheckPreloaded(void)
-{
-	if (!EsPositionShmemReady())
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("event_store must be loaded via shared_preload_libraries"),
-				 errdetail("The extension keeps the global position horizon in shared memory, which is only available to a preloaded library."),
-				 errhint("Add event_store to shared_preload_libraries in postgresql.conf and restart the server.")));
-}
-
-/* SQL: event_store._assert_preloaded(), called by the install script */
-Datum
-es_assert_preloaded(PG_FUNCTION_ARGS)
-{
-	EsCheckPreloaded();
-	PG_RETURN_VOID();
-}
-
-/*
- * Refuse, before doing anything, to change state on a hot standby or in a
- * read-only transaction (25006, as an INSERT would); what names the
- * function ("append()").  Every entry point that writes calls this first.
- */
-void
-EsCheckWritable(const char *what)
-{
-	PreventCommandDuringRecovery(what);
-	PreventCommandIfReadOnly(what);
-}
-
-/* SQL: event_store._check_writable(what text), for the SQL-language writers */
-Datum
-es_check_writable(PG_FUNCTION_ARGS)
-{
-	EsCheckWritable(PG_ARGISNULL(0) ? "this function" : text_to_cstring(PG_GETARG_TEXT_PP(0)));
-	PG_RETURN_VOID();
 }

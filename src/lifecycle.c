@@ -18,6 +18,7 @@
 #include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
+#include "fmgr.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
@@ -26,8 +27,15 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
-#include "event_store.h"
-#include "errors.h"
+#include "api.h"
+#include "append.h"
+#include "catalog.h"
+#include "grants.h"
+#include "lifecycle.h"
+#include "locks.h"
+#include "roles.h"
+#include "shared.h"
+#include "stream_state.h"
 
 PG_FUNCTION_INFO_V1(es_delete_stream);
 PG_FUNCTION_INFO_V1(es_reopen_stream);
@@ -35,100 +43,8 @@ PG_FUNCTION_INFO_V1(es_purge_stream);
 PG_FUNCTION_INFO_V1(es_set_stream_retention);
 PG_FUNCTION_INFO_V1(es_enforce_retention);
 
-bool		es_allow_purge = false;
-
 /* the longest retention age: now() - max_age stays a valid timestamp */
 #define ES_MAX_AGE_YEARS 1000
-
-/* Set while purge or retention deletes events (see es_refuse_modification) */
-static bool removal_in_progress = false;
-
-bool
-EsRemovalInProgress(void)
-{
-	return removal_in_progress;
-}
-
-/* Whether stream_metadata has rows: cached, reloaded when it changes */
-static EsRegistry meta_registry = {"stream_metadata"};
-static bool meta_any = false;
-
-static void
-es_meta_load(void)
-{
-	EsUserSwitch sw;
-
-	meta_any = false;
-	if (!OidIsValid(EsGetCatalog()->metadata_relid))
-		return;					/* a schema from before stream metadata */
-	EsSpiConnect(&sw);
-	if (SPI_execute("SELECT 1 FROM event_store.stream_metadata LIMIT 1", true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "reading event_store.stream_metadata failed");
-	meta_any = SPI_processed > 0;
-	EsSpiFinish(&sw);
-}
-
-/*
- * The lifecycle state of a stream: deleted (appends refused) and the
- * version its reads start after (0: from the beginning).  Returns false
- * when the stream has no metadata.
- */
-bool
-EsStreamLifecycle(text *stream_id, bool *deleted, int64 *start_after)
-{
-	const EsCatalog *cat = EsGetCatalog();
-	Relation	rel;
-	Relation	index;
-	SysScanDesc scan;
-	ScanKeyData key;
-	HeapTuple	tup;
-	bool		found = false;
-
-	*deleted = false;
-	*start_after = 0;
-	EsRegistryEnsure(&meta_registry, es_meta_load);
-	if (!meta_any)
-		return false;
-
-	rel = table_open(cat->metadata_relid, AccessShareLock);
-	index = index_open(cat->metadata_idx, AccessShareLock);
-	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_TEXTEQ, PointerGetDatum(stream_id));
-	key.sk_collation = index->rd_indcollation[0];
-	scan = systable_beginscan_ordered(rel, index, GetLatestSnapshot(), 1, &key);
-	tup = systable_getnext_ordered(scan, ForwardScanDirection);
-	if (HeapTupleIsValid(tup))
-	{
-		TupleDesc	desc = RelationGetDescr(rel);
-		bool		isnull;
-
-		(void) heap_getattr(tup, 2, desc, &isnull);
-		*deleted = !isnull;
-		*start_after = DatumGetInt64(heap_getattr(tup, 3, desc, &isnull));
-		found = true;
-	}
-	systable_endscan_ordered(scan);
-	index_close(index, AccessShareLock);
-	table_close(rel, AccessShareLock);
-	return found;
-}
-
-/*
- * Error out if the stream is deleted (append() calls this under the stream
- * lock); else return the version of its tombstone if it was reopened (0)
- */
-int64
-EsCheckStreamNotDeleted(text *stream_id)
-{
-	bool		deleted;
-	int64		start_after;
-
-	if (EsStreamLifecycle(stream_id, &deleted, &start_after) && deleted)
-		ereport(ERROR,
-				(errcode(ERRCODE_ES_STREAM_DELETED),
-				 errmsg("stream \"%s\" is deleted", text_to_cstring(stream_id)),
-				 errhint("Reopen it with event_store.reopen_stream() to append to it again.")));
-	return start_after;
-}
 
 /* Run one statement on stream_metadata as the owner, then tell every backend */
 static void
@@ -142,20 +58,47 @@ es_meta_exec(const char *sql, int nargs, Oid *types, Datum *values, const char *
 	if (rc < 0)
 		elog(ERROR, "updating event_store.stream_metadata failed: %s", SPI_result_code_string(rc));
 	EsSpiFinish(&sw);
-	EsRegistryChanged(&meta_registry);
+	EsStreamStateChanged();
 }
 
-/* Append one internal event (type, data as JSON text) to a stream */
+/* The data of a marker: {} without key, else {"key": value} */
+static Jsonb *
+es_marker_data(const char *key, int64 value)
+{
+	JsonbParseState *state = NULL;
+	JsonbValue	k;
+	JsonbValue	v;
+
+	(void) pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
+	if (key != NULL)
+	{
+		k.type = jbvString;
+		k.val.string.val = (char *) key;
+		k.val.string.len = strlen(key);
+		(void) pushJsonbValue(&state, WJB_KEY, &k);
+		v.type = jbvNumeric;
+		v.val.numeric = int64_to_numeric(value);
+		(void) pushJsonbValue(&state, WJB_VALUE, &v);
+	}
+	return JsonbValueToJsonb(pushJsonbValue(&state, WJB_END_OBJECT, NULL));
+}
+
+/*
+ * Append one internal event to a stream: type, with data {key: value} (or
+ * {} when key is NULL) and metadata {}
+ */
 static int64
-es_append_marker(text *stream_id, const char *type, const char *data_json,
+es_append_marker(text *stream_id, const char *type, const char *key, int64 value,
 				 bool has_expected, int64 expected)
 {
-	char	   *json = psprintf("{\"type\": \"%s\", \"data\": %s}", type, data_json);
-	int			n;
-	EsNewEvent *evs;
+	EsNewEvent	ev;
 
-	evs = EsParseEventsJson(json, &n);
-	return EsAppendEvents(stream_id, evs, n, has_expected, expected, true);
+	memset(&ev, 0, sizeof(ev));
+	ev.type = cstring_to_text(type);
+	ev.data = es_marker_data(key, value);
+	ev.metadata = es_marker_data(NULL, 0);
+	ev.schema_version = 1;
+	return EsAppendEvents(stream_id, &ev, 1, has_expected, expected, true);
 }
 
 /* Stream id argument of the lifecycle functions: must exist */
@@ -214,8 +157,7 @@ es_delete_stream(PG_FUNCTION_ARGS)
 					 "Pass NULL to delete whatever the stream's version, or the stream's current version.");
 	stream_id = es_existing_stream(fcinfo, &version);
 	EsCheckStreamNotDeleted(stream_id);
-	tombstone = es_append_marker(stream_id, "$StreamDeleted",
-								 psprintf("{\"deleted_version\": " INT64_FORMAT "}", version),
+	tombstone = es_append_marker(stream_id, "$StreamDeleted", "deleted_version", version,
 								 has_expected, expected);
 	es_mark_deleted(stream_id, tombstone);
 	PG_RETURN_INT64(tombstone);
@@ -250,7 +192,7 @@ es_reopen_stream(PG_FUNCTION_ARGS)
 	es_meta_exec("UPDATE event_store.stream_metadata SET deleted_at = NULL, updated_at = pg_catalog.now() "
 				 "WHERE stream_id OPERATOR(pg_catalog.=) $1",
 				 1, types, values, NULL);
-	result = es_append_marker(stream_id, "$StreamReopened", "{}", true, version);
+	result = es_append_marker(stream_id, "$StreamReopened", NULL, 0, true, version);
 	PG_RETURN_INT64(result);
 }
 
@@ -260,17 +202,17 @@ es_remove_events(const char *sql, int nargs, Oid *types, Datum *values)
 {
 	EsUserSwitch sw;
 	int64		removed;
-	int			rc;
+	volatile int rc;
 
 	EsSpiConnect(&sw);
-	removal_in_progress = true;
+	EsSetRemovalInProgress(true);
 	PG_TRY();
 	{
 		rc = SPI_execute_with_args(sql, nargs, types, values, NULL, false, 0);
 	}
 	PG_FINALLY();
 	{
-		removal_in_progress = false;
+		EsSetRemovalInProgress(false);
 	}
 	PG_END_TRY();
 	if (rc != SPI_OK_DELETE)
@@ -314,8 +256,7 @@ es_purge_stream(PG_FUNCTION_ARGS)
 	 * The marker first, so that the stream's versions go on after the
 	 * purged ones (never reused); then everything before it goes.
 	 */
-	marker = es_append_marker(stream_id, "$StreamPurged",
-							  psprintf("{\"purged_through_version\": " INT64_FORMAT "}", version),
+	marker = es_append_marker(stream_id, "$StreamPurged", "purged_through_version", version,
 							  false, 0);
 	values[0] = PointerGetDatum(stream_id);
 	values[1] = Int64GetDatum(marker);
@@ -400,10 +341,7 @@ EsEnforceRetentionBatch(int64 limit)
 	Oid			types[1] = {INT8OID};
 	Datum		values[1] = {Int64GetDatum(limit)};
 
-	if (!OidIsValid(EsGetCatalog()->metadata_relid))
-		return 0;
-	EsRegistryEnsure(&meta_registry, es_meta_load);
-	if (!meta_any)
+	if (!EsAnyStreamState())
 		return 0;
 
 	/*

@@ -33,15 +33,14 @@
 #include "postgres.h"
 
 #include "access/genam.h"
+#include "access/htup_details.h"
 #include "access/relscan.h"
 #include "access/table.h"
 #include "access/tableam.h"
 #include "access/twophase.h"
-#include "access/htup_details.h"
 #include "access/xact.h"
 #include "access/xlog.h"
 #include "commands/dbcommands.h"
-#include "funcapi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "port/atomics.h"
@@ -57,13 +56,10 @@
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
 
-#include "event_store.h"
-
-#if PG_VERSION_NUM >= 170000
-#define ES_MY_PROCNO	MyProcNumber
-#else
-#define ES_MY_PROCNO	(MyProc->pgprocno)
-#endif
+#include "catalog.h"
+#include "position.h"
+#include "roles.h"
+#include "shared.h"
 
 /*
  * How far ahead of the positions handed out the durable mark is raised: a
@@ -73,12 +69,11 @@
 #define ES_MARK_CHUNK	1000
 
 /*
- * Per-database state; protected by the entry's own LWLock, except the
- * atomics (pg_atomic_*) and the unlocked hints said so below
+ * Per-database counter and horizon; protected by the entry's own LWLock,
+ * except the atomics (pg_atomic_*), which are read without it
  */
-typedef struct EsDbState
+typedef struct EsPositionEntry
 {
-	Oid			dboid;			/* InvalidOid: the entry is free */
 	Oid			events_relid;	/* the table the counter was built from */
 	bool		initialized;	/* next_position is valid */
 	/*
@@ -95,74 +90,38 @@ typedef struct EsDbState
 	bool		built_in_recovery;	/* built on a standby: rebuild once promoted */
 	pg_atomic_uint64 max_committed; /* highest position of a committed append */
 	ConditionVariable head_cv;	/* broadcast when an appender's xact ends */
-	/*
-	 * Worker signalling.  worker_procno and worker_wants_commits are written
-	 * by the worker alone and read by appenders without the lock: unlocked
-	 * hints (aligned, so never torn), where a stale value costs one latch set
-	 * too many or one wake-up missed until the worker's naptime.
-	 */
-	int			worker_procno;	/* pgprocno of the database's worker, or -1 */
-	bool		worker_wants_commits;	/* it runs async projections: wake it per commit */
-	pg_atomic_uint32 projections_changed;	/* 1: the worker should re-read
-											 * projections (set by any
-											 * backend, taken by the worker) */
-	pg_atomic_uint64 last_wake;	/* when an appender last woke the worker */
-	/* since server start, for event_store.stats */
-	pg_atomic_uint64 n_appends;	/* append() calls that wrote events */
-	pg_atomic_uint64 n_events;	/* events they wrote */
-	pg_atomic_uint64 n_conflicts;	/* SE001 wrong expected version */
-} EsDbState;
+} EsPositionEntry;
 
-/* Per-process slot; written by its owner only */
+/*
+ * Per-process slot: written by its owner only (lowest is an atomic; dboid
+ * is set before the first position is published and read after lowest)
+ */
 typedef struct EsProcSlot
 {
 	Oid			dboid;			/* database of the owner */
 	pg_atomic_uint64 lowest;	/* lowest position held by the open xact, or 0 */
 } EsProcSlot;
 
-#define ES_ABSENT_SLOTS 64
-
-typedef struct EsShared
+typedef struct EsPositionShared
 {
-	int			max_databases;
 	int			nprocs;
-	/* launcher coordination; protected by the directory lock */
-	int			launcher_procno;	/* -1 when not running */
-	bool		rescan_requested;
-	bool		full_logged;	/* max_databases was reached (logged once) */
-	Oid			absent[ES_ABSENT_SLOTS];	/* databases whose worker found no extension */
-	EsDbState	dbs[FLEXIBLE_ARRAY_MEMBER];
+	EsPositionEntry dbs[FLEXIBLE_ARRAY_MEMBER]; /* [es_max_databases] */
 	/* followed by EsProcSlot procs[nprocs] */
-} EsShared;
+} EsPositionShared;
 
-int			es_max_databases = 16;
+EsPositionsReleasedHook es_positions_released_hook = NULL;
 
-static EsShared *es_shared = NULL;
+static EsPositionShared *es_shared = NULL;
 static EsProcSlot *es_procs = NULL;
-static LWLockPadded *es_locks = NULL;	/* [0]: directory, [1 + i]: dbs[i] */
+static LWLockPadded *es_locks = NULL;	/* [i]: dbs[i] */
 
 /* backend-local state */
-static EsDbState *my_db = NULL;
+static EsPositionEntry *my_db = NULL;
 static LWLock *my_db_lock = NULL;
 static bool xact_holds_positions = false;
 static int64 xact_max_position = 0;	/* highest position this xact holds */
 static bool stale_at_commit = false;	/* this xact wrote events directly */
-static bool wake_worker_at_end = false;
-static bool is_db_worker = false;
-static bool is_launcher = false;
 static bool callbacks_registered = false;
-
-/* Number of PGPROC slots, which bounds pgprocno */
-static int
-es_proc_count(void)
-{
-#if PG_VERSION_NUM >= 150000
-	return MaxBackends + NUM_AUXILIARY_PROCS + max_prepared_xacts;
-#else
-	return MaxConnections + autovacuum_max_workers + 1 + max_worker_processes +
-		max_wal_senders + NUM_AUXILIARY_PROCS + max_prepared_xacts;
-#endif
-}
 
 /* Shared memory we need */
 Size
@@ -170,40 +129,56 @@ EsPositionShmemSize(void)
 {
 	Size		size;
 
-	size = offsetof(EsShared, dbs);
-	size = add_size(size, mul_size(es_max_databases, sizeof(EsDbState)));
+	size = offsetof(EsPositionShared, dbs);
+	size = add_size(size, mul_size(es_max_databases, sizeof(EsPositionEntry)));
 	size = MAXALIGN(size);
-	size = add_size(size, mul_size(es_proc_count(), sizeof(EsProcSlot)));
+	size = add_size(size, mul_size(EsProcCount(), sizeof(EsProcSlot)));
 	return size;
 }
 
-/* Ask for our LWLocks: a directory lock plus one per database entry */
+/* Reset entry i for the database it was just handed to (shared.c) */
+static void
+es_position_entry_reset(int i)
+{
+	EsPositionEntry *db = &es_shared->dbs[i];
+
+	LWLockAcquire(&es_locks[i].lock, LW_EXCLUSIVE);
+	db->events_relid = InvalidOid;
+	db->initialized = false;
+	db->next_position = 1;
+	db->uses_mark = false;
+	db->mark = 0;
+	db->built_in_recovery = false;
+	pg_atomic_write_u64(&db->max_committed, 0);
+	LWLockRelease(&es_locks[i].lock);
+}
+
+/* Ask for our LWLocks (one per database entry) and the entry reset */
 void
 EsPositionRequestLocks(void)
 {
-	RequestNamedLWLockTranche("event_store", 1 + es_max_databases);
+	RequestNamedLWLockTranche("event_store positions", es_max_databases);
+	EsOnEntryReuse(es_position_entry_reset);
 }
 
-/* Create or attach the shared state; runs from shmem_startup_hook */
+/* Create or attach the shared state; caller holds AddinShmemInitLock */
 void
 EsPositionShmemInit(void)
 {
 	bool		found;
 	Size		dbs_size;
 
-	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
-	es_shared = ShmemInitStruct("event_store", EsPositionShmemSize(), &found);
-	dbs_size = MAXALIGN(offsetof(EsShared, dbs) + es_max_databases * sizeof(EsDbState));
+	es_shared = ShmemInitStruct("event_store positions", EsPositionShmemSize(), &found);
+	dbs_size = MAXALIGN(offsetof(EsPositionShared, dbs) +
+						es_max_databases * sizeof(EsPositionEntry));
 	es_procs = (EsProcSlot *) ((char *) es_shared + dbs_size);
 	if (!found)
 	{
-		es_shared->max_databases = es_max_databases;
-		es_shared->nprocs = es_proc_count();
+		es_shared->nprocs = EsProcCount();
 		for (int i = 0; i < es_max_databases; i++)
 		{
-			EsDbState  *db = &es_shared->dbs[i];
+			EsPositionEntry *db = &es_shared->dbs[i];
 
-			db->dboid = InvalidOid;
 			db->events_relid = InvalidOid;
 			db->initialized = false;
 			pg_atomic_init_u32(&db->stale_gen, 0);
@@ -213,34 +188,15 @@ EsPositionShmemInit(void)
 			db->mark = 0;
 			db->built_in_recovery = false;
 			pg_atomic_init_u64(&db->max_committed, 0);
-			db->worker_procno = -1;
-			db->worker_wants_commits = false;
-			pg_atomic_init_u32(&db->projections_changed, 0);
-			pg_atomic_init_u64(&db->last_wake, 0);
-			pg_atomic_init_u64(&db->n_appends, 0);
-			pg_atomic_init_u64(&db->n_events, 0);
-			pg_atomic_init_u64(&db->n_conflicts, 0);
 			ConditionVariableInit(&db->head_cv);
 		}
-		es_shared->launcher_procno = -1;
-		es_shared->rescan_requested = false;
-		es_shared->full_logged = false;
-		memset(es_shared->absent, 0, sizeof(es_shared->absent));
 		for (int i = 0; i < es_shared->nprocs; i++)
 		{
 			es_procs[i].dboid = InvalidOid;
 			pg_atomic_init_u64(&es_procs[i].lowest, 0);
 		}
 	}
-	es_locks = GetNamedLWLockTranche("event_store");
-	LWLockRelease(AddinShmemInitLock);
-}
-
-/* Is the shared state there (i.e. was the library preloaded)? */
-bool
-EsPositionShmemReady(void)
-{
-	return es_shared != NULL;
+	es_locks = GetNamedLWLockTranche("event_store positions");
 }
 
 /* Our own slot */
@@ -277,40 +233,13 @@ es_release_positions(bool committed)
 	ConditionVariableBroadcast(&my_db->head_cv);
 }
 
-/*
- * Set the latch of this database's worker, if it runs.  Unless forced (a
- * projection changed) or the worker runs async projections, an appender
- * wakes it at most once per event_store.notify_interval: enough for the
- * throttled NOTIFY, and it keeps a busy store from paying for a wake-up per
- * commit.
- */
-static void
-es_wake_db_worker(bool force)
-{
-	int			procno;
-
-	if (my_db == NULL)
-		return;
-	procno = my_db->worker_procno;
-	if (procno < 0 || procno >= es_shared->nprocs || procno == ES_MY_PROCNO)
-		return;
-	if (!force && !my_db->worker_wants_commits)
-	{
-		TimestampTz now = GetCurrentTimestamp();
-		uint64		last = pg_atomic_read_u64(&my_db->last_wake);
-
-		if ((int64) (now - (TimestampTz) last) < (int64) es_notify_interval_ms * 1000)
-			return;
-		if (!pg_atomic_compare_exchange_u64(&my_db->last_wake, &last, (uint64) now))
-			return;				/* another appender just woke it */
-	}
-	SetLatch(&ProcGlobal->allProcs[procno].procLatch);
-}
-
 /* Transaction end: publish that our positions are settled */
 static void
 es_xact_callback(XactEvent event, void *arg)
 {
+	bool		committed;
+	bool		held;
+
 	switch (event)
 	{
 		case XACT_EVENT_PRE_PREPARE:
@@ -325,22 +254,14 @@ es_xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
 		case XACT_EVENT_PREPARE:
-			if (wake_worker_at_end && my_db != NULL &&
-				(event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT))
-				pg_atomic_write_u32(&my_db->projections_changed, 1);
-			if (stale_at_commit && my_db != NULL &&
-				(event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT))
+			committed = (event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT);
+			if (stale_at_commit && my_db != NULL && committed)
 				pg_atomic_fetch_add_u32(&my_db->stale_gen, 1);	/* its rows are visible now */
 			stale_at_commit = false;
-			if (xact_holds_positions || wake_worker_at_end)
-			{
-				bool		force = wake_worker_at_end;
-
-				es_release_positions(event == XACT_EVENT_COMMIT ||
-									 event == XACT_EVENT_PARALLEL_COMMIT);
-				es_wake_db_worker(force);
-			}
-			wake_worker_at_end = false;
+			held = xact_holds_positions;
+			es_release_positions(committed);
+			if (held && es_positions_released_hook)
+				es_positions_released_hook(committed);
 			break;
 		default:
 			break;
@@ -355,145 +276,27 @@ es_shmem_exit(int code, Datum arg)
 	{
 		pg_atomic_write_u64(&es_my_slot()->lowest, 0);
 		xact_holds_positions = false;
-		if (is_db_worker && my_db != NULL && my_db->worker_procno == ES_MY_PROCNO)
-			my_db->worker_procno = -1;
-		if (is_launcher)
-		{
-			LWLockAcquire(&es_locks[0].lock, LW_EXCLUSIVE);
-			if (es_shared->launcher_procno == ES_MY_PROCNO)
-				es_shared->launcher_procno = -1;
-			LWLockRelease(&es_locks[0].lock);
-		}
 	}
-}
-
-/* Register the per-backend callbacks once */
-void
-EsPositionRegisterCallbacks(void)
-{
-	if (callbacks_registered)
-		return;
-	RegisterXactCallback(es_xact_callback, NULL);
-	before_shmem_exit(es_shmem_exit, (Datum) 0);
-	callbacks_registered = true;
-}
-
-/*
- * Find (or create) the entry of this database.  The directory lock guards
- * the dboid fields; an entry of a database that no longer exists is reused.
- * When every entry is taken: an error, or false with missing_ok.
- */
-static bool
-es_attach_db_extended(bool missing_ok)
-{
-	int			slot = -1;
-
-	if (my_db != NULL)
-		return true;
-	EsCheckPreloaded();
-	EsPositionRegisterCallbacks();
-
-	for (int attempt = 0; attempt < 2 && slot < 0; attempt++)
-	{
-		LWLockAcquire(&es_locks[0].lock, LW_EXCLUSIVE);
-		for (int i = 0; i < es_shared->max_databases; i++)
-		{
-			if (es_shared->dbs[i].dboid == MyDatabaseId)
-			{
-				slot = i;
-				break;
-			}
-		}
-		if (slot < 0)
-		{
-			for (int i = 0; i < es_shared->max_databases; i++)
-			{
-				if (es_shared->dbs[i].dboid == InvalidOid)
-				{
-					EsDbState  *db = &es_shared->dbs[i];
-
-					db->dboid = MyDatabaseId;
-					db->events_relid = InvalidOid;
-					db->initialized = false;
-					db->next_position = 1;
-					db->uses_mark = false;
-					db->mark = 0;
-					db->built_in_recovery = false;
-					pg_atomic_write_u64(&db->max_committed, 0);
-					pg_atomic_write_u64(&db->n_appends, 0);
-					pg_atomic_write_u64(&db->n_events, 0);
-					pg_atomic_write_u64(&db->n_conflicts, 0);
-					db->worker_procno = -1;
-					slot = i;
-					break;
-				}
-			}
-		}
-		LWLockRelease(&es_locks[0].lock);
-
-		if (slot < 0 && attempt == 0)
-		{
-			/* full: free the entries of dropped databases, then retry */
-			for (int i = 0; i < es_shared->max_databases; i++)
-			{
-				Oid			dboid = es_shared->dbs[i].dboid;
-
-				if (OidIsValid(dboid) &&
-					!SearchSysCacheExists1(DATABASEOID, ObjectIdGetDatum(dboid)))
-				{
-					LWLockAcquire(&es_locks[0].lock, LW_EXCLUSIVE);
-					if (es_shared->dbs[i].dboid == dboid)
-						es_shared->dbs[i].dboid = InvalidOid;
-					LWLockRelease(&es_locks[0].lock);
-				}
-			}
-		}
-	}
-
-	if (slot < 0 && missing_ok)
-		return false;
-	if (slot < 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-				 errmsg("too many databases use event_store"),
-				 errdetail("All %d shared memory entries are taken.", es_shared->max_databases),
-				 errhint("Increase event_store.max_databases and restart the server.")));
-
-	my_db = &es_shared->dbs[slot];
-	my_db_lock = &es_locks[1 + slot].lock;
-	es_my_slot()->dboid = MyDatabaseId;
-	return true;
 }
 
 /* This database's entry; an error when every entry is taken */
 static void
 es_attach_db(void)
 {
-	(void) es_attach_db_extended(false);
-}
+	int			entry;
 
-/*
- * Worker: take this database's entry; false when event_store.max_databases
- * is reached, which the first worker to find so logs.
- */
-bool
-EsTryAttachDatabase(void)
-{
-	bool		first;
-
-	if (es_attach_db_extended(true))
-		return true;
-	LWLockAcquire(&es_locks[0].lock, LW_EXCLUSIVE);
-	first = !es_shared->full_logged;
-	es_shared->full_logged = true;
-	LWLockRelease(&es_locks[0].lock);
-	if (first)
-		ereport(LOG,
-				(errmsg("event_store.max_databases (%d) is reached: database \"%s\" gets no event_store worker",
-						es_shared->max_databases, get_database_name(MyDatabaseId)),
-				 errdetail("Every database that uses event_store takes one of the event_store.max_databases entries in shared memory; appends there fail until one is free."),
-				 errhint("Increase event_store.max_databases and restart the server.")));
-	return false;
+	if (my_db != NULL)
+		return;
+	entry = EsMyEntry();
+	if (!callbacks_registered)
+	{
+		RegisterXactCallback(es_xact_callback, NULL);
+		before_shmem_exit(es_shmem_exit, (Datum) 0);
+		callbacks_registered = true;
+	}
+	my_db = &es_shared->dbs[entry];
+	my_db_lock = &es_locks[entry].lock;
+	es_my_slot()->dboid = MyDatabaseId;
 }
 
 /*
@@ -613,7 +416,7 @@ es_ensure_counter(void)
 	es_attach_db();
 
 	/* a standby's counter follows the primary's rows, not its mark */
-	want_mark = OidIsValid(cat->position_mark_relid) && !in_recovery;
+	want_mark = cat->schema_version >= ES_SCHEMA_0_3 && !in_recovery;
 	gen = pg_atomic_read_u32(&my_db->stale_gen);
 	LWLockAcquire(my_db_lock, LW_SHARED);
 	ready = my_db->initialized && my_db->built_gen == gen &&
@@ -844,112 +647,6 @@ EsWaitForHead(int64 after_position, long timeout_ms)
 	return head;
 }
 
-/* Wake this database's worker when the current transaction ends */
-void
-EsWakeWorker(void)
-{
-	es_attach_db();
-	wake_worker_at_end = true;
-}
-
-/* The worker tells whether it wants a wake-up per commit (async projections) */
-void
-EsWorkerWantsCommits(bool wants)
-{
-	es_attach_db();
-	my_db->worker_wants_commits = wants;
-}
-
-/* The database worker announces (or withdraws) itself */
-void
-EsSetWorkerProc(bool running)
-{
-	es_attach_db();
-	is_db_worker = running;
-	my_db->worker_procno = running ? ES_MY_PROCNO : -1;
-}
-
-/* The launcher announces itself */
-void
-EsSetLauncherProc(bool running)
-{
-	EsCheckPreloaded();
-	EsPositionRegisterCallbacks();
-	is_launcher = running;
-	LWLockAcquire(&es_locks[0].lock, LW_EXCLUSIVE);
-	es_shared->launcher_procno = running ? ES_MY_PROCNO : -1;
-	LWLockRelease(&es_locks[0].lock);
-}
-
-/* Ask the launcher to start workers for databases that gained the extension */
-void
-EsRequestRescan(void)
-{
-	int			procno;
-
-	if (es_shared == NULL)
-		return;
-	LWLockAcquire(&es_locks[0].lock, LW_EXCLUSIVE);
-	es_shared->rescan_requested = true;
-	procno = es_shared->launcher_procno;
-	LWLockRelease(&es_locks[0].lock);
-	if (procno >= 0)
-		SetLatch(&ProcGlobal->allProcs[procno].procLatch);
-}
-
-/* Launcher: was a rescan requested?  Clears the request. */
-bool
-EsTakeRescanRequest(void)
-{
-	bool		requested;
-
-	LWLockAcquire(&es_locks[0].lock, LW_EXCLUSIVE);
-	requested = es_shared->rescan_requested;
-	es_shared->rescan_requested = false;
-	LWLockRelease(&es_locks[0].lock);
-	return requested;
-}
-
-/* Worker: the extension is not installed in this database */
-void
-EsReportAbsentDatabase(Oid dboid)
-{
-	LWLockAcquire(&es_locks[0].lock, LW_EXCLUSIVE);
-	for (int i = 0; i < ES_ABSENT_SLOTS; i++)
-		if (es_shared->absent[i] == InvalidOid || es_shared->absent[i] == dboid)
-		{
-			es_shared->absent[i] = dboid;
-			break;
-		}
-	LWLockRelease(&es_locks[0].lock);
-}
-
-/* Launcher: did the stopped worker of dboid report no extension?  Clears it. */
-bool
-EsTakeAbsentDatabase(Oid dboid)
-{
-	bool		found = false;
-
-	LWLockAcquire(&es_locks[0].lock, LW_EXCLUSIVE);
-	for (int i = 0; i < ES_ABSENT_SLOTS; i++)
-		if (es_shared->absent[i] == dboid)
-		{
-			es_shared->absent[i] = InvalidOid;
-			found = true;
-		}
-	LWLockRelease(&es_locks[0].lock);
-	return found;
-}
-
-/* Worker: did a projection change since the last call?  Clears the flag. */
-bool
-EsTakeProjectionsChanged(void)
-{
-	es_attach_db();
-	/* one exchange: a change announced meanwhile is never lost */
-	return pg_atomic_exchange_u32(&my_db->projections_changed, 0) != 0;
-}
-
 /*
  * Worker: the safe head without (re)building the counter, so it needs no
  * transaction; -1 while the counter is not built yet.
@@ -967,64 +664,14 @@ EsSafeHeadIfReady(void)
 	return head;
 }
 
-/* Count an append() that wrote nevents events (statistics) */
-void
-EsCountAppend(int nevents)
+/* How many transactions of this database hold positions right now */
+int
+EsAppendsInFlight(void)
 {
-	es_attach_db();
-	pg_atomic_fetch_add_u64(&my_db->n_appends, 1);
-	pg_atomic_fetch_add_u64(&my_db->n_events, (uint64) nevents);
-}
+	int			n = 0;
 
-/* Count a wrong-expected-version conflict (statistics) */
-void
-EsCountConflict(void)
-{
-	es_attach_db();
-	pg_atomic_fetch_add_u64(&my_db->n_conflicts, 1);
-}
-
-/*
- * This database's counters since server start, and how many transactions
- * hold positions right now
- */
-void
-EsReadCounters(int64 *appends, int64 *events, int64 *conflicts, int *in_flight)
-{
-	es_attach_db();
-	*appends = (int64) pg_atomic_read_u64(&my_db->n_appends);
-	*events = (int64) pg_atomic_read_u64(&my_db->n_events);
-	*conflicts = (int64) pg_atomic_read_u64(&my_db->n_conflicts);
-	*in_flight = 0;
 	for (int i = 0; i < es_shared->nprocs; i++)
 		if (pg_atomic_read_u64(&es_procs[i].lowest) != 0 && es_procs[i].dboid == MyDatabaseId)
-			(*in_flight)++;
-}
-
-PG_FUNCTION_INFO_V1(es_counters);
-
-/*
- * SQL: event_store._counters(OUT appends bigint, OUT appended_events bigint,
- *		OUT conflicts bigint, OUT appends_in_flight int) -- for the stats view
- */
-Datum
-es_counters(PG_FUNCTION_ARGS)
-{
-	TupleDesc	desc;
-	Datum		values[4];
-	bool		nulls[4] = {false, false, false, false};
-	int64		appends;
-	int64		events;
-	int64		conflicts;
-	int			in_flight;
-
-	EsCheckPreloaded();
-	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
-		elog(ERROR, "return type must be a row type");
-	EsReadCounters(&appends, &events, &conflicts, &in_flight);
-	values[0] = Int64GetDatum(appends);
-	values[1] = Int64GetDatum(events);
-	values[2] = Int64GetDatum(conflicts);
-	values[3] = Int32GetDatum(in_flight);
-	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(desc), values, nulls)));
+			n++;
+	return n;
 }

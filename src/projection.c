@@ -30,15 +30,14 @@
 #include "access/table.h"
 #include "access/xact.h"
 #include "catalog/pg_proc.h"
-#include "catalog/pg_type.h"
 #include "catalog/pg_trigger.h"
+#include "catalog/pg_type.h"
 #include "commands/trigger.h"
-#include "storage/lmgr.h"
 #include "executor/spi.h"
 #include "executor/tuptable.h"
 #include "fmgr.h"
-#include "funcapi.h"
 #include "miscadmin.h"
+#include "storage/lmgr.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
@@ -51,7 +50,20 @@
 #include "utils/tuplestore.h"
 #include "utils/typcache.h"
 
-#include "event_store.h"
+#include "activity.h"
+#include "api.h"
+#include "callback.h"
+#include "catalog.h"
+#include "followers.h"
+#include "grants.h"
+#include "locks.h"
+#include "pg_mirror.h"
+#include "position.h"
+#include "projection.h"
+#include "read.h"
+#include "registry.h"
+#include "roles.h"
+#include "upcast.h"
 
 PG_FUNCTION_INFO_V1(es_create_projection);
 PG_FUNCTION_INFO_V1(es_rebuild_projection);
@@ -60,9 +72,7 @@ PG_FUNCTION_INFO_V1(es_resume_projection);
 PG_FUNCTION_INFO_V1(es_drop_projection);
 PG_FUNCTION_INFO_V1(es_run_projections);
 
-
 int			es_projection_max_attempts = 5;
-
 
 /*
  * How a handler takes its events: one at a time (event event_store.event),
@@ -302,7 +312,7 @@ typedef struct EsBatch
 static void es_apply_inline(int n, Datum *rows, bool *nulls, TupleDesc event_desc,
 							MemoryContext rowcxt, EsBatch *batches);
 
-#define ES_BATCH_HEADER		ARR_OVERHEAD_NONULLS(1)
+#define ES_BATCH_HEADER		ES_ARRAY_HEADER_BYTES
 
 /*
  * Async batches are handed over at a size that catch-up measured fastest
@@ -428,8 +438,6 @@ es_batch_add(EsBatch *b, TupleDesc event_desc, Datum *values, bool *isnull,
 static void
 es_batch_flush(EsBatch *b, EsProjection *p, EsRegistry *reg)
 {
-	ArrayType  *arr = (ArrayType *) b->buf;
-
 	if (b->n == 0)
 		return;
 	if (b->kind == ES_HANDLER_TABLE)
@@ -438,33 +446,40 @@ es_batch_flush(EsBatch *b, EsProjection *p, EsRegistry *reg)
 		Trigger		trig;
 		Relation	rel = table_open(EsGetCatalog()->events_relid, AccessShareLock);
 
-		memset(&trig, 0, sizeof(trig));
-		trig.tgname = p->name;
-		trig.tgfoid = p->handler.fn_oid;
-		trig.tgtype = TRIGGER_TYPE_INSERT;	/* AFTER, FOR EACH STATEMENT */
-		trig.tgenabled = TRIGGER_FIRES_ALWAYS;
-		trig.tgnewtable = ES_TRANSITION_TABLE;
-		memset(&td, 0, sizeof(td));
-		td.type = T_TriggerData;
-		td.tg_event = TRIGGER_EVENT_INSERT;
-		td.tg_relation = rel;
-		td.tg_trigger = &trig;
-		td.tg_newtable = b->rows;
+		EsStatementTriggerData(&td, &trig, rel, p->name, p->handler.fn_oid,
+							   ES_TRANSITION_TABLE, b->rows);
 		es_invoke_handler(p, reg, (Datum) 0, (Node *) &td, b->first_position);
 		table_close(rel, AccessShareLock);
 	}
 	else
 	{
-		SET_VARSIZE(arr, b->len);
-		arr->ndim = 1;
-		arr->dataoffset = 0;	/* no nulls */
-		arr->elemtype = EsGetCatalog()->event_type_oid;
-		ARR_DIMS(arr)[0] = b->n;
-		ARR_LBOUND(arr)[0] = 1;
+		ArrayType  *arr = EsFinishArray(b->buf, b->len, b->n,
+										EsGetCatalog()->event_type_oid);
+
 		es_invoke_handler(p, reg, PointerGetDatum(arr), NULL, b->first_position);
 	}
 	/* the next batch reuses the memory: the handler kept no reference to it */
 	es_batch_empty(b);
+}
+
+static EsAppendFollower prev_follower = NULL;
+static void es_apply_inline_projections(int n, Datum *rows, bool *nulls);
+
+/* Follower of append(): the inline projections */
+static void
+es_projection_follow(const EsAppendedBatch *batch)
+{
+	if (prev_follower)
+		prev_follower(batch);
+	es_apply_inline_projections(batch->n, batch->rows, batch->nulls);
+}
+
+/* Follow append() (module load; see followers.h) */
+void
+EsProjectionInit(void)
+{
+	prev_follower = es_append_follower;
+	es_append_follower = es_projection_follow;
 }
 
 /*
@@ -472,8 +487,8 @@ es_batch_flush(EsBatch *b, EsProjection *p, EsRegistry *reg)
  * (rows: n events, Natts_es_event values each), in order, in the appending
  * transaction: one pass over the batch, however large.
  */
-void
-EsApplyInlineProjections(int n, Datum *rows, bool *nulls)
+static void
+es_apply_inline_projections(int n, Datum *rows, bool *nulls)
 {
 	TupleDesc	event_desc;
 	MemoryContext rowcxt;
@@ -505,7 +520,7 @@ EsApplyInlineProjections(int n, Datum *rows, bool *nulls)
 	MemoryContextDelete(rowcxt);
 }
 
-/* The work of EsApplyInlineProjections, in its callback scope */
+/* The work of es_apply_inline_projections, in its callback scope */
 static void
 es_apply_inline(int n, Datum *rows, bool *nulls, TupleDesc event_desc,
 				MemoryContext rowcxt, EsBatch *batches)
@@ -1103,20 +1118,6 @@ es_drop_projection(PG_FUNCTION_ARGS)
 		EsRegistryChanged(&inline_registry);
 	EsSpiFinish(&sw);
 	PG_RETURN_VOID();
-}
-
-/*
- * Backoff before the next attempt after attempts failed ones: 1 s doubling,
- * at most 5 minutes (projections, and the worker's units of work)
- */
-int64
-EsBackoffMs(int32 attempts)
-{
-	int64		ms = 1000;
-
-	for (int i = 1; i < attempts && ms < 300000; i++)
-		ms *= 2;
-	return Min(ms, 300000);
 }
 
 /*

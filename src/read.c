@@ -27,7 +27,6 @@
 #include "fmgr.h"
 #include "funcapi.h"
 #include "miscadmin.h"
-#include "pgstat.h"
 #include "storage/bufmgr.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -37,7 +36,15 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
-#include "event_store.h"
+#include "api.h"
+#include "catalog.h"
+#include "grants.h"
+#include "pg_mirror.h"
+#include "position.h"
+#include "read.h"
+#include "roles.h"
+#include "stream_state.h"
+#include "upcast.h"
 
 PG_FUNCTION_INFO_V1(es_stream_version);
 PG_FUNCTION_INFO_V1(es_read_stream);
@@ -137,126 +144,6 @@ es_stored_row_usable(HeapTuple stored)
 }
 
 /*
- * The heap side of an index scan, a page at a time: the index's TIDs that
- * follow each other on one heap page are checked under one share lock of
- * that page (the executor's index scan takes the lock once per tuple), and
- * the visible tuples are then handed out with the page pinned, not locked,
- * as a sequential scan in page-at-a-time mode does.  The index is read with
- * no heap page locked, so the lock order of index before heap holds.  Order
- * is the index's: a run ends at the first TID on another page.
- *
- * The snapshot must be an MVCC one (it sees at most one member of a HOT
- * chain).  A run is cut to max_run TIDs, so that a scan for one row does
- * not check (or, SERIALIZABLE, predicate-lock) the rest of the page.  After
- * a run that found an entry whose rows are all dead (a purged event) the
- * scan goes one TID at a time, telling the index about each dead entry as
- * the executor does, until it finds a live one.
- */
-typedef struct EsPageFetch
-{
-	IndexScanDesc scan;
-	Relation	heap;
-	ScanDirection direction;
-	int			max_run;		/* TIDs to read ahead at most (at least 1) */
-	Buffer		buffer;			/* the page the tuples below are on */
-	ItemPointerData next_tid;	/* read from the index: on another page */
-	bool		have_next;
-	bool		index_done;
-	bool		dead_seen;		/* the last run found a dead entry */
-	int			ntuples;
-	int			pos;			/* next tuple to hand out */
-	ItemPointerData tids[MaxHeapTuplesPerPage];
-	HeapTupleData tuples[MaxHeapTuplesPerPage];
-} EsPageFetch;
-
-/* The index's next TID, or NULL at its end (then never asked again) */
-static ItemPointer
-es_fetch_tid(EsPageFetch *f)
-{
-	ItemPointer tid;
-
-	if (f->index_done)
-		return NULL;
-	tid = index_getnext_tid(f->scan, f->direction);
-	if (tid == NULL)
-		f->index_done = true;
-	return tid;
-}
-
-/* Read the index's next run of TIDs on one page; false at its end */
-static bool
-es_fetch_run(EsPageFetch *f)
-{
-	ItemPointer tid;
-	BlockNumber block;
-	Buffer		prev = f->buffer;
-	int			max_run = f->dead_seen ? 1 : f->max_run;
-	int			ntids = 0;
-
-	if (!f->have_next)
-	{
-		if ((tid = es_fetch_tid(f)) == NULL)
-			return false;
-		f->next_tid = *tid;
-	}
-	block = ItemPointerGetBlockNumber(&f->next_tid);
-	f->tids[ntids++] = f->next_tid;
-	f->have_next = false;
-	while (ntids < max_run && (tid = es_fetch_tid(f)) != NULL)
-	{
-		if (ItemPointerGetBlockNumber(tid) != block)
-		{
-			f->next_tid = *tid;
-			f->have_next = true;
-			break;
-		}
-		f->tids[ntids++] = *tid;
-	}
-
-	f->buffer = ReleaseAndReadBuffer(f->buffer, f->heap, block);
-	if (f->buffer != prev)
-		heap_page_prune_opt(f->heap, f->buffer);
-	LockBuffer(f->buffer, BUFFER_LOCK_SHARE);
-	f->ntuples = 0;
-	f->dead_seen = false;
-	for (int i = 0; i < ntids; i++)
-	{
-		bool		all_dead;
-
-		if (heap_hot_search_buffer(&f->tids[i], f->heap, f->buffer,
-								   f->scan->xs_snapshot,
-								   &f->tuples[f->ntuples], &all_dead, true))
-			f->ntuples++;
-		else if (all_dead)
-			f->dead_seen = true;
-	}
-	LockBuffer(f->buffer, BUFFER_LOCK_UNLOCK);
-	/* the index's last TID was the only one: the index may mark it dead */
-	if (f->dead_seen && ntids == 1 && !f->have_next &&
-		!f->scan->xactStartedInRecovery)
-		f->scan->kill_prior_tuple = true;
-	f->pos = 0;
-	return true;
-}
-
-/* Store the scan's next visible tuple in slot; false at the scan's end */
-static bool
-es_fetch_next(EsPageFetch *f, TupleTableSlot *slot)
-{
-	while (f->pos >= f->ntuples)
-	{
-		if (!es_fetch_run(f))
-		{
-			ExecClearTuple(slot);
-			return false;
-		}
-	}
-	pgstat_count_heap_fetch(f->scan->indexRelation);
-	ExecStoreBufferHeapTuple(&f->tuples[f->pos++], slot, f->buffer);
-	return true;
-}
-
-/*
  * Run one index scan over event_store.events and hand every (upcast unless
  * spec->raw) event that passes the type filter to the callback, until it
  * returns false or max_count events were handed over.  Returns how many were.
@@ -289,12 +176,7 @@ es_scan_events(const EsCatalog *cat, EsScanSpec *spec, EsRowCallback callback,
 	slot = table_slot_create(heap, NULL);
 	scan = index_beginscan(heap, index, spec->snapshot, spec->nkeys, 0);
 	index_rescan(scan, spec->keys, spec->nkeys, NULL, 0);
-	fetch = palloc0(sizeof(EsPageFetch));
-	fetch->scan = scan;
-	fetch->heap = heap;
-	fetch->direction = spec->direction;
-	fetch->max_run = MaxHeapTuplesPerPage;
-	fetch->buffer = InvalidBuffer;
+	fetch = EsPageFetchBegin(scan, heap, spec->direction);
 
 	for (;;)
 	{
@@ -306,9 +188,9 @@ es_scan_events(const EsCatalog *cat, EsScanSpec *spec, EsRowCallback callback,
 		{
 			if (emitted >= spec->max_count)
 				break;
-			fetch->max_run = (int) Min(spec->max_count - emitted, MaxHeapTuplesPerPage);
+			EsPageFetchLimit(fetch, (int) Min(spec->max_count - emitted, MaxHeapTuplesPerPage));
 		}
-		if (!es_fetch_next(fetch, slot))
+		if (!EsPageFetchNext(fetch, slot))
 			break;
 		CHECK_FOR_INTERRUPTS();
 		if (spec->xact_snapshot != NULL &&
@@ -370,9 +252,7 @@ es_scan_events(const EsCatalog *cat, EsScanSpec *spec, EsRowCallback callback,
 	}
 
 	ExecDropSingleTupleTableSlot(slot);
-	if (BufferIsValid(fetch->buffer))
-		ReleaseBuffer(fetch->buffer);
-	pfree(fetch);
+	EsPageFetchEnd(fetch);
 	index_endscan(scan);
 	index_close(index, AccessShareLock);
 	table_close(heap, AccessShareLock);
@@ -441,60 +321,6 @@ es_emit_scan(FunctionCallInfo fcinfo, const EsCatalog *cat, EsScanSpec *spec)
 
 	spec->direct = rsinfo->setResult;
 	(void) EsScanEvents(cat, spec, es_emit_row, rsinfo);
-}
-
-/*
- * One attribute of the first row an index scan of event_store.events finds
- * (in the given direction), or false if there is none.  The keys' collations
- * are taken from the index.
- */
-bool
-EsFirstEventValue(const EsCatalog *cat, Oid index_oid, Snapshot snapshot,
-				  ScanKey keys, int nkeys, ScanDirection direction,
-				  AttrNumber attno, Datum *value)
-{
-	Relation	heap;
-	Relation	index;
-	IndexScanDesc scan;
-	TupleTableSlot *slot;
-	bool		found = false;
-
-	heap = table_open(cat->events_relid, AccessShareLock);
-	index = index_open(index_oid, AccessShareLock);
-	for (int i = 0; i < nkeys; i++)
-		keys[i].sk_collation = index->rd_indcollation[keys[i].sk_attno - 1];
-	slot = table_slot_create(heap, NULL);
-	scan = index_beginscan(heap, index, snapshot, nkeys, 0);
-	index_rescan(scan, keys, nkeys, NULL, 0);
-	if (index_getnext_slot(scan, direction, slot))
-	{
-		bool		isnull;
-
-		*value = slot_getattr(slot, attno, &isnull);
-		found = true;
-	}
-	index_endscan(scan);
-	ExecDropSingleTupleTableSlot(slot);
-	index_close(index, AccessShareLock);
-	table_close(heap, AccessShareLock);
-	return found;
-}
-
-/*
- * Current version of a stream (0 when it has no events) as seen by the
- * given snapshot: one backward probe of the (stream_id, stream_version) index.
- */
-int64
-EsLatestStreamVersion(const EsCatalog *cat, text *stream_id, Snapshot snapshot)
-{
-	ScanKeyData key;
-	Datum		version;
-
-	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_TEXTEQ, PointerGetDatum(stream_id));
-	if (!EsFirstEventValue(cat, cat->stream_idx, snapshot, &key, 1,
-						   BackwardScanDirection, Anum_es_stream_version, &version))
-		return 0;
-	return DatumGetInt64(version);
 }
 
 /* SQL: event_store.stream_version(stream_id text) RETURNS bigint */

@@ -17,8 +17,8 @@
 #include "postgres.h"
 
 #include "catalog/namespace.h"
-#include "common/hashfn.h"
 #include "catalog/pg_type.h"
+#include "common/hashfn.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
@@ -32,7 +32,16 @@
 #include "utils/memutils.h"
 #include "utils/uuid.h"
 
-#include "event_store.h"
+#include "api.h"
+#include "append.h"
+#include "callback.h"
+#include "catalog.h"
+#include "followers.h"
+#include "grants.h"
+#include "locks.h"
+#include "registry.h"
+#include "roles.h"
+#include "saga.h"
 
 PG_FUNCTION_INFO_V1(es_saga_definitions_changed);
 PG_FUNCTION_INFO_V1(es_define_saga);
@@ -82,8 +91,8 @@ es_saga_load(void)
 }
 
 /* Does any saga step wait for events at all? */
-bool
-EsSagaWatching(void)
+static bool
+es_saga_watching(void)
 {
 	EsRegistryEnsure(&saga_registry, es_saga_load);
 	return watched_count > 0;
@@ -135,8 +144,8 @@ es_saga_registrant(Datum saga_id, MemoryContext cxt, Oid *owner,
  * step.  An event the saga's owner may not read does neither: it would
  * become the step's result, the saga's data and part of its stream.
  */
-void
-EsSagaOnEvent(text *stream_id, text *type, Jsonb *metadata, Jsonb *data)
+static void
+es_saga_on_event(text *stream_id, text *type, Jsonb *metadata, Jsonb *data)
 {
 	JsonbValue	k;
 	JsonbValue *v;
@@ -184,6 +193,35 @@ EsSagaOnEvent(text *stream_id, text *type, Jsonb *metadata, Jsonb *data)
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "saga event dispatch failed: %s", SPI_result_code_string(rc));
 	EsSpiFinish(&sw);
+}
+
+static EsAppendFollower prev_follower = NULL;
+
+/* Follower of append(): hand each event to the sagas waiting for it */
+static void
+es_saga_follow(const EsAppendedBatch *batch)
+{
+	if (prev_follower)
+		prev_follower(batch);
+	if (!es_saga_watching())
+		return;
+	for (int i = 0; i < batch->n; i++)
+	{
+		Datum	   *v = &batch->rows[i * Natts_es_event];
+
+		es_saga_on_event(batch->stream_id,
+						 DatumGetTextPP(v[Anum_es_event_type - 1]),
+						 DatumGetJsonbP(v[Anum_es_metadata - 1]),
+						 DatumGetJsonbP(v[Anum_es_data - 1]));
+	}
+}
+
+/* Follow append() (module load; see followers.h) */
+void
+EsSagaInit(void)
+{
+	prev_follower = es_append_follower;
+	es_append_follower = es_saga_follow;
 }
 
 /* SQL: event_store._saga_definitions_changed() */

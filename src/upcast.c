@@ -23,13 +23,12 @@
 #include "catalog/pg_type.h"
 #include "executor/executor.h"
 #include "executor/spi.h"
+#include "fmgr.h"
+#include "miscadmin.h"
 #include "nodes/makefuncs.h"
 #include "nodes/params.h"
-#include "optimizer/optimizer.h"
-#include "fmgr.h"
-#include "funcapi.h"
-#include "miscadmin.h"
 #include "nodes/pg_list.h"
+#include "optimizer/optimizer.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
@@ -39,7 +38,12 @@
 #include "utils/regproc.h"
 #include "utils/syscache.h"
 
-#include "event_store.h"
+#include "api.h"
+#include "callback.h"
+#include "catalog.h"
+#include "registry.h"
+#include "roles.h"
+#include "upcast.h"
 
 PG_FUNCTION_INFO_V1(es_register_upcaster);
 PG_FUNCTION_INFO_V1(es_drop_upcaster);

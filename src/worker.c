@@ -24,16 +24,16 @@
  */
 #include "postgres.h"
 
+#include "access/heapam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/pg_database.h"
 #include "commands/async.h"
 #include "commands/dbcommands.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
-#include "access/htup_details.h"
-#include "access/table.h"
-#include "access/heapam.h"
-#include "access/tableam.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -50,14 +50,19 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
-#include "event_store.h"
+#include "activity.h"
+#include "callback.h"
+#include "catalog.h"
+#include "lifecycle.h"
+#include "position.h"
+#include "projection.h"
+#include "worker.h"
 
 PG_FUNCTION_INFO_V1(es_worker_rescan);
 
 bool		es_worker_enabled = true;
 int			es_naptime_ms = 1000;
 int			es_retention_interval_ms = 60 * 1000;
-int			es_notify_interval_ms = 100;
 
 PGDLLEXPORT void es_launcher_main(Datum arg);
 PGDLLEXPORT void es_worker_main(Datum arg);

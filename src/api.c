@@ -1,8 +1,9 @@
 /*
- * args.c
- *	  Checks of SQL-callable functions' arguments, shared by every API
- *	  function: required (non-NULL) arguments, non-empty text, text arrays,
- *	  categories, and the signatures of registered callbacks.
+ * api.c
+ *	  What every SQL-callable function checks first: that the library was
+ *	  preloaded, that the server and transaction may write (for the writers),
+ *	  and its arguments -- required (non-NULL) arguments, non-empty text,
+ *	  stream ids, text arrays, categories -- with class-22 errors.
  */
 #include "postgres.h"
 
@@ -13,10 +14,13 @@
 #include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "tcop/utility.h"
 #include "utils/regproc.h"
 #include "utils/syscache.h"
 
-#include "event_store.h"
+#include "api.h"
+#include "catalog.h"
+#include "shared.h"
 
 /* Raise the class-22 error for a NULL required argument */
 void
@@ -26,46 +30,6 @@ EsRequireArg(FunctionCallInfo fcinfo, int argno, const char *name)
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("%s must not be null", name)));
-}
-
-/*
- * Check that a function exists with the argument types and result type a
- * callback needs; raise a clear error otherwise.
- */
-void
-EsCheckCallbackSignature(Oid fn, const char *role, int nargs, const Oid *argtypes,
-						 Oid rettype, const char *expected)
-{
-	HeapTuple	tup = EsSearchProc(fn);
-	Form_pg_proc proc;
-	bool		ok;
-
-	proc = (Form_pg_proc) GETSTRUCT(tup);
-	ok = proc->pronargs == nargs && proc->prorettype == rettype && !proc->proretset &&
-		proc->prokind == PROKIND_FUNCTION;
-	for (int i = 0; ok && i < nargs; i++)
-		ok = proc->proargtypes.values[i] == argtypes[i];
-	ReleaseSysCache(tup);
-	if (!ok)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("function %s cannot be used as %s", format_procedure(fn), role),
-				 errdetail("It must be %s.", expected)));
-	/* the current user registers it, and it will run as that user */
-	EsCheckCallbackOwner(fn, GetUserId(), role);
-}
-
-/* The pg_proc row of a function given by OID (release it); error if none */
-HeapTuple
-EsSearchProc(Oid fn)
-{
-	HeapTuple	tup = SearchSysCache1(PROCOID, ObjectIdGetDatum(fn));
-
-	if (!HeapTupleIsValid(tup))
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_FUNCTION),
-				 errmsg("function with OID %u does not exist", fn)));
-	return tup;
 }
 
 /* Error out when a numeric argument is negative (hint: what to pass instead) */
@@ -160,4 +124,26 @@ EsCheckCategory(text *category, const char *hint)
 				 errmsg("category \"%s\" contains \"-\"", text_to_cstring(category)),
 				 errdetail("A stream's category is the part of its id before the first \"-\"."),
 				 hint ? errhint("%s", hint) : 0));
+}
+
+/*
+ * Refuse, before doing anything, to change state on a hot standby or in a
+ * read-only transaction (25006, as an INSERT would); what names the
+ * function ("append()").  Every entry point that writes calls this first.
+ */
+void
+EsCheckWritable(const char *what)
+{
+	PreventCommandDuringRecovery(what);
+	PreventCommandIfReadOnly(what);
+}
+
+PG_FUNCTION_INFO_V1(es_check_writable);
+
+/* SQL: event_store._check_writable(what text), for the SQL-language writers */
+Datum
+es_check_writable(PG_FUNCTION_ARGS)
+{
+	EsCheckWritable(PG_ARGISNULL(0) ? "this function" : text_to_cstring(PG_GETARG_TEXT_PP(0)));
+	PG_RETURN_VOID();
 }

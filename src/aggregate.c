@@ -27,12 +27,21 @@
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
-#include "utils/rel.h"
 #include "utils/regproc.h"
+#include "utils/rel.h"
 #include "utils/snapmgr.h"
 #include "utils/typcache.h"
 
-#include "event_store.h"
+#include "aggregate.h"
+#include "api.h"
+#include "callback.h"
+#include "catalog.h"
+#include "followers.h"
+#include "grants.h"
+#include "read.h"
+#include "registry.h"
+#include "roles.h"
+#include "stream_state.h"
 
 PG_FUNCTION_INFO_V1(es_define_aggregate);
 PG_FUNCTION_INFO_V1(es_load_aggregate);
@@ -317,14 +326,19 @@ es_store_snapshot(text *stream_id, int64 version, Datum state, int32 state_versi
 	EsSpiFinish(&sw);
 }
 
+static EsAppendFollower prev_follower = NULL;
+
 /*
- * Snapshot hook of append(): the stream went from old_version to
- * new_version; store a snapshot at new_version when that crossed a multiple
- * of the aggregate's snapshot_every.
+ * Follower of append() (the snapshot policy): the stream went from
+ * old_version to new_version; store a snapshot at new_version when that
+ * crossed a multiple of the aggregate's snapshot_every.
  */
-void
-EsSnapshotHook(text *stream_id, int64 old_version, int64 new_version)
+static void
+es_aggregate_follow(const EsAppendedBatch *batch)
 {
+	text	   *stream_id = batch->stream_id;
+	int64		old_version = batch->first_version - 1;
+	int64		new_version = old_version + batch->n;
 	EsAggregate *agg;
 	Datum		state;
 	int64		version;
@@ -332,6 +346,8 @@ EsSnapshotHook(text *stream_id, int64 old_version, int64 new_version)
 	bool		deleted;
 	int64		start_after;
 
+	if (prev_follower)
+		prev_follower(batch);
 	agg = es_agg_find(VARDATA_ANY(stream_id), EsCategoryLen(stream_id));
 	if (agg == NULL || agg->snapshot_every <= 0)
 		return;
@@ -344,6 +360,14 @@ EsSnapshotHook(text *stream_id, int64 old_version, int64 new_version)
 	state = es_fold_aggregate(agg, stream_id, new_version, start_after, snapshot, &version);
 	UnregisterSnapshot(snapshot);
 	es_store_snapshot(stream_id, new_version, state, agg->state_version);
+}
+
+/* Follow append() (module load; see followers.h) */
+void
+EsAggregateInit(void)
+{
+	prev_follower = es_append_follower;
+	es_append_follower = es_aggregate_follow;
 }
 
 /* Validate a category argument (non-empty, no '-') */

@@ -1,0 +1,25 @@
+/*
+ * append.h
+ *	  Appending a validated batch of events to a stream.
+ */
+#ifndef ES_APPEND_H
+#define ES_APPEND_H
+
+#include "utils/jsonb.h"
+#include "utils/uuid.h"
+
+typedef struct EsNewEvent		/* one event of a batch, validated */
+{
+	text	   *type;
+	Jsonb	   *data;
+	Jsonb	   *metadata;
+	pg_uuid_t	id;
+	bool		has_id;
+	int32		schema_version;
+} EsNewEvent;
+
+extern bool EsParseUuid(const char *s, int len, pg_uuid_t *out);
+extern int64 EsAppendEvents(text *stream_id, EsNewEvent *evs, int n,
+							bool has_expected, int64 expected, bool internal);
+
+#endif							/* ES_APPEND_H */

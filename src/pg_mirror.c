@@ -1,0 +1,280 @@
+/*
+ * pg_mirror.c
+ *	  The places where event_store does by hand what a PostgreSQL core
+ *	  routine does, because calling the routine itself would cost too much
+ *	  per event (an executor per append, a lock per heap tuple, a trigger
+ *	  manager per batch).  Each routine names the core code it mirrors; when
+ *	  PostgreSQL changes that code, this file is where to look.
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/heapam.h"
+#include "access/relscan.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "catalog/pg_trigger.h"
+#include "commands/trigger.h"
+#include "executor/executor.h"
+#include "nodes/execnodes.h"
+#include "nodes/makefuncs.h"
+#include "pgstat.h"
+#include "storage/bufmgr.h"
+#include "storage/lmgr.h"
+#include "utils/array.h"
+#include "utils/inval.h"
+#include "utils/rel.h"
+
+#include "pg_mirror.h"
+
+/*
+ * Take a heavyweight lock, and the first time it is taken in the
+ * transaction process the invalidation messages that arrived meanwhile, so
+ * that catalog changes committed by whoever held it before are seen.
+ * Mirrors LockRelationOid (lmgr.c) for a lock that is not a relation's.
+ */
+void
+EsLockAcceptingInvalidations(const LOCKTAG *tag, LOCKMODE mode)
+{
+	LOCALLOCK  *locallock;
+
+	if (LockAcquireExtended(tag, mode, false, false, true, &locallock) !=
+		LOCKACQUIRE_ALREADY_CLEAR)
+	{
+		AcceptInvalidationMessages();
+		MarkLockClear(locallock);
+	}
+}
+
+/*
+ * Insert n rows (natts values each, rows[i * natts ...]) into rel and its
+ * indexes, with neither an executor per call nor triggers: mirrors the
+ * single-row path of CopyFrom (copyfrom.c), table_tuple_insert followed by
+ * ExecInsertIndexTuples, for a table whose rows need no constraint checks,
+ * defaults or generated columns.  *current is the index of the row being
+ * inserted, for the caller's error report when an index refuses it.
+ */
+void
+EsInsertRows(Relation rel, int n, int natts, Datum *rows, bool *nulls,
+			 volatile int *current)
+{
+	EState	   *estate = CreateExecutorState();
+	ResultRelInfo *rri = makeNode(ResultRelInfo);
+	TupleTableSlot *slot;
+	CommandId	cid = GetCurrentCommandId(true);
+
+	InitResultRelInfo(rri, rel, 1, NULL, 0);
+	ExecOpenIndices(rri, false);
+	slot = MakeSingleTupleTableSlot(RelationGetDescr(rel), &TTSOpsVirtual);
+	for (int i = 0; i < n; i++)
+	{
+		*current = i;
+		ExecClearTuple(slot);
+		memcpy(slot->tts_values, &rows[i * natts], sizeof(Datum) * natts);
+		memcpy(slot->tts_isnull, &nulls[i * natts], sizeof(bool) * natts);
+		ExecStoreVirtualTuple(slot);
+		table_tuple_insert(rel, slot, cid, 0, NULL);
+		(void) ExecInsertIndexTuples(rri, slot, estate, false, false, NULL, NIL);
+		ResetPerTupleExprContext(estate);
+	}
+	ExecDropSingleTupleTableSlot(slot);
+	ExecCloseIndices(rri);
+	FreeExecutorState(estate);
+}
+
+/*
+ * The heap side of an index scan, a page at a time (mirrors
+ * heapam_index_fetch_tuple, called once per TID by index_fetch_heap, and
+ * the page-at-a-time mode of heapgettup_pagemode): the index's TIDs that
+ * follow each other on one heap page are checked under one share lock of
+ * that page (the executor's index scan takes the lock once per tuple), and
+ * the visible tuples are then handed out with the page pinned, not locked,
+ * as a sequential scan in page-at-a-time mode does.  The index is read with
+ * no heap page locked, so the lock order of index before heap holds.  Order
+ * is the index's: a run ends at the first TID on another page.
+ *
+ * The snapshot must be an MVCC one (it sees at most one member of a HOT
+ * chain).  A run is cut to max_run TIDs, so that a scan for one row does
+ * not check (or, SERIALIZABLE, predicate-lock) the rest of the page.  After
+ * a run that found an entry whose rows are all dead (a purged event) the
+ * scan goes one TID at a time, telling the index about each dead entry as
+ * the executor does, until it finds a live one.
+ */
+typedef struct EsPageFetch
+{
+	IndexScanDesc scan;
+	Relation	heap;
+	ScanDirection direction;
+	int			max_run;		/* TIDs to read ahead at most (at least 1) */
+	Buffer		buffer;			/* the page the tuples below are on */
+	ItemPointerData next_tid;	/* read from the index: on another page */
+	bool		have_next;
+	bool		index_done;
+	bool		dead_seen;		/* the last run found a dead entry */
+	int			ntuples;
+	int			pos;			/* next tuple to hand out */
+	ItemPointerData tids[MaxHeapTuplesPerPage];
+	HeapTupleData tuples[MaxHeapTuplesPerPage];
+} EsPageFetch;
+
+/* Start fetching the heap tuples of scan, a page at a time */
+EsPageFetch *
+EsPageFetchBegin(IndexScanDesc scan, Relation heap, ScanDirection direction)
+{
+	EsPageFetch *f = palloc0(sizeof(EsPageFetch));
+
+	f->scan = scan;
+	f->heap = heap;
+	f->direction = direction;
+	f->max_run = MaxHeapTuplesPerPage;
+	f->buffer = InvalidBuffer;
+	return f;
+}
+
+/* Read at most max_run TIDs ahead from now on (at least 1) */
+void
+EsPageFetchLimit(EsPageFetch *f, int max_run)
+{
+	f->max_run = Max(1, Min(max_run, MaxHeapTuplesPerPage));
+}
+
+void
+EsPageFetchEnd(EsPageFetch *f)
+{
+	if (BufferIsValid(f->buffer))
+		ReleaseBuffer(f->buffer);
+	pfree(f);
+}
+
+/* The index's next TID, or NULL at its end (then never asked again) */
+static ItemPointer
+es_fetch_tid(EsPageFetch *f)
+{
+	ItemPointer tid;
+
+	if (f->index_done)
+		return NULL;
+	tid = index_getnext_tid(f->scan, f->direction);
+	if (tid == NULL)
+		f->index_done = true;
+	return tid;
+}
+
+/* Read the index's next run of TIDs on one page; false at its end */
+static bool
+es_fetch_run(EsPageFetch *f)
+{
+	ItemPointer tid;
+	BlockNumber block;
+	Buffer		prev = f->buffer;
+	int			max_run = f->dead_seen ? 1 : f->max_run;
+	int			ntids = 0;
+
+	if (!f->have_next)
+	{
+		if ((tid = es_fetch_tid(f)) == NULL)
+			return false;
+		f->next_tid = *tid;
+	}
+	block = ItemPointerGetBlockNumber(&f->next_tid);
+	f->tids[ntids++] = f->next_tid;
+	f->have_next = false;
+	while (ntids < max_run && (tid = es_fetch_tid(f)) != NULL)
+	{
+		if (ItemPointerGetBlockNumber(tid) != block)
+		{
+			f->next_tid = *tid;
+			f->have_next = true;
+			break;
+		}
+		f->tids[ntids++] = *tid;
+	}
+
+	f->buffer = ReleaseAndReadBuffer(f->buffer, f->heap, block);
+	if (f->buffer != prev)
+		heap_page_prune_opt(f->heap, f->buffer);
+	LockBuffer(f->buffer, BUFFER_LOCK_SHARE);
+	f->ntuples = 0;
+	f->dead_seen = false;
+	for (int i = 0; i < ntids; i++)
+	{
+		bool		all_dead;
+
+		if (heap_hot_search_buffer(&f->tids[i], f->heap, f->buffer,
+								   f->scan->xs_snapshot,
+								   &f->tuples[f->ntuples], &all_dead, true))
+			f->ntuples++;
+		else if (all_dead)
+			f->dead_seen = true;
+	}
+	LockBuffer(f->buffer, BUFFER_LOCK_UNLOCK);
+	/* the index's last TID was the only one: the index may mark it dead */
+	if (f->dead_seen && ntids == 1 && !f->have_next &&
+		!f->scan->xactStartedInRecovery)
+		f->scan->kill_prior_tuple = true;
+	f->pos = 0;
+	return true;
+}
+
+/* Store the scan's next visible tuple in slot; false at the scan's end */
+bool
+EsPageFetchNext(EsPageFetch *f, TupleTableSlot *slot)
+{
+	while (f->pos >= f->ntuples)
+	{
+		if (!es_fetch_run(f))
+		{
+			ExecClearTuple(slot);
+			return false;
+		}
+	}
+	pgstat_count_heap_fetch(f->scan->indexRelation);
+	ExecStoreBufferHeapTuple(&f->tuples[f->pos++], slot, f->buffer);
+	return true;
+}
+
+/*
+ * The TriggerData of an AFTER INSERT ... FOR EACH STATEMENT trigger on rel
+ * whose transition table newtable holds rows, for calling trigger function
+ * fn directly (a projection handler that reads its events as a table):
+ * mirrors what AfterTriggerExecute (trigger.c) hands to ExecCallTriggerFunc.
+ * td and trig are filled in; name is the trigger's.
+ */
+void
+EsStatementTriggerData(TriggerData *td, Trigger *trig, Relation rel,
+					   char *name, Oid fn, char *newtable,
+					   Tuplestorestate *rows)
+{
+	memset(trig, 0, sizeof(*trig));
+	trig->tgname = name;
+	trig->tgfoid = fn;
+	trig->tgtype = TRIGGER_TYPE_INSERT;	/* AFTER, FOR EACH STATEMENT */
+	trig->tgenabled = TRIGGER_FIRES_ALWAYS;
+	trig->tgnewtable = newtable;
+	memset(td, 0, sizeof(*td));
+	td->type = T_TriggerData;
+	td->tg_event = TRIGGER_EVENT_INSERT;
+	td->tg_relation = rel;
+	td->tg_trigger = trig;
+	td->tg_newtable = rows;
+}
+
+/*
+ * Make buf, len bytes holding ES_ARRAY_HEADER_BYTES of room and then n
+ * elements of type elemtype (varlena, no nulls, each padded to its type's
+ * alignment), a one-dimensional array from 1: writes the header that
+ * construct_md_array (arrayfuncs.c) writes, without copying the elements.
+ */
+ArrayType *
+EsFinishArray(char *buf, Size len, int n, Oid elemtype)
+{
+	ArrayType  *arr = (ArrayType *) buf;
+
+	SET_VARSIZE(arr, len);
+	arr->ndim = 1;
+	arr->dataoffset = 0;		/* no nulls */
+	arr->elemtype = elemtype;
+	ARR_DIMS(arr)[0] = n;
+	ARR_LBOUND(arr)[0] = 1;
+	return arr;
+}
