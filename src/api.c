@@ -20,7 +20,6 @@
 
 #include "api.h"
 #include "catalog.h"
-#include "shared.h"
 
 /* Raise the class-22 error for a NULL required argument */
 void

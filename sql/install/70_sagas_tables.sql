@@ -45,6 +45,9 @@ CREATE TABLE event_store.sagas (
 );
 CREATE INDEX sagas_active_idx ON event_store.sagas (deadline)
     WHERE status IN ('running', 'compensating');
+-- the open sagas by status, and the oldest running one (event_store.stats)
+CREATE INDEX sagas_open_idx ON event_store.sagas (status, started_at)
+    WHERE status IN ('running', 'compensating', 'compensation_failed');
 COMMENT ON TABLE event_store.sagas IS 'Saga instances; their history is also the event stream saga-<saga_id>';
 SELECT pg_catalog.pg_extension_config_dump('event_store.sagas', '');
 REVOKE ALL ON TABLE event_store.sagas FROM PUBLIC;

@@ -41,7 +41,7 @@
 #     (fz.invariants(): deleted streams read as empty and get no events,
 #     purged ones keep only their marker, reopened ones read from after
 #     their tombstone, retention leaves no more than it keeps, the view
-#     event_store.stats counts the deleted streams the table holds, and its
+#     event_store.stats counts the open sagas the table holds, and its
 #     estimates are not negative); at the end, the
 #     errors event_store recorded (last_error of projections, sagas and
 #     saga steps) must not look like internal errors.
@@ -399,17 +399,22 @@ BEGIN
             END IF;
         END IF;
     END LOOP;
-    -- the monitoring view: deleted_streams counts what the table holds;
-    -- events and streams are estimates (the statistics system's live rows,
-    -- ANALYZE's distinct stream ids), never negative (exact comparisons:
-    -- the lifecycle regress test and the upgrade test, after ANALYZE)
+    -- the monitoring view: events, streams and deleted streams are
+    -- estimates (the statistics system's live rows, ANALYZE's distinct
+    -- stream ids and null fractions), never negative; the open sagas are
+    -- counted (exact comparisons: the lifecycle regress test and the upgrade
+    -- test, after ANALYZE)
     RETURN QUERY
-    SELECT format('event_store.stats says %s events, %s streams, %s deleted streams; the table holds %s deleted streams',
-                  st.events, st.streams, st.deleted_streams, c.deleted)
+    SELECT format('event_store.stats says %s events, %s streams, %s deleted streams, sagas %s; the table holds %s open sagas',
+                  st.events, st.streams, st.deleted_streams, st.sagas_by_status, o.open)
       FROM event_store.stats st,
-           (SELECT count(*) AS deleted FROM event_store.stream_metadata WHERE deleted_at IS NOT NULL) c
-     WHERE st.deleted_streams IS DISTINCT FROM c.deleted
-        OR st.events IS NULL OR st.events < 0 OR st.streams < 0;
+           (SELECT COALESCE(jsonb_object_agg(status, n), '{}') AS open
+              FROM (SELECT status, count(*) AS n FROM event_store.sagas
+                     WHERE status IN ('running', 'compensating', 'compensation_failed')
+                     GROUP BY status) x) o
+     WHERE st.events IS NULL OR st.events < 0 OR st.streams < 0 OR st.deleted_streams < 0
+        OR EXISTS (SELECT 1 FROM jsonb_each_text(o.open) e
+                    WHERE (st.sagas_by_status ->> e.key) IS DISTINCT FROM e.value);
     -- every committed event is below the follower horizon
     RETURN QUERY
     SELECT format('head_position() is %s, below the newest event %s', event_store.head_position(), max(global_position))

@@ -26,8 +26,8 @@
 #       streams read as empty and get no events, purged ones keep only their
 #       marker, reopened ones read from after their tombstone, retention
 #       (enforced then) keeps no more than its settings allow, and
-#       event_store.stats counts the deleted streams the table holds (its
-#       event and stream estimates are not negative).
+#       event_store.stats counts the open sagas the table holds (its
+#       estimates of events, streams and deleted streams are not negative).
 #
 # A failure prints the seed, the call and its error.  Settings:
 #   ES_FUZZ_SEED         the seed (default: random, printed); the same seed
