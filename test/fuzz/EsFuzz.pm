@@ -408,10 +408,10 @@ BEGIN
     SELECT format('event_store.stats says %s events, %s streams, %s deleted streams, sagas %s; the table holds %s open sagas',
                   st.events, st.streams, st.deleted_streams, st.sagas_by_status, o.open)
       FROM event_store.stats st,
-           (SELECT COALESCE(jsonb_object_agg(status, n), '{}') AS open
-              FROM (SELECT status, count(*) AS n FROM event_store.sagas
-                     WHERE status IN ('running', 'compensating', 'compensation_failed')
-                     GROUP BY status) x) o
+           (SELECT COALESCE(jsonb_object_agg(x.status, x.cnt), '{}') AS open
+              FROM (SELECT sg.status, count(*) AS cnt FROM event_store.sagas sg
+                     WHERE sg.status IN ('running', 'compensating', 'compensation_failed')
+                     GROUP BY sg.status) x) o
      WHERE st.events IS NULL OR st.events < 0 OR st.streams < 0 OR st.deleted_streams < 0
         OR EXISTS (SELECT 1 FROM jsonb_each_text(o.open) e
                     WHERE (st.sagas_by_status ->> e.key) IS DISTINCT FROM e.value);
