@@ -3,7 +3,7 @@ EXTENSION   = event_store
 EXTVERSION  = 0.3.0
 
 MODULE_big  = event_store
-OBJS        = src/event_store.o src/catalog.o src/position.o src/append.o src/read.o src/upcast.o src/snapshot.o src/projection.o src/worker.o src/saga.o src/args.o src/security.o src/lifecycle.o
+OBJS        = src/event_store.o src/catalog.o src/position.o src/append.o src/read.o src/upcast.o src/snapshot.o src/projection.o src/worker.o src/saga.o src/saga_run.o src/args.o src/security.o src/lifecycle.o
 
 # the install script is built from one fragment per subsystem, in the order
 # of their numbers (sql/install/NN_<subsystem>.sql)

@@ -5,6 +5,8 @@
  */
 #include "postgres.h"
 
+#include "common/pg_prng.h"
+#include "datatype/timestamp.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "storage/ipc.h"
@@ -12,6 +14,7 @@
 #include "tcop/utility.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/timestamp.h"
 
 #include "event_store.h"
 
@@ -29,6 +32,7 @@ void		_PG_init(void);
 
 PG_FUNCTION_INFO_V1(es_assert_preloaded);
 PG_FUNCTION_INFO_V1(es_check_writable);
+PG_FUNCTION_INFO_V1(es_backoff);
 
 /* Ask for our shared memory (PG15+: from shmem_request_hook) */
 static void
@@ -172,4 +176,63 @@ es_check_writable(PG_FUNCTION_ARGS)
 {
 	EsCheckWritable(PG_ARGISNULL(0) ? "this function" : text_to_cstring(PG_GETARG_TEXT_PP(0)));
 	PG_RETURN_VOID();
+}
+
+/*
+ * The one backoff rule of event_store: how long to wait before the attempt
+ * that follows attempts failed ones.  The wait starts at base_ms (a base
+ * below ES_BACKOFF_MIN_MS counts as that) and doubles with every further
+ * failure, up to ES_BACKOFF_CAP_FACTOR times the base.  The cap is relative
+ * to the base because the bases differ by orders of magnitude: the worker's
+ * units and the async projections retry from one second, and reach five
+ * minutes, while a saga step's backoff is the user's to choose, from 10 ms
+ * to hours, and a fixed cap would either let a one-second retry grow for
+ * days or cut a long backoff short (a step defined with "backoff": "2 days"
+ * would wait less than it asked for).
+ *
+ * With jitter, the wait is spread by +-25% (sagas: the retries of many
+ * instances that failed together, on the same outage, do not come back
+ * together); without, it is exact (the worker's units and the projections,
+ * one of a kind each, whose log says when they retry).  Never below 1 ms.
+ */
+int64
+EsBackoffMs(int64 base_ms, int32 attempts, bool jitter)
+{
+	int64		base = Min(Max(base_ms, ES_BACKOFF_MIN_MS), ES_BACKOFF_MAX_BASE_MS);
+	int64		cap = base * ES_BACKOFF_CAP_FACTOR;
+	int64		ms = base;
+
+	for (int i = 1; i < attempts && ms < cap; i++)
+		ms *= 2;
+	ms = Min(ms, cap);
+	if (jitter)
+		ms = (int64) (ms * (0.75 + 0.5 * pg_prng_double(&pg_global_prng_state)));
+	return Max(ms, 1);
+}
+
+/*
+ * SQL: event_store._backoff(base interval, attempts int) RETURNS interval
+ * -- EsBackoffMs with jitter, for the saga steps' retries (an interval's
+ * months count as 30 days, as when intervals are compared).  Never zero:
+ * a retry due at now() plus this is not due in the transaction that
+ * failed, so it never runs in the call that failed.
+ */
+Datum
+es_backoff(PG_FUNCTION_ARGS)
+{
+	Interval   *base;
+	Interval   *result;
+	int64		base_ms;
+	float8		us;
+
+	EsRequireArg(fcinfo, 0, "base");
+	EsRequireArg(fcinfo, 1, "attempts");
+	base = PG_GETARG_INTERVAL_P(0);
+	us = (float8) base->time + (float8) base->day * USECS_PER_DAY +
+		(float8) base->month * DAYS_PER_MONTH * USECS_PER_DAY;
+	base_ms = (int64) Min(Max(us / 1000.0, 0.0), (float8) ES_BACKOFF_MAX_BASE_MS);
+
+	result = (Interval *) palloc0(sizeof(Interval));
+	result->time = EsBackoffMs(base_ms, PG_GETARG_INT32(1), true) * 1000;
+	PG_RETURN_INTERVAL_P(result);
 }

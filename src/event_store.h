@@ -59,6 +59,15 @@ extern bool es_loaded_via_preload;
 extern void EsCheckPreloaded(void);
 extern void EsCheckWritable(const char *what);
 
+/* event_store.c: the backoff of every retry (see EsBackoffMs) */
+#define ES_BACKOFF_MIN_MS		10	/* a smaller base counts as this */
+#define ES_BACKOFF_CAP_FACTOR	300 /* a wait grows to at most 300 x its base */
+/* a larger base counts as this (100 years: define_saga's largest interval) */
+#define ES_BACKOFF_MAX_BASE_MS	(INT64CONST(100) * 366 * 24 * 3600 * 1000)
+/* the base of the worker's units' and the async projections' retries */
+#define ES_RETRY_BASE_MS		1000
+extern int64 EsBackoffMs(int64 base_ms, int32 attempts, bool jitter);
+
 /* catalog.c: OIDs of the extension's own relations, cached per backend */
 typedef struct EsCatalog
 {
@@ -155,7 +164,6 @@ extern bool EsTakeAbsentDatabase(Oid dboid);
 extern int	es_projection_max_attempts;
 /* events one async projection gets per round before the next one's turn */
 #define ES_PROJECTION_SLICE		10000
-extern int64 EsBackoffMs(int32 attempts);
 extern int64 EsRunAsyncProjections(int64 max_events, bool only_due, int max_ms);
 extern void EsApplyInlineProjections(int n, Datum *rows, bool *nulls);
 
@@ -216,6 +224,8 @@ extern int64 EsLatestStreamVersion(const EsCatalog *cat, text *stream_id,
 
 /* saga.c */
 extern bool EsSagaWatching(void);
+extern bool EsSagaRegistrant(Datum saga_id, MemoryContext cxt, Oid *owner,
+							 const char **search_path);
 extern void EsSagaOnEvent(text *stream_id, text *type, Jsonb *metadata,
 						  Jsonb *data);
 
@@ -235,6 +245,7 @@ extern void EsLockStream(text *stream_id);
 extern void EsLockCategory(const char *category, int len, LOCKMODE mode);
 extern int64 EsAppendEvents(text *stream_id, EsNewEvent *evs, int n,
 							bool has_expected, int64 expected, bool internal);
+extern int64 EsAppendEvent(text *stream_id, text *type, Jsonb *data);
 extern EsNewEvent *EsParseEventsJson(const char *json, int *nevents);
 
 /* lifecycle.c */
@@ -261,6 +272,7 @@ extern void EsRejectNegative(int64 value, const char *name, const char *hint);
 extern HeapTuple EsSearchProc(Oid fn);
 extern text *EsGetRequiredText(FunctionCallInfo fcinfo, int argno,
 							   const char *name);
+extern void EsCheckNameLength(const char *what, int len);
 extern text *EsGetStreamId(FunctionCallInfo fcinfo, int argno);
 extern int	EsArgTextArray(FunctionCallInfo fcinfo, int argno, const char *name,
 						   Datum **elems, bool **nulls);
@@ -301,6 +313,8 @@ extern void EsBecomeOwner(EsUserSwitch *sw);
 extern int	EsCallbackScopeBegin(void);
 extern void EsCallbackScopeEnd(int level);
 extern void EsCallbackScopeAbandon(void);
+extern int	EsCallbackScopeDepth(void);
+extern void EsCallbackScopeUnwind(int depth);
 extern void EsBecomeRole(EsUserSwitch *sw, Oid role, const char *search_path);
 extern char *EsPinSearchPath(const char *path);
 extern const char *EsOwnerColumns(void);

@@ -1106,20 +1106,6 @@ es_drop_projection(PG_FUNCTION_ARGS)
 }
 
 /*
- * Backoff before the next attempt after attempts failed ones: 1 s doubling,
- * at most 5 minutes (projections, and the worker's units of work)
- */
-int64
-EsBackoffMs(int32 attempts)
-{
-	int64		ms = 1000;
-
-	for (int i = 1; i < attempts && ms < 300000; i++)
-		ms *= 2;
-	return Min(ms, 300000);
-}
-
-/*
  * Apply (after, upto] in a subtransaction; on error return the error data.
  * A cancel (query cancel, statement timeout) or a failed assertion is no
  * handler failure: the batch is rolled back and the error goes on, as
@@ -1246,7 +1232,7 @@ es_run_one(const char *name, int64 budget, TimestampTz deadline)
 		values[2] = CStringGetTextDatum(edata->message ? edata->message : "unknown error");
 		values[3] = CStringGetTextDatum(state);
 		values[4] = Int64GetDatum(current);
-		values[5] = Int64GetDatum(EsBackoffMs(attempts));
+		values[5] = Int64GetDatum(EsBackoffMs(ES_RETRY_BASE_MS, attempts, false));
 		es_projection_exec("UPDATE event_store.projections SET attempts = $2, last_error = $3, "
 						   "state = $4, error_position = $5, "
 						   "next_attempt_at = pg_catalog.now() OPERATOR(pg_catalog.+) "

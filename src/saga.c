@@ -8,11 +8,11 @@
  *
  *	  Also the C side of the orchestrator's security: define_saga records
  *	  the role that defines a saga type, and its step functions run as that
- *	  role (_saga_call); start_saga and saga_state check the caller's
- *	  grants on category "saga" (the category of every saga's stream)
- *	  before the orchestrator, which runs as the extension owner, takes over;
- *	  an event completes or fails a step only when the saga's owner may read
- *	  it.
+ *	  role (EsSagaRegistrant; the step loop is saga_run.c); start_saga and
+ *	  saga_state check the caller's grants on category "saga" (the
+ *	  category of every saga's stream) before the orchestrator, which runs
+ *	  as the extension owner, takes over; an event completes or fails a
+ *	  step only when the saga's owner may read it.
  */
 #include "postgres.h"
 
@@ -94,9 +94,9 @@ EsSagaWatching(void)
  * its step functions run with (palloc'd in cxt); false when there is no
  * such saga.  Caller is connected to SPI.
  */
-static bool
-es_saga_registrant(Datum saga_id, MemoryContext cxt, Oid *owner,
-				   const char **search_path)
+bool
+EsSagaRegistrant(Datum saga_id, MemoryContext cxt, Oid *owner,
+				 const char **search_path)
 {
 	static SPIPlanPtr plan = NULL;
 	static const char *plan_columns = NULL;
@@ -164,7 +164,7 @@ EsSagaOnEvent(text *stream_id, text *type, Jsonb *metadata, Jsonb *data)
 		Oid			owner;
 		const char *path;
 
-		if (!es_saga_registrant(UUIDPGetDatum(&saga_id), CurrentMemoryContext, &owner, &path) ||
+		if (!EsSagaRegistrant(UUIDPGetDatum(&saga_id), CurrentMemoryContext, &owner, &path) ||
 			!EsRoleMayAccessStream(owner, stream_id, ES_PRIV_READ))
 		{
 			EsSpiFinish(&sw);
@@ -316,7 +316,7 @@ es_saga_search_path(Datum saga_id)
 	bool		found;
 
 	EsSpiConnect(&sw);
-	found = es_saga_registrant(saga_id, caller, &owner, &path);
+	found = EsSagaRegistrant(saga_id, caller, &owner, &path);
 	EsSpiFinish(&sw);
 	if (!found)
 		ereport(ERROR,
@@ -328,7 +328,8 @@ es_saga_search_path(Datum saga_id)
 
 /*
  * SQL: event_store._saga_call(fn regprocedure, run_as regrole, saga_id uuid,
- *		data jsonb) RETURNS jsonb
+ *		data jsonb) RETURNS jsonb -- of the schemas before 0.3.0, whose step
+ *		loop is PL/pgSQL (from 0.3.0 on, saga_run.c calls the step functions)
  *
  * Call a step function (saga_id uuid, data jsonb) RETURNS jsonb as the role
  * that defined the saga, with the search_path its type was defined with

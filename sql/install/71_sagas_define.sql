@@ -95,10 +95,7 @@ BEGIN
         PERFORM event_store._saga_bad('saga_type must not be null or empty', NULL,
                                       CASE WHEN saga_type IS NULL THEN '22004' ELSE '22023' END);
     END IF;
-    IF octet_length(saga_type) > 1024 THEN
-        PERFORM event_store._saga_bad(format('saga_type is too long (%s bytes; the maximum is 1024)',
-                                             octet_length(saga_type)), NULL, '22001');
-    END IF;
+    PERFORM event_store._check_name_length(saga_type, 'saga_type');
     IF definition IS NULL OR jsonb_typeof(definition) <> 'object' THEN
         PERFORM event_store._saga_bad('definition must be a JSON object with "steps"', NULL,
                                       CASE WHEN definition IS NULL THEN '22004' ELSE '22023' END);
@@ -140,10 +137,7 @@ BEGIN
             END IF;
         END LOOP;
         FOREACH k IN ARRAY ARRAY['name', 'action', 'compensation', 'complete_on', 'fail_on', 'saga'] LOOP
-            IF octet_length(step ->> k) > 1024 THEN
-                PERFORM event_store._saga_bad(format('"%s" of step %s is too long (%s bytes; the maximum is 1024)',
-                                                     k, i, octet_length(step ->> k)), NULL, '22001');
-            END IF;
+            PERFORM event_store._check_name_length(step ->> k, format('"%s" of step %s', k, i));
         END LOOP;
         IF step ? 'group' THEN
             IF jsonb_typeof(step -> 'group') <> 'number' OR (step ->> 'group')::numeric <> floor((step ->> 'group')::numeric)
