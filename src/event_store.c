@@ -5,6 +5,8 @@
  */
 #include "postgres.h"
 
+#include <math.h>
+
 #include "common/pg_prng.h"
 #include "datatype/timestamp.h"
 #include "fmgr.h"
@@ -206,7 +208,7 @@ EsBackoffMs(int64 base_ms, int32 attempts, bool jitter)
 		ms *= 2;
 	ms = Min(ms, cap);
 	if (jitter)
-		ms = (int64) (ms * (0.75 + 0.5 * pg_prng_double(&pg_global_prng_state)));
+		ms = (int64) rint(ms * (0.75 + 0.5 * pg_prng_double(&pg_global_prng_state)));
 	return Max(ms, 1);
 }
 
