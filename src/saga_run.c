@@ -453,16 +453,17 @@ es_call_step_function(pg_uuid_t *saga_id, const char *saga_type, Oid fn, Jsonb *
 }
 
 /*
- * Run a step function (es_call_step_function) in a subtransaction.  Returns whether
- * it succeeded, with its result; otherwise its error message is in *error
- * and what it did is rolled back: a failed attempt.  A cancel (query
- * cancel, statement timeout) or a failed assertion is no failed attempt:
- * it goes on, as PL/pgSQL's WHEN OTHERS lets it through.  Caller is
- * connected to SPI.
+ * Run a step function (es_call_step_function) in a subtransaction.
+ * Returns whether it succeeded, with its result; otherwise its error
+ * message is in *error and what it did is rolled back: a failed attempt.
+ * A cancel (query cancel, statement timeout) or a failed assertion is no
+ * failed attempt: it goes on, as PL/pgSQL's WHEN OTHERS lets it through
+ * (the rule of es_apply_in_subxact, projection.c).  Caller is connected to
+ * SPI.
  */
 static bool
-es_try_step_function(pg_uuid_t *saga_id, const char *saga_type, Oid fn, Jsonb *data,
-				 Jsonb **result, char **error)
+es_try_step_function(pg_uuid_t *saga_id, const char *saga_type, Oid fn,
+					 Jsonb *data, Jsonb **result, char **error)
 {
 	MemoryContext oldcxt = CurrentMemoryContext;
 	ResourceOwner oldowner = CurrentResourceOwner;
@@ -536,21 +537,24 @@ typedef struct EsStepRow
 static bool
 es_saga_read_step(Datum *key, EsStepRow *st)
 {
+	HeapTuple	tup;
+	TupleDesc	desc;
 	bool		isnull;
+	Datum		d;
 
 	if (es_saga_exec(STEP_READ, key, NULL) == 0)
 		return false;
+	tup = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
 	st->name = es_result_text(1);
 	st->status = es_result_text(2);
 	st->kind = es_result_text(3);
-	st->action = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4, &isnull));
-	if (isnull)
-		st->action = InvalidOid;
-	st->compensation = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 5, &isnull));
-	if (isnull)
-		st->compensation = InvalidOid;
+	d = SPI_getbinval(tup, desc, 4, &isnull);
+	st->action = isnull ? InvalidOid : DatumGetObjectId(d);
+	d = SPI_getbinval(tup, desc, 5, &isnull);
+	st->compensation = isnull ? InvalidOid : DatumGetObjectId(d);
 	st->comp_kind = es_result_text(6);
-	st->waits_for_event = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 7, &isnull));
+	st->waits_for_event = DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull));
 	st->child_type = es_result_text(8);
 	st->has_child = es_result_uuid(9, &st->child);
 	st->result = es_result_jsonb(10);

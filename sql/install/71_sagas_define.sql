@@ -3,7 +3,9 @@ CREATE FUNCTION event_store._saga_definitions_changed() RETURNS void
     LANGUAGE c AS 'MODULE_PATHNAME', 'es_saga_definitions_changed';
 REVOKE ALL ON FUNCTION event_store._saga_definitions_changed() FROM PUBLIC;
 
--- Raise a class-22 error (the API's validation)
+-- Raise a class-22 error (the API's validation), by the C side's rules:
+-- 22004 for a NULL, 22023 (the default) for a malformed value; a name longer
+-- than the C side's limit is refused by _check_name_length (22001)
 CREATE FUNCTION event_store._saga_bad(msg text, hint text DEFAULT NULL, code text DEFAULT '22023')
     RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
