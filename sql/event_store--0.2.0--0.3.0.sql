@@ -100,10 +100,7 @@ BEGIN
         PERFORM event_store._saga_bad('saga_type must not be null or empty', NULL,
                                       CASE WHEN saga_type IS NULL THEN '22004' ELSE '22023' END);
     END IF;
-    IF octet_length(saga_type) > 1024 THEN
-        PERFORM event_store._saga_bad(format('saga_type is too long (%s bytes; the maximum is 1024)',
-                                             octet_length(saga_type)), NULL, '22001');
-    END IF;
+    PERFORM event_store._check_name_length(saga_type, 'saga_type');
     IF definition IS NULL OR jsonb_typeof(definition) <> 'object' THEN
         PERFORM event_store._saga_bad('definition must be a JSON object with "steps"', NULL,
                                       CASE WHEN definition IS NULL THEN '22004' ELSE '22023' END);
@@ -145,10 +142,7 @@ BEGIN
             END IF;
         END LOOP;
         FOREACH k IN ARRAY ARRAY['name', 'action', 'compensation', 'complete_on', 'fail_on', 'saga'] LOOP
-            IF octet_length(step ->> k) > 1024 THEN
-                PERFORM event_store._saga_bad(format('"%s" of step %s is too long (%s bytes; the maximum is 1024)',
-                                                     k, i, octet_length(step ->> k)), NULL, '22001');
-            END IF;
+            PERFORM event_store._check_name_length(step ->> k, format('"%s" of step %s', k, i));
         END LOOP;
         IF step ? 'group' THEN
             IF jsonb_typeof(step -> 'group') <> 'number' OR (step ->> 'group')::numeric <> floor((step ->> 'group')::numeric)
@@ -243,16 +237,7 @@ BEGIN
     PERFORM event_store._saga_definitions_changed();
 END $$;
 
--- Backoff before attempt n+1: base doubling per attempt (at most a day), with
--- +-25% jitter.  Never zero (a base below 10 ms, possible in definitions made
--- before that minimum, counts as 10 ms): a retry is due after now(), the
--- start of the transaction, so it never runs in the call that failed.
-CREATE OR REPLACE FUNCTION event_store._saga_backoff(base interval, attempts int) RETURNS interval
-    LANGUAGE sql AS $$
-    SELECT least(greatest(base, interval '10 milliseconds')
-                 * power(2, least(greatest(attempts - 1, 0), 40))::double precision,
-                 interval '1 day') * (0.75 + random() * 0.5)
-$$;
+-- (the backoff of a retry: see "One backoff rule" below)
 
 ------------------------------------------------------------------------------
 -- Sagas: start_saga and saga_state check the caller's grants on category
@@ -520,6 +505,100 @@ BEGIN
         END;
     END LOOP;
     RETURN n;
+END $$;
+
+------------------------------------------------------------------------------
+-- One backoff rule and one name limit, in C, for the SQL-language functions
+-- too: _backoff replaces _saga_backoff (doubling from the base, at most 300
+-- times the base, +-25% jitter, a base below 10 ms counting as 10 ms), and
+-- _check_name_length the 1024-byte limit _define_saga spelt out (above)
+------------------------------------------------------------------------------
+DROP FUNCTION event_store._saga_backoff(interval, int);
+CREATE FUNCTION event_store._check_name_length(name text, what text) RETURNS void
+    LANGUAGE c IMMUTABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'es_check_name_length';
+CREATE FUNCTION event_store._backoff(base interval, attempts int) RETURNS interval
+    LANGUAGE c VOLATILE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'es_backoff';
+REVOKE ALL ON FUNCTION event_store._check_name_length(text, text), event_store._backoff(interval, int)
+  FROM PUBLIC;
+
+------------------------------------------------------------------------------
+-- Sagas: the step loop in C (src/saga_run.c).  _saga_advance calls local
+-- steps and compensations itself, as the saga type's owner with its
+-- search_path, each in a subtransaction; it writes a step's completion
+-- (_saga_step_done) and appends the saga's transitions (_saga_event)
+-- directly.  _saga_call and _saga_owner, which only the PL/pgSQL loop used,
+-- are gone (the library keeps _saga_call's C function for schemas before
+-- 0.3.0, until they are updated).  The failure transitions stay PL/pgSQL,
+-- now with the one backoff rule.
+------------------------------------------------------------------------------
+DROP FUNCTION event_store._saga_call(regprocedure, regrole, uuid, jsonb);
+DROP FUNCTION event_store._saga_owner(text);
+CREATE OR REPLACE FUNCTION event_store._saga_advance(p_saga uuid) RETURNS int
+    LANGUAGE c AS 'MODULE_PATHNAME', 'es_saga_advance';
+CREATE OR REPLACE FUNCTION event_store._saga_event(p_saga uuid, p_type text, p_data jsonb) RETURNS void
+    LANGUAGE c AS 'MODULE_PATHNAME', 'es_saga_event';
+CREATE OR REPLACE FUNCTION event_store._saga_step_done(p_saga uuid, p_step text, p_result jsonb) RETURNS void
+    LANGUAGE c AS 'MODULE_PATHNAME', 'es_saga_step_done';
+CREATE OR REPLACE FUNCTION event_store._saga_step_failed(p_saga uuid, p_step text, p_error text, p_retryable boolean)
+    RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    st record;
+    retry boolean;
+BEGIN
+    SELECT * INTO st FROM event_store.saga_steps WHERE saga_id = p_saga AND name = p_step;
+    retry := p_retryable AND st.attempts < st.max_attempts;
+    -- the step lets go of its nested saga first, so that saga's end is not
+    -- reported back to this attempt
+    UPDATE event_store.saga_steps
+       SET status = CASE WHEN retry THEN 'pending' ELSE 'failed' END,
+           last_error = p_error, lease_owner = NULL, lease_expires_at = NULL, deadline = NULL,
+           child_saga_id = NULL,
+           next_attempt_at = CASE WHEN retry THEN now() + event_store._backoff(st.backoff, st.attempts) END,
+           updated_at = now()
+     WHERE saga_id = p_saga AND name = p_step;
+    PERFORM event_store._saga_event(p_saga, 'SagaStepFailed',
+        jsonb_build_object('step', p_step, 'error', p_error, 'attempt', st.attempts, 'retrying', retry));
+    -- a nested step gives up on its child saga: fail (and so compensate) it
+    IF st.child_saga_id IS NOT NULL THEN
+        PERFORM event_store._saga_fail(st.child_saga_id, format('step "%s" of the parent saga failed', p_step));
+        PERFORM event_store._saga_advance(st.child_saga_id);
+    END IF;
+    IF NOT retry THEN
+        PERFORM event_store._saga_fail(p_saga, format('step "%s" failed: %s', p_step, p_error));
+    END IF;
+END $$;
+CREATE OR REPLACE FUNCTION event_store._saga_comp_failed(p_saga uuid, p_step text, p_error text, p_retryable boolean)
+    RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    st record;
+    s record;
+BEGIN
+    SELECT * INTO st FROM event_store.saga_steps WHERE saga_id = p_saga AND name = p_step;
+    IF p_retryable AND st.comp_attempts < st.max_attempts THEN
+        UPDATE event_store.saga_steps
+           SET last_error = p_error, lease_owner = NULL, lease_expires_at = NULL,
+               next_attempt_at = now() + event_store._backoff(st.backoff, st.comp_attempts),
+               updated_at = now()
+         WHERE saga_id = p_saga AND name = p_step;
+        PERFORM event_store._saga_event(p_saga, 'SagaStepCompensationFailed',
+            jsonb_build_object('step', p_step, 'error', p_error, 'attempt', st.comp_attempts, 'retrying', true));
+    ELSE
+        UPDATE event_store.saga_steps
+           SET last_error = p_error, lease_owner = NULL, lease_expires_at = NULL, next_attempt_at = NULL,
+               updated_at = now()
+         WHERE saga_id = p_saga AND name = p_step;
+        UPDATE event_store.sagas
+           SET status = 'compensation_failed', finished_at = now(), updated_at = now(),
+               last_error = format('compensation of step "%s" failed: %s', p_step, p_error)
+         WHERE saga_id = p_saga
+        RETURNING * INTO s;
+        PERFORM event_store._saga_event(p_saga, 'SagaStepCompensationFailed',
+            jsonb_build_object('step', p_step, 'error', p_error, 'attempt', st.comp_attempts, 'retrying', false));
+        PERFORM event_store._saga_event(p_saga, 'SagaCompensationFailed', jsonb_build_object('step', p_step, 'error', p_error));
+        IF s.parent_saga_id IS NOT NULL THEN
+            PERFORM event_store._saga_child_finished(s.parent_saga_id, s.parent_step, p_saga);
+        END IF;
+    END IF;
 END $$;
 
 ------------------------------------------------------------------------------

@@ -12,14 +12,16 @@
 #include "catalog/pg_type.h"
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "tcop/utility.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
-#include "tcop/utility.h"
 #include "utils/regproc.h"
 #include "utils/syscache.h"
 
 #include "api.h"
 #include "catalog.h"
+
+PG_FUNCTION_INFO_V1(es_check_name_length);
 
 /* Raise the class-22 error for a NULL required argument */
 void
@@ -55,14 +57,37 @@ EsGetRequiredText(FunctionCallInfo fcinfo, int argno, const char *name)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("%s must not be empty", name)));
-	/* stream ids, names, types and categories are keys of btree indexes */
-	if (VARSIZE_ANY_EXHDR(t) > ES_MAX_NAME_BYTES)
+	EsCheckNameLength(name, VARSIZE_ANY_EXHDR(t));
+	return t;
+}
+
+/*
+ * Stream ids, names, event types and categories are keys of btree indexes:
+ * raise 22001 when one (what names it) is longer than ES_MAX_NAME_BYTES
+ */
+void
+EsCheckNameLength(const char *what, int len)
+{
+	if (len > ES_MAX_NAME_BYTES)
 		ereport(ERROR,
 				(errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),
-				 errmsg("%s is too long", name),
-				 errdetail("It has %d bytes; the maximum is %d.",
-						   (int) VARSIZE_ANY_EXHDR(t), ES_MAX_NAME_BYTES)));
-	return t;
+				 errmsg("%s is too long", what),
+				 errdetail("It has %d bytes; the maximum is %d.", len, ES_MAX_NAME_BYTES)));
+}
+
+/*
+ * SQL: event_store._check_name_length(name text, what text) -- the same
+ * check for the names the SQL-language functions take (a NULL name passes:
+ * they check for NULL with their own messages)
+ */
+Datum
+es_check_name_length(PG_FUNCTION_ARGS)
+{
+	EsRequireArg(fcinfo, 1, "what");
+	if (!PG_ARGISNULL(0))
+		EsCheckNameLength(text_to_cstring(PG_GETARG_TEXT_PP(1)),
+						  VARSIZE_ANY_EXHDR(PG_GETARG_TEXT_PP(0)));
+	PG_RETURN_VOID();
 }
 
 /*

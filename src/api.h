@@ -13,6 +13,7 @@ extern void EsRequireArg(FunctionCallInfo fcinfo, int argno, const char *name);
 extern void EsRejectNegative(int64 value, const char *name, const char *hint);
 extern text *EsGetRequiredText(FunctionCallInfo fcinfo, int argno,
 							   const char *name);
+extern void EsCheckNameLength(const char *what, int len);
 extern text *EsGetStreamId(FunctionCallInfo fcinfo, int argno);
 extern int	EsArgTextArray(FunctionCallInfo fcinfo, int argno, const char *name,
 						   Datum **elems, bool **nulls);

@@ -189,6 +189,23 @@ es_value_to_jsonb(JsonbValue *v)
 	return JsonbValueToJsonb(v);
 }
 
+/* Make empty_object, {} (kept for the backend's life) */
+static void
+es_make_empty_object(void)
+{
+	MemoryContext old;
+	JsonbValue	o;
+
+	if (empty_object != NULL)
+		return;
+	old = MemoryContextSwitchTo(TopMemoryContext);
+	o.type = jbvObject;
+	o.val.object.nPairs = 0;
+	o.val.object.pairs = NULL;
+	empty_object = JsonbValueToJsonb(&o);
+	MemoryContextSwitchTo(old);
+}
+
 /* Validate one event object */
 static void
 es_parse_event(const EsParseCtx *ctx, JsonbContainer *obj, EsNewEvent *ev)
@@ -286,17 +303,7 @@ es_parse_events(Jsonb *events, int *nevents)
 	EsNewEvent *evs;
 	int			n;
 
-	if (empty_object == NULL)
-	{
-		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
-		JsonbValue	o;
-
-		o.type = jbvObject;
-		o.val.object.nPairs = 0;
-		o.val.object.pairs = NULL;
-		empty_object = JsonbValueToJsonb(&o);
-		MemoryContextSwitchTo(old);
-	}
+	es_make_empty_object();
 
 	if (JB_ROOT_IS_OBJECT(events))
 	{
@@ -657,6 +664,27 @@ es_append(PG_FUNCTION_ARGS)
 
 	evs = es_parse_events(events, &n);
 	PG_RETURN_INT64(EsAppendEvents(stream_id, evs, n, has_expected, expected, false));
+}
+
+/*
+ * Append one event the extension makes itself (a saga's transition, with
+ * no metadata) to stream_id as append() would, the current user's grants
+ * checked; returns the stream's version after it
+ */
+int64
+EsAppendEvent(text *stream_id, text *type, Jsonb *data)
+{
+	EsNewEvent	ev;
+
+	EsCheckPreloaded();
+	EsCheckStreamAccess(stream_id, ES_PRIV_APPEND);
+	es_make_empty_object();
+	memset(&ev, 0, sizeof(ev));
+	ev.type = type;
+	ev.data = data;
+	ev.metadata = empty_object;
+	ev.schema_version = 1;
+	return EsAppendEvents(stream_id, &ev, 1, false, 0, false);
 }
 
 PG_FUNCTION_INFO_V1(es_refuse_modification);

@@ -16,9 +16,13 @@
  */
 #include "postgres.h"
 
+#include <math.h>
+
 #include "access/htup_details.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_proc.h"
+#include "common/pg_prng.h"
+#include "datatype/timestamp.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
@@ -26,6 +30,7 @@
 #include "utils/builtins.h"
 #include "utils/regproc.h"
 #include "utils/syscache.h"
+#include "utils/timestamp.h"
 
 #include "api.h"
 #include "callback.h"
@@ -272,15 +277,62 @@ EsLockRegistration(EsUserSwitch *sw, const char *sql, int nargs, Oid *types,
 }
 
 /*
- * Backoff before the next attempt after attempts failed ones: 1 s doubling,
- * at most 5 minutes (projections, and the worker's units of work)
+ * The one backoff rule of event_store: how long to wait before the attempt
+ * that follows attempts failed ones.  The wait starts at base_ms (a base
+ * below ES_BACKOFF_MIN_MS counts as that) and doubles with every further
+ * failure, up to ES_BACKOFF_CAP_FACTOR times the base.  The cap is relative
+ * to the base because the bases differ by orders of magnitude: the worker's
+ * units and the async projections retry from one second, and reach five
+ * minutes, while a saga step's backoff is the user's to choose, from 10 ms
+ * to hours, and a fixed cap would either let a one-second retry grow for
+ * days or cut a long backoff short (a step defined with "backoff": "2 days"
+ * would wait less than it asked for).
+ *
+ * With jitter, the wait is spread by +-25% (sagas: the retries of many
+ * instances that failed together, on the same outage, do not come back
+ * together); without, it is exact (the worker's units and the projections,
+ * one of a kind each, whose log says when they retry).  Never below 1 ms.
  */
 int64
-EsBackoffMs(int32 attempts)
+EsBackoffMs(int64 base_ms, int32 attempts, bool jitter)
 {
-	int64		ms = 1000;
+	int64		base = Min(Max(base_ms, ES_BACKOFF_MIN_MS), ES_BACKOFF_MAX_BASE_MS);
+	int64		cap = base * ES_BACKOFF_CAP_FACTOR;
+	int64		ms = base;
 
-	for (int i = 1; i < attempts && ms < 300000; i++)
+	for (int i = 1; i < attempts && ms < cap; i++)
 		ms *= 2;
-	return Min(ms, 300000);
+	ms = Min(ms, cap);
+	if (jitter)
+		ms = (int64) rint(ms * (0.75 + 0.5 * pg_prng_double(&pg_global_prng_state)));
+	return Max(ms, 1);
+}
+
+PG_FUNCTION_INFO_V1(es_backoff);
+
+/*
+ * SQL: event_store._backoff(base interval, attempts int) RETURNS interval
+ * -- EsBackoffMs with jitter, for the saga steps' retries (an interval's
+ * months count as 30 days, as when intervals are compared).  Never zero:
+ * a retry due at now() plus this is not due in the transaction that
+ * failed, so it never runs in the call that failed.
+ */
+Datum
+es_backoff(PG_FUNCTION_ARGS)
+{
+	Interval   *base;
+	Interval   *result;
+	int64		base_ms;
+	float8		us;
+
+	EsRequireArg(fcinfo, 0, "base");
+	EsRequireArg(fcinfo, 1, "attempts");
+	base = PG_GETARG_INTERVAL_P(0);
+	us = (float8) base->time + (float8) base->day * USECS_PER_DAY +
+		(float8) base->month * DAYS_PER_MONTH * USECS_PER_DAY;
+	base_ms = (int64) Min(Max(us / 1000.0, 0.0), (float8) ES_BACKOFF_MAX_BASE_MS);
+
+	result = (Interval *) palloc0(sizeof(Interval));
+	result->time = EsBackoffMs(base_ms, PG_GETARG_INT32(1), true) * 1000;
+	PG_RETURN_INTERVAL_P(result);
 }

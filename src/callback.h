@@ -42,6 +42,14 @@ extern void EsCheckMayChange(EsUserSwitch *sw, Oid owner, const char *what);
 extern bool EsLockRegistration(EsUserSwitch *sw, const char *sql, int nargs,
 							   Oid *types, Datum *values, const char *what);
 
-extern int64 EsBackoffMs(int32 attempts);
+/* the backoff of every retry (see EsBackoffMs) */
+#define ES_BACKOFF_MIN_MS		10	/* a smaller base counts as this */
+#define ES_BACKOFF_CAP_FACTOR	300 /* a wait grows to at most 300 x its base */
+/* a larger base counts as this (100 years: define_saga's largest interval) */
+#define ES_BACKOFF_MAX_BASE_MS	(INT64CONST(100) * 366 * 24 * 3600 * 1000)
+/* the base of the worker's units' and the async projections' retries */
+#define ES_RETRY_BASE_MS		1000
+
+extern int64 EsBackoffMs(int64 base_ms, int32 attempts, bool jitter);
 
 #endif							/* ES_CALLBACK_H */

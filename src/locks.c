@@ -1,10 +1,10 @@
 /*
  * locks.c
  *	  The extension's own heavyweight locks: a stream's appenders, the
- *	  appenders of a category.  They are advisory lock tags with a
- *	  locktag_field4 of our own (locks.h), which the SQL advisory-lock
- *	  functions never use, so no SQL call of any role can take, hold or
- *	  block one of them.  The locking contracts that use them are described
+ *	  appenders of a category, the start of a saga with a given id.  They
+ *	  are advisory lock tags with a locktag_field4 of our own (locks.h),
+ *	  which the SQL advisory-lock functions never use, so no SQL call of any
+ *	  role can take, hold or block one of them.  The locking contracts that use them are described
  *	  in append.c and projection.c.
  */
 #include "postgres.h"
@@ -12,6 +12,7 @@
 #include "common/hashfn.h"
 #include "miscadmin.h"
 #include "storage/lock.h"
+#include "utils/uuid.h"
 
 #include "grants.h"
 #include "locks.h"
@@ -57,4 +58,16 @@ EsLockCategory(const char *category, int len, LOCKMODE mode)
 	else
 		SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, 0, 0, ES_OPEN_LOCK_FIELD4);
 	EsLockAcceptingInvalidations(&tag, mode);
+}
+
+/* Serialise start_saga calls with the same saga id until commit */
+void
+EsLockSagaStart(const pg_uuid_t *saga_id)
+{
+	LOCKTAG		tag;
+	uint64		h = hash_bytes_extended(saga_id->data, UUID_LEN, 0);
+
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) (h >> 32), (uint32) h,
+						 ES_SAGA_LOCK_FIELD4);
+	(void) LockAcquire(&tag, ExclusiveLock, false, false);
 }

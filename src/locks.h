@@ -6,6 +6,7 @@
 #define ES_LOCKS_H
 
 #include "storage/lockdefs.h"
+#include "utils/uuid.h"
 
 /*
  * locktag_field4 of the extension's own locks, taken with LOCKTAG_ADVISORY
@@ -19,5 +20,6 @@
 
 extern void EsLockStream(text *stream_id);
 extern void EsLockCategory(const char *category, int len, LOCKMODE mode);
+extern void EsLockSagaStart(const pg_uuid_t *saga_id);
 
 #endif							/* ES_LOCKS_H */

@@ -1247,7 +1247,7 @@ es_run_one(const char *name, int64 budget, TimestampTz deadline)
 		values[2] = CStringGetTextDatum(edata->message ? edata->message : "unknown error");
 		values[3] = CStringGetTextDatum(state);
 		values[4] = Int64GetDatum(current);
-		values[5] = Int64GetDatum(EsBackoffMs(attempts));
+		values[5] = Int64GetDatum(EsBackoffMs(ES_RETRY_BASE_MS, attempts, false));
 		es_projection_exec("UPDATE event_store.projections SET attempts = $2, last_error = $3, "
 						   "state = $4, error_position = $5, "
 						   "next_attempt_at = pg_catalog.now() OPERATOR(pg_catalog.+) "

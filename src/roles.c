@@ -161,6 +161,25 @@ EsCallbackScopeAbandon(void)
 		es_callback_depth = es_scope_depth[es_nscopes];
 }
 
+/* How many callback scopes are open (for EsCallbackScopeUnwind) */
+int
+EsCallbackScopeDepth(void)
+{
+	return es_nscopes;
+}
+
+/*
+ * Forget the callback scopes an error left open beyond the first depth
+ * ones, when the error was caught (by a subtransaction, whose abort rolled
+ * their settings back) rather than rethrown
+ */
+void
+EsCallbackScopeUnwind(int depth)
+{
+	while (es_nscopes > depth)
+		EsCallbackScopeAbandon();
+}
+
 /*
  * Does the session's search_path resolve every name as the pinned one
  * does?  It does when it is the same text; and, while this backend has no

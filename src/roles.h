@@ -29,5 +29,7 @@ extern const char *EsRoleName(Oid role);
 extern int	EsCallbackScopeBegin(void);
 extern void EsCallbackScopeEnd(int level);
 extern void EsCallbackScopeAbandon(void);
+extern int	EsCallbackScopeDepth(void);
+extern void EsCallbackScopeUnwind(int depth);
 
 #endif							/* ES_ROLES_H */

@@ -8,11 +8,11 @@
  *
  *	  Also the C side of the orchestrator's security: define_saga records
  *	  the role that defines a saga type, and its step functions run as that
- *	  role (_saga_call); start_saga and saga_state check the caller's
- *	  grants on category "saga" (the category of every saga's stream)
- *	  before the orchestrator, which runs as the extension owner, takes over;
- *	  an event completes or fails a step only when the saga's owner may read
- *	  it.
+ *	  role (EsSagaRegistrant; the step loop is saga_run.c); start_saga and
+ *	  saga_state check the caller's grants on category "saga" (the
+ *	  category of every saga's stream) before the orchestrator, which runs
+ *	  as the extension owner, takes over; an event completes or fails a
+ *	  step only when the saga's owner may read it.
  */
 #include "postgres.h"
 
@@ -103,9 +103,9 @@ es_saga_watching(void)
  * its step functions run with (palloc'd in cxt); false when there is no
  * such saga.  Caller is connected to SPI.
  */
-static bool
-es_saga_registrant(Datum saga_id, MemoryContext cxt, Oid *owner,
-				   const char **search_path)
+bool
+EsSagaRegistrant(Datum saga_id, MemoryContext cxt, Oid *owner,
+				 const char **search_path)
 {
 	static SPIPlanPtr plan = NULL;
 	static const char *plan_columns = NULL;
@@ -173,7 +173,7 @@ es_saga_on_event(text *stream_id, text *type, Jsonb *metadata, Jsonb *data)
 		Oid			owner;
 		const char *path;
 
-		if (!es_saga_registrant(UUIDPGetDatum(&saga_id), CurrentMemoryContext, &owner, &path) ||
+		if (!EsSagaRegistrant(UUIDPGetDatum(&saga_id), CurrentMemoryContext, &owner, &path) ||
 			!EsRoleMayAccessStream(owner, stream_id, ES_PRIV_READ))
 		{
 			EsSpiFinish(&sw);
@@ -354,7 +354,7 @@ es_saga_search_path(Datum saga_id)
 	bool		found;
 
 	EsSpiConnect(&sw);
-	found = es_saga_registrant(saga_id, caller, &owner, &path);
+	found = EsSagaRegistrant(saga_id, caller, &owner, &path);
 	EsSpiFinish(&sw);
 	if (!found)
 		ereport(ERROR,
@@ -366,7 +366,8 @@ es_saga_search_path(Datum saga_id)
 
 /*
  * SQL: event_store._saga_call(fn regprocedure, run_as regrole, saga_id uuid,
- *		data jsonb) RETURNS jsonb
+ *		data jsonb) RETURNS jsonb -- of the schemas before 0.3.0, whose step
+ *		loop is PL/pgSQL (from 0.3.0 on, saga_run.c calls the step functions)
  *
  * Call a step function (saga_id uuid, data jsonb) RETURNS jsonb as the role
  * that defined the saga, with the search_path its type was defined with
@@ -421,22 +422,6 @@ es_saga_category(void)
 }
 
 /*
- * Serialise start_saga calls with the same saga id until commit.  The lock
- * tag is the extension's own (ES_SAGA_LOCK_FIELD4), out of reach of the SQL
- * advisory-lock functions.
- */
-static void
-es_lock_saga_start(pg_uuid_t *saga_id)
-{
-	LOCKTAG		tag;
-	uint64		h = hash_bytes_extended(saga_id->data, UUID_LEN, 0);
-
-	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) (h >> 32), (uint32) h,
-						 ES_SAGA_LOCK_FIELD4);
-	(void) LockAcquire(&tag, ExclusiveLock, false, false);
-}
-
-/*
  * SQL: event_store.start_saga(saga_type text, data jsonb, saga_id uuid)
  *		RETURNS uuid
  *
@@ -463,7 +448,7 @@ es_start_saga(PG_FUNCTION_ARGS)
 	args[3].value = BoolGetDatum(EsRoleMayAccessStream(GetUserId(), saga, ES_PRIV_READ));
 	args[3].isnull = false;
 	if (!PG_ARGISNULL(2))
-		es_lock_saga_start(PG_GETARG_UUID_P(2));
+		EsLockSagaStart(PG_GETARG_UUID_P(2));
 	result = es_orchestrator_call("_start_saga", 4, argtypes, args, &isnull);
 	if (isnull)
 		PG_RETURN_NULL();

@@ -6,5 +6,7 @@
 #define ES_SAGA_H
 
 extern void EsSagaInit(void);
+extern bool EsSagaRegistrant(Datum saga_id, MemoryContext cxt, Oid *owner,
+							 const char **search_path);
 
 #endif							/* ES_SAGA_H */

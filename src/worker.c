@@ -17,7 +17,7 @@
  * in transactions of its own; an error there is logged with the unit and
  * the database, the transaction is rolled back, and that unit alone is
  * tried again after a backoff that doubles from one second up to five
- * minutes (EsBackoffMs, the rule of the projections' retries), while the others go on (autovacuum and TimescaleDB's job
+ * minutes (EsBackoffMs, the rule of every retry), while the others go on (autovacuum and TimescaleDB's job
  * runner work the same way).  A query cancel and SIGTERM are not such
  * errors: they end the worker at once (the launcher starts a new one after
  * a cancel).
@@ -405,7 +405,7 @@ es_worker_run_unit(EsWorkerUnit *unit, void (*fn) (void *), void *arg)
 		ThrowErrorData(edata);
 
 		unit->failures++;
-		delay_ms = EsBackoffMs(unit->failures);
+		delay_ms = EsBackoffMs(ES_RETRY_BASE_MS, unit->failures, false);
 		unit->retry_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), delay_ms);
 		ereport(LOG,
 				(errmsg("event_store worker: %s in database \"%s\" failed (%d in a row), next attempt in " INT64_FORMAT " ms",

@@ -18,3 +18,15 @@ CREATE FUNCTION event_store._check_writable(what text) RETURNS void
     LANGUAGE c VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'es_check_writable';
 REVOKE ALL ON FUNCTION event_store._check_writable(text) FROM PUBLIC;
 
+
+-- The rules the C functions follow, for the SQL-language ones: a name (a
+-- stream id, event type, saga type...) is at most 1024 bytes, the limit of
+-- the C side (22001 beyond, with the C side's message); and the one backoff
+-- rule of every retry (doubling from base, at most 300 times base, +-25%
+-- jitter; a base below 10 ms counts as 10 ms, so the wait is never zero).
+CREATE FUNCTION event_store._check_name_length(name text, what text) RETURNS void
+    LANGUAGE c IMMUTABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'es_check_name_length';
+CREATE FUNCTION event_store._backoff(base interval, attempts int) RETURNS interval
+    LANGUAGE c VOLATILE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'es_backoff';
+REVOKE ALL ON FUNCTION event_store._check_name_length(text, text), event_store._backoff(interval, int)
+  FROM PUBLIC;

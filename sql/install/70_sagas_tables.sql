@@ -1,10 +1,12 @@
 ------------------------------------------------------------------------------
 -- Sagas
 ------------------------------------------------------------------------------
--- The orchestrator is SQL/PL/pgSQL glue: it runs once per saga transition,
--- never per appended event.  The only per-event part, matching complete_on /
--- fail_on event types, is done in C by append() and calls in here only for
--- an event that carries metadata.saga_id and a watched type.
+-- The orchestrator runs once per saga transition, never per appended event.
+-- Its step loop, which calls the local steps, is C (src/saga_run.c); the
+-- API and the rarer transitions are SQL/PL/pgSQL.  The only per-event part,
+-- matching complete_on / fail_on event types, is done in C by append() and
+-- calls in here only for an event that carries metadata.saga_id and a
+-- watched type.
 
 CREATE TABLE event_store.saga_definitions (
     saga_type  text PRIMARY KEY CHECK (saga_type <> ''),

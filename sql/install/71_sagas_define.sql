@@ -3,7 +3,9 @@ CREATE FUNCTION event_store._saga_definitions_changed() RETURNS void
     LANGUAGE c AS 'MODULE_PATHNAME', 'es_saga_definitions_changed';
 REVOKE ALL ON FUNCTION event_store._saga_definitions_changed() FROM PUBLIC;
 
--- Raise a class-22 error (the API's validation)
+-- Raise a class-22 error (the API's validation), by the C side's rules:
+-- 22004 for a NULL, 22023 (the default) for a malformed value; a name longer
+-- than the C side's limit is refused by _check_name_length (22001)
 CREATE FUNCTION event_store._saga_bad(msg text, hint text DEFAULT NULL, code text DEFAULT '22023')
     RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
@@ -95,10 +97,7 @@ BEGIN
         PERFORM event_store._saga_bad('saga_type must not be null or empty', NULL,
                                       CASE WHEN saga_type IS NULL THEN '22004' ELSE '22023' END);
     END IF;
-    IF octet_length(saga_type) > 1024 THEN
-        PERFORM event_store._saga_bad(format('saga_type is too long (%s bytes; the maximum is 1024)',
-                                             octet_length(saga_type)), NULL, '22001');
-    END IF;
+    PERFORM event_store._check_name_length(saga_type, 'saga_type');
     IF definition IS NULL OR jsonb_typeof(definition) <> 'object' THEN
         PERFORM event_store._saga_bad('definition must be a JSON object with "steps"', NULL,
                                       CASE WHEN definition IS NULL THEN '22004' ELSE '22023' END);
@@ -140,10 +139,7 @@ BEGIN
             END IF;
         END LOOP;
         FOREACH k IN ARRAY ARRAY['name', 'action', 'compensation', 'complete_on', 'fail_on', 'saga'] LOOP
-            IF octet_length(step ->> k) > 1024 THEN
-                PERFORM event_store._saga_bad(format('"%s" of step %s is too long (%s bytes; the maximum is 1024)',
-                                                     k, i, octet_length(step ->> k)), NULL, '22001');
-            END IF;
+            PERFORM event_store._check_name_length(step ->> k, format('"%s" of step %s', k, i));
         END LOOP;
         IF step ? 'group' THEN
             IF jsonb_typeof(step -> 'group') <> 'number' OR (step ->> 'group')::numeric <> floor((step ->> 'group')::numeric)

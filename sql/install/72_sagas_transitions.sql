@@ -1,60 +1,28 @@
--- The role a saga type's step functions run as
-CREATE FUNCTION event_store._saga_owner(p_type text) RETURNS regrole
-    LANGUAGE plpgsql STABLE AS $$
-DECLARE
-    r regrole;
-BEGIN
-    SELECT d.owner INTO r FROM event_store.saga_definitions d WHERE d.saga_type = p_type;
-    IF r IS NULL THEN
-        RAISE EXCEPTION 'saga type "%" is not defined', p_type
-            USING ERRCODE = '42704', HINT = 'Define it with event_store.define_saga().';
-    END IF;
-    RETURN r;
-END $$;
+-- The step loop (_saga_advance), a step's completion (_saga_step_done) and
+-- the appending of a transition to the saga's own stream saga-<saga_id>
+-- (_saga_event) are C (src/saga_run.c): the loop calls local steps and
+-- compensations directly, as the saga type's owner with its search_path,
+-- each in a subtransaction (an error is a failed attempt).  The rarer
+-- transitions below are PL/pgSQL, called by the loop and by the API
+-- functions; they call back into the loop.
 
--- Append a transition to the saga's own stream
+-- Run whatever is ready: the next group's steps, compensations, the end;
+-- returns how many steps moved (plus one when the saga ended)
+CREATE FUNCTION event_store._saga_advance(p_saga uuid) RETURNS int
+    LANGUAGE c AS 'MODULE_PATHNAME', 'es_saga_advance';
+
+-- Append a transition to the saga's own stream: data is {"saga_id": p_saga} || p_data
 CREATE FUNCTION event_store._saga_event(p_saga uuid, p_type text, p_data jsonb) RETURNS void
-    LANGUAGE sql AS $$
-    SELECT event_store.append('saga-' || p_saga::text,
-                              jsonb_build_object('type', p_type,
-                                                 'data', jsonb_build_object('saga_id', p_saga) || COALESCE(p_data, '{}')));
-$$;
-
--- Call a step function (saga_id uuid, data jsonb) RETURNS jsonb as run_as
-CREATE FUNCTION event_store._saga_call(fn regprocedure, run_as regrole, p_saga uuid, p_data jsonb)
-    RETURNS jsonb
-    LANGUAGE c AS 'MODULE_PATHNAME', 'es_saga_call';
+    LANGUAGE c AS 'MODULE_PATHNAME', 'es_saga_event';
 
 -- to_regprocedure() in a given search_path
 CREATE FUNCTION event_store._saga_regprocedure(signature text, search_path text) RETURNS regprocedure
     LANGUAGE c STABLE AS 'MODULE_PATHNAME', 'es_saga_regprocedure';
 
--- Backoff before attempt n+1: base doubling per attempt (at most a day), with
--- +-25% jitter.  Never zero (a base below 10 ms, possible in definitions made
--- before that minimum, counts as 10 ms): a retry is due after now(), the
--- start of the transaction, so it never runs in the call that failed.
-CREATE FUNCTION event_store._saga_backoff(base interval, attempts int) RETURNS interval
-    LANGUAGE sql AS $$
-    SELECT least(greatest(base, interval '10 milliseconds')
-                 * power(2, least(greatest(attempts - 1, 0), 40))::double precision,
-                 interval '1 day') * (0.75 + random() * 0.5)
-$$;
-
--- The step completed with a result
+-- The step completed with a result: kept as its compensation data, merged
+-- into the saga's data (an object), SagaStepCompleted
 CREATE FUNCTION event_store._saga_step_done(p_saga uuid, p_step text, p_result jsonb) RETURNS void
-    LANGUAGE plpgsql AS $$
-BEGIN
-    UPDATE event_store.saga_steps
-       SET status = 'completed', result = p_result, lease_owner = NULL, lease_expires_at = NULL,
-           deadline = NULL, next_attempt_at = NULL, updated_at = now()
-     WHERE saga_id = p_saga AND name = p_step;
-    UPDATE event_store.sagas
-       SET data = CASE WHEN jsonb_typeof(p_result) = 'object' THEN data || p_result ELSE data END,
-           updated_at = now()
-     WHERE saga_id = p_saga;
-    PERFORM event_store._saga_event(p_saga, 'SagaStepCompleted',
-                                    jsonb_build_object('step', p_step, 'result', p_result));
-END $$;
+    LANGUAGE c AS 'MODULE_PATHNAME', 'es_saga_step_done';
 
 -- The saga fails: compensate what completed
 CREATE FUNCTION event_store._saga_fail(p_saga uuid, p_reason text) RETURNS void
@@ -102,7 +70,7 @@ BEGIN
        SET status = CASE WHEN retry THEN 'pending' ELSE 'failed' END,
            last_error = p_error, lease_owner = NULL, lease_expires_at = NULL, deadline = NULL,
            child_saga_id = NULL,
-           next_attempt_at = CASE WHEN retry THEN now() + event_store._saga_backoff(st.backoff, st.attempts) END,
+           next_attempt_at = CASE WHEN retry THEN now() + event_store._backoff(st.backoff, st.attempts) END,
            updated_at = now()
      WHERE saga_id = p_saga AND name = p_step;
     PERFORM event_store._saga_event(p_saga, 'SagaStepFailed',
@@ -128,7 +96,7 @@ BEGIN
     IF p_retryable AND st.comp_attempts < st.max_attempts THEN
         UPDATE event_store.saga_steps
            SET last_error = p_error, lease_owner = NULL, lease_expires_at = NULL,
-               next_attempt_at = now() + event_store._saga_backoff(st.backoff, st.comp_attempts),
+               next_attempt_at = now() + event_store._backoff(st.backoff, st.comp_attempts),
                updated_at = now()
          WHERE saga_id = p_saga AND name = p_step;
         PERFORM event_store._saga_event(p_saga, 'SagaStepCompensationFailed',
@@ -218,141 +186,3 @@ BEGIN
     END LOOP;
     RETURN EXISTS (SELECT 1 FROM event_store.sagas WHERE saga_id = p_saga);
 END $$;
-
--- Run whatever is ready: the next group's steps, compensations, the end
-CREATE FUNCTION event_store._saga_advance(p_saga uuid) RETURNS int
-    LANGUAGE plpgsql AS $$
-DECLARE
-    s record;
-    st record;
-    g int;
-    res jsonb;
-    progressed boolean;
-    n int := 0;
-    ok boolean;
-    err text;
-BEGIN
-    LOOP
-        progressed := false;
-        SELECT * INTO s FROM event_store.sagas WHERE saga_id = p_saga FOR UPDATE;
-        IF NOT FOUND THEN
-            RETURN n;
-        END IF;
-
-        IF s.status = 'running' THEN
-            SELECT min(grp) INTO g FROM event_store.saga_steps
-             WHERE saga_id = p_saga AND status <> 'completed';
-            IF g IS NULL THEN
-                UPDATE event_store.sagas SET status = 'completed', finished_at = now(), deadline = NULL,
-                       updated_at = now()
-                 WHERE saga_id = p_saga;
-                PERFORM event_store._saga_event(p_saga, 'SagaCompleted', jsonb_build_object('data', s.data));
-                IF s.parent_saga_id IS NOT NULL THEN
-                    PERFORM event_store._saga_child_finished(s.parent_saga_id, s.parent_step, p_saga);
-                END IF;
-                RETURN n + 1;
-            END IF;
-            FOR st IN SELECT step_no FROM event_store.saga_steps
-                       WHERE saga_id = p_saga AND grp = g AND status = 'pending'
-                         AND (next_attempt_at IS NULL OR next_attempt_at <= now())
-                       ORDER BY step_no LOOP
-                -- re-read: a nested call may have moved things on
-                SELECT * INTO st FROM event_store.saga_steps WHERE saga_id = p_saga AND step_no = st.step_no;
-                CONTINUE WHEN st.status <> 'pending';
-                EXIT WHEN (SELECT status FROM event_store.sagas WHERE saga_id = p_saga) <> 'running';
-                n := n + 1;
-                progressed := true;
-                UPDATE event_store.saga_steps
-                   SET status = 'running', next_attempt_at = NULL, updated_at = now(),
-                       attempts = attempts + CASE WHEN kind IN ('local', 'nested', 'event') THEN 1 ELSE 0 END,
-                       deadline = CASE WHEN timeout IS NULL THEN NULL ELSE now() + timeout END
-                 WHERE saga_id = p_saga AND step_no = st.step_no;
-                SELECT data INTO s.data FROM event_store.sagas WHERE saga_id = p_saga;
-                IF st.kind = 'local' THEN
-                    ok := true;
-                    BEGIN
-                        res := event_store._saga_call(st.action, event_store._saga_owner(s.saga_type), p_saga, s.data);
-                    EXCEPTION WHEN OTHERS THEN
-                        ok := false;
-                        err := SQLERRM;
-                    END;
-                    IF NOT ok THEN
-                        PERFORM event_store._saga_step_failed(p_saga, st.name, err, true);
-                    ELSIF st.complete_on IS NULL THEN
-                        PERFORM event_store._saga_step_done(p_saga, st.name, res);
-                    ELSE
-                        -- done its part; now waits for its completion event
-                        UPDATE event_store.saga_steps SET result = res, updated_at = now()
-                         WHERE saga_id = p_saga AND step_no = st.step_no;
-                    END IF;
-                ELSIF st.kind = 'nested' THEN
-                    UPDATE event_store.saga_steps SET child_saga_id = gen_random_uuid()
-                     WHERE saga_id = p_saga AND step_no = st.step_no
-                    RETURNING child_saga_id INTO st.child_saga_id;
-                    PERFORM event_store._saga_start(st.child_type, s.data, st.child_saga_id, p_saga, st.name);
-                END IF;
-                -- external steps wait to be claimed, event-driven ones for their event
-            END LOOP;
-
-        ELSIF s.status = 'compensating' THEN
-            SELECT max(grp) INTO g FROM event_store.saga_steps
-             WHERE saga_id = p_saga AND status IN ('completed', 'compensating');
-            IF g IS NULL THEN
-                UPDATE event_store.sagas SET status = 'compensated', finished_at = now(), updated_at = now()
-                 WHERE saga_id = p_saga;
-                PERFORM event_store._saga_event(p_saga, 'SagaCompensated', jsonb_build_object('reason', s.last_error));
-                IF s.parent_saga_id IS NOT NULL THEN
-                    PERFORM event_store._saga_child_finished(s.parent_saga_id, s.parent_step, p_saga);
-                END IF;
-                RETURN n + 1;
-            END IF;
-            FOR st IN SELECT step_no FROM event_store.saga_steps
-                       WHERE saga_id = p_saga AND grp = g
-                         AND (status = 'completed'
-                              OR (status = 'compensating' AND comp_kind = 'local'
-                                  AND (next_attempt_at IS NULL OR next_attempt_at <= now())))
-                       ORDER BY step_no DESC LOOP
-                SELECT * INTO st FROM event_store.saga_steps WHERE saga_id = p_saga AND step_no = st.step_no;
-                EXIT WHEN (SELECT status FROM event_store.sagas WHERE saga_id = p_saga) <> 'compensating';
-                n := n + 1;
-                progressed := true;
-                IF st.status = 'completed' THEN
-                    UPDATE event_store.saga_steps SET status = 'compensating', updated_at = now()
-                     WHERE saga_id = p_saga AND step_no = st.step_no;
-                END IF;
-                IF st.comp_kind = 'none' THEN
-                    UPDATE event_store.saga_steps SET status = 'compensated', updated_at = now()
-                     WHERE saga_id = p_saga AND step_no = st.step_no;
-                    PERFORM event_store._saga_event(p_saga, 'SagaStepCompensated', jsonb_build_object('step', st.name));
-                ELSIF st.comp_kind = 'local' THEN
-                    UPDATE event_store.saga_steps SET comp_attempts = comp_attempts + 1, next_attempt_at = NULL
-                     WHERE saga_id = p_saga AND step_no = st.step_no;
-                    ok := true;
-                    BEGIN
-                        PERFORM event_store._saga_call(st.compensation, event_store._saga_owner(s.saga_type), p_saga, st.result);
-                    EXCEPTION WHEN OTHERS THEN
-                        ok := false;
-                        err := SQLERRM;
-                    END;
-                    IF ok THEN
-                        UPDATE event_store.saga_steps SET status = 'compensated', updated_at = now()
-                         WHERE saga_id = p_saga AND step_no = st.step_no;
-                        PERFORM event_store._saga_event(p_saga, 'SagaStepCompensated', jsonb_build_object('step', st.name));
-                    ELSE
-                        PERFORM event_store._saga_comp_failed(p_saga, st.name, err, true);
-                    END IF;
-                ELSIF st.comp_kind = 'nested' AND st.status = 'completed' THEN
-                    PERFORM event_store._saga_compensate_child(st.child_saga_id);
-                ELSE
-                    -- external compensation: waits to be claimed
-                    progressed := st.status = 'completed';
-                END IF;
-            END LOOP;
-        ELSE
-            RETURN n;
-        END IF;
-        EXIT WHEN NOT progressed;
-    END LOOP;
-    RETURN n;
-END $$;
-

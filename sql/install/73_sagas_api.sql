@@ -364,7 +364,6 @@ COMMENT ON FUNCTION event_store.saga_state(uuid) IS
 -- Internal functions are not for PUBLIC
 REVOKE ALL ON FUNCTION event_store._saga_bad(text, text, text), event_store._saga_interval(jsonb, text),
     event_store._saga_function(text, text, regrole, text), event_store._saga_event(uuid, text, jsonb),
-    event_store._saga_call(regprocedure, regrole, uuid, jsonb), event_store._saga_backoff(interval, int),
     event_store._saga_step_done(uuid, text, jsonb), event_store._saga_fail(uuid, text),
     event_store._saga_step_failed(uuid, text, text, boolean), event_store._saga_comp_failed(uuid, text, text, boolean),
     event_store._saga_child_finished(uuid, text, uuid), event_store._saga_compensate_child(uuid),

@@ -1,0 +1,839 @@
+/*
+ * saga_run.c
+ *	  The saga orchestrator's step loop: event_store._saga_advance runs what
+ *	  is ready in a saga -- the pending steps of its current group, the
+ *	  compensations of its current group in reverse, its end -- until
+ *	  nothing moves any more.  Local steps and local compensations are
+ *	  called here, directly, as the saga type's registrant with its pinned
+ *	  search_path (EsCallAs), each in a subtransaction: an error of the
+ *	  function is a failed attempt.  A step's completion and the saga's
+ *	  transitions in the loop are written here too, and appended to the
+ *	  saga's stream saga-<saga_id> with EsAppendEvent.
+ *
+ *	  The rarer transitions -- a failed attempt and its retry, the saga
+ *	  failing and cancelling what runs, a nested saga starting or ending, a
+ *	  child compensating -- stay readable PL/pgSQL in the install script
+ *	  (sql/install/72_sagas_transitions.sql), called from here through SPI
+ *	  with kept plans; they call back into _saga_advance and _saga_event.
+ *
+ *	  Everything runs as the extension owner (EsSpiConnect), every name in
+ *	  the SQL schema-qualified; the caller holds no lock: the loop locks the
+ *	  saga's row FOR UPDATE in every round.
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/fmgrprotos.h"
+#include "utils/jsonb.h"
+#include "utils/memutils.h"
+#include "utils/resowner.h"
+#include "utils/uuid.h"
+
+#include "api.h"
+#include "append.h"
+#include "callback.h"
+#include "registry.h"
+#include "roles.h"
+#include "saga.h"
+
+PG_FUNCTION_INFO_V1(es_saga_advance);
+PG_FUNCTION_INFO_V1(es_saga_step_done);
+PG_FUNCTION_INFO_V1(es_saga_event);
+
+/* ------------------------------------------------------------------------
+ * The statements of the step loop, prepared once and kept
+ * ------------------------------------------------------------------------ */
+
+typedef enum EsSagaStmtId
+{
+	SAGA_LOCK,					/* the saga, locked */
+	SAGA_STATE,					/* its status and data, again */
+	SAGA_COMPLETED,
+	SAGA_COMPENSATED,
+	STEPS_NEXT_GROUP,			/* the group that runs next */
+	STEPS_READY,				/* its steps that are due */
+	STEPS_COMP_GROUP,			/* the group that compensates next */
+	STEPS_COMP_READY,			/* its steps that are due */
+	STEP_READ,
+	STEP_START,
+	STEP_KEEP_RESULT,			/* a local step that waits for its event */
+	STEP_DONE,
+	STEP_NEW_CHILD,				/* a nested step's child saga id */
+	STEP_COMPENSATING,
+	STEP_COMPENSATED,
+	STEP_COMP_ATTEMPT,
+	CALL_STEP_FAILED,
+	CALL_COMP_FAILED,
+	CALL_SAGA_START,
+	CALL_COMPENSATE_CHILD,
+	CALL_CHILD_FINISHED,
+	SAGA_NSTMTS
+} EsSagaStmtId;
+
+typedef struct EsSagaStmt
+{
+	const char *sql;
+	int			nargs;
+	Oid			argtypes[5];
+	SPIPlanPtr	plan;
+} EsSagaStmt;
+
+#define EQ " OPERATOR(pg_catalog.=) "
+#define NOW "pg_catalog.now()"
+
+/* $1 is always the saga's id; a step is $2 (step_no, or name for STEP_DONE) */
+static EsSagaStmt saga_stmts[SAGA_NSTMTS] = {
+	[SAGA_LOCK] = {
+		"SELECT saga_type, status, data, last_error, parent_saga_id, parent_step "
+		"FROM event_store.sagas WHERE saga_id" EQ "$1 FOR UPDATE",
+	1, {UUIDOID}},
+	[SAGA_STATE] = {
+		"SELECT status, data FROM event_store.sagas WHERE saga_id" EQ "$1",
+	1, {UUIDOID}},
+	[SAGA_COMPLETED] = {
+		"UPDATE event_store.sagas SET status = 'completed', finished_at = " NOW ", "
+		"deadline = NULL, updated_at = " NOW " WHERE saga_id" EQ "$1",
+	1, {UUIDOID}},
+	[SAGA_COMPENSATED] = {
+		"UPDATE event_store.sagas SET status = 'compensated', finished_at = " NOW ", "
+		"updated_at = " NOW " WHERE saga_id" EQ "$1",
+	1, {UUIDOID}},
+	[STEPS_NEXT_GROUP] = {
+		"SELECT pg_catalog.min(grp) FROM event_store.saga_steps "
+		"WHERE saga_id" EQ "$1 AND status OPERATOR(pg_catalog.<>) 'completed'",
+	1, {UUIDOID}},
+	[STEPS_READY] = {
+		"SELECT step_no FROM event_store.saga_steps "
+		"WHERE saga_id" EQ "$1 AND grp" EQ "$2 AND status" EQ "'pending' "
+		"AND (next_attempt_at IS NULL OR next_attempt_at OPERATOR(pg_catalog.<=) " NOW ") "
+		"ORDER BY step_no",
+	2, {UUIDOID, INT4OID}},
+	[STEPS_COMP_GROUP] = {
+		"SELECT pg_catalog.max(grp) FROM event_store.saga_steps "
+		"WHERE saga_id" EQ "$1 AND status IN ('completed', 'compensating')",
+	1, {UUIDOID}},
+	[STEPS_COMP_READY] = {
+		"SELECT step_no FROM event_store.saga_steps "
+		"WHERE saga_id" EQ "$1 AND grp" EQ "$2 "
+		"AND (status" EQ "'completed' "
+		"OR (status" EQ "'compensating' AND comp_kind" EQ "'local' "
+		"AND (next_attempt_at IS NULL OR next_attempt_at OPERATOR(pg_catalog.<=) " NOW "))) "
+		"ORDER BY step_no DESC",
+	2, {UUIDOID, INT4OID}},
+	[STEP_READ] = {
+		"SELECT name, status, kind, action::pg_catalog.oid, compensation::pg_catalog.oid, "
+		"comp_kind, complete_on IS NOT NULL, child_type, child_saga_id, result "
+		"FROM event_store.saga_steps WHERE saga_id" EQ "$1 AND step_no" EQ "$2",
+	2, {UUIDOID, INT4OID}},
+	[STEP_START] = {
+		"UPDATE event_store.saga_steps SET status = 'running', next_attempt_at = NULL, "
+		"updated_at = " NOW ", "
+		"attempts = attempts OPERATOR(pg_catalog.+) "
+		"CASE WHEN kind IN ('local', 'nested', 'event') THEN 1 ELSE 0 END, "
+		"deadline = CASE WHEN timeout IS NULL THEN NULL "
+		"ELSE " NOW " OPERATOR(pg_catalog.+) timeout END "
+		"WHERE saga_id" EQ "$1 AND step_no" EQ "$2",
+	2, {UUIDOID, INT4OID}},
+	[STEP_KEEP_RESULT] = {
+		"UPDATE event_store.saga_steps SET result = $3, updated_at = " NOW " "
+		"WHERE saga_id" EQ "$1 AND step_no" EQ "$2",
+	3, {UUIDOID, INT4OID, JSONBOID}},
+	/* the step is completed, and its result merged into the saga's data */
+	[STEP_DONE] = {
+		"WITH step AS ("
+		"UPDATE event_store.saga_steps SET status = 'completed', result = $3, "
+		"lease_owner = NULL, lease_expires_at = NULL, deadline = NULL, "
+		"next_attempt_at = NULL, updated_at = " NOW " "
+		"WHERE saga_id" EQ "$1 AND name" EQ "$2) "
+		"UPDATE event_store.sagas SET data = CASE "
+		"WHEN pg_catalog.jsonb_typeof($3)" EQ "'object' THEN data OPERATOR(pg_catalog.||) $3 "
+		"ELSE data END, updated_at = " NOW " WHERE saga_id" EQ "$1",
+	3, {UUIDOID, TEXTOID, JSONBOID}},
+	[STEP_NEW_CHILD] = {
+		"UPDATE event_store.saga_steps SET child_saga_id = pg_catalog.gen_random_uuid() "
+		"WHERE saga_id" EQ "$1 AND step_no" EQ "$2 RETURNING child_saga_id",
+	2, {UUIDOID, INT4OID}},
+	[STEP_COMPENSATING] = {
+		"UPDATE event_store.saga_steps SET status = 'compensating', updated_at = " NOW " "
+		"WHERE saga_id" EQ "$1 AND step_no" EQ "$2",
+	2, {UUIDOID, INT4OID}},
+	[STEP_COMPENSATED] = {
+		"UPDATE event_store.saga_steps SET status = 'compensated', updated_at = " NOW " "
+		"WHERE saga_id" EQ "$1 AND step_no" EQ "$2",
+	2, {UUIDOID, INT4OID}},
+	[STEP_COMP_ATTEMPT] = {
+		"UPDATE event_store.saga_steps SET comp_attempts = comp_attempts OPERATOR(pg_catalog.+) 1, "
+		"next_attempt_at = NULL WHERE saga_id" EQ "$1 AND step_no" EQ "$2",
+	2, {UUIDOID, INT4OID}},
+	/* the transitions written in PL/pgSQL */
+	[CALL_STEP_FAILED] = {
+		"SELECT event_store._saga_step_failed($1, $2, $3, true)",
+	3, {UUIDOID, TEXTOID, TEXTOID}},
+	[CALL_COMP_FAILED] = {
+		"SELECT event_store._saga_comp_failed($1, $2, $3, true)",
+	3, {UUIDOID, TEXTOID, TEXTOID}},
+	[CALL_SAGA_START] = {
+		"SELECT event_store._saga_start($2, $3, $4, $1, $5)",
+	5, {UUIDOID, TEXTOID, JSONBOID, UUIDOID, TEXTOID}},
+	[CALL_COMPENSATE_CHILD] = {
+		"SELECT event_store._saga_compensate_child($1)",
+	1, {UUIDOID}},
+	[CALL_CHILD_FINISHED] = {
+		"SELECT event_store._saga_child_finished($1, $2, $3)",
+	3, {UUIDOID, TEXTOID, UUIDOID}},
+};
+
+/*
+ * Run one of the statements (values[i] NULL where isnull[i]); returns
+ * SPI_processed.  Caller is connected to SPI.
+ */
+static uint64
+es_saga_exec(EsSagaStmtId id, Datum *values, const bool *isnull)
+{
+	EsSagaStmt *stmt = &saga_stmts[id];
+	char		nulls[5];
+	int			rc;
+
+	if (stmt->plan == NULL)
+		stmt->plan = EsPrepareKeptPlan(stmt->sql, stmt->nargs, stmt->argtypes);
+	for (int i = 0; i < stmt->nargs; i++)
+		nulls[i] = (isnull != NULL && isnull[i]) ? 'n' : ' ';
+	rc = SPI_execute_plan(stmt->plan, values, nulls, false, 0);
+	if (rc < 0)
+		elog(ERROR, "saga statement failed: %s: %s", SPI_result_code_string(rc), stmt->sql);
+	return SPI_processed;
+}
+
+/* Column attno of row 0 of the last result as text (palloc'd), or NULL */
+static char *
+es_result_text(int attno)
+{
+	bool		isnull;
+	Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, attno, &isnull);
+
+	return isnull ? NULL : TextDatumGetCString(d);
+}
+
+/* Column attno of row 0 of the last result as jsonb (palloc'd), or NULL */
+static Jsonb *
+es_result_jsonb(int attno)
+{
+	bool		isnull;
+	Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, attno, &isnull);
+
+	return isnull ? NULL : DatumGetJsonbPCopy(d);
+}
+
+/* Column attno of row 0 of the last result as an int4 (false when NULL) */
+static bool
+es_result_int(int attno, int32 *value)
+{
+	bool		isnull;
+	Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, attno, &isnull);
+
+	if (!isnull)
+		*value = DatumGetInt32(d);
+	return !isnull;
+}
+
+/* Column attno of row 0 of the last result as a uuid (false when NULL) */
+static bool
+es_result_uuid(int attno, pg_uuid_t *value)
+{
+	bool		isnull;
+	Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, attno, &isnull);
+
+	if (!isnull)
+		*value = *DatumGetUUIDP(d);
+	return !isnull;
+}
+
+/* ------------------------------------------------------------------------
+ * The saga's events
+ * ------------------------------------------------------------------------ */
+
+/* Add "key": text (null for NULL) to the object being built */
+static void
+es_json_text(JsonbParseState **state, const char *key, const char *value)
+{
+	JsonbValue	v;
+
+	v.type = jbvString;
+	v.val.string.val = unconstify(char *, key);
+	v.val.string.len = strlen(key);
+	(void) pushJsonbValue(state, WJB_KEY, &v);
+	if (value == NULL)
+		v.type = jbvNull;
+	else
+	{
+		v.val.string.val = unconstify(char *, value);
+		v.val.string.len = strlen(value);
+	}
+	(void) pushJsonbValue(state, WJB_VALUE, &v);
+}
+
+/* Add "key": jsonb value (null for NULL) to the object being built */
+static void
+es_json_value(JsonbParseState **state, const char *key, Jsonb *value)
+{
+	JsonbValue	v;
+
+	v.type = jbvString;
+	v.val.string.val = unconstify(char *, key);
+	v.val.string.len = strlen(key);
+	(void) pushJsonbValue(state, WJB_KEY, &v);
+	if (value == NULL)
+		v.type = jbvNull;
+	else if (JB_ROOT_IS_SCALAR(value))
+		(void) JsonbExtractScalar(&value->root, &v);
+	else
+	{
+		v.type = jbvBinary;
+		v.val.binary.data = &value->root;
+		v.val.binary.len = VARSIZE(value) - VARHDRSZ;
+	}
+	(void) pushJsonbValue(state, WJB_VALUE, &v);
+}
+
+/* The text form of a uuid (palloc'd) */
+static char *
+es_uuid_text(pg_uuid_t *id)
+{
+	return DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(id)));
+}
+
+/* The stream of a saga's transitions: saga-<saga_id> */
+static text *
+es_saga_stream(pg_uuid_t *saga_id)
+{
+	return cstring_to_text(psprintf("saga-%s", es_uuid_text(saga_id)));
+}
+
+/*
+ * Append a transition to the saga's stream: type with data {"saga_id": ...,
+ * "key1": value1, ...}, where the keys are step (text), result (jsonb),
+ * data (jsonb) or reason (text), as given (NULL: leave out)
+ */
+static void
+es_saga_transition(pg_uuid_t *saga_id, const char *type, const char *step,
+				   bool with_result, Jsonb *result, Jsonb *data,
+				   bool with_reason, const char *reason)
+{
+	JsonbParseState *state = NULL;
+	JsonbValue *obj;
+
+	(void) pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
+	es_json_text(&state, "saga_id", es_uuid_text(saga_id));
+	if (step != NULL)
+		es_json_text(&state, "step", step);
+	if (with_result)
+		es_json_value(&state, "result", result);
+	if (data != NULL)
+		es_json_value(&state, "data", data);
+	if (with_reason)
+		es_json_text(&state, "reason", reason);
+	obj = pushJsonbValue(&state, WJB_END_OBJECT, NULL);
+	(void) EsAppendEvent(es_saga_stream(saga_id), cstring_to_text(type),
+						 JsonbValueToJsonb(obj));
+}
+
+/*
+ * SQL: event_store._saga_event(saga_id uuid, type text, data jsonb) -- the
+ * transitions written in PL/pgSQL append theirs with this: data is
+ * {"saga_id": saga_id} || data
+ */
+Datum
+es_saga_event(PG_FUNCTION_ARGS)
+{
+	pg_uuid_t  *saga_id;
+	JsonbParseState *state = NULL;
+	JsonbValue *obj;
+	Datum		data;
+
+	EsRequireArg(fcinfo, 0, "saga_id");
+	EsRequireArg(fcinfo, 1, "type");
+	saga_id = PG_GETARG_UUID_P(0);
+	(void) pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
+	es_json_text(&state, "saga_id", es_uuid_text(saga_id));
+	obj = pushJsonbValue(&state, WJB_END_OBJECT, NULL);
+	data = JsonbPGetDatum(JsonbValueToJsonb(obj));
+	if (!PG_ARGISNULL(2))
+		data = DirectFunctionCall2(jsonb_concat, data, PG_GETARG_DATUM(2));
+	(void) EsAppendEvent(es_saga_stream(saga_id), PG_GETARG_TEXT_PP(1),
+						 DatumGetJsonbP(data));
+	PG_RETURN_VOID();
+}
+
+/* ------------------------------------------------------------------------
+ * Transitions
+ * ------------------------------------------------------------------------ */
+
+/*
+ * A step completed with a result (NULL: SQL NULL): its result becomes its
+ * compensation data and is merged into the saga's data.  Caller is
+ * connected to SPI.
+ */
+static void
+es_complete_step(pg_uuid_t *saga_id, const char *step, Jsonb *result)
+{
+	Datum		values[3];
+	bool		isnull[3] = {false, false, result == NULL};
+
+	values[0] = UUIDPGetDatum(saga_id);
+	values[1] = CStringGetTextDatum(step);
+	values[2] = result ? JsonbPGetDatum(result) : (Datum) 0;
+	(void) es_saga_exec(STEP_DONE, values, isnull);
+	es_saga_transition(saga_id, "SagaStepCompleted", step, true, result, NULL, false, NULL);
+}
+
+/*
+ * SQL: event_store._saga_step_done(saga_id uuid, step text, result jsonb)
+ * -- for the transitions written in PL/pgSQL (a step completed by
+ * complete_saga_step, its event or its nested saga)
+ */
+Datum
+es_saga_step_done(PG_FUNCTION_ARGS)
+{
+	EsUserSwitch sw;
+	pg_uuid_t  *saga_id;
+	char	   *step;
+	Jsonb	   *result = PG_ARGISNULL(2) ? NULL : PG_GETARG_JSONB_P(2);
+
+	EsRequireArg(fcinfo, 0, "saga_id");
+	EsRequireArg(fcinfo, 1, "step");
+	saga_id = PG_GETARG_UUID_P(0);
+	step = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	EsSpiConnect(&sw);
+	es_complete_step(saga_id, step, result);
+	EsSpiFinish(&sw);
+	PG_RETURN_VOID();
+}
+
+/*
+ * Call the step function fn(saga_id, data) -- an action or a compensation
+ * -- as the role that defined the saga's type, with the search_path it was
+ * defined with (pinned), never the session's or the orchestrator's; returns
+ * its result (NULL: SQL NULL).  A strict function is not called with a
+ * NULL data, and returns NULL.
+ */
+static Jsonb *
+es_call_step_function(pg_uuid_t *saga_id, const char *saga_type, Oid fn, Jsonb *data)
+{
+	Oid			role;
+	const char *path;
+	FmgrInfo	flinfo;
+	int			scope;
+	Datum		result;
+	LOCAL_FCINFO(call, 2);
+
+	if (!EsSagaRegistrant(UUIDPGetDatum(saga_id), CurrentMemoryContext, &role, &path))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("saga type \"%s\" is not defined", saga_type),
+				 errhint("Define it with event_store.define_saga().")));
+	if (!EsFunctionExists(fn))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_FUNCTION),
+				 errmsg("saga step function with OID %u no longer exists", fn)));
+	EsCheckCallbackOwner(fn, role, "a saga step function");
+	fmgr_info(fn, &flinfo);
+	if (flinfo.fn_strict && data == NULL)
+		return NULL;
+	InitFunctionCallInfoData(*call, &flinfo, 2, InvalidOid, NULL, NULL);
+	call->args[0].value = UUIDPGetDatum(saga_id);
+	call->args[0].isnull = false;
+	call->args[1].value = data ? JsonbPGetDatum(data) : (Datum) 0;
+	call->args[1].isnull = (data == NULL);
+
+	/* a scope of its own: what the function sets ends when it returns */
+	scope = EsCallbackScopeBegin();
+	result = EsCallAs(NULL, call, role, path);
+	EsCallbackScopeEnd(scope);
+	return call->isnull ? NULL : DatumGetJsonbP(result);
+}
+
+/*
+ * Run a step function (es_call_step_function) in a subtransaction.
+ * Returns whether it succeeded, with its result; otherwise its error
+ * message is in *error and what it did is rolled back: a failed attempt.
+ * A cancel (query cancel, statement timeout) or a failed assertion is no
+ * failed attempt: it goes on, as PL/pgSQL's WHEN OTHERS lets it through
+ * (the rule of es_apply_in_subxact, projection.c).  Caller is connected to
+ * SPI.
+ */
+static bool
+es_try_step_function(pg_uuid_t *saga_id, const char *saga_type, Oid fn,
+					 Jsonb *data, Jsonb **result, char **error)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+	ResourceOwner oldowner = CurrentResourceOwner;
+	int			nscopes = EsCallbackScopeDepth();
+	volatile bool ok = true;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(oldcxt);
+	PG_TRY();
+	{
+		*result = es_call_step_function(saga_id, saga_type, fn, data);
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(oldcxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
+		/* the function's callback scope, if it had begun, is gone */
+		EsCallbackScopeUnwind(nscopes);
+		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
+			edata->sqlerrcode == ERRCODE_ASSERT_FAILURE)
+			ReThrowError(edata);
+		*error = edata->message ? edata->message : pstrdup("unknown error");
+		ok = false;
+	}
+	PG_END_TRY();
+	return ok;
+}
+
+/* ------------------------------------------------------------------------
+ * The step loop
+ * ------------------------------------------------------------------------ */
+
+/* A saga, as the loop reads it */
+typedef struct EsSagaRow
+{
+	char	   *saga_type;
+	char	   *status;
+	Jsonb	   *data;
+	char	   *last_error;
+	bool		has_parent;
+	pg_uuid_t	parent;
+	char	   *parent_step;
+} EsSagaRow;
+
+/* A step, as the loop reads it */
+typedef struct EsStepRow
+{
+	char	   *name;
+	char	   *status;
+	char	   *kind;
+	Oid			action;
+	Oid			compensation;
+	char	   *comp_kind;
+	bool		waits_for_event;	/* has complete_on */
+	char	   *child_type;
+	bool		has_child;
+	pg_uuid_t	child;
+	Jsonb	   *result;
+} EsStepRow;
+
+/* Read step step_no of the saga; false when it is not there */
+static bool
+es_saga_read_step(Datum *key, EsStepRow *st)
+{
+	HeapTuple	tup;
+	TupleDesc	desc;
+	bool		isnull;
+	Datum		d;
+
+	if (es_saga_exec(STEP_READ, key, NULL) == 0)
+		return false;
+	tup = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	st->name = es_result_text(1);
+	st->status = es_result_text(2);
+	st->kind = es_result_text(3);
+	d = SPI_getbinval(tup, desc, 4, &isnull);
+	st->action = isnull ? InvalidOid : DatumGetObjectId(d);
+	d = SPI_getbinval(tup, desc, 5, &isnull);
+	st->compensation = isnull ? InvalidOid : DatumGetObjectId(d);
+	st->comp_kind = es_result_text(6);
+	st->waits_for_event = DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull));
+	st->child_type = es_result_text(8);
+	st->has_child = es_result_uuid(9, &st->child);
+	st->result = es_result_jsonb(10);
+	return true;
+}
+
+/* The step numbers a query (STEPS_READY, STEPS_COMP_READY) returned */
+static int32 *
+es_saga_step_list(EsSagaStmtId id, Datum *key, int *n)
+{
+	int32	   *list;
+
+	*n = (int) es_saga_exec(id, key, NULL);
+	list = palloc(sizeof(int32) * Max(*n, 1));
+	for (int i = 0; i < *n; i++)
+	{
+		bool		isnull;
+
+		list[i] = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
+	}
+	return list;
+}
+
+/* The saga's status (NULL when it is gone) and, if data is given, data */
+static char *
+es_saga_status(Datum *key, Jsonb **data)
+{
+	if (es_saga_exec(SAGA_STATE, key, NULL) == 0)
+		return NULL;
+	if (data != NULL)
+		*data = es_result_jsonb(2);
+	return es_result_text(1);
+}
+
+/* A nested saga reached its end: move its parent step on */
+static void
+es_saga_report_to_parent(pg_uuid_t *saga_id, EsSagaRow *s)
+{
+	Datum		values[3] = {UUIDPGetDatum(&s->parent), CStringGetTextDatum(s->parent_step),
+	UUIDPGetDatum(saga_id)};
+	bool		isnull[3] = {false, s->parent_step == NULL, false};
+
+	(void) es_saga_exec(CALL_CHILD_FINISHED, values, isnull);
+}
+
+/*
+ * One round of a running saga in its current group g: start every due
+ * pending step (a local one is called at once, a nested one starts its
+ * child; external ones wait to be claimed, event-driven ones for their
+ * event).  Returns how many steps were started.
+ */
+static int
+es_saga_run_group(pg_uuid_t *saga_id, EsSagaRow *s, int32 g)
+{
+	Datum		key[2] = {UUIDPGetDatum(saga_id), Int32GetDatum(g)};
+	int			nsteps;
+	int32	   *steps = es_saga_step_list(STEPS_READY, key, &nsteps);
+	int			n = 0;
+
+	for (int i = 0; i < nsteps; i++)
+	{
+		EsStepRow	st;
+		char	   *status;
+		Jsonb	   *data = NULL;
+
+		key[1] = Int32GetDatum(steps[i]);
+		/* re-read: a nested call may have moved things on */
+		if (!es_saga_read_step(key, &st) || strcmp(st.status, "pending") != 0)
+			continue;
+		status = es_saga_status(key, &data);
+		if (status != NULL && strcmp(status, "running") != 0)
+			break;
+		n++;
+		(void) es_saga_exec(STEP_START, key, NULL);
+
+		if (strcmp(st.kind, "local") == 0)
+		{
+			Jsonb	   *result = NULL;
+			char	   *error = NULL;
+
+			if (!es_try_step_function(saga_id, s->saga_type, st.action, data, &result, &error))
+			{
+				Datum		values[3] = {key[0], CStringGetTextDatum(st.name),
+				CStringGetTextDatum(error)};
+
+				(void) es_saga_exec(CALL_STEP_FAILED, values, NULL);
+			}
+			else if (!st.waits_for_event)
+				es_complete_step(saga_id, st.name, result);
+			else
+			{
+				/* done its part; now waits for its completion event */
+				Datum		values[3] = {key[0], key[1], result ? JsonbPGetDatum(result) : (Datum) 0};
+				bool		isnull[3] = {false, false, result == NULL};
+
+				(void) es_saga_exec(STEP_KEEP_RESULT, values, isnull);
+			}
+		}
+		else if (strcmp(st.kind, "nested") == 0)
+		{
+			Datum		values[5];
+			bool		isnull[5] = {false, st.child_type == NULL, data == NULL, false, false};
+
+			(void) es_saga_exec(STEP_NEW_CHILD, key, NULL);
+			values[0] = key[0];
+			values[1] = st.child_type ? CStringGetTextDatum(st.child_type) : (Datum) 0;
+			values[2] = data ? JsonbPGetDatum(data) : (Datum) 0;
+			values[3] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull[3]);
+			values[4] = CStringGetTextDatum(st.name);
+			(void) es_saga_exec(CALL_SAGA_START, values, isnull);
+		}
+		/* external steps wait to be claimed, event-driven ones for their event */
+	}
+	return n;
+}
+
+/*
+ * One round of a compensating saga in its current group g, in reverse
+ * step order: a completed step starts compensating; one without a
+ * compensation is compensated at once, a local compensation is called (now
+ * or once its retry is due), a nested step compensates its child saga, an
+ * external compensation waits to be claimed.  Returns how many steps were
+ * visited; *progressed tells the loop whether to go round again.
+ */
+static int
+es_saga_compensate_group(pg_uuid_t *saga_id, EsSagaRow *s, int32 g, bool *progressed)
+{
+	Datum		key[2] = {UUIDPGetDatum(saga_id), Int32GetDatum(g)};
+	int			nsteps;
+	int32	   *steps = es_saga_step_list(STEPS_COMP_READY, key, &nsteps);
+	int			n = 0;
+
+	for (int i = 0; i < nsteps; i++)
+	{
+		EsStepRow	st;
+		char	   *status;
+		bool		was_completed;
+
+		key[1] = Int32GetDatum(steps[i]);
+		if (!es_saga_read_step(key, &st))
+			continue;
+		/* a nested call may have compensated it meanwhile: never twice */
+		if (strcmp(st.status, "completed") != 0 && strcmp(st.status, "compensating") != 0)
+			continue;
+		status = es_saga_status(key, NULL);
+		if (status != NULL && strcmp(status, "compensating") != 0)
+			break;
+		n++;
+		*progressed = true;
+		was_completed = strcmp(st.status, "completed") == 0;
+		if (was_completed)
+			(void) es_saga_exec(STEP_COMPENSATING, key, NULL);
+
+		if (strcmp(st.comp_kind, "none") == 0)
+		{
+			(void) es_saga_exec(STEP_COMPENSATED, key, NULL);
+			es_saga_transition(saga_id, "SagaStepCompensated", st.name, false, NULL, NULL, false, NULL);
+		}
+		else if (strcmp(st.comp_kind, "local") == 0)
+		{
+			Jsonb	   *result;
+			char	   *error = NULL;
+
+			(void) es_saga_exec(STEP_COMP_ATTEMPT, key, NULL);
+			if (es_try_step_function(saga_id, s->saga_type, st.compensation, st.result, &result, &error))
+			{
+				(void) es_saga_exec(STEP_COMPENSATED, key, NULL);
+				es_saga_transition(saga_id, "SagaStepCompensated", st.name, false, NULL, NULL, false, NULL);
+			}
+			else
+			{
+				Datum		values[3] = {key[0], CStringGetTextDatum(st.name),
+				CStringGetTextDatum(error)};
+
+				(void) es_saga_exec(CALL_COMP_FAILED, values, NULL);
+			}
+		}
+		else if (strcmp(st.comp_kind, "nested") == 0 && was_completed)
+		{
+			Datum		child = UUIDPGetDatum(&st.child);
+			bool		isnull = !st.has_child;
+
+			(void) es_saga_exec(CALL_COMPENSATE_CHILD, &child, &isnull);
+		}
+		else
+		{
+			/* an external compensation: waits to be claimed */
+			*progressed = was_completed;
+		}
+	}
+	return n;
+}
+
+/*
+ * Run whatever is ready in the saga -- the next group's steps,
+ * compensations, its end -- until nothing moves; returns how many steps
+ * were started or compensated, plus one when the saga ended.  Caller is
+ * connected to SPI.
+ */
+static int
+es_saga_advance_loop(pg_uuid_t *saga_id)
+{
+	Datum		key[1] = {UUIDPGetDatum(saga_id)};
+	int			n = 0;
+	bool		progressed;
+
+	do
+	{
+		EsSagaRow	s;
+		int32		g;
+		int			started;
+
+		progressed = false;
+		if (es_saga_exec(SAGA_LOCK, key, NULL) == 0)
+			return n;
+		s.saga_type = es_result_text(1);
+		s.status = es_result_text(2);
+		s.data = es_result_jsonb(3);
+		s.last_error = es_result_text(4);
+		s.has_parent = es_result_uuid(5, &s.parent);
+		s.parent_step = es_result_text(6);
+
+		if (strcmp(s.status, "running") == 0)
+		{
+			(void) es_saga_exec(STEPS_NEXT_GROUP, key, NULL);
+			if (!es_result_int(1, &g))
+			{
+				/* every step completed: so is the saga */
+				(void) es_saga_exec(SAGA_COMPLETED, key, NULL);
+				es_saga_transition(saga_id, "SagaCompleted", NULL, false, NULL, s.data, false, NULL);
+				if (s.has_parent)
+					es_saga_report_to_parent(saga_id, &s);
+				return n + 1;
+			}
+			started = es_saga_run_group(saga_id, &s, g);
+			n += started;
+			progressed = started > 0;
+		}
+		else if (strcmp(s.status, "compensating") == 0)
+		{
+			(void) es_saga_exec(STEPS_COMP_GROUP, key, NULL);
+			if (!es_result_int(1, &g))
+			{
+				/* nothing left to compensate */
+				(void) es_saga_exec(SAGA_COMPENSATED, key, NULL);
+				es_saga_transition(saga_id, "SagaCompensated", NULL, false, NULL, NULL, true, s.last_error);
+				if (s.has_parent)
+					es_saga_report_to_parent(saga_id, &s);
+				return n + 1;
+			}
+			n += es_saga_compensate_group(saga_id, &s, g, &progressed);
+		}
+		else
+			return n;
+	} while (progressed);
+	return n;
+}
+
+/*
+ * SQL: event_store._saga_advance(saga_id uuid) RETURNS int -- run whatever
+ * is ready (es_saga_advance_loop); called by every entry point of the
+ * orchestrator after its transition, with the saga (and its ancestors)
+ * locked
+ */
+Datum
+es_saga_advance(PG_FUNCTION_ARGS)
+{
+	EsUserSwitch sw;
+	int			n;
+
+	if (PG_ARGISNULL(0))
+		PG_RETURN_INT32(0);
+	EsSpiConnect(&sw);
+	n = es_saga_advance_loop(PG_GETARG_UUID_P(0));
+	EsSpiFinish(&sw);
+	PG_RETURN_INT32(n);
+}
