@@ -17,6 +17,7 @@
 #include "utils/builtins.h"
 #include "utils/regproc.h"
 #include "utils/syscache.h"
+#include "utils/timestamp.h"
 
 #include "api.h"
 #include "catalog.h"
@@ -170,4 +171,85 @@ es_check_writable(PG_FUNCTION_ARGS)
 {
 	EsCheckWritable(PG_ARGISNULL(0) ? "this function" : text_to_cstring(PG_GETARG_TEXT_PP(0)));
 	PG_RETURN_VOID();
+}
+
+/* Decode a text[] filter column/argument into an EsTypeFilter-like list */
+int
+EsDecodeTextArray(Datum arr_datum, bool isnull, text ***out)
+{
+	ArrayType  *arr;
+	Datum	   *elems;
+	bool	   *nulls;
+	int			n;
+
+	if (isnull)
+	{
+		*out = NULL;
+		return -1;
+	}
+	arr = DatumGetArrayTypeP(arr_datum);
+	deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &n);
+	*out = palloc(sizeof(text *) * Max(n, 1));
+	for (int i = 0; i < n; i++)
+		(*out)[i] = DatumGetTextPCopy(elems[i]);
+	return n;
+}
+
+/* Validate a text[] filter argument */
+void
+EsCheckFilterArg(FunctionCallInfo fcinfo, int argno, const char *name, bool categories)
+{
+	Datum	   *elems;
+	bool	   *nulls;
+	int			n;
+
+	if (PG_ARGISNULL(argno))
+		return;
+	n = EsArgTextArray(fcinfo, argno, name, &elems, &nulls);
+	if (n == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must not be empty", name),
+				 errhint("Pass NULL to accept every value.")));
+	for (int i = 0; i < n; i++)
+	{
+		text	   *t;
+
+		if (nulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("%s must not contain nulls", name)));
+		t = DatumGetTextPP(elems[i]);
+		if (VARSIZE_ANY_EXHDR(t) == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("%s must not contain empty strings", name)));
+		if (categories)
+			EsCheckCategory(t, NULL);
+	}
+}
+
+/*
+ * An interval argument in milliseconds (months count as 30 days, as when
+ * intervals are compared), as a double: no overflow for any interval.
+ * NULL is refused (22004); so is a negative one, or unless positive_only a
+ * zero one (22023).
+ */
+double
+EsIntervalArgMs(FunctionCallInfo fcinfo, int argno, const char *name, bool positive_only)
+{
+	Interval   *iv;
+	double		ms;
+
+	EsRequireArg(fcinfo, argno, name);
+	iv = PG_GETARG_INTERVAL_P(argno);
+	ms = (double) iv->time / 1000.0 +
+		((double) iv->day + (double) iv->month * DAYS_PER_MONTH) *
+		(double) (SECS_PER_DAY * 1000);
+	if (ms < 0 || (positive_only && ms <= 0))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg(positive_only ? "%s must be a positive interval" : "%s must not be negative",
+						name)));
+	return ms;
 }

@@ -18,6 +18,11 @@ extern text *EsGetStreamId(FunctionCallInfo fcinfo, int argno);
 extern int	EsArgTextArray(FunctionCallInfo fcinfo, int argno, const char *name,
 						   Datum **elems, bool **nulls);
 extern void EsCheckCategory(text *category, const char *hint);
+extern void EsCheckFilterArg(FunctionCallInfo fcinfo, int argno, const char *name,
+							 bool categories);
+extern int	EsDecodeTextArray(Datum arr_datum, bool isnull, text ***out);
+extern double EsIntervalArgMs(FunctionCallInfo fcinfo, int argno, const char *name,
+							  bool positive_only);
 extern int	EsCategoryLen(text *stream_id);
 
 /* Is text t the len bytes at s? */

@@ -94,9 +94,7 @@ typedef struct EsProjection
 {
 	char	   *name;
 	FmgrInfo	handler;
-	EsTypeFilter types;
-	int			ncategories;	/* -1: any */
-	text	  **categories;
+	EsEventFilter filter;		/* event types and categories */
 	Oid			missing_handler;	/* OID of a dropped handler, else 0 */
 	EsHandlerKind kind;			/* how the handler takes its events */
 	Oid			owner;			/* the role that created it: handlers run as it */
@@ -126,28 +124,6 @@ es_apply_error_callback(void *arg)
 
 	errcontext("projection \"%s\" applying the event at global position " INT64_FORMAT,
 			   ctx->name, ctx->position);
-}
-
-/* Decode a text[] filter column/argument into an EsTypeFilter-like list */
-static int
-es_decode_text_array(Datum arr_datum, bool isnull, text ***out)
-{
-	ArrayType  *arr;
-	Datum	   *elems;
-	bool	   *nulls;
-	int			n;
-
-	if (isnull)
-	{
-		*out = NULL;
-		return -1;
-	}
-	arr = DatumGetArrayTypeP(arr_datum);
-	deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &n);
-	*out = palloc(sizeof(text *) * Max(n, 1));
-	for (int i = 0; i < n; i++)
-		(*out)[i] = DatumGetTextPCopy(elems[i]);
-	return n;
 }
 
 /*
@@ -186,9 +162,9 @@ es_projection_from_row(EsProjection *p, HeapTuple tup, TupleDesc desc,
 		p->missing_handler = handler;
 	}
 	d = SPI_getbinval(tup, desc, 3, &isnull);
-	p->types.ntypes = es_decode_text_array(d, isnull, &p->types.types);
+	p->filter.types.ntypes = EsDecodeTextArray(d, isnull, &p->filter.types.types);
 	d = SPI_getbinval(tup, desc, 4, &isnull);
-	p->ncategories = es_decode_text_array(d, isnull, &p->categories);
+	p->filter.ncategories = EsDecodeTextArray(d, isnull, &p->filter.categories);
 }
 
 /* Load the running inline projections */
@@ -219,28 +195,6 @@ es_inline_load(void)
 	EsSpiFinish(&sw);
 }
 
-/*
- * Does the (upcast) event pass the projection's filters?  (Whether the role
- * it runs as may read the event is settled by the callers, per append or
- * per scan.)
- */
-static bool
-es_projection_matches(const EsProjection *p, Datum *values)
-{
-	if (!EsTypeMatches(&p->types, values[Anum_es_event_type - 1]))
-		return false;
-	if (p->ncategories >= 0)
-	{
-		text	   *sid = DatumGetTextPP(values[Anum_es_stream_id - 1]);
-		int			clen = EsCategoryLen(sid);
-
-		for (int i = 0; i < p->ncategories; i++)
-			if (EsTextIs(p->categories[i], VARDATA_ANY(sid), clen))
-				return true;
-		return false;
-	}
-	return true;
-}
 
 /*
  * Call a projection's handler: with one event (a row of event_store.event),
@@ -545,7 +499,7 @@ es_apply_inline(int n, Datum *rows, bool *nulls, TupleDesc event_desc,
 		EsUpcastRow(values, isnull);
 		for (int i = 0; i < inline_count; i++)
 		{
-			if (!may_read[i] || !es_projection_matches(&inline_projs[i], values))
+			if (!may_read[i] || !EsFilterMatches(&inline_projs[i].filter, values))
 				continue;
 			if (inline_projs[i].kind == ES_HANDLER_EVENT)
 				es_call_handler(&inline_projs[i], &inline_registry, event_desc,
@@ -594,7 +548,7 @@ es_apply_row(Datum *values, bool *isnull, HeapTuple stored, void *arg)
 	int64		pos = DatumGetInt64(values[Anum_es_global_position - 1]);
 
 	ra->current = pos;
-	if (es_projection_matches(ra->proj, values))
+	if (EsFilterMatches(&ra->proj->filter, values))
 	{
 		if (ra->proj->kind != ES_HANDLER_EVENT)
 		{
@@ -653,8 +607,8 @@ es_apply_range(EsProjection *proj, int64 after, int64 upto, int64 budget,
 	spec.filter.ntypes = -1;	/* filters are checked per projection */
 	spec.denied = EsDeniedCategories(proj->owner);	/* what its role may not read */
 	spec.max_count = -1;
-	/* what es_projection_matches reads of a stored row */
-	spec.leading_values = proj->types.ntypes >= 0 ? Anum_es_event_type : Anum_es_stream_id;
+	/* what EsFilterMatches reads of a stored row */
+	spec.leading_values = EsFilterLeadingValues(&proj->filter);
 	ScanKeyEntryInitialize(&spec.keys[0], 0, 1, BTGreaterStrategyNumber, InvalidOid,
 						   InvalidOid, F_INT8GT, Int64GetDatum(after));
 	ScanKeyEntryInitialize(&spec.keys[1], 0, 1, BTLessEqualStrategyNumber, InvalidOid,
@@ -789,7 +743,7 @@ es_lock_inline_categories(Oid owner, int ncategories, text **categories)
 static void
 es_lock_inline_projection(EsProjection *p)
 {
-	es_lock_inline_categories(p->owner, p->ncategories, p->categories);
+	es_lock_inline_categories(p->owner, p->filter.ncategories, p->filter.categories);
 }
 
 /* Set position/state of a projection */
@@ -838,40 +792,6 @@ es_projection_get(const char *name, char **mode, char **state, int64 *position,
 	if (sw)
 		EsCheckMayChange(sw, p->owner, psprintf("projection \"%s\"", name));
 	return p;
-}
-
-/* Validate a text[] filter argument */
-static void
-es_check_filter_arg(FunctionCallInfo fcinfo, int argno, const char *name, bool categories)
-{
-	Datum	   *elems;
-	bool	   *nulls;
-	int			n;
-
-	if (PG_ARGISNULL(argno))
-		return;
-	n = EsArgTextArray(fcinfo, argno, name, &elems, &nulls);
-	if (n == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s must not be empty", name),
-				 errhint("Pass NULL to accept every value.")));
-	for (int i = 0; i < n; i++)
-	{
-		text	   *t;
-
-		if (nulls[i])
-			ereport(ERROR,
-					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-					 errmsg("%s must not contain nulls", name)));
-		t = DatumGetTextPP(elems[i]);
-		if (VARSIZE_ANY_EXHDR(t) == 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("%s must not contain empty strings", name)));
-		if (categories)
-			EsCheckCategory(t, NULL);
-	}
 }
 
 /* Call a projection's reset function, if it has one, as the projection's owner */
@@ -934,8 +854,8 @@ es_create_projection(PG_FUNCTION_ARGS)
 							 "a function (event event_store.event) RETURNS void, "
 							 "(events event_store.event[]) RETURNS void, "
 							 "or () RETURNS trigger");
-	es_check_filter_arg(fcinfo, 2, "event_types", false);
-	es_check_filter_arg(fcinfo, 3, "categories", true);
+	EsCheckFilterArg(fcinfo, 2, "event_types", false);
+	EsCheckFilterArg(fcinfo, 3, "categories", true);
 	mode = text_to_cstring(EsGetRequiredText(fcinfo, 4, "mode"));
 	if (strcmp(mode, "inline") != 0 && strcmp(mode, "async") != 0)
 		ereport(ERROR,
@@ -959,7 +879,7 @@ es_create_projection(PG_FUNCTION_ARGS)
 	if (is_inline)
 	{
 		text	  **categories;
-		int			n = es_decode_text_array(PG_GETARG_DATUM(3), PG_ARGISNULL(3), &categories);
+		int			n = EsDecodeTextArray(PG_GETARG_DATUM(3), PG_ARGISNULL(3), &categories);
 
 		es_lock_inline_categories(GetUserId(), n, categories);
 	}

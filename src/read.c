@@ -539,3 +539,33 @@ es_wait_for_events(PG_FUNCTION_ARGS)
 	(void) EsGetCatalog();
 	PG_RETURN_INT64(EsWaitForHead(after, (long) ms));
 }
+
+/*
+ * Does an event (values in event_store.event order, at least through
+ * event_type) pass the filter: one of its event types (if any) and one of
+ * its categories (if any)?
+ */
+bool
+EsFilterMatches(const EsEventFilter *f, Datum *values)
+{
+	if (!EsTypeMatches(&f->types, values[Anum_es_event_type - 1]))
+		return false;
+	if (f->ncategories >= 0)
+	{
+		text	   *sid = DatumGetTextPP(values[Anum_es_stream_id - 1]);
+		int			clen = EsCategoryLen(sid);
+
+		for (int i = 0; i < f->ncategories; i++)
+			if (EsTextIs(f->categories[i], VARDATA_ANY(sid), clen))
+				return true;
+		return false;
+	}
+	return true;
+}
+
+/* The leading values EsFilterMatches reads of a stored row (EsScanSpec) */
+int
+EsFilterLeadingValues(const EsEventFilter *f)
+{
+	return f->types.ntypes >= 0 ? Anum_es_event_type : Anum_es_stream_id;
+}

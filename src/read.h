@@ -20,6 +20,14 @@ typedef struct EsTypeFilter
 	text	  **types;
 } EsTypeFilter;
 
+/* What a projection or a subscription follows: event types and categories */
+typedef struct EsEventFilter
+{
+	EsTypeFilter types;			/* ntypes -1: any */
+	int			ncategories;	/* -1: any */
+	text	  **categories;
+} EsEventFilter;
+
 typedef struct EsScanSpec
 {
 	Oid			index_oid;
@@ -55,5 +63,7 @@ extern int64 EsScanEvents(const EsCatalog *cat, EsScanSpec *spec,
 extern Datum EsEventDatum(TupleDesc event_desc, Datum *values, bool *isnull,
 						  HeapTuple stored);
 extern bool EsTypeMatches(const EsTypeFilter *filter, Datum event_type);
+extern bool EsFilterMatches(const EsEventFilter *f, Datum *values);
+extern int	EsFilterLeadingValues(const EsEventFilter *f);
 
 #endif							/* ES_READ_H */

@@ -1,0 +1,215 @@
+--
+-- Subscriptions: consumer groups on the log.  Streams are hashed into
+-- partitions, a partition is leased to one consumer at a time, a failing
+-- event holds back only its own stream, and what a consumer did not
+-- acknowledge goes to the next holder with attempt + 1.
+--
+CREATE FUNCTION regress.wait_for_lease_expiry(sub text) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    -- waits on the state it needs: every lease of the subscription expired
+    WHILE clock_timestamp() <= (SELECT max(lease_expires_at) FROM event_store.subscription_partitions
+                                 WHERE subscription = sub) LOOP
+        PERFORM pg_sleep(0.005);
+    END LOOP;
+END $$;
+
+SELECT count(event_store.append('sub-' || i, '[{"type": "Opened"}, {"type": "Closed"}]')) AS appended FROM generate_series(1, 8) i;
+SELECT event_store.append('other-1', '{"type": "Opened"}');
+SELECT event_store.head_position() AS sub_start \gset
+SELECT min(global_position) - 1 AS sub_from FROM event_store.events WHERE stream_id = 'sub-1' \gset
+
+-- bad arguments: class 22, nothing written
+SELECT regress.try($$SELECT event_store.create_subscription(NULL)$$);
+SELECT regress.try($$SELECT event_store.create_subscription('')$$);
+SELECT regress.try($$SELECT event_store.create_subscription('s', partitions => 0)$$);
+SELECT regress.try($$SELECT event_store.create_subscription('s', partitions => 1025)$$);
+SELECT regress.try($$SELECT event_store.create_subscription('s', start_position => -1)$$);
+SELECT regress.try($$SELECT event_store.create_subscription('s', max_attempts => 0)$$);
+SELECT regress.try($$SELECT event_store.create_subscription('s', retry_backoff => '1 ms')$$);
+SELECT regress.try($$SELECT event_store.create_subscription('s', categories => '{a-b}')$$);
+SELECT regress.try($$SELECT event_store.create_subscription('s', event_types => '{}')$$);
+SELECT count(*) AS nothing_written FROM event_store.subscriptions;
+
+SELECT event_store.create_subscription('orders', categories => '{sub}', partitions => 4,
+                                       start_position => :sub_from, max_attempts => 2,
+                                       retry_backoff => '10 ms');
+SELECT regress.try($$SELECT event_store.create_subscription('orders')$$);
+SELECT name, categories, partitions, start_position = :sub_from AS from_start, max_attempts
+  FROM event_store.subscriptions;
+SELECT regress.try($$SELECT * FROM event_store.claim_events('nope', 'c1')$$);
+SELECT regress.try($$SELECT * FROM event_store.claim_events('orders', NULL)$$);
+SELECT regress.try($$SELECT * FROM event_store.claim_events('orders', 'c1', -1)$$);
+SELECT regress.try($$SELECT * FROM event_store.claim_events('orders', 'c1', lease => '0 s')$$);
+SELECT regress.try($$SELECT * FROM event_store.claim_events('orders', 'c1', wait => '-1 s')$$);
+
+-- the first consumer takes every partition, and gets the events of its
+-- category in global order, each stream's in order
+CREATE TABLE got AS
+SELECT 'c1' AS consumer, * FROM event_store.claim_events('orders', 'c1', 100);
+SELECT count(*) AS events, count(DISTINCT stream_id) AS streams,
+       bool_and(stream_id LIKE 'sub-%') AS only_category, bool_and(attempt = 1) AS first_attempts,
+       array_agg(global_position ORDER BY global_position) = array_agg(global_position) AS in_order
+  FROM got;
+SELECT count(*) = 4 AS holds_all FROM event_store.subscription_partitions WHERE holder = 'c1';
+-- a stream's events are all in one partition
+SELECT count(*) AS streams_in_two_partitions
+  FROM (SELECT stream_id FROM got GROUP BY stream_id HAVING count(DISTINCT partition) > 1) x;
+
+-- nothing more until new events come; never past head_position()
+SELECT count(*) AS more FROM event_store.claim_events('orders', 'c1');
+SELECT event_store.append('sub-1', '{"type": "Reopened"}');
+SELECT stream_id, event_type, attempt FROM event_store.claim_events('orders', 'c1');
+
+-- acknowledging: of this consumer, up to a position; an ack by another
+-- consumer changes nothing (55000)
+SELECT regress.try($$SELECT event_store.ack_events('orders', 'c2', 1000000)$$);
+SELECT event_store.ack_events('orders', 'c1', (SELECT min(global_position) FROM got)) AS acked_one;
+SELECT event_store.ack_events('orders', 'c1', event_store.head_position()) AS acked_rest;
+SELECT sum(cardinality(pending)) AS pending FROM event_store.subscription_partitions;
+
+-- a second consumer: the first gives back what is beyond its fair share
+-- (idle partitions) when it claims next; the second takes them
+SELECT count(*) FROM event_store.claim_events('orders', 'c2');
+SELECT count(*) FROM event_store.claim_events('orders', 'c1');
+SELECT count(*) FROM event_store.claim_events('orders', 'c2');
+SELECT holder, count(*) FROM event_store.subscription_partitions GROUP BY holder ORDER BY holder;
+SELECT consumers FROM event_store.subscription_status WHERE name = 'orders';
+
+-- a failing event holds back only its own stream
+SELECT count(event_store.append('sub-' || i, '{"type": "Paid"}')) AS appended FROM generate_series(1, 8) i;
+CREATE TABLE batch AS
+SELECT 'c1' AS consumer, * FROM event_store.claim_events('orders', 'c1')
+UNION ALL
+SELECT 'c2', * FROM event_store.claim_events('orders', 'c2');
+SELECT count(*) AS paid, count(DISTINCT consumer) AS consumers FROM batch;
+SELECT consumer AS failing_consumer, stream_id AS failing_stream, global_position AS failing_position
+  FROM batch ORDER BY global_position LIMIT 1 \gset
+SELECT regexp_replace(regress.try($$SELECT event_store.nack_event('orders', 'nobody', $$ || :failing_position || $$, 'x')$$),
+                      'position \d+', 'position N');
+SELECT regress.try(format('SELECT event_store.nack_event(%L, %L, 0, %L)', 'orders', :'failing_consumer', 'x'));
+SELECT regress.try(format('SELECT event_store.nack_event(%L, %L, %s, NULL)', 'orders', :'failing_consumer', :failing_position));
+SELECT event_store.nack_event('orders', :'failing_consumer', :failing_position, 'card declined', '0 s');
+SELECT stream_id = :'failing_stream' AS failing_stream, global_position = :failing_position AS at_event,
+       attempts, last_error, parked_at IS NULL AS not_parked
+  FROM event_store.subscription_streams;
+SELECT event_store.ack_events('orders', consumer, event_store.head_position())
+  FROM (SELECT DISTINCT consumer FROM batch) c ORDER BY 1;
+SELECT retrying_streams, parked_streams, in_flight FROM event_store.subscription_status;
+-- a later event of that stream waits; the other streams go on
+SELECT event_store.append(:'failing_stream', '{"type": "Shipped"}');
+SELECT event_store.append('sub-8', '{"type": "Shipped"}');
+SELECT stream_id = :'failing_stream' AS failing_stream, event_type, attempt
+  FROM (SELECT * FROM event_store.claim_events('orders', 'c1')
+        UNION ALL SELECT * FROM event_store.claim_events('orders', 'c2')) x
+ ORDER BY global_position;
+-- (the retry came, attempt 2; its stream's later event waits until it is
+-- acknowledged)
+-- its second failure parks the stream (max_attempts 2)
+SELECT event_store.nack_event('orders', :'failing_consumer', :failing_position, 'card declined again');
+SELECT stream_id = :'failing_stream' AS failing_stream, global_position = :failing_position AS at_event,
+       event_type, attempts, last_error, parked_at IS NOT NULL AS parked
+  FROM event_store.subscription_parked;
+SELECT event_store.ack_events('orders', c, event_store.head_position()) FROM unnest('{c1,c2}'::text[]) c;
+SELECT count(*) AS parked_not_delivered
+  FROM (SELECT * FROM event_store.claim_events('orders', 'c1')
+        UNION ALL SELECT * FROM event_store.claim_events('orders', 'c2')) x;
+SELECT retrying_streams, parked_streams FROM event_store.subscription_status;
+
+-- replay: delivered again from the parked event, attempts reset
+SELECT event_store.replay_parked('orders', 'sub-nope') AS none;
+SELECT event_store.replay_parked('orders') AS replayed;
+SELECT event_type, attempt
+  FROM (SELECT * FROM event_store.claim_events('orders', 'c1')
+        UNION ALL SELECT * FROM event_store.claim_events('orders', 'c2')) x
+ ORDER BY global_position;
+-- park it once more, then skip: acknowledged without delivery, recorded
+SELECT event_store.nack_event('orders', :'failing_consumer', :failing_position, 'no', '0 s');
+SELECT event_store.ack_events('orders', c, event_store.head_position()) FROM unnest('{c1,c2}'::text[]) c;
+SELECT count(*) FROM (SELECT * FROM event_store.claim_events('orders', 'c1')
+                      UNION ALL SELECT * FROM event_store.claim_events('orders', 'c2')) x;
+SELECT event_store.nack_event('orders', :'failing_consumer', :failing_position, 'still no', '0 s');
+SELECT event_store.skip_parked('orders') AS skipped;
+SELECT stream_id = :'failing_stream' AS failing_stream, global_position = :failing_position AS at_event,
+       last_error, skipped_by::text = current_user AS by_me
+  FROM event_store.subscription_skipped;
+SELECT count(*) AS held FROM event_store.subscription_streams;
+SELECT event_store.append(:'failing_stream', '{"type": "Refunded"}');
+SELECT stream_id = :'failing_stream' AS failing_stream, event_type, attempt
+  FROM (SELECT * FROM event_store.claim_events('orders', 'c1')
+        UNION ALL SELECT * FROM event_store.claim_events('orders', 'c2')) x;
+SELECT event_store.ack_events('orders', c, event_store.head_position()) FROM unnest('{c1,c2}'::text[]) c;
+
+-- a lease that expires: what was not acknowledged goes to the next holder,
+-- attempt + 1; the old holder's ack changes nothing (55000)
+SELECT count(event_store.append('sub-' || i, '{"type": "Archived"}')) AS appended FROM generate_series(1, 8) i;
+SELECT count(*) AS handed FROM event_store.claim_events('orders', 'c1', lease => '20 ms');
+SELECT count(*) AS handed FROM event_store.claim_events('orders', 'c2', lease => '20 ms');
+SELECT regress.wait_for_lease_expiry('orders');
+SELECT regress.try($$SELECT event_store.ack_events('orders', 'c1', event_store.head_position())$$);
+SELECT count(*) AS redelivered, min(attempt) AS attempt, count(DISTINCT stream_id) AS streams,
+       bool_and(event_type = 'Archived') AS archived
+  FROM event_store.claim_events('orders', 'c3');
+SELECT event_store.ack_events('orders', 'c3', event_store.head_position()) AS acked;
+SELECT holder, count(*) FROM event_store.subscription_partitions GROUP BY holder ORDER BY holder;
+
+-- release: unacknowledged events go to the next holder at once
+SELECT count(event_store.append('sub-' || i, '{"type": "Deleted"}')) AS appended FROM generate_series(1, 8) i;
+SELECT count(*) AS handed FROM event_store.claim_events('orders', 'c3');
+SELECT event_store.release_events('orders', 'c3');
+SELECT count(*) AS holders FROM event_store.subscription_partitions WHERE holder IS NOT NULL;
+SELECT count(*) AS redelivered, min(attempt) AS attempt FROM event_store.claim_events('orders', 'c4');
+SELECT event_store.ack_events('orders', 'c4', event_store.head_position()) AS acked;
+
+-- a claim with wait returns when the wait is over, with nothing
+SELECT count(*) AS nothing FROM event_store.claim_events('orders', 'c4', wait => '30 ms');
+
+-- event types filter, and the owner's category grants decide what is delivered
+SELECT event_store.create_subscription('paid', event_types => '{Paid}', partitions => 1,
+                                       start_position => :sub_from);
+SELECT count(*) AS paid, bool_and(event_type = 'Paid') AS only_paid
+  FROM event_store.claim_events('paid', 'c1', 1000);
+
+-- who may use a subscription: members of its owner (42501 otherwise)
+CREATE ROLE sub_owner;
+CREATE ROLE sub_stranger;
+GRANT USAGE ON SCHEMA regress TO sub_owner, sub_stranger;
+GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA event_store TO sub_owner, sub_stranger;
+SET ROLE sub_owner;
+SELECT event_store.create_subscription('mine', partitions => 2);
+RESET ROLE;
+SET ROLE sub_stranger;
+SELECT regress.try($$SELECT * FROM event_store.claim_events('mine', 'x')$$);
+SELECT regress.try($$SELECT event_store.ack_events('mine', 'x', 1)$$);
+SELECT regress.try($$SELECT event_store.nack_event('mine', 'x', 1, 'e')$$);
+SELECT regress.try($$SELECT event_store.release_events('mine', 'x')$$);
+SELECT regress.try($$SELECT event_store.replay_parked('mine')$$);
+SELECT regress.try($$SELECT event_store.skip_parked('mine')$$);
+SELECT regress.try($$SELECT event_store.drop_subscription('mine')$$);
+RESET ROLE;
+SET ROLE sub_owner;
+SELECT count(*) > 0 AS owner_claims FROM event_store.claim_events('mine', 'x', 1);
+SELECT event_store.drop_subscription('mine');
+RESET ROLE;
+-- grants on a category bind the owner's subscriptions too
+SELECT event_store.grant_category('sub_stranger', 'sub', '{read}');
+SET ROLE sub_owner;
+SELECT event_store.create_subscription('mine', partitions => 1);
+SELECT count(*) FILTER (WHERE stream_id LIKE 'sub-%') AS sub_events, count(*) > 0 AS others
+  FROM event_store.claim_events('mine', 'x', 10000);
+RESET ROLE;
+SELECT event_store.revoke_category('sub_stranger', 'sub', '{read}');
+SELECT event_store.drop_subscription('mine');
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA event_store FROM sub_owner, sub_stranger;
+REVOKE USAGE ON SCHEMA regress FROM sub_owner, sub_stranger;
+DROP ROLE sub_owner, sub_stranger;
+
+-- drop removes everything of it
+SELECT regress.try($$SELECT event_store.drop_subscription('nope')$$);
+SELECT event_store.drop_subscription('orders');
+SELECT event_store.drop_subscription('paid');
+SELECT (SELECT count(*) FROM event_store.subscription_partitions) AS partitions,
+       (SELECT count(*) FROM event_store.subscription_consumers) AS consumers,
+       (SELECT count(*) FROM event_store.subscription_streams) AS streams,
+       (SELECT count(*) FROM event_store.subscription_skipped) AS skipped;
+DROP TABLE got, batch;

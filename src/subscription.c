@@ -1,0 +1,1393 @@
+/*
+ * subscription.c
+ *	  Subscriptions: consumer groups on the log.
+ *
+ * A subscription hands the events after its start position that match its
+ * filters (and its owner may read) to any number of consumers.  Streams are
+ * hashed into partitions; a partition is leased to one consumer at a time,
+ * so the events of one stream are handled in order, by one consumer at a
+ * time, while different streams are handled in parallel.
+ *
+ * State (event_store.subscription_partitions, one row per partition):
+ *	- position: the log has been handed out up to here for this partition
+ *	  (every event of the partition at or below it was delivered, filtered
+ *	  out, or belongs to a held stream);
+ *	- pending: the events handed to the holder and not yet acknowledged,
+ *	  with the attempt each was delivered as;
+ *	- redeliver: what a holder whose lease expired (or that released the
+ *	  partition) left unacknowledged, for the next holder, attempt + 1.
+ * A stream held back (event_store.subscription_streams) has a row from the
+ * moment one of its events is nacked until every one of its events up to
+ * the partition's position has been handed out again: global_position is
+ * its next event to hand out, handed_through how far it was handed out
+ * (while those events are pending).  While the row exists the log scan
+ * skips the stream; the row hands out the stream's events itself, in
+ * order, when its retry is due (a nacked event), at once (a stream catching
+ * up), or never (parked, until replay_parked or skip_parked).
+ *
+ * Gap safety: the scan stops at the follower horizon (EsSafeHead) and
+ * reads with a snapshot taken after it, as read_all does.  Every call runs
+ * as the extension owner on the subscription's rows, after checking that
+ * the caller has the privileges of the subscription's owner; the events
+ * are read with the owner's category grants.
+ *
+ * Locking: a claim locks the partitions it holds or takes (FOR UPDATE; free
+ * ones are taken with SKIP LOCKED, so concurrent claims never wait for each
+ * other's partitions); ack, nack and release lock the consumer's
+ * partitions.  A consumer whose lease has expired holds nothing: its ack
+ * or nack is refused (55000) and changes nothing.
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "access/stratnum.h"
+#include "access/xact.h"
+#include "catalog/pg_collation.h"
+#include "catalog/pg_type.h"
+#include "common/hashfn.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "utils/acl.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+#include "utils/tuplestore.h"
+
+#include "api.h"
+#include "callback.h"
+#include "catalog.h"
+#include "grants.h"
+#include "position.h"
+#include "read.h"
+#include "roles.h"
+#include "shared.h"
+#include "subscription.h"
+
+PG_FUNCTION_INFO_V1(es_create_subscription);
+PG_FUNCTION_INFO_V1(es_drop_subscription);
+PG_FUNCTION_INFO_V1(es_claim_events);
+PG_FUNCTION_INFO_V1(es_ack_events);
+PG_FUNCTION_INFO_V1(es_nack_event);
+PG_FUNCTION_INFO_V1(es_release_events);
+PG_FUNCTION_INFO_V1(es_replay_parked);
+PG_FUNCTION_INFO_V1(es_skip_parked);
+
+/* the columns claim_events returns before the event's */
+#define ES_CLAIM_LEADING	2
+
+/* A subscription, as its calls need it */
+typedef struct EsSubscription
+{
+	char	   *name;
+	Oid			owner;
+	int			partitions;
+	int32		max_attempts;
+	int64		backoff_ms;
+	EsEventFilter filter;
+} EsSubscription;
+
+/* A partition held by the calling consumer, in memory during a call */
+typedef struct EsPart
+{
+	int32		partition;
+	int64		position;
+	int			npending;
+	int64	   *pending;
+	int32	   *pending_attempts;
+	int			nredeliver;
+	int64	   *redeliver;
+	int32	   *redeliver_attempts;
+	bool		changed;
+} EsPart;
+
+/* A held stream of one of the consumer's partitions */
+typedef struct EsHeld
+{
+	text	   *stream_id;
+	int32		partition;
+	int64		position;		/* next event to hand out */
+	int32		attempts;
+	bool		due;			/* not parked, not handed out, retry due */
+	bool		handed;			/* handed_through is set */
+	int64		handed_through;
+} EsHeld;
+
+/* ------------------------------------------------------------------------
+ * Helpers
+ * ------------------------------------------------------------------------ */
+
+/* The partition of a stream among n (stable: a hash of the stream id) */
+static int32
+es_stream_partition(text *stream_id, int n)
+{
+	uint64		h = hash_bytes_extended((const unsigned char *) VARDATA_ANY(stream_id),
+										VARSIZE_ANY_EXHDR(stream_id), 0);
+
+	return (int32) (h % (uint64) n);
+}
+
+/* Run one statement (caller is connected to SPI as the owner) */
+static int
+es_sub_exec(const char *sql, int nargs, Oid *types, Datum *values,
+			const char *nulls, bool read_only, int expected)
+{
+	int			rc = SPI_execute_with_args(sql, nargs, types, values, nulls, read_only, 0);
+
+	if (rc != expected)
+		elog(ERROR, "subscription statement failed: %s", SPI_result_code_string(rc));
+	return rc;
+}
+
+/* bigint[] / int[] from C arrays, in the current memory context */
+static Datum
+es_int8_array(int64 *v, int n)
+{
+	Datum	   *d = palloc(sizeof(Datum) * Max(n, 1));
+
+	for (int i = 0; i < n; i++)
+		d[i] = Int64GetDatum(v[i]);
+	return PointerGetDatum(construct_array(d, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+}
+
+static Datum
+es_int4_array(int32 *v, int n)
+{
+	Datum	   *d = palloc(sizeof(Datum) * Max(n, 1));
+
+	for (int i = 0; i < n; i++)
+		d[i] = Int32GetDatum(v[i]);
+	return PointerGetDatum(construct_array(d, n, INT4OID, 4, true, TYPALIGN_INT));
+}
+
+/* C arrays from bigint[] / int[] (in the current memory context) */
+static int
+es_get_int8_array(Datum d, int64 **out)
+{
+	ArrayType  *arr = DatumGetArrayTypeP(d);
+	Datum	   *elems;
+	int			n;
+
+	deconstruct_array(arr, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE, &elems, NULL, &n);
+	*out = palloc(sizeof(int64) * Max(n, 1));
+	for (int i = 0; i < n; i++)
+		(*out)[i] = DatumGetInt64(elems[i]);
+	return n;
+}
+
+static int
+es_get_int4_array(Datum d, int32 **out)
+{
+	ArrayType  *arr = DatumGetArrayTypeP(d);
+	Datum	   *elems;
+	int			n;
+
+	deconstruct_array(arr, INT4OID, 4, true, TYPALIGN_INT, &elems, NULL, &n);
+	*out = palloc(sizeof(int32) * Max(n, 1));
+	for (int i = 0; i < n; i++)
+		(*out)[i] = DatumGetInt32(elems[i]);
+	return n;
+}
+
+/*
+ * Load a subscription (caller is connected to SPI as the owner; the row is
+ * locked FOR KEY SHARE, so it is not dropped under the call); 42704 when
+ * there is none.  The result lives in the caller's memory context.
+ */
+static EsSubscription *
+es_subscription_load(const char *name, MemoryContext cxt)
+{
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1] = {CStringGetTextDatum(name)};
+	EsSubscription *s;
+	HeapTuple	tup;
+	TupleDesc	desc;
+	bool		isnull;
+	Datum		d;
+	MemoryContext old;
+
+	es_sub_exec("SELECT owner::pg_catalog.oid, partitions, max_attempts, "
+				"(EXTRACT(epoch FROM retry_backoff) OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8, "
+				"event_types, categories "
+				"FROM event_store.subscriptions WHERE name OPERATOR(pg_catalog.=) $1 "
+				"FOR KEY SHARE",
+				1, types, values, NULL, false, SPI_OK_SELECT);
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("subscription \"%s\" does not exist", name),
+				 errhint("Create it with event_store.create_subscription().")));
+	tup = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	old = MemoryContextSwitchTo(cxt);
+	s = palloc0(sizeof(EsSubscription));
+	s->name = pstrdup(name);
+	s->owner = DatumGetObjectId(SPI_getbinval(tup, desc, 1, &isnull));
+	s->partitions = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
+	s->max_attempts = DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull));
+	s->backoff_ms = DatumGetInt64(SPI_getbinval(tup, desc, 4, &isnull));
+	d = SPI_getbinval(tup, desc, 5, &isnull);
+	s->filter.types.ntypes = EsDecodeTextArray(d, isnull, &s->filter.types.types);
+	d = SPI_getbinval(tup, desc, 6, &isnull);
+	s->filter.ncategories = EsDecodeTextArray(d, isnull, &s->filter.categories);
+	MemoryContextSwitchTo(old);
+	return s;
+}
+
+/*
+ * Using a subscription (claiming, acknowledging, nacking) needs the
+ * privileges of its owner (the extension owner always may): 42501
+ */
+static void
+es_check_may_use(EsUserSwitch *sw, EsSubscription *s)
+{
+	Oid			user = sw->save_userid;
+
+	if (has_privs_of_role(user, s->owner) || has_privs_of_role(user, EsExtensionOwner()))
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("must be a member of role \"%s\" to use subscription \"%s\"",
+					EsRoleName(s->owner), s->name),
+			 errdetail("Role \"%s\" created subscription \"%s\"; only its members and the extension owner may claim, acknowledge or nack its events.",
+					   EsRoleName(s->owner), s->name)));
+}
+
+/* The consumer argument: required, not empty, at most ES_MAX_NAME_BYTES */
+static char *
+es_consumer_arg(FunctionCallInfo fcinfo, int argno)
+{
+	return text_to_cstring(EsGetRequiredText(fcinfo, argno, "consumer"));
+}
+
+/*
+ * The consumer's partitions whose lease has not expired, locked, in
+ * partition order (caller is connected to SPI as the owner)
+ */
+static EsPart *
+es_my_partitions(EsSubscription *s, const char *consumer, int *nparts)
+{
+	Oid			types[2] = {TEXTOID, TEXTOID};
+	Datum		values[2] = {CStringGetTextDatum(s->name), CStringGetTextDatum(consumer)};
+	EsPart	   *parts;
+
+	es_sub_exec("SELECT partition, position, pending, pending_attempts, redeliver, redeliver_attempts "
+				"FROM event_store.subscription_partitions "
+				"WHERE subscription OPERATOR(pg_catalog.=) $1 AND holder OPERATOR(pg_catalog.=) $2 "
+				"AND lease_expires_at OPERATOR(pg_catalog.>) pg_catalog.now() "
+				"ORDER BY partition FOR UPDATE",
+				2, types, values, NULL, false, SPI_OK_SELECT);
+	*nparts = (int) SPI_processed;
+	parts = palloc0(sizeof(EsPart) * Max(*nparts, 1));
+	for (int i = 0; i < *nparts; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		EsPart	   *p = &parts[i];
+
+		p->partition = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
+		p->position = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
+		p->npending = es_get_int8_array(SPI_getbinval(tup, desc, 3, &isnull), &p->pending);
+		(void) es_get_int4_array(SPI_getbinval(tup, desc, 4, &isnull), &p->pending_attempts);
+		p->nredeliver = es_get_int8_array(SPI_getbinval(tup, desc, 5, &isnull), &p->redeliver);
+		(void) es_get_int4_array(SPI_getbinval(tup, desc, 6, &isnull), &p->redeliver_attempts);
+	}
+	return parts;
+}
+
+/*
+ * Write a partition back: holder (NULL: released), its lease renewed for
+ * lease_ms from now (-1: unchanged), position and lists
+ */
+static void
+es_save_partition(EsSubscription *s, EsPart *p, const char *holder, double lease_ms)
+{
+	Oid			types[9] = {TEXTOID, INT4OID, TEXTOID, FLOAT8OID, INT8OID,
+	INT8ARRAYOID, INT4ARRAYOID, INT8ARRAYOID, INT4ARRAYOID};
+	Datum		values[9];
+	char		nulls[9] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
+
+	values[0] = CStringGetTextDatum(s->name);
+	values[1] = Int32GetDatum(p->partition);
+	if (holder)
+		values[2] = CStringGetTextDatum(holder);
+	else
+		nulls[2] = 'n';
+	values[3] = Float8GetDatum(lease_ms);
+	values[4] = Int64GetDatum(p->position);
+	values[5] = es_int8_array(p->pending, p->npending);
+	values[6] = es_int4_array(p->pending_attempts, p->npending);
+	values[7] = es_int8_array(p->redeliver, p->nredeliver);
+	values[8] = es_int4_array(p->redeliver_attempts, p->nredeliver);
+	es_sub_exec("UPDATE event_store.subscription_partitions SET holder = $3, "
+				"lease_expires_at = CASE WHEN $3 IS NULL THEN NULL "
+				" WHEN $4 OPERATOR(pg_catalog.<) 0 THEN lease_expires_at "
+				" ELSE pg_catalog.now() OPERATOR(pg_catalog.+) "
+				"  pg_catalog.make_interval(secs => $4 OPERATOR(pg_catalog./) 1000) END, "
+				"position = $5, pending = $6, pending_attempts = $7, redeliver = $8, "
+				"redeliver_attempts = $9, updated_at = pg_catalog.now() "
+				"WHERE subscription OPERATOR(pg_catalog.=) $1 AND partition OPERATOR(pg_catalog.=) $2",
+				9, types, values, nulls, false, SPI_OK_UPDATE);
+}
+
+/* Append (position, attempt) to a partition's pending list */
+static void
+es_add_pending(EsPart *p, int64 position, int32 attempt)
+{
+	p->pending = repalloc(p->pending, sizeof(int64) * (p->npending + 1));
+	p->pending_attempts = repalloc(p->pending_attempts, sizeof(int32) * (p->npending + 1));
+	p->pending[p->npending] = position;
+	p->pending_attempts[p->npending] = attempt;
+	p->npending++;
+	p->changed = true;
+}
+
+/* The partition of ours with this number, or NULL */
+static EsPart *
+es_find_part(EsPart *parts, int nparts, int32 partition)
+{
+	for (int i = 0; i < nparts; i++)
+		if (parts[i].partition == partition)
+			return &parts[i];
+	return NULL;
+}
+
+/* The stream id of the event at position (NULL: gone), read as the owner */
+static text *
+es_stream_at(int64 position)
+{
+	const EsCatalog *cat = EsGetCatalog();
+	ScanKeyData key;
+	Datum		sid;
+
+	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(position));
+	if (!EsFirstEventValue(cat, cat->position_idx, GetLatestSnapshot(), &key, 1,
+						   ForwardScanDirection, Anum_es_stream_id, &sid))
+		return NULL;
+	return DatumGetTextPCopy(sid);
+}
+
+/* The stream version of the event at position, or 0 when it is gone */
+static int64
+es_version_at(int64 position)
+{
+	const EsCatalog *cat = EsGetCatalog();
+	ScanKeyData key;
+	Datum		v;
+
+	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(position));
+	if (!EsFirstEventValue(cat, cat->position_idx, GetLatestSnapshot(), &key, 1,
+						   ForwardScanDirection, Anum_es_stream_version, &v))
+		return 0;
+	return DatumGetInt64(v);
+}
+
+/* ------------------------------------------------------------------------
+ * Registration
+ * ------------------------------------------------------------------------ */
+
+/*
+ * SQL: event_store.create_subscription(name text, categories text[],
+ *		event_types text[], partitions int, start_position bigint,
+ *		max_attempts int, retry_backoff interval) RETURNS void
+ */
+Datum
+es_create_subscription(PG_FUNCTION_ARGS)
+{
+	text	   *name = EsGetRequiredText(fcinfo, 0, "name");
+	int32		partitions;
+	int64		start;
+	int32		max_attempts;
+	EsUserSwitch sw;
+	Oid			types[8] = {TEXTOID, TEXTARRAYOID, TEXTARRAYOID, INT4OID, INT8OID, INT4OID,
+	INTERVALOID, OIDOID};
+	Datum		values[8];
+	char		nulls[8] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
+
+	EsCheckWritable("create_subscription()");
+	EsCheckFilterArg(fcinfo, 1, "categories", true);
+	EsCheckFilterArg(fcinfo, 2, "event_types", false);
+	EsRequireArg(fcinfo, 3, "partitions");
+	partitions = PG_GETARG_INT32(3);
+	if (partitions < 1 || partitions > ES_MAX_PARTITIONS)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("partitions must be between 1 and %d", ES_MAX_PARTITIONS),
+				 errhint("One partition keeps global order; more let that many consumers work in parallel.")));
+	EsRequireArg(fcinfo, 4, "start_position");
+	start = PG_GETARG_INT64(4);
+	EsRejectNegative(start, "start_position", "Pass 0 to deliver the whole log.");
+	EsRequireArg(fcinfo, 5, "max_attempts");
+	max_attempts = PG_GETARG_INT32(5);
+	if (max_attempts < 1 || max_attempts > 1000)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("max_attempts must be between 1 and 1000")));
+	if (EsIntervalArgMs(fcinfo, 6, "retry_backoff", false) < ES_BACKOFF_MIN_MS)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("retry_backoff must be at least %d milliseconds", ES_BACKOFF_MIN_MS)));
+
+	for (int i = 0; i < 7; i++)
+	{
+		values[i] = PG_ARGISNULL(i) ? (Datum) 0 : PG_GETARG_DATUM(i);
+		nulls[i] = PG_ARGISNULL(i) ? 'n' : ' ';
+	}
+	values[0] = PointerGetDatum(name);
+	values[7] = ObjectIdGetDatum(GetUserId());
+
+	EsSpiConnect(&sw);
+	es_sub_exec("SELECT 1 FROM event_store.subscriptions WHERE name OPERATOR(pg_catalog.=) $1",
+				1, types, values, nulls, false, SPI_OK_SELECT);
+	if (SPI_processed > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_DUPLICATE_OBJECT),
+				 errmsg("subscription \"%s\" already exists", text_to_cstring(name)),
+				 errhint("Drop it first with event_store.drop_subscription(), or pick another name.")));
+	es_sub_exec("INSERT INTO event_store.subscriptions (name, categories, event_types, partitions, "
+				"start_position, max_attempts, retry_backoff, owner) "
+				"VALUES ($1, $2, $3, $4, $5, $6, $7, $8::pg_catalog.regrole)",
+				8, types, values, nulls, false, SPI_OK_INSERT);
+	es_sub_exec("INSERT INTO event_store.subscription_partitions (subscription, partition, position) "
+				"SELECT $1, p, $5 FROM pg_catalog.generate_series(0, $4 OPERATOR(pg_catalog.-) 1) p",
+				5, types, values, nulls, false, SPI_OK_INSERT);
+	EsSpiFinish(&sw);
+	PG_RETURN_VOID();
+}
+
+/*
+ * Load a subscription for a change by its owner's members (drop, replay,
+ * skip): 42501 otherwise, naming the owner
+ */
+static EsSubscription *
+es_subscription_for_change(EsUserSwitch *sw, const char *name)
+{
+	EsSubscription *s = es_subscription_load(name, CurrentMemoryContext);
+
+	EsCheckMayChange(sw, s->owner, psprintf("subscription \"%s\"", name));
+	return s;
+}
+
+/* SQL: event_store.drop_subscription(name text) RETURNS void */
+Datum
+es_drop_subscription(PG_FUNCTION_ARGS)
+{
+	char	   *name = text_to_cstring(EsGetRequiredText(fcinfo, 0, "name"));
+	EsUserSwitch sw;
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1] = {CStringGetTextDatum(name)};
+
+	EsCheckWritable("drop_subscription()");
+	EsSpiConnect(&sw);
+	(void) es_subscription_for_change(&sw, name);
+	es_sub_exec("DELETE FROM event_store.subscriptions WHERE name OPERATOR(pg_catalog.=) $1",
+				1, types, values, NULL, false, SPI_OK_DELETE);
+	EsSpiFinish(&sw);
+	PG_RETURN_VOID();
+}
+
+/* ------------------------------------------------------------------------
+ * Claiming
+ * ------------------------------------------------------------------------ */
+
+/* What a claim collects */
+typedef struct EsClaim
+{
+	EsSubscription *sub;
+	EsPart	   *parts;
+	int			nparts;
+	EsPart	  **by_partition;	/* [partitions]: ours, or NULL */
+	HTAB	   *held;			/* stream ids of held streams (skipped by the scan) */
+	int64		max_count;
+	int64		delivered;
+	Tuplestorestate *out;
+	TupleDesc	out_desc;
+	/* the current scan */
+	int32		attempt;		/* of the events handed out now */
+	int64		bound;			/* stream scans: hand out up to here */
+	int64		last_scanned;	/* log scan: every event up to here is done */
+	int64		handed_last;	/* stream scans: the last event handed out, or 0 */
+	bool		full;
+} EsClaim;
+
+/* Hand one event out: into the result, and onto its partition's pending */
+static void
+es_claim_emit(EsClaim *c, EsPart *p, Datum *values, bool *isnull, int32 attempt)
+{
+	Datum		row[ES_CLAIM_LEADING + Natts_es_event];
+	bool		nulls[ES_CLAIM_LEADING + Natts_es_event];
+
+	row[0] = Int32GetDatum(p->partition);
+	nulls[0] = false;
+	row[1] = Int32GetDatum(attempt);
+	nulls[1] = false;
+	memcpy(&row[ES_CLAIM_LEADING], values, sizeof(Datum) * Natts_es_event);
+	memcpy(&nulls[ES_CLAIM_LEADING], isnull, sizeof(bool) * Natts_es_event);
+	tuplestore_putvalues(c->out, c->out_desc, row, nulls);
+	es_add_pending(p, DatumGetInt64(values[Anum_es_global_position - 1]), attempt);
+	c->delivered++;
+	if (c->delivered >= c->max_count)
+		c->full = true;
+}
+
+/* Log scan: every event of our partitions after their position */
+static bool
+es_claim_scan_row(Datum *values, bool *isnull, HeapTuple stored, void *arg)
+{
+	EsClaim    *c = (EsClaim *) arg;
+	int64		pos = DatumGetInt64(values[Anum_es_global_position - 1]);
+	text	   *sid = DatumGetTextPP(values[Anum_es_stream_id - 1]);
+	EsPart	   *p = c->by_partition[es_stream_partition(sid, c->sub->partitions)];
+
+	if (c->full)
+		return false;
+	c->last_scanned = pos;
+	if (p == NULL || pos <= p->position)
+		return true;
+	if (c->held != NULL &&
+		EsTextHashFind(c->held, VARDATA_ANY(sid), VARSIZE_ANY_EXHDR(sid), 0) != NULL)
+		return true;
+	if (!EsFilterMatches(&c->sub->filter, values))
+		return true;
+	es_claim_emit(c, p, values, isnull, 1);
+	return !c->full;
+}
+
+/*
+ * The log scan: events after the lowest position of our partitions, up to
+ * head, until max_count were handed out; every partition's position moves
+ * to where the scan got
+ */
+static void
+es_claim_scan_log(EsClaim *c, int64 head)
+{
+	const EsCatalog *cat = EsGetCatalog();
+	EsScanSpec	spec;
+	Snapshot	snapshot;
+	int64		from = PG_INT64_MAX;
+
+	for (int i = 0; i < c->nparts; i++)
+		from = Min(from, c->parts[i].position);
+	if (c->nparts == 0 || from >= head || c->full)
+		return;
+
+	memset(&spec, 0, sizeof(spec));
+	spec.index_oid = cat->position_idx;
+	spec.direction = ForwardScanDirection;
+	spec.filter.ntypes = -1;	/* the subscription's filter is checked per event */
+	spec.denied = EsDeniedCategories(c->sub->owner);
+	spec.max_count = -1;
+	ScanKeyEntryInitialize(&spec.keys[0], 0, 1, BTGreaterStrategyNumber, InvalidOid,
+						   InvalidOid, F_INT8GT, Int64GetDatum(from));
+	ScanKeyEntryInitialize(&spec.keys[1], 0, 1, BTLessEqualStrategyNumber, InvalidOid,
+						   InvalidOid, F_INT8LE, Int64GetDatum(head));
+	spec.nkeys = 2;
+	/* head was computed before this snapshot: it sees every commit below */
+	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	spec.snapshot = snapshot;
+	c->last_scanned = from;
+	(void) EsScanEvents(cat, &spec, es_claim_scan_row, c);
+	UnregisterSnapshot(snapshot);
+
+	/* not stopped early: the scan saw everything up to head */
+	if (!c->full)
+		c->last_scanned = head;
+	for (int i = 0; i < c->nparts; i++)
+	{
+		if (c->parts[i].position < c->last_scanned)
+		{
+			c->parts[i].position = c->last_scanned;
+			c->parts[i].changed = true;
+		}
+	}
+}
+
+/* Redelivery: one event by position */
+static bool
+es_claim_redeliver_row(Datum *values, bool *isnull, HeapTuple stored, void *arg)
+{
+	EsClaim    *c = (EsClaim *) arg;
+	text	   *sid = DatumGetTextPP(values[Anum_es_stream_id - 1]);
+	EsPart	   *p = c->by_partition[es_stream_partition(sid, c->sub->partitions)];
+
+	if (p != NULL)
+		es_claim_emit(c, p, values, isnull, c->attempt);
+	return false;
+}
+
+/* Hand out again what a previous holder left (attempt + 1) */
+static void
+es_claim_redeliver(EsClaim *c, Snapshot snapshot)
+{
+	const EsCatalog *cat = EsGetCatalog();
+
+	for (int i = 0; i < c->nparts && !c->full; i++)
+	{
+		EsPart	   *p = &c->parts[i];
+		int			done = 0;
+
+		for (; done < p->nredeliver && !c->full; done++)
+		{
+			EsScanSpec	spec;
+
+			memset(&spec, 0, sizeof(spec));
+			spec.index_oid = cat->position_idx;
+			spec.direction = ForwardScanDirection;
+			spec.filter.ntypes = -1;
+			spec.denied = EsDeniedCategories(c->sub->owner);
+			spec.max_count = 1;
+			spec.snapshot = snapshot;
+			ScanKeyEntryInitialize(&spec.keys[0], 0, 1, BTEqualStrategyNumber, InvalidOid,
+								   InvalidOid, F_INT8EQ, Int64GetDatum(p->redeliver[done]));
+			spec.nkeys = 1;
+			c->attempt = p->redeliver_attempts[done];
+			/* an event removed meanwhile (purge, retention) is simply done */
+			(void) EsScanEvents(cat, &spec, es_claim_redeliver_row, c);
+		}
+		if (done > 0)
+		{
+			memmove(p->redeliver, p->redeliver + done, sizeof(int64) * (p->nredeliver - done));
+			memmove(p->redeliver_attempts, p->redeliver_attempts + done,
+					sizeof(int32) * (p->nredeliver - done));
+			p->nredeliver -= done;
+			p->changed = true;
+		}
+	}
+}
+
+/* Stream scan of a held stream: its events from a version, up to bound */
+static bool
+es_claim_stream_row(Datum *values, bool *isnull, HeapTuple stored, void *arg)
+{
+	EsClaim    *c = (EsClaim *) arg;
+	int64		pos = DatumGetInt64(values[Anum_es_global_position - 1]);
+	text	   *sid = DatumGetTextPP(values[Anum_es_stream_id - 1]);
+	EsPart	   *p = c->by_partition[es_stream_partition(sid, c->sub->partitions)];
+
+	if (pos > c->bound || c->full)
+		return false;
+	if (p != NULL && EsFilterMatches(&c->sub->filter, values))
+	{
+		es_claim_emit(c, p, values, isnull, c->attempt);
+		c->handed_last = pos;
+		c->attempt = 1;			/* the events after the retried one are new */
+	}
+	return !c->full;
+}
+
+/*
+ * Held streams whose turn it is (a due retry, or catching up): hand out
+ * their events from their next one, in stream order, up to their
+ * partition's position (what the log scan skipped); the stream stays held
+ * until those are acknowledged.  A stream with nothing left to hand out
+ * (its events gone, or none passing the filter) is held no longer.
+ */
+static void
+es_claim_held(EsClaim *c, EsHeld *held, int nheld, Snapshot snapshot)
+{
+	const EsCatalog *cat = EsGetCatalog();
+
+	for (int i = 0; i < nheld && !c->full; i++)
+	{
+		EsHeld	   *h = &held[i];
+		EsPart	   *p = c->by_partition[h->partition];
+		EsScanSpec	spec;
+		int64		version;
+		Oid			types[3] = {TEXTOID, TEXTOID, INT8OID};
+		Datum		values[3];
+
+		if (!h->due || p == NULL)
+			continue;
+		version = es_version_at(h->position);
+		c->bound = p->position;
+		c->handed_last = 0;
+		if (version > 0)
+		{
+			memset(&spec, 0, sizeof(spec));
+			spec.index_oid = cat->stream_idx;
+			spec.direction = ForwardScanDirection;
+			spec.filter.ntypes = -1;
+			spec.denied = EsDeniedCategories(c->sub->owner);
+			spec.max_count = -1;
+			spec.snapshot = snapshot;
+			ScanKeyEntryInitialize(&spec.keys[0], 0, 1, BTEqualStrategyNumber, InvalidOid,
+								   C_COLLATION_OID, F_TEXTEQ, PointerGetDatum(h->stream_id));
+			ScanKeyEntryInitialize(&spec.keys[1], 0, 2, BTGreaterEqualStrategyNumber, InvalidOid,
+								   InvalidOid, F_INT8GE, Int64GetDatum(version));
+			spec.nkeys = 2;
+			c->attempt = h->attempts + 1;
+			(void) EsScanEvents(cat, &spec, es_claim_stream_row, c);
+		}
+		values[0] = CStringGetTextDatum(c->sub->name);
+		values[1] = PointerGetDatum(h->stream_id);
+		if (c->handed_last == 0)
+		{
+			/* nothing left to hand out up to bound: not held */
+			es_sub_exec("DELETE FROM event_store.subscription_streams "
+						"WHERE subscription OPERATOR(pg_catalog.=) $1 "
+						"AND stream_id OPERATOR(pg_catalog.=) $2",
+						2, types, values, NULL, false, SPI_OK_DELETE);
+			continue;
+		}
+		values[2] = Int64GetDatum(c->handed_last);
+		es_sub_exec("UPDATE event_store.subscription_streams SET handed_through = $3, "
+					"updated_at = pg_catalog.now() "
+					"WHERE subscription OPERATOR(pg_catalog.=) $1 AND stream_id OPERATOR(pg_catalog.=) $2",
+					3, types, values, NULL, false, SPI_OK_UPDATE);
+	}
+}
+
+/*
+ * The held streams of our partitions (all of them go into c->held, so the
+ * log scan skips them); *nheld of them are returned with their state
+ */
+static EsHeld *
+es_claim_load_held(EsClaim *c, int *nheld)
+{
+	Oid			types[2] = {TEXTOID, INT4ARRAYOID};
+	Datum		values[2];
+	int32	   *nums = palloc(sizeof(int32) * Max(c->nparts, 1));
+	EsHeld	   *held;
+	uint64		n;
+
+	for (int i = 0; i < c->nparts; i++)
+		nums[i] = c->parts[i].partition;
+	values[0] = CStringGetTextDatum(c->sub->name);
+	values[1] = es_int4_array(nums, c->nparts);
+	es_sub_exec("SELECT stream_id, partition, global_position, attempts, "
+				"(parked_at IS NULL AND handed_through IS NULL AND "
+				" COALESCE(next_attempt_at OPERATOR(pg_catalog.<=) pg_catalog.now(), true)), "
+				"handed_through "
+				"FROM event_store.subscription_streams "
+				"WHERE subscription OPERATOR(pg_catalog.=) $1 "
+				"AND partition OPERATOR(pg_catalog.=) ANY ($2) "
+				"ORDER BY global_position FOR UPDATE",
+				2, types, values, NULL, false, SPI_OK_SELECT);
+	n = SPI_processed;
+	held = palloc0(sizeof(EsHeld) * Max(n, 1));
+	if (n > 0)
+		c->held = EsTextHashCreate("event_store held streams", sizeof(EsTextKey),
+								   CurrentMemoryContext);
+	for (uint64 i = 0; i < n; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		bool		found;
+		EsHeld	   *h = &held[i];
+		Datum		d;
+
+		h->stream_id = DatumGetTextPCopy(SPI_getbinval(tup, desc, 1, &isnull));
+		h->partition = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
+		h->position = DatumGetInt64(SPI_getbinval(tup, desc, 3, &isnull));
+		h->attempts = DatumGetInt32(SPI_getbinval(tup, desc, 4, &isnull));
+		h->due = DatumGetBool(SPI_getbinval(tup, desc, 5, &isnull));
+		d = SPI_getbinval(tup, desc, 6, &isnull);
+		h->handed = !isnull;
+		h->handed_through = isnull ? 0 : DatumGetInt64(d);
+		(void) EsTextHashEnter(c->held, VARDATA_ANY(h->stream_id),
+							   VARSIZE_ANY_EXHDR(h->stream_id), 0, &found);
+	}
+	*nheld = (int) n;
+	return held;
+}
+
+/*
+ * Take partitions: free ones, or ones whose lease expired (what their
+ * holder left unacknowledged is handed out again, attempt + 1), up to want
+ */
+static void
+es_claim_take(EsClaim *c, const char *consumer, int want)
+{
+	Oid			types[2] = {TEXTOID, INT4OID};
+	Datum		values[2] = {CStringGetTextDatum(c->sub->name), Int32GetDatum(want)};
+	uint64		n;
+
+	if (want <= 0)
+		return;
+	es_sub_exec("SELECT partition, position, pending, pending_attempts, redeliver, redeliver_attempts "
+				"FROM event_store.subscription_partitions "
+				"WHERE subscription OPERATOR(pg_catalog.=) $1 "
+				"AND (holder IS NULL OR lease_expires_at OPERATOR(pg_catalog.<=) pg_catalog.now()) "
+				"ORDER BY partition LIMIT $2 FOR UPDATE SKIP LOCKED",
+				2, types, values, NULL, false, SPI_OK_SELECT);
+	n = SPI_processed;
+	c->parts = repalloc(c->parts, sizeof(EsPart) * (c->nparts + n + 1));
+	for (uint64 i = 0; i < n; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		EsPart	   *p = &c->parts[c->nparts++];
+		int64	   *pending;
+		int32	   *attempts;
+		int			npending;
+
+		memset(p, 0, sizeof(EsPart));
+		p->partition = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
+		p->position = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
+		npending = es_get_int8_array(SPI_getbinval(tup, desc, 3, &isnull), &pending);
+		(void) es_get_int4_array(SPI_getbinval(tup, desc, 4, &isnull), &attempts);
+		p->nredeliver = es_get_int8_array(SPI_getbinval(tup, desc, 5, &isnull), &p->redeliver);
+		(void) es_get_int4_array(SPI_getbinval(tup, desc, 6, &isnull), &p->redeliver_attempts);
+		/* the previous holder's pending events go first, attempt + 1 */
+		if (npending > 0)
+		{
+			int			total = npending + p->nredeliver;
+			int64	   *r = palloc(sizeof(int64) * total);
+			int32	   *ra = palloc(sizeof(int32) * total);
+
+			for (int k = 0; k < npending; k++)
+			{
+				r[k] = pending[k];
+				ra[k] = attempts[k] + 1;
+			}
+			memcpy(r + npending, p->redeliver, sizeof(int64) * p->nredeliver);
+			memcpy(ra + npending, p->redeliver_attempts, sizeof(int32) * p->nredeliver);
+			p->redeliver = r;
+			p->redeliver_attempts = ra;
+			p->nredeliver = total;
+		}
+		p->npending = 0;
+		p->pending = palloc(sizeof(int64));
+		p->pending_attempts = palloc(sizeof(int32));
+		p->changed = true;
+	}
+}
+
+/* One claim: returns how many events were handed out */
+static int64
+es_claim_once(EsClaim *c, const char *consumer, double lease_ms)
+{
+	Oid			types[3] = {TEXTOID, TEXTOID, FLOAT8OID};
+	Datum		values[3];
+	int64		live;
+	int			share;
+	int			nheld;
+	EsHeld	   *held;
+	int64		head;
+	Snapshot	snapshot;
+	bool		isnull;
+
+	values[0] = CStringGetTextDatum(c->sub->name);
+	values[1] = CStringGetTextDatum(consumer);
+	values[2] = Float8GetDatum(lease_ms);
+
+	/* the consumer is live while this lease runs */
+	es_sub_exec("INSERT INTO event_store.subscription_consumers AS c (subscription, consumer, lease_expires_at) "
+				"VALUES ($1, $2, pg_catalog.now() OPERATOR(pg_catalog.+) "
+				"pg_catalog.make_interval(secs => $3 OPERATOR(pg_catalog./) 1000)) "
+				"ON CONFLICT (subscription, consumer) DO UPDATE SET lease_expires_at = EXCLUDED.lease_expires_at",
+				3, types, values, NULL, false, SPI_OK_INSERT);
+	es_sub_exec("SELECT pg_catalog.count(*) FROM event_store.subscription_consumers "
+				"WHERE subscription OPERATOR(pg_catalog.=) $1 "
+				"AND lease_expires_at OPERATOR(pg_catalog.>) pg_catalog.now()",
+				1, types, values, NULL, false, SPI_OK_SELECT);
+	live = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	share = (int) ((c->sub->partitions + Max(live, 1) - 1) / Max(live, 1));
+
+	/* ours, renewed below; beyond the fair share, the idle ones go back */
+	c->parts = es_my_partitions(c->sub, consumer, &c->nparts);
+	for (int i = c->nparts - 1; i >= 0 && c->nparts > share; i--)
+	{
+		EsPart	   *p = &c->parts[i];
+
+		if (p->npending > 0 || p->nredeliver > 0)
+			continue;
+		es_save_partition(c->sub, p, NULL, 0);
+		memmove(p, p + 1, sizeof(EsPart) * (c->nparts - i - 1));
+		c->nparts--;
+	}
+	es_claim_take(c, consumer, share - c->nparts);
+	c->by_partition = palloc0(sizeof(EsPart *) * c->sub->partitions);
+	for (int i = 0; i < c->nparts; i++)
+		c->by_partition[c->parts[i].partition] = &c->parts[i];
+
+	held = es_claim_load_held(c, &nheld);
+
+	/* the horizon first, then a snapshot that sees every commit below it */
+	head = EsSafeHead();
+	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	if (c->max_count > 0)
+	{
+		es_claim_redeliver(c, snapshot);
+		es_claim_held(c, held, nheld, snapshot);
+		es_claim_scan_log(c, head);
+	}
+	UnregisterSnapshot(snapshot);
+
+	/* every partition we hold gets its lease renewed */
+	for (int i = 0; i < c->nparts; i++)
+		es_save_partition(c->sub, &c->parts[i], consumer, lease_ms);
+	return c->delivered;
+}
+
+/*
+ * When should a waiting claim look again, at the latest, besides when
+ * events commit: the next retry due in our partitions, or the next lease
+ * that expires in the subscription.  Milliseconds from now, or -1.
+ */
+static double
+es_claim_next_due(EsSubscription *s)
+{
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1] = {CStringGetTextDatum(s->name)};
+	bool		isnull;
+	Datum		d;
+
+	es_sub_exec("SELECT EXTRACT(epoch FROM least("
+				"(SELECT pg_catalog.min(next_attempt_at) FROM event_store.subscription_streams "
+				"  WHERE subscription OPERATOR(pg_catalog.=) $1 AND parked_at IS NULL "
+				"  AND handed_through IS NULL), "
+				"(SELECT pg_catalog.min(lease_expires_at) FROM event_store.subscription_partitions "
+				"  WHERE subscription OPERATOR(pg_catalog.=) $1 AND holder IS NOT NULL)) "
+				"OPERATOR(pg_catalog.-) pg_catalog.clock_timestamp()) OPERATOR(pg_catalog.*) 1000",
+				1, types, values, NULL, true, SPI_OK_SELECT);
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (isnull)
+		return -1;
+	return Max(DatumGetFloat8(DirectFunctionCall1(numeric_float8, d)), 0);
+}
+
+/*
+ * SQL: event_store.claim_events(subscription text, consumer text,
+ *		max_count int, lease interval, wait interval) RETURNS TABLE(...)
+ */
+Datum
+es_claim_events(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	char	   *name = text_to_cstring(EsGetRequiredText(fcinfo, 0, "subscription"));
+	char	   *consumer = es_consumer_arg(fcinfo, 1);
+	int32		max_count;
+	double		lease_ms;
+	double		wait_ms;
+	TimestampTz deadline;
+	EsUserSwitch sw;
+	EsClaim		c;
+	MemoryContext callcxt = CurrentMemoryContext;
+
+	EsCheckWritable("claim_events()");
+	EsCheckPreloaded();
+	EsRequireArg(fcinfo, 2, "max_count");
+	max_count = PG_GETARG_INT32(2);
+	EsRejectNegative(max_count, "max_count", NULL);
+	lease_ms = EsIntervalArgMs(fcinfo, 3, "lease", true);
+	wait_ms = EsIntervalArgMs(fcinfo, 4, "wait", false);
+	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), (int64) Min(wait_ms, (double) INT_MAX));
+
+	InitMaterializedSRF(fcinfo, 0);
+	memset(&c, 0, sizeof(c));
+	c.out = rsinfo->setResult;
+	c.out_desc = rsinfo->setDesc;
+	c.max_count = max_count;
+
+	EsSpiConnect(&sw);
+	c.sub = es_subscription_load(name, callcxt);
+	es_check_may_use(&sw, c.sub);
+	for (;;)
+	{
+		int64		head_before = EsSafeHead();
+		long		remaining;
+		double		due;
+
+		if (es_claim_once(&c, consumer, lease_ms) > 0 || max_count == 0)
+			break;
+		remaining = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
+		if (remaining <= 0)
+			break;
+		due = es_claim_next_due(c.sub);
+		if (due >= 0 && due < remaining)
+			remaining = (long) due + 1;
+		/* woken when an appender's transaction ends (no polling) */
+		(void) EsWaitForHead(head_before, remaining);
+		CHECK_FOR_INTERRUPTS();
+		/* the next round starts afresh (its own snapshot, its own rows) */
+		c.parts = NULL;
+		c.nparts = 0;
+		c.held = NULL;
+	}
+	EsSpiFinish(&sw);
+	return (Datum) 0;
+}
+
+/* ------------------------------------------------------------------------
+ * Acknowledging, nacking, releasing
+ * ------------------------------------------------------------------------ */
+
+/* The 55000 of a consumer that holds nothing (any more) */
+static void
+es_not_held(EsSubscription *s, const char *consumer, const char *what)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("consumer \"%s\" does not hold %s of subscription \"%s\"",
+					consumer, what, s->name),
+			 errdetail("Its lease expired, or another consumer holds it now, or it was never handed to it."),
+			 errhint("Claim events again with event_store.claim_events(); what was not acknowledged is delivered again.")));
+}
+
+/*
+ * A held stream whose events up to upto were acknowledged: its next event
+ * to hand out is the next one after that up to its partition's position
+ * (then it catches up at once), or there is none (then it is no longer held)
+ */
+static void
+es_held_acknowledged(EsSubscription *s, text *stream_id, int64 upto, int64 handed_through,
+					 int64 partition_position)
+{
+	const EsCatalog *cat = EsGetCatalog();
+	ScanKeyData keys[2];
+	Datum		next;
+	int64		version = es_version_at(upto);
+	Oid			types[4] = {TEXTOID, TEXTOID, INT8OID, BOOLOID};
+	Datum		values[4];
+	bool		found = false;
+
+	values[0] = CStringGetTextDatum(s->name);
+	values[1] = PointerGetDatum(stream_id);
+	if (version > 0)
+	{
+		ScanKeyInit(&keys[0], 1, BTEqualStrategyNumber, F_TEXTEQ, PointerGetDatum(stream_id));
+		ScanKeyInit(&keys[1], 2, BTGreaterStrategyNumber, F_INT8GT, Int64GetDatum(version));
+		found = EsFirstEventValue(cat, cat->stream_idx, GetLatestSnapshot(), keys, 2,
+								  ForwardScanDirection, Anum_es_global_position, &next) &&
+			DatumGetInt64(next) <= partition_position;
+	}
+	if (!found)
+	{
+		es_sub_exec("DELETE FROM event_store.subscription_streams "
+					"WHERE subscription OPERATOR(pg_catalog.=) $1 AND stream_id OPERATOR(pg_catalog.=) $2",
+					2, types, values, NULL, false, SPI_OK_DELETE);
+		return;
+	}
+	values[2] = next;
+	/* still handed out beyond upto: those stay pending */
+	values[3] = BoolGetDatum(handed_through > upto);
+	es_sub_exec("UPDATE event_store.subscription_streams SET global_position = $3, attempts = 0, "
+				"last_error = NULL, next_attempt_at = NULL, "
+				"handed_through = CASE WHEN $4 THEN handed_through END, updated_at = pg_catalog.now() "
+				"WHERE subscription OPERATOR(pg_catalog.=) $1 AND stream_id OPERATOR(pg_catalog.=) $2",
+				4, types, values, NULL, false, SPI_OK_UPDATE);
+}
+
+/*
+ * SQL: event_store.ack_events(subscription text, consumer text,
+ *		up_to_position bigint) RETURNS bigint
+ */
+Datum
+es_ack_events(PG_FUNCTION_ARGS)
+{
+	char	   *name = text_to_cstring(EsGetRequiredText(fcinfo, 0, "subscription"));
+	char	   *consumer = es_consumer_arg(fcinfo, 1);
+	int64		upto;
+	EsUserSwitch sw;
+	EsSubscription *s;
+	EsPart	   *parts;
+	int			nparts;
+	int64		acked = 0;
+	Oid			types[3] = {TEXTOID, INT4ARRAYOID, INT8OID};
+	Datum		values[3];
+	int32	   *nums;
+
+	EsCheckWritable("ack_events()");
+	EsRequireArg(fcinfo, 2, "up_to_position");
+	upto = PG_GETARG_INT64(2);
+	EsRejectNegative(upto, "up_to_position", NULL);
+
+	EsSpiConnect(&sw);
+	s = es_subscription_load(name, CurrentMemoryContext);
+	es_check_may_use(&sw, s);
+	parts = es_my_partitions(s, consumer, &nparts);
+	if (nparts == 0)
+		es_not_held(s, consumer, "any partition");
+
+	nums = palloc(sizeof(int32) * nparts);
+	for (int i = 0; i < nparts; i++)
+	{
+		EsPart	   *p = &parts[i];
+		int			keep = 0;
+
+		nums[i] = p->partition;
+		for (int k = 0; k < p->npending; k++)
+		{
+			if (p->pending[k] <= upto)
+				acked++;
+			else
+			{
+				p->pending[keep] = p->pending[k];
+				p->pending_attempts[keep] = p->pending_attempts[k];
+				keep++;
+			}
+		}
+		if (keep != p->npending)
+		{
+			p->npending = keep;
+			es_save_partition(s, p, consumer, -1);
+		}
+	}
+
+	/* held streams handed out up to here move on */
+	values[0] = CStringGetTextDatum(s->name);
+	values[1] = es_int4_array(nums, nparts);
+	values[2] = Int64GetDatum(upto);
+	es_sub_exec("SELECT t.stream_id, t.handed_through, p.position "
+				"FROM event_store.subscription_streams t "
+				"JOIN event_store.subscription_partitions p "
+				"  ON p.subscription OPERATOR(pg_catalog.=) t.subscription "
+				" AND p.partition OPERATOR(pg_catalog.=) t.partition "
+				"WHERE t.subscription OPERATOR(pg_catalog.=) $1 "
+				"AND t.partition OPERATOR(pg_catalog.=) ANY ($2) "
+				"AND t.handed_through IS NOT NULL AND t.global_position OPERATOR(pg_catalog.<=) $3 "
+				"FOR UPDATE OF t",
+				3, types, values, NULL, false, SPI_OK_SELECT);
+	if (SPI_processed > 0)
+	{
+		SPITupleTable *tt = SPI_tuptable;
+		uint64		n = SPI_processed;
+
+		for (uint64 i = 0; i < n; i++)
+		{
+			bool		isnull;
+			text	   *sid = DatumGetTextPCopy(SPI_getbinval(tt->vals[i], tt->tupdesc, 1, &isnull));
+			int64		through = DatumGetInt64(SPI_getbinval(tt->vals[i], tt->tupdesc, 2, &isnull));
+			int64		ppos = DatumGetInt64(SPI_getbinval(tt->vals[i], tt->tupdesc, 3, &isnull));
+
+			es_held_acknowledged(s, sid, Min(upto, through), through, ppos);
+		}
+	}
+	EsSpiFinish(&sw);
+	PG_RETURN_INT64(acked);
+}
+
+/*
+ * SQL: event_store.nack_event(subscription text, consumer text,
+ *		global_position bigint, error text, retry_after interval) RETURNS void
+ */
+Datum
+es_nack_event(PG_FUNCTION_ARGS)
+{
+	char	   *name = text_to_cstring(EsGetRequiredText(fcinfo, 0, "subscription"));
+	char	   *consumer = es_consumer_arg(fcinfo, 1);
+	int64		position;
+	text	   *error;
+	double		retry_ms = -1;
+	EsUserSwitch sw;
+	EsSubscription *s;
+	EsPart	   *parts;
+	int			nparts;
+	EsPart	   *p;
+	text	   *sid;
+	int			at = -1;
+	int32		attempt;
+	int			keep = 0;
+	Oid			types[7] = {TEXTOID, TEXTOID, INT4OID, INT8OID, INT4OID, TEXTOID, FLOAT8OID};
+	Datum		values[7];
+	char		nulls[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
+
+	EsCheckWritable("nack_event()");
+	EsRequireArg(fcinfo, 2, "global_position");
+	position = PG_GETARG_INT64(2);
+	EsRejectNegative(position, "global_position", NULL);
+	EsRequireArg(fcinfo, 3, "error");
+	error = PG_GETARG_TEXT_PP(3);
+	if (!PG_ARGISNULL(4))
+		retry_ms = EsIntervalArgMs(fcinfo, 4, "retry_after", false);
+
+	EsSpiConnect(&sw);
+	s = es_subscription_load(name, CurrentMemoryContext);
+	es_check_may_use(&sw, s);
+	parts = es_my_partitions(s, consumer, &nparts);
+	sid = es_stream_at(position);
+	p = sid ? es_find_part(parts, nparts, es_stream_partition(sid, s->partitions)) : NULL;
+	for (int k = 0; p != NULL && k < p->npending && at < 0; k++)
+		if (p->pending[k] == position)
+			at = k;
+	if (at < 0)
+		es_not_held(s, consumer, psprintf("the event at global position " INT64_FORMAT, position));
+	attempt = p->pending_attempts[at];
+
+	/* the event and its stream's later events go back: they follow it */
+	for (int k = 0; k < p->npending; k++)
+	{
+		bool		drop = (k == at);
+
+		if (!drop && p->pending[k] > position)
+		{
+			text	   *other = es_stream_at(p->pending[k]);
+
+			drop = other != NULL && VARSIZE_ANY_EXHDR(other) == VARSIZE_ANY_EXHDR(sid) &&
+				memcmp(VARDATA_ANY(other), VARDATA_ANY(sid), VARSIZE_ANY_EXHDR(sid)) == 0;
+		}
+		if (!drop)
+		{
+			p->pending[keep] = p->pending[k];
+			p->pending_attempts[keep] = p->pending_attempts[k];
+			keep++;
+		}
+	}
+	p->npending = keep;
+	es_save_partition(s, p, consumer, -1);
+
+	/* the stream is held: retried after the backoff, parked when out of attempts */
+	if (retry_ms < 0)
+		retry_ms = (double) EsBackoffMs(s->backoff_ms, attempt, true);
+	values[0] = CStringGetTextDatum(s->name);
+	values[1] = PointerGetDatum(sid);
+	values[2] = Int32GetDatum(p->partition);
+	values[3] = Int64GetDatum(position);
+	values[4] = Int32GetDatum(attempt);
+	values[5] = PointerGetDatum(error);
+	values[6] = Float8GetDatum(attempt >= s->max_attempts ? -1 : retry_ms);
+	es_sub_exec("INSERT INTO event_store.subscription_streams AS t (subscription, stream_id, partition, "
+				"global_position, attempts, last_error, next_attempt_at, parked_at) "
+				"VALUES ($1, $2, $3, $4, $5, $6, "
+				"CASE WHEN $7 OPERATOR(pg_catalog.>=) 0 THEN pg_catalog.now() OPERATOR(pg_catalog.+) "
+				"  pg_catalog.make_interval(secs => $7 OPERATOR(pg_catalog./) 1000) END, "
+				"CASE WHEN $7 OPERATOR(pg_catalog.<) 0 THEN pg_catalog.now() END) "
+				"ON CONFLICT (subscription, stream_id) DO UPDATE SET partition = EXCLUDED.partition, "
+				"global_position = EXCLUDED.global_position, attempts = EXCLUDED.attempts, "
+				"last_error = EXCLUDED.last_error, next_attempt_at = EXCLUDED.next_attempt_at, "
+				"parked_at = EXCLUDED.parked_at, handed_through = NULL, updated_at = pg_catalog.now()",
+				7, types, values, nulls, false, SPI_OK_INSERT);
+	EsSpiFinish(&sw);
+	PG_RETURN_VOID();
+}
+
+/*
+ * SQL: event_store.release_events(subscription text, consumer text)
+ *		RETURNS void
+ */
+Datum
+es_release_events(PG_FUNCTION_ARGS)
+{
+	char	   *name = text_to_cstring(EsGetRequiredText(fcinfo, 0, "subscription"));
+	char	   *consumer = es_consumer_arg(fcinfo, 1);
+	EsUserSwitch sw;
+	EsSubscription *s;
+	EsPart	   *parts;
+	int			nparts;
+	Oid			types[2] = {TEXTOID, TEXTOID};
+	Datum		values[2];
+
+	EsCheckWritable("release_events()");
+	EsSpiConnect(&sw);
+	s = es_subscription_load(name, CurrentMemoryContext);
+	es_check_may_use(&sw, s);
+	parts = es_my_partitions(s, consumer, &nparts);
+	for (int i = 0; i < nparts; i++)
+	{
+		EsPart	   *p = &parts[i];
+		int			total = p->npending + p->nredeliver;
+		int64	   *r = palloc(sizeof(int64) * Max(total, 1));
+		int32	   *ra = palloc(sizeof(int32) * Max(total, 1));
+
+		/* unacknowledged events are delivered again, to the next holder */
+		for (int k = 0; k < p->npending; k++)
+		{
+			r[k] = p->pending[k];
+			ra[k] = p->pending_attempts[k] + 1;
+		}
+		memcpy(r + p->npending, p->redeliver, sizeof(int64) * p->nredeliver);
+		memcpy(ra + p->npending, p->redeliver_attempts, sizeof(int32) * p->nredeliver);
+		p->redeliver = r;
+		p->redeliver_attempts = ra;
+		p->nredeliver = total;
+		p->npending = 0;
+		es_save_partition(s, p, NULL, 0);
+	}
+	values[0] = CStringGetTextDatum(s->name);
+	values[1] = CStringGetTextDatum(consumer);
+	es_sub_exec("DELETE FROM event_store.subscription_consumers "
+				"WHERE subscription OPERATOR(pg_catalog.=) $1 AND consumer OPERATOR(pg_catalog.=) $2",
+				2, types, values, NULL, false, SPI_OK_DELETE);
+	EsSpiFinish(&sw);
+	PG_RETURN_VOID();
+}
+
+/* ------------------------------------------------------------------------
+ * Parked streams
+ * ------------------------------------------------------------------------ */
+
+/*
+ * SQL: event_store.replay_parked(subscription text, stream_id text)
+ *		RETURNS int
+ */
+Datum
+es_replay_parked(PG_FUNCTION_ARGS)
+{
+	char	   *name = text_to_cstring(EsGetRequiredText(fcinfo, 0, "subscription"));
+	EsUserSwitch sw;
+	Oid			types[2] = {TEXTOID, TEXTOID};
+	Datum		values[2];
+	char		nulls[2] = {' ', ' '};
+	int64		n;
+
+	EsCheckWritable("replay_parked()");
+	if (!PG_ARGISNULL(1))
+		values[1] = PointerGetDatum(EsGetRequiredText(fcinfo, 1, "stream_id"));
+	else
+		nulls[1] = 'n';
+	EsSpiConnect(&sw);
+	(void) es_subscription_for_change(&sw, name);
+	values[0] = CStringGetTextDatum(name);
+	es_sub_exec("UPDATE event_store.subscription_streams SET parked_at = NULL, attempts = 0, "
+				"next_attempt_at = pg_catalog.now(), updated_at = pg_catalog.now() "
+				"WHERE subscription OPERATOR(pg_catalog.=) $1 AND parked_at IS NOT NULL "
+				"AND ($2::pg_catalog.text IS NULL OR stream_id OPERATOR(pg_catalog.=) $2)",
+				2, types, values, nulls, false, SPI_OK_UPDATE);
+	n = (int64) SPI_processed;
+	EsSpiFinish(&sw);
+	PG_RETURN_INT32((int32) n);
+}
+
+/*
+ * SQL: event_store.skip_parked(subscription text, stream_id text)
+ *		RETURNS int
+ */
+Datum
+es_skip_parked(PG_FUNCTION_ARGS)
+{
+	char	   *name = text_to_cstring(EsGetRequiredText(fcinfo, 0, "subscription"));
+	EsUserSwitch sw;
+	Oid			types[3] = {TEXTOID, TEXTOID, OIDOID};
+	Datum		values[3];
+	char		nulls[3] = {' ', ' ', ' '};
+	int64		n;
+
+	EsCheckWritable("skip_parked()");
+	if (!PG_ARGISNULL(1))
+		values[1] = PointerGetDatum(EsGetRequiredText(fcinfo, 1, "stream_id"));
+	else
+		nulls[1] = 'n';
+	EsSpiConnect(&sw);
+	(void) es_subscription_for_change(&sw, name);
+	values[0] = CStringGetTextDatum(name);
+	values[2] = ObjectIdGetDatum(sw.save_userid);
+	/*
+	 * The parked event and its stream's later events up to the partition's
+	 * position are acknowledged; later ones come with the log as ever
+	 */
+	es_sub_exec("WITH gone AS ("
+				" DELETE FROM event_store.subscription_streams t "
+				" WHERE t.subscription OPERATOR(pg_catalog.=) $1 AND t.parked_at IS NOT NULL "
+				" AND ($2::pg_catalog.text IS NULL OR t.stream_id OPERATOR(pg_catalog.=) $2) "
+				" RETURNING t.*) "
+				"INSERT INTO event_store.subscription_skipped (subscription, stream_id, global_position, "
+				" through_position, last_error, skipped_by) "
+				"SELECT g.subscription, g.stream_id, g.global_position, p.position, g.last_error, "
+				" $3::pg_catalog.regrole "
+				"FROM gone g JOIN event_store.subscription_partitions p "
+				" ON p.subscription OPERATOR(pg_catalog.=) g.subscription "
+				" AND p.partition OPERATOR(pg_catalog.=) g.partition",
+				3, types, values, nulls, false, SPI_OK_INSERT);
+	n = (int64) SPI_processed;
+	EsSpiFinish(&sw);
+	PG_RETURN_INT32((int32) n);
+}
