@@ -12,16 +12,22 @@
 --
 --   event_store_reader    read streams, categories, the global log,
 --                         aggregates, snapshots and saga states; follow
---                         the log (head_position, wait_for_events)
+--                         the log (head_position, wait_for_events); consume
+--                         subscriptions (claim_events, ack_events,
+--                         nack_event, release_events: these also need
+--                         membership in the subscription's owner)
 --   event_store_writer    the reader's rights, plus append, save_snapshot,
 --                         start_saga, delete_stream and reopen_stream
 --   event_store_operator  the reader's rights, plus registering upcasters,
---                         aggregates, projections and saga types, running
+--                         aggregates, projections, subscriptions (and
+--                         replaying or skipping their parked streams) and
+--                         saga types, running
 --                         projections, working saga steps, retention,
 --                         purge_stream (which also needs the superuser-only
 --                         setting event_store.allow_purge), and the
 --                         monitoring views (stats, projection_status,
---                         saga_problems)
+--                         saga_problems, subscription_status,
+--                         subscription_parked)
 --
 -- Category grants come on top: once a category has a grant
 -- (event_store.grant_category), only roles holding one may append to or
@@ -50,7 +56,11 @@ GRANT EXECUTE ON FUNCTION
     event_store.wait_for_events(bigint, interval),
     event_store.load_aggregate(text, bigint),
     event_store.load_snapshot(text, bigint),
-    event_store.saga_state(uuid)
+    event_store.saga_state(uuid),
+    event_store.claim_events(text, text, int, interval, interval),
+    event_store.ack_events(text, text, bigint),
+    event_store.nack_event(text, text, bigint, text, interval),
+    event_store.release_events(text, text)
   TO event_store_reader;
 
 GRANT EXECUTE ON FUNCTION
@@ -72,6 +82,10 @@ GRANT EXECUTE ON FUNCTION
     event_store.resume_projection(text),
     event_store.drop_projection(text),
     event_store.run_projections(int),
+    event_store.create_subscription(text, text[], text[], int, bigint, int, interval),
+    event_store.drop_subscription(text),
+    event_store.replay_parked(text, text),
+    event_store.skip_parked(text, text),
     event_store.define_saga(text, jsonb),
     event_store.complete_saga_step(uuid, text, jsonb),
     event_store.fail_saga_step(uuid, text, text, boolean),
@@ -83,5 +97,6 @@ GRANT EXECUTE ON FUNCTION
     event_store._counters()
   TO event_store_operator;
 
-GRANT SELECT ON event_store.projection_status, event_store.saga_problems, event_store.stats
+GRANT SELECT ON event_store.projection_status, event_store.saga_problems, event_store.stats,
+    event_store.subscription_status, event_store.subscription_parked
   TO event_store_operator;

@@ -436,6 +436,7 @@ SELECT event_store.create_projection('fz_inline', 'fz.h_inline(event_store.event
                                      categories => ARRAY['fzord', 'fzagg', 'fzmisc'], reset => 'fz.reset_models()');
 SELECT event_store.create_projection('fz_async', 'fz.h_async(event_store.event)', mode => 'async');
 SELECT event_store.create_projection('fz_mutate', 'fz.h_mutate(event_store.event)', event_types => ARRAY['FzMutate']);
+SELECT event_store.create_subscription('fz_sub', partitions => 4, max_attempts => 2, retry_backoff => '10 ms');
 SELECT event_store.define_saga('fz_leaf', '{"steps": [{"name": "a", "action": "fz.s_ok"}]}');
 SELECT event_store.define_saga('fz_a', '{"steps": [
     {"name": "a", "action": "fz.s_ok", "compensation": "fz.s_ok"},
@@ -1069,6 +1070,9 @@ sub _specs
 	my $category  = sub { typed($self->_text(@{ $self->{categories} }), 'text') };
 	my $types_arr = sub { $self->_text_array(@{ $self->{types} }) };
 	# mostly the projections of the setup, which exist unless dropped
+	my $sub_name = sub { typed($self->_text('fz_sub', 'fz_sub', 'fz_sub2'), 'text') };
+	my $consumer = sub { typed($self->_text('k1', 'k2', 'k3'), 'text') };
+	my $parked_stream = sub { $self->_chance(0.5) ? 'NULL::text' : typed($self->_stream_id, 'text') };
 	my $proj_name = sub { typed($self->_text($self->_chance(0.7) ? qw(fz_inline fz_async fz_mutate) : @{ $self->{projections} }), 'text') };
 	my $saga_type = sub { typed($self->_text(@{ $self->{saga_types} }), 'text') };
 	my $step      = sub { typed($self->_text(@{ $self->{step_names} }), 'text') };
@@ -1279,6 +1283,50 @@ sub _specs
 				[ lease      => 1, sub { $self->_chance(0.5) ? typed($self->_pick('30 seconds', '1 ms', '100 ms'), 'interval') : $self->_interval_small } ],
 			],
 		},
+		create_subscription => {
+			family => 'subscription',
+			args   => [
+				[ name           => 0, $sub_name ],
+				[ categories     => 1, sub { $self->_text_array(@{ $self->{categories} }) } ],
+				[ event_types    => 1, $types_arr ],
+				[ partitions     => 1, sub { $self->_int4(1, 2, 4, 1024, 1025) } ],
+				[ start_position => 1, sub { $self->_chance(0.5) ? $after->() : $self->_bigint(0, 0, 1) } ],
+				[ max_attempts   => 1, sub { $self->_int4(1, 2, 5) } ],
+				[ retry_backoff  => 1, sub { $self->_chance(0.5) ? typed($self->_pick('10 ms', '1 second'), 'interval') : $self->_interval_small } ],
+			],
+		},
+		drop_subscription => { family => 'subscription', args => [ [ name => 0, $sub_name ] ] },
+		claim_events => {
+			family => 'subscription', set => 1,
+			args   => [
+				[ subscription => 0, $sub_name ],
+				[ consumer     => 0, $consumer ],
+				[ max_count    => 1, sub { $self->_int4(1, 10, 100) } ],
+				[ lease        => 1, sub { $self->_chance(0.5) ? typed($self->_pick('30 seconds', '1 ms', '100 ms'), 'interval') : $self->_interval_small } ],
+				[ wait         => 1, sub { $self->_interval_small } ],
+			],
+		},
+		ack_events => {
+			family => 'subscription',
+			args   => [
+				[ subscription   => 0, $sub_name ],
+				[ consumer       => 0, $consumer ],
+				[ up_to_position => 0, sub { $self->_chance(0.5) ? '(SELECT event_store.head_position())' : $after->() } ],
+			],
+		},
+		nack_event => {
+			family => 'subscription',
+			args   => [
+				[ subscription    => 0, $sub_name ],
+				[ consumer        => 0, $consumer ],
+				[ global_position => 0, $after ],
+				[ error           => 0, sub { typed($self->_text('handler failed', 'x'), 'text') } ],
+				[ retry_after     => 1, sub { $self->_chance(0.5) ? 'NULL::interval' : $self->_interval_small } ],
+			],
+		},
+		release_events => { family => 'subscription', args => [ [ subscription => 0, $sub_name ], [ consumer => 0, $consumer ] ] },
+		replay_parked  => { family => 'subscription', args => [ [ subscription => 0, $sub_name ], [ stream_id => 1, $parked_stream ] ] },
+		skip_parked    => { family => 'subscription', args => [ [ subscription => 0, $sub_name ], [ stream_id => 1, $parked_stream ] ] },
 		saga_tick  => { family => 'saga', args => [] },
 		saga_state => { family => 'saga', args => [ [ saga_id => 0, sub { $self->_saga_id_arg } ] ] },
 		grant_category  => { family => 'grants', args => $grant_args },
@@ -1402,6 +1450,14 @@ my @FUNCTION_WEIGHTS = (
 	[ 3,  'claim_saga_steps' ],
 	[ 1,  'saga_tick' ],
 	[ 2,  'saga_state' ],
+	[ 2,  'create_subscription' ],
+	[ 1,  'drop_subscription' ],
+	[ 6,  'claim_events' ],
+	[ 4,  'ack_events' ],
+	[ 3,  'nack_event' ],
+	[ 1,  'release_events' ],
+	[ 1,  'replay_parked' ],
+	[ 1,  'skip_parked' ],
 	[ 2,  'grant_category' ],
 	[ 2,  'revoke_category' ],
 	[ 3,  'delete_stream' ],
@@ -1570,6 +1626,11 @@ SELECT concat_ws(' ',
   (SELECT count(*) FROM fz.resets),
   (SELECT count(*) || ':' || COALESCE(sum(xmin::text::bigint), 0) FROM event_store.stream_metadata),
   (SELECT count(*) || ':' || COALESCE(sum(xmin::text::bigint), 0) FROM event_store.category_grants),
+  (SELECT md5(COALESCE(string_agg(t::text, ',' ORDER BY t.name), '')) FROM event_store.subscriptions t),
+  (SELECT count(*) || ':' || COALESCE(sum(xmin::text::bigint), 0) FROM event_store.subscription_partitions),
+  (SELECT count(*) || ':' || COALESCE(sum(xmin::text::bigint), 0) FROM event_store.subscription_consumers),
+  (SELECT count(*) || ':' || COALESCE(sum(xmin::text::bigint), 0) FROM event_store.subscription_streams),
+  (SELECT count(*) || ':' || COALESCE(sum(xmin::text::bigint), 0) FROM event_store.subscription_skipped),
   '@' || pg_current_snapshot()::text);
 SQL
 
