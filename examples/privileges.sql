@@ -76,7 +76,7 @@ GRANT EXECUTE ON FUNCTION
     event_store.drop_upcaster(text, int),
     event_store.define_aggregate(text, regprocedure, jsonb, int, int),
     event_store.purge_snapshots(text),
-    event_store.create_projection(text, regprocedure, text[], text[], text, regprocedure),
+    event_store.create_projection(text, regprocedure, text[], text[], text, regprocedure, int, text),
     event_store.rebuild_projection(text),
     event_store.pause_projection(text),
     event_store.resume_projection(text),

@@ -893,3 +893,60 @@ REVOKE ALL ON FUNCTION event_store.create_subscription(text, text[], text[], int
     event_store.release_events(text, text), event_store.replay_parked(text, text),
     event_store.skip_parked(text, text)
   FROM PUBLIC;
+
+------------------------------------------------------------------------------
+-- Projections (0.3): partitions and on_error; an async projection consumes
+-- a subscription of its own name
+------------------------------------------------------------------------------
+ALTER TABLE event_store.projections ADD COLUMN partitions int;
+UPDATE event_store.projections SET partitions = 1;
+ALTER TABLE event_store.projections ALTER COLUMN partitions SET DEFAULT 1,
+    ALTER COLUMN partitions SET NOT NULL,
+    ADD CONSTRAINT projections_partitions_check CHECK (partitions BETWEEN 1 AND 1024);
+ALTER TABLE event_store.projections ADD COLUMN on_error text;
+UPDATE event_store.projections SET on_error = 'fail';
+ALTER TABLE event_store.projections ALTER COLUMN on_error SET DEFAULT 'fail',
+    ALTER COLUMN on_error SET NOT NULL,
+    ADD CONSTRAINT projections_on_error_check CHECK (on_error IN ('fail', 'park'));
+
+-- create_projection gains its trailing arguments; whoever could run the old
+-- one can run the new one
+CREATE TEMPORARY TABLE es_create_projection_grantees ON COMMIT DROP AS
+SELECT a.grantee::regrole::text AS grantee
+  FROM pg_catalog.pg_proc p, LATERAL pg_catalog.aclexplode(p.proacl) a
+ WHERE p.oid = 'event_store.create_projection(text, regprocedure, text[], text[], text, regprocedure)'::pg_catalog.regprocedure
+   AND a.privilege_type = 'EXECUTE' AND a.grantee <> 0 AND a.grantee <> p.proowner;
+DROP FUNCTION event_store.create_projection(text, regprocedure, text[], text[], text, regprocedure);
+CREATE FUNCTION event_store.create_projection(name text, handler regprocedure,
+                                              event_types text[] DEFAULT NULL,
+                                              categories text[] DEFAULT NULL,
+                                              mode text DEFAULT 'inline',
+                                              reset regprocedure DEFAULT NULL,
+                                              partitions int DEFAULT 1,
+                                              on_error text DEFAULT 'fail')
+    RETURNS void
+    LANGUAGE c VOLATILE PARALLEL UNSAFE
+    AS 'MODULE_PATHNAME', 'es_create_projection';
+COMMENT ON FUNCTION event_store.create_projection(text, regprocedure, text[], text[], text, regprocedure, int, text) IS
+    'Create a projection: handler (event event_store.event) RETURNS void, applied inline (in the appending transaction) or async (by the background workers, in partitions, parking failing streams with on_error => ''park'')';
+REVOKE ALL ON FUNCTION event_store.create_projection(text, regprocedure, text[], text[], text, regprocedure, int, text)
+  FROM PUBLIC;
+DO $$
+DECLARE
+    g text;
+BEGIN
+    FOR g IN SELECT grantee FROM es_create_projection_grantees LOOP
+        EXECUTE format('GRANT EXECUTE ON FUNCTION event_store.create_projection(text, regprocedure, text[], text[], text, regprocedure, int, text) TO %s', g);
+    END LOOP;
+END $$;
+
+-- every async projection gets its subscription, its one partition at its position
+INSERT INTO event_store.subscriptions (name, categories, event_types, partitions, start_position,
+                                       max_attempts, retry_backoff, owner, projection)
+SELECT p.name, p.categories, p.event_types, 1, 0,
+       COALESCE(pg_catalog.current_setting('event_store.projection_max_attempts', true), '5')::int,
+       '1 second', p.owner, true
+  FROM event_store.projections p
+ WHERE p.mode = 'async';
+INSERT INTO event_store.subscription_partitions (subscription, partition, position)
+SELECT p.name, 0, p.position FROM event_store.projections p WHERE p.mode = 'async';

@@ -29,6 +29,7 @@
 #include "access/stratnum.h"
 #include "access/table.h"
 #include "access/xact.h"
+#include "catalog/pg_collation.h"
 #include "catalog/pg_proc.h"
 #include "catalog/pg_trigger.h"
 #include "catalog/pg_type.h"
@@ -63,6 +64,7 @@
 #include "read.h"
 #include "registry.h"
 #include "roles.h"
+#include "subscription.h"
 #include "upcast.h"
 
 PG_FUNCTION_INFO_V1(es_create_projection);
@@ -99,6 +101,8 @@ typedef struct EsProjection
 	EsHandlerKind kind;			/* how the handler takes its events */
 	Oid			owner;			/* the role that created it: handlers run as it */
 	const char *search_path;	/* and with this search_path (pinned) */
+	int32		partitions;		/* async: streams hashed into this many */
+	bool		park;			/* async: a failing stream is parked (on_error) */
 } EsProjection;
 
 /* Cache of the running inline projections, for append() */
@@ -108,6 +112,7 @@ static EsProjection *inline_projs = NULL;
 static int	inline_count = 0;
 
 static EsHandlerKind es_handler_kind(Oid fn);
+static void es_set_async_position(const char *name, int32 partition, int64 newpos);
 
 /* What is being applied, for the error context */
 typedef struct EsApplyCtx
@@ -131,8 +136,16 @@ es_apply_error_callback(void *arg)
  * a projection
  */
 #define ES_PROJECTION_COLUMNS \
-	"name, handler::pg_catalog.oid, event_types, categories, %s"
-#define ES_PROJECTION_NCOLUMNS 6	/* EsOwnerColumns are two */
+	"name, handler::pg_catalog.oid, event_types, categories, %s, %s"
+#define ES_PROJECTION_NCOLUMNS 8	/* EsOwnerColumns are two, then partitions, on_error */
+
+/* The partitions and on_error columns, as far as the installed schema has them */
+static const char *
+es_partition_columns(void)
+{
+	return EsGetCatalog()->schema_version >= ES_SCHEMA_0_3 ?
+		"partitions, on_error" : "1, 'fail'::pg_catalog.text";
+}
 
 /* Fill a projection from a row of ES_PROJECTION_COLUMNS */
 static void
@@ -165,6 +178,8 @@ es_projection_from_row(EsProjection *p, HeapTuple tup, TupleDesc desc,
 	p->filter.types.ntypes = EsDecodeTextArray(d, isnull, &p->filter.types.types);
 	d = SPI_getbinval(tup, desc, 4, &isnull);
 	p->filter.ncategories = EsDecodeTextArray(d, isnull, &p->filter.categories);
+	p->partitions = DatumGetInt32(SPI_getbinval(tup, desc, 7, &isnull));
+	p->park = strcmp(TextDatumGetCString(SPI_getbinval(tup, desc, 8, &isnull)), "park") == 0;
 }
 
 /* Load the running inline projections */
@@ -182,7 +197,7 @@ es_inline_load(void)
 	rc = SPI_execute(psprintf("SELECT " ES_PROJECTION_COLUMNS " FROM event_store.projections "
 							  "WHERE mode OPERATOR(pg_catalog.=) 'inline' "
 							  "AND state OPERATOR(pg_catalog.=) 'running' ORDER BY name",
-							  EsOwnerColumns()), true, 0);
+							  EsOwnerColumns(), es_partition_columns()), true, 0);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "reading event_store.projections failed: %s", SPI_result_code_string(rc));
 	old = MemoryContextSwitchTo(inline_cxt);
@@ -526,9 +541,25 @@ es_apply_inline(int n, Datum *rows, bool *nulls, TupleDesc event_desc,
 }
 
 /* State of applying a range of events to one projection */
+/*
+ * What part of the log a partitioned async projection applies now: one
+ * partition's streams but the held ones, or one held stream's events from a
+ * version on (scope NULL: every stream)
+ */
+typedef struct EsApplyScope
+{
+	int32		partition;		/* of npartitions */
+	int32		npartitions;
+	HTAB	   *held;			/* streams held back (skipped), or NULL */
+	text	   *stream_id;		/* set: this stream only, from from_version */
+	int64		from_version;
+} EsApplyScope;
+
 typedef struct EsRangeApply
 {
 	EsProjection *proj;
+	const EsApplyScope *scope;	/* NULL: every stream */
+	int64		upto;			/* a stream's events are applied up to here */
 	TupleDesc	event_desc;
 	int64		handed;			/* events passed to the handler */
 	int64		budget;			/* stop after this many (-1: no limit) */
@@ -546,8 +577,24 @@ es_apply_row(Datum *values, bool *isnull, HeapTuple stored, void *arg)
 {
 	EsRangeApply *ra = (EsRangeApply *) arg;
 	int64		pos = DatumGetInt64(values[Anum_es_global_position - 1]);
+	const EsApplyScope *scope = ra->scope;
 
+	if (scope != NULL && scope->stream_id != NULL && pos > ra->upto)
+		return false;			/* a held stream: up to its partition's position */
 	ra->current = pos;
+	if (scope != NULL && scope->stream_id == NULL)
+	{
+		text	   *sid = DatumGetTextPP(values[Anum_es_stream_id - 1]);
+
+		if ((scope->npartitions > 1 &&
+			 EsStreamPartition(sid, scope->npartitions) != scope->partition) ||
+			(scope->held != NULL &&
+			 EsTextHashFind(scope->held, VARDATA_ANY(sid), VARSIZE_ANY_EXHDR(sid), 0) != NULL))
+		{
+			ra->last_scanned = pos;
+			return true;		/* another partition's, or held back */
+		}
+	}
 	if (EsFilterMatches(&ra->proj->filter, values))
 	{
 		if (ra->proj->kind != ES_HANDLER_EVENT)
@@ -581,7 +628,8 @@ es_apply_row(Datum *values, bool *isnull, HeapTuple stored, void *arg)
  */
 static int64
 es_apply_range(EsProjection *proj, int64 after, int64 upto, int64 budget,
-			   TimestampTz deadline, int64 *handed, int64 *current)
+			   TimestampTz deadline, int64 *handed, int64 *current,
+			   const EsApplyScope *scope)
 {
 	const EsCatalog *cat = EsGetCatalog();
 	EsScanSpec	spec;
@@ -592,6 +640,8 @@ es_apply_range(EsProjection *proj, int64 after, int64 upto, int64 budget,
 
 	memset(&ra, 0, sizeof(ra));
 	ra.proj = proj;
+	ra.scope = scope;
+	ra.upto = upto;
 	ra.budget = budget;
 	ra.deadline = deadline;
 	ra.last_scanned = after;
@@ -609,10 +659,23 @@ es_apply_range(EsProjection *proj, int64 after, int64 upto, int64 budget,
 	spec.max_count = -1;
 	/* what EsFilterMatches reads of a stored row */
 	spec.leading_values = EsFilterLeadingValues(&proj->filter);
-	ScanKeyEntryInitialize(&spec.keys[0], 0, 1, BTGreaterStrategyNumber, InvalidOid,
-						   InvalidOid, F_INT8GT, Int64GetDatum(after));
-	ScanKeyEntryInitialize(&spec.keys[1], 0, 1, BTLessEqualStrategyNumber, InvalidOid,
-						   InvalidOid, F_INT8LE, Int64GetDatum(upto));
+	if (scope != NULL && scope->stream_id != NULL)
+	{
+		/* one held stream, in its order (its positions rise with it) */
+		spec.index_oid = cat->stream_idx;
+		spec.leading_values = 0;
+		ScanKeyEntryInitialize(&spec.keys[0], 0, 1, BTEqualStrategyNumber, InvalidOid,
+							   C_COLLATION_OID, F_TEXTEQ, PointerGetDatum(scope->stream_id));
+		ScanKeyEntryInitialize(&spec.keys[1], 0, 2, BTGreaterEqualStrategyNumber, InvalidOid,
+							   InvalidOid, F_INT8GE, Int64GetDatum(scope->from_version));
+	}
+	else
+	{
+		ScanKeyEntryInitialize(&spec.keys[0], 0, 1, BTGreaterStrategyNumber, InvalidOid,
+							   InvalidOid, F_INT8GT, Int64GetDatum(after));
+		ScanKeyEntryInitialize(&spec.keys[1], 0, 1, BTLessEqualStrategyNumber, InvalidOid,
+							   InvalidOid, F_INT8LE, Int64GetDatum(upto));
+	}
 	spec.nkeys = 2;
 
 	/* upto is a safe head taken before this snapshot: it sees every commit below */
@@ -674,7 +737,8 @@ es_projection_load(const char *name, const char *extra_sql, char **mode,
 
 	sql = psprintf("SELECT " ES_PROJECTION_COLUMNS ", mode, state, position, attempts, "
 				   "reset::pg_catalog.oid FROM event_store.projections "
-				   "WHERE name OPERATOR(pg_catalog.=) $1 %s", EsOwnerColumns(), extra_sql);
+				   "WHERE name OPERATOR(pg_catalog.=) $1 %s", EsOwnerColumns(),
+				   es_partition_columns(), extra_sql);
 	rc = SPI_execute_with_args(sql, 1, &argtype, &arg, NULL, false, 1);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "reading projection \"%s\" failed: %s", name, SPI_result_code_string(rc));
@@ -771,7 +835,7 @@ es_inline_catch_up(EsProjection *p, int64 position)
 	int64		handed;
 	int64		current;
 
-	return es_apply_range(p, position, head, -1, 0, &handed, &current);
+	return es_apply_range(p, position, head, -1, 0, &handed, &current, NULL);
 }
 
 /*
@@ -817,6 +881,51 @@ es_call_reset(Oid reset, EsProjection *p)
 }
 
 /*
+ * An async projection is a consumer of its own subscription, of the same
+ * name (event_store.subscriptions, projection true): its partitions and the
+ * streams it parked live there.  Caller is connected to SPI as the owner,
+ * after inserting the projection.
+ */
+static void
+es_create_projection_subscription(const char *name, int32 partitions, bool park)
+{
+	Oid			types[4] = {TEXTOID, INT4OID, TEXTOID, INT4OID};
+	Datum		values[4];
+
+	if (EsGetCatalog()->schema_version < ES_SCHEMA_0_3)
+	{
+		if (partitions != 1 || park)
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("partitions and on_error need the schema of event_store 0.3.0"),
+					 errhint("Run ALTER EXTENSION event_store UPDATE.")));
+		return;
+	}
+	values[0] = CStringGetTextDatum(name);
+	values[1] = Int32GetDatum(partitions);
+	values[2] = CStringGetTextDatum(park ? "park" : "fail");
+	values[3] = Int32GetDatum(es_projection_max_attempts);
+	es_projection_exec("SELECT 1 FROM event_store.subscriptions WHERE name OPERATOR(pg_catalog.=) $1",
+					   1, types, values, NULL);
+	if (SPI_processed > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_DUPLICATE_OBJECT),
+				 errmsg("subscription \"%s\" already exists", name),
+				 errdetail("An async projection consumes a subscription of its own name."),
+				 errhint("Pick another name.")));
+	es_projection_exec("UPDATE event_store.projections SET partitions = $2, on_error = $3 "
+					   "WHERE name OPERATOR(pg_catalog.=) $1", 3, types, values, NULL);
+	es_projection_exec("INSERT INTO event_store.subscriptions (name, categories, event_types, partitions, "
+					   "start_position, max_attempts, retry_backoff, owner, projection) "
+					   "SELECT p.name, p.categories, p.event_types, p.partitions, 0, $4, "
+					   "'1 second', p.owner, true FROM event_store.projections p "
+					   "WHERE p.name OPERATOR(pg_catalog.=) $1", 4, types, values, NULL);
+	es_projection_exec("INSERT INTO event_store.subscription_partitions (subscription, partition, position) "
+					   "SELECT $1, g, 0 FROM pg_catalog.generate_series(0, $2 OPERATOR(pg_catalog.-) 1) g",
+					   2, types, values, NULL);
+}
+
+/*
  * SQL: event_store.create_projection(name text, handler regprocedure,
  *		event_types text[], categories text[], mode text, reset regprocedure)
  */
@@ -837,6 +946,8 @@ es_create_projection(PG_FUNCTION_ARGS)
 	bool		is_inline;
 	EsProjection *p;
 	EsUserSwitch sw;
+	int32		partitions = 1;
+	bool		park = false;
 
 	EsCheckWritable("create_projection()");
 	if (PG_ARGISNULL(1))
@@ -866,6 +977,38 @@ es_create_projection(PG_FUNCTION_ARGS)
 	if (!PG_ARGISNULL(5))
 		EsCheckCallbackSignature(PG_GETARG_OID(5), "a projection reset function", 0, NULL,
 								 VOIDOID, "a function () RETURNS void");
+	/* (the schema of 0.2.0 calls with six arguments, until ALTER EXTENSION UPDATE) */
+	if (PG_NARGS() > 7)
+	{
+		char	   *on_error;
+
+		EsRequireArg(fcinfo, 6, "partitions");
+		partitions = PG_GETARG_INT32(6);
+		if (partitions < 1 || partitions > ES_MAX_PARTITIONS)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("partitions must be between 1 and %d", ES_MAX_PARTITIONS),
+					 errhint("One partition keeps global order; more let that many workers apply the projection in parallel.")));
+		on_error = text_to_cstring(EsGetRequiredText(fcinfo, 7, "on_error"));
+		if (strcmp(on_error, "fail") != 0 && strcmp(on_error, "park") != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("invalid on_error \"%s\"", on_error),
+					 errhint("on_error is \"fail\" (the projection stops) or \"park\" (the failing stream waits, the others go on).")));
+		park = strcmp(on_error, "park") == 0;
+	}
+	if (is_inline && (partitions != 1 || park))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("partitions and on_error => 'park' apply to async projections"),
+				 errdetail("An inline projection is applied by append() itself, in the appending transaction; its handler's error aborts the append."),
+				 errhint("Create it with mode => 'async'.")));
+	if (park && kind != ES_HANDLER_EVENT)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("on_error => 'park' needs a handler that takes one event at a time"),
+				 errdetail("A handler that takes a batch of events cannot tell which event failed, so no stream could be parked."),
+				 errhint("Use a handler (event event_store.event) RETURNS void, or on_error => 'fail'.")));
 
 	for (int i = 0; i < 6; i++)
 	{
@@ -895,6 +1038,10 @@ es_create_projection(PG_FUNCTION_ARGS)
 								"VALUES ($1, $2, $3, $4, $5, $6%s)",
 								reg.columns, reg.params),
 					   6 + reg.nparams, types, values, nulls);
+	if (!is_inline)
+		es_create_projection_subscription(name, partitions, park);
+	else if (partitions != 1 || park)
+		elog(ERROR, "an inline projection has no partitions");
 	if (is_inline)
 	{
 		/* replay history, then go live in the same transaction */
@@ -937,6 +1084,18 @@ es_rebuild_projection(PG_FUNCTION_ARGS)
 		p = es_projection_get(name, &mode, &state, NULL, &reset, true, NULL);
 		es_call_reset(reset, p);
 		es_projection_set(name, 0, strcmp(state, "paused") == 0 ? "paused" : "running");
+		/* every partition starts again from 0; no stream is held any more */
+		if (EsGetCatalog()->schema_version >= ES_SCHEMA_0_3)
+		{
+			Oid			types[1] = {TEXTOID};
+			Datum		values[1] = {CStringGetTextDatum(name)};
+
+			es_projection_exec("UPDATE event_store.subscription_partitions SET position = 0, "
+							   "updated_at = pg_catalog.now() "
+							   "WHERE subscription OPERATOR(pg_catalog.=) $1", 1, types, values, NULL);
+			es_projection_exec("DELETE FROM event_store.subscription_streams "
+							   "WHERE subscription OPERATOR(pg_catalog.=) $1", 1, types, values, NULL);
+		}
 	}
 	EsSpiFinish(&sw);
 	EsWakeWorker();
@@ -1034,6 +1193,10 @@ es_drop_projection(PG_FUNCTION_ARGS)
 	(void) es_projection_get(name, &mode, NULL, NULL, NULL, true, NULL);
 	es_projection_exec("DELETE FROM event_store.projections WHERE name OPERATOR(pg_catalog.=) $1",
 					   1, types, values, NULL);
+	/* an async one's subscription goes with it (its partitions, held streams) */
+	if (EsGetCatalog()->schema_version >= ES_SCHEMA_0_3)
+		es_projection_exec("DELETE FROM event_store.subscriptions WHERE name OPERATOR(pg_catalog.=) $1 "
+						   "AND projection", 1, types, values, NULL);
 	if (strcmp(mode, "inline") == 0)
 		EsRegistryChanged(&inline_registry);
 	EsSpiFinish(&sw);
@@ -1048,8 +1211,8 @@ es_drop_projection(PG_FUNCTION_ARGS)
  */
 static ErrorData *
 es_apply_in_subxact(EsProjection *p, const char *name, int64 after, int64 upto,
-					int64 budget, TimestampTz deadline, int64 *handed, int64 *current,
-					int64 *newpos)
+					int64 budget, TimestampTz deadline, const EsApplyScope *scope,
+					int64 *handed, int64 *current, int64 *newpos)
 {
 	MemoryContext oldcxt = CurrentMemoryContext;
 	ResourceOwner oldowner = CurrentResourceOwner;
@@ -1061,16 +1224,9 @@ es_apply_in_subxact(EsProjection *p, const char *name, int64 after, int64 upto,
 	MemoryContextSwitchTo(oldcxt);
 	PG_TRY();
 	{
-		*newpos = es_apply_range(p, after, upto, budget, deadline, handed, current);
-		if (*newpos != after)
-		{
-			Oid			types[2] = {TEXTOID, INT8OID};
-			Datum		values[2] = {CStringGetTextDatum(name), Int64GetDatum(*newpos)};
-
-			es_projection_exec("UPDATE event_store.projections SET position = $2, "
-							   "updated_at = pg_catalog.now() WHERE name OPERATOR(pg_catalog.=) $1",
-							   2, types, values, NULL);
-		}
+		*newpos = es_apply_range(p, after, upto, budget, deadline, handed, current, scope);
+		if (*newpos != after && (scope == NULL || scope->stream_id == NULL))
+			es_set_async_position(name, scope ? scope->partition : 0, *newpos);
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(oldcxt);
 		CurrentResourceOwner = oldowner;
@@ -1090,6 +1246,346 @@ es_apply_in_subxact(EsProjection *p, const char *name, int64 after, int64 upto,
 	}
 	PG_END_TRY();
 	return edata;
+}
+
+/*
+ * An async projection applied its events (of one partition) up to newpos:
+ * the partition's position, and the projection's (the lowest of its
+ * partitions').  Caller is connected to SPI as the owner.
+ */
+static void
+es_set_async_position(const char *name, int32 partition, int64 newpos)
+{
+	Oid			types[3] = {TEXTOID, INT4OID, INT8OID};
+	Datum		values[3];
+
+	values[0] = CStringGetTextDatum(name);
+	values[1] = Int32GetDatum(partition);
+	values[2] = Int64GetDatum(newpos);
+	if (EsGetCatalog()->schema_version < ES_SCHEMA_0_3)
+	{
+		es_projection_exec("UPDATE event_store.projections SET position = $3, "
+						   "updated_at = pg_catalog.now() WHERE name OPERATOR(pg_catalog.=) $1",
+						   3, types, values, NULL);
+		return;
+	}
+	es_projection_exec("UPDATE event_store.subscription_partitions SET position = $3, "
+					   "updated_at = pg_catalog.now() "
+					   "WHERE subscription OPERATOR(pg_catalog.=) $1 AND partition OPERATOR(pg_catalog.=) $2",
+					   3, types, values, NULL);
+	es_projection_exec("UPDATE event_store.projections p SET position = CASE "
+					   "WHEN p.partitions OPERATOR(pg_catalog.=) 1 THEN $3 "
+					   "ELSE (SELECT pg_catalog.min(x.position) FROM event_store.subscription_partitions x "
+					   "      WHERE x.subscription OPERATOR(pg_catalog.=) $1) END, "
+					   "updated_at = pg_catalog.now() WHERE p.name OPERATOR(pg_catalog.=) $1",
+					   3, types, values, NULL);
+}
+
+/*
+ * An async projection's batch failed at the event at current, its
+ * attempts-th failure in a row (on_error 'fail'): retried after the backoff,
+ * the projection marked failed when out of attempts
+ */
+static void
+es_projection_failed(const char *name, int32 attempts, int64 current, ErrorData *edata)
+{
+	Oid			types[6] = {TEXTOID, INT4OID, TEXTOID, TEXTOID, INT8OID, INT8OID};
+	Datum		values[6];
+	const char *state;
+
+	attempts++;
+	state = (attempts >= es_projection_max_attempts) ? "failed" : "running";
+	ereport(LOG,
+			(errmsg("event_store projection \"%s\" failed at global position " INT64_FORMAT " (attempt %d): %s",
+					name, current, attempts, edata->message ? edata->message : "unknown error")));
+	values[0] = CStringGetTextDatum(name);
+	values[1] = Int32GetDatum(attempts);
+	values[2] = CStringGetTextDatum(edata->message ? edata->message : "unknown error");
+	values[3] = CStringGetTextDatum(state);
+	values[4] = Int64GetDatum(current);
+	values[5] = Int64GetDatum(EsBackoffMs(ES_RETRY_BASE_MS, attempts, false));
+	es_projection_exec("UPDATE event_store.projections SET attempts = $2, last_error = $3, "
+					   "state = $4, error_position = $5, "
+					   "next_attempt_at = pg_catalog.now() OPERATOR(pg_catalog.+) "
+					   "pg_catalog.make_interval(secs => $6 OPERATOR(pg_catalog./) 1000.0), "
+					   "updated_at = pg_catalog.now() WHERE name OPERATOR(pg_catalog.=) $1",
+					   6, types, values, NULL);
+}
+
+/*
+ * The stream of the event at position, failing in a projection that parks
+ * (on_error 'park'): held back, retried after the backoff, parked when out
+ * of attempts (event_store.projection_max_attempts); the other streams go on
+ */
+static void
+es_projection_hold_stream(EsProjection *p, int32 partition, int64 position, ErrorData *edata)
+{
+	const EsCatalog *cat = EsGetCatalog();
+	ScanKeyData key;
+	Datum		sid;
+	Oid			types[8] = {TEXTOID, TEXTOID, INT4OID, INT8OID, INT4OID, TEXTOID, BOOLOID, INT8OID};
+	Datum		values[8];
+	int32		attempts = 1;
+	bool		parked;
+
+	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(position));
+	if (!EsFirstEventValue(cat, cat->position_idx, GetLatestSnapshot(), &key, 1,
+						   ForwardScanDirection, Anum_es_stream_id, &sid))
+		return;					/* gone meanwhile: nothing to hold */
+	ereport(LOG,
+			(errmsg("event_store projection \"%s\" holds back stream \"%s\" at global position " INT64_FORMAT ": %s",
+					p->name, TextDatumGetCString(sid), position,
+					edata->message ? edata->message : "unknown error")));
+	values[0] = CStringGetTextDatum(p->name);
+	values[1] = sid;
+	es_projection_exec("SELECT attempts, global_position FROM event_store.subscription_streams "
+					   "WHERE subscription OPERATOR(pg_catalog.=) $1 AND stream_id OPERATOR(pg_catalog.=) $2 "
+					   "FOR UPDATE", 2, types, values, NULL);
+	if (SPI_processed > 0)
+	{
+		bool		isnull;
+		int32		prev = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+		int64		at = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+
+		/* the same event failing again counts; another one starts afresh */
+		attempts = (at == position) ? prev + 1 : 1;
+	}
+	parked = attempts >= es_projection_max_attempts;
+	values[2] = Int32GetDatum(partition);
+	values[3] = Int64GetDatum(position);
+	values[4] = Int32GetDatum(attempts);
+	values[5] = CStringGetTextDatum(edata->message ? edata->message : "unknown error");
+	values[6] = BoolGetDatum(parked);
+	values[7] = Int64GetDatum(EsBackoffMs(ES_RETRY_BASE_MS, attempts, true));
+	es_projection_exec("INSERT INTO event_store.subscription_streams AS t (subscription, stream_id, partition, "
+					   "global_position, attempts, last_error, next_attempt_at, parked_at) "
+					   "VALUES ($1, $2, $3, $4, $5, $6, "
+					   "CASE WHEN NOT $7 THEN pg_catalog.now() OPERATOR(pg_catalog.+) "
+					   " pg_catalog.make_interval(secs => $8 OPERATOR(pg_catalog./) 1000.0) END, "
+					   "CASE WHEN $7 THEN pg_catalog.now() END) "
+					   "ON CONFLICT (subscription, stream_id) DO UPDATE SET partition = EXCLUDED.partition, "
+					   "global_position = EXCLUDED.global_position, attempts = EXCLUDED.attempts, "
+					   "last_error = EXCLUDED.last_error, next_attempt_at = EXCLUDED.next_attempt_at, "
+					   "parked_at = EXCLUDED.parked_at, handed_through = NULL, updated_at = pg_catalog.now()",
+					   8, types, values, NULL);
+}
+
+/* A held stream of a partition, as es_run_partition reads it */
+typedef struct EsHeldStream
+{
+	text	   *stream_id;
+	int64		position;		/* its next event to apply */
+	bool		due;			/* not parked, its retry due */
+} EsHeldStream;
+
+/* The held streams of a partition (locked), and which of them are due */
+static EsHeldStream *
+es_partition_held(const char *name, int32 partition, int *n)
+{
+	Oid			types[2] = {TEXTOID, INT4OID};
+	Datum		values[2] = {CStringGetTextDatum(name), Int32GetDatum(partition)};
+	EsHeldStream *held;
+
+	es_projection_exec("SELECT stream_id, global_position, parked_at IS NULL AND "
+					   "COALESCE(next_attempt_at OPERATOR(pg_catalog.<=) pg_catalog.now(), true) "
+					   "FROM event_store.subscription_streams "
+					   "WHERE subscription OPERATOR(pg_catalog.=) $1 AND partition OPERATOR(pg_catalog.=) $2 "
+					   "ORDER BY global_position FOR UPDATE", 2, types, values, NULL);
+	*n = (int) SPI_processed;
+	held = palloc0(sizeof(EsHeldStream) * Max(*n, 1));
+	for (int i = 0; i < *n; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+
+		held[i].stream_id = DatumGetTextPCopy(SPI_getbinval(tup, desc, 1, &isnull));
+		held[i].position = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
+		held[i].due = DatumGetBool(SPI_getbinval(tup, desc, 3, &isnull));
+	}
+	return held;
+}
+
+/*
+ * A due held stream: apply its events from its held one up to the
+ * partition's position (what the partition's scans skipped).  Done: it is
+ * held no longer.  Failed again: the events before the failing one stay
+ * applied, and the stream is held at the failing one (parked when out of
+ * attempts).  Returns the events applied.
+ */
+static int64
+es_run_held_stream(EsProjection *p, const char *name, int32 partition, int64 upto,
+				   EsHeldStream *h)
+{
+	const EsCatalog *cat = EsGetCatalog();
+	ScanKeyData key;
+	Datum		version;
+	EsApplyScope scope;
+	int64		handed = 0;
+	int64		current;
+	int64		newpos;
+	ErrorData  *edata;
+	Oid			types[2] = {TEXTOID, TEXTOID};
+	Datum		values[2] = {CStringGetTextDatum(name), PointerGetDatum(h->stream_id)};
+
+	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(h->position));
+	memset(&scope, 0, sizeof(scope));
+	scope.stream_id = h->stream_id;
+	if (EsFirstEventValue(cat, cat->position_idx, GetLatestSnapshot(), &key, 1,
+						  ForwardScanDirection, Anum_es_stream_version, &version))
+	{
+		scope.from_version = DatumGetInt64(version);
+		edata = es_apply_in_subxact(p, name, 0, upto, -1, 0, &scope, &handed, &current, &newpos);
+		if (edata != NULL)
+		{
+			int64		prefix = 0;
+			int64		cur;
+			ErrorData  *again;
+
+			handed = 0;
+			if (current > h->position)
+			{
+				again = es_apply_in_subxact(p, name, 0, current - 1, -1, 0, &scope,
+											&prefix, &cur, &newpos);
+				if (again != NULL)
+				{
+					FreeErrorData(again);
+					prefix = 0;
+					current = h->position;
+				}
+			}
+			es_projection_hold_stream(p, partition, current, edata);
+			FreeErrorData(edata);
+			return prefix;
+		}
+	}
+	/* applied up to the partition's position (or gone): held no longer */
+	es_projection_exec("DELETE FROM event_store.subscription_streams "
+					   "WHERE subscription OPERATOR(pg_catalog.=) $1 AND stream_id OPERATOR(pg_catalog.=) $2",
+					   2, types, values, NULL);
+	return handed;
+}
+
+/*
+ * Apply one partition of an async projection with partitions or parking:
+ * its due held streams first, then its events after its position (held
+ * streams skipped), up to head.  *failed: the projection failed (on_error
+ * 'fail'), and its other partitions wait for its retry.
+ */
+static int64
+es_run_partition(EsProjection *p, const char *name, int32 attempts, int32 partition,
+				 int64 position, int64 head, int64 budget, TimestampTz deadline, bool *failed)
+{
+	EsHeldStream *held;
+	int			nheld;
+	EsApplyScope scope;
+	int64		total = 0;
+	int64		handed;
+	int64		current;
+	int64		newpos;
+	ErrorData  *edata;
+
+	held = es_partition_held(name, partition, &nheld);
+	for (int i = 0; i < nheld; i++)
+		if (held[i].due)
+			total += es_run_held_stream(p, name, partition, position, &held[i]);
+
+	/* what is still held is skipped */
+	memset(&scope, 0, sizeof(scope));
+	scope.partition = partition;
+	scope.npartitions = p->partitions;
+	held = es_partition_held(name, partition, &nheld);
+	if (nheld > 0)
+	{
+		scope.held = EsTextHashCreate("event_store held streams", sizeof(EsTextKey),
+									  CurrentMemoryContext);
+		for (int i = 0; i < nheld; i++)
+		{
+			bool		found;
+
+			(void) EsTextHashEnter(scope.held, VARDATA_ANY(held[i].stream_id),
+								   VARSIZE_ANY_EXHDR(held[i].stream_id), 0, &found);
+		}
+	}
+	if (budget >= 0)
+		budget = Max(budget - total, 0);
+	if (budget == 0)
+		return total;
+	edata = es_apply_in_subxact(p, name, position, head, budget, deadline, &scope,
+								&handed, &current, &newpos);
+	if (edata == NULL)
+		return total + handed;
+
+	/* the batch failed at the event at "current": keep what came before it */
+	handed = 0;
+	if (current - 1 > position)
+	{
+		int64		cur;
+		ErrorData  *prefix_error = es_apply_in_subxact(p, name, position, current - 1, -1, 0,
+												  &scope, &handed, &cur, &newpos);
+
+		if (prefix_error != NULL)
+		{
+			FreeErrorData(prefix_error);
+			handed = 0;
+		}
+	}
+	if (p->park)
+		es_projection_hold_stream(p, partition, current, edata);
+	else
+	{
+		es_projection_failed(name, attempts, current, edata);
+		*failed = true;
+	}
+	FreeErrorData(edata);
+	return total + handed;
+}
+
+/*
+ * An async projection with partitions (or parking): every partition no
+ * other worker is applying, one after the other; each partition's row is
+ * its lock (SKIP LOCKED: workers share the partitions out)
+ */
+static int64
+es_run_partitioned(EsProjection *p, const char *name, int32 attempts, int64 budget,
+				   TimestampTz deadline)
+{
+	Oid			types[2] = {TEXTOID, INT4OID};
+	Datum		values[2];
+	int64		head = EsSafeHead();
+	int64		total = 0;
+	int32		last = -1;
+	bool		failed = false;
+
+	values[0] = CStringGetTextDatum(name);
+	while (!failed && (budget < 0 || total < budget) &&
+		   (deadline == 0 || GetCurrentTimestamp() < deadline))
+	{
+		bool		isnull;
+		int32		partition;
+		int64		position;
+
+		values[1] = Int32GetDatum(last);
+		es_projection_exec("SELECT partition, position FROM event_store.subscription_partitions "
+						   "WHERE subscription OPERATOR(pg_catalog.=) $1 AND partition OPERATOR(pg_catalog.>) $2 "
+						   "ORDER BY partition LIMIT 1 FOR UPDATE SKIP LOCKED", 2, types, values, NULL);
+		if (SPI_processed == 0)
+			break;
+		partition = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+		position = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+		last = partition;
+		total += es_run_partition(p, name, attempts, partition, position, head,
+								  budget < 0 ? -1 : budget - total, deadline, &failed);
+	}
+	if (!failed && attempts != 0)
+	{
+		values[1] = Int32GetDatum(0);
+		es_projection_exec("UPDATE event_store.projections SET attempts = 0, "
+						   "last_error = NULL, error_position = NULL, next_attempt_at = NULL, "
+						   "updated_at = pg_catalog.now() WHERE name OPERATOR(pg_catalog.=) $1",
+						   1, types, values, NULL);
+	}
+	return total;
 }
 
 /*
@@ -1116,15 +1612,24 @@ es_run_one(const char *name, int64 budget, TimestampTz deadline)
 	int64		cur;
 	ErrorData  *edata;
 	ErrorData  *prefix_error;
-	char	   *state;
 
+	/*
+	 * One partition: the projection's row is its lock, as ever.  Several (or
+	 * parking): each partition's row is, so that workers apply them in
+	 * parallel; the projection's row is only read.
+	 */
+	p = es_projection_load(name, "AND mode OPERATOR(pg_catalog.=) 'async' "
+						   "AND state OPERATOR(pg_catalog.=) 'running'",
+						   NULL, NULL, &position, &attempts, NULL);
+	if (p != NULL && (p->partitions > 1 || p->park))
+		return es_run_partitioned(p, name, attempts, budget, deadline);
 	p = es_projection_load(name, "AND mode OPERATOR(pg_catalog.=) 'async' "
 						   "AND state OPERATOR(pg_catalog.=) 'running' FOR UPDATE SKIP LOCKED",
 						   NULL, NULL, &position, &attempts, NULL);
 	if (p == NULL)
 		return 0;				/* gone, paused, failed, or being run elsewhere */
 
-	edata = es_apply_in_subxact(p, name, position, EsSafeHead(), budget, deadline,
+	edata = es_apply_in_subxact(p, name, position, EsSafeHead(), budget, deadline, NULL,
 								&handed, &current, &newpos);
 	if (edata == NULL)
 	{
@@ -1144,7 +1649,7 @@ es_run_one(const char *name, int64 budget, TimestampTz deadline)
 	/* the batch failed at the event at "current": keep what came before it */
 	if (current - 1 > position)
 	{
-		prefix_error = es_apply_in_subxact(p, name, position, current - 1, -1, 0,
+		prefix_error = es_apply_in_subxact(p, name, position, current - 1, -1, 0, NULL,
 										   &prefix_handed, &cur, &newpos);
 		if (prefix_error != NULL)
 		{
@@ -1153,28 +1658,7 @@ es_run_one(const char *name, int64 budget, TimestampTz deadline)
 		}
 	}
 
-	attempts++;
-	state = (attempts >= es_projection_max_attempts) ? "failed" : "running";
-	ereport(LOG,
-			(errmsg("event_store projection \"%s\" failed at global position " INT64_FORMAT " (attempt %d): %s",
-					name, current, attempts, edata->message ? edata->message : "unknown error")));
-	{
-		Oid			types[6] = {TEXTOID, INT4OID, TEXTOID, TEXTOID, INT8OID, INT8OID};
-		Datum		values[6];
-
-		values[0] = CStringGetTextDatum(name);
-		values[1] = Int32GetDatum(attempts);
-		values[2] = CStringGetTextDatum(edata->message ? edata->message : "unknown error");
-		values[3] = CStringGetTextDatum(state);
-		values[4] = Int64GetDatum(current);
-		values[5] = Int64GetDatum(EsBackoffMs(ES_RETRY_BASE_MS, attempts, false));
-		es_projection_exec("UPDATE event_store.projections SET attempts = $2, last_error = $3, "
-						   "state = $4, error_position = $5, "
-						   "next_attempt_at = pg_catalog.now() OPERATOR(pg_catalog.+) "
-						   "pg_catalog.make_interval(secs => $6 OPERATOR(pg_catalog./) 1000.0), "
-						   "updated_at = pg_catalog.now() WHERE name OPERATOR(pg_catalog.=) $1",
-						   6, types, values, NULL);
-	}
+	es_projection_failed(name, attempts, current, edata);
 	FreeErrorData(edata);
 	return prefix_handed;
 }

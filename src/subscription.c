@@ -90,6 +90,7 @@ typedef struct EsSubscription
 	int32		max_attempts;
 	int64		backoff_ms;
 	EsEventFilter filter;
+	bool		projection;		/* an async projection's: its workers consume it */
 } EsSubscription;
 
 /* A partition held by the calling consumer, in memory during a call */
@@ -123,8 +124,8 @@ typedef struct EsHeld
  * ------------------------------------------------------------------------ */
 
 /* The partition of a stream among n (stable: a hash of the stream id) */
-static int32
-es_stream_partition(text *stream_id, int n)
+int32
+EsStreamPartition(text *stream_id, int n)
 {
 	uint64		h = hash_bytes_extended((const unsigned char *) VARDATA_ANY(stream_id),
 										VARSIZE_ANY_EXHDR(stream_id), 0);
@@ -213,7 +214,7 @@ es_subscription_load(const char *name, MemoryContext cxt)
 
 	es_sub_exec("SELECT owner::pg_catalog.oid, partitions, max_attempts, "
 				"(EXTRACT(epoch FROM retry_backoff) OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8, "
-				"event_types, categories "
+				"event_types, categories, projection "
 				"FROM event_store.subscriptions WHERE name OPERATOR(pg_catalog.=) $1 "
 				"FOR KEY SHARE",
 				1, types, values, NULL, false, SPI_OK_SELECT);
@@ -235,6 +236,7 @@ es_subscription_load(const char *name, MemoryContext cxt)
 	s->filter.types.ntypes = EsDecodeTextArray(d, isnull, &s->filter.types.types);
 	d = SPI_getbinval(tup, desc, 6, &isnull);
 	s->filter.ncategories = EsDecodeTextArray(d, isnull, &s->filter.categories);
+	s->projection = DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull));
 	MemoryContextSwitchTo(old);
 	return s;
 }
@@ -247,6 +249,13 @@ static void
 es_check_may_use(EsUserSwitch *sw, EsSubscription *s)
 {
 	Oid			user = sw->save_userid;
+
+	if (s->projection)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("subscription \"%s\" belongs to the async projection of that name", s->name),
+				 errdetail("The background workers apply the projection's events; nobody else claims them."),
+				 errhint("Use replay_parked() and skip_parked() on its parked streams; create a subscription of your own to consume the log.")));
 
 	if (has_privs_of_role(user, s->owner) || has_privs_of_role(user, EsExtensionOwner()))
 		return;
@@ -485,7 +494,11 @@ es_drop_subscription(PG_FUNCTION_ARGS)
 
 	EsCheckWritable("drop_subscription()");
 	EsSpiConnect(&sw);
-	(void) es_subscription_for_change(&sw, name);
+	if (es_subscription_for_change(&sw, name)->projection)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("subscription \"%s\" belongs to the async projection of that name", name),
+				 errhint("Drop the projection with event_store.drop_projection().")));
 	es_sub_exec("DELETE FROM event_store.subscriptions WHERE name OPERATOR(pg_catalog.=) $1",
 				1, types, values, NULL, false, SPI_OK_DELETE);
 	EsSpiFinish(&sw);
@@ -543,7 +556,7 @@ es_claim_scan_row(Datum *values, bool *isnull, HeapTuple stored, void *arg)
 	EsClaim    *c = (EsClaim *) arg;
 	int64		pos = DatumGetInt64(values[Anum_es_global_position - 1]);
 	text	   *sid = DatumGetTextPP(values[Anum_es_stream_id - 1]);
-	EsPart	   *p = c->by_partition[es_stream_partition(sid, c->sub->partitions)];
+	EsPart	   *p = c->by_partition[EsStreamPartition(sid, c->sub->partitions)];
 
 	if (c->full)
 		return false;
@@ -614,7 +627,7 @@ es_claim_redeliver_row(Datum *values, bool *isnull, HeapTuple stored, void *arg)
 {
 	EsClaim    *c = (EsClaim *) arg;
 	text	   *sid = DatumGetTextPP(values[Anum_es_stream_id - 1]);
-	EsPart	   *p = c->by_partition[es_stream_partition(sid, c->sub->partitions)];
+	EsPart	   *p = c->by_partition[EsStreamPartition(sid, c->sub->partitions)];
 
 	if (p != NULL)
 		es_claim_emit(c, p, values, isnull, c->attempt);
@@ -668,7 +681,7 @@ es_claim_stream_row(Datum *values, bool *isnull, HeapTuple stored, void *arg)
 	EsClaim    *c = (EsClaim *) arg;
 	int64		pos = DatumGetInt64(values[Anum_es_global_position - 1]);
 	text	   *sid = DatumGetTextPP(values[Anum_es_stream_id - 1]);
-	EsPart	   *p = c->by_partition[es_stream_partition(sid, c->sub->partitions)];
+	EsPart	   *p = c->by_partition[EsStreamPartition(sid, c->sub->partitions)];
 
 	if (pos > c->bound || c->full)
 		return false;
@@ -1205,7 +1218,7 @@ es_nack_event(PG_FUNCTION_ARGS)
 	es_check_may_use(&sw, s);
 	parts = es_my_partitions(s, consumer, &nparts);
 	sid = es_stream_at(position);
-	p = sid ? es_find_part(parts, nparts, es_stream_partition(sid, s->partitions)) : NULL;
+	p = sid ? es_find_part(parts, nparts, EsStreamPartition(sid, s->partitions)) : NULL;
 	for (int k = 0; p != NULL && k < p->npending && at < 0; k++)
 		if (p->pending[k] == position)
 			at = k;

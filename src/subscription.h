@@ -8,4 +8,6 @@
 /* the most partitions a subscription may have */
 #define ES_MAX_PARTITIONS	1024
 
+extern int32 EsStreamPartition(text *stream_id, int n);
+
 #endif							/* ES_SUBSCRIPTION_H */

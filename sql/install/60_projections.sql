@@ -19,7 +19,9 @@ CREATE TABLE event_store.projections (
     created_at      timestamptz NOT NULL DEFAULT now(),
     updated_at      timestamptz NOT NULL DEFAULT now(),
     owner           regrole     NOT NULL,  -- created it; handler and reset run as this role
-    search_path     text        NOT NULL   -- and with this search_path (pg_temp last)
+    search_path     text        NOT NULL,  -- and with this search_path (pg_temp last)
+    partitions      int         NOT NULL DEFAULT 1 CHECK (partitions BETWEEN 1 AND 1024),
+    on_error        text        NOT NULL DEFAULT 'fail' CHECK (on_error IN ('fail', 'park'))
 );
 COMMENT ON TABLE event_store.projections IS 'Projections and their checkpoints; maintained with create_projection() and friends';
 SELECT pg_catalog.pg_extension_config_dump('event_store.projections', '');
@@ -29,12 +31,14 @@ CREATE FUNCTION event_store.create_projection(name text, handler regprocedure,
                                               event_types text[] DEFAULT NULL,
                                               categories text[] DEFAULT NULL,
                                               mode text DEFAULT 'inline',
-                                              reset regprocedure DEFAULT NULL)
+                                              reset regprocedure DEFAULT NULL,
+                                              partitions int DEFAULT 1,
+                                              on_error text DEFAULT 'fail')
     RETURNS void
     LANGUAGE c VOLATILE PARALLEL UNSAFE
     AS 'MODULE_PATHNAME', 'es_create_projection';
-COMMENT ON FUNCTION event_store.create_projection(text, regprocedure, text[], text[], text, regprocedure) IS
-    'Create a projection: handler (event event_store.event) RETURNS void, applied inline (in the appending transaction) or async (by the background worker)';
+COMMENT ON FUNCTION event_store.create_projection(text, regprocedure, text[], text[], text, regprocedure, int, text) IS
+    'Create a projection: handler (event event_store.event) RETURNS void, applied inline (in the appending transaction) or async (by the background workers, in partitions, parking failing streams with on_error => ''park'')';
 
 CREATE FUNCTION event_store.rebuild_projection(name text) RETURNS void
     LANGUAGE c VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'es_rebuild_projection';

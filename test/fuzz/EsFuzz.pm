@@ -1223,6 +1223,8 @@ sub _specs
 				[ categories  => 1, sub { $self->_text_array(@{ $self->{categories} }) } ],
 				[ mode        => 1, sub { typed($self->_text('inline', 'async', 'async'), 'text') } ],
 				[ reset       => 1, sub { $self->_chance(0.5) ? 'NULL::regprocedure' : $self->_regproc('reset') } ],
+				[ partitions  => 1, sub { $self->_int4(1, 1, 2, 4) } ],
+				[ on_error    => 1, sub { typed($self->_text('fail', 'fail', 'park'), 'text') } ],
 			],
 		},
 		rebuild_projection => { family => 'projection', args => [ [ name => 0, $proj_name ] ] },
