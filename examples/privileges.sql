@@ -57,6 +57,7 @@ GRANT EXECUTE ON FUNCTION
     event_store.load_aggregate(text, bigint),
     event_store.load_snapshot(text, bigint),
     event_store.saga_state(uuid),
+    event_store.wait_for_projection(text, bigint, interval),
     event_store.claim_events(text, text, int, interval, interval),
     event_store.ack_events(text, text, bigint),
     event_store.nack_event(text, text, bigint, text, interval),
@@ -65,6 +66,7 @@ GRANT EXECUTE ON FUNCTION
 
 GRANT EXECUTE ON FUNCTION
     event_store.append(text, jsonb, bigint),
+    event_store.last_appended_position(),
     event_store.save_snapshot(text, bigint, jsonb, int),
     event_store.start_saga(text, jsonb, uuid),
     event_store.delete_stream(text, bigint),

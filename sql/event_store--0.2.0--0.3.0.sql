@@ -950,3 +950,20 @@ SELECT p.name, p.categories, p.event_types, 1, 0,
  WHERE p.mode = 'async';
 INSERT INTO event_store.subscription_partitions (subscription, partition, position)
 SELECT p.name, 0, p.position FROM event_store.projections p WHERE p.mode = 'async';
+
+------------------------------------------------------------------------------
+-- Read-your-writes (new in 0.3.0): last_appended_position, wait_for_projection
+------------------------------------------------------------------------------
+CREATE FUNCTION event_store.last_appended_position() RETURNS bigint
+    LANGUAGE c VOLATILE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'es_last_appended_position';
+COMMENT ON FUNCTION event_store.last_appended_position() IS
+    'The highest global position this session''s last append stored (NULL before any): what wait_for_projection() waits for';
+
+CREATE FUNCTION event_store.wait_for_projection(name text, "position" bigint,
+                                                timeout interval DEFAULT '10 seconds')
+    RETURNS boolean
+    LANGUAGE c VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'es_wait_for_projection';
+COMMENT ON FUNCTION event_store.wait_for_projection(text, bigint, interval) IS
+    'Wait until the projection applied (or passed) every event up to position (woken at the projection''s commit); false at the timeout';
+REVOKE ALL ON FUNCTION event_store.last_appended_position(),
+    event_store.wait_for_projection(text, bigint, interval) FROM PUBLIC;

@@ -16,7 +16,9 @@
 #include "fmgr.h"
 #include "funcapi.h"
 #include "miscadmin.h"
+#include "pgstat.h"
 #include "port/atomics.h"
+#include "storage/condition_variable.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "storage/lwlock.h"
@@ -44,6 +46,9 @@ typedef struct EsActivityEntry
 											 * projections (set by any
 											 * backend, taken by the worker) */
 	pg_atomic_uint64 last_wake;	/* when an appender last woke the worker */
+	ConditionVariable projections_cv;	/* broadcast when a transaction that
+										 * moved an async projection on
+										 * commits */
 	/* since server start, for event_store.stats (atomics) */
 	pg_atomic_uint64 n_appends;	/* append() calls that wrote events */
 	pg_atomic_uint64 n_events;	/* events they wrote */
@@ -70,6 +75,7 @@ static LWLock *es_activity_lock = NULL;
 /* backend-local state */
 static EsActivityEntry *my_act = NULL;
 static bool wake_worker_at_end = false;
+static bool projections_moved = false;	/* broadcast projections_cv at commit */
 static bool is_db_worker = false;
 static bool is_launcher = false;
 static bool callbacks_registered = false;
@@ -128,6 +134,7 @@ EsActivityShmemInit(void)
 			pg_atomic_init_u64(&db->n_appends, 0);
 			pg_atomic_init_u64(&db->n_events, 0);
 			pg_atomic_init_u64(&db->n_conflicts, 0);
+			ConditionVariableInit(&db->projections_cv);
 		}
 	}
 	es_activity_lock = &GetNamedLWLockTranche("event_store activity")[0].lock;
@@ -158,6 +165,10 @@ es_activity_xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
 		case XACT_EVENT_PREPARE:
+			if (projections_moved &&
+				(event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT))
+				ConditionVariableBroadcast(&my_act->projections_cv);
+			projections_moved = false;
 			if (!wake_worker_at_end)
 				break;
 			wake_worker_at_end = false;
@@ -413,4 +424,42 @@ es_counters(PG_FUNCTION_ARGS)
 	values[2] = Int64GetDatum(conflicts);
 	values[3] = Int32GetDatum(in_flight);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(desc), values, nulls)));
+}
+
+/* This transaction moved an async projection on: tell the waiters at commit */
+void
+EsProjectionsMoved(void)
+{
+	es_attach_db();
+	projections_moved = true;
+}
+
+/*
+ * Wait until reached(arg) is true or timeout_ms pass; true when it is.
+ * Woken when a transaction that moved an async projection on commits (no
+ * polling); reached is checked before each sleep, so no wake-up is missed.
+ */
+bool
+EsWaitForProjections(bool (*reached) (void *arg), void *arg, long timeout_ms)
+{
+	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
+	bool		done;
+
+	es_attach_db();
+	ConditionVariablePrepareToSleep(&my_act->projections_cv);
+	for (;;)
+	{
+		long		remaining;
+
+		done = reached(arg);
+		if (done)
+			break;
+		remaining = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
+		if (remaining <= 0)
+			break;
+		(void) ConditionVariableTimedSleep(&my_act->projections_cv, remaining,
+										   PG_WAIT_EXTENSION);
+	}
+	ConditionVariableCancelSleep();
+	return done;
 }

@@ -21,6 +21,8 @@ extern void EsCountAppend(int nevents);
 extern void EsCountConflict(void);
 extern void EsReadCounters(int64 *appends, int64 *events, int64 *conflicts,
 						   int *in_flight);
+extern void EsProjectionsMoved(void);
+extern bool EsWaitForProjections(bool (*reached) (void *arg), void *arg, long timeout_ms);
 
 /* the database worker */
 extern bool EsTryAttachDatabase(void);

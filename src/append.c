@@ -60,6 +60,10 @@
 #include "stream_state.h"
 
 PG_FUNCTION_INFO_V1(es_append);
+PG_FUNCTION_INFO_V1(es_last_appended_position);
+
+/* the highest position this session's last append() stored, or 0 (none yet) */
+static int64 last_appended_position = 0;
 
 /* Where the parser is, for error messages */
 typedef struct EsParseCtx
@@ -562,6 +566,21 @@ es_insert_events(const EsCatalog *cat, text *stream_id, EsNewEvent *evs, int n,
 	CommandCounterIncrement();
 }
 
+/* The global position of a stream's event at version, or 0 */
+static int64
+es_position_of(const EsCatalog *cat, text *stream_id, int64 version, Snapshot snapshot)
+{
+	ScanKeyData keys[2];
+	Datum		pos;
+
+	ScanKeyInit(&keys[0], 1, BTEqualStrategyNumber, F_TEXTEQ, PointerGetDatum(stream_id));
+	ScanKeyInit(&keys[1], 2, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(version));
+	if (!EsFirstEventValue(cat, cat->stream_idx, snapshot, keys, 2, ForwardScanDirection,
+						   Anum_es_global_position, &pos))
+		return 0;
+	return DatumGetInt64(pos);
+}
+
 /*
  * Append a validated batch to a stream; returns the stream's version after
  * it.  has_expected/expected carry the optimistic-concurrency check.  The
@@ -602,6 +621,9 @@ EsAppendEvents(text *stream_id, EsNewEvent *evs, int n, bool has_expected,
 		if (es_check_stored_ids(cat, stream_id, evs, n, has_expected, expected,
 								snapshot, &replayed))
 		{
+			/* a retry: what it appended is where the first call stored it */
+			if (!internal)
+				last_appended_position = es_position_of(cat, stream_id, replayed, snapshot);
 			UnregisterSnapshot(snapshot);
 			return replayed;
 		}
@@ -620,6 +642,8 @@ EsAppendEvents(text *stream_id, EsNewEvent *evs, int n, bool has_expected,
 	}
 
 	first_position = EsAllocatePositions(n);
+	if (!internal)
+		last_appended_position = first_position + n - 1;
 	rows = palloc(sizeof(Datum) * n * Natts_es_event);
 	nulls = palloc(sizeof(bool) * n * Natts_es_event);
 	es_insert_events(cat, stream_id, evs, n, first_position, current + 1, rows, nulls);
@@ -740,4 +764,17 @@ es_events_direct_write(PG_FUNCTION_ARGS)
 	/* append() inserts without the executor, so it never fires this */
 	EsCounterStale();
 	return PointerGetDatum(NULL);
+}
+
+/*
+ * SQL: event_store.last_appended_position() RETURNS bigint -- the highest
+ * global position this session's last append() stored (NULL before any):
+ * what wait_for_projection() waits for, for read-your-writes
+ */
+Datum
+es_last_appended_position(PG_FUNCTION_ARGS)
+{
+	if (last_appended_position == 0)
+		PG_RETURN_NULL();
+	PG_RETURN_INT64(last_appended_position);
 }

@@ -64,6 +64,7 @@
 #include "read.h"
 #include "registry.h"
 #include "roles.h"
+#include "shared.h"
 #include "subscription.h"
 #include "upcast.h"
 
@@ -1262,6 +1263,7 @@ es_set_async_position(const char *name, int32 partition, int64 newpos)
 	values[0] = CStringGetTextDatum(name);
 	values[1] = Int32GetDatum(partition);
 	values[2] = Int64GetDatum(newpos);
+	EsProjectionsMoved();
 	if (EsGetCatalog()->schema_version < ES_SCHEMA_0_3)
 	{
 		es_projection_exec("UPDATE event_store.projections SET position = $3, "
@@ -1460,6 +1462,7 @@ es_run_held_stream(EsProjection *p, const char *name, int32 partition, int64 upt
 		}
 	}
 	/* applied up to the partition's position (or gone): held no longer */
+	EsProjectionsMoved();
 	es_projection_exec("DELETE FROM event_store.subscription_streams "
 					   "WHERE subscription OPERATOR(pg_catalog.=) $1 AND stream_id OPERATOR(pg_catalog.=) $2",
 					   2, types, values, NULL);
@@ -1776,4 +1779,84 @@ es_handler_kind(Oid fn)
 		ReleaseSysCache(tup);
 	}
 	return kind;
+}
+
+/* What wait_for_projection waits for */
+typedef struct EsProjectionWait
+{
+	const char *name;
+	int64		position;
+} EsProjectionWait;
+
+/*
+ * Has the projection applied (or passed) every event up to the position?
+ * A running inline projection has, once every append up to there ended
+ * (they applied it themselves); an async one, once each of its partitions
+ * is there and none of its streams is held back at or below it.  Read with
+ * a fresh snapshot each time.
+ */
+static bool
+es_projection_reached(void *arg)
+{
+	EsProjectionWait *w = (EsProjectionWait *) arg;
+	EsUserSwitch sw;
+	Oid			types[2] = {TEXTOID, INT8OID};
+	Datum		values[2] = {CStringGetTextDatum(w->name), Int64GetDatum(w->position)};
+	bool		isnull;
+	bool		reached;
+	bool		is_inline;
+
+	EsSpiConnect(&sw);
+	es_projection_exec("SELECT p.mode OPERATOR(pg_catalog.=) 'inline' AND p.state OPERATOR(pg_catalog.=) 'running', "
+					   "p.mode OPERATOR(pg_catalog.=) 'async' AND p.position OPERATOR(pg_catalog.>=) $2 "
+					   "AND NOT EXISTS (SELECT 1 FROM event_store.subscription_streams t "
+					   "  WHERE t.subscription OPERATOR(pg_catalog.=) p.name "
+					   "  AND t.global_position OPERATOR(pg_catalog.<=) $2) "
+					   "FROM event_store.projections p WHERE p.name OPERATOR(pg_catalog.=) $1",
+					   2, types, values, NULL);
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("projection \"%s\" does not exist", w->name)));
+	is_inline = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	reached = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+	EsSpiFinish(&sw);
+	if (is_inline)
+		reached = EsSafeHead() >= w->position;
+	return reached;
+}
+
+PG_FUNCTION_INFO_V1(es_wait_for_projection);
+
+/*
+ * SQL: event_store.wait_for_projection(name text, position bigint,
+ *		timeout interval) RETURNS boolean
+ *
+ * Read-your-writes: append, commit, then wait until the projection applied
+ * last_appended_position().  Woken when a transaction that moved an async
+ * projection on commits, or, for an inline one, when an append's ends (the
+ * horizon), never polling.
+ */
+Datum
+es_wait_for_projection(PG_FUNCTION_ARGS)
+{
+	EsProjectionWait w;
+	double		ms;
+	char	   *mode;
+	char	   *state;
+	EsUserSwitch sw;
+
+	w.name = text_to_cstring(EsGetRequiredText(fcinfo, 0, "name"));
+	EsRequireArg(fcinfo, 1, "position");
+	w.position = PG_GETARG_INT64(1);
+	EsRejectNegative(w.position, "position", "Pass last_appended_position() after an append.");
+	ms = Min(EsIntervalArgMs(fcinfo, 2, "timeout", false), (double) INT_MAX);
+	EsCheckPreloaded();
+
+	EsSpiConnect(&sw);
+	(void) es_projection_get(w.name, &mode, &state, NULL, NULL, false, NULL);
+	EsSpiFinish(&sw);
+	if (strcmp(mode, "inline") == 0 && strcmp(state, "running") == 0)
+		PG_RETURN_BOOL(w.position == 0 || EsWaitForHead(w.position - 1, (long) ms) >= w.position);
+	PG_RETURN_BOOL(EsWaitForProjections(es_projection_reached, &w, (long) ms));
 }

@@ -63,6 +63,13 @@ CREATE FUNCTION event_store.run_projections(max_events int DEFAULT 10000) RETURN
 COMMENT ON FUNCTION event_store.run_projections(int) IS
     'Apply pending events to the async projections now (what the background worker does); returns the number of events handed to handlers';
 
+CREATE FUNCTION event_store.wait_for_projection(name text, "position" bigint,
+                                                timeout interval DEFAULT '10 seconds')
+    RETURNS boolean
+    LANGUAGE c VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'es_wait_for_projection';
+COMMENT ON FUNCTION event_store.wait_for_projection(text, bigint, interval) IS
+    'Wait until the projection applied (or passed) every event up to position (woken at the projection''s commit); false at the timeout';
+
 CREATE VIEW event_store.projection_status AS
 SELECT p.name,
        p.mode,

@@ -1118,6 +1118,7 @@ sub _specs
 			# the events first: an idempotent retry picks its stream too
 			prepare => sub { $self->{append_events} = $self->_events_arg },
 		},
+		last_appended_position => { family => 'append', args => [] },
 		stream_version => { family => 'read', args => [ [ stream_id => 0, $stream ] ] },
 		read_stream    => {
 			family => 'read', set => 1,
@@ -1231,6 +1232,15 @@ sub _specs
 		pause_projection   => { family => 'projection', args => [ [ name => 0, $proj_name ] ] },
 		resume_projection  => { family => 'projection', args => [ [ name => 0, $proj_name ] ] },
 		drop_projection    => { family => 'projection', args => [ [ name => 0, $proj_name ] ] },
+		wait_for_projection => {
+			family => 'projection',
+			args   => [
+				[ name     => 0, $proj_name ],
+				[ position => 0, sub { $self->_chance(0.5) ? '(SELECT event_store.head_position())' : $after->() } ],
+				# always short: a projection that never gets there waits the whole timeout
+				[ timeout  => 0, sub { $self->_interval_small } ],
+			],
+		},
 		run_projections    => { family => 'projection', args => [ [ max_events => 1, sub { $self->_int4(1, 10, 10000) } ] ] },
 		define_saga => {
 			family => 'saga',
@@ -1445,6 +1455,8 @@ my @FUNCTION_WEIGHTS = (
 	[ 2,  'resume_projection' ],
 	[ 1,  'drop_projection' ],
 	[ 2,  'run_projections' ],
+	[ 2,  'wait_for_projection' ],
+	[ 1,  'last_appended_position' ],
 	[ 5,  'define_saga' ],
 	[ 5,  'start_saga' ],
 	[ 4,  'complete_saga_step' ],
@@ -1526,7 +1538,7 @@ sub _next_call
 	}
 	else
 	{
-		@parts = map { "$_->[0] => $_->[2]" } grep { !$_->[1] || $self->_chance(0.5) } @args;
+		@parts = map { "\"$_->[0]\" => $_->[2]" } grep { !$_->[1] || $self->_chance(0.5) } @args;
 	}
 	my $call = "event_store.$fn(" . join(', ', @parts) . ')';
 	my $sql = $spec->{set} ? "SELECT count(*) FROM $call" : "SELECT $call";
@@ -1748,7 +1760,7 @@ sub api_functions
 		for my $a (split /,/, $args)
 		{
 			next if $a =~ /^\s*$/;
-			push @names, $1 if $a =~ /^\s*([a-z_]+)\s/;
+			push @names, $1 if $a =~ /^\s*"?([a-z_]+)"?\s/;
 		}
 		$f{$name} = \@names;
 	}
