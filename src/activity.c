@@ -41,6 +41,9 @@ typedef struct EsActivityEntry
 	 */
 	int			worker_procno;	/* pgprocno of the database's worker, or -1 */
 	bool		worker_wants_commits;	/* it runs async projections: wake it per commit */
+	int			helper_procno[ES_MAX_WORKERS];	/* its helpers' (partitioned
+												 * projections), or -1; each
+												 * written by its helper */
 	/* atomics, read and written without a lock */
 	pg_atomic_uint32 projections_changed;	/* 1: the worker should re-read
 											 * projections (set by any
@@ -77,6 +80,7 @@ static EsActivityEntry *my_act = NULL;
 static bool wake_worker_at_end = false;
 static bool projections_moved = false;	/* broadcast projections_cv at commit */
 static bool is_db_worker = false;
+static int	my_helper = -1;		/* this process is helper number ... */
 static bool is_launcher = false;
 static bool callbacks_registered = false;
 
@@ -97,6 +101,8 @@ es_activity_entry_reset(int i)
 
 	db->worker_procno = -1;
 	db->worker_wants_commits = false;
+	for (int h = 0; h < ES_MAX_WORKERS; h++)
+		db->helper_procno[h] = -1;
 	pg_atomic_write_u64(&db->n_appends, 0);
 	pg_atomic_write_u64(&db->n_events, 0);
 	pg_atomic_write_u64(&db->n_conflicts, 0);
@@ -129,6 +135,8 @@ EsActivityShmemInit(void)
 
 			db->worker_procno = -1;
 			db->worker_wants_commits = false;
+			for (int h = 0; h < ES_MAX_WORKERS; h++)
+				db->helper_procno[h] = -1;
 			pg_atomic_init_u32(&db->projections_changed, 0);
 			pg_atomic_init_u64(&db->last_wake, 0);
 			pg_atomic_init_u64(&db->n_appends, 0);
@@ -189,6 +197,8 @@ es_activity_exit(int code, Datum arg)
 		return;
 	if (is_db_worker && my_act != NULL && my_act->worker_procno == ES_MY_PROCNO)
 		my_act->worker_procno = -1;
+	if (my_helper >= 0 && my_act != NULL && my_act->helper_procno[my_helper] == ES_MY_PROCNO)
+		my_act->helper_procno[my_helper] = -1;
 	if (is_launcher)
 	{
 		LWLockAcquire(es_activity_lock, LW_EXCLUSIVE);
@@ -259,6 +269,13 @@ es_wake_db_worker(bool force)
 			return;				/* another appender just woke it */
 	}
 	SetLatch(&ProcGlobal->allProcs[procno].procLatch);
+	for (int h = 0; h < ES_MAX_WORKERS; h++)
+	{
+		int			helper = my_act->helper_procno[h];
+
+		if (helper >= 0 && helper < es_activity->nprocs && helper != ES_MY_PROCNO)
+			SetLatch(&ProcGlobal->allProcs[helper].procLatch);
+	}
 }
 
 /* Wake this database's worker when the current transaction ends */
@@ -284,6 +301,24 @@ EsSetWorkerProc(bool running)
 	es_attach_db();
 	is_db_worker = running;
 	my_act->worker_procno = running ? ES_MY_PROCNO : -1;
+}
+
+/* A helper of the database worker announces (or withdraws) itself */
+void
+EsSetHelperProc(int helper, bool running)
+{
+	Assert(helper >= 0 && helper < ES_MAX_WORKERS);
+	es_attach_db();
+	my_helper = running ? helper : -1;
+	my_act->helper_procno[helper] = running ? ES_MY_PROCNO : -1;
+}
+
+/* Helper: does the database worker still run? (an unlocked hint) */
+bool
+EsWorkerRunning(void)
+{
+	es_attach_db();
+	return my_act->worker_procno >= 0;
 }
 
 /* The launcher announces itself */

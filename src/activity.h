@@ -6,6 +6,9 @@
 #ifndef ES_ACTIVITY_H
 #define ES_ACTIVITY_H
 
+/* the most workers per database (event_store.max_workers) */
+#define ES_MAX_WORKERS	16
+
 /* event_store.notify_interval: the worker's NOTIFY, appenders' wake-ups */
 extern int	es_notify_interval_ms;
 
@@ -30,6 +33,8 @@ extern void EsSetWorkerProc(bool running);
 extern void EsWorkerWantsCommits(bool wants);
 extern bool EsTakeProjectionsChanged(void);
 extern void EsReportAbsentDatabase(Oid dboid);
+extern void EsSetHelperProc(int helper, bool running);
+extern bool EsWorkerRunning(void);
 
 /* the launcher */
 extern void EsSetLauncherProc(bool running);

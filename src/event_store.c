@@ -95,6 +95,14 @@ _PG_init(void)
 							 PGC_SIGHUP, 0,
 							 NULL, NULL, NULL);
 
+	DefineCustomIntVariable("event_store.max_workers",
+							"Processes per database that apply async projections (the database worker and its helpers).",
+							"Helpers run while some async projection has several partitions; they apply its partitions in parallel.",
+							&es_max_workers,
+							2, 1, ES_MAX_WORKERS,
+							PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
+
 	DefineCustomIntVariable("event_store.naptime",
 							"Longest sleep of a database worker between rounds when nothing wakes it.",
 							"Appends wake the worker at once; this bounds retry and timer latency.",

@@ -1510,38 +1510,68 @@ es_run_partition(EsProjection *p, const char *name, int32 attempts, int32 partit
 								   VARSIZE_ANY_EXHDR(held[i].stream_id), 0, &found);
 		}
 	}
-	if (budget >= 0)
-		budget = Max(budget - total, 0);
-	if (budget == 0)
-		return total;
-	edata = es_apply_in_subxact(p, name, position, head, budget, deadline, &scope,
-								&handed, &current, &newpos);
-	if (edata == NULL)
-		return total + handed;
-
-	/* the batch failed at the event at "current": keep what came before it */
-	handed = 0;
-	if (current - 1 > position)
+	/*
+	 * The partition's events; after a failing one (parking) its stream is
+	 * held and the partition goes on with the others
+	 */
+	for (;;)
 	{
+		ErrorData  *prefix_error;
 		int64		cur;
-		ErrorData  *prefix_error = es_apply_in_subxact(p, name, position, current - 1, -1, 0,
-												  &scope, &handed, &cur, &newpos);
 
-		if (prefix_error != NULL)
+		if (budget >= 0 && total >= budget)
+			return total;
+		edata = es_apply_in_subxact(p, name, position, head, budget < 0 ? -1 : budget - total,
+									deadline, &scope, &handed, &current, &newpos);
+		if (edata == NULL)
+			return total + handed;
+
+		/* the batch failed at the event at "current": keep what came before it */
+		handed = 0;
+		newpos = position;
+		if (current - 1 > position)
 		{
-			FreeErrorData(prefix_error);
-			handed = 0;
+			prefix_error = es_apply_in_subxact(p, name, position, current - 1, -1, 0,
+											   &scope, &handed, &cur, &newpos);
+			if (prefix_error != NULL)
+			{
+				FreeErrorData(prefix_error);
+				handed = 0;
+				newpos = position;
+			}
+		}
+		total += handed;
+		if (!p->park)
+		{
+			es_projection_failed(name, attempts, current, edata);
+			*failed = true;
+			FreeErrorData(edata);
+			return total;
+		}
+		es_projection_hold_stream(p, partition, current, edata);
+		FreeErrorData(edata);
+		if (newpos == position && current <= position)
+			return total;		/* no progress possible */
+		position = newpos;
+		/* from now on the failing event's stream is skipped */
+		{
+			const EsCatalog *cat = EsGetCatalog();
+			ScanKeyData key;
+			Datum		sid;
+			bool		found;
+
+			ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(current));
+			if (!EsFirstEventValue(cat, cat->position_idx, GetLatestSnapshot(), &key, 1,
+								   ForwardScanDirection, Anum_es_stream_id, &sid))
+				return total;
+			if (scope.held == NULL)
+				scope.held = EsTextHashCreate("event_store held streams", sizeof(EsTextKey),
+											  CurrentMemoryContext);
+			sid = PointerGetDatum(DatumGetTextPCopy(sid));
+			(void) EsTextHashEnter(scope.held, VARDATA_ANY(DatumGetTextPP(sid)),
+								   VARSIZE_ANY_EXHDR(DatumGetTextPP(sid)), 0, &found);
 		}
 	}
-	if (p->park)
-		es_projection_hold_stream(p, partition, current, edata);
-	else
-	{
-		es_projection_failed(name, attempts, current, edata);
-		*failed = true;
-	}
-	FreeErrorData(edata);
-	return total + handed;
 }
 
 /*

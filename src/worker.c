@@ -61,11 +61,21 @@
 PG_FUNCTION_INFO_V1(es_worker_rescan);
 
 bool		es_worker_enabled = true;
+int			es_max_workers = 2;
 int			es_naptime_ms = 1000;
 int			es_retention_interval_ms = 60 * 1000;
 
 PGDLLEXPORT void es_launcher_main(Datum arg);
 PGDLLEXPORT void es_worker_main(Datum arg);
+PGDLLEXPORT void es_helper_main(Datum arg);
+
+/*
+ * The database worker's helpers: while some async projection has several
+ * partitions, event_store.max_workers - 1 more processes apply projections
+ * beside it (the partitions' row locks share the work out).  They do
+ * nothing else, and leave when the worker does.
+ */
+static BackgroundWorkerHandle *helpers[ES_MAX_WORKERS];
 
 /* a worker transaction applies a projection for at most about this long */
 #define ES_WORKER_BATCH_MS 1000
@@ -436,6 +446,7 @@ typedef struct EsProjectionBatch
 {
 	int64		applied;		/* events handed to handlers, -1: no extension */
 	bool		has_async;		/* is any async projection running? */
+	bool		has_partitioned;	/* ... with several partitions? */
 } EsProjectionBatch;
 
 /*
@@ -462,11 +473,17 @@ es_worker_run_projections(void *arg)
 	}
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	if (SPI_execute("SELECT EXISTS (SELECT 1 FROM event_store.projections "
-					"WHERE mode OPERATOR(pg_catalog.=) 'async' "
-					"AND state OPERATOR(pg_catalog.=) 'running')", true, 1) != SPI_OK_SELECT)
+	if (SPI_execute(EsGetCatalog()->schema_version >= ES_SCHEMA_0_3 ?
+					"SELECT pg_catalog.count(*) OPERATOR(pg_catalog.>) 0, "
+					"pg_catalog.bool_or(partitions OPERATOR(pg_catalog.>) 1) IS TRUE "
+					"FROM event_store.projections WHERE mode OPERATOR(pg_catalog.=) 'async' "
+					"AND state OPERATOR(pg_catalog.=) 'running'" :
+					"SELECT pg_catalog.count(*) OPERATOR(pg_catalog.>) 0, false "
+					"FROM event_store.projections WHERE mode OPERATOR(pg_catalog.=) 'async' "
+					"AND state OPERATOR(pg_catalog.=) 'running'", true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "reading event_store.projections failed");
 	batch->has_async = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	batch->has_partitioned = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
 	if (batch->has_async)
 	{
 		pgstat_report_activity(STATE_RUNNING, "event_store: applying async projections");
@@ -554,6 +571,117 @@ es_worker_notify(void *arg)
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 	state->notified_head = head;
+}
+
+/*
+ * Keep event_store.max_workers - 1 helpers running while some projection
+ * has partitions (started again if one stopped), and none beyond that
+ */
+static void
+es_ensure_helpers(Oid dboid, bool wanted)
+{
+	for (int h = 0; h < ES_MAX_WORKERS; h++)
+	{
+		pid_t		pid;
+		bool		want = wanted && h < es_max_workers - 1;
+
+		if (helpers[h] != NULL &&
+			(!want || GetBackgroundWorkerPid(helpers[h], &pid) == BGWH_STOPPED))
+		{
+			if (!want)
+				TerminateBackgroundWorker(helpers[h]);
+			pfree(helpers[h]);
+			helpers[h] = NULL;
+		}
+		if (want && helpers[h] == NULL)
+		{
+			BackgroundWorker worker;
+			BackgroundWorkerHandle *handle;
+			MemoryContext old;
+			bool		registered;
+
+			memset(&worker, 0, sizeof(worker));
+			worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+			worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+			worker.bgw_restart_time = BGW_NEVER_RESTART;
+			snprintf(worker.bgw_library_name, BGW_MAXLEN, "event_store");
+			snprintf(worker.bgw_function_name, BGW_MAXLEN, "es_helper_main");
+			snprintf(worker.bgw_name, BGW_MAXLEN, "event_store helper %d for database %u", h + 1, dboid);
+			snprintf(worker.bgw_type, BGW_MAXLEN, "event_store helper");
+			worker.bgw_main_arg = ObjectIdGetDatum(dboid);
+			memcpy(worker.bgw_extra, &h, sizeof(h));
+			worker.bgw_notify_pid = MyProcPid;
+			old = MemoryContextSwitchTo(TopMemoryContext);
+			registered = RegisterDynamicBackgroundWorker(&worker, &handle);
+			MemoryContextSwitchTo(old);
+			if (!registered)
+				break;			/* no free slot: the worker applies everything */
+			helpers[h] = handle;
+		}
+	}
+}
+
+/* A helper's main loop: async projections only, woken as the worker is */
+void
+es_helper_main(Datum arg)
+{
+	Oid			dboid = DatumGetObjectId(arg);
+	int			helper;
+	EsProjectionBatch batch = {0, true, true};
+	EsWorkerUnit projections_unit = {"async projections (helper)"};
+
+	memcpy(&helper, MyBgworkerEntry->bgw_extra, sizeof(helper));
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
+	pgstat_report_appname("event_store helper");
+	unit_context = AllocSetContextCreate(TopMemoryContext,
+										 "event_store worker unit",
+										 ALLOCSET_DEFAULT_SIZES);
+	StartTransactionCommand();
+	worker_dbname = MemoryContextStrdup(TopMemoryContext, get_database_name(dboid));
+	if (!es_extension_present() || !EsTryAttachDatabase())
+	{
+		CommitTransactionCommand();
+		proc_exit(0);
+	}
+	CommitTransactionCommand();
+	EsSetHelperProc(helper, true);
+
+	for (;;)
+	{
+		TimestampTz now = GetCurrentTimestamp();
+		long		timeout = es_naptime_ms;
+
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+		/* the worker left, or fewer helpers are wanted: leave too */
+		if (!EsWorkerRunning() || helper >= es_max_workers - 1 || !batch.has_partitioned)
+		{
+			EsSetHelperProc(helper, false);
+			proc_exit(0);
+		}
+		if (es_unit_ready(&projections_unit, now))
+		{
+			while (es_worker_run_unit(&projections_unit, es_worker_run_projections, &batch))
+			{
+				CHECK_FOR_INTERRUPTS();
+				if (batch.applied <= 0)
+					break;
+			}
+			if (batch.applied < 0)
+				batch.has_partitioned = false;	/* no extension any more */
+		}
+		timeout = es_unit_timeout(&projections_unit, now, timeout);
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 timeout, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+	}
 }
 
 /* Database worker main loop */
@@ -645,6 +773,7 @@ es_worker_main(Datum arg)
 						break;
 				}
 				EsWorkerWantsCommits(batch.has_async);
+				es_ensure_helpers(dboid, batch.has_partitioned);
 			}
 			if (es_unit_ready(&saga_unit, now))
 				(void) es_worker_run_unit(&saga_unit, es_worker_saga_tick, NULL);

@@ -6,6 +6,7 @@
 #define ES_WORKER_H
 
 extern bool es_worker_enabled;
+extern int	es_max_workers;
 extern int	es_naptime_ms;
 extern int	es_retention_interval_ms;
 

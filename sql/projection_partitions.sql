@@ -1,0 +1,144 @@
+--
+-- Async projections on their own subscription: partitions (each stream in
+-- order, streams in parallel), on_error 'park' (a failing stream waits, the
+-- others go on), parked streams replayed or skipped; read-your-writes with
+-- last_appended_position() and wait_for_projection().
+--
+CREATE TABLE pp_applied (seq bigserial, stream_id text, stream_version bigint, position bigint);
+CREATE FUNCTION pp_handler(e event_store.event) RETURNS void
+    LANGUAGE plpgsql AS $$
+BEGIN
+    IF e.data ->> 'fail' = 'yes' AND NOT EXISTS (SELECT 1 FROM pp_cured WHERE stream_id = e.stream_id) THEN
+        RAISE EXCEPTION 'cannot apply % of %', e.event_type, e.stream_id;
+    END IF;
+    INSERT INTO pp_applied (stream_id, stream_version, position)
+    VALUES (e.stream_id, e.stream_version, e.global_position);
+END $$;
+CREATE TABLE pp_cured (stream_id text);
+CREATE FUNCTION pp_batch(events event_store.event[]) RETURNS void
+    LANGUAGE sql AS $$ SELECT $$;
+
+-- bad arguments: class 22, nothing written
+SELECT regress.try($$SELECT event_store.create_projection('pp', 'pp_handler(event_store.event)', mode => 'async', partitions => 0)$$);
+SELECT regress.try($$SELECT event_store.create_projection('pp', 'pp_handler(event_store.event)', mode => 'async', partitions => NULL)$$);
+SELECT regress.try($$SELECT event_store.create_projection('pp', 'pp_handler(event_store.event)', mode => 'async', on_error => 'retry')$$);
+SELECT regress.try($$SELECT event_store.create_projection('pp', 'pp_handler(event_store.event)', partitions => 2)$$);
+SELECT regress.try($$SELECT event_store.create_projection('pp', 'pp_handler(event_store.event)', on_error => 'park')$$);
+SELECT regress.try($$SELECT event_store.create_projection('pp', 'pp_batch(event_store.event[])', mode => 'async', on_error => 'park')$$);
+SELECT count(*) AS nothing_written FROM event_store.projections WHERE name = 'pp';
+SELECT event_store.create_subscription('taken', partitions => 1);
+SELECT regress.try($$SELECT event_store.create_projection('taken', 'pp_handler(event_store.event)', mode => 'async')$$);
+SELECT event_store.drop_subscription('taken');
+
+-- four partitions: every event applied once, each stream in order
+SELECT count(event_store.append('pp-' || i, '[{"type": "A"}, {"type": "B"}, {"type": "C"}]'))
+  FROM generate_series(1, 12) i;
+SELECT event_store.create_projection('pp', 'pp_handler(event_store.event)', categories => '{pp}',
+                                     mode => 'async', partitions => 4, on_error => 'park');
+SELECT name, partitions, projection FROM event_store.subscriptions WHERE name = 'pp';
+SELECT count(*) AS partitions FROM event_store.subscription_partitions WHERE subscription = 'pp';
+SELECT event_store.run_projections() AS applied;
+SELECT count(*) AS applied, count(DISTINCT (stream_id, stream_version)) AS distinct_events
+  FROM pp_applied;
+SELECT count(*) AS out_of_order
+  FROM (SELECT stream_version, lag(stream_version) OVER (PARTITION BY stream_id ORDER BY seq) AS prev
+          FROM pp_applied) x
+ WHERE prev IS NOT NULL AND stream_version <> prev + 1;
+SELECT state, position = event_store.head_position() AS at_head, lag_events
+  FROM event_store.projection_status WHERE name = 'pp';
+-- its subscription is the workers': nobody claims it, nobody drops it
+SELECT regress.try($$SELECT * FROM event_store.claim_events('pp', 'me')$$);
+SELECT regress.try($$SELECT event_store.drop_subscription('pp')$$);
+
+-- read-your-writes
+SELECT event_store.last_appended_position() IS NOT NULL AS known;
+SELECT event_store.append('pp-1', '{"type": "D"}');
+SELECT event_store.last_appended_position() = event_store.head_position() AS last_is_head;
+SELECT event_store.wait_for_projection('pp', event_store.last_appended_position(), '0 s') AS applied_yet;
+SELECT event_store.run_projections() AS applied;
+SELECT event_store.wait_for_projection('pp', event_store.last_appended_position(), '0 s') AS applied_now;
+SELECT regress.try($$SELECT event_store.wait_for_projection('nope', 1)$$);
+SELECT regress.try($$SELECT event_store.wait_for_projection('pp', -1)$$);
+SELECT regress.try($$SELECT event_store.wait_for_projection('pp', 1, NULL)$$);
+-- a retry of an append (same ids) reports where the first call stored it
+SELECT event_store.append('pp-retry', '{"type": "A", "id": "6b0a5a4e-8c1b-4a8e-9a55-0d1c2b3a4f50"}');
+SELECT event_store.last_appended_position() AS first_time \gset
+SELECT event_store.append('pp-1', '{"type": "E"}');
+SELECT event_store.append('pp-retry', '{"type": "A", "id": "6b0a5a4e-8c1b-4a8e-9a55-0d1c2b3a4f50"}');
+SELECT event_store.last_appended_position() = :first_time AS same_place;
+
+-- a failing event holds back its stream only (on_error 'park')
+SELECT event_store.append('pp-3', '[{"type": "Bad", "data": {"fail": "yes"}}, {"type": "After"}]');
+SELECT event_store.append('pp-4', '{"type": "Fine"}');
+SELECT event_store.append('pp-3', '{"type": "Later"}');
+SELECT event_store.run_projections() AS applied;
+SELECT e.stream_id, e.event_type FROM event_store.events e
+  JOIN pp_applied a ON a.position = e.global_position
+ WHERE e.stream_id IN ('pp-3', 'pp-4') AND e.stream_version > 3 ORDER BY a.seq;
+SELECT stream_id, attempts, last_error, parked_at IS NULL AS retrying
+  FROM event_store.subscription_streams WHERE subscription = 'pp';
+SELECT state, last_error FROM event_store.projections WHERE name = 'pp';
+SELECT event_store.wait_for_projection('pp', event_store.head_position(), '0 s') AS all_applied;
+-- parked: replay it once the handler can apply it; the held events follow in order
+UPDATE event_store.subscription_streams SET parked_at = now(), next_attempt_at = NULL
+ WHERE subscription = 'pp';
+SELECT subscription, stream_id, event_type, attempts FROM event_store.subscription_parked;
+SELECT event_store.run_projections() AS nothing_while_parked;
+INSERT INTO pp_cured VALUES ('pp-3');
+SELECT event_store.replay_parked('pp') AS replayed;
+SELECT event_store.run_projections() AS applied;
+SELECT e.event_type FROM event_store.events e JOIN pp_applied a ON a.position = e.global_position
+ WHERE e.stream_id = 'pp-3' AND e.stream_version > 3 ORDER BY a.seq;
+SELECT count(*) AS held FROM event_store.subscription_streams WHERE subscription = 'pp';
+SELECT event_store.wait_for_projection('pp', event_store.head_position(), '0 s') AS all_applied;
+
+-- rebuild: every partition starts again from 0
+TRUNCATE pp_applied;
+SELECT event_store.rebuild_projection('pp');
+SELECT max(position) AS positions FROM event_store.subscription_partitions WHERE subscription = 'pp';
+SELECT event_store.run_projections() > 0 AS applied;
+SELECT count(*) = (SELECT count(*) FROM event_store.events WHERE stream_id LIKE 'pp-%') AS all_again
+  FROM pp_applied;
+
+-- drop: its subscription goes with it
+SELECT event_store.drop_projection('pp');
+SELECT count(*) AS left FROM event_store.subscriptions WHERE name = 'pp';
+
+-- on_error 'fail' with partitions: the projection stops as before
+SELECT event_store.create_projection('pf', 'pp_handler(event_store.event)', categories => '{pf}',
+                                     mode => 'async', partitions => 2);
+SELECT event_store.append('pf-1', '{"type": "Bad", "data": {"fail": "yes"}}');
+SELECT event_store.run_projections() AS applied;
+SELECT state, attempts, last_error, error_position = event_store.head_position() AS at_bad
+  FROM event_store.projections WHERE name = 'pf';
+SELECT event_store.drop_projection('pf');
+
+-- a rebuild without downtime (the recipe of the README): the next version
+-- of a projection fills new tables while the old one serves; once it caught
+-- up, a view switches in one transaction
+CREATE TABLE pp_totals_v1 (stream_id text PRIMARY KEY, n int);
+CREATE TABLE pp_totals_v2 (stream_id text PRIMARY KEY, n int);
+CREATE FUNCTION pp_totals_v1(e event_store.event) RETURNS void LANGUAGE sql AS $$
+    INSERT INTO pp_totals_v1 VALUES (e.stream_id, 1)
+    ON CONFLICT (stream_id) DO UPDATE SET n = pp_totals_v1.n + 1 $$;
+CREATE FUNCTION pp_totals_v2(e event_store.event) RETURNS void LANGUAGE sql AS $$
+    INSERT INTO pp_totals_v2 VALUES (e.stream_id, 10)
+    ON CONFLICT (stream_id) DO UPDATE SET n = pp_totals_v2.n + 10 $$;
+SELECT event_store.create_projection('totals_v1', 'pp_totals_v1(event_store.event)', categories => '{pp}',
+                                     mode => 'async');
+SELECT event_store.run_projections() > 0 AS applied;
+CREATE VIEW pp_totals AS SELECT * FROM pp_totals_v1;
+SELECT event_store.create_projection('totals_v2', 'pp_totals_v2(event_store.event)', categories => '{pp}',
+                                     mode => 'async', partitions => 2);
+SELECT event_store.run_projections() > 0 AS applied;
+SELECT event_store.wait_for_projection('totals_v2', event_store.head_position(), '10 s') AS caught_up;
+BEGIN;
+CREATE OR REPLACE VIEW pp_totals AS SELECT * FROM pp_totals_v2;
+SELECT event_store.drop_projection('totals_v1');
+DROP TABLE pp_totals_v1;
+COMMIT;
+SELECT bool_and(t.n = 10 * (SELECT count(*) FROM event_store.events e WHERE e.stream_id = t.stream_id)) AS switched
+  FROM pp_totals t;
+SELECT event_store.drop_projection('totals_v2');
+DROP VIEW pp_totals;
+DROP TABLE pp_totals_v2, pp_applied, pp_cured;
