@@ -733,11 +733,12 @@ CREATE TABLE event_store.subscriptions (
     max_attempts   int NOT NULL CHECK (max_attempts >= 1),
     retry_backoff  interval NOT NULL,
     owner          regrole NOT NULL,
+    projection     boolean NOT NULL DEFAULT false,  -- an async projection's own (same name)
     created_at     timestamptz NOT NULL DEFAULT now(),
     updated_at     timestamptz NOT NULL DEFAULT now()
 );
 COMMENT ON TABLE event_store.subscriptions IS
-    'Subscriptions (consumer groups): maintained with create_subscription() and drop_subscription()';
+    'Subscriptions (consumer groups): maintained with create_subscription() and drop_subscription(); an async projection consumes one of its own name';
 SELECT pg_catalog.pg_extension_config_dump('event_store.subscriptions', '');
 REVOKE ALL ON TABLE event_store.subscriptions FROM PUBLIC;
 

@@ -575,7 +575,8 @@ es_worker_notify(void *arg)
 
 /*
  * Keep event_store.max_workers - 1 helpers running while some projection
- * has partitions (started again if one stopped), and none beyond that
+ * has partitions (started again if one stopped); helpers that are not
+ * wanted any more see so themselves and leave
  */
 static void
 es_ensure_helpers(Oid dboid, bool wanted)
@@ -585,11 +586,9 @@ es_ensure_helpers(Oid dboid, bool wanted)
 		pid_t		pid;
 		bool		want = wanted && h < es_max_workers - 1;
 
-		if (helpers[h] != NULL &&
-			(!want || GetBackgroundWorkerPid(helpers[h], &pid) == BGWH_STOPPED))
+		/* (a helper no longer wanted leaves by itself, between two batches) */
+		if (helpers[h] != NULL && GetBackgroundWorkerPid(helpers[h], &pid) == BGWH_STOPPED)
 		{
-			if (!want)
-				TerminateBackgroundWorker(helpers[h]);
 			pfree(helpers[h]);
 			helpers[h] = NULL;
 		}

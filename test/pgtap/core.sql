@@ -13,7 +13,7 @@
 
 BEGIN;
 SET LOCAL IntervalStyle = 'postgres';
-SELECT plan(88);
+SELECT plan(94);
 
 --
 -- Signatures: exact argument types
@@ -33,7 +33,14 @@ SELECT has_function('event_store', 'load_snapshot', ARRAY['text', 'bigint']);
 SELECT has_function('event_store', 'register_upcaster', ARRAY['text', 'integer', 'regprocedure', 'text']);
 SELECT has_function('event_store', 'drop_upcaster', ARRAY['text', 'integer']);
 SELECT has_function('event_store', 'create_projection',
-                    ARRAY['text', 'regprocedure', 'text[]', 'text[]', 'text', 'regprocedure']);
+                    ARRAY['text', 'regprocedure', 'text[]', 'text[]', 'text', 'regprocedure', 'integer', 'text']);
+SELECT has_function('event_store', 'wait_for_projection', ARRAY['text', 'bigint', 'interval']);
+SELECT has_function('event_store', 'last_appended_position', ARRAY[]::text[]);
+SELECT has_function('event_store', 'create_subscription',
+                    ARRAY['text', 'text[]', 'text[]', 'integer', 'bigint', 'integer', 'interval']);
+SELECT has_function('event_store', 'claim_events', ARRAY['text', 'text', 'integer', 'interval', 'interval']);
+SELECT has_function('event_store', 'ack_events', ARRAY['text', 'text', 'bigint']);
+SELECT has_function('event_store', 'nack_event', ARRAY['text', 'text', 'bigint', 'text', 'interval']);
 SELECT has_function('event_store', 'run_projections', ARRAY['integer']);
 SELECT has_function('event_store', 'rebuild_projection', ARRAY['text']);
 SELECT has_function('event_store', 'pause_projection', ARRAY['text']);
