@@ -912,8 +912,8 @@ ALTER TABLE event_store.projections ALTER COLUMN on_error SET DEFAULT 'fail',
 
 -- create_projection gains its trailing arguments; whoever could run the old
 -- one can run the new one
-CREATE TEMPORARY TABLE es_create_projection_grantees ON COMMIT DROP AS
-SELECT a.grantee::regrole::text AS grantee
+SELECT pg_catalog.set_config('es_upgrade.create_projection_grantees',
+    COALESCE(pg_catalog.string_agg(pg_catalog.quote_ident(a.grantee::regrole::text), ','), ''), true)
   FROM pg_catalog.pg_proc p, LATERAL pg_catalog.aclexplode(p.proacl) a
  WHERE p.oid = 'event_store.create_projection(text, regprocedure, text[], text[], text, regprocedure)'::pg_catalog.regprocedure
    AND a.privilege_type = 'EXECUTE' AND a.grantee <> 0 AND a.grantee <> p.proowner;
@@ -933,12 +933,11 @@ COMMENT ON FUNCTION event_store.create_projection(text, regprocedure, text[], te
 REVOKE ALL ON FUNCTION event_store.create_projection(text, regprocedure, text[], text[], text, regprocedure, int, text)
   FROM PUBLIC;
 DO $$
-DECLARE
-    g text;
 BEGIN
-    FOR g IN SELECT grantee FROM es_create_projection_grantees LOOP
-        EXECUTE format('GRANT EXECUTE ON FUNCTION event_store.create_projection(text, regprocedure, text[], text[], text, regprocedure, int, text) TO %s', g);
-    END LOOP;
+    IF pg_catalog.current_setting('es_upgrade.create_projection_grantees') <> '' THEN
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION event_store.create_projection(text, regprocedure, text[], text[], text, regprocedure, int, text) TO %s',
+                                  pg_catalog.current_setting('es_upgrade.create_projection_grantees'));
+    END IF;
 END $$;
 
 -- every async projection gets its subscription, its one partition at its position

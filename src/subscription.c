@@ -288,7 +288,7 @@ es_my_partitions(EsSubscription *s, const char *consumer, int *nparts)
 	es_sub_exec("SELECT partition, position, pending, pending_attempts, redeliver, redeliver_attempts "
 				"FROM event_store.subscription_partitions "
 				"WHERE subscription OPERATOR(pg_catalog.=) $1 AND holder OPERATOR(pg_catalog.=) $2 "
-				"AND lease_expires_at OPERATOR(pg_catalog.>) pg_catalog.now() "
+				"AND lease_expires_at OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp() "
 				"ORDER BY partition FOR UPDATE",
 				2, types, values, NULL, false, SPI_OK_SELECT);
 	*nparts = (int) SPI_processed;
@@ -337,7 +337,7 @@ es_save_partition(EsSubscription *s, EsPart *p, const char *holder, double lease
 	es_sub_exec("UPDATE event_store.subscription_partitions SET holder = $3, "
 				"lease_expires_at = CASE WHEN $3 IS NULL THEN NULL "
 				" WHEN $4 OPERATOR(pg_catalog.<) 0 THEN lease_expires_at "
-				" ELSE pg_catalog.now() OPERATOR(pg_catalog.+) "
+				" ELSE pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) "
 				"  pg_catalog.make_interval(secs => $4 OPERATOR(pg_catalog./) 1000) END, "
 				"position = $5, pending = $6, pending_attempts = $7, redeliver = $8, "
 				"redeliver_attempts = $9, updated_at = pg_catalog.now() "
@@ -523,9 +523,8 @@ typedef struct EsClaim
 	TupleDesc	out_desc;
 	/* the current scan */
 	int32		attempt;		/* of the events handed out now */
-	int64		bound;			/* stream scans: hand out up to here */
 	int64		last_scanned;	/* log scan: every event up to here is done */
-	int64		handed_last;	/* stream scans: the last event handed out, or 0 */
+	EsPart	   *current_part;	/* redelivery: the partition of the event */
 	bool		full;
 } EsClaim;
 
@@ -621,134 +620,218 @@ es_claim_scan_log(EsClaim *c, int64 head)
 	}
 }
 
-/* Redelivery: one event by position */
+/* A redelivery a claim hands out before the new events */
+typedef struct EsRedelivery
+{
+	int64		position;
+	int32		attempt;
+	EsPart	   *part;
+	int			held;			/* index of its held stream, or -1 (redeliver list) */
+	bool		emitted;
+} EsRedelivery;
+
+/* What the collecting scan of a held stream gathers */
+typedef struct EsHeldScan
+{
+	EsClaim    *claim;
+	int64		bound;			/* up to its partition's position */
+	List	   *positions;		/* of the events passing the filter */
+	MemoryContext cxt;			/* where the list lives (rows have their own) */
+} EsHeldScan;
+
+static bool
+es_held_collect_row(Datum *values, bool *isnull, HeapTuple stored, void *arg)
+{
+	EsHeldScan *hs = (EsHeldScan *) arg;
+	int64		pos = DatumGetInt64(values[Anum_es_global_position - 1]);
+
+	if (pos > hs->bound)
+		return false;
+	if (EsFilterMatches(&hs->claim->sub->filter, values))
+	{
+		MemoryContext old = MemoryContextSwitchTo(hs->cxt);
+		int64	   *p = palloc(sizeof(int64));
+
+		*p = pos;
+		hs->positions = lappend(hs->positions, p);
+		MemoryContextSwitchTo(old);
+	}
+	return true;
+}
+
+/* Redelivery by position: the one event, as it reads now */
 static bool
 es_claim_redeliver_row(Datum *values, bool *isnull, HeapTuple stored, void *arg)
 {
 	EsClaim    *c = (EsClaim *) arg;
-	text	   *sid = DatumGetTextPP(values[Anum_es_stream_id - 1]);
-	EsPart	   *p = c->by_partition[EsStreamPartition(sid, c->sub->partitions)];
 
-	if (p != NULL)
-		es_claim_emit(c, p, values, isnull, c->attempt);
+	es_claim_emit(c, c->current_part, values, isnull, c->attempt);
 	return false;
 }
 
-/* Hand out again what a previous holder left (attempt + 1) */
-static void
-es_claim_redeliver(EsClaim *c, Snapshot snapshot)
+static int
+es_cmp_redelivery(const void *a, const void *b)
 {
-	const EsCatalog *cat = EsGetCatalog();
+	int64		pa = ((const EsRedelivery *) a)->position;
+	int64		pb = ((const EsRedelivery *) b)->position;
 
-	for (int i = 0; i < c->nparts && !c->full; i++)
-	{
-		EsPart	   *p = &c->parts[i];
-		int			done = 0;
-
-		for (; done < p->nredeliver && !c->full; done++)
-		{
-			EsScanSpec	spec;
-
-			memset(&spec, 0, sizeof(spec));
-			spec.index_oid = cat->position_idx;
-			spec.direction = ForwardScanDirection;
-			spec.filter.ntypes = -1;
-			spec.denied = EsDeniedCategories(c->sub->owner);
-			spec.max_count = 1;
-			spec.snapshot = snapshot;
-			ScanKeyEntryInitialize(&spec.keys[0], 0, 1, BTEqualStrategyNumber, InvalidOid,
-								   InvalidOid, F_INT8EQ, Int64GetDatum(p->redeliver[done]));
-			spec.nkeys = 1;
-			c->attempt = p->redeliver_attempts[done];
-			/* an event removed meanwhile (purge, retention) is simply done */
-			(void) EsScanEvents(cat, &spec, es_claim_redeliver_row, c);
-		}
-		if (done > 0)
-		{
-			memmove(p->redeliver, p->redeliver + done, sizeof(int64) * (p->nredeliver - done));
-			memmove(p->redeliver_attempts, p->redeliver_attempts + done,
-					sizeof(int32) * (p->nredeliver - done));
-			p->nredeliver -= done;
-			p->changed = true;
-		}
-	}
-}
-
-/* Stream scan of a held stream: its events from a version, up to bound */
-static bool
-es_claim_stream_row(Datum *values, bool *isnull, HeapTuple stored, void *arg)
-{
-	EsClaim    *c = (EsClaim *) arg;
-	int64		pos = DatumGetInt64(values[Anum_es_global_position - 1]);
-	text	   *sid = DatumGetTextPP(values[Anum_es_stream_id - 1]);
-	EsPart	   *p = c->by_partition[EsStreamPartition(sid, c->sub->partitions)];
-
-	if (pos > c->bound || c->full)
-		return false;
-	if (p != NULL && EsFilterMatches(&c->sub->filter, values))
-	{
-		es_claim_emit(c, p, values, isnull, c->attempt);
-		c->handed_last = pos;
-		c->attempt = 1;			/* the events after the retried one are new */
-	}
-	return !c->full;
+	return pa < pb ? -1 : (pa > pb ? 1 : 0);
 }
 
 /*
- * Held streams whose turn it is (a due retry, or catching up): hand out
- * their events from their next one, in stream order, up to their
- * partition's position (what the log scan skipped); the stream stays held
- * until those are acknowledged.  A stream with nothing left to hand out
- * (its events gone, or none passing the filter) is held no longer.
+ * Redeliveries first, in global-position order: what a previous holder left
+ * unacknowledged (attempt + 1), and the events of held streams whose turn it
+ * is (a due retry: its event with the attempt after the last, then the
+ * stream's later events; a stream catching up after one) up to their
+ * partition's position.  A held stream stays held until its events handed
+ * out here are acknowledged; one with nothing left to hand out is held no
+ * longer.
  */
 static void
-es_claim_held(EsClaim *c, EsHeld *held, int nheld, Snapshot snapshot)
+es_claim_redeliveries(EsClaim *c, EsHeld *held, int nheld, Snapshot snapshot)
 {
 	const EsCatalog *cat = EsGetCatalog();
+	EsRedelivery *items;
+	int			n = 0;
+	int			cap = 16;
+	int64	   *handed_last = palloc0(sizeof(int64) * Max(nheld, 1));
+	bool	   *collected = palloc0(sizeof(bool) * Max(nheld, 1));
 
-	for (int i = 0; i < nheld && !c->full; i++)
+	items = palloc(sizeof(EsRedelivery) * cap);
+	for (int i = 0; i < c->nparts; i++)
+	{
+		EsPart	   *p = &c->parts[i];
+
+		for (int k = 0; k < p->nredeliver; k++)
+		{
+			if (n == cap)
+				items = repalloc(items, sizeof(EsRedelivery) * (cap *= 2));
+			items[n++] = (EsRedelivery) {p->redeliver[k], p->redeliver_attempts[k], p, -1, false};
+		}
+	}
+	for (int i = 0; i < nheld; i++)
 	{
 		EsHeld	   *h = &held[i];
 		EsPart	   *p = c->by_partition[h->partition];
-		EsScanSpec	spec;
 		int64		version;
-		Oid			types[3] = {TEXTOID, TEXTOID, INT8OID};
-		Datum		values[3];
+		EsScanSpec	spec;
+		EsHeldScan	hs;
+		ListCell   *lc;
+		bool		first = true;
 
 		if (!h->due || p == NULL)
 			continue;
+		collected[i] = true;
 		version = es_version_at(h->position);
-		c->bound = p->position;
-		c->handed_last = 0;
-		if (version > 0)
+		if (version == 0)
+			continue;
+		memset(&spec, 0, sizeof(spec));
+		spec.index_oid = cat->stream_idx;
+		spec.direction = ForwardScanDirection;
+		spec.filter.ntypes = -1;
+		spec.denied = EsDeniedCategories(c->sub->owner);
+		spec.max_count = -1;
+		spec.snapshot = snapshot;
+		ScanKeyEntryInitialize(&spec.keys[0], 0, 1, BTEqualStrategyNumber, InvalidOid,
+							   C_COLLATION_OID, F_TEXTEQ, PointerGetDatum(h->stream_id));
+		ScanKeyEntryInitialize(&spec.keys[1], 0, 2, BTGreaterEqualStrategyNumber, InvalidOid,
+							   InvalidOid, F_INT8GE, Int64GetDatum(version));
+		spec.nkeys = 2;
+		hs.claim = c;
+		hs.bound = p->position;
+		hs.positions = NIL;
+		hs.cxt = CurrentMemoryContext;
+		(void) EsScanEvents(cat, &spec, es_held_collect_row, &hs);
+		foreach(lc, hs.positions)
 		{
-			memset(&spec, 0, sizeof(spec));
-			spec.index_oid = cat->stream_idx;
-			spec.direction = ForwardScanDirection;
-			spec.filter.ntypes = -1;
-			spec.denied = EsDeniedCategories(c->sub->owner);
-			spec.max_count = -1;
-			spec.snapshot = snapshot;
-			ScanKeyEntryInitialize(&spec.keys[0], 0, 1, BTEqualStrategyNumber, InvalidOid,
-								   C_COLLATION_OID, F_TEXTEQ, PointerGetDatum(h->stream_id));
-			ScanKeyEntryInitialize(&spec.keys[1], 0, 2, BTGreaterEqualStrategyNumber, InvalidOid,
-								   InvalidOid, F_INT8GE, Int64GetDatum(version));
-			spec.nkeys = 2;
-			c->attempt = h->attempts + 1;
-			(void) EsScanEvents(cat, &spec, es_claim_stream_row, c);
+			int64		pos = *(int64 *) lfirst(lc);
+
+			if (n == cap)
+				items = repalloc(items, sizeof(EsRedelivery) * (cap *= 2));
+			/* the retried event comes with its next attempt; the ones after it are new */
+			items[n++] = (EsRedelivery) {pos, first && pos == h->position ? h->attempts + 1 : 1, p, i, false};
+			first = false;
 		}
-		values[0] = CStringGetTextDatum(c->sub->name);
-		values[1] = PointerGetDatum(h->stream_id);
-		if (c->handed_last == 0)
+	}
+
+	qsort(items, n, sizeof(EsRedelivery), es_cmp_redelivery);
+	for (int i = 0; i < n && !c->full; i++)
+	{
+		EsScanSpec	spec;
+		int64		before = c->delivered;
+
+		memset(&spec, 0, sizeof(spec));
+		spec.index_oid = cat->position_idx;
+		spec.direction = ForwardScanDirection;
+		spec.filter.ntypes = -1;
+		spec.denied = EsDeniedCategories(c->sub->owner);
+		spec.max_count = 1;
+		spec.snapshot = snapshot;
+		ScanKeyEntryInitialize(&spec.keys[0], 0, 1, BTEqualStrategyNumber, InvalidOid,
+							   InvalidOid, F_INT8EQ, Int64GetDatum(items[i].position));
+		spec.nkeys = 1;
+		c->attempt = items[i].attempt;
+		c->current_part = items[i].part;
+		(void) EsScanEvents(cat, &spec, es_claim_redeliver_row, c);
+		/* handed out, or gone meanwhile (purge, retention): done either way */
+		items[i].emitted = true;
+		if (items[i].held >= 0 && c->delivered > before)
+			handed_last[items[i].held] = items[i].position;
+	}
+
+	/* the redeliver lists keep what was not handed out now */
+	for (int pi = 0; pi < c->nparts; pi++)
+	{
+		EsPart	   *p = &c->parts[pi];
+		int			keep = 0;
+
+		if (p->nredeliver == 0)
+			continue;
+		for (int k = 0; k < p->nredeliver; k++)
 		{
-			/* nothing left to hand out up to bound: not held */
+			bool		done = false;
+
+			for (int i = 0; i < n && !done; i++)
+				done = items[i].held < 0 && items[i].part == p && items[i].emitted &&
+					items[i].position == p->redeliver[k];
+			if (!done)
+			{
+				p->redeliver[keep] = p->redeliver[k];
+				p->redeliver_attempts[keep] = p->redeliver_attempts[k];
+				keep++;
+			}
+		}
+		if (keep != p->nredeliver)
+		{
+			p->nredeliver = keep;
+			p->changed = true;
+		}
+	}
+
+	/* held streams: handed out up to here now, or nothing left: not held */
+	for (int i = 0; i < nheld; i++)
+	{
+		Oid			types[3] = {TEXTOID, TEXTOID, INT8OID};
+		Datum		values[3];
+		bool		any = false;
+
+		if (!collected[i])
+			continue;
+		for (int k = 0; k < n && !any; k++)
+			any = items[k].held == i;
+		values[0] = CStringGetTextDatum(c->sub->name);
+		values[1] = PointerGetDatum(held[i].stream_id);
+		if (!any)
+		{
 			es_sub_exec("DELETE FROM event_store.subscription_streams "
 						"WHERE subscription OPERATOR(pg_catalog.=) $1 "
 						"AND stream_id OPERATOR(pg_catalog.=) $2",
 						2, types, values, NULL, false, SPI_OK_DELETE);
 			continue;
 		}
-		values[2] = Int64GetDatum(c->handed_last);
+		if (handed_last[i] == 0)
+			continue;			/* its turn comes in a later claim */
+		values[2] = Int64GetDatum(handed_last[i]);
 		es_sub_exec("UPDATE event_store.subscription_streams SET handed_through = $3, "
 					"updated_at = pg_catalog.now() "
 					"WHERE subscription OPERATOR(pg_catalog.=) $1 AND stream_id OPERATOR(pg_catalog.=) $2",
@@ -775,7 +858,7 @@ es_claim_load_held(EsClaim *c, int *nheld)
 	values[1] = es_int4_array(nums, c->nparts);
 	es_sub_exec("SELECT stream_id, partition, global_position, attempts, "
 				"(parked_at IS NULL AND handed_through IS NULL AND "
-				" COALESCE(next_attempt_at OPERATOR(pg_catalog.<=) pg_catalog.now(), true)), "
+				" COALESCE(next_attempt_at OPERATOR(pg_catalog.<=) pg_catalog.clock_timestamp(), true)), "
 				"handed_through "
 				"FROM event_store.subscription_streams "
 				"WHERE subscription OPERATOR(pg_catalog.=) $1 "
@@ -827,7 +910,7 @@ es_claim_take(EsClaim *c, const char *consumer, int want)
 	es_sub_exec("SELECT partition, position, pending, pending_attempts, redeliver, redeliver_attempts "
 				"FROM event_store.subscription_partitions "
 				"WHERE subscription OPERATOR(pg_catalog.=) $1 "
-				"AND (holder IS NULL OR lease_expires_at OPERATOR(pg_catalog.<=) pg_catalog.now()) "
+				"AND (holder IS NULL OR lease_expires_at OPERATOR(pg_catalog.<=) pg_catalog.clock_timestamp()) "
 				"ORDER BY partition LIMIT $2 FOR UPDATE SKIP LOCKED",
 				2, types, values, NULL, false, SPI_OK_SELECT);
 	n = SPI_processed;
@@ -894,13 +977,13 @@ es_claim_once(EsClaim *c, const char *consumer, double lease_ms)
 
 	/* the consumer is live while this lease runs */
 	es_sub_exec("INSERT INTO event_store.subscription_consumers AS c (subscription, consumer, lease_expires_at) "
-				"VALUES ($1, $2, pg_catalog.now() OPERATOR(pg_catalog.+) "
+				"VALUES ($1, $2, pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) "
 				"pg_catalog.make_interval(secs => $3 OPERATOR(pg_catalog./) 1000)) "
 				"ON CONFLICT (subscription, consumer) DO UPDATE SET lease_expires_at = EXCLUDED.lease_expires_at",
 				3, types, values, NULL, false, SPI_OK_INSERT);
 	es_sub_exec("SELECT pg_catalog.count(*) FROM event_store.subscription_consumers "
 				"WHERE subscription OPERATOR(pg_catalog.=) $1 "
-				"AND lease_expires_at OPERATOR(pg_catalog.>) pg_catalog.now()",
+				"AND lease_expires_at OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp()",
 				1, types, values, NULL, false, SPI_OK_SELECT);
 	live = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	share = (int) ((c->sub->partitions + Max(live, 1) - 1) / Max(live, 1));
@@ -929,8 +1012,7 @@ es_claim_once(EsClaim *c, const char *consumer, double lease_ms)
 	snapshot = RegisterSnapshot(GetLatestSnapshot());
 	if (c->max_count > 0)
 	{
-		es_claim_redeliver(c, snapshot);
-		es_claim_held(c, held, nheld, snapshot);
+		es_claim_redeliveries(c, held, nheld, snapshot);
 		es_claim_scan_log(c, head);
 	}
 	UnregisterSnapshot(snapshot);
@@ -1261,7 +1343,7 @@ es_nack_event(PG_FUNCTION_ARGS)
 	es_sub_exec("INSERT INTO event_store.subscription_streams AS t (subscription, stream_id, partition, "
 				"global_position, attempts, last_error, next_attempt_at, parked_at) "
 				"VALUES ($1, $2, $3, $4, $5, $6, "
-				"CASE WHEN $7 OPERATOR(pg_catalog.>=) 0 THEN pg_catalog.now() OPERATOR(pg_catalog.+) "
+				"CASE WHEN $7 OPERATOR(pg_catalog.>=) 0 THEN pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) "
 				"  pg_catalog.make_interval(secs => $7 OPERATOR(pg_catalog./) 1000) END, "
 				"CASE WHEN $7 OPERATOR(pg_catalog.<) 0 THEN pg_catalog.now() END) "
 				"ON CONFLICT (subscription, stream_id) DO UPDATE SET partition = EXCLUDED.partition, "
@@ -1351,7 +1433,7 @@ es_replay_parked(PG_FUNCTION_ARGS)
 	(void) es_subscription_for_change(&sw, name);
 	values[0] = CStringGetTextDatum(name);
 	es_sub_exec("UPDATE event_store.subscription_streams SET parked_at = NULL, attempts = 0, "
-				"next_attempt_at = pg_catalog.now(), updated_at = pg_catalog.now() "
+				"next_attempt_at = pg_catalog.clock_timestamp(), updated_at = pg_catalog.now() "
 				"WHERE subscription OPERATOR(pg_catalog.=) $1 AND parked_at IS NOT NULL "
 				"AND ($2::pg_catalog.text IS NULL OR stream_id OPERATOR(pg_catalog.=) $2)",
 				2, types, values, nulls, false, SPI_OK_UPDATE);
