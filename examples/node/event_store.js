@@ -6,6 +6,8 @@
 //                                            wait_for_events() or LISTEN event_store
 //   SagaWorker                               works external saga steps:
 //                                            claim_saga_steps -> complete / fail
+//   SubscriptionWorker                       one consumer of a subscription's group:
+//                                            claim_events -> handler -> ack / nack
 //
 // Connections: pg reads the usual PG* environment variables (PGHOST, PGPORT,
 // PGDATABASE, PGUSER, PGPASSWORD); DATABASE_URL, when set, is used as the
@@ -15,6 +17,8 @@ const pg = require('pg');
 
 // SQLSTATE of event_store's wrong_expected_version error
 const WRONG_EXPECTED_VERSION = 'SE001';
+// query_canceled: a wait ended by stop()
+const QUERY_CANCELED = '57014';
 
 // bigint columns (positions, versions) as JavaScript numbers: exact up to
 // 2^53, far beyond what a store reaches.  pg returns them as strings by default.
@@ -204,7 +208,7 @@ class Follower {
       }
     } catch (err) {
       // a wait cancelled by stop() is no error
-      if (!(this.stopping && err.code === '57014')) {
+      if (!(this.stopping && err.code === QUERY_CANCELED)) {
         throw err;
       }
     } finally {
@@ -411,6 +415,294 @@ class SagaWorker {
   }
 }
 
+// Where one ack_events call may acknowledge a batch up to.  A claim hands
+// out redeliveries and retried streams before new events, so a batch is
+// not in global position order: acknowledging up to the highest position
+// handled is right only when no event below it was left unhandled (the
+// batch broke off at stop()).  Events a nack took back are not pending any
+// more and do not count.
+class AckPosition {
+  constructor() {
+    this.highest = null; // highest position handled
+    this.lowestLeft = null; // lowest position left unhandled
+  }
+
+  handled(event) {
+    if (this.highest === null || event.global_position > this.highest) {
+      this.highest = event.global_position;
+    }
+  }
+
+  left(event) {
+    if (this.lowestLeft === null || event.global_position < this.lowestLeft) {
+      this.lowestLeft = event.global_position;
+    }
+  }
+
+  // The position to acknowledge up to, or null: nothing to acknowledge
+  position() {
+    if (this.highest === null) {
+      return null;
+    }
+    if (this.lowestLeft !== null && this.lowestLeft <= this.highest) {
+      // handled events above it stay pending: delivered again after release
+      return this.lowestLeft > 1 ? this.lowestLeft - 1 : null;
+    }
+    return this.highest;
+  }
+}
+
+// One consumer of a subscription (a consumer group on the log, made with
+// event_store.create_subscription): several workers with different names,
+// in this process or anywhere else, share the subscription's partitions.
+//
+//   new SubscriptionWorker({ subscription, consumer, handler, maxCount, lease,
+//                            waitMs, transactional, connection, onError })
+//
+//   subscription   the subscription's name
+//   consumer       this worker's name in the group (unique among its workers)
+//   handler(event, client)  called once per event, in order (may be async);
+//                  event is a row of claim_events (partition, attempt,
+//                  global_position, stream_id, stream_version, event_id,
+//                  event_type, data, metadata, schema_version, recorded_at),
+//                  client the worker's connection.  Throwing fails the event.
+//   maxCount       events claimed at a time (default 100)
+//   lease          how long the partitions stay ours without a claim (default
+//                  '30 seconds'): longer than a batch takes to handle, plus
+//                  waitMs
+//   waitMs         how long a claim waits for events (default 1000).  A
+//                  waiting claim is one transaction: partitions it takes or
+//                  gives back, and a new worker's arrival, show only when it
+//                  returns, so waitMs is also how fast partitions move
+//                  between workers.
+//   transactional  false (default): each event's handler runs on its own, the
+//                  ack follows the batch (at-least-once: after a crash or an
+//                  expired lease, events are handled again; deduplicate by
+//                  event_id).  true: the batch is one transaction, each
+//                  handler inside a savepoint, the ack its last statement, so
+//                  the handler's writes in this database and the ack commit
+//                  together (exactly-once); a refused ack (55000: the lease
+//                  expired and another worker has the events) rolls them back.
+//   connection     extra pg.Client settings (see connectionConfig)
+//   onError(err, what)  a call of the worker failed (what: 'claim', 'batch'
+//                  or 'release'); default: console.error
+//
+// Each round claims with claim_events(subscription, consumer, maxCount,
+// lease, wait) and hands the events to the handler in order.  When a
+// handler throws, the worker nacks that event with nack_event(..., error):
+// it comes again after the subscription's backoff, and the stream is parked
+// after its max_attempts.  The later events of that stream in the batch are
+// not handled (nack_event took them back: they follow the retry); the other
+// streams go on.  One ack_events call per batch acknowledges up to the
+// highest position handled (see AckPosition).  When a batch breaks off (a
+// refused ack, a lost connection) the worker releases its partitions, so
+// that what it did not acknowledge is delivered again: claim_events never
+// hands a consumer its own unacknowledged events again.  stop() lets the
+// event in hand finish, acknowledges what was handled and releases the
+// partitions with release_events(): another worker takes over at once, and
+// the rest of the batch goes to it.  start() resolves when the worker stopped, and rejects when a
+// claim failed (no such subscription, no privilege, the server gone).
+class SubscriptionWorker {
+  constructor({
+    subscription,
+    consumer,
+    handler,
+    maxCount = 100,
+    lease = '30 seconds',
+    waitMs = 1000,
+    transactional = false,
+    connection = {},
+    onError,
+  }) {
+    if (!subscription || !consumer || typeof handler !== 'function') {
+      throw new TypeError('subscription, consumer and a handler function are required');
+    }
+    this.subscription = subscription;
+    this.consumer = consumer;
+    this.handler = handler;
+    this.maxCount = maxCount;
+    this.lease = lease;
+    this.waitMs = waitMs;
+    this.transactional = transactional;
+    this.connection = connection;
+    this.onError = onError || ((err, what) => console.error(`${subscription}/${consumer}: ${what}: ${err.message}`));
+    this.stopping = false;
+    this.running = null;
+    this.client = null;
+    this.claiming = false; // in claim_events()
+    this.acknowledged = 0; // events acknowledged so far
+  }
+
+  start() {
+    if (!this.running) {
+      this.running = this.run();
+    }
+    return this.running;
+  }
+
+  async run() {
+    const client = new pg.Client(connectionConfig(this.connection));
+    this.client = client;
+    // errors of an idle connection (server gone) end the loop through the next query
+    client.on('error', () => {});
+    await client.connect();
+    try {
+      while (!this.stopping) {
+        const events = await this.claim(client);
+        if (events === null) {
+          break; // a wait cancelled by stop()
+        }
+        if (events.length > 0) {
+          await this.handleBatch(client, events);
+        }
+      }
+    } finally {
+      await this.release(client);
+      this.client = null;
+      await client.end().catch(() => {});
+    }
+  }
+
+  // One claim: the events, or null when stop() cancelled its wait
+  async claim(client) {
+    this.claiming = true;
+    try {
+      const { rows } = await client.query(
+        "SELECT * FROM event_store.claim_events($1, $2, $3, $4::interval, $5 * interval '1 millisecond')",
+        [this.subscription, this.consumer, this.maxCount, this.lease, this.waitMs],
+      );
+      return rows;
+    } catch (err) {
+      if (this.stopping && err.code === QUERY_CANCELED) {
+        return null;
+      }
+      this.onError(err, 'claim');
+      throw err;
+    } finally {
+      this.claiming = false;
+    }
+  }
+
+  // Hand a batch to the handler, nack what failed, ack what was handled
+  async handleBatch(client, events) {
+    const failedStreams = new Set();
+    const upTo = new AckPosition();
+    let open = false;
+    try {
+      if (this.transactional) {
+        await client.query('BEGIN');
+        open = true;
+      }
+      for (const event of events) {
+        if (this.stopping) {
+          upTo.left(event); // goes to the next holder
+          continue;
+        }
+        if (failedStreams.has(event.stream_id)) {
+          continue; // taken back by the nack: follows the retry
+        }
+        if (this.transactional) {
+          await client.query('SAVEPOINT event_store_event');
+        }
+        try {
+          await this.handler(event, client);
+          if (this.transactional) {
+            await client.query('RELEASE SAVEPOINT event_store_event');
+          }
+        } catch (err) {
+          if (this.transactional) {
+            await client.query('ROLLBACK TO SAVEPOINT event_store_event');
+          }
+          failedStreams.add(event.stream_id);
+          await client.query('SELECT event_store.nack_event($1, $2, $3, $4)', [
+            this.subscription,
+            this.consumer,
+            event.global_position,
+            (err && err.message) || String(err),
+          ]);
+          continue;
+        }
+        upTo.handled(event);
+      }
+      const position = upTo.position();
+      let acknowledged = 0;
+      if (position !== null) {
+        const { rows } = await client.query('SELECT event_store.ack_events($1, $2, $3) AS n', [
+          this.subscription,
+          this.consumer,
+          position,
+        ]);
+        acknowledged = rows[0].n;
+      }
+      if (open) {
+        await client.query('COMMIT');
+        open = false;
+      }
+      this.acknowledged += acknowledged;
+    } catch (err) {
+      if (open) {
+        await client.query('ROLLBACK').catch(() => {});
+      }
+      this.onError(err, 'batch');
+      // what we did not acknowledge goes out again, to whoever claims next
+      await this.release(client);
+    }
+  }
+
+  async release(client) {
+    try {
+      await client.query('SELECT event_store.release_events($1, $2)', [this.subscription, this.consumer]);
+    } catch (err) {
+      this.onError(err, 'release');
+    }
+  }
+
+  // Stop after the event in hand: what was handled is acknowledged, the
+  // partitions are released.  A claim waiting for events is cancelled, from
+  // a short-lived second connection, only while it waits (so never a
+  // statement after it).  Resolves when the worker has stopped.
+  async stop() {
+    this.stopping = true;
+    if (!this.running) {
+      return;
+    }
+    let ended = false;
+    const done = this.running.then(
+      () => (ended = true),
+      () => (ended = true),
+    );
+    while (!ended) {
+      if (this.claiming) {
+        await this.cancelWait();
+      }
+      await Promise.race([done, sleep(50)]);
+    }
+    await this.running;
+  }
+
+  async cancelWait() {
+    const pid = this.client && this.client.processID;
+    if (!pid) {
+      return;
+    }
+    const other = new pg.Client(connectionConfig(this.connection));
+    other.on('error', () => {});
+    try {
+      await other.connect();
+      await other.query(
+        `SELECT pg_cancel_backend(pid) FROM pg_stat_activity
+          WHERE pid = $1 AND state = 'active' AND wait_event_type = 'Extension'
+            AND query LIKE '%event_store.claim_events(%'`,
+        [pid],
+      );
+    } catch (err) {
+      // the wait then ends after waitMs
+    } finally {
+      await other.end().catch(() => {});
+    }
+  }
+}
+
 module.exports = {
   WRONG_EXPECTED_VERSION,
   appendWithRetry,
@@ -419,4 +711,5 @@ module.exports = {
   Follower,
   PermanentError,
   SagaWorker,
+  SubscriptionWorker,
 };

@@ -1,14 +1,19 @@
 'use strict';
 // A small order service on event_store.js: it owns the saga type
 // "checkout" (steps reserve, charge, ship, worked here), prints every event
-// of the store as its follower sees it, and with --orders N places N orders
-// (an OrderPlaced event appended with retries, and a checkout saga each),
-// then stops once their sagas have ended.  Without --orders it runs until
-// Ctrl-C.
+// of the store as its follower sees it, sends a receipt for every order as
+// one consumer of the subscription "order-receipts" (run the service twice
+// and the two share the orders), and with --orders N places N orders (an
+// OrderPlaced event appended with retries, and a checkout saga each), then
+// stops once their sagas have ended and their receipts are sent.  Without
+// --orders it runs until Ctrl-C.
 //
 //   PGHOST=... PGPORT=... PGDATABASE=... node service.js [--orders N]
 
-const { appendWithRetry, createPool, Follower, PermanentError, SagaWorker } = require('./event_store');
+const { appendWithRetry, createPool, Follower, PermanentError, SagaWorker, SubscriptionWorker } = require('./event_store');
+
+// SQLSTATE duplicate_object: the subscription exists already
+const DUPLICATE_OBJECT = '42710';
 
 const CHECKOUT = {
   steps: [{ name: 'reserve' }, { name: 'charge', max_attempts: 3, backoff: '1 second' }, { name: 'ship' }],
@@ -47,10 +52,28 @@ async function main() {
     handler: (e) => console.log(`${e.global_position} ${e.stream_id}@${e.stream_version} ${e.event_type} ${JSON.stringify(e.data)}`),
   });
   const worker = new SagaWorker({ pool, name: `node-service-${process.pid}`, handlers });
-  const running = [follower.start(), worker.start()];
+
+  // receipts: every OrderPlaced, once, shared by all running services
+  await pool
+    .query("SELECT event_store.create_subscription('order-receipts', categories => ARRAY['order'], event_types => ARRAY['OrderPlaced'])")
+    .catch((err) => {
+      if (err.code !== DUPLICATE_OBJECT) {
+        throw err;
+      }
+    });
+  const receipted = new Set();
+  const receipts = new SubscriptionWorker({
+    subscription: 'order-receipts',
+    consumer: `node-service-${process.pid}`,
+    handler: (e) => {
+      console.log(`receipt for ${e.stream_id}: ${e.data.total} (attempt ${e.attempt})`);
+      receipted.add(e.stream_id);
+    },
+  });
+  const running = [follower.start(), worker.start(), receipts.start()];
 
   const stop = async () => {
-    await Promise.all([follower.stop(), worker.stop()]);
+    await Promise.all([follower.stop(), worker.stop(), receipts.stop()]);
     await Promise.all(running);
     await pool.end();
   };
@@ -58,10 +81,12 @@ async function main() {
 
   if (orders > 0) {
     const sagas = [];
+    const placed = [];
     for (let n = 1; n <= orders; n++) {
       const order = `${Date.now().toString(36)}-${n}`;
       const total = 40 * n; // the third order and later are declined: their sagas compensate
       await appendWithRetry(pool, `order-${order}`, () => ({ type: 'OrderPlaced', data: { total } }));
+      placed.push(`order-${order}`);
       const res = await pool.query("SELECT event_store.start_saga('checkout', $1::jsonb) AS id", [
         JSON.stringify({ order, total }),
       ]);
@@ -83,7 +108,11 @@ async function main() {
       [sagas],
     );
     const end = last.rows[0].p;
-    while (follower.position < end) {
+    // (another service may have sent some of the receipts)
+    const receiptsSent = async () =>
+      placed.every((s) => receipted.has(s)) ||
+      (await pool.query("SELECT in_flight = 0 AND lag_events = 0 AS done FROM event_store.subscription_status WHERE name = 'order-receipts'")).rows[0].done;
+    while (follower.position < end || !(await receiptsSent())) {
       await new Promise((resolve) => setTimeout(resolve, 50));
     }
     for (const id of sagas) {

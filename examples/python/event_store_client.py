@@ -5,6 +5,8 @@
                                                  by wait_for_events() or LISTEN event_store
     SagaWorker                                   works external saga steps:
                                                  claim_saga_steps -> complete / fail
+    SubscriptionWorker                           one consumer of a subscription's group:
+                                                 claim_events -> handler -> ack / nack
 
 Connections: connect() uses DATABASE_URL when set, else libpq's PG*
 environment variables (PGHOST, PGPORT, PGDATABASE, PGUSER, PGPASSWORD).
@@ -18,6 +20,7 @@ import random
 import select
 import threading
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import psycopg
@@ -318,5 +321,233 @@ class SagaWorker:
             self._thread.join(timeout)
             if self._thread.is_alive():
                 raise TimeoutError("the saga worker did not stop")
+        if self.error is not None:
+            raise self.error
+
+
+class _AckPosition:
+    """Where one ack_events call may acknowledge a batch up to.
+
+    A claim hands out redeliveries and retried streams before new events,
+    so a batch is not in global position order: acknowledging up to the
+    highest position handled is right only when no event below it was left
+    unhandled (the batch broke off at stop()).  Events a nack took back are
+    not pending any more and do not count.
+    """
+
+    def __init__(self):
+        self.highest = None  # highest position handled
+        self.lowest_left = None  # lowest position left unhandled
+
+    def handled(self, event):
+        p = event["global_position"]
+        self.highest = p if self.highest is None else max(self.highest, p)
+
+    def left(self, event):
+        p = event["global_position"]
+        self.lowest_left = p if self.lowest_left is None else min(self.lowest_left, p)
+
+    def position(self):
+        """The position to acknowledge up to, or None: nothing to acknowledge."""
+        if self.highest is None:
+            return None
+        if self.lowest_left is not None and self.lowest_left <= self.highest:
+            # handled events above it stay pending: delivered again after release
+            return self.lowest_left - 1 if self.lowest_left > 1 else None
+        return self.highest
+
+
+# Cancels a claim only while it waits for events (never a statement after it)
+_CANCEL_WAITING_CLAIM = """
+SELECT pg_cancel_backend(pid) FROM pg_stat_activity
+ WHERE pid = %s AND state = 'active' AND wait_event_type = 'Extension'
+   AND query LIKE '%%event_store.claim_events(%%'
+"""
+
+
+class SubscriptionWorker:
+    """One consumer of a subscription (a consumer group on the log, made with
+    event_store.create_subscription): several workers with different names,
+    in this process or anywhere else, share the subscription's partitions.
+
+    subscription    the subscription's name
+    consumer        this worker's name in the group (unique among its workers)
+    handler(event, conn)  called once per event, in order; event is a dict by
+                    column of claim_events (partition, attempt,
+                    global_position, stream_id, stream_version, event_id,
+                    event_type, data, metadata, schema_version, recorded_at),
+                    conn the worker's connection.  Raising fails the event.
+    max_count       events claimed at a time (default 100)
+    lease           how long the partitions stay ours without a claim
+                    (default '30 seconds'): longer than a batch takes to
+                    handle, plus wait
+    wait            how long, in seconds, a claim waits for events (default
+                    1.0).  A waiting claim is one transaction: partitions it
+                    takes or gives back, and a new worker's arrival, show
+                    only when it returns, so wait is also how fast
+                    partitions move between workers.
+    transactional   False (default): each event's handler runs on its own,
+                    the ack follows the batch (at-least-once: after a crash
+                    or an expired lease, events are handled again;
+                    deduplicate by event_id).  True: the batch is one
+                    transaction, each handler inside a savepoint, the ack its
+                    last statement, so the handler's writes in this database
+                    and the ack commit together (exactly-once); a refused ack
+                    (55000: the lease expired and another worker has the
+                    events) rolls them back.
+    on_error(err, what)  a call of the worker failed (what: "claim", "batch"
+                    or "release"); default: print it
+
+    Each round claims with claim_events(subscription, consumer, max_count,
+    lease, wait) and hands the events to the handler in order.  When a
+    handler raises, the worker nacks that event with nack_event(...,
+    error): it comes again after the subscription's backoff, and the stream
+    is parked after its max_attempts.  The later events of that stream in
+    the batch are not handled (nack_event took them back: they follow the
+    retry); the other streams go on.  One ack_events call per batch
+    acknowledges up to the highest position handled (see _AckPosition).
+    When a batch breaks off (a refused ack, a lost connection) the worker
+    releases its partitions, so that what it did not acknowledge is
+    delivered again: claim_events never hands a consumer its own
+    unacknowledged events again.  stop() lets the event in hand finish,
+    acknowledges what was handled and releases the partitions with
+    release_events(): another worker takes over at once, and the rest of
+    the batch goes to it.  run() works in the calling thread until stop()
+    or a failed claim (no such subscription, no privilege, the server
+    gone); start() runs it in a thread.  The worker has a connection of
+    its own.
+    """
+
+    def __init__(self, subscription, consumer, handler, max_count=100, lease="30 seconds",
+                 wait=1.0, transactional=False, on_error=None, conninfo=None):
+        if not subscription or not consumer or not callable(handler):
+            raise ValueError("subscription, consumer and a handler function are required")
+        self.subscription = subscription
+        self.consumer = consumer
+        self.handler = handler
+        self.max_count = max_count
+        self.lease = lease
+        self.wait = wait
+        self.transactional = transactional
+        self.on_error = on_error or (lambda err, what: print(
+            f"{subscription}/{consumer}: {what}: {err}"))
+        self.conninfo = conninfo
+        self.acknowledged = 0  # events acknowledged so far
+        self.error = None  # what ended a run() in a thread
+        self._stopping = threading.Event()
+        self._claiming = False
+        self._pid = None
+        self._thread = None
+
+    def run(self):
+        with connect(self.conninfo) as conn:
+            self._pid = conn.info.backend_pid
+            try:
+                while not self._stopping.is_set():
+                    events = self._claim(conn)
+                    if events is None:
+                        break  # a wait cancelled by stop()
+                    if events:
+                        self._handle_batch(conn, events)
+            finally:
+                self._release(conn)
+                self._pid = None
+
+    def _claim(self, conn):
+        """One claim: the events, or None when stop() cancelled its wait."""
+        self._claiming = True
+        try:
+            return conn.cursor(row_factory=dict_row).execute(
+                "SELECT * FROM event_store.claim_events(%s, %s, %s, %s::interval, %s)",
+                (self.subscription, self.consumer, self.max_count, self.lease,
+                 datetime.timedelta(seconds=self.wait))).fetchall()
+        except psycopg.Error as err:
+            if self._stopping.is_set() and err.sqlstate == QUERY_CANCELED:
+                return None
+            self.on_error(err, "claim")
+            raise
+        finally:
+            self._claiming = False
+
+    def _handle_batch(self, conn, events):
+        """Hand a batch to the handler, nack what failed, ack what was handled."""
+        failed_streams = set()
+        up_to = _AckPosition()
+        acknowledged = 0
+        in_transaction = conn.transaction if self.transactional else nullcontext
+        try:
+            with in_transaction():
+                for event in events:
+                    if self._stopping.is_set():
+                        up_to.left(event)  # goes to the next holder
+                        continue
+                    if event["stream_id"] in failed_streams:
+                        continue  # taken back by the nack: follows the retry
+                    try:
+                        with in_transaction():  # a savepoint
+                            self.handler(event, conn)
+                    except Exception as err:  # the event failed
+                        failed_streams.add(event["stream_id"])
+                        conn.execute("SELECT event_store.nack_event(%s, %s, %s, %s)",
+                                     (self.subscription, self.consumer, event["global_position"],
+                                      str(err) or type(err).__name__))
+                        continue
+                    up_to.handled(event)
+                position = up_to.position()
+                if position is not None:
+                    acknowledged = conn.execute("SELECT event_store.ack_events(%s, %s, %s)",
+                                                (self.subscription, self.consumer, position)).fetchone()[0]
+            self.acknowledged += acknowledged
+        except psycopg.Error as err:
+            self.on_error(err, "batch")
+            # what we did not acknowledge goes out again, to whoever claims next
+            self._release(conn)
+
+    def _release(self, conn):
+        try:
+            conn.execute("SELECT event_store.release_events(%s, %s)", (self.subscription, self.consumer))
+        except psycopg.Error as err:
+            self.on_error(err, "release")
+
+    def start(self):
+        def target():
+            try:
+                self.run()
+            except BaseException as err:  # noqa: B036 (kept for the caller)
+                self.error = err
+        self._thread = threading.Thread(target=target, name=f"subscription-worker-{self.consumer}",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    @property
+    def stopping(self):
+        """True once stop() was called."""
+        return self._stopping.is_set()
+
+    def _cancel_wait(self):
+        pid = self._pid
+        if pid is None:
+            return
+        try:
+            with connect(self.conninfo) as other:
+                other.execute(_CANCEL_WAITING_CLAIM, (pid,))
+        except psycopg.Error:
+            pass  # the wait then ends after `wait` seconds
+
+    def stop(self, timeout=10.0):
+        """Stop after the event in hand: what was handled is acknowledged, the
+        partitions are released; wait for the thread to end.  A claim
+        waiting for events is cancelled, only while it waits."""
+        self._stopping.set()
+        if self._thread is None:
+            return
+        deadline = time.monotonic() + timeout
+        while self._thread.is_alive() and time.monotonic() < deadline:
+            if self._claiming:
+                self._cancel_wait()
+            self._thread.join(0.05)
+        if self._thread.is_alive():
+            raise TimeoutError("the subscription worker did not stop")
         if self.error is not None:
             raise self.error

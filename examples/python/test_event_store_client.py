@@ -11,7 +11,21 @@
     late (after events with higher positions);
   - sagas defined here, whose external steps two SagaWorkers work,
     complete (one after a retried step); one whose step fails for good
-    compensates its completed step (saga_state).
+    compensates its completed step (saga_state);
+  - three SubscriptionWorkers (threads) share a subscription: every event
+    is handled exactly once, each stream in order, never by two workers at
+    the same time;
+  - a handler that fails twice on one event: the event is retried, then
+    its stream parked (subscription_parked), without its later events; the
+    other streams go on; replay_parked delivers it again, and the rest of
+    the stream after it;
+  - a worker that stops acknowledges what it handled and releases its
+    partitions: another one takes over at once and gets the rest of the
+    stopped worker's batch again;
+  - transactional workers (handler writes and ack in one transaction): a
+    worker that stalls past its lease gets its ack refused (55000) and its
+    writes rolled back, a handler that fails after writing is rolled back
+    to its savepoint, and every event lands exactly once.
 
 Connects with the PG* environment variables (or DATABASE_URL) to a
 database where CREATE EXTENSION event_store was done, on a server with
@@ -32,6 +46,7 @@ from event_store_client import (
     Follower,
     PermanentError,
     SagaWorker,
+    SubscriptionWorker,
     append_with_retry,
     connect,
 )
@@ -359,6 +374,318 @@ class SagaWorkerTest(unittest.TestCase):
         self.assertEqual(calls[2][4], {"reservation": "R-7"}, "the compensation got the result of reserve")
         self.assertEqual(sql("SELECT last_error FROM event_store.saga_steps WHERE saga_id = %s AND name = 'charge'",
                              (ids[0],))[0][0], "card declined")
+
+
+# Subscriptions: each test has a category and a subscription of its own
+def subscription_names(tag):
+    return f"sub{RUN}{tag}", f"python_{tag}_{RUN}"
+
+
+def create_subscription(subscription, category, partitions=8, max_attempts=5, retry_backoff="1 second"):
+    sql("SELECT event_store.create_subscription(%s, categories => ARRAY[%s], partitions => %s,"
+        " max_attempts => %s, retry_backoff => %s::interval)",
+        (subscription, category, partitions, max_attempts, retry_backoff))
+
+
+def append_steps(streams, count, first=1):
+    """Append count events (type Step, data {n}) to each stream, one batch per stream."""
+    for stream in streams:
+        append_with_retry(conn, stream, [{"type": "Step", "data": {"n": first + i}} for i in range(count)])
+
+
+def category_events(category):
+    """(global_position, stream_id, stream_version, event_id) of the category, in order."""
+    return sql("SELECT global_position, stream_id, stream_version, event_id"
+               " FROM event_store.read_category(%s, 0, 100000) ORDER BY global_position", (category,))
+
+
+def in_flight(subscription):
+    """Events handed out and not acknowledged."""
+    return sql("SELECT in_flight FROM event_store.subscription_status WHERE name = %s", (subscription,))[0][0]
+
+
+def versions_by_stream(rows):
+    """Each stream's versions, in the order of rows ((stream_id, stream_version, ...) tuples)."""
+    streams = {}
+    for row in rows:
+        streams.setdefault(row[0], []).append(row[1])
+    return streams
+
+
+def stop_all(workers):
+    """Stop every worker (each releases its partitions), then report the first error."""
+    errors = []
+    for w in workers:
+        try:
+            w.stop()
+        except BaseException as err:  # noqa: B036 (re-raised below)
+            errors.append(err)
+    if errors:
+        raise errors[0]
+
+
+class SubscriptionWorkerTest(unittest.TestCase):
+
+    def test_workers_share_a_subscription_each_event_once_each_stream_in_order(self):
+        category, subscription = subscription_names("group")
+        create_subscription(subscription, category, partitions=8)
+        lock = threading.Lock()
+        handled = []
+        in_hand = {}  # stream -> the worker handling one of its events now
+        overlaps = []
+        errors = []
+
+        def handler_for(name):
+            def handler(event, c):
+                stream = event["stream_id"]
+                with lock:
+                    if stream in in_hand:
+                        overlaps.append(f"{stream}@{event['stream_version']}: {name} while {in_hand[stream]} has it")
+                    in_hand[stream] = name
+                # a round trip, so that the workers' handlers interleave
+                c.execute("SELECT event_store.stream_version(%s)", (stream,))
+                with lock:
+                    del in_hand[stream]
+                    handled.append((stream, event["stream_version"], event["global_position"],
+                                    event["attempt"], name))
+            return handler
+
+        workers = [SubscriptionWorker(subscription, f"python-{name}", handler_for(name), wait=0.2,
+                                      on_error=lambda err, what, name=name: errors.append(f"{name} {what}: {err}"))
+                   for name in ("a", "b", "c")]
+        for w in workers:
+            w.start()
+        try:
+            wait_until("the partitions to be spread over the three workers", lambda: sql(
+                "SELECT count(DISTINCT holder) = 3 AND count(holder) = 8"
+                " FROM event_store.subscription_partitions WHERE subscription = %s", (subscription,))[0][0])
+
+            # 32 streams of 5 events, appended one at a time by 4 concurrent writers
+            def writer(w):
+                with connect() as c:
+                    for n in range(1, 6):
+                        for s in range(w, 32, 4):
+                            append_with_retry(c, f"{category}-{s}", {"type": "Step", "data": {"n": n}})
+            in_threads(4, writer)
+            events = category_events(category)
+            self.assertEqual(len(events), 160)
+            wait_until("every event to be handled and acknowledged",
+                       lambda: len(handled) >= len(events) and in_flight(subscription) == 0)
+        finally:
+            stop_all(workers)
+        self.assertEqual(errors, [])
+        self.assertEqual(overlaps, [], "no stream was in two workers' hands at once")
+        self.assertEqual(sorted(h[2] for h in handled), [e[0] for e in events], "every event handled exactly once")
+        self.assertEqual(versions_by_stream(handled), versions_by_stream([e[1:] for e in events]),
+                         "each stream in order")
+        self.assertTrue(all(h[3] == 1 for h in handled), "nothing delivered twice")
+        per_worker = [sum(1 for h in handled if h[4] == name) for name in ("a", "b", "c")]
+        self.assertTrue(all(n > 0 for n in per_worker), f"all three workers handled events: {per_worker}")
+        self.assertEqual(sql("SELECT count(holder), (SELECT count(*) FROM event_store.subscription_consumers"
+                             " WHERE subscription = %s) FROM event_store.subscription_partitions"
+                             " WHERE subscription = %s", (subscription, subscription)),
+                         [(0, 0)], "the stopped workers released everything")
+
+    def test_a_failing_event_is_retried_then_parked_and_replayed(self):
+        category, subscription = subscription_names("park")
+        create_subscription(subscription, category, partitions=4, max_attempts=2, retry_backoff="50 milliseconds")
+        bad = f"{category}-bad"
+        others = [f"{category}-{i}" for i in range(1, 6)]
+        # each stream's events in one append: they come in one claim
+        append_steps([bad] + others, 3)
+        bad_position = next(e[0] for e in category_events(category) if e[1] == bad and e[2] == 2)
+        failing = threading.Event()
+        failing.set()
+        lock = threading.Lock()
+        handled = []
+        errors = []
+
+        def handler(event, c):
+            fails = failing.is_set() and event["global_position"] == bad_position
+            with lock:
+                handled.append((event["stream_id"], event["stream_version"], event["attempt"], not fails))
+            if fails:
+                raise RuntimeError(f"cannot handle {event['stream_id']}@{event['stream_version']}")
+
+        def of(stream):
+            with lock:
+                return [h[1:] for h in handled if h[0] == stream]
+
+        def parked():
+            return sql("SELECT stream_id, global_position, event_type, attempts, last_error"
+                       " FROM event_store.subscription_parked WHERE subscription = %s", (subscription,))
+
+        workers = [SubscriptionWorker(subscription, f"python-{name}", handler, wait=0.2,
+                                      on_error=lambda err, what, name=name: errors.append(f"{name} {what}: {err}"))
+                   for name in ("a", "b", "c")]
+        for w in workers:
+            w.start()
+        try:
+            wait_until("the stream to be parked", lambda: len(parked()) == 1)
+            # the other streams go on; the parked one gets nothing, not even a new event
+            append_steps(others + [bad], 1, first=4)
+            wait_until("the other streams to be handled",
+                       lambda: sum(len([h for h in of(s) if h[2]]) for s in others) >= len(others) * 4
+                       and in_flight(subscription) == 0)
+            self.assertEqual(parked(), [(bad, bad_position, "Step", 2, f"cannot handle {bad}@2")])
+            self.assertEqual(of(bad), [(1, 1, True), (2, 1, False), (2, 2, False)],
+                             "the failing event twice (retried once), then parked;"
+                             " the later events of its stream held back")
+            self.assertEqual(sql("SELECT retrying_streams, parked_streams FROM event_store.subscription_status"
+                                 " WHERE name = %s", (subscription,)), [(0, 1)])
+
+            failing.clear()
+            self.assertEqual(sql("SELECT event_store.replay_parked(%s, %s)", (subscription, bad)), [(1,)])
+            wait_until("the replayed stream to be handled",
+                       lambda: len(of(bad)) >= 6 and in_flight(subscription) == 0)
+        finally:
+            stop_all(workers)
+        self.assertEqual(errors, [])
+        self.assertEqual(of(bad), [(1, 1, True), (2, 1, False), (2, 2, False), (2, 1, True), (3, 1, True),
+                                   (4, 1, True)],
+                         "replayed from the parked event (attempts reset), then the rest of the stream in order")
+        for stream in others:
+            self.assertEqual(of(stream), [(v, 1, True) for v in range(1, 5)], f"{stream}: every event once, in order")
+        self.assertEqual(parked(), [])
+
+    def test_a_worker_that_stops_releases_and_another_takes_over(self):
+        category, subscription = subscription_names("handover")
+        create_subscription(subscription, category, partitions=2)
+        streams = [f"{category}-{i}" for i in range(1, 5)]
+        append_steps(streams, 3)
+        events = category_events(category)
+        fifth = events[4][0]
+        handled = {"a": [], "b": []}
+        errors = []
+        in_fifth = threading.Event()
+        gate = threading.Event()
+
+        def handler_for(name):
+            def handler(event, c):
+                if name == "a" and event["global_position"] == fifth:
+                    in_fifth.set()
+                    gate.wait(60)
+                handled[name].append((event["stream_id"], event["stream_version"], event["global_position"],
+                                      event["attempt"]))
+            return handler
+
+        def worker(name):
+            return SubscriptionWorker(subscription, f"python-{name}", handler_for(name), wait=0.2,
+                                      on_error=lambda err, what: errors.append(f"{name} {what}: {err}"))
+
+        # a takes the whole log in one claim and holds on in its fifth event
+        a, b = worker("a").start(), worker("b")
+        try:
+            wait_until("worker a to be in its fifth event", in_fifth.is_set)
+            b.start()
+            stopping = threading.Thread(target=a.stop)
+            stopping.start()
+            wait_until("a.stop() to be waiting for the event in hand", lambda: a.stopping)
+            gate.set()
+            stopping.join()
+            # released at once, not left to expire
+            self.assertEqual(sql("SELECT count(*) FILTER (WHERE holder = 'python-a'),"
+                                 " (SELECT count(*) FROM event_store.subscription_consumers"
+                                 "   WHERE subscription = %s AND consumer = 'python-a')"
+                                 " FROM event_store.subscription_partitions WHERE subscription = %s",
+                                 (subscription, subscription)), [(0, 0)],
+                             "a released its partitions when it stopped")
+            wait_until("b to take over the rest of the batch",
+                       lambda: len(handled["b"]) >= 7 and in_flight(subscription) == 0)
+            append_steps(streams, 1, first=4)
+            wait_until("b to handle the new events",
+                       lambda: len(handled["b"]) >= 11 and in_flight(subscription) == 0)
+        finally:
+            gate.set()
+            stop_all([a, b])
+        self.assertEqual(errors, [])
+        self.assertEqual([(h[2], h[3]) for h in handled["a"]], [(e[0], 1) for e in events[:5]],
+                         "a handled its batch up to the event it was in when it stopped")
+        everything = category_events(category)
+        self.assertEqual(sorted(h[2] for h in handled["b"]), [e[0] for e in everything[5:]],
+                         "b handled everything after it, once")
+        self.assertEqual(sorted(h[2] for h in handled["b"] if h[3] == 2), [e[0] for e in events[5:]],
+                         "the rest of the stopped batch came again (attempt 2)")
+        self.assertEqual(versions_by_stream(handled["a"] + handled["b"]),
+                         versions_by_stream([e[1:] for e in everything]), "each stream in order")
+
+    def test_transactional_workers_land_every_event_exactly_once(self):
+        category, subscription = subscription_names("once")
+        create_subscription(subscription, category, partitions=2, retry_backoff="20 milliseconds")
+        table = f"landed_{RUN}"
+        conn.execute(f"CREATE TABLE {table} (id bigserial PRIMARY KEY, event_id uuid NOT NULL, stream_id text NOT NULL,"
+            " stream_version bigint NOT NULL, consumer text NOT NULL)")
+        streams = [f"{category}-{i}" for i in range(1, 5)]
+        append_steps(streams, 3)
+        events = category_events(category)
+        stall = events[5][0]  # where the slow worker stalls
+        flaky = events[8][0]  # fails once after writing (in a fast worker)
+        lock = threading.Lock()
+        calls = []
+        slow_errors = []
+        errors = []
+        stalled = threading.Event()
+        gate = threading.Event()
+        flaky_failed = threading.Event()
+
+        def handler_for(name):
+            def handler(event, c):
+                with lock:
+                    calls.append((name, event["global_position"], event["attempt"]))
+                c.execute(f"INSERT INTO {table} (event_id, stream_id, stream_version, consumer)"
+                          " VALUES (%s, %s, %s, %s)",
+                          (event["event_id"], event["stream_id"], event["stream_version"], name))
+                if name != "slow" and event["global_position"] == flaky and not flaky_failed.is_set():
+                    flaky_failed.set()
+                    raise RuntimeError("failed after writing")
+                if name == "slow" and event["global_position"] == stall:
+                    stalled.set()
+                    gate.wait(60)
+            return handler
+
+        def landed():
+            return sql(f"SELECT count(DISTINCT event_id) FROM {table} WHERE stream_id LIKE %s",
+                       (f"{category}-%",))[0][0]
+
+        # the slow worker takes every event in one claim, with a short lease,
+        # and stalls in the sixth one, its transaction open, until the lease
+        # is long gone
+        slow = SubscriptionWorker(subscription, "python-slow", handler_for("slow"), transactional=True,
+                                  lease="1 second", wait=0.2,
+                                  on_error=lambda err, what: slow_errors.append(f"{what} {err.sqlstate}"))
+        fast = [SubscriptionWorker(subscription, f"python-{name}", handler_for(name), transactional=True, wait=0.2,
+                                   on_error=lambda err, what, name=name: errors.append(f"{name} {what}: {err}"))
+                for name in ("f1", "f2")]
+        slow.start()
+        try:
+            wait_until("the slow worker to stall", stalled.is_set)
+            for w in fast:
+                w.start()
+            # its lease expires: the others take its partitions and its events again
+            wait_until("every event to land, committed by the other workers",
+                       lambda: landed() == len(events) and in_flight(subscription) == 0)
+            gate.set()
+            wait_until("the slow worker's ack to be refused", lambda: len(slow_errors) > 0)
+            append_steps(streams, 1, first=4)
+            wait_until("the new events to land",
+                       lambda: landed() == len(events) + len(streams) and in_flight(subscription) == 0)
+        finally:
+            gate.set()
+            stop_all([slow] + fast)
+        self.assertEqual(errors, [])
+        self.assertEqual(slow_errors, ["batch 55000"], "the slow worker's ack was refused: its lease had expired")
+        self.assertEqual([(p, attempt) for name, p, attempt in calls if name == "slow" and p <= events[-1][0]],
+                         [(e[0], 1) for e in events], "the slow worker handled its whole batch in its transaction")
+        everything = category_events(category)
+        rows = sql(f"SELECT stream_id, stream_version, event_id, consumer FROM {table} ORDER BY id")
+        self.assertEqual(sorted(r[2] for r in rows), sorted(e[3] for e in everything),
+                         "every event landed exactly once")
+        self.assertEqual([r for r in rows if r[3] == "slow" and r[1] <= 3], [],
+                         "nothing of the refused batch landed")
+        self.assertEqual(versions_by_stream(rows), versions_by_stream([e[1:] for e in everything]),
+                         "each stream landed in order")
+        self.assertEqual(len([c for c in calls if c[0] != "slow" and c[1] == flaky]), 2,
+                         "the event that failed after writing was handled again, and landed once")
 
 
 if __name__ == "__main__":
