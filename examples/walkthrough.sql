@@ -393,14 +393,13 @@ SELECT event_store.ack_events('invoicing', 'billing-1',
 SELECT name, partitions, consumers, in_flight, retrying_streams, parked_streams
   FROM event_store.subscription_status;
 
--- Once the backoff (100 ms, give or take a quarter) has passed, the next
--- claim hands the event out again (attempt 2), with the rest of its
--- stream.  (A worker claims in a loop; with wait => '5 seconds' a claim
--- that finds nothing blocks until new events are appended or the time is
--- up.)
-SELECT pg_sleep(0.2);
+-- Once the backoff (100 ms, give or take a quarter) has passed, a claim
+-- hands the event out again (attempt 2), with the rest of its stream.  A
+-- claim with a wait that finds nothing blocks until new events are
+-- appended, a retry is due or a lease expires, or the time is up: this one
+-- returns as soon as the retry is due.
 SELECT partition, attempt, global_position, stream_id, stream_version, event_type
-  FROM event_store.claim_events('invoicing', 'billing-1');
+  FROM event_store.claim_events('invoicing', 'billing-1', wait => '5 seconds');
 
 -- It fails again.  That was its last attempt: the stream is parked, and
 -- waits for an operator.
