@@ -1372,6 +1372,9 @@ es_projection_hold_stream(EsProjection *p, int32 partition, int64 position, Erro
 					   8, types, values, NULL);
 }
 
+/* streams a partition holds back in one run at most (the rest wait a round) */
+#define ES_MAX_HOLDS_PER_RUN 64
+
 /* A held stream of a partition, as es_run_partition reads it */
 typedef struct EsHeldStream
 {
@@ -1487,6 +1490,7 @@ es_run_partition(EsProjection *p, const char *name, int32 attempts, int32 partit
 	int64		current;
 	int64		newpos;
 	ErrorData  *edata;
+	int			holds;
 
 	held = es_partition_held(name, partition, &nheld);
 	for (int i = 0; i < nheld; i++)
@@ -1514,6 +1518,7 @@ es_run_partition(EsProjection *p, const char *name, int32 attempts, int32 partit
 	 * The partition's events; after a failing one (parking) its stream is
 	 * held and the partition goes on with the others
 	 */
+	holds = 0;
 	for (;;)
 	{
 		ErrorData  *prefix_error;
@@ -1541,7 +1546,13 @@ es_run_partition(EsProjection *p, const char *name, int32 attempts, int32 partit
 			}
 		}
 		total += handed;
-		if (!p->park)
+
+		/*
+		 * Parking holds back the stream of the event that failed; an error
+		 * at no event of the range (before the first: a dropped handler, a
+		 * cancel) is the projection's, as with on_error 'fail'
+		 */
+		if (!p->park || OidIsValid(p->missing_handler) || current <= position)
 		{
 			es_projection_failed(name, attempts, current, edata);
 			*failed = true;
@@ -1550,8 +1561,9 @@ es_run_partition(EsProjection *p, const char *name, int32 attempts, int32 partit
 		}
 		es_projection_hold_stream(p, partition, current, edata);
 		FreeErrorData(edata);
-		if (newpos == position && current <= position)
-			return total;		/* no progress possible */
+		/* the rest in the next round: after the deadline, or many holds */
+		if ((deadline != 0 && GetCurrentTimestamp() >= deadline) || ++holds >= ES_MAX_HOLDS_PER_RUN)
+			return total;
 		position = newpos;
 		/* from now on the failing event's stream is skipped */
 		{
