@@ -888,6 +888,7 @@ SELECT t.subscription, t.stream_id, t.global_position, e.event_type, t.attempts,
  WHERE t.parked_at IS NOT NULL;
 COMMENT ON VIEW event_store.subscription_parked IS
     'Parked streams of every subscription, with the event they stopped at';
+REVOKE ALL ON TABLE event_store.subscription_status, event_store.subscription_parked FROM PUBLIC;
 REVOKE ALL ON FUNCTION event_store.create_subscription(text, text[], text[], int, bigint, int, interval),
     event_store.drop_subscription(text), event_store.claim_events(text, text, int, interval, interval),
     event_store.ack_events(text, text, bigint), event_store.nack_event(text, text, bigint, text, interval),
