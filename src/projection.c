@@ -1850,7 +1850,10 @@ es_projection_reached(void *arg)
 
 	EsSpiConnect(&sw);
 	es_projection_exec("SELECT p.mode OPERATOR(pg_catalog.=) 'inline' AND p.state OPERATOR(pg_catalog.=) 'running', "
-					   "p.mode OPERATOR(pg_catalog.=) 'async' AND p.position OPERATOR(pg_catalog.>=) $2 "
+					   "p.mode OPERATOR(pg_catalog.=) 'async' AND CASE WHEN p.partitions OPERATOR(pg_catalog.>) 1 "
+					   "  THEN (SELECT pg_catalog.min(sp.position) FROM event_store.subscription_partitions sp "
+					   "        WHERE sp.subscription OPERATOR(pg_catalog.=) p.name) "
+					   "  ELSE p.position END OPERATOR(pg_catalog.>=) $2 "
 					   "AND NOT EXISTS (SELECT 1 FROM event_store.subscription_streams t "
 					   "  WHERE t.subscription OPERATOR(pg_catalog.=) p.name "
 					   "  AND t.global_position OPERATOR(pg_catalog.<=) $2) "

@@ -767,6 +767,8 @@ es_worker_main(Datum arg)
 						EsReportAbsentDatabase(dboid);
 						proc_exit(0);
 					}
+					/* helpers join in as soon as a projection has partitions */
+					es_ensure_helpers(dboid, batch.has_partitioned);
 					CHECK_FOR_INTERRUPTS();
 					if (batch.applied == 0)
 						break;

@@ -86,8 +86,12 @@ SELECT p.name,
        p.updated_at
   FROM event_store.projections p
  CROSS JOIN LATERAL (SELECT event_store.head_position() AS head) h
- CROSS JOIN LATERAL (SELECT CASE WHEN p.mode = 'inline' AND p.state = 'running'
-                                 THEN h.head ELSE p.position END AS pos) x;
+ CROSS JOIN LATERAL (SELECT CASE WHEN p.mode = 'inline' AND p.state = 'running' THEN h.head
+                                 -- several partitions: the lowest of them, as committed
+                                 WHEN p.partitions > 1 THEN
+                                      (SELECT pg_catalog.min(sp.position) FROM event_store.subscription_partitions sp
+                                        WHERE sp.subscription OPERATOR(pg_catalog.=) p.name)
+                                 ELSE p.position END AS pos) x;
 COMMENT ON VIEW event_store.projection_status IS 'Projections with their position, lag and last error';
 
 -- Tell the background launcher that this database now has the extension.

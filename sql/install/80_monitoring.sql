@@ -30,10 +30,16 @@ SELECT n.events,
        c.appends_in_flight,
        -- a projection's lag in positions: 0 for a running inline one
        (SELECT pg_catalog.max(CASE WHEN p.mode OPERATOR(pg_catalog.=) 'inline' AND p.state OPERATOR(pg_catalog.=) 'running' THEN 0
-                    ELSE greatest(h.head OPERATOR(pg_catalog.-) p.position, 0) END)
+                    ELSE greatest(h.head OPERATOR(pg_catalog.-) CASE WHEN p.partitions OPERATOR(pg_catalog.>) 1
+                      THEN (SELECT pg_catalog.min(sp.position) FROM event_store.subscription_partitions sp
+                             WHERE sp.subscription OPERATOR(pg_catalog.=) p.name)
+                      ELSE p.position END, 0) END)
           FROM event_store.projections p) AS projection_max_lag,
        (SELECT pg_catalog.jsonb_object_agg(p.name, CASE WHEN p.mode OPERATOR(pg_catalog.=) 'inline' AND p.state OPERATOR(pg_catalog.=) 'running' THEN 0
-                    ELSE greatest(h.head OPERATOR(pg_catalog.-) p.position, 0) END ORDER BY p.name)
+                    ELSE greatest(h.head OPERATOR(pg_catalog.-) CASE WHEN p.partitions OPERATOR(pg_catalog.>) 1
+                      THEN (SELECT pg_catalog.min(sp.position) FROM event_store.subscription_partitions sp
+                             WHERE sp.subscription OPERATOR(pg_catalog.=) p.name)
+                      ELSE p.position END, 0) END ORDER BY p.name)
           FROM event_store.projections p) AS projection_lag,
        (SELECT COALESCE(pg_catalog.jsonb_object_agg(b.status, b.n ORDER BY b.status), '{}')
           FROM (SELECT s.status, pg_catalog.count(*) AS n
