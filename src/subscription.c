@@ -904,21 +904,23 @@ es_claim_take(EsClaim *c, const char *consumer, int want)
 	Oid			types[2] = {TEXTOID, INT4OID};
 	Datum		values[2] = {CStringGetTextDatum(c->sub->name), Int32GetDatum(want)};
 	uint64		n;
+	SPITupleTable *tt;
 
 	if (want <= 0)
 		return;
-	es_sub_exec("SELECT partition, position, pending, pending_attempts, redeliver, redeliver_attempts "
+	es_sub_exec("SELECT partition, position, pending, pending_attempts, redeliver, redeliver_attempts, holder "
 				"FROM event_store.subscription_partitions "
 				"WHERE subscription OPERATOR(pg_catalog.=) $1 "
 				"AND (holder IS NULL OR lease_expires_at OPERATOR(pg_catalog.<=) pg_catalog.clock_timestamp()) "
 				"ORDER BY partition LIMIT $2 FOR UPDATE SKIP LOCKED",
 				2, types, values, NULL, false, SPI_OK_SELECT);
 	n = SPI_processed;
+	tt = SPI_tuptable;
 	c->parts = repalloc(c->parts, sizeof(EsPart) * (c->nparts + n + 1));
 	for (uint64 i = 0; i < n; i++)
 	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
+		HeapTuple	tup = tt->vals[i];
+		TupleDesc	desc = tt->tupdesc;
 		bool		isnull;
 		EsPart	   *p = &c->parts[c->nparts++];
 		int64	   *pending;
@@ -955,6 +957,28 @@ es_claim_take(EsClaim *c, const char *consumer, int want)
 		p->pending_attempts = palloc(sizeof(int32));
 		p->changed = true;
 	}
+
+	/*
+	 * A consumer whose partition was taken over is fenced: its next ack or
+	 * nack is refused (55000) until it claims again, so that a transaction
+	 * that handled events of the lost partition cannot commit half of them
+	 * as acknowledged
+	 */
+	for (uint64 i = 0; i < n; i++)
+	{
+		bool		isnull;
+		Datum		old_holder = SPI_getbinval(tt->vals[i], tt->tupdesc, 7, &isnull);
+		Oid			ftypes[2] = {TEXTOID, TEXTOID};
+		Datum		fvalues[2];
+
+		if (isnull || strcmp(TextDatumGetCString(old_holder), consumer) == 0)
+			continue;
+		fvalues[0] = CStringGetTextDatum(c->sub->name);
+		fvalues[1] = old_holder;
+		es_sub_exec("UPDATE event_store.subscription_consumers SET fenced_at = pg_catalog.clock_timestamp() "
+					"WHERE subscription OPERATOR(pg_catalog.=) $1 AND consumer OPERATOR(pg_catalog.=) $2",
+					2, ftypes, fvalues, NULL, false, SPI_OK_UPDATE);
+	}
 }
 
 /* One claim: returns how many events were handed out */
@@ -979,7 +1003,8 @@ es_claim_once(EsClaim *c, const char *consumer, double lease_ms)
 	es_sub_exec("INSERT INTO event_store.subscription_consumers AS c (subscription, consumer, lease_expires_at) "
 				"VALUES ($1, $2, pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) "
 				"pg_catalog.make_interval(secs => $3 OPERATOR(pg_catalog./) 1000)) "
-				"ON CONFLICT (subscription, consumer) DO UPDATE SET lease_expires_at = EXCLUDED.lease_expires_at",
+				"ON CONFLICT (subscription, consumer) DO UPDATE SET lease_expires_at = EXCLUDED.lease_expires_at, "
+				"fenced_at = NULL",
 				3, types, values, NULL, false, SPI_OK_INSERT);
 	es_sub_exec("SELECT pg_catalog.count(*) FROM event_store.subscription_consumers "
 				"WHERE subscription OPERATOR(pg_catalog.=) $1 "
@@ -1128,42 +1153,100 @@ es_not_held(EsSubscription *s, const char *consumer, const char *what)
 			 errhint("Claim events again with event_store.claim_events(); what was not acknowledged is delivered again.")));
 }
 
-/*
- * A held stream whose events up to upto were acknowledged: its next event
- * to hand out is the next one after that up to its partition's position
- * (then it catches up at once), or there is none (then it is no longer held)
- */
+/* A consumer fenced since its partition was taken over: 55000 until it claims */
 static void
-es_held_acknowledged(EsSubscription *s, text *stream_id, int64 upto, int64 handed_through,
-					 int64 partition_position)
+es_check_not_fenced(EsSubscription *s, const char *consumer)
+{
+	Oid			types[2] = {TEXTOID, TEXTOID};
+	Datum		values[2] = {CStringGetTextDatum(s->name), CStringGetTextDatum(consumer)};
+
+	es_sub_exec("SELECT 1 FROM event_store.subscription_consumers "
+				"WHERE subscription OPERATOR(pg_catalog.=) $1 AND consumer OPERATOR(pg_catalog.=) $2 "
+				"AND fenced_at IS NOT NULL",
+				2, types, values, NULL, false, SPI_OK_SELECT);
+	if (SPI_processed > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("consumer \"%s\" lost a partition of subscription \"%s\"", consumer, s->name),
+				 errdetail("Its lease expired and another consumer took over a partition; what it was handed there goes to that consumer."),
+				 errhint("Roll back what was handled, and claim events again with event_store.claim_events().")));
+}
+
+/* What es_stream_event_after looks for: a stream's first event after a position */
+typedef struct EsAfterScan
+{
+	int64		after;
+	int64		found;			/* its position, or 0 */
+} EsAfterScan;
+
+static bool
+es_after_row(Datum *values, bool *isnull, HeapTuple stored, void *arg)
+{
+	EsAfterScan *as = (EsAfterScan *) arg;
+	int64		pos = DatumGetInt64(values[Anum_es_global_position - 1]);
+
+	if (pos <= as->after)
+		return true;
+	as->found = pos;
+	return false;
+}
+
+/*
+ * The position of a stream's first event after position after, looking
+ * from its event at from_position on (the stream's positions rise with its
+ * versions); 0 when there is none
+ */
+static int64
+es_stream_event_after(text *stream_id, int64 from_position, int64 after)
 {
 	const EsCatalog *cat = EsGetCatalog();
-	ScanKeyData keys[2];
-	Datum		next;
-	int64		version = es_version_at(upto);
+	int64		version = es_version_at(from_position);
+	EsScanSpec	spec;
+	EsAfterScan as = {after, 0};
+
+	memset(&spec, 0, sizeof(spec));
+	spec.index_oid = cat->stream_idx;
+	spec.direction = ForwardScanDirection;
+	spec.filter.ntypes = -1;
+	spec.max_count = -1;
+	spec.raw = true;
+	spec.snapshot = GetLatestSnapshot();
+	spec.leading_values = Anum_es_global_position;
+	ScanKeyEntryInitialize(&spec.keys[0], 0, 1, BTEqualStrategyNumber, InvalidOid,
+						   C_COLLATION_OID, F_TEXTEQ, PointerGetDatum(stream_id));
+	ScanKeyEntryInitialize(&spec.keys[1], 0, 2, BTGreaterEqualStrategyNumber, InvalidOid,
+						   InvalidOid, F_INT8GE, Int64GetDatum(Max(version, 1)));
+	spec.nkeys = 2;
+	(void) EsScanEvents(cat, &spec, es_after_row, &as);
+	return as.found;
+}
+
+/*
+ * A held stream (its next event at held_position, handed out through
+ * handed_through) whose events up to upto were acknowledged: its next event
+ * to hand out is its first one after upto, if that is at or below its
+ * partition's position (then it catches up at once: what it handed out
+ * beyond upto stays pending); else it is no longer held (its later events
+ * come with the log)
+ */
+static void
+es_held_acknowledged(EsSubscription *s, text *stream_id, int64 held_position, int64 upto,
+					 int64 handed_through, int64 partition_position)
+{
+	int64		next = es_stream_event_after(stream_id, held_position, upto);
 	Oid			types[4] = {TEXTOID, TEXTOID, INT8OID, BOOLOID};
 	Datum		values[4];
-	bool		found = false;
 
 	values[0] = CStringGetTextDatum(s->name);
 	values[1] = PointerGetDatum(stream_id);
-	if (version > 0)
-	{
-		ScanKeyInit(&keys[0], 1, BTEqualStrategyNumber, F_TEXTEQ, PointerGetDatum(stream_id));
-		ScanKeyInit(&keys[1], 2, BTGreaterStrategyNumber, F_INT8GT, Int64GetDatum(version));
-		found = EsFirstEventValue(cat, cat->stream_idx, GetLatestSnapshot(), keys, 2,
-								  ForwardScanDirection, Anum_es_global_position, &next) &&
-			DatumGetInt64(next) <= partition_position;
-	}
-	if (!found)
+	if (next == 0 || next > partition_position)
 	{
 		es_sub_exec("DELETE FROM event_store.subscription_streams "
 					"WHERE subscription OPERATOR(pg_catalog.=) $1 AND stream_id OPERATOR(pg_catalog.=) $2",
 					2, types, values, NULL, false, SPI_OK_DELETE);
 		return;
 	}
-	values[2] = next;
-	/* still handed out beyond upto: those stay pending */
+	values[2] = Int64GetDatum(next);
 	values[3] = BoolGetDatum(handed_through > upto);
 	es_sub_exec("UPDATE event_store.subscription_streams SET global_position = $3, attempts = 0, "
 				"last_error = NULL, next_attempt_at = NULL, "
@@ -1202,6 +1285,7 @@ es_ack_events(PG_FUNCTION_ARGS)
 	parts = es_my_partitions(s, consumer, &nparts);
 	if (nparts == 0)
 		es_not_held(s, consumer, "any partition");
+	es_check_not_fenced(s, consumer);
 
 	nums = palloc(sizeof(int32) * nparts);
 	for (int i = 0; i < nparts; i++)
@@ -1232,7 +1316,7 @@ es_ack_events(PG_FUNCTION_ARGS)
 	values[0] = CStringGetTextDatum(s->name);
 	values[1] = es_int4_array(nums, nparts);
 	values[2] = Int64GetDatum(upto);
-	es_sub_exec("SELECT t.stream_id, t.handed_through, p.position "
+	es_sub_exec("SELECT t.stream_id, t.handed_through, p.position, t.global_position "
 				"FROM event_store.subscription_streams t "
 				"JOIN event_store.subscription_partitions p "
 				"  ON p.subscription OPERATOR(pg_catalog.=) t.subscription "
@@ -1253,8 +1337,9 @@ es_ack_events(PG_FUNCTION_ARGS)
 			text	   *sid = DatumGetTextPCopy(SPI_getbinval(tt->vals[i], tt->tupdesc, 1, &isnull));
 			int64		through = DatumGetInt64(SPI_getbinval(tt->vals[i], tt->tupdesc, 2, &isnull));
 			int64		ppos = DatumGetInt64(SPI_getbinval(tt->vals[i], tt->tupdesc, 3, &isnull));
+			int64		held_at = DatumGetInt64(SPI_getbinval(tt->vals[i], tt->tupdesc, 4, &isnull));
 
-			es_held_acknowledged(s, sid, Min(upto, through), through, ppos);
+			es_held_acknowledged(s, sid, held_at, Min(upto, through), through, ppos);
 		}
 	}
 	EsSpiFinish(&sw);
@@ -1299,6 +1384,7 @@ es_nack_event(PG_FUNCTION_ARGS)
 	s = es_subscription_load(name, CurrentMemoryContext);
 	es_check_may_use(&sw, s);
 	parts = es_my_partitions(s, consumer, &nparts);
+	es_check_not_fenced(s, consumer);
 	sid = es_stream_at(position);
 	p = sid ? es_find_part(parts, nparts, EsStreamPartition(sid, s->partitions)) : NULL;
 	for (int k = 0; p != NULL && k < p->npending && at < 0; k++)

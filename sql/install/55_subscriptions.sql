@@ -52,6 +52,7 @@ CREATE TABLE event_store.subscription_consumers (
                      REFERENCES event_store.subscriptions (name) ON DELETE CASCADE,
     consumer         text COLLATE "C" NOT NULL,
     lease_expires_at timestamptz NOT NULL,     -- live while its last claim's lease runs
+    fenced_at        timestamptz,              -- set: lost a partition; claim before acking again
     PRIMARY KEY (subscription, consumer)
 );
 COMMENT ON TABLE event_store.subscription_consumers IS
