@@ -978,6 +978,21 @@ es_claim_take(EsClaim *c, const char *consumer, int want)
 		es_sub_exec("UPDATE event_store.subscription_consumers SET fenced_at = pg_catalog.clock_timestamp() "
 					"WHERE subscription OPERATOR(pg_catalog.=) $1 AND consumer OPERATOR(pg_catalog.=) $2",
 					2, ftypes, fvalues, NULL, false, SPI_OK_UPDATE);
+
+		/*
+		 * Whatever it was handed in the partitions it keeps comes again
+		 * (attempt + 1) at its next claim: the transaction whose
+		 * acknowledgement the fence refuses rolls back its handling
+		 */
+		es_sub_exec("UPDATE event_store.subscription_partitions SET "
+					"redeliver = redeliver OPERATOR(pg_catalog.||) pending, "
+					"redeliver_attempts = redeliver_attempts OPERATOR(pg_catalog.||) "
+					" ARRAY(SELECT a.n OPERATOR(pg_catalog.+) 1 FROM pg_catalog.unnest(pending_attempts) "
+					"       WITH ORDINALITY AS a(n, i) ORDER BY a.i), "
+					"pending = '{}', pending_attempts = '{}', updated_at = pg_catalog.now() "
+					"WHERE subscription OPERATOR(pg_catalog.=) $1 AND holder OPERATOR(pg_catalog.=) $2 "
+					"AND pg_catalog.cardinality(pending) OPERATOR(pg_catalog.>) 0",
+					2, ftypes, fvalues, NULL, false, SPI_OK_UPDATE);
 	}
 }
 
