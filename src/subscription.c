@@ -975,14 +975,20 @@ es_claim_take(EsClaim *c, const char *consumer, int want)
 			continue;
 		fvalues[0] = CStringGetTextDatum(c->sub->name);
 		fvalues[1] = old_holder;
-		es_sub_exec("UPDATE event_store.subscription_consumers SET fenced_at = pg_catalog.clock_timestamp() "
-					"WHERE subscription OPERATOR(pg_catalog.=) $1 AND consumer OPERATOR(pg_catalog.=) $2",
+		es_sub_exec("UPDATE event_store.subscription_consumers c SET fenced_at = pg_catalog.clock_timestamp() "
+					"WHERE (c.subscription, c.consumer) IN (SELECT x.subscription, x.consumer "
+					"  FROM event_store.subscription_consumers x "
+					"  WHERE x.subscription OPERATOR(pg_catalog.=) $1 AND x.consumer OPERATOR(pg_catalog.=) $2 "
+					"  FOR UPDATE SKIP LOCKED)",
 					2, ftypes, fvalues, NULL, false, SPI_OK_UPDATE);
 
 		/*
 		 * Whatever it was handed in the partitions it keeps comes again
 		 * (attempt + 1) at its next claim: the transaction whose
-		 * acknowledgement the fence refuses rolls back its handling
+		 * acknowledgement the fence refuses rolls back its handling.  (Rows
+		 * it has locked are skipped, never waited for: it is claiming, or
+		 * acknowledging, right now; two claims taking over from each other
+		 * must not deadlock.)
 		 */
 		es_sub_exec("UPDATE event_store.subscription_partitions SET "
 					"redeliver = redeliver OPERATOR(pg_catalog.||) pending, "
@@ -990,8 +996,11 @@ es_claim_take(EsClaim *c, const char *consumer, int want)
 					" ARRAY(SELECT a.n OPERATOR(pg_catalog.+) 1 FROM pg_catalog.unnest(pending_attempts) "
 					"       WITH ORDINALITY AS a(n, i) ORDER BY a.i), "
 					"pending = '{}', pending_attempts = '{}', updated_at = pg_catalog.now() "
-					"WHERE subscription OPERATOR(pg_catalog.=) $1 AND holder OPERATOR(pg_catalog.=) $2 "
-					"AND pg_catalog.cardinality(pending) OPERATOR(pg_catalog.>) 0",
+					"WHERE (subscription, partition) IN (SELECT x.subscription, x.partition "
+					"  FROM event_store.subscription_partitions x "
+					"  WHERE x.subscription OPERATOR(pg_catalog.=) $1 AND x.holder OPERATOR(pg_catalog.=) $2 "
+					"  AND pg_catalog.cardinality(x.pending) OPERATOR(pg_catalog.>) 0 "
+					"  FOR UPDATE SKIP LOCKED)",
 					2, ftypes, fvalues, NULL, false, SPI_OK_UPDATE);
 	}
 }
