@@ -357,6 +357,32 @@ es_add_pending(EsPart *p, int64 position, int32 attempt)
 	p->changed = true;
 }
 
+/* What the holder was handed goes again, attempt + 1 (before the redeliveries) */
+static void
+es_pending_to_redeliver(EsPart *p)
+{
+	int			total = p->npending + p->nredeliver;
+	int64	   *r;
+	int32	   *ra;
+
+	if (p->npending == 0)
+		return;
+	r = palloc(sizeof(int64) * total);
+	ra = palloc(sizeof(int32) * total);
+	for (int k = 0; k < p->npending; k++)
+	{
+		r[k] = p->pending[k];
+		ra[k] = p->pending_attempts[k] + 1;
+	}
+	memcpy(r + p->npending, p->redeliver, sizeof(int64) * p->nredeliver);
+	memcpy(ra + p->npending, p->redeliver_attempts, sizeof(int32) * p->nredeliver);
+	p->redeliver = r;
+	p->redeliver_attempts = ra;
+	p->nredeliver = total;
+	p->npending = 0;
+	p->changed = true;
+}
+
 /* The partition of ours with this number, or NULL */
 static EsPart *
 es_find_part(EsPart *parts, int nparts, int32 partition)
@@ -935,26 +961,10 @@ es_claim_take(EsClaim *c, const char *consumer, int want)
 		p->nredeliver = es_get_int8_array(SPI_getbinval(tup, desc, 5, &isnull), &p->redeliver);
 		(void) es_get_int4_array(SPI_getbinval(tup, desc, 6, &isnull), &p->redeliver_attempts);
 		/* the previous holder's pending events go first, attempt + 1 */
-		if (npending > 0)
-		{
-			int			total = npending + p->nredeliver;
-			int64	   *r = palloc(sizeof(int64) * total);
-			int32	   *ra = palloc(sizeof(int32) * total);
-
-			for (int k = 0; k < npending; k++)
-			{
-				r[k] = pending[k];
-				ra[k] = attempts[k] + 1;
-			}
-			memcpy(r + npending, p->redeliver, sizeof(int64) * p->nredeliver);
-			memcpy(ra + npending, p->redeliver_attempts, sizeof(int32) * p->nredeliver);
-			p->redeliver = r;
-			p->redeliver_attempts = ra;
-			p->nredeliver = total;
-		}
-		p->npending = 0;
-		p->pending = palloc(sizeof(int64));
-		p->pending_attempts = palloc(sizeof(int32));
+		p->pending = pending;
+		p->pending_attempts = attempts;
+		p->npending = npending;
+		es_pending_to_redeliver(p);
 		p->changed = true;
 	}
 
@@ -975,33 +985,10 @@ es_claim_take(EsClaim *c, const char *consumer, int want)
 			continue;
 		fvalues[0] = CStringGetTextDatum(c->sub->name);
 		fvalues[1] = old_holder;
-		es_sub_exec("UPDATE event_store.subscription_consumers c SET fenced_at = pg_catalog.clock_timestamp() "
-					"WHERE (c.subscription, c.consumer) IN (SELECT x.subscription, x.consumer "
-					"  FROM event_store.subscription_consumers x "
-					"  WHERE x.subscription OPERATOR(pg_catalog.=) $1 AND x.consumer OPERATOR(pg_catalog.=) $2 "
-					"  FOR UPDATE SKIP LOCKED)",
-					2, ftypes, fvalues, NULL, false, SPI_OK_UPDATE);
-
-		/*
-		 * Whatever it was handed in the partitions it keeps comes again
-		 * (attempt + 1) at its next claim: the transaction whose
-		 * acknowledgement the fence refuses rolls back its handling.  (Rows
-		 * it has locked are skipped, never waited for: it is claiming, or
-		 * acknowledging, right now; two claims taking over from each other
-		 * must not deadlock.)
-		 */
-		es_sub_exec("UPDATE event_store.subscription_partitions SET "
-					"redeliver = redeliver OPERATOR(pg_catalog.||) pending, "
-					"redeliver_attempts = redeliver_attempts OPERATOR(pg_catalog.||) "
-					" ARRAY(SELECT a.n OPERATOR(pg_catalog.+) 1 FROM pg_catalog.unnest(pending_attempts) "
-					"       WITH ORDINALITY AS a(n, i) ORDER BY a.i), "
-					"pending = '{}', pending_attempts = '{}', updated_at = pg_catalog.now() "
-					"WHERE (subscription, partition) IN (SELECT x.subscription, x.partition "
-					"  FROM event_store.subscription_partitions x "
-					"  WHERE x.subscription OPERATOR(pg_catalog.=) $1 AND x.holder OPERATOR(pg_catalog.=) $2 "
-					"  AND pg_catalog.cardinality(x.pending) OPERATOR(pg_catalog.>) 0 "
-					"  FOR UPDATE SKIP LOCKED)",
-					2, ftypes, fvalues, NULL, false, SPI_OK_UPDATE);
+		/* (an insert: it never waits for the fenced consumer's locks) */
+		es_sub_exec("INSERT INTO event_store.subscription_fences (subscription, consumer, fenced_at) "
+					"VALUES ($1, $2, pg_catalog.clock_timestamp())",
+					2, ftypes, fvalues, NULL, false, SPI_OK_INSERT);
 	}
 }
 
@@ -1018,17 +1005,37 @@ es_claim_once(EsClaim *c, const char *consumer, double lease_ms)
 	int64		head;
 	Snapshot	snapshot;
 	bool		isnull;
+	bool		fenced;
 
 	values[0] = CStringGetTextDatum(c->sub->name);
 	values[1] = CStringGetTextDatum(consumer);
 	values[2] = Float8GetDatum(lease_ms);
 
+	/*
+	 * Was it fenced since its last claim (a partition of it taken over)?
+	 * Then what it was handed in the partitions it keeps comes again: the
+	 * transaction whose acknowledgement the fence refused rolled back.
+	 */
+	es_sub_exec("SELECT EXISTS (SELECT 1 FROM event_store.subscription_fences f "
+				" WHERE f.subscription OPERATOR(pg_catalog.=) $1 AND f.consumer OPERATOR(pg_catalog.=) $2 "
+				" AND f.fenced_at OPERATOR(pg_catalog.>) c.claimed_at) "
+				"FROM event_store.subscription_consumers c "
+				"WHERE c.subscription OPERATOR(pg_catalog.=) $1 AND c.consumer OPERATOR(pg_catalog.=) $2",
+				2, types, values, NULL, false, SPI_OK_SELECT);
+	fenced = SPI_processed > 0 &&
+		DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	es_sub_exec("DELETE FROM event_store.subscription_fences "
+				"WHERE subscription OPERATOR(pg_catalog.=) $1 AND consumer OPERATOR(pg_catalog.=) $2 "
+				"AND fenced_at OPERATOR(pg_catalog.<=) pg_catalog.clock_timestamp()",
+				2, types, values, NULL, false, SPI_OK_DELETE);
+
 	/* the consumer is live while this lease runs */
-	es_sub_exec("INSERT INTO event_store.subscription_consumers AS c (subscription, consumer, lease_expires_at) "
+	es_sub_exec("INSERT INTO event_store.subscription_consumers AS c (subscription, consumer, lease_expires_at, "
+				"claimed_at) "
 				"VALUES ($1, $2, pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) "
-				"pg_catalog.make_interval(secs => $3 OPERATOR(pg_catalog./) 1000)) "
+				"pg_catalog.make_interval(secs => $3 OPERATOR(pg_catalog./) 1000), pg_catalog.clock_timestamp()) "
 				"ON CONFLICT (subscription, consumer) DO UPDATE SET lease_expires_at = EXCLUDED.lease_expires_at, "
-				"fenced_at = NULL",
+				"claimed_at = EXCLUDED.claimed_at",
 				3, types, values, NULL, false, SPI_OK_INSERT);
 	es_sub_exec("SELECT pg_catalog.count(*) FROM event_store.subscription_consumers "
 				"WHERE subscription OPERATOR(pg_catalog.=) $1 "
@@ -1039,6 +1046,9 @@ es_claim_once(EsClaim *c, const char *consumer, double lease_ms)
 
 	/* ours, renewed below; beyond the fair share, the idle ones go back */
 	c->parts = es_my_partitions(c->sub, consumer, &c->nparts);
+	if (fenced)
+		for (int i = 0; i < c->nparts; i++)
+			es_pending_to_redeliver(&c->parts[i]);
 	for (int i = c->nparts - 1; i >= 0 && c->nparts > share; i--)
 	{
 		EsPart	   *p = &c->parts[i];
@@ -1184,9 +1194,12 @@ es_check_not_fenced(EsSubscription *s, const char *consumer)
 	Oid			types[2] = {TEXTOID, TEXTOID};
 	Datum		values[2] = {CStringGetTextDatum(s->name), CStringGetTextDatum(consumer)};
 
-	es_sub_exec("SELECT 1 FROM event_store.subscription_consumers "
-				"WHERE subscription OPERATOR(pg_catalog.=) $1 AND consumer OPERATOR(pg_catalog.=) $2 "
-				"AND fenced_at IS NOT NULL",
+	es_sub_exec("SELECT 1 FROM event_store.subscription_fences f "
+				"JOIN event_store.subscription_consumers c "
+				"  ON c.subscription OPERATOR(pg_catalog.=) f.subscription "
+				" AND c.consumer OPERATOR(pg_catalog.=) f.consumer "
+				"WHERE f.subscription OPERATOR(pg_catalog.=) $1 AND f.consumer OPERATOR(pg_catalog.=) $2 "
+				"AND f.fenced_at OPERATOR(pg_catalog.>) c.claimed_at",
 				2, types, values, NULL, false, SPI_OK_SELECT);
 	if (SPI_processed > 0)
 		ereport(ERROR,
@@ -1488,24 +1501,9 @@ es_release_events(PG_FUNCTION_ARGS)
 	parts = es_my_partitions(s, consumer, &nparts);
 	for (int i = 0; i < nparts; i++)
 	{
-		EsPart	   *p = &parts[i];
-		int			total = p->npending + p->nredeliver;
-		int64	   *r = palloc(sizeof(int64) * Max(total, 1));
-		int32	   *ra = palloc(sizeof(int32) * Max(total, 1));
-
 		/* unacknowledged events are delivered again, to the next holder */
-		for (int k = 0; k < p->npending; k++)
-		{
-			r[k] = p->pending[k];
-			ra[k] = p->pending_attempts[k] + 1;
-		}
-		memcpy(r + p->npending, p->redeliver, sizeof(int64) * p->nredeliver);
-		memcpy(ra + p->npending, p->redeliver_attempts, sizeof(int32) * p->nredeliver);
-		p->redeliver = r;
-		p->redeliver_attempts = ra;
-		p->nredeliver = total;
-		p->npending = 0;
-		es_save_partition(s, p, NULL, 0);
+		es_pending_to_redeliver(&parts[i]);
+		es_save_partition(s, &parts[i], NULL, 0);
 	}
 	values[0] = CStringGetTextDatum(s->name);
 	values[1] = CStringGetTextDatum(consumer);

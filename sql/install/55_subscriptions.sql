@@ -52,13 +52,25 @@ CREATE TABLE event_store.subscription_consumers (
                      REFERENCES event_store.subscriptions (name) ON DELETE CASCADE,
     consumer         text COLLATE "C" NOT NULL,
     lease_expires_at timestamptz NOT NULL,     -- live while its last claim's lease runs
-    fenced_at        timestamptz,              -- set: lost a partition; claim before acking again
+    claimed_at       timestamptz NOT NULL,     -- when its last claim began
     PRIMARY KEY (subscription, consumer)
 );
 COMMENT ON TABLE event_store.subscription_consumers IS
     'The consumers of every subscription and when their last claim''s lease expires';
 SELECT pg_catalog.pg_extension_config_dump('event_store.subscription_consumers', '');
 REVOKE ALL ON TABLE event_store.subscription_consumers FROM PUBLIC;
+
+CREATE TABLE event_store.subscription_fences (
+    subscription text COLLATE "C" NOT NULL
+                 REFERENCES event_store.subscriptions (name) ON DELETE CASCADE,
+    consumer     text COLLATE "C" NOT NULL,
+    fenced_at    timestamptz NOT NULL            -- a partition of it was taken over then
+);
+CREATE INDEX subscription_fences_consumer_idx ON event_store.subscription_fences (subscription, consumer);
+COMMENT ON TABLE event_store.subscription_fences IS
+    'Consumers whose expired partition another consumer took over: their acks and nacks are refused until they claim again';
+SELECT pg_catalog.pg_extension_config_dump('event_store.subscription_fences', '');
+REVOKE ALL ON TABLE event_store.subscription_fences FROM PUBLIC;
 
 CREATE TABLE event_store.subscription_streams (
     subscription    text COLLATE "C" NOT NULL
