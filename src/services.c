@@ -208,14 +208,14 @@ static void
 es_load_imports(void)
 {
 	MemoryContext cxt = EsRegistryNewContext(&import_registry);
+	EsUserSwitch sw;
 	int			rc;
 
 	import_hash = EsTextHashCreate("event_store imports", sizeof(EsTextKey), cxt);
 	any_import = false;
 	if (!OidIsValid(import_registry.relid))
 		return;					/* the extension's schema is older */
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+	EsSpiConnect(&sw);
 	rc = SPI_execute("SELECT i.name, c.category FROM event_store.imports i "
 					 "LEFT JOIN LATERAL pg_catalog.unnest(i.categories) AS c(category) ON true",
 					 true, 0);
@@ -241,7 +241,7 @@ es_load_imports(void)
 			any_import = true;
 		}
 	}
-	SPI_finish();
+	EsSpiFinish(&sw);
 }
 
 /* Is this category imported (read-only here)?  The append hot path. */

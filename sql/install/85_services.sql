@@ -68,7 +68,7 @@ ALTER TABLE event_store.events ENABLE REPLICA TRIGGER events_import_copy_end;
 
 CREATE FUNCTION event_store._import_errors(OUT subid oid, OUT failed_at timestamptz, OUT message text)
     RETURNS SETOF record
-    LANGUAGE C STRICT AS 'MODULE_PATHNAME', 'es_import_errors';
+    LANGUAGE C AS 'MODULE_PATHNAME', 'es_import_errors';
 
 CREATE FUNCTION event_store.create_publication(name text, categories text[], event_types text[] DEFAULT NULL)
     RETURNS void
