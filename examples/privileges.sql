@@ -27,7 +27,11 @@
 --                         setting event_store.allow_purge), and the
 --                         monitoring views (stats, projection_status,
 --                         saga_problems, subscription_status,
---                         subscription_parked)
+--                         subscription_parked, import_status)
+--
+-- Publications and imports are not granted: create_publication and
+-- drop_publication need membership in the extension's owner (and CREATE on
+-- the database), create_import and drop_import a superuser.
 --
 -- Category grants come on top: once a category has a grant
 -- (event_store.grant_category), only roles holding one may append to or
@@ -96,9 +100,11 @@ GRANT EXECUTE ON FUNCTION
     event_store.set_stream_retention(text, bigint, interval),
     event_store.enforce_retention(),
     event_store.purge_stream(text),
-    event_store._counters()
+    event_store._counters(),
+    event_store._import_errors()
   TO event_store_operator;
 
 GRANT SELECT ON event_store.projection_status, event_store.saga_problems, event_store.stats,
-    event_store.subscription_status, event_store.subscription_parked
+    event_store.subscription_status, event_store.subscription_parked,
+    event_store.import_status
   TO event_store_operator;

@@ -56,6 +56,7 @@
 #include "pg_mirror.h"
 #include "position.h"
 #include "roles.h"
+#include "services.h"
 #include "shared.h"
 #include "stream_state.h"
 
@@ -587,9 +588,45 @@ es_position_of(const EsCatalog *cat, text *stream_id, int64 version, Snapshot sn
  * stream lifecycle functions append their markers with internal = true,
  * which a deleted stream accepts.
  */
+static int64 es_append_core(text *stream_id, EsNewEvent *evs, int n,
+							bool has_expected, int64 expected, bool internal,
+							int64 import_version, bool *stored);
+
 int64
 EsAppendEvents(text *stream_id, EsNewEvent *evs, int n, bool has_expected,
 			   int64 expected, bool internal)
+{
+	bool		stored;
+
+	return es_append_core(stream_id, evs, n, has_expected, expected, internal,
+						  0, &stored);
+}
+
+/*
+ * Store one event of an import (services.c) at exactly the producer's
+ * version, whatever the stream's state here (it follows the producer's
+ * lifecycle markers).  Returns false, writing nothing, when that very event
+ * (same id) is already stored there: a re-sent row.  Any other event at or
+ * above that version here is a conflict (SE001); its id anywhere else, SE002.
+ */
+bool
+EsImportEvent(text *stream_id, EsNewEvent *ev, int64 version)
+{
+	bool		stored;
+
+	Assert(ev->has_id && version > 0);
+	(void) es_append_core(stream_id, ev, 1, true, version - 1, true, version,
+						  &stored);
+	return stored;
+}
+
+/*
+ * The core of append: import_version > 0 places the (one) event at exactly
+ * that version (an import); *stored says whether anything was written
+ */
+static int64
+es_append_core(text *stream_id, EsNewEvent *evs, int n, bool has_expected,
+			   int64 expected, bool internal, int64 import_version, bool *stored)
 {
 	const EsCatalog *cat = EsGetCatalog();
 	Snapshot	snapshot;
@@ -604,6 +641,17 @@ EsAppendEvents(text *stream_id, EsNewEvent *evs, int n, bool has_expected,
 		any_id |= evs[i].has_id;
 	if (any_id)
 		es_check_batch_ids(evs, n);
+
+	*stored = false;
+	/* imported categories are read-only here: one hash probe */
+	if (import_version == 0 &&
+		EsCategoryImported(VARDATA_ANY(stream_id), EsCategoryLen(stream_id)))
+		ereport(ERROR,
+				(errcode(ERRCODE_ES_CATEGORY_IMPORTED),
+				 errmsg("category \"%s\" is imported: it is read-only in this database",
+						pnstrdup(VARDATA_ANY(stream_id), EsCategoryLen(stream_id))),
+				 errdetail("Its events come from another service through an import (event_store.import_status)."),
+				 errhint("Append to the stream in the producer's database.")));
 
 	EsLockCategory(VARDATA_ANY(stream_id), EsCategoryLen(stream_id), RowExclusiveLock);
 	EsLockStream(stream_id);
@@ -630,7 +678,20 @@ EsAppendEvents(text *stream_id, EsNewEvent *evs, int n, bool has_expected,
 	}
 	UnregisterSnapshot(snapshot);
 
-	if (has_expected && expected != current)
+	if (import_version > 0)
+	{
+		/* gaps are the producer's removed events; never go back */
+		if (current >= import_version)
+			ereport(ERROR,
+					(errcode(ERRCODE_ES_WRONG_EXPECTED_VERSION),
+					 errmsg("cannot import event \"%s\" at version " INT64_FORMAT " of stream \"%s\": the stream is at version " INT64_FORMAT " here",
+							es_uuid_str(&evs[0].id), import_version,
+							text_to_cstring(stream_id), current),
+					 errdetail("Another event already has that version in this database."),
+					 errhint("Imported categories must be written only by their import.")));
+		current = import_version - 1;
+	}
+	else if (has_expected && expected != current)
 	{
 		EsCountConflict();
 		ereport(ERROR,
@@ -642,6 +703,7 @@ EsAppendEvents(text *stream_id, EsNewEvent *evs, int n, bool has_expected,
 	}
 
 	first_position = EsAllocatePositions(n);
+	*stored = true;
 	if (!internal)
 		last_appended_position = first_position + n - 1;
 	rows = palloc(sizeof(Datum) * n * Natts_es_event);

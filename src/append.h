@@ -21,6 +21,7 @@ typedef struct EsNewEvent		/* one event of a batch, validated */
 extern bool EsParseUuid(const char *s, int len, pg_uuid_t *out);
 extern int64 EsAppendEvents(text *stream_id, EsNewEvent *evs, int n,
 							bool has_expected, int64 expected, bool internal);
+extern bool EsImportEvent(text *stream_id, EsNewEvent *ev, int64 version);
 extern int64 EsAppendEvent(text *stream_id, text *type, Jsonb *data);
 
 #endif							/* ES_APPEND_H */

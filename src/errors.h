@@ -19,4 +19,7 @@
 /* SE003: the stream was deleted (delete_stream / purge_stream) */
 #define ERRCODE_ES_STREAM_DELETED			MAKE_SQLSTATE('S','E','0','0','3')
 
+/* SE004: the category is imported from another database: read-only here */
+#define ERRCODE_ES_CATEGORY_IMPORTED		MAKE_SQLSTATE('S','E','0','0','4')
+
 #endif							/* EVENT_STORE_ERRORS_H */

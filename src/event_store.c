@@ -20,6 +20,7 @@
 #include "projection.h"
 #include "roles.h"
 #include "saga.h"
+#include "services.h"
 #include "shared.h"
 #include "worker.h"
 
@@ -43,6 +44,7 @@ es_shmem_request(void)
 	RequestAddinShmemSpace(EsDirectoryShmemSize());
 	RequestAddinShmemSpace(EsPositionShmemSize());
 	RequestAddinShmemSpace(EsActivityShmemSize());
+	RequestAddinShmemSpace(EsImportShmemSize());
 	EsDirectoryRequestLocks();
 	EsPositionRequestLocks();
 	EsActivityRequestLocks();
@@ -58,6 +60,7 @@ es_shmem_startup(void)
 	EsDirectoryShmemInit();
 	EsPositionShmemInit();
 	EsActivityShmemInit();
+	EsImportShmemInit();
 	LWLockRelease(AddinShmemInitLock);
 }
 

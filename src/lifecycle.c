@@ -400,3 +400,39 @@ es_enforce_retention(PG_FUNCTION_ARGS)
 	EsCheckPreloaded();
 	PG_RETURN_INT64(EsEnforceRetention());
 }
+
+/*
+ * What a lifecycle marker imported from another database (services.c) does
+ * here, as it did there: the marker itself is stored at version; then the
+ * stream is deleted ($StreamDeleted), purged up to the marker and deleted
+ * ($StreamPurged), or reopened ($StreamReopened).  Other types do nothing.
+ */
+void
+EsImportedLifecycle(text *stream_id, const char *type, int64 version)
+{
+	Oid			types[2] = {TEXTOID, INT8OID};
+	Datum		values[2] = {PointerGetDatum(stream_id), Int64GetDatum(version)};
+
+	if (strcmp(type, "$StreamDeleted") == 0)
+		es_mark_deleted(stream_id, version);
+	else if (strcmp(type, "$StreamPurged") == 0)
+	{
+		EsUserSwitch sw;
+
+		(void) es_remove_events("DELETE FROM event_store.events "
+								"WHERE stream_id OPERATOR(pg_catalog.=) $1 "
+								"AND stream_version OPERATOR(pg_catalog.<) $2",
+								2, types, values);
+		EsSpiConnect(&sw);
+		if (SPI_execute_with_args("DELETE FROM event_store.snapshots "
+								  "WHERE stream_id OPERATOR(pg_catalog.=) $1",
+								  1, types, values, NULL, false, 0) != SPI_OK_DELETE)
+			elog(ERROR, "removing snapshots failed");
+		EsSpiFinish(&sw);
+		es_mark_deleted(stream_id, version);
+	}
+	else if (strcmp(type, "$StreamReopened") == 0)
+		es_meta_exec("UPDATE event_store.stream_metadata SET deleted_at = NULL, updated_at = pg_catalog.now() "
+					 "WHERE stream_id OPERATOR(pg_catalog.=) $1",
+					 1, types, values, NULL);
+}

@@ -1369,6 +1369,30 @@ sub _specs
 			],
 		},
 		enforce_retention => { family => 'lifecycle', args => [] },
+		# services: the fuzz node's wal_level is not logical, so a well-formed
+		# create_publication is refused (55000); an import's connection never
+		# reaches a server (08006) or is malformed (22023)
+		create_publication => {
+			family => 'services',
+			args   => [
+				[ name        => 0, sub { typed($self->_text('fz_pub'), 'text') } ],
+				[ categories  => 0, sub { $self->_text_array(@{ $self->{categories} }) } ],
+				[ event_types => 1, $types_arr ],
+			],
+		},
+		drop_publication => { family => 'services', args => [ [ name => 0, sub { typed($self->_text('fz_pub'), 'text') } ] ] },
+		create_import => {
+			family => 'services',
+			args   => [
+				[ name        => 0, sub { typed($self->_text('fz_import'), 'text') } ],
+				[ connection  => 0, sub {
+					typed($self->_pick('host=/nonexistent port=1 dbname=fz connect_timeout=1',
+							'not a connection string', "dbname='unterminated", undef), 'text');
+				} ],
+				[ publication => 0, sub { typed($self->_text('fz_pub'), 'text') } ],
+			],
+		},
+		drop_import => { family => 'services', args => [ [ name => 0, sub { typed($self->_text('fz_import'), 'text') } ] ] },
 	};
 }
 
@@ -1479,6 +1503,10 @@ my @FUNCTION_WEIGHTS = (
 	[ 2,  'purge_stream' ],
 	[ 2,  'set_stream_retention' ],
 	[ 1,  'enforce_retention' ],
+	[ 1,  'create_publication' ],
+	[ 1,  'drop_publication' ],
+	[ 1,  'create_import' ],
+	[ 1,  'drop_import' ],
 	[ 2,  '(other)' ],
 );
 

@@ -1,0 +1,989 @@
+/*
+ * services.c
+ *	  Services in separate databases.  A producer publishes the events of
+ *	  some categories with create_publication() (a PostgreSQL publication of
+ *	  event_store.events: inserts only, filtered by category and type); a
+ *	  consumer brings them into its own store with create_import() (a
+ *	  PostgreSQL subscription to it).
+ *
+ *	  Logical replication writes into the table of the same name, so the
+ *	  subscription's rows arrive at event_store.events itself.  A BEFORE
+ *	  INSERT row trigger enabled for replication only (ENABLE REPLICA: it
+ *	  fires in the subscription's workers, never for append(), which fires
+ *	  no triggers, nor for a restore) turns each row into a local append at
+ *	  the producer's version, with a local position, and skips the row
+ *	  itself.  The history (the subscription's initial copy, in the order of
+ *	  the producer's heap) is staged in event_store.import_inbox by the row
+ *	  trigger and appended in the producer's position order by the copy's
+ *	  AFTER statement trigger; live rows come in the producer's commit order
+ *	  and are appended at once.  The apply worker commits the appends
+ *	  together with its replication progress, so an event is imported
+ *	  exactly once across crashes; a re-sent event (same id, same place) is
+ *	  recognised and skipped.
+ *
+ *	  An event that cannot be applied raises an error: the subscription's
+ *	  worker stops, retries after wal_retrieve_retry_interval, and the error
+ *	  is kept in shared memory for event_store.import_status until an event
+ *	  of that import is applied again.
+ *
+ *	  The imported categories are cached per backend (registry.c): append()
+ *	  to them is refused (SE004) after one hash probe.
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "access/xact.h"
+#include "access/xlog.h"
+#include "catalog/pg_type.h"
+#include "commands/trigger.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "replication/logicalworker.h"
+#include "replication/walreceiver.h"
+#include "replication/worker_internal.h"
+#include "storage/proc.h"
+#include "storage/shmem.h"
+#include "storage/spin.h"
+#include "utils/acl.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+#include "utils/uuid.h"
+
+#include "api.h"
+#include "append.h"
+#include "catalog.h"
+#include "errors.h"
+#include "lifecycle.h"
+#include "registry.h"
+#include "roles.h"
+#include "services.h"
+
+PG_FUNCTION_INFO_V1(es_create_publication);
+PG_FUNCTION_INFO_V1(es_drop_publication);
+PG_FUNCTION_INFO_V1(es_create_import);
+PG_FUNCTION_INFO_V1(es_drop_import);
+PG_FUNCTION_INFO_V1(es_import_row);
+PG_FUNCTION_INFO_V1(es_import_copy_begin);
+PG_FUNCTION_INFO_V1(es_import_copy_end);
+PG_FUNCTION_INFO_V1(es_import_errors);
+
+/* the lifecycle markers always travel with a publication's events */
+static const char *const es_markers[] = {"$StreamDeleted", "$StreamPurged", "$StreamReopened"};
+
+/* ------------------------------------------------------------------------
+ * The last error of each import (shared memory)
+ * ------------------------------------------------------------------------ */
+
+#define ES_MAX_IMPORT_ERRORS	64
+#define ES_IMPORT_ERROR_LEN		512
+
+typedef struct EsImportError
+{
+	Oid			dboid;			/* InvalidOid: free */
+	Oid			subid;			/* the import's subscription */
+	TimestampTz at;
+	char		message[ES_IMPORT_ERROR_LEN];
+} EsImportError;
+
+typedef struct EsImportErrors
+{
+	slock_t		mutex;
+	EsImportError entries[ES_MAX_IMPORT_ERRORS];
+} EsImportErrors;
+
+static EsImportErrors *import_errors = NULL;
+
+/* this process applied an event since it started (its import's error is cleared) */
+static bool es_import_cleared = false;
+
+Size
+EsImportShmemSize(void)
+{
+	return sizeof(EsImportErrors);
+}
+
+/* Create or attach; caller holds AddinShmemInitLock */
+void
+EsImportShmemInit(void)
+{
+	bool		found;
+
+	import_errors = ShmemInitStruct("event_store import errors", sizeof(EsImportErrors), &found);
+	if (!found)
+	{
+		SpinLockInit(&import_errors->mutex);
+		for (int i = 0; i < ES_MAX_IMPORT_ERRORS; i++)
+			import_errors->entries[i].dboid = InvalidOid;
+	}
+}
+
+/* Record (message != NULL) or clear the last error of subscription subid */
+static void
+es_import_set_error(Oid subid, const char *message)
+{
+	EsImportError *slot = NULL;
+	EsImportError *free_slot = NULL;
+	EsImportError *oldest = NULL;
+
+	if (import_errors == NULL)
+		return;
+	SpinLockAcquire(&import_errors->mutex);
+	for (int i = 0; i < ES_MAX_IMPORT_ERRORS; i++)
+	{
+		EsImportError *e = &import_errors->entries[i];
+
+		if (e->dboid == MyDatabaseId && e->subid == subid)
+			slot = e;
+		else if (e->dboid == InvalidOid && free_slot == NULL)
+			free_slot = e;
+		else if (oldest == NULL || e->at < oldest->at)
+			oldest = e;
+	}
+	if (message == NULL)
+	{
+		if (slot != NULL)
+			slot->dboid = InvalidOid;
+	}
+	else
+	{
+		if (slot == NULL)
+			slot = free_slot ? free_slot : oldest;
+		slot->dboid = MyDatabaseId;
+		slot->subid = subid;
+		slot->at = GetCurrentTimestamp();
+		strlcpy(slot->message, message, ES_IMPORT_ERROR_LEN);
+	}
+	SpinLockRelease(&import_errors->mutex);
+}
+
+/*
+ * SQL: event_store._import_errors() RETURNS TABLE(subid oid, failed_at
+ * timestamptz, message text): this database's imports' last errors
+ */
+Datum
+es_import_errors(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	EsImportError copy[ES_MAX_IMPORT_ERRORS];
+
+	InitMaterializedSRF(fcinfo, 0);
+	if (import_errors == NULL)
+		return (Datum) 0;
+	SpinLockAcquire(&import_errors->mutex);
+	memcpy(copy, import_errors->entries, sizeof(copy));
+	SpinLockRelease(&import_errors->mutex);
+	for (int i = 0; i < ES_MAX_IMPORT_ERRORS; i++)
+	{
+		Datum		values[3];
+		bool		nulls[3] = {false, false, false};
+
+		if (copy[i].dboid != MyDatabaseId)
+			continue;
+		values[0] = ObjectIdGetDatum(copy[i].subid);
+		values[1] = TimestampTzGetDatum(copy[i].at);
+		values[2] = CStringGetTextDatum(copy[i].message);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}
+
+/* ------------------------------------------------------------------------
+ * The registry of imports and imported categories (per backend)
+ * ------------------------------------------------------------------------ */
+
+static EsRegistry import_registry = {"imports"};
+
+/* keys: an import's name (num 0), an imported category (num 1) */
+static HTAB *import_hash = NULL;
+static bool any_import = false;
+
+/* (Re)load the imports (EsRegistryEnsure) */
+static void
+es_load_imports(void)
+{
+	MemoryContext cxt = EsRegistryNewContext(&import_registry);
+	EsUserSwitch sw;
+	int			rc;
+
+	import_hash = EsTextHashCreate("event_store imports", sizeof(EsTextKey), cxt);
+	any_import = false;
+	if (!OidIsValid(import_registry.relid))
+		return;					/* the extension's schema is older */
+	EsSpiConnect(&sw);
+	rc = SPI_execute("SELECT i.name, c.category FROM event_store.imports i "
+					 "LEFT JOIN LATERAL pg_catalog.unnest(i.categories) AS c(category) ON true",
+					 true, 0);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "reading event_store.imports failed: %s", SPI_result_code_string(rc));
+	for (uint64 r = 0; r < SPI_processed; r++)
+	{
+		for (int col = 1; col <= 2; col++)
+		{
+			bool		isnull;
+			Datum		d = SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, col, &isnull);
+			text	   *t;
+			char	   *str;
+			bool		found;
+
+			if (isnull)
+				continue;
+			t = DatumGetTextPP(d);
+			str = MemoryContextAlloc(cxt, VARSIZE_ANY_EXHDR(t) + 1);
+			memcpy(str, VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t));
+			str[VARSIZE_ANY_EXHDR(t)] = '\0';
+			(void) EsTextHashEnter(import_hash, str, VARSIZE_ANY_EXHDR(t), col - 1, &found);
+			any_import = true;
+		}
+	}
+	EsSpiFinish(&sw);
+}
+
+/* Is this category imported (read-only here)?  The append hot path. */
+bool
+EsCategoryImported(const char *category, int len)
+{
+	EsRegistryEnsure(&import_registry, es_load_imports);
+	if (!any_import)
+		return false;
+	return EsTextHashFind(import_hash, category, len, 1) != NULL;
+}
+
+/* ------------------------------------------------------------------------
+ * Arguments
+ * ------------------------------------------------------------------------ */
+
+/* A name argument that becomes a PostgreSQL object name: 22004 / 22023 */
+static char *
+es_object_name_arg(FunctionCallInfo fcinfo, int argno, const char *what)
+{
+	text	   *t;
+
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not be null", what)));
+	t = PG_GETARG_TEXT_PP(argno);
+	if (VARSIZE_ANY_EXHDR(t) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must not be empty", what)));
+	if (VARSIZE_ANY_EXHDR(t) >= NAMEDATALEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s is too long", what),
+				 errdetail("It has %d bytes; a PostgreSQL object name has at most %d.",
+						   (int) VARSIZE_ANY_EXHDR(t), NAMEDATALEN - 1)));
+	return text_to_cstring(t);
+}
+
+/* One statement as the extension's owner (caller is not in SPI); returns SPI_processed */
+static uint64
+es_exec_as_owner(const char *sql, int nargs, Oid *types, Datum *values, int expect)
+{
+	EsUserSwitch sw;
+	int			rc;
+	uint64		n;
+
+	EsSpiConnect(&sw);
+	rc = SPI_execute_with_args(sql, nargs, types, values, NULL, false, 0);
+	if (rc != expect)
+		elog(ERROR, "statement failed: %s", SPI_result_code_string(rc));
+	n = SPI_processed;
+	EsSpiFinish(&sw);
+	return n;
+}
+
+/* The comma-separated quoted literals of a text array's elements */
+static void
+es_append_literals(StringInfo buf, Datum *elems, int n)
+{
+	for (int i = 0; i < n; i++)
+	{
+		if (i > 0)
+			appendStringInfoString(buf, ", ");
+		appendStringInfoString(buf, quote_literal_cstr(TextDatumGetCString(elems[i])));
+	}
+}
+
+/* ------------------------------------------------------------------------
+ * The producer's side
+ * ------------------------------------------------------------------------ */
+
+/*
+ * SQL: event_store.create_publication(name text, categories text[],
+ *		event_types text[] DEFAULT NULL) RETURNS void
+ *
+ * The publication name of event_store.events: inserts only (a row-filtered
+ * publication of updates would make every update of the table fail), rows
+ * of the categories, of the types when given (the lifecycle markers
+ * always).  Who may: a member of the extension's owner with CREATE on the
+ * database, what CREATE PUBLICATION asks of the table's owner.
+ */
+Datum
+es_create_publication(PG_FUNCTION_ARGS)
+{
+	char	   *name;
+	Datum	   *cats;
+	bool	   *catnulls;
+	int			ncats;
+	StringInfoData sql;
+	Oid			types[4] = {TEXTOID, TEXTARRAYOID, TEXTARRAYOID, OIDOID};
+	Datum		values[4];
+	char		nulls[4] = {' ', ' ', ' ', ' '};
+	EsUserSwitch sw;
+	int			rc;
+
+	EsCheckWritable("create_publication()");
+	name = es_object_name_arg(fcinfo, 0, "name");
+	EsRequireArg(fcinfo, 1, "categories");
+	EsCheckFilterArg(fcinfo, 1, "categories", true);
+	EsCheckFilterArg(fcinfo, 2, "event_types", false);
+
+	if (!has_privs_of_role(GetUserId(), EsExtensionOwner()) ||
+		pg_database_aclcheck(MyDatabaseId, GetUserId(), ACL_CREATE) != ACLCHECK_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied to create publication \"%s\"", name),
+				 errdetail("A publication shares every event of its categories, whatever the category grants."),
+				 errhint("A member of role \"%s\" with CREATE on the database can create one.",
+						 EsRoleName(EsExtensionOwner()))));
+	if (wal_level < WAL_LEVEL_LOGICAL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("cannot create publication \"%s\": wal_level is not logical", name),
+				 errdetail("Other databases import the events through logical replication."),
+				 errhint("Set wal_level = logical in postgresql.conf and restart the server.")));
+
+	ncats = EsArgTextArray(fcinfo, 1, "categories", &cats, &catnulls);
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "CREATE PUBLICATION %s FOR TABLE event_store.events "
+					 "WHERE (pg_catalog.split_part(stream_id, '-', 1) IN (",
+					 quote_identifier(name));
+	es_append_literals(&sql, cats, ncats);
+	appendStringInfoString(&sql, ")");
+	if (!PG_ARGISNULL(2))
+	{
+		Datum	   *tps;
+		bool	   *tpnulls;
+		int			ntps = EsArgTextArray(fcinfo, 2, "event_types", &tps, &tpnulls);
+
+		appendStringInfoString(&sql, " AND event_type IN (");
+		es_append_literals(&sql, tps, ntps);
+		for (int i = 0; i < lengthof(es_markers); i++)
+			appendStringInfo(&sql, ", %s", quote_literal_cstr(es_markers[i]));
+		appendStringInfoString(&sql, ")");
+	}
+	appendStringInfoString(&sql, ") WITH (publish = 'insert')");
+
+	values[0] = CStringGetTextDatum(name);
+	values[1] = PG_GETARG_DATUM(1);
+	values[2] = PG_ARGISNULL(2) ? (Datum) 0 : PG_GETARG_DATUM(2);
+	nulls[2] = PG_ARGISNULL(2) ? 'n' : ' ';
+	values[3] = ObjectIdGetDatum(GetUserId());
+
+	EsSpiConnect(&sw);
+	rc = SPI_execute_with_args("INSERT INTO event_store.publications (name, categories, event_types, owner) "
+							   "VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO NOTHING",
+							   4, types, values, nulls, false, 0);
+	if (rc != SPI_OK_INSERT)
+		elog(ERROR, "registering the publication failed: %s", SPI_result_code_string(rc));
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_DUPLICATE_OBJECT),
+				 errmsg("event_store publication \"%s\" already exists", name),
+				 errhint("Drop it first with event_store.drop_publication().")));
+	/* the publication belongs to the events table's owner */
+	rc = SPI_execute(sql.data, false, 0);
+	if (rc != SPI_OK_UTILITY)
+		elog(ERROR, "CREATE PUBLICATION failed: %s", SPI_result_code_string(rc));
+	EsSpiFinish(&sw);
+	PG_RETURN_VOID();
+}
+
+/*
+ * SQL: event_store.drop_publication(name text) RETURNS void -- by a member
+ * of the role that created it (the extension's owner may always)
+ */
+Datum
+es_drop_publication(PG_FUNCTION_ARGS)
+{
+	char	   *name;
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1];
+	EsUserSwitch sw;
+	int			rc;
+	bool		isnull;
+	Oid			owner;
+
+	EsCheckWritable("drop_publication()");
+	name = es_object_name_arg(fcinfo, 0, "name");
+	values[0] = CStringGetTextDatum(name);
+
+	EsSpiConnect(&sw);
+	rc = SPI_execute_with_args("SELECT owner FROM event_store.publications "
+							   "WHERE name OPERATOR(pg_catalog.=) $1 FOR UPDATE",
+							   1, types, values, NULL, false, 1);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "reading event_store.publications failed");
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("event_store publication \"%s\" does not exist", name)));
+	owner = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	if (!has_privs_of_role(sw.save_userid, owner) &&
+		!has_privs_of_role(sw.save_userid, EsExtensionOwner()))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied to drop publication \"%s\"", name),
+				 errdetail("It belongs to role \"%s\".", EsRoleName(owner)),
+				 errhint("Only members of its owner or of the extension's owner can drop it.")));
+	SPI_execute_with_args("DELETE FROM event_store.publications WHERE name OPERATOR(pg_catalog.=) $1",
+						  1, types, values, NULL, false, 0);
+	rc = SPI_execute(psprintf("DROP PUBLICATION IF EXISTS %s", quote_identifier(name)), false, 0);
+	if (rc != SPI_OK_UTILITY)
+		elog(ERROR, "DROP PUBLICATION failed: %s", SPI_result_code_string(rc));
+	EsSpiFinish(&sw);
+	PG_RETURN_VOID();
+}
+
+/* ------------------------------------------------------------------------
+ * The consumer's side: create_import, drop_import
+ * ------------------------------------------------------------------------ */
+
+/* Only a superuser manages imports (they are subscriptions): 42501 */
+static void
+es_require_superuser(const char *what, const char *name)
+{
+	if (!superuser())
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied to %s import \"%s\"", what, name),
+				 errdetail("An import is a subscription to another database."),
+				 errhint("Only a superuser can %s an import.", what)));
+}
+
+/* A connection to the producer (replication, database mode) */
+static WalReceiverConn *
+es_connect_producer(const char *conninfo, const char *name)
+{
+	WalReceiverConn *conn;
+	char	   *err = NULL;
+
+	load_file("libpqwalreceiver", false);
+#if PG_VERSION_NUM >= 160000
+	conn = walrcv_connect(conninfo, true, true, name, &err);
+#else
+	conn = walrcv_connect(conninfo, true, name, &err);
+#endif
+	if (conn == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONNECTION_FAILURE),
+				 errmsg("could not connect to the producer of import \"%s\": %s", name, err)));
+	return conn;
+}
+
+/* Run sql on the producer; its result, or an error naming what */
+static WalRcvExecResult *
+es_producer_exec(WalReceiverConn *conn, const char *sql, int ntypes, Oid *types,
+				 const char *what)
+{
+	WalRcvExecResult *res = walrcv_exec(conn, sql, ntypes, types);
+
+	if (res->status != WALRCV_OK_TUPLES && res->status != WALRCV_OK_COMMAND)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONNECTION_FAILURE),
+				 errmsg("could not %s on the producer: %s", what, res->err)));
+	return res;
+}
+
+/*
+ * SQL: event_store.create_import(name text, connection text, publication
+ *		text) RETURNS void
+ *
+ * A subscription name to the producer's publication (its replication slot
+ * of the same name is made on the producer, or taken when it exists: the
+ * way to import from another database of the same cluster, where the slot
+ * must be made beforehand); the history comes first (copy_data).
+ */
+Datum
+es_create_import(PG_FUNCTION_ARGS)
+{
+	char	   *name;
+	char	   *conninfo;
+	char	   *publication;
+	WalReceiverConn *conn;
+	WalRcvExecResult *res;
+	Oid			cattype[1] = {TEXTARRAYOID};
+	Oid			onetype[1] = {INT4OID};
+	TupleTableSlot *slot;
+	Datum		categories;
+	bool		isnull;
+	Oid			types[4] = {TEXTOID, TEXTOID, TEXTARRAYOID, OIDOID};
+	Datum		values[4];
+	int			rc;
+	MemoryContext cxt = CurrentMemoryContext;
+
+	EsCheckWritable("create_import()");
+	name = es_object_name_arg(fcinfo, 0, "name");
+	es_require_superuser("create", name);
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("connection must not be null"),
+				 errhint("Pass a connection string to the producer's database, such as 'host=... dbname=...'.")));
+	conninfo = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	publication = es_object_name_arg(fcinfo, 2, "publication");
+
+	load_file("libpqwalreceiver", false);
+	PG_TRY();
+	{
+		walrcv_check_conninfo(conninfo);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("connection is not a valid connection string: %s", edata->message),
+				 errhint("Pass a connection string to the producer's database, such as 'host=... dbname=...'.")));
+	}
+	PG_END_TRY();
+
+	values[0] = CStringGetTextDatum(name);
+	if (es_exec_as_owner("SELECT 1 FROM event_store.imports WHERE name OPERATOR(pg_catalog.=) $1",
+						 1, types, values, SPI_OK_SELECT) > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_DUPLICATE_OBJECT),
+				 errmsg("import \"%s\" already exists", name),
+				 errhint("Drop it first with event_store.drop_import().")));
+
+	/* the producer says which categories the publication carries */
+	conn = es_connect_producer(conninfo, name);
+	res = es_producer_exec(conn,
+						   psprintf("SELECT categories FROM event_store.publications WHERE name OPERATOR(pg_catalog.=) %s",
+									quote_literal_cstr(publication)),
+						   1, cattype, "read event_store.publications");
+	slot = MakeSingleTupleTableSlot(res->tupledesc, &TTSOpsMinimalTuple);
+	if (!tuplestore_gettupleslot(res->tuplestore, true, false, slot))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("event_store publication \"%s\" does not exist on the producer", publication),
+				 errhint("Create it there with event_store.create_publication().")));
+	categories = slot_getattr(slot, 1, &isnull);
+	categories = PointerGetDatum(DatumGetArrayTypePCopy(categories));
+	ExecDropSingleTupleTableSlot(slot);
+
+	values[1] = CStringGetTextDatum(publication);
+	values[2] = categories;
+	values[3] = ObjectIdGetDatum(GetUserId());
+	(void) es_exec_as_owner("INSERT INTO event_store.imports (name, publication, categories, owner) "
+							"VALUES ($1, $2, $3, $4)", 4, types, values, SPI_OK_INSERT);
+	EsRegistryChanged(&import_registry);
+
+	/* the subscription (in a transaction block: the slot is made below) */
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	rc = SPI_execute(psprintf("CREATE SUBSCRIPTION %s CONNECTION %s PUBLICATION %s "
+							  "WITH (create_slot = false, slot_name = %s, copy_data = true, enabled = true)",
+							  quote_identifier(name), quote_literal_cstr(conninfo),
+							  quote_identifier(publication), quote_identifier(name)),
+					 false, 0);
+	if (rc != SPI_OK_UTILITY)
+		elog(ERROR, "CREATE SUBSCRIPTION failed: %s", SPI_result_code_string(rc));
+	SPI_finish();
+
+	/* last, so that a failure above leaves nothing on the producer */
+	res = es_producer_exec(conn,
+						   psprintf("SELECT 1 FROM pg_catalog.pg_replication_slots "
+									"WHERE slot_name OPERATOR(pg_catalog.=) %s",
+									quote_literal_cstr(name)),
+						   1, onetype, "look for the replication slot");
+	slot = MakeSingleTupleTableSlot(res->tupledesc, &TTSOpsMinimalTuple);
+	if (!tuplestore_gettupleslot(res->tuplestore, true, false, slot))
+	{
+		XLogRecPtr	lsn;
+
+		walrcv_create_slot(conn, name, false, false, CRS_NOEXPORT_SNAPSHOT, &lsn);
+	}
+	ExecDropSingleTupleTableSlot(slot);
+	walrcv_disconnect(conn);
+	PG_RETURN_VOID();
+}
+
+/*
+ * SQL: event_store.drop_import(name text) RETURNS void
+ *
+ * Drops the subscription and the producer's slot; the imported events stay
+ * (and their categories become writable here).
+ */
+Datum
+es_drop_import(PG_FUNCTION_ARGS)
+{
+	char	   *name;
+	char	   *conninfo = NULL;
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1];
+	int			rc;
+	bool		has_slot = false;
+	TimestampTz deadline;
+
+	EsCheckWritable("drop_import()");
+	name = es_object_name_arg(fcinfo, 0, "name");
+	es_require_superuser("drop", name);
+	values[0] = CStringGetTextDatum(name);
+	if (es_exec_as_owner("DELETE FROM event_store.imports WHERE name OPERATOR(pg_catalog.=) $1",
+						 1, types, values, SPI_OK_DELETE) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("import \"%s\" does not exist", name)));
+	(void) es_exec_as_owner("DELETE FROM event_store.import_inbox WHERE import OPERATOR(pg_catalog.=) $1",
+							1, types, values, SPI_OK_DELETE);
+	EsRegistryChanged(&import_registry);
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	rc = SPI_execute_with_args("SELECT s.subconninfo, s.subslotname IS NOT NULL FROM pg_catalog.pg_subscription s "
+							   "WHERE s.subname OPERATOR(pg_catalog.=) $1 "
+							   "AND s.subdbid OPERATOR(pg_catalog.=) (SELECT d.oid FROM pg_catalog.pg_database d "
+							   "WHERE d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database())",
+							   1, types, values, NULL, true, 1);
+	if (rc == SPI_OK_SELECT && SPI_processed == 1)
+	{
+		bool		isnull;
+
+		conninfo = MemoryContextStrdup(TopTransactionContext,
+									   SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
+		has_slot = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+		/* without its slot the subscription can be dropped in a transaction */
+		SPI_execute(psprintf("ALTER SUBSCRIPTION %s DISABLE", quote_identifier(name)), false, 0);
+		SPI_execute(psprintf("ALTER SUBSCRIPTION %s SET (slot_name = NONE)", quote_identifier(name)), false, 0);
+		rc = SPI_execute(psprintf("DROP SUBSCRIPTION %s", quote_identifier(name)), false, 0);
+		if (rc != SPI_OK_UTILITY)
+			elog(ERROR, "DROP SUBSCRIPTION failed: %s", SPI_result_code_string(rc));
+	}
+	SPI_finish();
+
+	if (conninfo != NULL && has_slot)
+	{
+		WalReceiverConn *conn = es_connect_producer(conninfo, name);
+		char	   *sql = psprintf("DROP_REPLICATION_SLOT %s", quote_identifier(name));
+
+		/* DROP SUBSCRIPTION stopped the workers; the producer notices soon */
+		deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 30000);
+		for (;;)
+		{
+			WalRcvExecResult *res = walrcv_exec(conn, sql, 0, NULL);
+
+			if (res->status == WALRCV_OK_COMMAND ||
+				(res->err && strstr(res->err, "does not exist") != NULL))
+				break;
+			if (GetCurrentTimestamp() > deadline)
+				ereport(ERROR,
+						(errcode(ERRCODE_OBJECT_IN_USE),
+						 errmsg("could not drop replication slot \"%s\" on the producer: %s", name, res->err),
+						 errhint("Retry later, or drop the slot on the producer with pg_drop_replication_slot().")));
+			CHECK_FOR_INTERRUPTS();
+			pg_usleep(100 * 1000L);
+		}
+		walrcv_disconnect(conn);
+	}
+	PG_RETURN_VOID();
+}
+
+/* ------------------------------------------------------------------------
+ * Applying: the triggers on event_store.events (ENABLE REPLICA)
+ * ------------------------------------------------------------------------ */
+
+/* the copy of the import's history in progress (in this transaction) */
+static LocalTransactionId es_copy_lxid = InvalidLocalTransactionId;
+
+/* The import this worker applies, or NULL when this is no import's worker */
+static const char *
+es_current_import(void)
+{
+#if PG_VERSION_NUM >= 150000
+	if (!IsLogicalWorker())
+		return NULL;
+#else
+	if (MyLogicalRepWorker == NULL)
+		return NULL;
+#endif
+	if (MySubscription == NULL || MySubscription->name == NULL)
+		return NULL;
+	EsRegistryEnsure(&import_registry, es_load_imports);
+	if (!any_import ||
+		EsTextHashFind(import_hash, MySubscription->name, strlen(MySubscription->name), 0) == NULL)
+		return NULL;
+	return MySubscription->name;
+}
+
+/* metadata with "$source": the producer's position */
+static Jsonb *
+es_with_source(Jsonb *metadata, int64 source)
+{
+	JsonbParseState *state = NULL;
+	JsonbValue	k;
+	JsonbValue	v;
+	Jsonb	   *src;
+
+	(void) pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
+	k.type = jbvString;
+	k.val.string.val = "$source";
+	k.val.string.len = strlen("$source");
+	(void) pushJsonbValue(&state, WJB_KEY, &k);
+	v.type = jbvNumeric;
+	v.val.numeric = int64_to_numeric(source);
+	(void) pushJsonbValue(&state, WJB_VALUE, &v);
+	src = JsonbValueToJsonb(pushJsonbValue(&state, WJB_END_OBJECT, NULL));
+	if (metadata == NULL || !JB_ROOT_IS_OBJECT(metadata))
+		return src;
+	return DatumGetJsonbP(DirectFunctionCall2(jsonb_concat, JsonbPGetDatum(metadata),
+											  JsonbPGetDatum(src)));
+}
+
+/* Apply one event of import name: values in event_store.events' layout */
+static void
+es_import_apply(const char *name, Datum *values, bool *nulls)
+{
+	text	   *stream_id;
+	int64		version;
+	int64		source;
+	EsNewEvent	ev;
+	char	   *type;
+	int			catlen;
+	Oid			types[3] = {TEXTOID, INT8OID, TEXTOID};
+	Datum		args[3];
+
+	for (int i = 0; i < Natts_es_event - 1; i++)
+		if (nulls[i] && i + 1 != Anum_es_metadata && i + 1 != Anum_es_data)
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("import \"%s\" received an event with a null column %d", name, i + 1)));
+	source = DatumGetInt64(values[Anum_es_global_position - 1]);
+	stream_id = DatumGetTextPP(values[Anum_es_stream_id - 1]);
+	version = DatumGetInt64(values[Anum_es_stream_version - 1]);
+	memset(&ev, 0, sizeof(ev));
+	ev.type = DatumGetTextPP(values[Anum_es_event_type - 1]);
+	ev.data = nulls[Anum_es_data - 1] ? NULL : DatumGetJsonbP(values[Anum_es_data - 1]);
+	ev.metadata = es_with_source(nulls[Anum_es_metadata - 1] ? NULL :
+								 DatumGetJsonbP(values[Anum_es_metadata - 1]), source);
+	if (ev.data == NULL)
+		ev.data = es_with_source(NULL, 0);	/* never: data is NOT NULL */
+	memcpy(ev.id.data, DatumGetUUIDP(values[Anum_es_event_id - 1])->data, UUID_LEN);
+	ev.has_id = true;
+	ev.schema_version = DatumGetInt32(values[Anum_es_schema_version - 1]);
+	if (version < 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("import \"%s\" received an event with version " INT64_FORMAT, name, version)));
+
+	/* a category the producer started publishing later is read-only too */
+	catlen = EsCategoryLen(stream_id);
+	if (EsTextHashFind(import_hash, VARDATA_ANY(stream_id), catlen, 1) == NULL)
+	{
+		args[0] = CStringGetTextDatum(name);
+		args[2] = PointerGetDatum(cstring_to_text_with_len(VARDATA_ANY(stream_id), catlen));
+		(void) es_exec_as_owner("UPDATE event_store.imports SET categories = "
+								"pg_catalog.array_append(categories, $3) WHERE name OPERATOR(pg_catalog.=) $1",
+								3, types, args, SPI_OK_UPDATE);
+		EsRegistryChanged(&import_registry);
+	}
+
+	if (EsImportEvent(stream_id, &ev, version))
+	{
+		type = text_to_cstring(ev.type);
+		if (type[0] == '$')
+			EsImportedLifecycle(stream_id, type, version);
+	}
+	args[0] = CStringGetTextDatum(name);
+	args[1] = Int64GetDatum(source);
+	args[2] = (Datum) 0;
+	(void) es_exec_as_owner("UPDATE event_store.imports SET last_source_position = "
+							"GREATEST(last_source_position, $2), last_applied_at = pg_catalog.now() "
+							"WHERE name OPERATOR(pg_catalog.=) $1",
+							2, types, args, SPI_OK_UPDATE);
+}
+
+/* es_import_apply, recording an error for import_status */
+static void
+es_import_apply_guarded(const char *name, Datum *values, bool *nulls)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+
+	PG_TRY();
+	{
+		es_import_apply(name, values, nulls);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		es_import_set_error(MySubscription->oid,
+							psprintf("event %s of stream \"%s\" (producer position " INT64_FORMAT "): %s",
+									 DatumGetCString(DirectFunctionCall1(uuid_out, values[Anum_es_event_id - 1])),
+									 TextDatumGetCString(values[Anum_es_stream_id - 1]),
+									 DatumGetInt64(values[Anum_es_global_position - 1]),
+									 edata->message));
+		FreeErrorData(edata);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	if (!es_import_cleared)
+	{
+		es_import_set_error(MySubscription->oid, NULL);
+		es_import_cleared = true;
+	}
+}
+
+/*
+ * Trigger BEFORE INSERT ON event_store.events FOR EACH ROW, enabled for
+ * replication only: a row of an import becomes a local append (or, during
+ * the initial copy, a row of import_inbox) and is itself skipped.  Rows of
+ * other subscriptions (or of a restore with session_replication_role =
+ * replica) pass unchanged.
+ */
+Datum
+es_import_row(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	const char *name;
+	Datum		values[Natts_es_event];
+	bool		nulls[Natts_es_event];
+	TupleDesc	desc;
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		elog(ERROR, "es_import_row: not called by trigger manager");
+	name = es_current_import();
+	if (name == NULL)
+		return PointerGetDatum(trigdata->tg_trigtuple);
+
+	desc = RelationGetDescr(trigdata->tg_relation);
+	if (desc->natts != Natts_es_event)
+		elog(ERROR, "event_store.events has %d columns, expected %d", desc->natts, Natts_es_event);
+	heap_deform_tuple(trigdata->tg_trigtuple, desc, values, nulls);
+
+	if (es_copy_lxid == MyProc->lxid)
+	{
+		/* the history: staged, appended in the producer's order at the end */
+		Oid			types[9] = {TEXTOID, INT8OID, TEXTOID, INT8OID, UUIDOID, TEXTOID, JSONBOID, JSONBOID, INT4OID};
+		Datum		args[9];
+		char		argnulls[9];
+
+		args[0] = CStringGetTextDatum(name);
+		argnulls[0] = ' ';
+		for (int i = 0; i < Natts_es_event - 1; i++)
+		{
+			args[i + 1] = values[i];
+			argnulls[i + 1] = nulls[i] ? 'n' : ' ';
+		}
+		{
+			EsUserSwitch sw;
+
+			EsSpiConnect(&sw);
+			if (SPI_execute_with_args("INSERT INTO event_store.import_inbox (import, source_position, stream_id, "
+									  "stream_version, event_id, event_type, data, metadata, schema_version) "
+									  "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+									  9, types, args, argnulls, false, 0) != SPI_OK_INSERT)
+				elog(ERROR, "staging an imported event failed");
+			EsSpiFinish(&sw);
+		}
+	}
+	else
+		es_import_apply_guarded(name, values, nulls);
+	return PointerGetDatum(NULL);
+}
+
+/* Trigger BEFORE INSERT FOR EACH STATEMENT (replication only): a copy begins */
+Datum
+es_import_copy_begin(PG_FUNCTION_ARGS)
+{
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		elog(ERROR, "es_import_copy_begin: not called by trigger manager");
+	/* the apply worker fires no statement triggers: this is the initial copy */
+	if (es_current_import() != NULL)
+		es_copy_lxid = MyProc->lxid;
+	return PointerGetDatum(NULL);
+}
+
+/*
+ * Trigger AFTER INSERT FOR EACH STATEMENT (replication only): the copy is
+ * done; append what it staged, in the producer's position order, in
+ * batches, then empty the inbox
+ */
+Datum
+es_import_copy_end(PG_FUNCTION_ARGS)
+{
+	const char *name;
+	Oid			types[2] = {TEXTOID, INT8OID};
+	Datum		args[2];
+	int64		after = -1;
+	MemoryContext batch_cxt;
+	MemoryContext old;
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		elog(ERROR, "es_import_copy_end: not called by trigger manager");
+	if (es_copy_lxid != MyProc->lxid)
+		return PointerGetDatum(NULL);
+	es_copy_lxid = InvalidLocalTransactionId;
+	name = es_current_import();
+	if (name == NULL)
+		return PointerGetDatum(NULL);
+
+	args[0] = CStringGetTextDatum(name);
+	batch_cxt = AllocSetContextCreate(CurrentMemoryContext, "event_store import batch",
+									  ALLOCSET_DEFAULT_SIZES);
+	for (;;)
+	{
+		EsUserSwitch sw;
+		uint64		n;
+		HeapTuple  *rows;
+		TupleDesc	desc;
+
+		CHECK_FOR_INTERRUPTS();
+		MemoryContextReset(batch_cxt);
+		args[1] = Int64GetDatum(after);
+		EsSpiConnect(&sw);
+		if (SPI_execute_with_args("SELECT source_position, stream_id, stream_version, event_id, event_type, "
+								  "data, metadata, schema_version, NULL::timestamptz "
+								  "FROM event_store.import_inbox WHERE import OPERATOR(pg_catalog.=) $1 "
+								  "AND source_position OPERATOR(pg_catalog.>) $2 "
+								  "ORDER BY source_position LIMIT 1000",
+								  2, types, args, NULL, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "reading event_store.import_inbox failed");
+		n = SPI_processed;
+		old = MemoryContextSwitchTo(batch_cxt);
+		desc = CreateTupleDescCopy(SPI_tuptable->tupdesc);
+		rows = palloc(sizeof(HeapTuple) * (n + 1));
+		for (uint64 r = 0; r < n; r++)
+			rows[r] = heap_copytuple(SPI_tuptable->vals[r]);
+		MemoryContextSwitchTo(old);
+		EsSpiFinish(&sw);
+		if (n == 0)
+			break;
+		for (uint64 r = 0; r < n; r++)
+		{
+			Datum		values[Natts_es_event];
+			bool		nulls[Natts_es_event];
+
+			heap_deform_tuple(rows[r], desc, values, nulls);
+			es_import_apply_guarded(name, values, nulls);
+			after = DatumGetInt64(values[Anum_es_global_position - 1]);
+		}
+	}
+	(void) es_exec_as_owner("DELETE FROM event_store.import_inbox WHERE import OPERATOR(pg_catalog.=) $1",
+							1, types, args, SPI_OK_DELETE);
+	MemoryContextDelete(batch_cxt);
+	return PointerGetDatum(NULL);
+}
