@@ -18,10 +18,16 @@
 #   BENCH_PER_STREAM events per stream in the fixture (default 20)
 #   BENCH_CASES     space-separated subset of: append_one batch10 batch100 hot
 #                   read_stream read_all followers categories aggregate upcast
-#                   snapshot_hook inline_projection async_catchup lag (default: all)
+#                   snapshot_hook inline_projection async_catchup lag consume
+#                   parallel_projections append_with_consumers read_your_writes
+#                   (default: all)
 #   BENCH_FOLLOW_EVENTS events appended by the writers of the followers case (default 40000)
 #   BENCH_AGG_EVENTS length of the aggregate case's streams (default 10000)
 #   BENCH_LAG_RATE  appends/s (pgbench -R) of the lag case (default 2000)
+#   BENCH_RYW_RATE  appends/s (pgbench -R) of the read_your_writes case (default 2000)
+#   BENCH_PAR_REPEATS rounds of parallel_projections (default 3)
+#   BENCH_CONSUME_SUBS subscriptions of the consume case (default: enough for
+#                   8,000 claims/s during a segment or warm-up)
 #   BENCH_SKIP_BUILD set to 1 to use the installed extension as it is
 #   BENCH_CATCHUP_REPEATS rounds of async_catchup (default 7; median of the rounds' ratios)
 #   BENCH_AMCHECK   set to 1 to verify event_store.events and its indexes with
@@ -42,7 +48,8 @@ STREAMS=${BENCH_STREAMS:-10000}
 PER_STREAM=${BENCH_PER_STREAM:-20}
 READER_EVENTS=1000
 # async_catchup runs before the appending cases: it then covers the fixture only
-CASES=${BENCH_CASES:-"read_stream read_all async_catchup append_one batch10 batch100 hot followers categories aggregate upcast snapshot_hook inline_projection lag"}
+# (so does parallel_projections, which covers the 'bench' category)
+CASES=${BENCH_CASES:-"read_stream read_all async_catchup parallel_projections consume append_one batch10 batch100 hot followers categories aggregate upcast snapshot_hook inline_projection append_with_consumers read_your_writes lag"}
 PG_CONFIG=${PG_CONFIG:-pg_config}
 NPROC=$(nproc)
 
@@ -140,9 +147,20 @@ pgbench_run() {
 	awk '/^tps = / { print $3; exit }' "$out"
 }
 
+# Extra pgbench options of the pair being run (-D of its scripts), and a
+# function called around each of its runs (see pair); both empty but for the
+# cases that need them
+PAIR_EXTRA=()
+PAIR_HOOK=
+
 # pgbench SCRIPT CLIENTS SYNC SECONDS LOGNAME -> prints tps
 run_pgbench() {
-	pgbench_run "$5" "$1" "$2" "$3" -T "$4" -D maxpos="$MAXPOS"
+	pgbench_run "$5" "$1" "$2" "$3" -T "$4" -D maxpos="$MAXPOS" "${PAIR_EXTRA[@]}"
+}
+
+# pair_hook WHEN SIDE LOGNAME: PAIR_HOOK, if set, before or after a run
+pair_hook() {
+	[[ -z "$PAIR_HOOK" ]] || "$PAIR_HOOK" "$@"
 }
 
 # CPU time (clock ticks) used so far by the whole cluster: the postmaster,
@@ -197,7 +215,10 @@ SEGMENT=$(( SECONDS_PER_RUN / SEGMENTS > 1 ? SECONDS_PER_RUN / SEGMENTS : 1 ))
 # above, so that a change in the machine's load during the pair hits both
 # sides alike.  A side's tps is the median of its segments (robust against one
 # disturbed segment); "noise" is the larger spread (max - min) of one side's
-# segments relative to its median.
+# segments relative to its median.  PAIR_HOOK, when set, is called as
+# "$PAIR_HOOK before|after es|base LOGNAME" around every run, warm-ups
+# included, outside what is timed (before the segment's CHECKPOINT, after its
+# CPU reading); PAIR_EXTRA holds more pgbench options for both scripts.
 pair() {
 	local name=$1 es=$2 base=$3 clients=$4 sync=$5 items=$6 unit=$7 target=$8
 	local tag
@@ -208,13 +229,19 @@ pair() {
 	tag=${es#es_}
 	tag="${tag%.sql}-c$clients-$sync"
 	log "   $name, $clients client(s), synchronous_commit=$sync"
+	pair_hook before es "warmup-es-$tag"
 	run_pgbench "$es" "$clients" "$sync" "$WARMUP" "warmup-es-$tag" >/dev/null
+	pair_hook after es "warmup-es-$tag"
+	pair_hook before base "warmup-base-$tag"
 	run_pgbench "$base" "$clients" "$sync" "$WARMUP" "warmup-base-$tag" >/dev/null
+	pair_hook after base "warmup-base-$tag"
 	for side in "${ORDER[@]}"; do
 		i=$((i + 1))
 		if [[ $side == es ]]; then script=$es; else script=$base; fi
+		pair_hook before "$side" "$side-$tag-$i"
 		read -r tps ticks xacts < <(measure "$script" "$clients" "$sync" "$SEGMENT" "$side-$tag-$i")
 		[[ -n "$tps" ]] || die "no result for $script"
+		pair_hook after "$side" "$side-$tag-$i"
 		if [[ $side == es ]]; then
 			es_runs+=("$tps")
 			es_ticks=$((es_ticks + ticks))
@@ -540,6 +567,394 @@ case_lag() {
 	NOTES+=("lag: async projection under $LAG_CLIENTS clients at -R $LAG_RATE (achieved $tps tps) for ${SECONDS_PER_RUN}s, worker naptime $("${PSQL[@]}" -Atc "SHOW event_store.naptime"): $stats")
 }
 
+# ---------------------------------------------------------------------------
+# subscriptions and partitioned projections
+# ---------------------------------------------------------------------------
+SUBS_LOADED=0
+ensure_subscriptions() {
+	if [[ $SUBS_LOADED == 0 ]]; then
+		"${PSQL[@]}" -f "$BENCH_DIR/sql/subscriptions.sql" >&2
+		SUBS_LOADED=1
+	fi
+}
+
+# worker_settings on|reset: the background worker on, with the database
+# worker and one helper (event_store.max_workers = 2), or the defaults again
+worker_settings() {
+	if [[ $1 == on ]]; then
+		"${PSQL[@]}" -c "ALTER SYSTEM SET event_store.worker_enabled = on" \
+			-c "ALTER SYSTEM SET event_store.max_workers = 2" -c "SELECT pg_reload_conf()" >/dev/null
+	else
+		"${PSQL[@]}" -c "ALTER SYSTEM RESET event_store.worker_enabled" \
+			-c "ALTER SYSTEM RESET event_store.max_workers" -c "SELECT pg_reload_conf()" >/dev/null
+	fi
+	sleep 0.5
+}
+
+# consume: CLIENTS consumers, one per pgbench client (consumer-<client_id>),
+# each transaction a claim of up to 100 events of a 16-partition subscription
+# and the ack of the last position claimed; against each client reading the
+# 100 rows after its checkpoint row in bench.plain_events and moving the
+# checkpoint there.  Every claim must get 100 events: each es run (warm-up and
+# segments) starts on CONSUME_SUBS fresh subscriptions over the whole store,
+# each client picking one at random per transaction, and is checked
+# afterwards (events handed out = 100 x transactions).
+CONSUME_PARTITIONS=16
+case_consume() {
+	local events rows
+	ensure_subscriptions
+	events=$("${PSQL[@]}" -Atc "SELECT count(*) FROM event_store.events")
+	# enough for a run at 8,000 transactions/s (about what the bare
+	# reads reach here), with 15% to spare for the partitions' hash imbalance
+	CONSUME_SUBS=${BENCH_CONSUME_SUBS:-$(awk -v s="$(( SEGMENT > WARMUP ? SEGMENT : WARMUP ))" -v n="$events" \
+		'BEGIN { k = s * 8000 * 100 / (0.85 * n); k = (k == int(k) ? k : int(k) + 1); print (k < 2 ? 2 : k) }')}
+	CONSUME_EVENTS=$events
+	CONSUME_RUNS=()
+	log "   consume: $CLIENTS consumers on $CONSUME_SUBS fresh $CONSUME_PARTITIONS-partition subscriptions per run ($events events each)"
+	PAIR_EXTRA=(-D subs="$CONSUME_SUBS" -D wrap="$((TOTAL_ROWS - 100))")
+	PAIR_HOOK=consume_hook
+	pair "claim+ack 100 events" es_consume.sql base_consume.sql "$CLIENTS" off 100 "events/s" 0.6
+	PAIR_EXTRA=()
+	PAIR_HOOK=
+	"${PSQL[@]}" -c "SELECT event_store.drop_subscription(name) FROM event_store.subscriptions
+	                 WHERE name LIKE 'bench\_consume\_%'" >/dev/null
+	rows=$(( TOTAL_ROWS / CLIENTS ))
+	NOTES+=("consume: $CLIENTS consumers (consumer-<client_id>) on $CONSUME_SUBS subscriptions of $CONSUME_PARTITIONS partitions, created afresh before each es run and balanced ($(( (CONSUME_PARTITIONS + CLIENTS - 1) / CLIENTS )) partitions per consumer) before it is timed, each over the $CONSUME_EVENTS events of the store; every claim got 100 events (checked per run: ${CONSUME_RUNS[*]}); baseline clients start $rows rows apart and go round the $TOTAL_ROWS fixture rows")
+}
+
+# consume_hook WHEN SIDE LOGNAME (see pair)
+consume_hook() {
+	local when=$1 side=$2 logname=$3 xacts check delivered inflight
+	case "$when $side" in
+		"before es")
+			"${PSQL[@]}" >/dev/null <<-SQL
+				SELECT event_store.drop_subscription(name) FROM event_store.subscriptions
+				 WHERE name LIKE 'bench\_consume\_%';
+				SELECT event_store.create_subscription('bench_consume_' || s, partitions => $CONSUME_PARTITIONS)
+				  FROM generate_series(1, $CONSUME_SUBS) AS s;
+				-- every consumer live (the first takes all partitions), then each
+				-- takes its fair share (the first gives back what is beyond it)
+				SELECT count(*) FROM generate_series(1, $CONSUME_SUBS) AS s, generate_series(0, $CLIENTS - 1) AS c,
+				       event_store.claim_events('bench_consume_' || s, 'consumer-' || c, 0);
+				SELECT count(*) FROM generate_series(1, $CONSUME_SUBS) AS s, generate_series(0, $CLIENTS - 1) AS c,
+				       event_store.claim_events('bench_consume_' || s, 'consumer-' || c, 0);
+				VACUUM event_store.subscriptions, event_store.subscription_partitions,
+				       event_store.subscription_consumers, event_store.subscription_streams;
+			SQL
+			;;
+		"after es")
+			xacts=$(awk '/^number of transactions actually processed:/ { print $6; exit }' "$LOG_DIR/$logname.log")
+			# handed out = every event at or below its partition's position
+			# (a claim hashes stream ids as hashtextextended(stream_id, 0) does)
+			check=$("${PSQL[@]}" -At -F ' ' -c "
+				SELECT (SELECT count(*) FROM event_store.events e
+				          JOIN event_store.subscription_partitions p
+				            ON p.subscription LIKE 'bench\_consume\_%'
+				           AND p.partition = ((hashtextextended(e.stream_id, 0) % $CONSUME_PARTITIONS)
+				                              + $CONSUME_PARTITIONS) % $CONSUME_PARTITIONS
+				           AND e.global_position <= p.position),
+				       (SELECT coalesce(sum(cardinality(pending) + cardinality(redeliver)), 0)
+				          FROM event_store.subscription_partitions
+				         WHERE subscription LIKE 'bench\_consume\_%')")
+			read -r delivered inflight <<<"$check"
+			[[ "$delivered" == $((xacts * 100)) && "$inflight" == 0 ]] ||
+				die "consume ($logname): $xacts transactions, but $delivered events handed out (expected $((xacts * 100))) and $inflight not acknowledged; raise BENCH_CONSUME_SUBS (now $CONSUME_SUBS)"
+			CONSUME_RUNS+=("$xacts x 100")
+			;;
+		"before base")
+			"${PSQL[@]}" >/dev/null <<-SQL
+				TRUNCATE bench.consume_ckpt;
+				INSERT INTO bench.consume_ckpt SELECT c, c * ($TOTAL_ROWS / $CLIENTS) FROM generate_series(0, $CLIENTS - 1) AS c;
+				VACUUM bench.consume_ckpt;
+			SQL
+			;;
+	esac
+}
+
+# parallel_projections: catch-up of the 'bench' category (the fixture's
+# 200,000 events when run before the appending cases) by an async projection
+# with a per-event PL/pgSQL counter upsert, applied by the background workers
+# (event_store.max_workers = 2), with 4 partitions against 1 partition; timed
+# by the server from create_projection to wait_for_projection(name, head)
+# returning true.  A third variant (no target) creates the 4-partition
+# projection while the helper is already running: an idle partitioned
+# projection (of an event type no event has) keeps it up.  PAR_REPEATS
+# rounds, each running the three in a rotated order; ratio = median of the
+# rounds' (4-partition events/s / 1-partition events/s).
+PAR_REPEATS=${BENCH_PAR_REPEATS:-3}
+PAR_WAIT=60
+case_parallel_projections() {
+	local head events r i cfg parts out ok secs diff t0 t1 ratio s1 s4 s4h helpers k stale=""
+	local -a configs=(1 4 4h)
+	local -A times cpus round_s ratios
+	ensure_subscriptions
+	worker_settings on
+	head=$("${PSQL[@]}" -Atc "SELECT event_store.head_position()")
+	events=$("${PSQL[@]}" -Atc "SELECT count(*) FROM event_store.events
+	                            WHERE split_part(stream_id, '-', 1) = 'bench' AND global_position <= $head")
+	log "   parallel projections: $events events, $PAR_REPEATS rounds of 1, 4 and 4 partitions (helper up)"
+	for ((r = 0; r < PAR_REPEATS; r++)); do
+		for ((i = 0; i < 3; i++)); do
+			cfg=${configs[$(( (i + r) % 3 ))]}
+			parts=${cfg%h}
+			helpers=0
+			if [[ $cfg == *h ]]; then
+				"${PSQL[@]}" -c "SELECT event_store.create_projection('bench_par_idle', 'bench.count_par(event_store.event)',
+				                     event_types => ARRAY['NoSuchEvent'], mode => 'async', partitions => 2)" >/dev/null
+				for ((k = 0; k < 100 && helpers == 0; k++)); do
+					sleep 0.1
+					helpers=$("${PSQL[@]}" -Atc "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'event_store helper'")
+				done
+				[[ $helpers != 0 ]] || die "parallel projections: no helper started for a partitioned projection"
+			else
+				# the previous run's helper leaves by itself: gone before this one
+				for ((k = 0; k < 300; k++)); do
+					[[ $("${PSQL[@]}" -Atc "SELECT count(*) FROM pg_stat_activity
+					                        WHERE backend_type = 'event_store helper'") == 0 ]] && break
+					sleep 0.1
+				done
+			fi
+			"${PSQL[@]}" -c "TRUNCATE bench.rm_par" -c CHECKPOINT >/dev/null
+			sleep 0.1
+			t0=$(cluster_cpu_ticks)
+			out=$("${PSQL[@]}" -At <<-SQL
+				SELECT extract(epoch FROM clock_timestamp()) AS t0 \gset
+				\o /dev/null
+				SELECT event_store.create_projection('bench_par', 'bench.count_par(event_store.event)',
+				           categories => ARRAY['bench'], mode => 'async', partitions => $parts);
+				\o
+				SELECT event_store.wait_for_projection('bench_par', $head, '$PAR_WAIT seconds') AS ok \gset
+				SELECT :'ok', round(extract(epoch FROM clock_timestamp()) - :t0, 6);
+			SQL
+			)
+			sleep 0.1
+			t1=$(cluster_cpu_ticks)
+			ok=${out%%|*} secs=${out##*|}
+			diff=$("${PSQL[@]}" -Atc "SELECT count(*) FROM bench.rm_par a
+				FULL JOIN (SELECT stream_id AS key, count(*) AS n FROM event_store.events
+				            WHERE split_part(stream_id, '-', 1) = 'bench' AND global_position <= $head
+				            GROUP BY stream_id) b USING (key)
+				WHERE a.n IS DISTINCT FROM b.n")
+			"${PSQL[@]}" -c "SELECT event_store.drop_projection('bench_par')" >/dev/null
+			if [[ $cfg == *h ]]; then
+				"${PSQL[@]}" -c "SELECT event_store.drop_projection('bench_par_idle')" >/dev/null
+			fi
+			[[ "$diff" == 0 ]] || die "parallel projections ($cfg): $diff read model rows differ"
+			if [[ "$ok" != t ]]; then
+				# every event applied, and wait_for_projection still false: the
+				# projection's position is behind its partitions' (see below)
+				stale+="$cfg/round $((r + 1)) "
+				secs=-1
+			fi
+			times[$cfg]+="$secs "
+			round_s[$cfg]=$secs
+			cpus[$cfg]+="$(awk -v t="$((t1 - t0))" -v hz="$CLK_TCK" -v n="$events" 'BEGIN { printf "%.1f", t * 1e6 / hz / n }') "
+		done
+		# (a run whose wait timed out has no ratio)
+		for cfg in 4 4h; do
+			if [[ ${round_s[1]} != -1 && ${round_s[$cfg]} != -1 ]]; then
+				ratios[$cfg]+="$(awk -v a="${round_s[1]}" -v b="${round_s[$cfg]}" 'BEGIN { printf "%.3f", a / b }') "
+			fi
+		done
+	done
+	# shellcheck disable=SC2086,SC2046 # the lists are words
+	s1=$(median $(printf '%s\n' ${times[1]} | grep -v '^-1$'))
+	# shellcheck disable=SC2086,SC2046
+	s4=$(median $(printf '%s\n' ${times[4]} | grep -v '^-1$'))
+	# shellcheck disable=SC2086,SC2046
+	s4h=$(median $(printf '%s\n' ${times[4h]} | grep -v '^-1$'))
+	worker_settings reset
+	# shellcheck disable=SC2086
+	ratio=$(median ${ratios[4]})
+	judge "$ratio" 1.6
+	add_row "projection, 4 part." 2 - - "$ratio" "events/s" "$(rate "$events" "$s4")" "$(rate "$events" "$s1")" "$VERDICT"
+	# shellcheck disable=SC2086
+	ratio=$(median ${ratios[4h]})
+	add_row "proj., 4 p., helper up" 2 - - "$ratio" "events/s" "$(rate "$events" "$s4h")" "$(rate "$events" "$s1")" "-"
+	NOTES+=("parallel_projections: $events events, per-event PL/pgSQL upsert, event_store.max_workers = 2 (ratio = 4 partitions / 1 partition, events/s; 'baseline' column = 1 partition); seconds from create_projection to wait_for_projection true: 1 partition ${times[1]}, 4 partitions ${times[4]}, 4 partitions with the helper already up ${times[4h]}; ratio per round ${ratios[4]}(helper up: ${ratios[4h]}); server CPU us per event: 1 partition ${cpus[1]}, 4 partitions ${cpus[4]}, helper up ${cpus[4h]}; read model equal to a GROUP BY every time; runs where wait_for_projection was still false after ${PAR_WAIT}s with every event applied (-1 above, left out): ${stale:-none}")
+}
+
+# partitions_caught_up LIKE N: until the N async projections whose names are
+# LIKE the pattern have every partition at the head (subscription_status of
+# their subscriptions).  Not wait_for_projection: the projection's own
+# position can stay behind its partitions' (see bench/RESULTS.md), and it
+# would wait for its timeout.
+partitions_caught_up() {
+	local i
+	for ((i = 0; i < 6000; i++)); do
+		[[ $("${PSQL[@]}" -Atc "SELECT count(*) FROM event_store.subscription_status
+		                        WHERE name LIKE '$1' AND lag_events = 0") == "$2" ]] && return 0
+		sleep 0.1
+	done
+	die "async projections $1 not caught up after 600 s"
+}
+
+# append_with_consumers: single-event appends (CLIENTS clients) of type
+# ConsEvent while 3 subscriptions on that type are consumed (a consumer loop
+# per subscription in a session of its own, claiming up to 100 and acking)
+# and 2 async projections of it with 4 partitions each are applied by the
+# background workers (event_store.max_workers = 2); against the same appends
+# of type BenchEvent alone.  Interleaved as the other pairs: before every es
+# run the consumer loops start and the projections are resumed; after it the
+# lags are recorded, then (untimed) the loops drain and leave and the
+# projections catch up and are paused, so the baseline runs alone.
+CONS_SUBS=3
+CONS_PROJECTIONS=2
+case_append_with_consumers() {
+	local head check n k expected got base_tps sustained
+	ensure_subscriptions
+	worker_settings on
+	head=$("${PSQL[@]}" -Atc "SELECT event_store.head_position()")
+	"${PSQL[@]}" >/dev/null <<-SQL
+		TRUNCATE bench.consumed, bench.rm_cons_1, bench.rm_cons_2, bench.consume_ctl;
+		INSERT INTO bench.consume_ctl VALUES (true);
+		SELECT event_store.create_subscription('bench_cons_' || k, event_types => ARRAY['ConsEvent'],
+		                                       start_position => $head)
+		  FROM generate_series(1, $CONS_SUBS) AS k;
+		SELECT event_store.create_projection('bench_cproj_1', 'bench.count_cons_1(event_store.event)',
+		           event_types => ARRAY['ConsEvent'], mode => 'async', partitions => 4);
+		SELECT event_store.create_projection('bench_cproj_2', 'bench.count_cons_2(event_store.event)',
+		           event_types => ARRAY['ConsEvent'], mode => 'async', partitions => 4);
+	SQL
+	partitions_caught_up 'bench\_cproj\_%' "$CONS_PROJECTIONS"
+	"${PSQL[@]}" -c "SELECT event_store.pause_projection('bench_cproj_' || k)
+	                   FROM generate_series(1, $CONS_PROJECTIONS) AS k" >/dev/null
+	CONS_PIDS=()
+	CONS_LAGS=()
+	CONS_STALE=0
+	CONS_DRAIN=()
+	CONS_SUSTAINED=()
+	log "   appends with $CONS_SUBS consumed subscriptions and $CONS_PROJECTIONS partitioned projections"
+	PAIR_HOOK=cons_hook
+	pair "append w/ consumers" es_append_consumed.sql es_append_one.sql "$CLIENTS" off 1 "-" 0.75
+	PAIR_HOOK=
+	# the same against the baseline's median (from the pair's segments line)
+	# shellcheck disable=SC2046 # the segments are words
+	base_tps=$(median $(tail -n 1 "$LOG_DIR/segments.txt" | sed 's/.*| baseline \([^|]*\) |.*/\1/'))
+	sustained=$(median "${CONS_SUSTAINED[@]}")
+	add_row "  incl. catching up" "$CLIENTS" "$sustained" "$base_tps" \
+		"$(awk -v a="$sustained" -v b="$base_tps" 'BEGIN { printf "%.3f", a / b }')" "-" - - "-"
+	# every ConsEvent consumed once by each subscription, counted by each projection
+	expected=$("${PSQL[@]}" -Atc "SELECT count(*) FROM event_store.events
+	                              WHERE global_position > $head AND event_type = 'ConsEvent'")
+	got=$("${PSQL[@]}" -Atc "
+		SELECT string_agg(format('%s %s events in %s claims', subscription, events, claims), ', '
+		                  ORDER BY subscription)
+		  FROM bench.consumed")
+	check=$("${PSQL[@]}" -Atc "
+		SELECT (SELECT count(*) FROM bench.consumed WHERE events = $expected) = $CONS_SUBS
+		   AND (SELECT sum(n) FROM bench.rm_cons_1) = $expected
+		   AND (SELECT sum(n) FROM bench.rm_cons_2) = $expected")
+	"${PSQL[@]}" >/dev/null <<-SQL
+		SELECT event_store.drop_projection('bench_cproj_' || k) FROM generate_series(1, $CONS_PROJECTIONS) AS k;
+		SELECT event_store.drop_subscription('bench_cons_' || k) FROM generate_series(1, $CONS_SUBS) AS k;
+	SQL
+	worker_settings reset
+	[[ "$check" == t ]] || die "append_with_consumers: $expected ConsEvents appended; consumers: $got; read models $("${PSQL[@]}" -Atc "SELECT (SELECT sum(n) FROM bench.rm_cons_1), (SELECT sum(n) FROM bench.rm_cons_2)")"
+	NOTES+=("append_with_consumers: $expected ConsEvents, each consumed once by every subscription ($got) and counted once by both projections; projections whose position (projection_status) stayed behind their partitions' (subscription_status) once caught up, summed over the es runs: $CONS_STALE; lag when each es run ended (positions behind the head: subscriptions; projections): ${CONS_LAGS[*]} seconds the consumers and projections took to catch up after each es run: ${CONS_DRAIN[*]}; 'incl. catching up' = appends of an es run / (its seconds + those), median ${CONS_SUSTAINED[*]}")
+}
+
+# cons_hook WHEN SIDE LOGNAME (see pair): consumers and projections around es runs
+cons_hook() {
+	local when=$1 side=$2 logname=$3 k i pid lag t0 xacts drain
+	[[ $side == es ]] || return 0
+	if [[ $when == before ]]; then
+		"${PSQL[@]}" -c "UPDATE bench.consume_ctl SET stop = false" \
+			-c "SELECT event_store.resume_projection('bench_cproj_' || k) FROM generate_series(1, $CONS_PROJECTIONS) AS k" >/dev/null
+		for ((k = 1; k <= CONS_SUBS; k++)); do
+			timeout 900 "${PSQL[@]}" -c "CALL bench.consume_loop('bench_cons_$k', 'loop-$k')" \
+				>"$LOG_DIR/consumer-$logname-$k.log" 2>&1 &
+			CONS_PIDS+=($!)
+		done
+		# the loops are in their first claim
+		for ((i = 0; i < 100; i++)); do
+			[[ $("${PSQL[@]}" -Atc "SELECT count(*) FROM pg_stat_activity
+			                        WHERE query LIKE 'CALL bench.consume_loop%'") == "$CONS_SUBS" ]] && break
+			sleep 0.1
+		done
+		return 0
+	fi
+	lag=$("${PSQL[@]}" -Atc "
+		SELECT (SELECT string_agg(lag_events::text, '/' ORDER BY name) FROM event_store.subscription_status
+		         WHERE name LIKE 'bench\_cons\_%') || '; ' ||
+		       (SELECT string_agg(lag_events::text, '/' ORDER BY name) FROM event_store.projection_status
+		         WHERE name LIKE 'bench\_cproj\_%')")
+	CONS_LAGS+=("$logname: $lag;")
+	t0=$(date +%s.%N)
+	"${PSQL[@]}" -c "UPDATE bench.consume_ctl SET stop = true" >/dev/null
+	for pid in "${CONS_PIDS[@]}"; do
+		wait "$pid" || die "a consumer loop failed: $(cat "$LOG_DIR"/consumer-"$logname"-*.log)"
+	done
+	CONS_PIDS=()
+	partitions_caught_up 'bench\_cproj\_%' "$CONS_PROJECTIONS"
+	# what the appends of the run cost, consumption included: the run's
+	# appends over its time plus the time the consumers and projections took
+	# to finish their part afterwards
+	xacts=$(awk '/^number of transactions actually processed:/ { print $6; exit }' "$LOG_DIR/$logname.log")
+	drain=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')
+	CONS_DRAIN+=("$drain")
+	[[ $logname == warmup-* ]] ||
+		CONS_SUSTAINED+=("$(awk -v n="$xacts" -v t="$SEGMENT" -v d="$drain" 'BEGIN { printf "%.1f", n / (t + d) }')")
+	CONS_STALE=$((CONS_STALE + $("${PSQL[@]}" -Atc "SELECT count(*) FROM event_store.projection_status p
+	                                                JOIN event_store.subscription_status s USING (name)
+	                                               WHERE p.position < s.position")))
+	"${PSQL[@]}" -c "SELECT event_store.pause_projection('bench_cproj_' || k)
+	                   FROM generate_series(1, $CONS_PROJECTIONS) AS k" >/dev/null
+}
+
+# read_your_writes: CLIENTS clients at pgbench -R RYW_RATE, each transaction
+# an append (committed), then wait_for_projection(p, last_appended_position())
+# for an async projection of those events (per-event PL/pgSQL upsert, applied
+# by the background worker), its latency (server side, from the statement's
+# start to the wait's return) logged in bench.ryw_waits.  With 1 partition
+# (the target line) and with 4.
+RYW_RATE=${BENCH_RYW_RATE:-2000}
+case_read_your_writes() {
+	local parts tps stats p50 p99 tx verdict
+	ensure_subscriptions
+	worker_settings on
+	for parts in 1 4; do
+		"${PSQL[@]}" >/dev/null <<-SQL
+			TRUNCATE bench.ryw_waits, bench.rm_ryw;
+			SELECT event_store.create_projection('bench_ryw', 'bench.count_ryw(event_store.event)',
+			           event_types => ARRAY['RywEvent'], mode => 'async', partitions => $parts);
+		SQL
+		partitions_caught_up bench_ryw 1
+		"${PSQL[@]}" -c CHECKPOINT >/dev/null
+		log "   read-your-writes: $CLIENTS clients at -R $RYW_RATE for ${SECONDS_PER_RUN}s, $parts partition(s)"
+		rm -f "$LOG_DIR/ryw-p$parts".*
+		tps=$(pgbench_opts "ryw-p$parts" es_read_your_writes.sql "$CLIENTS" -R "$RYW_RATE" -T "$SECONDS_PER_RUN" \
+			-D parts="$parts" -l --log-prefix="$LOG_DIR/ryw-p$parts")
+		read -r p50 p99 stats <<<"$("${PSQL[@]}" -At -F ' ' -c "
+			SELECT round(percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM wait))::numeric * 1000, 2),
+			       round(percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM wait))::numeric * 1000, 2),
+			       format('%s waits, %s timed out, max %s ms', count(*), count(*) FILTER (WHERE NOT ok),
+			              round(max(extract(epoch FROM wait))::numeric * 1000, 2))
+			  FROM bench.ryw_waits")"
+		# the whole transaction (append + wait) as the client saw it, from its
+		# scheduled start (pgbench -R), in microseconds
+		tx=$(cat "$LOG_DIR/ryw-p$parts".* | awk '{ print $3 }' | sort -n | awk '{ v[NR] = $1 }
+			END { printf "transaction (append + wait, from its scheduled start) p50 %.2f ms, p99 %.2f ms",
+			             v[int(NR * 0.5) + 1] / 1000, v[int(NR * 0.99) + 1] / 1000 }')
+		rm -f "$LOG_DIR/ryw-p$parts".*
+		"${PSQL[@]}" -c "SELECT event_store.drop_projection('bench_ryw')" >/dev/null
+		if [[ $parts == 1 ]]; then
+			TARGETS_TOTAL=$((TARGETS_TOTAL + 1))
+			if awk -v v="$p99" 'BEGIN { exit !(v <= 5) }'; then
+				verdict="<= 5 ms ok"
+				TARGETS_MET=$((TARGETS_MET + 1))
+			else
+				verdict="<= 5 ms MISS"
+			fi
+		else
+			verdict="-"
+		fi
+		add_row "wait_for_proj. p99, ${parts}p" "$CLIENTS" "$tps" - "$p99" "ms p50" "$p50" - "$verdict"
+		NOTES+=("read_your_writes ($parts partition(s)): $CLIENTS clients at -R $RYW_RATE (achieved $tps tps) for ${SECONDS_PER_RUN}s; wait_for_projection p50 $p50 ms, p99 $p99 ms, $stats; $tx")
+	done
+	worker_settings reset
+}
+
 log "== measuring: per side ${WARMUP}s of warm-up, then $SEGMENTS x ${SEGMENT}s in the order ${ORDER[*]}"
 for c in $CASES; do
 	case $c in
@@ -612,6 +1027,18 @@ for c in $CASES; do
 			;;
 		lag)
 			case_lag
+			;;
+		consume)
+			case_consume
+			;;
+		parallel_projections)
+			case_parallel_projections
+			;;
+		append_with_consumers)
+			case_append_with_consumers
+			;;
+		read_your_writes)
+			case_read_your_writes
 			;;
 		*)
 			die "unknown case \"$c\""
