@@ -924,6 +924,7 @@ es_create_projection_subscription(const char *name, int32 partitions, bool park)
 	es_projection_exec("INSERT INTO event_store.subscription_partitions (subscription, partition, position) "
 					   "SELECT $1, g, 0 FROM pg_catalog.generate_series(0, $2 OPERATOR(pg_catalog.-) 1) g",
 					   2, types, values, NULL);
+	EsSubscriptionsChanged();
 }
 
 /*
@@ -1196,8 +1197,11 @@ es_drop_projection(PG_FUNCTION_ARGS)
 					   1, types, values, NULL);
 	/* an async one's subscription goes with it (its partitions, held streams) */
 	if (EsGetCatalog()->schema_version >= ES_SCHEMA_0_3)
+	{
 		es_projection_exec("DELETE FROM event_store.subscriptions WHERE name OPERATOR(pg_catalog.=) $1 "
 						   "AND projection", 1, types, values, NULL);
+		EsSubscriptionsChanged();
+	}
 	if (strcmp(mode, "inline") == 0)
 		EsRegistryChanged(&inline_registry);
 	EsSpiFinish(&sw);

@@ -48,6 +48,7 @@
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "funcapi.h"
+#include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
 #include "utils/array.h"
@@ -65,6 +66,7 @@
 #include "grants.h"
 #include "position.h"
 #include "read.h"
+#include "registry.h"
 #include "roles.h"
 #include "shared.h"
 #include "subscription.h"
@@ -220,48 +222,103 @@ es_get_int4_array(Datum d, int32 **out)
 	return n;
 }
 
+/* The subscriptions, cached per backend (a registry: reloaded after a change) */
+typedef struct EsSubEntry
+{
+	EsTextKey	key;			/* the name */
+	EsSubscription sub;
+} EsSubEntry;
+
+static EsRegistry sub_registry = {"subscriptions"};
+static HTAB *sub_hash = NULL;
+
+static void
+es_subscriptions_load(void)
+{
+	MemoryContext cxt = EsRegistryNewContext(&sub_registry);
+	MemoryContext old;
+	EsUserSwitch sw;
+	int			rc;
+
+	sub_hash = EsTextHashCreate("event_store subscriptions", sizeof(EsSubEntry), cxt);
+	EsSpiConnect(&sw);
+	rc = SPI_execute("SELECT name, owner::pg_catalog.oid, partitions, max_attempts, "
+					 "(EXTRACT(epoch FROM retry_backoff) OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8, "
+					 "event_types, categories, projection FROM event_store.subscriptions", true, 0);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "reading event_store.subscriptions failed: %s", SPI_result_code_string(rc));
+	old = MemoryContextSwitchTo(cxt);
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		bool		found;
+		char	   *name = TextDatumGetCString(SPI_getbinval(tup, desc, 1, &isnull));
+		EsSubEntry *e = EsTextHashEnter(sub_hash, name, strlen(name), 0, &found);
+		EsSubscription *sub = &e->sub;
+		Datum		d;
+
+		sub->name = name;
+		sub->owner = DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull));
+		sub->partitions = DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull));
+		sub->max_attempts = DatumGetInt32(SPI_getbinval(tup, desc, 4, &isnull));
+		sub->backoff_ms = DatumGetInt64(SPI_getbinval(tup, desc, 5, &isnull));
+		d = SPI_getbinval(tup, desc, 6, &isnull);
+		sub->filter.types.ntypes = EsDecodeTextArray(d, isnull, &sub->filter.types.types);
+		d = SPI_getbinval(tup, desc, 7, &isnull);
+		sub->filter.ncategories = EsDecodeTextArray(d, isnull, &sub->filter.categories);
+		sub->projection = DatumGetBool(SPI_getbinval(tup, desc, 8, &isnull));
+	}
+	MemoryContextSwitchTo(old);
+	EsSpiFinish(&sw);
+}
+
+/* The subscriptions changed (created, dropped): every backend reloads them */
+void
+EsSubscriptionsChanged(void)
+{
+	EsRegistryChanged(&sub_registry);
+}
+
+/* A copy of a text array in the current memory context */
+static text **
+es_copy_texts(text **src, int n)
+{
+	text	  **dst;
+
+	if (n < 0)
+		return NULL;
+	dst = palloc(sizeof(text *) * Max(n, 1));
+	for (int i = 0; i < n; i++)
+		dst[i] = (text *) pg_detoast_datum_copy((struct varlena *) src[i]);
+	return dst;
+}
+
 /*
- * Load a subscription (caller is connected to SPI as the owner; the row is
- * locked FOR KEY SHARE, so it is not dropped under the call); 42704 when
- * there is none.  The result lives in the caller's memory context.
+ * A subscription (42704 when there is none), copied into cxt from the
+ * backend's cache (which a reload may replace meanwhile)
  */
 static EsSubscription *
 es_subscription_load(const char *name, MemoryContext cxt)
 {
-	Oid			types[1] = {TEXTOID};
-	Datum		values[1] = {CStringGetTextDatum(name)};
+	EsSubEntry *e;
 	EsSubscription *s;
-	HeapTuple	tup;
-	TupleDesc	desc;
-	bool		isnull;
-	Datum		d;
 	MemoryContext old;
 
-	es_sub_exec("SELECT owner::pg_catalog.oid, partitions, max_attempts, "
-				"(EXTRACT(epoch FROM retry_backoff) OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8, "
-				"event_types, categories, projection "
-				"FROM event_store.subscriptions WHERE name OPERATOR(pg_catalog.=) $1 "
-				"FOR KEY SHARE",
-				1, types, values, NULL, false, SPI_OK_SELECT);
-	if (SPI_processed == 0)
+	EsRegistryEnsure(&sub_registry, es_subscriptions_load);
+	e = EsTextHashFind(sub_hash, name, strlen(name), 0);
+	if (e == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("subscription \"%s\" does not exist", name),
 				 errhint("Create it with event_store.create_subscription().")));
-	tup = SPI_tuptable->vals[0];
-	desc = SPI_tuptable->tupdesc;
 	old = MemoryContextSwitchTo(cxt);
-	s = palloc0(sizeof(EsSubscription));
+	s = palloc(sizeof(EsSubscription));
+	*s = e->sub;
 	s->name = pstrdup(name);
-	s->owner = DatumGetObjectId(SPI_getbinval(tup, desc, 1, &isnull));
-	s->partitions = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
-	s->max_attempts = DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull));
-	s->backoff_ms = DatumGetInt64(SPI_getbinval(tup, desc, 4, &isnull));
-	d = SPI_getbinval(tup, desc, 5, &isnull);
-	s->filter.types.ntypes = EsDecodeTextArray(d, isnull, &s->filter.types.types);
-	d = SPI_getbinval(tup, desc, 6, &isnull);
-	s->filter.ncategories = EsDecodeTextArray(d, isnull, &s->filter.categories);
-	s->projection = DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull));
+	s->filter.types.types = es_copy_texts(e->sub.filter.types.types, e->sub.filter.types.ntypes);
+	s->filter.categories = es_copy_texts(e->sub.filter.categories, e->sub.filter.ncategories);
 	MemoryContextSwitchTo(old);
 	return s;
 }
@@ -368,6 +425,80 @@ es_save_partition(EsSubscription *s, EsPart *p, const char *holder, double lease
 				"redeliver_attempts = $9, updated_at = pg_catalog.now() "
 				"WHERE subscription OPERATOR(pg_catalog.=) $1 AND partition OPERATOR(pg_catalog.=) $2",
 				9, types, values, nulls, false, SPI_OK_UPDATE);
+}
+
+/* An array literal of n int8 (or int4) values, for a text[] parameter */
+static char *
+es_array_text(const int64 *v8, const int32 *v4, int n)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfoChar(&buf, '{');
+	for (int i = 0; i < n; i++)
+	{
+		if (i > 0)
+			appendStringInfoChar(&buf, ',');
+		if (v8)
+			appendStringInfo(&buf, INT64_FORMAT, v8[i]);
+		else
+			appendStringInfo(&buf, "%d", v4[i]);
+	}
+	appendStringInfoChar(&buf, '}');
+	return buf.data;
+}
+
+/*
+ * Write back every partition of parts that changed (all of them when
+ * lease_ms >= 0: their lease is renewed for lease_ms from now, held by
+ * holder), in one statement
+ */
+static void
+es_save_partitions(EsSubscription *s, EsPart *parts, int nparts, const char *holder,
+				   double lease_ms)
+{
+	Oid			types[9] = {TEXTOID, TEXTOID, FLOAT8OID, INT4ARRAYOID, INT8ARRAYOID,
+	TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID};
+	Datum		values[9];
+	Datum	   *d[6];
+	int			n = 0;
+
+	for (int k = 0; k < 6; k++)
+		d[k] = palloc(sizeof(Datum) * Max(nparts, 1));
+	for (int i = 0; i < nparts; i++)
+	{
+		EsPart	   *p = &parts[i];
+
+		if (lease_ms < 0 && !p->changed)
+			continue;
+		d[0][n] = Int32GetDatum(p->partition);
+		d[1][n] = Int64GetDatum(p->position);
+		d[2][n] = CStringGetTextDatum(es_array_text(p->pending, NULL, p->npending));
+		d[3][n] = CStringGetTextDatum(es_array_text(NULL, p->pending_attempts, p->npending));
+		d[4][n] = CStringGetTextDatum(es_array_text(p->redeliver, NULL, p->nredeliver));
+		d[5][n] = CStringGetTextDatum(es_array_text(NULL, p->redeliver_attempts, p->nredeliver));
+		n++;
+	}
+	if (n == 0)
+		return;
+	values[0] = CStringGetTextDatum(s->name);
+	values[1] = CStringGetTextDatum(holder);
+	values[2] = Float8GetDatum(lease_ms);
+	values[3] = PointerGetDatum(construct_array(d[0], n, INT4OID, 4, true, TYPALIGN_INT));
+	values[4] = PointerGetDatum(construct_array(d[1], n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	for (int k = 2; k < 6; k++)
+		values[k + 3] = PointerGetDatum(construct_array(d[k], n, TEXTOID, -1, false, TYPALIGN_INT));
+	es_sub_exec("UPDATE event_store.subscription_partitions p SET holder = $2, "
+				"lease_expires_at = CASE WHEN $3 OPERATOR(pg_catalog.<) 0 THEN p.lease_expires_at "
+				" ELSE pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) "
+				"  pg_catalog.make_interval(secs => $3 OPERATOR(pg_catalog./) 1000) END, "
+				"position = u.pos, pending = u.pe::pg_catalog.int8[], pending_attempts = u.pa::pg_catalog.int4[], "
+				"redeliver = u.re::pg_catalog.int8[], redeliver_attempts = u.ra::pg_catalog.int4[], "
+				"updated_at = pg_catalog.now() "
+				"FROM ROWS FROM (pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6), "
+				" pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9)) AS u(part, pos, pe, pa, re, ra) "
+				"WHERE p.subscription OPERATOR(pg_catalog.=) $1 AND p.partition OPERATOR(pg_catalog.=) u.part",
+				9, types, values, NULL, false, SPI_OK_UPDATE);
 }
 
 /* Append (position, attempt) to a partition's pending list */
@@ -517,6 +648,7 @@ es_create_subscription(PG_FUNCTION_ARGS)
 	es_sub_exec("INSERT INTO event_store.subscription_partitions (subscription, partition, position) "
 				"SELECT $1, p, $5 FROM pg_catalog.generate_series(0, $4 OPERATOR(pg_catalog.-) 1) p",
 				5, types, values, nulls, false, SPI_OK_INSERT);
+	EsSubscriptionsChanged();
 	EsSpiFinish(&sw);
 	PG_RETURN_VOID();
 }
@@ -552,6 +684,7 @@ es_drop_subscription(PG_FUNCTION_ARGS)
 				 errhint("Drop the projection with event_store.drop_projection().")));
 	es_sub_exec("DELETE FROM event_store.subscriptions WHERE name OPERATOR(pg_catalog.=) $1",
 				1, types, values, NULL, false, SPI_OK_DELETE);
+	EsSubscriptionsChanged();
 	EsSpiFinish(&sw);
 	PG_RETURN_VOID();
 }
@@ -1037,36 +1170,31 @@ es_claim_once(EsClaim *c, const char *consumer, double lease_ms)
 	values[2] = Float8GetDatum(lease_ms);
 
 	/*
-	 * Was it fenced since its last claim (a partition of it taken over)?
-	 * Then what it was handed in the partitions it keeps comes again: the
-	 * transaction whose acknowledgement the fence refused rolled back.
+	 * In one statement: the consumer is live while this lease runs (its
+	 * claim time recorded); was it fenced since its last claim (a partition
+	 * of it taken over)?  Then what it was handed in the partitions it keeps
+	 * comes again: the transaction whose acknowledgement the fence refused
+	 * rolled back.  And how many consumers are live, itself included.
 	 */
-	es_sub_exec("SELECT EXISTS (SELECT 1 FROM event_store.subscription_fences f "
-				" WHERE f.subscription OPERATOR(pg_catalog.=) $1 AND f.consumer OPERATOR(pg_catalog.=) $2 "
-				" AND f.fenced_at OPERATOR(pg_catalog.>) c.claimed_at) "
-				"FROM event_store.subscription_consumers c "
-				"WHERE c.subscription OPERATOR(pg_catalog.=) $1 AND c.consumer OPERATOR(pg_catalog.=) $2",
-				2, types, values, NULL, false, SPI_OK_SELECT);
-	fenced = SPI_processed > 0 &&
-		DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	es_sub_exec("DELETE FROM event_store.subscription_fences "
-				"WHERE subscription OPERATOR(pg_catalog.=) $1 AND consumer OPERATOR(pg_catalog.=) $2 "
-				"AND fenced_at OPERATOR(pg_catalog.<=) pg_catalog.clock_timestamp()",
-				2, types, values, NULL, false, SPI_OK_DELETE);
-
-	/* the consumer is live while this lease runs */
-	es_sub_exec("INSERT INTO event_store.subscription_consumers AS c (subscription, consumer, lease_expires_at, "
-				"claimed_at) "
-				"VALUES ($1, $2, pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) "
-				"pg_catalog.make_interval(secs => $3 OPERATOR(pg_catalog./) 1000), pg_catalog.clock_timestamp()) "
-				"ON CONFLICT (subscription, consumer) DO UPDATE SET lease_expires_at = EXCLUDED.lease_expires_at, "
-				"claimed_at = EXCLUDED.claimed_at",
-				3, types, values, NULL, false, SPI_OK_INSERT);
-	es_sub_exec("SELECT pg_catalog.count(*) FROM event_store.subscription_consumers "
-				"WHERE subscription OPERATOR(pg_catalog.=) $1 "
-				"AND lease_expires_at OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp()",
-				1, types, values, NULL, false, SPI_OK_SELECT);
-	live = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	es_sub_exec("WITH prev AS (SELECT c.claimed_at FROM event_store.subscription_consumers c "
+				"  WHERE c.subscription OPERATOR(pg_catalog.=) $1 AND c.consumer OPERATOR(pg_catalog.=) $2), "
+				"gone AS (DELETE FROM event_store.subscription_fences f "
+				"  WHERE f.subscription OPERATOR(pg_catalog.=) $1 AND f.consumer OPERATOR(pg_catalog.=) $2 "
+				"  RETURNING f.fenced_at), "
+				"up AS (INSERT INTO event_store.subscription_consumers AS c (subscription, consumer, "
+				"  lease_expires_at, claimed_at) "
+				"  VALUES ($1, $2, pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) "
+				"  pg_catalog.make_interval(secs => $3 OPERATOR(pg_catalog./) 1000), pg_catalog.clock_timestamp()) "
+				"  ON CONFLICT (subscription, consumer) DO UPDATE SET lease_expires_at = EXCLUDED.lease_expires_at, "
+				"  claimed_at = EXCLUDED.claimed_at RETURNING 1) "
+				"SELECT EXISTS (SELECT 1 FROM gone, prev WHERE gone.fenced_at OPERATOR(pg_catalog.>) prev.claimed_at), "
+				"(SELECT pg_catalog.count(*) FROM event_store.subscription_consumers o "
+				"  WHERE o.subscription OPERATOR(pg_catalog.=) $1 AND o.consumer OPERATOR(pg_catalog.<>) $2 "
+				"  AND o.lease_expires_at OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp()) "
+				"  OPERATOR(pg_catalog.+) (SELECT pg_catalog.count(*) FROM up)",
+				3, types, values, NULL, false, SPI_OK_SELECT);
+	fenced = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	live = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
 	share = (int) ((c->sub->partitions + Max(live, 1) - 1) / Max(live, 1));
 
 	/* ours, renewed below; beyond the fair share, the idle ones go back */
@@ -1102,8 +1230,7 @@ es_claim_once(EsClaim *c, const char *consumer, double lease_ms)
 	UnregisterSnapshot(snapshot);
 
 	/* every partition we hold gets its lease renewed */
-	for (int i = 0; i < c->nparts; i++)
-		es_save_partition(c->sub, &c->parts[i], consumer, lease_ms);
+	es_save_partitions(c->sub, c->parts, c->nparts, consumer, lease_ms);
 	return c->delivered;
 }
 
@@ -1370,9 +1497,10 @@ es_ack_events(PG_FUNCTION_ARGS)
 		if (keep != p->npending)
 		{
 			p->npending = keep;
-			es_save_partition(s, p, consumer, -1);
+			p->changed = true;
 		}
 	}
+	es_save_partitions(s, parts, nparts, consumer, -1);
 
 	/* held streams handed out up to here move on */
 	values[0] = CStringGetTextDatum(s->name);

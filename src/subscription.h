@@ -9,5 +9,6 @@
 #define ES_MAX_PARTITIONS	1024
 
 extern int32 EsStreamPartition(text *stream_id, int n);
+extern void EsSubscriptionsChanged(void);
 
 #endif							/* ES_SUBSCRIPTION_H */
