@@ -106,6 +106,7 @@ typedef struct EsPart
 	int			nredeliver;
 	int64	   *redeliver;
 	int32	   *redeliver_attempts;
+	bool		has_held;		/* some stream of it is held back */
 	bool		changed;
 } EsPart;
 
@@ -367,11 +368,13 @@ es_my_partitions(EsSubscription *s, const char *consumer, int *nparts)
 	Datum		values[2] = {CStringGetTextDatum(s->name), CStringGetTextDatum(consumer)};
 	EsPart	   *parts;
 
-	es_sub_exec("SELECT partition, position, pending, pending_attempts, redeliver, redeliver_attempts "
-				"FROM event_store.subscription_partitions "
-				"WHERE subscription OPERATOR(pg_catalog.=) $1 AND holder OPERATOR(pg_catalog.=) $2 "
-				"AND lease_expires_at OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp() "
-				"ORDER BY partition FOR UPDATE",
+	es_sub_exec("SELECT p.partition, p.position, p.pending, p.pending_attempts, p.redeliver, "
+				"p.redeliver_attempts, EXISTS (SELECT 1 FROM event_store.subscription_streams t "
+				"  WHERE t.subscription OPERATOR(pg_catalog.=) $1 AND t.partition OPERATOR(pg_catalog.=) p.partition) "
+				"FROM event_store.subscription_partitions p "
+				"WHERE p.subscription OPERATOR(pg_catalog.=) $1 AND p.holder OPERATOR(pg_catalog.=) $2 "
+				"AND p.lease_expires_at OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp() "
+				"ORDER BY p.partition FOR UPDATE OF p",
 				2, types, values, NULL, false, SPI_OK_SELECT);
 	*nparts = (int) SPI_processed;
 	parts = palloc0(sizeof(EsPart) * Max(*nparts, 1));
@@ -388,6 +391,7 @@ es_my_partitions(EsSubscription *s, const char *consumer, int *nparts)
 		(void) es_get_int4_array(SPI_getbinval(tup, desc, 4, &isnull), &p->pending_attempts);
 		p->nredeliver = es_get_int8_array(SPI_getbinval(tup, desc, 5, &isnull), &p->redeliver);
 		(void) es_get_int4_array(SPI_getbinval(tup, desc, 6, &isnull), &p->redeliver_attempts);
+		p->has_held = DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull));
 	}
 	return parts;
 }
@@ -1092,11 +1096,13 @@ es_claim_take(EsClaim *c, const char *consumer, int want)
 
 	if (want <= 0)
 		return;
-	es_sub_exec("SELECT partition, position, pending, pending_attempts, redeliver, redeliver_attempts, holder "
-				"FROM event_store.subscription_partitions "
-				"WHERE subscription OPERATOR(pg_catalog.=) $1 "
-				"AND (holder IS NULL OR lease_expires_at OPERATOR(pg_catalog.<=) pg_catalog.clock_timestamp()) "
-				"ORDER BY partition LIMIT $2 FOR UPDATE SKIP LOCKED",
+	es_sub_exec("SELECT p.partition, p.position, p.pending, p.pending_attempts, p.redeliver, "
+				"p.redeliver_attempts, p.holder, EXISTS (SELECT 1 FROM event_store.subscription_streams t "
+				"  WHERE t.subscription OPERATOR(pg_catalog.=) $1 AND t.partition OPERATOR(pg_catalog.=) p.partition) "
+				"FROM event_store.subscription_partitions p "
+				"WHERE p.subscription OPERATOR(pg_catalog.=) $1 "
+				"AND (p.holder IS NULL OR p.lease_expires_at OPERATOR(pg_catalog.<=) pg_catalog.clock_timestamp()) "
+				"ORDER BY p.partition LIMIT $2 FOR UPDATE OF p SKIP LOCKED",
 				2, types, values, NULL, false, SPI_OK_SELECT);
 	n = SPI_processed;
 	tt = SPI_tuptable;
@@ -1118,6 +1124,7 @@ es_claim_take(EsClaim *c, const char *consumer, int want)
 		(void) es_get_int4_array(SPI_getbinval(tup, desc, 4, &isnull), &attempts);
 		p->nredeliver = es_get_int8_array(SPI_getbinval(tup, desc, 5, &isnull), &p->redeliver);
 		(void) es_get_int4_array(SPI_getbinval(tup, desc, 6, &isnull), &p->redeliver_attempts);
+		p->has_held = DatumGetBool(SPI_getbinval(tup, desc, 8, &isnull));
 		/* the previous holder's pending events go first, attempt + 1 */
 		p->pending = pending;
 		p->pending_attempts = attempts;
@@ -1217,7 +1224,14 @@ es_claim_once(EsClaim *c, const char *consumer, double lease_ms)
 	for (int i = 0; i < c->nparts; i++)
 		c->by_partition[c->parts[i].partition] = &c->parts[i];
 
-	held = es_claim_load_held(c, &nheld);
+	held = NULL;
+	nheld = 0;
+	for (int i = 0; i < c->nparts; i++)
+		if (c->parts[i].has_held)
+		{
+			held = es_claim_load_held(c, &nheld);
+			break;
+		}
 
 	/* the horizon first, then a snapshot that sees every commit below it */
 	head = EsSafeHead();
@@ -1462,6 +1476,7 @@ es_ack_events(PG_FUNCTION_ARGS)
 	Oid			types[3] = {TEXTOID, INT4ARRAYOID, INT8OID};
 	Datum		values[3];
 	int32	   *nums;
+	bool		any_held;
 
 	EsCheckWritable("ack_events()");
 	EsRequireArg(fcinfo, 2, "up_to_position");
@@ -1502,7 +1517,15 @@ es_ack_events(PG_FUNCTION_ARGS)
 	}
 	es_save_partitions(s, parts, nparts, consumer, -1);
 
-	/* held streams handed out up to here move on */
+	/* held streams handed out up to here move on (when a partition has any) */
+	any_held = false;
+	for (int i = 0; i < nparts; i++)
+		any_held |= parts[i].has_held;
+	if (!any_held)
+	{
+		EsSpiFinish(&sw);
+		PG_RETURN_INT64(acked);
+	}
 	values[0] = CStringGetTextDatum(s->name);
 	values[1] = es_int4_array(nums, nparts);
 	values[2] = Int64GetDatum(upto);
