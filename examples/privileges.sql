@@ -56,6 +56,7 @@ GRANT EXECUTE ON FUNCTION
     event_store.read_stream(text, bigint, bigint, boolean, boolean),
     event_store.read_category(text, bigint, int, text[], boolean),
     event_store.read_all(bigint, int, text[], boolean),
+    event_store.read_correlated(text, bigint, int),
     event_store.head_position(),
     event_store.wait_for_events(bigint, interval),
     event_store.load_aggregate(text, bigint),

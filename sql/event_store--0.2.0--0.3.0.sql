@@ -1138,3 +1138,19 @@ REVOKE ALL ON FUNCTION event_store._import_row(), event_store._import_copy_begin
     event_store.create_publication(text, text[], text[]), event_store.drop_publication(text),
     event_store.create_import(text, text, text), event_store.drop_import(text)
     FROM PUBLIC;
+
+------------------------------------------------------------------------------
+-- Correlation (0.3): read_correlated and its index on metadata "correlationId"
+------------------------------------------------------------------------------
+CREATE INDEX events_correlation_position_idx
+    ON event_store.events ((metadata OPERATOR(pg_catalog.->>) 'correlationId'), global_position)
+    WHERE (metadata OPERATOR(pg_catalog.->>) 'correlationId') IS NOT NULL;
+
+CREATE FUNCTION event_store.read_correlated(correlation_id text, after_position bigint DEFAULT 0,
+                                            max_count int DEFAULT 1000)
+    RETURNS SETOF event_store.event
+    LANGUAGE c VOLATILE PARALLEL UNSAFE ROWS 100
+    AS 'MODULE_PATHNAME', 'es_read_correlated';
+COMMENT ON FUNCTION event_store.read_correlated(text, bigint, int) IS
+    'Events whose metadata "correlationId" is correlation_id, after a global position in position order, gap-safe (sagas stamp theirs with the saga id)';
+REVOKE ALL ON FUNCTION event_store.read_correlated(text, bigint, int) FROM PUBLIC;

@@ -145,7 +145,8 @@ EsSagaRegistrant(Datum saga_id, MemoryContext cxt, Oid *owner,
  * become the step's result, the saga's data and part of its stream.
  */
 static void
-es_saga_on_event(text *stream_id, text *type, Jsonb *metadata, Jsonb *data)
+es_saga_on_event(text *stream_id, text *type, Jsonb *metadata, Jsonb *data,
+				 pg_uuid_t *event_id)
 {
 	JsonbValue	k;
 	JsonbValue *v;
@@ -186,6 +187,8 @@ es_saga_on_event(text *stream_id, text *type, Jsonb *metadata, Jsonb *data)
 		on_event_plan = EsPrepareKeptPlan("SELECT event_store._saga_on_event($1, $2, $3)",
 										  3, types);
 	}
+	/* the event causes what the saga writes now (correlation, saga_run.c) */
+	EsSagaSetCause(&saga_id, event_id, true);
 	values[0] = UUIDPGetDatum(&saga_id);
 	values[1] = PointerGetDatum(type);
 	values[2] = JsonbPGetDatum(data);
@@ -212,7 +215,8 @@ es_saga_follow(const EsAppendedBatch *batch)
 		es_saga_on_event(batch->stream_id,
 						 DatumGetTextPP(v[Anum_es_event_type - 1]),
 						 DatumGetJsonbP(v[Anum_es_metadata - 1]),
-						 DatumGetJsonbP(v[Anum_es_data - 1]));
+						 DatumGetJsonbP(v[Anum_es_data - 1]),
+						 DatumGetUUIDP(v[Anum_es_event_id - 1]));
 	}
 }
 
