@@ -62,6 +62,8 @@ GRANT EXECUTE ON FUNCTION
     event_store.load_aggregate(text, bigint),
     event_store.load_snapshot(text, bigint),
     event_store.saga_state(uuid),
+    event_store.saga_diagram(uuid),
+    event_store.saga_diagram(text),
     event_store.wait_for_projection(text, bigint, interval),
     event_store.claim_events(text, text, int, interval, interval),
     event_store.ack_events(text, text, bigint),

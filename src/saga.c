@@ -479,3 +479,46 @@ es_saga_state(PG_FUNCTION_ARGS)
 		PG_RETURN_NULL();
 	PG_RETURN_DATUM(result);
 }
+
+/*
+ * SQL: event_store.saga_diagram(saga_id uuid) RETURNS text and
+ * event_store.saga_diagram(saga_type text) RETURNS text -- a Mermaid
+ * flowchart of a saga (with each step's status) or of a saga type.  Like
+ * saga_state, it needs "read" on category "saga" when it has grants, checked
+ * before anything is looked up (an outsider learns nothing, not even
+ * whether the saga exists); the orchestrator's _saga_diagram draws it.
+ */
+static Datum
+es_saga_diagram_of(FunctionCallInfo fcinfo, int argno)
+{
+	Oid			argtypes[2] = {UUIDOID, TEXTOID};
+	NullableDatum args[2];
+	Datum		result;
+	bool		isnull;
+
+	EsRequireArg(fcinfo, 0, argno == 0 ? "saga_id" : "saga_type");
+	EsCheckStreamAccess(es_saga_category(), ES_PRIV_READ);
+	args[0].value = args[1].value = (Datum) 0;
+	args[0].isnull = args[1].isnull = true;
+	args[argno].value = PG_ARGISNULL(0) ? (Datum) 0 : PG_GETARG_DATUM(0);
+	args[argno].isnull = PG_ARGISNULL(0);
+	result = es_orchestrator_call("_saga_diagram", 2, argtypes, args, &isnull);
+	if (isnull)
+		PG_RETURN_NULL();
+	PG_RETURN_DATUM(result);
+}
+
+PG_FUNCTION_INFO_V1(es_saga_diagram);
+PG_FUNCTION_INFO_V1(es_saga_type_diagram);
+
+Datum
+es_saga_diagram(PG_FUNCTION_ARGS)
+{
+	return es_saga_diagram_of(fcinfo, 0);
+}
+
+Datum
+es_saga_type_diagram(PG_FUNCTION_ARGS)
+{
+	return es_saga_diagram_of(fcinfo, 1);
+}
