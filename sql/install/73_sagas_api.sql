@@ -521,4 +521,5 @@ CREATE FUNCTION event_store.saga_diagram(saga_type text) RETURNS text
     LANGUAGE c STABLE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'es_saga_type_diagram';
 COMMENT ON FUNCTION event_store.saga_diagram(text) IS
     'A Mermaid flowchart of a saga type''s definition: its steps in order, parallel groups, compensations (dashed), nested sagas';
-REVOKE ALL ON FUNCTION event_store._saga_diagram(uuid, text), event_store._mermaid_text(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION event_store._saga_diagram(uuid, text), event_store._mermaid_text(text),
+    event_store.saga_diagram(uuid), event_store.saga_diagram(text) FROM PUBLIC;
