@@ -317,12 +317,14 @@ es_saga_stream(pg_uuid_t *saga_id)
 /* ------------------------------------------------------------------------
  * Correlation: every event a saga writes carries the metadata
  * {"correlationId": <saga id>, "causationId": <id of the event that caused
- * it>}.  The cause of a saga's transitions is, within a transaction, the
- * last of: its SagaStarted event, the event of another stream that completed
- * or failed one of its steps (EsSagaSetCause), its last SagaStepCompleted
- * (unless an event of another stream completed that step: that event stays
- * the cause).  A transaction starts without causes; a rolled back
- * subtransaction takes back the causes it set.
+ * it>}.  Within a transaction, the cause of a saga's transitions is the
+ * event that moved it last: its SagaStarted (whose own cause, for a nested
+ * saga, is its parent's), the event of another stream that completed or
+ * failed one of its steps (EsSagaSetCause: it is the cause of that step's
+ * SagaStepCompleted or SagaStepFailed and of what follows them), else its
+ * latest SagaStepCompleted, SagaStepFailed or SagaTimedOut.  A transaction
+ * starts without causes (a step completed by complete_saga_step has none);
+ * a rolled back subtransaction takes back the causes it set.
  * ------------------------------------------------------------------------ */
 
 #define ES_SAGA_MAX_CAUSES 16
@@ -409,6 +411,22 @@ es_saga_append(pg_uuid_t *saga_id, text *type, Jsonb *data)
 	EsSagaCause *cause = es_saga_cause(saga_id);
 	pg_uuid_t	event_id;
 
+#define TYPE_IS(name) EsTextIs(type, name, strlen(name))
+	/* a nested saga is started by what moved its parent */
+	if (cause == NULL && TYPE_IS("SagaStarted"))
+	{
+		JsonbValue	k;
+		JsonbValue *v;
+		pg_uuid_t	parent;
+
+		k.type = jbvString;
+		k.val.string.val = "parent_saga_id";
+		k.val.string.len = strlen("parent_saga_id");
+		v = findJsonbValueFromContainer(&data->root, JB_FOBJECT, &k);
+		if (v != NULL && v->type == jbvString &&
+			EsParseUuid(v->val.string.val, v->val.string.len, &parent))
+			cause = es_saga_cause(&parent);
+	}
 	(void) pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
 	if (cause != NULL)
 		es_json_text(&state, "causationId", es_uuid_text(&cause->event_id));
@@ -416,10 +434,18 @@ es_saga_append(pg_uuid_t *saga_id, text *type, Jsonb *data)
 	obj = pushJsonbValue(&state, WJB_END_OBJECT, NULL);
 	(void) EsAppendEventWithMetadata(es_saga_stream(saga_id), type, data,
 									 JsonbValueToJsonb(obj), &event_id);
-	if (EsTextIs(type, "SagaStarted", strlen("SagaStarted")) ||
-		(EsTextIs(type, "SagaStepCompleted", strlen("SagaStepCompleted")) &&
-		 (cause == NULL || !cause->external)))
+	if (TYPE_IS("SagaStarted") || TYPE_IS("SagaTimedOut"))
 		EsSagaSetCause(saga_id, &event_id, false);
+	else if (TYPE_IS("SagaStepCompleted") || TYPE_IS("SagaStepFailed"))
+	{
+		cause = es_saga_cause(saga_id);
+		/* the event of another stream that did it stays the cause */
+		if (cause != NULL && cause->external)
+			cause->external = false;
+		else
+			EsSagaSetCause(saga_id, &event_id, false);
+	}
+#undef TYPE_IS
 }
 
 /*
