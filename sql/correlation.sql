@@ -159,9 +159,23 @@ SELECT version, event_type, step, correlated,
   FROM pg_temp.stamps('00000000-0000-4000-8000-000000000008');
 SELECT event_store.saga_diagram('00000000-0000-4000-8000-000000000008'::uuid);
 
+-- local steps one after the other: each is caused by the completion before
+-- it; a step its worker fails for good causes the compensation
+SELECT event_store.define_saga('corr_chain', '{"steps": [
+    {"name": "one", "action": "corr.reserve", "compensation": "corr.release"},
+    {"name": "two", "action": "corr.notify"},
+    {"name": "three"}]}');
+SELECT event_store.start_saga('corr_chain', '{}', '00000000-0000-4000-8000-000000000009');
+SELECT event_store.fail_saga_step('00000000-0000-4000-8000-000000000009', 'three', 'refused', false);
+SELECT version, event_type, step, correlated,
+       replace(caused_by, '00000000-0000-4000-8000-000000000009', '<id>') AS caused_by
+  FROM pg_temp.stamps('00000000-0000-4000-8000-000000000009');
+
 -- saga_diagram: bad input
 SELECT regress.try($$SELECT event_store.saga_diagram('00000000-0000-4000-8000-00000000ffff'::uuid)$$);
 SELECT regress.try($$SELECT event_store.saga_diagram('no_such_type')$$);
+-- an untyped literal is a saga type: a saga id given so is pointed out
+SELECT regress.try($$SELECT event_store.saga_diagram('00000000-0000-4000-8000-000000000007')$$);
 SELECT regress.try($$SELECT event_store.saga_diagram(NULL::uuid)$$);
 SELECT regress.try($$SELECT event_store.saga_diagram(NULL::text)$$);
 -- labels are Mermaid text: quotes and brackets cannot break out

@@ -1213,7 +1213,9 @@ BEGIN
         SELECT d.steps INTO steps FROM event_store.saga_definitions d WHERE d.saga_type = p_type;
         IF NOT FOUND THEN
             PERFORM event_store._saga_bad(format('saga type "%s" is not defined', p_type),
-                                          'Define it with event_store.define_saga().');
+                CASE WHEN p_type ~* '^\{?[0-9a-f]{8}-?([0-9a-f]{4}-?){3}[0-9a-f]{12}\}?$'
+                     THEN format('To draw a saga, pass its id as a uuid: saga_diagram(%L::uuid).', p_type)
+                     ELSE 'Define it with event_store.define_saga().' END);
         END IF;
         stype := p_type;
     END IF;
