@@ -420,7 +420,9 @@ es_revoke_category(PG_FUNCTION_ARGS)
  * ("permission denied for function append": the role lacks EXECUTE) get the
  * hint of the privilege recipe, ES_PRIVILEGES_HINT.  They are raised while
  * a query's executor starts (its ACL checks), so that is where they are
- * caught, given the hint and thrown again.
+ * caught, given the hint and thrown again.  (Not so the errors raised while
+ * a query is parsed, as of the schema's USAGE, which PUBLIC has, nor those
+ * of a PL/pgSQL expression evaluated without the executor's start.)
  * ------------------------------------------------------------------------ */
 
 static ExecutorStart_hook_type prev_executor_start = NULL;
