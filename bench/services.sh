@@ -17,11 +17,11 @@
 #             catch-up is measured: the apply of a stream of changes, not a
 #             copy;
 #   lag       8 clients append LAG_RATE events/s for LAG_SECONDS while the
-#             import runs; for every event, the delay from the producer's
-#             commit to the commit of its local copy (after which read_all
-#             returns it: the position is released at that commit), both from
-#             the servers' commit timestamps (one machine, one clock): p50,
-#             p99 and max, and the same for the baseline's rows.
+#             import runs (synchronous_commit = on for them); for every event, the delay from the producer's
+#             commit (its commit timestamp) to the moment a follower paging
+#             the consumer's read_all first gets it (one machine, one
+#             clock): p50, p99 and max; the same for the baseline's rows,
+#             taken when the apply worker inserts them.
 # The ratios are event_store / baseline (events/s); the lag target is an
 # absolute p99 of 200 ms.
 #
@@ -244,21 +244,74 @@ steady_base=$(rate "$n_base" "$t_base")
 # ---------------------------------------------------------------------------
 # lag: LAG_RATE appends/s from 8 clients, both flows running
 # ---------------------------------------------------------------------------
-# lag_of SCRIPT TABLE PREFIX: p50 p99 max (ms) of consumer commit - producer
-# commit, per event id
+# The consumer's side of the lag: when each event became visible there.
+# For the import, a follower paging read_all (what an application does)
+# records the clock when it first gets each event; for the baseline, an
+# ALWAYS trigger on the plain table records the clock when the apply worker
+# inserts the row (a little before its commit: the baseline's lag is a lower
+# bound).  (The commit timestamps of the consumer cannot serve: an apply
+# worker commits with the producer's commit time.)
+"${C[@]}" <<'SQL'
+CREATE TABLE bench.seen (event_id uuid PRIMARY KEY, at timestamptz NOT NULL);
+CREATE TABLE bench.follow_stop (stop boolean);
+CREATE PROCEDURE bench.follow(prefix text) LANGUAGE plpgsql AS $$
+DECLARE
+    cursor_pos bigint := (SELECT coalesce(max(global_position), 0) FROM event_store.events);
+    page_max bigint;
+BEGIN
+    LOOP
+        WITH page AS (SELECT * FROM event_store.read_all(cursor_pos, 10000)),
+             seen AS (INSERT INTO bench.seen
+                      SELECT event_id, clock_timestamp() FROM page WHERE stream_id LIKE prefix || '-%')
+        SELECT max(global_position) INTO page_max FROM page;
+        cursor_pos := coalesce(page_max, cursor_pos);
+        COMMIT;
+        EXIT WHEN EXISTS (SELECT FROM bench.follow_stop);
+        IF page_max IS NULL THEN
+            PERFORM pg_sleep(0.002);
+        END IF;
+    END LOOP;
+END $$;
+CREATE FUNCTION bench.seen_row() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO bench.seen VALUES (NEW.event_id, clock_timestamp());
+    RETURN NULL;
+END $$;
+SQL
+
+# lag_of SIDE PREFIX: p50 p99 max (ms) and count of (visible on the consumer
+# - committed on the producer), per event
 lag_of() {
-	local script=$1 table=$2 prefix=$3 n have
-	have=$("${C[@]}" -Atc "SELECT count(*) FROM $table")
-	"$PGBIN/pgbench" -n -M prepared -p "$PORT" -c "$CLIENTS" -j 2 -T "$LAG_SECONDS" -R "$LAG_RATE" \
-		-f "$SCRIPTS/${script}_$prefix.sql" bench >"$WORK/pgbench_lag_$prefix.log" 2>&1 ||
-		{ tail "$WORK/pgbench_lag_$prefix.log" >&2; die "pgbench failed"; }
+	local side=$1 prefix=$2 table script n follower=
+	if [[ $side == es ]]; then
+		table=event_store.events script=es_steady
+		"${C[@]}" -c "CALL bench.follow('$prefix')" &
+		follower=$!
+	else
+		table=bench.plain_events script=base_steady
+		"${C[@]}" -c "CREATE TRIGGER seen AFTER INSERT ON bench.plain_events FOR EACH ROW EXECUTE FUNCTION bench.seen_row();
+		              ALTER TABLE bench.plain_events ENABLE ALWAYS TRIGGER seen"
+	fi
+	# committed for real (synchronous_commit = on): with it off, a commit
+	# reaches the WAL sender only when the WAL writer flushes, up to 200 ms
+	# (wal_writer_delay) later, on both sides alike
+	PGOPTIONS="-c synchronous_commit=on" \
+		"$PGBIN/pgbench" -n -M prepared -p "$PORT" -c "$CLIENTS" -j 2 -T "$LAG_SECONDS" -R "$LAG_RATE" \
+		-f "$SCRIPTS/${script}_$prefix.sql" bench >"$WORK/pgbench_lag_$side.log" 2>&1 ||
+		{ tail "$WORK/pgbench_lag_$side.log" >&2; die "pgbench failed"; }
 	n=$("${P[@]}" -Atc "SELECT count(*) FROM $table WHERE stream_id LIKE '$prefix-%'")
-	wait_count C "SELECT count(*) FROM $table WHERE stream_id LIKE '$prefix-%'" "$n" 600 >/dev/null
-	"${C[@]}" -Atc "COPY (SELECT event_id, pg_xact_commit_timestamp(xmin) FROM $table WHERE stream_id LIKE '$prefix-%') TO STDOUT" \
-		>"$WORK/lag_$prefix.tsv"
+	wait_count C "SELECT count(*) FROM bench.seen s JOIN $table e USING (event_id) WHERE e.stream_id LIKE '$prefix-%'" "$n" 600 >/dev/null
+	if [[ -n $follower ]]; then
+		"${C[@]}" -c "INSERT INTO bench.follow_stop VALUES (true)"
+		wait "$follower"
+	else
+		"${C[@]}" -c "DROP TRIGGER seen ON bench.plain_events"
+	fi
+	"${C[@]}" -Atc "COPY (SELECT s.event_id, s.at FROM bench.seen s JOIN $table e USING (event_id)
+	                      WHERE e.stream_id LIKE '$prefix-%') TO STDOUT" >"$WORK/lag_$side.tsv"
 	"${P[@]}" -At <<SQL
 CREATE TEMP TABLE arrived (event_id uuid PRIMARY KEY, at timestamptz);
-\copy arrived FROM '$WORK/lag_$prefix.tsv'
+\copy arrived FROM '$WORK/lag_$side.tsv'
 SELECT concat_ws(' ',
          round(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)::numeric, 1),
          round(percentile_cont(0.99) WITHIN GROUP (ORDER BY ms)::numeric, 1),
@@ -269,9 +322,9 @@ SELECT concat_ws(' ',
 SQL
 }
 log "== lag: $LAG_RATE appends/s for $LAG_SECONDS s through the import"
-read -r lag_es_p50 lag_es_p99 lag_es_max lag_es_n < <(lag_of es_steady event_store.events lag)
+read -r lag_es_p50 lag_es_p99 lag_es_max lag_es_n < <(lag_of es lag)
 log "== lag: $LAG_RATE inserts/s for $LAG_SECONDS s through plain logical replication"
-read -r lag_base_p50 lag_base_p99 lag_base_max lag_base_n < <(lag_of base_steady bench.plain_events lag)
+read -r lag_base_p50 lag_base_p99 lag_base_max lag_base_n < <(lag_of base lag)
 
 # every imported event is there once, with the producer's data
 "${C[@]}" -Atc "SELECT count(*) = count(DISTINCT event_id) FROM event_store.events" | grep -qx t ||
