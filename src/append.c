@@ -647,6 +647,8 @@ EsImportEvent(text *stream_id, EsNewEvent *ev, int64 version)
 	Assert(ev->has_id && version > 0);
 	(void) es_append_core(stream_id, ev, 1, true, version - 1, true, version,
 						  &stored);
+	/* the import is the stream's one writer: no need to hold it to the end */
+	EsUnlockStream(stream_id);
 	return stored;
 }
 
