@@ -81,6 +81,8 @@ _PG_init(void)
 	EsAggregateInit();
 	EsSagaInit();
 	EsActivityInit();
+	/* the horizon records that tell standbys the primary's head */
+	EsPositionRegisterRmgr();
 
 	DefineCustomIntVariable("event_store.max_databases",
 							"Maximum number of databases that can use event_store at the same time.",
