@@ -51,8 +51,9 @@
  *
  * Until a standby has replayed a horizon record since it started (no append
  * on the primary since the standby's restart point), it uses the highest
- * committed position it can see: that is exact unless a primary transaction
- * held a lower position open at that very moment.
+ * committed position it can see, looked up again on each use: that is exact
+ * unless a primary transaction holds a lower position open at that moment,
+ * and the first append on the primary ends it.
  *
  * A server that replays the records needs the library preloaded, as every
  * server that uses event_store does: the records are only written when it
@@ -580,6 +581,9 @@ es_ensure_counter(void)
 	ready = my_db->initialized && my_db->built_gen == gen &&
 		my_db->events_relid == cat->events_relid &&
 		my_db->uses_mark == want_mark && my_db->built_in_recovery == in_recovery;
+	/* a standby without the primary's horizon: look at the rows each time */
+	if (in_recovery && my_db->replayed_relid != cat->events_relid)
+		ready = false;
 	LWLockRelease(my_db_lock);
 	if (ready)
 		return;
