@@ -289,6 +289,50 @@ is($primary->safe_psql('postgres',
 		"SELECT string_agg(global_position::text, ',' ORDER BY global_position) FROM event_store.events WHERE stream_id LIKE 'load%'"),
 	join(',', @seen), 'in position order, each once, the same as the primary\'s');
 
+# ---- a standby restarted after the last append: it reads up to its rows -----------
+# (a restartpoint after the primary's checkpoint: the WAL replayed after the
+# restart holds no horizon record)
+$primary->safe_psql('postgres', 'CHECKPOINT');
+$primary->wait_for_catchup($standby);
+$standby->safe_psql('postgres', 'CHECKPOINT');
+$standby->restart;
+my $primary_head = $primary->safe_psql('postgres', 'SELECT event_store.head_position()');
+is($standby->safe_psql('postgres', 'SELECT event_store.head_position()'), $primary_head,
+	'after a restart the standby\'s head is the highest committed position it has');
+is($standby->safe_psql('postgres', "SELECT count(*) FROM event_store.read_all($primary_head - 5)"),
+	'5', 'and it reads up to it');
+# the next horizon from the primary takes over again: a low position held open
+$held = $primary->background_psql('postgres');
+$other = $primary->background_psql('postgres');
+$held->query_safe('BEGIN');
+my $k = appended($held, 'order-7');
+my $k1 = appended($other, 'order-8');
+$primary->safe_psql('postgres', 'SELECT pg_switch_wal()');
+$primary->wait_for_catchup($standby);
+ok($standby->poll_query_until('postgres',
+		"SELECT count(*) = 1 FROM event_store.events WHERE global_position = $k1"),
+	'the restarted standby has replayed the committed row');
+is($standby->safe_psql('postgres', "SELECT count(*) FROM event_store.read_all($primary_head)"),
+	'0', "it is not handed $k1 while $k is open on the primary");
+$held->query_safe('COMMIT');
+wait_until($standby, "SELECT event_store.head_position() >= $k1", 't', 'after the commit its head passes both');
+is($standby->safe_psql('postgres', sprintf($page, $primary_head)), "$k,$k1", "and it reads $k then $k1");
+$held->quit;
+$other->quit;
+
+# ---- a new events table on the primary (DROP / CREATE EXTENSION) ------------------
+$primary->safe_psql('postgres', q{
+DROP EXTENSION event_store CASCADE;
+CREATE EXTENSION event_store;
+SELECT event_store.append('order-1', '{"type": "Placed"}', 0);
+SELECT event_store.append('order-2', '{"type": "Placed"}', 0);
+});
+$primary_head = $primary->safe_psql('postgres', 'SELECT event_store.head_position()');
+wait_until($standby, 'SELECT event_store.head_position()', $primary_head,
+	"the standby follows the primary's new table: head $primary_head");
+is($standby->safe_psql('postgres', sprintf($page, 0)),
+	$primary->safe_psql('postgres', sprintf($page, 0)), 'and reads what the primary reads');
+
 # ---- promotion: the standby becomes a primary and appends ------------------------
 $standby->promote;
 wait_until($standby, 'SELECT NOT pg_is_in_recovery()', 't', 'the standby is promoted');
