@@ -185,6 +185,17 @@ EsEntryOf(Oid dboid)
 {
 	if (es_directory == NULL)
 		return -1;
+	/* called for every record replayed: look without the exclusive lock first */
+	LWLockAcquire(es_directory_lock, LW_SHARED);
+	for (int i = 0; i < es_directory->max_databases; i++)
+	{
+		if (es_directory->dboid[i] == dboid)
+		{
+			LWLockRelease(es_directory_lock);
+			return i;
+		}
+	}
+	LWLockRelease(es_directory_lock);
 	return es_find_entry_of(dboid, false);
 }
 
