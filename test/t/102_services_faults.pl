@@ -2,11 +2,11 @@
 # $StreamReopened of the producer arrive on the consumer as the producer's own
 # events and take effect there; a producer transaction larger than
 # logical_decoding_work_mem arrives whole and in order; a kill -9 of the
-# import's apply worker in the middle of a stream loses and repeats nothing;
-# an event id that already exists here in another stream (SE002) stops the
-# import with the reason in import_status, leaves the local store untouched,
-# and the import resumes, losing nothing, once the cause is removed here (the
-# way README documents).
+# import's apply worker, and one of the producer, in the middle of a stream
+# lose and repeat nothing; an event id that already exists here in another
+# stream (SE002) stops the import with the reason in import_status, leaves
+# the local store untouched, and the import resumes, losing nothing, once the
+# cause is removed here (the way README documents).
 #
 # Every wait is a poll with a deadline, never a sleep.  Every node is
 # stopped, even when a check dies.
@@ -235,6 +235,34 @@ same_on_both_sides('after the kill -9 of the apply worker');
 ok($consumer->poll_query_until('postgres',
 		q{SELECT state = 'running' AND last_error IS NULL FROM event_store.import_status WHERE name = 'orders'}),
 	'import_status: running again, no error');
+
+# ---- kill -9 of the producer in the middle of a stream ---------------------------
+my $doomed = $producer->background_psql('postgres', on_error_stop => 0);
+$doomed->{stdin} .= join('', map {
+	"SELECT event_store.append('order-p$_-' || g, jsonb_build_object('type', 'Step', 'data', jsonb_build_object('g', g))) FROM generate_series(1, 40) g;\n"
+} 1 .. 100);
+$doomed->{run}->pump_nb;
+ok($consumer->poll_query_until('postgres',
+		q{SELECT count(*) > 0 FROM event_store.events WHERE stream_id LIKE 'order-p%'}),
+	'a second stream of small transactions has begun to arrive');
+my @producer_pids = ($producer->{_pid},
+	split /\n/, $producer->safe_psql('postgres', 'SELECT pid FROM pg_catalog.pg_stat_activity'));
+$producer->kill9;
+$deadline = time + $PostgreSQL::Test::Utils::timeout_default;
+usleep(20_000) while time < $deadline && grep { kill 0, $_ } @producer_pids;
+ok(!(grep { kill 0, $_ } @producer_pids), 'every process of the producer ended after its postmaster was killed');
+eval { $doomed->quit; };
+$producer->start;
+my $committed = $producer->safe_psql('postgres',
+	q{SELECT count(*) FROM event_store.events WHERE stream_id LIKE 'order-p%'});
+cmp_ok($committed, '<', 4000, "the producer was killed in the middle ($committed of 4000 events committed)");
+wait_in_step('after a kill -9 of the producer');
+same_on_both_sides('after a kill -9 of the producer');
+$producer->safe_psql('postgres', q{SELECT event_store.append('order-after', '{"type": "Placed"}', 0)});
+wait_in_step('the producer appends again after its crash');
+ok($consumer->poll_query_until('postgres',
+		q{SELECT state = 'running' AND last_error IS NULL FROM event_store.import_status WHERE name = 'orders'}),
+	'import_status: running, no error');
 
 # ---- SE002: the event's id exists here in another stream ---------------------------
 my $dup = '00000000-0000-4000-8000-00000000d002';
