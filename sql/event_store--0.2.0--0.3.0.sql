@@ -1308,3 +1308,70 @@ COMMENT ON FUNCTION event_store.saga_diagram(text) IS
     'A Mermaid flowchart of a saga type''s definition: its steps in order, parallel groups, compensations (dashed), nested sagas';
 REVOKE ALL ON FUNCTION event_store._saga_diagram(uuid, text), event_store._mermaid_text(text),
     event_store.saga_diagram(uuid), event_store.saga_diagram(text) FROM PUBLIC;
+-- ---------------------------------------------------------------------------
+-- Hot standby: complete_saga_step() and fail_saga_step() refuse with their own
+-- "cannot execute ... during recovery" before locking the step
+-- ---------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION event_store.complete_saga_step(saga_id uuid, step text, result jsonb DEFAULT NULL)
+    RETURNS void LANGUAGE plpgsql
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    st event_store.saga_steps;
+    sstatus text;
+BEGIN
+    -- first: on a standby the lock below would fail with a less telling message
+    PERFORM event_store._check_writable('complete_saga_step()');
+    st := event_store._saga_lock_step(complete_saga_step.saga_id, complete_saga_step.step);
+    SELECT status INTO sstatus FROM event_store.sagas s WHERE s.saga_id = st.saga_id;
+    IF st.kind = 'nested' THEN
+        RAISE EXCEPTION 'step "%" of saga % is completed by its nested saga', st.name, st.saga_id
+            USING ERRCODE = '55000',
+                  HINT = 'Complete the steps of the nested saga instead.';
+    END IF;
+    IF st.status = 'running' AND sstatus = 'running' THEN
+        PERFORM event_store._saga_step_done(st.saga_id, st.name, COALESCE(result, '{}'));
+    ELSIF st.status = 'compensating' AND st.comp_kind = 'external' AND sstatus = 'compensating' THEN
+        UPDATE event_store.saga_steps SET status = 'compensated', lease_owner = NULL, lease_expires_at = NULL,
+               updated_at = now()
+         WHERE saga_steps.saga_id = st.saga_id AND name = st.name;
+        PERFORM event_store._saga_event(st.saga_id, 'SagaStepCompensated', jsonb_build_object('step', st.name));
+    ELSE
+        RAISE EXCEPTION 'step "%" of saga % cannot be completed: it is %', st.name, st.saga_id, st.status
+            USING ERRCODE = '55000',
+                  DETAIL = format('The saga is %s.', sstatus),
+                  HINT = 'Only a running step (or a step whose external compensation is running) can be completed.';
+    END IF;
+    PERFORM event_store._saga_advance(st.saga_id);
+END $$;
+
+CREATE OR REPLACE FUNCTION event_store.fail_saga_step(saga_id uuid, step text, error text, retryable boolean DEFAULT true)
+    RETURNS void LANGUAGE plpgsql
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    st event_store.saga_steps;
+    sstatus text;
+BEGIN
+    -- first: on a standby the lock below would fail with a less telling message
+    PERFORM event_store._check_writable('fail_saga_step()');
+    st := event_store._saga_lock_step(fail_saga_step.saga_id, fail_saga_step.step);
+    IF error IS NULL THEN
+        PERFORM event_store._saga_bad('error must not be null', NULL, '22004');
+    END IF;
+    IF retryable IS NULL THEN
+        PERFORM event_store._saga_bad('retryable must not be null', NULL, '22004');
+    END IF;
+    SELECT status INTO sstatus FROM event_store.sagas s WHERE s.saga_id = st.saga_id;
+    IF st.status = 'running' AND sstatus = 'running' THEN
+        PERFORM event_store._saga_step_failed(st.saga_id, st.name, error, retryable);
+    ELSIF st.status = 'compensating' AND st.comp_kind = 'external' AND sstatus = 'compensating' THEN
+        PERFORM event_store._saga_comp_failed(st.saga_id, st.name, error, retryable);
+    ELSE
+        RAISE EXCEPTION 'step "%" of saga % cannot fail: it is %', st.name, st.saga_id, st.status
+            USING ERRCODE = '55000',
+                  DETAIL = format('The saga is %s.', sstatus),
+                  HINT = 'Only a running step (or a step whose external compensation is running) can fail.';
+    END IF;
+    PERFORM event_store._saga_advance(st.saga_id);
+END $$;

@@ -84,6 +84,8 @@ _PG_init(void)
 	EsActivityInit();
 	/* PostgreSQL's own permission errors on our objects name the recipe */
 	EsPrivilegesHintInit();
+	/* the horizon records that tell standbys the primary's head */
+	EsPositionRegisterRmgr();
 
 	DefineCustomIntVariable("event_store.max_databases",
 							"Maximum number of databases that can use event_store at the same time.",

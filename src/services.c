@@ -890,11 +890,11 @@ es_import_apply_guarded(const char *name, Datum *values, bool *nulls)
 		MemoryContextSwitchTo(cxt);
 		edata = CopyErrorData();
 		es_import_set_error(MySubscription->oid,
-							psprintf("event %s of stream \"%s\" (producer position " INT64_FORMAT "): %s",
+							psprintf("event %s of stream \"%s\" (producer position " INT64_FORMAT "): %s (SQLSTATE %s)",
 									 DatumGetCString(DirectFunctionCall1(uuid_out, values[Anum_es_event_id - 1])),
 									 TextDatumGetCString(values[Anum_es_stream_id - 1]),
 									 DatumGetInt64(values[Anum_es_global_position - 1]),
-									 edata->message));
+									 edata->message, unpack_sql_state(edata->sqlerrcode)));
 		FreeErrorData(edata);
 		PG_RE_THROW();
 	}

@@ -96,10 +96,12 @@ CREATE FUNCTION event_store.complete_saga_step(saga_id uuid, step text, result j
     SECURITY DEFINER SET search_path = pg_catalog, pg_temp
     AS $$
 DECLARE
-    st event_store.saga_steps := event_store._saga_lock_step(complete_saga_step.saga_id, complete_saga_step.step);
+    st event_store.saga_steps;
     sstatus text;
 BEGIN
+    -- first: on a standby the lock below would fail with a less telling message
     PERFORM event_store._check_writable('complete_saga_step()');
+    st := event_store._saga_lock_step(complete_saga_step.saga_id, complete_saga_step.step);
     SELECT status INTO sstatus FROM event_store.sagas s WHERE s.saga_id = st.saga_id;
     IF st.kind = 'nested' THEN
         RAISE EXCEPTION 'step "%" of saga % is completed by its nested saga', st.name, st.saga_id
@@ -129,10 +131,12 @@ CREATE FUNCTION event_store.fail_saga_step(saga_id uuid, step text, error text, 
     SECURITY DEFINER SET search_path = pg_catalog, pg_temp
     AS $$
 DECLARE
-    st event_store.saga_steps := event_store._saga_lock_step(fail_saga_step.saga_id, fail_saga_step.step);
+    st event_store.saga_steps;
     sstatus text;
 BEGIN
+    -- first: on a standby the lock below would fail with a less telling message
     PERFORM event_store._check_writable('fail_saga_step()');
+    st := event_store._saga_lock_step(fail_saga_step.saga_id, fail_saga_step.step);
     IF error IS NULL THEN
         PERFORM event_store._saga_bad('error must not be null', NULL, '22004');
     END IF;
