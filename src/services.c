@@ -987,9 +987,9 @@ Datum
 es_import_copy_end(PG_FUNCTION_ARGS)
 {
 	const char *name;
-	Oid			types[2] = {TEXTOID, INT8OID};
-	Datum		args[2];
-	int64		after = -1;
+	Oid			types[1] = {TEXTOID};
+	Datum		args[1];
+	Portal		portal;
 	MemoryContext batch_cxt;
 	MemoryContext old;
 
@@ -1005,6 +1005,25 @@ es_import_copy_end(PG_FUNCTION_ARGS)
 	args[0] = CStringGetTextDatum(name);
 	batch_cxt = AllocSetContextCreate(CurrentMemoryContext, "event_store import batch",
 									  ALLOCSET_DEFAULT_SIZES);
+
+	/*
+	 * One scan of the staged history in the producer's order, read in
+	 * batches (a query per batch would scan what is left each time)
+	 */
+	{
+		EsUserSwitch sw;
+
+		EsSpiConnect(&sw);
+		portal = SPI_cursor_open_with_args(NULL,
+										   "SELECT source_position, stream_id, stream_version, event_id, event_type, "
+										   "data, metadata, schema_version, NULL::timestamptz "
+										   "FROM event_store.import_inbox WHERE import OPERATOR(pg_catalog.=) $1 "
+										   "ORDER BY source_position",
+										   1, types, args, NULL, false, CURSOR_OPT_NO_SCROLL);
+		if (portal == NULL)
+			elog(ERROR, "reading event_store.import_inbox failed");
+		EsSpiFinish(&sw);
+	}
 	for (;;)
 	{
 		EsUserSwitch sw;
@@ -1014,15 +1033,8 @@ es_import_copy_end(PG_FUNCTION_ARGS)
 
 		CHECK_FOR_INTERRUPTS();
 		MemoryContextReset(batch_cxt);
-		args[1] = Int64GetDatum(after);
 		EsSpiConnect(&sw);
-		if (SPI_execute_with_args("SELECT source_position, stream_id, stream_version, event_id, event_type, "
-								  "data, metadata, schema_version, NULL::timestamptz "
-								  "FROM event_store.import_inbox WHERE import OPERATOR(pg_catalog.=) $1 "
-								  "AND source_position OPERATOR(pg_catalog.>) $2 "
-								  "ORDER BY source_position LIMIT 1000",
-								  2, types, args, NULL, false, 0) != SPI_OK_SELECT)
-			elog(ERROR, "reading event_store.import_inbox failed");
+		SPI_cursor_fetch(portal, true, 1000);
 		n = SPI_processed;
 		old = MemoryContextSwitchTo(batch_cxt);
 		desc = CreateTupleDescCopy(SPI_tuptable->tupdesc);
@@ -1040,9 +1052,9 @@ es_import_copy_end(PG_FUNCTION_ARGS)
 
 			heap_deform_tuple(rows[r], desc, values, nulls);
 			es_import_apply_guarded(name, values, nulls);
-			after = DatumGetInt64(values[Anum_es_global_position - 1]);
 		}
 	}
+	SPI_cursor_close(portal);
 	(void) es_exec_as_owner("DELETE FROM event_store.import_inbox WHERE import OPERATOR(pg_catalog.=) $1",
 							1, types, args, SPI_OK_DELETE);
 	MemoryContextDelete(batch_cxt);
