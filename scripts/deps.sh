@@ -13,6 +13,8 @@ set -euo pipefail
 # libipc-run-perl: needed by PostgreSQL::Test::Cluster (TAP tests)
 # perl: prove; make, gcc: the build; util-linux: runuser; coreutils: timeout
 # python3-psycopg: the Python client example and its test (test/t/060_clients.pl)
+# prometheus-postgres-exporter: the monitoring example and its test
+#   (test/t/120_monitoring.pl)
 PACKAGES=(
 	postgresql-15
 	postgresql-server-dev-15
@@ -26,6 +28,7 @@ PACKAGES=(
 	coreutils
 	tar
 	python3-psycopg
+	prometheus-postgres-exporter
 )
 
 command -v dpkg-query >/dev/null 2>&1 || es_die "dpkg-query not found: this script supports Debian and derivatives only"
@@ -51,7 +54,10 @@ if [ "${#missing[@]}" -eq 0 ]; then
 	exit 0
 fi
 
-es_say "installing: ${missing[*]}"
+if [ "$(id -u)" -ne 0 ] && ! command -v sudo >/dev/null 2>&1; then
+	es_die "missing Debian packages (${missing[*]}): installing them needs root rights; run this as root, or install sudo and allow this user to use it"
+fi
+es_say "installing ${#missing[@]} Debian packages and what they need (on a fresh machine about 480 packages, 4 minutes or so; quiet until done): ${missing[*]}"
 log="$(mktemp /tmp/event_store-deps.XXXXXX.log)"
 trap 'rm -f "$log"' EXIT
 export DEBIAN_FRONTEND=noninteractive
