@@ -1138,3 +1138,253 @@ REVOKE ALL ON FUNCTION event_store._import_row(), event_store._import_copy_begin
     event_store.create_publication(text, text[], text[]), event_store.drop_publication(text),
     event_store.create_import(text, text, text), event_store.drop_import(text)
     FROM PUBLIC;
+
+--------------------------------------------------------------------------------
+-- Sagas for the long haul: versioned definitions
+--
+-- Every saga type defined before becomes its version 1, and every saga
+-- runs on version 1; define_saga of a defined type adds the next version
+-- (sql/install/70_sagas_tables.sql, 71_sagas_define.sql, 73_sagas_api.sql)
+--------------------------------------------------------------------------------
+ALTER TABLE event_store.saga_definitions DROP CONSTRAINT saga_definitions_pkey;
+ALTER TABLE event_store.saga_definitions ADD COLUMN version int;
+UPDATE event_store.saga_definitions SET version = 1;
+ALTER TABLE event_store.saga_definitions ALTER COLUMN version SET NOT NULL;
+ALTER TABLE event_store.saga_definitions ADD CONSTRAINT saga_definitions_pkey PRIMARY KEY (saga_type, version);
+COMMENT ON TABLE event_store.saga_definitions IS 'Saga types, one row per version; maintained with define_saga()';
+ALTER TABLE event_store.sagas ADD COLUMN version int;
+UPDATE event_store.sagas SET version = 1;
+ALTER TABLE event_store.sagas ALTER COLUMN version SET NOT NULL;
+
+CREATE VIEW event_store.saga_types AS
+SELECT d.saga_type, d.version, d.owner, d.defined_at,
+       (SELECT count(*) FROM event_store.sagas s
+         WHERE s.saga_type = d.saga_type AND s.version = d.version
+           AND s.status IN ('running', 'compensating')) AS running
+  FROM event_store.saga_definitions d;
+COMMENT ON VIEW event_store.saga_types IS 'Saga types, one row per version (define_saga of a defined type adds the next), with how many of its sagas still run';
+REVOKE ALL ON TABLE event_store.saga_types FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION event_store._define_saga(saga_type text, definition jsonb, p_owner regrole, p_path text)
+    RETURNS void
+    LANGUAGE plpgsql
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    step jsonb;
+    k text;
+    i int := 0;
+    norm jsonb := '[]';
+    names text[] := '{}';
+    nm text;
+    grp int;
+    maxatt int;
+    act regprocedure;
+    comp regprocedure;
+    kind text;
+    comp_kind text;
+    saga_timeout interval;
+BEGIN
+    IF saga_type IS NULL OR saga_type = '' THEN
+        PERFORM event_store._saga_bad('saga_type must not be null or empty', NULL,
+                                      CASE WHEN saga_type IS NULL THEN '22004' ELSE '22023' END);
+    END IF;
+    PERFORM event_store._check_name_length(saga_type, 'saga_type');
+    IF definition IS NULL OR jsonb_typeof(definition) <> 'object' THEN
+        PERFORM event_store._saga_bad('definition must be a JSON object with "steps"', NULL,
+                                      CASE WHEN definition IS NULL THEN '22004' ELSE '22023' END);
+    END IF;
+    FOR k IN SELECT jsonb_object_keys(definition) LOOP
+        IF k NOT IN ('steps', 'timeout') THEN
+            PERFORM event_store._saga_bad(format('unknown key "%s" in saga definition', k),
+                                          'A saga definition has the keys "steps" and "timeout".');
+        END IF;
+    END LOOP;
+    IF jsonb_typeof(definition -> 'steps') IS DISTINCT FROM 'array' OR jsonb_array_length(definition -> 'steps') = 0 THEN
+        PERFORM event_store._saga_bad('saga definition needs a non-empty "steps" array');
+    END IF;
+    saga_timeout := event_store._saga_interval(definition -> 'timeout', 'saga "timeout"');
+
+    FOR step IN SELECT value FROM jsonb_array_elements(definition -> 'steps') LOOP
+        i := i + 1;
+        IF jsonb_typeof(step) <> 'object' THEN
+            PERFORM event_store._saga_bad(format('step %s must be a JSON object', i));
+        END IF;
+        FOR k IN SELECT jsonb_object_keys(step) LOOP
+            IF k NOT IN ('name', 'action', 'compensation', 'group', 'timeout', 'max_attempts',
+                         'backoff', 'complete_on', 'fail_on', 'saga') THEN
+                PERFORM event_store._saga_bad(format('unknown key "%s" in step %s', k, i),
+                    'A step has the keys name, action, compensation, group, timeout, max_attempts, backoff, complete_on, fail_on and saga.');
+            END IF;
+        END LOOP;
+        nm := step ->> 'name';
+        IF jsonb_typeof(step -> 'name') IS DISTINCT FROM 'string' OR nm = '' THEN
+            PERFORM event_store._saga_bad(format('step %s needs a non-empty string "name"', i));
+        END IF;
+        IF nm = ANY (names) THEN
+            PERFORM event_store._saga_bad(format('duplicate step name "%s"', nm));
+        END IF;
+        names := names || nm;
+        FOREACH k IN ARRAY ARRAY['action', 'compensation', 'complete_on', 'fail_on', 'saga'] LOOP
+            IF step ? k AND (jsonb_typeof(step -> k) <> 'string' OR step ->> k = '') THEN
+                PERFORM event_store._saga_bad(format('"%s" of step "%s" must be a non-empty string', k, nm));
+            END IF;
+        END LOOP;
+        FOREACH k IN ARRAY ARRAY['name', 'action', 'compensation', 'complete_on', 'fail_on', 'saga'] LOOP
+            PERFORM event_store._check_name_length(step ->> k, format('"%s" of step %s', k, i));
+        END LOOP;
+        IF step ? 'group' THEN
+            IF jsonb_typeof(step -> 'group') <> 'number' OR (step ->> 'group')::numeric <> floor((step ->> 'group')::numeric)
+               OR (step ->> 'group')::numeric < 1 OR (step ->> 'group')::numeric > 2147483647 THEN
+                PERFORM event_store._saga_bad(format('"group" of step "%s" must be a positive integer', nm));
+            END IF;
+            grp := (step ->> 'group')::numeric::int;
+        ELSE
+            grp := i;
+        END IF;
+        IF step ? 'max_attempts' THEN
+            IF jsonb_typeof(step -> 'max_attempts') <> 'number' OR (step ->> 'max_attempts')::numeric <> floor((step ->> 'max_attempts')::numeric)
+               OR (step ->> 'max_attempts')::numeric < 1 THEN
+                PERFORM event_store._saga_bad(format('"max_attempts" of step "%s" must be a positive integer', nm));
+            END IF;
+            IF (step ->> 'max_attempts')::numeric > 100 THEN
+                PERFORM event_store._saga_bad(format('"max_attempts" of step "%s" must be at most 100', nm),
+                    'Every attempt of a step is an event in the saga''s stream; for a longer wait, use a longer "backoff" (it doubles per attempt).');
+            END IF;
+            maxatt := (step ->> 'max_attempts')::numeric::int;
+        ELSE
+            maxatt := 3;
+        END IF;
+        act := CASE WHEN step ? 'action' THEN event_store._saga_function(step ->> 'action', format('action of step "%s":', nm), p_owner, p_path) END;
+        comp := CASE WHEN step ? 'compensation' THEN event_store._saga_function(step ->> 'compensation', format('compensation of step "%s":', nm), p_owner, p_path) END;
+        IF step ? 'saga' THEN
+            IF step ? 'action' OR step ? 'complete_on' OR step ? 'fail_on' THEN
+                PERFORM event_store._saga_bad(format('step "%s" runs a nested saga and cannot also have "action", "complete_on" or "fail_on"', nm));
+            END IF;
+            IF NOT EXISTS (SELECT 1 FROM event_store.saga_definitions d WHERE d.saga_type = step ->> 'saga')
+               OR step ->> 'saga' = _define_saga.saga_type THEN
+                PERFORM event_store._saga_bad(format('saga type "%s" of step "%s" is not defined', step ->> 'saga', nm),
+                                              'Define the nested saga type first.');
+            END IF;
+            kind := 'nested';
+        ELSIF act IS NOT NULL THEN
+            kind := 'local';
+        ELSIF step ? 'complete_on' OR step ? 'fail_on' THEN
+            kind := 'event';
+        ELSE
+            kind := 'external';
+        END IF;
+        IF kind = 'event' AND NOT step ? 'complete_on' THEN
+            PERFORM event_store._saga_bad(format('step "%s" has "fail_on" but no "complete_on" or "action"', nm),
+                                          'An event-driven step completes on its "complete_on" event.');
+        END IF;
+        IF event_store._saga_interval(step -> 'backoff', format('"backoff" of step "%s"', nm)) < interval '10 milliseconds' THEN
+            PERFORM event_store._saga_bad(format('"backoff" of step "%s" must be at least 10 milliseconds', nm),
+                'A failed attempt is retried by a later saga_tick() or worker round, never in the call that ran it.');
+        END IF;
+        comp_kind := CASE WHEN comp IS NOT NULL THEN 'local'
+                          WHEN kind = 'external' THEN 'external'
+                          WHEN kind = 'nested' THEN 'nested'
+                          ELSE 'none' END;
+        norm := norm || jsonb_build_object(
+            'step_no', i, 'name', nm, 'grp', grp, 'kind', kind,
+            'action', act::text, 'compensation', comp::text, 'comp_kind', comp_kind,
+            'complete_on', step ->> 'complete_on', 'fail_on', step ->> 'fail_on',
+            'child_type', step ->> 'saga',
+            'timeout', event_store._saga_interval(step -> 'timeout', format('"timeout" of step "%s"', nm)),
+            'max_attempts', maxatt,
+            'backoff', COALESCE(event_store._saga_interval(step -> 'backoff', format('"backoff" of step "%s"', nm)), interval '1 second'));
+    END LOOP;
+
+    -- nested sagas must not lead back to this type (a saga would start itself forever)
+    IF EXISTS (
+        WITH RECURSIVE reach(t) AS (
+            SELECT x ->> 'child_type' FROM jsonb_array_elements(norm) x WHERE x ->> 'child_type' IS NOT NULL
+            UNION
+            SELECT y ->> 'child_type'
+              FROM reach r
+              JOIN LATERAL (SELECT x.steps FROM event_store.saga_definitions x WHERE x.saga_type = r.t
+                             ORDER BY x.version DESC LIMIT 1) d ON true
+             CROSS JOIN LATERAL jsonb_array_elements(d.steps) y
+             WHERE y ->> 'child_type' IS NOT NULL)
+        SELECT 1 FROM reach WHERE t = _define_saga.saga_type) THEN
+        PERFORM event_store._saga_bad(format('saga type "%s" would nest itself', _define_saga.saga_type),
+                                      'Nested sagas must not form a cycle.');
+    END IF;
+
+    INSERT INTO event_store.saga_watched_types (event_type)
+    SELECT DISTINCT t FROM jsonb_array_elements(norm) x,
+           LATERAL (VALUES (x ->> 'complete_on'), (x ->> 'fail_on')) v(t)
+     WHERE t IS NOT NULL
+    ON CONFLICT DO NOTHING;
+
+    -- the next version (define_saga locked the newest); running sagas keep theirs
+    INSERT INTO event_store.saga_definitions AS d (saga_type, definition, steps, timeout, owner, search_path, version)
+    SELECT _define_saga.saga_type, _define_saga.definition, norm, saga_timeout, p_owner, p_path,
+           COALESCE(max(x.version), 0) + 1
+      FROM event_store.saga_definitions x WHERE x.saga_type = _define_saga.saga_type;
+    PERFORM event_store._saga_definitions_changed();
+END $$;
+COMMENT ON FUNCTION event_store.define_saga(text, jsonb) IS
+    'Define a saga type, or its next version (for sagas started afterwards): {"steps": [...], "timeout": "1 hour"}';
+CREATE OR REPLACE FUNCTION event_store._saga_start(p_type text, p_data jsonb, p_id uuid, p_parent uuid, p_parent_step text)
+    RETURNS uuid LANGUAGE plpgsql AS $$
+DECLARE
+    d record;
+BEGIN
+    SELECT * INTO d FROM event_store.saga_definitions WHERE saga_type = p_type ORDER BY version DESC LIMIT 1;
+    IF NOT FOUND THEN
+        PERFORM event_store._saga_bad(format('saga type "%s" is not defined', p_type),
+                                      'Define it with event_store.define_saga().');
+    END IF;
+    INSERT INTO event_store.sagas (saga_id, saga_type, start_data, data, timeout, deadline, parent_saga_id, parent_step,
+                                   version)
+    VALUES (p_id, p_type, p_data, p_data, d.timeout, now() + d.timeout, p_parent, p_parent_step, d.version);
+    INSERT INTO event_store.saga_steps (saga_id, step_no, name, grp, kind, action, compensation, comp_kind,
+                                        complete_on, fail_on, child_type, timeout, max_attempts, backoff)
+    SELECT p_id, (x ->> 'step_no')::int, x ->> 'name', (x ->> 'grp')::int, x ->> 'kind',
+           (x ->> 'action')::regprocedure, (x ->> 'compensation')::regprocedure, x ->> 'comp_kind',
+           x ->> 'complete_on', x ->> 'fail_on', x ->> 'child_type',
+           (x ->> 'timeout')::interval, (x ->> 'max_attempts')::int, (x ->> 'backoff')::interval
+      FROM jsonb_array_elements(d.steps) x;
+    PERFORM event_store._saga_event(p_id, 'SagaStarted',
+        jsonb_build_object('saga_type', p_type, 'data', p_data, 'parent_saga_id', p_parent));
+    PERFORM event_store._saga_advance(p_id);
+    RETURN p_id;
+END $$;
+CREATE OR REPLACE FUNCTION event_store._saga_state(saga_id uuid) RETURNS jsonb
+    LANGUAGE plpgsql STABLE
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    s record;
+    cur text;
+BEGIN
+    IF saga_id IS NULL THEN
+        PERFORM event_store._saga_bad('saga_id must not be null', NULL, '22004');
+    END IF;
+    SELECT * INTO s FROM event_store.sagas x WHERE x.saga_id = _saga_state.saga_id;
+    IF NOT FOUND THEN
+        PERFORM event_store._saga_bad(format('saga %s does not exist', saga_id));
+    END IF;
+    SELECT name INTO cur FROM event_store.saga_steps st
+     WHERE st.saga_id = s.saga_id
+       AND st.status IN (CASE WHEN s.status = 'running' THEN 'running' ELSE 'compensating' END,
+                         CASE WHEN s.status = 'running' THEN 'pending' ELSE 'compensating' END)
+     ORDER BY CASE WHEN s.status = 'running' THEN st.step_no ELSE -st.step_no END
+     LIMIT 1;
+    RETURN jsonb_build_object(
+        'sagaId', s.saga_id,
+        'sagaType', s.saga_type,
+        'version', s.version,
+        'status', s.status,
+        'currentStep', cur,
+        'startTime', event_store._iso8601(s.started_at),
+        'steps', COALESCE((SELECT jsonb_agg(jsonb_build_object(
+                     'stepId', st.step_no,
+                     'stepType', st.name,
+                     'status', st.status,
+                     'timestamp', event_store._iso8601(st.updated_at),
+                     'compensationData', st.result) ORDER BY st.step_no)
+                   FROM event_store.saga_steps st WHERE st.saga_id = s.saga_id), '[]'));
+END $$;

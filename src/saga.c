@@ -109,23 +109,28 @@ EsSagaRegistrant(Datum saga_id, MemoryContext cxt, Oid *owner,
 {
 	static SPIPlanPtr plan = NULL;
 	static const char *plan_columns = NULL;
+	static bool plan_versions = false;
 	const char *columns = EsOwnerColumns();
+	bool		versions = EsGetCatalog()->saga_versions;
 	MemoryContext old;
 	int			rc;
 
 	/* the columns differ with the schema (ALTER EXTENSION UPDATE) */
-	if (plan == NULL || plan_columns != columns)
+	if (plan == NULL || plan_columns != columns || plan_versions != versions)
 	{
 		Oid			type = UUIDOID;
 
 		if (plan != NULL)
 			SPI_freeplan(plan);
+		/* the definition of the version the saga runs on */
 		plan = EsPrepareKeptPlan(psprintf("SELECT %s FROM event_store.sagas s "
 										  "JOIN event_store.saga_definitions d "
-										  "ON d.saga_type OPERATOR(pg_catalog.=) s.saga_type "
-										  "WHERE s.saga_id OPERATOR(pg_catalog.=) $1", columns),
+										  "ON d.saga_type OPERATOR(pg_catalog.=) s.saga_type %s"
+										  "WHERE s.saga_id OPERATOR(pg_catalog.=) $1", columns,
+										  versions ? "AND d.version OPERATOR(pg_catalog.=) s.version " : ""),
 								 1, &type);
 		plan_columns = columns;
+		plan_versions = versions;
 	}
 	rc = SPI_execute_plan(plan, &saga_id, NULL, true, 1);
 	if (rc != SPI_OK_SELECT)
@@ -282,7 +287,12 @@ es_define_saga(PG_FUNCTION_ARGS)
 		EsUserSwitch sw;
 
 		EsSpiConnect(&sw);
-		(void) EsLockRegistration(&sw, "SELECT owner::pg_catalog.oid FROM event_store.saga_definitions "
+		/* (the newest version's owner decides) */
+		(void) EsLockRegistration(&sw, EsGetCatalog()->saga_versions ?
+								  "SELECT owner::pg_catalog.oid FROM event_store.saga_definitions "
+								  "WHERE saga_type OPERATOR(pg_catalog.=) $1 "
+								  "ORDER BY version DESC LIMIT 1 FOR UPDATE" :
+								  "SELECT owner::pg_catalog.oid FROM event_store.saga_definitions "
 								  "WHERE saga_type OPERATOR(pg_catalog.=) $1 FOR UPDATE",
 								  1, &type, &value,
 								  psprintf("saga type \"%s\"", TextDatumGetCString(value)));

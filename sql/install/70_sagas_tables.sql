@@ -9,15 +9,17 @@
 -- watched type.
 
 CREATE TABLE event_store.saga_definitions (
-    saga_type  text PRIMARY KEY CHECK (saga_type <> ''),
+    saga_type  text NOT NULL CHECK (saga_type <> ''),
     definition jsonb       NOT NULL,   -- as given
     steps      jsonb       NOT NULL,   -- normalised: defaults filled in, functions resolved
     timeout    interval,
     defined_at timestamptz NOT NULL DEFAULT now(),
     owner      regrole     NOT NULL,  -- defined it; the step functions run as this role
-    search_path text       NOT NULL   -- and with this search_path (pg_temp last)
+    search_path text       NOT NULL,  -- and with this search_path (pg_temp last)
+    version    int         NOT NULL,  -- 1, 2, ...: define_saga of a defined type adds a version
+    CONSTRAINT saga_definitions_pkey PRIMARY KEY (saga_type, version)
 );
-COMMENT ON TABLE event_store.saga_definitions IS 'Saga types; maintained with define_saga()';
+COMMENT ON TABLE event_store.saga_definitions IS 'Saga types, one row per version; maintained with define_saga()';
 SELECT pg_catalog.pg_extension_config_dump('event_store.saga_definitions', '');
 REVOKE ALL ON TABLE event_store.saga_definitions FROM PUBLIC;
 
@@ -43,7 +45,8 @@ CREATE TABLE event_store.sagas (
     last_error     text,
     started_at     timestamptz NOT NULL DEFAULT now(),
     updated_at     timestamptz NOT NULL DEFAULT now(),
-    finished_at    timestamptz
+    finished_at    timestamptz,
+    version        int NOT NULL          -- of its saga type: the saga runs on it to its end
 );
 CREATE INDEX sagas_active_idx ON event_store.sagas (deadline)
     WHERE status IN ('running', 'compensating');
@@ -103,3 +106,13 @@ SELECT s.saga_id, s.saga_type, s.status, s.last_error AS saga_error,
  WHERE s.status = 'compensation_failed';
 COMMENT ON VIEW event_store.saga_problems IS 'Sagas whose compensation failed, with the error, left for a person';
 
+
+-- Saga types, one row per version: running counts the version's sagas
+-- that have not ended (running, or compensating what they did)
+CREATE VIEW event_store.saga_types AS
+SELECT d.saga_type, d.version, d.owner, d.defined_at,
+       (SELECT count(*) FROM event_store.sagas s
+         WHERE s.saga_type = d.saga_type AND s.version = d.version
+           AND s.status IN ('running', 'compensating')) AS running
+  FROM event_store.saga_definitions d;
+COMMENT ON VIEW event_store.saga_types IS 'Saga types, one row per version (define_saga of a defined type adds the next), with how many of its sagas still run';

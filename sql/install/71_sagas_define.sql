@@ -211,7 +211,8 @@ BEGIN
             UNION
             SELECT y ->> 'child_type'
               FROM reach r
-              JOIN event_store.saga_definitions d ON d.saga_type = r.t
+              JOIN LATERAL (SELECT x.steps FROM event_store.saga_definitions x WHERE x.saga_type = r.t
+                             ORDER BY x.version DESC LIMIT 1) d ON true
              CROSS JOIN LATERAL jsonb_array_elements(d.steps) y
              WHERE y ->> 'child_type' IS NOT NULL)
         SELECT 1 FROM reach WHERE t = _define_saga.saga_type) THEN
@@ -225,16 +226,15 @@ BEGIN
      WHERE t IS NOT NULL
     ON CONFLICT DO NOTHING;
 
-    INSERT INTO event_store.saga_definitions AS d (saga_type, definition, steps, timeout, owner, search_path)
-    VALUES (_define_saga.saga_type, definition, norm, saga_timeout, p_owner, p_path)
-    ON CONFLICT ON CONSTRAINT saga_definitions_pkey DO UPDATE
-       SET definition = EXCLUDED.definition, steps = EXCLUDED.steps,
-           timeout = EXCLUDED.timeout, owner = EXCLUDED.owner,
-           search_path = EXCLUDED.search_path, defined_at = now();
+    -- the next version (define_saga locked the newest); running sagas keep theirs
+    INSERT INTO event_store.saga_definitions AS d (saga_type, definition, steps, timeout, owner, search_path, version)
+    SELECT _define_saga.saga_type, _define_saga.definition, norm, saga_timeout, p_owner, p_path,
+           COALESCE(max(x.version), 0) + 1
+      FROM event_store.saga_definitions x WHERE x.saga_type = _define_saga.saga_type;
     PERFORM event_store._saga_definitions_changed();
 END $$;
 CREATE FUNCTION event_store.define_saga(saga_type text, definition jsonb) RETURNS void
     LANGUAGE c VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'es_define_saga';
 COMMENT ON FUNCTION event_store.define_saga(text, jsonb) IS
-    'Define (or replace, for sagas started afterwards) a saga type: {"steps": [...], "timeout": "1 hour"}';
+    'Define a saga type, or its next version (for sagas started afterwards): {"steps": [...], "timeout": "1 hour"}';
 

@@ -4,13 +4,14 @@ CREATE FUNCTION event_store._saga_start(p_type text, p_data jsonb, p_id uuid, p_
 DECLARE
     d record;
 BEGIN
-    SELECT * INTO d FROM event_store.saga_definitions WHERE saga_type = p_type;
+    SELECT * INTO d FROM event_store.saga_definitions WHERE saga_type = p_type ORDER BY version DESC LIMIT 1;
     IF NOT FOUND THEN
         PERFORM event_store._saga_bad(format('saga type "%s" is not defined', p_type),
                                       'Define it with event_store.define_saga().');
     END IF;
-    INSERT INTO event_store.sagas (saga_id, saga_type, start_data, data, timeout, deadline, parent_saga_id, parent_step)
-    VALUES (p_id, p_type, p_data, p_data, d.timeout, now() + d.timeout, p_parent, p_parent_step);
+    INSERT INTO event_store.sagas (saga_id, saga_type, start_data, data, timeout, deadline, parent_saga_id, parent_step,
+                                   version)
+    VALUES (p_id, p_type, p_data, p_data, d.timeout, now() + d.timeout, p_parent, p_parent_step, d.version);
     INSERT INTO event_store.saga_steps (saga_id, step_no, name, grp, kind, action, compensation, comp_kind,
                                         complete_on, fail_on, child_type, timeout, max_attempts, backoff)
     SELECT p_id, (x ->> 'step_no')::int, x ->> 'name', (x ->> 'grp')::int, x ->> 'kind',
@@ -345,6 +346,7 @@ BEGIN
     RETURN jsonb_build_object(
         'sagaId', s.saga_id,
         'sagaType', s.saga_type,
+        'version', s.version,
         'status', s.status,
         'currentStep', cur,
         'startTime', event_store._iso8601(s.started_at),
