@@ -97,6 +97,8 @@ GRANT EXECUTE ON FUNCTION
     event_store.fail_saga_step(uuid, text, text, boolean),
     event_store.claim_saga_steps(text, int, text[], interval),
     event_store.saga_tick(),
+    event_store.retry_saga(uuid),
+    event_store.resolve_saga(uuid, text, text),
     event_store.set_stream_retention(text, bigint, interval),
     event_store.enforce_retention(),
     event_store.purge_stream(text),

@@ -1212,9 +1212,9 @@ BEGIN
         END IF;
         FOR k IN SELECT jsonb_object_keys(step) LOOP
             IF k NOT IN ('name', 'action', 'compensation', 'group', 'timeout', 'max_attempts',
-                         'backoff', 'complete_on', 'fail_on', 'saga') THEN
+                         'backoff', 'complete_on', 'fail_on', 'saga', 'pivot', 'delay', 'until') THEN
                 PERFORM event_store._saga_bad(format('unknown key "%s" in step %s', k, i),
-                    'A step has the keys name, action, compensation, group, timeout, max_attempts, backoff, complete_on, fail_on and saga.');
+                    'A step has the keys name, action, compensation, group, timeout, max_attempts, backoff, complete_on, fail_on, saga, pivot, delay and until.');
             END IF;
         END LOOP;
         nm := step ->> 'name';
@@ -1230,7 +1230,7 @@ BEGIN
                 PERFORM event_store._saga_bad(format('"%s" of step "%s" must be a non-empty string', k, nm));
             END IF;
         END LOOP;
-        FOREACH k IN ARRAY ARRAY['name', 'action', 'compensation', 'complete_on', 'fail_on', 'saga'] LOOP
+        FOREACH k IN ARRAY ARRAY['name', 'action', 'compensation', 'complete_on', 'fail_on', 'saga', 'until'] LOOP
             PERFORM event_store._check_name_length(step ->> k, format('"%s" of step %s', k, i));
         END LOOP;
         IF step ? 'group' THEN
@@ -1255,6 +1255,30 @@ BEGIN
         ELSE
             maxatt := 3;
         END IF;
+        IF step ? 'pivot' AND jsonb_typeof(step -> 'pivot') <> 'boolean' THEN
+            PERFORM event_store._saga_bad(format('"pivot" of step "%s" must be true or false', nm));
+        END IF;
+        -- a timer step: "delay" or "until", and nothing that runs or waits for an event
+        IF step ? 'delay' OR step ? 'until' THEN
+            IF step ? 'delay' AND step ? 'until' THEN
+                PERFORM event_store._saga_bad(format('timer step "%s" cannot have both "delay" and "until"', nm),
+                    'A timer step waits an interval ("delay") or until the time a key of the saga data holds ("until").');
+            END IF;
+            FOREACH k IN ARRAY ARRAY['action', 'compensation', 'complete_on', 'fail_on', 'saga'] LOOP
+                IF step ? k THEN
+                    PERFORM event_store._saga_bad(format('timer step "%s" cannot also have "%s"', nm, k),
+                        'A timer step completes by itself when it is due: it has no action, compensation, event or nested saga.');
+                END IF;
+            END LOOP;
+            IF step ? 'delay' AND jsonb_typeof(step -> 'delay') = 'null' THEN
+                PERFORM event_store._saga_bad(format('"delay" of step "%s" must be an interval string such as "30 seconds"', nm));
+            END IF;
+            PERFORM event_store._saga_interval(step -> 'delay', format('"delay" of step "%s"', nm));
+            IF step ? 'until' AND (jsonb_typeof(step -> 'until') <> 'string' OR step ->> 'until' = '') THEN
+                PERFORM event_store._saga_bad(format('"until" of step "%s" must be the name of a key of the saga data', nm),
+                    'The key holds the due time as an ISO 8601 timestamp, such as "2030-01-31T12:00:00Z".');
+            END IF;
+        END IF;
         act := CASE WHEN step ? 'action' THEN event_store._saga_function(step ->> 'action', format('action of step "%s":', nm), p_owner, p_path) END;
         comp := CASE WHEN step ? 'compensation' THEN event_store._saga_function(step ->> 'compensation', format('compensation of step "%s":', nm), p_owner, p_path) END;
         IF step ? 'saga' THEN
@@ -1271,6 +1295,8 @@ BEGIN
             kind := 'local';
         ELSIF step ? 'complete_on' OR step ? 'fail_on' THEN
             kind := 'event';
+        ELSIF step ? 'delay' OR step ? 'until' THEN
+            kind := 'timer';
         ELSE
             kind := 'external';
         END IF;
@@ -1293,7 +1319,10 @@ BEGIN
             'child_type', step ->> 'saga',
             'timeout', event_store._saga_interval(step -> 'timeout', format('"timeout" of step "%s"', nm)),
             'max_attempts', maxatt,
-            'backoff', COALESCE(event_store._saga_interval(step -> 'backoff', format('"backoff" of step "%s"', nm)), interval '1 second'));
+            'backoff', COALESCE(event_store._saga_interval(step -> 'backoff', format('"backoff" of step "%s"', nm)), interval '1 second'),
+            'pivot', COALESCE((step ->> 'pivot')::boolean, false),
+            'delay', event_store._saga_interval(step -> 'delay', format('"delay" of step "%s"', nm)),
+            'until', step ->> 'until');
     END LOOP;
 
     -- nested sagas must not lead back to this type (a saga would start itself forever)
@@ -1341,11 +1370,13 @@ BEGIN
                                    version)
     VALUES (p_id, p_type, p_data, p_data, d.timeout, now() + d.timeout, p_parent, p_parent_step, d.version);
     INSERT INTO event_store.saga_steps (saga_id, step_no, name, grp, kind, action, compensation, comp_kind,
-                                        complete_on, fail_on, child_type, timeout, max_attempts, backoff)
+                                        complete_on, fail_on, child_type, timeout, max_attempts, backoff,
+                                        pivot, delay, until_key)
     SELECT p_id, (x ->> 'step_no')::int, x ->> 'name', (x ->> 'grp')::int, x ->> 'kind',
            (x ->> 'action')::regprocedure, (x ->> 'compensation')::regprocedure, x ->> 'comp_kind',
            x ->> 'complete_on', x ->> 'fail_on', x ->> 'child_type',
-           (x ->> 'timeout')::interval, (x ->> 'max_attempts')::int, (x ->> 'backoff')::interval
+           (x ->> 'timeout')::interval, (x ->> 'max_attempts')::int, (x ->> 'backoff')::interval,
+           COALESCE((x ->> 'pivot')::boolean, false), (x ->> 'delay')::interval, x ->> 'until'
       FROM jsonb_array_elements(d.steps) x;
     PERFORM event_store._saga_event(p_id, 'SagaStarted',
         jsonb_build_object('saga_type', p_type, 'data', p_data, 'parent_saga_id', p_parent));
@@ -1385,6 +1416,366 @@ BEGIN
                      'stepType', st.name,
                      'status', st.status,
                      'timestamp', event_store._iso8601(st.updated_at),
-                     'compensationData', st.result) ORDER BY st.step_no)
+                     'compensationData', st.result,
+                     'attempts', CASE WHEN st.status IN ('compensating', 'compensated')
+                                      THEN st.comp_attempts ELSE st.attempts END,
+                     'nextAttemptAt', event_store._iso8601(st.next_attempt_at),
+                     'waitingFor', CASE WHEN st.status <> 'running' OR s.status <> 'running' THEN NULL
+                                        WHEN st.kind = 'timer' THEN event_store._iso8601(st.due_at)
+                                        WHEN st.complete_on IS NOT NULL THEN st.complete_on END)
+                     ORDER BY st.step_no)
                    FROM event_store.saga_steps st WHERE st.saga_id = s.saga_id), '[]'));
 END $$;
+
+--------------------------------------------------------------------------------
+-- Sagas for the long haul: pivot steps (forward recovery), timer steps
+-- ("delay", "until"), the operators' retry_saga and resolve_saga, and
+-- saga_problems saying why a saga needs a person
+-- (sql/install/70_sagas_tables.sql, 71_sagas_define.sql,
+-- 72_sagas_transitions.sql, 73_sagas_api.sql)
+--------------------------------------------------------------------------------
+ALTER TABLE event_store.saga_steps DROP CONSTRAINT saga_steps_kind_check;
+ALTER TABLE event_store.saga_steps ADD CONSTRAINT saga_steps_kind_check
+    CHECK (kind IN ('local', 'external', 'event', 'nested', 'timer'));
+ALTER TABLE event_store.saga_steps ADD COLUMN pivot boolean;
+UPDATE event_store.saga_steps SET pivot = false;
+ALTER TABLE event_store.saga_steps ALTER COLUMN pivot SET NOT NULL;
+ALTER TABLE event_store.saga_steps ADD COLUMN delay interval;
+ALTER TABLE event_store.saga_steps ADD COLUMN until_key text;
+ALTER TABLE event_store.saga_steps ADD COLUMN due_at timestamptz;
+-- the running timer steps by due time (saga_tick, the worker's next wake-up)
+CREATE INDEX saga_steps_due_idx ON event_store.saga_steps (due_at)
+    WHERE status = 'running' AND due_at IS NOT NULL;
+
+CREATE OR REPLACE VIEW event_store.saga_problems AS
+SELECT s.saga_id, s.saga_type, s.status, s.last_error AS saga_error,
+       st.name AS step, st.status AS step_status, st.comp_attempts, st.last_error AS step_error,
+       s.updated_at,
+       CASE WHEN s.status = 'compensation_failed' THEN 'compensation_failed'
+            ELSE 'forward_recovery_failed' END AS reason,
+       s.version, st.attempts
+  FROM event_store.sagas s
+  LEFT JOIN event_store.saga_steps st
+    ON st.saga_id = s.saga_id
+   AND st.status = CASE WHEN s.status = 'compensation_failed' THEN 'compensating' ELSE 'failed' END
+ WHERE s.status = 'compensation_failed'
+    OR (s.status = 'running'
+        AND EXISTS (SELECT 1 FROM event_store.saga_steps f
+                     WHERE f.saga_id = s.saga_id AND f.status = 'failed'));
+COMMENT ON VIEW event_store.saga_problems IS 'Sagas that need a person, and why (reason: compensation_failed, forward_recovery_failed), with the step that stopped them; settled with retry_saga or resolve_saga';
+
+CREATE OR REPLACE FUNCTION event_store._saga_past_pivot(p_saga uuid) RETURNS boolean
+    LANGUAGE sql STABLE AS $$
+    SELECT EXISTS (SELECT 1 FROM event_store.saga_steps
+                    WHERE saga_id = p_saga AND pivot AND status = 'completed')
+$$;
+CREATE OR REPLACE FUNCTION event_store._saga_fail(p_saga uuid, p_reason text) RETURNS void
+    LANGUAGE plpgsql AS $$
+DECLARE
+    st record;
+BEGIN
+    -- past its pivot a saga is never compensated: it goes on (its timeout
+    -- no longer applies; a step out of attempts waits for a person)
+    IF event_store._saga_past_pivot(p_saga) THEN
+        UPDATE event_store.sagas SET last_error = p_reason, deadline = NULL, updated_at = now()
+         WHERE saga_id = p_saga AND status = 'running';
+        RETURN;
+    END IF;
+    UPDATE event_store.sagas SET status = 'compensating', last_error = p_reason, deadline = NULL,
+           updated_at = now()
+     WHERE saga_id = p_saga AND status = 'running';
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    -- whatever is still running is cancelled (a nested saga is failed in turn)
+    FOR st IN SELECT * FROM event_store.saga_steps
+               WHERE saga_id = p_saga AND status IN ('running', 'pending') ORDER BY step_no LOOP
+        IF st.status = 'running' THEN
+            UPDATE event_store.saga_steps SET status = 'failed', last_error = 'cancelled: ' || p_reason,
+                   lease_owner = NULL, lease_expires_at = NULL, deadline = NULL, updated_at = now()
+             WHERE saga_id = p_saga AND step_no = st.step_no;
+            IF st.child_saga_id IS NOT NULL THEN
+                PERFORM event_store._saga_fail(st.child_saga_id, 'parent saga failed');
+                PERFORM event_store._saga_advance(st.child_saga_id);
+            END IF;
+        ELSE
+            UPDATE event_store.saga_steps SET next_attempt_at = NULL, updated_at = now()
+             WHERE saga_id = p_saga AND step_no = st.step_no;
+        END IF;
+    END LOOP;
+    PERFORM event_store._saga_event(p_saga, 'SagaCompensating', jsonb_build_object('reason', p_reason));
+END $$;
+CREATE OR REPLACE FUNCTION event_store._saga_step_failed(p_saga uuid, p_step text, p_error text, p_retryable boolean)
+    RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    st record;
+    retry boolean;
+    forward boolean;
+BEGIN
+    SELECT * INTO st FROM event_store.saga_steps WHERE saga_id = p_saga AND name = p_step;
+    retry := p_retryable AND st.attempts < st.max_attempts;
+    forward := NOT retry AND event_store._saga_past_pivot(p_saga);
+    -- the step lets go of its nested saga first, so that saga's end is not
+    -- reported back to this attempt
+    UPDATE event_store.saga_steps
+       SET status = CASE WHEN retry THEN 'pending' ELSE 'failed' END,
+           last_error = p_error, lease_owner = NULL, lease_expires_at = NULL, deadline = NULL,
+           child_saga_id = NULL,
+           next_attempt_at = CASE WHEN retry THEN now() + event_store._backoff(st.backoff, st.attempts) END,
+           updated_at = now()
+     WHERE saga_id = p_saga AND name = p_step;
+    PERFORM event_store._saga_event(p_saga, 'SagaStepFailed',
+        jsonb_build_object('step', p_step, 'error', p_error, 'attempt', st.attempts, 'retrying', retry));
+    -- a nested step gives up on its child saga: fail (and so compensate) it
+    IF st.child_saga_id IS NOT NULL THEN
+        PERFORM event_store._saga_fail(st.child_saga_id, format('step "%s" of the parent saga failed', p_step));
+        PERFORM event_store._saga_advance(st.child_saga_id);
+    END IF;
+    IF forward THEN
+        UPDATE event_store.sagas
+           SET last_error = format('step "%s" failed after the pivot: %s', p_step, p_error), updated_at = now()
+         WHERE saga_id = p_saga;
+        PERFORM event_store._saga_event(p_saga, 'SagaStepNeedsPerson',
+            jsonb_build_object('step', p_step, 'error', p_error, 'reason', 'forward_recovery_failed'));
+    ELSIF NOT retry THEN
+        PERFORM event_store._saga_fail(p_saga, format('step "%s" failed: %s', p_step, p_error));
+    END IF;
+END $$;
+CREATE OR REPLACE FUNCTION event_store._saga_wake_worker() RETURNS void
+    LANGUAGE c AS 'MODULE_PATHNAME', 'es_saga_wake_worker';
+CREATE OR REPLACE FUNCTION event_store._saga_timer_start(p_saga uuid, p_step int, p_data jsonb) RETURNS void
+    LANGUAGE plpgsql AS $$
+DECLARE
+    st record;
+    v jsonb;
+    due timestamptz;
+BEGIN
+    SELECT * INTO st FROM event_store.saga_steps WHERE saga_id = p_saga AND step_no = p_step;
+    IF st.delay IS NOT NULL THEN
+        due := now() + st.delay;
+    ELSE
+        v := p_data -> st.until_key;
+        IF jsonb_typeof(v) IS DISTINCT FROM 'string'
+           OR v #>> '{}' !~ '^\d{4}-\d\d-\d\d([T ]\d\d:\d\d(:\d\d(\.\d+)?)?)?(Z|[+-]\d\d(:?\d\d)?)?$' THEN
+            PERFORM event_store._saga_step_failed(p_saga, st.name,
+                format('the saga data has no ISO 8601 timestamp under "%s"', st.until_key), false);
+            RETURN;
+        END IF;
+        BEGIN
+            due := (v #>> '{}')::timestamptz;
+        EXCEPTION WHEN invalid_datetime_format OR datetime_field_overflow THEN
+            PERFORM event_store._saga_step_failed(p_saga, st.name,
+                format('the saga data has no valid ISO 8601 timestamp under "%s": %s', st.until_key, v #>> '{}'), false);
+            RETURN;
+        END;
+    END IF;
+    UPDATE event_store.saga_steps SET due_at = due WHERE saga_id = p_saga AND step_no = p_step;
+    IF due <= now() THEN
+        PERFORM event_store._saga_step_done(p_saga, st.name, NULL);
+    ELSIF due < now() + COALESCE(current_setting('event_store.naptime', true), '1s')::interval THEN
+        -- due before the worker's next round: it learns the due time at commit
+        PERFORM event_store._saga_wake_worker();
+    END IF;
+END $$;
+CREATE OR REPLACE FUNCTION event_store.saga_tick() RETURNS int
+    LANGUAGE plpgsql
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    r record;
+    n int := 0;
+BEGIN
+    PERFORM event_store._check_writable('saga_tick()');
+    FOR r IN SELECT s.saga_id FROM event_store.sagas s
+              WHERE s.status = 'running' AND s.deadline <= now() ORDER BY s.deadline LOOP
+        BEGIN
+            PERFORM event_store._saga_lock_tree(r.saga_id);
+            PERFORM 1 FROM event_store.sagas WHERE saga_id = r.saga_id AND status = 'running' AND deadline <= now();
+            CONTINUE WHEN NOT FOUND;
+            PERFORM event_store._saga_event(r.saga_id, 'SagaTimedOut', '{}');
+            PERFORM event_store._saga_fail(r.saga_id, 'saga timed out');
+            n := n + 1 + event_store._saga_advance(r.saga_id);
+        EXCEPTION WHEN OTHERS THEN
+            PERFORM event_store._saga_tick_failed(r.saga_id, SQLSTATE, SQLERRM);
+        END;
+    END LOOP;
+    FOR r IN SELECT st.saga_id, st.name, st.status, st.deadline, st.lease_expires_at
+               FROM event_store.saga_steps st
+              WHERE st.status IN ('running', 'compensating')
+                AND (st.deadline <= now() OR st.lease_expires_at <= now())
+              ORDER BY st.updated_at LOOP
+        BEGIN
+            PERFORM event_store._saga_lock_tree(r.saga_id);
+            -- re-check under the lock: the step may have completed meanwhile
+            PERFORM 1 FROM event_store.saga_steps st
+              WHERE st.saga_id = r.saga_id AND st.name = r.name AND st.status = r.status
+                AND (st.deadline <= now() OR st.lease_expires_at <= now());
+            CONTINUE WHEN NOT FOUND;
+            IF r.status = 'running' THEN
+                -- an external step nobody claimed still used up an attempt by timing out
+                UPDATE event_store.saga_steps SET attempts = attempts + 1
+                 WHERE saga_id = r.saga_id AND name = r.name AND kind = 'external' AND lease_owner IS NULL;
+                PERFORM event_store._saga_step_failed(r.saga_id, r.name,
+                    CASE WHEN r.deadline <= now() THEN 'step timed out' ELSE 'lease expired' END, true);
+            ELSE
+                PERFORM event_store._saga_comp_failed(r.saga_id, r.name, 'lease expired', true);
+            END IF;
+            n := n + 1 + event_store._saga_advance(r.saga_id);
+        EXCEPTION WHEN OTHERS THEN
+            PERFORM event_store._saga_tick_failed(r.saga_id, SQLSTATE, SQLERRM);
+        END;
+    END LOOP;
+    -- timer steps that are due complete
+    FOR r IN SELECT st.saga_id, st.name FROM event_store.saga_steps st
+              WHERE st.status = 'running' AND st.due_at <= now() ORDER BY st.due_at LOOP
+        BEGIN
+            PERFORM event_store._saga_lock_tree(r.saga_id);
+            PERFORM 1 FROM event_store.saga_steps st JOIN event_store.sagas s ON s.saga_id = st.saga_id
+              WHERE st.saga_id = r.saga_id AND st.name = r.name AND st.status = 'running'
+                AND st.due_at <= now() AND s.status = 'running';
+            CONTINUE WHEN NOT FOUND;
+            PERFORM event_store._saga_step_done(r.saga_id, r.name, NULL);
+            n := n + 1 + event_store._saga_advance(r.saga_id);
+        EXCEPTION WHEN OTHERS THEN
+            PERFORM event_store._saga_tick_failed(r.saga_id, SQLSTATE, SQLERRM);
+        END;
+    END LOOP;
+    FOR r IN SELECT DISTINCT st.saga_id FROM event_store.saga_steps st
+              WHERE st.status IN ('pending', 'compensating') AND st.next_attempt_at <= now() LOOP
+        BEGIN
+            PERFORM event_store._saga_lock_tree(r.saga_id);
+            n := n + event_store._saga_advance(r.saga_id);
+        EXCEPTION WHEN OTHERS THEN
+            PERFORM event_store._saga_tick_failed(r.saga_id, SQLSTATE, SQLERRM);
+        END;
+    END LOOP;
+    RETURN n;
+END $$;
+COMMENT ON FUNCTION event_store.saga_tick() IS
+    'Fire due saga timers (timeouts, lease expiry, retries, timer steps) and run ready local steps; the background worker calls it';
+CREATE OR REPLACE FUNCTION event_store._saga_retry(p_saga uuid, p_by text) RETURNS boolean
+    LANGUAGE plpgsql AS $$
+DECLARE
+    s record;
+    st record;
+    steps text[] := '{}';
+BEGIN
+    SELECT * INTO s FROM event_store.sagas WHERE saga_id = p_saga;
+    IF s.status = 'compensation_failed' THEN
+        FOR st IN SELECT * FROM event_store.saga_steps
+                   WHERE saga_id = p_saga AND status = 'compensating' AND lease_owner IS NULL
+                   ORDER BY step_no DESC LOOP
+            UPDATE event_store.saga_steps
+               SET comp_attempts = 0, next_attempt_at = NULL, updated_at = now()
+             WHERE saga_id = p_saga AND step_no = st.step_no;
+            IF st.comp_kind = 'nested' AND st.child_saga_id IS NOT NULL THEN
+                PERFORM event_store._saga_retry(st.child_saga_id, p_by);
+            END IF;
+            steps := steps || st.name;
+        END LOOP;
+        UPDATE event_store.sagas SET status = 'compensating', finished_at = NULL, updated_at = now()
+         WHERE saga_id = p_saga;
+        PERFORM event_store._saga_event(p_saga, 'SagaRetried',
+            jsonb_build_object('kind', 'compensation', 'steps', to_jsonb(steps), 'by', p_by));
+    ELSIF s.status = 'running'
+          AND EXISTS (SELECT 1 FROM event_store.saga_steps WHERE saga_id = p_saga AND status = 'failed') THEN
+        FOR st IN SELECT * FROM event_store.saga_steps
+                   WHERE saga_id = p_saga AND status = 'failed' ORDER BY step_no LOOP
+            UPDATE event_store.saga_steps
+               SET status = 'pending', attempts = 0, next_attempt_at = NULL, updated_at = now()
+             WHERE saga_id = p_saga AND step_no = st.step_no;
+            steps := steps || st.name;
+        END LOOP;
+        PERFORM event_store._saga_event(p_saga, 'SagaRetried',
+            jsonb_build_object('kind', 'action', 'steps', to_jsonb(steps), 'by', p_by));
+    ELSE
+        RETURN false;
+    END IF;
+    PERFORM event_store._saga_advance(p_saga);
+    RETURN true;
+END $$;
+CREATE OR REPLACE FUNCTION event_store._saga_lock_for_operator(p_saga uuid, p_what text) RETURNS event_store.sagas
+    LANGUAGE plpgsql AS $$
+DECLARE
+    s event_store.sagas;
+BEGIN
+    PERFORM event_store._check_writable(p_what);
+    IF p_saga IS NULL THEN
+        PERFORM event_store._saga_bad('saga_id must not be null', NULL, '22004');
+    END IF;
+    IF NOT event_store._saga_lock_tree(p_saga) THEN
+        PERFORM event_store._saga_bad(format('saga %s does not exist', p_saga));
+    END IF;
+    SELECT * INTO s FROM event_store.sagas WHERE saga_id = p_saga;
+    RETURN s;
+END $$;
+CREATE OR REPLACE FUNCTION event_store._retry_saga(saga_id uuid, p_by regrole) RETURNS void
+    LANGUAGE plpgsql
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    s event_store.sagas := event_store._saga_lock_for_operator(_retry_saga.saga_id, 'retry_saga()');
+BEGIN
+    IF NOT event_store._saga_retry(s.saga_id, p_by::text) THEN
+        RAISE EXCEPTION 'saga % cannot be retried: it is %', s.saga_id, s.status
+            USING ERRCODE = '55000',
+                  DETAIL = 'Nothing stopped it: no compensation ran out of attempts, and no step failed after its pivot.',
+                  HINT = 'retry_saga() retries the sagas that event_store.saga_problems lists.';
+    END IF;
+END $$;
+CREATE OR REPLACE FUNCTION event_store.retry_saga(saga_id uuid) RETURNS void
+    LANGUAGE c VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'es_retry_saga';
+COMMENT ON FUNCTION event_store.retry_saga(uuid) IS
+    'A fresh round of attempts for what stopped a saga: its compensation that failed, or its step that failed after the pivot (SagaRetried); needs the privileges of the saga''s owner';
+CREATE OR REPLACE FUNCTION event_store._resolve_saga(saga_id uuid, status text, note text, p_by regrole) RETURNS void
+    LANGUAGE plpgsql
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    s event_store.sagas;
+BEGIN
+    IF status IS NULL OR status NOT IN ('completed', 'compensated') THEN
+        PERFORM event_store._saga_bad(format('status must be "completed" or "compensated"%s',
+                                             COALESCE(', not "' || status || '"', '')),
+                                      'A person settles a saga as completed or as compensated.',
+                                      CASE WHEN status IS NULL THEN '22004' ELSE '22023' END);
+    END IF;
+    IF note IS NULL THEN
+        PERFORM event_store._saga_bad('note must not be null', 'Say what was done and why.', '22004');
+    END IF;
+    s := event_store._saga_lock_for_operator(_resolve_saga.saga_id, 'resolve_saga()');
+    IF NOT (s.status = 'compensation_failed'
+            OR (s.status = 'running'
+                AND EXISTS (SELECT 1 FROM event_store.saga_steps st
+                             WHERE st.saga_id = s.saga_id AND st.status = 'failed'))) THEN
+        RAISE EXCEPTION 'saga % cannot be resolved: it is %', s.saga_id, s.status
+            USING ERRCODE = '55000',
+                  DETAIL = 'Only a saga that needs a person (listed in event_store.saga_problems) can be resolved.',
+                  HINT = CASE WHEN s.status IN ('running', 'compensating')
+                              THEN 'The saga is still making progress by itself.'
+                              ELSE 'The saga has ended.' END;
+    END IF;
+    -- nothing of it runs any more: no attempt, lease or timer is left
+    UPDATE event_store.saga_steps st
+       SET lease_owner = NULL, lease_expires_at = NULL, deadline = NULL, next_attempt_at = NULL,
+           updated_at = now()
+     WHERE st.saga_id = s.saga_id AND st.status IN ('pending', 'running', 'compensating');
+    UPDATE event_store.sagas x
+       SET status = _resolve_saga.status, finished_at = now(), deadline = NULL, updated_at = now()
+     WHERE x.saga_id = s.saga_id;
+    PERFORM event_store._saga_event(s.saga_id, 'SagaResolved',
+        jsonb_build_object('status', status, 'note', note, 'previous_status', s.status, 'by', p_by::text));
+    IF s.parent_saga_id IS NOT NULL THEN
+        PERFORM event_store._saga_child_finished(s.parent_saga_id, s.parent_step, s.saga_id);
+    END IF;
+END $$;
+CREATE OR REPLACE FUNCTION event_store.resolve_saga(saga_id uuid, status text, note text) RETURNS void
+    LANGUAGE c VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'es_resolve_saga';
+COMMENT ON FUNCTION event_store.resolve_saga(uuid, text, text) IS
+    'A person settles a saga that needs one as completed or compensated, the note recorded in its stream (SagaResolved); needs the privileges of the saga''s owner';
+REVOKE ALL ON FUNCTION event_store._saga_past_pivot(uuid), event_store._saga_timer_start(uuid, int, jsonb),
+    event_store._saga_retry(uuid, text), event_store._saga_lock_for_operator(uuid, text),
+    event_store._retry_saga(uuid, regrole), event_store._resolve_saga(uuid, text, text, regrole),
+    event_store.retry_saga(uuid), event_store.resolve_saga(uuid, text, text),
+    event_store._saga_wake_worker()
+  FROM PUBLIC;

@@ -34,6 +34,7 @@
 #include "utils/resowner.h"
 #include "utils/uuid.h"
 
+#include "activity.h"
 #include "api.h"
 #include "append.h"
 #include "callback.h"
@@ -44,6 +45,7 @@
 PG_FUNCTION_INFO_V1(es_saga_advance);
 PG_FUNCTION_INFO_V1(es_saga_step_done);
 PG_FUNCTION_INFO_V1(es_saga_event);
+PG_FUNCTION_INFO_V1(es_saga_wake_worker);
 
 /* ------------------------------------------------------------------------
  * The statements of the step loop, prepared once and kept
@@ -72,6 +74,7 @@ typedef enum EsSagaStmtId
 	CALL_SAGA_START,
 	CALL_COMPENSATE_CHILD,
 	CALL_CHILD_FINISHED,
+	CALL_TIMER_START,
 	SAGA_NSTMTS
 } EsSagaStmtId;
 
@@ -186,6 +189,9 @@ static EsSagaStmt saga_stmts[SAGA_NSTMTS] = {
 	[CALL_CHILD_FINISHED] = {
 		"SELECT event_store._saga_child_finished($1, $2, $3)",
 	3, {UUIDOID, TEXTOID, UUIDOID}},
+	[CALL_TIMER_START] = {
+		"SELECT event_store._saga_timer_start($1, $2, $3)",
+	3, {UUIDOID, INT4OID, JSONBOID}},
 };
 
 /*
@@ -671,6 +677,14 @@ es_saga_run_group(pg_uuid_t *saga_id, EsSagaRow *s, int32 g)
 			values[4] = CStringGetTextDatum(st.name);
 			(void) es_saga_exec(CALL_SAGA_START, values, isnull);
 		}
+		else if (strcmp(st.kind, "timer") == 0)
+		{
+			/* due at once, it completes now; otherwise saga_tick completes it */
+			Datum		values[3] = {key[0], key[1], data ? JsonbPGetDatum(data) : (Datum) 0};
+			bool		isnull[3] = {false, false, data == NULL};
+
+			(void) es_saga_exec(CALL_TIMER_START, values, isnull);
+		}
 		/* external steps wait to be claimed, event-driven ones for their event */
 	}
 	return n;
@@ -836,4 +850,16 @@ es_saga_advance(PG_FUNCTION_ARGS)
 	n = es_saga_advance_loop(PG_GETARG_UUID_P(0));
 	EsSpiFinish(&sw);
 	PG_RETURN_INT32(n);
+}
+
+/*
+ * SQL: event_store._saga_wake_worker() -- a timer step is due before the
+ * worker's next round: wake it when the transaction commits, to learn the
+ * due time (the worker then waits for it on its latch's timeout)
+ */
+Datum
+es_saga_wake_worker(PG_FUNCTION_ARGS)
+{
+	EsWakeWorker();
+	PG_RETURN_VOID();
 }

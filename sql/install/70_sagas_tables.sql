@@ -62,7 +62,7 @@ CREATE TABLE event_store.saga_steps (
     step_no          int  NOT NULL,          -- 1-based position in the definition
     name             text NOT NULL,
     grp              int  NOT NULL,
-    kind             text NOT NULL CHECK (kind IN ('local', 'external', 'event', 'nested')),
+    kind             text NOT NULL CHECK (kind IN ('local', 'external', 'event', 'nested', 'timer')),
     action           regprocedure,
     compensation     regprocedure,
     comp_kind        text NOT NULL CHECK (comp_kind IN ('none', 'local', 'external', 'nested')),
@@ -84,6 +84,10 @@ CREATE TABLE event_store.saga_steps (
     lease_expires_at timestamptz,
     child_saga_id    uuid,
     updated_at       timestamptz NOT NULL DEFAULT now(),
+    pivot            boolean NOT NULL,       -- forward recovery once it completed
+    delay            interval,               -- a timer step: due this long after it started
+    until_key        text,                   -- ... or at the timestamp the saga data holds here
+    due_at           timestamptz,            -- a running timer step completes then
     PRIMARY KEY (saga_id, step_no),
     UNIQUE (saga_id, name)
 );
@@ -91,20 +95,33 @@ CREATE INDEX saga_steps_claimable_idx ON event_store.saga_steps (updated_at)
     WHERE status IN ('running', 'compensating') AND lease_owner IS NULL;
 CREATE INDEX saga_steps_timers_idx ON event_store.saga_steps (saga_id)
     WHERE status IN ('pending', 'running', 'compensating');
+-- the running timer steps by due time (saga_tick, the worker's next wake-up)
+CREATE INDEX saga_steps_due_idx ON event_store.saga_steps (due_at)
+    WHERE status = 'running' AND due_at IS NOT NULL;
 COMMENT ON TABLE event_store.saga_steps IS 'Steps of saga instances';
 SELECT pg_catalog.pg_extension_config_dump('event_store.saga_steps', '');
 REVOKE ALL ON TABLE event_store.saga_steps FROM PUBLIC;
 
--- Sagas parked for a person: compensation ran out of attempts.
+-- Sagas that need a person, and why (reason): compensation_failed (a
+-- compensation ran out of attempts; step is the one that stopped it), or
+-- forward_recovery_failed (a step of a saga past its pivot ran out of
+-- attempts; the saga stays running).  retry_saga or resolve_saga settles them.
 CREATE VIEW event_store.saga_problems AS
 SELECT s.saga_id, s.saga_type, s.status, s.last_error AS saga_error,
        st.name AS step, st.status AS step_status, st.comp_attempts, st.last_error AS step_error,
-       s.updated_at
+       s.updated_at,
+       CASE WHEN s.status = 'compensation_failed' THEN 'compensation_failed'
+            ELSE 'forward_recovery_failed' END AS reason,
+       s.version, st.attempts
   FROM event_store.sagas s
   LEFT JOIN event_store.saga_steps st
-    ON st.saga_id = s.saga_id AND st.status = 'compensating'
- WHERE s.status = 'compensation_failed';
-COMMENT ON VIEW event_store.saga_problems IS 'Sagas whose compensation failed, with the error, left for a person';
+    ON st.saga_id = s.saga_id
+   AND st.status = CASE WHEN s.status = 'compensation_failed' THEN 'compensating' ELSE 'failed' END
+ WHERE s.status = 'compensation_failed'
+    OR (s.status = 'running'
+        AND EXISTS (SELECT 1 FROM event_store.saga_steps f
+                     WHERE f.saga_id = s.saga_id AND f.status = 'failed'));
+COMMENT ON VIEW event_store.saga_problems IS 'Sagas that need a person, and why (reason: compensation_failed, forward_recovery_failed), with the step that stopped them; settled with retry_saga or resolve_saga';
 
 
 -- Saga types, one row per version: running counts the version's sagas

@@ -120,9 +120,9 @@ BEGIN
         END IF;
         FOR k IN SELECT jsonb_object_keys(step) LOOP
             IF k NOT IN ('name', 'action', 'compensation', 'group', 'timeout', 'max_attempts',
-                         'backoff', 'complete_on', 'fail_on', 'saga') THEN
+                         'backoff', 'complete_on', 'fail_on', 'saga', 'pivot', 'delay', 'until') THEN
                 PERFORM event_store._saga_bad(format('unknown key "%s" in step %s', k, i),
-                    'A step has the keys name, action, compensation, group, timeout, max_attempts, backoff, complete_on, fail_on and saga.');
+                    'A step has the keys name, action, compensation, group, timeout, max_attempts, backoff, complete_on, fail_on, saga, pivot, delay and until.');
             END IF;
         END LOOP;
         nm := step ->> 'name';
@@ -138,7 +138,7 @@ BEGIN
                 PERFORM event_store._saga_bad(format('"%s" of step "%s" must be a non-empty string', k, nm));
             END IF;
         END LOOP;
-        FOREACH k IN ARRAY ARRAY['name', 'action', 'compensation', 'complete_on', 'fail_on', 'saga'] LOOP
+        FOREACH k IN ARRAY ARRAY['name', 'action', 'compensation', 'complete_on', 'fail_on', 'saga', 'until'] LOOP
             PERFORM event_store._check_name_length(step ->> k, format('"%s" of step %s', k, i));
         END LOOP;
         IF step ? 'group' THEN
@@ -163,6 +163,30 @@ BEGIN
         ELSE
             maxatt := 3;
         END IF;
+        IF step ? 'pivot' AND jsonb_typeof(step -> 'pivot') <> 'boolean' THEN
+            PERFORM event_store._saga_bad(format('"pivot" of step "%s" must be true or false', nm));
+        END IF;
+        -- a timer step: "delay" or "until", and nothing that runs or waits for an event
+        IF step ? 'delay' OR step ? 'until' THEN
+            IF step ? 'delay' AND step ? 'until' THEN
+                PERFORM event_store._saga_bad(format('timer step "%s" cannot have both "delay" and "until"', nm),
+                    'A timer step waits an interval ("delay") or until the time a key of the saga data holds ("until").');
+            END IF;
+            FOREACH k IN ARRAY ARRAY['action', 'compensation', 'complete_on', 'fail_on', 'saga'] LOOP
+                IF step ? k THEN
+                    PERFORM event_store._saga_bad(format('timer step "%s" cannot also have "%s"', nm, k),
+                        'A timer step completes by itself when it is due: it has no action, compensation, event or nested saga.');
+                END IF;
+            END LOOP;
+            IF step ? 'delay' AND jsonb_typeof(step -> 'delay') = 'null' THEN
+                PERFORM event_store._saga_bad(format('"delay" of step "%s" must be an interval string such as "30 seconds"', nm));
+            END IF;
+            PERFORM event_store._saga_interval(step -> 'delay', format('"delay" of step "%s"', nm));
+            IF step ? 'until' AND (jsonb_typeof(step -> 'until') <> 'string' OR step ->> 'until' = '') THEN
+                PERFORM event_store._saga_bad(format('"until" of step "%s" must be the name of a key of the saga data', nm),
+                    'The key holds the due time as an ISO 8601 timestamp, such as "2030-01-31T12:00:00Z".');
+            END IF;
+        END IF;
         act := CASE WHEN step ? 'action' THEN event_store._saga_function(step ->> 'action', format('action of step "%s":', nm), p_owner, p_path) END;
         comp := CASE WHEN step ? 'compensation' THEN event_store._saga_function(step ->> 'compensation', format('compensation of step "%s":', nm), p_owner, p_path) END;
         IF step ? 'saga' THEN
@@ -179,6 +203,8 @@ BEGIN
             kind := 'local';
         ELSIF step ? 'complete_on' OR step ? 'fail_on' THEN
             kind := 'event';
+        ELSIF step ? 'delay' OR step ? 'until' THEN
+            kind := 'timer';
         ELSE
             kind := 'external';
         END IF;
@@ -201,7 +227,10 @@ BEGIN
             'child_type', step ->> 'saga',
             'timeout', event_store._saga_interval(step -> 'timeout', format('"timeout" of step "%s"', nm)),
             'max_attempts', maxatt,
-            'backoff', COALESCE(event_store._saga_interval(step -> 'backoff', format('"backoff" of step "%s"', nm)), interval '1 second'));
+            'backoff', COALESCE(event_store._saga_interval(step -> 'backoff', format('"backoff" of step "%s"', nm)), interval '1 second'),
+            'pivot', COALESCE((step ->> 'pivot')::boolean, false),
+            'delay', event_store._saga_interval(step -> 'delay', format('"delay" of step "%s"', nm)),
+            'until', step ->> 'until');
     END LOOP;
 
     -- nested sagas must not lead back to this type (a saga would start itself forever)

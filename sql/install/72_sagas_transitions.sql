@@ -24,12 +24,27 @@ CREATE FUNCTION event_store._saga_regprocedure(signature text, search_path text)
 CREATE FUNCTION event_store._saga_step_done(p_saga uuid, p_step text, p_result jsonb) RETURNS void
     LANGUAGE c AS 'MODULE_PATHNAME', 'es_saga_step_done';
 
+-- Is the saga past its pivot (a pivot step completed)?  Then it recovers
+-- forward: nothing is compensated any more.
+CREATE FUNCTION event_store._saga_past_pivot(p_saga uuid) RETURNS boolean
+    LANGUAGE sql STABLE AS $$
+    SELECT EXISTS (SELECT 1 FROM event_store.saga_steps
+                    WHERE saga_id = p_saga AND pivot AND status = 'completed')
+$$;
+
 -- The saga fails: compensate what completed
 CREATE FUNCTION event_store._saga_fail(p_saga uuid, p_reason text) RETURNS void
     LANGUAGE plpgsql AS $$
 DECLARE
     st record;
 BEGIN
+    -- past its pivot a saga is never compensated: it goes on (its timeout
+    -- no longer applies; a step out of attempts waits for a person)
+    IF event_store._saga_past_pivot(p_saga) THEN
+        UPDATE event_store.sagas SET last_error = p_reason, deadline = NULL, updated_at = now()
+         WHERE saga_id = p_saga AND status = 'running';
+        RETURN;
+    END IF;
     UPDATE event_store.sagas SET status = 'compensating', last_error = p_reason, deadline = NULL,
            updated_at = now()
      WHERE saga_id = p_saga AND status = 'running';
@@ -55,15 +70,18 @@ BEGIN
     PERFORM event_store._saga_event(p_saga, 'SagaCompensating', jsonb_build_object('reason', p_reason));
 END $$;
 
--- A step attempt failed: retry with backoff, or fail the saga
+-- A step attempt failed: retry with backoff, or fail the saga (past its
+-- pivot: leave the step failed, for a person, and the saga running)
 CREATE FUNCTION event_store._saga_step_failed(p_saga uuid, p_step text, p_error text, p_retryable boolean)
     RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     st record;
     retry boolean;
+    forward boolean;
 BEGIN
     SELECT * INTO st FROM event_store.saga_steps WHERE saga_id = p_saga AND name = p_step;
     retry := p_retryable AND st.attempts < st.max_attempts;
+    forward := NOT retry AND event_store._saga_past_pivot(p_saga);
     -- the step lets go of its nested saga first, so that saga's end is not
     -- reported back to this attempt
     UPDATE event_store.saga_steps
@@ -80,10 +98,59 @@ BEGIN
         PERFORM event_store._saga_fail(st.child_saga_id, format('step "%s" of the parent saga failed', p_step));
         PERFORM event_store._saga_advance(st.child_saga_id);
     END IF;
-    IF NOT retry THEN
+    IF forward THEN
+        UPDATE event_store.sagas
+           SET last_error = format('step "%s" failed after the pivot: %s', p_step, p_error), updated_at = now()
+         WHERE saga_id = p_saga;
+        PERFORM event_store._saga_event(p_saga, 'SagaStepNeedsPerson',
+            jsonb_build_object('step', p_step, 'error', p_error, 'reason', 'forward_recovery_failed'));
+    ELSIF NOT retry THEN
         PERFORM event_store._saga_fail(p_saga, format('step "%s" failed: %s', p_step, p_error));
     END IF;
 END $$;
+
+-- A timer step started: it is due after its delay, or at the time its
+-- saga data holds under its key (an ISO 8601 timestamp; a missing or
+-- malformed one fails the step); due already, it completes at once.
+CREATE FUNCTION event_store._saga_timer_start(p_saga uuid, p_step int, p_data jsonb) RETURNS void
+    LANGUAGE plpgsql AS $$
+DECLARE
+    st record;
+    v jsonb;
+    due timestamptz;
+BEGIN
+    SELECT * INTO st FROM event_store.saga_steps WHERE saga_id = p_saga AND step_no = p_step;
+    IF st.delay IS NOT NULL THEN
+        due := now() + st.delay;
+    ELSE
+        v := p_data -> st.until_key;
+        IF jsonb_typeof(v) IS DISTINCT FROM 'string'
+           OR v #>> '{}' !~ '^\d{4}-\d\d-\d\d([T ]\d\d:\d\d(:\d\d(\.\d+)?)?)?(Z|[+-]\d\d(:?\d\d)?)?$' THEN
+            PERFORM event_store._saga_step_failed(p_saga, st.name,
+                format('the saga data has no ISO 8601 timestamp under "%s"', st.until_key), false);
+            RETURN;
+        END IF;
+        BEGIN
+            due := (v #>> '{}')::timestamptz;
+        EXCEPTION WHEN invalid_datetime_format OR datetime_field_overflow THEN
+            PERFORM event_store._saga_step_failed(p_saga, st.name,
+                format('the saga data has no valid ISO 8601 timestamp under "%s": %s', st.until_key, v #>> '{}'), false);
+            RETURN;
+        END;
+    END IF;
+    UPDATE event_store.saga_steps SET due_at = due WHERE saga_id = p_saga AND step_no = p_step;
+    IF due <= now() THEN
+        PERFORM event_store._saga_step_done(p_saga, st.name, NULL);
+    ELSIF due < now() + COALESCE(current_setting('event_store.naptime', true), '1s')::interval THEN
+        -- due before the worker's next round: it learns the due time at commit
+        PERFORM event_store._saga_wake_worker();
+    END IF;
+END $$;
+
+-- Wake the background worker when the transaction commits (it then runs
+-- saga_tick and waits for the next due timer step)
+CREATE FUNCTION event_store._saga_wake_worker() RETURNS void
+    LANGUAGE c AS 'MODULE_PATHNAME', 'es_saga_wake_worker';
 
 -- A compensation attempt failed: retry, or park the saga for a person
 CREATE FUNCTION event_store._saga_comp_failed(p_saga uuid, p_step text, p_error text, p_retryable boolean)
