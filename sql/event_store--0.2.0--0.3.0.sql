@@ -1212,9 +1212,10 @@ BEGIN
         END IF;
         FOR k IN SELECT jsonb_object_keys(step) LOOP
             IF k NOT IN ('name', 'action', 'compensation', 'group', 'timeout', 'max_attempts',
-                         'backoff', 'complete_on', 'fail_on', 'saga', 'pivot', 'delay', 'until') THEN
+                         'backoff', 'complete_on', 'fail_on', 'saga', 'pivot', 'delay', 'until',
+                         'compensation_timeout', 'concurrency', 'concurrency_key') THEN
                 PERFORM event_store._saga_bad(format('unknown key "%s" in step %s', k, i),
-                    'A step has the keys name, action, compensation, group, timeout, max_attempts, backoff, complete_on, fail_on, saga, pivot, delay and until.');
+                    'A step has the keys name, action, compensation, group, timeout, max_attempts, backoff, complete_on, fail_on, saga, pivot, delay, until, compensation_timeout, concurrency and concurrency_key.');
             END IF;
         END LOOP;
         nm := step ->> 'name';
@@ -1230,7 +1231,8 @@ BEGIN
                 PERFORM event_store._saga_bad(format('"%s" of step "%s" must be a non-empty string', k, nm));
             END IF;
         END LOOP;
-        FOREACH k IN ARRAY ARRAY['name', 'action', 'compensation', 'complete_on', 'fail_on', 'saga', 'until'] LOOP
+        FOREACH k IN ARRAY ARRAY['name', 'action', 'compensation', 'complete_on', 'fail_on', 'saga', 'until',
+                                 'concurrency_key'] LOOP
             PERFORM event_store._check_name_length(step ->> k, format('"%s" of step %s', k, i));
         END LOOP;
         IF step ? 'group' THEN
@@ -1279,6 +1281,36 @@ BEGIN
                     'The key holds the due time as an ISO 8601 timestamp, such as "2030-01-31T12:00:00Z".');
             END IF;
         END IF;
+        IF step ? 'concurrency' THEN
+            IF jsonb_typeof(step -> 'concurrency') <> 'number'
+               OR (step ->> 'concurrency')::numeric <> floor((step ->> 'concurrency')::numeric)
+               OR (step ->> 'concurrency')::numeric < 1 OR (step ->> 'concurrency')::numeric > 2147483647 THEN
+                PERFORM event_store._saga_bad(format('"concurrency" of step "%s" must be a positive integer', nm));
+            END IF;
+        END IF;
+        IF step ? 'concurrency_key' THEN
+            IF NOT step ? 'concurrency' THEN
+                PERFORM event_store._saga_bad(format('step "%s" has "concurrency_key" but no "concurrency"', nm),
+                    '"concurrency": n limits the running instances of the step (per value of "concurrency_key").');
+            END IF;
+            IF jsonb_typeof(step -> 'concurrency_key') <> 'string' OR step ->> 'concurrency_key' = '' THEN
+                PERFORM event_store._saga_bad(format('"concurrency_key" of step "%s" must be the name of a key of the saga data', nm));
+            END IF;
+        END IF;
+        IF step ? 'compensation_timeout' THEN
+            IF jsonb_typeof(step -> 'compensation_timeout') = 'null' THEN
+                PERFORM event_store._saga_bad(format('"compensation_timeout" of step "%s" must be an interval string such as "30 seconds"', nm));
+            END IF;
+            IF event_store._saga_interval(step -> 'compensation_timeout', format('"compensation_timeout" of step "%s"', nm)) = interval '0' THEN
+                PERFORM event_store._saga_bad(format('"compensation_timeout" of step "%s" must be positive', nm));
+            END IF;
+            -- what the step's compensation is: a function, or external (a step without action, event or saga)
+            IF NOT (step ? 'compensation' OR NOT (step ? 'action' OR step ? 'complete_on' OR step ? 'fail_on'
+                                                 OR step ? 'saga' OR step ? 'delay' OR step ? 'until')) THEN
+                PERFORM event_store._saga_bad(format('step "%s" has "compensation_timeout" but no compensation to time', nm),
+                    'A compensation timeout applies to a step''s "compensation" function, or to the external compensation of a step without "action".');
+            END IF;
+        END IF;
         act := CASE WHEN step ? 'action' THEN event_store._saga_function(step ->> 'action', format('action of step "%s":', nm), p_owner, p_path) END;
         comp := CASE WHEN step ? 'compensation' THEN event_store._saga_function(step ->> 'compensation', format('compensation of step "%s":', nm), p_owner, p_path) END;
         IF step ? 'saga' THEN
@@ -1322,7 +1354,11 @@ BEGIN
             'backoff', COALESCE(event_store._saga_interval(step -> 'backoff', format('"backoff" of step "%s"', nm)), interval '1 second'),
             'pivot', COALESCE((step ->> 'pivot')::boolean, false),
             'delay', event_store._saga_interval(step -> 'delay', format('"delay" of step "%s"', nm)),
-            'until', step ->> 'until');
+            'until', step ->> 'until',
+            'compensation_timeout', event_store._saga_interval(step -> 'compensation_timeout',
+                                                               format('"compensation_timeout" of step "%s"', nm)),
+            'concurrency', (step ->> 'concurrency')::numeric::int,
+            'concurrency_key', step ->> 'concurrency_key');
     END LOOP;
 
     -- nested sagas must not lead back to this type (a saga would start itself forever)
@@ -1371,12 +1407,15 @@ BEGIN
     VALUES (p_id, p_type, p_data, p_data, d.timeout, now() + d.timeout, p_parent, p_parent_step, d.version);
     INSERT INTO event_store.saga_steps (saga_id, step_no, name, grp, kind, action, compensation, comp_kind,
                                         complete_on, fail_on, child_type, timeout, max_attempts, backoff,
-                                        pivot, delay, until_key)
+                                        pivot, delay, until_key, comp_timeout, concurrency, concurrency_key,
+                                        slot_wait)
     SELECT p_id, (x ->> 'step_no')::int, x ->> 'name', (x ->> 'grp')::int, x ->> 'kind',
            (x ->> 'action')::regprocedure, (x ->> 'compensation')::regprocedure, x ->> 'comp_kind',
            x ->> 'complete_on', x ->> 'fail_on', x ->> 'child_type',
            (x ->> 'timeout')::interval, (x ->> 'max_attempts')::int, (x ->> 'backoff')::interval,
-           COALESCE((x ->> 'pivot')::boolean, false), (x ->> 'delay')::interval, x ->> 'until'
+           COALESCE((x ->> 'pivot')::boolean, false), (x ->> 'delay')::interval, x ->> 'until',
+           (x ->> 'compensation_timeout')::interval, (x ->> 'concurrency')::int, x ->> 'concurrency_key',
+           false
       FROM jsonb_array_elements(d.steps) x;
     PERFORM event_store._saga_event(p_id, 'SagaStarted',
         jsonb_build_object('saga_type', p_type, 'data', p_data, 'parent_saga_id', p_parent));
@@ -1420,7 +1459,9 @@ BEGIN
                      'attempts', CASE WHEN st.status IN ('compensating', 'compensated')
                                       THEN st.comp_attempts ELSE st.attempts END,
                      'nextAttemptAt', event_store._iso8601(st.next_attempt_at),
-                     'waitingFor', CASE WHEN st.status <> 'running' OR s.status <> 'running' THEN NULL
+                     'waitingFor', CASE WHEN st.status = 'pending' AND st.slot_wait AND s.status = 'running'
+                                        THEN 'concurrency slot'
+                                        WHEN st.status <> 'running' OR s.status <> 'running' THEN NULL
                                         WHEN st.kind = 'timer' THEN event_store._iso8601(st.due_at)
                                         WHEN st.complete_on IS NOT NULL THEN st.complete_on END)
                      ORDER BY st.step_no)
@@ -1499,7 +1540,7 @@ BEGIN
                 PERFORM event_store._saga_advance(st.child_saga_id);
             END IF;
         ELSE
-            UPDATE event_store.saga_steps SET next_attempt_at = NULL, updated_at = now()
+            UPDATE event_store.saga_steps SET next_attempt_at = NULL, slot_wait = false, updated_at = now()
              WHERE saga_id = p_saga AND step_no = st.step_no;
         END IF;
     END LOOP;
@@ -1618,7 +1659,8 @@ BEGIN
                 PERFORM event_store._saga_step_failed(r.saga_id, r.name,
                     CASE WHEN r.deadline <= now() THEN 'step timed out' ELSE 'lease expired' END, true);
             ELSE
-                PERFORM event_store._saga_comp_failed(r.saga_id, r.name, 'lease expired', true);
+                PERFORM event_store._saga_comp_failed(r.saga_id, r.name,
+                    CASE WHEN r.deadline <= now() THEN 'compensation timed out' ELSE 'lease expired' END, true);
             END IF;
             n := n + 1 + event_store._saga_advance(r.saga_id);
         EXCEPTION WHEN OTHERS THEN
@@ -1641,7 +1683,8 @@ BEGIN
         END;
     END LOOP;
     FOR r IN SELECT DISTINCT st.saga_id FROM event_store.saga_steps st
-              WHERE st.status IN ('pending', 'compensating') AND st.next_attempt_at <= now() LOOP
+              WHERE (st.status IN ('pending', 'compensating') AND st.next_attempt_at <= now())
+                 OR (st.status = 'pending' AND st.slot_wait) LOOP
         BEGIN
             PERFORM event_store._saga_lock_tree(r.saga_id);
             n := n + event_store._saga_advance(r.saga_id);
@@ -1758,7 +1801,7 @@ BEGIN
     -- nothing of it runs any more: no attempt, lease or timer is left
     UPDATE event_store.saga_steps st
        SET lease_owner = NULL, lease_expires_at = NULL, deadline = NULL, next_attempt_at = NULL,
-           updated_at = now()
+           slot_wait = false, updated_at = now()
      WHERE st.saga_id = s.saga_id AND st.status IN ('pending', 'running', 'compensating');
     UPDATE event_store.sagas x
        SET status = _resolve_saga.status, finished_at = now(), deadline = NULL, updated_at = now()
@@ -1779,3 +1822,169 @@ REVOKE ALL ON FUNCTION event_store._saga_past_pivot(uuid), event_store._saga_tim
     event_store.retry_saga(uuid), event_store.resolve_saga(uuid, text, text),
     event_store._saga_wake_worker()
   FROM PUBLIC;
+
+--------------------------------------------------------------------------------
+-- Sagas for the long haul: "compensation_timeout", "concurrency" and
+-- "concurrency_key" (sql/install/70_sagas_tables.sql, 71_sagas_define.sql,
+-- 72_sagas_transitions.sql, 73_sagas_api.sql)
+--------------------------------------------------------------------------------
+ALTER TABLE event_store.saga_steps ADD COLUMN comp_timeout interval;
+ALTER TABLE event_store.saga_steps ADD COLUMN concurrency int;
+ALTER TABLE event_store.saga_steps ADD COLUMN concurrency_key text;
+ALTER TABLE event_store.saga_steps ADD COLUMN slot_wait boolean;
+UPDATE event_store.saga_steps SET slot_wait = false;
+ALTER TABLE event_store.saga_steps ALTER COLUMN slot_wait SET NOT NULL;
+
+CREATE OR REPLACE FUNCTION event_store._saga_comp_failed(p_saga uuid, p_step text, p_error text, p_retryable boolean)
+    RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    st record;
+    s record;
+BEGIN
+    SELECT * INTO st FROM event_store.saga_steps WHERE saga_id = p_saga AND name = p_step;
+    IF p_retryable AND st.comp_attempts < st.max_attempts THEN
+        UPDATE event_store.saga_steps
+           SET last_error = p_error, lease_owner = NULL, lease_expires_at = NULL, deadline = NULL,
+               next_attempt_at = now() + event_store._backoff(st.backoff, st.comp_attempts),
+               updated_at = now()
+         WHERE saga_id = p_saga AND name = p_step;
+        PERFORM event_store._saga_event(p_saga, 'SagaStepCompensationFailed',
+            jsonb_build_object('step', p_step, 'error', p_error, 'attempt', st.comp_attempts, 'retrying', true));
+    ELSE
+        UPDATE event_store.saga_steps
+           SET last_error = p_error, lease_owner = NULL, lease_expires_at = NULL, next_attempt_at = NULL,
+               deadline = NULL, updated_at = now()
+         WHERE saga_id = p_saga AND name = p_step;
+        UPDATE event_store.sagas
+           SET status = 'compensation_failed', finished_at = now(), updated_at = now(),
+               last_error = format('compensation of step "%s" failed: %s', p_step, p_error)
+         WHERE saga_id = p_saga
+        RETURNING * INTO s;
+        PERFORM event_store._saga_event(p_saga, 'SagaStepCompensationFailed',
+            jsonb_build_object('step', p_step, 'error', p_error, 'attempt', st.comp_attempts, 'retrying', false));
+        PERFORM event_store._saga_event(p_saga, 'SagaCompensationFailed', jsonb_build_object('step', p_step, 'error', p_error));
+        IF s.parent_saga_id IS NOT NULL THEN
+            PERFORM event_store._saga_child_finished(s.parent_saga_id, s.parent_step, p_saga);
+        END IF;
+    END IF;
+END $$;
+CREATE OR REPLACE FUNCTION event_store._saga_lock_slot(p_slot text) RETURNS void
+    LANGUAGE c AS 'MODULE_PATHNAME', 'es_saga_lock_slot';
+CREATE OR REPLACE FUNCTION event_store._saga_take_slot(p_saga uuid, p_step int) RETURNS boolean
+    LANGUAGE plpgsql AS $$
+DECLARE
+    st record;
+    s record;
+    keyval text;
+    busy bigint;
+BEGIN
+    SELECT * INTO st FROM event_store.saga_steps WHERE saga_id = p_saga AND step_no = p_step;
+    IF st.concurrency IS NULL THEN
+        RETURN true;
+    END IF;
+    SELECT * INTO s FROM event_store.sagas WHERE saga_id = p_saga;
+    keyval := s.data ->> st.concurrency_key;
+    PERFORM event_store._saga_lock_slot(jsonb_build_array(s.saga_type, st.name, keyval)::text);
+    SELECT count(*) INTO busy
+      FROM event_store.saga_steps x JOIN event_store.sagas y ON y.saga_id = x.saga_id
+     WHERE x.name = st.name AND x.status = 'running' AND y.saga_type = s.saga_type
+       AND x.saga_id <> p_saga
+       AND (st.concurrency_key IS NULL OR (y.data ->> st.concurrency_key) IS NOT DISTINCT FROM keyval);
+    IF busy >= st.concurrency THEN
+        IF NOT st.slot_wait THEN
+            UPDATE event_store.saga_steps SET slot_wait = true, updated_at = now()
+             WHERE saga_id = p_saga AND step_no = p_step;
+        END IF;
+        RETURN false;
+    END IF;
+    IF st.slot_wait THEN
+        UPDATE event_store.saga_steps SET slot_wait = false WHERE saga_id = p_saga AND step_no = p_step;
+    END IF;
+    RETURN true;
+END $$;
+CREATE OR REPLACE FUNCTION event_store.complete_saga_step(saga_id uuid, step text, result jsonb DEFAULT NULL)
+    RETURNS void LANGUAGE plpgsql
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    st event_store.saga_steps := event_store._saga_lock_step(complete_saga_step.saga_id, complete_saga_step.step);
+    sstatus text;
+BEGIN
+    PERFORM event_store._check_writable('complete_saga_step()');
+    SELECT status INTO sstatus FROM event_store.sagas s WHERE s.saga_id = st.saga_id;
+    IF st.kind = 'nested' THEN
+        RAISE EXCEPTION 'step "%" of saga % is completed by its nested saga', st.name, st.saga_id
+            USING ERRCODE = '55000',
+                  HINT = 'Complete the steps of the nested saga instead.';
+    END IF;
+    IF st.status = 'running' AND sstatus = 'running' THEN
+        PERFORM event_store._saga_step_done(st.saga_id, st.name, COALESCE(result, '{}'));
+    ELSIF st.status = 'compensating' AND st.comp_kind = 'external' AND sstatus = 'compensating' THEN
+        UPDATE event_store.saga_steps SET status = 'compensated', lease_owner = NULL, lease_expires_at = NULL,
+               deadline = NULL, updated_at = now()
+         WHERE saga_steps.saga_id = st.saga_id AND name = st.name;
+        PERFORM event_store._saga_event(st.saga_id, 'SagaStepCompensated', jsonb_build_object('step', st.name));
+    ELSE
+        RAISE EXCEPTION 'step "%" of saga % cannot be completed: it is %', st.name, st.saga_id, st.status
+            USING ERRCODE = '55000',
+                  DETAIL = format('The saga is %s.', sstatus),
+                  HINT = 'Only a running step (or a step whose external compensation is running) can be completed.';
+    END IF;
+    PERFORM event_store._saga_advance(st.saga_id);
+END $$;
+CREATE OR REPLACE FUNCTION event_store.claim_saga_steps(worker text, max_count int DEFAULT 10, step_names text[] DEFAULT NULL,
+                                             lease interval DEFAULT '30 seconds')
+    RETURNS TABLE(saga_id uuid, saga_type text, step text, kind text, attempt int, data jsonb)
+    LANGUAGE plpgsql
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    PERFORM event_store._check_writable('claim_saga_steps()');
+    IF worker IS NULL OR worker = '' THEN
+        PERFORM event_store._saga_bad('worker must not be null or empty', NULL,
+                                      CASE WHEN worker IS NULL THEN '22004' ELSE '22023' END);
+    END IF;
+    IF max_count IS NULL OR max_count < 0 THEN
+        PERFORM event_store._saga_bad('max_count must be a non-negative integer', NULL,
+                                      CASE WHEN max_count IS NULL THEN '22004' ELSE '22023' END);
+    END IF;
+    IF lease IS NULL OR lease <= interval '0' THEN
+        PERFORM event_store._saga_bad('lease must be a positive interval', NULL,
+                                      CASE WHEN lease IS NULL THEN '22004' ELSE '22023' END);
+    END IF;
+    IF array_ndims(step_names) > 1 THEN
+        PERFORM event_store._saga_bad('step_names must be a one-dimensional array', NULL, '2202E');
+    END IF;
+    IF array_position(step_names, NULL) IS NOT NULL THEN
+        PERFORM event_store._saga_bad('step_names must not contain nulls', NULL, '22004');
+    END IF;
+    RETURN QUERY
+    WITH c AS (
+        SELECT st.saga_id AS sid, st.step_no AS sno
+          FROM event_store.saga_steps st
+          JOIN event_store.sagas s ON s.saga_id = st.saga_id
+         WHERE st.lease_owner IS NULL
+           AND ((st.status = 'running' AND st.kind = 'external' AND s.status = 'running')
+             OR (st.status = 'compensating' AND st.comp_kind = 'external' AND s.status = 'compensating'
+                 AND (st.next_attempt_at IS NULL OR st.next_attempt_at <= now())))
+           AND (step_names IS NULL OR st.name = ANY (step_names))
+         ORDER BY st.updated_at, st.saga_id, st.step_no
+         LIMIT max_count
+           FOR UPDATE OF st SKIP LOCKED),
+    u AS (
+        UPDATE event_store.saga_steps st
+           SET lease_owner = worker, lease_expires_at = now() + lease, updated_at = now(),
+               deadline = CASE WHEN st.status = 'compensating' THEN now() + st.comp_timeout ELSE st.deadline END,
+               attempts = st.attempts + CASE WHEN st.status = 'running' THEN 1 ELSE 0 END,
+               comp_attempts = st.comp_attempts + CASE WHEN st.status = 'compensating' THEN 1 ELSE 0 END
+          FROM c
+         WHERE st.saga_id = c.sid AND st.step_no = c.sno
+        RETURNING st.*)
+    SELECT u.saga_id, s.saga_type, u.name,
+           CASE WHEN u.status = 'running' THEN 'action' ELSE 'compensation' END,
+           CASE WHEN u.status = 'running' THEN u.attempts ELSE u.comp_attempts END,
+           CASE WHEN u.status = 'running' THEN s.data ELSE u.result END
+      FROM u JOIN event_store.sagas s ON s.saga_id = u.saga_id
+     ORDER BY u.updated_at, u.saga_id, u.step_no;
+END $$;
+REVOKE ALL ON FUNCTION event_store._saga_take_slot(uuid, int), event_store._saga_lock_slot(text) FROM PUBLIC;

@@ -71,3 +71,21 @@ EsLockSagaStart(const pg_uuid_t *saga_id)
 						 ES_SAGA_LOCK_FIELD4);
 	(void) LockAcquire(&tag, ExclusiveLock, false, false);
 }
+
+/*
+ * Serialise the sagas that start a step with a concurrency limit on the
+ * same slot (the saga type, the step and its concurrency key's value):
+ * each counts the running instances under this lock, held to the end of
+ * the transaction (a lock of the extension's own, which no SQL advisory
+ * lock function can take)
+ */
+void
+EsLockSagaSlot(const char *slot, int len)
+{
+	LOCKTAG		tag;
+	uint64		h = hash_bytes_extended((const unsigned char *) slot, len, 0);
+
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) (h >> 32), (uint32) h,
+						 ES_SLOT_LOCK_FIELD4);
+	(void) LockAcquire(&tag, ExclusiveLock, false, false);
+}

@@ -32,12 +32,14 @@
 #include "utils/jsonb.h"
 #include "utils/memutils.h"
 #include "utils/resowner.h"
+#include "utils/timestamp.h"
 #include "utils/uuid.h"
 
 #include "activity.h"
 #include "api.h"
 #include "append.h"
 #include "callback.h"
+#include "locks.h"
 #include "registry.h"
 #include "roles.h"
 #include "saga.h"
@@ -46,6 +48,7 @@ PG_FUNCTION_INFO_V1(es_saga_advance);
 PG_FUNCTION_INFO_V1(es_saga_step_done);
 PG_FUNCTION_INFO_V1(es_saga_event);
 PG_FUNCTION_INFO_V1(es_saga_wake_worker);
+PG_FUNCTION_INFO_V1(es_saga_lock_slot);
 
 /* ------------------------------------------------------------------------
  * The statements of the step loop, prepared once and kept
@@ -75,6 +78,7 @@ typedef enum EsSagaStmtId
 	CALL_COMPENSATE_CHILD,
 	CALL_CHILD_FINISHED,
 	CALL_TIMER_START,
+	CALL_TAKE_SLOT,
 	SAGA_NSTMTS
 } EsSagaStmtId;
 
@@ -130,7 +134,10 @@ static EsSagaStmt saga_stmts[SAGA_NSTMTS] = {
 	2, {UUIDOID, INT4OID}},
 	[STEP_READ] = {
 		"SELECT name, status, kind, action::pg_catalog.oid, compensation::pg_catalog.oid, "
-		"comp_kind, complete_on IS NOT NULL, child_type, child_saga_id, result "
+		"comp_kind, complete_on IS NOT NULL, child_type, child_saga_id, result, "
+		"concurrency IS NOT NULL, "
+		"(pg_catalog.date_part('epoch', comp_timeout) OPERATOR(pg_catalog.*) "
+		"1000::pg_catalog.float8)::pg_catalog.int8 "
 		"FROM event_store.saga_steps WHERE saga_id" EQ "$1 AND step_no" EQ "$2",
 	2, {UUIDOID, INT4OID}},
 	[STEP_START] = {
@@ -192,6 +199,9 @@ static EsSagaStmt saga_stmts[SAGA_NSTMTS] = {
 	[CALL_TIMER_START] = {
 		"SELECT event_store._saga_timer_start($1, $2, $3)",
 	3, {UUIDOID, INT4OID, JSONBOID}},
+	[CALL_TAKE_SLOT] = {
+		"SELECT event_store._saga_take_slot($1, $2)",
+	2, {UUIDOID, INT4OID}},
 };
 
 /*
@@ -474,8 +484,9 @@ es_call_step_function(pg_uuid_t *saga_id, const char *saga_type, Oid fn, Jsonb *
  */
 static bool
 es_try_step_function(pg_uuid_t *saga_id, const char *saga_type, Oid fn,
-					 Jsonb *data, Jsonb **result, char **error)
+					 Jsonb *data, int64 timeout_ms, Jsonb **result, char **error)
 {
+	TimestampTz start = GetCurrentTimestamp();
 	MemoryContext oldcxt = CurrentMemoryContext;
 	ResourceOwner oldowner = CurrentResourceOwner;
 	int			nscopes = EsCallbackScopeDepth();
@@ -486,6 +497,14 @@ es_try_step_function(pg_uuid_t *saga_id, const char *saga_type, Oid fn,
 	PG_TRY();
 	{
 		*result = es_call_step_function(saga_id, saga_type, fn, data);
+		/* too slow: a failed attempt, and what it did is rolled back */
+		if (timeout_ms > 0 &&
+			TimestampDifferenceExceeds(start, GetCurrentTimestamp(), (int) Min(timeout_ms, PG_INT32_MAX)))
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("compensation timed out"),
+					 errdetail("It took longer than the step's compensation_timeout of " INT64_FORMAT " ms.",
+							   timeout_ms)));
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(oldcxt);
 		CurrentResourceOwner = oldowner;
@@ -542,6 +561,8 @@ typedef struct EsStepRow
 	bool		has_child;
 	pg_uuid_t	child;
 	Jsonb	   *result;
+	bool		limited;		/* has a concurrency limit */
+	int64		comp_timeout_ms;	/* 0: none */
 } EsStepRow;
 
 /* Read step step_no of the saga; false when it is not there */
@@ -569,6 +590,9 @@ es_saga_read_step(Datum *key, EsStepRow *st)
 	st->child_type = es_result_text(8);
 	st->has_child = es_result_uuid(9, &st->child);
 	st->result = es_result_jsonb(10);
+	st->limited = DatumGetBool(SPI_getbinval(tup, desc, 11, &isnull));
+	d = SPI_getbinval(tup, desc, 12, &isnull);
+	st->comp_timeout_ms = isnull ? 0 : Max(DatumGetInt64(d), 1);
 	return true;
 }
 
@@ -638,6 +662,15 @@ es_saga_run_group(pg_uuid_t *saga_id, EsSagaRow *s, int32 g)
 		status = es_saga_status(key, &data);
 		if (status != NULL && strcmp(status, "running") != 0)
 			break;
+		/* no free concurrency slot: it waits, pending, without an attempt */
+		if (st.limited)
+		{
+			bool		isnull;
+
+			(void) es_saga_exec(CALL_TAKE_SLOT, key, NULL);
+			if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
+				continue;
+		}
 		n++;
 		(void) es_saga_exec(STEP_START, key, NULL);
 
@@ -646,7 +679,7 @@ es_saga_run_group(pg_uuid_t *saga_id, EsSagaRow *s, int32 g)
 			Jsonb	   *result = NULL;
 			char	   *error = NULL;
 
-			if (!es_try_step_function(saga_id, s->saga_type, st.action, data, &result, &error))
+			if (!es_try_step_function(saga_id, s->saga_type, st.action, data, 0, &result, &error))
 			{
 				Datum		values[3] = {key[0], CStringGetTextDatum(st.name),
 				CStringGetTextDatum(error)};
@@ -738,7 +771,8 @@ es_saga_compensate_group(pg_uuid_t *saga_id, EsSagaRow *s, int32 g, bool *progre
 			char	   *error = NULL;
 
 			(void) es_saga_exec(STEP_COMP_ATTEMPT, key, NULL);
-			if (es_try_step_function(saga_id, s->saga_type, st.compensation, st.result, &result, &error))
+			if (es_try_step_function(saga_id, s->saga_type, st.compensation, st.result,
+									 st.comp_timeout_ms, &result, &error))
 			{
 				(void) es_saga_exec(STEP_COMPENSATED, key, NULL);
 				es_saga_transition(saga_id, "SagaStepCompensated", st.name, false, NULL, NULL, false, NULL);
@@ -861,5 +895,17 @@ Datum
 es_saga_wake_worker(PG_FUNCTION_ARGS)
 {
 	EsWakeWorker();
+	PG_RETURN_VOID();
+}
+
+/* SQL: event_store._saga_lock_slot(slot text) -- see EsLockSagaSlot */
+Datum
+es_saga_lock_slot(PG_FUNCTION_ARGS)
+{
+	text	   *slot;
+
+	EsRequireArg(fcinfo, 0, "slot");
+	slot = PG_GETARG_TEXT_PP(0);
+	EsLockSagaSlot(VARDATA_ANY(slot), VARSIZE_ANY_EXHDR(slot));
 	PG_RETURN_VOID();
 }

@@ -88,6 +88,10 @@ CREATE TABLE event_store.saga_steps (
     delay            interval,               -- a timer step: due this long after it started
     until_key        text,                   -- ... or at the timestamp the saga data holds here
     due_at           timestamptz,            -- a running timer step completes then
+    comp_timeout     interval,               -- a compensation attempt longer than this failed
+    concurrency      int,                    -- at most this many instances of the step run
+    concurrency_key  text,                   -- ... per value of this key of the saga data
+    slot_wait        boolean NOT NULL,       -- pending: waits for a concurrency slot
     PRIMARY KEY (saga_id, step_no),
     UNIQUE (saga_id, name)
 );

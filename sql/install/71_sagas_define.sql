@@ -120,9 +120,10 @@ BEGIN
         END IF;
         FOR k IN SELECT jsonb_object_keys(step) LOOP
             IF k NOT IN ('name', 'action', 'compensation', 'group', 'timeout', 'max_attempts',
-                         'backoff', 'complete_on', 'fail_on', 'saga', 'pivot', 'delay', 'until') THEN
+                         'backoff', 'complete_on', 'fail_on', 'saga', 'pivot', 'delay', 'until',
+                         'compensation_timeout', 'concurrency', 'concurrency_key') THEN
                 PERFORM event_store._saga_bad(format('unknown key "%s" in step %s', k, i),
-                    'A step has the keys name, action, compensation, group, timeout, max_attempts, backoff, complete_on, fail_on, saga, pivot, delay and until.');
+                    'A step has the keys name, action, compensation, group, timeout, max_attempts, backoff, complete_on, fail_on, saga, pivot, delay, until, compensation_timeout, concurrency and concurrency_key.');
             END IF;
         END LOOP;
         nm := step ->> 'name';
@@ -138,7 +139,8 @@ BEGIN
                 PERFORM event_store._saga_bad(format('"%s" of step "%s" must be a non-empty string', k, nm));
             END IF;
         END LOOP;
-        FOREACH k IN ARRAY ARRAY['name', 'action', 'compensation', 'complete_on', 'fail_on', 'saga', 'until'] LOOP
+        FOREACH k IN ARRAY ARRAY['name', 'action', 'compensation', 'complete_on', 'fail_on', 'saga', 'until',
+                                 'concurrency_key'] LOOP
             PERFORM event_store._check_name_length(step ->> k, format('"%s" of step %s', k, i));
         END LOOP;
         IF step ? 'group' THEN
@@ -187,6 +189,36 @@ BEGIN
                     'The key holds the due time as an ISO 8601 timestamp, such as "2030-01-31T12:00:00Z".');
             END IF;
         END IF;
+        IF step ? 'concurrency' THEN
+            IF jsonb_typeof(step -> 'concurrency') <> 'number'
+               OR (step ->> 'concurrency')::numeric <> floor((step ->> 'concurrency')::numeric)
+               OR (step ->> 'concurrency')::numeric < 1 OR (step ->> 'concurrency')::numeric > 2147483647 THEN
+                PERFORM event_store._saga_bad(format('"concurrency" of step "%s" must be a positive integer', nm));
+            END IF;
+        END IF;
+        IF step ? 'concurrency_key' THEN
+            IF NOT step ? 'concurrency' THEN
+                PERFORM event_store._saga_bad(format('step "%s" has "concurrency_key" but no "concurrency"', nm),
+                    '"concurrency": n limits the running instances of the step (per value of "concurrency_key").');
+            END IF;
+            IF jsonb_typeof(step -> 'concurrency_key') <> 'string' OR step ->> 'concurrency_key' = '' THEN
+                PERFORM event_store._saga_bad(format('"concurrency_key" of step "%s" must be the name of a key of the saga data', nm));
+            END IF;
+        END IF;
+        IF step ? 'compensation_timeout' THEN
+            IF jsonb_typeof(step -> 'compensation_timeout') = 'null' THEN
+                PERFORM event_store._saga_bad(format('"compensation_timeout" of step "%s" must be an interval string such as "30 seconds"', nm));
+            END IF;
+            IF event_store._saga_interval(step -> 'compensation_timeout', format('"compensation_timeout" of step "%s"', nm)) = interval '0' THEN
+                PERFORM event_store._saga_bad(format('"compensation_timeout" of step "%s" must be positive', nm));
+            END IF;
+            -- what the step's compensation is: a function, or external (a step without action, event or saga)
+            IF NOT (step ? 'compensation' OR NOT (step ? 'action' OR step ? 'complete_on' OR step ? 'fail_on'
+                                                 OR step ? 'saga' OR step ? 'delay' OR step ? 'until')) THEN
+                PERFORM event_store._saga_bad(format('step "%s" has "compensation_timeout" but no compensation to time', nm),
+                    'A compensation timeout applies to a step''s "compensation" function, or to the external compensation of a step without "action".');
+            END IF;
+        END IF;
         act := CASE WHEN step ? 'action' THEN event_store._saga_function(step ->> 'action', format('action of step "%s":', nm), p_owner, p_path) END;
         comp := CASE WHEN step ? 'compensation' THEN event_store._saga_function(step ->> 'compensation', format('compensation of step "%s":', nm), p_owner, p_path) END;
         IF step ? 'saga' THEN
@@ -230,7 +262,11 @@ BEGIN
             'backoff', COALESCE(event_store._saga_interval(step -> 'backoff', format('"backoff" of step "%s"', nm)), interval '1 second'),
             'pivot', COALESCE((step ->> 'pivot')::boolean, false),
             'delay', event_store._saga_interval(step -> 'delay', format('"delay" of step "%s"', nm)),
-            'until', step ->> 'until');
+            'until', step ->> 'until',
+            'compensation_timeout', event_store._saga_interval(step -> 'compensation_timeout',
+                                                               format('"compensation_timeout" of step "%s"', nm)),
+            'concurrency', (step ->> 'concurrency')::numeric::int,
+            'concurrency_key', step ->> 'concurrency_key');
     END LOOP;
 
     -- nested sagas must not lead back to this type (a saga would start itself forever)

@@ -63,7 +63,7 @@ BEGIN
                 PERFORM event_store._saga_advance(st.child_saga_id);
             END IF;
         ELSE
-            UPDATE event_store.saga_steps SET next_attempt_at = NULL, updated_at = now()
+            UPDATE event_store.saga_steps SET next_attempt_at = NULL, slot_wait = false, updated_at = now()
              WHERE saga_id = p_saga AND step_no = st.step_no;
         END IF;
     END LOOP;
@@ -162,7 +162,7 @@ BEGIN
     SELECT * INTO st FROM event_store.saga_steps WHERE saga_id = p_saga AND name = p_step;
     IF p_retryable AND st.comp_attempts < st.max_attempts THEN
         UPDATE event_store.saga_steps
-           SET last_error = p_error, lease_owner = NULL, lease_expires_at = NULL,
+           SET last_error = p_error, lease_owner = NULL, lease_expires_at = NULL, deadline = NULL,
                next_attempt_at = now() + event_store._backoff(st.backoff, st.comp_attempts),
                updated_at = now()
          WHERE saga_id = p_saga AND name = p_step;
@@ -171,7 +171,7 @@ BEGIN
     ELSE
         UPDATE event_store.saga_steps
            SET last_error = p_error, lease_owner = NULL, lease_expires_at = NULL, next_attempt_at = NULL,
-               updated_at = now()
+               deadline = NULL, updated_at = now()
          WHERE saga_id = p_saga AND name = p_step;
         UPDATE event_store.sagas
            SET status = 'compensation_failed', finished_at = now(), updated_at = now(),
@@ -252,4 +252,48 @@ BEGIN
         PERFORM 1 FROM event_store.sagas WHERE saga_id = id FOR UPDATE;
     END LOOP;
     RETURN EXISTS (SELECT 1 FROM event_store.sagas WHERE saga_id = p_saga);
+END $$;
+
+-- A lock of the extension's own (out of reach of the SQL advisory-lock
+-- functions) on a concurrency slot name, held to the end of the transaction
+CREATE FUNCTION event_store._saga_lock_slot(p_slot text) RETURNS void
+    LANGUAGE c AS 'MODULE_PATHNAME', 'es_saga_lock_slot';
+
+-- May the step start, under its "concurrency"?  At most that many
+-- instances of the step (of the saga type, per value of its
+-- "concurrency_key" in the saga data) run at once; the slot's lock
+-- serialises the check with the other sagas' starts until commit.  A step
+-- that must wait stays pending, marked slot_wait, without an attempt:
+-- saga_tick tries it again.
+CREATE FUNCTION event_store._saga_take_slot(p_saga uuid, p_step int) RETURNS boolean
+    LANGUAGE plpgsql AS $$
+DECLARE
+    st record;
+    s record;
+    keyval text;
+    busy bigint;
+BEGIN
+    SELECT * INTO st FROM event_store.saga_steps WHERE saga_id = p_saga AND step_no = p_step;
+    IF st.concurrency IS NULL THEN
+        RETURN true;
+    END IF;
+    SELECT * INTO s FROM event_store.sagas WHERE saga_id = p_saga;
+    keyval := s.data ->> st.concurrency_key;
+    PERFORM event_store._saga_lock_slot(jsonb_build_array(s.saga_type, st.name, keyval)::text);
+    SELECT count(*) INTO busy
+      FROM event_store.saga_steps x JOIN event_store.sagas y ON y.saga_id = x.saga_id
+     WHERE x.name = st.name AND x.status = 'running' AND y.saga_type = s.saga_type
+       AND x.saga_id <> p_saga
+       AND (st.concurrency_key IS NULL OR (y.data ->> st.concurrency_key) IS NOT DISTINCT FROM keyval);
+    IF busy >= st.concurrency THEN
+        IF NOT st.slot_wait THEN
+            UPDATE event_store.saga_steps SET slot_wait = true, updated_at = now()
+             WHERE saga_id = p_saga AND step_no = p_step;
+        END IF;
+        RETURN false;
+    END IF;
+    IF st.slot_wait THEN
+        UPDATE event_store.saga_steps SET slot_wait = false WHERE saga_id = p_saga AND step_no = p_step;
+    END IF;
+    RETURN true;
 END $$;

@@ -14,12 +14,15 @@ BEGIN
     VALUES (p_id, p_type, p_data, p_data, d.timeout, now() + d.timeout, p_parent, p_parent_step, d.version);
     INSERT INTO event_store.saga_steps (saga_id, step_no, name, grp, kind, action, compensation, comp_kind,
                                         complete_on, fail_on, child_type, timeout, max_attempts, backoff,
-                                        pivot, delay, until_key)
+                                        pivot, delay, until_key, comp_timeout, concurrency, concurrency_key,
+                                        slot_wait)
     SELECT p_id, (x ->> 'step_no')::int, x ->> 'name', (x ->> 'grp')::int, x ->> 'kind',
            (x ->> 'action')::regprocedure, (x ->> 'compensation')::regprocedure, x ->> 'comp_kind',
            x ->> 'complete_on', x ->> 'fail_on', x ->> 'child_type',
            (x ->> 'timeout')::interval, (x ->> 'max_attempts')::int, (x ->> 'backoff')::interval,
-           COALESCE((x ->> 'pivot')::boolean, false), (x ->> 'delay')::interval, x ->> 'until'
+           COALESCE((x ->> 'pivot')::boolean, false), (x ->> 'delay')::interval, x ->> 'until',
+           (x ->> 'compensation_timeout')::interval, (x ->> 'concurrency')::int, x ->> 'concurrency_key',
+           false
       FROM jsonb_array_elements(d.steps) x;
     PERFORM event_store._saga_event(p_id, 'SagaStarted',
         jsonb_build_object('saga_type', p_type, 'data', p_data, 'parent_saga_id', p_parent));
@@ -113,7 +116,7 @@ BEGIN
         PERFORM event_store._saga_step_done(st.saga_id, st.name, COALESCE(result, '{}'));
     ELSIF st.status = 'compensating' AND st.comp_kind = 'external' AND sstatus = 'compensating' THEN
         UPDATE event_store.saga_steps SET status = 'compensated', lease_owner = NULL, lease_expires_at = NULL,
-               updated_at = now()
+               deadline = NULL, updated_at = now()
          WHERE saga_steps.saga_id = st.saga_id AND name = st.name;
         PERFORM event_store._saga_event(st.saga_id, 'SagaStepCompensated', jsonb_build_object('step', st.name));
     ELSE
@@ -200,6 +203,7 @@ BEGIN
     u AS (
         UPDATE event_store.saga_steps st
            SET lease_owner = worker, lease_expires_at = now() + lease, updated_at = now(),
+               deadline = CASE WHEN st.status = 'compensating' THEN now() + st.comp_timeout ELSE st.deadline END,
                attempts = st.attempts + CASE WHEN st.status = 'running' THEN 1 ELSE 0 END,
                comp_attempts = st.comp_attempts + CASE WHEN st.status = 'compensating' THEN 1 ELSE 0 END
           FROM c
@@ -270,7 +274,8 @@ BEGIN
                 PERFORM event_store._saga_step_failed(r.saga_id, r.name,
                     CASE WHEN r.deadline <= now() THEN 'step timed out' ELSE 'lease expired' END, true);
             ELSE
-                PERFORM event_store._saga_comp_failed(r.saga_id, r.name, 'lease expired', true);
+                PERFORM event_store._saga_comp_failed(r.saga_id, r.name,
+                    CASE WHEN r.deadline <= now() THEN 'compensation timed out' ELSE 'lease expired' END, true);
             END IF;
             n := n + 1 + event_store._saga_advance(r.saga_id);
         EXCEPTION WHEN OTHERS THEN
@@ -293,7 +298,8 @@ BEGIN
         END;
     END LOOP;
     FOR r IN SELECT DISTINCT st.saga_id FROM event_store.saga_steps st
-              WHERE st.status IN ('pending', 'compensating') AND st.next_attempt_at <= now() LOOP
+              WHERE (st.status IN ('pending', 'compensating') AND st.next_attempt_at <= now())
+                 OR (st.status = 'pending' AND st.slot_wait) LOOP
         BEGIN
             PERFORM event_store._saga_lock_tree(r.saga_id);
             n := n + event_store._saga_advance(r.saga_id);
@@ -376,7 +382,9 @@ BEGIN
                      'attempts', CASE WHEN st.status IN ('compensating', 'compensated')
                                       THEN st.comp_attempts ELSE st.attempts END,
                      'nextAttemptAt', event_store._iso8601(st.next_attempt_at),
-                     'waitingFor', CASE WHEN st.status <> 'running' OR s.status <> 'running' THEN NULL
+                     'waitingFor', CASE WHEN st.status = 'pending' AND st.slot_wait AND s.status = 'running'
+                                        THEN 'concurrency slot'
+                                        WHEN st.status <> 'running' OR s.status <> 'running' THEN NULL
                                         WHEN st.kind = 'timer' THEN event_store._iso8601(st.due_at)
                                         WHEN st.complete_on IS NOT NULL THEN st.complete_on END)
                      ORDER BY st.step_no)
@@ -506,7 +514,7 @@ BEGIN
     -- nothing of it runs any more: no attempt, lease or timer is left
     UPDATE event_store.saga_steps st
        SET lease_owner = NULL, lease_expires_at = NULL, deadline = NULL, next_attempt_at = NULL,
-           updated_at = now()
+           slot_wait = false, updated_at = now()
      WHERE st.saga_id = s.saga_id AND st.status IN ('pending', 'running', 'compensating');
     UPDATE event_store.sagas x
        SET status = _resolve_saga.status, finished_at = now(), deadline = NULL, updated_at = now()
@@ -534,6 +542,7 @@ REVOKE ALL ON FUNCTION event_store._saga_bad(text, text, text), event_store._sag
     event_store._saga_state(uuid), event_store._saga_past_pivot(uuid),
     event_store._saga_timer_start(uuid, int, jsonb), event_store._saga_retry(uuid, text),
     event_store._saga_lock_for_operator(uuid, text), event_store._retry_saga(uuid, regrole),
-    event_store._resolve_saga(uuid, text, text, regrole), event_store._saga_wake_worker()
+    event_store._resolve_saga(uuid, text, text, regrole), event_store._saga_wake_worker(),
+    event_store._saga_take_slot(uuid, int), event_store._saga_lock_slot(text)
   FROM PUBLIC;
 
