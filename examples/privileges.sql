@@ -106,7 +106,7 @@ GRANT EXECUTE ON FUNCTION
     event_store._import_errors()
   TO event_store_operator;
 
-GRANT SELECT ON event_store.projection_status, event_store.saga_problems, event_store.saga_types, event_store.stats,
+GRANT SELECT ON event_store.projection_status, event_store.saga_problems, event_store.saga_types, event_store.saga_circuits, event_store.stats,
     event_store.subscription_status, event_store.subscription_parked,
     event_store.import_status
   TO event_store_operator;

@@ -1213,9 +1213,9 @@ BEGIN
         FOR k IN SELECT jsonb_object_keys(step) LOOP
             IF k NOT IN ('name', 'action', 'compensation', 'group', 'timeout', 'max_attempts',
                          'backoff', 'complete_on', 'fail_on', 'saga', 'pivot', 'delay', 'until',
-                         'compensation_timeout', 'concurrency', 'concurrency_key') THEN
+                         'compensation_timeout', 'concurrency', 'concurrency_key', 'circuit') THEN
                 PERFORM event_store._saga_bad(format('unknown key "%s" in step %s', k, i),
-                    'A step has the keys name, action, compensation, group, timeout, max_attempts, backoff, complete_on, fail_on, saga, pivot, delay, until, compensation_timeout, concurrency and concurrency_key.');
+                    'A step has the keys name, action, compensation, group, timeout, max_attempts, backoff, complete_on, fail_on, saga, pivot, delay, until, compensation_timeout, concurrency, concurrency_key and circuit.');
             END IF;
         END LOOP;
         nm := step ->> 'name';
@@ -1297,6 +1297,28 @@ BEGIN
                 PERFORM event_store._saga_bad(format('"concurrency_key" of step "%s" must be the name of a key of the saga data', nm));
             END IF;
         END IF;
+        IF step ? 'circuit' THEN
+            IF jsonb_typeof(step -> 'circuit') <> 'object' OR NOT (step -> 'circuit') ? 'failures'
+               OR NOT (step -> 'circuit') ? 'cooldown'
+               OR EXISTS (SELECT 1 FROM jsonb_object_keys(step -> 'circuit') ck WHERE ck NOT IN ('failures', 'cooldown')) THEN
+                PERFORM event_store._saga_bad(format('"circuit" of step "%s" must be an object {"failures": n, "cooldown": "<interval>"}', nm));
+            END IF;
+            IF jsonb_typeof(step #> '{circuit,failures}') <> 'number'
+               OR (step #>> '{circuit,failures}')::numeric <> floor((step #>> '{circuit,failures}')::numeric)
+               OR (step #>> '{circuit,failures}')::numeric < 1 OR (step #>> '{circuit,failures}')::numeric > 2147483647 THEN
+                PERFORM event_store._saga_bad(format('"failures" of the circuit of step "%s" must be a positive integer', nm));
+            END IF;
+            IF jsonb_typeof(step #> '{circuit,cooldown}') = 'null' THEN
+                PERFORM event_store._saga_bad(format('"cooldown" of the circuit of step "%s" must be an interval string such as "30 seconds"', nm));
+            END IF;
+            IF event_store._saga_interval(step #> '{circuit,cooldown}', format('"cooldown" of the circuit of step "%s"', nm)) = interval '0' THEN
+                PERFORM event_store._saga_bad(format('"cooldown" of the circuit of step "%s" must be positive', nm));
+            END IF;
+            IF step ? 'delay' OR step ? 'until' THEN
+                PERFORM event_store._saga_bad(format('timer step "%s" cannot also have "circuit"', nm),
+                    'A timer step completes by itself when it is due: it has no action, compensation, event or nested saga.');
+            END IF;
+        END IF;
         IF step ? 'compensation_timeout' THEN
             IF jsonb_typeof(step -> 'compensation_timeout') = 'null' THEN
                 PERFORM event_store._saga_bad(format('"compensation_timeout" of step "%s" must be an interval string such as "30 seconds"', nm));
@@ -1358,7 +1380,10 @@ BEGIN
             'compensation_timeout', event_store._saga_interval(step -> 'compensation_timeout',
                                                                format('"compensation_timeout" of step "%s"', nm)),
             'concurrency', (step ->> 'concurrency')::numeric::int,
-            'concurrency_key', step ->> 'concurrency_key');
+            'concurrency_key', step ->> 'concurrency_key',
+            'circuit_failures', (step #>> '{circuit,failures}')::numeric::int,
+            'circuit_cooldown', event_store._saga_interval(step #> '{circuit,cooldown}',
+                                                           format('"cooldown" of the circuit of step "%s"', nm)));
     END LOOP;
 
     -- nested sagas must not lead back to this type (a saga would start itself forever)
@@ -1408,14 +1433,14 @@ BEGIN
     INSERT INTO event_store.saga_steps (saga_id, step_no, name, grp, kind, action, compensation, comp_kind,
                                         complete_on, fail_on, child_type, timeout, max_attempts, backoff,
                                         pivot, delay, until_key, comp_timeout, concurrency, concurrency_key,
-                                        slot_wait)
+                                        slot_wait, circuit_failures, circuit_cooldown, circuit_wait)
     SELECT p_id, (x ->> 'step_no')::int, x ->> 'name', (x ->> 'grp')::int, x ->> 'kind',
            (x ->> 'action')::regprocedure, (x ->> 'compensation')::regprocedure, x ->> 'comp_kind',
            x ->> 'complete_on', x ->> 'fail_on', x ->> 'child_type',
            (x ->> 'timeout')::interval, (x ->> 'max_attempts')::int, (x ->> 'backoff')::interval,
            COALESCE((x ->> 'pivot')::boolean, false), (x ->> 'delay')::interval, x ->> 'until',
            (x ->> 'compensation_timeout')::interval, (x ->> 'concurrency')::int, x ->> 'concurrency_key',
-           false
+           false, (x ->> 'circuit_failures')::int, (x ->> 'circuit_cooldown')::interval, false
       FROM jsonb_array_elements(d.steps) x;
     PERFORM event_store._saga_event(p_id, 'SagaStarted',
         jsonb_build_object('saga_type', p_type, 'data', p_data, 'parent_saga_id', p_parent));
@@ -1459,11 +1484,20 @@ BEGIN
                      'attempts', CASE WHEN st.status IN ('compensating', 'compensated')
                                       THEN st.comp_attempts ELSE st.attempts END,
                      'nextAttemptAt', event_store._iso8601(st.next_attempt_at),
-                     'waitingFor', CASE WHEN st.status = 'pending' AND st.slot_wait AND s.status = 'running'
+                     'waitingFor', CASE WHEN st.status = 'pending' AND st.circuit_wait AND s.status = 'running'
+                                        THEN 'open circuit'
+                                        WHEN st.status = 'pending' AND st.slot_wait AND s.status = 'running'
                                         THEN 'concurrency slot'
                                         WHEN st.status <> 'running' OR s.status <> 'running' THEN NULL
                                         WHEN st.kind = 'timer' THEN event_store._iso8601(st.due_at)
-                                        WHEN st.complete_on IS NOT NULL THEN st.complete_on END)
+                                        WHEN st.complete_on IS NOT NULL THEN st.complete_on END,
+                     'circuit', CASE WHEN st.circuit_failures IS NOT NULL THEN
+                         (SELECT jsonb_build_object('state', COALESCE(c.state, 'closed'),
+                                                    'failures', COALESCE(c.failures, 0),
+                                                    'retryAt', event_store._iso8601(c.retry_at))
+                            FROM (SELECT 1) one
+                            LEFT JOIN event_store.saga_circuit_state c
+                              ON c.saga_type = s.saga_type AND c.step = st.name) END)
                      ORDER BY st.step_no)
                    FROM event_store.saga_steps st WHERE st.saga_id = s.saga_id), '[]'));
 END $$;
@@ -1540,7 +1574,8 @@ BEGIN
                 PERFORM event_store._saga_advance(st.child_saga_id);
             END IF;
         ELSE
-            UPDATE event_store.saga_steps SET next_attempt_at = NULL, slot_wait = false, updated_at = now()
+            UPDATE event_store.saga_steps SET next_attempt_at = NULL, slot_wait = false, circuit_wait = false,
+                   updated_at = now()
              WHERE saga_id = p_saga AND step_no = st.step_no;
         END IF;
     END LOOP;
@@ -1567,6 +1602,9 @@ BEGIN
      WHERE saga_id = p_saga AND name = p_step;
     PERFORM event_store._saga_event(p_saga, 'SagaStepFailed',
         jsonb_build_object('step', p_step, 'error', p_error, 'attempt', st.attempts, 'retrying', retry));
+    IF st.circuit_failures IS NOT NULL THEN
+        PERFORM event_store._saga_circuit_result(p_saga, p_step, false);
+    END IF;
     -- a nested step gives up on its child saga: fail (and so compensate) it
     IF st.child_saga_id IS NOT NULL THEN
         PERFORM event_store._saga_fail(st.child_saga_id, format('step "%s" of the parent saga failed', p_step));
@@ -1684,7 +1722,7 @@ BEGIN
     END LOOP;
     FOR r IN SELECT DISTINCT st.saga_id FROM event_store.saga_steps st
               WHERE (st.status IN ('pending', 'compensating') AND st.next_attempt_at <= now())
-                 OR (st.status = 'pending' AND st.slot_wait) LOOP
+                 OR (st.status = 'pending' AND (st.slot_wait OR st.circuit_wait)) LOOP
         BEGIN
             PERFORM event_store._saga_lock_tree(r.saga_id);
             n := n + event_store._saga_advance(r.saga_id);
@@ -1801,7 +1839,7 @@ BEGIN
     -- nothing of it runs any more: no attempt, lease or timer is left
     UPDATE event_store.saga_steps st
        SET lease_owner = NULL, lease_expires_at = NULL, deadline = NULL, next_attempt_at = NULL,
-           slot_wait = false, updated_at = now()
+           slot_wait = false, circuit_wait = false, updated_at = now()
      WHERE st.saga_id = s.saga_id AND st.status IN ('pending', 'running', 'compensating');
     UPDATE event_store.sagas x
        SET status = _resolve_saga.status, finished_at = now(), deadline = NULL, updated_at = now()
@@ -1958,13 +1996,30 @@ BEGIN
     IF array_position(step_names, NULL) IS NOT NULL THEN
         PERFORM event_store._saga_bad('step_names must not contain nulls', NULL, '22004');
     END IF;
+    -- an open circuit whose cooldown passed: half-open, its trial the
+    -- instance that waits longest to be handed out
+    UPDATE event_store.saga_circuit_state x
+       SET state = 'half_open', updated_at = now(),
+           trial_saga = (SELECT st.saga_id FROM event_store.saga_steps st
+                           JOIN event_store.sagas s ON s.saga_id = st.saga_id
+                          WHERE s.saga_type = x.saga_type AND st.name = x.step AND s.status = 'running'
+                            AND st.status = 'running' AND st.kind = 'external' AND st.lease_owner IS NULL
+                          ORDER BY st.updated_at LIMIT 1)
+     WHERE x.state = 'open' AND x.retry_at <= now()
+       AND EXISTS (SELECT 1 FROM event_store.saga_steps st JOIN event_store.sagas s ON s.saga_id = st.saga_id
+                    WHERE s.saga_type = x.saga_type AND st.name = x.step AND s.status = 'running'
+                      AND st.status = 'running' AND st.kind = 'external' AND st.lease_owner IS NULL);
     RETURN QUERY
     WITH c AS (
         SELECT st.saga_id AS sid, st.step_no AS sno
           FROM event_store.saga_steps st
           JOIN event_store.sagas s ON s.saga_id = st.saga_id
          WHERE st.lease_owner IS NULL
-           AND ((st.status = 'running' AND st.kind = 'external' AND s.status = 'running')
+           AND ((st.status = 'running' AND st.kind = 'external' AND s.status = 'running'
+                 AND (st.circuit_failures IS NULL
+                      OR NOT EXISTS (SELECT 1 FROM event_store.saga_circuit_state c
+                                      WHERE c.saga_type = s.saga_type AND c.step = st.name
+                                        AND c.state <> 'closed' AND c.trial_saga IS DISTINCT FROM st.saga_id)))
              OR (st.status = 'compensating' AND st.comp_kind = 'external' AND s.status = 'compensating'
                  AND (st.next_attempt_at IS NULL OR st.next_attempt_at <= now())))
            AND (step_names IS NULL OR st.name = ANY (step_names))
@@ -1988,3 +2043,118 @@ BEGIN
      ORDER BY u.updated_at, u.saga_id, u.step_no;
 END $$;
 REVOKE ALL ON FUNCTION event_store._saga_take_slot(uuid, int), event_store._saga_lock_slot(text) FROM PUBLIC;
+
+--------------------------------------------------------------------------------
+-- Sagas for the long haul: circuit breakers ("circuit"), the table
+-- saga_circuit_state and the view saga_circuits
+-- (sql/install/70_sagas_tables.sql, 72_sagas_transitions.sql)
+--------------------------------------------------------------------------------
+ALTER TABLE event_store.saga_steps ADD COLUMN circuit_failures int;
+ALTER TABLE event_store.saga_steps ADD COLUMN circuit_cooldown interval;
+ALTER TABLE event_store.saga_steps ADD COLUMN circuit_wait boolean;
+UPDATE event_store.saga_steps SET circuit_wait = false;
+ALTER TABLE event_store.saga_steps ALTER COLUMN circuit_wait SET NOT NULL;
+CREATE TABLE event_store.saga_circuit_state (
+    saga_type  text NOT NULL,
+    step       text NOT NULL,
+    state      text NOT NULL CHECK (state IN ('closed', 'open', 'half_open')),
+    failures   int  NOT NULL,
+    opened_at  timestamptz,
+    retry_at   timestamptz,
+    trial_saga uuid,
+    updated_at timestamptz NOT NULL,
+    PRIMARY KEY (saga_type, step)
+);
+COMMENT ON TABLE event_store.saga_circuit_state IS 'Circuit breakers of saga steps; see the view saga_circuits';
+SELECT pg_catalog.pg_extension_config_dump('event_store.saga_circuit_state', '');
+REVOKE ALL ON TABLE event_store.saga_circuit_state FROM PUBLIC;
+CREATE VIEW event_store.saga_circuits AS
+SELECT c.saga_type, c.step, c.state, c.failures, c.opened_at, c.retry_at, c.trial_saga,
+       (SELECT count(*) FROM event_store.saga_steps st JOIN event_store.sagas s ON s.saga_id = st.saga_id
+         WHERE s.saga_type = c.saga_type AND st.name = c.step AND st.circuit_wait) AS waiting
+  FROM event_store.saga_circuit_state c
+ WHERE c.state <> 'closed';
+COMMENT ON VIEW event_store.saga_circuits IS 'Open and half-open circuit breakers of saga steps, with how many instances wait for them';
+REVOKE ALL ON TABLE event_store.saga_circuits FROM PUBLIC;
+CREATE OR REPLACE FUNCTION event_store._saga_circuit_result(p_saga uuid, p_step text, p_ok boolean) RETURNS void
+    LANGUAGE plpgsql AS $$
+DECLARE
+    st record;
+    s record;
+    c record;
+BEGIN
+    SELECT * INTO st FROM event_store.saga_steps WHERE saga_id = p_saga AND name = p_step;
+    IF st.circuit_failures IS NULL THEN
+        RETURN;
+    END IF;
+    SELECT saga_type INTO s FROM event_store.sagas WHERE saga_id = p_saga;
+    INSERT INTO event_store.saga_circuit_state AS x (saga_type, step, state, failures, updated_at)
+    VALUES (s.saga_type, p_step, 'closed', 0, now())
+    ON CONFLICT (saga_type, step) DO NOTHING;
+    SELECT * INTO c FROM event_store.saga_circuit_state x
+     WHERE x.saga_type = s.saga_type AND x.step = p_step FOR UPDATE;
+    IF p_ok THEN
+        IF c.state <> 'closed' OR c.failures > 0 THEN
+            UPDATE event_store.saga_circuit_state x
+               SET state = 'closed', failures = 0, opened_at = NULL, retry_at = NULL, trial_saga = NULL,
+                   updated_at = now()
+             WHERE x.saga_type = s.saga_type AND x.step = p_step;
+            IF c.state <> 'closed' THEN
+                PERFORM event_store._saga_event(p_saga, 'SagaCircuitClosed', jsonb_build_object('step', p_step));
+            END IF;
+        END IF;
+    ELSIF c.state = 'half_open' OR (c.state = 'closed' AND c.failures + 1 >= st.circuit_failures) THEN
+        UPDATE event_store.saga_circuit_state x
+           SET state = 'open', failures = c.failures + 1, opened_at = now(),
+               retry_at = now() + st.circuit_cooldown, trial_saga = NULL, updated_at = now()
+         WHERE x.saga_type = s.saga_type AND x.step = p_step;
+        PERFORM event_store._saga_event(p_saga, 'SagaCircuitOpened',
+            jsonb_build_object('step', p_step, 'failures', c.failures + 1,
+                               'retry_at', event_store._iso8601(now() + st.circuit_cooldown)));
+    ELSE
+        UPDATE event_store.saga_circuit_state x
+           SET failures = c.failures + 1, updated_at = now()
+         WHERE x.saga_type = s.saga_type AND x.step = p_step;
+    END IF;
+END $$;
+CREATE OR REPLACE FUNCTION event_store._saga_circuit_gate(p_saga uuid, p_step int) RETURNS boolean
+    LANGUAGE plpgsql AS $$
+DECLARE
+    st record;
+    s record;
+    c record;
+    ok boolean;
+BEGIN
+    SELECT * INTO st FROM event_store.saga_steps WHERE saga_id = p_saga AND step_no = p_step;
+    SELECT saga_type INTO s FROM event_store.sagas WHERE saga_id = p_saga;
+    SELECT * INTO c FROM event_store.saga_circuit_state x WHERE x.saga_type = s.saga_type AND x.step = st.name;
+    IF FOUND AND c.state <> 'closed' THEN
+        SELECT * INTO c FROM event_store.saga_circuit_state x
+         WHERE x.saga_type = s.saga_type AND x.step = st.name FOR UPDATE;
+    END IF;
+    IF NOT FOUND OR c.state = 'closed' THEN
+        ok := true;
+    ELSIF c.state = 'open' AND c.retry_at <= now() THEN
+        UPDATE event_store.saga_circuit_state x SET state = 'half_open', trial_saga = p_saga, updated_at = now()
+         WHERE x.saga_type = s.saga_type AND x.step = st.name;
+        PERFORM event_store._saga_event(p_saga, 'SagaCircuitHalfOpen', jsonb_build_object('step', st.name));
+        ok := true;
+    ELSIF c.state = 'half_open' AND c.trial_saga IS DISTINCT FROM p_saga
+          AND NOT EXISTS (SELECT 1 FROM event_store.saga_steps t JOIN event_store.sagas ts ON ts.saga_id = t.saga_id
+                           WHERE t.saga_id = c.trial_saga AND t.name = st.name
+                             AND t.status IN ('pending', 'running') AND ts.status = 'running') THEN
+        -- the trial's saga gave up its step (it failed for another reason, or
+        -- was settled by a person): this instance is the trial now
+        UPDATE event_store.saga_circuit_state x SET trial_saga = p_saga, updated_at = now()
+         WHERE x.saga_type = s.saga_type AND x.step = st.name;
+        ok := true;
+    ELSE
+        ok := c.state = 'half_open' AND c.trial_saga = p_saga;
+    END IF;
+    IF st.circuit_wait IS DISTINCT FROM NOT ok THEN
+        UPDATE event_store.saga_steps SET circuit_wait = NOT ok WHERE saga_id = p_saga AND step_no = p_step;
+    END IF;
+    RETURN ok;
+END $$;
+REVOKE ALL ON FUNCTION event_store._saga_circuit_result(uuid, text, boolean), event_store._saga_circuit_gate(uuid, int)
+  FROM PUBLIC;

@@ -79,6 +79,8 @@ typedef enum EsSagaStmtId
 	CALL_CHILD_FINISHED,
 	CALL_TIMER_START,
 	CALL_TAKE_SLOT,
+	CALL_CIRCUIT_GATE,
+	CALL_CIRCUIT_OK,
 	SAGA_NSTMTS
 } EsSagaStmtId;
 
@@ -135,7 +137,7 @@ static EsSagaStmt saga_stmts[SAGA_NSTMTS] = {
 	[STEP_READ] = {
 		"SELECT name, status, kind, action::pg_catalog.oid, compensation::pg_catalog.oid, "
 		"comp_kind, complete_on IS NOT NULL, child_type, child_saga_id, result, "
-		"concurrency IS NOT NULL, "
+		"concurrency IS NOT NULL, circuit_failures IS NOT NULL, "
 		"(pg_catalog.date_part('epoch', comp_timeout) OPERATOR(pg_catalog.*) "
 		"1000::pg_catalog.float8)::pg_catalog.int8 "
 		"FROM event_store.saga_steps WHERE saga_id" EQ "$1 AND step_no" EQ "$2",
@@ -159,10 +161,11 @@ static EsSagaStmt saga_stmts[SAGA_NSTMTS] = {
 		"UPDATE event_store.saga_steps SET status = 'completed', result = $3, "
 		"lease_owner = NULL, lease_expires_at = NULL, deadline = NULL, "
 		"next_attempt_at = NULL, updated_at = " NOW " "
-		"WHERE saga_id" EQ "$1 AND name" EQ "$2) "
+		"WHERE saga_id" EQ "$1 AND name" EQ "$2 RETURNING circuit_failures) "
 		"UPDATE event_store.sagas SET data = CASE "
 		"WHEN pg_catalog.jsonb_typeof($3)" EQ "'object' THEN data OPERATOR(pg_catalog.||) $3 "
-		"ELSE data END, updated_at = " NOW " WHERE saga_id" EQ "$1",
+		"ELSE data END, updated_at = " NOW " WHERE saga_id" EQ "$1 "
+		"RETURNING (SELECT circuit_failures IS NOT NULL FROM step)",
 	3, {UUIDOID, TEXTOID, JSONBOID}},
 	[STEP_NEW_CHILD] = {
 		"UPDATE event_store.saga_steps SET child_saga_id = pg_catalog.gen_random_uuid() "
@@ -202,6 +205,12 @@ static EsSagaStmt saga_stmts[SAGA_NSTMTS] = {
 	[CALL_TAKE_SLOT] = {
 		"SELECT event_store._saga_take_slot($1, $2)",
 	2, {UUIDOID, INT4OID}},
+	[CALL_CIRCUIT_GATE] = {
+		"SELECT event_store._saga_circuit_gate($1, $2)",
+	2, {UUIDOID, INT4OID}},
+	[CALL_CIRCUIT_OK] = {
+		"SELECT event_store._saga_circuit_result($1, $2, true)",
+	2, {UUIDOID, TEXTOID}},
 };
 
 /*
@@ -403,7 +412,15 @@ es_complete_step(pg_uuid_t *saga_id, const char *step, Jsonb *result)
 	values[0] = UUIDPGetDatum(saga_id);
 	values[1] = CStringGetTextDatum(step);
 	values[2] = result ? JsonbPGetDatum(result) : (Datum) 0;
-	(void) es_saga_exec(STEP_DONE, values, isnull);
+	if (es_saga_exec(STEP_DONE, values, isnull) > 0)
+	{
+		bool		null_circuit;
+		Datum		circuit = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &null_circuit);
+
+		/* a success closes the step's circuit */
+		if (!null_circuit && DatumGetBool(circuit))
+			(void) es_saga_exec(CALL_CIRCUIT_OK, values, NULL);
+	}
 	es_saga_transition(saga_id, "SagaStepCompleted", step, true, result, NULL, false, NULL);
 }
 
@@ -562,6 +579,7 @@ typedef struct EsStepRow
 	pg_uuid_t	child;
 	Jsonb	   *result;
 	bool		limited;		/* has a concurrency limit */
+	bool		breaker;		/* has a circuit */
 	int64		comp_timeout_ms;	/* 0: none */
 } EsStepRow;
 
@@ -591,7 +609,8 @@ es_saga_read_step(Datum *key, EsStepRow *st)
 	st->has_child = es_result_uuid(9, &st->child);
 	st->result = es_result_jsonb(10);
 	st->limited = DatumGetBool(SPI_getbinval(tup, desc, 11, &isnull));
-	d = SPI_getbinval(tup, desc, 12, &isnull);
+	st->breaker = DatumGetBool(SPI_getbinval(tup, desc, 12, &isnull));
+	d = SPI_getbinval(tup, desc, 13, &isnull);
 	st->comp_timeout_ms = isnull ? 0 : Max(DatumGetInt64(d), 1);
 	return true;
 }
@@ -662,6 +681,15 @@ es_saga_run_group(pg_uuid_t *saga_id, EsSagaRow *s, int32 g)
 		status = es_saga_status(key, &data);
 		if (status != NULL && strcmp(status, "running") != 0)
 			break;
+		/* its circuit is open: it waits, pending, without an attempt */
+		if (st.breaker)
+		{
+			bool		isnull;
+
+			(void) es_saga_exec(CALL_CIRCUIT_GATE, key, NULL);
+			if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
+				continue;
+		}
 		/* no free concurrency slot: it waits, pending, without an attempt */
 		if (st.limited)
 		{

@@ -92,6 +92,9 @@ CREATE TABLE event_store.saga_steps (
     concurrency      int,                    -- at most this many instances of the step run
     concurrency_key  text,                   -- ... per value of this key of the saga data
     slot_wait        boolean NOT NULL,       -- pending: waits for a concurrency slot
+    circuit_failures int,                    -- its circuit opens after this many failures in a row
+    circuit_cooldown interval,               -- ... for this long
+    circuit_wait     boolean NOT NULL,       -- pending: waits for its circuit to close
     PRIMARY KEY (saga_id, step_no),
     UNIQUE (saga_id, name)
 );
@@ -137,3 +140,32 @@ SELECT d.saga_type, d.version, d.owner, d.defined_at,
            AND s.status IN ('running', 'compensating')) AS running
   FROM event_store.saga_definitions d;
 COMMENT ON VIEW event_store.saga_types IS 'Saga types, one row per version (define_saga of a defined type adds the next), with how many of its sagas still run';
+
+-- The circuit breakers of saga steps ("circuit" in a definition), one per
+-- saga type and step name: closed (failures counts the failed attempts in
+-- a row), open (no instance runs or is handed out until retry_at),
+-- half_open (one trial, of trial_saga, decides).
+CREATE TABLE event_store.saga_circuit_state (
+    saga_type  text NOT NULL,
+    step       text NOT NULL,
+    state      text NOT NULL CHECK (state IN ('closed', 'open', 'half_open')),
+    failures   int  NOT NULL,
+    opened_at  timestamptz,
+    retry_at   timestamptz,
+    trial_saga uuid,
+    updated_at timestamptz NOT NULL,
+    PRIMARY KEY (saga_type, step)
+);
+COMMENT ON TABLE event_store.saga_circuit_state IS 'Circuit breakers of saga steps; see the view saga_circuits';
+SELECT pg_catalog.pg_extension_config_dump('event_store.saga_circuit_state', '');
+REVOKE ALL ON TABLE event_store.saga_circuit_state FROM PUBLIC;
+
+-- The circuits that are not closed: open (until retry_at) or half-open (a
+-- trial attempt runs), with the sagas whose step waits for them
+CREATE VIEW event_store.saga_circuits AS
+SELECT c.saga_type, c.step, c.state, c.failures, c.opened_at, c.retry_at, c.trial_saga,
+       (SELECT count(*) FROM event_store.saga_steps st JOIN event_store.sagas s ON s.saga_id = st.saga_id
+         WHERE s.saga_type = c.saga_type AND st.name = c.step AND st.circuit_wait) AS waiting
+  FROM event_store.saga_circuit_state c
+ WHERE c.state <> 'closed';
+COMMENT ON VIEW event_store.saga_circuits IS 'Open and half-open circuit breakers of saga steps, with how many instances wait for them';

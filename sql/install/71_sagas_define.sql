@@ -121,9 +121,9 @@ BEGIN
         FOR k IN SELECT jsonb_object_keys(step) LOOP
             IF k NOT IN ('name', 'action', 'compensation', 'group', 'timeout', 'max_attempts',
                          'backoff', 'complete_on', 'fail_on', 'saga', 'pivot', 'delay', 'until',
-                         'compensation_timeout', 'concurrency', 'concurrency_key') THEN
+                         'compensation_timeout', 'concurrency', 'concurrency_key', 'circuit') THEN
                 PERFORM event_store._saga_bad(format('unknown key "%s" in step %s', k, i),
-                    'A step has the keys name, action, compensation, group, timeout, max_attempts, backoff, complete_on, fail_on, saga, pivot, delay, until, compensation_timeout, concurrency and concurrency_key.');
+                    'A step has the keys name, action, compensation, group, timeout, max_attempts, backoff, complete_on, fail_on, saga, pivot, delay, until, compensation_timeout, concurrency, concurrency_key and circuit.');
             END IF;
         END LOOP;
         nm := step ->> 'name';
@@ -205,6 +205,28 @@ BEGIN
                 PERFORM event_store._saga_bad(format('"concurrency_key" of step "%s" must be the name of a key of the saga data', nm));
             END IF;
         END IF;
+        IF step ? 'circuit' THEN
+            IF jsonb_typeof(step -> 'circuit') <> 'object' OR NOT (step -> 'circuit') ? 'failures'
+               OR NOT (step -> 'circuit') ? 'cooldown'
+               OR EXISTS (SELECT 1 FROM jsonb_object_keys(step -> 'circuit') ck WHERE ck NOT IN ('failures', 'cooldown')) THEN
+                PERFORM event_store._saga_bad(format('"circuit" of step "%s" must be an object {"failures": n, "cooldown": "<interval>"}', nm));
+            END IF;
+            IF jsonb_typeof(step #> '{circuit,failures}') <> 'number'
+               OR (step #>> '{circuit,failures}')::numeric <> floor((step #>> '{circuit,failures}')::numeric)
+               OR (step #>> '{circuit,failures}')::numeric < 1 OR (step #>> '{circuit,failures}')::numeric > 2147483647 THEN
+                PERFORM event_store._saga_bad(format('"failures" of the circuit of step "%s" must be a positive integer', nm));
+            END IF;
+            IF jsonb_typeof(step #> '{circuit,cooldown}') = 'null' THEN
+                PERFORM event_store._saga_bad(format('"cooldown" of the circuit of step "%s" must be an interval string such as "30 seconds"', nm));
+            END IF;
+            IF event_store._saga_interval(step #> '{circuit,cooldown}', format('"cooldown" of the circuit of step "%s"', nm)) = interval '0' THEN
+                PERFORM event_store._saga_bad(format('"cooldown" of the circuit of step "%s" must be positive', nm));
+            END IF;
+            IF step ? 'delay' OR step ? 'until' THEN
+                PERFORM event_store._saga_bad(format('timer step "%s" cannot also have "circuit"', nm),
+                    'A timer step completes by itself when it is due: it has no action, compensation, event or nested saga.');
+            END IF;
+        END IF;
         IF step ? 'compensation_timeout' THEN
             IF jsonb_typeof(step -> 'compensation_timeout') = 'null' THEN
                 PERFORM event_store._saga_bad(format('"compensation_timeout" of step "%s" must be an interval string such as "30 seconds"', nm));
@@ -266,7 +288,10 @@ BEGIN
             'compensation_timeout', event_store._saga_interval(step -> 'compensation_timeout',
                                                                format('"compensation_timeout" of step "%s"', nm)),
             'concurrency', (step ->> 'concurrency')::numeric::int,
-            'concurrency_key', step ->> 'concurrency_key');
+            'concurrency_key', step ->> 'concurrency_key',
+            'circuit_failures', (step #>> '{circuit,failures}')::numeric::int,
+            'circuit_cooldown', event_store._saga_interval(step #> '{circuit,cooldown}',
+                                                           format('"cooldown" of the circuit of step "%s"', nm)));
     END LOOP;
 
     -- nested sagas must not lead back to this type (a saga would start itself forever)

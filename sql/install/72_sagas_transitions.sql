@@ -63,7 +63,8 @@ BEGIN
                 PERFORM event_store._saga_advance(st.child_saga_id);
             END IF;
         ELSE
-            UPDATE event_store.saga_steps SET next_attempt_at = NULL, slot_wait = false, updated_at = now()
+            UPDATE event_store.saga_steps SET next_attempt_at = NULL, slot_wait = false, circuit_wait = false,
+                   updated_at = now()
              WHERE saga_id = p_saga AND step_no = st.step_no;
         END IF;
     END LOOP;
@@ -93,6 +94,9 @@ BEGIN
      WHERE saga_id = p_saga AND name = p_step;
     PERFORM event_store._saga_event(p_saga, 'SagaStepFailed',
         jsonb_build_object('step', p_step, 'error', p_error, 'attempt', st.attempts, 'retrying', retry));
+    IF st.circuit_failures IS NOT NULL THEN
+        PERFORM event_store._saga_circuit_result(p_saga, p_step, false);
+    END IF;
     -- a nested step gives up on its child saga: fail (and so compensate) it
     IF st.child_saga_id IS NOT NULL THEN
         PERFORM event_store._saga_fail(st.child_saga_id, format('step "%s" of the parent saga failed', p_step));
@@ -296,4 +300,93 @@ BEGIN
         UPDATE event_store.saga_steps SET slot_wait = false WHERE saga_id = p_saga AND step_no = p_step;
     END IF;
     RETURN true;
+END $$;
+
+-- A step's attempt ended (ok: completed) under its "circuit": a success
+-- closes the circuit; a failure counts, and the n-th in a row (or a failed
+-- half-open trial) opens it for the cooldown
+CREATE FUNCTION event_store._saga_circuit_result(p_saga uuid, p_step text, p_ok boolean) RETURNS void
+    LANGUAGE plpgsql AS $$
+DECLARE
+    st record;
+    s record;
+    c record;
+BEGIN
+    SELECT * INTO st FROM event_store.saga_steps WHERE saga_id = p_saga AND name = p_step;
+    IF st.circuit_failures IS NULL THEN
+        RETURN;
+    END IF;
+    SELECT saga_type INTO s FROM event_store.sagas WHERE saga_id = p_saga;
+    INSERT INTO event_store.saga_circuit_state AS x (saga_type, step, state, failures, updated_at)
+    VALUES (s.saga_type, p_step, 'closed', 0, now())
+    ON CONFLICT (saga_type, step) DO NOTHING;
+    SELECT * INTO c FROM event_store.saga_circuit_state x
+     WHERE x.saga_type = s.saga_type AND x.step = p_step FOR UPDATE;
+    IF p_ok THEN
+        IF c.state <> 'closed' OR c.failures > 0 THEN
+            UPDATE event_store.saga_circuit_state x
+               SET state = 'closed', failures = 0, opened_at = NULL, retry_at = NULL, trial_saga = NULL,
+                   updated_at = now()
+             WHERE x.saga_type = s.saga_type AND x.step = p_step;
+            IF c.state <> 'closed' THEN
+                PERFORM event_store._saga_event(p_saga, 'SagaCircuitClosed', jsonb_build_object('step', p_step));
+            END IF;
+        END IF;
+    ELSIF c.state = 'half_open' OR (c.state = 'closed' AND c.failures + 1 >= st.circuit_failures) THEN
+        UPDATE event_store.saga_circuit_state x
+           SET state = 'open', failures = c.failures + 1, opened_at = now(),
+               retry_at = now() + st.circuit_cooldown, trial_saga = NULL, updated_at = now()
+         WHERE x.saga_type = s.saga_type AND x.step = p_step;
+        PERFORM event_store._saga_event(p_saga, 'SagaCircuitOpened',
+            jsonb_build_object('step', p_step, 'failures', c.failures + 1,
+                               'retry_at', event_store._iso8601(now() + st.circuit_cooldown)));
+    ELSE
+        UPDATE event_store.saga_circuit_state x
+           SET failures = c.failures + 1, updated_at = now()
+         WHERE x.saga_type = s.saga_type AND x.step = p_step;
+    END IF;
+END $$;
+
+-- May the step start, under its "circuit"?  Closed: yes.  Open: no, until
+-- its cooldown passed; then this instance is the half-open trial (one at a
+-- time).  A step that must wait stays pending, marked circuit_wait,
+-- without an attempt: saga_tick tries it again.
+CREATE FUNCTION event_store._saga_circuit_gate(p_saga uuid, p_step int) RETURNS boolean
+    LANGUAGE plpgsql AS $$
+DECLARE
+    st record;
+    s record;
+    c record;
+    ok boolean;
+BEGIN
+    SELECT * INTO st FROM event_store.saga_steps WHERE saga_id = p_saga AND step_no = p_step;
+    SELECT saga_type INTO s FROM event_store.sagas WHERE saga_id = p_saga;
+    SELECT * INTO c FROM event_store.saga_circuit_state x WHERE x.saga_type = s.saga_type AND x.step = st.name;
+    IF FOUND AND c.state <> 'closed' THEN
+        SELECT * INTO c FROM event_store.saga_circuit_state x
+         WHERE x.saga_type = s.saga_type AND x.step = st.name FOR UPDATE;
+    END IF;
+    IF NOT FOUND OR c.state = 'closed' THEN
+        ok := true;
+    ELSIF c.state = 'open' AND c.retry_at <= now() THEN
+        UPDATE event_store.saga_circuit_state x SET state = 'half_open', trial_saga = p_saga, updated_at = now()
+         WHERE x.saga_type = s.saga_type AND x.step = st.name;
+        PERFORM event_store._saga_event(p_saga, 'SagaCircuitHalfOpen', jsonb_build_object('step', st.name));
+        ok := true;
+    ELSIF c.state = 'half_open' AND c.trial_saga IS DISTINCT FROM p_saga
+          AND NOT EXISTS (SELECT 1 FROM event_store.saga_steps t JOIN event_store.sagas ts ON ts.saga_id = t.saga_id
+                           WHERE t.saga_id = c.trial_saga AND t.name = st.name
+                             AND t.status IN ('pending', 'running') AND ts.status = 'running') THEN
+        -- the trial's saga gave up its step (it failed for another reason, or
+        -- was settled by a person): this instance is the trial now
+        UPDATE event_store.saga_circuit_state x SET trial_saga = p_saga, updated_at = now()
+         WHERE x.saga_type = s.saga_type AND x.step = st.name;
+        ok := true;
+    ELSE
+        ok := c.state = 'half_open' AND c.trial_saga = p_saga;
+    END IF;
+    IF st.circuit_wait IS DISTINCT FROM NOT ok THEN
+        UPDATE event_store.saga_steps SET circuit_wait = NOT ok WHERE saga_id = p_saga AND step_no = p_step;
+    END IF;
+    RETURN ok;
 END $$;

@@ -15,14 +15,14 @@ BEGIN
     INSERT INTO event_store.saga_steps (saga_id, step_no, name, grp, kind, action, compensation, comp_kind,
                                         complete_on, fail_on, child_type, timeout, max_attempts, backoff,
                                         pivot, delay, until_key, comp_timeout, concurrency, concurrency_key,
-                                        slot_wait)
+                                        slot_wait, circuit_failures, circuit_cooldown, circuit_wait)
     SELECT p_id, (x ->> 'step_no')::int, x ->> 'name', (x ->> 'grp')::int, x ->> 'kind',
            (x ->> 'action')::regprocedure, (x ->> 'compensation')::regprocedure, x ->> 'comp_kind',
            x ->> 'complete_on', x ->> 'fail_on', x ->> 'child_type',
            (x ->> 'timeout')::interval, (x ->> 'max_attempts')::int, (x ->> 'backoff')::interval,
            COALESCE((x ->> 'pivot')::boolean, false), (x ->> 'delay')::interval, x ->> 'until',
            (x ->> 'compensation_timeout')::interval, (x ->> 'concurrency')::int, x ->> 'concurrency_key',
-           false
+           false, (x ->> 'circuit_failures')::int, (x ->> 'circuit_cooldown')::interval, false
       FROM jsonb_array_elements(d.steps) x;
     PERFORM event_store._saga_event(p_id, 'SagaStarted',
         jsonb_build_object('saga_type', p_type, 'data', p_data, 'parent_saga_id', p_parent));
@@ -187,13 +187,30 @@ BEGIN
     IF array_position(step_names, NULL) IS NOT NULL THEN
         PERFORM event_store._saga_bad('step_names must not contain nulls', NULL, '22004');
     END IF;
+    -- an open circuit whose cooldown passed: half-open, its trial the
+    -- instance that waits longest to be handed out
+    UPDATE event_store.saga_circuit_state x
+       SET state = 'half_open', updated_at = now(),
+           trial_saga = (SELECT st.saga_id FROM event_store.saga_steps st
+                           JOIN event_store.sagas s ON s.saga_id = st.saga_id
+                          WHERE s.saga_type = x.saga_type AND st.name = x.step AND s.status = 'running'
+                            AND st.status = 'running' AND st.kind = 'external' AND st.lease_owner IS NULL
+                          ORDER BY st.updated_at LIMIT 1)
+     WHERE x.state = 'open' AND x.retry_at <= now()
+       AND EXISTS (SELECT 1 FROM event_store.saga_steps st JOIN event_store.sagas s ON s.saga_id = st.saga_id
+                    WHERE s.saga_type = x.saga_type AND st.name = x.step AND s.status = 'running'
+                      AND st.status = 'running' AND st.kind = 'external' AND st.lease_owner IS NULL);
     RETURN QUERY
     WITH c AS (
         SELECT st.saga_id AS sid, st.step_no AS sno
           FROM event_store.saga_steps st
           JOIN event_store.sagas s ON s.saga_id = st.saga_id
          WHERE st.lease_owner IS NULL
-           AND ((st.status = 'running' AND st.kind = 'external' AND s.status = 'running')
+           AND ((st.status = 'running' AND st.kind = 'external' AND s.status = 'running'
+                 AND (st.circuit_failures IS NULL
+                      OR NOT EXISTS (SELECT 1 FROM event_store.saga_circuit_state c
+                                      WHERE c.saga_type = s.saga_type AND c.step = st.name
+                                        AND c.state <> 'closed' AND c.trial_saga IS DISTINCT FROM st.saga_id)))
              OR (st.status = 'compensating' AND st.comp_kind = 'external' AND s.status = 'compensating'
                  AND (st.next_attempt_at IS NULL OR st.next_attempt_at <= now())))
            AND (step_names IS NULL OR st.name = ANY (step_names))
@@ -299,7 +316,7 @@ BEGIN
     END LOOP;
     FOR r IN SELECT DISTINCT st.saga_id FROM event_store.saga_steps st
               WHERE (st.status IN ('pending', 'compensating') AND st.next_attempt_at <= now())
-                 OR (st.status = 'pending' AND st.slot_wait) LOOP
+                 OR (st.status = 'pending' AND (st.slot_wait OR st.circuit_wait)) LOOP
         BEGIN
             PERFORM event_store._saga_lock_tree(r.saga_id);
             n := n + event_store._saga_advance(r.saga_id);
@@ -382,11 +399,20 @@ BEGIN
                      'attempts', CASE WHEN st.status IN ('compensating', 'compensated')
                                       THEN st.comp_attempts ELSE st.attempts END,
                      'nextAttemptAt', event_store._iso8601(st.next_attempt_at),
-                     'waitingFor', CASE WHEN st.status = 'pending' AND st.slot_wait AND s.status = 'running'
+                     'waitingFor', CASE WHEN st.status = 'pending' AND st.circuit_wait AND s.status = 'running'
+                                        THEN 'open circuit'
+                                        WHEN st.status = 'pending' AND st.slot_wait AND s.status = 'running'
                                         THEN 'concurrency slot'
                                         WHEN st.status <> 'running' OR s.status <> 'running' THEN NULL
                                         WHEN st.kind = 'timer' THEN event_store._iso8601(st.due_at)
-                                        WHEN st.complete_on IS NOT NULL THEN st.complete_on END)
+                                        WHEN st.complete_on IS NOT NULL THEN st.complete_on END,
+                     'circuit', CASE WHEN st.circuit_failures IS NOT NULL THEN
+                         (SELECT jsonb_build_object('state', COALESCE(c.state, 'closed'),
+                                                    'failures', COALESCE(c.failures, 0),
+                                                    'retryAt', event_store._iso8601(c.retry_at))
+                            FROM (SELECT 1) one
+                            LEFT JOIN event_store.saga_circuit_state c
+                              ON c.saga_type = s.saga_type AND c.step = st.name) END)
                      ORDER BY st.step_no)
                    FROM event_store.saga_steps st WHERE st.saga_id = s.saga_id), '[]'));
 END $$;
@@ -514,7 +540,7 @@ BEGIN
     -- nothing of it runs any more: no attempt, lease or timer is left
     UPDATE event_store.saga_steps st
        SET lease_owner = NULL, lease_expires_at = NULL, deadline = NULL, next_attempt_at = NULL,
-           slot_wait = false, updated_at = now()
+           slot_wait = false, circuit_wait = false, updated_at = now()
      WHERE st.saga_id = s.saga_id AND st.status IN ('pending', 'running', 'compensating');
     UPDATE event_store.sagas x
        SET status = _resolve_saga.status, finished_at = now(), deadline = NULL, updated_at = now()
@@ -543,6 +569,7 @@ REVOKE ALL ON FUNCTION event_store._saga_bad(text, text, text), event_store._sag
     event_store._saga_timer_start(uuid, int, jsonb), event_store._saga_retry(uuid, text),
     event_store._saga_lock_for_operator(uuid, text), event_store._retry_saga(uuid, regrole),
     event_store._resolve_saga(uuid, text, text, regrole), event_store._saga_wake_worker(),
-    event_store._saga_take_slot(uuid, int), event_store._saga_lock_slot(text)
+    event_store._saga_take_slot(uuid, int), event_store._saga_lock_slot(text),
+    event_store._saga_circuit_gate(uuid, int), event_store._saga_circuit_result(uuid, text, boolean)
   FROM PUBLIC;
 

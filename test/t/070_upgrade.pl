@@ -263,7 +263,7 @@ my @new_tables = qw(category_grants stream_metadata);
 my @own_tables = qw(public.order_totals public.event_log public.step_calls);
 # the columns 0.3.0 adds to the tables of 0.2.0 (filled in by the update)
 my @cols_03 = qw(search_path partitions on_error version pivot delay until_key due_at
-  comp_timeout concurrency concurrency_key slot_wait);
+  comp_timeout concurrency concurrency_key slot_wait circuit_failures circuit_cooldown circuit_wait);
 
 sub data_of
 {
