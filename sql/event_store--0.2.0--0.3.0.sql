@@ -1155,6 +1155,7 @@ COMMENT ON TABLE event_store.saga_definitions IS 'Saga types, one row per versio
 ALTER TABLE event_store.sagas ADD COLUMN version int;
 UPDATE event_store.sagas SET version = 1;
 ALTER TABLE event_store.sagas ALTER COLUMN version SET NOT NULL;
+ALTER TABLE event_store.sagas ALTER COLUMN version SET DEFAULT 1;
 
 CREATE VIEW event_store.saga_types AS
 SELECT d.saga_type, d.version, d.owner, d.defined_at,
@@ -1515,6 +1516,7 @@ ALTER TABLE event_store.saga_steps ADD CONSTRAINT saga_steps_kind_check
 ALTER TABLE event_store.saga_steps ADD COLUMN pivot boolean;
 UPDATE event_store.saga_steps SET pivot = false;
 ALTER TABLE event_store.saga_steps ALTER COLUMN pivot SET NOT NULL;
+ALTER TABLE event_store.saga_steps ALTER COLUMN pivot SET DEFAULT false;
 ALTER TABLE event_store.saga_steps ADD COLUMN delay interval;
 ALTER TABLE event_store.saga_steps ADD COLUMN until_key text;
 ALTER TABLE event_store.saga_steps ADD COLUMN due_at timestamptz;
@@ -1872,6 +1874,7 @@ ALTER TABLE event_store.saga_steps ADD COLUMN concurrency_key text;
 ALTER TABLE event_store.saga_steps ADD COLUMN slot_wait boolean;
 UPDATE event_store.saga_steps SET slot_wait = false;
 ALTER TABLE event_store.saga_steps ALTER COLUMN slot_wait SET NOT NULL;
+ALTER TABLE event_store.saga_steps ALTER COLUMN slot_wait SET DEFAULT false;
 
 CREATE OR REPLACE FUNCTION event_store._saga_comp_failed(p_saga uuid, p_step text, p_error text, p_retryable boolean)
     RETURNS void LANGUAGE plpgsql AS $$
@@ -2054,6 +2057,7 @@ ALTER TABLE event_store.saga_steps ADD COLUMN circuit_cooldown interval;
 ALTER TABLE event_store.saga_steps ADD COLUMN circuit_wait boolean;
 UPDATE event_store.saga_steps SET circuit_wait = false;
 ALTER TABLE event_store.saga_steps ALTER COLUMN circuit_wait SET NOT NULL;
+ALTER TABLE event_store.saga_steps ALTER COLUMN circuit_wait SET DEFAULT false;
 CREATE TABLE event_store.saga_circuit_state (
     saga_type  text NOT NULL,
     step       text NOT NULL,

@@ -46,7 +46,7 @@ CREATE TABLE event_store.sagas (
     started_at     timestamptz NOT NULL DEFAULT now(),
     updated_at     timestamptz NOT NULL DEFAULT now(),
     finished_at    timestamptz,
-    version        int NOT NULL          -- of its saga type: the saga runs on it to its end
+    version        int NOT NULL DEFAULT 1  -- of its saga type: the saga runs on it to its end
 );
 CREATE INDEX sagas_active_idx ON event_store.sagas (deadline)
     WHERE status IN ('running', 'compensating');
@@ -84,17 +84,17 @@ CREATE TABLE event_store.saga_steps (
     lease_expires_at timestamptz,
     child_saga_id    uuid,
     updated_at       timestamptz NOT NULL DEFAULT now(),
-    pivot            boolean NOT NULL,       -- forward recovery once it completed
+    pivot            boolean NOT NULL DEFAULT false,  -- forward recovery once it completed
     delay            interval,               -- a timer step: due this long after it started
     until_key        text,                   -- ... or at the timestamp the saga data holds here
     due_at           timestamptz,            -- a running timer step completes then
     comp_timeout     interval,               -- a compensation attempt longer than this failed
     concurrency      int,                    -- at most this many instances of the step run
     concurrency_key  text,                   -- ... per value of this key of the saga data
-    slot_wait        boolean NOT NULL,       -- pending: waits for a concurrency slot
+    slot_wait        boolean NOT NULL DEFAULT false,  -- pending: waits for a concurrency slot
     circuit_failures int,                    -- its circuit opens after this many failures in a row
     circuit_cooldown interval,               -- ... for this long
-    circuit_wait     boolean NOT NULL,       -- pending: waits for its circuit to close
+    circuit_wait     boolean NOT NULL DEFAULT false,  -- pending: waits for its circuit to close
     PRIMARY KEY (saga_id, step_no),
     UNIQUE (saga_id, name)
 );

@@ -1341,6 +1341,15 @@ sub _specs
 		skip_parked    => { family => 'subscription', args => [ [ subscription => 0, $sub_name ], [ stream_id => 1, $parked_stream ] ] },
 		saga_tick  => { family => 'saga', args => [] },
 		saga_state => { family => 'saga', args => [ [ saga_id => 0, sub { $self->_saga_id_arg } ] ] },
+		retry_saga => { family => 'saga', args => [ [ saga_id => 0, sub { $self->_saga_id_arg } ] ] },
+		resolve_saga => {
+			family => 'saga',
+			args   => [
+				[ saga_id => 0, sub { $self->_saga_id_arg } ],
+				[ status  => 0, sub { typed($self->_text('completed', 'compensated'), 'text') } ],
+				[ note    => 0, sub { typed($self->_text('settled by hand', ''), 'text') } ],
+			],
+		},
 		grant_category  => { family => 'grants', args => $grant_args },
 		revoke_category => { family => 'grants', args => $grant_args },
 		delete_stream => {
@@ -1488,6 +1497,8 @@ my @FUNCTION_WEIGHTS = (
 	[ 3,  'claim_saga_steps' ],
 	[ 1,  'saga_tick' ],
 	[ 2,  'saga_state' ],
+	[ 1,  'retry_saga' ],
+	[ 1,  'resolve_saga' ],
 	[ 2,  'create_subscription' ],
 	[ 1,  'drop_subscription' ],
 	[ 6,  'claim_events' ],
