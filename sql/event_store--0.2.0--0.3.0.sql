@@ -1909,7 +1909,7 @@ BEGIN
         END IF;
     END IF;
 END $$;
-CREATE OR REPLACE FUNCTION event_store._saga_lock_slot(p_slot text) RETURNS void
+CREATE OR REPLACE FUNCTION event_store._saga_lock_slot(p_slot text) RETURNS boolean
     LANGUAGE c AS 'MODULE_PATHNAME', 'es_saga_lock_slot';
 CREATE OR REPLACE FUNCTION event_store._saga_take_slot(p_saga uuid, p_step int) RETURNS boolean
     LANGUAGE plpgsql AS $$
@@ -1925,12 +1925,15 @@ BEGIN
     END IF;
     SELECT * INTO s FROM event_store.sagas WHERE saga_id = p_saga;
     keyval := s.data ->> st.concurrency_key;
-    PERFORM event_store._saga_lock_slot(jsonb_build_array(s.saga_type, st.name, keyval)::text);
-    SELECT count(*) INTO busy
-      FROM event_store.saga_steps x JOIN event_store.sagas y ON y.saga_id = x.saga_id
-     WHERE x.name = st.name AND x.status = 'running' AND y.saga_type = s.saga_type
-       AND x.saga_id <> p_saga
-       AND (st.concurrency_key IS NULL OR (y.data ->> st.concurrency_key) IS NOT DISTINCT FROM keyval);
+    IF NOT event_store._saga_lock_slot(jsonb_build_array(s.saga_type, st.name, keyval)::text) THEN
+        busy := st.concurrency;      -- another saga is taking the slot right now
+    ELSE
+        SELECT count(*) INTO busy
+          FROM event_store.saga_steps x JOIN event_store.sagas y ON y.saga_id = x.saga_id
+         WHERE x.name = st.name AND x.status = 'running' AND y.saga_type = s.saga_type
+           AND x.saga_id <> p_saga
+           AND (st.concurrency_key IS NULL OR (y.data ->> st.concurrency_key) IS NOT DISTINCT FROM keyval);
+    END IF;
     IF busy >= st.concurrency THEN
         IF NOT st.slot_wait THEN
             UPDATE event_store.saga_steps SET slot_wait = true, updated_at = now()

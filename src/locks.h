@@ -22,6 +22,6 @@
 extern void EsLockStream(text *stream_id);
 extern void EsLockCategory(const char *category, int len, LOCKMODE mode);
 extern void EsLockSagaStart(const pg_uuid_t *saga_id);
-extern void EsLockSagaSlot(const char *slot, int len);
+extern bool EsTryLockSagaSlot(const char *slot, int len);
 
 #endif							/* ES_LOCKS_H */

@@ -926,7 +926,10 @@ es_saga_wake_worker(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
-/* SQL: event_store._saga_lock_slot(slot text) -- see EsLockSagaSlot */
+/*
+ * SQL: event_store._saga_lock_slot(slot text) RETURNS boolean -- see
+ * EsTryLockSagaSlot: false when another transaction holds the slot's lock
+ */
 Datum
 es_saga_lock_slot(PG_FUNCTION_ARGS)
 {
@@ -934,6 +937,5 @@ es_saga_lock_slot(PG_FUNCTION_ARGS)
 
 	EsRequireArg(fcinfo, 0, "slot");
 	slot = PG_GETARG_TEXT_PP(0);
-	EsLockSagaSlot(VARDATA_ANY(slot), VARSIZE_ANY_EXHDR(slot));
-	PG_RETURN_VOID();
+	PG_RETURN_BOOL(EsTryLockSagaSlot(VARDATA_ANY(slot), VARSIZE_ANY_EXHDR(slot)));
 }

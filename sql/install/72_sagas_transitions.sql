@@ -259,16 +259,18 @@ BEGIN
 END $$;
 
 -- A lock of the extension's own (out of reach of the SQL advisory-lock
--- functions) on a concurrency slot name, held to the end of the transaction
-CREATE FUNCTION event_store._saga_lock_slot(p_slot text) RETURNS void
+-- functions) on a concurrency slot name, held to the end of the
+-- transaction; only tried: false when another transaction holds it
+CREATE FUNCTION event_store._saga_lock_slot(p_slot text) RETURNS boolean
     LANGUAGE c AS 'MODULE_PATHNAME', 'es_saga_lock_slot';
 
 -- May the step start, under its "concurrency"?  At most that many
 -- instances of the step (of the saga type, per value of its
 -- "concurrency_key" in the saga data) run at once; the slot's lock
--- serialises the check with the other sagas' starts until commit.  A step
--- that must wait stays pending, marked slot_wait, without an attempt:
--- saga_tick tries it again.
+-- serialises the check with the other sagas' starts until commit (a slot
+-- whose lock another transaction holds counts as busy: never waited for,
+-- so never a deadlock).  A step that must wait stays pending, marked
+-- slot_wait, without an attempt: saga_tick tries it again.
 CREATE FUNCTION event_store._saga_take_slot(p_saga uuid, p_step int) RETURNS boolean
     LANGUAGE plpgsql AS $$
 DECLARE
@@ -283,12 +285,15 @@ BEGIN
     END IF;
     SELECT * INTO s FROM event_store.sagas WHERE saga_id = p_saga;
     keyval := s.data ->> st.concurrency_key;
-    PERFORM event_store._saga_lock_slot(jsonb_build_array(s.saga_type, st.name, keyval)::text);
-    SELECT count(*) INTO busy
-      FROM event_store.saga_steps x JOIN event_store.sagas y ON y.saga_id = x.saga_id
-     WHERE x.name = st.name AND x.status = 'running' AND y.saga_type = s.saga_type
-       AND x.saga_id <> p_saga
-       AND (st.concurrency_key IS NULL OR (y.data ->> st.concurrency_key) IS NOT DISTINCT FROM keyval);
+    IF NOT event_store._saga_lock_slot(jsonb_build_array(s.saga_type, st.name, keyval)::text) THEN
+        busy := st.concurrency;      -- another saga is taking the slot right now
+    ELSE
+        SELECT count(*) INTO busy
+          FROM event_store.saga_steps x JOIN event_store.sagas y ON y.saga_id = x.saga_id
+         WHERE x.name = st.name AND x.status = 'running' AND y.saga_type = s.saga_type
+           AND x.saga_id <> p_saga
+           AND (st.concurrency_key IS NULL OR (y.data ->> st.concurrency_key) IS NOT DISTINCT FROM keyval);
+    END IF;
     IF busy >= st.concurrency THEN
         IF NOT st.slot_wait THEN
             UPDATE event_store.saga_steps SET slot_wait = true, updated_at = now()
