@@ -100,6 +100,8 @@ GRANT EXECUTE ON FUNCTION
     event_store.fail_saga_step(uuid, text, text, boolean),
     event_store.claim_saga_steps(text, int, text[], interval),
     event_store.saga_tick(),
+    event_store.retry_saga(uuid),
+    event_store.resolve_saga(uuid, text, text),
     event_store.set_stream_retention(text, bigint, interval),
     event_store.enforce_retention(),
     event_store.purge_stream(text),
@@ -107,7 +109,7 @@ GRANT EXECUTE ON FUNCTION
     event_store._import_errors()
   TO event_store_operator;
 
-GRANT SELECT ON event_store.projection_status, event_store.saga_problems, event_store.stats,
+GRANT SELECT ON event_store.projection_status, event_store.saga_problems, event_store.saga_types, event_store.saga_circuits, event_store.stats,
     event_store.subscription_status, event_store.subscription_parked,
     event_store.import_status
   TO event_store_operator;

@@ -364,6 +364,54 @@ SELECT global_position, stream_id, event_type
 SELECT event_store.saga_diagram('5a9a0000-0000-4000-8000-000000000002'::uuid)
 \g (format=unaligned tuples_only=on)
 
+-- The long haul.  Defining the type again adds its version 2 (the sagas
+-- above finish on version 1).  Once the payment is taken there is no way
+-- back: take_payment is the pivot, and a failure after it is recovered
+-- forward, by retries and then by a person.  cool_off is a timer step: it
+-- completes by itself 200 ms after it started (the background worker
+-- wakes up for it; here saga_tick() fires it by hand).
+SELECT event_store.define_saga('fulfilment', '{
+    "steps": [
+      {"name": "reserve_stock", "action": "reserve_stock",
+       "compensation": "release_stock"},
+      {"name": "take_payment", "max_attempts": 2, "backoff": "1 second",
+       "pivot": true},
+      {"name": "cool_off", "delay": "200 milliseconds"},
+      {"name": "dispatch", "max_attempts": 1}
+    ],
+    "timeout": "7 days"}');
+SELECT saga_type, version, running FROM event_store.saga_types;
+
+SELECT event_store.start_saga('fulfilment', '{"order": "order-1003"}',
+    '5a9a0000-0000-4000-8000-000000000003') AS saga_id;
+SELECT step FROM event_store.claim_saga_steps('payments-1', step_names => ARRAY['take_payment']);
+SELECT event_store.complete_saga_step('5a9a0000-0000-4000-8000-000000000003',
+    'take_payment', '{"payment": "P-78"}');
+-- the timer waits for its due time
+SELECT s ->> 'version' AS version, s ->> 'currentStep' AS current_step,
+       jsonb_path_query(s, '$.steps[*] ? (@.stepType == "cool_off").waitingFor') IS NOT NULL AS has_due_time
+  FROM event_store.saga_state('5a9a0000-0000-4000-8000-000000000003') AS s;
+SELECT pg_sleep(0.3);
+SELECT event_store.saga_tick() > 0 AS fired;
+
+-- Dispatch fails for good after the pivot: nothing is compensated, the
+-- saga stays running and waits for a person (saga_problems says why).
+SELECT step FROM event_store.claim_saga_steps('shipping-1', step_names => ARRAY['dispatch']);
+SELECT event_store.fail_saga_step('5a9a0000-0000-4000-8000-000000000003',
+    'dispatch', 'no courier', retryable => false);
+SELECT status, step, reason FROM event_store.saga_problems
+ WHERE saga_id = '5a9a0000-0000-4000-8000-000000000003';
+
+-- An operator (a member of the role that defined the saga type) retries
+-- it: a fresh round of attempts; the courier turns up and the saga completes.
+SELECT event_store.retry_saga('5a9a0000-0000-4000-8000-000000000003');
+SELECT step, attempt FROM event_store.claim_saga_steps('shipping-1', step_names => ARRAY['dispatch']);
+SELECT event_store.complete_saga_step('5a9a0000-0000-4000-8000-000000000003',
+    'dispatch', '{"courier": "C-1"}');
+SELECT status FROM event_store.sagas WHERE saga_id = '5a9a0000-0000-4000-8000-000000000003';
+-- (resolve_saga(saga_id, 'completed' or 'compensated', note) settles a
+-- stuck saga by hand instead, with the note in its stream.)
+
 -- ---------------------------------------------------------------------
 -- 10. Subscriptions: consumer groups on the log
 -- ---------------------------------------------------------------------

@@ -1375,3 +1375,1099 @@ BEGIN
     END IF;
     PERFORM event_store._saga_advance(st.saga_id);
 END $$;
+
+--------------------------------------------------------------------------------
+-- Sagas for the long haul: versioned definitions
+--
+-- Every saga type defined before becomes its version 1, and every saga
+-- runs on version 1; define_saga of a defined type adds the next version
+-- (sql/install/70_sagas_tables.sql, 71_sagas_define.sql, 73_sagas_api.sql)
+--------------------------------------------------------------------------------
+ALTER TABLE event_store.saga_definitions DROP CONSTRAINT saga_definitions_pkey;
+ALTER TABLE event_store.saga_definitions ADD COLUMN version int;
+UPDATE event_store.saga_definitions SET version = 1;
+ALTER TABLE event_store.saga_definitions ALTER COLUMN version SET NOT NULL;
+ALTER TABLE event_store.saga_definitions ADD CONSTRAINT saga_definitions_pkey PRIMARY KEY (saga_type, version);
+COMMENT ON TABLE event_store.saga_definitions IS 'Saga types, one row per version; maintained with define_saga()';
+ALTER TABLE event_store.sagas ADD COLUMN version int;
+UPDATE event_store.sagas SET version = 1;
+ALTER TABLE event_store.sagas ALTER COLUMN version SET NOT NULL;
+ALTER TABLE event_store.sagas ALTER COLUMN version SET DEFAULT 1;
+
+CREATE VIEW event_store.saga_types AS
+SELECT d.saga_type, d.version, d.owner, d.defined_at,
+       (SELECT count(*) FROM event_store.sagas s
+         WHERE s.saga_type = d.saga_type AND s.version = d.version
+           AND s.status IN ('running', 'compensating')) AS running
+  FROM event_store.saga_definitions d;
+COMMENT ON VIEW event_store.saga_types IS 'Saga types, one row per version (define_saga of a defined type adds the next), with how many of its sagas still run';
+REVOKE ALL ON TABLE event_store.saga_types FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION event_store._define_saga(saga_type text, definition jsonb, p_owner regrole, p_path text)
+    RETURNS void
+    LANGUAGE plpgsql
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    step jsonb;
+    k text;
+    i int := 0;
+    norm jsonb := '[]';
+    names text[] := '{}';
+    nm text;
+    grp int;
+    maxatt int;
+    act regprocedure;
+    comp regprocedure;
+    kind text;
+    comp_kind text;
+    saga_timeout interval;
+BEGIN
+    IF saga_type IS NULL OR saga_type = '' THEN
+        PERFORM event_store._saga_bad('saga_type must not be null or empty', NULL,
+                                      CASE WHEN saga_type IS NULL THEN '22004' ELSE '22023' END);
+    END IF;
+    PERFORM event_store._check_name_length(saga_type, 'saga_type');
+    IF definition IS NULL OR jsonb_typeof(definition) <> 'object' THEN
+        PERFORM event_store._saga_bad('definition must be a JSON object with "steps"', NULL,
+                                      CASE WHEN definition IS NULL THEN '22004' ELSE '22023' END);
+    END IF;
+    FOR k IN SELECT jsonb_object_keys(definition) LOOP
+        IF k NOT IN ('steps', 'timeout') THEN
+            PERFORM event_store._saga_bad(format('unknown key "%s" in saga definition', k),
+                                          'A saga definition has the keys "steps" and "timeout".');
+        END IF;
+    END LOOP;
+    IF jsonb_typeof(definition -> 'steps') IS DISTINCT FROM 'array' OR jsonb_array_length(definition -> 'steps') = 0 THEN
+        PERFORM event_store._saga_bad('saga definition needs a non-empty "steps" array');
+    END IF;
+    saga_timeout := event_store._saga_interval(definition -> 'timeout', 'saga "timeout"');
+
+    FOR step IN SELECT value FROM jsonb_array_elements(definition -> 'steps') LOOP
+        i := i + 1;
+        IF jsonb_typeof(step) <> 'object' THEN
+            PERFORM event_store._saga_bad(format('step %s must be a JSON object', i));
+        END IF;
+        FOR k IN SELECT jsonb_object_keys(step) LOOP
+            IF k NOT IN ('name', 'action', 'compensation', 'group', 'timeout', 'max_attempts',
+                         'backoff', 'complete_on', 'fail_on', 'saga', 'pivot', 'delay', 'until',
+                         'compensation_timeout', 'concurrency', 'concurrency_key', 'circuit') THEN
+                PERFORM event_store._saga_bad(format('unknown key "%s" in step %s', k, i),
+                    'A step has the keys name, action, compensation, group, timeout, max_attempts, backoff, complete_on, fail_on, saga, pivot, delay, until, compensation_timeout, concurrency, concurrency_key and circuit.');
+            END IF;
+        END LOOP;
+        nm := step ->> 'name';
+        IF jsonb_typeof(step -> 'name') IS DISTINCT FROM 'string' OR nm = '' THEN
+            PERFORM event_store._saga_bad(format('step %s needs a non-empty string "name"', i));
+        END IF;
+        IF nm = ANY (names) THEN
+            PERFORM event_store._saga_bad(format('duplicate step name "%s"', nm));
+        END IF;
+        names := names || nm;
+        FOREACH k IN ARRAY ARRAY['action', 'compensation', 'complete_on', 'fail_on', 'saga'] LOOP
+            IF step ? k AND (jsonb_typeof(step -> k) <> 'string' OR step ->> k = '') THEN
+                PERFORM event_store._saga_bad(format('"%s" of step "%s" must be a non-empty string', k, nm));
+            END IF;
+        END LOOP;
+        FOREACH k IN ARRAY ARRAY['name', 'action', 'compensation', 'complete_on', 'fail_on', 'saga', 'until',
+                                 'concurrency_key'] LOOP
+            PERFORM event_store._check_name_length(step ->> k, format('"%s" of step %s', k, i));
+        END LOOP;
+        IF step ? 'group' THEN
+            IF jsonb_typeof(step -> 'group') <> 'number' OR (step ->> 'group')::numeric <> floor((step ->> 'group')::numeric)
+               OR (step ->> 'group')::numeric < 1 OR (step ->> 'group')::numeric > 2147483647 THEN
+                PERFORM event_store._saga_bad(format('"group" of step "%s" must be a positive integer', nm));
+            END IF;
+            grp := (step ->> 'group')::numeric::int;
+        ELSE
+            grp := i;
+        END IF;
+        IF step ? 'max_attempts' THEN
+            IF jsonb_typeof(step -> 'max_attempts') <> 'number' OR (step ->> 'max_attempts')::numeric <> floor((step ->> 'max_attempts')::numeric)
+               OR (step ->> 'max_attempts')::numeric < 1 THEN
+                PERFORM event_store._saga_bad(format('"max_attempts" of step "%s" must be a positive integer', nm));
+            END IF;
+            IF (step ->> 'max_attempts')::numeric > 100 THEN
+                PERFORM event_store._saga_bad(format('"max_attempts" of step "%s" must be at most 100', nm),
+                    'Every attempt of a step is an event in the saga''s stream; for a longer wait, use a longer "backoff" (it doubles per attempt).');
+            END IF;
+            maxatt := (step ->> 'max_attempts')::numeric::int;
+        ELSE
+            maxatt := 3;
+        END IF;
+        IF step ? 'pivot' AND jsonb_typeof(step -> 'pivot') <> 'boolean' THEN
+            PERFORM event_store._saga_bad(format('"pivot" of step "%s" must be true or false', nm));
+        END IF;
+        -- a timer step: "delay" or "until", and nothing that runs or waits for an event
+        IF step ? 'delay' OR step ? 'until' THEN
+            IF step ? 'delay' AND step ? 'until' THEN
+                PERFORM event_store._saga_bad(format('timer step "%s" cannot have both "delay" and "until"', nm),
+                    'A timer step waits an interval ("delay") or until the time a key of the saga data holds ("until").');
+            END IF;
+            FOREACH k IN ARRAY ARRAY['action', 'compensation', 'complete_on', 'fail_on', 'saga'] LOOP
+                IF step ? k THEN
+                    PERFORM event_store._saga_bad(format('timer step "%s" cannot also have "%s"', nm, k),
+                        'A timer step completes by itself when it is due: it has no action, compensation, event or nested saga.');
+                END IF;
+            END LOOP;
+            IF step ? 'delay' AND jsonb_typeof(step -> 'delay') = 'null' THEN
+                PERFORM event_store._saga_bad(format('"delay" of step "%s" must be an interval string such as "30 seconds"', nm));
+            END IF;
+            PERFORM event_store._saga_interval(step -> 'delay', format('"delay" of step "%s"', nm));
+            IF step ? 'until' AND (jsonb_typeof(step -> 'until') <> 'string' OR step ->> 'until' = '') THEN
+                PERFORM event_store._saga_bad(format('"until" of step "%s" must be the name of a key of the saga data', nm),
+                    'The key holds the due time as an ISO 8601 timestamp, such as "2030-01-31T12:00:00Z".');
+            END IF;
+        END IF;
+        IF step ? 'concurrency' THEN
+            IF jsonb_typeof(step -> 'concurrency') <> 'number'
+               OR (step ->> 'concurrency')::numeric <> floor((step ->> 'concurrency')::numeric)
+               OR (step ->> 'concurrency')::numeric < 1 OR (step ->> 'concurrency')::numeric > 2147483647 THEN
+                PERFORM event_store._saga_bad(format('"concurrency" of step "%s" must be a positive integer', nm));
+            END IF;
+        END IF;
+        IF step ? 'concurrency_key' THEN
+            IF NOT step ? 'concurrency' THEN
+                PERFORM event_store._saga_bad(format('step "%s" has "concurrency_key" but no "concurrency"', nm),
+                    '"concurrency": n limits the running instances of the step (per value of "concurrency_key").');
+            END IF;
+            IF jsonb_typeof(step -> 'concurrency_key') <> 'string' OR step ->> 'concurrency_key' = '' THEN
+                PERFORM event_store._saga_bad(format('"concurrency_key" of step "%s" must be the name of a key of the saga data', nm));
+            END IF;
+        END IF;
+        IF step ? 'circuit' THEN
+            IF jsonb_typeof(step -> 'circuit') <> 'object' OR NOT (step -> 'circuit') ? 'failures'
+               OR NOT (step -> 'circuit') ? 'cooldown'
+               OR EXISTS (SELECT 1 FROM jsonb_object_keys(step -> 'circuit') ck WHERE ck NOT IN ('failures', 'cooldown')) THEN
+                PERFORM event_store._saga_bad(format('"circuit" of step "%s" must be an object {"failures": n, "cooldown": "<interval>"}', nm));
+            END IF;
+            IF jsonb_typeof(step #> '{circuit,failures}') <> 'number'
+               OR (step #>> '{circuit,failures}')::numeric <> floor((step #>> '{circuit,failures}')::numeric)
+               OR (step #>> '{circuit,failures}')::numeric < 1 OR (step #>> '{circuit,failures}')::numeric > 2147483647 THEN
+                PERFORM event_store._saga_bad(format('"failures" of the circuit of step "%s" must be a positive integer', nm));
+            END IF;
+            IF jsonb_typeof(step #> '{circuit,cooldown}') = 'null' THEN
+                PERFORM event_store._saga_bad(format('"cooldown" of the circuit of step "%s" must be an interval string such as "30 seconds"', nm));
+            END IF;
+            IF event_store._saga_interval(step #> '{circuit,cooldown}', format('"cooldown" of the circuit of step "%s"', nm)) = interval '0' THEN
+                PERFORM event_store._saga_bad(format('"cooldown" of the circuit of step "%s" must be positive', nm));
+            END IF;
+            IF step ? 'delay' OR step ? 'until' THEN
+                PERFORM event_store._saga_bad(format('timer step "%s" cannot also have "circuit"', nm),
+                    'A timer step completes by itself when it is due: it has no action, compensation, event or nested saga.');
+            END IF;
+        END IF;
+        IF step ? 'compensation_timeout' THEN
+            IF jsonb_typeof(step -> 'compensation_timeout') = 'null' THEN
+                PERFORM event_store._saga_bad(format('"compensation_timeout" of step "%s" must be an interval string such as "30 seconds"', nm));
+            END IF;
+            IF event_store._saga_interval(step -> 'compensation_timeout', format('"compensation_timeout" of step "%s"', nm)) = interval '0' THEN
+                PERFORM event_store._saga_bad(format('"compensation_timeout" of step "%s" must be positive', nm));
+            END IF;
+            -- what the step's compensation is: a function, or external (a step without action, event or saga)
+            IF NOT (step ? 'compensation' OR NOT (step ? 'action' OR step ? 'complete_on' OR step ? 'fail_on'
+                                                 OR step ? 'saga' OR step ? 'delay' OR step ? 'until')) THEN
+                PERFORM event_store._saga_bad(format('step "%s" has "compensation_timeout" but no compensation to time', nm),
+                    'A compensation timeout applies to a step''s "compensation" function, or to the external compensation of a step without "action".');
+            END IF;
+        END IF;
+        act := CASE WHEN step ? 'action' THEN event_store._saga_function(step ->> 'action', format('action of step "%s":', nm), p_owner, p_path) END;
+        comp := CASE WHEN step ? 'compensation' THEN event_store._saga_function(step ->> 'compensation', format('compensation of step "%s":', nm), p_owner, p_path) END;
+        IF step ? 'saga' THEN
+            IF step ? 'action' OR step ? 'complete_on' OR step ? 'fail_on' THEN
+                PERFORM event_store._saga_bad(format('step "%s" runs a nested saga and cannot also have "action", "complete_on" or "fail_on"', nm));
+            END IF;
+            IF NOT EXISTS (SELECT 1 FROM event_store.saga_definitions d WHERE d.saga_type = step ->> 'saga')
+               OR step ->> 'saga' = _define_saga.saga_type THEN
+                PERFORM event_store._saga_bad(format('saga type "%s" of step "%s" is not defined', step ->> 'saga', nm),
+                                              'Define the nested saga type first.');
+            END IF;
+            kind := 'nested';
+        ELSIF act IS NOT NULL THEN
+            kind := 'local';
+        ELSIF step ? 'complete_on' OR step ? 'fail_on' THEN
+            kind := 'event';
+        ELSIF step ? 'delay' OR step ? 'until' THEN
+            kind := 'timer';
+        ELSE
+            kind := 'external';
+        END IF;
+        IF kind = 'event' AND NOT step ? 'complete_on' THEN
+            PERFORM event_store._saga_bad(format('step "%s" has "fail_on" but no "complete_on" or "action"', nm),
+                                          'An event-driven step completes on its "complete_on" event.');
+        END IF;
+        IF event_store._saga_interval(step -> 'backoff', format('"backoff" of step "%s"', nm)) < interval '10 milliseconds' THEN
+            PERFORM event_store._saga_bad(format('"backoff" of step "%s" must be at least 10 milliseconds', nm),
+                'A failed attempt is retried by a later saga_tick() or worker round, never in the call that ran it.');
+        END IF;
+        comp_kind := CASE WHEN comp IS NOT NULL THEN 'local'
+                          WHEN kind = 'external' THEN 'external'
+                          WHEN kind = 'nested' THEN 'nested'
+                          ELSE 'none' END;
+        norm := norm || jsonb_build_object(
+            'step_no', i, 'name', nm, 'grp', grp, 'kind', kind,
+            'action', act::text, 'compensation', comp::text, 'comp_kind', comp_kind,
+            'complete_on', step ->> 'complete_on', 'fail_on', step ->> 'fail_on',
+            'child_type', step ->> 'saga',
+            'timeout', event_store._saga_interval(step -> 'timeout', format('"timeout" of step "%s"', nm)),
+            'max_attempts', maxatt,
+            'backoff', COALESCE(event_store._saga_interval(step -> 'backoff', format('"backoff" of step "%s"', nm)), interval '1 second'),
+            'pivot', COALESCE((step ->> 'pivot')::boolean, false),
+            'delay', event_store._saga_interval(step -> 'delay', format('"delay" of step "%s"', nm)),
+            'until', step ->> 'until',
+            'compensation_timeout', event_store._saga_interval(step -> 'compensation_timeout',
+                                                               format('"compensation_timeout" of step "%s"', nm)),
+            'concurrency', (step ->> 'concurrency')::numeric::int,
+            'concurrency_key', step ->> 'concurrency_key',
+            'circuit_failures', (step #>> '{circuit,failures}')::numeric::int,
+            'circuit_cooldown', event_store._saga_interval(step #> '{circuit,cooldown}',
+                                                           format('"cooldown" of the circuit of step "%s"', nm)));
+    END LOOP;
+
+    -- nested sagas must not lead back to this type (a saga would start itself forever)
+    IF EXISTS (
+        WITH RECURSIVE reach(t) AS (
+            SELECT x ->> 'child_type' FROM jsonb_array_elements(norm) x WHERE x ->> 'child_type' IS NOT NULL
+            UNION
+            SELECT y ->> 'child_type'
+              FROM reach r
+              JOIN LATERAL (SELECT x.steps FROM event_store.saga_definitions x WHERE x.saga_type = r.t
+                             ORDER BY x.version DESC LIMIT 1) d ON true
+             CROSS JOIN LATERAL jsonb_array_elements(d.steps) y
+             WHERE y ->> 'child_type' IS NOT NULL)
+        SELECT 1 FROM reach WHERE t = _define_saga.saga_type) THEN
+        PERFORM event_store._saga_bad(format('saga type "%s" would nest itself', _define_saga.saga_type),
+                                      'Nested sagas must not form a cycle.');
+    END IF;
+
+    INSERT INTO event_store.saga_watched_types (event_type)
+    SELECT DISTINCT t FROM jsonb_array_elements(norm) x,
+           LATERAL (VALUES (x ->> 'complete_on'), (x ->> 'fail_on')) v(t)
+     WHERE t IS NOT NULL
+    ON CONFLICT DO NOTHING;
+
+    -- the next version (define_saga locked the newest); running sagas keep theirs
+    INSERT INTO event_store.saga_definitions AS d (saga_type, definition, steps, timeout, owner, search_path, version)
+    SELECT _define_saga.saga_type, _define_saga.definition, norm, saga_timeout, p_owner, p_path,
+           COALESCE(max(x.version), 0) + 1
+      FROM event_store.saga_definitions x WHERE x.saga_type = _define_saga.saga_type;
+    PERFORM event_store._saga_definitions_changed();
+END $$;
+COMMENT ON FUNCTION event_store.define_saga(text, jsonb) IS
+    'Define a saga type, or its next version (for sagas started afterwards): {"steps": [...], "timeout": "1 hour"}';
+CREATE OR REPLACE FUNCTION event_store._saga_start(p_type text, p_data jsonb, p_id uuid, p_parent uuid, p_parent_step text)
+    RETURNS uuid LANGUAGE plpgsql AS $$
+DECLARE
+    d record;
+BEGIN
+    SELECT * INTO d FROM event_store.saga_definitions WHERE saga_type = p_type ORDER BY version DESC LIMIT 1;
+    IF NOT FOUND THEN
+        PERFORM event_store._saga_bad(format('saga type "%s" is not defined', p_type),
+                                      'Define it with event_store.define_saga().');
+    END IF;
+    INSERT INTO event_store.sagas (saga_id, saga_type, start_data, data, timeout, deadline, parent_saga_id, parent_step,
+                                   version)
+    VALUES (p_id, p_type, p_data, p_data, d.timeout, now() + d.timeout, p_parent, p_parent_step, d.version);
+    INSERT INTO event_store.saga_steps (saga_id, step_no, name, grp, kind, action, compensation, comp_kind,
+                                        complete_on, fail_on, child_type, timeout, max_attempts, backoff,
+                                        pivot, delay, until_key, comp_timeout, concurrency, concurrency_key,
+                                        slot_wait, circuit_failures, circuit_cooldown, circuit_wait)
+    SELECT p_id, (x ->> 'step_no')::int, x ->> 'name', (x ->> 'grp')::int, x ->> 'kind',
+           (x ->> 'action')::regprocedure, (x ->> 'compensation')::regprocedure, x ->> 'comp_kind',
+           x ->> 'complete_on', x ->> 'fail_on', x ->> 'child_type',
+           (x ->> 'timeout')::interval, (x ->> 'max_attempts')::int, (x ->> 'backoff')::interval,
+           COALESCE((x ->> 'pivot')::boolean, false), (x ->> 'delay')::interval, x ->> 'until',
+           (x ->> 'compensation_timeout')::interval, (x ->> 'concurrency')::int, x ->> 'concurrency_key',
+           false, (x ->> 'circuit_failures')::int, (x ->> 'circuit_cooldown')::interval, false
+      FROM jsonb_array_elements(d.steps) x;
+    PERFORM event_store._saga_event(p_id, 'SagaStarted',
+        jsonb_build_object('saga_type', p_type, 'data', p_data, 'parent_saga_id', p_parent));
+    PERFORM event_store._saga_advance(p_id);
+    RETURN p_id;
+END $$;
+CREATE OR REPLACE FUNCTION event_store._saga_state(saga_id uuid) RETURNS jsonb
+    LANGUAGE plpgsql STABLE
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    s record;
+    cur text;
+BEGIN
+    IF saga_id IS NULL THEN
+        PERFORM event_store._saga_bad('saga_id must not be null', NULL, '22004');
+    END IF;
+    SELECT * INTO s FROM event_store.sagas x WHERE x.saga_id = _saga_state.saga_id;
+    IF NOT FOUND THEN
+        PERFORM event_store._saga_bad(format('saga %s does not exist', saga_id));
+    END IF;
+    SELECT name INTO cur FROM event_store.saga_steps st
+     WHERE st.saga_id = s.saga_id
+       AND st.status IN (CASE WHEN s.status = 'running' THEN 'running' ELSE 'compensating' END,
+                         CASE WHEN s.status = 'running' THEN 'pending' ELSE 'compensating' END)
+     ORDER BY CASE WHEN s.status = 'running' THEN st.step_no ELSE -st.step_no END
+     LIMIT 1;
+    RETURN jsonb_build_object(
+        'sagaId', s.saga_id,
+        'sagaType', s.saga_type,
+        'version', s.version,
+        'status', s.status,
+        'currentStep', cur,
+        'startTime', event_store._iso8601(s.started_at),
+        'steps', COALESCE((SELECT jsonb_agg(jsonb_build_object(
+                     'stepId', st.step_no,
+                     'stepType', st.name,
+                     'status', st.status,
+                     'timestamp', event_store._iso8601(st.updated_at),
+                     'compensationData', st.result,
+                     'attempts', CASE WHEN st.status IN ('compensating', 'compensated')
+                                      THEN st.comp_attempts ELSE st.attempts END,
+                     'nextAttemptAt', event_store._iso8601(st.next_attempt_at),
+                     'waitingFor', CASE WHEN st.status = 'pending' AND st.circuit_wait AND s.status = 'running'
+                                        THEN 'open circuit'
+                                        WHEN st.status = 'pending' AND st.slot_wait AND s.status = 'running'
+                                        THEN 'concurrency slot'
+                                        WHEN st.status <> 'running' OR s.status <> 'running' THEN NULL
+                                        WHEN st.kind = 'timer' THEN event_store._iso8601(st.due_at)
+                                        WHEN st.complete_on IS NOT NULL THEN st.complete_on END,
+                     'circuit', CASE WHEN st.circuit_failures IS NOT NULL THEN
+                         (SELECT jsonb_build_object('state', COALESCE(c.state, 'closed'),
+                                                    'failures', COALESCE(c.failures, 0),
+                                                    'retryAt', event_store._iso8601(c.retry_at))
+                            FROM (SELECT 1) one
+                            LEFT JOIN event_store.saga_circuit_state c
+                              ON c.saga_type = s.saga_type AND c.step = st.name) END)
+                     ORDER BY st.step_no)
+                   FROM event_store.saga_steps st WHERE st.saga_id = s.saga_id), '[]'));
+END $$;
+
+--------------------------------------------------------------------------------
+-- Sagas for the long haul: pivot steps (forward recovery), timer steps
+-- ("delay", "until"), the operators' retry_saga and resolve_saga, and
+-- saga_problems saying why a saga needs a person
+-- (sql/install/70_sagas_tables.sql, 71_sagas_define.sql,
+-- 72_sagas_transitions.sql, 73_sagas_api.sql)
+--------------------------------------------------------------------------------
+ALTER TABLE event_store.saga_steps DROP CONSTRAINT saga_steps_kind_check;
+ALTER TABLE event_store.saga_steps ADD CONSTRAINT saga_steps_kind_check
+    CHECK (kind IN ('local', 'external', 'event', 'nested', 'timer'));
+ALTER TABLE event_store.saga_steps ADD COLUMN pivot boolean;
+UPDATE event_store.saga_steps SET pivot = false;
+ALTER TABLE event_store.saga_steps ALTER COLUMN pivot SET NOT NULL;
+ALTER TABLE event_store.saga_steps ALTER COLUMN pivot SET DEFAULT false;
+ALTER TABLE event_store.saga_steps ADD COLUMN delay interval;
+ALTER TABLE event_store.saga_steps ADD COLUMN until_key text;
+ALTER TABLE event_store.saga_steps ADD COLUMN due_at timestamptz;
+-- the running timer steps by due time (saga_tick, the worker's next wake-up)
+CREATE INDEX saga_steps_due_idx ON event_store.saga_steps (due_at)
+    WHERE status = 'running' AND due_at IS NOT NULL;
+
+CREATE OR REPLACE VIEW event_store.saga_problems AS
+SELECT s.saga_id, s.saga_type, s.status, s.last_error AS saga_error,
+       st.name AS step, st.status AS step_status, st.comp_attempts, st.last_error AS step_error,
+       s.updated_at,
+       CASE WHEN s.status = 'compensation_failed' THEN 'compensation_failed'
+            ELSE 'forward_recovery_failed' END AS reason,
+       s.version, st.attempts
+  FROM event_store.sagas s
+  LEFT JOIN event_store.saga_steps st
+    ON st.saga_id = s.saga_id
+   AND st.status = CASE WHEN s.status = 'compensation_failed' THEN 'compensating' ELSE 'failed' END
+ WHERE s.status = 'compensation_failed'
+    OR (s.status = 'running'
+        AND EXISTS (SELECT 1 FROM event_store.saga_steps f
+                     WHERE f.saga_id = s.saga_id AND f.status = 'failed'));
+COMMENT ON VIEW event_store.saga_problems IS 'Sagas that need a person, and why (reason: compensation_failed, forward_recovery_failed), with the step that stopped them; settled with retry_saga or resolve_saga';
+
+CREATE OR REPLACE FUNCTION event_store._saga_past_pivot(p_saga uuid) RETURNS boolean
+    LANGUAGE sql STABLE AS $$
+    SELECT EXISTS (SELECT 1 FROM event_store.saga_steps
+                    WHERE saga_id = p_saga AND pivot AND status = 'completed')
+$$;
+CREATE OR REPLACE FUNCTION event_store._saga_fail(p_saga uuid, p_reason text) RETURNS void
+    LANGUAGE plpgsql AS $$
+DECLARE
+    st record;
+BEGIN
+    -- past its pivot a saga is never compensated: it goes on (its timeout
+    -- no longer applies; a step out of attempts waits for a person)
+    IF event_store._saga_past_pivot(p_saga) THEN
+        UPDATE event_store.sagas SET last_error = p_reason, deadline = NULL, updated_at = now()
+         WHERE saga_id = p_saga AND status = 'running';
+        RETURN;
+    END IF;
+    UPDATE event_store.sagas SET status = 'compensating', last_error = p_reason, deadline = NULL,
+           updated_at = now()
+     WHERE saga_id = p_saga AND status = 'running';
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    -- whatever is still running is cancelled (a nested saga is failed in turn)
+    FOR st IN SELECT * FROM event_store.saga_steps
+               WHERE saga_id = p_saga AND status IN ('running', 'pending') ORDER BY step_no LOOP
+        IF st.status = 'running' THEN
+            UPDATE event_store.saga_steps SET status = 'failed', last_error = 'cancelled: ' || p_reason,
+                   lease_owner = NULL, lease_expires_at = NULL, deadline = NULL, updated_at = now()
+             WHERE saga_id = p_saga AND step_no = st.step_no;
+            IF st.child_saga_id IS NOT NULL THEN
+                PERFORM event_store._saga_fail(st.child_saga_id, 'parent saga failed');
+                PERFORM event_store._saga_advance(st.child_saga_id);
+            END IF;
+        ELSE
+            UPDATE event_store.saga_steps SET next_attempt_at = NULL, slot_wait = false, circuit_wait = false,
+                   updated_at = now()
+             WHERE saga_id = p_saga AND step_no = st.step_no;
+        END IF;
+    END LOOP;
+    PERFORM event_store._saga_event(p_saga, 'SagaCompensating', jsonb_build_object('reason', p_reason));
+END $$;
+CREATE OR REPLACE FUNCTION event_store._saga_step_failed(p_saga uuid, p_step text, p_error text, p_retryable boolean)
+    RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    st record;
+    retry boolean;
+    forward boolean;
+BEGIN
+    SELECT * INTO st FROM event_store.saga_steps WHERE saga_id = p_saga AND name = p_step;
+    retry := p_retryable AND st.attempts < st.max_attempts;
+    forward := NOT retry AND event_store._saga_past_pivot(p_saga);
+    -- the step lets go of its nested saga first, so that saga's end is not
+    -- reported back to this attempt
+    UPDATE event_store.saga_steps
+       SET status = CASE WHEN retry THEN 'pending' ELSE 'failed' END,
+           last_error = p_error, lease_owner = NULL, lease_expires_at = NULL, deadline = NULL,
+           child_saga_id = NULL,
+           next_attempt_at = CASE WHEN retry THEN now() + event_store._backoff(st.backoff, st.attempts) END,
+           updated_at = now()
+     WHERE saga_id = p_saga AND name = p_step;
+    PERFORM event_store._saga_event(p_saga, 'SagaStepFailed',
+        jsonb_build_object('step', p_step, 'error', p_error, 'attempt', st.attempts, 'retrying', retry));
+    IF st.circuit_failures IS NOT NULL THEN
+        PERFORM event_store._saga_circuit_result(p_saga, p_step, false);
+    END IF;
+    -- a nested step gives up on its child saga: fail (and so compensate) it
+    IF st.child_saga_id IS NOT NULL THEN
+        PERFORM event_store._saga_fail(st.child_saga_id, format('step "%s" of the parent saga failed', p_step));
+        PERFORM event_store._saga_advance(st.child_saga_id);
+    END IF;
+    IF forward THEN
+        UPDATE event_store.sagas
+           SET last_error = format('step "%s" failed after the pivot: %s', p_step, p_error), updated_at = now()
+         WHERE saga_id = p_saga;
+        PERFORM event_store._saga_event(p_saga, 'SagaStepNeedsPerson',
+            jsonb_build_object('step', p_step, 'error', p_error, 'reason', 'forward_recovery_failed'));
+    ELSIF NOT retry THEN
+        PERFORM event_store._saga_fail(p_saga, format('step "%s" failed: %s', p_step, p_error));
+    END IF;
+END $$;
+CREATE OR REPLACE FUNCTION event_store._saga_wake_worker() RETURNS void
+    LANGUAGE c AS 'MODULE_PATHNAME', 'es_saga_wake_worker';
+CREATE OR REPLACE FUNCTION event_store._saga_timer_start(p_saga uuid, p_step int, p_data jsonb) RETURNS void
+    LANGUAGE plpgsql AS $$
+DECLARE
+    st record;
+    v jsonb;
+    due timestamptz;
+BEGIN
+    SELECT * INTO st FROM event_store.saga_steps WHERE saga_id = p_saga AND step_no = p_step;
+    IF st.delay IS NOT NULL THEN
+        due := now() + st.delay;
+    ELSE
+        v := p_data -> st.until_key;
+        IF jsonb_typeof(v) IS DISTINCT FROM 'string'
+           OR v #>> '{}' !~ '^\d{4}-\d\d-\d\d([T ]\d\d:\d\d(:\d\d(\.\d+)?)?)?(Z|[+-]\d\d(:?\d\d)?)?$' THEN
+            PERFORM event_store._saga_step_failed(p_saga, st.name,
+                format('the saga data has no ISO 8601 timestamp under "%s"', st.until_key), false);
+            RETURN;
+        END IF;
+        BEGIN
+            due := (v #>> '{}')::timestamptz;
+        EXCEPTION WHEN invalid_datetime_format OR datetime_field_overflow THEN
+            PERFORM event_store._saga_step_failed(p_saga, st.name,
+                format('the saga data has no valid ISO 8601 timestamp under "%s": %s', st.until_key, v #>> '{}'), false);
+            RETURN;
+        END;
+    END IF;
+    UPDATE event_store.saga_steps SET due_at = due WHERE saga_id = p_saga AND step_no = p_step;
+    IF due <= now() THEN
+        PERFORM event_store._saga_step_done(p_saga, st.name, NULL);
+    ELSIF due < now() + COALESCE(current_setting('event_store.naptime', true), '1s')::interval THEN
+        -- due before the worker's next round: it learns the due time at commit
+        PERFORM event_store._saga_wake_worker();
+    END IF;
+END $$;
+CREATE OR REPLACE FUNCTION event_store.saga_tick() RETURNS int
+    LANGUAGE plpgsql
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    r record;
+    n int := 0;
+BEGIN
+    PERFORM event_store._check_writable('saga_tick()');
+    FOR r IN SELECT s.saga_id FROM event_store.sagas s
+              WHERE s.status = 'running' AND s.deadline <= now() ORDER BY s.deadline LOOP
+        BEGIN
+            PERFORM event_store._saga_lock_tree(r.saga_id);
+            PERFORM 1 FROM event_store.sagas WHERE saga_id = r.saga_id AND status = 'running' AND deadline <= now();
+            CONTINUE WHEN NOT FOUND;
+            PERFORM event_store._saga_event(r.saga_id, 'SagaTimedOut', '{}');
+            PERFORM event_store._saga_fail(r.saga_id, 'saga timed out');
+            n := n + 1 + event_store._saga_advance(r.saga_id);
+        EXCEPTION WHEN OTHERS THEN
+            PERFORM event_store._saga_tick_failed(r.saga_id, SQLSTATE, SQLERRM);
+        END;
+    END LOOP;
+    FOR r IN SELECT st.saga_id, st.name, st.status, st.deadline, st.lease_expires_at
+               FROM event_store.saga_steps st
+              WHERE st.status IN ('running', 'compensating')
+                AND (st.deadline <= now() OR st.lease_expires_at <= now())
+              ORDER BY st.updated_at LOOP
+        BEGIN
+            PERFORM event_store._saga_lock_tree(r.saga_id);
+            -- re-check under the lock: the step may have completed meanwhile
+            PERFORM 1 FROM event_store.saga_steps st
+              WHERE st.saga_id = r.saga_id AND st.name = r.name AND st.status = r.status
+                AND (st.deadline <= now() OR st.lease_expires_at <= now());
+            CONTINUE WHEN NOT FOUND;
+            IF r.status = 'running' THEN
+                -- an external step nobody claimed still used up an attempt by timing out
+                UPDATE event_store.saga_steps SET attempts = attempts + 1
+                 WHERE saga_id = r.saga_id AND name = r.name AND kind = 'external' AND lease_owner IS NULL;
+                PERFORM event_store._saga_step_failed(r.saga_id, r.name,
+                    CASE WHEN r.deadline <= now() THEN 'step timed out' ELSE 'lease expired' END, true);
+            ELSE
+                PERFORM event_store._saga_comp_failed(r.saga_id, r.name,
+                    CASE WHEN r.deadline <= now() THEN 'compensation timed out' ELSE 'lease expired' END, true);
+            END IF;
+            n := n + 1 + event_store._saga_advance(r.saga_id);
+        EXCEPTION WHEN OTHERS THEN
+            PERFORM event_store._saga_tick_failed(r.saga_id, SQLSTATE, SQLERRM);
+        END;
+    END LOOP;
+    -- timer steps that are due complete
+    FOR r IN SELECT st.saga_id, st.name FROM event_store.saga_steps st
+              WHERE st.status = 'running' AND st.due_at <= now() ORDER BY st.due_at LOOP
+        BEGIN
+            PERFORM event_store._saga_lock_tree(r.saga_id);
+            PERFORM 1 FROM event_store.saga_steps st JOIN event_store.sagas s ON s.saga_id = st.saga_id
+              WHERE st.saga_id = r.saga_id AND st.name = r.name AND st.status = 'running'
+                AND st.due_at <= now() AND s.status = 'running';
+            CONTINUE WHEN NOT FOUND;
+            PERFORM event_store._saga_step_done(r.saga_id, r.name, NULL);
+            n := n + 1 + event_store._saga_advance(r.saga_id);
+        EXCEPTION WHEN OTHERS THEN
+            PERFORM event_store._saga_tick_failed(r.saga_id, SQLSTATE, SQLERRM);
+        END;
+    END LOOP;
+    FOR r IN SELECT DISTINCT st.saga_id FROM event_store.saga_steps st
+              WHERE (st.status IN ('pending', 'compensating') AND st.next_attempt_at <= now())
+                 OR (st.status = 'pending' AND (st.slot_wait OR st.circuit_wait)) LOOP
+        BEGIN
+            PERFORM event_store._saga_lock_tree(r.saga_id);
+            n := n + event_store._saga_advance(r.saga_id);
+        EXCEPTION WHEN OTHERS THEN
+            PERFORM event_store._saga_tick_failed(r.saga_id, SQLSTATE, SQLERRM);
+        END;
+    END LOOP;
+    RETURN n;
+END $$;
+COMMENT ON FUNCTION event_store.saga_tick() IS
+    'Fire due saga timers (timeouts, lease expiry, retries, timer steps) and run ready local steps; the background worker calls it';
+CREATE OR REPLACE FUNCTION event_store._saga_retry(p_saga uuid, p_by text) RETURNS boolean
+    LANGUAGE plpgsql AS $$
+DECLARE
+    s record;
+    st record;
+    steps text[] := '{}';
+BEGIN
+    SELECT * INTO s FROM event_store.sagas WHERE saga_id = p_saga;
+    IF s.status = 'compensation_failed' THEN
+        FOR st IN SELECT * FROM event_store.saga_steps
+                   WHERE saga_id = p_saga AND status = 'compensating' AND lease_owner IS NULL
+                   ORDER BY step_no DESC LOOP
+            UPDATE event_store.saga_steps
+               SET comp_attempts = 0, next_attempt_at = NULL, updated_at = now()
+             WHERE saga_id = p_saga AND step_no = st.step_no;
+            IF st.comp_kind = 'nested' AND st.child_saga_id IS NOT NULL THEN
+                PERFORM event_store._saga_retry(st.child_saga_id, p_by);
+            END IF;
+            steps := steps || st.name;
+        END LOOP;
+        UPDATE event_store.sagas SET status = 'compensating', finished_at = NULL, updated_at = now()
+         WHERE saga_id = p_saga;
+        PERFORM event_store._saga_event(p_saga, 'SagaRetried',
+            jsonb_build_object('kind', 'compensation', 'steps', to_jsonb(steps), 'by', p_by));
+    ELSIF s.status = 'running'
+          AND EXISTS (SELECT 1 FROM event_store.saga_steps WHERE saga_id = p_saga AND status = 'failed') THEN
+        FOR st IN SELECT * FROM event_store.saga_steps
+                   WHERE saga_id = p_saga AND status = 'failed' ORDER BY step_no LOOP
+            UPDATE event_store.saga_steps
+               SET status = 'pending', attempts = 0, next_attempt_at = NULL, updated_at = now()
+             WHERE saga_id = p_saga AND step_no = st.step_no;
+            steps := steps || st.name;
+        END LOOP;
+        PERFORM event_store._saga_event(p_saga, 'SagaRetried',
+            jsonb_build_object('kind', 'action', 'steps', to_jsonb(steps), 'by', p_by));
+    ELSE
+        RETURN false;
+    END IF;
+    PERFORM event_store._saga_advance(p_saga);
+    RETURN true;
+END $$;
+CREATE OR REPLACE FUNCTION event_store._saga_lock_for_operator(p_saga uuid, p_what text) RETURNS event_store.sagas
+    LANGUAGE plpgsql AS $$
+DECLARE
+    s event_store.sagas;
+BEGIN
+    PERFORM event_store._check_writable(p_what);
+    IF p_saga IS NULL THEN
+        PERFORM event_store._saga_bad('saga_id must not be null', NULL, '22004');
+    END IF;
+    IF NOT event_store._saga_lock_tree(p_saga) THEN
+        PERFORM event_store._saga_bad(format('saga %s does not exist', p_saga));
+    END IF;
+    SELECT * INTO s FROM event_store.sagas WHERE saga_id = p_saga;
+    RETURN s;
+END $$;
+CREATE OR REPLACE FUNCTION event_store._retry_saga(saga_id uuid, p_by regrole) RETURNS void
+    LANGUAGE plpgsql
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    s event_store.sagas := event_store._saga_lock_for_operator(_retry_saga.saga_id, 'retry_saga()');
+BEGIN
+    IF NOT event_store._saga_retry(s.saga_id, p_by::text) THEN
+        RAISE EXCEPTION 'saga % cannot be retried: it is %', s.saga_id, s.status
+            USING ERRCODE = '55000',
+                  DETAIL = 'Nothing stopped it: no compensation ran out of attempts, and no step failed after its pivot.',
+                  HINT = 'retry_saga() retries the sagas that event_store.saga_problems lists.';
+    END IF;
+END $$;
+CREATE OR REPLACE FUNCTION event_store.retry_saga(saga_id uuid) RETURNS void
+    LANGUAGE c VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'es_retry_saga';
+COMMENT ON FUNCTION event_store.retry_saga(uuid) IS
+    'A fresh round of attempts for what stopped a saga: its compensation that failed, or its step that failed after the pivot (SagaRetried); needs the privileges of the saga''s owner';
+CREATE OR REPLACE FUNCTION event_store._resolve_saga(saga_id uuid, status text, note text, p_by regrole) RETURNS void
+    LANGUAGE plpgsql
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    s event_store.sagas;
+BEGIN
+    IF status IS NULL OR status NOT IN ('completed', 'compensated') THEN
+        PERFORM event_store._saga_bad(format('status must be "completed" or "compensated"%s',
+                                             COALESCE(', not "' || status || '"', '')),
+                                      'A person settles a saga as completed or as compensated.',
+                                      CASE WHEN status IS NULL THEN '22004' ELSE '22023' END);
+    END IF;
+    IF note IS NULL THEN
+        PERFORM event_store._saga_bad('note must not be null', 'Say what was done and why.', '22004');
+    END IF;
+    s := event_store._saga_lock_for_operator(_resolve_saga.saga_id, 'resolve_saga()');
+    IF NOT (s.status = 'compensation_failed'
+            OR (s.status = 'running'
+                AND EXISTS (SELECT 1 FROM event_store.saga_steps st
+                             WHERE st.saga_id = s.saga_id AND st.status = 'failed'))) THEN
+        RAISE EXCEPTION 'saga % cannot be resolved: it is %', s.saga_id, s.status
+            USING ERRCODE = '55000',
+                  DETAIL = 'Only a saga that needs a person (listed in event_store.saga_problems) can be resolved.',
+                  HINT = CASE WHEN s.status IN ('running', 'compensating')
+                              THEN 'The saga is still making progress by itself.'
+                              ELSE 'The saga has ended.' END;
+    END IF;
+    -- nothing of it runs any more: no attempt, lease or timer is left
+    UPDATE event_store.saga_steps st
+       SET lease_owner = NULL, lease_expires_at = NULL, deadline = NULL, next_attempt_at = NULL,
+           slot_wait = false, circuit_wait = false, updated_at = now()
+     WHERE st.saga_id = s.saga_id AND st.status IN ('pending', 'running', 'compensating');
+    UPDATE event_store.sagas x
+       SET status = _resolve_saga.status, finished_at = now(), deadline = NULL, updated_at = now()
+     WHERE x.saga_id = s.saga_id;
+    PERFORM event_store._saga_event(s.saga_id, 'SagaResolved',
+        jsonb_build_object('status', status, 'note', note, 'previous_status', s.status, 'by', p_by::text));
+    IF s.parent_saga_id IS NOT NULL THEN
+        PERFORM event_store._saga_child_finished(s.parent_saga_id, s.parent_step, s.saga_id);
+    END IF;
+END $$;
+CREATE OR REPLACE FUNCTION event_store.resolve_saga(saga_id uuid, status text, note text) RETURNS void
+    LANGUAGE c VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'es_resolve_saga';
+COMMENT ON FUNCTION event_store.resolve_saga(uuid, text, text) IS
+    'A person settles a saga that needs one as completed or compensated, the note recorded in its stream (SagaResolved); needs the privileges of the saga''s owner';
+REVOKE ALL ON FUNCTION event_store._saga_past_pivot(uuid), event_store._saga_timer_start(uuid, int, jsonb),
+    event_store._saga_retry(uuid, text), event_store._saga_lock_for_operator(uuid, text),
+    event_store._retry_saga(uuid, regrole), event_store._resolve_saga(uuid, text, text, regrole),
+    event_store.retry_saga(uuid), event_store.resolve_saga(uuid, text, text),
+    event_store._saga_wake_worker()
+  FROM PUBLIC;
+
+--------------------------------------------------------------------------------
+-- Sagas for the long haul: "compensation_timeout", "concurrency" and
+-- "concurrency_key" (sql/install/70_sagas_tables.sql, 71_sagas_define.sql,
+-- 72_sagas_transitions.sql, 73_sagas_api.sql)
+--------------------------------------------------------------------------------
+ALTER TABLE event_store.saga_steps ADD COLUMN comp_timeout interval;
+ALTER TABLE event_store.saga_steps ADD COLUMN concurrency int;
+ALTER TABLE event_store.saga_steps ADD COLUMN concurrency_key text;
+ALTER TABLE event_store.saga_steps ADD COLUMN slot_wait boolean;
+UPDATE event_store.saga_steps SET slot_wait = false;
+ALTER TABLE event_store.saga_steps ALTER COLUMN slot_wait SET NOT NULL;
+ALTER TABLE event_store.saga_steps ALTER COLUMN slot_wait SET DEFAULT false;
+
+CREATE OR REPLACE FUNCTION event_store._saga_comp_failed(p_saga uuid, p_step text, p_error text, p_retryable boolean)
+    RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    st record;
+    s record;
+BEGIN
+    SELECT * INTO st FROM event_store.saga_steps WHERE saga_id = p_saga AND name = p_step;
+    IF p_retryable AND st.comp_attempts < st.max_attempts THEN
+        UPDATE event_store.saga_steps
+           SET last_error = p_error, lease_owner = NULL, lease_expires_at = NULL, deadline = NULL,
+               next_attempt_at = now() + event_store._backoff(st.backoff, st.comp_attempts),
+               updated_at = now()
+         WHERE saga_id = p_saga AND name = p_step;
+        PERFORM event_store._saga_event(p_saga, 'SagaStepCompensationFailed',
+            jsonb_build_object('step', p_step, 'error', p_error, 'attempt', st.comp_attempts, 'retrying', true));
+    ELSE
+        UPDATE event_store.saga_steps
+           SET last_error = p_error, lease_owner = NULL, lease_expires_at = NULL, next_attempt_at = NULL,
+               deadline = NULL, updated_at = now()
+         WHERE saga_id = p_saga AND name = p_step;
+        UPDATE event_store.sagas
+           SET status = 'compensation_failed', finished_at = now(), updated_at = now(),
+               last_error = format('compensation of step "%s" failed: %s', p_step, p_error)
+         WHERE saga_id = p_saga
+        RETURNING * INTO s;
+        PERFORM event_store._saga_event(p_saga, 'SagaStepCompensationFailed',
+            jsonb_build_object('step', p_step, 'error', p_error, 'attempt', st.comp_attempts, 'retrying', false));
+        PERFORM event_store._saga_event(p_saga, 'SagaCompensationFailed', jsonb_build_object('step', p_step, 'error', p_error));
+        IF s.parent_saga_id IS NOT NULL THEN
+            PERFORM event_store._saga_child_finished(s.parent_saga_id, s.parent_step, p_saga);
+        END IF;
+    END IF;
+END $$;
+CREATE OR REPLACE FUNCTION event_store._saga_lock_slot(p_slot text) RETURNS boolean
+    LANGUAGE c AS 'MODULE_PATHNAME', 'es_saga_lock_slot';
+CREATE OR REPLACE FUNCTION event_store._saga_take_slot(p_saga uuid, p_step int) RETURNS boolean
+    LANGUAGE plpgsql AS $$
+DECLARE
+    st record;
+    s record;
+    keyval text;
+    busy bigint;
+BEGIN
+    SELECT * INTO st FROM event_store.saga_steps WHERE saga_id = p_saga AND step_no = p_step;
+    IF st.concurrency IS NULL THEN
+        RETURN true;
+    END IF;
+    SELECT * INTO s FROM event_store.sagas WHERE saga_id = p_saga;
+    keyval := s.data ->> st.concurrency_key;
+    IF NOT event_store._saga_lock_slot(jsonb_build_array(s.saga_type, st.name, keyval)::text) THEN
+        busy := st.concurrency;      -- another saga is taking the slot right now
+    ELSE
+        SELECT count(*) INTO busy
+          FROM event_store.saga_steps x JOIN event_store.sagas y ON y.saga_id = x.saga_id
+         WHERE x.name = st.name AND x.status = 'running' AND y.saga_type = s.saga_type
+           AND x.saga_id <> p_saga
+           AND (st.concurrency_key IS NULL OR (y.data ->> st.concurrency_key) IS NOT DISTINCT FROM keyval);
+    END IF;
+    IF busy >= st.concurrency THEN
+        IF NOT st.slot_wait THEN
+            UPDATE event_store.saga_steps SET slot_wait = true, updated_at = now()
+             WHERE saga_id = p_saga AND step_no = p_step;
+        END IF;
+        RETURN false;
+    END IF;
+    IF st.slot_wait THEN
+        UPDATE event_store.saga_steps SET slot_wait = false WHERE saga_id = p_saga AND step_no = p_step;
+    END IF;
+    RETURN true;
+END $$;
+CREATE OR REPLACE FUNCTION event_store.complete_saga_step(saga_id uuid, step text, result jsonb DEFAULT NULL)
+    RETURNS void LANGUAGE plpgsql
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    st event_store.saga_steps := event_store._saga_lock_step(complete_saga_step.saga_id, complete_saga_step.step);
+    sstatus text;
+BEGIN
+    PERFORM event_store._check_writable('complete_saga_step()');
+    SELECT status INTO sstatus FROM event_store.sagas s WHERE s.saga_id = st.saga_id;
+    IF st.kind = 'nested' THEN
+        RAISE EXCEPTION 'step "%" of saga % is completed by its nested saga', st.name, st.saga_id
+            USING ERRCODE = '55000',
+                  HINT = 'Complete the steps of the nested saga instead.';
+    END IF;
+    IF st.status = 'running' AND sstatus = 'running' THEN
+        PERFORM event_store._saga_step_done(st.saga_id, st.name, COALESCE(result, '{}'));
+    ELSIF st.status = 'compensating' AND st.comp_kind = 'external' AND sstatus = 'compensating' THEN
+        UPDATE event_store.saga_steps SET status = 'compensated', lease_owner = NULL, lease_expires_at = NULL,
+               deadline = NULL, updated_at = now()
+         WHERE saga_steps.saga_id = st.saga_id AND name = st.name;
+        PERFORM event_store._saga_event(st.saga_id, 'SagaStepCompensated', jsonb_build_object('step', st.name));
+    ELSE
+        RAISE EXCEPTION 'step "%" of saga % cannot be completed: it is %', st.name, st.saga_id, st.status
+            USING ERRCODE = '55000',
+                  DETAIL = format('The saga is %s.', sstatus),
+                  HINT = 'Only a running step (or a step whose external compensation is running) can be completed.';
+    END IF;
+    PERFORM event_store._saga_advance(st.saga_id);
+END $$;
+CREATE OR REPLACE FUNCTION event_store.claim_saga_steps(worker text, max_count int DEFAULT 10, step_names text[] DEFAULT NULL,
+                                             lease interval DEFAULT '30 seconds')
+    RETURNS TABLE(saga_id uuid, saga_type text, step text, kind text, attempt int, data jsonb)
+    LANGUAGE plpgsql
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    PERFORM event_store._check_writable('claim_saga_steps()');
+    IF worker IS NULL OR worker = '' THEN
+        PERFORM event_store._saga_bad('worker must not be null or empty', NULL,
+                                      CASE WHEN worker IS NULL THEN '22004' ELSE '22023' END);
+    END IF;
+    IF max_count IS NULL OR max_count < 0 THEN
+        PERFORM event_store._saga_bad('max_count must be a non-negative integer', NULL,
+                                      CASE WHEN max_count IS NULL THEN '22004' ELSE '22023' END);
+    END IF;
+    IF lease IS NULL OR lease <= interval '0' THEN
+        PERFORM event_store._saga_bad('lease must be a positive interval', NULL,
+                                      CASE WHEN lease IS NULL THEN '22004' ELSE '22023' END);
+    END IF;
+    IF array_ndims(step_names) > 1 THEN
+        PERFORM event_store._saga_bad('step_names must be a one-dimensional array', NULL, '2202E');
+    END IF;
+    IF array_position(step_names, NULL) IS NOT NULL THEN
+        PERFORM event_store._saga_bad('step_names must not contain nulls', NULL, '22004');
+    END IF;
+    -- an open circuit whose cooldown passed: half-open, its trial the
+    -- instance that waits longest to be handed out
+    UPDATE event_store.saga_circuit_state x
+       SET state = 'half_open', updated_at = now(),
+           trial_saga = (SELECT st.saga_id FROM event_store.saga_steps st
+                           JOIN event_store.sagas s ON s.saga_id = st.saga_id
+                          WHERE s.saga_type = x.saga_type AND st.name = x.step AND s.status = 'running'
+                            AND st.status = 'running' AND st.kind = 'external' AND st.lease_owner IS NULL
+                          ORDER BY st.updated_at LIMIT 1)
+     WHERE x.state = 'open' AND x.retry_at <= now()
+       AND EXISTS (SELECT 1 FROM event_store.saga_steps st JOIN event_store.sagas s ON s.saga_id = st.saga_id
+                    WHERE s.saga_type = x.saga_type AND st.name = x.step AND s.status = 'running'
+                      AND st.status = 'running' AND st.kind = 'external' AND st.lease_owner IS NULL);
+    RETURN QUERY
+    WITH c AS (
+        SELECT st.saga_id AS sid, st.step_no AS sno
+          FROM event_store.saga_steps st
+          JOIN event_store.sagas s ON s.saga_id = st.saga_id
+         WHERE st.lease_owner IS NULL
+           AND ((st.status = 'running' AND st.kind = 'external' AND s.status = 'running'
+                 AND (st.circuit_failures IS NULL
+                      OR NOT EXISTS (SELECT 1 FROM event_store.saga_circuit_state c
+                                      WHERE c.saga_type = s.saga_type AND c.step = st.name
+                                        AND c.state <> 'closed' AND c.trial_saga IS DISTINCT FROM st.saga_id)))
+             OR (st.status = 'compensating' AND st.comp_kind = 'external' AND s.status = 'compensating'
+                 AND (st.next_attempt_at IS NULL OR st.next_attempt_at <= now())))
+           AND (step_names IS NULL OR st.name = ANY (step_names))
+         ORDER BY st.updated_at, st.saga_id, st.step_no
+         LIMIT max_count
+           FOR UPDATE OF st SKIP LOCKED),
+    u AS (
+        UPDATE event_store.saga_steps st
+           SET lease_owner = worker, lease_expires_at = now() + lease, updated_at = now(),
+               deadline = CASE WHEN st.status = 'compensating' THEN now() + st.comp_timeout ELSE st.deadline END,
+               attempts = st.attempts + CASE WHEN st.status = 'running' THEN 1 ELSE 0 END,
+               comp_attempts = st.comp_attempts + CASE WHEN st.status = 'compensating' THEN 1 ELSE 0 END
+          FROM c
+         WHERE st.saga_id = c.sid AND st.step_no = c.sno
+        RETURNING st.*)
+    SELECT u.saga_id, s.saga_type, u.name,
+           CASE WHEN u.status = 'running' THEN 'action' ELSE 'compensation' END,
+           CASE WHEN u.status = 'running' THEN u.attempts ELSE u.comp_attempts END,
+           CASE WHEN u.status = 'running' THEN s.data ELSE u.result END
+      FROM u JOIN event_store.sagas s ON s.saga_id = u.saga_id
+     ORDER BY u.updated_at, u.saga_id, u.step_no;
+END $$;
+REVOKE ALL ON FUNCTION event_store._saga_take_slot(uuid, int), event_store._saga_lock_slot(text) FROM PUBLIC;
+
+--------------------------------------------------------------------------------
+-- Sagas for the long haul: circuit breakers ("circuit"), the table
+-- saga_circuit_state and the view saga_circuits
+-- (sql/install/70_sagas_tables.sql, 72_sagas_transitions.sql)
+--------------------------------------------------------------------------------
+ALTER TABLE event_store.saga_steps ADD COLUMN circuit_failures int;
+ALTER TABLE event_store.saga_steps ADD COLUMN circuit_cooldown interval;
+ALTER TABLE event_store.saga_steps ADD COLUMN circuit_wait boolean;
+UPDATE event_store.saga_steps SET circuit_wait = false;
+ALTER TABLE event_store.saga_steps ALTER COLUMN circuit_wait SET NOT NULL;
+ALTER TABLE event_store.saga_steps ALTER COLUMN circuit_wait SET DEFAULT false;
+CREATE TABLE event_store.saga_circuit_state (
+    saga_type  text NOT NULL,
+    step       text NOT NULL,
+    state      text NOT NULL CHECK (state IN ('closed', 'open', 'half_open')),
+    failures   int  NOT NULL,
+    opened_at  timestamptz,
+    retry_at   timestamptz,
+    trial_saga uuid,
+    updated_at timestamptz NOT NULL,
+    PRIMARY KEY (saga_type, step)
+);
+COMMENT ON TABLE event_store.saga_circuit_state IS 'Circuit breakers of saga steps; see the view saga_circuits';
+SELECT pg_catalog.pg_extension_config_dump('event_store.saga_circuit_state', '');
+REVOKE ALL ON TABLE event_store.saga_circuit_state FROM PUBLIC;
+CREATE VIEW event_store.saga_circuits AS
+SELECT c.saga_type, c.step, c.state, c.failures, c.opened_at, c.retry_at, c.trial_saga,
+       (SELECT count(*) FROM event_store.saga_steps st JOIN event_store.sagas s ON s.saga_id = st.saga_id
+         WHERE s.saga_type = c.saga_type AND st.name = c.step AND st.circuit_wait) AS waiting
+  FROM event_store.saga_circuit_state c
+ WHERE c.state <> 'closed';
+COMMENT ON VIEW event_store.saga_circuits IS 'Open and half-open circuit breakers of saga steps, with how many instances wait for them';
+REVOKE ALL ON TABLE event_store.saga_circuits FROM PUBLIC;
+CREATE OR REPLACE FUNCTION event_store._saga_circuit_result(p_saga uuid, p_step text, p_ok boolean) RETURNS void
+    LANGUAGE plpgsql AS $$
+DECLARE
+    st record;
+    s record;
+    c record;
+BEGIN
+    SELECT * INTO st FROM event_store.saga_steps WHERE saga_id = p_saga AND name = p_step;
+    IF st.circuit_failures IS NULL THEN
+        RETURN;
+    END IF;
+    SELECT saga_type INTO s FROM event_store.sagas WHERE saga_id = p_saga;
+    INSERT INTO event_store.saga_circuit_state AS x (saga_type, step, state, failures, updated_at)
+    VALUES (s.saga_type, p_step, 'closed', 0, now())
+    ON CONFLICT (saga_type, step) DO NOTHING;
+    SELECT * INTO c FROM event_store.saga_circuit_state x
+     WHERE x.saga_type = s.saga_type AND x.step = p_step FOR UPDATE;
+    IF p_ok THEN
+        IF c.state <> 'closed' OR c.failures > 0 THEN
+            UPDATE event_store.saga_circuit_state x
+               SET state = 'closed', failures = 0, opened_at = NULL, retry_at = NULL, trial_saga = NULL,
+                   updated_at = now()
+             WHERE x.saga_type = s.saga_type AND x.step = p_step;
+            IF c.state <> 'closed' THEN
+                PERFORM event_store._saga_event(p_saga, 'SagaCircuitClosed', jsonb_build_object('step', p_step));
+            END IF;
+        END IF;
+    ELSIF c.state = 'half_open' OR (c.state = 'closed' AND c.failures + 1 >= st.circuit_failures) THEN
+        UPDATE event_store.saga_circuit_state x
+           SET state = 'open', failures = c.failures + 1, opened_at = now(),
+               retry_at = now() + st.circuit_cooldown, trial_saga = NULL, updated_at = now()
+         WHERE x.saga_type = s.saga_type AND x.step = p_step;
+        PERFORM event_store._saga_event(p_saga, 'SagaCircuitOpened',
+            jsonb_build_object('step', p_step, 'failures', c.failures + 1,
+                               'retry_at', event_store._iso8601(now() + st.circuit_cooldown)));
+    ELSE
+        UPDATE event_store.saga_circuit_state x
+           SET failures = c.failures + 1, updated_at = now()
+         WHERE x.saga_type = s.saga_type AND x.step = p_step;
+    END IF;
+END $$;
+CREATE OR REPLACE FUNCTION event_store._saga_circuit_gate(p_saga uuid, p_step int) RETURNS boolean
+    LANGUAGE plpgsql AS $$
+DECLARE
+    st record;
+    s record;
+    c record;
+    ok boolean;
+BEGIN
+    SELECT * INTO st FROM event_store.saga_steps WHERE saga_id = p_saga AND step_no = p_step;
+    SELECT saga_type INTO s FROM event_store.sagas WHERE saga_id = p_saga;
+    SELECT * INTO c FROM event_store.saga_circuit_state x WHERE x.saga_type = s.saga_type AND x.step = st.name;
+    IF FOUND AND c.state <> 'closed' THEN
+        SELECT * INTO c FROM event_store.saga_circuit_state x
+         WHERE x.saga_type = s.saga_type AND x.step = st.name FOR UPDATE;
+    END IF;
+    IF NOT FOUND OR c.state = 'closed' THEN
+        ok := true;
+    ELSIF c.state = 'open' AND c.retry_at <= now() THEN
+        UPDATE event_store.saga_circuit_state x SET state = 'half_open', trial_saga = p_saga, updated_at = now()
+         WHERE x.saga_type = s.saga_type AND x.step = st.name;
+        PERFORM event_store._saga_event(p_saga, 'SagaCircuitHalfOpen', jsonb_build_object('step', st.name));
+        ok := true;
+    ELSIF c.state = 'half_open' AND c.trial_saga IS DISTINCT FROM p_saga
+          AND NOT EXISTS (SELECT 1 FROM event_store.saga_steps t JOIN event_store.sagas ts ON ts.saga_id = t.saga_id
+                           WHERE t.saga_id = c.trial_saga AND t.name = st.name
+                             AND t.status IN ('pending', 'running') AND ts.status = 'running') THEN
+        -- the trial's saga gave up its step (it failed for another reason, or
+        -- was settled by a person): this instance is the trial now
+        UPDATE event_store.saga_circuit_state x SET trial_saga = p_saga, updated_at = now()
+         WHERE x.saga_type = s.saga_type AND x.step = st.name;
+        ok := true;
+    ELSE
+        ok := c.state = 'half_open' AND c.trial_saga = p_saga;
+    END IF;
+    IF st.circuit_wait IS DISTINCT FROM NOT ok THEN
+        UPDATE event_store.saga_steps SET circuit_wait = NOT ok WHERE saga_id = p_saga AND step_no = p_step;
+    END IF;
+    RETURN ok;
+END $$;
+REVOKE ALL ON FUNCTION event_store._saga_circuit_result(uuid, text, boolean), event_store._saga_circuit_gate(uuid, int)
+  FROM PUBLIC;
+
+--------------------------------------------------------------------------------
+-- complete_saga_step() and fail_saga_step() as they are now: the long haul's
+-- versions of them (above) with the hot standby's check first
+--------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION event_store.complete_saga_step(saga_id uuid, step text, result jsonb DEFAULT NULL)
+    RETURNS void LANGUAGE plpgsql
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    st event_store.saga_steps;
+    sstatus text;
+BEGIN
+    -- first: on a standby the lock below would fail with a less telling message
+    PERFORM event_store._check_writable('complete_saga_step()');
+    st := event_store._saga_lock_step(complete_saga_step.saga_id, complete_saga_step.step);
+    SELECT status INTO sstatus FROM event_store.sagas s WHERE s.saga_id = st.saga_id;
+    IF st.kind = 'nested' THEN
+        RAISE EXCEPTION 'step "%" of saga % is completed by its nested saga', st.name, st.saga_id
+            USING ERRCODE = '55000',
+                  HINT = 'Complete the steps of the nested saga instead.';
+    END IF;
+    IF st.status = 'running' AND sstatus = 'running' THEN
+        PERFORM event_store._saga_step_done(st.saga_id, st.name, COALESCE(result, '{}'));
+    ELSIF st.status = 'compensating' AND st.comp_kind = 'external' AND sstatus = 'compensating' THEN
+        UPDATE event_store.saga_steps SET status = 'compensated', lease_owner = NULL, lease_expires_at = NULL,
+               deadline = NULL, updated_at = now()
+         WHERE saga_steps.saga_id = st.saga_id AND name = st.name;
+        PERFORM event_store._saga_event(st.saga_id, 'SagaStepCompensated', jsonb_build_object('step', st.name));
+    ELSE
+        RAISE EXCEPTION 'step "%" of saga % cannot be completed: it is %', st.name, st.saga_id, st.status
+            USING ERRCODE = '55000',
+                  DETAIL = format('The saga is %s.', sstatus),
+                  HINT = 'Only a running step (or a step whose external compensation is running) can be completed.';
+    END IF;
+    PERFORM event_store._saga_advance(st.saga_id);
+END $$;
+
+CREATE OR REPLACE FUNCTION event_store.fail_saga_step(saga_id uuid, step text, error text, retryable boolean DEFAULT true)
+    RETURNS void LANGUAGE plpgsql
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    st event_store.saga_steps;
+    sstatus text;
+BEGIN
+    -- first: on a standby the lock below would fail with a less telling message
+    PERFORM event_store._check_writable('fail_saga_step()');
+    st := event_store._saga_lock_step(fail_saga_step.saga_id, fail_saga_step.step);
+    IF error IS NULL THEN
+        PERFORM event_store._saga_bad('error must not be null', NULL, '22004');
+    END IF;
+    IF retryable IS NULL THEN
+        PERFORM event_store._saga_bad('retryable must not be null', NULL, '22004');
+    END IF;
+    SELECT status INTO sstatus FROM event_store.sagas s WHERE s.saga_id = st.saga_id;
+    IF st.status = 'running' AND sstatus = 'running' THEN
+        PERFORM event_store._saga_step_failed(st.saga_id, st.name, error, retryable);
+    ELSIF st.status = 'compensating' AND st.comp_kind = 'external' AND sstatus = 'compensating' THEN
+        PERFORM event_store._saga_comp_failed(st.saga_id, st.name, error, retryable);
+    ELSE
+        RAISE EXCEPTION 'step "%" of saga % cannot fail: it is %', st.name, st.saga_id, st.status
+            USING ERRCODE = '55000',
+                  DETAIL = format('The saga is %s.', sstatus),
+                  HINT = 'Only a running step (or a step whose external compensation is running) can fail.';
+    END IF;
+    PERFORM event_store._saga_advance(st.saga_id);
+END $$;
+

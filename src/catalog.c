@@ -179,6 +179,9 @@ EsGetCatalog(void)
 		es_catalog.schema_version = ES_SCHEMA_0_2;
 	else
 		es_catalog.schema_version = ES_SCHEMA_0_1;
+	/* saga_definitions.version: saga types have versions (0.3.0 on) */
+	es_catalog.saga_versions =
+		get_attnum(get_relname_relid("saga_definitions", nsp), "version") != InvalidAttrNumber;
 	if (!OidIsValid(es_catalog.event_type_oid))
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),

@@ -94,3 +94,24 @@ EsLockSagaStart(const pg_uuid_t *saga_id)
 						 ES_SAGA_LOCK_FIELD4);
 	(void) LockAcquire(&tag, ExclusiveLock, false, false);
 }
+
+/*
+ * Serialise the sagas that start a step with a concurrency limit on the
+ * same slot (the saga type, the step and its concurrency key's value):
+ * each counts the running instances under this lock, held to the end of
+ * the transaction (a lock of the extension's own, which no SQL advisory
+ * lock function can take).  It is only tried, never waited for: false when
+ * another transaction holds it (the step then waits for a later round, as
+ * for a busy slot), so no saga holding its own row lock ever waits for a
+ * slot that a transaction waiting for that row holds.
+ */
+bool
+EsTryLockSagaSlot(const char *slot, int len)
+{
+	LOCKTAG		tag;
+	uint64		h = hash_bytes_extended((const unsigned char *) slot, len, 0);
+
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) (h >> 32), (uint32) h,
+						 ES_SLOT_LOCK_FIELD4);
+	return LockAcquire(&tag, ExclusiveLock, false, true) != LOCKACQUIRE_NOT_AVAIL;
+}

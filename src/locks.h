@@ -17,10 +17,12 @@
 #define ES_SAGA_LOCK_FIELD4		0x5347	/* "SG": starting a saga with a given id */
 #define ES_CATEGORY_LOCK_FIELD4	0x4543	/* "EC": appenders of a category with grants */
 #define ES_OPEN_LOCK_FIELD4		0x454F	/* "EO": appenders of categories without grants */
+#define ES_SLOT_LOCK_FIELD4		0x5343	/* "SC": a saga step's concurrency slot */
 
 extern void EsLockStream(text *stream_id);
 extern void EsUnlockStream(text *stream_id);
 extern void EsLockCategory(const char *category, int len, LOCKMODE mode);
 extern void EsLockSagaStart(const pg_uuid_t *saga_id);
+extern bool EsTryLockSagaSlot(const char *slot, int len);
 
 #endif							/* ES_LOCKS_H */

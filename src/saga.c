@@ -25,6 +25,7 @@
 #include "nodes/value.h"
 #include "parser/parse_func.h"
 #include "storage/lock.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/hsearch.h"
@@ -49,6 +50,8 @@ PG_FUNCTION_INFO_V1(es_saga_call);
 PG_FUNCTION_INFO_V1(es_saga_regprocedure);
 PG_FUNCTION_INFO_V1(es_start_saga);
 PG_FUNCTION_INFO_V1(es_saga_state);
+PG_FUNCTION_INFO_V1(es_retry_saga);
+PG_FUNCTION_INFO_V1(es_resolve_saga);
 
 typedef struct EsWatchedType
 {
@@ -109,23 +112,28 @@ EsSagaRegistrant(Datum saga_id, MemoryContext cxt, Oid *owner,
 {
 	static SPIPlanPtr plan = NULL;
 	static const char *plan_columns = NULL;
+	static bool plan_versions = false;
 	const char *columns = EsOwnerColumns();
+	bool		versions = EsGetCatalog()->saga_versions;
 	MemoryContext old;
 	int			rc;
 
 	/* the columns differ with the schema (ALTER EXTENSION UPDATE) */
-	if (plan == NULL || plan_columns != columns)
+	if (plan == NULL || plan_columns != columns || plan_versions != versions)
 	{
 		Oid			type = UUIDOID;
 
 		if (plan != NULL)
 			SPI_freeplan(plan);
+		/* the definition of the version the saga runs on */
 		plan = EsPrepareKeptPlan(psprintf("SELECT %s FROM event_store.sagas s "
 										  "JOIN event_store.saga_definitions d "
-										  "ON d.saga_type OPERATOR(pg_catalog.=) s.saga_type "
-										  "WHERE s.saga_id OPERATOR(pg_catalog.=) $1", columns),
+										  "ON d.saga_type OPERATOR(pg_catalog.=) s.saga_type %s"
+										  "WHERE s.saga_id OPERATOR(pg_catalog.=) $1", columns,
+										  versions ? "AND d.version OPERATOR(pg_catalog.=) s.version " : ""),
 								 1, &type);
 		plan_columns = columns;
+		plan_versions = versions;
 	}
 	rc = SPI_execute_plan(plan, &saga_id, NULL, true, 1);
 	if (rc != SPI_OK_SELECT)
@@ -286,7 +294,12 @@ es_define_saga(PG_FUNCTION_ARGS)
 		EsUserSwitch sw;
 
 		EsSpiConnect(&sw);
-		(void) EsLockRegistration(&sw, "SELECT owner::pg_catalog.oid FROM event_store.saga_definitions "
+		/* (the newest version's owner decides) */
+		(void) EsLockRegistration(&sw, EsGetCatalog()->saga_versions ?
+								  "SELECT owner::pg_catalog.oid FROM event_store.saga_definitions "
+								  "WHERE saga_type OPERATOR(pg_catalog.=) $1 "
+								  "ORDER BY version DESC LIMIT 1 FOR UPDATE" :
+								  "SELECT owner::pg_catalog.oid FROM event_store.saga_definitions "
 								  "WHERE saga_type OPERATOR(pg_catalog.=) $1 FOR UPDATE",
 								  1, &type, &value,
 								  psprintf("saga type \"%s\"", TextDatumGetCString(value)));
@@ -521,4 +534,73 @@ Datum
 es_saga_type_diagram(PG_FUNCTION_ARGS)
 {
 	return es_saga_diagram_of(fcinfo, 1);
+}
+
+/*
+ * May the caller act on the saga as an operator (retry_saga, resolve_saga)?
+ * It needs the privileges of the saga's owner -- the role that defined the
+ * version of its type it runs on -- or of the extension owner; 42501
+ * otherwise, naming the owner.  A saga that does not exist is left to the
+ * orchestrator to report.
+ */
+static void
+es_check_saga_operator(Datum saga_id, const char *action)
+{
+	EsUserSwitch sw;
+	Oid			owner;
+	const char *path;
+	Oid			user;
+
+	EsSpiConnect(&sw);
+	user = sw.save_userid;
+	if (EsSagaRegistrant(saga_id, CurrentMemoryContext, &owner, &path) &&
+		!has_privs_of_role(user, owner) && !has_privs_of_role(user, EsExtensionOwner()))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("must be a member of role \"%s\" to %s saga %s", EsRoleName(owner), action,
+						DatumGetCString(DirectFunctionCall1(uuid_out, saga_id))),
+				 errdetail("Role \"%s\" defined the saga type the saga runs on; only its members and the extension owner may retry or resolve its sagas.",
+						   EsRoleName(owner))));
+	EsSpiFinish(&sw);
+}
+
+/* SQL: event_store.retry_saga(saga_id uuid) */
+Datum
+es_retry_saga(PG_FUNCTION_ARGS)
+{
+	Oid			argtypes[2] = {UUIDOID, REGROLEOID};
+	NullableDatum args[2];
+	bool		isnull;
+
+	EsCheckWritable("retry_saga()");
+	if (!PG_ARGISNULL(0))
+		es_check_saga_operator(PG_GETARG_DATUM(0), "retry");
+	args[0].value = PG_ARGISNULL(0) ? (Datum) 0 : PG_GETARG_DATUM(0);
+	args[0].isnull = PG_ARGISNULL(0);
+	args[1].value = ObjectIdGetDatum(GetUserId());
+	args[1].isnull = false;
+	(void) es_orchestrator_call("_retry_saga", 2, argtypes, args, &isnull);
+	PG_RETURN_VOID();
+}
+
+/* SQL: event_store.resolve_saga(saga_id uuid, status text, note text) */
+Datum
+es_resolve_saga(PG_FUNCTION_ARGS)
+{
+	Oid			argtypes[4] = {UUIDOID, TEXTOID, TEXTOID, REGROLEOID};
+	NullableDatum args[4];
+	bool		isnull;
+
+	EsCheckWritable("resolve_saga()");
+	if (!PG_ARGISNULL(0))
+		es_check_saga_operator(PG_GETARG_DATUM(0), "resolve");
+	for (int i = 0; i < 3; i++)
+	{
+		args[i].value = PG_ARGISNULL(i) ? (Datum) 0 : PG_GETARG_DATUM(i);
+		args[i].isnull = PG_ARGISNULL(i);
+	}
+	args[3].value = ObjectIdGetDatum(GetUserId());
+	args[3].isnull = false;
+	(void) es_orchestrator_call("_resolve_saga", 4, argtypes, args, &isnull);
+	PG_RETURN_VOID();
 }

@@ -32,11 +32,14 @@
 #include "utils/jsonb.h"
 #include "utils/memutils.h"
 #include "utils/resowner.h"
+#include "utils/timestamp.h"
 #include "utils/uuid.h"
 
+#include "activity.h"
 #include "api.h"
 #include "append.h"
 #include "callback.h"
+#include "locks.h"
 #include "registry.h"
 #include "roles.h"
 #include "saga.h"
@@ -44,6 +47,8 @@
 PG_FUNCTION_INFO_V1(es_saga_advance);
 PG_FUNCTION_INFO_V1(es_saga_step_done);
 PG_FUNCTION_INFO_V1(es_saga_event);
+PG_FUNCTION_INFO_V1(es_saga_wake_worker);
+PG_FUNCTION_INFO_V1(es_saga_lock_slot);
 
 /* ------------------------------------------------------------------------
  * The statements of the step loop, prepared once and kept
@@ -72,6 +77,10 @@ typedef enum EsSagaStmtId
 	CALL_SAGA_START,
 	CALL_COMPENSATE_CHILD,
 	CALL_CHILD_FINISHED,
+	CALL_TIMER_START,
+	CALL_TAKE_SLOT,
+	CALL_CIRCUIT_GATE,
+	CALL_CIRCUIT_OK,
 	SAGA_NSTMTS
 } EsSagaStmtId;
 
@@ -127,7 +136,10 @@ static EsSagaStmt saga_stmts[SAGA_NSTMTS] = {
 	2, {UUIDOID, INT4OID}},
 	[STEP_READ] = {
 		"SELECT name, status, kind, action::pg_catalog.oid, compensation::pg_catalog.oid, "
-		"comp_kind, complete_on IS NOT NULL, child_type, child_saga_id, result "
+		"comp_kind, complete_on IS NOT NULL, child_type, child_saga_id, result, "
+		"concurrency IS NOT NULL, circuit_failures IS NOT NULL, "
+		"(pg_catalog.date_part('epoch', comp_timeout) OPERATOR(pg_catalog.*) "
+		"1000::pg_catalog.float8)::pg_catalog.int8 "
 		"FROM event_store.saga_steps WHERE saga_id" EQ "$1 AND step_no" EQ "$2",
 	2, {UUIDOID, INT4OID}},
 	[STEP_START] = {
@@ -149,10 +161,11 @@ static EsSagaStmt saga_stmts[SAGA_NSTMTS] = {
 		"UPDATE event_store.saga_steps SET status = 'completed', result = $3, "
 		"lease_owner = NULL, lease_expires_at = NULL, deadline = NULL, "
 		"next_attempt_at = NULL, updated_at = " NOW " "
-		"WHERE saga_id" EQ "$1 AND name" EQ "$2) "
+		"WHERE saga_id" EQ "$1 AND name" EQ "$2 RETURNING circuit_failures) "
 		"UPDATE event_store.sagas SET data = CASE "
 		"WHEN pg_catalog.jsonb_typeof($3)" EQ "'object' THEN data OPERATOR(pg_catalog.||) $3 "
-		"ELSE data END, updated_at = " NOW " WHERE saga_id" EQ "$1",
+		"ELSE data END, updated_at = " NOW " WHERE saga_id" EQ "$1 "
+		"RETURNING (SELECT circuit_failures IS NOT NULL FROM step)",
 	3, {UUIDOID, TEXTOID, JSONBOID}},
 	[STEP_NEW_CHILD] = {
 		"UPDATE event_store.saga_steps SET child_saga_id = pg_catalog.gen_random_uuid() "
@@ -186,6 +199,18 @@ static EsSagaStmt saga_stmts[SAGA_NSTMTS] = {
 	[CALL_CHILD_FINISHED] = {
 		"SELECT event_store._saga_child_finished($1, $2, $3)",
 	3, {UUIDOID, TEXTOID, UUIDOID}},
+	[CALL_TIMER_START] = {
+		"SELECT event_store._saga_timer_start($1, $2, $3)",
+	3, {UUIDOID, INT4OID, JSONBOID}},
+	[CALL_TAKE_SLOT] = {
+		"SELECT event_store._saga_take_slot($1, $2)",
+	2, {UUIDOID, INT4OID}},
+	[CALL_CIRCUIT_GATE] = {
+		"SELECT event_store._saga_circuit_gate($1, $2)",
+	2, {UUIDOID, INT4OID}},
+	[CALL_CIRCUIT_OK] = {
+		"SELECT event_store._saga_circuit_result($1, $2, true)",
+	2, {UUIDOID, TEXTOID}},
 };
 
 /*
@@ -519,7 +544,15 @@ es_complete_step(pg_uuid_t *saga_id, const char *step, Jsonb *result)
 	values[0] = UUIDPGetDatum(saga_id);
 	values[1] = CStringGetTextDatum(step);
 	values[2] = result ? JsonbPGetDatum(result) : (Datum) 0;
-	(void) es_saga_exec(STEP_DONE, values, isnull);
+	if (es_saga_exec(STEP_DONE, values, isnull) > 0)
+	{
+		bool		null_circuit;
+		Datum		circuit = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &null_circuit);
+
+		/* a success closes the step's circuit */
+		if (!null_circuit && DatumGetBool(circuit))
+			(void) es_saga_exec(CALL_CIRCUIT_OK, values, NULL);
+	}
 	es_saga_transition(saga_id, "SagaStepCompleted", step, true, result, NULL, false, NULL);
 }
 
@@ -600,8 +633,9 @@ es_call_step_function(pg_uuid_t *saga_id, const char *saga_type, Oid fn, Jsonb *
  */
 static bool
 es_try_step_function(pg_uuid_t *saga_id, const char *saga_type, Oid fn,
-					 Jsonb *data, Jsonb **result, char **error)
+					 Jsonb *data, int64 timeout_ms, Jsonb **result, char **error)
 {
+	TimestampTz start = GetCurrentTimestamp();
 	MemoryContext oldcxt = CurrentMemoryContext;
 	ResourceOwner oldowner = CurrentResourceOwner;
 	int			nscopes = EsCallbackScopeDepth();
@@ -612,6 +646,14 @@ es_try_step_function(pg_uuid_t *saga_id, const char *saga_type, Oid fn,
 	PG_TRY();
 	{
 		*result = es_call_step_function(saga_id, saga_type, fn, data);
+		/* too slow: a failed attempt, and what it did is rolled back */
+		if (timeout_ms > 0 &&
+			TimestampDifferenceExceeds(start, GetCurrentTimestamp(), (int) Min(timeout_ms, PG_INT32_MAX)))
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("compensation timed out"),
+					 errdetail("It took longer than the step's compensation_timeout of " INT64_FORMAT " ms.",
+							   timeout_ms)));
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(oldcxt);
 		CurrentResourceOwner = oldowner;
@@ -668,6 +710,9 @@ typedef struct EsStepRow
 	bool		has_child;
 	pg_uuid_t	child;
 	Jsonb	   *result;
+	bool		limited;		/* has a concurrency limit */
+	bool		breaker;		/* has a circuit */
+	int64		comp_timeout_ms;	/* 0: none */
 } EsStepRow;
 
 /* Read step step_no of the saga; false when it is not there */
@@ -695,6 +740,10 @@ es_saga_read_step(Datum *key, EsStepRow *st)
 	st->child_type = es_result_text(8);
 	st->has_child = es_result_uuid(9, &st->child);
 	st->result = es_result_jsonb(10);
+	st->limited = DatumGetBool(SPI_getbinval(tup, desc, 11, &isnull));
+	st->breaker = DatumGetBool(SPI_getbinval(tup, desc, 12, &isnull));
+	d = SPI_getbinval(tup, desc, 13, &isnull);
+	st->comp_timeout_ms = isnull ? 0 : Max(DatumGetInt64(d), 1);
 	return true;
 }
 
@@ -764,6 +813,24 @@ es_saga_run_group(pg_uuid_t *saga_id, EsSagaRow *s, int32 g)
 		status = es_saga_status(key, &data);
 		if (status != NULL && strcmp(status, "running") != 0)
 			break;
+		/* its circuit is open: it waits, pending, without an attempt */
+		if (st.breaker)
+		{
+			bool		isnull;
+
+			(void) es_saga_exec(CALL_CIRCUIT_GATE, key, NULL);
+			if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
+				continue;
+		}
+		/* no free concurrency slot: it waits, pending, without an attempt */
+		if (st.limited)
+		{
+			bool		isnull;
+
+			(void) es_saga_exec(CALL_TAKE_SLOT, key, NULL);
+			if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
+				continue;
+		}
 		n++;
 		(void) es_saga_exec(STEP_START, key, NULL);
 
@@ -772,7 +839,7 @@ es_saga_run_group(pg_uuid_t *saga_id, EsSagaRow *s, int32 g)
 			Jsonb	   *result = NULL;
 			char	   *error = NULL;
 
-			if (!es_try_step_function(saga_id, s->saga_type, st.action, data, &result, &error))
+			if (!es_try_step_function(saga_id, s->saga_type, st.action, data, 0, &result, &error))
 			{
 				Datum		values[3] = {key[0], CStringGetTextDatum(st.name),
 				CStringGetTextDatum(error)};
@@ -802,6 +869,14 @@ es_saga_run_group(pg_uuid_t *saga_id, EsSagaRow *s, int32 g)
 			values[3] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull[3]);
 			values[4] = CStringGetTextDatum(st.name);
 			(void) es_saga_exec(CALL_SAGA_START, values, isnull);
+		}
+		else if (strcmp(st.kind, "timer") == 0)
+		{
+			/* due at once, it completes now; otherwise saga_tick completes it */
+			Datum		values[3] = {key[0], key[1], data ? JsonbPGetDatum(data) : (Datum) 0};
+			bool		isnull[3] = {false, false, data == NULL};
+
+			(void) es_saga_exec(CALL_TIMER_START, values, isnull);
 		}
 		/* external steps wait to be claimed, event-driven ones for their event */
 	}
@@ -856,7 +931,8 @@ es_saga_compensate_group(pg_uuid_t *saga_id, EsSagaRow *s, int32 g, bool *progre
 			char	   *error = NULL;
 
 			(void) es_saga_exec(STEP_COMP_ATTEMPT, key, NULL);
-			if (es_try_step_function(saga_id, s->saga_type, st.compensation, st.result, &result, &error))
+			if (es_try_step_function(saga_id, s->saga_type, st.compensation, st.result,
+									 st.comp_timeout_ms, &result, &error))
 			{
 				(void) es_saga_exec(STEP_COMPENSATED, key, NULL);
 				es_saga_transition(saga_id, "SagaStepCompensated", st.name, false, NULL, NULL, false, NULL);
@@ -968,4 +1044,30 @@ es_saga_advance(PG_FUNCTION_ARGS)
 	n = es_saga_advance_loop(PG_GETARG_UUID_P(0));
 	EsSpiFinish(&sw);
 	PG_RETURN_INT32(n);
+}
+
+/*
+ * SQL: event_store._saga_wake_worker() -- a timer step is due before the
+ * worker's next round: wake it when the transaction commits, to learn the
+ * due time (the worker then waits for it on its latch's timeout)
+ */
+Datum
+es_saga_wake_worker(PG_FUNCTION_ARGS)
+{
+	EsWakeWorker();
+	PG_RETURN_VOID();
+}
+
+/*
+ * SQL: event_store._saga_lock_slot(slot text) RETURNS boolean -- see
+ * EsTryLockSagaSlot: false when another transaction holds the slot's lock
+ */
+Datum
+es_saga_lock_slot(PG_FUNCTION_ARGS)
+{
+	text	   *slot;
+
+	EsRequireArg(fcinfo, 0, "slot");
+	slot = PG_GETARG_TEXT_PP(0);
+	PG_RETURN_BOOL(EsTryLockSagaSlot(VARDATA_ANY(slot), VARSIZE_ANY_EXHDR(slot)));
 }

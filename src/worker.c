@@ -495,10 +495,18 @@ es_worker_run_projections(void *arg)
 	pgstat_report_activity(STATE_IDLE, NULL);
 }
 
-/* Saga timers (timeouts, lease expiry, retries) in a transaction of their own */
+/*
+ * Saga timers (timeouts, lease expiry, retries, timer steps) in a
+ * transaction of their own.  *next_due (arg) becomes the due time of the
+ * next timer step, when the schema has them (0 when none is waiting): the
+ * worker wakes up for it rather than at its next round.
+ */
 static void
 es_worker_saga_tick(void *arg)
 {
+	TimestampTz *next_due = (TimestampTz *) arg;
+
+	*next_due = 0;
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
@@ -510,6 +518,19 @@ es_worker_saga_tick(void *arg)
 					"WHERE status OPERATOR(pg_catalog.=) ANY ('{running,compensating}'::pg_catalog.text[]))",
 					false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "saga_tick failed");
+	if (EsGetCatalog()->saga_versions)
+	{
+		bool		isnull;
+		Datum		due;
+
+		if (SPI_execute("SELECT pg_catalog.min(due_at) FROM event_store.saga_steps "
+						"WHERE status OPERATOR(pg_catalog.=) 'running' AND due_at IS NOT NULL",
+						true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+			elog(ERROR, "reading the saga timers' next due time failed");
+		due = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+		if (!isnull)
+			*next_due = DatumGetTimestampTz(due);
+	}
 	SPI_finish();
 	PopActiveSnapshot();
 	CommitTransactionCommand();
@@ -695,6 +716,7 @@ es_worker_main(Datum arg)
 	TimestampTz last_notify = 0;
 	TimestampTz last_round = 0;
 	TimestampTz last_retention = 0;
+	TimestampTz saga_next_due = 0;
 	EsWorkerUnit projections_unit = {"async projections"};
 	EsWorkerUnit saga_unit = {"saga timers"};
 	EsWorkerUnit retention_unit = {"retention"};
@@ -752,6 +774,7 @@ es_worker_main(Datum arg)
 		if ((es_unit_ready(&projections_unit, now) && EsTakeProjectionsChanged()) ||
 			(batch.has_async && head != round_head) ||
 			TimestampDifferenceExceeds(last_round, now, es_naptime_ms) ||
+			(saga_next_due != 0 && now >= saga_next_due) ||
 			es_unit_retry_due(&projections_unit, now) ||
 			es_unit_retry_due(&saga_unit, now))
 		{
@@ -777,10 +800,22 @@ es_worker_main(Datum arg)
 				es_ensure_helpers(dboid, batch.has_partitioned);
 			}
 			if (es_unit_ready(&saga_unit, now))
-				(void) es_worker_run_unit(&saga_unit, es_worker_saga_tick, NULL);
+			{
+				/* (a failed tick leaves no due time: the naptime rounds go on) */
+				saga_next_due = 0;
+				(void) es_worker_run_unit(&saga_unit, es_worker_saga_tick, &saga_next_due);
+			}
 		}
 		timeout = es_unit_timeout(&projections_unit, now, timeout);
 		timeout = es_unit_timeout(&saga_unit, now, timeout);
+		/* a timer step due before the next round: wake up for it */
+		if (saga_next_due != 0)
+		{
+			if (saga_next_due > now)
+				timeout = Min(timeout, (long) ((saga_next_due - now + 999) / 1000));
+			else
+				saga_next_due = 0;	/* due, but not completed: the next round */
+		}
 
 		if (es_unit_ready(&retention_unit, now) &&
 			(TimestampDifferenceExceeds(last_retention, now, es_retention_interval_ms) ||

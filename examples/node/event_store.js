@@ -286,6 +286,19 @@ class Follower {
   }
 }
 
+// An operator's retry: what stopped the saga (a compensation that failed,
+// a step that failed after its pivot, see event_store.saga_problems) gets a
+// fresh round of attempts.  Needs the privileges of the saga's owner.
+async function retrySaga(pool, sagaId) {
+  await pool.query('SELECT event_store.retry_saga($1)', [sagaId]);
+}
+
+// A person settles a stuck saga as 'completed' or 'compensated'; the note is
+// recorded in its stream (SagaResolved).
+async function resolveSaga(pool, sagaId, status, note) {
+  await pool.query('SELECT event_store.resolve_saga($1, $2, $3)', [sagaId, status, note]);
+}
+
 // A handler error that must not be retried: the step fails for good and
 // the saga compensates its completed steps.
 class PermanentError extends Error {
@@ -710,6 +723,8 @@ module.exports = {
   createPool,
   Follower,
   PermanentError,
+  resolveSaga,
+  retrySaga,
   SagaWorker,
   SubscriptionWorker,
 };

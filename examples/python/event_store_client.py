@@ -220,6 +220,19 @@ class Follower:
             raise self.error
 
 
+def retry_saga(conn, saga_id):
+    """An operator's retry: what stopped the saga (a compensation that failed,
+    a step that failed after its pivot, see event_store.saga_problems) gets a
+    fresh round of attempts.  Needs the privileges of the saga's owner."""
+    conn.execute("SELECT event_store.retry_saga(%s)", (saga_id,))
+
+
+def resolve_saga(conn, saga_id, status, note):
+    """A person settles a stuck saga as "completed" or "compensated"; the
+    note is recorded in its stream (SagaResolved)."""
+    conn.execute("SELECT event_store.resolve_saga(%s, %s, %s)", (saga_id, status, note))
+
+
 class PermanentError(Exception):
     """A handler error that must not be retried: the step fails for good and
     the saga compensates its completed steps."""

@@ -11,7 +11,9 @@
     late (after events with higher positions);
   - sagas defined here, whose external steps two SagaWorkers work,
     complete (one after a retried step); one whose step fails for good
-    compensates its completed step (saga_state);
+    compensates its completed step (saga_state); one with a pivot and a
+    timer step waits for a person after the pivot, and an operator's
+    retry_saga lets it complete;
   - three SubscriptionWorkers (threads) share a subscription: every event
     is handled exactly once, each stream in order, never by two workers at
     the same time;
@@ -49,6 +51,7 @@ from event_store_client import (
     SubscriptionWorker,
     append_with_retry,
     connect,
+    retry_saga,
 )
 
 # names of this run, so that the tests can run again in the same database
@@ -374,6 +377,50 @@ class SagaWorkerTest(unittest.TestCase):
         self.assertEqual(calls[2][4], {"reservation": "R-7"}, "the compensation got the result of reserve")
         self.assertEqual(sql("SELECT last_error FROM event_store.saga_steps WHERE saga_id = %s AND name = 'charge'",
                              (ids[0],))[0][0], "card declined")
+
+    def test_a_timer_a_pivot_and_an_operator_retry(self):
+        # charge is the pivot: after it, ship's failure is not compensated;
+        # the saga waits for a person, whose retry_saga gives ship another
+        # round.  cool_off is a timer step the background worker completes.
+        saga_type = f"python_long_haul_{RUN}"
+        sql("SELECT event_store.define_saga(%s, %s)", (saga_type, Jsonb({"steps": [
+            {"name": "charge", "pivot": True},
+            {"name": "cool_off", "delay": "300 milliseconds"},
+            {"name": "ship", "max_attempts": 1}]})))
+        saga_id = sql("SELECT event_store.start_saga(%s, %s)", (saga_type, Jsonb({"order": 9})))[0][0]
+        couriers = []
+
+        def ship(data, step):
+            if not couriers:
+                raise PermanentError("no courier")
+            return {"courier": couriers[0]}
+
+        errors = []
+        worker = SagaWorker("python-long-haul", {"charge": {"action": lambda data, step: {"charged": True}},
+                                                 "ship": {"action": ship}},
+                            poll_interval=0.05, on_error=lambda err, step: errors.append(str(err))).start()
+        try:
+            wait_until("the saga to need a person", lambda: sql(
+                "SELECT count(*) FROM event_store.saga_problems WHERE saga_id = %s"
+                " AND reason = 'forward_recovery_failed' AND step = 'ship'", (saga_id,))[0][0] == 1)
+            state = saga_state(saga_id)
+            self.assertEqual(state["status"], "running", "past the pivot, nothing is compensated")
+            self.assertEqual([(s["stepType"], s["status"]) for s in state["steps"]],
+                             [("charge", "completed"), ("cool_off", "completed"), ("ship", "failed")])
+            self.assertEqual(sql("SELECT due_at <= updated_at FROM event_store.saga_steps"
+                                 " WHERE saga_id = %s AND name = 'cool_off'", (saga_id,))[0][0], True,
+                             "the timer completed when it was due, not before")
+            couriers.append("C-1")
+            with connect() as conn:
+                retry_saga(conn, saga_id)
+            wait_until("the saga to complete", lambda: saga_state(saga_id)["status"] == "completed")
+        finally:
+            worker.stop()
+        self.assertEqual(errors, [], "every step report was accepted")
+        self.assertEqual(sql("SELECT data FROM event_store.sagas WHERE saga_id = %s", (saga_id,))[0][0],
+                         {"order": 9, "charged": True, "courier": "C-1"})
+        self.assertIn("SagaRetried", [r[0] for r in sql(
+            "SELECT event_type FROM event_store.read_stream('saga-' || %s)", (str(saga_id),))])
 
 
 # Subscriptions: each test has a category and a subscription of its own

@@ -120,9 +120,10 @@ BEGIN
         END IF;
         FOR k IN SELECT jsonb_object_keys(step) LOOP
             IF k NOT IN ('name', 'action', 'compensation', 'group', 'timeout', 'max_attempts',
-                         'backoff', 'complete_on', 'fail_on', 'saga') THEN
+                         'backoff', 'complete_on', 'fail_on', 'saga', 'pivot', 'delay', 'until',
+                         'compensation_timeout', 'concurrency', 'concurrency_key', 'circuit') THEN
                 PERFORM event_store._saga_bad(format('unknown key "%s" in step %s', k, i),
-                    'A step has the keys name, action, compensation, group, timeout, max_attempts, backoff, complete_on, fail_on and saga.');
+                    'A step has the keys name, action, compensation, group, timeout, max_attempts, backoff, complete_on, fail_on, saga, pivot, delay, until, compensation_timeout, concurrency, concurrency_key and circuit.');
             END IF;
         END LOOP;
         nm := step ->> 'name';
@@ -138,7 +139,8 @@ BEGIN
                 PERFORM event_store._saga_bad(format('"%s" of step "%s" must be a non-empty string', k, nm));
             END IF;
         END LOOP;
-        FOREACH k IN ARRAY ARRAY['name', 'action', 'compensation', 'complete_on', 'fail_on', 'saga'] LOOP
+        FOREACH k IN ARRAY ARRAY['name', 'action', 'compensation', 'complete_on', 'fail_on', 'saga', 'until',
+                                 'concurrency_key'] LOOP
             PERFORM event_store._check_name_length(step ->> k, format('"%s" of step %s', k, i));
         END LOOP;
         IF step ? 'group' THEN
@@ -163,6 +165,82 @@ BEGIN
         ELSE
             maxatt := 3;
         END IF;
+        IF step ? 'pivot' AND jsonb_typeof(step -> 'pivot') <> 'boolean' THEN
+            PERFORM event_store._saga_bad(format('"pivot" of step "%s" must be true or false', nm));
+        END IF;
+        -- a timer step: "delay" or "until", and nothing that runs or waits for an event
+        IF step ? 'delay' OR step ? 'until' THEN
+            IF step ? 'delay' AND step ? 'until' THEN
+                PERFORM event_store._saga_bad(format('timer step "%s" cannot have both "delay" and "until"', nm),
+                    'A timer step waits an interval ("delay") or until the time a key of the saga data holds ("until").');
+            END IF;
+            FOREACH k IN ARRAY ARRAY['action', 'compensation', 'complete_on', 'fail_on', 'saga'] LOOP
+                IF step ? k THEN
+                    PERFORM event_store._saga_bad(format('timer step "%s" cannot also have "%s"', nm, k),
+                        'A timer step completes by itself when it is due: it has no action, compensation, event or nested saga.');
+                END IF;
+            END LOOP;
+            IF step ? 'delay' AND jsonb_typeof(step -> 'delay') = 'null' THEN
+                PERFORM event_store._saga_bad(format('"delay" of step "%s" must be an interval string such as "30 seconds"', nm));
+            END IF;
+            PERFORM event_store._saga_interval(step -> 'delay', format('"delay" of step "%s"', nm));
+            IF step ? 'until' AND (jsonb_typeof(step -> 'until') <> 'string' OR step ->> 'until' = '') THEN
+                PERFORM event_store._saga_bad(format('"until" of step "%s" must be the name of a key of the saga data', nm),
+                    'The key holds the due time as an ISO 8601 timestamp, such as "2030-01-31T12:00:00Z".');
+            END IF;
+        END IF;
+        IF step ? 'concurrency' THEN
+            IF jsonb_typeof(step -> 'concurrency') <> 'number'
+               OR (step ->> 'concurrency')::numeric <> floor((step ->> 'concurrency')::numeric)
+               OR (step ->> 'concurrency')::numeric < 1 OR (step ->> 'concurrency')::numeric > 2147483647 THEN
+                PERFORM event_store._saga_bad(format('"concurrency" of step "%s" must be a positive integer', nm));
+            END IF;
+        END IF;
+        IF step ? 'concurrency_key' THEN
+            IF NOT step ? 'concurrency' THEN
+                PERFORM event_store._saga_bad(format('step "%s" has "concurrency_key" but no "concurrency"', nm),
+                    '"concurrency": n limits the running instances of the step (per value of "concurrency_key").');
+            END IF;
+            IF jsonb_typeof(step -> 'concurrency_key') <> 'string' OR step ->> 'concurrency_key' = '' THEN
+                PERFORM event_store._saga_bad(format('"concurrency_key" of step "%s" must be the name of a key of the saga data', nm));
+            END IF;
+        END IF;
+        IF step ? 'circuit' THEN
+            IF jsonb_typeof(step -> 'circuit') <> 'object' OR NOT (step -> 'circuit') ? 'failures'
+               OR NOT (step -> 'circuit') ? 'cooldown'
+               OR EXISTS (SELECT 1 FROM jsonb_object_keys(step -> 'circuit') ck WHERE ck NOT IN ('failures', 'cooldown')) THEN
+                PERFORM event_store._saga_bad(format('"circuit" of step "%s" must be an object {"failures": n, "cooldown": "<interval>"}', nm));
+            END IF;
+            IF jsonb_typeof(step #> '{circuit,failures}') <> 'number'
+               OR (step #>> '{circuit,failures}')::numeric <> floor((step #>> '{circuit,failures}')::numeric)
+               OR (step #>> '{circuit,failures}')::numeric < 1 OR (step #>> '{circuit,failures}')::numeric > 2147483647 THEN
+                PERFORM event_store._saga_bad(format('"failures" of the circuit of step "%s" must be a positive integer', nm));
+            END IF;
+            IF jsonb_typeof(step #> '{circuit,cooldown}') = 'null' THEN
+                PERFORM event_store._saga_bad(format('"cooldown" of the circuit of step "%s" must be an interval string such as "30 seconds"', nm));
+            END IF;
+            IF event_store._saga_interval(step #> '{circuit,cooldown}', format('"cooldown" of the circuit of step "%s"', nm)) = interval '0' THEN
+                PERFORM event_store._saga_bad(format('"cooldown" of the circuit of step "%s" must be positive', nm));
+            END IF;
+            IF step ? 'delay' OR step ? 'until' THEN
+                PERFORM event_store._saga_bad(format('timer step "%s" cannot also have "circuit"', nm),
+                    'A timer step completes by itself when it is due: it has no action, compensation, event or nested saga.');
+            END IF;
+        END IF;
+        IF step ? 'compensation_timeout' THEN
+            IF jsonb_typeof(step -> 'compensation_timeout') = 'null' THEN
+                PERFORM event_store._saga_bad(format('"compensation_timeout" of step "%s" must be an interval string such as "30 seconds"', nm));
+            END IF;
+            IF event_store._saga_interval(step -> 'compensation_timeout', format('"compensation_timeout" of step "%s"', nm)) = interval '0' THEN
+                PERFORM event_store._saga_bad(format('"compensation_timeout" of step "%s" must be positive', nm));
+            END IF;
+            -- what the step's compensation is: a function, or external (a step without action, event or saga)
+            IF NOT (step ? 'compensation' OR NOT (step ? 'action' OR step ? 'complete_on' OR step ? 'fail_on'
+                                                 OR step ? 'saga' OR step ? 'delay' OR step ? 'until')) THEN
+                PERFORM event_store._saga_bad(format('step "%s" has "compensation_timeout" but no compensation to time', nm),
+                    'A compensation timeout applies to a step''s "compensation" function, or to the external compensation of a step without "action".');
+            END IF;
+        END IF;
         act := CASE WHEN step ? 'action' THEN event_store._saga_function(step ->> 'action', format('action of step "%s":', nm), p_owner, p_path) END;
         comp := CASE WHEN step ? 'compensation' THEN event_store._saga_function(step ->> 'compensation', format('compensation of step "%s":', nm), p_owner, p_path) END;
         IF step ? 'saga' THEN
@@ -179,6 +257,8 @@ BEGIN
             kind := 'local';
         ELSIF step ? 'complete_on' OR step ? 'fail_on' THEN
             kind := 'event';
+        ELSIF step ? 'delay' OR step ? 'until' THEN
+            kind := 'timer';
         ELSE
             kind := 'external';
         END IF;
@@ -201,7 +281,17 @@ BEGIN
             'child_type', step ->> 'saga',
             'timeout', event_store._saga_interval(step -> 'timeout', format('"timeout" of step "%s"', nm)),
             'max_attempts', maxatt,
-            'backoff', COALESCE(event_store._saga_interval(step -> 'backoff', format('"backoff" of step "%s"', nm)), interval '1 second'));
+            'backoff', COALESCE(event_store._saga_interval(step -> 'backoff', format('"backoff" of step "%s"', nm)), interval '1 second'),
+            'pivot', COALESCE((step ->> 'pivot')::boolean, false),
+            'delay', event_store._saga_interval(step -> 'delay', format('"delay" of step "%s"', nm)),
+            'until', step ->> 'until',
+            'compensation_timeout', event_store._saga_interval(step -> 'compensation_timeout',
+                                                               format('"compensation_timeout" of step "%s"', nm)),
+            'concurrency', (step ->> 'concurrency')::numeric::int,
+            'concurrency_key', step ->> 'concurrency_key',
+            'circuit_failures', (step #>> '{circuit,failures}')::numeric::int,
+            'circuit_cooldown', event_store._saga_interval(step #> '{circuit,cooldown}',
+                                                           format('"cooldown" of the circuit of step "%s"', nm)));
     END LOOP;
 
     -- nested sagas must not lead back to this type (a saga would start itself forever)
@@ -211,7 +301,8 @@ BEGIN
             UNION
             SELECT y ->> 'child_type'
               FROM reach r
-              JOIN event_store.saga_definitions d ON d.saga_type = r.t
+              JOIN LATERAL (SELECT x.steps FROM event_store.saga_definitions x WHERE x.saga_type = r.t
+                             ORDER BY x.version DESC LIMIT 1) d ON true
              CROSS JOIN LATERAL jsonb_array_elements(d.steps) y
              WHERE y ->> 'child_type' IS NOT NULL)
         SELECT 1 FROM reach WHERE t = _define_saga.saga_type) THEN
@@ -225,16 +316,15 @@ BEGIN
      WHERE t IS NOT NULL
     ON CONFLICT DO NOTHING;
 
-    INSERT INTO event_store.saga_definitions AS d (saga_type, definition, steps, timeout, owner, search_path)
-    VALUES (_define_saga.saga_type, definition, norm, saga_timeout, p_owner, p_path)
-    ON CONFLICT ON CONSTRAINT saga_definitions_pkey DO UPDATE
-       SET definition = EXCLUDED.definition, steps = EXCLUDED.steps,
-           timeout = EXCLUDED.timeout, owner = EXCLUDED.owner,
-           search_path = EXCLUDED.search_path, defined_at = now();
+    -- the next version (define_saga locked the newest); running sagas keep theirs
+    INSERT INTO event_store.saga_definitions AS d (saga_type, definition, steps, timeout, owner, search_path, version)
+    SELECT _define_saga.saga_type, _define_saga.definition, norm, saga_timeout, p_owner, p_path,
+           COALESCE(max(x.version), 0) + 1
+      FROM event_store.saga_definitions x WHERE x.saga_type = _define_saga.saga_type;
     PERFORM event_store._saga_definitions_changed();
 END $$;
 CREATE FUNCTION event_store.define_saga(saga_type text, definition jsonb) RETURNS void
     LANGUAGE c VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'es_define_saga';
 COMMENT ON FUNCTION event_store.define_saga(text, jsonb) IS
-    'Define (or replace, for sagas started afterwards) a saga type: {"steps": [...], "timeout": "1 hour"}';
+    'Define a saga type, or its next version (for sagas started afterwards): {"steps": [...], "timeout": "1 hour"}';
 

@@ -4,19 +4,25 @@ CREATE FUNCTION event_store._saga_start(p_type text, p_data jsonb, p_id uuid, p_
 DECLARE
     d record;
 BEGIN
-    SELECT * INTO d FROM event_store.saga_definitions WHERE saga_type = p_type;
+    SELECT * INTO d FROM event_store.saga_definitions WHERE saga_type = p_type ORDER BY version DESC LIMIT 1;
     IF NOT FOUND THEN
         PERFORM event_store._saga_bad(format('saga type "%s" is not defined', p_type),
                                       'Define it with event_store.define_saga().');
     END IF;
-    INSERT INTO event_store.sagas (saga_id, saga_type, start_data, data, timeout, deadline, parent_saga_id, parent_step)
-    VALUES (p_id, p_type, p_data, p_data, d.timeout, now() + d.timeout, p_parent, p_parent_step);
+    INSERT INTO event_store.sagas (saga_id, saga_type, start_data, data, timeout, deadline, parent_saga_id, parent_step,
+                                   version)
+    VALUES (p_id, p_type, p_data, p_data, d.timeout, now() + d.timeout, p_parent, p_parent_step, d.version);
     INSERT INTO event_store.saga_steps (saga_id, step_no, name, grp, kind, action, compensation, comp_kind,
-                                        complete_on, fail_on, child_type, timeout, max_attempts, backoff)
+                                        complete_on, fail_on, child_type, timeout, max_attempts, backoff,
+                                        pivot, delay, until_key, comp_timeout, concurrency, concurrency_key,
+                                        slot_wait, circuit_failures, circuit_cooldown, circuit_wait)
     SELECT p_id, (x ->> 'step_no')::int, x ->> 'name', (x ->> 'grp')::int, x ->> 'kind',
            (x ->> 'action')::regprocedure, (x ->> 'compensation')::regprocedure, x ->> 'comp_kind',
            x ->> 'complete_on', x ->> 'fail_on', x ->> 'child_type',
-           (x ->> 'timeout')::interval, (x ->> 'max_attempts')::int, (x ->> 'backoff')::interval
+           (x ->> 'timeout')::interval, (x ->> 'max_attempts')::int, (x ->> 'backoff')::interval,
+           COALESCE((x ->> 'pivot')::boolean, false), (x ->> 'delay')::interval, x ->> 'until',
+           (x ->> 'compensation_timeout')::interval, (x ->> 'concurrency')::int, x ->> 'concurrency_key',
+           false, (x ->> 'circuit_failures')::int, (x ->> 'circuit_cooldown')::interval, false
       FROM jsonb_array_elements(d.steps) x;
     PERFORM event_store._saga_event(p_id, 'SagaStarted',
         jsonb_build_object('saga_type', p_type, 'data', p_data, 'parent_saga_id', p_parent));
@@ -112,7 +118,7 @@ BEGIN
         PERFORM event_store._saga_step_done(st.saga_id, st.name, COALESCE(result, '{}'));
     ELSIF st.status = 'compensating' AND st.comp_kind = 'external' AND sstatus = 'compensating' THEN
         UPDATE event_store.saga_steps SET status = 'compensated', lease_owner = NULL, lease_expires_at = NULL,
-               updated_at = now()
+               deadline = NULL, updated_at = now()
          WHERE saga_steps.saga_id = st.saga_id AND name = st.name;
         PERFORM event_store._saga_event(st.saga_id, 'SagaStepCompensated', jsonb_build_object('step', st.name));
     ELSE
@@ -185,13 +191,30 @@ BEGIN
     IF array_position(step_names, NULL) IS NOT NULL THEN
         PERFORM event_store._saga_bad('step_names must not contain nulls', NULL, '22004');
     END IF;
+    -- an open circuit whose cooldown passed: half-open, its trial the
+    -- instance that waits longest to be handed out
+    UPDATE event_store.saga_circuit_state x
+       SET state = 'half_open', updated_at = now(),
+           trial_saga = (SELECT st.saga_id FROM event_store.saga_steps st
+                           JOIN event_store.sagas s ON s.saga_id = st.saga_id
+                          WHERE s.saga_type = x.saga_type AND st.name = x.step AND s.status = 'running'
+                            AND st.status = 'running' AND st.kind = 'external' AND st.lease_owner IS NULL
+                          ORDER BY st.updated_at LIMIT 1)
+     WHERE x.state = 'open' AND x.retry_at <= now()
+       AND EXISTS (SELECT 1 FROM event_store.saga_steps st JOIN event_store.sagas s ON s.saga_id = st.saga_id
+                    WHERE s.saga_type = x.saga_type AND st.name = x.step AND s.status = 'running'
+                      AND st.status = 'running' AND st.kind = 'external' AND st.lease_owner IS NULL);
     RETURN QUERY
     WITH c AS (
         SELECT st.saga_id AS sid, st.step_no AS sno
           FROM event_store.saga_steps st
           JOIN event_store.sagas s ON s.saga_id = st.saga_id
          WHERE st.lease_owner IS NULL
-           AND ((st.status = 'running' AND st.kind = 'external' AND s.status = 'running')
+           AND ((st.status = 'running' AND st.kind = 'external' AND s.status = 'running'
+                 AND (st.circuit_failures IS NULL
+                      OR NOT EXISTS (SELECT 1 FROM event_store.saga_circuit_state c
+                                      WHERE c.saga_type = s.saga_type AND c.step = st.name
+                                        AND c.state <> 'closed' AND c.trial_saga IS DISTINCT FROM st.saga_id)))
              OR (st.status = 'compensating' AND st.comp_kind = 'external' AND s.status = 'compensating'
                  AND (st.next_attempt_at IS NULL OR st.next_attempt_at <= now())))
            AND (step_names IS NULL OR st.name = ANY (step_names))
@@ -201,6 +224,7 @@ BEGIN
     u AS (
         UPDATE event_store.saga_steps st
            SET lease_owner = worker, lease_expires_at = now() + lease, updated_at = now(),
+               deadline = CASE WHEN st.status = 'compensating' THEN now() + st.comp_timeout ELSE st.deadline END,
                attempts = st.attempts + CASE WHEN st.status = 'running' THEN 1 ELSE 0 END,
                comp_attempts = st.comp_attempts + CASE WHEN st.status = 'compensating' THEN 1 ELSE 0 END
           FROM c
@@ -271,15 +295,32 @@ BEGIN
                 PERFORM event_store._saga_step_failed(r.saga_id, r.name,
                     CASE WHEN r.deadline <= now() THEN 'step timed out' ELSE 'lease expired' END, true);
             ELSE
-                PERFORM event_store._saga_comp_failed(r.saga_id, r.name, 'lease expired', true);
+                PERFORM event_store._saga_comp_failed(r.saga_id, r.name,
+                    CASE WHEN r.deadline <= now() THEN 'compensation timed out' ELSE 'lease expired' END, true);
             END IF;
             n := n + 1 + event_store._saga_advance(r.saga_id);
         EXCEPTION WHEN OTHERS THEN
             PERFORM event_store._saga_tick_failed(r.saga_id, SQLSTATE, SQLERRM);
         END;
     END LOOP;
+    -- timer steps that are due complete
+    FOR r IN SELECT st.saga_id, st.name FROM event_store.saga_steps st
+              WHERE st.status = 'running' AND st.due_at <= now() ORDER BY st.due_at LOOP
+        BEGIN
+            PERFORM event_store._saga_lock_tree(r.saga_id);
+            PERFORM 1 FROM event_store.saga_steps st JOIN event_store.sagas s ON s.saga_id = st.saga_id
+              WHERE st.saga_id = r.saga_id AND st.name = r.name AND st.status = 'running'
+                AND st.due_at <= now() AND s.status = 'running';
+            CONTINUE WHEN NOT FOUND;
+            PERFORM event_store._saga_step_done(r.saga_id, r.name, NULL);
+            n := n + 1 + event_store._saga_advance(r.saga_id);
+        EXCEPTION WHEN OTHERS THEN
+            PERFORM event_store._saga_tick_failed(r.saga_id, SQLSTATE, SQLERRM);
+        END;
+    END LOOP;
     FOR r IN SELECT DISTINCT st.saga_id FROM event_store.saga_steps st
-              WHERE st.status IN ('pending', 'compensating') AND st.next_attempt_at <= now() LOOP
+              WHERE (st.status IN ('pending', 'compensating') AND st.next_attempt_at <= now())
+                 OR (st.status = 'pending' AND (st.slot_wait OR st.circuit_wait)) LOOP
         BEGIN
             PERFORM event_store._saga_lock_tree(r.saga_id);
             n := n + event_store._saga_advance(r.saga_id);
@@ -290,7 +331,7 @@ BEGIN
     RETURN n;
 END $$;
 COMMENT ON FUNCTION event_store.saga_tick() IS
-    'Fire due saga timers (timeouts, lease expiry, retries) and run ready local steps; the background worker calls it';
+    'Fire due saga timers (timeouts, lease expiry, retries, timer steps) and run ready local steps; the background worker calls it';
 
 -- Event-driven steps: called by append() for an event with metadata.saga_id
 -- whose type is some step's complete_on or fail_on
@@ -349,6 +390,7 @@ BEGIN
     RETURN jsonb_build_object(
         'sagaId', s.saga_id,
         'sagaType', s.saga_type,
+        'version', s.version,
         'status', s.status,
         'currentStep', cur,
         'startTime', event_store._iso8601(s.started_at),
@@ -357,13 +399,166 @@ BEGIN
                      'stepType', st.name,
                      'status', st.status,
                      'timestamp', event_store._iso8601(st.updated_at),
-                     'compensationData', st.result) ORDER BY st.step_no)
+                     'compensationData', st.result,
+                     'attempts', CASE WHEN st.status IN ('compensating', 'compensated')
+                                      THEN st.comp_attempts ELSE st.attempts END,
+                     'nextAttemptAt', event_store._iso8601(st.next_attempt_at),
+                     'waitingFor', CASE WHEN st.status = 'pending' AND st.circuit_wait AND s.status = 'running'
+                                        THEN 'open circuit'
+                                        WHEN st.status = 'pending' AND st.slot_wait AND s.status = 'running'
+                                        THEN 'concurrency slot'
+                                        WHEN st.status <> 'running' OR s.status <> 'running' THEN NULL
+                                        WHEN st.kind = 'timer' THEN event_store._iso8601(st.due_at)
+                                        WHEN st.complete_on IS NOT NULL THEN st.complete_on END,
+                     'circuit', CASE WHEN st.circuit_failures IS NOT NULL THEN
+                         (SELECT jsonb_build_object('state', COALESCE(c.state, 'closed'),
+                                                    'failures', COALESCE(c.failures, 0),
+                                                    'retryAt', event_store._iso8601(c.retry_at))
+                            FROM (SELECT 1) one
+                            LEFT JOIN event_store.saga_circuit_state c
+                              ON c.saga_type = s.saga_type AND c.step = st.name) END)
+                     ORDER BY st.step_no)
                    FROM event_store.saga_steps st WHERE st.saga_id = s.saga_id), '[]'));
 END $$;
 CREATE FUNCTION event_store.saga_state(saga_id uuid) RETURNS jsonb
     LANGUAGE c STABLE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'es_saga_state';
 COMMENT ON FUNCTION event_store.saga_state(uuid) IS
     'A saga''s state: {"sagaId","sagaType","status","currentStep","startTime","steps":[...]}';
+
+-- Operators: retry and resolve the sagas that need a person (saga_problems).
+-- retry_saga and resolve_saga (C, src/saga.c) check that the caller has the
+-- privileges of the saga's owner (the role that defined the version it runs
+-- on) and pass it on, to be recorded in the saga's stream.
+
+-- A fresh round of attempts for what stopped the saga: the compensations
+-- that ran out (a nested step's child saga is retried in turn), or its
+-- steps that failed past the pivot; false when nothing stopped it
+CREATE FUNCTION event_store._saga_retry(p_saga uuid, p_by text) RETURNS boolean
+    LANGUAGE plpgsql AS $$
+DECLARE
+    s record;
+    st record;
+    steps text[] := '{}';
+BEGIN
+    SELECT * INTO s FROM event_store.sagas WHERE saga_id = p_saga;
+    IF s.status = 'compensation_failed' THEN
+        FOR st IN SELECT * FROM event_store.saga_steps
+                   WHERE saga_id = p_saga AND status = 'compensating' AND lease_owner IS NULL
+                   ORDER BY step_no DESC LOOP
+            UPDATE event_store.saga_steps
+               SET comp_attempts = 0, next_attempt_at = NULL, updated_at = now()
+             WHERE saga_id = p_saga AND step_no = st.step_no;
+            IF st.comp_kind = 'nested' AND st.child_saga_id IS NOT NULL THEN
+                PERFORM event_store._saga_retry(st.child_saga_id, p_by);
+            END IF;
+            steps := steps || st.name;
+        END LOOP;
+        UPDATE event_store.sagas SET status = 'compensating', finished_at = NULL, updated_at = now()
+         WHERE saga_id = p_saga;
+        PERFORM event_store._saga_event(p_saga, 'SagaRetried',
+            jsonb_build_object('kind', 'compensation', 'steps', to_jsonb(steps), 'by', p_by));
+    ELSIF s.status = 'running'
+          AND EXISTS (SELECT 1 FROM event_store.saga_steps WHERE saga_id = p_saga AND status = 'failed') THEN
+        FOR st IN SELECT * FROM event_store.saga_steps
+                   WHERE saga_id = p_saga AND status = 'failed' ORDER BY step_no LOOP
+            UPDATE event_store.saga_steps
+               SET status = 'pending', attempts = 0, next_attempt_at = NULL, updated_at = now()
+             WHERE saga_id = p_saga AND step_no = st.step_no;
+            steps := steps || st.name;
+        END LOOP;
+        PERFORM event_store._saga_event(p_saga, 'SagaRetried',
+            jsonb_build_object('kind', 'action', 'steps', to_jsonb(steps), 'by', p_by));
+    ELSE
+        RETURN false;
+    END IF;
+    PERFORM event_store._saga_advance(p_saga);
+    RETURN true;
+END $$;
+
+-- Lock a saga (and its ancestors) for an operator, or raise
+CREATE FUNCTION event_store._saga_lock_for_operator(p_saga uuid, p_what text) RETURNS event_store.sagas
+    LANGUAGE plpgsql AS $$
+DECLARE
+    s event_store.sagas;
+BEGIN
+    PERFORM event_store._check_writable(p_what);
+    IF p_saga IS NULL THEN
+        PERFORM event_store._saga_bad('saga_id must not be null', NULL, '22004');
+    END IF;
+    IF NOT event_store._saga_lock_tree(p_saga) THEN
+        PERFORM event_store._saga_bad(format('saga %s does not exist', p_saga));
+    END IF;
+    SELECT * INTO s FROM event_store.sagas WHERE saga_id = p_saga;
+    RETURN s;
+END $$;
+
+-- The work of retry_saga()
+CREATE FUNCTION event_store._retry_saga(saga_id uuid, p_by regrole) RETURNS void
+    LANGUAGE plpgsql
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    s event_store.sagas := event_store._saga_lock_for_operator(_retry_saga.saga_id, 'retry_saga()');
+BEGIN
+    IF NOT event_store._saga_retry(s.saga_id, p_by::text) THEN
+        RAISE EXCEPTION 'saga % cannot be retried: it is %', s.saga_id, s.status
+            USING ERRCODE = '55000',
+                  DETAIL = 'Nothing stopped it: no compensation ran out of attempts, and no step failed after its pivot.',
+                  HINT = 'retry_saga() retries the sagas that event_store.saga_problems lists.';
+    END IF;
+END $$;
+CREATE FUNCTION event_store.retry_saga(saga_id uuid) RETURNS void
+    LANGUAGE c VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'es_retry_saga';
+COMMENT ON FUNCTION event_store.retry_saga(uuid) IS
+    'A fresh round of attempts for what stopped a saga: its compensation that failed, or its step that failed after the pivot (SagaRetried); needs the privileges of the saga''s owner';
+
+-- The work of resolve_saga()
+CREATE FUNCTION event_store._resolve_saga(saga_id uuid, status text, note text, p_by regrole) RETURNS void
+    LANGUAGE plpgsql
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    s event_store.sagas;
+BEGIN
+    IF status IS NULL OR status NOT IN ('completed', 'compensated') THEN
+        PERFORM event_store._saga_bad(format('status must be "completed" or "compensated"%s',
+                                             COALESCE(', not "' || status || '"', '')),
+                                      'A person settles a saga as completed or as compensated.',
+                                      CASE WHEN status IS NULL THEN '22004' ELSE '22023' END);
+    END IF;
+    IF note IS NULL THEN
+        PERFORM event_store._saga_bad('note must not be null', 'Say what was done and why.', '22004');
+    END IF;
+    s := event_store._saga_lock_for_operator(_resolve_saga.saga_id, 'resolve_saga()');
+    IF NOT (s.status = 'compensation_failed'
+            OR (s.status = 'running'
+                AND EXISTS (SELECT 1 FROM event_store.saga_steps st
+                             WHERE st.saga_id = s.saga_id AND st.status = 'failed'))) THEN
+        RAISE EXCEPTION 'saga % cannot be resolved: it is %', s.saga_id, s.status
+            USING ERRCODE = '55000',
+                  DETAIL = 'Only a saga that needs a person (listed in event_store.saga_problems) can be resolved.',
+                  HINT = CASE WHEN s.status IN ('running', 'compensating')
+                              THEN 'The saga is still making progress by itself.'
+                              ELSE 'The saga has ended.' END;
+    END IF;
+    -- nothing of it runs any more: no attempt, lease or timer is left
+    UPDATE event_store.saga_steps st
+       SET lease_owner = NULL, lease_expires_at = NULL, deadline = NULL, next_attempt_at = NULL,
+           slot_wait = false, circuit_wait = false, updated_at = now()
+     WHERE st.saga_id = s.saga_id AND st.status IN ('pending', 'running', 'compensating');
+    UPDATE event_store.sagas x
+       SET status = _resolve_saga.status, finished_at = now(), deadline = NULL, updated_at = now()
+     WHERE x.saga_id = s.saga_id;
+    PERFORM event_store._saga_event(s.saga_id, 'SagaResolved',
+        jsonb_build_object('status', status, 'note', note, 'previous_status', s.status, 'by', p_by::text));
+    IF s.parent_saga_id IS NOT NULL THEN
+        PERFORM event_store._saga_child_finished(s.parent_saga_id, s.parent_step, s.saga_id);
+    END IF;
+END $$;
+CREATE FUNCTION event_store.resolve_saga(saga_id uuid, status text, note text) RETURNS void
+    LANGUAGE c VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'es_resolve_saga';
+COMMENT ON FUNCTION event_store.resolve_saga(uuid, text, text) IS
+    'A person settles a saga that needs one as completed or compensated, the note recorded in its stream (SagaResolved); needs the privileges of the saga''s owner';
 
 -- Internal functions are not for PUBLIC
 REVOKE ALL ON FUNCTION event_store._saga_bad(text, text, text), event_store._saga_interval(jsonb, text),
@@ -374,7 +569,12 @@ REVOKE ALL ON FUNCTION event_store._saga_bad(text, text, text), event_store._sag
     event_store._saga_advance(uuid), event_store._saga_start(text, jsonb, uuid, uuid, text),
     event_store._saga_lock_step(uuid, text), event_store._saga_on_event(uuid, text, jsonb),
     event_store._saga_lock_tree(uuid), event_store._start_saga(text, jsonb, uuid, boolean),
-    event_store._saga_state(uuid)
+    event_store._saga_state(uuid), event_store._saga_past_pivot(uuid),
+    event_store._saga_timer_start(uuid, int, jsonb), event_store._saga_retry(uuid, text),
+    event_store._saga_lock_for_operator(uuid, text), event_store._retry_saga(uuid, regrole),
+    event_store._resolve_saga(uuid, text, text, regrole), event_store._saga_wake_worker(),
+    event_store._saga_take_slot(uuid, int), event_store._saga_lock_slot(text),
+    event_store._saga_circuit_gate(uuid, int), event_store._saga_circuit_result(uuid, text, boolean)
   FROM PUBLIC;
 
 

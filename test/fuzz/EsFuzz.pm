@@ -1354,6 +1354,15 @@ sub _specs
 		saga_state => { family => 'saga', args => [ [ saga_id => 0, sub { $self->_saga_id_arg } ] ] },
 		# (the overload of the saga type: the argument names of the last definition)
 		saga_diagram => { family => 'saga', args => [ [ saga_type => 0, $saga_type ] ] },
+		retry_saga => { family => 'saga', args => [ [ saga_id => 0, sub { $self->_saga_id_arg } ] ] },
+		resolve_saga => {
+			family => 'saga',
+			args   => [
+				[ saga_id => 0, sub { $self->_saga_id_arg } ],
+				[ status  => 0, sub { typed($self->_text('completed', 'compensated'), 'text') } ],
+				[ note    => 0, sub { typed($self->_text('settled by hand', ''), 'text') } ],
+			],
+		},
 		grant_category  => { family => 'grants', args => $grant_args },
 		revoke_category => { family => 'grants', args => $grant_args },
 		delete_stream => {
@@ -1503,6 +1512,8 @@ my @FUNCTION_WEIGHTS = (
 	[ 1,  'saga_tick' ],
 	[ 2,  'saga_state' ],
 	[ 1,  'saga_diagram' ],
+	[ 1,  'retry_saga' ],
+	[ 1,  'resolve_saga' ],
 	[ 2,  'create_subscription' ],
 	[ 1,  'drop_subscription' ],
 	[ 6,  'claim_events' ],

@@ -8,6 +8,8 @@
 #     backoff, and an external step whose worker went silent past the step
 #     timeout is retried, until the saga completes;
 #   - an external step whose lease expired is handed out again.
+# At the end, timer steps: completed by the worker when due, with a naptime
+# far longer than their delay, and across a restart.
 # Then a crash (stop 'immediate') in the middle of sagas with external
 # steps: every committed transition survives exactly (saga and step
 # statuses, attempts, results, leases, event streams), an uncommitted one
@@ -278,6 +280,37 @@ is( sql(q{
 	 WHERE event_store.stream_version('saga-' || s.saga_id)
 	    <> (SELECT count(*) FROM event_store.events WHERE stream_id = 'saga-' || s.saga_id)}),
 	'0', 'saga streams have no gaps');
+
+# Timer steps, driven by the worker: with a naptime of a minute, the worker
+# still completes a timer step when it is due (a timer due before its next
+# round wakes it at commit, and it waits for the due time on its latch), not
+# before; a timer survives a restart.
+$node->append_conf('postgresql.conf', "event_store.naptime = '60s'");
+$node->reload;
+sql(q{
+SELECT event_store.define_saga('timed', '{"steps": [{"name": "wait", "delay": "2 seconds"}, {"name": "note", "action": "tap.note"}]}');
+});
+sql(q{SELECT event_store.start_saga('timed', '{}', '7173e400-0000-4000-8000-000000000001')});
+ok( $node->poll_query_until(
+		'postgres',
+		q{SELECT status = 'completed' FROM event_store.sagas WHERE saga_id = '7173e400-0000-4000-8000-000000000001'}),
+	'the worker completed the timer step and the saga');
+is( sql(q{
+	SELECT st.due_at - s.started_at = interval '2 seconds', st.updated_at >= st.due_at,
+	       st.updated_at < st.due_at + interval '20 seconds'
+	  FROM event_store.saga_steps st JOIN event_store.sagas s USING (saga_id)
+	 WHERE st.name = 'wait' AND s.saga_id = '7173e400-0000-4000-8000-000000000001'}),
+	't|t|t', 'when it was due, long before the next naptime round');
+# a timer across a restart
+sql(q{SELECT event_store.start_saga('timed', '{}', '7173e400-0000-4000-8000-000000000002')});
+$node->restart;
+ok( $node->poll_query_until(
+		'postgres',
+		q{SELECT status = 'completed' FROM event_store.sagas WHERE saga_id = '7173e400-0000-4000-8000-000000000002'}),
+	'a timer step started before a restart completes after it');
+is( sql(q{SELECT string_agg(status, ' ' ORDER BY step_no) FROM event_store.saga_steps
+           WHERE saga_id = '7173e400-0000-4000-8000-000000000002'}),
+	'completed completed', 'its steps completed once');
 
 $node->stop;
 done_testing();

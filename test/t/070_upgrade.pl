@@ -262,7 +262,8 @@ my @ext_tables = qw(events snapshots upcasters aggregates projections
 my @new_tables = qw(category_grants stream_metadata);
 my @own_tables = qw(public.order_totals public.event_log public.step_calls);
 # the columns 0.3.0 adds to the tables of 0.2.0 (filled in by the update)
-my @cols_03 = qw(search_path partitions on_error);
+my @cols_03 = qw(search_path partitions on_error version pivot delay until_key due_at
+  comp_timeout concurrency concurrency_key slot_wait circuit_failures circuit_cooldown circuit_wait);
 
 sub data_of
 {
@@ -707,6 +708,19 @@ is($node->safe_psql('upgraded', $aggregates_sql),
 	$aggregates_02, '0.3.0: load_aggregate gives the same states as before');
 is(data_of('upgraded', \@cols_03, @all_tables),
 	$data_02, '0.3.0: the tables hold the same rows as before (the columns 0.3.0 adds aside)');
+is( query(
+		'upgraded', q{
+SELECT count(*) || ' ' || count(*) FILTER (WHERE version = 1) FROM event_store.saga_definitions;
+SELECT count(*) || ' ' || count(*) FILTER (WHERE version = 1) FROM event_store.sagas;
+SELECT count(*) = (SELECT count(*) FROM event_store.saga_definitions)
+   AND sum(running) = (SELECT count(*) FROM event_store.sagas WHERE status IN ('running', 'compensating'))
+  FROM event_store.saga_types}),
+	query(
+		'upgraded', q{
+SELECT count(*) || ' ' || count(*) FROM event_store.saga_definitions;
+SELECT count(*) || ' ' || count(*) FROM event_store.sagas;
+SELECT true}),
+	'0.3.0: every saga type defined before is its version 1, every saga runs on it (saga_types)');
 is( query(
 		'upgraded', qq{
 SELECT event_store.append('order-5', '{"type": "OrderPlaced"}', 0);

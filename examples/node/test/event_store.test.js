@@ -12,7 +12,9 @@
 //     late (after events with higher positions);
 //   - sagas defined here, whose external steps two SagaWorkers work,
 //     complete (one after a retried step); one whose step fails for good
-//     compensates its completed step (saga_state);
+//     compensates its completed step (saga_state); one with a pivot and a
+//     timer step waits for a person after the pivot, and an operator's
+//     retrySaga lets it complete;
 //   - three SubscriptionWorkers share a subscription: every event is
 //     handled exactly once, each stream in order, never by two workers at
 //     the same time;
@@ -41,6 +43,7 @@ const {
   createPool,
   Follower,
   PermanentError,
+  retrySaga,
   SagaWorker,
   SubscriptionWorker,
 } = require('../event_store');
@@ -423,6 +426,77 @@ test('a saga whose step fails for good compensates', async () => {
     'charge',
   ]);
   assert.equal(last_error, 'card declined');
+});
+
+// charge is the pivot: after it, ship's failure is not compensated; the saga
+// waits for a person, whose retrySaga gives ship another round.  cool_off
+// is a timer step the background worker completes.
+test('a timer, a pivot and an operator retry', async () => {
+  const type = `node_long_haul_${run}`;
+  await sql('SELECT event_store.define_saga($1, $2::jsonb)', [
+    type,
+    JSON.stringify({
+      steps: [
+        { name: 'charge', pivot: true },
+        { name: 'cool_off', delay: '300 milliseconds' },
+        { name: 'ship', max_attempts: 1 },
+      ],
+    }),
+  ]);
+  const [{ id }] = await sql('SELECT event_store.start_saga($1, $2::jsonb) AS id', [type, JSON.stringify({ order: 9 })]);
+  const couriers = [];
+  const errors = [];
+  const worker = new SagaWorker({
+    pool,
+    name: 'node-long-haul',
+    handlers: {
+      charge: { action: async () => ({ charged: true }) },
+      ship: {
+        action: async () => {
+          if (couriers.length === 0) throw new PermanentError('no courier');
+          return { courier: couriers[0] };
+        },
+      },
+    },
+    pollIntervalMs: 50,
+    onError: (err) => errors.push(err.message),
+  });
+  const running = worker.start();
+  try {
+    await waitUntil('the saga to need a person', async () => {
+      const rows = await sql(
+        "SELECT count(*)::int AS n FROM event_store.saga_problems WHERE saga_id = $1 AND reason = 'forward_recovery_failed' AND step = 'ship'",
+        [id],
+      );
+      return rows[0].n === 1;
+    });
+    const state = await sagaState(id);
+    assert.equal(state.status, 'running', 'past the pivot, nothing is compensated');
+    assert.deepEqual(
+      state.steps.map((s) => [s.stepType, s.status]),
+      [
+        ['charge', 'completed'],
+        ['cool_off', 'completed'],
+        ['ship', 'failed'],
+      ],
+    );
+    const [{ due }] = await sql(
+      "SELECT due_at <= updated_at AS due FROM event_store.saga_steps WHERE saga_id = $1 AND name = 'cool_off'",
+      [id],
+    );
+    assert.equal(due, true, 'the timer completed when it was due, not before');
+    couriers.push('C-1');
+    await retrySaga(pool, id);
+    await waitUntil('the saga to complete', async () => (await sagaState(id)).status === 'completed');
+  } finally {
+    await worker.stop();
+    await running;
+  }
+  assert.deepEqual(errors, [], 'every step report was accepted');
+  const [{ data }] = await sql('SELECT data FROM event_store.sagas WHERE saga_id = $1', [id]);
+  assert.deepEqual(data, { order: 9, charged: true, courier: 'C-1' });
+  const events = await sql("SELECT event_type FROM event_store.read_stream('saga-' || $1)", [id]);
+  assert.ok(events.some((e) => e.event_type === 'SagaRetried'), 'the retry is in the saga stream');
 });
 
 // Subscriptions: each test has a category and a subscription of its own
