@@ -3,6 +3,10 @@
 # shellcheck shell=bash
 
 CL_DIR="${ES_CLUSTER_DIR:-/tmp/event_store_cluster}"
+case "$CL_DIR" in
+/*) ;;
+*) CL_DIR="$PWD/$CL_DIR" ;;
+esac
 # one line per thing started: "server NAME PGDATA" (stop.sh reads it)
 CL_STATE="$CL_DIR/cluster.state"
 
