@@ -201,8 +201,8 @@ my $appenders_done = sub {
 # is empty; returns the rows seen (position|stream|version|id|cursor)
 sub follow
 {
-	my ($call, $page, $done) = @_;
-	my $cursor = 'NULL';
+	my ($call, $page, $done, $start) = @_;
+	my $cursor = defined $start ? "'$start'" : 'NULL';
 	my @rows;
 	my $deadline = time + 180;
 	my $empty_after_done = 0;
@@ -255,7 +255,8 @@ sub check_follow
 	my $mismatch = '';
 	for my $n (1 .. 3)
 	{
-		my $where = $filter ? "WHERE stream_id LIKE 'order-%'" : '';
+		# copies made by a bucket move are not returned: their originals are
+		my $where = "WHERE NOT metadata ? '\$moved'" . ($filter ? " AND stream_id LIKE 'order-%'" : '');
 		my $ids = qok($servers[ $n - 1 ]{dsn},
 			"SELECT string_agg(event_id::text, ',') FROM event_store.events $where", "events of server $n");
 		for my $id (split /,/, $ids)
@@ -264,7 +265,7 @@ sub check_follow
 			$mismatch .= "$id missing; " unless $ids{$id};
 		}
 	}
-	is(scalar(keys %ids), $expected, "$what: as many events as the servers hold ($expected)");
+	is(scalar(keys %ids), $expected, "$what: as many events as the servers hold ($expected, copies aside)");
 	is($mismatch, '', "$what: nothing skipped");
 	return \%ids;
 }
@@ -283,6 +284,89 @@ my @next = split /\n/, qok($router,
 	"SELECT event_id, \"cursor\" FROM event_store.read_all('" . (split /\|/, $first[4])[1] . "', 5)", 'resume');
 is(join(',', map { (split /\|/)[0] } @next), join(',', map { (split /\|/)[0] } @first[5 .. 9]),
 	'a row\'s cursor resumes right after that row');
+
+# A bucket moves from server 1 to server 3 while two clients append (to
+# its streams too) and a follower pages read_all: no event lost or
+# repeated, stream versions go on, the follower still sees every event
+# once and every stream in order
+my $bucket = qok($router, "SELECT event_store.stream_bucket('$on{order}{1}[0]')", 'bucket');
+my @moving = split /,/, qok($router, "SELECT string_agg(s, ',') FROM (SELECT 'move-' || i AS s
+	FROM generate_series(1, 5000) i WHERE event_store.stream_bucket('move-' || i) = $bucket LIMIT 3) x",
+	'streams of the bucket');
+is(scalar @moving, 3, "three more streams of bucket $bucket");
+my %count;
+for my $s (@moving)
+{
+	qok($router, "SELECT event_store.append('$s', (SELECT jsonb_agg(jsonb_build_object('type', 'Old', 'data', jsonb_build_object('k', k))) FROM generate_series(1, 30) k), 0)",
+		"history of $s");
+	$count{$s} = 30;
+}
+my $cursor_before = qok($router, 'SELECT event_store.head_position()', 'head');
+my @movers = (@moving, $on{order}{1}[0], $on{order}{2}[0], $on{invoice}{3}[0]);
+my @moving_all = (@moving, $on{order}{1}[0]);
+$count{$_} //= qok($router, "SELECT event_store.stream_version('$_')", "version of $_") for @movers, @moving_all;
+%exit = ();
+@appenders = ();
+for my $c (0 .. 1)
+{
+	my $sql = '';
+	for my $k (1 .. $per_client)
+	{
+		my $s = $movers[ ($k + $c * 3) % @movers ];
+		$count{$s}++;
+		$sql .= "SELECT event_store.append('$s', '{\"type\": \"DuringMove\", \"data\": {\"client\": $c, \"k\": $k}}');\n";
+	}
+	PostgreSQL::Test::Utils::append_to_file("$tmp/mover$c.sql", $sql);
+	my $pid = fork();
+	die "fork: $!" unless defined $pid;
+	if ($pid == 0)
+	{
+		open(STDOUT, '>', '/dev/null');
+		open(STDERR, '>', "$tmp/mover$c.err");
+		exec('psql', '-X', '-q', '-v', 'ON_ERROR_STOP=1', '-d', $router, '-f', "$tmp/mover$c.sql");
+		exit 127;
+	}
+	push @appenders, $pid;
+}
+# the move starts once the appends are under way
+my $started_at = qok($router, "SELECT event_store.stream_version('$movers[0]')", 'version');
+my $wait_until = time + 30;
+usleep(20_000)
+  while time < $wait_until
+  && qok($router, "SELECT event_store.stream_version('$movers[0]')", 'version') < $started_at + 5;
+my $pid = fork();
+die "fork: $!" unless defined $pid;
+if ($pid == 0)
+{
+	open(STDOUT, '>', '/dev/null');
+	open(STDERR, '>', "$tmp/move.err");
+	exec('psql', '-X', '-q', '-v', 'ON_ERROR_STOP=1', '-d', $router, '-c', "CALL event_store.move_bucket($bucket, 3)");
+	exit 127;
+}
+push @appenders, $pid;
+@all = follow('event_store.read_all(', 11, $appenders_done);
+is(join(',', map { $exit{$_} } @appenders), '0,0,0', 'the appenders and the move succeeded')
+  or diag(join('', map { PostgreSQL::Test::Utils::slurp_file("$tmp/$_") } 'mover0.err', 'mover1.err', 'move.err'));
+is(qok($router, "SELECT server FROM event_store.buckets WHERE bucket = $bucket", 'mapping'), '3',
+	"bucket $bucket is on server 3 now");
+like(qok($router, "SELECT from_server || '>' || to_server || ' ' || (events_copied > 0) || ' ' || (fenced_for < '5 s') FROM event_store.bucket_moves WHERE bucket = $bucket", 'moves'),
+	qr/^1>3 true true$/, 'the move is recorded, with a short fence');
+for my $s (@moving_all)
+{
+	is(qok($servers[2]{dsn}, "SELECT min(stream_version) = 1 AND max(stream_version) = count(*) AND count(DISTINCT stream_version) = count(*) AND count(DISTINCT event_id) = count(*) FROM event_store.events WHERE stream_id = '$s'", "versions of $s"),
+		't', "$s on server 3: versions 1..n without a gap, every event once");
+	is(qok($router, "SELECT event_store.stream_version('$s')", "version of $s"), $count{$s},
+		"$s through the router: every append counted ($count{$s})");
+	is(qok($servers[0]{dsn}, "SELECT string_agg(event_id::text, ',' ORDER BY stream_version) FROM event_store.events WHERE stream_id = '$s'", 'source'),
+		qok($servers[2]{dsn}, "SELECT string_agg(event_id::text, ',' ORDER BY stream_version) FROM event_store.events WHERE stream_id = '$s' AND metadata ? '\$moved'", 'copies'),
+		"$s: every event of server 1 copied to server 3 with its id, in order");
+}
+check_follow('read_all across the move', \@all);
+# a follower that started before the move and resumes after it
+my @resumed = follow("event_store.read_all(", 13, sub { 1 }, $cursor_before);
+my %seen_after = map { ((split /\|/)[3] => 1) } @resumed;
+my $after_ids = qok($router, "SELECT count(*) FROM event_store.read_all('$cursor_before', 100000)", 'count');
+is(scalar(keys %seen_after), $after_ids, 'a follower resuming across the move sees every later event once');
 
 # A server down: its streams fail promptly, naming the connection problem;
 # the others keep working; back once it is
@@ -307,7 +391,7 @@ ok(!$r && $e =~ /connect/i, 'reading that stream fails too') or diag($e);
 for my $n (grep { $_ != $down } 1 .. 3)
 {
 	my ($s) = @{ $on{order}{$n} };
-	my $before = qok($servers[ $n - 1 ]{dsn}, "SELECT event_store.stream_version('$s')", 'version');
+	my $before = qok($router, "SELECT event_store.stream_version('$s')", 'version');
 	is(qok($router, "SELECT event_store.append('$s', '{\"type\": \"OtherServerUp\"}')", "append to $s"),
 		$before + 1, "streams of server $n keep working while server $down is down");
 }
