@@ -77,9 +77,11 @@ sub psql_on
 {
 	my ($dsn, $sql) = @_;
 	my ($o, $e) = ('', '');
+	# (-c, not standard input: psql that cannot connect closes its input,
+	# and writing to it would fail)
 	my $r = IPC::Run::run([ 'psql', '-X', '-q', '-A', '-t', '-F', '|', '-v', 'ON_ERROR_STOP=1',
-			'-v', 'VERBOSITY=verbose', '-d', $dsn ],
-		'<', \$sql, '>', \$o, '2>', \$e);
+			'-v', 'VERBOSITY=verbose', '-d', $dsn, '-c', $sql ],
+		'<', \undef, '>', \$o, '2>', \$e);
 	chomp $o;
 	return ($r, $o, $e);
 }
