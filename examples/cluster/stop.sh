@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Stop everything examples/cluster/start.sh started (the servers it made,
-# whether they were since stopped, killed, restarted or promoted) and remove
-# the example's data directory.  Same environment as start.sh
+# Stop everything examples/cluster/start.sh started, in either mode (the
+# servers it made and, with --ha, every pg_autoctl and the monitor, whether
+# they were since stopped, killed, restarted or promoted) and remove the
+# example's data directory.  Same environment as start.sh
 # (ES_CLUSTER_DIR).  Does nothing when no example runs there.
 set -uo pipefail
 
@@ -15,8 +16,26 @@ if [ ! -f "$CL_STATE" ]; then
 fi
 es_find_pg_config
 
+# pg_autoctl first (else a keeper restarts the server it watches), the nodes
+# before the monitor: ask it to stop, then end its process group; a keeper
+# started since by someone else is found by its data directory
+while read -r kind name pgdata pid; do
+	[ "$kind" = autoctl ] || continue
+	(cd "$CL_DIR" && es_as_test_user pg_autoctl stop --pgdata "$pgdata") >/dev/null 2>&1 || true
+	for _ in $(seq 1 40); do
+		kill -0 -- "-$pid" 2>/dev/null || break
+		sleep 0.25
+	done
+	if kill -0 -- "-$pid" 2>/dev/null; then
+		kill -TERM -- "-$pid" 2>/dev/null || true
+		sleep 1
+		kill -KILL -- "-$pid" 2>/dev/null || true
+	fi
+	echo "stopped pg_autoctl of $name"
+done < <(tac "$CL_STATE")
+
 # a server still running, in any mode: fast shutdown, else immediate
-while read -r kind name pgdata; do
+while read -r kind name pgdata _; do
 	[ "$kind" = server ] || continue
 	if [ -f "$pgdata/postmaster.pid" ]; then
 		(cd "$CL_DIR" && { es_as_test_user "$PG_BINDIR/pg_ctl" -D "$pgdata" -m fast -w -t 30 stop ||
@@ -28,6 +47,20 @@ while read -r kind name pgdata; do
 		fi
 	fi
 	echo "stopped $name"
+done <"$CL_STATE"
+
+# pg_autoctl's own files about these data directories (configuration, state,
+# pid file), kept outside them
+home="$(getent passwd "$(es_test_user)" | cut -d: -f6)"
+while read -r kind name pgdata _; do
+	[ "$kind" = autoctl ] || continue
+	case "$pgdata" in /*) ;; *) continue ;; esac
+	for d in "$home/.config/pg_autoctl$pgdata" "$home/.local/share/pg_autoctl$pgdata" \
+		"${XDG_RUNTIME_DIR:-/tmp}/pg_autoctl$pgdata" "/tmp/pg_autoctl$pgdata"; do
+		[ -n "$home" ] || continue
+		rm -rf "$d"
+		rmdir "$(dirname "$d")" 2>/dev/null || true
+	done
 done <"$CL_STATE"
 
 rm -f "$CL_STATE"
