@@ -17,22 +17,45 @@ fi
 es_find_pg_config
 
 # pg_autoctl first (else a keeper restarts the server it watches), the nodes
-# before the monitor: ask it to stop, then end its process group; a keeper
-# started since by someone else is found by its data directory
-while read -r kind name pgdata pid; do
-	[ "$kind" = autoctl ] || continue
-	(cd "$CL_DIR" && es_as_test_user pg_autoctl stop --pgdata "$pgdata") >/dev/null 2>&1 || true
-	for _ in $(seq 1 40); do
-		kill -0 -- "-$pid" 2>/dev/null || break
+# before the monitor, the nodes together: ask each to stop, then end the
+# process groups that are still there; a keeper started since by someone
+# else is found by its data directory (pg_autoctl stop --pgdata)
+# a process group with a process that is not a zombie
+group_alive() {
+	ps -o stat= -g "$1" 2>/dev/null | grep -q '^[^Z]'
+}
+
+stop_keepers() {
+	local kind name pgdata pid left
+	local -a pids=()
+	while read -r kind name pgdata pid; do
+		[ "$kind" = autoctl ] || continue
+		if [ "$1" = monitor ] && [ "$name" != monitor ]; then continue; fi
+		if [ "$1" = nodes ] && [ "$name" = monitor ]; then continue; fi
+		(cd "$CL_DIR" && es_as_test_user pg_autoctl stop --fast --pgdata "$pgdata") >/dev/null 2>&1 &
+		pids+=("$pid")
+		echo "stopping pg_autoctl of $name"
+	done <"$CL_STATE"
+	wait
+	[ "${#pids[@]}" -gt 0 ] || return 0
+	for _ in $(seq 1 60); do
+		left=0
+		for pid in "${pids[@]}"; do
+			if group_alive "$pid"; then left=1; fi
+		done
+		[ "$left" = 1 ] || return 0
 		sleep 0.25
 	done
-	if kill -0 -- "-$pid" 2>/dev/null; then
+	for pid in "${pids[@]}"; do
 		kill -TERM -- "-$pid" 2>/dev/null || true
-		sleep 1
+	done
+	sleep 1
+	for pid in "${pids[@]}"; do
 		kill -KILL -- "-$pid" 2>/dev/null || true
-	fi
-	echo "stopped pg_autoctl of $name"
-done < <(tac "$CL_STATE")
+	done
+}
+stop_keepers nodes
+stop_keepers monitor
 
 # a server still running, in any mode: fast shutdown, else immediate
 while read -r kind name pgdata _; do
