@@ -416,6 +416,12 @@ AS $$
       FROM event_store.read_category(category, (afters)[1], max_count, event_types, raw) AS e;
 $$;
 
+-- A server's share of a page of max_count events (a bad max_count is passed
+-- on as it is, for the servers to refuse)
+CREATE FUNCTION event_store._share(max_count int, servers int) RETURNS int
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    RETURN CASE WHEN max_count > 0 THEN (max_count + servers - 1) / servers ELSE max_count END;
+
 CREATE TYPE event_store._page_row AS (
     visible         boolean,
     global_position bigint,
@@ -431,7 +437,11 @@ CREATE TYPE event_store._page_row AS (
 );
 
 -- One merged page after the cursor cur (checked), in the order it is
--- returned.  Every server's page is gap-safe and in its position order; the
+-- returned.  Each server is asked for its share of the page (max_count
+-- divided by the number of servers, rounded up), so that a page moves about
+-- max_count rows whatever the number of servers; a page may hold fewer than
+-- max_count events, never none while events follow.  Every server's page is
+-- gap-safe and in its position order; the
 -- pages are merged by the running maximum of recorded_at within each page
 -- (mk), which keeps each page's order.  A server whose page is full may
 -- have more events right after it: nothing of another server with a later
@@ -448,14 +458,16 @@ BEGIN ATOMIC
                r.event_id, r.event_type, r.data, r.metadata, r.schema_version, r.recorded_at
           FROM event_store._read_all_parts(
                     ARRAY(SELECT i - 1 FROM generate_series(1, cardinality(_page.cur)) i),
-                    _page.cur, _page.max_count, _page.event_types, _page.raw) r
+                    _page.cur, event_store._share(_page.max_count, cardinality(_page.cur)),
+                    _page.event_types, _page.raw) r
          WHERE NOT _page.by_category
         UNION ALL
         SELECT r.part + 1 AS server, r.moved, r.global_position, r.stream_id, r.stream_version,
                r.event_id, r.event_type, r.data, r.metadata, r.schema_version, r.recorded_at
           FROM event_store._read_category_parts(
                     ARRAY(SELECT i - 1 FROM generate_series(1, cardinality(_page.cur)) i),
-                    _page.cur, _page.category, _page.max_count, _page.event_types, _page.raw) r
+                    _page.cur, _page.category, event_store._share(_page.max_count, cardinality(_page.cur)),
+                    _page.event_types, _page.raw) r
          WHERE _page.by_category
     ), k AS (
         SELECT p.*, max(p.recorded_at) OVER (PARTITION BY p.server ORDER BY p.global_position) AS mk
@@ -463,7 +475,7 @@ BEGIN ATOMIC
     ), full_page AS (
         SELECT min(f.last_mk) AS lim
           FROM (SELECT max(k.mk) AS last_mk FROM k GROUP BY k.server
-                HAVING count(*) >= _page.max_count) f
+                HAVING count(*) >= event_store._share(_page.max_count, cardinality(_page.cur))) f
     ), o AS (
         SELECT k.*, row_number() OVER (ORDER BY k.mk, k.server, k.global_position) AS ord
           FROM k, full_page
