@@ -509,6 +509,12 @@ DECLARE
     cur bigint[] := event_store._check_cursor(after_position, 'after_position');
     page event_store._page_row[];
 BEGIN
+    -- no bucket ever moved: no copies to pass over, the page as it comes
+    IF NOT EXISTS (SELECT FROM event_store.bucket_moves) THEN
+        RETURN QUERY SELECT * FROM event_store._page(cur, by_category, category, max_count, event_types, raw) x
+                      WHERE x.visible;
+        RETURN;
+    END IF;
     LOOP
         page := ARRAY(SELECT x FROM event_store._page(cur, by_category, category, max_count, event_types, raw) x);
         IF coalesce(cardinality(page), 0) = 0 THEN
@@ -571,16 +577,16 @@ CREATE TABLE event_store.bucket_moves (
     bucket         int NOT NULL,
     from_server    int NOT NULL,
     to_server      int NOT NULL,
-    events_copied  bigint NOT NULL,
-    fenced_for     interval NOT NULL,
-    started_at     timestamptz NOT NULL,
-    finished_at    timestamptz NOT NULL DEFAULT clock_timestamp()
+    events_copied  bigint NOT NULL DEFAULT 0,
+    fenced_for     interval,                -- NULL until the move is done
+    started_at     timestamptz NOT NULL DEFAULT clock_timestamp(),
+    finished_at    timestamptz              -- NULL while it runs (or when it failed)
 );
 REVOKE ALL ON event_store.bucket_moves FROM PUBLIC;
 GRANT SELECT ON event_store.bucket_moves TO PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('event_store.bucket_moves', '');
 COMMENT ON TABLE event_store.bucket_moves IS
-    'The buckets moved by move_bucket(), one row per move';
+    'The bucket moves of move_bucket(), one row per move, written when it starts (its copies exist from then on) and completed when it is done';
 
 CREATE FUNCTION event_store._server_head(part int) RETURNS bigint
     LANGUAGE plproxy
@@ -740,6 +746,9 @@ BEGIN
     IF NOT pg_catalog.pg_try_advisory_lock(event_store._fence_key() + 1, bucket) THEN
         RAISE EXCEPTION 'bucket % is being moved by another session', bucket USING ERRCODE = '55P03';
     END IF;
+    -- (from now on the new server may hold copies: the reads pass over them)
+    INSERT INTO event_store.bucket_moves (bucket, from_server, to_server, started_at)
+    VALUES (bucket, from_server, to_server, started);
     COMMIT;
 
     -- 1. copy while appends go on
@@ -769,8 +778,10 @@ BEGIN
         EXIT WHEN r.scanned < 1000;
     END LOOP;
     UPDATE event_store.buckets b SET server = to_server WHERE b.bucket = move_bucket.bucket;
-    INSERT INTO event_store.bucket_moves (bucket, from_server, to_server, events_copied, fenced_for, started_at)
-    VALUES (bucket, from_server, to_server, total, pg_catalog.clock_timestamp() - fenced, started);
+    UPDATE event_store.bucket_moves m
+       SET events_copied = total, fenced_for = pg_catalog.clock_timestamp() - fenced,
+           finished_at = pg_catalog.clock_timestamp()
+     WHERE m.bucket = move_bucket.bucket AND m.started_at = started AND m.finished_at IS NULL;
     COMMIT;
     -- (a move that fails keeps this lock until its session ends)
     PERFORM pg_catalog.pg_advisory_unlock(event_store._fence_key() + 1, bucket);

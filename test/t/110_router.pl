@@ -354,8 +354,8 @@ is(join(',', map { $exit{$_} } @appenders), '0,0,0', 'the appenders and the move
   or diag(join('', map { PostgreSQL::Test::Utils::slurp_file("$tmp/$_") } 'mover0.err', 'mover1.err', 'move.err'));
 is(qok($router, "SELECT server FROM event_store.buckets WHERE bucket = $bucket", 'mapping'), '3',
 	"bucket $bucket is on server 3 now");
-like(qok($router, "SELECT from_server || '>' || to_server || ' ' || (events_copied > 0) || ' ' || (fenced_for < '5 s') FROM event_store.bucket_moves WHERE bucket = $bucket", 'moves'),
-	qr/^1>3 true true$/, 'the move is recorded, with a short fence');
+like(qok($router, "SELECT from_server || '>' || to_server || ' ' || (events_copied > 0) || ' ' || (fenced_for < '5 s') || ' ' || (finished_at IS NOT NULL) FROM event_store.bucket_moves WHERE bucket = $bucket", 'moves'),
+	qr/^1>3 true true true$/, 'the move is recorded, with a short fence');
 for my $s (@moving_all)
 {
 	is(qok($servers[2]{dsn}, "SELECT min(stream_version) = 1 AND max(stream_version) = count(*) AND count(DISTINCT stream_version) = count(*) AND count(DISTINCT event_id) = count(*) FROM event_store.events WHERE stream_id = '$s'", "versions of $s"),
