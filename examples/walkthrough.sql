@@ -347,9 +347,22 @@ SELECT s ->> 'status' AS status,
            - 'timestamp' AS reserve_stock
   FROM event_store.saga_state('5a9a0000-0000-4000-8000-000000000002') AS s;
 
--- Every transition is also an event in the stream saga-<saga_id>.
-SELECT stream_version, event_type
+-- Every transition is also an event in the stream saga-<saga_id>, stamped
+-- with the saga id as metadata "correlationId" and the id of the event that
+-- caused it as "causationId": read_correlated() reads a saga's events (and
+-- any other event stamped with its id) in position order.
+SELECT stream_version, event_type,
+       metadata ->> 'correlationId' = '5a9a0000-0000-4000-8000-000000000002' AS correlated,
+       metadata ? 'causationId' AS has_cause
   FROM event_store.read_stream('saga-5a9a0000-0000-4000-8000-000000000002');
+SELECT global_position, stream_id, event_type
+  FROM event_store.read_correlated('5a9a0000-0000-4000-8000-000000000001');
+
+-- A saga drawn as a Mermaid flowchart (paste it into any Mermaid viewer):
+-- its steps in order, compensations as dashed edges, each step's status as
+-- its class.  saga_diagram('fulfilment') draws the saga type itself.
+SELECT event_store.saga_diagram('5a9a0000-0000-4000-8000-000000000002'::uuid)
+\g (format=unaligned tuples_only=on)
 
 -- ---------------------------------------------------------------------
 -- 10. Subscriptions: consumer groups on the log

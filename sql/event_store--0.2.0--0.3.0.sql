@@ -1138,3 +1138,240 @@ REVOKE ALL ON FUNCTION event_store._import_row(), event_store._import_copy_begin
     event_store.create_publication(text, text[], text[]), event_store.drop_publication(text),
     event_store.create_import(text, text, text), event_store.drop_import(text)
     FROM PUBLIC;
+
+------------------------------------------------------------------------------
+-- Correlation (0.3): read_correlated and its index on metadata "correlationId"
+------------------------------------------------------------------------------
+CREATE INDEX events_correlation_position_idx
+    ON event_store.events ((metadata OPERATOR(pg_catalog.->>) 'correlationId'), global_position)
+    WHERE (metadata OPERATOR(pg_catalog.->>) 'correlationId') IS NOT NULL;
+
+CREATE FUNCTION event_store.read_correlated(correlation_id text, after_position bigint DEFAULT 0,
+                                            max_count int DEFAULT 1000)
+    RETURNS SETOF event_store.event
+    LANGUAGE c VOLATILE PARALLEL UNSAFE ROWS 100
+    AS 'MODULE_PATHNAME', 'es_read_correlated';
+COMMENT ON FUNCTION event_store.read_correlated(text, bigint, int) IS
+    'Events whose metadata "correlationId" is correlation_id, after a global position in position order, gap-safe (sagas stamp theirs with the saga id)';
+REVOKE ALL ON FUNCTION event_store.read_correlated(text, bigint, int) FROM PUBLIC;
+
+------------------------------------------------------------------------------
+-- Saga diagrams (0.3): saga_diagram(uuid), saga_diagram(text)
+------------------------------------------------------------------------------
+
+-- Mermaid text: a label's quotes, angle brackets, # and backquotes as
+-- entity codes, line breaks as spaces
+CREATE FUNCTION event_store._mermaid_text(t text) RETURNS text
+    LANGUAGE sql IMMUTABLE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+    SELECT translate(replace(replace(replace(replace(replace(t, '#', '#35;'), '"', '#quot;'),
+                                             '<', '#lt;'), '>', '#gt;'), '`', '#96;'),
+                     E'\r\n\t', '   ')
+$$;
+
+-- The work of saga_diagram(), which checks the caller's grants on category
+-- "saga": a Mermaid flowchart of a saga (p_saga, with each step's status as
+-- its class) or of a saga type's definition (p_type)
+CREATE FUNCTION event_store._saga_diagram(p_saga uuid, p_type text) RETURNS text
+    LANGUAGE plpgsql STABLE
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    s record;
+    st record;
+    g int;
+    n int;
+    stype text;
+    sstatus text;
+    steps jsonb;
+    lines text[] := ARRAY['flowchart TD'];
+    classes text[] := '{}';
+    prev text[] := ARRAY['start'];
+    cur text[];
+    node text;
+    label text;
+BEGIN
+    IF p_saga IS NULL AND p_type IS NULL THEN
+        PERFORM event_store._saga_bad('saga_id or saga_type must not be null', NULL, '22004');
+    END IF;
+    IF p_saga IS NOT NULL THEN
+        SELECT * INTO s FROM event_store.sagas x WHERE x.saga_id = p_saga;
+        IF NOT FOUND THEN
+            PERFORM event_store._saga_bad(format('saga %s does not exist', p_saga));
+        END IF;
+        stype := s.saga_type;
+        sstatus := s.status;
+        SELECT jsonb_agg(jsonb_build_object(
+                   'step_no', x.step_no, 'name', x.name, 'grp', x.grp, 'kind', x.kind,
+                   'action', x.action::text, 'compensation', x.compensation::text,
+                   'comp_kind', x.comp_kind, 'complete_on', x.complete_on, 'fail_on', x.fail_on,
+                   'child_type', x.child_type, 'status', x.status) ORDER BY x.step_no)
+          INTO steps
+          FROM event_store.saga_steps x WHERE x.saga_id = p_saga;
+    ELSE
+        SELECT d.steps INTO steps FROM event_store.saga_definitions d WHERE d.saga_type = p_type;
+        IF NOT FOUND THEN
+            PERFORM event_store._saga_bad(format('saga type "%s" is not defined', p_type),
+                CASE WHEN p_type ~* '^\{?[0-9a-f]{8}-?([0-9a-f]{4}-?){3}[0-9a-f]{12}\}?$'
+                     THEN format('To draw a saga, pass its id as a uuid: saga_diagram(%L::uuid).', p_type)
+                     ELSE 'Define it with event_store.define_saga().' END);
+        END IF;
+        stype := p_type;
+    END IF;
+
+    lines := lines || format('    start(["%s"])', event_store._mermaid_text(stype)
+                             || CASE WHEN sstatus IS NOT NULL THEN ': ' || sstatus ELSE '' END);
+    IF sstatus IS NOT NULL THEN
+        classes := classes || ('    class start ' || sstatus);
+    END IF;
+    -- the groups in the order they run; the steps of one group in parallel
+    FOR g IN SELECT DISTINCT (x ->> 'grp')::int AS grp FROM jsonb_array_elements(steps) x ORDER BY 1 LOOP
+        SELECT count(*) INTO n FROM jsonb_array_elements(steps) x WHERE (x ->> 'grp')::int = g;
+        IF n > 1 THEN
+            lines := lines || format('    subgraph g%s["group %s (parallel)"]', g, g);
+        END IF;
+        cur := '{}';
+        FOR st IN SELECT (x ->> 'step_no')::int AS step_no, x ->> 'name' AS name, x ->> 'kind' AS kind,
+                         regexp_replace(x ->> 'action', '\(uuid,jsonb\)$', '') AS action,
+                         regexp_replace(x ->> 'compensation', '\(uuid,jsonb\)$', '') AS compensation,
+                         x ->> 'comp_kind' AS comp_kind, x ->> 'complete_on' AS complete_on,
+                         x ->> 'fail_on' AS fail_on, x ->> 'child_type' AS child_type,
+                         x ->> 'status' AS status
+                    FROM jsonb_array_elements(steps) x
+                   WHERE (x ->> 'grp')::int = g ORDER BY 1 LOOP
+            node := 's' || st.step_no;
+            label := event_store._mermaid_text(st.name) || '<br/>' || event_store._mermaid_text(
+                CASE st.kind
+                    WHEN 'local' THEN 'local: ' || st.action
+                    WHEN 'external' THEN 'external'
+                    WHEN 'event' THEN 'waits for ' || st.complete_on
+                    ELSE 'saga ' || st.child_type END
+                || CASE WHEN st.kind = 'local' AND st.complete_on IS NOT NULL
+                        THEN ', then waits for ' || st.complete_on ELSE '' END
+                || CASE WHEN st.fail_on IS NOT NULL THEN ', fails on ' || st.fail_on ELSE '' END);
+            lines := lines || format(CASE WHEN st.kind = 'nested' THEN '    %s[["%s"]]' ELSE '    %s["%s"]' END,
+                                     node, label);
+            cur := cur || node;
+            IF st.status IS NOT NULL THEN
+                classes := classes || format('    class %s %s', node, st.status);
+            END IF;
+        END LOOP;
+        IF n > 1 THEN
+            lines := lines || '    end'::text;
+        END IF;
+        lines := lines || (SELECT array_agg(format('    %s --> %s', p, c) ORDER BY i, j)
+                             FROM unnest(prev) WITH ORDINALITY a(p, i), unnest(cur) WITH ORDINALITY b(c, j));
+        prev := cur;
+    END LOOP;
+    lines := lines || '    finish(["end"])'::text
+                   || (SELECT array_agg(format('    %s --> finish', p) ORDER BY i)
+                         FROM unnest(prev) WITH ORDINALITY a(p, i));
+    -- compensations: what undoes a step, dashed
+    FOR st IN SELECT (x ->> 'step_no')::int AS step_no, x ->> 'comp_kind' AS comp_kind,
+                     regexp_replace(x ->> 'compensation', '\(uuid,jsonb\)$', '') AS compensation,
+                     x ->> 'child_type' AS child_type, x ->> 'status' AS status
+                FROM jsonb_array_elements(steps) x
+               WHERE x ->> 'comp_kind' <> 'none' ORDER BY 1 LOOP
+        node := 'c' || st.step_no;
+        lines := lines
+            || format('    %s["%s"]', node, event_store._mermaid_text(
+                   'compensate: ' || CASE st.comp_kind WHEN 'local' THEN 'local: ' || st.compensation
+                                                       WHEN 'external' THEN 'external'
+                                                       ELSE 'saga ' || st.child_type END))
+            || format('    s%s -.-> %s', st.step_no, node);
+        IF st.status IS NOT NULL THEN
+            classes := classes || format('    class %s %s', node,
+                CASE WHEN st.status IN ('compensating', 'compensated') THEN st.status ELSE 'pending' END);
+        END IF;
+    END LOOP;
+    IF p_saga IS NOT NULL THEN
+        lines := lines || ARRAY[
+            '    classDef pending fill:#f4f4f4,stroke:#999',
+            '    classDef running fill:#dbe9ff,stroke:#3366cc',
+            '    classDef completed fill:#d9f2d9,stroke:#339933',
+            '    classDef failed fill:#f8d7d7,stroke:#cc3333',
+            '    classDef compensating fill:#ffe8c2,stroke:#cc8800',
+            '    classDef compensated fill:#fff6c2,stroke:#999933',
+            '    classDef compensation_failed fill:#f8d7d7,stroke:#cc3333,stroke-width:3px']
+            || classes;
+    END IF;
+    RETURN array_to_string(lines, E'\n');
+END $$;
+CREATE FUNCTION event_store.saga_diagram(saga_id uuid) RETURNS text
+    LANGUAGE c STABLE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'es_saga_diagram';
+COMMENT ON FUNCTION event_store.saga_diagram(uuid) IS
+    'A Mermaid flowchart of a saga: its steps in order, parallel groups, compensations (dashed), nested sagas, each step''s status as its class';
+CREATE FUNCTION event_store.saga_diagram(saga_type text) RETURNS text
+    LANGUAGE c STABLE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'es_saga_type_diagram';
+COMMENT ON FUNCTION event_store.saga_diagram(text) IS
+    'A Mermaid flowchart of a saga type''s definition: its steps in order, parallel groups, compensations (dashed), nested sagas';
+REVOKE ALL ON FUNCTION event_store._saga_diagram(uuid, text), event_store._mermaid_text(text),
+    event_store.saga_diagram(uuid), event_store.saga_diagram(text) FROM PUBLIC;
+-- ---------------------------------------------------------------------------
+-- Hot standby: complete_saga_step() and fail_saga_step() refuse with their own
+-- "cannot execute ... during recovery" before locking the step
+-- ---------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION event_store.complete_saga_step(saga_id uuid, step text, result jsonb DEFAULT NULL)
+    RETURNS void LANGUAGE plpgsql
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    st event_store.saga_steps;
+    sstatus text;
+BEGIN
+    -- first: on a standby the lock below would fail with a less telling message
+    PERFORM event_store._check_writable('complete_saga_step()');
+    st := event_store._saga_lock_step(complete_saga_step.saga_id, complete_saga_step.step);
+    SELECT status INTO sstatus FROM event_store.sagas s WHERE s.saga_id = st.saga_id;
+    IF st.kind = 'nested' THEN
+        RAISE EXCEPTION 'step "%" of saga % is completed by its nested saga', st.name, st.saga_id
+            USING ERRCODE = '55000',
+                  HINT = 'Complete the steps of the nested saga instead.';
+    END IF;
+    IF st.status = 'running' AND sstatus = 'running' THEN
+        PERFORM event_store._saga_step_done(st.saga_id, st.name, COALESCE(result, '{}'));
+    ELSIF st.status = 'compensating' AND st.comp_kind = 'external' AND sstatus = 'compensating' THEN
+        UPDATE event_store.saga_steps SET status = 'compensated', lease_owner = NULL, lease_expires_at = NULL,
+               updated_at = now()
+         WHERE saga_steps.saga_id = st.saga_id AND name = st.name;
+        PERFORM event_store._saga_event(st.saga_id, 'SagaStepCompensated', jsonb_build_object('step', st.name));
+    ELSE
+        RAISE EXCEPTION 'step "%" of saga % cannot be completed: it is %', st.name, st.saga_id, st.status
+            USING ERRCODE = '55000',
+                  DETAIL = format('The saga is %s.', sstatus),
+                  HINT = 'Only a running step (or a step whose external compensation is running) can be completed.';
+    END IF;
+    PERFORM event_store._saga_advance(st.saga_id);
+END $$;
+
+CREATE OR REPLACE FUNCTION event_store.fail_saga_step(saga_id uuid, step text, error text, retryable boolean DEFAULT true)
+    RETURNS void LANGUAGE plpgsql
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    st event_store.saga_steps;
+    sstatus text;
+BEGIN
+    -- first: on a standby the lock below would fail with a less telling message
+    PERFORM event_store._check_writable('fail_saga_step()');
+    st := event_store._saga_lock_step(fail_saga_step.saga_id, fail_saga_step.step);
+    IF error IS NULL THEN
+        PERFORM event_store._saga_bad('error must not be null', NULL, '22004');
+    END IF;
+    IF retryable IS NULL THEN
+        PERFORM event_store._saga_bad('retryable must not be null', NULL, '22004');
+    END IF;
+    SELECT status INTO sstatus FROM event_store.sagas s WHERE s.saga_id = st.saga_id;
+    IF st.status = 'running' AND sstatus = 'running' THEN
+        PERFORM event_store._saga_step_failed(st.saga_id, st.name, error, retryable);
+    ELSIF st.status = 'compensating' AND st.comp_kind = 'external' AND sstatus = 'compensating' THEN
+        PERFORM event_store._saga_comp_failed(st.saga_id, st.name, error, retryable);
+    ELSE
+        RAISE EXCEPTION 'step "%" of saga % cannot fail: it is %', st.name, st.saga_id, st.status
+            USING ERRCODE = '55000',
+                  DETAIL = format('The saga is %s.', sstatus),
+                  HINT = 'Only a running step (or a step whose external compensation is running) can fail.';
+    END IF;
+    PERFORM event_store._saga_advance(st.saga_id);
+END $$;

@@ -106,6 +106,14 @@ SELECT event_store.grant_category('sec_orders', 'secorders', '{append,read}');
 SELECT event_store.grant_category('sec_orders', 'secorders', '{append,read}');   -- again: no change
 SELECT event_store.grant_category('sec_billing', 'secorders', '{read}');          -- billing may read orders
 SELECT category, grantee, privilege FROM event_store.category_grants ORDER BY 1, 2, 3;
+-- a grant on a category without events (a typo would lock a category
+-- nobody meant) works, with a NOTICE naming it; revoking says nothing
+SET client_min_messages = notice;
+SELECT event_store.grant_category('sec_billing', 'secordres', '{read}');
+SELECT event_store.revoke_category('sec_billing', 'secordres', '{read}');
+-- (none for a category with events)
+SELECT event_store.grant_category('sec_billing', 'secorders', '{read}');
+SET client_min_messages = warning;
 
 -- the owner of the category appends and reads
 SET ROLE sec_orders;

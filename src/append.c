@@ -212,6 +212,33 @@ es_make_empty_object(void)
 }
 
 /* Validate one event object */
+/*
+ * metadata.correlationId is a key of the index read_correlated scans: a
+ * scalar whose text is at most ES_MAX_NAME_BYTES long
+ */
+static void
+es_check_correlation_id(const EsParseCtx *ctx, JsonbContainer *metadata)
+{
+	JsonbValue	k;
+	JsonbValue *v;
+
+	k.type = jbvString;
+	k.val.string.val = "correlationId";
+	k.val.string.len = strlen("correlationId");
+	v = findJsonbValueFromContainer(metadata, JB_FOBJECT, &k);
+	if (v == NULL)
+		return;
+	if (v->type == jbvBinary)
+		es_bad_event(ctx, ERRCODE_INVALID_PARAMETER_VALUE,
+					 psprintf("metadata \"correlationId\" must be a string, not %s",
+							  es_json_type_name(v)),
+					 "Use the id of the process the event belongs to, such as a saga id.");
+	if (v->type == jbvString && v->val.string.len > ES_MAX_NAME_BYTES)
+		es_bad_event(ctx, ERRCODE_STRING_DATA_RIGHT_TRUNCATION,
+					 psprintf("metadata \"correlationId\" is too long (%d bytes; the maximum is %d)",
+							  v->val.string.len, ES_MAX_NAME_BYTES), NULL);
+}
+
 static void
 es_parse_event(const EsParseCtx *ctx, JsonbContainer *obj, EsNewEvent *ev)
 {
@@ -257,7 +284,10 @@ es_parse_event(const EsParseCtx *ctx, JsonbContainer *obj, EsNewEvent *ev)
 			if (v.type == jbvNull)
 				ev->metadata = NULL;
 			else if (v.type == jbvBinary && JsonContainerIsObject(v.val.binary.data))
+			{
+				es_check_correlation_id(ctx, v.val.binary.data);
 				ev->metadata = es_value_to_jsonb(&v);
+			}
 			else
 				es_bad_event(ctx, ERRCODE_INVALID_PARAMETER_VALUE,
 							 psprintf("\"metadata\" must be an object or null, not %s",
@@ -617,6 +647,8 @@ EsImportEvent(text *stream_id, EsNewEvent *ev, int64 version)
 	Assert(ev->has_id && version > 0);
 	(void) es_append_core(stream_id, ev, 1, true, version - 1, true, version,
 						  &stored);
+	/* the import is the stream's one writer: no need to hold it to the end */
+	EsUnlockStream(stream_id);
 	return stored;
 }
 
@@ -753,14 +785,26 @@ es_append(PG_FUNCTION_ARGS)
 }
 
 /*
- * Append one event the extension makes itself (a saga's transition, with
- * no metadata) to stream_id as append() would, the current user's grants
- * checked; returns the stream's version after it
+ * Append one event the extension makes itself (a saga's transition) to
+ * stream_id as append() would, the current user's grants checked; returns
+ * the stream's version after it
  */
 int64
 EsAppendEvent(text *stream_id, text *type, Jsonb *data)
 {
+	return EsAppendEventWithMetadata(stream_id, type, data, NULL, NULL);
+}
+
+/*
+ * EsAppendEvent with metadata (NULL: none); *event_id (unless NULL) is set
+ * to the id the event was given
+ */
+int64
+EsAppendEventWithMetadata(text *stream_id, text *type, Jsonb *data,
+						  Jsonb *metadata, pg_uuid_t *event_id)
+{
 	EsNewEvent	ev;
+	int64		version;
 
 	EsCheckPreloaded();
 	EsCheckStreamAccess(stream_id, ES_PRIV_APPEND);
@@ -768,9 +812,13 @@ EsAppendEvent(text *stream_id, text *type, Jsonb *data)
 	memset(&ev, 0, sizeof(ev));
 	ev.type = type;
 	ev.data = data;
-	ev.metadata = empty_object;
+	ev.metadata = metadata != NULL ? metadata : empty_object;
 	ev.schema_version = 1;
-	return EsAppendEvents(stream_id, &ev, 1, false, 0, false);
+	version = EsAppendEvents(stream_id, &ev, 1, false, 0, false);
+	/* (es_insert_events filled in the generated id) */
+	if (event_id != NULL)
+		*event_id = ev.id;
+	return version;
 }
 
 PG_FUNCTION_INFO_V1(es_refuse_modification);

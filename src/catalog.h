@@ -21,6 +21,8 @@
 #define ES_EVENTS_STREAM_IDX	"events_stream_id_stream_version_key"
 #define ES_EVENTS_EVENT_ID_IDX	"events_event_id_key"
 #define ES_EVENTS_CATEGORY_IDX	"events_category_position_idx"
+/* read_correlated: (metadata->>'correlationId', global_position), partial */
+#define ES_EVENTS_CORRELATION_IDX	"events_correlation_position_idx"
 /* the durable high-water mark of global positions (a sequence) */
 #define ES_POSITION_MARK_SEQ	"position_mark"
 
@@ -55,6 +57,7 @@ typedef struct EsCatalog
 	Oid			stream_idx;
 	Oid			event_id_idx;
 	Oid			category_idx;
+	Oid			correlation_idx;	/* 0.3 on (InvalidOid before the update) */
 	Oid			event_type_oid;	/* composite type event_store.event */
 	Oid			event_type_relid;	/* its pg_class entry */
 	bool		stored_rows_are_events; /* events' rows have the type's layout */

@@ -22,4 +22,12 @@
 /* SE004: the category is imported from another database: read-only here */
 #define ERRCODE_ES_CATEGORY_IMPORTED		MAKE_SQLSTATE('S','E','0','0','4')
 
+/*
+ * The hint of a permission error (42501) on one of event_store's functions
+ * or tables: the privilege recipe's roles
+ */
+#define ES_PRIVILEGES_HINT \
+	"Grant the role event_store_reader, event_store_writer or event_store_operator, " \
+	"the roles of event_store's privilege recipe examples/privileges.sql."
+
 #endif							/* EVENT_STORE_ERRORS_H */

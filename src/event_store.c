@@ -16,6 +16,7 @@
 
 #include "activity.h"
 #include "aggregate.h"
+#include "grants.h"
 #include "position.h"
 #include "projection.h"
 #include "roles.h"
@@ -81,6 +82,10 @@ _PG_init(void)
 	EsAggregateInit();
 	EsSagaInit();
 	EsActivityInit();
+	/* PostgreSQL's own permission errors on our objects name the recipe */
+	EsPrivilegesHintInit();
+	/* the horizon records that tell standbys the primary's head */
+	EsPositionRegisterRmgr();
 
 	DefineCustomIntVariable("event_store.max_databases",
 							"Maximum number of databases that can use event_store at the same time.",

@@ -9,18 +9,30 @@
 #include "postgres.h"
 
 #include "access/htup_details.h"
+#include "access/skey.h"
+#include "access/stratnum.h"
+#include "access/xact.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_authid.h"
+#include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
+#include "executor/executor.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/catcache.h"
+#include "utils/fmgroids.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/syscache.h"
 
 #include "api.h"
 #include "catalog.h"
+#include "errors.h"
 #include "grants.h"
 #include "registry.h"
 #include "roles.h"
@@ -360,6 +372,22 @@ es_change_grants(FunctionCallInfo fcinfo, bool grant)
 	}
 	EsSpiFinish(&sw);
 	EsRegistryChanged(&grant_registry);
+
+	/* a misspelt category would lock a category nobody meant */
+	if (grant)
+	{
+		const EsCatalog *cat = EsGetCatalog();
+		ScanKeyData key;
+		Datum		value;
+
+		ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_TEXTEQ, PointerGetDatum(category));
+		if (!EsFirstEventValue(cat, cat->category_idx, GetActiveSnapshot(), &key, 1,
+							   ForwardScanDirection, Anum_es_global_position, &value))
+			ereport(NOTICE,
+					(errmsg("category \"%s\" has no events yet", text_to_cstring(category)),
+					 errdetail("From now on only roles holding a grant on it may append to or read its streams."),
+					 errhint("Check the spelling of the category.")));
+	}
 }
 
 /*
@@ -384,4 +412,116 @@ es_revoke_category(PG_FUNCTION_ARGS)
 	EsCheckWritable("revoke_category()");
 	es_change_grants(fcinfo, false);
 	PG_RETURN_VOID();
+}
+
+
+/* ------------------------------------------------------------------------
+ * PostgreSQL's own permission errors on event_store's functions and tables
+ * ("permission denied for function append": the role lacks EXECUTE) get the
+ * hint of the privilege recipe, ES_PRIVILEGES_HINT.  They are raised while
+ * a query's executor starts (its ACL checks), so that is where they are
+ * caught, given the hint and thrown again.  (Not so the errors raised while
+ * a query is parsed, as of the schema's USAGE, which PUBLIC has, nor those
+ * of a PL/pgSQL expression evaluated without the executor's start.)
+ * ------------------------------------------------------------------------ */
+
+static ExecutorStart_hook_type prev_executor_start = NULL;
+
+/* PostgreSQL's messages (aclcheck_error) of the objects event_store has */
+static const char *const es_acl_formats[] = {
+	"permission denied for function %s",
+	"permission denied for procedure %s",
+	"permission denied for table %s",
+	"permission denied for view %s",
+	"permission denied for sequence %s",
+};
+
+/*
+ * The name in a permission error of PostgreSQL's on a function (*is_function)
+ * or a relation, or NULL for any other error (a translated message too:
+ * the name cannot be told apart then)
+ */
+static const char *
+es_acl_error_object(ErrorData *edata, bool *is_function)
+{
+	if (edata->sqlerrcode != ERRCODE_INSUFFICIENT_PRIVILEGE || edata->hint != NULL ||
+		edata->message_id == NULL || edata->message == NULL)
+		return NULL;
+	for (int i = 0; i < lengthof(es_acl_formats); i++)
+	{
+		size_t		len = strlen(es_acl_formats[i]) - 2;
+
+		if (strcmp(edata->message_id, es_acl_formats[i]) == 0 &&
+			strncmp(edata->message, es_acl_formats[i], len) == 0)
+		{
+			*is_function = i < 2;
+			return edata->message + len;
+		}
+	}
+	return NULL;
+}
+
+/* Is there a function (or a relation) of that name in schema event_store? */
+static bool
+es_is_our_object(const char *name, bool is_function)
+{
+	Oid			nsp = get_namespace_oid(ES_SCHEMA_NAME, true);
+	bool		found = false;
+
+	/* (the internal functions, "_name", are nobody's to call) */
+	if (!OidIsValid(nsp) || name[0] == '_')
+		return false;
+	if (!is_function)
+		return OidIsValid(get_relname_relid(name, nsp));
+	{
+		CatCList   *list = SearchSysCacheList1(PROCNAMEARGSNSP, CStringGetDatum(name));
+
+		for (int i = 0; i < list->n_members && !found; i++)
+			found = ((Form_pg_proc) GETSTRUCT(&list->members[i]->tuple))->pronamespace == nsp;
+		ReleaseSysCacheList(list);
+	}
+	return found;
+}
+
+static void
+es_executor_start(QueryDesc *queryDesc, int eflags)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+
+	PG_TRY();
+	{
+		if (prev_executor_start)
+			prev_executor_start(queryDesc, eflags);
+		else
+			standard_ExecutorStart(queryDesc, eflags);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+		const char *name;
+		bool		is_function = false;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		name = es_acl_error_object(edata, &is_function);
+		if (name == NULL || !IsTransactionState())
+		{
+			FreeErrorData(edata);
+			PG_RE_THROW();
+		}
+		/* the error was a clean ACL check: look the name up, then throw it again */
+		FlushErrorState();
+		if (es_is_our_object(name, is_function))
+			edata->hint = pstrdup(ES_PRIVILEGES_HINT);
+		ReThrowError(edata);
+	}
+	PG_END_TRY();
+}
+
+/* Module load (preloaded) */
+void
+EsPrivilegesHintInit(void)
+{
+	prev_executor_start = ExecutorStart_hook;
+	ExecutorStart_hook = es_executor_start;
 }

@@ -23,5 +23,6 @@ extern bool EsRoleMayAccessStream(Oid role, text *stream_id, int priv);
 extern EsDeniedSet *EsDeniedCategories(Oid role);
 extern EsDeniedSet *EsDeniedCategoriesFor(Oid role, int privs);
 extern bool EsStreamDenied(const EsDeniedSet *set, text *stream_id);
+extern void EsPrivilegesHintInit(void);
 
 #endif							/* ES_GRANTS_H */

@@ -18,18 +18,41 @@
 #include "locks.h"
 #include "pg_mirror.h"
 
+/* The lock tag of a stream */
+static void
+es_stream_locktag(LOCKTAG *tag, text *stream_id)
+{
+	uint64		h;
+
+	h = hash_bytes_extended((const unsigned char *) VARDATA_ANY(stream_id),
+							VARSIZE_ANY_EXHDR(stream_id), 0);
+	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId, (uint32) (h >> 32), (uint32) h,
+						 ES_STREAM_LOCK_FIELD4);
+}
+
 /* Take the transaction-scoped exclusive lock of a stream */
 void
 EsLockStream(text *stream_id)
 {
 	LOCKTAG		tag;
-	uint64		h;
 
-	h = hash_bytes_extended((const unsigned char *) VARDATA_ANY(stream_id),
-							VARSIZE_ANY_EXHDR(stream_id), 0);
-	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) (h >> 32), (uint32) h,
-						 ES_STREAM_LOCK_FIELD4);
+	es_stream_locktag(&tag, stream_id);
 	(void) LockAcquire(&tag, ExclusiveLock, false, false);
+}
+
+/*
+ * Give back one hold of a stream's lock before the transaction ends: only
+ * for a writer that is the stream's one writer (an import's worker, whose
+ * categories nobody else may write), so that a transaction importing many
+ * streams does not fill the lock table.
+ */
+void
+EsUnlockStream(text *stream_id)
+{
+	LOCKTAG		tag;
+
+	es_stream_locktag(&tag, stream_id);
+	(void) LockRelease(&tag, ExclusiveLock, false);
 }
 
 /*

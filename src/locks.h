@@ -19,6 +19,7 @@
 #define ES_OPEN_LOCK_FIELD4		0x454F	/* "EO": appenders of categories without grants */
 
 extern void EsLockStream(text *stream_id);
+extern void EsUnlockStream(text *stream_id);
 extern void EsLockCategory(const char *category, int len, LOCKMODE mode);
 extern void EsLockSagaStart(const pg_uuid_t *saga_id);
 

@@ -29,6 +29,35 @@
  * recovery, and again whenever event_store.events is a new table (DROP/CREATE
  * EXTENSION): it continues above both the highest stored position and the
  * mark, and the head starts there (everything below has ended).
+ *
+ * On a hot standby nobody appends, and the standby cannot compute the head
+ * from what it replays: a position below the highest committed one may be
+ * held by a primary transaction that has not even inserted its row yet, so
+ * neither the replayed rows nor the in-progress xids of the standby's
+ * snapshots (KnownAssignedXids) tell it that the position is still coming.
+ * Only the primary knows its horizon, so it sends it: whenever an appending
+ * transaction ends, the primary computes its new head (after the end is
+ * visible in its proc array) and WAL-logs it in a small record of the
+ * extension's own resource manager (ES_RMGR_ID), after the commit or abort
+ * record.  Every transaction holding a position at or below that head has
+ * ended, so its commit record precedes the horizon record in the WAL: once
+ * the standby has replayed the horizon record, its snapshots see every
+ * committed event at or below it.  The standby's redo (in the startup
+ * process) stores the head in this database's entry and wakes the waiters
+ * of wait_for_events().  The record is not flushed by itself (that would
+ * cost a second WAL flush per commit): it is marked as an asynchronous
+ * commit's, so the WAL writer flushes it within wal_writer_delay and the
+ * WAL sender sends it on.  Logical decoding ignores the records.
+ *
+ * Until a standby has replayed a horizon record since it started (no append
+ * on the primary since the standby's restart point), it uses the highest
+ * committed position it can see, looked up again on each use: that is exact
+ * unless a primary transaction holds a lower position open at that moment,
+ * and the first append on the primary ends it.
+ *
+ * A server that replays the records needs the library preloaded, as every
+ * server that uses event_store does: the records are only written when it
+ * is (and with wal_level replica or logical).
  */
 #include "postgres.h"
 
@@ -40,6 +69,9 @@
 #include "access/twophase.h"
 #include "access/xact.h"
 #include "access/xlog.h"
+#include "access/xlog_internal.h"
+#include "access/xloginsert.h"
+#include "access/xlogreader.h"
 #include "commands/dbcommands.h"
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -90,7 +122,28 @@ typedef struct EsPositionEntry
 	bool		built_in_recovery;	/* built on a standby: rebuild once promoted */
 	pg_atomic_uint64 max_committed; /* highest position of a committed append */
 	ConditionVariable head_cv;	/* broadcast when an appender's xact ends */
+	/* on a standby: the primary's head, from its horizon records */
+	Oid			replayed_relid; /* its events table, InvalidOid: none replayed */
+	int64		replayed_head;
 } EsPositionEntry;
+
+/*
+ * The extension's WAL resource manager: a custom one, in the range
+ * PostgreSQL leaves to extensions (see src/include/access/rmgrlist.h and
+ * the wiki page "CustomWALResourceManagers").
+ */
+#define ES_RMGR_ID		171
+#define XLOG_ES_HORIZON	0x00
+
+/* A horizon record: the primary's head in one database */
+typedef struct EsHorizonRecord
+{
+	Oid			dboid;
+	Oid			events_relid;
+	int64		head;
+} EsHorizonRecord;
+
+static bool es_rmgr_registered = false;
 
 /*
  * Per-process slot: written by its owner only (lowest is an atomic; dboid
@@ -150,6 +203,8 @@ es_position_entry_reset(int i)
 	db->mark = 0;
 	db->built_in_recovery = false;
 	pg_atomic_write_u64(&db->max_committed, 0);
+	db->replayed_relid = InvalidOid;
+	db->replayed_head = 0;
 	LWLockRelease(&es_locks[i].lock);
 }
 
@@ -189,6 +244,8 @@ EsPositionShmemInit(void)
 			db->built_in_recovery = false;
 			pg_atomic_init_u64(&db->max_committed, 0);
 			ConditionVariableInit(&db->head_cv);
+			db->replayed_relid = InvalidOid;
+			db->replayed_head = 0;
 		}
 		for (int i = 0; i < es_shared->nprocs; i++)
 		{
@@ -217,6 +274,34 @@ es_publish_committed(int64 pos)
 		;
 }
 
+static int64 es_head_locked(void);
+
+/*
+ * WAL-log this database's head for the standbys (see the top of the file);
+ * called when our positions have been released
+ */
+static void
+es_log_horizon(void)
+{
+	EsHorizonRecord rec;
+	XLogRecPtr	lsn;
+
+	if (!es_rmgr_registered || !XLogStandbyInfoActive() || RecoveryInProgress())
+		return;
+	rec.dboid = MyDatabaseId;
+	LWLockAcquire(my_db_lock, LW_SHARED);
+	rec.events_relid = my_db->events_relid;
+	rec.head = es_head_locked();
+	LWLockRelease(my_db_lock);
+	if (!OidIsValid(rec.events_relid))
+		return;
+	XLogBeginInsert();
+	XLogRegisterData((char *) &rec, sizeof(rec));
+	lsn = XLogInsert(ES_RMGR_ID, XLOG_ES_HORIZON);
+	/* not flushed here: the WAL writer flushes it soon, as an async commit */
+	XLogSetAsyncXactLSN(lsn);
+}
+
 /* Release our positions: the transaction that held them has ended */
 static void
 es_release_positions(bool committed)
@@ -231,6 +316,80 @@ es_release_positions(bool committed)
 	pg_memory_barrier();
 	pg_atomic_write_u64(&es_my_slot()->lowest, 0);
 	ConditionVariableBroadcast(&my_db->head_cv);
+	es_log_horizon();
+}
+
+/* Redo of a horizon record: a standby learns the primary's head */
+static void
+es_rmgr_redo(XLogReaderState *record)
+{
+	uint8		info = XLogRecGetInfo(record) & ~XLR_INFO_MASK;
+	EsHorizonRecord rec;
+	int			entry;
+	EsPositionEntry *db;
+
+	if (info != XLOG_ES_HORIZON)
+		elog(PANIC, "event_store redo: unknown op code %u", info);
+	memcpy(&rec, XLogRecGetData(record), sizeof(rec));
+	entry = EsEntryOf(rec.dboid);
+	if (entry < 0)
+		return;					/* every entry taken: reads there fail anyway */
+	db = &es_shared->dbs[entry];
+	LWLockAcquire(&es_locks[entry].lock, LW_EXCLUSIVE);
+	if (db->replayed_relid != rec.events_relid)
+	{
+		/* the first one, or a new events table (DROP/CREATE EXTENSION) */
+		db->replayed_relid = rec.events_relid;
+		db->replayed_head = rec.head;
+	}
+	else
+	{
+		/* transactions ending together may log their heads out of order */
+		db->replayed_head = Max(db->replayed_head, rec.head);
+	}
+	LWLockRelease(&es_locks[entry].lock);
+	ConditionVariableBroadcast(&db->head_cv);
+}
+
+static void
+es_rmgr_desc(StringInfo buf, XLogReaderState *record)
+{
+	EsHorizonRecord rec;
+
+	if ((XLogRecGetInfo(record) & ~XLR_INFO_MASK) != XLOG_ES_HORIZON ||
+		XLogRecGetDataLen(record) < sizeof(rec))
+		return;
+	memcpy(&rec, XLogRecGetData(record), sizeof(rec));
+	appendStringInfo(buf, "db %u events %u head " INT64_FORMAT,
+					 rec.dboid, rec.events_relid, rec.head);
+}
+
+static const char *
+es_rmgr_identify(uint8 info)
+{
+	return (info & ~XLR_INFO_MASK) == XLOG_ES_HORIZON ? "HORIZON" : NULL;
+}
+
+/* Logical decoding: the records carry nothing to decode */
+static void
+es_rmgr_decode(struct LogicalDecodingContext *ctx, struct XLogRecordBuffer *buf)
+{
+}
+
+static RmgrData es_rmgr = {
+	.rm_name = "event_store",
+	.rm_redo = es_rmgr_redo,
+	.rm_desc = es_rmgr_desc,
+	.rm_identify = es_rmgr_identify,
+	.rm_decode = es_rmgr_decode,
+};
+
+/* Module load (preloaded only): register the resource manager */
+void
+EsPositionRegisterRmgr(void)
+{
+	RegisterCustomRmgr(ES_RMGR_ID, &es_rmgr);
+	es_rmgr_registered = true;
 }
 
 /* Transaction end: publish that our positions are settled */
@@ -422,6 +581,9 @@ es_ensure_counter(void)
 	ready = my_db->initialized && my_db->built_gen == gen &&
 		my_db->events_relid == cat->events_relid &&
 		my_db->uses_mark == want_mark && my_db->built_in_recovery == in_recovery;
+	/* a standby without the primary's horizon: look at the rows each time */
+	if (in_recovery && my_db->replayed_relid != cat->events_relid)
+		ready = false;
 	LWLockRelease(my_db_lock);
 	if (ready)
 		return;
@@ -557,6 +719,11 @@ es_head_locked(void)
 	int			me = ES_MY_PROCNO;
 	int64		top = (int64) pg_atomic_read_u64(&my_db->max_committed);
 	int64		head;
+
+	/* a standby: the primary's head once it has sent one (see the top) */
+	if (my_db->built_in_recovery)
+		return my_db->replayed_relid == my_db->events_relid ?
+			my_db->replayed_head : top;
 
 	/* our own transaction sees its own appends */
 	if (xact_holds_positions)

@@ -8,6 +8,7 @@
 extern Size EsPositionShmemSize(void);
 extern void EsPositionRequestLocks(void);
 extern void EsPositionShmemInit(void);
+extern void EsPositionRegisterRmgr(void);
 
 extern int64 EsAllocatePositions(int64 count);
 extern void EsCounterStale(void);

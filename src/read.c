@@ -1,7 +1,7 @@
 /*
  * read.c
  *	  Reads: stream_version, read_stream, read_all, read_category,
- *	  head_position and wait_for_events.
+ *	  read_correlated, head_position and wait_for_events.
  *
  * All reads are direct index scans on event_store.events whose rows are
  * copied into the caller's tuplestore.  read_all and read_category are
@@ -50,6 +50,7 @@ PG_FUNCTION_INFO_V1(es_stream_version);
 PG_FUNCTION_INFO_V1(es_read_stream);
 PG_FUNCTION_INFO_V1(es_read_all);
 PG_FUNCTION_INFO_V1(es_read_category);
+PG_FUNCTION_INFO_V1(es_read_correlated);
 PG_FUNCTION_INFO_V1(es_head_position);
 PG_FUNCTION_INFO_V1(es_wait_for_events);
 
@@ -498,6 +499,59 @@ es_read_category(PG_FUNCTION_ARGS)
 	index = index_open(cat->category_idx, AccessShareLock);
 	es_key(&spec.keys[0], index, 1, BTEqualStrategyNumber, F_TEXTEQ,
 		   PointerGetDatum(category));
+	spec.nkeys = 1;
+	es_read_positions(fcinfo, &spec, cat, index, 2, after);
+	index_close(index, AccessShareLock);
+	return (Datum) 0;
+}
+
+/*
+ * SQL: event_store.read_correlated(correlation_id text, after_position
+ *		bigint, max_count int) RETURNS SETOF event
+ *
+ * Every event whose metadata "correlationId" is correlation_id, in position
+ * order, gap-safe like read_all (the same horizon), on the partial index
+ * events_correlation_position_idx; events of categories the caller may not
+ * read are left out, and events are upcast like every read's.
+ */
+Datum
+es_read_correlated(PG_FUNCTION_ARGS)
+{
+	text	   *correlation_id;
+	int64		after;
+	const EsCatalog *cat;
+	EsScanSpec	spec;
+	Relation	index;
+
+	correlation_id = EsGetRequiredText(fcinfo, 0, "correlation_id");
+	after = es_get_after_position(fcinfo, 1);
+	EsRequireArg(fcinfo, 2, "max_count");
+	if (PG_GETARG_INT32(2) <= 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("max_count must be positive"),
+				 errdetail("max_count is %d.", PG_GETARG_INT32(2)),
+				 errhint("Page through a long correlation with after_position.")));
+
+	cat = EsGetCatalog();
+	if (!OidIsValid(cat->correlation_idx))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("index \"%s.%s\" does not exist", ES_SCHEMA_NAME,
+						ES_EVENTS_CORRELATION_IDX),
+				 errhint("Run ALTER EXTENSION event_store UPDATE.")));
+
+	memset(&spec, 0, sizeof(spec));
+	spec.max_count = PG_GETARG_INT32(2);
+	spec.filter.ntypes = -1;
+	InitMaterializedSRF(fcinfo, 0);
+	/* events of categories the caller may not read are left out */
+	spec.denied = EsDeniedCategories(GetUserId());
+
+	spec.index_oid = cat->correlation_idx;
+	index = index_open(cat->correlation_idx, AccessShareLock);
+	es_key(&spec.keys[0], index, 1, BTEqualStrategyNumber, F_TEXTEQ,
+		   PointerGetDatum(correlation_id));
 	spec.nkeys = 1;
 	es_read_positions(fcinfo, &spec, cat, index, 2, after);
 	index_close(index, AccessShareLock);

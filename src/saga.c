@@ -145,7 +145,8 @@ EsSagaRegistrant(Datum saga_id, MemoryContext cxt, Oid *owner,
  * become the step's result, the saga's data and part of its stream.
  */
 static void
-es_saga_on_event(text *stream_id, text *type, Jsonb *metadata, Jsonb *data)
+es_saga_on_event(text *stream_id, text *type, Jsonb *metadata, Jsonb *data,
+				 pg_uuid_t *event_id)
 {
 	JsonbValue	k;
 	JsonbValue *v;
@@ -186,6 +187,8 @@ es_saga_on_event(text *stream_id, text *type, Jsonb *metadata, Jsonb *data)
 		on_event_plan = EsPrepareKeptPlan("SELECT event_store._saga_on_event($1, $2, $3)",
 										  3, types);
 	}
+	/* the event causes what the saga writes now (correlation, saga_run.c) */
+	EsSagaSetCause(&saga_id, event_id, true);
 	values[0] = UUIDPGetDatum(&saga_id);
 	values[1] = PointerGetDatum(type);
 	values[2] = JsonbPGetDatum(data);
@@ -212,7 +215,8 @@ es_saga_follow(const EsAppendedBatch *batch)
 		es_saga_on_event(batch->stream_id,
 						 DatumGetTextPP(v[Anum_es_event_type - 1]),
 						 DatumGetJsonbP(v[Anum_es_metadata - 1]),
-						 DatumGetJsonbP(v[Anum_es_data - 1]));
+						 DatumGetJsonbP(v[Anum_es_data - 1]),
+						 DatumGetUUIDP(v[Anum_es_event_id - 1]));
 	}
 }
 
@@ -474,4 +478,47 @@ es_saga_state(PG_FUNCTION_ARGS)
 	if (isnull)
 		PG_RETURN_NULL();
 	PG_RETURN_DATUM(result);
+}
+
+/*
+ * SQL: event_store.saga_diagram(saga_id uuid) RETURNS text and
+ * event_store.saga_diagram(saga_type text) RETURNS text -- a Mermaid
+ * flowchart of a saga (with each step's status) or of a saga type.  Like
+ * saga_state, it needs "read" on category "saga" when it has grants, checked
+ * before anything is looked up (an outsider learns nothing, not even
+ * whether the saga exists); the orchestrator's _saga_diagram draws it.
+ */
+static Datum
+es_saga_diagram_of(FunctionCallInfo fcinfo, int argno)
+{
+	Oid			argtypes[2] = {UUIDOID, TEXTOID};
+	NullableDatum args[2];
+	Datum		result;
+	bool		isnull;
+
+	EsRequireArg(fcinfo, 0, argno == 0 ? "saga_id" : "saga_type");
+	EsCheckStreamAccess(es_saga_category(), ES_PRIV_READ);
+	args[0].value = args[1].value = (Datum) 0;
+	args[0].isnull = args[1].isnull = true;
+	args[argno].value = PG_ARGISNULL(0) ? (Datum) 0 : PG_GETARG_DATUM(0);
+	args[argno].isnull = PG_ARGISNULL(0);
+	result = es_orchestrator_call("_saga_diagram", 2, argtypes, args, &isnull);
+	if (isnull)
+		PG_RETURN_NULL();
+	PG_RETURN_DATUM(result);
+}
+
+PG_FUNCTION_INFO_V1(es_saga_diagram);
+PG_FUNCTION_INFO_V1(es_saga_type_diagram);
+
+Datum
+es_saga_diagram(PG_FUNCTION_ARGS)
+{
+	return es_saga_diagram_of(fcinfo, 0);
+}
+
+Datum
+es_saga_type_diagram(PG_FUNCTION_ARGS)
+{
+	return es_saga_diagram_of(fcinfo, 1);
 }

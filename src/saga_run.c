@@ -314,6 +314,140 @@ es_saga_stream(pg_uuid_t *saga_id)
 	return cstring_to_text(psprintf("saga-%s", es_uuid_text(saga_id)));
 }
 
+/* ------------------------------------------------------------------------
+ * Correlation: every event a saga writes carries the metadata
+ * {"correlationId": <saga id>, "causationId": <id of the event that caused
+ * it>}.  Within a transaction, the cause of a saga's transitions is the
+ * event that moved it last: its SagaStarted (whose own cause, for a nested
+ * saga, is its parent's), the event of another stream that completed or
+ * failed one of its steps (EsSagaSetCause: it is the cause of that step's
+ * SagaStepCompleted or SagaStepFailed and of what follows them), else its
+ * latest SagaStepCompleted, SagaStepFailed or SagaTimedOut.  A transaction
+ * starts without causes (a step completed by complete_saga_step has none);
+ * a rolled back subtransaction takes back the causes it set.
+ * ------------------------------------------------------------------------ */
+
+#define ES_SAGA_MAX_CAUSES 16
+
+typedef struct EsSagaCause
+{
+	pg_uuid_t	saga_id;
+	pg_uuid_t	event_id;
+	bool		external;		/* an event of another stream */
+	SubTransactionId subid;		/* set in this subtransaction */
+} EsSagaCause;
+
+static EsSagaCause saga_causes[ES_SAGA_MAX_CAUSES];
+static int	saga_ncauses = 0;
+static bool saga_cause_callbacks = false;
+
+static void
+es_saga_causes_xact(XactEvent event, void *arg)
+{
+	saga_ncauses = 0;
+}
+
+static void
+es_saga_causes_subxact(SubXactEvent event, SubTransactionId mySubid,
+					   SubTransactionId parentSubid, void *arg)
+{
+	int			n = 0;
+
+	if (event != SUBXACT_EVENT_ABORT_SUB)
+		return;
+	for (int i = 0; i < saga_ncauses; i++)
+		if (saga_causes[i].subid < mySubid)
+			saga_causes[n++] = saga_causes[i];
+	saga_ncauses = n;
+}
+
+static EsSagaCause *
+es_saga_cause(const pg_uuid_t *saga_id)
+{
+	for (int i = 0; i < saga_ncauses; i++)
+		if (memcmp(saga_causes[i].saga_id.data, saga_id->data, UUID_LEN) == 0)
+			return &saga_causes[i];
+	return NULL;
+}
+
+/* The event event_id causes what saga_id writes next in this transaction */
+void
+EsSagaSetCause(const pg_uuid_t *saga_id, const pg_uuid_t *event_id, bool external)
+{
+	EsSagaCause *c = es_saga_cause(saga_id);
+
+	if (!saga_cause_callbacks)
+	{
+		RegisterXactCallback(es_saga_causes_xact, NULL);
+		RegisterSubXactCallback(es_saga_causes_subxact, NULL);
+		saga_cause_callbacks = true;
+	}
+	if (c == NULL)
+	{
+		/* full: forget the oldest */
+		if (saga_ncauses == ES_SAGA_MAX_CAUSES)
+		{
+			memmove(&saga_causes[0], &saga_causes[1],
+					sizeof(EsSagaCause) * (ES_SAGA_MAX_CAUSES - 1));
+			saga_ncauses--;
+		}
+		c = &saga_causes[saga_ncauses++];
+		c->saga_id = *saga_id;
+	}
+	c->event_id = *event_id;
+	c->external = external;
+	c->subid = GetCurrentSubTransactionId();
+}
+
+/*
+ * Append an event of the saga to its stream saga-<saga_id>, stamped with
+ * the saga's correlation (see above)
+ */
+static void
+es_saga_append(pg_uuid_t *saga_id, text *type, Jsonb *data)
+{
+	JsonbParseState *state = NULL;
+	JsonbValue *obj;
+	EsSagaCause *cause = es_saga_cause(saga_id);
+	pg_uuid_t	event_id;
+
+#define TYPE_IS(name) EsTextIs(type, name, strlen(name))
+	/* a nested saga is started by what moved its parent */
+	if (cause == NULL && TYPE_IS("SagaStarted"))
+	{
+		JsonbValue	k;
+		JsonbValue *v;
+		pg_uuid_t	parent;
+
+		k.type = jbvString;
+		k.val.string.val = "parent_saga_id";
+		k.val.string.len = strlen("parent_saga_id");
+		v = findJsonbValueFromContainer(&data->root, JB_FOBJECT, &k);
+		if (v != NULL && v->type == jbvString &&
+			EsParseUuid(v->val.string.val, v->val.string.len, &parent))
+			cause = es_saga_cause(&parent);
+	}
+	(void) pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
+	if (cause != NULL)
+		es_json_text(&state, "causationId", es_uuid_text(&cause->event_id));
+	es_json_text(&state, "correlationId", es_uuid_text(saga_id));
+	obj = pushJsonbValue(&state, WJB_END_OBJECT, NULL);
+	(void) EsAppendEventWithMetadata(es_saga_stream(saga_id), type, data,
+									 JsonbValueToJsonb(obj), &event_id);
+	if (TYPE_IS("SagaStarted") || TYPE_IS("SagaTimedOut"))
+		EsSagaSetCause(saga_id, &event_id, false);
+	else if (TYPE_IS("SagaStepCompleted") || TYPE_IS("SagaStepFailed"))
+	{
+		cause = es_saga_cause(saga_id);
+		/* the event of another stream that did it stays the cause */
+		if (cause != NULL && cause->external)
+			cause->external = false;
+		else
+			EsSagaSetCause(saga_id, &event_id, false);
+	}
+#undef TYPE_IS
+}
+
 /*
  * Append a transition to the saga's stream: type with data {"saga_id": ...,
  * "key1": value1, ...}, where the keys are step (text), result (jsonb),
@@ -338,8 +472,7 @@ es_saga_transition(pg_uuid_t *saga_id, const char *type, const char *step,
 	if (with_reason)
 		es_json_text(&state, "reason", reason);
 	obj = pushJsonbValue(&state, WJB_END_OBJECT, NULL);
-	(void) EsAppendEvent(es_saga_stream(saga_id), cstring_to_text(type),
-						 JsonbValueToJsonb(obj));
+	es_saga_append(saga_id, cstring_to_text(type), JsonbValueToJsonb(obj));
 }
 
 /*
@@ -364,8 +497,7 @@ es_saga_event(PG_FUNCTION_ARGS)
 	data = JsonbPGetDatum(JsonbValueToJsonb(obj));
 	if (!PG_ARGISNULL(2))
 		data = DirectFunctionCall2(jsonb_concat, data, PG_GETARG_DATUM(2));
-	(void) EsAppendEvent(es_saga_stream(saga_id), PG_GETARG_TEXT_PP(1),
-						 DatumGetJsonbP(data));
+	es_saga_append(saga_id, PG_GETARG_TEXT_PP(1), DatumGetJsonbP(data));
 	PG_RETURN_VOID();
 }
 

@@ -52,6 +52,7 @@
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 #include "utils/uuid.h"
 
@@ -751,6 +752,70 @@ es_with_source(Jsonb *metadata, int64 source)
 											  JsonbPGetDatum(src)));
 }
 
+/*
+ * The import's progress (imports.last_source_position, last_applied_at) is
+ * written once per transaction, just before it commits: one row updated
+ * again for each event of a large transaction (the history, a big producer
+ * transaction) would make every update walk the row's growing chain of
+ * versions.
+ */
+static LocalTransactionId es_progress_lxid = InvalidLocalTransactionId;
+static char es_progress_import[NAMEDATALEN];
+static int64 es_progress_source;
+static bool es_progress_callback = false;
+
+static void
+es_progress_xact_callback(XactEvent event, void *arg)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			types[2] = {TEXTOID, INT8OID};
+	Datum		args[2];
+	EsUserSwitch sw;
+
+	if (event != XACT_EVENT_PRE_COMMIT)
+	{
+		if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT)
+			es_progress_lxid = InvalidLocalTransactionId;
+		return;
+	}
+	if (es_progress_lxid != MyProc->lxid)
+		return;
+	es_progress_lxid = InvalidLocalTransactionId;
+	args[0] = CStringGetTextDatum(es_progress_import);
+	args[1] = Int64GetDatum(es_progress_source);
+	/* before commit, no statement is running: give the update a snapshot */
+	PushActiveSnapshot(GetTransactionSnapshot());
+	EsSpiConnect(&sw);
+	if (plan == NULL)
+		plan = EsPrepareKeptPlan("UPDATE event_store.imports SET last_source_position = "
+								 "GREATEST(last_source_position, $2), last_applied_at = pg_catalog.now() "
+								 "WHERE name OPERATOR(pg_catalog.=) $1", 2, types);
+	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "recording the progress of import \"%s\" failed", es_progress_import);
+	EsSpiFinish(&sw);
+	PopActiveSnapshot();
+}
+
+/* Remember that import name applied the producer's position source */
+static void
+es_note_progress(const char *name, int64 source)
+{
+	if (!es_progress_callback)
+	{
+		RegisterXactCallback(es_progress_xact_callback, NULL);
+		es_progress_callback = true;
+	}
+	if (es_progress_lxid != MyProc->lxid || strcmp(es_progress_import, name) != 0)
+	{
+		/* a transaction applies one import: a subscription is one worker */
+		es_progress_lxid = MyProc->lxid;
+		strlcpy(es_progress_import, name, NAMEDATALEN);
+		es_progress_source = source;
+	}
+	else
+		es_progress_source = Max(es_progress_source, source);
+}
+
 /* Apply one event of import name: values in event_store.events' layout */
 static void
 es_import_apply(const char *name, Datum *values, bool *nulls)
@@ -805,13 +870,7 @@ es_import_apply(const char *name, Datum *values, bool *nulls)
 		if (type[0] == '$')
 			EsImportedLifecycle(stream_id, type, version);
 	}
-	args[0] = CStringGetTextDatum(name);
-	args[1] = Int64GetDatum(source);
-	args[2] = (Datum) 0;
-	(void) es_exec_as_owner("UPDATE event_store.imports SET last_source_position = "
-							"GREATEST(last_source_position, $2), last_applied_at = pg_catalog.now() "
-							"WHERE name OPERATOR(pg_catalog.=) $1",
-							2, types, args, SPI_OK_UPDATE);
+	es_note_progress(name, source);
 }
 
 /* es_import_apply, recording an error for import_status */
@@ -831,11 +890,11 @@ es_import_apply_guarded(const char *name, Datum *values, bool *nulls)
 		MemoryContextSwitchTo(cxt);
 		edata = CopyErrorData();
 		es_import_set_error(MySubscription->oid,
-							psprintf("event %s of stream \"%s\" (producer position " INT64_FORMAT "): %s",
+							psprintf("event %s of stream \"%s\" (producer position " INT64_FORMAT "): %s (SQLSTATE %s)",
 									 DatumGetCString(DirectFunctionCall1(uuid_out, values[Anum_es_event_id - 1])),
 									 TextDatumGetCString(values[Anum_es_stream_id - 1]),
 									 DatumGetInt64(values[Anum_es_global_position - 1]),
-									 edata->message));
+									 edata->message, unpack_sql_state(edata->sqlerrcode)));
 		FreeErrorData(edata);
 		PG_RE_THROW();
 	}
@@ -889,13 +948,15 @@ es_import_row(PG_FUNCTION_ARGS)
 			argnulls[i + 1] = nulls[i] ? 'n' : ' ';
 		}
 		{
+			static SPIPlanPtr plan = NULL;
 			EsUserSwitch sw;
 
 			EsSpiConnect(&sw);
-			if (SPI_execute_with_args("INSERT INTO event_store.import_inbox (import, source_position, stream_id, "
-									  "stream_version, event_id, event_type, data, metadata, schema_version) "
-									  "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-									  9, types, args, argnulls, false, 0) != SPI_OK_INSERT)
+			if (plan == NULL)
+				plan = EsPrepareKeptPlan("INSERT INTO event_store.import_inbox (import, source_position, stream_id, "
+										 "stream_version, event_id, event_type, data, metadata, schema_version) "
+										 "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)", 9, types);
+			if (SPI_execute_plan(plan, args, argnulls, false, 0) != SPI_OK_INSERT)
 				elog(ERROR, "staging an imported event failed");
 			EsSpiFinish(&sw);
 		}

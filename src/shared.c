@@ -116,18 +116,21 @@ es_assert_preloaded(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
-/* Entry of this database, taking a free one (or one of a dropped database) */
+/*
+ * Entry of database dboid, taking a free one (or, with free_dropped, one of
+ * a dropped database: that needs the catalogs)
+ */
 static int
-es_find_entry(void)
+es_find_entry_of(Oid dboid, bool free_dropped)
 {
 	int			entry = -1;
 
-	for (int attempt = 0; attempt < 2 && entry < 0; attempt++)
+	for (int attempt = 0; attempt < (free_dropped ? 2 : 1) && entry < 0; attempt++)
 	{
 		LWLockAcquire(es_directory_lock, LW_EXCLUSIVE);
 		for (int i = 0; i < es_directory->max_databases; i++)
 		{
-			if (es_directory->dboid[i] == MyDatabaseId)
+			if (es_directory->dboid[i] == dboid)
 			{
 				entry = i;
 				break;
@@ -137,7 +140,7 @@ es_find_entry(void)
 		{
 			if (es_directory->dboid[i] == InvalidOid)
 			{
-				es_directory->dboid[i] = MyDatabaseId;
+				es_directory->dboid[i] = dboid;
 				for (int r = 0; r < n_entry_resets; r++)
 					entry_resets[r] (i);
 				entry = i;
@@ -164,6 +167,36 @@ es_find_entry(void)
 		}
 	}
 	return entry;
+}
+
+static int
+es_find_entry(void)
+{
+	return es_find_entry_of(MyDatabaseId, true);
+}
+
+/*
+ * The entry number of database dboid, for a process that is not connected
+ * to it (the startup process replaying WAL on a standby); -1 when every
+ * entry is taken.
+ */
+int
+EsEntryOf(Oid dboid)
+{
+	if (es_directory == NULL)
+		return -1;
+	/* called for every record replayed: look without the exclusive lock first */
+	LWLockAcquire(es_directory_lock, LW_SHARED);
+	for (int i = 0; i < es_directory->max_databases; i++)
+	{
+		if (es_directory->dboid[i] == dboid)
+		{
+			LWLockRelease(es_directory_lock);
+			return i;
+		}
+	}
+	LWLockRelease(es_directory_lock);
+	return es_find_entry_of(dboid, false);
 }
 
 /* This database's entry number; an error when every entry is taken */

@@ -28,5 +28,6 @@ extern void EsOnEntryReuse(EsEntryReset reset);
 extern void EsCheckPreloaded(void);
 extern int	EsMyEntry(void);
 extern bool EsTryMyEntry(void);
+extern int	EsEntryOf(Oid dboid);
 
 #endif							/* ES_SHARED_H */

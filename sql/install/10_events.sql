@@ -41,6 +41,11 @@ CREATE UNIQUE INDEX events_stream_id_stream_version_key
 -- read_category: category = the part of the stream id before the first '-'
 CREATE INDEX events_category_position_idx
     ON event_store.events ((pg_catalog.split_part(stream_id, '-', 1) COLLATE "C"), global_position);
+-- read_correlated: the events of one correlation (metadata "correlationId"),
+-- in position order; only events that have one are in it
+CREATE INDEX events_correlation_position_idx
+    ON event_store.events ((metadata OPERATOR(pg_catalog.->>) 'correlationId'), global_position)
+    WHERE (metadata OPERATOR(pg_catalog.->>) 'correlationId') IS NOT NULL;
 COMMENT ON TABLE event_store.events IS 'All events, immutable; written only by event_store.append()';
 
 SELECT pg_catalog.pg_extension_config_dump('event_store.events', '');

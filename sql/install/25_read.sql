@@ -39,6 +39,14 @@ CREATE FUNCTION event_store.read_category(category text, after_position bigint D
 COMMENT ON FUNCTION event_store.read_category(text, bigint, int, text[], boolean) IS
     'Events of one category (stream id prefix before the first "-") after a global position, gap-safe';
 
+CREATE FUNCTION event_store.read_correlated(correlation_id text, after_position bigint DEFAULT 0,
+                                            max_count int DEFAULT 1000)
+    RETURNS SETOF event_store.event
+    LANGUAGE c VOLATILE PARALLEL UNSAFE ROWS 100
+    AS 'MODULE_PATHNAME', 'es_read_correlated';
+COMMENT ON FUNCTION event_store.read_correlated(text, bigint, int) IS
+    'Events whose metadata "correlationId" is correlation_id, after a global position in position order, gap-safe (sagas stamp theirs with the saga id)';
+
 CREATE FUNCTION event_store.head_position()
     RETURNS bigint
     LANGUAGE c VOLATILE PARALLEL UNSAFE

@@ -96,10 +96,12 @@ CREATE FUNCTION event_store.complete_saga_step(saga_id uuid, step text, result j
     SECURITY DEFINER SET search_path = pg_catalog, pg_temp
     AS $$
 DECLARE
-    st event_store.saga_steps := event_store._saga_lock_step(complete_saga_step.saga_id, complete_saga_step.step);
+    st event_store.saga_steps;
     sstatus text;
 BEGIN
+    -- first: on a standby the lock below would fail with a less telling message
     PERFORM event_store._check_writable('complete_saga_step()');
+    st := event_store._saga_lock_step(complete_saga_step.saga_id, complete_saga_step.step);
     SELECT status INTO sstatus FROM event_store.sagas s WHERE s.saga_id = st.saga_id;
     IF st.kind = 'nested' THEN
         RAISE EXCEPTION 'step "%" of saga % is completed by its nested saga', st.name, st.saga_id
@@ -129,10 +131,12 @@ CREATE FUNCTION event_store.fail_saga_step(saga_id uuid, step text, error text, 
     SECURITY DEFINER SET search_path = pg_catalog, pg_temp
     AS $$
 DECLARE
-    st event_store.saga_steps := event_store._saga_lock_step(fail_saga_step.saga_id, fail_saga_step.step);
+    st event_store.saga_steps;
     sstatus text;
 BEGIN
+    -- first: on a standby the lock below would fail with a less telling message
     PERFORM event_store._check_writable('fail_saga_step()');
+    st := event_store._saga_lock_step(fail_saga_step.saga_id, fail_saga_step.step);
     IF error IS NULL THEN
         PERFORM event_store._saga_bad('error must not be null', NULL, '22004');
     END IF;
@@ -373,3 +377,155 @@ REVOKE ALL ON FUNCTION event_store._saga_bad(text, text, text), event_store._sag
     event_store._saga_state(uuid)
   FROM PUBLIC;
 
+
+-- Diagrams
+
+-- Mermaid text: a label's quotes, angle brackets, # and backquotes as
+-- entity codes, line breaks as spaces
+CREATE FUNCTION event_store._mermaid_text(t text) RETURNS text
+    LANGUAGE sql IMMUTABLE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+    SELECT translate(replace(replace(replace(replace(replace(t, '#', '#35;'), '"', '#quot;'),
+                                             '<', '#lt;'), '>', '#gt;'), '`', '#96;'),
+                     E'\r\n\t', '   ')
+$$;
+
+-- The work of saga_diagram(), which checks the caller's grants on category
+-- "saga": a Mermaid flowchart of a saga (p_saga, with each step's status as
+-- its class) or of a saga type's definition (p_type)
+CREATE FUNCTION event_store._saga_diagram(p_saga uuid, p_type text) RETURNS text
+    LANGUAGE plpgsql STABLE
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    s record;
+    st record;
+    g int;
+    n int;
+    stype text;
+    sstatus text;
+    steps jsonb;
+    lines text[] := ARRAY['flowchart TD'];
+    classes text[] := '{}';
+    prev text[] := ARRAY['start'];
+    cur text[];
+    node text;
+    label text;
+BEGIN
+    IF p_saga IS NULL AND p_type IS NULL THEN
+        PERFORM event_store._saga_bad('saga_id or saga_type must not be null', NULL, '22004');
+    END IF;
+    IF p_saga IS NOT NULL THEN
+        SELECT * INTO s FROM event_store.sagas x WHERE x.saga_id = p_saga;
+        IF NOT FOUND THEN
+            PERFORM event_store._saga_bad(format('saga %s does not exist', p_saga));
+        END IF;
+        stype := s.saga_type;
+        sstatus := s.status;
+        SELECT jsonb_agg(jsonb_build_object(
+                   'step_no', x.step_no, 'name', x.name, 'grp', x.grp, 'kind', x.kind,
+                   'action', x.action::text, 'compensation', x.compensation::text,
+                   'comp_kind', x.comp_kind, 'complete_on', x.complete_on, 'fail_on', x.fail_on,
+                   'child_type', x.child_type, 'status', x.status) ORDER BY x.step_no)
+          INTO steps
+          FROM event_store.saga_steps x WHERE x.saga_id = p_saga;
+    ELSE
+        SELECT d.steps INTO steps FROM event_store.saga_definitions d WHERE d.saga_type = p_type;
+        IF NOT FOUND THEN
+            PERFORM event_store._saga_bad(format('saga type "%s" is not defined', p_type),
+                CASE WHEN p_type ~* '^\{?[0-9a-f]{8}-?([0-9a-f]{4}-?){3}[0-9a-f]{12}\}?$'
+                     THEN format('To draw a saga, pass its id as a uuid: saga_diagram(%L::uuid).', p_type)
+                     ELSE 'Define it with event_store.define_saga().' END);
+        END IF;
+        stype := p_type;
+    END IF;
+
+    lines := lines || format('    start(["%s"])', event_store._mermaid_text(stype)
+                             || CASE WHEN sstatus IS NOT NULL THEN ': ' || sstatus ELSE '' END);
+    IF sstatus IS NOT NULL THEN
+        classes := classes || ('    class start ' || sstatus);
+    END IF;
+    -- the groups in the order they run; the steps of one group in parallel
+    FOR g IN SELECT DISTINCT (x ->> 'grp')::int AS grp FROM jsonb_array_elements(steps) x ORDER BY 1 LOOP
+        SELECT count(*) INTO n FROM jsonb_array_elements(steps) x WHERE (x ->> 'grp')::int = g;
+        IF n > 1 THEN
+            lines := lines || format('    subgraph g%s["group %s (parallel)"]', g, g);
+        END IF;
+        cur := '{}';
+        FOR st IN SELECT (x ->> 'step_no')::int AS step_no, x ->> 'name' AS name, x ->> 'kind' AS kind,
+                         regexp_replace(x ->> 'action', '\(uuid,jsonb\)$', '') AS action,
+                         regexp_replace(x ->> 'compensation', '\(uuid,jsonb\)$', '') AS compensation,
+                         x ->> 'comp_kind' AS comp_kind, x ->> 'complete_on' AS complete_on,
+                         x ->> 'fail_on' AS fail_on, x ->> 'child_type' AS child_type,
+                         x ->> 'status' AS status
+                    FROM jsonb_array_elements(steps) x
+                   WHERE (x ->> 'grp')::int = g ORDER BY 1 LOOP
+            node := 's' || st.step_no;
+            label := event_store._mermaid_text(st.name) || '<br/>' || event_store._mermaid_text(
+                CASE st.kind
+                    WHEN 'local' THEN 'local: ' || st.action
+                    WHEN 'external' THEN 'external'
+                    WHEN 'event' THEN 'waits for ' || st.complete_on
+                    ELSE 'saga ' || st.child_type END
+                || CASE WHEN st.kind = 'local' AND st.complete_on IS NOT NULL
+                        THEN ', then waits for ' || st.complete_on ELSE '' END
+                || CASE WHEN st.fail_on IS NOT NULL THEN ', fails on ' || st.fail_on ELSE '' END);
+            lines := lines || format(CASE WHEN st.kind = 'nested' THEN '    %s[["%s"]]' ELSE '    %s["%s"]' END,
+                                     node, label);
+            cur := cur || node;
+            IF st.status IS NOT NULL THEN
+                classes := classes || format('    class %s %s', node, st.status);
+            END IF;
+        END LOOP;
+        IF n > 1 THEN
+            lines := lines || '    end'::text;
+        END IF;
+        lines := lines || (SELECT array_agg(format('    %s --> %s', p, c) ORDER BY i, j)
+                             FROM unnest(prev) WITH ORDINALITY a(p, i), unnest(cur) WITH ORDINALITY b(c, j));
+        prev := cur;
+    END LOOP;
+    lines := lines || '    finish(["end"])'::text
+                   || (SELECT array_agg(format('    %s --> finish', p) ORDER BY i)
+                         FROM unnest(prev) WITH ORDINALITY a(p, i));
+    -- compensations: what undoes a step, dashed
+    FOR st IN SELECT (x ->> 'step_no')::int AS step_no, x ->> 'comp_kind' AS comp_kind,
+                     regexp_replace(x ->> 'compensation', '\(uuid,jsonb\)$', '') AS compensation,
+                     x ->> 'child_type' AS child_type, x ->> 'status' AS status
+                FROM jsonb_array_elements(steps) x
+               WHERE x ->> 'comp_kind' <> 'none' ORDER BY 1 LOOP
+        node := 'c' || st.step_no;
+        lines := lines
+            || format('    %s["%s"]', node, event_store._mermaid_text(
+                   'compensate: ' || CASE st.comp_kind WHEN 'local' THEN 'local: ' || st.compensation
+                                                       WHEN 'external' THEN 'external'
+                                                       ELSE 'saga ' || st.child_type END))
+            || format('    s%s -.-> %s', st.step_no, node);
+        IF st.status IS NOT NULL THEN
+            classes := classes || format('    class %s %s', node,
+                CASE WHEN st.status IN ('compensating', 'compensated') THEN st.status ELSE 'pending' END);
+        END IF;
+    END LOOP;
+    IF p_saga IS NOT NULL THEN
+        lines := lines || ARRAY[
+            '    classDef pending fill:#f4f4f4,stroke:#999',
+            '    classDef running fill:#dbe9ff,stroke:#3366cc',
+            '    classDef completed fill:#d9f2d9,stroke:#339933',
+            '    classDef failed fill:#f8d7d7,stroke:#cc3333',
+            '    classDef compensating fill:#ffe8c2,stroke:#cc8800',
+            '    classDef compensated fill:#fff6c2,stroke:#999933',
+            '    classDef compensation_failed fill:#f8d7d7,stroke:#cc3333,stroke-width:3px']
+            || classes;
+    END IF;
+    RETURN array_to_string(lines, E'\n');
+END $$;
+CREATE FUNCTION event_store.saga_diagram(saga_id uuid) RETURNS text
+    LANGUAGE c STABLE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'es_saga_diagram';
+COMMENT ON FUNCTION event_store.saga_diagram(uuid) IS
+    'A Mermaid flowchart of a saga: its steps in order, parallel groups, compensations (dashed), nested sagas, each step''s status as its class';
+CREATE FUNCTION event_store.saga_diagram(saga_type text) RETURNS text
+    LANGUAGE c STABLE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'es_saga_type_diagram';
+COMMENT ON FUNCTION event_store.saga_diagram(text) IS
+    'A Mermaid flowchart of a saga type''s definition: its steps in order, parallel groups, compensations (dashed), nested sagas';
+REVOKE ALL ON FUNCTION event_store._saga_diagram(uuid, text), event_store._mermaid_text(text),
+    event_store.saga_diagram(uuid), event_store.saga_diagram(text) FROM PUBLIC;

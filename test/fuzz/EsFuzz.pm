@@ -733,6 +733,7 @@ sub _good_event
 	{
 		my @m = (user => 'fz');
 		push @m, saga_id => $self->_pick(@{ $self->{saga_ids} }) if @{ $self->{saga_ids} } && $self->_chance(0.5);
+		push @m, correlationId => $self->_pick('fz-corr', ($self->_pick(@{ $self->{saga_ids} }) // 'fz-corr')) if $self->_chance(0.3);
 		push @p, metadata => obj(@m);
 	}
 	if ($self->_chance(0.3))
@@ -767,7 +768,7 @@ sub _mutate_event
 	my %bad_type = (
 		missing => sub { my @q; while (@_) { my ($k, $v) = splice(@_, 0, 2); push @q, $k, $v unless $k eq 'type' } @q },
 	);
-	my $m = $self->_int(22);
+	my $m = $self->_int(23);
 	if ($m == 0) { return $bad_type{missing}->(@p); }
 	if ($m == 1) { return (@p, type => $self->_pick(\'1', \'true', \'null', [], obj(), [ 'X' ], '')); }
 	if ($m == 2) { return (@p, type => ''); }
@@ -801,6 +802,7 @@ sub _mutate_event
 	if ($m == 18) { return (@p, id => ($self->_pick(@{ $self->{event_ids} }) // $self->_uuid)); }
 	if ($m == 19) { return (@p, metadata => obj(map { ("k$_" => $_) } 1 .. 300)); }
 	if ($m == 20) { return (@p, type => $self->_pick('FzBoom', 'FzNull', 'FzMutate')); }
+	if ($m == 21) { return (@p, metadata => obj(correlationId => $self->_pick(obj(a => \'1'), [], \'null', \'7', 'c' x 1024, 'c' x 1025, 'x' x 3000, ''))); }
 	return (@p, schema_version => \($self->_pick(1, 2, 3)), type => $self->_pick('OrderPlaced', 'OrderPlacedV2', 'FzRead', 'FzOther'));
 }
 
@@ -1149,6 +1151,15 @@ sub _specs
 				[ raw            => 1, sub { $self->_bool } ],
 			],
 		},
+		read_correlated => {
+			family => 'read', set => 1,
+			args   => [
+				# the saga ids (their events are stamped with them), or anything
+				[ correlation_id => 0, sub { typed($self->_text((map { "$_" } @{ $self->{saga_ids} }), 'fz-corr'), 'text') } ],
+				[ after_position => 1, $after ],
+				[ max_count      => 1, sub { $self->_int4(1, 10, 100) } ],
+			],
+		},
 		head_position   => { family => 'read', args => [] },
 		wait_for_events => {
 			family => 'read',
@@ -1341,6 +1352,8 @@ sub _specs
 		skip_parked    => { family => 'subscription', args => [ [ subscription => 0, $sub_name ], [ stream_id => 1, $parked_stream ] ] },
 		saga_tick  => { family => 'saga', args => [] },
 		saga_state => { family => 'saga', args => [ [ saga_id => 0, sub { $self->_saga_id_arg } ] ] },
+		# (the overload of the saga type: the argument names of the last definition)
+		saga_diagram => { family => 'saga', args => [ [ saga_type => 0, $saga_type ] ] },
 		grant_category  => { family => 'grants', args => $grant_args },
 		revoke_category => { family => 'grants', args => $grant_args },
 		delete_stream => {
@@ -1464,6 +1477,7 @@ my @FUNCTION_WEIGHTS = (
 	[ 5,  'read_stream' ],
 	[ 4,  'read_all' ],
 	[ 4,  'read_category' ],
+	[ 2,  'read_correlated' ],
 	[ 1,  'head_position' ],
 	[ 2,  'wait_for_events' ],
 	[ 3,  'register_upcaster' ],
@@ -1488,6 +1502,7 @@ my @FUNCTION_WEIGHTS = (
 	[ 3,  'claim_saga_steps' ],
 	[ 1,  'saga_tick' ],
 	[ 2,  'saga_state' ],
+	[ 1,  'saga_diagram' ],
 	[ 2,  'create_subscription' ],
 	[ 1,  'drop_subscription' ],
 	[ 6,  'claim_events' ],
