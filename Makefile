@@ -81,3 +81,13 @@ check-all:
 	done; exit $$rc
 
 .PHONY: isolationcheck tapcheck pgtapcheck check-all
+
+# the router extension (router/, SQL only) is built and installed with this
+# one; `make -C router install` installs it alone
+all: router-all
+install: router-install
+uninstall: router-uninstall
+clean: router-clean
+router-all router-install router-uninstall router-clean:
+	$(MAKE) -C $(srcdir)/router PG_CONFIG='$(PG_CONFIG)' $(patsubst router-%,%,$@)
+.PHONY: router-all router-install router-uninstall router-clean

@@ -13,6 +13,9 @@ set -euo pipefail
 # libipc-run-perl: needed by PostgreSQL::Test::Cluster (TAP tests)
 # perl: prove; make, gcc: the build; util-linux: runuser; coreutils: timeout
 # python3-psycopg: the Python client example and its test (test/t/060_clients.pl)
+# postgresql-15-plproxy: the router extension event_store_router and the
+#   cluster example (examples/cluster, test/t/110_router.pl)
+# postgresql-15-auto-failover: the cluster example's high availability
 # prometheus-postgres-exporter: the monitoring example and its test
 #   (test/t/120_monitoring.pl)
 PACKAGES=(
@@ -28,6 +31,8 @@ PACKAGES=(
 	coreutils
 	tar
 	python3-psycopg
+	postgresql-15-plproxy
+	postgresql-15-auto-failover
 	prometheus-postgres-exporter
 )
 
