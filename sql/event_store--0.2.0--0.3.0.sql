@@ -1138,3 +1138,17 @@ REVOKE ALL ON FUNCTION event_store._import_row(), event_store._import_copy_begin
     event_store.create_publication(text, text[], text[]), event_store.drop_publication(text),
     event_store.create_import(text, text, text), event_store.drop_import(text)
     FROM PUBLIC;
+
+------------------------------------------------------------------------------
+-- Large stores: data and metadata compressed with lz4 (values stored from now
+-- on; existing values stay as they are until rewritten)
+------------------------------------------------------------------------------
+DO $lz4$
+BEGIN
+    ALTER TABLE event_store.events
+        ALTER COLUMN data SET COMPRESSION lz4,
+        ALTER COLUMN metadata SET COMPRESSION lz4;
+EXCEPTION WHEN feature_not_supported THEN
+    NULL;   -- a server without lz4: keep the default method
+END
+$lz4$;
