@@ -145,7 +145,7 @@ SELECT stream_version, event_type, event_id FROM event_store.events
 
 --
 -- Defaults: data {} and metadata {} when absent, metadata null -> {},
--- schema_version 1, a generated (random, version 4) id.  data may be any
+-- schema_version 1, a generated (time-ordered, version 7) id.  data may be any
 -- JSON value.
 --
 SELECT event_store.append('defaults-1', '[
