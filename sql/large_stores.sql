@@ -64,3 +64,21 @@ SELECT count(*) AS pairs,
 -- a caller id that is a version 7 UUID of the past is accepted and kept
 SELECT event_store.append('v7-given', '{"type": "Given", "id": "01800000-0000-7000-8000-000000000000"}');
 SELECT event_id FROM event_store.read_stream('v7-given');
+
+-- an append reads its stream's version from the stream index alone once the
+-- heap pages are all-visible (after a VACUUM): the version is still exact
+SELECT event_store.append('ios-1', '[{"type": "A"}, {"type": "B"}, {"type": "C"}]');
+SELECT event_store.append('ios-2', '{"type": "A"}');
+VACUUM event_store.events;
+SELECT relallvisible > 0 AS some_pages_all_visible FROM pg_class WHERE oid = 'event_store.events'::regclass;
+SELECT event_store.append('ios-1', '{"type": "D"}', 4);    -- wrong: the stream is at 3
+SELECT event_store.append('ios-1', '{"type": "D"}', 3);
+SELECT event_store.append('ios-2', '{"type": "B"}', 0);    -- wrong: the stream is at 1
+SELECT event_store.append('ios-1', '{"type": "E"}');
+SELECT event_store.append('ios-3', '{"type": "A"}', 0);    -- a new stream
+-- and under SERIALIZABLE, where the unread heap page is predicate-locked
+BEGIN ISOLATION LEVEL SERIALIZABLE;
+SELECT event_store.append('ios-2', '{"type": "B"}', 1);
+COMMIT;
+SELECT stream_id, string_agg(event_type || stream_version, ' ' ORDER BY stream_version) AS events
+  FROM event_store.events WHERE stream_id LIKE 'ios-%' GROUP BY stream_id ORDER BY stream_id;
