@@ -80,7 +80,7 @@ TARGETS_MET=0 TARGETS_TOTAL=0 SYNC_MET=0 SYNC_TOTAL=0
 
 SCRIPTS="$WORK/scripts"
 mkdir -p "$SCRIPTS" "$RESULTS_DIR"
-declare -A ES_TPS BASE_TPS RATIO
+declare -A ES_TPS BASE_TPS RATIO ES_CPU CPU_RATIO
 KEYS=()
 REPORT=()
 out() { REPORT+=("$*"); log "$*"; }
@@ -109,35 +109,39 @@ growth_pair() {
 	ES_TPS[$size|$key]=$(awk -F'|' '{ gsub(/ /, "", $4); print $4 }' <<<"$row")
 	BASE_TPS[$size|$key]=$(awk -F'|' '{ gsub(/ /, "", $5); print $5 }' <<<"$row")
 	RATIO[$size|$key]=$(awk -F'|' '{ gsub(/ /, "", $6); print $6 }' <<<"$row")
+	ES_CPU[$size|$key]=$(awk -F'|' '{ gsub(/ /, "", $8); print $8 }' <<<"$row")
+	CPU_RATIO[$size|$key]=$(awk -F'|' '{ gsub(/ /, "", $10); print $10 }' <<<"$row")
 }
 
+# bytes on disk per event of both tables (each divided by its own rows)
 bytes_per_event() {
 	"${PSQL[@]}" -P footer=off -c "
 	WITH rels AS (
-	    SELECT 'event_store' AS side, 'event_store.events'::regclass AS rel
-	    UNION ALL SELECT 'baseline', 'bench.plain_events'::regclass),
+	    SELECT 'event_store' AS side, 'event_store.events'::regclass AS rel,
+	           (SELECT count(*) FROM event_store.events)::numeric AS n
+	    UNION ALL SELECT 'baseline', 'bench.plain_events'::regclass,
+	           (SELECT count(*) FROM bench.plain_events)::numeric),
 	parts AS (
-	    SELECT side, 'heap' AS part, pg_relation_size(rel) AS bytes FROM rels
+	    SELECT side, n, 'heap' AS part, pg_relation_size(rel) AS bytes FROM rels
 	    UNION ALL
-	    SELECT side, 'toast (heap + index)', coalesce(pg_total_relation_size(nullif(c.reltoastrelid, 0)), 0)
+	    SELECT side, n, 'toast (heap + index)', coalesce(pg_total_relation_size(nullif(c.reltoastrelid, 0)), 0)
 	      FROM rels JOIN pg_class c ON c.oid = rel
 	    UNION ALL
-	    SELECT side, 'fsm + vm', pg_relation_size(rel, 'fsm') + pg_relation_size(rel, 'vm') FROM rels
+	    SELECT side, n, 'fsm + vm', pg_relation_size(rel, 'fsm') + pg_relation_size(rel, 'vm') FROM rels
 	    UNION ALL
-	    SELECT side, 'index ' || regexp_replace(pg_get_indexdef(i.indexrelid), '^.* USING btree ', ''),
+	    SELECT side, n, 'index ' || regexp_replace(pg_get_indexdef(i.indexrelid), '^.* USING btree ', ''),
 	           pg_relation_size(i.indexrelid)
 	      FROM rels JOIN pg_index i ON i.indrelid = rel),
-	n AS (SELECT count(*)::numeric AS n FROM bench.plain_events),
 	t AS (SELECT part,
-	             sum(bytes) FILTER (WHERE side = 'event_store') AS es,
-	             sum(bytes) FILTER (WHERE side = 'baseline') AS base
+	             sum(bytes / n) FILTER (WHERE side = 'event_store') AS es,
+	             sum(bytes / n) FILTER (WHERE side = 'baseline') AS base
 	        FROM parts GROUP BY part
 	      UNION ALL
-	      SELECT 'total', sum(bytes) FILTER (WHERE side = 'event_store'),
-	             sum(bytes) FILTER (WHERE side = 'baseline') FROM parts)
-	SELECT part AS \"bytes per event\", round(es / n, 1) AS event_store, round(base / n, 1) AS baseline,
+	      SELECT 'total', sum(bytes / n) FILTER (WHERE side = 'event_store'),
+	             sum(bytes / n) FILTER (WHERE side = 'baseline') FROM parts)
+	SELECT part AS \"bytes per event\", round(es, 1) AS event_store, round(base, 1) AS baseline,
 	       round(es / nullif(base, 0), 3) AS ratio
-	  FROM t, n
+	  FROM t
 	 ORDER BY part = 'total', part"
 }
 
@@ -214,6 +218,8 @@ for size in $SIZES; do
 		"case" "clients" "sync_commit" "event_store tps" "baseline tps" "ratio" "noise" \
 		"es cpu/op" "base cpu" "cpu r." "unit" "event_store" "baseline" "target")"
 	for r in "${ROWS[@]}"; do out "$r"; done
+	out "   bytes per event after the cases (event_store's appends make time-ordered ids, the baseline's random ones):"
+	while IFS= read -r line; do out "   $line"; done < <(bytes_per_event)
 	"${PSQL[@]}" -Atc "SELECT 'after the cases: ' || count(*) || ' events, versions gapless: ' ||
 	    (SELECT bool_and(n = v) FROM (SELECT count(*) AS n, max(stream_version) AS v FROM event_store.events GROUP BY stream_id) AS s)
 	    FROM event_store.events" >"$WORK/check.txt"
@@ -225,7 +231,6 @@ for size in $SIZES; do
 done
 
 report() {
-	local first key s line
 	echo "event_store growth benchmark, $(date -u '+%Y-%m-%d %H:%M UTC')"
 	echo "server:   $("${PSQL[@]}" -d bench -Atc 'SELECT version()')"
 	echo "build:    $BUILD_DESC"
@@ -234,7 +239,18 @@ report() {
 	echo "          per side ${WARMUP}s warm-up, then $SEGMENTS segments of -T $SEGMENT in the order ${ORDER[*]}"
 	printf '%s\n' "${REPORT[@]}"
 	echo
-	echo "== summary: event_store tps per size (ratio to the first size) and event_store / baseline"
+	echo "== summary, event_store tps per size: tps (tps / tps of the first size), ratio to the baseline"
+	summary_table ES_TPS RATIO "%9.1f (%5.3f) vs %5.3f" up
+	echo
+	echo "== summary, server CPU per operation (us): event_store cpu/op (first size's / this one), cpu ratio to the baseline"
+	echo "   (steadier than tps on a busy machine; both ratios read like tps ratios: below 1 = costlier)"
+	summary_table ES_CPU CPU_RATIO "%9.1f (%5.3f) vs %5.3f" down
+}
+
+# summary_table VALUES RATIOS FORMAT up|down: one line per case, one column per size
+summary_table() {
+	local -n vals=$1 ratios=$2
+	local fmt=$3 dir=$4 first key s line
 	first=${SIZES%% *}
 	line=$(printf '%-26s' "case")
 	for s in $SIZES; do line+=$(printf ' | %26s' "$s events"); done
@@ -242,9 +258,9 @@ report() {
 	for key in "${KEYS[@]}"; do
 		line=$(printf '%-26s' "$key")
 		for s in $SIZES; do
-			if [[ -n "${ES_TPS[$s|$key]:-}" ]]; then
-				line+=$(awk -v t="${ES_TPS[$s|$key]}" -v f="${ES_TPS[$first|$key]}" -v r="${RATIO[$s|$key]}" \
-					'BEGIN { printf " | %9.1f (%5.3f) vs %5.3f", t, t / f, r }')
+			if [[ -n "${vals[$s|$key]:-}" ]]; then
+				line+=" | "$(awk -v t="${vals[$s|$key]}" -v f="${vals[$first|$key]}" -v r="${ratios[$s|$key]}" \
+					-v fmt="$fmt" -v dir="$dir" 'BEGIN { printf fmt, t, (dir == "up" ? t / f : f / t), r }')
 			fi
 		done
 		echo "$line"
