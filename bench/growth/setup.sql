@@ -5,7 +5,9 @@ CREATE EXTENSION event_store;
 CREATE SCHEMA bench;
 
 -- The baseline: event_store.events without the extension around it (same
--- columns, collations, keys, indexes and column compression).
+-- columns, collations, keys, indexes and column compression).  The indexes
+-- are copied from the store's, whatever they are, under names with a
+-- "plain_" prefix (e.g. plain_events_pkey).
 CREATE TABLE bench.plain_events (
     global_position bigint      NOT NULL,
     stream_id       text        NOT NULL,
@@ -15,14 +17,14 @@ CREATE TABLE bench.plain_events (
     data            jsonb       NOT NULL,
     metadata        jsonb       NOT NULL,
     schema_version  int         NOT NULL,
-    recorded_at     timestamptz NOT NULL,
-    PRIMARY KEY (global_position),
-    UNIQUE (event_id)
+    recorded_at     timestamptz NOT NULL
 );
-CREATE UNIQUE INDEX plain_events_stream_id_stream_version_key
-    ON bench.plain_events (stream_id COLLATE "C", stream_version);
-CREATE INDEX plain_events_category_position_idx
-    ON bench.plain_events ((split_part(stream_id, '-', 1) COLLATE "C"), global_position);
+SELECT replace(replace(pg_get_indexdef(i.indexrelid),
+                       ' INDEX ' || c.relname || ' ON ', ' INDEX plain_' || c.relname || ' ON '),
+               ' ON event_store.events USING ', ' ON bench.plain_events USING ')
+  FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+ WHERE i.indrelid = 'event_store.events'::regclass
+\gexec
 -- the same compression as the store's columns
 SELECT format('ALTER TABLE bench.plain_events ALTER COLUMN %I SET COMPRESSION %s', attname,
               CASE attcompression WHEN 'l' THEN 'lz4' ELSE 'pglz' END)
