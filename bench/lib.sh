@@ -89,3 +89,168 @@ CONF
 	"$PGBIN/createdb" bench
 	export PGDATABASE=bench
 }
+
+# ---------------------------------------------------------------------------
+# measuring: pgbench runs and interleaved pairs (run.sh, growth.sh)
+#
+# Expect LOG_DIR, SCRIPTS, NPROC, MAXPOS, DATA, PSQL, WARMUP, ORDER, SEGMENT,
+# LOG_DIR and the ROWS / TARGETS_* / SYNC_* counters to be set by the caller.
+# ---------------------------------------------------------------------------
+# pgbench_run LOGNAME SCRIPT CLIENTS SYNC [pgbench options] -> prints tps
+pgbench_run() {
+	local logname=$1 script=$2 clients=$3 sync=$4
+	shift 4
+	local jobs=$(( clients < NPROC ? clients : NPROC ))
+	local out="$LOG_DIR/$logname.log"
+
+	if ! PGOPTIONS="-c synchronous_commit=$sync" "$PGBIN/pgbench" -n -M prepared \
+		-c "$clients" -j "$jobs" "$@" -f "$SCRIPTS/$script" >"$out" 2>&1; then
+		log "pgbench failed for $script (clients $clients, sync $sync, $*):"
+		tail -n 20 "$out" >&2
+		return 1
+	fi
+	if grep -q '^number of failed transactions: [1-9]' "$out"; then
+		log "pgbench reported failed transactions for $script:"
+		tail -n 20 "$out" >&2
+		return 1
+	fi
+	awk '/^tps = / { print $3; exit }' "$out"
+}
+
+# Extra pgbench options of the pair being run (-D of its scripts), and a
+# function called around each of its runs (see pair); both empty but for the
+# cases that need them
+PAIR_EXTRA=()
+PAIR_HOOK=
+
+# pgbench SCRIPT CLIENTS SYNC SECONDS LOGNAME -> prints tps
+run_pgbench() {
+	pgbench_run "$5" "$1" "$2" "$3" -T "$4" -D maxpos="$MAXPOS" "${PAIR_EXTRA[@]}"
+}
+
+# pair_hook WHEN SIDE LOGNAME: PAIR_HOOK, if set, before or after a run
+pair_hook() {
+	[[ -z "$PAIR_HOOK" ]] || "$PAIR_HOOK" "$@"
+}
+
+# CPU time (clock ticks) used so far by the whole cluster: the postmaster,
+# its live children (backends, WAL writer, checkpointer, event_store
+# workers...) and the children it has reaped (the backends of finished runs).
+CLK_TCK=$(getconf CLK_TCK)
+cluster_cpu_ticks() {
+	local pm
+	pm=$(head -n 1 "$DATA/postmaster.pid")
+	# cat skips the processes that exit meanwhile; awk would stop at them
+	cat /proc/[0-9]*/stat 2>/dev/null | awk -v pm="$pm" '
+		$1 == pm { t += $14 + $15 + $16 + $17 }
+		$4 == pm { t += $14 + $15 }
+		END { print t + 0 }' || true
+}
+
+# checkpoint, then measure: every measured run starts from a clean state.
+# Prints "tps cpu_ticks transactions".
+measure() {
+	local script=$1 clients=$2 sync=$3 secs=$4 logname=$5
+	local tps t0 t1 n
+	"${PSQL[@]}" -c CHECKPOINT >/dev/null
+	sleep 0.1	# let the postmaster reap the backend of that psql
+	t0=$(cluster_cpu_ticks)
+	tps=$(run_pgbench "$script" "$clients" "$sync" "$secs" "$logname")
+	sleep 0.1	# ... and those of the pgbench run
+	t1=$(cluster_cpu_ticks)
+	n=$(awk '/^number of transactions actually processed:/ { print $6; exit }' "$LOG_DIR/$logname.log")
+	echo "$tps $((t1 - t0)) ${n:-0}"
+}
+
+# pair NAME ES_SCRIPT BASE_SCRIPT CLIENTS SYNC ITEMS_PER_OP ITEM_UNIT TARGET
+#
+# Both sides are warmed up, then measured segment by segment in the order
+# above, so that a change in the machine's load during the pair hits both
+# sides alike.  A side's tps is the median of its segments (robust against one
+# disturbed segment); "noise" is the larger spread (max - min) of one side's
+# segments relative to its median.  PAIR_HOOK, when set, is called as
+# "$PAIR_HOOK before|after es|base LOGNAME" around every run, warm-ups
+# included, outside what is timed (before the segment's CHECKPOINT, after its
+# CPU reading); PAIR_EXTRA holds more pgbench options for both scripts.
+pair() {
+	local name=$1 es=$2 base=$3 clients=$4 sync=$5 items=$6 unit=$7 target=$8
+	local tag
+	local -a es_runs=() base_runs=()
+	local side script i=0 tps ticks xacts es_tps base_tps ratio noise verdict es_items base_items
+	local es_ticks=0 es_xacts=0 base_ticks=0 base_xacts=0 es_cpu base_cpu cpu_ratio
+
+	tag=${es#es_}
+	tag="${tag%.sql}-c$clients-$sync"
+	log "   $name, $clients client(s), synchronous_commit=$sync"
+	pair_hook before es "warmup-es-$tag"
+	run_pgbench "$es" "$clients" "$sync" "$WARMUP" "warmup-es-$tag" >/dev/null
+	pair_hook after es "warmup-es-$tag"
+	pair_hook before base "warmup-base-$tag"
+	run_pgbench "$base" "$clients" "$sync" "$WARMUP" "warmup-base-$tag" >/dev/null
+	pair_hook after base "warmup-base-$tag"
+	for side in "${ORDER[@]}"; do
+		i=$((i + 1))
+		if [[ $side == es ]]; then script=$es; else script=$base; fi
+		pair_hook before "$side" "$side-$tag-$i"
+		read -r tps ticks xacts < <(measure "$script" "$clients" "$sync" "$SEGMENT" "$side-$tag-$i")
+		[[ -n "$tps" ]] || die "no result for $script"
+		pair_hook after "$side" "$side-$tag-$i"
+		if [[ $side == es ]]; then
+			es_runs+=("$tps")
+			es_ticks=$((es_ticks + ticks))
+			es_xacts=$((es_xacts + xacts))
+		else
+			base_runs+=("$tps")
+			base_ticks=$((base_ticks + ticks))
+			base_xacts=$((base_xacts + xacts))
+		fi
+	done
+	read -r es_cpu base_cpu cpu_ratio < <(awk -v et="$es_ticks" -v ex="$es_xacts" \
+		-v bt="$base_ticks" -v bx="$base_xacts" -v hz="$CLK_TCK" 'BEGIN {
+			e = et * 1e6 / hz / ex; b = bt * 1e6 / hz / bx
+			printf "%.1f %.1f %.3f\n", e, b, b / e
+		}')
+	printf '%s, %s client(s), synchronous_commit=%s: event_store %s | baseline %s | cpu us/op %s | %s\n' \
+		"$name" "$clients" "$sync" "${es_runs[*]}" "${base_runs[*]}" "$es_cpu" "$base_cpu" \
+		>>"$LOG_DIR/segments.txt"
+	read -r es_tps base_tps ratio noise < <(awk -v e="${es_runs[*]}" -v b="${base_runs[*]}" '
+		function median(str, v, n, i, j, t) {
+			n = split(str, v, " ")
+			for (i = 2; i <= n; i++)
+				for (j = i; j > 1 && v[j - 1] + 0 > v[j] + 0; j--) { t = v[j]; v[j] = v[j - 1]; v[j - 1] = t }
+			lo = v[1]; hi = v[n]
+			return n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
+		}
+		BEGIN {
+			me = median(e); ne = (hi - lo) / me
+			mb = median(b); nb = (hi - lo) / mb
+			printf "%.1f %.1f %.3f %.0f%%\n", me, mb, me / mb, 100 * (ne > nb ? ne : nb)
+		}')
+	if [[ "$target" == - ]]; then
+		verdict="-"
+	elif awk -v r="$ratio" -v t="$target" 'BEGIN { exit !(r >= t) }'; then
+		verdict=">= $target ok"
+	else
+		verdict=">= $target MISS"
+	fi
+	if [[ "$target" != - ]]; then
+		# the targets are about the primary (synchronous_commit = off) figures
+		if [[ "$sync" == off ]]; then
+			TARGETS_TOTAL=$((TARGETS_TOTAL + 1))
+			[[ "$verdict" == *ok ]] && TARGETS_MET=$((TARGETS_MET + 1))
+		else
+			SYNC_TOTAL=$((SYNC_TOTAL + 1))
+			[[ "$verdict" == *ok ]] && SYNC_MET=$((SYNC_MET + 1))
+		fi
+	fi
+	if [[ "$items" -gt 1 ]]; then
+		es_items=$(awk -v a="$es_tps" -v n="$items" 'BEGIN { printf "%.0f", a * n }')
+		base_items=$(awk -v a="$base_tps" -v n="$items" 'BEGIN { printf "%.0f", a * n }')
+	else
+		es_items="-"
+		base_items="-"
+	fi
+	ROWS+=("$(printf '%-22s | %7s | %-11s | %15.1f | %12.1f | %6s | %5s | %9s | %9s | %6s | %-8s | %11s | %11s | %s' \
+		"$name" "$clients" "$sync" "$es_tps" "$base_tps" "$ratio" "$noise" \
+		"$es_cpu" "$base_cpu" "$cpu_ratio" "$unit" "$es_items" "$base_items" "$verdict")")
+}

@@ -145,7 +145,7 @@ SELECT stream_version, event_type, event_id FROM event_store.events
 
 --
 -- Defaults: data {} and metadata {} when absent, metadata null -> {},
--- schema_version 1, a generated (random, version 4) id.  data may be any
+-- schema_version 1, a generated (time-ordered, version 7) id.  data may be any
 -- JSON value.
 --
 SELECT event_store.append('defaults-1', '[
@@ -160,7 +160,7 @@ SELECT stream_version, event_type, data, jsonb_typeof(data) AS data_type,
        metadata, schema_version
   FROM event_store.events WHERE stream_id = 'defaults-1' ORDER BY stream_version;
 SELECT count(DISTINCT event_id) AS distinct_ids,
-       bool_and(substr(event_id::text, 15, 1) = '4') AS random_uuids
+       bool_and(substr(event_id::text, 15, 1) = '7') AS uuids_v7
   FROM event_store.events WHERE stream_id = 'defaults-1';
 
 --

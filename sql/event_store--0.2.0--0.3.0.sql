@@ -2471,3 +2471,15 @@ BEGIN
     PERFORM event_store._saga_advance(st.saga_id);
 END $$;
 
+-- Large stores: data and metadata compressed with lz4 (values stored from now
+-- on; existing values stay as they are until rewritten)
+------------------------------------------------------------------------------
+DO $lz4$
+BEGIN
+    ALTER TABLE event_store.events
+        ALTER COLUMN data SET COMPRESSION lz4,
+        ALTER COLUMN metadata SET COMPRESSION lz4;
+EXCEPTION WHEN feature_not_supported THEN
+    NULL;   -- a server without lz4: keep the default method
+END
+$lz4$;

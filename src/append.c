@@ -513,6 +513,57 @@ es_check_stored_ids(const EsCatalog *cat, text *stream_id, EsNewEvent *evs,
 }
 
 /*
+ * The last generated id's 60 time bits (unix milliseconds << 12 | a 12-bit
+ * fraction of the millisecond), so that the ids one backend generates
+ * increase even within one microsecond or when the clock steps back.
+ */
+static uint64 es_uuidv7_last = 0;
+
+/*
+ * A time-ordered event id: a UUID of version 7 (RFC 9562).  The first 48 bits
+ * are the unix time in milliseconds, the 12 bits of rand_a its sub-millisecond
+ * fraction (RFC 9562 section 6.2, method 3), raised by one whenever the clock
+ * would not move the id forward (so the ids of one backend are strictly
+ * increasing, and a long burst runs ahead of the clock by at most what it
+ * needs); the 62 bits of rand_b are random.  New ids therefore land at the
+ * right edge of the event id index instead of all over it.  `now` is the
+ * timestamp the events are recorded with.
+ */
+static void
+es_uuidv7(pg_uuid_t *id, TimestampTz now)
+{
+	int64		unix_us = now + (int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * USECS_PER_DAY;
+	uint64		t;
+	uint8		rnd[8];
+
+	if (unix_us < 0)
+		unix_us = 0;
+	t = ((uint64) (unix_us / 1000) << 12) | (uint64) ((unix_us % 1000) * 4096 / 1000);
+	if (t <= es_uuidv7_last)
+		t = es_uuidv7_last + 1;
+	es_uuidv7_last = t;
+
+	if (!pg_strong_random(rnd, sizeof(rnd)))
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("could not generate random values")));
+
+	/* unix_ts_ms: 48 bits, big-endian */
+	id->data[0] = (uint8) (t >> 52);
+	id->data[1] = (uint8) (t >> 44);
+	id->data[2] = (uint8) (t >> 36);
+	id->data[3] = (uint8) (t >> 28);
+	id->data[4] = (uint8) (t >> 20);
+	id->data[5] = (uint8) (t >> 12);
+	/* version 7, then rand_a (the fraction) */
+	id->data[6] = (uint8) (0x70 | ((t >> 8) & 0x0F));
+	id->data[7] = (uint8) (t & 0xFF);
+	/* variant 10, then rand_b */
+	id->data[8] = (uint8) (0x80 | (rnd[0] & 0x3F));
+	memcpy(&id->data[9], &rnd[1], 7);
+}
+
+/*
  * Insert the batch straight into the heap and its indexes (EsInsertRows):
  * no executor per call, no triggers (the table's triggers are for writes
  * that do not come through here).  Fills rows[n * Natts_es_event] with the
@@ -534,11 +585,7 @@ es_insert_events(const EsCatalog *cat, text *stream_id, EsNewEvent *evs, int n,
 		Datum	   *v = &rows[i * Natts_es_event];
 
 		if (!evs[i].has_id)
-		{
-			Datum		u = DirectFunctionCall1(gen_random_uuid, (Datum) 0);
-
-			memcpy(evs[i].id.data, DatumGetUUIDP(u)->data, UUID_LEN);
-		}
+			es_uuidv7(&evs[i].id, now);
 		v[Anum_es_global_position - 1] = Int64GetDatum(first_position + i);
 		v[Anum_es_stream_id - 1] = PointerGetDatum(stream_id);
 		v[Anum_es_stream_version - 1] = Int64GetDatum(first_version + i);

@@ -30,6 +30,7 @@
 #include "utils/syscache.h"
 
 #include "catalog.h"
+#include "pg_mirror.h"
 
 static EsCatalog es_catalog;
 static bool es_catalog_valid = false;
@@ -232,7 +233,8 @@ EsFirstEventValue(const EsCatalog *cat, Oid index_oid, Snapshot snapshot,
 
 /*
  * Current version of a stream (0 when it has no events) as seen by the
- * given snapshot: one backward probe of the (stream_id, stream_version) index.
+ * given snapshot: one backward probe of the (stream_id, stream_version)
+ * index, which reads the heap only when the row's page is not all-visible.
  */
 int64
 EsLatestStreamVersion(const EsCatalog *cat, text *stream_id, Snapshot snapshot)
@@ -240,9 +242,18 @@ EsLatestStreamVersion(const EsCatalog *cat, text *stream_id, Snapshot snapshot)
 	ScanKeyData key;
 	Datum		version;
 
+	Relation	heap;
+	Relation	index;
+	bool		found;
+
+	heap = table_open(cat->events_relid, AccessShareLock);
+	index = index_open(cat->stream_idx, AccessShareLock);
 	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_TEXTEQ, PointerGetDatum(stream_id));
-	if (!EsFirstEventValue(cat, cat->stream_idx, snapshot, &key, 1,
-						   BackwardScanDirection, Anum_es_stream_version, &version))
-		return 0;
-	return DatumGetInt64(version);
+	key.sk_collation = index->rd_indcollation[0];
+	/* the version is the index's second column */
+	found = EsIndexOnlyFirst(heap, index, snapshot, &key, 1, BackwardScanDirection,
+							 2, Anum_es_stream_version, &version);
+	index_close(index, AccessShareLock);
+	table_close(heap, AccessShareLock);
+	return found ? DatumGetInt64(version) : 0;
 }

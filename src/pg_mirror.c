@@ -12,6 +12,7 @@
 #include "access/heapam.h"
 #include "access/relscan.h"
 #include "access/tableam.h"
+#include "access/visibilitymap.h"
 #include "access/xact.h"
 #include "catalog/pg_trigger.h"
 #include "commands/trigger.h"
@@ -21,6 +22,7 @@
 #include "pgstat.h"
 #include "storage/bufmgr.h"
 #include "storage/lmgr.h"
+#include "storage/predicate.h"
 #include "utils/array.h"
 #include "utils/inval.h"
 #include "utils/rel.h"
@@ -80,6 +82,68 @@ EsInsertRows(Relation rel, int n, int natts, Datum *rows, bool *nulls,
 	ExecDropSingleTupleTableSlot(slot);
 	ExecCloseIndices(rri);
 	FreeExecutorState(estate);
+}
+
+/*
+ * The first visible row of an index scan (keys, direction), and of it the
+ * value of the index's column index_attno, which is the heap's column
+ * heap_attno: read from the index tuple when the visibility map says the
+ * row's heap page is all-visible, from the heap otherwise.  Mirrors
+ * IndexOnlyNext (nodeIndexonlyscan.c) for one row, without an executor.  A
+ * large store keeps few of its heap pages in shared buffers: an append's
+ * look-up of its stream's version then reads the index pages only (the
+ * upper ones stay cached) and no random heap page.  The snapshot must be an
+ * MVCC one; the value must be of a pass-by-value type (it is read from the
+ * index tuple, which the end of the scan releases).
+ */
+bool
+EsIndexOnlyFirst(Relation heap, Relation index, Snapshot snapshot,
+				 ScanKey keys, int nkeys, ScanDirection direction,
+				 AttrNumber index_attno, AttrNumber heap_attno, Datum *value)
+{
+	IndexScanDesc scan;
+	TupleTableSlot *slot = NULL;
+	Buffer		vmbuffer = InvalidBuffer;
+	ItemPointer tid;
+	bool		found = false;
+
+	Assert(IsMVCCSnapshot(snapshot));
+	Assert(TupleDescAttr(RelationGetDescr(heap), heap_attno - 1)->attbyval);
+	scan = index_beginscan(heap, index, snapshot, nkeys, 0);
+	scan->xs_want_itup = true;
+	index_rescan(scan, keys, nkeys, NULL, 0);
+	while ((tid = index_getnext_tid(scan, direction)) != NULL)
+	{
+		bool		isnull;
+
+		CHECK_FOR_INTERRUPTS();
+		if (!VM_ALL_VISIBLE(heap, ItemPointerGetBlockNumber(tid), &vmbuffer))
+		{
+			/* not known to be visible to all: the heap decides */
+			if (slot == NULL)
+				slot = table_slot_create(heap, NULL);
+			if (!index_fetch_heap(scan, slot))
+				continue;
+			*value = slot_getattr(slot, heap_attno, &isnull);
+			found = true;
+			break;
+		}
+		/* all-visible: the index tuple has the value (btree returns it) */
+		if (scan->xs_itup == NULL)
+			elog(ERROR, "index \"%s\" did not return its tuple",
+				 RelationGetRelationName(index));
+		*value = index_getattr(scan->xs_itup, index_attno, scan->xs_itupdesc, &isnull);
+		/* the heap was not read: lock its page for SERIALIZABLE as if it had been */
+		PredicateLockPage(heap, ItemPointerGetBlockNumber(tid), snapshot);
+		found = true;
+		break;
+	}
+	if (BufferIsValid(vmbuffer))
+		ReleaseBuffer(vmbuffer);
+	index_endscan(scan);
+	if (slot != NULL)
+		ExecDropSingleTupleTableSlot(slot);
+	return found;
 }
 
 /*

@@ -12,11 +12,17 @@
 #include "storage/lock.h"
 #include "utils/array.h"
 #include "utils/relcache.h"
+#include "utils/snapshot.h"
 
 extern void EsLockAcceptingInvalidations(const LOCKTAG *tag, LOCKMODE mode);
 
 extern void EsInsertRows(Relation rel, int n, int natts, Datum *rows,
 						 bool *nulls, volatile int *current);
+
+extern bool EsIndexOnlyFirst(Relation heap, Relation index, Snapshot snapshot,
+							 ScanKey keys, int nkeys, ScanDirection direction,
+							 AttrNumber index_attno, AttrNumber heap_attno,
+							 Datum *value);
 
 /* index scans whose heap side is read a page at a time */
 typedef struct EsPageFetch EsPageFetch;

@@ -1,0 +1,269 @@
+#!/usr/bin/env bash
+#
+# bench/growth.sh - does event_store cost the same on a large store as on a
+# small one?  For each store size, builds a store of realistic events (about
+# 500 bytes of JSON each, appended in batches) and a bare table of the same
+# shape holding the same rows, then measures the main benchmark's cases on
+# both (interleaved pairs, see run.sh) and the bytes on disk per event.
+# Prints one table per size and a summary across sizes; written to
+# bench/results/growth.txt.
+#
+# Environment:
+#   GROWTH_SIZES    store sizes in events, space-separated (default 200000)
+#   GROWTH_STREAMS  streams per store (default: size / 20 below 10M events,
+#                   1,000,000 from 10M on)
+#   GROWTH_SECONDS  measured seconds per side of a case (default 6)
+#   GROWTH_WARMUP   warm-up seconds per side (default GROWTH_SECONDS/5, at least 1)
+#   GROWTH_CLIENTS  clients of the multi-client cases (default 8)
+#   GROWTH_LOADERS  parallel loading sessions (default: number of cores)
+#   GROWTH_CASES    subset of: append_one batch100 read_stream read_all
+#                   read_category aggregate (default: all)
+#   GROWTH_PORT     port of the throwaway cluster (default 5541)
+#   GROWTH_KEEP     set to 1 to keep each size's database until the end
+#   BENCH_SKIP_BUILD set to 1 to use the installed extension as it is
+#   PG_CONFIG       pg_config of the target server (default: pg_config on PATH)
+#
+set -euo pipefail
+shopt -s inherit_errexit
+
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO_DIR=$(cd "$BENCH_DIR/.." && pwd)
+G="$BENCH_DIR/growth"
+
+SIZES=${GROWTH_SIZES:-200000}
+SECONDS_PER_RUN=${GROWTH_SECONDS:-6}
+WARMUP=${GROWTH_WARMUP:-$(( SECONDS_PER_RUN / 5 > 1 ? SECONDS_PER_RUN / 5 : 1 ))}
+CLIENTS=${GROWTH_CLIENTS:-8}
+PORT=${GROWTH_PORT:-5541}
+NPROC=$(nproc)
+LOADERS=${GROWTH_LOADERS:-$NPROC}
+CASES=${GROWTH_CASES:-"append_one batch100 read_stream read_all read_category aggregate"}
+PG_CONFIG=${PG_CONFIG:-pg_config}
+
+RESULTS_DIR="$BENCH_DIR/results"
+RESULT_FILE="$RESULTS_DIR/growth.txt"
+
+log() { printf '%s\n' "$*" >&2; }
+die() { log "growth.sh: $*"; exit 1; }
+
+for size in $SIZES; do
+	[[ "$size" =~ ^[0-9]+$ && "$size" -ge 20000 ]] || die "GROWTH_SIZES: $size is not a number of at least 20000"
+done
+
+# shellcheck source=bench/lib.sh
+. "$BENCH_DIR/lib.sh"
+bench_build
+BUILD_DESC="event_store $(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo '(not a git checkout)')"
+if ! git -C "$REPO_DIR" diff --quiet HEAD -- src sql Makefile event_store.control 2>/dev/null; then
+	BUILD_DESC="$BUILD_DESC with uncommitted changes"
+fi
+
+# The same settings as run.sh: shared_buffers far below the large stores, so
+# that what does not stay cached shows.
+bench_cluster_start es-growth GROWTH_PORT "shared_buffers = 512MB
+max_wal_size = 8GB
+min_wal_size = 1GB
+checkpoint_timeout = 30min
+maintenance_work_mem = 256MB
+autovacuum = off"
+
+# pair()'s interleaving (see run.sh)
+if (( SECONDS_PER_RUN >= 8 )); then
+	SEGMENTS=4
+	ORDER=(es base base es base es es base)
+else
+	SEGMENTS=2
+	ORDER=(es base base es)
+fi
+SEGMENT=$(( SECONDS_PER_RUN / SEGMENTS > 1 ? SECONDS_PER_RUN / SEGMENTS : 1 ))
+TARGETS_MET=0 TARGETS_TOTAL=0 SYNC_MET=0 SYNC_TOTAL=0
+
+SCRIPTS="$WORK/scripts"
+mkdir -p "$SCRIPTS" "$RESULTS_DIR"
+declare -A ES_TPS BASE_TPS RATIO ES_CPU CPU_RATIO
+KEYS=()
+REPORT=()
+out() { REPORT+=("$*"); log "$*"; }
+
+# paste the documents into the pgbench scripts (they hold no single quotes)
+make_scripts() {
+	local one batch f
+	one=$("${PSQL[@]}" -Atc "SELECT bench.event_doc('Event1', 424242)")
+	batch=$("${PSQL[@]}" -Atc "SELECT jsonb_agg(bench.event_doc('Event' || (i % 7), 900000 + i) ORDER BY i)
+	                             FROM generate_series(1, 100) AS i")
+	for f in "$G"/es_*.sql "$G"/base_*.sql; do
+		awk -v one="$one" -v batch="$batch" '{
+			while ((i = index($0, "@ONE@")) > 0) $0 = substr($0, 1, i - 1) one substr($0, i + 5)
+			while ((i = index($0, "@BATCH@")) > 0) $0 = substr($0, 1, i - 1) batch substr($0, i + 7)
+			print
+		}' "$f" >"$SCRIPTS/$(basename "$f")"
+	done
+}
+
+# run one pair and keep its figures for the summary: KEY NAME ES BASE CLIENTS ITEMS UNIT
+growth_pair() {
+	local key=$1 name=$2 es=$3 base=$4 clients=$5 items=$6 unit=$7 row
+	pair "$name" "$es" "$base" "$clients" off "$items" "$unit" -
+	row=${ROWS[-1]}
+	[[ " ${KEYS[*]} " == *" $key "* ]] || KEYS+=("$key")
+	ES_TPS[$size|$key]=$(awk -F'|' '{ gsub(/ /, "", $4); print $4 }' <<<"$row")
+	BASE_TPS[$size|$key]=$(awk -F'|' '{ gsub(/ /, "", $5); print $5 }' <<<"$row")
+	RATIO[$size|$key]=$(awk -F'|' '{ gsub(/ /, "", $6); print $6 }' <<<"$row")
+	ES_CPU[$size|$key]=$(awk -F'|' '{ gsub(/ /, "", $8); print $8 }' <<<"$row")
+	CPU_RATIO[$size|$key]=$(awk -F'|' '{ gsub(/ /, "", $10); print $10 }' <<<"$row")
+}
+
+# bytes on disk per event of both tables (each divided by its own rows)
+bytes_per_event() {
+	"${PSQL[@]}" -P footer=off -c "
+	WITH rels AS (
+	    SELECT 'event_store' AS side, 'event_store.events'::regclass AS rel,
+	           (SELECT count(*) FROM event_store.events)::numeric AS n
+	    UNION ALL SELECT 'baseline', 'bench.plain_events'::regclass,
+	           (SELECT count(*) FROM bench.plain_events)::numeric),
+	parts AS (
+	    SELECT side, n, 'heap' AS part, pg_relation_size(rel) AS bytes FROM rels
+	    UNION ALL
+	    SELECT side, n, 'toast (heap + index)', coalesce(pg_total_relation_size(nullif(c.reltoastrelid, 0)), 0)
+	      FROM rels JOIN pg_class c ON c.oid = rel
+	    UNION ALL
+	    SELECT side, n, 'fsm + vm', pg_relation_size(rel, 'fsm') + pg_relation_size(rel, 'vm') FROM rels
+	    UNION ALL
+	    SELECT side, n, 'index ' || regexp_replace(pg_get_indexdef(i.indexrelid), '^.* USING btree ', ''),
+	           pg_relation_size(i.indexrelid)
+	      FROM rels JOIN pg_index i ON i.indrelid = rel),
+	t AS (SELECT part,
+	             sum(bytes / n) FILTER (WHERE side = 'event_store') AS es,
+	             sum(bytes / n) FILTER (WHERE side = 'baseline') AS base
+	        FROM parts GROUP BY part
+	      UNION ALL
+	      SELECT 'total', sum(bytes / n) FILTER (WHERE side = 'event_store'),
+	             sum(bytes / n) FILTER (WHERE side = 'baseline') FROM parts)
+	SELECT part AS \"bytes per event\", round(es, 1) AS event_store, round(base, 1) AS baseline,
+	       round(es / nullif(base, 0), 3) AS ratio
+	  FROM t
+	 ORDER BY part = 'total', part"
+}
+
+for size in $SIZES; do
+	if [[ -n "${GROWTH_STREAMS:-}" ]]; then
+		streams=$GROWTH_STREAMS
+	elif (( size >= 10000000 )); then
+		streams=1000000
+	else
+		streams=$(( size / 20 ))
+	fi
+	per_stream=$(( size / streams ))
+	(( per_stream >= 1 )) || die "GROWTH_STREAMS=$streams is more than $size events"
+	db="growth_$size"
+	LOG_DIR="$RESULTS_DIR/growth-logs/$size"
+	mkdir -p "$LOG_DIR"
+	rm -f "$LOG_DIR"/*.log "$LOG_DIR/segments.txt"
+	ROWS=()
+
+	log "== $size events: $streams streams of $per_stream events, $LOADERS loaders"
+	"$PGBIN/createdb" "$db"
+	export PGDATABASE=$db
+	"${PSQL[@]}" -f "$G/setup.sql" >&2
+	t0=$(date +%s)
+	pids=()
+	chunk=$(( (streams + LOADERS - 1) / LOADERS ))
+	for (( lo = 1; lo <= streams; lo += chunk )); do
+		hi=$(( lo + chunk - 1 < streams ? lo + chunk - 1 : streams ))
+		PGOPTIONS="-c synchronous_commit=off" "${PSQL[@]}" -v lo="$lo" -v hi="$hi" \
+			-v per_stream="$per_stream" -f "$G/load.sql" >&2 &
+		pids+=($!)
+	done
+	for p in "${pids[@]}"; do wait "$p" || die "a loader failed"; done
+	t1=$(date +%s)
+	"${PSQL[@]}" -f "$G/finish.sql" >&2
+	t2=$(date +%s)
+	load_rate=$(rate $(( streams * per_stream )) $(( t1 - t0 )))
+
+	TOTAL_ROWS=$("${PSQL[@]}" -Atc "SELECT count(*) FROM event_store.events")
+	MAXPOS=$("${PSQL[@]}" -Atc "SELECT max(global_position) - 1000 FROM event_store.events")
+	CATMAX=$("${PSQL[@]}" -Atc "SELECT min(global_position) FROM (SELECT global_position FROM bench.plain_events
+	          WHERE split_part(stream_id, '-', 1) COLLATE \"C\" = 'order' ORDER BY global_position DESC LIMIT 1000) AS l")
+	PAIR_EXTRA=(-D streams="$streams" -D catmax="$CATMAX")
+	make_scripts
+
+	out ""
+	out "== store of $TOTAL_ROWS events ($streams streams of $per_stream + reader-1 (1,000) + aggsnap-1 (10,037))"
+	out "   loaded by append() in batches of $per_stream at $load_rate events/s ($LOADERS sessions, $(( t1 - t0 )) s), baseline copy, VACUUM ANALYZE $(( t2 - t1 )) s"
+	while IFS= read -r line; do out "   $line"; done < <(bytes_per_event)
+
+	for c in $CASES; do
+		case $c in
+		append_one)
+			growth_pair "append1 c1" "append 1" es_append_one.sql base_append_one.sql 1 1 events
+			growth_pair "append1 c$CLIENTS" "append 1" es_append_one.sql base_append_one.sql "$CLIENTS" 1 events ;;
+		batch100)
+			growth_pair "batch100 c1" "append batch 100" es_append_batch.sql base_append_batch.sql 1 100 events
+			growth_pair "batch100 c$CLIENTS" "append batch 100" es_append_batch.sql base_append_batch.sql "$CLIENTS" 100 events ;;
+		read_stream)
+			growth_pair "read_stream 1000 c1" "read_stream 1000" es_read_stream.sql base_read_stream.sql 1 1000 rows ;;
+		read_all)
+			growth_pair "read_all page c1" "read_all page 1000" es_read_all.sql base_read_all.sql 1 1000 rows
+			growth_pair "read_all page c$CLIENTS" "read_all page 1000" es_read_all.sql base_read_all.sql "$CLIENTS" 1000 rows ;;
+		read_category)
+			growth_pair "read_category page c1" "read_category 1000" es_read_category.sql base_read_category.sql 1 1000 rows
+			growth_pair "read_category page c$CLIENTS" "read_category 1000" es_read_category.sql base_read_category.sql "$CLIENTS" 1000 rows ;;
+		aggregate)
+			growth_pair "load_aggregate snap c1" "load_aggregate 10037" es_load_aggregate.sql base_load_aggregate.sql 1 1 loads ;;
+		*) die "unknown case $c" ;;
+		esac
+	done
+	out ""
+	out "$(printf '%-22s | %7s | %-11s | %15s | %12s | %6s | %5s | %9s | %9s | %6s | %-8s | %11s | %11s | %s' \
+		"case" "clients" "sync_commit" "event_store tps" "baseline tps" "ratio" "noise" \
+		"es cpu/op" "base cpu" "cpu r." "unit" "event_store" "baseline" "target")"
+	for r in "${ROWS[@]}"; do out "$r"; done
+	out "   bytes per event after the cases (event_store's appends make time-ordered ids, the baseline's random ones):"
+	while IFS= read -r line; do out "   $line"; done < <(bytes_per_event)
+	"${PSQL[@]}" -Atc "SELECT 'after the cases: ' || count(*) || ' events, versions gapless: ' ||
+	    (SELECT bool_and(n = v) FROM (SELECT count(*) AS n, max(stream_version) AS v FROM event_store.events GROUP BY stream_id) AS s)
+	    FROM event_store.events" >"$WORK/check.txt"
+	while IFS= read -r line; do out "   $line"; done <"$WORK/check.txt"
+	if [[ "${GROWTH_KEEP:-0}" != 1 ]]; then
+		export PGDATABASE=bench
+		"$PGBIN/dropdb" --force "$db"
+	fi
+done
+
+report() {
+	echo "event_store growth benchmark, $(date -u '+%Y-%m-%d %H:%M UTC')"
+	echo "server:   $("${PSQL[@]}" -d bench -Atc 'SELECT version()')"
+	echo "build:    $BUILD_DESC"
+	echo "machine:  $(uname -sm), nproc=$NPROC, $(awk '/MemTotal/ { printf "%.0f GB RAM", $2 / 1048576 }' /proc/meminfo)"
+	echo "settings: shared_buffers=512MB, synchronous_commit=off, autovacuum=off; pgbench -M prepared;"
+	echo "          per side ${WARMUP}s warm-up, then $SEGMENTS segments of -T $SEGMENT in the order ${ORDER[*]}"
+	printf '%s\n' "${REPORT[@]}"
+	echo
+	echo "== summary, event_store tps per size: tps (tps / tps of the first size), ratio to the baseline"
+	summary_table ES_TPS RATIO "%9.1f (%5.3f) vs %5.3f" up
+	echo
+	echo "== summary, server CPU per operation (us): event_store cpu/op (first size's / this one), cpu ratio to the baseline"
+	echo "   (steadier than tps on a busy machine; both ratios read like tps ratios: below 1 = costlier)"
+	summary_table ES_CPU CPU_RATIO "%9.1f (%5.3f) vs %5.3f" down
+}
+
+# summary_table VALUES RATIOS FORMAT up|down: one line per case, one column per size
+summary_table() {
+	local -n vals=$1 ratios=$2
+	local fmt=$3 dir=$4 first key s line
+	first=${SIZES%% *}
+	line=$(printf '%-26s' "case")
+	for s in $SIZES; do line+=$(printf ' | %26s' "$s events"); done
+	echo "$line"
+	for key in "${KEYS[@]}"; do
+		line=$(printf '%-26s' "$key")
+		for s in $SIZES; do
+			if [[ -n "${vals[$s|$key]:-}" ]]; then
+				line+=" | "$(awk -v t="${vals[$s|$key]}" -v f="${vals[$first|$key]}" -v r="${ratios[$s|$key]}" \
+					-v fmt="$fmt" -v dir="$dir" 'BEGIN { printf fmt, t, (dir == "up" ? t / f : f / t), r }')
+			fi
+		done
+		echo "$line"
+	done
+}
+report | tee "$RESULT_FILE"

@@ -1,0 +1,1 @@
+SELECT * FROM event_store.load_aggregate('aggsnap-1');

@@ -1,0 +1,2 @@
+\set pos random(0, :catmax)
+SELECT * FROM event_store.read_category('order', :pos, 1000);

@@ -1,0 +1,1 @@
+SELECT * FROM event_store.read_stream('reader-1');
