@@ -15,6 +15,8 @@ set -euo pipefail
 # python3-psycopg: the Python client example and its test (test/t/060_clients.pl)
 # prometheus-postgres-exporter: the monitoring example and its test
 #   (test/t/120_monitoring.pl)
+# debhelper, dpkg-dev, postgresql-server-dev-all, lintian: `make deb`, which
+#   scripts/test.sh uses as root to install the extension as a Debian package
 PACKAGES=(
 	postgresql-15
 	postgresql-server-dev-15
@@ -29,6 +31,7 @@ PACKAGES=(
 	tar
 	python3-psycopg
 	prometheus-postgres-exporter
+	debhelper dpkg-dev postgresql-server-dev-all lintian
 )
 
 command -v dpkg-query >/dev/null 2>&1 || es_die "dpkg-query not found: this script supports Debian and derivatives only"
