@@ -115,9 +115,9 @@ build_deb() {
 		cat "$out/lintian.log" >&2
 		es_die "lintian reported errors or warnings (log: $out/lintian.log)"
 	fi
-	if [ -s "$out/lintian.log" ]; then
-		sed 's/^/lintian: /' "$out/lintian.log"
-	fi
+	# (what lintian found at the info level, if anything; not its remark
+	# about running as root, as CI does)
+	grep -v 'running with root privileges' "$out/lintian.log" | sed 's/^/lintian: /' || true
 	rm -rf "$dir"
 	ls "$out"/*.deb
 }
