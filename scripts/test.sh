@@ -129,7 +129,7 @@ es_install_deb() {
 	echo "installed the Debian package $(basename "$deb") (lintian clean)${DPKG_ROOT_DIR:+ under $DPKG_ROOT_DIR}"
 }
 
-route="$(install_route)" || { cd "$ES_SRC_DIR" && not_run "ES_INSTALL=deb: the Debian package cannot be installed here"; }
+route="$(install_route)" || { cd "$ES_SRC_DIR" && not_run "no way to install with ES_INSTALL=${ES_INSTALL:-auto} (see above)"; }
 if [ "$route" = deb ]; then
 	echo "building the Debian package (make deb) and installing it (dpkg -i), in place of make install"
 	if ! es_install_deb "$WORK" "$WORK/build.log"; then
