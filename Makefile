@@ -1,6 +1,11 @@
 # event_store — PGXS build
 EXTENSION   = event_store
-EXTVERSION  = 0.3.0
+# the version lives in one place: default_version in event_store.control
+# (the Debian package and META.json take it from there: `make deb`, `make dist`)
+EXTVERSION := $(shell sed -n "s/^[[:space:]]*default_version[[:space:]]*=[[:space:]]*'\([^']*\)'.*/\1/p" $(dir $(lastword $(MAKEFILE_LIST)))$(EXTENSION).control)
+ifeq ($(EXTVERSION),)
+$(error no default_version in $(EXTENSION).control)
+endif
 
 MODULE_big  = event_store
 OBJS        = $(patsubst %.c,%.o,$(sort $(wildcard $(srcdir)/src/*.c)))
@@ -80,7 +85,15 @@ check-all:
 		$(MAKE) --no-print-directory $$t || rc=1; \
 	done; exit $$rc
 
-.PHONY: isolationcheck tapcheck pgtapcheck check-all
+# packages, built from a clean copy of the tree under build/ (see
+# scripts/package.sh): `make deb` (the Debian package
+# postgresql-15-event-store, checked by lintian), `make dist` (the PGXN zip);
+# both first check that META.json carries the version of event_store.control
+# (`make metacheck`)
+deb dist metacheck:
+	bash $(srcdir)/scripts/package.sh $@
+
+.PHONY: isolationcheck tapcheck pgtapcheck check-all deb dist metacheck
 
 # the router extension (router/, SQL only) is built and installed with this
 # one; `make -C router install` installs it alone

@@ -18,6 +18,8 @@ set -euo pipefail
 # postgresql-15-auto-failover: the cluster example's high availability
 # prometheus-postgres-exporter: the monitoring example and its test
 #   (test/t/120_monitoring.pl)
+# debhelper, dpkg-dev, postgresql-server-dev-all, lintian: `make deb`, which
+#   scripts/test.sh uses as root to install the extension as a Debian package
 PACKAGES=(
 	postgresql-15
 	postgresql-server-dev-15
@@ -34,6 +36,7 @@ PACKAGES=(
 	postgresql-15-plproxy
 	postgresql-15-auto-failover
 	prometheus-postgres-exporter
+	debhelper dpkg-dev postgresql-server-dev-all lintian
 )
 
 command -v dpkg-query >/dev/null 2>&1 || es_die "dpkg-query not found: this script supports Debian and derivatives only"

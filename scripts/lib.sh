@@ -80,7 +80,7 @@ es_copy_tree() {
 	(cd "$ES_SRC_DIR" && tar -cf - \
 		--exclude=./.git \
 		--exclude='*.o' --exclude='*.bc' --exclude='*.so' \
-		--exclude=./tmp_check --exclude=./tmp_check_iso --exclude=./tmp_tap --exclude=./tmp_pgtap \
+		--exclude=./build --exclude=./tmp_check --exclude=./tmp_check_iso --exclude=./tmp_tap --exclude=./tmp_pgtap \
 		--exclude=./results --exclude=./log \
 		--exclude=./regression.diffs --exclude=./regression.out \
 		--exclude=./test/isolation/output_iso \
