@@ -97,6 +97,15 @@ note "the tour has $n sql blocks to run, $skipped marked skip";
 cmp_ok($n, '>=', 12, "the tour's sql blocks are found ($n)");
 cmp_ok($skipped, '<=', 5, "few blocks are marked skip ($skipped)");
 ok(!(grep { $_->{sql} !~ /\S/ } @$blocks), 'no sql block is empty');
+# every part of the tour is among what runs
+my $all = join('', map { $_->{sql} } @$blocks);
+foreach my $call (
+	qw(append read_stream register_upcaster define_aggregate create_projection
+	wait_for_projection define_saga claim_saga_steps create_subscription
+	claim_events delete_stream purge_stream create_publication stats))
+{
+	like($all, qr/event_store\.\Q$call\E\b/, "the tour runs event_store.$call");
+}
 
 # One script: each block announced by an \echo, so that the last one
 # printed names the failing block.
