@@ -15,7 +15,7 @@
 # Run from the top of the tree with the test modules of the installed
 # server on PERL5LIB and its bin directory on PATH, for instance:
 #   PERL5LIB=$(pg_config --pkglibdir)/pgxs/src/test/perl \
-#   PATH=$(pg_config --bindir):$PATH prove test/t/130_readme_tour.pl
+#   PATH=$(pg_config --bindir):$PATH prove test/t/131_readme_tour.pl
 
 use strict;
 use warnings;
