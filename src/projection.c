@@ -610,8 +610,16 @@ es_apply_row(Datum *values, bool *isnull, HeapTuple stored, void *arg)
 		else
 			es_call_handler(ra->proj, NULL, ra->event_desc, values, isnull, stored);
 		ra->handed++;
-		/* the clock is read every 64 events handed over */
-		if (ra->deadline != 0 && ra->handed % 64 == 0 &&
+		/*
+		 * The clock is read every 64 events handed over, and after every
+		 * call of a per-event handler: a call costs far more than reading
+		 * the clock, and a handler whose calls grow slower within one
+		 * transaction (one row written again and again, each time in a
+		 * subtransaction of its own) must not hold the worker's transaction
+		 * open for 64 of them.
+		 */
+		if (ra->deadline != 0 &&
+			(ra->handed % 64 == 0 || ra->proj->kind == ES_HANDLER_EVENT) &&
 			GetCurrentTimestamp() >= ra->deadline)
 			ra->stopped = true;
 	}
@@ -1535,12 +1543,16 @@ es_run_partition(EsProjection *p, const char *name, int32 attempts, int32 partit
 		if (edata == NULL)
 			return total + handed;
 
-		/* the batch failed at the event at "current": keep what came before it */
+		/*
+		 * The batch failed at the event at "current": keep what came before
+		 * it, within the same deadline (applying it again takes about as
+		 * long as the batch took to reach the failure)
+		 */
 		handed = 0;
 		newpos = position;
 		if (current - 1 > position)
 		{
-			prefix_error = es_apply_in_subxact(p, name, position, current - 1, -1, 0,
+			prefix_error = es_apply_in_subxact(p, name, position, current - 1, -1, deadline,
 											   &scope, &handed, &cur, &newpos);
 			if (prefix_error != NULL)
 			{
@@ -1550,6 +1562,16 @@ es_run_partition(EsProjection *p, const char *name, int32 attempts, int32 partit
 			}
 		}
 		total += handed;
+		if (newpos < current - 1 && handed > 0)
+		{
+			/*
+			 * The deadline cut the prefix short: what was applied is kept
+			 * (the partition's position is newpos), and the next round
+			 * starts there and meets the failing event again
+			 */
+			FreeErrorData(edata);
+			return total;
+		}
 
 		/*
 		 * Parking holds back the stream of the event that failed; an error
@@ -1695,15 +1717,26 @@ es_run_one(const char *name, int64 budget, TimestampTz deadline)
 		return handed;
 	}
 
-	/* the batch failed at the event at "current": keep what came before it */
+	/*
+	 * The batch failed at the event at "current": keep what came before it,
+	 * within the same deadline; when the deadline cuts that short, the next
+	 * round goes on from there and meets the failing event again
+	 */
+	newpos = position;
 	if (current - 1 > position)
 	{
-		prefix_error = es_apply_in_subxact(p, name, position, current - 1, -1, 0, NULL,
+		prefix_error = es_apply_in_subxact(p, name, position, current - 1, -1, deadline, NULL,
 										   &prefix_handed, &cur, &newpos);
 		if (prefix_error != NULL)
 		{
 			FreeErrorData(prefix_error);
 			prefix_handed = 0;
+			newpos = position;
+		}
+		else if (newpos < current - 1 && prefix_handed > 0)
+		{
+			FreeErrorData(edata);
+			return prefix_handed;
 		}
 	}
 

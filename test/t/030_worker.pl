@@ -19,7 +19,9 @@
 #       projections then wait; on again, workers come back and catch up;
 #   (h) appends wake the worker: with event_store.naptime at an hour, an
 #       append is still applied at once;
-#   (i) the worker enforces retention (max_count) on its own.
+#   (i) the worker enforces retention (max_count) on its own;
+#   (j) a slow per-event handler is applied in transactions of about the
+#       worker's batch deadline, not in one long one.
 #
 # Every wait is a poll with a deadline (poll_query_until), never a sleep.
 #
@@ -362,6 +364,30 @@ wait_for('postgres',
         FROM event_store.events WHERE stream_id = 'kept-1'},
 	'and keeps enforcing them as events arrive');
 $node->safe_psql('postgres', 'ALTER SYSTEM RESET ALL; SELECT pg_reload_conf()');
+
+#
+# (j) a slow per-event handler does not hold the worker's transaction open:
+# the worker commits about once a second (its batch deadline), read after
+# every call of such a handler, not only every 64 events.  30 calls of 100 ms
+# each (the handler's own work, here pg_sleep) take 3 s, so they must be
+# spread over more than one transaction.
+#
+$node->safe_psql('postgres', 'CREATE DATABASE slow');
+$node->safe_psql(
+	'slow', q{
+CREATE EXTENSION event_store;
+CREATE TABLE slow_applied (event_id uuid PRIMARY KEY, xid xid8 NOT NULL);
+CREATE FUNCTION slow_apply(e event_store.event) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_sleep(0.1);
+    INSERT INTO slow_applied VALUES (e.event_id, pg_current_xact_id());
+END $$;
+SELECT event_store.create_projection('slow', 'slow_apply(event_store.event)', mode => 'async');
+SELECT event_store.append('slow-1', (SELECT jsonb_agg(jsonb_build_object('type', 'Slow')) FROM generate_series(1, 30)));
+});
+wait_for('slow', q{SELECT count(*) = 30 FROM slow_applied}, 'the slow projection applies every event');
+cmp_ok($node->safe_psql('slow', 'SELECT count(DISTINCT xid) FROM slow_applied'),
+	'>=', 2, 'in more than one transaction of the worker');
 
 $node->stop;
 done_testing();
