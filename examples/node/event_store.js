@@ -128,6 +128,11 @@ function withEventIds(events) {
   );
 }
 
+async function streamVersion(db, streamId) {
+  const { rows } = await db.query('SELECT event_store.stream_version($1) AS version', [streamId]);
+  return rows[0].version;
+}
+
 // Append to a stream with optimistic concurrency, retrying what can be retried.
 //
 //   db        a pg.Pool, or a pg.Client outside a transaction
@@ -170,16 +175,12 @@ async function appendWithRetry(db, streamId, events, options = {}) {
   let batch = null; // decided and not known to be refused
   for (let attempt = 1; ; attempt++) {
     if (batch === null) {
-      if (fixedVersion) {
-        expected = expectedVersion;
-      } else {
-        const read = await db.query('SELECT event_store.stream_version($1) AS version', [streamId]);
-        expected = read.rows[0].version;
-      }
+      expected = fixedVersion ? expectedVersion : await streamVersion(db, streamId);
       if (decide) {
-        const decided = await decide(expected, attempt);
+        const version = expected === null ? await streamVersion(db, streamId) : expected;
+        const decided = await decide(version, attempt);
         if (decided === null || decided === undefined) {
-          return { version: expected, attempts: attempt, appended: false, eventIds: [] };
+          return { version, attempts: attempt, appended: false, eventIds: [] };
         }
         batch = withEventIds(decided);
       } else {
