@@ -121,9 +121,10 @@ def with_event_ids(events: Events) -> List[Event]:
     return [dict(e) if "id" in e else {**e, "id": str(uuid.uuid4())} for e in items]
 
 
-def _idle(conn: Connection) -> bool:
-    """Is the connection outside a transaction?"""
-    return conn.info.transaction_status == pq.TransactionStatus.IDLE
+def _own_transactions(conn: Connection) -> bool:
+    """Does each statement of the connection run in a transaction of its own
+    (autocommit, outside a transaction)?"""
+    return conn.autocommit and conn.info.transaction_status == pq.TransactionStatus.IDLE
 
 
 def append_with_retry(conn: Connection, stream_id: str, events: Union[Events, Decide],
@@ -147,8 +148,8 @@ def append_with_retry(conn: Connection, stream_id: str, events: Union[Events, De
     on SQLSTATE SE001 (another writer got there first) it waits a random,
     growing delay, reads again and decides again.  A serialization failure
     (40001) or a deadlock (40P01) sends the same batch with the same
-    expected version again, when the connection was outside a transaction
-    (inside one, the transaction is the caller's to retry).  SE002 for one
+    expected version again, on an autocommit connection outside a
+    transaction (otherwise the transaction is the caller's to retry).  SE002 for one
     of the batch's ids is checked once: when that very batch is in the
     stream already (an earlier call sent it), the append succeeds without
     writing.  Other errors, a lost connection and any error on the last
@@ -160,7 +161,7 @@ def append_with_retry(conn: Connection, stream_id: str, events: Union[Events, De
     before retrying after SE001, on_retry(err, attempt) before every retry.
     """
     fixed_version = not isinstance(expected_version, _Read)
-    retry_transient = _idle(conn)
+    retry_transient = _own_transactions(conn)
     decide: Optional[Decide] = events if callable(events) else None
     fixed = None if callable(events) else with_event_ids(events)
     expected: Optional[int] = None
