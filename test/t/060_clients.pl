@@ -13,11 +13,12 @@
 # typed service, checked against the installed declarations, with misuses
 # the declarations must refuse), then the tests, copied into the scratch
 # project, require the installed package.  Python: the package built and
-# installed by pip (--no-build-isolation --no-deps --no-index: Debian's
-# setuptools and wheel, no download) into a throwaway virtual environment
-# that sees Debian's psycopg, `mypy --strict` on the package and
-# service.py (with a misuse it must refuse) when mypy is installed, then
-# the tests, run from another directory, import the installed package.
+# installed by the system's pip (--python, --no-build-isolation --no-deps
+# --no-index: Debian's setuptools and wheel, no download) into a throwaway
+# virtual environment that sees Debian's psycopg, `mypy --strict` on the
+# package and service.py (with a misuse it must refuse) when mypy is
+# installed, then the tests, run from another directory, import the
+# installed package.
 #
 # They prove, for each client: appends retried on SE001 (concurrent
 # appenders to one stream all land with consecutive versions, none lost),
@@ -76,7 +77,7 @@ my $python_dir = "$top/examples/python";
 my $python = $ENV{ES_PYTHON} // '/usr/bin/python3';
 # seconds for each npm or pip step and for each client's tests: what runs
 # stays below the time limit of a TAP file in scripts/run-suites.sh (300 s)
-my %time_limit = (npm => 60, tsc => 90, node => 90, pip => 60, mypy => 60, python => 90);
+my %time_limit = (npm => 60, tsc => 120, node => 90, pip => 60, mypy => 60, python => 90);
 
 # Run a command in a directory with extra environment variables; returns
 # (exit status or -1 when it could not start or timed out, combined output).
@@ -183,9 +184,11 @@ if (!-x $python)
 else
 {
 	my ($rc, $out) = run_in($top, {},
-		[ $python, '-c', 'import psycopg, venv, ensurepip, setuptools, wheel, sys; print(psycopg.__version__, sys.version.split()[0])' ], 60);
+		[ $python, '-c', 'import psycopg, venv, setuptools, wheel, pip, sys; '
+			  . 'assert tuple(map(int, pip.__version__.split(".")[:2])) >= (22, 3), "pip " + pip.__version__ + " has no --python"; '
+			  . 'print(psycopg.__version__, sys.version.split()[0])' ], 60);
 	ok($rc == 0,
-		"$python has psycopg, venv, pip, setuptools and wheel (Debian packages python3-psycopg, python3-venv, python3-pip, python3-setuptools, python3-wheel; scripts/deps.sh installs them)"
+		"$python has psycopg, venv, pip (22.3 or later), setuptools and wheel (Debian packages python3-psycopg, python3-venv, python3-pip, python3-setuptools, python3-wheel; scripts/deps.sh installs them)"
 	) or do { diag($out); $python_ok = 0; };
 	($rc) = run_in($top, {}, [ $python, '-m', 'mypy', '--version' ], 60);
 	$have_mypy = $rc == 0;
@@ -316,23 +319,24 @@ SKIP:
 		PIP_NO_INDEX => '1',
 		PIP_NO_INPUT => '1',
 		PIP_NO_CACHE_DIR => '1');
-	# pip builds in the source directory: a copy of the package's files
+	# the system's pip installs into the environment (which needs no pip of
+	# its own); it builds in the source directory: a copy of the package's files
 	my $src = abs_path(PostgreSQL::Test::Utils::tempdir('python_src'));
 	copy_into($src, map { "$python_dir/$_" } qw(pyproject.toml README.md event_store_client service.py));
 	my $venv = abs_path(PostgreSQL::Test::Utils::tempdir('venv'));
 	my ($rc, $out) = run_in($src, \%py_env,
-		[ $python, '-m', 'venv', '--system-site-packages', $venv ], $time_limit{pip});
+		[ $python, '-m', 'venv', '--system-site-packages', '--without-pip', $venv ], $time_limit{pip});
 	show_output('python -m venv', $out, $rc != 0);
 	is($rc, 0, 'python: a virtual environment that sees the system packages') or last SKIP;
 	($rc, $out) = run_in($src, \%py_env,
-		[ "$venv/bin/python", '-m', 'pip', 'install', '--no-build-isolation', '--no-deps', '--no-index', $src ],
+		[ $python, '-m', 'pip', '--python', "$venv/bin/python", 'install', '--no-build-isolation', '--no-deps', '--no-index', $src ],
 		$time_limit{pip});
 	show_output('pip install', $out, $rc != 0);
 	ok($rc == 0 && $out =~ /Successfully installed event-store-client-0\.3\.0/,
 		'python: pip built and installed event-store-client 0.3.0, without a download')
 	  or last SKIP;
 	($rc, $out) = run_in($src, \%py_env,
-		[ "$venv/bin/python", '-m', 'pip', 'show', 'event-store-client' ], $time_limit{pip});
+		[ $python, '-m', 'pip', '--python', "$venv/bin/python", 'show', 'event-store-client' ], $time_limit{pip});
 	show_output('pip show', $out, $rc != 0);
 	ok( $rc == 0
 		  && $out =~ /^Version: 0\.3\.0$/m
