@@ -77,7 +77,7 @@ my $python_dir = "$top/examples/python";
 my $python = $ENV{ES_PYTHON} // '/usr/bin/python3';
 # seconds for each npm or pip step and for each client's tests: what runs
 # stays below the time limit of a TAP file in scripts/run-suites.sh (300 s)
-my %time_limit = (npm => 60, tsc => 120, node => 90, pip => 60, mypy => 60, python => 90);
+my %time_limit = (npm => 60, tsc => 120, node => 90, pip => 60, mypy => 90, python => 90);
 
 # Run a command in a directory with extra environment variables; returns
 # (exit status or -1 when it could not start or timed out, combined output).
