@@ -12,7 +12,10 @@ set -euo pipefail
 # postgresql-15-pgtap, libtap-parser-sourcehandler-pgtap-perl: pgTAP + pg_prove
 # libipc-run-perl: needed by PostgreSQL::Test::Cluster (TAP tests)
 # perl: prove; make, gcc: the build; util-linux: runuser; coreutils: timeout
-# python3-psycopg: the Python client example and its test (test/t/060_clients.pl)
+# python3-psycopg: the Python client package (examples/python) and its test
+#   (test/t/060_clients.pl); python3-venv, python3-pip, python3-setuptools,
+#   python3-wheel: that test installs the package into a virtual environment,
+#   built without a download; python3-mypy checks its type hints
 # postgresql-15-plproxy: the router extension event_store_router and the
 #   cluster example (examples/cluster, test/t/110_router.pl)
 # postgresql-15-auto-failover: the cluster example's high availability
@@ -33,6 +36,11 @@ PACKAGES=(
 	coreutils
 	tar
 	python3-psycopg
+	python3-venv
+	python3-pip
+	python3-setuptools
+	python3-wheel
+	python3-mypy
 	postgresql-15-plproxy
 	postgresql-15-auto-failover
 	prometheus-postgres-exporter
@@ -49,7 +57,8 @@ for pkg in "${PACKAGES[@]}"; do
 	fi
 done
 
-# nodejs, npm: the Node.js client example and its test.  A node and npm
+# nodejs, npm: the Node.js client package and its test (npm installs its
+# development packages from the npm registry when the test runs).  A node and npm
 # installed another way (another distribution of Node.js, whose package may
 # even conflict with Debian's npm) are used as they are.
 if ! command -v node >/dev/null 2>&1; then

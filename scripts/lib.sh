@@ -75,7 +75,8 @@ es_mktemp() {
 
 # Copy the source tree (tracked or not) without .git and without build or
 # test leftovers, nor the clients' installed packages (node_modules, which
-# the tests install afresh) and bytecode caches: es_copy_tree DEST
+# the tests install afresh), their build leftovers and bytecode and type
+# checker caches: es_copy_tree DEST
 es_copy_tree() {
 	(cd "$ES_SRC_DIR" && tar -cf - \
 		--exclude=./.git \
@@ -84,7 +85,8 @@ es_copy_tree() {
 		--exclude=./results --exclude=./log \
 		--exclude=./regression.diffs --exclude=./regression.out \
 		--exclude=./test/isolation/output_iso \
-		--exclude=node_modules --exclude=__pycache__ \
+		--exclude=node_modules --exclude=__pycache__ --exclude=.mypy_cache \
+		--exclude='*.egg-info' --exclude=./examples/python/build \
 		.) | tar -xf - -C "$1"
 }
 

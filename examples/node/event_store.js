@@ -1,24 +1,44 @@
 'use strict';
-// A small Node.js client of the event_store extension, on the `pg` driver:
+// event-store-client: a Node.js client of the event_store PostgreSQL
+// extension, on the `pg` driver:
 //
-//   appendWithRetry(db, streamId, events)   optimistic append, retried on SE001
+//   appendWithRetry(db, streamId, events)   append with optimistic concurrency,
+//                                            retried on SE001, 40001, 40P01 and
+//                                            a lost connection, idempotent by
+//                                            event id
 //   Follower                                 follows read_all with a cursor, woken by
 //                                            wait_for_events() or LISTEN event_store
+//   SubscriptionWorker                       one consumer of a subscription's group:
+//                                            claim_events (long polling) -> handler
+//                                            -> ack_events / nack_event
 //   SagaWorker                               works external saga steps:
 //                                            claim_saga_steps -> complete / fail
-//   SubscriptionWorker                       one consumer of a subscription's group:
-//                                            claim_events -> handler -> ack / nack
+//   retrySaga, resolveSaga,                  operator calls
+//   replayParked, skipParked
 //
-// Connections: pg reads the usual PG* environment variables (PGHOST, PGPORT,
-// PGDATABASE, PGUSER, PGPASSWORD); DATABASE_URL, when set, is used as the
-// connection string instead.
+// Types: event_store.d.ts.  Connections: pg reads the usual PG* environment
+// variables (PGHOST, PGPORT, PGDATABASE, PGUSER, PGPASSWORD); DATABASE_URL,
+// when set, is used as the connection string instead.
 
+const crypto = require('node:crypto');
 const pg = require('pg');
 
-// SQLSTATE of event_store's wrong_expected_version error
-const WRONG_EXPECTED_VERSION = 'SE001';
-// query_canceled: a wait ended by stop()
-const QUERY_CANCELED = '57014';
+// SQLSTATEs the client acts on
+const SQLSTATE = Object.freeze({
+  // event_store: another writer appended first (retried with a fresh read)
+  WRONG_EXPECTED_VERSION: 'SE001',
+  // event_store: an event id is in the store already
+  DUPLICATE_EVENT_ID: 'SE002',
+  // transient: the append is retried as it was
+  SERIALIZATION_FAILURE: '40001',
+  DEADLOCK_DETECTED: '40P01',
+  // a wait ended by stop()
+  QUERY_CANCELED: '57014',
+  // a subscription's lease expired: its ack is refused
+  OBJECT_NOT_IN_PREREQUISITE_STATE: '55000',
+});
+const WRONG_EXPECTED_VERSION = SQLSTATE.WRONG_EXPECTED_VERSION;
+const QUERY_CANCELED = SQLSTATE.QUERY_CANCELED;
 
 // bigint columns (positions, versions) as JavaScript numbers: exact up to
 // 2^53, far beyond what a store reaches.  pg returns them as strings by default.
@@ -63,32 +83,111 @@ function backoffDelay(attempt, baseMs, maxMs) {
   return Math.random() * ceiling;
 }
 
-// Append to a stream with optimistic concurrency, retrying on conflicts.
+// Is db a pg.Pool (every query its own transaction, on whichever connection
+// is free; a broken connection is dropped from the pool)?
+function isPool(db) {
+  return db instanceof pg.Pool || (typeof db.connect === 'function' && typeof db.totalCount === 'number');
+}
+
+// The connection broke or the server ended the session: the statement may or
+// may not have committed.
+function isConnectionLoss(err) {
+  if (!err) {
+    return false;
+  }
+  if (typeof err.code === 'string') {
+    return (
+      err.code.startsWith('08') || err.code === '57P01' || err.code === '57P02' || err.code === '57P03' ||
+      ['ECONNRESET', 'ECONNREFUSED', 'EPIPE', 'ETIMEDOUT'].includes(err.code)
+    );
+  }
+  return /^Connection terminated|connection (?:terminated|closed)/i.test(String(err.message));
+}
+
+// Why an append may be tried again as it was (same events, same expected
+// version): null when it may not.
+function transientReason(err, pool) {
+  if (err && (err.code === SQLSTATE.SERIALIZATION_FAILURE || err.code === SQLSTATE.DEADLOCK_DETECTED)) {
+    return pool ? err.code : null;
+  }
+  if (isConnectionLoss(err)) {
+    return pool ? 'connection' : null;
+  }
+  return null;
+}
+
+// The events of a batch as an array, each with an id (a random uuid for those
+// that have none): the ids make a repeated append of the same batch write
+// nothing the second time.  The caller's objects are not changed.
+function withEventIds(events) {
+  const list = Array.isArray(events) ? events : [events];
+  return list.map((event) =>
+    event !== null && typeof event === 'object' && !Array.isArray(event) && event.id === undefined
+      ? { ...event, id: crypto.randomUUID() }
+      : event,
+  );
+}
+
+async function streamVersion(db, streamId) {
+  const { rows } = await db.query('SELECT event_store.stream_version($1) AS version', [streamId]);
+  return rows[0].version;
+}
+
+// Append to a stream with optimistic concurrency, retrying what can be retried.
 //
-//   db        a pg.Pool or pg.Client
+//   db        a pg.Pool, or a pg.Client outside a transaction
 //   streamId  the stream
-//   events    an event object or an array of them, or a function
-//             (version, attempt) => events: called with the stream's current
-//             version before every attempt, so the caller can decide again
-//             after a conflict (return null or undefined to append nothing)
-//   options   maxAttempts (default 10), baseDelayMs (5), maxDelayMs (200),
-//             onConflict(error, attempt): called before each retry
+//   events    an event object ({ type, data, metadata, id, schema_version })
+//             or an array of them, or a function (version, attempt) => events:
+//             called with the stream's current version before an attempt
+//             (again after a conflict), so that the caller decides again
+//             (return null or undefined to append nothing)
+//   options   expectedVersion: the version the stream must have (0: it must
+//               not exist yet; null: any); when given, stream_version() is not
+//               read and a conflict (SE001) is thrown, not retried
+//             maxAttempts (default 10), baseDelayMs (5), maxDelayMs (200)
+//             onConflict(error, attempt): called before retrying after SE001
+//             onRetry(error, attempt): called before every retry
 //
-// Each attempt reads stream_version(), then appends with that version as
-// expected_version; on SQLSTATE SE001 (another writer got there first) it
-// waits a random, growing delay and starts over.  Other errors, and SE001
-// on the last attempt, are thrown.  Resolves to { version, attempts,
-// appended }: the stream's version after the append.
+// Every event gets an id before the first attempt (one of its own is kept),
+// so the append is idempotent: sending the same batch again, after an error
+// that leaves unknown whether it committed, writes nothing and returns the
+// stream's version after it (see withEventIds).  Each attempt reads
+// stream_version(), then appends with that version as expected_version; on
+// SE001 (another writer got there first) it waits a random, growing delay,
+// reads again and decides again.  On a serialization failure (40001), a
+// deadlock (40P01) or a lost connection, with a pg.Pool, it sends the same
+// batch with the same expected version again.  SE002 for one of the batch's
+// ids is checked once: when that very batch is in the stream already (an
+// earlier call sent it), the append succeeds without writing.  Other errors,
+// and any error on the last attempt, are thrown.
+//
+// Resolves to { version, attempts, appended, eventIds }: the stream's version
+// after the events, the attempts made, whether events are in the stream
+// (false when the function returned null), and the ids of the batch.
 async function appendWithRetry(db, streamId, events, options = {}) {
-  const { maxAttempts = 10, baseDelayMs = 5, maxDelayMs = 200, onConflict } = options;
-  const decide = typeof events === 'function' ? events : () => events;
+  const { expectedVersion, maxAttempts = 10, baseDelayMs = 5, maxDelayMs = 200, onConflict, onRetry } = options;
+  const fixedVersion = expectedVersion !== undefined;
+  const pool = isPool(db);
+  const decide = typeof events === 'function' ? events : null;
+  const fixed = decide ? null : withEventIds(events);
+  let expected = null;
+  let batch = null; // decided and not known to be refused
   for (let attempt = 1; ; attempt++) {
-    const read = await db.query('SELECT event_store.stream_version($1) AS version', [streamId]);
-    const expected = read.rows[0].version;
-    const batch = await decide(expected, attempt);
-    if (batch === null || batch === undefined) {
-      return { version: expected, attempts: attempt, appended: false };
+    if (batch === null) {
+      expected = fixedVersion ? expectedVersion : await streamVersion(db, streamId);
+      if (decide) {
+        const version = expected === null ? await streamVersion(db, streamId) : expected;
+        const decided = await decide(version, attempt);
+        if (decided === null || decided === undefined) {
+          return { version, attempts: attempt, appended: false, eventIds: [] };
+        }
+        batch = withEventIds(decided);
+      } else {
+        batch = fixed;
+      }
     }
+    const eventIds = batch.map((e) => (e && typeof e === 'object' ? e.id : undefined));
     try {
       // (stringified here: pg would turn a JavaScript array into a SQL array)
       const res = await db.query('SELECT event_store.append($1, $2::jsonb, $3) AS version', [
@@ -96,13 +195,39 @@ async function appendWithRetry(db, streamId, events, options = {}) {
         JSON.stringify(batch),
         expected,
       ]);
-      return { version: res.rows[0].version, attempts: attempt, appended: true };
-    } catch (err) {
-      if (err.code !== WRONG_EXPECTED_VERSION || attempt >= maxAttempts) {
+      return { version: res.rows[0].version, attempts: attempt, appended: true, eventIds };
+    } catch (failure) {
+      let err = failure;
+      if (err.code === SQLSTATE.DUPLICATE_EVENT_ID && expected !== null) {
+        // sent before (a lost answer, an earlier call)?  With no expected
+        // version the same batch anywhere in the stream is a success, and
+        // anything else SE002 again: this call never writes.
+        try {
+          const res = await db.query('SELECT event_store.append($1, $2::jsonb, NULL) AS version', [
+            streamId,
+            JSON.stringify(batch),
+          ]);
+          return { version: res.rows[0].version, attempts: attempt, appended: true, eventIds };
+        } catch (again) {
+          if (!transientReason(again, pool)) {
+            throw err;
+          }
+          err = again;
+        }
+      }
+      const conflict = err.code === SQLSTATE.WRONG_EXPECTED_VERSION && !fixedVersion;
+      const transient = transientReason(err, pool);
+      if ((!conflict && !transient) || attempt >= maxAttempts) {
         throw err;
       }
-      if (onConflict) {
-        onConflict(err, attempt);
+      if (conflict) {
+        batch = null; // refused: read and decide again
+        if (onConflict) {
+          onConflict(err, attempt);
+        }
+      }
+      if (onRetry) {
+        onRetry(err, attempt);
       }
       await sleep(backoffDelay(attempt, baseDelayMs, maxDelayMs));
     }
@@ -297,6 +422,21 @@ async function retrySaga(pool, sagaId) {
 // recorded in its stream (SagaResolved).
 async function resolveSaga(pool, sagaId, status, note) {
   await pool.query('SELECT event_store.resolve_saga($1, $2, $3)', [sagaId, status, note]);
+}
+
+// An operator's answer to a parked stream of a subscription: deliver it
+// again from its parked event, attempts reset (all parked streams of the
+// subscription when streamId is null).  Resolves to the number of streams.
+async function replayParked(pool, subscription, streamId = null) {
+  const { rows } = await pool.query('SELECT event_store.replay_parked($1, $2) AS n', [subscription, streamId]);
+  return rows[0].n;
+}
+
+// Or acknowledge its held events without delivering them (recorded with who
+// skipped them).  Resolves to the number of streams.
+async function skipParked(pool, subscription, streamId = null) {
+  const { rows } = await pool.query('SELECT event_store.skip_parked($1, $2) AS n', [subscription, streamId]);
+  return rows[0].n;
 }
 
 // A handler error that must not be retried: the step fails for good and
@@ -717,14 +857,18 @@ class SubscriptionWorker {
 }
 
 module.exports = {
+  SQLSTATE,
   WRONG_EXPECTED_VERSION,
   appendWithRetry,
   connectionConfig,
   createPool,
   Follower,
   PermanentError,
+  replayParked,
   resolveSaga,
   retrySaga,
   SagaWorker,
+  skipParked,
   SubscriptionWorker,
+  withEventIds,
 };

@@ -1,5 +1,5 @@
 'use strict';
-// A small order service on event_store.js: it owns the saga type
+// A small order service on event-store-client: it owns the saga type
 // "checkout" (steps reserve, charge, ship, worked here), prints every event
 // of the store as its follower sees it, sends a receipt for every order as
 // one consumer of the subscription "order-receipts" (run the service twice
@@ -10,7 +10,7 @@
 //
 //   PGHOST=... PGPORT=... PGDATABASE=... node service.js [--orders N]
 
-const { appendWithRetry, createPool, Follower, PermanentError, SagaWorker, SubscriptionWorker } = require('./event_store');
+const { appendWithRetry, createPool, Follower, PermanentError, SagaWorker, SubscriptionWorker } = require('event-store-client');
 
 // SQLSTATE duplicate_object: the subscription exists already
 const DUPLICATE_OBJECT = '42710';

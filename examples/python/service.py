@@ -1,4 +1,4 @@
-"""A small order service on event_store_client.py: it owns the saga type
+"""A small order service on the package event_store_client: it owns the saga type
 "checkout" (steps reserve, charge, ship, worked here), prints every event
 of the store as its follower sees it, sends a receipt for every order as
 one consumer of the subscription "order-receipts" (run the service twice
@@ -10,10 +10,13 @@ stops once their sagas have ended and their receipts are sent.  Without
     PGHOST=... PGPORT=... PGDATABASE=... /usr/bin/python3 service.py [--orders N]
 """
 
+from __future__ import annotations
+
 import argparse
 import json
 import os
 import time
+from typing import Any, Dict, List, Set
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -23,6 +26,10 @@ from event_store_client import (
     PermanentError,
     SagaWorker,
     SubscriptionWorker,
+    Connection,
+    Event,
+    StepFunction,
+    StepResult,
     append_with_retry,
     connect,
 )
@@ -34,13 +41,13 @@ CHECKOUT = {
 }
 
 
-def charge(data, step):
+def charge(data: Dict[str, Any], step: Dict[str, Any]) -> StepResult:
     if data["total"] > 100:
         raise PermanentError(f"card declined for {data['total']}")
     return {"payment": f"P-{data['order']}"}
 
 
-HANDLERS = {
+HANDLERS: Dict[str, Dict[str, StepFunction]] = {
     "reserve": {"action": lambda data, step: {"reservation": f"R-{data['order']}"},
                 "compensate": lambda data, step: {"released": data["reservation"]}},
     "charge": {"action": charge},
@@ -48,19 +55,26 @@ HANDLERS = {
 }
 
 
-def show(e):
+def show(e: Event) -> None:
     print(f"{e['global_position']} {e['stream_id']}@{e['stream_version']} {e['event_type']} "
           f"{json.dumps(e['data'])}", flush=True)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def scalar(conn: Connection, query: str, params: Any = None) -> Any:
+    """The first column of the query's first row."""
+    row = conn.execute(query, params).fetchone()
+    assert row is not None
+    return row[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--orders", type=int, default=0, help="place N orders, then stop when their sagas end")
     args = parser.parse_args()
 
     conn = connect()
     conn.execute("SELECT event_store.define_saga('checkout', %s)", (Jsonb(CHECKOUT),))
-    start = conn.execute("SELECT event_store.head_position()").fetchone()[0]
+    start = scalar(conn, "SELECT event_store.head_position()")
     follower = Follower(show, after=start, wake="listen", wait_timeout=1.0).start()
     worker = SagaWorker(f"python-service-{os.getpid()}", HANDLERS).start()
 
@@ -70,9 +84,9 @@ def main():
                      " event_types => ARRAY['OrderPlaced'])")
     except psycopg.errors.DuplicateObject:
         pass  # it exists already
-    receipted = set()
+    receipted: Set[str] = set()
 
-    def receipt(e, c):
+    def receipt(e: Event, c: object) -> None:
         print(f"receipt for {e['stream_id']}: {e['data']['total']} (attempt {e['attempt']})", flush=True)
         receipted.add(e["stream_id"])
 
@@ -81,33 +95,33 @@ def main():
         if args.orders <= 0:
             while True:
                 time.sleep(3600)
-        sagas = []
-        placed = []
+        sagas: List[Any] = []
+        placed: List[str] = []
         for n in range(1, args.orders + 1):
             order = f"{int(time.time() * 1000):x}-{n}"
             total = 40 * n  # the third order and later are declined: their sagas compensate
             append_with_retry(conn, f"order-{order}", lambda version, attempt: {"type": "OrderPlaced",
                                                                                "data": {"total": total}})
             placed.append(f"order-{order}")
-            sagas.append(conn.execute("SELECT event_store.start_saga('checkout', %s)",
-                                      (Jsonb({"order": order, "total": total}),)).fetchone()[0])
-        while conn.execute("SELECT count(*) FROM event_store.sagas WHERE saga_id = ANY (%s)"
-                           " AND status IN ('running', 'compensating')", (sagas,)).fetchone()[0]:
+            sagas.append(scalar(conn, "SELECT event_store.start_saga('checkout', %s)",
+                                (Jsonb({"order": order, "total": total}),)))
+        while scalar(conn, "SELECT count(*) FROM event_store.sagas WHERE saga_id = ANY (%s)"
+                     " AND status IN ('running', 'compensating')", (sagas,)):
             time.sleep(0.2)
         # let the follower print the last saga events
-        end = conn.execute("SELECT max(e.global_position) FROM unnest(%s::uuid[]) id,"
-                           " event_store.read_stream('saga-' || id) e", (sagas,)).fetchone()[0]
+        end = scalar(conn, "SELECT max(e.global_position) FROM unnest(%s::uuid[]) id,"
+                     " event_store.read_stream('saga-' || id) e", (sagas,))
 
-        def receipts_sent():
+        def receipts_sent() -> bool:
             # (another service may have sent some of them)
-            return all(s in receipted for s in placed) or conn.execute(
-                "SELECT in_flight = 0 AND lag_events = 0 FROM event_store.subscription_status"
-                " WHERE name = 'order-receipts'").fetchone()[0]
+            return all(s in receipted for s in placed) or bool(scalar(
+                conn, "SELECT in_flight = 0 AND lag_events = 0 FROM event_store.subscription_status"
+                " WHERE name = 'order-receipts'"))
 
         while follower.position < end or not receipts_sent():
             time.sleep(0.05)
         for saga_id in sagas:
-            state = conn.execute("SELECT event_store.saga_state(%s)", (saga_id,)).fetchone()[0]
+            state = scalar(conn, "SELECT event_store.saga_state(%s)", (saga_id,))
             steps = ", ".join(f"{s['stepType']} {s['status']}" for s in state["steps"])
             print(f"saga {saga_id}: {state['status']} ({steps})")
     except KeyboardInterrupt:

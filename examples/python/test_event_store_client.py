@@ -1,7 +1,16 @@
-"""Tests of the Python client (event_store_client.py) against a real server:
+"""Tests of the Python client (the package event_store_client) against a
+real server.  test/t/060_clients.pl installs the package into a throwaway
+virtual environment and runs them there, from another directory, with
+ES_CLIENT_INSTALLED=1:
 
+  - the package: installed (its metadata, version 0.3.0, its dependency on
+    psycopg, py.typed) and everything of __all__ there;
   - append_with_retry re-reads and retries after SE001, and gives up after
-    max_attempts;
+    max_attempts; it retries a serialization failure and a deadlock
+    outside a transaction (the same batch again: written once, also when
+    the failed attempt had committed), not inside one; a batch sent again
+    on a new connection after a lost one (a backend terminated while its
+    append waits), or by a later call, with the same ids, is written once;
   - concurrent appenders (threads) to one stream, with retries, all land:
     versions 1..n without gaps, no event lost or doubled, each writer's
     events in its order;
@@ -20,7 +29,7 @@
   - a handler that fails twice on one event: the event is retried, then
     its stream parked (subscription_parked), without its later events; the
     other streams go on; replay_parked delivers it again, and the rest of
-    the stream after it;
+    the stream after it; skip_parked acknowledges a parked stream;
   - a worker that stops acknowledges what it handled and releases its
     partitions: another one takes over at once and gets the rest of the
     stopped worker's batch again;
@@ -36,14 +45,20 @@ the background worker running (LISTEN and the saga retry need it):
     PGHOST=... PGPORT=... PGDATABASE=... /usr/bin/python3 -m unittest -v
 """
 
+import importlib.metadata
+import os
 import random
+import re
 import string
+import sys
 import threading
 import time
 import unittest
 
+import psycopg
 from psycopg.types.json import Jsonb
 
+import event_store_client
 from event_store_client import (
     Follower,
     PermanentError,
@@ -51,7 +66,10 @@ from event_store_client import (
     SubscriptionWorker,
     append_with_retry,
     connect,
+    replay_parked,
     retry_saga,
+    skip_parked,
+    with_event_ids,
 )
 
 # names of this run, so that the tests can run again in the same database
@@ -119,6 +137,44 @@ def in_threads(n, fn):
         raise errors[0]
 
 
+class PackageTest(unittest.TestCase):
+
+    def test_the_package_is_installed_with_its_metadata(self):
+        for name in event_store_client.__all__:
+            self.assertTrue(hasattr(event_store_client, name), name)
+        self.assertEqual(event_store_client.__version__, "0.3.0")
+        here = os.path.dirname(event_store_client.__file__)
+        self.assertTrue(os.path.isfile(os.path.join(here, "py.typed")), "py.typed is in the package")
+        if os.environ.get("ES_CLIENT_INSTALLED") == "1":
+            self.assertNotEqual(sys.prefix, sys.base_prefix, "in a virtual environment")
+            self.assertTrue(here.startswith(sys.prefix + os.sep) and "site-packages" in here,
+                            f"the installed package is tested ({here})")
+            self.assertEqual(importlib.metadata.version("event-store-client"), "0.3.0")
+            requires = [re.sub(r"[\s()]", "", r) for r in importlib.metadata.requires("event-store-client") or []]
+            self.assertIn("psycopg>=3.1", requires)
+
+
+class FailingConnection:
+    """A connection whose execute() runs fail(query, run) for appends."""
+
+    def __init__(self, conn, fail):
+        self._conn = conn
+        self._fail = fail
+
+    def __getattr__(self, name):
+        return getattr(self._conn, name)
+
+    def execute(self, query, params=None):
+        if "event_store.append(" in query:
+            return self._fail(query, lambda: self._conn.execute(query, params))
+        return self._conn.execute(query, params)
+
+
+def stream_events(stream):
+    return sql("SELECT stream_version, event_id::text, event_type, data FROM event_store.read_stream(%s)",
+               (stream,))
+
+
 class AppendWithRetryTest(unittest.TestCase):
 
     def test_retries_after_a_conflict(self):
@@ -180,6 +236,97 @@ class AppendWithRetryTest(unittest.TestCase):
             c.commit()
         self.assertEqual((result.version, result.attempts), (2, 2))
         self.assertEqual(sql("SELECT data FROM event_store.read_stream(%s)", (stream,)), [({},), ({"by": "us"},)])
+
+    def test_serialization_failures_and_deadlocks_are_retried_outside_a_transaction(self):
+        stream = f"account-{RUN}transient"
+        calls = []
+
+        def fail(query, run):
+            calls.append(query)
+            if len(calls) == 1:
+                raise psycopg.errors.DeadlockDetected("deadlock detected")
+            if len(calls) == 2:
+                run()  # committed, and yet the outcome reported is a failure
+                raise psycopg.errors.SerializationFailure("could not serialize access")
+            return run()
+
+        retried = []
+        with connect() as c:
+            sql("""SELECT event_store.append(%s, '{"type": "Opened"}')""", (stream,))
+            result = append_with_retry(FailingConnection(c, fail), stream,
+                                       [{"type": "Deposited"}, {"type": "Deposited"}],
+                                       on_retry=lambda err, attempt: retried.append(err.sqlstate))
+        self.assertEqual(retried, ["40P01", "40001"])
+        self.assertEqual((result.version, result.attempts), (3, 3))
+        events = stream_events(stream)
+        self.assertEqual([e[2] for e in events], ["Opened", "Deposited", "Deposited"],
+                         "the batch that committed in a failed attempt was not written again")
+        self.assertEqual([e[1] for e in events[1:]], result.event_ids)
+
+        # inside a transaction the transaction is the caller's to retry
+        def always(query, run):
+            raise psycopg.errors.SerializationFailure("could not serialize access")
+
+        with connect(autocommit=False) as c:
+            with self.assertRaises(psycopg.errors.SerializationFailure):
+                append_with_retry(FailingConnection(c, always), stream, {"type": "Deposited"})
+            c.rollback()
+        self.assertEqual(len(stream_events(stream)), 3)
+
+    def test_a_batch_sent_again_after_a_lost_connection_is_written_once(self):
+        stream = f"account-{RUN}lost"
+        app = f"es-victim-{RUN}"
+        batch = with_event_ids([{"type": "Deposited", "data": {"n": 1}}, {"type": "Deposited", "data": {"n": 2}}])
+        self.assertTrue(all(len(e["id"]) == 36 for e in batch))
+        outcome = []
+        with connect() as blocker:
+            # an open append to the stream: the client's append waits for its lock
+            blocker.execute("BEGIN")
+            blocker.execute("""SELECT event_store.append(%s, '{"type": "Opened"}')""", (stream,))
+
+            def appender():
+                with connect(application_name=app) as victim:
+                    try:
+                        append_with_retry(victim, stream, batch)
+                        outcome.append("appended")
+                    except psycopg.OperationalError as err:
+                        outcome.append(err)
+
+            thread = threading.Thread(target=appender)
+            thread.start()
+            try:
+                pid = wait_until("the append to wait for the stream", lambda: sql(
+                    "SELECT pid FROM pg_stat_activity WHERE application_name = %s AND wait_event_type = 'Lock'"
+                    " AND query LIKE '%%event_store.append(%%'", (app,)))[0][0]
+                self.assertEqual(sql("SELECT pg_terminate_backend(%s)", (pid,)), [(True,)])
+            finally:
+                thread.join(30)
+            blocker.execute("ROLLBACK")
+        self.assertEqual(len(outcome), 1)
+        self.assertIsInstance(outcome[0], psycopg.OperationalError, "the lost connection is raised")
+        with connect() as c:
+            first = append_with_retry(c, stream, batch)
+            sql("""SELECT event_store.append(%s, '{"type": "Withdrawn"}')""", (stream,))
+            # the answer to `first` was lost, say: the caller sends the batch again
+            again = append_with_retry(c, stream, batch)
+        self.assertEqual((first.version, again.version), (2, 2), "the version after the batch, both times")
+        self.assertEqual(again.event_ids, [e["id"] for e in batch])
+        self.assertEqual([(e[0], e[2]) for e in stream_events(stream)],
+                         [(1, "Deposited"), (2, "Deposited"), (3, "Withdrawn")])
+        # an id of the batch elsewhere, or in another batch: SE002, nothing written
+        with self.assertRaises(psycopg.Error) as raised:
+            append_with_retry(conn, f"account-{RUN}other", [{"type": "Deposited", "id": batch[1]["id"]}])
+        self.assertEqual(raised.exception.sqlstate, "SE002")
+        with self.assertRaises(psycopg.Error) as raised:
+            append_with_retry(conn, stream, [batch[1], {"type": "Withdrawn"}])
+        self.assertEqual(raised.exception.sqlstate, "SE002")
+        self.assertEqual(len(stream_events(stream)), 3)
+        self.assertEqual(stream_events(f"account-{RUN}other"), [])
+        # a fixed expected version: a conflict is the caller's
+        with self.assertRaises(psycopg.Error) as raised:
+            append_with_retry(conn, stream, {"type": "Withdrawn"}, expected_version=1)
+        self.assertEqual(raised.exception.sqlstate, "SE001")
+        self.assertEqual(append_with_retry(conn, stream, {"type": "Withdrawn"}, expected_version=3).version, 4)
 
     def test_concurrent_appenders_all_land_with_consecutive_versions(self):
         stream = f"account-{RUN}c"
@@ -582,7 +729,7 @@ class SubscriptionWorkerTest(unittest.TestCase):
                                  " WHERE name = %s", (subscription,)), [(0, 1)])
 
             failing.clear()
-            self.assertEqual(sql("SELECT event_store.replay_parked(%s, %s)", (subscription, bad)), [(1,)])
+            self.assertEqual(replay_parked(conn, subscription, bad), 1)
             wait_until("the replayed stream to be handled",
                        lambda: len(of(bad)) >= 6 and in_flight(subscription) == 0)
         finally:
@@ -594,6 +741,36 @@ class SubscriptionWorkerTest(unittest.TestCase):
         for stream in others:
             self.assertEqual(of(stream), [(v, 1, True) for v in range(1, 5)], f"{stream}: every event once, in order")
         self.assertEqual(parked(), [])
+
+    def test_skip_parked_acknowledges_a_parked_stream(self):
+        category, subscription = subscription_names("skip")
+        create_subscription(subscription, category, partitions=1, max_attempts=1)
+        stream = f"{category}-1"
+        append_steps([stream], 2)
+        handled = []
+        errors = []
+
+        def handler(event, c):
+            handled.append((event["stream_version"], event["attempt"]))
+            if event["data"]["n"] == 1:
+                raise RuntimeError("never handled")
+
+        def status():
+            return sql("SELECT parked_streams, in_flight FROM event_store.subscription_status WHERE name = %s",
+                       (subscription,))[0]
+
+        worker = SubscriptionWorker(subscription, "python-skip", handler, wait=0.2,
+                                    on_error=lambda err, what: errors.append(f"{what}: {err}")).start()
+        try:
+            wait_until("the stream to be parked", lambda: status()[0] == 1)
+            self.assertEqual(skip_parked(conn, subscription, stream), 1)
+            append_steps([stream], 1, first=3)
+            wait_until("the new event to be handled", lambda: len(handled) >= 2 and status()[1] == 0)
+        finally:
+            worker.stop()
+        self.assertEqual(errors, [])
+        self.assertEqual(handled, [(1, 1), (3, 1)], "the skipped events never came again; the new one did")
+        self.assertEqual(status()[0], 0)
 
     def test_a_worker_that_stops_releases_and_another_takes_over(self):
         category, subscription = subscription_names("handover")

@@ -1,8 +1,19 @@
 'use strict';
-// Tests of the Node.js client (event_store.js) against a real server:
+// Tests of event-store-client against a real server.  They require the
+// package by its name: in its own directory that is the package itself
+// (package.json "exports"), in a service's project the installed one
+// (test/t/060_clients.pl installs the tarball of `npm pack` into a scratch
+// project and runs them there, with ES_CLIENT_INSTALLED=1).
 //
+//   - the package: what it exports is what event_store.d.ts declares, and
+//     (ES_CLIENT_INSTALLED) it is the one installed under node_modules;
 //   - appendWithRetry re-reads and retries after SE001, and gives up after
 //     maxAttempts;
+//   - appendWithRetry retries a lost connection (a backend terminated while
+//     its append waits), an answer lost after the commit (the same batch
+//     again: written once), a serialization failure and a deadlock, with a
+//     pool; not on a single connection; a batch sent again by a later call
+//     (same ids) is not written twice;
 //   - concurrent appenders to one stream, with retries, all land: versions
 //     1..n without gaps, no event lost or doubled, each writer's events in
 //     its order;
@@ -20,8 +31,8 @@
 //     the same time;
 //   - a handler that fails twice on one event: the event is retried, then
 //     its stream parked (subscription_parked), without its later events;
-//     the other streams go on; replay_parked delivers it again, and the
-//     rest of the stream after it;
+//     the other streams go on; replayParked delivers it again, and the
+//     rest of the stream after it; skipParked acknowledges a parked stream;
 //   - a worker that stops acknowledges what it handled and releases its
 //     partitions: another one takes over at once and gets the rest of the
 //     stopped worker's batch again;
@@ -43,10 +54,16 @@ const {
   createPool,
   Follower,
   PermanentError,
+  replayParked,
   retrySaga,
   SagaWorker,
+  skipParked,
   SubscriptionWorker,
-} = require('../event_store');
+  withEventIds,
+} = require('event-store-client');
+const fs = require('node:fs');
+const path = require('node:path');
+const pg = require('pg');
 
 const pool = createPool({ max: 12 });
 // names of this run, so that the tests can run again in the same database
@@ -111,14 +128,17 @@ test('appendWithRetry re-reads the stream and retries after SE001', async () => 
     },
     { onConflict: (err) => conflicts.push(err.code) },
   );
-  assert.deepEqual(result, { version: 2, attempts: 2, appended: true });
+  const events = await sql('SELECT stream_version, event_id, data FROM event_store.read_stream($1)', [stream]);
+  assert.deepEqual(result, { version: 2, attempts: 2, appended: true, eventIds: [events[1].event_id] });
   assert.deepEqual(versionsSeen, [0, 1], 'the second attempt saw the other writer');
   assert.deepEqual(conflicts, ['SE001']);
-  const events = await sql('SELECT stream_version, data FROM event_store.read_stream($1)', [stream]);
-  assert.deepEqual(events, [
-    { stream_version: 1, data: { by: 'other' } },
-    { stream_version: 2, data: { by: 'us', basedOn: 1 } },
-  ]);
+  assert.deepEqual(
+    events.map(({ stream_version, data }) => ({ stream_version, data })),
+    [
+      { stream_version: 1, data: { by: 'other' } },
+      { stream_version: 2, data: { by: 'us', basedOn: 1 } },
+    ],
+  );
 });
 
 test('appendWithRetry gives up after maxAttempts conflicts', async () => {
@@ -143,6 +163,186 @@ test('appendWithRetry gives up after maxAttempts conflicts', async () => {
     events.map((e) => e.data.by),
     ['other', 'other', 'other'],
   );
+});
+
+// The pool, with its query() replaced by fn(text, params, realQuery): still a
+// pg.Pool to the client (its other members are the pool's)
+function poolWith(fn) {
+  const real = (text, params) => pool.query(text, params);
+  return new Proxy(pool, {
+    get(target, prop) {
+      if (prop === 'query') {
+        return (text, params) => fn(text, params, real);
+      }
+      const value = Reflect.get(target, prop, target);
+      return typeof value === 'function' ? value.bind(target) : value;
+    },
+  });
+}
+
+// An error as pg reports it, with a SQLSTATE
+function pgError(code, message) {
+  return Object.assign(new Error(message), { code });
+}
+
+const isAppend = (text) => text.includes('event_store.append(');
+
+async function streamEvents(stream) {
+  return sql('SELECT stream_version, event_id, event_type, data FROM event_store.read_stream($1)', [stream]);
+}
+
+test('the package exports what its declarations declare', () => {
+  const declared = new Set();
+  const dts = fs.readFileSync(path.join(path.dirname(require.resolve('event-store-client')), 'event_store.d.ts'), 'utf8');
+  for (const m of dts.matchAll(/^export declare (?:const|function|class) (\w+)/gm)) {
+    declared.add(m[1]);
+  }
+  const exported = Object.keys(require('event-store-client')).sort();
+  assert.deepEqual(exported, [...declared].sort());
+  const where = require.resolve('event-store-client');
+  if (process.env.ES_CLIENT_INSTALLED === '1') {
+    assert.match(where, /[/\\]node_modules[/\\]event-store-client[/\\]event_store\.js$/, 'the installed package is tested');
+    const manifest = require('event-store-client/package.json');
+    assert.equal(manifest.version, '0.3.0');
+  }
+});
+
+test('appendWithRetry retries an append whose connection was lost', async () => {
+  const stream = `account-${run}lost`;
+  const app = `es-victim-${run}`;
+  const victims = new pg.Pool({ ...require('event-store-client').connectionConfig(), application_name: app, max: 2 });
+  victims.on('error', () => {}); // the terminated connection, idle in the pool
+  const blocker = await pool.connect();
+  const retried = [];
+  try {
+    // an open append to the stream: the client's append waits for its lock
+    await blocker.query('BEGIN');
+    await blocker.query(`SELECT event_store.append($1, '{"type": "Opened"}')`, [stream]);
+    const appending = appendWithRetry(victims, stream, [{ type: 'Deposited', data: { n: 1 } }, { type: 'Deposited', data: { n: 2 } }], {
+      onRetry: (err) => retried.push(err.code || err.message),
+    });
+    appending.catch(() => {}); // (awaited below)
+    const [{ pid }] = await waitUntil('the append to wait for the stream', async () => {
+      const rows = await sql(
+        "SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock' AND query LIKE '%event_store.append(%'",
+        [app],
+      );
+      return rows.length === 1 ? rows : null;
+    });
+    assert.equal((await sql('SELECT pg_terminate_backend($1) AS t', [pid]))[0].t, true);
+    await waitUntil('the append to be retried', () => retried.length > 0);
+    await blocker.query('ROLLBACK');
+    const result = await appending;
+    assert.equal(result.version, 2);
+    assert.ok(result.attempts >= 2, `retried (${result.attempts} attempts)`);
+    assert.equal(retried[0], '57P01', 'the first attempt lost its connection');
+  } finally {
+    await blocker.query('ROLLBACK').catch(() => {});
+    blocker.release();
+    await victims.end();
+  }
+  const events = await streamEvents(stream);
+  assert.deepEqual(
+    events.map((e) => [e.stream_version, e.data.n]),
+    [
+      [1, 1],
+      [2, 2],
+    ],
+  );
+});
+
+test('appendWithRetry sends a batch whose answer was lost again: written once', async () => {
+  const stream = `account-${run}answer`;
+  let appends = 0;
+  // the append commits, then the connection breaks before the answer arrives
+  const db = poolWith(async (text, params, query) => {
+    const res = await query(text, params);
+    if (isAppend(text) && ++appends === 1) {
+      throw pgError('08006', 'connection lost before the answer');
+    }
+    return res;
+  });
+  await appendWithRetry(pool, stream, { type: 'Opened' });
+  const result = await appendWithRetry(db, stream, [{ type: 'Deposited' }, { type: 'Deposited' }]);
+  assert.equal(appends, 2);
+  assert.equal(result.attempts, 2);
+  assert.equal(result.version, 3, 'the version after the batch, from its first attempt');
+  const events = await streamEvents(stream);
+  assert.deepEqual(
+    events.map((e) => e.event_type),
+    ['Opened', 'Deposited', 'Deposited'],
+    'the second attempt wrote nothing',
+  );
+  assert.deepEqual(events.slice(1).map((e) => e.event_id), result.eventIds);
+});
+
+test('appendWithRetry retries serialization failures and deadlocks with a pool, not on one connection', async () => {
+  const stream = `account-${run}transient`;
+  const failures = ['40001', '40P01'];
+  const seen = [];
+  const db = poolWith(async (text, params, query) => {
+    if (isAppend(text) && failures.length > 0) {
+      const code = failures.shift();
+      throw pgError(code, code === '40001' ? 'could not serialize access' : 'deadlock detected');
+    }
+    return query(text, params);
+  });
+  const result = await appendWithRetry(db, stream, { type: 'Deposited' }, { onRetry: (err) => seen.push(err.code) });
+  assert.deepEqual(seen, ['40001', '40P01']);
+  assert.deepEqual([result.version, result.attempts], [1, 3]);
+  assert.equal((await streamEvents(stream)).length, 1);
+
+  // one connection: its transaction, if any, is the caller's to retry
+  const client = await pool.connect();
+  try {
+    const one = new Proxy(client, {
+      get(target, prop) {
+        if (prop === 'query') {
+          return (text, params) =>
+            isAppend(text) ? Promise.reject(pgError('40001', 'could not serialize access')) : target.query(text, params);
+        }
+        const value = Reflect.get(target, prop, target);
+        return typeof value === 'function' ? value.bind(target) : value;
+      },
+    });
+    await assert.rejects(appendWithRetry(one, stream, { type: 'Deposited' }), (err) => err.code === '40001');
+  } finally {
+    client.release();
+  }
+  assert.equal((await streamEvents(stream)).length, 1);
+});
+
+test('a batch sent again by a later call, with the same ids, is not written twice', async () => {
+  const stream = `account-${run}again`;
+  const batch = withEventIds([{ type: 'Deposited', data: { n: 1 } }, { type: 'Deposited', data: { n: 2 } }]);
+  assert.ok(batch.every((e) => /^[0-9a-f-]{36}$/.test(e.id)));
+  const first = await appendWithRetry(pool, stream, batch);
+  await appendWithRetry(pool, stream, { type: 'Withdrawn' });
+  const again = await appendWithRetry(pool, stream, batch);
+  assert.deepEqual([first.version, again.version], [2, 2], 'the version after the batch, both times');
+  assert.deepEqual(again.eventIds, batch.map((e) => e.id));
+  assert.deepEqual(
+    (await streamEvents(stream)).map((e) => e.event_type),
+    ['Deposited', 'Deposited', 'Withdrawn'],
+  );
+  // an id of the batch elsewhere: SE002, nothing written
+  await assert.rejects(
+    appendWithRetry(pool, `account-${run}other`, [{ type: 'Deposited', id: batch[1].id }]),
+    (err) => err.code === 'SE002',
+  );
+  await assert.rejects(
+    appendWithRetry(pool, stream, [batch[1], { type: 'Withdrawn' }]),
+    (err) => err.code === 'SE002',
+    'a batch that is not the one appended before',
+  );
+  assert.equal((await streamEvents(stream)).length, 3);
+  assert.equal((await streamEvents(`account-${run}other`)).length, 0);
+  // a fixed expected version: a conflict is the caller's
+  await assert.rejects(
+    appendWithRetry(pool, stream, { type: 'Withdrawn' }, { expectedVersion: 1 }),
+    (err) => err.code === 'SE001',
+  );
+  assert.equal((await appendWithRetry(pool, stream, { type: 'Withdrawn' }, { expectedVersion: 3 })).version, 4);
 });
 
 test('concurrent appenders to one stream all land, with consecutive versions', async (t) => {
@@ -634,7 +834,7 @@ test('subscription workers share a subscription: every event once, each stream i
   assert.deepEqual(left, { held: 0, consumers: 0 }, 'the stopped workers released everything');
 });
 
-test('a failing event is retried, then its stream parked; the other streams go on; replay_parked delivers it again', async () => {
+test('a failing event is retried, then its stream parked; the other streams go on; replayParked delivers it again', async () => {
   const { category, subscription } = subscriptionNames('park');
   await createSubscription(subscription, category, { partitions: 4, maxAttempts: 2, retryBackoff: '50 milliseconds' });
   const bad = `${category}-bad`;
@@ -695,7 +895,7 @@ test('a failing event is retried, then its stream parked; the other streams go o
     assert.deepEqual(status, { retrying_streams: 0, parked_streams: 1 });
 
     failing = false;
-    assert.equal((await sql('SELECT event_store.replay_parked($1, $2) AS n', [subscription, bad]))[0].n, 1);
+    assert.equal(await replayParked(pool, subscription, bad), 1);
     await waitUntil(
       'the replayed stream to be handled',
       async () => of(bad).length >= 6 && (await inFlight(subscription)) === 0,
@@ -720,6 +920,46 @@ test('a failing event is retried, then its stream parked; the other streams go o
     assert.deepEqual(of(stream), [1, 2, 3, 4].map((v) => [v, 1, true]), `${stream}: every event once, in order`);
   }
   assert.deepEqual(await parked(), []);
+});
+
+test('skipParked acknowledges a parked stream: its held events are not delivered, its new ones are', async () => {
+  const { category, subscription } = subscriptionNames('skip');
+  await createSubscription(subscription, category, { partitions: 1, maxAttempts: 1 });
+  const stream = `${category}-1`;
+  await appendSteps([stream], 2);
+  const handled = [];
+  const errors = [];
+  const worker = new SubscriptionWorker({
+    subscription,
+    consumer: 'node-skip',
+    waitMs: 200,
+    onError: (err, what) => errors.push(`${what}: ${err.message}`),
+    handler: async (event) => {
+      handled.push([event.stream_version, event.attempt]);
+      if (event.data.n === 1) {
+        throw new Error('never handled');
+      }
+    },
+  });
+  const running = worker.start();
+  running.catch(() => {}); // (awaited below)
+  const status = async () =>
+    (await sql('SELECT parked_streams, in_flight FROM event_store.subscription_status WHERE name = $1', [subscription]))[0];
+  try {
+    await waitUntil('the stream to be parked', async () => (await status()).parked_streams === 1);
+    assert.equal(await skipParked(pool, subscription, stream), 1);
+    await appendSteps([stream], 1, 3);
+    await waitUntil('the new event to be handled', async () => handled.length >= 2 && Number((await status()).in_flight) === 0);
+  } finally {
+    await worker.stop();
+    await running;
+  }
+  assert.deepEqual(errors, []);
+  assert.deepEqual(handled, [
+    [1, 1],
+    [3, 1],
+  ], 'the skipped events never came again; the new one did');
+  assert.equal((await status()).parked_streams, 0);
 });
 
 test('a worker that stops releases its partitions, and another one takes over', async () => {

@@ -1,12 +1,18 @@
-"""A small Python client of the event_store extension, on psycopg 3.
+"""event_store_client: a Python client of the event_store PostgreSQL
+extension, on psycopg 3.
 
-    append_with_retry(conn, stream_id, events)  optimistic append, retried on SE001
+    append_with_retry(conn, stream_id, events)  append with optimistic concurrency,
+                                                 retried on SE001, 40001 and 40P01,
+                                                 idempotent by event id
     Follower                                     follows read_all with a cursor, woken
                                                  by wait_for_events() or LISTEN event_store
+    SubscriptionWorker                           one consumer of a subscription's group:
+                                                 claim_events (long polling) -> handler
+                                                 -> ack_events / nack_event
     SagaWorker                                   works external saga steps:
                                                  claim_saga_steps -> complete / fail
-    SubscriptionWorker                           one consumer of a subscription's group:
-                                                 claim_events -> handler -> ack / nack
+    retry_saga, resolve_saga,                    operator calls
+    replay_parked, skip_parked
 
 Connections: connect() uses DATABASE_URL when set, else libpq's PG*
 environment variables (PGHOST, PGPORT, PGDATABASE, PGUSER, PGPASSWORD).
@@ -14,25 +20,71 @@ Every class here opens connections of its own with it; a psycopg
 connection serves one thread at a time.
 """
 
+from __future__ import annotations
+
 import datetime
+import enum
 import os
 import random
 import select
 import threading
 import time
-from contextlib import nullcontext
-from dataclasses import dataclass
+import uuid
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Union
 
 import psycopg
+from psycopg import pq
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-# SQLSTATE of event_store's wrong_expected_version error
-WRONG_EXPECTED_VERSION = "SE001"
-QUERY_CANCELED = "57014"
+__version__ = "0.3.0"
+
+__all__ = [
+    "AppendResult",
+    "Connection",
+    "Decide",
+    "DEADLOCK_DETECTED",
+    "DUPLICATE_EVENT_ID",
+    "Event",
+    "Events",
+    "QUERY_CANCELED",
+    "SERIALIZATION_FAILURE",
+    "StepFunction",
+    "StepResult",
+    "WRONG_EXPECTED_VERSION",
+    "Follower",
+    "PermanentError",
+    "READ_VERSION",
+    "SagaWorker",
+    "SubscriptionWorker",
+    "append_with_retry",
+    "connect",
+    "replay_parked",
+    "resolve_saga",
+    "retry_saga",
+    "skip_parked",
+    "with_event_ids",
+]
+
+# SQLSTATEs the client acts on
+WRONG_EXPECTED_VERSION = "SE001"  # another writer appended first
+DUPLICATE_EVENT_ID = "SE002"  # an event id is in the store already
+SERIALIZATION_FAILURE = "40001"
+DEADLOCK_DETECTED = "40P01"
+QUERY_CANCELED = "57014"  # a wait ended by stop()
+TRANSIENT = frozenset((SERIALIZATION_FAILURE, DEADLOCK_DETECTED))
+
+Connection = psycopg.Connection[Any]
+Event = Dict[str, Any]  # an event object of event_store.append, or a row
+Events = Union[Mapping[str, Any], Sequence[Mapping[str, Any]]]
+Decide = Callable[[int, int], Optional[Events]]
+StepResult = Optional[Mapping[str, Any]]
+StepFunction = Callable[[Dict[str, Any], Dict[str, Any]], StepResult]
 
 
-def connect(conninfo=None, **kwargs):
+def connect(conninfo: Optional[str] = None, **kwargs: Any) -> Connection:
     """An autocommit connection: conninfo, else DATABASE_URL, else the PG* variables."""
     if conninfo is None:
         conninfo = os.environ.get("DATABASE_URL", "")
@@ -40,54 +92,135 @@ def connect(conninfo=None, **kwargs):
     return psycopg.connect(conninfo, **kwargs)
 
 
-def backoff_delay(attempt, base, cap):
+def backoff_delay(attempt: int, base: float, cap: float) -> float:
     """Exponential backoff with full jitter, in seconds."""
     return random.uniform(0, min(cap, base * 2 ** min(attempt - 1, 30)))
 
 
 @dataclass
 class AppendResult:
-    version: int  # the stream's version after the append
+    version: int  # the stream's version after the events
     attempts: int
-    appended: bool
+    appended: bool  # False only when the decide function returned None
+    event_ids: List[str] = field(default_factory=list)  # the batch's ids, in its order
 
 
-def append_with_retry(conn, stream_id, events, max_attempts=10, base_delay=0.005,
-                      max_delay=0.2, on_conflict=None):
-    """Append to a stream with optimistic concurrency, retrying on conflicts.
+class _Read(enum.Enum):
+    VERSION = 0
 
-    events is an event dict or a list of them, or a function
-    (version, attempt) -> events called with the stream's current version
-    before every attempt, so that the caller decides again after a conflict
-    (returning None appends nothing).
 
-    Each attempt reads stream_version(), then appends with that version as
-    expected_version; on SQLSTATE SE001 (another writer got there first) it
-    waits a random, growing delay and starts over.  Other errors, and SE001
-    on the last attempt, are raised.  The append runs in conn.transaction():
-    its own transaction on an autocommit connection, a savepoint inside an
-    open transaction, so that a conflict does not abort the caller's work.
+# append_with_retry's default: read stream_version() before an attempt
+READ_VERSION = _Read.VERSION
+
+
+def with_event_ids(events: Events) -> List[Event]:
+    """The events as a list, each with an "id" (a random uuid for those that
+    have none): the ids make a repeated append of the same batch write
+    nothing the second time.  The caller's dicts are not changed."""
+    items = [events] if isinstance(events, Mapping) else list(events)
+    return [dict(e) if "id" in e else {**e, "id": str(uuid.uuid4())} for e in items]
+
+
+def _own_transactions(conn: Connection) -> bool:
+    """Does each statement of the connection run in a transaction of its own
+    (autocommit, outside a transaction)?"""
+    return conn.autocommit and conn.info.transaction_status == pq.TransactionStatus.IDLE
+
+
+def append_with_retry(conn: Connection, stream_id: str, events: Union[Events, Decide],
+                      max_attempts: int = 10, base_delay: float = 0.005, max_delay: float = 0.2,
+                      on_conflict: Optional[Callable[[psycopg.Error, int], None]] = None, *,
+                      expected_version: Union[int, None, _Read] = READ_VERSION,
+                      on_retry: Optional[Callable[[psycopg.Error, int], None]] = None) -> AppendResult:
+    """Append to a stream with optimistic concurrency, retrying what can be retried.
+
+    events is an event dict ({"type", "data", "metadata", "id",
+    "schema_version"}) or a list of them, or a function (version, attempt)
+    -> events called with the stream's current version before an attempt
+    (again after a conflict), so that the caller decides again (returning
+    None appends nothing).  expected_version fixes the version the stream
+    must have (0: it must not exist yet; None: any): stream_version() is
+    then not read, and a conflict (SE001) is raised, not retried.
+
+    Every event gets an id before the first attempt (one of its own is
+    kept), so the append is idempotent.  Each attempt reads
+    stream_version(), then appends with that version as expected_version;
+    on SQLSTATE SE001 (another writer got there first) it waits a random,
+    growing delay, reads again and decides again.  A serialization failure
+    (40001) or a deadlock (40P01) sends the same batch with the same
+    expected version again, on an autocommit connection outside a
+    transaction (otherwise the transaction is the caller's to retry).  SE002 for one
+    of the batch's ids is checked once: when that very batch is in the
+    stream already (an earlier call sent it), the append succeeds without
+    writing.  Other errors, a lost connection and any error on the last
+    attempt are raised: to send a batch again on another connection, give
+    it ids first (with_event_ids) and pass the same list again.  The append
+    runs in conn.transaction(): its own transaction on an autocommit
+    connection, a savepoint inside an open transaction, so that a conflict
+    does not abort the caller's work.  on_conflict(err, attempt) is called
+    before retrying after SE001, on_retry(err, attempt) before every retry.
     """
-    decide = events if callable(events) else (lambda version, attempt: events)
+    fixed_version = not isinstance(expected_version, _Read)
+    retry_transient = _own_transactions(conn)
+    decide: Optional[Decide] = events if callable(events) else None
+    fixed = None if callable(events) else with_event_ids(events)
+    expected: Optional[int] = None
+    batch: Optional[List[Event]] = None  # decided and not known to be refused
     attempt = 0
     while True:
         attempt += 1
-        expected = conn.execute("SELECT event_store.stream_version(%s)", (stream_id,)).fetchone()[0]
-        batch = decide(expected, attempt)
         if batch is None:
-            return AppendResult(expected, attempt, False)
+            expected = (_stream_version(conn, stream_id) if isinstance(expected_version, _Read)
+                        else expected_version)
+            if decide is not None:
+                version = _stream_version(conn, stream_id) if expected is None else expected
+                decided = decide(version, attempt)
+                if decided is None:
+                    return AppendResult(version, attempt, False, [])
+                batch = with_event_ids(decided)
+            else:
+                assert fixed is not None
+                batch = fixed
+        event_ids = [str(e["id"]) for e in batch]
         try:
-            with conn.transaction():
-                version = conn.execute(
-                    "SELECT event_store.append(%s, %s, %s)", (stream_id, Jsonb(batch), expected)
-                ).fetchone()[0]
-            return AppendResult(version, attempt, True)
-        except psycopg.Error as err:
-            if err.sqlstate != WRONG_EXPECTED_VERSION or attempt >= max_attempts:
-                raise
-            if on_conflict is not None:
-                on_conflict(err, attempt)
+            return AppendResult(_append(conn, stream_id, batch, expected), attempt, True, event_ids)
+        except psycopg.Error as failure:
+            err = failure
+            if err.sqlstate == DUPLICATE_EVENT_ID and expected is not None:
+                # sent before (a lost answer, an earlier call)?  With no
+                # expected version the same batch anywhere in the stream is a
+                # success, and anything else SE002 again: this never writes.
+                try:
+                    return AppendResult(_append(conn, stream_id, batch, None), attempt, True, event_ids)
+                except psycopg.Error as again:
+                    if again.sqlstate not in TRANSIENT or not retry_transient:
+                        raise failure from None
+                    err = again
+            conflict = err.sqlstate == WRONG_EXPECTED_VERSION and not fixed_version
+            transient = err.sqlstate in TRANSIENT and retry_transient
+            if not (conflict or transient) or attempt >= max_attempts:
+                raise err
+            if conflict:
+                batch = None  # refused: read and decide again
+                if on_conflict is not None:
+                    on_conflict(err, attempt)
+            if on_retry is not None:
+                on_retry(err, attempt)
         time.sleep(backoff_delay(attempt, base_delay, max_delay))
+
+
+def _stream_version(conn: Connection, stream_id: str) -> int:
+    row = conn.execute("SELECT event_store.stream_version(%s)", (stream_id,)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _append(conn: Connection, stream_id: str, batch: List[Event], expected: Optional[int]) -> int:
+    with conn.transaction():
+        row = conn.execute("SELECT event_store.append(%s, %s, %s)",
+                           (stream_id, Jsonb(batch), expected)).fetchone()
+    assert row is not None
+    return int(row[0])
 
 
 class Follower:
@@ -111,8 +244,9 @@ class Follower:
     the calling thread until stop(); start() runs it in a thread.
     """
 
-    def __init__(self, handler, after=0, batch_size=500, wake="wait_for_events",
-                 wait_timeout=5.0, conninfo=None):
+    def __init__(self, handler: Callable[[Event], None], after: int = 0, batch_size: int = 500,
+                 wake: str = "wait_for_events", wait_timeout: float = 5.0,
+                 conninfo: Optional[str] = None) -> None:
         if wake not in ("wait_for_events", "listen"):
             raise ValueError(f'wake must be "wait_for_events" or "listen", not {wake!r}')
         self.handler = handler
@@ -121,29 +255,31 @@ class Follower:
         self.wake = wake
         self.wait_timeout = wait_timeout
         self.conninfo = conninfo
-        self.error = None  # what ended a run() in a thread
+        self.error: Optional[BaseException] = None  # what ended a run() in a thread
         self._stopping = threading.Event()
         self._waiting = False
-        self._conn = None
-        self._thread = None
+        self._conn: Optional[Connection] = None
+        self._thread: Optional[threading.Thread] = None
         self._heard_head = 0
         # stop() writes to this pipe to end a wait of the listen mode
+        self._wake_r: Optional[int]
+        self._wake_w: Optional[int]
         self._wake_r, self._wake_w = os.pipe()
         self._pipe_lock = threading.Lock()
 
-    def start(self):
+    def start(self) -> Follower:
         self._thread = threading.Thread(target=self._run_in_thread, name=f"follower-{self.wake}",
                                         daemon=True)
         self._thread.start()
         return self
 
-    def _run_in_thread(self):
+    def _run_in_thread(self) -> None:
         try:
             self.run()
         except BaseException as err:  # noqa: B036 (kept for the caller)
             self.error = err
 
-    def run(self):
+    def run(self) -> None:
         with connect(self.conninfo) as conn:
             self._conn = conn
             try:
@@ -169,18 +305,18 @@ class Follower:
                 self._conn = None
                 self._close_pipe()
 
-    def _close_pipe(self):
+    def _close_pipe(self) -> None:
         with self._pipe_lock:
-            if self._wake_w is not None:
+            if self._wake_r is not None and self._wake_w is not None:
                 os.close(self._wake_r)
                 os.close(self._wake_w)
                 self._wake_r = self._wake_w = None
 
-    def _on_notify(self, notify):
+    def _on_notify(self, notify: psycopg.Notify) -> None:
         if notify.channel == "event_store" and notify.payload.isdigit():
             self._heard_head = max(self._heard_head, int(notify.payload))
 
-    def _wait_for_more(self, conn):
+    def _wait_for_more(self, conn: Connection) -> None:
         """Wait until the head passes the cursor, stop() or the time limit."""
         if self.wake == "wait_for_events":
             self._waiting = True
@@ -194,9 +330,10 @@ class Follower:
             return  # announced while we were reading
         # a notification makes the socket readable; the next query hands it
         # to _on_notify.  stop() writes to the pipe.
-        select.select([conn.fileno(), self._wake_r], [], [], self.wait_timeout)
+        wake_r = self._wake_r
+        select.select([conn.fileno()] + ([] if wake_r is None else [wake_r]), [], [], self.wait_timeout)
 
-    def stop(self, timeout=10.0):
+    def stop(self, timeout: float = 10.0) -> None:
         """Stop after the current event and wait for the thread to end.
 
         A wait_for_events() in progress is cancelled (again, should the
@@ -220,17 +357,34 @@ class Follower:
             raise self.error
 
 
-def retry_saga(conn, saga_id):
+def retry_saga(conn: Connection, saga_id: Union[str, uuid.UUID]) -> None:
     """An operator's retry: what stopped the saga (a compensation that failed,
     a step that failed after its pivot, see event_store.saga_problems) gets a
     fresh round of attempts.  Needs the privileges of the saga's owner."""
     conn.execute("SELECT event_store.retry_saga(%s)", (saga_id,))
 
 
-def resolve_saga(conn, saga_id, status, note):
+def resolve_saga(conn: Connection, saga_id: Union[str, uuid.UUID], status: str, note: str) -> None:
     """A person settles a stuck saga as "completed" or "compensated"; the
     note is recorded in its stream (SagaResolved)."""
     conn.execute("SELECT event_store.resolve_saga(%s, %s, %s)", (saga_id, status, note))
+
+
+def replay_parked(conn: Connection, subscription: str, stream_id: Optional[str] = None) -> int:
+    """An operator's answer to a parked stream of a subscription: deliver it
+    again from its parked event, attempts reset (every parked stream of the
+    subscription when stream_id is None).  Returns the number of streams."""
+    row = conn.execute("SELECT event_store.replay_parked(%s, %s)", (subscription, stream_id)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def skip_parked(conn: Connection, subscription: str, stream_id: Optional[str] = None) -> int:
+    """Or acknowledge its held events without delivering them (recorded with
+    who skipped them).  Returns the number of streams."""
+    row = conn.execute("SELECT event_store.skip_parked(%s, %s)", (subscription, stream_id)).fetchone()
+    assert row is not None
+    return int(row[0])
 
 
 class PermanentError(Exception):
@@ -266,8 +420,10 @@ class SagaWorker:
     connection of its own.
     """
 
-    def __init__(self, name, handlers, max_count=10, lease="30 seconds", poll_interval=0.2,
-                 on_error=None, conninfo=None):
+    def __init__(self, name: str, handlers: Mapping[str, Mapping[str, StepFunction]],
+                 max_count: int = 10, lease: str = "30 seconds", poll_interval: float = 0.2,
+                 on_error: Optional[Callable[[psycopg.Error, Dict[str, Any]], None]] = None,
+                 conninfo: Optional[str] = None) -> None:
         self.name = name
         self.handlers = handlers
         self.step_names = list(handlers)
@@ -277,11 +433,11 @@ class SagaWorker:
         self.on_error = on_error or (lambda err, step: print(
             f"{name}: {step.get('step')} of saga {step.get('saga_id')}: {err}"))
         self.conninfo = conninfo
-        self.error = None
+        self.error: Optional[BaseException] = None
         self._stopping = threading.Event()
-        self._thread = None
+        self._thread: Optional[threading.Thread] = None
 
-    def run_once(self, conn):
+    def run_once(self, conn: Connection) -> int:
         """Claim and work one batch; returns the number of steps claimed."""
         steps = conn.cursor(row_factory=dict_row).execute(
             "SELECT * FROM event_store.claim_saga_steps(%s, %s, %s::text[], %s::interval)",
@@ -290,7 +446,7 @@ class SagaWorker:
             self._work(conn, step)
         return len(steps)
 
-    def _work(self, conn, step):
+    def _work(self, conn: Connection, step: Dict[str, Any]) -> None:
         handler = self.handlers.get(step["step"], {})
         fn = handler.get("action" if step["kind"] == "action" else "compensate")
         try:
@@ -305,21 +461,21 @@ class SagaWorker:
                      (step["saga_id"], step["step"], None if result is None else Jsonb(result)),
                      step)
 
-    def _report(self, conn, sql, params, step):
+    def _report(self, conn: Connection, sql: str, params: Sequence[Any], step: Dict[str, Any]) -> None:
         try:
             conn.execute(sql, params)
         except psycopg.Error as err:
             self.on_error(err, step)
 
-    def run(self):
+    def run(self) -> None:
         with connect(self.conninfo) as conn:
             while not self._stopping.is_set():
                 claimed = self.run_once(conn)
                 if claimed < self.max_count:
                     self._stopping.wait(self.poll_interval)
 
-    def start(self):
-        def target():
+    def start(self) -> SagaWorker:
+        def target() -> None:
             try:
                 self.run()
             except BaseException as err:  # noqa: B036 (kept for the caller)
@@ -328,7 +484,7 @@ class SagaWorker:
         self._thread.start()
         return self
 
-    def stop(self, timeout=10.0):
+    def stop(self, timeout: float = 10.0) -> None:
         self._stopping.set()
         if self._thread is not None:
             self._thread.join(timeout)
@@ -348,19 +504,19 @@ class _AckPosition:
     not pending any more and do not count.
     """
 
-    def __init__(self):
-        self.highest = None  # highest position handled
-        self.lowest_left = None  # lowest position left unhandled
+    def __init__(self) -> None:
+        self.highest: Optional[int] = None  # highest position handled
+        self.lowest_left: Optional[int] = None  # lowest position left unhandled
 
-    def handled(self, event):
+    def handled(self, event: Event) -> None:
         p = event["global_position"]
         self.highest = p if self.highest is None else max(self.highest, p)
 
-    def left(self, event):
+    def left(self, event: Event) -> None:
         p = event["global_position"]
         self.lowest_left = p if self.lowest_left is None else min(self.lowest_left, p)
 
-    def position(self):
+    def position(self) -> Optional[int]:
         """The position to acknowledge up to, or None: nothing to acknowledge."""
         if self.highest is None:
             return None
@@ -431,8 +587,11 @@ class SubscriptionWorker:
     its own.
     """
 
-    def __init__(self, subscription, consumer, handler, max_count=100, lease="30 seconds",
-                 wait=1.0, transactional=False, on_error=None, conninfo=None):
+    def __init__(self, subscription: str, consumer: str, handler: Callable[[Event, Connection], None],
+                 max_count: int = 100, lease: str = "30 seconds", wait: float = 1.0,
+                 transactional: bool = False,
+                 on_error: Optional[Callable[[psycopg.Error, str], None]] = None,
+                 conninfo: Optional[str] = None) -> None:
         if not subscription or not consumer or not callable(handler):
             raise ValueError("subscription, consumer and a handler function are required")
         self.subscription = subscription
@@ -446,13 +605,13 @@ class SubscriptionWorker:
             f"{subscription}/{consumer}: {what}: {err}"))
         self.conninfo = conninfo
         self.acknowledged = 0  # events acknowledged so far
-        self.error = None  # what ended a run() in a thread
+        self.error: Optional[BaseException] = None  # what ended a run() in a thread
         self._stopping = threading.Event()
         self._claiming = False
-        self._pid = None
-        self._thread = None
+        self._pid: Optional[int] = None
+        self._thread: Optional[threading.Thread] = None
 
-    def run(self):
+    def run(self) -> None:
         with connect(self.conninfo) as conn:
             self._pid = conn.info.backend_pid
             try:
@@ -466,7 +625,7 @@ class SubscriptionWorker:
                 self._release(conn)
                 self._pid = None
 
-    def _claim(self, conn):
+    def _claim(self, conn: Connection) -> Optional[List[Event]]:
         """One claim: the events, or None when stop() cancelled its wait."""
         self._claiming = True
         try:
@@ -482,12 +641,15 @@ class SubscriptionWorker:
         finally:
             self._claiming = False
 
-    def _handle_batch(self, conn, events):
+    def _handle_batch(self, conn: Connection, events: List[Event]) -> None:
         """Hand a batch to the handler, nack what failed, ack what was handled."""
-        failed_streams = set()
+        failed_streams: Set[str] = set()
         up_to = _AckPosition()
         acknowledged = 0
-        in_transaction = conn.transaction if self.transactional else nullcontext
+
+        def in_transaction() -> AbstractContextManager[Any]:
+            return conn.transaction() if self.transactional else nullcontext()
+
         try:
             with in_transaction():
                 for event in events:
@@ -508,22 +670,23 @@ class SubscriptionWorker:
                     up_to.handled(event)
                 position = up_to.position()
                 if position is not None:
-                    acknowledged = conn.execute("SELECT event_store.ack_events(%s, %s, %s)",
-                                                (self.subscription, self.consumer, position)).fetchone()[0]
+                    row = conn.execute("SELECT event_store.ack_events(%s, %s, %s)",
+                                       (self.subscription, self.consumer, position)).fetchone()
+                    acknowledged = 0 if row is None else int(row[0])
             self.acknowledged += acknowledged
         except psycopg.Error as err:
             self.on_error(err, "batch")
             # what we did not acknowledge goes out again, to whoever claims next
             self._release(conn)
 
-    def _release(self, conn):
+    def _release(self, conn: Connection) -> None:
         try:
             conn.execute("SELECT event_store.release_events(%s, %s)", (self.subscription, self.consumer))
         except psycopg.Error as err:
             self.on_error(err, "release")
 
-    def start(self):
-        def target():
+    def start(self) -> SubscriptionWorker:
+        def target() -> None:
             try:
                 self.run()
             except BaseException as err:  # noqa: B036 (kept for the caller)
@@ -534,11 +697,11 @@ class SubscriptionWorker:
         return self
 
     @property
-    def stopping(self):
+    def stopping(self) -> bool:
         """True once stop() was called."""
         return self._stopping.is_set()
 
-    def _cancel_wait(self):
+    def _cancel_wait(self) -> None:
         pid = self._pid
         if pid is None:
             return
@@ -548,7 +711,7 @@ class SubscriptionWorker:
         except psycopg.Error:
             pass  # the wait then ends after `wait` seconds
 
-    def stop(self, timeout=10.0):
+    def stop(self, timeout: float = 10.0) -> None:
         """Stop after the event in hand: what was handled is acknowledged, the
         partitions are released; wait for the thread to end.  A claim
         waiting for events is cancelled, only while it waits."""
