@@ -572,6 +572,22 @@ typedef struct EsRangeApply
 	bool		flushing;		/* the batch handler is running */
 } EsRangeApply;
 
+/*
+ * Stop at the deadline.  The clock is read when read_clock: every 64 events
+ * handed over, and after every event that cost a function call (a
+ * per-event handler; an upcaster, which the scan signals by handing the
+ * event on without its stored row).  A call costs far more than reading the
+ * clock, and calls that grow slower within one transaction (one row locked
+ * and written again and again, each time in a subtransaction of its own)
+ * must not hold the worker's transaction open for 64 of them.
+ */
+static inline void
+es_apply_check_deadline(EsRangeApply *ra, bool read_clock)
+{
+	if (ra->deadline != 0 && read_clock && GetCurrentTimestamp() >= ra->deadline)
+		ra->stopped = true;
+}
+
 /* Row callback: apply one event if it passes the filters */
 static bool
 es_apply_row(Datum *values, bool *isnull, HeapTuple stored, void *arg)
@@ -593,7 +609,8 @@ es_apply_row(Datum *values, bool *isnull, HeapTuple stored, void *arg)
 			 EsTextHashFind(scope->held, VARDATA_ANY(sid), VARSIZE_ANY_EXHDR(sid), 0) != NULL))
 		{
 			ra->last_scanned = pos;
-			return true;		/* another partition's, or held back */
+			es_apply_check_deadline(ra, stored == NULL);
+			return !ra->stopped;	/* another partition's, or held back */
 		}
 	}
 	if (EsFilterMatches(&ra->proj->filter, values))
@@ -610,19 +627,11 @@ es_apply_row(Datum *values, bool *isnull, HeapTuple stored, void *arg)
 		else
 			es_call_handler(ra->proj, NULL, ra->event_desc, values, isnull, stored);
 		ra->handed++;
-		/*
-		 * The clock is read every 64 events handed over, and after every
-		 * call of a per-event handler: a call costs far more than reading
-		 * the clock, and a handler whose calls grow slower within one
-		 * transaction (one row written again and again, each time in a
-		 * subtransaction of its own) must not hold the worker's transaction
-		 * open for 64 of them.
-		 */
-		if (ra->deadline != 0 &&
-			(ra->handed % 64 == 0 || ra->proj->kind == ES_HANDLER_EVENT) &&
-			GetCurrentTimestamp() >= ra->deadline)
-			ra->stopped = true;
+		es_apply_check_deadline(ra, ra->handed % 64 == 0 ||
+								ra->proj->kind == ES_HANDLER_EVENT || stored == NULL);
 	}
+	else
+		es_apply_check_deadline(ra, stored == NULL);
 	ra->last_scanned = pos;
 	if (ra->budget >= 0 && ra->handed >= ra->budget)
 		return false;
