@@ -242,11 +242,15 @@ CREATE TYPE event_store.event AS (
 COMMENT ON TYPE event_store.event IS
     'An event as a server returns it (global_position is the position on its server)';
 
+-- (the call as a plain SELECT of the function, not PL/Proxy's default
+-- "SELECT ... FROM function(...)": the server plans it without a function
+-- scan, on every call, as PL/Proxy's statements are not prepared)
 CREATE FUNCTION event_store.append(stream_id text, events jsonb, expected_version bigint DEFAULT NULL)
     RETURNS bigint LANGUAGE plproxy
 AS $$
     CLUSTER 'event_store';
     RUN ON event_store._stream_partition(stream_id);
+    SELECT event_store.append(stream_id, events, expected_version) AS append;
 $$;
 COMMENT ON FUNCTION event_store.append(text, jsonb, bigint) IS
     'Append to a stream on its server (committed there at once); returns the stream version after the append';
@@ -256,6 +260,7 @@ CREATE FUNCTION event_store.stream_version(stream_id text)
 AS $$
     CLUSTER 'event_store';
     RUN ON event_store._stream_partition(stream_id);
+    SELECT event_store.stream_version(stream_id) AS stream_version;
 $$;
 COMMENT ON FUNCTION event_store.stream_version(text) IS
     'Current version of a stream, from its server (0 when it has no events)';
