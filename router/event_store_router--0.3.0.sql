@@ -92,30 +92,13 @@ $$;
 -- the router's transaction), so that move_bucket() can wait for the calls
 -- in flight and hold new ones back while it switches the bucket; the
 -- mapping is read after the lock (a statement of its own: a snapshot taken
--- after the wait).  Run for every routed call, so kept to the lock and one
--- index probe: no SET clause (every name and operator is qualified), the
--- configuration checked only when the bucket has no server.
+-- after the wait).  Run for every routed call, so in C
+-- (event_store_router.c): the bucket as stream_bucket() computes it, the
+-- lock, one index probe; the configuration is checked only when the bucket
+-- has no server.
 CREATE FUNCTION event_store._stream_partition(stream_id text) RETURNS int
-    LANGUAGE plpgsql VOLATILE
-AS $$
-DECLARE
-    b int;
-    s int;
-BEGIN
-    IF stream_id IS NULL THEN
-        PERFORM event_store._server_count();
-        RETURN 0;
-    END IF;
-    b := event_store.stream_bucket(stream_id);
-    PERFORM pg_catalog.pg_advisory_xact_lock_shared(event_store._fence_key(), b);
-    SELECT bk.server INTO s FROM event_store.buckets bk WHERE bk.bucket OPERATOR(pg_catalog.=) b;
-    IF s IS NULL THEN
-        PERFORM event_store._server_count();
-        RAISE EXCEPTION 'bucket % has no server', b USING ERRCODE = '55000';
-    END IF;
-    RETURN s OPERATOR(pg_catalog.-) 1;
-END
-$$;
+    LANGUAGE C VOLATILE
+    AS 'MODULE_PATHNAME', 'esr_stream_partition';
 
 -- The first key of the buckets' fence locks (advisory locks: key, bucket)
 CREATE FUNCTION event_store._fence_key() RETURNS int

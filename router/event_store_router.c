@@ -1,6 +1,15 @@
 /*
  * event_store_router.c
- *	  read_all and read_category of the router: one page of every server
+ *	  The router's hot paths in C.
+ *
+ *	  _stream_partition: the PL/Proxy partition of a stream, run for every
+ *	  routed call: the bucket (the first byte of the md5 of the stream id,
+ *	  modulo 64, as event_store.stream_bucket), the bucket's fence lock
+ *	  (shared, to the end of the transaction, so that move_bucket can hold
+ *	  calls back while it switches the bucket), then the bucket's server,
+ *	  read after the lock.
+ *
+ *	  read_all and read_category: one page of every server
  *	  (one parallel PL/Proxy call, event_store._read_all_parts or
  *	  event_store._read_category_parts, each server asked for its share of
  *	  the page), merged here with a vector cursor on every row.
@@ -26,8 +35,10 @@
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "funcapi.h"
+#include "common/md5.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/fmgrprotos.h"
 #include "utils/lsyscache.h"
 #include "utils/timestamp.h"
 #include "utils/tuplestore.h"
@@ -35,6 +46,7 @@
 PG_MODULE_MAGIC;
 
 PG_FUNCTION_INFO_V1(esr_read);
+PG_FUNCTION_INFO_V1(esr_stream_partition);
 
 /* the columns of _read_all_parts and _read_category_parts */
 enum
@@ -69,6 +81,9 @@ typedef struct PageRow
 static SPIPlanPtr plan_all = NULL;
 static SPIPlanPtr plan_category = NULL;
 static SPIPlanPtr plan_check = NULL;
+static SPIPlanPtr plan_bucket = NULL;
+static bool have_fence_key = false;
+static int32 fence_key;
 
 static SPIPlanPtr
 esr_plan(SPIPlanPtr *slot, const char *sql, int nargs, Oid *types)
@@ -84,6 +99,82 @@ esr_plan(SPIPlanPtr *slot, const char *sql, int nargs, Oid *types)
 		*slot = plan;
 	}
 	return *slot;
+}
+
+/* event_store._server_count(): the number of servers, or its error */
+static void
+esr_check_configured(void)
+{
+	if (SPI_execute("SELECT event_store._server_count()", false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "reading the router's servers failed");
+}
+
+static int
+hexdigit(char c)
+{
+	return c >= 'a' ? c - 'a' + 10 : c - '0';
+}
+
+/*
+ * SQL: event_store._stream_partition(stream_id text) RETURNS int -- server
+ * - 1; a NULL stream id goes to the first server, which refuses it with
+ * event_store's own error
+ */
+Datum
+esr_stream_partition(PG_FUNCTION_ARGS)
+{
+	text	   *sid;
+	char		hex[33];
+	const char *errstr = NULL;
+	int32		bucket;
+	Oid			types[1] = {INT4OID};
+	Datum		args[1];
+	bool		isnull;
+	int32		server;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (PG_ARGISNULL(0))
+	{
+		esr_check_configured();
+		SPI_finish();
+		PG_RETURN_INT32(0);
+	}
+	sid = PG_GETARG_TEXT_PP(0);
+	if (!pg_md5_hash(VARDATA_ANY(sid), VARSIZE_ANY_EXHDR(sid), hex, &errstr))
+		ereport(ERROR,
+				(errcode(ERRCODE_OUT_OF_MEMORY),
+				 errmsg("could not compute the MD5 hash of a stream id: %s", errstr)));
+	bucket = (hexdigit(hex[0]) * 16 + hexdigit(hex[1])) % 64;
+
+	/* the key of the buckets' fence locks, as event_store._fence_key() says */
+	if (!have_fence_key)
+	{
+		if (SPI_execute("SELECT event_store._fence_key()", true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+			elog(ERROR, "reading event_store._fence_key() failed");
+		fence_key = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+		have_fence_key = true;
+	}
+	(void) DirectFunctionCall2(pg_advisory_xact_lock_shared_int4,
+							   Int32GetDatum(fence_key), Int32GetDatum(bucket));
+
+	/* the mapping, read after the lock (a statement of its own) */
+	args[0] = Int32GetDatum(bucket);
+	if (SPI_execute_plan(esr_plan(&plan_bucket,
+								  "SELECT server FROM event_store.buckets WHERE bucket OPERATOR(pg_catalog.=) $1",
+								  1, types),
+						 args, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "reading event_store.buckets failed");
+	if (SPI_processed != 1)
+	{
+		esr_check_configured();
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("bucket %d has no server", bucket)));
+	}
+	server = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	SPI_finish();
+	PG_RETURN_INT32(server - 1);
 }
 
 static int
