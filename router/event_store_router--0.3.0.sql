@@ -90,28 +90,15 @@ $$;
 -- to the first server, which refuses it with event_store's own error.
 -- Every routed call holds its bucket's fence lock (shared, until the end of
 -- the router's transaction), so that move_bucket() can wait for the calls
--- in flight and hold new ones back while it switches the bucket.
+-- in flight and hold new ones back while it switches the bucket; the
+-- mapping is read after the lock (a statement of its own: a snapshot taken
+-- after the wait).  Run for every routed call, so in C
+-- (event_store_router.c): the bucket as stream_bucket() computes it, the
+-- lock, one index probe; the configuration is checked only when the bucket
+-- has no server.
 CREATE FUNCTION event_store._stream_partition(stream_id text) RETURNS int
-    LANGUAGE plpgsql VOLATILE
-    SET search_path = pg_catalog
-AS $$
-DECLARE
-    b int;
-    s int;
-BEGIN
-    PERFORM event_store._server_count();
-    IF stream_id IS NULL THEN
-        RETURN 0;
-    END IF;
-    b := event_store.stream_bucket(stream_id);
-    PERFORM pg_advisory_xact_lock_shared(event_store._fence_key(), b);
-    SELECT bk.server INTO s FROM event_store.buckets bk WHERE bk.bucket = b;
-    IF s IS NULL THEN
-        RAISE EXCEPTION 'bucket % has no server', b USING ERRCODE = '55000';
-    END IF;
-    RETURN s - 1;
-END
-$$;
+    LANGUAGE C VOLATILE
+    AS 'MODULE_PATHNAME', 'esr_stream_partition';
 
 -- The first key of the buckets' fence locks (advisory locks: key, bucket)
 CREATE FUNCTION event_store._fence_key() RETURNS int
@@ -238,11 +225,15 @@ CREATE TYPE event_store.event AS (
 COMMENT ON TYPE event_store.event IS
     'An event as a server returns it (global_position is the position on its server)';
 
+-- (the call as a plain SELECT of the function, not PL/Proxy's default
+-- "SELECT ... FROM function(...)": the server plans it without a function
+-- scan, on every call, as PL/Proxy's statements are not prepared)
 CREATE FUNCTION event_store.append(stream_id text, events jsonb, expected_version bigint DEFAULT NULL)
     RETURNS bigint LANGUAGE plproxy
 AS $$
     CLUSTER 'event_store';
     RUN ON event_store._stream_partition(stream_id);
+    SELECT event_store.append(stream_id, events, expected_version) AS append;
 $$;
 COMMENT ON FUNCTION event_store.append(text, jsonb, bigint) IS
     'Append to a stream on its server (committed there at once); returns the stream version after the append';
@@ -252,6 +243,7 @@ CREATE FUNCTION event_store.stream_version(stream_id text)
 AS $$
     CLUSTER 'event_store';
     RUN ON event_store._stream_partition(stream_id);
+    SELECT event_store.stream_version(stream_id) AS stream_version;
 $$;
 COMMENT ON FUNCTION event_store.stream_version(text) IS
     'Current version of a stream, from its server (0 when it has no events)';
@@ -416,123 +408,12 @@ AS $$
       FROM event_store.read_category(category, (afters)[1], max_count, event_types, raw) AS e;
 $$;
 
--- A server's share of a page of max_count events (a bad max_count is passed
--- on as it is, for the servers to refuse)
-CREATE FUNCTION event_store._share(max_count int, servers int) RETURNS int
-    LANGUAGE sql IMMUTABLE PARALLEL SAFE
-    RETURN CASE WHEN max_count > 0 THEN (max_count + servers - 1) / servers ELSE max_count END;
-
-CREATE TYPE event_store._page_row AS (
-    visible         boolean,
-    global_position bigint,
-    stream_id       text,
-    stream_version  bigint,
-    event_id        uuid,
-    event_type      text,
-    data            jsonb,
-    metadata        jsonb,
-    schema_version  int,
-    recorded_at     timestamptz,
-    "cursor"        bigint[]
-);
-
--- One merged page after the cursor cur (checked), in the order it is
--- returned.  Each server is asked for its share of the page (max_count
--- divided by the number of servers, rounded up), so that a page moves about
--- max_count rows whatever the number of servers; a page may hold fewer than
--- max_count events, never none while events follow.  Every server's page is
--- gap-safe and in its position order; the
--- pages are merged by the running maximum of recorded_at within each page
--- (mk), which keeps each page's order.  A server whose page is full may
--- have more events right after it: nothing of another server with a later
--- mk is taken before them (so that a stream whose bucket moved is read in
--- order across its two servers).  The first max_count rows are taken; each
--- row's cursor is cur advanced, server by server, over the rows up to it.
-CREATE FUNCTION event_store._page(cur bigint[], by_category boolean, category text, max_count int,
-                                 event_types text[], raw boolean)
-    RETURNS SETOF event_store._page_row
-    LANGUAGE sql VOLATILE
-BEGIN ATOMIC
-    WITH p AS (
-        SELECT r.part + 1 AS server, r.moved, r.global_position, r.stream_id, r.stream_version,
-               r.event_id, r.event_type, r.data, r.metadata, r.schema_version, r.recorded_at
-          FROM event_store._read_all_parts(
-                    ARRAY(SELECT i - 1 FROM generate_series(1, cardinality(_page.cur)) i),
-                    _page.cur, event_store._share(_page.max_count, cardinality(_page.cur)),
-                    _page.event_types, _page.raw) r
-         WHERE NOT _page.by_category
-        UNION ALL
-        SELECT r.part + 1 AS server, r.moved, r.global_position, r.stream_id, r.stream_version,
-               r.event_id, r.event_type, r.data, r.metadata, r.schema_version, r.recorded_at
-          FROM event_store._read_category_parts(
-                    ARRAY(SELECT i - 1 FROM generate_series(1, cardinality(_page.cur)) i),
-                    _page.cur, _page.category, event_store._share(_page.max_count, cardinality(_page.cur)),
-                    _page.event_types, _page.raw) r
-         WHERE _page.by_category
-    ), k AS (
-        SELECT p.*, max(p.recorded_at) OVER (PARTITION BY p.server ORDER BY p.global_position) AS mk
-          FROM p
-    ), full_page AS (
-        SELECT min(f.last_mk) AS lim
-          FROM (SELECT max(k.mk) AS last_mk FROM k GROUP BY k.server
-                HAVING count(*) >= event_store._share(_page.max_count, cardinality(_page.cur))) f
-    ), o AS (
-        SELECT k.*, row_number() OVER (ORDER BY k.mk, k.server, k.global_position) AS ord
-          FROM k, full_page
-         WHERE full_page.lim IS NULL OR k.mk <= full_page.lim
-         ORDER BY ord LIMIT _page.max_count
-    ), g AS (
-        SELECT o.ord, s.i,
-               max(CASE WHEN o.server = s.i THEN o.global_position END)
-                   OVER (PARTITION BY s.i ORDER BY o.ord) AS pos
-          FROM o, generate_series(1, cardinality(_page.cur)) s(i)
-    ), v AS (
-        SELECT g.ord, array_agg(coalesce(g.pos, _page.cur[g.i]) ORDER BY g.i) AS vec
-          FROM g GROUP BY g.ord
-    )
-    SELECT NOT o.moved, o.global_position, o.stream_id, o.stream_version, o.event_id, o.event_type,
-           o.data, o.metadata, o.schema_version, o.recorded_at, v.vec
-      FROM o JOIN v ON v.ord = o.ord
-     ORDER BY o.ord;
-END;
-
--- A page for a follower: the visible rows of the next merged page; a page
--- of copies only is passed over (its cursor taken), so that a follower never
--- gets an empty page while events follow
-CREATE FUNCTION event_store._follow(by_category boolean, category text, after_position bigint[], max_count int,
-                                   event_types text[], raw boolean)
-    RETURNS SETOF event_store._page_row
-    LANGUAGE plpgsql VOLATILE
-    SET search_path = pg_catalog
-AS $$
-DECLARE
-    cur bigint[] := event_store._check_cursor(after_position, 'after_position');
-    page event_store._page_row[];
-BEGIN
-    -- no bucket ever moved: no copies to pass over, the page as it comes
-    IF NOT EXISTS (SELECT FROM event_store.bucket_moves) THEN
-        RETURN QUERY SELECT * FROM event_store._page(cur, by_category, category, max_count, event_types, raw) x
-                      WHERE x.visible;
-        RETURN;
-    END IF;
-    LOOP
-        page := ARRAY(SELECT x FROM event_store._page(cur, by_category, category, max_count, event_types, raw) x);
-        IF coalesce(cardinality(page), 0) = 0 THEN
-            RETURN;
-        END IF;
-        RETURN QUERY SELECT u.visible, u.global_position, u.stream_id, u.stream_version,
-                            u.event_id, u.event_type, u.data, u.metadata, u.schema_version,
-                            u.recorded_at, u."cursor"
-                       FROM unnest(page) WITH ORDINALITY AS u
-                      WHERE u.visible ORDER BY u.ordinality;
-        IF FOUND THEN
-            RETURN;
-        END IF;
-        cur := page[cardinality(page)]."cursor";
-    END LOOP;
-END
-$$;
-
+-- read_all and read_category: one parallel call for every server's share
+-- of the page (max_count divided by the number of servers, rounded up, so
+-- that a page moves about max_count rows whatever the number of servers),
+-- merged in C (event_store_router.c) into at most max_count events, each
+-- with the vector cursor that resumes after it; a page may hold fewer than
+-- max_count events, never none while events follow
 CREATE FUNCTION event_store.read_all(after_position bigint[] DEFAULT NULL,
                                     max_count int DEFAULT 1000,
                                     event_types text[] DEFAULT NULL,
@@ -540,13 +421,8 @@ CREATE FUNCTION event_store.read_all(after_position bigint[] DEFAULT NULL,
     RETURNS TABLE(global_position bigint, stream_id text, stream_version bigint,
                   event_id uuid, event_type text, data jsonb, metadata jsonb,
                   schema_version int, recorded_at timestamptz, "cursor" bigint[])
-    LANGUAGE sql VOLATILE
-BEGIN ATOMIC
-    SELECT f.global_position, f.stream_id, f.stream_version, f.event_id, f.event_type,
-           f.data, f.metadata, f.schema_version, f.recorded_at, f."cursor"
-      FROM event_store._follow(false, NULL, read_all.after_position, read_all.max_count,
-                               read_all.event_types, read_all.raw) f;
-END;
+    LANGUAGE C VOLATILE
+    AS 'MODULE_PATHNAME', 'esr_read';
 COMMENT ON FUNCTION event_store.read_all(bigint[], int, text[], boolean) IS
     'Events of every server after a vector cursor (NULL: the beginning), at most max_count, each with the cursor that resumes after it; gap-safe per server, every stream in order';
 
@@ -558,14 +434,8 @@ CREATE FUNCTION event_store.read_category(category text,
     RETURNS TABLE(global_position bigint, stream_id text, stream_version bigint,
                   event_id uuid, event_type text, data jsonb, metadata jsonb,
                   schema_version int, recorded_at timestamptz, "cursor" bigint[])
-    LANGUAGE sql VOLATILE
-BEGIN ATOMIC
-    SELECT f.global_position, f.stream_id, f.stream_version, f.event_id, f.event_type,
-           f.data, f.metadata, f.schema_version, f.recorded_at, f."cursor"
-      FROM event_store._follow(true, read_category.category, read_category.after_position,
-                               read_category.max_count, read_category.event_types,
-                               read_category.raw) f;
-END;
+    LANGUAGE C VOLATILE
+    AS 'MODULE_PATHNAME', 'esr_read';
 COMMENT ON FUNCTION event_store.read_category(text, bigint[], int, text[], boolean) IS
     'Events of one category on every server after a vector cursor (NULL: the beginning), at most max_count, each with the cursor that resumes after it';
 

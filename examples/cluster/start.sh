@@ -10,6 +10,12 @@
 #   bash examples/cluster/start.sh --ha     server 1 as a pg_auto_failover group
 #                                            (primary and two standbys in the
 #                                            replication quorum) with a monitor
+#   bash examples/cluster/start.sh --reporting=order,payment
+#                                            also a reporting server: database
+#                                            "reporting" imports the events of
+#                                            these categories from every server
+#                                            (publication "reporting" on each,
+#                                            import "server_<n>" of each there)
 #   bash examples/cluster/stop.sh           stops everything and removes the data
 #
 # Prints, once every server accepts connections:
@@ -18,6 +24,8 @@
 # and with --ha, once the group reports primary/secondary:
 #   MONITOR_PGDATA=...      PRIMARY_PGDATA_<n>=...     (the current primary's)
 #   STANDBY_PGDATA_1_<k>=... (k = 1, 2)
+# and with --reporting, once every import runs:
+#   REPORTING_DSN=...       REPORTING_PGDATA=...
 # (with --ha, SERVER_DSN_1 lists the three nodes with
 # target_session_attrs=read-write, which the router uses too, and
 # SERVER_PGDATA_1 is the first primary's data directory).  Every pg_autoctl
@@ -38,16 +46,31 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 . "$HERE/lib.sh"
 
 HA=0
+REPORTING=""
 for arg in "$@"; do
 	case "$arg" in
 	--ha) HA=1 ;;
+	--reporting=*)
+		REPORTING="${arg#--reporting=}"
+		case ",$REPORTING," in
+		,, | *,,* | *[!A-Za-z0-9_,]*)
+			es_die "--reporting takes a comma-separated list of categories (letters, digits, _), such as --reporting=order,payment"
+			;;
+		esac
+		;;
+	--reporting) es_die "--reporting takes the categories to import, such as --reporting=order,payment" ;;
 	-h | --help)
-		sed -n '2,38p' "$0" | sed 's/^# \{0,1\}//'
+		sed -n '2,41p' "$0" | sed 's/^# \{0,1\}//'
 		exit 0
 		;;
-	*) es_die "unknown argument \"$arg\" (arguments: --ha)" ;;
+	*) es_die "unknown argument \"$arg\" (arguments: --ha, --reporting=CATEGORIES)" ;;
 	esac
 done
+# (a logical replication slot stays on the node that made it: after a
+# failover the new primary has none, and the import from it stops)
+if [ "$HA" = 1 ] && [ -n "$REPORTING" ]; then
+	es_die "--reporting and --ha do not go together: PostgreSQL 15 does not carry a logical replication slot over to the promoted standby"
+fi
 
 es_find_pg_config
 NSERVERS="${ES_CLUSTER_SERVERS:-3}"
@@ -159,6 +182,7 @@ cl_wait() {
 
 dsns=()
 conns=()
+ports=()
 first=1
 if [ "$HA" = 1 ]; then
 	# the monitor
@@ -234,6 +258,7 @@ for n in $(seq "$first" "$NSERVERS"); do
 	cl_psql "$PORT" postgres "CREATE DATABASE event_store"
 	cl_psql "$PORT" event_store "CREATE EXTENSION event_store"
 	dsns+=("host=127.0.0.1 port=$PORT dbname=event_store user=postgres")
+	ports+=("$PORT")
 	conns+=("host=127.0.0.1 port=$PORT dbname=event_store user=postgres connect_timeout=5")
 	PORT=$((PORT + 1))
 done
@@ -246,6 +271,39 @@ servers_sql="$(printf "'%s'," "${conns[@]}")"
 cl_psql "$ROUTER_PORT" router "CREATE EXTENSION plproxy;
 CREATE EXTENSION event_store_router;
 SELECT event_store.configure_cluster(ARRAY[${servers_sql%,}]);"
+
+if [ -n "$REPORTING" ]; then
+	# every server publishes the categories; the reporting server imports
+	# each publication (history first, then live), into one store
+	cats="$(sed "s/[^,]*/'&'/g" <<<"$REPORTING")"
+	for n in $(seq 1 "$NSERVERS"); do
+		cl_psql "${ports[$((n - 1))]}" event_store "SELECT event_store.create_publication('reporting', ARRAY[$cats])"
+	done
+	PORT="$(cl_free_port "$PORT")"
+	REPORTING_PORT="$PORT"
+	cl_init_server reporting "$REPORTING_PORT" event_store nostart
+	# an apply worker per import, and a table copy for each at the start
+	printf '%s\n' "max_worker_processes = 24" "max_logical_replication_workers = 16" \
+		"max_sync_workers_per_subscription = 1" >>"$CL_DIR/reporting/postgresql.conf"
+	(cd "$CL_DIR" && es_as_test_user "$PG_BINDIR/pg_ctl" -D "$CL_DIR/reporting" -l "$CL_DIR/reporting.log" \
+		-w -t 60 start) >/dev/null 2>&1 || {
+		cat "$CL_DIR/reporting.log" >&2
+		false
+	}
+	cl_psql "$REPORTING_PORT" postgres "CREATE DATABASE reporting"
+	cl_psql "$REPORTING_PORT" reporting "CREATE EXTENSION event_store"
+	for n in $(seq 1 "$NSERVERS"); do
+		cl_psql "$REPORTING_PORT" reporting "SELECT event_store.create_import('server_$n', '${dsns[$((n - 1))]}', 'reporting')"
+	done
+	imports_running() {
+		[ "$(cl_query "$REPORTING_PORT" reporting "SELECT count(*) FROM event_store.import_status WHERE state = 'running'")" = "$NSERVERS" ]
+	}
+	cl_wait "the reporting database's imports" 120 imports_running || {
+		cl_query "$REPORTING_PORT" reporting "SELECT * FROM event_store.import_status" >&2
+		false
+	}
+	PORT=$((PORT + 1))
+fi
 
 STARTED=1
 echo "ROUTER_DSN=host=127.0.0.1 port=$ROUTER_PORT dbname=router user=postgres"
@@ -265,4 +323,8 @@ if [ "$HA" = 1 ]; then
 	for n in $(seq 2 "$NSERVERS"); do
 		echo "PRIMARY_PGDATA_$n=$CL_DIR/server$n"
 	done
+fi
+if [ -n "$REPORTING" ]; then
+	echo "REPORTING_DSN=host=127.0.0.1 port=$REPORTING_PORT dbname=reporting user=postgres"
+	echo "REPORTING_PGDATA=$CL_DIR/reporting"
 fi

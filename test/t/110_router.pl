@@ -146,6 +146,29 @@ is(qok($router, "SELECT event_store.stream_version('$streams[1]')", 'stream_vers
 my ($r, $o, $e) = psql_on($router, "SELECT event_store.append('$streams[0]', '{\"type\": \"X\"}', 1)");
 ok(!$r && $e =~ /SE001/ && $e =~ /wrong expected version/, 'a wrong expected version is the server\'s SE001') or diag($e);
 
+# A caller's search_path does not change where a stream goes: the routing
+# function runs in the caller's session without a SET clause, so every name
+# and operator in it is qualified (here operators and functions of the same
+# names that route everything to server 1, found first on the path)
+qok($router, q{
+	CREATE SCHEMA hostile;
+	CREATE FUNCTION hostile.int_eq(int, int) RETURNS boolean LANGUAGE sql RETURN true;
+	CREATE FUNCTION hostile.int_minus(int, int) RETURNS int LANGUAGE sql RETURN 0;
+	CREATE OPERATOR hostile.= (LEFTARG = int, RIGHTARG = int, FUNCTION = hostile.int_eq);
+	CREATE OPERATOR hostile.- (LEFTARG = int, RIGHTARG = int, FUNCTION = hostile.int_minus);
+	CREATE FUNCTION hostile.stream_bucket(text) RETURNS int LANGUAGE sql RETURN 0;
+	CREATE FUNCTION hostile.pg_advisory_xact_lock_shared(int, int) RETURNS void LANGUAGE sql RETURN NULL;
+}, 'look-alike operators and functions');
+my $away = qok($router,
+	"SELECT 'pathed-' || i FROM generate_series(1, 100) i WHERE event_store.stream_server('pathed-' || i) = 3 LIMIT 1",
+	'a stream of server 3');
+is(qok($router, "SET search_path = hostile, pg_catalog, event_store; SELECT append('$away', '{\"type\": \"Pathed\"}', 0)",
+		'append with a hostile search_path'),
+	'1', "an append under a hostile search_path returns the version");
+is(join(',', map { qok($servers[$_ - 1]{dsn}, "SELECT event_store.stream_version('$away')", "version on server $_") } 1 .. 3),
+	'0,0,1', "and goes to $away\'s server (3), not to server 1");
+qok($router, q{DROP SCHEMA hostile CASCADE}, 'drop the look-alikes');
+
 # head_position: one position per server, in server order
 my $head = qok($router, 'SELECT event_store.head_position()', 'head_position');
 like($head, qr/^\{\d+,\d+,\d+\}$/, 'head_position lists one position per server');

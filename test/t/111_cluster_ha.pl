@@ -6,7 +6,10 @@
 # process group is killed; after the failover the appends go on, every
 # acknowledged event is there exactly once (a retry never duplicates), the
 # streams have no gap and the positions go on above every position handed
-# out before.  stop.sh stops everything, the promoted and the killed nodes
+# out before; an async projection, a subscription's consumer and two sagas
+# of server 1 go on on the new primary (every event projected and delivered
+# once, the sagas complete: one by an external step completed through the
+# router, one by a timer due during the failover).  stop.sh stops everything, the promoted and the killed nodes
 # too (also when a check died half-way: END block).
 #
 # Every wait is a poll with a deadline, never a sleep.
@@ -37,6 +40,7 @@ delete $ENV{$_} for qw(PGHOST PGPORT PGDATABASE PGUSER PGSERVICE PGOPTIONS);
 
 my $started = 0;
 my $client = 0;
+my $consumer = 0;
 
 sub stop_cluster
 {
@@ -50,10 +54,11 @@ sub stop_cluster
 END
 {
 	my $rc = $?;
-	if ($client)
+	for my $child ($client, $consumer)
 	{
-		kill 'KILL', $client;
-		waitpid($client, 0);
+		next unless $child;
+		kill 'KILL', $child;
+		waitpid($child, 0);
 	}
 	stop_cluster();
 	$? = $rc;
@@ -120,6 +125,49 @@ my @streams = split /,/, qok($router,
 	  WHERE event_store.stream_server('ha-' || i) = 1 LIMIT 3) x", 'streams of server 1');
 is(scalar @streams, 3, 'three streams on server 1');
 
+# On server 1, the work that must go on after the failover: an async
+# projection of the streams (applied by the background worker), a
+# subscription with a consumer that writes what it is given and acknowledges
+# it in the same transaction, and two sagas (one waits for an external step
+# completed through the router after the failover, one for a timer that is
+# due during the failover)
+my $server1 = $v{SERVER_DSN_1} . ' connect_timeout=5';
+qok($server1, q{
+	CREATE TABLE ha_projected (event_id uuid PRIMARY KEY, times int NOT NULL DEFAULT 1);
+	CREATE FUNCTION ha_project(e event_store.event) RETURNS void LANGUAGE sql AS $$
+		INSERT INTO ha_projected (event_id) VALUES (e.event_id)
+		ON CONFLICT (event_id) DO UPDATE SET times = ha_projected.times + 1;
+	$$;
+	SELECT event_store.create_projection('ha_count', 'ha_project(event_store.event)'::regprocedure,
+	                                     categories => ARRAY['ha'], mode => 'async');
+	CREATE TABLE ha_delivered (event_id uuid PRIMARY KEY, times int NOT NULL DEFAULT 1);
+	SELECT event_store.create_subscription('ha_sub', ARRAY['ha'], partitions => 4);
+	CREATE FUNCTION ha_step(saga_id uuid, data jsonb) RETURNS jsonb LANGUAGE sql
+		RETURN jsonb_build_object('stepped', true);
+	SELECT event_store.define_saga('ha_confirmed', '{"steps": [{"name": "prepare", "action": "public.ha_step"},
+		{"name": "confirm"}, {"name": "pause", "delay": "1 second"}, {"name": "finish", "action": "public.ha_step"}]}');
+	SELECT event_store.define_saga('ha_timed', '{"steps": [{"name": "pause", "delay": "15 seconds"},
+		{"name": "finish", "action": "public.ha_step"}]}');
+}, 'a projection, a subscription and two saga types on server 1');
+my $consume_sql = q{
+	BEGIN;
+	CREATE TEMP TABLE c ON COMMIT DROP AS SELECT * FROM event_store.claim_events('ha_sub', 'c1', 200);
+	INSERT INTO ha_delivered (event_id) SELECT event_id FROM c
+	ON CONFLICT (event_id) DO UPDATE SET times = ha_delivered.times + 1;
+	SELECT event_store.ack_events('ha_sub', 'c1', max(global_position)) FROM c HAVING count(*) > 0;
+	COMMIT;
+};
+# saga ids on server 1, started through the router
+my @saga_ids = split /,/, qok($router,
+	"SELECT string_agg(id::text, ',') FROM (SELECT id FROM (SELECT ('7a9a0000-0000-4000-8000-' || lpad(i::text, 12, '0'))::uuid AS id
+	   FROM generate_series(1, 500) i) x WHERE event_store.stream_server('saga-' || id) = 1 LIMIT 2) y", 'saga ids on server 1');
+is(scalar @saga_ids, 2, 'two saga ids on server 1');
+my ($confirmed, $timed) = @saga_ids;
+qok($router, "SELECT event_store.start_saga('ha_confirmed', '{}', '$confirmed'), event_store.start_saga('ha_timed', '{}', '$timed')",
+	'two sagas started through the router');
+is(qok($router, "SELECT event_store.saga_state('$confirmed') ->> 'status'", 'saga state'), 'running',
+	'the first saga waits for its external step');
+
 # The client: appends one event at a time, each with its own id; when the
 # outcome is unknown (an error), the same event is sent again until it is
 # acknowledged.  Every acknowledged id goes to a file, one line each.
@@ -150,7 +198,30 @@ if ($client == 0)
 			usleep(100_000);
 		}
 	}
-	exit 0;
+	POSIX::_exit(0);    # (not exit: the END block is the parent's)
+}
+
+# The consumer: claims, writes and acknowledges in one transaction, round
+# after round, through the failover (a round that fails is tried again)
+$consumer = fork();
+die "fork: $!" unless defined $consumer;
+if ($consumer == 0)
+{
+	my $give_up = time + 200;
+	while (!-e $stop_file && time < $give_up)
+	{
+		my ($r, $o, $e) = psql_on($server1, $consume_sql);
+		if ($r)
+		{
+			PostgreSQL::Test::Utils::append_to_file("$tmp/consumed", ".");
+		}
+		else
+		{
+			PostgreSQL::Test::Utils::append_to_file("$tmp/consumer_errors", $e);
+		}
+		usleep(100_000);
+	}
+	POSIX::_exit(0);    # (not exit: the END block is the parent's)
 }
 
 sub acked
@@ -172,6 +243,14 @@ sub wait_for
 }
 
 ok(wait_for('acks', 60, sub { acked() >= 30 }), 'the client appends through the router');
+ok(wait_for('consumed', 60, sub {
+			my ($r, $o) = psql_on($server1, 'SELECT count(*) FROM ha_delivered');
+			$r && $o >= 10;
+		}), 'the consumer is given events');
+ok(wait_for('projected', 60, sub {
+			my ($r, $o) = psql_on($server1, 'SELECT count(*) FROM ha_projected');
+			$r && $o >= 10;
+		}), 'the projection applies events');
 my $head_before = qok($router, 'SELECT (event_store.head_position())[1]', 'head before');
 
 # kill the primary's whole process group (keeper and postgres)
@@ -194,10 +273,18 @@ ok(wait_for('appends after the failover', 120, sub { acked() >= $acked_before + 
 	'appends through the router go on after the failover')
   or diag(eval { PostgreSQL::Test::Utils::slurp_file("$tmp/errors") } // '');
 diag(sprintf('appends went on %.1f s after the kill', time - $killed_at));
+# the external step of the first saga, completed through the router
+qok($router, "SELECT event_store.complete_saga_step('$confirmed', 'confirm')",
+	'the external step completed through the router after the failover');
 PostgreSQL::Test::Utils::append_to_file($stop_file, '');
 waitpid($client, 0);
 is($?, 0, 'the client stopped');
 $client = 0;
+waitpid($consumer, 0);
+is($?, 0, 'the consumer stopped');
+$consumer = 0;
+my $rounds = length(eval { PostgreSQL::Test::Utils::slurp_file("$tmp/consumed") } // '');
+ok($rounds > 0, "the consumer went round $rounds times");
 
 # every acknowledged event is there, once; streams without a gap
 my @acked = acked();
@@ -228,6 +315,39 @@ my ($max_before) = sort { $b <=> $a } map { $pos{ (split / /)[0] } // 0 } @acked
 my ($min_after) = sort { $a <=> $b } map { $pos{ (split / /)[0] } // 0 } @acked[ $acked_before + 1 .. $#acked ];
 ok($min_after > $max_before && $min_after > $head_before,
 	"positions go on above every position handed out before ($min_after > $max_before, $head_before)");
+
+# projections, subscriptions and sagas go on on the new primary
+my $events = qok($server1,
+	"SELECT count(*) || ':' || md5(string_agg(event_id::text, ',' ORDER BY event_id::text)) FROM event_store.events WHERE stream_id LIKE 'ha-%'",
+	'the events of the streams');
+ok(wait_for('the projection', 60, sub {
+			my ($r, $o) = psql_on($server1,
+				q{SELECT count(*) || ':' || md5(string_agg(event_id::text, ',' ORDER BY event_id::text)) FROM ha_projected});
+			$r && $o eq $events;
+		}), 'the async projection applied every event after the failover')
+  or diag(qok($server1, 'SELECT * FROM event_store.projection_status'));
+is(qok($server1, 'SELECT count(*) FROM ha_projected WHERE times <> 1'), '0', 'the projection applied none twice');
+my $drained = wait_for('the subscription', 60, sub {
+		psql_on($server1, $consume_sql);
+		my ($r, $o) = psql_on($server1,
+			q{SELECT count(*) || ':' || md5(string_agg(event_id::text, ',' ORDER BY event_id::text)) FROM ha_delivered});
+		$r && $o eq $events;
+	});
+ok($drained, 'the subscription delivered every event after the failover')
+  or diag(qok($server1, 'SELECT * FROM event_store.subscription_status'),
+	eval { PostgreSQL::Test::Utils::slurp_file("$tmp/consumer_errors") } // '');
+is(qok($server1, 'SELECT count(*) FROM ha_delivered WHERE times <> 1'), '0',
+	'none twice (written and acknowledged in one transaction)');
+for my $saga ($confirmed, $timed)
+{
+	ok(wait_for('the saga', 60, sub {
+				my ($r, $o) = psql_on($router, "SELECT event_store.saga_state('$saga') ->> 'status'");
+				$r && $o eq 'completed';
+			}), "saga $saga completed on the new primary")
+	  or diag(qok($router, "SELECT event_store.saga_state('$saga')"));
+}
+is(qok($server1, "SELECT string_agg(status, ' ' ORDER BY step_no) FROM event_store.saga_steps WHERE saga_id = '$confirmed'"),
+	'completed completed completed completed', 'each of its steps completed');
 
 # stop.sh stops everything, the killed and the promoted nodes too
 my $rc;
