@@ -59,6 +59,7 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 #include "utils/tuplestore.h"
+#include "utils/typcache.h"
 
 #include "api.h"
 #include "callback.h"
@@ -357,41 +358,87 @@ es_consumer_arg(FunctionCallInfo fcinfo, int argno)
 	return text_to_cstring(EsGetRequiredText(fcinfo, argno, "consumer"));
 }
 
+/* The columns of a partition the calls read, and whether any of its streams is held */
+#define ES_PART_COLUMNS \
+	"p.partition, p.position, p.pending, p.pending_attempts, p.redeliver, " \
+	"p.redeliver_attempts, EXISTS (SELECT 1 FROM event_store.subscription_streams t " \
+	"  WHERE t.subscription OPERATOR(pg_catalog.=) $1 AND t.partition OPERATOR(pg_catalog.=) p.partition)"
+
+/* Was the consumer fenced since its last claim?  (subscription $1, consumer $2) */
+#define ES_FENCED_SQL \
+	"EXISTS (SELECT 1 FROM event_store.subscription_fences f " \
+	"JOIN event_store.subscription_consumers c " \
+	"  ON c.subscription OPERATOR(pg_catalog.=) f.subscription " \
+	" AND c.consumer OPERATOR(pg_catalog.=) f.consumer " \
+	"WHERE f.subscription OPERATOR(pg_catalog.=) $1 AND f.consumer OPERATOR(pg_catalog.=) $2 " \
+	"AND f.fenced_at OPERATOR(pg_catalog.>) c.claimed_at)"
+
+/* The consumer's unexpired partitions, in partition order (their index has the holder) */
+#define ES_MY_PARTITIONS_FROM \
+	"FROM event_store.subscription_partitions p " \
+	"WHERE p.subscription OPERATOR(pg_catalog.=) $1 AND p.holder OPERATOR(pg_catalog.=) $2 " \
+	"AND p.lease_expires_at OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp() " \
+	"ORDER BY p.partition FOR UPDATE OF p"
+
 /*
- * The consumer's partitions whose lease has not expired, locked, in
- * partition order (caller is connected to SPI as the owner)
+ * The partitions in the rows of the last statement's result whose
+ * ES_PART_COLUMNS come after skip columns (a row whose partition is NULL
+ * has none)
  */
 static EsPart *
-es_my_partitions(EsSubscription *s, const char *consumer, int *nparts)
+es_parts_from_result(int skip, int *nparts)
+{
+	EsPart	   *parts = palloc0(sizeof(EsPart) * Max(SPI_processed, 1));
+	TupleDesc	desc = SPI_tuptable->tupdesc;
+
+	*nparts = 0;
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		bool		isnull;
+		EsPart	   *p = &parts[*nparts];
+		Datum		d = SPI_getbinval(tup, desc, skip + 1, &isnull);
+
+		if (isnull)
+			continue;
+		p->partition = DatumGetInt32(d);
+		p->position = DatumGetInt64(SPI_getbinval(tup, desc, skip + 2, &isnull));
+		p->npending = es_get_int8_array(SPI_getbinval(tup, desc, skip + 3, &isnull), &p->pending);
+		(void) es_get_int4_array(SPI_getbinval(tup, desc, skip + 4, &isnull), &p->pending_attempts);
+		p->nredeliver = es_get_int8_array(SPI_getbinval(tup, desc, skip + 5, &isnull), &p->redeliver);
+		(void) es_get_int4_array(SPI_getbinval(tup, desc, skip + 6, &isnull), &p->redeliver_attempts);
+		p->has_held = DatumGetBool(SPI_getbinval(tup, desc, skip + 7, &isnull));
+		(*nparts)++;
+	}
+	return parts;
+}
+
+/*
+ * The consumer's partitions whose lease has not expired, locked, in
+ * partition order (caller is connected to SPI as the owner).  With fenced,
+ * the same statement also says whether the consumer was fenced since its
+ * last claim (only known when it holds some partition).
+ */
+static EsPart *
+es_my_partitions(EsSubscription *s, const char *consumer, int *nparts, bool *fenced)
 {
 	Oid			types[2] = {TEXTOID, TEXTOID};
 	Datum		values[2] = {CStringGetTextDatum(s->name), CStringGetTextDatum(consumer)};
 	EsPart	   *parts;
 
-	es_sub_exec("SELECT p.partition, p.position, p.pending, p.pending_attempts, p.redeliver, "
-				"p.redeliver_attempts, EXISTS (SELECT 1 FROM event_store.subscription_streams t "
-				"  WHERE t.subscription OPERATOR(pg_catalog.=) $1 AND t.partition OPERATOR(pg_catalog.=) p.partition) "
-				"FROM event_store.subscription_partitions p "
-				"WHERE p.subscription OPERATOR(pg_catalog.=) $1 AND p.holder OPERATOR(pg_catalog.=) $2 "
-				"AND p.lease_expires_at OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp() "
-				"ORDER BY p.partition FOR UPDATE OF p",
-				2, types, values, NULL, false, SPI_OK_SELECT);
-	*nparts = (int) SPI_processed;
-	parts = palloc0(sizeof(EsPart) * Max(*nparts, 1));
-	for (int i = 0; i < *nparts; i++)
+	if (fenced != NULL)
+		es_sub_exec("SELECT " ES_PART_COLUMNS ", " ES_FENCED_SQL " " ES_MY_PARTITIONS_FROM,
+					2, types, values, NULL, false, SPI_OK_SELECT);
+	else
+		es_sub_exec("SELECT " ES_PART_COLUMNS " " ES_MY_PARTITIONS_FROM,
+					2, types, values, NULL, false, SPI_OK_SELECT);
+	parts = es_parts_from_result(0, nparts);
+	if (fenced != NULL && *nparts > 0)
 	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
 		bool		isnull;
-		EsPart	   *p = &parts[i];
 
-		p->partition = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
-		p->position = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
-		p->npending = es_get_int8_array(SPI_getbinval(tup, desc, 3, &isnull), &p->pending);
-		(void) es_get_int4_array(SPI_getbinval(tup, desc, 4, &isnull), &p->pending_attempts);
-		p->nredeliver = es_get_int8_array(SPI_getbinval(tup, desc, 5, &isnull), &p->redeliver);
-		(void) es_get_int4_array(SPI_getbinval(tup, desc, 6, &isnull), &p->redeliver_attempts);
-		p->has_held = DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull));
+		*fenced = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+											 8, &isnull));
 	}
 	return parts;
 }
@@ -431,78 +478,107 @@ es_save_partition(EsSubscription *s, EsPart *p, const char *holder, double lease
 				9, types, values, nulls, false, SPI_OK_UPDATE);
 }
 
-/* An array literal of n int8 (or int4) values, for a text[] parameter */
-static char *
-es_array_text(const int64 *v8, const int32 *v4, int n)
-{
-	StringInfoData buf;
-
-	initStringInfo(&buf);
-	appendStringInfoChar(&buf, '{');
-	for (int i = 0; i < n; i++)
-	{
-		if (i > 0)
-			appendStringInfoChar(&buf, ',');
-		if (v8)
-			appendStringInfo(&buf, INT64_FORMAT, v8[i]);
-		else
-			appendStringInfo(&buf, "%d", v4[i]);
-	}
-	appendStringInfoChar(&buf, '}');
-	return buf.data;
-}
-
 /*
  * Write back every partition of parts that changed (all of them when
  * lease_ms >= 0: their lease is renewed for lease_ms from now, held by
- * holder), in one statement
+ * holder), in one statement.  The lists of all partitions go as one flat
+ * array each, with the offset of every partition's first element (and one
+ * past the last): the statement reads its rows by primary key and slices
+ * their lists out, no join.
  */
 static void
 es_save_partitions(EsSubscription *s, EsPart *parts, int nparts, const char *holder,
 				   double lease_ms)
 {
-	Oid			types[9] = {TEXTOID, TEXTOID, FLOAT8OID, INT4ARRAYOID, INT8ARRAYOID,
-	TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID};
-	Datum		values[9];
-	Datum	   *d[6];
+	Oid			types[11] = {TEXTOID, TEXTOID, FLOAT8OID, INT4ARRAYOID, INT8ARRAYOID,
+		INT8ARRAYOID, INT4ARRAYOID, INT4ARRAYOID,
+	INT8ARRAYOID, INT4ARRAYOID, INT4ARRAYOID};
+	Datum		values[11];
+	int32	   *nums = palloc(sizeof(int32) * Max(nparts, 1));
+	int64	   *positions = palloc(sizeof(int64) * Max(nparts, 1));
+	int32	   *pend_at = palloc(sizeof(int32) * (nparts + 1));
+	int32	   *redel_at = palloc(sizeof(int32) * (nparts + 1));
+	int			npend = 0;
+	int			nredel = 0;
+	int64	   *pend;
+	int32	   *pend_att;
+	int64	   *redel;
+	int32	   *redel_att;
 	int			n = 0;
 
-	for (int k = 0; k < 6; k++)
-		d[k] = palloc(sizeof(Datum) * Max(nparts, 1));
+	for (int i = 0; i < nparts; i++)
+	{
+		if (lease_ms < 0 && !parts[i].changed)
+			continue;
+		npend += parts[i].npending;
+		nredel += parts[i].nredeliver;
+	}
+	pend = palloc(sizeof(int64) * Max(npend, 1));
+	pend_att = palloc(sizeof(int32) * Max(npend, 1));
+	redel = palloc(sizeof(int64) * Max(nredel, 1));
+	redel_att = palloc(sizeof(int32) * Max(nredel, 1));
+	npend = 0;
+	nredel = 0;
 	for (int i = 0; i < nparts; i++)
 	{
 		EsPart	   *p = &parts[i];
 
 		if (lease_ms < 0 && !p->changed)
 			continue;
-		d[0][n] = Int32GetDatum(p->partition);
-		d[1][n] = Int64GetDatum(p->position);
-		d[2][n] = CStringGetTextDatum(es_array_text(p->pending, NULL, p->npending));
-		d[3][n] = CStringGetTextDatum(es_array_text(NULL, p->pending_attempts, p->npending));
-		d[4][n] = CStringGetTextDatum(es_array_text(p->redeliver, NULL, p->nredeliver));
-		d[5][n] = CStringGetTextDatum(es_array_text(NULL, p->redeliver_attempts, p->nredeliver));
+		nums[n] = p->partition;
+		positions[n] = p->position;
+		pend_at[n] = npend + 1;
+		redel_at[n] = nredel + 1;
+		memcpy(pend + npend, p->pending, sizeof(int64) * p->npending);
+		memcpy(pend_att + npend, p->pending_attempts, sizeof(int32) * p->npending);
+		npend += p->npending;
+		memcpy(redel + nredel, p->redeliver, sizeof(int64) * p->nredeliver);
+		memcpy(redel_att + nredel, p->redeliver_attempts, sizeof(int32) * p->nredeliver);
+		nredel += p->nredeliver;
 		n++;
 	}
 	if (n == 0)
 		return;
+	pend_at[n] = npend + 1;
+	redel_at[n] = nredel + 1;
 	values[0] = CStringGetTextDatum(s->name);
 	values[1] = CStringGetTextDatum(holder);
 	values[2] = Float8GetDatum(lease_ms);
-	values[3] = PointerGetDatum(construct_array(d[0], n, INT4OID, 4, true, TYPALIGN_INT));
-	values[4] = PointerGetDatum(construct_array(d[1], n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	for (int k = 2; k < 6; k++)
-		values[k + 3] = PointerGetDatum(construct_array(d[k], n, TEXTOID, -1, false, TYPALIGN_INT));
+	values[3] = es_int4_array(nums, n);
+	values[4] = es_int8_array(positions, n);
+	values[5] = es_int8_array(pend, npend);
+	values[6] = es_int4_array(pend_att, npend);
+	values[7] = es_int4_array(pend_at, n + 1);
+	values[8] = es_int8_array(redel, nredel);
+	values[9] = es_int4_array(redel_att, nredel);
+	values[10] = es_int4_array(redel_at, n + 1);
 	es_sub_exec("UPDATE event_store.subscription_partitions p SET holder = $2, "
 				"lease_expires_at = CASE WHEN $3 OPERATOR(pg_catalog.<) 0 THEN p.lease_expires_at "
 				" ELSE pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) "
 				"  pg_catalog.make_interval(secs => $3 OPERATOR(pg_catalog./) 1000) END, "
-				"position = u.pos, pending = u.pe::pg_catalog.int8[], pending_attempts = u.pa::pg_catalog.int4[], "
-				"redeliver = u.re::pg_catalog.int8[], redeliver_attempts = u.ra::pg_catalog.int4[], "
+				"position = $5[pg_catalog.array_position($4, p.partition)], "
+				"pending = $6[$8[pg_catalog.array_position($4, p.partition)] : "
+				" $8[pg_catalog.array_position($4, p.partition) OPERATOR(pg_catalog.+) 1] OPERATOR(pg_catalog.-) 1], "
+				"pending_attempts = $7[$8[pg_catalog.array_position($4, p.partition)] : "
+				" $8[pg_catalog.array_position($4, p.partition) OPERATOR(pg_catalog.+) 1] OPERATOR(pg_catalog.-) 1], "
+				"redeliver = $9[$11[pg_catalog.array_position($4, p.partition)] : "
+				" $11[pg_catalog.array_position($4, p.partition) OPERATOR(pg_catalog.+) 1] OPERATOR(pg_catalog.-) 1], "
+				"redeliver_attempts = $10[$11[pg_catalog.array_position($4, p.partition)] : "
+				" $11[pg_catalog.array_position($4, p.partition) OPERATOR(pg_catalog.+) 1] OPERATOR(pg_catalog.-) 1], "
 				"updated_at = pg_catalog.now() "
-				"FROM ROWS FROM (pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6), "
-				" pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9)) AS u(part, pos, pe, pa, re, ra) "
-				"WHERE p.subscription OPERATOR(pg_catalog.=) $1 AND p.partition OPERATOR(pg_catalog.=) u.part",
-				9, types, values, NULL, false, SPI_OK_UPDATE);
+				"WHERE p.subscription OPERATOR(pg_catalog.=) $1 "
+				"AND p.partition OPERATOR(pg_catalog.=) ANY ($4)",
+				11, types, values, NULL, false, SPI_OK_UPDATE);
+}
+
+/* Partition order */
+static int
+es_cmp_part(const void *a, const void *b)
+{
+	int32		pa = ((const EsPart *) a)->partition;
+	int32		pb = ((const EsPart *) b)->partition;
+
+	return pa < pb ? -1 : (pa > pb ? 1 : 0);
 }
 
 /* Append (position, attempt) to a partition's pending list */
@@ -709,6 +785,7 @@ typedef struct EsClaim
 	int64		delivered;
 	Tuplestorestate *out;
 	TupleDesc	out_desc;
+	TupleDesc	event_desc;		/* of a stored row the log scan hands over */
 	/* the current scan */
 	int32		attempt;		/* of the events handed out now */
 	int64		last_scanned;	/* log scan: every event up to here is done */
@@ -755,6 +832,11 @@ es_claim_scan_row(Datum *values, bool *isnull, HeapTuple stored, void *arg)
 		return true;
 	if (!EsFilterMatches(&c->sub->filter, values))
 		return true;
+	if (stored != NULL)
+	{
+		/* the scan filled in the leading values only: the whole event now */
+		heap_deform_tuple(stored, c->event_desc, values, isnull);
+	}
 	es_claim_emit(c, p, values, isnull, 1);
 	return !c->full;
 }
@@ -783,6 +865,14 @@ es_claim_scan_log(EsClaim *c, int64 head)
 	spec.filter.ntypes = -1;	/* the subscription's filter is checked per event */
 	spec.denied = EsDeniedCategories(c->sub->owner);
 	spec.max_count = -1;
+
+	/*
+	 * Most events of the log belong to other consumers' partitions: a
+	 * stored row is only deformed as far as the partition and the filter
+	 * need, the rest of it for the events handed out
+	 */
+	spec.leading_values = EsFilterLeadingValues(&c->sub->filter);
+	c->event_desc = lookup_rowtype_tupdesc(cat->event_type_oid, -1);
 	ScanKeyEntryInitialize(&spec.keys[0], 0, 1, BTGreaterStrategyNumber, InvalidOid,
 						   InvalidOid, F_INT8GT, Int64GetDatum(from));
 	ScanKeyEntryInitialize(&spec.keys[1], 0, 1, BTLessEqualStrategyNumber, InvalidOid,
@@ -794,6 +884,8 @@ es_claim_scan_log(EsClaim *c, int64 head)
 	c->last_scanned = from;
 	(void) EsScanEvents(cat, &spec, es_claim_scan_row, c);
 	UnregisterSnapshot(snapshot);
+	ReleaseTupleDesc(c->event_desc);
+	c->event_desc = NULL;
 
 	/* not stopped early: the scan saw everything up to head */
 	if (!c->full)
@@ -1181,7 +1273,8 @@ es_claim_once(EsClaim *c, const char *consumer, double lease_ms)
 	 * claim time recorded); was it fenced since its last claim (a partition
 	 * of it taken over)?  Then what it was handed in the partitions it keeps
 	 * comes again: the transaction whose acknowledgement the fence refused
-	 * rolled back.  And how many consumers are live, itself included.
+	 * rolled back.  How many consumers are live, itself included.  And,
+	 * after that, its partitions (renewed below), locked.
 	 */
 	es_sub_exec("WITH prev AS (SELECT c.claimed_at FROM event_store.subscription_consumers c "
 				"  WHERE c.subscription OPERATOR(pg_catalog.=) $1 AND c.consumer OPERATOR(pg_catalog.=) $2), "
@@ -1193,19 +1286,23 @@ es_claim_once(EsClaim *c, const char *consumer, double lease_ms)
 				"  VALUES ($1, $2, pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) "
 				"  pg_catalog.make_interval(secs => $3 OPERATOR(pg_catalog./) 1000), pg_catalog.clock_timestamp()) "
 				"  ON CONFLICT (subscription, consumer) DO UPDATE SET lease_expires_at = EXCLUDED.lease_expires_at, "
-				"  claimed_at = EXCLUDED.claimed_at RETURNING 1) "
-				"SELECT EXISTS (SELECT 1 FROM gone, prev WHERE gone.fenced_at OPERATOR(pg_catalog.>) prev.claimed_at), "
+				"  claimed_at = EXCLUDED.claimed_at RETURNING 1), "
+				"me AS MATERIALIZED (SELECT EXISTS (SELECT 1 FROM gone, prev "
+				"  WHERE gone.fenced_at OPERATOR(pg_catalog.>) prev.claimed_at) AS fenced, "
 				"(SELECT pg_catalog.count(*) FROM event_store.subscription_consumers o "
 				"  WHERE o.subscription OPERATOR(pg_catalog.=) $1 AND o.consumer OPERATOR(pg_catalog.<>) $2 "
 				"  AND o.lease_expires_at OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp()) "
-				"  OPERATOR(pg_catalog.+) (SELECT pg_catalog.count(*) FROM up)",
+				"  OPERATOR(pg_catalog.+) (SELECT pg_catalog.count(*) FROM up) AS live) "
+				"SELECT me.fenced, me.live, mine.* FROM me LEFT JOIN LATERAL "
+				"(SELECT " ES_PART_COLUMNS " " ES_MY_PARTITIONS_FROM ") mine ON true",
 				3, types, values, NULL, false, SPI_OK_SELECT);
 	fenced = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	live = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
 	share = (int) ((c->sub->partitions + Max(live, 1) - 1) / Max(live, 1));
 
 	/* ours, renewed below; beyond the fair share, the idle ones go back */
-	c->parts = es_my_partitions(c->sub, consumer, &c->nparts);
+	c->parts = es_parts_from_result(2, &c->nparts);
+	qsort(c->parts, c->nparts, sizeof(EsPart), es_cmp_part);
 	if (fenced)
 		for (int i = 0; i < c->nparts; i++)
 			es_pending_to_redeliver(&c->parts[i]);
@@ -1353,26 +1450,28 @@ es_not_held(EsSubscription *s, const char *consumer, const char *what)
 			 errhint("Claim events again with event_store.claim_events(); what was not acknowledged is delivered again.")));
 }
 
+/* The 55000 of a consumer fenced since its partition was taken over */
+static void
+es_fenced_error(EsSubscription *s, const char *consumer)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("consumer \"%s\" lost a partition of subscription \"%s\"", consumer, s->name),
+			 errdetail("Its lease expired and another consumer took over a partition; what it was handed there goes to that consumer."),
+			 errhint("Roll back what was handled, and claim events again with event_store.claim_events().")));
+}
+
 /* A consumer fenced since its partition was taken over: 55000 until it claims */
 static void
 es_check_not_fenced(EsSubscription *s, const char *consumer)
 {
 	Oid			types[2] = {TEXTOID, TEXTOID};
 	Datum		values[2] = {CStringGetTextDatum(s->name), CStringGetTextDatum(consumer)};
+	bool		isnull;
 
-	es_sub_exec("SELECT 1 FROM event_store.subscription_fences f "
-				"JOIN event_store.subscription_consumers c "
-				"  ON c.subscription OPERATOR(pg_catalog.=) f.subscription "
-				" AND c.consumer OPERATOR(pg_catalog.=) f.consumer "
-				"WHERE f.subscription OPERATOR(pg_catalog.=) $1 AND f.consumer OPERATOR(pg_catalog.=) $2 "
-				"AND f.fenced_at OPERATOR(pg_catalog.>) c.claimed_at",
-				2, types, values, NULL, false, SPI_OK_SELECT);
-	if (SPI_processed > 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("consumer \"%s\" lost a partition of subscription \"%s\"", consumer, s->name),
-				 errdetail("Its lease expired and another consumer took over a partition; what it was handed there goes to that consumer."),
-				 errhint("Roll back what was handled, and claim events again with event_store.claim_events().")));
+	es_sub_exec("SELECT " ES_FENCED_SQL, 2, types, values, NULL, false, SPI_OK_SELECT);
+	if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
+		es_fenced_error(s, consumer);
 }
 
 /* What es_stream_event_after looks for: a stream's first event after a position */
@@ -1477,6 +1576,7 @@ es_ack_events(PG_FUNCTION_ARGS)
 	Datum		values[3];
 	int32	   *nums;
 	bool		any_held;
+	bool		fenced = false;
 
 	EsCheckWritable("ack_events()");
 	EsRequireArg(fcinfo, 2, "up_to_position");
@@ -1486,10 +1586,11 @@ es_ack_events(PG_FUNCTION_ARGS)
 	EsSpiConnect(&sw);
 	s = es_subscription_load(name, CurrentMemoryContext);
 	es_check_may_use(&sw, s);
-	parts = es_my_partitions(s, consumer, &nparts);
+	parts = es_my_partitions(s, consumer, &nparts, &fenced);
 	if (nparts == 0)
 		es_not_held(s, consumer, "any partition");
-	es_check_not_fenced(s, consumer);
+	if (fenced)
+		es_fenced_error(s, consumer);
 
 	nums = palloc(sizeof(int32) * nparts);
 	for (int i = 0; i < nparts; i++)
@@ -1596,7 +1697,7 @@ es_nack_event(PG_FUNCTION_ARGS)
 	EsSpiConnect(&sw);
 	s = es_subscription_load(name, CurrentMemoryContext);
 	es_check_may_use(&sw, s);
-	parts = es_my_partitions(s, consumer, &nparts);
+	parts = es_my_partitions(s, consumer, &nparts, NULL);
 	es_check_not_fenced(s, consumer);
 	sid = es_stream_at(position);
 	p = sid ? es_find_part(parts, nparts, EsStreamPartition(sid, s->partitions)) : NULL;
@@ -1674,7 +1775,7 @@ es_release_events(PG_FUNCTION_ARGS)
 	EsSpiConnect(&sw);
 	s = es_subscription_load(name, CurrentMemoryContext);
 	es_check_may_use(&sw, s);
-	parts = es_my_partitions(s, consumer, &nparts);
+	parts = es_my_partitions(s, consumer, &nparts, NULL);
 	for (int i = 0; i < nparts; i++)
 	{
 		/* unacknowledged events are delivered again, to the next holder */
