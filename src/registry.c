@@ -197,6 +197,37 @@ EsPrepareKeptPlan(const char *sql, int nargs, Oid *argtypes)
 	return plan;
 }
 
+/*
+ * The kept plan of a statement whose text is a literal (or any string that
+ * lives, unchanged, as long as the backend), found by the string's address:
+ * prepared at its first use (caller in SPI)
+ */
+#define ES_MAX_KEPT_STATEMENTS 128
+static struct
+{
+	const char *sql;
+	SPIPlanPtr	plan;
+}			kept_statements[ES_MAX_KEPT_STATEMENTS];
+static int	n_kept_statements = 0;
+
+SPIPlanPtr
+EsKeptStatementPlan(const char *sql, int nargs, Oid *argtypes)
+{
+	SPIPlanPtr	plan;
+
+	for (int i = 0; i < n_kept_statements; i++)
+		if (kept_statements[i].sql == sql)
+			return kept_statements[i].plan;
+	plan = EsPrepareKeptPlan(sql, nargs, argtypes);
+	if (n_kept_statements < ES_MAX_KEPT_STATEMENTS)
+	{
+		kept_statements[n_kept_statements].sql = sql;
+		kept_statements[n_kept_statements].plan = plan;
+		n_kept_statements++;
+	}
+	return plan;
+}
+
 /* ------------------------------------------------------------------------
  * Text-keyed hash tables of the registries' caches
  * ------------------------------------------------------------------------ */

@@ -137,37 +137,15 @@ EsStreamPartition(text *stream_id, int n)
 	return (int32) (h % (uint64) n);
 }
 
-/* The plans of the statements below, by their text (each a literal) */
-#define ES_MAX_KEPT_STATEMENTS 64
-static struct
-{
-	const char *sql;
-	SPIPlanPtr	plan;
-}			kept_statements[ES_MAX_KEPT_STATEMENTS];
-static int	n_kept_statements = 0;
-
 /* Run one statement (caller is connected to SPI as the owner) */
 static int
 es_sub_exec(const char *sql, int nargs, Oid *types, Datum *values,
 			const char *nulls, bool read_only, int expected)
 {
-	SPIPlanPtr	plan = NULL;
+	/* every statement here is a literal: its plan is kept for the backend's life */
+	SPIPlanPtr	plan = EsKeptStatementPlan(sql, nargs, types);
 	int			rc;
 
-	/* every statement here is a literal: its plan is kept for the backend's life */
-	for (int i = 0; i < n_kept_statements && plan == NULL; i++)
-		if (kept_statements[i].sql == sql)
-			plan = kept_statements[i].plan;
-	if (plan == NULL)
-	{
-		plan = EsPrepareKeptPlan(sql, nargs, types);
-		if (n_kept_statements < ES_MAX_KEPT_STATEMENTS)
-		{
-			kept_statements[n_kept_statements].sql = sql;
-			kept_statements[n_kept_statements].plan = plan;
-			n_kept_statements++;
-		}
-	}
 	rc = SPI_execute_plan(plan, values, nulls, read_only, 0);
 	if (rc != expected)
 		elog(ERROR, "subscription statement failed: %s", SPI_result_code_string(rc));
