@@ -359,39 +359,6 @@ es_consumer_arg(FunctionCallInfo fcinfo, int argno)
 	"ORDER BY p.partition FOR UPDATE OF p"
 
 /*
- * The partitions in the rows of the last statement's result whose
- * ES_PART_COLUMNS come after skip columns (a row whose partition is NULL
- * has none)
- */
-static EsPart *
-es_parts_from_result(int skip, int *nparts)
-{
-	EsPart	   *parts = palloc0(sizeof(EsPart) * Max(SPI_processed, 1));
-	TupleDesc	desc = SPI_tuptable->tupdesc;
-
-	*nparts = 0;
-	for (uint64 i = 0; i < SPI_processed; i++)
-	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		bool		isnull;
-		EsPart	   *p = &parts[*nparts];
-		Datum		d = SPI_getbinval(tup, desc, skip + 1, &isnull);
-
-		if (isnull)
-			continue;
-		p->partition = DatumGetInt32(d);
-		p->position = DatumGetInt64(SPI_getbinval(tup, desc, skip + 2, &isnull));
-		p->npending = es_get_int8_array(SPI_getbinval(tup, desc, skip + 3, &isnull), &p->pending);
-		(void) es_get_int4_array(SPI_getbinval(tup, desc, skip + 4, &isnull), &p->pending_attempts);
-		p->nredeliver = es_get_int8_array(SPI_getbinval(tup, desc, skip + 5, &isnull), &p->redeliver);
-		(void) es_get_int4_array(SPI_getbinval(tup, desc, skip + 6, &isnull), &p->redeliver_attempts);
-		p->has_held = DatumGetBool(SPI_getbinval(tup, desc, skip + 7, &isnull));
-		(*nparts)++;
-	}
-	return parts;
-}
-
-/*
  * The consumer's partitions whose lease has not expired, locked, in
  * partition order (caller is connected to SPI as the owner).  With fenced,
  * the same statement also says whether the consumer was fenced since its
@@ -410,13 +377,24 @@ es_my_partitions(EsSubscription *s, const char *consumer, int *nparts, bool *fen
 	else
 		es_sub_exec("SELECT " ES_PART_COLUMNS " " ES_MY_PARTITIONS_FROM,
 					2, types, values, NULL, false, SPI_OK_SELECT);
-	parts = es_parts_from_result(0, nparts);
-	if (fenced != NULL && *nparts > 0)
+	*nparts = (int) SPI_processed;
+	parts = palloc0(sizeof(EsPart) * Max(*nparts, 1));
+	for (int i = 0; i < *nparts; i++)
 	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
 		bool		isnull;
+		EsPart	   *p = &parts[i];
 
-		*fenced = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
-											 8, &isnull));
+		p->partition = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
+		p->position = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
+		p->npending = es_get_int8_array(SPI_getbinval(tup, desc, 3, &isnull), &p->pending);
+		(void) es_get_int4_array(SPI_getbinval(tup, desc, 4, &isnull), &p->pending_attempts);
+		p->nredeliver = es_get_int8_array(SPI_getbinval(tup, desc, 5, &isnull), &p->redeliver);
+		(void) es_get_int4_array(SPI_getbinval(tup, desc, 6, &isnull), &p->redeliver_attempts);
+		p->has_held = DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull));
+		if (fenced != NULL && i == 0)
+			*fenced = DatumGetBool(SPI_getbinval(tup, desc, 8, &isnull));
 	}
 	return parts;
 }
@@ -547,16 +525,6 @@ es_save_partitions(EsSubscription *s, EsPart *parts, int nparts, const char *hol
 				"WHERE p.subscription OPERATOR(pg_catalog.=) $1 "
 				"AND p.partition OPERATOR(pg_catalog.=) ANY ($4)",
 				11, types, values, NULL, false, SPI_OK_UPDATE);
-}
-
-/* Partition order */
-static int
-es_cmp_part(const void *a, const void *b)
-{
-	int32		pa = ((const EsPart *) a)->partition;
-	int32		pb = ((const EsPart *) b)->partition;
-
-	return pa < pb ? -1 : (pa > pb ? 1 : 0);
 }
 
 /* Append (position, attempt) to a partition's pending list */
@@ -1251,8 +1219,7 @@ es_claim_once(EsClaim *c, const char *consumer, double lease_ms)
 	 * claim time recorded); was it fenced since its last claim (a partition
 	 * of it taken over)?  Then what it was handed in the partitions it keeps
 	 * comes again: the transaction whose acknowledgement the fence refused
-	 * rolled back.  How many consumers are live, itself included.  And,
-	 * after that, its partitions (renewed below), locked.
+	 * rolled back.  And how many consumers are live, itself included.
 	 */
 	es_sub_exec("WITH prev AS (SELECT c.claimed_at FROM event_store.subscription_consumers c "
 				"  WHERE c.subscription OPERATOR(pg_catalog.=) $1 AND c.consumer OPERATOR(pg_catalog.=) $2), "
@@ -1264,23 +1231,24 @@ es_claim_once(EsClaim *c, const char *consumer, double lease_ms)
 				"  VALUES ($1, $2, pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) "
 				"  pg_catalog.make_interval(secs => $3 OPERATOR(pg_catalog./) 1000), pg_catalog.clock_timestamp()) "
 				"  ON CONFLICT (subscription, consumer) DO UPDATE SET lease_expires_at = EXCLUDED.lease_expires_at, "
-				"  claimed_at = EXCLUDED.claimed_at RETURNING 1), "
-				"me AS MATERIALIZED (SELECT EXISTS (SELECT 1 FROM gone, prev "
-				"  WHERE gone.fenced_at OPERATOR(pg_catalog.>) prev.claimed_at) AS fenced, "
+				"  claimed_at = EXCLUDED.claimed_at RETURNING 1) "
+				"SELECT EXISTS (SELECT 1 FROM gone, prev "
+				"  WHERE gone.fenced_at OPERATOR(pg_catalog.>) prev.claimed_at), "
 				"(SELECT pg_catalog.count(*) FROM event_store.subscription_consumers o "
 				"  WHERE o.subscription OPERATOR(pg_catalog.=) $1 AND o.consumer OPERATOR(pg_catalog.<>) $2 "
 				"  AND o.lease_expires_at OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp()) "
-				"  OPERATOR(pg_catalog.+) (SELECT pg_catalog.count(*) FROM up) AS live) "
-				"SELECT me.fenced, me.live, mine.* FROM me LEFT JOIN LATERAL "
-				"(SELECT " ES_PART_COLUMNS " " ES_MY_PARTITIONS_FROM ") mine ON true",
+				"  OPERATOR(pg_catalog.+) (SELECT pg_catalog.count(*) FROM up)",
 				3, types, values, NULL, false, SPI_OK_SELECT);
 	fenced = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	live = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
 	share = (int) ((c->sub->partitions + Max(live, 1) - 1) / Max(live, 1));
 
-	/* ours, renewed below; beyond the fair share, the idle ones go back */
-	c->parts = es_parts_from_result(2, &c->nparts);
-	qsort(c->parts, c->nparts, sizeof(EsPart), es_cmp_part);
+	/*
+	 * Ours, renewed below (a statement of its own: joined to the one above,
+	 * the claim measured no cheaper); beyond the fair share, the idle ones
+	 * go back
+	 */
+	c->parts = es_my_partitions(c->sub, consumer, &c->nparts, NULL);
 	if (fenced)
 		for (int i = 0; i < c->nparts; i++)
 			es_pending_to_redeliver(&c->parts[i]);
