@@ -741,12 +741,11 @@ es_projection_load(const char *name, const char *extra_sql, char **mode,
 	Datum		arg = CStringGetTextDatum(name);
 	Oid			argtype = TEXTOID;
 	int			rc;
-	char	   *sql;
+	char	   *sql = NULL;
 	EsProjection *p;
 	bool		isnull;
 	HeapTuple	tup;
 	TupleDesc	desc;
-
 	const char *owner_columns = EsOwnerColumns();
 	const char *partition_columns = es_partition_columns();
 	SPIPlanPtr	plan = NULL;
@@ -765,9 +764,9 @@ es_projection_load(const char *name, const char *extra_sql, char **mode,
 					   "reset::pg_catalog.oid FROM event_store.projections "
 					   "WHERE name OPERATOR(pg_catalog.=) $1 %s", owner_columns,
 					   partition_columns, extra_sql);
-		plan = EsPrepareKeptPlan(sql, 1, &argtype);
 		if (n_load_plans < ES_MAX_LOAD_PLANS)
 		{
+			plan = EsPrepareKeptPlan(sql, 1, &argtype);
 			load_plans[n_load_plans].extra_sql = extra_sql;
 			load_plans[n_load_plans].owner_columns = owner_columns;
 			load_plans[n_load_plans].partition_columns = partition_columns;
@@ -775,7 +774,10 @@ es_projection_load(const char *name, const char *extra_sql, char **mode,
 			n_load_plans++;
 		}
 	}
-	rc = SPI_execute_plan(plan, &arg, NULL, false, 1);
+	if (plan != NULL)
+		rc = SPI_execute_plan(plan, &arg, NULL, false, 1);
+	else
+		rc = SPI_execute_with_args(sql, 1, &argtype, &arg, NULL, false, 1);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "reading projection \"%s\" failed: %s", name, SPI_result_code_string(rc));
 	if (SPI_processed == 0)

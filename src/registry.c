@@ -202,29 +202,38 @@ EsPrepareKeptPlan(const char *sql, int nargs, Oid *argtypes)
  * lives, unchanged, as long as the backend), found by the string's address:
  * prepared at its first use (caller in SPI)
  */
-#define ES_MAX_KEPT_STATEMENTS 128
-static struct
+typedef struct EsKeptStatement
 {
-	const char *sql;
+	const char *sql;			/* the key */
 	SPIPlanPtr	plan;
-}			kept_statements[ES_MAX_KEPT_STATEMENTS];
-static int	n_kept_statements = 0;
+} EsKeptStatement;
+
+static HTAB *kept_statements = NULL;
 
 SPIPlanPtr
 EsKeptStatementPlan(const char *sql, int nargs, Oid *argtypes)
 {
+	EsKeptStatement *entry;
 	SPIPlanPtr	plan;
+	bool		found;
 
-	for (int i = 0; i < n_kept_statements; i++)
-		if (kept_statements[i].sql == sql)
-			return kept_statements[i].plan;
-	plan = EsPrepareKeptPlan(sql, nargs, argtypes);
-	if (n_kept_statements < ES_MAX_KEPT_STATEMENTS)
+	if (kept_statements == NULL)
 	{
-		kept_statements[n_kept_statements].sql = sql;
-		kept_statements[n_kept_statements].plan = plan;
-		n_kept_statements++;
+		HASHCTL		ctl;
+
+		ctl.keysize = sizeof(const char *);
+		ctl.entrysize = sizeof(EsKeptStatement);
+		ctl.hcxt = TopMemoryContext;
+		kept_statements = hash_create("event_store kept statements", 64, &ctl,
+									  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	}
+	entry = hash_search(kept_statements, &sql, HASH_FIND, NULL);
+	if (entry != NULL)
+		return entry->plan;
+	/* prepared first: an error leaves no entry behind */
+	plan = EsPrepareKeptPlan(sql, nargs, argtypes);
+	entry = hash_search(kept_statements, &sql, HASH_ENTER, &found);
+	entry->plan = plan;
 	return plan;
 }
 
