@@ -39,9 +39,14 @@
  */
 #include "postgres.h"
 
+#include <math.h>
+
+#include "access/heapam.h"
 #include "access/htup_details.h"
+#include "access/table.h"
 #include "access/stratnum.h"
 #include "access/xact.h"
+#include "catalog/indexing.h"
 #include "catalog/pg_collation.h"
 #include "catalog/pg_type.h"
 #include "common/hashfn.h"
@@ -50,6 +55,7 @@
 #include "funcapi.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
+#include "storage/bufmgr.h"
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -109,6 +115,7 @@ typedef struct EsPart
 	int32	   *redeliver_attempts;
 	bool		has_held;		/* some stream of it is held back */
 	bool		changed;
+	ItemPointerData tid;		/* of its row, locked by this transaction */
 } EsPart;
 
 /* A held stream of one of the consumer's partitions */
@@ -340,7 +347,8 @@ es_consumer_arg(FunctionCallInfo fcinfo, int argno)
 #define ES_PART_COLUMNS \
 	"p.partition, p.position, p.pending, p.pending_attempts, p.redeliver, " \
 	"p.redeliver_attempts, EXISTS (SELECT 1 FROM event_store.subscription_streams t " \
-	"  WHERE t.subscription OPERATOR(pg_catalog.=) $1 AND t.partition OPERATOR(pg_catalog.=) p.partition)"
+	"  WHERE t.subscription OPERATOR(pg_catalog.=) $1 AND t.partition OPERATOR(pg_catalog.=) p.partition), " \
+	"p.ctid"
 
 /* Was the consumer fenced since its last claim?  (subscription $1, consumer $2) */
 #define ES_FENCED_SQL \
@@ -393,8 +401,9 @@ es_my_partitions(EsSubscription *s, const char *consumer, int *nparts, bool *fen
 		p->nredeliver = es_get_int8_array(SPI_getbinval(tup, desc, 5, &isnull), &p->redeliver);
 		(void) es_get_int4_array(SPI_getbinval(tup, desc, 6, &isnull), &p->redeliver_attempts);
 		p->has_held = DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull));
+		p->tid = *((ItemPointer) DatumGetPointer(SPI_getbinval(tup, desc, 8, &isnull)));
 		if (fenced != NULL && i == 0)
-			*fenced = DatumGetBool(SPI_getbinval(tup, desc, 8, &isnull));
+			*fenced = DatumGetBool(SPI_getbinval(tup, desc, 9, &isnull));
 	}
 	return parts;
 }
@@ -437,94 +446,99 @@ es_save_partition(EsSubscription *s, EsPart *p, const char *holder, double lease
 /*
  * Write back every partition of parts that changed (all of them when
  * lease_ms >= 0: their lease is renewed for lease_ms from now, held by
- * holder), in one statement.  The lists of all partitions go as one flat
- * array each, with the offset of every partition's first element (and one
- * past the last): the statement reads its rows by primary key and slices
- * their lists out, no join.
+ * holder).  Their rows were locked (FOR UPDATE) by this transaction when they
+ * were read, so nobody else changed them since: each is updated in place
+ * from C, as the catalogs are (the new version and, unless the update is
+ * HOT, its index entries), with no statement to plan or start.  The row's
+ * foreign key is the subscription, which never changes here.
  */
 static void
 es_save_partitions(EsSubscription *s, EsPart *parts, int nparts, const char *holder,
 				   double lease_ms)
 {
-	Oid			types[11] = {TEXTOID, TEXTOID, FLOAT8OID, INT4ARRAYOID, INT8ARRAYOID,
-		INT8ARRAYOID, INT4ARRAYOID, INT4ARRAYOID,
-	INT8ARRAYOID, INT4ARRAYOID, INT4ARRAYOID};
-	Datum		values[11];
-	int32	   *nums = palloc(sizeof(int32) * Max(nparts, 1));
-	int64	   *positions = palloc(sizeof(int64) * Max(nparts, 1));
-	int32	   *pend_at = palloc(sizeof(int32) * (nparts + 1));
-	int32	   *redel_at = palloc(sizeof(int32) * (nparts + 1));
-	int			npend = 0;
-	int			nredel = 0;
-	int64	   *pend;
-	int32	   *pend_att;
-	int64	   *redel;
-	int32	   *redel_att;
-	int			n = 0;
+	const EsCatalog *cat = EsGetCatalog();
+	Oid			relid;
+	Relation	rel;
+	TupleDesc	desc;
+	CatalogIndexState indstate;
+	TimestampTz now = GetCurrentTransactionStartTimestamp();
+	TimestampTz lease_end = 0;
+	Datum	   *values;
+	bool	   *nulls;
+	AttrNumber	att_holder,
+				att_lease,
+				att_position,
+				att_pending,
+				att_pending_attempts,
+				att_redeliver,
+				att_redeliver_attempts,
+				att_updated;
+	bool		any = false;
 
-	for (int i = 0; i < nparts; i++)
-	{
-		if (lease_ms < 0 && !parts[i].changed)
-			continue;
-		npend += parts[i].npending;
-		nredel += parts[i].nredeliver;
-	}
-	pend = palloc(sizeof(int64) * Max(npend, 1));
-	pend_att = palloc(sizeof(int32) * Max(npend, 1));
-	redel = palloc(sizeof(int64) * Max(nredel, 1));
-	redel_att = palloc(sizeof(int32) * Max(nredel, 1));
-	npend = 0;
-	nredel = 0;
+	for (int i = 0; i < nparts && !any; i++)
+		any = lease_ms >= 0 || parts[i].changed;
+	if (!any)
+		return;
+	relid = get_relname_relid("subscription_partitions", cat->namespace_oid);
+	if (!OidIsValid(relid))
+		elog(ERROR, "event_store.subscription_partitions does not exist");
+	att_holder = get_attnum(relid, "holder");
+	att_lease = get_attnum(relid, "lease_expires_at");
+	att_position = get_attnum(relid, "position");
+	att_pending = get_attnum(relid, "pending");
+	att_pending_attempts = get_attnum(relid, "pending_attempts");
+	att_redeliver = get_attnum(relid, "redeliver");
+	att_redeliver_attempts = get_attnum(relid, "redeliver_attempts");
+	att_updated = get_attnum(relid, "updated_at");
+	if (att_holder == InvalidAttrNumber || att_lease == InvalidAttrNumber ||
+		att_position == InvalidAttrNumber || att_pending == InvalidAttrNumber ||
+		att_pending_attempts == InvalidAttrNumber || att_redeliver == InvalidAttrNumber ||
+		att_redeliver_attempts == InvalidAttrNumber || att_updated == InvalidAttrNumber)
+		elog(ERROR, "event_store.subscription_partitions lacks a column");
+	if (lease_ms >= 0)
+		lease_end = GetCurrentTimestamp() + (int64) rint(lease_ms * 1000.0);
+
+	rel = table_open(relid, RowExclusiveLock);
+	desc = RelationGetDescr(rel);
+	indstate = CatalogOpenIndexes(rel);
+	values = palloc(sizeof(Datum) * desc->natts);
+	nulls = palloc(sizeof(bool) * desc->natts);
 	for (int i = 0; i < nparts; i++)
 	{
 		EsPart	   *p = &parts[i];
+		HeapTupleData oldtup;
+		HeapTuple	newtup;
+		Buffer		buf;
 
 		if (lease_ms < 0 && !p->changed)
 			continue;
-		nums[n] = p->partition;
-		positions[n] = p->position;
-		pend_at[n] = npend + 1;
-		redel_at[n] = nredel + 1;
-		memcpy(pend + npend, p->pending, sizeof(int64) * p->npending);
-		memcpy(pend_att + npend, p->pending_attempts, sizeof(int32) * p->npending);
-		npend += p->npending;
-		memcpy(redel + nredel, p->redeliver, sizeof(int64) * p->nredeliver);
-		memcpy(redel_att + nredel, p->redeliver_attempts, sizeof(int32) * p->nredeliver);
-		nredel += p->nredeliver;
-		n++;
+		oldtup.t_self = p->tid;
+		if (!heap_fetch(rel, SnapshotAny, &oldtup, &buf, false))
+			elog(ERROR, "partition %d of subscription \"%s\" is gone", p->partition, s->name);
+		heap_deform_tuple(&oldtup, desc, values, nulls);
+		values[att_holder - 1] = CStringGetTextDatum(holder);
+		nulls[att_holder - 1] = false;
+		if (lease_ms >= 0)
+		{
+			values[att_lease - 1] = TimestampTzGetDatum(lease_end);
+			nulls[att_lease - 1] = false;
+		}
+		values[att_position - 1] = Int64GetDatum(p->position);
+		values[att_pending - 1] = es_int8_array(p->pending, p->npending);
+		values[att_pending_attempts - 1] = es_int4_array(p->pending_attempts, p->npending);
+		values[att_redeliver - 1] = es_int8_array(p->redeliver, p->nredeliver);
+		values[att_redeliver_attempts - 1] = es_int4_array(p->redeliver_attempts, p->nredeliver);
+		values[att_updated - 1] = TimestampTzGetDatum(now);
+		newtup = heap_form_tuple(desc, values, nulls);
+		ReleaseBuffer(buf);
+		CatalogTupleUpdateWithInfo(rel, &p->tid, newtup, indstate);
+		p->tid = newtup->t_self;
+		heap_freetuple(newtup);
 	}
-	if (n == 0)
-		return;
-	pend_at[n] = npend + 1;
-	redel_at[n] = nredel + 1;
-	values[0] = CStringGetTextDatum(s->name);
-	values[1] = CStringGetTextDatum(holder);
-	values[2] = Float8GetDatum(lease_ms);
-	values[3] = es_int4_array(nums, n);
-	values[4] = es_int8_array(positions, n);
-	values[5] = es_int8_array(pend, npend);
-	values[6] = es_int4_array(pend_att, npend);
-	values[7] = es_int4_array(pend_at, n + 1);
-	values[8] = es_int8_array(redel, nredel);
-	values[9] = es_int4_array(redel_att, nredel);
-	values[10] = es_int4_array(redel_at, n + 1);
-	es_sub_exec("UPDATE event_store.subscription_partitions p SET holder = $2, "
-				"lease_expires_at = CASE WHEN $3 OPERATOR(pg_catalog.<) 0 THEN p.lease_expires_at "
-				" ELSE pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) "
-				"  pg_catalog.make_interval(secs => $3 OPERATOR(pg_catalog./) 1000) END, "
-				"position = $5[pg_catalog.array_position($4, p.partition)], "
-				"pending = $6[$8[pg_catalog.array_position($4, p.partition)] : "
-				" $8[pg_catalog.array_position($4, p.partition) OPERATOR(pg_catalog.+) 1] OPERATOR(pg_catalog.-) 1], "
-				"pending_attempts = $7[$8[pg_catalog.array_position($4, p.partition)] : "
-				" $8[pg_catalog.array_position($4, p.partition) OPERATOR(pg_catalog.+) 1] OPERATOR(pg_catalog.-) 1], "
-				"redeliver = $9[$11[pg_catalog.array_position($4, p.partition)] : "
-				" $11[pg_catalog.array_position($4, p.partition) OPERATOR(pg_catalog.+) 1] OPERATOR(pg_catalog.-) 1], "
-				"redeliver_attempts = $10[$11[pg_catalog.array_position($4, p.partition)] : "
-				" $11[pg_catalog.array_position($4, p.partition) OPERATOR(pg_catalog.+) 1] OPERATOR(pg_catalog.-) 1], "
-				"updated_at = pg_catalog.now() "
-				"WHERE p.subscription OPERATOR(pg_catalog.=) $1 "
-				"AND p.partition OPERATOR(pg_catalog.=) ANY ($4)",
-				11, types, values, NULL, false, SPI_OK_UPDATE);
+	CatalogCloseIndexes(indstate);
+	table_close(rel, NoLock);
+	/* what follows in this transaction sees the new versions */
+	CommandCounterIncrement();
 }
 
 /* Append (position, attempt) to a partition's pending list */
@@ -1136,7 +1150,8 @@ es_claim_take(EsClaim *c, const char *consumer, int want)
 		return;
 	es_sub_exec("SELECT p.partition, p.position, p.pending, p.pending_attempts, p.redeliver, "
 				"p.redeliver_attempts, p.holder, EXISTS (SELECT 1 FROM event_store.subscription_streams t "
-				"  WHERE t.subscription OPERATOR(pg_catalog.=) $1 AND t.partition OPERATOR(pg_catalog.=) p.partition) "
+				"  WHERE t.subscription OPERATOR(pg_catalog.=) $1 AND t.partition OPERATOR(pg_catalog.=) p.partition), "
+				"p.ctid "
 				"FROM event_store.subscription_partitions p "
 				"WHERE p.subscription OPERATOR(pg_catalog.=) $1 "
 				"AND (p.holder IS NULL OR p.lease_expires_at OPERATOR(pg_catalog.<=) pg_catalog.clock_timestamp()) "
@@ -1163,6 +1178,7 @@ es_claim_take(EsClaim *c, const char *consumer, int want)
 		p->nredeliver = es_get_int8_array(SPI_getbinval(tup, desc, 5, &isnull), &p->redeliver);
 		(void) es_get_int4_array(SPI_getbinval(tup, desc, 6, &isnull), &p->redeliver_attempts);
 		p->has_held = DatumGetBool(SPI_getbinval(tup, desc, 8, &isnull));
+		p->tid = *((ItemPointer) DatumGetPointer(SPI_getbinval(tup, desc, 9, &isnull)));
 		/* the previous holder's pending events go first, attempt + 1 */
 		p->pending = pending;
 		p->pending_attempts = attempts;
