@@ -35,7 +35,9 @@
  * ones are taken with SKIP LOCKED, so concurrent claims never wait for each
  * other's partitions); ack, nack and release lock the consumer's
  * partitions.  A consumer whose lease has expired holds nothing: its ack
- * or nack is refused (55000) and changes nothing.
+ * or nack is refused (55000) and changes nothing.  The partition rows a
+ * claim or an ack locked are written back in place from C
+ * (es_save_partitions), as nobody else can change them meanwhile.
  */
 #include "postgres.h"
 
