@@ -738,6 +738,17 @@ es_apply_range(EsProjection *proj, int64 after, int64 upto, int64 budget,
 	return exhausted ? upto : ra.last_scanned;
 }
 
+/* The kept plans of es_projection_load, by the strings the statement is made of */
+#define ES_MAX_LOAD_PLANS 16
+static struct
+{
+	const char *extra_sql;
+	const char *owner_columns;
+	const char *partition_columns;
+	SPIPlanPtr	plan;
+}			load_plans[ES_MAX_LOAD_PLANS];
+static int	n_load_plans = 0;
+
 /* Load one projection by name (caller connected to SPI); NULL if none */
 static EsProjection *
 es_projection_load(const char *name, const char *extra_sql, char **mode,
@@ -747,17 +758,43 @@ es_projection_load(const char *name, const char *extra_sql, char **mode,
 	Datum		arg = CStringGetTextDatum(name);
 	Oid			argtype = TEXTOID;
 	int			rc;
-	char	   *sql;
+	char	   *sql = NULL;
 	EsProjection *p;
 	bool		isnull;
 	HeapTuple	tup;
 	TupleDesc	desc;
+	const char *owner_columns = EsOwnerColumns();
+	const char *partition_columns = es_partition_columns();
+	SPIPlanPtr	plan = NULL;
 
-	sql = psprintf("SELECT " ES_PROJECTION_COLUMNS ", mode, state, position, attempts, "
-				   "reset::pg_catalog.oid FROM event_store.projections "
-				   "WHERE name OPERATOR(pg_catalog.=) $1 %s", EsOwnerColumns(),
-				   es_partition_columns(), extra_sql);
-	rc = SPI_execute_with_args(sql, 1, &argtype, &arg, NULL, false, 1);
+	/*
+	 * Its plan is kept for the backend's life, by the (literal) strings it
+	 * is made of: the columns differ with the schema's version
+	 */
+	for (int i = 0; i < n_load_plans && plan == NULL; i++)
+		if (load_plans[i].extra_sql == extra_sql && load_plans[i].owner_columns == owner_columns &&
+			load_plans[i].partition_columns == partition_columns)
+			plan = load_plans[i].plan;
+	if (plan == NULL)
+	{
+		sql = psprintf("SELECT " ES_PROJECTION_COLUMNS ", mode, state, position, attempts, "
+					   "reset::pg_catalog.oid FROM event_store.projections "
+					   "WHERE name OPERATOR(pg_catalog.=) $1 %s", owner_columns,
+					   partition_columns, extra_sql);
+		if (n_load_plans < ES_MAX_LOAD_PLANS)
+		{
+			plan = EsPrepareKeptPlan(sql, 1, &argtype);
+			load_plans[n_load_plans].extra_sql = extra_sql;
+			load_plans[n_load_plans].owner_columns = owner_columns;
+			load_plans[n_load_plans].partition_columns = partition_columns;
+			load_plans[n_load_plans].plan = plan;
+			n_load_plans++;
+		}
+	}
+	if (plan != NULL)
+		rc = SPI_execute_plan(plan, &arg, NULL, false, 1);
+	else
+		rc = SPI_execute_with_args(sql, 1, &argtype, &arg, NULL, false, 1);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "reading projection \"%s\" failed: %s", name, SPI_result_code_string(rc));
 	if (SPI_processed == 0)
@@ -787,6 +824,19 @@ es_projection_load(const char *name, const char *extra_sql, char **mode,
 static void
 es_projection_exec(const char *sql, int nargs, Oid *types, Datum *values,
 				   const char *nulls)
+{
+	/* every statement run here is a literal: its plan is kept for the backend's life */
+	int			rc = SPI_execute_plan(EsKeptStatementPlan(sql, nargs, types), values, nulls,
+									  false, 0);
+
+	if (rc < 0)
+		elog(ERROR, "updating event_store.projections failed: %s", SPI_result_code_string(rc));
+}
+
+/* The same for a statement built for this call only */
+static void
+es_projection_exec_once(const char *sql, int nargs, Oid *types, Datum *values,
+						const char *nulls)
 {
 	int			rc = SPI_execute_with_args(sql, nargs, types, values, nulls, false, 0);
 
@@ -1052,11 +1102,11 @@ es_create_projection(PG_FUNCTION_ARGS)
 				 errmsg("projection \"%s\" already exists", name),
 				 errhint("Drop it first with event_store.drop_projection(), or pick another name.")));
 	EsRegistrantSql(7, &reg);
-	es_projection_exec(psprintf("INSERT INTO event_store.projections "
-								"(name, handler, event_types, categories, mode, reset%s) "
-								"VALUES ($1, $2, $3, $4, $5, $6%s)",
-								reg.columns, reg.params),
-					   6 + reg.nparams, types, values, nulls);
+	es_projection_exec_once(psprintf("INSERT INTO event_store.projections "
+									 "(name, handler, event_types, categories, mode, reset%s) "
+									 "VALUES ($1, $2, $3, $4, $5, $6%s)",
+									 reg.columns, reg.params),
+							6 + reg.nparams, types, values, nulls);
 	if (!is_inline)
 		es_create_projection_subscription(name, partitions, park);
 	else if (partitions != 1 || park)
@@ -1772,14 +1822,15 @@ EsRunAsyncProjections(int64 max_events, bool only_due, int max_ms)
 	List	   *names = NIL;
 	bool		progressed = true;
 
-	rc = SPI_execute(only_due ?
-					 "SELECT name FROM event_store.projections "
-					 "WHERE mode OPERATOR(pg_catalog.=) 'async' "
-					 "AND state OPERATOR(pg_catalog.=) 'running' AND (next_attempt_at IS NULL "
-					 "OR next_attempt_at OPERATOR(pg_catalog.<=) pg_catalog.now()) ORDER BY name" :
-					 "SELECT name FROM event_store.projections "
-					 "WHERE mode OPERATOR(pg_catalog.=) 'async' "
-					 "AND state OPERATOR(pg_catalog.=) 'running' ORDER BY name", false, 0);
+	rc = SPI_execute_plan(EsKeptStatementPlan(only_due ?
+											  "SELECT name FROM event_store.projections "
+											  "WHERE mode OPERATOR(pg_catalog.=) 'async' "
+											  "AND state OPERATOR(pg_catalog.=) 'running' AND (next_attempt_at IS NULL "
+											  "OR next_attempt_at OPERATOR(pg_catalog.<=) pg_catalog.now()) ORDER BY name" :
+											  "SELECT name FROM event_store.projections "
+											  "WHERE mode OPERATOR(pg_catalog.=) 'async' "
+											  "AND state OPERATOR(pg_catalog.=) 'running' ORDER BY name", 0, NULL),
+						  NULL, NULL, false, 0);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "reading event_store.projections failed: %s", SPI_result_code_string(rc));
 	for (uint64 i = 0; i < SPI_processed; i++)

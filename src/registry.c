@@ -197,6 +197,46 @@ EsPrepareKeptPlan(const char *sql, int nargs, Oid *argtypes)
 	return plan;
 }
 
+/*
+ * The kept plan of a statement whose text is a literal (or any string that
+ * lives, unchanged, as long as the backend), found by the string's address:
+ * prepared at its first use (caller in SPI)
+ */
+typedef struct EsKeptStatement
+{
+	const char *sql;			/* the key */
+	SPIPlanPtr	plan;
+} EsKeptStatement;
+
+static HTAB *kept_statements = NULL;
+
+SPIPlanPtr
+EsKeptStatementPlan(const char *sql, int nargs, Oid *argtypes)
+{
+	EsKeptStatement *entry;
+	SPIPlanPtr	plan;
+	bool		found;
+
+	if (kept_statements == NULL)
+	{
+		HASHCTL		ctl;
+
+		ctl.keysize = sizeof(const char *);
+		ctl.entrysize = sizeof(EsKeptStatement);
+		ctl.hcxt = TopMemoryContext;
+		kept_statements = hash_create("event_store kept statements", 64, &ctl,
+									  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	}
+	entry = hash_search(kept_statements, &sql, HASH_FIND, NULL);
+	if (entry != NULL)
+		return entry->plan;
+	/* prepared first: an error leaves no entry behind */
+	plan = EsPrepareKeptPlan(sql, nargs, argtypes);
+	entry = hash_search(kept_statements, &sql, HASH_ENTER, &found);
+	entry->plan = plan;
+	return plan;
+}
+
 /* ------------------------------------------------------------------------
  * Text-keyed hash tables of the registries' caches
  * ------------------------------------------------------------------------ */

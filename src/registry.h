@@ -31,6 +31,7 @@ extern MemoryContext EsRegistryNewContext(EsRegistry *reg);
 extern Datum EsRegistryCall(EsRegistry *reg, FunctionCallInfo fcinfo);
 extern bool EsFunctionExists(Oid fn);
 extern SPIPlanPtr EsPrepareKeptPlan(const char *sql, int nargs, Oid *argtypes);
+extern SPIPlanPtr EsKeptStatementPlan(const char *sql, int nargs, Oid *argtypes);
 
 /*
  * The hash tables of the registries' caches, keyed by a string (an event

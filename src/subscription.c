@@ -35,13 +35,20 @@
  * ones are taken with SKIP LOCKED, so concurrent claims never wait for each
  * other's partitions); ack, nack and release lock the consumer's
  * partitions.  A consumer whose lease has expired holds nothing: its ack
- * or nack is refused (55000) and changes nothing.
+ * or nack is refused (55000) and changes nothing.  The partition rows a
+ * claim or an ack locked are written back in place from C
+ * (es_save_partitions), as nobody else can change them meanwhile.
  */
 #include "postgres.h"
 
+#include <math.h>
+
+#include "access/heapam.h"
 #include "access/htup_details.h"
+#include "access/table.h"
 #include "access/stratnum.h"
 #include "access/xact.h"
+#include "catalog/indexing.h"
 #include "catalog/pg_collation.h"
 #include "catalog/pg_type.h"
 #include "common/hashfn.h"
@@ -50,6 +57,7 @@
 #include "funcapi.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
+#include "storage/bufmgr.h"
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -59,6 +67,7 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 #include "utils/tuplestore.h"
+#include "utils/typcache.h"
 
 #include "api.h"
 #include "callback.h"
@@ -108,6 +117,7 @@ typedef struct EsPart
 	int32	   *redeliver_attempts;
 	bool		has_held;		/* some stream of it is held back */
 	bool		changed;
+	ItemPointerData tid;		/* of its row, locked by this transaction */
 } EsPart;
 
 /* A held stream of one of the consumer's partitions */
@@ -136,37 +146,15 @@ EsStreamPartition(text *stream_id, int n)
 	return (int32) (h % (uint64) n);
 }
 
-/* The plans of the statements below, by their text (each a literal) */
-#define ES_MAX_KEPT_STATEMENTS 64
-static struct
-{
-	const char *sql;
-	SPIPlanPtr	plan;
-}			kept_statements[ES_MAX_KEPT_STATEMENTS];
-static int	n_kept_statements = 0;
-
 /* Run one statement (caller is connected to SPI as the owner) */
 static int
 es_sub_exec(const char *sql, int nargs, Oid *types, Datum *values,
 			const char *nulls, bool read_only, int expected)
 {
-	SPIPlanPtr	plan = NULL;
+	/* every statement here is a literal: its plan is kept for the backend's life */
+	SPIPlanPtr	plan = EsKeptStatementPlan(sql, nargs, types);
 	int			rc;
 
-	/* every statement here is a literal: its plan is kept for the backend's life */
-	for (int i = 0; i < n_kept_statements && plan == NULL; i++)
-		if (kept_statements[i].sql == sql)
-			plan = kept_statements[i].plan;
-	if (plan == NULL)
-	{
-		plan = EsPrepareKeptPlan(sql, nargs, types);
-		if (n_kept_statements < ES_MAX_KEPT_STATEMENTS)
-		{
-			kept_statements[n_kept_statements].sql = sql;
-			kept_statements[n_kept_statements].plan = plan;
-			n_kept_statements++;
-		}
-	}
 	rc = SPI_execute_plan(plan, values, nulls, read_only, 0);
 	if (rc != expected)
 		elog(ERROR, "subscription statement failed: %s", SPI_result_code_string(rc));
@@ -357,25 +345,48 @@ es_consumer_arg(FunctionCallInfo fcinfo, int argno)
 	return text_to_cstring(EsGetRequiredText(fcinfo, argno, "consumer"));
 }
 
+/* The columns of a partition the calls read, and whether any of its streams is held */
+#define ES_PART_COLUMNS \
+	"p.partition, p.position, p.pending, p.pending_attempts, p.redeliver, " \
+	"p.redeliver_attempts, EXISTS (SELECT 1 FROM event_store.subscription_streams t " \
+	"  WHERE t.subscription OPERATOR(pg_catalog.=) $1 AND t.partition OPERATOR(pg_catalog.=) p.partition), " \
+	"p.ctid"
+
+/* Was the consumer fenced since its last claim?  (subscription $1, consumer $2) */
+#define ES_FENCED_SQL \
+	"EXISTS (SELECT 1 FROM event_store.subscription_fences f " \
+	"JOIN event_store.subscription_consumers c " \
+	"  ON c.subscription OPERATOR(pg_catalog.=) f.subscription " \
+	" AND c.consumer OPERATOR(pg_catalog.=) f.consumer " \
+	"WHERE f.subscription OPERATOR(pg_catalog.=) $1 AND f.consumer OPERATOR(pg_catalog.=) $2 " \
+	"AND f.fenced_at OPERATOR(pg_catalog.>) c.claimed_at)"
+
+/* The consumer's unexpired partitions, in partition order (their index has the holder) */
+#define ES_MY_PARTITIONS_FROM \
+	"FROM event_store.subscription_partitions p " \
+	"WHERE p.subscription OPERATOR(pg_catalog.=) $1 AND p.holder OPERATOR(pg_catalog.=) $2 " \
+	"AND p.lease_expires_at OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp() " \
+	"ORDER BY p.partition FOR UPDATE OF p"
+
 /*
  * The consumer's partitions whose lease has not expired, locked, in
- * partition order (caller is connected to SPI as the owner)
+ * partition order (caller is connected to SPI as the owner).  With fenced,
+ * the same statement also says whether the consumer was fenced since its
+ * last claim (only known when it holds some partition).
  */
 static EsPart *
-es_my_partitions(EsSubscription *s, const char *consumer, int *nparts)
+es_my_partitions(EsSubscription *s, const char *consumer, int *nparts, bool *fenced)
 {
 	Oid			types[2] = {TEXTOID, TEXTOID};
 	Datum		values[2] = {CStringGetTextDatum(s->name), CStringGetTextDatum(consumer)};
 	EsPart	   *parts;
 
-	es_sub_exec("SELECT p.partition, p.position, p.pending, p.pending_attempts, p.redeliver, "
-				"p.redeliver_attempts, EXISTS (SELECT 1 FROM event_store.subscription_streams t "
-				"  WHERE t.subscription OPERATOR(pg_catalog.=) $1 AND t.partition OPERATOR(pg_catalog.=) p.partition) "
-				"FROM event_store.subscription_partitions p "
-				"WHERE p.subscription OPERATOR(pg_catalog.=) $1 AND p.holder OPERATOR(pg_catalog.=) $2 "
-				"AND p.lease_expires_at OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp() "
-				"ORDER BY p.partition FOR UPDATE OF p",
-				2, types, values, NULL, false, SPI_OK_SELECT);
+	if (fenced != NULL)
+		es_sub_exec("SELECT " ES_PART_COLUMNS ", " ES_FENCED_SQL " " ES_MY_PARTITIONS_FROM,
+					2, types, values, NULL, false, SPI_OK_SELECT);
+	else
+		es_sub_exec("SELECT " ES_PART_COLUMNS " " ES_MY_PARTITIONS_FROM,
+					2, types, values, NULL, false, SPI_OK_SELECT);
 	*nparts = (int) SPI_processed;
 	parts = palloc0(sizeof(EsPart) * Max(*nparts, 1));
 	for (int i = 0; i < *nparts; i++)
@@ -392,6 +403,9 @@ es_my_partitions(EsSubscription *s, const char *consumer, int *nparts)
 		p->nredeliver = es_get_int8_array(SPI_getbinval(tup, desc, 5, &isnull), &p->redeliver);
 		(void) es_get_int4_array(SPI_getbinval(tup, desc, 6, &isnull), &p->redeliver_attempts);
 		p->has_held = DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull));
+		p->tid = *((ItemPointer) DatumGetPointer(SPI_getbinval(tup, desc, 8, &isnull)));
+		if (fenced != NULL && i == 0)
+			*fenced = DatumGetBool(SPI_getbinval(tup, desc, 9, &isnull));
 	}
 	return parts;
 }
@@ -431,78 +445,102 @@ es_save_partition(EsSubscription *s, EsPart *p, const char *holder, double lease
 				9, types, values, nulls, false, SPI_OK_UPDATE);
 }
 
-/* An array literal of n int8 (or int4) values, for a text[] parameter */
-static char *
-es_array_text(const int64 *v8, const int32 *v4, int n)
-{
-	StringInfoData buf;
-
-	initStringInfo(&buf);
-	appendStringInfoChar(&buf, '{');
-	for (int i = 0; i < n; i++)
-	{
-		if (i > 0)
-			appendStringInfoChar(&buf, ',');
-		if (v8)
-			appendStringInfo(&buf, INT64_FORMAT, v8[i]);
-		else
-			appendStringInfo(&buf, "%d", v4[i]);
-	}
-	appendStringInfoChar(&buf, '}');
-	return buf.data;
-}
-
 /*
  * Write back every partition of parts that changed (all of them when
  * lease_ms >= 0: their lease is renewed for lease_ms from now, held by
- * holder), in one statement
+ * holder).  Their rows were locked (FOR UPDATE) by this transaction when they
+ * were read, so nobody else changed them since: each is updated in place
+ * from C, as the catalogs are (the new version and, unless the update is
+ * HOT, its index entries), with no statement to plan or start.  The row's
+ * foreign key is the subscription, which never changes here.
  */
 static void
 es_save_partitions(EsSubscription *s, EsPart *parts, int nparts, const char *holder,
 				   double lease_ms)
 {
-	Oid			types[9] = {TEXTOID, TEXTOID, FLOAT8OID, INT4ARRAYOID, INT8ARRAYOID,
-	TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID};
-	Datum		values[9];
-	Datum	   *d[6];
-	int			n = 0;
+	const EsCatalog *cat = EsGetCatalog();
+	Oid			relid;
+	Relation	rel;
+	TupleDesc	desc;
+	CatalogIndexState indstate;
+	TimestampTz now = GetCurrentTransactionStartTimestamp();
+	TimestampTz lease_end = 0;
+	Datum	   *values;
+	bool	   *nulls;
+	AttrNumber	att_holder,
+				att_lease,
+				att_position,
+				att_pending,
+				att_pending_attempts,
+				att_redeliver,
+				att_redeliver_attempts,
+				att_updated;
+	bool		any = false;
 
-	for (int k = 0; k < 6; k++)
-		d[k] = palloc(sizeof(Datum) * Max(nparts, 1));
+	for (int i = 0; i < nparts && !any; i++)
+		any = lease_ms >= 0 || parts[i].changed;
+	if (!any)
+		return;
+	relid = get_relname_relid("subscription_partitions", cat->namespace_oid);
+	if (!OidIsValid(relid))
+		elog(ERROR, "event_store.subscription_partitions does not exist");
+	att_holder = get_attnum(relid, "holder");
+	att_lease = get_attnum(relid, "lease_expires_at");
+	att_position = get_attnum(relid, "position");
+	att_pending = get_attnum(relid, "pending");
+	att_pending_attempts = get_attnum(relid, "pending_attempts");
+	att_redeliver = get_attnum(relid, "redeliver");
+	att_redeliver_attempts = get_attnum(relid, "redeliver_attempts");
+	att_updated = get_attnum(relid, "updated_at");
+	if (att_holder == InvalidAttrNumber || att_lease == InvalidAttrNumber ||
+		att_position == InvalidAttrNumber || att_pending == InvalidAttrNumber ||
+		att_pending_attempts == InvalidAttrNumber || att_redeliver == InvalidAttrNumber ||
+		att_redeliver_attempts == InvalidAttrNumber || att_updated == InvalidAttrNumber)
+		elog(ERROR, "event_store.subscription_partitions lacks a column");
+	if (lease_ms >= 0)
+		lease_end = GetCurrentTimestamp() + (int64) rint(lease_ms * 1000.0);
+
+	rel = table_open(relid, RowExclusiveLock);
+	desc = RelationGetDescr(rel);
+	indstate = CatalogOpenIndexes(rel);
+	values = palloc(sizeof(Datum) * desc->natts);
+	nulls = palloc(sizeof(bool) * desc->natts);
 	for (int i = 0; i < nparts; i++)
 	{
 		EsPart	   *p = &parts[i];
+		HeapTupleData oldtup;
+		HeapTuple	newtup;
+		Buffer		buf;
 
 		if (lease_ms < 0 && !p->changed)
 			continue;
-		d[0][n] = Int32GetDatum(p->partition);
-		d[1][n] = Int64GetDatum(p->position);
-		d[2][n] = CStringGetTextDatum(es_array_text(p->pending, NULL, p->npending));
-		d[3][n] = CStringGetTextDatum(es_array_text(NULL, p->pending_attempts, p->npending));
-		d[4][n] = CStringGetTextDatum(es_array_text(p->redeliver, NULL, p->nredeliver));
-		d[5][n] = CStringGetTextDatum(es_array_text(NULL, p->redeliver_attempts, p->nredeliver));
-		n++;
+		oldtup.t_self = p->tid;
+		if (!heap_fetch(rel, SnapshotAny, &oldtup, &buf, false))
+			elog(ERROR, "partition %d of subscription \"%s\" is gone", p->partition, s->name);
+		heap_deform_tuple(&oldtup, desc, values, nulls);
+		values[att_holder - 1] = CStringGetTextDatum(holder);
+		nulls[att_holder - 1] = false;
+		if (lease_ms >= 0)
+		{
+			values[att_lease - 1] = TimestampTzGetDatum(lease_end);
+			nulls[att_lease - 1] = false;
+		}
+		values[att_position - 1] = Int64GetDatum(p->position);
+		values[att_pending - 1] = es_int8_array(p->pending, p->npending);
+		values[att_pending_attempts - 1] = es_int4_array(p->pending_attempts, p->npending);
+		values[att_redeliver - 1] = es_int8_array(p->redeliver, p->nredeliver);
+		values[att_redeliver_attempts - 1] = es_int4_array(p->redeliver_attempts, p->nredeliver);
+		values[att_updated - 1] = TimestampTzGetDatum(now);
+		newtup = heap_form_tuple(desc, values, nulls);
+		ReleaseBuffer(buf);
+		CatalogTupleUpdateWithInfo(rel, &p->tid, newtup, indstate);
+		p->tid = newtup->t_self;
+		heap_freetuple(newtup);
 	}
-	if (n == 0)
-		return;
-	values[0] = CStringGetTextDatum(s->name);
-	values[1] = CStringGetTextDatum(holder);
-	values[2] = Float8GetDatum(lease_ms);
-	values[3] = PointerGetDatum(construct_array(d[0], n, INT4OID, 4, true, TYPALIGN_INT));
-	values[4] = PointerGetDatum(construct_array(d[1], n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	for (int k = 2; k < 6; k++)
-		values[k + 3] = PointerGetDatum(construct_array(d[k], n, TEXTOID, -1, false, TYPALIGN_INT));
-	es_sub_exec("UPDATE event_store.subscription_partitions p SET holder = $2, "
-				"lease_expires_at = CASE WHEN $3 OPERATOR(pg_catalog.<) 0 THEN p.lease_expires_at "
-				" ELSE pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) "
-				"  pg_catalog.make_interval(secs => $3 OPERATOR(pg_catalog./) 1000) END, "
-				"position = u.pos, pending = u.pe::pg_catalog.int8[], pending_attempts = u.pa::pg_catalog.int4[], "
-				"redeliver = u.re::pg_catalog.int8[], redeliver_attempts = u.ra::pg_catalog.int4[], "
-				"updated_at = pg_catalog.now() "
-				"FROM ROWS FROM (pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6), "
-				" pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9)) AS u(part, pos, pe, pa, re, ra) "
-				"WHERE p.subscription OPERATOR(pg_catalog.=) $1 AND p.partition OPERATOR(pg_catalog.=) u.part",
-				9, types, values, NULL, false, SPI_OK_UPDATE);
+	CatalogCloseIndexes(indstate);
+	table_close(rel, NoLock);
+	/* what follows in this transaction sees the new versions */
+	CommandCounterIncrement();
 }
 
 /* Append (position, attempt) to a partition's pending list */
@@ -709,6 +747,7 @@ typedef struct EsClaim
 	int64		delivered;
 	Tuplestorestate *out;
 	TupleDesc	out_desc;
+	TupleDesc	event_desc;		/* of a stored row the log scan hands over */
 	/* the current scan */
 	int32		attempt;		/* of the events handed out now */
 	int64		last_scanned;	/* log scan: every event up to here is done */
@@ -755,6 +794,11 @@ es_claim_scan_row(Datum *values, bool *isnull, HeapTuple stored, void *arg)
 		return true;
 	if (!EsFilterMatches(&c->sub->filter, values))
 		return true;
+	if (stored != NULL)
+	{
+		/* the scan filled in the leading values only: the whole event now */
+		heap_deform_tuple(stored, c->event_desc, values, isnull);
+	}
 	es_claim_emit(c, p, values, isnull, 1);
 	return !c->full;
 }
@@ -783,6 +827,14 @@ es_claim_scan_log(EsClaim *c, int64 head)
 	spec.filter.ntypes = -1;	/* the subscription's filter is checked per event */
 	spec.denied = EsDeniedCategories(c->sub->owner);
 	spec.max_count = -1;
+
+	/*
+	 * Most events of the log belong to other consumers' partitions: a
+	 * stored row is only deformed as far as the partition and the filter
+	 * need, the rest of it for the events handed out
+	 */
+	spec.leading_values = EsFilterLeadingValues(&c->sub->filter);
+	c->event_desc = lookup_rowtype_tupdesc(cat->event_type_oid, -1);
 	ScanKeyEntryInitialize(&spec.keys[0], 0, 1, BTGreaterStrategyNumber, InvalidOid,
 						   InvalidOid, F_INT8GT, Int64GetDatum(from));
 	ScanKeyEntryInitialize(&spec.keys[1], 0, 1, BTLessEqualStrategyNumber, InvalidOid,
@@ -794,6 +846,8 @@ es_claim_scan_log(EsClaim *c, int64 head)
 	c->last_scanned = from;
 	(void) EsScanEvents(cat, &spec, es_claim_scan_row, c);
 	UnregisterSnapshot(snapshot);
+	ReleaseTupleDesc(c->event_desc);
+	c->event_desc = NULL;
 
 	/* not stopped early: the scan saw everything up to head */
 	if (!c->full)
@@ -1098,7 +1152,8 @@ es_claim_take(EsClaim *c, const char *consumer, int want)
 		return;
 	es_sub_exec("SELECT p.partition, p.position, p.pending, p.pending_attempts, p.redeliver, "
 				"p.redeliver_attempts, p.holder, EXISTS (SELECT 1 FROM event_store.subscription_streams t "
-				"  WHERE t.subscription OPERATOR(pg_catalog.=) $1 AND t.partition OPERATOR(pg_catalog.=) p.partition) "
+				"  WHERE t.subscription OPERATOR(pg_catalog.=) $1 AND t.partition OPERATOR(pg_catalog.=) p.partition), "
+				"p.ctid "
 				"FROM event_store.subscription_partitions p "
 				"WHERE p.subscription OPERATOR(pg_catalog.=) $1 "
 				"AND (p.holder IS NULL OR p.lease_expires_at OPERATOR(pg_catalog.<=) pg_catalog.clock_timestamp()) "
@@ -1125,6 +1180,7 @@ es_claim_take(EsClaim *c, const char *consumer, int want)
 		p->nredeliver = es_get_int8_array(SPI_getbinval(tup, desc, 5, &isnull), &p->redeliver);
 		(void) es_get_int4_array(SPI_getbinval(tup, desc, 6, &isnull), &p->redeliver_attempts);
 		p->has_held = DatumGetBool(SPI_getbinval(tup, desc, 8, &isnull));
+		p->tid = *((ItemPointer) DatumGetPointer(SPI_getbinval(tup, desc, 9, &isnull)));
 		/* the previous holder's pending events go first, attempt + 1 */
 		p->pending = pending;
 		p->pending_attempts = attempts;
@@ -1194,7 +1250,8 @@ es_claim_once(EsClaim *c, const char *consumer, double lease_ms)
 				"  pg_catalog.make_interval(secs => $3 OPERATOR(pg_catalog./) 1000), pg_catalog.clock_timestamp()) "
 				"  ON CONFLICT (subscription, consumer) DO UPDATE SET lease_expires_at = EXCLUDED.lease_expires_at, "
 				"  claimed_at = EXCLUDED.claimed_at RETURNING 1) "
-				"SELECT EXISTS (SELECT 1 FROM gone, prev WHERE gone.fenced_at OPERATOR(pg_catalog.>) prev.claimed_at), "
+				"SELECT EXISTS (SELECT 1 FROM gone, prev "
+				"  WHERE gone.fenced_at OPERATOR(pg_catalog.>) prev.claimed_at), "
 				"(SELECT pg_catalog.count(*) FROM event_store.subscription_consumers o "
 				"  WHERE o.subscription OPERATOR(pg_catalog.=) $1 AND o.consumer OPERATOR(pg_catalog.<>) $2 "
 				"  AND o.lease_expires_at OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp()) "
@@ -1204,8 +1261,12 @@ es_claim_once(EsClaim *c, const char *consumer, double lease_ms)
 	live = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
 	share = (int) ((c->sub->partitions + Max(live, 1) - 1) / Max(live, 1));
 
-	/* ours, renewed below; beyond the fair share, the idle ones go back */
-	c->parts = es_my_partitions(c->sub, consumer, &c->nparts);
+	/*
+	 * Ours, renewed below (a statement of its own: joined to the one above,
+	 * the claim measured no cheaper); beyond the fair share, the idle ones
+	 * go back
+	 */
+	c->parts = es_my_partitions(c->sub, consumer, &c->nparts, NULL);
 	if (fenced)
 		for (int i = 0; i < c->nparts; i++)
 			es_pending_to_redeliver(&c->parts[i]);
@@ -1353,26 +1414,28 @@ es_not_held(EsSubscription *s, const char *consumer, const char *what)
 			 errhint("Claim events again with event_store.claim_events(); what was not acknowledged is delivered again.")));
 }
 
+/* The 55000 of a consumer fenced since its partition was taken over */
+static void
+es_fenced_error(EsSubscription *s, const char *consumer)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("consumer \"%s\" lost a partition of subscription \"%s\"", consumer, s->name),
+			 errdetail("Its lease expired and another consumer took over a partition; what it was handed there goes to that consumer."),
+			 errhint("Roll back what was handled, and claim events again with event_store.claim_events().")));
+}
+
 /* A consumer fenced since its partition was taken over: 55000 until it claims */
 static void
 es_check_not_fenced(EsSubscription *s, const char *consumer)
 {
 	Oid			types[2] = {TEXTOID, TEXTOID};
 	Datum		values[2] = {CStringGetTextDatum(s->name), CStringGetTextDatum(consumer)};
+	bool		isnull;
 
-	es_sub_exec("SELECT 1 FROM event_store.subscription_fences f "
-				"JOIN event_store.subscription_consumers c "
-				"  ON c.subscription OPERATOR(pg_catalog.=) f.subscription "
-				" AND c.consumer OPERATOR(pg_catalog.=) f.consumer "
-				"WHERE f.subscription OPERATOR(pg_catalog.=) $1 AND f.consumer OPERATOR(pg_catalog.=) $2 "
-				"AND f.fenced_at OPERATOR(pg_catalog.>) c.claimed_at",
-				2, types, values, NULL, false, SPI_OK_SELECT);
-	if (SPI_processed > 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("consumer \"%s\" lost a partition of subscription \"%s\"", consumer, s->name),
-				 errdetail("Its lease expired and another consumer took over a partition; what it was handed there goes to that consumer."),
-				 errhint("Roll back what was handled, and claim events again with event_store.claim_events().")));
+	es_sub_exec("SELECT " ES_FENCED_SQL, 2, types, values, NULL, false, SPI_OK_SELECT);
+	if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
+		es_fenced_error(s, consumer);
 }
 
 /* What es_stream_event_after looks for: a stream's first event after a position */
@@ -1477,6 +1540,7 @@ es_ack_events(PG_FUNCTION_ARGS)
 	Datum		values[3];
 	int32	   *nums;
 	bool		any_held;
+	bool		fenced = false;
 
 	EsCheckWritable("ack_events()");
 	EsRequireArg(fcinfo, 2, "up_to_position");
@@ -1486,10 +1550,11 @@ es_ack_events(PG_FUNCTION_ARGS)
 	EsSpiConnect(&sw);
 	s = es_subscription_load(name, CurrentMemoryContext);
 	es_check_may_use(&sw, s);
-	parts = es_my_partitions(s, consumer, &nparts);
+	parts = es_my_partitions(s, consumer, &nparts, &fenced);
 	if (nparts == 0)
 		es_not_held(s, consumer, "any partition");
-	es_check_not_fenced(s, consumer);
+	if (fenced)
+		es_fenced_error(s, consumer);
 
 	nums = palloc(sizeof(int32) * nparts);
 	for (int i = 0; i < nparts; i++)
@@ -1596,7 +1661,7 @@ es_nack_event(PG_FUNCTION_ARGS)
 	EsSpiConnect(&sw);
 	s = es_subscription_load(name, CurrentMemoryContext);
 	es_check_may_use(&sw, s);
-	parts = es_my_partitions(s, consumer, &nparts);
+	parts = es_my_partitions(s, consumer, &nparts, NULL);
 	es_check_not_fenced(s, consumer);
 	sid = es_stream_at(position);
 	p = sid ? es_find_part(parts, nparts, EsStreamPartition(sid, s->partitions)) : NULL;
@@ -1674,7 +1739,7 @@ es_release_events(PG_FUNCTION_ARGS)
 	EsSpiConnect(&sw);
 	s = es_subscription_load(name, CurrentMemoryContext);
 	es_check_may_use(&sw, s);
-	parts = es_my_partitions(s, consumer, &nparts);
+	parts = es_my_partitions(s, consumer, &nparts, NULL);
 	for (int i = 0; i < nparts; i++)
 	{
 		/* unacknowledged events are delivered again, to the next holder */

@@ -56,6 +56,7 @@
 #include "lifecycle.h"
 #include "position.h"
 #include "projection.h"
+#include "registry.h"
 #include "worker.h"
 
 PG_FUNCTION_INFO_V1(es_worker_rescan);
@@ -473,14 +474,16 @@ es_worker_run_projections(void *arg)
 	}
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	if (SPI_execute(EsGetCatalog()->schema_version >= ES_SCHEMA_0_3 ?
-					"SELECT pg_catalog.count(*) OPERATOR(pg_catalog.>) 0, "
-					"pg_catalog.bool_or(partitions OPERATOR(pg_catalog.>) 1) IS TRUE "
-					"FROM event_store.projections WHERE mode OPERATOR(pg_catalog.=) 'async' "
-					"AND state OPERATOR(pg_catalog.=) 'running'" :
-					"SELECT pg_catalog.count(*) OPERATOR(pg_catalog.>) 0, false "
-					"FROM event_store.projections WHERE mode OPERATOR(pg_catalog.=) 'async' "
-					"AND state OPERATOR(pg_catalog.=) 'running'", true, 1) != SPI_OK_SELECT)
+	/* (its plan is kept: a batch runs it every time events arrive) */
+	if (SPI_execute_plan(EsKeptStatementPlan(EsGetCatalog()->schema_version >= ES_SCHEMA_0_3 ?
+											 "SELECT pg_catalog.count(*) OPERATOR(pg_catalog.>) 0, "
+											 "pg_catalog.bool_or(partitions OPERATOR(pg_catalog.>) 1) IS TRUE "
+											 "FROM event_store.projections WHERE mode OPERATOR(pg_catalog.=) 'async' "
+											 "AND state OPERATOR(pg_catalog.=) 'running'" :
+											 "SELECT pg_catalog.count(*) OPERATOR(pg_catalog.>) 0, false "
+											 "FROM event_store.projections WHERE mode OPERATOR(pg_catalog.=) 'async' "
+											 "AND state OPERATOR(pg_catalog.=) 'running'", 0, NULL),
+						 NULL, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "reading event_store.projections failed");
 	batch->has_async = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	batch->has_partitioned = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));

@@ -42,6 +42,9 @@ CREATE TABLE event_store.subscription_partitions (
     updated_at       timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (subscription, partition)
 );
+-- a consumer's claims, acks and nacks find its partitions by holder
+CREATE INDEX subscription_partitions_holder_idx
+    ON event_store.subscription_partitions (subscription, holder, partition);
 COMMENT ON TABLE event_store.subscription_partitions IS
     'The partitions of every subscription: lease holder, position, events handed out and not acknowledged';
 SELECT pg_catalog.pg_extension_config_dump('event_store.subscription_partitions', '');
