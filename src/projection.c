@@ -1872,6 +1872,9 @@ es_run_projections(PG_FUNCTION_ARGS)
 	int32		max_events;
 	int64		n;
 	List	   *skipped = NIL;
+	int			nskipped;
+	StringInfoData names;
+	MemoryContext outer = CurrentMemoryContext;
 
 	EsCheckWritable("run_projections()");
 	if (PG_ARGISNULL(0))
@@ -1883,12 +1886,12 @@ es_run_projections(PG_FUNCTION_ARGS)
 	(void) EsGetCatalog();
 	EsSpiConnect(&sw);
 	n = EsRunAsyncProjections(max_events, false, 0, &skipped);
-	EsSpiFinish(&sw);
 
-	/* say which projections another process (the worker) is applying */
-	if (skipped != NIL)
+	/* the names live in SPI's memory: copy them out before it goes */
+	nskipped = list_length(skipped);
+	if (nskipped > 0)
 	{
-		StringInfoData names;
+		MemoryContext spi = MemoryContextSwitchTo(outer);
 		ListCell   *lc;
 
 		initStringInfo(&names);
@@ -1898,7 +1901,14 @@ es_run_projections(PG_FUNCTION_ARGS)
 				appendStringInfoString(&names, ", ");
 			appendStringInfo(&names, "\"%s\"", (char *) lfirst(lc));
 		}
-		if (list_length(skipped) == 1)
+		MemoryContextSwitchTo(spi);
+	}
+	EsSpiFinish(&sw);
+
+	/* say which projections another process (the worker) is applying */
+	if (nskipped > 0)
+	{
+		if (nskipped == 1)
 			ereport(NOTICE,
 					(errmsg("run_projections() skipped projection %s: another process is applying it",
 							names.data),
@@ -1910,7 +1920,7 @@ es_run_projections(PG_FUNCTION_ARGS)
 		else
 			ereport(NOTICE,
 					(errmsg("run_projections() skipped %d projections that other processes are applying: %s",
-							list_length(skipped), names.data),
+							nskipped, names.data),
 					 errdetail("run_projections() does not wait for a projection (or partition) "
 							   "that another process, such as the background worker, is applying; "
 							   "the events that process applies are not in the count returned."),
