@@ -1910,7 +1910,8 @@ es_run_projections(PG_FUNCTION_ARGS)
 	{
 		if (nskipped == 1)
 			ereport(NOTICE,
-					(errmsg("run_projections() skipped projection %s: another process is applying it",
+					(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
+					 errmsg("run_projections() skipped projection %s: another process is applying it",
 							names.data),
 					 errdetail("run_projections() does not wait for a projection (or partition) "
 							   "that another process, such as the background worker, is applying; "
@@ -1919,7 +1920,8 @@ es_run_projections(PG_FUNCTION_ARGS)
 							 "reach a position; event_store.projection_status shows where each stands.")));
 		else
 			ereport(NOTICE,
-					(errmsg("run_projections() skipped %d projections that other processes are applying: %s",
+					(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
+					 errmsg("run_projections() skipped %d projections that other processes are applying: %s",
 							nskipped, names.data),
 					 errdetail("run_projections() does not wait for a projection (or partition) "
 							   "that another process, such as the background worker, is applying; "
