@@ -11,12 +11,15 @@
 -- extension.  Running it again changes nothing.
 --
 --   event_store_reader    read streams, categories, the global log,
---                         aggregates, snapshots and saga states; follow
---                         the log (head_position, wait_for_events); consume
+--                         correlated events, aggregates, snapshots, saga
+--                         states and diagrams; follow the log
+--                         (head_position, wait_for_events) and the
+--                         projections (wait_for_projection); consume
 --                         subscriptions (claim_events, ack_events,
 --                         nack_event, release_events: these also need
 --                         membership in the subscription's owner)
---   event_store_writer    the reader's rights, plus append, save_snapshot,
+--   event_store_writer    the reader's rights, plus append,
+--                         last_appended_position, save_snapshot,
 --                         start_saga, delete_stream and reopen_stream
 --   event_store_operator  the reader's rights, plus registering upcasters,
 --                         aggregates, projections, subscriptions (and
@@ -26,8 +29,13 @@
 --                         purge_stream (which also needs the superuser-only
 --                         setting event_store.allow_purge), and the
 --                         monitoring views (stats, projection_status,
---                         saga_problems, subscription_status,
---                         subscription_parked, import_status)
+--                         saga_problems, saga_types, saga_circuits,
+--                         subscription_status, subscription_parked,
+--                         import_status)
+--
+-- README.md ("Privileges and category ownership") lists every function and
+-- view of each role; a test compares that table with what this script
+-- grants, so change both together.
 --
 -- Publications and imports are not granted: create_publication and
 -- drop_publication need membership in the extension's owner (and CREATE on

@@ -1674,17 +1674,20 @@ es_run_partition(EsProjection *p, const char *name, int32 attempts, int32 partit
 /*
  * An async projection with partitions (or parking): every partition no
  * other worker is applying, one after the other; each partition's row is
- * its lock (SKIP LOCKED: workers share the partitions out)
+ * its lock (SKIP LOCKED: workers share the partitions out).  With skipped
+ * given, *skipped is set when a partition was left out because another
+ * process holds it.
  */
 static int64
 es_run_partitioned(EsProjection *p, const char *name, int32 attempts, int64 budget,
-				   TimestampTz deadline)
+				   TimestampTz deadline, bool *skipped)
 {
 	Oid			types[2] = {TEXTOID, INT4OID};
 	Datum		values[2];
 	int64		head = EsSafeHead();
 	int64		total = 0;
 	int32		last = -1;
+	int64		taken = 0;
 	bool		failed = false;
 
 	values[0] = CStringGetTextDatum(name);
@@ -1700,7 +1703,23 @@ es_run_partitioned(EsProjection *p, const char *name, int32 attempts, int64 budg
 						   "WHERE subscription OPERATOR(pg_catalog.=) $1 AND partition OPERATOR(pg_catalog.>) $2 "
 						   "ORDER BY partition LIMIT 1 FOR UPDATE SKIP LOCKED", 2, types, values, NULL);
 		if (SPI_processed == 0)
+		{
+			/* every partition was seen: those not taken are held elsewhere */
+			if (skipped != NULL)
+			{
+				bool		cnull;
+
+				es_projection_exec("SELECT pg_catalog.count(*) FROM event_store.subscription_partitions "
+								   "WHERE subscription OPERATOR(pg_catalog.=) $1",
+								   1, types, values, NULL);
+				if (SPI_processed == 1 &&
+					DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+												1, &cnull)) > taken)
+					*skipped = true;
+			}
 			break;
+		}
+		taken++;
 		partition = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 		position = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
 		last = partition;
@@ -1730,7 +1749,7 @@ es_run_partitioned(EsProjection *p, const char *name, int32 attempts, int64 budg
  * to handlers.
  */
 static int64
-es_run_one(const char *name, int64 budget, TimestampTz deadline)
+es_run_one(const char *name, int64 budget, TimestampTz deadline, bool *skipped)
 {
 	EsProjection *p;
 	int64		position = 0;
@@ -1752,12 +1771,19 @@ es_run_one(const char *name, int64 budget, TimestampTz deadline)
 						   "AND state OPERATOR(pg_catalog.=) 'running'",
 						   NULL, NULL, &position, &attempts, NULL);
 	if (p != NULL && (p->partitions > 1 || p->park))
-		return es_run_partitioned(p, name, attempts, budget, deadline);
+		return es_run_partitioned(p, name, attempts, budget, deadline, skipped);
+	if (p == NULL)
+		return 0;				/* gone, paused or failed */
 	p = es_projection_load(name, "AND mode OPERATOR(pg_catalog.=) 'async' "
 						   "AND state OPERATOR(pg_catalog.=) 'running' FOR UPDATE SKIP LOCKED",
 						   NULL, NULL, &position, &attempts, NULL);
 	if (p == NULL)
-		return 0;				/* gone, paused, failed, or being run elsewhere */
+	{
+		/* being applied by another process (or changed state just now) */
+		if (skipped != NULL)
+			*skipped = true;
+		return 0;
+	}
 
 	edata = es_apply_in_subxact(p, name, position, EsSafeHead(), budget, deadline, NULL,
 								&handed, &current, &newpos);
@@ -1812,10 +1838,13 @@ es_run_one(const char *name, int64 budget, TimestampTz deadline)
  * max_ms (0: no limit), so that a slow handler does not make for a long
  * transaction.
  * With only_due, skip projections whose retry backoff has not expired (the
- * worker); a manual call retries at once.  Caller is connected to SPI.
+ * worker); a manual call retries at once.  With skipped given, the names of
+ * the projections (or of some of their partitions) left out because another
+ * process is applying them are appended to *skipped, each once.  Caller is
+ * connected to SPI.
  */
 int64
-EsRunAsyncProjections(int64 max_events, bool only_due, int max_ms)
+EsRunAsyncProjections(int64 max_events, bool only_due, int max_ms, List **skipped)
 {
 	int			rc;
 	int64		total = 0;
@@ -1852,6 +1881,7 @@ EsRunAsyncProjections(int64 max_events, bool only_due, int max_ms)
 			char	   *name = lfirst(lc);
 			int64		slice = max_events - total;
 			int64		n;
+			bool		held = false;
 
 			/* round-robin in slices, unless no other projection is waiting */
 			if (list_length(names) > 1)
@@ -1860,8 +1890,19 @@ EsRunAsyncProjections(int64 max_events, bool only_due, int max_ms)
 			if (slice <= 0)
 				break;
 			n = es_run_one(name, slice,
-						   max_ms > 0 ? TimestampTzPlusMilliseconds(GetCurrentTimestamp(), max_ms) : 0);
+						   max_ms > 0 ? TimestampTzPlusMilliseconds(GetCurrentTimestamp(), max_ms) : 0,
+						   skipped != NULL ? &held : NULL);
 			total += n;
+			if (held)
+			{
+				ListCell   *sc;
+				bool		known = false;
+
+				foreach(sc, *skipped)
+					known = known || strcmp(lfirst(sc), name) == 0;
+				if (!known)
+					*skipped = lappend(*skipped, name);
+			}
 			/* a full slice means there may be more for this projection */
 			if (n >= slice)
 			{
@@ -1881,6 +1922,10 @@ es_run_projections(PG_FUNCTION_ARGS)
 	EsUserSwitch sw;
 	int32		max_events;
 	int64		n;
+	List	   *skipped = NIL;
+	int			nskipped;
+	StringInfoData names;
+	MemoryContext outer = CurrentMemoryContext;
 
 	EsCheckWritable("run_projections()");
 	if (PG_ARGISNULL(0))
@@ -1891,8 +1936,50 @@ es_run_projections(PG_FUNCTION_ARGS)
 	EsRejectNegative(max_events, "max_events", NULL);
 	(void) EsGetCatalog();
 	EsSpiConnect(&sw);
-	n = EsRunAsyncProjections(max_events, false, 0);
+	n = EsRunAsyncProjections(max_events, false, 0, &skipped);
+
+	/* the names live in SPI's memory: copy them out before it goes */
+	nskipped = list_length(skipped);
+	if (nskipped > 0)
+	{
+		MemoryContext spi = MemoryContextSwitchTo(outer);
+		ListCell   *lc;
+
+		initStringInfo(&names);
+		foreach(lc, skipped)
+		{
+			if (names.len > 0)
+				appendStringInfoString(&names, ", ");
+			appendStringInfo(&names, "\"%s\"", (char *) lfirst(lc));
+		}
+		MemoryContextSwitchTo(spi);
+	}
 	EsSpiFinish(&sw);
+
+	/* say which projections another process (the worker) is applying */
+	if (nskipped > 0)
+	{
+		if (nskipped == 1)
+			ereport(NOTICE,
+					(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
+					 errmsg("run_projections() skipped projection %s: another process is applying it",
+							names.data),
+					 errdetail("run_projections() does not wait for a projection (or partition) "
+							   "that another process, such as the background worker, is applying; "
+							   "the events that process applies are not in the count returned."),
+					 errhint("Use event_store.wait_for_projection() to wait for a projection to "
+							 "reach a position; event_store.projection_status shows where each stands.")));
+		else
+			ereport(NOTICE,
+					(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
+					 errmsg("run_projections() skipped %d projections that other processes are applying: %s",
+							nskipped, names.data),
+					 errdetail("run_projections() does not wait for a projection (or partition) "
+							   "that another process, such as the background worker, is applying; "
+							   "the events that process applies are not in the count returned."),
+					 errhint("Use event_store.wait_for_projection() to wait for a projection to "
+							 "reach a position; event_store.projection_status shows where each stands.")));
+	}
 	PG_RETURN_INT64(n);
 }
 

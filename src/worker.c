@@ -490,7 +490,7 @@ es_worker_run_projections(void *arg)
 	if (batch->has_async)
 	{
 		pgstat_report_activity(STATE_RUNNING, "event_store: applying async projections");
-		batch->applied = EsRunAsyncProjections(ES_PROJECTION_SLICE, true, ES_WORKER_BATCH_MS);
+		batch->applied = EsRunAsyncProjections(ES_PROJECTION_SLICE, true, ES_WORKER_BATCH_MS, NULL);
 	}
 	SPI_finish();
 	PopActiveSnapshot();
