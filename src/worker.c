@@ -498,8 +498,8 @@ es_worker_run_projections(void *arg)
 /*
  * Saga timers (timeouts, lease expiry, retries, timer steps) in a
  * transaction of their own.  *next_due (arg) becomes the due time of the
- * next timer step, when the schema has them (0 when none is waiting): the
- * worker wakes up for it rather than at its next round.
+ * next timer, when the schema has timer steps (0 when none is waiting):
+ * the worker wakes up for it rather than at its next round.
  */
 static void
 es_worker_saga_tick(void *arg)
@@ -523,8 +523,22 @@ es_worker_saga_tick(void *arg)
 		bool		isnull;
 		Datum		due;
 
-		if (SPI_execute("SELECT pg_catalog.min(due_at) FROM event_store.saga_steps "
-						"WHERE status OPERATOR(pg_catalog.=) 'running' AND due_at IS NOT NULL",
+		/*
+		 * The first of the timer steps and of the unfinished steps' timers
+		 * (retry, timeout, lease expiry) still to come: each through its
+		 * index.  (Whatever was due at the tick's start is done, or failed
+		 * and waits for the next round.)
+		 */
+		if (SPI_execute("SELECT pg_catalog.min(t) FROM ("
+						"SELECT pg_catalog.min(due_at) FROM event_store.saga_steps "
+						"WHERE status OPERATOR(pg_catalog.=) 'running' AND due_at IS NOT NULL "
+						"AND due_at OPERATOR(pg_catalog.>) pg_catalog.now() "
+						"UNION ALL "
+						"SELECT pg_catalog.min(LEAST(deadline, lease_expires_at, next_attempt_at)) "
+						"FROM event_store.saga_steps "
+						"WHERE status IN ('pending', 'running', 'compensating') "
+						"AND LEAST(deadline, lease_expires_at, next_attempt_at) OPERATOR(pg_catalog.>) "
+						"pg_catalog.now()) x(t)",
 						true, 1) != SPI_OK_SELECT || SPI_processed != 1)
 			elog(ERROR, "reading the saga timers' next due time failed");
 		due = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);

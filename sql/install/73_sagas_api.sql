@@ -205,19 +205,27 @@ BEGIN
                     WHERE s.saga_type = x.saga_type AND st.name = x.step AND s.status = 'running'
                       AND st.status = 'running' AND st.kind = 'external' AND st.lease_owner IS NULL);
     RETURN QUERY
+    -- The claimable steps in the order of their index, each checked against
+    -- its saga by the saga's key as it comes (a join could be planned to
+    -- scan the open sagas for every step while their statistics are stale)
     WITH c AS (
         SELECT st.saga_id AS sid, st.step_no AS sno
           FROM event_store.saga_steps st
-          JOIN event_store.sagas s ON s.saga_id = st.saga_id
          WHERE st.lease_owner IS NULL
-           AND ((st.status = 'running' AND st.kind = 'external' AND s.status = 'running'
-                 AND (st.circuit_failures IS NULL
-                      OR NOT EXISTS (SELECT 1 FROM event_store.saga_circuit_state c
-                                      WHERE c.saga_type = s.saga_type AND c.step = st.name
-                                        AND c.state <> 'closed' AND c.trial_saga IS DISTINCT FROM st.saga_id)))
-             OR (st.status = 'compensating' AND st.comp_kind = 'external' AND s.status = 'compensating'
-                 AND (st.next_attempt_at IS NULL OR st.next_attempt_at <= now())))
+           AND ((st.status = 'running' AND st.kind = 'external')
+                OR (st.status = 'compensating' AND st.comp_kind = 'external'))
            AND (step_names IS NULL OR st.name = ANY (step_names))
+           AND CASE WHEN st.status = 'running' THEN
+                    (SELECT s.status = 'running'
+                            AND (st.circuit_failures IS NULL
+                                 OR NOT EXISTS (SELECT 1 FROM event_store.saga_circuit_state c
+                                                 WHERE c.saga_type = s.saga_type AND c.step = st.name
+                                                   AND c.state <> 'closed'
+                                                   AND c.trial_saga IS DISTINCT FROM st.saga_id))
+                       FROM event_store.sagas s WHERE s.saga_id = st.saga_id)
+                ELSE (st.next_attempt_at IS NULL OR st.next_attempt_at <= now())
+                     AND (SELECT s.status = 'compensating' FROM event_store.sagas s WHERE s.saga_id = st.saga_id)
+               END
          ORDER BY st.updated_at, st.saga_id, st.step_no
          LIMIT max_count
            FOR UPDATE OF st SKIP LOCKED),
@@ -234,7 +242,8 @@ BEGIN
            CASE WHEN u.status = 'running' THEN 'action' ELSE 'compensation' END,
            CASE WHEN u.status = 'running' THEN u.attempts ELSE u.comp_attempts END,
            CASE WHEN u.status = 'running' THEN s.data ELSE u.result END
-      FROM u JOIN event_store.sagas s ON s.saga_id = u.saga_id
+      FROM u CROSS JOIN LATERAL (SELECT x.saga_type, x.data FROM event_store.sagas x
+                                  WHERE x.saga_id = u.saga_id LIMIT 1) s
      ORDER BY u.updated_at, u.saga_id, u.step_no;
 END $$;
 COMMENT ON FUNCTION event_store.claim_saga_steps(text, int, text[], interval) IS
@@ -260,6 +269,7 @@ CREATE FUNCTION event_store.saga_tick() RETURNS int
     AS $$
 DECLARE
     r record;
+    x record;
     n int := 0;
 BEGIN
     PERFORM event_store._check_writable('saga_tick()');
@@ -267,8 +277,8 @@ BEGIN
               WHERE s.status = 'running' AND s.deadline <= now() ORDER BY s.deadline LOOP
         BEGIN
             PERFORM event_store._saga_lock_tree(r.saga_id);
-            PERFORM 1 FROM event_store.sagas WHERE saga_id = r.saga_id AND status = 'running' AND deadline <= now();
-            CONTINUE WHEN NOT FOUND;
+            SELECT s.status, s.deadline INTO x FROM event_store.sagas s WHERE s.saga_id = r.saga_id;
+            CONTINUE WHEN x.status IS DISTINCT FROM 'running' OR NOT x.deadline <= now();
             PERFORM event_store._saga_event(r.saga_id, 'SagaTimedOut', '{}');
             PERFORM event_store._saga_fail(r.saga_id, 'saga timed out');
             n := n + 1 + event_store._saga_advance(r.saga_id);
@@ -276,18 +286,21 @@ BEGIN
             PERFORM event_store._saga_tick_failed(r.saga_id, SQLSTATE, SQLERRM);
         END;
     END LOOP;
+    -- (the timers' index finds what is due; the re-checks read the step by
+    -- its key, so that each costs the same however many are due)
     FOR r IN SELECT st.saga_id, st.name, st.status, st.deadline, st.lease_expires_at
                FROM event_store.saga_steps st
               WHERE st.status IN ('running', 'compensating')
+                AND LEAST(st.deadline, st.lease_expires_at, st.next_attempt_at) <= now()
                 AND (st.deadline <= now() OR st.lease_expires_at <= now())
               ORDER BY st.updated_at LOOP
         BEGIN
             PERFORM event_store._saga_lock_tree(r.saga_id);
             -- re-check under the lock: the step may have completed meanwhile
-            PERFORM 1 FROM event_store.saga_steps st
-              WHERE st.saga_id = r.saga_id AND st.name = r.name AND st.status = r.status
-                AND (st.deadline <= now() OR st.lease_expires_at <= now());
-            CONTINUE WHEN NOT FOUND;
+            SELECT st.status, st.deadline, st.lease_expires_at INTO x
+              FROM event_store.saga_steps st WHERE st.saga_id = r.saga_id AND st.name = r.name;
+            CONTINUE WHEN x.status IS DISTINCT FROM r.status
+                       OR NOT (x.deadline <= now() OR x.lease_expires_at <= now());
             IF r.status = 'running' THEN
                 -- an external step nobody claimed still used up an attempt by timing out
                 UPDATE event_store.saga_steps SET attempts = attempts + 1
@@ -308,19 +321,25 @@ BEGIN
               WHERE st.status = 'running' AND st.due_at <= now() ORDER BY st.due_at LOOP
         BEGIN
             PERFORM event_store._saga_lock_tree(r.saga_id);
-            PERFORM 1 FROM event_store.saga_steps st JOIN event_store.sagas s ON s.saga_id = st.saga_id
-              WHERE st.saga_id = r.saga_id AND st.name = r.name AND st.status = 'running'
-                AND st.due_at <= now() AND s.status = 'running';
-            CONTINUE WHEN NOT FOUND;
+            SELECT st.status, st.due_at, s.status AS saga_status INTO x
+              FROM event_store.saga_steps st JOIN event_store.sagas s ON s.saga_id = st.saga_id
+             WHERE st.saga_id = r.saga_id AND st.name = r.name;
+            CONTINUE WHEN x.status IS DISTINCT FROM 'running' OR NOT x.due_at <= now()
+                       OR x.saga_status IS DISTINCT FROM 'running';
             PERFORM event_store._saga_step_done(r.saga_id, r.name, NULL);
             n := n + 1 + event_store._saga_advance(r.saga_id);
         EXCEPTION WHEN OTHERS THEN
             PERFORM event_store._saga_tick_failed(r.saga_id, SQLSTATE, SQLERRM);
         END;
     END LOOP;
-    FOR r IN SELECT DISTINCT st.saga_id FROM event_store.saga_steps st
-              WHERE (st.status IN ('pending', 'compensating') AND st.next_attempt_at <= now())
-                 OR (st.status = 'pending' AND (st.slot_wait OR st.circuit_wait)) LOOP
+    -- due retries, and the steps that wait for a concurrency slot or a circuit
+    FOR r IN SELECT st.saga_id FROM event_store.saga_steps st
+              WHERE st.status IN ('pending', 'compensating')
+                AND LEAST(st.deadline, st.lease_expires_at, st.next_attempt_at) <= now()
+                AND st.next_attempt_at <= now()
+             UNION
+             SELECT st.saga_id FROM event_store.saga_steps st
+              WHERE st.status = 'pending' AND (st.slot_wait OR st.circuit_wait) LOOP
         BEGIN
             PERFORM event_store._saga_lock_tree(r.saga_id);
             n := n + event_store._saga_advance(r.saga_id);
@@ -573,6 +592,7 @@ REVOKE ALL ON FUNCTION event_store._saga_bad(text, text, text), event_store._sag
     event_store._saga_timer_start(uuid, int, jsonb), event_store._saga_retry(uuid, text),
     event_store._saga_lock_for_operator(uuid, text), event_store._retry_saga(uuid, regrole),
     event_store._resolve_saga(uuid, text, text, regrole), event_store._saga_wake_worker(),
+    event_store._saga_wake_for(timestamptz),
     event_store._saga_take_slot(uuid, int), event_store._saga_lock_slot(text),
     event_store._saga_circuit_gate(uuid, int), event_store._saga_circuit_result(uuid, text, boolean)
   FROM PUBLIC;
