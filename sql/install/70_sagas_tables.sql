@@ -107,10 +107,12 @@ CREATE INDEX saga_steps_claimable_idx ON event_store.saga_steps (updated_at, sag
 CREATE INDEX saga_steps_timers_idx ON event_store.saga_steps (saga_id)
     WHERE status IN ('pending', 'running', 'compensating');
 -- the timers of unfinished steps: the first of a step's timeout, its lease's
--- expiry and its retry (saga_tick, the worker's next wake-up)
-CREATE INDEX saga_steps_next_timer_idx ON event_store.saga_steps ((LEAST(deadline, lease_expires_at, next_attempt_at)))
+-- expiry, its retry and its due time (a timer step) -- saga_tick, the
+-- worker's next wake-up
+CREATE INDEX saga_steps_next_timer_idx
+    ON event_store.saga_steps ((LEAST(deadline, lease_expires_at, next_attempt_at, due_at)))
     WHERE status IN ('pending', 'running', 'compensating')
-      AND LEAST(deadline, lease_expires_at, next_attempt_at) IS NOT NULL;
+      AND LEAST(deadline, lease_expires_at, next_attempt_at, due_at) IS NOT NULL;
 -- the pending steps that wait for a concurrency slot or a circuit (saga_tick)
 CREATE INDEX saga_steps_waiting_idx ON event_store.saga_steps (saga_id)
     WHERE status = 'pending' AND (slot_wait OR circuit_wait);

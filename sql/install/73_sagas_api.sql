@@ -263,37 +263,51 @@ BEGIN
     RAISE WARNING 'event_store saga %: timer transition failed: %', p_saga, p_error;
 END $$;
 
-CREATE FUNCTION event_store.saga_tick() RETURNS int
-    LANGUAGE plpgsql
-    SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-    AS $$
+-- The work of saga_tick(): every due timer, or (p_limit) until p_limit
+-- sagas moved on -- the background worker commits after each such batch,
+-- so that a crowd of timers due at once does not wait for the last of
+-- them, nor hold all their locks at once; more: some may be left.  (A saga
+-- whose transition failed does not count: the batches always progress.)
+CREATE FUNCTION event_store._saga_tick(p_limit int, OUT moved int, OUT more boolean)
+    LANGUAGE plpgsql AS $$
 DECLARE
     r record;
     x record;
-    n int := 0;
+    handled int := 0;
 BEGIN
+    moved := 0;
+    more := false;
     PERFORM event_store._check_writable('saga_tick()');
     FOR r IN SELECT s.saga_id FROM event_store.sagas s
               WHERE s.status = 'running' AND s.deadline <= now() ORDER BY s.deadline LOOP
+        IF handled >= p_limit THEN
+            more := true;
+            RETURN;
+        END IF;
         BEGIN
             PERFORM event_store._saga_lock_tree(r.saga_id);
             SELECT s.status, s.deadline INTO x FROM event_store.sagas s WHERE s.saga_id = r.saga_id;
             CONTINUE WHEN x.status IS DISTINCT FROM 'running' OR NOT x.deadline <= now();
             PERFORM event_store._saga_event(r.saga_id, 'SagaTimedOut', '{}');
             PERFORM event_store._saga_fail(r.saga_id, 'saga timed out');
-            n := n + 1 + event_store._saga_advance(r.saga_id);
+            moved := moved + 1 + event_store._saga_advance(r.saga_id);
+            handled := handled + 1;
         EXCEPTION WHEN OTHERS THEN
             PERFORM event_store._saga_tick_failed(r.saga_id, SQLSTATE, SQLERRM);
         END;
     END LOOP;
-    -- (the timers' index finds what is due; the re-checks read the step by
-    -- its key, so that each costs the same however many are due)
+    -- (the steps' timers are found through their index; the re-checks read
+    -- the step by its key, so that each costs the same however many are due)
     FOR r IN SELECT st.saga_id, st.name, st.status, st.deadline, st.lease_expires_at
                FROM event_store.saga_steps st
               WHERE st.status IN ('running', 'compensating')
-                AND LEAST(st.deadline, st.lease_expires_at, st.next_attempt_at) <= now()
+                AND LEAST(st.deadline, st.lease_expires_at, st.next_attempt_at, st.due_at) <= now()
                 AND (st.deadline <= now() OR st.lease_expires_at <= now())
               ORDER BY st.updated_at LOOP
+        IF handled >= p_limit THEN
+            more := true;
+            RETURN;
+        END IF;
         BEGIN
             PERFORM event_store._saga_lock_tree(r.saga_id);
             -- re-check under the lock: the step may have completed meanwhile
@@ -311,14 +325,22 @@ BEGIN
                 PERFORM event_store._saga_comp_failed(r.saga_id, r.name,
                     CASE WHEN r.deadline <= now() THEN 'compensation timed out' ELSE 'lease expired' END, true);
             END IF;
-            n := n + 1 + event_store._saga_advance(r.saga_id);
+            moved := moved + 1 + event_store._saga_advance(r.saga_id);
+            handled := handled + 1;
         EXCEPTION WHEN OTHERS THEN
             PERFORM event_store._saga_tick_failed(r.saga_id, SQLSTATE, SQLERRM);
         END;
     END LOOP;
     -- timer steps that are due complete
     FOR r IN SELECT st.saga_id, st.name FROM event_store.saga_steps st
-              WHERE st.status = 'running' AND st.due_at <= now() ORDER BY st.due_at LOOP
+              WHERE st.status = 'running'
+                AND LEAST(st.deadline, st.lease_expires_at, st.next_attempt_at, st.due_at) <= now()
+                AND st.due_at <= now()
+              ORDER BY st.due_at LOOP
+        IF handled >= p_limit THEN
+            more := true;
+            RETURN;
+        END IF;
         BEGIN
             PERFORM event_store._saga_lock_tree(r.saga_id);
             SELECT st.status, st.due_at, s.status AS saga_status INTO x
@@ -327,7 +349,8 @@ BEGIN
             CONTINUE WHEN x.status IS DISTINCT FROM 'running' OR NOT x.due_at <= now()
                        OR x.saga_status IS DISTINCT FROM 'running';
             PERFORM event_store._saga_step_done(r.saga_id, r.name, NULL);
-            n := n + 1 + event_store._saga_advance(r.saga_id);
+            moved := moved + 1 + event_store._saga_advance(r.saga_id);
+            handled := handled + 1;
         EXCEPTION WHEN OTHERS THEN
             PERFORM event_store._saga_tick_failed(r.saga_id, SQLSTATE, SQLERRM);
         END;
@@ -335,20 +358,31 @@ BEGIN
     -- due retries, and the steps that wait for a concurrency slot or a circuit
     FOR r IN SELECT st.saga_id FROM event_store.saga_steps st
               WHERE st.status IN ('pending', 'compensating')
-                AND LEAST(st.deadline, st.lease_expires_at, st.next_attempt_at) <= now()
+                AND LEAST(st.deadline, st.lease_expires_at, st.next_attempt_at, st.due_at) <= now()
                 AND st.next_attempt_at <= now()
              UNION
              SELECT st.saga_id FROM event_store.saga_steps st
               WHERE st.status = 'pending' AND (st.slot_wait OR st.circuit_wait) LOOP
+        IF handled >= p_limit THEN
+            more := true;
+            RETURN;
+        END IF;
         BEGIN
             PERFORM event_store._saga_lock_tree(r.saga_id);
-            n := n + event_store._saga_advance(r.saga_id);
+            moved := moved + event_store._saga_advance(r.saga_id);
+            handled := handled + 1;
         EXCEPTION WHEN OTHERS THEN
             PERFORM event_store._saga_tick_failed(r.saga_id, SQLSTATE, SQLERRM);
         END;
     END LOOP;
-    RETURN n;
 END $$;
+
+CREATE FUNCTION event_store.saga_tick() RETURNS int
+    LANGUAGE sql
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS $$
+    SELECT moved FROM event_store._saga_tick(NULL)
+$$;
 COMMENT ON FUNCTION event_store.saga_tick() IS
     'Fire due saga timers (timeouts, lease expiry, retries, timer steps) and run ready local steps; the background worker calls it';
 
@@ -592,7 +626,7 @@ REVOKE ALL ON FUNCTION event_store._saga_bad(text, text, text), event_store._sag
     event_store._saga_timer_start(uuid, int, jsonb), event_store._saga_retry(uuid, text),
     event_store._saga_lock_for_operator(uuid, text), event_store._retry_saga(uuid, regrole),
     event_store._resolve_saga(uuid, text, text, regrole), event_store._saga_wake_worker(),
-    event_store._saga_wake_for(timestamptz),
+    event_store._saga_wake_for(timestamptz), event_store._saga_tick(int),
     event_store._saga_take_slot(uuid, int), event_store._saga_lock_slot(text),
     event_store._saga_circuit_gate(uuid, int), event_store._saga_circuit_result(uuid, text, boolean)
   FROM PUBLIC;
