@@ -2471,7 +2471,6 @@ BEGIN
     PERFORM event_store._saga_advance(st.saga_id);
 END $$;
 
-
 -- Sagas under load: a claim reads only the external steps it takes, in the
 -- order of their index; the timers (timer steps, retries, timeouts, leases)
 -- are found through an index of their own; the background worker waits for
@@ -2598,6 +2597,9 @@ BEGIN
         PERFORM event_store._saga_wake_for(due);
     END IF;
 END $$;
+
+CREATE OR REPLACE FUNCTION event_store._saga_timer_due(p_saga uuid, p_step text) RETURNS int
+    LANGUAGE c AS 'MODULE_PATHNAME', 'es_saga_timer_due';
 
 CREATE OR REPLACE FUNCTION event_store._saga_wake_for(p_due timestamptz) RETURNS void
     LANGUAGE sql AS $$
@@ -2731,6 +2733,7 @@ DECLARE
     r record;
     x record;
     handled int := 0;
+    step_moved int;
 BEGIN
     moved := 0;
     more := false;
@@ -2799,14 +2802,9 @@ BEGIN
             RETURN;
         END IF;
         BEGIN
-            PERFORM event_store._saga_lock_tree(r.saga_id);
-            SELECT st.status, st.due_at, s.status AS saga_status INTO x
-              FROM event_store.saga_steps st JOIN event_store.sagas s ON s.saga_id = st.saga_id
-             WHERE st.saga_id = r.saga_id AND st.name = r.name;
-            CONTINUE WHEN x.status IS DISTINCT FROM 'running' OR NOT x.due_at <= now()
-                       OR x.saga_status IS DISTINCT FROM 'running';
-            PERFORM event_store._saga_step_done(r.saga_id, r.name, NULL);
-            moved := moved + 1 + event_store._saga_advance(r.saga_id);
+            step_moved := event_store._saga_timer_due(r.saga_id, r.name);
+            CONTINUE WHEN step_moved = 0;
+            moved := moved + step_moved;
             handled := handled + 1;
         EXCEPTION WHEN OTHERS THEN
             PERFORM event_store._saga_tick_failed(r.saga_id, SQLSTATE, SQLERRM);
@@ -2841,4 +2839,5 @@ CREATE OR REPLACE FUNCTION event_store.saga_tick() RETURNS int
     SELECT moved FROM event_store._saga_tick(NULL)
 $$;
 
-REVOKE ALL ON FUNCTION event_store._saga_wake_for(timestamptz), event_store._saga_tick(int) FROM PUBLIC;
+REVOKE ALL ON FUNCTION event_store._saga_wake_for(timestamptz), event_store._saga_tick(int),
+    event_store._saga_timer_due(uuid, text) FROM PUBLIC;

@@ -49,6 +49,7 @@ PG_FUNCTION_INFO_V1(es_saga_step_done);
 PG_FUNCTION_INFO_V1(es_saga_event);
 PG_FUNCTION_INFO_V1(es_saga_wake_worker);
 PG_FUNCTION_INFO_V1(es_saga_lock_slot);
+PG_FUNCTION_INFO_V1(es_saga_timer_due);
 
 /* ------------------------------------------------------------------------
  * The statements of the step loop, prepared once and kept
@@ -81,6 +82,10 @@ typedef enum EsSagaStmtId
 	CALL_TAKE_SLOT,
 	CALL_CIRCUIT_GATE,
 	CALL_CIRCUIT_OK,
+	SAGA_PARENT,				/* the saga's parent (none: locked alone) */
+	SAGA_LOCK_ALONE,
+	CALL_LOCK_TREE,
+	TIMER_STILL_DUE,
 	SAGA_NSTMTS
 } EsSagaStmtId;
 
@@ -210,6 +215,23 @@ static EsSagaStmt saga_stmts[SAGA_NSTMTS] = {
 	2, {UUIDOID, INT4OID}},
 	[CALL_CIRCUIT_OK] = {
 		"SELECT event_store._saga_circuit_result($1, $2, true)",
+	2, {UUIDOID, TEXTOID}},
+	/* a timer step (saga_tick) */
+	[SAGA_PARENT] = {
+		"SELECT parent_saga_id FROM event_store.sagas WHERE saga_id" EQ "$1",
+	1, {UUIDOID}},
+	[SAGA_LOCK_ALONE] = {
+		"SELECT FROM event_store.sagas WHERE saga_id" EQ "$1 FOR UPDATE",
+	1, {UUIDOID}},
+	[CALL_LOCK_TREE] = {
+		"SELECT event_store._saga_lock_tree($1)",
+	1, {UUIDOID}},
+	/* (by the step's key only: no plan can scan the due timers for it) */
+	[TIMER_STILL_DUE] = {
+		"SELECT st.status" EQ "'running' AND st.due_at OPERATOR(pg_catalog.<=) " NOW " "
+		"AND s.status" EQ "'running' "
+		"FROM event_store.saga_steps st, event_store.sagas s "
+		"WHERE st.saga_id" EQ "$1 AND st.name" EQ "$2 AND s.saga_id" EQ "$1",
 	2, {UUIDOID, TEXTOID}},
 };
 
@@ -1070,4 +1092,50 @@ es_saga_lock_slot(PG_FUNCTION_ARGS)
 	EsRequireArg(fcinfo, 0, "slot");
 	slot = PG_GETARG_TEXT_PP(0);
 	PG_RETURN_BOOL(EsTryLockSagaSlot(VARDATA_ANY(slot), VARSIZE_ANY_EXHDR(slot)));
+}
+
+/*
+ * SQL: event_store._saga_timer_due(saga_id uuid, step text) RETURNS int --
+ * for saga_tick: a timer step was found due.  Lock the saga (and its
+ * ancestors, root first, as _saga_lock_tree does); if the step still runs,
+ * is due and its saga runs, complete it and run what is ready.  Returns
+ * what moved, plus one for the step (0: it was no longer due).
+ */
+Datum
+es_saga_timer_due(PG_FUNCTION_ARGS)
+{
+	EsUserSwitch sw;
+	pg_uuid_t  *saga_id;
+	Datum		values[2];
+	int			n = 0;
+
+	EsRequireArg(fcinfo, 0, "saga_id");
+	EsRequireArg(fcinfo, 1, "step");
+	saga_id = PG_GETARG_UUID_P(0);
+	values[0] = UUIDPGetDatum(saga_id);
+	values[1] = PG_GETARG_DATUM(1);
+	EsSpiConnect(&sw);
+	/* a saga's parent never changes: one without is locked alone */
+	if (es_saga_exec(SAGA_PARENT, values, NULL) > 0)
+	{
+		pg_uuid_t	parent;
+
+		if (es_result_uuid(1, &parent))
+			(void) es_saga_exec(CALL_LOCK_TREE, values, NULL);
+		else
+			(void) es_saga_exec(SAGA_LOCK_ALONE, values, NULL);
+		if (es_saga_exec(TIMER_STILL_DUE, values, NULL) > 0)
+		{
+			bool		isnull;
+			Datum		due = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+
+			if (!isnull && DatumGetBool(due))
+			{
+				es_complete_step(saga_id, text_to_cstring(PG_GETARG_TEXT_PP(1)), NULL);
+				n = 1 + es_saga_advance_loop(saga_id);
+			}
+		}
+	}
+	EsSpiFinish(&sw);
+	PG_RETURN_INT32(n);
 }

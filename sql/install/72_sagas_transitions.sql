@@ -160,6 +160,12 @@ END $$;
 CREATE FUNCTION event_store._saga_wake_worker() RETURNS void
     LANGUAGE c AS 'MODULE_PATHNAME', 'es_saga_wake_worker';
 
+-- saga_tick found a timer step due: lock the saga (and its ancestors), and
+-- if the step still runs and is due, complete it and run what is ready;
+-- returns what moved (0: nothing)
+CREATE FUNCTION event_store._saga_timer_due(p_saga uuid, p_step text) RETURNS int
+    LANGUAGE c AS 'MODULE_PATHNAME', 'es_saga_timer_due';
+
 -- Something is due at p_due (a timer step, a retry): when that is before
 -- the worker's next round, wake it at commit, so that it learns the due time
 -- and waits for it on its latch rather than for the round

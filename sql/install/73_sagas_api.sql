@@ -274,6 +274,7 @@ DECLARE
     r record;
     x record;
     handled int := 0;
+    step_moved int;
 BEGIN
     moved := 0;
     more := false;
@@ -342,14 +343,9 @@ BEGIN
             RETURN;
         END IF;
         BEGIN
-            PERFORM event_store._saga_lock_tree(r.saga_id);
-            SELECT st.status, st.due_at, s.status AS saga_status INTO x
-              FROM event_store.saga_steps st JOIN event_store.sagas s ON s.saga_id = st.saga_id
-             WHERE st.saga_id = r.saga_id AND st.name = r.name;
-            CONTINUE WHEN x.status IS DISTINCT FROM 'running' OR NOT x.due_at <= now()
-                       OR x.saga_status IS DISTINCT FROM 'running';
-            PERFORM event_store._saga_step_done(r.saga_id, r.name, NULL);
-            moved := moved + 1 + event_store._saga_advance(r.saga_id);
+            step_moved := event_store._saga_timer_due(r.saga_id, r.name);
+            CONTINUE WHEN step_moved = 0;
+            moved := moved + step_moved;
             handled := handled + 1;
         EXCEPTION WHEN OTHERS THEN
             PERFORM event_store._saga_tick_failed(r.saga_id, SQLSTATE, SQLERRM);
@@ -627,6 +623,7 @@ REVOKE ALL ON FUNCTION event_store._saga_bad(text, text, text), event_store._sag
     event_store._saga_lock_for_operator(uuid, text), event_store._retry_saga(uuid, regrole),
     event_store._resolve_saga(uuid, text, text, regrole), event_store._saga_wake_worker(),
     event_store._saga_wake_for(timestamptz), event_store._saga_tick(int),
+    event_store._saga_timer_due(uuid, text),
     event_store._saga_take_slot(uuid, int), event_store._saga_lock_slot(text),
     event_store._saga_circuit_gate(uuid, int), event_store._saga_circuit_result(uuid, text, boolean)
   FROM PUBLIC;
