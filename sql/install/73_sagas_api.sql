@@ -192,24 +192,27 @@ BEGIN
         PERFORM event_store._saga_bad('step_names must not contain nulls', NULL, '22004');
     END IF;
     -- an open circuit whose cooldown passed: half-open, its trial the
-    -- instance that waits longest to be handed out
-    UPDATE event_store.saga_circuit_state x
-       SET state = 'half_open', updated_at = now(),
-           trial_saga = (SELECT st.saga_id FROM event_store.saga_steps st
-                           JOIN event_store.sagas s ON s.saga_id = st.saga_id
-                          WHERE s.saga_type = x.saga_type AND st.name = x.step AND s.status = 'running'
-                            AND st.status = 'running' AND st.kind = 'external' AND st.lease_owner IS NULL
-                          ORDER BY st.updated_at LIMIT 1)
-     WHERE x.state = 'open' AND x.retry_at <= now()
-       AND EXISTS (SELECT 1 FROM event_store.saga_steps st JOIN event_store.sagas s ON s.saga_id = st.saga_id
-                    WHERE s.saga_type = x.saga_type AND st.name = x.step AND s.status = 'running'
-                      AND st.status = 'running' AND st.kind = 'external' AND st.lease_owner IS NULL);
+    -- instance that waits longest to be handed out (looked for only when
+    -- there is such a circuit: the statement joins the running steps)
+    IF EXISTS (SELECT 1 FROM event_store.saga_circuit_state x WHERE x.state = 'open' AND x.retry_at <= now()) THEN
+        UPDATE event_store.saga_circuit_state x
+           SET state = 'half_open', updated_at = now(),
+               trial_saga = (SELECT st.saga_id FROM event_store.saga_steps st
+                               JOIN event_store.sagas s ON s.saga_id = st.saga_id
+                              WHERE s.saga_type = x.saga_type AND st.name = x.step AND s.status = 'running'
+                                AND st.status = 'running' AND st.kind = 'external' AND st.lease_owner IS NULL
+                              ORDER BY st.updated_at LIMIT 1)
+         WHERE x.state = 'open' AND x.retry_at <= now()
+           AND EXISTS (SELECT 1 FROM event_store.saga_steps st JOIN event_store.sagas s ON s.saga_id = st.saga_id
+                        WHERE s.saga_type = x.saga_type AND st.name = x.step AND s.status = 'running'
+                          AND st.status = 'running' AND st.kind = 'external' AND st.lease_owner IS NULL);
+    END IF;
     RETURN QUERY
     -- The claimable steps in the order of their index, each checked against
-    -- its saga by the saga's key as it comes (a join could be planned to
-    -- scan the open sagas for every step while their statistics are stale)
+    -- its saga by the saga's key as it comes, then updated by their row
+    -- addresses (a join could be planned to scan all the sagas or steps)
     WITH c AS (
-        SELECT st.saga_id AS sid, st.step_no AS sno
+        SELECT st.ctid AS tid
           FROM event_store.saga_steps st
          WHERE st.lease_owner IS NULL
            AND ((st.status = 'running' AND st.kind = 'external')
@@ -235,8 +238,7 @@ BEGIN
                deadline = CASE WHEN st.status = 'compensating' THEN now() + st.comp_timeout ELSE st.deadline END,
                attempts = st.attempts + CASE WHEN st.status = 'running' THEN 1 ELSE 0 END,
                comp_attempts = st.comp_attempts + CASE WHEN st.status = 'compensating' THEN 1 ELSE 0 END
-          FROM c
-         WHERE st.saga_id = c.sid AND st.step_no = c.sno
+         WHERE st.ctid = ANY (ARRAY(SELECT c.tid FROM c))
         RETURNING st.*)
     SELECT u.saga_id, s.saga_type, u.name,
            CASE WHEN u.status = 'running' THEN 'action' ELSE 'compensation' END,
