@@ -2740,8 +2740,10 @@ BEGIN
     moved := 0;
     more := false;
     PERFORM event_store._check_writable('saga_tick()');
-    FOR r IN SELECT s.saga_id FROM event_store.sagas s
-              WHERE s.status = 'running' AND s.deadline <= now() ORDER BY s.deadline LOOP
+    -- (each query is planned when it runs: the worker's session lasts, and a
+    -- plan kept from when the tables were small would read them whole)
+    FOR r IN EXECUTE $q$SELECT s.saga_id FROM event_store.sagas s
+              WHERE s.status = 'running' AND s.deadline <= now() ORDER BY s.deadline$q$ LOOP
         IF handled >= p_limit THEN
             more := true;
             RETURN;
@@ -2760,12 +2762,12 @@ BEGIN
     END LOOP;
     -- (the steps' timers are found through their index; the re-checks read
     -- the step by its key, so that each costs the same however many are due)
-    FOR r IN SELECT st.saga_id, st.name, st.status, st.deadline, st.lease_expires_at
+    FOR r IN EXECUTE $q$SELECT st.saga_id, st.name, st.status, st.deadline, st.lease_expires_at
                FROM event_store.saga_steps st
               WHERE st.status IN ('running', 'compensating')
                 AND LEAST(st.deadline, st.lease_expires_at, st.next_attempt_at, st.due_at) <= now()
                 AND (st.deadline <= now() OR st.lease_expires_at <= now())
-              ORDER BY st.updated_at LOOP
+              ORDER BY st.updated_at$q$ LOOP
         IF handled >= p_limit THEN
             more := true;
             RETURN;
@@ -2794,11 +2796,11 @@ BEGIN
         END;
     END LOOP;
     -- timer steps that are due complete
-    FOR r IN SELECT st.saga_id, st.name FROM event_store.saga_steps st
+    FOR r IN EXECUTE $q$SELECT st.saga_id, st.name FROM event_store.saga_steps st
               WHERE st.status = 'running'
                 AND LEAST(st.deadline, st.lease_expires_at, st.next_attempt_at, st.due_at) <= now()
                 AND st.due_at <= now()
-              ORDER BY st.due_at LOOP
+              ORDER BY st.due_at$q$ LOOP
         IF handled >= p_limit THEN
             more := true;
             RETURN;
@@ -2813,13 +2815,13 @@ BEGIN
         END;
     END LOOP;
     -- due retries, and the steps that wait for a concurrency slot or a circuit
-    FOR r IN SELECT st.saga_id FROM event_store.saga_steps st
+    FOR r IN EXECUTE $q$SELECT st.saga_id FROM event_store.saga_steps st
               WHERE st.status IN ('pending', 'compensating')
                 AND LEAST(st.deadline, st.lease_expires_at, st.next_attempt_at, st.due_at) <= now()
                 AND st.next_attempt_at <= now()
              UNION
              SELECT st.saga_id FROM event_store.saga_steps st
-              WHERE st.status = 'pending' AND (st.slot_wait OR st.circuit_wait) LOOP
+              WHERE st.status = 'pending' AND (st.slot_wait OR st.circuit_wait)$q$ LOOP
         IF handled >= p_limit THEN
             more := true;
             RETURN;

@@ -508,7 +508,6 @@ es_worker_run_projections(void *arg)
 static void
 es_worker_saga_tick(void *arg)
 {
-	static SPIPlanPtr next_plan = NULL;
 	TimestampTz *next_due = (TimestampTz *) arg;
 	bool		batches;
 	bool		more = false;
@@ -548,19 +547,15 @@ es_worker_saga_tick(void *arg)
 		 * The first timer still to come: of a timer step, or a step's
 		 * retry, timeout or lease expiry, through their index.  (Whatever
 		 * was due at the tick's start is done, or failed and waits for the
-		 * next round.)
+		 * next round.)  Planned every time: a plan kept from when the table
+		 * was small would read all of it.
 		 */
-		if (next_plan == NULL)
-		{
-			next_plan = SPI_prepare("SELECT pg_catalog.min(LEAST(deadline, lease_expires_at, next_attempt_at, due_at)) "
-									"FROM event_store.saga_steps "
-									"WHERE status OPERATOR(pg_catalog.=) ANY ('{pending,running,compensating}'::pg_catalog.text[]) "
-									"AND LEAST(deadline, lease_expires_at, next_attempt_at, due_at) "
-									"OPERATOR(pg_catalog.>) pg_catalog.now()", 0, NULL);
-			if (next_plan == NULL || SPI_keepplan(next_plan) != 0)
-				elog(ERROR, "preparing the saga timers' query failed");
-		}
-		if (SPI_execute_plan(next_plan, NULL, NULL, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		if (SPI_execute("SELECT pg_catalog.min(LEAST(deadline, lease_expires_at, next_attempt_at, due_at)) "
+						"FROM event_store.saga_steps "
+						"WHERE status OPERATOR(pg_catalog.=) ANY ('{pending,running,compensating}'::pg_catalog.text[]) "
+						"AND LEAST(deadline, lease_expires_at, next_attempt_at, due_at) "
+						"OPERATOR(pg_catalog.>) pg_catalog.now()", true, 1) != SPI_OK_SELECT ||
+			SPI_processed != 1)
 			elog(ERROR, "reading the saga timers' next due time failed");
 		due = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 		if (!isnull)
