@@ -812,10 +812,12 @@ es_saga_report_to_parent(pg_uuid_t *saga_id, EsSagaRow *s)
  * One round of a running saga in its current group g: start every due
  * pending step (a local one is called at once, a nested one starts its
  * child; external ones wait to be claimed, event-driven ones for their
- * event).  Returns how many steps were started.
+ * event).  Returns how many steps were started; *moved tells whether one
+ * of them may have moved the saga on by itself (a local, nested or timer
+ * step): only then can another round find more to do.
  */
 static int
-es_saga_run_group(pg_uuid_t *saga_id, EsSagaRow *s, int32 g)
+es_saga_run_group(pg_uuid_t *saga_id, EsSagaRow *s, int32 g, bool *moved)
 {
 	Datum		key[2] = {UUIDPGetDatum(saga_id), Int32GetDatum(g)};
 	int			nsteps;
@@ -832,7 +834,14 @@ es_saga_run_group(pg_uuid_t *saga_id, EsSagaRow *s, int32 g)
 		/* re-read: a nested call may have moved things on */
 		if (!es_saga_read_step(key, &st) || strcmp(st.status, "pending") != 0)
 			continue;
-		status = es_saga_status(key, &data);
+		/* (nothing ran since the saga was read for the first one) */
+		if (n == 0 && !*moved)
+		{
+			status = s->status;
+			data = s->data;
+		}
+		else
+			status = es_saga_status(key, &data);
 		if (status != NULL && strcmp(status, "running") != 0)
 			break;
 		/* its circuit is open: it waits, pending, without an attempt */
@@ -855,6 +864,8 @@ es_saga_run_group(pg_uuid_t *saga_id, EsSagaRow *s, int32 g)
 		}
 		n++;
 		(void) es_saga_exec(STEP_START, key, NULL);
+		if (strcmp(st.kind, "external") != 0 && strcmp(st.kind, "event") != 0)
+			*moved = true;
 
 		if (strcmp(st.kind, "local") == 0)
 		{
@@ -1024,9 +1035,8 @@ es_saga_advance_loop(pg_uuid_t *saga_id)
 					es_saga_report_to_parent(saga_id, &s);
 				return n + 1;
 			}
-			started = es_saga_run_group(saga_id, &s, g);
+			started = es_saga_run_group(saga_id, &s, g, &progressed);
 			n += started;
-			progressed = started > 0;
 		}
 		else if (strcmp(s.status, "compensating") == 0)
 		{
