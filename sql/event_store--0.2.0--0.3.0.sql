@@ -2645,6 +2645,11 @@ BEGIN
     END IF;
 END $$;
 
+CREATE OR REPLACE FUNCTION event_store.complete_saga_step(saga_id uuid, step text, result jsonb DEFAULT NULL)
+    RETURNS void LANGUAGE c
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'es_complete_saga_step';
+
 CREATE OR REPLACE FUNCTION event_store.claim_saga_steps(worker text, max_count int DEFAULT 10, step_names text[] DEFAULT NULL,
                                              lease interval DEFAULT '30 seconds')
     RETURNS TABLE(saga_id uuid, saga_type text, step text, kind text, attempt int, data jsonb)

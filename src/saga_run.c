@@ -50,6 +50,7 @@ PG_FUNCTION_INFO_V1(es_saga_event);
 PG_FUNCTION_INFO_V1(es_saga_wake_worker);
 PG_FUNCTION_INFO_V1(es_saga_lock_slot);
 PG_FUNCTION_INFO_V1(es_saga_timer_due);
+PG_FUNCTION_INFO_V1(es_complete_saga_step);
 
 /* ------------------------------------------------------------------------
  * The statements of the step loop, prepared once and kept
@@ -86,6 +87,8 @@ typedef enum EsSagaStmtId
 	SAGA_LOCK_ALONE,
 	CALL_LOCK_TREE,
 	TIMER_STILL_DUE,
+	STEP_TO_REPORT,				/* a step a worker reports on, and its saga's status */
+	STEP_EXT_COMPENSATED,
 	SAGA_NSTMTS
 } EsSagaStmtId;
 
@@ -233,6 +236,16 @@ static EsSagaStmt saga_stmts[SAGA_NSTMTS] = {
 		"FROM event_store.saga_steps st, event_store.sagas s "
 		"WHERE st.saga_id" EQ "$1 AND st.name" EQ "$2 AND s.saga_id" EQ "$1",
 	2, {UUIDOID, TEXTOID}},
+	[STEP_TO_REPORT] = {
+		"SELECT st.status, st.kind, st.comp_kind, s.status "
+		"FROM event_store.saga_steps st, event_store.sagas s "
+		"WHERE st.saga_id" EQ "$1 AND st.name" EQ "$2 AND s.saga_id" EQ "$1",
+	2, {UUIDOID, TEXTOID}},
+	[STEP_EXT_COMPENSATED] = {
+		"UPDATE event_store.saga_steps SET status = 'compensated', lease_owner = NULL, "
+		"lease_expires_at = NULL, deadline = NULL, updated_at = " NOW " "
+		"WHERE saga_id" EQ "$1 AND name" EQ "$2",
+	2, {UUIDOID, TEXTOID}},
 };
 
 /*
@@ -299,6 +312,8 @@ es_result_uuid(int attno, pg_uuid_t *value)
 		*value = *DatumGetUUIDP(d);
 	return !isnull;
 }
+
+static bool es_saga_lock(Datum *key);
 
 /* ------------------------------------------------------------------------
  * The saga's events
@@ -1125,15 +1140,8 @@ es_saga_timer_due(PG_FUNCTION_ARGS)
 	values[0] = UUIDPGetDatum(saga_id);
 	values[1] = PG_GETARG_DATUM(1);
 	EsSpiConnect(&sw);
-	/* a saga's parent never changes: one without is locked alone */
-	if (es_saga_exec(SAGA_PARENT, values, NULL) > 0)
+	if (es_saga_lock(values))
 	{
-		pg_uuid_t	parent;
-
-		if (es_result_uuid(1, &parent))
-			(void) es_saga_exec(CALL_LOCK_TREE, values, NULL);
-		else
-			(void) es_saga_exec(SAGA_LOCK_ALONE, values, NULL);
 		if (es_saga_exec(TIMER_STILL_DUE, values, NULL) > 0)
 		{
 			bool		isnull;
@@ -1148,4 +1156,100 @@ es_saga_timer_due(PG_FUNCTION_ARGS)
 	}
 	EsSpiFinish(&sw);
 	PG_RETURN_INT32(n);
+}
+
+/*
+ * Lock the saga (and its ancestors, root first, as _saga_lock_tree does);
+ * false when there is no such saga.  Caller is connected to SPI.
+ */
+static bool
+es_saga_lock(Datum *key)
+{
+	pg_uuid_t	parent;
+
+	if (es_saga_exec(SAGA_PARENT, key, NULL) == 0)
+		return false;
+	/* a saga's parent never changes: one without is locked alone */
+	if (es_result_uuid(1, &parent))
+		(void) es_saga_exec(CALL_LOCK_TREE, key, NULL);
+	else
+		(void) es_saga_exec(SAGA_LOCK_ALONE, key, NULL);
+	return true;
+}
+
+/*
+ * SQL: event_store.complete_saga_step(saga_id uuid, step text, result jsonb)
+ * (SECURITY DEFINER) -- a worker reports a step, or its external
+ * compensation, done: the result becomes the step's compensation data and
+ * is merged into the saga's data; then whatever is ready runs.
+ */
+Datum
+es_complete_saga_step(PG_FUNCTION_ARGS)
+{
+	EsUserSwitch sw;
+	pg_uuid_t  *saga_id;
+	char	   *step;
+	char	   *id;
+	char	   *status;
+	char	   *kind;
+	char	   *comp_kind;
+	char	   *saga_status;
+	Datum		key[2];
+
+	/* first: on a standby the lock below would fail with a less telling message */
+	EsCheckWritable("complete_saga_step()");
+	EsRequireArg(fcinfo, 0, "saga_id");
+	if (PG_ARGISNULL(1) || VARSIZE_ANY_EXHDR(PG_GETARG_TEXT_PP(1)) == 0)
+		ereport(ERROR,
+				(errcode(PG_ARGISNULL(1) ? ERRCODE_NULL_VALUE_NOT_ALLOWED : ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("step must not be null or empty")));
+	saga_id = PG_GETARG_UUID_P(0);
+	step = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	id = es_uuid_text(saga_id);
+	key[0] = UUIDPGetDatum(saga_id);
+	key[1] = PG_GETARG_DATUM(1);
+
+	EsSpiConnect(&sw);
+	if (!es_saga_lock(key))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("saga %s does not exist", id)));
+	if (es_saga_exec(STEP_TO_REPORT, key, NULL) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("saga %s has no step \"%s\"", id, step)));
+	status = es_result_text(1);
+	kind = es_result_text(2);
+	comp_kind = es_result_text(3);
+	saga_status = es_result_text(4);
+	if (strcmp(kind, "nested") == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("step \"%s\" of saga %s is completed by its nested saga", step, id),
+				 errhint("Complete the steps of the nested saga instead.")));
+	if (strcmp(status, "running") == 0 && strcmp(saga_status, "running") == 0)
+	{
+		Jsonb	   *result;
+
+		if (PG_ARGISNULL(2))
+			result = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum("{}")));
+		else
+			result = PG_GETARG_JSONB_P(2);
+		es_complete_step(saga_id, step, result);
+	}
+	else if (strcmp(status, "compensating") == 0 && strcmp(comp_kind, "external") == 0 &&
+			 strcmp(saga_status, "compensating") == 0)
+	{
+		(void) es_saga_exec(STEP_EXT_COMPENSATED, key, NULL);
+		es_saga_transition(saga_id, "SagaStepCompensated", step, false, NULL, NULL, false, NULL);
+	}
+	else
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("step \"%s\" of saga %s cannot be completed: it is %s", step, id, status),
+				 errdetail("The saga is %s.", saga_status),
+				 errhint("Only a running step (or a step whose external compensation is running) can be completed.")));
+	(void) es_saga_advance_loop(saga_id);
+	EsSpiFinish(&sw);
+	PG_RETURN_VOID();
 }

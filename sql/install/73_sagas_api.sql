@@ -97,38 +97,12 @@ BEGIN
     RETURN st;
 END $$;
 
+-- Report a step (or its external compensation) done: C (src/saga_run.c),
+-- with the locking, checks and errors of fail_saga_step below
 CREATE FUNCTION event_store.complete_saga_step(saga_id uuid, step text, result jsonb DEFAULT NULL)
-    RETURNS void LANGUAGE plpgsql
+    RETURNS void LANGUAGE c
     SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-    AS $$
-DECLARE
-    st event_store.saga_steps;
-    sstatus text;
-BEGIN
-    -- first: on a standby the lock below would fail with a less telling message
-    PERFORM event_store._check_writable('complete_saga_step()');
-    st := event_store._saga_lock_step(complete_saga_step.saga_id, complete_saga_step.step);
-    SELECT status INTO sstatus FROM event_store.sagas s WHERE s.saga_id = st.saga_id;
-    IF st.kind = 'nested' THEN
-        RAISE EXCEPTION 'step "%" of saga % is completed by its nested saga', st.name, st.saga_id
-            USING ERRCODE = '55000',
-                  HINT = 'Complete the steps of the nested saga instead.';
-    END IF;
-    IF st.status = 'running' AND sstatus = 'running' THEN
-        PERFORM event_store._saga_step_done(st.saga_id, st.name, COALESCE(result, '{}'));
-    ELSIF st.status = 'compensating' AND st.comp_kind = 'external' AND sstatus = 'compensating' THEN
-        UPDATE event_store.saga_steps SET status = 'compensated', lease_owner = NULL, lease_expires_at = NULL,
-               deadline = NULL, updated_at = now()
-         WHERE saga_steps.saga_id = st.saga_id AND name = st.name;
-        PERFORM event_store._saga_event(st.saga_id, 'SagaStepCompensated', jsonb_build_object('step', st.name));
-    ELSE
-        RAISE EXCEPTION 'step "%" of saga % cannot be completed: it is %', st.name, st.saga_id, st.status
-            USING ERRCODE = '55000',
-                  DETAIL = format('The saga is %s.', sstatus),
-                  HINT = 'Only a running step (or a step whose external compensation is running) can be completed.';
-    END IF;
-    PERFORM event_store._saga_advance(st.saga_id);
-END $$;
+    AS 'MODULE_PATHNAME', 'es_complete_saga_step';
 COMMENT ON FUNCTION event_store.complete_saga_step(uuid, text, jsonb) IS
     'Report a step (or its external compensation) done; the result becomes its compensation data and is merged into the saga data';
 
