@@ -2741,10 +2741,23 @@ DECLARE
     x record;
     handled int := 0;
     step_moved int;
+    due boolean;
 BEGIN
     moved := 0;
     more := false;
     PERFORM event_store._check_writable('saga_tick()');
+    -- nothing due (the worker is woken when a retry or a timer is announced,
+    -- before it is due): one look through the timers' indexes, no more
+    EXECUTE $q$SELECT EXISTS (SELECT 1 FROM event_store.sagas s
+                                WHERE s.status IN ('running', 'compensating') AND s.deadline <= now())
+                   OR EXISTS (SELECT 1 FROM event_store.saga_steps st
+                               WHERE st.status IN ('pending', 'running', 'compensating')
+                                 AND LEAST(st.deadline, st.lease_expires_at, st.next_attempt_at, st.due_at) <= now())
+                   OR EXISTS (SELECT 1 FROM event_store.saga_steps st
+                               WHERE st.status = 'pending' AND (st.slot_wait OR st.circuit_wait))$q$ INTO due;
+    IF NOT due THEN
+        RETURN;
+    END IF;
     -- (each query is planned when it runs: the worker's session lasts, and a
     -- plan kept from when the tables were small would read them whole)
     FOR r IN EXECUTE $q$SELECT s.saga_id FROM event_store.sagas s
