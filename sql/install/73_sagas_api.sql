@@ -244,8 +244,11 @@ END $$;
 -- so that a crowd of timers due at once does not wait for the last of
 -- them, nor hold all their locks at once; more: some may be left.  (A saga
 -- whose transition failed does not count: the batches always progress.)
+-- The worker calls it directly, hence its own search_path.
 CREATE FUNCTION event_store._saga_tick(p_limit int, OUT moved int, OUT more boolean)
-    LANGUAGE plpgsql AS $$
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+    AS $$
 DECLARE
     r record;
     x record;
