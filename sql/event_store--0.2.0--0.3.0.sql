@@ -2735,9 +2735,7 @@ BEGIN
 END $$;
 
 CREATE OR REPLACE FUNCTION event_store._saga_tick(p_limit int, OUT moved int, OUT more boolean)
-    LANGUAGE plpgsql
-    SET search_path = pg_catalog, pg_temp
-    AS $$
+    LANGUAGE plpgsql AS $$
 DECLARE
     r record;
     x record;

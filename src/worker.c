@@ -520,6 +520,10 @@ es_worker_saga_tick(void *arg)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	batches = EsGetCatalog()->saga_versions;
+	/* _saga_tick runs with the search_path saga_tick() pins */
+	if (batches)
+		(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION,
+								 GUC_ACTION_LOCAL, true, 0, false);
 	if (SPI_execute(batches ?
 					"SELECT t.more FROM event_store._saga_tick(" CppAsString2(ES_SAGA_TICK_BATCH) ") t "
 					"WHERE EXISTS (SELECT 1 FROM event_store.sagas "

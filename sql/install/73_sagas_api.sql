@@ -244,11 +244,10 @@ END $$;
 -- so that a crowd of timers due at once does not wait for the last of
 -- them, nor hold all their locks at once; more: some may be left.  (A saga
 -- whose transition failed does not count: the batches always progress.)
--- The worker calls it directly, hence its own search_path.
+-- Its callers pin the search_path (saga_tick() by its SET, the worker for
+-- the transaction it calls it in).
 CREATE FUNCTION event_store._saga_tick(p_limit int, OUT moved int, OUT more boolean)
-    LANGUAGE plpgsql
-    SET search_path = pg_catalog, pg_temp
-    AS $$
+    LANGUAGE plpgsql AS $$
 DECLARE
     r record;
     x record;
