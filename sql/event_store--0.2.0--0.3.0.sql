@@ -2486,3 +2486,395 @@ EXCEPTION WHEN feature_not_supported THEN
     NULL;   -- a server without lz4: keep the default method
 END
 $lz4$;
+-- Sagas under load: a claim reads only the external steps it takes, in the
+-- order of their index; the timers (timer steps, retries, timeouts, leases)
+-- are found through an index of their own; the background worker waits for
+-- the next of them and moves the due sagas on in batches, each committed.
+DROP INDEX event_store.saga_steps_claimable_idx;
+-- the external steps and compensations that wait to be claimed, in the
+-- order claim_saga_steps hands them out (a claim reads no further than the
+-- steps it takes, however many sagas started in the same transaction)
+CREATE INDEX saga_steps_claimable_idx ON event_store.saga_steps (updated_at, saga_id, step_no)
+    WHERE lease_owner IS NULL AND ((status = 'running' AND kind = 'external')
+                                   OR (status = 'compensating' AND comp_kind = 'external'));
+-- the timers of unfinished steps: the first of a step's timeout, its lease's
+-- expiry, its retry and its due time (a timer step) -- saga_tick, the
+-- worker's next wake-up
+CREATE INDEX saga_steps_next_timer_idx
+    ON event_store.saga_steps ((LEAST(deadline, lease_expires_at, next_attempt_at, due_at)))
+    WHERE status IN ('pending', 'running', 'compensating')
+      AND LEAST(deadline, lease_expires_at, next_attempt_at, due_at) IS NOT NULL;
+-- the pending steps that wait for a concurrency slot or a circuit (saga_tick)
+CREATE INDEX saga_steps_waiting_idx ON event_store.saga_steps (saga_id)
+    WHERE status = 'pending' AND (slot_wait OR circuit_wait);
+
+CREATE OR REPLACE FUNCTION event_store._saga_lock_tree(p_saga uuid) RETURNS boolean
+    LANGUAGE plpgsql AS $$
+DECLARE
+    chain uuid[] := ARRAY[p_saga];
+    cur uuid;
+    id uuid;
+BEGIN
+    SELECT parent_saga_id INTO cur FROM event_store.sagas WHERE saga_id = p_saga;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    IF cur IS NULL THEN
+        -- no ancestors (the usual case); a saga's parent never changes
+        PERFORM 1 FROM event_store.sagas WHERE saga_id = p_saga FOR UPDATE;
+        RETURN FOUND;
+    END IF;
+    WHILE cur IS NOT NULL LOOP
+        chain := cur || chain;
+        SELECT parent_saga_id INTO cur FROM event_store.sagas WHERE saga_id = cur;
+    END LOOP;
+    FOREACH id IN ARRAY chain LOOP
+        PERFORM 1 FROM event_store.sagas WHERE saga_id = id FOR UPDATE;
+    END LOOP;
+    RETURN EXISTS (SELECT 1 FROM event_store.sagas WHERE saga_id = p_saga);
+END $$;
+
+CREATE OR REPLACE FUNCTION event_store._saga_step_failed(p_saga uuid, p_step text, p_error text, p_retryable boolean)
+    RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    st record;
+    retry boolean;
+    forward boolean;
+    next_at timestamptz;
+BEGIN
+    SELECT * INTO st FROM event_store.saga_steps WHERE saga_id = p_saga AND name = p_step;
+    retry := p_retryable AND st.attempts < st.max_attempts;
+    forward := NOT retry AND event_store._saga_past_pivot(p_saga);
+    IF retry THEN
+        next_at := now() + event_store._backoff(st.backoff, st.attempts);
+        PERFORM event_store._saga_wake_for(next_at);
+    END IF;
+    -- the step lets go of its nested saga first, so that saga's end is not
+    -- reported back to this attempt
+    UPDATE event_store.saga_steps
+       SET status = CASE WHEN retry THEN 'pending' ELSE 'failed' END,
+           last_error = p_error, lease_owner = NULL, lease_expires_at = NULL, deadline = NULL,
+           child_saga_id = NULL,
+           next_attempt_at = next_at,
+           updated_at = now()
+     WHERE saga_id = p_saga AND name = p_step;
+    PERFORM event_store._saga_event(p_saga, 'SagaStepFailed',
+        jsonb_build_object('step', p_step, 'error', p_error, 'attempt', st.attempts, 'retrying', retry));
+    IF st.circuit_failures IS NOT NULL THEN
+        PERFORM event_store._saga_circuit_result(p_saga, p_step, false);
+    END IF;
+    -- a nested step gives up on its child saga: fail (and so compensate) it
+    IF st.child_saga_id IS NOT NULL THEN
+        PERFORM event_store._saga_fail(st.child_saga_id, format('step "%s" of the parent saga failed', p_step));
+        PERFORM event_store._saga_advance(st.child_saga_id);
+    END IF;
+    IF forward THEN
+        UPDATE event_store.sagas
+           SET last_error = format('step "%s" failed after the pivot: %s', p_step, p_error), updated_at = now()
+         WHERE saga_id = p_saga;
+        PERFORM event_store._saga_event(p_saga, 'SagaStepNeedsPerson',
+            jsonb_build_object('step', p_step, 'error', p_error, 'reason', 'forward_recovery_failed'));
+    ELSIF NOT retry THEN
+        PERFORM event_store._saga_fail(p_saga, format('step "%s" failed: %s', p_step, p_error));
+    END IF;
+END $$;
+
+CREATE OR REPLACE FUNCTION event_store._saga_timer_start(p_saga uuid, p_step int, p_data jsonb) RETURNS void
+    LANGUAGE plpgsql AS $$
+DECLARE
+    st record;
+    v jsonb;
+    due timestamptz;
+BEGIN
+    SELECT * INTO st FROM event_store.saga_steps WHERE saga_id = p_saga AND step_no = p_step;
+    IF st.delay IS NOT NULL THEN
+        due := now() + st.delay;
+    ELSE
+        v := p_data -> st.until_key;
+        IF jsonb_typeof(v) IS DISTINCT FROM 'string'
+           OR v #>> '{}' !~ '^\d{4}-\d\d-\d\d([T ]\d\d:\d\d(:\d\d(\.\d+)?)?)?(Z|[+-]\d\d(:?\d\d)?)?$' THEN
+            PERFORM event_store._saga_step_failed(p_saga, st.name,
+                format('the saga data has no ISO 8601 timestamp under "%s"', st.until_key), false);
+            RETURN;
+        END IF;
+        BEGIN
+            due := (v #>> '{}')::timestamptz;
+        EXCEPTION WHEN invalid_datetime_format OR datetime_field_overflow THEN
+            PERFORM event_store._saga_step_failed(p_saga, st.name,
+                format('the saga data has no valid ISO 8601 timestamp under "%s": %s', st.until_key, v #>> '{}'), false);
+            RETURN;
+        END;
+    END IF;
+    UPDATE event_store.saga_steps SET due_at = due WHERE saga_id = p_saga AND step_no = p_step;
+    IF due <= now() THEN
+        PERFORM event_store._saga_step_done(p_saga, st.name, NULL);
+    ELSE
+        PERFORM event_store._saga_wake_for(due);
+    END IF;
+END $$;
+
+CREATE OR REPLACE FUNCTION event_store._saga_timer_due(p_saga uuid, p_step text) RETURNS int
+    LANGUAGE c AS 'MODULE_PATHNAME', 'es_saga_timer_due';
+
+CREATE OR REPLACE FUNCTION event_store._saga_wake_for(p_due timestamptz) RETURNS void
+    LANGUAGE sql AS $$
+    SELECT event_store._saga_wake_worker()
+     WHERE p_due < now() + COALESCE(current_setting('event_store.naptime', true), '1s')::interval
+$$;
+
+CREATE OR REPLACE FUNCTION event_store._saga_comp_failed(p_saga uuid, p_step text, p_error text, p_retryable boolean)
+    RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    st record;
+    s record;
+    next_at timestamptz;
+BEGIN
+    SELECT * INTO st FROM event_store.saga_steps WHERE saga_id = p_saga AND name = p_step;
+    IF p_retryable AND st.comp_attempts < st.max_attempts THEN
+        next_at := now() + event_store._backoff(st.backoff, st.comp_attempts);
+        UPDATE event_store.saga_steps
+           SET last_error = p_error, lease_owner = NULL, lease_expires_at = NULL, deadline = NULL,
+               next_attempt_at = next_at, updated_at = now()
+         WHERE saga_id = p_saga AND name = p_step;
+        IF st.comp_kind = 'local' THEN
+            PERFORM event_store._saga_wake_for(next_at);
+        END IF;
+        PERFORM event_store._saga_event(p_saga, 'SagaStepCompensationFailed',
+            jsonb_build_object('step', p_step, 'error', p_error, 'attempt', st.comp_attempts, 'retrying', true));
+    ELSE
+        UPDATE event_store.saga_steps
+           SET last_error = p_error, lease_owner = NULL, lease_expires_at = NULL, next_attempt_at = NULL,
+               deadline = NULL, updated_at = now()
+         WHERE saga_id = p_saga AND name = p_step;
+        UPDATE event_store.sagas
+           SET status = 'compensation_failed', finished_at = now(), updated_at = now(),
+               last_error = format('compensation of step "%s" failed: %s', p_step, p_error)
+         WHERE saga_id = p_saga
+        RETURNING * INTO s;
+        PERFORM event_store._saga_event(p_saga, 'SagaStepCompensationFailed',
+            jsonb_build_object('step', p_step, 'error', p_error, 'attempt', st.comp_attempts, 'retrying', false));
+        PERFORM event_store._saga_event(p_saga, 'SagaCompensationFailed', jsonb_build_object('step', p_step, 'error', p_error));
+        IF s.parent_saga_id IS NOT NULL THEN
+            PERFORM event_store._saga_child_finished(s.parent_saga_id, s.parent_step, p_saga);
+        END IF;
+    END IF;
+END $$;
+
+CREATE OR REPLACE FUNCTION event_store.complete_saga_step(saga_id uuid, step text, result jsonb DEFAULT NULL)
+    RETURNS void LANGUAGE c
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'es_complete_saga_step';
+
+CREATE OR REPLACE FUNCTION event_store.claim_saga_steps(worker text, max_count int DEFAULT 10, step_names text[] DEFAULT NULL,
+                                             lease interval DEFAULT '30 seconds')
+    RETURNS TABLE(saga_id uuid, saga_type text, step text, kind text, attempt int, data jsonb)
+    LANGUAGE plpgsql
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    PERFORM event_store._check_writable('claim_saga_steps()');
+    IF worker IS NULL OR worker = '' THEN
+        PERFORM event_store._saga_bad('worker must not be null or empty', NULL,
+                                      CASE WHEN worker IS NULL THEN '22004' ELSE '22023' END);
+    END IF;
+    IF max_count IS NULL OR max_count < 0 THEN
+        PERFORM event_store._saga_bad('max_count must be a non-negative integer', NULL,
+                                      CASE WHEN max_count IS NULL THEN '22004' ELSE '22023' END);
+    END IF;
+    IF lease IS NULL OR lease <= interval '0' THEN
+        PERFORM event_store._saga_bad('lease must be a positive interval', NULL,
+                                      CASE WHEN lease IS NULL THEN '22004' ELSE '22023' END);
+    END IF;
+    IF array_ndims(step_names) > 1 THEN
+        PERFORM event_store._saga_bad('step_names must be a one-dimensional array', NULL, '2202E');
+    END IF;
+    IF array_position(step_names, NULL) IS NOT NULL THEN
+        PERFORM event_store._saga_bad('step_names must not contain nulls', NULL, '22004');
+    END IF;
+    -- an open circuit whose cooldown passed: half-open, its trial the
+    -- instance that waits longest to be handed out (looked for only when
+    -- there is such a circuit: the statement joins the running steps)
+    IF EXISTS (SELECT 1 FROM event_store.saga_circuit_state x WHERE x.state = 'open' AND x.retry_at <= now()) THEN
+        UPDATE event_store.saga_circuit_state x
+           SET state = 'half_open', updated_at = now(),
+               trial_saga = (SELECT st.saga_id FROM event_store.saga_steps st
+                               JOIN event_store.sagas s ON s.saga_id = st.saga_id
+                              WHERE s.saga_type = x.saga_type AND st.name = x.step AND s.status = 'running'
+                                AND st.status = 'running' AND st.kind = 'external' AND st.lease_owner IS NULL
+                              ORDER BY st.updated_at LIMIT 1)
+         WHERE x.state = 'open' AND x.retry_at <= now()
+           AND EXISTS (SELECT 1 FROM event_store.saga_steps st JOIN event_store.sagas s ON s.saga_id = st.saga_id
+                        WHERE s.saga_type = x.saga_type AND st.name = x.step AND s.status = 'running'
+                          AND st.status = 'running' AND st.kind = 'external' AND st.lease_owner IS NULL);
+    END IF;
+    RETURN QUERY
+    -- The claimable steps in the order of their index, each checked against
+    -- its saga by the saga's key as it comes, then updated by their row
+    -- addresses (a join could be planned to scan all the sagas or steps)
+    WITH c AS (
+        SELECT st.ctid AS tid
+          FROM event_store.saga_steps st
+         WHERE st.lease_owner IS NULL
+           AND ((st.status = 'running' AND st.kind = 'external')
+                OR (st.status = 'compensating' AND st.comp_kind = 'external'))
+           AND (step_names IS NULL OR st.name = ANY (step_names))
+           AND CASE WHEN st.status = 'running' THEN
+                    (SELECT s.status = 'running'
+                            AND (st.circuit_failures IS NULL
+                                 OR NOT EXISTS (SELECT 1 FROM event_store.saga_circuit_state c
+                                                 WHERE c.saga_type = s.saga_type AND c.step = st.name
+                                                   AND c.state <> 'closed'
+                                                   AND c.trial_saga IS DISTINCT FROM st.saga_id))
+                       FROM event_store.sagas s WHERE s.saga_id = st.saga_id)
+                ELSE (st.next_attempt_at IS NULL OR st.next_attempt_at <= now())
+                     AND (SELECT s.status = 'compensating' FROM event_store.sagas s WHERE s.saga_id = st.saga_id)
+               END
+         ORDER BY st.updated_at, st.saga_id, st.step_no
+         LIMIT max_count
+           FOR UPDATE OF st SKIP LOCKED),
+    u AS (
+        UPDATE event_store.saga_steps st
+           SET lease_owner = worker, lease_expires_at = now() + lease, updated_at = now(),
+               deadline = CASE WHEN st.status = 'compensating' THEN now() + st.comp_timeout ELSE st.deadline END,
+               attempts = st.attempts + CASE WHEN st.status = 'running' THEN 1 ELSE 0 END,
+               comp_attempts = st.comp_attempts + CASE WHEN st.status = 'compensating' THEN 1 ELSE 0 END
+         WHERE st.ctid = ANY (ARRAY(SELECT c.tid FROM c))
+        RETURNING st.*)
+    SELECT u.saga_id, s.saga_type, u.name,
+           CASE WHEN u.status = 'running' THEN 'action' ELSE 'compensation' END,
+           CASE WHEN u.status = 'running' THEN u.attempts ELSE u.comp_attempts END,
+           CASE WHEN u.status = 'running' THEN s.data ELSE u.result END
+      FROM u CROSS JOIN LATERAL (SELECT x.saga_type, x.data FROM event_store.sagas x
+                                  WHERE x.saga_id = u.saga_id LIMIT 1) s
+     ORDER BY u.updated_at, u.saga_id, u.step_no;
+END $$;
+
+CREATE OR REPLACE FUNCTION event_store._saga_tick(p_limit int, OUT moved int, OUT more boolean)
+    LANGUAGE plpgsql AS $$
+DECLARE
+    r record;
+    x record;
+    handled int := 0;
+    step_moved int;
+    due boolean;
+BEGIN
+    moved := 0;
+    more := false;
+    PERFORM event_store._check_writable('saga_tick()');
+    -- nothing due (the worker is woken when a retry or a timer is announced,
+    -- before it is due): one look through the timers' indexes, no more
+    EXECUTE $q$SELECT EXISTS (SELECT 1 FROM event_store.sagas s
+                                WHERE s.status IN ('running', 'compensating') AND s.deadline <= now())
+                   OR EXISTS (SELECT 1 FROM event_store.saga_steps st
+                               WHERE st.status IN ('pending', 'running', 'compensating')
+                                 AND LEAST(st.deadline, st.lease_expires_at, st.next_attempt_at, st.due_at) <= now())
+                   OR EXISTS (SELECT 1 FROM event_store.saga_steps st
+                               WHERE st.status = 'pending' AND (st.slot_wait OR st.circuit_wait))$q$ INTO due;
+    IF NOT due THEN
+        RETURN;
+    END IF;
+    -- (each query is planned when it runs: the worker's session lasts, and a
+    -- plan kept from when the tables were small would read them whole)
+    FOR r IN EXECUTE $q$SELECT s.saga_id FROM event_store.sagas s
+              WHERE s.status = 'running' AND s.deadline <= now() ORDER BY s.deadline$q$ LOOP
+        IF handled >= p_limit THEN
+            more := true;
+            RETURN;
+        END IF;
+        BEGIN
+            PERFORM event_store._saga_lock_tree(r.saga_id);
+            SELECT s.status, s.deadline INTO x FROM event_store.sagas s WHERE s.saga_id = r.saga_id;
+            CONTINUE WHEN x.status IS DISTINCT FROM 'running' OR NOT x.deadline <= now();
+            PERFORM event_store._saga_event(r.saga_id, 'SagaTimedOut', '{}');
+            PERFORM event_store._saga_fail(r.saga_id, 'saga timed out');
+            moved := moved + 1 + event_store._saga_advance(r.saga_id);
+            handled := handled + 1;
+        EXCEPTION WHEN OTHERS THEN
+            PERFORM event_store._saga_tick_failed(r.saga_id, SQLSTATE, SQLERRM);
+        END;
+    END LOOP;
+    -- (the steps' timers are found through their index; the re-checks read
+    -- the step by its key, so that each costs the same however many are due)
+    FOR r IN EXECUTE $q$SELECT st.saga_id, st.name, st.status, st.deadline, st.lease_expires_at
+               FROM event_store.saga_steps st
+              WHERE st.status IN ('running', 'compensating')
+                AND LEAST(st.deadline, st.lease_expires_at, st.next_attempt_at, st.due_at) <= now()
+                AND (st.deadline <= now() OR st.lease_expires_at <= now())
+              ORDER BY st.updated_at$q$ LOOP
+        IF handled >= p_limit THEN
+            more := true;
+            RETURN;
+        END IF;
+        BEGIN
+            PERFORM event_store._saga_lock_tree(r.saga_id);
+            -- re-check under the lock: the step may have completed meanwhile
+            SELECT st.status, st.deadline, st.lease_expires_at INTO x
+              FROM event_store.saga_steps st WHERE st.saga_id = r.saga_id AND st.name = r.name;
+            CONTINUE WHEN x.status IS DISTINCT FROM r.status
+                       OR NOT (x.deadline <= now() OR x.lease_expires_at <= now());
+            IF r.status = 'running' THEN
+                -- an external step nobody claimed still used up an attempt by timing out
+                UPDATE event_store.saga_steps SET attempts = attempts + 1
+                 WHERE saga_id = r.saga_id AND name = r.name AND kind = 'external' AND lease_owner IS NULL;
+                PERFORM event_store._saga_step_failed(r.saga_id, r.name,
+                    CASE WHEN r.deadline <= now() THEN 'step timed out' ELSE 'lease expired' END, true);
+            ELSE
+                PERFORM event_store._saga_comp_failed(r.saga_id, r.name,
+                    CASE WHEN r.deadline <= now() THEN 'compensation timed out' ELSE 'lease expired' END, true);
+            END IF;
+            moved := moved + 1 + event_store._saga_advance(r.saga_id);
+            handled := handled + 1;
+        EXCEPTION WHEN OTHERS THEN
+            PERFORM event_store._saga_tick_failed(r.saga_id, SQLSTATE, SQLERRM);
+        END;
+    END LOOP;
+    -- timer steps that are due complete
+    FOR r IN EXECUTE $q$SELECT st.saga_id, st.name FROM event_store.saga_steps st
+              WHERE st.status = 'running'
+                AND LEAST(st.deadline, st.lease_expires_at, st.next_attempt_at, st.due_at) <= now()
+                AND st.due_at <= now()
+              ORDER BY st.due_at$q$ LOOP
+        IF handled >= p_limit THEN
+            more := true;
+            RETURN;
+        END IF;
+        BEGIN
+            step_moved := event_store._saga_timer_due(r.saga_id, r.name);
+            CONTINUE WHEN step_moved = 0;
+            moved := moved + step_moved;
+            handled := handled + 1;
+        EXCEPTION WHEN OTHERS THEN
+            PERFORM event_store._saga_tick_failed(r.saga_id, SQLSTATE, SQLERRM);
+        END;
+    END LOOP;
+    -- due retries, and the steps that wait for a concurrency slot or a circuit
+    FOR r IN EXECUTE $q$SELECT st.saga_id FROM event_store.saga_steps st
+              WHERE st.status IN ('pending', 'compensating')
+                AND LEAST(st.deadline, st.lease_expires_at, st.next_attempt_at, st.due_at) <= now()
+                AND st.next_attempt_at <= now()
+             UNION
+             SELECT st.saga_id FROM event_store.saga_steps st
+              WHERE st.status = 'pending' AND (st.slot_wait OR st.circuit_wait)$q$ LOOP
+        IF handled >= p_limit THEN
+            more := true;
+            RETURN;
+        END IF;
+        BEGIN
+            PERFORM event_store._saga_lock_tree(r.saga_id);
+            moved := moved + event_store._saga_advance(r.saga_id);
+            handled := handled + 1;
+        EXCEPTION WHEN OTHERS THEN
+            PERFORM event_store._saga_tick_failed(r.saga_id, SQLSTATE, SQLERRM);
+        END;
+    END LOOP;
+END $$;
+
+CREATE OR REPLACE FUNCTION event_store.saga_tick() RETURNS int
+    LANGUAGE sql
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS $$
+    SELECT moved FROM event_store._saga_tick(NULL)
+$$;
+
+REVOKE ALL ON FUNCTION event_store._saga_wake_for(timestamptz), event_store._saga_tick(int),
+    event_store._saga_timer_due(uuid, text) FROM PUBLIC;

@@ -49,6 +49,8 @@ PG_FUNCTION_INFO_V1(es_saga_step_done);
 PG_FUNCTION_INFO_V1(es_saga_event);
 PG_FUNCTION_INFO_V1(es_saga_wake_worker);
 PG_FUNCTION_INFO_V1(es_saga_lock_slot);
+PG_FUNCTION_INFO_V1(es_saga_timer_due);
+PG_FUNCTION_INFO_V1(es_complete_saga_step);
 
 /* ------------------------------------------------------------------------
  * The statements of the step loop, prepared once and kept
@@ -81,6 +83,12 @@ typedef enum EsSagaStmtId
 	CALL_TAKE_SLOT,
 	CALL_CIRCUIT_GATE,
 	CALL_CIRCUIT_OK,
+	SAGA_PARENT,				/* the saga's parent (none: locked alone) */
+	SAGA_LOCK_ALONE,
+	CALL_LOCK_TREE,
+	TIMER_STILL_DUE,
+	STEP_TO_REPORT,				/* a step a worker reports on, and its saga's status */
+	STEP_EXT_COMPENSATED,
 	SAGA_NSTMTS
 } EsSagaStmtId;
 
@@ -211,6 +219,33 @@ static EsSagaStmt saga_stmts[SAGA_NSTMTS] = {
 	[CALL_CIRCUIT_OK] = {
 		"SELECT event_store._saga_circuit_result($1, $2, true)",
 	2, {UUIDOID, TEXTOID}},
+	/* a timer step (saga_tick) */
+	[SAGA_PARENT] = {
+		"SELECT parent_saga_id FROM event_store.sagas WHERE saga_id" EQ "$1",
+	1, {UUIDOID}},
+	[SAGA_LOCK_ALONE] = {
+		"SELECT FROM event_store.sagas WHERE saga_id" EQ "$1 FOR UPDATE",
+	1, {UUIDOID}},
+	[CALL_LOCK_TREE] = {
+		"SELECT event_store._saga_lock_tree($1)",
+	1, {UUIDOID}},
+	/* (by the step's key only: no plan can scan the due timers for it) */
+	[TIMER_STILL_DUE] = {
+		"SELECT st.status" EQ "'running' AND st.due_at OPERATOR(pg_catalog.<=) " NOW " "
+		"AND s.status" EQ "'running' "
+		"FROM event_store.saga_steps st, event_store.sagas s "
+		"WHERE st.saga_id" EQ "$1 AND st.name" EQ "$2 AND s.saga_id" EQ "$1",
+	2, {UUIDOID, TEXTOID}},
+	[STEP_TO_REPORT] = {
+		"SELECT st.status, st.kind, st.comp_kind, s.status "
+		"FROM event_store.saga_steps st, event_store.sagas s "
+		"WHERE st.saga_id" EQ "$1 AND st.name" EQ "$2 AND s.saga_id" EQ "$1",
+	2, {UUIDOID, TEXTOID}},
+	[STEP_EXT_COMPENSATED] = {
+		"UPDATE event_store.saga_steps SET status = 'compensated', lease_owner = NULL, "
+		"lease_expires_at = NULL, deadline = NULL, updated_at = " NOW " "
+		"WHERE saga_id" EQ "$1 AND name" EQ "$2",
+	2, {UUIDOID, TEXTOID}},
 };
 
 /*
@@ -277,6 +312,8 @@ es_result_uuid(int attno, pg_uuid_t *value)
 		*value = *DatumGetUUIDP(d);
 	return !isnull;
 }
+
+static bool es_saga_lock(Datum *key);
 
 /* ------------------------------------------------------------------------
  * The saga's events
@@ -790,10 +827,12 @@ es_saga_report_to_parent(pg_uuid_t *saga_id, EsSagaRow *s)
  * One round of a running saga in its current group g: start every due
  * pending step (a local one is called at once, a nested one starts its
  * child; external ones wait to be claimed, event-driven ones for their
- * event).  Returns how many steps were started.
+ * event).  Returns how many steps were started; *moved tells whether one
+ * of them may have moved the saga on by itself (a local, nested or timer
+ * step): only then can another round find more to do.
  */
 static int
-es_saga_run_group(pg_uuid_t *saga_id, EsSagaRow *s, int32 g)
+es_saga_run_group(pg_uuid_t *saga_id, EsSagaRow *s, int32 g, bool *moved)
 {
 	Datum		key[2] = {UUIDPGetDatum(saga_id), Int32GetDatum(g)};
 	int			nsteps;
@@ -810,7 +849,14 @@ es_saga_run_group(pg_uuid_t *saga_id, EsSagaRow *s, int32 g)
 		/* re-read: a nested call may have moved things on */
 		if (!es_saga_read_step(key, &st) || strcmp(st.status, "pending") != 0)
 			continue;
-		status = es_saga_status(key, &data);
+		/* (nothing ran since the saga was read for the first one) */
+		if (n == 0 && !*moved)
+		{
+			status = s->status;
+			data = s->data;
+		}
+		else
+			status = es_saga_status(key, &data);
 		if (status != NULL && strcmp(status, "running") != 0)
 			break;
 		/* its circuit is open: it waits, pending, without an attempt */
@@ -833,6 +879,8 @@ es_saga_run_group(pg_uuid_t *saga_id, EsSagaRow *s, int32 g)
 		}
 		n++;
 		(void) es_saga_exec(STEP_START, key, NULL);
+		if (strcmp(st.kind, "external") != 0 && strcmp(st.kind, "event") != 0)
+			*moved = true;
 
 		if (strcmp(st.kind, "local") == 0)
 		{
@@ -1002,9 +1050,8 @@ es_saga_advance_loop(pg_uuid_t *saga_id)
 					es_saga_report_to_parent(saga_id, &s);
 				return n + 1;
 			}
-			started = es_saga_run_group(saga_id, &s, g);
+			started = es_saga_run_group(saga_id, &s, g, &progressed);
 			n += started;
-			progressed = started > 0;
 		}
 		else if (strcmp(s.status, "compensating") == 0)
 		{
@@ -1070,4 +1117,139 @@ es_saga_lock_slot(PG_FUNCTION_ARGS)
 	EsRequireArg(fcinfo, 0, "slot");
 	slot = PG_GETARG_TEXT_PP(0);
 	PG_RETURN_BOOL(EsTryLockSagaSlot(VARDATA_ANY(slot), VARSIZE_ANY_EXHDR(slot)));
+}
+
+/*
+ * SQL: event_store._saga_timer_due(saga_id uuid, step text) RETURNS int --
+ * for saga_tick: a timer step was found due.  Lock the saga (and its
+ * ancestors, root first, as _saga_lock_tree does); if the step still runs,
+ * is due and its saga runs, complete it and run what is ready.  Returns
+ * what moved, plus one for the step (0: it was no longer due).
+ */
+Datum
+es_saga_timer_due(PG_FUNCTION_ARGS)
+{
+	EsUserSwitch sw;
+	pg_uuid_t  *saga_id;
+	Datum		values[2];
+	int			n = 0;
+
+	EsRequireArg(fcinfo, 0, "saga_id");
+	EsRequireArg(fcinfo, 1, "step");
+	saga_id = PG_GETARG_UUID_P(0);
+	values[0] = UUIDPGetDatum(saga_id);
+	values[1] = PG_GETARG_DATUM(1);
+	EsSpiConnect(&sw);
+	if (es_saga_lock(values))
+	{
+		if (es_saga_exec(TIMER_STILL_DUE, values, NULL) > 0)
+		{
+			bool		isnull;
+			Datum		due = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+
+			if (!isnull && DatumGetBool(due))
+			{
+				es_complete_step(saga_id, text_to_cstring(PG_GETARG_TEXT_PP(1)), NULL);
+				n = 1 + es_saga_advance_loop(saga_id);
+			}
+		}
+	}
+	EsSpiFinish(&sw);
+	PG_RETURN_INT32(n);
+}
+
+/*
+ * Lock the saga (and its ancestors, root first, as _saga_lock_tree does);
+ * false when there is no such saga.  Caller is connected to SPI.
+ */
+static bool
+es_saga_lock(Datum *key)
+{
+	pg_uuid_t	parent;
+
+	if (es_saga_exec(SAGA_PARENT, key, NULL) == 0)
+		return false;
+	/* a saga's parent never changes: one without is locked alone */
+	if (es_result_uuid(1, &parent))
+		(void) es_saga_exec(CALL_LOCK_TREE, key, NULL);
+	else
+		(void) es_saga_exec(SAGA_LOCK_ALONE, key, NULL);
+	return true;
+}
+
+/*
+ * SQL: event_store.complete_saga_step(saga_id uuid, step text, result jsonb)
+ * (SECURITY DEFINER) -- a worker reports a step, or its external
+ * compensation, done: the result becomes the step's compensation data and
+ * is merged into the saga's data; then whatever is ready runs.
+ */
+Datum
+es_complete_saga_step(PG_FUNCTION_ARGS)
+{
+	EsUserSwitch sw;
+	pg_uuid_t  *saga_id;
+	char	   *step;
+	char	   *id;
+	char	   *status;
+	char	   *kind;
+	char	   *comp_kind;
+	char	   *saga_status;
+	Datum		key[2];
+
+	/* first: on a standby the lock below would fail with a less telling message */
+	EsCheckWritable("complete_saga_step()");
+	EsRequireArg(fcinfo, 0, "saga_id");
+	if (PG_ARGISNULL(1) || VARSIZE_ANY_EXHDR(PG_GETARG_TEXT_PP(1)) == 0)
+		ereport(ERROR,
+				(errcode(PG_ARGISNULL(1) ? ERRCODE_NULL_VALUE_NOT_ALLOWED : ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("step must not be null or empty")));
+	saga_id = PG_GETARG_UUID_P(0);
+	step = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	id = es_uuid_text(saga_id);
+	key[0] = UUIDPGetDatum(saga_id);
+	key[1] = PG_GETARG_DATUM(1);
+
+	EsSpiConnect(&sw);
+	if (!es_saga_lock(key))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("saga %s does not exist", id)));
+	if (es_saga_exec(STEP_TO_REPORT, key, NULL) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("saga %s has no step \"%s\"", id, step)));
+	status = es_result_text(1);
+	kind = es_result_text(2);
+	comp_kind = es_result_text(3);
+	saga_status = es_result_text(4);
+	if (strcmp(kind, "nested") == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("step \"%s\" of saga %s is completed by its nested saga", step, id),
+				 errhint("Complete the steps of the nested saga instead.")));
+	if (strcmp(status, "running") == 0 && strcmp(saga_status, "running") == 0)
+	{
+		Jsonb	   *result;
+
+		if (PG_ARGISNULL(2))
+			result = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum("{}")));
+		else
+			result = PG_GETARG_JSONB_P(2);
+		es_complete_step(saga_id, step, result);
+	}
+	else if (strcmp(status, "compensating") == 0 && strcmp(comp_kind, "external") == 0 &&
+			 strcmp(saga_status, "compensating") == 0)
+	{
+		(void) es_saga_exec(STEP_EXT_COMPENSATED, key, NULL);
+		es_saga_transition(saga_id, "SagaStepCompensated", step, false, NULL, NULL, false, NULL);
+	}
+	else
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("step \"%s\" of saga %s cannot be completed: it is %s", step, id, status),
+				 errdetail("The saga is %s.", saga_status),
+				 errhint("Only a running step (or a step whose external compensation is running) can be completed.")));
+	(void) es_saga_advance_loop(saga_id);
+	EsSpiFinish(&sw);
+	PG_RETURN_VOID();
 }

@@ -501,13 +501,19 @@ es_worker_run_projections(void *arg)
 /*
  * Saga timers (timeouts, lease expiry, retries, timer steps) in a
  * transaction of their own.  *next_due (arg) becomes the due time of the
- * next timer step, when the schema has them (0 when none is waiting): the
- * worker wakes up for it rather than at its next round.
+ * next timer, when the schema has timer steps (0 when none is waiting):
+ * the worker wakes up for it rather than at its next round.  With such a
+ * schema, a transaction moves at most ES_SAGA_TICK_BATCH sagas on; when
+ * more are due, *next_due is now, and the worker goes on at once.
  */
+#define ES_SAGA_TICK_BATCH 500
+
 static void
 es_worker_saga_tick(void *arg)
 {
 	TimestampTz *next_due = (TimestampTz *) arg;
+	bool		batches;
+	bool		more = false;
 
 	*next_due = 0;
 	SetCurrentStatementStartTimestamp();
@@ -516,19 +522,47 @@ es_worker_saga_tick(void *arg)
 	pgstat_report_activity(STATE_RUNNING, "event_store: saga timers");
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	if (SPI_execute("SELECT event_store.saga_tick() WHERE EXISTS "
+	batches = EsGetCatalog()->saga_versions;
+	/* _saga_tick runs with the search_path saga_tick() pins */
+	if (batches)
+		(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION,
+								 GUC_ACTION_LOCAL, true, 0, false);
+	if (SPI_execute(batches ?
+					"SELECT t.more FROM event_store._saga_tick(" CppAsString2(ES_SAGA_TICK_BATCH) ") t "
+					"WHERE EXISTS (SELECT 1 FROM event_store.sagas "
+					"WHERE status OPERATOR(pg_catalog.=) ANY ('{running,compensating}'::pg_catalog.text[]))" :
+					"SELECT event_store.saga_tick() WHERE EXISTS "
 					"(SELECT 1 FROM event_store.sagas "
 					"WHERE status OPERATOR(pg_catalog.=) ANY ('{running,compensating}'::pg_catalog.text[]))",
 					false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "saga_tick failed");
-	if (EsGetCatalog()->saga_versions)
+	if (batches && SPI_processed == 1)
+	{
+		bool		isnull;
+		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+
+		more = !isnull && DatumGetBool(d);
+	}
+	if (more)
+		*next_due = GetCurrentTimestamp();
+	else if (batches)
 	{
 		bool		isnull;
 		Datum		due;
 
-		if (SPI_execute("SELECT pg_catalog.min(due_at) FROM event_store.saga_steps "
-						"WHERE status OPERATOR(pg_catalog.=) 'running' AND due_at IS NOT NULL",
-						true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		/*
+		 * The first timer still to come: of a timer step, or a step's
+		 * retry, timeout or lease expiry, through their index.  (Whatever
+		 * was due at the tick's start is done, or failed and waits for the
+		 * next round.)  Planned every time: a plan kept from when the table
+		 * was small would read all of it.
+		 */
+		if (SPI_execute("SELECT pg_catalog.min(LEAST(deadline, lease_expires_at, next_attempt_at, due_at)) "
+						"FROM event_store.saga_steps "
+						"WHERE status OPERATOR(pg_catalog.=) ANY ('{pending,running,compensating}'::pg_catalog.text[]) "
+						"AND LEAST(deadline, lease_expires_at, next_attempt_at, due_at) "
+						"OPERATOR(pg_catalog.>) pg_catalog.now()", true, 1) != SPI_OK_SELECT ||
+			SPI_processed != 1)
 			elog(ERROR, "reading the saga timers' next due time failed");
 		due = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 		if (!isnull)
@@ -811,11 +845,15 @@ es_worker_main(Datum arg)
 		}
 		timeout = es_unit_timeout(&projections_unit, now, timeout);
 		timeout = es_unit_timeout(&saga_unit, now, timeout);
-		/* a timer step due before the next round: wake up for it */
+		/* a timer due before the next round: wake up for it */
 		if (saga_next_due != 0)
 		{
-			if (saga_next_due > now)
-				timeout = Min(timeout, (long) ((saga_next_due - now + 999) / 1000));
+			TimestampTz current = GetCurrentTimestamp();
+
+			if (saga_next_due > current)
+				timeout = Min(timeout, (long) ((saga_next_due - current + 999) / 1000));
+			else if (saga_next_due > now)
+				timeout = 0;	/* came due during the round (or more are due): at once */
 			else
 				saga_next_due = 0;	/* due, but not completed: the next round */
 		}

@@ -98,10 +98,24 @@ CREATE TABLE event_store.saga_steps (
     PRIMARY KEY (saga_id, step_no),
     UNIQUE (saga_id, name)
 );
-CREATE INDEX saga_steps_claimable_idx ON event_store.saga_steps (updated_at)
-    WHERE status IN ('running', 'compensating') AND lease_owner IS NULL;
+-- the external steps and compensations that wait to be claimed, in the
+-- order claim_saga_steps hands them out (a claim reads no further than the
+-- steps it takes, however many sagas started in the same transaction)
+CREATE INDEX saga_steps_claimable_idx ON event_store.saga_steps (updated_at, saga_id, step_no)
+    WHERE lease_owner IS NULL AND ((status = 'running' AND kind = 'external')
+                                   OR (status = 'compensating' AND comp_kind = 'external'));
 CREATE INDEX saga_steps_timers_idx ON event_store.saga_steps (saga_id)
     WHERE status IN ('pending', 'running', 'compensating');
+-- the timers of unfinished steps: the first of a step's timeout, its lease's
+-- expiry, its retry and its due time (a timer step) -- saga_tick, the
+-- worker's next wake-up
+CREATE INDEX saga_steps_next_timer_idx
+    ON event_store.saga_steps ((LEAST(deadline, lease_expires_at, next_attempt_at, due_at)))
+    WHERE status IN ('pending', 'running', 'compensating')
+      AND LEAST(deadline, lease_expires_at, next_attempt_at, due_at) IS NOT NULL;
+-- the pending steps that wait for a concurrency slot or a circuit (saga_tick)
+CREATE INDEX saga_steps_waiting_idx ON event_store.saga_steps (saga_id)
+    WHERE status = 'pending' AND (slot_wait OR circuit_wait);
 -- the running timer steps by due time (saga_tick, the worker's next wake-up)
 CREATE INDEX saga_steps_due_idx ON event_store.saga_steps (due_at)
     WHERE status = 'running' AND due_at IS NOT NULL;

@@ -79,17 +79,22 @@ DECLARE
     st record;
     retry boolean;
     forward boolean;
+    next_at timestamptz;
 BEGIN
     SELECT * INTO st FROM event_store.saga_steps WHERE saga_id = p_saga AND name = p_step;
     retry := p_retryable AND st.attempts < st.max_attempts;
     forward := NOT retry AND event_store._saga_past_pivot(p_saga);
+    IF retry THEN
+        next_at := now() + event_store._backoff(st.backoff, st.attempts);
+        PERFORM event_store._saga_wake_for(next_at);
+    END IF;
     -- the step lets go of its nested saga first, so that saga's end is not
     -- reported back to this attempt
     UPDATE event_store.saga_steps
        SET status = CASE WHEN retry THEN 'pending' ELSE 'failed' END,
            last_error = p_error, lease_owner = NULL, lease_expires_at = NULL, deadline = NULL,
            child_saga_id = NULL,
-           next_attempt_at = CASE WHEN retry THEN now() + event_store._backoff(st.backoff, st.attempts) END,
+           next_attempt_at = next_at,
            updated_at = now()
      WHERE saga_id = p_saga AND name = p_step;
     PERFORM event_store._saga_event(p_saga, 'SagaStepFailed',
@@ -145,9 +150,8 @@ BEGIN
     UPDATE event_store.saga_steps SET due_at = due WHERE saga_id = p_saga AND step_no = p_step;
     IF due <= now() THEN
         PERFORM event_store._saga_step_done(p_saga, st.name, NULL);
-    ELSIF due < now() + COALESCE(current_setting('event_store.naptime', true), '1s')::interval THEN
-        -- due before the worker's next round: it learns the due time at commit
-        PERFORM event_store._saga_wake_worker();
+    ELSE
+        PERFORM event_store._saga_wake_for(due);
     END IF;
 END $$;
 
@@ -156,20 +160,39 @@ END $$;
 CREATE FUNCTION event_store._saga_wake_worker() RETURNS void
     LANGUAGE c AS 'MODULE_PATHNAME', 'es_saga_wake_worker';
 
+-- saga_tick found a timer step due: lock the saga (and its ancestors), and
+-- if the step still runs and is due, complete it and run what is ready;
+-- returns what moved (0: nothing)
+CREATE FUNCTION event_store._saga_timer_due(p_saga uuid, p_step text) RETURNS int
+    LANGUAGE c AS 'MODULE_PATHNAME', 'es_saga_timer_due';
+
+-- Something is due at p_due (a timer step, a retry): when that is before
+-- the worker's next round, wake it at commit, so that it learns the due time
+-- and waits for it on its latch rather than for the round
+CREATE FUNCTION event_store._saga_wake_for(p_due timestamptz) RETURNS void
+    LANGUAGE sql AS $$
+    SELECT event_store._saga_wake_worker()
+     WHERE p_due < now() + COALESCE(current_setting('event_store.naptime', true), '1s')::interval
+$$;
+
 -- A compensation attempt failed: retry, or park the saga for a person
 CREATE FUNCTION event_store._saga_comp_failed(p_saga uuid, p_step text, p_error text, p_retryable boolean)
     RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     st record;
     s record;
+    next_at timestamptz;
 BEGIN
     SELECT * INTO st FROM event_store.saga_steps WHERE saga_id = p_saga AND name = p_step;
     IF p_retryable AND st.comp_attempts < st.max_attempts THEN
+        next_at := now() + event_store._backoff(st.backoff, st.comp_attempts);
         UPDATE event_store.saga_steps
            SET last_error = p_error, lease_owner = NULL, lease_expires_at = NULL, deadline = NULL,
-               next_attempt_at = now() + event_store._backoff(st.backoff, st.comp_attempts),
-               updated_at = now()
+               next_attempt_at = next_at, updated_at = now()
          WHERE saga_id = p_saga AND name = p_step;
+        IF st.comp_kind = 'local' THEN
+            PERFORM event_store._saga_wake_for(next_at);
+        END IF;
         PERFORM event_store._saga_event(p_saga, 'SagaStepCompensationFailed',
             jsonb_build_object('step', p_step, 'error', p_error, 'attempt', st.comp_attempts, 'retrying', true));
     ELSE
@@ -244,10 +267,19 @@ END $$;
 CREATE FUNCTION event_store._saga_lock_tree(p_saga uuid) RETURNS boolean
     LANGUAGE plpgsql AS $$
 DECLARE
-    chain uuid[] := '{}';
-    cur uuid := p_saga;
+    chain uuid[] := ARRAY[p_saga];
+    cur uuid;
     id uuid;
 BEGIN
+    SELECT parent_saga_id INTO cur FROM event_store.sagas WHERE saga_id = p_saga;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    IF cur IS NULL THEN
+        -- no ancestors (the usual case); a saga's parent never changes
+        PERFORM 1 FROM event_store.sagas WHERE saga_id = p_saga FOR UPDATE;
+        RETURN FOUND;
+    END IF;
     WHILE cur IS NOT NULL LOOP
         chain := cur || chain;
         SELECT parent_saga_id INTO cur FROM event_store.sagas WHERE saga_id = cur;

@@ -97,38 +97,12 @@ BEGIN
     RETURN st;
 END $$;
 
+-- Report a step (or its external compensation) done: C (src/saga_run.c),
+-- with the locking, checks and errors of fail_saga_step below
 CREATE FUNCTION event_store.complete_saga_step(saga_id uuid, step text, result jsonb DEFAULT NULL)
-    RETURNS void LANGUAGE plpgsql
+    RETURNS void LANGUAGE c
     SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-    AS $$
-DECLARE
-    st event_store.saga_steps;
-    sstatus text;
-BEGIN
-    -- first: on a standby the lock below would fail with a less telling message
-    PERFORM event_store._check_writable('complete_saga_step()');
-    st := event_store._saga_lock_step(complete_saga_step.saga_id, complete_saga_step.step);
-    SELECT status INTO sstatus FROM event_store.sagas s WHERE s.saga_id = st.saga_id;
-    IF st.kind = 'nested' THEN
-        RAISE EXCEPTION 'step "%" of saga % is completed by its nested saga', st.name, st.saga_id
-            USING ERRCODE = '55000',
-                  HINT = 'Complete the steps of the nested saga instead.';
-    END IF;
-    IF st.status = 'running' AND sstatus = 'running' THEN
-        PERFORM event_store._saga_step_done(st.saga_id, st.name, COALESCE(result, '{}'));
-    ELSIF st.status = 'compensating' AND st.comp_kind = 'external' AND sstatus = 'compensating' THEN
-        UPDATE event_store.saga_steps SET status = 'compensated', lease_owner = NULL, lease_expires_at = NULL,
-               deadline = NULL, updated_at = now()
-         WHERE saga_steps.saga_id = st.saga_id AND name = st.name;
-        PERFORM event_store._saga_event(st.saga_id, 'SagaStepCompensated', jsonb_build_object('step', st.name));
-    ELSE
-        RAISE EXCEPTION 'step "%" of saga % cannot be completed: it is %', st.name, st.saga_id, st.status
-            USING ERRCODE = '55000',
-                  DETAIL = format('The saga is %s.', sstatus),
-                  HINT = 'Only a running step (or a step whose external compensation is running) can be completed.';
-    END IF;
-    PERFORM event_store._saga_advance(st.saga_id);
-END $$;
+    AS 'MODULE_PATHNAME', 'es_complete_saga_step';
 COMMENT ON FUNCTION event_store.complete_saga_step(uuid, text, jsonb) IS
     'Report a step (or its external compensation) done; the result becomes its compensation data and is merged into the saga data';
 
@@ -192,32 +166,43 @@ BEGIN
         PERFORM event_store._saga_bad('step_names must not contain nulls', NULL, '22004');
     END IF;
     -- an open circuit whose cooldown passed: half-open, its trial the
-    -- instance that waits longest to be handed out
-    UPDATE event_store.saga_circuit_state x
-       SET state = 'half_open', updated_at = now(),
-           trial_saga = (SELECT st.saga_id FROM event_store.saga_steps st
-                           JOIN event_store.sagas s ON s.saga_id = st.saga_id
-                          WHERE s.saga_type = x.saga_type AND st.name = x.step AND s.status = 'running'
-                            AND st.status = 'running' AND st.kind = 'external' AND st.lease_owner IS NULL
-                          ORDER BY st.updated_at LIMIT 1)
-     WHERE x.state = 'open' AND x.retry_at <= now()
-       AND EXISTS (SELECT 1 FROM event_store.saga_steps st JOIN event_store.sagas s ON s.saga_id = st.saga_id
-                    WHERE s.saga_type = x.saga_type AND st.name = x.step AND s.status = 'running'
-                      AND st.status = 'running' AND st.kind = 'external' AND st.lease_owner IS NULL);
+    -- instance that waits longest to be handed out (looked for only when
+    -- there is such a circuit: the statement joins the running steps)
+    IF EXISTS (SELECT 1 FROM event_store.saga_circuit_state x WHERE x.state = 'open' AND x.retry_at <= now()) THEN
+        UPDATE event_store.saga_circuit_state x
+           SET state = 'half_open', updated_at = now(),
+               trial_saga = (SELECT st.saga_id FROM event_store.saga_steps st
+                               JOIN event_store.sagas s ON s.saga_id = st.saga_id
+                              WHERE s.saga_type = x.saga_type AND st.name = x.step AND s.status = 'running'
+                                AND st.status = 'running' AND st.kind = 'external' AND st.lease_owner IS NULL
+                              ORDER BY st.updated_at LIMIT 1)
+         WHERE x.state = 'open' AND x.retry_at <= now()
+           AND EXISTS (SELECT 1 FROM event_store.saga_steps st JOIN event_store.sagas s ON s.saga_id = st.saga_id
+                        WHERE s.saga_type = x.saga_type AND st.name = x.step AND s.status = 'running'
+                          AND st.status = 'running' AND st.kind = 'external' AND st.lease_owner IS NULL);
+    END IF;
     RETURN QUERY
+    -- The claimable steps in the order of their index, each checked against
+    -- its saga by the saga's key as it comes, then updated by their row
+    -- addresses (a join could be planned to scan all the sagas or steps)
     WITH c AS (
-        SELECT st.saga_id AS sid, st.step_no AS sno
+        SELECT st.ctid AS tid
           FROM event_store.saga_steps st
-          JOIN event_store.sagas s ON s.saga_id = st.saga_id
          WHERE st.lease_owner IS NULL
-           AND ((st.status = 'running' AND st.kind = 'external' AND s.status = 'running'
-                 AND (st.circuit_failures IS NULL
-                      OR NOT EXISTS (SELECT 1 FROM event_store.saga_circuit_state c
-                                      WHERE c.saga_type = s.saga_type AND c.step = st.name
-                                        AND c.state <> 'closed' AND c.trial_saga IS DISTINCT FROM st.saga_id)))
-             OR (st.status = 'compensating' AND st.comp_kind = 'external' AND s.status = 'compensating'
-                 AND (st.next_attempt_at IS NULL OR st.next_attempt_at <= now())))
+           AND ((st.status = 'running' AND st.kind = 'external')
+                OR (st.status = 'compensating' AND st.comp_kind = 'external'))
            AND (step_names IS NULL OR st.name = ANY (step_names))
+           AND CASE WHEN st.status = 'running' THEN
+                    (SELECT s.status = 'running'
+                            AND (st.circuit_failures IS NULL
+                                 OR NOT EXISTS (SELECT 1 FROM event_store.saga_circuit_state c
+                                                 WHERE c.saga_type = s.saga_type AND c.step = st.name
+                                                   AND c.state <> 'closed'
+                                                   AND c.trial_saga IS DISTINCT FROM st.saga_id))
+                       FROM event_store.sagas s WHERE s.saga_id = st.saga_id)
+                ELSE (st.next_attempt_at IS NULL OR st.next_attempt_at <= now())
+                     AND (SELECT s.status = 'compensating' FROM event_store.sagas s WHERE s.saga_id = st.saga_id)
+               END
          ORDER BY st.updated_at, st.saga_id, st.step_no
          LIMIT max_count
            FOR UPDATE OF st SKIP LOCKED),
@@ -227,14 +212,14 @@ BEGIN
                deadline = CASE WHEN st.status = 'compensating' THEN now() + st.comp_timeout ELSE st.deadline END,
                attempts = st.attempts + CASE WHEN st.status = 'running' THEN 1 ELSE 0 END,
                comp_attempts = st.comp_attempts + CASE WHEN st.status = 'compensating' THEN 1 ELSE 0 END
-          FROM c
-         WHERE st.saga_id = c.sid AND st.step_no = c.sno
+         WHERE st.ctid = ANY (ARRAY(SELECT c.tid FROM c))
         RETURNING st.*)
     SELECT u.saga_id, s.saga_type, u.name,
            CASE WHEN u.status = 'running' THEN 'action' ELSE 'compensation' END,
            CASE WHEN u.status = 'running' THEN u.attempts ELSE u.comp_attempts END,
            CASE WHEN u.status = 'running' THEN s.data ELSE u.result END
-      FROM u JOIN event_store.sagas s ON s.saga_id = u.saga_id
+      FROM u CROSS JOIN LATERAL (SELECT x.saga_type, x.data FROM event_store.sagas x
+                                  WHERE x.saga_id = u.saga_id LIMIT 1) s
      ORDER BY u.updated_at, u.saga_id, u.step_no;
 END $$;
 COMMENT ON FUNCTION event_store.claim_saga_steps(text, int, text[], interval) IS
@@ -254,40 +239,76 @@ BEGIN
     RAISE WARNING 'event_store saga %: timer transition failed: %', p_saga, p_error;
 END $$;
 
-CREATE FUNCTION event_store.saga_tick() RETURNS int
-    LANGUAGE plpgsql
-    SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-    AS $$
+-- The work of saga_tick(): every due timer, or (p_limit) until p_limit
+-- sagas moved on -- the background worker commits after each such batch,
+-- so that a crowd of timers due at once does not wait for the last of
+-- them, nor hold all their locks at once; more: some may be left.  (A saga
+-- whose transition failed does not count: the batches always progress.)
+-- Its callers pin the search_path (saga_tick() by its SET, the worker for
+-- the transaction it calls it in).
+CREATE FUNCTION event_store._saga_tick(p_limit int, OUT moved int, OUT more boolean)
+    LANGUAGE plpgsql AS $$
 DECLARE
     r record;
-    n int := 0;
+    x record;
+    handled int := 0;
+    step_moved int;
+    due boolean;
 BEGIN
+    moved := 0;
+    more := false;
     PERFORM event_store._check_writable('saga_tick()');
-    FOR r IN SELECT s.saga_id FROM event_store.sagas s
-              WHERE s.status = 'running' AND s.deadline <= now() ORDER BY s.deadline LOOP
+    -- nothing due (the worker is woken when a retry or a timer is announced,
+    -- before it is due): one look through the timers' indexes, no more
+    EXECUTE $q$SELECT EXISTS (SELECT 1 FROM event_store.sagas s
+                                WHERE s.status IN ('running', 'compensating') AND s.deadline <= now())
+                   OR EXISTS (SELECT 1 FROM event_store.saga_steps st
+                               WHERE st.status IN ('pending', 'running', 'compensating')
+                                 AND LEAST(st.deadline, st.lease_expires_at, st.next_attempt_at, st.due_at) <= now())
+                   OR EXISTS (SELECT 1 FROM event_store.saga_steps st
+                               WHERE st.status = 'pending' AND (st.slot_wait OR st.circuit_wait))$q$ INTO due;
+    IF NOT due THEN
+        RETURN;
+    END IF;
+    -- (each query is planned when it runs: the worker's session lasts, and a
+    -- plan kept from when the tables were small would read them whole)
+    FOR r IN EXECUTE $q$SELECT s.saga_id FROM event_store.sagas s
+              WHERE s.status = 'running' AND s.deadline <= now() ORDER BY s.deadline$q$ LOOP
+        IF handled >= p_limit THEN
+            more := true;
+            RETURN;
+        END IF;
         BEGIN
             PERFORM event_store._saga_lock_tree(r.saga_id);
-            PERFORM 1 FROM event_store.sagas WHERE saga_id = r.saga_id AND status = 'running' AND deadline <= now();
-            CONTINUE WHEN NOT FOUND;
+            SELECT s.status, s.deadline INTO x FROM event_store.sagas s WHERE s.saga_id = r.saga_id;
+            CONTINUE WHEN x.status IS DISTINCT FROM 'running' OR NOT x.deadline <= now();
             PERFORM event_store._saga_event(r.saga_id, 'SagaTimedOut', '{}');
             PERFORM event_store._saga_fail(r.saga_id, 'saga timed out');
-            n := n + 1 + event_store._saga_advance(r.saga_id);
+            moved := moved + 1 + event_store._saga_advance(r.saga_id);
+            handled := handled + 1;
         EXCEPTION WHEN OTHERS THEN
             PERFORM event_store._saga_tick_failed(r.saga_id, SQLSTATE, SQLERRM);
         END;
     END LOOP;
-    FOR r IN SELECT st.saga_id, st.name, st.status, st.deadline, st.lease_expires_at
+    -- (the steps' timers are found through their index; the re-checks read
+    -- the step by its key, so that each costs the same however many are due)
+    FOR r IN EXECUTE $q$SELECT st.saga_id, st.name, st.status, st.deadline, st.lease_expires_at
                FROM event_store.saga_steps st
               WHERE st.status IN ('running', 'compensating')
+                AND LEAST(st.deadline, st.lease_expires_at, st.next_attempt_at, st.due_at) <= now()
                 AND (st.deadline <= now() OR st.lease_expires_at <= now())
-              ORDER BY st.updated_at LOOP
+              ORDER BY st.updated_at$q$ LOOP
+        IF handled >= p_limit THEN
+            more := true;
+            RETURN;
+        END IF;
         BEGIN
             PERFORM event_store._saga_lock_tree(r.saga_id);
             -- re-check under the lock: the step may have completed meanwhile
-            PERFORM 1 FROM event_store.saga_steps st
-              WHERE st.saga_id = r.saga_id AND st.name = r.name AND st.status = r.status
-                AND (st.deadline <= now() OR st.lease_expires_at <= now());
-            CONTINUE WHEN NOT FOUND;
+            SELECT st.status, st.deadline, st.lease_expires_at INTO x
+              FROM event_store.saga_steps st WHERE st.saga_id = r.saga_id AND st.name = r.name;
+            CONTINUE WHEN x.status IS DISTINCT FROM r.status
+                       OR NOT (x.deadline <= now() OR x.lease_expires_at <= now());
             IF r.status = 'running' THEN
                 -- an external step nobody claimed still used up an attempt by timing out
                 UPDATE event_store.saga_steps SET attempts = attempts + 1
@@ -298,38 +319,59 @@ BEGIN
                 PERFORM event_store._saga_comp_failed(r.saga_id, r.name,
                     CASE WHEN r.deadline <= now() THEN 'compensation timed out' ELSE 'lease expired' END, true);
             END IF;
-            n := n + 1 + event_store._saga_advance(r.saga_id);
+            moved := moved + 1 + event_store._saga_advance(r.saga_id);
+            handled := handled + 1;
         EXCEPTION WHEN OTHERS THEN
             PERFORM event_store._saga_tick_failed(r.saga_id, SQLSTATE, SQLERRM);
         END;
     END LOOP;
     -- timer steps that are due complete
-    FOR r IN SELECT st.saga_id, st.name FROM event_store.saga_steps st
-              WHERE st.status = 'running' AND st.due_at <= now() ORDER BY st.due_at LOOP
+    FOR r IN EXECUTE $q$SELECT st.saga_id, st.name FROM event_store.saga_steps st
+              WHERE st.status = 'running'
+                AND LEAST(st.deadline, st.lease_expires_at, st.next_attempt_at, st.due_at) <= now()
+                AND st.due_at <= now()
+              ORDER BY st.due_at$q$ LOOP
+        IF handled >= p_limit THEN
+            more := true;
+            RETURN;
+        END IF;
         BEGIN
-            PERFORM event_store._saga_lock_tree(r.saga_id);
-            PERFORM 1 FROM event_store.saga_steps st JOIN event_store.sagas s ON s.saga_id = st.saga_id
-              WHERE st.saga_id = r.saga_id AND st.name = r.name AND st.status = 'running'
-                AND st.due_at <= now() AND s.status = 'running';
-            CONTINUE WHEN NOT FOUND;
-            PERFORM event_store._saga_step_done(r.saga_id, r.name, NULL);
-            n := n + 1 + event_store._saga_advance(r.saga_id);
+            step_moved := event_store._saga_timer_due(r.saga_id, r.name);
+            CONTINUE WHEN step_moved = 0;
+            moved := moved + step_moved;
+            handled := handled + 1;
         EXCEPTION WHEN OTHERS THEN
             PERFORM event_store._saga_tick_failed(r.saga_id, SQLSTATE, SQLERRM);
         END;
     END LOOP;
-    FOR r IN SELECT DISTINCT st.saga_id FROM event_store.saga_steps st
-              WHERE (st.status IN ('pending', 'compensating') AND st.next_attempt_at <= now())
-                 OR (st.status = 'pending' AND (st.slot_wait OR st.circuit_wait)) LOOP
+    -- due retries, and the steps that wait for a concurrency slot or a circuit
+    FOR r IN EXECUTE $q$SELECT st.saga_id FROM event_store.saga_steps st
+              WHERE st.status IN ('pending', 'compensating')
+                AND LEAST(st.deadline, st.lease_expires_at, st.next_attempt_at, st.due_at) <= now()
+                AND st.next_attempt_at <= now()
+             UNION
+             SELECT st.saga_id FROM event_store.saga_steps st
+              WHERE st.status = 'pending' AND (st.slot_wait OR st.circuit_wait)$q$ LOOP
+        IF handled >= p_limit THEN
+            more := true;
+            RETURN;
+        END IF;
         BEGIN
             PERFORM event_store._saga_lock_tree(r.saga_id);
-            n := n + event_store._saga_advance(r.saga_id);
+            moved := moved + event_store._saga_advance(r.saga_id);
+            handled := handled + 1;
         EXCEPTION WHEN OTHERS THEN
             PERFORM event_store._saga_tick_failed(r.saga_id, SQLSTATE, SQLERRM);
         END;
     END LOOP;
-    RETURN n;
 END $$;
+
+CREATE FUNCTION event_store.saga_tick() RETURNS int
+    LANGUAGE sql
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS $$
+    SELECT moved FROM event_store._saga_tick(NULL)
+$$;
 COMMENT ON FUNCTION event_store.saga_tick() IS
     'Fire due saga timers (timeouts, lease expiry, retries, timer steps) and run ready local steps; the background worker calls it';
 
@@ -573,6 +615,8 @@ REVOKE ALL ON FUNCTION event_store._saga_bad(text, text, text), event_store._sag
     event_store._saga_timer_start(uuid, int, jsonb), event_store._saga_retry(uuid, text),
     event_store._saga_lock_for_operator(uuid, text), event_store._retry_saga(uuid, regrole),
     event_store._resolve_saga(uuid, text, text, regrole), event_store._saga_wake_worker(),
+    event_store._saga_wake_for(timestamptz), event_store._saga_tick(int),
+    event_store._saga_timer_due(uuid, text),
     event_store._saga_take_slot(uuid, int), event_store._saga_lock_slot(text),
     event_store._saga_circuit_gate(uuid, int), event_store._saga_circuit_result(uuid, text, boolean)
   FROM PUBLIC;
