@@ -620,45 +620,118 @@ es_position_of(const EsCatalog *cat, text *stream_id, int64 version, Snapshot sn
  */
 static int64 es_append_core(text *stream_id, EsNewEvent *evs, int n,
 							bool has_expected, int64 expected, bool internal,
-							int64 import_version, bool *stored);
+							int64 import_version, int64 *stored_at);
 
 int64
 EsAppendEvents(text *stream_id, EsNewEvent *evs, int n, bool has_expected,
 			   int64 expected, bool internal)
 {
-	bool		stored;
+	int64		stored_at;
 
 	return es_append_core(stream_id, evs, n, has_expected, expected, internal,
-						  0, &stored);
+						  0, &stored_at);
 }
 
 /*
  * Store one event of an import (services.c) at exactly the producer's
  * version, whatever the stream's state here (it follows the producer's
- * lifecycle markers).  Returns false, writing nothing, when that very event
- * (same id) is already stored there: a re-sent row.  Any other event at or
- * above that version here is a conflict (SE001); its id anywhere else, SE002.
+ * lifecycle markers).  Returns its local position, or 0, writing nothing,
+ * when that very event (same id) is already stored there: a re-sent row.
+ * Any other event at or above that version here is a conflict (SE001); its
+ * id anywhere else, SE002.
  */
-bool
+int64
 EsImportEvent(text *stream_id, EsNewEvent *ev, int64 version)
 {
-	bool		stored;
+	int64		stored_at;
 
 	Assert(ev->has_id && version > 0);
 	(void) es_append_core(stream_id, ev, 1, true, version - 1, true, version,
-						  &stored);
+						  &stored_at);
 	/* the import is the stream's one writer: no need to hold it to the end */
 	EsUnlockStream(stream_id);
-	return stored;
+	return stored_at;
+}
+
+/*
+ * Store a run of an import's events (the history) at the consecutive
+ * versions from first_version, in one batch, when nothing can be in the
+ * way: the stream has no event at or above first_version here and no id of
+ * the run is stored anywhere.  Returns the first local position, or 0,
+ * having written nothing, when something is in the way: the caller then
+ * stores the events one by one (EsImportEvent), which skips re-sent events
+ * and names a conflict exactly.
+ */
+int64
+EsImportRun(text *stream_id, EsNewEvent *evs, int n, int64 first_version)
+{
+	const EsCatalog *cat = EsGetCatalog();
+	Snapshot	snapshot;
+	int64		first_position = 0;
+	bool		clear = true;
+	Relation	heap;
+	Relation	index;
+	TupleTableSlot *slot;
+	Datum	   *rows;
+	bool	   *nulls;
+	EsAppendedBatch batch;
+
+	Assert(n > 0 && first_version > 0);
+	es_check_batch_ids(evs, n);
+	EsLockCategory(VARDATA_ANY(stream_id), EsCategoryLen(stream_id), RowExclusiveLock);
+	EsLockStream(stream_id);
+
+	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	if (EsLatestStreamVersion(cat, stream_id, snapshot) >= first_version)
+		clear = false;
+	if (clear)
+	{
+		heap = table_open(cat->events_relid, AccessShareLock);
+		index = index_open(cat->event_id_idx, AccessShareLock);
+		slot = table_slot_create(heap, NULL);
+		for (int i = 0; i < n && clear; i++)
+		{
+			text	   *where_stream;
+			int64		where_version;
+
+			Assert(evs[i].has_id);
+			if (es_find_event_id(heap, index, slot, snapshot, &evs[i].id,
+								 &where_stream, &where_version))
+				clear = false;
+		}
+		ExecDropSingleTupleTableSlot(slot);
+		index_close(index, AccessShareLock);
+		table_close(heap, AccessShareLock);
+	}
+	UnregisterSnapshot(snapshot);
+
+	if (clear)
+	{
+		first_position = EsAllocatePositions(n);
+		rows = palloc(sizeof(Datum) * n * Natts_es_event);
+		nulls = palloc(sizeof(bool) * n * Natts_es_event);
+		es_insert_events(cat, stream_id, evs, n, first_position, first_version, rows, nulls);
+
+		batch.stream_id = stream_id;
+		batch.first_version = first_version;
+		batch.n = n;
+		batch.rows = rows;
+		batch.nulls = nulls;
+		EsPublishAppended(&batch);
+		EsCountAppend(n);
+	}
+	EsUnlockStream(stream_id);
+	return first_position;
 }
 
 /*
  * The core of append: import_version > 0 places the (one) event at exactly
- * that version (an import); *stored says whether anything was written
+ * that version (an import); *stored_at is the first position written, or 0
+ * when nothing was
  */
 static int64
 es_append_core(text *stream_id, EsNewEvent *evs, int n, bool has_expected,
-			   int64 expected, bool internal, int64 import_version, bool *stored)
+			   int64 expected, bool internal, int64 import_version, int64 *stored_at)
 {
 	const EsCatalog *cat = EsGetCatalog();
 	Snapshot	snapshot;
@@ -674,7 +747,7 @@ es_append_core(text *stream_id, EsNewEvent *evs, int n, bool has_expected,
 	if (any_id)
 		es_check_batch_ids(evs, n);
 
-	*stored = false;
+	*stored_at = 0;
 	/* imported categories are read-only here: one hash probe */
 	if (import_version == 0 &&
 		EsCategoryImported(VARDATA_ANY(stream_id), EsCategoryLen(stream_id)))
@@ -735,7 +808,7 @@ es_append_core(text *stream_id, EsNewEvent *evs, int n, bool has_expected,
 	}
 
 	first_position = EsAllocatePositions(n);
-	*stored = true;
+	*stored_at = first_position;
 	if (!internal)
 		last_appended_position = first_position + n - 1;
 	rows = palloc(sizeof(Datum) * n * Natts_es_event);
