@@ -522,7 +522,7 @@ es_check_stored_ids(const EsCatalog *cat, text *stream_id, EsNewEvent *evs,
 static void
 es_insert_events(const EsCatalog *cat, text *stream_id, EsNewEvent *evs, int n,
 				 int64 first_position, int64 first_version, Datum *rows,
-				 bool *nulls)
+				 bool *nulls, bool imported)
 {
 	MemoryContext oldcxt = CurrentMemoryContext;
 	Relation	rel;
@@ -567,9 +567,16 @@ es_insert_events(const EsCatalog *cat, text *stream_id, EsNewEvent *evs, int n,
 		{
 			/*
 			 * a concurrent transaction stored the id of the event being
-			 * inserted in another stream
+			 * inserted in another stream; or, for an import that does not
+			 * look ids up first (es_import_store), any event did
 			 */
 			FlushErrorState();
+			if (imported)
+				ereport(ERROR,
+						(errcode(ERRCODE_ES_DUPLICATE_EVENT_ID),
+						 errmsg("duplicate event id \"%s\"", es_uuid_str(&evs[inserting].id)),
+						 errdetail("Another event in this database has this id."),
+						 errhint("The import's next attempt names the event that has it.")));
 			ereport(ERROR,
 					(errcode(ERRCODE_ES_DUPLICATE_EVENT_ID),
 					 errmsg("duplicate event id \"%s\"", es_uuid_str(&evs[inserting].id)),
@@ -674,9 +681,14 @@ es_event_from_version(const EsCatalog *cat, Relation heap, TupleTableSlot *slot,
  * otherwise the conflict is raised: SE001 for another event at or above its
  * version here, SE002 for its id elsewhere.  Returns the first local
  * position written.
+ *
+ * The ids are looked up first only with check_ids: otherwise the unique
+ * index finds an id stored elsewhere, and the error (SE002) cannot say
+ * where; the caller looks them up on its next attempt, to name the event.
  */
 static int64
-es_import_store(text *stream_id, EsNewEvent *evs, int n, int64 first_version)
+es_import_store(text *stream_id, EsNewEvent *evs, int n, int64 first_version,
+				bool check_ids)
 {
 	const EsCatalog *cat = EsGetCatalog();
 	Snapshot	snapshot;
@@ -700,7 +712,7 @@ es_import_store(text *stream_id, EsNewEvent *evs, int n, int64 first_version)
 	slot = table_slot_create(heap, NULL);
 	in_way = es_event_from_version(cat, heap, slot, snapshot, stream_id, first_version,
 								   &found_version, &found_id);
-	if (!in_way)
+	if (!in_way && check_ids)
 	{
 		id_index = index_open(cat->event_id_idx, AccessShareLock);
 		for (int i = 0; i < n && stored_id < 0; i++)
@@ -764,7 +776,7 @@ es_import_store(text *stream_id, EsNewEvent *evs, int n, int64 first_version)
 		bool	   *nulls = palloc(sizeof(bool) * n * Natts_es_event);
 		EsAppendedBatch batch;
 
-		es_insert_events(cat, stream_id, evs, n, first_position, first_version, rows, nulls);
+		es_insert_events(cat, stream_id, evs, n, first_position, first_version, rows, nulls, true);
 		batch.stream_id = stream_id;
 		batch.first_version = first_version;
 		batch.n = n;
@@ -783,9 +795,9 @@ es_import_store(text *stream_id, EsNewEvent *evs, int n, int64 first_version)
  * position, or 0 when it was re-sent (see es_import_store)
  */
 int64
-EsImportEvent(text *stream_id, EsNewEvent *ev, int64 version)
+EsImportEvent(text *stream_id, EsNewEvent *ev, int64 version, bool check_ids)
 {
-	return es_import_store(stream_id, ev, 1, version);
+	return es_import_store(stream_id, ev, 1, version, check_ids);
 }
 
 /*
@@ -796,7 +808,8 @@ EsImportEvent(text *stream_id, EsNewEvent *ev, int64 version)
  * names a conflict exactly.
  */
 int64
-EsImportRun(text *stream_id, EsNewEvent *evs, int n, int64 first_version)
+EsImportRun(text *stream_id, EsNewEvent *evs, int n, int64 first_version,
+			bool check_ids)
 {
 	Assert(n > 0);
 	if (n == 1)
@@ -804,7 +817,7 @@ EsImportRun(text *stream_id, EsNewEvent *evs, int n, int64 first_version)
 		/* one event: nothing to batch, and the single path decides */
 		return 0;
 	}
-	return es_import_store(stream_id, evs, n, first_version);
+	return es_import_store(stream_id, evs, n, first_version, check_ids);
 }
 
 /* The core of append */
@@ -876,7 +889,7 @@ es_append_core(text *stream_id, EsNewEvent *evs, int n, bool has_expected,
 		last_appended_position = first_position + n - 1;
 	rows = palloc(sizeof(Datum) * n * Natts_es_event);
 	nulls = palloc(sizeof(bool) * n * Natts_es_event);
-	es_insert_events(cat, stream_id, evs, n, first_position, current + 1, rows, nulls);
+	es_insert_events(cat, stream_id, evs, n, first_position, current + 1, rows, nulls, false);
 
 	batch.stream_id = stream_id;
 	batch.first_version = current + 1;

@@ -106,6 +106,12 @@ static EsImportErrors *import_errors = NULL;
 /* this process applied an event since it started (its import's error is cleared) */
 static bool es_import_cleared = false;
 
+/*
+ * Look event ids up before storing (to name where an id is stored when it
+ * is): while the import's last attempt failed (es_import_check_ids)
+ */
+static int	es_import_careful = -1;	/* -1: not known yet */
+
 Size
 EsImportShmemSize(void)
 {
@@ -164,6 +170,36 @@ es_import_set_error(Oid subid, const char *message)
 		strlcpy(slot->message, message, ES_IMPORT_ERROR_LEN);
 	}
 	SpinLockRelease(&import_errors->mutex);
+}
+
+/* Has subscription subid an error recorded? */
+static bool
+es_import_has_error(Oid subid)
+{
+	bool		found = false;
+
+	if (import_errors == NULL)
+		return false;
+	SpinLockAcquire(&import_errors->mutex);
+	for (int i = 0; i < ES_MAX_IMPORT_ERRORS; i++)
+		if (import_errors->entries[i].dboid == MyDatabaseId &&
+			import_errors->entries[i].subid == subid)
+			found = true;
+	SpinLockRelease(&import_errors->mutex);
+	return found;
+}
+
+/*
+ * Should this process look ids up before storing?  Only while its import
+ * fails: an id stored elsewhere is then named exactly (the unique index
+ * alone cannot say where), at the cost of an index probe per event.
+ */
+static bool
+es_import_check_ids(void)
+{
+	if (es_import_careful < 0)
+		es_import_careful = es_import_has_error(MySubscription->oid) ? 1 : 0;
+	return es_import_careful == 1;
 }
 
 /*
@@ -967,7 +1003,7 @@ es_import_apply(const char *name, Datum *values, bool *nulls)
 	int64		stored_at;
 
 	es_import_prepare(name, values, nulls, &imp);
-	stored_at = EsImportEvent(imp.stream_id, &imp.ev, imp.version);
+	stored_at = EsImportEvent(imp.stream_id, &imp.ev, imp.version, es_import_check_ids());
 	if (stored_at > 0 && VARSIZE_ANY_EXHDR(imp.ev.type) > 0 && *VARDATA_ANY(imp.ev.type) == '$')
 		EsImportedLifecycle(imp.stream_id, text_to_cstring(imp.ev.type), imp.version);
 	es_note_progress(name, imp.source, stored_at, 1);
@@ -988,6 +1024,8 @@ es_import_record_error(MemoryContext cxt, Datum *values)
 								 DatumGetInt64(values[Anum_es_global_position - 1]),
 								 edata->message, unpack_sql_state(edata->sqlerrcode)));
 	FreeErrorData(edata);
+	/* look ids up on the next attempt, to say where */
+	es_import_careful = 1;
 }
 
 /* An event of the import was applied: its error (if any) is gone */
@@ -998,6 +1036,7 @@ es_import_applied(void)
 	{
 		es_import_set_error(MySubscription->oid, NULL);
 		es_import_cleared = true;
+		es_import_careful = 0;
 	}
 }
 
@@ -1062,7 +1101,8 @@ es_import_flush_run(const char *name, EsImportRunState *run)
 		evs[i] = run->events[i].ev;
 	PG_TRY();
 	{
-		position = EsImportRun(first->stream_id, evs, run->n, first->version);
+		position = EsImportRun(first->stream_id, evs, run->n, first->version,
+							   es_import_check_ids());
 	}
 	PG_CATCH();
 	{
