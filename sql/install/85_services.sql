@@ -94,7 +94,8 @@ SELECT i.name,
                 (SELECT pg_catalog.max((ev.metadata OPERATOR(pg_catalog.->>) '$source')::bigint)
                    FROM event_store.events ev
                   WHERE ev.global_position OPERATOR(pg_catalog.>) i.last_local_position
-                    AND pg_catalog.split_part(ev.stream_id, '-', 1) OPERATOR(pg_catalog.=) ANY (i.categories)))
+                    AND pg_catalog.split_part(ev.stream_id, '-', 1) COLLATE pg_catalog."C"
+                        OPERATOR(pg_catalog.=) ANY (i.categories)))
            AS last_source_position,
        EXTRACT(epoch FROM pg_catalog.now() OPERATOR(pg_catalog.-) st.last_msg_send_time)::float8 AS lag_seconds,
        e.message AS last_error
