@@ -64,6 +64,7 @@
 #include "catalog.h"
 #include "errors.h"
 #include "lifecycle.h"
+#include "position.h"
 #include "registry.h"
 #include "roles.h"
 #include "services.h"
@@ -1075,6 +1076,7 @@ es_import_apply_guarded(const char *name, Datum *values, bool *nulls)
 static LocalTransactionId es_copy_lxid = InvalidLocalTransactionId;
 static Tuplesortstate *es_copy_sort = NULL;
 static TupleTableSlot *es_copy_slot = NULL;
+static int64 es_copy_rows = 0;
 
 /* A run of one stream's events at consecutive versions, from the history */
 typedef struct EsImportRunState
@@ -1164,6 +1166,7 @@ es_import_row(PG_FUNCTION_ARGS)
 		tuplesort_puttupleslot(es_copy_sort, es_copy_slot);
 		CurrentResourceOwner = save;
 		ExecClearTuple(es_copy_slot);
+		es_copy_rows++;
 	}
 	else
 	{
@@ -1198,6 +1201,7 @@ es_import_copy_begin(PG_FUNCTION_ARGS)
 	es_copy_sort = tuplesort_begin_heap(desc, 1, &attno, &sortop, &collation, &nullsfirst,
 										maintenance_work_mem, NULL, TUPLESORT_NONE);
 	MemoryContextSwitchTo(old);
+	es_copy_rows = 0;
 	es_copy_lxid = MyProc->lxid;
 	return PointerGetDatum(NULL);
 }
@@ -1231,6 +1235,8 @@ es_import_copy_end(PG_FUNCTION_ARGS)
 	CurrentResourceOwner = TopTransactionResourceOwner;
 	tuplesort_performsort(sort);
 	CurrentResourceOwner = save;
+	/* the positions of the whole history: one WAL flush */
+	EsReservePositions(es_copy_rows);
 
 	slot = MakeSingleTupleTableSlot(es_copy_slot->tts_tupleDescriptor, &TTSOpsMinimalTuple);
 	run = palloc(sizeof(EsImportRunState));
