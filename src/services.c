@@ -16,8 +16,8 @@
  *	  the producer's heap) is sorted by the row trigger and appended in the
  *	  producer's position order, a stream's consecutive events in one batch,
  *	  by the copy's AFTER statement trigger; live rows come in the producer's
- *	  commit order and are appended at once.  The apply worker commits the appends
- *	  together with its replication progress, so an event is imported
+ *	  commit order and are appended at once.  The apply worker commits the
+ *	  appends together with its replication progress, so an event is imported
  *	  exactly once across crashes; a re-sent event (same id, same place) is
  *	  recognised and skipped.
  *
