@@ -685,10 +685,14 @@ es_event_from_version(const EsCatalog *cat, Relation heap, TupleTableSlot *slot,
  * The ids are looked up first only with check_ids: otherwise the unique
  * index finds an id stored elsewhere, and the error (SE002) cannot say
  * where; the caller looks them up on its next attempt, to name the event.
+ * With known_clear the caller knows that the stream has nothing at or above
+ * first_version (it stored the version before itself, and the import is the
+ * stream's one writer): the stream index is not probed (an event at that
+ * very version would still fail its unique index).
  */
 static int64
 es_import_store(text *stream_id, EsNewEvent *evs, int n, int64 first_version,
-				bool check_ids)
+				bool check_ids, bool known_clear)
 {
 	const EsCatalog *cat = EsGetCatalog();
 	Snapshot	snapshot;
@@ -710,8 +714,9 @@ es_import_store(text *stream_id, EsNewEvent *evs, int n, int64 first_version,
 	snapshot = RegisterSnapshot(GetLatestSnapshot());
 	heap = table_open(cat->events_relid, AccessShareLock);
 	slot = table_slot_create(heap, NULL);
-	in_way = es_event_from_version(cat, heap, slot, snapshot, stream_id, first_version,
-								   &found_version, &found_id);
+	in_way = !known_clear &&
+		es_event_from_version(cat, heap, slot, snapshot, stream_id, first_version,
+							  &found_version, &found_id);
 	if (!in_way && check_ids)
 	{
 		id_index = index_open(cat->event_id_idx, AccessShareLock);
@@ -795,9 +800,10 @@ es_import_store(text *stream_id, EsNewEvent *evs, int n, int64 first_version,
  * position, or 0 when it was re-sent (see es_import_store)
  */
 int64
-EsImportEvent(text *stream_id, EsNewEvent *ev, int64 version, bool check_ids)
+EsImportEvent(text *stream_id, EsNewEvent *ev, int64 version, bool check_ids,
+			  bool known_clear)
 {
-	return es_import_store(stream_id, ev, 1, version, check_ids);
+	return es_import_store(stream_id, ev, 1, version, check_ids, known_clear);
 }
 
 /*
@@ -817,7 +823,7 @@ EsImportRun(text *stream_id, EsNewEvent *evs, int n, int64 first_version,
 		/* one event: nothing to batch, and the single path decides */
 		return 0;
 	}
-	return es_import_store(stream_id, evs, n, first_version, check_ids);
+	return es_import_store(stream_id, evs, n, first_version, check_ids, false);
 }
 
 /* The core of append */

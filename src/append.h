@@ -22,7 +22,7 @@ extern bool EsParseUuid(const char *s, int len, pg_uuid_t *out);
 extern int64 EsAppendEvents(text *stream_id, EsNewEvent *evs, int n,
 							bool has_expected, int64 expected, bool internal);
 extern int64 EsImportEvent(text *stream_id, EsNewEvent *ev, int64 version,
-						   bool check_ids);
+						   bool check_ids, bool known_clear);
 extern int64 EsImportRun(text *stream_id, EsNewEvent *evs, int n, int64 first_version,
 						 bool check_ids);
 extern int64 EsAppendEvent(text *stream_id, text *type, Jsonb *data);

@@ -876,6 +876,8 @@ es_progress_write(void)
 	es_progress_written_at = now;
 }
 
+static void es_stream_cache_reset(void);
+
 static void
 es_progress_xact_callback(XactEvent event, void *arg)
 {
@@ -897,6 +899,10 @@ es_progress_xact_callback(XactEvent event, void *arg)
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
+			/* what it stored is gone */
+			es_stream_cache_reset();
+			es_progress_in_xact = false;
+			break;
 		case XACT_EVENT_PREPARE:
 			/* a prepared transaction's events are above the row's position */
 			es_progress_in_xact = false;
@@ -996,18 +1002,94 @@ es_import_prepare(const char *name, Datum *values, bool *nulls, EsImported *out)
 	}
 }
 
+/*
+ * The streams this process stored live events in, each with the version
+ * after the last one it stored.  The import is the one writer of its
+ * streams (its categories are read-only here), so the next event of such a
+ * stream, at exactly that version, has nothing in its way: the probe of the
+ * stream index is skipped (EsImportEvent, known_clear).  Forgotten when a
+ * transaction aborts (its entries may not have been stored), and all at
+ * once when it grows past ES_STREAM_CACHE_MAX entries.
+ */
+#define ES_STREAM_CACHE_MAX	65536
+
+typedef struct EsStreamNext
+{
+	EsTextKey	key;
+	int64		next_version;
+} EsStreamNext;
+
+static HTAB *es_stream_next = NULL;
+static MemoryContext es_stream_next_cxt = NULL;
+static long es_stream_next_count = 0;
+
+static void
+es_stream_cache_reset(void)
+{
+	if (es_stream_next_cxt != NULL)
+		MemoryContextDelete(es_stream_next_cxt);
+	es_stream_next_cxt = NULL;
+	es_stream_next = NULL;
+	es_stream_next_count = 0;
+}
+
+/* Did this process store the version before version of the stream last? */
+static bool
+es_stream_known_clear(text *stream_id, int64 version)
+{
+	EsStreamNext *e;
+
+	if (es_stream_next == NULL)
+		return false;
+	e = EsTextHashFind(es_stream_next, VARDATA_ANY(stream_id), VARSIZE_ANY_EXHDR(stream_id), 0);
+	return e != NULL && e->next_version == version;
+}
+
+/* This process stored the stream's events up to next_version - 1 */
+static void
+es_stream_stored(text *stream_id, int64 next_version)
+{
+	EsStreamNext *e;
+	int			len = VARSIZE_ANY_EXHDR(stream_id);
+
+	if (es_stream_next == NULL || es_stream_next_count >= ES_STREAM_CACHE_MAX)
+	{
+		es_stream_cache_reset();
+		es_stream_next_cxt = AllocSetContextCreate(TopMemoryContext, "event_store imported streams",
+												   ALLOCSET_DEFAULT_SIZES);
+		es_stream_next = EsTextHashCreate("event_store imported streams", sizeof(EsStreamNext),
+										  es_stream_next_cxt);
+	}
+	e = EsTextHashFind(es_stream_next, VARDATA_ANY(stream_id), len, 0);
+	if (e == NULL)
+	{
+		char	   *str = MemoryContextAlloc(es_stream_next_cxt, len + 1);
+		bool		found;
+
+		memcpy(str, VARDATA_ANY(stream_id), len);
+		str[len] = '\0';
+		e = EsTextHashEnter(es_stream_next, str, len, 0, &found);
+		es_stream_next_count++;
+	}
+	e->next_version = next_version;
+}
+
 /* Apply one event of import name: values in event_store.events' layout */
 static void
 es_import_apply(const char *name, Datum *values, bool *nulls)
 {
 	EsImported imp;
 	int64		stored_at;
+	bool		check_ids = es_import_check_ids();
 
 	es_import_prepare(name, values, nulls, &imp);
-	stored_at = EsImportEvent(imp.stream_id, &imp.ev, imp.version, es_import_check_ids());
+	stored_at = EsImportEvent(imp.stream_id, &imp.ev, imp.version, check_ids,
+							  !check_ids && es_stream_known_clear(imp.stream_id, imp.version));
 	if (stored_at > 0 && VARSIZE_ANY_EXHDR(imp.ev.type) > 0 && *VARDATA_ANY(imp.ev.type) == '$')
 		EsImportedLifecycle(imp.stream_id, text_to_cstring(imp.ev.type), imp.version);
 	es_note_progress(name, imp.source, stored_at, 1);
+	if (stored_at > 0)
+		es_stream_stored(imp.stream_id, imp.version + 1);
 }
 
 /* Record the error being handled, raised by the event values, for import_status */
