@@ -338,6 +338,30 @@ is($consumer->safe_psql('postgres',
 	'import_status: the last source position is the producer\'s last');
 progress_is_consistent('at the end');
 
+# ---- a row in the way of the next version of a stream the worker stored last ----
+# (the worker does not look at the stream again: the unique index still refuses)
+$producer->safe_psql('postgres', q{SELECT event_store.append('order-c', '{"type": "Placed"}', 0)});
+ok($consumer->poll_query_until('postgres',
+		q{SELECT count(*) FROM event_store.events WHERE stream_id = 'order-c'}, '1'),
+	'order-c arrived');
+# written around the import, as a restore writes
+$consumer->safe_psql('postgres', q{
+SET session_replication_role = replica;
+INSERT INTO event_store.events (global_position, stream_id, stream_version, event_id, event_type,
+                                data, metadata, schema_version, recorded_at)
+VALUES ((SELECT max(global_position) + 1000 FROM event_store.events), 'order-c', 2,
+        gen_random_uuid(), 'Local', '{}', '{}', 1, now());
+});
+$producer->safe_psql('postgres', q{SELECT event_store.append('order-c', '{"type": "Paid"}', 1)});
+ok($consumer->poll_query_until('postgres', q{
+SELECT state = 'failing' AND last_error LIKE '%order-c%' AND last_error LIKE '%SE001%'
+  FROM event_store.import_status WHERE name = 'orders'}),
+	'an event here at the version the worker stores next stops the import (SE001)')
+  or diag($consumer->safe_psql('postgres', 'SELECT * FROM event_store.import_status'));
+is($consumer->safe_psql('postgres',
+		q{SELECT string_agg(event_type, ',' ORDER BY stream_version) FROM event_store.events WHERE stream_id = 'order-c'}),
+	'Placed,Local', 'nothing was overwritten or stored twice');
+
 $consumer->safe_psql('postgres', q{SELECT event_store.drop_import('orders')});
 $consumer->stop;
 $producer->stop;
