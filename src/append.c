@@ -710,30 +710,39 @@ es_import_store(text *stream_id, EsNewEvent *evs, int n, int64 first_version,
 	EsLockCategory(VARDATA_ANY(stream_id), EsCategoryLen(stream_id), RowExclusiveLock);
 	EsLockStream(stream_id);
 
-	/* everybody who held the stream before us has ended: the latest state */
-	snapshot = RegisterSnapshot(GetLatestSnapshot());
-	heap = table_open(cat->events_relid, AccessShareLock);
-	slot = table_slot_create(heap, NULL);
-	in_way = !known_clear &&
-		es_event_from_version(cat, heap, slot, snapshot, stream_id, first_version,
-							  &found_version, &found_id);
-	if (!in_way && check_ids)
+	if (known_clear && !check_ids)
 	{
-		id_index = index_open(cat->event_id_idx, AccessShareLock);
-		for (int i = 0; i < n && stored_id < 0; i++)
-		{
-			text	   *where_stream;
-			int64		where_version;
-
-			Assert(evs[i].has_id);
-			if (es_find_event_id(heap, id_index, slot, snapshot, &evs[i].id,
-								 &where_stream, &where_version))
-				stored_id = i;
-		}
-		index_close(id_index, AccessShareLock);
+		/* nothing to look at before inserting */
+		snapshot = NULL;
+		in_way = false;
 	}
-	ExecDropSingleTupleTableSlot(slot);
-	table_close(heap, AccessShareLock);
+	else
+	{
+		/* everybody who held the stream before us has ended: the latest state */
+		snapshot = RegisterSnapshot(GetLatestSnapshot());
+		heap = table_open(cat->events_relid, AccessShareLock);
+		slot = table_slot_create(heap, NULL);
+		in_way = !known_clear &&
+			es_event_from_version(cat, heap, slot, snapshot, stream_id, first_version,
+								  &found_version, &found_id);
+		if (!in_way && check_ids)
+		{
+			id_index = index_open(cat->event_id_idx, AccessShareLock);
+			for (int i = 0; i < n && stored_id < 0; i++)
+			{
+				text	   *where_stream;
+				int64		where_version;
+
+				Assert(evs[i].has_id);
+				if (es_find_event_id(heap, id_index, slot, snapshot, &evs[i].id,
+									 &where_stream, &where_version))
+					stored_id = i;
+			}
+			index_close(id_index, AccessShareLock);
+		}
+		ExecDropSingleTupleTableSlot(slot);
+		table_close(heap, AccessShareLock);
+	}
 
 	if (n > 1 && (in_way || stored_id >= 0))
 	{
@@ -773,7 +782,8 @@ es_import_store(text *stream_id, EsNewEvent *evs, int n, int64 first_version,
 		elog(ERROR, "event id \"%s\" is stored, but not found again",
 			 es_uuid_str(&evs[stored_id].id));
 	}
-	UnregisterSnapshot(snapshot);
+	if (snapshot != NULL)
+		UnregisterSnapshot(snapshot);
 
 	first_position = EsAllocatePositions(n);
 	{
