@@ -1044,7 +1044,11 @@ CREATE TABLE event_store.imports (
     publication          text NOT NULL,
     categories           text[] NOT NULL,   -- read-only here (SE004)
     owner                regrole NOT NULL,
+    -- written at most once a second (services.c): last_source_position
+    -- accounts for the import's events up to the local position
+    -- last_local_position; import_status reads the later ones from the store
     last_source_position bigint NOT NULL DEFAULT 0,
+    last_local_position  bigint NOT NULL DEFAULT 0,
     last_applied_at      timestamptz,
     created_at           timestamptz NOT NULL DEFAULT now()
 );
@@ -1052,22 +1056,6 @@ COMMENT ON TABLE event_store.imports IS
     'Imports of another database''s publication: maintained with create_import() and drop_import(); each is a PostgreSQL subscription of the same name';
 SELECT pg_catalog.pg_extension_config_dump('event_store.imports', '');
 REVOKE ALL ON TABLE event_store.imports FROM PUBLIC;
-
-CREATE TABLE event_store.import_inbox (
-    import          text COLLATE "C" NOT NULL,
-    source_position bigint NOT NULL,
-    stream_id       text COLLATE "C" NOT NULL,
-    stream_version  bigint NOT NULL,
-    event_id        uuid NOT NULL,
-    event_type      text NOT NULL,
-    data            jsonb,
-    metadata        jsonb,
-    schema_version  int NOT NULL,
-    PRIMARY KEY (import, source_position)
-);
-COMMENT ON TABLE event_store.import_inbox IS
-    'An import''s history while its initial copy runs (empty otherwise): appended in the producer''s position order when the copy ends';
-REVOKE ALL ON TABLE event_store.import_inbox FROM PUBLIC;
 
 CREATE FUNCTION event_store._import_row() RETURNS trigger
     LANGUAGE C AS 'MODULE_PATHNAME', 'es_import_row';
@@ -1122,7 +1110,13 @@ SELECT i.name,
                             AND r.srsubstate OPERATOR(pg_catalog.<>) 'r') THEN 'copying'
             WHEN st.pid IS NOT NULL THEN 'running'
             ELSE 'starting' END AS state,
-       i.last_source_position,
+       GREATEST(i.last_source_position,
+                (SELECT pg_catalog.max((ev.metadata OPERATOR(pg_catalog.->>) '$source')::bigint)
+                   FROM event_store.events ev
+                  WHERE ev.global_position OPERATOR(pg_catalog.>) i.last_local_position
+                    AND pg_catalog.split_part(ev.stream_id, '-', 1) COLLATE pg_catalog."C"
+                        OPERATOR(pg_catalog.=) ANY (i.categories)))
+           AS last_source_position,
        EXTRACT(epoch FROM pg_catalog.now() OPERATOR(pg_catalog.-) st.last_msg_send_time)::float8 AS lag_seconds,
        e.message AS last_error
   FROM event_store.imports i

@@ -573,7 +573,7 @@ es_uuidv7(pg_uuid_t *id, TimestampTz now)
 static void
 es_insert_events(const EsCatalog *cat, text *stream_id, EsNewEvent *evs, int n,
 				 int64 first_position, int64 first_version, Datum *rows,
-				 bool *nulls)
+				 bool *nulls, bool imported)
 {
 	MemoryContext oldcxt = CurrentMemoryContext;
 	Relation	rel;
@@ -614,9 +614,16 @@ es_insert_events(const EsCatalog *cat, text *stream_id, EsNewEvent *evs, int n,
 		{
 			/*
 			 * a concurrent transaction stored the id of the event being
-			 * inserted in another stream
+			 * inserted in another stream; or, for an import that does not
+			 * look ids up first (es_import_store), any event did
 			 */
 			FlushErrorState();
+			if (imported)
+				ereport(ERROR,
+						(errcode(ERRCODE_ES_DUPLICATE_EVENT_ID),
+						 errmsg("duplicate event id \"%s\"", es_uuid_str(&evs[inserting].id)),
+						 errdetail("Another event in this database has this id."),
+						 errhint("The import's next attempt names the event that has it.")));
 			ereport(ERROR,
 					(errcode(ERRCODE_ES_DUPLICATE_EVENT_ID),
 					 errmsg("duplicate event id \"%s\"", es_uuid_str(&evs[inserting].id)),
@@ -666,46 +673,220 @@ es_position_of(const EsCatalog *cat, text *stream_id, int64 version, Snapshot sn
  * which a deleted stream accepts.
  */
 static int64 es_append_core(text *stream_id, EsNewEvent *evs, int n,
-							bool has_expected, int64 expected, bool internal,
-							int64 import_version, bool *stored);
+							bool has_expected, int64 expected, bool internal);
 
 int64
 EsAppendEvents(text *stream_id, EsNewEvent *evs, int n, bool has_expected,
 			   int64 expected, bool internal)
 {
-	bool		stored;
-
-	return es_append_core(stream_id, evs, n, has_expected, expected, internal,
-						  0, &stored);
+	return es_append_core(stream_id, evs, n, has_expected, expected, internal);
 }
 
 /*
- * Store one event of an import (services.c) at exactly the producer's
- * version, whatever the stream's state here (it follows the producer's
- * lifecycle markers).  Returns false, writing nothing, when that very event
- * (same id) is already stored there: a re-sent row.  Any other event at or
- * above that version here is a conflict (SE001); its id anywhere else, SE002.
+ * The first event of the stream at or above version, as the snapshot sees
+ * it: one forward probe of the (stream_id, stream_version) index, which
+ * finds no entry (and reads no heap page) in the usual case, where the
+ * stream ends below version
  */
-bool
-EsImportEvent(text *stream_id, EsNewEvent *ev, int64 version)
+static bool
+es_event_from_version(const EsCatalog *cat, Relation heap, TupleTableSlot *slot,
+					  Snapshot snapshot, text *stream_id, int64 version,
+					  int64 *found_version, pg_uuid_t *found_id)
 {
-	bool		stored;
+	Relation	index;
+	IndexScanDesc scan;
+	ScanKeyData keys[2];
+	bool		found = false;
 
-	Assert(ev->has_id && version > 0);
-	(void) es_append_core(stream_id, ev, 1, true, version - 1, true, version,
-						  &stored);
-	/* the import is the stream's one writer: no need to hold it to the end */
-	EsUnlockStream(stream_id);
-	return stored;
+	index = index_open(cat->stream_idx, AccessShareLock);
+	ScanKeyInit(&keys[0], 1, BTEqualStrategyNumber, F_TEXTEQ, PointerGetDatum(stream_id));
+	keys[0].sk_collation = index->rd_indcollation[0];
+	ScanKeyInit(&keys[1], 2, BTGreaterEqualStrategyNumber, F_INT8GE, Int64GetDatum(version));
+	scan = index_beginscan(heap, index, snapshot, 2, 0);
+	index_rescan(scan, keys, 2, NULL, 0);
+	if (index_getnext_slot(scan, ForwardScanDirection, slot))
+	{
+		bool		isnull;
+
+		*found_version = DatumGetInt64(slot_getattr(slot, Anum_es_stream_version, &isnull));
+		memcpy(found_id->data,
+			   DatumGetUUIDP(slot_getattr(slot, Anum_es_event_id, &isnull))->data, UUID_LEN);
+		found = true;
+	}
+	index_endscan(scan);
+	index_close(index, AccessShareLock);
+	return found;
 }
 
 /*
- * The core of append: import_version > 0 places the (one) event at exactly
- * that version (an import); *stored says whether anything was written
+ * Store n events of an import (services.c) at the consecutive versions
+ * from first_version, whatever the stream's state here (it follows the
+ * producer's lifecycle markers).  When something is in the way (an event at
+ * or above first_version in the stream, or an id of the batch stored
+ * anywhere), a run (n > 1) writes nothing and returns 0; a single event is
+ * skipped (0) when that very event is stored at that very place (re-sent),
+ * otherwise the conflict is raised: SE001 for another event at or above its
+ * version here, SE002 for its id elsewhere.  Returns the first local
+ * position written.
+ *
+ * The ids are looked up first only with check_ids: otherwise the unique
+ * index finds an id stored elsewhere, and the error (SE002) cannot say
+ * where; the caller looks them up on its next attempt, to name the event.
+ * With known_clear the caller knows that the stream has nothing at or above
+ * first_version (it stored the version before itself, and the import is the
+ * stream's one writer): the stream index is not probed (an event at that
+ * very version would still fail its unique index).
  */
 static int64
+es_import_store(text *stream_id, EsNewEvent *evs, int n, int64 first_version,
+				bool check_ids, bool known_clear)
+{
+	const EsCatalog *cat = EsGetCatalog();
+	Snapshot	snapshot;
+	Relation	heap;
+	Relation	id_index;
+	TupleTableSlot *slot;
+	int64		found_version = 0;
+	pg_uuid_t	found_id;
+	bool		in_way;
+	int			stored_id = -1;
+	int64		first_position = 0;
+
+	Assert(n > 0 && first_version > 0);
+	es_check_batch_ids(evs, n);
+	EsLockCategory(VARDATA_ANY(stream_id), EsCategoryLen(stream_id), RowExclusiveLock);
+	EsLockStream(stream_id);
+
+	if (known_clear && !check_ids)
+	{
+		/* nothing to look at before inserting */
+		snapshot = NULL;
+		in_way = false;
+	}
+	else
+	{
+		/* everybody who held the stream before us has ended: the latest state */
+		snapshot = RegisterSnapshot(GetLatestSnapshot());
+		heap = table_open(cat->events_relid, AccessShareLock);
+		slot = table_slot_create(heap, NULL);
+		in_way = !known_clear &&
+			es_event_from_version(cat, heap, slot, snapshot, stream_id, first_version,
+								  &found_version, &found_id);
+		if (!in_way && check_ids)
+		{
+			id_index = index_open(cat->event_id_idx, AccessShareLock);
+			for (int i = 0; i < n && stored_id < 0; i++)
+			{
+				text	   *where_stream;
+				int64		where_version;
+
+				Assert(evs[i].has_id);
+				if (es_find_event_id(heap, id_index, slot, snapshot, &evs[i].id,
+									 &where_stream, &where_version))
+					stored_id = i;
+			}
+			index_close(id_index, AccessShareLock);
+		}
+		ExecDropSingleTupleTableSlot(slot);
+		table_close(heap, AccessShareLock);
+	}
+
+	if (n > 1 && (in_way || stored_id >= 0))
+	{
+		UnregisterSnapshot(snapshot);
+		EsUnlockStream(stream_id);
+		return 0;
+	}
+	if (in_way)
+	{
+		int64		current;
+
+		if (found_version == first_version &&
+			memcmp(found_id.data, evs[0].id.data, UUID_LEN) == 0)
+		{
+			/* re-sent: that very event is there already */
+			UnregisterSnapshot(snapshot);
+			EsUnlockStream(stream_id);
+			return 0;
+		}
+		/* gaps are the producer's removed events; never go back */
+		current = EsLatestStreamVersion(cat, stream_id, snapshot);
+		ereport(ERROR,
+				(errcode(ERRCODE_ES_WRONG_EXPECTED_VERSION),
+				 errmsg("cannot import event \"%s\" at version " INT64_FORMAT " of stream \"%s\": the stream is at version " INT64_FORMAT " here",
+						es_uuid_str(&evs[0].id), first_version,
+						text_to_cstring(stream_id), current),
+				 errdetail("Another event already has that version in this database."),
+				 errhint("Imported categories must be written only by their import.")));
+	}
+	if (stored_id >= 0)
+	{
+		int64		replayed;
+
+		/* stored elsewhere (not here: nothing is at or above its version): SE002 */
+		(void) es_check_stored_ids(cat, stream_id, evs, n, true, first_version - 1,
+								   snapshot, &replayed);
+		elog(ERROR, "event id \"%s\" is stored, but not found again",
+			 es_uuid_str(&evs[stored_id].id));
+	}
+	if (snapshot != NULL)
+		UnregisterSnapshot(snapshot);
+
+	first_position = EsAllocatePositions(n);
+	{
+		Datum	   *rows = palloc(sizeof(Datum) * n * Natts_es_event);
+		bool	   *nulls = palloc(sizeof(bool) * n * Natts_es_event);
+		EsAppendedBatch batch;
+
+		es_insert_events(cat, stream_id, evs, n, first_position, first_version, rows, nulls, true);
+		batch.stream_id = stream_id;
+		batch.first_version = first_version;
+		batch.n = n;
+		batch.rows = rows;
+		batch.nulls = nulls;
+		EsPublishAppended(&batch);
+	}
+	EsCountAppend(n);
+	/* the import is the stream's one writer: no need to hold it to the end */
+	EsUnlockStream(stream_id);
+	return first_position;
+}
+
+/*
+ * Store one event of an import at exactly the producer's version: its local
+ * position, or 0 when it was re-sent (see es_import_store)
+ */
+int64
+EsImportEvent(text *stream_id, EsNewEvent *ev, int64 version, bool check_ids,
+			  bool known_clear)
+{
+	return es_import_store(stream_id, ev, 1, version, check_ids, known_clear);
+}
+
+/*
+ * Store a run of an import's events (the history) at the consecutive
+ * versions from first_version in one batch: the first local position, or 0,
+ * having written nothing, when something is in the way; the caller then
+ * stores them one by one (EsImportEvent), which skips re-sent events and
+ * names a conflict exactly.
+ */
+int64
+EsImportRun(text *stream_id, EsNewEvent *evs, int n, int64 first_version,
+			bool check_ids)
+{
+	Assert(n > 0);
+	if (n == 1)
+	{
+		/* one event: nothing to batch, and the single path decides */
+		return 0;
+	}
+	return es_import_store(stream_id, evs, n, first_version, check_ids, false);
+}
+
+/* The core of append */
+static int64
 es_append_core(text *stream_id, EsNewEvent *evs, int n, bool has_expected,
-			   int64 expected, bool internal, int64 import_version, bool *stored)
+			   int64 expected, bool internal)
 {
 	const EsCatalog *cat = EsGetCatalog();
 	Snapshot	snapshot;
@@ -721,10 +902,8 @@ es_append_core(text *stream_id, EsNewEvent *evs, int n, bool has_expected,
 	if (any_id)
 		es_check_batch_ids(evs, n);
 
-	*stored = false;
 	/* imported categories are read-only here: one hash probe */
-	if (import_version == 0 &&
-		EsCategoryImported(VARDATA_ANY(stream_id), EsCategoryLen(stream_id)))
+	if (EsCategoryImported(VARDATA_ANY(stream_id), EsCategoryLen(stream_id)))
 		ereport(ERROR,
 				(errcode(ERRCODE_ES_CATEGORY_IMPORTED),
 				 errmsg("category \"%s\" is imported: it is read-only in this database",
@@ -757,20 +936,7 @@ es_append_core(text *stream_id, EsNewEvent *evs, int n, bool has_expected,
 	}
 	UnregisterSnapshot(snapshot);
 
-	if (import_version > 0)
-	{
-		/* gaps are the producer's removed events; never go back */
-		if (current >= import_version)
-			ereport(ERROR,
-					(errcode(ERRCODE_ES_WRONG_EXPECTED_VERSION),
-					 errmsg("cannot import event \"%s\" at version " INT64_FORMAT " of stream \"%s\": the stream is at version " INT64_FORMAT " here",
-							es_uuid_str(&evs[0].id), import_version,
-							text_to_cstring(stream_id), current),
-					 errdetail("Another event already has that version in this database."),
-					 errhint("Imported categories must be written only by their import.")));
-		current = import_version - 1;
-	}
-	else if (has_expected && expected != current)
+	if (has_expected && expected != current)
 	{
 		EsCountConflict();
 		ereport(ERROR,
@@ -782,12 +948,11 @@ es_append_core(text *stream_id, EsNewEvent *evs, int n, bool has_expected,
 	}
 
 	first_position = EsAllocatePositions(n);
-	*stored = true;
 	if (!internal)
 		last_appended_position = first_position + n - 1;
 	rows = palloc(sizeof(Datum) * n * Natts_es_event);
 	nulls = palloc(sizeof(bool) * n * Natts_es_event);
-	es_insert_events(cat, stream_id, evs, n, first_position, current + 1, rows, nulls);
+	es_insert_events(cat, stream_id, evs, n, first_position, current + 1, rows, nulls, false);
 
 	batch.stream_id = stream_id;
 	batch.first_version = current + 1;

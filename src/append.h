@@ -21,7 +21,10 @@ typedef struct EsNewEvent		/* one event of a batch, validated */
 extern bool EsParseUuid(const char *s, int len, pg_uuid_t *out);
 extern int64 EsAppendEvents(text *stream_id, EsNewEvent *evs, int n,
 							bool has_expected, int64 expected, bool internal);
-extern bool EsImportEvent(text *stream_id, EsNewEvent *ev, int64 version);
+extern int64 EsImportEvent(text *stream_id, EsNewEvent *ev, int64 version,
+						   bool check_ids, bool known_clear);
+extern int64 EsImportRun(text *stream_id, EsNewEvent *evs, int n, int64 first_version,
+						 bool check_ids);
 extern int64 EsAppendEvent(text *stream_id, text *type, Jsonb *data);
 extern int64 EsAppendEventWithMetadata(text *stream_id, text *type, Jsonb *data,
 									   Jsonb *metadata, pg_uuid_t *event_id);

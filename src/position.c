@@ -709,6 +709,27 @@ EsAllocatePositions(int64 count)
 }
 
 /*
+ * A bulk writer (an import's history) is about to take count positions:
+ * raise the durable mark over all of them at once, one WAL flush instead of
+ * one per ES_MARK_CHUNK positions.  (A crash before they are taken skips
+ * them, as it skips the rest of a chunk.)
+ */
+void
+EsReservePositions(int64 count)
+{
+	int64		needed;
+
+	if (count <= ES_MARK_CHUNK)
+		return;
+	es_ensure_counter();
+	LWLockAcquire(my_db_lock, LW_SHARED);
+	needed = my_db->uses_mark ? my_db->next_position - 1 + count : 0;
+	LWLockRelease(my_db_lock);
+	if (needed > 0)
+		es_raise_mark(EsGetCatalog()->position_mark_relid, needed, true);
+}
+
+/*
  * The safe head; caller holds my_db_lock (shared is enough).  Capped by the
  * highest committed position (or our own highest), so positions of aborted
  * appends at the top do not count.

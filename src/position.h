@@ -11,6 +11,7 @@ extern void EsPositionShmemInit(void);
 extern void EsPositionRegisterRmgr(void);
 
 extern int64 EsAllocatePositions(int64 count);
+extern void EsReservePositions(int64 count);
 extern void EsCounterStale(void);
 extern int64 EsSafeHead(void);
 extern int64 EsSafeHeadIfReady(void);

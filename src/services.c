@@ -13,11 +13,11 @@
  *	  no triggers, nor for a restore) turns each row into a local append at
  *	  the producer's version, with a local position, and skips the row
  *	  itself.  The history (the subscription's initial copy, in the order of
- *	  the producer's heap) is staged in event_store.import_inbox by the row
- *	  trigger and appended in the producer's position order by the copy's
- *	  AFTER statement trigger; live rows come in the producer's commit order
- *	  and are appended at once.  The apply worker commits the appends
- *	  together with its replication progress, so an event is imported
+ *	  the producer's heap) is sorted by the row trigger and appended in the
+ *	  producer's position order, a stream's consecutive events in one batch,
+ *	  by the copy's AFTER statement trigger; live rows come in the producer's
+ *	  commit order and are appended at once.  The apply worker commits the
+ *	  appends together with its replication progress, so an event is imported
  *	  exactly once across crashes; a re-sent event (same id, same place) is
  *	  recognised and skipped.
  *
@@ -34,6 +34,7 @@
 #include "access/htup_details.h"
 #include "access/xact.h"
 #include "access/xlog.h"
+#include "catalog/pg_operator_d.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
@@ -52,8 +53,10 @@
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/resowner.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
+#include "utils/tuplesort.h"
 #include "utils/uuid.h"
 
 #include "api.h"
@@ -61,6 +64,7 @@
 #include "catalog.h"
 #include "errors.h"
 #include "lifecycle.h"
+#include "position.h"
 #include "registry.h"
 #include "roles.h"
 #include "services.h"
@@ -102,6 +106,12 @@ static EsImportErrors *import_errors = NULL;
 
 /* this process applied an event since it started (its import's error is cleared) */
 static bool es_import_cleared = false;
+
+/*
+ * Look event ids up before storing (to name where an id is stored when it
+ * is): while the import's last attempt failed (es_import_check_ids)
+ */
+static int	es_import_careful = -1;	/* -1: not known yet */
 
 Size
 EsImportShmemSize(void)
@@ -161,6 +171,36 @@ es_import_set_error(Oid subid, const char *message)
 		strlcpy(slot->message, message, ES_IMPORT_ERROR_LEN);
 	}
 	SpinLockRelease(&import_errors->mutex);
+}
+
+/* Has subscription subid an error recorded? */
+static bool
+es_import_has_error(Oid subid)
+{
+	bool		found = false;
+
+	if (import_errors == NULL)
+		return false;
+	SpinLockAcquire(&import_errors->mutex);
+	for (int i = 0; i < ES_MAX_IMPORT_ERRORS; i++)
+		if (import_errors->entries[i].dboid == MyDatabaseId &&
+			import_errors->entries[i].subid == subid)
+			found = true;
+	SpinLockRelease(&import_errors->mutex);
+	return found;
+}
+
+/*
+ * Should this process look ids up before storing?  Only while its import
+ * fails: an id stored elsewhere is then named exactly (the unique index
+ * alone cannot say where), at the cost of an index probe per event.
+ */
+static bool
+es_import_check_ids(void)
+{
+	if (es_import_careful < 0)
+		es_import_careful = es_import_has_error(MySubscription->oid) ? 1 : 0;
+	return es_import_careful == 1;
 }
 
 /*
@@ -587,8 +627,10 @@ es_create_import(PG_FUNCTION_ARGS)
 	values[1] = CStringGetTextDatum(publication);
 	values[2] = categories;
 	values[3] = ObjectIdGetDatum(GetUserId());
-	(void) es_exec_as_owner("INSERT INTO event_store.imports (name, publication, categories, owner) "
-							"VALUES ($1, $2, $3, $4)", 4, types, values, SPI_OK_INSERT);
+	/* its progress starts at the top of the store (see es_progress_write) */
+	(void) es_exec_as_owner("INSERT INTO event_store.imports (name, publication, categories, owner, last_local_position) "
+							"VALUES ($1, $2, $3, $4, (SELECT COALESCE(pg_catalog.max(global_position), 0) "
+							"FROM event_store.events))", 4, types, values, SPI_OK_INSERT);
 	EsRegistryChanged(&import_registry);
 
 	/* the subscription (in a transaction block: the slot is made below) */
@@ -647,8 +689,6 @@ es_drop_import(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("import \"%s\" does not exist", name)));
-	(void) es_exec_as_owner("DELETE FROM event_store.import_inbox WHERE import OPERATOR(pg_catalog.=) $1",
-							1, types, values, SPI_OK_DELETE);
 	EsRegistryChanged(&import_registry);
 
 	if (SPI_connect() != SPI_OK_CONNECT)
@@ -705,9 +745,6 @@ es_drop_import(PG_FUNCTION_ARGS)
  * Applying: the triggers on event_store.events (ENABLE REPLICA)
  * ------------------------------------------------------------------------ */
 
-/* the copy of the import's history in progress (in this transaction) */
-static LocalTransactionId es_copy_lxid = InvalidLocalTransactionId;
-
 /* The import this worker applies, or NULL when this is no import's worker */
 static const char *
 es_current_import(void)
@@ -753,78 +790,178 @@ es_with_source(Jsonb *metadata, int64 source)
 }
 
 /*
- * The import's progress (imports.last_source_position, last_applied_at) is
- * written once per transaction, just before it commits: one row updated
- * again for each event of a large transaction (the history, a big producer
- * transaction) would make every update walk the row's growing chain of
- * versions.
+ * The import's progress (imports.last_source_position, last_local_position,
+ * last_applied_at) costs a row update, so it is written at most once per
+ * ES_PROGRESS_INTERVAL_MS, just before a transaction that applied events
+ * commits, and always by one that skipped a re-sent event (the one kind of
+ * progress the store cannot tell later).  The row says: every event of the
+ * import stored at or below last_local_position has a "$source" at or below
+ * last_source_position.  What was applied since is in the store itself,
+ * above last_local_position: import_status reads the highest "$source"
+ * there.  The write accounts for the events this process applied since its
+ * last write (kept here) and, read from the store, for those between the
+ * row's last_local_position and the first of them (a worker that died before
+ * it wrote); it commits with the events it accounts for, so the status stays
+ * exact across crashes.  (Exactly once itself rests on the subscription's
+ * replication origin, which commits with the events.)
  */
-static LocalTransactionId es_progress_lxid = InvalidLocalTransactionId;
-static char es_progress_import[NAMEDATALEN];
-static int64 es_progress_source;
+#define ES_PROGRESS_INTERVAL_MS 1000
+
+typedef struct EsProgress
+{
+	int64		source;			/* highest producer position applied */
+	int64		low;			/* lowest local position stored, 0: none */
+	int64		high;			/* highest local position stored */
+	bool		resent;			/* an applied event was already stored */
+} EsProgress;
+
 static bool es_progress_callback = false;
+static bool es_progress_in_xact = false;	/* this transaction applied events */
+static bool es_progress_wrote = false;	/* ... and wrote the row */
+static char es_progress_import[NAMEDATALEN];
+static EsProgress es_progress_xact;
+static EsProgress es_progress_pending;	/* committed since this process last wrote */
+static TimestampTz es_progress_written_at = 0;	/* 0: not yet by this process */
 
 static void
-es_progress_xact_callback(XactEvent event, void *arg)
+es_progress_merge(EsProgress *into, const EsProgress *p)
+{
+	into->source = Max(into->source, p->source);
+	if (p->low > 0 && (into->low == 0 || p->low < into->low))
+		into->low = p->low;
+	into->high = Max(into->high, p->high);
+	into->resent |= p->resent;
+}
+
+/* Before commit: write the row when it is due */
+static void
+es_progress_write(void)
 {
 	static SPIPlanPtr plan = NULL;
-	Oid			types[2] = {TEXTOID, INT8OID};
-	Datum		args[2];
+	Oid			types[4] = {TEXTOID, INT8OID, INT8OID, INT8OID};
+	Datum		args[4];
+	EsProgress	all = es_progress_pending;
+	TimestampTz now = GetCurrentTimestamp();
 	EsUserSwitch sw;
 
-	if (event != XACT_EVENT_PRE_COMMIT)
-	{
-		if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT)
-			es_progress_lxid = InvalidLocalTransactionId;
+	if (!es_progress_xact.resent && es_progress_written_at != 0 &&
+		!TimestampDifferenceExceeds(es_progress_written_at, now, ES_PROGRESS_INTERVAL_MS))
 		return;
-	}
-	if (es_progress_lxid != MyProc->lxid)
-		return;
-	es_progress_lxid = InvalidLocalTransactionId;
+	es_progress_merge(&all, &es_progress_xact);
 	args[0] = CStringGetTextDatum(es_progress_import);
-	args[1] = Int64GetDatum(es_progress_source);
+	args[1] = Int64GetDatum(all.source);
+	args[2] = Int64GetDatum(all.high);
+	/* below this, only a dead predecessor's events can be unaccounted for */
+	args[3] = Int64GetDatum(all.low > 0 ? all.low : PG_INT64_MAX);
 	/* before commit, no statement is running: give the update a snapshot */
 	PushActiveSnapshot(GetTransactionSnapshot());
 	EsSpiConnect(&sw);
 	if (plan == NULL)
-		plan = EsPrepareKeptPlan("UPDATE event_store.imports SET last_source_position = "
-								 "GREATEST(last_source_position, $2), last_applied_at = pg_catalog.now() "
-								 "WHERE name OPERATOR(pg_catalog.=) $1", 2, types);
+		plan = EsPrepareKeptPlan("UPDATE event_store.imports i SET last_source_position = "
+								 "GREATEST(i.last_source_position, $2, "
+								 "(SELECT pg_catalog.max((e.metadata OPERATOR(pg_catalog.->>) '$source')::bigint) "
+								 "FROM event_store.events e "
+								 "WHERE e.global_position OPERATOR(pg_catalog.>) i.last_local_position "
+								 "AND e.global_position OPERATOR(pg_catalog.<) $4 "
+								 "AND pg_catalog.split_part(e.stream_id, '-', 1) COLLATE pg_catalog.\"C\" "
+								 "OPERATOR(pg_catalog.=) ANY (i.categories))), "
+								 "last_local_position = GREATEST(i.last_local_position, $3), "
+								 "last_applied_at = pg_catalog.now() "
+								 "WHERE i.name OPERATOR(pg_catalog.=) $1", 4, types);
 	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "recording the progress of import \"%s\" failed", es_progress_import);
 	EsSpiFinish(&sw);
 	PopActiveSnapshot();
+	es_progress_wrote = true;
+	es_progress_written_at = now;
 }
 
-/* Remember that import name applied the producer's position source */
+static void es_stream_cache_reset(void);
+
 static void
-es_note_progress(const char *name, int64 source)
+es_progress_xact_callback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_PRE_COMMIT:
+			if (es_progress_in_xact)
+				es_progress_write();
+			break;
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+			if (!es_progress_in_xact)
+				break;
+			if (es_progress_wrote)
+				memset(&es_progress_pending, 0, sizeof(es_progress_pending));
+			else
+				es_progress_merge(&es_progress_pending, &es_progress_xact);
+			es_progress_in_xact = false;
+			break;
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+			/* what it stored is gone */
+			es_stream_cache_reset();
+			es_progress_in_xact = false;
+			break;
+		case XACT_EVENT_PREPARE:
+			/* a prepared transaction's events are above the row's position */
+			es_progress_in_xact = false;
+			break;
+		default:
+			break;
+	}
+}
+
+/*
+ * Remember that import name applied the producer's position source, stored
+ * at the local positions first_position .. + n - 1 (0: it was stored before)
+ */
+static void
+es_note_progress(const char *name, int64 source, int64 first_position, int n)
 {
 	if (!es_progress_callback)
 	{
 		RegisterXactCallback(es_progress_xact_callback, NULL);
 		es_progress_callback = true;
 	}
-	if (es_progress_lxid != MyProc->lxid || strcmp(es_progress_import, name) != 0)
+	if (strcmp(es_progress_import, name) != 0)
 	{
-		/* a transaction applies one import: a subscription is one worker */
-		es_progress_lxid = MyProc->lxid;
+		/* a process applies one import (a subscription is one worker) */
 		strlcpy(es_progress_import, name, NAMEDATALEN);
-		es_progress_source = source;
+		memset(&es_progress_pending, 0, sizeof(es_progress_pending));
+		es_progress_written_at = 0;
+	}
+	if (!es_progress_in_xact)
+	{
+		es_progress_in_xact = true;
+		es_progress_wrote = false;
+		memset(&es_progress_xact, 0, sizeof(es_progress_xact));
+	}
+	es_progress_xact.source = Max(es_progress_xact.source, source);
+	if (first_position > 0)
+	{
+		if (es_progress_xact.low == 0)
+			es_progress_xact.low = first_position;
+		es_progress_xact.high = Max(es_progress_xact.high, first_position + n - 1);
 	}
 	else
-		es_progress_source = Max(es_progress_source, source);
+		es_progress_xact.resent = true;
 }
 
-/* Apply one event of import name: values in event_store.events' layout */
-static void
-es_import_apply(const char *name, Datum *values, bool *nulls)
+/* One event of an import, ready to be stored */
+typedef struct EsImported
 {
 	text	   *stream_id;
 	int64		version;
-	int64		source;
+	int64		source;			/* the producer's position */
 	EsNewEvent	ev;
-	char	   *type;
+} EsImported;
+
+/* Check and convert one event of import name (values in event_store.events' layout) */
+static void
+es_import_prepare(const char *name, Datum *values, bool *nulls, EsImported *out)
+{
+	EsNewEvent *ev = &out->ev;
 	int			catlen;
 	Oid			types[3] = {TEXTOID, INT8OID, TEXTOID};
 	Datum		args[3];
@@ -834,43 +971,156 @@ es_import_apply(const char *name, Datum *values, bool *nulls)
 			ereport(ERROR,
 					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 					 errmsg("import \"%s\" received an event with a null column %d", name, i + 1)));
-	source = DatumGetInt64(values[Anum_es_global_position - 1]);
-	stream_id = DatumGetTextPP(values[Anum_es_stream_id - 1]);
-	version = DatumGetInt64(values[Anum_es_stream_version - 1]);
-	memset(&ev, 0, sizeof(ev));
-	ev.type = DatumGetTextPP(values[Anum_es_event_type - 1]);
-	ev.data = nulls[Anum_es_data - 1] ? NULL : DatumGetJsonbP(values[Anum_es_data - 1]);
-	ev.metadata = es_with_source(nulls[Anum_es_metadata - 1] ? NULL :
-								 DatumGetJsonbP(values[Anum_es_metadata - 1]), source);
-	if (ev.data == NULL)
-		ev.data = es_with_source(NULL, 0);	/* never: data is NOT NULL */
-	memcpy(ev.id.data, DatumGetUUIDP(values[Anum_es_event_id - 1])->data, UUID_LEN);
-	ev.has_id = true;
-	ev.schema_version = DatumGetInt32(values[Anum_es_schema_version - 1]);
-	if (version < 1)
+	out->source = DatumGetInt64(values[Anum_es_global_position - 1]);
+	out->stream_id = DatumGetTextPP(values[Anum_es_stream_id - 1]);
+	out->version = DatumGetInt64(values[Anum_es_stream_version - 1]);
+	memset(ev, 0, sizeof(*ev));
+	ev->type = DatumGetTextPP(values[Anum_es_event_type - 1]);
+	ev->data = nulls[Anum_es_data - 1] ? NULL : DatumGetJsonbP(values[Anum_es_data - 1]);
+	ev->metadata = es_with_source(nulls[Anum_es_metadata - 1] ? NULL :
+								  DatumGetJsonbP(values[Anum_es_metadata - 1]), out->source);
+	if (ev->data == NULL)
+		ev->data = es_with_source(NULL, 0);	/* never: data is NOT NULL */
+	memcpy(ev->id.data, DatumGetUUIDP(values[Anum_es_event_id - 1])->data, UUID_LEN);
+	ev->has_id = true;
+	ev->schema_version = DatumGetInt32(values[Anum_es_schema_version - 1]);
+	if (out->version < 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("import \"%s\" received an event with version " INT64_FORMAT, name, version)));
+				 errmsg("import \"%s\" received an event with version " INT64_FORMAT, name, out->version)));
 
 	/* a category the producer started publishing later is read-only too */
-	catlen = EsCategoryLen(stream_id);
-	if (EsTextHashFind(import_hash, VARDATA_ANY(stream_id), catlen, 1) == NULL)
+	catlen = EsCategoryLen(out->stream_id);
+	if (EsTextHashFind(import_hash, VARDATA_ANY(out->stream_id), catlen, 1) == NULL)
 	{
 		args[0] = CStringGetTextDatum(name);
-		args[2] = PointerGetDatum(cstring_to_text_with_len(VARDATA_ANY(stream_id), catlen));
+		args[2] = PointerGetDatum(cstring_to_text_with_len(VARDATA_ANY(out->stream_id), catlen));
 		(void) es_exec_as_owner("UPDATE event_store.imports SET categories = "
 								"pg_catalog.array_append(categories, $3) WHERE name OPERATOR(pg_catalog.=) $1",
 								3, types, args, SPI_OK_UPDATE);
 		EsRegistryChanged(&import_registry);
 	}
+}
 
-	if (EsImportEvent(stream_id, &ev, version))
+/*
+ * The streams this process stored live events in, each with the version
+ * after the last one it stored.  The import is the one writer of its
+ * streams (its categories are read-only here), so the next event of such a
+ * stream, at exactly that version, has nothing in its way: the probe of the
+ * stream index is skipped (EsImportEvent, known_clear).  Forgotten when a
+ * transaction aborts (its entries may not have been stored), and all at
+ * once when it grows past ES_STREAM_CACHE_MAX entries.
+ */
+#define ES_STREAM_CACHE_MAX	65536
+
+typedef struct EsStreamNext
+{
+	EsTextKey	key;
+	int64		next_version;
+} EsStreamNext;
+
+static HTAB *es_stream_next = NULL;
+static MemoryContext es_stream_next_cxt = NULL;
+static long es_stream_next_count = 0;
+
+static void
+es_stream_cache_reset(void)
+{
+	if (es_stream_next_cxt != NULL)
+		MemoryContextDelete(es_stream_next_cxt);
+	es_stream_next_cxt = NULL;
+	es_stream_next = NULL;
+	es_stream_next_count = 0;
+}
+
+/* Did this process store the version before version of the stream last? */
+static bool
+es_stream_known_clear(text *stream_id, int64 version)
+{
+	EsStreamNext *e;
+
+	if (es_stream_next == NULL)
+		return false;
+	e = EsTextHashFind(es_stream_next, VARDATA_ANY(stream_id), VARSIZE_ANY_EXHDR(stream_id), 0);
+	return e != NULL && e->next_version == version;
+}
+
+/* This process stored the stream's events up to next_version - 1 */
+static void
+es_stream_stored(text *stream_id, int64 next_version)
+{
+	EsStreamNext *e;
+	int			len = VARSIZE_ANY_EXHDR(stream_id);
+
+	if (es_stream_next == NULL || es_stream_next_count >= ES_STREAM_CACHE_MAX)
 	{
-		type = text_to_cstring(ev.type);
-		if (type[0] == '$')
-			EsImportedLifecycle(stream_id, type, version);
+		es_stream_cache_reset();
+		es_stream_next_cxt = AllocSetContextCreate(TopMemoryContext, "event_store imported streams",
+												   ALLOCSET_DEFAULT_SIZES);
+		es_stream_next = EsTextHashCreate("event_store imported streams", sizeof(EsStreamNext),
+										  es_stream_next_cxt);
 	}
-	es_note_progress(name, source);
+	e = EsTextHashFind(es_stream_next, VARDATA_ANY(stream_id), len, 0);
+	if (e == NULL)
+	{
+		char	   *str = MemoryContextAlloc(es_stream_next_cxt, len + 1);
+		bool		found;
+
+		memcpy(str, VARDATA_ANY(stream_id), len);
+		str[len] = '\0';
+		e = EsTextHashEnter(es_stream_next, str, len, 0, &found);
+		es_stream_next_count++;
+	}
+	e->next_version = next_version;
+}
+
+/* Apply one event of import name: values in event_store.events' layout */
+static void
+es_import_apply(const char *name, Datum *values, bool *nulls)
+{
+	EsImported imp;
+	int64		stored_at;
+	bool		check_ids = es_import_check_ids();
+
+	es_import_prepare(name, values, nulls, &imp);
+	stored_at = EsImportEvent(imp.stream_id, &imp.ev, imp.version, check_ids,
+							  !check_ids && es_stream_known_clear(imp.stream_id, imp.version));
+	if (stored_at > 0 && VARSIZE_ANY_EXHDR(imp.ev.type) > 0 && *VARDATA_ANY(imp.ev.type) == '$')
+		EsImportedLifecycle(imp.stream_id, text_to_cstring(imp.ev.type), imp.version);
+	es_note_progress(name, imp.source, stored_at, 1);
+	if (stored_at > 0)
+		es_stream_stored(imp.stream_id, imp.version + 1);
+}
+
+/* Record the error being handled, raised by the event values, for import_status */
+static void
+es_import_record_error(MemoryContext cxt, Datum *values)
+{
+	ErrorData  *edata;
+
+	MemoryContextSwitchTo(cxt);
+	edata = CopyErrorData();
+	es_import_set_error(MySubscription->oid,
+						psprintf("event %s of stream \"%s\" (producer position " INT64_FORMAT "): %s (SQLSTATE %s)",
+								 DatumGetCString(DirectFunctionCall1(uuid_out, values[Anum_es_event_id - 1])),
+								 TextDatumGetCString(values[Anum_es_stream_id - 1]),
+								 DatumGetInt64(values[Anum_es_global_position - 1]),
+								 edata->message, unpack_sql_state(edata->sqlerrcode)));
+	FreeErrorData(edata);
+	/* look ids up on the next attempt, to say where */
+	es_import_careful = 1;
+}
+
+/* An event of the import was applied: its error (if any) is gone */
+static void
+es_import_applied(void)
+{
+	if (!es_import_cleared)
+	{
+		es_import_set_error(MySubscription->oid, NULL);
+		es_import_cleared = true;
+		es_import_careful = 0;
+	}
 }
 
 /* es_import_apply, recording an error for import_status */
@@ -885,33 +1135,88 @@ es_import_apply_guarded(const char *name, Datum *values, bool *nulls)
 	}
 	PG_CATCH();
 	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		es_import_set_error(MySubscription->oid,
-							psprintf("event %s of stream \"%s\" (producer position " INT64_FORMAT "): %s (SQLSTATE %s)",
-									 DatumGetCString(DirectFunctionCall1(uuid_out, values[Anum_es_event_id - 1])),
-									 TextDatumGetCString(values[Anum_es_stream_id - 1]),
-									 DatumGetInt64(values[Anum_es_global_position - 1]),
-									 edata->message, unpack_sql_state(edata->sqlerrcode)));
-		FreeErrorData(edata);
+		es_import_record_error(cxt, values);
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
-	if (!es_import_cleared)
+	es_import_applied();
+}
+
+/* ------------------------------------------------------------------------
+ * The history: the subscription's initial copy
+ *
+ * The copy brings the producer's events in the order of its heap.  They are
+ * sorted by the producer's position in this transaction (a tuplesort: in
+ * memory up to maintenance_work_mem, in temporary files beyond) and stored
+ * when the copy ends, each stream's consecutive events in one batch.
+ * ------------------------------------------------------------------------ */
+
+/* the largest batch stored at once */
+#define ES_IMPORT_RUN_MAX	1000
+
+/* the copy in progress, in this transaction (es_copy_lxid) */
+static LocalTransactionId es_copy_lxid = InvalidLocalTransactionId;
+static Tuplesortstate *es_copy_sort = NULL;
+static TupleTableSlot *es_copy_slot = NULL;
+static int64 es_copy_rows = 0;
+
+/* A run of one stream's events at consecutive versions, from the history */
+typedef struct EsImportRunState
+{
+	int			n;
+	EsImported	events[ES_IMPORT_RUN_MAX];
+	Datum	   *values[ES_IMPORT_RUN_MAX];	/* each event's row, for errors */
+	bool	   *nulls[ES_IMPORT_RUN_MAX];
+} EsImportRunState;
+
+/* Store a run: in one batch when nothing is in the way, else one by one */
+static void
+es_import_flush_run(const char *name, EsImportRunState *run)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	EsImported *first = &run->events[0];
+	int64		position;
+	EsNewEvent *evs;
+
+	if (run->n == 0)
+		return;
+	evs = palloc(sizeof(EsNewEvent) * run->n);
+	for (int i = 0; i < run->n; i++)
+		evs[i] = run->events[i].ev;
+	PG_TRY();
 	{
-		es_import_set_error(MySubscription->oid, NULL);
-		es_import_cleared = true;
+		position = EsImportRun(first->stream_id, evs, run->n, first->version,
+							   es_import_check_ids());
 	}
+	PG_CATCH();
+	{
+		es_import_record_error(cxt, run->values[0]);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	if (position > 0)
+	{
+		int64		source = 0;
+
+		for (int i = 0; i < run->n; i++)
+			source = Max(source, run->events[i].source);
+		es_note_progress(name, source, position, run->n);
+		es_import_applied();
+	}
+	else
+	{
+		for (int i = 0; i < run->n; i++)
+			es_import_apply_guarded(name, run->values[i], run->nulls[i]);
+	}
+	run->n = 0;
 }
 
 /*
  * Trigger BEFORE INSERT ON event_store.events FOR EACH ROW, enabled for
  * replication only: a row of an import becomes a local append (or, during
- * the initial copy, a row of import_inbox) and is itself skipped.  Rows of
- * other subscriptions (or of a restore with session_replication_role =
- * replica) pass unchanged.
+ * the initial copy, a row of the history to sort) and is itself skipped.
+ * Rows of other subscriptions (or of a restore with session_replication_role
+ * = replica) pass unchanged.
  */
 Datum
 es_import_row(PG_FUNCTION_ARGS)
@@ -931,38 +1236,25 @@ es_import_row(PG_FUNCTION_ARGS)
 	desc = RelationGetDescr(trigdata->tg_relation);
 	if (desc->natts != Natts_es_event)
 		elog(ERROR, "event_store.events has %d columns, expected %d", desc->natts, Natts_es_event);
-	heap_deform_tuple(trigdata->tg_trigtuple, desc, values, nulls);
 
 	if (es_copy_lxid == MyProc->lxid)
 	{
-		/* the history: staged, appended in the producer's order at the end */
-		Oid			types[9] = {TEXTOID, INT8OID, TEXTOID, INT8OID, UUIDOID, TEXTOID, JSONBOID, JSONBOID, INT4OID};
-		Datum		args[9];
-		char		argnulls[9];
+		/* the history: sorted, stored in the producer's order at the end */
+		ResourceOwner save = CurrentResourceOwner;
 
-		args[0] = CStringGetTextDatum(name);
-		argnulls[0] = ' ';
-		for (int i = 0; i < Natts_es_event - 1; i++)
-		{
-			args[i + 1] = values[i];
-			argnulls[i + 1] = nulls[i] ? 'n' : ' ';
-		}
-		{
-			static SPIPlanPtr plan = NULL;
-			EsUserSwitch sw;
-
-			EsSpiConnect(&sw);
-			if (plan == NULL)
-				plan = EsPrepareKeptPlan("INSERT INTO event_store.import_inbox (import, source_position, stream_id, "
-										 "stream_version, event_id, event_type, data, metadata, schema_version) "
-										 "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)", 9, types);
-			if (SPI_execute_plan(plan, args, argnulls, false, 0) != SPI_OK_INSERT)
-				elog(ERROR, "staging an imported event failed");
-			EsSpiFinish(&sw);
-		}
+		ExecStoreHeapTuple(trigdata->tg_trigtuple, es_copy_slot, false);
+		/* temporary files live as long as the transaction */
+		CurrentResourceOwner = TopTransactionResourceOwner;
+		tuplesort_puttupleslot(es_copy_sort, es_copy_slot);
+		CurrentResourceOwner = save;
+		ExecClearTuple(es_copy_slot);
+		es_copy_rows++;
 	}
 	else
+	{
+		heap_deform_tuple(trigdata->tg_trigtuple, desc, values, nulls);
 		es_import_apply_guarded(name, values, nulls);
+	}
 	return PointerGetDatum(NULL);
 }
 
@@ -970,93 +1262,135 @@ es_import_row(PG_FUNCTION_ARGS)
 Datum
 es_import_copy_begin(PG_FUNCTION_ARGS)
 {
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	AttrNumber	attno = Anum_es_global_position;
+	Oid			sortop = Int8LessOperator;
+	Oid			collation = InvalidOid;
+	bool		nullsfirst = false;
+	MemoryContext old;
+	TupleDesc	desc;
+
 	if (!CALLED_AS_TRIGGER(fcinfo))
 		elog(ERROR, "es_import_copy_begin: not called by trigger manager");
 	/* the apply worker fires no statement triggers: this is the initial copy */
-	if (es_current_import() != NULL)
-		es_copy_lxid = MyProc->lxid;
+	if (es_current_import() == NULL)
+		return PointerGetDatum(NULL);
+
+	/* everything of the copy lives as long as the transaction */
+	old = MemoryContextSwitchTo(TopTransactionContext);
+	desc = CreateTupleDescCopy(RelationGetDescr(trigdata->tg_relation));
+	es_copy_slot = MakeSingleTupleTableSlot(desc, &TTSOpsHeapTuple);
+	es_copy_sort = tuplesort_begin_heap(desc, 1, &attno, &sortop, &collation, &nullsfirst,
+										maintenance_work_mem, NULL, TUPLESORT_NONE);
+	MemoryContextSwitchTo(old);
+	es_copy_rows = 0;
+	es_copy_lxid = MyProc->lxid;
 	return PointerGetDatum(NULL);
 }
 
 /*
  * Trigger AFTER INSERT FOR EACH STATEMENT (replication only): the copy is
- * done; append what it staged, in the producer's position order, in
- * batches, then empty the inbox
+ * done; store the history in the producer's position order
  */
 Datum
 es_import_copy_end(PG_FUNCTION_ARGS)
 {
 	const char *name;
-	Oid			types[1] = {TEXTOID};
-	Datum		args[1];
-	Portal		portal;
 	MemoryContext batch_cxt;
 	MemoryContext old;
+	ResourceOwner save = CurrentResourceOwner;
+	TupleTableSlot *slot;
+	EsImportRunState *run;
+	Tuplesortstate *sort;
 
 	if (!CALLED_AS_TRIGGER(fcinfo))
 		elog(ERROR, "es_import_copy_end: not called by trigger manager");
 	if (es_copy_lxid != MyProc->lxid)
 		return PointerGetDatum(NULL);
 	es_copy_lxid = InvalidLocalTransactionId;
+	sort = es_copy_sort;
+	es_copy_sort = NULL;
 	name = es_current_import();
 	if (name == NULL)
 		return PointerGetDatum(NULL);
 
-	args[0] = CStringGetTextDatum(name);
+	CurrentResourceOwner = TopTransactionResourceOwner;
+	tuplesort_performsort(sort);
+	CurrentResourceOwner = save;
+	/* the positions of the whole history: one WAL flush */
+	EsReservePositions(es_copy_rows);
+
+	slot = MakeSingleTupleTableSlot(es_copy_slot->tts_tupleDescriptor, &TTSOpsMinimalTuple);
+	run = palloc(sizeof(EsImportRunState));
+	run->n = 0;
 	batch_cxt = AllocSetContextCreate(CurrentMemoryContext, "event_store import batch",
 									  ALLOCSET_DEFAULT_SIZES);
-
-	/*
-	 * One scan of the staged history in the producer's order, read in
-	 * batches (a query per batch would scan what is left each time)
-	 */
-	{
-		EsUserSwitch sw;
-
-		EsSpiConnect(&sw);
-		portal = SPI_cursor_open_with_args(NULL,
-										   "SELECT source_position, stream_id, stream_version, event_id, event_type, "
-										   "data, metadata, schema_version, NULL::timestamptz "
-										   "FROM event_store.import_inbox WHERE import OPERATOR(pg_catalog.=) $1 "
-										   "ORDER BY source_position",
-										   1, types, args, NULL, false, CURSOR_OPT_NO_SCROLL);
-		if (portal == NULL)
-			elog(ERROR, "reading event_store.import_inbox failed");
-		EsSpiFinish(&sw);
-	}
+	old = MemoryContextSwitchTo(batch_cxt);
 	for (;;)
 	{
-		EsUserSwitch sw;
-		uint64		n;
-		HeapTuple  *rows;
-		TupleDesc	desc;
+		bool		more;
+		Datum	   *values;
+		bool	   *nulls;
+		EsImported *imp;
+		text	   *type;
 
 		CHECK_FOR_INTERRUPTS();
-		MemoryContextReset(batch_cxt);
-		EsSpiConnect(&sw);
-		SPI_cursor_fetch(portal, true, 1000);
-		n = SPI_processed;
-		old = MemoryContextSwitchTo(batch_cxt);
-		desc = CreateTupleDescCopy(SPI_tuptable->tupdesc);
-		rows = palloc(sizeof(HeapTuple) * (n + 1));
-		for (uint64 r = 0; r < n; r++)
-			rows[r] = heap_copytuple(SPI_tuptable->vals[r]);
-		MemoryContextSwitchTo(old);
-		EsSpiFinish(&sw);
-		if (n == 0)
+		CurrentResourceOwner = TopTransactionResourceOwner;
+		more = tuplesort_gettupleslot(sort, true, false, slot, NULL);
+		CurrentResourceOwner = save;
+		if (!more)
 			break;
-		for (uint64 r = 0; r < n; r++)
-		{
-			Datum		values[Natts_es_event];
-			bool		nulls[Natts_es_event];
+		slot_getallattrs(slot);
 
-			heap_deform_tuple(rows[r], desc, values, nulls);
-			es_import_apply_guarded(name, values, nulls);
+		/* a run ends at another stream, a gap, its size */
+		if (run->n > 0)
+		{
+			EsImported *last = &run->events[run->n - 1];
+
+			if (run->n == ES_IMPORT_RUN_MAX ||
+				slot->tts_isnull[Anum_es_stream_id - 1] || slot->tts_isnull[Anum_es_stream_version - 1] ||
+				DatumGetInt64(slot->tts_values[Anum_es_stream_version - 1]) != last->version + 1 ||
+				!EsTextIs(DatumGetTextPP(slot->tts_values[Anum_es_stream_id - 1]),
+						  VARDATA_ANY(last->stream_id), VARSIZE_ANY_EXHDR(last->stream_id)))
+			{
+				es_import_flush_run(name, run);
+				MemoryContextReset(batch_cxt);
+			}
 		}
+		values = palloc(sizeof(Datum) * Natts_es_event);
+		nulls = palloc(sizeof(bool) * Natts_es_event);
+		heap_deform_tuple(ExecCopySlotHeapTuple(slot), slot->tts_tupleDescriptor, values, nulls);
+		ExecClearTuple(slot);
+
+		type = nulls[Anum_es_event_type - 1] ? NULL : DatumGetTextPP(values[Anum_es_event_type - 1]);
+		if (type != NULL && VARSIZE_ANY_EXHDR(type) > 0 && *VARDATA_ANY(type) == '$')
+		{
+			/* a lifecycle marker: alone, after what comes before it */
+			es_import_flush_run(name, run);
+			es_import_apply_guarded(name, values, nulls);
+			continue;
+		}
+		imp = &run->events[run->n];
+		PG_TRY();
+		{
+			es_import_prepare(name, values, nulls, imp);
+		}
+		PG_CATCH();
+		{
+			es_import_record_error(batch_cxt, values);
+			PG_RE_THROW();
+		}
+		PG_END_TRY();
+		run->values[run->n] = values;
+		run->nulls[run->n] = nulls;
+		run->n++;
 	}
-	SPI_cursor_close(portal);
-	(void) es_exec_as_owner("DELETE FROM event_store.import_inbox WHERE import OPERATOR(pg_catalog.=) $1",
-							1, types, args, SPI_OK_DELETE);
+	es_import_flush_run(name, run);
+	MemoryContextSwitchTo(old);
 	MemoryContextDelete(batch_cxt);
+	ExecDropSingleTupleTableSlot(slot);
+	CurrentResourceOwner = TopTransactionResourceOwner;
+	tuplesort_end(sort);
+	CurrentResourceOwner = save;
 	return PointerGetDatum(NULL);
 }

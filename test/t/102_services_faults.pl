@@ -104,6 +104,28 @@ SELECT count(*) FROM (
 		'0', "$what: every stream in version order");
 }
 
+# The progress the import stores (written at most once a second) accounts
+# for every imported event at or below its local position; import_status
+# reads the later ones from the store and says the highest of all
+sub progress_is_consistent
+{
+	my ($what) = @_;
+	is($consumer->safe_psql('postgres', q{
+SELECT i.last_source_position >= coalesce(max((e.metadata->>'$source')::bigint), 0)
+       AND i.last_local_position <= (SELECT max(global_position) FROM event_store.events)
+  FROM event_store.imports i
+  LEFT JOIN event_store.events e
+         ON e.global_position <= i.last_local_position AND e.metadata ? '$source'
+ WHERE i.name = 'orders'
+ GROUP BY i.last_source_position, i.last_local_position}),
+		't', "$what: the stored progress accounts for every event below its local position");
+	is($consumer->safe_psql('postgres',
+			q{SELECT last_source_position FROM event_store.import_status WHERE name = 'orders'}),
+		$consumer->safe_psql('postgres',
+			q{SELECT max((metadata->>'$source')::bigint) FROM event_store.events}),
+		"$what: import_status says the highest producer position stored here");
+}
+
 $producer->safe_psql('postgres', q{
 CREATE EXTENSION event_store;
 SELECT event_store.append('order-1', '[{"type": "Placed"}, {"type": "Paid"}, {"type": "Shipped"}]', 0);
@@ -235,6 +257,7 @@ same_on_both_sides('after the kill -9 of the apply worker');
 ok($consumer->poll_query_until('postgres',
 		q{SELECT state = 'running' AND last_error IS NULL FROM event_store.import_status WHERE name = 'orders'}),
 	'import_status: running again, no error');
+progress_is_consistent('after the kill -9 of the apply worker');
 
 # ---- kill -9 of the producer in the middle of a stream ---------------------------
 my $doomed = $producer->background_psql('postgres', on_error_stop => 0);
@@ -313,6 +336,31 @@ is($consumer->safe_psql('postgres',
 	$producer->safe_psql('postgres',
 		q{SELECT max(global_position) FROM event_store.events WHERE stream_id LIKE 'order-%'}),
 	'import_status: the last source position is the producer\'s last');
+progress_is_consistent('at the end');
+
+# ---- a row in the way of the next version of a stream the worker stored last ----
+# (the worker does not look at the stream again: the unique index still refuses)
+$producer->safe_psql('postgres', q{SELECT event_store.append('order-c', '{"type": "Placed"}', 0)});
+ok($consumer->poll_query_until('postgres',
+		q{SELECT count(*) FROM event_store.events WHERE stream_id = 'order-c'}, '1'),
+	'order-c arrived');
+# written around the import, as a restore writes
+$consumer->safe_psql('postgres', q{
+SET session_replication_role = replica;
+INSERT INTO event_store.events (global_position, stream_id, stream_version, event_id, event_type,
+                                data, metadata, schema_version, recorded_at)
+VALUES ((SELECT max(global_position) + 1000 FROM event_store.events), 'order-c', 2,
+        gen_random_uuid(), 'Local', '{}', '{}', 1, now());
+});
+$producer->safe_psql('postgres', q{SELECT event_store.append('order-c', '{"type": "Paid"}', 1)});
+ok($consumer->poll_query_until('postgres', q{
+SELECT state = 'failing' AND last_error LIKE '%order-c%' AND last_error LIKE '%SE001%'
+  FROM event_store.import_status WHERE name = 'orders'}),
+	'an event here at the version the worker stores next stops the import (SE001)')
+  or diag($consumer->safe_psql('postgres', 'SELECT * FROM event_store.import_status'));
+is($consumer->safe_psql('postgres',
+		q{SELECT string_agg(event_type, ',' ORDER BY stream_version) FROM event_store.events WHERE stream_id = 'order-c'}),
+	'Placed,Local', 'nothing was overwritten or stored twice');
 
 $consumer->safe_psql('postgres', q{SELECT event_store.drop_import('orders')});
 $consumer->stop;
