@@ -63,6 +63,7 @@ typedef struct EsCatalog
 	Oid			grants_relid;	/* category_grants (0.2 on) */
 	Oid			upcasters_relid;
 	Oid			position_mark_relid;	/* position_mark (0.3 on) */
+	Oid			archive_relid;	/* archived_ranges (0.3 on) */
 } EsCatalog;
 
 extern const EsCatalog *EsGetCatalog(void);

@@ -16,6 +16,7 @@
 
 #include "activity.h"
 #include "aggregate.h"
+#include "archive.h"
 #include "position.h"
 #include "projection.h"
 #include "roles.h"
@@ -45,6 +46,7 @@ es_shmem_request(void)
 	RequestAddinShmemSpace(EsPositionShmemSize());
 	RequestAddinShmemSpace(EsActivityShmemSize());
 	RequestAddinShmemSpace(EsImportShmemSize());
+	RequestAddinShmemSpace(EsArchiveShmemSize());
 	EsDirectoryRequestLocks();
 	EsPositionRequestLocks();
 	EsActivityRequestLocks();
@@ -61,6 +63,7 @@ es_shmem_startup(void)
 	EsPositionShmemInit();
 	EsActivityShmemInit();
 	EsImportShmemInit();
+	EsArchiveShmemInit();
 	LWLockRelease(AddinShmemInitLock);
 }
 
