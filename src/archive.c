@@ -225,7 +225,13 @@ es_load_tiers(const EsCatalog *cat, MemoryContext cxt)
 	tiers->tier = MemoryContextAlloc(cxt, sizeof(EsTier) * cap);
 
 	rel = table_open(cat->archive_relid, AccessShareLock);
-	snapshot = RegisterSnapshot(GetLatestSnapshot());
+
+	/*
+	 * A snapshot taken now (a new catalog snapshot: GetLatestSnapshot is
+	 * refused in parallel mode, and a read_stream may run in a worker)
+	 */
+	InvalidateCatalogSnapshot();
+	snapshot = RegisterSnapshot(GetCatalogSnapshot(cat->archive_relid));
 	scan = table_beginscan(rel, snapshot, 0, NULL);
 	while ((tup = heap_getnext(scan, ForwardScanDirection)) != NULL)
 	{
