@@ -47,7 +47,6 @@
 
 #include "activity.h"
 #include "api.h"
-#include "archive.h"
 #include "append.h"
 #include "catalog.h"
 #include "errors.h"
@@ -60,6 +59,7 @@
 #include "services.h"
 #include "shared.h"
 #include "stream_state.h"
+#include "tiers.h"
 
 PG_FUNCTION_INFO_V1(es_append);
 PG_FUNCTION_INFO_V1(es_last_appended_position);

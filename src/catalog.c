@@ -29,9 +29,9 @@
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
 
-#include "archive.h"
 #include "catalog.h"
 #include "pg_mirror.h"
+#include "tiers.h"
 
 static EsCatalog es_catalog;
 static bool es_catalog_valid = false;

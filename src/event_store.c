@@ -16,13 +16,13 @@
 
 #include "activity.h"
 #include "aggregate.h"
-#include "archive.h"
 #include "position.h"
 #include "projection.h"
 #include "roles.h"
 #include "saga.h"
 #include "services.h"
 #include "shared.h"
+#include "tiers.h"
 #include "worker.h"
 
 PG_MODULE_MAGIC;

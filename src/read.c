@@ -37,7 +37,6 @@
 #include "utils/timestamp.h"
 
 #include "api.h"
-#include "archive.h"
 #include "catalog.h"
 #include "grants.h"
 #include "pg_mirror.h"
@@ -45,6 +44,7 @@
 #include "read.h"
 #include "roles.h"
 #include "stream_state.h"
+#include "tiers.h"
 #include "upcast.h"
 
 PG_FUNCTION_INFO_V1(es_stream_version);

@@ -24,6 +24,7 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use IPC::Run;
+use Cwd qw(abs_path);
 
 use FindBin;
 use lib "$FindBin::RealBin/../perl";
@@ -36,8 +37,8 @@ max_connections = 40
 
 sub query { return es_query($node, @_); }
 
-my $cold1 = $node->basedir . '/cold1';
-my $cold2 = $node->basedir . '/cold2';
+my $cold1 = abs_path($node->basedir) . '/cold1';
+my $cold2 = abs_path($node->basedir) . '/cold2';
 mkdir $cold1 or die "mkdir $cold1: $!";
 mkdir $cold2 or die "mkdir $cold2: $!";
 
@@ -84,21 +85,22 @@ CREATE FUNCTION consume_step(consumer text) RETURNS bigint LANGUAGE plpgsql AS $
 DECLARE
     n bigint;
 BEGIN
-    WITH c AS (SELECT * FROM event_store.claim_events('arch', consumer, 100))
-    INSERT INTO seen
-    SELECT 'subscription', c.global_position, c.stream_id, c.stream_version, c.event_id, c.data FROM c;
-    SELECT max(global_position) INTO n FROM seen WHERE who = 'subscription';
+    WITH c AS (SELECT * FROM event_store.claim_events('arch', consumer, 100)),
+         i AS (INSERT INTO seen
+               SELECT 'subscription', c.global_position, c.stream_id, c.stream_version, c.event_id, c.data
+                 FROM c RETURNING global_position)
+    SELECT max(global_position) INTO n FROM i;
     IF n IS NOT NULL THEN
         PERFORM event_store.ack_events('arch', consumer, n);
     END IF;
-    RETURN n;
+    RETURN (SELECT max(global_position) FROM seen WHERE who = 'subscription');
 END $$;
 
 -- the async projection, created once the history exists: it catches up from 0
 CREATE FUNCTION project(e event_store.event) RETURNS void LANGUAGE sql AS $$
     INSERT INTO seen VALUES ('projection', e.global_position, e.stream_id, e.stream_version, e.event_id, e.data)
 $$;
-SELECT event_store.create_projection('arch', 'project(event_store.event)', mode => 'async');
+SELECT event_store.create_projection('archproj', 'project(event_store.event)', mode => 'async');
 
 -- a reader's check of one stream: versions 1..n in position order,
 -- load_aggregate equal to the fold of read_stream, the category read has
