@@ -145,6 +145,36 @@ es_stored_row_usable(HeapTuple stored)
 }
 
 /*
+ * An archived row that the transaction snapshot cannot see may still be an
+ * event it sees: one that archive_events() moved after the snapshot was
+ * taken.  The snapshot then still sees the event's row in the hot table
+ * (deleted by the move): look it up by position.
+ */
+static bool
+es_moved_but_visible(const EsCatalog *cat, const EsTier *tier, TupleTableSlot *slot,
+					 Snapshot xact_snapshot)
+{
+	ScanKeyData key;
+	Datum		position;
+	bool		null;
+	bool		visible;
+	Relation	heap;
+	Relation	index;
+
+	if (tier->relid == cat->events_relid)
+		return false;
+	heap = table_open(cat->events_relid, AccessShareLock);
+	index = index_open(cat->position_idx, AccessShareLock);
+	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ,
+				slot_getattr(slot, Anum_es_global_position, &null));
+	visible = EsIndexOnlyFirst(heap, index, xact_snapshot, &key, 1, ForwardScanDirection,
+							   1, Anum_es_global_position, &position);
+	index_close(index, AccessShareLock);
+	table_close(heap, AccessShareLock);
+	return visible;
+}
+
+/*
  * Run one index scan over each tier of the events (archive.c) in the
  * scan's direction and hand every (upcast unless
  * spec->raw) event that passes the type filter to the callback, until it
@@ -214,7 +244,8 @@ es_scan_events(const EsCatalog *cat, EsScanSpec *spec, EsRowCallback callback,
 				break;
 			CHECK_FOR_INTERRUPTS();
 			if (spec->xact_snapshot != NULL &&
-				!table_tuple_satisfies_snapshot(heap, slot, spec->xact_snapshot))
+				!table_tuple_satisfies_snapshot(heap, slot, spec->xact_snapshot) &&
+				!es_moved_but_visible(cat, t, slot, spec->xact_snapshot))
 			{
 				done = true;
 				break;
