@@ -128,6 +128,7 @@ CREATE FUNCTION check_stream(s text) RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     n bigint;
     bad bigint;
+    h bigint;
     agg jsonb;
 BEGIN
     SELECT count(*), count(*) FILTER (WHERE stream_version <> rn) INTO n, bad
@@ -146,13 +147,20 @@ BEGIN
             RAISE EXCEPTION 'aggregate of % is %, the stream has % events', s, agg, n;
         END IF;
     END IF;
+    -- up to a head taken first: every position below it is settled
+    h := event_store.head_position();
     SELECT count(*) INTO bad FROM (
-        SELECT global_position FROM event_store.read_stream(s)
-        EXCEPT
-        SELECT global_position FROM event_store.read_category(split_part(s, '-', 1), 0, NULL)
-         WHERE stream_id = s) AS x;
+        (SELECT global_position FROM event_store.read_stream(s) WHERE global_position <= h
+         EXCEPT
+         SELECT global_position FROM event_store.read_category(split_part(s, '-', 1), 0, NULL)
+          WHERE stream_id = s AND global_position <= h)
+        UNION ALL
+        (SELECT global_position FROM event_store.read_category(split_part(s, '-', 1), 0, NULL)
+          WHERE stream_id = s AND global_position <= h
+         EXCEPT
+         SELECT global_position FROM event_store.read_stream(s) WHERE global_position <= h)) AS x;
     IF bad > 0 THEN
-        RAISE EXCEPTION 'read_category misses % events of %', bad, s;
+        RAISE EXCEPTION 'read_category and read_stream differ by % events of %', bad, s;
     END IF;
 END $$;
 });
@@ -229,8 +237,7 @@ SELECT event_store.archive_events((SELECT max(end_position) FROM event_store.arc
 	$moved += $_ for ($res =~ /^(\d+)$/mg);
 	$bench->pump_nb;
 }
-$bench->finish;
-is($bench->result, 0, 'the load ran without an error') or diag("$bench_out\n$bench_err");
+ok($bench->finish, 'the load ran without an error') or diag("$bench_out\n$bench_err");
 is($errors, '', 'every archive_events() call under load succeeded');
 my $ranges = $node->safe_psql('store', 'SELECT count(*) FROM event_store.archived_ranges');
 cmp_ok($ranges, '>=', 5, "$ranges ranges archived under load ($rounds rounds, $moved events moved)");
