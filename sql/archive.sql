@@ -138,12 +138,24 @@ SELECT b.read, b.result IS NOT DISTINCT FROM a.result AS same
   FROM reads_before b FULL JOIN archive_reads() a USING (read)
  WHERE b.result IS DISTINCT FROM a.result;
 
--- a second range, 41 to 80, to archive_colder: the first range moves along
+-- a second range, 41 to 80, to archive_colder: the first range moves along.
+-- The caller's search_path has a split_part of its own: the range's
+-- category index still uses pg_catalog's (read_category compares below).
+-- Another index of event_store.events is copied to the new range too.
+CREATE SCHEMA archive_evil;
+CREATE FUNCTION archive_evil.split_part(text, text, int) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$ SELECT 'evil' $$;
+CREATE INDEX events_type_idx ON event_store.events (event_type);
+SET search_path = archive_evil, pg_catalog, public;
 SELECT event_store.archive_events(81, 'archive_colder') AS moved;
+RESET search_path;
+DROP SCHEMA archive_evil CASCADE;
 SELECT first_position, end_position, relation FROM event_store.archived_ranges ORDER BY 1;
 SELECT * FROM archive_places();
 SELECT b.read FROM reads_before b FULL JOIN archive_reads() a USING (read)
  WHERE b.result IS DISTINCT FROM a.result;
+SELECT pg_get_indexdef('event_store.events_archive_41_type_idx'::regclass);
+DROP INDEX event_store.events_type_idx;
 
 -- ranges move whole
 SELECT regress.try($$SELECT event_store.archive_events(60, 'archive_cold')$$);

@@ -15,6 +15,7 @@
 #include "storage/lmgr.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/lsyscache.h"
 
 #include "api.h"
@@ -50,35 +51,45 @@ es_rel_tablespace(Oid relid)
 }
 
 /*
- * Move an archived range's table and indexes to a tablespace, unless they
- * are there; returns the number of its events moved.
+ * Move an archived range's table and its indexes to a tablespace, unless
+ * they are there; returns the number of its events moved.
  */
 static int64
 es_move_range(const EsTier *t, Oid ts, const char *tsq)
 {
-	Oid			rels[5] = {t->relid, t->position_idx, t->stream_idx, t->event_id_idx, t->category_idx};
 	int64		moved = 0;
-	bool		table_moves = es_rel_tablespace(t->relid) != ts;
+	char	   *q = quote_qualified_identifier(ES_SCHEMA_NAME, get_rel_name(t->relid));
+	Oid		   *indexes;
+	uint64		nindexes;
 
-	if (table_moves)
+	if (es_rel_tablespace(t->relid) != ts)
 	{
-		char	   *q = quote_qualified_identifier(ES_SCHEMA_NAME, get_rel_name(t->relid));
+		bool		null;
 
 		es_archive_exec(psprintf("SELECT pg_catalog.count(*) FROM ONLY %s", q), SPI_OK_SELECT);
-		{
-			bool		null;
-
-			moved = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &null));
-		}
+		moved = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &null));
+		es_archive_exec(psprintf("ALTER TABLE %s SET TABLESPACE %s", q, tsq), SPI_OK_UTILITY);
 	}
-	for (int i = 0; i < 5; i++)
+	es_archive_exec(psprintf("SELECT i.indexrelid FROM pg_catalog.pg_index i "
+							 "WHERE i.indrelid OPERATOR(pg_catalog.=) %u", t->relid),
+					SPI_OK_SELECT);
+	nindexes = SPI_processed;
+	indexes = palloc(sizeof(Oid) * Max(nindexes, 1));
+	/* copied out: the statements below replace SPI_tuptable */
+	for (uint64 i = 0; i < nindexes; i++)
 	{
-		if (es_rel_tablespace(rels[i]) == ts)
-			continue;
-		es_archive_exec(psprintf("ALTER %s %s SET TABLESPACE %s", i == 0 ? "TABLE" : "INDEX",
-								 quote_qualified_identifier(ES_SCHEMA_NAME, get_rel_name(rels[i])),
-								 tsq),
-						SPI_OK_UTILITY);
+		bool		null;
+
+		indexes[i] = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &null));
+	}
+	for (uint64 i = 0; i < nindexes; i++)
+	{
+		Oid			index = indexes[i];
+
+		if (es_rel_tablespace(index) != ts)
+			es_archive_exec(psprintf("ALTER INDEX %s SET TABLESPACE %s",
+									 quote_qualified_identifier(ES_SCHEMA_NAME, get_rel_name(index)), tsq),
+							SPI_OK_UTILITY);
 	}
 	return moved;
 }
@@ -129,22 +140,49 @@ es_archive_range(int64 first, int64 end, const char *tsq)
 	}
 	PG_END_TRY();
 
-	/* the hot table's indexes, same columns, collations and order */
-	es_archive_exec(psprintf("ALTER TABLE %s ADD CONSTRAINT %s PRIMARY KEY (global_position) "
-							 "USING INDEX TABLESPACE %s, "
-							 "ADD CONSTRAINT %s UNIQUE (event_id) USING INDEX TABLESPACE %s",
-							 q, quote_identifier(psprintf("%s_pkey", name)), tsq,
-							 quote_identifier(psprintf("%s_event_id_key", name)), tsq),
-					SPI_OK_UTILITY);
-	es_archive_exec(psprintf("CREATE UNIQUE INDEX %s ON %s "
-							 "(stream_id COLLATE pg_catalog.\"C\", stream_version) TABLESPACE %s",
-							 quote_identifier(psprintf("%s_stream_key", name)), q, tsq),
-					SPI_OK_UTILITY);
-	es_archive_exec(psprintf("CREATE INDEX %s ON %s "
-							 "((pg_catalog.split_part(stream_id, '-', 1) COLLATE pg_catalog.\"C\"), global_position) "
-							 "TABLESPACE %s",
-							 quote_identifier(psprintf("%s_category_idx", name)), q, tsq),
-					SPI_OK_UTILITY);
+	/*
+	 * every index of the hot table (the four the scans use, and any other),
+	 * named after the range table (see tiers.c), in the tablespace (the
+	 * default_tablespace of the caller's nest level)
+	 */
+	es_archive_exec("SELECT c.relname, pg_catalog.pg_get_indexdef(i.indexrelid) "
+					"FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) i.indexrelid "
+					"WHERE i.indrelid OPERATOR(pg_catalog.=) 'event_store.events'::pg_catalog.regclass "
+					"ORDER BY c.relname", SPI_OK_SELECT);
+	{
+		uint64		nindexes = SPI_processed;
+		char	  **hot_names = palloc(sizeof(char *) * Max(nindexes, 1));
+		char	  **defs = palloc(sizeof(char *) * Max(nindexes, 1));
+
+		/* copied out: the statements below replace SPI_tuptable */
+		for (uint64 i = 0; i < nindexes; i++)
+		{
+			hot_names[i] = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
+			defs[i] = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
+		}
+		for (uint64 i = 0; i < nindexes; i++)
+		{
+			char	   *from = psprintf(" INDEX %s ON event_store.events ", quote_identifier(hot_names[i]));
+			char	   *at = strstr(defs[i], from);
+			char	   *index_name;
+
+			if (at == NULL || strncmp(hot_names[i], ES_EVENTS_TABLE "_", strlen(ES_EVENTS_TABLE) + 1) != 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+						 errmsg("cannot copy index \"%s\" of event_store.events to an archived range", hot_names[i]),
+						 errdetail("Its definition is: %s", defs[i]),
+						 errhint("Name the indexes of event_store.events events_<something>.")));
+			index_name = psprintf("%s_%s", name, hot_names[i] + strlen(ES_EVENTS_TABLE) + 1);
+			if (strlen(index_name) >= NAMEDATALEN)
+				ereport(ERROR,
+						(errcode(ERRCODE_NAME_TOO_LONG),
+						 errmsg("index name \"%s\" of an archived range is too long", index_name)));
+			*at = '\0';
+			es_archive_exec(psprintf("%s INDEX %s ON %s %s", defs[i], quote_identifier(index_name), q,
+									 at + strlen(from)),
+							SPI_OK_UTILITY);
+		}
+	}
 	es_archive_exec(psprintf("INSERT INTO event_store.archived_ranges (first_position, end_position, relation) "
 							 "VALUES (" INT64_FORMAT ", " INT64_FORMAT ", %s)",
 							 first, end, quote_literal_cstr(name)),
@@ -175,6 +213,7 @@ es_archive_events(PG_FUNCTION_ARGS)
 	int			nranges;
 	int64		boundary;
 	int64		moved = 0;
+	int			nest_level;
 	EsUserSwitch sw;
 
 	EsRequireArg(fcinfo, 0, "before_position");
@@ -253,11 +292,21 @@ es_archive_events(PG_FUNCTION_ARGS)
 					 errhint("Pass at most " INT64_FORMAT ".", head + 1)));
 	}
 
+	/*
+	 * As the owner, with every name resolved in pg_catalog (the index
+	 * definitions are copied as text) and new relations in the tablespace
+	 */
 	EsSpiConnect(&sw);
+	nest_level = NewGUCNestLevel();
+	(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	(void) set_config_option("default_tablespace", tsname, PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
 	for (int i = 0; i < nranges && tiers->tier[i].end <= before; i++)
 		moved += es_move_range(&tiers->tier[i], ts, tsq);
 	if (before > boundary)
 		moved += es_archive_range(boundary, before, tsq);
+	AtEOXact_GUC(true, nest_level);
 	EsSpiFinish(&sw);
 	PG_RETURN_INT64(moved);
 }

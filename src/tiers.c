@@ -160,25 +160,40 @@ es_archived_ranges_write(PG_FUNCTION_ARGS)
 	return PointerGetDatum(NULL);
 }
 
+/*
+ * The index of a range table that corresponds to an index of the hot table:
+ * archive_events() names it after the range table, with the hot index's
+ * name but for its leading "events_" (events_pkey: events_archive_1_pkey).
+ */
+static Oid
+es_range_index(Oid nsp, const char *relname, const char *hot_index, bool missing_ok)
+{
+	const char *suffix = hot_index;
+	char	   *name;
+	Oid			oid;
+
+	if (strncmp(suffix, ES_EVENTS_TABLE "_", strlen(ES_EVENTS_TABLE) + 1) == 0)
+		suffix += strlen(ES_EVENTS_TABLE) + 1;
+	name = psprintf("%s_%s", relname, suffix);
+	oid = get_relname_relid(name, nsp);
+	if (!OidIsValid(oid) && !missing_ok)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("index \"%s.%s\" of an archived range does not exist", ES_SCHEMA_NAME, name),
+				 errdetail("Every range table has the indexes of event_store.events."),
+				 errhint("Create it like index \"%s\" of event_store.events.", hot_index)));
+	pfree(name);
+	return oid;
+}
+
 /* Fill a tier's index OIDs from its table's name */
 static void
 es_tier_indexes(EsTier *t, Oid nsp, const char *relname)
 {
-	static const char *const suffix[4] = {"_pkey", "_stream_key", "_event_id_key", "_category_idx"};
-	Oid		   *slot[4] = {&t->position_idx, &t->stream_idx, &t->event_id_idx, &t->category_idx};
-
-	for (int i = 0; i < 4; i++)
-	{
-		char	   *name = psprintf("%s%s", relname, suffix[i]);
-
-		*slot[i] = get_relname_relid(name, nsp);
-		if (!OidIsValid(*slot[i]))
-			ereport(ERROR,
-					(errcode(ERRCODE_UNDEFINED_OBJECT),
-					 errmsg("index \"%s.%s\" of an archived range does not exist", ES_SCHEMA_NAME, name),
-					 errhint("Restore the archived range's indexes as archive_events() created them.")));
-		pfree(name);
-	}
+	t->position_idx = es_range_index(nsp, relname, ES_EVENTS_POSITION_IDX, false);
+	t->stream_idx = es_range_index(nsp, relname, ES_EVENTS_STREAM_IDX, false);
+	t->event_id_idx = es_range_index(nsp, relname, ES_EVENTS_EVENT_ID_IDX, false);
+	t->category_idx = es_range_index(nsp, relname, ES_EVENTS_CATEGORY_IDX, false);
 }
 
 /* Order of tiers: by position */
@@ -319,10 +334,17 @@ EsEventTiers(const EsCatalog *cat)
 	return es_cached_tiers;
 }
 
-/* The tier's index that corresponds to one of the hot table's indexes */
+/*
+ * The tier's index that corresponds to an index of the hot table (one of
+ * the four the catalog knows, or any other archive_events() copied)
+ */
 Oid
 EsTierIndex(const EsCatalog *cat, const EsTier *tier, Oid index_oid)
 {
+	char	   *hot_index;
+
+	if (tier->relid == cat->events_relid)
+		return index_oid;
 	if (index_oid == cat->position_idx)
 		return tier->position_idx;
 	if (index_oid == cat->stream_idx)
@@ -331,8 +353,10 @@ EsTierIndex(const EsCatalog *cat, const EsTier *tier, Oid index_oid)
 		return tier->event_id_idx;
 	if (index_oid == cat->category_idx)
 		return tier->category_idx;
-	elog(ERROR, "index %u is not an index of event_store.events", index_oid);
-	return InvalidOid;			/* keep compiler quiet */
+	hot_index = get_rel_name(index_oid);
+	if (hot_index == NULL)
+		elog(ERROR, "cache lookup failed for index %u", index_oid);
+	return es_range_index(cat->namespace_oid, get_rel_name(tier->relid), hot_index, false);
 }
 
 /*
