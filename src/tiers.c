@@ -8,8 +8,9 @@
  * below a position, in one statement, into a new table
  * event_store.events_archive_<first position> created in the tablespace,
  * which inherits from event_store.events (so SQL on event_store.events, row
- * level security and the purge of a stream see every tier) and carries the
- * same four indexes.  event_store.archived_ranges lists the ranges: each
+ * level security and the purge of a stream see every tier) and carries a
+ * copy of each of its indexes, named after the range (events_pkey:
+ * events_archive_1_pkey).  event_store.archived_ranges lists the ranges: each
  * holds the positions [first_position, end_position), the ranges are
  * contiguous from the first one and the hot table holds the positions from
  * the last range's end on.  A later call moves whole ranges to another
