@@ -90,14 +90,15 @@ echo "\\set p random(0, $MAXPOS)
 SELECT count(*) FROM event_store.read_category('acct', :p, 1000);" >"$WORK/s/read_category.sql"
 chown -R postgres: "$WORK/s" 2>/dev/null || true
 
-# CPU ticks of the whole cluster so far (postmaster, children, reaped children)
+# CPU ticks of the whole cluster so far: the postmaster (with the children
+# it reaped) and its live children (as bench/lib.sh counts them)
 cpu_ticks() {
 	local pm
-	pm=$(head -1 "$DATA/postmaster.pid")
-	{ awk '{ print $14 + $15 + $16 + $17 }' "/proc/$pm/stat"
-	  for c in $(cat "/proc/$pm/task/$pm/children" 2>/dev/null); do
-		awk '{ print $14 + $15 }' "/proc/$c/stat" 2>/dev/null || true
-	  done; } | awk '{ s += $1 } END { print s }'
+	pm=$(head -n 1 "$DATA/postmaster.pid")
+	cat /proc/[0-9]*/stat 2>/dev/null | awk -v pm="$pm" '
+		$1 == pm { t += $14 + $15 + $16 + $17 }
+		$4 == pm { t += $14 + $15 }
+		END { print t + 0 }' || true
 }
 
 declare -A TPS CPU
@@ -106,8 +107,10 @@ for side in A B B A A B; do
 	[[ $side == A ]] && start "$BINA" || start "$BINB"
 	for c in "${CASES[@]}"; do
 		"${RUNAS[@]}" "$BINB/pgbench" -n -h "$WORK" -p "$PORT" -M prepared -c 1 -T 2 -f "$WORK/s/$c.sql" postgres >/dev/null 2>&1
+		sleep 0.1	# let the postmaster reap the warm-up's backend
 		t0=$(cpu_ticks)
 		out=$("${RUNAS[@]}" "$BINB/pgbench" -n -h "$WORK" -p "$PORT" -M prepared -c 1 -T "$SECS" -f "$WORK/s/$c.sql" postgres 2>&1)
+		sleep 0.1	# ... and the measured run's
 		t1=$(cpu_ticks)
 		tps=$(awk '/^tps/ { print $3 }' <<<"$out")
 		n=$(awk '/actually processed/ { print $NF }' <<<"$out")
@@ -117,6 +120,9 @@ for side in A B B A A B; do
 done
 stop
 
+for c in "${CASES[@]}"; do
+	echo "$c: A tps ${TPS[A|$c]}| B tps ${TPS[B|$c]}| A cpu/op ${CPU[A|$c]}| B cpu/op ${CPU[B|$c]}"
+done
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 printf '%-16s | %10s | %10s | %7s | %11s | %11s | %7s\n' case "A tps" "B tps" "B/A" "A cpu/op us" "B cpu/op us" "A/B cpu"
 for c in "${CASES[@]}"; do

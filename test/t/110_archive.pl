@@ -13,7 +13,8 @@
 #       after an archive_events() that commits in between;
 #   (d) the ranges really live in the tablespaces' directories;
 #   (e) pg_dump / pg_restore keep the ranges, their tablespaces and every
-#       event, and the restored store goes on appending and archiving.
+#       event, and the restored store goes on appending and archiving;
+#   (f) a store created at 0.2.0 archives once updated.
 #
 # Every wait is on state with a deadline, never a sleep.
 
@@ -352,6 +353,24 @@ is( query('restored', qq{SELECT event_store.append('hista-2', '{"type": "Restore
 is($dup_error_restored, $dup_error_before, 'an archived id is still refused after the restore');
 like( query('restored', q{SELECT event_store.archive_events(event_store.head_position() + 1, 'cold1')}),
 	qr/^[1-9]\d*$/, 'the restored store archives again');
+
+# (f) a store created at 0.2.0 and updated archives too
+$node->safe_psql('postgres', 'CREATE DATABASE old');
+$node->safe_psql('old', q{
+CREATE EXTENSION event_store VERSION '0.2.0';
+SELECT count(event_store.append('old-' || i % 7, jsonb_build_object('type', 'Old', 'data', jsonb_build_object('i', i))))
+  FROM generate_series(1, 300) AS i;});
+my $old_reads = q{
+SELECT count(*) || ' ' || md5(string_agg(format('%s %s %s %s', global_position, stream_id, stream_version, event_id), ','
+                                  ORDER BY global_position))
+  FROM event_store.read_all(0, NULL)};
+my $old_before = $node->safe_psql('old', $old_reads);
+$node->safe_psql('old', 'ALTER EXTENSION event_store UPDATE');
+is( query('old', q{SELECT event_store.archive_events(201, 'cold2')}),
+	'200', 'a store updated from 0.2.0 archives');
+is($node->safe_psql('old', $old_reads), $old_before, '... and reads the same events');
+is( query('old', q{SELECT event_store.append('old-1', '{"type": "New"}', 43)}),
+	'44', '... and appends at the next version of a stream with archived events');
 
 $node->stop;
 done_testing();
