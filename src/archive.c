@@ -19,7 +19,6 @@
 #include "utils/lsyscache.h"
 
 #include "api.h"
-#include "archive.h"
 #include "catalog.h"
 #include "position.h"
 #include "roles.h"
