@@ -20,6 +20,11 @@
 #                   read_category aggregate (default: all)
 #   GROWTH_PORT     port of the throwaway cluster (default 5541)
 #   GROWTH_KEEP     set to 1 to keep each size's database until the end
+#   GROWTH_ARCHIVE  a fraction (e.g. 0.95): once loaded, the events below that
+#                   fraction of the positions are archived with archive_events()
+#                   to a tablespace, in GROWTH_ARCHIVE_RANGES ranges (default 4),
+#                   and the cases run on the archived store (the baseline
+#                   stays one table)
 #   BENCH_SKIP_BUILD set to 1 to use the installed extension as it is
 #   PG_CONFIG       pg_config of the target server (default: pg_config on PATH)
 #
@@ -113,12 +118,30 @@ growth_pair() {
 	CPU_RATIO[$size|$key]=$(awk -F'|' '{ gsub(/ /, "", $10); print $10 }' <<<"$row")
 }
 
+# archive_store FRACTION RANGES: archive the events below FRACTION of the
+# positions to the tablespace bench_cold, in RANGES ranges of equal width,
+# then VACUUM ANALYZE every tier
+archive_store() {
+	local fraction=$1 ranges=$2
+	"${PSQL[@]}" -Atc "SELECT 1 FROM pg_tablespace WHERE spcname = 'bench_cold'" | grep -q 1 ||
+		"${PSQL[@]}" -c "SET allow_in_place_tablespaces = on" -c "CREATE TABLESPACE bench_cold LOCATION ''" >&2
+	"${PSQL[@]}" -Atc "SELECT sum(event_store.archive_events(
+	                              (h * $fraction * k / $ranges)::bigint + 1, 'bench_cold'))
+	                     FROM (SELECT event_store.head_position() AS h) AS x, generate_series(1, $ranges) AS k" >"$WORK/archived.txt"
+	"${PSQL[@]}" -Atc "SELECT format('VACUUM ANALYZE event_store.%I', relation) FROM event_store.archived_ranges" |
+		while IFS= read -r stmt; do "${PSQL[@]}" -c "$stmt" >&2; done
+	"${PSQL[@]}" -c "VACUUM ANALYZE event_store.events" >&2
+	ARCHIVE_DESC="archived $(cat "$WORK/archived.txt") events below $fraction of the positions in $ranges ranges (tablespace bench_cold), "
+}
+
 # bytes on disk per event of both tables (each divided by its own rows)
 bytes_per_event() {
 	"${PSQL[@]}" -P footer=off -c "
 	WITH rels AS (
-	    SELECT 'event_store' AS side, 'event_store.events'::regclass AS rel,
-	           (SELECT count(*) FROM event_store.events)::numeric AS n
+	    SELECT 'event_store' AS side, r.rel, (SELECT count(*) FROM event_store.events)::numeric AS n
+	      FROM (SELECT 'event_store.events'::regclass AS rel
+	            UNION ALL SELECT inhrelid::regclass FROM pg_inherits
+	             WHERE inhparent = 'event_store.events'::regclass) AS r
 	    UNION ALL SELECT 'baseline', 'bench.plain_events'::regclass,
 	           (SELECT count(*) FROM bench.plain_events)::numeric),
 	parts AS (
@@ -177,6 +200,10 @@ for size in $SIZES; do
 	for p in "${pids[@]}"; do wait "$p" || die "a loader failed"; done
 	t1=$(date +%s)
 	"${PSQL[@]}" -f "$G/finish.sql" >&2
+	ARCHIVE_DESC=""
+	if [[ -n "${GROWTH_ARCHIVE:-}" ]]; then
+		archive_store "$GROWTH_ARCHIVE" "${GROWTH_ARCHIVE_RANGES:-4}"
+	fi
 	t2=$(date +%s)
 	load_rate=$(rate $(( streams * per_stream )) $(( t1 - t0 )))
 
@@ -189,7 +216,7 @@ for size in $SIZES; do
 
 	out ""
 	out "== store of $TOTAL_ROWS events ($streams streams of $per_stream + reader-1 (1,000) + aggsnap-1 (10,037))"
-	out "   loaded by append() in batches of $per_stream at $load_rate events/s ($LOADERS sessions, $(( t1 - t0 )) s), baseline copy, VACUUM ANALYZE $(( t2 - t1 )) s"
+	out "   loaded by append() in batches of $per_stream at $load_rate events/s ($LOADERS sessions, $(( t1 - t0 )) s), baseline copy, ${ARCHIVE_DESC}VACUUM ANALYZE $(( t2 - t1 )) s"
 	while IFS= read -r line; do out "   $line"; done < <(bytes_per_event)
 
 	for c in $CASES; do

@@ -957,7 +957,12 @@ SELECT n.events,
                WHERE s.status OPERATOR(pg_catalog.=) 'compensating')) AS oldest_running_saga_started_at
   FROM event_store._counters() c
  CROSS JOIN LATERAL (SELECT event_store.head_position() AS head) h
- CROSS JOIN LATERAL (SELECT pg_catalog.pg_stat_get_live_tuples('event_store.events'::pg_catalog.regclass) AS events) n
+ -- the hot table and the archived ranges (which inherit from it)
+ CROSS JOIN LATERAL (SELECT pg_catalog.sum(pg_catalog.pg_stat_get_live_tuples(r.rel))::bigint AS events
+                       FROM (SELECT 'event_store.events'::pg_catalog.regclass AS rel
+                             UNION ALL
+                             SELECT i.inhrelid::pg_catalog.regclass FROM pg_catalog.pg_inherits i
+                              WHERE i.inhparent OPERATOR(pg_catalog.=) 'event_store.events'::pg_catalog.regclass) r) n
  CROSS JOIN LATERAL (SELECT pg_catalog.pg_stat_get_live_tuples('event_store.stream_metadata'::pg_catalog.regclass) AS live) m
  CROSS JOIN LATERAL (SELECT pg_catalog.pg_stat_get_live_tuples('event_store.sagas'::pg_catalog.regclass) AS live) sg
   LEFT JOIN LATERAL (SELECT st.stadistinct
@@ -994,7 +999,7 @@ SELECT n.events,
 COMMENT ON VIEW event_store.stats IS
     'One row, without reading the history: estimated events, streams, deleted streams and finished sagas; open sagas by status; appends, appended events and SE001 conflicts since the server started (shared memory); the follower horizon (head_position) and appends in flight; each projection''s lag in positions; the oldest running saga';
 COMMENT ON COLUMN event_store.stats.events IS
-    'Estimate: the live rows of event_store.events as the cumulative statistics system counts them (pg_stat_get_live_tuples: committed appends minus purged and retained-away events, reset by VACUUM and ANALYZE); sessions report a few seconds late, and a crash resets it until the next ANALYZE';
+    'Estimate: the live rows of event_store.events and its archived ranges as the cumulative statistics system counts them (pg_stat_get_live_tuples: committed appends minus purged and retained-away events, reset by VACUUM and ANALYZE); sessions report a few seconds late, and a crash resets it until the next ANALYZE';
 COMMENT ON COLUMN event_store.stats.streams IS
     'Estimate: the distinct stream ids ANALYZE last found in event_store.events (pg_statistic), scaled to the events estimate when ANALYZE recorded a fraction; 0 when events is 0; NULL until the table was first analyzed';
 COMMENT ON COLUMN event_store.stats.deleted_streams IS
@@ -2872,3 +2877,36 @@ $$;
 
 REVOKE ALL ON FUNCTION event_store._saga_wake_for(timestamptz), event_store._saga_tick(int),
     event_store._saga_timer_due(uuid, text) FROM PUBLIC;
+
+------------------------------------------------------------------------------
+-- Large stores: archived position ranges (archive_events)
+------------------------------------------------------------------------------
+CREATE TABLE event_store.archived_ranges (
+    first_position bigint      NOT NULL PRIMARY KEY,
+    end_position   bigint      NOT NULL,
+    relation       name        NOT NULL UNIQUE,
+    archived_at    timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    CHECK (first_position OPERATOR(pg_catalog.<) end_position)
+);
+COMMENT ON TABLE event_store.archived_ranges IS
+    'The archived ranges of positions: the events at positions [first_position, end_position) are in table event_store.<relation>; written only by event_store.archive_events()';
+SELECT pg_catalog.pg_extension_config_dump('event_store.archived_ranges', '');
+REVOKE ALL ON TABLE event_store.archived_ranges FROM PUBLIC;
+
+-- Every write of the ranges (archive_events(), pg_restore's COPY) makes the
+-- other sessions read them again.
+CREATE FUNCTION event_store._archived_ranges_write() RETURNS trigger
+    LANGUAGE c AS 'MODULE_PATHNAME', 'es_archived_ranges_write';
+REVOKE ALL ON FUNCTION event_store._archived_ranges_write() FROM PUBLIC;
+CREATE TRIGGER archived_ranges_write
+    BEFORE INSERT OR UPDATE OR DELETE ON event_store.archived_ranges
+    FOR EACH STATEMENT EXECUTE FUNCTION event_store._archived_ranges_write();
+ALTER TABLE event_store.archived_ranges ENABLE ALWAYS TRIGGER archived_ranges_write;
+
+CREATE FUNCTION event_store.archive_events(before_position bigint, tablespace name)
+    RETURNS bigint
+    LANGUAGE c VOLATILE PARALLEL UNSAFE
+    AS 'MODULE_PATHNAME', 'es_archive_events';
+COMMENT ON FUNCTION event_store.archive_events(bigint, name) IS
+    'Move the events below a position (whole ranges) to a tablespace, pg_default to bring them back; reads see them as before; returns the number of events moved';
+REVOKE ALL ON FUNCTION event_store.archive_events(bigint, name) FROM PUBLIC;

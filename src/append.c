@@ -59,6 +59,7 @@
 #include "services.h"
 #include "shared.h"
 #include "stream_state.h"
+#include "tiers.h"
 
 PG_FUNCTION_INFO_V1(es_append);
 PG_FUNCTION_INFO_V1(es_last_appended_position);
@@ -454,22 +455,30 @@ es_check_stored_ids(const EsCatalog *cat, text *stream_id, EsNewEvent *evs,
 					int n, bool has_expected, int64 expected,
 					Snapshot snapshot, int64 *version)
 {
-	Relation	heap;
-	Relation	index;
-	TupleTableSlot *slot;
 	text	  **where_stream = palloc0(sizeof(text *) * n);
 	int64	   *where_version = palloc0(sizeof(int64) * n);
 	int			first_found = -1;
 	bool		retry = true;
+	const EsTiers *tiers = EsEventTiers(cat);
+	Relation   *heap = palloc(sizeof(Relation) * tiers->n);
+	Relation   *index = palloc(sizeof(Relation) * tiers->n);
+	TupleTableSlot **slot = palloc(sizeof(TupleTableSlot *) * tiers->n);
 
-	heap = table_open(cat->events_relid, AccessShareLock);
-	index = index_open(cat->event_id_idx, AccessShareLock);
-	slot = table_slot_create(heap, NULL);
+	for (int t = 0; t < tiers->n; t++)
+	{
+		heap[t] = table_open(tiers->tier[t].relid, AccessShareLock);
+		index[t] = index_open(tiers->tier[t].event_id_idx, AccessShareLock);
+		slot[t] = table_slot_create(heap[t], NULL);
+	}
 	for (int i = 0; i < n; i++)
 	{
-		if (!evs[i].has_id ||
-			!es_find_event_id(heap, index, slot, snapshot, &evs[i].id,
-							  &where_stream[i], &where_version[i]))
+		bool		found = false;
+
+		/* an id is in at most one tier: the newest first */
+		for (int t = tiers->n - 1; evs[i].has_id && t >= 0 && !found; t--)
+			found = es_find_event_id(heap[t], index[t], slot[t], snapshot, &evs[i].id,
+									 &where_stream[i], &where_version[i]);
+		if (!found)
 		{
 			retry = false;
 			continue;
@@ -480,9 +489,12 @@ es_check_stored_ids(const EsCatalog *cat, text *stream_id, EsNewEvent *evs,
 			where_version[i] != where_version[0] + i)
 			retry = false;
 	}
-	ExecDropSingleTupleTableSlot(slot);
-	index_close(index, AccessShareLock);
-	table_close(heap, AccessShareLock);
+	for (int t = 0; t < tiers->n; t++)
+	{
+		ExecDropSingleTupleTableSlot(slot[t]);
+		index_close(index[t], AccessShareLock);
+		table_close(heap[t], AccessShareLock);
+	}
 
 	if (first_found < 0)
 		return false;

@@ -31,6 +31,7 @@
 
 #include "catalog.h"
 #include "pg_mirror.h"
+#include "tiers.h"
 
 static EsCatalog es_catalog;
 static bool es_catalog_valid = false;
@@ -53,7 +54,8 @@ es_catalog_relcache_callback(Datum arg, Oid relid)
 		relid == es_catalog.metadata_relid ||
 		relid == es_catalog.metadata_idx ||
 		relid == es_catalog.upcasters_relid ||
-		relid == es_catalog.position_mark_relid)
+		relid == es_catalog.position_mark_relid ||
+		relid == es_catalog.archive_relid)
 		es_catalog_valid = false;
 }
 
@@ -164,6 +166,7 @@ EsGetCatalog(void)
 	es_catalog.upcasters_relid = get_relname_relid("upcasters", nsp);
 	/* missing in a schema from before 0.3.0 (until ALTER EXTENSION UPDATE) */
 	es_catalog.position_mark_relid = get_relname_relid(ES_POSITION_MARK_SEQ, nsp);
+	es_catalog.archive_relid = get_relname_relid("archived_ranges", nsp);
 
 	/*
 	 * The schema's version, decided here, once, from what the schema has:
@@ -204,30 +207,42 @@ EsFirstEventValue(const EsCatalog *cat, Oid index_oid, Snapshot snapshot,
 				  ScanKey keys, int nkeys, ScanDirection direction,
 				  AttrNumber attno, Datum *value)
 {
-	Relation	heap;
-	Relation	index;
-	IndexScanDesc scan;
-	TupleTableSlot *slot;
+	const EsTiers *tiers = EsEventTiers(cat);
+	int64		lo;
+	int64		hi;
 	bool		found = false;
 
-	heap = table_open(cat->events_relid, AccessShareLock);
-	index = index_open(index_oid, AccessShareLock);
-	for (int i = 0; i < nkeys; i++)
-		keys[i].sk_collation = index->rd_indcollation[keys[i].sk_attno - 1];
-	slot = table_slot_create(heap, NULL);
-	scan = index_beginscan(heap, index, snapshot, nkeys, 0);
-	index_rescan(scan, keys, nkeys, NULL, 0);
-	if (index_getnext_slot(scan, direction, slot))
+	EsKeysPositionBounds(cat, index_oid, keys, nkeys, &lo, &hi);
+	for (int i = EsTierFirst(tiers, direction); EsTierValid(tiers, i) && !found;
+		 i = EsTierNext(i, direction))
 	{
-		bool		isnull;
+		const EsTier *t = &tiers->tier[i];
+		Relation	heap;
+		Relation	index;
+		IndexScanDesc scan;
+		TupleTableSlot *slot;
 
-		*value = slot_getattr(slot, attno, &isnull);
-		found = true;
+		if (!EsTierOverlaps(t, lo, hi))
+			continue;
+		heap = table_open(t->relid, AccessShareLock);
+		index = index_open(EsTierIndex(cat, t, index_oid), AccessShareLock);
+		for (int k = 0; k < nkeys; k++)
+			keys[k].sk_collation = index->rd_indcollation[keys[k].sk_attno - 1];
+		slot = table_slot_create(heap, NULL);
+		scan = index_beginscan(heap, index, snapshot, nkeys, 0);
+		index_rescan(scan, keys, nkeys, NULL, 0);
+		if (index_getnext_slot(scan, direction, slot))
+		{
+			bool		isnull;
+
+			*value = slot_getattr(slot, attno, &isnull);
+			found = true;
+		}
+		index_endscan(scan);
+		ExecDropSingleTupleTableSlot(slot);
+		index_close(index, AccessShareLock);
+		table_close(heap, AccessShareLock);
 	}
-	index_endscan(scan);
-	ExecDropSingleTupleTableSlot(slot);
-	index_close(index, AccessShareLock);
-	table_close(heap, AccessShareLock);
 	return found;
 }
 
@@ -239,21 +254,26 @@ EsFirstEventValue(const EsCatalog *cat, Oid index_oid, Snapshot snapshot,
 int64
 EsLatestStreamVersion(const EsCatalog *cat, text *stream_id, Snapshot snapshot)
 {
+	const EsTiers *tiers = EsEventTiers(cat);
 	ScanKeyData key;
 	Datum		version;
+	bool		found = false;
 
-	Relation	heap;
-	Relation	index;
-	bool		found;
+	/* the newest tier first: the stream's last event is in the first that has any */
+	for (int i = tiers->n - 1; i >= 0 && !found; i--)
+	{
+		Relation	heap;
+		Relation	index;
 
-	heap = table_open(cat->events_relid, AccessShareLock);
-	index = index_open(cat->stream_idx, AccessShareLock);
-	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_TEXTEQ, PointerGetDatum(stream_id));
-	key.sk_collation = index->rd_indcollation[0];
-	/* the version is the index's second column */
-	found = EsIndexOnlyFirst(heap, index, snapshot, &key, 1, BackwardScanDirection,
-							 2, Anum_es_stream_version, &version);
-	index_close(index, AccessShareLock);
-	table_close(heap, AccessShareLock);
+		heap = table_open(tiers->tier[i].relid, AccessShareLock);
+		index = index_open(tiers->tier[i].stream_idx, AccessShareLock);
+		ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_TEXTEQ, PointerGetDatum(stream_id));
+		key.sk_collation = index->rd_indcollation[0];
+		/* the version is the index's second column */
+		found = EsIndexOnlyFirst(heap, index, snapshot, &key, 1, BackwardScanDirection,
+								 2, Anum_es_stream_version, &version);
+		index_close(index, AccessShareLock);
+		table_close(heap, AccessShareLock);
+	}
 	return found ? DatumGetInt64(version) : 0;
 }

@@ -67,6 +67,7 @@ typedef struct EsCatalog
 	Oid			upcasters_relid;
 	Oid			position_mark_relid;	/* position_mark (0.3 on) */
 	bool		saga_versions;	/* saga types have versions (0.3 on) */
+	Oid			archive_relid;	/* archived_ranges (0.3 on) */
 } EsCatalog;
 
 extern const EsCatalog *EsGetCatalog(void);

@@ -23,6 +23,7 @@
 #include "saga.h"
 #include "services.h"
 #include "shared.h"
+#include "tiers.h"
 #include "worker.h"
 
 PG_MODULE_MAGIC;
@@ -46,6 +47,7 @@ es_shmem_request(void)
 	RequestAddinShmemSpace(EsPositionShmemSize());
 	RequestAddinShmemSpace(EsActivityShmemSize());
 	RequestAddinShmemSpace(EsImportShmemSize());
+	RequestAddinShmemSpace(EsArchiveShmemSize());
 	EsDirectoryRequestLocks();
 	EsPositionRequestLocks();
 	EsActivityRequestLocks();
@@ -62,6 +64,7 @@ es_shmem_startup(void)
 	EsPositionShmemInit();
 	EsActivityShmemInit();
 	EsImportShmemInit();
+	EsArchiveShmemInit();
 	LWLockRelease(AddinShmemInitLock);
 }
 

@@ -44,6 +44,7 @@
 #include "read.h"
 #include "roles.h"
 #include "stream_state.h"
+#include "tiers.h"
 #include "upcast.h"
 
 PG_FUNCTION_INFO_V1(es_stream_version);
@@ -145,7 +146,38 @@ es_stored_row_usable(HeapTuple stored)
 }
 
 /*
- * Run one index scan over event_store.events and hand every (upcast unless
+ * An archived row that the transaction snapshot cannot see may still be an
+ * event it sees: one that archive_events() moved after the snapshot was
+ * taken.  The snapshot then still sees the event's row in the hot table
+ * (deleted by the move): look it up by position.
+ */
+static bool
+es_moved_but_visible(const EsCatalog *cat, const EsTier *tier, TupleTableSlot *slot,
+					 Snapshot xact_snapshot)
+{
+	ScanKeyData key;
+	Datum		position;
+	bool		null;
+	bool		visible;
+	Relation	heap;
+	Relation	index;
+
+	if (tier->relid == cat->events_relid)
+		return false;
+	heap = table_open(cat->events_relid, AccessShareLock);
+	index = index_open(cat->position_idx, AccessShareLock);
+	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ,
+				slot_getattr(slot, Anum_es_global_position, &null));
+	visible = EsIndexOnlyFirst(heap, index, xact_snapshot, &key, 1, ForwardScanDirection,
+							   1, Anum_es_global_position, &position);
+	index_close(index, AccessShareLock);
+	table_close(heap, AccessShareLock);
+	return visible;
+}
+
+/*
+ * Run one index scan over each tier of the events (archive.c) in the
+ * scan's direction and hand every (upcast unless
  * spec->raw) event that passes the type filter to the callback, until it
  * returns false or max_count events were handed over.  Returns how many were.
  */
@@ -153,12 +185,11 @@ static int64
 es_scan_events(const EsCatalog *cat, EsScanSpec *spec, EsRowCallback callback,
 			   void *arg)
 {
-	Relation	heap;
-	Relation	index;
-	IndexScanDesc scan;
-	EsPageFetch *fetch;
-	TupleTableSlot *slot;
+	const EsTiers *tiers;
 	int64		emitted = 0;
+	int64		lo;
+	int64		hi;
+	bool		done = false;
 	MemoryContext rowcxt;
 	MemoryContext oldcxt;
 	bool		upcast = !spec->raw && EsUpcastersExist();
@@ -172,91 +203,118 @@ es_scan_events(const EsCatalog *cat, EsScanSpec *spec, EsRowCallback callback,
 	Assert(IsMVCCSnapshot(spec->snapshot));
 	rowcxt = AllocSetContextCreate(CurrentMemoryContext, "event_store row",
 								   ALLOCSET_DEFAULT_SIZES);
-	heap = table_open(cat->events_relid, AccessShareLock);
-	index = index_open(spec->index_oid, AccessShareLock);
-	slot = table_slot_create(heap, NULL);
-	scan = index_beginscan(heap, index, spec->snapshot, spec->nkeys, 0);
-	index_rescan(scan, spec->keys, spec->nkeys, NULL, 0);
-	fetch = EsPageFetchBegin(scan, heap, spec->direction);
+	/* the tiers, in scan order (after the snapshot: see archive.c) */
+	tiers = EsEventTiers(cat);
+	EsKeysPositionBounds(cat, spec->index_oid, spec->keys, spec->nkeys, &lo, &hi);
 
-	for (;;)
+	for (int tier = EsTierFirst(tiers, spec->direction);
+		 EsTierValid(tiers, tier) && !done; tier = EsTierNext(tier, spec->direction))
 	{
-		bool		keep_going;
-		HeapTuple	stored;
-		int			natts;
+		const EsTier *t = &tiers->tier[tier];
+		Relation	heap;
+		Relation	index;
+		IndexScanDesc scan;
+		EsPageFetch *fetch;
+		TupleTableSlot *slot;
 
-		if (spec->max_count >= 0)
+		if (!EsTierOverlaps(t, lo, hi))
+			continue;
+		heap = table_open(t->relid, AccessShareLock);
+		index = index_open(EsTierIndex(cat, t, spec->index_oid), AccessShareLock);
+		slot = table_slot_create(heap, NULL);
+		scan = index_beginscan(heap, index, spec->snapshot, spec->nkeys, 0);
+		index_rescan(scan, spec->keys, spec->nkeys, NULL, 0);
+		fetch = EsPageFetchBegin(scan, heap, spec->direction);
+
+		for (;;)
 		{
-			if (emitted >= spec->max_count)
+			bool		keep_going;
+			HeapTuple	stored;
+			int			natts;
+
+			if (spec->max_count >= 0)
+			{
+				if (emitted >= spec->max_count)
+				{
+					done = true;
+					break;
+				}
+				EsPageFetchLimit(fetch, (int) Min(spec->max_count - emitted, MaxHeapTuplesPerPage));
+			}
+			if (!EsPageFetchNext(fetch, slot))
 				break;
-			EsPageFetchLimit(fetch, (int) Min(spec->max_count - emitted, MaxHeapTuplesPerPage));
-		}
-		if (!EsPageFetchNext(fetch, slot))
-			break;
-		CHECK_FOR_INTERRUPTS();
-		if (spec->xact_snapshot != NULL &&
-			!table_tuple_satisfies_snapshot(heap, slot, spec->xact_snapshot))
-			break;
-		if (spec->denied != NULL)
-		{
-			bool		null;
-
-			if (EsStreamDenied(spec->denied,
-							   DatumGetTextPP(slot_getattr(slot, Anum_es_stream_id, &null))))
-				continue;
-		}
-
-		if (!upcast && spec->direct != NULL)
-		{
-			/* fast path: the stored row is the result row */
-			if (spec->filter.ntypes >= 0)
+			CHECK_FOR_INTERRUPTS();
+			if (spec->xact_snapshot != NULL &&
+				!table_tuple_satisfies_snapshot(heap, slot, spec->xact_snapshot) &&
+				!es_moved_but_visible(cat, t, slot, spec->xact_snapshot))
+			{
+				done = true;
+				break;
+			}
+			if (spec->denied != NULL)
 			{
 				bool		null;
 
-				if (!EsTypeMatches(&spec->filter,
-								   slot_getattr(slot, Anum_es_event_type, &null)))
+				if (EsStreamDenied(spec->denied,
+								   DatumGetTextPP(slot_getattr(slot, Anum_es_stream_id, &null))))
 					continue;
 			}
-			tuplestore_puttupleslot(spec->direct, slot);
-			emitted++;
-			continue;
-		}
 
-		/* the stored row, if it can be handed on as an event as it is */
-		stored = NULL;
-		if (cat->stored_rows_are_events)
-		{
-			stored = ExecFetchSlotHeapTuple(slot, false, NULL);
-			if (!es_stored_row_usable(stored))
-				stored = NULL;
-		}
-		natts = (stored != NULL && !upcast) ? leading : Natts_es_event;
-		slot_getsomeattrs(slot, natts);
-		memcpy(values, slot->tts_values, sizeof(Datum) * natts);
-		memcpy(isnull, slot->tts_isnull, sizeof(bool) * natts);
-		spec->current_position = DatumGetInt64(values[Anum_es_global_position - 1]);
+			if (!upcast && spec->direct != NULL)
+			{
+				/* fast path: the stored row is the result row */
+				if (spec->filter.ntypes >= 0)
+				{
+					bool		null;
 
-		MemoryContextReset(rowcxt);
-		oldcxt = MemoryContextSwitchTo(rowcxt);
-		if (upcast && EsUpcastRow(values, isnull))
+					if (!EsTypeMatches(&spec->filter,
+									   slot_getattr(slot, Anum_es_event_type, &null)))
+						continue;
+				}
+				tuplestore_puttupleslot(spec->direct, slot);
+				emitted++;
+				continue;
+			}
+
+			/* the stored row, if it can be handed on as an event as it is */
 			stored = NULL;
-		if (!EsTypeMatches(&spec->filter, values[Anum_es_event_type - 1]))
-		{
-			MemoryContextSwitchTo(oldcxt);
-			continue;
-		}
-		keep_going = callback(values, isnull, stored, arg);
-		MemoryContextSwitchTo(oldcxt);
-		emitted++;
-		if (!keep_going)
-			break;
-	}
+			if (cat->stored_rows_are_events)
+			{
+				stored = ExecFetchSlotHeapTuple(slot, false, NULL);
+				if (!es_stored_row_usable(stored))
+					stored = NULL;
+			}
+			natts = (stored != NULL && !upcast) ? leading : Natts_es_event;
+			slot_getsomeattrs(slot, natts);
+			memcpy(values, slot->tts_values, sizeof(Datum) * natts);
+			memcpy(isnull, slot->tts_isnull, sizeof(bool) * natts);
+			spec->current_position = DatumGetInt64(values[Anum_es_global_position - 1]);
 
-	ExecDropSingleTupleTableSlot(slot);
-	EsPageFetchEnd(fetch);
-	index_endscan(scan);
-	index_close(index, AccessShareLock);
-	table_close(heap, AccessShareLock);
+			MemoryContextReset(rowcxt);
+			oldcxt = MemoryContextSwitchTo(rowcxt);
+			if (upcast && EsUpcastRow(values, isnull))
+				stored = NULL;
+			if (!EsTypeMatches(&spec->filter, values[Anum_es_event_type - 1]))
+			{
+				MemoryContextSwitchTo(oldcxt);
+				continue;
+			}
+			keep_going = callback(values, isnull, stored, arg);
+			MemoryContextSwitchTo(oldcxt);
+			emitted++;
+			if (!keep_going)
+			{
+				done = true;
+				break;
+			}
+		}
+
+		ExecDropSingleTupleTableSlot(slot);
+		EsPageFetchEnd(fetch);
+		index_endscan(scan);
+		index_close(index, AccessShareLock);
+		table_close(heap, AccessShareLock);
+	}
 	MemoryContextDelete(rowcxt);
 	return emitted;
 }

@@ -403,7 +403,7 @@ es_create_publication(PG_FUNCTION_ARGS)
 
 	ncats = EsArgTextArray(fcinfo, 1, "categories", &cats, &catnulls);
 	initStringInfo(&sql);
-	appendStringInfo(&sql, "CREATE PUBLICATION %s FOR TABLE event_store.events "
+	appendStringInfo(&sql, "CREATE PUBLICATION %s FOR TABLE ONLY event_store.events "
 					 "WHERE (pg_catalog.split_part(stream_id, '-', 1) IN (",
 					 quote_identifier(name));
 	es_append_literals(&sql, cats, ncats);

@@ -56,7 +56,12 @@ SELECT n.events,
                WHERE s.status OPERATOR(pg_catalog.=) 'compensating')) AS oldest_running_saga_started_at
   FROM event_store._counters() c
  CROSS JOIN LATERAL (SELECT event_store.head_position() AS head) h
- CROSS JOIN LATERAL (SELECT pg_catalog.pg_stat_get_live_tuples('event_store.events'::pg_catalog.regclass) AS events) n
+ -- the hot table and the archived ranges (which inherit from it)
+ CROSS JOIN LATERAL (SELECT pg_catalog.sum(pg_catalog.pg_stat_get_live_tuples(r.rel))::bigint AS events
+                       FROM (SELECT 'event_store.events'::pg_catalog.regclass AS rel
+                             UNION ALL
+                             SELECT i.inhrelid::pg_catalog.regclass FROM pg_catalog.pg_inherits i
+                              WHERE i.inhparent OPERATOR(pg_catalog.=) 'event_store.events'::pg_catalog.regclass) r) n
  CROSS JOIN LATERAL (SELECT pg_catalog.pg_stat_get_live_tuples('event_store.stream_metadata'::pg_catalog.regclass) AS live) m
  CROSS JOIN LATERAL (SELECT pg_catalog.pg_stat_get_live_tuples('event_store.sagas'::pg_catalog.regclass) AS live) sg
   LEFT JOIN LATERAL (SELECT st.stadistinct
@@ -93,7 +98,7 @@ SELECT n.events,
 COMMENT ON VIEW event_store.stats IS
     'One row, without reading the history: estimated events, streams, deleted streams and finished sagas; open sagas by status; appends, appended events and SE001 conflicts since the server started (shared memory); the follower horizon (head_position) and appends in flight; each projection''s lag in positions; the oldest running saga';
 COMMENT ON COLUMN event_store.stats.events IS
-    'Estimate: the live rows of event_store.events as the cumulative statistics system counts them (pg_stat_get_live_tuples: committed appends minus purged and retained-away events, reset by VACUUM and ANALYZE); sessions report a few seconds late, and a crash resets it until the next ANALYZE';
+    'Estimate: the live rows of event_store.events and its archived ranges as the cumulative statistics system counts them (pg_stat_get_live_tuples: committed appends minus purged and retained-away events, reset by VACUUM and ANALYZE); sessions report a few seconds late, and a crash resets it until the next ANALYZE';
 COMMENT ON COLUMN event_store.stats.streams IS
     'Estimate: the distinct stream ids ANALYZE last found in event_store.events (pg_statistic), scaled to the events estimate when ANALYZE recorded a fraction; 0 when events is 0; NULL until the table was first analyzed';
 COMMENT ON COLUMN event_store.stats.deleted_streams IS

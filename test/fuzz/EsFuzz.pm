@@ -1391,6 +1391,22 @@ sub _specs
 			],
 		},
 		enforce_retention => { family => 'lifecycle', args => [] },
+		# archiving to the default tablespace (the fuzz node has no other):
+		# positions around the head, on and off the ranges' boundaries
+		archive_events => {
+			family => 'lifecycle',
+			args   => [
+				[ before_position => 0, sub {
+					return '(SELECT event_store.head_position() + 1)' if $self->_chance(0.2);
+					return '(SELECT max(end_position) FROM event_store.archived_ranges)' if $self->_chance(0.2);
+					$self->_bigint(1, 10, 50, 100, 200);
+				} ],
+				[ tablespace => 0, sub {
+					typed($self->{valid} ? 'pg_default'
+						: $self->_pick('pg_default', 'pg_default', 'pg_default', 'fz_no_such_space', 'pg_global', '', undef), 'name');
+				} ],
+			],
+		},
 		# services: the fuzz node's wal_level is not logical, so a well-formed
 		# create_publication is refused (55000); an import's connection never
 		# reaches a server (08006) or is malformed (22023)
@@ -1529,6 +1545,7 @@ my @FUNCTION_WEIGHTS = (
 	[ 2,  'purge_stream' ],
 	[ 2,  'set_stream_retention' ],
 	[ 1,  'enforce_retention' ],
+	[ 1,  'archive_events' ],
 	[ 1,  'create_publication' ],
 	[ 1,  'drop_publication' ],
 	[ 1,  'create_import' ],

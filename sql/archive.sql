@@ -1,0 +1,214 @@
+--
+-- archive: archive_events(before_position, tablespace) moves the events
+-- below a position into range tables in a tablespace and back; every read
+-- sees the same events before and after; positions, versions and event ids
+-- stay unique across the tiers; errors and privileges.
+--
+SET client_min_messages = warning;
+DROP EXTENSION IF EXISTS event_store CASCADE;
+CREATE EXTENSION event_store;
+RESET client_min_messages;
+\set SHOW_CONTEXT never
+
+-- two tablespaces standing for cheaper disks (in-place: no directory needed)
+SET allow_in_place_tablespaces = on;
+CREATE TABLESPACE archive_cold LOCATION '';
+CREATE TABLESPACE archive_colder LOCATION '';
+RESET allow_in_place_tablespaces;
+
+-- where a range's table and its indexes are
+CREATE FUNCTION archive_places() RETURNS TABLE(relation name, tablespace name)
+LANGUAGE sql AS $$
+    SELECT c.relname, coalesce(t.spcname, 'pg_default')
+      FROM pg_class c LEFT JOIN pg_tablespace t ON t.oid = c.reltablespace
+     WHERE c.relnamespace = 'event_store'::regnamespace AND c.relname LIKE 'events_archive%'
+     ORDER BY c.relname
+$$;
+
+-- 3 categories x 4 streams, 10 events each, interleaved: 120 events
+SELECT count(event_store.append(
+           (ARRAY['acct', 'order', 'user'])[1 + i % 3] || '-' || (i / 3) % 4,
+           jsonb_build_object('type', CASE WHEN i % 2 = 0 THEN 'Even' ELSE 'Odd' END,
+                              'data', jsonb_build_object('i', i))))
+  FROM generate_series(0, 119) AS i;
+-- one event with the caller's id, at position 121
+SELECT event_store.append('acct-9', '{"type": "Given", "id": "11111111-1111-4111-8111-111111111111"}');
+
+-- a fold over each stream, to compare load_aggregate with
+CREATE FUNCTION archive_reduce(state jsonb, event event_store.event) RETURNS jsonb
+LANGUAGE sql AS $$
+    SELECT jsonb_build_object('sum', (state ->> 'sum')::int + coalesce((event.data ->> 'i')::int, 0),
+                              'versions', (state -> 'versions') || to_jsonb(event.stream_version))
+$$;
+SELECT event_store.define_aggregate('acct', 'archive_reduce(jsonb,event_store.event)',
+                                    '{"sum": 0, "versions": []}');
+
+-- every read, as one text per read, before archiving
+CREATE FUNCTION archive_reads() RETURNS TABLE(read text, result text)
+LANGUAGE sql AS $$
+    SELECT 'read_all', string_agg(format('%s:%s:%s:%s:%s', global_position, stream_id, stream_version, event_id, data), ',' ORDER BY global_position)
+      FROM event_store.read_all(0, NULL)
+    UNION ALL
+    SELECT 'read_all pages of 7 from 30', string_agg(global_position::text, ',' ORDER BY global_position)
+      FROM event_store.read_all(30, 7)
+    UNION ALL
+    SELECT 'read_all Even', string_agg(global_position::text, ',' ORDER BY global_position)
+      FROM event_store.read_all(0, NULL, '{Even}')
+    UNION ALL
+    SELECT 'read_category ' || c, string_agg(format('%s:%s', global_position, stream_version), ',' ORDER BY global_position)
+      FROM unnest(ARRAY['acct', 'order', 'user']) AS c, event_store.read_category(c, 0, NULL)
+     GROUP BY c
+    UNION ALL
+    SELECT 'read_category order after 50 max 5', string_agg(global_position::text, ',' ORDER BY global_position)
+      FROM event_store.read_category('order', 50, 5)
+    UNION ALL
+    SELECT 'read_stream ' || s, string_agg(format('%s:%s', global_position, stream_version), ',' ORDER BY stream_version)
+      FROM (SELECT DISTINCT stream_id FROM event_store.events) AS x(s), event_store.read_stream(s)
+     GROUP BY s
+    UNION ALL
+    SELECT 'read_stream user-1 backward from 8 max 4', string_agg(stream_version::text, ',')
+      FROM event_store.read_stream('user-1', 8, 4, true)
+    UNION ALL
+    SELECT 'read_stream order-2 from 6', string_agg(stream_version::text, ',')
+      FROM event_store.read_stream('order-2', 6)
+    UNION ALL
+    SELECT 'stream_version ' || s, event_store.stream_version(s)::text
+      FROM (SELECT DISTINCT stream_id FROM event_store.events) AS x(s)
+    UNION ALL
+    SELECT 'load_aggregate ' || s || ' at ' || coalesce(v::text, 'latest'), a.stream_version || ' ' || a.state
+      FROM unnest(ARRAY['acct-0', 'acct-3', 'acct-9']) AS s, unnest(ARRAY[NULL, 2, 9]) AS v,
+           event_store.load_aggregate(s, v) AS a
+    UNION ALL
+    SELECT 'SQL on event_store.events', count(*) || ' ' || min(global_position) || ' ' || max(global_position)
+      FROM event_store.events
+    ORDER BY 1
+$$;
+CREATE TEMP TABLE reads_before AS SELECT * FROM archive_reads();
+SELECT count(*) AS reads FROM reads_before;
+
+--
+-- errors: nothing is moved
+--
+SELECT regress.try($$SELECT event_store.archive_events(NULL, 'archive_cold')$$);
+SELECT regress.try($$SELECT event_store.archive_events(10, NULL)$$);
+SELECT regress.try($$SELECT event_store.archive_events(-1, 'archive_cold')$$);
+SELECT regress.try($$SELECT event_store.archive_events(10, 'no_such_tablespace')$$);
+SELECT regress.try($$SELECT event_store.archive_events(10, 'pg_global')$$);
+-- beyond the head: positions above it may still be written
+SELECT regress.try($$SELECT event_store.archive_events(event_store.head_position() + 2, 'archive_cold')$$);
+-- a transaction snapshot could miss events committed below the position
+BEGIN ISOLATION LEVEL REPEATABLE READ;
+SELECT regress.try($$SELECT event_store.archive_events(10, 'archive_cold')$$);
+ROLLBACK;
+BEGIN READ ONLY;
+SELECT regress.try($$SELECT event_store.archive_events(10, 'archive_cold')$$);
+ROLLBACK;
+-- 0 and 1: nothing below them
+SELECT event_store.archive_events(0, 'archive_cold') AS moved, event_store.archive_events(1, 'archive_cold') AS moved;
+SELECT count(*) AS ranges FROM event_store.archived_ranges;
+
+--
+-- privileges: only a member of the extension's owner, with CREATE on the
+-- tablespace
+--
+CREATE ROLE archive_nobody;
+CREATE ROLE archive_executor;
+GRANT EXECUTE ON FUNCTION event_store.archive_events(bigint, name) TO archive_executor;
+GRANT USAGE ON SCHEMA regress TO archive_nobody, archive_executor;
+SET ROLE archive_nobody;
+SELECT regress.try($$SELECT event_store.archive_events(40, 'archive_cold')$$);
+SELECT regress.try($$SELECT * FROM event_store.archived_ranges$$);
+RESET ROLE;
+SET ROLE archive_executor;
+SELECT regexp_replace(regress.try($$SELECT event_store.archive_events(40, 'archive_cold')$$),
+                      'role "[^"]*"', 'role "<owner>"') AS try;
+RESET ROLE;
+SELECT count(*) AS ranges FROM event_store.archived_ranges;
+
+--
+-- archive positions 1 to 40 to archive_cold
+--
+SELECT event_store.archive_events(41, 'archive_cold') AS moved;
+SELECT first_position, end_position, relation FROM event_store.archived_ranges ORDER BY 1;
+SELECT * FROM archive_places();
+SELECT count(*) AS hot_below_41 FROM ONLY event_store.events WHERE global_position < 41;
+SELECT count(*) AS archived, min(global_position), max(global_position) FROM event_store.events_archive_1;
+-- every read the same
+SELECT b.read, b.result IS NOT DISTINCT FROM a.result AS same
+  FROM reads_before b FULL JOIN archive_reads() a USING (read)
+ WHERE b.result IS DISTINCT FROM a.result;
+
+-- a second range, 41 to 80, to archive_colder: the first range moves along.
+-- The caller's search_path has a split_part of its own: the range's
+-- category index still uses pg_catalog's (read_category compares below).
+-- Another index of event_store.events is copied to the new range too.
+CREATE SCHEMA archive_evil;
+CREATE FUNCTION archive_evil.split_part(text, text, int) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$ SELECT 'evil' $$;
+CREATE INDEX events_type_idx ON event_store.events (event_type);
+SET search_path = archive_evil, pg_catalog, public;
+SELECT event_store.archive_events(81, 'archive_colder') AS moved;
+RESET search_path;
+DROP SCHEMA archive_evil CASCADE;
+SELECT first_position, end_position, relation FROM event_store.archived_ranges ORDER BY 1;
+SELECT * FROM archive_places();
+SELECT b.read FROM reads_before b FULL JOIN archive_reads() a USING (read)
+ WHERE b.result IS DISTINCT FROM a.result;
+SELECT pg_get_indexdef('event_store.events_archive_41_type_idx'::regclass);
+DROP INDEX event_store.events_type_idx;
+
+-- ranges move whole
+SELECT regress.try($$SELECT event_store.archive_events(60, 'archive_cold')$$);
+-- the first range alone back to archive_cold, then both to pg_default
+SELECT event_store.archive_events(41, 'archive_cold') AS moved;
+SELECT event_store.archive_events(41, 'archive_cold') AS moved_again;
+SELECT relation, tablespace FROM archive_places() WHERE relation LIKE 'events_archive_1%' OR relation = 'events_archive_41';
+SELECT event_store.archive_events(81, 'pg_default') AS moved;
+SELECT DISTINCT tablespace FROM archive_places();
+SELECT b.read FROM reads_before b FULL JOIN archive_reads() a USING (read)
+ WHERE b.result IS DISTINCT FROM a.result;
+
+--
+-- appends after archiving: versions continue, ids stay unique
+--
+-- an archived id, appended elsewhere: the same error as before archiving
+SELECT event_store.append('acct-9', '{"type": "Given2", "id": "22222222-2222-4222-8222-222222222222"}');
+SELECT event_store.archive_events(event_store.head_position() + 1, 'archive_cold') AS moved;
+SELECT regress.try($$SELECT event_store.append('user-5', '{"type": "Again", "id": "11111111-1111-4111-8111-111111111111"}')$$);
+SELECT regress.try($$SELECT event_store.append('user-5', '[{"type": "Fresh"}, {"type": "Again", "id": "22222222-2222-4222-8222-222222222222"}]')$$);
+-- an exact retry of an archived batch is recognised as such
+SELECT event_store.append('acct-9', '{"type": "Given2", "id": "22222222-2222-4222-8222-222222222222"}');
+SELECT count(*) AS "user-5 events" FROM event_store.read_stream('user-5');
+-- the whole store is archived: the hot table is empty, appends go on,
+-- versions follow the archived ones
+SELECT count(*) AS hot FROM ONLY event_store.events;
+SELECT event_store.append('order-0', '{"type": "Later"}', 10);
+SELECT regress.try($$SELECT event_store.append('order-0', '{"type": "Later"}', 10)$$);
+SELECT global_position, stream_version FROM event_store.read_stream('order-0', 9);
+SELECT count(*) AS events, count(DISTINCT event_id) AS ids, count(DISTINCT global_position) AS positions
+  FROM event_store.events;
+
+--
+-- archived events stay immutable; purge reaches them
+--
+SELECT regress.try($$UPDATE event_store.events_archive_1 SET data = '{}'$$);
+SELECT regress.try($$DELETE FROM event_store.events_archive_1$$);
+SELECT regress.try($$TRUNCATE event_store.events_archive_1$$);
+SELECT regress.try($$DELETE FROM event_store.events WHERE global_position = 1$$);
+SET event_store.allow_purge = on;
+SELECT event_store.purge_stream('user-1') AS purged;
+RESET event_store.allow_purge;
+SELECT stream_version, event_type FROM event_store.events WHERE stream_id = 'user-1';
+SELECT count(*) AS "user-1 archived" FROM event_store.events_archive_1 WHERE stream_id = 'user-1';
+
+-- clean up
+DROP FUNCTION archive_places();
+DROP FUNCTION archive_reads();
+SET client_min_messages = warning;
+DROP EXTENSION event_store CASCADE;
+RESET client_min_messages;
+DROP TABLESPACE archive_cold;
+DROP TABLESPACE archive_colder;
+REVOKE USAGE ON SCHEMA regress FROM archive_nobody, archive_executor;
+DROP ROLE archive_nobody;
+DROP ROLE archive_executor;
