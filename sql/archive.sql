@@ -29,7 +29,8 @@ $$;
 SELECT count(event_store.append(
            (ARRAY['acct', 'order', 'user'])[1 + i % 3] || '-' || (i / 3) % 4,
            jsonb_build_object('type', CASE WHEN i % 2 = 0 THEN 'Even' ELSE 'Odd' END,
-                              'data', jsonb_build_object('i', i))))
+                              'data', jsonb_build_object('i', i),
+                              'metadata', jsonb_build_object('correlationId', 'corr-' || i % 5))))
   FROM generate_series(0, 119) AS i;
 -- one event with the caller's id, at position 121
 SELECT event_store.append('acct-9', '{"type": "Given", "id": "11111111-1111-4111-8111-111111111111"}');
@@ -71,6 +72,12 @@ LANGUAGE sql AS $$
     UNION ALL
     SELECT 'read_stream order-2 from 6', string_agg(stream_version::text, ',')
       FROM event_store.read_stream('order-2', 6)
+    UNION ALL
+    SELECT 'read_correlated ' || c, string_agg(global_position::text, ',' ORDER BY global_position)
+      FROM unnest(ARRAY['corr-0', 'corr-3']) AS c, event_store.read_correlated(c) GROUP BY c
+    UNION ALL
+    SELECT 'read_correlated corr-1 after 50 max 4', string_agg(global_position::text, ',' ORDER BY global_position)
+      FROM event_store.read_correlated('corr-1', 50, 4)
     UNION ALL
     SELECT 'stream_version ' || s, event_store.stream_version(s)::text
       FROM (SELECT DISTINCT stream_id FROM event_store.events) AS x(s)
