@@ -244,6 +244,14 @@ static EsRegistry import_registry = {"imports"};
 static HTAB *import_hash = NULL;
 static bool any_import = false;
 
+/*
+ * The imports that share a category with another import (a reporting
+ * database importing the same categories from several servers): the store
+ * cannot tell which of them stored an event, so their progress is written
+ * by every transaction that applies events (see es_progress_write)
+ */
+static List *shared_imports = NIL;
+
 /* (Re)load the imports (EsRegistryEnsure) */
 static void
 es_load_imports(void)
@@ -254,16 +262,31 @@ es_load_imports(void)
 
 	import_hash = EsTextHashCreate("event_store imports", sizeof(EsTextKey), cxt);
 	any_import = false;
+	shared_imports = NIL;
 	if (!OidIsValid(import_registry.relid))
 		return;					/* the extension's schema is older */
 	EsSpiConnect(&sw);
-	rc = SPI_execute("SELECT i.name, c.category FROM event_store.imports i "
+	rc = SPI_execute("SELECT i.name, c.category, "
+					 "EXISTS (SELECT 1 FROM event_store.imports o "
+					 "WHERE o.name OPERATOR(pg_catalog.<>) i.name "
+					 "AND o.categories OPERATOR(pg_catalog.&&) i.categories) "
+					 "FROM event_store.imports i "
 					 "LEFT JOIN LATERAL pg_catalog.unnest(i.categories) AS c(category) ON true",
 					 true, 0);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "reading event_store.imports failed: %s", SPI_result_code_string(rc));
 	for (uint64 r = 0; r < SPI_processed; r++)
 	{
+		bool		isnull;
+
+		if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 3, &isnull)))
+		{
+			MemoryContext old = MemoryContextSwitchTo(cxt);
+
+			shared_imports = lappend(shared_imports,
+									 SPI_getvalue(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1));
+			MemoryContextSwitchTo(old);
+		}
 		for (int col = 1; col <= 2; col++)
 		{
 			bool		isnull;
@@ -283,6 +306,21 @@ es_load_imports(void)
 		}
 	}
 	EsSpiFinish(&sw);
+}
+
+/* Does this import share a category with another import? */
+static bool
+es_import_shares_categories(const char *name)
+{
+	ListCell   *lc;
+
+	EsRegistryEnsure(&import_registry, es_load_imports);
+	foreach(lc, shared_imports)
+	{
+		if (strcmp((const char *) lfirst(lc), name) == 0)
+			return true;
+	}
+	return false;
 }
 
 /* Is this category imported (read-only here)?  The append hot path. */
@@ -803,7 +841,10 @@ es_with_source(Jsonb *metadata, int64 source)
  * row's last_local_position and the first of them (a worker that died before
  * it wrote); it commits with the events it accounts for, so the status stays
  * exact across crashes.  (Exactly once itself rests on the subscription's
- * replication origin, which commits with the events.)
+ * replication origin, which commits with the events.)  Imports that share
+ * a category (several producers of the same categories) write the row in
+ * every such transaction instead, and nothing is read from the store for
+ * them: an event there does not say which of them stored it.
  */
 #define ES_PROGRESS_INTERVAL_MS 1000
 
@@ -844,15 +885,23 @@ es_progress_write(void)
 	TimestampTz now = GetCurrentTimestamp();
 	EsUserSwitch sw;
 
-	if (!es_progress_xact.resent && es_progress_written_at != 0 &&
+	bool		shared = es_import_shares_categories(es_progress_import);
+
+	if (!shared && !es_progress_xact.resent && es_progress_written_at != 0 &&
 		!TimestampDifferenceExceeds(es_progress_written_at, now, ES_PROGRESS_INTERVAL_MS))
 		return;
 	es_progress_merge(&all, &es_progress_xact);
 	args[0] = CStringGetTextDatum(es_progress_import);
 	args[1] = Int64GetDatum(all.source);
 	args[2] = Int64GetDatum(all.high);
-	/* below this, only a dead predecessor's events can be unaccounted for */
-	args[3] = Int64GetDatum(all.low > 0 ? all.low : PG_INT64_MAX);
+
+	/*
+	 * below this, only a dead predecessor's events can be unaccounted for;
+	 * an import that shares a category cannot tell its events in the store
+	 * from another import's, and has none unaccounted for (every one of its
+	 * transactions writes the row): nothing is read from the store
+	 */
+	args[3] = Int64GetDatum(shared ? 0 : all.low > 0 ? all.low : PG_INT64_MAX);
 	/* before commit, no statement is running: give the update a snapshot */
 	PushActiveSnapshot(GetTransactionSnapshot());
 	EsSpiConnect(&sw);

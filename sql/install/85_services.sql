@@ -95,7 +95,12 @@ SELECT i.name,
                    FROM event_store.events ev
                   WHERE ev.global_position OPERATOR(pg_catalog.>) i.last_local_position
                     AND pg_catalog.split_part(ev.stream_id, '-', 1) COLLATE pg_catalog."C"
-                        OPERATOR(pg_catalog.=) ANY (i.categories)))
+                        OPERATOR(pg_catalog.=) ANY (i.categories)
+                    -- an import sharing a category with another one writes
+                    -- its progress with every transaction of events
+                    AND NOT EXISTS (SELECT 1 FROM event_store.imports o
+                                     WHERE o.name OPERATOR(pg_catalog.<>) i.name
+                                       AND o.categories OPERATOR(pg_catalog.&&) i.categories)))
            AS last_source_position,
        EXTRACT(epoch FROM pg_catalog.now() OPERATOR(pg_catalog.-) st.last_msg_send_time)::float8 AS lag_seconds,
        e.message AS last_error
