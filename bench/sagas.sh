@@ -116,19 +116,7 @@ autovacuum_naptime = 5s
 track_commit_timestamp = on"
 NPROC=$(nproc)
 
-# CPU time (clock ticks) used so far by the whole cluster: the postmaster,
-# its live children (backends, WAL writer, the event_store worker...) and
-# the children it has reaped (the backends that ended)
-CLK_TCK=$(getconf CLK_TCK)
-cluster_cpu_ticks() {
-	local pm
-	pm=$(head -n 1 "$DATA/postmaster.pid")
-	# cat skips the processes that exit meanwhile; awk would stop at them
-	cat /proc/[0-9]*/stat 2>/dev/null | awk -v pm="$pm" '
-		$1 == pm { t += $14 + $15 + $16 + $17 }
-		$4 == pm { t += $14 + $15 }
-		END { print t + 0 }' || true
-}
+# cluster_cpu_ticks and CLK_TCK: bench/lib.sh
 # us_per TICKS N: CPU microseconds per item
 us_per() { awk -v t="$1" -v n="$2" -v hz="$CLK_TCK" 'BEGIN { printf "%.0f", (n > 0 ? t * 1e6 / hz / n : 0) }'; }
 now_s() { date +%s.%N; }
