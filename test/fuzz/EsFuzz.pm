@@ -123,8 +123,17 @@ END $$;
 -- changes registries while an append applies its inline projections (not
 -- when it runs inside itself: as the handler of fz_inline, resuming
 -- fz_inline replays the event it is handling, which calls it again)
+-- Once per transaction: a read of thousands of events, each upcast by
+-- u_mutate, would otherwise update the same registry rows thousands of times
+-- in one transaction (each update a new subtransaction's row version, which
+-- every later update walks: quadratic), which says nothing more about
+-- event_store than the first change does.
 CREATE FUNCTION fz.mutate_registries() RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
+    IF current_setting('fz.registries_changed', true) = 'on' THEN
+        RETURN;
+    END IF;
+    PERFORM set_config('fz.registries_changed', 'on', true);
     BEGIN
         PERFORM event_store.register_upcaster('FzOther', 1, 'fz.u_ok(jsonb, jsonb)');
     EXCEPTION WHEN insufficient_privilege THEN NULL;
