@@ -66,6 +66,12 @@ for my $step ([ 41, 'cold' ], [ 81, 'cold' ], [ 41, 'pg_default' ], [ 101, 'cold
 }
 is($standby->safe_psql('postgres', 'SELECT count(*) FROM event_store.archived_ranges'), '3',
 	'the standby lists the three ranges');
+is($standby->safe_psql('postgres', 'SELECT event_store.head_position()'),
+	$primary->safe_psql('postgres', 'SELECT event_store.head_position()'),
+	'the standby\'s head is the primary\'s, with every event archived');
+my ($ret, $out, $err) = $standby->psql('postgres',
+	"\\set VERBOSITY sqlstate\nSELECT event_store.archive_events(41, 'pg_default')");
+like($err, qr/25006/, 'archive_events() on the standby: 25006');
 
 $session->quit;
 $standby->stop;
