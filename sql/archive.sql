@@ -135,7 +135,20 @@ SELECT count(*) AS ranges FROM event_store.archived_ranges;
 --
 -- archive positions 1 to 40 to archive_cold
 --
+-- default privileges of the owner in schema event_store (meant for other
+-- tables) do not open a range table: it would bypass the category grants
+-- and immutability of event_store.events
+ALTER DEFAULT PRIVILEGES IN SCHEMA event_store GRANT ALL ON TABLES TO PUBLIC, archive_nobody;
 SELECT event_store.archive_events(41, 'archive_cold') AS moved;
+ALTER DEFAULT PRIVILEGES IN SCHEMA event_store REVOKE ALL ON TABLES FROM PUBLIC, archive_nobody;
+SELECT count(*) AS grants_to_others
+  FROM pg_class c, aclexplode(c.relacl) a
+ WHERE c.oid = 'event_store.events_archive_1'::regclass AND a.grantee <> c.relowner;
+SET ROLE archive_nobody;
+SELECT regress.try($$SELECT count(*) FROM event_store.events_archive_1$$);
+SELECT regress.try($$INSERT INTO event_store.events_archive_1 SELECT * FROM event_store.events_archive_1 LIMIT 0$$);
+SELECT regress.try($$LOCK TABLE event_store.events_archive_1$$);
+RESET ROLE;
 SELECT first_position, end_position, relation FROM event_store.archived_ranges ORDER BY 1;
 SELECT * FROM archive_places();
 SELECT count(*) AS hot_below_41 FROM ONLY event_store.events WHERE global_position < 41;

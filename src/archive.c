@@ -10,6 +10,7 @@
 #include "catalog/pg_tablespace.h"
 #include "commands/tablespace.h"
 #include "executor/spi.h"
+#include "lib/stringinfo.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "storage/lmgr.h"
@@ -94,6 +95,38 @@ es_move_range(const EsTier *t, Oid ts, const char *tsq)
 }
 
 /*
+ * Leave a new range table to its owner alone: whatever the owner's default
+ * privileges in the schema granted (meant for other tables) would let their
+ * grantees read the archived events around the category grants of
+ * event_store.events (its row-level security does not apply to a child read
+ * directly), or write them around its immutability.
+ */
+static void
+es_revoke_all(const char *q)
+{
+	StringInfoData grantees;
+
+	initStringInfo(&grantees);
+	appendStringInfoString(&grantees, "PUBLIC");
+	es_archive_exec(psprintf("SELECT DISTINCT a.grantee FROM pg_catalog.pg_class c, "
+							 "pg_catalog.aclexplode(c.relacl) a "
+							 "WHERE c.oid OPERATOR(pg_catalog.=) %s::pg_catalog.regclass "
+							 "AND a.grantee OPERATOR(pg_catalog.<>) c.relowner "
+							 "AND a.grantee OPERATOR(pg_catalog.<>) 0",
+							 quote_literal_cstr(q)),
+					SPI_OK_SELECT);
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		bool		null;
+		Oid			grantee = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i],
+															 SPI_tuptable->tupdesc, 1, &null));
+
+		appendStringInfo(&grantees, ", %s", quote_identifier(EsRoleName(grantee)));
+	}
+	es_archive_exec(psprintf("REVOKE ALL ON TABLE %s FROM %s", q, grantees.data), SPI_OK_UTILITY);
+}
+
+/*
  * Move the hot table's events at positions [first, end) into a new range
  * table in a tablespace, and list it; returns the number of events moved.
  */
@@ -110,7 +143,7 @@ es_archive_range(int64 first, int64 end, const char *tsq)
 							 "INHERITS (event_store.events) TABLESPACE %s",
 							 q, quote_identifier(psprintf("%s_range", name)), first, end, tsq),
 					SPI_OK_UTILITY);
-	es_archive_exec(psprintf("REVOKE ALL ON TABLE %s FROM PUBLIC", q), SPI_OK_UTILITY);
+	es_revoke_all(q);
 	es_archive_exec(psprintf("CREATE TRIGGER events_immutable BEFORE UPDATE OR DELETE ON %s "
 							 "FOR EACH STATEMENT EXECUTE FUNCTION event_store._refuse_modification()", q),
 					SPI_OK_UTILITY);
