@@ -6,18 +6,25 @@
  */
 #include "postgres.h"
 
+#include "access/htup_details.h"
 #include "access/xact.h"
+#include "catalog/pg_class.h"
 #include "catalog/pg_tablespace.h"
 #include "commands/tablespace.h"
 #include "executor/spi.h"
-#include "lib/stringinfo.h"
 #include "fmgr.h"
+#include "lib/stringinfo.h"
 #include "miscadmin.h"
+#include "storage/latch.h"
 #include "storage/lmgr.h"
+#include "storage/proc.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
+#include "utils/syscache.h"
+#include "utils/timestamp.h"
+#include "utils/wait_event.h"
 
 #include "api.h"
 #include "catalog.h"
@@ -50,6 +57,58 @@ es_rel_tablespace(Oid relid)
 	return OidIsValid(ts) ? ts : MyDatabaseTableSpace;
 }
 
+/* The TOAST table of a relation (InvalidOid: none) */
+static Oid
+es_rel_toast(Oid relid)
+{
+	HeapTuple	tp = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	Oid			toast;
+
+	if (!HeapTupleIsValid(tp))
+		elog(ERROR, "cache lookup failed for relation %u", relid);
+	toast = ((Form_pg_class) GETSTRUCT(tp))->reltoastrelid;
+	ReleaseSysCache(tp);
+	return toast;
+}
+
+/*
+ * Take the ACCESS EXCLUSIVE locks of the relations that SET TABLESPACE is
+ * about to move without queueing for them: a queued request makes every
+ * later reader of the range wait behind it, so a session holding any lock
+ * on it (PREPARE takes one before privileges are checked, whoever asks)
+ * would stop the reads of the store.  Tries all of them at once, lets go
+ * and retries every few milliseconds until it holds them all; gives up at
+ * lock_timeout, and can be cancelled.
+ */
+static void
+es_lock_for_move(const char *range, Oid *relids, int n)
+{
+	TimestampTz start = GetCurrentTimestamp();
+
+	for (;;)
+	{
+		int			locked = 0;
+
+		while (locked < n && ConditionalLockRelationOid(relids[locked], AccessExclusiveLock))
+			locked++;
+		if (locked == n)
+			return;
+		while (locked > 0)
+			UnlockRelationOid(relids[--locked], AccessExclusiveLock);
+		if (LockTimeout > 0 &&
+			TimestampDifferenceExceeds(start, GetCurrentTimestamp(), LockTimeout))
+			ereport(ERROR,
+					(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
+					 errmsg("could not lock archived range \"%s\" to move it", range),
+					 errdetail("Another session holds a lock on the range table or one of its indexes."),
+					 errhint("Call archive_events() again later, or with a longer lock_timeout.")));
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 10L, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
+}
+
 /*
  * Move an archived range's table and its indexes to a tablespace, unless
  * they are there; returns the number of its events moved.
@@ -58,11 +117,45 @@ static int64
 es_move_range(const EsTier *t, Oid ts, const char *tsq)
 {
 	int64		moved = 0;
-	char	   *q = quote_qualified_identifier(ES_SCHEMA_NAME, get_rel_name(t->relid));
+	char	   *relname = get_rel_name(t->relid);
+	char	   *q = quote_qualified_identifier(ES_SCHEMA_NAME, relname);
+	bool		move_table = es_rel_tablespace(t->relid) != ts;
 	Oid		   *indexes;
 	uint64		nindexes;
+	Oid		   *locks;
+	int			nlocks = 0;
 
-	if (es_rel_tablespace(t->relid) != ts)
+	/* its indexes, and its TOAST table and index (which SET TABLESPACE moves along) */
+	es_archive_exec(psprintf("SELECT i.indexrelid, i.indrelid OPERATOR(pg_catalog.=) %u "
+							 "FROM pg_catalog.pg_index i "
+							 "WHERE i.indrelid OPERATOR(pg_catalog.=) %u "
+							 "OR i.indrelid OPERATOR(pg_catalog.=) (SELECT c.reltoastrelid "
+							 "FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) %u) "
+							 "ORDER BY 2 DESC, 1",
+							 t->relid, t->relid, t->relid),
+					SPI_OK_SELECT);
+	indexes = palloc(sizeof(Oid) * Max(SPI_processed, 1));
+	locks = palloc(sizeof(Oid) * (SPI_processed + 2));
+	locks[nlocks++] = t->relid;
+	if (OidIsValid(es_rel_toast(t->relid)))
+		locks[nlocks++] = es_rel_toast(t->relid);
+	nindexes = 0;
+	/* copied out: the statements below replace SPI_tuptable */
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		bool		null;
+		Oid			index = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &null));
+		bool		own = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &null));
+
+		locks[nlocks++] = index;
+		if (own && es_rel_tablespace(index) != ts)
+			indexes[nindexes++] = index;
+	}
+	if (!move_table && nindexes == 0)
+		return 0;
+	es_lock_for_move(relname, locks, nlocks);
+
+	if (move_table)
 	{
 		bool		null;
 
@@ -70,27 +163,10 @@ es_move_range(const EsTier *t, Oid ts, const char *tsq)
 		moved = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &null));
 		es_archive_exec(psprintf("ALTER TABLE %s SET TABLESPACE %s", q, tsq), SPI_OK_UTILITY);
 	}
-	es_archive_exec(psprintf("SELECT i.indexrelid FROM pg_catalog.pg_index i "
-							 "WHERE i.indrelid OPERATOR(pg_catalog.=) %u", t->relid),
-					SPI_OK_SELECT);
-	nindexes = SPI_processed;
-	indexes = palloc(sizeof(Oid) * Max(nindexes, 1));
-	/* copied out: the statements below replace SPI_tuptable */
 	for (uint64 i = 0; i < nindexes; i++)
-	{
-		bool		null;
-
-		indexes[i] = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &null));
-	}
-	for (uint64 i = 0; i < nindexes; i++)
-	{
-		Oid			index = indexes[i];
-
-		if (es_rel_tablespace(index) != ts)
-			es_archive_exec(psprintf("ALTER INDEX %s SET TABLESPACE %s",
-									 quote_qualified_identifier(ES_SCHEMA_NAME, get_rel_name(index)), tsq),
-							SPI_OK_UTILITY);
-	}
+		es_archive_exec(psprintf("ALTER INDEX %s SET TABLESPACE %s",
+								 quote_qualified_identifier(ES_SCHEMA_NAME, get_rel_name(indexes[i])), tsq),
+						SPI_OK_UTILITY);
 	return moved;
 }
 

@@ -1,0 +1,101 @@
+# A lock on a range table does not let anybody stop the store: a role
+# without any privilege can hold a lock on a range table for as long as it
+# likes (PREPARE locks the relations it names before privileges are
+# checked); archive_events() moving that range waits for it without making
+# the reads queue behind its own lock request, gives up at lock_timeout,
+# and can be cancelled.  Once the lock is gone the move goes through.
+#
+# Every wait is a poll with a deadline, never a sleep.
+
+use strict;
+use warnings;
+
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+use FindBin;
+use lib "$FindBin::RealBin/../perl";
+use EsTestNode;
+
+my $node = es_node('archlocks', q{
+event_store.worker_enabled = off
+allow_in_place_tablespaces = on
+});
+
+$node->safe_psql('postgres', q{
+CREATE TABLESPACE cold LOCATION '';
+CREATE EXTENSION event_store;
+CREATE ROLE nobody LOGIN;
+SELECT count(event_store.append('acct-' || i % 5, jsonb_build_object('type', 'T', 'data', jsonb_build_object('i', i))))
+  FROM generate_series(1, 100) AS i;
+SELECT event_store.archive_events(41, 'pg_default');
+});
+
+my $reads = q{SELECT count(*) || ' ' || sum(stream_version) FROM event_store.read_stream('acct-1')};
+my $before = $node->safe_psql('postgres', $reads);
+is($before, '20 210', 'acct-1 reads 20 events');
+
+# nobody locks the range table (and its TOAST table) and keeps the lock
+my $holder = $node->background_psql('postgres', on_error_stop => 0, extra_params => [ '-U', 'nobody' ]);
+my $holder_pid = $holder->query_safe('SELECT pg_backend_pid()');
+$holder->query_safe(q{BEGIN});
+$holder->query_safe(q{PREPARE hold AS SELECT * FROM event_store.events_archive_1});
+is( $node->safe_psql('postgres', qq{
+    SELECT count(*) FROM pg_locks l
+     WHERE l.relation = 'event_store.events_archive_1'::regclass AND l.pid = $holder_pid AND l.granted}),
+	'1', 'a role without privileges holds a lock on the range table');
+
+# with lock_timeout, the move gives up with 55P03 and moves nothing
+my ($ret, $out, $err) = $node->psql('postgres',
+	"SET lock_timeout = '200ms';\n\\set VERBOSITY sqlstate\nSELECT event_store.archive_events(41, 'cold')");
+like($err, qr/55P03/, 'the move gives up at lock_timeout: 55P03');
+is( $node->safe_psql('postgres', q{
+    SELECT coalesce(t.spcname, 'pg_default') FROM pg_class c LEFT JOIN pg_tablespace t ON t.oid = c.reltablespace
+     WHERE c.oid = 'event_store.events_archive_1'::regclass}),
+	'pg_default', '... and the range stays where it was');
+
+# without it, the archiver waits ...
+my $archiver = $node->background_psql('postgres', on_error_stop => 0);
+my $archiver_pid = $archiver->query_safe('SELECT pg_backend_pid()');
+$archiver->query_until(qr/started/, qq{\\echo started\nSELECT event_store.archive_events(41, 'cold');\n});
+ok( $node->poll_query_until('postgres', qq{
+    SELECT state = 'active' AND wait_event IS NOT NULL FROM pg_stat_activity WHERE pid = $archiver_pid}),
+	'the archiver waits for the lock');
+
+# ... and the readers go on meanwhile (a deadline, not a sleep: blocked
+# behind the archiver's lock request, they would time out)
+($ret, $out, $err) = $node->psql('postgres', "SET statement_timeout = '10s';\n$reads");
+is($out, $before, 'read_stream goes on while the archiver waits') or diag($err);
+($ret, $out, $err) = $node->psql('postgres',
+	"SET statement_timeout = '10s';\nSELECT count(*) FROM event_store.read_all(0, NULL)");
+is($out, '100', 'read_all goes on while the archiver waits') or diag($err);
+
+# the holder lets go: the move goes through
+$holder->query_safe(q{ROLLBACK});
+ok( $node->poll_query_until('postgres', q{
+    SELECT count(*) = 6 AND bool_and(t.spcname IS NOT DISTINCT FROM 'cold')
+      FROM pg_class c LEFT JOIN pg_tablespace t ON t.oid = c.reltablespace
+     WHERE c.relname LIKE 'events_archive_1%' AND c.relnamespace = 'event_store'::regnamespace}),
+	'the range and its five indexes moved to cold once the lock was released');
+is($node->safe_psql('postgres', $reads), $before, 'acct-1 reads the same events');
+
+# a waiting archiver can be cancelled
+$holder->query_safe(q{BEGIN});
+$holder->query_safe(q{PREPARE hold2 AS SELECT * FROM event_store.events_archive_1});
+$archiver->query_until(qr/again/, qq{\\echo again\nSELECT event_store.archive_events(41, 'pg_default');\n});
+ok( $node->poll_query_until('postgres', qq{
+    SELECT state = 'active' AND wait_event IS NOT NULL AND query LIKE '%pg_default%'
+      FROM pg_stat_activity WHERE pid = $archiver_pid}),
+	'the archiver waits again');
+$node->safe_psql('postgres', "SELECT pg_cancel_backend($archiver_pid)");
+ok( $node->poll_query_until('postgres', qq{
+    SELECT state = 'idle' FROM pg_stat_activity WHERE pid = $archiver_pid}),
+	'a waiting archiver is cancelled');
+$holder->query_safe(q{ROLLBACK});
+is($node->safe_psql('postgres', $reads), $before, 'acct-1 still reads the same events');
+
+$holder->quit;
+$archiver->quit;
+$node->stop;
+done_testing();
