@@ -215,6 +215,42 @@ SELECT s.streams, (SELECT count(DISTINCT stream_id) FROM event_store.events) AS 
   FROM event_store.stats s;
 
 --
+-- a hostile caller's environment: a tablespace whose name needs quoting;
+-- a search_path with pg_temp first, temporary look-alikes of the
+-- extension's tables, and a schema whose lower() shadows pg_catalog's,
+-- while an index of event_store.events calls a function (of another
+-- schema) that calls lower(): the range's copy of that index holds what
+-- the hot table's would
+--
+SET allow_in_place_tablespaces = on;
+CREATE TABLESPACE "Cold ""Q"" Space" LOCATION '';
+RESET allow_in_place_tablespaces;
+CREATE SCHEMA archive_fn;
+CREATE FUNCTION archive_fn.kind(t text) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$ SELECT lower(t) $$;
+CREATE INDEX events_kind_idx ON event_store.events (archive_fn.kind(event_type));
+CREATE SCHEMA archive_evil;
+CREATE FUNCTION archive_evil.lower(text) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$ SELECT 'evil' $$;
+CREATE TEMP TABLE archived_ranges (first_position bigint, end_position bigint, relation name);
+CREATE TEMP TABLE events (global_position bigint);
+SET search_path = pg_temp, archive_evil, archive_fn, pg_catalog, public;
+SELECT event_store.archive_events(event_store.head_position() + 1, 'Cold "Q" Space') AS moved;
+RESET search_path;
+SELECT * FROM archive_places() WHERE relation LIKE 'events_archive_123%';
+SELECT pg_get_indexdef('event_store.events_archive_123_kind_idx'::regclass);
+SET enable_seqscan = off;
+SET enable_bitmapscan = off;
+SELECT count(*) AS later_by_index FROM event_store.events_archive_123 WHERE archive_fn.kind(event_type) = 'later';
+RESET enable_seqscan;
+RESET enable_bitmapscan;
+SELECT count(*) AS later FROM event_store.events_archive_123 WHERE event_type = 'Later';
+SELECT count(*) AS temp_look_alikes FROM pg_temp.archived_ranges, pg_temp.events;
+DROP TABLE pg_temp.archived_ranges, pg_temp.events;
+DROP SCHEMA archive_evil CASCADE;
+DROP SCHEMA archive_fn CASCADE;
+
+--
 -- archived events stay immutable; purge reaches them
 --
 SELECT regress.try($$UPDATE event_store.events_archive_1 SET data = '{}'$$);
@@ -235,6 +271,7 @@ DROP EXTENSION event_store CASCADE;
 RESET client_min_messages;
 DROP TABLESPACE archive_cold;
 DROP TABLESPACE archive_colder;
+DROP TABLESPACE "Cold ""Q"" Space";
 REVOKE USAGE ON SCHEMA regress FROM archive_nobody, archive_executor;
 DROP ROLE archive_nobody;
 DROP ROLE archive_executor;
