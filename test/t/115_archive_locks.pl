@@ -1,5 +1,5 @@
 # A lock on a range table does not let anybody stop the store: a role
-# without any privilege can hold a lock on a range table for as long as it
+# without any privilege on the tables can hold a lock on a range table for as long as it
 # likes (PREPARE locks the relations it names before privileges are
 # checked); archive_events() moving that range waits for it without making
 # the reads queue behind its own lock request, gives up at lock_timeout,
@@ -27,6 +27,8 @@ $node->safe_psql('postgres', q{
 CREATE TABLESPACE cold LOCATION '';
 CREATE EXTENSION event_store;
 CREATE ROLE nobody LOGIN;
+-- a reader: no privilege on any table
+GRANT EXECUTE ON FUNCTION event_store.read_stream(text, bigint, bigint, boolean, boolean) TO nobody;
 SELECT count(event_store.append('acct-' || i % 5, jsonb_build_object('type', 'T', 'data', jsonb_build_object('i', i))))
   FROM generate_series(1, 100) AS i;
 SELECT event_store.archive_events(41, 'pg_default');
@@ -44,7 +46,7 @@ $holder->query_safe(q{PREPARE hold AS SELECT * FROM event_store.events_archive_1
 is( $node->safe_psql('postgres', qq{
     SELECT count(*) FROM pg_locks l
      WHERE l.relation = 'event_store.events_archive_1'::regclass AND l.pid = $holder_pid AND l.granted}),
-	'1', 'a role without privileges holds a lock on the range table');
+	'1', 'a role without privileges on the tables holds a lock on the range table');
 
 # with lock_timeout, the move gives up with 55P03 and moves nothing
 my ($ret, $out, $err) = $node->psql('postgres',
@@ -94,6 +96,38 @@ ok( $node->poll_query_until('postgres', qq{
 	'a waiting archiver is cancelled');
 $holder->query_safe(q{ROLLBACK});
 is($node->safe_psql('postgres', $reads), $before, 'acct-1 still reads the same events');
+
+# moving two ranges while the second is locked: the archiver holds no lock
+# of the first meanwhile, so the holder itself can still read the store
+# (were the first range locked, the holder would wait for the archiver and
+# the archiver for the holder, a deadlock nobody detects: the archiver
+# does not queue)
+$node->safe_psql('postgres', q{SELECT event_store.archive_events(81, 'pg_default')});
+is( $node->safe_psql('postgres', q{
+    SELECT string_agg(relation || '@' || coalesce(t.spcname, 'pg_default'), ' ' ORDER BY first_position)
+      FROM event_store.archived_ranges r JOIN pg_class c ON c.oid = ('event_store.' || r.relation)::regclass
+      LEFT JOIN pg_tablespace t ON t.oid = c.reltablespace}),
+	'events_archive_1@pg_default events_archive_41@pg_default', 'two ranges in pg_default');
+$holder->query_safe(q{BEGIN});
+$holder->query_safe(q{PREPARE hold3 AS SELECT * FROM event_store.events_archive_41});
+$archiver->query_until(qr/both/, qq{\\echo both\nSELECT event_store.archive_events(81, 'cold');\n});
+ok( $node->poll_query_until('postgres', qq{
+    SELECT state = 'active' AND wait_event IS NOT NULL AND query LIKE '%81, ''cold''%'
+      FROM pg_stat_activity WHERE pid = $archiver_pid}),
+	'the archiver waits for the second range');
+is( $node->safe_psql('postgres', qq{
+    SELECT count(*) FROM pg_locks WHERE pid = $archiver_pid AND mode = 'AccessExclusiveLock'
+       AND relation IN ('event_store.events_archive_1'::regclass, 'event_store.events_archive_41'::regclass)}),
+	'0', '... holding no lock of either range meanwhile');
+$holder->query_safe(q{SET statement_timeout = '10s'});
+is($holder->query_safe($reads), $before, 'the holder of the lock reads the store meanwhile');
+$holder->query_safe(q{ROLLBACK});
+ok( $node->poll_query_until('postgres', q{
+    SELECT count(*) = 12 AND bool_and(t.spcname IS NOT DISTINCT FROM 'cold')
+      FROM pg_class c LEFT JOIN pg_tablespace t ON t.oid = c.reltablespace
+     WHERE c.relname ~ '^events_archive_(1|41)(_|$)' AND c.relnamespace = 'event_store'::regnamespace}),
+	'both ranges moved once the lock was released');
+is($node->safe_psql('postgres', $reads), $before, 'acct-1 reads the same events');
 
 $holder->quit;
 $archiver->quit;
