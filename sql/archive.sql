@@ -158,6 +158,54 @@ SELECT b.read, b.result IS NOT DISTINCT FROM a.result AS same
   FROM reads_before b FULL JOIN archive_reads() a USING (read)
  WHERE b.result IS DISTINCT FROM a.result;
 
+-- category grants hold for archived events on every read path: a role of
+-- the privilege recipe without a grant on category acct (now restricted)
+-- reads, follows, subscribes to and projects every other event, archived
+-- or not, and none of acct's
+\set ECHO none
+\i examples/privileges.sql
+\set ECHO all
+CREATE ROLE archive_reader;
+GRANT event_store_operator TO archive_reader;
+GRANT USAGE ON SCHEMA regress TO archive_reader;
+CREATE SCHEMA archive_own AUTHORIZATION archive_reader;
+SELECT event_store.grant_category('archive_executor', 'acct', '{read}');
+SET ROLE archive_reader;
+SELECT regress.try($$SELECT count(*) FROM event_store.read_stream('acct-1')$$);
+SELECT regress.try($$SELECT count(*) FROM event_store.read_category('acct')$$);
+SELECT regress.try($$SELECT * FROM event_store.load_aggregate('acct-1')$$);
+SELECT count(*) FILTER (WHERE stream_id LIKE 'acct%') AS acct, count(*) AS events,
+       count(*) FILTER (WHERE global_position < 41) AS archived
+  FROM event_store.read_all(0, NULL);
+SELECT count(*) FILTER (WHERE stream_id LIKE 'acct%') AS acct, count(*) AS events,
+       count(*) FILTER (WHERE global_position < 41) AS archived
+  FROM event_store.read_correlated('corr-0');
+SELECT count(*) AS order_archived FROM event_store.read_category('order', 0, 20);
+SELECT event_store.create_subscription('archive_sub');
+SELECT count(*) FILTER (WHERE stream_id LIKE 'acct%') AS acct, count(*) AS events,
+       count(*) FILTER (WHERE global_position < 41) AS archived
+  FROM event_store.claim_events('archive_sub', 'c1', 1000);
+CREATE TABLE archive_own.seen (global_position bigint, stream_id text);
+CREATE FUNCTION archive_own.see(e event_store.event) RETURNS void
+LANGUAGE sql AS $$ INSERT INTO archive_own.seen VALUES (e.global_position, e.stream_id) $$;
+SELECT event_store.create_projection('archive_proj', 'archive_own.see(event_store.event)', mode => 'async');
+SELECT event_store.run_projections() >= 0 AS ran;
+SELECT event_store.wait_for_projection('archive_proj', event_store.head_position()) AS caught_up;
+SELECT count(*) FILTER (WHERE stream_id LIKE 'acct%') AS acct, count(*) AS events,
+       count(*) FILTER (WHERE global_position < 41) AS archived
+  FROM archive_own.seen;
+RESET ROLE;
+SELECT event_store.drop_projection('archive_proj');
+SELECT event_store.drop_subscription('archive_sub');
+SELECT event_store.revoke_category('archive_executor', 'acct', '{read}');
+DROP SCHEMA archive_own CASCADE;
+REVOKE USAGE ON SCHEMA regress FROM archive_reader;
+DROP ROLE archive_reader;
+SET client_min_messages = warning;
+DROP OWNED BY event_store_reader, event_store_writer, event_store_operator;
+DROP ROLE event_store_reader, event_store_writer, event_store_operator;
+RESET client_min_messages;
+
 -- a second range, 41 to 80, to archive_colder: the first range moves along.
 -- The caller's search_path has a split_part of its own: the range's
 -- category index still uses pg_catalog's (read_category compares below).
