@@ -129,6 +129,26 @@ ok( $node->poll_query_until('postgres', q{
 	'both ranges moved once the lock was released');
 is($node->safe_psql('postgres', $reads), $before, 'acct-1 reads the same events');
 
+# a lock on archived_ranges (a prepared INSERT takes ROW EXCLUSIVE) makes
+# archive_events() wait in the queue of that table, where the readers and
+# appenders (ACCESS SHARE at most) do not queue behind it
+$holder->query_safe(q{RESET statement_timeout});
+$holder->query_safe(q{BEGIN});
+$holder->query_safe(q{PREPARE hold4 AS INSERT INTO event_store.archived_ranges VALUES (0, 1, 'x')});
+$archiver->query_until(qr/registry/, qq{\\echo registry\nSELECT event_store.archive_events(event_store.head_position() + 1, 'cold');\n});
+ok( $node->poll_query_until('postgres', qq{
+    SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $archiver_pid}),
+	'the archiver waits for the lock of archived_ranges');
+($ret, $out, $err) = $node->psql('postgres', "SET statement_timeout = '10s';\n$reads");
+is($out, $before, 'read_stream goes on meanwhile') or diag($err);
+($ret, $out, $err) = $node->psql('postgres',
+	"SET statement_timeout = '10s';\nSELECT event_store.append('acct-1', '{\"type\": \"T\"}', 20)");
+is($out, '21', 'an append goes on meanwhile') or diag($err);
+$holder->query_safe(q{ROLLBACK});
+ok( $node->poll_query_until('postgres', q{SELECT count(*) = 3 FROM event_store.archived_ranges}),
+	'the archiver makes its range once the lock is released');
+is($node->safe_psql('postgres', $reads), '21 231', 'acct-1 reads every event');
+
 $holder->quit;
 $archiver->quit;
 $node->stop;
