@@ -311,6 +311,48 @@ RESET event_store.allow_purge;
 SELECT stream_version, event_type FROM event_store.events WHERE stream_id = 'user-1';
 SELECT count(*) AS "user-1 archived" FROM event_store.events_archive_1 WHERE stream_id = 'user-1';
 
+--
+-- the lifecycle of streams whose events are partly archived
+--
+SELECT event_store.append('user-2', '{"type": "Hot"}', 10) AS version;
+SELECT tableoid::regclass AS tier, count(*) FROM event_store.events WHERE stream_id = 'user-2' GROUP BY 1 ORDER BY 1;
+-- deleted: appends refused, reads empty; reopened: versions go on
+SELECT event_store.delete_stream('user-2', 11) AS deleted_at_version;
+SELECT regress.try($$SELECT event_store.append('user-2', '{"type": "Refused"}')$$);
+SELECT count(*) AS "user-2 reads deleted" FROM event_store.read_stream('user-2');
+SELECT event_store.stream_version('user-2') AS version;
+SELECT event_store.reopen_stream('user-2') AS reopened_at_version;
+SELECT event_store.append('user-2', '{"type": "Again"}') AS version;
+SELECT stream_version, event_type FROM event_store.read_stream('user-2');
+-- retention removes archived events like the others, never the newest
+SELECT event_store.set_stream_retention('order-1', 3, NULL);
+SELECT event_store.enforce_retention() AS removed;
+SELECT stream_version, tableoid::regclass AS tier FROM event_store.events WHERE stream_id = 'order-1' ORDER BY 1;
+SELECT string_agg(stream_version::text, ',') AS "order-1 reads" FROM event_store.read_stream('order-1');
+SELECT event_store.append('order-1', '{"type": "After"}', 10) AS version;
+
+--
+-- archive_events() rolled back leaves nothing behind: no range, no table,
+-- every event where it was; so does a savepoint rolled back, and the
+-- transaction reads every event after it
+--
+SELECT count(*) AS ranges, (SELECT count(*) FROM ONLY event_store.events) AS hot
+  FROM event_store.archived_ranges;
+BEGIN;
+SELECT event_store.archive_events(event_store.head_position() + 1, 'archive_cold') > 0 AS moved;
+ROLLBACK;
+BEGIN;
+SAVEPOINT s;
+SELECT event_store.archive_events(event_store.head_position() + 1, 'archive_cold') > 0 AS moved;
+ROLLBACK TO SAVEPOINT s;
+SELECT count(*) AS "read_all in the transaction", (SELECT count(*) FROM event_store.events) AS events
+  FROM event_store.read_all(0, NULL);
+COMMIT;
+SELECT count(*) AS ranges, (SELECT count(*) FROM ONLY event_store.events) AS hot,
+       (SELECT count(*) FROM pg_class WHERE relnamespace = 'event_store'::regnamespace
+           AND relname LIKE 'events_archive%' AND relkind = 'r') AS range_tables
+  FROM event_store.archived_ranges;
+
 -- clean up
 DROP FUNCTION archive_places();
 DROP FUNCTION archive_reads();
