@@ -37,9 +37,11 @@
 -- view of each role; a test compares that table with what this script
 -- grants, so change both together.
 --
--- Publications and imports are not granted: create_publication and
--- drop_publication need membership in the extension's owner (and CREATE on
--- the database), create_import and drop_import a superuser.
+-- Publications, imports and archiving are not granted: create_publication
+-- and drop_publication need membership in the extension's owner (and CREATE
+-- on the database), create_import and drop_import a superuser,
+-- archive_events membership in the extension's owner (and CREATE on the
+-- tablespace).
 --
 -- Category grants come on top: once a category has a grant
 -- (event_store.grant_category), only roles holding one may append to or

@@ -135,7 +135,20 @@ SELECT count(*) AS ranges FROM event_store.archived_ranges;
 --
 -- archive positions 1 to 40 to archive_cold
 --
+-- default privileges of the owner in schema event_store (meant for other
+-- tables) do not open a range table: it would bypass the category grants
+-- and immutability of event_store.events
+ALTER DEFAULT PRIVILEGES IN SCHEMA event_store GRANT ALL ON TABLES TO PUBLIC, archive_nobody;
 SELECT event_store.archive_events(41, 'archive_cold') AS moved;
+ALTER DEFAULT PRIVILEGES IN SCHEMA event_store REVOKE ALL ON TABLES FROM PUBLIC, archive_nobody;
+SELECT count(*) AS grants_to_others
+  FROM pg_class c, aclexplode(c.relacl) a
+ WHERE c.oid = 'event_store.events_archive_1'::regclass AND a.grantee <> c.relowner;
+SET ROLE archive_nobody;
+SELECT regress.try($$SELECT count(*) FROM event_store.events_archive_1$$);
+SELECT regress.try($$INSERT INTO event_store.events_archive_1 SELECT * FROM event_store.events_archive_1 LIMIT 0$$);
+SELECT regress.try($$LOCK TABLE event_store.events_archive_1$$);
+RESET ROLE;
 SELECT first_position, end_position, relation FROM event_store.archived_ranges ORDER BY 1;
 SELECT * FROM archive_places();
 SELECT count(*) AS hot_below_41 FROM ONLY event_store.events WHERE global_position < 41;
@@ -144,6 +157,54 @@ SELECT count(*) AS archived, min(global_position), max(global_position) FROM eve
 SELECT b.read, b.result IS NOT DISTINCT FROM a.result AS same
   FROM reads_before b FULL JOIN archive_reads() a USING (read)
  WHERE b.result IS DISTINCT FROM a.result;
+
+-- category grants hold for archived events on every read path: a role of
+-- the privilege recipe without a grant on category acct (now restricted)
+-- reads, follows, subscribes to and projects every other event, archived
+-- or not, and none of acct's
+\set ECHO none
+\i examples/privileges.sql
+\set ECHO all
+CREATE ROLE archive_reader;
+GRANT event_store_operator TO archive_reader;
+GRANT USAGE ON SCHEMA regress TO archive_reader;
+CREATE SCHEMA archive_own AUTHORIZATION archive_reader;
+SELECT event_store.grant_category('archive_executor', 'acct', '{read}');
+SET ROLE archive_reader;
+SELECT regress.try($$SELECT count(*) FROM event_store.read_stream('acct-1')$$);
+SELECT regress.try($$SELECT count(*) FROM event_store.read_category('acct')$$);
+SELECT regress.try($$SELECT * FROM event_store.load_aggregate('acct-1')$$);
+SELECT count(*) FILTER (WHERE stream_id LIKE 'acct%') AS acct, count(*) AS events,
+       count(*) FILTER (WHERE global_position < 41) AS archived
+  FROM event_store.read_all(0, NULL);
+SELECT count(*) FILTER (WHERE stream_id LIKE 'acct%') AS acct, count(*) AS events,
+       count(*) FILTER (WHERE global_position < 41) AS archived
+  FROM event_store.read_correlated('corr-0');
+SELECT count(*) AS order_archived FROM event_store.read_category('order', 0, 20);
+SELECT event_store.create_subscription('archive_sub');
+SELECT count(*) FILTER (WHERE stream_id LIKE 'acct%') AS acct, count(*) AS events,
+       count(*) FILTER (WHERE global_position < 41) AS archived
+  FROM event_store.claim_events('archive_sub', 'c1', 1000);
+CREATE TABLE archive_own.seen (global_position bigint, stream_id text);
+CREATE FUNCTION archive_own.see(e event_store.event) RETURNS void
+LANGUAGE sql AS $$ INSERT INTO archive_own.seen VALUES (e.global_position, e.stream_id) $$;
+SELECT event_store.create_projection('archive_proj', 'archive_own.see(event_store.event)', mode => 'async');
+SELECT event_store.run_projections() >= 0 AS ran;
+SELECT event_store.wait_for_projection('archive_proj', event_store.head_position()) AS caught_up;
+SELECT count(*) FILTER (WHERE stream_id LIKE 'acct%') AS acct, count(*) AS events,
+       count(*) FILTER (WHERE global_position < 41) AS archived
+  FROM archive_own.seen;
+RESET ROLE;
+SELECT event_store.drop_projection('archive_proj');
+SELECT event_store.drop_subscription('archive_sub');
+SELECT event_store.revoke_category('archive_executor', 'acct', '{read}');
+DROP SCHEMA archive_own CASCADE;
+REVOKE USAGE ON SCHEMA regress FROM archive_reader;
+DROP ROLE archive_reader;
+SET client_min_messages = warning;
+DROP OWNED BY event_store_reader, event_store_writer, event_store_operator;
+DROP ROLE event_store_reader, event_store_writer, event_store_operator;
+RESET client_min_messages;
 
 -- a second range, 41 to 80, to archive_colder: the first range moves along.
 -- The caller's search_path has a split_part of its own: the range's
@@ -194,6 +255,48 @@ SELECT regress.try($$SELECT event_store.append('order-0', '{"type": "Later"}', 1
 SELECT global_position, stream_version FROM event_store.read_stream('order-0', 9);
 SELECT count(*) AS events, count(DISTINCT event_id) AS ids, count(DISTINCT global_position) AS positions
   FROM event_store.events;
+-- event_store.stats counts the streams of every tier: with most streams
+-- archived, the estimate is not the hot table's alone
+SELECT count(event_store.append('order-0', '{"type": "Later"}')) FROM generate_series(1, 100);
+ANALYZE event_store.events;
+SELECT s.streams, (SELECT count(DISTINCT stream_id) FROM event_store.events) AS distinct_streams
+  FROM event_store.stats s;
+
+--
+-- a hostile caller's environment: a tablespace whose name needs quoting;
+-- a search_path with pg_temp first, temporary look-alikes of the
+-- extension's tables, and a schema whose lower() shadows pg_catalog's,
+-- while an index of event_store.events calls a function (of another
+-- schema) that calls lower(): the range's copy of that index holds what
+-- the hot table's would
+--
+SET allow_in_place_tablespaces = on;
+CREATE TABLESPACE "Cold ""Q"" Space" LOCATION '';
+RESET allow_in_place_tablespaces;
+CREATE SCHEMA archive_fn;
+CREATE FUNCTION archive_fn.kind(t text) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$ SELECT lower(t) $$;
+CREATE INDEX events_kind_idx ON event_store.events (archive_fn.kind(event_type));
+CREATE SCHEMA archive_evil;
+CREATE FUNCTION archive_evil.lower(text) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$ SELECT 'evil' $$;
+CREATE TEMP TABLE archived_ranges (first_position bigint, end_position bigint, relation name);
+CREATE TEMP TABLE events (global_position bigint);
+SET search_path = pg_temp, archive_evil, archive_fn, pg_catalog, public;
+SELECT event_store.archive_events(event_store.head_position() + 1, 'Cold "Q" Space') AS moved;
+RESET search_path;
+SELECT * FROM archive_places() WHERE relation LIKE 'events_archive_123%';
+SELECT pg_get_indexdef('event_store.events_archive_123_kind_idx'::regclass);
+SET enable_seqscan = off;
+SET enable_bitmapscan = off;
+SELECT count(*) AS later_by_index FROM event_store.events_archive_123 WHERE archive_fn.kind(event_type) = 'later';
+RESET enable_seqscan;
+RESET enable_bitmapscan;
+SELECT count(*) AS later FROM event_store.events_archive_123 WHERE event_type = 'Later';
+SELECT count(*) AS temp_look_alikes FROM pg_temp.archived_ranges, pg_temp.events;
+DROP TABLE pg_temp.archived_ranges, pg_temp.events;
+DROP SCHEMA archive_evil CASCADE;
+DROP SCHEMA archive_fn CASCADE;
 
 --
 -- archived events stay immutable; purge reaches them
@@ -208,6 +311,48 @@ RESET event_store.allow_purge;
 SELECT stream_version, event_type FROM event_store.events WHERE stream_id = 'user-1';
 SELECT count(*) AS "user-1 archived" FROM event_store.events_archive_1 WHERE stream_id = 'user-1';
 
+--
+-- the lifecycle of streams whose events are partly archived
+--
+SELECT event_store.append('user-2', '{"type": "Hot"}', 10) AS version;
+SELECT tableoid::regclass AS tier, count(*) FROM event_store.events WHERE stream_id = 'user-2' GROUP BY 1 ORDER BY 1;
+-- deleted: appends refused, reads empty; reopened: versions go on
+SELECT event_store.delete_stream('user-2', 11) AS deleted_at_version;
+SELECT regress.try($$SELECT event_store.append('user-2', '{"type": "Refused"}')$$);
+SELECT count(*) AS "user-2 reads deleted" FROM event_store.read_stream('user-2');
+SELECT event_store.stream_version('user-2') AS version;
+SELECT event_store.reopen_stream('user-2') AS reopened_at_version;
+SELECT event_store.append('user-2', '{"type": "Again"}') AS version;
+SELECT stream_version, event_type FROM event_store.read_stream('user-2');
+-- retention removes archived events like the others, never the newest
+SELECT event_store.set_stream_retention('order-1', 3, NULL);
+SELECT event_store.enforce_retention() AS removed;
+SELECT stream_version, tableoid::regclass AS tier FROM event_store.events WHERE stream_id = 'order-1' ORDER BY 1;
+SELECT string_agg(stream_version::text, ',') AS "order-1 reads" FROM event_store.read_stream('order-1');
+SELECT event_store.append('order-1', '{"type": "After"}', 10) AS version;
+
+--
+-- archive_events() rolled back leaves nothing behind: no range, no table,
+-- every event where it was; so does a savepoint rolled back, and the
+-- transaction reads every event after it
+--
+SELECT count(*) AS ranges, (SELECT count(*) FROM ONLY event_store.events) AS hot
+  FROM event_store.archived_ranges;
+BEGIN;
+SELECT event_store.archive_events(event_store.head_position() + 1, 'archive_cold') > 0 AS moved;
+ROLLBACK;
+BEGIN;
+SAVEPOINT s;
+SELECT event_store.archive_events(event_store.head_position() + 1, 'archive_cold') > 0 AS moved;
+ROLLBACK TO SAVEPOINT s;
+SELECT count(*) AS "read_all in the transaction", (SELECT count(*) FROM event_store.events) AS events
+  FROM event_store.read_all(0, NULL);
+COMMIT;
+SELECT count(*) AS ranges, (SELECT count(*) FROM ONLY event_store.events) AS hot,
+       (SELECT count(*) FROM pg_class WHERE relnamespace = 'event_store'::regnamespace
+           AND relname LIKE 'events_archive%' AND relkind = 'r') AS range_tables
+  FROM event_store.archived_ranges;
+
 -- clean up
 DROP FUNCTION archive_places();
 DROP FUNCTION archive_reads();
@@ -216,6 +361,7 @@ DROP EXTENSION event_store CASCADE;
 RESET client_min_messages;
 DROP TABLESPACE archive_cold;
 DROP TABLESPACE archive_colder;
+DROP TABLESPACE "Cold ""Q"" Space";
 REVOKE USAGE ON SCHEMA regress FROM archive_nobody, archive_executor;
 DROP ROLE archive_nobody;
 DROP ROLE archive_executor;

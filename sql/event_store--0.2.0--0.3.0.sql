@@ -972,7 +972,10 @@ SELECT n.events,
                             (SELECT a.attnum FROM pg_catalog.pg_attribute a
                               WHERE a.attrelid OPERATOR(pg_catalog.=) 'event_store.events'::pg_catalog.regclass
                                 AND a.attname OPERATOR(pg_catalog.=) 'stream_id')
-                        AND NOT st.stainherit) d ON true
+                      -- with archived ranges, ANALYZE also describes the
+                      -- whole inheritance tree: those figures, not the hot
+                      -- table's alone
+                      ORDER BY st.stainherit DESC LIMIT 1) d ON true
   LEFT JOIN LATERAL (SELECT st.stanullfrac
                        FROM pg_catalog.pg_statistic st
                       WHERE st.starelid OPERATOR(pg_catalog.=) 'event_store.stream_metadata'::pg_catalog.regclass
@@ -1001,7 +1004,7 @@ COMMENT ON VIEW event_store.stats IS
 COMMENT ON COLUMN event_store.stats.events IS
     'Estimate: the live rows of event_store.events and its archived ranges as the cumulative statistics system counts them (pg_stat_get_live_tuples: committed appends minus purged and retained-away events, reset by VACUUM and ANALYZE); sessions report a few seconds late, and a crash resets it until the next ANALYZE';
 COMMENT ON COLUMN event_store.stats.streams IS
-    'Estimate: the distinct stream ids ANALYZE last found in event_store.events (pg_statistic), scaled to the events estimate when ANALYZE recorded a fraction; 0 when events is 0; NULL until the table was first analyzed';
+    'Estimate: the distinct stream ids ANALYZE last found in event_store.events and its archived ranges (pg_statistic), scaled to the events estimate when ANALYZE recorded a fraction; 0 when events is 0; NULL until the table was first analyzed';
 COMMENT ON COLUMN event_store.stats.deleted_streams IS
     'Estimate: the live rows of event_store.stream_metadata (the cumulative statistics system''s count, as for events) times the share of them ANALYZE last found deleted; 0 when the table has no rows; NULL until it was first analyzed (exact: SELECT count(*) FROM event_store.stream_metadata WHERE deleted_at IS NOT NULL)';
 COMMENT ON COLUMN event_store.stats.appends IS

@@ -6,17 +6,25 @@
  */
 #include "postgres.h"
 
+#include "access/htup_details.h"
 #include "access/xact.h"
+#include "catalog/pg_class.h"
 #include "catalog/pg_tablespace.h"
 #include "commands/tablespace.h"
 #include "executor/spi.h"
 #include "fmgr.h"
+#include "lib/stringinfo.h"
 #include "miscadmin.h"
+#include "storage/latch.h"
 #include "storage/lmgr.h"
+#include "storage/proc.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
+#include "utils/syscache.h"
+#include "utils/timestamp.h"
+#include "utils/wait_event.h"
 
 #include "api.h"
 #include "catalog.h"
@@ -49,48 +57,176 @@ es_rel_tablespace(Oid relid)
 	return OidIsValid(ts) ? ts : MyDatabaseTableSpace;
 }
 
+/* The TOAST table of a relation (InvalidOid: none) */
+static Oid
+es_rel_toast(Oid relid)
+{
+	HeapTuple	tp = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	Oid			toast;
+
+	if (!HeapTupleIsValid(tp))
+		elog(ERROR, "cache lookup failed for relation %u", relid);
+	toast = ((Form_pg_class) GETSTRUCT(tp))->reltoastrelid;
+	ReleaseSysCache(tp);
+	return toast;
+}
+
 /*
- * Move an archived range's table and its indexes to a tablespace, unless
- * they are there; returns the number of its events moved.
+ * Take the ACCESS EXCLUSIVE locks of the relations that SET TABLESPACE is
+ * about to move, of every range at once, without queueing for them: a
+ * queued request makes every later reader of a range wait behind it, so a
+ * session holding any lock on it (PREPARE takes one before privileges are
+ * checked, whoever asks) would stop the reads of the store.  Tries all of
+ * them, lets go of what it got unless it got everything, and retries every
+ * few milliseconds: while it waits it holds none of them (holding one
+ * range while waiting for another, it could wait for a session that waits
+ * for it, unseen by the deadlock detector).  Gives up at lock_timeout, and
+ * can be cancelled.
+ */
+static void
+es_lock_for_move(Oid *relids, int n)
+{
+	TimestampTz start = GetCurrentTimestamp();
+
+	for (;;)
+	{
+		int			locked = 0;
+
+		while (locked < n && ConditionalLockRelationOid(relids[locked], AccessExclusiveLock))
+			locked++;
+		if (locked == n)
+			return;
+		while (locked > 0)
+			UnlockRelationOid(relids[--locked], AccessExclusiveLock);
+		if (LockTimeout > 0 &&
+			TimestampDifferenceExceeds(start, GetCurrentTimestamp(), LockTimeout))
+			ereport(ERROR,
+					(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
+					 errmsg("could not lock the archived ranges to move them"),
+					 errdetail("Another session holds a lock on a range table or one of its indexes."),
+					 errhint("Call archive_events() again later, or with a longer lock_timeout.")));
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 10L, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
+}
+
+/* One move of SET TABLESPACE: a range table or one of its indexes */
+typedef struct EsMove
+{
+	Oid			relid;
+	bool		is_index;
+} EsMove;
+
+/*
+ * Move the archived ranges (tiers[0 .. n-1]) and their indexes to a
+ * tablespace, where they are not there; returns the number of events of
+ * the range tables moved.
  */
 static int64
-es_move_range(const EsTier *t, Oid ts, const char *tsq)
+es_move_ranges(const EsTier *tiers, int n, Oid ts, const char *tsq)
 {
 	int64		moved = 0;
-	char	   *q = quote_qualified_identifier(ES_SCHEMA_NAME, get_rel_name(t->relid));
-	Oid		   *indexes;
-	uint64		nindexes;
+	EsMove	   *moves = NULL;
+	int			nmoves = 0;
+	Oid		   *locks = NULL;
+	int			nlocks = 0;
+	int			cap = 0;
 
-	if (es_rel_tablespace(t->relid) != ts)
+	for (int r = 0; r < n; r++)
 	{
-		bool		null;
+		Oid			relid = tiers[r].relid;
+		bool		move_table = es_rel_tablespace(relid) != ts;
+		int			first_move = nmoves;
+		int			first_lock = nlocks;
 
-		es_archive_exec(psprintf("SELECT pg_catalog.count(*) FROM ONLY %s", q), SPI_OK_SELECT);
-		moved = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &null));
-		es_archive_exec(psprintf("ALTER TABLE %s SET TABLESPACE %s", q, tsq), SPI_OK_UTILITY);
+		/* its indexes, and its TOAST table and index (which SET TABLESPACE moves along) */
+		es_archive_exec(psprintf("SELECT i.indexrelid, i.indrelid OPERATOR(pg_catalog.=) %u "
+								 "FROM pg_catalog.pg_index i "
+								 "WHERE i.indrelid OPERATOR(pg_catalog.=) %u "
+								 "OR i.indrelid OPERATOR(pg_catalog.=) (SELECT c.reltoastrelid "
+								 "FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) %u) "
+								 "ORDER BY 2 DESC, 1",
+								 relid, relid, relid),
+						SPI_OK_SELECT);
+		if (cap < nlocks + (int) SPI_processed + 3)
+		{
+			cap = (nlocks + (int) SPI_processed + 3) * 2;
+			moves = moves ? repalloc(moves, sizeof(EsMove) * cap) : palloc(sizeof(EsMove) * cap);
+			locks = locks ? repalloc(locks, sizeof(Oid) * cap) : palloc(sizeof(Oid) * cap);
+		}
+		locks[nlocks++] = relid;
+		if (OidIsValid(es_rel_toast(relid)))
+			locks[nlocks++] = es_rel_toast(relid);
+		if (move_table)
+			moves[nmoves++] = (EsMove) {relid, false};
+		for (uint64 i = 0; i < SPI_processed; i++)
+		{
+			bool		null;
+			Oid			index = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &null));
+			bool		own = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &null));
+
+			locks[nlocks++] = index;
+			if (own && es_rel_tablespace(index) != ts)
+				moves[nmoves++] = (EsMove) {index, true};
+		}
+		/* nothing of this range to move: no lock of it either */
+		if (nmoves == first_move)
+			nlocks = first_lock;
 	}
-	es_archive_exec(psprintf("SELECT i.indexrelid FROM pg_catalog.pg_index i "
-							 "WHERE i.indrelid OPERATOR(pg_catalog.=) %u", t->relid),
-					SPI_OK_SELECT);
-	nindexes = SPI_processed;
-	indexes = palloc(sizeof(Oid) * Max(nindexes, 1));
-	/* copied out: the statements below replace SPI_tuptable */
-	for (uint64 i = 0; i < nindexes; i++)
-	{
-		bool		null;
+	if (nmoves == 0)
+		return 0;
+	es_lock_for_move(locks, nlocks);
 
-		indexes[i] = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &null));
-	}
-	for (uint64 i = 0; i < nindexes; i++)
+	for (int i = 0; i < nmoves; i++)
 	{
-		Oid			index = indexes[i];
+		char	   *q = quote_qualified_identifier(ES_SCHEMA_NAME, get_rel_name(moves[i].relid));
 
-		if (es_rel_tablespace(index) != ts)
-			es_archive_exec(psprintf("ALTER INDEX %s SET TABLESPACE %s",
-									 quote_qualified_identifier(ES_SCHEMA_NAME, get_rel_name(index)), tsq),
-							SPI_OK_UTILITY);
+		if (!moves[i].is_index)
+		{
+			bool		null;
+
+			es_archive_exec(psprintf("SELECT pg_catalog.count(*) FROM ONLY %s", q), SPI_OK_SELECT);
+			moved += DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &null));
+		}
+		es_archive_exec(psprintf("ALTER %s %s SET TABLESPACE %s",
+								 moves[i].is_index ? "INDEX" : "TABLE", q, tsq),
+						SPI_OK_UTILITY);
 	}
 	return moved;
+}
+
+/*
+ * Leave a new range table to its owner alone: whatever the owner's default
+ * privileges in the schema granted (meant for other tables) would let their
+ * grantees read the archived events around the category grants of
+ * event_store.events (its row-level security does not apply to a child read
+ * directly), or write them around its immutability.
+ */
+static void
+es_revoke_all(const char *q)
+{
+	StringInfoData grantees;
+
+	initStringInfo(&grantees);
+	appendStringInfoString(&grantees, "PUBLIC");
+	es_archive_exec(psprintf("SELECT DISTINCT a.grantee FROM pg_catalog.pg_class c, "
+							 "pg_catalog.aclexplode(c.relacl) a "
+							 "WHERE c.oid OPERATOR(pg_catalog.=) %s::pg_catalog.regclass "
+							 "AND a.grantee OPERATOR(pg_catalog.<>) c.relowner "
+							 "AND a.grantee OPERATOR(pg_catalog.<>) 0",
+							 quote_literal_cstr(q)),
+					SPI_OK_SELECT);
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		bool		null;
+		Oid			grantee = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i],
+															 SPI_tuptable->tupdesc, 1, &null));
+
+		appendStringInfo(&grantees, ", %s", quote_identifier(EsRoleName(grantee)));
+	}
+	es_archive_exec(psprintf("REVOKE ALL ON TABLE %s FROM %s", q, grantees.data), SPI_OK_UTILITY);
 }
 
 /*
@@ -110,7 +246,7 @@ es_archive_range(int64 first, int64 end, const char *tsq)
 							 "INHERITS (event_store.events) TABLESPACE %s",
 							 q, quote_identifier(psprintf("%s_range", name)), first, end, tsq),
 					SPI_OK_UTILITY);
-	es_archive_exec(psprintf("REVOKE ALL ON TABLE %s FROM PUBLIC", q), SPI_OK_UTILITY);
+	es_revoke_all(q);
 	es_archive_exec(psprintf("CREATE TRIGGER events_immutable BEFORE UPDATE OR DELETE ON %s "
 							 "FOR EACH STATEMENT EXECUTE FUNCTION event_store._refuse_modification()", q),
 					SPI_OK_UTILITY);
@@ -301,10 +437,19 @@ es_archive_events(PG_FUNCTION_ARGS)
 							 GUC_ACTION_SAVE, true, 0, false);
 	(void) set_config_option("default_tablespace", tsname, PGC_USERSET, PGC_S_SESSION,
 							 GUC_ACTION_SAVE, true, 0, false);
-	for (int i = 0; i < nranges && tiers->tier[i].end <= before; i++)
-		moved += es_move_range(&tiers->tier[i], ts, tsq);
+	/*
+	 * The new range first: the ranges to move are locked only for their
+	 * move, not while the hot table's events are copied
+	 */
 	if (before > boundary)
 		moved += es_archive_range(boundary, before, tsq);
+	{
+		int			nmove = 0;
+
+		while (nmove < nranges && tiers->tier[nmove].end <= before)
+			nmove++;
+		moved += es_move_ranges(tiers->tier, nmove, ts, tsq);
+	}
 	AtEOXact_GUC(true, nest_level);
 	EsSpiFinish(&sw);
 	PG_RETURN_INT64(moved);

@@ -34,7 +34,8 @@
  * while both counters equal the value it was loaded at; otherwise it reads
  * the registry again with a snapshot taken after the scan's own (while a
  * writer is in flight, for every scan), which sees every commit the scan's
- * snapshot sees.
+ * snapshot sees.  A hot standby replays the ranges' writes without firing
+ * any trigger, so there every scan reads the registry again.
  *
  * Uniqueness.  Positions and versions are unique across tiers because they
  * are handed out by append() only; event ids because append() probes every
@@ -48,6 +49,7 @@
 #include "access/table.h"
 #include "access/tableam.h"
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "commands/trigger.h"
 #include "fmgr.h"
 #include "miscadmin.h"
@@ -307,8 +309,12 @@ EsEventTiers(const EsCatalog *cat)
 		es_hot_only_tier.end = PG_INT64_MAX;
 		return &es_hot_only;
 	}
-	/* without shared memory: read the ranges for every scan */
-	if (es_archive_shared == NULL)
+	/*
+	 * Without shared memory, or on a hot standby (WAL replay writes the
+	 * ranges without firing the trigger that counts the writers): read the
+	 * ranges for every scan
+	 */
+	if (es_archive_shared == NULL || RecoveryInProgress())
 		return EsLoadTiers(cat, CurrentMemoryContext);
 
 	/* ended first: equal counters then mean no writer was in flight */
