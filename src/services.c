@@ -15,7 +15,9 @@
  *	  itself.  The history (the subscription's initial copy, in the order of
  *	  the producer's heap) is sorted by the row trigger and appended in the
  *	  producer's position order, a stream's consecutive events in one batch,
- *	  by the copy's AFTER statement trigger; live rows come in the producer's
+ *	  by the copy's AFTER statement trigger, together with the producer's
+ *	  archived events, which that trigger reads in the copy's transaction
+ *	  (es_import_archived_history); live rows come in the producer's
  *	  commit order and are appended at once.  The apply worker commits the
  *	  appends together with its replication progress, so an event is imported
  *	  exactly once across crashes; a re-sent event (same id, same place) is
@@ -1148,7 +1150,8 @@ es_import_apply_guarded(const char *name, Datum *values, bool *nulls)
  * The copy brings the producer's events in the order of its heap.  They are
  * sorted by the producer's position in this transaction (a tuplesort: in
  * memory up to maintenance_work_mem, in temporary files beyond) and stored
- * when the copy ends, each stream's consecutive events in one batch.
+ * when the copy ends, each stream's consecutive events in one batch, after
+ * the producer's archived events, which the copy leaves out.
  * ------------------------------------------------------------------------ */
 
 /* the largest batch stored at once */

@@ -4,7 +4,10 @@
 # bring every event of the published categories (the initial copy of a
 # publication reads the hot table only): the same stream ids, versions,
 # ids, types and data, exactly once, in the producer's position order, the
-# archived ones first; a publication that filters event types too.  Then the
+# archived ones first; a publication that filters event types too; also
+# when archive_events() moves events of the copy into a new range on the
+# producer after the copy's snapshot was taken and before the archived
+# events are read (a lock on the consumer holds the copy there).  Then the
 # consumer archives the imported events itself: later events of those
 # streams still import, and a new import of the same publication (its whole
 # history re-sent) recognises every event already stored, archived or hot,
@@ -18,6 +21,7 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use IPC::Run;
 
 use FindBin;
 use lib "$FindBin::RealBin/../perl";
@@ -115,8 +119,37 @@ CREATE DATABASE typed;
 $consumer->safe_psql('typed', 'CREATE EXTENSION event_store');
 
 # ---- a new import's history holds the archived events --------------------------
+# The table synchronization of import 'orders' is held after the producer
+# took the copy's snapshot: the consumer's event_store.imports is locked as
+# soon as create_import() returns (before the copy starts: a new process
+# reads it when the copy's first trigger fires).  Meanwhile the producer's
+# archive_events() moves 100 events of the copy into a new range, and 10
+# more events are appended.
+my ($lock_in, $lock_out, $lock_err) = ('', '', '');
+my $locker = IPC::Run::start(
+	[ 'psql', '-XAtq', '-v', 'ON_ERROR_STOP=1', '-d', $consumer->connstr('postgres'), '-f', '-' ],
+	'<', \$lock_in, '>', \$lock_out, '2>', \$lock_err,
+	IPC::Run::timeout($PostgreSQL::Test::Utils::timeout_default));
+$lock_in .= "SELECT 'connected';\n";
+$locker->pump until $lock_out =~ /connected/;
 $consumer->safe_psql('postgres',
 	"SELECT event_store.create_import('orders', '$connstr', 'orders')");
+$lock_in .= "BEGIN; LOCK TABLE event_store.imports IN ACCESS EXCLUSIVE MODE; SELECT 'locked';\n";
+$locker->pump until $lock_out =~ /locked/;
+ok($consumer->poll_query_until('postgres', q{
+SELECT count(*) > 0 FROM pg_catalog.pg_locks l
+  JOIN pg_catalog.pg_stat_subscription s ON s.pid = l.pid AND s.relid IS NOT NULL
+ WHERE l.relation = 'event_store.imports'::regclass AND NOT l.granted}),
+	'the import\'s copy started and waits');
+is($producer->safe_psql('postgres', q{
+SELECT event_store.archive_events(501, 'cold');
+SELECT count(event_store.append('order-' || i % 20, jsonb_build_object('type', 'Placed', 'data', jsonb_build_object('i', i))))
+  FROM generate_series(1001, 1010) AS i;
+SELECT count(*) FROM event_store.archived_ranges}),
+	"100\n10\n3", 'meanwhile the producer archived 100 events of the copy and appended 10');
+$lock_in .= "COMMIT;\n\\q\n";
+$locker->finish;
+
 $consumer->safe_psql('typed',
 	"SELECT event_store.create_import('placed', '$connstr', 'placed')");
 wait_caught_up('postgres', 'orders', last_order_position(0), 'history');
