@@ -696,38 +696,60 @@ EsAppendEvents(text *stream_id, EsNewEvent *evs, int n, bool has_expected,
 
 /*
  * The first event of the stream at or above version, as the snapshot sees
- * it: one forward probe of the (stream_id, stream_version) index, which
+ * it: one forward probe of the (stream_id, stream_version) index of each
+ * tier in position order (a stream's versions grow with positions), which
  * finds no entry (and reads no heap page) in the usual case, where the
  * stream ends below version
  */
 static bool
-es_event_from_version(const EsCatalog *cat, Relation heap, TupleTableSlot *slot,
-					  Snapshot snapshot, text *stream_id, int64 version,
-					  int64 *found_version, pg_uuid_t *found_id)
+es_event_from_version(const EsCatalog *cat, Snapshot snapshot, text *stream_id,
+					  int64 version, int64 *found_version, pg_uuid_t *found_id)
 {
-	Relation	index;
-	IndexScanDesc scan;
 	ScanKeyData keys[2];
-	bool		found = false;
+	AttrNumber	attnos[2] = {Anum_es_stream_version, Anum_es_event_id};
+	Datum		values[2];
 
-	index = index_open(cat->stream_idx, AccessShareLock);
 	ScanKeyInit(&keys[0], 1, BTEqualStrategyNumber, F_TEXTEQ, PointerGetDatum(stream_id));
-	keys[0].sk_collation = index->rd_indcollation[0];
 	ScanKeyInit(&keys[1], 2, BTGreaterEqualStrategyNumber, F_INT8GE, Int64GetDatum(version));
-	scan = index_beginscan(heap, index, snapshot, 2, 0);
-	index_rescan(scan, keys, 2, NULL, 0);
-	if (index_getnext_slot(scan, ForwardScanDirection, slot))
-	{
-		bool		isnull;
+	if (!EsFirstEventValues(cat, cat->stream_idx, snapshot, keys, 2, ForwardScanDirection,
+							2, attnos, values))
+		return false;
+	*found_version = DatumGetInt64(values[0]);
+	memcpy(found_id->data, DatumGetUUIDP(values[1])->data, UUID_LEN);
+	return true;
+}
 
-		*found_version = DatumGetInt64(slot_getattr(slot, Anum_es_stream_version, &isnull));
-		memcpy(found_id->data,
-			   DatumGetUUIDP(slot_getattr(slot, Anum_es_event_id, &isnull))->data, UUID_LEN);
-		found = true;
+/*
+ * Is an id of the batch stored in one of the first ntiers tiers (visited
+ * the newest first)?  The index of the first such event, or -1.
+ */
+static int
+es_find_stored_id(const EsTiers *tiers, int ntiers, Snapshot snapshot,
+				  EsNewEvent *evs, int n)
+{
+	int			stored_id = -1;
+
+	for (int t = ntiers - 1; t >= 0 && stored_id < 0; t--)
+	{
+		Relation	heap = table_open(tiers->tier[t].relid, AccessShareLock);
+		Relation	index = index_open(tiers->tier[t].event_id_idx, AccessShareLock);
+		TupleTableSlot *slot = table_slot_create(heap, NULL);
+
+		for (int i = 0; i < n && stored_id < 0; i++)
+		{
+			text	   *where_stream;
+			int64		where_version;
+
+			Assert(evs[i].has_id);
+			if (es_find_event_id(heap, index, slot, snapshot, &evs[i].id,
+								 &where_stream, &where_version))
+				stored_id = i;
+		}
+		ExecDropSingleTupleTableSlot(slot);
+		index_close(index, AccessShareLock);
+		table_close(heap, AccessShareLock);
 	}
-	index_endscan(scan);
-	index_close(index, AccessShareLock);
-	return found;
+	return stored_id;
 }
 
 /*
@@ -741,13 +763,18 @@ es_event_from_version(const EsCatalog *cat, Relation heap, TupleTableSlot *slot,
  * version here, SE002 for its id elsewhere.  Returns the first local
  * position written.
  *
- * The ids are looked up first only with check_ids: otherwise the unique
- * index finds an id stored elsewhere, and the error (SE002) cannot say
- * where; the caller looks them up on its next attempt, to name the event.
- * With known_clear the caller knows that the stream has nothing at or above
- * first_version (it stored the version before itself, and the import is the
- * stream's one writer): the stream index is not probed (an event at that
- * very version would still fail its unique index).
+ * Every probe visits the tiers (tiers.c): the consumer may have archived
+ * imported events, and a re-sent event of a stream whose events are
+ * archived must be recognised as such.  The ids are looked up in every tier
+ * first only with check_ids: otherwise the hot table's unique index finds an
+ * id stored there, and the error (SE002) cannot say where; the caller looks
+ * them up on its next attempt, to name the event.  An archived range's ids
+ * are in its own index, which the hot table's does not cover: while there
+ * are ranges, theirs are always looked up.  With known_clear the caller
+ * knows that the stream has nothing at or above first_version (it stored the
+ * version before itself, and the import is the stream's one writer): the
+ * stream index is not probed (an event at that very version would still
+ * fail its unique index).
  */
 static int64
 es_import_store(text *stream_id, EsNewEvent *evs, int n, int64 first_version,
@@ -755,9 +782,7 @@ es_import_store(text *stream_id, EsNewEvent *evs, int n, int64 first_version,
 {
 	const EsCatalog *cat = EsGetCatalog();
 	Snapshot	snapshot;
-	Relation	heap;
-	Relation	id_index;
-	TupleTableSlot *slot;
+	const EsTiers *tiers;
 	int64		found_version = 0;
 	pg_uuid_t	found_id;
 	bool		in_way;
@@ -769,7 +794,13 @@ es_import_store(text *stream_id, EsNewEvent *evs, int n, int64 first_version,
 	EsLockCategory(VARDATA_ANY(stream_id), EsCategoryLen(stream_id), RowExclusiveLock);
 	EsLockStream(stream_id);
 
-	if (known_clear && !check_ids)
+	/*
+	 * The hot table's unique index finds an id stored there; an archived
+	 * range (tiers.c) has its own, so the ranges are probed whenever there
+	 * are any.
+	 */
+	tiers = EsEventTiers(cat);
+	if (known_clear && !check_ids && tiers->n == 1)
 	{
 		/* nothing to look at before inserting */
 		snapshot = NULL;
@@ -779,28 +810,14 @@ es_import_store(text *stream_id, EsNewEvent *evs, int n, int64 first_version,
 	{
 		/* everybody who held the stream before us has ended: the latest state */
 		snapshot = RegisterSnapshot(GetLatestSnapshot());
-		heap = table_open(cat->events_relid, AccessShareLock);
-		slot = table_slot_create(heap, NULL);
+		tiers = EsEventTiers(cat);
 		in_way = !known_clear &&
-			es_event_from_version(cat, heap, slot, snapshot, stream_id, first_version,
+			es_event_from_version(cat, snapshot, stream_id, first_version,
 								  &found_version, &found_id);
-		if (!in_way && check_ids)
-		{
-			id_index = index_open(cat->event_id_idx, AccessShareLock);
-			for (int i = 0; i < n && stored_id < 0; i++)
-			{
-				text	   *where_stream;
-				int64		where_version;
-
-				Assert(evs[i].has_id);
-				if (es_find_event_id(heap, id_index, slot, snapshot, &evs[i].id,
-									 &where_stream, &where_version))
-					stored_id = i;
-			}
-			index_close(id_index, AccessShareLock);
-		}
-		ExecDropSingleTupleTableSlot(slot);
-		table_close(heap, AccessShareLock);
+		/* every tier with check_ids (to name where), else the ranges */
+		if (!in_way && (check_ids || tiers->n > 1))
+			stored_id = es_find_stored_id(tiers, check_ids ? tiers->n : tiers->n - 1,
+										  snapshot, evs, n);
 	}
 
 	if (n > 1 && (in_way || stored_id >= 0))

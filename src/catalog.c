@@ -21,6 +21,7 @@
 #include "common/hashfn.h"
 #include "executor/tuptable.h"
 #include "nodes/pg_list.h"
+#include "utils/datum.h"
 #include "utils/fmgroids.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
@@ -198,14 +199,15 @@ EsGetCatalog(void)
 }
 
 /*
- * One attribute of the first row an index scan of event_store.events finds
- * (in the given direction), or false if there is none.  The keys' collations
- * are taken from the index.
+ * Attributes attnos[0 .. natts - 1] of the first row an index scan of
+ * event_store.events finds (in the given direction, visiting every tier in
+ * that order), copied into the caller's memory context, or false if there
+ * is none.  The keys' collations are taken from the index.
  */
 bool
-EsFirstEventValue(const EsCatalog *cat, Oid index_oid, Snapshot snapshot,
-				  ScanKey keys, int nkeys, ScanDirection direction,
-				  AttrNumber attno, Datum *value)
+EsFirstEventValues(const EsCatalog *cat, Oid index_oid, Snapshot snapshot,
+				   ScanKey keys, int nkeys, ScanDirection direction,
+				   int natts, const AttrNumber *attnos, Datum *values)
 {
 	const EsTiers *tiers = EsEventTiers(cat);
 	int64		lo;
@@ -233,9 +235,15 @@ EsFirstEventValue(const EsCatalog *cat, Oid index_oid, Snapshot snapshot,
 		index_rescan(scan, keys, nkeys, NULL, 0);
 		if (index_getnext_slot(scan, direction, slot))
 		{
-			bool		isnull;
+			for (int a = 0; a < natts; a++)
+			{
+				Form_pg_attribute att = TupleDescAttr(slot->tts_tupleDescriptor, attnos[a] - 1);
+				bool		isnull;
+				Datum		d = slot_getattr(slot, attnos[a], &isnull);
 
-			*value = slot_getattr(slot, attno, &isnull);
+				/* (the slot and its buffer go away below) */
+				values[a] = isnull ? (Datum) 0 : datumCopy(d, att->attbyval, att->attlen);
+			}
 			found = true;
 		}
 		index_endscan(scan);
@@ -244,6 +252,19 @@ EsFirstEventValue(const EsCatalog *cat, Oid index_oid, Snapshot snapshot,
 		table_close(heap, AccessShareLock);
 	}
 	return found;
+}
+
+/*
+ * One attribute of the first row an index scan of event_store.events finds
+ * (EsFirstEventValues), or false if there is none.
+ */
+bool
+EsFirstEventValue(const EsCatalog *cat, Oid index_oid, Snapshot snapshot,
+				  ScanKey keys, int nkeys, ScanDirection direction,
+				  AttrNumber attno, Datum *value)
+{
+	return EsFirstEventValues(cat, index_oid, snapshot, keys, nkeys, direction,
+							  1, &attno, value);
 }
 
 /*

@@ -76,6 +76,10 @@ extern bool EsFirstEventValue(const EsCatalog *cat, Oid index_oid,
 							  Snapshot snapshot, ScanKey keys, int nkeys,
 							  ScanDirection direction, AttrNumber attno,
 							  Datum *value);
+extern bool EsFirstEventValues(const EsCatalog *cat, Oid index_oid,
+							   Snapshot snapshot, ScanKey keys, int nkeys,
+							   ScanDirection direction, int natts,
+							   const AttrNumber *attnos, Datum *values);
 extern int64 EsLatestStreamVersion(const EsCatalog *cat, text *stream_id,
 								   Snapshot snapshot);
 

@@ -15,7 +15,9 @@
  *	  itself.  The history (the subscription's initial copy, in the order of
  *	  the producer's heap) is sorted by the row trigger and appended in the
  *	  producer's position order, a stream's consecutive events in one batch,
- *	  by the copy's AFTER statement trigger; live rows come in the producer's
+ *	  by the copy's AFTER statement trigger, together with the producer's
+ *	  archived events, which that trigger reads in the copy's transaction
+ *	  (es_import_archived_history); live rows come in the producer's
  *	  commit order and are appended at once.  The apply worker commits the
  *	  appends together with its replication progress, so an event is imported
  *	  exactly once across crashes; a re-sent event (same id, same place) is
@@ -1197,7 +1199,8 @@ es_import_apply_guarded(const char *name, Datum *values, bool *nulls)
  * The copy brings the producer's events in the order of its heap.  They are
  * sorted by the producer's position in this transaction (a tuplesort: in
  * memory up to maintenance_work_mem, in temporary files beyond) and stored
- * when the copy ends, each stream's consecutive events in one batch.
+ * when the copy ends, each stream's consecutive events in one batch, after
+ * the producer's archived events, which the copy leaves out.
  * ------------------------------------------------------------------------ */
 
 /* the largest batch stored at once */
@@ -1337,6 +1340,145 @@ es_import_copy_begin(PG_FUNCTION_ARGS)
 	return PointerGetDatum(NULL);
 }
 
+/* rows fetched at a time from the producer's archived ranges */
+#define ES_ARCHIVED_FETCH	10000
+
+/*
+ * The producer's archived events of the publication, into the history's
+ * sort.  The initial copy reads the publication's table alone, never a
+ * table that inherits from it, so it leaves out the events archive_events()
+ * moved into range tables there (tiers.c).  They are read here, as the copy
+ * ends, on the table synchronization's own connection to the producer, whose
+ * transaction (REPEATABLE READ, with the snapshot the copy read and the
+ * slot's changes begin after) is still open: every event the publication
+ * passes is then in exactly one place, the copy (in the hot table at that
+ * snapshot), this read (in a range at that snapshot) or the changes (committed
+ * after it), whatever archive_events() moves on the producer meanwhile.  At
+ * any snapshot the ranges hold positions below the hot table's lowest, so the
+ * query reads event_store.events (with the parent's privileges and row
+ * security, as the copy) below that position: in the hot table an empty range
+ * of its primary key.  The publication's row filter is read from the
+ * producer's catalog, as the table synchronization read it (none when a
+ * publication of the subscription has none).  A producer without ranges (or
+ * at 0.2.0) returns no row.  The rows go into the history's sort, which
+ * stores them first: their positions are lower.
+ */
+static void
+es_import_archived_history(const char *name, Tuplesortstate *sort, TupleDesc desc)
+{
+	WalReceiverConn *conn = LogRepWorkerWalRcvConn;
+	StringInfoData sql;
+	StringInfoData pubs;
+	StringInfoData filter;
+	WalRcvExecResult *res;
+	Oid			texttype[1] = {TEXTOID};
+	Oid		   *types;
+	TupleTableSlot *slot;
+	ListCell   *lc;
+	bool		unfiltered = false;
+	bool		any_qual = false;
+	MemoryContext batch_cxt;
+	MemoryContext old;
+
+	if (!am_tablesync_worker() || conn == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("import \"%s\" cannot read the producer's archived events", name),
+				 errdetail("The history arrived outside the subscription's table synchronization.")));
+
+	/* the row filters of the subscription's publications on the producer */
+	initStringInfo(&pubs);
+	foreach(lc, MySubscription->publications)
+	{
+		if (pubs.len > 0)
+			appendStringInfoString(&pubs, ", ");
+		appendStringInfoString(&pubs, quote_literal_cstr(strVal(lfirst(lc))));
+	}
+	res = es_producer_exec(conn,
+						   psprintf("SELECT pg_catalog.pg_get_expr(pr.prqual, pr.prrelid) "
+									"FROM pg_catalog.pg_publication p "
+									"JOIN pg_catalog.pg_publication_rel pr ON pr.prpubid OPERATOR(pg_catalog.=) p.oid "
+									"WHERE pr.prrelid OPERATOR(pg_catalog.=) 'event_store.events'::pg_catalog.regclass "
+									"AND p.pubname OPERATOR(pg_catalog.=) ANY (ARRAY[%s]::pg_catalog.name[])",
+									pubs.data),
+						   1, texttype, "read the publication's row filter");
+	initStringInfo(&filter);
+	slot = MakeSingleTupleTableSlot(res->tupledesc, &TTSOpsMinimalTuple);
+	while (tuplestore_gettupleslot(res->tuplestore, true, false, slot))
+	{
+		bool		isnull;
+		Datum		qual = slot_getattr(slot, 1, &isnull);
+
+		if (isnull)
+			unfiltered = true;
+		else
+		{
+			appendStringInfo(&filter, "%s(%s)", any_qual ? " OR " : "", TextDatumGetCString(qual));
+			any_qual = true;
+		}
+	}
+	ExecDropSingleTupleTableSlot(slot);
+	walrcv_clear_result(res);
+
+	/* the archived events: everything below the hot table's lowest position */
+	types = palloc(sizeof(Oid) * desc->natts);
+	initStringInfo(&sql);
+	appendStringInfoString(&sql, "DECLARE es_archived_history NO SCROLL CURSOR FOR SELECT ");
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		types[i] = att->atttypid;
+		appendStringInfo(&sql, "%se.%s", i > 0 ? ", " : "", quote_identifier(NameStr(att->attname)));
+	}
+	appendStringInfoString(&sql, " FROM event_store.events e "
+						   "WHERE e.global_position OPERATOR(pg_catalog.<) COALESCE("
+						   "(SELECT pg_catalog.min(h.global_position) FROM ONLY event_store.events h), "
+						   "9223372036854775807::pg_catalog.int8)");
+	if (any_qual && !unfiltered)
+		appendStringInfo(&sql, " AND (%s)", filter.data);
+	walrcv_clear_result(es_producer_exec(conn, sql.data, 0, NULL, "read the archived events"));
+
+	batch_cxt = AllocSetContextCreate(CurrentMemoryContext, "event_store archived history",
+									  ALLOCSET_DEFAULT_SIZES);
+	for (;;)
+	{
+		uint64		fetched = 0;
+		ResourceOwner save = CurrentResourceOwner;
+
+		CHECK_FOR_INTERRUPTS();
+		old = MemoryContextSwitchTo(batch_cxt);
+		res = es_producer_exec(conn, "FETCH FORWARD " CppAsString2(ES_ARCHIVED_FETCH) " FROM es_archived_history",
+							   desc->natts, types, "read the archived events");
+		slot = MakeSingleTupleTableSlot(res->tupledesc, &TTSOpsMinimalTuple);
+		while (tuplestore_gettupleslot(res->tuplestore, true, false, slot))
+		{
+			HeapTuple	tuple;
+
+			slot_getallattrs(slot);
+			tuple = heap_form_tuple(desc, slot->tts_values, slot->tts_isnull);
+			ExecStoreHeapTuple(tuple, es_copy_slot, false);
+			/* temporary files live as long as the transaction */
+			CurrentResourceOwner = TopTransactionResourceOwner;
+			tuplesort_puttupleslot(sort, es_copy_slot);
+			CurrentResourceOwner = save;
+			ExecClearTuple(es_copy_slot);
+			heap_freetuple(tuple);
+			es_copy_rows++;
+			fetched++;
+		}
+		ExecDropSingleTupleTableSlot(slot);
+		walrcv_clear_result(res);
+		MemoryContextSwitchTo(old);
+		MemoryContextReset(batch_cxt);
+		if (fetched < ES_ARCHIVED_FETCH)
+			break;
+	}
+	MemoryContextDelete(batch_cxt);
+	walrcv_clear_result(es_producer_exec(conn, "CLOSE es_archived_history", 0, NULL,
+										 "read the archived events"));
+}
+
 /*
  * Trigger AFTER INSERT FOR EACH STATEMENT (replication only): the copy is
  * done; store the history in the producer's position order
@@ -1363,6 +1505,8 @@ es_import_copy_end(PG_FUNCTION_ARGS)
 	if (name == NULL)
 		return PointerGetDatum(NULL);
 
+	/* the producer's archived events come first */
+	es_import_archived_history(name, sort, es_copy_slot->tts_tupleDescriptor);
 	CurrentResourceOwner = TopTransactionResourceOwner;
 	tuplesort_performsort(sort);
 	CurrentResourceOwner = save;
