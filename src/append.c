@@ -405,6 +405,60 @@ es_find_event_id(Relation heap, Relation index, TupleTableSlot *slot,
 	return found;
 }
 
+/*
+ * The event id indexes of the first ntiers tiers (tiers.c), open for
+ * probes: an archived range's ids are in its own index, which the hot
+ * table's does not cover
+ */
+typedef struct EsIdProbe
+{
+	int			ntiers;
+	Relation   *heap;
+	Relation   *index;
+	TupleTableSlot **slot;
+} EsIdProbe;
+
+static void
+es_id_probe_open(EsIdProbe *probe, const EsTiers *tiers, int ntiers)
+{
+	probe->ntiers = ntiers;
+	probe->heap = palloc(sizeof(Relation) * Max(ntiers, 1));
+	probe->index = palloc(sizeof(Relation) * Max(ntiers, 1));
+	probe->slot = palloc(sizeof(TupleTableSlot *) * Max(ntiers, 1));
+	for (int t = 0; t < ntiers; t++)
+	{
+		probe->heap[t] = table_open(tiers->tier[t].relid, AccessShareLock);
+		probe->index[t] = index_open(tiers->tier[t].event_id_idx, AccessShareLock);
+		probe->slot[t] = table_slot_create(probe->heap[t], NULL);
+	}
+}
+
+/* Where an event id is stored in the probe's tiers, if anywhere */
+static bool
+es_id_probe_find(EsIdProbe *probe, Snapshot snapshot, pg_uuid_t *id,
+				 text **stream_id, int64 *version)
+{
+	/* an id is in at most one tier: the newest first */
+	for (int t = probe->ntiers - 1; t >= 0; t--)
+	{
+		if (es_find_event_id(probe->heap[t], probe->index[t], probe->slot[t], snapshot, id,
+							 stream_id, version))
+			return true;
+	}
+	return false;
+}
+
+static void
+es_id_probe_close(EsIdProbe *probe)
+{
+	for (int t = 0; t < probe->ntiers; t++)
+	{
+		ExecDropSingleTupleTableSlot(probe->slot[t]);
+		index_close(probe->index[t], AccessShareLock);
+		table_close(probe->heap[t], AccessShareLock);
+	}
+}
+
 /* uuid as text, for messages */
 static char *
 es_uuid_str(pg_uuid_t *id)
@@ -460,25 +514,13 @@ es_check_stored_ids(const EsCatalog *cat, text *stream_id, EsNewEvent *evs,
 	int			first_found = -1;
 	bool		retry = true;
 	const EsTiers *tiers = EsEventTiers(cat);
-	Relation   *heap = palloc(sizeof(Relation) * tiers->n);
-	Relation   *index = palloc(sizeof(Relation) * tiers->n);
-	TupleTableSlot **slot = palloc(sizeof(TupleTableSlot *) * tiers->n);
+	EsIdProbe	probe;
 
-	for (int t = 0; t < tiers->n; t++)
-	{
-		heap[t] = table_open(tiers->tier[t].relid, AccessShareLock);
-		index[t] = index_open(tiers->tier[t].event_id_idx, AccessShareLock);
-		slot[t] = table_slot_create(heap[t], NULL);
-	}
+	es_id_probe_open(&probe, tiers, tiers->n);
 	for (int i = 0; i < n; i++)
 	{
-		bool		found = false;
-
-		/* an id is in at most one tier: the newest first */
-		for (int t = tiers->n - 1; evs[i].has_id && t >= 0 && !found; t--)
-			found = es_find_event_id(heap[t], index[t], slot[t], snapshot, &evs[i].id,
-									 &where_stream[i], &where_version[i]);
-		if (!found)
+		if (!evs[i].has_id ||
+			!es_id_probe_find(&probe, snapshot, &evs[i].id, &where_stream[i], &where_version[i]))
 		{
 			retry = false;
 			continue;
@@ -489,12 +531,7 @@ es_check_stored_ids(const EsCatalog *cat, text *stream_id, EsNewEvent *evs,
 			where_version[i] != where_version[0] + i)
 			retry = false;
 	}
-	for (int t = 0; t < tiers->n; t++)
-	{
-		ExecDropSingleTupleTableSlot(slot[t]);
-		index_close(index[t], AccessShareLock);
-		table_close(heap[t], AccessShareLock);
-	}
+	es_id_probe_close(&probe);
 
 	if (first_found < 0)
 		return false;
@@ -720,35 +757,27 @@ es_event_from_version(const EsCatalog *cat, Snapshot snapshot, text *stream_id,
 }
 
 /*
- * Is an id of the batch stored in one of the first ntiers tiers (visited
- * the newest first)?  The index of the first such event, or -1.
+ * Is an id of the batch stored in one of the first ntiers tiers?  The index
+ * in the batch of the first such event, or -1.
  */
 static int
 es_find_stored_id(const EsTiers *tiers, int ntiers, Snapshot snapshot,
 				  EsNewEvent *evs, int n)
 {
+	EsIdProbe	probe;
 	int			stored_id = -1;
 
-	for (int t = ntiers - 1; t >= 0 && stored_id < 0; t--)
+	es_id_probe_open(&probe, tiers, ntiers);
+	for (int i = 0; i < n && stored_id < 0; i++)
 	{
-		Relation	heap = table_open(tiers->tier[t].relid, AccessShareLock);
-		Relation	index = index_open(tiers->tier[t].event_id_idx, AccessShareLock);
-		TupleTableSlot *slot = table_slot_create(heap, NULL);
+		text	   *where_stream;
+		int64		where_version;
 
-		for (int i = 0; i < n && stored_id < 0; i++)
-		{
-			text	   *where_stream;
-			int64		where_version;
-
-			Assert(evs[i].has_id);
-			if (es_find_event_id(heap, index, slot, snapshot, &evs[i].id,
-								 &where_stream, &where_version))
-				stored_id = i;
-		}
-		ExecDropSingleTupleTableSlot(slot);
-		index_close(index, AccessShareLock);
-		table_close(heap, AccessShareLock);
+		Assert(evs[i].has_id);
+		if (es_id_probe_find(&probe, snapshot, &evs[i].id, &where_stream, &where_version))
+			stored_id = i;
 	}
+	es_id_probe_close(&probe);
 	return stored_id;
 }
 
@@ -810,6 +839,7 @@ es_import_store(text *stream_id, EsNewEvent *evs, int n, int64 first_version,
 	{
 		/* everybody who held the stream before us has ended: the latest state */
 		snapshot = RegisterSnapshot(GetLatestSnapshot());
+		/* the ranges again, now after the snapshot (see archive.c) */
 		tiers = EsEventTiers(cat);
 		in_way = !known_clear &&
 			es_event_from_version(cat, snapshot, stream_id, first_version,
