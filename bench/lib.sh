@@ -128,6 +128,24 @@ run_pgbench() {
 	pgbench_run "$5" "$1" "$2" "$3" -T "$4" -D maxpos="$MAXPOS" "${PAIR_EXTRA[@]}"
 }
 
+# median_ratio "A RUNS" "B RUNS": the median of each side's runs, A / B, and
+# the noise (the larger spread, max - min, of one side over its median)
+median_ratio() {
+	awk -v a="$1" -v b="$2" '
+		function median(str, v, n, i, j, t) {
+			n = split(str, v, " ")
+			for (i = 2; i <= n; i++)
+				for (j = i; j > 1 && v[j - 1] + 0 > v[j] + 0; j--) { t = v[j]; v[j] = v[j - 1]; v[j - 1] = t }
+			lo = v[1]; hi = v[n]
+			return n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
+		}
+		BEGIN {
+			ma = median(a); na = (hi - lo) / ma
+			mb = median(b); nb = (hi - lo) / mb
+			printf "%.1f %.1f %.3f %.0f%%\n", ma, mb, ma / mb, 100 * (na > nb ? na : nb)
+		}'
+}
+
 # pair_hook WHEN SIDE LOGNAME: PAIR_HOOK, if set, before or after a run
 pair_hook() {
 	[[ -z "$PAIR_HOOK" ]] || "$PAIR_HOOK" "$@"
@@ -213,19 +231,7 @@ pair() {
 	printf '%s, %s client(s), synchronous_commit=%s: event_store %s | baseline %s | cpu us/op %s | %s\n' \
 		"$name" "$clients" "$sync" "${es_runs[*]}" "${base_runs[*]}" "$es_cpu" "$base_cpu" \
 		>>"$LOG_DIR/segments.txt"
-	read -r es_tps base_tps ratio noise < <(awk -v e="${es_runs[*]}" -v b="${base_runs[*]}" '
-		function median(str, v, n, i, j, t) {
-			n = split(str, v, " ")
-			for (i = 2; i <= n; i++)
-				for (j = i; j > 1 && v[j - 1] + 0 > v[j] + 0; j--) { t = v[j]; v[j] = v[j - 1]; v[j - 1] = t }
-			lo = v[1]; hi = v[n]
-			return n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
-		}
-		BEGIN {
-			me = median(e); ne = (hi - lo) / me
-			mb = median(b); nb = (hi - lo) / mb
-			printf "%.1f %.1f %.3f %.0f%%\n", me, mb, me / mb, 100 * (ne > nb ? ne : nb)
-		}')
+	read -r es_tps base_tps ratio noise < <(median_ratio "${es_runs[*]}" "${base_runs[*]}")
 	if [[ "$target" == - ]]; then
 		verdict="-"
 	elif awk -v r="$ratio" -v t="$target" 'BEGIN { exit !(r >= t) }'; then

@@ -194,19 +194,7 @@ check="SELECT count(*) || ' ' || max(global_position) || ' ' || sum(hashtext(eve
 [[ $("${PSQL[@]}" -Atc "$check") == $("${PSQL[@]}" -p "$STANDBY_PORT" -Atc "$check") ]] ||
 	die "the standby's events differ from the primary's after catching up"
 
-read -r s_tps p_tps ratio noise < <(awk -v s="${S_RUNS[*]}" -v p="${P_RUNS[*]}" '
-	function median(str, v, n, i, j, t) {
-		n = split(str, v, " ")
-		for (i = 2; i <= n; i++)
-			for (j = i; j > 1 && v[j - 1] + 0 > v[j] + 0; j--) { t = v[j]; v[j] = v[j - 1]; v[j - 1] = t }
-		lo = v[1]; hi = v[n]
-		return n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
-	}
-	BEGIN {
-		ms = median(s); ns = (hi - lo) / ms
-		mp = median(p); np = (hi - lo) / mp
-		printf "%.1f %.1f %.3f %.0f%%\n", ms, mp, ms / mp, 100 * (ns > np ? ns : np)
-	}')
+read -r s_tps p_tps ratio noise < <(median_ratio "${S_RUNS[*]}" "${P_RUNS[*]}")
 if awk -v r="$ratio" -v t="$TARGET" 'BEGIN { exit !(r >= t) }'; then
 	verdict=">= $TARGET ok"
 else
