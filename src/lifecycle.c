@@ -223,43 +223,17 @@ es_remove_events(const char *sql, int nargs, Oid *types, Datum *values)
 }
 
 /*
- * SQL: event_store.purge_stream(stream_id text) RETURNS bigint
- *
- * Hard delete for erasure requests: every event of the stream and its
- * snapshots are removed.  Only while the superuser-only setting
- * event_store.allow_purge is on.  What remains is the event $StreamPurged
- * (up to which version; none of the data), and the stream is deleted as by
- * delete_stream().  Returns the number of events removed.
+ * What a purge does below its marker: every event of the stream before
+ * version `marker` and the stream's snapshots go, then the stream is
+ * deleted from the marker on.  Returns the number of events removed.
  */
-Datum
-es_purge_stream(PG_FUNCTION_ARGS)
+static int64
+es_purge_before(text *stream_id, int64 marker)
 {
-	int64		version;
-	text	   *stream_id;
-	int64		removed = 0;
-	int64		marker;
 	Oid			types[2] = {TEXTOID, INT8OID};
-	Datum		values[2];
+	Datum		values[2] = {PointerGetDatum(stream_id), Int64GetDatum(marker)};
+	int64		removed = 0;
 	EsUserSwitch sw;
-
-	EsCheckWritable("purge_stream()");
-	EsCheckPreloaded();
-	if (!es_allow_purge)
-		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("purging streams is disabled"),
-				 errdetail("purge_stream() removes events for good; it runs only while event_store.allow_purge is on."),
-				 errhint("A superuser can SET event_store.allow_purge = on for the session that purges.")));
-	stream_id = es_existing_stream(fcinfo, &version);
-
-	/*
-	 * The marker first, so that the stream's versions go on after the
-	 * purged ones (never reused); then everything before it goes.
-	 */
-	marker = es_append_marker(stream_id, "$StreamPurged", "purged_through_version", version,
-							  false, 0);
-	values[0] = PointerGetDatum(stream_id);
-	values[1] = Int64GetDatum(marker);
 
 	/*
 	 * Twice: an archive_events() that moved some of the rows while the
@@ -278,6 +252,43 @@ es_purge_stream(PG_FUNCTION_ARGS)
 		elog(ERROR, "removing snapshots failed");
 	EsSpiFinish(&sw);
 	es_mark_deleted(stream_id, marker);
+	return removed;
+}
+
+/*
+ * SQL: event_store.purge_stream(stream_id text) RETURNS bigint
+ *
+ * Hard delete for erasure requests: every event of the stream and its
+ * snapshots are removed.  Only while the superuser-only setting
+ * event_store.allow_purge is on.  What remains is the event $StreamPurged
+ * (up to which version; none of the data), and the stream is deleted as by
+ * delete_stream().  Returns the number of events removed.
+ */
+Datum
+es_purge_stream(PG_FUNCTION_ARGS)
+{
+	int64		version;
+	text	   *stream_id;
+	int64		removed;
+	int64		marker;
+
+	EsCheckWritable("purge_stream()");
+	EsCheckPreloaded();
+	if (!es_allow_purge)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("purging streams is disabled"),
+				 errdetail("purge_stream() removes events for good; it runs only while event_store.allow_purge is on."),
+				 errhint("A superuser can SET event_store.allow_purge = on for the session that purges.")));
+	stream_id = es_existing_stream(fcinfo, &version);
+
+	/*
+	 * The marker first, so that the stream's versions go on after the
+	 * purged ones (never reused); then everything before it goes.
+	 */
+	marker = es_append_marker(stream_id, "$StreamPurged", "purged_through_version", version,
+							  false, 0);
+	removed = es_purge_before(stream_id, marker);
 	PG_RETURN_INT64(removed);
 }
 
@@ -423,21 +434,7 @@ EsImportedLifecycle(text *stream_id, const char *type, int64 version)
 	if (strcmp(type, "$StreamDeleted") == 0)
 		es_mark_deleted(stream_id, version);
 	else if (strcmp(type, "$StreamPurged") == 0)
-	{
-		EsUserSwitch sw;
-
-		(void) es_remove_events("DELETE FROM event_store.events "
-								"WHERE stream_id OPERATOR(pg_catalog.=) $1 "
-								"AND stream_version OPERATOR(pg_catalog.<) $2",
-								2, types, values);
-		EsSpiConnect(&sw);
-		if (SPI_execute_with_args("DELETE FROM event_store.snapshots "
-								  "WHERE stream_id OPERATOR(pg_catalog.=) $1",
-								  1, types, values, NULL, false, 0) != SPI_OK_DELETE)
-			elog(ERROR, "removing snapshots failed");
-		EsSpiFinish(&sw);
-		es_mark_deleted(stream_id, version);
-	}
+		(void) es_purge_before(stream_id, version);
 	else if (strcmp(type, "$StreamReopened") == 0)
 		es_meta_exec("UPDATE event_store.stream_metadata SET deleted_at = NULL, updated_at = pg_catalog.now() "
 					 "WHERE stream_id OPERATOR(pg_catalog.=) $1",
