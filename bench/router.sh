@@ -10,6 +10,13 @@
 #                 read_all (one parallel call, merge, vector cursor) against
 #                 server 1's read_all
 #
+#   floor         the same appends through the least a PL/Proxy router can
+#                 be: a plain PL/Proxy function in the router's database that
+#                 sends every append to one fixed server (RUN ON 0, no hash,
+#                 no bucket map, one server's connections), against straight
+#                 to server 1: the most any router on PL/Proxy could reach
+#                 on this machine
+#
 # Both sides with pgbench -M prepared (as bench/run.sh), the same clients,
 # interleaved round after round (the machine's load changes by the second).
 # Prints per round and case the router's and the server's tps, their ratio,
@@ -49,6 +56,10 @@ cat >"$TMP/append.sql" <<'EOF'
 \set s random(1, 100000)
 SELECT event_store.append('bench-' || :s, '{"type": "Benched", "data": {"n": 1}}');
 EOF
+cat >"$TMP/append_floor.sql" <<'EOF'
+\set s random(1, 100000)
+SELECT bench_floor.append('bench-' || :s, '{"type": "Benched", "data": {"n": 1}}');
+EOF
 cat >"$TMP/read_all_router.sql" <<'EOF'
 SELECT * FROM event_store.read_all(NULL, 1000);
 EOF
@@ -56,6 +67,12 @@ cat >"$TMP/read_all_server.sql" <<'EOF'
 SELECT * FROM event_store.read_all(0, 1000);
 EOF
 chmod 644 "$TMP"/*.sql
+run_psql "$ROUTER" "CREATE SCHEMA bench_floor;
+CREATE FUNCTION bench_floor.append(stream_id text, events jsonb) RETURNS bigint LANGUAGE plproxy AS \$f\$
+    CLUSTER 'event_store';
+    RUN ON 0;
+    SELECT event_store.append(stream_id, events) AS append;
+\$f\$"
 
 # cpu_ticks NAME...: CPU clock ticks used so far by each named server of the
 # example (its postmaster, the children it reaped, the children alive)
@@ -90,9 +107,12 @@ echo "a router page from the beginning holds $( (cd "$TMP" && es_as_test_user "$
 printf '%-6s %-9s %11s %11s %6s %16s %16s %16s\n' round case router_tps server_tps ratio \
 	router_cpu_ms/op servers_cpu_ms/op direct_cpu_ms/op
 for round in $(seq 1 "$ROUNDS"); do
-	for c in append read_all; do
+	for c in append read_all floor; do
 		if [ "$c" = append ]; then
 			r=($(run "$ROUTER" "$TMP/append.sql"))
+			s=($(run "$SERVER1" "$TMP/append.sql"))
+		elif [ "$c" = floor ]; then
+			r=($(run "$ROUTER" "$TMP/append_floor.sql"))
 			s=($(run "$SERVER1" "$TMP/append.sql"))
 		else
 			r=($(run "$ROUTER" "$TMP/read_all_router.sql"))
