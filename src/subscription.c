@@ -43,15 +43,18 @@
 
 #include <math.h>
 
+#include "access/genam.h"
 #include "access/heapam.h"
 #include "access/htup_details.h"
 #include "access/table.h"
+#include "access/tableam.h"
 #include "access/stratnum.h"
 #include "access/xact.h"
 #include "catalog/indexing.h"
 #include "catalog/pg_collation.h"
 #include "catalog/pg_type.h"
 #include "common/hashfn.h"
+#include "executor/tuptable.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "funcapi.h"
@@ -345,71 +348,6 @@ es_consumer_arg(FunctionCallInfo fcinfo, int argno)
 	return text_to_cstring(EsGetRequiredText(fcinfo, argno, "consumer"));
 }
 
-/* The columns of a partition the calls read, and whether any of its streams is held */
-#define ES_PART_COLUMNS \
-	"p.partition, p.position, p.pending, p.pending_attempts, p.redeliver, " \
-	"p.redeliver_attempts, EXISTS (SELECT 1 FROM event_store.subscription_streams t " \
-	"  WHERE t.subscription OPERATOR(pg_catalog.=) $1 AND t.partition OPERATOR(pg_catalog.=) p.partition), " \
-	"p.ctid"
-
-/* Was the consumer fenced since its last claim?  (subscription $1, consumer $2) */
-#define ES_FENCED_SQL \
-	"EXISTS (SELECT 1 FROM event_store.subscription_fences f " \
-	"JOIN event_store.subscription_consumers c " \
-	"  ON c.subscription OPERATOR(pg_catalog.=) f.subscription " \
-	" AND c.consumer OPERATOR(pg_catalog.=) f.consumer " \
-	"WHERE f.subscription OPERATOR(pg_catalog.=) $1 AND f.consumer OPERATOR(pg_catalog.=) $2 " \
-	"AND f.fenced_at OPERATOR(pg_catalog.>) c.claimed_at)"
-
-/* The consumer's unexpired partitions, in partition order (their index has the holder) */
-#define ES_MY_PARTITIONS_FROM \
-	"FROM event_store.subscription_partitions p " \
-	"WHERE p.subscription OPERATOR(pg_catalog.=) $1 AND p.holder OPERATOR(pg_catalog.=) $2 " \
-	"AND p.lease_expires_at OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp() " \
-	"ORDER BY p.partition FOR UPDATE OF p"
-
-/*
- * The consumer's partitions whose lease has not expired, locked, in
- * partition order (caller is connected to SPI as the owner).  With fenced,
- * the same statement also says whether the consumer was fenced since its
- * last claim (only known when it holds some partition).
- */
-static EsPart *
-es_my_partitions(EsSubscription *s, const char *consumer, int *nparts, bool *fenced)
-{
-	Oid			types[2] = {TEXTOID, TEXTOID};
-	Datum		values[2] = {CStringGetTextDatum(s->name), CStringGetTextDatum(consumer)};
-	EsPart	   *parts;
-
-	if (fenced != NULL)
-		es_sub_exec("SELECT " ES_PART_COLUMNS ", " ES_FENCED_SQL " " ES_MY_PARTITIONS_FROM,
-					2, types, values, NULL, false, SPI_OK_SELECT);
-	else
-		es_sub_exec("SELECT " ES_PART_COLUMNS " " ES_MY_PARTITIONS_FROM,
-					2, types, values, NULL, false, SPI_OK_SELECT);
-	*nparts = (int) SPI_processed;
-	parts = palloc0(sizeof(EsPart) * Max(*nparts, 1));
-	for (int i = 0; i < *nparts; i++)
-	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		bool		isnull;
-		EsPart	   *p = &parts[i];
-
-		p->partition = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
-		p->position = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
-		p->npending = es_get_int8_array(SPI_getbinval(tup, desc, 3, &isnull), &p->pending);
-		(void) es_get_int4_array(SPI_getbinval(tup, desc, 4, &isnull), &p->pending_attempts);
-		p->nredeliver = es_get_int8_array(SPI_getbinval(tup, desc, 5, &isnull), &p->redeliver);
-		(void) es_get_int4_array(SPI_getbinval(tup, desc, 6, &isnull), &p->redeliver_attempts);
-		p->has_held = DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull));
-		p->tid = *((ItemPointer) DatumGetPointer(SPI_getbinval(tup, desc, 8, &isnull)));
-		if (fenced != NULL && i == 0)
-			*fenced = DatumGetBool(SPI_getbinval(tup, desc, 9, &isnull));
-	}
-	return parts;
-}
-
 /*
  * Write a partition back: holder (NULL: released), its lease renewed for
  * lease_ms from now (-1: unchanged), position and lists
@@ -589,6 +527,390 @@ es_find_part(EsPart *parts, int nparts, int32 partition)
 		if (parts[i].partition == partition)
 			return &parts[i];
 	return NULL;
+}
+
+/* ------------------------------------------------------------------------
+ * Rows read and locked from C
+ *
+ * A claim and an ack find the consumer's row and its partitions by index
+ * and lock them as SELECT ... FOR UPDATE does, with no statement to plan or
+ * start (as logical replication's apply finds and locks its rows).
+ * ------------------------------------------------------------------------ */
+
+/* A relation (table or index) of the extension's schema */
+static Oid
+es_sub_relid(const char *name)
+{
+	Oid			relid = get_relname_relid(name, EsGetCatalog()->namespace_oid);
+
+	if (!OidIsValid(relid))
+		elog(ERROR, "event_store.%s does not exist", name);
+	return relid;
+}
+
+/* A column of one of the subscription tables */
+static AttrNumber
+es_sub_attnum(Relation rel, const char *name)
+{
+	AttrNumber	attno = get_attnum(RelationGetRelid(rel), name);
+
+	if (attno == InvalidAttrNumber)
+		elog(ERROR, "event_store.%s lacks column %s", RelationGetRelationName(rel), name);
+	return attno;
+}
+
+/* An equality key on a text index column (COLLATE "C", as all of them are) */
+static void
+es_text_key(ScanKey key, AttrNumber attno, Datum value)
+{
+	ScanKeyEntryInitialize(key, 0, attno, BTEqualStrategyNumber, InvalidOid,
+						   C_COLLATION_OID, F_TEXTEQ, value);
+}
+
+/* Does a text value equal a C string? */
+static bool
+es_text_is(Datum d, const char *s)
+{
+	text	   *t = DatumGetTextPP(d);
+	size_t		len = strlen(s);
+
+	return VARSIZE_ANY_EXHDR(t) == len && memcmp(VARDATA_ANY(t), s, len) == 0;
+}
+
+/*
+ * Lock the row version at *tid as SELECT ... FOR UPDATE does (see
+ * ExecLockRows): wait for a concurrent writer; in read committed, lock the
+ * row's latest version (*moved: not the one the snapshot saw, so the caller
+ * checks its conditions again); under repeatable read a concurrent update
+ * is a serialization failure.  The locked version goes into slot, its TID
+ * into *tid.  false when the row is gone.
+ */
+static bool
+es_lock_row(Relation rel, ItemPointer tid, Snapshot snapshot, LockTupleMode mode,
+			TupleTableSlot *slot, bool *moved)
+{
+	TM_FailureData tmfd;
+	TM_Result	res;
+	uint8		flags = TUPLE_LOCK_FLAG_LOCK_UPDATE_IN_PROGRESS;
+
+	if (!IsolationUsesXactSnapshot())
+		flags |= TUPLE_LOCK_FLAG_FIND_LAST_VERSION;
+	memset(&tmfd, 0, sizeof(tmfd));
+	res = table_tuple_lock(rel, tid, snapshot, slot, GetCurrentCommandId(true), mode,
+						   LockWaitBlock, flags, &tmfd);
+	*moved = tmfd.traversed;
+	switch (res)
+	{
+		case TM_Ok:
+			*tid = slot->tts_tid;
+			return true;
+		case TM_SelfModified:
+			/* changed by this very command or a later one: skipped, as the executor does */
+			return false;
+		case TM_Updated:
+		case TM_Deleted:
+			if (IsolationUsesXactSnapshot())
+				ereport(ERROR,
+						(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+						 errmsg("could not serialize access due to concurrent update")));
+			if (res == TM_Deleted)
+				return false;
+			break;
+		default:
+			break;
+	}
+	elog(ERROR, "unexpected table_tuple_lock status: %u", res);
+	return false;
+}
+
+/*
+ * Mark the partitions of parts that some held stream of the subscription
+ * belongs to (the streams' primary key has the subscription first)
+ */
+static void
+es_mark_held(EsSubscription *s, EsPart *parts, int nparts, Snapshot snapshot)
+{
+	Relation	rel = table_open(es_sub_relid("subscription_streams"), AccessShareLock);
+	Relation	idx = index_open(es_sub_relid("subscription_streams_pkey"), AccessShareLock);
+	AttrNumber	att_partition = es_sub_attnum(rel, "partition");
+	TupleTableSlot *slot = table_slot_create(rel, NULL);
+	IndexScanDesc scan;
+	ScanKeyData key;
+
+	es_text_key(&key, 1, CStringGetTextDatum(s->name));
+	scan = index_beginscan(rel, idx, snapshot, 1, 0);
+	index_rescan(scan, &key, 1, NULL, 0);
+	while (index_getnext_slot(scan, ForwardScanDirection, slot))
+	{
+		bool		isnull;
+		EsPart	   *p = es_find_part(parts, nparts,
+									 DatumGetInt32(slot_getattr(slot, att_partition, &isnull)));
+
+		if (p != NULL)
+			p->has_held = true;
+	}
+	index_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
+	index_close(idx, AccessShareLock);
+	table_close(rel, AccessShareLock);
+}
+
+/*
+ * The consumer's row (by primary key), as snapshot sees it: false when it
+ * has none; else its claim time and its TID
+ */
+static bool
+es_consumer_row(EsSubscription *s, const char *consumer, Snapshot snapshot,
+				TimestampTz *claimed_at, ItemPointer tid)
+{
+	Relation	rel = table_open(es_sub_relid("subscription_consumers"), AccessShareLock);
+	Relation	idx = index_open(es_sub_relid("subscription_consumers_pkey"), AccessShareLock);
+	AttrNumber	att_claimed = es_sub_attnum(rel, "claimed_at");
+	TupleTableSlot *slot = table_slot_create(rel, NULL);
+	IndexScanDesc scan;
+	ScanKeyData keys[2];
+	bool		found;
+
+	es_text_key(&keys[0], 1, CStringGetTextDatum(s->name));
+	es_text_key(&keys[1], 2, CStringGetTextDatum(consumer));
+	scan = index_beginscan(rel, idx, snapshot, 2, 0);
+	index_rescan(scan, keys, 2, NULL, 0);
+	found = index_getnext_slot(scan, ForwardScanDirection, slot);
+	if (found)
+	{
+		bool		isnull;
+
+		*claimed_at = DatumGetTimestampTz(slot_getattr(slot, att_claimed, &isnull));
+		*tid = slot->tts_tid;
+	}
+	index_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
+	index_close(idx, AccessShareLock);
+	table_close(rel, AccessShareLock);
+	return found;
+}
+
+/*
+ * The latest fence of a consumer (a partition of it taken over then), as
+ * snapshot sees the fences; false when it has none
+ */
+static bool
+es_latest_fence(EsSubscription *s, const char *consumer, Snapshot snapshot,
+				TimestampTz *fenced_at)
+{
+	Relation	rel = table_open(es_sub_relid("subscription_fences"), AccessShareLock);
+	Relation	idx = index_open(es_sub_relid("subscription_fences_consumer_idx"), AccessShareLock);
+	AttrNumber	att_fenced = es_sub_attnum(rel, "fenced_at");
+	TupleTableSlot *slot = table_slot_create(rel, NULL);
+	IndexScanDesc scan;
+	ScanKeyData keys[2];
+	bool		any = false;
+
+	es_text_key(&keys[0], 1, CStringGetTextDatum(s->name));
+	es_text_key(&keys[1], 2, CStringGetTextDatum(consumer));
+	scan = index_beginscan(rel, idx, snapshot, 2, 0);
+	index_rescan(scan, keys, 2, NULL, 0);
+	while (index_getnext_slot(scan, ForwardScanDirection, slot))
+	{
+		bool		isnull;
+		TimestampTz at = DatumGetTimestampTz(slot_getattr(slot, att_fenced, &isnull));
+
+		if (!any || at > *fenced_at)
+			*fenced_at = at;
+		any = true;
+	}
+	index_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
+	index_close(idx, AccessShareLock);
+	table_close(rel, AccessShareLock);
+	return any;
+}
+
+/* Was the consumer fenced since its last claim?  (a fence after its claim time) */
+static bool
+es_consumer_fenced(EsSubscription *s, const char *consumer, Snapshot snapshot)
+{
+	TimestampTz fenced_at;
+	TimestampTz claimed_at;
+	ItemPointerData tid;
+
+	if (!es_latest_fence(s, consumer, snapshot, &fenced_at))
+		return false;
+	if (!es_consumer_row(s, consumer, snapshot, &claimed_at, &tid))
+		return false;
+	return fenced_at > claimed_at;
+}
+
+/*
+ * The consumer's partitions whose lease has not expired, locked (FOR
+ * UPDATE), in partition order (caller is connected to SPI as the owner).
+ * They are found by the holder index, as a fresh snapshot sees them; a
+ * row a concurrent transaction changed is locked in its latest version,
+ * which must still be the consumer's and unexpired.  With fenced, also
+ * whether the consumer was fenced since its last claim (only known when it
+ * holds some partition).
+ */
+static EsPart *
+es_my_partitions(EsSubscription *s, const char *consumer, int *nparts, bool *fenced)
+{
+	Relation	rel = table_open(es_sub_relid("subscription_partitions"), RowShareLock);
+	Relation	idx = index_open(es_sub_relid("subscription_partitions_holder_idx"), AccessShareLock);
+	AttrNumber	att_partition = es_sub_attnum(rel, "partition");
+	AttrNumber	att_position = es_sub_attnum(rel, "position");
+	AttrNumber	att_holder = es_sub_attnum(rel, "holder");
+	AttrNumber	att_lease = es_sub_attnum(rel, "lease_expires_at");
+	AttrNumber	att_pending = es_sub_attnum(rel, "pending");
+	AttrNumber	att_pending_attempts = es_sub_attnum(rel, "pending_attempts");
+	AttrNumber	att_redeliver = es_sub_attnum(rel, "redeliver");
+	AttrNumber	att_redeliver_attempts = es_sub_attnum(rel, "redeliver_attempts");
+	TupleTableSlot *slot = table_slot_create(rel, NULL);
+	Snapshot	snapshot = RegisterSnapshot(GetTransactionSnapshot());
+	TimestampTz now = GetCurrentTimestamp();
+	IndexScanDesc scan;
+	ScanKeyData keys[2];
+	ItemPointerData *tids;
+	int			ntids = 0;
+	int			cap = 4;
+	EsPart	   *parts;
+	int			n = 0;
+
+	/* ours as the snapshot sees them, unexpired (only those are locked) */
+	tids = palloc(sizeof(ItemPointerData) * cap);
+	es_text_key(&keys[0], 1, CStringGetTextDatum(s->name));
+	es_text_key(&keys[1], 2, CStringGetTextDatum(consumer));
+	scan = index_beginscan(rel, idx, snapshot, 2, 0);
+	index_rescan(scan, keys, 2, NULL, 0);
+	while (index_getnext_slot(scan, ForwardScanDirection, slot))
+	{
+		bool		isnull;
+		Datum		lease = slot_getattr(slot, att_lease, &isnull);
+
+		if (isnull || DatumGetTimestampTz(lease) <= now)
+			continue;
+		if (ntids == cap)
+			tids = repalloc(tids, sizeof(ItemPointerData) * (cap *= 2));
+		tids[ntids++] = slot->tts_tid;
+	}
+	index_endscan(scan);
+
+	parts = palloc0(sizeof(EsPart) * Max(ntids, 1));
+	for (int i = 0; i < ntids; i++)
+	{
+		EsPart	   *p = &parts[n];
+		bool		moved;
+		bool		isnull;
+		Datum		d;
+
+		if (!es_lock_row(rel, &tids[i], snapshot, LockTupleExclusive, slot, &moved))
+			continue;
+		if (moved)
+		{
+			/* changed meanwhile: still ours and unexpired? */
+			d = slot_getattr(slot, att_holder, &isnull);
+			if (isnull || !es_text_is(d, consumer))
+				continue;
+			d = slot_getattr(slot, att_lease, &isnull);
+			if (isnull || DatumGetTimestampTz(d) <= now)
+				continue;
+		}
+		p->partition = DatumGetInt32(slot_getattr(slot, att_partition, &isnull));
+		p->position = DatumGetInt64(slot_getattr(slot, att_position, &isnull));
+		p->npending = es_get_int8_array(slot_getattr(slot, att_pending, &isnull), &p->pending);
+		(void) es_get_int4_array(slot_getattr(slot, att_pending_attempts, &isnull), &p->pending_attempts);
+		p->nredeliver = es_get_int8_array(slot_getattr(slot, att_redeliver, &isnull), &p->redeliver);
+		(void) es_get_int4_array(slot_getattr(slot, att_redeliver_attempts, &isnull), &p->redeliver_attempts);
+		p->tid = tids[i];
+		n++;
+	}
+	ExecDropSingleTupleTableSlot(slot);
+	index_close(idx, AccessShareLock);
+	table_close(rel, NoLock);
+
+	if (n > 0)
+		es_mark_held(s, parts, n, snapshot);
+	if (fenced != NULL)
+		*fenced = n > 0 && es_consumer_fenced(s, consumer, snapshot);
+	UnregisterSnapshot(snapshot);
+	*nparts = n;
+	return parts;
+}
+
+/*
+ * The consumer's claim from C, when its row exists and it has no fence
+ * (else false: the caller runs the statement).  Counts the consumers of the
+ * subscription live now besides it (*live, itself included), then locks its
+ * row (as INSERT ... ON CONFLICT DO UPDATE would) and renews it in place:
+ * live while this lease runs, its claim time now.
+ */
+static bool
+es_claim_consumer_row(EsSubscription *s, const char *consumer, double lease_ms, int64 *live)
+{
+	Relation	rel = table_open(es_sub_relid("subscription_consumers"), RowExclusiveLock);
+	Relation	idx = index_open(es_sub_relid("subscription_consumers_pkey"), AccessShareLock);
+	AttrNumber	att_consumer = es_sub_attnum(rel, "consumer");
+	AttrNumber	att_lease = es_sub_attnum(rel, "lease_expires_at");
+	AttrNumber	att_claimed = es_sub_attnum(rel, "claimed_at");
+	TupleDesc	desc = RelationGetDescr(rel);
+	TupleTableSlot *slot = table_slot_create(rel, NULL);
+	Snapshot	snapshot = RegisterSnapshot(GetTransactionSnapshot());
+	TimestampTz now = GetCurrentTimestamp();
+	TimestampTz fenced_at;
+	IndexScanDesc scan;
+	ScanKeyData key;
+	ItemPointerData mine;
+	bool		found = false;
+	bool		moved;
+	int64		others = 0;
+
+	/* every consumer of the subscription (its primary key's prefix) */
+	es_text_key(&key, 1, CStringGetTextDatum(s->name));
+	scan = index_beginscan(rel, idx, snapshot, 1, 0);
+	index_rescan(scan, &key, 1, NULL, 0);
+	while (index_getnext_slot(scan, ForwardScanDirection, slot))
+	{
+		bool		isnull;
+
+		if (es_text_is(slot_getattr(slot, att_consumer, &isnull), consumer))
+		{
+			mine = slot->tts_tid;
+			found = true;
+		}
+		else if (DatumGetTimestampTz(slot_getattr(slot, att_lease, &isnull)) > now)
+			others++;
+	}
+	index_endscan(scan);
+
+	if (found && !es_latest_fence(s, consumer, snapshot, &fenced_at) &&
+		es_lock_row(rel, &mine, snapshot, LockTupleNoKeyExclusive, slot, &moved))
+	{
+		Datum	   *values = palloc(sizeof(Datum) * desc->natts);
+		bool	   *nulls = palloc(sizeof(bool) * desc->natts);
+		HeapTuple	newtup;
+		CatalogIndexState indstate = CatalogOpenIndexes(rel);
+
+		slot_getallattrs(slot);
+		memcpy(values, slot->tts_values, sizeof(Datum) * desc->natts);
+		memcpy(nulls, slot->tts_isnull, sizeof(bool) * desc->natts);
+		values[att_lease - 1] = TimestampTzGetDatum(now + (int64) rint(lease_ms * 1000.0));
+		nulls[att_lease - 1] = false;
+		values[att_claimed - 1] = TimestampTzGetDatum(now);
+		nulls[att_claimed - 1] = false;
+		newtup = heap_form_tuple(desc, values, nulls);
+		ExecClearTuple(slot);
+		CatalogTupleUpdateWithInfo(rel, &mine, newtup, indstate);
+		CatalogCloseIndexes(indstate);
+		heap_freetuple(newtup);
+		*live = others + 1;
+	}
+	else
+		found = false;
+	ExecDropSingleTupleTableSlot(slot);
+	UnregisterSnapshot(snapshot);
+	index_close(idx, AccessShareLock);
+	table_close(rel, NoLock);
+	if (found)
+		CommandCounterIncrement();
+	return found;
 }
 
 /* The stream id of the event at position (NULL: gone), read as the owner */
@@ -1233,32 +1555,39 @@ es_claim_once(EsClaim *c, const char *consumer, double lease_ms)
 	values[2] = Float8GetDatum(lease_ms);
 
 	/*
-	 * In one statement: the consumer is live while this lease runs (its
-	 * claim time recorded); was it fenced since its last claim (a partition
-	 * of it taken over)?  Then what it was handed in the partitions it keeps
-	 * comes again: the transaction whose acknowledgement the fence refused
-	 * rolled back.  And how many consumers are live, itself included.
+	 * The consumer is live while this lease runs (its claim time recorded);
+	 * was it fenced since its last claim (a partition of it taken over)?
+	 * Then what it was handed in the partitions it keeps comes again: the
+	 * transaction whose acknowledgement the fence refused rolled back.  And
+	 * how many consumers are live, itself included.  From C when its row
+	 * exists and it has no fence (every claim after its first, as a rule);
+	 * else in one statement, which also inserts the row or drops the fences.
 	 */
-	es_sub_exec("WITH prev AS (SELECT c.claimed_at FROM event_store.subscription_consumers c "
-				"  WHERE c.subscription OPERATOR(pg_catalog.=) $1 AND c.consumer OPERATOR(pg_catalog.=) $2), "
-				"gone AS (DELETE FROM event_store.subscription_fences f "
-				"  WHERE f.subscription OPERATOR(pg_catalog.=) $1 AND f.consumer OPERATOR(pg_catalog.=) $2 "
-				"  RETURNING f.fenced_at), "
-				"up AS (INSERT INTO event_store.subscription_consumers AS c (subscription, consumer, "
-				"  lease_expires_at, claimed_at) "
-				"  VALUES ($1, $2, pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) "
-				"  pg_catalog.make_interval(secs => $3 OPERATOR(pg_catalog./) 1000), pg_catalog.clock_timestamp()) "
-				"  ON CONFLICT (subscription, consumer) DO UPDATE SET lease_expires_at = EXCLUDED.lease_expires_at, "
-				"  claimed_at = EXCLUDED.claimed_at RETURNING 1) "
-				"SELECT EXISTS (SELECT 1 FROM gone, prev "
-				"  WHERE gone.fenced_at OPERATOR(pg_catalog.>) prev.claimed_at), "
-				"(SELECT pg_catalog.count(*) FROM event_store.subscription_consumers o "
-				"  WHERE o.subscription OPERATOR(pg_catalog.=) $1 AND o.consumer OPERATOR(pg_catalog.<>) $2 "
-				"  AND o.lease_expires_at OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp()) "
-				"  OPERATOR(pg_catalog.+) (SELECT pg_catalog.count(*) FROM up)",
-				3, types, values, NULL, false, SPI_OK_SELECT);
-	fenced = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	live = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+	if (es_claim_consumer_row(c->sub, consumer, lease_ms, &live))
+		fenced = false;
+	else
+	{
+		es_sub_exec("WITH prev AS (SELECT c.claimed_at FROM event_store.subscription_consumers c "
+					"  WHERE c.subscription OPERATOR(pg_catalog.=) $1 AND c.consumer OPERATOR(pg_catalog.=) $2), "
+					"gone AS (DELETE FROM event_store.subscription_fences f "
+					"  WHERE f.subscription OPERATOR(pg_catalog.=) $1 AND f.consumer OPERATOR(pg_catalog.=) $2 "
+					"  RETURNING f.fenced_at), "
+					"up AS (INSERT INTO event_store.subscription_consumers AS c (subscription, consumer, "
+					"  lease_expires_at, claimed_at) "
+					"  VALUES ($1, $2, pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) "
+					"  pg_catalog.make_interval(secs => $3 OPERATOR(pg_catalog./) 1000), pg_catalog.clock_timestamp()) "
+					"  ON CONFLICT (subscription, consumer) DO UPDATE SET lease_expires_at = EXCLUDED.lease_expires_at, "
+					"  claimed_at = EXCLUDED.claimed_at RETURNING 1) "
+					"SELECT EXISTS (SELECT 1 FROM gone, prev "
+					"  WHERE gone.fenced_at OPERATOR(pg_catalog.>) prev.claimed_at), "
+					"(SELECT pg_catalog.count(*) FROM event_store.subscription_consumers o "
+					"  WHERE o.subscription OPERATOR(pg_catalog.=) $1 AND o.consumer OPERATOR(pg_catalog.<>) $2 "
+					"  AND o.lease_expires_at OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp()) "
+					"  OPERATOR(pg_catalog.+) (SELECT pg_catalog.count(*) FROM up)",
+					3, types, values, NULL, false, SPI_OK_SELECT);
+		fenced = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+		live = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+	}
 	share = (int) ((c->sub->partitions + Max(live, 1) - 1) / Max(live, 1));
 
 	/*
@@ -1429,12 +1758,11 @@ es_fenced_error(EsSubscription *s, const char *consumer)
 static void
 es_check_not_fenced(EsSubscription *s, const char *consumer)
 {
-	Oid			types[2] = {TEXTOID, TEXTOID};
-	Datum		values[2] = {CStringGetTextDatum(s->name), CStringGetTextDatum(consumer)};
-	bool		isnull;
+	Snapshot	snapshot = RegisterSnapshot(GetTransactionSnapshot());
+	bool		fenced = es_consumer_fenced(s, consumer, snapshot);
 
-	es_sub_exec("SELECT " ES_FENCED_SQL, 2, types, values, NULL, false, SPI_OK_SELECT);
-	if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
+	UnregisterSnapshot(snapshot);
+	if (fenced)
 		es_fenced_error(s, consumer);
 }
 
