@@ -177,6 +177,8 @@ typedef struct EsPageFetch
 	bool		dead_seen;		/* the last run found a dead entry */
 	int			ntuples;
 	int			pos;			/* next tuple to hand out */
+	EsFetchSkip skip;			/* rows the caller does not want, or NULL */
+	void	   *skip_arg;
 	ItemPointerData tids[MaxHeapTuplesPerPage];
 	HeapTupleData tuples[MaxHeapTuplesPerPage];
 } EsPageFetch;
@@ -200,6 +202,43 @@ void
 EsPageFetchLimit(EsPageFetch *f, int max_run)
 {
 	f->max_run = Max(1, Min(max_run, MaxHeapTuplesPerPage));
+}
+
+/*
+ * Skip the rows skip rejects without checking their visibility: a row the
+ * caller does not want is not wanted whether it is visible or not.  Only a
+ * row that is the only version of its own (a normal line pointer, not
+ * HOT-updated) is tested, so what is tested is what the snapshot would see,
+ * if anything; the others take the ordinary path.
+ */
+void
+EsPageFetchSkip(EsPageFetch *f, EsFetchSkip skip, void *arg)
+{
+	f->skip = skip;
+	f->skip_arg = arg;
+}
+
+/* Is the row at tid (its page share-locked in f->buffer) one the caller skips? */
+static bool
+es_fetch_skipped(EsPageFetch *f, ItemPointer tid)
+{
+	Page		page = BufferGetPage(f->buffer);
+	OffsetNumber off = ItemPointerGetOffsetNumber(tid);
+	ItemId		lp;
+	HeapTupleData tuple;
+
+	if (off < FirstOffsetNumber || off > PageGetMaxOffsetNumber(page))
+		return false;
+	lp = PageGetItemId(page, off);
+	if (!ItemIdIsNormal(lp))
+		return false;
+	tuple.t_data = (HeapTupleHeader) PageGetItem(page, lp);
+	if (HeapTupleHeaderIsHotUpdated(tuple.t_data) || HeapTupleHeaderIsHeapOnly(tuple.t_data))
+		return false;
+	tuple.t_len = ItemIdGetLength(lp);
+	tuple.t_self = *tid;
+	tuple.t_tableOid = RelationGetRelid(f->heap);
+	return f->skip(&tuple, RelationGetDescr(f->heap), f->skip_arg);
 }
 
 void
@@ -264,6 +303,8 @@ es_fetch_run(EsPageFetch *f)
 	{
 		bool		all_dead;
 
+		if (f->skip != NULL && es_fetch_skipped(f, &f->tids[i]))
+			continue;
 		if (heap_hot_search_buffer(&f->tids[i], f->heap, f->buffer,
 								   f->scan->xs_snapshot,
 								   &f->tuples[f->ntuples], &all_dead, true))

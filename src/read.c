@@ -225,6 +225,8 @@ es_scan_events(const EsCatalog *cat, EsScanSpec *spec, EsRowCallback callback,
 		scan = index_beginscan(heap, index, spec->snapshot, spec->nkeys, 0);
 		index_rescan(scan, spec->keys, spec->nkeys, NULL, 0);
 		fetch = EsPageFetchBegin(scan, heap, spec->direction);
+		if (spec->skip != NULL)
+			EsPageFetchSkip(fetch, spec->skip, spec->skip_arg);
 
 		for (;;)
 		{
