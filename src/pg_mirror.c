@@ -179,6 +179,12 @@ typedef struct EsPageFetch
 	int			pos;			/* next tuple to hand out */
 	EsFetchSkip skip;			/* rows the caller does not want, or NULL */
 	void	   *skip_arg;
+	Snapshot	snapshot;
+	/* TID-list mode (scan NULL): these TIDs, in this order */
+	ItemPointer list;
+	int			nlist;
+	int			listpos;
+	BlockNumber nblocks;		/* of the heap: a TID beyond is passed over */
 	ItemPointerData tids[MaxHeapTuplesPerPage];
 	HeapTupleData tuples[MaxHeapTuplesPerPage];
 } EsPageFetch;
@@ -194,6 +200,30 @@ EsPageFetchBegin(IndexScanDesc scan, Relation heap, ScanDirection direction)
 	f->direction = direction;
 	f->max_run = MaxHeapTuplesPerPage;
 	f->buffer = InvalidBuffer;
+	f->snapshot = scan->xs_snapshot;
+	return f;
+}
+
+/*
+ * Fetch the visible tuples at a list of TIDs instead, in the list's order,
+ * a page at a time as above (the TIDs of one page in a row share its lock).
+ * A TID whose page is beyond the heap's end, or whose line pointer holds
+ * nothing visible, yields nothing; the caller checks what it gets.
+ */
+EsPageFetch *
+EsPageFetchBeginTids(Relation heap, Snapshot snapshot, ItemPointer tids, int ntids)
+{
+	EsPageFetch *f = palloc0(sizeof(EsPageFetch));
+
+	Assert(IsMVCCSnapshot(snapshot));
+	f->heap = heap;
+	f->direction = ForwardScanDirection;
+	f->max_run = MaxHeapTuplesPerPage;
+	f->buffer = InvalidBuffer;
+	f->snapshot = snapshot;
+	f->list = tids;
+	f->nlist = ntids;
+	f->nblocks = RelationGetNumberOfBlocks(heap);
 	return f;
 }
 
@@ -257,6 +287,19 @@ es_fetch_tid(EsPageFetch *f)
 
 	if (f->index_done)
 		return NULL;
+	if (f->scan == NULL)
+	{
+		/* TID-list mode: the pages beyond the heap's end hold nothing */
+		while (f->listpos < f->nlist &&
+			   ItemPointerGetBlockNumber(&f->list[f->listpos]) >= f->nblocks)
+			f->listpos++;
+		if (f->listpos >= f->nlist)
+		{
+			f->index_done = true;
+			return NULL;
+		}
+		return &f->list[f->listpos++];
+	}
 	tid = index_getnext_tid(f->scan, f->direction);
 	if (tid == NULL)
 		f->index_done = true;
@@ -306,7 +349,7 @@ es_fetch_run(EsPageFetch *f)
 		if (f->skip != NULL && es_fetch_skipped(f, &f->tids[i]))
 			continue;
 		if (heap_hot_search_buffer(&f->tids[i], f->heap, f->buffer,
-								   f->scan->xs_snapshot,
+								   f->snapshot,
 								   &f->tuples[f->ntuples], &all_dead, true))
 			f->ntuples++;
 		else if (all_dead)
@@ -314,7 +357,7 @@ es_fetch_run(EsPageFetch *f)
 	}
 	LockBuffer(f->buffer, BUFFER_LOCK_UNLOCK);
 	/* the index's last TID was the only one: the index may mark it dead */
-	if (f->dead_seen && ntids == 1 && !f->have_next &&
+	if (f->dead_seen && ntids == 1 && !f->have_next && f->scan != NULL &&
 		!f->scan->xactStartedInRecovery)
 		f->scan->kill_prior_tuple = true;
 	f->pos = 0;
@@ -333,7 +376,8 @@ EsPageFetchNext(EsPageFetch *f, TupleTableSlot *slot)
 			return false;
 		}
 	}
-	pgstat_count_heap_fetch(f->scan->indexRelation);
+	if (f->scan != NULL)
+		pgstat_count_heap_fetch(f->scan->indexRelation);
 	ExecStoreBufferHeapTuple(&f->tuples[f->pos++], slot, f->buffer);
 	return true;
 }

@@ -47,6 +47,9 @@ typedef struct EsScanSpec
 	/* stored rows the callback need not see, tested before their visibility */
 	bool		(*skip) (HeapTuple tuple, TupleDesc desc, void *arg);
 	void	   *skip_arg;
+	/* with tids: read these rows of the hot table, in this order (no index) */
+	ItemPointer tids;
+	int			ntids;
 } EsScanSpec;
 
 /*

@@ -1125,13 +1125,123 @@ es_claim_scan_row(Datum *values, bool *isnull, HeapTuple stored, void *arg)
 	return !c->full;
 }
 
+/* ------------------------------------------------------------------------
+ * The log map: where each partition's events are
+ *
+ * A claim's log scan reads every event after its partitions' lowest
+ * position and keeps those of its own partitions: with 16 partitions and 2
+ * per consumer, 1 in 8.  What it reads of every event on the way -- its
+ * position, its partition and its row's TID in the hot table -- is kept
+ * per backend, per partition count, so that a later scan of that part of
+ * the log (another subscription with as many partitions, or the same one
+ * again) fetches its own partitions' rows by TID, reading neither the
+ * index nor the others' rows.  A position the map does not know (not
+ * scanned yet, a gap, an archived event) is scanned as before.  An event
+ * is never moved within the hot table, and a position never names another
+ * event, so an entry stays right; what can happen is that its row is gone
+ * (archived, purged) and its TID empty or reused: a row read by TID that is
+ * not the expected event is looked up by position in every tier.  The map
+ * is dropped when the events table is another one (re-created, rewritten),
+ * and emptied when it has grown to ES_MAP_MAX_CHUNKS chunks.
+ * ------------------------------------------------------------------------ */
+#define ES_MAP_CHUNK_BITS	10
+#define ES_MAP_CHUNK		(1 << ES_MAP_CHUNK_BITS)
+#define ES_MAP_MAX_CHUNKS	512		/* about 4 MB */
+
+typedef struct EsMapKey
+{
+	int64		chunk;			/* position >> ES_MAP_CHUNK_BITS */
+	int32		partitions;		/* the partition count its entries are for */
+	int32		pad;
+} EsMapKey;
+
+typedef struct EsMapChunk
+{
+	EsMapKey	key;
+	uint64		known[ES_MAP_CHUNK / 64];	/* the entry is set */
+	uint16		partition[ES_MAP_CHUNK];
+	ItemPointerData tid[ES_MAP_CHUNK];
+} EsMapChunk;
+
+static HTAB *es_map = NULL;
+static MemoryContext es_map_cxt = NULL;
+static Oid	es_map_relid = InvalidOid;	/* the events table it is of */
+static Oid	es_map_relfile = InvalidOid;
+static EsMapChunk *es_map_last = NULL;	/* the chunk looked up last */
+
+/* The map, for the events table as it is now (a new one when it changed) */
+static void
+es_map_open(const EsCatalog *cat)
+{
+	Relation	rel = table_open(cat->events_relid, AccessShareLock);
+	Oid			relfile = rel->rd_node.relNode;
+	HASHCTL		ctl;
+
+	table_close(rel, NoLock);
+	if (es_map != NULL && es_map_relid == cat->events_relid && es_map_relfile == relfile)
+		return;
+	if (es_map_cxt != NULL)
+		MemoryContextDelete(es_map_cxt);
+	es_map = NULL;
+	es_map_last = NULL;
+	es_map_cxt = AllocSetContextCreate(TopMemoryContext, "event_store log map",
+									   ALLOCSET_DEFAULT_SIZES);
+	ctl.keysize = sizeof(EsMapKey);
+	ctl.entrysize = sizeof(EsMapChunk);
+	ctl.hcxt = es_map_cxt;
+	es_map = hash_create("event_store log map", 64, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	es_map_relid = cat->events_relid;
+	es_map_relfile = relfile;
+}
+
+/* The chunk of position for a partition count (created if asked), or NULL */
+static EsMapChunk *
+es_map_chunk(int64 position, int32 partitions, bool create)
+{
+	EsMapKey	key;
+	EsMapChunk *ch;
+	bool		found;
+
+	if (es_map_last != NULL && es_map_last->key.chunk == (position >> ES_MAP_CHUNK_BITS) &&
+		es_map_last->key.partitions == partitions)
+		return es_map_last;
+	memset(&key, 0, sizeof(key));
+	key.chunk = position >> ES_MAP_CHUNK_BITS;
+	key.partitions = partitions;
+	ch = hash_search(es_map, &key, HASH_FIND, NULL);
+	if (ch == NULL && create)
+	{
+		if (hash_get_num_entries(es_map) >= ES_MAP_MAX_CHUNKS)
+		{
+			HASH_SEQ_STATUS seq;
+			EsMapChunk *old;
+
+			hash_seq_init(&seq, es_map);
+			while ((old = hash_seq_search(&seq)) != NULL)
+				(void) hash_search(es_map, &old->key, HASH_REMOVE, NULL);
+		}
+		ch = hash_search(es_map, &key, HASH_ENTER, &found);
+		memset(ch->known, 0, sizeof(ch->known));
+	}
+	es_map_last = ch;
+	return ch;
+}
+
+/* Does the map know the event at position (or its absence from the hot table)? */
+static inline bool
+es_map_known(EsMapChunk *ch, int64 position)
+{
+	int			i = (int) (position & (ES_MAP_CHUNK - 1));
+
+	return ch != NULL && (ch->known[i >> 6] & (UINT64CONST(1) << (i & 63))) != 0;
+}
+
 /*
  * Log scan, before a row's visibility: an event of a partition that is not
  * ours, or at or below our partition's position, is skipped whether it is
- * visible or not (most of the log, with many partitions: a consumer holding
- * 2 of 16 reads some 8 events for each it hands out), so only its stream id
- * is read.  A stream id stored compressed or out of line takes the ordinary
- * path.
+ * visible or not (most of the log, with many partitions), so only its
+ * stream id and position are read; the map learns where it is.  A stream
+ * id stored compressed or out of line takes the ordinary path.
  */
 static bool
 es_claim_skip(HeapTuple tuple, TupleDesc desc, void *arg)
@@ -1139,34 +1249,37 @@ es_claim_skip(HeapTuple tuple, TupleDesc desc, void *arg)
 	EsClaim    *c = (EsClaim *) arg;
 	bool		isnull;
 	Datum		sid = heap_getattr(tuple, Anum_es_stream_id, desc, &isnull);
+	int64		pos;
+	int32		partition;
 	EsPart	   *p;
 
 	if (isnull || VARATT_IS_EXTERNAL(DatumGetPointer(sid)) ||
 		VARATT_IS_COMPRESSED(DatumGetPointer(sid)))
 		return false;
-	p = c->by_partition[EsStreamPartition((text *) DatumGetPointer(sid), c->sub->partitions)];
-	if (p == NULL)
-		return true;
-	return DatumGetInt64(heap_getattr(tuple, Anum_es_global_position, desc, &isnull)) <= p->position;
+	partition = EsStreamPartition((text *) DatumGetPointer(sid), c->sub->partitions);
+	pos = DatumGetInt64(heap_getattr(tuple, Anum_es_global_position, desc, &isnull));
+	if (tuple->t_tableOid == es_map_relid && pos > 0)
+	{
+		EsMapChunk *ch = es_map_chunk(pos, c->sub->partitions, true);
+		int			i = (int) (pos & (ES_MAP_CHUNK - 1));
+
+		ch->partition[i] = (uint16) partition;
+		ch->tid[i] = tuple->t_self;
+		ch->known[i >> 6] |= UINT64CONST(1) << (i & 63);
+	}
+	p = c->by_partition[partition];
+	return p == NULL || pos <= p->position;
 }
 
 /*
- * The log scan: events after the lowest position of our partitions, up to
- * head, until max_count were handed out; every partition's position moves
- * to where the scan got
+ * Index scan of the log: the events in (after, upto] (the map learns
+ * where each one is)
  */
 static void
-es_claim_scan_log(EsClaim *c, int64 head)
+es_claim_scan_range(EsClaim *c, int64 after, int64 upto, Snapshot snapshot)
 {
 	const EsCatalog *cat = EsGetCatalog();
 	EsScanSpec	spec;
-	Snapshot	snapshot;
-	int64		from = PG_INT64_MAX;
-
-	for (int i = 0; i < c->nparts; i++)
-		from = Min(from, c->parts[i].position);
-	if (c->nparts == 0 || from >= head || c->full)
-		return;
 
 	memset(&spec, 0, sizeof(spec));
 	spec.index_oid = cat->position_idx;
@@ -1174,26 +1287,183 @@ es_claim_scan_log(EsClaim *c, int64 head)
 	spec.filter.ntypes = -1;	/* the subscription's filter is checked per event */
 	spec.denied = EsDeniedCategories(c->sub->owner);
 	spec.max_count = -1;
-
-	/*
-	 * Most events of the log belong to other consumers' partitions: a
-	 * stored row is only deformed as far as the partition and the filter
-	 * need, the rest of it for the events handed out
-	 */
+	/* a stored row is deformed only as far as the filter needs, the rest if handed out */
 	spec.leading_values = EsFilterLeadingValues(&c->sub->filter);
 	spec.skip = es_claim_skip;
 	spec.skip_arg = c;
-	c->event_desc = lookup_rowtype_tupdesc(cat->event_type_oid, -1);
 	ScanKeyEntryInitialize(&spec.keys[0], 0, 1, BTGreaterStrategyNumber, InvalidOid,
-						   InvalidOid, F_INT8GT, Int64GetDatum(from));
+						   InvalidOid, F_INT8GT, Int64GetDatum(after));
 	ScanKeyEntryInitialize(&spec.keys[1], 0, 1, BTLessEqualStrategyNumber, InvalidOid,
-						   InvalidOid, F_INT8LE, Int64GetDatum(head));
+						   InvalidOid, F_INT8LE, Int64GetDatum(upto));
 	spec.nkeys = 2;
+	spec.snapshot = snapshot;
+	(void) EsScanEvents(cat, &spec, es_claim_scan_row, c);
+}
+
+/* Rows read by TID from the map: the events expected, in position order */
+typedef struct EsTidScan
+{
+	EsClaim    *claim;
+	int64	   *expected;
+	int			n;
+	int			next;			/* the first expected not seen yet */
+	bool		cut;			/* stopped before a row: expected[next] is missing */
+} EsTidScan;
+
+static bool
+es_claim_tid_row(Datum *values, bool *isnull, HeapTuple stored, void *arg)
+{
+	EsTidScan  *ts = (EsTidScan *) arg;
+	int64		pos = DatumGetInt64(values[Anum_es_global_position - 1]);
+	int			k = ts->next;
+
+	if (ts->claim->full)
+		return false;
+	while (k < ts->n && ts->expected[k] < pos)
+		k++;
+	if (k == ts->n || ts->expected[k] != pos)
+		return true;			/* a TID that holds another event now */
+	if (k > ts->next)
+	{
+		/* what comes before it is not where the map said: looked up first */
+		ts->cut = true;
+		return false;
+	}
+	ts->next++;
+	return es_claim_scan_row(values, isnull, stored, ts->claim);
+}
+
+/*
+ * Our events the map knows (positions expected, rows at tids), in order:
+ * read by TID; one not there is looked up by position before the next
+ */
+static void
+es_claim_fetch(EsClaim *c, ItemPointer tids, int64 *expected, int n, Snapshot snapshot)
+{
+	const EsCatalog *cat = EsGetCatalog();
+	int			next = 0;
+
+	while (next < n && !c->full)
+	{
+		EsScanSpec	spec;
+		EsTidScan	ts = {c, expected, n, next, false};
+		EsMapChunk *ch;
+
+		memset(&spec, 0, sizeof(spec));
+		spec.index_oid = cat->position_idx;
+		spec.direction = ForwardScanDirection;
+		spec.filter.ntypes = -1;
+		spec.denied = EsDeniedCategories(c->sub->owner);
+		spec.max_count = -1;
+		spec.leading_values = EsFilterLeadingValues(&c->sub->filter);
+		spec.snapshot = snapshot;
+		spec.tids = tids + next;
+		spec.ntids = n - next;
+		(void) EsScanEvents(cat, &spec, es_claim_tid_row, &ts);
+		if (c->full || ts.next >= n)
+			break;
+		/*
+		 * expected[ts.next] was not at its TID (or not visible there): the
+		 * map forgets it, and it is looked up by position (in every tier)
+		 */
+		ch = es_map_chunk(expected[ts.next], c->sub->partitions, false);
+		if (ch != NULL)
+		{
+			int			i = (int) (expected[ts.next] & (ES_MAP_CHUNK - 1));
+
+			ch->known[i >> 6] &= ~(UINT64CONST(1) << (i & 63));
+		}
+		es_claim_scan_range(c, expected[ts.next] - 1, expected[ts.next], snapshot);
+		next = ts.next + 1;
+	}
+}
+
+/*
+ * The log scan: events after the lowest position of our partitions, up to
+ * head, until max_count were handed out; every partition's position moves
+ * to where the scan got.  Where the map knows the log, our events are read
+ * by TID; elsewhere the log is scanned by position.
+ */
+static void
+es_claim_scan_log(EsClaim *c, int64 head)
+{
+	const EsCatalog *cat = EsGetCatalog();
+	Snapshot	snapshot;
+	int64		from = PG_INT64_MAX;
+	int64		pos;
+	int32		nparts = c->sub->partitions;
+	ItemPointer tids;
+	int64	   *expected;
+
+	for (int i = 0; i < c->nparts; i++)
+		from = Min(from, c->parts[i].position);
+	if (c->nparts == 0 || from >= head || c->full)
+		return;
+
+	es_map_open(cat);
+	c->event_desc = lookup_rowtype_tupdesc(cat->event_type_oid, -1);
 	/* head was computed before this snapshot: it sees every commit below */
 	snapshot = RegisterSnapshot(GetLatestSnapshot());
-	spec.snapshot = snapshot;
 	c->last_scanned = from;
-	(void) EsScanEvents(cat, &spec, es_claim_scan_row, c);
+	tids = palloc(sizeof(ItemPointerData) * Max(c->max_count, 1));
+	expected = palloc(sizeof(int64) * Max(c->max_count, 1));
+	pos = from + 1;
+	while (pos <= head && !c->full)
+	{
+		EsMapChunk *ch = es_map_chunk(pos, nparts, false);
+		int64		r;
+		int			n = 0;
+
+		if (!es_map_known(ch, pos))
+		{
+			/* the positions from here the map does not know: scanned */
+			int64		upto = pos;
+
+			for (;;)
+			{
+				int64		next = upto + 1;
+
+				if (next > head)
+					break;
+				if (ch == NULL || (next >> ES_MAP_CHUNK_BITS) != ch->key.chunk)
+					ch = es_map_chunk(next, nparts, false);
+				if (ch == NULL)
+				{
+					/* a whole chunk unknown */
+					upto = Min(head, (((next >> ES_MAP_CHUNK_BITS) + 1) << ES_MAP_CHUNK_BITS) - 1);
+					continue;
+				}
+				if (es_map_known(ch, next))
+					break;
+				upto = next;
+			}
+			es_claim_scan_range(c, pos - 1, upto, snapshot);
+			pos = upto + 1;
+			continue;
+		}
+
+		/* known from here: ours, up to what is still wanted */
+		for (r = pos; r <= head && n < c->max_count - c->delivered; r++)
+		{
+			int			i = (int) (r & (ES_MAP_CHUNK - 1));
+			EsPart	   *p;
+
+			if (i == 0 || ch == NULL)
+				ch = es_map_chunk(r, nparts, false);
+			if (!es_map_known(ch, r))
+				break;
+			p = c->by_partition[ch->partition[i]];
+			if (p != NULL && r > p->position)
+			{
+				tids[n] = ch->tid[i];
+				expected[n] = r;
+				n++;
+			}
+		}
+		if (n > 0)
+			es_claim_fetch(c, tids, expected, n, snapshot);
+		pos = r;
+	}
 	UnregisterSnapshot(snapshot);
 	ReleaseTupleDesc(c->event_desc);
 	c->event_desc = NULL;
