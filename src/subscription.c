@@ -65,6 +65,7 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
+#include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
@@ -383,6 +384,9 @@ es_save_partition(EsSubscription *s, EsPart *p, const char *holder, double lease
 				9, types, values, nulls, false, SPI_OK_UPDATE);
 }
 
+static Oid	es_sub_relid(const char *name);
+static AttrNumber es_sub_attnum(Relation rel, const char *name);
+
 /*
  * Write back every partition of parts that changed (all of them when
  * lease_ms >= 0: their lease is renewed for lease_ms from now, held by
@@ -396,8 +400,6 @@ static void
 es_save_partitions(EsSubscription *s, EsPart *parts, int nparts, const char *holder,
 				   double lease_ms)
 {
-	const EsCatalog *cat = EsGetCatalog();
-	Oid			relid;
 	Relation	rel;
 	TupleDesc	desc;
 	CatalogIndexState indstate;
@@ -419,26 +421,18 @@ es_save_partitions(EsSubscription *s, EsPart *parts, int nparts, const char *hol
 		any = lease_ms >= 0 || parts[i].changed;
 	if (!any)
 		return;
-	relid = get_relname_relid("subscription_partitions", cat->namespace_oid);
-	if (!OidIsValid(relid))
-		elog(ERROR, "event_store.subscription_partitions does not exist");
-	att_holder = get_attnum(relid, "holder");
-	att_lease = get_attnum(relid, "lease_expires_at");
-	att_position = get_attnum(relid, "position");
-	att_pending = get_attnum(relid, "pending");
-	att_pending_attempts = get_attnum(relid, "pending_attempts");
-	att_redeliver = get_attnum(relid, "redeliver");
-	att_redeliver_attempts = get_attnum(relid, "redeliver_attempts");
-	att_updated = get_attnum(relid, "updated_at");
-	if (att_holder == InvalidAttrNumber || att_lease == InvalidAttrNumber ||
-		att_position == InvalidAttrNumber || att_pending == InvalidAttrNumber ||
-		att_pending_attempts == InvalidAttrNumber || att_redeliver == InvalidAttrNumber ||
-		att_redeliver_attempts == InvalidAttrNumber || att_updated == InvalidAttrNumber)
-		elog(ERROR, "event_store.subscription_partitions lacks a column");
+	rel = table_open(es_sub_relid("subscription_partitions"), RowExclusiveLock);
+	att_holder = es_sub_attnum(rel, "holder");
+	att_lease = es_sub_attnum(rel, "lease_expires_at");
+	att_position = es_sub_attnum(rel, "position");
+	att_pending = es_sub_attnum(rel, "pending");
+	att_pending_attempts = es_sub_attnum(rel, "pending_attempts");
+	att_redeliver = es_sub_attnum(rel, "redeliver");
+	att_redeliver_attempts = es_sub_attnum(rel, "redeliver_attempts");
+	att_updated = es_sub_attnum(rel, "updated_at");
 	if (lease_ms >= 0)
 		lease_end = GetCurrentTimestamp() + (int64) rint(lease_ms * 1000.0);
 
-	rel = table_open(relid, RowExclusiveLock);
 	desc = RelationGetDescr(rel);
 	indstate = CatalogOpenIndexes(rel);
 	values = palloc(sizeof(Datum) * desc->natts);
@@ -537,14 +531,65 @@ es_find_part(EsPart *parts, int nparts, int32 partition)
  * start (as logical replication's apply finds and locks its rows).
  * ------------------------------------------------------------------------ */
 
+/*
+ * The relations and columns of the subscription tables, looked up by name
+ * once (a name is a literal: its address is the key) and kept until the
+ * next relcache invalidation
+ */
+typedef struct EsSubName
+{
+	const char *name;
+	Oid			relid;			/* of the column's table; InvalidOid: a relation */
+	Oid			result;			/* the relation's OID, or the column's number */
+} EsSubName;
+
+#define ES_SUB_NAMES	64
+
+static EsSubName es_sub_names[ES_SUB_NAMES];
+static int	es_sub_nnames = 0;
+static bool es_sub_names_hooked = false;
+
+static void
+es_sub_names_reset(Datum arg, Oid relid)
+{
+	es_sub_nnames = 0;
+}
+
+/* A name looked up before, or NULL */
+static EsSubName *
+es_sub_name_find(const char *name, Oid relid)
+{
+	if (!es_sub_names_hooked)
+	{
+		CacheRegisterRelcacheCallback(es_sub_names_reset, (Datum) 0);
+		es_sub_names_hooked = true;
+	}
+	for (int i = 0; i < es_sub_nnames; i++)
+		if (es_sub_names[i].name == name && es_sub_names[i].relid == relid)
+			return &es_sub_names[i];
+	return NULL;
+}
+
+static void
+es_sub_name_keep(const char *name, Oid relid, Oid result)
+{
+	if (es_sub_nnames < ES_SUB_NAMES)
+		es_sub_names[es_sub_nnames++] = (EsSubName) {name, relid, result};
+}
+
 /* A relation (table or index) of the extension's schema */
 static Oid
 es_sub_relid(const char *name)
 {
-	Oid			relid = get_relname_relid(name, EsGetCatalog()->namespace_oid);
+	EsSubName  *kept = es_sub_name_find(name, InvalidOid);
+	Oid			relid;
 
+	if (kept != NULL)
+		return kept->result;
+	relid = get_relname_relid(name, EsGetCatalog()->namespace_oid);
 	if (!OidIsValid(relid))
 		elog(ERROR, "event_store.%s does not exist", name);
+	es_sub_name_keep(name, InvalidOid, relid);
 	return relid;
 }
 
@@ -552,10 +597,15 @@ es_sub_relid(const char *name)
 static AttrNumber
 es_sub_attnum(Relation rel, const char *name)
 {
-	AttrNumber	attno = get_attnum(RelationGetRelid(rel), name);
+	EsSubName  *kept = es_sub_name_find(name, RelationGetRelid(rel));
+	AttrNumber	attno;
 
+	if (kept != NULL)
+		return (AttrNumber) kept->result;
+	attno = get_attnum(RelationGetRelid(rel), name);
 	if (attno == InvalidAttrNumber)
 		elog(ERROR, "event_store.%s lacks column %s", RelationGetRelationName(rel), name);
+	es_sub_name_keep(name, RelationGetRelid(rel), (Oid) attno);
 	return attno;
 }
 
