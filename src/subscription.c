@@ -35,9 +35,16 @@
  * ones are taken with SKIP LOCKED, so concurrent claims never wait for each
  * other's partitions); ack, nack and release lock the consumer's
  * partitions.  A consumer whose lease has expired holds nothing: its ack
- * or nack is refused (55000) and changes nothing.  The partition rows a
+ * or nack is refused (55000) and changes nothing.  A consumer's own
+ * partitions and its row are found by index and locked from C as SELECT
+ * ... FOR UPDATE would lock them (es_my_partitions, es_lock_row); taking
+ * free partitions is a statement (SKIP LOCKED).  The partition rows a
  * claim or an ack locked are written back in place from C
  * (es_save_partitions), as nobody else can change them meanwhile.
+ *
+ * The log scan reads the events of other consumers' partitions too; the
+ * backend's log map remembers where each partition's events are, so that
+ * the next scan of that part of the log reads only its own (see below).
  */
 #include "postgres.h"
 
