@@ -177,6 +177,14 @@ typedef struct EsPageFetch
 	bool		dead_seen;		/* the last run found a dead entry */
 	int			ntuples;
 	int			pos;			/* next tuple to hand out */
+	EsFetchSkip skip;			/* rows the caller does not want, or NULL */
+	void	   *skip_arg;
+	Snapshot	snapshot;
+	/* TID-list mode (scan NULL): these TIDs, in this order */
+	ItemPointer list;
+	int			nlist;
+	int			listpos;
+	BlockNumber nblocks;		/* of the heap: a TID beyond is passed over */
 	ItemPointerData tids[MaxHeapTuplesPerPage];
 	HeapTupleData tuples[MaxHeapTuplesPerPage];
 } EsPageFetch;
@@ -192,6 +200,30 @@ EsPageFetchBegin(IndexScanDesc scan, Relation heap, ScanDirection direction)
 	f->direction = direction;
 	f->max_run = MaxHeapTuplesPerPage;
 	f->buffer = InvalidBuffer;
+	f->snapshot = scan->xs_snapshot;
+	return f;
+}
+
+/*
+ * Fetch the visible tuples at a list of TIDs instead, in the list's order,
+ * a page at a time as above (the TIDs of one page in a row share its lock).
+ * A TID whose page is beyond the heap's end, or whose line pointer holds
+ * nothing visible, yields nothing; the caller checks what it gets.
+ */
+EsPageFetch *
+EsPageFetchBeginTids(Relation heap, Snapshot snapshot, ItemPointer tids, int ntids)
+{
+	EsPageFetch *f = palloc0(sizeof(EsPageFetch));
+
+	Assert(IsMVCCSnapshot(snapshot));
+	f->heap = heap;
+	f->direction = ForwardScanDirection;
+	f->max_run = MaxHeapTuplesPerPage;
+	f->buffer = InvalidBuffer;
+	f->snapshot = snapshot;
+	f->list = tids;
+	f->nlist = ntids;
+	f->nblocks = RelationGetNumberOfBlocks(heap);
 	return f;
 }
 
@@ -200,6 +232,43 @@ void
 EsPageFetchLimit(EsPageFetch *f, int max_run)
 {
 	f->max_run = Max(1, Min(max_run, MaxHeapTuplesPerPage));
+}
+
+/*
+ * Skip the rows skip rejects without checking their visibility: a row the
+ * caller does not want is not wanted whether it is visible or not.  Only a
+ * row that is the only version of its own (a normal line pointer, not
+ * HOT-updated) is tested, so what is tested is what the snapshot would see,
+ * if anything; the others take the ordinary path.
+ */
+void
+EsPageFetchSkip(EsPageFetch *f, EsFetchSkip skip, void *arg)
+{
+	f->skip = skip;
+	f->skip_arg = arg;
+}
+
+/* Is the row at tid (its page share-locked in f->buffer) one the caller skips? */
+static bool
+es_fetch_skipped(EsPageFetch *f, ItemPointer tid)
+{
+	Page		page = BufferGetPage(f->buffer);
+	OffsetNumber off = ItemPointerGetOffsetNumber(tid);
+	ItemId		lp;
+	HeapTupleData tuple;
+
+	if (off < FirstOffsetNumber || off > PageGetMaxOffsetNumber(page))
+		return false;
+	lp = PageGetItemId(page, off);
+	if (!ItemIdIsNormal(lp))
+		return false;
+	tuple.t_data = (HeapTupleHeader) PageGetItem(page, lp);
+	if (HeapTupleHeaderIsHotUpdated(tuple.t_data) || HeapTupleHeaderIsHeapOnly(tuple.t_data))
+		return false;
+	tuple.t_len = ItemIdGetLength(lp);
+	tuple.t_self = *tid;
+	tuple.t_tableOid = RelationGetRelid(f->heap);
+	return f->skip(&tuple, RelationGetDescr(f->heap), f->skip_arg);
 }
 
 void
@@ -218,6 +287,19 @@ es_fetch_tid(EsPageFetch *f)
 
 	if (f->index_done)
 		return NULL;
+	if (f->scan == NULL)
+	{
+		/* TID-list mode: the pages beyond the heap's end hold nothing */
+		while (f->listpos < f->nlist &&
+			   ItemPointerGetBlockNumber(&f->list[f->listpos]) >= f->nblocks)
+			f->listpos++;
+		if (f->listpos >= f->nlist)
+		{
+			f->index_done = true;
+			return NULL;
+		}
+		return &f->list[f->listpos++];
+	}
 	tid = index_getnext_tid(f->scan, f->direction);
 	if (tid == NULL)
 		f->index_done = true;
@@ -264,8 +346,10 @@ es_fetch_run(EsPageFetch *f)
 	{
 		bool		all_dead;
 
+		if (f->skip != NULL && es_fetch_skipped(f, &f->tids[i]))
+			continue;
 		if (heap_hot_search_buffer(&f->tids[i], f->heap, f->buffer,
-								   f->scan->xs_snapshot,
+								   f->snapshot,
 								   &f->tuples[f->ntuples], &all_dead, true))
 			f->ntuples++;
 		else if (all_dead)
@@ -273,7 +357,7 @@ es_fetch_run(EsPageFetch *f)
 	}
 	LockBuffer(f->buffer, BUFFER_LOCK_UNLOCK);
 	/* the index's last TID was the only one: the index may mark it dead */
-	if (f->dead_seen && ntids == 1 && !f->have_next &&
+	if (f->dead_seen && ntids == 1 && !f->have_next && f->scan != NULL &&
 		!f->scan->xactStartedInRecovery)
 		f->scan->kill_prior_tuple = true;
 	f->pos = 0;
@@ -292,7 +376,8 @@ EsPageFetchNext(EsPageFetch *f, TupleTableSlot *slot)
 			return false;
 		}
 	}
-	pgstat_count_heap_fetch(f->scan->indexRelation);
+	if (f->scan != NULL)
+		pgstat_count_heap_fetch(f->scan->indexRelation);
 	ExecStoreBufferHeapTuple(&f->tuples[f->pos++], slot, f->buffer);
 	return true;
 }

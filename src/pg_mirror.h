@@ -27,9 +27,19 @@ extern bool EsIndexOnlyFirst(Relation heap, Relation index, Snapshot snapshot,
 /* index scans whose heap side is read a page at a time */
 typedef struct EsPageFetch EsPageFetch;
 
+/*
+ * A stored row the scan's caller does not want whatever its visibility
+ * (true: skipped): tested under the page's share lock, before the row's
+ * visibility, on rows that are the only version of theirs (not HOT-updated)
+ */
+typedef bool (*EsFetchSkip) (HeapTuple tuple, TupleDesc desc, void *arg);
+
 extern EsPageFetch *EsPageFetchBegin(IndexScanDesc scan, Relation heap,
 									 ScanDirection direction);
+extern EsPageFetch *EsPageFetchBeginTids(Relation heap, Snapshot snapshot,
+										 ItemPointer tids, int ntids);
 extern void EsPageFetchLimit(EsPageFetch *f, int max_run);
+extern void EsPageFetchSkip(EsPageFetch *f, EsFetchSkip skip, void *arg);
 extern bool EsPageFetchNext(EsPageFetch *f, TupleTableSlot *slot);
 extern void EsPageFetchEnd(EsPageFetch *f);
 

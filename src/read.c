@@ -217,14 +217,26 @@ es_scan_events(const EsCatalog *cat, EsScanSpec *spec, EsRowCallback callback,
 		EsPageFetch *fetch;
 		TupleTableSlot *slot;
 
-		if (!EsTierOverlaps(t, lo, hi))
+		if (spec->tids != NULL ? t->relid != cat->events_relid : !EsTierOverlaps(t, lo, hi))
 			continue;
 		heap = table_open(t->relid, AccessShareLock);
-		index = index_open(EsTierIndex(cat, t, spec->index_oid), AccessShareLock);
 		slot = table_slot_create(heap, NULL);
-		scan = index_beginscan(heap, index, spec->snapshot, spec->nkeys, 0);
-		index_rescan(scan, spec->keys, spec->nkeys, NULL, 0);
-		fetch = EsPageFetchBegin(scan, heap, spec->direction);
+		if (spec->tids != NULL)
+		{
+			/* rows by TID: the caller knows where they are */
+			index = NULL;
+			scan = NULL;
+			fetch = EsPageFetchBeginTids(heap, spec->snapshot, spec->tids, spec->ntids);
+		}
+		else
+		{
+			index = index_open(EsTierIndex(cat, t, spec->index_oid), AccessShareLock);
+			scan = index_beginscan(heap, index, spec->snapshot, spec->nkeys, 0);
+			index_rescan(scan, spec->keys, spec->nkeys, NULL, 0);
+			fetch = EsPageFetchBegin(scan, heap, spec->direction);
+		}
+		if (spec->skip != NULL)
+			EsPageFetchSkip(fetch, spec->skip, spec->skip_arg);
 
 		for (;;)
 		{
@@ -311,8 +323,11 @@ es_scan_events(const EsCatalog *cat, EsScanSpec *spec, EsRowCallback callback,
 
 		ExecDropSingleTupleTableSlot(slot);
 		EsPageFetchEnd(fetch);
-		index_endscan(scan);
-		index_close(index, AccessShareLock);
+		if (scan != NULL)
+		{
+			index_endscan(scan);
+			index_close(index, AccessShareLock);
+		}
 		table_close(heap, AccessShareLock);
 	}
 	MemoryContextDelete(rowcxt);

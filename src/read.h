@@ -44,6 +44,12 @@ typedef struct EsScanSpec
 	const EsDeniedSet *denied;	/* skip these categories, or NULL */
 	int			leading_values; /* with a stored row, the first so many values
 								 * do (0: all) */
+	/* stored rows the callback need not see, tested before their visibility */
+	bool		(*skip) (HeapTuple tuple, TupleDesc desc, void *arg);
+	void	   *skip_arg;
+	/* with tids: read these rows of the hot table, in this order (no index) */
+	ItemPointer tids;
+	int			ntids;
 } EsScanSpec;
 
 /*

@@ -35,23 +35,33 @@
  * ones are taken with SKIP LOCKED, so concurrent claims never wait for each
  * other's partitions); ack, nack and release lock the consumer's
  * partitions.  A consumer whose lease has expired holds nothing: its ack
- * or nack is refused (55000) and changes nothing.  The partition rows a
+ * or nack is refused (55000) and changes nothing.  A consumer's own
+ * partitions and its row are found by index and locked from C as SELECT
+ * ... FOR UPDATE would lock them (es_my_partitions, es_lock_row); taking
+ * free partitions is a statement (SKIP LOCKED).  The partition rows a
  * claim or an ack locked are written back in place from C
  * (es_save_partitions), as nobody else can change them meanwhile.
+ *
+ * The log scan reads the events of other consumers' partitions too; the
+ * backend's log map remembers where each partition's events are, so that
+ * the next scan of that part of the log reads only its own (see below).
  */
 #include "postgres.h"
 
 #include <math.h>
 
+#include "access/genam.h"
 #include "access/heapam.h"
 #include "access/htup_details.h"
 #include "access/table.h"
+#include "access/tableam.h"
 #include "access/stratnum.h"
 #include "access/xact.h"
 #include "catalog/indexing.h"
 #include "catalog/pg_collation.h"
 #include "catalog/pg_type.h"
 #include "common/hashfn.h"
+#include "executor/tuptable.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "funcapi.h"
@@ -62,6 +72,7 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
+#include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
@@ -345,71 +356,6 @@ es_consumer_arg(FunctionCallInfo fcinfo, int argno)
 	return text_to_cstring(EsGetRequiredText(fcinfo, argno, "consumer"));
 }
 
-/* The columns of a partition the calls read, and whether any of its streams is held */
-#define ES_PART_COLUMNS \
-	"p.partition, p.position, p.pending, p.pending_attempts, p.redeliver, " \
-	"p.redeliver_attempts, EXISTS (SELECT 1 FROM event_store.subscription_streams t " \
-	"  WHERE t.subscription OPERATOR(pg_catalog.=) $1 AND t.partition OPERATOR(pg_catalog.=) p.partition), " \
-	"p.ctid"
-
-/* Was the consumer fenced since its last claim?  (subscription $1, consumer $2) */
-#define ES_FENCED_SQL \
-	"EXISTS (SELECT 1 FROM event_store.subscription_fences f " \
-	"JOIN event_store.subscription_consumers c " \
-	"  ON c.subscription OPERATOR(pg_catalog.=) f.subscription " \
-	" AND c.consumer OPERATOR(pg_catalog.=) f.consumer " \
-	"WHERE f.subscription OPERATOR(pg_catalog.=) $1 AND f.consumer OPERATOR(pg_catalog.=) $2 " \
-	"AND f.fenced_at OPERATOR(pg_catalog.>) c.claimed_at)"
-
-/* The consumer's unexpired partitions, in partition order (their index has the holder) */
-#define ES_MY_PARTITIONS_FROM \
-	"FROM event_store.subscription_partitions p " \
-	"WHERE p.subscription OPERATOR(pg_catalog.=) $1 AND p.holder OPERATOR(pg_catalog.=) $2 " \
-	"AND p.lease_expires_at OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp() " \
-	"ORDER BY p.partition FOR UPDATE OF p"
-
-/*
- * The consumer's partitions whose lease has not expired, locked, in
- * partition order (caller is connected to SPI as the owner).  With fenced,
- * the same statement also says whether the consumer was fenced since its
- * last claim (only known when it holds some partition).
- */
-static EsPart *
-es_my_partitions(EsSubscription *s, const char *consumer, int *nparts, bool *fenced)
-{
-	Oid			types[2] = {TEXTOID, TEXTOID};
-	Datum		values[2] = {CStringGetTextDatum(s->name), CStringGetTextDatum(consumer)};
-	EsPart	   *parts;
-
-	if (fenced != NULL)
-		es_sub_exec("SELECT " ES_PART_COLUMNS ", " ES_FENCED_SQL " " ES_MY_PARTITIONS_FROM,
-					2, types, values, NULL, false, SPI_OK_SELECT);
-	else
-		es_sub_exec("SELECT " ES_PART_COLUMNS " " ES_MY_PARTITIONS_FROM,
-					2, types, values, NULL, false, SPI_OK_SELECT);
-	*nparts = (int) SPI_processed;
-	parts = palloc0(sizeof(EsPart) * Max(*nparts, 1));
-	for (int i = 0; i < *nparts; i++)
-	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		bool		isnull;
-		EsPart	   *p = &parts[i];
-
-		p->partition = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
-		p->position = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
-		p->npending = es_get_int8_array(SPI_getbinval(tup, desc, 3, &isnull), &p->pending);
-		(void) es_get_int4_array(SPI_getbinval(tup, desc, 4, &isnull), &p->pending_attempts);
-		p->nredeliver = es_get_int8_array(SPI_getbinval(tup, desc, 5, &isnull), &p->redeliver);
-		(void) es_get_int4_array(SPI_getbinval(tup, desc, 6, &isnull), &p->redeliver_attempts);
-		p->has_held = DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull));
-		p->tid = *((ItemPointer) DatumGetPointer(SPI_getbinval(tup, desc, 8, &isnull)));
-		if (fenced != NULL && i == 0)
-			*fenced = DatumGetBool(SPI_getbinval(tup, desc, 9, &isnull));
-	}
-	return parts;
-}
-
 /*
  * Write a partition back: holder (NULL: released), its lease renewed for
  * lease_ms from now (-1: unchanged), position and lists
@@ -445,6 +391,9 @@ es_save_partition(EsSubscription *s, EsPart *p, const char *holder, double lease
 				9, types, values, nulls, false, SPI_OK_UPDATE);
 }
 
+static Oid	es_sub_relid(const char *name);
+static AttrNumber es_sub_attnum(Relation rel, const char *name);
+
 /*
  * Write back every partition of parts that changed (all of them when
  * lease_ms >= 0: their lease is renewed for lease_ms from now, held by
@@ -458,8 +407,6 @@ static void
 es_save_partitions(EsSubscription *s, EsPart *parts, int nparts, const char *holder,
 				   double lease_ms)
 {
-	const EsCatalog *cat = EsGetCatalog();
-	Oid			relid;
 	Relation	rel;
 	TupleDesc	desc;
 	CatalogIndexState indstate;
@@ -481,26 +428,18 @@ es_save_partitions(EsSubscription *s, EsPart *parts, int nparts, const char *hol
 		any = lease_ms >= 0 || parts[i].changed;
 	if (!any)
 		return;
-	relid = get_relname_relid("subscription_partitions", cat->namespace_oid);
-	if (!OidIsValid(relid))
-		elog(ERROR, "event_store.subscription_partitions does not exist");
-	att_holder = get_attnum(relid, "holder");
-	att_lease = get_attnum(relid, "lease_expires_at");
-	att_position = get_attnum(relid, "position");
-	att_pending = get_attnum(relid, "pending");
-	att_pending_attempts = get_attnum(relid, "pending_attempts");
-	att_redeliver = get_attnum(relid, "redeliver");
-	att_redeliver_attempts = get_attnum(relid, "redeliver_attempts");
-	att_updated = get_attnum(relid, "updated_at");
-	if (att_holder == InvalidAttrNumber || att_lease == InvalidAttrNumber ||
-		att_position == InvalidAttrNumber || att_pending == InvalidAttrNumber ||
-		att_pending_attempts == InvalidAttrNumber || att_redeliver == InvalidAttrNumber ||
-		att_redeliver_attempts == InvalidAttrNumber || att_updated == InvalidAttrNumber)
-		elog(ERROR, "event_store.subscription_partitions lacks a column");
+	rel = table_open(es_sub_relid("subscription_partitions"), RowExclusiveLock);
+	att_holder = es_sub_attnum(rel, "holder");
+	att_lease = es_sub_attnum(rel, "lease_expires_at");
+	att_position = es_sub_attnum(rel, "position");
+	att_pending = es_sub_attnum(rel, "pending");
+	att_pending_attempts = es_sub_attnum(rel, "pending_attempts");
+	att_redeliver = es_sub_attnum(rel, "redeliver");
+	att_redeliver_attempts = es_sub_attnum(rel, "redeliver_attempts");
+	att_updated = es_sub_attnum(rel, "updated_at");
 	if (lease_ms >= 0)
 		lease_end = GetCurrentTimestamp() + (int64) rint(lease_ms * 1000.0);
 
-	rel = table_open(relid, RowExclusiveLock);
 	desc = RelationGetDescr(rel);
 	indstate = CatalogOpenIndexes(rel);
 	values = palloc(sizeof(Datum) * desc->natts);
@@ -589,6 +528,446 @@ es_find_part(EsPart *parts, int nparts, int32 partition)
 		if (parts[i].partition == partition)
 			return &parts[i];
 	return NULL;
+}
+
+/* ------------------------------------------------------------------------
+ * Rows read and locked from C
+ *
+ * A claim and an ack find the consumer's row and its partitions by index
+ * and lock them as SELECT ... FOR UPDATE does, with no statement to plan or
+ * start (as logical replication's apply finds and locks its rows).
+ * ------------------------------------------------------------------------ */
+
+/*
+ * The relations and columns of the subscription tables, looked up by name
+ * once (a name is a literal: its address is the key) and kept until the
+ * next relcache invalidation
+ */
+typedef struct EsSubName
+{
+	const char *name;
+	Oid			relid;			/* of the column's table; InvalidOid: a relation */
+	Oid			result;			/* the relation's OID, or the column's number */
+} EsSubName;
+
+#define ES_SUB_NAMES	64
+
+static EsSubName es_sub_names[ES_SUB_NAMES];
+static int	es_sub_nnames = 0;
+static bool es_sub_names_hooked = false;
+
+static void
+es_sub_names_reset(Datum arg, Oid relid)
+{
+	es_sub_nnames = 0;
+}
+
+/* A name looked up before, or NULL */
+static EsSubName *
+es_sub_name_find(const char *name, Oid relid)
+{
+	if (!es_sub_names_hooked)
+	{
+		CacheRegisterRelcacheCallback(es_sub_names_reset, (Datum) 0);
+		es_sub_names_hooked = true;
+	}
+	for (int i = 0; i < es_sub_nnames; i++)
+		if (es_sub_names[i].name == name && es_sub_names[i].relid == relid)
+			return &es_sub_names[i];
+	return NULL;
+}
+
+static void
+es_sub_name_keep(const char *name, Oid relid, Oid result)
+{
+	if (es_sub_nnames < ES_SUB_NAMES)
+		es_sub_names[es_sub_nnames++] = (EsSubName) {name, relid, result};
+}
+
+/* A relation (table or index) of the extension's schema */
+static Oid
+es_sub_relid(const char *name)
+{
+	EsSubName  *kept = es_sub_name_find(name, InvalidOid);
+	Oid			relid;
+
+	if (kept != NULL)
+		return kept->result;
+	relid = get_relname_relid(name, EsGetCatalog()->namespace_oid);
+	if (!OidIsValid(relid))
+		elog(ERROR, "event_store.%s does not exist", name);
+	es_sub_name_keep(name, InvalidOid, relid);
+	return relid;
+}
+
+/* A column of one of the subscription tables */
+static AttrNumber
+es_sub_attnum(Relation rel, const char *name)
+{
+	EsSubName  *kept = es_sub_name_find(name, RelationGetRelid(rel));
+	AttrNumber	attno;
+
+	if (kept != NULL)
+		return (AttrNumber) kept->result;
+	attno = get_attnum(RelationGetRelid(rel), name);
+	if (attno == InvalidAttrNumber)
+		elog(ERROR, "event_store.%s lacks column %s", RelationGetRelationName(rel), name);
+	es_sub_name_keep(name, RelationGetRelid(rel), (Oid) attno);
+	return attno;
+}
+
+/* An equality key on a text index column (COLLATE "C", as all of them are) */
+static void
+es_text_key(ScanKey key, AttrNumber attno, Datum value)
+{
+	ScanKeyEntryInitialize(key, 0, attno, BTEqualStrategyNumber, InvalidOid,
+						   C_COLLATION_OID, F_TEXTEQ, value);
+}
+
+/* Does a text value equal a C string? */
+static bool
+es_text_is(Datum d, const char *s)
+{
+	text	   *t = DatumGetTextPP(d);
+	size_t		len = strlen(s);
+
+	return VARSIZE_ANY_EXHDR(t) == len && memcmp(VARDATA_ANY(t), s, len) == 0;
+}
+
+/*
+ * Lock the row version at *tid as SELECT ... FOR UPDATE does (see
+ * ExecLockRows): wait for a concurrent writer; in read committed, lock the
+ * row's latest version (*moved: not the one the snapshot saw, so the caller
+ * checks its conditions again); under repeatable read a concurrent update
+ * is a serialization failure.  The locked version goes into slot, its TID
+ * into *tid.  false when the row is gone.
+ */
+static bool
+es_lock_row(Relation rel, ItemPointer tid, Snapshot snapshot, LockTupleMode mode,
+			TupleTableSlot *slot, bool *moved)
+{
+	TM_FailureData tmfd;
+	TM_Result	res;
+	uint8		flags = TUPLE_LOCK_FLAG_LOCK_UPDATE_IN_PROGRESS;
+
+	if (!IsolationUsesXactSnapshot())
+		flags |= TUPLE_LOCK_FLAG_FIND_LAST_VERSION;
+	memset(&tmfd, 0, sizeof(tmfd));
+	res = table_tuple_lock(rel, tid, snapshot, slot, GetCurrentCommandId(true), mode,
+						   LockWaitBlock, flags, &tmfd);
+	*moved = tmfd.traversed;
+	switch (res)
+	{
+		case TM_Ok:
+			*tid = slot->tts_tid;
+			return true;
+		case TM_SelfModified:
+			/* changed by this very command or a later one: skipped, as the executor does */
+			return false;
+		case TM_Updated:
+		case TM_Deleted:
+			if (IsolationUsesXactSnapshot())
+				ereport(ERROR,
+						(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+						 errmsg("could not serialize access due to concurrent update")));
+			if (res == TM_Deleted)
+				return false;
+			break;
+		default:
+			break;
+	}
+	elog(ERROR, "unexpected table_tuple_lock status: %u", res);
+	return false;
+}
+
+/*
+ * Mark the partitions of parts that some held stream of the subscription
+ * belongs to (the streams' primary key has the subscription first)
+ */
+static void
+es_mark_held(EsSubscription *s, EsPart *parts, int nparts, Snapshot snapshot)
+{
+	Relation	rel = table_open(es_sub_relid("subscription_streams"), AccessShareLock);
+	Relation	idx = index_open(es_sub_relid("subscription_streams_pkey"), AccessShareLock);
+	AttrNumber	att_partition = es_sub_attnum(rel, "partition");
+	TupleTableSlot *slot = table_slot_create(rel, NULL);
+	IndexScanDesc scan;
+	ScanKeyData key;
+
+	es_text_key(&key, 1, CStringGetTextDatum(s->name));
+	scan = index_beginscan(rel, idx, snapshot, 1, 0);
+	index_rescan(scan, &key, 1, NULL, 0);
+	while (index_getnext_slot(scan, ForwardScanDirection, slot))
+	{
+		bool		isnull;
+		EsPart	   *p = es_find_part(parts, nparts,
+									 DatumGetInt32(slot_getattr(slot, att_partition, &isnull)));
+
+		if (p != NULL)
+			p->has_held = true;
+	}
+	index_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
+	index_close(idx, AccessShareLock);
+	table_close(rel, AccessShareLock);
+}
+
+/*
+ * The consumer's row (by primary key), as snapshot sees it: false when it
+ * has none; else its claim time and its TID
+ */
+static bool
+es_consumer_row(EsSubscription *s, const char *consumer, Snapshot snapshot,
+				TimestampTz *claimed_at, ItemPointer tid)
+{
+	Relation	rel = table_open(es_sub_relid("subscription_consumers"), AccessShareLock);
+	Relation	idx = index_open(es_sub_relid("subscription_consumers_pkey"), AccessShareLock);
+	AttrNumber	att_claimed = es_sub_attnum(rel, "claimed_at");
+	TupleTableSlot *slot = table_slot_create(rel, NULL);
+	IndexScanDesc scan;
+	ScanKeyData keys[2];
+	bool		found;
+
+	es_text_key(&keys[0], 1, CStringGetTextDatum(s->name));
+	es_text_key(&keys[1], 2, CStringGetTextDatum(consumer));
+	scan = index_beginscan(rel, idx, snapshot, 2, 0);
+	index_rescan(scan, keys, 2, NULL, 0);
+	found = index_getnext_slot(scan, ForwardScanDirection, slot);
+	if (found)
+	{
+		bool		isnull;
+
+		*claimed_at = DatumGetTimestampTz(slot_getattr(slot, att_claimed, &isnull));
+		*tid = slot->tts_tid;
+	}
+	index_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
+	index_close(idx, AccessShareLock);
+	table_close(rel, AccessShareLock);
+	return found;
+}
+
+/*
+ * The latest fence of a consumer (a partition of it taken over then), as
+ * snapshot sees the fences; false when it has none
+ */
+static bool
+es_latest_fence(EsSubscription *s, const char *consumer, Snapshot snapshot,
+				TimestampTz *fenced_at)
+{
+	Relation	rel = table_open(es_sub_relid("subscription_fences"), AccessShareLock);
+	Relation	idx = index_open(es_sub_relid("subscription_fences_consumer_idx"), AccessShareLock);
+	AttrNumber	att_fenced = es_sub_attnum(rel, "fenced_at");
+	TupleTableSlot *slot = table_slot_create(rel, NULL);
+	IndexScanDesc scan;
+	ScanKeyData keys[2];
+	bool		any = false;
+
+	es_text_key(&keys[0], 1, CStringGetTextDatum(s->name));
+	es_text_key(&keys[1], 2, CStringGetTextDatum(consumer));
+	scan = index_beginscan(rel, idx, snapshot, 2, 0);
+	index_rescan(scan, keys, 2, NULL, 0);
+	while (index_getnext_slot(scan, ForwardScanDirection, slot))
+	{
+		bool		isnull;
+		TimestampTz at = DatumGetTimestampTz(slot_getattr(slot, att_fenced, &isnull));
+
+		if (!any || at > *fenced_at)
+			*fenced_at = at;
+		any = true;
+	}
+	index_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
+	index_close(idx, AccessShareLock);
+	table_close(rel, AccessShareLock);
+	return any;
+}
+
+/* Was the consumer fenced since its last claim?  (a fence after its claim time) */
+static bool
+es_consumer_fenced(EsSubscription *s, const char *consumer, Snapshot snapshot)
+{
+	TimestampTz fenced_at;
+	TimestampTz claimed_at;
+	ItemPointerData tid;
+
+	if (!es_latest_fence(s, consumer, snapshot, &fenced_at))
+		return false;
+	if (!es_consumer_row(s, consumer, snapshot, &claimed_at, &tid))
+		return false;
+	return fenced_at > claimed_at;
+}
+
+/*
+ * The consumer's partitions whose lease has not expired, locked (FOR
+ * UPDATE), in partition order (caller is connected to SPI as the owner).
+ * They are found by the holder index, as a fresh snapshot sees them; a
+ * row a concurrent transaction changed is locked in its latest version,
+ * which must still be the consumer's and unexpired.  With fenced, also
+ * whether the consumer was fenced since its last claim (only known when it
+ * holds some partition).
+ */
+static EsPart *
+es_my_partitions(EsSubscription *s, const char *consumer, int *nparts, bool *fenced)
+{
+	Relation	rel = table_open(es_sub_relid("subscription_partitions"), RowShareLock);
+	Relation	idx = index_open(es_sub_relid("subscription_partitions_holder_idx"), AccessShareLock);
+	AttrNumber	att_partition = es_sub_attnum(rel, "partition");
+	AttrNumber	att_position = es_sub_attnum(rel, "position");
+	AttrNumber	att_holder = es_sub_attnum(rel, "holder");
+	AttrNumber	att_lease = es_sub_attnum(rel, "lease_expires_at");
+	AttrNumber	att_pending = es_sub_attnum(rel, "pending");
+	AttrNumber	att_pending_attempts = es_sub_attnum(rel, "pending_attempts");
+	AttrNumber	att_redeliver = es_sub_attnum(rel, "redeliver");
+	AttrNumber	att_redeliver_attempts = es_sub_attnum(rel, "redeliver_attempts");
+	TupleTableSlot *slot = table_slot_create(rel, NULL);
+	Snapshot	snapshot = RegisterSnapshot(GetTransactionSnapshot());
+	TimestampTz now = GetCurrentTimestamp();
+	IndexScanDesc scan;
+	ScanKeyData keys[2];
+	ItemPointerData *tids;
+	int			ntids = 0;
+	int			cap = 4;
+	EsPart	   *parts;
+	int			n = 0;
+
+	/* ours as the snapshot sees them, unexpired (only those are locked) */
+	tids = palloc(sizeof(ItemPointerData) * cap);
+	es_text_key(&keys[0], 1, CStringGetTextDatum(s->name));
+	es_text_key(&keys[1], 2, CStringGetTextDatum(consumer));
+	scan = index_beginscan(rel, idx, snapshot, 2, 0);
+	index_rescan(scan, keys, 2, NULL, 0);
+	while (index_getnext_slot(scan, ForwardScanDirection, slot))
+	{
+		bool		isnull;
+		Datum		lease = slot_getattr(slot, att_lease, &isnull);
+
+		if (isnull || DatumGetTimestampTz(lease) <= now)
+			continue;
+		if (ntids == cap)
+			tids = repalloc(tids, sizeof(ItemPointerData) * (cap *= 2));
+		tids[ntids++] = slot->tts_tid;
+	}
+	index_endscan(scan);
+
+	parts = palloc0(sizeof(EsPart) * Max(ntids, 1));
+	for (int i = 0; i < ntids; i++)
+	{
+		EsPart	   *p = &parts[n];
+		bool		moved;
+		bool		isnull;
+		Datum		d;
+
+		if (!es_lock_row(rel, &tids[i], snapshot, LockTupleExclusive, slot, &moved))
+			continue;
+		if (moved)
+		{
+			/* changed meanwhile: still ours and unexpired? */
+			d = slot_getattr(slot, att_holder, &isnull);
+			if (isnull || !es_text_is(d, consumer))
+				continue;
+			d = slot_getattr(slot, att_lease, &isnull);
+			if (isnull || DatumGetTimestampTz(d) <= now)
+				continue;
+		}
+		p->partition = DatumGetInt32(slot_getattr(slot, att_partition, &isnull));
+		p->position = DatumGetInt64(slot_getattr(slot, att_position, &isnull));
+		p->npending = es_get_int8_array(slot_getattr(slot, att_pending, &isnull), &p->pending);
+		(void) es_get_int4_array(slot_getattr(slot, att_pending_attempts, &isnull), &p->pending_attempts);
+		p->nredeliver = es_get_int8_array(slot_getattr(slot, att_redeliver, &isnull), &p->redeliver);
+		(void) es_get_int4_array(slot_getattr(slot, att_redeliver_attempts, &isnull), &p->redeliver_attempts);
+		p->tid = tids[i];
+		n++;
+	}
+	ExecDropSingleTupleTableSlot(slot);
+	index_close(idx, AccessShareLock);
+	table_close(rel, NoLock);
+
+	if (n > 0)
+		es_mark_held(s, parts, n, snapshot);
+	if (fenced != NULL)
+		*fenced = n > 0 && es_consumer_fenced(s, consumer, snapshot);
+	UnregisterSnapshot(snapshot);
+	*nparts = n;
+	return parts;
+}
+
+/*
+ * The consumer's claim from C, when its row exists and it has no fence
+ * (else false: the caller runs the statement).  Counts the consumers of the
+ * subscription live now besides it (*live, itself included), then locks its
+ * row (as INSERT ... ON CONFLICT DO UPDATE would) and renews it in place:
+ * live while this lease runs, its claim time now.
+ */
+static bool
+es_claim_consumer_row(EsSubscription *s, const char *consumer, double lease_ms, int64 *live)
+{
+	Relation	rel = table_open(es_sub_relid("subscription_consumers"), RowExclusiveLock);
+	Relation	idx = index_open(es_sub_relid("subscription_consumers_pkey"), AccessShareLock);
+	AttrNumber	att_consumer = es_sub_attnum(rel, "consumer");
+	AttrNumber	att_lease = es_sub_attnum(rel, "lease_expires_at");
+	AttrNumber	att_claimed = es_sub_attnum(rel, "claimed_at");
+	TupleDesc	desc = RelationGetDescr(rel);
+	TupleTableSlot *slot = table_slot_create(rel, NULL);
+	Snapshot	snapshot = RegisterSnapshot(GetTransactionSnapshot());
+	TimestampTz now = GetCurrentTimestamp();
+	TimestampTz fenced_at;
+	IndexScanDesc scan;
+	ScanKeyData key;
+	ItemPointerData mine;
+	bool		found = false;
+	bool		moved;
+	int64		others = 0;
+
+	/* every consumer of the subscription (its primary key's prefix) */
+	es_text_key(&key, 1, CStringGetTextDatum(s->name));
+	scan = index_beginscan(rel, idx, snapshot, 1, 0);
+	index_rescan(scan, &key, 1, NULL, 0);
+	while (index_getnext_slot(scan, ForwardScanDirection, slot))
+	{
+		bool		isnull;
+
+		if (es_text_is(slot_getattr(slot, att_consumer, &isnull), consumer))
+		{
+			mine = slot->tts_tid;
+			found = true;
+		}
+		else if (DatumGetTimestampTz(slot_getattr(slot, att_lease, &isnull)) > now)
+			others++;
+	}
+	index_endscan(scan);
+
+	if (found && !es_latest_fence(s, consumer, snapshot, &fenced_at) &&
+		es_lock_row(rel, &mine, snapshot, LockTupleNoKeyExclusive, slot, &moved))
+	{
+		Datum	   *values = palloc(sizeof(Datum) * desc->natts);
+		bool	   *nulls = palloc(sizeof(bool) * desc->natts);
+		HeapTuple	newtup;
+		CatalogIndexState indstate = CatalogOpenIndexes(rel);
+
+		slot_getallattrs(slot);
+		memcpy(values, slot->tts_values, sizeof(Datum) * desc->natts);
+		memcpy(nulls, slot->tts_isnull, sizeof(bool) * desc->natts);
+		values[att_lease - 1] = TimestampTzGetDatum(now + (int64) rint(lease_ms * 1000.0));
+		nulls[att_lease - 1] = false;
+		values[att_claimed - 1] = TimestampTzGetDatum(now);
+		nulls[att_claimed - 1] = false;
+		newtup = heap_form_tuple(desc, values, nulls);
+		ExecClearTuple(slot);
+		CatalogTupleUpdateWithInfo(rel, &mine, newtup, indstate);
+		CatalogCloseIndexes(indstate);
+		heap_freetuple(newtup);
+		*live = others + 1;
+	}
+	else
+		found = false;
+	ExecDropSingleTupleTableSlot(slot);
+	UnregisterSnapshot(snapshot);
+	index_close(idx, AccessShareLock);
+	table_close(rel, NoLock);
+	if (found)
+		CommandCounterIncrement();
+	return found;
 }
 
 /* The stream id of the event at position (NULL: gone), read as the owner */
@@ -803,23 +1182,161 @@ es_claim_scan_row(Datum *values, bool *isnull, HeapTuple stored, void *arg)
 	return !c->full;
 }
 
+/* ------------------------------------------------------------------------
+ * The log map: where each partition's events are
+ *
+ * A claim's log scan reads every event after its partitions' lowest
+ * position and keeps those of its own partitions: with 16 partitions and 2
+ * per consumer, 1 in 8.  What it reads of every event on the way -- its
+ * position, its partition and its row's TID in the hot table -- is kept
+ * per backend, per partition count, so that a later scan of that part of
+ * the log (another subscription with as many partitions, or the same one
+ * again) fetches its own partitions' rows by TID, reading neither the
+ * index nor the others' rows.  A position the map does not know (not
+ * scanned yet, a gap, an archived event) is scanned as before.  An event
+ * is never moved within the hot table, and a position never names another
+ * event, so an entry stays right; what can happen is that its row is gone
+ * (archived, purged) and its TID empty or reused: a row read by TID that is
+ * not the expected event is looked up by position in every tier.  The map
+ * is dropped when the events table is another one (re-created, rewritten),
+ * and emptied when it has grown to ES_MAP_MAX_CHUNKS chunks.
+ * ------------------------------------------------------------------------ */
+#define ES_MAP_CHUNK_BITS	10
+#define ES_MAP_CHUNK		(1 << ES_MAP_CHUNK_BITS)
+#define ES_MAP_MAX_CHUNKS	512		/* about 4 MB */
+
+typedef struct EsMapKey
+{
+	int64		chunk;			/* position >> ES_MAP_CHUNK_BITS */
+	int32		partitions;		/* the partition count its entries are for */
+	int32		pad;
+} EsMapKey;
+
+typedef struct EsMapChunk
+{
+	EsMapKey	key;
+	uint64		known[ES_MAP_CHUNK / 64];	/* the entry is set */
+	uint16		partition[ES_MAP_CHUNK];
+	ItemPointerData tid[ES_MAP_CHUNK];
+} EsMapChunk;
+
+static HTAB *es_map = NULL;
+static MemoryContext es_map_cxt = NULL;
+static Oid	es_map_relid = InvalidOid;	/* the events table it is of */
+static Oid	es_map_relfile = InvalidOid;
+static EsMapChunk *es_map_last = NULL;	/* the chunk looked up last */
+
+/* The map, for the events table as it is now (a new one when it changed) */
+static void
+es_map_open(const EsCatalog *cat)
+{
+	Relation	rel = table_open(cat->events_relid, AccessShareLock);
+	Oid			relfile = rel->rd_node.relNode;
+	HASHCTL		ctl;
+
+	table_close(rel, NoLock);
+	if (es_map != NULL && es_map_relid == cat->events_relid && es_map_relfile == relfile)
+		return;
+	if (es_map_cxt != NULL)
+		MemoryContextDelete(es_map_cxt);
+	es_map = NULL;
+	es_map_last = NULL;
+	es_map_cxt = AllocSetContextCreate(TopMemoryContext, "event_store log map",
+									   ALLOCSET_DEFAULT_SIZES);
+	ctl.keysize = sizeof(EsMapKey);
+	ctl.entrysize = sizeof(EsMapChunk);
+	ctl.hcxt = es_map_cxt;
+	es_map = hash_create("event_store log map", 64, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	es_map_relid = cat->events_relid;
+	es_map_relfile = relfile;
+}
+
+/* The chunk of position for a partition count (created if asked), or NULL */
+static EsMapChunk *
+es_map_chunk(int64 position, int32 partitions, bool create)
+{
+	EsMapKey	key;
+	EsMapChunk *ch;
+	bool		found;
+
+	if (es_map_last != NULL && es_map_last->key.chunk == (position >> ES_MAP_CHUNK_BITS) &&
+		es_map_last->key.partitions == partitions)
+		return es_map_last;
+	memset(&key, 0, sizeof(key));
+	key.chunk = position >> ES_MAP_CHUNK_BITS;
+	key.partitions = partitions;
+	ch = hash_search(es_map, &key, HASH_FIND, NULL);
+	if (ch == NULL && create)
+	{
+		if (hash_get_num_entries(es_map) >= ES_MAP_MAX_CHUNKS)
+		{
+			HASH_SEQ_STATUS seq;
+			EsMapChunk *old;
+
+			hash_seq_init(&seq, es_map);
+			while ((old = hash_seq_search(&seq)) != NULL)
+				(void) hash_search(es_map, &old->key, HASH_REMOVE, NULL);
+		}
+		ch = hash_search(es_map, &key, HASH_ENTER, &found);
+		memset(ch->known, 0, sizeof(ch->known));
+	}
+	es_map_last = ch;
+	return ch;
+}
+
+/* Does the map know the event at position (or its absence from the hot table)? */
+static inline bool
+es_map_known(EsMapChunk *ch, int64 position)
+{
+	int			i = (int) (position & (ES_MAP_CHUNK - 1));
+
+	return ch != NULL && (ch->known[i >> 6] & (UINT64CONST(1) << (i & 63))) != 0;
+}
+
 /*
- * The log scan: events after the lowest position of our partitions, up to
- * head, until max_count were handed out; every partition's position moves
- * to where the scan got
+ * Log scan, before a row's visibility: an event of a partition that is not
+ * ours, or at or below our partition's position, is skipped whether it is
+ * visible or not (most of the log, with many partitions), so only its
+ * stream id and position are read; the map learns where it is.  A stream
+ * id stored compressed or out of line takes the ordinary path.
+ */
+static bool
+es_claim_skip(HeapTuple tuple, TupleDesc desc, void *arg)
+{
+	EsClaim    *c = (EsClaim *) arg;
+	bool		isnull;
+	Datum		sid = heap_getattr(tuple, Anum_es_stream_id, desc, &isnull);
+	int64		pos;
+	int32		partition;
+	EsPart	   *p;
+
+	if (isnull || VARATT_IS_EXTERNAL(DatumGetPointer(sid)) ||
+		VARATT_IS_COMPRESSED(DatumGetPointer(sid)))
+		return false;
+	partition = EsStreamPartition((text *) DatumGetPointer(sid), c->sub->partitions);
+	pos = DatumGetInt64(heap_getattr(tuple, Anum_es_global_position, desc, &isnull));
+	if (tuple->t_tableOid == es_map_relid && pos > 0)
+	{
+		EsMapChunk *ch = es_map_chunk(pos, c->sub->partitions, true);
+		int			i = (int) (pos & (ES_MAP_CHUNK - 1));
+
+		ch->partition[i] = (uint16) partition;
+		ch->tid[i] = tuple->t_self;
+		ch->known[i >> 6] |= UINT64CONST(1) << (i & 63);
+	}
+	p = c->by_partition[partition];
+	return p == NULL || pos <= p->position;
+}
+
+/*
+ * Index scan of the log: the events in (after, upto] (the map learns
+ * where each one is)
  */
 static void
-es_claim_scan_log(EsClaim *c, int64 head)
+es_claim_scan_range(EsClaim *c, int64 after, int64 upto, Snapshot snapshot)
 {
 	const EsCatalog *cat = EsGetCatalog();
 	EsScanSpec	spec;
-	Snapshot	snapshot;
-	int64		from = PG_INT64_MAX;
-
-	for (int i = 0; i < c->nparts; i++)
-		from = Min(from, c->parts[i].position);
-	if (c->nparts == 0 || from >= head || c->full)
-		return;
 
 	memset(&spec, 0, sizeof(spec));
 	spec.index_oid = cat->position_idx;
@@ -827,24 +1344,183 @@ es_claim_scan_log(EsClaim *c, int64 head)
 	spec.filter.ntypes = -1;	/* the subscription's filter is checked per event */
 	spec.denied = EsDeniedCategories(c->sub->owner);
 	spec.max_count = -1;
-
-	/*
-	 * Most events of the log belong to other consumers' partitions: a
-	 * stored row is only deformed as far as the partition and the filter
-	 * need, the rest of it for the events handed out
-	 */
+	/* a stored row is deformed only as far as the filter needs, the rest if handed out */
 	spec.leading_values = EsFilterLeadingValues(&c->sub->filter);
-	c->event_desc = lookup_rowtype_tupdesc(cat->event_type_oid, -1);
+	spec.skip = es_claim_skip;
+	spec.skip_arg = c;
 	ScanKeyEntryInitialize(&spec.keys[0], 0, 1, BTGreaterStrategyNumber, InvalidOid,
-						   InvalidOid, F_INT8GT, Int64GetDatum(from));
+						   InvalidOid, F_INT8GT, Int64GetDatum(after));
 	ScanKeyEntryInitialize(&spec.keys[1], 0, 1, BTLessEqualStrategyNumber, InvalidOid,
-						   InvalidOid, F_INT8LE, Int64GetDatum(head));
+						   InvalidOid, F_INT8LE, Int64GetDatum(upto));
 	spec.nkeys = 2;
+	spec.snapshot = snapshot;
+	(void) EsScanEvents(cat, &spec, es_claim_scan_row, c);
+}
+
+/* Rows read by TID from the map: the events expected, in position order */
+typedef struct EsTidScan
+{
+	EsClaim    *claim;
+	int64	   *expected;
+	int			n;
+	int			next;			/* the first expected not seen yet */
+	bool		cut;			/* stopped before a row: expected[next] is missing */
+} EsTidScan;
+
+static bool
+es_claim_tid_row(Datum *values, bool *isnull, HeapTuple stored, void *arg)
+{
+	EsTidScan  *ts = (EsTidScan *) arg;
+	int64		pos = DatumGetInt64(values[Anum_es_global_position - 1]);
+	int			k = ts->next;
+
+	if (ts->claim->full)
+		return false;
+	while (k < ts->n && ts->expected[k] < pos)
+		k++;
+	if (k == ts->n || ts->expected[k] != pos)
+		return true;			/* a TID that holds another event now */
+	if (k > ts->next)
+	{
+		/* what comes before it is not where the map said: looked up first */
+		ts->cut = true;
+		return false;
+	}
+	ts->next++;
+	return es_claim_scan_row(values, isnull, stored, ts->claim);
+}
+
+/*
+ * Our events the map knows (positions expected, rows at tids), in order:
+ * read by TID; one not there is looked up by position before the next
+ */
+static void
+es_claim_fetch(EsClaim *c, ItemPointer tids, int64 *expected, int n, Snapshot snapshot)
+{
+	const EsCatalog *cat = EsGetCatalog();
+	int			next = 0;
+
+	while (next < n && !c->full)
+	{
+		EsScanSpec	spec;
+		EsTidScan	ts = {c, expected, n, next, false};
+		EsMapChunk *ch;
+
+		memset(&spec, 0, sizeof(spec));
+		spec.index_oid = cat->position_idx;
+		spec.direction = ForwardScanDirection;
+		spec.filter.ntypes = -1;
+		spec.denied = EsDeniedCategories(c->sub->owner);
+		spec.max_count = -1;
+		spec.leading_values = EsFilterLeadingValues(&c->sub->filter);
+		spec.snapshot = snapshot;
+		spec.tids = tids + next;
+		spec.ntids = n - next;
+		(void) EsScanEvents(cat, &spec, es_claim_tid_row, &ts);
+		if (c->full || ts.next >= n)
+			break;
+		/*
+		 * expected[ts.next] was not at its TID (or not visible there): the
+		 * map forgets it, and it is looked up by position (in every tier)
+		 */
+		ch = es_map_chunk(expected[ts.next], c->sub->partitions, false);
+		if (ch != NULL)
+		{
+			int			i = (int) (expected[ts.next] & (ES_MAP_CHUNK - 1));
+
+			ch->known[i >> 6] &= ~(UINT64CONST(1) << (i & 63));
+		}
+		es_claim_scan_range(c, expected[ts.next] - 1, expected[ts.next], snapshot);
+		next = ts.next + 1;
+	}
+}
+
+/*
+ * The log scan: events after the lowest position of our partitions, up to
+ * head, until max_count were handed out; every partition's position moves
+ * to where the scan got.  Where the map knows the log, our events are read
+ * by TID; elsewhere the log is scanned by position.
+ */
+static void
+es_claim_scan_log(EsClaim *c, int64 head)
+{
+	const EsCatalog *cat = EsGetCatalog();
+	Snapshot	snapshot;
+	int64		from = PG_INT64_MAX;
+	int64		pos;
+	int32		nparts = c->sub->partitions;
+	ItemPointer tids;
+	int64	   *expected;
+
+	for (int i = 0; i < c->nparts; i++)
+		from = Min(from, c->parts[i].position);
+	if (c->nparts == 0 || from >= head || c->full)
+		return;
+
+	es_map_open(cat);
+	c->event_desc = lookup_rowtype_tupdesc(cat->event_type_oid, -1);
 	/* head was computed before this snapshot: it sees every commit below */
 	snapshot = RegisterSnapshot(GetLatestSnapshot());
-	spec.snapshot = snapshot;
 	c->last_scanned = from;
-	(void) EsScanEvents(cat, &spec, es_claim_scan_row, c);
+	tids = palloc(sizeof(ItemPointerData) * Max(c->max_count, 1));
+	expected = palloc(sizeof(int64) * Max(c->max_count, 1));
+	pos = from + 1;
+	while (pos <= head && !c->full)
+	{
+		EsMapChunk *ch = es_map_chunk(pos, nparts, false);
+		int64		r;
+		int			n = 0;
+
+		if (!es_map_known(ch, pos))
+		{
+			/* the positions from here the map does not know: scanned */
+			int64		upto = pos;
+
+			for (;;)
+			{
+				int64		next = upto + 1;
+
+				if (next > head)
+					break;
+				if (ch == NULL || (next >> ES_MAP_CHUNK_BITS) != ch->key.chunk)
+					ch = es_map_chunk(next, nparts, false);
+				if (ch == NULL)
+				{
+					/* a whole chunk unknown */
+					upto = Min(head, (((next >> ES_MAP_CHUNK_BITS) + 1) << ES_MAP_CHUNK_BITS) - 1);
+					continue;
+				}
+				if (es_map_known(ch, next))
+					break;
+				upto = next;
+			}
+			es_claim_scan_range(c, pos - 1, upto, snapshot);
+			pos = upto + 1;
+			continue;
+		}
+
+		/* known from here: ours, up to what is still wanted */
+		for (r = pos; r <= head && n < c->max_count - c->delivered; r++)
+		{
+			int			i = (int) (r & (ES_MAP_CHUNK - 1));
+			EsPart	   *p;
+
+			if (i == 0 || ch == NULL)
+				ch = es_map_chunk(r, nparts, false);
+			if (!es_map_known(ch, r))
+				break;
+			p = c->by_partition[ch->partition[i]];
+			if (p != NULL && r > p->position)
+			{
+				tids[n] = ch->tid[i];
+				expected[n] = r;
+				n++;
+			}
+		}
+		if (n > 0)
+			es_claim_fetch(c, tids, expected, n, snapshot);
+		pos = r;
+	}
 	UnregisterSnapshot(snapshot);
 	ReleaseTupleDesc(c->event_desc);
 	c->event_desc = NULL;
@@ -1233,32 +1909,39 @@ es_claim_once(EsClaim *c, const char *consumer, double lease_ms)
 	values[2] = Float8GetDatum(lease_ms);
 
 	/*
-	 * In one statement: the consumer is live while this lease runs (its
-	 * claim time recorded); was it fenced since its last claim (a partition
-	 * of it taken over)?  Then what it was handed in the partitions it keeps
-	 * comes again: the transaction whose acknowledgement the fence refused
-	 * rolled back.  And how many consumers are live, itself included.
+	 * The consumer is live while this lease runs (its claim time recorded);
+	 * was it fenced since its last claim (a partition of it taken over)?
+	 * Then what it was handed in the partitions it keeps comes again: the
+	 * transaction whose acknowledgement the fence refused rolled back.  And
+	 * how many consumers are live, itself included.  From C when its row
+	 * exists and it has no fence (every claim after its first, as a rule);
+	 * else in one statement, which also inserts the row or drops the fences.
 	 */
-	es_sub_exec("WITH prev AS (SELECT c.claimed_at FROM event_store.subscription_consumers c "
-				"  WHERE c.subscription OPERATOR(pg_catalog.=) $1 AND c.consumer OPERATOR(pg_catalog.=) $2), "
-				"gone AS (DELETE FROM event_store.subscription_fences f "
-				"  WHERE f.subscription OPERATOR(pg_catalog.=) $1 AND f.consumer OPERATOR(pg_catalog.=) $2 "
-				"  RETURNING f.fenced_at), "
-				"up AS (INSERT INTO event_store.subscription_consumers AS c (subscription, consumer, "
-				"  lease_expires_at, claimed_at) "
-				"  VALUES ($1, $2, pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) "
-				"  pg_catalog.make_interval(secs => $3 OPERATOR(pg_catalog./) 1000), pg_catalog.clock_timestamp()) "
-				"  ON CONFLICT (subscription, consumer) DO UPDATE SET lease_expires_at = EXCLUDED.lease_expires_at, "
-				"  claimed_at = EXCLUDED.claimed_at RETURNING 1) "
-				"SELECT EXISTS (SELECT 1 FROM gone, prev "
-				"  WHERE gone.fenced_at OPERATOR(pg_catalog.>) prev.claimed_at), "
-				"(SELECT pg_catalog.count(*) FROM event_store.subscription_consumers o "
-				"  WHERE o.subscription OPERATOR(pg_catalog.=) $1 AND o.consumer OPERATOR(pg_catalog.<>) $2 "
-				"  AND o.lease_expires_at OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp()) "
-				"  OPERATOR(pg_catalog.+) (SELECT pg_catalog.count(*) FROM up)",
-				3, types, values, NULL, false, SPI_OK_SELECT);
-	fenced = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	live = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+	if (es_claim_consumer_row(c->sub, consumer, lease_ms, &live))
+		fenced = false;
+	else
+	{
+		es_sub_exec("WITH prev AS (SELECT c.claimed_at FROM event_store.subscription_consumers c "
+					"  WHERE c.subscription OPERATOR(pg_catalog.=) $1 AND c.consumer OPERATOR(pg_catalog.=) $2), "
+					"gone AS (DELETE FROM event_store.subscription_fences f "
+					"  WHERE f.subscription OPERATOR(pg_catalog.=) $1 AND f.consumer OPERATOR(pg_catalog.=) $2 "
+					"  RETURNING f.fenced_at), "
+					"up AS (INSERT INTO event_store.subscription_consumers AS c (subscription, consumer, "
+					"  lease_expires_at, claimed_at) "
+					"  VALUES ($1, $2, pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) "
+					"  pg_catalog.make_interval(secs => $3 OPERATOR(pg_catalog./) 1000), pg_catalog.clock_timestamp()) "
+					"  ON CONFLICT (subscription, consumer) DO UPDATE SET lease_expires_at = EXCLUDED.lease_expires_at, "
+					"  claimed_at = EXCLUDED.claimed_at RETURNING 1) "
+					"SELECT EXISTS (SELECT 1 FROM gone, prev "
+					"  WHERE gone.fenced_at OPERATOR(pg_catalog.>) prev.claimed_at), "
+					"(SELECT pg_catalog.count(*) FROM event_store.subscription_consumers o "
+					"  WHERE o.subscription OPERATOR(pg_catalog.=) $1 AND o.consumer OPERATOR(pg_catalog.<>) $2 "
+					"  AND o.lease_expires_at OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp()) "
+					"  OPERATOR(pg_catalog.+) (SELECT pg_catalog.count(*) FROM up)",
+					3, types, values, NULL, false, SPI_OK_SELECT);
+		fenced = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+		live = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+	}
 	share = (int) ((c->sub->partitions + Max(live, 1) - 1) / Max(live, 1));
 
 	/*
@@ -1429,12 +2112,11 @@ es_fenced_error(EsSubscription *s, const char *consumer)
 static void
 es_check_not_fenced(EsSubscription *s, const char *consumer)
 {
-	Oid			types[2] = {TEXTOID, TEXTOID};
-	Datum		values[2] = {CStringGetTextDatum(s->name), CStringGetTextDatum(consumer)};
-	bool		isnull;
+	Snapshot	snapshot = RegisterSnapshot(GetTransactionSnapshot());
+	bool		fenced = es_consumer_fenced(s, consumer, snapshot);
 
-	es_sub_exec("SELECT " ES_FENCED_SQL, 2, types, values, NULL, false, SPI_OK_SELECT);
-	if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
+	UnregisterSnapshot(snapshot);
+	if (fenced)
 		es_fenced_error(s, consumer);
 }
 
