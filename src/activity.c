@@ -313,26 +313,11 @@ EsSetHelperProc(int helper, bool running)
 	my_act->helper_procno[helper] = running ? ES_MY_PROCNO : -1;
 }
 
-/*
- * The processes that share this database's async projections out (the
- * worker and its live helpers, an unlocked hint), when this process is one
- * of them; 0 in any other process
- */
-int
-EsProjectionWorkers(void)
+/* Is this process the database worker or one of its helpers? */
+bool
+EsIsProjectionWorker(void)
 {
-	int			n = 1;
-
-	if (!is_db_worker && my_helper < 0)
-		return 0;
-	es_attach_db();
-	for (int h = 0; h < ES_MAX_WORKERS; h++)
-		if (my_act->helper_procno[h] >= 0 && h != my_helper)
-			n++;
-	/* a helper counts the worker too */
-	if (my_helper >= 0 && my_act->worker_procno >= 0)
-		n++;
-	return n;
+	return is_db_worker || my_helper >= 0;
 }
 
 /* Helper: does the database worker still run? (an unlocked hint) */

@@ -35,7 +35,7 @@ extern bool EsTakeProjectionsChanged(void);
 extern void EsReportAbsentDatabase(Oid dboid);
 extern void EsSetHelperProc(int helper, bool running);
 extern bool EsWorkerRunning(void);
-extern int	EsProjectionWorkers(void);
+extern bool EsIsProjectionWorker(void);
 
 /* the launcher */
 extern void EsSetLauncherProc(bool running);

@@ -67,6 +67,7 @@
 #include "shared.h"
 #include "subscription.h"
 #include "upcast.h"
+#include "worker.h"
 
 PG_FUNCTION_INFO_V1(es_create_projection);
 PG_FUNCTION_INFO_V1(es_rebuild_projection);
@@ -1770,9 +1771,10 @@ es_run_group(EsProjection *p, const char *name, int32 attempts, int nparts,
  * other process is applying, a share of them at a time in one scan of the
  * log; each partition's row is its lock (SKIP LOCKED: processes share the
  * partitions out).  The database worker and its helpers each take their
- * share (the partitions over the processes applying projections), so that
- * they apply them in parallel, each reading the log once; any other process
- * takes all it can.  With skipped given, *skipped is set when a partition
+ * share (the partitions over event_store.max_workers), so that they apply
+ * them in parallel, each reading the log once; any other process takes all
+ * it can.  (A share left over while a helper is not running is taken when
+ * the worker's share has caught up.)  With skipped given, *skipped is set when a partition
  * was left out because another process holds it.
  */
 static int64
@@ -1786,8 +1788,8 @@ es_run_partitioned(EsProjection *p, const char *name, int32 attempts, int64 budg
 	int32		last = -1;
 	int64		taken = 0;
 	bool		failed = false;
-	int			workers = EsProjectionWorkers();
-	int32		share = workers > 0 ? (p->partitions + workers - 1) / workers : p->partitions;
+	int			workers = EsIsProjectionWorker() ? Max(es_max_workers, 1) : 1;
+	int32		share = (p->partitions + workers - 1) / workers;
 	int32	   *parts = palloc(sizeof(int32) * p->partitions);
 	int64	   *positions = palloc(sizeof(int64) * p->partitions);
 
