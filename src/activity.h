@@ -36,6 +36,7 @@ extern void EsReportAbsentDatabase(Oid dboid);
 extern void EsSetHelperProc(int helper, bool running);
 extern bool EsWorkerRunning(void);
 extern bool EsIsProjectionWorker(void);
+extern void EsWakeProjectionProcesses(void);
 
 /* the launcher */
 extern void EsSetLauncherProc(bool running);

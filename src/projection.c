@@ -1781,19 +1781,36 @@ static int64
 es_run_partitioned(EsProjection *p, const char *name, int32 attempts, int64 budget,
 				   TimestampTz deadline, bool *skipped)
 {
-	Oid			types[3] = {TEXTOID, INT4OID, INT4OID};
-	Datum		values[3];
+	Oid			types[4] = {TEXTOID, INT4OID, INT4OID, INT8OID};
+	Datum		values[4];
 	int64		head = EsSafeHead();
 	int64		total = 0;
 	int32		last = -1;
 	int64		taken = 0;
+	int64		due;
 	bool		failed = false;
+	bool		isnull;
 	int			workers = EsIsProjectionWorker() ? Max(es_max_workers, 1) : 1;
-	int32		share = (p->partitions + workers - 1) / workers;
+	int32		share;
 	int32	   *parts = palloc(sizeof(int32) * p->partitions);
 	int64	   *positions = palloc(sizeof(int64) * p->partitions);
 
+	/*
+	 * The partitions with work: behind the head, or holding streams back
+	 * (their retries); the share is of those, so that the last ones behind
+	 * are still shared out
+	 */
 	values[0] = CStringGetTextDatum(name);
+	values[3] = Int64GetDatum(head);
+	es_projection_exec("SELECT pg_catalog.count(*) FROM event_store.subscription_partitions p "
+					   "WHERE p.subscription OPERATOR(pg_catalog.=) $1 "
+					   "AND (p.position OPERATOR(pg_catalog.<) $2 OR EXISTS (SELECT 1 "
+					   "  FROM event_store.subscription_streams t WHERE t.subscription OPERATOR(pg_catalog.=) $1 "
+					   "  AND t.partition OPERATOR(pg_catalog.=) p.partition))",
+					   2, (Oid[]) {TEXTOID, INT8OID}, (Datum[]) {values[0], values[3]}, NULL);
+	due = SPI_processed == 1 ?
+		DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)) : 0;
+	share = (int32) ((Min(Max(due, 1), (int64) p->partitions) + workers - 1) / workers);
 	values[2] = Int32GetDatum(share);
 	while (!failed && (budget < 0 || total < budget) &&
 		   (deadline == 0 || GetCurrentTimestamp() < deadline))
@@ -1801,31 +1818,22 @@ es_run_partitioned(EsProjection *p, const char *name, int32 attempts, int64 budg
 		int			n;
 
 		values[1] = Int32GetDatum(last);
-		es_projection_exec("SELECT partition, position FROM event_store.subscription_partitions "
-						   "WHERE subscription OPERATOR(pg_catalog.=) $1 AND partition OPERATOR(pg_catalog.>) $2 "
-						   "ORDER BY partition LIMIT $3 FOR UPDATE SKIP LOCKED", 3, types, values, NULL);
+		es_projection_exec("SELECT p.partition, p.position FROM event_store.subscription_partitions p "
+						   "WHERE p.subscription OPERATOR(pg_catalog.=) $1 AND p.partition OPERATOR(pg_catalog.>) $2 "
+						   "AND (p.position OPERATOR(pg_catalog.<) $4 OR EXISTS (SELECT 1 "
+						   "  FROM event_store.subscription_streams t WHERE t.subscription OPERATOR(pg_catalog.=) $1 "
+						   "  AND t.partition OPERATOR(pg_catalog.=) p.partition)) "
+						   "ORDER BY p.partition LIMIT $3 FOR UPDATE OF p SKIP LOCKED", 4, types, values, NULL);
 		if (SPI_processed == 0)
 		{
-			/* every partition was seen: those not taken are held elsewhere */
-			if (skipped != NULL)
-			{
-				bool		cnull;
-
-				es_projection_exec("SELECT pg_catalog.count(*) FROM event_store.subscription_partitions "
-								   "WHERE subscription OPERATOR(pg_catalog.=) $1",
-								   1, types, values, NULL);
-				if (SPI_processed == 1 &&
-					DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
-												1, &cnull)) > taken)
-					*skipped = true;
-			}
+			/* every partition with work was seen: those not taken are held elsewhere */
+			if (skipped != NULL && due > taken)
+				*skipped = true;
 			break;
 		}
 		n = (int) SPI_processed;
 		for (int i = 0; i < n; i++)
 		{
-			bool		isnull;
-
 			parts[i] = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
 			positions[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull));
 		}

@@ -503,6 +503,14 @@ es_worker_run_projections(void *arg)
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 	pgstat_report_activity(STATE_IDLE, NULL);
+
+	/*
+	 * Partitions this batch held are free again: the other processes, idle
+	 * for want of a free one, may take them now (at the end of a catch-up,
+	 * the last partitions behind are shared out this way)
+	 */
+	if (batch->applied > 0 && batch->has_partitioned)
+		EsWakeProjectionProcesses();
 }
 
 /*
