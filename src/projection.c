@@ -1771,10 +1771,11 @@ es_run_group(EsProjection *p, const char *name, int32 attempts, int nparts,
  * other process is applying, a share of them at a time in one scan of the
  * log; each partition's row is its lock (SKIP LOCKED: processes share the
  * partitions out).  The database worker and its helpers each take their
- * share (the partitions over event_store.max_workers), so that they apply
- * them in parallel, each reading the log once; any other process takes all
- * it can.  (A share left over while a helper is not running is taken when
- * the worker's share has caught up.)  With skipped given, *skipped is set when a partition
+ * share of the partitions with work (over event_store.max_workers), so that
+ * they apply them in parallel, each reading the log once; any other process
+ * takes all it can.  (A share left over while a helper is not running is
+ * taken when the worker's share has caught up; a process that commits a
+ * batch wakes the others, which share out what is still behind.)  With skipped given, *skipped is set when a partition
  * was left out because another process holds it.
  */
 static int64
