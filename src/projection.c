@@ -1134,6 +1134,30 @@ es_create_projection(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
+/*
+ * Before an operation on an async projection with partitions (or parking)
+ * locks its row and then writes or deletes its partitions: lock the
+ * partitions first.  The workers applying it hold partitions and update the
+ * projection's row at the end of each batch; taking the projection's row
+ * first and then waiting for their partitions would deadlock with them.
+ * This waits for their batches to commit instead (they take partitions
+ * with SKIP LOCKED, so they never wait for ours).
+ */
+static void
+es_lock_projection_partitions(EsProjection *p, const char *mode)
+{
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1];
+
+	if (strcmp(mode, "async") != 0 || (p->partitions <= 1 && !p->park) ||
+		EsGetCatalog()->schema_version < ES_SCHEMA_0_3)
+		return;
+	values[0] = CStringGetTextDatum(p->name);
+	es_projection_exec("SELECT 1 FROM event_store.subscription_partitions "
+					   "WHERE subscription OPERATOR(pg_catalog.=) $1 ORDER BY partition FOR UPDATE",
+					   1, types, values, NULL);
+}
+
 /* SQL: event_store.rebuild_projection(name text) */
 Datum
 es_rebuild_projection(PG_FUNCTION_ARGS)
@@ -1161,6 +1185,7 @@ es_rebuild_projection(PG_FUNCTION_ARGS)
 	}
 	else
 	{
+		es_lock_projection_partitions(p, mode);
 		p = es_projection_get(name, &mode, &state, NULL, &reset, true, NULL);
 		es_call_reset(reset, p);
 		es_projection_set(name, 0, strcmp(state, "paused") == 0 ? "paused" : "running");
@@ -1270,6 +1295,8 @@ es_drop_projection(PG_FUNCTION_ARGS)
 	p = es_projection_get(name, &mode, NULL, NULL, NULL, false, &sw);
 	if (strcmp(mode, "inline") == 0)
 		es_lock_inline_projection(p);
+	else
+		es_lock_projection_partitions(p, mode);
 	(void) es_projection_get(name, &mode, NULL, NULL, NULL, true, NULL);
 	es_projection_exec("DELETE FROM event_store.projections WHERE name OPERATOR(pg_catalog.=) $1",
 					   1, types, values, NULL);
