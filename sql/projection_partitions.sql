@@ -113,6 +113,29 @@ SELECT state, attempts, last_error, error_position = event_store.head_position()
   FROM event_store.projections WHERE name = 'pf';
 SELECT event_store.drop_projection('pf');
 
+-- partitions at different positions, applied in one scan: each from its own
+-- position (partition 0 has applied everything up to "before" already)
+TRUNCATE pp_applied;
+SELECT count(event_store.append('pq-' || i, '[{"type": "A"}, {"type": "B"}]')) FROM generate_series(1, 12) i;
+SELECT event_store.create_projection('pq', 'pp_handler(event_store.event)', categories => '{pq}',
+                                     mode => 'async', partitions => 4);
+SELECT event_store.head_position() AS before \gset
+UPDATE event_store.subscription_partitions SET position = :before
+ WHERE subscription = 'pq' AND partition = 0;
+SELECT count(event_store.append('pq-' || i, '{"type": "C"}')) FROM generate_series(1, 12) i;
+SELECT event_store.run_projections() AS applied;
+-- a stream of partition 0 got its last event only, every other one all three
+SELECT count(*) FILTER (WHERE n = 3 AND versions = '{1,2,3}') AS streams_in_full,
+       count(*) FILTER (WHERE n = 1 AND versions = '{3}') AS streams_of_partition_0,
+       count(*) AS streams
+  FROM (SELECT stream_id, count(*) AS n, array_agg(stream_version ORDER BY seq) AS versions
+          FROM pp_applied GROUP BY stream_id) s;
+SELECT count(*) = count(DISTINCT position) AS no_repeats FROM pp_applied;
+SELECT count(*) FILTER (WHERE position = event_store.head_position()) AS partitions_at_head
+  FROM event_store.subscription_partitions WHERE subscription = 'pq';
+SELECT event_store.wait_for_projection('pq', event_store.head_position(), '0 s') AS all_applied;
+SELECT event_store.drop_projection('pq');
+
 -- a rebuild without downtime (the recipe of the README): the next version
 -- of a projection fills new tables while the old one serves; once it caught
 -- up, a view switches in one transaction

@@ -313,6 +313,34 @@ EsSetHelperProc(int helper, bool running)
 	my_act->helper_procno[helper] = running ? ES_MY_PROCNO : -1;
 }
 
+/*
+ * The database worker or a helper committed a batch of partitioned
+ * projections: wake the others (not this process), which may find
+ * partitions free now that this one's are unlocked
+ */
+void
+EsWakeProjectionProcesses(void)
+{
+	es_attach_db();
+	if (my_act->worker_procno >= 0 && my_act->worker_procno < es_activity->nprocs &&
+		my_act->worker_procno != ES_MY_PROCNO)
+		SetLatch(&ProcGlobal->allProcs[my_act->worker_procno].procLatch);
+	for (int h = 0; h < ES_MAX_WORKERS; h++)
+	{
+		int			helper = my_act->helper_procno[h];
+
+		if (helper >= 0 && helper < es_activity->nprocs && helper != ES_MY_PROCNO)
+			SetLatch(&ProcGlobal->allProcs[helper].procLatch);
+	}
+}
+
+/* Is this process the database worker or one of its helpers? */
+bool
+EsIsProjectionWorker(void)
+{
+	return is_db_worker || my_helper >= 0;
+}
+
 /* Helper: does the database worker still run? (an unlocked hint) */
 bool
 EsWorkerRunning(void)

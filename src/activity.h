@@ -35,6 +35,8 @@ extern bool EsTakeProjectionsChanged(void);
 extern void EsReportAbsentDatabase(Oid dboid);
 extern void EsSetHelperProc(int helper, bool running);
 extern bool EsWorkerRunning(void);
+extern bool EsIsProjectionWorker(void);
+extern void EsWakeProjectionProcesses(void);
 
 /* the launcher */
 extern void EsSetLauncherProc(bool running);

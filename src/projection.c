@@ -67,6 +67,7 @@
 #include "shared.h"
 #include "subscription.h"
 #include "upcast.h"
+#include "worker.h"
 
 PG_FUNCTION_INFO_V1(es_create_projection);
 PG_FUNCTION_INFO_V1(es_rebuild_projection);
@@ -113,7 +114,9 @@ static EsProjection *inline_projs = NULL;
 static int	inline_count = 0;
 
 static EsHandlerKind es_handler_kind(Oid fn);
-static void es_set_async_position(const char *name, int32 partition, int64 newpos);
+struct EsApplyScope;
+static void es_set_async_position(const char *name, const struct EsApplyScope *scope,
+								  int64 newpos);
 
 /* What is being applied, for the error context */
 typedef struct EsApplyCtx
@@ -541,20 +544,26 @@ es_apply_inline(int n, Datum *rows, bool *nulls, TupleDesc event_desc,
 	pfree(may_read);
 }
 
-/* State of applying a range of events to one projection */
 /*
- * What part of the log a partitioned async projection applies now: one
- * partition's streams but the held ones, or one held stream's events from a
- * version on (scope NULL: every stream)
+ * What part of the log a partitioned async projection applies now: the
+ * events of the partitions this process holds, each after its own position,
+ * but those of the held streams (one scan of the log for all of them); or
+ * one held stream's events from a version on.  (Scope NULL: every stream.)
  */
 typedef struct EsApplyScope
 {
-	int32		partition;		/* of npartitions */
-	int32		npartitions;
+	int32		npartitions;	/* the projection's */
+	int			nparts;			/* partitions applied by this scan */
+	const int32 *parts;			/* which, in order */
+	const int64 *positions;		/* where each of them stands */
+	const int64 *after;			/* by partition: its events after this are
+								 * applied (PG_INT64_MAX: not in this scan) */
 	HTAB	   *held;			/* streams held back (skipped), or NULL */
 	text	   *stream_id;		/* set: this stream only, from from_version */
 	int64		from_version;
 } EsApplyScope;
+
+/* State of applying a range of events to one projection */
 
 typedef struct EsRangeApply
 {
@@ -602,15 +611,17 @@ es_apply_row(Datum *values, bool *isnull, HeapTuple stored, void *arg)
 	if (scope != NULL && scope->stream_id == NULL)
 	{
 		text	   *sid = DatumGetTextPP(values[Anum_es_stream_id - 1]);
+		int32		part = scope->npartitions > 1 ?
+			EsStreamPartition(sid, scope->npartitions) : 0;
 
-		if ((scope->npartitions > 1 &&
-			 EsStreamPartition(sid, scope->npartitions) != scope->partition) ||
+		if (pos <= scope->after[part] ||
 			(scope->held != NULL &&
 			 EsTextHashFind(scope->held, VARDATA_ANY(sid), VARSIZE_ANY_EXHDR(sid), 0) != NULL))
 		{
 			ra->last_scanned = pos;
 			es_apply_check_deadline(ra, stored == NULL);
-			return !ra->stopped;	/* another partition's, or held back */
+			return !ra->stopped;	/* not this scan's partitions', already
+									 * applied, or held back */
 		}
 	}
 	if (EsFilterMatches(&ra->proj->filter, values))
@@ -1123,6 +1134,30 @@ es_create_projection(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
+/*
+ * Before an operation on an async projection with partitions (or parking)
+ * locks its row and then writes or deletes its partitions: lock the
+ * partitions first.  The workers applying it hold partitions and update the
+ * projection's row at the end of each batch; taking the projection's row
+ * first and then waiting for their partitions would deadlock with them.
+ * This waits for their batches to commit instead (they take partitions
+ * with SKIP LOCKED, so they never wait for ours).
+ */
+static void
+es_lock_projection_partitions(EsProjection *p, const char *mode)
+{
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1];
+
+	if (strcmp(mode, "async") != 0 || (p->partitions <= 1 && !p->park) ||
+		EsGetCatalog()->schema_version < ES_SCHEMA_0_3)
+		return;
+	values[0] = CStringGetTextDatum(p->name);
+	es_projection_exec("SELECT 1 FROM event_store.subscription_partitions "
+					   "WHERE subscription OPERATOR(pg_catalog.=) $1 ORDER BY partition FOR UPDATE",
+					   1, types, values, NULL);
+}
+
 /* SQL: event_store.rebuild_projection(name text) */
 Datum
 es_rebuild_projection(PG_FUNCTION_ARGS)
@@ -1150,6 +1185,7 @@ es_rebuild_projection(PG_FUNCTION_ARGS)
 	}
 	else
 	{
+		es_lock_projection_partitions(p, mode);
 		p = es_projection_get(name, &mode, &state, NULL, &reset, true, NULL);
 		es_call_reset(reset, p);
 		es_projection_set(name, 0, strcmp(state, "paused") == 0 ? "paused" : "running");
@@ -1259,6 +1295,8 @@ es_drop_projection(PG_FUNCTION_ARGS)
 	p = es_projection_get(name, &mode, NULL, NULL, NULL, false, &sw);
 	if (strcmp(mode, "inline") == 0)
 		es_lock_inline_projection(p);
+	else
+		es_lock_projection_partitions(p, mode);
 	(void) es_projection_get(name, &mode, NULL, NULL, NULL, true, NULL);
 	es_projection_exec("DELETE FROM event_store.projections WHERE name OPERATOR(pg_catalog.=) $1",
 					   1, types, values, NULL);
@@ -1298,7 +1336,7 @@ es_apply_in_subxact(EsProjection *p, const char *name, int64 after, int64 upto,
 	{
 		*newpos = es_apply_range(p, after, upto, budget, deadline, handed, current, scope);
 		if (*newpos != after && (scope == NULL || scope->stream_id == NULL))
-			es_set_async_position(name, scope ? scope->partition : 0, *newpos);
+			es_set_async_position(name, scope, *newpos);
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(oldcxt);
 		CurrentResourceOwner = oldowner;
@@ -1321,18 +1359,20 @@ es_apply_in_subxact(EsProjection *p, const char *name, int64 after, int64 upto,
 }
 
 /*
- * An async projection applied its events (of one partition) up to newpos:
- * the partition's position, and the projection's (the lowest of its
+ * An async projection applied its events (of the scope's partitions, or of
+ * its one partition with scope NULL) up to newpos: the position of each
+ * partition that was behind it, and the projection's (the lowest of its
  * partitions').  Caller is connected to SPI as the owner.
  */
 static void
-es_set_async_position(const char *name, int32 partition, int64 newpos)
+es_set_async_position(const char *name, const EsApplyScope *scope, int64 newpos)
 {
 	Oid			types[3] = {TEXTOID, INT4OID, INT8OID};
 	Datum		values[3];
+	int			nparts = scope != NULL ? scope->nparts : 1;
 
 	values[0] = CStringGetTextDatum(name);
-	values[1] = Int32GetDatum(partition);
+	values[1] = Int32GetDatum(0);
 	values[2] = Int64GetDatum(newpos);
 	EsProjectionsMoved();
 	if (EsGetCatalog()->schema_version < ES_SCHEMA_0_3)
@@ -1342,10 +1382,17 @@ es_set_async_position(const char *name, int32 partition, int64 newpos)
 						   3, types, values, NULL);
 		return;
 	}
-	es_projection_exec("UPDATE event_store.subscription_partitions SET position = $3, "
-					   "updated_at = pg_catalog.now() "
-					   "WHERE subscription OPERATOR(pg_catalog.=) $1 AND partition OPERATOR(pg_catalog.=) $2",
-					   3, types, values, NULL);
+	for (int i = 0; i < nparts; i++)
+	{
+		/* a partition that stood past newpos already is where it was */
+		if (scope != NULL && scope->positions[i] >= newpos)
+			continue;
+		values[1] = Int32GetDatum(scope != NULL ? scope->parts[i] : 0);
+		es_projection_exec("UPDATE event_store.subscription_partitions SET position = $3, "
+						   "updated_at = pg_catalog.now() "
+						   "WHERE subscription OPERATOR(pg_catalog.=) $1 AND partition OPERATOR(pg_catalog.=) $2",
+						   3, types, values, NULL);
+	}
 	es_projection_exec("UPDATE event_store.projections p SET position = CASE "
 					   "WHEN p.partitions OPERATOR(pg_catalog.=) 1 THEN $3 "
 					   "ELSE (SELECT pg_catalog.min(x.position) FROM event_store.subscription_partitions x "
@@ -1446,26 +1493,31 @@ es_projection_hold_stream(EsProjection *p, int32 partition, int64 position, Erro
 /* streams a partition holds back in one run at most (the rest wait a round) */
 #define ES_MAX_HOLDS_PER_RUN 64
 
-/* A held stream of a partition, as es_run_partition reads it */
+/* A held stream of a partition, as es_run_group reads it */
 typedef struct EsHeldStream
 {
 	text	   *stream_id;
+	int32		partition;
 	int64		position;		/* its next event to apply */
 	bool		due;			/* not parked, its retry due */
 } EsHeldStream;
 
-/* The held streams of a partition (locked), and which of them are due */
+/*
+ * The held streams of some partitions (locked), and which of them are due;
+ * parts: int4[] of the partitions
+ */
 static EsHeldStream *
-es_partition_held(const char *name, int32 partition, int *n)
+es_partitions_held(const char *name, Datum parts, int *n)
 {
-	Oid			types[2] = {TEXTOID, INT4OID};
-	Datum		values[2] = {CStringGetTextDatum(name), Int32GetDatum(partition)};
+	Oid			types[2] = {TEXTOID, INT4ARRAYOID};
+	Datum		values[2] = {CStringGetTextDatum(name), parts};
 	EsHeldStream *held;
 
 	es_projection_exec("SELECT stream_id, global_position, parked_at IS NULL AND "
-					   "COALESCE(next_attempt_at OPERATOR(pg_catalog.<=) pg_catalog.now(), true) "
+					   "COALESCE(next_attempt_at OPERATOR(pg_catalog.<=) pg_catalog.now(), true), partition "
 					   "FROM event_store.subscription_streams "
-					   "WHERE subscription OPERATOR(pg_catalog.=) $1 AND partition OPERATOR(pg_catalog.=) $2 "
+					   "WHERE subscription OPERATOR(pg_catalog.=) $1 "
+					   "AND partition OPERATOR(pg_catalog.=) ANY ($2) "
 					   "ORDER BY global_position FOR UPDATE", 2, types, values, NULL);
 	*n = (int) SPI_processed;
 	held = palloc0(sizeof(EsHeldStream) * Max(*n, 1));
@@ -1478,6 +1530,7 @@ es_partition_held(const char *name, int32 partition, int *n)
 		held[i].stream_id = DatumGetTextPCopy(SPI_getbinval(tup, desc, 1, &isnull));
 		held[i].position = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
 		held[i].due = DatumGetBool(SPI_getbinval(tup, desc, 3, &isnull));
+		held[i].partition = DatumGetInt32(SPI_getbinval(tup, desc, 4, &isnull));
 	}
 	return held;
 }
@@ -1543,53 +1596,51 @@ es_run_held_stream(EsProjection *p, const char *name, int32 partition, int64 upt
 	return handed;
 }
 
+/* Hold a stream back from now on: skipped by the scans of this run */
+static void
+es_skip_stream(EsApplyScope *scope, text *stream_id)
+{
+	bool		found;
+
+	if (scope->held == NULL)
+		scope->held = EsTextHashCreate("event_store held streams", sizeof(EsTextKey),
+									   CurrentMemoryContext);
+	(void) EsTextHashEnter(scope->held, VARDATA_ANY(stream_id),
+						   VARSIZE_ANY_EXHDR(stream_id), 0, &found);
+}
+
 /*
- * Apply one partition of an async projection with partitions or parking:
- * its due held streams first, then its events after its position (held
- * streams skipped), up to head.  *failed: the projection failed (on_error
- * 'fail'), and its other partitions wait for its retry.
+ * Apply one partition of an async projection with partitions or parking,
+ * on its own: its events after its position (held streams skipped, held
+ * is the set of them or NULL), up to head.  After a failing event (parking)
+ * its stream is held and the partition goes on with the others.  *failed:
+ * the projection failed (on_error 'fail'), and its other partitions wait for
+ * its retry.
  */
 static int64
 es_run_partition(EsProjection *p, const char *name, int32 attempts, int32 partition,
-				 int64 position, int64 head, int64 budget, TimestampTz deadline, bool *failed)
+				 int64 position, int64 head, int64 budget, TimestampTz deadline,
+				 HTAB *held, bool *failed)
 {
-	EsHeldStream *held;
-	int			nheld;
 	EsApplyScope scope;
+	int64	   *after = palloc(sizeof(int64) * p->partitions);
+	int64		pos;
 	int64		total = 0;
 	int64		handed;
 	int64		current;
 	int64		newpos;
 	ErrorData  *edata;
-	int			holds;
+	int			holds = 0;
 
-	held = es_partition_held(name, partition, &nheld);
-	for (int i = 0; i < nheld; i++)
-		if (held[i].due)
-			total += es_run_held_stream(p, name, partition, position, &held[i]);
-
-	/* what is still held is skipped */
 	memset(&scope, 0, sizeof(scope));
-	scope.partition = partition;
+	for (int i = 0; i < p->partitions; i++)
+		after[i] = PG_INT64_MAX;
 	scope.npartitions = p->partitions;
-	held = es_partition_held(name, partition, &nheld);
-	if (nheld > 0)
-	{
-		scope.held = EsTextHashCreate("event_store held streams", sizeof(EsTextKey),
-									  CurrentMemoryContext);
-		for (int i = 0; i < nheld; i++)
-		{
-			bool		found;
-
-			(void) EsTextHashEnter(scope.held, VARDATA_ANY(held[i].stream_id),
-								   VARSIZE_ANY_EXHDR(held[i].stream_id), 0, &found);
-		}
-	}
-	/*
-	 * The partition's events; after a failing one (parking) its stream is
-	 * held and the partition goes on with the others
-	 */
-	holds = 0;
+	scope.nparts = 1;
+	scope.parts = &partition;
+	scope.positions = &pos;
+	scope.after = after;
+	scope.held = held;
 	for (;;)
 	{
 		ErrorData  *prefix_error;
@@ -1597,6 +1648,7 @@ es_run_partition(EsProjection *p, const char *name, int32 attempts, int32 partit
 
 		if (budget >= 0 && total >= budget)
 			return total;
+		pos = after[partition] = position;
 		edata = es_apply_in_subxact(p, name, position, head, budget < 0 ? -1 : budget - total,
 									deadline, &scope, &handed, &current, &newpos);
 		if (edata == NULL)
@@ -1655,76 +1707,168 @@ es_run_partition(EsProjection *p, const char *name, int32 attempts, int32 partit
 			const EsCatalog *cat = EsGetCatalog();
 			ScanKeyData key;
 			Datum		sid;
-			bool		found;
 
 			ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(current));
 			if (!EsFirstEventValue(cat, cat->position_idx, GetLatestSnapshot(), &key, 1,
 								   ForwardScanDirection, Anum_es_stream_id, &sid))
 				return total;
-			if (scope.held == NULL)
-				scope.held = EsTextHashCreate("event_store held streams", sizeof(EsTextKey),
-											  CurrentMemoryContext);
-			sid = PointerGetDatum(DatumGetTextPCopy(sid));
-			(void) EsTextHashEnter(scope.held, VARDATA_ANY(DatumGetTextPP(sid)),
-								   VARSIZE_ANY_EXHDR(DatumGetTextPP(sid)), 0, &found);
+			es_skip_stream(&scope, DatumGetTextPCopy(sid));
 		}
 	}
 }
 
 /*
- * An async projection with partitions (or parking): every partition no
- * other worker is applying, one after the other; each partition's row is
- * its lock (SKIP LOCKED: workers share the partitions out).  With skipped
- * given, *skipped is set when a partition was left out because another
- * process holds it.
+ * Apply the partitions this process locked (nparts of them, at positions)
+ * of an async projection with partitions or parking: their due held streams
+ * first, then their events after their positions up to head, held streams
+ * skipped, in one scan of the log for all of them.  When a handler fails
+ * there, that scan is rolled back and each partition is applied on its own
+ * (es_run_partition), which keeps what came before the failure and parks
+ * the failing stream or fails the projection.
+ */
+static int64
+es_run_group(EsProjection *p, const char *name, int32 attempts, int nparts,
+			 const int32 *parts, const int64 *positions, int64 head, int64 budget,
+			 TimestampTz deadline, bool *failed)
+{
+	EsHeldStream *held;
+	int			nheld;
+	bool		any_due = false;
+	EsApplyScope scope;
+	int64	   *after = palloc(sizeof(int64) * p->partitions);
+	int64		lowest = PG_INT64_MAX;
+	int64		total = 0;
+	int64		handed;
+	int64		current;
+	int64		newpos;
+	ErrorData  *edata;
+	Datum	   *part_datums = palloc(sizeof(Datum) * nparts);
+	Datum		part_array;
+
+	for (int i = 0; i < p->partitions; i++)
+		after[i] = PG_INT64_MAX;
+	for (int i = 0; i < nparts; i++)
+	{
+		after[parts[i]] = positions[i];
+		lowest = Min(lowest, positions[i]);
+		part_datums[i] = Int32GetDatum(parts[i]);
+	}
+	part_array = PointerGetDatum(construct_array(part_datums, nparts, INT4OID,
+												 sizeof(int32), true, TYPALIGN_INT));
+
+	/* the due held streams, each up to its partition's position */
+	held = es_partitions_held(name, part_array, &nheld);
+	for (int i = 0; i < nheld; i++)
+		if (held[i].due)
+		{
+			total += es_run_held_stream(p, name, held[i].partition,
+										after[held[i].partition], &held[i]);
+			any_due = true;
+		}
+
+	/* what is still held is skipped */
+	memset(&scope, 0, sizeof(scope));
+	if (any_due)
+		held = es_partitions_held(name, part_array, &nheld);
+	for (int i = 0; i < nheld; i++)
+		es_skip_stream(&scope, held[i].stream_id);
+
+	if (nparts > 1)
+	{
+		scope.npartitions = p->partitions;
+		scope.nparts = nparts;
+		scope.parts = parts;
+		scope.positions = positions;
+		scope.after = after;
+		edata = es_apply_in_subxact(p, name, lowest, head, budget < 0 ? -1 : budget - total,
+									deadline, &scope, &handed, &current, &newpos);
+		if (edata == NULL)
+			return total + handed;
+		/* rolled back: each partition on its own, where failures are handled */
+		FreeErrorData(edata);
+	}
+	for (int i = 0; i < nparts && !*failed && (budget < 0 || total < budget); i++)
+		total += es_run_partition(p, name, attempts, parts[i], positions[i], head,
+								  budget < 0 ? -1 : budget - total, deadline, scope.held, failed);
+	return total;
+}
+
+/*
+ * An async projection with partitions (or parking): the partitions no
+ * other process is applying, a share of them at a time in one scan of the
+ * log; each partition's row is its lock (SKIP LOCKED: processes share the
+ * partitions out).  The database worker and its helpers each take their
+ * share of the partitions with work (over event_store.max_workers), so that
+ * they apply them in parallel, each reading the log once; any other process
+ * takes all it can.  (A share left over while a helper is not running is
+ * taken when the worker's share has caught up; a process that commits a
+ * batch wakes the others, which share out what is still behind.)  With skipped given, *skipped is set when a partition
+ * was left out because another process holds it.
  */
 static int64
 es_run_partitioned(EsProjection *p, const char *name, int32 attempts, int64 budget,
 				   TimestampTz deadline, bool *skipped)
 {
-	Oid			types[2] = {TEXTOID, INT4OID};
-	Datum		values[2];
+	Oid			types[4] = {TEXTOID, INT4OID, INT4OID, INT8OID};
+	Datum		values[4];
 	int64		head = EsSafeHead();
 	int64		total = 0;
 	int32		last = -1;
 	int64		taken = 0;
+	int64		due;
 	bool		failed = false;
+	bool		isnull;
+	int			workers = EsIsProjectionWorker() ? Max(es_max_workers, 1) : 1;
+	int32		share;
+	int32	   *parts = palloc(sizeof(int32) * p->partitions);
+	int64	   *positions = palloc(sizeof(int64) * p->partitions);
 
+	/*
+	 * The partitions with work: behind the head, or holding streams back
+	 * (their retries); the share is of those, so that the last ones behind
+	 * are still shared out
+	 */
 	values[0] = CStringGetTextDatum(name);
+	values[3] = Int64GetDatum(head);
+	es_projection_exec("SELECT pg_catalog.count(*) FROM event_store.subscription_partitions p "
+					   "WHERE p.subscription OPERATOR(pg_catalog.=) $1 "
+					   "AND (p.position OPERATOR(pg_catalog.<) $2 OR EXISTS (SELECT 1 "
+					   "  FROM event_store.subscription_streams t WHERE t.subscription OPERATOR(pg_catalog.=) $1 "
+					   "  AND t.partition OPERATOR(pg_catalog.=) p.partition))",
+					   2, (Oid[]) {TEXTOID, INT8OID}, (Datum[]) {values[0], values[3]}, NULL);
+	due = SPI_processed == 1 ?
+		DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)) : 0;
+	share = (int32) ((Min(Max(due, 1), (int64) p->partitions) + workers - 1) / workers);
+	values[2] = Int32GetDatum(share);
 	while (!failed && (budget < 0 || total < budget) &&
 		   (deadline == 0 || GetCurrentTimestamp() < deadline))
 	{
-		bool		isnull;
-		int32		partition;
-		int64		position;
+		int			n;
 
 		values[1] = Int32GetDatum(last);
-		es_projection_exec("SELECT partition, position FROM event_store.subscription_partitions "
-						   "WHERE subscription OPERATOR(pg_catalog.=) $1 AND partition OPERATOR(pg_catalog.>) $2 "
-						   "ORDER BY partition LIMIT 1 FOR UPDATE SKIP LOCKED", 2, types, values, NULL);
+		es_projection_exec("SELECT p.partition, p.position FROM event_store.subscription_partitions p "
+						   "WHERE p.subscription OPERATOR(pg_catalog.=) $1 AND p.partition OPERATOR(pg_catalog.>) $2 "
+						   "AND (p.position OPERATOR(pg_catalog.<) $4 OR EXISTS (SELECT 1 "
+						   "  FROM event_store.subscription_streams t WHERE t.subscription OPERATOR(pg_catalog.=) $1 "
+						   "  AND t.partition OPERATOR(pg_catalog.=) p.partition)) "
+						   "ORDER BY p.partition LIMIT $3 FOR UPDATE OF p SKIP LOCKED", 4, types, values, NULL);
 		if (SPI_processed == 0)
 		{
-			/* every partition was seen: those not taken are held elsewhere */
-			if (skipped != NULL)
-			{
-				bool		cnull;
-
-				es_projection_exec("SELECT pg_catalog.count(*) FROM event_store.subscription_partitions "
-								   "WHERE subscription OPERATOR(pg_catalog.=) $1",
-								   1, types, values, NULL);
-				if (SPI_processed == 1 &&
-					DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
-												1, &cnull)) > taken)
-					*skipped = true;
-			}
+			/* every partition with work was seen: those not taken are held elsewhere */
+			if (skipped != NULL && due > taken)
+				*skipped = true;
 			break;
 		}
-		taken++;
-		partition = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-		position = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
-		last = partition;
-		total += es_run_partition(p, name, attempts, partition, position, head,
-								  budget < 0 ? -1 : budget - total, deadline, &failed);
+		n = (int) SPI_processed;
+		for (int i = 0; i < n; i++)
+		{
+			parts[i] = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
+			positions[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull));
+		}
+		taken += n;
+		last = parts[n - 1];
+		total += es_run_group(p, name, attempts, n, parts, positions, head,
+							  budget < 0 ? -1 : budget - total, deadline, &failed);
 	}
 	if (!failed && attempts != 0)
 	{

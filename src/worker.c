@@ -448,7 +448,11 @@ typedef struct EsProjectionBatch
 	int64		applied;		/* events handed to handlers, -1: no extension */
 	bool		has_async;		/* is any async projection running? */
 	bool		has_partitioned;	/* ... with several partitions? */
+	Oid			helpers_of;		/* the database worker: its database, whose
+								 * helpers it starts; else InvalidOid */
 } EsProjectionBatch;
+
+static void es_ensure_helpers(Oid dboid, bool wanted);
 
 /*
  * One unit of work in its own transaction: a batch of async projections.
@@ -487,6 +491,9 @@ es_worker_run_projections(void *arg)
 		elog(ERROR, "reading event_store.projections failed");
 	batch->has_async = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	batch->has_partitioned = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+	/* the helpers start on their share of the partitions while this batch runs */
+	if (OidIsValid(batch->helpers_of) && batch->has_partitioned)
+		es_ensure_helpers(batch->helpers_of, true);
 	if (batch->has_async)
 	{
 		pgstat_report_activity(STATE_RUNNING, "event_store: applying async projections");
@@ -496,6 +503,14 @@ es_worker_run_projections(void *arg)
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 	pgstat_report_activity(STATE_IDLE, NULL);
+
+	/*
+	 * Partitions this batch held are free again: the other processes, idle
+	 * for want of a free one, may take them now (at the end of a catch-up,
+	 * the last partitions behind are shared out this way)
+	 */
+	if (batch->applied > 0 && batch->has_partitioned)
+		EsWakeProjectionProcesses();
 }
 
 /*
@@ -684,7 +699,7 @@ es_helper_main(Datum arg)
 {
 	Oid			dboid = DatumGetObjectId(arg);
 	int			helper;
-	EsProjectionBatch batch = {0, true, true};
+	EsProjectionBatch batch = {0, true, true, InvalidOid};
 	EsWorkerUnit projections_unit = {"async projections (helper)"};
 
 	memcpy(&helper, MyBgworkerEntry->bgw_extra, sizeof(helper));
@@ -747,7 +762,7 @@ es_worker_main(Datum arg)
 {
 	Oid			dboid = DatumGetObjectId(arg);
 	EsNotifyState notify_state = {-1};
-	EsProjectionBatch batch = {0, true};
+	EsProjectionBatch batch = {0, true, false, InvalidOid};
 	int64		round_head = -1;
 	bool		recheck = false;
 	TimestampTz last_notify = 0;
@@ -786,6 +801,7 @@ es_worker_main(Datum arg)
 		proc_exit(0);
 	}
 	EsSetWorkerProc(true);
+	batch.helpers_of = dboid;
 	notify_state.notified_head = EsSafeHead();	/* builds the counter; nothing to announce yet */
 	CommitTransactionCommand();
 

@@ -12,7 +12,9 @@
 #   (c) wait_for_projection returns true once the workers applied an append
 #       (woken at their commit), and false at the timeout while the event is
 #       parked;
-#   (d) with no partitioned projection left, the helpers leave.
+#   (d) rebuild_projection and drop_projection while the workers apply the
+#       projection wait for the workers' batches, without a deadlock;
+#   (e) with no partitioned projection left, the helpers leave.
 #
 # Every wait is a poll with a deadline (poll_query_until), never a sleep.
 #
@@ -124,7 +126,33 @@ SELECT EXISTS (SELECT 1 FROM applied a JOIN event_store.events e
 	"t\nt", 'read-your-writes: the append is applied when wait_for_projection returns');
 
 #
-# (d) no partitioned projection: the helpers leave
+# (d) rebuild and drop while the workers apply the projection: they wait for
+#     the workers' batches (whose partitions they need), no deadlock
+#
+$node->safe_psql('postgres', q{
+CREATE TABLE slow_applied (stream_id text);
+CREATE FUNCTION slow_apply(e event_store.event) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    -- batches long enough to be caught in the middle of
+    PERFORM pg_catalog.pg_sleep(0.005);
+    INSERT INTO slow_applied VALUES (e.stream_id);
+END $$;
+SELECT count(event_store.append('slow-' || (i % 40), '{"type": "Slow"}')) FROM generate_series(1, 2000) i;
+SELECT event_store.create_projection('slow', 'slow_apply(event_store.event)', categories => '{slow}',
+                                     mode => 'async', partitions => 4);
+});
+wait_for(q{SELECT count(*) >= 40 FROM slow_applied}, 'the workers are applying the slow projection');
+my ($rc, $out, $err) = $node->psql('postgres', q{SELECT event_store.rebuild_projection('slow')});
+is($rc, 0, 'rebuild_projection while the workers apply the projection') or diag($err);
+my $applied = $node->safe_psql('postgres', q{SELECT count(*) FROM slow_applied});
+wait_for(qq{SELECT count(*) >= $applied + 40 FROM slow_applied}, 'the workers apply it again');
+($rc, $out, $err) = $node->psql('postgres', q{SELECT event_store.drop_projection('slow')});
+is($rc, 0, 'drop_projection while the workers apply the projection') or diag($err);
+is($node->safe_psql('postgres', q{SELECT count(*) FROM event_store.subscriptions WHERE name = 'slow'}),
+	'0', 'its subscription went with it');
+
+#
+# (e) no partitioned projection: the helpers leave
 #
 $node->safe_psql('postgres', q{SELECT event_store.drop_projection('par')});
 wait_for(q{SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'event_store helper'},
