@@ -49,12 +49,24 @@ EsLockAcceptingInvalidations(const LOCKTAG *tag, LOCKMODE mode)
 }
 
 /*
+ * Rows a multi-row insertion hands to table_multi_insert at once (COPY's
+ * MAX_BUFFERED_TUPLES): bounds the memory of the heap tuples held until
+ * their index entries are made.
+ */
+#define ES_MULTI_INSERT_ROWS 1000
+
+/*
  * Insert n rows (natts values each, rows[i * natts ...]) into rel and its
- * indexes, with neither an executor per call nor triggers: mirrors the
- * single-row path of CopyFrom (copyfrom.c), table_tuple_insert followed by
- * ExecInsertIndexTuples, for a table whose rows need no constraint checks,
- * defaults or generated columns.  *current is the index of the row being
- * inserted, for the caller's error report when an index refuses it.
+ * indexes, with neither an executor per call nor triggers, for a table whose
+ * rows need no constraint checks, defaults or generated columns.  One row
+ * mirrors the single-row path of CopyFrom (copyfrom.c): table_tuple_insert,
+ * then ExecInsertIndexTuples.  More rows mirror its multi-insert buffers
+ * (CopyMultiInsertBufferFlush): table_multi_insert of up to
+ * ES_MULTI_INSERT_ROWS rows, which fills each heap page under one lock and
+ * one WAL record (XLOG_HEAP2_MULTI_INSERT, which logical decoding turns into
+ * one insertion per row as it does for COPY), then the index entries of
+ * each row in order.  *current is the index of the row whose index entries
+ * are being made, for the caller's error report when an index refuses it.
  */
 void
 EsInsertRows(Relation rel, int n, int natts, Datum *rows, bool *nulls,
@@ -62,24 +74,47 @@ EsInsertRows(Relation rel, int n, int natts, Datum *rows, bool *nulls,
 {
 	EState	   *estate = CreateExecutorState();
 	ResultRelInfo *rri = makeNode(ResultRelInfo);
-	TupleTableSlot *slot;
+	TupleDesc	desc = RelationGetDescr(rel);
 	CommandId	cid = GetCurrentCommandId(true);
+	int			nslots = Min(n, ES_MULTI_INSERT_ROWS);
+	TupleTableSlot **slots = palloc(sizeof(TupleTableSlot *) * nslots);
 
+	Assert(desc->natts == natts);
 	InitResultRelInfo(rri, rel, 1, NULL, 0);
 	ExecOpenIndices(rri, false);
-	slot = MakeSingleTupleTableSlot(RelationGetDescr(rel), &TTSOpsVirtual);
-	for (int i = 0; i < n; i++)
+	/* heap tuple slots: the tuple is formed once, straight from the values */
+	for (int i = 0; i < nslots; i++)
+		slots[i] = MakeSingleTupleTableSlot(desc, &TTSOpsHeapTuple);
+
+	for (int first = 0; first < n; first += nslots)
 	{
-		*current = i;
-		ExecClearTuple(slot);
-		memcpy(slot->tts_values, &rows[i * natts], sizeof(Datum) * natts);
-		memcpy(slot->tts_isnull, &nulls[i * natts], sizeof(bool) * natts);
-		ExecStoreVirtualTuple(slot);
-		table_tuple_insert(rel, slot, cid, 0, NULL);
-		(void) ExecInsertIndexTuples(rri, slot, estate, false, false, NULL, NIL);
-		ResetPerTupleExprContext(estate);
+		int			m = Min(nslots, n - first);
+
+		for (int i = 0; i < m; i++)
+		{
+			TupleTableSlot *slot = slots[i];
+
+			ExecClearTuple(slot);
+			memcpy(slot->tts_values, &rows[(first + i) * natts], sizeof(Datum) * natts);
+			memcpy(slot->tts_isnull, &nulls[(first + i) * natts], sizeof(bool) * natts);
+			ExecStoreVirtualTuple(slot);
+		}
+		*current = first;
+		if (m == 1)
+			table_tuple_insert(rel, slots[0], cid, 0, NULL);
+		else
+			table_multi_insert(rel, slots, m, cid, 0, NULL);
+		for (int i = 0; i < m; i++)
+		{
+			*current = first + i;
+			(void) ExecInsertIndexTuples(rri, slots[i], estate, false, false, NULL, NIL);
+			ResetPerTupleExprContext(estate);
+		}
 	}
-	ExecDropSingleTupleTableSlot(slot);
+
+	for (int i = 0; i < nslots; i++)
+		ExecDropSingleTupleTableSlot(slots[i]);
+	pfree(slots);
 	ExecCloseIndices(rri);
 	FreeExecutorState(estate);
 }
