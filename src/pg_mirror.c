@@ -26,6 +26,7 @@
 #include "storage/predicate.h"
 #include "utils/array.h"
 #include "utils/inval.h"
+#include "utils/memutils.h"
 #include "utils/rel.h"
 
 #include "pg_mirror.h"
@@ -142,6 +143,7 @@ EsInsertRows(Relation rel, int n, int natts, Datum *rows, bool *nulls,
 	int			nslots = Min(n, ES_MULTI_INSERT_ROWS);
 	TupleTableSlot **slots = palloc(sizeof(TupleTableSlot *) * nslots);
 	bool		by_index = true;
+	MemoryContext chunk_cxt = NULL;
 
 	Assert(desc->natts == natts);
 	InitResultRelInfo(rri, rel, 1, NULL, 0);
@@ -156,9 +158,16 @@ EsInsertRows(Relation rel, int n, int natts, Datum *rows, bool *nulls,
 	for (int i = 0; i < nslots; i++)
 		slots[i] = MakeSingleTupleTableSlot(desc, &TTSOpsHeapTuple);
 
+	/* more than one multi-row insertion: each one's memory is freed after it */
+	if (n > nslots)
+		chunk_cxt = AllocSetContextCreate(CurrentMemoryContext,
+										  "event_store multi-row insertion",
+										  ALLOCSET_DEFAULT_SIZES);
+
 	for (int first = 0; first < n; first += nslots)
 	{
 		int			m = Min(nslots, n - first);
+		MemoryContext oldcxt = CurrentMemoryContext;
 
 		for (int i = 0; i < m; i++)
 		{
@@ -169,6 +178,8 @@ EsInsertRows(Relation rel, int n, int natts, Datum *rows, bool *nulls,
 			memcpy(slot->tts_isnull, &nulls[(first + i) * natts], sizeof(bool) * natts);
 			ExecStoreVirtualTuple(slot);
 		}
+		if (chunk_cxt != NULL)
+			MemoryContextSwitchTo(chunk_cxt);
 		*current = first;
 		if (m == 1)
 			table_tuple_insert(rel, slots[0], cid, 0, NULL);
@@ -185,8 +196,15 @@ EsInsertRows(Relation rel, int n, int natts, Datum *rows, bool *nulls,
 				ResetPerTupleExprContext(estate);
 			}
 		}
+		if (chunk_cxt != NULL)
+		{
+			MemoryContextSwitchTo(oldcxt);
+			MemoryContextReset(chunk_cxt);
+		}
 	}
 
+	if (chunk_cxt != NULL)
+		MemoryContextDelete(chunk_cxt);
 	for (int i = 0; i < nslots; i++)
 		ExecDropSingleTupleTableSlot(slots[i]);
 	pfree(slots);
