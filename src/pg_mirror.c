@@ -112,13 +112,6 @@ es_insert_index_entries(ResultRelInfo *rri, EState *estate, Relation heap,
 }
 
 /*
- * Rows a multi-row insertion hands to table_multi_insert at once (COPY's
- * MAX_BUFFERED_TUPLES): bounds the memory of the heap tuples held until
- * their index entries are made.
- */
-#define ES_MULTI_INSERT_ROWS 1000
-
-/*
  * Insert n rows (natts values each, rows[i * natts ...]) into rel and its
  * indexes, with neither an executor per call nor triggers, for a table whose
  * rows need no constraint checks, defaults or generated columns.  One row
