@@ -15,6 +15,10 @@
 #   AB_EVENTS       events in the store (default 200000, streams of 20)
 #   AB_SECONDS      seconds per case and turn (default 10)
 #   AB_PORT         port of the throwaway cluster (default 5551)
+#   AB_CASES        the cases to run (default: append_one read_stream
+#                   read_stream_20 read_all read_category; also batch10 and
+#                   batch100, a batch of 10 / 100 events of about 500 bytes,
+#                   each with a correlationId, to a random stream)
 #   AB_ARCHIVE      a fraction: archive the events below it before the runs
 #                   (needs build B to have archive_events; both builds then
 #                   read the archived store, which only B understands: use it
@@ -88,6 +92,14 @@ echo "\\set p random(0, $MAXPOS)
 SELECT count(*) FROM event_store.read_all(:p, 1000);" >"$WORK/s/read_all.sql"
 echo "\\set p random(0, $MAXPOS)
 SELECT count(*) FROM event_store.read_category('acct', :p, 1000);" >"$WORK/s/read_category.sql"
+for n in 10 100; do
+	batch=$("${PSQL[@]}" -Atc "SELECT jsonb_agg(jsonb_build_object('type', 'Deposited',
+	            'data', jsonb_build_object('amount', i, 'note', repeat('x', 400)),
+	            'metadata', jsonb_build_object('correlationId', md5('c' || i / 10)::uuid)))
+	          FROM generate_series(1, $n) AS i")
+	echo "\\set k random(1, $STREAMS)
+SELECT event_store.append('acct-' || :k, '$batch');" >"$WORK/s/batch$n.sql"
+done
 chown -R postgres: "$WORK/s" 2>/dev/null || true
 
 # CPU ticks of the whole cluster so far: the postmaster (with the children
@@ -102,7 +114,10 @@ cpu_ticks() {
 }
 
 declare -A TPS CPU
-CASES=(append_one read_stream read_stream_20 read_all read_category)
+read -r -a CASES <<<"${AB_CASES:-append_one read_stream read_stream_20 read_all read_category}"
+for c in "${CASES[@]}"; do
+	[[ -f "$WORK/s/$c.sql" ]] || { echo "ab_builds.sh: unknown case $c" >&2; exit 1; }
+done
 for side in A B B A A B; do
 	[[ $side == A ]] && start "$BINA" || start "$BINB"
 	for c in "${CASES[@]}"; do

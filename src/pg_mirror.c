@@ -14,6 +14,7 @@
 #include "access/tableam.h"
 #include "access/visibilitymap.h"
 #include "access/xact.h"
+#include "catalog/index.h"
 #include "catalog/pg_trigger.h"
 #include "commands/trigger.h"
 #include "executor/executor.h"
@@ -25,6 +26,7 @@
 #include "storage/predicate.h"
 #include "utils/array.h"
 #include "utils/inval.h"
+#include "utils/memutils.h"
 #include "utils/rel.h"
 
 #include "pg_mirror.h"
@@ -49,12 +51,79 @@ EsLockAcceptingInvalidations(const LOCKTAG *tag, LOCKMODE mode)
 }
 
 /*
+ * Rows a multi-row insertion hands to table_multi_insert at once (COPY's
+ * MAX_BUFFERED_TUPLES): bounds the memory of the heap tuples held until
+ * their index entries are made.
+ */
+#define ES_MULTI_INSERT_ROWS 1000
+
+/*
+ * The index entries of rows slots[0 .. m - 1], already in the heap, one
+ * index after the other: all the rows' entries of an index, then of the
+ * next, so that each index's path from its root to the leaf the batch's
+ * entries go to is read once into the CPU's caches rather than once per
+ * row.  Mirrors ExecInsertIndexTuples (execIndexing.c) for an insertion
+ * that is not an update and has no ON CONFLICT: the partial indexes'
+ * predicates, the expressions, a unique index's check (an index whose
+ * uniqueness is deferrable is checked at once, which is stricter).  Indexes
+ * with exclusion constraints are left to the caller.  *current is set to
+ * the index of the row whose entry is being made, counted from first.
+ */
+static void
+es_insert_index_entries(ResultRelInfo *rri, EState *estate, Relation heap,
+						TupleTableSlot **slots, int m, int first,
+						volatile int *current)
+{
+	ExprContext *econtext = GetPerTupleExprContext(estate);
+	Datum		values[INDEX_MAX_KEYS];
+	bool		isnull[INDEX_MAX_KEYS];
+
+	for (int k = 0; k < rri->ri_NumIndices; k++)
+	{
+		Relation	index = rri->ri_IndexRelationDescs[k];
+		IndexInfo  *info = rri->ri_IndexRelationInfo[k];
+		ExprState  *predicate = NULL;
+		IndexUniqueCheck check;
+
+		if (index == NULL || !info->ii_ReadyForInserts)
+			continue;
+		Assert(info->ii_ExclusionOps == NULL);
+		if (info->ii_Predicate != NIL)
+		{
+			if (info->ii_PredicateState == NULL)
+				info->ii_PredicateState = ExecPrepareQual(info->ii_Predicate, estate);
+			predicate = info->ii_PredicateState;
+		}
+		check = index->rd_index->indisunique ? UNIQUE_CHECK_YES : UNIQUE_CHECK_NO;
+
+		for (int i = 0; i < m; i++)
+		{
+			*current = first + i;
+			econtext->ecxt_scantuple = slots[i];
+			if (predicate == NULL || ExecQual(predicate, econtext))
+			{
+				FormIndexDatum(info, slots[i], estate, values, isnull);
+				(void) index_insert(index, values, isnull, &slots[i]->tts_tid,
+									heap, check, false, info);
+			}
+			ResetPerTupleExprContext(estate);
+		}
+	}
+}
+
+/*
  * Insert n rows (natts values each, rows[i * natts ...]) into rel and its
- * indexes, with neither an executor per call nor triggers: mirrors the
- * single-row path of CopyFrom (copyfrom.c), table_tuple_insert followed by
- * ExecInsertIndexTuples, for a table whose rows need no constraint checks,
- * defaults or generated columns.  *current is the index of the row being
- * inserted, for the caller's error report when an index refuses it.
+ * indexes, with neither an executor per call nor triggers, for a table whose
+ * rows need no constraint checks, defaults or generated columns.  One row
+ * mirrors the single-row path of CopyFrom (copyfrom.c): table_tuple_insert,
+ * then ExecInsertIndexTuples.  More rows mirror its multi-insert buffers
+ * (CopyMultiInsertBufferFlush): table_multi_insert of up to
+ * ES_MULTI_INSERT_ROWS rows, which fills each heap page under one lock and
+ * one WAL record (XLOG_HEAP2_MULTI_INSERT, which logical decoding turns into
+ * one insertion per row as it does for COPY), then the rows' index entries,
+ * an index at a time (es_insert_index_entries).  *current is the index of
+ * the row whose index entry is being made, for the caller's error report
+ * when an index refuses it.
  */
 void
 EsInsertRows(Relation rel, int n, int natts, Datum *rows, bool *nulls,
@@ -62,24 +131,76 @@ EsInsertRows(Relation rel, int n, int natts, Datum *rows, bool *nulls,
 {
 	EState	   *estate = CreateExecutorState();
 	ResultRelInfo *rri = makeNode(ResultRelInfo);
-	TupleTableSlot *slot;
+	TupleDesc	desc = RelationGetDescr(rel);
 	CommandId	cid = GetCurrentCommandId(true);
+	int			nslots = Min(n, ES_MULTI_INSERT_ROWS);
+	TupleTableSlot **slots = palloc(sizeof(TupleTableSlot *) * nslots);
+	bool		by_index = true;
+	MemoryContext chunk_cxt = NULL;
 
+	Assert(desc->natts == natts);
 	InitResultRelInfo(rri, rel, 1, NULL, 0);
 	ExecOpenIndices(rri, false);
-	slot = MakeSingleTupleTableSlot(RelationGetDescr(rel), &TTSOpsVirtual);
-	for (int i = 0; i < n; i++)
+	/* an exclusion constraint (none of ours) is checked by the executor */
+	for (int k = 0; k < rri->ri_NumIndices; k++)
 	{
-		*current = i;
-		ExecClearTuple(slot);
-		memcpy(slot->tts_values, &rows[i * natts], sizeof(Datum) * natts);
-		memcpy(slot->tts_isnull, &nulls[i * natts], sizeof(bool) * natts);
-		ExecStoreVirtualTuple(slot);
-		table_tuple_insert(rel, slot, cid, 0, NULL);
-		(void) ExecInsertIndexTuples(rri, slot, estate, false, false, NULL, NIL);
-		ResetPerTupleExprContext(estate);
+		if (rri->ri_IndexRelationInfo[k]->ii_ExclusionOps != NULL)
+			by_index = false;
 	}
-	ExecDropSingleTupleTableSlot(slot);
+	/* heap tuple slots: the tuple is formed once, straight from the values */
+	for (int i = 0; i < nslots; i++)
+		slots[i] = MakeSingleTupleTableSlot(desc, &TTSOpsHeapTuple);
+
+	/* more than one multi-row insertion: each one's memory is freed after it */
+	if (n > nslots)
+		chunk_cxt = AllocSetContextCreate(CurrentMemoryContext,
+										  "event_store multi-row insertion",
+										  ALLOCSET_DEFAULT_SIZES);
+
+	for (int first = 0; first < n; first += nslots)
+	{
+		int			m = Min(nslots, n - first);
+		MemoryContext oldcxt = CurrentMemoryContext;
+
+		for (int i = 0; i < m; i++)
+		{
+			TupleTableSlot *slot = slots[i];
+
+			ExecClearTuple(slot);
+			memcpy(slot->tts_values, &rows[(first + i) * natts], sizeof(Datum) * natts);
+			memcpy(slot->tts_isnull, &nulls[(first + i) * natts], sizeof(bool) * natts);
+			ExecStoreVirtualTuple(slot);
+		}
+		if (chunk_cxt != NULL)
+			MemoryContextSwitchTo(chunk_cxt);
+		*current = first;
+		if (m == 1)
+			table_tuple_insert(rel, slots[0], cid, 0, NULL);
+		else
+			table_multi_insert(rel, slots, m, cid, 0, NULL);
+		if (by_index)
+			es_insert_index_entries(rri, estate, rel, slots, m, first, current);
+		else
+		{
+			for (int i = 0; i < m; i++)
+			{
+				*current = first + i;
+				(void) ExecInsertIndexTuples(rri, slots[i], estate, false, false, NULL, NIL);
+				ResetPerTupleExprContext(estate);
+			}
+		}
+		if (chunk_cxt != NULL)
+		{
+			MemoryContextSwitchTo(oldcxt);
+			MemoryContextReset(chunk_cxt);
+		}
+	}
+
+	if (chunk_cxt != NULL)
+		MemoryContextDelete(chunk_cxt);
+	for (int i = 0; i < nslots; i++)
+		ExecDropSingleTupleTableSlot(slots[i]);
+	pfree(slots);
 	ExecCloseIndices(rri);
 	FreeExecutorState(estate);
 }

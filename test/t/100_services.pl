@@ -225,6 +225,16 @@ $busy->query_safe(q{
 SELECT event_store.append('order-103', jsonb_build_object('type', 'Step', 'data', jsonb_build_object('i', i)))
   FROM generate_series(1, 100) i});
 $busy->quit;
+# a batch is one multi-row insertion into the heap, decoded from its WAL
+# records (one per heap page) as one change per row: a batch over many
+# pages, with values stored out of line, arrives whole
+$producer->safe_psql('postgres', q{
+SELECT event_store.append('order-104',
+    (SELECT jsonb_agg(jsonb_build_object('type', 'Step', 'data', jsonb_build_object('i', i, 'blob',
+                 CASE WHEN i % 50 = 0
+                      THEN (SELECT string_agg(md5(i || '-' || j), '') FROM generate_series(1, 600) AS j)
+                 END)) ORDER BY i)
+       FROM generate_series(1, 250) AS i))});
 $consumer->start;
 $total = $producer->safe_psql('postgres',
 	q{SELECT count(*) FROM event_store.events WHERE stream_id LIKE 'order-%'}) + 1;
