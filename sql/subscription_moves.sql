@@ -5,8 +5,9 @@
 -- append seen by a claim of its own transaction, the events table rewritten
 -- (VACUUM FULL, CLUSTER) -- hand out every event once, in order per
 -- partition, never above head_position(), filtered, upcast and restricted to
--- the owner's categories exactly as a claim that scans the log does; and
--- look-alike tables in pg_temp change nothing.
+-- the owner's categories exactly as a claim that scans the log does, per
+-- partition count and from any start position; and look-alike tables in
+-- pg_temp change nothing.
 --
 SET client_min_messages = warning;
 DROP EXTENSION IF EXISTS event_store CASCADE;
@@ -184,6 +185,26 @@ SELECT * FROM mv_check('mv6');
 SELECT mv_round('mv1') > 0 AS claimed;
 SELECT * FROM mv_check('mv1');
 SELECT count(*) AS purged_handed_out_before FROM mv_got WHERE sub = 'mv1' AND stream_id = 'mva-4';
+
+-- the map is per partition count: a subscription of 3 partitions scans,
+-- the next one reads by TID, both hand out what they should
+SELECT event_store.create_subscription('mv8', partitions => 3);
+SELECT mv_round('mv8') > 0 AS claimed;
+SELECT * FROM mv_check('mv8');
+SELECT event_store.create_subscription('mv9', partitions => 3);
+SELECT mv_round('mv9') > 0 AS claimed;
+SELECT * FROM mv_check('mv9');
+SELECT count(*) AS other_partitions FROM mv_got a JOIN mv_got b USING (global_position)
+ WHERE a.sub = 'mv8' AND b.sub = 'mv9' AND a.partition <> b.partition;
+-- from a start position in the middle of what the map knows: nothing at
+-- or below it, everything above
+SELECT min(global_position) + 100 AS mid FROM event_store.events \gset
+SELECT event_store.create_subscription('mv10', partitions => 4, start_position => :mid);
+SELECT mv_round('mv10') > 0 AS claimed;
+SELECT count(*) FILTER (WHERE global_position <= :mid) AS at_or_below_start,
+       count(*) - count(DISTINCT global_position) AS repeated,
+       (SELECT count(*) FROM event_store.events WHERE global_position > :mid) - count(*) AS missing
+  FROM mv_got WHERE sub = 'mv10';
 
 -- look-alike tables in pg_temp, first in search_path, are never read nor
 -- written: the subscription's own rows are
