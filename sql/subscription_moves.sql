@@ -6,7 +6,8 @@
 -- (VACUUM FULL, CLUSTER) -- hand out every event once, in order per
 -- partition, never above head_position(), filtered, upcast and restricted to
 -- the owner's categories exactly as a claim that scans the log does, per
--- partition count and from any start position; and look-alike tables in
+-- partition count and from any start position, around a nacked stream, and
+-- several calls in one statement; and look-alike tables in
 -- pg_temp change nothing.
 --
 SET client_min_messages = warning;
@@ -205,6 +206,74 @@ SELECT count(*) FILTER (WHERE global_position <= :mid) AS at_or_below_start,
        count(*) - count(DISTINCT global_position) AS repeated,
        (SELECT count(*) FROM event_store.events WHERE global_position > :mid) - count(*) AS missing
   FROM mv_got WHERE sub = 'mv10';
+
+-- a nacked stream read through the map: held back, its event retried
+-- (attempt 2) before its later events, every other stream goes on
+CREATE FUNCTION mv_nack_round(s text) RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    n bigint;
+    last bigint;
+    dry int := 0;
+    first bigint;
+    nacked bigint;
+BEGIN
+    PERFORM event_store.create_subscription(s, partitions => 4, retry_backoff => '10 ms');
+    FOR round IN 1..1000 LOOP
+        WITH claimed AS (
+            INSERT INTO mv_got (sub, partition, global_position, stream_id, event_type, data)
+            SELECT s, e.partition, e.global_position, e.stream_id, e.event_type,
+                   jsonb_build_object('attempt', e.attempt)
+              FROM event_store.claim_events(s, 'a', 7) e
+            RETURNING global_position)
+        SELECT count(*), max(global_position), min(global_position) INTO STRICT n, last, first FROM claimed;
+        IF n > 0 THEN
+            IF round = 1 THEN
+                nacked := first;
+                PERFORM event_store.nack_event(s, 'a', nacked, 'failed once', retry_after => '10 ms');
+            END IF;
+            PERFORM event_store.ack_events(s, 'a', last);
+            dry := 0;
+        ELSE
+            dry := dry + 1;
+            -- dry while the retry is not due yet: wait for it (not past two dry claims after it)
+            IF dry >= 2 AND NOT EXISTS (SELECT FROM event_store.subscription_streams WHERE subscription = s) THEN
+                RETURN nacked;
+            END IF;
+            PERFORM event_store.claim_events(s, 'a', 0, wait => '50 ms');
+        END IF;
+    END LOOP;
+    RAISE EXCEPTION 'subscription % still handing out events after 1000 claims', s;
+END $$;
+SELECT mv_nack_round('mv11') > 0 AS done;
+SELECT count(*) AS deliveries, count(DISTINCT global_position) AS events,
+       (SELECT count(*) FROM event_store.events) AS log_events,
+       count(*) FILTER (WHERE data ->> 'attempt' = '2') AS retried
+  FROM mv_got WHERE sub = 'mv11';
+-- per stream, the deliveries never go back in the log
+SELECT count(*) AS stream_out_of_order
+  FROM (SELECT global_position < lag(global_position) OVER (PARTITION BY stream_id ORDER BY ord) AS back
+          FROM mv_got WHERE sub = 'mv11') x WHERE back;
+-- the retried event is the nacked one, and its stream's later events came after it
+SELECT count(*) FILTER (WHERE g.data ->> 'attempt' = '2') AS retried_first_event,
+       count(*) FILTER (WHERE g.ord > r.ord) = count(*) FILTER (WHERE g.global_position > r.global_position)
+         AS later_events_after_retry
+  FROM mv_got g
+  JOIN (SELECT stream_id, global_position, ord FROM mv_got
+         WHERE sub = 'mv11' AND data ->> 'attempt' = '2') r USING (stream_id)
+ WHERE g.sub = 'mv11'
+   AND r.global_position = (SELECT min(global_position) FROM mv_got WHERE sub = 'mv11');
+DROP FUNCTION mv_nack_round(text);
+
+-- several calls in one statement each see what the one before wrote
+SELECT event_store.create_subscription('mv12', partitions => 2);
+WITH c AS (SELECT * FROM event_store.claim_events('mv12', 'a', 5))
+SELECT count(*) AS claimed, event_store.ack_events('mv12', 'a', max(global_position)) AS acked FROM c;
+SELECT (SELECT count(*) FROM event_store.claim_events('mv12', 'a', 3)) AS first,
+       (SELECT count(*) FROM event_store.claim_events('mv12', 'a', 3)) AS second;
+SELECT sum(event_store.ack_events('mv12', 'a', p)) AS acked
+  FROM (VALUES (0::bigint), (event_store.head_position())) v(p);
+SELECT sum(cardinality(pending)) AS pending FROM event_store.subscription_partitions
+ WHERE subscription = 'mv12';
 
 -- look-alike tables in pg_temp, first in search_path, are never read nor
 -- written: the subscription's own rows are
