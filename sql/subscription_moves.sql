@@ -120,6 +120,12 @@ SELECT * FROM mv_check('mv1');
 SET ROLE mv_owner;
 SELECT event_store.create_subscription('mv2', event_types => '{New}', partitions => 4);
 SELECT mv_round('mv2') > 0 AS claimed;
+-- its owner cannot lock (nor read) the subscription's rows to hold up claims
+SELECT partition FROM event_store.subscription_partitions WHERE subscription = 'mv2' FOR UPDATE;
+SELECT consumer FROM event_store.subscription_consumers WHERE subscription = 'mv2' FOR KEY SHARE;
+BEGIN;
+LOCK TABLE event_store.subscription_partitions IN SHARE MODE;
+ROLLBACK;
 RESET ROLE;
 SELECT * FROM mv_check('mv2', 'mva', true);
 SELECT bool_and(event_type = 'New' AND data ? 'upcast') AS all_upcast,
