@@ -1814,18 +1814,29 @@ es_claim_load_held(EsClaim *c, int *nheld)
 
 /*
  * Take partitions: free ones, or ones whose lease expired (what their
- * holder left unacknowledged is handed out again, attempt + 1), up to want
+ * holder left unacknowledged is handed out again, attempt + 1), up to want.
+ * Never one of those the claim holds already: their rows are locked by this
+ * transaction, so SKIP LOCKED does not skip them, and a lease that ran out
+ * since they were read (while waiting for their locks) would make them look
+ * expired.
  */
 static void
 es_claim_take(EsClaim *c, const char *consumer, int want)
 {
-	Oid			types[2] = {TEXTOID, INT4OID};
-	Datum		values[2] = {CStringGetTextDatum(c->sub->name), Int32GetDatum(want)};
+	Oid			types[3] = {TEXTOID, INT4OID, INT4ARRAYOID};
+	Datum		values[3];
+	int32	   *mine;
 	uint64		n;
 	SPITupleTable *tt;
 
 	if (want <= 0)
 		return;
+	mine = palloc(sizeof(int32) * Max(c->nparts, 1));
+	for (int i = 0; i < c->nparts; i++)
+		mine[i] = c->parts[i].partition;
+	values[0] = CStringGetTextDatum(c->sub->name);
+	values[1] = Int32GetDatum(want);
+	values[2] = es_int4_array(mine, c->nparts);
 	es_sub_exec("SELECT p.partition, p.position, p.pending, p.pending_attempts, p.redeliver, "
 				"p.redeliver_attempts, p.holder, EXISTS (SELECT 1 FROM event_store.subscription_streams t "
 				"  WHERE t.subscription OPERATOR(pg_catalog.=) $1 AND t.partition OPERATOR(pg_catalog.=) p.partition), "
@@ -1833,8 +1844,9 @@ es_claim_take(EsClaim *c, const char *consumer, int want)
 				"FROM event_store.subscription_partitions p "
 				"WHERE p.subscription OPERATOR(pg_catalog.=) $1 "
 				"AND (p.holder IS NULL OR p.lease_expires_at OPERATOR(pg_catalog.<=) pg_catalog.clock_timestamp()) "
+				"AND p.partition OPERATOR(pg_catalog.<>) ALL ($3) "
 				"ORDER BY p.partition LIMIT $2 FOR UPDATE OF p SKIP LOCKED",
-				2, types, values, NULL, false, SPI_OK_SELECT);
+				3, types, values, NULL, false, SPI_OK_SELECT);
 	n = SPI_processed;
 	tt = SPI_tuptable;
 	c->parts = repalloc(c->parts, sizeof(EsPart) * (c->nparts + n + 1));
