@@ -88,6 +88,25 @@ SELECT count(event_store.append('m-' || i % 16, jsonb_build_object('type', 'E', 
 SELECT map_round('map4') AS holders;
 SELECT * FROM map_check('map4');
 
+-- a claim as large as max_count allows: the known log read a part at a time
+SELECT event_store.create_subscription('map5', partitions => 4);
+SELECT count(*) AS events, count(DISTINCT global_position) AS distinct_events,
+       count(*) = (SELECT count(*) FROM event_store.events) AS whole_log
+  FROM event_store.claim_events('map5', 'solo', 2147483647);
+SELECT event_store.drop_subscription('map5');
+-- the same over more events than one part: 1,200 more, seen once by a
+-- claim that scans them, then handed out again through what it saw
+SELECT count(event_store.append('m-' || i % 16, jsonb_build_object('type', 'E', 'data', jsonb_build_object('i', i))))
+  AS appended FROM generate_series(201, 1400) i;
+SELECT event_store.create_subscription('map6', partitions => 4);
+SELECT count(*) AS events FROM event_store.claim_events('map6', 'solo', 2147483647);
+SELECT event_store.create_subscription('map7', partitions => 4);
+SELECT count(*) AS events, count(DISTINCT global_position) AS distinct_events,
+       count(*) = (SELECT count(*) FROM event_store.events) AS whole_log
+  FROM event_store.claim_events('map7', 'solo', 2147483647);
+SELECT event_store.drop_subscription('map6');
+SELECT event_store.drop_subscription('map7');
+
 -- clean up
 DROP FUNCTION map_round(text);
 DROP FUNCTION map_check(text);

@@ -1451,6 +1451,7 @@ es_claim_scan_log(EsClaim *c, int64 head)
 	int32		nparts = c->sub->partitions;
 	ItemPointer tids;
 	int64	   *expected;
+	int			batch;
 
 	for (int i = 0; i < c->nparts; i++)
 		from = Min(from, c->parts[i].position);
@@ -1462,8 +1463,10 @@ es_claim_scan_log(EsClaim *c, int64 head)
 	/* head was computed before this snapshot: it sees every commit below */
 	snapshot = RegisterSnapshot(GetLatestSnapshot());
 	c->last_scanned = from;
-	tids = palloc(sizeof(ItemPointerData) * Max(c->max_count, 1));
-	expected = palloc(sizeof(int64) * Max(c->max_count, 1));
+	/* fetched a chunk's worth at a time at most, whatever max_count is */
+	batch = (int) Min(c->max_count, (int64) ES_MAP_CHUNK);
+	tids = palloc(sizeof(ItemPointerData) * Max(batch, 1));
+	expected = palloc(sizeof(int64) * Max(batch, 1));
 	pos = from + 1;
 	while (pos <= head && !c->full)
 	{
@@ -1500,7 +1503,7 @@ es_claim_scan_log(EsClaim *c, int64 head)
 		}
 
 		/* known from here: ours, up to what is still wanted */
-		for (r = pos; r <= head && n < c->max_count - c->delivered; r++)
+		for (r = pos; r <= head && n < Min(c->max_count - c->delivered, batch); r++)
 		{
 			int			i = (int) (r & (ES_MAP_CHUNK - 1));
 			EsPart	   *p;
