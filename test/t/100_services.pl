@@ -235,6 +235,25 @@ SELECT event_store.append('order-104',
                       THEN (SELECT string_agg(md5(i || '-' || j), '') FROM generate_series(1, 600) AS j)
                  END)) ORDER BY i)
        FROM generate_series(1, 250) AS i))});
+# batches in one producer transaction around a rolled-back subtransaction
+# that held a batch of two multi-row insertions: only the kept ones arrive
+$producer->safe_psql('postgres', q{
+CREATE FUNCTION pg_temp.batch(n int) RETURNS jsonb LANGUAGE sql AS $$
+    SELECT jsonb_agg(jsonb_build_object('type', 'Step', 'data', jsonb_build_object('i', i, 'blob',
+               CASE WHEN i % 100 = 0
+                    THEN (SELECT string_agg(md5(n || '-' || i || '-' || j), '') FROM generate_series(1, 600) AS j)
+               END)) ORDER BY i)
+      FROM generate_series(1, n) AS i
+$$;
+BEGIN;
+SELECT event_store.append('order-105', pg_temp.batch(300), 0);
+SAVEPOINT s;
+SELECT event_store.append('order-106', pg_temp.batch(1200), 0);
+SELECT event_store.append('order-105', pg_temp.batch(700), 300);
+ROLLBACK TO SAVEPOINT s;
+SELECT event_store.append('order-105', pg_temp.batch(200), 300);
+COMMIT;
+});
 $consumer->start;
 $total = $producer->safe_psql('postgres',
 	q{SELECT count(*) FROM event_store.events WHERE stream_id LIKE 'order-%'}) + 1;
