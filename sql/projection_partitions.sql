@@ -274,3 +274,27 @@ SELECT event_store.drop_projection('prf');
 DROP TABLE pr_seen, pr_cured, pr_map;
 DROP SEQUENCE pr_once;
 DROP FUNCTION pr_strict(event_store.event);
+
+-- partitions = 1 keeps the global order across streams: with parking (the
+-- partitioned way, one partition) and without, over several batches
+CREATE TABLE po_seen (seq bigserial, proj text, position bigint);
+CREATE FUNCTION po_park(e event_store.event) RETURNS void LANGUAGE sql AS $$
+    INSERT INTO po_seen (proj, position) VALUES ('park', e.global_position) $$;
+CREATE FUNCTION po_fail(e event_store.event) RETURNS void LANGUAGE sql AS $$
+    INSERT INTO po_seen (proj, position) VALUES ('fail', e.global_position) $$;
+SELECT count(event_store.append('po-' || (i % 7), '{"type": "A"}')) FROM generate_series(1, 60) i;
+SELECT event_store.create_projection('po_park', 'po_park(event_store.event)', categories => '{po}',
+                                     mode => 'async', on_error => 'park');
+SELECT event_store.create_projection('po_fail', 'po_fail(event_store.event)', categories => '{po}',
+                                     mode => 'async');
+SELECT event_store.run_projections(50) AS applied;
+SELECT count(event_store.append('po-' || (i % 5), '{"type": "B"}')) FROM generate_series(1, 20) i;
+SELECT event_store.run_projections() AS applied;
+SELECT proj, count(*) AS applied, count(DISTINCT position) AS distinct_events,
+       count(*) FILTER (WHERE position < prev) AS out_of_global_order
+  FROM (SELECT proj, position, lag(position) OVER (PARTITION BY proj ORDER BY seq) AS prev FROM po_seen) x
+ GROUP BY proj ORDER BY proj;
+SELECT event_store.drop_projection('po_park');
+SELECT event_store.drop_projection('po_fail');
+DROP TABLE po_seen;
+DROP FUNCTION po_park(event_store.event), po_fail(event_store.event);
