@@ -1398,6 +1398,16 @@ es_set_async_position(const char *name, const EsApplyScope *scope, int64 newpos)
 						   "WHERE subscription OPERATOR(pg_catalog.=) $1 AND partition OPERATOR(pg_catalog.=) $2",
 						   3, types, values, NULL);
 	}
+
+	/*
+	 * The projection's row first, then the lowest of the partitions read by
+	 * a statement of its own: a process applying other partitions holds the
+	 * row until it commits, and the lowest must count their positions as it
+	 * committed them (an UPDATE that waited for the row would compute it
+	 * from the partitions as its snapshot saw them, before that commit)
+	 */
+	es_projection_exec("SELECT 1 FROM event_store.projections "
+					   "WHERE name OPERATOR(pg_catalog.=) $1 FOR UPDATE", 1, types, values, NULL);
 	es_projection_exec("UPDATE event_store.projections p SET position = CASE "
 					   "WHEN p.partitions OPERATOR(pg_catalog.=) 1 THEN $3 "
 					   "ELSE (SELECT pg_catalog.min(x.position) FROM event_store.subscription_partitions x "
