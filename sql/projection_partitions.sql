@@ -165,3 +165,136 @@ SELECT bool_and(t.n = 10 * (SELECT count(*) FROM event_store.events e WHERE e.st
 SELECT event_store.drop_projection('totals_v2');
 DROP VIEW pp_totals;
 DROP TABLE pp_totals_v2, pp_applied, pp_cured;
+
+-- one scan over partitions at very different positions (one far behind, as
+-- after a rebuild, the others at the head), a handler failing in it: the scan
+-- is rolled back and each partition applied on its own.  The handler refuses
+-- an event applied twice or one after a gap in its stream; an event that
+-- fails once only (the first call) is applied at the next try, a poison event
+-- holds back its stream while every other event is applied once.
+CREATE TABLE pr_seen (stream_id text, stream_version bigint, position bigint,
+                      PRIMARY KEY (stream_id, stream_version));
+CREATE TABLE pr_cured (stream_id text);
+CREATE SEQUENCE pr_once;
+CREATE FUNCTION pr_strict(e event_store.event) RETURNS void
+    LANGUAGE plpgsql AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pr_seen WHERE stream_id = e.stream_id AND stream_version = e.stream_version) THEN
+        RAISE EXCEPTION 'repeat of % %', e.stream_id, e.stream_version;
+    END IF;
+    IF e.stream_version > 1 AND NOT EXISTS (SELECT 1 FROM pr_seen
+                                             WHERE stream_id = e.stream_id AND stream_version = e.stream_version - 1) THEN
+        RAISE EXCEPTION 'gap before % %', e.stream_id, e.stream_version;
+    END IF;
+    IF e.data ->> 'fail' IS NOT DISTINCT FROM 'yes'
+       AND NOT EXISTS (SELECT 1 FROM pr_cured c WHERE c.stream_id = e.stream_id) THEN
+        RAISE EXCEPTION 'cannot apply % of %', e.event_type, e.stream_id;
+    END IF;
+    IF e.data ->> 'once' IS NOT DISTINCT FROM 'yes' THEN
+        IF nextval('pr_once') = 1 THEN
+            RAISE EXCEPTION 'not yet';
+        END IF;
+    END IF;
+    INSERT INTO pr_seen VALUES (e.stream_id, e.stream_version, e.global_position);
+END $$;
+SELECT count(event_store.append('pr-' || i, '[{"type": "A"}, {"type": "B"}]')) FROM generate_series(1, 8) i;
+SELECT event_store.create_projection('pr', 'pr_strict(event_store.event)', categories => '{pr}',
+                                     mode => 'async', partitions => 4, on_error => 'park');
+SELECT event_store.run_projections() AS applied;
+-- the partition of each stream, as a subscription with as many partitions has it
+SELECT event_store.create_subscription('pr_map', categories => '{pr}', partitions => 4);
+CREATE TABLE pr_map AS SELECT DISTINCT stream_id, partition FROM event_store.claim_events('pr_map', 'me', 1000);
+SELECT event_store.drop_subscription('pr_map');
+-- pr-1's partition far behind: back at 0, its streams' read model gone
+UPDATE event_store.subscription_partitions SET position = 0
+ WHERE subscription = 'pr' AND partition = (SELECT partition FROM pr_map WHERE stream_id = 'pr-1');
+DELETE FROM pr_seen WHERE stream_id IN (SELECT stream_id FROM pr_map
+                                         WHERE partition = (SELECT partition FROM pr_map WHERE stream_id = 'pr-1'));
+SELECT count(DISTINCT partition) AS partitions_with_streams FROM pr_map;
+SELECT count(*) FILTER (WHERE position = event_store.head_position()) AS partitions_at_head,
+       count(*) FILTER (WHERE position = 0) AS partitions_at_0
+  FROM event_store.subscription_partitions WHERE subscription = 'pr';
+SELECT event_store.append('pr-3', '{"type": "Once", "data": {"once": "yes"}}');
+SELECT event_store.append('pr-2', '{"type": "Bad", "data": {"fail": "yes"}}');
+SELECT event_store.append('pr-2', '{"type": "After"}');
+SELECT count(event_store.append('pr-' || i, '{"type": "C"}')) FROM generate_series(1, 8) i;
+SELECT event_store.head_position() AS pr_head \gset
+SELECT event_store.run_projections() > 0 AS applied;
+-- everything but pr-2's Bad and what follows it, once and in order
+SELECT count(*) AS applied,
+       (SELECT count(*) FROM event_store.events e WHERE e.stream_id LIKE 'pr-%'
+         AND NOT (e.stream_id = 'pr-2' AND e.stream_version >= 3)) AS expected
+  FROM pr_seen;
+-- the event failing once failed at its first call and was applied after it
+SELECT last_value > 1 AS failed_then_applied,
+       EXISTS (SELECT 1 FROM pr_seen WHERE stream_id = 'pr-3' AND stream_version = 3) AS once_applied
+  FROM pr_once;
+SELECT stream_id, attempts, last_error, parked_at IS NULL AS retrying
+  FROM event_store.subscription_streams WHERE subscription = 'pr';
+SELECT count(*) FILTER (WHERE position = :pr_head) AS partitions_at_head
+  FROM event_store.subscription_partitions WHERE subscription = 'pr';
+SELECT position = :pr_head AS at_head, lag_events
+  FROM event_store.projection_status WHERE name = 'pr';
+SELECT state, attempts FROM event_store.projections WHERE name = 'pr';
+SELECT event_store.wait_for_projection('pr', :pr_head, '0 s') AS all_applied;
+-- parked: visible, replayed once cured; the held events follow in order
+UPDATE event_store.subscription_streams SET parked_at = now(), next_attempt_at = NULL
+ WHERE subscription = 'pr';
+SELECT subscription, stream_id, event_type, attempts FROM event_store.subscription_parked
+ WHERE subscription = 'pr';
+SELECT event_store.run_projections() AS nothing_while_parked;
+INSERT INTO pr_cured VALUES ('pr-2');
+SELECT event_store.replay_parked('pr', 'pr-2') AS replayed;
+SELECT event_store.run_projections() AS applied;
+SELECT array_agg(stream_version ORDER BY position) AS pr_2 FROM pr_seen WHERE stream_id = 'pr-2';
+SELECT count(*) = (SELECT count(*) FROM event_store.events e WHERE e.stream_id LIKE 'pr-%') AS all_once
+  FROM pr_seen;
+SELECT event_store.wait_for_projection('pr', :pr_head, '0 s') AS all_applied;
+SELECT event_store.drop_projection('pr');
+
+-- on_error 'fail': the same poison in one scan from 0 stops the projection;
+-- what the partitions applied before it is kept, nothing twice, and a retry
+-- once the handler can apply it applies the rest
+TRUNCATE pr_seen, pr_cured;
+SELECT event_store.create_projection('prf', 'pr_strict(event_store.event)', categories => '{pr}',
+                                     mode => 'async', partitions => 4);
+SELECT event_store.run_projections() >= 0 AS ran;
+SELECT state, attempts, error_position = :pr_head - 9 AS at_bad, last_error
+  FROM event_store.projections WHERE name = 'prf';
+SELECT count(*) FILTER (WHERE stream_id = 'pr-2' AND stream_version >= 3) AS bad_applied,
+       count(*) <= (SELECT count(*) FROM event_store.events e WHERE e.stream_id LIKE 'pr-%') - 2 AS not_all
+  FROM pr_seen;
+INSERT INTO pr_cured VALUES ('pr-2');
+SELECT event_store.run_projections() > 0 AS applied;
+SELECT count(*) = (SELECT count(*) FROM event_store.events e WHERE e.stream_id LIKE 'pr-%') AS all_once
+  FROM pr_seen;
+SELECT state, attempts, last_error FROM event_store.projections WHERE name = 'prf';
+SELECT event_store.wait_for_projection('prf', :pr_head, '0 s') AS all_applied;
+SELECT event_store.drop_projection('prf');
+DROP TABLE pr_seen, pr_cured, pr_map;
+DROP SEQUENCE pr_once;
+DROP FUNCTION pr_strict(event_store.event);
+
+-- partitions = 1 keeps the global order across streams: with parking (the
+-- partitioned way, one partition) and without, over several batches
+CREATE TABLE po_seen (seq bigserial, proj text, position bigint);
+CREATE FUNCTION po_park(e event_store.event) RETURNS void LANGUAGE sql AS $$
+    INSERT INTO po_seen (proj, position) VALUES ('park', e.global_position) $$;
+CREATE FUNCTION po_fail(e event_store.event) RETURNS void LANGUAGE sql AS $$
+    INSERT INTO po_seen (proj, position) VALUES ('fail', e.global_position) $$;
+SELECT count(event_store.append('po-' || (i % 7), '{"type": "A"}')) FROM generate_series(1, 60) i;
+SELECT event_store.create_projection('po_park', 'po_park(event_store.event)', categories => '{po}',
+                                     mode => 'async', on_error => 'park');
+SELECT event_store.create_projection('po_fail', 'po_fail(event_store.event)', categories => '{po}',
+                                     mode => 'async');
+SELECT event_store.run_projections(50) AS applied;
+SELECT count(event_store.append('po-' || (i % 5), '{"type": "B"}')) FROM generate_series(1, 20) i;
+SELECT event_store.run_projections() AS applied;
+SELECT proj, count(*) AS applied, count(DISTINCT position) AS distinct_events,
+       count(*) FILTER (WHERE position < prev) AS out_of_global_order
+  FROM (SELECT proj, position, lag(position) OVER (PARTITION BY proj ORDER BY seq) AS prev FROM po_seen) x
+ GROUP BY proj ORDER BY proj;
+SELECT event_store.drop_projection('po_park');
+SELECT event_store.drop_projection('po_fail');
+DROP TABLE po_seen;
+DROP FUNCTION po_park(event_store.event), po_fail(event_store.event);

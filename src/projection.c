@@ -1232,6 +1232,11 @@ es_pause_projection(PG_FUNCTION_ARGS)
 	}
 	else
 	{
+		/*
+		 * a partitioned one: its batches in flight end first (they hold its
+		 * partitions), and those after the pause see it (es_run_partitioned)
+		 */
+		es_lock_projection_partitions(p, mode);
 		(void) es_projection_get(name, &mode, &state, &position, NULL, true, NULL);
 		if (strcmp(state, "paused") != 0)
 		{
@@ -1393,6 +1398,16 @@ es_set_async_position(const char *name, const EsApplyScope *scope, int64 newpos)
 						   "WHERE subscription OPERATOR(pg_catalog.=) $1 AND partition OPERATOR(pg_catalog.=) $2",
 						   3, types, values, NULL);
 	}
+
+	/*
+	 * The projection's row first, then the lowest of the partitions read by
+	 * a statement of its own: a process applying other partitions holds the
+	 * row until it commits, and the lowest must count their positions as it
+	 * committed them (an UPDATE that waited for the row would compute it
+	 * from the partitions as its snapshot saw them, before that commit)
+	 */
+	es_projection_exec("SELECT 1 FROM event_store.projections "
+					   "WHERE name OPERATOR(pg_catalog.=) $1 FOR UPDATE", 1, types, values, NULL);
 	es_projection_exec("UPDATE event_store.projections p SET position = CASE "
 					   "WHEN p.partitions OPERATOR(pg_catalog.=) 1 THEN $3 "
 					   "ELSE (SELECT pg_catalog.min(x.position) FROM event_store.subscription_partitions x "
@@ -1865,6 +1880,17 @@ es_run_partitioned(EsProjection *p, const char *name, int32 attempts, int64 budg
 			parts[i] = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
 			positions[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull));
 		}
+
+		/*
+		 * Still running, read now that its partitions are ours: the state was
+		 * read before they were locked, and a pause (or a drop) that
+		 * committed meanwhile waited for the batches holding them, not for
+		 * this one
+		 */
+		es_projection_exec("SELECT 1 FROM event_store.projections WHERE name OPERATOR(pg_catalog.=) $1 "
+						   "AND state OPERATOR(pg_catalog.=) 'running'", 1, types, values, NULL);
+		if (SPI_processed == 0)
+			return total;		/* paused, dropped: its attempts as they are */
 		taken += n;
 		last = parts[n - 1];
 		total += es_run_group(p, name, attempts, n, parts, positions, head,
