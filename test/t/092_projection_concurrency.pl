@@ -188,7 +188,7 @@ check_exact('rebuild');
 #     nothing is applied while paused; resume brings in the rest
 #
 $node->safe_psql('postgres', q{
-UPDATE pace SET secs = 0.01;
+UPDATE pace SET secs = 0.05;
 SELECT event_store.rebuild_projection('conc');
 });
 wait_for(q{SELECT count(*) >= 100 FROM seen}, 'pause: the workers are applying it');
