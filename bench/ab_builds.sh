@@ -102,16 +102,9 @@ SELECT event_store.append('acct-' || :k, '$batch');" >"$WORK/s/batch$n.sql"
 done
 chown -R postgres: "$WORK/s" 2>/dev/null || true
 
-# CPU ticks of the whole cluster so far: the postmaster (with the children
-# it reaped) and its live children (as bench/lib.sh counts them)
-cpu_ticks() {
-	local pm
-	pm=$(head -n 1 "$DATA/postmaster.pid")
-	cat /proc/[0-9]*/stat 2>/dev/null | awk -v pm="$pm" '
-		$1 == pm { t += $14 + $15 + $16 + $17 }
-		$4 == pm { t += $14 + $15 }
-		END { print t + 0 }' || true
-}
+# cluster_cpu_ticks (of $DATA's cluster)
+# shellcheck source=bench/cpu.sh
+. "$(dirname "${BASH_SOURCE[0]}")/cpu.sh"
 
 declare -A TPS CPU
 read -r -a CASES <<<"${AB_CASES:-append_one read_stream read_stream_20 read_all read_category}"
@@ -123,14 +116,14 @@ for side in A B B A A B; do
 	for c in "${CASES[@]}"; do
 		"${RUNAS[@]}" "$BINB/pgbench" -n -h "$WORK" -p "$PORT" -M prepared -c 1 -T 2 -f "$WORK/s/$c.sql" postgres >/dev/null 2>&1
 		sleep 0.1	# let the postmaster reap the warm-up's backend
-		t0=$(cpu_ticks)
+		t0=$(cluster_cpu_ticks)
 		out=$("${RUNAS[@]}" "$BINB/pgbench" -n -h "$WORK" -p "$PORT" -M prepared -c 1 -T "$SECS" -f "$WORK/s/$c.sql" postgres 2>&1)
 		sleep 0.1	# ... and the measured run's
-		t1=$(cpu_ticks)
+		t1=$(cluster_cpu_ticks)
 		tps=$(awk '/^tps/ { print $3 }' <<<"$out")
 		n=$(awk '/actually processed/ { print $NF }' <<<"$out")
 		TPS[$side|$c]+="$tps "
-		CPU[$side|$c]+="$(awk -v d=$(( t1 - t0 )) -v n="$n" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", d / hz * 1e6 / n }') "
+		CPU[$side|$c]+="$(awk -v d=$(( t1 - t0 )) -v n="$n" -v hz="$CLK_TCK" 'BEGIN { printf "%.1f", d / hz * 1e6 / n }') "
 	done
 done
 stop

@@ -38,7 +38,6 @@ BINA=$("$A" --bindir)
 BINB=$("$B" --bindir)
 PSQL=("$BINB/psql" -X -q -h "$WORK" -p "$PORT" -U postgres -d bench -v ON_ERROR_STOP=1)
 CURRENT=""
-CLK_TCK=$(getconf CLK_TCK)
 
 stop() { [[ -n "$CURRENT" ]] && "${RUNAS[@]}" "$CURRENT/pg_ctl" -D "$DATA" -m fast -w stop >/dev/null || true; CURRENT=""; }
 start() {
@@ -49,15 +48,9 @@ start() {
 cleanup() { stop; rm -rf "$WORK"; }
 trap cleanup EXIT
 
-# CPU ticks of the whole cluster so far (as bench/lib.sh counts them)
-cpu_ticks() {
-	local pm
-	pm=$(head -n 1 "$DATA/postmaster.pid")
-	cat /proc/[0-9]*/stat 2>/dev/null | awk -v pm="$pm" '
-		$1 == pm { t += $14 + $15 + $16 + $17 }
-		$4 == pm { t += $14 + $15 }
-		END { print t + 0 }' || true
-}
+# cluster_cpu_ticks (of $DATA's cluster)
+# shellcheck source=bench/cpu.sh
+. "$BENCH_DIR/cpu.sh"
 
 "${RUNAS[@]}" "$BINB/initdb" -D "$DATA" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null
 cat >>"$DATA/postgresql.conf" <<EOF
@@ -95,7 +88,7 @@ catch_up() {
 	done
 	"${PSQL[@]}" -c "TRUNCATE bench.rm_par" -c CHECKPOINT >/dev/null
 	sleep 0.1
-	t0=$(cpu_ticks)
+	t0=$(cluster_cpu_ticks)
 	out=$("${PSQL[@]}" -At <<-SQL
 		SELECT extract(epoch FROM clock_timestamp()) AS t0 \gset
 		\o /dev/null
@@ -107,7 +100,7 @@ catch_up() {
 	SQL
 	)
 	sleep 0.1
-	t1=$(cpu_ticks)
+	t1=$(cluster_cpu_ticks)
 	diff=$("${PSQL[@]}" -Atc "SELECT count(*) FROM bench.rm_par a
 		FULL JOIN (SELECT stream_id AS key, count(*) AS n FROM event_store.events
 		            WHERE split_part(stream_id, '-', 1) = 'bench' AND global_position <= $HEAD

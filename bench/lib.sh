@@ -151,19 +151,9 @@ pair_hook() {
 	[[ -z "$PAIR_HOOK" ]] || "$PAIR_HOOK" "$@"
 }
 
-# CPU time (clock ticks) used so far by the whole cluster: the postmaster,
-# its live children (backends, WAL writer, checkpointer, event_store
-# workers...) and the children it has reaped (the backends of finished runs).
-CLK_TCK=$(getconf CLK_TCK)
-cluster_cpu_ticks() {
-	local pm
-	pm=$(head -n 1 "$DATA/postmaster.pid")
-	# cat skips the processes that exit meanwhile; awk would stop at them
-	cat /proc/[0-9]*/stat 2>/dev/null | awk -v pm="$pm" '
-		$1 == pm { t += $14 + $15 + $16 + $17 }
-		$4 == pm { t += $14 + $15 }
-		END { print t + 0 }' || true
-}
+# cluster_cpu_ticks (of $DATA's cluster)
+# shellcheck source=bench/cpu.sh
+. "$(dirname "${BASH_SOURCE[0]}")/cpu.sh"
 
 # checkpoint, then measure: every measured run starts from a clean state.
 # Prints "tps cpu_ticks transactions".
