@@ -624,6 +624,24 @@ es_text_key(ScanKey key, AttrNumber attno, Datum value)
 						   C_COLLATION_OID, F_TEXTEQ, value);
 }
 
+/*
+ * An index scan of idx (its leading columns subscription, consumer) for
+ * the rows of one consumer of a subscription
+ */
+static IndexScanDesc
+es_consumer_scan(Relation rel, Relation idx, Snapshot snapshot,
+				 const char *subscription, const char *consumer)
+{
+	ScanKeyData keys[2];
+	IndexScanDesc scan;
+
+	es_text_key(&keys[0], 1, CStringGetTextDatum(subscription));
+	es_text_key(&keys[1], 2, CStringGetTextDatum(consumer));
+	scan = index_beginscan(rel, idx, snapshot, 2, 0);
+	index_rescan(scan, keys, 2, NULL, 0);
+	return scan;
+}
+
 /* Does a text value equal a C string? */
 static bool
 es_text_is(Datum d, const char *s)
@@ -725,13 +743,9 @@ es_consumer_row(EsSubscription *s, const char *consumer, Snapshot snapshot,
 	AttrNumber	att_claimed = es_sub_attnum(rel, "claimed_at");
 	TupleTableSlot *slot = table_slot_create(rel, NULL);
 	IndexScanDesc scan;
-	ScanKeyData keys[2];
 	bool		found;
 
-	es_text_key(&keys[0], 1, CStringGetTextDatum(s->name));
-	es_text_key(&keys[1], 2, CStringGetTextDatum(consumer));
-	scan = index_beginscan(rel, idx, snapshot, 2, 0);
-	index_rescan(scan, keys, 2, NULL, 0);
+	scan = es_consumer_scan(rel, idx, snapshot, s->name, consumer);
 	found = index_getnext_slot(scan, ForwardScanDirection, slot);
 	if (found)
 	{
@@ -760,13 +774,9 @@ es_latest_fence(EsSubscription *s, const char *consumer, Snapshot snapshot,
 	AttrNumber	att_fenced = es_sub_attnum(rel, "fenced_at");
 	TupleTableSlot *slot = table_slot_create(rel, NULL);
 	IndexScanDesc scan;
-	ScanKeyData keys[2];
 	bool		any = false;
 
-	es_text_key(&keys[0], 1, CStringGetTextDatum(s->name));
-	es_text_key(&keys[1], 2, CStringGetTextDatum(consumer));
-	scan = index_beginscan(rel, idx, snapshot, 2, 0);
-	index_rescan(scan, keys, 2, NULL, 0);
+	scan = es_consumer_scan(rel, idx, snapshot, s->name, consumer);
 	while (index_getnext_slot(scan, ForwardScanDirection, slot))
 	{
 		bool		isnull;
@@ -824,7 +834,6 @@ es_my_partitions(EsSubscription *s, const char *consumer, int *nparts, bool *fen
 	Snapshot	snapshot = RegisterSnapshot(GetTransactionSnapshot());
 	TimestampTz now = GetCurrentTimestamp();
 	IndexScanDesc scan;
-	ScanKeyData keys[2];
 	ItemPointerData *tids;
 	int			ntids = 0;
 	int			cap = 4;
@@ -833,10 +842,7 @@ es_my_partitions(EsSubscription *s, const char *consumer, int *nparts, bool *fen
 
 	/* ours as the snapshot sees them, unexpired (only those are locked) */
 	tids = palloc(sizeof(ItemPointerData) * cap);
-	es_text_key(&keys[0], 1, CStringGetTextDatum(s->name));
-	es_text_key(&keys[1], 2, CStringGetTextDatum(consumer));
-	scan = index_beginscan(rel, idx, snapshot, 2, 0);
-	index_rescan(scan, keys, 2, NULL, 0);
+	scan = es_consumer_scan(rel, idx, snapshot, s->name, consumer);
 	while (index_getnext_slot(scan, ForwardScanDirection, slot))
 	{
 		bool		isnull;
