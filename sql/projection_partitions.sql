@@ -86,6 +86,12 @@ SELECT subscription, stream_id, event_type, attempts FROM event_store.subscripti
 SELECT event_store.run_projections() AS nothing_while_parked;
 INSERT INTO pp_cured VALUES ('pp-3');
 SELECT event_store.replay_parked('pp') AS replayed;
+-- max_events caps a run: the replayed stream's held events are applied
+-- whole (its hold ends once it caught up), and the log waits for the next run
+SELECT count(event_store.append('pp-4', '{"type": "Capped"}')) AS appended FROM generate_series(1, 3);
+SELECT event_store.run_projections(1) AS applied_capped;
+SELECT count(*) AS capped_applied FROM pp_applied a JOIN event_store.events e ON e.global_position = a.position
+ WHERE e.event_type = 'Capped';
 SELECT event_store.run_projections() AS applied;
 SELECT e.event_type FROM event_store.events e JOIN pp_applied a ON a.position = e.global_position
  WHERE e.stream_id = 'pp-3' AND e.stream_version > 3 ORDER BY a.seq;

@@ -1774,12 +1774,20 @@ es_run_group(EsProjection *p, const char *name, int32 attempts, int nparts,
 	/* the due held streams, each up to its partition's position */
 	held = es_partitions_held(name, part_array, &nheld);
 	for (int i = 0; i < nheld; i++)
-		if (held[i].due)
+		if (held[i].due && (budget < 0 || total < budget))
 		{
 			total += es_run_held_stream(p, name, held[i].partition,
 										after[held[i].partition], &held[i]);
 			any_due = true;
 		}
+
+	/*
+	 * A held stream's retry is applied whole (its hold ends only once it
+	 * caught up); when that used up the budget, the log waits for the next
+	 * run
+	 */
+	if (budget >= 0 && total >= budget)
+		return total;
 
 	/* what is still held is skipped */
 	memset(&scope, 0, sizeof(scope));
