@@ -57,6 +57,7 @@
 #include "access/tableam.h"
 #include "access/stratnum.h"
 #include "access/xact.h"
+#include "catalog/index.h"
 #include "catalog/indexing.h"
 #include "catalog/pg_collation.h"
 #include "catalog/pg_type.h"
@@ -395,6 +396,48 @@ static Oid	es_sub_relid(const char *name);
 static AttrNumber es_sub_attnum(Relation rel, const char *name);
 
 /*
+ * Update a row of a subscription table in place (its version at *tid,
+ * which this transaction locked or may change: see simple_heap_update), as
+ * CatalogTupleUpdate does; *tid becomes the new version's.  The indexes are
+ * opened only when the update is not HOT (a HOT update, the rule for these
+ * rows, has no index entries to make); *indstate keeps them open for the
+ * caller's next rows (closed with CatalogCloseIndexes when not NULL).
+ */
+static void
+es_update_row(Relation rel, ItemPointer tid, HeapTuple newtup, CatalogIndexState *indstate)
+{
+	TupleTableSlot *slot;
+	Datum		values[INDEX_MAX_KEYS];
+	bool		isnull[INDEX_MAX_KEYS];
+
+	simple_heap_update(rel, tid, newtup);
+	*tid = newtup->t_self;
+	if (HeapTupleIsHeapOnly(newtup))
+		return;
+	if (*indstate == NULL)
+		*indstate = CatalogOpenIndexes(rel);
+	slot = MakeSingleTupleTableSlot(RelationGetDescr(rel), &TTSOpsHeapTuple);
+	ExecStoreHeapTuple(newtup, slot, false);
+	for (int i = 0; i < (*indstate)->ri_NumIndices; i++)
+	{
+		IndexInfo  *info = (*indstate)->ri_IndexRelationInfo[i];
+		Relation	index = (*indstate)->ri_IndexRelationDescs[i];
+
+		if (!info->ii_ReadyForInserts)
+			continue;
+		/* plain columns only (no expression, no predicate), as in the catalogs */
+		if (info->ii_Expressions != NIL || info->ii_Predicate != NIL)
+			elog(ERROR, "index \"%s\" of event_store.%s has expressions or a predicate",
+				 RelationGetRelationName(index), RelationGetRelationName(rel));
+		FormIndexDatum(info, slot, NULL, values, isnull);
+		(void) index_insert(index, values, isnull, &newtup->t_self, rel,
+							index->rd_index->indisunique ? UNIQUE_CHECK_YES : UNIQUE_CHECK_NO,
+							false, info);
+	}
+	ExecDropSingleTupleTableSlot(slot);
+}
+
+/*
  * Write back every partition of parts that changed (all of them when
  * lease_ms >= 0: their lease is renewed for lease_ms from now, held by
  * holder).  Their rows were locked (FOR UPDATE) by this transaction when they
@@ -409,7 +452,7 @@ es_save_partitions(EsSubscription *s, EsPart *parts, int nparts, const char *hol
 {
 	Relation	rel;
 	TupleDesc	desc;
-	CatalogIndexState indstate;
+	CatalogIndexState indstate = NULL;
 	TimestampTz now = GetCurrentTransactionStartTimestamp();
 	TimestampTz lease_end = 0;
 	Datum	   *values;
@@ -441,7 +484,6 @@ es_save_partitions(EsSubscription *s, EsPart *parts, int nparts, const char *hol
 		lease_end = GetCurrentTimestamp() + (int64) rint(lease_ms * 1000.0);
 
 	desc = RelationGetDescr(rel);
-	indstate = CatalogOpenIndexes(rel);
 	values = palloc(sizeof(Datum) * desc->natts);
 	nulls = palloc(sizeof(bool) * desc->natts);
 	for (int i = 0; i < nparts; i++)
@@ -472,11 +514,11 @@ es_save_partitions(EsSubscription *s, EsPart *parts, int nparts, const char *hol
 		values[att_updated - 1] = TimestampTzGetDatum(now);
 		newtup = heap_form_tuple(desc, values, nulls);
 		ReleaseBuffer(buf);
-		CatalogTupleUpdateWithInfo(rel, &p->tid, newtup, indstate);
-		p->tid = newtup->t_self;
+		es_update_row(rel, &p->tid, newtup, &indstate);
 		heap_freetuple(newtup);
 	}
-	CatalogCloseIndexes(indstate);
+	if (indstate != NULL)
+		CatalogCloseIndexes(indstate);
 	table_close(rel, NoLock);
 	/* what follows in this transaction sees the new versions */
 	CommandCounterIncrement();
@@ -949,7 +991,7 @@ es_claim_consumer_row(EsSubscription *s, const char *consumer, double lease_ms, 
 		Datum	   *values = palloc(sizeof(Datum) * desc->natts);
 		bool	   *nulls = palloc(sizeof(bool) * desc->natts);
 		HeapTuple	newtup;
-		CatalogIndexState indstate = CatalogOpenIndexes(rel);
+		CatalogIndexState indstate = NULL;
 
 		slot_getallattrs(slot);
 		memcpy(values, slot->tts_values, sizeof(Datum) * desc->natts);
@@ -960,8 +1002,9 @@ es_claim_consumer_row(EsSubscription *s, const char *consumer, double lease_ms, 
 		nulls[att_claimed - 1] = false;
 		newtup = heap_form_tuple(desc, values, nulls);
 		ExecClearTuple(slot);
-		CatalogTupleUpdateWithInfo(rel, &mine, newtup, indstate);
-		CatalogCloseIndexes(indstate);
+		es_update_row(rel, &mine, newtup, &indstate);
+		if (indstate != NULL)
+			CatalogCloseIndexes(indstate);
 		heap_freetuple(newtup);
 		*live = others + 1;
 	}
@@ -1133,6 +1176,10 @@ typedef struct EsClaim
 	Tuplestorestate *out;
 	TupleDesc	out_desc;
 	TupleDesc	event_desc;		/* of a stored row the log scan hands over */
+	bool		stored_as_is;	/* a stored row's data is the result row's rest */
+	HeapTupleHeader rowbuf;		/* a result row built from a stored row */
+	Size		rowbuf_size;
+	MemoryContext cxt;			/* the call's (rowbuf lives there) */
 	/* the current scan */
 	int32		attempt;		/* of the events handed out now */
 	int64		last_scanned;	/* log scan: every event up to here is done */
@@ -1140,20 +1187,118 @@ typedef struct EsClaim
 	bool		full;
 } EsClaim;
 
-/* Hand one event out: into the result, and onto its partition's pending */
-static void
-es_claim_emit(EsClaim *c, EsPart *p, Datum *values, bool *isnull, int32 attempt)
+/*
+ * Can the result rows be built from the stored rows' data as it is?  The
+ * result's columns after ES_CLAIM_LEADING (two int4: 8 bytes, a multiple of
+ * any alignment) must be the event's, of the same types, so that every
+ * stored value keeps its alignment when the data moves 8 bytes on.
+ */
+static bool
+es_claim_stored_as_is(TupleDesc out_desc, TupleDesc event_desc)
 {
-	Datum		row[ES_CLAIM_LEADING + Natts_es_event];
-	bool		nulls[ES_CLAIM_LEADING + Natts_es_event];
+	if (out_desc->natts != ES_CLAIM_LEADING + Natts_es_event ||
+		event_desc->natts != Natts_es_event)
+		return false;
+	for (int i = 0; i < ES_CLAIM_LEADING; i++)
+	{
+		Form_pg_attribute a = TupleDescAttr(out_desc, i);
 
-	row[0] = Int32GetDatum(p->partition);
-	nulls[0] = false;
-	row[1] = Int32GetDatum(attempt);
-	nulls[1] = false;
-	memcpy(&row[ES_CLAIM_LEADING], values, sizeof(Datum) * Natts_es_event);
-	memcpy(&nulls[ES_CLAIM_LEADING], isnull, sizeof(bool) * Natts_es_event);
-	tuplestore_putvalues(c->out, c->out_desc, row, nulls);
+		if (a->attisdropped || a->atttypid != INT4OID)
+			return false;
+	}
+	for (int i = 0; i < Natts_es_event; i++)
+	{
+		Form_pg_attribute a = TupleDescAttr(out_desc, ES_CLAIM_LEADING + i);
+		Form_pg_attribute e = TupleDescAttr(event_desc, i);
+
+		if (a->attisdropped || e->attisdropped || a->atttypid != e->atttypid ||
+			a->attlen != e->attlen || a->attalign != e->attalign ||
+			a->attbyval != e->attbyval)
+			return false;
+	}
+	return 2 * sizeof(int32) % MAXIMUM_ALIGNOF == 0;
+}
+
+/*
+ * The result row of an event handed out as stored (no external values, all
+ * its columns: see EsRowCallback): partition and attempt, then the stored
+ * row's data copied as it is, with its null bitmap moved two columns on.
+ * The same bytes heap_form_tuple would make of the deformed values, without
+ * deforming and forming them one by one.
+ */
+static void
+es_claim_put_stored(EsClaim *c, int32 partition, int32 attempt, HeapTuple stored)
+{
+	HeapTupleHeader src = stored->t_data;
+	bool		hasnull = HeapTupleHasNulls(stored);
+	int			natts = ES_CLAIM_LEADING + Natts_es_event;
+	Size		hoff = MAXALIGN(offsetof(HeapTupleHeaderData, t_bits) +
+								(hasnull ? BITMAPLEN(natts) : 0));
+	Size		datalen = stored->t_len - src->t_hoff;
+	Size		len = hoff + 2 * sizeof(int32) + datalen;
+	HeapTupleHeader td;
+	HeapTupleData tup;
+	char	   *data;
+
+	if (len > c->rowbuf_size)
+	{
+		Size		size = Max(len, 2 * c->rowbuf_size);
+
+		if (c->rowbuf != NULL)
+			pfree(c->rowbuf);
+		c->rowbuf = MemoryContextAlloc(c->cxt, size);
+		c->rowbuf_size = size;
+	}
+	td = c->rowbuf;
+	memset(td, 0, hoff);
+	HeapTupleHeaderSetDatumLength(td, len);
+	HeapTupleHeaderSetTypeId(td, c->out_desc->tdtypeid);
+	HeapTupleHeaderSetTypMod(td, c->out_desc->tdtypmod);
+	HeapTupleHeaderSetNatts(td, natts);
+	td->t_hoff = hoff;
+	td->t_infomask = src->t_infomask & (HEAP_HASNULL | HEAP_HASVARWIDTH);
+	if (hasnull)
+	{
+		/* the leading columns are never null */
+		td->t_bits[0] = (1 << ES_CLAIM_LEADING) - 1;
+		for (int i = 0; i < Natts_es_event; i++)
+			if (!att_isnull(i, src->t_bits))
+				td->t_bits[(i + ES_CLAIM_LEADING) >> 3] |= 1 << ((i + ES_CLAIM_LEADING) & 7);
+	}
+	data = (char *) td + hoff;
+	memcpy(data, &partition, sizeof(int32));
+	memcpy(data + sizeof(int32), &attempt, sizeof(int32));
+	memcpy(data + 2 * sizeof(int32), (char *) src + src->t_hoff, datalen);
+	tup.t_len = len;
+	tup.t_data = td;
+	tup.t_tableOid = InvalidOid;
+	ItemPointerSetInvalid(&tup.t_self);
+	tuplestore_puttuple(c->out, &tup);
+}
+
+/*
+ * Hand one event out: into the result, and onto its partition's pending.
+ * With stored (the event as stored), only its position is among values.
+ */
+static void
+es_claim_emit(EsClaim *c, EsPart *p, Datum *values, bool *isnull, HeapTuple stored,
+			  int32 attempt)
+{
+	if (stored != NULL)
+		es_claim_put_stored(c, p->partition, attempt, stored);
+	else
+	{
+		Datum		row[ES_CLAIM_LEADING + Natts_es_event];
+		bool		nulls[ES_CLAIM_LEADING + Natts_es_event];
+
+		row[0] = Int32GetDatum(p->partition);
+		nulls[0] = false;
+		row[1] = Int32GetDatum(attempt);
+		nulls[1] = false;
+		memcpy(&row[ES_CLAIM_LEADING], values, sizeof(Datum) * Natts_es_event);
+		memcpy(&nulls[ES_CLAIM_LEADING], isnull, sizeof(bool) * Natts_es_event);
+		tuplestore_putvalues(c->out, c->out_desc, row, nulls);
+	}
 	es_add_pending(p, DatumGetInt64(values[Anum_es_global_position - 1]), attempt);
 	c->delivered++;
 	if (c->delivered >= c->max_count)
@@ -1179,12 +1324,13 @@ es_claim_scan_row(Datum *values, bool *isnull, HeapTuple stored, void *arg)
 		return true;
 	if (!EsFilterMatches(&c->sub->filter, values))
 		return true;
-	if (stored != NULL)
+	if (stored != NULL && !c->stored_as_is)
 	{
 		/* the scan filled in the leading values only: the whole event now */
 		heap_deform_tuple(stored, c->event_desc, values, isnull);
+		stored = NULL;
 	}
-	es_claim_emit(c, p, values, isnull, 1);
+	es_claim_emit(c, p, values, isnull, stored, 1);
 	return !c->full;
 }
 
@@ -1466,6 +1612,7 @@ es_claim_scan_log(EsClaim *c, int64 head)
 
 	es_map_open(cat);
 	c->event_desc = lookup_rowtype_tupdesc(cat->event_type_oid, -1);
+	c->stored_as_is = es_claim_stored_as_is(c->out_desc, c->event_desc);
 	/* head was computed before this snapshot: it sees every commit below */
 	snapshot = RegisterSnapshot(GetLatestSnapshot());
 	c->last_scanned = from;
@@ -1592,7 +1739,7 @@ es_claim_redeliver_row(Datum *values, bool *isnull, HeapTuple stored, void *arg)
 {
 	EsClaim    *c = (EsClaim *) arg;
 
-	es_claim_emit(c, c->current_part, values, isnull, c->attempt);
+	es_claim_emit(c, c->current_part, values, isnull, NULL, c->attempt);
 	return false;
 }
 
@@ -2071,6 +2218,7 @@ es_claim_events(PG_FUNCTION_ARGS)
 	memset(&c, 0, sizeof(c));
 	c.out = rsinfo->setResult;
 	c.out_desc = rsinfo->setDesc;
+	c.cxt = callcxt;
 	c.max_count = max_count;
 
 	EsSpiConnect(&sw);
