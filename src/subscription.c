@@ -40,7 +40,12 @@
  * ... FOR UPDATE would lock them (es_my_partitions, es_lock_row); taking
  * free partitions is a statement (SKIP LOCKED).  The partition rows a
  * claim or an ack locked are written back in place from C
- * (es_save_partitions), as nobody else can change them meanwhile.
+ * (es_save_partitions), as nobody else can change them meanwhile.  An ack
+ * and the renewal of a claim's consumer row skip the lock before the
+ * write, as UPDATE does: the row is updated as the snapshot saw it (the
+ * update waits for a concurrent writer and locks it), and only when that
+ * version was changed meanwhile is the latest one locked and read again
+ * (es_write_partitions_seen, es_claim_consumer_row).
  *
  * The log scan reads the events of other consumers' partitions too; the
  * backend's log map remembers where each partition's events are, so that
@@ -129,7 +134,10 @@ typedef struct EsPart
 	int32	   *redeliver_attempts;
 	bool		has_held;		/* some stream of it is held back */
 	bool		changed;
-	ItemPointerData tid;		/* of its row, locked by this transaction */
+	ItemPointerData tid;		/* of its row, locked by this transaction
+								 * (or, before an optimistic write, as seen) */
+	int64		acked;			/* an ack: how many it took off pending */
+	bool		written;		/* an optimistic write: written back */
 } EsPart;
 
 /* A held stream of one of the consumer's partitions */
@@ -394,26 +402,37 @@ es_save_partition(EsSubscription *s, EsPart *p, const char *holder, double lease
 
 static Oid	es_sub_relid(const char *name);
 static AttrNumber es_sub_attnum(Relation rel, const char *name);
+static bool es_lock_row(Relation rel, ItemPointer tid, Snapshot snapshot, LockTupleMode mode,
+						TupleTableSlot *slot, bool *moved);
 
 /*
- * Update a row of a subscription table in place (its version at *tid,
- * which this transaction locked or may change: see simple_heap_update), as
- * CatalogTupleUpdate does; *tid becomes the new version's.  The indexes are
- * opened only when the update is not HOT (a HOT update, the rule for these
- * rows, has no index entries to make); *indstate keeps them open for the
- * caller's next rows (closed with CatalogCloseIndexes when not NULL).
+ * Update a row of a subscription table from C, as CatalogTupleUpdate does
+ * (the new version, and its index entries unless the update is HOT), its
+ * version at *tid: TM_Ok and *tid the new version's, or, when a concurrent
+ * transaction changed or deleted that version (the update waited for it to
+ * end), what heap_update says, with nothing written.  The indexes are
+ * opened only for an update that is not HOT (a HOT update, the rule for
+ * these rows, has no index entries to make); *indstate keeps them open for
+ * the caller's next rows (closed with CatalogCloseIndexes when not NULL).
  */
-static void
-es_update_row(Relation rel, ItemPointer tid, HeapTuple newtup, CatalogIndexState *indstate)
+static TM_Result
+es_try_update_row(Relation rel, ItemPointer tid, HeapTuple newtup, CatalogIndexState *indstate)
 {
 	TupleTableSlot *slot;
 	Datum		values[INDEX_MAX_KEYS];
 	bool		isnull[INDEX_MAX_KEYS];
+	TM_FailureData tmfd;
+	LockTupleMode lockmode;
+	TM_Result	res;
 
-	simple_heap_update(rel, tid, newtup);
+	/* waits for a concurrent writer of the row, as UPDATE does */
+	res = heap_update(rel, tid, newtup, GetCurrentCommandId(true), InvalidSnapshot,
+					  true, &tmfd, &lockmode);
+	if (res != TM_Ok)
+		return res;
 	*tid = newtup->t_self;
 	if (HeapTupleIsHeapOnly(newtup))
-		return;
+		return TM_Ok;
 	if (*indstate == NULL)
 		*indstate = CatalogOpenIndexes(rel);
 	slot = MakeSingleTupleTableSlot(RelationGetDescr(rel), &TTSOpsHeapTuple);
@@ -435,6 +454,80 @@ es_update_row(Relation rel, ItemPointer tid, HeapTuple newtup, CatalogIndexState
 							false, info);
 	}
 	ExecDropSingleTupleTableSlot(slot);
+	return TM_Ok;
+}
+
+/* The same, for a row this transaction locked (nobody else changes it) */
+static void
+es_update_row(Relation rel, ItemPointer tid, HeapTuple newtup, CatalogIndexState *indstate)
+{
+	if (es_try_update_row(rel, tid, newtup, indstate) != TM_Ok)
+		elog(ERROR, "event_store.%s: row (%u,%u) concurrently updated",
+			 RelationGetRelationName(rel), ItemPointerGetBlockNumber(tid),
+			 ItemPointerGetOffsetNumber(tid));
+}
+
+/* The columns of the partition rows that a write-back sets */
+typedef struct EsPartAtts
+{
+	AttrNumber	holder,
+				lease,
+				position,
+				pending,
+				pending_attempts,
+				redeliver,
+				redeliver_attempts,
+				updated;
+} EsPartAtts;
+
+static void
+es_part_atts(Relation rel, EsPartAtts *a)
+{
+	a->holder = es_sub_attnum(rel, "holder");
+	a->lease = es_sub_attnum(rel, "lease_expires_at");
+	a->position = es_sub_attnum(rel, "position");
+	a->pending = es_sub_attnum(rel, "pending");
+	a->pending_attempts = es_sub_attnum(rel, "pending_attempts");
+	a->redeliver = es_sub_attnum(rel, "redeliver");
+	a->redeliver_attempts = es_sub_attnum(rel, "redeliver_attempts");
+	a->updated = es_sub_attnum(rel, "updated_at");
+}
+
+/*
+ * The new version of a partition's row (its version at p->tid, the other
+ * columns kept): held by holder, its lease ending at lease_end (0:
+ * unchanged), position and lists from p
+ */
+static HeapTuple
+es_part_version(Relation rel, const EsPartAtts *a, EsSubscription *s, EsPart *p,
+				const char *holder, TimestampTz lease_end, TimestampTz now,
+				Datum *values, bool *nulls)
+{
+	HeapTupleData oldtup;
+	HeapTuple	newtup;
+	Buffer		buf;
+
+	oldtup.t_self = p->tid;
+	if (!heap_fetch(rel, SnapshotAny, &oldtup, &buf, false))
+		elog(ERROR, "partition %d of subscription \"%s\" is gone", p->partition, s->name);
+	heap_deform_tuple(&oldtup, RelationGetDescr(rel), values, nulls);
+	values[a->holder - 1] = CStringGetTextDatum(holder);
+	nulls[a->holder - 1] = false;
+	if (lease_end != 0)
+	{
+		values[a->lease - 1] = TimestampTzGetDatum(lease_end);
+		nulls[a->lease - 1] = false;
+	}
+	values[a->position - 1] = Int64GetDatum(p->position);
+	values[a->pending - 1] = es_int8_array(p->pending, p->npending);
+	values[a->pending_attempts - 1] = es_int4_array(p->pending_attempts, p->npending);
+	values[a->redeliver - 1] = es_int8_array(p->redeliver, p->nredeliver);
+	values[a->redeliver_attempts - 1] = es_int4_array(p->redeliver_attempts, p->nredeliver);
+	values[a->updated - 1] = TimestampTzGetDatum(now);
+	/* formed while the old version's page, which the values point into, is pinned */
+	newtup = heap_form_tuple(RelationGetDescr(rel), values, nulls);
+	ReleaseBuffer(buf);
+	return newtup;
 }
 
 /*
@@ -457,14 +550,7 @@ es_save_partitions(EsSubscription *s, EsPart *parts, int nparts, const char *hol
 	TimestampTz lease_end = 0;
 	Datum	   *values;
 	bool	   *nulls;
-	AttrNumber	att_holder,
-				att_lease,
-				att_position,
-				att_pending,
-				att_pending_attempts,
-				att_redeliver,
-				att_redeliver_attempts,
-				att_updated;
+	EsPartAtts	atts;
 	bool		any = false;
 
 	for (int i = 0; i < nparts && !any; i++)
@@ -472,14 +558,7 @@ es_save_partitions(EsSubscription *s, EsPart *parts, int nparts, const char *hol
 	if (!any)
 		return;
 	rel = table_open(es_sub_relid("subscription_partitions"), RowExclusiveLock);
-	att_holder = es_sub_attnum(rel, "holder");
-	att_lease = es_sub_attnum(rel, "lease_expires_at");
-	att_position = es_sub_attnum(rel, "position");
-	att_pending = es_sub_attnum(rel, "pending");
-	att_pending_attempts = es_sub_attnum(rel, "pending_attempts");
-	att_redeliver = es_sub_attnum(rel, "redeliver");
-	att_redeliver_attempts = es_sub_attnum(rel, "redeliver_attempts");
-	att_updated = es_sub_attnum(rel, "updated_at");
+	es_part_atts(rel, &atts);
 	if (lease_ms >= 0)
 		lease_end = GetCurrentTimestamp() + (int64) rint(lease_ms * 1000.0);
 
@@ -489,31 +568,11 @@ es_save_partitions(EsSubscription *s, EsPart *parts, int nparts, const char *hol
 	for (int i = 0; i < nparts; i++)
 	{
 		EsPart	   *p = &parts[i];
-		HeapTupleData oldtup;
 		HeapTuple	newtup;
-		Buffer		buf;
 
 		if (lease_ms < 0 && !p->changed)
 			continue;
-		oldtup.t_self = p->tid;
-		if (!heap_fetch(rel, SnapshotAny, &oldtup, &buf, false))
-			elog(ERROR, "partition %d of subscription \"%s\" is gone", p->partition, s->name);
-		heap_deform_tuple(&oldtup, desc, values, nulls);
-		values[att_holder - 1] = CStringGetTextDatum(holder);
-		nulls[att_holder - 1] = false;
-		if (lease_ms >= 0)
-		{
-			values[att_lease - 1] = TimestampTzGetDatum(lease_end);
-			nulls[att_lease - 1] = false;
-		}
-		values[att_position - 1] = Int64GetDatum(p->position);
-		values[att_pending - 1] = es_int8_array(p->pending, p->npending);
-		values[att_pending_attempts - 1] = es_int4_array(p->pending_attempts, p->npending);
-		values[att_redeliver - 1] = es_int8_array(p->redeliver, p->nredeliver);
-		values[att_redeliver_attempts - 1] = es_int4_array(p->redeliver_attempts, p->nredeliver);
-		values[att_updated - 1] = TimestampTzGetDatum(now);
-		newtup = heap_form_tuple(desc, values, nulls);
-		ReleaseBuffer(buf);
+		newtup = es_part_version(rel, &atts, s, p, holder, lease_end, now, values, nulls);
 		es_update_row(rel, &p->tid, newtup, &indstate);
 		heap_freetuple(newtup);
 	}
@@ -522,6 +581,62 @@ es_save_partitions(EsSubscription *s, EsPart *parts, int nparts, const char *hol
 	table_close(rel, NoLock);
 	/* what follows in this transaction sees the new versions */
 	CommandCounterIncrement();
+}
+
+/*
+ * An ack's write-back of partitions read as a snapshot saw them, unlocked
+ * (es_my_partitions without lock): a changed partition's row is updated as
+ * UPDATE would (waiting for a concurrent writer), an unchanged one locked
+ * (FOR UPDATE), as the ack would have locked it, so that every partition
+ * the ack holds stays locked until its transaction ends.  One update
+ * instead of a lock and an update.  false when a row's version was changed
+ * meanwhile (a claim or another ack of the consumer's that committed while
+ * the snapshot was taken or this one waited): the rest is not written, the
+ * partitions written are marked (written), and the caller goes again,
+ * locking first, on the latest versions.
+ */
+static bool
+es_write_partitions_seen(EsSubscription *s, EsPart *parts, int nparts, const char *holder)
+{
+	Relation	rel = table_open(es_sub_relid("subscription_partitions"), RowExclusiveLock);
+	TupleDesc	desc = RelationGetDescr(rel);
+	TupleTableSlot *slot = table_slot_create(rel, NULL);
+	Snapshot	snapshot = RegisterSnapshot(GetTransactionSnapshot());
+	TimestampTz now = GetCurrentTransactionStartTimestamp();
+	CatalogIndexState indstate = NULL;
+	Datum	   *values = palloc(sizeof(Datum) * desc->natts);
+	bool	   *nulls = palloc(sizeof(bool) * desc->natts);
+	EsPartAtts	atts;
+	bool		ok = true;
+
+	es_part_atts(rel, &atts);
+	for (int i = 0; i < nparts && ok; i++)
+	{
+		EsPart	   *p = &parts[i];
+		bool		moved;
+
+		if (!p->changed)
+		{
+			ok = es_lock_row(rel, &p->tid, snapshot, LockTupleExclusive, slot, &moved) && !moved;
+			ExecClearTuple(slot);
+		}
+		else
+		{
+			HeapTuple	newtup = es_part_version(rel, &atts, s, p, holder, 0, now, values, nulls);
+
+			ok = es_try_update_row(rel, &p->tid, newtup, &indstate) == TM_Ok;
+			heap_freetuple(newtup);
+			p->written = ok;
+		}
+	}
+	if (indstate != NULL)
+		CatalogCloseIndexes(indstate);
+	ExecDropSingleTupleTableSlot(slot);
+	UnregisterSnapshot(snapshot);
+	table_close(rel, NoLock);
+	/* what follows in this transaction sees the new versions */
+	CommandCounterIncrement();
+	return ok;
 }
 
 /* Append (position, attempt) to a partition's pending list */
@@ -857,10 +972,12 @@ es_consumer_fenced(EsSubscription *s, const char *consumer, Snapshot snapshot)
  * row a concurrent transaction changed is locked in its latest version,
  * which must still be the consumer's and unexpired.  With fenced, also
  * whether the consumer was fenced since its last claim (only known when it
- * holds some partition).
+ * holds some partition).  Without lock, the rows are not locked: they are
+ * as the snapshot saw them, for es_write_partitions_seen.
  */
 static EsPart *
-es_my_partitions(EsSubscription *s, const char *consumer, int *nparts, bool *fenced)
+es_my_partitions(EsSubscription *s, const char *consumer, int *nparts, bool *fenced,
+				 bool lock)
 {
 	Relation	rel = table_open(es_sub_relid("subscription_partitions"), RowShareLock);
 	Relation	idx = index_open(es_sub_relid("subscription_partitions_holder_idx"), AccessShareLock);
@@ -884,6 +1001,7 @@ es_my_partitions(EsSubscription *s, const char *consumer, int *nparts, bool *fen
 
 	/* ours as the snapshot sees them, unexpired (only those are locked) */
 	tids = palloc(sizeof(ItemPointerData) * cap);
+	parts = lock ? NULL : palloc0(sizeof(EsPart) * cap);
 	scan = es_consumer_scan(rel, idx, snapshot, s->name, consumer);
 	while (index_getnext_slot(scan, ForwardScanDirection, slot))
 	{
@@ -893,13 +1011,35 @@ es_my_partitions(EsSubscription *s, const char *consumer, int *nparts, bool *fen
 		if (isnull || DatumGetTimestampTz(lease) <= now)
 			continue;
 		if (ntids == cap)
-			tids = repalloc(tids, sizeof(ItemPointerData) * (cap *= 2));
+		{
+			cap *= 2;
+			tids = repalloc(tids, sizeof(ItemPointerData) * cap);
+			if (!lock)
+			{
+				parts = repalloc(parts, sizeof(EsPart) * cap);
+				memset(parts + ntids, 0, sizeof(EsPart) * (cap - ntids));
+			}
+		}
+		if (!lock)
+		{
+			/* as seen: the caller writes them back optimistically */
+			EsPart	   *p = &parts[n++];
+
+			p->partition = DatumGetInt32(slot_getattr(slot, att_partition, &isnull));
+			p->position = DatumGetInt64(slot_getattr(slot, att_position, &isnull));
+			p->npending = es_get_int8_array(slot_getattr(slot, att_pending, &isnull), &p->pending);
+			(void) es_get_int4_array(slot_getattr(slot, att_pending_attempts, &isnull), &p->pending_attempts);
+			p->nredeliver = es_get_int8_array(slot_getattr(slot, att_redeliver, &isnull), &p->redeliver);
+			(void) es_get_int4_array(slot_getattr(slot, att_redeliver_attempts, &isnull), &p->redeliver_attempts);
+			p->tid = slot->tts_tid;
+		}
 		tids[ntids++] = slot->tts_tid;
 	}
 	index_endscan(scan);
 
-	parts = palloc0(sizeof(EsPart) * Max(ntids, 1));
-	for (int i = 0; i < ntids; i++)
+	if (lock)
+		parts = palloc0(sizeof(EsPart) * Max(ntids, 1));
+	for (int i = 0; i < ntids && lock; i++)
 	{
 		EsPart	   *p = &parts[n];
 		bool		moved;
@@ -940,12 +1080,31 @@ es_my_partitions(EsSubscription *s, const char *consumer, int *nparts, bool *fen
 	return parts;
 }
 
+/* A consumer's row renewed: live while a lease of lease_ms runs from now */
+static HeapTuple
+es_consumer_renewed(HeapTuple row, TupleDesc desc, AttrNumber att_lease, AttrNumber att_claimed,
+					TimestampTz now, double lease_ms)
+{
+	Datum	   *values = palloc(sizeof(Datum) * desc->natts);
+	bool	   *nulls = palloc(sizeof(bool) * desc->natts);
+
+	heap_deform_tuple(row, desc, values, nulls);
+	values[att_lease - 1] = TimestampTzGetDatum(now + (int64) rint(lease_ms * 1000.0));
+	nulls[att_lease - 1] = false;
+	values[att_claimed - 1] = TimestampTzGetDatum(now);
+	nulls[att_claimed - 1] = false;
+	return heap_form_tuple(desc, values, nulls);
+}
+
 /*
  * The consumer's claim from C, when its row exists and it has no fence
  * (else false: the caller runs the statement).  Counts the consumers of the
- * subscription live now besides it (*live, itself included), then locks its
- * row (as INSERT ... ON CONFLICT DO UPDATE would) and renews it in place:
- * live while this lease runs, its claim time now.
+ * subscription live now besides it (*live, itself included), then renews
+ * its row in place: live while this lease runs, its claim time now.  The
+ * row is updated as the snapshot saw it, as UPDATE does (waiting for a
+ * concurrent writer); when that version was changed meanwhile, its latest
+ * version is locked (as INSERT ... ON CONFLICT DO UPDATE would lock it)
+ * and renewed.
  */
 static bool
 es_claim_consumer_row(EsSubscription *s, const char *consumer, double lease_ms, int64 *live)
@@ -963,6 +1122,7 @@ es_claim_consumer_row(EsSubscription *s, const char *consumer, double lease_ms, 
 	IndexScanDesc scan;
 	ScanKeyData key;
 	ItemPointerData mine;
+	HeapTuple	seen = NULL;
 	bool		found = false;
 	bool		moved;
 	int64		others = 0;
@@ -978,6 +1138,7 @@ es_claim_consumer_row(EsSubscription *s, const char *consumer, double lease_ms, 
 		if (es_text_is(slot_getattr(slot, att_consumer, &isnull), consumer))
 		{
 			mine = slot->tts_tid;
+			seen = ExecCopySlotHeapTuple(slot);
 			found = true;
 		}
 		else if (DatumGetTimestampTz(slot_getattr(slot, att_lease, &isnull)) > now)
@@ -985,27 +1146,31 @@ es_claim_consumer_row(EsSubscription *s, const char *consumer, double lease_ms, 
 	}
 	index_endscan(scan);
 
-	if (found && !es_latest_fence(s, consumer, snapshot, &fenced_at) &&
-		es_lock_row(rel, &mine, snapshot, LockTupleNoKeyExclusive, slot, &moved))
+	if (found && !es_latest_fence(s, consumer, snapshot, &fenced_at))
 	{
-		Datum	   *values = palloc(sizeof(Datum) * desc->natts);
-		bool	   *nulls = palloc(sizeof(bool) * desc->natts);
-		HeapTuple	newtup;
 		CatalogIndexState indstate = NULL;
+		HeapTuple	newtup = es_consumer_renewed(seen, desc, att_lease, att_claimed, now, lease_ms);
 
-		slot_getallattrs(slot);
-		memcpy(values, slot->tts_values, sizeof(Datum) * desc->natts);
-		memcpy(nulls, slot->tts_isnull, sizeof(bool) * desc->natts);
-		values[att_lease - 1] = TimestampTzGetDatum(now + (int64) rint(lease_ms * 1000.0));
-		nulls[att_lease - 1] = false;
-		values[att_claimed - 1] = TimestampTzGetDatum(now);
-		nulls[att_claimed - 1] = false;
-		newtup = heap_form_tuple(desc, values, nulls);
-		ExecClearTuple(slot);
-		es_update_row(rel, &mine, newtup, &indstate);
+		if (es_try_update_row(rel, &mine, newtup, &indstate) != TM_Ok)
+		{
+			/* changed since the snapshot: its latest version, locked */
+			heap_freetuple(newtup);
+			newtup = NULL;
+			if (es_lock_row(rel, &mine, snapshot, LockTupleNoKeyExclusive, slot, &moved))
+			{
+				HeapTuple	latest = ExecCopySlotHeapTuple(slot);
+
+				ExecClearTuple(slot);
+				newtup = es_consumer_renewed(latest, desc, att_lease, att_claimed, now, lease_ms);
+				es_update_row(rel, &mine, newtup, &indstate);
+			}
+			else
+				found = false;
+		}
 		if (indstate != NULL)
 			CatalogCloseIndexes(indstate);
-		heap_freetuple(newtup);
+		if (newtup != NULL)
+			heap_freetuple(newtup);
 		*live = others + 1;
 	}
 	else
@@ -2117,7 +2282,7 @@ es_claim_once(EsClaim *c, const char *consumer, double lease_ms)
 	 * the claim measured no cheaper); beyond the fair share, the idle ones
 	 * go back
 	 */
-	c->parts = es_my_partitions(c->sub, consumer, &c->nparts, NULL);
+	c->parts = es_my_partitions(c->sub, consumer, &c->nparts, NULL, true);
 	if (fenced)
 		for (int i = 0; i < c->nparts; i++)
 			es_pending_to_redeliver(&c->parts[i]);
@@ -2373,6 +2538,64 @@ es_held_acknowledged(EsSubscription *s, text *stream_id, int64 held_position, in
 }
 
 /*
+ * One pass of an ack: the consumer's partitions (55000 when it holds none
+ * or was fenced), their events up to upto taken off pending and their rows
+ * written back; *acked counts the events.  Without lock, the rows are read
+ * as the snapshot sees them and written back optimistically
+ * (es_write_partitions_seen): NULL when one of them had changed, with
+ * *acked counting what the rows written meanwhile took off (the pass with
+ * lock finds them without those events).  With lock, as ExecLockRows:
+ * never NULL.
+ */
+static EsPart *
+es_ack_pass(EsSubscription *s, const char *consumer, int64 upto, bool lock, int *nparts,
+			int64 *acked)
+{
+	bool		fenced = false;
+	EsPart	   *parts = es_my_partitions(s, consumer, nparts, &fenced, lock);
+
+	if (*nparts == 0)
+		es_not_held(s, consumer, "any partition");
+	if (fenced)
+		es_fenced_error(s, consumer);
+
+	for (int i = 0; i < *nparts; i++)
+	{
+		EsPart	   *p = &parts[i];
+		int			keep = 0;
+
+		for (int k = 0; k < p->npending; k++)
+		{
+			if (p->pending[k] <= upto)
+				p->acked++;
+			else
+			{
+				p->pending[keep] = p->pending[k];
+				p->pending_attempts[keep] = p->pending_attempts[k];
+				keep++;
+			}
+		}
+		if (keep != p->npending)
+		{
+			p->npending = keep;
+			p->changed = true;
+		}
+	}
+	if (lock)
+		es_save_partitions(s, parts, *nparts, consumer, -1);
+	else if (!es_write_partitions_seen(s, parts, *nparts, consumer))
+	{
+		for (int i = 0; i < *nparts; i++)
+			if (parts[i].written)
+				*acked += parts[i].acked;
+		return NULL;
+	}
+	for (int i = 0; i < *nparts; i++)
+		*acked += parts[i].acked;
+	return parts;
+}
+
+/*
  * SQL: event_store.ack_events(subscription text, consumer text,
  *		up_to_position bigint) RETURNS bigint
  */
@@ -2391,7 +2614,6 @@ es_ack_events(PG_FUNCTION_ARGS)
 	Datum		values[3];
 	int32	   *nums;
 	bool		any_held;
-	bool		fenced = false;
 
 	EsCheckWritable("ack_events()");
 	EsRequireArg(fcinfo, 2, "up_to_position");
@@ -2401,37 +2623,22 @@ es_ack_events(PG_FUNCTION_ARGS)
 	EsSpiConnect(&sw);
 	s = es_subscription_load(name, CurrentMemoryContext);
 	es_check_may_use(&sw, s);
-	parts = es_my_partitions(s, consumer, &nparts, &fenced);
-	if (nparts == 0)
-		es_not_held(s, consumer, "any partition");
-	if (fenced)
-		es_fenced_error(s, consumer);
+	/*
+	 * The consumer's partitions as a snapshot sees them, written back with
+	 * one update each (which locks the row as it writes it); when one was
+	 * changed meanwhile, again on their latest versions, locked first
+	 */
+	parts = es_ack_pass(s, consumer, upto, false, &nparts, &acked);
+	if (parts == NULL)
+	{
+		int64		again = 0;
 
+		parts = es_ack_pass(s, consumer, upto, true, &nparts, &again);
+		acked += again;
+	}
 	nums = palloc(sizeof(int32) * nparts);
 	for (int i = 0; i < nparts; i++)
-	{
-		EsPart	   *p = &parts[i];
-		int			keep = 0;
-
-		nums[i] = p->partition;
-		for (int k = 0; k < p->npending; k++)
-		{
-			if (p->pending[k] <= upto)
-				acked++;
-			else
-			{
-				p->pending[keep] = p->pending[k];
-				p->pending_attempts[keep] = p->pending_attempts[k];
-				keep++;
-			}
-		}
-		if (keep != p->npending)
-		{
-			p->npending = keep;
-			p->changed = true;
-		}
-	}
-	es_save_partitions(s, parts, nparts, consumer, -1);
+		nums[i] = parts[i].partition;
 
 	/* held streams handed out up to here move on (when a partition has any) */
 	any_held = false;
@@ -2512,7 +2719,7 @@ es_nack_event(PG_FUNCTION_ARGS)
 	EsSpiConnect(&sw);
 	s = es_subscription_load(name, CurrentMemoryContext);
 	es_check_may_use(&sw, s);
-	parts = es_my_partitions(s, consumer, &nparts, NULL);
+	parts = es_my_partitions(s, consumer, &nparts, NULL, true);
 	es_check_not_fenced(s, consumer);
 	sid = es_stream_at(position);
 	p = sid ? es_find_part(parts, nparts, EsStreamPartition(sid, s->partitions)) : NULL;
@@ -2590,7 +2797,7 @@ es_release_events(PG_FUNCTION_ARGS)
 	EsSpiConnect(&sw);
 	s = es_subscription_load(name, CurrentMemoryContext);
 	es_check_may_use(&sw, s);
-	parts = es_my_partitions(s, consumer, &nparts, NULL);
+	parts = es_my_partitions(s, consumer, &nparts, NULL, true);
 	for (int i = 0; i < nparts; i++)
 	{
 		/* unacknowledged events are delivered again, to the next holder */
