@@ -224,6 +224,30 @@ RESET enable_seqscan;
 RESET enable_bitmapscan;
 DROP TABLE part_rows;
 
+-- a claimed event's row is the event as stored, every column, with its
+-- partition (its stream id's hash) and attempt: small data, data stored
+-- compressed in the row, and data stored out of line
+SELECT count(event_store.append('rows-' || i,
+         jsonb_build_object('type', 'Sized', 'data', jsonb_build_object('blob',
+           CASE WHEN i = 6 THEN (SELECT string_agg(md5(i::text || g), '') FROM generate_series(1, 400) g)
+                ELSE repeat(md5(i::text), i * i * 20) END)))) AS appended
+  FROM generate_series(1, 6) i;
+SELECT event_store.create_subscription('rows', categories => '{rows}', partitions => 4);
+CREATE TABLE rows_got AS SELECT * FROM event_store.claim_events('rows', 'r1', 100);
+SELECT count(*) AS events,
+       count(*) FILTER (WHERE (g.stream_id, g.stream_version, g.event_id, g.event_type, g.data,
+                               g.metadata, g.schema_version, g.recorded_at)
+                              IS NOT DISTINCT FROM
+                              (e.stream_id, e.stream_version, e.event_id, e.event_type, e.data,
+                               e.metadata, e.schema_version, e.recorded_at)) AS as_stored,
+       bool_and(g.partition = ((hashtextextended(g.stream_id, 0) % 4) + 4) % 4) AS partitions_by_hash,
+       bool_and(g.attempt = 1) AS first_attempts,
+       count(*) FILTER (WHERE pg_column_compression(e.data) IS NOT NULL) AS compressed
+  FROM rows_got g JOIN event_store.events e USING (global_position);
+SELECT event_store.ack_events('rows', 'r1', event_store.head_position()) AS acked;
+SELECT event_store.drop_subscription('rows');
+DROP TABLE rows_got;
+
 -- drop removes everything of it
 SELECT regress.try($$SELECT event_store.drop_subscription('nope')$$);
 SELECT event_store.drop_subscription('orders');

@@ -40,7 +40,12 @@
  * ... FOR UPDATE would lock them (es_my_partitions, es_lock_row); taking
  * free partitions is a statement (SKIP LOCKED).  The partition rows a
  * claim or an ack locked are written back in place from C
- * (es_save_partitions), as nobody else can change them meanwhile.
+ * (es_save_partitions), as nobody else can change them meanwhile.  An ack
+ * and the renewal of a claim's consumer row skip the lock before the
+ * write, as UPDATE does: the row is updated as the snapshot saw it (the
+ * update waits for a concurrent writer and locks it), and only when that
+ * version was changed meanwhile is the latest one locked and read again
+ * (es_write_partitions_seen, es_claim_consumer_row).
  *
  * The log scan reads the events of other consumers' partitions too; the
  * backend's log map remembers where each partition's events are, so that
@@ -57,6 +62,7 @@
 #include "access/tableam.h"
 #include "access/stratnum.h"
 #include "access/xact.h"
+#include "catalog/index.h"
 #include "catalog/indexing.h"
 #include "catalog/pg_collation.h"
 #include "catalog/pg_type.h"
@@ -128,7 +134,10 @@ typedef struct EsPart
 	int32	   *redeliver_attempts;
 	bool		has_held;		/* some stream of it is held back */
 	bool		changed;
-	ItemPointerData tid;		/* of its row, locked by this transaction */
+	ItemPointerData tid;		/* of its row, locked by this transaction
+								 * (or, before an optimistic write, as seen) */
+	int64		acked;			/* an ack: how many it took off pending */
+	bool		written;		/* an optimistic write: written back */
 } EsPart;
 
 /* A held stream of one of the consumer's partitions */
@@ -393,6 +402,133 @@ es_save_partition(EsSubscription *s, EsPart *p, const char *holder, double lease
 
 static Oid	es_sub_relid(const char *name);
 static AttrNumber es_sub_attnum(Relation rel, const char *name);
+static bool es_lock_row(Relation rel, ItemPointer tid, Snapshot snapshot, LockTupleMode mode,
+						TupleTableSlot *slot, bool *moved);
+
+/*
+ * Update a row of a subscription table from C, as CatalogTupleUpdate does
+ * (the new version, and its index entries unless the update is HOT), its
+ * version at *tid: TM_Ok and *tid the new version's, or, when a concurrent
+ * transaction changed or deleted that version (the update waited for it to
+ * end), what heap_update says, with nothing written.  The indexes are
+ * opened only for an update that is not HOT (a HOT update, the rule for
+ * these rows, has no index entries to make); *indstate keeps them open for
+ * the caller's next rows (closed with CatalogCloseIndexes when not NULL).
+ */
+static TM_Result
+es_try_update_row(Relation rel, ItemPointer tid, HeapTuple newtup, CatalogIndexState *indstate)
+{
+	TupleTableSlot *slot;
+	Datum		values[INDEX_MAX_KEYS];
+	bool		isnull[INDEX_MAX_KEYS];
+	TM_FailureData tmfd;
+	LockTupleMode lockmode;
+	TM_Result	res;
+
+	/* waits for a concurrent writer of the row, as UPDATE does */
+	res = heap_update(rel, tid, newtup, GetCurrentCommandId(true), InvalidSnapshot,
+					  true, &tmfd, &lockmode);
+	if (res != TM_Ok)
+		return res;
+	*tid = newtup->t_self;
+	if (HeapTupleIsHeapOnly(newtup))
+		return TM_Ok;
+	if (*indstate == NULL)
+		*indstate = CatalogOpenIndexes(rel);
+	slot = MakeSingleTupleTableSlot(RelationGetDescr(rel), &TTSOpsHeapTuple);
+	ExecStoreHeapTuple(newtup, slot, false);
+	for (int i = 0; i < (*indstate)->ri_NumIndices; i++)
+	{
+		IndexInfo  *info = (*indstate)->ri_IndexRelationInfo[i];
+		Relation	index = (*indstate)->ri_IndexRelationDescs[i];
+
+		if (!info->ii_ReadyForInserts)
+			continue;
+		/* plain columns only (no expression, no predicate), as in the catalogs */
+		if (info->ii_Expressions != NIL || info->ii_Predicate != NIL)
+			elog(ERROR, "index \"%s\" of event_store.%s has expressions or a predicate",
+				 RelationGetRelationName(index), RelationGetRelationName(rel));
+		FormIndexDatum(info, slot, NULL, values, isnull);
+		(void) index_insert(index, values, isnull, &newtup->t_self, rel,
+							index->rd_index->indisunique ? UNIQUE_CHECK_YES : UNIQUE_CHECK_NO,
+							false, info);
+	}
+	ExecDropSingleTupleTableSlot(slot);
+	return TM_Ok;
+}
+
+/* The same, for a row this transaction locked (nobody else changes it) */
+static void
+es_update_row(Relation rel, ItemPointer tid, HeapTuple newtup, CatalogIndexState *indstate)
+{
+	if (es_try_update_row(rel, tid, newtup, indstate) != TM_Ok)
+		elog(ERROR, "event_store.%s: row (%u,%u) concurrently updated",
+			 RelationGetRelationName(rel), ItemPointerGetBlockNumber(tid),
+			 ItemPointerGetOffsetNumber(tid));
+}
+
+/* The columns of the partition rows that a write-back sets */
+typedef struct EsPartAtts
+{
+	AttrNumber	holder,
+				lease,
+				position,
+				pending,
+				pending_attempts,
+				redeliver,
+				redeliver_attempts,
+				updated;
+} EsPartAtts;
+
+static void
+es_part_atts(Relation rel, EsPartAtts *a)
+{
+	a->holder = es_sub_attnum(rel, "holder");
+	a->lease = es_sub_attnum(rel, "lease_expires_at");
+	a->position = es_sub_attnum(rel, "position");
+	a->pending = es_sub_attnum(rel, "pending");
+	a->pending_attempts = es_sub_attnum(rel, "pending_attempts");
+	a->redeliver = es_sub_attnum(rel, "redeliver");
+	a->redeliver_attempts = es_sub_attnum(rel, "redeliver_attempts");
+	a->updated = es_sub_attnum(rel, "updated_at");
+}
+
+/*
+ * The new version of a partition's row (its version at p->tid, the other
+ * columns kept): held by holder, its lease ending at lease_end (0:
+ * unchanged), position and lists from p
+ */
+static HeapTuple
+es_part_version(Relation rel, const EsPartAtts *a, EsSubscription *s, EsPart *p,
+				const char *holder, TimestampTz lease_end, TimestampTz now,
+				Datum *values, bool *nulls)
+{
+	HeapTupleData oldtup;
+	HeapTuple	newtup;
+	Buffer		buf;
+
+	oldtup.t_self = p->tid;
+	if (!heap_fetch(rel, SnapshotAny, &oldtup, &buf, false))
+		elog(ERROR, "partition %d of subscription \"%s\" is gone", p->partition, s->name);
+	heap_deform_tuple(&oldtup, RelationGetDescr(rel), values, nulls);
+	values[a->holder - 1] = CStringGetTextDatum(holder);
+	nulls[a->holder - 1] = false;
+	if (lease_end != 0)
+	{
+		values[a->lease - 1] = TimestampTzGetDatum(lease_end);
+		nulls[a->lease - 1] = false;
+	}
+	values[a->position - 1] = Int64GetDatum(p->position);
+	values[a->pending - 1] = es_int8_array(p->pending, p->npending);
+	values[a->pending_attempts - 1] = es_int4_array(p->pending_attempts, p->npending);
+	values[a->redeliver - 1] = es_int8_array(p->redeliver, p->nredeliver);
+	values[a->redeliver_attempts - 1] = es_int4_array(p->redeliver_attempts, p->nredeliver);
+	values[a->updated - 1] = TimestampTzGetDatum(now);
+	/* formed while the old version's page, which the values point into, is pinned */
+	newtup = heap_form_tuple(RelationGetDescr(rel), values, nulls);
+	ReleaseBuffer(buf);
+	return newtup;
+}
 
 /*
  * Write back every partition of parts that changed (all of them when
@@ -409,19 +545,12 @@ es_save_partitions(EsSubscription *s, EsPart *parts, int nparts, const char *hol
 {
 	Relation	rel;
 	TupleDesc	desc;
-	CatalogIndexState indstate;
+	CatalogIndexState indstate = NULL;
 	TimestampTz now = GetCurrentTransactionStartTimestamp();
 	TimestampTz lease_end = 0;
 	Datum	   *values;
 	bool	   *nulls;
-	AttrNumber	att_holder,
-				att_lease,
-				att_position,
-				att_pending,
-				att_pending_attempts,
-				att_redeliver,
-				att_redeliver_attempts,
-				att_updated;
+	EsPartAtts	atts;
 	bool		any = false;
 
 	for (int i = 0; i < nparts && !any; i++)
@@ -429,57 +558,85 @@ es_save_partitions(EsSubscription *s, EsPart *parts, int nparts, const char *hol
 	if (!any)
 		return;
 	rel = table_open(es_sub_relid("subscription_partitions"), RowExclusiveLock);
-	att_holder = es_sub_attnum(rel, "holder");
-	att_lease = es_sub_attnum(rel, "lease_expires_at");
-	att_position = es_sub_attnum(rel, "position");
-	att_pending = es_sub_attnum(rel, "pending");
-	att_pending_attempts = es_sub_attnum(rel, "pending_attempts");
-	att_redeliver = es_sub_attnum(rel, "redeliver");
-	att_redeliver_attempts = es_sub_attnum(rel, "redeliver_attempts");
-	att_updated = es_sub_attnum(rel, "updated_at");
+	es_part_atts(rel, &atts);
 	if (lease_ms >= 0)
 		lease_end = GetCurrentTimestamp() + (int64) rint(lease_ms * 1000.0);
 
 	desc = RelationGetDescr(rel);
-	indstate = CatalogOpenIndexes(rel);
 	values = palloc(sizeof(Datum) * desc->natts);
 	nulls = palloc(sizeof(bool) * desc->natts);
 	for (int i = 0; i < nparts; i++)
 	{
 		EsPart	   *p = &parts[i];
-		HeapTupleData oldtup;
 		HeapTuple	newtup;
-		Buffer		buf;
 
 		if (lease_ms < 0 && !p->changed)
 			continue;
-		oldtup.t_self = p->tid;
-		if (!heap_fetch(rel, SnapshotAny, &oldtup, &buf, false))
-			elog(ERROR, "partition %d of subscription \"%s\" is gone", p->partition, s->name);
-		heap_deform_tuple(&oldtup, desc, values, nulls);
-		values[att_holder - 1] = CStringGetTextDatum(holder);
-		nulls[att_holder - 1] = false;
-		if (lease_ms >= 0)
-		{
-			values[att_lease - 1] = TimestampTzGetDatum(lease_end);
-			nulls[att_lease - 1] = false;
-		}
-		values[att_position - 1] = Int64GetDatum(p->position);
-		values[att_pending - 1] = es_int8_array(p->pending, p->npending);
-		values[att_pending_attempts - 1] = es_int4_array(p->pending_attempts, p->npending);
-		values[att_redeliver - 1] = es_int8_array(p->redeliver, p->nredeliver);
-		values[att_redeliver_attempts - 1] = es_int4_array(p->redeliver_attempts, p->nredeliver);
-		values[att_updated - 1] = TimestampTzGetDatum(now);
-		newtup = heap_form_tuple(desc, values, nulls);
-		ReleaseBuffer(buf);
-		CatalogTupleUpdateWithInfo(rel, &p->tid, newtup, indstate);
-		p->tid = newtup->t_self;
+		newtup = es_part_version(rel, &atts, s, p, holder, lease_end, now, values, nulls);
+		es_update_row(rel, &p->tid, newtup, &indstate);
 		heap_freetuple(newtup);
 	}
-	CatalogCloseIndexes(indstate);
+	if (indstate != NULL)
+		CatalogCloseIndexes(indstate);
 	table_close(rel, NoLock);
 	/* what follows in this transaction sees the new versions */
 	CommandCounterIncrement();
+}
+
+/*
+ * An ack's write-back of partitions read as a snapshot saw them, unlocked
+ * (es_my_partitions without lock): a changed partition's row is updated as
+ * UPDATE would (waiting for a concurrent writer), an unchanged one locked
+ * (FOR UPDATE), as the ack would have locked it, so that every partition
+ * the ack holds stays locked until its transaction ends.  One update
+ * instead of a lock and an update.  false when a row's version was changed
+ * meanwhile (a claim or another ack of the consumer's that committed while
+ * the snapshot was taken or this one waited): the rest is not written, the
+ * partitions written are marked (written), and the caller goes again,
+ * locking first, on the latest versions.
+ */
+static bool
+es_write_partitions_seen(EsSubscription *s, EsPart *parts, int nparts, const char *holder)
+{
+	Relation	rel = table_open(es_sub_relid("subscription_partitions"), RowExclusiveLock);
+	TupleDesc	desc = RelationGetDescr(rel);
+	TupleTableSlot *slot = table_slot_create(rel, NULL);
+	Snapshot	snapshot = RegisterSnapshot(GetTransactionSnapshot());
+	TimestampTz now = GetCurrentTransactionStartTimestamp();
+	CatalogIndexState indstate = NULL;
+	Datum	   *values = palloc(sizeof(Datum) * desc->natts);
+	bool	   *nulls = palloc(sizeof(bool) * desc->natts);
+	EsPartAtts	atts;
+	bool		ok = true;
+
+	es_part_atts(rel, &atts);
+	for (int i = 0; i < nparts && ok; i++)
+	{
+		EsPart	   *p = &parts[i];
+		bool		moved;
+
+		if (!p->changed)
+		{
+			ok = es_lock_row(rel, &p->tid, snapshot, LockTupleExclusive, slot, &moved) && !moved;
+			ExecClearTuple(slot);
+		}
+		else
+		{
+			HeapTuple	newtup = es_part_version(rel, &atts, s, p, holder, 0, now, values, nulls);
+
+			ok = es_try_update_row(rel, &p->tid, newtup, &indstate) == TM_Ok;
+			heap_freetuple(newtup);
+			p->written = ok;
+		}
+	}
+	if (indstate != NULL)
+		CatalogCloseIndexes(indstate);
+	ExecDropSingleTupleTableSlot(slot);
+	UnregisterSnapshot(snapshot);
+	table_close(rel, NoLock);
+	/* what follows in this transaction sees the new versions */
+	CommandCounterIncrement();
+	return ok;
 }
 
 /* Append (position, attempt) to a partition's pending list */
@@ -815,10 +972,12 @@ es_consumer_fenced(EsSubscription *s, const char *consumer, Snapshot snapshot)
  * row a concurrent transaction changed is locked in its latest version,
  * which must still be the consumer's and unexpired.  With fenced, also
  * whether the consumer was fenced since its last claim (only known when it
- * holds some partition).
+ * holds some partition).  Without lock, the rows are not locked: they are
+ * as the snapshot saw them, for es_write_partitions_seen.
  */
 static EsPart *
-es_my_partitions(EsSubscription *s, const char *consumer, int *nparts, bool *fenced)
+es_my_partitions(EsSubscription *s, const char *consumer, int *nparts, bool *fenced,
+				 bool lock)
 {
 	Relation	rel = table_open(es_sub_relid("subscription_partitions"), RowShareLock);
 	Relation	idx = index_open(es_sub_relid("subscription_partitions_holder_idx"), AccessShareLock);
@@ -842,6 +1001,7 @@ es_my_partitions(EsSubscription *s, const char *consumer, int *nparts, bool *fen
 
 	/* ours as the snapshot sees them, unexpired (only those are locked) */
 	tids = palloc(sizeof(ItemPointerData) * cap);
+	parts = lock ? NULL : palloc0(sizeof(EsPart) * cap);
 	scan = es_consumer_scan(rel, idx, snapshot, s->name, consumer);
 	while (index_getnext_slot(scan, ForwardScanDirection, slot))
 	{
@@ -851,13 +1011,35 @@ es_my_partitions(EsSubscription *s, const char *consumer, int *nparts, bool *fen
 		if (isnull || DatumGetTimestampTz(lease) <= now)
 			continue;
 		if (ntids == cap)
-			tids = repalloc(tids, sizeof(ItemPointerData) * (cap *= 2));
+		{
+			cap *= 2;
+			tids = repalloc(tids, sizeof(ItemPointerData) * cap);
+			if (!lock)
+			{
+				parts = repalloc(parts, sizeof(EsPart) * cap);
+				memset(parts + ntids, 0, sizeof(EsPart) * (cap - ntids));
+			}
+		}
+		if (!lock)
+		{
+			/* as seen: the caller writes them back optimistically */
+			EsPart	   *p = &parts[n++];
+
+			p->partition = DatumGetInt32(slot_getattr(slot, att_partition, &isnull));
+			p->position = DatumGetInt64(slot_getattr(slot, att_position, &isnull));
+			p->npending = es_get_int8_array(slot_getattr(slot, att_pending, &isnull), &p->pending);
+			(void) es_get_int4_array(slot_getattr(slot, att_pending_attempts, &isnull), &p->pending_attempts);
+			p->nredeliver = es_get_int8_array(slot_getattr(slot, att_redeliver, &isnull), &p->redeliver);
+			(void) es_get_int4_array(slot_getattr(slot, att_redeliver_attempts, &isnull), &p->redeliver_attempts);
+			p->tid = slot->tts_tid;
+		}
 		tids[ntids++] = slot->tts_tid;
 	}
 	index_endscan(scan);
 
-	parts = palloc0(sizeof(EsPart) * Max(ntids, 1));
-	for (int i = 0; i < ntids; i++)
+	if (lock)
+		parts = palloc0(sizeof(EsPart) * Max(ntids, 1));
+	for (int i = 0; i < ntids && lock; i++)
 	{
 		EsPart	   *p = &parts[n];
 		bool		moved;
@@ -898,12 +1080,31 @@ es_my_partitions(EsSubscription *s, const char *consumer, int *nparts, bool *fen
 	return parts;
 }
 
+/* A consumer's row renewed: live while a lease of lease_ms runs from now */
+static HeapTuple
+es_consumer_renewed(HeapTuple row, TupleDesc desc, AttrNumber att_lease, AttrNumber att_claimed,
+					TimestampTz now, double lease_ms)
+{
+	Datum	   *values = palloc(sizeof(Datum) * desc->natts);
+	bool	   *nulls = palloc(sizeof(bool) * desc->natts);
+
+	heap_deform_tuple(row, desc, values, nulls);
+	values[att_lease - 1] = TimestampTzGetDatum(now + (int64) rint(lease_ms * 1000.0));
+	nulls[att_lease - 1] = false;
+	values[att_claimed - 1] = TimestampTzGetDatum(now);
+	nulls[att_claimed - 1] = false;
+	return heap_form_tuple(desc, values, nulls);
+}
+
 /*
  * The consumer's claim from C, when its row exists and it has no fence
  * (else false: the caller runs the statement).  Counts the consumers of the
- * subscription live now besides it (*live, itself included), then locks its
- * row (as INSERT ... ON CONFLICT DO UPDATE would) and renews it in place:
- * live while this lease runs, its claim time now.
+ * subscription live now besides it (*live, itself included), then renews
+ * its row in place: live while this lease runs, its claim time now.  The
+ * row is updated as the snapshot saw it, as UPDATE does (waiting for a
+ * concurrent writer); when that version was changed meanwhile, its latest
+ * version is locked (as INSERT ... ON CONFLICT DO UPDATE would lock it)
+ * and renewed.
  */
 static bool
 es_claim_consumer_row(EsSubscription *s, const char *consumer, double lease_ms, int64 *live)
@@ -921,6 +1122,7 @@ es_claim_consumer_row(EsSubscription *s, const char *consumer, double lease_ms, 
 	IndexScanDesc scan;
 	ScanKeyData key;
 	ItemPointerData mine;
+	HeapTuple	seen = NULL;
 	bool		found = false;
 	bool		moved;
 	int64		others = 0;
@@ -936,6 +1138,7 @@ es_claim_consumer_row(EsSubscription *s, const char *consumer, double lease_ms, 
 		if (es_text_is(slot_getattr(slot, att_consumer, &isnull), consumer))
 		{
 			mine = slot->tts_tid;
+			seen = ExecCopySlotHeapTuple(slot);
 			found = true;
 		}
 		else if (DatumGetTimestampTz(slot_getattr(slot, att_lease, &isnull)) > now)
@@ -943,26 +1146,31 @@ es_claim_consumer_row(EsSubscription *s, const char *consumer, double lease_ms, 
 	}
 	index_endscan(scan);
 
-	if (found && !es_latest_fence(s, consumer, snapshot, &fenced_at) &&
-		es_lock_row(rel, &mine, snapshot, LockTupleNoKeyExclusive, slot, &moved))
+	if (found && !es_latest_fence(s, consumer, snapshot, &fenced_at))
 	{
-		Datum	   *values = palloc(sizeof(Datum) * desc->natts);
-		bool	   *nulls = palloc(sizeof(bool) * desc->natts);
-		HeapTuple	newtup;
-		CatalogIndexState indstate = CatalogOpenIndexes(rel);
+		CatalogIndexState indstate = NULL;
+		HeapTuple	newtup = es_consumer_renewed(seen, desc, att_lease, att_claimed, now, lease_ms);
 
-		slot_getallattrs(slot);
-		memcpy(values, slot->tts_values, sizeof(Datum) * desc->natts);
-		memcpy(nulls, slot->tts_isnull, sizeof(bool) * desc->natts);
-		values[att_lease - 1] = TimestampTzGetDatum(now + (int64) rint(lease_ms * 1000.0));
-		nulls[att_lease - 1] = false;
-		values[att_claimed - 1] = TimestampTzGetDatum(now);
-		nulls[att_claimed - 1] = false;
-		newtup = heap_form_tuple(desc, values, nulls);
-		ExecClearTuple(slot);
-		CatalogTupleUpdateWithInfo(rel, &mine, newtup, indstate);
-		CatalogCloseIndexes(indstate);
-		heap_freetuple(newtup);
+		if (es_try_update_row(rel, &mine, newtup, &indstate) != TM_Ok)
+		{
+			/* changed since the snapshot: its latest version, locked */
+			heap_freetuple(newtup);
+			newtup = NULL;
+			if (es_lock_row(rel, &mine, snapshot, LockTupleNoKeyExclusive, slot, &moved))
+			{
+				HeapTuple	latest = ExecCopySlotHeapTuple(slot);
+
+				ExecClearTuple(slot);
+				newtup = es_consumer_renewed(latest, desc, att_lease, att_claimed, now, lease_ms);
+				es_update_row(rel, &mine, newtup, &indstate);
+			}
+			else
+				found = false;
+		}
+		if (indstate != NULL)
+			CatalogCloseIndexes(indstate);
+		if (newtup != NULL)
+			heap_freetuple(newtup);
 		*live = others + 1;
 	}
 	else
@@ -1133,6 +1341,10 @@ typedef struct EsClaim
 	Tuplestorestate *out;
 	TupleDesc	out_desc;
 	TupleDesc	event_desc;		/* of a stored row the log scan hands over */
+	bool		stored_as_is;	/* a stored row's data is the result row's rest */
+	HeapTupleHeader rowbuf;		/* a result row built from a stored row */
+	Size		rowbuf_size;
+	MemoryContext cxt;			/* the call's (rowbuf lives there) */
 	/* the current scan */
 	int32		attempt;		/* of the events handed out now */
 	int64		last_scanned;	/* log scan: every event up to here is done */
@@ -1140,20 +1352,118 @@ typedef struct EsClaim
 	bool		full;
 } EsClaim;
 
-/* Hand one event out: into the result, and onto its partition's pending */
-static void
-es_claim_emit(EsClaim *c, EsPart *p, Datum *values, bool *isnull, int32 attempt)
+/*
+ * Can the result rows be built from the stored rows' data as it is?  The
+ * result's columns after ES_CLAIM_LEADING (two int4: 8 bytes, a multiple of
+ * any alignment) must be the event's, of the same types, so that every
+ * stored value keeps its alignment when the data moves 8 bytes on.
+ */
+static bool
+es_claim_stored_as_is(TupleDesc out_desc, TupleDesc event_desc)
 {
-	Datum		row[ES_CLAIM_LEADING + Natts_es_event];
-	bool		nulls[ES_CLAIM_LEADING + Natts_es_event];
+	if (out_desc->natts != ES_CLAIM_LEADING + Natts_es_event ||
+		event_desc->natts != Natts_es_event)
+		return false;
+	for (int i = 0; i < ES_CLAIM_LEADING; i++)
+	{
+		Form_pg_attribute a = TupleDescAttr(out_desc, i);
 
-	row[0] = Int32GetDatum(p->partition);
-	nulls[0] = false;
-	row[1] = Int32GetDatum(attempt);
-	nulls[1] = false;
-	memcpy(&row[ES_CLAIM_LEADING], values, sizeof(Datum) * Natts_es_event);
-	memcpy(&nulls[ES_CLAIM_LEADING], isnull, sizeof(bool) * Natts_es_event);
-	tuplestore_putvalues(c->out, c->out_desc, row, nulls);
+		if (a->attisdropped || a->atttypid != INT4OID)
+			return false;
+	}
+	for (int i = 0; i < Natts_es_event; i++)
+	{
+		Form_pg_attribute a = TupleDescAttr(out_desc, ES_CLAIM_LEADING + i);
+		Form_pg_attribute e = TupleDescAttr(event_desc, i);
+
+		if (a->attisdropped || e->attisdropped || a->atttypid != e->atttypid ||
+			a->attlen != e->attlen || a->attalign != e->attalign ||
+			a->attbyval != e->attbyval)
+			return false;
+	}
+	return 2 * sizeof(int32) % MAXIMUM_ALIGNOF == 0;
+}
+
+/*
+ * The result row of an event handed out as stored (no external values, all
+ * its columns: see EsRowCallback): partition and attempt, then the stored
+ * row's data copied as it is, with its null bitmap moved two columns on.
+ * The same bytes heap_form_tuple would make of the deformed values, without
+ * deforming and forming them one by one.
+ */
+static void
+es_claim_put_stored(EsClaim *c, int32 partition, int32 attempt, HeapTuple stored)
+{
+	HeapTupleHeader src = stored->t_data;
+	bool		hasnull = HeapTupleHasNulls(stored);
+	int			natts = ES_CLAIM_LEADING + Natts_es_event;
+	Size		hoff = MAXALIGN(offsetof(HeapTupleHeaderData, t_bits) +
+								(hasnull ? BITMAPLEN(natts) : 0));
+	Size		datalen = stored->t_len - src->t_hoff;
+	Size		len = hoff + 2 * sizeof(int32) + datalen;
+	HeapTupleHeader td;
+	HeapTupleData tup;
+	char	   *data;
+
+	if (len > c->rowbuf_size)
+	{
+		Size		size = Max(len, 2 * c->rowbuf_size);
+
+		if (c->rowbuf != NULL)
+			pfree(c->rowbuf);
+		c->rowbuf = MemoryContextAlloc(c->cxt, size);
+		c->rowbuf_size = size;
+	}
+	td = c->rowbuf;
+	memset(td, 0, hoff);
+	HeapTupleHeaderSetDatumLength(td, len);
+	HeapTupleHeaderSetTypeId(td, c->out_desc->tdtypeid);
+	HeapTupleHeaderSetTypMod(td, c->out_desc->tdtypmod);
+	HeapTupleHeaderSetNatts(td, natts);
+	td->t_hoff = hoff;
+	td->t_infomask = src->t_infomask & (HEAP_HASNULL | HEAP_HASVARWIDTH);
+	if (hasnull)
+	{
+		/* the leading columns are never null */
+		td->t_bits[0] = (1 << ES_CLAIM_LEADING) - 1;
+		for (int i = 0; i < Natts_es_event; i++)
+			if (!att_isnull(i, src->t_bits))
+				td->t_bits[(i + ES_CLAIM_LEADING) >> 3] |= 1 << ((i + ES_CLAIM_LEADING) & 7);
+	}
+	data = (char *) td + hoff;
+	memcpy(data, &partition, sizeof(int32));
+	memcpy(data + sizeof(int32), &attempt, sizeof(int32));
+	memcpy(data + 2 * sizeof(int32), (char *) src + src->t_hoff, datalen);
+	tup.t_len = len;
+	tup.t_data = td;
+	tup.t_tableOid = InvalidOid;
+	ItemPointerSetInvalid(&tup.t_self);
+	tuplestore_puttuple(c->out, &tup);
+}
+
+/*
+ * Hand one event out: into the result, and onto its partition's pending.
+ * With stored (the event as stored), only its position is among values.
+ */
+static void
+es_claim_emit(EsClaim *c, EsPart *p, Datum *values, bool *isnull, HeapTuple stored,
+			  int32 attempt)
+{
+	if (stored != NULL)
+		es_claim_put_stored(c, p->partition, attempt, stored);
+	else
+	{
+		Datum		row[ES_CLAIM_LEADING + Natts_es_event];
+		bool		nulls[ES_CLAIM_LEADING + Natts_es_event];
+
+		row[0] = Int32GetDatum(p->partition);
+		nulls[0] = false;
+		row[1] = Int32GetDatum(attempt);
+		nulls[1] = false;
+		memcpy(&row[ES_CLAIM_LEADING], values, sizeof(Datum) * Natts_es_event);
+		memcpy(&nulls[ES_CLAIM_LEADING], isnull, sizeof(bool) * Natts_es_event);
+		tuplestore_putvalues(c->out, c->out_desc, row, nulls);
+	}
 	es_add_pending(p, DatumGetInt64(values[Anum_es_global_position - 1]), attempt);
 	c->delivered++;
 	if (c->delivered >= c->max_count)
@@ -1179,12 +1489,13 @@ es_claim_scan_row(Datum *values, bool *isnull, HeapTuple stored, void *arg)
 		return true;
 	if (!EsFilterMatches(&c->sub->filter, values))
 		return true;
-	if (stored != NULL)
+	if (stored != NULL && !c->stored_as_is)
 	{
 		/* the scan filled in the leading values only: the whole event now */
 		heap_deform_tuple(stored, c->event_desc, values, isnull);
+		stored = NULL;
 	}
-	es_claim_emit(c, p, values, isnull, 1);
+	es_claim_emit(c, p, values, isnull, stored, 1);
 	return !c->full;
 }
 
@@ -1466,6 +1777,7 @@ es_claim_scan_log(EsClaim *c, int64 head)
 
 	es_map_open(cat);
 	c->event_desc = lookup_rowtype_tupdesc(cat->event_type_oid, -1);
+	c->stored_as_is = es_claim_stored_as_is(c->out_desc, c->event_desc);
 	/* head was computed before this snapshot: it sees every commit below */
 	snapshot = RegisterSnapshot(GetLatestSnapshot());
 	c->last_scanned = from;
@@ -1592,7 +1904,7 @@ es_claim_redeliver_row(Datum *values, bool *isnull, HeapTuple stored, void *arg)
 {
 	EsClaim    *c = (EsClaim *) arg;
 
-	es_claim_emit(c, c->current_part, values, isnull, c->attempt);
+	es_claim_emit(c, c->current_part, values, isnull, NULL, c->attempt);
 	return false;
 }
 
@@ -1970,7 +2282,7 @@ es_claim_once(EsClaim *c, const char *consumer, double lease_ms)
 	 * the claim measured no cheaper); beyond the fair share, the idle ones
 	 * go back
 	 */
-	c->parts = es_my_partitions(c->sub, consumer, &c->nparts, NULL);
+	c->parts = es_my_partitions(c->sub, consumer, &c->nparts, NULL, true);
 	if (fenced)
 		for (int i = 0; i < c->nparts; i++)
 			es_pending_to_redeliver(&c->parts[i]);
@@ -2071,6 +2383,7 @@ es_claim_events(PG_FUNCTION_ARGS)
 	memset(&c, 0, sizeof(c));
 	c.out = rsinfo->setResult;
 	c.out_desc = rsinfo->setDesc;
+	c.cxt = callcxt;
 	c.max_count = max_count;
 
 	EsSpiConnect(&sw);
@@ -2225,6 +2538,64 @@ es_held_acknowledged(EsSubscription *s, text *stream_id, int64 held_position, in
 }
 
 /*
+ * One pass of an ack: the consumer's partitions (55000 when it holds none
+ * or was fenced), their events up to upto taken off pending and their rows
+ * written back; *acked counts the events.  Without lock, the rows are read
+ * as the snapshot sees them and written back optimistically
+ * (es_write_partitions_seen): NULL when one of them had changed, with
+ * *acked counting what the rows written meanwhile took off (the pass with
+ * lock finds them without those events).  With lock, as ExecLockRows:
+ * never NULL.
+ */
+static EsPart *
+es_ack_pass(EsSubscription *s, const char *consumer, int64 upto, bool lock, int *nparts,
+			int64 *acked)
+{
+	bool		fenced = false;
+	EsPart	   *parts = es_my_partitions(s, consumer, nparts, &fenced, lock);
+
+	if (*nparts == 0)
+		es_not_held(s, consumer, "any partition");
+	if (fenced)
+		es_fenced_error(s, consumer);
+
+	for (int i = 0; i < *nparts; i++)
+	{
+		EsPart	   *p = &parts[i];
+		int			keep = 0;
+
+		for (int k = 0; k < p->npending; k++)
+		{
+			if (p->pending[k] <= upto)
+				p->acked++;
+			else
+			{
+				p->pending[keep] = p->pending[k];
+				p->pending_attempts[keep] = p->pending_attempts[k];
+				keep++;
+			}
+		}
+		if (keep != p->npending)
+		{
+			p->npending = keep;
+			p->changed = true;
+		}
+	}
+	if (lock)
+		es_save_partitions(s, parts, *nparts, consumer, -1);
+	else if (!es_write_partitions_seen(s, parts, *nparts, consumer))
+	{
+		for (int i = 0; i < *nparts; i++)
+			if (parts[i].written)
+				*acked += parts[i].acked;
+		return NULL;
+	}
+	for (int i = 0; i < *nparts; i++)
+		*acked += parts[i].acked;
+	return parts;
+}
+
+/*
  * SQL: event_store.ack_events(subscription text, consumer text,
  *		up_to_position bigint) RETURNS bigint
  */
@@ -2243,7 +2614,6 @@ es_ack_events(PG_FUNCTION_ARGS)
 	Datum		values[3];
 	int32	   *nums;
 	bool		any_held;
-	bool		fenced = false;
 
 	EsCheckWritable("ack_events()");
 	EsRequireArg(fcinfo, 2, "up_to_position");
@@ -2253,37 +2623,22 @@ es_ack_events(PG_FUNCTION_ARGS)
 	EsSpiConnect(&sw);
 	s = es_subscription_load(name, CurrentMemoryContext);
 	es_check_may_use(&sw, s);
-	parts = es_my_partitions(s, consumer, &nparts, &fenced);
-	if (nparts == 0)
-		es_not_held(s, consumer, "any partition");
-	if (fenced)
-		es_fenced_error(s, consumer);
+	/*
+	 * The consumer's partitions as a snapshot sees them, written back with
+	 * one update each (which locks the row as it writes it); when one was
+	 * changed meanwhile, again on their latest versions, locked first
+	 */
+	parts = es_ack_pass(s, consumer, upto, false, &nparts, &acked);
+	if (parts == NULL)
+	{
+		int64		again = 0;
 
+		parts = es_ack_pass(s, consumer, upto, true, &nparts, &again);
+		acked += again;
+	}
 	nums = palloc(sizeof(int32) * nparts);
 	for (int i = 0; i < nparts; i++)
-	{
-		EsPart	   *p = &parts[i];
-		int			keep = 0;
-
-		nums[i] = p->partition;
-		for (int k = 0; k < p->npending; k++)
-		{
-			if (p->pending[k] <= upto)
-				acked++;
-			else
-			{
-				p->pending[keep] = p->pending[k];
-				p->pending_attempts[keep] = p->pending_attempts[k];
-				keep++;
-			}
-		}
-		if (keep != p->npending)
-		{
-			p->npending = keep;
-			p->changed = true;
-		}
-	}
-	es_save_partitions(s, parts, nparts, consumer, -1);
+		nums[i] = parts[i].partition;
 
 	/* held streams handed out up to here move on (when a partition has any) */
 	any_held = false;
@@ -2364,7 +2719,7 @@ es_nack_event(PG_FUNCTION_ARGS)
 	EsSpiConnect(&sw);
 	s = es_subscription_load(name, CurrentMemoryContext);
 	es_check_may_use(&sw, s);
-	parts = es_my_partitions(s, consumer, &nparts, NULL);
+	parts = es_my_partitions(s, consumer, &nparts, NULL, true);
 	es_check_not_fenced(s, consumer);
 	sid = es_stream_at(position);
 	p = sid ? es_find_part(parts, nparts, EsStreamPartition(sid, s->partitions)) : NULL;
@@ -2442,7 +2797,7 @@ es_release_events(PG_FUNCTION_ARGS)
 	EsSpiConnect(&sw);
 	s = es_subscription_load(name, CurrentMemoryContext);
 	es_check_may_use(&sw, s);
-	parts = es_my_partitions(s, consumer, &nparts, NULL);
+	parts = es_my_partitions(s, consumer, &nparts, NULL, true);
 	for (int i = 0; i < nparts; i++)
 	{
 		/* unacknowledged events are delivered again, to the next holder */
