@@ -597,6 +597,39 @@ es_apply_check_deadline(EsRangeApply *ra, bool read_clock)
 		ra->stopped = true;
 }
 
+/*
+ * Fetch-level skip of a partitioned scan (see EsPageFetchSkip): the rows of
+ * the partitions this scan does not apply, those its partitions applied
+ * already and those of the held streams, passed over on the page before
+ * their visibility is checked or their values are taken apart.  Each process
+ * applying a share of the partitions reads the whole log, so that most of
+ * the rows it reads are others'.  A row that cannot be judged here (its
+ * stream id out of line) takes the ordinary path, where es_apply_row judges
+ * it the same way.
+ */
+static bool
+es_apply_skip(HeapTuple tuple, TupleDesc desc, void *arg)
+{
+	const EsApplyScope *scope = (const EsApplyScope *) arg;
+	bool		isnull;
+	Datum		sid = heap_getattr(tuple, Anum_es_stream_id, desc, &isnull);
+	text	   *stream_id;
+	int64		pos;
+
+	if (isnull || VARATT_IS_EXTERNAL(DatumGetPointer(sid)) ||
+		VARATT_IS_COMPRESSED(DatumGetPointer(sid)))
+		return false;
+	pos = DatumGetInt64(heap_getattr(tuple, Anum_es_global_position, desc, &isnull));
+	if (isnull)
+		return false;
+	stream_id = (text *) DatumGetPointer(sid);
+	if (pos <= scope->after[scope->npartitions > 1 ?
+							EsStreamPartition(stream_id, scope->npartitions) : 0])
+		return true;
+	return scope->held != NULL &&
+		EsTextHashFind(scope->held, VARDATA_ANY(stream_id), VARSIZE_ANY_EXHDR(stream_id), 0) != NULL;
+}
+
 /* Row callback: apply one event if it passes the filters */
 static bool
 es_apply_row(Datum *values, bool *isnull, HeapTuple stored, void *arg)
@@ -704,6 +737,12 @@ es_apply_range(EsProjection *proj, int64 after, int64 upto, int64 budget,
 							   InvalidOid, F_INT8GT, Int64GetDatum(after));
 		ScanKeyEntryInitialize(&spec.keys[1], 0, 1, BTLessEqualStrategyNumber, InvalidOid,
 							   InvalidOid, F_INT8LE, Int64GetDatum(upto));
+		/* a share of the partitions: the others' rows are passed over on the page */
+		if (scope != NULL)
+		{
+			spec.skip = es_apply_skip;
+			spec.skip_arg = (void *) scope;
+		}
 	}
 	spec.nkeys = 2;
 
