@@ -1496,16 +1496,32 @@ es_set_async_position(const char *name, const EsApplyScope *scope, int64 newpos)
 						   3, types, values, NULL);
 		return;
 	}
-	for (int i = 0; i < nparts; i++)
-	{
-		/* a partition that stood past newpos already is where it was */
-		if (scope != NULL && scope->positions[i] >= newpos)
-			continue;
-		values[1] = Int32GetDatum(scope != NULL ? scope->parts[i] : 0);
+	if (scope == NULL)
 		es_projection_exec("UPDATE event_store.subscription_partitions SET position = $3, "
 						   "updated_at = pg_catalog.now() "
 						   "WHERE subscription OPERATOR(pg_catalog.=) $1 AND partition OPERATOR(pg_catalog.=) $2",
 						   3, types, values, NULL);
+	else
+	{
+		/* the scan's partitions behind newpos, in one statement */
+		Datum	   *behind = palloc(sizeof(Datum) * nparts);
+		int			n = 0;
+		Oid			array_types[3] = {TEXTOID, INT4ARRAYOID, INT8OID};
+
+		for (int i = 0; i < nparts; i++)
+			if (scope->positions[i] < newpos)
+				behind[n++] = Int32GetDatum(scope->parts[i]);
+		if (n > 0)
+		{
+			values[1] = PointerGetDatum(construct_array(behind, n, INT4OID, sizeof(int32), true,
+														TYPALIGN_INT));
+			es_projection_exec("UPDATE event_store.subscription_partitions SET position = $3, "
+							   "updated_at = pg_catalog.now() "
+							   "WHERE subscription OPERATOR(pg_catalog.=) $1 "
+							   "AND partition OPERATOR(pg_catalog.=) ANY ($2)",
+							   3, array_types, values, NULL);
+		}
+		pfree(behind);
 	}
 
 	if (scope != NULL && moved_cxt != NULL)
