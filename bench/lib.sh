@@ -122,6 +122,10 @@ pgbench_run() {
 # cases that need them
 PAIR_EXTRA=()
 PAIR_HOOK=
+# A pair's third side, when set: "SCRIPT|ROW NAME", a floor (the same work by
+# the cheapest means, no target) run against the same baseline, in the order
+# ORDER_FLOOR (set by the caller), its ratio on a row of its own
+PAIR_FLOOR=
 
 # pgbench SCRIPT CLIENTS SYNC SECONDS LOGNAME -> prints tps
 run_pgbench() {
@@ -186,6 +190,14 @@ pair() {
 	local -a es_runs=() base_runs=()
 	local side script i=0 tps ticks xacts es_tps base_tps ratio noise verdict es_items base_items
 	local es_ticks=0 es_xacts=0 base_ticks=0 base_xacts=0 es_cpu base_cpu cpu_ratio
+	local floor_script="" floor_name="" floor_ticks=0 floor_xacts=0 floor_tps floor_cpu floor_line=""
+	local -a floor_runs=() order=("${ORDER[@]}")
+
+	if [[ -n "$PAIR_FLOOR" ]]; then
+		floor_script=${PAIR_FLOOR%%|*}
+		floor_name=${PAIR_FLOOR#*|}
+		order=("${ORDER_FLOOR[@]}")
+	fi
 
 	tag=${es#es_}
 	tag="${tag%.sql}-c$clients-$sync"
@@ -196,9 +208,18 @@ pair() {
 	pair_hook before base "warmup-base-$tag"
 	run_pgbench "$base" "$clients" "$sync" "$WARMUP" "warmup-base-$tag" >/dev/null
 	pair_hook after base "warmup-base-$tag"
-	for side in "${ORDER[@]}"; do
+	if [[ -n "$floor_script" ]]; then
+		pair_hook before floor "warmup-floor-$tag"
+		run_pgbench "$floor_script" "$clients" "$sync" "$WARMUP" "warmup-floor-$tag" >/dev/null
+		pair_hook after floor "warmup-floor-$tag"
+	fi
+	for side in "${order[@]}"; do
 		i=$((i + 1))
-		if [[ $side == es ]]; then script=$es; else script=$base; fi
+		case $side in
+		es) script=$es ;;
+		floor) script=$floor_script ;;
+		*) script=$base ;;
+		esac
 		pair_hook before "$side" "$side-$tag-$i"
 		read -r tps ticks xacts < <(measure "$script" "$clients" "$sync" "$SEGMENT" "$side-$tag-$i")
 		[[ -n "$tps" ]] || die "no result for $script"
@@ -207,6 +228,10 @@ pair() {
 			es_runs+=("$tps")
 			es_ticks=$((es_ticks + ticks))
 			es_xacts=$((es_xacts + xacts))
+		elif [[ $side == floor ]]; then
+			floor_runs+=("$tps")
+			floor_ticks=$((floor_ticks + ticks))
+			floor_xacts=$((floor_xacts + xacts))
 		else
 			base_runs+=("$tps")
 			base_ticks=$((base_ticks + ticks))
@@ -218,8 +243,12 @@ pair() {
 			e = et * 1e6 / hz / ex; b = bt * 1e6 / hz / bx
 			printf "%.1f %.1f %.3f\n", e, b, b / e
 		}')
-	printf '%s, %s client(s), synchronous_commit=%s: event_store %s | baseline %s | cpu us/op %s | %s\n' \
-		"$name" "$clients" "$sync" "${es_runs[*]}" "${base_runs[*]}" "$es_cpu" "$base_cpu" \
+	if [[ -n "$floor_script" ]]; then
+		floor_cpu=$(awk -v t="$floor_ticks" -v x="$floor_xacts" -v hz="$CLK_TCK" 'BEGIN { printf "%.1f", t * 1e6 / hz / x }')
+		floor_line=" | floor ${floor_runs[*]} | floor cpu us/op $floor_cpu"
+	fi
+	printf '%s, %s client(s), synchronous_commit=%s: event_store %s | baseline %s | cpu us/op %s | %s%s\n' \
+		"$name" "$clients" "$sync" "${es_runs[*]}" "${base_runs[*]}" "$es_cpu" "$base_cpu" "$floor_line" \
 		>>"$LOG_DIR/segments.txt"
 	read -r es_tps base_tps ratio noise < <(median_ratio "${es_runs[*]}" "${base_runs[*]}")
 	if [[ "$target" == - ]]; then
@@ -249,4 +278,12 @@ pair() {
 	ROWS+=("$(printf '%-22s | %7s | %-11s | %15.1f | %12.1f | %6s | %5s | %9s | %9s | %6s | %-8s | %11s | %11s | %s' \
 		"$name" "$clients" "$sync" "$es_tps" "$base_tps" "$ratio" "$noise" \
 		"$es_cpu" "$base_cpu" "$cpu_ratio" "$unit" "$es_items" "$base_items" "$verdict")")
+	if [[ -n "$floor_script" ]]; then
+		# the floor's row: its ratio bounds what the es side could reach, no verdict
+		read -r floor_tps base_tps ratio noise < <(median_ratio "${floor_runs[*]}" "${base_runs[*]}")
+		ROWS+=("$(printf '%-22s | %7s | %-11s | %15.1f | %12.1f | %6s | %5s | %9s | %9s | %6s | %-8s | %11s | %11s | %s' \
+			"$floor_name" "$clients" "$sync" "$floor_tps" "$base_tps" "$ratio" "$noise" \
+			"$floor_cpu" "$base_cpu" "$(awk -v b="$base_cpu" -v f="$floor_cpu" 'BEGIN { printf "%.3f", b / f }')" \
+			"$unit" - - "floor, no target")")
+	fi
 }

@@ -139,9 +139,12 @@ SYNC_TOTAL=0
 if (( SECONDS_PER_RUN >= 8 )); then
 	SEGMENTS=4
 	ORDER=(es base base es base es es base)
+	# a pair with a floor side (PAIR_FLOOR, see lib.sh)
+	ORDER_FLOOR=(es base floor floor base es es floor base base es floor)
 else
 	SEGMENTS=2
 	ORDER=(es base base es)
+	ORDER_FLOOR=(es base floor floor base es)
 fi
 SEGMENT=$(( SECONDS_PER_RUN / SEGMENTS > 1 ? SECONDS_PER_RUN / SEGMENTS : 1 ))
 
@@ -641,10 +644,16 @@ partitions_caught_up() {
 # run the consumer loops start and the projections are resumed; after it the
 # lags are recorded, then (untimed) the loops drain and leave and the
 # projections catch up and are paused, so the baseline runs alone.
+# A third side, the floor (no target): the same appends, of type FloorEvent,
+# while the same work is done with none of the store's machinery: 3 plain
+# consumer loops (read the events after a checkpoint row, move it) and a
+# plain loop per projection calling its per-event PL/pgSQL upsert from one
+# statement per batch (bench.floor_consume_loop, bench.floor_project_loop);
+# before and after each floor run as around es runs.
 CONS_SUBS=3
 CONS_PROJECTIONS=2
 case_append_with_consumers() {
-	local head check n k expected got base_tps sustained
+	local head check n k expected got base_tps sustained floor_expected floor_check
 	ensure_subscriptions
 	worker_settings on
 	head=$("${PSQL[@]}" -Atc "SELECT event_store.head_position()")
@@ -658,6 +667,11 @@ case_append_with_consumers() {
 		           event_types => ARRAY['ConsEvent'], mode => 'async', partitions => 4);
 		SELECT event_store.create_projection('bench_cproj_2', 'bench.count_cons_2(event_store.event)',
 		           event_types => ARRAY['ConsEvent'], mode => 'async', partitions => 4);
+		TRUNCATE bench.floor_ckpt, bench.rm_floor_1, bench.rm_floor_2;
+		INSERT INTO bench.floor_ckpt (name, pos)
+		SELECT 'floor_cons_' || k, $head FROM generate_series(1, $CONS_SUBS) AS k
+		UNION ALL
+		SELECT 'floor_proj_' || k, $head FROM generate_series(1, $CONS_PROJECTIONS) AS k;
 	SQL
 	partitions_caught_up 'bench\_cproj\_%' "$CONS_PROJECTIONS"
 	"${PSQL[@]}" -c "SELECT event_store.pause_projection('bench_cproj_' || k)
@@ -667,16 +681,24 @@ case_append_with_consumers() {
 	CONS_STALE=0
 	CONS_DRAIN=()
 	CONS_SUSTAINED=()
-	log "   appends with $CONS_SUBS consumed subscriptions and $CONS_PROJECTIONS partitioned projections"
+	FLOOR_LAGS=()
+	FLOOR_DRAIN=()
+	FLOOR_SUSTAINED=()
+	log "   appends with $CONS_SUBS consumed subscriptions and $CONS_PROJECTIONS partitioned projections (and the floor)"
 	PAIR_HOOK=cons_hook
+	PAIR_FLOOR="floor_append_consumed.sql|  floor, no machinery"
 	pair "append w/ consumers" es_append_consumed.sql es_append_one.sql "$CLIENTS" off 1 "-" 0.75
 	PAIR_HOOK=
+	PAIR_FLOOR=
 	# the same against the baseline's median (from the pair's segments line)
 	# shellcheck disable=SC2046 # the segments are words
 	base_tps=$(median $(tail -n 1 "$LOG_DIR/segments.txt" | sed 's/.*| baseline \([^|]*\) |.*/\1/'))
 	sustained=$(median "${CONS_SUSTAINED[@]}")
 	add_row "  incl. catching up" "$CLIENTS" "$sustained" "$base_tps" \
 		"$(awk -v a="$sustained" -v b="$base_tps" 'BEGIN { printf "%.3f", a / b }')" "-" - - "-"
+	sustained=$(median "${FLOOR_SUSTAINED[@]}")
+	add_row "  floor incl. catch-up" "$CLIENTS" "$sustained" "$base_tps" \
+		"$(awk -v a="$sustained" -v b="$base_tps" 'BEGIN { printf "%.3f", a / b }')" "-" - - "floor, no target"
 	# every ConsEvent consumed once by each subscription, counted by each projection
 	expected=$("${PSQL[@]}" -Atc "SELECT count(*) FROM event_store.events
 	                              WHERE global_position > $head AND event_type = 'ConsEvent'")
@@ -688,18 +710,31 @@ case_append_with_consumers() {
 		SELECT (SELECT count(*) FROM bench.consumed WHERE events = $expected) = $CONS_SUBS
 		   AND (SELECT sum(n) FROM bench.rm_cons_1) = $expected
 		   AND (SELECT sum(n) FROM bench.rm_cons_2) = $expected")
+	# the floor's loops: every FloorEvent read once by each, counted once by both handlers
+	floor_expected=$("${PSQL[@]}" -Atc "SELECT count(*) FROM event_store.events
+	                                    WHERE global_position > $head AND event_type = 'FloorEvent'")
+	floor_check=$("${PSQL[@]}" -Atc "
+		SELECT (SELECT count(*) FROM bench.floor_ckpt WHERE events = $floor_expected) = $((CONS_SUBS + CONS_PROJECTIONS))
+		   AND (SELECT sum(n) FROM bench.rm_floor_1) = $floor_expected
+		   AND (SELECT sum(n) FROM bench.rm_floor_2) = $floor_expected")
 	"${PSQL[@]}" >/dev/null <<-SQL
 		SELECT event_store.drop_projection('bench_cproj_' || k) FROM generate_series(1, $CONS_PROJECTIONS) AS k;
 		SELECT event_store.drop_subscription('bench_cons_' || k) FROM generate_series(1, $CONS_SUBS) AS k;
 	SQL
 	worker_settings reset
 	[[ "$check" == t ]] || die "append_with_consumers: $expected ConsEvents appended; consumers: $got; read models $("${PSQL[@]}" -Atc "SELECT (SELECT sum(n) FROM bench.rm_cons_1), (SELECT sum(n) FROM bench.rm_cons_2)")"
+	[[ "$floor_check" == t ]] || die "append_with_consumers, floor: $floor_expected FloorEvents appended; loops: $("${PSQL[@]}" -Atc "SELECT string_agg(name || ' ' || events, ', ' ORDER BY name) FROM bench.floor_ckpt"); read models $("${PSQL[@]}" -Atc "SELECT (SELECT sum(n) FROM bench.rm_floor_1), (SELECT sum(n) FROM bench.rm_floor_2)")"
+	NOTES+=("append_with_consumers, floor (no target): $floor_expected FloorEvents, each read once by every plain consumer loop and counted once by both plain projection loops; lag when each floor run ended (positions behind the head: consumers; projections): ${FLOOR_LAGS[*]} seconds the loops took to catch up after each floor run: ${FLOOR_DRAIN[*]}; 'floor incl. catch-up' = appends of a floor run / (its seconds + those), median of ${FLOOR_SUSTAINED[*]}")
 	NOTES+=("append_with_consumers: $expected ConsEvents, each consumed once by every subscription ($got) and counted once by both projections; projections whose position (projection_status) stayed behind their partitions' (subscription_status) once caught up, summed over the es runs: $CONS_STALE; lag when each es run ended (positions behind the head: subscriptions; projections): ${CONS_LAGS[*]} seconds the consumers and projections took to catch up after each es run: ${CONS_DRAIN[*]}; 'incl. catching up' = appends of an es run / (its seconds + those), median ${CONS_SUSTAINED[*]}")
 }
 
 # cons_hook WHEN SIDE LOGNAME (see pair): consumers and projections around es runs
 cons_hook() {
 	local when=$1 side=$2 logname=$3 k i pid lag t0 xacts drain
+	if [[ $side == floor ]]; then
+		floor_hook "$@"
+		return 0
+	fi
 	[[ $side == es ]] || return 0
 	if [[ $when == before ]]; then
 		"${PSQL[@]}" -c "UPDATE bench.consume_ctl SET stop = false" \
@@ -743,6 +778,47 @@ cons_hook() {
 	                                               WHERE p.position < s.position")))
 	"${PSQL[@]}" -c "SELECT event_store.pause_projection('bench_cproj_' || k)
 	                   FROM generate_series(1, $CONS_PROJECTIONS) AS k" >/dev/null
+}
+
+# floor_hook WHEN floor LOGNAME (from cons_hook): the floor's plain loops
+# around a floor run, as cons_hook does around an es run
+floor_hook() {
+	local when=$1 logname=$3 k i pid lag t0 xacts drain
+	local loops=$((CONS_SUBS + CONS_PROJECTIONS))
+	if [[ $when == before ]]; then
+		"${PSQL[@]}" -c "UPDATE bench.consume_ctl SET stop = false" >/dev/null
+		for ((k = 1; k <= CONS_SUBS; k++)); do
+			timeout 900 "${PSQL[@]}" -c "CALL bench.floor_consume_loop('floor_cons_$k')" \
+				>"$LOG_DIR/floor-$logname-c$k.log" 2>&1 &
+			CONS_PIDS+=($!)
+		done
+		for ((k = 1; k <= CONS_PROJECTIONS; k++)); do
+			timeout 900 "${PSQL[@]}" -c "CALL bench.floor_project_loop($k)" \
+				>"$LOG_DIR/floor-$logname-p$k.log" 2>&1 &
+			CONS_PIDS+=($!)
+		done
+		for ((i = 0; i < 100; i++)); do
+			[[ $("${PSQL[@]}" -Atc "SELECT count(*) FROM pg_stat_activity
+			                        WHERE query LIKE 'CALL bench.floor\_%'") == "$loops" ]] && break
+			sleep 0.1
+		done
+		return 0
+	fi
+	lag=$("${PSQL[@]}" -Atc "
+		SELECT string_agg((event_store.head_position() - pos)::text, '/' ORDER BY name)
+		  FROM bench.floor_ckpt")
+	FLOOR_LAGS+=("$logname: $lag;")
+	t0=$(date +%s.%N)
+	"${PSQL[@]}" -c "UPDATE bench.consume_ctl SET stop = true" >/dev/null
+	for pid in "${CONS_PIDS[@]}"; do
+		wait "$pid" || die "a floor loop failed: $(cat "$LOG_DIR"/floor-"$logname"-*.log)"
+	done
+	CONS_PIDS=()
+	xacts=$(awk '/^number of transactions actually processed:/ { print $6; exit }' "$LOG_DIR/$logname.log")
+	drain=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')
+	FLOOR_DRAIN+=("$drain")
+	[[ $logname == warmup-* ]] ||
+		FLOOR_SUSTAINED+=("$(awk -v n="$xacts" -v t="$SEGMENT" -v d="$drain" 'BEGIN { printf "%.1f", n / (t + d) }')")
 }
 
 # read_your_writes: CLIENTS clients at pgbench -R RYW_RATE, each transaction

@@ -316,7 +316,12 @@ EsSetHelperProc(int helper, bool running)
 /*
  * The database worker or a helper committed a batch of partitioned
  * projections: wake the others (not this process), which may find
- * partitions free now that this one's are unlocked
+ * partitions free now that this one's are unlocked.  A helper runs a batch
+ * whenever it is woken; the worker runs one for new events or a change of
+ * the projections, so a helper's batch counts as such a change for it (at
+ * the end of a catch-up, once the worker's own partitions caught up, it
+ * would otherwise wait for its naptime while the helper applies the last
+ * partitions behind alone).
  */
 void
 EsWakeProjectionProcesses(void)
@@ -324,7 +329,10 @@ EsWakeProjectionProcesses(void)
 	es_attach_db();
 	if (my_act->worker_procno >= 0 && my_act->worker_procno < es_activity->nprocs &&
 		my_act->worker_procno != ES_MY_PROCNO)
+	{
+		pg_atomic_write_u32(&my_act->projections_changed, 1);
 		SetLatch(&ProcGlobal->allProcs[my_act->worker_procno].procLatch);
+	}
 	for (int h = 0; h < ES_MAX_WORKERS; h++)
 	{
 		int			helper = my_act->helper_procno[h];

@@ -115,6 +115,7 @@ static int	inline_count = 0;
 
 static EsHandlerKind es_handler_kind(Oid fn);
 struct EsApplyScope;
+static int64 es_run_rounds(List *names, int64 max_events, int max_ms, List **skipped);
 static void es_set_async_position(const char *name, const struct EsApplyScope *scope,
 								  int64 newpos);
 
@@ -597,6 +598,39 @@ es_apply_check_deadline(EsRangeApply *ra, bool read_clock)
 		ra->stopped = true;
 }
 
+/*
+ * Fetch-level skip of a partitioned scan (see EsPageFetchSkip): the rows of
+ * the partitions this scan does not apply, those its partitions applied
+ * already and those of the held streams, passed over on the page before
+ * their visibility is checked or their values are taken apart.  Each process
+ * applying a share of the partitions reads the whole log, so that most of
+ * the rows it reads are others'.  A row that cannot be judged here (its
+ * stream id out of line) takes the ordinary path, where es_apply_row judges
+ * it the same way.
+ */
+static bool
+es_apply_skip(HeapTuple tuple, TupleDesc desc, void *arg)
+{
+	const EsApplyScope *scope = (const EsApplyScope *) arg;
+	bool		isnull;
+	Datum		sid = heap_getattr(tuple, Anum_es_stream_id, desc, &isnull);
+	text	   *stream_id;
+	int64		pos;
+
+	if (isnull || VARATT_IS_EXTERNAL(DatumGetPointer(sid)) ||
+		VARATT_IS_COMPRESSED(DatumGetPointer(sid)))
+		return false;
+	pos = DatumGetInt64(heap_getattr(tuple, Anum_es_global_position, desc, &isnull));
+	if (isnull)
+		return false;
+	stream_id = (text *) DatumGetPointer(sid);
+	if (pos <= scope->after[scope->npartitions > 1 ?
+							EsStreamPartition(stream_id, scope->npartitions) : 0])
+		return true;
+	return scope->held != NULL &&
+		EsTextHashFind(scope->held, VARDATA_ANY(stream_id), VARSIZE_ANY_EXHDR(stream_id), 0) != NULL;
+}
+
 /* Row callback: apply one event if it passes the filters */
 static bool
 es_apply_row(Datum *values, bool *isnull, HeapTuple stored, void *arg)
@@ -704,6 +738,12 @@ es_apply_range(EsProjection *proj, int64 after, int64 upto, int64 budget,
 							   InvalidOid, F_INT8GT, Int64GetDatum(after));
 		ScanKeyEntryInitialize(&spec.keys[1], 0, 1, BTLessEqualStrategyNumber, InvalidOid,
 							   InvalidOid, F_INT8LE, Int64GetDatum(upto));
+		/* a share of the partitions: the others' rows are passed over on the page */
+		if (scope != NULL)
+		{
+			spec.skip = es_apply_skip;
+			spec.skip_arg = (void *) scope;
+		}
 	}
 	spec.nkeys = 2;
 
@@ -1364,10 +1404,79 @@ es_apply_in_subxact(EsProjection *p, const char *name, int64 after, int64 upto,
 }
 
 /*
+ * The partitioned projections whose partitions this round of
+ * EsRunAsyncProjections moved (names, in moved_cxt), or moved_cxt NULL
+ * outside one: their rows get the lowest of their partitions' positions
+ * once, at the end of the round (es_update_moved_projections).
+ */
+static MemoryContext moved_cxt = NULL;
+static List *moved_projections = NIL;
+
+/*
+ * The position of a partitioned projection's row: the lowest of its
+ * partitions'.  The row is locked first, and the lowest read by a statement
+ * of its own: a process applying other partitions holds the row until it
+ * commits, and the lowest must count their positions as it committed them
+ * (an UPDATE that waited for the row would compute it from the partitions
+ * as its snapshot saw them, before that commit).  Caller is connected to
+ * SPI.
+ */
+static void
+es_update_projection_position(const char *name, int64 newpos)
+{
+	Oid			types[3] = {TEXTOID, INT4OID, INT8OID};
+	Datum		values[3];
+
+	values[0] = CStringGetTextDatum(name);
+	values[1] = Int32GetDatum(0);
+	values[2] = Int64GetDatum(newpos);
+	es_projection_exec("SELECT 1 FROM event_store.projections "
+					   "WHERE name OPERATOR(pg_catalog.=) $1 FOR UPDATE", 1, types, values, NULL);
+	es_projection_exec("UPDATE event_store.projections p SET position = CASE "
+					   "WHEN p.partitions OPERATOR(pg_catalog.=) 1 THEN $3 "
+					   "ELSE (SELECT pg_catalog.min(x.position) FROM event_store.subscription_partitions x "
+					   "      WHERE x.subscription OPERATOR(pg_catalog.=) $1) END, "
+					   "updated_at = pg_catalog.now() WHERE p.name OPERATOR(pg_catalog.=) $1",
+					   3, types, values, NULL);
+}
+
+/* list_sort comparator of C strings */
+static int
+es_cmp_cstring(const ListCell *a, const ListCell *b)
+{
+	return strcmp(lfirst(a), lfirst(b));
+}
+
+/*
+ * The end of a round of EsRunAsyncProjections: the rows of the partitioned
+ * projections it moved, in name order (processes that lock several of them
+ * lock them in the same order), as late as can be: each row stays locked
+ * until the round commits, and the other processes applying the same
+ * projection's partitions wait for it at the end of their own round, not
+ * while this one applies other projections.
+ */
+static void
+es_update_moved_projections(void)
+{
+	List	   *names = moved_projections;
+	ListCell   *lc;
+
+	moved_projections = NIL;
+	list_sort(names, es_cmp_cstring);
+	foreach(lc, names)
+	{
+		/* (newpos is unused for a partitioned projection: the lowest is read) */
+		es_update_projection_position(lfirst(lc), 0);
+	}
+}
+
+/*
  * An async projection applied its events (of the scope's partitions, or of
  * its one partition with scope NULL) up to newpos: the position of each
  * partition that was behind it, and the projection's (the lowest of its
- * partitions').  Caller is connected to SPI as the owner.
+ * partitions'; of a partitioned projection at the end of the round, when
+ * there is one, see es_update_moved_projections).  Caller is connected to
+ * SPI as the owner.
  */
 static void
 es_set_async_position(const char *name, const EsApplyScope *scope, int64 newpos)
@@ -1387,33 +1496,48 @@ es_set_async_position(const char *name, const EsApplyScope *scope, int64 newpos)
 						   3, types, values, NULL);
 		return;
 	}
-	for (int i = 0; i < nparts; i++)
-	{
-		/* a partition that stood past newpos already is where it was */
-		if (scope != NULL && scope->positions[i] >= newpos)
-			continue;
-		values[1] = Int32GetDatum(scope != NULL ? scope->parts[i] : 0);
+	if (scope == NULL)
 		es_projection_exec("UPDATE event_store.subscription_partitions SET position = $3, "
 						   "updated_at = pg_catalog.now() "
 						   "WHERE subscription OPERATOR(pg_catalog.=) $1 AND partition OPERATOR(pg_catalog.=) $2",
 						   3, types, values, NULL);
+	else
+	{
+		/* the scan's partitions behind newpos, in one statement */
+		Datum	   *behind = palloc(sizeof(Datum) * nparts);
+		int			n = 0;
+		Oid			array_types[3] = {TEXTOID, INT4ARRAYOID, INT8OID};
+
+		for (int i = 0; i < nparts; i++)
+			if (scope->positions[i] < newpos)
+				behind[n++] = Int32GetDatum(scope->parts[i]);
+		if (n > 0)
+		{
+			values[1] = PointerGetDatum(construct_array(behind, n, INT4OID, sizeof(int32), true,
+														TYPALIGN_INT));
+			es_projection_exec("UPDATE event_store.subscription_partitions SET position = $3, "
+							   "updated_at = pg_catalog.now() "
+							   "WHERE subscription OPERATOR(pg_catalog.=) $1 "
+							   "AND partition OPERATOR(pg_catalog.=) ANY ($2)",
+							   3, array_types, values, NULL);
+		}
+		pfree(behind);
 	}
 
-	/*
-	 * The projection's row first, then the lowest of the partitions read by
-	 * a statement of its own: a process applying other partitions holds the
-	 * row until it commits, and the lowest must count their positions as it
-	 * committed them (an UPDATE that waited for the row would compute it
-	 * from the partitions as its snapshot saw them, before that commit)
-	 */
-	es_projection_exec("SELECT 1 FROM event_store.projections "
-					   "WHERE name OPERATOR(pg_catalog.=) $1 FOR UPDATE", 1, types, values, NULL);
-	es_projection_exec("UPDATE event_store.projections p SET position = CASE "
-					   "WHEN p.partitions OPERATOR(pg_catalog.=) 1 THEN $3 "
-					   "ELSE (SELECT pg_catalog.min(x.position) FROM event_store.subscription_partitions x "
-					   "      WHERE x.subscription OPERATOR(pg_catalog.=) $1) END, "
-					   "updated_at = pg_catalog.now() WHERE p.name OPERATOR(pg_catalog.=) $1",
-					   3, types, values, NULL);
+	if (scope != NULL && moved_cxt != NULL)
+	{
+		ListCell   *lc;
+		MemoryContext old;
+
+		foreach(lc, moved_projections)
+			if (strcmp(lfirst(lc), name) == 0)
+				return;
+		old = MemoryContextSwitchTo(moved_cxt);
+		moved_projections = lappend(moved_projections, pstrdup(name));
+		MemoryContextSwitchTo(old);
+		return;
+	}
+	es_update_projection_position(name, newpos);
 }
 
 /*
@@ -2025,9 +2149,8 @@ int64
 EsRunAsyncProjections(int64 max_events, bool only_due, int max_ms, List **skipped)
 {
 	int			rc;
-	int64		total = 0;
-	List	   *names = NIL;
-	bool		progressed = true;
+	volatile int64 total = 0;
+	List	   *volatile names = NIL;
 
 	rc = SPI_execute_plan(EsKeptStatementPlan(only_due ?
 											  "SELECT name FROM event_store.projections "
@@ -2047,6 +2170,32 @@ EsRunAsyncProjections(int64 max_events, bool only_due, int max_ms, List **skippe
 		names = lappend(names, TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[i],
 																 SPI_tuptable->tupdesc, 1, &isnull)));
 	}
+
+	/* the partitioned projections' rows are updated once, at the end */
+	moved_projections = NIL;
+	moved_cxt = CurrentMemoryContext;
+	PG_TRY();
+	{
+		total = es_run_rounds(names, max_events, max_ms, skipped);
+	}
+	PG_FINALLY();
+	{
+		moved_cxt = NULL;
+	}
+	PG_END_TRY();
+	es_update_moved_projections();
+	return total;
+}
+
+/*
+ * The rounds of EsRunAsyncProjections over the running async projections
+ * (names): returns the events handed to handlers
+ */
+static int64
+es_run_rounds(List *names, int64 max_events, int max_ms, List **skipped)
+{
+	int64		total = 0;
+	bool		progressed = true;
 
 	while (progressed && total < max_events && names != NIL)
 	{

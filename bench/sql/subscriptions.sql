@@ -72,6 +72,126 @@ BEGIN
 END
 $$;
 
+-- append_with_consumers, its floor side (bench/README.md): the same handler
+-- work and the least a consumer must do, by plain means, with none of the
+-- store's subscription or projection machinery.  The appends are of type
+-- FloorEvent (the es side's subscriptions and projections never see them);
+-- each loop keeps its checkpoint in bench.floor_ckpt and reads the events
+-- after it up to event_store.head_position(), the horizon below which no
+-- commit can still appear (without it a plain reader would pass over an
+-- event that commits after a later one).
+CREATE TABLE IF NOT EXISTS bench.rm_floor_1 (key text PRIMARY KEY, n bigint NOT NULL);
+CREATE TABLE IF NOT EXISTS bench.rm_floor_2 (key text PRIMARY KEY, n bigint NOT NULL);
+-- the handlers: bench.count_cons_1 and _2 with their own read models
+CREATE OR REPLACE FUNCTION bench.count_floor_1(e event_store.event) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO bench.rm_floor_1 AS r VALUES (e.stream_id, 1)
+    ON CONFLICT (key) DO UPDATE SET n = r.n + 1;
+END
+$$;
+CREATE OR REPLACE FUNCTION bench.count_floor_2(e event_store.event) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO bench.rm_floor_2 AS r VALUES (e.stream_id, 1)
+    ON CONFLICT (key) DO UPDATE SET n = r.n + 1;
+END
+$$;
+-- a checkpoint per loop, and the events it went through
+CREATE TABLE IF NOT EXISTS bench.floor_ckpt (
+    name text PRIMARY KEY, pos bigint NOT NULL, events bigint NOT NULL DEFAULT 0);
+
+-- A floor consumer: read the (up to 100) events after its checkpoint, whole
+-- rows, move the checkpoint past them, commit.  When there is nothing to
+-- read: leave once the harness set the stop flag (set when the appends
+-- ended) and none is left beyond the checkpoint, else look again 10 ms later
+-- (the head may not have reached the last ones yet).
+CREATE OR REPLACE PROCEDURE bench.floor_consume_loop(consumer text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    ckpt bigint;
+    head bigint;
+    upto bigint;
+    n bigint;
+BEGIN
+    SELECT pos INTO STRICT ckpt FROM bench.floor_ckpt WHERE name = consumer;
+    LOOP
+        -- the head first: the next statement's snapshot sees every commit below it
+        head := event_store.head_position();
+        SELECT max(x.global_position), count(x.*) INTO upto, n
+          FROM (SELECT * FROM event_store.events
+                 WHERE global_position > ckpt AND global_position <= head
+                   AND event_type = 'FloorEvent'
+                 ORDER BY global_position LIMIT 100) x;
+        IF n > 0 THEN
+            UPDATE bench.floor_ckpt SET pos = upto, events = events + n WHERE name = consumer;
+            COMMIT;
+            ckpt := upto;
+        ELSIF (SELECT stop FROM bench.consume_ctl) AND NOT EXISTS (
+                  SELECT FROM event_store.events
+                   WHERE global_position > ckpt AND event_type = 'FloorEvent') THEN
+            EXIT;
+        ELSE
+            COMMIT;
+            PERFORM pg_sleep(0.01);
+        END IF;
+    END LOOP;
+    COMMIT;
+END
+$$;
+
+-- A floor projection (which = 1 or 2): one statement calls the handler for
+-- each of the (up to 1,000) events after its checkpoint, in position order;
+-- the checkpoint moves past them in the same transaction.  Stops as the
+-- consumer does.
+CREATE OR REPLACE PROCEDURE bench.floor_project_loop(which int)
+LANGUAGE plpgsql AS $$
+DECLARE
+    me text := 'floor_proj_' || which;
+    ckpt bigint;
+    head bigint;
+    upto bigint;
+    n bigint;
+BEGIN
+    SELECT pos INTO STRICT ckpt FROM bench.floor_ckpt WHERE name = me;
+    LOOP
+        head := event_store.head_position();
+        IF which = 1 THEN
+            SELECT max(x.global_position), count(bench.count_floor_1(x.e)) INTO upto, n
+              FROM (SELECT global_position,
+                           ROW(global_position, stream_id, stream_version, event_id, event_type,
+                               data, metadata, schema_version, recorded_at)::event_store.event AS e
+                      FROM event_store.events
+                     WHERE global_position > ckpt AND global_position <= head
+                       AND event_type = 'FloorEvent'
+                     ORDER BY global_position LIMIT 1000) x;
+        ELSE
+            SELECT max(x.global_position), count(bench.count_floor_2(x.e)) INTO upto, n
+              FROM (SELECT global_position,
+                           ROW(global_position, stream_id, stream_version, event_id, event_type,
+                               data, metadata, schema_version, recorded_at)::event_store.event AS e
+                      FROM event_store.events
+                     WHERE global_position > ckpt AND global_position <= head
+                       AND event_type = 'FloorEvent'
+                     ORDER BY global_position LIMIT 1000) x;
+        END IF;
+        IF n > 0 THEN
+            UPDATE bench.floor_ckpt SET pos = upto, events = events + n WHERE name = me;
+            COMMIT;
+            ckpt := upto;
+        ELSIF (SELECT stop FROM bench.consume_ctl) AND NOT EXISTS (
+                  SELECT FROM event_store.events
+                   WHERE global_position > ckpt AND event_type = 'FloorEvent') THEN
+            EXIT;
+        ELSE
+            COMMIT;
+            PERFORM pg_sleep(0.01);
+        END IF;
+    END LOOP;
+    COMMIT;
+END
+$$;
+
 -- read_your_writes: the projection waited for, and the waits' latencies
 CREATE TABLE IF NOT EXISTS bench.rm_ryw (key text PRIMARY KEY, n bigint NOT NULL);
 CREATE OR REPLACE FUNCTION bench.count_ryw(e event_store.event) RETURNS void
