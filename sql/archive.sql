@@ -182,9 +182,19 @@ SELECT count(*) FILTER (WHERE stream_id LIKE 'acct%') AS acct, count(*) AS event
   FROM event_store.read_correlated('corr-0');
 SELECT count(*) AS order_archived FROM event_store.read_category('order', 0, 20);
 SELECT event_store.create_subscription('archive_sub');
+-- the claimed rows, archived or not, are read_all's, every column
+CREATE TABLE archive_own.claimed AS SELECT * FROM event_store.claim_events('archive_sub', 'c1', 1000);
 SELECT count(*) FILTER (WHERE stream_id LIKE 'acct%') AS acct, count(*) AS events,
        count(*) FILTER (WHERE global_position < 41) AS archived
-  FROM event_store.claim_events('archive_sub', 'c1', 1000);
+  FROM archive_own.claimed;
+SELECT count(*) AS claimed,
+       count(*) FILTER (WHERE (g.stream_id, g.stream_version, g.event_id, g.event_type, g.data,
+                               g.metadata, g.schema_version, g.recorded_at)
+                              IS NOT DISTINCT FROM
+                              (r.stream_id, r.stream_version, r.event_id, r.event_type, r.data,
+                               r.metadata, r.schema_version, r.recorded_at)) AS as_read
+  FROM archive_own.claimed g LEFT JOIN event_store.read_all(0, NULL) r USING (global_position)
+ WHERE g.global_position < 41;
 CREATE TABLE archive_own.seen (global_position bigint, stream_id text);
 CREATE FUNCTION archive_own.see(e event_store.event) RETURNS void
 LANGUAGE sql AS $$ INSERT INTO archive_own.seen VALUES (e.global_position, e.stream_id) $$;
