@@ -632,6 +632,14 @@ es_ensure_counter(void)
 	snapshot = RegisterSnapshot(GetLatestSnapshot());
 	maxcommitted = es_scan_max_position(cat, snapshot);
 	UnregisterSnapshot(snapshot);
+	/*
+	 * The mark and this entry's knowledge of it, read with no raise in
+	 * progress (raisers hold this lock from their setval until the entry
+	 * has the value): otherwise a raise made between them would look like
+	 * a value set from outside, and the counter would skip a chunk
+	 */
+	if (want_mark)
+		LockRelationOid(cat->position_mark_relid, ShareUpdateExclusiveLock);
 	mark = want_mark ? es_read_mark(cat->position_mark_relid) : 0;
 
 	LWLockAcquire(my_db_lock, LW_EXCLUSIVE);
@@ -674,10 +682,14 @@ es_ensure_counter(void)
 		my_db->uses_mark = want_mark;
 		my_db->built_in_recovery = in_recovery;
 		LWLockRelease(my_db_lock);
+		if (want_mark)
+			UnlockRelationOid(cat->position_mark_relid, ShareUpdateExclusiveLock);
 		es_publish_committed(maxcommitted);
 		return;
 	}
 	LWLockRelease(my_db_lock);
+	if (want_mark)
+		UnlockRelationOid(cat->position_mark_relid, ShareUpdateExclusiveLock);
 }
 
 /*
