@@ -20,12 +20,16 @@
 #include "executor/executor.h"
 #include "nodes/execnodes.h"
 #include "nodes/makefuncs.h"
+#include "nodes/nodeFuncs.h"
+#include "optimizer/optimizer.h"
 #include "pgstat.h"
 #include "storage/bufmgr.h"
 #include "storage/lmgr.h"
 #include "storage/predicate.h"
 #include "utils/array.h"
+#include "utils/datum.h"
 #include "utils/inval.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
 
@@ -58,25 +62,169 @@ EsLockAcceptingInvalidations(const LOCKTAG *tag, LOCKMODE mode)
 #define ES_MULTI_INSERT_ROWS 1000
 
 /*
- * The index entries of rows slots[0 .. m - 1], already in the heap, one
- * index after the other: all the rows' entries of an index, then of the
- * next, so that each index's path from its root to the leaf the batch's
- * entries go to is read once into the CPU's caches rather than once per
- * row.  Mirrors ExecInsertIndexTuples (execIndexing.c) for an insertion
- * that is not an update and has no ON CONFLICT: the partial indexes'
- * predicates, the expressions, a unique index's check (an index whose
- * uniqueness is deferrable is checked at once, which is stricter).  Indexes
- * with exclusion constraints are left to the caller.  *current is set to
- * the index of the row whose entry is being made, counted from first.
+ * How one key column of an index is formed for the rows of a multi-row
+ * insertion (es_plan_index_keys)
+ */
+typedef struct EsKeyPlan
+{
+	AttrNumber	attno;			/* a plain column (0: an expression) */
+	ExprState  *expr;			/* the expression's state */
+	bool		once;			/* same value for every row: evaluated once */
+	bool		done;			/* ... and it was */
+	Datum		value;			/* that value */
+	bool		isnull;
+	int16		typlen;			/* the expression's type */
+	bool		typbyval;
+} EsKeyPlan;
+
+/*
+ * Is a heap column the same in every row of rows[0 .. m - 1] (values of
+ * natts columns each, the first at row first)?  The caller's rows, not the
+ * slots: a slot's values point into its own tuple once it is in the heap.
+ */
+static bool
+es_column_same(Relation heap, const Datum *rows, const bool *nulls, int natts,
+			   int first, int m, AttrNumber attno)
+{
+	Form_pg_attribute att;
+	Datum		v0 = rows[first * natts + attno - 1];
+	bool		n0 = nulls[first * natts + attno - 1];
+
+	if (attno <= 0 || attno > natts)
+		return false;
+	att = TupleDescAttr(RelationGetDescr(heap), attno - 1);
+	for (int i = 1; i < m; i++)
+	{
+		Datum		v = rows[(first + i) * natts + attno - 1];
+		bool		n = nulls[(first + i) * natts + attno - 1];
+
+		if (n != n0)
+			return false;
+		if (n || v == v0)
+			continue;
+		if (!datumIsEqual(v, v0, att->attbyval, att->attlen))
+			return false;
+	}
+	return true;
+}
+
+/*
+ * Plan the key columns of index info for rows[first .. first + m - 1]: a
+ * plain column is read from the row's slot, an expression is evaluated per
+ * row, except one whose columns are the same in every row (the category
+ * of a batch's stream id), which is evaluated once: index expressions are
+ * immutable, so it is the value FormIndexDatum would compute for each row.
+ * Returns the key column whose null test is the index's whole predicate
+ * (WHERE expr IS NOT NULL, expr one of the key expressions: the row is in
+ * the index when that key is not null, so the expression is evaluated once
+ * instead of twice), or -1.
+ */
+static int
+es_plan_index_keys(IndexInfo *info, EState *estate, Relation heap,
+				   const Datum *rows, const bool *nulls, int natts, int first,
+				   int m, EsKeyPlan *plan)
+{
+	ListCell   *expr_item;
+	ListCell   *state_item;
+	int			null_test_key = -1;
+	Node	   *pred_arg = NULL;
+
+	if (info->ii_Expressions != NIL && info->ii_ExpressionsState == NIL)
+		info->ii_ExpressionsState = ExecPrepareExprList(info->ii_Expressions, estate);
+	expr_item = list_head(info->ii_Expressions);
+	state_item = list_head(info->ii_ExpressionsState);
+
+	if (list_length(info->ii_Predicate) == 1 && IsA(linitial(info->ii_Predicate), NullTest))
+	{
+		NullTest   *nt = (NullTest *) linitial(info->ii_Predicate);
+
+		if (nt->nulltesttype == IS_NOT_NULL && !nt->argisrow)
+			pred_arg = (Node *) nt->arg;
+	}
+
+	for (int j = 0; j < info->ii_NumIndexAttrs; j++)
+	{
+		EsKeyPlan  *k = &plan[j];
+		Node	   *expr;
+		Bitmapset  *attnos = NULL;
+		int			a = -1;
+
+		memset(k, 0, sizeof(*k));
+		k->attno = info->ii_IndexAttrNumbers[j];
+		if (k->attno != 0)
+			continue;
+		expr = (Node *) lfirst(expr_item);
+		k->expr = (ExprState *) lfirst(state_item);
+		expr_item = lnext(info->ii_Expressions, expr_item);
+		state_item = lnext(info->ii_ExpressionsState, state_item);
+		if (pred_arg != NULL && null_test_key < 0 && equal(pred_arg, expr))
+			null_test_key = j;
+		if (m == 1)
+			continue;			/* one row: nothing to share */
+
+		get_typlenbyval(exprType(expr), &k->typlen, &k->typbyval);
+		/* columns only (a whole-row or system column is never "the same") */
+		pull_varattnos(expr, 1, &attnos);
+		k->once = !bms_is_empty(attnos);
+		while (k->once && (a = bms_next_member(attnos, a)) >= 0)
+			k->once = es_column_same(heap, rows, nulls, natts, first, m,
+									 a + FirstLowInvalidHeapAttributeNumber);
+		bms_free(attnos);
+	}
+	return null_test_key;
+}
+
+/*
+ * A key column of the row in econtext's scan tuple, as FormIndexDatum
+ * computes it (a value evaluated once is copied out of the per-row memory)
+ */
+static void
+es_key_value(EsKeyPlan *k, ExprContext *econtext, Datum *value, bool *isnull)
+{
+	if (k->attno != 0)
+	{
+		*value = slot_getattr(econtext->ecxt_scantuple, k->attno, isnull);
+		return;
+	}
+	if (!k->once)
+	{
+		*value = ExecEvalExprSwitchContext(k->expr, econtext, isnull);
+		return;
+	}
+	if (!k->done)
+	{
+		k->value = ExecEvalExprSwitchContext(k->expr, econtext, &k->isnull);
+		if (!k->isnull)
+			k->value = datumCopy(k->value, k->typbyval, k->typlen);
+		k->done = true;
+	}
+	*value = k->value;
+	*isnull = k->isnull;
+}
+
+/*
+ * The index entries of rows slots[0 .. m - 1], already in the heap (their
+ * values rows[first * natts ...]), one index after the other: all the
+ * rows' entries of an index, then of the next, so that each index's path
+ * from its root to the leaf the batch's entries go to is read once into the
+ * CPU's caches rather than once per row.  Mirrors ExecInsertIndexTuples
+ * (execIndexing.c) for an insertion that is not an update and has no ON
+ * CONFLICT: the partial indexes' predicates, the expressions (FormIndexDatum,
+ * with the savings of es_plan_index_keys), a unique index's check (an index
+ * whose uniqueness is deferrable is checked at once, which is stricter).
+ * Indexes with exclusion constraints are left to the caller.  *current is
+ * set to the index of the row whose entry is being made, counted from first.
  */
 static void
 es_insert_index_entries(ResultRelInfo *rri, EState *estate, Relation heap,
-						TupleTableSlot **slots, int m, int first,
+						TupleTableSlot **slots, int m, const Datum *rows,
+						const bool *nulls, int natts, int first,
 						volatile int *current)
 {
 	ExprContext *econtext = GetPerTupleExprContext(estate);
 	Datum		values[INDEX_MAX_KEYS];
 	bool		isnull[INDEX_MAX_KEYS];
+	EsKeyPlan	plan[INDEX_MAX_KEYS];
 
 	for (int k = 0; k < rri->ri_NumIndices; k++)
 	{
@@ -84,11 +232,14 @@ es_insert_index_entries(ResultRelInfo *rri, EState *estate, Relation heap,
 		IndexInfo  *info = rri->ri_IndexRelationInfo[k];
 		ExprState  *predicate = NULL;
 		IndexUniqueCheck check;
+		int			null_test_key;
 
 		if (index == NULL || !info->ii_ReadyForInserts)
 			continue;
 		Assert(info->ii_ExclusionOps == NULL);
-		if (info->ii_Predicate != NIL)
+		null_test_key = es_plan_index_keys(info, estate, heap, rows, nulls, natts,
+										   first, m, plan);
+		if (info->ii_Predicate != NIL && null_test_key < 0)
 		{
 			if (info->ii_PredicateState == NULL)
 				info->ii_PredicateState = ExecPrepareQual(info->ii_Predicate, estate);
@@ -100,12 +251,29 @@ es_insert_index_entries(ResultRelInfo *rri, EState *estate, Relation heap,
 		{
 			*current = first + i;
 			econtext->ecxt_scantuple = slots[i];
-			if (predicate == NULL || ExecQual(predicate, econtext))
+			if (predicate != NULL && !ExecQual(predicate, econtext))
 			{
-				FormIndexDatum(info, slots[i], estate, values, isnull);
-				(void) index_insert(index, values, isnull, &slots[i]->tts_tid,
-									heap, check, false, info);
+				ResetPerTupleExprContext(estate);
+				continue;
 			}
+			/* the predicate's key first: the row may not be in the index */
+			if (null_test_key >= 0)
+			{
+				es_key_value(&plan[null_test_key], econtext,
+							 &values[null_test_key], &isnull[null_test_key]);
+				if (isnull[null_test_key])
+				{
+					ResetPerTupleExprContext(estate);
+					continue;
+				}
+			}
+			for (int j = 0; j < info->ii_NumIndexAttrs; j++)
+			{
+				if (j != null_test_key)
+					es_key_value(&plan[j], econtext, &values[j], &isnull[j]);
+			}
+			(void) index_insert(index, values, isnull, &slots[i]->tts_tid,
+								heap, check, false, info);
 			ResetPerTupleExprContext(estate);
 		}
 	}
@@ -132,6 +300,7 @@ EsInsertRows(Relation rel, int n, int natts, Datum *rows, bool *nulls,
 	EState	   *estate = CreateExecutorState();
 	ResultRelInfo *rri = makeNode(ResultRelInfo);
 	TupleDesc	desc = RelationGetDescr(rel);
+	TupleDesc	slotdesc;
 	CommandId	cid = GetCurrentCommandId(true);
 	int			nslots = Min(n, ES_MULTI_INSERT_ROWS);
 	TupleTableSlot **slots = palloc(sizeof(TupleTableSlot *) * nslots);
@@ -147,9 +316,16 @@ EsInsertRows(Relation rel, int n, int natts, Datum *rows, bool *nulls,
 		if (rri->ri_IndexRelationInfo[k]->ii_ExclusionOps != NULL)
 			by_index = false;
 	}
-	/* heap tuple slots: the tuple is formed once, straight from the values */
+	/*
+	 * heap tuple slots: the tuple is formed once, straight from the values.
+	 * Their descriptor is a copy of the relation's, which nothing counts
+	 * references to: the relation's is reference-counted, and each slot
+	 * would pin it in the resource owner (a tenth of the heap's cost in a
+	 * batch of 100).
+	 */
+	slotdesc = CreateTupleDescCopy(desc);
 	for (int i = 0; i < nslots; i++)
-		slots[i] = MakeSingleTupleTableSlot(desc, &TTSOpsHeapTuple);
+		slots[i] = MakeSingleTupleTableSlot(slotdesc, &TTSOpsHeapTuple);
 
 	/* more than one multi-row insertion: each one's memory is freed after it */
 	if (n > nslots)
@@ -179,7 +355,8 @@ EsInsertRows(Relation rel, int n, int natts, Datum *rows, bool *nulls,
 		else
 			table_multi_insert(rel, slots, m, cid, 0, NULL);
 		if (by_index)
-			es_insert_index_entries(rri, estate, rel, slots, m, first, current);
+			es_insert_index_entries(rri, estate, rel, slots, m, rows, nulls, natts,
+									first, current);
 		else
 		{
 			for (int i = 0; i < m; i++)
@@ -201,6 +378,7 @@ EsInsertRows(Relation rel, int n, int natts, Datum *rows, bool *nulls,
 	for (int i = 0; i < nslots; i++)
 		ExecDropSingleTupleTableSlot(slots[i]);
 	pfree(slots);
+	FreeTupleDesc(slotdesc);
 	ExecCloseIndices(rri);
 	FreeExecutorState(estate);
 }

@@ -23,7 +23,14 @@
  * ever handed out is at or below it.  Appenders take positions below the
  * mark in shared memory; the mark is raised ES_MARK_CHUNK positions ahead,
  * and that change is flushed to WAL before a position of the new chunk is
- * handed out.  The sequence is dumped with the extension's data.
+ * handed out.  An appender that finds half of the chunk used raises the
+ * mark ahead of need without waiting for that flush (the WAL writer makes
+ * it, as it does an asynchronous commit's): the raised value stays pending
+ * (pending_mark, pending_lsn) until the first appender who needs a
+ * position above the durable mark flushes the WAL up to it, which the WAL
+ * writer has almost always done by then.  No appender then waits for a
+ * flush of its own (with synchronous_commit = off, appends wait for none at
+ * all).  The sequence is dumped with the extension's data.
  *
  * The counter is rebuilt on the first use after server start or crash
  * recovery, and again whenever event_store.events is a new table (DROP/CREATE
@@ -96,9 +103,12 @@
 /*
  * How far ahead of the positions handed out the durable mark is raised: a
  * WAL flush per so many positions, and at most so many positions skipped
- * after a restart.  It is raised again when less than half of it is left.
+ * after a restart.  It is raised again when less than half of it is left:
+ * the half left (5,000 positions, 50 batches of 100 events, several
+ * megabytes of WAL) gives the WAL writer time to flush the raise before
+ * anybody needs it.
  */
-#define ES_MARK_CHUNK	1000
+#define ES_MARK_CHUNK	10000
 
 /*
  * Per-database counter and horizon; protected by the entry's own LWLock,
@@ -119,6 +129,8 @@ typedef struct EsPositionEntry
 	int64		next_position;	/* next position to hand out */
 	bool		uses_mark;		/* the schema has position_mark (0.3.0 on) */
 	int64		mark;			/* with uses_mark: durable, next_position - 1 <= mark */
+	int64		pending_mark;	/* raised ahead, maybe not flushed yet (0: none) */
+	XLogRecPtr	pending_lsn;	/* the end of its WAL record */
 	bool		built_in_recovery;	/* built on a standby: rebuild once promoted */
 	pg_atomic_uint64 max_committed; /* highest position of a committed append */
 	ConditionVariable head_cv;	/* broadcast when an appender's xact ends */
@@ -201,6 +213,8 @@ es_position_entry_reset(int i)
 	db->next_position = 1;
 	db->uses_mark = false;
 	db->mark = 0;
+	db->pending_mark = 0;
+	db->pending_lsn = InvalidXLogRecPtr;
 	db->built_in_recovery = false;
 	pg_atomic_write_u64(&db->max_committed, 0);
 	db->replayed_relid = InvalidOid;
@@ -241,6 +255,8 @@ EsPositionShmemInit(void)
 			db->next_position = 1;
 			db->uses_mark = false;
 			db->mark = 0;
+			db->pending_mark = 0;
+			db->pending_lsn = InvalidXLogRecPtr;
 			db->built_in_recovery = false;
 			pg_atomic_init_u64(&db->max_committed, 0);
 			ConditionVariableInit(&db->head_cv);
@@ -495,12 +511,15 @@ es_read_mark(Oid seqid)
 }
 
 /*
- * Raise the durable mark so that positions up to needed (and whatever the
- * counter handed out already) are covered, ES_MARK_CHUNK ahead, and flush
- * that to WAL before the new mark counts.  Raisers queue on a
- * self-conflicting lock of the sequence, so the stored mark only goes up;
- * with wait = false (raising ahead of need) nothing happens while another
- * backend raises it.  Called without my_db_lock held.
+ * Raise the mark so that positions up to needed (and whatever the counter
+ * handed out already) are covered, ES_MARK_CHUNK ahead.  With wait (a
+ * position above the mark is needed now) the raise is flushed to WAL before
+ * the new mark counts; without (raising ahead of need) it is left pending
+ * for the WAL writer to flush (see EsAllocatePositions), and nothing happens
+ * while another backend raises it.  Raisers queue on a self-conflicting
+ * lock of the sequence, so the stored mark only goes up, and a raise's WAL
+ * record follows every earlier one: flushing up to it flushes them too.
+ * Called without my_db_lock held.
  */
 static void
 es_raise_mark(Oid seqid, int64 needed, bool wait)
@@ -516,7 +535,7 @@ es_raise_mark(Oid seqid, int64 needed, bool wait)
 
 	LWLockAcquire(my_db_lock, LW_SHARED);
 	needed = Max(needed, my_db->next_position - 1);
-	mark = my_db->mark;
+	mark = Max(my_db->mark, my_db->pending_mark);
 	LWLockRelease(my_db_lock);
 
 	/* did the backend before us in the queue raise it far enough? */
@@ -524,6 +543,7 @@ es_raise_mark(Oid seqid, int64 needed, bool wait)
 	{
 		EsUserSwitch sw;
 		bool		from_outside = false;
+		XLogRecPtr	lsn = InvalidXLogRecPtr;
 
 		target = needed + ES_MARK_CHUNK;
 		stored = es_read_mark(seqid);
@@ -533,7 +553,11 @@ es_raise_mark(Oid seqid, int64 needed, bool wait)
 			(void) DirectFunctionCall2(setval_oid, ObjectIdGetDatum(seqid),
 									   Int64GetDatum(target));
 			EsRestoreUser(&sw);
-			XLogFlush(XactLastRecEnd);
+			lsn = XactLastRecEnd;
+			if (wait)
+				XLogFlush(lsn);
+			else
+				XLogSetAsyncXactLSN(lsn);	/* the WAL writer's next flush */
 			stored = target;
 		}
 		else
@@ -544,12 +568,26 @@ es_raise_mark(Oid seqid, int64 needed, bool wait)
 			 * came from.
 			 */
 			from_outside = stored > mark;
+			/* durable before it counts (its record is behind the insert point) */
+			if (from_outside)
+				XLogFlush(GetXLogInsertRecPtr());
 		}
 
 		LWLockAcquire(my_db_lock, LW_EXCLUSIVE);
 		if (from_outside)
 			my_db->next_position = Max(my_db->next_position, stored + 1);
-		my_db->mark = Max(my_db->mark, stored);
+		if (wait || from_outside)
+		{
+			/* flushed, with every raise before it */
+			my_db->mark = Max(my_db->mark, stored);
+			if (my_db->pending_mark <= my_db->mark)
+				my_db->pending_mark = 0;
+		}
+		else if (stored > my_db->pending_mark)
+		{
+			my_db->pending_mark = stored;
+			my_db->pending_lsn = lsn;
+		}
 		LWLockRelease(my_db_lock);
 	}
 	UnlockRelationOid(seqid, ShareUpdateExclusiveLock);
@@ -594,6 +632,14 @@ es_ensure_counter(void)
 	snapshot = RegisterSnapshot(GetLatestSnapshot());
 	maxcommitted = es_scan_max_position(cat, snapshot);
 	UnregisterSnapshot(snapshot);
+	/*
+	 * The mark and this entry's knowledge of it, read with no raise in
+	 * progress (raisers hold this lock from their setval until the entry
+	 * has the value): otherwise a raise made between them would look like
+	 * a value set from outside, and the counter would skip a chunk
+	 */
+	if (want_mark)
+		LockRelationOid(cat->position_mark_relid, ShareUpdateExclusiveLock);
 	mark = want_mark ? es_read_mark(cat->position_mark_relid) : 0;
 
 	LWLockAcquire(my_db_lock, LW_EXCLUSIVE);
@@ -610,7 +656,9 @@ es_ensure_counter(void)
 		my_db->initialized = true;
 		my_db->built_gen = gen;
 		my_db->uses_mark = want_mark;
+		/* (read from the sequence: maybe a pending raise, never handed out) */
 		my_db->mark = mark;
+		my_db->pending_mark = 0;
 		my_db->built_in_recovery = in_recovery;
 	}
 	else
@@ -618,7 +666,7 @@ es_ensure_counter(void)
 		/* never backwards: appenders may hold positions of the old counter */
 		my_db->next_position = Max(my_db->next_position, maxany + 1);
 		my_db->built_gen = gen;
-		if (want_mark && (!my_db->uses_mark || mark > my_db->mark))
+		if (want_mark && (!my_db->uses_mark || mark > Max(my_db->mark, my_db->pending_mark)))
 		{
 			/*
 			 * The schema just got the mark (ALTER EXTENSION UPDATE), or it
@@ -627,15 +675,21 @@ es_ensure_counter(void)
 			 * reservation.
 			 */
 			my_db->next_position = Max(my_db->next_position, mark + 1);
+			XLogFlush(GetXLogInsertRecPtr());
 			my_db->mark = mark;
+			my_db->pending_mark = 0;
 		}
 		my_db->uses_mark = want_mark;
 		my_db->built_in_recovery = in_recovery;
 		LWLockRelease(my_db_lock);
+		if (want_mark)
+			UnlockRelationOid(cat->position_mark_relid, ShareUpdateExclusiveLock);
 		es_publish_committed(maxcommitted);
 		return;
 	}
 	LWLockRelease(my_db_lock);
+	if (want_mark)
+		UnlockRelationOid(cat->position_mark_relid, ShareUpdateExclusiveLock);
 }
 
 /*
@@ -684,19 +738,39 @@ EsAllocatePositions(int64 count)
 
 	for (;;)
 	{
+		int64		pending;
+		XLogRecPtr	lsn;
+
 		LWLockAcquire(my_db_lock, LW_EXCLUSIVE);
 		first = my_db->next_position;
 		if (!my_db->uses_mark || first + count - 1 <= my_db->mark)
 			break;
-		/* beyond the durable mark: raise it first */
+		pending = my_db->pending_mark;
+		lsn = my_db->pending_lsn;
 		LWLockRelease(my_db_lock);
-		es_raise_mark(seqid, first + count - 1, true);
+		if (pending < first + count - 1)
+		{
+			/* beyond every mark: raise it first, and wait for the flush */
+			es_raise_mark(seqid, first + count - 1, true);
+			continue;
+		}
+		/*
+		 * raised far enough ahead of need: durable once its WAL is flushed,
+		 * which the WAL writer has usually done already (then this returns
+		 * at once)
+		 */
+		XLogFlush(lsn);
+		LWLockAcquire(my_db_lock, LW_EXCLUSIVE);
+		my_db->mark = Max(my_db->mark, pending);
+		if (my_db->pending_mark <= my_db->mark)
+			my_db->pending_mark = 0;
+		LWLockRelease(my_db_lock);
 	}
 	my_db->next_position += count;
 	if (pg_atomic_read_u64(&me->lowest) == 0)
 		pg_atomic_write_u64(&me->lowest, (uint64) first);
 	raise_ahead = my_db->uses_mark &&
-		my_db->mark - (first + count - 1) < ES_MARK_CHUNK / 2;
+		Max(my_db->mark, my_db->pending_mark) - (first + count - 1) < ES_MARK_CHUNK / 2;
 	LWLockRelease(my_db_lock);
 
 	xact_holds_positions = true;
