@@ -40,10 +40,12 @@ CREATE TABLE IF NOT EXISTS bench.consume_ctl (stop boolean NOT NULL);
 CREATE TABLE IF NOT EXISTS bench.consumed (
     subscription text PRIMARY KEY, events bigint NOT NULL, claims bigint NOT NULL);
 
--- A consumer: claim up to 100 events (waiting up to 100 ms for some), commit,
--- acknowledge up to the last one, commit; once the harness set the stop flag,
--- it leaves at the first claim that comes back empty (drained), giving its
--- partitions back.
+-- A consumer inside the database, as DESIGN's exactly-once pattern has it:
+-- claim up to 100 events (waiting up to 100 ms for some), handle them (here:
+-- nothing), acknowledge up to the last one and commit, one transaction per
+-- claim (as the consume case's transactions and the floor's loops); once
+-- the harness set the stop flag, it leaves at the first claim that comes back
+-- empty (drained), giving its partitions back.
 CREATE OR REPLACE PROCEDURE bench.consume_loop(sub text, consumer text)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -55,14 +57,14 @@ BEGIN
     LOOP
         SELECT max(global_position), count(*) INTO upto, n
           FROM event_store.claim_events(sub, consumer, 100, wait => '100 milliseconds');
-        COMMIT;
         IF n > 0 THEN
             PERFORM event_store.ack_events(sub, consumer, upto);
             COMMIT;
             total := total + n;
             claims := claims + 1;
-        ELSIF (SELECT stop FROM bench.consume_ctl) THEN
-            EXIT;
+        ELSE
+            COMMIT;
+            EXIT WHEN (SELECT stop FROM bench.consume_ctl);
         END IF;
     END LOOP;
     PERFORM event_store.release_events(sub, consumer);
