@@ -174,11 +174,17 @@ check_exact('one partition far behind');
 #
 # (c) rebuild while the workers apply it, appends going on
 #
+# (paused while the first appends commit, so that the workers have a backlog
+# however fast they keep up; resumed just before the rebuild)
+$node->safe_psql('postgres', q{SELECT event_store.pause_projection('conc')});
 $app = appends(300);
 wait_for(q{SELECT count(*) > 0 FROM event_store.subscription_partitions
             WHERE subscription = 'conc' AND position < event_store.head_position()},
 	'rebuild: the workers have work');
-$node->safe_psql('postgres', q{SELECT event_store.rebuild_projection('conc')});
+$node->safe_psql('postgres', q{
+SELECT event_store.resume_projection('conc');
+SELECT event_store.rebuild_projection('conc');
+});
 is($node->safe_psql('postgres', q{SELECT count(*) FROM resets}), '1', 'rebuild: the reset function ran');
 finish($app, 'rebuild: the appends');
 check_exact('rebuild');
