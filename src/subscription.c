@@ -584,6 +584,26 @@ es_save_partitions(EsSubscription *s, EsPart *parts, int nparts, const char *hol
 }
 
 /*
+ * Take the entries a caller marked (position set to -1) out of a
+ * partition's list of positions and their attempts; returns how many are
+ * left
+ */
+static int
+es_drop_marked(int64 *positions, int32 *attempts, int n)
+{
+	int			keep = 0;
+
+	for (int k = 0; k < n; k++)
+		if (positions[k] >= 0)
+		{
+			positions[keep] = positions[k];
+			attempts[keep] = attempts[k];
+			keep++;
+		}
+	return keep;
+}
+
+/*
  * An ack's write-back of partitions read as a snapshot saw them, unlocked
  * (es_my_partitions without lock): a changed partition's row is updated as
  * UPDATE would (waiting for a concurrent writer), an unchanged one locked
@@ -2022,7 +2042,7 @@ es_claim_redeliveries(EsClaim *c, EsHeld *held, int nheld, Snapshot snapshot)
 	for (int pi = 0; pi < c->nparts; pi++)
 	{
 		EsPart	   *p = &c->parts[pi];
-		int			keep = 0;
+		int			keep;
 
 		if (p->nredeliver == 0)
 			continue;
@@ -2033,13 +2053,10 @@ es_claim_redeliveries(EsClaim *c, EsHeld *held, int nheld, Snapshot snapshot)
 			for (int i = 0; i < n && !done; i++)
 				done = items[i].held < 0 && items[i].part == p && items[i].emitted &&
 					items[i].position == p->redeliver[k];
-			if (!done)
-			{
-				p->redeliver[keep] = p->redeliver[k];
-				p->redeliver_attempts[keep] = p->redeliver_attempts[k];
-				keep++;
-			}
+			if (done)
+				p->redeliver[k] = -1;
 		}
+		keep = es_drop_marked(p->redeliver, p->redeliver_attempts, p->nredeliver);
 		if (keep != p->nredeliver)
 		{
 			p->nredeliver = keep;
@@ -2562,19 +2579,15 @@ es_ack_pass(EsSubscription *s, const char *consumer, int64 upto, bool lock, int 
 	for (int i = 0; i < *nparts; i++)
 	{
 		EsPart	   *p = &parts[i];
-		int			keep = 0;
+		int			keep;
 
 		for (int k = 0; k < p->npending; k++)
-		{
 			if (p->pending[k] <= upto)
-				p->acked++;
-			else
 			{
-				p->pending[keep] = p->pending[k];
-				p->pending_attempts[keep] = p->pending_attempts[k];
-				keep++;
+				p->acked++;
+				p->pending[k] = -1;
 			}
-		}
+		keep = es_drop_marked(p->pending, p->pending_attempts, p->npending);
 		if (keep != p->npending)
 		{
 			p->npending = keep;
@@ -2702,7 +2715,6 @@ es_nack_event(PG_FUNCTION_ARGS)
 	text	   *sid;
 	int			at = -1;
 	int32		attempt;
-	int			keep = 0;
 	Oid			types[7] = {TEXTOID, TEXTOID, INT4OID, INT8OID, INT4OID, TEXTOID, FLOAT8OID};
 	Datum		values[7];
 	char		nulls[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
@@ -2742,14 +2754,10 @@ es_nack_event(PG_FUNCTION_ARGS)
 			drop = other != NULL && VARSIZE_ANY_EXHDR(other) == VARSIZE_ANY_EXHDR(sid) &&
 				memcmp(VARDATA_ANY(other), VARDATA_ANY(sid), VARSIZE_ANY_EXHDR(sid)) == 0;
 		}
-		if (!drop)
-		{
-			p->pending[keep] = p->pending[k];
-			p->pending_attempts[keep] = p->pending_attempts[k];
-			keep++;
-		}
+		if (drop)
+			p->pending[k] = -1;
 	}
-	p->npending = keep;
+	p->npending = es_drop_marked(p->pending, p->pending_attempts, p->npending);
 	es_save_partition(s, p, consumer, -1);
 
 	/* the stream is held: retried after the backoff, parked when out of attempts */
