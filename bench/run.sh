@@ -648,7 +648,7 @@ partitions_caught_up() {
 # while the same work is done with none of the store's machinery: 3 plain
 # consumer loops (read the events after a checkpoint row, move it) and a
 # plain loop per projection calling its per-event PL/pgSQL upsert from one
-# statement per batch (bench.floor_consume_loop, bench.floor_project_loop);
+# statement per batch (bench.floor_loop);
 # before and after each floor run as around es runs.
 CONS_SUBS=3
 CONS_PROJECTIONS=2
@@ -728,6 +728,16 @@ case_append_with_consumers() {
 	NOTES+=("append_with_consumers: $expected ConsEvents, each consumed once by every subscription ($got) and counted once by both projections; projections whose position (projection_status) stayed behind their partitions' (subscription_status) once caught up, summed over the es runs: $CONS_STALE; lag when each es run ended (positions behind the head: subscriptions; projections): ${CONS_LAGS[*]} seconds the consumers and projections took to catch up after each es run: ${CONS_DRAIN[*]}; 'incl. catching up' = appends of an es run / (its seconds + those), median ${CONS_SUSTAINED[*]}")
 }
 
+# wait_for_calls PATTERN N: until N sessions run a statement LIKE PATTERN
+# (loops started in the background are in their first statement), 10 s at most
+wait_for_calls() {
+	local i
+	for ((i = 0; i < 100; i++)); do
+		[[ $("${PSQL[@]}" -Atc "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '$1'") == "$2" ]] && return 0
+		sleep 0.1
+	done
+}
+
 # cons_hook WHEN SIDE LOGNAME (see pair): consumers and projections around es runs
 cons_hook() {
 	local when=$1 side=$2 logname=$3 k i pid lag t0 xacts drain
@@ -745,11 +755,7 @@ cons_hook() {
 			CONS_PIDS+=($!)
 		done
 		# the loops are in their first claim
-		for ((i = 0; i < 100; i++)); do
-			[[ $("${PSQL[@]}" -Atc "SELECT count(*) FROM pg_stat_activity
-			                        WHERE query LIKE 'CALL bench.consume_loop%'") == "$CONS_SUBS" ]] && break
-			sleep 0.1
-		done
+		wait_for_calls 'CALL bench.consume_loop%' "$CONS_SUBS"
 		return 0
 	fi
 	lag=$("${PSQL[@]}" -Atc "
@@ -788,20 +794,16 @@ floor_hook() {
 	if [[ $when == before ]]; then
 		"${PSQL[@]}" -c "UPDATE bench.consume_ctl SET stop = false" >/dev/null
 		for ((k = 1; k <= CONS_SUBS; k++)); do
-			timeout 900 "${PSQL[@]}" -c "CALL bench.floor_consume_loop('floor_cons_$k')" \
+			timeout 900 "${PSQL[@]}" -c "CALL bench.floor_loop('floor_cons_$k', 0)" \
 				>"$LOG_DIR/floor-$logname-c$k.log" 2>&1 &
 			CONS_PIDS+=($!)
 		done
 		for ((k = 1; k <= CONS_PROJECTIONS; k++)); do
-			timeout 900 "${PSQL[@]}" -c "CALL bench.floor_project_loop($k)" \
+			timeout 900 "${PSQL[@]}" -c "CALL bench.floor_loop('floor_proj_$k', $k)" \
 				>"$LOG_DIR/floor-$logname-p$k.log" 2>&1 &
 			CONS_PIDS+=($!)
 		done
-		for ((i = 0; i < 100; i++)); do
-			[[ $("${PSQL[@]}" -Atc "SELECT count(*) FROM pg_stat_activity
-			                        WHERE query LIKE 'CALL bench.floor\_%'") == "$loops" ]] && break
-			sleep 0.1
-		done
+		wait_for_calls 'CALL bench.floor\_loop%' "$loops"
 		return 0
 	fi
 	lag=$("${PSQL[@]}" -Atc "

@@ -103,53 +103,34 @@ $$;
 CREATE TABLE IF NOT EXISTS bench.floor_ckpt (
     name text PRIMARY KEY, pos bigint NOT NULL, events bigint NOT NULL DEFAULT 0);
 
--- A floor consumer: read the (up to 100) events after its checkpoint, whole
--- rows, move the checkpoint past them, commit.  When there is nothing to
--- read: leave once the harness set the stop flag (set when the appends
--- ended) and none is left beyond the checkpoint, else look again 10 ms later
--- (the head may not have reached the last ones yet).
-CREATE OR REPLACE PROCEDURE bench.floor_consume_loop(consumer text)
-LANGUAGE plpgsql AS $$
-DECLARE
-    ckpt bigint;
-    head bigint;
-    upto bigint;
-    n bigint;
-BEGIN
-    SELECT pos INTO STRICT ckpt FROM bench.floor_ckpt WHERE name = consumer;
-    LOOP
-        -- the head first: the next statement's snapshot sees every commit below it
-        head := event_store.head_position();
-        SELECT max(x.global_position), count(x.*) INTO upto, n
-          FROM (SELECT * FROM event_store.events
-                 WHERE global_position > ckpt AND global_position <= head
-                   AND event_type = 'FloorEvent'
-                 ORDER BY global_position LIMIT 100) x;
-        IF n > 0 THEN
-            UPDATE bench.floor_ckpt SET pos = upto, events = events + n WHERE name = consumer;
-            COMMIT;
-            ckpt := upto;
-        ELSIF (SELECT stop FROM bench.consume_ctl) AND NOT EXISTS (
-                  SELECT FROM event_store.events
-                   WHERE global_position > ckpt AND event_type = 'FloorEvent') THEN
-            EXIT;
-        ELSE
-            COMMIT;
-            PERFORM pg_sleep(0.01);
-        END IF;
-    END LOOP;
-    COMMIT;
-END
+-- A floor projection's page: the (up to 1,000) FloorEvents after a position,
+-- up to the head, as handlers take them (inlined into the caller's query:
+-- STABLE, not STRICT)
+CREATE OR REPLACE FUNCTION bench.floor_page(after bigint, head bigint)
+RETURNS TABLE (global_position bigint, e event_store.event)
+LANGUAGE sql STABLE AS $$
+    SELECT global_position,
+           ROW(global_position, stream_id, stream_version, event_id, event_type,
+               data, metadata, schema_version, recorded_at)::event_store.event
+      FROM event_store.events
+     WHERE global_position > after AND global_position <= head
+       AND event_type = 'FloorEvent'
+     ORDER BY global_position LIMIT 1000
 $$;
 
--- A floor projection (which = 1 or 2): one statement calls the handler for
--- each of the (up to 1,000) events after its checkpoint, in position order;
--- the checkpoint moves past them in the same transaction.  Stops as the
--- consumer does.
-CREATE OR REPLACE PROCEDURE bench.floor_project_loop(which int)
+-- A floor loop, named me: which = 0 is a consumer, which reads the (up to
+-- 100) events after its checkpoint, whole rows; which = 1 or 2 is a
+-- projection, one statement calling the handler count_floor_<which> for each
+-- of the (up to 1,000) events after its checkpoint, in position order.  Either
+-- moves the checkpoint past them in the same transaction and commits.  When
+-- there is nothing to read: leave once the harness set the stop flag (set
+-- when the appends ended) and none is left beyond the checkpoint, else look
+-- again 10 ms later (the head may not have reached the last ones yet).  The
+-- head is read first: the next statement's snapshot sees every commit below
+-- it.
+CREATE OR REPLACE PROCEDURE bench.floor_loop(me text, which int)
 LANGUAGE plpgsql AS $$
 DECLARE
-    me text := 'floor_proj_' || which;
     ckpt bigint;
     head bigint;
     upto bigint;
@@ -158,24 +139,18 @@ BEGIN
     SELECT pos INTO STRICT ckpt FROM bench.floor_ckpt WHERE name = me;
     LOOP
         head := event_store.head_position();
-        IF which = 1 THEN
-            SELECT max(x.global_position), count(bench.count_floor_1(x.e)) INTO upto, n
-              FROM (SELECT global_position,
-                           ROW(global_position, stream_id, stream_version, event_id, event_type,
-                               data, metadata, schema_version, recorded_at)::event_store.event AS e
-                      FROM event_store.events
+        IF which = 0 THEN
+            SELECT max(x.global_position), count(x.*) INTO upto, n
+              FROM (SELECT * FROM event_store.events
                      WHERE global_position > ckpt AND global_position <= head
                        AND event_type = 'FloorEvent'
-                     ORDER BY global_position LIMIT 1000) x;
+                     ORDER BY global_position LIMIT 100) x;
+        ELSIF which = 1 THEN
+            SELECT max(x.global_position), count(bench.count_floor_1(x.e)) INTO upto, n
+              FROM bench.floor_page(ckpt, head) x;
         ELSE
             SELECT max(x.global_position), count(bench.count_floor_2(x.e)) INTO upto, n
-              FROM (SELECT global_position,
-                           ROW(global_position, stream_id, stream_version, event_id, event_type,
-                               data, metadata, schema_version, recorded_at)::event_store.event AS e
-                      FROM event_store.events
-                     WHERE global_position > ckpt AND global_position <= head
-                       AND event_type = 'FloorEvent'
-                     ORDER BY global_position LIMIT 1000) x;
+              FROM bench.floor_page(ckpt, head) x;
         END IF;
         IF n > 0 THEN
             UPDATE bench.floor_ckpt SET pos = upto, events = events + n WHERE name = me;
