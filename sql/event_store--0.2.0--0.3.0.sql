@@ -1153,7 +1153,7 @@ REVOKE ALL ON FUNCTION event_store._import_row(), event_store._import_copy_begin
 -- Correlation (0.3): read_correlated and its index on metadata "correlationId"
 ------------------------------------------------------------------------------
 CREATE INDEX events_correlation_position_idx
-    ON event_store.events ((metadata OPERATOR(pg_catalog.->>) 'correlationId'), global_position)
+    ON event_store.events ((metadata OPERATOR(pg_catalog.->>) 'correlationId') COLLATE "C", global_position)
     WHERE (metadata OPERATOR(pg_catalog.->>) 'correlationId') IS NOT NULL;
 
 CREATE FUNCTION event_store.read_correlated(correlation_id text, after_position bigint DEFAULT 0,
