@@ -20,6 +20,14 @@
 #                   read_category aggregate (default: all)
 #   GROWTH_PORT     port of the throwaway cluster (default 5541)
 #   GROWTH_KEEP     set to 1 to keep each size's database until the end
+#   GROWTH_APART    1: measure the store and the bare table one after the
+#                   other, each alone in the cluster (the store's rows are
+#                   exported, its database dropped, the bare table loaded
+#                   from the export in a database of its own), for sizes
+#                   whose two copies do not fit on the disk together; 0:
+#                   both in one database, cases as interleaved pairs; auto
+#                   (default): 1 for a size whose two copies and the export
+#                   would take more than the free disk space
 #   GROWTH_ARCHIVE  a fraction (e.g. 0.95): once loaded, the events below that
 #                   fraction of the positions are archived with archive_events()
 #                   to a tablespace, in GROWTH_ARCHIVE_RANGES ranges (default 4),
@@ -105,19 +113,6 @@ make_scripts() {
 	done
 }
 
-# run one pair and keep its figures for the summary: KEY NAME ES BASE CLIENTS ITEMS UNIT
-growth_pair() {
-	local key=$1 name=$2 es=$3 base=$4 clients=$5 items=$6 unit=$7 row
-	pair "$name" "$es" "$base" "$clients" off "$items" "$unit" -
-	row=${ROWS[-1]}
-	[[ " ${KEYS[*]} " == *" $key "* ]] || KEYS+=("$key")
-	ES_TPS[$size|$key]=$(awk -F'|' '{ gsub(/ /, "", $4); print $4 }' <<<"$row")
-	BASE_TPS[$size|$key]=$(awk -F'|' '{ gsub(/ /, "", $5); print $5 }' <<<"$row")
-	RATIO[$size|$key]=$(awk -F'|' '{ gsub(/ /, "", $6); print $6 }' <<<"$row")
-	ES_CPU[$size|$key]=$(awk -F'|' '{ gsub(/ /, "", $8); print $8 }' <<<"$row")
-	CPU_RATIO[$size|$key]=$(awk -F'|' '{ gsub(/ /, "", $10); print $10 }' <<<"$row")
-}
-
 # archive_store FRACTION RANGES: archive the events below FRACTION of the
 # positions to the tablespace bench_cold, in RANGES ranges of equal width,
 # then VACUUM ANALYZE every tier
@@ -134,39 +129,137 @@ archive_store() {
 	ARCHIVE_DESC="archived $(cat "$WORK/archived.txt") events below $fraction of the positions in $ranges ranges (tablespace bench_cold), "
 }
 
-# bytes on disk per event of both tables (each divided by its own rows)
-bytes_per_event() {
-	"${PSQL[@]}" -P footer=off -c "
-	WITH rels AS (
-	    SELECT 'event_store' AS side, r.rel, (SELECT count(*) FROM event_store.events)::numeric AS n
-	      FROM (SELECT 'event_store.events'::regclass AS rel
-	            UNION ALL SELECT inhrelid::regclass FROM pg_inherits
-	             WHERE inhparent = 'event_store.events'::regclass) AS r
-	    UNION ALL SELECT 'baseline', 'bench.plain_events'::regclass,
-	           (SELECT count(*) FROM bench.plain_events)::numeric),
+# sizes_of es|base: bytes on disk per event of one side's table (its
+# archived ranges included), one line per part: "part|bytes"
+sizes_of() {
+	local rels table=bench.plain_events
+	if [[ $1 == es ]]; then
+		table=event_store.events
+		rels="SELECT 'event_store.events'::regclass AS rel
+		      UNION ALL SELECT inhrelid::regclass FROM pg_inherits WHERE inhparent = 'event_store.events'::regclass"
+	else
+		rels="SELECT 'bench.plain_events'::regclass AS rel"
+	fi
+	"${PSQL[@]}" -At -F '|' -c "
+	WITH rels AS ($rels),
+	n AS (SELECT count(*)::numeric AS n FROM $table),
 	parts AS (
-	    SELECT side, n, 'heap' AS part, pg_relation_size(rel) AS bytes FROM rels
+	    SELECT 'heap' AS part, pg_relation_size(rel) AS bytes FROM rels
 	    UNION ALL
-	    SELECT side, n, 'toast (heap + index)', coalesce(pg_total_relation_size(nullif(c.reltoastrelid, 0)), 0)
+	    SELECT 'toast (heap + index)', coalesce(pg_total_relation_size(nullif(c.reltoastrelid, 0)), 0)
 	      FROM rels JOIN pg_class c ON c.oid = rel
 	    UNION ALL
-	    SELECT side, n, 'fsm + vm', pg_relation_size(rel, 'fsm') + pg_relation_size(rel, 'vm') FROM rels
+	    SELECT 'fsm + vm', pg_relation_size(rel, 'fsm') + pg_relation_size(rel, 'vm') FROM rels
 	    UNION ALL
-	    SELECT side, n, 'index ' || regexp_replace(pg_get_indexdef(i.indexrelid), '^.* USING btree ', ''),
+	    SELECT 'index ' || regexp_replace(pg_get_indexdef(i.indexrelid), '^.* USING btree ', ''),
 	           pg_relation_size(i.indexrelid)
-	      FROM rels JOIN pg_index i ON i.indrelid = rel),
-	t AS (SELECT part,
-	             sum(bytes / n) FILTER (WHERE side = 'event_store') AS es,
-	             sum(bytes / n) FILTER (WHERE side = 'baseline') AS base
-	        FROM parts GROUP BY part
-	      UNION ALL
-	      SELECT 'total', sum(bytes / n) FILTER (WHERE side = 'event_store'),
-	             sum(bytes / n) FILTER (WHERE side = 'baseline') FROM parts)
-	SELECT part AS \"bytes per event\", round(es, 1) AS event_store, round(base, 1) AS baseline,
-	       round(es / nullif(base, 0), 3) AS ratio
-	  FROM t
-	 ORDER BY part = 'total', part"
+	      FROM rels JOIN pg_index i ON i.indrelid = rel)
+	SELECT part, sum(bytes) / nullif(n, 0) FROM parts, n GROUP BY part, n ORDER BY part"
 }
+
+# bytes_table ES_FILE BASE_FILE: the two sides' sizes_of, part by part, and
+# their totals
+bytes_table() {
+	awk -F'|' 'NR == FNR { es[$1] = $2; order[++n] = $1; next } { base[$1] = $2 }
+		END {
+			printf "%-70s | %11s | %11s | %s\n", "bytes per event", "event_store", "baseline", "ratio"
+			for (i = 1; i <= n; i++) {
+				p = order[i]; te += es[p]; tb += base[p]
+				printf "%-70s | %11.1f | %11.1f | %s\n", p, es[p], base[p], (base[p] > 0 ? sprintf("%.3f", es[p] / base[p]) : "-")
+			}
+			printf "%-70s | %11.1f | %11.1f | %.3f\n", "total", te, tb, te / tb
+		}' "$1" "$2"
+}
+
+# run_cases CMD...: CMD KEY NAME ES_SCRIPT BASE_SCRIPT CLIENTS ITEMS UNIT for
+# each case of GROWTH_CASES
+run_cases() {
+	local c
+	for c in $CASES; do
+		case $c in
+		append_one)
+			"$@" "append1 c1" "append 1" es_append_one.sql base_append_one.sql 1 1 events
+			"$@" "append1 c$CLIENTS" "append 1" es_append_one.sql base_append_one.sql "$CLIENTS" 1 events ;;
+		batch100)
+			"$@" "batch100 c1" "append batch 100" es_append_batch.sql base_append_batch.sql 1 100 events
+			"$@" "batch100 c$CLIENTS" "append batch 100" es_append_batch.sql base_append_batch.sql "$CLIENTS" 100 events ;;
+		read_stream)
+			"$@" "read_stream 1000 c1" "read_stream 1000" es_read_stream.sql base_read_stream.sql 1 1000 rows ;;
+		read_all)
+			"$@" "read_all page c1" "read_all page 1000" es_read_all.sql base_read_all.sql 1 1000 rows
+			"$@" "read_all page c$CLIENTS" "read_all page 1000" es_read_all.sql base_read_all.sql "$CLIENTS" 1000 rows ;;
+		read_category)
+			"$@" "read_category page c1" "read_category 1000" es_read_category.sql base_read_category.sql 1 1000 rows
+			"$@" "read_category page c$CLIENTS" "read_category 1000" es_read_category.sql base_read_category.sql "$CLIENTS" 1000 rows ;;
+		aggregate)
+			"$@" "load_aggregate snap c1" "load_aggregate 10037" es_load_aggregate.sql base_load_aggregate.sql 1 1 loads ;;
+		*) die "unknown case $c" ;;
+		esac
+	done
+}
+
+# keep_row KEY: the summary's figures of the row just added to ROWS
+keep_row() {
+	local key=$1 row=${ROWS[-1]}
+	[[ " ${KEYS[*]} " == *" $key "* ]] || KEYS+=("$key")
+	ES_TPS[$size|$key]=$(awk -F'|' '{ gsub(/ /, "", $4); print $4 }' <<<"$row")
+	BASE_TPS[$size|$key]=$(awk -F'|' '{ gsub(/ /, "", $5); print $5 }' <<<"$row")
+	RATIO[$size|$key]=$(awk -F'|' '{ gsub(/ /, "", $6); print $6 }' <<<"$row")
+	ES_CPU[$size|$key]=$(awk -F'|' '{ gsub(/ /, "", $8); print $8 }' <<<"$row")
+	CPU_RATIO[$size|$key]=$(awk -F'|' '{ gsub(/ /, "", $10); print $10 }' <<<"$row")
+}
+
+# growth_pair KEY NAME ES BASE CLIENTS ITEMS UNIT: one interleaved pair
+growth_pair() {
+	pair "$2" "$3" "$4" "$5" off "$6" "$7" -
+	keep_row "$1"
+}
+
+# When the sides are measured apart: one side's warm-up and as many
+# segments as a pair gives it, one after the other.
+# side_runs es|base KEY NAME ES BASE CLIENTS ITEMS UNIT
+declare -A SIDE_RUNS SIDE_TICKS SIDE_XACTS
+side_runs() {
+	local side=$1 key=$2 name=$3 clients=$6 script tag k tps ticks xacts
+	local runs="" sum_ticks=0 sum_xacts=0
+	script=$4
+	[[ $side == es ]] || script=$5
+	tag="${script%.sql}-c$clients-off"
+	log "   $name, $clients client(s), $side side"
+	run_pgbench "$script" "$clients" off "$WARMUP" "warmup-$tag" >/dev/null
+	for (( k = 1; k <= SEGMENTS; k++ )); do
+		read -r tps ticks xacts < <(measure "$script" "$clients" off "$SEGMENT" "$side-$tag-$k")
+		[[ -n "$tps" ]] || die "no result for $script"
+		runs+="${runs:+ }$tps"
+		sum_ticks=$(( sum_ticks + ticks ))
+		sum_xacts=$(( sum_xacts + xacts ))
+	done
+	SIDE_RUNS[$side|$key]=$runs
+	SIDE_TICKS[$side|$key]=$sum_ticks
+	SIDE_XACTS[$side|$key]=$sum_xacts
+}
+
+# apart_row KEY NAME ES BASE CLIENTS ITEMS UNIT: the row of a case measured apart
+apart_row() {
+	pair_row "$2" "$5" off "$6" "$7" - \
+		"${SIDE_RUNS[es|$1]}" "${SIDE_TICKS[es|$1]}" "${SIDE_XACTS[es|$1]}" \
+		"${SIDE_RUNS[base|$1]}" "${SIDE_TICKS[base|$1]}" "${SIDE_XACTS[base|$1]}"
+	keep_row "$1"
+}
+
+# check_store: the store after the cases (counts, gapless versions)
+check_store() {
+	"${PSQL[@]}" -Atc "SELECT 'after the cases: ' || count(*) || ' events, versions gapless: ' ||
+	    (SELECT bool_and(n = v) FROM (SELECT count(*) AS n, max(stream_version) AS v FROM event_store.events GROUP BY stream_id) AS s)
+	    FROM event_store.events"
+}
+
+# the compressor of the store's export (sides measured apart)
+if command -v lz4 >/dev/null; then
+	PACK="lz4 -q" UNPACK="lz4 -dq"
+else
+	PACK="gzip -1" UNPACK="gzip -d"
+fi
 
 for size in $SIZES; do
 	if [[ -n "${GROWTH_STREAMS:-}" ]]; then
@@ -183,8 +276,14 @@ for size in $SIZES; do
 	mkdir -p "$LOG_DIR"
 	rm -f "$LOG_DIR"/*.log "$LOG_DIR/segments.txt"
 	ROWS=()
+	apart=${GROWTH_APART:-auto}
+	if [[ $apart == auto ]]; then
+		# two copies of about 1 kB per event, the export, WAL
+		free_kb=$(df -Pk "$DATA" | awk 'NR == 2 { print $4 }')
+		apart=$(awk -v n="$size" -v f="$free_kb" 'BEGIN { print (n * 2.5 + 12e6 > f) ? 1 : 0 }')
+	fi
 
-	log "== $size events: $streams streams of $per_stream events, $LOADERS loaders"
+	log "== $size events: $streams streams of $per_stream events, $LOADERS loaders$( (( apart )) && echo ', sides measured apart')"
 	"$PGBIN/createdb" "$db"
 	export PGDATABASE=$db
 	"${PSQL[@]}" -f "$G/setup.sql" >&2
@@ -199,57 +298,71 @@ for size in $SIZES; do
 	done
 	for p in "${pids[@]}"; do wait "$p" || die "a loader failed"; done
 	t1=$(date +%s)
-	"${PSQL[@]}" -f "$G/finish.sql" >&2
+	"${PSQL[@]}" -f "$G/finish_store.sql" >&2
 	ARCHIVE_DESC=""
 	if [[ -n "${GROWTH_ARCHIVE:-}" ]]; then
 		archive_store "$GROWTH_ARCHIVE" "${GROWTH_ARCHIVE_RANGES:-4}"
 	fi
-	t2=$(date +%s)
-	load_rate=$(rate $(( streams * per_stream )) $(( t1 - t0 )))
-
 	TOTAL_ROWS=$("${PSQL[@]}" -Atc "SELECT count(*) FROM event_store.events")
+	ES_STATE=$("${PSQL[@]}" -Atc "SELECT state FROM event_store.load_aggregate('aggsnap-1')")
 	MAXPOS=$("${PSQL[@]}" -Atc "SELECT max(global_position) - 1000 FROM event_store.events")
-	CATMAX=$("${PSQL[@]}" -Atc "SELECT min(global_position) FROM (SELECT global_position FROM bench.plain_events
+	CATMAX=$("${PSQL[@]}" -Atc "SELECT min(global_position) FROM (SELECT global_position FROM event_store.events
 	          WHERE split_part(stream_id, '-', 1) COLLATE \"C\" = 'order' ORDER BY global_position DESC LIMIT 1000) AS l")
 	PAIR_EXTRA=(-D streams="$streams" -D catmax="$CATMAX")
 	make_scripts
+	sizes_of es >"$WORK/es-sizes.txt"
+	if (( apart )); then
+		# the store's rows and snapshots for the bare table, then the
+		# store's side of every case
+		"${PSQL[@]}" -c "COPY (SELECT * FROM event_store.events) TO STDOUT" | $PACK >"$WORK/events.export"
+		"${PSQL[@]}" -c "COPY event_store.snapshots TO STDOUT" >"$WORK/snapshots.export"
+		t2=$(date +%s)
+		HOW="exported ($PACK) in $(( t2 - t1 )) s"
+		run_cases side_runs es
+		sizes_of es >"$WORK/es-sizes-after.txt"
+		check_store >"$WORK/check.txt"
+		export PGDATABASE=bench
+		"$PGBIN/dropdb" --force "$db"
+		db="${db}_bare"
+		"$PGBIN/createdb" "$db"
+		export PGDATABASE=$db
+		"${PSQL[@]}" -f "$G/setup.sql" >&2
+		$UNPACK <"$WORK/events.export" | "${PSQL[@]}" -c "COPY bench.plain_events FROM STDIN"
+		"${PSQL[@]}" -c "COPY bench.plain_snapshots FROM STDIN" <"$WORK/snapshots.export"
+		rm -f "$WORK/events.export" "$WORK/snapshots.export"
+		t3=$(date +%s)
+		"${PSQL[@]}" -v apart=1 -v store_rows="$TOTAL_ROWS" -v es_state="$ES_STATE" -f "$G/finish.sql" >&2
+		HOW+=", the store's side of every case, the store dropped, the baseline loaded from the export in a database of its own in $(( t3 - t2 )) s"
+		run_cases side_runs base
+		sizes_of base >"$WORK/base-sizes.txt"
+		run_cases apart_row
+	else
+		"${PSQL[@]}" -v apart=0 -v store_rows="$TOTAL_ROWS" -v es_state="$ES_STATE" -f "$G/finish.sql" >&2
+		t2=$(date +%s)
+		HOW="baseline copied in $(( t2 - t1 )) s"
+		sizes_of base >"$WORK/base-sizes.txt"
+		bytes_table "$WORK/es-sizes.txt" "$WORK/base-sizes.txt" >"$WORK/bytes-before.txt"
+		run_cases growth_pair
+		sizes_of es >"$WORK/es-sizes-after.txt"
+		check_store >"$WORK/check.txt"
+	fi
+	load_rate=$(rate $(( streams * per_stream )) $(( t1 - t0 )))
 
 	out ""
 	out "== store of $TOTAL_ROWS events ($streams streams of $per_stream + reader-1 (1,000) + aggsnap-1 (10,037))"
-	out "   loaded by append() in batches of $per_stream at $load_rate events/s ($LOADERS sessions, $(( t1 - t0 )) s), baseline copy, ${ARCHIVE_DESC}VACUUM ANALYZE $(( t2 - t1 )) s"
-	while IFS= read -r line; do out "   $line"; done < <(bytes_per_event)
-
-	for c in $CASES; do
-		case $c in
-		append_one)
-			growth_pair "append1 c1" "append 1" es_append_one.sql base_append_one.sql 1 1 events
-			growth_pair "append1 c$CLIENTS" "append 1" es_append_one.sql base_append_one.sql "$CLIENTS" 1 events ;;
-		batch100)
-			growth_pair "batch100 c1" "append batch 100" es_append_batch.sql base_append_batch.sql 1 100 events
-			growth_pair "batch100 c$CLIENTS" "append batch 100" es_append_batch.sql base_append_batch.sql "$CLIENTS" 100 events ;;
-		read_stream)
-			growth_pair "read_stream 1000 c1" "read_stream 1000" es_read_stream.sql base_read_stream.sql 1 1000 rows ;;
-		read_all)
-			growth_pair "read_all page c1" "read_all page 1000" es_read_all.sql base_read_all.sql 1 1000 rows
-			growth_pair "read_all page c$CLIENTS" "read_all page 1000" es_read_all.sql base_read_all.sql "$CLIENTS" 1000 rows ;;
-		read_category)
-			growth_pair "read_category page c1" "read_category 1000" es_read_category.sql base_read_category.sql 1 1000 rows
-			growth_pair "read_category page c$CLIENTS" "read_category 1000" es_read_category.sql base_read_category.sql "$CLIENTS" 1000 rows ;;
-		aggregate)
-			growth_pair "load_aggregate snap c1" "load_aggregate 10037" es_load_aggregate.sql base_load_aggregate.sql 1 1 loads ;;
-		*) die "unknown case $c" ;;
-		esac
-	done
+	out "   loaded by append() in batches of $per_stream at $load_rate events/s ($LOADERS sessions, $(( t1 - t0 )) s), ${ARCHIVE_DESC}$HOW (with VACUUM ANALYZE)"
+	(( apart )) && out "   the two sides measured apart: each case's store side (warm-up, $SEGMENTS segments) with the store alone in the cluster, then its baseline side with the bare table alone"
+	[[ -s "$WORK/bytes-before.txt" ]] || bytes_table "$WORK/es-sizes.txt" "$WORK/base-sizes.txt" >"$WORK/bytes-before.txt"
+	while IFS= read -r line; do out "   $line"; done <"$WORK/bytes-before.txt"
+	rm -f "$WORK/bytes-before.txt"
 	out ""
 	out "$(printf '%-22s | %7s | %-11s | %15s | %12s | %6s | %5s | %9s | %9s | %6s | %-8s | %11s | %11s | %s' \
 		"case" "clients" "sync_commit" "event_store tps" "baseline tps" "ratio" "noise" \
 		"es cpu/op" "base cpu" "cpu r." "unit" "event_store" "baseline" "target")"
 	for r in "${ROWS[@]}"; do out "$r"; done
 	out "   bytes per event after the cases (event_store's appends make time-ordered ids, the baseline's random ones):"
-	while IFS= read -r line; do out "   $line"; done < <(bytes_per_event)
-	"${PSQL[@]}" -Atc "SELECT 'after the cases: ' || count(*) || ' events, versions gapless: ' ||
-	    (SELECT bool_and(n = v) FROM (SELECT count(*) AS n, max(stream_version) AS v FROM event_store.events GROUP BY stream_id) AS s)
-	    FROM event_store.events" >"$WORK/check.txt"
+	sizes_of base >"$WORK/base-sizes-after.txt"
+	while IFS= read -r line; do out "   $line"; done < <(bytes_table "$WORK/es-sizes-after.txt" "$WORK/base-sizes-after.txt")
 	while IFS= read -r line; do out "   $line"; done <"$WORK/check.txt"
 	if [[ "${GROWTH_KEEP:-0}" != 1 ]]; then
 		export PGDATABASE=bench

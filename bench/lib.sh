@@ -174,6 +174,57 @@ measure() {
 	echo "$tps $((t1 - t0)) ${n:-0}"
 }
 
+# pair_row NAME CLIENTS SYNC ITEMS_PER_OP ITEM_UNIT TARGET "ES RUNS" ES_TICKS
+#          ES_XACTS "BASE RUNS" BASE_TICKS BASE_XACTS [SEGMENTS_SUFFIX]
+#
+# A pair's figures from its measured runs (each side's tps per segment, CPU
+# ticks and transactions summed over its segments): one line of
+# segments.txt, the verdict against TARGET ("-": none) and the row appended
+# to ROWS.  Sets PAIR_BASE_CPU (us per operation of the baseline).
+pair_row() {
+	local name=$1 clients=$2 sync=$3 items=$4 unit=$5 target=$6
+	local es_runs=$7 es_ticks=$8 es_xacts=$9 base_runs=${10} base_ticks=${11} base_xacts=${12} suffix=${13:-}
+	local es_cpu base_cpu cpu_ratio es_tps base_tps ratio noise verdict es_items base_items
+
+	read -r es_cpu base_cpu cpu_ratio < <(awk -v et="$es_ticks" -v ex="$es_xacts" \
+		-v bt="$base_ticks" -v bx="$base_xacts" -v hz="$CLK_TCK" 'BEGIN {
+			e = et * 1e6 / hz / ex; b = bt * 1e6 / hz / bx
+			printf "%.1f %.1f %.3f\n", e, b, b / e
+		}')
+	PAIR_BASE_CPU=$base_cpu
+	printf '%s, %s client(s), synchronous_commit=%s: event_store %s | baseline %s | cpu us/op %s | %s%s\n' \
+		"$name" "$clients" "$sync" "$es_runs" "$base_runs" "$es_cpu" "$base_cpu" "$suffix" \
+		>>"$LOG_DIR/segments.txt"
+	read -r es_tps base_tps ratio noise < <(median_ratio "$es_runs" "$base_runs")
+	if [[ "$target" == - ]]; then
+		verdict="-"
+	elif awk -v r="$ratio" -v t="$target" 'BEGIN { exit !(r >= t) }'; then
+		verdict=">= $target ok"
+	else
+		verdict=">= $target MISS"
+	fi
+	if [[ "$target" != - ]]; then
+		# the targets are about the primary (synchronous_commit = off) figures
+		if [[ "$sync" == off ]]; then
+			TARGETS_TOTAL=$((TARGETS_TOTAL + 1))
+			[[ "$verdict" == *ok ]] && TARGETS_MET=$((TARGETS_MET + 1))
+		else
+			SYNC_TOTAL=$((SYNC_TOTAL + 1))
+			[[ "$verdict" == *ok ]] && SYNC_MET=$((SYNC_MET + 1))
+		fi
+	fi
+	if [[ "$items" -gt 1 ]]; then
+		es_items=$(awk -v a="$es_tps" -v n="$items" 'BEGIN { printf "%.0f", a * n }')
+		base_items=$(awk -v a="$base_tps" -v n="$items" 'BEGIN { printf "%.0f", a * n }')
+	else
+		es_items="-"
+		base_items="-"
+	fi
+	ROWS+=("$(printf '%-22s | %7s | %-11s | %15.1f | %12.1f | %6s | %5s | %9s | %9s | %6s | %-8s | %11s | %11s | %s' \
+		"$name" "$clients" "$sync" "$es_tps" "$base_tps" "$ratio" "$noise" \
+		"$es_cpu" "$base_cpu" "$cpu_ratio" "$unit" "$es_items" "$base_items" "$verdict")")
+}
+
 # pair NAME ES_SCRIPT BASE_SCRIPT CLIENTS SYNC ITEMS_PER_OP ITEM_UNIT TARGET
 #
 # Both sides are warmed up, then measured segment by segment in the order
@@ -188,8 +239,8 @@ pair() {
 	local name=$1 es=$2 base=$3 clients=$4 sync=$5 items=$6 unit=$7 target=$8
 	local tag
 	local -a es_runs=() base_runs=()
-	local side script i=0 tps ticks xacts es_tps base_tps ratio noise verdict es_items base_items
-	local es_ticks=0 es_xacts=0 base_ticks=0 base_xacts=0 es_cpu base_cpu cpu_ratio
+	local side script i=0 tps ticks xacts base_tps ratio noise
+	local es_ticks=0 es_xacts=0 base_ticks=0 base_xacts=0
 	local floor_script="" floor_name="" floor_ticks=0 floor_xacts=0 floor_tps floor_cpu floor_line=""
 	local -a floor_runs=() order=("${ORDER[@]}")
 
@@ -238,52 +289,18 @@ pair() {
 			base_xacts=$((base_xacts + xacts))
 		fi
 	done
-	read -r es_cpu base_cpu cpu_ratio < <(awk -v et="$es_ticks" -v ex="$es_xacts" \
-		-v bt="$base_ticks" -v bx="$base_xacts" -v hz="$CLK_TCK" 'BEGIN {
-			e = et * 1e6 / hz / ex; b = bt * 1e6 / hz / bx
-			printf "%.1f %.1f %.3f\n", e, b, b / e
-		}')
 	if [[ -n "$floor_script" ]]; then
 		floor_cpu=$(awk -v t="$floor_ticks" -v x="$floor_xacts" -v hz="$CLK_TCK" 'BEGIN { printf "%.1f", t * 1e6 / hz / x }')
 		floor_line=" | floor ${floor_runs[*]} | floor cpu us/op $floor_cpu"
 	fi
-	printf '%s, %s client(s), synchronous_commit=%s: event_store %s | baseline %s | cpu us/op %s | %s%s\n' \
-		"$name" "$clients" "$sync" "${es_runs[*]}" "${base_runs[*]}" "$es_cpu" "$base_cpu" "$floor_line" \
-		>>"$LOG_DIR/segments.txt"
-	read -r es_tps base_tps ratio noise < <(median_ratio "${es_runs[*]}" "${base_runs[*]}")
-	if [[ "$target" == - ]]; then
-		verdict="-"
-	elif awk -v r="$ratio" -v t="$target" 'BEGIN { exit !(r >= t) }'; then
-		verdict=">= $target ok"
-	else
-		verdict=">= $target MISS"
-	fi
-	if [[ "$target" != - ]]; then
-		# the targets are about the primary (synchronous_commit = off) figures
-		if [[ "$sync" == off ]]; then
-			TARGETS_TOTAL=$((TARGETS_TOTAL + 1))
-			[[ "$verdict" == *ok ]] && TARGETS_MET=$((TARGETS_MET + 1))
-		else
-			SYNC_TOTAL=$((SYNC_TOTAL + 1))
-			[[ "$verdict" == *ok ]] && SYNC_MET=$((SYNC_MET + 1))
-		fi
-	fi
-	if [[ "$items" -gt 1 ]]; then
-		es_items=$(awk -v a="$es_tps" -v n="$items" 'BEGIN { printf "%.0f", a * n }')
-		base_items=$(awk -v a="$base_tps" -v n="$items" 'BEGIN { printf "%.0f", a * n }')
-	else
-		es_items="-"
-		base_items="-"
-	fi
-	ROWS+=("$(printf '%-22s | %7s | %-11s | %15.1f | %12.1f | %6s | %5s | %9s | %9s | %6s | %-8s | %11s | %11s | %s' \
-		"$name" "$clients" "$sync" "$es_tps" "$base_tps" "$ratio" "$noise" \
-		"$es_cpu" "$base_cpu" "$cpu_ratio" "$unit" "$es_items" "$base_items" "$verdict")")
+	pair_row "$name" "$clients" "$sync" "$items" "$unit" "$target" \
+		"${es_runs[*]}" "$es_ticks" "$es_xacts" "${base_runs[*]}" "$base_ticks" "$base_xacts" "$floor_line"
 	if [[ -n "$floor_script" ]]; then
 		# the floor's row: its ratio bounds what the es side could reach, no verdict
 		read -r floor_tps base_tps ratio noise < <(median_ratio "${floor_runs[*]}" "${base_runs[*]}")
 		ROWS+=("$(printf '%-22s | %7s | %-11s | %15.1f | %12.1f | %6s | %5s | %9s | %9s | %6s | %-8s | %11s | %11s | %s' \
 			"$floor_name" "$clients" "$sync" "$floor_tps" "$base_tps" "$ratio" "$noise" \
-			"$floor_cpu" "$base_cpu" "$(awk -v b="$base_cpu" -v f="$floor_cpu" 'BEGIN { printf "%.3f", b / f }')" \
+			"$floor_cpu" "$PAIR_BASE_CPU" "$(awk -v b="$PAIR_BASE_CPU" -v f="$floor_cpu" 'BEGIN { printf "%.3f", b / f }')" \
 			"$unit" - - "floor, no target")")
 	fi
 }

@@ -64,6 +64,8 @@ SELECT 1/0;
 \endif
 
 CREATE SEQUENCE bench.plain_position;
+-- and the snapshots of the bare fold (load_aggregate's baseline)
+CREATE TABLE bench.plain_snapshots (LIKE event_store.snapshots INCLUDING ALL);
 
 -- A realistic event of about 500 bytes of JSON (data about 350, metadata
 -- about 150), varied by n; no single quotes (the batch documents are pasted
