@@ -175,28 +175,27 @@ bytes_table() {
 		}' "$1" "$2"
 }
 
-# run_cases CMD...: CMD KEY NAME ES_SCRIPT BASE_SCRIPT CLIENTS ITEMS UNIT for
-# each case of GROWTH_CASES
+# at_clients "CLIENT COUNTS" KEY NAME SCRIPT ITEMS UNIT CMD...: CMD KEY NAME
+# ES_SCRIPT BASE_SCRIPT CLIENTS ITEMS UNIT for each client count, with the
+# scripts es_SCRIPT and base_SCRIPT and the client count in the key
+at_clients() {
+	local n
+	for n in $1; do
+		"${@:7}" "$2 c$n" "$3" "es_$4" "base_$4" "$n" "$5" "$6"
+	done
+}
+
+# run_cases CMD...: at_clients for each case of GROWTH_CASES
 run_cases() {
 	local c
 	for c in $CASES; do
 		case $c in
-		append_one)
-			"$@" "append1 c1" "append 1" es_append_one.sql base_append_one.sql 1 1 events
-			"$@" "append1 c$CLIENTS" "append 1" es_append_one.sql base_append_one.sql "$CLIENTS" 1 events ;;
-		batch100)
-			"$@" "batch100 c1" "append batch 100" es_append_batch.sql base_append_batch.sql 1 100 events
-			"$@" "batch100 c$CLIENTS" "append batch 100" es_append_batch.sql base_append_batch.sql "$CLIENTS" 100 events ;;
-		read_stream)
-			"$@" "read_stream 1000 c1" "read_stream 1000" es_read_stream.sql base_read_stream.sql 1 1000 rows ;;
-		read_all)
-			"$@" "read_all page c1" "read_all page 1000" es_read_all.sql base_read_all.sql 1 1000 rows
-			"$@" "read_all page c$CLIENTS" "read_all page 1000" es_read_all.sql base_read_all.sql "$CLIENTS" 1000 rows ;;
-		read_category)
-			"$@" "read_category page c1" "read_category 1000" es_read_category.sql base_read_category.sql 1 1000 rows
-			"$@" "read_category page c$CLIENTS" "read_category 1000" es_read_category.sql base_read_category.sql "$CLIENTS" 1000 rows ;;
-		aggregate)
-			"$@" "load_aggregate snap c1" "load_aggregate 10037" es_load_aggregate.sql base_load_aggregate.sql 1 1 loads ;;
+		append_one) at_clients "1 $CLIENTS" "append1" "append 1" append_one.sql 1 events "$@" ;;
+		batch100) at_clients "1 $CLIENTS" "batch100" "append batch 100" append_batch.sql 100 events "$@" ;;
+		read_stream) at_clients 1 "read_stream 1000" "read_stream 1000" read_stream.sql 1000 rows "$@" ;;
+		read_all) at_clients "1 $CLIENTS" "read_all page" "read_all page 1000" read_all.sql 1000 rows "$@" ;;
+		read_category) at_clients "1 $CLIENTS" "read_category page" "read_category 1000" read_category.sql 1000 rows "$@" ;;
+		aggregate) at_clients 1 "load_aggregate snap" "load_aggregate 10037" load_aggregate.sql 1 loads "$@" ;;
 		*) die "unknown case $c" ;;
 		esac
 	done
