@@ -50,7 +50,8 @@ es_catalog_relcache_callback(Datum arg, Oid relid)
 		relid == es_catalog.stream_idx ||
 		relid == es_catalog.event_id_idx ||
 		relid == es_catalog.category_idx ||
-		relid == es_catalog.correlation_idx ||
+		relid == es_catalog.correlations_relid ||
+		relid == es_catalog.correlations_idx ||
 		relid == es_catalog.event_type_relid ||
 		relid == es_catalog.metadata_relid ||
 		relid == es_catalog.metadata_idx ||
@@ -156,7 +157,8 @@ EsGetCatalog(void)
 	es_catalog.event_id_idx = es_lookup_rel(nsp, ES_EVENTS_EVENT_ID_IDX);
 	es_catalog.category_idx = es_lookup_rel(nsp, ES_EVENTS_CATEGORY_IDX);
 	/* missing in a schema from before 0.3.0 (until ALTER EXTENSION UPDATE) */
-	es_catalog.correlation_idx = get_relname_relid(ES_EVENTS_CORRELATION_IDX, nsp);
+	es_catalog.correlations_relid = get_relname_relid(ES_CORRELATIONS_TABLE, nsp);
+	es_catalog.correlations_idx = get_relname_relid(ES_CORRELATIONS_PKEY, nsp);
 	es_catalog.event_type_oid = GetSysCacheOid2(TYPENAMENSP, Anum_pg_type_oid,
 												CStringGetDatum("event"),
 												ObjectIdGetDatum(nsp));

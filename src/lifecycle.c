@@ -20,6 +20,7 @@
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/lsyscache.h"
@@ -196,15 +197,66 @@ es_reopen_stream(PG_FUNCTION_ARGS)
 	PG_RETURN_INT64(result);
 }
 
-/* DELETE some events as the owner, with the immutability trigger's consent */
-static int64
-es_remove_events(const char *sql, int nargs, Oid *types, Datum *values)
+/*
+ * Remove the correlation runs (event_store.correlations) that the removal
+ * of the events in rows (global_position, metadata ->> 'correlationId')
+ * left without any event: an erased event's correlation id must not stay
+ * behind.  A run some of whose events are left stays as it is
+ * (read_correlated checks every event it finds).  Caller is connected to
+ * SPI as the owner, and rows are the RETURNING rows of its DELETE.
+ */
+static void
+es_remove_runs(SPITupleTable *rows, uint64 nrows)
 {
-	EsUserSwitch sw;
-	int64		removed = 0;
-	volatile int rc;
+	Datum	   *ids = palloc(sizeof(Datum) * Max(nrows, 1));
+	Datum	   *positions = palloc(sizeof(Datum) * Max(nrows, 1));
+	int			n = 0;
+	Oid			types[2] = {TEXTARRAYOID, INT8ARRAYOID};
+	Datum		values[2];
 
-	EsSpiConnect(&sw);
+	for (uint64 i = 0; i < nrows; i++)
+	{
+		bool		null;
+		Datum		id = SPI_getbinval(rows->vals[i], rows->tupdesc, 2, &null);
+
+		if (null)
+			continue;
+		ids[n] = id;
+		positions[n] = SPI_getbinval(rows->vals[i], rows->tupdesc, 1, &null);
+		n++;
+	}
+	if (n == 0)
+		return;
+	values[0] = PointerGetDatum(construct_array(ids, n, TEXTOID, -1, false, TYPALIGN_INT));
+	values[1] = PointerGetDatum(construct_array(positions, n, INT8OID, sizeof(int64),
+												FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	/*
+	 * The run of each removed event (runs of one id never overlap), unless
+	 * an event of that id is still at one of its positions, in any tier
+	 */
+	if (SPI_execute_with_args("DELETE FROM event_store.correlations r "
+							  "USING ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS x(id, position) "
+							  "WHERE r.correlation_id OPERATOR(pg_catalog.=) (x.id COLLATE \"C\") "
+							  "AND r.last_position OPERATOR(pg_catalog.>=) x.position "
+							  "AND r.first_position OPERATOR(pg_catalog.<=) x.position "
+							  "AND NOT EXISTS (SELECT FROM event_store.events e "
+							  " WHERE e.global_position OPERATOR(pg_catalog.>=) r.first_position "
+							  " AND e.global_position OPERATOR(pg_catalog.<=) r.last_position "
+							  " AND ((e.metadata OPERATOR(pg_catalog.->>) 'correlationId') COLLATE \"C\") "
+							  "     OPERATOR(pg_catalog.=) r.correlation_id)",
+							  2, types, values, NULL, false, 0) != SPI_OK_DELETE)
+		elog(ERROR, "removing correlation runs failed");
+}
+
+/*
+ * Run a DELETE on event_store.events (caller is connected to SPI as the
+ * owner) with the immutability trigger's consent; the SPI result code
+ */
+static int
+es_execute_removal(const char *sql, int nargs, Oid *types, Datum *values)
+{
+	volatile int rc = 0;
+
 	EsSetRemovalInProgress(true);
 	PG_TRY();
 	{
@@ -215,9 +267,34 @@ es_remove_events(const char *sql, int nargs, Oid *types, Datum *values)
 		EsSetRemovalInProgress(false);
 	}
 	PG_END_TRY();
-	if (rc != SPI_OK_DELETE)
+	return rc;
+}
+
+/*
+ * DELETE some events as the owner (sql: a DELETE on event_store.events),
+ * and the correlation runs it leaves without events (es_remove_runs);
+ * returns the number of events removed
+ */
+static int64
+es_remove_events(const char *sql, int nargs, Oid *types, Datum *values)
+{
+	const EsCatalog *cat = EsGetCatalog();
+	/* a schema from before 0.3.0 (until ALTER EXTENSION UPDATE) has no runs */
+	bool		runs = OidIsValid(cat->correlations_relid);
+	EsUserSwitch sw;
+	int64		removed = 0;
+	int			rc;
+
+	if (runs)
+		sql = psprintf("%s RETURNING global_position, "
+					   "metadata OPERATOR(pg_catalog.->>) 'correlationId'", sql);
+	EsSpiConnect(&sw);
+	rc = es_execute_removal(sql, nargs, types, values);
+	if (rc != (runs ? SPI_OK_DELETE_RETURNING : SPI_OK_DELETE))
 		elog(ERROR, "removing events failed: %s", SPI_result_code_string(rc));
 	removed = (int64) SPI_processed;
+	if (runs && removed > 0)
+		es_remove_runs(SPI_tuptable, SPI_processed);
 	EsSpiFinish(&sw);
 	return removed;
 }
