@@ -326,7 +326,6 @@ SELECT count(*) AS runs_without_events FROM event_store.correlations r
  WHERE NOT EXISTS (SELECT FROM event_store.events e
                     WHERE e.global_position BETWEEN r.first_position AND r.last_position
                       AND (e.metadata ->> 'correlationId') COLLATE "C" = r.correlation_id);
-SELECT count(*) AS "user-1 correlated" FROM event_store.read_correlated('corr-0', 0, 1000) WHERE stream_id = 'user-1';
 
 --
 -- the lifecycle of streams whose events are partly archived
