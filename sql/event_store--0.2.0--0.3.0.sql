@@ -1152,6 +1152,10 @@ REVOKE ALL ON FUNCTION event_store._import_row(), event_store._import_copy_begin
 ------------------------------------------------------------------------------
 -- Correlation (0.3): read_correlated and the runs of correlation ids it reads
 ------------------------------------------------------------------------------
+-- Appends wait until the update commits: the runs below are those of every
+-- event committed before, and an append that waited writes its own runs
+-- (it looks for the table again once it holds its lock on the events).
+LOCK TABLE event_store.events IN SHARE MODE;
 CREATE TABLE event_store.correlations (
     correlation_id  text COLLATE "C" NOT NULL,
     first_position  bigint NOT NULL,

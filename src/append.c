@@ -666,7 +666,8 @@ EsCorrelationText(Jsonb *metadata, const char **s, int *len)
  * consecutive events whose correlation ids have the same text, with the
  * first and last position of the sequence.  The events of a batch usually
  * share their id: a row or a few, where an index on the events would take
- * an entry per event.  Inserted as the events are (EsInsertRows).
+ * an entry per event.  Inserted as the events are (EsInsertRows); caller
+ * holds its lock on the events table.
  */
 static void
 es_insert_runs(const EsCatalog *cat, EsNewEvent *evs, int n, int64 first_position)
@@ -680,7 +681,18 @@ es_insert_runs(const EsCatalog *cat, EsNewEvent *evs, int n, int64 first_positio
 	Relation	rel;
 	volatile int inserting = 0;
 
-	Assert(OidIsValid(cat->correlations_relid));
+	/*
+	 * A schema from before 0.3.0 (until ALTER EXTENSION UPDATE) has no
+	 * runs; an update that committed while this append waited for its lock
+	 * on the events table has just created them.
+	 */
+	if (!OidIsValid(cat->correlations_relid))
+	{
+		cat = EsCatalogRecheckCorrelations(cat);
+		if (!OidIsValid(cat->correlations_relid))
+			return;
+	}
+
 	/* one past the end: the last run is closed there */
 	for (int i = 0; i <= n; i++)
 	{
@@ -824,9 +836,7 @@ es_insert_events(const EsCatalog *cat, text *stream_id, EsNewEvent *evs, int n,
 	PG_END_TRY();
 
 	table_close(rel, NoLock);
-	/* a schema from before 0.3.0 (until ALTER EXTENSION UPDATE) has no runs */
-	if (OidIsValid(cat->correlations_relid))
-		es_insert_runs(cat, evs, n, first_position);
+	es_insert_runs(cat, evs, n, first_position);
 	/* later commands of this transaction see the new events */
 	CommandCounterIncrement();
 }

@@ -201,6 +201,23 @@ EsGetCatalog(void)
 }
 
 /*
+ * The catalog, looked up again if event_store.correlations was created
+ * since cat was (ALTER EXTENSION event_store UPDATE to 0.3.0 committed
+ * while an append waited for its lock on the events table: a new table
+ * invalidates none of the relations the catalog listens for).  Caller holds
+ * a lock on the events table, which made the update's commit visible.
+ */
+const EsCatalog *
+EsCatalogRecheckCorrelations(const EsCatalog *cat)
+{
+	if (OidIsValid(cat->correlations_relid) ||
+		!OidIsValid(get_relname_relid(ES_CORRELATIONS_TABLE, cat->namespace_oid)))
+		return cat;
+	es_catalog_valid = false;
+	return EsGetCatalog();
+}
+
+/*
  * Attributes attnos[0 .. natts - 1] of the first row an index scan of
  * event_store.events finds (in the given direction, visiting every tier in
  * that order), copied into the caller's memory context, or false if there

@@ -80,6 +80,7 @@ typedef struct EsCatalog
 } EsCatalog;
 
 extern const EsCatalog *EsGetCatalog(void);
+extern const EsCatalog *EsCatalogRecheckCorrelations(const EsCatalog *cat);
 
 extern bool EsFirstEventValue(const EsCatalog *cat, Oid index_oid,
 							  Snapshot snapshot, ScanKey keys, int nkeys,
