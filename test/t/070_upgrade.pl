@@ -861,7 +861,38 @@ like(
 	qr/NOTICE:  version "0\.3\.0" of extension "event_store" is already installed/,
 	'with the notice that 0.3.0 is already installed');
 schema_is('fresh3', $fresh3_schema, 'and changes nothing');
-$node->safe_psql('fresh', 'ALTER EXTENSION event_store UPDATE');
+# an append that waits for the update (which holds a SHARE lock on the
+# events while it fills the runs) writes the runs of its batch, though its
+# session looked the schema up before the update: none of its events is
+# left out of read_correlated
+my $appender = $node->background_psql('fresh');
+$appender->query_safe(q{
+SELECT event_store.append('race-0', '{"type": "Before", "metadata": {"correlationId": "u-race"}}')});
+my $updater = $node->background_psql('fresh');
+$updater->query_safe('BEGIN');
+$updater->query_safe('ALTER EXTENSION event_store UPDATE');
+$appender->query_until(qr/appending/, q{\echo appending
+SELECT event_store.append('race-1', '[{"type": "Waited", "metadata": {"correlationId": "u-race"}},
+                                      {"type": "Waited", "metadata": {"correlationId": "u-race"}}]');
+});
+ok( $node->poll_query_until(
+		'fresh', q{
+SELECT count(*) > 0 FROM pg_stat_activity
+ WHERE wait_event_type = 'Lock' AND query LIKE '%race-1%' AND pid <> pg_backend_pid()}),
+	'an append waits for the update');
+$updater->query_safe('COMMIT');
+$updater->quit;
+ok( $node->poll_query_until(
+		'fresh', q{SELECT count(*) = 2 FROM event_store.events WHERE stream_id = 'race-1'}),
+	'and goes on once it committed');
+$appender->quit;
+is( query(
+		'fresh', q{
+SELECT string_agg(last_position - first_position + 1 || '', ' ' ORDER BY last_position)
+  FROM event_store.correlations WHERE correlation_id = 'u-race';
+SELECT string_agg(stream_id, ' ' ORDER BY global_position) FROM event_store.read_correlated('u-race')}),
+	"1 2\nrace-0 race-1 race-1",
+	'the update filled the runs of the events before it, the append that waited wrote its own');
 schema_is('fresh', $fresh3_schema, '0.2.0 with saga types updates to the schema of a fresh install');
 
 # no data, but a grant made under 0.1.0: it stays, and stays out of the
