@@ -231,14 +231,21 @@ es_remove_runs(SPITupleTable *rows, uint64 nrows)
 	values[1] = PointerGetDatum(construct_array(positions, n, INT8OID, sizeof(int64),
 												FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 	/*
-	 * The run of each removed event (runs of one id never overlap), unless
-	 * an event of that id is still at one of its positions, in any tier
+	 * The run of each removed event: of the runs of its id, the first that
+	 * ends at or after it, if it starts at or before it (runs of one id
+	 * never overlap), found with one probe of the primary key; unless an
+	 * event of that id is still at one of the run's positions, in any tier
 	 */
 	if (SPI_execute_with_args("DELETE FROM event_store.correlations r "
-							  "USING ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS x(id, position) "
-							  "WHERE r.correlation_id OPERATOR(pg_catalog.=) (x.id COLLATE \"C\") "
-							  "AND r.last_position OPERATOR(pg_catalog.>=) x.position "
-							  "AND r.first_position OPERATOR(pg_catalog.<=) x.position "
+							  "WHERE (r.correlation_id, r.last_position) IN ("
+							  " SELECT f.correlation_id, f.last_position "
+							  "   FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS x(id, position), "
+							  "        LATERAL (SELECT c.correlation_id, c.first_position, c.last_position "
+							  "                   FROM event_store.correlations c "
+							  "                  WHERE c.correlation_id OPERATOR(pg_catalog.=) (x.id COLLATE \"C\") "
+							  "                    AND c.last_position OPERATOR(pg_catalog.>=) x.position "
+							  "                  ORDER BY c.last_position LIMIT 1) f "
+							  "  WHERE f.first_position OPERATOR(pg_catalog.<=) x.position) "
 							  "AND NOT EXISTS (SELECT FROM event_store.events e "
 							  " WHERE e.global_position OPERATOR(pg_catalog.>=) r.first_position "
 							  " AND e.global_position OPERATOR(pg_catalog.<=) r.last_position "
