@@ -123,7 +123,7 @@ $holder->query_safe(q{SET statement_timeout = '10s'});
 is($holder->query_safe($reads), $before, 'the holder of the lock reads the store meanwhile');
 $holder->query_safe(q{ROLLBACK});
 ok( $node->poll_query_until('postgres', q{
-    SELECT count(*) = 12 AND bool_and(t.spcname IS NOT DISTINCT FROM 'cold')
+    SELECT count(*) = 10 AND bool_and(t.spcname IS NOT DISTINCT FROM 'cold')
       FROM pg_class c LEFT JOIN pg_tablespace t ON t.oid = c.reltablespace
      WHERE c.relname ~ '^events_archive_(1|41)(_|$)' AND c.relnamespace = 'event_store'::regnamespace}),
 	'both ranges moved once the lock was released');
