@@ -20,7 +20,6 @@
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
-#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/lsyscache.h"
@@ -198,54 +197,23 @@ es_reopen_stream(PG_FUNCTION_ARGS)
 }
 
 /*
- * Remove the correlation runs (event_store.correlations) that the removal
- * of the events in rows (global_position, metadata ->> 'correlationId')
- * left without any event: an erased event's correlation id must not stay
- * behind.  A run some of whose events are left stays as it is
- * (read_correlated checks every event it finds).  Caller is connected to
- * SPI as the owner, and rows are the RETURNING rows of its DELETE.
+ * Remove the correlation runs (event_store.correlations) ids[i],
+ * last_positions[i] (two arrays of the same length) that the removal of
+ * events left without any event of their id, in any tier: an erased
+ * event's correlation id must not stay behind.  A run some of whose events
+ * are left stays as it is (read_correlated checks every event it finds).
+ * Caller is connected to SPI as the owner, after the removal.
  */
 static void
-es_remove_runs(SPITupleTable *rows, uint64 nrows)
+es_remove_runs(Datum ids, Datum last_positions)
 {
-	Datum	   *ids = palloc(sizeof(Datum) * Max(nrows, 1));
-	Datum	   *positions = palloc(sizeof(Datum) * Max(nrows, 1));
-	int			n = 0;
 	Oid			types[2] = {TEXTARRAYOID, INT8ARRAYOID};
-	Datum		values[2];
+	Datum		values[2] = {ids, last_positions};
 
-	for (uint64 i = 0; i < nrows; i++)
-	{
-		bool		null;
-		Datum		id = SPI_getbinval(rows->vals[i], rows->tupdesc, 2, &null);
-
-		if (null)
-			continue;
-		ids[n] = id;
-		positions[n] = SPI_getbinval(rows->vals[i], rows->tupdesc, 1, &null);
-		n++;
-	}
-	if (n == 0)
-		return;
-	values[0] = PointerGetDatum(construct_array(ids, n, TEXTOID, -1, false, TYPALIGN_INT));
-	values[1] = PointerGetDatum(construct_array(positions, n, INT8OID, sizeof(int64),
-												FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	/*
-	 * The run of each removed event: of the runs of its id, the first that
-	 * ends at or after it, if it starts at or before it (runs of one id
-	 * never overlap), found with one probe of the primary key; unless an
-	 * event of that id is still at one of the run's positions, in any tier
-	 */
 	if (SPI_execute_with_args("DELETE FROM event_store.correlations r "
-							  "WHERE (r.correlation_id, r.last_position) IN ("
-							  " SELECT f.correlation_id, f.last_position "
-							  "   FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS x(id, position), "
-							  "        LATERAL (SELECT c.correlation_id, c.first_position, c.last_position "
-							  "                   FROM event_store.correlations c "
-							  "                  WHERE c.correlation_id OPERATOR(pg_catalog.=) (x.id COLLATE \"C\") "
-							  "                    AND c.last_position OPERATOR(pg_catalog.>=) x.position "
-							  "                  ORDER BY c.last_position LIMIT 1) f "
-							  "  WHERE f.first_position OPERATOR(pg_catalog.<=) x.position) "
+							  "USING ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS x(id, last_position) "
+							  "WHERE r.correlation_id OPERATOR(pg_catalog.=) (x.id COLLATE \"C\") "
+							  "AND r.last_position OPERATOR(pg_catalog.=) x.last_position "
 							  "AND NOT EXISTS (SELECT FROM event_store.events e "
 							  " WHERE e.global_position OPERATOR(pg_catalog.>=) r.first_position "
 							  " AND e.global_position OPERATOR(pg_catalog.<=) r.last_position "
@@ -292,16 +260,51 @@ es_remove_events(const char *sql, int nargs, Oid *types, Datum *values)
 	int64		removed = 0;
 	int			rc;
 
+	/*
+	 * With the runs: the same DELETE, which also gives the runs of the
+	 * removed events (of the runs of an event's id, the first that ends at
+	 * or after it, if it starts at or before it: runs of one id never
+	 * overlap), each once, found with one probe of the runs' primary key per
+	 * event.  A purge of a long stream hands over a row per run, not per
+	 * event.  Whether a run is left without events, the next statement
+	 * tells: this one's snapshot still sees the events it removes.
+	 */
 	if (runs)
-		sql = psprintf("%s RETURNING global_position, "
-					   "metadata OPERATOR(pg_catalog.->>) 'correlationId'", sql);
+		sql = psprintf("WITH removed AS (%s RETURNING global_position, "
+					   "metadata OPERATOR(pg_catalog.->>) 'correlationId' AS id), "
+					   "touched AS (SELECT DISTINCT f.correlation_id, f.last_position "
+					   "  FROM removed x, "
+					   "       LATERAL (SELECT c.correlation_id, c.first_position, c.last_position "
+					   "                  FROM event_store.correlations c "
+					   "                 WHERE c.correlation_id OPERATOR(pg_catalog.=) (x.id COLLATE \"C\") "
+					   "                   AND c.last_position OPERATOR(pg_catalog.>=) x.global_position "
+					   "                 ORDER BY c.last_position LIMIT 1) f "
+					   " WHERE x.id IS NOT NULL "
+					   "   AND f.first_position OPERATOR(pg_catalog.<=) x.global_position) "
+					   "SELECT (SELECT pg_catalog.count(*) FROM removed), "
+					   "       (SELECT pg_catalog.array_agg(correlation_id) FROM touched), "
+					   "       (SELECT pg_catalog.array_agg(last_position) FROM touched)", sql);
 	EsSpiConnect(&sw);
 	rc = es_execute_removal(sql, nargs, types, values);
-	if (rc != (runs ? SPI_OK_DELETE_RETURNING : SPI_OK_DELETE))
+	if (rc != (runs ? SPI_OK_SELECT : SPI_OK_DELETE))
 		elog(ERROR, "removing events failed: %s", SPI_result_code_string(rc));
-	removed = (int64) SPI_processed;
-	if (runs && removed > 0)
-		es_remove_runs(SPI_tuptable, SPI_processed);
+	if (runs)
+	{
+		HeapTuple	row = SPI_tuptable->vals[0];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		null;
+		Datum		ids;
+		Datum		last_positions;
+
+		Assert(SPI_processed == 1);
+		removed = DatumGetInt64(SPI_getbinval(row, desc, 1, &null));
+		ids = SPI_getbinval(row, desc, 2, &null);
+		last_positions = SPI_getbinval(row, desc, 3, &null);
+		if (!null)
+			es_remove_runs(ids, last_positions);
+	}
+	else
+		removed = (int64) SPI_processed;
 	EsSpiFinish(&sw);
 	return removed;
 }
