@@ -134,26 +134,29 @@ archive_store() {
 }
 
 # sizes_of es|base: bytes on disk per event of one side's table (its
-# archived ranges included), one line per part: "part|bytes"
+# archived ranges included, and for the store the correlation runs that
+# read_correlated reads, event_store.correlations), one line per part:
+# "part|bytes"
 sizes_of() {
 	local rels table=bench.plain_events
 	if [[ $1 == es ]]; then
 		table=event_store.events
-		rels="SELECT 'event_store.events'::regclass AS rel
-		      UNION ALL SELECT inhrelid::regclass FROM pg_inherits WHERE inhparent = 'event_store.events'::regclass"
+		rels="SELECT 'event_store.events'::regclass AS rel, '' AS what
+		      UNION ALL SELECT inhrelid::regclass, '' FROM pg_inherits WHERE inhparent = 'event_store.events'::regclass
+		      UNION ALL SELECT 'event_store.correlations'::regclass, ' (correlation runs)'"
 	else
-		rels="SELECT 'bench.plain_events'::regclass AS rel"
+		rels="SELECT 'bench.plain_events'::regclass AS rel, '' AS what"
 	fi
 	"${PSQL[@]}" -At -F '|' -c "
 	WITH rels AS ($rels),
 	n AS (SELECT count(*)::numeric AS n FROM $table),
 	parts AS (
-	    SELECT 'heap' AS part, pg_relation_size(rel) AS bytes FROM rels
+	    SELECT 'heap' || what AS part, pg_relation_size(rel) AS bytes FROM rels
 	    UNION ALL
-	    SELECT 'toast (heap + index)', coalesce(pg_total_relation_size(nullif(c.reltoastrelid, 0)), 0)
+	    SELECT 'toast (heap + index)' || what, coalesce(pg_total_relation_size(nullif(c.reltoastrelid, 0)), 0)
 	      FROM rels JOIN pg_class c ON c.oid = rel
 	    UNION ALL
-	    SELECT 'fsm + vm', pg_relation_size(rel, 'fsm') + pg_relation_size(rel, 'vm') FROM rels
+	    SELECT 'fsm + vm' || what, pg_relation_size(rel, 'fsm') + pg_relation_size(rel, 'vm') FROM rels
 	    UNION ALL
 	    SELECT 'index ' || regexp_replace(pg_get_indexdef(i.indexrelid), '^.* USING btree ', ''),
 	           pg_relation_size(i.indexrelid)

@@ -122,9 +122,6 @@ CREATE UNIQUE INDEX plain_events_stream_id_stream_version_key
     ON bench.plain_events (stream_id COLLATE "C", stream_version);
 CREATE INDEX plain_events_category_position_idx
     ON bench.plain_events ((split_part(stream_id, '"'"'-'"'"', 1) COLLATE "C"), global_position);
-CREATE INDEX plain_events_correlation_position_idx
-    ON bench.plain_events ((metadata ->> '"'"'correlationId'"'"'), global_position)
-    WHERE (metadata ->> '"'"'correlationId'"'"') IS NOT NULL;
 CREATE SEQUENCE bench.plain_position;'
 for side in P C; do
 	declare -n cmd=$side

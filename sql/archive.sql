@@ -320,6 +320,12 @@ SELECT event_store.purge_stream('user-1') AS purged;
 RESET event_store.allow_purge;
 SELECT stream_version, event_type FROM event_store.events WHERE stream_id = 'user-1';
 SELECT count(*) AS "user-1 archived" FROM event_store.events_archive_1 WHERE stream_id = 'user-1';
+-- and the correlation runs of its events, archived or not, went with them:
+-- every run left has an event of its id at one of its positions
+SELECT count(*) AS runs_without_events FROM event_store.correlations r
+ WHERE NOT EXISTS (SELECT FROM event_store.events e
+                    WHERE e.global_position BETWEEN r.first_position AND r.last_position
+                      AND (e.metadata ->> 'correlationId') COLLATE "C" = r.correlation_id);
 
 --
 -- the lifecycle of streams whose events are partly archived

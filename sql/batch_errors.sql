@@ -91,7 +91,7 @@ SELECT event_store.append('bie-g', regress.bie_batch(11, 'K'), 0);
 SELECT regress.check_event_indexes() > 0 AS indexes_intact;
 DROP INDEX event_store.bie_zz_k;
 
--- the partial correlation index: a batch mixing events with and without a
+-- the correlation runs: a batch mixing events with and without a
 -- correlationId (and one with a non-string one); read_correlated returns
 -- exactly those with it
 SELECT event_store.append('bie-h', (SELECT jsonb_agg(jsonb_strip_nulls(jsonb_build_object(

@@ -1,6 +1,6 @@
 --
 -- correlation: read_correlated (order, paging, gap-safe horizon, grants,
--- upcasting, argument errors, its index); sagas stamp their events with
+-- upcasting, argument errors, the runs it reads); sagas stamp their events with
 -- correlationId (the saga id) and causationId (the event that caused the
 -- transition); saga_diagram of a saga type and of a saga.
 --
@@ -55,29 +55,72 @@ SELECT regress.try($$SELECT * FROM event_store.read_correlated(NULL)$$);
 SELECT regress.try($$SELECT * FROM event_store.read_correlated('c-1', NULL)$$);
 SELECT regress.try($$SELECT * FROM event_store.read_correlated('c-1', 0, NULL)$$);
 SELECT regress.try($$SELECT * FROM event_store.read_correlated('')$$);
--- append keeps correlation ids fit for the index
+-- append keeps correlation ids fit for the runs' index
 SELECT regress.try($$SELECT event_store.append('corrorder-9', '{"type": "X", "metadata": {"correlationId": {"a": 1}}}')$$);
 SELECT regress.try(format($$SELECT event_store.append('corrorder-9', '{"type": "X", "metadata": {"correlationId": "%s"}}')$$, repeat('c', 1025)));
 SELECT stream_version FROM event_store.read_stream('corrorder-9');
 
--- the index: it compares correlation ids as bytes (COLLATE "C", as the
--- stream and category indexes do), so a query of the same shape with that
--- collation uses it
-SET enable_seqscan = off;
-EXPLAIN (COSTS OFF)
-SELECT * FROM event_store.events
- WHERE metadata ->> 'correlationId' COLLATE "C" = 'c-1' AND global_position > 0
- ORDER BY global_position LIMIT 1000;
-RESET enable_seqscan;
-SELECT indexdef FROM pg_indexes WHERE indexname = 'events_correlation_position_idx';
--- and read_correlated scans it
+-- the runs: one row of event_store.correlations per maximal sequence of
+-- consecutive events of one batch with the same correlation id (its text);
+-- a batch A,A,B,A,(none),A has the runs A[1-2], B[3], A[4], A[6]
+SELECT max(global_position) AS base FROM event_store.events \gset
+SELECT event_store.append('corrruns-1', '[{"type": "R1", "metadata": {"correlationId": "c-run-a"}},
+                                          {"type": "R2", "metadata": {"correlationId": "c-run-a", "x": 1}},
+                                          {"type": "R3", "metadata": {"correlationId": "c-run-b"}},
+                                          {"type": "R4", "metadata": {"correlationId": "c-run-a"}},
+                                          {"type": "R5", "metadata": {"correlationId": null}},
+                                          {"type": "R6", "metadata": {"correlationId": "c-run-a"}}]');
+SELECT correlation_id, first_position - :base AS first, last_position - :base AS last
+  FROM event_store.correlations WHERE last_position > :base ORDER BY last_position;
+-- a number and its string are one id (the same text); another batch of the
+-- same id is a run of its own, even right after
+SELECT event_store.append('corrruns-2', '[{"type": "N1", "metadata": {"correlationId": 7.50}},
+                                          {"type": "N2", "metadata": {"correlationId": "7.50"}},
+                                          {"type": "N3", "metadata": {"correlationId": true}}]');
+SELECT event_store.append('corrruns-2', '{"type": "N4", "metadata": {"correlationId": "true"}}');
+SELECT correlation_id, first_position - :base AS first, last_position - :base AS last
+  FROM event_store.correlations WHERE last_position > :base + 6 ORDER BY last_position;
+SELECT event_type FROM event_store.read_correlated('7.50');
+SELECT event_type FROM event_store.read_correlated('true');
+-- paging inside a run: after_position in its middle, max_count cutting it
+SELECT global_position - :base AS pos, event_type FROM event_store.read_correlated('c-run-a', :base, 1);
+SELECT global_position - :base AS pos, event_type FROM event_store.read_correlated('c-run-a', :base + 1, 2);
+SELECT global_position - :base AS pos, event_type FROM event_store.read_correlated('c-run-a', :base + 4, 5);
+SELECT global_position - :base AS pos, event_type FROM event_store.read_correlated('c-run-a', :base + 6, 5);
+SELECT global_position - :base AS pos, event_type FROM event_store.read_correlated('c-run-b', :base + 2);
+SELECT event_store.append('corrruns-3', (SELECT jsonb_agg(jsonb_build_object('type', 'L' || i,
+           'metadata', jsonb_build_object('correlationId', 'c-run-long')) ORDER BY i)
+      FROM generate_series(1, 7) AS i));
+SELECT min(global_position) - 1 AS long_base FROM event_store.events WHERE stream_id = 'corrruns-3' \gset
+SELECT count(*) AS long_runs FROM event_store.correlations WHERE correlation_id = 'c-run-long';
+SELECT string_agg(event_type, ' ' ORDER BY global_position) FROM event_store.read_correlated('c-run-long', 0, 3);
+SELECT string_agg(event_type, ' ' ORDER BY global_position) FROM event_store.read_correlated('c-run-long', :long_base + 3, 3);
+SELECT string_agg(event_type, ' ' ORDER BY global_position) FROM event_store.read_correlated('c-run-long', :long_base + 6, 3);
+-- the events at a run's positions are checked again: a run whose positions
+-- hold events of other ids (or none) reads nothing
+INSERT INTO event_store.correlations VALUES ('c-ghost', :base + 1, :base + 6), ('c-ghost', :base + 1000, :base + 2000);
+SELECT count(*) AS ghost_events FROM event_store.read_correlated('c-ghost');
+DELETE FROM event_store.correlations WHERE correlation_id = 'c-ghost';
+
+-- read_correlated scans the runs' index and the events' position index,
+-- never the events sequentially
 SELECT pg_stat_force_next_flush();
-SELECT idx_scan AS scans_before FROM pg_stat_user_indexes
- WHERE indexrelname = 'events_correlation_position_idx' \gset
+SELECT (SELECT idx_scan FROM pg_stat_user_indexes WHERE indexrelname = 'correlations_pkey') AS runs_before,
+       (SELECT idx_scan FROM pg_stat_user_indexes WHERE indexrelname = 'events_pkey') AS positions_before,
+       (SELECT seq_scan FROM pg_stat_user_tables WHERE relid = 'event_store.events'::regclass) AS seq_before
+\gset
 SELECT count(*) FROM event_store.read_correlated('c-1');
+SELECT count(*) FROM event_store.read_correlated('c-run-a');
 SELECT pg_stat_force_next_flush();
-SELECT idx_scan > :scans_before AS index_scanned FROM pg_stat_user_indexes
- WHERE indexrelname = 'events_correlation_position_idx';
+SELECT (SELECT idx_scan FROM pg_stat_user_indexes WHERE indexrelname = 'correlations_pkey') > :runs_before
+           AS runs_index_scanned,
+       (SELECT idx_scan FROM pg_stat_user_indexes WHERE indexrelname = 'events_pkey') > :positions_before
+           AS position_index_scanned,
+       (SELECT seq_scan FROM pg_stat_user_tables WHERE relid = 'event_store.events'::regclass) = :seq_before
+           AS no_sequential_scan;
+-- no index on the events for correlations (the runs replace it)
+SELECT count(*) AS correlation_indexes_on_events FROM pg_indexes
+ WHERE schemaname = 'event_store' AND indexdef LIKE '%correlationId%';
 
 -- upcasting applies as on every read
 CREATE SCHEMA corr;
@@ -97,6 +140,49 @@ SELECT global_position, stream_id, event_type FROM event_store.read_correlated('
 RESET ROLE;
 SELECT event_store.revoke_category('corr_reader', 'corrorder', '{read}');
 SELECT event_store.revoke_category(current_user::regrole, 'corrpay', '{append,read}');
+
+-- the runs are the extension's: a role can neither read nor write them,
+-- even one that may read their events; read_correlated applies the grants
+-- of the events' categories
+SELECT event_store.grant_category('corr_reader', 'corrruns', '{read}');
+SET ROLE corr_reader;
+SELECT regress.try($$SELECT count(*) FROM event_store.correlations$$);
+SELECT regress.try($$INSERT INTO event_store.correlations VALUES ('c-1', 1, 1)$$);
+SELECT regress.try($$UPDATE event_store.correlations SET last_position = 0$$);
+SELECT regress.try($$DELETE FROM event_store.correlations$$);
+SELECT string_agg(event_type, ' ' ORDER BY global_position) AS reader_reads
+  FROM event_store.read_correlated('c-run-a');
+RESET ROLE;
+SET ROLE corr_outsider;
+SELECT regress.try($$SELECT count(*) FROM event_store.correlations$$);
+SELECT count(*) AS outsider_reads FROM event_store.read_correlated('c-run-a');
+RESET ROLE;
+SELECT event_store.revoke_category('corr_reader', 'corrruns', '{read}');
+
+-- purge_stream removes the runs of the events it removes: the erased
+-- stream's correlation ids do not stay behind; runs of other streams stay,
+-- and a run some of whose events are left still reads them
+SET event_store.allow_purge = on;
+SELECT event_store.append('corrpurge-1', '[{"type": "P1", "metadata": {"correlationId": "c-erased"}},
+                                           {"type": "P2", "metadata": {"correlationId": "c-erased"}},
+                                           {"type": "P3", "metadata": {"correlationId": "c-kept"}}]');
+SELECT event_store.append('corrpurge-2', '{"type": "Q1", "metadata": {"correlationId": "c-kept"}}');
+SELECT correlation_id, count(*) FROM event_store.correlations
+ WHERE correlation_id IN ('c-erased', 'c-kept') GROUP BY 1 ORDER BY 1;
+SELECT event_store.purge_stream('corrpurge-1');
+SELECT correlation_id, count(*) FROM event_store.correlations
+ WHERE correlation_id IN ('c-erased', 'c-kept') GROUP BY 1 ORDER BY 1;
+SELECT count(*) AS erased_events FROM event_store.read_correlated('c-erased');
+SELECT stream_id, event_type FROM event_store.read_correlated('c-kept');
+RESET event_store.allow_purge;
+-- retention removes the older events of a run: the run stays for the rest
+SELECT event_store.append('corrkeep-1', '[{"type": "K1", "metadata": {"correlationId": "c-retained"}},
+                                          {"type": "K2", "metadata": {"correlationId": "c-retained"}},
+                                          {"type": "K3", "metadata": {"correlationId": "c-retained"}}]');
+SELECT event_store.set_stream_retention('corrkeep-1', max_count => 1);
+SELECT event_store.enforce_retention() AS removed;
+SELECT count(*) AS retained_runs FROM event_store.correlations WHERE correlation_id = 'c-retained';
+SELECT event_type FROM event_store.read_correlated('c-retained');
 
 --
 -- Sagas stamp their events: correlationId = the saga id, causationId = the

@@ -1150,11 +1150,42 @@ REVOKE ALL ON FUNCTION event_store._import_row(), event_store._import_copy_begin
     FROM PUBLIC;
 
 ------------------------------------------------------------------------------
--- Correlation (0.3): read_correlated and its index on metadata "correlationId"
+-- Correlation (0.3): read_correlated and the runs of correlation ids it reads
 ------------------------------------------------------------------------------
-CREATE INDEX events_correlation_position_idx
-    ON event_store.events ((metadata OPERATOR(pg_catalog.->>) 'correlationId') COLLATE "C", global_position)
-    WHERE (metadata OPERATOR(pg_catalog.->>) 'correlationId') IS NOT NULL;
+-- Appends wait until the update commits: the runs below are those of every
+-- event committed before, and an append that waited writes its own runs
+-- (it looks for the table again once it holds its lock on the events).
+LOCK TABLE event_store.events IN SHARE MODE;
+CREATE TABLE event_store.correlations (
+    correlation_id  text COLLATE "C" NOT NULL,
+    first_position  bigint NOT NULL,
+    last_position   bigint NOT NULL,
+    CONSTRAINT correlations_pkey PRIMARY KEY (correlation_id, last_position)
+);
+COMMENT ON TABLE event_store.correlations IS
+    'Runs of consecutive events of one batch with the same metadata "correlationId", for event_store.read_correlated(); written only by event_store';
+SELECT pg_catalog.pg_extension_config_dump('event_store.correlations', '');
+REVOKE ALL ON TABLE event_store.correlations FROM PUBLIC;
+
+-- The runs of the events stored so far.  Where one batch ended and the next
+-- began is not recorded: a run here is a maximal sequence of events of one
+-- stream, consecutive in position order, whose correlation ids have the
+-- same text.  One that spans several batches is still right (read_correlated
+-- checks every event's id), and none overlaps another.
+INSERT INTO event_store.correlations (correlation_id, first_position, last_position)
+SELECT correlation_id, pg_catalog.min(global_position), pg_catalog.max(global_position)
+  FROM (SELECT global_position, correlation_id,
+               pg_catalog.sum(starts) OVER (ORDER BY global_position) AS run
+          FROM (SELECT global_position,
+                       (metadata OPERATOR(pg_catalog.->>) 'correlationId') COLLATE "C" AS correlation_id,
+                       CASE WHEN pg_catalog.lag(stream_id) OVER w OPERATOR(pg_catalog.=) stream_id
+                             AND pg_catalog.lag((metadata OPERATOR(pg_catalog.->>) 'correlationId') COLLATE "C") OVER w
+                                 OPERATOR(pg_catalog.=) ((metadata OPERATOR(pg_catalog.->>) 'correlationId') COLLATE "C")
+                            THEN 0 ELSE 1 END AS starts
+                  FROM event_store.events
+                WINDOW w AS (ORDER BY global_position)) e) r
+ WHERE correlation_id IS NOT NULL
+ GROUP BY run, correlation_id;
 
 CREATE FUNCTION event_store.read_correlated(correlation_id text, after_position bigint DEFAULT 0,
                                             max_count int DEFAULT 1000)

@@ -29,6 +29,7 @@
 #include "executor/spi.h"
 #include "executor/tuptable.h"
 #include "fmgr.h"
+#include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "nodes/execnodes.h"
 #include "nodes/makefuncs.h"
@@ -214,8 +215,9 @@ es_make_empty_object(void)
 
 /* Validate one event object */
 /*
- * metadata.correlationId is a key of the index read_correlated scans: a
- * scalar whose text is at most ES_MAX_NAME_BYTES long
+ * metadata.correlationId is the key of the runs read_correlated reads
+ * (event_store.correlations): a scalar whose text is at most
+ * ES_MAX_NAME_BYTES long
  */
 static void
 es_check_correlation_id(const EsParseCtx *ctx, JsonbContainer *metadata)
@@ -607,6 +609,129 @@ es_uuidv7(pg_uuid_t *id, TimestampTz now, const uint8 *rnd)
 }
 
 /*
+ * The text metadata ->> 'correlationId' gives for an event (what
+ * jsonb_object_field_text returns), in *s and *len: a string as it is
+ * (pointing into metadata), a number or a boolean as its JSON text, an
+ * array or an object (which append() refuses, but an import may carry) as
+ * its JSON text.  False when it gives NULL: not an object, no such key, or
+ * JSON null.
+ */
+bool
+EsCorrelationText(Jsonb *metadata, const char **s, int *len)
+{
+	JsonbValue	vbuf;
+	JsonbValue *v;
+
+	if (metadata == NULL || !JB_ROOT_IS_OBJECT(metadata))
+		return false;
+	v = getKeyJsonValueFromContainer(&metadata->root, "correlationId",
+									 strlen("correlationId"), &vbuf);
+	if (v == NULL)
+		return false;
+	switch (v->type)
+	{
+		case jbvNull:
+			return false;
+		case jbvString:
+			*s = v->val.string.val;
+			*len = v->val.string.len;
+			return true;
+		case jbvBool:
+			*s = v->val.boolean ? "true" : "false";
+			*len = strlen(*s);
+			return true;
+		case jbvNumeric:
+			*s = DatumGetCString(DirectFunctionCall1(numeric_out,
+													 NumericGetDatum(v->val.numeric)));
+			*len = strlen(*s);
+			return true;
+		case jbvBinary:
+			{
+				StringInfo	buf = makeStringInfo();
+
+				(void) JsonbToCString(buf, v->val.binary.data, -1);
+				*s = buf->data;
+				*len = buf->len;
+				return true;
+			}
+		default:
+			elog(ERROR, "unrecognized jsonb type: %d", (int) v->type);
+	}
+	return false;				/* keep compiler quiet */
+}
+
+/*
+ * Insert the correlation runs of a batch stored from first_position on, in
+ * event_store.correlations (read_correlated): a row per maximal sequence of
+ * consecutive events whose correlation ids have the same text, with the
+ * first and last position of the sequence.  The events of a batch usually
+ * share their id: a row or a few, where an index on the events would take
+ * an entry per event.  Inserted as the events are (EsInsertRows); caller
+ * holds its lock on the events table.
+ */
+static void
+es_insert_runs(const EsCatalog *cat, EsNewEvent *evs, int n, int64 first_position)
+{
+	Datum	   *rows = NULL;
+	bool	   *nulls;
+	int			nruns = 0;
+	int			start = -1;		/* first event of the open run, or -1 */
+	const char *run_id = NULL;
+	int			run_len = 0;
+	Relation	rel;
+	volatile int inserting = 0;
+
+	/*
+	 * A schema from before 0.3.0 (until ALTER EXTENSION UPDATE) has no
+	 * runs; an update that committed while this append waited for its lock
+	 * on the events table has just created them.
+	 */
+	if (!OidIsValid(cat->correlations_relid))
+	{
+		cat = EsCatalogRecheckCorrelations(cat);
+		if (!OidIsValid(cat->correlations_relid))
+			return;
+	}
+
+	/* one past the end: the last run is closed there */
+	for (int i = 0; i <= n; i++)
+	{
+		const char *id = NULL;
+		int			len = 0;
+		bool		has_id = i < n && EsCorrelationText(evs[i].metadata, &id, &len);
+
+		if (start >= 0 && has_id && len == run_len && memcmp(id, run_id, len) == 0)
+			continue;			/* the run goes on */
+		if (start >= 0)
+		{
+			Datum	   *v;
+
+			if (rows == NULL)
+				rows = palloc(sizeof(Datum) * Natts_es_run * n);
+			v = &rows[nruns++ * Natts_es_run];
+			v[Anum_es_run_correlation_id - 1] =
+				PointerGetDatum(cstring_to_text_with_len(run_id, run_len));
+			v[Anum_es_run_first_position - 1] = Int64GetDatum(first_position + start);
+			v[Anum_es_run_last_position - 1] = Int64GetDatum(first_position + i - 1);
+			start = -1;
+		}
+		if (has_id)
+		{
+			start = i;
+			run_id = id;
+			run_len = len;
+		}
+	}
+	if (nruns == 0)
+		return;
+
+	nulls = palloc0(sizeof(bool) * Natts_es_run * nruns);
+	rel = table_open(cat->correlations_relid, RowExclusiveLock);
+	EsInsertRows(rel, nruns, Natts_es_run, rows, nulls, &inserting);
+	table_close(rel, NoLock);
+}
+
+/*
  * Insert the batch straight into the heap and its indexes (EsInsertRows):
  * no executor per call, no triggers (the table's triggers are for writes
  * that do not come through here).  Fills rows[n * Natts_es_event] with the
@@ -711,6 +836,7 @@ es_insert_events(const EsCatalog *cat, text *stream_id, EsNewEvent *evs, int n,
 	PG_END_TRY();
 
 	table_close(rel, NoLock);
+	es_insert_runs(cat, evs, n, first_position);
 	/* later commands of this transaction see the new events */
 	CommandCounterIncrement();
 }

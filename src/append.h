@@ -19,6 +19,7 @@ typedef struct EsNewEvent		/* one event of a batch, validated */
 } EsNewEvent;
 
 extern bool EsParseUuid(const char *s, int len, pg_uuid_t *out);
+extern bool EsCorrelationText(Jsonb *metadata, const char **s, int *len);
 extern int64 EsAppendEvents(text *stream_id, EsNewEvent *evs, int n,
 							bool has_expected, int64 expected, bool internal);
 extern int64 EsImportEvent(text *stream_id, EsNewEvent *ev, int64 version,

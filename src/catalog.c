@@ -50,7 +50,8 @@ es_catalog_relcache_callback(Datum arg, Oid relid)
 		relid == es_catalog.stream_idx ||
 		relid == es_catalog.event_id_idx ||
 		relid == es_catalog.category_idx ||
-		relid == es_catalog.correlation_idx ||
+		relid == es_catalog.correlations_relid ||
+		relid == es_catalog.correlations_idx ||
 		relid == es_catalog.event_type_relid ||
 		relid == es_catalog.metadata_relid ||
 		relid == es_catalog.metadata_idx ||
@@ -156,7 +157,8 @@ EsGetCatalog(void)
 	es_catalog.event_id_idx = es_lookup_rel(nsp, ES_EVENTS_EVENT_ID_IDX);
 	es_catalog.category_idx = es_lookup_rel(nsp, ES_EVENTS_CATEGORY_IDX);
 	/* missing in a schema from before 0.3.0 (until ALTER EXTENSION UPDATE) */
-	es_catalog.correlation_idx = get_relname_relid(ES_EVENTS_CORRELATION_IDX, nsp);
+	es_catalog.correlations_relid = get_relname_relid(ES_CORRELATIONS_TABLE, nsp);
+	es_catalog.correlations_idx = get_relname_relid(ES_CORRELATIONS_PKEY, nsp);
 	es_catalog.event_type_oid = GetSysCacheOid2(TYPENAMENSP, Anum_pg_type_oid,
 												CStringGetDatum("event"),
 												ObjectIdGetDatum(nsp));
@@ -196,6 +198,23 @@ EsGetCatalog(void)
 		es_same_row_layout(es_catalog.events_relid, es_catalog.event_type_relid);
 	es_catalog_valid = true;
 	return &es_catalog;
+}
+
+/*
+ * The catalog, looked up again if event_store.correlations was created
+ * since cat was (ALTER EXTENSION event_store UPDATE to 0.3.0 committed
+ * while an append waited for its lock on the events table: a new table
+ * invalidates none of the relations the catalog listens for).  Caller holds
+ * a lock on the events table, which made the update's commit visible.
+ */
+const EsCatalog *
+EsCatalogRecheckCorrelations(const EsCatalog *cat)
+{
+	if (OidIsValid(cat->correlations_relid) ||
+		!OidIsValid(get_relname_relid(ES_CORRELATIONS_TABLE, cat->namespace_oid)))
+		return cat;
+	es_catalog_valid = false;
+	return EsGetCatalog();
 }
 
 /*

@@ -21,8 +21,9 @@
 #define ES_EVENTS_STREAM_IDX	"events_stream_id_stream_version_key"
 #define ES_EVENTS_EVENT_ID_IDX	"events_event_id_key"
 #define ES_EVENTS_CATEGORY_IDX	"events_category_position_idx"
-/* read_correlated: (metadata->>'correlationId', global_position), partial */
-#define ES_EVENTS_CORRELATION_IDX	"events_correlation_position_idx"
+/* read_correlated: runs of one correlation id in a batch (0.3 on) */
+#define ES_CORRELATIONS_TABLE	"correlations"
+#define ES_CORRELATIONS_PKEY	"correlations_pkey"
 /* the durable high-water mark of global positions (a sequence) */
 #define ES_POSITION_MARK_SEQ	"position_mark"
 
@@ -37,6 +38,12 @@
 #define Anum_es_schema_version	8
 #define Anum_es_recorded_at		9
 #define Natts_es_event			9
+
+/* Attribute numbers of event_store.correlations (a run) */
+#define Anum_es_run_correlation_id	1
+#define Anum_es_run_first_position	2
+#define Anum_es_run_last_position	3
+#define Natts_es_run				3
 
 /*
  * Versions of the installed schema the library serves (until ALTER
@@ -57,7 +64,9 @@ typedef struct EsCatalog
 	Oid			stream_idx;
 	Oid			event_id_idx;
 	Oid			category_idx;
-	Oid			correlation_idx;	/* 0.3 on (InvalidOid before the update) */
+	Oid			correlations_relid; /* runs, 0.3 on (InvalidOid before the
+									 * update) */
+	Oid			correlations_idx;	/* their primary key */
 	Oid			event_type_oid;	/* composite type event_store.event */
 	Oid			event_type_relid;	/* its pg_class entry */
 	bool		stored_rows_are_events; /* events' rows have the type's layout */
@@ -71,6 +80,7 @@ typedef struct EsCatalog
 } EsCatalog;
 
 extern const EsCatalog *EsGetCatalog(void);
+extern const EsCatalog *EsCatalogRecheckCorrelations(const EsCatalog *cat);
 
 extern bool EsFirstEventValue(const EsCatalog *cat, Oid index_oid,
 							  Snapshot snapshot, ScanKey keys, int nkeys,

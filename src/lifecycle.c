@@ -196,15 +196,42 @@ es_reopen_stream(PG_FUNCTION_ARGS)
 	PG_RETURN_INT64(result);
 }
 
-/* DELETE some events as the owner, with the immutability trigger's consent */
-static int64
-es_remove_events(const char *sql, int nargs, Oid *types, Datum *values)
+/*
+ * Remove the correlation runs (event_store.correlations) ids[i],
+ * last_positions[i] (two arrays of the same length) that the removal of
+ * events left without any event of their id, in any tier: an erased
+ * event's correlation id must not stay behind.  A run some of whose events
+ * are left stays as it is (read_correlated checks every event it finds).
+ * Caller is connected to SPI as the owner, after the removal.
+ */
+static void
+es_remove_runs(Datum ids, Datum last_positions)
 {
-	EsUserSwitch sw;
-	int64		removed = 0;
-	volatile int rc;
+	Oid			types[2] = {TEXTARRAYOID, INT8ARRAYOID};
+	Datum		values[2] = {ids, last_positions};
 
-	EsSpiConnect(&sw);
+	if (SPI_execute_with_args("DELETE FROM event_store.correlations r "
+							  "USING ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS x(id, last_position) "
+							  "WHERE r.correlation_id OPERATOR(pg_catalog.=) (x.id COLLATE \"C\") "
+							  "AND r.last_position OPERATOR(pg_catalog.=) x.last_position "
+							  "AND NOT EXISTS (SELECT FROM event_store.events e "
+							  " WHERE e.global_position OPERATOR(pg_catalog.>=) r.first_position "
+							  " AND e.global_position OPERATOR(pg_catalog.<=) r.last_position "
+							  " AND ((e.metadata OPERATOR(pg_catalog.->>) 'correlationId') COLLATE \"C\") "
+							  "     OPERATOR(pg_catalog.=) r.correlation_id)",
+							  2, types, values, NULL, false, 0) != SPI_OK_DELETE)
+		elog(ERROR, "removing correlation runs failed");
+}
+
+/*
+ * Run a DELETE on event_store.events (caller is connected to SPI as the
+ * owner) with the immutability trigger's consent; the SPI result code
+ */
+static int
+es_execute_removal(const char *sql, int nargs, Oid *types, Datum *values)
+{
+	volatile int rc = 0;
+
 	EsSetRemovalInProgress(true);
 	PG_TRY();
 	{
@@ -215,9 +242,69 @@ es_remove_events(const char *sql, int nargs, Oid *types, Datum *values)
 		EsSetRemovalInProgress(false);
 	}
 	PG_END_TRY();
-	if (rc != SPI_OK_DELETE)
+	return rc;
+}
+
+/*
+ * DELETE some events as the owner (sql: a DELETE on event_store.events),
+ * and the correlation runs it leaves without events (es_remove_runs);
+ * returns the number of events removed
+ */
+static int64
+es_remove_events(const char *sql, int nargs, Oid *types, Datum *values)
+{
+	const EsCatalog *cat = EsGetCatalog();
+	/* a schema from before 0.3.0 (until ALTER EXTENSION UPDATE) has no runs */
+	bool		runs = OidIsValid(cat->correlations_relid);
+	EsUserSwitch sw;
+	int64		removed = 0;
+	int			rc;
+
+	/*
+	 * With the runs: the same DELETE, which also gives the runs of the
+	 * removed events (of the runs of an event's id, the first that ends at
+	 * or after it, if it starts at or before it: runs of one id never
+	 * overlap), each once, found with one probe of the runs' primary key per
+	 * event.  A purge of a long stream hands over a row per run, not per
+	 * event.  Whether a run is left without events, the next statement
+	 * tells: this one's snapshot still sees the events it removes.
+	 */
+	if (runs)
+		sql = psprintf("WITH removed AS (%s RETURNING global_position, "
+					   "metadata OPERATOR(pg_catalog.->>) 'correlationId' AS id), "
+					   "touched AS (SELECT DISTINCT f.correlation_id, f.last_position "
+					   "  FROM removed x, "
+					   "       LATERAL (SELECT c.correlation_id, c.first_position, c.last_position "
+					   "                  FROM event_store.correlations c "
+					   "                 WHERE c.correlation_id OPERATOR(pg_catalog.=) (x.id COLLATE \"C\") "
+					   "                   AND c.last_position OPERATOR(pg_catalog.>=) x.global_position "
+					   "                 ORDER BY c.last_position LIMIT 1) f "
+					   " WHERE x.id IS NOT NULL "
+					   "   AND f.first_position OPERATOR(pg_catalog.<=) x.global_position) "
+					   "SELECT (SELECT pg_catalog.count(*) FROM removed), "
+					   "       (SELECT pg_catalog.array_agg(correlation_id) FROM touched), "
+					   "       (SELECT pg_catalog.array_agg(last_position) FROM touched)", sql);
+	EsSpiConnect(&sw);
+	rc = es_execute_removal(sql, nargs, types, values);
+	if (rc != (runs ? SPI_OK_SELECT : SPI_OK_DELETE))
 		elog(ERROR, "removing events failed: %s", SPI_result_code_string(rc));
-	removed = (int64) SPI_processed;
+	if (runs)
+	{
+		HeapTuple	row = SPI_tuptable->vals[0];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		null;
+		Datum		ids;
+		Datum		last_positions;
+
+		Assert(SPI_processed == 1);
+		removed = DatumGetInt64(SPI_getbinval(row, desc, 1, &null));
+		ids = SPI_getbinval(row, desc, 2, &null);
+		last_positions = SPI_getbinval(row, desc, 3, &null);
+		if (!null)
+			es_remove_runs(ids, last_positions);
+	}
+	else
+		removed = (int64) SPI_processed;
 	EsSpiFinish(&sw);
 	return removed;
 }

@@ -4,7 +4,8 @@
  *	  read_correlated, head_position and wait_for_events.
  *
  * All reads are direct index scans on event_store.events whose rows are
- * copied into the caller's tuplestore.  read_all and read_category are
+ * copied into the caller's tuplestore (read_correlated first scans the
+ * correlation's runs, event_store.correlations, for the positions to read).  read_all and read_category are
  * gap-safe: they stop at the safe head of position.c and scan with a
  * snapshot taken after computing it (see position.c for why that is enough).
  * A REPEATABLE READ or SERIALIZABLE reader additionally stops at the first
@@ -37,6 +38,7 @@
 #include "utils/timestamp.h"
 
 #include "api.h"
+#include "append.h"
 #include "catalog.h"
 #include "grants.h"
 #include "pg_mirror.h"
@@ -256,10 +258,14 @@ es_scan_events(const EsCatalog *cat, EsScanSpec *spec, EsRowCallback callback,
 			if (!EsPageFetchNext(fetch, slot))
 				break;
 			CHECK_FOR_INTERRUPTS();
+			/* (before the transaction snapshot: a row not wanted stops nothing) */
+			if (spec->match != NULL && !spec->match(slot, spec->match_arg))
+				continue;
 			if (spec->xact_snapshot != NULL &&
 				!table_tuple_satisfies_snapshot(heap, slot, spec->xact_snapshot) &&
 				!es_moved_but_visible(cat, t, slot, spec->xact_snapshot))
 			{
+				spec->halted = true;
 				done = true;
 				break;
 			}
@@ -578,14 +584,118 @@ es_read_category(PG_FUNCTION_ARGS)
 	return (Datum) 0;
 }
 
+/* What es_correlation_match compares an event's correlation id with */
+typedef struct EsCorrelationMatch
+{
+	text	   *correlation_id;
+	MemoryContext cxt;			/* for a row's detoasted metadata; reset */
+} EsCorrelationMatch;
+
+/*
+ * Is the event's metadata "correlationId" (its text, as metadata ->>
+ * 'correlationId' gives it) the one read_correlated reads?  Its runs give
+ * positions; what is there is checked again, so that a read stays right
+ * whatever became of the events of a run (some removed, say).
+ */
+static bool
+es_correlation_match(TupleTableSlot *slot, void *arg)
+{
+	EsCorrelationMatch *m = (EsCorrelationMatch *) arg;
+	MemoryContext oldcxt;
+	bool		null;
+	Datum		metadata = slot_getattr(slot, Anum_es_metadata, &null);
+	const char *id;
+	int			len;
+	bool		same;
+
+	if (null)
+		return false;
+	oldcxt = MemoryContextSwitchTo(m->cxt);
+	same = EsCorrelationText(DatumGetJsonbP(metadata), &id, &len) &&
+		EsTextIs(m->correlation_id, id, len);
+	MemoryContextSwitchTo(oldcxt);
+	MemoryContextReset(m->cxt);
+	return same;
+}
+
+/*
+ * The events of one correlation in position order, after after_position and
+ * at most at head, into the SRF's result: the correlation's runs
+ * (event_store.correlations) with last_position > after_position in index
+ * order, which is position order (the runs of different batches never
+ * overlap), and for each the events of its positions in the range, through
+ * the position index of every tier (as read_all reads them) with spec's
+ * snapshots, grants and limit.  Stops when spec->max_count events were
+ * read, at a run beyond the head, or where a REPEATABLE READ reader's
+ * transaction snapshot stops the scan.
+ */
+static void
+es_read_runs(FunctionCallInfo fcinfo, const EsCatalog *cat, EsScanSpec *spec,
+			 text *correlation_id, int64 after, int64 head)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	int64		max_count = spec->max_count;
+	int64		emitted = 0;
+	Relation	runs;
+	Relation	index;
+	IndexScanDesc scan;
+	TupleTableSlot *slot;
+	ScanKeyData keys[2];
+	EsCorrelationMatch match;
+
+	match.correlation_id = correlation_id;
+	match.cxt = AllocSetContextCreate(CurrentMemoryContext, "event_store correlation check",
+									  ALLOCSET_SMALL_SIZES);
+	spec->match = es_correlation_match;
+	spec->match_arg = &match;
+	spec->index_oid = cat->position_idx;
+	spec->direction = ForwardScanDirection;
+	spec->direct = rsinfo->setResult;
+
+	runs = table_open(cat->correlations_relid, AccessShareLock);
+	index = index_open(cat->correlations_idx, AccessShareLock);
+	slot = table_slot_create(runs, NULL);
+	es_key(&keys[0], index, 1, BTEqualStrategyNumber, F_TEXTEQ,
+		   PointerGetDatum(correlation_id));
+	es_key(&keys[1], index, 2, BTGreaterStrategyNumber, F_INT8GT, Int64GetDatum(after));
+	scan = index_beginscan(runs, index, spec->snapshot, 2, 0);
+	index_rescan(scan, keys, 2, NULL, 0);
+	while (emitted < max_count && index_getnext_slot(scan, ForwardScanDirection, slot))
+	{
+		bool		null;
+		int64		first = DatumGetInt64(slot_getattr(slot, Anum_es_run_first_position, &null));
+		int64		last = DatumGetInt64(slot_getattr(slot, Anum_es_run_last_position, &null));
+
+		CHECK_FOR_INTERRUPTS();
+		/* the next runs come after this one: beyond the head too */
+		if (first > head)
+			break;
+		ScanKeyInit(&spec->keys[0], 1, BTGreaterEqualStrategyNumber, F_INT8GE,
+					Int64GetDatum(Max(first, after + 1)));
+		ScanKeyInit(&spec->keys[1], 1, BTLessEqualStrategyNumber, F_INT8LE,
+					Int64GetDatum(Min(last, head)));
+		spec->nkeys = 2;
+		spec->max_count = max_count - emitted;
+		emitted += es_scan_events(cat, spec, es_emit_row, rsinfo);
+		if (spec->halted)
+			break;
+	}
+	index_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
+	index_close(index, AccessShareLock);
+	table_close(runs, AccessShareLock);
+	MemoryContextDelete(match.cxt);
+}
+
 /*
  * SQL: event_store.read_correlated(correlation_id text, after_position
  *		bigint, max_count int) RETURNS SETOF event
  *
  * Every event whose metadata "correlationId" is correlation_id, in position
- * order, gap-safe like read_all (the same horizon), on the partial index
- * events_correlation_position_idx; events of categories the caller may not
- * read are left out, and events are upcast like every read's.
+ * order, gap-safe like read_all (the same horizon, the snapshot taken after
+ * it, the transaction snapshot's stop), read through the correlation's runs
+ * (es_read_runs); events of categories the caller may not read are left
+ * out, and events are upcast like every read's.
  */
 Datum
 es_read_correlated(PG_FUNCTION_ARGS)
@@ -594,7 +704,9 @@ es_read_correlated(PG_FUNCTION_ARGS)
 	int64		after;
 	const EsCatalog *cat;
 	EsScanSpec	spec;
-	Relation	index;
+	int64		head;
+	Snapshot	latest;
+	int			level;
 
 	correlation_id = EsGetRequiredText(fcinfo, 0, "correlation_id");
 	after = es_get_after_position(fcinfo, 1);
@@ -607,11 +719,12 @@ es_read_correlated(PG_FUNCTION_ARGS)
 				 errhint("Page through a long correlation with after_position.")));
 
 	cat = EsGetCatalog();
-	if (!OidIsValid(cat->correlation_idx))
+	if (!OidIsValid(cat->correlations_relid) || !OidIsValid(cat->correlations_idx))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("index \"%s.%s\" does not exist", ES_SCHEMA_NAME,
-						ES_EVENTS_CORRELATION_IDX),
+				 errmsg("relation \"%s.%s\" does not exist", ES_SCHEMA_NAME,
+						ES_CORRELATIONS_TABLE),
+				 errdetail("The schema of event_store is from before version 0.3.0."),
 				 errhint("Run ALTER EXTENSION event_store UPDATE.")));
 
 	memset(&spec, 0, sizeof(spec));
@@ -621,13 +734,28 @@ es_read_correlated(PG_FUNCTION_ARGS)
 	/* events of categories the caller may not read are left out */
 	spec.denied = EsDeniedCategories(GetUserId());
 
-	spec.index_oid = cat->correlation_idx;
-	index = index_open(cat->correlation_idx, AccessShareLock);
-	es_key(&spec.keys[0], index, 1, BTEqualStrategyNumber, F_TEXTEQ,
-		   PointerGetDatum(correlation_id));
-	spec.nkeys = 1;
-	es_read_positions(fcinfo, &spec, cat, index, 2, after);
-	index_close(index, AccessShareLock);
+	head = EsSafeHead();
+	if (head <= after)
+		return (Datum) 0;
+	/* the snapshot must be taken after the head: it then sees every commit below it */
+	latest = RegisterSnapshot(GetLatestSnapshot());
+	spec.snapshot = latest;
+	spec.xact_snapshot = IsolationUsesXactSnapshot() ? GetTransactionSnapshot() : NULL;
+
+	/* one callback scope for every run's scan (see EsScanEvents) */
+	level = EsCallbackScopeBegin();
+	PG_TRY();
+	{
+		es_read_runs(fcinfo, cat, &spec, correlation_id, after, head);
+	}
+	PG_CATCH();
+	{
+		EsCallbackScopeAbandon();
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	EsCallbackScopeEnd(level);
+	UnregisterSnapshot(latest);
 	return (Datum) 0;
 }
 

@@ -47,6 +47,11 @@ typedef struct EsScanSpec
 	/* stored rows the callback need not see, tested before their visibility */
 	bool		(*skip) (HeapTuple tuple, TupleDesc desc, void *arg);
 	void	   *skip_arg;
+	/* visible rows handed on only when this accepts them, or NULL */
+	bool		(*match) (struct TupleTableSlot *slot, void *arg);
+	void	   *match_arg;
+	bool		halted;			/* out: stopped at a row xact_snapshot cannot
+								 * see */
 	/* with tids: read these rows of the hot table, in this order (no index) */
 	ItemPointer tids;
 	int			ntids;

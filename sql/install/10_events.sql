@@ -41,14 +41,6 @@ CREATE UNIQUE INDEX events_stream_id_stream_version_key
 -- read_category: category = the part of the stream id before the first '-'
 CREATE INDEX events_category_position_idx
     ON event_store.events ((pg_catalog.split_part(stream_id, '-', 1) COLLATE "C"), global_position);
--- read_correlated: the events of one correlation (metadata "correlationId"),
--- in position order; only events that have one are in it.  Its ids compare
--- bytes ("C"), as the stream ids do: an insertion compares its key with
--- about a dozen others, and the database's collation would cost a strcoll()
--- for each (about a tenth of a batch append's CPU).
-CREATE INDEX events_correlation_position_idx
-    ON event_store.events ((metadata OPERATOR(pg_catalog.->>) 'correlationId') COLLATE "C", global_position)
-    WHERE (metadata OPERATOR(pg_catalog.->>) 'correlationId') IS NOT NULL;
 -- data and metadata are compressed with lz4 where the server was built with
 -- it (faster to compress and to read than pglz, at about the same size);
 -- elsewhere they keep the default method.  Only values large enough to be
@@ -65,6 +57,28 @@ $lz4$;
 COMMENT ON TABLE event_store.events IS 'All events, immutable; written only by event_store.append()';
 
 SELECT pg_catalog.pg_extension_config_dump('event_store.events', '');
+
+-- read_correlated: the events of one correlation (metadata "correlationId"),
+-- one row per run, a run being a maximal sequence of consecutive events of
+-- one batch whose correlation ids have the same text (what
+-- metadata ->> 'correlationId' gives).  A batch's events hold a block of
+-- consecutive positions and usually share their correlation id, so an
+-- append writes a row or a few where an index on the events would take an
+-- entry per event.  Runs of different batches never overlap: ordered by
+-- last_position, a correlation's runs are in position order.  Ids compare
+-- bytes ("C"), as the stream ids do.  Written only by append() and the
+-- imports (one row per run, with the batch) and by the removal of events
+-- (a run left without events goes with them).
+CREATE TABLE event_store.correlations (
+    correlation_id  text COLLATE "C" NOT NULL,
+    first_position  bigint NOT NULL,
+    last_position   bigint NOT NULL,
+    CONSTRAINT correlations_pkey PRIMARY KEY (correlation_id, last_position)
+);
+COMMENT ON TABLE event_store.correlations IS
+    'Runs of consecutive events of one batch with the same metadata "correlationId", for event_store.read_correlated(); written only by event_store';
+SELECT pg_catalog.pg_extension_config_dump('event_store.correlations', '');
+REVOKE ALL ON TABLE event_store.correlations FROM PUBLIC;
 
 -- The durable high-water mark of global positions: every position ever
 -- handed out is at or below it, so none is handed out again after a

@@ -25,8 +25,8 @@ $node->safe_psql('source', 'CREATE EXTENSION event_store');
 # ids, a 1000-event batch and a hole left by a rolled back append.
 $node->safe_psql('source', q{
 SELECT event_store.append('order-1', '[
-    {"type": "OrderPlaced", "data": {"total": 10.50, "lines": [1, 2]}, "metadata": {"user": "u1"}},
-    {"type": "OrderPaid", "schema_version": 2, "data": "paid in full"}]', 0);
+    {"type": "OrderPlaced", "data": {"total": 10.50, "lines": [1, 2]}, "metadata": {"user": "u1", "correlationId": "o-1"}},
+    {"type": "OrderPaid", "schema_version": 2, "data": "paid in full", "metadata": {"correlationId": "o-1"}}]', 0);
 SELECT event_store.append('customer-1', '{"type": "Registered", "id": "00000000-0000-4000-8000-00000000c001", "data": {"name": "Zoë \"Z\" O''Neil"}}', 0);
 SELECT event_store.append('bulk-1',
        (SELECT jsonb_agg(jsonb_build_object('type', 'Tick', 'data', jsonb_build_object('n', i))
@@ -40,7 +40,7 @@ SELECT event_store.append('order-2', '{"type": "Discarded"}', 0);
 ROLLBACK;
 });
 $node->safe_psql('source', q{
-SELECT event_store.append('order-1', '{"type": "OrderShipped", "data": 42}', 2);
+SELECT event_store.append('order-1', '{"type": "OrderShipped", "data": 42, "metadata": {"correlationId": "o-1"}}', 2);
 SELECT event_store.append('order-2', '{"type": "OrderPlaced"}', 0);
 });
 
@@ -64,6 +64,17 @@ $node->command_ok([ 'pg_restore', '--exit-on-error', '-d', 'target', $dump ],
 
 is($node->safe_psql('target', $all_events),
 	$source_events, 'restored events equal the source row for row, all columns');
+# the correlation runs read_correlated reads are restored with the events
+my $correlated = q{
+SELECT string_agg(correlation_id || ' ' || first_position || '-' || last_position, ', '
+                  ORDER BY correlation_id, last_position)
+  FROM event_store.correlations;
+SELECT string_agg(event_type, ' ' ORDER BY global_position) FROM event_store.read_correlated('o-1')};
+is($node->safe_psql('target', $correlated),
+	$node->safe_psql('source', $correlated),
+	'the correlation runs are restored: read_correlated reads the restored events');
+like($node->safe_psql('target', $correlated), qr/\nOrderPlaced OrderPaid OrderShipped$/,
+	'(all of the correlation)');
 is( $node->safe_psql(
 		'target',
 		q{SELECT extversion FROM pg_extension WHERE extname = 'event_store'}),

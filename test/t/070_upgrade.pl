@@ -676,6 +676,26 @@ SELECT run_as = current_user FROM order_totals WHERE stream_id = 'order-3';
 	qq{2\n{"items": 1, "customer": "cy"}\n\n2\nt},
 	'a session opened before the update appends, folds and grants with the 0.2.0 schema');
 
+# correlation ids appended on the 0.2.0 schema, which has no correlation
+# runs (event_store.correlations comes with 0.3.0): the library writes none
+# and the appends succeed.  A batch A,A,B,A,(none),A, then A in another
+# stream, then 42 as a number and as a string in two appends of that stream.
+is( query(
+		'upgraded', q{
+SELECT event_store.append('corr-1', '[
+    {"type": "C1", "metadata": {"correlationId": "u-a"}},
+    {"type": "C2", "metadata": {"correlationId": "u-a"}},
+    {"type": "C3", "metadata": {"correlationId": "u-b"}},
+    {"type": "C4", "metadata": {"correlationId": "u-a"}},
+    {"type": "C5"},
+    {"type": "C6", "metadata": {"correlationId": "u-a"}}]', 0);
+SELECT event_store.append('corr-2', '{"type": "D1", "metadata": {"correlationId": "u-a"}}', 0);
+SELECT event_store.append('corr-2', '{"type": "D2", "metadata": {"correlationId": 42}}', 1);
+SELECT event_store.append('corr-2', '{"type": "D3", "metadata": {"correlationId": "42"}}', 2);
+SELECT to_regclass('event_store.correlations') IS NULL}),
+	"6\n1\n2\n3\nt",
+	'0.2.0: appends with correlation ids succeed without the runs table');
+
 #
 # (c3) 0.2.0 -> 0.3.0, with the data written under 0.1.0 and 0.2.0
 #
@@ -708,6 +728,26 @@ is($node->safe_psql('upgraded', $aggregates_sql),
 	$aggregates_02, '0.3.0: load_aggregate gives the same states as before');
 is(data_of('upgraded', \@cols_03, @all_tables),
 	$data_02, '0.3.0: the tables hold the same rows as before (the columns 0.3.0 adds aside)');
+# the update fills the correlation runs of the events stored before: one
+# per maximal sequence of events of one stream, consecutive in position
+# order, with the same correlation text (batch boundaries are not known:
+# 42 spans two appends)
+my $corr_base = $node->safe_psql('upgraded',
+	q{SELECT min(global_position) - 1 FROM event_store.events WHERE stream_id = 'corr-1'});
+is( query(
+		'upgraded', qq{
+SELECT string_agg(correlation_id || ' ' || (first_position - $corr_base) || '-' || (last_position - $corr_base),
+                  ', ' ORDER BY last_position)
+  FROM event_store.correlations WHERE correlation_id IN ('u-a', 'u-b', '42');
+SELECT string_agg(event_type, ' ' ORDER BY global_position) FROM event_store.read_correlated('u-a');
+SELECT string_agg(event_type, ' ' ORDER BY global_position) FROM event_store.read_correlated('42');
+SELECT (SELECT count(*) FROM event_store.correlations r
+          JOIN event_store.events e
+            ON e.global_position BETWEEN r.first_position AND r.last_position
+           AND (e.metadata ->> 'correlationId') COLLATE "C" = r.correlation_id)
+     = (SELECT count(*) FROM event_store.events WHERE (metadata ->> 'correlationId') IS NOT NULL)}),
+	"u-a 1-2, u-b 3-3, u-a 4-4, u-a 6-6, u-a 7-7, 42 8-9\nC1 C2 C4 C6 D1\nD2 D3\nt",
+	'0.3.0: the update fills the correlation runs of the stored events, and read_correlated reads them');
 is( query(
 		'upgraded', q{
 SELECT count(*) || ' ' || count(*) FILTER (WHERE version = 1) FROM event_store.saga_definitions;
@@ -733,6 +773,13 @@ SELECT state FROM event_store.load_aggregate('order-3');
 }),
 	qq{3\n{"items": 2, "customer": "cy"}},
 	'a session opened before both updates appends and folds with the 0.3.0 schema');
+is( $session->query_safe(q{
+SELECT event_store.append('corr-3', '{"type": "S1", "metadata": {"correlationId": "u-s"}}', 0);
+SELECT count(*) FROM event_store.correlations WHERE correlation_id = 'u-s';
+SELECT string_agg(stream_id, ' ') FROM event_store.read_correlated('u-s');
+}),
+	qq{1\n1\ncorr-3},
+	'and writes the correlation runs of its appends');
 $session->quit;
 
 # a claim hands out the rows written under 0.1.0, 0.2.0 and 0.3.0 as
@@ -761,11 +808,13 @@ SELECT event_store.drop_subscription('upgraded_rows');
 $node->safe_psql('upgraded', 'SELECT event_store.run_projections()');
 ok($node->poll_query_until('upgraded', caught_up_sql()),
 	'the async projection is caught up before the dump');
-my $upgraded_data = data_of('upgraded', 0, @all_tables);
+# (with the correlation runs, which 0.3.0 adds)
+my @tables_03 = (@all_tables, 'correlations');
+my $upgraded_data = data_of('upgraded', 0, @tables_03);
 # the worker of the restored database may move an async projection to the
 # head there, which starts at the restored position mark
 my @moved = ('position', 'updated_at');
-my $upgraded_unmoved = data_of('upgraded', \@moved, @all_tables);
+my $upgraded_unmoved = data_of('upgraded', \@moved, @tables_03);
 my $upgraded_max =
   $node->safe_psql('upgraded', 'SELECT max(global_position) FROM event_store.events');
 
@@ -776,12 +825,12 @@ $node->safe_psql('postgres', 'CREATE DATABASE restored');
 $node->command_ok(
 	[ 'pg_restore', '--exit-on-error', '--single-transaction', '-d', 'restored', $dump ],
 	'pg_restore into a new database');
-is(data_of('upgraded', 0, @all_tables),
+is(data_of('upgraded', 0, @tables_03),
 	$upgraded_data, 'the updated database did not change during the dump');
 
 schema_is('restored', $fresh3_schema,
 	'the schema of the restored database equals a fresh install');
-is(data_of('restored', \@moved, @all_tables),
+is(data_of('restored', \@moved, @tables_03),
 	$upgraded_unmoved,
 	'the restored tables equal the updated ones row for row (events, snapshots, registries, '
 	  . 'projections, sagas, saga steps, grants, stream metadata, read models)');
@@ -812,7 +861,38 @@ like(
 	qr/NOTICE:  version "0\.3\.0" of extension "event_store" is already installed/,
 	'with the notice that 0.3.0 is already installed');
 schema_is('fresh3', $fresh3_schema, 'and changes nothing');
-$node->safe_psql('fresh', 'ALTER EXTENSION event_store UPDATE');
+# an append that waits for the update (which holds a SHARE lock on the
+# events while it fills the runs) writes the runs of its batch, though its
+# session looked the schema up before the update: none of its events is
+# left out of read_correlated
+my $appender = $node->background_psql('fresh');
+$appender->query_safe(q{
+SELECT event_store.append('race-0', '{"type": "Before", "metadata": {"correlationId": "u-race"}}')});
+my $updater = $node->background_psql('fresh');
+$updater->query_safe('BEGIN');
+$updater->query_safe('ALTER EXTENSION event_store UPDATE');
+$appender->query_until(qr/appending/, q{\echo appending
+SELECT event_store.append('race-1', '[{"type": "Waited", "metadata": {"correlationId": "u-race"}},
+                                      {"type": "Waited", "metadata": {"correlationId": "u-race"}}]');
+});
+ok( $node->poll_query_until(
+		'fresh', q{
+SELECT count(*) > 0 FROM pg_stat_activity
+ WHERE wait_event_type = 'Lock' AND query LIKE '%race-1%' AND pid <> pg_backend_pid()}),
+	'an append waits for the update');
+$updater->query_safe('COMMIT');
+$updater->quit;
+ok( $node->poll_query_until(
+		'fresh', q{SELECT count(*) = 2 FROM event_store.events WHERE stream_id = 'race-1'}),
+	'and goes on once it committed');
+$appender->quit;
+is( query(
+		'fresh', q{
+SELECT string_agg(last_position - first_position + 1 || '', ' ' ORDER BY last_position)
+  FROM event_store.correlations WHERE correlation_id = 'u-race';
+SELECT string_agg(stream_id, ' ' ORDER BY global_position) FROM event_store.read_correlated('u-race')}),
+	"1 2\nrace-0 race-1 race-1",
+	'the update filled the runs of the events before it, the append that waited wrote its own');
 schema_is('fresh', $fresh3_schema, '0.2.0 with saga types updates to the schema of a fresh install');
 
 # no data, but a grant made under 0.1.0: it stays, and stays out of the

@@ -12,7 +12,9 @@
 #     whole: all its events, at consecutive versions and positions;
 #   - stream versions are dense from 1, positions and ids unique;
 #   - every index of the events table has an entry for exactly each stored
-#     row (amcheck, heapallindexed), and reads find every event;
+#     row (amcheck, heapallindexed), the correlation runs cover exactly the
+#     stored events (each batch has two ids, one per half), and reads find
+#     every event;
 #   - appends go on, at positions above every stored one.
 #
 # Run from the top of the tree as described in 020_crash_follower.pl.
@@ -57,7 +59,9 @@ BEGIN
 						'data', jsonb_build_object('b', b, 'n', n, 'i', i, 'blob',
 							CASE WHEN i % 250 = 0 THEN
 								(SELECT string_agg(md5(k || '-' || b || '-' || i || '-' || j), '')
-								   FROM generate_series(1, 200) AS j) END)))
+								   FROM generate_series(1, 200) AS j) END),
+						'metadata', jsonb_build_object('correlationId',
+							'c-' || k || '-' || b || CASE WHEN i > n / 2 THEN 'b' ELSE 'a' END)))
 					ORDER BY i)
 			   FROM generate_series(1, n) AS i),
 			v);
@@ -165,8 +169,21 @@ SELECT count(*) FROM event_store.events
 	is( $node->safe_psql(
 			'postgres', q{
 SELECT count(*) FROM pg_index i, LATERAL bt_index_check(i.indexrelid, true)
- WHERE i.indrelid = 'event_store.events'::regclass}),
-		'5', "$label: amcheck passes on every index");
+ WHERE i.indrelid IN ('event_store.events'::regclass, 'event_store.correlations'::regclass)}),
+		'5', "$label: amcheck passes on every index (the events' and the correlation runs')");
+	# a batch's correlation runs are stored with it, or not at all: they
+	# cover exactly the stored events that have an id
+	is( $node->safe_psql(
+			'postgres', q{
+SELECT (SELECT count(*) FROM event_store.correlations r
+          JOIN event_store.events e
+            ON e.global_position BETWEEN r.first_position AND r.last_position
+           AND (e.metadata ->> 'correlationId') COLLATE "C" = r.correlation_id)
+     = (SELECT count(*) FROM event_store.events WHERE (metadata ->> 'correlationId') IS NOT NULL)
+   AND NOT EXISTS (SELECT FROM event_store.correlations r
+                    WHERE NOT EXISTS (SELECT FROM event_store.events e
+                                       WHERE e.global_position BETWEEN r.first_position AND r.last_position))}),
+		't', "$label: the correlation runs cover exactly the stored events that have an id");
 	is( $node->safe_psql(
 			'postgres', q{
 SELECT (SELECT count(*) FROM event_store.read_all(0, 1000000))
