@@ -167,7 +167,8 @@ sizes_of() {
 # bytes_table ES_FILE BASE_FILE: the two sides' sizes_of, part by part, and
 # their totals
 bytes_table() {
-	awk -F'|' 'NR == FNR { es[$1] = $2; order[++n] = $1; next } { base[$1] = $2 }
+	awk -F'|' 'NR == FNR { es[$1] = $2; order[++n] = $1; next }
+		{ base[$1] = $2; if (!($1 in es)) order[++n] = $1 }
 		END {
 			printf "%-70s | %11s | %11s | %s\n", "bytes per event", "event_store", "baseline", "ratio"
 			for (i = 1; i <= n; i++) {
