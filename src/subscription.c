@@ -467,10 +467,11 @@ es_update_row(Relation rel, ItemPointer tid, HeapTuple newtup, CatalogIndexState
 			 ItemPointerGetOffsetNumber(tid));
 }
 
-/* The columns of the partition rows that a write-back sets */
+/* The columns of the partition rows that a read or a write-back uses */
 typedef struct EsPartAtts
 {
-	AttrNumber	holder,
+	AttrNumber	partition,
+				holder,
 				lease,
 				position,
 				pending,
@@ -483,6 +484,7 @@ typedef struct EsPartAtts
 static void
 es_part_atts(Relation rel, EsPartAtts *a)
 {
+	a->partition = es_sub_attnum(rel, "partition");
 	a->holder = es_sub_attnum(rel, "holder");
 	a->lease = es_sub_attnum(rel, "lease_expires_at");
 	a->position = es_sub_attnum(rel, "position");
@@ -491,6 +493,21 @@ es_part_atts(Relation rel, EsPartAtts *a)
 	a->redeliver = es_sub_attnum(rel, "redeliver");
 	a->redeliver_attempts = es_sub_attnum(rel, "redeliver_attempts");
 	a->updated = es_sub_attnum(rel, "updated_at");
+}
+
+/* A partition as its row (in slot) has it, at tid */
+static void
+es_part_from_slot(EsPart *p, TupleTableSlot *slot, const EsPartAtts *a, ItemPointer tid)
+{
+	bool		isnull;
+
+	p->partition = DatumGetInt32(slot_getattr(slot, a->partition, &isnull));
+	p->position = DatumGetInt64(slot_getattr(slot, a->position, &isnull));
+	p->npending = es_get_int8_array(slot_getattr(slot, a->pending, &isnull), &p->pending);
+	(void) es_get_int4_array(slot_getattr(slot, a->pending_attempts, &isnull), &p->pending_attempts);
+	p->nredeliver = es_get_int8_array(slot_getattr(slot, a->redeliver, &isnull), &p->redeliver);
+	(void) es_get_int4_array(slot_getattr(slot, a->redeliver_attempts, &isnull), &p->redeliver_attempts);
+	p->tid = *tid;
 }
 
 /*
@@ -1001,14 +1018,7 @@ es_my_partitions(EsSubscription *s, const char *consumer, int *nparts, bool *fen
 {
 	Relation	rel = table_open(es_sub_relid("subscription_partitions"), RowShareLock);
 	Relation	idx = index_open(es_sub_relid("subscription_partitions_holder_idx"), AccessShareLock);
-	AttrNumber	att_partition = es_sub_attnum(rel, "partition");
-	AttrNumber	att_position = es_sub_attnum(rel, "position");
-	AttrNumber	att_holder = es_sub_attnum(rel, "holder");
-	AttrNumber	att_lease = es_sub_attnum(rel, "lease_expires_at");
-	AttrNumber	att_pending = es_sub_attnum(rel, "pending");
-	AttrNumber	att_pending_attempts = es_sub_attnum(rel, "pending_attempts");
-	AttrNumber	att_redeliver = es_sub_attnum(rel, "redeliver");
-	AttrNumber	att_redeliver_attempts = es_sub_attnum(rel, "redeliver_attempts");
+	EsPartAtts	atts;
 	TupleTableSlot *slot = table_slot_create(rel, NULL);
 	Snapshot	snapshot = RegisterSnapshot(GetTransactionSnapshot());
 	TimestampTz now = GetCurrentTimestamp();
@@ -1019,6 +1029,7 @@ es_my_partitions(EsSubscription *s, const char *consumer, int *nparts, bool *fen
 	EsPart	   *parts;
 	int			n = 0;
 
+	es_part_atts(rel, &atts);
 	/* ours as the snapshot sees them, unexpired (only those are locked) */
 	tids = palloc(sizeof(ItemPointerData) * cap);
 	parts = lock ? NULL : palloc0(sizeof(EsPart) * cap);
@@ -1026,7 +1037,7 @@ es_my_partitions(EsSubscription *s, const char *consumer, int *nparts, bool *fen
 	while (index_getnext_slot(scan, ForwardScanDirection, slot))
 	{
 		bool		isnull;
-		Datum		lease = slot_getattr(slot, att_lease, &isnull);
+		Datum		lease = slot_getattr(slot, atts.lease, &isnull);
 
 		if (isnull || DatumGetTimestampTz(lease) <= now)
 			continue;
@@ -1043,15 +1054,7 @@ es_my_partitions(EsSubscription *s, const char *consumer, int *nparts, bool *fen
 		if (!lock)
 		{
 			/* as seen: the caller writes them back optimistically */
-			EsPart	   *p = &parts[n++];
-
-			p->partition = DatumGetInt32(slot_getattr(slot, att_partition, &isnull));
-			p->position = DatumGetInt64(slot_getattr(slot, att_position, &isnull));
-			p->npending = es_get_int8_array(slot_getattr(slot, att_pending, &isnull), &p->pending);
-			(void) es_get_int4_array(slot_getattr(slot, att_pending_attempts, &isnull), &p->pending_attempts);
-			p->nredeliver = es_get_int8_array(slot_getattr(slot, att_redeliver, &isnull), &p->redeliver);
-			(void) es_get_int4_array(slot_getattr(slot, att_redeliver_attempts, &isnull), &p->redeliver_attempts);
-			p->tid = slot->tts_tid;
+			es_part_from_slot(&parts[n++], slot, &atts, &slot->tts_tid);
 		}
 		tids[ntids++] = slot->tts_tid;
 	}
@@ -1061,7 +1064,6 @@ es_my_partitions(EsSubscription *s, const char *consumer, int *nparts, bool *fen
 		parts = palloc0(sizeof(EsPart) * Max(ntids, 1));
 	for (int i = 0; i < ntids && lock; i++)
 	{
-		EsPart	   *p = &parts[n];
 		bool		moved;
 		bool		isnull;
 		Datum		d;
@@ -1071,21 +1073,14 @@ es_my_partitions(EsSubscription *s, const char *consumer, int *nparts, bool *fen
 		if (moved)
 		{
 			/* changed meanwhile: still ours and unexpired? */
-			d = slot_getattr(slot, att_holder, &isnull);
+			d = slot_getattr(slot, atts.holder, &isnull);
 			if (isnull || !es_text_is(d, consumer))
 				continue;
-			d = slot_getattr(slot, att_lease, &isnull);
+			d = slot_getattr(slot, atts.lease, &isnull);
 			if (isnull || DatumGetTimestampTz(d) <= now)
 				continue;
 		}
-		p->partition = DatumGetInt32(slot_getattr(slot, att_partition, &isnull));
-		p->position = DatumGetInt64(slot_getattr(slot, att_position, &isnull));
-		p->npending = es_get_int8_array(slot_getattr(slot, att_pending, &isnull), &p->pending);
-		(void) es_get_int4_array(slot_getattr(slot, att_pending_attempts, &isnull), &p->pending_attempts);
-		p->nredeliver = es_get_int8_array(slot_getattr(slot, att_redeliver, &isnull), &p->redeliver);
-		(void) es_get_int4_array(slot_getattr(slot, att_redeliver_attempts, &isnull), &p->redeliver_attempts);
-		p->tid = tids[i];
-		n++;
+		es_part_from_slot(&parts[n++], slot, &atts, &tids[i]);
 	}
 	ExecDropSingleTupleTableSlot(slot);
 	index_close(idx, AccessShareLock);
