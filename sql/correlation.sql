@@ -152,6 +152,21 @@ SELECT regress.try($$UPDATE event_store.correlations SET last_position = 0$$);
 SELECT regress.try($$DELETE FROM event_store.correlations$$);
 SELECT string_agg(event_type, ' ' ORDER BY global_position) AS reader_reads
   FROM event_store.read_correlated('c-run-a');
+-- hostile: the reader's own temporary "correlations" and "events" with fake
+-- runs and rows, first on its search_path, change nothing read_correlated
+-- reads (it finds the extension's relations by their schema, not by name
+-- lookup); it cannot lock the runs to stall appends, and the error names
+-- only the table
+CREATE TEMP TABLE correlations (correlation_id text, first_position bigint, last_position bigint);
+INSERT INTO pg_temp.correlations VALUES ('c-run-a', 1, 1000000);
+CREATE TEMP TABLE events (global_position bigint, stream_id text, event_type text, metadata jsonb);
+INSERT INTO pg_temp.events VALUES (1, 'corrruns-1', 'FAKE', '{"correlationId": "c-run-a"}');
+SET search_path = pg_temp, event_store, regress;
+SELECT string_agg(event_type, ' ' ORDER BY global_position) AS reader_reads_shadowed
+  FROM event_store.read_correlated('c-run-a');
+RESET search_path;
+DROP TABLE pg_temp.correlations, pg_temp.events;
+SELECT regress.try($$LOCK TABLE event_store.correlations IN SHARE MODE$$);
 RESET ROLE;
 SET ROLE corr_outsider;
 SELECT regress.try($$SELECT count(*) FROM event_store.correlations$$);
