@@ -9,7 +9,9 @@
 # bench/results/growth.txt.
 #
 # Environment:
-#   GROWTH_SIZES    store sizes in events, space-separated (default 200000)
+#   GROWTH_SIZES    store sizes in events, space-separated (default 200000),
+#                   measured in that order; the summaries compare each size
+#                   with the smallest
 #   GROWTH_STREAMS  streams per store (default: size / 20 below 10M events,
 #                   1,000,000 from 10M on)
 #   GROWTH_SECONDS  measured seconds per side of a case (default 6)
@@ -33,6 +35,18 @@
 #                   to a tablespace, in GROWTH_ARCHIVE_RANGES ranges (default 4),
 #                   and the cases run on the archived store (the baseline
 #                   stays one table)
+#   GROWTH_HOT      events the hot table keeps while the store grows
+#                   (default 1000000; 0 with GROWTH_ARCHIVE; 0: never
+#                   archive).  During the load, whenever the hot table holds
+#                   GROWTH_HOT + GROWTH_RANGE settled events, its oldest
+#                   GROWTH_RANGE move to an archived range in the default
+#                   tablespace with archive_events() (online, the loaders
+#                   running) and the hot table is vacuumed; after the load,
+#                   the events below the last GROWTH_HOT move too and the hot
+#                   table's indexes are rebuilt (REINDEX CONCURRENTLY): what
+#                   an operator's schedule does to keep a large store's
+#                   appends on small indexes
+#   GROWTH_RANGE    events per archived range of that policy (default 5000000)
 #   BENCH_SKIP_BUILD set to 1 to use the installed extension as it is
 #   PG_CONFIG       pg_config of the target server (default: pg_config on PATH)
 #
@@ -50,6 +64,8 @@ CLIENTS=${GROWTH_CLIENTS:-8}
 PORT=${GROWTH_PORT:-5541}
 NPROC=$(nproc)
 LOADERS=${GROWTH_LOADERS:-$NPROC}
+HOT=${GROWTH_HOT:-$([[ -n "${GROWTH_ARCHIVE:-}" ]] && echo 0 || echo 1000000)}
+RANGE=${GROWTH_RANGE:-5000000}
 CASES=${GROWTH_CASES:-"append_one batch100 read_stream read_all read_category aggregate"}
 PG_CONFIG=${PG_CONFIG:-pg_config}
 
@@ -59,6 +75,8 @@ RESULT_FILE="$RESULTS_DIR/growth.txt"
 log() { printf '%s\n' "$*" >&2; }
 die() { log "growth.sh: $*"; exit 1; }
 
+[[ "$HOT" =~ ^[0-9]+$ ]] || die "GROWTH_HOT: $HOT is not a number of events"
+[[ "$RANGE" =~ ^[0-9]+$ && "$RANGE" -ge 1000 ]] || die "GROWTH_RANGE: $RANGE is not a number of at least 1000"
 for size in $SIZES; do
 	[[ "$size" =~ ^[0-9]+$ && "$size" -ge 20000 ]] || die "GROWTH_SIZES: $size is not a number of at least 20000"
 done
@@ -131,6 +149,39 @@ archive_store() {
 		while IFS= read -r stmt; do "${PSQL[@]}" -c "$stmt" >&2; done
 	"${PSQL[@]}" -c "VACUUM ANALYZE event_store.events" >&2
 	ARCHIVE_DESC="archived $(cat "$WORK/archived.txt") events below $fraction of the positions in $ranges ranges (tablespace bench_cold), "
+}
+
+# archive_step MIN: when the hot table holds more than GROWTH_HOT + MIN
+# settled events, move its oldest (at most GROWTH_RANGE, leaving GROWTH_HOT)
+# to a new archived range in the default tablespace and vacuum it; prints the
+# number of events moved
+archive_step() {
+	local moved
+	moved=$("${PSQL[@]}" -Atc "SELECT coalesce(sum(event_store.archive_events(least(e + $RANGE, h - $HOT), 'pg_default')), 0)
+	          FROM (SELECT coalesce((SELECT max(end_position) FROM event_store.archived_ranges), 1) AS e,
+	                       event_store.head_position() + 1 AS h) AS x
+	         WHERE h - e > $HOT + $1")
+	(( moved == 0 )) || "${PSQL[@]}" -c "VACUUM event_store.events" >&2
+	echo "$moved"
+}
+
+# archive_policy_finish: after the load, archive all but the last
+# GROWTH_HOT events, rebuild the hot table's indexes (the moved entries
+# left their pages sparse) and vacuum every range
+archive_policy_finish() {
+	local moved
+	while moved=$(archive_step 0) && (( moved > 0 )); do :; done
+	if "${PSQL[@]}" -Atc "SELECT count(*) FROM event_store.archived_ranges" | grep -qx 0; then
+		return
+	fi
+	"${PSQL[@]}" -c "REINDEX TABLE CONCURRENTLY event_store.events" >&2
+	"${PSQL[@]}" -Atc "SELECT format('VACUUM ANALYZE event_store.%I', relation) FROM event_store.archived_ranges" |
+		while IFS= read -r stmt; do "${PSQL[@]}" -c "$stmt" >&2; done
+	"${PSQL[@]}" -c "VACUUM ANALYZE event_store.events" >&2
+	ARCHIVE_DESC="$("${PSQL[@]}" -Atc "SELECT count(*) || ' archived ranges (' || min(end_position - first_position) || ' to ' ||
+	                    max(end_position - first_position) || ' positions each) below position ' || max(end_position) ||
+	                    ' by the policy of GROWTH_HOT=$HOT, GROWTH_RANGE=$RANGE, '
+	                  FROM event_store.archived_ranges")"
 }
 
 # sizes_of es|base: bytes on disk per event of one side's table (its
@@ -306,10 +357,21 @@ for size in $SIZES; do
 			-v per_stream="$per_stream" -f "$G/load.sql" >&2 &
 		pids+=($!)
 	done
+	# the archiving policy while the loaders run (polled: archive_events()
+	# moves only settled positions)
+	if (( HOT > 0 )); then
+		while [[ -n "$(jobs -rp)" ]]; do
+			moved=$(archive_step "$RANGE")
+			(( moved > 0 )) || sleep 5
+		done
+	fi
 	for p in "${pids[@]}"; do wait "$p" || die "a loader failed"; done
 	t1=$(date +%s)
 	"${PSQL[@]}" -f "$G/finish_store.sql" >&2
 	ARCHIVE_DESC=""
+	if (( HOT > 0 )); then
+		archive_policy_finish
+	fi
 	if [[ -n "${GROWTH_ARCHIVE:-}" ]]; then
 		archive_store "$GROWTH_ARCHIVE" "${GROWTH_ARCHIVE_RANGES:-4}"
 	fi
@@ -389,10 +451,10 @@ report() {
 	echo "          per side ${WARMUP}s warm-up, then $SEGMENTS segments of -T $SEGMENT in the order ${ORDER[*]}"
 	printf '%s\n' "${REPORT[@]}"
 	echo
-	echo "== summary, event_store tps per size: tps (tps / tps of the first size), ratio to the baseline"
+	echo "== summary, event_store tps per size: tps (tps / tps of the smallest size), ratio to the baseline"
 	summary_table ES_TPS RATIO "%9.1f (%5.3f) vs %5.3f" up
 	echo
-	echo "== summary, server CPU per operation (us): event_store cpu/op (first size's / this one), cpu ratio to the baseline"
+	echo "== summary, server CPU per operation (us): event_store cpu/op (smallest size's / this one), cpu ratio to the baseline"
 	echo "   (steadier than tps on a busy machine; both ratios read like tps ratios: below 1 = costlier)"
 	summary_table ES_CPU CPU_RATIO "%9.1f (%5.3f) vs %5.3f" down
 }
@@ -400,14 +462,16 @@ report() {
 # summary_table VALUES RATIOS FORMAT up|down: one line per case, one column per size
 summary_table() {
 	local -n vals=$1 ratios=$2
-	local fmt=$3 dir=$4 first key s line
-	first=${SIZES%% *}
+	local fmt=$3 dir=$4 first key s line sizes
+	# in size order, the smallest the reference, whatever the order of the runs
+	sizes=$(tr ' ' '\n' <<<"$SIZES" | sort -n | tr '\n' ' ')
+	first=${sizes%% *}
 	line=$(printf '%-26s' "case")
-	for s in $SIZES; do line+=$(printf ' | %26s' "$s events"); done
+	for s in $sizes; do line+=$(printf ' | %26s' "$s events"); done
 	echo "$line"
 	for key in "${KEYS[@]}"; do
 		line=$(printf '%-26s' "$key")
-		for s in $SIZES; do
+		for s in $sizes; do
 			if [[ -n "${vals[$s|$key]:-}" ]]; then
 				line+=" | "$(awk -v t="${vals[$s|$key]}" -v f="${vals[$first|$key]}" -v r="${ratios[$s|$key]}" \
 					-v fmt="$fmt" -v dir="$dir" 'BEGIN { printf fmt, t, (dir == "up" ? t / f : f / t), r }')
