@@ -37,15 +37,15 @@
 #                   stays one table)
 #   GROWTH_HOT      events the hot table keeps while the store grows
 #                   (default 1000000; 0 with GROWTH_ARCHIVE; 0: never
-#                   archive).  During the load, whenever the hot table holds
-#                   GROWTH_HOT + GROWTH_RANGE settled events, its oldest
-#                   GROWTH_RANGE move to an archived range in the default
-#                   tablespace with archive_events() (online, the loaders
-#                   running) and the hot table is vacuumed; after the load,
-#                   the events below the last GROWTH_HOT move too and the hot
-#                   table's indexes are rebuilt (REINDEX CONCURRENTLY): what
-#                   an operator's schedule does to keep a large store's
-#                   appends on small indexes
+#                   archive).  The load goes in rounds of GROWTH_RANGE / 5
+#                   events; after each, while the hot table holds more than
+#                   GROWTH_HOT + GROWTH_RANGE events, its oldest GROWTH_RANGE
+#                   move to an archived range in the default tablespace with
+#                   archive_events() and the hot table is vacuumed; after the
+#                   load, the events below the last GROWTH_HOT move too and
+#                   the hot table's indexes are rebuilt (REINDEX
+#                   CONCURRENTLY): what an operator's schedule does to keep a
+#                   large store's appends on small indexes
 #   GROWTH_RANGE    events per archived range of that policy (default 5000000)
 #   BENCH_SKIP_BUILD set to 1 to use the installed extension as it is
 #   PG_CONFIG       pg_config of the target server (default: pg_config on PATH)
@@ -149,6 +149,19 @@ archive_store() {
 		while IFS= read -r stmt; do "${PSQL[@]}" -c "$stmt" >&2; done
 	"${PSQL[@]}" -c "VACUUM ANALYZE event_store.events" >&2
 	ARCHIVE_DESC="archived $(cat "$WORK/archived.txt") events below $fraction of the positions in $ranges ranges (tablespace bench_cold), "
+}
+
+# load_streams LO HI: streams LO .. HI, per_stream events each, by
+# GROWTH_LOADERS sessions at once
+load_streams() {
+	local lo hi pids=() chunk=$(( ($2 - $1 + LOADERS) / LOADERS ))
+	for (( lo = $1; lo <= $2; lo += chunk )); do
+		hi=$(( lo + chunk - 1 < $2 ? lo + chunk - 1 : $2 ))
+		PGOPTIONS="-c synchronous_commit=off" "${PSQL[@]}" -v lo="$lo" -v hi="$hi" \
+			-v per_stream="$per_stream" -f "$G/load.sql" >&2 &
+		pids+=($!)
+	done
+	for p in "${pids[@]}"; do wait "$p" || die "a loader failed"; done
 }
 
 # archive_step MIN: when the hot table holds more than GROWTH_HOT + MIN
@@ -349,23 +362,19 @@ for size in $SIZES; do
 	export PGDATABASE=$db
 	"${PSQL[@]}" -f "$G/setup.sql" >&2
 	t0=$(date +%s)
-	pids=()
-	chunk=$(( (streams + LOADERS - 1) / LOADERS ))
-	for (( lo = 1; lo <= streams; lo += chunk )); do
-		hi=$(( lo + chunk - 1 < streams ? lo + chunk - 1 : streams ))
-		PGOPTIONS="-c synchronous_commit=off" "${PSQL[@]}" -v lo="$lo" -v hi="$hi" \
-			-v per_stream="$per_stream" -f "$G/load.sql" >&2 &
-		pids+=($!)
-	done
-	# the archiving policy while the loaders run (polled: archive_events()
-	# moves only settled positions)
+	# with the archiving policy, in rounds of GROWTH_RANGE / 5 events, each
+	# followed by the policy's step (the loaders wait while a range moves:
+	# the hot table never holds much more than GROWTH_HOT + GROWTH_RANGE)
+	round=$streams
 	if (( HOT > 0 )); then
-		while [[ -n "$(jobs -rp)" ]]; do
-			moved=$(archive_step "$RANGE")
-			(( moved > 0 )) || sleep 5
-		done
+		round=$(( RANGE / 5 / per_stream > 1 ? RANGE / 5 / per_stream : 1 ))
 	fi
-	for p in "${pids[@]}"; do wait "$p" || die "a loader failed"; done
+	for (( rlo = 1; rlo <= streams; rlo += round )); do
+		load_streams "$rlo" $(( rlo + round - 1 < streams ? rlo + round - 1 : streams ))
+		if (( HOT > 0 )); then
+			while moved=$(archive_step "$RANGE") && (( moved > 0 )); do :; done
+		fi
+	done
 	t1=$(date +%s)
 	"${PSQL[@]}" -f "$G/finish_store.sql" >&2
 	ARCHIVE_DESC=""
