@@ -271,6 +271,33 @@ SELECT count(*) AS mismatches
   FROM generate_series(:saga_base - 2, :saga_base + 712) AS a, unnest(ARRAY[1, 2, 5, 13]) AS m
  WHERE pg_temp.saga_types(a, m) IS DISTINCT FROM pg_temp.saga_expected(a, m);
 
+-- a batch's shape: runs of several events each, a few positions apart (a
+-- descent of the index each), read whole, paged and at every after_position
+-- and max_count
+SELECT max(global_position) AS batches_base FROM event_store.events \gset
+SELECT count(event_store.append('corrbatch-' || b, (SELECT jsonb_agg(jsonb_build_object('type', 'T' || b || '.' || i,
+           'metadata', jsonb_build_object('correlationId', CASE WHEN i <= 6 THEN 'c-batches' ELSE 'c-between' END))
+           ORDER BY i) FROM generate_series(1, 6 + b % 3) AS i)))
+  FROM generate_series(1, 12) AS b;
+SELECT count(*) AS batch_runs FROM event_store.correlations WHERE correlation_id = 'c-batches';
+CREATE FUNCTION pg_temp.batch_types(after bigint, max_count int) RETURNS text
+    LANGUAGE sql AS $$
+    SELECT string_agg(event_type, ' ' ORDER BY global_position)
+      FROM event_store.read_correlated('c-batches', after, max_count)
+$$;
+CREATE FUNCTION pg_temp.batch_expected(after bigint, max_count int) RETURNS text
+    LANGUAGE sql AS $$
+    SELECT string_agg(event_type, ' ' ORDER BY global_position)
+      FROM (SELECT event_type, global_position FROM event_store.events
+             WHERE metadata ->> 'correlationId' = 'c-batches' AND global_position > after
+             ORDER BY global_position LIMIT max_count) e
+$$;
+SELECT pg_temp.batch_types(0, 1000) = pg_temp.batch_expected(0, 1000) AS whole,
+       pg_temp.batch_types(:batches_base + 4, 5) AS across_runs;
+SELECT count(*) AS mismatches
+  FROM generate_series(:batches_base - 1, :batches_base + 100) AS a, unnest(ARRAY[1, 4, 7, 100]) AS m
+ WHERE pg_temp.batch_types(a, m) IS DISTINCT FROM pg_temp.batch_expected(a, m);
+
 --
 -- Sagas stamp their events: correlationId = the saga id, causationId = the
 -- event that caused the transition
