@@ -199,6 +199,105 @@ SELECT event_store.enforce_retention() AS removed;
 SELECT count(*) AS retained_runs FROM event_store.correlations WHERE correlation_id = 'c-retained';
 SELECT event_type FROM event_store.read_correlated('c-retained');
 
+-- a saga's shape: one run per event (each its own append), the events of
+-- other correlations between them, first close together (a few positions
+-- apart, read by one pass of the position index) and then far apart (a
+-- pass each), over more than a leaf page of the index; and a batch of the
+-- same id at the end
+SELECT max(global_position) AS saga_base FROM event_store.events \gset
+SELECT count(event_store.append('corrsaga-' || i % 3,
+           jsonb_build_object('type', 'S' || i, 'metadata', jsonb_build_object('correlationId',
+               CASE WHEN (i <= 400 AND i % 5 = 0) OR i % 50 = 0 THEN 'c-saga' ELSE 'c-between' END))))
+  FROM generate_series(1, 700) AS i;
+SELECT event_store.append('corrsaga-b', (SELECT jsonb_agg(jsonb_build_object('type', 'B' || i,
+           'metadata', jsonb_build_object('correlationId', 'c-saga')) ORDER BY i)
+      FROM generate_series(1, 8) AS i));
+SELECT count(*) AS saga_runs FROM event_store.correlations WHERE correlation_id = 'c-saga';
+CREATE FUNCTION pg_temp.saga_types(after bigint, max_count int) RETURNS text
+    LANGUAGE sql AS $$
+    SELECT string_agg(event_type, ' ' ORDER BY global_position)
+      FROM event_store.read_correlated('c-saga', after, max_count)
+$$;
+-- what the correlation holds, from the events themselves
+CREATE FUNCTION pg_temp.saga_expected(after bigint, max_count int) RETURNS text
+    LANGUAGE sql AS $$
+    SELECT string_agg(event_type, ' ' ORDER BY global_position)
+      FROM (SELECT event_type, global_position FROM event_store.events
+             WHERE metadata ->> 'correlationId' = 'c-saga' AND global_position > after
+             ORDER BY global_position LIMIT max_count) e
+$$;
+-- every page of max_count events, after_position the last page's last
+CREATE FUNCTION pg_temp.saga_pages(max_count int) RETURNS TABLE (pages bigint, types text)
+    LANGUAGE sql AS $$
+    WITH RECURSIVE page(no, after, types) AS (
+        SELECT 0, 0::bigint, NULL::text
+        UNION ALL
+        SELECT p.no + 1, r.last, r.types
+          FROM page p,
+               LATERAL (SELECT max(global_position) AS last,
+                               string_agg(event_type, ' ' ORDER BY global_position) AS types
+                          FROM event_store.read_correlated('c-saga', p.after, max_count)) r
+         WHERE r.last IS NOT NULL)
+    SELECT count(*), string_agg(types, ' ' ORDER BY no) FROM page WHERE no > 0
+$$;
+SELECT pg_temp.saga_types(0, 1000);
+SELECT pg_temp.saga_types(0, 1000) = pg_temp.saga_expected(0, 1000) AS whole,
+       pg_temp.saga_types(0, 3) AS first_three,
+       pg_temp.saga_types(:saga_base + 13, 4) AS after_13,
+       pg_temp.saga_types(:saga_base + 395, 3) AS close_then_far,
+       pg_temp.saga_types(:saga_base + 695, 5) AS into_the_batch,
+       pg_temp.saga_types(:saga_base + 703, 2) AS inside_the_batch;
+SELECT pages, types = pg_temp.saga_expected(0, 1000) AS in_order FROM pg_temp.saga_pages(7);
+SELECT pages, types = pg_temp.saga_expected(0, 1000) AS in_order FROM pg_temp.saga_pages(1);
+-- every after_position and max_count around the runs
+SELECT count(*) AS mismatches
+  FROM generate_series(:saga_base - 2, :saga_base + 712) AS a, unnest(ARRAY[1, 2, 5, 13]) AS m
+ WHERE pg_temp.saga_types(a, m) IS DISTINCT FROM pg_temp.saga_expected(a, m);
+-- across an archived range: the positions below one in the middle of the
+-- close runs, and one inside the batch's run, move into range tables; the
+-- batch's run straddles two tiers.  The reads are the same.
+SELECT pg_temp.saga_types(0, 1000) AS before_archiving \gset
+SELECT event_store.archive_events(:saga_base + 200, 'pg_default') > 0 AS archived;
+SELECT event_store.archive_events(:saga_base + 705, 'pg_default') > 0 AS archived;
+SELECT count(*) AS ranges FROM event_store.archived_ranges;
+SELECT count(*) AS saga_events_archived FROM event_store.events
+ WHERE tableoid <> 'event_store.events'::regclass AND metadata ->> 'correlationId' = 'c-saga';
+SELECT pg_temp.saga_types(0, 1000) = :'before_archiving' AS same_after_archiving,
+       pg_temp.saga_types(:saga_base + 190, 4) AS across_ranges,
+       pg_temp.saga_types(:saga_base + 702, 4) AS straddling_run;
+SELECT pages, types = :'before_archiving' AS in_order FROM pg_temp.saga_pages(7);
+SELECT pages, types = :'before_archiving' AS in_order FROM pg_temp.saga_pages(1);
+SELECT count(*) AS mismatches
+  FROM generate_series(:saga_base - 2, :saga_base + 712) AS a, unnest(ARRAY[1, 2, 5, 13]) AS m
+ WHERE pg_temp.saga_types(a, m) IS DISTINCT FROM pg_temp.saga_expected(a, m);
+
+-- a batch's shape: runs of several events each, a few positions apart (a
+-- descent of the index each), read whole, paged and at every after_position
+-- and max_count
+SELECT max(global_position) AS batches_base FROM event_store.events \gset
+SELECT count(event_store.append('corrbatch-' || b, (SELECT jsonb_agg(jsonb_build_object('type', 'T' || b || '.' || i,
+           'metadata', jsonb_build_object('correlationId', CASE WHEN i <= 6 THEN 'c-batches' ELSE 'c-between' END))
+           ORDER BY i) FROM generate_series(1, 6 + b % 3) AS i)))
+  FROM generate_series(1, 12) AS b;
+SELECT count(*) AS batch_runs FROM event_store.correlations WHERE correlation_id = 'c-batches';
+CREATE FUNCTION pg_temp.batch_types(after bigint, max_count int) RETURNS text
+    LANGUAGE sql AS $$
+    SELECT string_agg(event_type, ' ' ORDER BY global_position)
+      FROM event_store.read_correlated('c-batches', after, max_count)
+$$;
+CREATE FUNCTION pg_temp.batch_expected(after bigint, max_count int) RETURNS text
+    LANGUAGE sql AS $$
+    SELECT string_agg(event_type, ' ' ORDER BY global_position)
+      FROM (SELECT event_type, global_position FROM event_store.events
+             WHERE metadata ->> 'correlationId' = 'c-batches' AND global_position > after
+             ORDER BY global_position LIMIT max_count) e
+$$;
+SELECT pg_temp.batch_types(0, 1000) = pg_temp.batch_expected(0, 1000) AS whole,
+       pg_temp.batch_types(:batches_base + 4, 5) AS across_runs;
+SELECT count(*) AS mismatches
+  FROM generate_series(:batches_base - 1, :batches_base + 100) AS a, unnest(ARRAY[1, 4, 7, 100]) AS m
+ WHERE pg_temp.batch_types(a, m) IS DISTINCT FROM pg_temp.batch_expected(a, m);
+
 --
 -- Sagas stamp their events: correlationId = the saga id, causationId = the
 -- event that caused the transition

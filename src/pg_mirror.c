@@ -526,6 +526,22 @@ EsPageFetchBeginTids(Relation heap, Snapshot snapshot, ItemPointer tids, int nti
 	return f;
 }
 
+/*
+ * Start over after the caller rescanned the index scan (index_rescan with
+ * new keys): the TIDs read ahead are dropped; the page last read stays
+ * pinned, for the next run that is on it.
+ */
+void
+EsPageFetchRescan(EsPageFetch *f)
+{
+	Assert(f->scan != NULL);
+	f->have_next = false;
+	f->index_done = false;
+	f->dead_seen = false;
+	f->ntuples = 0;
+	f->pos = 0;
+}
+
 /* Read at most max_run TIDs ahead from now on (at least 1) */
 void
 EsPageFetchLimit(EsPageFetch *f, int max_run)

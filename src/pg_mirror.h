@@ -38,6 +38,7 @@ extern EsPageFetch *EsPageFetchBegin(IndexScanDesc scan, Relation heap,
 									 ScanDirection direction);
 extern EsPageFetch *EsPageFetchBeginTids(Relation heap, Snapshot snapshot,
 										 ItemPointer tids, int ntids);
+extern void EsPageFetchRescan(EsPageFetch *f);
 extern void EsPageFetchLimit(EsPageFetch *f, int max_run);
 extern void EsPageFetchSkip(EsPageFetch *f, EsFetchSkip skip, void *arg);
 extern bool EsPageFetchNext(EsPageFetch *f, TupleTableSlot *slot);

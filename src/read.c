@@ -177,36 +177,133 @@ es_moved_but_visible(const EsCatalog *cat, const EsTier *tier, TupleTableSlot *s
 	return visible;
 }
 
+/* One tier's scan: opened for the first range that reaches the tier */
+typedef struct EsTierScan
+{
+	Relation	heap;			/* NULL: not opened yet */
+	Relation	index;			/* NULL with tids */
+	IndexScanDesc scan;
+	EsPageFetch *fetch;
+	TupleTableSlot *slot;
+} EsTierScan;
+
 /*
- * Run one index scan over each tier of the events (archive.c) in the
- * scan's direction and hand every (upcast unless
- * spec->raw) event that passes the type filter to the callback, until it
- * returns false or max_count events were handed over.  Returns how many were.
+ * A scan of the events for one spec: its tiers (loaded once, after the
+ * snapshot) and each tier's heap, index and index scan, opened once and
+ * rescanned for every position range the caller asks for (es_scan_range).
+ */
+typedef struct EsEventScan
+{
+	const EsCatalog *cat;
+	EsScanSpec *spec;
+	const EsTiers *tiers;
+	EsTierScan *open;			/* one per tier */
+	MemoryContext rowcxt;
+	bool		upcast;
+	/* the values a callback needs along with a stored row (at least the filter's) */
+	int			leading;
+} EsEventScan;
+
+/* Begin a scan of the events for spec (its keys are given per range) */
+static void
+es_scan_begin(EsEventScan *s, const EsCatalog *cat, EsScanSpec *spec)
+{
+	Assert(IsMVCCSnapshot(spec->snapshot));
+	s->cat = cat;
+	s->spec = spec;
+	s->upcast = !spec->raw && EsUpcastersExist();
+	s->leading = spec->leading_values <= 0 ? Natts_es_event :
+		Max(spec->leading_values,
+			spec->filter.ntypes >= 0 ? Anum_es_event_type : Anum_es_stream_id);
+	s->rowcxt = AllocSetContextCreate(CurrentMemoryContext, "event_store row",
+									  ALLOCSET_DEFAULT_SIZES);
+	/* the tiers, in scan order (after the snapshot: see archive.c) */
+	s->tiers = EsEventTiers(cat);
+	s->open = palloc0(sizeof(EsTierScan) * s->tiers->n);
+}
+
+/*
+ * The tier's scan positioned at the start of spec's keys: opened the first
+ * time, rescanned with the keys after that (the same number of keys).
+ */
+static EsTierScan *
+es_tier_scan(EsEventScan *s, int tier)
+{
+	EsScanSpec *spec = s->spec;
+	const EsTier *t = &s->tiers->tier[tier];
+	EsTierScan *ts = &s->open[tier];
+
+	if (ts->heap != NULL)
+	{
+		Assert(ts->scan != NULL && ts->scan->numberOfKeys == spec->nkeys);
+		index_rescan(ts->scan, spec->keys, spec->nkeys, NULL, 0);
+		EsPageFetchRescan(ts->fetch);
+		return ts;
+	}
+	ts->heap = table_open(t->relid, AccessShareLock);
+	ts->slot = table_slot_create(ts->heap, NULL);
+	if (spec->tids != NULL)
+	{
+		/* rows by TID: the caller knows where they are */
+		ts->fetch = EsPageFetchBeginTids(ts->heap, spec->snapshot, spec->tids, spec->ntids);
+	}
+	else
+	{
+		ts->index = index_open(EsTierIndex(s->cat, t, spec->index_oid), AccessShareLock);
+		ts->scan = index_beginscan(ts->heap, ts->index, spec->snapshot, spec->nkeys, 0);
+		index_rescan(ts->scan, spec->keys, spec->nkeys, NULL, 0);
+		ts->fetch = EsPageFetchBegin(ts->scan, ts->heap, spec->direction);
+	}
+	if (spec->skip != NULL)
+		EsPageFetchSkip(ts->fetch, spec->skip, spec->skip_arg);
+	return ts;
+}
+
+/* End the scan: close what es_tier_scan opened */
+static void
+es_scan_end(EsEventScan *s)
+{
+	for (int tier = s->tiers->n - 1; tier >= 0; tier--)
+	{
+		EsTierScan *ts = &s->open[tier];
+
+		if (ts->heap == NULL)
+			continue;
+		ExecDropSingleTupleTableSlot(ts->slot);
+		EsPageFetchEnd(ts->fetch);
+		if (ts->scan != NULL)
+		{
+			index_endscan(ts->scan);
+			index_close(ts->index, AccessShareLock);
+		}
+		table_close(ts->heap, AccessShareLock);
+	}
+	pfree(s->open);
+	MemoryContextDelete(s->rowcxt);
+}
+
+/*
+ * Run the scan's index scan with spec's keys (a range of positions, say)
+ * over each tier of the events (archive.c) the keys reach, in the scan's
+ * direction, and hand every (upcast unless spec->raw) event that passes
+ * the type filter to the callback, until it returns false or
+ * spec->max_count events were handed over.  Returns how many were.
  */
 static int64
-es_scan_events(const EsCatalog *cat, EsScanSpec *spec, EsRowCallback callback,
-			   void *arg)
+es_scan_range(EsEventScan *s, EsRowCallback callback, void *arg)
 {
-	const EsTiers *tiers;
+	const EsCatalog *cat = s->cat;
+	EsScanSpec *spec = s->spec;
+	const EsTiers *tiers = s->tiers;
 	int64		emitted = 0;
 	int64		lo;
 	int64		hi;
 	bool		done = false;
-	MemoryContext rowcxt;
 	MemoryContext oldcxt;
-	bool		upcast = !spec->raw && EsUpcastersExist();
+	bool		upcast = s->upcast;
 	Datum		values[Natts_es_event];
 	bool		isnull[Natts_es_event];
-	/* the values a callback needs along with a stored row (at least the filter's) */
-	int			leading = spec->leading_values <= 0 ? Natts_es_event :
-		Max(spec->leading_values,
-			spec->filter.ntypes >= 0 ? Anum_es_event_type : Anum_es_stream_id);
 
-	Assert(IsMVCCSnapshot(spec->snapshot));
-	rowcxt = AllocSetContextCreate(CurrentMemoryContext, "event_store row",
-								   ALLOCSET_DEFAULT_SIZES);
-	/* the tiers, in scan order (after the snapshot: see archive.c) */
-	tiers = EsEventTiers(cat);
 	EsKeysPositionBounds(cat, spec->index_oid, spec->keys, spec->nkeys, &lo, &hi);
 
 	for (int tier = EsTierFirst(tiers, spec->direction);
@@ -214,31 +311,18 @@ es_scan_events(const EsCatalog *cat, EsScanSpec *spec, EsRowCallback callback,
 	{
 		const EsTier *t = &tiers->tier[tier];
 		Relation	heap;
-		Relation	index;
-		IndexScanDesc scan;
 		EsPageFetch *fetch;
 		TupleTableSlot *slot;
+		EsTierScan *ts;
 
 		if (spec->tids != NULL ? t->relid != cat->events_relid : !EsTierOverlaps(t, lo, hi))
 			continue;
-		heap = table_open(t->relid, AccessShareLock);
-		slot = table_slot_create(heap, NULL);
-		if (spec->tids != NULL)
-		{
-			/* rows by TID: the caller knows where they are */
-			index = NULL;
-			scan = NULL;
-			fetch = EsPageFetchBeginTids(heap, spec->snapshot, spec->tids, spec->ntids);
-		}
-		else
-		{
-			index = index_open(EsTierIndex(cat, t, spec->index_oid), AccessShareLock);
-			scan = index_beginscan(heap, index, spec->snapshot, spec->nkeys, 0);
-			index_rescan(scan, spec->keys, spec->nkeys, NULL, 0);
-			fetch = EsPageFetchBegin(scan, heap, spec->direction);
-		}
-		if (spec->skip != NULL)
-			EsPageFetchSkip(fetch, spec->skip, spec->skip_arg);
+		if (spec->max_count >= 0 && emitted >= spec->max_count)
+			break;
+		ts = es_tier_scan(s, tier);
+		heap = ts->heap;
+		fetch = ts->fetch;
+		slot = ts->slot;
 
 		for (;;)
 		{
@@ -302,14 +386,14 @@ es_scan_events(const EsCatalog *cat, EsScanSpec *spec, EsRowCallback callback,
 				if (!es_stored_row_usable(stored))
 					stored = NULL;
 			}
-			natts = (stored != NULL && !upcast) ? leading : Natts_es_event;
+			natts = (stored != NULL && !upcast) ? s->leading : Natts_es_event;
 			slot_getsomeattrs(slot, natts);
 			memcpy(values, slot->tts_values, sizeof(Datum) * natts);
 			memcpy(isnull, slot->tts_isnull, sizeof(bool) * natts);
 			spec->current_position = DatumGetInt64(values[Anum_es_global_position - 1]);
 
-			MemoryContextReset(rowcxt);
-			oldcxt = MemoryContextSwitchTo(rowcxt);
+			MemoryContextReset(s->rowcxt);
+			oldcxt = MemoryContextSwitchTo(s->rowcxt);
 			if (upcast && EsUpcastRow(values, isnull))
 				stored = NULL;
 			if (!EsTypeMatches(&spec->filter, values[Anum_es_event_type - 1]))
@@ -326,17 +410,28 @@ es_scan_events(const EsCatalog *cat, EsScanSpec *spec, EsRowCallback callback,
 				break;
 			}
 		}
-
-		ExecDropSingleTupleTableSlot(slot);
-		EsPageFetchEnd(fetch);
-		if (scan != NULL)
-		{
-			index_endscan(scan);
-			index_close(index, AccessShareLock);
-		}
-		table_close(heap, AccessShareLock);
+		/* the slot holds no row of the tier's pinned page into the next range */
+		ExecClearTuple(slot);
 	}
-	MemoryContextDelete(rowcxt);
+	return emitted;
+}
+
+/*
+ * Run one index scan over each tier of the events (archive.c) in the
+ * scan's direction and hand every (upcast unless
+ * spec->raw) event that passes the type filter to the callback, until it
+ * returns false or max_count events were handed over.  Returns how many were.
+ */
+static int64
+es_scan_events(const EsCatalog *cat, EsScanSpec *spec, EsRowCallback callback,
+			   void *arg)
+{
+	EsEventScan s;
+	int64		emitted;
+
+	es_scan_begin(&s, cat, spec);
+	emitted = es_scan_range(&s, callback, arg);
+	es_scan_end(&s);
 	return emitted;
 }
 
@@ -625,7 +720,8 @@ es_correlation_match(TupleTableSlot *slot, void *arg)
  * order, which is position order (the runs of different batches never
  * overlap), and for each the events of its positions in the range, through
  * the position index of every tier (as read_all reads them) with spec's
- * snapshots, grants and limit.  Stops when spec->max_count events were
+ * snapshots, grants and limit: one scan of the events whose tiers' index
+ * scans are opened once and rescanned run after run.  Stops when spec->max_count events were
  * read, at a run beyond the head, or where a REPEATABLE READ reader's
  * transaction snapshot stops the scan.
  */
@@ -642,6 +738,7 @@ es_read_runs(FunctionCallInfo fcinfo, const EsCatalog *cat, EsScanSpec *spec,
 	TupleTableSlot *slot;
 	ScanKeyData keys[2];
 	EsCorrelationMatch match;
+	EsEventScan events;
 
 	match.correlation_id = correlation_id;
 	match.cxt = AllocSetContextCreate(CurrentMemoryContext, "event_store correlation check",
@@ -651,6 +748,8 @@ es_read_runs(FunctionCallInfo fcinfo, const EsCatalog *cat, EsScanSpec *spec,
 	spec->index_oid = cat->position_idx;
 	spec->direction = ForwardScanDirection;
 	spec->direct = rsinfo->setResult;
+	spec->nkeys = 2;
+	es_scan_begin(&events, cat, spec);
 
 	runs = table_open(cat->correlations_relid, AccessShareLock);
 	index = index_open(cat->correlations_idx, AccessShareLock);
@@ -674,9 +773,8 @@ es_read_runs(FunctionCallInfo fcinfo, const EsCatalog *cat, EsScanSpec *spec,
 					Int64GetDatum(Max(first, after + 1)));
 		ScanKeyInit(&spec->keys[1], 1, BTLessEqualStrategyNumber, F_INT8LE,
 					Int64GetDatum(Min(last, head)));
-		spec->nkeys = 2;
 		spec->max_count = max_count - emitted;
-		emitted += es_scan_events(cat, spec, es_emit_row, rsinfo);
+		emitted += es_scan_range(&events, es_emit_row, rsinfo);
 		if (spec->halted)
 			break;
 	}
@@ -684,6 +782,7 @@ es_read_runs(FunctionCallInfo fcinfo, const EsCatalog *cat, EsScanSpec *spec,
 	ExecDropSingleTupleTableSlot(slot);
 	index_close(index, AccessShareLock);
 	table_close(runs, AccessShareLock);
+	es_scan_end(&events);
 	MemoryContextDelete(match.cxt);
 }
 
