@@ -292,6 +292,7 @@ CREATE FUNCTION archive_evil.lower(text) RETURNS text
 LANGUAGE sql IMMUTABLE AS $$ SELECT 'evil' $$;
 CREATE TEMP TABLE archived_ranges (first_position bigint, end_position bigint, relation name);
 CREATE TEMP TABLE events (global_position bigint);
+CREATE TEMP TABLE archived_streams (stream_id text, stream_version bigint);
 SET search_path = pg_temp, archive_evil, archive_fn, pg_catalog, public;
 SELECT event_store.archive_events(event_store.head_position() + 1, 'Cold "Q" Space') AS moved;
 RESET search_path;
@@ -303,8 +304,38 @@ SELECT count(*) AS later_by_index FROM event_store.events_archive_123 WHERE arch
 RESET enable_seqscan;
 RESET enable_bitmapscan;
 SELECT count(*) AS later FROM event_store.events_archive_123 WHERE event_type = 'Later';
-SELECT count(*) AS temp_look_alikes FROM pg_temp.archived_ranges, pg_temp.events;
-DROP TABLE pg_temp.archived_ranges, pg_temp.events;
+SELECT count(*) AS temp_look_alikes FROM pg_temp.archived_ranges, pg_temp.events, pg_temp.archived_streams;
+DROP TABLE pg_temp.archived_ranges, pg_temp.events, pg_temp.archived_streams;
+
+--
+-- a stream none of whose events is hot: its version is the newest archived
+-- one, kept in archived_streams by every archive_events() that makes a range
+--
+SELECT count(*) AS hot_events FROM ONLY event_store.events;
+SELECT count(*) AS archived_streams,
+       count(*) FILTER (WHERE a.stream_version IS DISTINCT FROM s.newest) AS wrong_versions
+  FROM (SELECT stream_id, max(stream_version) AS newest FROM event_store.events GROUP BY stream_id) AS s
+  FULL JOIN event_store.archived_streams a USING (stream_id);
+SELECT stream_id, stream_version FROM event_store.archived_streams WHERE stream_id IN ('acct-9', 'order-2') ORDER BY 1;
+-- append() takes it: the current version passes, another fails naming it
+SELECT regress.try($$SELECT event_store.append('order-2', '{"type": "AfterArchive"}', 9)$$);
+SELECT event_store.append('order-2', '{"type": "AfterArchive"}', 10) AS version;
+SELECT regress.try($$SELECT event_store.append('acct-9', '{"type": "AfterArchive"}', 0)$$);
+SELECT event_store.append('acct-9', '{"type": "AfterArchive"}', 2) AS version;
+SELECT stream_id, stream_version, global_position = event_store.head_position() AS newest
+  FROM event_store.read_stream('acct-9') ORDER BY stream_version;
+-- it is what the version is read from, not the ranges' indexes (an edit by
+-- the superuser, rolled back)
+BEGIN;
+UPDATE event_store.archived_streams SET stream_version = 99 WHERE stream_id = 'user-2';
+SELECT event_store.stream_version('user-2') AS from_archived_streams;
+ROLLBACK;
+SELECT event_store.stream_version('user-2') AS user_2;
+-- nobody else reads or locks it
+SET ROLE archive_nobody;
+SELECT regress.try($$SELECT * FROM event_store.archived_streams$$);
+SELECT regress.try($$LOCK TABLE event_store.archived_streams$$);
+RESET ROLE;
 DROP SCHEMA archive_evil CASCADE;
 DROP SCHEMA archive_fn CASCADE;
 

@@ -2932,6 +2932,21 @@ COMMENT ON TABLE event_store.archived_ranges IS
 SELECT pg_catalog.pg_extension_config_dump('event_store.archived_ranges', '');
 REVOKE ALL ON TABLE event_store.archived_ranges FROM PUBLIC;
 
+-- The version of each stream's newest archived event: append() reads a
+-- stream's version here when the hot table holds none of its events, with
+-- one probe, rather than descending the stream index of every range.
+-- archive_events() writes it with each range it makes; removals leave it
+-- right, since a stream's newest event is never removed.
+CREATE TABLE event_store.archived_streams (
+    stream_id      text   COLLATE "C" NOT NULL,
+    stream_version bigint NOT NULL,
+    CONSTRAINT archived_streams_pkey PRIMARY KEY (stream_id)
+);
+COMMENT ON TABLE event_store.archived_streams IS
+    'The version of the newest archived event of each stream with archived events, which append() reads when the hot table holds none of the stream''s events; written only by event_store.archive_events()';
+SELECT pg_catalog.pg_extension_config_dump('event_store.archived_streams', '');
+REVOKE ALL ON TABLE event_store.archived_streams FROM PUBLIC;
+
 -- Every write of the ranges (archive_events(), pg_restore's COPY) makes the
 -- other sessions read them again.
 CREATE FUNCTION event_store._archived_ranges_write() RETURNS trigger

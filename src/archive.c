@@ -318,6 +318,16 @@ es_archive_range(int64 first, int64 end, const char *tsq)
 							SPI_OK_UTILITY);
 		}
 	}
+	/*
+	 * each stream's newest archived version, which its newest events in this
+	 * range (above every earlier range) now are: what append() reads for a
+	 * stream the hot table has no event of (EsLatestStreamVersion)
+	 */
+	es_archive_exec(psprintf("INSERT INTO event_store.archived_streams AS a (stream_id, stream_version) "
+							 "SELECT stream_id, pg_catalog.max(stream_version) FROM ONLY %s GROUP BY stream_id "
+							 "ON CONFLICT (stream_id) DO UPDATE "
+							 "SET stream_version = GREATEST(a.stream_version, excluded.stream_version)", q),
+					SPI_OK_INSERT);
 	es_archive_exec(psprintf("INSERT INTO event_store.archived_ranges (first_position, end_position, relation) "
 							 "VALUES (" INT64_FORMAT ", " INT64_FORMAT ", %s)",
 							 first, end, quote_literal_cstr(name)),

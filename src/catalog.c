@@ -57,7 +57,9 @@ es_catalog_relcache_callback(Datum arg, Oid relid)
 		relid == es_catalog.metadata_idx ||
 		relid == es_catalog.upcasters_relid ||
 		relid == es_catalog.position_mark_relid ||
-		relid == es_catalog.archive_relid)
+		relid == es_catalog.archive_relid ||
+		relid == es_catalog.archived_streams_relid ||
+		relid == es_catalog.archived_streams_idx)
 		es_catalog_valid = false;
 }
 
@@ -170,6 +172,8 @@ EsGetCatalog(void)
 	/* missing in a schema from before 0.3.0 (until ALTER EXTENSION UPDATE) */
 	es_catalog.position_mark_relid = get_relname_relid(ES_POSITION_MARK_SEQ, nsp);
 	es_catalog.archive_relid = get_relname_relid("archived_ranges", nsp);
+	es_catalog.archived_streams_relid = get_relname_relid(ES_ARCHIVED_STREAMS_TABLE, nsp);
+	es_catalog.archived_streams_idx = get_relname_relid(ES_ARCHIVED_STREAMS_PKEY, nsp);
 
 	/*
 	 * The schema's version, decided here, once, from what the schema has:
@@ -287,33 +291,92 @@ EsFirstEventValue(const EsCatalog *cat, Oid index_oid, Snapshot snapshot,
 }
 
 /*
+ * The version of the stream's newest archived event as the snapshot sees
+ * it, from event_store.archived_streams (archive_events() writes it with
+ * every range it makes), or false if the stream has no archived event
+ */
+static bool
+es_archived_stream_version(const EsCatalog *cat, text *stream_id, Snapshot snapshot,
+						   int64 *version)
+{
+	Relation	rel;
+	Relation	index;
+	SysScanDesc scan;
+	ScanKeyData key;
+	HeapTuple	tup;
+	bool		found = false;
+
+	rel = table_open(cat->archived_streams_relid, AccessShareLock);
+	index = index_open(cat->archived_streams_idx, AccessShareLock);
+	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_TEXTEQ, PointerGetDatum(stream_id));
+	key.sk_collation = index->rd_indcollation[0];
+	scan = systable_beginscan_ordered(rel, index, snapshot, 1, &key);
+	tup = systable_getnext_ordered(scan, ForwardScanDirection);
+	if (HeapTupleIsValid(tup))
+	{
+		bool		isnull;
+
+		*version = DatumGetInt64(heap_getattr(tup, Anum_es_archived_stream_version,
+											  RelationGetDescr(rel), &isnull));
+		found = true;
+	}
+	systable_endscan_ordered(scan);
+	index_close(index, AccessShareLock);
+	table_close(rel, AccessShareLock);
+	return found;
+}
+
+/*
+ * The stream's newest version in one tier as the snapshot sees it: one
+ * backward probe of the tier's (stream_id, stream_version) index, which
+ * reads the heap only when the row's page is not all-visible; false if the
+ * tier has no event of the stream
+ */
+static bool
+es_tier_stream_version(const EsTier *tier, text *stream_id, Snapshot snapshot,
+					   int64 *version)
+{
+	Relation	heap;
+	Relation	index;
+	ScanKeyData key;
+	Datum		value;
+	bool		found;
+
+	heap = table_open(tier->relid, AccessShareLock);
+	index = index_open(tier->stream_idx, AccessShareLock);
+	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_TEXTEQ, PointerGetDatum(stream_id));
+	key.sk_collation = index->rd_indcollation[0];
+	/* the version is the index's second column */
+	found = EsIndexOnlyFirst(heap, index, snapshot, &key, 1, BackwardScanDirection,
+							 2, Anum_es_stream_version, &value);
+	index_close(index, AccessShareLock);
+	table_close(heap, AccessShareLock);
+	if (found)
+		*version = DatumGetInt64(value);
+	return found;
+}
+
+/*
  * Current version of a stream (0 when it has no events) as seen by the
- * given snapshot: one backward probe of the (stream_id, stream_version)
- * index, which reads the heap only when the row's page is not all-visible.
+ * given snapshot.  The hot table first: a stream's newest event is there
+ * if any of its events is.  Otherwise, when there are archived ranges,
+ * event_store.archived_streams has the version of the stream's newest
+ * archived event, which is its newest: removals never take a stream's
+ * newest event (a purge leaves its marker above what it removes, retention
+ * keeps the newest).  So one probe of that table, not one descent of each
+ * range's stream index, whatever the number of ranges.
  */
 int64
 EsLatestStreamVersion(const EsCatalog *cat, text *stream_id, Snapshot snapshot)
 {
 	const EsTiers *tiers = EsEventTiers(cat);
-	ScanKeyData key;
-	Datum		version;
-	bool		found = false;
+	int64		version;
 
-	/* the newest tier first: the stream's last event is in the first that has any */
-	for (int i = tiers->n - 1; i >= 0 && !found; i--)
-	{
-		Relation	heap;
-		Relation	index;
-
-		heap = table_open(tiers->tier[i].relid, AccessShareLock);
-		index = index_open(tiers->tier[i].stream_idx, AccessShareLock);
-		ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_TEXTEQ, PointerGetDatum(stream_id));
-		key.sk_collation = index->rd_indcollation[0];
-		/* the version is the index's second column */
-		found = EsIndexOnlyFirst(heap, index, snapshot, &key, 1, BackwardScanDirection,
-								 2, Anum_es_stream_version, &version);
-		index_close(index, AccessShareLock);
-		table_close(heap, AccessShareLock);
-	}
-	return found ? DatumGetInt64(version) : 0;
+	if (es_tier_stream_version(&tiers->tier[tiers->n - 1], stream_id, snapshot, &version))
+		return version;
+	if (tiers->n == 1)
+		return 0;
+	/* (archived_ranges and archived_streams came with the same version) */
+	Assert(OidIsValid(cat->archived_streams_relid));
+	return es_archived_stream_version(cat, stream_id, snapshot, &version) ? version : 0;
 }

@@ -24,6 +24,9 @@
 /* read_correlated: runs of one correlation id in a batch (0.3 on) */
 #define ES_CORRELATIONS_TABLE	"correlations"
 #define ES_CORRELATIONS_PKEY	"correlations_pkey"
+/* the version of each stream's newest archived event (0.3 on) */
+#define ES_ARCHIVED_STREAMS_TABLE	"archived_streams"
+#define ES_ARCHIVED_STREAMS_PKEY	"archived_streams_pkey"
 /* the durable high-water mark of global positions (a sequence) */
 #define ES_POSITION_MARK_SEQ	"position_mark"
 
@@ -44,6 +47,10 @@
 #define Anum_es_run_first_position	2
 #define Anum_es_run_last_position	3
 #define Natts_es_run				3
+
+/* Attribute numbers of event_store.archived_streams */
+#define Anum_es_archived_stream_id		1
+#define Anum_es_archived_stream_version	2
 
 /*
  * Versions of the installed schema the library serves (until ALTER
@@ -77,6 +84,8 @@ typedef struct EsCatalog
 	Oid			position_mark_relid;	/* position_mark (0.3 on) */
 	bool		saga_versions;	/* saga types have versions (0.3 on) */
 	Oid			archive_relid;	/* archived_ranges (0.3 on) */
+	Oid			archived_streams_relid; /* archived_streams (0.3 on) */
+	Oid			archived_streams_idx;	/* its primary key */
 } EsCatalog;
 
 extern const EsCatalog *EsGetCatalog(void);

@@ -346,6 +346,12 @@ SELECT count(*) || ' ' || md5(string_agg(event_id::text, ',' ORDER BY global_pos
 	$node->safe_psql('store', q{
 SELECT count(*) || ' ' || md5(string_agg(event_id::text, ',' ORDER BY global_position)) FROM event_store.read_all(0, NULL)}),
 	'read_all of the restored store equals the original');
+my $versions = q{
+SELECT (SELECT string_agg(stream_id || ' ' || stream_version, ',' ORDER BY stream_id) FROM event_store.archived_streams)
+    || ' / ' || (SELECT string_agg(s || ' ' || event_store.stream_version(s), ',' ORDER BY s)
+                   FROM (SELECT DISTINCT stream_id FROM event_store.events) AS x(s))};
+is($node->safe_psql('restored', $versions), $node->safe_psql('store', $versions),
+	'the restored store has the same archived streams and stream versions');
 my $v = $node->safe_psql('store', q{SELECT event_store.stream_version('hista-2')});
 is( query('restored', qq{SELECT event_store.append('hista-2', '{"type": "Restored"}', $v)}),
 	$v + 1, 'the restored store appends at the next version');
