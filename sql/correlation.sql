@@ -213,17 +213,18 @@ SELECT event_store.append('corrsaga-b', (SELECT jsonb_agg(jsonb_build_object('ty
            'metadata', jsonb_build_object('correlationId', 'c-saga')) ORDER BY i)
       FROM generate_series(1, 8) AS i));
 SELECT count(*) AS saga_runs FROM event_store.correlations WHERE correlation_id = 'c-saga';
-CREATE FUNCTION pg_temp.saga_types(after bigint, max_count int) RETURNS text
+-- the types of what read_correlated reads, and of what the correlation
+-- holds, from the events themselves
+CREATE FUNCTION pg_temp.corr_types(id text, after bigint, max_count int) RETURNS text
     LANGUAGE sql AS $$
     SELECT string_agg(event_type, ' ' ORDER BY global_position)
-      FROM event_store.read_correlated('c-saga', after, max_count)
+      FROM event_store.read_correlated(id, after, max_count)
 $$;
--- what the correlation holds, from the events themselves
-CREATE FUNCTION pg_temp.saga_expected(after bigint, max_count int) RETURNS text
+CREATE FUNCTION pg_temp.corr_expected(id text, after bigint, max_count int) RETURNS text
     LANGUAGE sql AS $$
     SELECT string_agg(event_type, ' ' ORDER BY global_position)
       FROM (SELECT event_type, global_position FROM event_store.events
-             WHERE metadata ->> 'correlationId' = 'c-saga' AND global_position > after
+             WHERE metadata ->> 'correlationId' = id AND global_position > after
              ORDER BY global_position LIMIT max_count) e
 $$;
 -- every page of max_count events, after_position the last page's last
@@ -240,36 +241,36 @@ CREATE FUNCTION pg_temp.saga_pages(max_count int) RETURNS TABLE (pages bigint, t
          WHERE r.last IS NOT NULL)
     SELECT count(*), string_agg(types, ' ' ORDER BY no) FROM page WHERE no > 0
 $$;
-SELECT pg_temp.saga_types(0, 1000);
-SELECT pg_temp.saga_types(0, 1000) = pg_temp.saga_expected(0, 1000) AS whole,
-       pg_temp.saga_types(0, 3) AS first_three,
-       pg_temp.saga_types(:saga_base + 13, 4) AS after_13,
-       pg_temp.saga_types(:saga_base + 395, 3) AS close_then_far,
-       pg_temp.saga_types(:saga_base + 695, 5) AS into_the_batch,
-       pg_temp.saga_types(:saga_base + 703, 2) AS inside_the_batch;
-SELECT pages, types = pg_temp.saga_expected(0, 1000) AS in_order FROM pg_temp.saga_pages(7);
-SELECT pages, types = pg_temp.saga_expected(0, 1000) AS in_order FROM pg_temp.saga_pages(1);
+SELECT pg_temp.corr_types('c-saga', 0, 1000);
+SELECT pg_temp.corr_types('c-saga', 0, 1000) = pg_temp.corr_expected('c-saga', 0, 1000) AS whole,
+       pg_temp.corr_types('c-saga', 0, 3) AS first_three,
+       pg_temp.corr_types('c-saga', :saga_base + 13, 4) AS after_13,
+       pg_temp.corr_types('c-saga', :saga_base + 395, 3) AS close_then_far,
+       pg_temp.corr_types('c-saga', :saga_base + 695, 5) AS into_the_batch,
+       pg_temp.corr_types('c-saga', :saga_base + 703, 2) AS inside_the_batch;
+SELECT pages, types = pg_temp.corr_expected('c-saga', 0, 1000) AS in_order FROM pg_temp.saga_pages(7);
+SELECT pages, types = pg_temp.corr_expected('c-saga', 0, 1000) AS in_order FROM pg_temp.saga_pages(1);
 -- every after_position and max_count around the runs
 SELECT count(*) AS mismatches
   FROM generate_series(:saga_base - 2, :saga_base + 712) AS a, unnest(ARRAY[1, 2, 5, 13]) AS m
- WHERE pg_temp.saga_types(a, m) IS DISTINCT FROM pg_temp.saga_expected(a, m);
+ WHERE pg_temp.corr_types('c-saga', a, m) IS DISTINCT FROM pg_temp.corr_expected('c-saga', a, m);
 -- across an archived range: the positions below one in the middle of the
 -- close runs, and one inside the batch's run, move into range tables; the
 -- batch's run straddles two tiers.  The reads are the same.
-SELECT pg_temp.saga_types(0, 1000) AS before_archiving \gset
+SELECT pg_temp.corr_types('c-saga', 0, 1000) AS before_archiving \gset
 SELECT event_store.archive_events(:saga_base + 200, 'pg_default') > 0 AS archived;
 SELECT event_store.archive_events(:saga_base + 705, 'pg_default') > 0 AS archived;
 SELECT count(*) AS ranges FROM event_store.archived_ranges;
 SELECT count(*) AS saga_events_archived FROM event_store.events
  WHERE tableoid <> 'event_store.events'::regclass AND metadata ->> 'correlationId' = 'c-saga';
-SELECT pg_temp.saga_types(0, 1000) = :'before_archiving' AS same_after_archiving,
-       pg_temp.saga_types(:saga_base + 190, 4) AS across_ranges,
-       pg_temp.saga_types(:saga_base + 702, 4) AS straddling_run;
+SELECT pg_temp.corr_types('c-saga', 0, 1000) = :'before_archiving' AS same_after_archiving,
+       pg_temp.corr_types('c-saga', :saga_base + 190, 4) AS across_ranges,
+       pg_temp.corr_types('c-saga', :saga_base + 702, 4) AS straddling_run;
 SELECT pages, types = :'before_archiving' AS in_order FROM pg_temp.saga_pages(7);
 SELECT pages, types = :'before_archiving' AS in_order FROM pg_temp.saga_pages(1);
 SELECT count(*) AS mismatches
   FROM generate_series(:saga_base - 2, :saga_base + 712) AS a, unnest(ARRAY[1, 2, 5, 13]) AS m
- WHERE pg_temp.saga_types(a, m) IS DISTINCT FROM pg_temp.saga_expected(a, m);
+ WHERE pg_temp.corr_types('c-saga', a, m) IS DISTINCT FROM pg_temp.corr_expected('c-saga', a, m);
 
 -- a batch's shape: runs of several events each, a few positions apart (a
 -- descent of the index each), read whole, paged and at every after_position
@@ -280,23 +281,11 @@ SELECT count(event_store.append('corrbatch-' || b, (SELECT jsonb_agg(jsonb_build
            ORDER BY i) FROM generate_series(1, 6 + b % 3) AS i)))
   FROM generate_series(1, 12) AS b;
 SELECT count(*) AS batch_runs FROM event_store.correlations WHERE correlation_id = 'c-batches';
-CREATE FUNCTION pg_temp.batch_types(after bigint, max_count int) RETURNS text
-    LANGUAGE sql AS $$
-    SELECT string_agg(event_type, ' ' ORDER BY global_position)
-      FROM event_store.read_correlated('c-batches', after, max_count)
-$$;
-CREATE FUNCTION pg_temp.batch_expected(after bigint, max_count int) RETURNS text
-    LANGUAGE sql AS $$
-    SELECT string_agg(event_type, ' ' ORDER BY global_position)
-      FROM (SELECT event_type, global_position FROM event_store.events
-             WHERE metadata ->> 'correlationId' = 'c-batches' AND global_position > after
-             ORDER BY global_position LIMIT max_count) e
-$$;
-SELECT pg_temp.batch_types(0, 1000) = pg_temp.batch_expected(0, 1000) AS whole,
-       pg_temp.batch_types(:batches_base + 4, 5) AS across_runs;
+SELECT pg_temp.corr_types('c-batches', 0, 1000) = pg_temp.corr_expected('c-batches', 0, 1000) AS whole,
+       pg_temp.corr_types('c-batches', :batches_base + 4, 5) AS across_runs;
 SELECT count(*) AS mismatches
   FROM generate_series(:batches_base - 1, :batches_base + 100) AS a, unnest(ARRAY[1, 4, 7, 100]) AS m
- WHERE pg_temp.batch_types(a, m) IS DISTINCT FROM pg_temp.batch_expected(a, m);
+ WHERE pg_temp.corr_types('c-batches', a, m) IS DISTINCT FROM pg_temp.corr_expected('c-batches', a, m);
 
 --
 -- Sagas stamp their events: correlationId = the saga id, causationId = the
