@@ -19,7 +19,8 @@
 #   GROWTH_CLIENTS  clients of the multi-client cases (default 8)
 #   GROWTH_LOADERS  parallel loading sessions (default: number of cores)
 #   GROWTH_CASES    subset of: append_one batch100 read_stream read_all
-#                   read_category aggregate (default: all)
+#                   read_category aggregate followers (default: all)
+#   GROWTH_FOLLOW_EVENTS  single appends of the followers case (default 40000)
 #   GROWTH_PORT     port of the throwaway cluster (default 5541)
 #   GROWTH_KEEP     set to 1 to keep each size's database until the end
 #   GROWTH_APART    1: measure the store and the bare table one after the
@@ -66,7 +67,8 @@ NPROC=$(nproc)
 LOADERS=${GROWTH_LOADERS:-$NPROC}
 HOT=${GROWTH_HOT:-$([[ -n "${GROWTH_ARCHIVE:-}" ]] && echo 0 || echo 1000000)}
 RANGE=${GROWTH_RANGE:-5000000}
-CASES=${GROWTH_CASES:-"append_one batch100 read_stream read_all read_category aggregate"}
+CASES=${GROWTH_CASES:-"append_one batch100 read_stream read_all read_category aggregate followers"}
+FOLLOW_EVENTS=${GROWTH_FOLLOW_EVENTS:-40000}
 PG_CONFIG=${PG_CONFIG:-pg_config}
 
 RESULTS_DIR="$BENCH_DIR/results"
@@ -264,9 +266,85 @@ run_cases() {
 		read_all) at_clients "1 $CLIENTS" "read_all page" "read_all page 1000" read_all.sql 1000 rows "$@" ;;
 		read_category) at_clients "1 $CLIENTS" "read_category page" "read_category 1000" read_category.sql 1000 rows "$@" ;;
 		aggregate) at_clients 1 "load_aggregate snap" "load_aggregate 10037" load_aggregate.sql 1 loads "$@" ;;
+		followers) ;;	# the store's alone (followers_row)
 		*) die "unknown case $c" ;;
 		esac
 	done
+}
+
+# followers_row: GROWTH_CLIENTS writers append GROWTH_FOLLOW_EVENTS single
+# events to random streams (the append case's script), alone and then with 2
+# followers paging read_all from the head (bench/sql/followers.sql, as in
+# run.sh); the followers must have seen exactly the positions written
+# meanwhile.  The store's side only: the bare table has no followers.  Sets
+# FOLLOW_ROW, a row of the table whose "baseline" is the same appends
+# without followers (the CPU with followers includes theirs).
+followers_row() {
+	local per=$(( FOLLOW_EVENTS / CLIENTS )) alone with h0 k rc=0 check status
+	local t0 t1 t2 t3 n1 n2 cpu_alone cpu_with n m1 x1 d1 m2 x2 d2 pages
+	local -a pids=()
+	"${PSQL[@]}" -f "$BENCH_DIR/sql/followers.sql" >&2
+	log "   followers: $CLIENTS writers x $per appends, alone, then with 2 followers"
+	"${PSQL[@]}" -c CHECKPOINT >/dev/null
+	t0=$(cluster_cpu_ticks)
+	alone=$(pgbench_run follow-alone es_append_one.sql "$CLIENTS" off -t "$per" "${PAIR_EXTRA[@]}")
+	sleep 0.1
+	t1=$(cluster_cpu_ticks)
+	h0=$("${PSQL[@]}" -Atc "SELECT event_store.head_position()")
+	"${PSQL[@]}" -c "TRUNCATE bench.follow_ctl, bench.follower, bench.seen_1, bench.seen_2" \
+		-c "INSERT INTO bench.follow_ctl VALUES (false)" \
+		-c "INSERT INTO bench.follower VALUES (1, $h0), (2, $h0)" >/dev/null
+	"${PSQL[@]}" -c CHECKPOINT >/dev/null
+	t2=$(cluster_cpu_ticks)
+	for k in 1 2; do
+		timeout 600 "${PSQL[@]}" -c "CALL bench.follow($k)" >"$LOG_DIR/follower-$k.log" 2>&1 &
+		pids+=($!)
+	done
+	with=$(pgbench_run follow-with es_append_one.sql "$CLIENTS" off -t "$per" "${PAIR_EXTRA[@]}") || rc=1
+	"${PSQL[@]}" -c "UPDATE bench.follow_ctl SET done = true" >/dev/null
+	for k in "${pids[@]}"; do
+		wait "$k" || { rc=1; log "   a follower failed: $(cat "$LOG_DIR"/follower-*.log)"; }
+	done
+	sleep 0.1
+	t3=$(cluster_cpu_ticks)
+	check=$("${PSQL[@]}" -At -F ' ' -c "
+		WITH ev AS (SELECT global_position AS p FROM event_store.events WHERE global_position > $h0)
+		SELECT (SELECT count(*) FROM ev),
+		       (SELECT count(*) FROM ev WHERE NOT EXISTS (SELECT FROM bench.seen_1 WHERE position = p)),
+		       (SELECT count(*) FROM bench.seen_1 WHERE NOT EXISTS (SELECT FROM ev WHERE p = position)),
+		       (SELECT coalesce(sum(dups), 0) FROM bench.seen_1),
+		       (SELECT count(*) FROM ev WHERE NOT EXISTS (SELECT FROM bench.seen_2 WHERE position = p)),
+		       (SELECT count(*) FROM bench.seen_2 WHERE NOT EXISTS (SELECT FROM ev WHERE p = position)),
+		       (SELECT coalesce(sum(dups), 0) FROM bench.seen_2),
+		       (SELECT string_agg(pages::text, '/' ORDER BY k) FROM bench.follower)")
+	read -r n m1 x1 d1 m2 x2 d2 pages <<<"$check"
+	if [[ $rc == 0 && $n == $(( per * CLIENTS )) && "$m1 $x1 $d1 $m2 $x2 $d2" == "0 0 0 0 0 0" ]]; then
+		status=PASS
+	else
+		status=FAIL
+	fi
+	FOLLOW_NOTE="followers: $status - $n events written with followers (expected $(( per * CLIENTS ))); follower 1: $m1 missing, $x1 extra, $d1 duplicates; follower 2: $m2 missing, $x2 extra, $d2 duplicates; pages $pages"
+	n1=$(( per * CLIENTS ))
+	read -r cpu_alone cpu_with < <(awk -v a=$(( t1 - t0 )) -v w=$(( t3 - t2 )) -v n="$n1" -v hz="$CLK_TCK" \
+		'BEGIN { printf "%.1f %.1f\n", a * 1e6 / hz / n, w * 1e6 / hz / n }')
+	FOLLOW_ROW=$(printf '%-22s | %7s | %-11s | %15.1f | %12.1f | %6s | %5s | %9s | %9s | %6s | %-8s | %11s | %11s | %s' \
+		"append w/ 2 followers" "$CLIENTS" off "${with:-0}" "$alone" \
+		"$(awk -v a="${with:-0}" -v b="$alone" 'BEGIN { printf "%.3f", a / b }')" "-" \
+		"$cpu_with" "$cpu_alone" "$(awk -v a="$cpu_alone" -v w="$cpu_with" 'BEGIN { printf "%.3f", a / w }')" \
+		events - - "check $status")
+}
+
+# follow_case: followers_row when GROWTH_CASES has it; follow_keep: its row
+# into ROWS and the summary
+FOLLOW_ROW="" FOLLOW_NOTE=""
+follow_case() {
+	FOLLOW_ROW="" FOLLOW_NOTE=""
+	[[ " $CASES " != *" followers "* ]] || followers_row
+}
+follow_keep() {
+	[[ -n "$FOLLOW_ROW" ]] || return 0
+	ROWS+=("$FOLLOW_ROW")
+	keep_row "followers c$CLIENTS"
 }
 
 # keep_row KEY: the summary's figures of the row just added to ROWS
@@ -400,6 +478,7 @@ for size in $SIZES; do
 		t2=$(date +%s)
 		HOW="exported ($PACK) in $(( t2 - t1 )) s"
 		run_cases side_runs es
+		follow_case
 		sizes_of es >"$WORK/es-sizes-after.txt"
 		check_store >"$WORK/check.txt"
 		export PGDATABASE=bench
@@ -417,6 +496,7 @@ for size in $SIZES; do
 		run_cases side_runs base
 		sizes_of base >"$WORK/base-sizes.txt"
 		run_cases apart_row
+		follow_keep
 	else
 		"${PSQL[@]}" -v apart=0 -v store_rows="$TOTAL_ROWS" -v es_state="$ES_STATE" -f "$G/finish.sql" >&2
 		t2=$(date +%s)
@@ -424,6 +504,8 @@ for size in $SIZES; do
 		sizes_of base >"$WORK/base-sizes.txt"
 		bytes_table "$WORK/es-sizes.txt" "$WORK/base-sizes.txt" >"$WORK/bytes-before.txt"
 		run_cases growth_pair
+		follow_case
+		follow_keep
 		sizes_of es >"$WORK/es-sizes-after.txt"
 		check_store >"$WORK/check.txt"
 	fi
@@ -441,6 +523,7 @@ for size in $SIZES; do
 		"case" "clients" "sync_commit" "event_store tps" "baseline tps" "ratio" "noise" \
 		"es cpu/op" "base cpu" "cpu r." "unit" "event_store" "baseline" "target")"
 	for r in "${ROWS[@]}"; do out "$r"; done
+	[[ -z "$FOLLOW_NOTE" ]] || out "   $FOLLOW_NOTE"
 	out "   bytes per event after the cases (event_store's appends make time-ordered ids, the baseline's random ones):"
 	sizes_of base >"$WORK/base-sizes-after.txt"
 	while IFS= read -r line; do out "   $line"; done < <(bytes_table "$WORK/es-sizes-after.txt" "$WORK/base-sizes-after.txt")
