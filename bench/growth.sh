@@ -280,9 +280,8 @@ run_cases() {
 # FOLLOW_ROW, a row of the table whose "baseline" is the same appends
 # without followers (the CPU with followers includes theirs).
 followers_row() {
-	local per=$(( FOLLOW_EVENTS / CLIENTS )) alone with h0 k rc=0 check status
-	local t0 t1 t2 t3 n1 n2 cpu_alone cpu_with n m1 x1 d1 m2 x2 d2 pages
-	local -a pids=()
+	local per=$(( FOLLOW_EVENTS / CLIENTS )) alone with h0 rc=0
+	local t0 t1 t2 t3 n1 cpu_alone cpu_with
 	"${PSQL[@]}" -f "$BENCH_DIR/sql/followers.sql" >&2
 	log "   followers: $CLIENTS writers x $per appends, alone, then with 2 followers"
 	"${PSQL[@]}" -c CHECKPOINT >/dev/null
@@ -291,39 +290,13 @@ followers_row() {
 	sleep 0.1
 	t1=$(cluster_cpu_ticks)
 	h0=$("${PSQL[@]}" -Atc "SELECT event_store.head_position()")
-	"${PSQL[@]}" -c "TRUNCATE bench.follow_ctl, bench.follower, bench.seen_1, bench.seen_2" \
-		-c "INSERT INTO bench.follow_ctl VALUES (false)" \
-		-c "INSERT INTO bench.follower VALUES (1, $h0), (2, $h0)" >/dev/null
 	"${PSQL[@]}" -c CHECKPOINT >/dev/null
 	t2=$(cluster_cpu_ticks)
-	for k in 1 2; do
-		timeout 600 "${PSQL[@]}" -c "CALL bench.follow($k)" >"$LOG_DIR/follower-$k.log" 2>&1 &
-		pids+=($!)
-	done
+	followers_start "$h0"
 	with=$(pgbench_run follow-with es_append_one.sql "$CLIENTS" off -t "$per" "${PAIR_EXTRA[@]}") || rc=1
-	"${PSQL[@]}" -c "UPDATE bench.follow_ctl SET done = true" >/dev/null
-	for k in "${pids[@]}"; do
-		wait "$k" || { rc=1; log "   a follower failed: $(cat "$LOG_DIR"/follower-*.log)"; }
-	done
+	followers_finish "$h0" $(( per * CLIENTS )) "$rc"
 	sleep 0.1
 	t3=$(cluster_cpu_ticks)
-	check=$("${PSQL[@]}" -At -F ' ' -c "
-		WITH ev AS (SELECT global_position AS p FROM event_store.events WHERE global_position > $h0)
-		SELECT (SELECT count(*) FROM ev),
-		       (SELECT count(*) FROM ev WHERE NOT EXISTS (SELECT FROM bench.seen_1 WHERE position = p)),
-		       (SELECT count(*) FROM bench.seen_1 WHERE NOT EXISTS (SELECT FROM ev WHERE p = position)),
-		       (SELECT coalesce(sum(dups), 0) FROM bench.seen_1),
-		       (SELECT count(*) FROM ev WHERE NOT EXISTS (SELECT FROM bench.seen_2 WHERE position = p)),
-		       (SELECT count(*) FROM bench.seen_2 WHERE NOT EXISTS (SELECT FROM ev WHERE p = position)),
-		       (SELECT coalesce(sum(dups), 0) FROM bench.seen_2),
-		       (SELECT string_agg(pages::text, '/' ORDER BY k) FROM bench.follower)")
-	read -r n m1 x1 d1 m2 x2 d2 pages <<<"$check"
-	if [[ $rc == 0 && $n == $(( per * CLIENTS )) && "$m1 $x1 $d1 $m2 $x2 $d2" == "0 0 0 0 0 0" ]]; then
-		status=PASS
-	else
-		status=FAIL
-	fi
-	FOLLOW_NOTE="followers: $status - $n events written with followers (expected $(( per * CLIENTS ))); follower 1: $m1 missing, $x1 extra, $d1 duplicates; follower 2: $m2 missing, $x2 extra, $d2 duplicates; pages $pages"
 	n1=$(( per * CLIENTS ))
 	read -r cpu_alone cpu_with < <(awk -v a=$(( t1 - t0 )) -v w=$(( t3 - t2 )) -v n="$n1" -v hz="$CLK_TCK" \
 		'BEGIN { printf "%.1f %.1f\n", a * 1e6 / hz / n, w * 1e6 / hz / n }')
@@ -331,7 +304,7 @@ followers_row() {
 		"append w/ 2 followers" "$CLIENTS" off "${with:-0}" "$alone" \
 		"$(awk -v a="${with:-0}" -v b="$alone" 'BEGIN { printf "%.3f", a / b }')" "-" \
 		"$cpu_with" "$cpu_alone" "$(awk -v a="$cpu_alone" -v w="$cpu_with" 'BEGIN { printf "%.3f", a / w }')" \
-		events - - "check $status")
+		events - - "check $FOLLOW_STATUS")
 }
 
 # follow_case: followers_row when GROWTH_CASES has it; follow_keep: its row

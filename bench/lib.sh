@@ -117,6 +117,50 @@ pgbench_run() {
 	awk '/^tps = / { print $3; exit }' "$out"
 }
 
+# followers_start H0: two followers (bench.follow of bench/sql/followers.sql,
+# loaded) page read_all from position H0 in the background, recording what
+# they see; their pids in FOLLOWER_PIDS
+followers_start() {
+	local h0=$1 k
+	FOLLOWER_PIDS=()
+	"${PSQL[@]}" -c "TRUNCATE bench.follow_ctl, bench.follower, bench.seen_1, bench.seen_2" \
+		-c "INSERT INTO bench.follow_ctl VALUES (false)" \
+		-c "INSERT INTO bench.follower VALUES (1, $h0), (2, $h0)" >/dev/null
+	for k in 1 2; do
+		timeout 600 "${PSQL[@]}" -c "CALL bench.follow($k)" >"$LOG_DIR/follower-$k.log" 2>&1 &
+		FOLLOWER_PIDS+=($!)
+	done
+}
+
+# followers_finish H0 EXPECTED RC: the writers are done (RC: theirs, 0 or
+# 1); the followers drain to the head and end, then each must have seen
+# every position above H0 once, EXPECTED of them.  Sets FOLLOW_STATUS (PASS
+# or FAIL) and FOLLOW_NOTE.
+followers_finish() {
+	local h0=$1 expected=$2 rc=$3 pid check n m1 x1 d1 m2 x2 d2 pages
+	"${PSQL[@]}" -c "UPDATE bench.follow_ctl SET done = true" >/dev/null
+	for pid in "${FOLLOWER_PIDS[@]}"; do
+		wait "$pid" || { rc=1; log "   a follower failed: $(cat "$LOG_DIR"/follower-*.log)"; }
+	done
+	check=$("${PSQL[@]}" -At -F ' ' -c "
+		WITH ev AS (SELECT global_position AS p FROM event_store.events WHERE global_position > $h0)
+		SELECT (SELECT count(*) FROM ev),
+		       (SELECT count(*) FROM ev WHERE NOT EXISTS (SELECT FROM bench.seen_1 WHERE position = p)),
+		       (SELECT count(*) FROM bench.seen_1 WHERE NOT EXISTS (SELECT FROM ev WHERE p = position)),
+		       (SELECT coalesce(sum(dups), 0) FROM bench.seen_1),
+		       (SELECT count(*) FROM ev WHERE NOT EXISTS (SELECT FROM bench.seen_2 WHERE position = p)),
+		       (SELECT count(*) FROM bench.seen_2 WHERE NOT EXISTS (SELECT FROM ev WHERE p = position)),
+		       (SELECT coalesce(sum(dups), 0) FROM bench.seen_2),
+		       (SELECT string_agg(pages::text, '/' ORDER BY k) FROM bench.follower)")
+	read -r n m1 x1 d1 m2 x2 d2 pages <<<"$check"
+	if [[ $rc == 0 && $n == "$expected" && "$m1 $x1 $d1 $m2 $x2 $d2" == "0 0 0 0 0 0" ]]; then
+		FOLLOW_STATUS=PASS
+	else
+		FOLLOW_STATUS=FAIL
+	fi
+	FOLLOW_NOTE="followers: $FOLLOW_STATUS - $n events written with followers (expected $expected); follower 1: $m1 missing, $x1 extra, $d1 duplicates; follower 2: $m2 missing, $x2 extra, $d2 duplicates; pages $pages"
+}
+
 # Extra pgbench options of the pair being run (-D of its scripts), and a
 # function called around each of its runs (see pair); both empty but for the
 # cases that need them

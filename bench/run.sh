@@ -230,43 +230,18 @@ ensure_projections() {
 # (pgbench -t), alone and then with 2 followers paging read_all; the
 # followers must have seen exactly the positions written meanwhile.
 case_followers() {
-	local per=$(( FOLLOW_EVENTS / CLIENTS )) alone with h0 k pid rc=0 check status ratio
-	local -a pids=()
+	local per=$(( FOLLOW_EVENTS / CLIENTS )) alone with h0 rc=0 status ratio
 	"${PSQL[@]}" -f "$BENCH_DIR/sql/followers.sql" >&2
 	log "   followers: $CLIENTS writers x $per appends, alone, then with 2 followers"
 	"${PSQL[@]}" -c CHECKPOINT >/dev/null
 	alone=$(pgbench_opts follow-alone es_append_follow.sql "$CLIENTS" -t "$per")
 	h0=$("${PSQL[@]}" -Atc "SELECT event_store.head_position()")
-	"${PSQL[@]}" -c "TRUNCATE bench.follow_ctl, bench.follower, bench.seen_1, bench.seen_2" \
-		-c "INSERT INTO bench.follow_ctl VALUES (false)" \
-		-c "INSERT INTO bench.follower VALUES (1, $h0), (2, $h0)"
 	"${PSQL[@]}" -c CHECKPOINT >/dev/null
-	for k in 1 2; do
-		timeout 600 "${PSQL[@]}" -c "CALL bench.follow($k)" >"$LOG_DIR/follower-$k.log" 2>&1 &
-		pids+=($!)
-	done
+	followers_start "$h0"
 	with=$(pgbench_opts follow-with es_append_follow.sql "$CLIENTS" -t "$per") || rc=1
-	"${PSQL[@]}" -c "UPDATE bench.follow_ctl SET done = true"
-	for pid in "${pids[@]}"; do
-		wait "$pid" || { rc=1; log "   a follower failed: $(cat "$LOG_DIR"/follower-*.log)"; }
-	done
-	check=$("${PSQL[@]}" -At -F ' ' -c "
-		WITH ev AS (SELECT global_position AS p FROM event_store.events WHERE global_position > $h0)
-		SELECT (SELECT count(*) FROM ev),
-		       (SELECT count(*) FROM ev WHERE NOT EXISTS (SELECT FROM bench.seen_1 WHERE position = p)),
-		       (SELECT count(*) FROM bench.seen_1 WHERE NOT EXISTS (SELECT FROM ev WHERE p = position)),
-		       (SELECT coalesce(sum(dups), 0) FROM bench.seen_1),
-		       (SELECT count(*) FROM ev WHERE NOT EXISTS (SELECT FROM bench.seen_2 WHERE position = p)),
-		       (SELECT count(*) FROM bench.seen_2 WHERE NOT EXISTS (SELECT FROM ev WHERE p = position)),
-		       (SELECT coalesce(sum(dups), 0) FROM bench.seen_2),
-		       (SELECT string_agg(pages::text, '/' ORDER BY k) FROM bench.follower)")
-	read -r n m1 x1 d1 m2 x2 d2 pages <<<"$check"
-	if [[ $rc == 0 && $n == $((per * CLIENTS)) && "$m1 $x1 $d1 $m2 $x2 $d2" == "0 0 0 0 0 0" ]]; then
-		status=PASS
-	else
-		status=FAIL
-	fi
-	NOTES+=("followers: $status - $n events written with followers (expected $((per * CLIENTS))); follower 1: $m1 missing, $x1 extra, $d1 duplicates; follower 2: $m2 missing, $x2 extra, $d2 duplicates; pages $pages")
+	followers_finish "$h0" $((per * CLIENTS)) "$rc"
+	status=$FOLLOW_STATUS
+	NOTES+=("$FOLLOW_NOTE")
 	ratio=$(awk -v a="${with:-0}" -v b="$alone" 'BEGIN { printf "%.3f", a / b }')
 	add_row "append w/ 2 followers" "$CLIENTS" "${with:-0}" "$alone" "$ratio" "-" - - "check $status"
 }
