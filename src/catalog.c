@@ -291,50 +291,16 @@ EsFirstEventValue(const EsCatalog *cat, Oid index_oid, Snapshot snapshot,
 }
 
 /*
- * The version of the stream's newest archived event as the snapshot sees
- * it, from event_store.archived_streams (archive_events() writes it with
- * every range it makes), or false if the stream has no archived event
+ * A stream's version from an index whose first column is the stream id and
+ * whose second is the version (heap_attno in the table), as the snapshot
+ * sees it: the highest, one backward probe that reads the heap only when
+ * the row's page is not all-visible; false if there is no row of the
+ * stream.  A tier's (stream_id, stream_version) index, or archived_streams'
+ * primary key, which includes the version.
  */
 static bool
-es_archived_stream_version(const EsCatalog *cat, text *stream_id, Snapshot snapshot,
-						   int64 *version)
-{
-	Relation	rel;
-	Relation	index;
-	SysScanDesc scan;
-	ScanKeyData key;
-	HeapTuple	tup;
-	bool		found = false;
-
-	rel = table_open(cat->archived_streams_relid, AccessShareLock);
-	index = index_open(cat->archived_streams_idx, AccessShareLock);
-	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_TEXTEQ, PointerGetDatum(stream_id));
-	key.sk_collation = index->rd_indcollation[0];
-	scan = systable_beginscan_ordered(rel, index, snapshot, 1, &key);
-	tup = systable_getnext_ordered(scan, ForwardScanDirection);
-	if (HeapTupleIsValid(tup))
-	{
-		bool		isnull;
-
-		*version = DatumGetInt64(heap_getattr(tup, Anum_es_archived_stream_version,
-											  RelationGetDescr(rel), &isnull));
-		found = true;
-	}
-	systable_endscan_ordered(scan);
-	index_close(index, AccessShareLock);
-	table_close(rel, AccessShareLock);
-	return found;
-}
-
-/*
- * The stream's newest version in one tier as the snapshot sees it: one
- * backward probe of the tier's (stream_id, stream_version) index, which
- * reads the heap only when the row's page is not all-visible; false if the
- * tier has no event of the stream
- */
-static bool
-es_tier_stream_version(const EsTier *tier, text *stream_id, Snapshot snapshot,
-					   int64 *version)
+es_indexed_stream_version(Oid relid, Oid index_oid, AttrNumber heap_attno,
+						  text *stream_id, Snapshot snapshot, int64 *version)
 {
 	Relation	heap;
 	Relation	index;
@@ -342,13 +308,12 @@ es_tier_stream_version(const EsTier *tier, text *stream_id, Snapshot snapshot,
 	Datum		value;
 	bool		found;
 
-	heap = table_open(tier->relid, AccessShareLock);
-	index = index_open(tier->stream_idx, AccessShareLock);
+	heap = table_open(relid, AccessShareLock);
+	index = index_open(index_oid, AccessShareLock);
 	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_TEXTEQ, PointerGetDatum(stream_id));
 	key.sk_collation = index->rd_indcollation[0];
-	/* the version is the index's second column */
 	found = EsIndexOnlyFirst(heap, index, snapshot, &key, 1, BackwardScanDirection,
-							 2, Anum_es_stream_version, &value);
+							 2, heap_attno, &value);
 	index_close(index, AccessShareLock);
 	table_close(heap, AccessShareLock);
 	if (found)
@@ -370,13 +335,17 @@ int64
 EsLatestStreamVersion(const EsCatalog *cat, text *stream_id, Snapshot snapshot)
 {
 	const EsTiers *tiers = EsEventTiers(cat);
+	const EsTier *hot = &tiers->tier[tiers->n - 1];
 	int64		version;
 
-	if (es_tier_stream_version(&tiers->tier[tiers->n - 1], stream_id, snapshot, &version))
+	if (es_indexed_stream_version(hot->relid, hot->stream_idx, Anum_es_stream_version,
+								  stream_id, snapshot, &version))
 		return version;
 	if (tiers->n == 1)
 		return 0;
 	/* (archived_ranges and archived_streams came with the same version) */
 	Assert(OidIsValid(cat->archived_streams_relid));
-	return es_archived_stream_version(cat, stream_id, snapshot, &version) ? version : 0;
+	return es_indexed_stream_version(cat->archived_streams_relid, cat->archived_streams_idx,
+									 Anum_es_archived_stream_version,
+									 stream_id, snapshot, &version) ? version : 0;
 }

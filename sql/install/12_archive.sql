@@ -26,7 +26,7 @@ REVOKE ALL ON TABLE event_store.archived_ranges FROM PUBLIC;
 CREATE TABLE event_store.archived_streams (
     stream_id      text   COLLATE "C" NOT NULL,
     stream_version bigint NOT NULL,
-    CONSTRAINT archived_streams_pkey PRIMARY KEY (stream_id)
+    CONSTRAINT archived_streams_pkey PRIMARY KEY (stream_id) INCLUDE (stream_version)
 );
 COMMENT ON TABLE event_store.archived_streams IS
     'The version of the newest archived event of each stream with archived events, which append() reads when the hot table holds none of the stream''s events; written only by event_store.archive_events()';
