@@ -237,7 +237,7 @@ EsFirstEventValues(const EsCatalog *cat, Oid index_oid, Snapshot snapshot,
 	int64		hi;
 	bool		found = false;
 
-	EsKeysPositionBounds(cat, index_oid, keys, nkeys, &lo, &hi);
+	EsKeysPositionBounds(cat, tiers, index_oid, keys, nkeys, snapshot, &lo, &hi);
 	for (int i = EsTierFirst(tiers, direction); EsTierValid(tiers, i) && !found;
 		 i = EsTierNext(i, direction))
 	{
@@ -343,6 +343,20 @@ EsLatestStreamVersion(const EsCatalog *cat, text *stream_id, Snapshot snapshot)
 		return version;
 	if (tiers->n == 1)
 		return 0;
+	return EsArchivedStreamVersion(cat, stream_id, snapshot);
+}
+
+/*
+ * The version of a stream's newest archived event as the snapshot sees it
+ * (0 when none of its events is archived), from event_store.archived_streams:
+ * archive_events() raises it in the transaction that moves the events, so
+ * no archived event the snapshot sees is above it.
+ */
+int64
+EsArchivedStreamVersion(const EsCatalog *cat, text *stream_id, Snapshot snapshot)
+{
+	int64		version;
+
 	/* (archived_ranges and archived_streams came with the same version) */
 	Assert(OidIsValid(cat->archived_streams_relid));
 	return es_indexed_stream_version(cat->archived_streams_relid, cat->archived_streams_idx,

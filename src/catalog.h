@@ -101,5 +101,7 @@ extern bool EsFirstEventValues(const EsCatalog *cat, Oid index_oid,
 							   const AttrNumber *attnos, Datum *values);
 extern int64 EsLatestStreamVersion(const EsCatalog *cat, text *stream_id,
 								   Snapshot snapshot);
+extern int64 EsArchivedStreamVersion(const EsCatalog *cat, text *stream_id,
+									 Snapshot snapshot);
 
 #endif							/* ES_CATALOG_H */

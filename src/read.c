@@ -304,7 +304,8 @@ es_scan_range(EsEventScan *s, EsRowCallback callback, void *arg)
 	Datum		values[Natts_es_event];
 	bool		isnull[Natts_es_event];
 
-	EsKeysPositionBounds(cat, spec->index_oid, spec->keys, spec->nkeys, &lo, &hi);
+	EsKeysPositionBounds(cat, tiers, spec->index_oid, spec->keys, spec->nkeys,
+						 spec->snapshot, &lo, &hi);
 
 	for (int tier = EsTierFirst(tiers, spec->direction);
 		 EsTierValid(tiers, tier) && !done; tier = EsTierNext(tier, spec->direction))

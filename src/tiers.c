@@ -367,12 +367,50 @@ EsTierIndex(const EsCatalog *cat, const EsTier *tier, Oid index_oid)
 }
 
 /*
- * The positions [*lo, *hi] a scan's keys allow, when the index has the
- * position as a column (the primary key, the category index); else all.
+ * The lowest version a scan of the stream index asks for, if its keys name
+ * one stream (1 when they do not bound the version from below); false if
+ * they name none.
+ */
+static bool
+es_keys_stream_from(ScanKey keys, int nkeys, text **stream_id, int64 *from)
+{
+	*stream_id = NULL;
+	*from = 1;
+	for (int i = 0; i < nkeys; i++)
+	{
+		int64		v;
+
+		if (keys[i].sk_flags & SK_ISNULL)
+			continue;
+		if (keys[i].sk_attno == 1)
+		{
+			if (keys[i].sk_strategy == BTEqualStrategyNumber)
+				*stream_id = DatumGetTextPP(keys[i].sk_argument);
+			continue;
+		}
+		v = DatumGetInt64(keys[i].sk_argument);
+		if (keys[i].sk_strategy == BTEqualStrategyNumber ||
+			keys[i].sk_strategy == BTGreaterEqualStrategyNumber)
+			*from = Max(*from, v);
+		else if (keys[i].sk_strategy == BTGreaterStrategyNumber && v < PG_INT64_MAX)
+			*from = Max(*from, v + 1);
+	}
+	return *stream_id != NULL;
+}
+
+/*
+ * The positions [*lo, *hi] a scan's keys allow: when the index has the
+ * position as a column (the primary key, the category index), the keys'
+ * bounds on it; when it is the stream index and the keys ask only for
+ * versions of one stream above its newest archived event (as the snapshot
+ * sees event_store.archived_streams), the hot table's positions, so that
+ * reading a stream's recent events (a stream read from a version, an
+ * aggregate after its snapshot, a stream none of whose events is archived)
+ * descends no range's index; else all.
  */
 void
-EsKeysPositionBounds(const EsCatalog *cat, Oid index_oid, ScanKey keys, int nkeys,
-					 int64 *lo, int64 *hi)
+EsKeysPositionBounds(const EsCatalog *cat, const EsTiers *tiers, Oid index_oid,
+					 ScanKey keys, int nkeys, Snapshot snapshot, int64 *lo, int64 *hi)
 {
 	AttrNumber	attno = index_oid == cat->position_idx ? 1 :
 		index_oid == cat->category_idx ? 2 : 0;
@@ -380,7 +418,17 @@ EsKeysPositionBounds(const EsCatalog *cat, Oid index_oid, ScanKey keys, int nkey
 	*lo = PG_INT64_MIN;
 	*hi = PG_INT64_MAX;
 	if (attno == 0)
+	{
+		text	   *stream_id;
+		int64		from;
+
+		/* (the hot table's positions start where the newest range ends) */
+		if (index_oid == cat->stream_idx && tiers->n > 1 &&
+			es_keys_stream_from(keys, nkeys, &stream_id, &from) &&
+			from > EsArchivedStreamVersion(cat, stream_id, snapshot))
+			*lo = tiers->tier[tiers->n - 2].end;
 		return;
+	}
 	for (int i = 0; i < nkeys; i++)
 	{
 		int64		v;

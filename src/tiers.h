@@ -38,8 +38,9 @@ extern void EsArchiveShmemInit(void);
 extern EsTiers *EsLoadTiers(const EsCatalog *cat, MemoryContext cxt);
 extern const EsTiers *EsEventTiers(const EsCatalog *cat);
 extern Oid	EsTierIndex(const EsCatalog *cat, const EsTier *tier, Oid index_oid);
-extern void EsKeysPositionBounds(const EsCatalog *cat, Oid index_oid,
-								 ScanKey keys, int nkeys, int64 *lo, int64 *hi);
+extern void EsKeysPositionBounds(const EsCatalog *cat, const EsTiers *tiers,
+								 Oid index_oid, ScanKey keys, int nkeys,
+								 Snapshot snapshot, int64 *lo, int64 *hi);
 
 /* visit tiers i from first to last in the direction's order */
 #define EsTierFirst(tiers, dir) (ScanDirectionIsBackward(dir) ? (tiers)->n - 1 : 0)
