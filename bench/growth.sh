@@ -522,12 +522,18 @@ report() {
 	echo "== summary, server CPU per operation (us): event_store cpu/op (smallest size's / this one), cpu ratio to the baseline"
 	echo "   (steadier than tps on a busy machine; both ratios read like tps ratios: below 1 = costlier)"
 	summary_table ES_CPU CPU_RATIO "%9.1f (%5.3f) vs %5.3f" down
+	echo
+	echo "== summary, the bare table's tps per size: tps (tps / tps of the smallest size)"
+	echo "   (what the machine's caches and disk take from the same work as the store grows, with no event store around it)"
+	summary_table BASE_TPS "" "%9.1f (%5.3f)" up
 }
 
 # summary_table VALUES RATIOS FORMAT up|down: one line per case, one column per size
+#   (RATIOS "": no ratio column)
 summary_table() {
-	local -n vals=$1 ratios=$2
-	local fmt=$3 dir=$4 first key s line sizes
+	local -n vals=$1
+	local fmt=$3 dir=$4 first key s line sizes r
+	[[ -z "$2" ]] || local -n ratios=$2
 	# in size order, the smallest the reference, whatever the order of the runs
 	sizes=$(tr ' ' '\n' <<<"$SIZES" | sort -n | tr '\n' ' ')
 	first=${sizes%% *}
@@ -538,7 +544,9 @@ summary_table() {
 		line=$(printf '%-26s' "$key")
 		for s in $sizes; do
 			if [[ -n "${vals[$s|$key]:-}" ]]; then
-				line+=" | "$(awk -v t="${vals[$s|$key]}" -v f="${vals[$first|$key]}" -v r="${ratios[$s|$key]}" \
+				r=""
+				[[ -z "$2" ]] || r=${ratios[$s|$key]}
+				line+=" | "$(awk -v t="${vals[$s|$key]}" -v f="${vals[$first|$key]}" -v r="$r" \
 					-v fmt="$fmt" -v dir="$dir" 'BEGIN { printf fmt, t, (dir == "up" ? t / f : f / t), r }')
 			fi
 		done
