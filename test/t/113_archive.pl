@@ -148,6 +148,21 @@ BEGIN
             RAISE EXCEPTION 'aggregate of % is %, the stream has % events', s, agg, n;
         END IF;
     END IF;
+    -- read from a version near its end, in the same statement (one
+    -- snapshot): the same events as the whole read has from there (the
+    -- ranges are skipped when those are all above the stream's newest
+    -- archived version)
+    SELECT count(*) INTO bad FROM (
+        (SELECT global_position FROM event_store.read_stream(s) WHERE stream_version >= greatest(n - 2, 1)
+         EXCEPT
+         SELECT global_position FROM event_store.read_stream(s, greatest(n - 2, 1)))
+        UNION ALL
+        (SELECT global_position FROM event_store.read_stream(s, greatest(n - 2, 1))
+         EXCEPT
+         SELECT global_position FROM event_store.read_stream(s) WHERE stream_version >= greatest(n - 2, 1))) AS x;
+    IF bad > 0 THEN
+        RAISE EXCEPTION 'read_stream of % from version % differs from its whole read by % events', s, greatest(n - 2, 1), bad;
+    END IF;
     -- up to a head taken first: every position below it is settled
     h := event_store.head_position();
     SELECT count(*) INTO bad FROM (
