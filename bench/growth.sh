@@ -201,15 +201,17 @@ archive_policy_finish() {
 
 # sizes_of es|base: bytes on disk per event of one side's table (its
 # archived ranges included, and for the store the correlation runs that
-# read_correlated reads, event_store.correlations), one line per part:
-# "part|bytes"
+# read_correlated reads, event_store.correlations, and the archived
+# streams' versions that append() reads, event_store.archived_streams), one
+# line per part: "part|bytes"
 sizes_of() {
 	local rels table=bench.plain_events
 	if [[ $1 == es ]]; then
 		table=event_store.events
 		rels="SELECT 'event_store.events'::regclass AS rel, '' AS what
 		      UNION ALL SELECT inhrelid::regclass, '' FROM pg_inherits WHERE inhparent = 'event_store.events'::regclass
-		      UNION ALL SELECT 'event_store.correlations'::regclass, ' (correlation runs)'"
+		      UNION ALL SELECT 'event_store.correlations'::regclass, ' (correlation runs)'
+		      UNION ALL SELECT 'event_store.archived_streams'::regclass, ' (archived streams)'"
 	else
 		rels="SELECT 'bench.plain_events'::regclass AS rel, '' AS what"
 	fi
