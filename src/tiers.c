@@ -367,35 +367,47 @@ EsTierIndex(const EsCatalog *cat, const EsTier *tier, Oid index_oid)
 }
 
 /*
- * The lowest version a scan of the stream index asks for, if its keys name
- * one stream (1 when they do not bound the version from below); false if
- * they name none.
+ * The values [*lo, *hi] a scan's keys allow in the index's column attno
+ * (an int8: a position or a version); lo > hi when none
  */
-static bool
-es_keys_stream_from(ScanKey keys, int nkeys, text **stream_id, int64 *from)
+static void
+es_keys_int8_bounds(ScanKey keys, int nkeys, AttrNumber attno, int64 *lo, int64 *hi)
 {
-	*stream_id = NULL;
-	*from = 1;
+	*lo = PG_INT64_MIN;
+	*hi = PG_INT64_MAX;
 	for (int i = 0; i < nkeys; i++)
 	{
 		int64		v;
 
-		if (keys[i].sk_flags & SK_ISNULL)
+		if (keys[i].sk_attno != attno || (keys[i].sk_flags & SK_ISNULL))
 			continue;
-		if (keys[i].sk_attno == 1)
-		{
-			if (keys[i].sk_strategy == BTEqualStrategyNumber)
-				*stream_id = DatumGetTextPP(keys[i].sk_argument);
-			continue;
-		}
 		v = DatumGetInt64(keys[i].sk_argument);
-		if (keys[i].sk_strategy == BTEqualStrategyNumber ||
-			keys[i].sk_strategy == BTGreaterEqualStrategyNumber)
-			*from = Max(*from, v);
-		else if (keys[i].sk_strategy == BTGreaterStrategyNumber && v < PG_INT64_MAX)
-			*from = Max(*from, v + 1);
+		switch (keys[i].sk_strategy)
+		{
+			case BTLessStrategyNumber:
+				if (v == PG_INT64_MIN)
+					*lo = PG_INT64_MAX;
+				else
+					*hi = Min(*hi, v - 1);
+				break;
+			case BTLessEqualStrategyNumber:
+				*hi = Min(*hi, v);
+				break;
+			case BTEqualStrategyNumber:
+				*lo = Max(*lo, v);
+				*hi = Min(*hi, v);
+				break;
+			case BTGreaterEqualStrategyNumber:
+				*lo = Max(*lo, v);
+				break;
+			case BTGreaterStrategyNumber:
+				if (v == PG_INT64_MAX)
+					*hi = PG_INT64_MIN;
+				else
+					*lo = Max(*lo, v + 1);
+				break;
+		}
 	}
-	return *stream_id != NULL;
 }
 
 /*
@@ -412,49 +424,29 @@ void
 EsKeysPositionBounds(const EsCatalog *cat, const EsTiers *tiers, Oid index_oid,
 					 ScanKey keys, int nkeys, Snapshot snapshot, int64 *lo, int64 *hi)
 {
-	AttrNumber	attno = index_oid == cat->position_idx ? 1 :
-		index_oid == cat->category_idx ? 2 : 0;
+	int64		from;
+	int64		to;
 
-	*lo = PG_INT64_MIN;
-	*hi = PG_INT64_MAX;
-	if (attno == 0)
+	if (index_oid == cat->position_idx || index_oid == cat->category_idx)
 	{
-		text	   *stream_id;
-		int64		from;
-
-		/* (the hot table's positions start where the newest range ends) */
-		if (index_oid == cat->stream_idx && tiers->n > 1 &&
-			es_keys_stream_from(keys, nkeys, &stream_id, &from) &&
-			from > EsArchivedStreamVersion(cat, stream_id, snapshot))
-			*lo = tiers->tier[tiers->n - 2].end;
+		es_keys_int8_bounds(keys, nkeys, index_oid == cat->position_idx ? 1 : 2, lo, hi);
 		return;
 	}
+	*lo = PG_INT64_MIN;
+	*hi = PG_INT64_MAX;
+	if (index_oid != cat->stream_idx || tiers->n == 1)
+		return;
 	for (int i = 0; i < nkeys; i++)
 	{
-		int64		v;
-
-		if (keys[i].sk_attno != attno || (keys[i].sk_flags & SK_ISNULL))
+		if (keys[i].sk_attno != 1 || keys[i].sk_strategy != BTEqualStrategyNumber ||
+			(keys[i].sk_flags & SK_ISNULL))
 			continue;
-		v = DatumGetInt64(keys[i].sk_argument);
-		switch (keys[i].sk_strategy)
-		{
-			case BTLessStrategyNumber:
-				*hi = Min(*hi, v - 1);
-				break;
-			case BTLessEqualStrategyNumber:
-				*hi = Min(*hi, v);
-				break;
-			case BTEqualStrategyNumber:
-				*lo = Max(*lo, v);
-				*hi = Min(*hi, v);
-				break;
-			case BTGreaterEqualStrategyNumber:
-				*lo = Max(*lo, v);
-				break;
-			case BTGreaterStrategyNumber:
-				*lo = Max(*lo, v + 1);
-				break;
-		}
+		/* versions start at 1; the hot table's positions where the newest range ends */
+		es_keys_int8_bounds(keys, nkeys, 2, &from, &to);
+		if (Max(from, 1) > EsArchivedStreamVersion(cat, DatumGetTextPP(keys[i].sk_argument),
+												   snapshot))
+			*lo = tiers->tier[tiers->n - 2].end;
+		return;
 	}
 }
 
