@@ -358,6 +358,22 @@ SELECT array_agg(stream_version ORDER BY stream_version) AS from_2_with_edit
 SELECT array_agg(stream_version ORDER BY stream_version) AS from_1_with_edit
   FROM event_store.read_stream('acct-9', 1);
 ROLLBACK;
+-- another role, with a temporary look-alike of archived_streams first on
+-- its search_path (saying order-2 has 99 archived versions, acct-9 none):
+-- it reads both streams' archived events all the same
+GRANT EXECUTE ON FUNCTION event_store.read_stream(text, bigint, bigint, boolean, boolean) TO archive_nobody;
+SET ROLE archive_nobody;
+CREATE TEMP TABLE archived_streams (stream_id text, stream_version bigint);
+INSERT INTO pg_temp.archived_streams VALUES ('order-2', 99), ('acct-9', 0);
+SET search_path = pg_temp, event_store, public;
+SELECT array_agg(stream_version ORDER BY stream_version) AS order_2_from_2
+  FROM event_store.read_stream('order-2', 2);
+SELECT array_agg(stream_version ORDER BY stream_version) AS acct_9_from_2
+  FROM event_store.read_stream('acct-9', 2);
+RESET search_path;
+DROP TABLE pg_temp.archived_streams;
+RESET ROLE;
+REVOKE EXECUTE ON FUNCTION event_store.read_stream(text, bigint, bigint, boolean, boolean) FROM archive_nobody;
 -- nobody else reads or locks it
 SET ROLE archive_nobody;
 SELECT regress.try($$SELECT * FROM event_store.archived_streams$$);
