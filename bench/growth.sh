@@ -302,7 +302,7 @@ followers_row() {
 	n1=$(( per * CLIENTS ))
 	read -r cpu_alone cpu_with < <(awk -v a=$(( t1 - t0 )) -v w=$(( t3 - t2 )) -v n="$n1" -v hz="$CLK_TCK" \
 		'BEGIN { printf "%.1f %.1f\n", a * 1e6 / hz / n, w * 1e6 / hz / n }')
-	FOLLOW_ROW=$(printf '%-22s | %7s | %-11s | %15.1f | %12.1f | %6s | %5s | %9s | %9s | %6s | %-8s | %11s | %11s | %s' \
+	FOLLOW_ROW=$(table_row \
 		"append w/ 2 followers" "$CLIENTS" off "${with:-0}" "$alone" \
 		"$(awk -v a="${with:-0}" -v b="$alone" 'BEGIN { printf "%.3f", a / b }')" "-" \
 		"$cpu_with" "$cpu_alone" "$(awk -v a="$cpu_alone" -v w="$cpu_with" 'BEGIN { printf "%.3f", a / w }')" \
@@ -494,7 +494,7 @@ for size in $SIZES; do
 	while IFS= read -r line; do out "   $line"; done <"$WORK/bytes-before.txt"
 	rm -f "$WORK/bytes-before.txt"
 	out ""
-	out "$(printf '%-22s | %7s | %-11s | %15s | %12s | %6s | %5s | %9s | %9s | %6s | %-8s | %11s | %11s | %s' \
+	out "$(table_row \
 		"case" "clients" "sync_commit" "event_store tps" "baseline tps" "ratio" "noise" \
 		"es cpu/op" "base cpu" "cpu r." "unit" "event_store" "baseline" "target")"
 	for r in "${ROWS[@]}"; do out "$r"; done

@@ -264,9 +264,20 @@ pair_row() {
 		es_items="-"
 		base_items="-"
 	fi
-	ROWS+=("$(printf '%-22s | %7s | %-11s | %15.1f | %12.1f | %6s | %5s | %9s | %9s | %6s | %-8s | %11s | %11s | %s' \
+	ROWS+=("$(table_row \
 		"$name" "$clients" "$sync" "$es_tps" "$base_tps" "$ratio" "$noise" \
 		"$es_cpu" "$base_cpu" "$cpu_ratio" "$unit" "$es_items" "$base_items" "$verdict")")
+}
+
+# table_row CASE CLIENTS SYNC ES_TPS BASE_TPS RATIO NOISE ES_CPU BASE_CPU CPU_RATIO
+#   UNIT ES_ITEMS BASE_ITEMS TARGET: one line of the result tables (and their
+#   header), in their columns; a tps that is a number is shown to one decimal
+table_row() {
+	local es=$4 base=$5
+	[[ ! "$es" =~ ^[0-9.]+$ ]] || es=$(printf '%.1f' "$es")
+	[[ ! "$base" =~ ^[0-9.]+$ ]] || base=$(printf '%.1f' "$base")
+	printf '%-22s | %7s | %-11s | %15s | %12s | %6s | %5s | %9s | %9s | %6s | %-8s | %11s | %11s | %s' \
+		"$1" "$2" "$3" "$es" "$base" "${@:6}"
 }
 
 # pair NAME ES_SCRIPT BASE_SCRIPT CLIENTS SYNC ITEMS_PER_OP ITEM_UNIT TARGET
@@ -342,7 +353,7 @@ pair() {
 	if [[ -n "$floor_script" ]]; then
 		# the floor's row: its ratio bounds what the es side could reach, no verdict
 		read -r floor_tps base_tps ratio noise < <(median_ratio "${floor_runs[*]}" "${base_runs[*]}")
-		ROWS+=("$(printf '%-22s | %7s | %-11s | %15.1f | %12.1f | %6s | %5s | %9s | %9s | %6s | %-8s | %11s | %11s | %s' \
+		ROWS+=("$(table_row \
 			"$floor_name" "$clients" "$sync" "$floor_tps" "$base_tps" "$ratio" "$noise" \
 			"$floor_cpu" "$PAIR_BASE_CPU" "$(awk -v b="$PAIR_BASE_CPU" -v f="$floor_cpu" 'BEGIN { printf "%.3f", b / f }')" \
 			"$unit" - - "floor, no target")")

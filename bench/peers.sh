@@ -173,9 +173,9 @@ CHECK=$("${PSQL[@]}" -Atc "
 	echo "per side ${WARMUP}s warm-up, then $SEGMENTS segments of -T $SEGMENT in the order ${ORDER[*]} (es = event_store, base = the peer)"
 	echo "ratio = event_store tps / peer tps; cpu r. = peer cpu/op / event_store cpu/op"
 	echo
-	printf '%-22s | %7s | %-11s | %15s | %12s | %6s | %5s | %9s | %9s | %6s | %-8s | %11s | %11s | %s\n' \
-		"case" "clients" "sync_commit" "event_store tps" "peer tps" "ratio" "noise" \
+	table_row "case" "clients" "sync_commit" "event_store tps" "peer tps" "ratio" "noise" \
 		"es cpu/op" "peer cpu" "cpu r." "unit" "event_store" "peer" "target"
+	echo
 	printf '%s\n' "${ROWS[@]}"
 	echo
 	echo "targets met: $TARGETS_MET of $TARGETS_TOTAL; every stream gapless in all three stores: $CHECK"

@@ -191,12 +191,7 @@ judge() {
 
 # add_row NAME CLIENTS ES_TPS BASE_TPS RATIO UNIT ES_ITEMS BASE_ITEMS VERDICT
 add_row() {
-	local es=$3 base=$4
-	[[ "$es" == - ]] || es=$(printf '%.1f' "$es")
-	[[ "$base" == - ]] || base=$(printf '%.1f' "$base")
-	set -- "$1" "$2" "$es" "$base" "${@:5}"
-	ROWS+=("$(printf '%-22s | %7s | %-11s | %15s | %12s | %6s | %5s | %9s | %9s | %6s | %-8s | %11s | %11s | %s' \
-		"$1" "$2" off "$3" "$4" "$5" - - - - "$6" "$7" "$8" "$9")")
+	ROWS+=("$(table_row "$1" "$2" off "$3" "$4" "$5" - - - - "$6" "$7" "$8" "$9")")
 }
 
 # wait_caught_up PROJECTION SECONDS: until its lag_events is 0
@@ -1004,9 +999,9 @@ report() {
 	echo "         over all segments of a side; cpu r. = baseline cpu/op / event_store cpu/op (like ratio: < 1 = costlier),"
 	echo "         much less sensitive than tps to other load on the machine"
 	echo
-	printf '%-22s | %7s | %-11s | %15s | %12s | %6s | %5s | %9s | %9s | %6s | %-8s | %11s | %11s | %s\n' \
-		"case" "clients" "sync_commit" "event_store tps" "baseline tps" "ratio" "noise" \
+	table_row "case" "clients" "sync_commit" "event_store tps" "baseline tps" "ratio" "noise" \
 		"es cpu/op" "base cpu" "cpu r." "unit" "event_store" "baseline" "target"
+	echo
 	printf '%s\n' "-----------------------+---------+-------------+-----------------+--------------+--------+-------+-----------+-----------+--------+----------+-------------+-------------+----------------"
 	printf '%s\n' "${ROWS[@]}"
 	if [[ ${#NOTES[@]} -gt 0 ]]; then
