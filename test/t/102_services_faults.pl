@@ -230,18 +230,21 @@ same_on_both_sides('after the large transaction');
 # consumer holds a lock on the events that the apply worker's next insert
 # waits for, the producer commits the other half, and the worker is killed
 # while it waits: in the middle of the stream, whatever the machine's speed.
+# steps(PREFIX, N...): the transactions N of a stream, 40 events each, to
+# streams order-<PREFIX><N>-<g>
 my $steps = sub {
+	my ($prefix, @n) = @_;
 	join('', map {
-		"SELECT event_store.append('order-k$_-' || g, jsonb_build_object('type', 'Step', 'data', jsonb_build_object('g', g))) FROM generate_series(1, 40) g;\n"
-	} @_);
+		"SELECT event_store.append('order-$prefix$_-' || g, jsonb_build_object('type', 'Step', 'data', jsonb_build_object('g', g))) FROM generate_series(1, 40) g;\n"
+	} @n);
 };
-$producer->safe_psql('postgres', $steps->(1 .. 50));
+$producer->safe_psql('postgres', $steps->('k', 1 .. 50));
 ok($consumer->poll_query_until('postgres',
 		q{SELECT count(*) FROM event_store.events WHERE stream_id LIKE 'order-k%'}, '2000'),
 	'the first half of the stream of small transactions arrived');
 my $holder = $consumer->background_psql('postgres');
 $holder->query_safe('BEGIN; LOCK TABLE event_store.events IN SHARE MODE');
-$producer->safe_psql('postgres', $steps->(51 .. 100));
+$producer->safe_psql('postgres', $steps->('k', 51 .. 100));
 my $worker = $consumer->safe_psql('postgres',
 	q{SELECT pid FROM pg_catalog.pg_stat_subscription WHERE subname = 'orders' AND relid IS NULL AND pid IS NOT NULL});
 like($worker, qr/^\d+$/, "the import's apply worker runs (pid $worker)");
@@ -273,19 +276,14 @@ progress_is_consistent('after the kill -9 of the apply worker');
 # Half of a second stream is committed and has begun to arrive; a session of
 # the producer holds a lock on the events that the next append waits for,
 # the other half is sent, and the producer is killed while it waits.
-my $steps_p = sub {
-	join('', map {
-		"SELECT event_store.append('order-p$_-' || g, jsonb_build_object('type', 'Step', 'data', jsonb_build_object('g', g))) FROM generate_series(1, 40) g;\n"
-	} @_);
-};
-$producer->safe_psql('postgres', $steps_p->(1 .. 50));
+$producer->safe_psql('postgres', $steps->('p', 1 .. 50));
 ok($consumer->poll_query_until('postgres',
 		q{SELECT count(*) > 0 FROM event_store.events WHERE stream_id LIKE 'order-p%'}),
 	'a second stream of small transactions has begun to arrive');
 my $blocker = $producer->background_psql('postgres', on_error_stop => 0);
 $blocker->query_safe('BEGIN; LOCK TABLE event_store.events IN SHARE MODE');
 my $doomed = $producer->background_psql('postgres', on_error_stop => 0);
-$doomed->{stdin} .= $steps_p->(51 .. 100);
+$doomed->{stdin} .= $steps->('p', 51 .. 100);
 $doomed->{run}->pump_nb;
 ok($producer->poll_query_until('postgres',
 		q{SELECT EXISTS (SELECT FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a USING (pid)
