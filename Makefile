@@ -28,7 +28,7 @@ endif
 
 # pg_regress suite (sql/ + expected/), run against its own throwaway
 # instance with the library preloaded: `make installcheck`.
-REGRESS      = setup append append_errors read_stream read_all immutability preload aggregates upcasting projections sagas saga_loop lifecycle security callbacks read_only stream_ids projection_cancel subscriptions projection_partitions correlation saga_versions saga_operators saga_timers saga_limits saga_circuits large_stores archive subscription_map batch_insert subscription_moves batch_errors
+REGRESS      = setup append append_errors read_stream read_results read_all immutability preload aggregates upcasting projections sagas saga_loop lifecycle security callbacks read_only stream_ids projection_cancel subscriptions projection_partitions correlation saga_versions saga_operators saga_timers saga_limits saga_circuits large_stores archive subscription_map batch_insert subscription_moves batch_errors
 REGRESS_OPTS = --temp-config=$(srcdir)/test/event_store.conf --temp-instance=./tmp_check
 
 # isolation specs: `make isolationcheck`

@@ -40,6 +40,7 @@
 #include "grants.h"
 #include "read.h"
 #include "registry.h"
+#include "results.h"
 #include "roles.h"
 #include "stream_state.h"
 
@@ -507,7 +508,7 @@ es_load_aggregate(PG_FUNCTION_ARGS)
 						pnstrdup(VARDATA_ANY(stream_id), catlen)),
 				 errhint("Define one with event_store.define_aggregate().")));
 
-	InitMaterializedSRF(fcinfo, 0);
+	EsInitResultSet(fcinfo);
 	rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	/* a deleted stream has no state */
 	if (EsStreamLifecycle(stream_id, &deleted, &start_after) && deleted)
@@ -592,7 +593,7 @@ es_load_snapshot(PG_FUNCTION_ARGS)
 	int			rc;
 
 	EsCheckStreamAccess(stream_id, ES_PRIV_READ);
-	InitMaterializedSRF(fcinfo, 0);
+	EsInitResultSet(fcinfo);
 	rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	/* like read_stream: nothing of a deleted stream, nothing before a reopening */
 	if (EsStreamLifecycle(stream_id, &deleted, &start_after) && deleted)

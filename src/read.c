@@ -44,6 +44,7 @@
 #include "pg_mirror.h"
 #include "position.h"
 #include "read.h"
+#include "results.h"
 #include "roles.h"
 #include "stream_state.h"
 #include "tiers.h"
@@ -539,7 +540,7 @@ es_read_stream(PG_FUNCTION_ARGS)
 	spec.filter.ntypes = -1;
 
 	cat = EsGetCatalog();
-	InitMaterializedSRF(fcinfo, 0);
+	EsInitResultSet(fcinfo);
 
 	/* a deleted stream reads as empty; a reopened one from after its tombstone */
 	if (EsStreamLifecycle(stream_id, &deleted, &start_after) && deleted)
@@ -629,7 +630,7 @@ es_read_all(PG_FUNCTION_ARGS)
 	spec.raw = es_parse_raw(fcinfo, 3);
 
 	cat = EsGetCatalog();
-	InitMaterializedSRF(fcinfo, 0);
+	EsInitResultSet(fcinfo);
 	if (spec.max_count == 0 || spec.filter.ntypes == 0)
 		return (Datum) 0;
 	/* events of categories the caller may not read are left out */
@@ -666,7 +667,7 @@ es_read_category(PG_FUNCTION_ARGS)
 	EsCheckStreamAccess(category, ES_PRIV_READ);	/* its own category */
 
 	cat = EsGetCatalog();
-	InitMaterializedSRF(fcinfo, 0);
+	EsInitResultSet(fcinfo);
 	if (spec.max_count == 0 || spec.filter.ntypes == 0)
 		return (Datum) 0;
 
@@ -830,7 +831,7 @@ es_read_correlated(PG_FUNCTION_ARGS)
 	memset(&spec, 0, sizeof(spec));
 	spec.max_count = PG_GETARG_INT32(2);
 	spec.filter.ntypes = -1;
-	InitMaterializedSRF(fcinfo, 0);
+	EsInitResultSet(fcinfo);
 	/* events of categories the caller may not read are left out */
 	spec.denied = EsDeniedCategories(GetUserId());
 

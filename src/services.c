@@ -68,6 +68,7 @@
 #include "lifecycle.h"
 #include "position.h"
 #include "registry.h"
+#include "results.h"
 #include "roles.h"
 #include "services.h"
 
@@ -215,7 +216,7 @@ es_import_errors(PG_FUNCTION_ARGS)
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	EsImportError copy[ES_MAX_IMPORT_ERRORS];
 
-	InitMaterializedSRF(fcinfo, 0);
+	EsInitResultSet(fcinfo);
 	if (import_errors == NULL)
 		return (Datum) 0;
 	SpinLockAcquire(&import_errors->mutex);

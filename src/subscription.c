@@ -93,6 +93,7 @@
 #include "position.h"
 #include "read.h"
 #include "registry.h"
+#include "results.h"
 #include "roles.h"
 #include "shared.h"
 #include "subscription.h"
@@ -2391,7 +2392,7 @@ es_claim_events(PG_FUNCTION_ARGS)
 	wait_ms = EsIntervalArgMs(fcinfo, 4, "wait", false);
 	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), (int64) Min(wait_ms, (double) INT_MAX));
 
-	InitMaterializedSRF(fcinfo, 0);
+	EsInitResultSet(fcinfo);
 	memset(&c, 0, sizeof(c));
 	c.out = rsinfo->setResult;
 	c.out_desc = rsinfo->setDesc;
