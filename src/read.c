@@ -8,9 +8,10 @@
  * scans the correlation's runs, event_store.correlations, for the positions
  * to read.  read_all and read_category are gap-safe: they stop at the safe
  * head of position.c and scan with a snapshot taken after computing it (see
- * position.c for why that is enough).  A REPEATABLE READ or SERIALIZABLE reader additionally stops at the first
- * event its transaction snapshot cannot see, so its cursor never passes an
- * event that committed after the transaction began.
+ * position.c for why that is enough).  A REPEATABLE READ or SERIALIZABLE
+ * reader additionally stops at the first event its transaction snapshot
+ * cannot see, so its cursor never passes an event that committed after the
+ * transaction began.
  */
 #include "postgres.h"
 
