@@ -135,4 +135,40 @@ SELECT used_bytes < 8192 AS nothing_left FROM results_memory;
 SELECT count(*) FROM event_store.read_all(0, 2000);
 SELECT used_bytes < 8192 AS nothing_left FROM results_memory;
 
+-- another role in the same session (a pooled connection that switches
+-- roles) gets only its own reads' rows: with the owner's cursor over big-1
+-- still holding rows in the context, a role of the privilege recipe without
+-- a grant on the restricted category big is refused big-1 (saying nothing of
+-- its events), and its read of other-7 returns other-7's rows alone
+\set ECHO none
+\i examples/privileges.sql
+\set ECHO all
+CREATE ROLE results_reader IN ROLE event_store_reader;
+CREATE ROLE results_owner;
+GRANT USAGE ON SCHEMA regress TO results_reader;
+SELECT event_store.grant_category('results_owner', 'big', '{read}');
+BEGIN;
+DECLARE c CURSOR FOR
+  SELECT stream_version, (data ->> 'n')::bigint = stream_version AND data ->> 'pad' = repeat('x', 480) AS intact
+    FROM event_store.read_stream('big-1');
+FETCH 1 FROM c;
+SET LOCAL ROLE results_reader;
+SELECT regress.try($$SELECT count(*) FROM event_store.read_stream('big-1')$$);
+SELECT count(*) AS rows, count(*) FILTER (WHERE stream_id = 'other-7' AND data ->> 'pad' = repeat('y', 480)) AS other_7
+  FROM event_store.read_stream('other-7');
+SELECT count(*) FILTER (WHERE stream_id LIKE 'big-%') AS big, count(*) AS events
+  FROM event_store.read_all(0, 2000);
+RESET ROLE;
+MOVE FORWARD 996 FROM c;
+FETCH ALL FROM c;
+COMMIT;
+SELECT used_bytes < 8192 AS nothing_left FROM results_memory;
+SELECT event_store.revoke_category('results_owner', 'big', '{read}');
+REVOKE USAGE ON SCHEMA regress FROM results_reader;
+DROP ROLE results_reader, results_owner;
+SET client_min_messages = warning;
+DROP OWNED BY event_store_reader, event_store_writer, event_store_operator;
+DROP ROLE event_store_reader, event_store_writer, event_store_operator;
+RESET client_min_messages;
+
 SELECT event_store.drop_upcaster('Brittle', 1);
